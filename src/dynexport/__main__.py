@@ -1,0 +1,5 @@
+"""Allows ``python -m dynexport``."""
+
+from dynexport.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""The ``dynexport`` command line: one subcommand group per domain.
+
+Each domain owns its subcommands in its own ``cli`` module exposing ``register(subparsers)``;
+this module only assembles them, so it stays small and imports a domain only when asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from dynexport import __version__
+from dynexport.system.logs import setup_logging
+
+# subcommand group -> module whose register(subparsers) adds it
+_GROUPS = {
+    "sunspec": "dynexport.sunspec.cli",
+    "cert": "dynexport.sep2.cert_cli",
+    "sep2": "dynexport.sep2.cli",
+    "run": "dynexport.app_cli",
+    "demo": "dynexport.sim.demo_cli",
+    "config": "dynexport.system.config_cli",
+}
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dynexport",
+        description="Keeps a solar site within its utility's dynamic export limits.",
+    )
+    parser.add_argument("--version", action="version", version=f"dynexport {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log detail (repeat for more)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in _GROUPS.values():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # that domain's commands are not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # the last line of defence: a clear message, not a traceback
+        if args.verbose:
+            raise
+        logging.getLogger("dynexport").error("%s: %s", type(exc).__name__, exc)
+        print(f"dynexport: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

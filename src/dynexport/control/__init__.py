@@ -1,0 +1,1 @@
+"""Limits and the control law: pure functions of readings, limits and time."""

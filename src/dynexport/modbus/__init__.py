@@ -1,0 +1,1 @@
+"""Modbus transport: trio I/O for TCP and RTU, frames encoded and decoded by pymodbus."""

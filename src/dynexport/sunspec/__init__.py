@@ -1,0 +1,1 @@
+"""SunSpec: model definitions, decoding, discovery, polling plans and inverter commands."""

@@ -1,0 +1,1 @@
+"""Configuration, logging, atomic storage and systemd integration."""

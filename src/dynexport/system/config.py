@@ -1,0 +1,371 @@
+"""The one configuration file: JSON, validated when loaded, documented in docs/configuration.md.
+
+Every problem is reported with the key path that holds it, e.g. ``inverters[1].unit: must be
+1..247``, so an installer can fix the file without reading code. Relative paths in the file are
+resolved against the file's folder. Unknown keys are errors, not silently ignored: a typo in a
+limit must never pass as "no limit".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+Parity = Literal["N", "E", "O"]
+
+
+class ConfigError(ValueError):
+    """One or more problems in a configuration, each naming its key path."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class TcpEndpoint:
+    """A Modbus TCP server (an inverter, a meter, or a gateway in front of several)."""
+
+    host: str
+    port: int = 502
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SerialEndpoint:
+    """An RS485 bus on a serial port; every device on it shares these line settings."""
+
+    device: str
+    baud: int = 9600
+    parity: Parity = "N"
+    stopbits: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.device}@{self.baud}{self.parity}{self.stopbits}"
+
+
+Endpoint = TcpEndpoint | SerialEndpoint
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """A SunSpec device: where it is (endpoint) and which Modbus unit id answers for it."""
+
+    endpoint: Endpoint
+    unit: int
+    type: Literal["sunspec"] = "sunspec"
+
+
+@dataclass(frozen=True)
+class InverterConfig(DeviceConfig):
+    """An inverter the controller reads and limits."""
+
+
+@dataclass(frozen=True)
+class MeterConfig(DeviceConfig):
+    """The site meter at the grid connection (positive import, negative export)."""
+
+    location: Literal["feedin"] = "feedin"
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """How commands are sent to inverters."""
+
+    revert_s: int = 60
+    """Every limit written to an inverter reverts by itself after this many seconds unless
+    rewritten; the controller rewrites it well before, so a dead controller fails safe."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration."""
+
+    inverters: tuple[InverterConfig, ...] = ()
+    meter: MeterConfig | None = None
+    control: ControlConfig = field(default_factory=ControlConfig)
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def endpoints(self) -> list[Endpoint]:
+        """Each distinct endpoint once: devices naming the same one share a connection or bus."""
+        seen: dict[Endpoint, None] = {}
+        for dev in self.devices():
+            seen.setdefault(dev.endpoint, None)
+        return list(seen)
+
+    def devices(self) -> Iterator[DeviceConfig]:
+        yield from self.inverters
+        if self.meter is not None:
+            yield self.meter
+
+
+# --------------------------------------------------------------------------------------
+# Validation: a small reader that remembers where it is, so every message names a path.
+
+
+class _Reader:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def obj(self, value: object, path: str, allowed: set[str]) -> Mapping[str, Any] | None:
+        if not isinstance(value, dict):
+            self.fail(path or "(top level)", f"must be an object, not {_kind(value)}")
+            return None
+        for key in value:
+            if key not in allowed:
+                hint = _closest(key, allowed)
+                extra = f" (did you mean {hint!r}?)" if hint else ""
+                self.fail(_join(path, key), f"unknown key{extra}")
+        return value
+
+    def int_in(
+        self, value: object, path: str, lo: int, hi: int, default: int | None = None
+    ) -> int | None:
+        if value is None and default is not None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                self.fail(path, f"must be a whole number {lo}..{hi}, not {_kind(value)}")
+                return None
+        if not lo <= value <= hi:
+            self.fail(path, f"must be {lo}..{hi}")
+            return None
+        return value
+
+    def choice(self, value: object, path: str, options: tuple[T, ...], default: T) -> T | None:
+        if value is None:
+            return default
+        if value not in options:
+            listed = ", ".join(repr(o) for o in options)
+            self.fail(path, f"must be one of {listed}, not {value!r}")
+            return None
+        return value  # type: ignore[return-value]
+
+    def string(self, value: object, path: str) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            self.fail(path, f"must be a non-empty string, not {_kind(value)}")
+            return None
+        return value.strip()
+
+    def items(
+        self, value: object, path: str, each: Callable[[object, str], T | None]
+    ) -> tuple[T, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.fail(path, f"must be a list, not {_kind(value)}")
+            return ()
+        out = []
+        for i, item in enumerate(value):
+            parsed = each(item, f"{path}[{i}]")
+            if parsed is not None:
+                out.append(parsed)
+        return tuple(out)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _closest(key: str, allowed: set[str]) -> str | None:
+    lowered = {a.lower(): a for a in allowed}
+    return lowered.get(key.lower())
+
+
+_HOST_PORT = re.compile(
+    r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\s\[\]]+))(?::(?P<port>\d+))?$"
+)
+
+
+def parse_tcp(text: str) -> TcpEndpoint:
+    """Parses ``HOST[:PORT]`` (``[v6addr]:PORT`` for IPv6); the port defaults to 502."""
+    m = _HOST_PORT.match(text.strip())
+    if not m:
+        raise ValueError(f"must be HOST or HOST:PORT, not {text!r}")
+    host = m.group("v6") or m.group("host")
+    port = int(m.group("port")) if m.group("port") else 502
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1..65535, not {port}")
+    return TcpEndpoint(host=host, port=port)
+
+
+_DEVICE_KEYS = {"type", "tcp", "rtu", "baud", "parity", "stopbits", "unit"}
+BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+
+def _endpoint(r: _Reader, raw: Mapping[str, Any], path: str, base_dir: Path) -> Endpoint | None:
+    tcp, rtu = raw.get("tcp"), raw.get("rtu")
+    if (tcp is None) == (rtu is None):
+        r.fail(path, 'needs exactly one of "tcp" (HOST:PORT) or "rtu" (serial device)')
+        return None
+    if tcp is not None:
+        for key in ("baud", "parity", "stopbits"):
+            if key in raw:
+                r.fail(_join(path, key), 'only applies to "rtu" devices')
+        text = r.string(tcp, _join(path, "tcp"))
+        if text is None:
+            return None
+        try:
+            return parse_tcp(text)
+        except ValueError as exc:
+            r.fail(_join(path, "tcp"), str(exc))
+            return None
+    device = r.string(rtu, _join(path, "rtu"))
+    baud = r.choice(raw.get("baud"), _join(path, "baud"), BAUD_RATES, 9600)
+    parity = r.choice(raw.get("parity"), _join(path, "parity"), ("N", "E", "O"), "N")
+    stopbits = r.choice(raw.get("stopbits"), _join(path, "stopbits"), (1, 2), 1)
+    if device is None or baud is None or parity is None or stopbits is None:
+        return None
+    dev_path = Path(device)
+    if not dev_path.is_absolute():
+        dev_path = base_dir / dev_path
+    return SerialEndpoint(device=str(dev_path), baud=baud, parity=parity, stopbits=stopbits)
+
+
+def _device_fields(
+    r: _Reader, value: object, path: str, base_dir: Path, extra: set[str]
+) -> tuple[Mapping[str, Any], Endpoint, int] | None:
+    raw = r.obj(value, path, _DEVICE_KEYS | extra)
+    if raw is None:
+        return None
+    if r.choice(raw.get("type"), _join(path, "type"), ("sunspec",), "sunspec") is None:
+        return None
+    endpoint = _endpoint(r, raw, path, base_dir)
+    if "unit" not in raw:
+        r.fail(_join(path, "unit"), "is required (the Modbus unit id, 1..247)")
+        return None
+    unit = r.int_in(raw["unit"], _join(path, "unit"), 1, 247)
+    if endpoint is None or unit is None:
+        return None
+    return raw, endpoint, unit
+
+
+def _inverter(r: _Reader, base_dir: Path) -> Callable[[object, str], InverterConfig | None]:
+    def parse(value: object, path: str) -> InverterConfig | None:
+        got = _device_fields(r, value, path, base_dir, set())
+        if got is None:
+            return None
+        _, endpoint, unit = got
+        return InverterConfig(endpoint=endpoint, unit=unit)
+
+    return parse
+
+
+def _meter(r: _Reader, value: object, path: str, base_dir: Path) -> MeterConfig | None:
+    got = _device_fields(r, value, path, base_dir, {"location"})
+    if got is None:
+        return None
+    raw, endpoint, unit = got
+    if raw.get("location", "feedin") != "feedin":
+        r.fail(
+            _join(path, "location"),
+            'must be "feedin" (a meter at the grid connection); a consumption meter cannot '
+            "tell site export",
+        )
+        return None
+    return MeterConfig(endpoint=endpoint, unit=unit)
+
+
+def _control(r: _Reader, value: object, path: str) -> ControlConfig | None:
+    if value is None:
+        return ControlConfig()
+    raw = r.obj(value, path, {"revertS"})
+    if raw is None:
+        return None
+    revert = r.int_in(raw.get("revertS"), _join(path, "revertS"), 10, 3600, default=60)
+    if revert is None:
+        return None
+    return ControlConfig(revert_s=revert)
+
+
+TOP_LEVEL_KEYS = {"inverters", "meter", "control"}
+
+
+def parse_config(data: object, base_dir: Path | None = None, source: str | None = None) -> Config:
+    """Validates decoded JSON and returns a Config, or raises ConfigError listing every problem."""
+    base = base_dir if base_dir is not None else Path.cwd()
+    r = _Reader()
+    raw = r.obj(data, "", TOP_LEVEL_KEYS)
+    if raw is None:
+        raise ConfigError(r.problems, source)
+    inverters = r.items(raw.get("inverters"), "inverters", _inverter(r, base))
+    meter = _meter(r, raw["meter"], "meter", base) if raw.get("meter") is not None else None
+    control = _control(r, raw.get("control"), "control")
+    _check_unique_devices(r, inverters, meter)
+    if r.problems or control is None:
+        raise ConfigError(r.problems, source)
+    return Config(inverters=inverters, meter=meter, control=control, base_dir=base)
+
+
+def _check_unique_devices(
+    r: _Reader, inverters: tuple[InverterConfig, ...], meter: MeterConfig | None
+) -> None:
+    seen: dict[tuple[Endpoint, int], str] = {}
+    named: list[tuple[str, DeviceConfig]] = [
+        (f"inverters[{i}]", d) for i, d in enumerate(inverters)
+    ]
+    if meter is not None:
+        named.append(("meter", meter))
+    serial_settings: dict[str, SerialEndpoint] = {}
+    for path, dev in named:
+        key = (dev.endpoint, dev.unit)
+        if key in seen:
+            r.fail(path, f"is the same device ({dev.endpoint} unit {dev.unit}) as {seen[key]}")
+        seen.setdefault(key, path)
+        ep = dev.endpoint
+        if isinstance(ep, SerialEndpoint):
+            other = serial_settings.setdefault(ep.device, ep)
+            if other != ep:
+                r.fail(
+                    path,
+                    f"uses {ep.device} with {ep}, but another device on that bus uses {other}; "
+                    "all devices on one RS485 bus share its settings",
+                )
+
+
+def load_config(path: str | Path) -> Config:
+    """Reads and validates a configuration file; relative paths in it resolve against its folder."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read the file: {exc.strerror or exc}"], str(p)) from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            [f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"], str(p)
+        ) from exc
+    return parse_config(data, base_dir=p.resolve().parent, source=str(p))

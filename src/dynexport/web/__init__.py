@@ -1,0 +1,1 @@
+"""The web server: setup, dashboard and JSON API."""
