@@ -155,7 +155,7 @@ class _Reader:
             listed = ", ".join(repr(o) for o in options)
             self.fail(path, f"must be one of {listed}, not {value!r}")
             return None
-        return value  # type: ignore[return-value]
+        return value
 
     def string(self, value: object, path: str) -> str | None:
         if not isinstance(value, str) or not value.strip():
@@ -244,7 +244,8 @@ def _endpoint(r: _Reader, raw: Mapping[str, Any], path: str, base_dir: Path) -> 
             return None
     device = r.string(rtu, _join(path, "rtu"))
     baud = r.choice(raw.get("baud"), _join(path, "baud"), BAUD_RATES, 9600)
-    parity = r.choice(raw.get("parity"), _join(path, "parity"), ("N", "E", "O"), "N")
+    parities: tuple[Parity, ...] = ("N", "E", "O")
+    parity = r.choice(raw.get("parity"), _join(path, "parity"), parities, "N")
     stopbits = r.choice(raw.get("stopbits"), _join(path, "stopbits"), (1, 2), 1)
     if device is None or baud is None or parity is None or stopbits is None:
         return None

@@ -1,0 +1,174 @@
+"""The configuration loader: accepted shapes, and errors that name the key path and the problem."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dynexport.cli import main
+from dynexport.system.config import (
+    ConfigError,
+    SerialEndpoint,
+    TcpEndpoint,
+    load_config,
+    parse_config,
+    parse_tcp,
+)
+
+ISSUE_EXAMPLE = {
+    "inverters": [
+        {"type": "sunspec", "tcp": "192.168.1.50:502", "unit": 1},
+        {"type": "sunspec", "rtu": "/dev/ttyUSB0", "baud": 9600, "parity": "N", "unit": 2},
+    ],
+    "meter": {"type": "sunspec", "tcp": "192.168.1.50:502", "unit": 240, "location": "feedin"},
+}
+
+
+def problems_of(data: object) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=Path("/etc/dynexport"))
+    return info.value.problems
+
+
+def test_the_documented_example_loads_with_every_field():
+    config = parse_config(ISSUE_EXAMPLE, base_dir=Path("/etc/dynexport"))
+    assert config.inverters[0].endpoint == TcpEndpoint("192.168.1.50", 502)
+    assert config.inverters[0].unit == 1
+    assert config.inverters[1].endpoint == SerialEndpoint("/dev/ttyUSB0", 9600, "N", 1)
+    assert config.inverters[1].unit == 2
+    assert config.meter is not None
+    assert config.meter.unit == 240
+    assert config.meter.location == "feedin"
+    assert config.control.revert_s == 60
+
+
+def test_devices_naming_the_same_endpoint_share_one_connection():
+    config = parse_config(ISSUE_EXAMPLE, base_dir=Path("/"))
+    endpoints = config.endpoints()
+    assert endpoints == [
+        TcpEndpoint("192.168.1.50", 502),
+        SerialEndpoint("/dev/ttyUSB0", 9600, "N", 1),
+    ]
+
+
+def test_unit_out_of_range_names_the_path_and_range():
+    data = json.loads(json.dumps(ISSUE_EXAMPLE))
+    data["inverters"][1]["unit"] = 300
+    assert problems_of(data) == ["inverters[1].unit: must be 1..247"]
+
+
+def test_every_problem_is_reported_at_once():
+    data = {
+        "inverters": [{"tcp": "host:99999", "unit": 0}, {"unit": 3}],
+        "meter": {"tcp": "m", "unit": "two", "location": "consumption"},
+        "colour": "blue",
+    }
+    problems = problems_of(data)
+    assert "colour: unknown key" in problems
+    assert "inverters[0].tcp: port must be 1..65535, not 99999" in problems
+    assert "inverters[0].unit: must be 1..247" in problems
+    assert any(p.startswith('inverters[1]: needs exactly one of "tcp"') for p in problems)
+    assert "meter.unit: must be a whole number 1..247, not the string 'two'" in problems
+
+
+def test_consumption_meter_is_refused_with_the_reason():
+    data = {"meter": {"tcp": "10.0.0.2", "unit": 240, "location": "consumption"}}
+    (problem,) = problems_of(data)
+    assert problem.startswith('meter.location: must be "feedin"')
+
+
+def test_misspelt_key_suggests_the_right_one():
+    data = {"inverters": [{"tcp": "10.0.0.2", "Unit": 1}]}
+    problems = problems_of(data)
+    assert "inverters[0].Unit: unknown key (did you mean 'unit'?)" in problems
+    assert "inverters[0].unit: is required (the Modbus unit id, 1..247)" in problems
+
+
+def test_line_settings_only_apply_to_serial_devices():
+    data = {"inverters": [{"tcp": "10.0.0.2", "unit": 1, "baud": 9600}]}
+    assert problems_of(data) == ['inverters[0].baud: only applies to "rtu" devices']
+
+
+def test_bad_serial_settings_are_named():
+    data = {"inverters": [{"rtu": "/dev/ttyUSB0", "unit": 1, "baud": 9601, "parity": "X"}]}
+    problems = problems_of(data)
+    assert any(p.startswith("inverters[0].baud: must be one of 1200, 2400") for p in problems)
+    assert "inverters[0].parity: must be one of 'N', 'E', 'O', not 'X'" in problems
+
+
+def test_one_rs485_bus_cannot_have_two_line_settings():
+    data = {
+        "inverters": [
+            {"rtu": "/dev/ttyUSB0", "unit": 1, "baud": 9600},
+            {"rtu": "/dev/ttyUSB0", "unit": 2, "baud": 19200},
+        ]
+    }
+    (problem,) = problems_of(data)
+    assert problem.startswith("inverters[1]: uses /dev/ttyUSB0")
+    assert "share its settings" in problem
+
+
+def test_the_same_device_twice_is_an_error():
+    data = {
+        "inverters": [{"tcp": "10.0.0.2", "unit": 1}],
+        "meter": {"tcp": "10.0.0.2:502", "unit": 1},
+    }
+    assert problems_of(data) == ["meter: is the same device (10.0.0.2:502 unit 1) as inverters[0]"]
+
+
+def test_top_level_must_be_an_object():
+    assert problems_of([1, 2]) == ["(top level): must be an object, not a list"]
+
+
+def test_relative_serial_paths_resolve_against_the_files_folder(tmp_path: Path):
+    path = tmp_path / "conf" / "dynexport.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"inverters": [{"rtu": "ttyV0", "unit": 1}]}))
+    config = load_config(path)
+    endpoint = config.inverters[0].endpoint
+    assert isinstance(endpoint, SerialEndpoint)
+    assert endpoint.device == str(tmp_path / "conf" / "ttyV0")
+    assert config.base_dir == path.parent
+
+
+def test_invalid_json_names_line_and_column(tmp_path: Path):
+    path = tmp_path / "bad.json"
+    path.write_text('{\n  "inverters": [,]\n}')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems[0].startswith("not valid JSON at line 2 column")
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_config(tmp_path / "absent.json")
+
+
+def test_revert_timeout_is_bounded():
+    assert problems_of({"control": {"revertS": 5}}) == ["control.revertS: must be 10..3600"]
+    assert parse_config({"control": {"revertS": 120}}).control.revert_s == 120
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("10.0.0.5", "10.0.0.5", 502),
+        ("inverter.local:1502", "inverter.local", 1502),
+        ("[fe80::1]:5020", "fe80::1", 5020),
+    ],
+)
+def test_tcp_endpoints_parse_with_default_port(text: str, host: str, port: int):
+    assert parse_tcp(text) == TcpEndpoint(host, port)
+
+
+def test_config_check_command_lists_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"inverters": [{"tcp": "h", "unit": 999}]}))
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "inverters[0].unit: must be 1..247" in err
+    path.write_text(json.dumps(ISSUE_EXAMPLE))
+    assert main(["config", "check", str(path)]) == 0

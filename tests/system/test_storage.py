@@ -1,0 +1,57 @@
+"""Atomic state files: never torn, secrets never world-readable, keys never silently replaced."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from dynexport.system.storage import atomic_write, read_json, write_json
+
+
+def test_write_replaces_the_whole_file_and_leaves_no_temp_files(tmp_path: Path):
+    target = tmp_path / "state.json"
+    write_json(target, {"a": 1})
+    write_json(target, {"b": [1, 2]})
+    assert read_json(target) == {"b": [1, 2]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_secret_is_created_with_mode_0600(tmp_path: Path):
+    key = tmp_path / "keys" / "device-key.pem"
+    atomic_write(key, b"secret", mode=0o600)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.read_bytes() == b"secret"
+
+
+def test_no_overwrite_keeps_the_existing_file(tmp_path: Path):
+    key = tmp_path / "device-key.pem"
+    atomic_write(key, b"first", mode=0o600, overwrite=False)
+    with pytest.raises(FileExistsError):
+        atomic_write(key, b"second", mode=0o600, overwrite=False)
+    assert key.read_bytes() == b"first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["device-key.pem"]
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    target = tmp_path / "config.json"
+    write_json(target, {"old": True})
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="Input/output error"):
+        write_json(target, {"new": True})
+    monkeypatch.undo()
+    assert read_json(target) == {"old": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_corrupt_json_is_reported_with_the_path(tmp_path: Path):
+    target = tmp_path / "s.json"
+    target.write_text("{oops")
+    with pytest.raises(ValueError, match=r"s\.json: not valid JSON at line 1"):
+        read_json(target)
