@@ -1,0 +1,194 @@
+"""Telemetry for the utility: interval averages of frequent samples, aligned to UTC boundaries.
+
+CSIP-AUS asks for site and DER readings (W, var, V; optionally Hz, per phase, min and max) as
+averages over intervals aligned to UTC (5 minutes by default, 1 minute must work), computed from
+samples taken at least every 5 s, and posted at the server's postRate. This module is the pure
+part: it turns timestamped samples into closed intervals and keeps a bounded outbox that survives
+an outage. Times are Unix seconds in the server's clock (the caller applies the clock offset).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+# Reading kinds posted for each MirrorUsagePoint. The role names are ours; the XML layer maps them
+# to roleFlags (site "03", DER "49") and quantity names to uom codes (W 38, var 63, V 29, Hz 33).
+SITE = "site"
+DER = "der"
+QUANTITIES = ("W", "var", "V", "Hz")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Instantaneous values at time ``t``; None where a quantity could not be read."""
+
+    t: float
+    values: Mapping[tuple[str, str], float | None]
+    """(role, quantity) → value, e.g. ("site", "W") → -1520.0 (negative = export)."""
+
+
+@dataclass(frozen=True)
+class IntervalReading:
+    """One closed interval of one (role, quantity): mean, min and max of its samples."""
+
+    role: str
+    quantity: str
+    start: int
+    duration: int
+    mean: float
+    minimum: float
+    maximum: float
+    samples: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.duration
+
+
+@dataclass
+class _Stats:
+    total: float = 0.0
+    count: int = 0
+    minimum: float = math.inf
+    maximum: float = -math.inf
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+        self.minimum = min(self.minimum, value)
+        self.maximum = max(self.maximum, value)
+
+
+def interval_start(t: float, interval_s: int) -> int:
+    """The UTC-aligned start of the interval holding ``t`` (e.g. 12:03:17 → 12:00:00 at 300 s)."""
+    return int(t // interval_s) * interval_s
+
+
+@dataclass
+class IntervalAverager:
+    """Accumulates samples into UTC-aligned intervals; closed intervals come out of ``add``.
+
+    An interval with fewer than ``min_samples`` samples of a quantity (for example the first,
+    partial interval after start-up) still reports what it has, because a short interval is
+    better than a hole; the sample count travels with it for diagnostics.
+    """
+
+    interval_s: int = 300
+    _start: int | None = None
+    _stats: dict[tuple[str, str], _Stats] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0 or 86400 % self.interval_s:
+            raise ValueError(f"interval must divide a day evenly, not {self.interval_s} s")
+
+    def add(self, sample: Sample) -> list[IntervalReading]:
+        """Adds a sample; returns the readings of any interval this sample closed."""
+        start = interval_start(sample.t, self.interval_s)
+        closed: list[IntervalReading] = []
+        if self._start is not None and start != self._start:
+            if start < self._start:
+                # The clock stepped backwards (offset corrected): drop the partial interval
+                # rather than emit one that overlaps what was already sent.
+                self._stats.clear()
+            else:
+                closed = self._close()
+        self._start = start
+        for key, value in sample.values.items():
+            if value is None or not math.isfinite(value):
+                continue
+            self._stats.setdefault(key, _Stats()).add(value)
+        return closed
+
+    def flush(self, now: float) -> list[IntervalReading]:
+        """Closes the current interval if ``now`` is past its end (no sample arrived to do it)."""
+        if self._start is None or now < self._start + self.interval_s:
+            return []
+        readings = self._close()
+        self._start = None
+        return readings
+
+    def _close(self) -> list[IntervalReading]:
+        assert self._start is not None
+        readings = [
+            IntervalReading(
+                role=role,
+                quantity=quantity,
+                start=self._start,
+                duration=self.interval_s,
+                mean=s.total / s.count,
+                minimum=s.minimum,
+                maximum=s.maximum,
+                samples=s.count,
+            )
+            for (role, quantity), s in sorted(self._stats.items())
+            if s.count
+        ]
+        self._stats = {}
+        return readings
+
+
+@dataclass
+class Outbox:
+    """Readings waiting to be posted, bounded so a long outage cannot exhaust memory or disk.
+
+    When full, the oldest readings are dropped first (the utility cares most about the recent
+    past) and the number dropped is kept so it can be logged and shown.
+    """
+
+    capacity: int = 2016  # a week of 5-minute intervals per quantity is far more than needed
+    pending: deque[IntervalReading] = field(default_factory=deque)
+    dropped: int = 0
+
+    def extend(self, readings: Iterable[IntervalReading]) -> None:
+        for reading in readings:
+            self.pending.append(reading)
+            while len(self.pending) > self.capacity:
+                self.pending.popleft()
+                self.dropped += 1
+
+    def batch(self, limit: int) -> list[IntervalReading]:
+        """The oldest ``limit`` readings, left in place until ``acknowledge`` removes them."""
+        return list(self.pending)[:limit]
+
+    def acknowledge(self, readings: Iterable[IntervalReading]) -> None:
+        """Removes readings the server accepted."""
+        done = set(readings)
+        self.pending = deque(r for r in self.pending if r not in done)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "dropped": self.dropped,
+            "pending": [
+                [r.role, r.quantity, r.start, r.duration, r.mean, r.minimum, r.maximum, r.samples]
+                for r in self.pending
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object], capacity: int = 2016) -> Outbox:
+        box = cls(capacity=capacity)
+        raw = data.get("pending", [])
+        if not isinstance(raw, list):
+            raise ValueError("telemetry outbox: 'pending' must be a list")
+        readings = []
+        for row in raw:
+            role, quantity, start, duration, mean, lo, hi, n = row
+            readings.append(
+                IntervalReading(
+                    str(role),
+                    str(quantity),
+                    int(start),
+                    int(duration),
+                    float(mean),
+                    float(lo),
+                    float(hi),
+                    int(n),
+                )
+            )
+        box.extend(readings)
+        dropped = data.get("dropped", 0)
+        box.dropped += int(dropped) if isinstance(dropped, int) else 0
+        return box
