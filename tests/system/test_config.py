@@ -172,3 +172,43 @@ def test_config_check_command_lists_problems(tmp_path: Path, capsys: pytest.Capt
     assert "inverters[0].unit: must be 1..247" in err
     path.write_text(json.dumps(ISSUE_EXAMPLE))
     assert main(["config", "check", str(path)]) == 0
+
+
+UTILITY = {
+    "type": "csip-aus",
+    "server": "https://host:8443",
+    "dcap": "/dcap",
+    "ca": "serca.pem",
+    "cert": "device-chain.pem",
+    "key": "/data/keys/device-key.pem",
+    "nmi": "4312345678",
+    "pin": 111115,
+}
+
+
+def test_utility_section_loads_with_paths_resolved_against_the_config_folder():
+    config = parse_config({"utility": UTILITY}, base_dir=Path("/etc/dx"))
+    u = config.utility
+    assert u is not None
+    assert u.server == "https://host:8443"
+    assert u.ca == Path("/etc/dx/serca.pem")
+    assert u.cert == Path("/etc/dx/device-chain.pem")
+    assert u.key == Path("/data/keys/device-key.pem")
+    assert (u.nmi, u.pin, u.dcap, u.check_hostname, u.ciphers) == (
+        "4312345678",
+        111115,
+        "/dcap",
+        True,
+        (),
+    )
+
+
+def test_utility_problems_name_their_keys():
+    bad = dict(UTILITY, server="http://host", nmi="12", pin=-1, ciphers="ALL")
+    del bad["ca"]
+    problems = problems_of({"utility": bad})
+    assert "utility.server: must be https://HOST[:PORT], not 'http://host'" in problems
+    assert "utility.nmi: must be the site's 10 or 11 character NMI" in problems
+    assert "utility.pin: must be 0..999999" in problems
+    assert "utility.ca: must be a non-empty string, not null" in problems
+    assert "utility.ciphers: must be a list of OpenSSL cipher names" in problems

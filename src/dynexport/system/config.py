@@ -89,12 +89,37 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class UtilityConfig:
+    """The utility's IEEE 2030.5 server and this device's credentials for it (CSIP-AUS)."""
+
+    server: str
+    """Base URL, ``https://host[:port]``."""
+    ca: Path
+    """The utility's SERCA (PEM); the server's chain is always verified against it."""
+    cert: Path
+    """This device's certificate chain (device certificate, then the MICA), PEM."""
+    key: Path
+    """This device's private key, PEM (mode 0600)."""
+    nmi: str
+    """National Metering Identifier of the site, put on the ConnectionPoint."""
+    dcap: str = "/dcap"
+    pin: int | None = None
+    """Registration PIN given to the installer; checked against the server's Registration."""
+    type: Literal["csip-aus"] = "csip-aus"
+    ciphers: tuple[str, ...] = ()
+    """Extra TLS 1.2 cipher suites (OpenSSL names) beside ECDHE-ECDSA-AES128-CCM8."""
+    check_hostname: bool = True
+    """Check the server certificate's name against ``server``; the chain is checked regardless."""
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated configuration."""
 
     inverters: tuple[InverterConfig, ...] = ()
     meter: MeterConfig | None = None
     control: ControlConfig = field(default_factory=ControlConfig)
+    utility: UtilityConfig | None = None
     base_dir: Path = field(default_factory=Path.cwd)
 
     def endpoints(self) -> list[Endpoint]:
@@ -311,7 +336,73 @@ def _control(r: _Reader, value: object, path: str) -> ControlConfig | None:
     return ControlConfig(revert_s=revert)
 
 
-TOP_LEVEL_KEYS = {"inverters", "meter", "control"}
+_UTILITY_KEYS = {
+    "type",
+    "server",
+    "dcap",
+    "ca",
+    "cert",
+    "key",
+    "nmi",
+    "pin",
+    "ciphers",
+    "checkHostname",
+}
+_NMI = re.compile(r"^[A-Z0-9]{10,11}$")
+_CIPHER = re.compile(r"^[A-Z0-9-]+$")
+
+
+def _utility(r: _Reader, value: object, path: str, base_dir: Path) -> UtilityConfig | None:
+    raw = r.obj(value, path, _UTILITY_KEYS)
+    if raw is None:
+        return None
+    problems_before = len(r.problems)
+    r.choice(raw.get("type"), _join(path, "type"), ("csip-aus",), "csip-aus")
+    server = r.string(raw.get("server"), _join(path, "server"))
+    if server is not None and not re.match(r"^https://[^/\s]+$", server.rstrip("/")):
+        r.fail(_join(path, "server"), f"must be https://HOST[:PORT], not {server!r}")
+    dcap = r.string(raw.get("dcap", "/dcap"), _join(path, "dcap"))
+    if dcap is not None and not dcap.startswith("/"):
+        r.fail(_join(path, "dcap"), "must be a path starting with /")
+    files: dict[str, Path] = {}
+    for key in ("ca", "cert", "key"):
+        text = r.string(raw.get(key), _join(path, key))
+        if text is not None:
+            p = Path(text)
+            files[key] = p if p.is_absolute() else base_dir / p
+    nmi = r.string(raw.get("nmi"), _join(path, "nmi"))
+    if nmi is not None and not _NMI.match(nmi.upper()):
+        r.fail(_join(path, "nmi"), "must be the site's 10 or 11 character NMI")
+    pin = None
+    if raw.get("pin") is not None:
+        pin = r.int_in(raw.get("pin"), _join(path, "pin"), 0, 999999)
+    ciphers_raw = raw.get("ciphers", [])
+    ciphers: list[str] = []
+    if not isinstance(ciphers_raw, list) or not all(
+        isinstance(c, str) and _CIPHER.match(c) for c in ciphers_raw
+    ):
+        r.fail(_join(path, "ciphers"), "must be a list of OpenSSL cipher names")
+    else:
+        ciphers = list(ciphers_raw)
+    check_hostname = raw.get("checkHostname", True)
+    if not isinstance(check_hostname, bool):
+        r.fail(_join(path, "checkHostname"), "must be true or false")
+    if len(r.problems) > problems_before or server is None or nmi is None or dcap is None:
+        return None
+    return UtilityConfig(
+        server=server.rstrip("/"),
+        dcap=dcap,
+        ca=files["ca"],
+        cert=files["cert"],
+        key=files["key"],
+        nmi=nmi.upper(),
+        pin=pin,
+        ciphers=tuple(ciphers),
+        check_hostname=bool(check_hostname),
+    )
+
+
+TOP_LEVEL_KEYS = {"inverters", "meter", "control", "utility"}
 
 
 def parse_config(data: object, base_dir: Path | None = None, source: str | None = None) -> Config:
@@ -324,10 +415,13 @@ def parse_config(data: object, base_dir: Path | None = None, source: str | None 
     inverters = r.items(raw.get("inverters"), "inverters", _inverter(r, base))
     meter = _meter(r, raw["meter"], "meter", base) if raw.get("meter") is not None else None
     control = _control(r, raw.get("control"), "control")
+    utility = (
+        _utility(r, raw["utility"], "utility", base) if raw.get("utility") is not None else None
+    )
     _check_unique_devices(r, inverters, meter)
     if r.problems or control is None:
         raise ConfigError(r.problems, source)
-    return Config(inverters=inverters, meter=meter, control=control, base_dir=base)
+    return Config(inverters=inverters, meter=meter, control=control, utility=utility, base_dir=base)
 
 
 def _check_unique_devices(
