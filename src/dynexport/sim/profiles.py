@@ -1,0 +1,294 @@
+"""Device profiles for the simulator: realistic model chains of the devices we meet in the field.
+
+Each profile returns a ``Site`` (devices keyed by Modbus unit id) ready to be served. Values are
+plausible nameplate data, not copied from any vendor's map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from dynexport.sim.sunspec_device import Inverter, Meter, ModelSpec, Site
+
+Control = Literal["123", "704", None]
+
+_CONTROLS_123 = frozenset(
+    {
+        "Conn_WinTms",
+        "Conn_RvrtTms",
+        "Conn",
+        "WMaxLimPct",
+        "WMaxLimPct_WinTms",
+        "WMaxLimPct_RvrtTms",
+        "WMaxLimPct_RmpTms",
+        "WMaxLim_Ena",
+    }
+)
+_CONTROLS_704 = frozenset(
+    {"WMaxLimPctEna", "WMaxLimPct", "WMaxLimPctRvrt", "WMaxLimPctEnaRvrt", "WMaxLimPctRvrtTms"}
+)
+
+
+def common(mn: str, md: str, sn: str, vr: str = "1.0.0", unit: int = 1) -> ModelSpec:
+    return ModelSpec(1, {"Mn": mn, "Md": md, "Opt": "sim", "Vr": vr, "SN": sn, "DA": unit})
+
+
+def inverter_measurements(float_model: bool, phases: int = 3) -> ModelSpec:
+    """Model 101-103 (scaled integers) or 111-113 (float32) with plausible idle values."""
+    model_id = (110 if float_model else 100) + phases
+    values: dict[str, Any] = {"St": 2, "Evt1": 0, "Evt2": 0, "TmpCab": 35.0}
+    for ph in ("A", "B", "C")[:phases]:
+        values[f"PhVph{ph}"] = 230.0
+    if not float_model:
+        values.update(
+            A_SF=-2, V_SF=-1, W_SF=0, Hz_SF=-2, VA_SF=0, VAr_SF=0, WH_SF=0,
+            DCA_SF=-2, DCV_SF=-1, DCW_SF=0, Tmp_SF=-1,
+        )  # fmt: skip
+    return ModelSpec(model_id, values)
+
+
+def nameplate_120(w_rtg: float) -> ModelSpec:
+    return ModelSpec(
+        120,
+        {
+            "DERTyp": 4,
+            "WRtg_SF": 0, "WRtg": w_rtg,
+            "VARtg_SF": 0, "VARtg": w_rtg,
+            "VArRtg_SF": 0, "VArRtgQ1": w_rtg * 0.6, "VArRtgQ2": 0,
+            "VArRtgQ3": 0, "VArRtgQ4": -w_rtg * 0.6,
+            "ARtg_SF": -2, "ARtg": w_rtg / 230.0 / 3.0,
+            "PFRtg_SF": -3, "PFRtgQ1": 0.8, "PFRtgQ2": 1.0, "PFRtgQ3": 1.0, "PFRtgQ4": -0.8,
+        },
+    )  # fmt: skip
+
+
+def settings_121(w_max: float) -> ModelSpec:
+    return ModelSpec(
+        121,
+        {
+            "WMax_SF": 0, "WMax": w_max,
+            "VRef_SF": -1, "VRef": 230.0,
+            "VRefOfs_SF": 0, "VRefOfs": 0,
+            "VMinMax_SF": -1, "VMax": 253.0, "VMin": 207.0,
+            "VAMax_SF": 0, "VAMax": w_max,
+            "ECPNomHz_SF": -2, "ECPNomHz": 50.0,
+        },
+    )  # fmt: skip
+
+
+def status_122() -> ModelSpec:
+    return ModelSpec(
+        122,
+        {"PVConn": 0, "StorConn": 0, "ECPConn": 1, "ActWh": 0, "WAval_SF": 0, "WAval": 0,
+         "StActCtl": 0},
+    )  # fmt: skip
+
+
+def controls_123() -> ModelSpec:
+    return ModelSpec(
+        123,
+        {
+            "Conn_WinTms": 0, "Conn_RvrtTms": 0, "Conn": 1,
+            "WMaxLimPct_SF": -2, "WMaxLimPct": 100.0,
+            "WMaxLimPct_WinTms": 0, "WMaxLimPct_RvrtTms": 0, "WMaxLimPct_RmpTms": 0,
+            "WMaxLim_Ena": 0,
+            "OutPFSet_SF": -3, "OutPFSet": 1.0, "OutPFSet_Ena": 0,
+        },
+        writable=_CONTROLS_123,
+    )  # fmt: skip
+
+
+def mppt_160(modules: int = 2) -> ModelSpec:
+    values: dict[str, Any] = {
+        "DCA_SF": -2, "DCV_SF": -1, "DCW_SF": 0, "DCWH_SF": 0, "Evt": 0, "N": modules, "TmsPer": 0,
+    }  # fmt: skip
+    for i in range(modules):
+        values.update(
+            {f"module[{i}].ID": i + 1, f"module[{i}].IDStr": f"MPPT{i + 1}",
+             f"module[{i}].DCSt": 2, f"module[{i}].DCEvt": 0}
+        )  # fmt: skip
+    return ModelSpec(160, values, counts={"module": modules})
+
+
+def sunspec_inverter(
+    *,
+    mn: str = "Fronius",
+    md: str = "Symo 5.0-3-M",
+    sn: str = "SIM0001",
+    unit: int = 1,
+    base: int = 40000,
+    w_max: float = 5000.0,
+    float_model: bool = False,
+    phases: int = 3,
+    control: bool = True,
+    mppt: bool = True,
+    available_w: float = 0.0,
+    tau_s: float = 1.0,
+    order: str = "fronius",
+) -> Inverter:
+    """An inverter with the 1xx information models and (optionally) model 123 controls."""
+    meas = inverter_measurements(float_model, phases)
+    tail = [nameplate_120(w_max), settings_121(w_max), status_122()]
+    if control:
+        tail.append(controls_123())
+    if mppt:
+        tail.append(mppt_160())
+    models = [common(mn, md, sn, unit=unit)]
+    models += [meas, *tail] if order == "fronius" else [*tail, meas]
+    return Inverter(base, models, available_w=available_w, tau_s=tau_s)
+
+
+def der_inverter(
+    *,
+    mn: str = "SunSpecSim",
+    md: str = "DER-2018",
+    sn: str = "SIM0701",
+    unit: int = 1,
+    base: int = 50000,
+    w_max: float = 6000.0,
+    available_w: float = 0.0,
+    tau_s: float = 1.0,
+) -> Inverter:
+    """An inverter speaking the IEEE 1547-2018 DER models 701-704."""
+    m701 = ModelSpec(
+        701,
+        {
+            "ACType": 2, "St": 1, "InvSt": 1, "ConnSt": 1, "Alrm": 0, "DERMode": 0,
+            "A_SF": -2, "V_SF": -1, "Hz_SF": -2, "W_SF": 0, "PF_SF": -3, "VA_SF": 0,
+            "Var_SF": 0, "TotWh_SF": 0, "TotVarh_SF": 0, "Tmp_SF": 0,
+            "TotWhInj": 0, "TotWhAbs": 0, "TmpCab": 35, "PF": 1.0,
+        },
+    )  # fmt: skip
+    m702 = ModelSpec(
+        702,
+        {
+            "W_SF": 0, "PF_SF": -3, "VA_SF": 0, "Var_SF": 0, "V_SF": -1, "A_SF": -2,
+            "WMaxRtg": w_max, "VAMaxRtg": w_max, "VarMaxInjRtg": w_max * 0.6,
+            "VarMaxAbsRtg": w_max * 0.6, "VNomRtg": 230.0, "VMaxRtg": 253.0, "VMinRtg": 207.0,
+            "AMaxRtg": w_max / 230.0 / 3.0, "NorOpCatRtg": 1, "AbnOpCatRtg": 2,
+            "WMax": w_max, "VAMax": w_max, "VNom": 230.0, "VMax": 253.0, "VMin": 207.0,
+            "AMax": w_max / 230.0 / 3.0,
+        },
+    )  # fmt: skip
+    m703 = ModelSpec(
+        703,
+        {
+            "V_SF": -1, "Hz_SF": -2, "ES": 1, "ESVHi": 253.0, "ESVLo": 207.0,
+            "ESHzHi": 50.15, "ESHzLo": 47.5, "ESDlyTms": 60, "ESRndTms": 0, "ESRmpTms": 360,
+            "ESDlyRemTms": 0,
+        },
+        writable=frozenset({"ES"}),
+    )  # fmt: skip
+    m704 = ModelSpec(
+        704,
+        {
+            "PF_SF": -3, "WMaxLimPct_SF": -2, "WSet_SF": 0, "WSetPct_SF": -2,
+            "VarSet_SF": 0, "VarSetPct_SF": -2,
+            "WMaxLimPctEna": 0, "WMaxLimPct": 100.0, "WMaxLimPctRvrt": 100.0,
+            "WMaxLimPctEnaRvrt": 0, "WMaxLimPctRvrtTms": 0, "WMaxLimPctRvrtRem": 0,
+        },
+        writable=_CONTROLS_704,
+    )  # fmt: skip
+    models = [common(mn, md, sn, unit=unit), m701, m702, m703, m704]
+    return Inverter(base, models, available_w=available_w, tau_s=tau_s)
+
+
+def sunspec_meter(
+    *,
+    mn: str = "Fronius",
+    md: str = "Smart Meter TS 65A-3",
+    sn: str = "SIM0240",
+    unit: int = 240,
+    base: int = 40000,
+    float_model: bool = False,
+    phases: int = 3,
+) -> Meter:
+    """A grid meter: model 201-203 (scaled integers) or 211-213 (float32)."""
+    model_id = (210 if float_model else 200) + phases
+    values: dict[str, Any] = {"Evt": 0}
+    if not float_model:
+        values.update(A_SF=-2, V_SF=-1, Hz_SF=-2, W_SF=0, VA_SF=0, VAR_SF=0, PF_SF=-1, TotWh_SF=0)
+    return Meter(base, [common(mn, md, sn, unit=unit), ModelSpec(model_id, values)])
+
+
+# -- profiles -------------------------------------------------------------------------------------
+
+
+def fronius_gateway(
+    *,
+    float_inverters: bool = False,
+    float_meter: bool = False,
+    load_w: float = 1500.0,
+    tau_s: float = 1.0,
+) -> Site:
+    """A Fronius Datamanager: inverters at units 1 and 2, the feed-in meter at unit 240."""
+    inv1 = sunspec_inverter(
+        unit=1, sn="SIMFR0001", w_max=5000.0, float_model=float_inverters,
+        available_w=4000.0, tau_s=tau_s,
+    )  # fmt: skip
+    inv2 = sunspec_inverter(
+        unit=2, md="Symo 8.2-3-M", sn="SIMFR0002", w_max=8200.0, float_model=float_inverters,
+        available_w=6000.0, tau_s=tau_s,
+    )  # fmt: skip
+    meter = sunspec_meter(float_model=float_meter)
+    return _site({1: inv1, 2: inv2, 240: meter}, load_w)
+
+
+def sma_like(*, float_model: bool = False, tau_s: float = 1.0) -> Site:
+    """An SMA-style inverter alone at unit 126, controls before the measurement model."""
+    inv = sunspec_inverter(
+        mn="SMA", md="STP 6.0-3AV-40", sn="SIMSMA126", unit=126, w_max=6000.0,
+        float_model=float_model, available_w=5000.0, tau_s=tau_s, order="sma",
+    )  # fmt: skip
+    return _site({126: inv}, 0.0)
+
+
+def der2018_inverter(*, tau_s: float = 1.0, load_w: float = 1000.0) -> Site:
+    """An IEEE 1547-2018 inverter (models 1, 701-704, base 50000) plus a float meter."""
+    inv = der_inverter(available_w=5000.0, tau_s=tau_s)
+    return _site({1: inv, 240: sunspec_meter(float_model=True, mn="SunSpecSim")}, load_w)
+
+
+def no_control_inverter(*, tau_s: float = 1.0) -> Site:
+    """A Fronius inverter whose 'control via Modbus' is off, so model 123 is absent."""
+    inv = sunspec_inverter(sn="SIMNOCTL", available_w=4000.0, control=False, tau_s=tau_s)
+    return _site({1: inv}, 0.0)
+
+
+def base0_device(*, tau_s: float = 1.0) -> Site:
+    """A device whose SunSpec map starts at register 0."""
+    inv = sunspec_inverter(
+        mn="Base0", md="Zero", sn="SIMBASE0", base=0, available_w=3000.0, mppt=False, tau_s=tau_s
+    )
+    return _site({1: inv}, 0.0)
+
+
+def float_inverter(*, tau_s: float = 1.0) -> Site:
+    """A float-model (113) inverter with a float meter (213)."""
+    inv = sunspec_inverter(sn="SIMFLT01", float_model=True, available_w=4000.0, tau_s=tau_s)
+    return _site({1: inv, 240: sunspec_meter(float_model=True)}, 500.0)
+
+
+def single_phase_int(*, tau_s: float = 1.0) -> Site:
+    """A single-phase integer inverter (101) with a single-phase integer meter (201)."""
+    inv = sunspec_inverter(
+        md="Primo 3.0-1", sn="SIMSP01", w_max=3000.0, phases=1, available_w=2500.0, tau_s=tau_s
+    )
+    return _site({1: inv, 240: sunspec_meter(phases=1)}, 800.0)
+
+
+def _site(devices: dict[int, Inverter | Meter], load_w: float) -> Site:
+    return Site(devices, load_w=load_w)
+
+
+PROFILES: dict[str, Callable[[], Site]] = {
+    "fronius_gateway": fronius_gateway,
+    "fronius_gateway_float": lambda: fronius_gateway(float_inverters=True, float_meter=True),
+    "sma_like": sma_like,
+    "der2018_inverter": der2018_inverter,
+    "no_control_inverter": no_control_inverter,
+    "base0_device": base0_device,
+    "float_inverter": float_inverter,
+    "single_phase_int": single_phase_int,
+}

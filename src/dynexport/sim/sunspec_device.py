@@ -1,0 +1,643 @@
+"""Simulated SunSpec devices: register images and plant behaviour, without I/O.
+
+The register layout and value encoding come from pysunspec2's official model definitions so the
+simulator is an independent peer of our own decoder. Everything here is driven by an explicit
+clock value (``now``) so tests can step time deterministically; the Modbus server adapter lives in
+``modbus_server.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from typing import Any
+
+import sunspec2.device as ss_device
+import sunspec2.mdef as ss_mdef
+
+SUNS_MARKER = (0x5375, 0x6E53)  # 'SunS'
+END_MODEL_ID = 0xFFFF
+
+ILLEGAL_ADDRESS = 2
+ILLEGAL_VALUE = 3
+
+INT_MODELS_INVERTER = (101, 102, 103)
+FLOAT_MODELS_INVERTER = (111, 112, 113)
+INVERTER_MODELS = INT_MODELS_INVERTER + FLOAT_MODELS_INVERTER
+METER_MODELS = (201, 202, 203, 204, 211, 212, 213, 214)
+
+_PATH_RE = re.compile(r"^(?:(?P<group>\w+)\[(?P<index>\d+)\]\.)?(?P<point>\w+)$")
+
+
+class ModbusError(Exception):
+    """A request the device refuses; ``code`` is the Modbus exception code to answer with."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a device: id, initial point values and repeating-group instance counts.
+
+    ``values`` maps point paths (``"W"`` or ``"module[0].DCW"``) to engineering values: scale
+    factors are applied when encoding, so give SF points (raw exponents) alongside the points
+    they scale. Points not mentioned stay at their not-implemented value.
+    """
+
+    model_id: int
+    values: Mapping[str, Any] = field(default_factory=dict)
+    counts: Mapping[str, int] = field(default_factory=dict)
+    writable: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class _Slot:
+    model_id: int
+    path: str
+    point: Any  # sunspec2.device.Point
+    address: int
+    length: int
+    writable: bool
+
+
+class SunSpecDevice:
+    """A SunSpec register image at a base address (40000, 50000 or 0).
+
+    Not thread-safe on its own: ``Site`` serialises access. Only points listed in a model's
+    ``writable`` set (and implemented, and RW in the definition) accept writes; any other write is
+    an illegal data address, as on real devices that expose a subset of controls.
+    """
+
+    def __init__(self, base: int, models: Sequence[ModelSpec]) -> None:
+        self.base = base
+        self.models: dict[int, Any] = {}
+        self.model_addresses: dict[int, int] = {}
+        self._order: list[Any] = []
+        self._slots: dict[int, _Slot] = {}
+        self._by_path: dict[tuple[int, str], _Slot] = {}
+        address = base + 2
+        for spec in models:
+            if spec.model_id in self.models:
+                raise ValueError(f"model {spec.model_id} appears twice")
+            model = _build_model(spec)
+            self.models[spec.model_id] = model
+            self.model_addresses[spec.model_id] = address
+            self._order.append(model)
+            self._index_points(spec, model, address)
+            address += model.len
+        self.end = address + 2
+        self._registers: list[int] = []
+        self._dirty = True
+
+    # -- layout -------------------------------------------------------------------------------
+
+    def _index_points(self, spec: ModelSpec, model: Any, model_address: int) -> None:
+        for path, point in _iter_points(model):
+            writable = (
+                path in spec.writable
+                and point.pdef.get(ss_mdef.ACCESS) == ss_mdef.ACCESS_RW
+                and point.value is not None
+            )
+            slot = _Slot(
+                spec.model_id, path, point, model_address + point.offset, point.len, writable
+            )
+            self._by_path[(spec.model_id, path)] = slot
+            for reg in range(slot.address, slot.address + slot.length):
+                self._slots[reg] = slot
+        unknown = set(spec.writable) - {p for (m, p) in self._by_path if m == spec.model_id}
+        if unknown:
+            raise ValueError(f"model {spec.model_id}: unknown writable points {sorted(unknown)}")
+
+    def has(self, model_id: int) -> bool:
+        return model_id in self.models
+
+    def point_address(self, model_id: int, path: str) -> int:
+        """Absolute register address of a point (useful for tests writing raw registers)."""
+        return self._by_path[(model_id, path)].address
+
+    # -- point values -------------------------------------------------------------------------
+
+    def get(self, model_id: int, path: str) -> Any:
+        """Engineering value (scale factor applied) of a point, None if not implemented."""
+        point = self._point(model_id, path)
+        return point.get_value(computed=True)
+
+    def get_raw(self, model_id: int, path: str) -> Any:
+        return self._point(model_id, path).value
+
+    def set(self, model_id: int, path: str, value: Any) -> None:
+        """Set a point from an engineering value; None makes it not-implemented."""
+        _set_point(self._point(model_id, path), value)
+        self._dirty = True
+
+    def set_if(self, model_id: int, path: str, value: Any) -> None:
+        """Set a point when the model exists and the point's scale factor is implemented."""
+        if model_id not in self.models:
+            return
+        point = self._point(model_id, path)
+        if point.sf is not None:
+            sf = _sf_point(point)
+            if sf is None or sf.value is None:
+                return
+        self.set(model_id, path, value)
+
+    def _point(self, model_id: int, path: str) -> Any:
+        try:
+            return self._by_path[(model_id, path)].point
+        except KeyError:
+            raise KeyError(f"model {model_id} has no point {path}") from None
+
+    # -- Modbus register access --------------------------------------------------------------
+
+    def read(self, address: int, count: int) -> list[int]:
+        """Holding registers ``address .. address+count-1``; outside the image → exception 2."""
+        if count < 1 or address < self.base or address + count > self.end:
+            raise ModbusError(ILLEGAL_ADDRESS, f"read {address}+{count} outside the SunSpec map")
+        if self._dirty:
+            self._encode()
+        start = address - self.base
+        return self._registers[start : start + count]
+
+    def write(self, address: int, values: Sequence[int], now: float) -> None:
+        """Write whole writable points atomically, then let the device react."""
+        changes: list[tuple[_Slot, Any]] = []
+        pos = address
+        end = address + len(values)
+        while pos < end:
+            slot = self._slots.get(pos)
+            if slot is None or not slot.writable:
+                raise ModbusError(ILLEGAL_ADDRESS, f"register {pos} is not writable")
+            if slot.address != pos or slot.address + slot.length > end:
+                raise ModbusError(ILLEGAL_ADDRESS, f"write splits point {slot.path} at {pos}")
+            data = b"".join(
+                struct.pack(">H", v & 0xFFFF)
+                for v in values[pos - address : pos - address + slot.length]
+            )
+            raw = slot.point.info.data_to(data)
+            if not self._valid(slot, raw):
+                raise ModbusError(ILLEGAL_VALUE, f"value {raw} out of range for {slot.path}")
+            changes.append((slot, raw))
+            pos += slot.length
+        for slot, raw in changes:
+            slot.point.set_value(raw)
+        self._dirty = True
+        self.on_write(changes_to_names(changes), now)
+
+    def _valid(self, slot: _Slot, raw: Any) -> bool:
+        pdef = slot.point.pdef
+        if not slot.point.info.is_impl(raw):
+            return False
+        symbols = pdef.get(ss_mdef.SYMBOLS)
+        if symbols and pdef[ss_mdef.TYPE] in ("enum16", "enum32"):
+            return raw in {s[ss_mdef.VALUE] for s in symbols}
+        limits = self.value_limits().get((slot.model_id, slot.path))
+        if limits is not None:
+            value = _scaled(slot.point, raw)
+            return limits[0] <= value <= limits[1]
+        return True
+
+    def value_limits(self) -> Mapping[tuple[int, str], tuple[float, float]]:
+        """Accepted engineering-value range of writable points; subclasses add theirs."""
+        return {}
+
+    def on_write(self, names: AbstractSet[tuple[int, str]], now: float) -> None:
+        """Hook: react to written points (start timers and so on)."""
+
+    def step(self, now: float) -> None:
+        """Hook: advance the simulation to ``now``."""
+
+    def _encode(self) -> None:
+        regs: list[int] = list(SUNS_MARKER)
+        for model in self._order:
+            data = model.get_mb()
+            regs.extend(struct.unpack(f">{len(data) // 2}H", data))
+        regs.extend((END_MODEL_ID, 0))
+        self._registers = regs
+        self._dirty = False
+
+
+def changes_to_names(changes: Iterable[tuple[_Slot, Any]]) -> set[tuple[int, str]]:
+    return {(slot.model_id, slot.path) for slot, _ in changes}
+
+
+def _build_model(spec: ModelSpec) -> Any:
+    init: dict[str, Any] = {}
+    mdef = ss_device.get_model_def(spec.model_id)
+    for gdef in mdef[ss_mdef.GROUP].get(ss_mdef.GROUPS, []):
+        gname = gdef[ss_mdef.NAME]
+        if gdef.get(ss_mdef.COUNT) is None or gname not in spec.counts:
+            continue
+        # pysunspec2 sizes a repeating group from the count point, or from the data given.
+        init[gname] = [{} for _ in range(spec.counts[gname])]
+        count = gdef[ss_mdef.COUNT]
+        if isinstance(count, str) and not count.isdigit():
+            init[count] = spec.counts[gname]
+    model = ss_device.Model(model_id=spec.model_id, data=init)
+    if model.error_info:
+        raise ValueError(f"model {spec.model_id}: {model.error_info.strip()}")
+    # Scale factors first: scaled points need them to encode.
+    ordered = sorted(spec.values.items(), key=lambda kv: not _is_sf(model, kv[0]))
+    for path, value in ordered:
+        _set_point(_resolve(model, path), value)
+    return model
+
+
+def _is_sf(model: Any, path: str) -> bool:
+    return bool(_resolve(model, path).pdef[ss_mdef.TYPE] == ss_mdef.TYPE_SUNSSF)
+
+
+def _resolve(model: Any, path: str) -> Any:
+    m = _PATH_RE.match(path)
+    if m is None:
+        raise KeyError(path)
+    if m.group("group"):
+        group = model.groups[m.group("group")]
+        if isinstance(group, list):
+            group = group[int(m.group("index"))]
+        return group.points[m.group("point")]
+    return model.points[m.group("point")]
+
+
+def _iter_points(group: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for name, point in group.points.items():
+        yield prefix + name, point
+    for gname, sub in group.groups.items():
+        if isinstance(sub, list):
+            for i, g in enumerate(sub):
+                yield from _iter_points(g, f"{gname}[{i}].")
+        else:
+            yield from _iter_points(sub, f"{gname}[0].")
+
+
+def _sf_point(point: Any) -> Any:
+    sf = point.group.points.get(point.sf)
+    if sf is None:
+        sf = point.model.points.get(point.sf)
+    return sf
+
+
+def _scaled(point: Any, raw: Any) -> float:
+    if point.sf is None:
+        return float(raw) * (10.0 ** (point.sf_value or 0))
+    sf = _sf_point(point)
+    return float(raw) * (10.0 ** (sf.value or 0))
+
+
+def _set_point(point: Any, value: Any) -> None:
+    if value is None:
+        point.set_value(None)
+        return
+    vtype = point.pdef[ss_mdef.TYPE]
+    if vtype in (ss_mdef.TYPE_STRING, ss_mdef.TYPE_FLOAT32, ss_mdef.TYPE_FLOAT64):
+        point.set_value(float(value) if vtype != ss_mdef.TYPE_STRING else str(value))
+    elif point.sf_required:
+        point.set_value(value, computed=True)
+    else:
+        point.set_value(round(value))
+
+
+# -- plant behaviour ------------------------------------------------------------------------------
+
+
+def _lag(current: float, target: float, dt: float, tau: float) -> float:
+    if tau <= 0:
+        return target
+    return target + (current - target) * math.exp(-dt / tau)
+
+
+@dataclass
+class _Timer:
+    deadline: float | None = None
+
+    def arm(self, now: float, seconds: float) -> None:
+        self.deadline = now + seconds if seconds > 0 else None
+
+    def remaining(self, now: float) -> float:
+        return 0.0 if self.deadline is None else max(0.0, self.deadline - now)
+
+
+class Inverter(SunSpecDevice):
+    """A PV inverter producing ``min(available, rating, limit)`` with a first-order lag.
+
+    The limit comes from model 123 (WMaxLimPct of 121 WMax, when WMaxLim_Ena = 1) or model 704
+    (WMaxLimPct of 702 WMax, when WMaxLimPctEna = 1). Revert timers disable the limit when they
+    expire without a rewrite, so a controller that dies leaves the site at full output.
+    """
+
+    def __init__(
+        self,
+        base: int,
+        models: Sequence[ModelSpec],
+        *,
+        available_w: float = 0.0,
+        tau_s: float = 1.0,
+        voltage: float = 230.0,
+        frequency: float = 50.0,
+    ) -> None:
+        super().__init__(base, models)
+        self.available_w = available_w
+        self.tau_s = tau_s
+        self.voltage = voltage
+        self.frequency = frequency
+        self.output_w = 0.0
+        self.energy_wh = 0.0
+        self._last: float | None = None
+        self._limit_timer = _Timer()
+        self._conn_timer = _Timer()
+        self.output_w = self.target_w()  # start in steady state, not ramping up
+        self._refresh(0.0)
+
+    # -- ratings and limits -------------------------------------------------------------------
+
+    def rating_w(self) -> float:
+        for model_id, path in ((702, "WMax"), (121, "WMax"), (702, "WMaxRtg"), (120, "WRtg")):
+            if self.has(model_id):
+                value = self.get(model_id, path)
+                if value is not None:
+                    return float(value)
+        return math.inf
+
+    def limit_w(self) -> float:
+        """Active generation limit in W (inf when no limit is enabled)."""
+        if self.has(704) and self.get(704, "WMaxLimPctEna") == 1:
+            return self.rating_w() * float(self.get(704, "WMaxLimPct")) / 100.0
+        if self.has(123) and self.get(123, "WMaxLim_Ena") == 1:
+            return self.rating_w() * float(self.get(123, "WMaxLimPct")) / 100.0
+        return math.inf
+
+    def connected(self) -> bool:
+        if self.has(123) and self.get(123, "Conn") == 0:
+            return False
+        return not (self.has(703) and self.get(703, "ES") == 0)
+
+    def target_w(self) -> float:
+        if not self.connected():
+            return 0.0
+        return max(0.0, min(self.available_w, self.rating_w(), self.limit_w()))
+
+    def value_limits(self) -> Mapping[tuple[int, str], tuple[float, float]]:
+        return {
+            (123, "WMaxLimPct"): (0.0, 100.0),
+            (704, "WMaxLimPct"): (0.0, 100.0),
+            (704, "WMaxLimPctRvrt"): (0.0, 100.0),
+        }
+
+    # -- events -------------------------------------------------------------------------------
+
+    def on_write(self, names: AbstractSet[tuple[int, str]], now: float) -> None:
+        self.step(now)  # the plant state up to the write used the old settings
+        if names & {(123, "WMaxLimPct"), (123, "WMaxLim_Ena"), (123, "WMaxLimPct_RvrtTms")}:
+            rvrt = self.get(123, "WMaxLimPct_RvrtTms")
+            on = self.get(123, "WMaxLim_Ena") == 1
+            self._limit_timer.arm(now, float(rvrt) if on and rvrt else 0.0)
+        if names & {(704, "WMaxLimPct"), (704, "WMaxLimPctEna"), (704, "WMaxLimPctRvrtTms")}:
+            rvrt = self.get(704, "WMaxLimPctRvrtTms")
+            on = self.get(704, "WMaxLimPctEna") == 1
+            self._limit_timer.arm(now, float(rvrt) if on and rvrt else 0.0)
+        if names & {(123, "Conn"), (123, "Conn_RvrtTms")}:
+            rvrt = self.get(123, "Conn_RvrtTms")
+            off = self.get(123, "Conn") == 0
+            self._conn_timer.arm(now, float(rvrt) if off and rvrt else 0.0)
+        self._refresh(now)
+
+    def step(self, now: float) -> None:
+        if self._last is None:
+            self._last = now
+        while self._last < now:
+            deadlines = [
+                t.deadline
+                for t in (self._limit_timer, self._conn_timer)
+                if t.deadline is not None and self._last <= t.deadline < now
+            ]
+            until = min(deadlines) if deadlines else now
+            self._advance(until - self._last)
+            self._last = until
+            self._expire(until)
+        self._expire(now)
+        self._refresh(now)
+
+    def _advance(self, dt: float) -> None:
+        start = self.output_w
+        self.output_w = _lag(self.output_w, self.target_w(), dt, self.tau_s)
+        self.energy_wh += (start + self.output_w) / 2.0 * dt / 3600.0
+
+    def _expire(self, now: float) -> None:
+        t = self._limit_timer
+        if t.deadline is not None and t.deadline <= now:
+            t.deadline = None
+            if self.has(704) and self.get(704, "WMaxLimPctEna") == 1:
+                self.set(704, "WMaxLimPctEna", self.get(704, "WMaxLimPctEnaRvrt") or 0)
+                rvrt_pct = self.get(704, "WMaxLimPctRvrt")
+                if rvrt_pct is not None:
+                    self.set(704, "WMaxLimPct", rvrt_pct)
+            if self.has(123):
+                self.set(123, "WMaxLim_Ena", 0)
+        c = self._conn_timer
+        if c.deadline is not None and c.deadline <= now:
+            c.deadline = None
+            self.set(123, "Conn", 1)
+
+    # -- measurements -------------------------------------------------------------------------
+
+    def _refresh(self, now: float) -> None:
+        """Write the plant state into the measurement points of whichever models exist."""
+        w = self.output_w
+        phase_a = w / 3.0 / self.voltage
+        limited = self.limit_w() < min(self.available_w, self.rating_w())
+        if not self.connected():
+            state, state701 = 1, 0  # OFF
+        elif self.available_w <= 0:
+            state, state701 = 2, 1  # SLEEPING
+        elif limited:
+            state, state701 = 5, 4  # THROTTLED
+        else:
+            state, state701 = 4, 3  # MPPT / RUNNING
+        dc_w = w / 0.97
+        for mid in INVERTER_MODELS:
+            if not self.has(mid):
+                continue
+            s = self.set_if
+            s(mid, "W", w)
+            s(mid, "VA", w)
+            s(mid, "VAr", 0.0)
+            s(mid, "Hz", self.frequency)
+            s(mid, "A", w / self.voltage if mid in (101, 111) else phase_a * 3)
+            s(mid, "AphA", phase_a if mid not in (101, 111) else w / self.voltage)
+            if mid in (102, 103, 112, 113):
+                s(mid, "AphB", phase_a)
+            if mid in (103, 113):
+                s(mid, "AphC", phase_a)
+            for ph in ("PhVphA", "PhVphB", "PhVphC"):
+                if self.get_raw(mid, ph) is not None:
+                    s(mid, ph, self.voltage)
+            s(mid, "WH", self.energy_wh)
+            s(mid, "DCW", dc_w)
+            s(mid, "DCV", 600.0)
+            s(mid, "DCA", dc_w / 600.0)
+            s(mid, "St", state)
+        if self.has(122):
+            self.set_if(122, "PVConn", 7 if self.connected() else 0)
+            self.set_if(122, "WAval", min(self.available_w, self.rating_w()))
+            self.set_if(122, "StActCtl", 1 if self.limit_w() < math.inf else 0)
+            self.set_if(122, "ActWh", int(self.energy_wh))
+        if self.has(160):
+            n = int(self.get_raw(160, "N") or 0)
+            for i in range(n):
+                self.set_if(160, f"module[{i}].DCW", dc_w / n)
+                self.set_if(160, f"module[{i}].DCV", 300.0)
+                self.set_if(160, f"module[{i}].DCA", dc_w / n / 300.0)
+                self.set_if(160, f"module[{i}].DCWH", self.energy_wh / n)
+                self.set_if(160, f"module[{i}].DCSt", state)
+        if self.has(701):
+            s = self.set_if
+            s(701, "St", 1 if self.connected() else 0)
+            s(701, "InvSt", state701)
+            s(701, "ConnSt", 1 if self.connected() else 0)
+            s(701, "W", w)
+            s(701, "VA", w)
+            s(701, "Var", 0.0)
+            s(701, "A", phase_a)
+            s(701, "LNV", self.voltage)
+            s(701, "LLV", self.voltage * math.sqrt(3))
+            s(701, "Hz", self.frequency)
+            s(701, "TotWhInj", self.energy_wh)
+            for ph in ("L1", "L2", "L3"):
+                s(701, f"W{ph}", w / 3.0)
+                s(701, f"A{ph}", phase_a)
+                s(701, f"V{ph}", self.voltage)
+        if self.has(704):
+            self.set(704, "WMaxLimPctRvrtRem", math.ceil(self._limit_timer.remaining(now)))
+
+
+class Meter(SunSpecDevice):
+    """A grid-connection meter: W positive = import, negative = export."""
+
+    def __init__(self, base: int, models: Sequence[ModelSpec], *, frequency: float = 50.0) -> None:
+        super().__init__(base, models)
+        self.frequency = frequency
+        self.site_w = 0.0
+        self.site_var = 0.0
+        self.import_wh = 0.0
+        self.export_wh = 0.0
+        self._last: float | None = None
+        self.measure(0.0, 0.0, None)
+
+    def measure(self, site_w: float, site_var: float, now: float | None) -> None:
+        """Record the power flow at ``now`` and integrate energy since the last reading.
+
+        ``now=None`` sets the reading without starting the energy clock (initial state).
+        """
+        if now is not None and self._last is not None and now > self._last:
+            wh = self.site_w * (now - self._last) / 3600.0
+            if wh >= 0:
+                self.import_wh += wh
+            else:
+                self.export_wh -= wh
+        self._last = now
+        self.site_w = site_w
+        self.site_var = site_var
+        # Export lifts the local voltage a little: realistic and makes V non-constant.
+        volts = 230.0 - site_w / 1000.0 * 0.5
+        phase_w = site_w / 3.0
+        phase_var = site_var / 3.0
+        phase_va = math.hypot(phase_w, phase_var)
+        amps = phase_va / volts
+        pf = 100.0 * abs(phase_w) / phase_va if phase_va else 100.0  # models 20x/21x: percent
+        for mid in METER_MODELS:
+            if not self.has(mid):
+                continue
+            s = self.set_if
+            s(mid, "W", site_w)
+            s(mid, "VAR", site_var)
+            s(mid, "VA", phase_va * 3)
+            s(mid, "PF", pf)
+            s(mid, "A", amps * 3)
+            s(mid, "Hz", self.frequency)
+            s(mid, "PhV", volts)
+            s(mid, "PPV", volts * math.sqrt(3))
+            s(mid, "TotWhImp", self.import_wh)
+            s(mid, "TotWhExp", self.export_wh)
+            phases = ("A",) if mid in (201, 211) else ("A", "B") if mid in (202, 212) else "ABC"
+            for ph in phases:
+                s(mid, f"Wph{ph}", phase_w)
+                s(mid, f"VARph{ph}", phase_var)
+                s(mid, f"VAph{ph}", phase_va)
+                s(mid, f"PFph{ph}", pf)
+                s(mid, f"Aph{ph}", amps)
+                s(mid, f"PhVph{ph}", volts)
+
+
+class Site:
+    """Inverters and a meter on a load; the thread-safe façade the server talks to.
+
+    Every public method takes the lock, so test threads may change the load or the available PV
+    power while the server thread reads and writes registers.
+    """
+
+    def __init__(self, devices: Mapping[int, SunSpecDevice], *, load_w: float = 0.0) -> None:
+        self.devices = dict(devices)
+        self.load_w = load_w
+        self.load_var = 0.0
+        self.lock = threading.RLock()
+        self._measure(None)
+
+    @property
+    def inverters(self) -> dict[int, Inverter]:
+        return {u: d for u, d in self.devices.items() if isinstance(d, Inverter)}
+
+    @property
+    def meters(self) -> dict[int, Meter]:
+        return {u: d for u, d in self.devices.items() if isinstance(d, Meter)}
+
+    def units(self) -> list[int]:
+        return sorted(self.devices)
+
+    def step(self, now: float) -> None:
+        with self.lock:
+            for inverter in self.inverters.values():
+                inverter.step(now)
+            self._measure(now)
+
+    def _measure(self, now: float | None) -> None:
+        pv = sum(i.output_w for i in self.inverters.values())
+        for meter in self.meters.values():
+            meter.measure(self.load_w - pv, self.load_var, now)
+
+    def read(self, unit: int, address: int, count: int) -> list[int]:
+        with self.lock:
+            return self.devices[unit].read(address, count)
+
+    def write(self, unit: int, address: int, values: Sequence[int], now: float) -> None:
+        with self.lock:
+            self.step(now)
+            self.devices[unit].write(address, values, now)
+            self.step(now)
+
+    def set_load(self, watts: float, var: float = 0.0) -> None:
+        with self.lock:
+            self.load_w = watts
+            self.load_var = var
+
+    def set_available(self, unit: int, watts: float) -> None:
+        with self.lock:
+            self.inverters[unit].available_w = watts
+
+    def get(self, unit: int, model_id: int, path: str) -> Any:
+        with self.lock:
+            return self.devices[unit].get(model_id, path)
+
+    def output_w(self, unit: int) -> float:
+        with self.lock:
+            return self.inverters[unit].output_w
+
+    def site_w(self) -> float:
+        """Grid power the meter would see now (import positive)."""
+        with self.lock:
+            return self.load_w - sum(i.output_w for i in self.inverters.values())
