@@ -15,6 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from dynexport.sep2 import certs
+from dynexport.system.storage import atomic_write
 
 _KEY_NAME = "device-key.pem"
 _CSR_NAME = "device.csr"
@@ -90,7 +91,7 @@ def _request(args: argparse.Namespace) -> int:
             )
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         backup = key_path.with_name(f"{_KEY_NAME}.{stamp}.bak")
-        certs.write_file_atomic(backup, key_path.read_bytes(), mode=0o600, overwrite=False)
+        atomic_write(backup, key_path.read_bytes(), mode=0o600, overwrite=False)
     key = certs.generate_key()
     try:
         certs.write_private_key(key_path, key, overwrite=args.force)
@@ -98,7 +99,7 @@ def _request(args: argparse.Namespace) -> int:
         return _fail(f"{key_path} appeared while writing; not replaced")
     csr = certs.make_csr(key)
     csr_pem = csr.public_bytes(serialization.Encoding.PEM)
-    certs.write_file_atomic(folder / _CSR_NAME, csr_pem, mode=0o644, overwrite=True)
+    atomic_write(folder / _CSR_NAME, csr_pem, mode=0o644, overwrite=True)
     if backup is not None:
         print(f"previous key kept as {backup}")
     print(f"private key: {key_path} (mode 0600; keep it, never send it anywhere)")
@@ -126,7 +127,7 @@ def _sign(args: argparse.Namespace) -> int:
     except (certs.CertError, ValueError) as exc:
         return _fail(str(exc))
     chain = certs.certificate_pem(cert, mica_cert)
-    certs.write_file_atomic(args.out, chain, mode=0o644, overwrite=True)
+    atomic_write(args.out, chain, mode=0o644, overwrite=True)
     lfdi = certs.lfdi(cert)
     print(f"wrote {args.out} (device certificate + MICA)")
     print(f"LFDI: {lfdi}")

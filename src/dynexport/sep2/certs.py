@@ -17,13 +17,10 @@ and an ECDSA-with-SHA256 signature over a P-256 key.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import ipaddress
 import json
-import os
-import secrets
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +33,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from dynexport.system.storage import atomic_write
 
 # --- OIDs -------------------------------------------------------------------------------------
 # IEEE 2030.5-2018 §6.11.7.2 (device types) and §6.11.7.3 (policies), under the IEEE 2030.5
@@ -288,64 +287,11 @@ def make_csr(key: ec.EllipticCurvePrivateKey) -> x509.CertificateSigningRequest:
     )
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_atomic(path: Path | str, data: bytes, *, mode: int, overwrite: bool) -> None:
-    """Write ``data`` so that ``path`` is either the old file or the complete new one.
-
-    The temporary file is created with ``mode`` already set (a key is never readable by
-    others, not even for a moment), fsynced, then linked (no overwrite: fails if the target
-    exists, without a check-then-act race) or renamed (overwrite) into place, and the folder
-    is fsynced so the name survives a power cut.
-    """
-    target = Path(path)
-    directory = target.parent
-    tmp = directory / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have narrowed it; never widen beyond `mode`
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, target)
-        else:
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                raise FileExistsError(
-                    errno.EEXIST, "refusing to overwrite existing file", str(target)
-                ) from None
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                    raise
-                # a filesystem without hard links (e.g. FAT): best effort check, then rename
-                if target.exists():
-                    raise FileExistsError(
-                        errno.EEXIST, "refusing to overwrite existing file", str(target)
-                    ) from None
-                os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(directory)
-
-
 def write_private_key(
     path: Path | str, key: ec.EllipticCurvePrivateKey, *, overwrite: bool = False
 ) -> None:
     """Write ``key`` as PEM, mode 0600; an existing key is kept unless ``overwrite``."""
-    write_file_atomic(path, private_key_pem(key), mode=0o600, overwrite=overwrite)
+    atomic_write(path, private_key_pem(key), mode=0o600, overwrite=overwrite)
 
 
 # --- signing ----------------------------------------------------------------------------------
@@ -628,7 +574,7 @@ def make_test_pki(directory: Path | str, *, now: datetime, overwrite: bool = Fal
         ("summary", (json.dumps(summary, indent=2) + "\n").encode(), 0o644),
     ]
     for name, data, mode in writes:
-        write_file_atomic(paths[name], data, mode=mode, overwrite=overwrite)
+        atomic_write(paths[name], data, mode=mode, overwrite=overwrite)
     return TestPki(folder, device_lfdi, sfdi_from_lfdi(device_lfdi), paths)
 
 

@@ -9,9 +9,10 @@ private key is world-readable).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -19,32 +20,51 @@ from typing import Any
 def atomic_write(
     path: str | Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True
 ) -> None:
-    """Replaces ``path`` with ``data`` atomically and durably.
+    """Replaces ``path`` with ``data`` so that it is either the old file or the complete new one.
 
-    With ``overwrite=False`` an existing file is left alone and FileExistsError is raised (used for
-    private keys: replacing one silently means a new registration with the utility).
+    The temporary file is created with ``mode`` already set (a key is never readable by others,
+    not even for a moment), fsynced, then renamed into place (``overwrite``) or hard-linked
+    (no overwrite: fails with FileExistsError if the target exists, without a check-then-act
+    race; used for private keys, since replacing one means a new utility registration), and the
+    folder is fsynced so the name survives a power cut.
     """
     target = Path(path)
     folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    tmp = folder / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
+        try:
+            os.fchmod(fd, mode)  # the umask may have narrowed it; never widen beyond `mode`
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         if overwrite:
-            os.replace(tmp_name, target)
+            os.replace(tmp, target)
         else:
-            # link() fails if the target exists, so two writers cannot both "create" the file.
-            os.link(tmp_name, target)
-            os.unlink(tmp_name)
-    except BaseException:
+            _link_new(tmp, target)
+    finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+            os.unlink(tmp)
     fsync_dir(folder)
+
+
+def _link_new(tmp: Path, target: Path) -> None:
+    refuse = FileExistsError(errno.EEXIST, "refusing to overwrite existing file", str(target))
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise refuse from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # a filesystem without hard links (e.g. FAT): best-effort check, then rename
+        if target.exists():
+            raise refuse from None
+        os.replace(tmp, target)
 
 
 def fsync_dir(folder: str | Path) -> None:
