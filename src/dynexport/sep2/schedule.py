@@ -1,0 +1,662 @@
+"""Which utility control is in force, now and over the coming hours: a pure scheduler.
+
+Everything here is a function of the programs the server listed, a per-device randomization seed
+and a time in the *server's* clock (seconds since the epoch). Nothing reads the clock, so the same
+inputs give the same answer after a restart, in a test, or on the installer's laptop.
+
+The rules, with their sources, are written out in ``docs/sep2-scheduling.md``. In short:
+
+* Randomization (IEEE 2030.5 RandomizableEvent, sep.xsd): the event's start moves by a random
+  offset between 0 and ``randomizeStart`` seconds (the sign gives the direction; |value| ≤ 3600),
+  its duration by one between 0 and ``randomizeDuration``. Offsets come from a hash of the device
+  seed and the mRID, so one event keeps one offset across restarts.
+* Adjacent events (one specified to end when the next starts, sharing a control type) hand over at
+  the next event's effective start: no gap, no overlap (IEEE 2030.5-2018 §10.2.3, adjacent events).
+* Per control type: events rank by primacy (lower wins), then newer creationTime (IEEE 2030.5
+  §10.2.3 / §12.1.3 event rules; the CSIP-AUS harness GEN-10 relies on it), then mRID so the order
+  is total. The better event's run terminates a worse overlapping one at the better run's start
+  and the worse one does not resume (sep.xsd EventStatus "Superseded": "terminate execution of the
+  event immediately"; harness ALL-18 step s and GEN-10 steps g and u expect response 7 for it).
+* Cancelled (2, 3) and server-superseded (4) events never run; an event that vanishes from the
+  list is simply absent, which is the same as cancelled.
+* Where no event sets a type, the DefaultDERControl applies (sep.xsd DefaultDERControl: "to be used
+  if no active DERControl is found"), per type from the best-primacy program whose default sets it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+
+from dynexport.sep2.controls import (
+    ControlBase,
+    ControlType,
+    DefaultControl,
+    DERControlEvent,
+    EventStatus,
+    ProgramControls,
+)
+
+RANDOMIZE_LIMIT_S = 3600
+"""OneHourRangeType: randomizeStart / randomizeDuration are within ±3600 s (sep.xsd)."""
+
+_CONTROL_ORDER: tuple[ControlType, ...] = tuple(ControlType)
+_NOT_RUNNING = frozenset(
+    {EventStatus.CANCELLED, EventStatus.CANCELLED_WITH_RANDOMIZATION, EventStatus.SUPERSEDED}
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Randomization
+
+
+def _random_offset(seed: str, mrid: str, what: str, bound: int) -> int:
+    """A value in [0, |bound|] with the sign of ``bound``, stable for one (seed, mRID)."""
+    limit = min(abs(bound), RANDOMIZE_LIMIT_S)
+    if limit == 0:
+        return 0
+    digest = hashlib.sha256(f"{seed}\x00{mrid}\x00{what}".encode()).digest()
+    magnitude = int.from_bytes(digest[:8], "big") % (limit + 1)
+    return magnitude if bound > 0 else -magnitude
+
+
+def effective_window(event: DERControlEvent, seed: str) -> tuple[int, int]:
+    """The event's effective [start, end) after randomization, from the device seed and mRID.
+
+    IEEE 2030.5 RandomizableEvent: "Number of seconds boundary inside which a random value must be
+    selected to be applied to the associated interval start time / duration"; valid -3600..3600.
+    A negative value moves the start earlier (or shortens the duration). The effective end is the
+    effective start plus the randomized duration, never before the effective start. Deterministic
+    so a restart does not re-roll the dice (ALL-22 inspects the spread of start times).
+    """
+    start = event.start + _random_offset(seed, event.mrid, "start", event.randomize_start)
+    duration = event.duration + _random_offset(
+        seed, event.mrid, "duration", event.randomize_duration
+    )
+    return start, start + max(0, duration)
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution: which part of which event runs, per control type (independent of "now")
+
+
+def _rank(event: DERControlEvent) -> tuple[int, int, str]:
+    """Sort key, best first: lower primacy, then newer creationTime, then mRID (total order)."""
+    return (event.primacy, -event.creation_time, event.mrid)
+
+
+def better(a: DERControlEvent, b: DERControlEvent) -> bool:
+    """True when ``a`` outranks ``b`` (primacy, then newer creationTime, then mRID)."""
+    return _rank(a) < _rank(b)
+
+
+def runnable(event: DERControlEvent) -> bool:
+    """Cancelled (2, 3) and superseded (4) events never run, nor do events that set nothing."""
+    return event.status not in _NOT_RUNNING and not event.base.is_empty()
+
+
+@dataclass(frozen=True)
+class EventPlan:
+    """What the scheduler will do with one runnable event, whatever the time."""
+
+    event: DERControlEvent
+    start: int
+    """Effective start (randomized)."""
+    end: int
+    """Effective end (randomized, then cut to the next adjacent event's effective start)."""
+    runs: tuple[tuple[ControlType, int, int], ...]
+    """Per type the [start, end) it is actually in force; empty runs are omitted."""
+    cut_at: tuple[tuple[ControlType, int], ...]
+    """Per type, when a better event terminated it (types that ran to the end are absent)."""
+
+    @property
+    def superseded(self) -> bool:
+        """Every type it sets was terminated by a better event: it is superseded as a whole."""
+        return bool(self.event.base.types()) and len(self.cut_at) == len(self.event.base.types())
+
+    @property
+    def superseded_at(self) -> int | None:
+        """When the supersession takes effect: the last cut, and never before its own start."""
+        if not self.superseded:
+            return None
+        return max(self.start, max(t for _, t in self.cut_at))
+
+    @property
+    def ran(self) -> bool:
+        return bool(self.runs)
+
+
+@dataclass(frozen=True)
+class _Run:
+    start: int
+    end: int
+    event: DERControlEvent
+
+
+def _live_events(programs: Iterable[ProgramControls]) -> list[DERControlEvent]:
+    """Runnable events, one per mRID (the best-ranked copy if a server lists one twice)."""
+    by_mrid: dict[str, DERControlEvent] = {}
+    for program in programs:
+        for event in program.events:
+            if not runnable(event):
+                continue
+            seen = by_mrid.get(event.mrid)
+            if seen is None or better(event, seen):
+                by_mrid[event.mrid] = event
+    return sorted(by_mrid.values(), key=_rank)
+
+
+def _windows(events: Sequence[DERControlEvent], seed: str) -> dict[str, tuple[int, int]]:
+    """Effective windows, with adjacent events handing over at the successor's effective start.
+
+    IEEE 2030.5-2018 §10.2.3 (adjacent events): when an event is specified to end exactly when the
+    next one starts, the first runs until the second effectively starts, so randomization of the
+    second neither opens a gap (back to the default) nor makes them overlap (a false supersede).
+    """
+    raw = {e.mrid: effective_window(e, seed) for e in events}
+    starts: dict[int, list[DERControlEvent]] = {}
+    for e in events:
+        starts.setdefault(e.start, []).append(e)
+    out: dict[str, tuple[int, int]] = {}
+    for e in events:
+        start, end = raw[e.mrid]
+        kinds = e.base.types()
+        successors = [
+            raw[n.mrid][0]
+            for n in starts.get(e.end, [])
+            if n.mrid != e.mrid and n.duration > 0 and n.base.types() & kinds
+        ]
+        if successors and e.duration > 0:
+            end = max(start, min(successors))
+        out[e.mrid] = (start, end)
+    return out
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The runs of every control type and the plan of every runnable event."""
+
+    runs: Mapping[ControlType, tuple[_Run, ...]]
+    plans: tuple[EventPlan, ...]
+
+    def event_at(self, kind: ControlType, now: int) -> DERControlEvent | None:
+        runs = self.runs.get(kind, ())
+        i = bisect_right([r.start for r in runs], now) - 1
+        if i >= 0 and runs[i].start <= now < runs[i].end:
+            return runs[i].event
+        return None
+
+    def boundaries(self) -> set[int]:
+        return {t for runs in self.runs.values() for r in runs for t in (r.start, r.end)}
+
+
+def resolve(programs: Iterable[ProgramControls], seed: str) -> Resolution:
+    """Decide, once for all times, which event runs when for each control type.
+
+    Best-ranked events are placed first; a worse event runs from its effective start until the
+    start of the first better run that overlaps its window, and never after it (superseded events
+    are terminated, not paused). The runs of one type are therefore disjoint, and a worse event
+    that never ran does not stand in anyone's way. Contiguous events do not overlap (half-open
+    windows), so they hand over without a gap.
+    """
+    events = _live_events(programs)
+    windows = _windows(events, seed)
+    accepted: dict[ControlType, list[_Run]] = {k: [] for k in _CONTROL_ORDER}
+    ends: dict[ControlType, list[int]] = {k: [] for k in _CONTROL_ORDER}
+    runs_of: dict[str, list[tuple[ControlType, int, int]]] = {e.mrid: [] for e in events}
+    cuts_of: dict[str, list[tuple[ControlType, int]]] = {e.mrid: [] for e in events}
+    for event in events:  # best first
+        start, end = windows[event.mrid]
+        if end <= start:
+            continue
+        for kind in _CONTROL_ORDER:
+            if event.base.get(kind) is None:
+                continue
+            runs, run_ends = accepted[kind], ends[kind]
+            # Runs are disjoint and sorted, so the first one ending after our start is the
+            # earliest that can overlap us.
+            i = bisect_right(run_ends, start)
+            run_end = end
+            if i < len(runs) and runs[i].start < end:
+                run_end = min(end, runs[i].start)
+                cuts_of[event.mrid].append((kind, runs[i].start))
+            if run_end > start:
+                runs.insert(i, _Run(start, run_end, event))
+                run_ends.insert(i, run_end)
+                runs_of[event.mrid].append((kind, start, run_end))
+    plans = tuple(
+        EventPlan(
+            event=e,
+            start=windows[e.mrid][0],
+            end=windows[e.mrid][1],
+            runs=tuple(runs_of[e.mrid]),
+            cut_at=tuple(cuts_of[e.mrid]),
+        )
+        for e in events
+    )
+    return Resolution(runs={k: tuple(v) for k, v in accepted.items() if v}, plans=plans)
+
+
+# --------------------------------------------------------------------------------------------
+# Active controls
+
+
+class Source(StrEnum):
+    EVENT = "event"
+    DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class ActiveValue:
+    """The value in force for one control type and where it comes from."""
+
+    kind: ControlType
+    value: float | bool
+    source: Source
+    mrid: str
+    """The event's mRID, or the DefaultDERControl's (may be empty)."""
+    program_href: str
+    primacy: int
+    ramp_tms: int | None = None
+    """The event's rampTms in hundredths of a second (None for defaults: use setGradW)."""
+
+    @property
+    def origin(self) -> str:
+        if self.source is Source.EVENT:
+            return f"event {self.mrid}"
+        return f"default of program {self.program_href}"
+
+
+@dataclass(frozen=True)
+class ActiveControls:
+    """Every control type's value in force at one instant (types nobody sets are absent)."""
+
+    values: tuple[ActiveValue, ...] = ()
+    set_grad_w: int | None = None
+    """setGradW of the best-primacy DefaultDERControl that has one (1/100 % of setMaxW per s)."""
+
+    def get(self, kind: ControlType) -> ActiveValue | None:
+        for v in self.values:
+            if v.kind is kind:
+                return v
+        return None
+
+    def value(self, kind: ControlType) -> float | bool | None:
+        v = self.get(kind)
+        return None if v is None else v.value
+
+    def origin(self, kind: ControlType) -> str | None:
+        """ "event <mRID>", "default of program <href>", or None when nothing sets it."""
+        v = self.get(kind)
+        return None if v is None else v.origin
+
+    def ramp_tms(self, kind: ControlType) -> int | None:
+        v = self.get(kind)
+        return None if v is None else v.ramp_tms
+
+    def event_mrids(self) -> frozenset[str]:
+        return frozenset(v.mrid for v in self.values if v.source is Source.EVENT)
+
+    def as_base(self) -> ControlBase:
+        """The values as one ControlBase (rampTms left out: it differs per type; see ramp_tms)."""
+        values: dict[str, Any] = {v.kind.value: v.value for v in self.values}
+        return ControlBase(**values)
+
+
+def _defaults(programs: Iterable[ProgramControls]) -> list[DefaultControl]:
+    """Defaults best first: lower primacy, then program href for a stable order."""
+    found = [p.default for p in programs if p.default is not None]
+    return sorted(found, key=lambda d: (d.primacy, d.program_href, d.mrid))
+
+
+def _active(resolution: Resolution, defaults: Sequence[DefaultControl], now: int) -> ActiveControls:
+    values: list[ActiveValue] = []
+    for kind in _CONTROL_ORDER:
+        event = resolution.event_at(kind, now)
+        if event is not None:
+            value = event.base.get(kind)
+            assert value is not None
+            values.append(
+                ActiveValue(
+                    kind=kind,
+                    value=value,
+                    source=Source.EVENT,
+                    mrid=event.mrid,
+                    program_href=event.program_href,
+                    primacy=event.primacy,
+                    ramp_tms=event.base.ramp_tms,
+                )
+            )
+            continue
+        for default in defaults:
+            value = default.base.get(kind)
+            if value is not None:
+                values.append(
+                    ActiveValue(
+                        kind=kind,
+                        value=value,
+                        source=Source.DEFAULT,
+                        mrid=default.mrid,
+                        program_href=default.program_href,
+                        primacy=default.primacy,
+                    )
+                )
+                break
+    grad = next((d.set_grad_w for d in defaults if d.set_grad_w is not None), None)
+    return ActiveControls(values=tuple(values), set_grad_w=grad)
+
+
+def active_controls(programs: Sequence[ProgramControls], now: int, seed: str) -> ActiveControls:
+    """The controls in force at ``now`` (server time): events first, then defaults, per type."""
+    return _active(resolve(programs, seed), _defaults(programs), now)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch [start, end) over which the effective controls do not change."""
+
+    start: int
+    end: int
+    controls: ActiveControls
+
+
+def schedule_between(
+    programs: Sequence[ProgramControls], start: int, end: int, seed: str
+) -> list[Segment]:
+    """Piecewise-constant effective controls covering [start, end), neighbours always different.
+
+    Used for the 24 h outlook (``dynexport sep2 walk``, the web UI) and by the controller to know
+    when the next change is due.
+    """
+    if end <= start:
+        return []
+    resolution = resolve(programs, seed)
+    defaults = _defaults(programs)
+    cuts = sorted({start} | {t for t in resolution.boundaries() if start < t < end})
+    segments: list[Segment] = []
+    for i, t in enumerate(cuts):
+        seg_end = cuts[i + 1] if i + 1 < len(cuts) else end
+        controls = _active(resolution, defaults, t)
+        if segments and segments[-1].controls == controls:
+            segments[-1] = Segment(segments[-1].start, seg_end, controls)
+        else:
+            segments.append(Segment(t, seg_end, controls))
+    return segments
+
+
+def next_change(programs: Sequence[ProgramControls], now: int, seed: str) -> int | None:
+    """The first time after ``now`` at which any run starts or ends (None if nothing is due)."""
+    later = [t for t in resolve(programs, seed).boundaries() if t > now]
+    return min(later) if later else None
+
+
+# --------------------------------------------------------------------------------------------
+# Diff between two polls
+
+
+@dataclass(frozen=True)
+class EventDiff:
+    """What changed between two complete listings of the programs' events."""
+
+    new: tuple[DERControlEvent, ...] = ()
+    changed: tuple[DERControlEvent, ...] = ()
+    """Same mRID, different content (the current version); cancellations are listed apart."""
+    vanished: tuple[DERControlEvent, ...] = ()
+    """Gone from the server's list (the previous version): treated as cancelled."""
+    cancelled: tuple[DERControlEvent, ...] = ()
+    """Now cancelled (status 2 or 3) and not cancelled before (includes new cancelled ones)."""
+
+    def is_empty(self) -> bool:
+        return not (self.new or self.changed or self.vanished or self.cancelled)
+
+
+def _events_by_mrid(programs: Iterable[ProgramControls]) -> dict[str, DERControlEvent]:
+    return {e.mrid: e for p in programs for e in p.events}
+
+
+def diff(previous: Sequence[ProgramControls], current: Sequence[ProgramControls]) -> EventDiff:
+    """Compare two polls. Only pass complete lists (all pages), or paging looks like vanishing."""
+    cancelled_states = {EventStatus.CANCELLED, EventStatus.CANCELLED_WITH_RANDOMIZATION}
+    before = _events_by_mrid(previous)
+    after = _events_by_mrid(current)
+    new: list[DERControlEvent] = []
+    changed: list[DERControlEvent] = []
+    cancelled: list[DERControlEvent] = []
+    for mrid, event in after.items():
+        old = before.get(mrid)
+        now_cancelled = event.status in cancelled_states
+        was_cancelled = old is not None and old.status in cancelled_states
+        if now_cancelled and not was_cancelled:
+            cancelled.append(event)
+            if old is None:
+                new.append(event)
+        elif old is None:
+            new.append(event)
+        elif old != event:
+            changed.append(event)
+    vanished = [e for mrid, e in before.items() if mrid not in after]
+    return EventDiff(tuple(new), tuple(changed), tuple(vanished), tuple(cancelled))
+
+
+# --------------------------------------------------------------------------------------------
+# Persistence
+
+
+SNAPSHOT_VERSION = 1
+
+
+def _base_to_json(base: ControlBase) -> dict[str, Any]:
+    return {
+        f.name: getattr(base, f.name) for f in fields(base) if getattr(base, f.name) is not None
+    }
+
+
+def _base_from_json(data: Mapping[str, Any]) -> ControlBase:
+    known = {f.name for f in fields(ControlBase)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown control fields {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in ("connect", "energize"):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false")
+        elif name == "ramp_tms":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError("ramp_tms must be an integer")
+        elif not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"{name} must be a number")
+        values[name] = value
+    return ControlBase(**values)
+
+
+def _int(data: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = data.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{key} must be an integer")
+    return value
+
+
+def _str(data: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string")
+    return value
+
+
+def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
+    return None if data.get(key) is None else _int(data, key)
+
+
+def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
+    return None if data.get(key) is None else _str(data, key)
+
+
+def _event_to_json(e: DERControlEvent) -> dict[str, Any]:
+    return {
+        "mrid": e.mrid,
+        "creation_time": e.creation_time,
+        "start": e.start,
+        "duration": e.duration,
+        "base": _base_to_json(e.base),
+        "primacy": e.primacy,
+        "program_href": e.program_href,
+        "href": e.href,
+        "status": int(e.status),
+        "randomize_start": e.randomize_start,
+        "randomize_duration": e.randomize_duration,
+        "response_required": e.response_required,
+        "reply_to": e.reply_to,
+        "description": e.description,
+    }
+
+
+def _event_from_json(d: Mapping[str, Any]) -> DERControlEvent:
+    return DERControlEvent(
+        mrid=_str(d, "mrid"),
+        creation_time=_int(d, "creation_time"),
+        start=_int(d, "start"),
+        duration=_int(d, "duration"),
+        base=_base_from_json(d.get("base", {})),
+        primacy=_int(d, "primacy"),
+        program_href=_str(d, "program_href", ""),
+        href=_opt_str(d, "href"),
+        status=EventStatus(_int(d, "status", 0)),
+        randomize_start=_int(d, "randomize_start", 0),
+        randomize_duration=_int(d, "randomize_duration", 0),
+        response_required=_int(d, "response_required", 0),
+        reply_to=_opt_str(d, "reply_to"),
+        description=_str(d, "description", ""),
+    )
+
+
+def _default_to_json(d: DefaultControl) -> dict[str, Any]:
+    return {
+        "base": _base_to_json(d.base),
+        "primacy": d.primacy,
+        "program_href": d.program_href,
+        "mrid": d.mrid,
+        "set_grad_w": d.set_grad_w,
+        "es_delay": d.es_delay,
+        "es_randomize": d.es_randomize,
+    }
+
+
+def _default_from_json(d: Mapping[str, Any]) -> DefaultControl:
+    return DefaultControl(
+        base=_base_from_json(d.get("base", {})),
+        primacy=_int(d, "primacy"),
+        program_href=_str(d, "program_href", ""),
+        mrid=_str(d, "mrid", ""),
+        set_grad_w=_opt_int(d, "set_grad_w"),
+        es_delay=_opt_int(d, "es_delay"),
+        es_randomize=_opt_int(d, "es_randomize"),
+    )
+
+
+def program_to_json(p: ProgramControls) -> dict[str, Any]:
+    return {
+        "href": p.href,
+        "primacy": p.primacy,
+        "events": [_event_to_json(e) for e in p.events],
+        "default": None if p.default is None else _default_to_json(p.default),
+        "mrid": p.mrid,
+        "description": p.description,
+        "extra": dict(p.extra),
+    }
+
+
+def program_from_json(d: Mapping[str, Any]) -> ProgramControls:
+    events = d.get("events", [])
+    extra = d.get("extra", {})
+    if not isinstance(events, list) or not isinstance(extra, dict):
+        raise ValueError("events must be a list and extra an object")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+        raise ValueError("extra must map strings to strings")
+    default = d.get("default")
+    if default is not None and not isinstance(default, dict):
+        raise ValueError("default must be an object or null")
+    return ProgramControls(
+        href=_str(d, "href"),
+        primacy=_int(d, "primacy"),
+        events=tuple(_event_from_json(_obj(e)) for e in events),
+        default=None if default is None else _default_from_json(default),
+        mrid=_str(d, "mrid", ""),
+        description=_str(d, "description", ""),
+        extra=dict(extra),
+    )
+
+
+def _obj(value: object) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("expected an object")
+    return value
+
+
+@dataclass(frozen=True)
+class ScheduleSnapshot:
+    """The last complete schedule fetched, kept on disk so a reboot without network still obeys it.
+
+    On communications loss the stored events keep running and then the stored defaults apply
+    (CSIP-AUS harness ALL-23: "continue to follow the DERControl schedule and then reduce to the
+    DefaultDERControl"; ALL-30 after a restart).
+    """
+
+    programs: tuple[ProgramControls, ...]
+    fetched_at: int
+    """Server time of the fetch."""
+    clock_offset: int = 0
+    """Seconds to add to the local clock to get server time (from the Time resource)."""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def server_time(self, local_now: float) -> int:
+        """The server-clock time the scheduler must be asked about."""
+        return int(local_now) + self.clock_offset
+
+    def active_controls(self, local_now: float, seed: str) -> ActiveControls:
+        return active_controls(self.programs, self.server_time(local_now), seed)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": SNAPSHOT_VERSION,
+                "fetched_at": self.fetched_at,
+                "clock_offset": self.clock_offset,
+                "programs": [program_to_json(p) for p in self.programs],
+                "extra": dict(self.extra),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ScheduleSnapshot:
+        """Parse a stored snapshot; ValueError on anything malformed (never a half schedule)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"snapshot is not JSON: {exc}") from exc
+        data = _obj(data)
+        if data.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported snapshot version {data.get('version')!r}")
+        programs = data.get("programs")
+        extra = data.get("extra", {})
+        if not isinstance(programs, list) or not isinstance(extra, dict):
+            raise ValueError("programs must be a list and extra an object")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+            raise ValueError("extra must map strings to strings")
+        try:
+            parsed = tuple(program_from_json(_obj(p)) for p in programs)
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"malformed snapshot: {exc}") from exc
+        return cls(
+            programs=parsed,
+            fetched_at=_int(data, "fetched_at"),
+            clock_offset=_int(data, "clock_offset", 0),
+            extra=dict(extra),
+        )
