@@ -1,0 +1,218 @@
+"""``dynexport sunspec scan`` and ``dynexport sunspec limit``: the installer's tools.
+
+``scan`` finds every SunSpec device behind an endpoint (a Fronius gateway's inverters at units
+1 and 2 and its meter at 240, say) and prints every point; ``limit`` writes a generation limit
+and prints what the inverter reads back, so an installer can prove control works before
+commissioning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from dynexport.modbus.client import Backoff, open_bus
+from dynexport.modbus.errors import ModbusError
+from dynexport.sunspec.control import LimitCommand
+from dynexport.sunspec.decode import DecodedModel
+from dynexport.sunspec.device import SunSpecDevice
+from dynexport.sunspec.discovery import DiscoveryError, NotSunSpecError
+from dynexport.system.config import Endpoint, SerialEndpoint, parse_tcp
+
+log = logging.getLogger("dynexport.sunspec")
+
+DEFAULT_UNITS = (*range(1, 11), 126, 240)
+SCAN_TIMEOUT_S = 0.5
+
+
+def _unit(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unit must be a number, not {text!r}") from None
+    if not 0 <= v <= 247:
+        raise argparse.ArgumentTypeError(f"unit must be 0..247, not {v}")
+    return v
+
+
+def _tcp(text: str) -> str:
+    try:
+        parse_tcp(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return v
+
+
+def _add_endpoint_args(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--tcp", metavar="HOST[:PORT]", type=_tcp, help="Modbus TCP endpoint")
+    where.add_argument("--rtu", metavar="DEVICE", help="RS485 serial device, e.g. /dev/ttyUSB0")
+    p.add_argument("--baud", type=int, default=9600, help="RTU baud rate (default 9600)")
+    p.add_argument("--parity", choices=("N", "E", "O"), default="N", help="RTU parity")
+    p.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="RTU stop bits")
+
+
+def endpoint_from_args(args: argparse.Namespace) -> Endpoint:
+    if args.tcp is not None:
+        return parse_tcp(args.tcp)
+    return SerialEndpoint(args.rtu, args.baud, args.parity, args.stopbits)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("sunspec", help="find, read and limit SunSpec devices")
+    sub = p.add_subparsers(dest="sunspec_command", metavar="ACTION", required=True)
+
+    scan = sub.add_parser("scan", help="list every SunSpec device and every decoded point")
+    _add_endpoint_args(scan)
+    scan.add_argument(
+        "--unit",
+        type=_unit,
+        action="append",
+        help="unit id to probe (repeatable; default 1-10, 126, 240)",
+    )
+    scan.add_argument("--json", action="store_true", help="print one JSON object")
+    scan.add_argument(
+        "--timeout", type=_positive, default=None, help="seconds per request (default 0.5)"
+    )
+    scan.set_defaults(handler=scan_command)
+
+    lim = sub.add_parser("limit", help="write a generation limit and print the read-back")
+    _add_endpoint_args(lim)
+    lim.add_argument("--unit", type=_unit, required=True, help="the inverter's unit id")
+    what = lim.add_mutually_exclusive_group(required=True)
+    what.add_argument("--percent", type=float, help="limit in percent of WMax (0-100)")
+    what.add_argument("--watts", type=float, help="limit in watts")
+    what.add_argument("--clear", action="store_true", help="remove the limit")
+    lim.add_argument(
+        "--revert-s", type=int, default=60, help="the limit reverts after this (default 60 s)"
+    )
+    lim.add_argument("--timeout", type=_positive, default=1.0, help="seconds per request")
+    lim.set_defaults(handler=limit_command)
+
+
+async def scan(
+    endpoint: Endpoint, units: Sequence[int], *, request_timeout: float
+) -> list[tuple[SunSpecDevice, list[DecodedModel]]]:
+    """Probe each unit; return the devices found with all their models decoded."""
+    found: list[tuple[SunSpecDevice, list[DecodedModel]]] = []
+    async with open_bus(
+        endpoint, timeout=request_timeout, retries=0, backoff=Backoff(0.0, 0.0)
+    ) as bus:
+        for unit in units:
+            dev = SunSpecDevice(bus, unit)
+            try:
+                await dev.discover()
+            except NotSunSpecError as exc:
+                log.info("unit %d: %s", unit, exc)
+                continue
+            except ModbusError as exc:
+                log.info("unit %d: no answer (%s)", unit, exc)
+                continue
+            except DiscoveryError as exc:
+                log.warning("unit %d: %s", unit, exc)
+                continue
+            found.append((dev, await dev.read_all()))
+    return found
+
+
+def scan_json(found: Sequence[tuple[SunSpecDevice, list[DecodedModel]]]) -> dict[str, Any]:
+    return {
+        "devices": [
+            {"unit": dev.unit, "base": dev.map.base, "models": [m.to_json() for m in models]}
+            for dev, models in found
+        ]
+    }
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
+
+
+def _print_text(found: Sequence[tuple[SunSpecDevice, list[DecodedModel]]]) -> None:
+    if not found:
+        print("no SunSpec devices found")
+    for dev, models in found:
+        c = dev.common
+        who = f"{c.manufacturer} {c.model} (SN {c.serial})" if c else "unknown device"
+        print(f"unit {dev.unit}: {who}, SunSpec base {dev.map.base}")
+        for m in models:
+            print(f"  model {m.id} {m.name or '(no definition)'} at {m.address}, length {m.length}")
+            for name, v in m.points.items():
+                if name not in ("ID", "L"):
+                    print(f"    {name:<24} {_fmt(v)}")
+            for gname, insts in m.groups.items():
+                for i, g in enumerate(insts):
+                    for name, v in g.points.items():
+                        print(f"    {gname}[{i}].{name:<16} {_fmt(v)}")
+            for err in m.errors:
+                print(f"    ! {err}")
+
+
+def scan_command(args: argparse.Namespace) -> int:
+    endpoint = endpoint_from_args(args)
+    units = args.unit or list(DEFAULT_UNITS)
+    timeout = args.timeout or (SCAN_TIMEOUT_S if not args.unit else 1.0)
+    found = trio.run(lambda: scan(endpoint, units, request_timeout=timeout))
+    if args.json:
+        json.dump(scan_json(found), sys.stdout, allow_nan=False)
+        print()
+    else:
+        _print_text(found)
+    return 0 if found else 1
+
+
+async def limit(
+    endpoint: Endpoint,
+    unit: int,
+    *,
+    percent: float | None,
+    watts: float | None,
+    revert_s: int,
+    request_timeout: float,
+) -> dict[str, Any]:
+    async with open_bus(endpoint, timeout=request_timeout) as bus:
+        dev = SunSpecDevice(bus, unit)
+        await dev.discover()
+        if watts is not None:
+            res = await dev.set_limit_watts(watts, revert_s=revert_s)
+        else:
+            res = await dev.set_limit(LimitCommand(pct=percent, revert_s=revert_s))
+        return {"unit": unit, "model": res.model_id, "readback": res.readback}
+
+
+def limit_command(args: argparse.Namespace) -> int:
+    endpoint = endpoint_from_args(args)
+    percent = None if args.clear else args.percent
+    out = trio.run(
+        lambda: limit(
+            endpoint,
+            args.unit,
+            percent=percent,
+            watts=args.watts,
+            revert_s=args.revert_s,
+            request_timeout=args.timeout,
+        )
+    )
+    rb = out["readback"]
+    print(f"unit {out['unit']}: model {out['model']} reads back:")
+    for name, v in rb.items():
+        if name.startswith("WMaxLim") or name in ("Conn", "Conn_RvrtTms"):
+            print(f"  {name:<24} {_fmt(v)}")
+    return 0

@@ -1,0 +1,208 @@
+"""Inverter commands as pure data: which registers to write, and what must read back.
+
+A generation limit goes through model 704 (WMaxLimPct, WMaxLimPctEna and its reversion) when
+the device has it, else model 123 (WMaxLimPct, WMaxLim_Ena, WMaxLimPct_RvrtTms/WinTms/RmpTms).
+Every command carries a revert timeout, so an inverter whose controller dies falls back by
+itself; the controller rewrites the command before it expires (:func:`rewrite_interval`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dynexport.sunspec.decode import Value, encode_value
+from dynexport.sunspec.discovery import ModelHeader, SunSpecMap
+from dynexport.sunspec.models import ModelDef, model_def
+from dynexport.sunspec.polling import INVERTER_MODELS, METER_MODELS
+
+DEFAULT_REVERT_S = 60
+CONTROL_MODELS = (704, 123)
+
+
+class NotControllableError(Exception):
+    """The device has no control model; the message says the likely cause."""
+
+
+class CommandError(ValueError):
+    """A command the inverter cannot take as asked (out of range, missing point...)."""
+
+
+@dataclass(frozen=True)
+class RegisterWrite:
+    address: int
+    values: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LimitCommand:
+    """A generation limit in percent of WMax; ``pct`` None clears it."""
+
+    pct: float | None
+    revert_s: int = DEFAULT_REVERT_S
+    ramp_s: int = 0
+    window_s: int = 0
+    revert_pct: float | None = None
+    """Model 704 only: the limit to fall back to when the timer expires; None = no limit."""
+
+    def __post_init__(self) -> None:
+        if self.pct is not None and not (math.isfinite(self.pct) and 0 <= self.pct <= 100):
+            raise CommandError(f"limit {self.pct}% must be 0..100")
+        if self.revert_pct is not None and not 0 <= self.revert_pct <= 100:
+            raise CommandError(f"reversion limit {self.revert_pct}% must be 0..100")
+        if not 1 <= self.revert_s <= 65534:
+            raise CommandError(
+                f"revert timeout {self.revert_s} s must be 1..65534: every command must expire"
+            )
+        if not 0 <= self.ramp_s <= 65534 or not 0 <= self.window_s <= 65534:
+            raise CommandError("ramp and window times must be 0..65534 s")
+
+
+def rewrite_interval(revert_s: float) -> float:
+    """How often to rewrite a command so it never expires while the controller is alive (a
+    missed rewrite or two still leaves margin)."""
+    return max(1.0, revert_s / 3)
+
+
+def not_controllable_reason(smap: SunSpecMap, manufacturer: str | None) -> str:
+    ids = smap.ids
+    if manufacturer and "fronius" in manufacturer.lower():
+        return (
+            "not controllable: control via Modbus is not enabled in the inverter's web UI "
+            "(Communication > Modbus: allow inverter control); models found: "
+            f"{ids}"
+        )
+    if not any(m in INVERTER_MODELS or m == 701 for m in ids) and any(
+        m in METER_MODELS for m in ids
+    ):
+        return f"not controllable: this device is a meter (models {ids}), not an inverter"
+    return (
+        "not controllable: the device offers no SunSpec control model (123 or 704); "
+        "enable remote/Modbus control in the inverter's settings "
+        f"(models found: {ids})"
+    )
+
+
+def control_model(smap: SunSpecMap, manufacturer: str | None = None) -> ModelHeader:
+    """The model limits go through: 704 if present, else 123; else NotControllableError."""
+    header = smap.first_of(CONTROL_MODELS)
+    if header is None:
+        raise NotControllableError(not_controllable_reason(smap, manufacturer))
+    return header
+
+
+def _def(header: ModelHeader) -> ModelDef:
+    mdef = model_def(header.id)
+    if mdef is None:  # pragma: no cover - 123 and 704 ship with pysunspec2
+        raise CommandError(f"no definition for model {header.id}")
+    return mdef
+
+
+def encode_writes(
+    mdef: ModelDef, header: ModelHeader, raw: Mapping[str, int]
+) -> tuple[RegisterWrite, ...]:
+    """Register writes setting top-level points to raw values; adjacent points become one
+    write (function 16 writes them together, so the inverter never sees half a command)."""
+    cells: list[tuple[int, tuple[int, ...]]] = []
+    for name, value in raw.items():
+        p = mdef.point(name)
+        if not p.writable:
+            raise CommandError(f"model {mdef.id} point {name} is read-only")
+        if p.offset + p.size > header.length + 2:
+            raise CommandError(f"model {mdef.id} on this device is too short for {name}")
+        try:
+            regs = encode_value(p.type, value)
+        except ValueError as exc:
+            raise CommandError(f"model {mdef.id} {name}: {exc}") from None
+        cells.append((header.address + p.offset, regs))
+    cells.sort()
+    writes: list[RegisterWrite] = []
+    for addr, regs in cells:
+        if writes and writes[-1].address + len(writes[-1].values) == addr:
+            last = writes.pop()
+            writes.append(RegisterWrite(last.address, last.values + regs))
+        else:
+            writes.append(RegisterWrite(addr, regs))
+    return tuple(writes)
+
+
+def pct_to_raw(pct: float, sf: Value) -> int:
+    """Percent to the register value under WMaxLimPct_SF (an unimplemented SF means 0)."""
+    exp = sf if isinstance(sf, int) else 0
+    raw = round(pct / 10.0**exp)
+    if not 0 <= raw <= 0xFFFE:
+        raise CommandError(f"{pct}% does not fit WMaxLimPct with scale factor {exp}")
+    return raw
+
+
+def limit_values(header: ModelHeader, sf: Value, cmd: LimitCommand) -> dict[str, int]:
+    """Raw point values a limit command writes to model 704 or 123 (in write order)."""
+    if header.id == 704:
+        if cmd.pct is None:
+            return {"WMaxLimPctEna": 0}
+        rv = 100.0 if cmd.revert_pct is None else cmd.revert_pct
+        return {
+            "WMaxLimPct": pct_to_raw(cmd.pct, sf),
+            "WMaxLimPctRvrt": pct_to_raw(rv, sf),
+            "WMaxLimPctEnaRvrt": 0 if cmd.revert_pct is None else 1,
+            "WMaxLimPctRvrtTms": cmd.revert_s,
+            "WMaxLimPctEna": 1,
+        }
+    if header.id == 123:
+        if cmd.pct is None:
+            return {"WMaxLim_Ena": 0}
+        return {
+            "WMaxLimPct": pct_to_raw(cmd.pct, sf),
+            "WMaxLimPct_WinTms": cmd.window_s,
+            "WMaxLimPct_RvrtTms": cmd.revert_s,
+            "WMaxLimPct_RmpTms": cmd.ramp_s,
+            "WMaxLim_Ena": 1,
+        }
+    raise CommandError(f"model {header.id} is not a control model")
+
+
+def encode_limit(header: ModelHeader, sf: Value, cmd: LimitCommand) -> tuple[RegisterWrite, ...]:
+    """The writes for a limit command; ``sf`` is WMaxLimPct_SF as just read from the device."""
+    return encode_writes(_def(header), header, limit_values(header, sf, cmd))
+
+
+def connect_values(header: ModelHeader, connect: bool, revert_s: int) -> dict[str, int]:
+    """Raw values to connect or disconnect: 123 Conn with its revert timer, or 703 ES
+    (permit enter service, which has no timer of its own)."""
+    if header.id == 123:
+        if not 1 <= revert_s <= 65534:
+            raise CommandError(f"revert timeout {revert_s} s must be 1..65534")
+        return {"Conn_WinTms": 0, "Conn_RvrtTms": revert_s, "Conn": 1 if connect else 0}
+    if header.id == 703:
+        return {"ES": 1 if connect else 0}
+    raise CommandError(f"model {header.id} cannot connect or disconnect the inverter")
+
+
+def connect_model(smap: SunSpecMap, manufacturer: str | None = None) -> ModelHeader:
+    header = smap.first_of((123, 703))
+    if header is None:
+        raise NotControllableError(not_controllable_reason(smap, manufacturer))
+    return header
+
+
+def encode_connect(header: ModelHeader, connect: bool, revert_s: int) -> tuple[RegisterWrite, ...]:
+    return encode_writes(_def(header), header, connect_values(header, connect, revert_s))
+
+
+def verify(expected: Mapping[str, int], readback_raw: Mapping[str, Value]) -> list[str]:
+    """Points whose read-back raw value differs from what was written (empty = verified)."""
+    return [
+        f"{name}: wrote {value}, reads {readback_raw.get(name)!r}"
+        for name, value in expected.items()
+        if readback_raw.get(name) != value
+    ]
+
+
+def watts_to_pct(watts: float, w_max: float | None) -> float:
+    """A limit in watts as percent of WMax (what WMaxLimPct is relative to)."""
+    if w_max is None or w_max <= 0:
+        raise CommandError("cannot convert watts to percent: the inverter reports no WMax/rating")
+    if watts < 0:
+        raise CommandError(f"limit {watts} W must not be negative")
+    return min(100.0, watts / w_max * 100.0)

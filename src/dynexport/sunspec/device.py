@@ -1,0 +1,253 @@
+"""The async adapter: one SunSpec device (a unit on a Modbus bus) that can be discovered, read,
+polled and commanded. All protocol decisions live in the pure modules; this only does the reads
+and writes they ask for."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dynexport.sunspec import control
+from dynexport.sunspec.bus import RegisterBus
+from dynexport.sunspec.control import LimitCommand, RegisterWrite
+from dynexport.sunspec.decode import DecodedModel, RegisterImage, Value, decode_model
+from dynexport.sunspec.discovery import DEFAULT_BASES, ModelHeader, ReadRequest, SunSpecMap
+from dynexport.sunspec.discovery import discover as _discover
+from dynexport.sunspec.models import model_def
+from dynexport.sunspec.polling import (
+    INVERTER_MODELS,
+    METER_MODELS,
+    PollPlan,
+    fast_plan,
+    full_model_reads,
+    slow_plan,
+)
+from dynexport.sunspec.views import (
+    CommonInfo,
+    DerCapacity,
+    DerControls,
+    ImmediateControls,
+    InverterReading,
+    MeterReading,
+    Nameplate,
+    Settings,
+    rated_w,
+)
+
+log = logging.getLogger("dynexport.sunspec")
+
+
+class VerifyError(Exception):
+    """A command was written but does not read back as written."""
+
+
+@dataclass(frozen=True)
+class FastReading:
+    inverter: InverterReading | None
+    meter: MeterReading | None
+
+
+@dataclass(frozen=True)
+class SlowReading:
+    common: CommonInfo | None
+    nameplate: Nameplate | None
+    settings: Settings | None
+    capacity: DerCapacity | None
+    controls: ImmediateControls | None
+    der_controls: DerControls | None
+    rated_w: float | None
+    w_max: float | None
+    """What WMaxLimPct is a percent of: 121 WMax, else 702 WMax, else the rating."""
+
+    @property
+    def limit_pct(self) -> float | None:
+        if self.der_controls is not None:
+            return self.der_controls.limit_pct
+        return None if self.controls is None else self.controls.limit_pct
+
+
+@dataclass(frozen=True)
+class LimitResult:
+    model_id: int
+    writes: tuple[RegisterWrite, ...]
+    readback: dict[str, Value]
+    """Scaled values of the control model after the write."""
+
+
+class SunSpecDevice:
+    """A SunSpec device at ``unit`` on ``bus``. Call :meth:`discover` first."""
+
+    def __init__(
+        self,
+        bus: RegisterBus,
+        unit: int,
+        *,
+        request_timeout: float | None = None,
+        meter_invert: bool = False,
+    ) -> None:
+        if not 0 <= unit <= 255:
+            raise ValueError(f"unit {unit} must be 0..255")
+        self.bus = bus
+        self.unit = unit
+        self.request_timeout = request_timeout
+        self.meter_invert = meter_invert
+        self._map: SunSpecMap | None = None
+        self._fast: PollPlan | None = None
+        self._slow: PollPlan | None = None
+        self.common: CommonInfo | None = None
+
+    @property
+    def map(self) -> SunSpecMap:
+        if self._map is None:
+            raise RuntimeError(f"unit {self.unit}: discover() has not run")
+        return self._map
+
+    @property
+    def fast_poll_plan(self) -> PollPlan:
+        if self._fast is None:
+            raise RuntimeError(f"unit {self.unit}: discover() has not run")
+        return self._fast
+
+    @property
+    def slow_poll_plan(self) -> PollPlan:
+        if self._slow is None:
+            raise RuntimeError(f"unit {self.unit}: discover() has not run")
+        return self._slow
+
+    @property
+    def is_inverter(self) -> bool:
+        return any(m in INVERTER_MODELS or m == 701 for m in self.map.ids)
+
+    @property
+    def is_meter(self) -> bool:
+        return any(m in METER_MODELS for m in self.map.ids)
+
+    async def discover(self, bases: Sequence[int] = DEFAULT_BASES) -> SunSpecMap:
+        smap = await _discover(
+            self.bus, self.unit, bases=bases, request_timeout=self.request_timeout
+        )
+        self._map = smap
+        self._fast = fast_plan(smap)
+        self._slow = slow_plan(smap)
+        common = smap.find(1)
+        if common is not None:
+            self.common = CommonInfo.from_points((await self.read_model(common)).points)
+        return smap
+
+    async def _read(self, reads: Sequence[ReadRequest]) -> RegisterImage:
+        img = RegisterImage()
+        for r in reads:
+            regs = await self.bus.read_holding_registers(
+                self.unit, r.address, r.count, timeout=self.request_timeout
+            )
+            if len(regs) != r.count:
+                raise ValueError(
+                    f"unit {self.unit}: asked {r.count} registers at {r.address}, got {len(regs)}"
+                )
+            img.put(r.address, regs)
+        return img
+
+    async def read_model(self, header: ModelHeader) -> DecodedModel:
+        img = await self._read(full_model_reads(header))
+        regs = img.get(header.address, header.length + 2)
+        assert regs is not None
+        return decode_model(model_def(header.id), header.address, regs)
+
+    async def read_all(self) -> list[DecodedModel]:
+        return [await self.read_model(h) for h in self.map.models]
+
+    async def read_plan(self, plan: PollPlan) -> dict[int, dict[str, Value]]:
+        return plan.decode(await self._read(plan.reads))
+
+    async def poll_fast(self) -> FastReading:
+        values = await self.read_plan(self.fast_poll_plan)
+        inv = met = None
+        for mid, pts in values.items():
+            if mid in INVERTER_MODELS or mid == 701:
+                inv = InverterReading.from_points(mid, pts)
+            elif mid in METER_MODELS:
+                met = MeterReading.from_points(mid, pts, invert=self.meter_invert)
+        return FastReading(inv, met)
+
+    async def poll_slow(self) -> SlowReading:
+        v = await self.read_plan(self.slow_poll_plan)
+
+        settings = Settings.from_points(v[121]) if 121 in v else None
+        cap = DerCapacity.from_points(v[702]) if 702 in v else None
+        rated = rated_w(v)
+        w_max = (settings.w_max if settings else None) or (cap.w_max if cap else None) or rated
+        common = CommonInfo.from_points(v[1]) if 1 in v else self.common
+        return SlowReading(
+            common=common,
+            nameplate=Nameplate.from_points(v[120]) if 120 in v else None,
+            settings=settings,
+            capacity=cap,
+            controls=ImmediateControls.from_points(v[123]) if 123 in v else None,
+            der_controls=DerControls.from_points(v[704]) if 704 in v else None,
+            rated_w=rated,
+            w_max=w_max,
+        )
+
+    @property
+    def manufacturer(self) -> str | None:
+        return None if self.common is None else self.common.manufacturer
+
+    def control_model(self) -> ModelHeader:
+        """704 or 123; raises NotControllableError naming the likely cause."""
+        return control.control_model(self.map, self.manufacturer)
+
+    async def _write(self, writes: Sequence[RegisterWrite]) -> None:
+        for w in writes:
+            await self.bus.write_registers(
+                self.unit, w.address, w.values, timeout=self.request_timeout
+            )
+
+    async def set_limit(self, cmd: LimitCommand) -> LimitResult:
+        """Write a generation limit (or clear it), then verify it by reading it back."""
+        header = self.control_model()
+        before = await self.read_model(header)
+        values = control.limit_values(header, before.raw.get("WMaxLimPct_SF"), cmd)
+        mdef = model_def(header.id)
+        assert mdef is not None
+        writes = control.encode_writes(mdef, header, values)
+        await self._write(writes)
+        after = await self.read_model(header)
+        problems = control.verify(values, after.raw)
+        if problems:
+            raise VerifyError(
+                f"unit {self.unit} model {header.id}: limit did not read back: "
+                + "; ".join(problems)
+            )
+        log.info(
+            "unit %d: limit %s via model %d (revert %d s)",
+            self.unit,
+            "cleared" if cmd.pct is None else f"{cmd.pct:g}%",
+            header.id,
+            cmd.revert_s,
+        )
+        return LimitResult(header.id, writes, dict(after.points))
+
+    async def set_limit_watts(
+        self, watts: float, *, revert_s: int = control.DEFAULT_REVERT_S
+    ) -> LimitResult:
+        slow = await self.poll_slow()
+        pct = control.watts_to_pct(watts, slow.w_max)
+        return await self.set_limit(LimitCommand(pct=pct, revert_s=revert_s))
+
+    async def set_connected(
+        self, connect: bool, *, revert_s: int = control.DEFAULT_REVERT_S
+    ) -> dict[str, Value]:
+        """Connect or disconnect through 123 Conn (with a revert timer) or 703 ES."""
+        header = control.connect_model(self.map, self.manufacturer)
+        values = control.connect_values(header, connect, revert_s)
+        mdef = model_def(header.id)
+        assert mdef is not None
+        await self._write(control.encode_writes(mdef, header, values))
+        after = await self.read_model(header)
+        problems = control.verify(values, after.raw)
+        if problems:
+            raise VerifyError(f"unit {self.unit} model {header.id}: " + "; ".join(problems))
+        if header.id == 703:
+            log.warning("unit %d: model 703 ES has no revert timer", self.unit)
+        return dict(after.points)

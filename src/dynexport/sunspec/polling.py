@@ -1,0 +1,153 @@
+"""Poll plans: which registers to read at each rate, in as few requests as possible.
+
+A plan is pure data made once after discovery. The fast plan (about every second) reads only
+power, reactive power, voltage, frequency and status; the slow plan (every few minutes) reads
+nameplate, settings and control state. Every value is read together with its scale factor in the
+same pass, and neighbouring ranges are merged into requests of at most 125 registers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from dynexport.sunspec.bus import MAX_READ
+from dynexport.sunspec.decode import RegisterImage, Value, decode_points, needed_points
+from dynexport.sunspec.discovery import ModelHeader, ReadRequest, SunSpecMap
+from dynexport.sunspec.models import model_def
+
+INVERTER_INT_MODELS = (101, 102, 103)
+INVERTER_FLOAT_MODELS = (111, 112, 113)
+DER_MEASUREMENT_MODEL = 701
+INVERTER_MODELS = (*INVERTER_INT_MODELS, *INVERTER_FLOAT_MODELS)
+METER_MODELS = (201, 202, 203, 204, 211, 212, 213, 214)
+
+# Fast points per model family (names from the official definitions).
+_FAST_INVERTER = ("A", "W", "VA", "VAr", "PF", "Hz", "PhVphA", "PhVphB", "PhVphC", "St", "DCW")
+_FAST_DER = (
+    *("St", "InvSt", "ConnSt", "W", "VA", "Var", "PF", "Hz", "LNV", "VL1", "VL2", "VL3"),
+    *("WL1", "WL2", "WL3", "ThrotPct"),
+)
+_FAST_METER = (
+    *("Hz", "W", "WphA", "WphB", "WphC", "VAR", "VARphA", "VARphB", "VARphC"),
+    *("PhV", "PhVphA", "PhVphB", "PhVphC"),
+)
+SLOW_MODELS = (1, 120, 121, 122, 123, 124, 702, 703, 704)
+"""Models the slow plan reads whole (top-level points): identity, ratings, settings, controls."""
+
+
+def fast_points(model_id: int) -> tuple[str, ...]:
+    if model_id in INVERTER_MODELS:
+        return _FAST_INVERTER
+    if model_id == DER_MEASUREMENT_MODEL:
+        return _FAST_DER
+    if model_id in METER_MODELS:
+        return _FAST_METER
+    return ()
+
+
+@dataclass(frozen=True)
+class ModelPoll:
+    """The top-level points to decode from one model."""
+
+    header: ModelHeader
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PollPlan:
+    reads: tuple[ReadRequest, ...]
+    models: tuple[ModelPoll, ...]
+
+    @property
+    def registers(self) -> int:
+        return sum(r.count for r in self.reads)
+
+    def decode(self, image: RegisterImage) -> dict[int, dict[str, Value]]:
+        """Scaled values per model id, from an image holding at least this plan's reads."""
+        out: dict[int, dict[str, Value]] = {}
+        for mp in self.models:
+            mdef = model_def(mp.header.id)
+            if mdef is None:
+                continue
+            out[mp.header.id] = decode_points(
+                mdef, mp.header.address, image, mp.names, length=mp.header.length
+            )
+        return out
+
+
+def coalesce(
+    ranges: Iterable[tuple[int, int]], *, max_count: int = MAX_READ, max_gap: int = 8
+) -> tuple[ReadRequest, ...]:
+    """Merge (start, count) ranges into as few reads as possible, none longer than
+    ``max_count``. Ranges closer than ``max_gap`` registers are merged too: inside a SunSpec
+    map every register is readable, and a few extra registers cost less than a round trip."""
+    spans = sorted((s, s + c) for s, c in ranges if c > 0)
+    reads: list[ReadRequest] = []
+    cur: tuple[int, int] | None = None
+    for s, e in spans:
+        if e - s > max_count:
+            raise ValueError(f"range at {s} of {e - s} registers exceeds one read of {max_count}")
+        if cur is not None and s <= cur[1] + max_gap and max(e, cur[1]) - cur[0] <= max_count:
+            cur = (cur[0], max(e, cur[1]))
+            continue
+        if cur is not None:
+            reads.append(ReadRequest(cur[0], cur[1] - cur[0]))
+        cur = (s, e)
+    if cur is not None:
+        reads.append(ReadRequest(cur[0], cur[1] - cur[0]))
+    return tuple(reads)
+
+
+def make_plan(
+    smap: SunSpecMap,
+    wants: Mapping[int, Sequence[str] | None],
+    *,
+    max_count: int = MAX_READ,
+    max_gap: int = 8,
+) -> PollPlan:
+    """A plan reading, for each wanted model id present in the map (first instance), the named
+    top-level points, or all of them for None, plus the scale factors they need."""
+    ranges: list[tuple[int, int]] = []
+    polls: list[ModelPoll] = []
+    for mid, names in wants.items():
+        header = smap.find(mid)
+        mdef = model_def(mid)
+        if header is None or mdef is None:
+            continue
+        chosen = [p.name for p in mdef.group.points] if names is None else list(names)
+        chosen = [n for n in chosen if mdef.has_point(n)]
+        end = header.end
+        for p in needed_points(mdef, chosen):
+            start = header.address + p.offset
+            if start + p.size <= end:  # points beyond L are not implemented by this device
+                ranges.append((start, p.size))
+        polls.append(ModelPoll(header, tuple(chosen)))
+    return PollPlan(coalesce(ranges, max_count=max_count, max_gap=max_gap), tuple(polls))
+
+
+def fast_plan(smap: SunSpecMap) -> PollPlan:
+    """Power, reactive power, voltage, frequency and status of whatever the device is: the
+    inverter measurement model (or 701) and/or a meter model."""
+    wants: dict[int, Sequence[str] | None] = {}
+    inv = smap.first_of((*INVERTER_MODELS, DER_MEASUREMENT_MODEL))
+    if inv is not None:
+        wants[inv.id] = fast_points(inv.id)
+    meter = smap.first_of(METER_MODELS)
+    if meter is not None:
+        wants[meter.id] = fast_points(meter.id)
+    return make_plan(smap, wants)
+
+
+def slow_plan(smap: SunSpecMap) -> PollPlan:
+    """Identity, nameplate, settings and control state: everything that changes rarely."""
+    return make_plan(smap, {mid: None for mid in SLOW_MODELS})
+
+
+def full_model_reads(header: ModelHeader, *, max_count: int = MAX_READ) -> tuple[ReadRequest, ...]:
+    """Reads covering a whole model (ID, L and its L registers), for scans."""
+    total = header.length + 2
+    return tuple(
+        ReadRequest(header.address + off, min(max_count, total - off))
+        for off in range(0, total, max_count)
+    )

@@ -1,0 +1,451 @@
+"""Typed views of decoded models: small frozen dataclasses with plain Python attributes.
+
+Controllers should not know that an inverter calls reactive power ``VAr`` in model 103 and
+``Var`` in model 701; the views hide those spellings. Each ``from_points`` takes the scaled point
+values of one model (a dict from :func:`decode_model` or a poll plan) and never raises on
+missing points: unknown is None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from dynexport.sunspec.decode import DecodedGroup, Value
+from dynexport.sunspec.polling import DER_MEASUREMENT_MODEL, INVERTER_MODELS, METER_MODELS
+
+Points = Mapping[str, Value]
+Phases = tuple[float | None, float | None, float | None]
+
+
+def _f(pts: Points, name: str) -> float | None:
+    v = pts.get(name)
+    return float(v) if isinstance(v, int | float) else None
+
+
+def _i(pts: Points, name: str) -> int | None:
+    v = pts.get(name)
+    return v if isinstance(v, int) else None
+
+
+def _s(pts: Points, name: str) -> str | None:
+    v = pts.get(name)
+    return v if isinstance(v, str) else None
+
+
+def _ph(pts: Points, names: Sequence[str]) -> Phases:
+    a, b, c = (_f(pts, n) for n in names)
+    return (a, b, c)
+
+
+@dataclass(frozen=True)
+class CommonInfo:
+    """Model 1: who made the device (the manufacturer decides e.g. how to explain control)."""
+
+    manufacturer: str | None
+    model: str | None
+    options: str | None
+    version: str | None
+    serial: str | None
+    device_address: int | None
+
+    @classmethod
+    def from_points(cls, pts: Points) -> CommonInfo:
+        return cls(
+            _s(pts, "Mn"),
+            _s(pts, "Md"),
+            _s(pts, "Opt"),
+            _s(pts, "Vr"),
+            _s(pts, "SN"),
+            _i(pts, "DA"),
+        )
+
+
+# Operating states of models 101-103/111-113 (St); 701 uses its own St/InvSt enums.
+INVERTER_STATES = {
+    1: "OFF",
+    2: "SLEEPING",
+    3: "STARTING",
+    4: "MPPT",
+    5: "THROTTLED",
+    6: "SHUTTING_DOWN",
+    7: "FAULT",
+    8: "STANDBY",
+}
+
+
+@dataclass(frozen=True)
+class InverterReading:
+    """AC output of an inverter (models 101-103, 111-113 or 701). W positive = generating."""
+
+    model_id: int
+    w: float | None
+    var: float | None
+    va: float | None
+    pf: float | None
+    hz: float | None
+    a: float | None
+    phase_v: Phases
+    phase_w: Phases
+    st: int | None
+    """Operating state: models 10x/11x use INVERTER_STATES; 701 uses 0 off / 1 on."""
+    connected: bool | None
+    """Grid connection state where the device reports it (701 ConnSt)."""
+    dc_w: float | None = None
+    throttle_pct: float | None = None
+
+    @property
+    def state_name(self) -> str | None:
+        if self.st is None:
+            return None
+        if self.model_id == DER_MEASUREMENT_MODEL:
+            return {0: "OFF", 1: "ON"}.get(self.st)
+        return INVERTER_STATES.get(self.st)
+
+    @classmethod
+    def from_points(cls, model_id: int, pts: Points) -> InverterReading:
+        if model_id == DER_MEASUREMENT_MODEL:
+            conn = _i(pts, "ConnSt")
+            return cls(
+                model_id=model_id,
+                w=_f(pts, "W"),
+                var=_f(pts, "Var"),
+                va=_f(pts, "VA"),
+                pf=_f(pts, "PF"),
+                hz=_f(pts, "Hz"),
+                a=_f(pts, "A"),
+                phase_v=_ph(pts, ("VL1", "VL2", "VL3")),
+                phase_w=_ph(pts, ("WL1", "WL2", "WL3")),
+                st=_i(pts, "St"),
+                connected=None if conn is None else conn == 1,
+                throttle_pct=_f(pts, "ThrotPct"),
+            )
+        if model_id not in INVERTER_MODELS:
+            raise ValueError(f"model {model_id} is not an inverter measurement model")
+        return cls(
+            model_id=model_id,
+            w=_f(pts, "W"),
+            var=_f(pts, "VAr"),
+            va=_f(pts, "VA"),
+            pf=_f(pts, "PF"),
+            hz=_f(pts, "Hz"),
+            a=_f(pts, "A"),
+            phase_v=_ph(pts, ("PhVphA", "PhVphB", "PhVphC")),
+            phase_w=(None, None, None),
+            st=_i(pts, "St"),
+            connected=None,
+            dc_w=_f(pts, "DCW"),
+        )
+
+
+@dataclass(frozen=True)
+class Nameplate:
+    """Model 120: what the inverter is rated for."""
+
+    der_type: int | None
+    w_rtg: float | None
+    va_rtg: float | None
+    var_rtg: tuple[float | None, float | None, float | None, float | None]
+    a_rtg: float | None
+    wh_rtg: float | None
+    max_cha_rte: float | None
+    max_discha_rte: float | None
+
+    @classmethod
+    def from_points(cls, pts: Points) -> Nameplate:
+        q = tuple(_f(pts, f"VArRtgQ{i}") for i in range(1, 5))
+        return cls(
+            der_type=_i(pts, "DERTyp"),
+            w_rtg=_f(pts, "WRtg"),
+            va_rtg=_f(pts, "VARtg"),
+            var_rtg=(q[0], q[1], q[2], q[3]),
+            a_rtg=_f(pts, "ARtg"),
+            wh_rtg=_f(pts, "WHRtg"),
+            max_cha_rte=_f(pts, "MaxChaRte"),
+            max_discha_rte=_f(pts, "MaxDisChaRte"),
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Model 121: the installer's settings (WMax may be below the nameplate rating)."""
+
+    w_max: float | None
+    v_ref: float | None
+    v_max: float | None
+    v_min: float | None
+    va_max: float | None
+    w_gra: float | None
+    ecp_nom_hz: float | None
+
+    @classmethod
+    def from_points(cls, pts: Points) -> Settings:
+        return cls(
+            w_max=_f(pts, "WMax"),
+            v_ref=_f(pts, "VRef"),
+            v_max=_f(pts, "VMax"),
+            v_min=_f(pts, "VMin"),
+            va_max=_f(pts, "VAMax"),
+            w_gra=_f(pts, "WGra"),
+            ecp_nom_hz=_f(pts, "ECPNomHz"),
+        )
+
+
+@dataclass(frozen=True)
+class Status:
+    """Model 122: extended status (connection bits, available power, active controls)."""
+
+    pv_conn: int | None
+    stor_conn: int | None
+    ecp_conn: int | None
+    w_aval: float | None
+    var_aval: float | None
+    act_wh: int | None
+    st_act_ctl: int | None
+
+    @property
+    def connected(self) -> bool | None:
+        """ECPConn bit 0: connected to the electric power system (the grid)."""
+        return None if self.ecp_conn is None else bool(self.ecp_conn & 1)
+
+    @classmethod
+    def from_points(cls, pts: Points) -> Status:
+        return cls(
+            pv_conn=_i(pts, "PVConn"),
+            stor_conn=_i(pts, "StorConn"),
+            ecp_conn=_i(pts, "ECPConn"),
+            w_aval=_f(pts, "WAval"),
+            var_aval=_f(pts, "VArAval"),
+            act_wh=_i(pts, "ActWh"),
+            st_act_ctl=_i(pts, "StActCtl"),
+        )
+
+
+@dataclass(frozen=True)
+class ImmediateControls:
+    """Model 123: the classic immediate controls (connect, power limit, power factor, var)."""
+
+    conn: int | None
+    conn_win_tms: int | None
+    conn_rvrt_tms: int | None
+    w_max_lim_pct: float | None
+    w_max_lim_pct_win_tms: int | None
+    w_max_lim_pct_rvrt_tms: int | None
+    w_max_lim_pct_rmp_tms: int | None
+    w_max_lim_ena: int | None
+    out_pf_set: float | None
+    out_pf_set_ena: int | None
+
+    @property
+    def limit_pct(self) -> float | None:
+        """The active limit in percent of WMax, or None when disabled or unknown."""
+        return self.w_max_lim_pct if self.w_max_lim_ena == 1 else None
+
+    @property
+    def connected(self) -> bool | None:
+        return None if self.conn is None else self.conn == 1
+
+    @classmethod
+    def from_points(cls, pts: Points) -> ImmediateControls:
+        return cls(
+            conn=_i(pts, "Conn"),
+            conn_win_tms=_i(pts, "Conn_WinTms"),
+            conn_rvrt_tms=_i(pts, "Conn_RvrtTms"),
+            w_max_lim_pct=_f(pts, "WMaxLimPct"),
+            w_max_lim_pct_win_tms=_i(pts, "WMaxLimPct_WinTms"),
+            w_max_lim_pct_rvrt_tms=_i(pts, "WMaxLimPct_RvrtTms"),
+            w_max_lim_pct_rmp_tms=_i(pts, "WMaxLimPct_RmpTms"),
+            w_max_lim_ena=_i(pts, "WMaxLim_Ena"),
+            out_pf_set=_f(pts, "OutPFSet"),
+            out_pf_set_ena=_i(pts, "OutPFSet_Ena"),
+        )
+
+
+@dataclass(frozen=True)
+class StorageControls:
+    """Model 124: battery charge/discharge settings and state of charge."""
+
+    w_cha_max: float | None
+    cha_state_pct: float | None
+    cha_st: int | None
+    out_w_rte_pct: float | None
+    in_w_rte_pct: float | None
+    stor_ctl_mod: int | None
+    min_rsv_pct: float | None
+
+    @classmethod
+    def from_points(cls, pts: Points) -> StorageControls:
+        return cls(
+            w_cha_max=_f(pts, "WChaMax"),
+            cha_state_pct=_f(pts, "ChaState"),
+            cha_st=_i(pts, "ChaSt"),
+            out_w_rte_pct=_f(pts, "OutWRte"),
+            in_w_rte_pct=_f(pts, "InWRte"),
+            stor_ctl_mod=_i(pts, "StorCtl_Mod"),
+            min_rsv_pct=_f(pts, "MinRsvPct"),
+        )
+
+
+@dataclass(frozen=True)
+class MpptModule:
+    id: int | None
+    label: str | None
+    dc_a: float | None
+    dc_v: float | None
+    dc_w: float | None
+    dc_wh: float | None
+    st: int | None
+
+
+@dataclass(frozen=True)
+class Mppt:
+    """Model 160: per-string DC measurements."""
+
+    modules: tuple[MpptModule, ...]
+
+    @property
+    def dc_w(self) -> float | None:
+        ws = [m.dc_w for m in self.modules]
+        return None if not ws or any(w is None for w in ws) else sum(w for w in ws if w)
+
+    @classmethod
+    def from_groups(cls, groups: Mapping[str, Sequence[DecodedGroup]]) -> Mppt:
+        mods = []
+        for g in groups.get("module", ()):
+            p = g.points
+            mods.append(
+                MpptModule(
+                    _i(p, "ID"),
+                    _s(p, "IDStr"),
+                    _f(p, "DCA"),
+                    _f(p, "DCV"),
+                    _f(p, "DCW"),
+                    _f(p, "DCWH"),
+                    _i(p, "DCSt"),
+                )
+            )
+        return cls(tuple(mods))
+
+
+@dataclass(frozen=True)
+class MeterReading:
+    """A SunSpec meter (201-204, 211-214) at the grid connection.
+
+    ``site_w`` follows the project-wide convention: positive = import from the grid, negative =
+    export. SunSpec meter models report W positive for power flowing from the grid into the
+    site (import), so the value is taken as is; ``invert`` exists for meters wired backwards.
+    """
+
+    model_id: int
+    site_w: float | None
+    phase_w: Phases
+    var: float | None
+    phase_var: Phases
+    phase_v: Phases
+    hz: float | None
+
+    @classmethod
+    def from_points(cls, model_id: int, pts: Points, *, invert: bool = False) -> MeterReading:
+        if model_id not in METER_MODELS:
+            raise ValueError(f"model {model_id} is not a SunSpec meter model")
+        sign = -1.0 if invert else 1.0
+
+        def signed(v: float | None) -> float | None:
+            return None if v is None else sign * v
+
+        pw = _ph(pts, ("WphA", "WphB", "WphC"))
+        pv = _ph(pts, ("PhVphA", "PhVphB", "PhVphC"))
+        if model_id in (201, 211) and pv[0] is None:
+            pv = (_f(pts, "PhV"), None, None)  # single phase meters may only fill PhV
+        pvar = _ph(pts, ("VARphA", "VARphB", "VARphC"))
+        return cls(
+            model_id=model_id,
+            site_w=signed(_f(pts, "W")),
+            phase_w=(signed(pw[0]), signed(pw[1]), signed(pw[2])),
+            var=signed(_f(pts, "VAR")),
+            phase_var=(signed(pvar[0]), signed(pvar[1]), signed(pvar[2])),
+            phase_v=pv,
+            hz=_f(pts, "Hz"),
+        )
+
+
+@dataclass(frozen=True)
+class DerCapacity:
+    """Model 702: DER ratings (WMaxRtg) and settings (WMax)."""
+
+    w_max_rtg: float | None
+    va_max_rtg: float | None
+    var_max_inj_rtg: float | None
+    v_nom_rtg: float | None
+    a_max_rtg: float | None
+    w_max: float | None
+    va_max: float | None
+
+    @classmethod
+    def from_points(cls, pts: Points) -> DerCapacity:
+        return cls(
+            w_max_rtg=_f(pts, "WMaxRtg"),
+            va_max_rtg=_f(pts, "VAMaxRtg"),
+            var_max_inj_rtg=_f(pts, "VarMaxInjRtg"),
+            v_nom_rtg=_f(pts, "VNomRtg"),
+            a_max_rtg=_f(pts, "AMaxRtg"),
+            w_max=_f(pts, "WMax"),
+            va_max=_f(pts, "VAMax"),
+        )
+
+
+@dataclass(frozen=True)
+class EnterService:
+    """Model 703: whether the DER may (re)enter service."""
+
+    es: int | None
+    es_dly_tms: int | None
+    es_rmp_tms: int | None
+
+    @property
+    def permitted(self) -> bool | None:
+        return None if self.es is None else self.es == 1
+
+    @classmethod
+    def from_points(cls, pts: Points) -> EnterService:
+        return cls(_i(pts, "ES"), _i(pts, "ESDlyTms"), _i(pts, "ESRmpTms"))
+
+
+@dataclass(frozen=True)
+class DerControls:
+    """Model 704: DER AC controls, with per-function reversion."""
+
+    w_max_lim_pct_ena: int | None
+    w_max_lim_pct: float | None
+    w_max_lim_pct_rvrt: float | None
+    w_max_lim_pct_ena_rvrt: int | None
+    w_max_lim_pct_rvrt_tms: int | None
+    w_max_lim_pct_rvrt_rem: int | None
+    w_set_ena: int | None
+    w_set: float | None
+
+    @property
+    def limit_pct(self) -> float | None:
+        return self.w_max_lim_pct if self.w_max_lim_pct_ena == 1 else None
+
+    @classmethod
+    def from_points(cls, pts: Points) -> DerControls:
+        return cls(
+            w_max_lim_pct_ena=_i(pts, "WMaxLimPctEna"),
+            w_max_lim_pct=_f(pts, "WMaxLimPct"),
+            w_max_lim_pct_rvrt=_f(pts, "WMaxLimPctRvrt"),
+            w_max_lim_pct_ena_rvrt=_i(pts, "WMaxLimPctEnaRvrt"),
+            w_max_lim_pct_rvrt_tms=_i(pts, "WMaxLimPctRvrtTms"),
+            w_max_lim_pct_rvrt_rem=_i(pts, "WMaxLimPctRvrtRem"),
+            w_set_ena=_i(pts, "WSetEna"),
+            w_set=_f(pts, "WSet"),
+        )
+
+
+def rated_w(models: Mapping[int, Points]) -> float | None:
+    """The inverter's rated power: 120 WRtg, else 702 WMaxRtg, else 121 WMax."""
+    for mid, name in ((120, "WRtg"), (702, "WMaxRtg"), (121, "WMax")):
+        v = _f(models.get(mid, {}), name)
+        if v is not None and v > 0:
+            return v
+    return None
