@@ -1,1 +1,7 @@
-"""Limits and the control law: pure functions of readings, limits and time."""
+"""Limits and the control law: pure functions of readings, limits and time.
+
+No trio, sockets, clock or device/utility imports here (the architecture forbids it): the app
+passes `now` and every input, and keeps the returned state. Modules: `limits` (sources, merge,
+config parsing), `average` (rolling mean), `law` (the control law), `failsafe` (quiet meter,
+unreachable inverters), `plant` (a simulated site for tests and benchmarks). See docs/control.md.
+"""

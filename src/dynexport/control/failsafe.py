@@ -1,0 +1,83 @@
+"""What the controller does when it cannot see: a quiet meter or an unreachable inverter.
+
+Without a fresh meter reading the load is unknown, so the only limit that is safe whatever the
+household does is one that keeps export within the limit *with zero load*: total generation no
+more than the export limit. An inverter that stops answering is marked offline after a few
+failures and retried with exponential backoff; meanwhile its own revert timer (every limit is
+written with one) brings it back to its default, and the meter sees whatever it produces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dynexport.control.average import RollingMean
+from dynexport.control.limits import EffectiveLimits
+
+DEFAULT_STALE_S = 5.0
+"""No meter sample for this long → fail-safe. A few missed 1 s polls are normal on RS485."""
+
+FAILSAFE_SOURCE = "fail-safe"
+
+
+def meter_is_stale(meter: RollingMean, now: float, stale_s: float = DEFAULT_STALE_S) -> bool:
+    """True when there is no meter sample, or the newest is older than ``stale_s``."""
+    latest = meter.latest_t
+    return latest is None or now - latest > stale_s
+
+
+def failsafe_generation_w(
+    limits: EffectiveLimits, configured_w: float | None = None
+) -> tuple[float | None, str]:
+    """The total generation allowed while the meter is quiet, and the source to report.
+
+    ``configured_w`` is the installer's explicit value (they may know a base load). Without it:
+    the export limit in force, because generation ≤ export limit keeps export within it at zero
+    load. The generation limit still caps either. None: nothing limits the site at all.
+    """
+    candidates: list[tuple[float, str]] = []
+    if configured_w is not None:
+        candidates.append((configured_w, FAILSAFE_SOURCE))
+    elif limits.export_w is not None:
+        candidates.append((max(limits.export_w, 0.0), FAILSAFE_SOURCE))
+    if limits.generation_w is not None:
+        candidates.append((limits.generation_w, limits.sources.get("generation_w", "limit")))
+    if not candidates:
+        return None, ""
+    value, source = min(candidates, key=lambda c: c[0])
+    return value, source
+
+
+@dataclass(frozen=True)
+class LinkHealth:
+    """One device link's failures, for the I/O layer's retry loop."""
+
+    failures: int = 0
+    online: bool = True
+    next_attempt_t: float = 0.0
+
+
+def record_failure(
+    health: LinkHealth,
+    now: float,
+    offline_after: int = 3,
+    base_s: float = 1.0,
+    max_s: float = 60.0,
+) -> LinkHealth:
+    """One more failed request: offline after ``offline_after`` in a row; back off exponentially.
+
+    Three tries before "offline" rides over a single lost frame; the 60 s cap matches the
+    revert timeout, so a recovered inverter is rewritten before its limit could lapse for long.
+    """
+    failures = health.failures + 1
+    delay = min(max_s, base_s * 2 ** (failures - 1))
+    return LinkHealth(
+        failures=failures,
+        online=health.online and failures < offline_after,
+        next_attempt_t=now + delay,
+    )
+
+
+def record_success(health: LinkHealth, now: float) -> LinkHealth:
+    """A good reply: online again, retried at the normal rate."""
+    return LinkHealth(failures=0, online=True, next_attempt_t=now)

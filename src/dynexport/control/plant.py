@@ -1,0 +1,333 @@
+"""A simple simulated site for closed-loop tests and benchmarks: no I/O, no clock, seeded noise.
+
+The model is deliberately plain but has the three things that break naive controllers: inverters
+that follow a new limit with a first-order lag (not instantly), a household load that wanders,
+and noisy measurements. The meter reports load - PV (positive import), like a real feed-in meter.
+An inverter the controller cannot reach keeps its last limit until its revert timer runs out,
+then runs free, as a SunSpec inverter with WMaxLimPct_RvrtTms does.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from dynexport.control.average import RollingMean
+from dynexport.control.law import (
+    ControllerState,
+    ControlOutput,
+    ControlSettings,
+    InverterState,
+    Mode,
+    control_step,
+)
+from dynexport.control.limits import EffectiveLimits
+
+
+@dataclass
+class SimInverter:
+    """One simulated inverter. ``reachable`` is whether the controller can talk to it."""
+
+    id: str
+    rated_w: float
+    pv_w: float
+    """PV power available now (the most it could make unlimited)."""
+    controllable: bool = True
+    reachable: bool = True
+    output_w: float = 0.0
+    limit_pct: float | None = None
+    connected: bool = True
+    last_command_t: float = 0.0
+    last_seen_w: float = 0.0
+
+
+@dataclass
+class Plant:
+    """The site. Mutable on purpose: it is the world the controller acts on, stepped by ``step``."""
+
+    inverters: list[SimInverter]
+    load_w: float = 500.0
+    load_noise_w: float = 30.0
+    """Standard deviation of the household load's wander around ``load_w``."""
+    meter_noise_w: float = 10.0
+    power_noise_w: float = 10.0
+    tau_s: float = 1.5
+    """Inverter response time constant to a new limit."""
+    revert_s: float = 60.0
+    seed: int = 0
+    meter_alive: bool = True
+    t: float = 0.0
+    _load_dev: float = 0.0
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        for inv in self.inverters:
+            inv.output_w = self._ceiling(inv)
+
+    def _ceiling(self, inv: SimInverter) -> float:
+        if not inv.connected:
+            return 0.0
+        cap = min(inv.pv_w, inv.rated_w)
+        if inv.limit_pct is not None and inv.controllable:
+            cap = min(cap, inv.rated_w * inv.limit_pct / 100.0)
+        return max(cap, 0.0)
+
+    def step(self, dt: float) -> None:
+        """Advance by ``dt`` seconds: load wanders (Ornstein-Uhlenbeck, 5 s), inverters lag."""
+        self.t = round(self.t + dt, 9)  # no float drift: a scripted event at 80 s happens at 80 s
+        theta = 1.0 / 5.0
+        self._load_dev += -theta * self._load_dev * dt + self.load_noise_w * math.sqrt(
+            2 * theta * dt
+        ) * self._rng.gauss(0.0, 1.0)
+        alpha = 1.0 - math.exp(-dt / self.tau_s)
+        for inv in self.inverters:
+            if inv.limit_pct is not None and self.t - inv.last_command_t > self.revert_s:
+                inv.limit_pct = None  # the inverter's own revert timer
+            inv.output_w += (self._ceiling(inv) - inv.output_w) * alpha
+
+    @property
+    def load_now_w(self) -> float:
+        return max(self.load_w + self._load_dev, 0.0)
+
+    @property
+    def der_w(self) -> float:
+        return sum(inv.output_w for inv in self.inverters)
+
+    @property
+    def site_w(self) -> float:
+        """True site power, positive import (what an independent test meter would see)."""
+        return self.load_now_w - self.der_w
+
+    def read_meter(self) -> float | None:
+        """The site meter's reading, or None when it does not answer."""
+        if not self.meter_alive:
+            return None
+        return self.site_w + self._rng.gauss(0.0, self.meter_noise_w)
+
+    def read_inverters(self) -> list[InverterState]:
+        """What the device link reports; unreachable inverters keep their last seen power."""
+        states = []
+        for inv in self.inverters:
+            if inv.reachable:
+                inv.last_seen_w = max(inv.output_w + self._rng.gauss(0.0, self.power_noise_w), 0.0)
+            states.append(
+                InverterState(
+                    id=inv.id,
+                    online=inv.reachable,
+                    controllable=inv.controllable,
+                    rated_w=inv.rated_w,
+                    power_w=inv.last_seen_w,
+                    limit_pct=inv.limit_pct,
+                )
+            )
+        return states
+
+    def apply(self, output: ControlOutput) -> None:
+        """Deliver commands to the inverters that are reachable and obey."""
+        by_id = {inv.id: inv for inv in self.inverters}
+        for cmd in output.commands:
+            inv = by_id[cmd.id]
+            if inv.reachable and inv.controllable:
+                inv.limit_pct = cmd.limit_pct
+                inv.connected = cmd.connect
+                inv.last_command_t = self.t
+
+
+def two_inverter_site(seed: int = 0, pv_w: float = 6000.0, rated_w: float = 6000.0) -> Plant:
+    """The reference site of the tests and benchmarks: two 6 kW inverters, 500 W base load."""
+    return Plant(
+        inverters=[
+            SimInverter("inv1", rated_w=rated_w, pv_w=pv_w),
+            SimInverter("inv2", rated_w=rated_w, pv_w=pv_w),
+        ],
+        seed=seed,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Closed loop
+
+
+@dataclass(frozen=True)
+class TracePoint:
+    """One control tick: true export (W, positive = export), the limit, what the law did."""
+
+    t: float
+    export_w: float
+    limit_w: float | None
+    der_w: float
+    mode: Mode
+    target_w: float | None
+    connect: bool
+
+
+Hook = Callable[[float, Plant], None]
+
+
+def run_closed_loop(
+    plant: Plant,
+    limits_at: Callable[[float], EffectiveLimits],
+    duration_s: float,
+    settings: ControlSettings | None = None,
+    hook: Hook | None = None,
+    dt: float = 0.1,
+    meter_period_s: float = 0.5,
+) -> list[TracePoint]:
+    """Run the plant and the law together; the law runs every ``settings.interval_s``.
+
+    The meter is sampled every ``meter_period_s`` into the averaging buffer; the inverters are
+    read at each control tick (as the device pollers would). ``hook(t, plant)`` runs before each
+    tick to script the world (PV ramps, load jumps, lost devices).
+    """
+    s = settings or ControlSettings()
+    meter = RollingMean(s.average_s)
+    state = ControllerState()
+    trace: list[TracePoint] = []
+    steps_per_tick = max(round(s.interval_s / dt), 1)
+    steps_per_sample = max(round(meter_period_s / dt), 1)
+    n_steps = round(duration_s / dt)
+    for k in range(n_steps + 1):
+        t = plant.t
+        if k % steps_per_sample == 0:
+            reading = plant.read_meter()
+            if reading is not None:
+                meter = meter.add(t, reading)
+        if k % steps_per_tick == 0:
+            if hook is not None:
+                hook(t, plant)
+            limits = limits_at(t)
+            result = control_step(meter, plant.read_inverters(), limits, state, t, s)
+            state = result.state
+            plant.apply(result)
+            trace.append(
+                TracePoint(
+                    t=t,
+                    export_w=-plant.site_w,
+                    limit_w=limits.export_w,
+                    der_w=plant.der_w,
+                    mode=result.mode,
+                    target_w=result.target_w,
+                    connect=result.connect,
+                )
+            )
+        plant.step(dt)
+    return trace
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """How export answered one limit step.
+
+    ``settling_s``: from the step until export stays within ±tolerance for the rest of the hold
+    (None: it never did). ``overshoot_w``: how far export went past its final value in the
+    direction of the step (ringing). ``steady_state_error_w``: mean export over the last third
+    of the hold minus the limit. ``max_excess_w``: the most export went over the limit after
+    settling.
+    """
+
+    limit_w: float
+    t_step: float
+    tolerance_w: float
+    settling_s: float | None
+    overshoot_w: float
+    steady_state_error_w: float
+    max_excess_w: float
+
+
+@dataclass(frozen=True)
+class SimResult:
+    steps: tuple[StepMetrics, ...]
+    trace: tuple[TracePoint, ...]
+
+
+SAPN_STEPS_W: tuple[float, ...] = (10000.0, 7500.0, 5000.0, 1500.0, 500.0, 0.0)
+"""SAPN Dynamic Exports Test Procedure 5.2.1 step sequence."""
+
+
+def tolerance_w(limit_w: float, pct: float = 4.0, floor_w: float = 100.0) -> float:
+    """±4 % of the limit, but never finer than the 100 W measurement accuracy (CSIP-AUS 2.3.1)."""
+    return max(abs(limit_w) * pct / 100.0, floor_w)
+
+
+def simulate_steps(
+    steps_w: Sequence[float] = SAPN_STEPS_W,
+    hold_s: float = 30.0,
+    plant: Plant | None = None,
+    settings: ControlSettings | None = None,
+    base: EffectiveLimits | None = None,
+    hook: Hook | None = None,
+    lead_in_s: float = 30.0,
+) -> SimResult:
+    """Step the export limit through ``steps_w``, each held ``hold_s``; measure each step.
+
+    The first limit also applies during a ``lead_in_s`` settling period before it is measured,
+    so every measured step starts from steady state. ``base`` supplies the other limits.
+    """
+    p = plant or two_inverter_site()
+    b = base or EffectiveLimits()
+    start = p.t
+
+    def limits_at(t: float) -> EffectiveLimits:
+        i = min(max(int((t - start - lead_in_s) // hold_s), 0), len(steps_w) - 1)
+        sources = {**b.sources, "export_w": "utility"}
+        return EffectiveLimits(
+            export_w=steps_w[i],
+            generation_w=b.generation_w,
+            import_w=b.import_w,
+            load_w=b.load_w,
+            connect=b.connect,
+            energize=b.energize,
+            ramp_tms=b.ramp_tms,
+            set_grad_w=b.set_grad_w,
+            sources=sources,
+        )
+
+    trace = run_closed_loop(p, limits_at, lead_in_s + hold_s * len(steps_w) - 1e-6, settings, hook)
+    metrics = []
+    prev_limit: float | None = None
+    for i, limit in enumerate(steps_w):
+        t0 = start + lead_in_s + i * hold_s
+        hold = [pt for pt in trace if t0 <= pt.t < t0 + hold_s]
+        metrics.append(_measure(hold, limit, t0, prev_limit))
+        prev_limit = limit
+    return SimResult(tuple(metrics), tuple(trace))
+
+
+def _measure(
+    hold: list[TracePoint], limit: float, t0: float, prev_limit: float | None
+) -> StepMetrics:
+    tol = tolerance_w(limit)
+    last_out = None
+    for idx, pt in enumerate(hold):
+        if abs(pt.export_w - limit) > tol:
+            last_out = idx
+    if last_out is None:
+        settling: float | None = 0.0
+        settled = hold
+    elif last_out + 1 < len(hold):
+        settling = hold[last_out + 1].t - t0
+        settled = hold[last_out + 1 :]
+    else:
+        settling, settled = None, []
+    tail = hold[len(hold) * 2 // 3 :]
+    final = sum(pt.export_w for pt in tail) / len(tail)
+    exports = [pt.export_w for pt in hold]
+    if prev_limit is not None and limit < prev_limit:
+        overshoot = max(0.0, final - min(exports))
+    elif prev_limit is not None and limit > prev_limit:
+        overshoot = max(0.0, max(exports) - final)
+    else:
+        overshoot = 0.0
+    excess = max((pt.export_w - limit for pt in settled), default=math.inf)
+    return StepMetrics(
+        limit_w=limit,
+        t_step=t0,
+        tolerance_w=tol,
+        settling_s=settling,
+        overshoot_w=overshoot,
+        steady_state_error_w=final - limit,
+        max_excess_w=excess,
+    )

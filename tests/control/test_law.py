@@ -1,0 +1,324 @@
+"""The control law, one call at a time: targets, the split, the filters, what is enforced."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynexport.control.average import RollingMean
+from dynexport.control.law import (
+    ENFORCED_DOE_MODES,
+    ENFORCED_LIMITS,
+    ControllerState,
+    ControlSettings,
+    DOEMode,
+    InverterState,
+    control_step,
+    estimate_load,
+    margin_w,
+)
+from dynexport.control.limits import EffectiveLimits
+
+S = ControlSettings()
+
+
+def meter_at(now: float, site_w: float) -> RollingMean:
+    """A meter that has read ``site_w`` steadily for the last few seconds."""
+    m = RollingMean(S.average_s)
+    for k in range(6, -1, -1):
+        m = m.add(now - 0.5 * k, site_w)
+    return m
+
+
+def inv(
+    id: str, rated: float, power: float, online: bool = True, controllable: bool = True
+) -> InverterState:
+    return InverterState(id, online, controllable, rated, power)
+
+
+def export(limit: float | None, **kw: object) -> EffectiveLimits:
+    sources = {"export_w": "utility"} if limit is not None else {}
+    return EffectiveLimits(export_w=limit, sources=sources, **kw)  # type: ignore[arg-type]
+
+
+def pcts(out) -> dict[str, float | None]:
+    return {c.id: c.limit_pct for c in out.commands}
+
+
+def limited(out) -> dict[str, float]:
+    """Each inverter's limit, which must be set (not "no limit needed")."""
+    result = {}
+    for c in out.commands:
+        assert c.limit_pct is not None, c
+        result[c.id] = c.limit_pct
+    return result
+
+
+def test_target_is_load_plus_export_limit_less_margin():
+    # 4 kW of PV, exporting 3.5 kW: the household draws 500 W.
+    invs = [inv("a", 5000, 2000), inv("b", 5000, 2000)]
+    out = control_step(meter_at(10, -3500), invs, export(1500), ControllerState(), 10)
+    assert out.load_estimate_w == pytest.approx(500)
+    assert out.target_w == pytest.approx(500 + 1500 - margin_w(1500, S))
+    assert out.source == "utility"
+    assert out.mode == "normal"
+
+
+def test_split_is_proportional_to_rated_watts():
+    invs = [inv("big", 8000, 4000), inv("small", 2000, 1000)]
+    out = control_step(meter_at(0, -4500), invs, export(1000), ControllerState(), 0)
+    budget = 500 + 1000 - margin_w(1000, S)
+    p = limited(out)
+    assert p["big"] == pytest.approx(p["small"])  # same percent = proportional to rated W
+    assert 8000 * p["big"] / 100 + 2000 * p["small"] / 100 == pytest.approx(budget)
+    assert 8000 * p["big"] / 100 == pytest.approx(budget * 0.8)
+
+
+def test_no_limit_is_needed_when_the_limit_is_above_what_the_inverters_can_make():
+    invs = [inv("a", 5000, 3000)]
+    out = control_step(meter_at(0, -2500), invs, export(10000), ControllerState(), 0)
+    assert pcts(out) == {"a": None}
+    assert out.target_w is None
+    assert control_step(meter_at(0, -2500), invs, export(None), ControllerState(), 0).source == ""
+
+
+def test_an_offline_inverter_gets_no_command_and_the_others_take_the_whole_budget():
+    invs = [inv("a", 5000, 1000), inv("b", 5000, 1000, online=False)]
+    out = control_step(meter_at(0, -1500), invs, export(1000), ControllerState(), 0)
+    assert [c.id for c in out.commands] == ["a"]
+    assert out.skipped == {"b": "offline"}
+    # The offline inverter's output is in the meter: load = -1500 + 1000 (a) = ... its own
+    # output lowers the estimate, so "a" alone is held to what keeps export at the limit.
+    budget = (-1500 + 1000) + 1000 - margin_w(1000, S)
+    assert pcts(out)["a"] == pytest.approx(100 * budget / 5000)
+
+
+def test_uncontrolled_output_counts_against_the_budget():
+    invs = [inv("a", 5000, 2000), inv("old", 3000, 1500, controllable=False)]
+    out = control_step(meter_at(0, -2000), invs, export(1000), ControllerState(), 0)
+    load = -2000 + 3500
+    target = load + 1000 - margin_w(1000, S)
+    assert out.target_w == pytest.approx(target)
+    assert out.budget_w == pytest.approx(target - 1500)
+    assert pcts(out) == {"a": pytest.approx(100 * (target - 1500) / 5000)}
+    assert out.skipped == {"old": "not controllable"}
+
+
+def test_uncontrolled_output_above_the_target_drives_the_others_to_zero():
+    invs = [inv("a", 5000, 1000), inv("old", 5000, 4000, controllable=False)]
+    out = control_step(meter_at(0, -4500), invs, export(0), ControllerState(), 0)
+    assert pcts(out) == {"a": 0.0}
+
+
+def test_generation_limit_caps_total_output_directly():
+    invs = [inv("a", 5000, 4000), inv("b", 5000, 4000)]
+    limits = EffectiveLimits(generation_w=3000, sources={"generation_w": "config"})
+    out = control_step(meter_at(0, -7000), invs, limits, ControllerState(), 0)
+    assert out.source == "config"
+    total = sum(5000 * p / 100 for p in pcts(out).values() if p is not None)
+    assert total == pytest.approx(3000 - margin_w(3000, S))
+
+
+def test_generation_limit_counts_an_offline_inverters_last_output():
+    invs = [inv("a", 5000, 1000), inv("b", 5000, 1200, online=False)]
+    limits = EffectiveLimits(generation_w=3000, sources={"generation_w": "utility"})
+    out = control_step(meter_at(0, -1700), invs, limits, ControllerState(), 0)
+    assert 5000 * limited(out)["a"] / 100 == pytest.approx(3000 - margin_w(3000, S) - 1200)
+
+
+def test_energize_false_sets_every_inverter_to_zero():
+    invs = [inv("a", 5000, 3000), inv("b", 5000, 3000)]
+    limits = EffectiveLimits(energize=False, sources={"energize": "utility"})
+    out = control_step(meter_at(0, -5500), invs, limits, ControllerState(), 0)
+    assert pcts(out) == {"a": 0.0, "b": 0.0}
+    assert out.mode == "deenergized"
+    assert out.connect
+
+
+def test_connect_false_asks_to_disconnect():
+    invs = [inv("a", 5000, 3000)]
+    limits = EffectiveLimits(connect=False, sources={"connect": "utility"})
+    out = control_step(meter_at(0, -2500), invs, limits, ControllerState(), 0)
+    assert not out.connect
+    assert [c.connect for c in out.commands] == [False]
+    assert out.mode == "disconnected"
+    assert out.source == "utility"
+
+
+def test_reductions_are_immediate_and_increases_gentle():
+    invs = [inv("a", 10000, 5000)]
+    state = ControllerState()
+    out = control_step(meter_at(0, -4500), invs, export(4500), state, 0)
+    first = out.target_w
+    assert first is not None
+    # Export limit cut to 1000: the whole cut in one call.
+    cut = control_step(meter_at(1, -4500), invs, export(1000), out.state, 1)
+    assert cut.target_w == pytest.approx(500 + 1000 - margin_w(1000, S))
+    # Back to 4500 (after the post-cut hold): only part of the way per second.
+    invs2 = [inv("a", 10000, 1480)]
+    state = cut.state
+    t = 1.0
+    seen = []
+    for _ in range(8):
+        t += 1
+        out = control_step(meter_at(t, -980), invs2, export(4500), state, t)
+        state = out.state
+        assert out.target_w is not None
+        seen.append(out.target_w)
+    assert all(b >= a for a, b in itertools.pairwise(seen))
+    full = 500 + 4500 - margin_w(4500, S)
+    assert seen[0] < full  # not in one jump
+    assert seen[-1] == pytest.approx(full, abs=200)
+
+
+def test_set_grad_w_limits_the_rate_of_increase():
+    invs = [inv("a", 10000, 1500)]
+    state = control_step(meter_at(0, -1000), invs, export(1000), ControllerState(), 0).state
+    limits = export(6000, set_grad_w=100)  # 1 %/s of 10 kW = 100 W/s
+    t, prev = 0.0, state.gen_cmd_w
+    assert prev is not None
+    for _ in range(10):
+        t += 1
+        out = control_step(meter_at(t, -1000), invs, limits, state, t)
+        assert out.state.gen_cmd_w is not None
+        assert out.state.gen_cmd_w - prev <= 100.0 + 1e-9
+        prev, state = out.state.gen_cmd_w, out.state
+    assert prev > 1500 + 500  # it does rise
+
+
+def test_ramp_tms_spreads_a_utility_change_over_its_duration():
+    invs = [inv("a", 10000, 1500)]
+    state = control_step(meter_at(0, -1000), invs, export(1000), ControllerState(), 0).state
+    start = state.gen_cmd_w
+    assert start is not None
+    limits = export(5000, ramp_tms=1000)  # 10 s
+    targets = []
+    for t in range(1, 13):
+        out = control_step(meter_at(t, -1000), invs, limits, state, t)
+        state = out.state
+        targets.append(out.target_w)
+    final = 500 + 5000 - margin_w(5000, S)
+    # Linear over 10 s from the change at t=1: at t=6, half way.
+    assert targets[5] == pytest.approx(start + (final - start) * 0.5, abs=1)
+    assert targets[-1] == pytest.approx(final, abs=1)
+
+
+def test_ramp_tms_applies_to_a_reduction_but_never_slower_than_asked():
+    invs = [inv("a", 10000, 5500)]
+    state = control_step(meter_at(0, -5000), invs, export(5000), ControllerState(), 0).state
+    limits = export(1000, ramp_tms=400)  # 4 s
+    t = 1.0
+    out = control_step(meter_at(t, -5000), invs, limits, state, t)
+    first = out.target_w
+    for t in (2.0, 3.0, 4.0, 5.0):
+        out = control_step(meter_at(t, -5000), invs, limits, out.state, t)
+    assert first is not None and first > 4000  # it did not cut at once
+    assert out.target_w == pytest.approx(500 + 1000 - margin_w(1000, S))  # done at t0 + 4 s
+
+
+def test_a_config_window_change_is_not_slowed_by_a_utility_ramp():
+    invs = [inv("a", 10000, 5500)]
+    limits = EffectiveLimits(export_w=5000, ramp_tms=6000, sources={"export_w": "utility"})
+    state = control_step(meter_at(0, -5000), invs, limits, ControllerState(), 0).state
+    window = EffectiveLimits(export_w=0, ramp_tms=6000, sources={"export_w": "window 10:00-16:00"})
+    out = control_step(meter_at(1, -5000), invs, window, state, 1)
+    assert out.target_w == pytest.approx(500 - margin_w(0, S))
+
+
+def test_import_and_load_limits_are_reported_as_not_enforced():
+    limits = EffectiveLimits(export_w=1000, import_w=2000, load_w=6000)
+    out = control_step(meter_at(0, 0), [inv("a", 5000, 0)], limits, ControllerState(), 0)
+    assert out.not_enforced == ("import_w", "load_w")
+    assert "import_w" not in ENFORCED_LIMITS and "load_w" not in ENFORCED_LIMITS
+    assert ENFORCED_DOE_MODES == DOEMode.EXPORT | DOEMode.GENERATION
+    assert int(ENFORCED_DOE_MODES) == 0b0101
+
+
+def test_load_estimate_pairs_each_meter_sample_with_der_at_that_moment():
+    # Output fell linearly from 5000 to 1000 W between t=0 and t=2 while load stayed 500 W.
+    der = RollingMean(5.0).add(0, 5000).add(1, 3000).add(2, 1000)
+    meter = RollingMean(1.0)
+    for t in (0.5, 1.0, 1.5, 2.0):
+        meter = meter.add(t, 500 - (5000 - 2000 * t))
+    assert estimate_load(meter, der, 2.0, 1.0) == pytest.approx(500)
+
+
+def test_rolling_mean_ignores_late_samples_and_falls_back_to_the_newest():
+    m = RollingMean(1.0).add(0, 10).add(0.5, 20).add(0.2, 99)
+    assert m.samples == ((0.0, 10.0), (0.5, 20.0))
+    assert m.mean(0.5) == pytest.approx(15)
+    assert m.mean(3.0) == 20  # nothing in the window: the newest (staleness is decided elsewhere)
+    assert RollingMean().mean(0) is None
+
+
+# --------------------------------------------------------------------------------------
+# Properties over arbitrary sites and readings
+
+inverter_st = st.builds(
+    InverterState,
+    id=st.uuids().map(str),
+    online=st.booleans(),
+    controllable=st.booleans(),
+    rated_w=st.floats(0, 20000),
+    power_w=st.floats(0, 20000),
+)
+maybe_w = st.none() | st.floats(-2000, 20000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    invs=st.lists(inverter_st, max_size=5),
+    site=st.floats(-30000, 30000),
+    export_w=maybe_w,
+    generation_w=maybe_w,
+    energize=st.booleans(),
+    prev=st.none() | st.floats(0, 40000),
+    set_grad_w=st.none() | st.integers(1, 10000),
+    stale=st.booleans(),
+)
+def test_limits_stay_in_0_100_and_never_add_up_to_more_than_the_budget(
+    invs, site, export_w, generation_w, energize, prev, set_grad_w, stale
+):
+    limits = EffectiveLimits(
+        export_w=export_w, generation_w=generation_w, energize=energize, set_grad_w=set_grad_w
+    )
+    now = 100.0
+    meter = meter_at(now - (10 if stale else 0), site)
+    state = ControllerState(last_t=now - 1, gen_cmd_w=prev)
+    out = control_step(meter, invs, limits, state, now)
+    assert out.mode == ("deenergized" if not energize else "failsafe" if stale else "normal")
+    given_w = 0.0
+    by_id = {i.id: i for i in invs}
+    for c in out.commands:
+        assert by_id[c.id].online and by_id[c.id].controllable
+        if c.limit_pct is not None:
+            assert 0.0 <= c.limit_pct <= 100.0
+            given_w += by_id[c.id].rated_w * c.limit_pct / 100
+    if any(c.limit_pct is not None for c in out.commands):
+        assert given_w <= max(out.budget_w, 0.0) + 1e-6
+    assert out.state.gen_cmd_w is not None and math.isfinite(out.state.gen_cmd_w)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    site=st.floats(-20000, 20000),
+    export_w=st.floats(0, 20000),
+    generation_w=maybe_w,
+)
+def test_fail_safe_total_never_exceeds_the_export_limit(site, export_w, generation_w):
+    """With zero load, total generation ≤ export limit keeps export within it."""
+    invs = [inv("a", 6000, 3000), inv("b", 4000, 2000)]
+    limits = EffectiveLimits(export_w=export_w, generation_w=generation_w)
+    out = control_step(RollingMean(), invs, limits, ControllerState(), 50.0)
+    assert out.mode == "failsafe"
+    total = sum(
+        r * (100.0 if c.limit_pct is None else c.limit_pct) / 100
+        for c, r in zip(out.commands, (6000, 4000), strict=True)
+    )
+    assert total <= export_w + 1e-6
+    if generation_w is not None:
+        assert total <= max(generation_w, 0.0) + 1e-6
