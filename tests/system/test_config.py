@@ -212,3 +212,45 @@ def test_utility_problems_name_their_keys():
     assert "utility.pin: must be 0..999999" in problems
     assert "utility.ca: must be a non-empty string, not null" in problems
     assert "utility.ciphers: must be a list of OpenSSL cipher names" in problems
+
+
+def test_limits_control_and_web_sections_load():
+    config = parse_config(
+        {
+            "limits": {
+                "exportW": 5000,
+                "generationW": None,
+                "importW": None,
+                "loadW": None,
+                "connect": True,
+                "windows": [{"from": "10:00", "to": "16:00", "exportW": 0}],
+            },
+            "control": {"intervalS": 0.5, "meterStaleS": 4, "failsafeGenerationW": 1500},
+            "web": {"host": "127.0.0.1", "port": 8080},
+        }
+    )
+    assert config.limits.export_w == 5000
+    assert config.limits.windows[0].export_w == 0
+    assert config.control.interval_s == 0.5
+    assert config.control.failsafe_generation_w == 1500
+    assert (config.web.host, config.web.port) == ("127.0.0.1", 8080)
+
+
+def test_limit_problems_join_the_other_problems_with_their_paths():
+    problems = problems_of(
+        {
+            "limits": {"exportw": 5000, "windows": [{"from": "25:00", "to": "16:00"}]},
+            "control": {"intervalS": 30},
+            "web": {"port": 0},
+        }
+    )
+    assert any(p.startswith("limits.exportw: unknown key") for p in problems)
+    assert any(p.startswith("limits.windows[0].from:") for p in problems)
+    assert "control.intervalS: must be 0.2..10" in problems
+    assert "web.port: must be 1..65535" in problems
+
+
+def test_revert_timeout_must_cover_several_control_intervals():
+    assert problems_of({"control": {"intervalS": 5, "revertS": 12}}) == [
+        "control.revertS: must be at least three control intervals"
+    ]

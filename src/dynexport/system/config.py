@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from dynexport.control.limits import LimitsConfig, LimitsConfigError, parse_limits
+
 T = TypeVar("T")
 
 Parity = Literal["N", "E", "O"]
@@ -81,11 +83,26 @@ class MeterConfig(DeviceConfig):
 
 @dataclass(frozen=True)
 class ControlConfig:
-    """How commands are sent to inverters."""
+    """How the controller runs and how commands are sent to inverters."""
 
     revert_s: int = 60
     """Every limit written to an inverter reverts by itself after this many seconds unless
     rewritten; the controller rewrites it well before, so a dead controller fails safe."""
+    interval_s: float = 1.0
+    """How often the control law runs."""
+    meter_stale_s: float = 5.0
+    """A meter reading older than this puts the controller in its fail-safe."""
+    failsafe_generation_w: float | None = None
+    """Total generation allowed while the meter is stale; None: the export limit in force
+    (which keeps export within it even at zero load)."""
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The built-in web server (setup, dashboard, JSON API)."""
+
+    host: str = "0.0.0.0"
+    port: int = 80
 
 
 @dataclass(frozen=True)
@@ -120,6 +137,8 @@ class Config:
     meter: MeterConfig | None = None
     control: ControlConfig = field(default_factory=ControlConfig)
     utility: UtilityConfig | None = None
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     base_dir: Path = field(default_factory=Path.cwd)
 
     def endpoints(self) -> list[Endpoint]:
@@ -172,6 +191,19 @@ class _Reader:
             self.fail(path, f"must be {lo}..{hi}")
             return None
         return value
+
+    def number_in(
+        self, value: object, path: str, lo: float, hi: float, default: float
+    ) -> float | None:
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(path, f"must be a number {lo:g}..{hi:g}, not {_kind(value)}")
+            return None
+        if not lo <= value <= hi:
+            self.fail(path, f"must be {lo:g}..{hi:g}")
+            return None
+        return float(value)
 
     def choice(self, value: object, path: str, options: tuple[T, ...], default: T) -> T | None:
         if value is None:
@@ -327,13 +359,51 @@ def _meter(r: _Reader, value: object, path: str, base_dir: Path) -> MeterConfig 
 def _control(r: _Reader, value: object, path: str) -> ControlConfig | None:
     if value is None:
         return ControlConfig()
-    raw = r.obj(value, path, {"revertS"})
+    raw = r.obj(value, path, {"revertS", "intervalS", "meterStaleS", "failsafeGenerationW"})
     if raw is None:
         return None
     revert = r.int_in(raw.get("revertS"), _join(path, "revertS"), 10, 3600, default=60)
-    if revert is None:
+    interval = r.number_in(raw.get("intervalS"), _join(path, "intervalS"), 0.2, 10.0, 1.0)
+    stale = r.number_in(raw.get("meterStaleS"), _join(path, "meterStaleS"), 2.0, 60.0, 5.0)
+    failsafe = None
+    if raw.get("failsafeGenerationW") is not None:
+        failsafe = r.number_in(
+            raw["failsafeGenerationW"], _join(path, "failsafeGenerationW"), 0.0, 1e6, 0.0
+        )
+        if failsafe is None:
+            return None
+    if revert is None or interval is None or stale is None:
         return None
-    return ControlConfig(revert_s=revert)
+    if interval * 3 > revert:
+        r.fail(_join(path, "revertS"), "must be at least three control intervals")
+        return None
+    return ControlConfig(
+        revert_s=revert,
+        interval_s=interval,
+        meter_stale_s=stale,
+        failsafe_generation_w=failsafe,
+    )
+
+
+def _web(r: _Reader, value: object, path: str) -> WebConfig | None:
+    if value is None:
+        return WebConfig()
+    raw = r.obj(value, path, {"host", "port"})
+    if raw is None:
+        return None
+    host = r.string(raw.get("host", "0.0.0.0"), _join(path, "host"))
+    port = r.int_in(raw.get("port"), _join(path, "port"), 1, 65535, default=80)
+    if host is None or port is None:
+        return None
+    return WebConfig(host=host, port=port)
+
+
+def _limits(r: _Reader, value: object) -> LimitsConfig:
+    try:
+        return parse_limits(value, "limits")
+    except LimitsConfigError as exc:
+        r.problems.extend(exc.problems)
+        return LimitsConfig()
 
 
 _UTILITY_KEYS = {
@@ -402,7 +472,7 @@ def _utility(r: _Reader, value: object, path: str, base_dir: Path) -> UtilityCon
     )
 
 
-TOP_LEVEL_KEYS = {"inverters", "meter", "control", "utility"}
+TOP_LEVEL_KEYS = {"inverters", "meter", "control", "utility", "limits", "web"}
 
 
 def parse_config(data: object, base_dir: Path | None = None, source: str | None = None) -> Config:
@@ -418,10 +488,20 @@ def parse_config(data: object, base_dir: Path | None = None, source: str | None 
     utility = (
         _utility(r, raw["utility"], "utility", base) if raw.get("utility") is not None else None
     )
+    limits = _limits(r, raw.get("limits"))
+    web = _web(r, raw.get("web"), "web")
     _check_unique_devices(r, inverters, meter)
-    if r.problems or control is None:
+    if r.problems or control is None or web is None:
         raise ConfigError(r.problems, source)
-    return Config(inverters=inverters, meter=meter, control=control, utility=utility, base_dir=base)
+    return Config(
+        inverters=inverters,
+        meter=meter,
+        control=control,
+        utility=utility,
+        limits=limits,
+        web=web,
+        base_dir=base,
+    )
 
 
 def _check_unique_devices(
