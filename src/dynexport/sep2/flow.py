@@ -1,0 +1,505 @@
+"""The CSIP-AUS client's decisions, without I/O: what is due, what to send, what an answer means.
+
+The trio adapter (`client.py`) fetches and posts; everything it has to *decide* lives here as
+functions of plain data and a ``now`` passed in, so it is tested without sockets or clocks:
+
+* when each resource is due again, given its own ``pollRate`` (IEEE 2030.5 default 900 s);
+* the clock offset from the server's Time resource (applied to every schedule decision);
+* finding our EndDevice or building the one to POST (in-band registration);
+* whether the Registration PIN matches, and what that means for acting on controls;
+* the ConnectionPoint, DERCapability/DERSettings/DERStatus, MirrorUsagePoint, reading and
+  DERControlResponse bodies;
+* what an HTTP status on a response POST means (sent, retry later, give up).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from dynexport.sep2.certs import sfdi_from_lfdi
+from dynexport.sep2.controls import ProgramControls, ResponseStatus
+from dynexport.sep2.resources import (
+    ConnectionPoint as ConnectionPointResource,
+)
+from dynexport.sep2.resources import (
+    DateTimeInterval,
+    DERCapability,
+    DERSettings,
+    DERStatus,
+    EndDevice,
+    MirrorMeterReading,
+    MirrorReadingSet,
+    MirrorUsagePoint,
+    Reading,
+    ReadingType,
+    Registration,
+    Scaled,
+    StatusValue,
+)
+from dynexport.sep2.resources import (
+    DERControlResponse as DERControlResponseResource,
+)
+from dynexport.sep2.responses import PendingResponse
+from dynexport.sep2.telemetry import DER as DER_ROLE
+from dynexport.sep2.telemetry import SITE as SITE_ROLE
+from dynexport.sep2.telemetry import IntervalReading
+
+DEFAULT_POLL_S = 900
+"""IEEE 2030.5 default pollRate when a resource does not carry one."""
+MIN_POLL_S = 10
+"""Floor on any pollRate, so a server answering ``pollRate 0`` cannot make us hammer it."""
+CLOCK_WARN_S = 60
+"""A clock offset beyond this is logged as a warning (the offset is applied regardless)."""
+DEFAULT_POST_S = 300
+"""Telemetry post rate when neither the MirrorUsagePoint nor the EndDevice gives one."""
+PAGE_SIZE = 100
+MAX_PAGES = 100
+"""A list longer than PAGE_SIZE × MAX_PAGES is refused rather than followed forever."""
+
+# DERControlType bits (sep.xsd) for DERCapability.modesSupported / DERSettings.modesEnabled.
+MODE_CONNECT = 1 << 2
+MODE_ENERGIZE = 1 << 3
+MODE_MAX_LIM_W = 1 << 20
+# CSIP-AUS doeModesSupported bits.
+DOE_EXPORT = 1 << 0
+DOE_IMPORT = 1 << 1
+DOE_GENERATION = 1 << 2
+DOE_LOAD = 1 << 3
+DEFAULT_DOE_MODES = DOE_EXPORT | DOE_GENERATION
+"""What the controller enforces unless told otherwise: export and generation limits only."""
+
+DEVICE_CATEGORY_PV = 1 << 21
+"""DeviceCategoryType bit 21: Photovoltaic System."""
+DER_TYPE_PV = 4
+"""DERType 4: Photovoltaic system."""
+
+SITE_ROLE_FLAGS = 0x03
+"""isMirror | isPremisesAggregationPoint."""
+DER_ROLE_FLAGS = 0x49
+"""isMirror | isDER | isSubmeter."""
+KIND_POWER = 37
+QUALIFIER_AVERAGE = 2
+UOM = {"W": 38, "var": 63, "V": 29, "Hz": 33}
+POWER_OF_TEN = {"W": 0, "var": 0, "V": -1, "Hz": -2}
+"""Fixed per quantity so the ReadingType never changes; V in 0.1 V, Hz in 0.01 Hz."""
+MANDATORY_QUANTITIES = ("W", "var", "V")
+
+
+# --------------------------------------------------------------------------------------------
+# Poll rates
+
+
+def poll_rate(value: int | None, inherited: int | None = None) -> int:
+    """The effective pollRate: the resource's own, else its list's, else the spec default."""
+    rate = value if value is not None else inherited
+    if rate is None:
+        return DEFAULT_POLL_S
+    return max(MIN_POLL_S, rate)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """When a URL was last fetched (local clock) and how often it wants to be polled."""
+
+    at: float
+    rate: int
+
+    @property
+    def due(self) -> float:
+        return self.at + self.rate
+
+
+@dataclass
+class PollBook:
+    """Per-URL fetch times, so each resource is re-fetched at its own pollRate.
+
+    Keyed by resolved URL, never by role: when a parent lists a child under a new href, the new
+    URL is unknown here and therefore fetched at once (hrefs are never cached across a change).
+    """
+
+    entries: dict[str, Fetched] = field(default_factory=dict)
+
+    def is_due(self, url: str, now: float) -> bool:
+        entry = self.entries.get(url)
+        return entry is None or now >= entry.due
+
+    def record(self, url: str, now: float, rate: int) -> None:
+        self.entries[url] = Fetched(now, rate)
+
+    def next_due(self) -> float | None:
+        return min((e.due for e in self.entries.values()), default=None)
+
+    def keep_only(self, urls: Iterable[str]) -> None:
+        """Forgets URLs no longer linked from the tree (their resources vanished)."""
+        keep = set(urls)
+        self.entries = {u: e for u, e in self.entries.items() if u in keep}
+
+    def forget(self) -> None:
+        self.entries.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# Clock
+
+
+def clock_offset(server_time: int, local_sent: float, local_received: float) -> int:
+    """Seconds to add to the local clock to get the server's: the midpoint of the exchange."""
+    return round(server_time - (local_sent + local_received) / 2)
+
+
+def clock_warning(offset: int) -> str | None:
+    if abs(offset) > CLOCK_WARN_S:
+        return (
+            f"local clock differs from the utility server's by {offset:+d} s; "
+            "schedules follow the server's clock"
+        )
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# EndDevice and registration
+
+
+def find_end_device(devices: Iterable[EndDevice], lfdi: str) -> EndDevice | None:
+    """Our EndDevice by LFDI (case-insensitive), else by the SFDI derived from it."""
+    want = lfdi.strip().upper()
+    sfdi = sfdi_from_lfdi(want)
+    listed = list(devices)
+    for device in listed:
+        if device.lfdi is not None and device.lfdi.upper() == want:
+            return device
+    for device in listed:
+        if device.lfdi is None and device.sfdi == sfdi:
+            return device
+    return None
+
+
+def new_end_device(lfdi: str, now: int, device_category: int = DEVICE_CATEGORY_PV) -> EndDevice:
+    """The EndDevice to POST for in-band registration: uppercase LFDI, its SFDI, our category."""
+    want = lfdi.strip().upper()
+    return EndDevice(
+        sfdi=sfdi_from_lfdi(want), changed_time=now, lfdi=want, device_category=device_category
+    )
+
+
+class RegistrationOutcome(StrEnum):
+    OK = "ok"
+    """The PIN matches the configured one."""
+    NOT_CHECKED = "not-checked"
+    """No PIN configured: nothing to compare (the Registration is reported as found)."""
+    PIN_MISMATCH = "pin-mismatch"
+    NO_REGISTRATION = "no-registration"
+    """A PIN is configured but the server offers no Registration to check it against."""
+
+
+@dataclass(frozen=True)
+class RegistrationCheck:
+    outcome: RegistrationOutcome
+    message: str
+    server_pin: int | None = None
+
+    @property
+    def acting(self) -> bool:
+        """Whether this server's controls may be obeyed."""
+        return self.outcome in (RegistrationOutcome.OK, RegistrationOutcome.NOT_CHECKED)
+
+
+def check_registration(registration: Registration | None, pin: int | None) -> RegistrationCheck:
+    """Compares the server's Registration PIN with the installer's.
+
+    A mismatch means we are talking to a server (or an EndDevice record) that is not the one the
+    installer registered with: its controls are not obeyed. Likewise when a PIN is configured but
+    cannot be checked, since the PIN is the only proof the installer has that it is the right one.
+    """
+    server_pin = None if registration is None else registration.pin
+    if pin is None:
+        found = "no Registration" if registration is None else f"PIN {server_pin:06d}"
+        return RegistrationCheck(
+            RegistrationOutcome.NOT_CHECKED, f"no PIN configured (server: {found})", server_pin
+        )
+    if registration is None:
+        return RegistrationCheck(
+            RegistrationOutcome.NO_REGISTRATION,
+            f"the server offers no Registration for this device, so PIN {pin:06d} cannot be "
+            "checked: its controls are not applied",
+        )
+    if registration.pin != pin:
+        return RegistrationCheck(
+            RegistrationOutcome.PIN_MISMATCH,
+            f"registration PIN mismatch: the server has {registration.pin:06d}, the installer "
+            f"configured {pin:06d}; this server's controls are not applied",
+            server_pin,
+        )
+    return RegistrationCheck(RegistrationOutcome.OK, f"PIN {pin:06d} matches", server_pin)
+
+
+def connection_point_update(
+    current: ConnectionPointResource | None, nmi: str, *, already_put: bool
+) -> ConnectionPointResource | None:
+    """The ConnectionPoint to PUT, or None when the server already holds our NMI.
+
+    Put once per start even if it looks right (the server may have reset it between polls
+    without changing what it shows), then only when it differs.
+    """
+    want = nmi.strip().upper()
+    if already_put and current is not None and current.connection_point_id.upper() == want:
+        return None
+    return ConnectionPointResource(connection_point_id=want)
+
+
+# --------------------------------------------------------------------------------------------
+# DER reports
+
+
+@dataclass(frozen=True)
+class DerInfo:
+    """What the device side tells the utility link about the site's DER (totals of all inverters).
+
+    Plain data so the utility link never imports the device code. Powers in W, VA, var.
+    """
+
+    rated_w: float
+    """Nameplate active power (rtgMaxW), summed over inverters."""
+    max_w: float | None = None
+    """Configured maximum (setMaxW); the rating when None."""
+    rated_va: float | None = None
+    rated_var: float | None = None
+    der_type: int = DER_TYPE_PV
+    modes_supported: int = 0
+    """DERControlType bits the controller actually enforces (e.g. MODE_CONNECT)."""
+    doe_modes_supported: int = DEFAULT_DOE_MODES
+    set_grad_w: int = 27
+    """setGradW to report while the server's DefaultDERControl gives none (1/100 %/s)."""
+    connected: bool = True
+    available: bool = True
+    operating: bool = True
+    fault: bool = False
+    operational_mode: int = 2
+    """OperationalModeStatusType: 0 unknown, 1 off, 2 operational, 3 test."""
+    inverter_status: int | None = None
+    alarm_status: int | None = None
+
+
+def _power(watts: float) -> Scaled:
+    return Scaled.from_real(float(watts))
+
+
+def der_capability(info: DerInfo) -> DERCapability:
+    """DERCapability advertising exactly what is enforced (modes from the caller)."""
+    return DERCapability(
+        modes_supported=info.modes_supported,
+        rtg_max_w=_power(info.rated_w),
+        der_type=info.der_type,
+        doe_modes_supported=info.doe_modes_supported,
+        rtg_max_va=None if info.rated_va is None else _power(info.rated_va),
+        rtg_max_var=None if info.rated_var is None else _power(info.rated_var),
+    )
+
+
+def effective_set_grad_w(info: DerInfo, server_default: int | None) -> int:
+    """setGradW as reported: the server's DefaultDERControl value wins (harness ALL-13)."""
+    return server_default if server_default is not None else info.set_grad_w
+
+
+def der_settings(info: DerInfo, server_set_grad_w: int | None, now: int) -> DERSettings:
+    return DERSettings(
+        set_grad_w=effective_set_grad_w(info, server_set_grad_w),
+        set_max_w=_power(info.max_w if info.max_w is not None else info.rated_w),
+        updated_time=now,
+        modes_enabled=info.modes_supported,
+        set_max_va=None if info.rated_va is None else _power(info.rated_va),
+        set_max_var=None if info.rated_var is None else _power(info.rated_var),
+        doe_modes_enabled=info.doe_modes_supported,
+    )
+
+
+def gen_connect_bits(info: DerInfo) -> int:
+    """ConnectStatusType bits: 0 connected, 1 available, 2 operating, 4 fault."""
+    return (
+        (1 if info.connected else 0)
+        | (2 if info.available else 0)
+        | (4 if info.operating else 0)
+        | (16 if info.fault else 0)
+    )
+
+
+def der_status(info: DerInfo, now: int) -> DERStatus:
+    return DERStatus(
+        reading_time=now,
+        alarm_status=info.alarm_status,
+        gen_connect_status=StatusValue(gen_connect_bits(info), now),
+        inverter_status=(
+            None if info.inverter_status is None else StatusValue(info.inverter_status, now)
+        ),
+        operational_mode_status=StatusValue(info.operational_mode, now),
+    )
+
+
+def der_report_key(info: DerInfo, server_set_grad_w: int | None) -> tuple[object, ...]:
+    """What, if changed, makes the DER reports due again (timestamps excluded)."""
+    return (info, effective_set_grad_w(info, server_set_grad_w))
+
+
+def der_reports_due(
+    last_key: tuple[object, ...] | None,
+    last_sent: float | None,
+    key: tuple[object, ...],
+    now: float,
+    rate: int,
+) -> bool:
+    """PUT DERCapability/Settings/Status at start, on change, and every DERList pollRate."""
+    return last_key is None or last_sent is None or key != last_key or now >= last_sent + rate
+
+
+# --------------------------------------------------------------------------------------------
+# Telemetry
+
+
+def mrid_for(lfdi: str, *parts: str) -> str:
+    """A stable 128-bit mRID for one of our objects: a hash of the LFDI and what it is."""
+    digest = hashlib.sha256("\x00".join((lfdi.upper(), *parts)).encode()).hexdigest()
+    return digest[:32].upper()
+
+
+def reading_type(quantity: str, interval_s: int) -> ReadingType:
+    return ReadingType(
+        data_qualifier=QUALIFIER_AVERAGE,
+        flow_direction=1,
+        interval_length=interval_s,
+        kind=KIND_POWER,
+        phase=0,
+        power_of_ten_multiplier=POWER_OF_TEN[quantity],
+        uom=UOM[quantity],
+    )
+
+
+def mirror_usage_point(
+    lfdi: str, role: str, interval_s: int, quantities: Sequence[str] = MANDATORY_QUANTITIES
+) -> MirrorUsagePoint:
+    """The site (roleFlags 03) or DER (49) MirrorUsagePoint, one average reading per quantity."""
+    flags = {SITE_ROLE: SITE_ROLE_FLAGS, DER_ROLE: DER_ROLE_FLAGS}[role]
+    return MirrorUsagePoint(
+        mrid=mrid_for(lfdi, "mup", role),
+        role_flags=flags,
+        service_category_kind=0,
+        status=1,
+        device_lfdi=lfdi.upper(),
+        description=f"dynexport {role}",
+        mirror_meter_readings=tuple(
+            MirrorMeterReading(
+                mrid=mrid_for(lfdi, "mmr", role, q),
+                description=f"{role} {q} average",
+                reading_type=reading_type(q, interval_s),
+            )
+            for q in quantities
+        ),
+    )
+
+
+def reading_value(quantity: str, value: float) -> int:
+    return round(value * 10.0 ** -POWER_OF_TEN[quantity])
+
+
+def meter_readings(
+    lfdi: str, role: str, readings: Iterable[IntervalReading]
+) -> list[MirrorMeterReading]:
+    """MirrorMeterReadings to POST to one MirrorUsagePoint: per quantity, one MirrorReadingSet
+    per interval (so a backlog after an outage goes in one request per quantity)."""
+    by_quantity: dict[str, list[IntervalReading]] = {}
+    for r in readings:
+        if r.role == role and r.quantity in UOM and math.isfinite(r.mean):
+            by_quantity.setdefault(r.quantity, []).append(r)
+    out = []
+    for quantity, items in sorted(by_quantity.items()):
+        items.sort(key=lambda r: r.start)
+        sets = tuple(
+            MirrorReadingSet(
+                mrid=mrid_for(lfdi, "mrs", role, quantity, str(r.start)),
+                time_period=DateTimeInterval(r.start, r.duration),
+                readings=(
+                    Reading(
+                        value=reading_value(quantity, r.mean),
+                        time_period=DateTimeInterval(r.start, r.duration),
+                    ),
+                ),
+            )
+            for r in items
+        )
+        out.append(
+            MirrorMeterReading(
+                mrid=mrid_for(lfdi, "mmr", role, quantity),
+                mirror_reading_sets=sets,
+                reading_type=reading_type(quantity, items[0].duration),
+            )
+        )
+    return out
+
+
+def post_rate(mup_rate: int | None, edev_rate: int | None) -> int:
+    rate = mup_rate if mup_rate is not None else edev_rate
+    return DEFAULT_POST_S if rate is None else max(MIN_POLL_S, rate)
+
+
+def interval_for(post_rate_s: int) -> int:
+    """Averaging interval: the post rate when it divides a day (60 s, 300 s...), else 300 s."""
+    if 0 < post_rate_s <= 3600 and 86400 % post_rate_s == 0:
+        return post_rate_s
+    return DEFAULT_POST_S
+
+
+# --------------------------------------------------------------------------------------------
+# Responses
+
+
+def response_body(pending: PendingResponse, lfdi: str) -> DERControlResponseResource:
+    return DERControlResponseResource(
+        end_device_lfdi=lfdi.upper(),
+        subject=pending.mrid,
+        status=int(pending.status),
+        created_date_time=pending.created,
+    )
+
+
+class SendOutcome(StrEnum):
+    SENT = "sent"
+    RETRY = "retry"
+    DROP = "drop"
+
+
+_HOPELESS = frozenset({400, 403, 404, 405, 410, 413, 415})
+
+
+def send_outcome(status: int, attempts: int, max_attempts: int = 20) -> SendOutcome:
+    """What a response POST's status means: 2xx accepted; 429/5xx/timeouts retried; a 4xx that
+    says the request itself is wrong (no such replyTo...) is retried a few times, then dropped so
+    that one bad subject cannot block the queue forever."""
+    if 200 <= status < 300:
+        return SendOutcome.SENT
+    if status in _HOPELESS and attempts >= min(max_attempts, 3):
+        return SendOutcome.DROP
+    return SendOutcome.RETRY
+
+
+def retry_delay(attempts: int, base: float = 5.0, cap: float = 300.0) -> float:
+    """Backoff before the next attempt after ``attempts`` failures (5 s, 10 s, ... 300 s)."""
+    return float(min(cap, base * 2 ** max(0, attempts - 1)))
+
+
+# --------------------------------------------------------------------------------------------
+# Programs
+
+
+def merge_programs(programs: Iterable[ProgramControls]) -> tuple[ProgramControls, ...]:
+    """One entry per program href (a program listed by two FSAs counts once), stable order."""
+    seen: dict[str, ProgramControls] = {}
+    for program in programs:
+        seen.setdefault(program.href, program)
+    return tuple(seen.values())
+
+
+def describe_statuses(statuses: Mapping[str, tuple[ResponseStatus, ...]]) -> dict[str, list[int]]:
+    return {m: [int(s) for s in ss] for m, ss in statuses.items()}

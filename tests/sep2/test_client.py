@@ -1,0 +1,353 @@
+"""The CSIP-AUS client end to end against the utility simulator, over real mutual TLS.
+
+Both sides share a fake wall clock that the tests move by hand, and the tests drive the client
+one `step()` at a time, so hour-long schedules take no time and nothing depends on timing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import trio
+
+from dynexport.sep2 import schema
+from dynexport.sep2.certs import make_test_pki
+from dynexport.sep2.client import ClientOptions, Sep2Client
+from dynexport.sep2.controls import ControlType
+from dynexport.sep2.flow import DerInfo, RegistrationOutcome
+from dynexport.sep2.resources import (
+    ConnectionPoint,
+    DERCapability,
+    DERSettings,
+    DERStatus,
+    EndDevice,
+)
+from dynexport.sep2.telemetry import Sample
+from dynexport.sim.utility_server import UtilityServer
+from dynexport.system.config import UtilityConfig
+
+pytestmark = pytest.mark.skipif(
+    not schema.schema_available(), reason="the simulator validates with the CSIP-AUS XSD"
+)
+
+T0 = 1_800_000_000.0
+NMI = "4312345678"
+
+
+class FakeClock:
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@pytest.fixture(scope="session")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(tmp_path_factory.mktemp("utility-pki"))
+    make_test_pki(folder, now=datetime.now(UTC))
+    return folder
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def server(pki_dir: Path, clock: FakeClock) -> AsyncIterator[UtilityServer]:
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock)
+    async with srv.running():
+        yield srv
+
+
+def utility_config(srv: UtilityServer, **changes: object) -> UtilityConfig:
+    files = srv.pki.files
+    config = UtilityConfig(
+        server=srv.url,
+        ca=files["serca"],
+        cert=files["device_chain"],
+        key=files["device_key"],
+        nmi=NMI,
+        pin=111115,
+    )
+    return replace(config, **changes)  # type: ignore[arg-type]
+
+
+def make_client(
+    srv: UtilityServer, clock: FakeClock, data_dir: Path | None, retries: int = 3, **config: object
+) -> Sep2Client:
+    return Sep2Client(
+        utility_config(srv, **config),
+        data_dir,
+        der=DerInfo(rated_w=5000),
+        clock=clock,
+        options=ClientOptions(http_timeout=5.0, http_retries=retries),
+    )
+
+
+def statuses(srv: UtilityServer, mrid: str) -> list[int]:
+    return [r.status for r in srv.responses if r.subject == mrid and r.status is not None]
+
+
+def export_limit(client: Sep2Client) -> float | bool | None:
+    active = client.active_controls()
+    return None if active is None else active.value(ControlType.EXPORT_LIMIT_W)
+
+
+async def test_walk_finds_the_scheduled_export_limit_and_reports_everything(
+    server, clock, tmp_path
+):
+    mrid = server.add_control(start=int(T0) - 10, duration=600, export_limit_w=1500)
+    server.set_default(export_limit_w=5000, set_grad_w=27)
+    client = make_client(server, clock, tmp_path)
+    await client.step()
+    state = client.state()
+    assert state.connected and state.acting
+    assert state.registration is not None
+    assert state.registration.outcome is RegistrationOutcome.OK
+    assert state.active is not None
+    assert state.active.value(ControlType.EXPORT_LIMIT_W) == 1500
+    assert state.active.origin(ControlType.EXPORT_LIMIT_W) == f"event {mrid}"
+    # the schedule runs out into the default within the next 24 h
+    assert state.schedule[-1].controls.value(ControlType.EXPORT_LIMIT_W) == 5000
+    # every body we sent validated against the XSD (the simulator answers 400 otherwise)
+    writes = [r for r in server.received if r.method in ("PUT", "POST")]
+    assert writes and all(200 <= r.status < 300 for r in writes), writes
+    cp = server.der_reports["ConnectionPoint"]
+    assert isinstance(cp, ConnectionPoint) and cp.connection_point_id == NMI
+    cap = server.der_reports["DERCapability"]
+    assert isinstance(cap, DERCapability) and cap.doe_modes_supported == 0x05
+    settings = server.der_reports["DERSettings"]
+    assert isinstance(settings, DERSettings) and settings.set_grad_w == 27
+    assert "DERStatus" in server.der_reports
+    assert statuses(server, mrid) == [1, 2]
+    await client.http.aclose()
+
+
+async def test_in_band_registration_posts_our_end_device(pki_dir, clock, tmp_path):
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock, preregistered=False)
+    async with srv.running():
+        client = make_client(srv, clock, tmp_path)
+        await client.step()
+        posts = [r for r in srv.requests_for("/edev") if r.method == "POST"]
+        assert len(posts) == 1 and posts[0].status == 201
+        sent = posts[0].resource
+        assert isinstance(sent, EndDevice) and sent.lfdi == srv.pki.device_lfdi
+        assert client.state().connected and client.state().acting
+        await client.http.aclose()
+
+
+async def test_each_resource_is_polled_at_its_poll_rate_not_more(server, clock, tmp_path):
+    client = make_client(server, clock, tmp_path)
+    await client.step()
+    before = len(server.requests_for("/dcap"))
+    clock.advance(30)
+    await client.step()
+    assert len(server.requests_for("/dcap")) == before  # 60 s poll rate not reached
+    clock.advance(31)
+    await client.step()
+    assert len(server.requests_for("/dcap")) == before + 1
+    assert len(server.requests_for("/derp/1/derc")) == 2
+    await client.http.aclose()
+
+
+async def test_responses_1_2_3_in_order_for_an_event_that_starts_and_ends(server, clock, tmp_path):
+    mrid = server.add_control(start=int(T0) + 100, duration=100, export_limit_w=0)
+    client = make_client(server, clock, tmp_path)
+    await client.step()
+    assert statuses(server, mrid) == [1]
+    clock.advance(101)
+    await client.step()
+    assert statuses(server, mrid) == [1, 2]
+    assert export_limit(client) == 0
+    clock.advance(100)
+    await client.step()
+    assert statuses(server, mrid) == [1, 2, 3]
+    assert export_limit(client) is None
+    await client.http.aclose()
+
+
+async def test_a_control_cancelled_on_the_server_gets_response_6(server, clock, tmp_path):
+    mrid = server.add_control(start=int(T0) + 300, duration=300, export_limit_w=1000)
+    client = make_client(server, clock, tmp_path)
+    await client.step()
+    server.cancel_control(mrid)
+    clock.advance(61)
+    await client.step()
+    assert statuses(server, mrid) == [1, 6]
+    clock.advance(300)
+    await client.step()
+    assert export_limit(client) is None
+    await client.http.aclose()
+
+
+async def test_a_control_that_vanishes_with_its_list_gets_response_6(server, clock, tmp_path):
+    mrid = server.add_control(start=int(T0) + 300, duration=300, export_limit_w=1000)
+    client = make_client(server, clock, tmp_path)
+    await client.step()
+    server.remove_control(mrid)
+    clock.advance(61)
+    await client.step()
+    assert statuses(server, mrid) == [1, 6]
+    await client.http.aclose()
+
+
+async def test_responses_survive_a_restart_without_duplicates(server, clock, tmp_path):
+    mrid = server.add_control(start=int(T0) + 100, duration=100, export_limit_w=0)
+    first = make_client(server, clock, tmp_path)
+    await first.step()
+    assert statuses(server, mrid) == [1]
+    # "started" is due but the server refuses it, then the process dies
+    server.inject_fault(path_prefix="/rsp", status=500, count=100)
+    clock.advance(101)
+    await first.step()
+    assert statuses(server, mrid) == [1]
+    assert first.state().pending_responses == 1
+    await first.http.aclose()
+    del first
+    server.clear_faults()
+    second = make_client(server, clock, tmp_path)
+    assert second.state().pending_responses == 1  # loaded from disk
+    await second.step()
+    clock.advance(100)
+    await second.step()
+    await second.step()
+    pairs = [(r.subject, r.status) for r in server.responses if r.subject == mrid]
+    assert pairs == [(mrid, 1), (mrid, 2), (mrid, 3)]
+    await second.http.aclose()
+
+
+async def test_http_429_with_retry_after_is_honoured(server, clock, tmp_path):
+    server.inject_fault(path_prefix="/dcap", status=429, retry_after="1")
+    client = make_client(server, clock, tmp_path)
+    started = trio.current_time()
+    await client.step()
+    waited = trio.current_time() - started
+    dcap = server.requests_for("/dcap")
+    assert [r.status for r in dcap] == [429, 200]
+    assert waited >= 1.0  # it waited as asked before trying again
+    assert client.state().connected
+    await client.http.aclose()
+
+
+async def test_comms_loss_runs_the_stored_schedule_then_the_default(server, clock, tmp_path):
+    server.add_control(start=int(T0) - 10, duration=300, export_limit_w=1500)
+    server.set_default(export_limit_w=4000)
+    online = make_client(server, clock, tmp_path)
+    await online.step()
+    assert export_limit(online) == 1500
+    await online.http.aclose()
+    # a reboot with the server unreachable: the stored schedule still applies
+    offline = make_client(server, clock, tmp_path, retries=0, server="https://127.0.0.1:9")
+    await offline.step()
+    state = offline.state()
+    assert not state.connected and state.last_error
+    assert export_limit(offline) == 1500
+    clock.advance(300)
+    await offline.step()
+    assert export_limit(offline) == 4000
+    await offline.http.aclose()
+
+
+async def test_wrong_serca_is_a_clear_tls_error_and_no_controls_apply(server, clock, tmp_path):
+    server.add_control(start=int(T0) - 10, duration=300, export_limit_w=1500)
+    other = make_test_pki(tmp_path / "other", now=datetime.now(UTC))
+    client = make_client(server, clock, tmp_path / "data", ca=other.files["serca"])
+    await client.step()
+    state = client.state()
+    assert not state.connected
+    assert state.last_error is not None and "SERCA" in state.last_error
+    assert client.active_controls() is None
+    assert server.received == []  # the handshake failed: nothing reached the server
+    await client.http.aclose()
+
+
+async def test_pin_mismatch_stops_acting_and_sends_nothing(server, clock, tmp_path):
+    server.add_control(start=int(T0) - 10, duration=300, export_limit_w=1500)
+    client = make_client(server, clock, tmp_path, pin=222222)
+    await client.step()
+    state = client.state()
+    assert not state.acting and state.active is None
+    assert state.registration is not None
+    assert state.registration.outcome is RegistrationOutcome.PIN_MISMATCH
+    assert "mismatch" in state.registration.message
+    assert [r for r in server.received if r.method != "GET"] == []
+    await client.http.aclose()
+
+
+async def test_telemetry_is_posted_at_the_post_rate_and_a_forgotten_mirror_recreated(
+    server, clock, tmp_path
+):
+    client = make_client(server, clock, tmp_path)
+    await client.step()
+
+    def sample(t: float) -> Sample:
+        values = {("site", "W"): -1500.0, ("site", "var"): 100.0, ("site", "V"): 240.1}
+        values |= {("der", "W"): 3000.0, ("der", "var"): 0.0, ("der", "V"): 240.0}
+        return Sample(t=t, values=values)
+
+    for _ in range(13):  # two minutes of 10 s samples closes one 60 s interval at least
+        client.add_sample(sample(clock()))
+        clock.advance(10)
+    await client.step()
+    assert server.readings, "no readings posted"
+    uoms = {r.reading.reading_type.uom for r in server.readings if r.reading.reading_type}
+    assert uoms == {38, 63, 29}
+    assert client.state().telemetry_backlog == 0
+    # the server forgets the site mirror: the next post gets 404, then it is re-created
+    site_url = client._telemetry.mup_urls["site"]
+    server.inject_fault(path_prefix=site_url.split(server.url)[1], status=404, count=3)
+    posted = len(server.readings)
+    for _ in range(7):
+        client.add_sample(sample(clock()))
+        clock.advance(10)
+    await client.step()
+    assert client.state().telemetry_backlog > 0  # kept for later
+    lookups = len([r for r in server.requests_for("/mup") if r.method == "GET"])
+    server.clear_faults()
+    clock.advance(120)
+    await client.step()
+    # the mirror was looked up again (and would have been POSTed had the list lost it)
+    assert len([r for r in server.requests_for("/mup") if r.method == "GET"]) > lookups
+    assert len(server.readings) > posted
+    assert client.state().telemetry_backlog == 0
+    await client.http.aclose()
+
+
+async def test_a_failed_walk_is_retried_and_the_link_recovers(server, clock, tmp_path):
+    server.inject_fault(path_prefix="/dcap", status=500)
+    client = make_client(server, clock, tmp_path, retries=0)
+    await client.step()
+    assert not client.state().connected
+    assert "HTTP 500" in (client.state().last_error or "")
+    wake = await client.step()
+    assert len(server.requests_for("/dcap")) == 1  # backing off, not hammering
+    clock.t = wake
+    await client.step()
+    assert client.state().connected
+    await client.http.aclose()
+
+
+async def test_der_reports_are_put_again_when_the_der_changes(server, clock, tmp_path):
+    client = make_client(server, clock, tmp_path)
+    await client.step()
+    puts = len([r for r in server.requests_for("/edev/1/der/1/ders") if r.method == "PUT"])
+    await client.step()
+    same = len([r for r in server.requests_for("/edev/1/der/1/ders") if r.method == "PUT"])
+    assert same == puts  # nothing changed, poll rate not reached
+    client.update_der(DerInfo(rated_w=5000, connected=False))
+    await client.step()
+    after = [r for r in server.requests_for("/edev/1/der/1/ders") if r.method == "PUT"]
+    assert len(after) == puts + 1
+    status = server.der_reports["DERStatus"]
+    assert isinstance(status, DERStatus) and status.gen_connect_status is not None
+    assert status.gen_connect_status.value & 1 == 0
+    await client.http.aclose()
