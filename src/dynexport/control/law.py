@@ -62,6 +62,10 @@ class InverterState:
     rated_w: float
     power_w: float
     limit_pct: float | None = None
+    sampled_t: float | None = None
+    """When ``power_w`` was read (same clock as ``now``); None: read just now. The load estimate
+    pairs each meter sample with the DER output at that sample's time, so a reading a second
+    old must say so, or a falling output makes the load look larger than it is."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,10 @@ def control_step(
     # Keep DER history a little longer than the window, so every meter sample in the window
     # has a DER value on each side of it to interpolate between.
     der_window = s.average_s + 2.0 * max(s.interval_s, dt)
-    der = RollingMean(der_window, state.der.samples).add(now, sum(i.power_w for i in online))
+    stamps = [i.sampled_t for i in online if i.sampled_t is not None]
+    der_t = min(now, sum(stamps) / len(stamps)) if stamps else now
+    # add() ignores a sample no newer than the last one: an unchanged reading adds nothing.
+    der = RollingMean(der_window, state.der.samples).add(der_t, sum(i.power_w for i in online))
     not_enforced = tuple(k for k in UNENFORCED_LIMITS if limits.power(k) is not None)
     key = _limits_key(limits)
 

@@ -219,7 +219,7 @@ class SunSpecDevice:
                 f"unit {self.unit} model {header.id}: limit did not read back: "
                 + "; ".join(problems)
             )
-        log.info(
+        log.debug(
             "unit %d: limit %s via model %d (revert %d s)",
             self.unit,
             "cleared" if cmd.pct is None else f"{cmd.pct:g}%",

@@ -128,8 +128,11 @@ class _Link:
         self._on_update = on_update
         self._failures = 0
         self._discovered = False
+        self.last_activity: float | None = None
+        """trio time of the last poll attempt, good or bad: proof the task is not stuck."""
 
     def _changed(self) -> None:
+        self.last_activity = trio.current_time()
         if self._on_update is not None:
             self._on_update()
 
@@ -144,6 +147,7 @@ class _Link:
         return True
 
     async def _failed(self, message: str) -> None:
+        self.last_activity = trio.current_time()
         self._failures += 1
         self._offline(message)
         if self._failures == 1 or self._failures % 30 == 0:

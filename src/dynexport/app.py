@@ -1,0 +1,453 @@
+"""The service: one trio nursery holding the device links, the utility link, the controller, the
+web server and the watchdog. This is the only module where the utility side and the device side
+meet; it owns the current readings, limits and commands and hands snapshots to the others.
+
+Shutdown (SIGTERM, or any task failing) leaves every controllable inverter at its fail-safe
+limit, written with a revert timeout, before the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dynexport.control import law
+from dynexport.control.average import RollingMean
+from dynexport.control.limits import EffectiveLimits, UtilityLimits, merge_limits
+from dynexport.modbus.client import BusPool
+from dynexport.sep2.client import Sep2Client
+from dynexport.sep2.controls import ControlType
+from dynexport.sep2.flow import MODE_CONNECT, MODE_ENERGIZE, DerInfo
+from dynexport.sep2.telemetry import Sample
+from dynexport.sunspec.links import DEVICE_ERRORS, Desired, InverterLink, MeterLink
+from dynexport.system.config import Config
+from dynexport.system.watchdog import Notifier, ProgressTracker, watchdog_interval_s
+
+log = logging.getLogger("dynexport.app")
+
+SAMPLE_EVERY_S = 5.0
+"""Telemetry samples for the utility: CSIP-AUS asks for at least one every 5 s."""
+READY_AFTER_S = 30.0
+"""Tell systemd we are up after this long even if a device is still missing (it is retried
+forever, and the controller fails safe meanwhile); never being ready would loop restarts."""
+SHUTDOWN_BUDGET_S = 4.0
+"""SIGTERM must end within 5 s: this much is spent leaving inverters at their fail-safe."""
+
+
+@dataclass
+class AppOptions:
+    """How this process runs (what the command line decides, not the site's configuration)."""
+
+    data_dir: Path
+    web_host: str | None = None
+    web_port: int | None = None
+    """None: no web server."""
+    local_time: Callable[[], datetime] = datetime.now
+    wall_clock: Callable[[], float] = time.time
+    utility_ssl_context: Any = None
+    """For the demo and tests only: a prepared client context for the utility link."""
+    notifier: Notifier = field(default_factory=Notifier)
+
+
+class App:
+    def __init__(self, config: Config, options: AppOptions) -> None:
+        self.config = config
+        self.options = options
+        self.notifier = options.notifier
+        self.settings = law.ControlSettings(
+            interval_s=config.control.interval_s,
+            stale_s=config.control.meter_stale_s,
+            failsafe_generation_w=config.control.failsafe_generation_w,
+        )
+        self.meter_mean = RollingMean(window_s=self.settings.average_s)
+        self.controller = law.ControllerState()
+        self.output: law.ControlOutput | None = None
+        self.limits = EffectiveLimits()
+        self.progress = ProgressTracker()
+        self.inverters: list[InverterLink] = []
+        self.meter: MeterLink | None = None
+        self.utility: Sep2Client | None = None
+        self.ready = False
+        self.started = 0.0
+        self.web_port: int | None = None
+        self._last_meter_t: float | None = None
+        if config.utility is not None:
+            self.utility = Sep2Client(
+                config.utility,
+                options.data_dir / "sep2",
+                clock=options.wall_clock,
+                ssl_context=options.utility_ssl_context,
+            )
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Runs until cancelled; on the way out, leaves the inverters at their fail-safe."""
+        self.options.data_dir.mkdir(parents=True, exist_ok=True)
+        self.started = trio.current_time()
+        async with BusPool(timeout=1.0, retries=1) as pool:
+            self._make_links(pool)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for link in self.inverters:
+                        nursery.start_soon(link.run)
+                    if self.meter is not None:
+                        nursery.start_soon(self.meter.run)
+                    if self.utility is not None:
+                        nursery.start_soon(self._run_utility)
+                    nursery.start_soon(self._control_loop)
+                    nursery.start_soon(self._telemetry_loop)
+                    nursery.start_soon(self._watchdog_loop)
+                    if self.options.web_port is not None:
+                        from dynexport.httpio import serve_http
+                        from dynexport.web.api import make_handler
+
+                        self.web_port = await nursery.start(
+                            partial(
+                                serve_http,
+                                make_handler(self),
+                                host=self.options.web_host or "127.0.0.1",
+                                port=self.options.web_port,
+                            )
+                        )
+                        log.info("web server on %s:%s", self.options.web_host, self.web_port)
+                    task_status.started(self)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_BUDGET_S):
+                    await self.leave_fail_safe()
+
+    def _make_links(self, pool: BusPool) -> None:
+        revert = self.config.control.revert_s
+        self.inverters = [
+            InverterLink(
+                f"inverter {i + 1}",
+                pool.get(inv.endpoint),
+                inv.unit,
+                revert_s=revert,
+                fast_s=self.config.control.interval_s,
+            )
+            for i, inv in enumerate(self.config.inverters)
+        ]
+        for link in self.inverters:
+            self.progress.register(link.id, 120.0, trio.current_time())
+        if self.config.meter is not None:
+            self.meter = MeterLink(
+                "meter",
+                pool.get(self.config.meter.endpoint),
+                self.config.meter.unit,
+                fast_s=min(1.0, self.config.control.interval_s),
+            )
+            self.progress.register("meter", 60.0, trio.current_time())
+        self.progress.register("controller", 10.0, trio.current_time())
+
+    async def _run_utility(self) -> None:
+        assert self.utility is not None
+        await self.utility.run()
+
+    async def _control_loop(self) -> None:
+        interval = self.config.control.interval_s
+        next_t = trio.current_time()
+        while True:
+            self.control_once(trio.current_time())
+            next_t += interval
+            now = trio.current_time()
+            if next_t < now:  # fell behind (a slow device): do not try to catch up in a burst
+                next_t = now + interval
+            await trio.sleep_until(next_t)
+
+    def control_once(self, now: float) -> law.ControlOutput:
+        """One control decision: gather readings and limits, run the law, command inverters."""
+        self._feed_meter()
+        self.limits = merge_limits(
+            self._utility_limits(), self.config.limits, self.options.local_time().time()
+        )
+        states = [self._law_state(link) for link in self.inverters]
+        out = law.control_step(
+            self.meter_mean, states, self.limits, self.controller, now, self.settings
+        )
+        self.controller = out.state
+        self.output = out
+        by_id = {link.id: link for link in self.inverters}
+        for cmd in out.commands:
+            by_id[cmd.id].command(Desired(pct=cmd.limit_pct, connect=cmd.connect))
+        if self.output.mode != "normal" and (self.output.mode != self._last_mode):
+            log.warning("controller mode: %s (%s)", out.mode, out.source or "no source")
+        self._last_mode = out.mode
+        self.progress.progress("controller", now)
+        return out
+
+    _last_mode = "normal"
+
+    def _feed_meter(self) -> None:
+        if self.meter is None:
+            return
+        st = self.meter.state
+        if st.last_reading is not None and st.last_reading != self._last_meter_t:
+            self._last_meter_t = st.last_reading
+            if st.site_w is not None and math.isfinite(st.site_w):
+                self.meter_mean = self.meter_mean.add(st.last_reading, st.site_w)
+
+    def _utility_limits(self) -> UtilityLimits | None:
+        if self.utility is None or not self.utility.acting:
+            return None
+        active = self.utility.active_controls(self.options.wall_clock())
+        if active is None:
+            return None
+
+        def power(kind: ControlType) -> float | None:
+            v = active.value(kind)
+            return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+        def flag(kind: ControlType) -> bool | None:
+            v = active.value(kind)
+            return v if isinstance(v, bool) else None
+
+        ramped = (ControlType.EXPORT_LIMIT_W, ControlType.GENERATION_LIMIT_W)
+        ramps = [active.ramp_tms(k) for k in ramped]
+        return UtilityLimits(
+            export_w=power(ControlType.EXPORT_LIMIT_W),
+            import_w=power(ControlType.IMPORT_LIMIT_W),
+            generation_w=power(ControlType.GENERATION_LIMIT_W),
+            load_w=power(ControlType.LOAD_LIMIT_W),
+            connect=flag(ControlType.CONNECT),
+            energize=flag(ControlType.ENERGIZE),
+            ramp_tms=max((r for r in ramps if r), default=None),
+            set_grad_w=active.set_grad_w,
+        )
+
+    @staticmethod
+    def _law_state(link: InverterLink) -> law.InverterState:
+        st = link.state
+        reference = st.w_max or st.rated_w
+        ready = st.online and reference is not None and st.power_w is not None
+        return law.InverterState(
+            id=st.id,
+            online=ready,
+            controllable=bool(st.controllable),
+            rated_w=float(reference or 0.0),
+            power_w=float(st.power_w or 0.0),
+            limit_pct=st.limit_pct,
+            sampled_t=st.last_reading,
+        )
+
+    async def _telemetry_loop(self) -> None:
+        while True:
+            await trio.sleep(SAMPLE_EVERY_S)
+            if self.utility is None:
+                continue
+            self.utility.add_sample(self.sample(self.options.wall_clock()))
+            der = self.der_info()
+            if der is not None:
+                self.utility.update_der(der)
+
+    def sample(self, t: float) -> Sample:
+        """Site and DER readings for the utility's telemetry."""
+        values: dict[tuple[str, str], float | None] = {}
+        meter = self.meter.state.reading if self.meter is not None else None
+        if meter is not None:
+            values[("site", "W")] = meter.site_w
+            values[("site", "var")] = meter.var
+            values[("site", "V")] = _mean(meter.phase_v)
+            values[("site", "Hz")] = meter.hz
+        readings = [
+            link.state.reading
+            for link in self.inverters
+            if link.state.online and link.state.reading is not None
+        ]
+        if readings:
+            values[("der", "W")] = sum(r.w or 0.0 for r in readings if r is not None)
+            values[("der", "var")] = sum(r.var or 0.0 for r in readings if r is not None)
+            values[("der", "V")] = _mean(
+                tuple(v for r in readings if r is not None for v in r.phase_v)
+            )
+            values[("der", "Hz")] = _mean(tuple(r.hz for r in readings if r is not None))
+        return Sample(t=t, values=values)
+
+    def der_info(self) -> DerInfo | None:
+        """The site's DER as one device (CSIP-AUS: multi-inverter sites report totals)."""
+        known = [link.state for link in self.inverters if link.state.rated_w is not None]
+        if not known or len(known) != len(self.inverters):
+            return None
+        rated = sum(st.rated_w or 0.0 for st in known)
+        w_max = sum((st.w_max or st.rated_w or 0.0) for st in known)
+        controllable = any(st.controllable for st in known)
+        return DerInfo(
+            rated_w=rated,
+            max_w=w_max,
+            modes_supported=(MODE_CONNECT | MODE_ENERGIZE) if controllable else 0,
+            doe_modes_supported=int(law.ENFORCED_DOE_MODES) if controllable else 0,
+            connected=all(st.connected is not False for st in known),
+            available=any(st.online for st in known),
+            operating=any((st.power_w or 0) > 0 for st in known),
+        )
+
+    async def _watchdog_loop(self) -> None:
+        interval = watchdog_interval_s() or 2.0
+        next_status = 0.0
+        while True:
+            now = trio.current_time()
+            self._note_device_activity(now)
+            if not self.ready and (self._devices_answered() or now - self.started > READY_AFTER_S):
+                self.ready = True
+                self.notifier.ready(self.summary())
+                log.info("ready: %s", self.summary())
+            stuck = self.progress.stuck(now)
+            if not stuck:
+                self.notifier.watchdog()
+            elif self.ready:
+                log.error("not pinging the watchdog: stuck %s", ", ".join(stuck))
+            if now >= next_status:
+                self.notifier.status(self.summary() if not stuck else "stuck: " + ", ".join(stuck))
+                next_status = now + 10.0
+            await trio.sleep(min(interval, 2.0))
+
+    def _note_device_activity(self, now: float) -> None:
+        for link in self.inverters:
+            if link.last_activity is not None:
+                self.progress.progress(link.id, link.last_activity)
+        if self.meter is not None and self.meter.last_activity is not None:
+            self.progress.progress("meter", self.meter.last_activity)
+
+    def _devices_answered(self) -> bool:
+        meter_ok = self.meter is None or self.meter.state.last_reading is not None
+        inverter_ok = not self.inverters or any(i.state.last_reading for i in self.inverters)
+        return meter_ok and inverter_ok
+
+    async def leave_fail_safe(self) -> None:
+        """Writes every reachable controllable inverter's fail-safe limit (with revert timeout)."""
+        states = [self._law_state(link) for link in self.inverters]
+        out = law.control_step(
+            RollingMean(), states, self.limits, law.ControllerState(), 0.0, self.settings
+        )
+        by_id = {link.id: link for link in self.inverters}
+        for cmd in out.commands:
+            link = by_id[cmd.id]
+            try:
+                await link.write(Desired(pct=cmd.limit_pct, connect=cmd.connect))
+                log.info("%s: left at fail-safe limit %s", link.id, _pct(cmd.limit_pct))
+            except DEVICE_ERRORS as exc:
+                log.warning("%s: could not write its fail-safe limit: %s", link.id, exc)
+        self.notifier.stopping("inverters left at their fail-safe limits")
+
+    # -- views --------------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        site = self.meter.state.site_w if self.meter is not None else None
+        online = sum(1 for link in self.inverters if link.state.online)
+        limit = self.limits.export_w
+        parts = [
+            f"site {_watts(site)}",
+            f"export limit {_watts(limit)} ({self.limits.sources.get('export_w', 'none')})"
+            if limit is not None
+            else "no export limit",
+            f"{online}/{len(self.inverters)} inverters online",
+        ]
+        if self.output is not None and self.output.mode != "normal":
+            parts.append(self.output.mode)
+        return ", ".join(parts)
+
+    def status(self) -> dict[str, Any]:
+        """The status API document (docs/api.md); names are relied on by installers' tools."""
+        meter = self.meter.state if self.meter is not None else None
+        out = self.output
+        der_w = [link.state.power_w for link in self.inverters if link.state.online]
+        utility: dict[str, Any] = {"configured": self.utility is not None, "connected": False}
+        if self.utility is not None:
+            st = self.utility.state()
+            utility.update(
+                connected=st.connected,
+                lfdi=st.lfdi,
+                sfdi=st.sfdi,
+                lastPoll=_iso(st.last_poll),
+                acting=st.acting,
+                clockOffsetS=st.clock_offset,
+                pendingResponses=st.pending_responses,
+                telemetryBacklog=st.telemetry_backlog,
+                lastError=st.last_error,
+            )
+        return {
+            "site": {
+                "powerW": None if meter is None else meter.site_w,
+                "meterOnline": bool(meter and meter.online),
+                "meterError": None if meter is None else meter.error,
+            },
+            "der": {"powerW": sum(w for w in der_w if w is not None) if der_w else None},
+            "limits": {
+                "exportW": self.limits.export_w,
+                "generationW": self.limits.generation_w,
+                "importW": self.limits.import_w,
+                "loadW": self.limits.load_w,
+                "connect": self.limits.connect,
+                "energize": self.limits.energize,
+                "source": dict(self.limits.sources),
+                "notEnforced": list(out.not_enforced) if out else [],
+            },
+            "control": {
+                "mode": None if out is None else out.mode,
+                "targetW": None if out is None else out.target_w,
+                "loadEstimateW": None if out is None else out.load_estimate_w,
+                "boundBy": None if out is None else out.source,
+            },
+            "inverters": [
+                {
+                    "id": link.id,
+                    "online": link.state.online,
+                    "controllable": link.state.controllable,
+                    "notControllable": link.state.not_controllable,
+                    "powerW": link.state.power_w,
+                    "ratedW": link.state.rated_w,
+                    "limitPct": link.state.limit_pct,
+                    "manufacturer": link.state.info.manufacturer,
+                    "model": link.state.info.model,
+                    "serial": link.state.info.serial,
+                    "error": link.state.error,
+                }
+                for link in self.inverters
+            ],
+            "utility": utility,
+            "ready": self.ready,
+        }
+
+
+def _mean(values: tuple[float | None, ...]) -> float | None:
+    got = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(got) / len(got) if got else None
+
+
+def _watts(w: float | None) -> str:
+    return "unknown" if w is None else f"{w:.0f} W"
+
+
+def _pct(p: float | None) -> str:
+    return "none (100 %)" if p is None else f"{p:.1f} %"
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+async def run_until_signalled(app: App) -> None:
+    """Runs the app until SIGTERM or SIGINT, then lets it leave the inverters safe and return."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    log.info("received %s: stopping", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch)
+            await app.run()

@@ -1,0 +1,45 @@
+"""``dynexport run``: the service, as systemd starts it on the appliance."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dynexport.app import App, AppOptions, run_until_signalled
+from dynexport.system.config import ConfigError, load_config
+
+DEFAULT_CONFIG = "/data/dynexport/config.json"
+DEFAULT_DATA = "/data/dynexport"
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "run", help="run the controller service (utility link, devices, controller, web)"
+    )
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"state folder (default {DEFAULT_DATA})")
+    p.add_argument("--host", help="web server address (default: the config's web.host)")
+    p.add_argument("--port", type=int, help="web server port (default: the config's web.port)")
+    p.add_argument("--no-web", action="store_true", help="do not start the web server")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{args.config}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    options = AppOptions(
+        data_dir=Path(args.data),
+        web_host=None if args.no_web else (args.host or config.web.host),
+        web_port=None if args.no_web else (args.port or config.web.port),
+    )
+    trio.run(run_until_signalled, App(config, options))
+    return 0
