@@ -49,6 +49,8 @@ class AppOptions:
     """How this process runs (what the command line decides, not the site's configuration)."""
 
     data_dir: Path
+    config_path: Path | None = None
+    """Where the configuration lives (the web API writes it there); None: not writable."""
     web_host: str | None = None
     web_port: int | None = None
     """None: no web server."""
@@ -60,15 +62,14 @@ class AppOptions:
 
 
 class App:
-    def __init__(self, config: Config, options: AppOptions) -> None:
+    def __init__(self, config: Config, options: AppOptions, *, setup_mode: bool = False) -> None:
         self.config = config
         self.options = options
         self.notifier = options.notifier
-        self.settings = law.ControlSettings(
-            interval_s=config.control.interval_s,
-            stale_s=config.control.meter_stale_s,
-            failsafe_generation_w=config.control.failsafe_generation_w,
-        )
+        self.settings = _settings(config)
+        self.setup_mode = setup_mode
+        """No configuration yet: only the web server runs (the first-boot setup)."""
+        self._restart = trio.Event()
         self.meter_mean = RollingMean(window_s=self.settings.average_s)
         self.controller = law.ControllerState()
         self.output: law.ControlOutput | None = None
@@ -81,22 +82,56 @@ class App:
         self.started = 0.0
         self.web_port: int | None = None
         self._last_meter_t: float | None = None
-        if config.utility is not None:
-            self.utility = Sep2Client(
-                config.utility,
-                options.data_dir / "sep2",
-                clock=options.wall_clock,
-                ssl_context=options.utility_ssl_context,
-            )
 
     # -- running ------------------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Runs until cancelled; on the way out, leaves the inverters at their fail-safe."""
+        """Runs until cancelled; on the way out, leaves the inverters at their fail-safe.
+
+        The device links, the utility link and the controller run as one *generation*; a
+        configuration change that touches them ends the generation and starts the next with the
+        new configuration, while the web server and the watchdog keep running.
+        """
         self.options.data_dir.mkdir(parents=True, exist_ok=True)
         self.started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watchdog_loop)
+            if self.options.web_port is not None:
+                from dynexport.web.server import serve_web
+
+                self.web_port = await nursery.start(
+                    partial(
+                        serve_web,
+                        self,
+                        host=self.options.web_host or "127.0.0.1",
+                        port=self.options.web_port,
+                    )
+                )
+                log.info("web server on %s:%s", self.options.web_host, self.web_port)
+            first = True
+            while True:
+                self._restart = trio.Event()
+                await self._generation(task_status if first else trio.TASK_STATUS_IGNORED)
+                first = False
+                log.info("configuration changed: restarting the links")
+
+    async def _generation(self, task_status: Any) -> None:
+        """One run of the links and the controller, until cancelled or the config changes."""
+        if self.config.utility is not None and (
+            self.utility is None or self.utility.config != self.config.utility
+        ):
+            self.utility = Sep2Client(
+                self.config.utility,
+                self.options.data_dir / "sep2",
+                clock=self.options.wall_clock,
+                ssl_context=self.options.utility_ssl_context,
+            )
+        elif self.config.utility is None:
+            self.utility = None
+        self.settings = _settings(self.config)
         async with BusPool(timeout=1.0, retries=1) as pool:
             self._make_links(pool)
+            cancelled = True
             try:
                 async with trio.open_nursery() as nursery:
                     for link in self.inverters:
@@ -107,26 +142,38 @@ class App:
                         nursery.start_soon(self._run_utility)
                     nursery.start_soon(self._control_loop)
                     nursery.start_soon(self._telemetry_loop)
-                    nursery.start_soon(self._watchdog_loop)
-                    if self.options.web_port is not None:
-                        from dynexport.httpio import serve_http
-                        from dynexport.web.api import make_handler
-
-                        self.web_port = await nursery.start(
-                            partial(
-                                serve_http,
-                                make_handler(self),
-                                host=self.options.web_host or "127.0.0.1",
-                                port=self.options.web_port,
-                            )
-                        )
-                        log.info("web server on %s:%s", self.options.web_host, self.web_port)
                     task_status.started(self)
+                    await self._restart.wait()
+                    cancelled = False
+                    nursery.cancel_scope.cancel()
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_BUDGET_S):
-                    await self.leave_fail_safe()
+                if cancelled:
+                    with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_BUDGET_S):
+                        await self.leave_fail_safe()
+
+    def apply_config(self, config: Config) -> None:
+        """Makes ``config`` the running configuration, without a restart of the process.
+
+        Limits and the utility's schedule are re-read every control cycle, so a change of
+        ``limits`` applies within a second; a change of devices, the utility or control timing
+        restarts the links (the inverters' revert timers cover the second this takes). Web
+        server changes apply at the next start of the service.
+        """
+        old = self.config
+        self.config = config
+        self.setup_mode = False
+        relinked = (
+            old.inverters != config.inverters
+            or old.meter != config.meter
+            or old.utility != config.utility
+            or old.control != config.control
+        )
+        if relinked:
+            self._restart.set()
 
     def _make_links(self, pool: BusPool) -> None:
+        for name in list(self.progress.limits):
+            self.progress.unregister(name)
         revert = self.config.control.revert_s
         self.inverters = [
             InverterLink(
@@ -416,7 +463,16 @@ class App:
             ],
             "utility": utility,
             "ready": self.ready,
+            "setupMode": self.setup_mode,
         }
+
+
+def _settings(config: Config) -> law.ControlSettings:
+    return law.ControlSettings(
+        interval_s=config.control.interval_s,
+        stale_s=config.control.meter_stale_s,
+        failsafe_generation_w=config.control.failsafe_generation_w,
+    )
 
 
 def _mean(values: tuple[float | None, ...]) -> float | None:

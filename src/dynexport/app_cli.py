@@ -10,7 +10,7 @@ from typing import Any
 import trio
 
 from dynexport.app import App, AppOptions, run_until_signalled
-from dynexport.system.config import ConfigError, load_config
+from dynexport.system.config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = "/data/dynexport/config.json"
 DEFAULT_DATA = "/data/dynexport"
@@ -29,17 +29,21 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    setup_mode = not Path(args.config).exists()
     try:
-        config = load_config(args.config)
+        # No configuration yet (first boot): start in setup mode, with only the web server,
+        # which writes the configuration to --config when the installer finishes the setup.
+        config = Config() if setup_mode else load_config(args.config)
     except ConfigError as exc:
         print(f"{args.config}: invalid configuration", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
     options = AppOptions(
+        config_path=Path(args.config),
         data_dir=Path(args.data),
         web_host=None if args.no_web else (args.host or config.web.host),
         web_port=None if args.no_web else (args.port or config.web.port),
     )
-    trio.run(run_until_signalled, App(config, options))
+    trio.run(run_until_signalled, App(config, options, setup_mode=setup_mode))
     return 0
