@@ -76,6 +76,12 @@ class Fault:
     count: int
     delay_s: float
     drop: bool
+    body: bytes | None = None
+    """Answer ``status`` (None: 200) with these bytes as ``application/sep+xml``."""
+    chunk_size: int = 0
+    """With ``body``: > 0 streams it chunked in pieces of this size (no Content-Length)."""
+    chunk_delay_s: float = 0.0
+    """With ``chunk_size``: the pause before each piece (a server that trickles)."""
 
 
 def load_or_make_pki(directory: Path) -> TestPki:
@@ -144,12 +150,22 @@ class UtilityServer(UtilityCore):
         count: int = 1,
         delay_s: float = 0.0,
         drop: bool = False,
+        body: bytes | None = None,
+        chunk_size: int = 0,
+        chunk_delay_s: float = 0.0,
     ) -> None:
         """Make the next ``count`` matching requests fail: wait ``delay_s``, then drop the
-        connection (``drop``) or answer ``status`` (with ``Retry-After`` when given)."""
+        connection (``drop``) or answer ``status`` (with ``Retry-After`` when given).
+
+        ``body`` answers ``status`` with these bytes instead (a hostile server: pass
+        ``status=200``); with ``chunk_size`` it is streamed chunked, ``chunk_delay_s`` apart."""
         if count < 1:
             raise ValueError("count must be at least 1")
-        self.faults.append(Fault(path_prefix, status, retry_after, count, delay_s, drop))
+        if chunk_size < 0 or chunk_delay_s < 0:
+            raise ValueError("chunk_size and chunk_delay_s must not be negative")
+        fault = Fault(path_prefix, status, retry_after, count, delay_s, drop, body, chunk_size)
+        fault.chunk_delay_s = chunk_delay_s
+        self.faults.append(fault)
 
     def clear_faults(self) -> None:
         self.faults.clear()
@@ -182,6 +198,16 @@ class UtilityServer(UtilityCore):
                 self.record(request.method, request.target, request.body, lfdi, DROPPED)
                 log.info("%s %s: connection dropped (fault)", request.method, request.target)
                 return ServerResponse(200, _dropped_body())
+            if fault.body is not None:
+                status = 200 if fault.status is None else fault.status
+                self.record(request.method, request.target, request.body, lfdi, status)
+                log.info(
+                    "%s %s -> %d, replaced body (fault)", request.method, request.target, status
+                )
+                payload: bytes | AsyncIterator[bytes] = fault.body
+                if fault.chunk_size > 0:
+                    payload = _chunks(fault.body, fault.chunk_size, fault.chunk_delay_s)
+                return ServerResponse(status, payload, [], SEP_XML)
             if fault.status is not None:
                 self.record(request.method, request.target, request.body, lfdi, fault.status)
                 log.info("%s %s -> %d (fault)", request.method, request.target, fault.status)
@@ -229,6 +255,16 @@ class UtilityServer(UtilityCore):
                 yield self
             finally:
                 nursery.cancel_scope.cancel()
+
+
+async def _chunks(body: bytes, size: int, delay_s: float) -> AsyncIterator[bytes]:
+    """``body`` in pieces of ``size`` bytes, ``delay_s`` apart (sliced lazily, so a huge body
+    costs the server one piece at a time)."""
+    view = memoryview(body)
+    for start in range(0, len(body), size):
+        if delay_s > 0:
+            await trio.sleep(delay_s)
+        yield bytes(view[start : start + size])
 
 
 async def _dropped_body() -> AsyncIterator[bytes]:
