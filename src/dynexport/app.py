@@ -181,7 +181,8 @@ class App:
                 pool.get(inv.endpoint),
                 inv.unit,
                 revert_s=revert,
-                fast_s=self.config.control.interval_s,
+                # The controller asks for a poll every interval; this is the fallback pace.
+                fast_s=2 * self.config.control.interval_s,
             )
             for i, inv in enumerate(self.config.inverters)
         ]
@@ -192,7 +193,7 @@ class App:
                 "meter",
                 pool.get(self.config.meter.endpoint),
                 self.config.meter.unit,
-                fast_s=min(1.0, self.config.control.interval_s),
+                fast_s=2 * self.config.control.interval_s,
             )
             self.progress.register("meter", 60.0, trio.current_time())
         self.progress.register("controller", 10.0, trio.current_time())
@@ -205,12 +206,32 @@ class App:
         interval = self.config.control.interval_s
         next_t = trio.current_time()
         while True:
+            await self._fresh_readings(budget=min(0.5 * interval, 0.8))
             self.control_once(trio.current_time())
             next_t += interval
             now = trio.current_time()
             if next_t < now:  # fell behind (a slow device): do not try to catch up in a burst
                 next_t = now + interval
             await trio.sleep_until(next_t)
+
+    async def _fresh_readings(self, budget: float) -> None:
+        """Polls the meter and every inverter now, and waits (at most ``budget`` s) for them.
+
+        Deciding on readings taken together, just now, keeps the load estimate (meter + DER)
+        consistent and removes up to a whole interval of latency; a device that does not answer
+        in time is simply used as last seen (the law and the fail-safe judge its age).
+        """
+        asked = trio.current_time()
+        links: list[InverterLink | MeterLink] = [*self.inverters]
+        if self.meter is not None:
+            links.append(self.meter)
+        waiting = [link for link in links if link.state.online]
+        for link in links:
+            link.request_poll()
+        with trio.move_on_after(budget):
+            while any((link.state.last_reading or -1.0) < asked for link in waiting):
+                await trio.sleep(0.01)
+                waiting = [link for link in waiting if link.state.online]
 
     def control_once(self, now: float) -> law.ControlOutput:
         """One control decision: gather readings and limits, run the law, command inverters."""

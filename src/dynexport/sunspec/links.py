@@ -130,6 +130,20 @@ class _Link:
         self._discovered = False
         self.last_activity: float | None = None
         """trio time of the last poll attempt, good or bad: proof the task is not stuck."""
+        self._wake = trio.Event()
+        self._poll_requested = False
+
+    def request_poll(self) -> None:
+        """Asks for a fast poll now (the controller reads the meter and the inverters together,
+        just before it decides, so that its inputs are fresh and taken at the same moment)."""
+        self._poll_requested = True
+        self._wake.set()
+
+    async def _idle_until(self, deadline: float) -> None:
+        """Waits until ``deadline`` or until woken by a command or a poll request."""
+        with trio.move_on_at(deadline):
+            await self._wake.wait()
+        self._wake = trio.Event()
 
     def _changed(self) -> None:
         self.last_activity = trio.current_time()
@@ -188,7 +202,6 @@ class InverterLink(_Link):
         self.state = InverterState(id=id)
         self._desired: Desired | None = None
         self._written: Desired | None = None
-        self._wake = trio.Event()
 
     def command(self, desired: Desired) -> None:
         """Asks for a limit; it is applied promptly by :meth:`run` (the caller never waits)."""
@@ -214,7 +227,8 @@ class InverterLink(_Link):
                 if now >= next_slow:
                     await self._poll_slow()
                     next_slow = now + self.slow_s
-                if now >= next_fast:
+                if now >= next_fast or self._poll_requested:
+                    self._poll_requested = False
                     await self._poll_fast()
                     next_fast = now + self.fast_s
                 await self._apply()
@@ -223,9 +237,7 @@ class InverterLink(_Link):
                 next_fast = trio.current_time()
                 continue
             self._failures = 0
-            with trio.move_on_at(min(next_fast, self._rewrite_due())):
-                await self._wake.wait()
-            self._wake = trio.Event()
+            await self._idle_until(min(next_fast, self._rewrite_due()))
 
     def _after_discovery(self) -> None:
         try:
@@ -350,6 +362,7 @@ class MeterLink(_Link):
         )
         while True:
             started = trio.current_time()
+            self._poll_requested = False
             try:
                 fast = await self.device.poll_fast()
             except DEVICE_ERRORS as exc:
@@ -364,4 +377,5 @@ class MeterLink(_Link):
                 last_reading=trio.current_time(),
             )
             self._changed()
-            await trio.sleep_until(started + self.fast_s)
+            if not self._poll_requested:
+                await self._idle_until(started + self.fast_s)
