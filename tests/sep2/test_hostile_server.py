@@ -137,11 +137,6 @@ async def test_excessively_nested_body_is_refused(server, clock, tmp_path):
     await client.http.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a list whose items are all in a foreign namespace parses as empty although "
-    "results=1, so the walk succeeds and the active event is dropped as if it had vanished",
-)
 async def test_controls_in_a_foreign_namespace_do_not_erase_the_schedule(server, clock, tmp_path):
     client = await healthy_client(server, clock, tmp_path)
     server.inject_fault(path_prefix=DERC, status=200, body=hostile.foreign_namespace_controls())

@@ -402,6 +402,14 @@ class Sep2Client:
             self._requests += 1
             response.raise_for_status()
             page = parse_as(cls, response.body)
+            if page.results != len(page.items):
+                # Items we could not read (e.g. in a foreign namespace) must not look like
+                # events that vanished: that would cancel them. Refuse the list instead, so the
+                # last valid schedule stays in force.
+                raise Sep2Error(
+                    f"{url}: {cls.__name__} says results={page.results} but {len(page.items)} "
+                    "items could be read; keeping the last valid data"
+                )
             first = first or page
             items.extend(page.items)
             following = page.next_start(start)
@@ -411,6 +419,10 @@ class Sep2Client:
         else:
             raise Sep2Error(f"{url}: more than {flow.MAX_PAGES} pages; refusing to follow")
         assert first is not None
+        if len(items) < first.all:
+            raise Sep2Error(
+                f"{url}: {cls.__name__} says all={first.all} but only {len(items)} items arrived"
+            )
         merged = replace(first, items=tuple(items), results=len(items))
         self._cache[url] = merged
         self._book.record(url, now, flow.poll_rate(first.poll_rate, inherited))
