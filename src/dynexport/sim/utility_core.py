@@ -238,6 +238,9 @@ class UtilityCore:
         self.clock = clock
         self.clock_offset_s = clock_offset_s
         self.poll_rate_s = poll_rate_s
+        self.poll_rates: dict[str, int] = {}
+        """Per-resource pollRate overrides, keyed ``dcap``, ``edev``, ``der``, ``fsa``, ``derp``
+        or ``mup`` (as the harness's set-comms-rate does); ``poll_rate_s`` otherwise."""
         self.post_rate_s = post_rate_s
         self.pin = pin
         self.validate = validate
@@ -247,6 +250,9 @@ class UtilityCore:
         self.der_reports: dict[str, object] = {}
         self.max_records: int | None = None
         """When set, `received`, `readings` and `responses` keep only their latest entries."""
+        self.on_request: list[Callable[[str, str], None]] = []
+        """Called with (method, path) before each request is answered, so a test can change
+        the schedule as a request arrives (the harness's step actions run before serving)."""
         self._devices: dict[int, _Device] = {}
         self._programs: dict[str, _Program] = {}
         self._mups: dict[int, _Mup] = {}
@@ -285,6 +291,17 @@ class UtilityCore:
         mrid = f"DB{int(pid):030X}"
         self._programs[pid] = _Program(pid, mrid, primacy, description or f"Program {pid}")
         return pid
+
+    def remove_program(self, program: str) -> None:
+        """Delete a DERProgram with its controls: it vanishes from the DERProgramList and its
+        hrefs answer 404 (a program relocated by the utility, as in procedure P-04). After the
+        default program is removed, ``program=None`` raises KeyError."""
+        self._program(program)
+        del self._programs[program]
+
+    def poll_rate_for(self, kind: str) -> int:
+        """The pollRate served on ``kind`` (see ``poll_rates``)."""
+        return self.poll_rates.get(kind, self.poll_rate_s)
 
     def _program(self, program: str | None) -> _Program:
         pid = self.default_program if program is None else program
@@ -492,6 +509,8 @@ class UtilityCore:
         routed = "GET" if method == "HEAD" else method  # the HTTP layer drops a HEAD's body
         parts = urlsplit(target)
         path = parts.path.rstrip("/") or "/"
+        for hook in list(self.on_request):
+            hook(method, path)
         context = _Context(self, routed, path, parts.query, body, content_type, lfdi, when)
         try:
             reply = context.route()
@@ -733,7 +752,7 @@ class _Context:
         mups = [m for m in self.core._mups.values() if m.lfdi == self.lfdi]
         return DeviceCapability(
             href="/dcap",
-            poll_rate=self.core.poll_rate_s,
+            poll_rate=self.core.poll_rate_for("dcap"),
             time_link=Link("/tm"),
             end_device_list_link=ListLink("/edev", 1 if own else 0),
             mirror_usage_point_list_link=ListLink("/mup", len(mups)),
@@ -773,7 +792,9 @@ class _Context:
     def _edev_list(self) -> EndDeviceList:
         # Each client sees only its own EndDevice, as CSIP-AUS servers filter by certificate.
         own = [self._edev(d) for d in self.core._devices.values() if d.lfdi == self.lfdi]
-        return self._page(EndDeviceList, own, "/edev", subscribable=0, poll_rate=self.poll_rate)
+        return self._page(
+            EndDeviceList, own, "/edev", subscribable=0, poll_rate=self.core.poll_rate_for("edev")
+        )
 
     @property
     def poll_rate(self) -> int:
@@ -791,7 +812,10 @@ class _Context:
 
     def _der_list(self, device: _Device) -> DERList:
         return self._page(
-            DERList, [self._der(device)], f"{device.href}/der", poll_rate=self.poll_rate
+            DERList,
+            [self._der(device)],
+            f"{device.href}/der",
+            poll_rate=self.core.poll_rate_for("der"),
         )
 
     def _fsa(self, device: _Device) -> FunctionSetAssignments:
@@ -811,7 +835,7 @@ class _Context:
             [self._fsa(device)],
             f"{device.href}/fsa",
             subscribable=0,
-            poll_rate=self.poll_rate,
+            poll_rate=self.core.poll_rate_for("fsa"),
         )
 
     def _derp(self, program: _Program) -> DERProgram:
@@ -836,7 +860,7 @@ class _Context:
             programs,
             f"{device.href}/fsa/1/derp",
             subscribable=0,
-            poll_rate=self.poll_rate,
+            poll_rate=self.core.poll_rate_for("derp"),
         )
 
     def _status(self, control: _Control) -> EventStatusInfo:
@@ -884,7 +908,9 @@ class _Context:
 
     def _mup_list(self) -> MirrorUsagePointList:
         own = [self._mup_view(m) for m in self.core._mups.values() if m.lfdi == self.lfdi]
-        return self._page(MirrorUsagePointList, own, "/mup", poll_rate=self.poll_rate)
+        return self._page(
+            MirrorUsagePointList, own, "/mup", poll_rate=self.core.poll_rate_for("mup")
+        )
 
     # --- writes ----------------------------------------------------------------------------
 

@@ -1,0 +1,319 @@
+"""Shared fixtures for the official CSIP-AUS client test procedures, run against our simulator.
+
+The procedures (PyPI ``cactus-test-definitions``, ``client/procedures/*.yaml``) are read straight
+out of the wheel in ``$DYNEXPORT_WHEELS`` (default ``<repo>/build/wheels``); a test whose
+procedure cannot be read is skipped with the reason. Each test names the procedure's steps it
+mirrors, and `procedure()` fails if one of them is not in the YAML any more, so a changed
+procedure is noticed.
+
+Time: the client and the simulator share a fake wall clock (`FakeClock`) that `Harness.run_for`
+moves from one client wake-up to the next, as `Sep2Client.run` would sleep, so the procedures'
+minutes take milliseconds. Path mapping: the harness serves programs under ``/edev/1/derp/N``
+and responses at ``/edev/1/rsps/...``; our simulator serves them at ``/derp/N`` and ``/rsp``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import zipfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from dynexport.sep2 import schema
+from dynexport.sep2.certs import make_test_pki
+from dynexport.sep2.client import ClientOptions, Sep2Client
+from dynexport.sep2.controls import ControlType
+from dynexport.sep2.flow import DerInfo
+from dynexport.sep2.resources import MirrorUsagePoint
+from dynexport.sep2.telemetry import Sample
+from dynexport.sim.utility_server import RecordedRequest, UtilityServer
+from dynexport.system.config import UtilityConfig
+
+T0 = 1_800_000_000.0
+"""Server (and local) time at the start of every procedure."""
+NMI = "4312345678"
+PIN = 111115
+"""ALL-01's registration PIN 11111 with its check digit."""
+RATED_W = 5000.0
+MAX_EXPORT_W = RATED_W
+"""The harness's $(maxExportW): the DER's rtgMaxW as reported in DERCapability."""
+PROCEDURES = "cactus_test_definitions/client/procedures/"
+WHEEL = "cactus_test_definitions-*.whl"
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def wheels_dir() -> Path:
+    return Path(os.environ.get("DYNEXPORT_WHEELS") or REPO / "build" / "wheels")
+
+
+def _wheel() -> Path | None:
+    found = sorted(wheels_dir().glob(WHEEL))
+    return found[-1] if found else None
+
+
+def procedure(pid: str, *steps: str) -> str:
+    """The YAML text of procedure ``pid``; skips when the wheel is absent, fails when one of
+    ``steps`` (the step names the test mirrors) is no longer in it."""
+    wheel = _wheel()
+    if wheel is None:
+        pytest.skip(
+            f"the official procedures are not here: no {WHEEL} in {wheels_dir()} "
+            "(run `make` to download it, or set DYNEXPORT_WHEELS)"
+        )
+    with zipfile.ZipFile(wheel) as zf:
+        try:
+            text = zf.read(f"{PROCEDURES}{pid}.yaml").decode()
+        except KeyError:
+            pytest.fail(f"{wheel.name} has no procedure {pid}")
+    missing = [s for s in steps if f"{s}:" not in text]
+    assert not missing, f"{pid} no longer has the steps {missing}: update this test"
+    return text
+
+
+needs_schema = pytest.mark.skipif(
+    not schema.schema_available(), reason="the simulator validates with the CSIP-AUS XSD"
+)
+"""Every module's ``pytestmark``: the simulator validates request bodies with the XSD."""
+
+
+class FakeClock:
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@pytest.fixture(scope="session")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(tmp_path_factory.mktemp("procedures-pki"))
+    make_test_pki(folder, now=datetime.now(UTC))
+    return folder
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def set_comms_rate(srv: UtilityServer, seconds: int = 60) -> None:
+    """The harness's set-comms-rate as every procedure starts: 60 s everywhere."""
+    srv.poll_rate_s = seconds
+    srv.post_rate_s = seconds
+    srv.poll_rates.clear()
+
+
+def standard_preconditions(srv: UtilityServer) -> None:
+    """create-der-program + set-default-der-control(opModImpLimW 0, opModExpLimW 0,
+    setGradW 27), the preconditions most procedures share."""
+    srv.set_default(export_limit_w=0, import_limit_w=0, set_grad_w=27)
+
+
+@pytest.fixture
+async def server(pki_dir: Path, clock: FakeClock) -> AsyncIterator[UtilityServer]:
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock)
+    set_comms_rate(srv)
+    async with srv.running():
+        yield srv
+
+
+def utility_config(srv: UtilityServer, **changes: object) -> UtilityConfig:
+    files = srv.pki.files
+    config = UtilityConfig(
+        server=srv.url,
+        ca=files["serca"],
+        cert=files["device_chain"],
+        key=files["device_key"],
+        nmi=NMI,
+        pin=PIN,
+    )
+    return replace(config, **changes)  # type: ignore[arg-type]
+
+
+def make_client(
+    srv: UtilityServer,
+    clock: Callable[[], float],
+    data_dir: Path | None,
+    *,
+    retries: int = 0,
+    der: DerInfo | None = None,
+    **config: object,
+) -> Sep2Client:
+    return Sep2Client(
+        utility_config(srv, **config),
+        data_dir,
+        der=der or DerInfo(rated_w=RATED_W),
+        clock=clock,
+        options=ClientOptions(http_timeout=5.0, http_retries=retries),
+    )
+
+
+def typical_sample(t: float, *, export_w: float = 2500.0) -> Sample:
+    """A site exporting ``export_w`` from a DER making 1.2 × that (a small load)."""
+    values: dict[tuple[str, str], float | None] = {
+        ("site", "W"): -export_w,
+        ("site", "var"): 120.0,
+        ("site", "V"): 241.0,
+        ("der", "W"): export_w * 1.2,
+        ("der", "var"): 0.0,
+        ("der", "V"): 241.5,
+    }
+    return Sample(t=t, values=values)
+
+
+@dataclass
+class Harness:
+    """A client and the simulator on one fake clock, driven like `Sep2Client.run` would be."""
+
+    server: UtilityServer
+    client: Sep2Client
+    clock: FakeClock
+    sampler: Callable[[float], Sample] | None = None
+    """When set, a sample is fed every ``sample_every`` s (the meter side)."""
+    sample_every: float = 5.0
+    _next_sample: float | None = field(default=None, init=False)
+
+    async def step(self) -> float:
+        return await self.client.step()
+
+    async def run_for(self, seconds: float) -> None:
+        """Step the client from wake-up to wake-up for ``seconds`` of fake time."""
+        end = self.clock.t + seconds
+        while True:
+            self._feed()
+            wake = await self.client.step()
+            if self.clock.t >= end:
+                return
+            target = min(max(wake, self.clock.t + 0.5), end)
+            if self.sampler is not None and self._next_sample is not None:
+                target = min(target, max(self._next_sample, self.clock.t + 0.5))
+            self.clock.t = target
+
+    async def run_until(self, condition: Callable[[], bool], limit_s: float, what: str) -> float:
+        """Run until ``condition()`` holds; returns the fake seconds it took, fails after
+        ``limit_s``."""
+        start = self.clock.t
+        while not condition():
+            if self.clock.t - start > limit_s:
+                pytest.fail(f"{what}: not seen within {limit_s} s")
+            await self.run_for(1.0)
+        return self.clock.t - start
+
+    def _feed(self) -> None:
+        if self.sampler is None:
+            return
+        if self._next_sample is None:
+            self._next_sample = self.clock.t
+        while self._next_sample <= self.clock.t:
+            self.client.add_sample(self.sampler(self._next_sample))
+            self._next_sample += self.sample_every
+
+    def value(self, kind: ControlType) -> float | bool | None:
+        active = self.client.active_controls()
+        return None if active is None else active.value(kind)
+
+    async def close(self) -> None:
+        await self.client.http.aclose()
+
+
+@pytest.fixture
+async def link(server: UtilityServer, clock: FakeClock, tmp_path: Path) -> AsyncIterator[Harness]:
+    """A registered client (PIN 111115, NMI 4312345678, rated 5 kW) on the standard server."""
+    standard_preconditions(server)
+    harness = Harness(server, make_client(server, clock, tmp_path), clock)
+    try:
+        yield harness
+    finally:
+        await harness.close()
+
+
+# --- what the server saw ---------------------------------------------------------------------
+
+
+def requests(
+    srv: UtilityServer, method: str, path: str, *, prefix: bool = False
+) -> list[RecordedRequest]:
+    """Requests with exactly this path (or under it, with ``prefix``), oldest first."""
+    return [
+        r
+        for r in srv.received
+        if r.method == method and (r.path.startswith(path) if prefix else r.path == path)
+    ]
+
+
+def first_time(srv: UtilityServer, method: str, path: str) -> float:
+    found = requests(srv, method, path)
+    assert found, f"no {method} {path} seen; got {[(r.method, r.path) for r in srv.received]}"
+    return found[0].t
+
+
+def statuses(srv: UtilityServer, mrid: str) -> list[int]:
+    return [r.status for r in srv.responses if r.subject == mrid and r.status is not None]
+
+
+def response_times(srv: UtilityServer, mrid: str) -> dict[int, float]:
+    """Status → the server time its POST arrived (first one)."""
+    found: dict[int, float] = {}
+    for r in requests(srv, "POST", "/rsp"):
+        body = r.resource
+        subject = getattr(body, "subject", None)
+        status = getattr(body, "status", None)
+        if subject == mrid and status is not None and 200 <= r.status < 300:
+            found.setdefault(int(status), r.t)
+    return found
+
+
+def poll_problems(
+    srv: UtilityServer, paths: list[str], interval: float, start: float, end: float
+) -> list[str]:
+    """The harness's all-polls-at-correct-time, as we read it: every endpoint GET at least once
+    per 1.5 × ``interval`` through [start, end], and not more than once per half interval on
+    average (no hammering)."""
+    problems = []
+    for path in paths:
+        times = [r.t for r in requests(srv, "GET", path) if start <= r.t <= end]
+        if not times:
+            problems.append(f"{path}: never polled")
+            continue
+        edges = [start, *times, end]
+        worst = max(b - a for a, b in itertools.pairwise(edges))
+        if worst > 1.5 * interval:
+            problems.append(f"{path}: a {worst:.0f} s gap (poll interval {interval:.0f} s)")
+        if len(times) > 2 * (end - start) / interval + 1:
+            problems.append(f"{path}: {len(times)} polls in {end - start:.0f} s")
+    return problems
+
+
+def on_request(
+    srv: UtilityServer, method: str, path: str, action: Callable[[], object]
+) -> list[float]:
+    """Run ``action`` once, just before the first ``method path`` request is answered (the
+    harness's "event → actions" with the default serve order); returns a list that gets the
+    server time it fired at."""
+    fired: list[float] = []
+
+    def hook(m: str, p: str) -> None:
+        if not fired and m == method and p == path:
+            fired.append(srv.now())
+            action()
+
+    srv.on_request.append(hook)
+    return fired
+
+
+def mirrors(srv: UtilityServer) -> dict[int, str]:
+    """roleFlags → mRID of the MirrorUsagePoints the client POSTed."""
+    found: dict[int, str] = {}
+    for r in requests(srv, "POST", "/mup"):
+        if isinstance(r.resource, MirrorUsagePoint) and r.resource.role_flags is not None:
+            found[r.resource.role_flags] = r.resource.mrid
+    return found
