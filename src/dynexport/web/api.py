@@ -1,37 +1,839 @@
-"""The JSON API served by the appliance (docs/api.md). Routes read the app's snapshots only."""
+"""The appliance's HTTP routes: the pages, the JSON API (docs/api.md), login and setup.
+
+Reading is open (the dashboard, status, limits, history, live events); everything that changes
+something, and the configuration itself, needs the admin login plus the session's CSRF token
+(docs/web.md). In setup mode the only change possible before the admin password exists is
+setting it; captive-portal probes and foreign Host names are redirected to the setup page.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
+import trio
+
+from dynexport.control.limits import EffectiveLimits
 from dynexport.httpio import Request, ServerResponse
+from dynexport.sep2 import certs
+from dynexport.sep2.client import Sep2Client
+from dynexport.sunspec import cli as sunspec_cli
+from dynexport.system.config import (
+    BAUD_RATES,
+    Config,
+    ConfigError,
+    Endpoint,
+    SerialEndpoint,
+    parse_config,
+    parse_tcp,
+)
+from dynexport.system.storage import atomic_write, read_json, write_json
+from dynexport.web import static
+from dynexport.web.auth import (
+    COOKIE,
+    LoginLimiter,
+    PasswordError,
+    PasswordStore,
+    Session,
+    Sessions,
+    check_new_password,
+    csrf_ok,
+)
+from dynexport.web.captive import captive_redirect
+from dynexport.web.configdoc import config_document, limits_document
+from dynexport.web.events import Broadcaster
+from dynexport.web.history import API_NAMES, FIELDS, History
+from dynexport.web.wifi import WifiError, check_wifi
+
+log = logging.getLogger("dynexport.web")
 
 JSON = "application/json"
+CHANGING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+PAGES = frozenset({"/", "/setup", "/login", "/dashboard", "/settings", "/index.html"})
+SCAN_BUDGET_S = 45.0
+SERCA_FILE = "serca.pem"
+KEY_FILE = "device-key.pem"
+CSR_FILE = "device.csr"
+CHAIN_FILE = "device-chain.pem"
+WIFI_FILE = "wifi.json"
+INVERTER_MODELS = frozenset({101, 102, 103, 111, 112, 113, 701})
+METER_MODELS = frozenset({201, 202, 203, 204, 211, 212, 213, 214})
 
 
-class StatusSource(Protocol):
+class OptionsLike(Protocol):
+    @property
+    def config_path(self) -> Path | None: ...
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def wall_clock(self) -> Callable[[], float]: ...
+
+
+class AppLike(Protocol):
+    """What the web layer uses of the service (dynexport.app.App)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def options(self) -> OptionsLike: ...
+    @property
+    def setup_mode(self) -> bool: ...
+    @property
+    def utility(self) -> Sep2Client | None: ...
+    @property
+    def limits(self) -> EffectiveLimits: ...
     def status(self) -> dict[str, Any]: ...
+    def apply_config(self, config: Config) -> None: ...
 
 
-def json_response(status: int, document: object) -> ServerResponse:
+class HttpError(Exception):
+    """Ends a request with a JSON error (``{"error": message, ...extra}``)."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+def json_response(
+    status: int, document: object, headers: list[tuple[str, str]] | None = None
+) -> ServerResponse:
     body = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
-    return ServerResponse(status=status, body=body, content_type=JSON)
+    return ServerResponse(status=status, body=body, headers=headers or [], content_type=JSON)
 
 
-def error(status: int, message: str) -> ServerResponse:
-    return json_response(status, {"error": message})
+def error(status: int, message: str, **extra: Any) -> ServerResponse:
+    return json_response(status, {"error": message, **extra})
 
 
-def make_handler(app: StatusSource) -> Callable[[Request], Awaitable[ServerResponse]]:
-    """The request handler: ``GET /api/status``; everything else is a clear 404 or 405."""
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        raise HttpError(400, "a JSON object is required in the body")
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise HttpError(400, "body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise HttpError(
+            400, f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if not isinstance(value, dict):
+        raise HttpError(400, "body must be a JSON object")
+    return value
 
-    async def handle(request: Request) -> ServerResponse:
-        if request.path == "/api/status":
-            if request.method not in ("GET", "HEAD"):
-                return error(405, f"{request.method} is not allowed on /api/status")
-            return json_response(200, app.status())
-        return error(404, f"no such resource: {request.path}")
 
-    return handle
+def _cookie(request: Request, name: str) -> str | None:
+    for key, value in request.headers:
+        if key != "cookie":
+            continue
+        for part in value.split(";"):
+            k, _, v = part.strip().partition("=")
+            if k == name:
+                return v
+    return None
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None or not math.isfinite(t):
+        return None
+    return datetime.fromtimestamp(t, UTC).astimezone().isoformat(timespec="seconds")
+
+
+def _parse_time(text: str | None, name: str, default: float) -> int:
+    if text is None or text == "":
+        return int(default)
+    try:
+        return int(float(text))
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise HttpError(400, f"{name} must be unix seconds or an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    return int(parsed.timestamp())
+
+
+def alerts(status: dict[str, Any], config: Config, wall_clock: float) -> list[dict[str, str]]:
+    """What needs attention, for the dashboard: meter, inverters, controller, clock, utility."""
+    out: list[dict[str, str]] = []
+
+    def add(level: str, code: str, text: str) -> None:
+        out.append({"level": level, "code": code, "text": text})
+
+    if status.get("setupMode"):
+        add("info", "setup", "Not configured yet: finish the setup.")
+        return out
+    site = status.get("site") or {}
+    if config.meter is not None and not site.get("meterOnline"):
+        reason = site.get("meterError") or "no recent reading"
+        add("error", "meter-stale", f"Meter: {reason}")
+    for inv in status.get("inverters") or []:
+        name = inv.get("id")
+        if not inv.get("online"):
+            add("error", "inverter-offline", f"{name}: offline ({inv.get('error') or 'no answer'})")
+        elif inv.get("controllable") is False or inv.get("notControllable"):
+            why = inv.get("notControllable") or "does not accept limits"
+            add("error", "inverter-not-controllable", f"{name} cannot be controlled: {why}")
+    mode = (status.get("control") or {}).get("mode")
+    if mode not in (None, "normal"):
+        add("warning", "control-mode", f"Controller in {mode} mode")
+    if wall_clock < 1_704_067_200:  # 2024-01-01: an unsynchronised Pi restarts near its build date
+        add("error", "clock", "The clock is not set (no time server reached yet)")
+    utility = status.get("utility") or {}
+    offset = utility.get("clockOffsetS")
+    if isinstance(offset, int | float) and abs(offset) > 60:
+        add("warning", "clock", f"The clock differs from the utility's by {offset:.0f} s")
+    if utility.get("configured"):
+        last_error = str(utility.get("lastError") or "")
+        if any(w in last_error.lower() for w in ("certificate", "tls", "ssl")):
+            add("error", "certificate", f"Utility link certificate problem: {last_error}")
+        elif not utility.get("connected"):
+            add("warning", "utility", f"Utility not reachable: {last_error or 'not yet polled'}")
+        if utility.get("acting") is False:
+            add("error", "registration", "The utility's registration does not match our PIN")
+        u = config.utility
+        if u is not None and not u.cert.is_file():
+            add("error", "certificate", f"Device certificate missing: {u.cert}")
+    for name in (status.get("limits") or {}).get("notEnforced") or []:
+        add("info", "not-enforced", f"{name} is reported but cannot be enforced at this site")
+    return out
+
+
+def _summarise_scan(endpoint: Endpoint, found: list[tuple[Any, list[Any]]]) -> dict[str, Any]:
+    devices = []
+    for dev, models in found:
+        ids = sorted({m.id for m in models})
+        common = dev.common
+        rated: float | None = None
+        for m in models:
+            if m.id == 120 and isinstance(m.points.get("WRtg"), int | float):
+                rated = float(m.points["WRtg"])
+            if m.id == 702 and isinstance(m.points.get("WMaxRtg"), int | float):
+                rated = rated or float(m.points["WMaxRtg"])
+        kind = (
+            "meter"
+            if METER_MODELS & set(ids)
+            else "inverter"
+            if INVERTER_MODELS & set(ids)
+            else "other"
+        )
+        where: dict[str, Any]
+        if isinstance(endpoint, SerialEndpoint):
+            where = {
+                "rtu": endpoint.device,
+                "baud": endpoint.baud,
+                "parity": endpoint.parity,
+                "stopbits": endpoint.stopbits,
+            }
+        else:
+            where = {"tcp": str(endpoint)}
+        devices.append(
+            {
+                "unit": dev.unit,
+                "kind": kind,
+                "manufacturer": common.manufacturer if common else None,
+                "model": common.model if common else None,
+                "serial": common.serial if common else None,
+                "ratedW": rated,
+                "models": ids,
+                "config": {"type": "sunspec", **where, "unit": dev.unit},
+            }
+        )
+    return {"endpoint": str(endpoint), "devices": devices}
+
+
+Route = Callable[[Request], Awaitable[ServerResponse]]
+
+
+class WebApi:
+    """Request handling for one App. ``handle`` is the httpio handler."""
+
+    def __init__(
+        self,
+        app: AppLike,
+        *,
+        history: History | None = None,
+        events: Broadcaster | None = None,
+        tls: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        limiter: LoginLimiter | None = None,
+        scan_timeout_s: float = sunspec_cli.SCAN_TIMEOUT_S,
+    ) -> None:
+        self.app = app
+        self.history = history
+        self.events = events or Broadcaster(self.live_status)
+        self.tls = tls
+        self.passwords = PasswordStore(app.options.data_dir)
+        self.sessions = Sessions(clock)
+        self.limiter = limiter or LoginLimiter(clock)
+        self.scan_timeout_s = scan_timeout_s
+        self._config_lock = trio.Lock()
+        self._scan_lock = trio.Lock()
+        self._routes: dict[tuple[str, str], tuple[Route, bool]] = {}
+        r = self._route
+        r("GET", "/api/status", self.get_status)
+        r("GET", "/api/session", self.get_session)
+        r("POST", "/api/setup/password", self.post_setup_password)
+        r("POST", "/api/login", self.post_login)
+        r("POST", "/api/logout", self.post_logout, auth=True)
+        r("POST", "/api/password", self.post_password, auth=True)
+        r("GET", "/api/config", self.get_config, auth=True)
+        r("PUT", "/api/config", self.put_config, auth=True)
+        r("GET", "/api/limits", self.get_limits)
+        r("GET", "/api/history", self.get_history)
+        r("GET", "/api/history.csv", self.get_history_csv)
+        r("POST", "/api/devices/scan", self.post_scan, auth=True)
+        r("GET", "/api/wifi", self.get_wifi, auth=True)
+        r("PUT", "/api/wifi", self.put_wifi, auth=True)
+        r("DELETE", "/api/wifi", self.delete_wifi, auth=True)
+        r("GET", "/api/cert", self.get_cert, auth=True)
+        r("PUT", "/api/cert/serca", self.put_serca, auth=True)
+        r("POST", "/api/cert/request", self.post_cert_request, auth=True)
+        r("GET", "/api/cert/csr", self.get_csr, auth=True)
+        r("PUT", "/api/cert/chain", self.put_chain, auth=True)
+        r("GET", "/api/events", self.get_events)
+
+    def _route(self, method: str, path: str, fn: Route, *, auth: bool = False) -> None:
+        self._routes[(method, path)] = (fn, auth)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.app.options.data_dir
+
+    def live_status(self) -> dict[str, Any]:
+        st = self.app.status()
+        st["alerts"] = alerts(st, self.app.config, self.app.options.wall_clock())
+        st["time"] = _iso(self.app.options.wall_clock())
+        return st
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> ServerResponse:
+        try:
+            response = await self._dispatch(request)
+        except HttpError as exc:
+            response = error(exc.status, exc.message, **exc.extra)
+            if "retryAfterS" in exc.extra:
+                response.headers.append(("Retry-After", str(exc.extra["retryAfterS"])))
+        _security_headers(response, request.path)
+        return response
+
+    async def _dispatch(self, request: Request) -> ServerResponse:
+        path, method = request.path, request.method
+        if self.app.setup_mode:
+            where = captive_redirect(path, request.header("host"))
+            if where is not None:
+                return ServerResponse(
+                    302,
+                    f'<a href="{where}">Set up dynexport</a>\n'.encode(),
+                    [("Location", where)],
+                    "text/html; charset=utf-8",
+                )
+        get = "GET" if method == "HEAD" else method
+        if not path.startswith("/api/"):
+            if get != "GET":
+                raise HttpError(405, f"{method} is not allowed on {path}")
+            return self._static(request)
+        found = self._routes.get((get, path))
+        if found is None:
+            if any(p == path for _, p in self._routes):
+                allowed = sorted({m for m, p in self._routes if p == path})
+                raise HttpError(
+                    405,
+                    f"{method} is not allowed on {path}",
+                    allowed=allowed,
+                )
+            raise HttpError(404, f"no such resource: {path}")
+        fn, auth = found
+        if method in CHANGING:
+            self._check_origin(request)
+        if auth:
+            session = self._session(request)
+            if session is None:
+                if not self.passwords.exists():
+                    raise HttpError(401, "set the admin password first", setup=True)
+                raise HttpError(401, "login required")
+            if method in CHANGING and not csrf_ok(session, request.header("x-csrf-token")):
+                raise HttpError(403, "missing or wrong CSRF token (X-CSRF-Token)")
+        return await fn(request)
+
+    def _check_origin(self, request: Request) -> None:
+        origin = request.header("origin")
+        if origin is None or origin == "null":
+            return
+        host = request.header("host") or ""
+        if urlsplit(origin).netloc.lower() != host.lower():
+            raise HttpError(403, "cross-site request refused")
+
+    def _session(self, request: Request) -> Session | None:
+        return self.sessions.get(_cookie(request, COOKIE))
+
+    def _set_cookie(self, session: Session) -> tuple[str, str]:
+        secure = "; Secure" if self.tls else ""
+        return (
+            "Set-Cookie",
+            f"{COOKIE}={session.token}; Path=/; HttpOnly; SameSite=Strict{secure}",
+        )
+
+    def _static(self, request: Request) -> ServerResponse:
+        name = "index.html" if request.path in PAGES else request.path.removeprefix("/static/")
+        if request.path not in PAGES and not request.path.startswith("/static/"):
+            raise HttpError(404, f"no such page: {request.path}")
+        asset = static.get(name)
+        if asset is None:
+            raise HttpError(404, f"no such file: {request.path}")
+        headers = [("ETag", asset.etag), ("Cache-Control", "no-cache")]
+        if request.header("if-none-match") == asset.etag:
+            return ServerResponse(304, b"", headers, None)
+        return ServerResponse(200, asset.body, headers, asset.content_type)
+
+    # -- status, session, login ----------------------------------------------------------------
+
+    async def get_status(self, request: Request) -> ServerResponse:
+        return json_response(200, self.live_status())
+
+    async def get_session(self, request: Request) -> ServerResponse:
+        session = self._session(request)
+        doc: dict[str, Any] = {
+            "passwordSet": self.passwords.exists(),
+            "loggedIn": session is not None,
+            "setupMode": self.app.setup_mode,
+            "configWritable": self.app.options.config_path is not None,
+        }
+        if session is not None:
+            doc["csrf"] = session.csrf
+        return json_response(200, doc)
+
+    async def post_setup_password(self, request: Request) -> ServerResponse:
+        body = parse_json_object(request.body)
+        if self.passwords.exists():
+            raise HttpError(409, "the admin password is already set: log in")
+        try:
+            password = check_new_password(body.get("password"))
+        except PasswordError as exc:
+            raise HttpError(422, str(exc), problems=[f"password: {exc}"]) from None
+        await trio.to_thread.run_sync(self.passwords.set, password)
+        log.info("admin password set from %s", request.peer[0])
+        session = self.sessions.create()
+        return json_response(200, {"csrf": session.csrf}, [self._set_cookie(session)])
+
+    async def post_login(self, request: Request) -> ServerResponse:
+        client = request.peer[0]
+        wait = self.limiter.retry_after(client)
+        if wait is not None:
+            seconds = max(1, math.ceil(wait))
+            raise _too_many(seconds)
+        body = parse_json_object(request.body)
+        password = body.get("password")
+        if not self.passwords.exists():
+            raise HttpError(409, "no admin password yet: set one first", setup=True)
+        ok = isinstance(password, str) and await trio.to_thread.run_sync(
+            self.passwords.verify, password
+        )
+        if not ok:
+            self.limiter.failed(client)
+            log.warning("failed login from %s", client)
+            raise HttpError(401, "wrong password")
+        self.limiter.succeeded(client)
+        session = self.sessions.create()
+        return json_response(200, {"csrf": session.csrf}, [self._set_cookie(session)])
+
+    async def post_logout(self, request: Request) -> ServerResponse:
+        token = _cookie(request, COOKIE)
+        if token:
+            self.sessions.drop(token)
+        expired = "; Secure" if self.tls else ""
+        cookie = f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{expired}"
+        return json_response(200, {"loggedIn": False}, [("Set-Cookie", cookie)])
+
+    async def post_password(self, request: Request) -> ServerResponse:
+        body = parse_json_object(request.body)
+        current = body.get("current")
+        ok = isinstance(current, str) and await trio.to_thread.run_sync(
+            self.passwords.verify, current
+        )
+        if not ok:
+            raise HttpError(403, "the current password is wrong")
+        try:
+            password = check_new_password(body.get("password"))
+        except PasswordError as exc:
+            raise HttpError(422, str(exc), problems=[f"password: {exc}"]) from None
+        await trio.to_thread.run_sync(self.passwords.set, password)
+        self.sessions.clear()  # every other session ends with the old password
+        session = self.sessions.create()
+        return json_response(200, {"csrf": session.csrf}, [self._set_cookie(session)])
+
+    # -- configuration -------------------------------------------------------------------------
+
+    async def get_config(self, request: Request) -> ServerResponse:
+        return json_response(200, config_document(self.app.config))
+
+    async def put_config(self, request: Request) -> ServerResponse:
+        path = self.app.options.config_path
+        if path is None:
+            raise HttpError(409, "this service runs without a configuration file to write")
+        document = parse_json_object(request.body)
+        async with self._config_lock:
+            try:
+                config = parse_config(document, base_dir=path.parent)
+            except ConfigError as exc:
+                raise HttpError(422, "invalid configuration", problems=exc.problems) from None
+            problems = _file_problems(config)
+            if problems:
+                raise HttpError(422, "invalid configuration", problems=problems)
+            await trio.to_thread.run_sync(_write_config, path, document)
+            self.app.apply_config(config)
+        log.info("configuration written to %s and applied (from %s)", path, request.peer[0])
+        return json_response(200, {"applied": True, "config": config_document(config)})
+
+    # -- limits and history --------------------------------------------------------------------
+
+    async def get_limits(self, request: Request) -> ServerResponse:
+        lim = self.app.limits
+        current = {
+            "exportW": lim.export_w,
+            "generationW": lim.generation_w,
+            "importW": lim.import_w,
+            "loadW": lim.load_w,
+            "connect": lim.connect,
+            "energize": lim.energize,
+            "source": dict(lim.sources),
+        }
+        utility = self.app.utility
+        schedule: list[dict[str, Any]] = []
+        offset = 0
+        if utility is not None:
+            offset = utility.state().clock_offset
+            for seg in utility.schedule(hours=24):
+                controls = {
+                    v.kind.value: {"value": v.value, "origin": v.origin}
+                    for v in seg.controls.values
+                }
+                schedule.append(
+                    {
+                        "start": _iso(seg.start - offset),
+                        "end": _iso(seg.end - offset),
+                        "controls": controls,
+                    }
+                )
+        return json_response(
+            200,
+            {
+                "current": current,
+                "utility": {
+                    "configured": utility is not None,
+                    "clockOffsetS": offset,
+                    "schedule": schedule,
+                    "nextChange": schedule[1]["start"] if len(schedule) > 1 else None,
+                },
+                "config": limits_document(self.app.config.limits),
+            },
+        )
+
+    def _history_args(self, request: Request) -> tuple[int, int, int]:
+        now = self.app.options.wall_clock()
+        end = _parse_time(request.query.get("to"), "to", now)
+        start = _parse_time(request.query.get("from"), "from", end - 3600)
+        step_text = request.query.get("step") or "60"
+        try:
+            step = int(step_text)
+        except ValueError:
+            raise HttpError(400, "step must be a whole number of seconds") from None
+        return start, end, step
+
+    async def _history(self, request: Request) -> dict[str, Any]:
+        if self.history is None:
+            raise HttpError(503, "history is not recorded by this server")
+        start, end, step = self._history_args(request)
+        try:
+            return await self.history.query(start, end, step, self.app.options.wall_clock())
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+
+    async def get_history(self, request: Request) -> ServerResponse:
+        return json_response(200, await self._history(request))
+
+    async def get_history_csv(self, request: Request) -> ServerResponse:
+        doc = await self._history(request)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        names = list(doc["inverters"])
+        writer.writerow(["time", *(API_NAMES[k] for k in FIELDS), *(f"{n} W" for n in names)])
+        for i, t in enumerate(doc["t"]):
+            writer.writerow(
+                [
+                    _iso(t),
+                    *("" if doc[API_NAMES[k]][i] is None else doc[API_NAMES[k]][i] for k in FIELDS),
+                    *(
+                        "" if doc["inverters"][n][i] is None else doc["inverters"][n][i]
+                        for n in names
+                    ),
+                ]
+            )
+        name = f"dynexport-{doc['from']}-{doc['to']}-{doc['step']}s.csv"
+        return ServerResponse(
+            200,
+            out.getvalue().encode(),
+            [("Content-Disposition", f'attachment; filename="{name}"')],
+            "text/csv; charset=utf-8",
+        )
+
+    # -- devices -------------------------------------------------------------------------------
+
+    async def post_scan(self, request: Request) -> ServerResponse:
+        body = parse_json_object(request.body)
+        endpoint = _scan_endpoint(body)
+        units = body.get("units", list(sunspec_cli.DEFAULT_UNITS))
+        if (
+            not isinstance(units, list)
+            or not 1 <= len(units) <= 32
+            or not all(
+                isinstance(u, int) and not isinstance(u, bool) and 1 <= u <= 247 for u in units
+            )
+        ):
+            raise HttpError(400, "units must be a list of 1 to 32 unit ids (1..247)")
+        if self._scan_lock.locked():
+            raise HttpError(409, "a scan is already running")
+        async with self._scan_lock:
+            with trio.move_on_after(SCAN_BUDGET_S) as budget:
+                try:
+                    found = await sunspec_cli.scan(
+                        endpoint, units, request_timeout=self.scan_timeout_s
+                    )
+                except OSError as exc:
+                    raise HttpError(502, f"cannot reach {endpoint}: {exc}") from None
+                except Exception as exc:
+                    log.warning("scan of %s failed: %s", endpoint, exc)
+                    raise HttpError(502, f"scan of {endpoint} failed: {exc}") from None
+            if budget.cancelled_caught:
+                raise HttpError(504, f"scan of {endpoint} took longer than {SCAN_BUDGET_S:.0f} s")
+        return json_response(200, _summarise_scan(endpoint, found))
+
+    # -- home Wi-Fi ------------------------------------------------------------------------------
+
+    async def get_wifi(self, request: Request) -> ServerResponse:
+        try:
+            doc = read_json(self.data_dir / WIFI_FILE)
+        except (FileNotFoundError, ValueError):
+            return json_response(200, {"configured": False, "ssid": None})
+        ssid = doc.get("ssid") if isinstance(doc, dict) else None
+        return json_response(200, {"configured": True, "ssid": ssid})
+
+    async def put_wifi(self, request: Request) -> ServerResponse:
+        body = parse_json_object(request.body)
+        try:
+            doc = check_wifi(body)
+        except WifiError as exc:
+            raise HttpError(422, str(exc), problems=[str(exc)]) from None
+        await trio.to_thread.run_sync(
+            lambda: write_json(self.data_dir / WIFI_FILE, doc, mode=0o600)
+        )
+        return json_response(200, {"configured": True, "ssid": doc["ssid"]})
+
+    async def delete_wifi(self, request: Request) -> ServerResponse:
+        (self.data_dir / WIFI_FILE).unlink(missing_ok=True)
+        return json_response(200, {"configured": False, "ssid": None})
+
+    # -- certificates ----------------------------------------------------------------------------
+
+    def _cert_files(self) -> dict[str, Path]:
+        d = self.data_dir
+        return {
+            "ca": d / SERCA_FILE,
+            "key": d / KEY_FILE,
+            "csr": d / CSR_FILE,
+            "cert": d / CHAIN_FILE,
+        }
+
+    async def get_cert(self, request: Request) -> ServerResponse:
+        files = self._cert_files()
+        doc: dict[str, Any] = {
+            "files": {k: str(files[k]) for k in ("ca", "cert", "key")},
+            "serca": None,
+            "key": files["key"].is_file(),
+            "csr": files["csr"].is_file(),
+            "chain": None,
+        }
+        if files["ca"].is_file():
+            try:
+                anchors = certs.load_certificates(files["ca"].read_bytes())
+                doc["serca"] = [c.subject.rfc4514_string() for c in anchors]
+            except certs.CertError as exc:
+                doc["serca"] = {"error": str(exc)}
+        if files["cert"].is_file():
+            try:
+                d = certs.describe(files["cert"].read_bytes())
+                doc["chain"] = {"lfdi": d["lfdi"], "sfdi": d["sfdi"], "notAfter": d["notAfter"]}
+            except certs.CertError as exc:
+                doc["chain"] = {"error": str(exc)}
+        return json_response(200, doc)
+
+    async def put_serca(self, request: Request) -> ServerResponse:
+        try:
+            anchors = certs.load_certificates(request.body)
+        except certs.CertError as exc:
+            raise HttpError(422, f"SERCA: {exc}", problems=[f"serca: {exc}"]) from None
+        if not any(c.extensions and _is_ca(c) for c in anchors):
+            raise HttpError(422, "SERCA: no CA certificate in the file")
+        pem = certs.certificate_pem(*anchors)
+        await trio.to_thread.run_sync(lambda: atomic_write(self._cert_files()["ca"], pem))
+        return json_response(200, {"serca": [c.subject.rfc4514_string() for c in anchors]})
+
+    async def post_cert_request(self, request: Request) -> ServerResponse:
+        body = parse_json_object(request.body) if request.body.strip() else {}
+        replace = body.get("replace", False)
+        if not isinstance(replace, bool):
+            raise HttpError(400, "replace must be true or false")
+        files = self._cert_files()
+
+        def make() -> tuple[bytes, bool]:
+            created = False
+            if files["key"].is_file() and not replace:
+                key = certs.load_private_key(files["key"].read_bytes())
+            else:
+                key = certs.generate_key()
+                certs.write_private_key(files["key"], key, overwrite=replace)
+                files["cert"].unlink(missing_ok=True)  # a chain for the old key is useless
+                created = True
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            csr = certs.make_csr(key).public_bytes(Encoding.PEM)
+            atomic_write(files["csr"], csr)
+            return csr, created
+
+        try:
+            csr, created = await trio.to_thread.run_sync(make)
+        except (certs.CertError, FileExistsError) as exc:
+            raise HttpError(409, f"device key: {exc}") from None
+        return json_response(200, {"csr": csr.decode("ascii"), "keyCreated": created})
+
+    async def get_csr(self, request: Request) -> ServerResponse:
+        path = self._cert_files()["csr"]
+        if not path.is_file():
+            raise HttpError(404, "no certificate request yet: POST /api/cert/request")
+        return ServerResponse(
+            200,
+            path.read_bytes(),
+            [("Content-Disposition", 'attachment; filename="dynexport.csr"')],
+            "application/pkcs10",
+        )
+
+    async def put_chain(self, request: Request) -> ServerResponse:
+        files = self._cert_files()
+        if not files["key"].is_file():
+            raise HttpError(409, "no device key yet: POST /api/cert/request first")
+        if not files["ca"].is_file():
+            raise HttpError(409, "no SERCA yet: PUT /api/cert/serca first")
+        chain = request.body
+        try:
+            check = certs.check_chain(chain, files["key"].read_bytes(), files["ca"].read_bytes())
+        except certs.CertError as exc:
+            raise HttpError(422, str(exc), problems=[f"certificate: {exc}"]) from None
+        await trio.to_thread.run_sync(lambda: atomic_write(files["cert"], chain))
+        return json_response(
+            200,
+            {
+                "lfdi": check.lfdi,
+                "sfdi": check.sfdi,
+                "warnings": list(check.warnings),
+                "certificate": certs.describe(chain),
+            },
+        )
+
+    # -- live events ---------------------------------------------------------------------------
+
+    async def get_events(self, request: Request) -> ServerResponse:
+        if self.events.full():
+            raise HttpError(503, "too many live connections")
+        return ServerResponse(
+            200,
+            self.events.stream(),
+            [("Cache-Control", "no-store"), ("X-Accel-Buffering", "no")],
+            "text/event-stream",
+        )
+
+
+def _too_many(seconds: int) -> HttpError:
+    exc = HttpError(429, f"too many failed logins: try again in {seconds} s", retryAfterS=seconds)
+    return exc
+
+
+def _is_ca(cert: Any) -> bool:
+    from cryptography import x509
+
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _scan_endpoint(body: dict[str, Any]) -> Endpoint:
+    tcp, rtu = body.get("tcp"), body.get("rtu")
+    if (tcp is None) == (rtu is None):
+        raise HttpError(400, 'give exactly one of "tcp" (HOST:PORT) or "rtu" (serial device)')
+    if tcp is not None:
+        if not isinstance(tcp, str):
+            raise HttpError(400, "tcp must be HOST or HOST:PORT")
+        try:
+            return parse_tcp(tcp)
+        except ValueError as exc:
+            raise HttpError(400, f"tcp: {exc}") from None
+    if not isinstance(rtu, str) or not rtu.startswith("/dev/tty") or ".." in rtu:
+        raise HttpError(400, "rtu must be a serial device such as /dev/ttyUSB0")
+    baud, parity, stopbits = (
+        body.get("baud", 9600),
+        body.get("parity", "N"),
+        body.get("stopbits", 1),
+    )
+    if baud not in BAUD_RATES or parity not in ("N", "E", "O") or stopbits not in (1, 2):
+        raise HttpError(400, "baud, parity or stopbits not supported")
+    return SerialEndpoint(rtu, int(baud), parity, int(stopbits))
+
+
+def _file_problems(config: Config) -> list[str]:
+    u = config.utility
+    if u is None:
+        return []
+    return [
+        f"utility.{key}: file not found: {path}"
+        for key, path in (("ca", u.ca), ("cert", u.cert), ("key", u.key))
+        if not path.is_file()
+    ]
+
+
+def _write_config(path: Path, document: dict[str, Any]) -> None:
+    write_json(path, document, mode=0o600)
+
+
+def _security_headers(response: ServerResponse, path: str) -> None:
+    names = {k.lower() for k, _ in response.headers}
+    extra = [
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-Frame-Options", "DENY"),
+        ("Referrer-Policy", "no-referrer"),
+        (
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    ]
+    if path.startswith("/api/") and "cache-control" not in names:
+        extra.append(("Cache-Control", "no-store"))
+    response.headers.extend(h for h in extra if h[0].lower() not in names)
+
+
+def make_handler(app: AppLike, **kwargs: Any) -> Callable[[Request], Awaitable[ServerResponse]]:
+    """The request handler for ``app`` (see WebApi for the options)."""
+    return WebApi(app, **kwargs).handle

@@ -1,26 +1,87 @@
-"""The appliance web server: the JSON API (and the pages, with the web UI) in the app nursery."""
+"""The appliance web server: pages, JSON API, live events and the history recorder, all in the
+app's nursery (docs/web.md, docs/api.md)."""
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Any
 
 import trio
 
-from dynexport.httpio import serve_http
-from dynexport.web.api import StatusSource, make_handler
+from dynexport.httpio import Limits, serve_http
+from dynexport.web.api import AppLike, WebApi
+from dynexport.web.events import Broadcaster
+from dynexport.web.history import FLUSH_EVERY_S, History, row_from_status
+
+log = logging.getLogger("dynexport.web")
+
+HISTORY_FILE = "history.sqlite"
+WEB_LIMITS = Limits(
+    max_header_bytes=16 * 1024,
+    max_body_bytes=256 * 1024,  # the largest legitimate body is a configuration or a PEM chain
+    header_timeout=10.0,
+    body_timeout=20.0,
+    idle_timeout=30.0,
+    send_timeout=30.0,
+    handler_timeout=60.0,
+    max_connections=64,
+)
+
+
+async def record_history(
+    app: AppLike, history: History, *, every_s: float = 1.0, flush_every_s: float = FLUSH_EVERY_S
+) -> None:
+    """Samples the status every ``every_s`` and writes to SQLite every ``flush_every_s``."""
+    await history.open()
+    try:
+        next_flush = trio.current_time() + flush_every_s
+        while True:
+            if not app.setup_mode:
+                history.add(row_from_status(app.status(), app.options.wall_clock()))
+            if trio.current_time() >= next_flush:
+                try:
+                    await history.flush(app.options.wall_clock())
+                except Exception:  # a full or broken card must not stop the web server
+                    log.exception("history: writing failed")
+                next_flush = trio.current_time() + flush_every_s
+            await trio.sleep(every_s)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            try:
+                await history.flush(app.options.wall_clock(), partial=True)
+                await history.close()
+            except Exception:
+                log.exception("history: final write failed")
 
 
 async def serve_web(
-    app: StatusSource,
+    app: AppLike,
     *,
     host: str = "127.0.0.1",
     port: int = 0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    limits: Limits | None = None,
+    history_every_s: float = 1.0,
+    flush_every_s: float = FLUSH_EVERY_S,
+    api_options: dict[str, Any] | None = None,
 ) -> None:
-    """Serves until cancelled; ``nursery.start`` returns the bound port."""
+    """Serves until cancelled; ``nursery.start`` returns the bound port.
+
+    The history recorder and the live-event broadcaster run beside the server. ``limits``,
+    ``history_every_s``, ``flush_every_s`` and ``api_options`` (keyword arguments of WebApi, e.g.
+    ``tls=True``) are for tests and special setups; the app passes none of them."""
+    history = History(app.options.data_dir / HISTORY_FILE)
+    api = WebApi(app, history=history, **(api_options or {}))
+    events: Broadcaster = api.events
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            partial(
+                record_history, app, history, every_s=history_every_s, flush_every_s=flush_every_s
+            )
+        )
+        nursery.start_soon(events.run)
         bound: Any = await nursery.start(
-            partial(serve_http, make_handler(app), host=host, port=port)
+            partial(serve_http, api.handle, host=host, port=port, limits=limits or WEB_LIMITS)
         )
         task_status.started(bound)

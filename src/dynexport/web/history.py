@@ -1,0 +1,314 @@
+"""Power history on the device: SQLite on the data folder, written in batches.
+
+One sample a second (site power, PV power, the export and generation limits in force, each
+inverter's power) is kept in memory and written at most once a minute, together with its
+one-minute and fifteen-minute means, to spare the SD card. Retention: 1 s rows for a day, 1 min
+rows for 31 days, 15 min rows for years, and the file is kept under ``max_bytes`` (100 MB) by
+dropping the oldest 15 min rows if it ever grows that far. sqlite3 calls run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+RESOLUTIONS = (1, 60, 900)
+RETENTION_S = {1: 86400, 60: 31 * 86400, 900: None}
+MAX_BYTES = 100 * 1024 * 1024
+FLUSH_EVERY_S = 60.0
+MAX_POINTS = 10000
+FIELDS = ("site", "der", "export_limit", "gen_limit")
+API_NAMES = {
+    "site": "siteW",
+    "der": "derW",
+    "export_limit": "exportLimitW",
+    "gen_limit": "generationLimitW",
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    res INTEGER NOT NULL,
+    t INTEGER NOT NULL,
+    site REAL, der REAL, export_limit REAL, gen_limit REAL,
+    inverters TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (res, t)
+) WITHOUT ROWID
+"""
+
+
+@dataclass
+class Row:
+    """One sample or one mean over ``res`` seconds starting at ``t`` (unix seconds)."""
+
+    t: int
+    values: dict[str, float | None]
+    inverters: dict[str, float | None]
+
+
+def _num(v: object) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def row_from_status(status: dict[str, Any], t: float) -> Row:
+    """The history sample in a status document (app.status())."""
+    limits = status.get("limits") or {}
+    return Row(
+        t=int(t),
+        values={
+            "site": _num((status.get("site") or {}).get("powerW")),
+            "der": _num((status.get("der") or {}).get("powerW")),
+            "export_limit": _num(limits.get("exportW")),
+            "gen_limit": _num(limits.get("generationW")),
+        },
+        inverters={
+            str(inv.get("id")): _num(inv.get("powerW")) for inv in status.get("inverters") or []
+        },
+    )
+
+
+@dataclass
+class _Mean:
+    """Running sums for the mean of rows falling in one bucket."""
+
+    t: int
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    inv_sums: dict[str, float] = field(default_factory=dict)
+    inv_counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, row: Row) -> None:
+        for k, v in row.values.items():
+            if v is not None:
+                self.sums[k] = self.sums.get(k, 0.0) + v
+                self.counts[k] = self.counts.get(k, 0) + 1
+        for k, v in row.inverters.items():
+            self.inv_counts.setdefault(k, 0)
+            if v is not None:
+                self.inv_sums[k] = self.inv_sums.get(k, 0.0) + v
+                self.inv_counts[k] += 1
+
+    def row(self) -> Row:
+        return Row(
+            self.t,
+            {k: (self.sums[k] / self.counts[k] if self.counts.get(k) else None) for k in FIELDS},
+            {k: (self.inv_sums[k] / n if n else None) for k, n in sorted(self.inv_counts.items())},
+        )
+
+
+def bucket_means(rows: Iterable[Row], start: int, step: int) -> list[Row]:
+    """Means of ``rows`` over buckets ``start + k*step``, in time order, empty buckets left out."""
+    buckets: dict[int, _Mean] = {}
+    for row in rows:
+        b = start + (row.t - start) // step * step
+        buckets.setdefault(b, _Mean(b)).add(row)
+    return [buckets[b].row() for b in sorted(buckets)]
+
+
+class History:
+    """The history database. ``add`` is cheap (memory); ``flush`` writes; ``query`` reads."""
+
+    def __init__(self, path: Path, *, max_bytes: int = MAX_BYTES) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._db: sqlite3.Connection | None = None
+        self._lock = trio.Lock()
+        self._pending: dict[int, list[Row]] = {res: [] for res in RESOLUTIONS}
+        self._open_means: dict[int, _Mean] = {}
+        self.last_flush: float | None = None
+        self.writes = 0  # transactions committed (tests check batching with this)
+
+    # -- worker-thread helpers ----------------------------------------------------------------
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        async with self._lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            fresh = db.execute("PRAGMA page_count").fetchone()[0] == 0
+            if fresh:
+                db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            db.execute(_SCHEMA)
+            self._db = db
+        return self._db
+
+    async def open(self) -> None:
+        await self._run(self._connect)
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await self._run(close)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def add(self, row: Row) -> None:
+        """One 1 s sample: kept in memory until the next flush; closes finished means."""
+        self._pending[1].append(row)
+        for res in RESOLUTIONS[1:]:
+            b = row.t - row.t % res
+            mean = self._open_means.get(res)
+            if mean is not None and mean.t != b:
+                self._pending[res].append(mean.row())
+                mean = None
+            if mean is None:
+                mean = self._open_means[res] = _Mean(b)
+            mean.add(row)
+
+    def pending_rows(self) -> int:
+        return sum(len(rows) for rows in self._pending.values())
+
+    async def flush(self, now: float, *, partial: bool = False) -> None:
+        """Writes the pending rows in one transaction and applies retention.
+
+        ``partial`` also writes the means still open (at shutdown; they are replaced when the
+        same bucket is written again)."""
+        batch = {res: list(rows) for res, rows in self._pending.items()}
+        if partial:
+            for res, mean in self._open_means.items():
+                batch[res].append(mean.row())
+        for rows in self._pending.values():
+            rows.clear()
+        await self._run(self._write, batch, int(now))
+        self.last_flush = now
+
+    def _write(self, batch: dict[int, list[Row]], now: int) -> None:
+        db = self._connect()
+        db.execute("BEGIN")
+        try:
+            for res, rows in batch.items():
+                db.executemany(
+                    "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (res, r.t, *(r.values.get(k) for k in FIELDS), json.dumps(r.inverters))
+                        for r in rows
+                    ],
+                )
+            for res, keep in RETENTION_S.items():
+                if keep is not None:
+                    db.execute("DELETE FROM samples WHERE res = ? AND t < ?", (res, now - keep))
+            self._bound_size(db)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("PRAGMA incremental_vacuum")
+        self.writes += 1
+
+    def _size(self, db: sqlite3.Connection) -> int:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def _bound_size(self, db: sqlite3.Connection) -> None:
+        """Drops the oldest rows, coarsest kept longest, until the data fits ``max_bytes``."""
+        for _ in range(64):
+            if self._size(db) <= self.max_bytes * 0.9:
+                return
+            total = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+            if total == 0:
+                return
+            drop = max(1, total // 10)
+            db.execute(
+                "DELETE FROM samples WHERE (res, t) IN "
+                "(SELECT res, t FROM samples ORDER BY t LIMIT ?)",
+                (drop,),
+            )
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def query(self, start: int, end: int, step: int, now: float) -> dict[str, Any]:
+        """Means over ``step`` seconds between ``start`` and ``end`` (unix seconds), as columns."""
+        if end <= start:
+            raise ValueError("to must be after from")
+        if step < 1:
+            raise ValueError("step must be at least 1 second")
+        if (end - start) / step > MAX_POINTS:
+            raise ValueError(f"more than {MAX_POINTS} points: use a larger step")
+        res = choose_resolution(start, step, now)
+        stored: list[Row] = await self._run(self._read, res, start, end)
+        unflushed = list(self._pending[res])
+        if res > 1 and res in self._open_means:
+            unflushed.append(self._open_means[res].row())
+        rows = _merge(stored, [r for r in unflushed if start <= r.t < end])
+        means = bucket_means(rows, start, step)
+        names = sorted({k for r in means for k in r.inverters})
+        return {
+            "from": start,
+            "to": end,
+            "step": step,
+            "resolution": res,
+            "t": [r.t for r in means],
+            **{API_NAMES[k]: [_round(r.values.get(k)) for r in means] for k in FIELDS},
+            "inverters": {n: [_round(r.inverters.get(n)) for r in means] for n in names},
+        }
+
+    def _read(self, res: int, start: int, end: int) -> list[Row]:
+        db = self._connect()
+        cur = db.execute(
+            "SELECT t, site, der, export_limit, gen_limit, inverters FROM samples "
+            "WHERE res = ? AND t >= ? AND t < ? ORDER BY t",
+            (res, start, end),
+        )
+        out = []
+        for t, *vals, inv in cur:
+            try:
+                inverters = json.loads(inv)
+            except ValueError:
+                inverters = {}
+            out.append(Row(int(t), dict(zip(FIELDS, vals, strict=True)), inverters))
+        return out
+
+    async def stats(self) -> dict[str, int]:
+        def count() -> dict[str, int]:
+            db = self._connect()
+            got = {f"rows{res}": 0 for res in RESOLUTIONS}
+            for res, n in db.execute("SELECT res, COUNT(*) FROM samples GROUP BY res"):
+                got[f"rows{res}"] = int(n)
+            got["bytes"] = self._size(db)
+            return got
+
+        result: dict[str, int] = await self._run(count)
+        return result
+
+
+def choose_resolution(start: int, step: int, now: float) -> int:
+    """The coarsest stored resolution not coarser than ``step`` that still reaches ``start``."""
+    for res in sorted(RESOLUTIONS, reverse=True):
+        keep = RETENTION_S[res]
+        if res <= step and (keep is None or start >= now - keep):
+            return res
+    # the fine rows for that time are gone: answer from the finest that is still kept
+    for res in RESOLUTIONS:
+        keep = RETENTION_S[res]
+        if keep is None or start >= now - keep:
+            return res
+    return RESOLUTIONS[-1]
+
+
+def _merge(stored: Sequence[Row], unflushed: Sequence[Row]) -> list[Row]:
+    """Stored rows overlaid by unflushed ones for the same time (the newer mean wins)."""
+    by_t = {r.t: r for r in stored}
+    for r in unflushed:
+        by_t[r.t] = r
+    return [by_t[t] for t in sorted(by_t)]
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)

@@ -1,0 +1,54 @@
+"""Raw HTTP over a socket, for requests a normal client will not send (foreign Host, slow)."""
+
+from __future__ import annotations
+
+import trio
+
+
+async def exchange(port: int, data: bytes, *, pause_after: float = 0.0) -> bytes:
+    """Sends ``data`` (then waits ``pause_after``), reads until the server closes or 5 s pass."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        if pause_after:
+            await trio.sleep(pause_after)
+        chunks = []
+        with trio.move_on_after(5):
+            while True:
+                try:
+                    got = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    break
+                if not got:
+                    break
+                chunks.append(got)
+                if b"\r\n\r\n" in b"".join(chunks):
+                    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+                    length = next(
+                        (
+                            int(line.split(b":")[1])
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length:")
+                        ),
+                        None,
+                    )
+                    if length is not None and len(body) >= length:
+                        break
+        return b"".join(chunks)
+
+
+def get(path: str, host: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def header(response: bytes, name: str) -> str | None:
+    head = response.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    for line in head.split("\r\n")[1:]:
+        k, _, v = line.partition(":")
+        if k.strip().lower() == name.lower():
+            return v.strip()
+    return None
