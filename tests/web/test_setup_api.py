@@ -52,7 +52,7 @@ async def test_a_scan_of_an_address_where_nothing_answers_finds_nothing(web: Web
         assert doc["devices"] == []
 
 
-async def _login(web: Web):  # type: ignore[no-untyped-def]
+async def _login(web: Web):
     from tests.web.conftest import PASSWORD
 
     c = web.client()
