@@ -62,6 +62,9 @@ class AppOptions:
 
 
 class App:
+    CONTROLLER_MAX_SILENCE_S = 10.0
+    """A controller silent for longer is stuck: the watchdog pings stop and systemd restarts us."""
+
     def __init__(self, config: Config, options: AppOptions, *, setup_mode: bool = False) -> None:
         self.config = config
         self.options = options
@@ -196,7 +199,7 @@ class App:
                 fast_s=2 * self.config.control.interval_s,
             )
             self.progress.register("meter", 60.0, trio.current_time())
-        self.progress.register("controller", 10.0, trio.current_time())
+        self.progress.register("controller", self.CONTROLLER_MAX_SILENCE_S, trio.current_time())
 
     async def _run_utility(self) -> None:
         assert self.utility is not None

@@ -1,0 +1,107 @@
+"""Losing the meter, an inverter or the utility: the service stays safe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from dynexport.sim.utility_server import UtilityServer
+from dynexport.system.config import parse_config
+from tests.app.conftest import (
+    make_app,
+    simulated_site,
+    site_config,
+    wait_for,
+    wait_settled,
+)
+
+
+async def test_meter_lost_puts_generation_at_the_fail_safe_within_seconds(tmp_path: Path):
+    with simulated_site(("inverters", "meter"), load_w=2000.0) as sim:
+        config = site_config(
+            sim,
+            inverter_servers=("inverters", "inverters"),
+            meter_server="meter",
+            extra={"limits": {"exportW": 3000}},
+        )
+        app = make_app(config, tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_settled(sim.export_w, 3000, 120)
+            # With the load known, generation runs at load + export limit (about 5000 W).
+            assert sim.site.output_w(1) + sim.site.output_w(2) > 4000
+            sim.servers["meter"].stop()
+            cut = trio.current_time()
+            await wait_for(lambda: app.status()["control"]["mode"] == "failsafe", within=10)
+            # Without a meter the load is unknown: generation is held to the export limit,
+            # which keeps export within it even if the household load drops to zero.
+            await wait_for(lambda: sim.site.output_w(1) + sim.site.output_w(2) <= 3000, within=5)
+            assert trio.current_time() - cut < 10
+            assert app.status()["site"]["meterOnline"] is False
+            sim.site.set_load(0.0)
+            await trio.sleep(1.0)
+            assert sim.export_w() <= 3000
+            nursery.cancel_scope.cancel()
+
+
+async def test_losing_one_inverter_moves_its_share_to_the_other(tmp_path: Path):
+    with simulated_site(("a", "b"), load_w=1000.0) as sim:
+        config = site_config(
+            sim, inverter_servers=("a", "b"), meter_server="a", extra={"limits": {"exportW": 4000}}
+        )
+        app = make_app(config, tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_settled(sim.export_w, 4000, 160)
+            share_before = app.status()["inverters"][0]["limitPct"]
+            # Inverter 2 stops answering; its revert timer would bring it back to full output,
+            # so make the plant honest: it stops producing (a tripped inverter).
+            sim.servers["b"].stop()
+            sim.site.set_available(2, 0.0)
+            await wait_for(lambda: app.status()["inverters"][1]["online"] is False, within=15)
+            await wait_settled(sim.export_w, 4000, 160)
+            share_after = app.status()["inverters"][0]["limitPct"]
+            assert share_before is not None
+            assert share_after is None or share_after > share_before
+            nursery.cancel_scope.cancel()
+
+
+async def test_utility_limit_reaches_the_inverters_and_outlives_the_utility(tmp_path: Path):
+    server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=10)
+    async with server.running() as utility:
+        now = int(utility.now())
+        utility.add_control(start=now - 5, duration=3600, export_limit_w=1500)
+        utility.set_default(export_limit_w=5000)
+        files = utility.pki.files
+        with simulated_site() as sim:
+            raw = {
+                "inverters": [
+                    {"tcp": sim.endpoint("main"), "unit": 1},
+                    {"tcp": sim.endpoint("main"), "unit": 2},
+                ],
+                "meter": {"tcp": sim.endpoint("main"), "unit": 240},
+                "utility": {
+                    "server": utility.url,
+                    "ca": str(files["serca"]),
+                    "cert": str(files["device_chain"]),
+                    "key": str(files["device_key"]),
+                    "nmi": "4312345678",
+                    "pin": 111115,
+                },
+            }
+            app = make_app(parse_config(raw), tmp_path / "data")
+            async with trio.open_nursery() as nursery:
+                await nursery.start(app.run)
+                await wait_settled(sim.export_w, 1500, 100, within=40)
+                status = app.status()
+                assert status["limits"]["exportW"] == 1500
+                assert status["limits"]["source"]["export_w"].startswith("utility")
+                assert status["utility"]["connected"] is True
+                assert status["utility"]["lfdi"] == utility.pki.device_lfdi
+                # The utility goes away: the stored schedule keeps the 1500 W limit in force.
+                utility.inject_fault(status=None, drop=True, count=1000)
+                await trio.sleep(12)
+                assert app.status()["limits"]["exportW"] == 1500
+                assert sim.export_w() <= 1500 + 100
+                nursery.cancel_scope.cancel()

@@ -1,0 +1,125 @@
+"""The service as systemd runs it: sd_notify READY/WATCHDOG/STATUS, and SIGTERM leaving safe."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from dynexport.app import App
+from tests.app.conftest import make_app, simulated_site, site_config, wait_for
+
+
+class NotifySocket:
+    """A fake systemd notify socket: a datagram socket collecting what the service sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+
+    def drain(self) -> list[str]:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                return self.messages
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    sock = NotifySocket(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # pings every 0.5 s
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    yield sock
+    sock.close()
+
+
+async def test_ready_after_first_polls_then_watchdog_pings_and_status(tmp_path: Path, notify):
+    with simulated_site() as sim:
+        app = make_app(site_config(sim, extra={"limits": {"exportW": 5000}}), tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_for(lambda: any(m.startswith("READY=1") for m in notify.drain()), 10)
+            ready = next(m for m in notify.messages if m.startswith("READY=1"))
+            assert "STATUS=site" in ready and "2/2 inverters online" in ready
+            count = notify.messages.count("WATCHDOG=1")
+            await trio.sleep(2.0)
+            assert notify.drain().count("WATCHDOG=1") >= count + 2
+            nursery.cancel_scope.cancel()
+    assert any(m.startswith("STOPPING=1") for m in notify.drain())
+
+
+async def test_watchdog_pings_stop_when_the_controller_is_stuck(
+    tmp_path: Path, notify, monkeypatch: pytest.MonkeyPatch
+):
+    async def stuck_control_loop(self: App) -> None:
+        self.control_once(trio.current_time())
+        await trio.sleep_forever()  # a controller stuck in an await never progresses again
+
+    monkeypatch.setattr(App, "_control_loop", stuck_control_loop)
+    monkeypatch.setattr(App, "CONTROLLER_MAX_SILENCE_S", 2.0)
+    with simulated_site() as sim:
+        app = make_app(site_config(sim), tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_for(lambda: any(m.startswith("READY=1") for m in notify.drain()), 10)
+            await wait_for(lambda: any("stuck: controller" in m for m in notify.drain()), 10)
+            pings = notify.drain().count("WATCHDOG=1")
+            await trio.sleep(2.0)
+            assert notify.drain().count("WATCHDOG=1") == pings  # no more pings: systemd restarts
+            nursery.cancel_scope.cancel()
+
+
+def test_sigterm_leaves_inverters_at_their_fail_safe_and_exits_within_5_s(tmp_path: Path):
+    with simulated_site() as sim:
+        config = {
+            "inverters": [
+                {"tcp": sim.endpoint("main"), "unit": 1},
+                {"tcp": sim.endpoint("main"), "unit": 2},
+            ],
+            "meter": {"tcp": sim.endpoint("main"), "unit": 240},
+            "limits": {"exportW": 2640},
+            "control": {"revertS": 45},
+        }
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(config))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dynexport", "run", "--config", str(path),
+             "--data", str(tmp_path / "data"), "--no-web"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 20
+            while sim.site.get(1, 123, "WMaxLim_Ena") != 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert sim.site.get(1, 123, "WMaxLim_Ena") == 1, "the service never limited"
+            time.sleep(2)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            stderr = proc.stderr.read() if proc.stderr else ""
+        assert proc.returncode == 0, stderr
+        assert "left at fail-safe limit" in stderr
+        # Fail-safe: generation at most the export limit (2640 W of 13200 W rated = 20 %),
+        # written with the configured revert timeout so the inverter falls back by itself.
+        for unit in (1, 2):
+            assert sim.site.get(unit, 123, "WMaxLim_Ena") == 1
+            assert sim.site.get(unit, 123, "WMaxLimPct") <= 20.0
+            assert sim.site.get(unit, 123, "WMaxLimPct_RvrtTms") == 45
