@@ -122,10 +122,11 @@ async def run_demo(options: DemoOptions, *, task_status: Any = trio.TASK_STATUS_
                 await nursery.start(utility.serve)
                 nursery.start_soon(roll_steps, utility, list(options.steps_w), options.every_s)
                 nursery.start_soon(_drive, driver)
-                _, config = write_config(data, modbus.port, utility, options.port)
+                config_path, config = write_config(data, modbus.port, utility, options.port)
                 app = App(
                     config,
                     AppOptions(
+                        config_path=config_path,
                         data_dir=data / "state",
                         web_host="127.0.0.1",
                         web_port=options.port,
@@ -147,7 +148,8 @@ async def _drive(driver: SiteDriver) -> None:
 
 def _announce(app: App, modbus: SimServer, utility: UtilityServer, data: Path) -> None:
     print(
-        f"dynexport demo: dashboard/API http://127.0.0.1:{app.web_port}/api/status\n"
+        f"dynexport demo: web UI http://127.0.0.1:{app.web_port}/ "
+        f"(status API: /api/status)\n"
         f"  simulated site (Modbus TCP): 127.0.0.1:{modbus.port}, inverters at units 1 and 2, "
         f"meter at 240\n"
         f"  simulated utility (CSIP-AUS, mutual TLS): {utility.url}\n"
