@@ -60,10 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # the last line of defence: a clear message, not a traceback
-        if args.verbose:
-            raise
-        logging.getLogger("dynexport").error("%s: %s", type(exc).__name__, exc)
+    except Exception as exc:  # the last line of defence: the traceback goes to the log
+        logging.getLogger("dynexport").exception("unexpected %s", type(exc).__name__)
         print(f"dynexport: error: {exc}", file=sys.stderr)
         return 1
 

@@ -96,8 +96,9 @@ def write_config(
         },
         "limits": {"exportW": None, "generationW": None},
         "control": {"intervalS": 1, "revertS": 60},
-        "web": {"host": "127.0.0.1", "port": web_port},
     }
+    if web_port:  # 0: an ephemeral port chosen at start (tests); nothing to write down
+        document["web"] = {"host": "127.0.0.1", "port": web_port}
     path = folder / "config.json"
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path, load_config(path)

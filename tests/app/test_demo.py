@@ -1,0 +1,47 @@
+"""The demo (`make run`): the real service against the built-in simulators, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import trio
+
+from dynexport.app import App
+from dynexport.sim.demo import DemoOptions, run_demo
+from tests.app.conftest import wait_for
+
+
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_demo_runs_the_service_against_the_simulators_and_obeys_the_utility(
+    tmp_path: Path,
+):
+    options = DemoOptions(port=0, data_dir=tmp_path, steps_w=(1500.0,), every_s=600)
+    async with trio.open_nursery() as nursery:
+        app: App = await nursery.start(run_demo, options)
+        assert app.web_port is not None
+        await wait_for(lambda: app.status()["utility"]["connected"] is True, within=30)
+        await wait_for(lambda: app.status()["limits"]["exportW"] == 1500, within=30)
+        # the simulated site exports no more than the utility's limit once settled
+        await wait_for(lambda: (app.status()["site"]["powerW"] or -1e9) >= -1500 - 100, within=20)
+        status, body = await http_get(app.web_port, "/api/status")
+        assert status == 200
+        doc = json.loads(body)
+        assert doc["limits"]["source"]["export_w"].startswith("utility")
+        assert [inv["online"] for inv in doc["inverters"]] == [True, True]
+        status, _ = await http_get(app.web_port, "/")
+        assert status in (200, 302)
+        assert (tmp_path / "config.json").exists()
+        nursery.cancel_scope.cancel()
