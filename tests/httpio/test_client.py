@@ -165,6 +165,80 @@ async def test_post_is_not_resent_when_connection_dies_after_sending(
     assert seen == [b"GET /one", b"POST /rsp"]
 
 
+async def close_mid_response_first(
+    stream: trio.abc.Stream, seen: list[bytes], *, clean: bool
+) -> None:
+    """The first connection ever gets half a response, then EOF; later ones a whole one."""
+    conn = h11.Connection(h11.SERVER)
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            conn.receive_data(bytes(data))
+            continue
+        if isinstance(event, h11.Request):
+            seen.append(event.method + b" " + event.target)
+        if isinstance(event, h11.EndOfMessage):
+            head = h11.Response(status_code=200, headers=[("Content-Length", "10")])
+            if len(seen) == 1:
+                await stream.send_all(conn.send(head) + conn.send(h11.Data(data=b"half")))
+                if clean:
+                    await stream.aclose()  # TLS close_notify, then EOF
+                return  # else: the connection is dropped without close_notify
+            await stream.send_all(
+                conn.send(head)
+                + conn.send(h11.Data(data=b"0123456789"))
+                + conn.send(h11.EndOfMessage())
+            )
+            conn.start_next_cycle()
+
+
+@pytest.mark.parametrize("clean", [True, False])
+async def test_eof_mid_response_is_a_connection_error_and_a_get_is_retried(
+    autojump_clock: trio.testing.MockClock,
+    client_ctx: ssl.SSLContext,
+    server_ctx: ssl.SSLContext,
+    clean: bool,
+) -> None:
+    seen: list[bytes] = []
+    async with (
+        raw_server(lambda s: close_mid_response_first(s, seen, clean=clean), server_ctx) as port,
+        HttpClient(url(port), client_ctx, retries=1) as client,
+    ):
+        response = await client.get("/derp/1/derc")
+        assert response.body == b"0123456789"
+    assert seen == [b"GET /derp/1/derc", b"GET /derp/1/derc"]
+    assert client.stats.connections == 2
+
+
+async def test_eof_mid_response_without_retries_left_is_a_connection_error(
+    client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext
+) -> None:
+    seen: list[bytes] = []
+    async with (
+        raw_server(lambda s: close_mid_response_first(s, seen, clean=True), server_ctx) as port,
+        HttpClient(url(port), client_ctx, retries=0) as client,
+    ):
+        with pytest.raises(HttpConnectionError, match="before its response was complete"):
+            await client.get("/derp/1/derc")
+    assert seen == [b"GET /derp/1/derc"]
+
+
+async def test_eof_mid_response_to_a_post_is_a_connection_error_not_resent(
+    client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext
+) -> None:
+    seen: list[bytes] = []
+    async with (
+        raw_server(lambda s: close_mid_response_first(s, seen, clean=True), server_ctx) as port,
+        HttpClient(url(port), client_ctx, retries=3) as client,
+    ):
+        with pytest.raises(HttpConnectionError, match="before its response was complete"):
+            await client.post("/rsp", b"<Response/>")
+    assert seen == [b"POST /rsp"]
+
+
 async def test_429_with_retry_after_seconds_waits_that_long(
     autojump_clock: trio.testing.MockClock,
     client_ctx: ssl.SSLContext,
@@ -203,14 +277,14 @@ async def test_503_with_retry_after_date_waits_until_then_capped(
 
 
 @pytest.mark.parametrize(("jitter", "expected"), [(1.0, [2, 4, 8]), (0.0, [1, 2, 4])])
-async def test_429_and_503_without_retry_after_back_off_exponentially_with_jitter(
+async def test_503_without_retry_after_backs_off_exponentially_with_jitter(
     autojump_clock: trio.testing.MockClock,
     client_ctx: ssl.SSLContext,
     server_ctx: ssl.SSLContext,
     jitter: float,
     expected: list[float],
 ) -> None:
-    recorder = Recorder([(429, []), (503, []), (429, [])])
+    recorder = Recorder([(503, []), (503, []), (503, [])])
     async with (
         serving(recorder, server_ctx, Limits(idle_timeout=1000)) as port,
         HttpClient(
@@ -220,6 +294,43 @@ async def test_429_and_503_without_retry_after_back_off_exponentially_with_jitte
         response = await client.get("/tm")
     assert response.status == 200
     assert recorder.gaps() == pytest.approx(expected, abs=0.5)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_429_without_retry_after_is_returned_for_the_caller_to_back_off(
+    autojump_clock: trio.testing.MockClock,
+    client_ctx: ssl.SSLContext,
+    server_ctx: ssl.SSLContext,
+    method: str,
+) -> None:
+    # the caller knows the resource's pollRate; short internal retries would hammer the server
+    recorder = Recorder([(429, [])])
+    async with (
+        serving(recorder, server_ctx, Limits(idle_timeout=1000)) as port,
+        HttpClient(url(port), client_ctx, retries=5) as client,
+    ):
+        response = await client.request(method, "/derp/1/derc", body=b"x")
+    assert response.status == 429
+    assert len(recorder.times) == 1
+
+
+async def test_retry_after_is_returned_not_waited_when_the_caller_schedules_it(
+    autojump_clock: trio.testing.MockClock,
+    client_ctx: ssl.SSLContext,
+    server_ctx: ssl.SSLContext,
+) -> None:
+    recorder = Recorder([(429, [("Retry-After", "120")]), (503, [("Retry-After", "30")])])
+    async with (
+        serving(recorder, server_ctx, Limits(idle_timeout=1000)) as port,
+        HttpClient(url(port), client_ctx, retries=5, wait_retry_after=False) as client,
+    ):
+        started = trio.current_time()
+        first = await client.get("/derp/1/derc")
+        second = await client.post("/rsp", b"<Response/>")
+        assert trio.current_time() - started < 1
+    assert (first.status, first.header("retry-after")) == (429, "120")
+    assert (second.status, second.header("retry-after")) == (503, "30")
+    assert len(recorder.times) == 2
 
 
 async def test_5xx_retries_are_bounded_and_the_last_response_returned(

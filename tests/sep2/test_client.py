@@ -6,6 +6,7 @@ one `step()` at a time, so hour-long schedules take no time and nothing depends 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -225,15 +226,46 @@ async def test_responses_survive_a_restart_without_duplicates(server, clock, tmp
     await second.http.aclose()
 
 
-async def test_http_429_with_retry_after_is_honoured(server, clock, tmp_path):
-    server.inject_fault(path_prefix="/dcap", status=429, retry_after="1")
+async def test_http_429_with_retry_after_is_honoured_without_blocking_the_step(
+    server, clock, tmp_path
+):
+    server.inject_fault(path_prefix="/dcap", status=429, retry_after="40")
     client = make_client(server, clock, tmp_path)
     started = trio.current_time()
+    wake = await client.step()
+    assert trio.current_time() - started < 5  # not waited out inside the request
+    assert [r.status for r in server.requests_for("/dcap")] == [429]
+    assert not client.state().connected
+    assert wake > clock()
+    clock.advance(39)
     await client.step()
-    waited = trio.current_time() - started
-    dcap = server.requests_for("/dcap")
-    assert [r.status for r in dcap] == [429, 200]
-    assert waited >= 1.0  # it waited as asked before trying again
+    assert [r.status for r in server.requests_for("/dcap")] == [429]  # not asked before then
+    clock.advance(1)
+    await client.step()
+    assert [r.status for r in server.requests_for("/dcap")] == [429, 200]
+    assert client.state().connected
+    await client.http.aclose()
+
+
+async def test_http_429_without_retry_after_backs_off_from_the_poll_rate(server, clock, tmp_path):
+    client = make_client(server, clock, tmp_path)
+    await client.step()  # a normal walk: the list's pollRate is known
+    derc = "/derp/1/derc"
+    asked = len(server.requests_for(derc))
+    server.inject_fault(path_prefix=derc, status=429, count=10**6)
+    rate = server.poll_rate_s
+    times: list[float] = []
+    for _ in range(int(8 * rate)):
+        clock.advance(1)
+        await client.step()
+        times = [r.t for r in server.requests_for(derc)[asked:]]
+    # the first 429 comes at the normal poll; then pollRate, 2 x, 4 x ... (not 1-4 s retries)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps == [rate, 2 * rate, 4 * rate], times
+    server.clear_faults()
+    clock.advance(8 * rate)
+    await client.step()
+    assert server.requests_for(derc)[-1].status == 200
     assert client.state().connected
     await client.http.aclose()
 
@@ -281,6 +313,24 @@ async def test_pin_mismatch_stops_acting_and_sends_nothing(server, clock, tmp_pa
     assert "mismatch" in state.registration.message
     assert [r for r in server.received if r.method != "GET"] == []
     await client.http.aclose()
+
+
+async def test_a_configured_pin_without_a_registration_link_carries_on_with_a_warning(
+    pki_dir, clock, tmp_path
+):
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock, pin=None)  # no RegistrationLink
+    srv.add_control(start=int(T0) - 10, duration=300, export_limit_w=1500)
+    async with srv.running():
+        client = make_client(srv, clock, tmp_path)  # PIN 111115 configured
+        await client.step()
+        await client.http.aclose()
+    state = client.state()
+    assert state.acting and export_limit(client) == 1500
+    assert state.registration is not None
+    assert state.registration.outcome is RegistrationOutcome.NOT_CHECKED
+    assert state.registration.warning
+    assert any("cannot be checked" in w for w in state.warnings), state.warnings
+    assert [r for r in srv.received if r.method == "PUT" and r.path.endswith("/cp")]
 
 
 async def test_telemetry_is_posted_at_the_post_rate_and_a_forgotten_mirror_recreated(

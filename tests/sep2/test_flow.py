@@ -122,9 +122,15 @@ def test_registration_pin_mismatch_is_a_clear_error_and_stops_acting():
     assert "123456" in check.message and "111115" in check.message
 
 
-def test_configured_pin_without_a_registration_stops_acting():
+def test_configured_pin_without_a_registration_carries_on_with_a_warning():
+    # CSIP-AUS ALL-05: no RegistrationLink is not a refusal; only a differing PIN is
     check = flow.check_registration(None, 111115)
-    assert check.outcome is flow.RegistrationOutcome.NO_REGISTRATION and not check.acting
+    assert check.outcome is flow.RegistrationOutcome.NOT_CHECKED and check.acting
+    assert check.warning and "111115" in check.message and "cannot be checked" in check.message
+    assert not flow.check_registration(Registration(0, 111115), 111115).warning
+    assert flow.check_registration(Registration(0, 123456), 111115).outcome is (
+        flow.RegistrationOutcome.PIN_MISMATCH
+    )
 
 
 def test_without_a_configured_pin_the_registration_is_not_checked_and_controls_apply():
@@ -299,3 +305,8 @@ def test_a_corrupt_state_file_is_set_aside_and_the_link_starts_empty(tmp_path):
 def test_parse_round_trip_of_a_built_body():
     device = flow.new_end_device(LFDI, 5)
     assert parse_as(EndDevice, to_xml(device)) == device
+
+
+def test_throttle_delay_starts_at_the_poll_rate_and_doubles_up_to_a_cap():
+    assert [flow.throttle_delay(60, n) for n in range(6)] == [60, 120, 240, 480, 900, 900]
+    assert flow.throttle_delay(3600, 3) == 3600  # a pollRate above the cap is never shortened

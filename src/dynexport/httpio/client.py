@@ -6,9 +6,13 @@ kept open and reused; requests on one client are serialised. Every wait has a tr
 anything interrupted half-way (timeout, cancellation, error) discards the connection, because h11's
 state would no longer match the wire.
 
-Retries follow what is safe: connection failures and 5xx are retried only for idempotent methods;
-429 and 503 say the server did not act on the request, so they are retried for every method,
-waiting as long as ``Retry-After`` asks (capped) or backing off exponentially with jitter.
+Retries follow what is safe: connection failures (including a connection closed mid-response)
+and 5xx are retried only for idempotent methods; 429 and 503 say the server did not act on the
+request, so they are retried for every method, waiting as long as ``Retry-After`` asks (capped) or,
+for a 503 without it, backing off exponentially with jitter. A 429 without ``Retry-After`` is
+returned at once: the caller knows how often the resource may be asked (its pollRate) and backs off
+itself. With ``wait_retry_after=False`` a 429/503 with ``Retry-After`` is returned at once too, so
+the caller can schedule the retry instead of being held inside the request.
 """
 
 from __future__ import annotations
@@ -209,6 +213,7 @@ class _Conn:
         self.sock = sock
         self.h11 = h11.Connection(h11.CLIENT)
         self.received = 0  # bytes received in the current exchange
+        self.eof = False  # the server closed the connection during the current exchange
 
     def peer_went_away(self) -> bool:
         """True when an idle connection has pending bytes or EOF: the server closed it."""
@@ -251,11 +256,13 @@ class HttpClient:
         server_hostname: str | None = None,
         jitter: Callable[[], float] = random.random,
         wall_clock: Callable[[], float] = time.time,
+        wait_retry_after: bool = True,
     ) -> None:
         """``ssl_context`` is required for https. Plain http needs ``allow_plain_http=True``
         (tests only: the utility link is always TLS). ``jitter`` returns a value in [0, 1]
         scaling the random half of each backoff; ``wall_clock`` turns Retry-After dates into
-        delays.
+        delays. ``wait_retry_after=False``: a 429/503 with ``Retry-After`` is returned instead
+        of waited out (the caller schedules the retry).
         """
         scheme, host, port = _origin(base_url)
         if scheme == "https" and ssl_context is None:
@@ -278,6 +285,7 @@ class HttpClient:
         self.follow_redirects = follow_redirects
         self._jitter = jitter
         self._wall_clock = wall_clock
+        self.wait_retry_after = wait_retry_after
         self.stats = HttpStats()
         self._conn: _Conn | None = None
         self._lock = trio.Lock()
@@ -394,8 +402,14 @@ class HttpClient:
                 throttled = status in (429, 503)
                 if not (throttled or (status >= 500 and idempotent)) or attempt >= self.retries:
                     return response
-                asked = parse_retry_after(response.header("retry-after"), self._wall_clock())
-                if throttled and asked is not None:
+                asked = None
+                if throttled:
+                    asked = parse_retry_after(response.header("retry-after"), self._wall_clock())
+                    if asked is None and status == 429:
+                        return response  # no Retry-After: the caller backs off at its own rate
+                    if asked is not None and not self.wait_retry_after:
+                        return response  # the caller schedules the retry
+                if asked is not None:
                     delay = min(asked, self.retry_after_cap)
                 else:
                     delay = self.backoff_delay(attempt)
@@ -491,6 +505,7 @@ class HttpClient:
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn.received = 0
+        conn.eof = False
         done = False
         try:
             with trio.fail_after(self.timeout):
@@ -516,8 +531,16 @@ class HttpClient:
                 raise _Retry(err) from exc
             raise err from exc
         except h11.RemoteProtocolError as exc:
-            if reused and conn.received == 0 and "closed" in str(exc).lower():
-                raise _Retry(HttpConnectionError(f"{method} {url}: connection closed")) from exc
+            if conn.eof:
+                # h11 reports an EOF before the response was complete as a protocol error; it is
+                # a broken connection, not a malformed response, so it is retried as one
+                err = HttpConnectionError(
+                    f"{method} {url}: the server closed the connection before its response was "
+                    f"complete ({exc})"
+                )
+                if reused and conn.received == 0:
+                    raise _Retry(err) from exc
+                raise err from exc
             raise HttpProtocolError(f"{method} {url}: invalid HTTP response: {exc}") from exc
         finally:
             if not done:
@@ -546,6 +569,7 @@ class HttpClient:
                 raise HttpProtocolError("server sent bytes after its response")
             data = await conn.stream.receive_some(65536)
             conn.received += len(data)
+            conn.eof = conn.eof or not data
             self.stats.bytes_received += len(data)
             conn.h11.receive_data(bytes(data))
 
@@ -580,7 +604,7 @@ class HttpClient:
             elif isinstance(event, h11.EndOfMessage):
                 break
             elif isinstance(event, h11.ConnectionClosed):
-                raise HttpProtocolError(f"{method} {url}: connection closed mid-body")
+                raise trio.BrokenResourceError("server closed the connection mid-body")
             else:
                 raise HttpProtocolError(f"{method} {url}: unexpected {type(event).__name__}")
         return Response(status, hdrs, b"".join(chunks), url)

@@ -3,7 +3,10 @@
 One task, one loop: each `step` walks whatever part of the resource tree is due (per its own
 pollRate, following links every time), advances the response tracker, posts due responses and
 telemetry, and says when it next needs to wake. Requests go one at a time over one kept-alive
-mutual-TLS connection (`httpio.HttpClient`), which handles 429/503 and Retry-After itself.
+mutual-TLS connection (`httpio.HttpClient`). A 429 or 503 with Retry-After is not waited out
+inside the request: the URL is marked "not before T" and the walk (or the POST) is retried then,
+so one throttled resource never holds up the rest of the step. A 429 without Retry-After backs off
+from the resource's pollRate, doubling.
 
 What survives a restart (schedule, unsent responses, unsent readings) is written through
 `state.LinkStore` before the network is touched again. The app reads `state()` (a frozen
@@ -22,7 +25,14 @@ from typing import Any, TypeVar
 
 import trio
 
-from dynexport.httpio import HttpClient, HttpError, HttpStatusError, client_context
+from dynexport.httpio import (
+    HttpClient,
+    HttpError,
+    HttpStatusError,
+    Response,
+    client_context,
+    parse_retry_after,
+)
 from dynexport.sep2 import flow, responses
 from dynexport.sep2.certs import lfdi as cert_lfdi
 from dynexport.sep2.certs import load_certificates, sfdi_from_lfdi
@@ -76,6 +86,15 @@ MAX_ERRORS = 10
 
 class Sep2Error(Exception):
     """A utility-link failure described for the installer (wraps HTTP, TLS and parse errors)."""
+
+
+class Throttled(HttpStatusError):
+    """The server answered 429 (or 503 with Retry-After): ``url`` is not asked again before
+    ``not_before`` (local time)."""
+
+    def __init__(self, status: int, url: str, body: bytes, not_before: float) -> None:
+        super().__init__(status, url, body)
+        self.not_before = not_before
 
 
 @dataclass(frozen=True)
@@ -133,12 +152,16 @@ class LinkState:
     telemetry_dropped: int
     last_error: str | None
     errors: tuple[tuple[float, str], ...] = ()
+    warnings: tuple[str, ...] = ()
+    """The last walk's warnings (clock offset, a PIN that could not be checked, missing links)."""
 
 
 @dataclass
 class _Attempt:
     count: int = 0
     next_try: float = 0.0
+    not_before: float = 0.0
+    """The server's Retry-After on the last attempt, as a local time."""
 
 
 @dataclass
@@ -160,6 +183,8 @@ def device_lfdi(cert_file: str | Any) -> str:
 
 def describe_error(exc: BaseException) -> str:
     """One line an installer can act on."""
+    if isinstance(exc, Throttled):
+        return f"server answered HTTP {exc.status} for {exc.url} (asking again later)"
     if isinstance(exc, HttpStatusError):
         return f"server answered HTTP {exc.status} for {exc.url}"
     if isinstance(exc, Sep2ParseError):
@@ -203,6 +228,8 @@ class Sep2Client:
                 timeout=self.options.http_timeout,
                 retries=self.options.http_retries,
                 wall_clock=clock,
+                # the link schedules Retry-After itself; the one-shot installer walk just waits
+                wait_retry_after=read_only,
             )
         self.http = http
         self.dcap_url = http.url_for(config.dcap)
@@ -235,6 +262,10 @@ class Sep2Client:
         self._der_key: tuple[object, ...] | None = None
         self._der_sent: float | None = None
         self._attempts: dict[tuple[str, int], _Attempt] = {}
+        self._not_before: dict[str, tuple[int, float]] = {}
+        """URL → (status, local time) before which it is not asked again (429/503)."""
+        self._throttles: dict[str, int] = {}
+        """URL → consecutive 429s without Retry-After (the backoff doubles with each)."""
         self._telemetry = _Telemetry()
         self._wake = trio.Event()
 
@@ -279,6 +310,7 @@ class Sep2Client:
             telemetry_dropped=self.outbox.dropped,
             last_error=self.errors[-1][1] if self.errors else None,
             errors=tuple(self.errors),
+            warnings=() if self.last_walk is None else self.last_walk.warnings,
         )
 
     def update_der(self, info: DerInfo) -> None:
@@ -365,6 +397,8 @@ class Sep2Client:
         delay = WALK_RETRY_S[min(self._walk_failures, len(WALK_RETRY_S) - 1)]
         self._walk_failures += 1
         self._walk_retry_at = self._clock() + delay
+        if isinstance(exc, Throttled):  # not before the server (or our backoff) allows
+            self._walk_retry_at = max(self._walk_retry_at, exc.not_before)
         self._book.forget()  # after an outage walk everything again (links may have changed)
         self._walked = False
 
@@ -378,13 +412,54 @@ class Sep2Client:
         cached = self._cache.get(url)
         if not force and isinstance(cached, cls) and not self._book.is_due(url, now):
             return cached
-        response = await self.http.get(url)
-        self._requests += 1
-        response.raise_for_status()
+        response = await self._get_response(url, url, cached, inherited)
         obj = parse_as(cls, response.body)
         self._cache[url] = obj
-        self._book.record(url, now, flow.poll_rate(getattr(obj, "poll_rate", None), inherited))
+        # when the answer arrived, not when it was asked: a slow answer is not due again at once
+        rate = flow.poll_rate(getattr(obj, "poll_rate", None), inherited)
+        self._book.record(url, self._clock(), rate)
         return obj
+
+    async def _get_response(
+        self, target: str, url: str, cached: object, inherited: int | None
+    ) -> Response:
+        """GET ``target`` (``url`` or one of its pages), honouring and recording throttling."""
+        held = self._not_before.get(url)
+        if held is not None and self._clock() < held[1]:
+            raise Throttled(held[0], url, b"", held[1])
+        response = await self.http.get(target)
+        self._requests += 1
+        rate = flow.poll_rate(getattr(cached, "poll_rate", None), inherited)
+        throttled = self._throttle(url, response, rate)
+        if throttled is not None:
+            raise throttled
+        response.raise_for_status()
+        self._not_before.pop(url, None)
+        self._throttles.pop(url, None)
+        return response
+
+    def _throttle(self, url: str, response: Response, rate: int | None) -> Throttled | None:
+        """For a 429, or a 503 with Retry-After: marks ``url`` "not before T" and says so.
+
+        T is the server's Retry-After (capped as the HTTP client caps it); without one (a 429),
+        ``rate`` (the resource's pollRate) doubling with each 429 in a row. None otherwise, and
+        for a 429 without Retry-After when no ``rate`` is known (POST/PUT: their callers back
+        off)."""
+        if response.status not in (429, 503):
+            return None
+        now = self._clock()
+        asked = parse_retry_after(response.header("retry-after"), now)
+        if asked is not None:
+            wait = min(asked, self.http.retry_after_cap)
+        elif response.status == 429 and rate is not None:
+            count = self._throttles.get(url, 0)
+            self._throttles[url] = count + 1
+            wait = flow.throttle_delay(rate, count)
+        else:
+            return None
+        log.info("%s: HTTP %d; not asking again for %.0f s", url, response.status, wait)
+        self._not_before[url] = (response.status, now + wait)
+        return Throttled(response.status, url, response.body, now + wait)
 
     async def _get_list(
         self, url: str, cls: type[L], inherited: int | None = None, *, force: bool = False
@@ -398,9 +473,8 @@ class Sep2Client:
         first: L | None = None
         start = 0
         for _ in range(flow.MAX_PAGES):
-            response = await self.http.get(page_query(url, start, self.options.page_size))
-            self._requests += 1
-            response.raise_for_status()
+            target = page_query(url, start, self.options.page_size)
+            response = await self._get_response(target, url, cached, inherited)
             page = parse_as(cls, response.body)
             if page.results != len(page.items):
                 # Items we could not read (e.g. in a foreign namespace) must not look like
@@ -425,7 +499,9 @@ class Sep2Client:
             )
         merged = replace(first, items=tuple(items), results=len(items))
         self._cache[url] = merged
-        self._book.record(url, now, flow.poll_rate(first.poll_rate, inherited))
+        # when the last page arrived, not when the first was asked (a held request is not
+        # due again at once)
+        self._book.record(url, self._clock(), flow.poll_rate(first.poll_rate, inherited))
         return merged
 
     async def _get_optional(
@@ -440,10 +516,17 @@ class Sep2Client:
                 return None
             raise
 
-    async def _send(self, method: str, url: str, body: bytes) -> int:
+    async def _send(self, method: str, url: str, body: bytes) -> Response:
         response = await self.http.request(method, url, body=body)
         self._requests += 1
-        return response.status
+        return response
+
+    def _refused(self, what: str, url: str, response: Response) -> Exception:
+        """The error for a write the server did not accept (Throttled for 429/503 with
+        Retry-After, so the retry waits for it)."""
+        return self._throttle(url, response, None) or Sep2Error(
+            f"{what} {url}: HTTP {response.status}"
+        )
 
     # -- the walk -----------------------------------------------------------------------------
 
@@ -512,9 +595,12 @@ class Sep2Client:
             )
         check = flow.check_registration(registration, self.config.pin)
         if check != self.registration:
-            (log.info if check.acting else log.error)("registration: %s", check.message)
+            level = log.warning if check.warning else log.info if check.acting else log.error
+            level("registration: %s", check.message)
         self.registration = check
         result = replace(result, registration=registration, registration_check=check)
+        if check.warning:
+            warnings.append(check.message)
         if not check.acting:
             warnings.append(check.message)
             self.connected = True
@@ -530,9 +616,9 @@ class Sep2Client:
                 else flow.connection_point_update(cp, self.config.nmi, already_put=self._cp_put)
             )
             if update is not None:
-                status = await self._send("PUT", cp_url, to_xml(update))
-                if not 200 <= status < 300:
-                    raise Sep2Error(f"PUT ConnectionPoint {cp_url}: HTTP {status}")
+                response = await self._send("PUT", cp_url, to_xml(update))
+                if not 200 <= response.status < 300:
+                    raise self._refused("PUT ConnectionPoint", cp_url, response)
                 self._cp_put = True
                 cp = update
                 self._cache.pop(cp_url, None)
@@ -542,6 +628,10 @@ class Sep2Client:
 
         programs, complete = await self._walk_programs(edev, edev_url, edevs, force, visited)
         result = replace(result, programs=programs, complete=complete)
+        if complete:
+            # Stored now, not after the walk: a later GET (DER list, mirrors) that fails must
+            # not lose a cancellation already read (CSIP-AUS ALL-30, comms cut mid-walk).
+            self._store_programs(result)
 
         if edev.der_list_link is not None:
             der_list_url = resolve_href(edev_url, edev.der_list_link.href)
@@ -560,7 +650,7 @@ class Sep2Client:
 
         self._dcap, self._edev = dcap, edev
         if not self.read_only:
-            await self._ensure_mirrors(dcap, edev)
+            await self._ensure_mirrors(dcap, edev, force=force, visited=visited)
         self.connected = True
         return self._finish_walk(replace(result, warnings=tuple(warnings)), visited)
 
@@ -569,28 +659,30 @@ class Sep2Client:
         self.last_poll = self._clock()
         self._book.keep_only(visited)
         self._cache = {u: o for u, o in self._cache.items() if u in visited}
+        now = self._clock()
+        self._not_before = {u: v for u, v in self._not_before.items() if v[1] > now}
         result = replace(result, requests=self._requests)
         self.last_walk = result
-        if result.complete and not self.read_only:
-            self.snapshot = ScheduleSnapshot(
-                programs=result.programs,
-                fetched_at=result.fetched_at,
-                clock_offset=self.clock_offset,
-            )
-            self.store.save_schedule(self.snapshot)
-        elif result.complete:
-            self.snapshot = ScheduleSnapshot(result.programs, result.fetched_at, self.clock_offset)
         return result
+
+    def _store_programs(self, result: WalkResult) -> None:
+        """Every program list was read in full: they become the schedule (saved atomically)."""
+        self.snapshot = ScheduleSnapshot(
+            programs=result.programs,
+            fetched_at=result.fetched_at,
+            clock_offset=self.clock_offset,
+        )
+        if not self.read_only:
+            self.store.save_schedule(self.snapshot)
 
     async def _register(self, edev_list_url: str) -> str:
         """In-band registration: POST our EndDevice; its URL comes back in Location."""
         body = to_xml(
             flow.new_end_device(self.lfdi, self.server_now(), self.options.device_category)
         )
-        response = await self.http.post(edev_list_url, body)
-        self._requests += 1
+        response = await self._send("POST", edev_list_url, body)
         if not 200 <= response.status < 300:
-            raise Sep2Error(f"registering our EndDevice: HTTP {response.status}")
+            raise self._refused("registering our EndDevice: POST", edev_list_url, response)
         location = response.header("location")
         if location:
             log.info("registered EndDevice %s at %s", self.lfdi, location)
@@ -668,9 +760,9 @@ class Sep2Client:
             if link is None:
                 continue
             url = resolve_href(self._der_url, link.href)
-            status = await self._send("PUT", url, to_xml(body))
-            if not 200 <= status < 300:
-                raise Sep2Error(f"PUT {type(body).__name__} {url}: HTTP {status}")
+            response = await self._send("PUT", url, to_xml(body))
+            if not 200 <= response.status < 300:
+                raise self._refused(f"PUT {type(body).__name__}", url, response)
         self._der_key, self._der_sent = key, now
 
     # -- responses ----------------------------------------------------------------------------
@@ -702,7 +794,8 @@ class Sep2Client:
                 continue
             outcome = await self._post_response(pending, attempt)
             if outcome is flow.SendOutcome.RETRY:
-                attempt.next_try = self._clock() + flow.retry_delay(attempt.count)
+                backoff = self._clock() + flow.retry_delay(attempt.count)
+                attempt.next_try = max(backoff, attempt.not_before)
                 if attempt.count == 1 or attempt.count % 10 == 0:
                     log.warning(
                         "response %s for %s not accepted yet (attempt %d)",
@@ -728,41 +821,57 @@ class Sep2Client:
         url = resolve_href(self.dcap_url, pending.reply_to)
         attempt.count += 1
         try:
-            status = await self._send("POST", url, to_xml(flow.response_body(pending, self.lfdi)))
+            body = to_xml(flow.response_body(pending, self.lfdi))
+            response = await self._send("POST", url, body)
         except HttpError as exc:
             log.debug("response POST failed: %s", exc)
             return flow.SendOutcome.RETRY
-        return flow.send_outcome(status, attempt.count)
+        throttled = self._throttle(url, response, None)
+        attempt.not_before = 0.0 if throttled is None else throttled.not_before
+        return flow.send_outcome(response.status, attempt.count)
 
     # -- telemetry ----------------------------------------------------------------------------
 
-    async def _ensure_mirrors(self, dcap: DeviceCapability, edev: EndDevice) -> None:
-        """Finds or creates our site and DER MirrorUsagePoints (once; again after a 404)."""
+    async def _ensure_mirrors(
+        self,
+        dcap: DeviceCapability,
+        edev: EndDevice,
+        *,
+        force: bool = False,
+        visited: set[str] | None = None,
+    ) -> None:
+        """Reads the MirrorUsagePointList at its own pollRate (CSIP-AUS ALL-06 GET-MUP-2): finds
+        or creates our site and DER MirrorUsagePoints (again after a 404) and applies the
+        postRate the server gives them on every fetch (ALL-10)."""
         tele = self._telemetry
         if dcap.mirror_usage_point_list_link is None:
             return
         tele.mup_list_url = resolve_href(self.dcap_url, dcap.mirror_usage_point_list_link.href)
-        if all(role in tele.mup_urls for role in (SITE_ROLE, DER_ROLE)):
-            return
-        mups = await self._get_list(tele.mup_list_url, MirrorUsagePointList, force=True)
-        self._book.entries.pop(tele.mup_list_url, None)  # not part of the polled tree
+        if visited is not None:
+            visited.add(tele.mup_list_url)
+        missing = not all(role in tele.mup_urls for role in (SITE_ROLE, DER_ROLE))
+        mups = await self._get_list(
+            tele.mup_list_url, MirrorUsagePointList, dcap.poll_rate, force=force or missing
+        )
         interval = self.averager.interval_s
         for role in (SITE_ROLE, DER_ROLE):
-            if role in tele.mup_urls:
-                continue
             wanted = flow.mirror_usage_point(self.lfdi, role, interval, self.options.quantities)
             existing = next((m for m in mups.items if m.mrid == wanted.mrid), None)
             if existing is not None and existing.href:
                 tele.mup_urls[role] = resolve_href(tele.mup_list_url, existing.href)
                 self._set_post_rate(existing, edev)
                 continue
-            response = await self.http.post(tele.mup_list_url, to_xml(wanted))
-            self._requests += 1
+            if role in tele.mup_urls:
+                continue  # not listed (yet): a 404 on posting is what makes us re-create it
+            response = await self._send("POST", tele.mup_list_url, to_xml(wanted))
             location = response.header("location")
-            if not 200 <= response.status < 300 or not location:
+            if not 200 <= response.status < 300:
+                what = f"creating the {role} MirrorUsagePoint: POST"
+                raise self._refused(what, tele.mup_list_url, response)
+            if not location:
                 raise Sep2Error(
-                    f"creating the {role} MirrorUsagePoint: HTTP {response.status}"
-                    + ("" if location else " without a Location")
+                    f"creating the {role} MirrorUsagePoint: HTTP {response.status} without a "
+                    "Location"
                 )
             tele.mup_urls[role] = resolve_href(tele.mup_list_url, location)
             created = await self._get_optional(tele.mup_urls[role], MirrorUsagePoint, force=True)
@@ -773,6 +882,8 @@ class Sep2Client:
 
     def _set_post_rate(self, mup: MirrorUsagePoint | None, edev: EndDevice) -> None:
         rate = flow.post_rate(None if mup is None else mup.post_rate, edev.post_rate)
+        if rate != self._telemetry.post_rate:
+            log.info("telemetry post rate %d s", rate)
         self._telemetry.post_rate = rate
         interval = flow.interval_for(rate)
         if interval != self.averager.interval_s:
@@ -793,6 +904,8 @@ class Sep2Client:
             except (HttpError, Sep2Error, Sep2ParseError) as exc:
                 tele.failures += 1
                 tele.retry_at = now + flow.retry_delay(tele.failures, base=10.0)
+                if isinstance(exc, Throttled):
+                    tele.retry_at = max(tele.retry_at, exc.not_before)
                 log.debug("re-creating a MirrorUsagePoint failed: %s", exc)
                 return
         batch = self.outbox.batch(200)
@@ -805,16 +918,18 @@ class Sep2Client:
                 if url is None:
                     continue
                 for mmr in flow.meter_readings(self.lfdi, role, batch):
-                    status = await self._send("POST", url, to_xml(mmr))
-                    if status == 404:
+                    response = await self._send("POST", url, to_xml(mmr))
+                    if response.status == 404:
                         log.warning("the server forgot our %s MirrorUsagePoint; recreating", role)
                         tele.mup_urls.pop(role, None)
                         raise Sep2Error("MirrorUsagePoint gone")
-                    if not 200 <= status < 300:
-                        raise Sep2Error(f"posting readings: HTTP {status}")
+                    if not 200 <= response.status < 300:
+                        raise self._refused("posting readings: POST", url, response)
         except (HttpError, Sep2Error) as exc:
             tele.failures += 1
             tele.retry_at = now + flow.retry_delay(tele.failures, base=10.0)
+            if isinstance(exc, Throttled):
+                tele.retry_at = max(tele.retry_at, exc.not_before)
             log.debug("telemetry post failed: %s", exc)
             return
         tele.failures = 0

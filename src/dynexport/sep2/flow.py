@@ -190,10 +190,9 @@ class RegistrationOutcome(StrEnum):
     OK = "ok"
     """The PIN matches the configured one."""
     NOT_CHECKED = "not-checked"
-    """No PIN configured: nothing to compare (the Registration is reported as found)."""
+    """Nothing to compare: no PIN configured, or the server offers no Registration (CSIP-AUS
+    ALL-05: an EndDevice without a RegistrationLink carries on; the message says so)."""
     PIN_MISMATCH = "pin-mismatch"
-    NO_REGISTRATION = "no-registration"
-    """A PIN is configured but the server offers no Registration to check it against."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +200,9 @@ class RegistrationCheck:
     outcome: RegistrationOutcome
     message: str
     server_pin: int | None = None
+    warning: bool = False
+    """True when the installer should hear about it (a configured PIN that could not be
+    checked), although the controls are applied."""
 
     @property
     def acting(self) -> bool:
@@ -212,8 +214,9 @@ def check_registration(registration: Registration | None, pin: int | None) -> Re
     """Compares the server's Registration PIN with the installer's.
 
     A mismatch means we are talking to a server (or an EndDevice record) that is not the one the
-    installer registered with: its controls are not obeyed. Likewise when a PIN is configured but
-    cannot be checked, since the PIN is the only proof the installer has that it is the right one.
+    installer registered with: its controls are not obeyed. Only a Registration whose PIN
+    differs refuses: a server that offers no Registration (no RegistrationLink, or a 404 on it)
+    is followed, as CSIP-AUS ALL-05 expects, with a warning that the PIN could not be checked.
     """
     server_pin = None if registration is None else registration.pin
     if pin is None:
@@ -223,9 +226,10 @@ def check_registration(registration: Registration | None, pin: int | None) -> Re
         )
     if registration is None:
         return RegistrationCheck(
-            RegistrationOutcome.NO_REGISTRATION,
+            RegistrationOutcome.NOT_CHECKED,
             f"the server offers no Registration for this device, so PIN {pin:06d} cannot be "
-            "checked: its controls are not applied",
+            "checked; carrying on without the check",
+            warning=True,
         )
     if registration.pin != pin:
         return RegistrationCheck(
@@ -487,6 +491,13 @@ def send_outcome(status: int, attempts: int, max_attempts: int = 20) -> SendOutc
 def retry_delay(attempts: int, base: float = 5.0, cap: float = 300.0) -> float:
     """Backoff before the next attempt after ``attempts`` failures (5 s, 10 s, ... 300 s)."""
     return float(min(cap, base * 2 ** max(0, attempts - 1)))
+
+
+def throttle_delay(rate: int, count: int, cap: float = DEFAULT_POLL_S) -> float:
+    """How long a resource answered 429 without Retry-After is left alone: its pollRate, doubling
+    with each further 429 in a row (``count`` before this one), up to ``cap`` (or the pollRate
+    itself when that is longer)."""
+    return float(min(rate * 2 ** max(0, count), max(rate, cap)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ import itertools
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
-
 from dynexport.sep2.controls import ControlType
 from dynexport.sep2.flow import DerInfo
 from dynexport.sep2.resources import (
@@ -143,11 +141,6 @@ async def test_all_04_a_matching_pin_lets_the_client_carry_on(link: Harness) -> 
     assert requests(srv, "PUT", DERS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client bug: with a PIN configured, an EndDevice without a RegistrationLink stops the "
-    "client (flow.check_registration NO_REGISTRATION), so it never reads the FSA or DER list",
-)
 async def test_all_05_no_registration_link_still_registers_and_walks_on(
     pki_dir: Path, clock: FakeClock, tmp_path: Path
 ) -> None:
@@ -205,11 +198,6 @@ async def test_all_06_individual_readings_at_least_six_of_each_in_eight_minutes(
     assert poll_problems(server, endpoints, 60, T0, clock.t) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client bug: the MirrorUsagePointList is read once (to find or create the mirrors) "
-    "and never polled again, so GET-MUP-2 and the 60 s /mup poll check fail",
-)
 async def test_all_06_mirror_usage_point_list_is_polled_at_its_poll_rate(
     server: UtilityServer, clock: FakeClock, tmp_path: Path
 ) -> None:
@@ -283,11 +271,6 @@ async def test_all_09_capability_settings_and_status_are_put_after_the_der_list(
     assert settings.set_max_w is not None and settings.doe_modes_enabled is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client bug: the postRate is read only when the MirrorUsagePoints are found or "
-    "created; a changed postRate is never seen (the /mup list is not polled again)",
-)
 async def test_all_10_a_changed_post_rate_is_followed(
     server: UtilityServer, clock: FakeClock, tmp_path: Path
 ) -> None:

@@ -441,12 +441,6 @@ async def test_all_30_default_persists_through_a_power_cycle_without_network(
     await second.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client bug: programs are stored only when the whole walk succeeds; a cancellation "
-    "read just before the link drops (DER list GET fails) is lost, so the cancelled control "
-    "is obeyed again after a power cycle",
-)
 async def test_all_30_a_cancellation_read_before_comms_drop_mid_walk_survives_a_power_cycle(
     server: UtilityServer, clock: FakeClock, tmp_path: Path
 ) -> None:

@@ -1,8 +1,8 @@
 """Provisional CSIP-AUS client procedures P-04..P-06: no href caching across a program
 relocation, and backing off on HTTP 429 with and without Retry-After (docs/csip-aus-procedures.md).
 
-P-05/P-06 run the client's own `run()` loop on trio's MockClock (the HTTP layer's Retry-After and
-backoff waits are real trio sleeps), with the wall clock of both sides derived from it."""
+P-05/P-06 run the client's own `run()` loop on trio's MockClock (its waits for a Retry-After or a
+429 backoff are real trio sleeps), with the wall clock of both sides derived from it."""
 
 from __future__ import annotations
 
@@ -128,12 +128,6 @@ async def _throttled(
     return [r.t - first for r in requests(srv, "GET", derc)], block_s
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client bug: a 429 without Retry-After is retried 3 times by HttpClient (1-4 s "
-    "backoff) and the failed walk is re-run after 5, 15, 30 s, so the DERControlList is asked "
-    "far more than the harness's 9 times in 210 s",
-)
 async def test_p_05_429_without_retry_after_backs_off_and_resumes(
     mock_clock: trio.testing.MockClock, mock_server: UtilityServer, tmp_path: Path
 ) -> None:
@@ -161,12 +155,6 @@ async def test_p_06_429_with_retry_after_is_not_polled_again_before_it_elapses(
     assert got[0] == 429 and got[-1] == 200, got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client bug: _get/_get_list record a poll at the time the request was started, so a "
-    "request held 180 s by Retry-After is due again at once and is repeated immediately "
-    "(harness resource-requests maximum_count 2)",
-)
 async def test_p_06_resumes_normal_polling_without_a_duplicate_request(
     mock_clock: trio.testing.MockClock, mock_server: UtilityServer, tmp_path: Path
 ) -> None:
