@@ -145,6 +145,12 @@ def _tcp_port(server: Any) -> int:
 
 
 def _start(sim: SimServer, make_server: Callable[[SiteContext], Any]) -> SimServer:
+    pymodbus_log = logging.getLogger("pymodbus")
+    if pymodbus_log.level == logging.NOTSET:
+        # pymodbus reports every request to an absent unit (what a scan does) as an error, with
+        # frame dumps; for a simulator those are expected, not news. Configure the logger
+        # explicitly to see them.
+        pymodbus_log.setLevel(logging.CRITICAL)
     ready = threading.Event()
 
     def on_ready(server: Any) -> None:
