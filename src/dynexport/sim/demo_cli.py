@@ -39,8 +39,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 async def _main(options: DemoOptions, seconds: float | None) -> None:
-    async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(*_signals()) as signals:
+    with trio.open_signal_receiver(*_signals()) as signals:
+        async with trio.open_nursery() as nursery:
             await nursery.start(run_demo, options)
 
             async def stop_on_signal() -> None:

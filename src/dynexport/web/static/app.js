@@ -308,6 +308,9 @@
       el("td", { class: i.online ? (i.controllable === false ? "bad" : "ok") : "bad",
         text: !i.online ? "offline" : i.controllable === false ? "not controllable" : "online" }))));
     const u = st.utility;
+    if (S.nextChange && Date.parse(S.nextChange) <= Date.now()) {
+      S.nextChange = null; loadChart();  // that change has happened: ask for the next one
+    }
     facts($("#utility"), u.configured ? [["Link", u.connected ? "connected" : "not connected"],
       ["Last poll", u.lastPoll], ["Export limit", st.limits.source.export_w === "utility" ? W(st.limits.exportW) : "none from the utility"],
       ["Next change", S.nextChange || "none scheduled"], ["LFDI", u.lfdi], ["SFDI", u.sfdi], ["Last error", u.lastError]]
