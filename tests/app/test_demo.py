@@ -45,3 +45,47 @@ async def test_demo_runs_the_service_against_the_simulators_and_obeys_the_utilit
         assert status in (200, 302)
         assert (tmp_path / "config.json").exists()
         nursery.cancel_scope.cancel()
+
+
+def test_make_run_command_serves_until_interrupted_then_exits_cleanly(tmp_path: Path):
+    """What `make run` does: `dynexport demo` with no time limit, stopped by Ctrl-C."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dynexport", "demo", "--port", str(port), "--data", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        doc = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2) as r:
+                    doc = json.loads(r.read())
+                if doc["inverters"] and doc["inverters"][0]["online"]:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert doc is not None and doc["inverters"][0]["online"] is True
+        time.sleep(3)  # a few control cycles with nobody asking
+        assert proc.poll() is None, "the demo stopped by itself"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "web UI http://127.0.0.1:" in out
+    assert "left at fail-safe limit" in err
