@@ -322,14 +322,28 @@ class App:
                 self.utility.update_der(der)
 
     def sample(self, t: float) -> Sample:
-        """Site and DER readings for the utility's telemetry."""
-        values: dict[tuple[str, str], float | None] = {}
+        """Site and DER readings for the utility's telemetry: totals keyed (role, quantity),
+        and per phase (role, quantity, "A" | "B" | "C") where more than one phase is known (on a
+        single-phase site phase A is the total, so it is not sent twice)."""
+        values: dict[tuple[str, ...], float | None] = {}
+
+        def phases(role: str, quantity: str, per_phase: tuple[float | None, ...]) -> None:
+            known = [v for v in per_phase if v is not None and math.isfinite(v)]
+            if len(known) < 2:
+                return
+            for name, value in zip(("A", "B", "C"), per_phase, strict=False):
+                if value is not None and math.isfinite(value):
+                    values[(role, quantity, name)] = value
+
         meter = self.meter.state.reading if self.meter is not None else None
         if meter is not None:
             values[("site", "W")] = meter.site_w
             values[("site", "var")] = meter.var
             values[("site", "V")] = _mean(meter.phase_v)
             values[("site", "Hz")] = meter.hz
+            phases("site", "W", meter.phase_w)
+            phases("site", "var", meter.phase_var)
+            phases("site", "V", meter.phase_v)
         readings = [
             link.state.reading
             for link in self.inverters
@@ -342,6 +356,14 @@ class App:
                 tuple(v for r in readings if r is not None for v in r.phase_v)
             )
             values[("der", "Hz")] = _mean(tuple(r.hz for r in readings if r is not None))
+            # per-phase DER voltage: the mean over the inverters that report that phase
+            phases(
+                "der",
+                "V",
+                tuple(
+                    _mean(tuple(r.phase_v[i] for r in readings if r is not None)) for i in range(3)
+                ),
+            )
         return Sample(t=t, values=values)
 
     def der_info(self) -> DerInfo | None:

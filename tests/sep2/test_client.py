@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from dynexport.sep2 import schema
+from dynexport.sep2 import flow, schema
 from dynexport.sep2.certs import make_test_pki
 from dynexport.sep2.client import ClientOptions, Sep2Client
 from dynexport.sep2.controls import ControlType
@@ -369,6 +369,173 @@ async def test_telemetry_is_posted_at_the_post_rate_and_a_forgotten_mirror_recre
     assert len([r for r in server.requests_for("/mup") if r.method == "GET"]) > lookups
     assert len(server.readings) > posted
     assert client.state().telemetry_backlog == 0
+    await client.http.aclose()
+
+
+def mirrored(srv: UtilityServer, role: str, lfdi: str) -> dict[tuple[int, int, int, int], int]:
+    """What one of our mirrors received: (uom, dataQualifier, phase, interval start) → value."""
+    mup_mrid = flow.mrid_for(lfdi, "mup", role)
+    got: dict[tuple[int, int, int, int], int] = {}
+    for received in srv.readings:
+        rt = received.reading.reading_type
+        if received.mup_mrid != mup_mrid or rt is None:
+            continue
+        for rs in received.reading.mirror_reading_sets:
+            for reading in rs.readings:
+                assert rt.uom is not None and rt.data_qualifier is not None
+                assert rt.phase is not None and reading.value is not None
+                got[(rt.uom, rt.data_qualifier, rt.phase, rs.time_period.start)] = reading.value
+    return got
+
+
+def site_and_der_sample(t: float, i: int) -> Sample:
+    """Known values: site W -1000, -1100, ... (phases A/B/C a third each), DER W 3000 + 100 i."""
+    w = -1000.0 - 100 * i
+    values: dict[tuple[str, ...], float] = {
+        ("site", "W"): w,
+        ("site", "var"): 100.0 + i,
+        ("site", "V"): 240.0 + i / 10,
+        ("site", "Hz"): 50.0 + i / 100,
+        ("der", "W"): 3000.0 + 100 * i,
+        ("der", "var"): -50.0,
+        ("der", "V"): 241.0,
+        ("der", "Hz"): 50.0,
+    }
+    for phase, share in (("A", 0.5), ("B", 0.3), ("C", 0.2)):
+        values[("site", "W", phase)] = w * share
+    values[("site", "V", "B")] = 239.0
+    return Sample(t=t, values=values)
+
+
+async def test_mirrors_get_averages_min_max_hz_and_per_phase_in_one_post_each(
+    server, clock, tmp_path
+):
+    client = make_client(server, clock, tmp_path)
+    await client.step()  # walk, mirrors created; post rate 60 s, so 60 s intervals
+    for i in range(6):  # one interval [T0, T0 + 60) of 10 s samples
+        client.add_sample(site_and_der_sample(clock(), i))
+        clock.advance(10)
+    client.add_sample(site_and_der_sample(clock(), 0))  # closes it
+    posts_before = len([r for r in server.requests_for("/mup/") if r.method == "POST"])
+    await client.step()
+    reading_posts = [r for r in server.requests_for("/mup/") if r.method == "POST"]
+    assert len(reading_posts) - posts_before == 2  # one MirrorMeterReadingList per mirror
+    posts = [r for r in server.requests_for("/mup") if r.method == "POST"]
+    assert [(r.status, r.schema_error) for r in posts if r.status != 201] == []
+    start = int(T0)
+    site = mirrored(server, "site", client.lfdi)
+    # W: samples -1000 ... -1500: mean -1250, min -1500, max -1000 (dataQualifier 2, 9, 8)
+    assert [site[(38, q, 0, start)] for q in (2, 9, 8)] == [-1250, -1500, -1000]
+    assert [site[(63, q, 0, start)] for q in (2, 9, 8)] == [102, 100, 105]  # 102.5 rounds even
+    assert [site[(29, q, 0, start)] for q in (2, 9, 8)] == [2402, 2400, 2405]  # 0.1 V
+    assert [site[(33, q, 0, start)] for q in (2, 9, 8)] == [5002, 5000, 5005]  # 0.01 Hz
+    # per phase: PhaseCode A 128, B 64, C 32 for W; BN 65 for V
+    assert [site[(38, 2, code, start)] for code in (128, 64, 32)] == [-625, -375, -250]
+    assert [site[(38, q, 128, start)] for q in (9, 8)] == [-750, -500]
+    assert [site[(29, q, 65, start)] for q in (2, 9, 8)] == [2390, 2390, 2390]
+    der = mirrored(server, "der", client.lfdi)
+    assert [der[(38, q, 0, start)] for q in (2, 9, 8)] == [3250, 3000, 3500]
+    assert {(u, q) for u, q, ph, _ in der} == {(u, q) for u in (38, 63, 29, 33) for q in (2, 8, 9)}
+    assert not any(ph for _, _, ph, _ in der)  # no per-phase DER values were sampled
+    assert client.state().telemetry_backlog == 0
+    await client.http.aclose()
+
+
+async def test_a_server_without_reading_lists_gets_one_reading_per_post(server, clock, tmp_path):
+    server.accept_reading_lists = False
+    client = make_client(server, clock, tmp_path)
+    await client.step()
+    for i in range(7):
+        client.add_sample(site_and_der_sample(clock(), i))
+        clock.advance(10)
+    await client.step()
+    assert client.state().telemetry_backlog == 0
+    assert client._telemetry.lists is False
+    site = mirrored(server, "site", client.lfdi)
+    assert [site[(38, q, 0, int(T0))] for q in (2, 9, 8)] == [-1250, -1500, -1000]
+    refused = [r for r in server.requests_for("/mup/") if r.status == 400]
+    assert len(refused) == 1  # asked once, then one MirrorMeterReading per POST
+    await client.http.aclose()
+
+
+async def test_a_forgotten_mirror_is_posted_again_and_no_buffered_reading_is_lost(
+    server, clock, tmp_path
+):
+    client = make_client(server, clock, tmp_path)
+    await client.step()
+    for i in range(7):
+        client.add_sample(site_and_der_sample(clock(), i))
+        clock.advance(10)
+    await client.step()  # [T0, T0 + 60) posted
+    site_href = client._telemetry.mup_urls["site"].removeprefix(server.url)
+    site_mrid = flow.mrid_for(client.lfdi, "mup", "site")
+    assert server.mirror_hrefs(client.lfdi)[site_href] == site_mrid
+    server.forget_mirror(site_href)
+    for i in range(12):  # two more intervals, then the post that finds the mirror gone
+        client.add_sample(site_and_der_sample(clock(), i))
+        clock.advance(10)
+    await client.step()
+    assert [r.status for r in server.requests_for(site_href) if r.method == "POST"][-1] == 404
+    assert client.state().telemetry_backlog > 0  # the site's readings are kept
+    clock.advance(15)  # past the telemetry retry backoff
+    await client.step()
+    new_href = next(h for h, m in server.mirror_hrefs(client.lfdi).items() if m == site_mrid)
+    assert new_href != site_href  # a new MirrorUsagePoint was POSTed ...
+    posted = [r for r in server.requests_for("/mup") if r.method == "POST" and r.path == "/mup"]
+    assert posted[-1].status == 201
+    assert client.state().telemetry_backlog == 0  # ... and everything buffered delivered to it
+    starts = {start for (uom, q, ph, start) in mirrored(server, "site", client.lfdi)}
+    assert starts == {int(T0), int(T0) + 60, int(T0) + 120}
+    after = [x for x in server.readings if x.mup == new_href and x.reading.mirror_reading_sets]
+    assert {s.time_period.start for x in after for s in x.reading.mirror_reading_sets} == {
+        int(T0) + 60,
+        int(T0) + 120,
+    }
+    der_w = flow.mrid_for(client.lfdi, "mmr", "der", "W")  # the DER's average W series
+    der_w_sets = [
+        s.time_period.start
+        for x in server.readings
+        if x.reading.mrid == der_w
+        for s in x.reading.mirror_reading_sets
+    ]
+    assert sorted(der_w_sets) == sorted(starts)  # the DER mirror: each interval exactly once
+    await client.http.aclose()
+
+
+async def test_readings_are_buffered_through_an_outage_bounded_and_sent_after(
+    server, clock, tmp_path
+):
+    client = Sep2Client(
+        utility_config(server),
+        tmp_path,
+        der=DerInfo(rated_w=5000),
+        clock=clock,
+        options=ClientOptions(http_timeout=5.0, http_retries=0, telemetry_capacity=12),
+    )
+    await client.step()
+    server.inject_fault(path_prefix="", status=503, count=100_000)  # the utility is down
+    for i in range(60):  # ten minutes: ten intervals of two readings (site W, DER W)
+        client.add_sample(Sample(clock(), {("site", "W"): -100.0 * i, ("der", "W"): 10.0 * i}))
+        clock.advance(10)
+        if i % 6 == 5:
+            await client.step()
+    state = client.state()  # the last step closed the last interval (no sample needed)
+    assert not state.connected
+    assert state.telemetry_backlog == 12  # bounded: the oldest were dropped, and counted
+    assert state.telemetry_dropped == 20 - 12
+    assert client.store.load_outbox(12).pending == client.outbox.pending  # survives a restart
+    server.clear_faults()
+    for _ in range(5):
+        clock.advance(300)
+        await client.step()
+        if not client.state().telemetry_backlog:
+            break
+    assert client.state().connected and client.state().telemetry_backlog == 0
+    site = mirrored(server, "site", client.lfdi)
+    sent_after = sorted(start for (_, q, _, start) in site if q == 2 and start > int(T0))
+    assert sent_after == [int(T0) + 60 * k for k in range(4, 10)]  # the newest six intervals
+    # interval k averaged samples 6k .. 6k + 5: site W -100 × (6k + 2.5)
+    assert site[(38, 2, 0, int(T0) + 540)] == -5650
     await client.http.aclose()
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from dynexport.sep2 import flow, schema
 from dynexport.sep2.controls import ControlBase, DERControlEvent, ProgramControls, ResponseStatus
 from dynexport.sep2.resources import (
     ConnectionPoint,
     EndDevice,
+    MirrorMeterReading,
     Registration,
     parse_as,
     parse_end_device,
@@ -219,6 +222,20 @@ def test_mirror_mrids_are_stable_and_distinct_per_role():
     assert a.mrid != flow.mirror_usage_point(LFDI, "der", 300).mrid
 
 
+def _by_type(
+    mmrs: Iterable[MirrorMeterReading],
+) -> dict[tuple[int | None, int | None, int | None], MirrorMeterReading]:
+    """(uom, dataQualifier, phase) → MirrorMeterReading."""
+    out = {}
+    for m in mmrs:
+        rt = m.reading_type
+        assert rt is not None
+        key = (rt.uom, rt.data_qualifier, rt.phase)
+        assert key not in out, key
+        out[key] = m
+    return out
+
+
 def test_buffered_readings_go_in_one_reading_set_per_interval():
     readings = [
         IntervalReading("site", "W", 600, 300, -1520.4, -1600, -1400, 60),
@@ -227,14 +244,81 @@ def test_buffered_readings_go_in_one_reading_set_per_interval():
         IntervalReading("der", "W", 300, 300, 3000.0, 2900, 3100, 60),
     ]
     mmrs = flow.meter_readings(LFDI, "site", readings)
-    by_uom = {m.reading_type.uom: m for m in mmrs if m.reading_type is not None}
-    assert set(by_uom) == {38, 29}
-    w = by_uom[38]
+    by_type = _by_type(mmrs)
+    assert {uom for uom, _, _ in by_type} == {38, 29}
+    w = by_type[(38, 2, 0)]
     assert [s.time_period.start for s in w.mirror_reading_sets] == [300, 600]
     assert [s.readings[0].value for s in w.mirror_reading_sets] == [-1000, -1520]
-    assert by_uom[29].mirror_reading_sets[0].readings[0].value == 2413  # 0.1 V
+    assert by_type[(29, 2, 0)].mirror_reading_sets[0].readings[0].value == 2413  # 0.1 V
     for mmr in mmrs:
         valid(to_xml(mmr))
+
+
+def test_min_and_max_are_their_own_mirror_meter_readings_with_qualifiers_9_and_8():
+    readings = [
+        IntervalReading("site", "W", 300, 300, -1000.0, -1100.4, -899.6, 60),
+        IntervalReading("site", "Hz", 300, 300, 50.012, 49.95, 50.07, 60),
+    ]
+    mmrs = flow.meter_readings(LFDI, "site", readings)
+    by_type = _by_type(mmrs)
+    assert set(by_type) == {(38, q, 0) for q in (2, 8, 9)} | {(33, q, 0) for q in (2, 8, 9)}
+    value = {k: m.mirror_reading_sets[0].readings[0].value for k, m in by_type.items()}
+    assert (value[(38, 2, 0)], value[(38, 9, 0)], value[(38, 8, 0)]) == (-1000, -1100, -900)
+    assert (value[(33, 2, 0)], value[(33, 9, 0)], value[(33, 8, 0)]) == (5001, 4995, 5007)
+    assert len({m.mrid for m in mmrs}) == 6  # each series its own mRID
+    sets = [s.mrid for m in mmrs for s in m.mirror_reading_sets]
+    assert len(set(sets)) == len(sets)
+    # the total's average keeps the mRID it always had (servers already know it)
+    assert by_type[(38, 2, 0)].mrid == flow.mrid_for(LFDI, "mmr", "site", "W")
+    averages_only = flow.meter_readings(LFDI, "site", readings, min_max=False)
+    assert averages_only == [by_type[(33, 2, 0)], by_type[(38, 2, 0)]]
+    body = to_xml(flow.meter_reading_list(mmrs))
+    assert body.count(b"<MirrorMeterReading>") == 6
+    valid(body)
+
+
+def test_per_phase_readings_use_phase_codes_a_b_c_and_an_bn_cn_for_voltage():
+    readings = [
+        IntervalReading("site", q, 300, 300, v, v, v, 60, phase=ph)
+        for q, v in (("W", 500.0), ("var", 10.0), ("V", 240.0))
+        for ph in ("A", "B", "C")
+    ] + [
+        IntervalReading("site", "Hz", 300, 300, 50.0, 50.0, 50.0, 60, phase="A"),  # no per-phase Hz
+        IntervalReading("site", "W", 300, 300, 500.0, 500.0, 500.0, 60, phase="N"),  # unknown
+    ]
+    by_type = _by_type(flow.meter_readings(LFDI, "site", readings, min_max=False))
+    # sep.xsd PhaseCode: 128 Phase A, 64 Phase B, 32 Phase C; 129 AN, 65 BN, 33 CN
+    assert set(by_type) == {
+        (38, 2, 128),
+        (38, 2, 64),
+        (38, 2, 32),
+        (63, 2, 128),
+        (63, 2, 64),
+        (63, 2, 32),
+        (29, 2, 129),
+        (29, 2, 65),
+        (29, 2, 33),
+    }
+    assert by_type[(29, 2, 65)].mirror_reading_sets[0].readings[0].value == 2400
+    assert len({m.mrid for m in by_type.values()}) == 9
+    valid(to_xml(flow.meter_reading_list(list(by_type.values()))))
+
+
+def test_mirror_usage_point_declares_average_min_and_max_of_each_quantity():
+    mup = flow.mirror_usage_point(LFDI, "site", 60, ("W", "var", "V", "Hz"))
+    by_type = _by_type(mup.mirror_meter_readings)
+    assert set(by_type) == {(u, q, 0) for u in (38, 63, 29, 33) for q in (2, 8, 9)}
+    # the same mRIDs the readings are posted under
+    posted = flow.meter_readings(
+        LFDI, "site", [IntervalReading("site", "Hz", 0, 60, 50.0, 49.9, 50.1, 12)]
+    )
+    assert {m.mrid for m in posted} == {by_type[(33, q, 0)].mrid for q in (2, 8, 9)}
+    plain = flow.mirror_usage_point(LFDI, "site", 60, min_max=False)
+    qualifiers = {
+        m.reading_type.data_qualifier for m in plain.mirror_meter_readings if m.reading_type
+    }
+    assert qualifiers == {2}
+    valid(to_xml(mup))
 
 
 def test_interval_follows_the_post_rate_when_it_divides_a_day():
@@ -285,7 +369,12 @@ def test_store_round_trips_schedule_responses_and_outbox(tmp_path):
     snap = ScheduleSnapshot(programs=(ProgramControls(href="x", primacy=1),), fetched_at=5)
     store.save_schedule(snap)
     box = Outbox()
-    box.extend([IntervalReading("site", "W", 0, 60, 1.0, 1.0, 1.0, 1)])
+    box.extend(
+        [
+            IntervalReading("site", "W", 0, 60, 1.0, 1.0, 1.0, 1),
+            IntervalReading("site", "V", 0, 60, 240.0, 239.0, 241.0, 1, phase="B"),
+        ]
+    )
     store.save_outbox(box)
     again = LinkStore(tmp_path)
     assert again.load_schedule() == snap

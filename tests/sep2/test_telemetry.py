@@ -116,3 +116,24 @@ def test_outbox_keeps_readings_until_acknowledged_and_survives_a_restart():
     assert list(restored.pending) == list(box.pending)
     restored.acknowledge(first)
     assert [r.start for r in restored.pending] == [T0 + 120]
+
+
+def test_per_phase_keys_average_separately_from_the_totals():
+    avg = IntervalAverager(interval_s=60)
+    for i, (total, a, b) in enumerate(((900.0, 300.0, 600.0), (1500.0, 500.0, 1000.0))):
+        values = {("site", "W"): total, ("site", "W", "A"): a, ("site", "W", "B"): b}
+        avg.add(Sample(T0 + 10 * i, values))
+    closed = avg.flush(T0 + 60)
+    got = {(r.quantity, r.phase): (r.mean, r.minimum, r.maximum) for r in closed}
+    assert got == {
+        ("W", ""): (1200.0, 900.0, 1500.0),
+        ("W", "A"): (400.0, 300.0, 500.0),
+        ("W", "B"): (800.0, 600.0, 1000.0),
+    }
+
+
+def test_an_outbox_saved_before_phases_existed_still_loads():
+    old = {"dropped": 1, "pending": [["site", "W", 0, 60, 1.0, 0.5, 1.5, 12]]}
+    box = Outbox.from_json(old)
+    assert [(r.phase, r.mean) for r in box.pending] == [("", 1.0)]
+    assert box.dropped == 1

@@ -414,6 +414,33 @@ def test_readings_inside_a_new_mirror_usage_point_are_collected_too():
     assert [x.reading.mrid for x in core.readings] == [f"{7:032X}"]
 
 
+def test_a_forgotten_mirror_usage_point_is_gone_and_is_created_again_under_a_new_href():
+    core = make_core()
+    send(core, "POST", "/mup", mup("AA" * 16))
+    send(core, "POST", "/mup", mup("BB" * 16))
+    assert core.mirror_hrefs(ME) == {"/mup/1": "AA" * 16, "/mup/2": "BB" * 16}
+    core.forget_mirror("/mup/2")
+    assert [m.mrid for m in get(core, "/mup?l=10").items] == ["AA" * 16]
+    assert get(core, "/dcap").mirror_usage_point_list_link == r.ListLink("/mup", 1)
+    assert send(core, "POST", "/mup/2", mmr(1)).status == 404
+    assert core.handle("GET", "/mup/2", lfdi=ME).status == 404
+    again = send(core, "POST", "/mup", mup("BB" * 16))
+    assert (again.status, again.header("Location")) == (201, "/mup/3")  # never reused
+    assert send(core, "POST", "/mup/3", mmr(1)).status == 201
+    with pytest.raises(KeyError):
+        core.forget_mirror("/mup/2")
+
+
+def test_a_server_may_refuse_mirror_meter_reading_lists_but_take_single_readings():
+    core = make_core()
+    send(core, "POST", "/mup", mup())
+    core.accept_reading_lists = False
+    many = r.MirrorMeterReadingList.of([mmr(2), mmr(3)])
+    assert send(core, "POST", "/mup/1", many).status == 400
+    assert send(core, "POST", "/mup/1", mmr(2)).status == 201
+    assert [x.reading.mrid for x in core.readings] == [f"{2:032X}"]
+
+
 def test_der_control_responses_are_accepted_and_kept_in_order():
     core = make_core()
     mrid = core.add_control(start=NOW, duration=60, export_limit_w=0)

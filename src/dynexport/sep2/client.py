@@ -70,7 +70,7 @@ from dynexport.sep2.schedule import active_controls as schedule_active
 from dynexport.sep2.state import LinkStore
 from dynexport.sep2.telemetry import DER as DER_ROLE
 from dynexport.sep2.telemetry import SITE as SITE_ROLE
-from dynexport.sep2.telemetry import IntervalAverager, Sample
+from dynexport.sep2.telemetry import IntervalAverager, IntervalReading, Sample
 from dynexport.sep2.xml import Sep2ParseError, page_query, resolve_href
 from dynexport.system.config import UtilityConfig
 
@@ -107,7 +107,13 @@ class ClientOptions:
     http_timeout: float = 30.0
     http_retries: int = 3
     quantities: tuple[str, ...] = flow.MANDATORY_QUANTITIES
-    """Reading quantities mirrored per role (add "Hz" when the meter reads it)."""
+    """Quantities declared when a MirrorUsagePoint is created. Whatever else the samples carry
+    (Hz, per-phase values) is mirrored too: its first post creates it on the server."""
+    min_max: bool = True
+    """Mirror each interval's minimum and maximum (dataQualifier 9 and 8) besides the average."""
+    telemetry_batch: int = 400
+    """Interval readings per post (per mirror: one MirrorMeterReadingList, or one POST per
+    series when the server takes no lists)."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,10 @@ class _Telemetry:
     last_post: float | None = None
     retry_at: float = 0.0
     failures: int = 0
+    lists: bool | None = None
+    """Whether the server takes a MirrorMeterReadingList on POST to a MirrorUsagePoint (None:
+    not tried yet). IEEE 2030.5 allows it; a server answering 400/405/415/501 to one gets one
+    MirrorMeterReading per POST from then on."""
 
 
 def device_lfdi(cert_file: str | Any) -> str:
@@ -855,7 +865,9 @@ class Sep2Client:
         )
         interval = self.averager.interval_s
         for role in (SITE_ROLE, DER_ROLE):
-            wanted = flow.mirror_usage_point(self.lfdi, role, interval, self.options.quantities)
+            wanted = flow.mirror_usage_point(
+                self.lfdi, role, interval, self.options.quantities, min_max=self.options.min_max
+            )
             existing = next((m for m in mups.items if m.mrid == wanted.mrid), None)
             if existing is not None and existing.href:
                 tele.mup_urls[role] = resolve_href(tele.mup_list_url, existing.href)
@@ -908,34 +920,71 @@ class Sep2Client:
                     tele.retry_at = max(tele.retry_at, exc.not_before)
                 log.debug("re-creating a MirrorUsagePoint failed: %s", exc)
                 return
-        batch = self.outbox.batch(200)
+        batch = self.outbox.batch(self.options.telemetry_batch)
         if not batch:
             tele.last_post = now
             return
+        # Readings are acknowledged per mirror as it accepts them: a failure on one mirror
+        # neither loses nor re-sends the other's.
+        done: list[IntervalReading] = []
         try:
             for role in (SITE_ROLE, DER_ROLE):
+                mine = [r for r in batch if r.role == role]
                 url = tele.mup_urls.get(role)
-                if url is None:
-                    continue
-                for mmr in flow.meter_readings(self.lfdi, role, batch):
-                    response = await self._send("POST", url, to_xml(mmr))
-                    if response.status == 404:
-                        log.warning("the server forgot our %s MirrorUsagePoint; recreating", role)
-                        tele.mup_urls.pop(role, None)
-                        raise Sep2Error("MirrorUsagePoint gone")
-                    if not 200 <= response.status < 300:
-                        raise self._refused("posting readings: POST", url, response)
+                if mine and url is None and tele.mup_list_url is not None:
+                    raise Sep2Error(f"no {role} MirrorUsagePoint yet")
+                if mine and url is not None:
+                    await self._post_readings(role, url, mine)
+                done.extend(mine)
+            # readings of no known role, or for a server without mirrors, have nowhere to go
+            done.extend(r for r in batch if r.role not in (SITE_ROLE, DER_ROLE))
         except (HttpError, Sep2Error) as exc:
             tele.failures += 1
             tele.retry_at = now + flow.retry_delay(tele.failures, base=10.0)
             if isinstance(exc, Throttled):
                 tele.retry_at = max(tele.retry_at, exc.not_before)
             log.debug("telemetry post failed: %s", exc)
+            if done:
+                self.outbox.acknowledge(done)
+                self.store.save_outbox(self.outbox)
             return
         tele.failures = 0
         tele.last_post = now
         self.outbox.acknowledge(batch)
         self.store.save_outbox(self.outbox)
+
+    async def _post_readings(self, role: str, url: str, readings: list[IntervalReading]) -> None:
+        """Posts one mirror's readings: one MirrorMeterReadingList, or (for a server that takes
+        no lists) one MirrorMeterReading per series. Raises unless all were accepted."""
+        tele = self._telemetry
+        mmrs = flow.meter_readings(self.lfdi, role, readings, min_max=self.options.min_max)
+        if not mmrs:
+            return
+        if tele.lists is not False:
+            body = to_xml(flow.meter_reading_list(mmrs))
+            response = await self._send("POST", url, body)
+            if tele.lists is None and response.status in (400, 405, 415, 501):
+                log.info(
+                    "%s: HTTP %d to a MirrorMeterReadingList; posting one MirrorMeterReading "
+                    "at a time",
+                    url,
+                    response.status,
+                )
+                tele.lists = False
+            else:
+                self._check_reading_post(role, url, response)
+                tele.lists = True
+                return
+        for mmr in mmrs:
+            self._check_reading_post(role, url, await self._send("POST", url, to_xml(mmr)))
+
+    def _check_reading_post(self, role: str, url: str, response: Response) -> None:
+        if response.status == 404:
+            log.warning("the server forgot our %s MirrorUsagePoint; recreating", role)
+            self._telemetry.mup_urls.pop(role, None)
+            raise Sep2Error("MirrorUsagePoint gone")
+        if not 200 <= response.status < 300:
+            raise self._refused("posting readings: POST", url, response)
 
 
 async def walk(config: UtilityConfig, *, clock: Callable[[], float] = time.time) -> WalkResult:

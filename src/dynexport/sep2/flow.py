@@ -32,6 +32,7 @@ from dynexport.sep2.resources import (
     DERStatus,
     EndDevice,
     MirrorMeterReading,
+    MirrorMeterReadingList,
     MirrorReadingSet,
     MirrorUsagePoint,
     Reading,
@@ -82,11 +83,27 @@ SITE_ROLE_FLAGS = 0x03
 DER_ROLE_FLAGS = 0x49
 """isMirror | isDER | isSubmeter."""
 KIND_POWER = 37
+# DataQualifierType (sep.xsd): 2 Average, 8 Maximum, 9 Minimum.
 QUALIFIER_AVERAGE = 2
+QUALIFIER_MAXIMUM = 8
+QUALIFIER_MINIMUM = 9
+STATISTICS = ("average", "minimum", "maximum")
+"""What each interval reading is mirrored as, each its own MirrorMeterReading."""
+QUALIFIER = {
+    "average": QUALIFIER_AVERAGE,
+    "minimum": QUALIFIER_MINIMUM,
+    "maximum": QUALIFIER_MAXIMUM,
+}
 UOM = {"W": 38, "var": 63, "V": 29, "Hz": 33}
 POWER_OF_TEN = {"W": 0, "var": 0, "V": -1, "Hz": -2}
 """Fixed per quantity so the ReadingType never changes; V in 0.1 V, Hz in 0.01 Hz."""
 MANDATORY_QUANTITIES = ("W", "var", "V")
+# PhaseCode (sep.xsd): 0 not applicable, 128 A, 64 B, 32 C; 129 AN, 65 BN, 33 CN. Powers are per
+# phase (A, B, C); voltages are phase to neutral (AN, BN, CN).
+PHASE_CODE = {"": 0, "A": 128, "B": 64, "C": 32}
+PHASE_TO_NEUTRAL_CODE = {"": 0, "A": 129, "B": 65, "C": 33}
+PHASED_QUANTITIES = ("W", "var", "V")
+"""Quantities that may come per phase (frequency is one for the whole site)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,22 +386,53 @@ def mrid_for(lfdi: str, *parts: str) -> str:
     return digest[:32].upper()
 
 
-def reading_type(quantity: str, interval_s: int) -> ReadingType:
+def phase_code(quantity: str, phase: str) -> int:
+    """The ReadingType phase: 0 for a total, else A/B/C (powers) or AN/BN/CN (voltages)."""
+    codes = PHASE_TO_NEUTRAL_CODE if quantity == "V" else PHASE_CODE
+    return codes[phase]
+
+
+def reading_type(
+    quantity: str, interval_s: int, statistic: str = "average", phase: str = ""
+) -> ReadingType:
     return ReadingType(
-        data_qualifier=QUALIFIER_AVERAGE,
+        data_qualifier=QUALIFIER[statistic],
         flow_direction=1,
         interval_length=interval_s,
         kind=KIND_POWER,
-        phase=0,
+        phase=phase_code(quantity, phase),
         power_of_ten_multiplier=POWER_OF_TEN[quantity],
         uom=UOM[quantity],
     )
 
 
+def statistics(min_max: bool = True) -> tuple[str, ...]:
+    return STATISTICS if min_max else ("average",)
+
+
+def series_mrid(lfdi: str, role: str, quantity: str, statistic: str, phase: str) -> str:
+    """The MirrorMeterReading mRID of one series; a total's average keeps its original mRID."""
+    if statistic == "average" and not phase:
+        return mrid_for(lfdi, "mmr", role, quantity)
+    return mrid_for(lfdi, "mmr", role, quantity, phase, statistic)
+
+
+def _series_description(role: str, quantity: str, statistic: str, phase: str) -> str:
+    where = f" phase {phase}" if phase else ""
+    return f"{role} {quantity}{where} {statistic}"
+
+
 def mirror_usage_point(
-    lfdi: str, role: str, interval_s: int, quantities: Sequence[str] = MANDATORY_QUANTITIES
+    lfdi: str,
+    role: str,
+    interval_s: int,
+    quantities: Sequence[str] = MANDATORY_QUANTITIES,
+    *,
+    min_max: bool = True,
 ) -> MirrorUsagePoint:
-    """The site (roleFlags 03) or DER (49) MirrorUsagePoint, one average reading per quantity."""
+    """The site (roleFlags 03) or DER (49) MirrorUsagePoint, declaring the totals of
+    ``quantities`` (average, and minimum and maximum unless ``min_max`` is False). Series found
+    later (per phase, Hz) are created by their first post, which carries their ReadingType."""
     flags = {SITE_ROLE: SITE_ROLE_FLAGS, DER_ROLE: DER_ROLE_FLAGS}[role]
     return MirrorUsagePoint(
         mrid=mrid_for(lfdi, "mup", role),
@@ -395,11 +443,12 @@ def mirror_usage_point(
         description=f"dynexport {role}",
         mirror_meter_readings=tuple(
             MirrorMeterReading(
-                mrid=mrid_for(lfdi, "mmr", role, q),
-                description=f"{role} {q} average",
-                reading_type=reading_type(q, interval_s),
+                mrid=series_mrid(lfdi, role, q, stat, ""),
+                description=_series_description(role, q, stat, ""),
+                reading_type=reading_type(q, interval_s, stat),
             )
             for q in quantities
+            for stat in statistics(min_max)
         ),
     )
 
@@ -408,39 +457,63 @@ def reading_value(quantity: str, value: float) -> int:
     return round(value * 10.0 ** -POWER_OF_TEN[quantity])
 
 
+def _statistic(r: IntervalReading, statistic: str) -> float:
+    return {"average": r.mean, "minimum": r.minimum, "maximum": r.maximum}[statistic]
+
+
+def _mirrorable(r: IntervalReading) -> bool:
+    if r.quantity not in UOM or r.phase not in PHASE_CODE:
+        return False
+    if r.phase and r.quantity not in PHASED_QUANTITIES:
+        return False
+    return all(math.isfinite(v) for v in (r.mean, r.minimum, r.maximum))
+
+
 def meter_readings(
-    lfdi: str, role: str, readings: Iterable[IntervalReading]
+    lfdi: str, role: str, readings: Iterable[IntervalReading], *, min_max: bool = True
 ) -> list[MirrorMeterReading]:
-    """MirrorMeterReadings to POST to one MirrorUsagePoint: per quantity, one MirrorReadingSet
-    per interval (so a backlog after an outage goes in one request per quantity)."""
-    by_quantity: dict[str, list[IntervalReading]] = {}
+    """MirrorMeterReadings to POST to one MirrorUsagePoint: one per series (quantity, phase and
+    statistic: average, minimum, maximum), each with one MirrorReadingSet per interval (so a
+    backlog after an outage goes in one MirrorMeterReading per series)."""
+    groups: dict[tuple[str, str], list[IntervalReading]] = {}
     for r in readings:
-        if r.role == role and r.quantity in UOM and math.isfinite(r.mean):
-            by_quantity.setdefault(r.quantity, []).append(r)
+        if r.role == role and _mirrorable(r):
+            groups.setdefault((r.quantity, r.phase), []).append(r)
     out = []
-    for quantity, items in sorted(by_quantity.items()):
+    for (quantity, phase), items in sorted(groups.items()):
         items.sort(key=lambda r: r.start)
-        sets = tuple(
-            MirrorReadingSet(
-                mrid=mrid_for(lfdi, "mrs", role, quantity, str(r.start)),
-                time_period=DateTimeInterval(r.start, r.duration),
-                readings=(
-                    Reading(
-                        value=reading_value(quantity, r.mean),
-                        time_period=DateTimeInterval(r.start, r.duration),
+        for stat in statistics(min_max):
+            sets = tuple(
+                MirrorReadingSet(
+                    mrid=(
+                        mrid_for(lfdi, "mrs", role, quantity, str(r.start))
+                        if stat == "average" and not phase
+                        else mrid_for(lfdi, "mrs", role, quantity, phase, stat, str(r.start))
                     ),
-                ),
+                    time_period=DateTimeInterval(r.start, r.duration),
+                    readings=(
+                        Reading(
+                            value=reading_value(quantity, _statistic(r, stat)),
+                            time_period=DateTimeInterval(r.start, r.duration),
+                        ),
+                    ),
+                )
+                for r in items
             )
-            for r in items
-        )
-        out.append(
-            MirrorMeterReading(
-                mrid=mrid_for(lfdi, "mmr", role, quantity),
-                mirror_reading_sets=sets,
-                reading_type=reading_type(quantity, items[0].duration),
+            out.append(
+                MirrorMeterReading(
+                    mrid=series_mrid(lfdi, role, quantity, stat, phase),
+                    description=_series_description(role, quantity, stat, phase),
+                    mirror_reading_sets=sets,
+                    reading_type=reading_type(quantity, items[0].duration, stat, phase),
+                )
             )
-        )
     return out
+
+
+def meter_reading_list(readings: Sequence[MirrorMeterReading]) -> MirrorMeterReadingList:
+    """Every series of one MirrorUsagePoint in one body (one POST per mirror per postRate)."""
+    return MirrorMeterReadingList.of(readings)
 
 
 def post_rate(mup_rate: int | None, edev_rate: int | None) -> int:

@@ -15,10 +15,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 # Reading kinds posted for each MirrorUsagePoint. The role names are ours; the XML layer maps them
-# to roleFlags (site "03", DER "49") and quantity names to uom codes (W 38, var 63, V 29, Hz 33).
+# to roleFlags (site "03", DER "49"), quantity names to uom codes (W 38, var 63, V 29, Hz 33) and
+# phase names to PhaseCode (A, B, C; "" for a total).
 SITE = "site"
 DER = "der"
 QUANTITIES = ("W", "var", "V", "Hz")
+PHASES = ("A", "B", "C")
+
+Key = tuple[str, ...]
+"""``(role, quantity)`` for a total, ``(role, quantity, phase)`` for one phase."""
+Values = (
+    Mapping[tuple[str, str], float | None]
+    | Mapping[tuple[str, str, str], float | None]
+    | Mapping[Key, float | None]
+)
 
 
 @dataclass(frozen=True)
@@ -26,13 +36,14 @@ class Sample:
     """Instantaneous values at time ``t``; None where a quantity could not be read."""
 
     t: float
-    values: Mapping[tuple[str, str], float | None]
-    """(role, quantity) → value, e.g. ("site", "W") → -1520.0 (negative = export)."""
+    values: Values
+    """(role, quantity) → value, e.g. ("site", "W") → -1520.0 (negative = export); per phase
+    (role, quantity, phase), e.g. ("site", "V", "B") → 241.3."""
 
 
 @dataclass(frozen=True)
 class IntervalReading:
-    """One closed interval of one (role, quantity): mean, min and max of its samples."""
+    """One closed interval of one (role, quantity[, phase]): mean, min and max of its samples."""
 
     role: str
     quantity: str
@@ -42,6 +53,8 @@ class IntervalReading:
     minimum: float
     maximum: float
     samples: int
+    phase: str = ""
+    """"A", "B" or "C" for one phase; "" for the total (or the only value)."""
 
     @property
     def end(self) -> int:
@@ -78,7 +91,7 @@ class IntervalAverager:
 
     interval_s: int = 300
     _start: int | None = None
-    _stats: dict[tuple[str, str], _Stats] = field(default_factory=dict)
+    _stats: dict[Key, _Stats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0 or 86400 % self.interval_s:
@@ -97,7 +110,7 @@ class IntervalAverager:
                 closed = self._close()
         self._start = start
         for key, value in sample.values.items():
-            if value is None or not math.isfinite(value):
+            if value is None or not math.isfinite(value) or len(key) not in (2, 3):
                 continue
             self._stats.setdefault(key, _Stats()).add(value)
         return closed
@@ -114,16 +127,17 @@ class IntervalAverager:
         assert self._start is not None
         readings = [
             IntervalReading(
-                role=role,
-                quantity=quantity,
+                role=key[0],
+                quantity=key[1],
                 start=self._start,
                 duration=self.interval_s,
                 mean=s.total / s.count,
                 minimum=s.minimum,
                 maximum=s.maximum,
                 samples=s.count,
+                phase=key[2] if len(key) > 2 else "",
             )
-            for (role, quantity), s in sorted(self._stats.items())
+            for key, s in sorted(self._stats.items())
             if s.count
         ]
         self._stats = {}
@@ -138,7 +152,8 @@ class Outbox:
     past) and the number dropped is kept so it can be logged and shown.
     """
 
-    capacity: int = 2016  # a week of 5-minute intervals per quantity is far more than needed
+    capacity: int = 2016
+    """Interval readings (one per role, quantity and phase per interval), not intervals."""
     pending: deque[IntervalReading] = field(default_factory=deque)
     dropped: int = 0
 
@@ -162,7 +177,17 @@ class Outbox:
         return {
             "dropped": self.dropped,
             "pending": [
-                [r.role, r.quantity, r.start, r.duration, r.mean, r.minimum, r.maximum, r.samples]
+                [
+                    r.role,
+                    r.quantity,
+                    r.start,
+                    r.duration,
+                    r.mean,
+                    r.minimum,
+                    r.maximum,
+                    r.samples,
+                    r.phase,
+                ]
                 for r in self.pending
             ],
         }
@@ -175,7 +200,9 @@ class Outbox:
             raise ValueError("telemetry outbox: 'pending' must be a list")
         readings = []
         for row in raw:
-            role, quantity, start, duration, mean, lo, hi, n = row
+            # rows written before per-phase readings have no phase (9th field)
+            role, quantity, start, duration, mean, lo, hi, n, *rest = row
+            phase = str(rest[0]) if rest else ""
             readings.append(
                 IntervalReading(
                     str(role),
@@ -186,6 +213,7 @@ class Outbox:
                     float(lo),
                     float(hi),
                     int(n),
+                    phase,
                 )
             )
         box.extend(readings)

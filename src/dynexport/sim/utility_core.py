@@ -257,6 +257,11 @@ class UtilityCore:
         self._programs: dict[str, _Program] = {}
         self._mups: dict[int, _Mup] = {}
         self._mmr_hrefs: dict[tuple[int, str], str] = {}
+        self._next_mup = 1
+        """A forgotten MirrorUsagePoint's index is never reused (a re-created one is new)."""
+        self.accept_reading_lists = True
+        """False: POST of a MirrorMeterReadingList to a MirrorUsagePoint answers 400, as some
+        servers (older envoy) do; one MirrorMeterReading per POST still works."""
         self._responses_by_index: dict[int, DERControlResponse] = {}
         self._next_control = 1
         self._next_program = 1
@@ -448,6 +453,21 @@ class UtilityCore:
                 )
                 slot += every_s
         return mrids
+
+    def mirror_hrefs(self, lfdi: str | None = None) -> dict[str, str]:
+        """The MirrorUsagePoints the server holds (of ``lfdi`` when given): href → mRID."""
+        want = None if lfdi is None else lfdi.upper()
+        return {
+            m.href: m.resource.mrid for m in self._mups.values() if want is None or m.lfdi == want
+        }
+
+    def forget_mirror(self, href: str) -> None:
+        """Delete a MirrorUsagePoint, as a utility might after a database reset: it vanishes
+        from the MirrorUsagePointList and POSTs to ``href`` answer 404. The device is expected
+        to POST it again (a new href). KeyError when there is no such mirror."""
+        index = int(href.rstrip("/").rsplit("/", 1)[-1])
+        del self._mups[index]
+        self._mmr_hrefs = {k: v for k, v in self._mmr_hrefs.items() if k[0] != index}
 
     # --- what was received -----------------------------------------------------------------
 
@@ -963,7 +983,9 @@ class _Context:
                 raise _Refused(Reply.error(403, "that mRID belongs to another device"))
             target = same
         else:
-            target = _Mup(max(core._mups, default=0) + 1, mup.device_lfdi, mup)
+            index = max(core._next_mup, max(core._mups, default=0) + 1)
+            core._next_mup = index + 1
+            target = _Mup(index, mup.device_lfdi, mup)
             core._mups[target.index] = target
         self._store_readings(target, mup.mirror_meter_readings)
         return Reply(201, headers=[("Location", target.href)])
@@ -971,6 +993,8 @@ class _Context:
     def _post_readings(self, mup: _Mup) -> Reply:
         body = self._body(MirrorMeterReading, MirrorMeterReadingList)
         if isinstance(body, MirrorMeterReadingList):
+            if not self.core.accept_reading_lists:
+                raise _Refused(Reply.error(400, "Request body must be a MirrorMeterReading"))
             readings = body.items
         else:
             assert isinstance(body, MirrorMeterReading)
