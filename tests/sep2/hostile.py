@@ -21,25 +21,12 @@ from dynexport.sep2.resources import (
 )
 from dynexport.sim.utility_server import UtilityServer
 from dynexport.system.config import UtilityConfig
+from tests.sep2.fakes import T0, FakeClock
 
-T0 = 1_800_000_000.0
 NMI = "4312345678"
 DERC = "/derp/1/derc"
 """The default program's DERControlList: where the hostile bodies are served."""
 MiB = 1 << 20
-
-
-class FakeClock:
-    """The wall clock shared by the client and the simulator, moved by hand."""
-
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 def make_client(

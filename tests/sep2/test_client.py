@@ -30,36 +30,13 @@ from dynexport.sep2.resources import (
 from dynexport.sep2.telemetry import Sample
 from dynexport.sim.utility_server import UtilityServer
 from dynexport.system.config import UtilityConfig
+from tests.sep2.fakes import T0, FakeClock
 
 pytestmark = pytest.mark.skipif(
     not schema.schema_available(), reason="the simulator validates with the CSIP-AUS XSD"
 )
 
-T0 = 1_800_000_000.0
 NMI = "4312345678"
-
-
-class FakeClock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
-@pytest.fixture(scope="session")
-def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = Path(tmp_path_factory.mktemp("utility-pki"))
-    make_test_pki(folder, now=datetime.now(UTC))
-    return folder
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -12,20 +12,19 @@ from __future__ import annotations
 import resource
 import tracemalloc
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import trio
 
 from dynexport.sep2 import schema
-from dynexport.sep2.certs import make_test_pki
 from dynexport.sep2.client import Sep2Client
 from dynexport.sep2.xml import DEFAULT_MAX_BYTES
 from dynexport.sim.utility_server import UtilityServer
 
 from . import hostile
-from .hostile import DERC, T0, FakeClock, export_limit, make_client
+from .fakes import T0, FakeClock
+from .hostile import DERC, export_limit, make_client
 
 pytestmark = pytest.mark.skipif(
     not schema.schema_available(), reason="the simulator validates with the CSIP-AUS XSD"
@@ -35,18 +34,6 @@ LIMIT_W = 1500
 """The export limit in force before the hostile answer."""
 STEP_BOUND_S = 10
 """No step may take longer than this (real time): a hang fails the test instead of the run."""
-
-
-@pytest.fixture(scope="module")
-def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = Path(tmp_path_factory.mktemp("hostile-pki"))
-    make_test_pki(folder, now=datetime.now(UTC))
-    return folder
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -19,13 +19,11 @@ import os
 import zipfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from dynexport.sep2 import schema
-from dynexport.sep2.certs import make_test_pki
 from dynexport.sep2.client import ClientOptions, Sep2Client
 from dynexport.sep2.controls import ControlType
 from dynexport.sep2.flow import DerInfo
@@ -33,8 +31,8 @@ from dynexport.sep2.resources import MirrorUsagePoint
 from dynexport.sep2.telemetry import Sample
 from dynexport.sim.utility_server import RecordedRequest, UtilityServer
 from dynexport.system.config import UtilityConfig
+from tests.sep2.fakes import FakeClock
 
-T0 = 1_800_000_000.0
 """Server (and local) time at the start of every procedure."""
 NMI = "4312345678"
 PIN = 111115
@@ -80,29 +78,6 @@ needs_schema = pytest.mark.skipif(
     not schema.schema_available(), reason="the simulator validates with the CSIP-AUS XSD"
 )
 """Every module's ``pytestmark``: the simulator validates request bodies with the XSD."""
-
-
-class FakeClock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
-@pytest.fixture(scope="session")
-def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = Path(tmp_path_factory.mktemp("procedures-pki"))
-    make_test_pki(folder, now=datetime.now(UTC))
-    return folder
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def set_comms_rate(srv: UtilityServer, seconds: int = 60) -> None:

@@ -17,12 +17,11 @@ from dynexport.sep2.resources import (
     EndDevice,
 )
 from dynexport.sim.utility_server import UtilityServer
+from tests.sep2.fakes import T0, FakeClock
 from tests.sep2.procedures.conftest import (
     MAX_EXPORT_W,
     NMI,
     RATED_W,
-    T0,
-    FakeClock,
     Harness,
     first_time,
     make_client,

@@ -14,10 +14,9 @@ import pytest
 from dynexport.sep2.controls import ControlType
 from dynexport.sep2.resources import DERSettings, Scaled
 from dynexport.sim.utility_server import UtilityServer
+from tests.sep2.fakes import T0, FakeClock
 from tests.sep2.procedures.conftest import (
     MAX_EXPORT_W,
-    T0,
-    FakeClock,
     Harness,
     make_client,
     mirrors,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from dynexport.sep2.controls import ControlType
+from tests.sep2.fakes import T0
 from tests.sep2.procedures.conftest import (
     MAX_EXPORT_W,
-    T0,
     Harness,
     needs_schema,
     on_request,

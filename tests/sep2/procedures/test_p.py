@@ -17,10 +17,10 @@ import trio.testing
 from dynexport.sep2.client import ClientOptions, Sep2Client
 from dynexport.sep2.flow import DerInfo
 from dynexport.sim.utility_server import UtilityServer
+from tests.sep2.fakes import T0
 from tests.sep2.procedures.conftest import (
     MAX_EXPORT_W,
     RATED_W,
-    T0,
     Harness,
     needs_schema,
     procedure,
