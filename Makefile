@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # Python helpers installed into the image by the rootfs overlay (no .py suffix, so named here).
 OVERLAY_PY := rootfs-overlay/usr/libexec/dynexport/ap-rule rootfs-overlay/usr/libexec/dynexport/wifi-config
 
-.PHONY: all venv run test lint typecheck pytest pytest-pymodbus313 bench clean wheels image image-check
+.PHONY: all venv run test lint typecheck pytest pytest-pymodbus313 bench clean wheels image image-check system-test
 
 all: test
 
@@ -48,8 +48,8 @@ run: venv
 	$(VENV)/bin/dynexport demo
 
 lint: venv
-	$(VENV)/bin/ruff check src tests benchmarks $(OVERLAY_PY)
-	$(VENV)/bin/ruff format --check src tests benchmarks $(OVERLAY_PY)
+	$(VENV)/bin/ruff check src tests benchmarks systemtest $(OVERLAY_PY)
+	$(VENV)/bin/ruff format --check src tests benchmarks systemtest $(OVERLAY_PY)
 
 typecheck: venv
 	$(VENV)/bin/mypy
@@ -76,6 +76,11 @@ image:
 image-check:
 	@test -n "$(BUILDROOT)" || { echo "usage: make image-check BUILDROOT=/path/to/buildroot"; exit 2; }
 	buildroot/scripts/image-check.sh $(BUILDROOT)
+
+# Boots the appliance design in qemu (a Debian test image with the same overlay, units and partition
+# layout; docs/image.md "System test"). Needs root, mmdebstrap and qemu (installed by .ci/run).
+system-test: venv
+	systemtest/system-test.sh $(PY)
 
 clean:
 	rm -rf $(VENV) $(VENV313) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# make system-test: build (or reuse) the test image, then boot it and run the checks.
+# Usage: systemtest/system-test.sh PYTHON   (a Python with dynexport installed: the simulators)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${1:-.venv/bin/python}"
+start=$(date +%s)
+image="$(systemtest/build-image.sh build/systemtest)"
+echo "image ready in $(( $(date +%s) - start )) s: ${image}"
+exec "${python}" systemtest/run.py "${image}" --work build/systemtest/run
