@@ -28,6 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
@@ -348,6 +349,32 @@ def read_config(vm: Vm) -> tuple[bytes | None, str]:
     return base64.b64decode(first), rest
 
 
+def put_config_via_web_api(vm: Vm, doc: dict[str, Any]) -> dict[str, Any]:
+    """What the setup page does: set the admin password (first boot), then PUT /api/config with
+    the session cookie and CSRF token. Returns the configuration the service says it applied."""
+    base = f"http://127.0.0.1:{vm.web_port}"
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+
+    def call(method: str, path: str, body: Any, csrf: str | None = None) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        if csrf:
+            headers["X-CSRF-Token"] = csrf
+        req = urllib.request.Request(
+            base + path, data=json.dumps(body).encode(), method=method, headers=headers
+        )
+        try:
+            with opener.open(req, timeout=20) as r:
+                return dict(json.load(r))
+        except urllib.error.HTTPError as e:
+            raise Failure(f"{method} {path} -> {e.code}: {e.read()[:300]!r}") from None
+
+    session = call("POST", "/api/setup/password", {"password": "system-test-password"})
+    answer = call("PUT", "/api/config", doc, csrf=session["csrf"])
+    if not answer.get("applied"):
+        raise Failure(f"PUT /api/config did not apply: {answer}")
+    return dict(answer["config"])
+
+
 def doc_bytes(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
@@ -411,10 +438,14 @@ def _checks(vm: Vm, sims: Sims, cuts: int) -> None:
           f"partition {part_mb} MiB, file system {fs_mb} MiB, grow-data {parts[2]}")  # fmt: skip
 
     # 2. Configuration written, then a clean reboot: it survives and the controller runs with it.
-    cfg = doc_bytes(sims.site_config())
     files = [(f"/data/dynexport/pki/{n}", d, 0o600) for n, d in sims.pki_files().items()]
-    write_files(vm, [*files, (CONFIG, cfg, 0o600)])
-    log("configuration written (atomic write as the service user); rebooting")
+    write_files(vm, files)  # the certificate files; the configuration goes through the web API
+    sent = sims.site_config()
+    put_config_via_web_api(vm, sent)
+    vm.wait_agent()
+    written, _ = read_config(vm)
+    cfg = written if written is not None else b""
+    log("configuration written through the web API (PUT /api/config); rebooting")
     vm.sh("systemctl --no-block reboot")
     t0 = time.monotonic()
     time.sleep(3)
@@ -425,6 +456,8 @@ def _checks(vm: Vm, sims: Sims, cuts: int) -> None:
     t = time.monotonic() - t0
     vm.wait_agent()
     got, _ = read_config(vm)
+    if got is None or json.loads(got) != sent:
+        cfg = b"<the file does not hold what was PUT through the API>"
     check("configuration survives a reboot", got == cfg,
           f"ready with the site {t:.1f} s after 'systemctl reboot', config {'identical' if got == cfg else 'DIFFERENT'}, "
           f"site {st['site']['powerW']} W, {sum(i['online'] for i in st['inverters'])} inverters online")  # fmt: skip
