@@ -5,7 +5,6 @@ Every body is meant to be served in place of a DERControlList (``/derp/1/derc``)
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from dynexport.sep2.client import ClientOptions, Sep2Client
@@ -20,10 +19,8 @@ from dynexport.sep2.resources import (
     to_xml,
 )
 from dynexport.sim.utility_server import UtilityServer
-from dynexport.system.config import UtilityConfig
-from tests.sep2.fakes import T0, FakeClock
+from tests.sep2.fakes import T0, FakeClock, utility_config
 
-NMI = "4312345678"
 DERC = "/derp/1/derc"
 """The default program's DERControlList: where the hostile bodies are served."""
 MiB = 1 << 20
@@ -38,17 +35,8 @@ def make_client(
     **config: object,
 ) -> Sep2Client:
     """A client with no HTTP retries, so each hostile answer surfaces at once."""
-    files = srv.pki.files
-    utility = UtilityConfig(
-        server=srv.url,
-        ca=files["serca"],
-        cert=files["device_chain"],
-        key=files["device_key"],
-        nmi=NMI,
-        pin=111115,
-    )
     return Sep2Client(
-        replace(utility, **config),  # type: ignore[arg-type]
+        utility_config(srv, **config),
         data_dir,
         der=DerInfo(rated_w=5000),
         clock=clock,

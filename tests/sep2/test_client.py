@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,14 +28,11 @@ from dynexport.sep2.resources import (
 )
 from dynexport.sep2.telemetry import Sample
 from dynexport.sim.utility_server import UtilityServer
-from dynexport.system.config import UtilityConfig
-from tests.sep2.fakes import T0, FakeClock
+from tests.sep2.fakes import NMI, T0, FakeClock, utility_config
 
 pytestmark = pytest.mark.skipif(
     not schema.schema_available(), reason="the simulator validates with the CSIP-AUS XSD"
 )
-
-NMI = "4312345678"
 
 
 @pytest.fixture
@@ -44,19 +40,6 @@ async def server(pki_dir: Path, clock: FakeClock) -> AsyncIterator[UtilityServer
     srv = UtilityServer(pki_dir=pki_dir, clock=clock)
     async with srv.running():
         yield srv
-
-
-def utility_config(srv: UtilityServer, **changes: object) -> UtilityConfig:
-    files = srv.pki.files
-    config = UtilityConfig(
-        server=srv.url,
-        ca=files["serca"],
-        cert=files["device_chain"],
-        key=files["device_key"],
-        nmi=NMI,
-        pin=111115,
-    )
-    return replace(config, **changes)  # type: ignore[arg-type]
 
 
 def make_client(

@@ -18,7 +18,7 @@ import itertools
 import os
 import zipfile
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -30,12 +30,9 @@ from dynexport.sep2.flow import DerInfo
 from dynexport.sep2.resources import MirrorUsagePoint
 from dynexport.sep2.telemetry import Sample
 from dynexport.sim.utility_server import RecordedRequest, UtilityServer
-from dynexport.system.config import UtilityConfig
-from tests.sep2.fakes import FakeClock
+from tests.sep2.fakes import FakeClock, utility_config
 
 """Server (and local) time at the start of every procedure."""
-NMI = "4312345678"
-PIN = 111115
 """ALL-01's registration PIN 11111 with its check digit."""
 RATED_W = 5000.0
 MAX_EXPORT_W = RATED_W
@@ -99,19 +96,6 @@ async def server(pki_dir: Path, clock: FakeClock) -> AsyncIterator[UtilityServer
     set_comms_rate(srv)
     async with srv.running():
         yield srv
-
-
-def utility_config(srv: UtilityServer, **changes: object) -> UtilityConfig:
-    files = srv.pki.files
-    config = UtilityConfig(
-        server=srv.url,
-        ca=files["serca"],
-        cert=files["device_chain"],
-        key=files["device_key"],
-        nmi=NMI,
-        pin=PIN,
-    )
-    return replace(config, **changes)  # type: ignore[arg-type]
 
 
 def make_client(

@@ -17,10 +17,9 @@ from dynexport.sep2.resources import (
     EndDevice,
 )
 from dynexport.sim.utility_server import UtilityServer
-from tests.sep2.fakes import T0, FakeClock
+from tests.sep2.fakes import NMI, T0, FakeClock
 from tests.sep2.procedures.conftest import (
     MAX_EXPORT_W,
-    NMI,
     RATED_W,
     Harness,
     first_time,

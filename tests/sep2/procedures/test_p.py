@@ -17,7 +17,7 @@ import trio.testing
 from dynexport.sep2.client import ClientOptions, Sep2Client
 from dynexport.sep2.flow import DerInfo
 from dynexport.sim.utility_server import UtilityServer
-from tests.sep2.fakes import T0
+from tests.sep2.fakes import T0, utility_config
 from tests.sep2.procedures.conftest import (
     MAX_EXPORT_W,
     RATED_W,
@@ -28,7 +28,6 @@ from tests.sep2.procedures.conftest import (
     set_comms_rate,
     standard_preconditions,
     statuses,
-    utility_config,
 )
 
 pytestmark = needs_schema
