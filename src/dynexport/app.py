@@ -14,7 +14,8 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from datetime import time as dtime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,12 @@ import trio
 
 from dynexport.control import law
 from dynexport.control.average import RollingMean
-from dynexport.control.limits import EffectiveLimits, UtilityLimits, merge_limits
+from dynexport.control.limits import EffectiveLimits, LimitsConfig, UtilityLimits, merge_limits
 from dynexport.modbus.client import BusPool
 from dynexport.sep2.client import Sep2Client
 from dynexport.sep2.controls import ControlType
 from dynexport.sep2.flow import MODE_CONNECT, MODE_ENERGIZE, DerInfo
+from dynexport.sep2.schedule import ActiveControls
 from dynexport.sep2.telemetry import Sample
 from dynexport.sunspec.links import DEVICE_ERRORS, Desired, InverterLink, MeterLink
 from dynexport.system.config import Config
@@ -85,6 +87,7 @@ class App:
         self.started = 0.0
         self.web_port: int | None = None
         self._last_meter_t: float | None = None
+        self._last_mode: str = "normal"
 
     # -- running ------------------------------------------------------------------------------
 
@@ -251,13 +254,11 @@ class App:
         by_id = {link.id: link for link in self.inverters}
         for cmd in out.commands:
             by_id[cmd.id].command(Desired(pct=cmd.limit_pct, connect=cmd.connect))
-        if self.output.mode != "normal" and (self.output.mode != self._last_mode):
+        if out.mode != "normal" and out.mode != self._last_mode:
             log.warning("controller mode: %s (%s)", out.mode, out.source or "no source")
         self._last_mode = out.mode
         self.progress.progress("controller", now)
         return out
-
-    _last_mode = "normal"
 
     def _feed_meter(self) -> None:
         if self.meter is None:
@@ -272,29 +273,34 @@ class App:
         if self.utility is None or not self.utility.acting:
             return None
         active = self.utility.active_controls(self.options.wall_clock())
-        if active is None:
-            return None
+        return None if active is None else utility_limits(active)
 
-        def power(kind: ControlType) -> float | None:
-            v = active.value(kind)
-            return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+    def limits_outlook(self, hours: float = 24.0) -> list[tuple[float, EffectiveLimits]]:
+        """The effective limits from now on: (local epoch seconds, limits) at every change.
 
-        def flag(kind: ControlType) -> bool | None:
-            v = active.value(kind)
-            return v if isinstance(v, bool) else None
-
-        ramped = (ControlType.EXPORT_LIMIT_W, ControlType.GENERATION_LIMIT_W)
-        ramps = [active.ramp_tms(k) for k in ramped]
-        return UtilityLimits(
-            export_w=power(ControlType.EXPORT_LIMIT_W),
-            import_w=power(ControlType.IMPORT_LIMIT_W),
-            generation_w=power(ControlType.GENERATION_LIMIT_W),
-            load_w=power(ControlType.LOAD_LIMIT_W),
-            connect=flag(ControlType.CONNECT),
-            energize=flag(ControlType.ENERGIZE),
-            ramp_tms=max((r for r in ramps if r), default=None),
-            set_grad_w=active.set_grad_w,
-        )
+        Merges the utility's stored schedule with the installer's limits and daily windows, the
+        same way the controller does each second, so the outlook shows what will be obeyed.
+        """
+        now = self.options.wall_clock()
+        end = now + hours * 3600
+        segments = []
+        offset = 0
+        if self.utility is not None and self.utility.acting:
+            segments = self.utility.schedule(hours, local=now)
+            offset = self.utility.clock_offset
+        times = {now}
+        times.update(seg.start - offset for seg in segments if now < seg.start - offset < end)
+        times.update(t for t in _window_edges(self.config.limits, now, end))
+        outlook: list[tuple[float, EffectiveLimits]] = []
+        for t in sorted(times):
+            server_t = t + offset
+            seg = next((g for g in segments if g.start <= server_t < g.end), None)
+            util = None if seg is None else utility_limits(seg.controls)
+            local = datetime.fromtimestamp(t).time()
+            limits = merge_limits(util, self.config.limits, local)
+            if not outlook or outlook[-1][1] != limits:
+                outlook.append((t, limits))
+        return outlook
 
     @staticmethod
     def _law_state(link: InverterLink) -> law.InverterState:
@@ -511,6 +517,45 @@ class App:
             "ready": self.ready,
             "setupMode": self.setup_mode,
         }
+
+
+def utility_limits(active: ActiveControls) -> UtilityLimits:
+    """The utility's controls in force, as the limits the controller merges."""
+
+    def power(kind: ControlType) -> float | None:
+        v = active.value(kind)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    def flag(kind: ControlType) -> bool | None:
+        v = active.value(kind)
+        return v if isinstance(v, bool) else None
+
+    ramped = (ControlType.EXPORT_LIMIT_W, ControlType.GENERATION_LIMIT_W)
+    ramps = [active.ramp_tms(k) for k in ramped]
+    return UtilityLimits(
+        export_w=power(ControlType.EXPORT_LIMIT_W),
+        import_w=power(ControlType.IMPORT_LIMIT_W),
+        generation_w=power(ControlType.GENERATION_LIMIT_W),
+        load_w=power(ControlType.LOAD_LIMIT_W),
+        connect=flag(ControlType.CONNECT),
+        energize=flag(ControlType.ENERGIZE),
+        ramp_tms=max((r for r in ramps if r), default=None),
+        set_grad_w=active.set_grad_w,
+    )
+
+
+def _window_edges(limits: LimitsConfig, start: float, end: float) -> list[float]:
+    """Local epoch seconds in (start, end) where a daily window begins or ends."""
+    edges = []
+    day = datetime.fromtimestamp(start).date()
+    for offset_days in range(0, 3):
+        date = day + timedelta(days=offset_days)
+        for window in limits.windows:
+            for minute in (window.start_min, window.end_min):
+                t = datetime.combine(date, dtime(minute // 60, minute % 60)).timestamp()
+                if start < t < end:
+                    edges.append(t)
+    return edges
 
 
 def _settings(config: Config) -> law.ControlSettings:

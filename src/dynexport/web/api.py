@@ -93,6 +93,19 @@ class AppLike(Protocol):
     def limits(self) -> EffectiveLimits: ...
     def status(self) -> dict[str, Any]: ...
     def apply_config(self, config: Config) -> None: ...
+    def limits_outlook(self, hours: float = 24.0) -> list[tuple[float, EffectiveLimits]]: ...
+
+
+def _limits_document(lim: EffectiveLimits) -> dict[str, Any]:
+    return {
+        "exportW": lim.export_w,
+        "generationW": lim.generation_w,
+        "importW": lim.import_w,
+        "loadW": lim.load_w,
+        "connect": lim.connect,
+        "energize": lim.energize,
+        "source": dict(lim.sources),
+    }
 
 
 class HttpError(Exception):
@@ -501,16 +514,11 @@ class WebApi:
     # -- limits and history --------------------------------------------------------------------
 
     async def get_limits(self, request: Request) -> ServerResponse:
-        lim = self.app.limits
-        current = {
-            "exportW": lim.export_w,
-            "generationW": lim.generation_w,
-            "importW": lim.import_w,
-            "loadW": lim.load_w,
-            "connect": lim.connect,
-            "energize": lim.energize,
-            "source": dict(lim.sources),
-        }
+        current = _limits_document(self.app.limits)
+        outlook = [
+            {"from": _iso(t), **_limits_document(limits)}
+            for t, limits in self.app.limits_outlook(hours=24)
+        ]
         utility = self.app.utility
         schedule: list[dict[str, Any]] = []
         offset = 0
@@ -532,6 +540,7 @@ class WebApi:
             200,
             {
                 "current": current,
+                "outlook": outlook,
                 "utility": {
                     "configured": utility is not None,
                     "clockOffsetS": offset,
