@@ -29,10 +29,11 @@ from dynexport.modbus.client import BusPool
 from dynexport.sep2.client import Sep2Client
 from dynexport.sep2.controls import ControlType
 from dynexport.sep2.flow import MODE_CONNECT, MODE_ENERGIZE, DerInfo
-from dynexport.sep2.schedule import ActiveControls
+from dynexport.sep2.schedule import ActiveControls, ScheduleSnapshot
+from dynexport.sep2.state import LinkStore
 from dynexport.sep2.telemetry import Sample
 from dynexport.sunspec.links import DEVICE_ERRORS, Desired, InverterLink, MeterLink
-from dynexport.system.config import Config
+from dynexport.system.config import Config, UtilityConfig
 from dynexport.system.watchdog import Notifier, ProgressTracker, watchdog_interval_s
 
 log = logging.getLogger("dynexport.app")
@@ -88,6 +89,9 @@ class App:
         self.web_port: int | None = None
         self._last_meter_t: float | None = None
         self._last_mode: str = "normal"
+        self.utility_error: str | None = None
+        """Why the configured utility link could not start (None when it runs or is absent)."""
+        self._stored_schedule: ScheduleSnapshot | None = None
 
     # -- running ------------------------------------------------------------------------------
 
@@ -126,14 +130,11 @@ class App:
         if self.config.utility is not None and (
             self.utility is None or self.utility.config != self.config.utility
         ):
-            self.utility = Sep2Client(
-                self.config.utility,
-                self.options.data_dir / "sep2",
-                clock=self.options.wall_clock,
-                ssl_context=self.options.utility_ssl_context,
-            )
+            self._start_utility_link(self.config.utility)
         elif self.config.utility is None:
             self.utility = None
+            self.utility_error = None
+            self._stored_schedule = None
         self.settings = _settings(self.config)
         async with BusPool(timeout=1.0, retries=1) as pool:
             self._make_links(pool)
@@ -156,6 +157,31 @@ class App:
                 if cancelled:
                     with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_BUDGET_S):
                         await self.leave_fail_safe()
+
+    def _start_utility_link(self, utility: UtilityConfig) -> None:
+        """Builds the utility link; if its files are unusable, obey the stored schedule instead.
+
+        A broken key or certificate must not crash the service (systemd would restart it into
+        the same error until it reboots the appliance, over and over). The site keeps following
+        what the utility last sent, running out into its stored default, and the status says why
+        the link is down until the configuration is fixed.
+        """
+        folder = self.options.data_dir / "sep2"
+        try:
+            self.utility = Sep2Client(
+                utility,
+                folder,
+                clock=self.options.wall_clock,
+                ssl_context=self.options.utility_ssl_context,
+            )
+        except (OSError, ValueError) as exc:
+            self.utility = None
+            self.utility_error = f"utility link not started: {exc}"
+            self._stored_schedule = LinkStore(folder).load_schedule()
+            log.error("%s; obeying the stored schedule", self.utility_error)
+        else:
+            self.utility_error = None
+            self._stored_schedule = None
 
     def apply_config(self, config: Config) -> None:
         """Makes ``config`` the running configuration, without a restart of the process.
@@ -270,7 +296,14 @@ class App:
                 self.meter_mean = self.meter_mean.add(st.last_reading, st.site_w)
 
     def _utility_limits(self) -> UtilityLimits | None:
-        if self.utility is None or not self.utility.acting:
+        if self.utility is None:
+            if self._stored_schedule is None:
+                return None
+            # No link (its files are unusable): the stored schedule, without the device's
+            # randomization seed (its LFDI comes from the unreadable certificate).
+            stored = self._stored_schedule.active_controls(self.options.wall_clock(), "")
+            return utility_limits(stored)
+        if not self.utility.acting:
             return None
         active = self.utility.active_controls(self.options.wall_clock())
         return None if active is None else utility_limits(active)
@@ -460,7 +493,11 @@ class App:
         meter = self.meter.state if self.meter is not None else None
         out = self.output
         der_w = [link.state.power_w for link in self.inverters if link.state.online]
-        utility: dict[str, Any] = {"configured": self.utility is not None, "connected": False}
+        utility: dict[str, Any] = {
+            "configured": self.config.utility is not None,
+            "connected": False,
+            "lastError": self.utility_error,
+        }
         if self.utility is not None:
             st = self.utility.state()
             utility.update(

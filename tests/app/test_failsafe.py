@@ -105,3 +105,44 @@ async def test_utility_limit_reaches_the_inverters_and_outlives_the_utility(tmp_
                 assert app.status()["limits"]["exportW"] == 1500
                 assert sim.export_w() <= 1500 + 100
                 nursery.cancel_scope.cancel()
+
+
+async def test_unusable_utility_key_does_not_crash_and_the_stored_schedule_is_obeyed(
+    tmp_path: Path,
+):
+    data = tmp_path / "data"
+    server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=10)
+    async with server.running() as utility:
+        now = int(utility.now())
+        utility.add_control(start=now - 5, duration=3600, export_limit_w=1500)
+        utility.set_default(export_limit_w=5000)
+        files = utility.pki.files
+        raw = {
+            "utility": {
+                "server": utility.url,
+                "ca": str(files["serca"]),
+                "cert": str(files["device_chain"]),
+                "key": str(tmp_path / "key.pem"),
+                "nmi": "4312345678",
+            }
+        }
+        (tmp_path / "key.pem").write_bytes(files["device_key"].read_bytes())
+        first = make_app(parse_config(raw), data)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.run)
+            await wait_for(lambda: first.status()["limits"]["exportW"] == 1500, within=20)
+            nursery.cancel_scope.cancel()
+    # The key file gets corrupted (a bad SD card, a bad edit) and the utility is unreachable.
+    (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n")
+    second = make_app(parse_config(raw), data)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        await wait_for(lambda: second.output is not None, within=5)
+        status = second.status()
+        assert status["utility"]["configured"] is True
+        assert status["utility"]["connected"] is False
+        assert "utility link not started" in status["utility"]["lastError"]
+        # the schedule stored on the data partition keeps the utility's 1500 W limit in force
+        assert status["limits"]["exportW"] == 1500
+        assert status["limits"]["source"]["export_w"].startswith("utility")
+        nursery.cancel_scope.cancel()
