@@ -92,6 +92,9 @@ class App:
         self.utility_error: str | None = None
         """Why the configured utility link could not start (None when it runs or is absent)."""
         self._stored_schedule: ScheduleSnapshot | None = None
+        self.config_problems: list[str] = []
+        """Why the configuration file was refused at start (the service then waits in setup
+        mode for a valid one rather than exiting into a restart loop)."""
 
     # -- running ------------------------------------------------------------------------------
 
@@ -194,6 +197,7 @@ class App:
         old = self.config
         self.config = config
         self.setup_mode = False
+        self.config_problems = []
         relinked = (
             old.inverters != config.inverters
             or old.meter != config.meter
@@ -553,6 +557,7 @@ class App:
             "utility": utility,
             "ready": self.ready,
             "setupMode": self.setup_mode,
+            "configProblems": list(self.config_problems),
         }
 
 

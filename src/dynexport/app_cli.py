@@ -30,6 +30,7 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     setup_mode = not Path(args.config).exists()
+    problems: list[str] = []
     try:
         # No configuration yet (first boot): start in setup mode, with only the web server,
         # which writes the configuration to --config when the installer finishes the setup.
@@ -38,12 +39,19 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{args.config}: invalid configuration", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
-        return 2
+        if args.no_web:
+            return 2
+        # Exiting would only make systemd restart us into the same error until it reboots the
+        # appliance, again and again. Serve the web UI instead, so the installer can log in and
+        # fix it; the inverters meanwhile run on their own settings (their limits revert).
+        config, setup_mode, problems = Config(), True, list(exc.problems)
     options = AppOptions(
         config_path=Path(args.config),
         data_dir=Path(args.data),
         web_host=None if args.no_web else (args.host or config.web.host),
         web_port=None if args.no_web else (args.port or config.web.port),
     )
-    trio.run(run_until_signalled, App(config, options, setup_mode=setup_mode))
+    app = App(config, options, setup_mode=setup_mode)
+    app.config_problems = problems
+    trio.run(run_until_signalled, app)
     return 0

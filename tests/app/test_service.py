@@ -123,3 +123,42 @@ def test_sigterm_leaves_inverters_at_their_fail_safe_and_exits_within_5_s(tmp_pa
             assert sim.site.get(unit, 123, "WMaxLim_Ena") == 1
             assert sim.site.get(unit, 123, "WMaxLimPct") <= 20.0
             assert sim.site.get(unit, 123, "WMaxLimPct_RvrtTms") == 45
+
+
+def test_an_invalid_configuration_serves_the_web_ui_with_the_problem_instead_of_exiting(
+    tmp_path: Path,
+):
+    import urllib.request
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"inverters": [{"tcp": "10.0.0.9", "unit": 999}]}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dynexport", "run", "--config", str(path),
+         "--data", str(tmp_path / "data"), "--host", "127.0.0.1", "--port", str(port)],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        doc = None
+        while doc is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2) as r:
+                    doc = json.loads(r.read())
+            except OSError:
+                time.sleep(0.3)
+        assert proc.poll() is None, "the service exited instead of waiting to be fixed"
+        assert doc is not None
+        assert doc["setupMode"] is True
+        assert doc["configProblems"] == ["inverters[0].unit: must be 1..247"]
+        assert any(a["code"] == "config" for a in doc["alerts"])
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "inverters[0].unit: must be 1..247" in err
+    assert path.read_text().count("999") == 1  # the refused file is left as it was

@@ -185,6 +185,8 @@ def alerts(status: dict[str, Any], config: Config, wall_clock: float) -> list[di
     def add(level: str, code: str, text: str) -> None:
         out.append({"level": level, "code": code, "text": text})
 
+    for problem in status.get("configProblems") or []:
+        add("error", "config", f"The configuration file was refused: {problem}")
     if status.get("setupMode"):
         add("info", "setup", "Not configured yet: finish the setup.")
         return out
