@@ -154,6 +154,19 @@ async def test_p_06_429_with_retry_after_is_not_polled_again_before_it_elapses(
     assert got[0] == 429 and got[-1] == 200, got
 
 
+async def test_p_06_exactly_two_control_list_requests_in_the_harness_window(
+    mock_clock: trio.testing.MockClock, mock_server: UtilityServer, tmp_path: Path
+) -> None:
+    """The harness's criterion: Retry-After 180 at a 60 s pollRate, 280 s observed, and exactly
+    2 DERControlList requests: the one answered 429, and one resumed poll after the block."""
+    procedure("P-06", "GET-DERC-INITIAL", "WAIT-FOR-RESUME")
+    times, _ = await _throttled(mock_server, tmp_path, retry_after="180", block_s=180, test_s=280)
+    assert len(times) == 2, f"DERControlList requested at {times}"
+    assert times[0] == 0 and times[1] > 180
+    got = [r.status for r in requests(mock_server, "GET", "/derp/1/derc")]
+    assert got == [429, 200], got
+
+
 async def test_p_06_resumes_normal_polling_without_a_duplicate_request(
     mock_clock: trio.testing.MockClock, mock_server: UtilityServer, tmp_path: Path
 ) -> None:
