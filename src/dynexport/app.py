@@ -76,6 +76,7 @@ class App:
         self.setup_mode = setup_mode
         """No configuration yet: only the web server runs (the first-boot setup)."""
         self._restart = trio.Event()
+        self._limits_changed = trio.Event()
         self.meter_mean = RollingMean(window_s=self.settings.average_s)
         self.controller = law.ControllerState()
         self.output: law.ControlOutput | None = None
@@ -198,6 +199,7 @@ class App:
         self.config = config
         self.setup_mode = False
         self.config_problems = []
+        self._limits_changed.set()  # limits and windows apply at once, not at the next tick
         relinked = (
             old.inverters != config.inverters
             or old.meter != config.meter
@@ -244,11 +246,23 @@ class App:
         while True:
             await self._fresh_readings(budget=min(0.5 * interval, 0.8))
             self.control_once(trio.current_time())
-            next_t += interval
             now = trio.current_time()
-            if next_t < now:  # fell behind (a slow device): do not try to catch up in a burst
-                next_t = now + interval
-            await trio.sleep_until(next_t)
+            while next_t <= now:  # the next regular tick (after a slow cycle: no burst)
+                next_t += interval
+            # A new limit is acted on when it starts, not up to an interval later: wake at the
+            # next change of the utility's schedule or of a daily window, or when the
+            # configuration changes.
+            wake_at = min(next_t, now + self._seconds_to_next_limit_change(interval))
+            with trio.move_on_at(wake_at):
+                await self._limits_changed.wait()
+            self._limits_changed = trio.Event()
+
+    def _seconds_to_next_limit_change(self, horizon_s: float) -> float:
+        """Seconds until the effective limits next change, if within ``horizon_s``; else inf."""
+        outlook = self.limits_outlook(hours=horizon_s / 3600)
+        if len(outlook) < 2:
+            return math.inf
+        return max(0.0, outlook[1][0] - self.options.wall_clock())
 
     async def _fresh_readings(self, budget: float) -> None:
         """Polls the meter and every inverter now, and waits (at most ``budget`` s) for them.
