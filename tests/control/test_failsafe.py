@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from dynexport.control.average import RollingMean
 from dynexport.control.failsafe import (
-    LinkHealth,
     failsafe_generation_w,
     meter_is_stale,
-    record_failure,
-    record_success,
 )
 from dynexport.control.limits import EffectiveLimits
 
@@ -37,18 +34,3 @@ def test_no_limits_at_all_means_no_fail_safe_cap():
 
 def test_a_negative_export_limit_gives_zero_generation():
     assert failsafe_generation_w(EffectiveLimits(export_w=-200)) == (0.0, "fail-safe")
-
-
-def test_an_inverter_goes_offline_after_three_failures_with_growing_backoff():
-    h = LinkHealth()
-    h = record_failure(h, 0.0)
-    assert h.online and h.next_attempt_t == 1.0
-    h = record_failure(h, 1.0)
-    assert h.online and h.next_attempt_t == 3.0
-    h = record_failure(h, 3.0)
-    assert not h.online and h.next_attempt_t == 7.0
-    for _ in range(10):
-        h = record_failure(h, 100.0)
-    assert h.next_attempt_t == 160.0  # capped at 60 s
-    h = record_success(h, 200.0)
-    assert h == LinkHealth(0, True, 200.0)

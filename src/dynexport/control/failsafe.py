@@ -2,14 +2,12 @@
 
 Without a fresh meter reading the load is unknown, so the only limit that is safe whatever the
 household does is one that keeps export within the limit *with zero load*: total generation no
-more than the export limit. An inverter that stops answering is marked offline after a few
-failures and retried with exponential backoff; meanwhile its own revert timer (every limit is
+more than the export limit. An inverter that stops answering is its device link's business (it
+is marked offline and retried with backoff); meanwhile its own revert timer (every limit is
 written with one) brings it back to its default, and the meter sees whatever it produces.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from dynexport.control.average import RollingMean
 from dynexport.control.limits import EffectiveLimits
@@ -46,38 +44,3 @@ def failsafe_generation_w(
         return None, ""
     value, source = min(candidates, key=lambda c: c[0])
     return value, source
-
-
-@dataclass(frozen=True)
-class LinkHealth:
-    """One device link's failures, for the I/O layer's retry loop."""
-
-    failures: int = 0
-    online: bool = True
-    next_attempt_t: float = 0.0
-
-
-def record_failure(
-    health: LinkHealth,
-    now: float,
-    offline_after: int = 3,
-    base_s: float = 1.0,
-    max_s: float = 60.0,
-) -> LinkHealth:
-    """One more failed request: offline after ``offline_after`` in a row; back off exponentially.
-
-    Three tries before "offline" rides over a single lost frame; the 60 s cap matches the
-    revert timeout, so a recovered inverter is rewritten before its limit could lapse for long.
-    """
-    failures = health.failures + 1
-    delay = min(max_s, base_s * 2 ** (failures - 1))
-    return LinkHealth(
-        failures=failures,
-        online=health.online and failures < offline_after,
-        next_attempt_t=now + delay,
-    )
-
-
-def record_success(health: LinkHealth, now: float) -> LinkHealth:
-    """A good reply: online again, retried at the normal rate."""
-    return LinkHealth(failures=0, online=True, next_attempt_t=now)

@@ -127,7 +127,6 @@ class _Link:
         self.backoff = backoff
         self._on_update = on_update
         self._failures = 0
-        self._discovered = False
         self.last_activity: float | None = None
         """trio time of the last poll attempt, good or bad: proof the task is not stuck."""
         self._wake = trio.Event()
@@ -156,7 +155,6 @@ class _Link:
         except DEVICE_ERRORS as exc:
             await self._failed(f"not found: {exc}")
             return False
-        self._discovered = True
         self._failures = 0
         return True
 
