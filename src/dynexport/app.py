@@ -150,7 +150,7 @@ class App:
                     if self.meter is not None:
                         nursery.start_soon(self.meter.run)
                     if self.utility is not None:
-                        nursery.start_soon(self._run_utility)
+                        nursery.start_soon(self.utility.run)
                     nursery.start_soon(self._control_loop)
                     nursery.start_soon(self._telemetry_loop)
                     task_status.started(self)
@@ -190,10 +190,10 @@ class App:
     def apply_config(self, config: Config) -> None:
         """Makes ``config`` the running configuration, without a restart of the process.
 
-        Limits and the utility's schedule are re-read every control cycle, so a change of
-        ``limits`` applies within a second; a change of devices, the utility or control timing
-        restarts the links (the inverters' revert timers cover the second this takes). Web
-        server changes apply at the next start of the service.
+        Limits and the utility's schedule are re-read every control cycle, and the controller
+        is woken at once, so a change of ``limits`` applies immediately; a change of devices,
+        the utility or control timing restarts the links (the inverters' revert timers cover
+        the second this takes). Web server changes apply at the next start of the service.
         """
         old = self.config
         self.config = config
@@ -226,6 +226,7 @@ class App:
         ]
         for link in self.inverters:
             self.progress.register(link.id, 120.0, trio.current_time())
+        self.meter = None  # a meter removed from the configuration must not linger
         if self.config.meter is not None:
             self.meter = MeterLink(
                 "meter",
@@ -235,10 +236,6 @@ class App:
             )
             self.progress.register("meter", 60.0, trio.current_time())
         self.progress.register("controller", self.CONTROLLER_MAX_SILENCE_S, trio.current_time())
-
-    async def _run_utility(self) -> None:
-        assert self.utility is not None
-        await self.utility.run()
 
     async def _control_loop(self) -> None:
         interval = self.config.control.interval_s

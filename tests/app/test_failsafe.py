@@ -146,3 +146,19 @@ async def test_unusable_utility_key_does_not_crash_and_the_stored_schedule_is_ob
         assert status["limits"]["exportW"] == 1500
         assert status["limits"]["source"]["export_w"].startswith("utility")
         nursery.cancel_scope.cancel()
+
+
+async def test_removing_the_meter_from_the_configuration_leaves_no_stale_meter(tmp_path: Path):
+    import dataclasses
+
+    with simulated_site() as sim:
+        app = make_app(site_config(sim, extra={"limits": {"exportW": 3000}}), tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_for(lambda: app.status()["site"]["meterOnline"] is True)
+            app.apply_config(dataclasses.replace(app.config, meter=None))
+            await wait_for(lambda: app.meter is None)
+            # without a meter the load is unknown: the controller holds the fail-safe
+            await wait_for(lambda: app.status()["control"]["mode"] == "failsafe", within=10)
+            assert app.status()["site"]["powerW"] is None
+            nursery.cancel_scope.cancel()
