@@ -127,6 +127,14 @@ class UtilityConfig:
     """Extra TLS 1.2 cipher suites (OpenSSL names) beside ECDHE-ECDSA-AES128-CCM8."""
     check_hostname: bool = True
     """Check the server certificate's name against ``server``; the chain is checked regardless."""
+    pen: int = 0
+    """IANA Private Enterprise Number of the manufacturer or installer (decimal). Every mRID the
+    client creates ends in it, written as 8 decimal digits, as IEEE 2030.5 and the CSIP-AUS test
+    harness require; 0 (unset) works but is reported as a warning."""
+    fallback_export_w: float = 1500.0
+    """Export limit applied while the utility is configured but no usable schedule exists (no
+    certificate yet, PIN mismatch, stored schedule unreadable and no network): fail closed, not
+    open. 1500 W is the common fixed limit of Australian networks."""
 
 
 @dataclass(frozen=True)
@@ -417,6 +425,8 @@ _UTILITY_KEYS = {
     "pin",
     "ciphers",
     "checkHostname",
+    "pen",
+    "fallbackExportW",
 }
 _NMI = re.compile(r"^[A-Z0-9]{10,11}$")
 _CIPHER = re.compile(r"^[A-Z0-9-]+$")
@@ -457,6 +467,10 @@ def _utility(r: _Reader, value: object, path: str, base_dir: Path) -> UtilityCon
     check_hostname = raw.get("checkHostname", True)
     if not isinstance(check_hostname, bool):
         r.fail(_join(path, "checkHostname"), "must be true or false")
+    pen = r.int_in(raw.get("pen"), _join(path, "pen"), 0, 4294967295, default=0)
+    fallback = r.number_in(
+        raw.get("fallbackExportW"), _join(path, "fallbackExportW"), 0, 1e7, default=1500.0
+    )
     if len(r.problems) > problems_before or server is None or nmi is None or dcap is None:
         return None
     return UtilityConfig(
@@ -469,6 +483,8 @@ def _utility(r: _Reader, value: object, path: str, base_dir: Path) -> UtilityCon
         pin=pin,
         ciphers=tuple(ciphers),
         check_hostname=bool(check_hostname),
+        pen=0 if pen is None else pen,
+        fallback_export_w=1500.0 if fallback is None else float(fallback),
     )
 
 
