@@ -12,9 +12,10 @@ import logging
 import math
 import signal
 import time
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from datetime import time as dtime
 from functools import partial
 from pathlib import Path
@@ -34,6 +35,7 @@ from dynexport.sep2.state import LinkStore
 from dynexport.sep2.telemetry import Sample
 from dynexport.sunspec.links import DEVICE_ERRORS, Desired, InverterLink, MeterLink
 from dynexport.system.config import Config, UtilityConfig
+from dynexport.system.supervise import FaultLog, supervised
 from dynexport.system.watchdog import Notifier, ProgressTracker, watchdog_interval_s
 
 log = logging.getLogger("dynexport.app")
@@ -43,6 +45,8 @@ SAMPLE_EVERY_S = 5.0
 READY_AFTER_S = 30.0
 """Tell systemd we are up after this long even if a device is still missing (it is retried
 forever, and the controller fails safe meanwhile); never being ready would loop restarts."""
+FALLBACK_SOURCE = "utility fallback"
+"""The source named for ``utility.fallbackExportW`` when the utility has no usable schedule."""
 SHUTDOWN_BUDGET_S = 4.0
 """SIGTERM must end within 5 s: this much is spent leaving inverters at their fail-safe."""
 
@@ -57,8 +61,8 @@ class AppOptions:
     web_host: str | None = None
     web_port: int | None = None
     """None: no web server."""
-    local_time: Callable[[], datetime] = datetime.now
     wall_clock: Callable[[], float] = time.time
+    """Unix seconds; local times (daily windows) are taken from it in the site's time zone."""
     utility_ssl_context: Any = None
     """For the demo and tests only: a prepared client context for the utility link."""
     notifier: Notifier = field(default_factory=Notifier)
@@ -96,6 +100,10 @@ class App:
         self.config_problems: list[str] = []
         """Why the configuration file was refused at start (the service then waits in setup
         mode for a valid one rather than exiting into a restart loop)."""
+        self.faults = FaultLog()
+        """Unexpected exceptions of supervised tasks (each restarts with backoff)."""
+        self.utility_fallback: str | None = None
+        """Why the utility's fallback export limit is in force (None when it is not)."""
 
     # -- running ------------------------------------------------------------------------------
 
@@ -109,18 +117,9 @@ class App:
         self.options.data_dir.mkdir(parents=True, exist_ok=True)
         self.started = trio.current_time()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watchdog_loop)
+            nursery.start_soon(supervised, "watchdog", self._watchdog_loop, self.faults)
             if self.options.web_port is not None:
-                from dynexport.web.server import serve_web
-
-                self.web_port = await nursery.start(
-                    partial(
-                        serve_web,
-                        self,
-                        host=self.options.web_host or "127.0.0.1",
-                        port=self.options.web_port,
-                    )
-                )
+                self.web_port = await nursery.start(self._web_task)
                 log.info("web server on %s:%s", self.options.web_host, self.web_port)
             first = True
             while True:
@@ -128,6 +127,25 @@ class App:
                 await self._generation(task_status if first else trio.TASK_STATUS_IGNORED)
                 first = False
                 log.info("configuration changed: restarting the links")
+
+    async def _web_task(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The web server, restarted with backoff if it ever fails; the first start reports the
+        bound port, a restart binds the same port again."""
+        from dynexport.web.server import serve_web
+
+        status = [task_status]
+
+        async def serve() -> None:
+            first = status.pop() if status else trio.TASK_STATUS_IGNORED
+            port = self.web_port if self.web_port is not None else self.options.web_port
+            await serve_web(
+                self,
+                host=self.options.web_host or "127.0.0.1",
+                port=port or 0,
+                task_status=first,
+            )
+
+        await supervised("web server", serve, self.faults)
 
     async def _generation(self, task_status: Any) -> None:
         """One run of the links and the controller, until cancelled or the config changes."""
@@ -145,14 +163,26 @@ class App:
             cancelled = True
             try:
                 async with trio.open_nursery() as nursery:
+                    # Every task is supervised: an unexpected exception in one is logged with
+                    # its traceback and that task restarts with backoff; the others go on.
                     for link in self.inverters:
-                        nursery.start_soon(link.run)
+                        nursery.start_soon(supervised, link.id, link.run, self.faults)
                     if self.meter is not None:
-                        nursery.start_soon(self.meter.run)
+                        nursery.start_soon(supervised, "meter", self.meter.run, self.faults)
                     if self.utility is not None:
-                        nursery.start_soon(self.utility.run)
-                    nursery.start_soon(self._control_loop)
-                    nursery.start_soon(self._telemetry_loop)
+                        nursery.start_soon(
+                            supervised, "utility link", self.utility.run, self.faults
+                        )
+                    nursery.start_soon(
+                        partial(
+                            supervised,
+                            "controller",
+                            self._control_loop,
+                            self.faults,
+                            on_fault=self._controller_fault,
+                        )
+                    )
+                    nursery.start_soon(supervised, "telemetry", self._telemetry_loop, self.faults)
                     task_status.started(self)
                     await self._restart.wait()
                     cancelled = False
@@ -254,6 +284,41 @@ class App:
                 await self._limits_changed.wait()
             self._limits_changed = trio.Event()
 
+    async def _controller_fault(self, exc: BaseException) -> None:
+        """The control law or its inputs failed: command every inverter's fail-safe at once.
+
+        The links keep rewriting the last command before its revert timer runs out, so a dead
+        controller must not leave its last (possibly generous) limit in force. If even the
+        fail-safe cannot be computed, 0 % is commanded: no export is always within the limit.
+        """
+        del exc
+        try:
+            commands = self._failsafe_commands()
+        except Exception:
+            log.exception("fail-safe limits could not be computed: commanding 0 %")
+            commands = [law.InverterCommand(link.id, 0.0) for link in self.inverters]
+        by_id = {link.id: link for link in self.inverters}
+        for cmd in commands:
+            by_id[cmd.id].command(Desired(pct=cmd.limit_pct, connect=cmd.connect))
+
+    def _failsafe_commands(self) -> list[law.InverterCommand]:
+        """What each controllable inverter gets when the meter cannot be trusted: total
+        generation within the export limit in force (safe at zero load). The limits are merged
+        afresh, so a fail-safe taken before the first control cycle still has them."""
+        limits = self.limits
+        try:
+            limits = merge_limits(
+                self._utility_limits(), self.config.limits, self.local_datetime().time()
+            )
+        except Exception:
+            log.exception("limits could not be merged for the fail-safe; using the last ones")
+        now = trio.current_time()
+        states = [self._law_state(link, now) for link in self.inverters]
+        out = law.control_step(
+            RollingMean(), states, limits, law.ControllerState(), now, self.settings
+        )
+        return list(out.commands)
+
     def _seconds_to_next_limit_change(self, horizon_s: float) -> float:
         """Seconds until the effective limits next change, if within ``horizon_s``; else inf."""
         outlook = self.limits_outlook(hours=horizon_s / 3600)
@@ -284,9 +349,9 @@ class App:
         """One control decision: gather readings and limits, run the law, command inverters."""
         self._feed_meter()
         self.limits = merge_limits(
-            self._utility_limits(), self.config.limits, self.options.local_time().time()
+            self._utility_limits(), self.config.limits, self.local_datetime().time()
         )
-        states = [self._law_state(link) for link in self.inverters]
+        states = [self._law_state(link, now) for link in self.inverters]
         out = law.control_step(
             self.meter_mean, states, self.limits, self.controller, now, self.settings
         )
@@ -311,17 +376,63 @@ class App:
                 self.meter_mean = self.meter_mean.add(st.last_reading, st.site_w)
 
     def _utility_limits(self) -> UtilityLimits | None:
+        """The utility's controls in force; its fallback export limit when it has none usable.
+
+        A configured utility that has no schedule to obey (no signed certificate yet, a PIN
+        mismatch, a lost or corrupt state file with no network) must not leave the site
+        unlimited: dynexport fails closed at ``utility.fallbackExportW``.
+        """
+        utility = self.config.utility
+        if utility is None:
+            self.utility_fallback = None
+            return None
+        try:
+            why, limits = self._utility_schedule_limits()
+        except Exception as exc:
+            log.exception("the utility's schedule could not be evaluated")
+            why, limits = f"its schedule could not be evaluated ({exc})", None
+        if limits is not None:
+            self.utility_fallback = None
+            return limits
+        if why != self.utility_fallback:
+            log.warning(
+                "utility: %s; applying the fallback export limit %.0f W",
+                why,
+                utility.fallback_export_w,
+            )
+        self.utility_fallback = why
+        return UtilityLimits(export_w=utility.fallback_export_w, label=FALLBACK_SOURCE)
+
+    def _utility_schedule_limits(self) -> tuple[str, UtilityLimits | None]:
         if self.utility is None:
             if self._stored_schedule is None:
-                return None
+                return self.utility_error or "the utility link is not running", None
             # No link (its files are unusable): the stored schedule, without the device's
             # randomization seed (its LFDI comes from the unreadable certificate).
             stored = self._stored_schedule.active_controls(self.options.wall_clock(), "")
-            return utility_limits(stored)
+            return "", utility_limits(stored)
         if not self.utility.acting:
-            return None
+            return "the utility's registration does not match the configured PIN", None
         active = self.utility.active_controls(self.options.wall_clock())
-        return None if active is None else utility_limits(active)
+        if active is None:
+            return "no schedule has been received from the utility yet", None
+        return "", utility_limits(active)
+
+    def local_datetime(self, t: float | None = None) -> datetime:
+        """Wall-clock time ``t`` (default now) in the site's time zone."""
+        return datetime.fromtimestamp(
+            self.options.wall_clock() if t is None else t, self.time_zone()
+        )
+
+    def time_zone(self) -> tzinfo | None:
+        """The site's zone (``site.timeZone``); None: the system's own."""
+        name = self.config.site.time_zone
+        if name is None:
+            return None
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            return None  # validated when loaded; a zone database removed since: system zone
 
     def limits_outlook(self, hours: float = 24.0) -> list[tuple[float, EffectiveLimits]]:
         """The effective limits from now on: (local epoch seconds, limits) at every change.
@@ -338,20 +449,24 @@ class App:
             offset = self.utility.clock_offset
         times = {now}
         times.update(seg.start - offset for seg in segments if now < seg.start - offset < end)
-        times.update(t for t in _window_edges(self.config.limits, now, end))
+        times.update(_window_edges(self.config.limits, now, end, self.time_zone()))
         outlook: list[tuple[float, EffectiveLimits]] = []
         for t in sorted(times):
             server_t = t + offset
             seg = next((g for g in segments if g.start <= server_t < g.end), None)
             util = None if seg is None else utility_limits(seg.controls)
-            local = datetime.fromtimestamp(t).time()
+            if seg is None and self.config.utility is not None:
+                util = UtilityLimits(
+                    export_w=self.config.utility.fallback_export_w, label=FALLBACK_SOURCE
+                )
+            local = self.local_datetime(t).time()
             limits = merge_limits(util, self.config.limits, local)
             if not outlook or outlook[-1][1] != limits:
                 outlook.append((t, limits))
         return outlook
 
     @staticmethod
-    def _law_state(link: InverterLink) -> law.InverterState:
+    def _law_state(link: InverterLink, now: float | None = None) -> law.InverterState:
         st = link.state
         reference = st.w_max or st.rated_w
         ready = st.online and reference is not None and st.power_w is not None
@@ -472,18 +587,21 @@ class App:
 
     async def leave_fail_safe(self) -> None:
         """Writes every reachable controllable inverter's fail-safe limit (with revert timeout)."""
-        states = [self._law_state(link) for link in self.inverters]
-        out = law.control_step(
-            RollingMean(), states, self.limits, law.ControllerState(), 0.0, self.settings
-        )
+        try:
+            commands = self._failsafe_commands()
+        except Exception:
+            log.exception("fail-safe limits could not be computed: writing 0 %")
+            commands = [law.InverterCommand(link.id, 0.0) for link in self.inverters]
         by_id = {link.id: link for link in self.inverters}
-        for cmd in out.commands:
+        for cmd in commands:
             link = by_id[cmd.id]
             try:
                 await link.write(Desired(pct=cmd.limit_pct, connect=cmd.connect))
                 log.info("%s: left at fail-safe limit %s", link.id, _pct(cmd.limit_pct))
             except DEVICE_ERRORS as exc:
                 log.warning("%s: could not write its fail-safe limit: %s", link.id, exc)
+            except Exception:  # one inverter's bug must not leave the others unwritten
+                log.exception("%s: could not write its fail-safe limit", link.id)
         self.notifier.stopping("inverters left at their fail-safe limits")
 
     # -- views --------------------------------------------------------------------------------
@@ -512,6 +630,7 @@ class App:
             "configured": self.config.utility is not None,
             "connected": False,
             "lastError": self.utility_error,
+            "storageError": None,
         }
         if self.utility is not None:
             st = self.utility.state()
@@ -525,7 +644,9 @@ class App:
                 pendingResponses=st.pending_responses,
                 telemetryBacklog=st.telemetry_backlog,
                 lastError=st.last_error,
+                storageError=self.utility.store.write_error,
             )
+        utility["fallback"] = self.utility_fallback
         return {
             "site": {
                 "powerW": None if meter is None else meter.site_w,
@@ -566,6 +687,10 @@ class App:
                 for link in self.inverters
             ],
             "utility": utility,
+            "faults": [
+                {"task": f.task, "error": f.error, "count": f.count}
+                for f in self.faults.active(trio.current_time())
+            ],
             "ready": self.ready,
             "setupMode": self.setup_mode,
             "configProblems": list(self.config_problems),
@@ -597,18 +722,55 @@ def utility_limits(active: ActiveControls) -> UtilityLimits:
     )
 
 
-def _window_edges(limits: LimitsConfig, start: float, end: float) -> list[float]:
-    """Local epoch seconds in (start, end) where a daily window begins or ends."""
-    edges = []
-    day = datetime.fromtimestamp(start).date()
-    for offset_days in range(0, 3):
+def _window_edges(
+    limits: LimitsConfig, start: float, end: float, zone: tzinfo | None = None
+) -> list[float]:
+    """Epoch seconds in (start, end) where a daily window may begin or end, in ``zone``'s local
+    time (None: the system's).
+
+    Windows are judged on the local wall clock, so around a daylight-saving change a window
+    edge can fall in the skipped hour (the window then starts when the clocks jump) or happen
+    twice (an hour repeats). Both readings of each wall time and the instants where the clocks
+    jump are candidates; the caller evaluates the limits at each and keeps only real changes.
+    """
+    if not limits.windows:
+        return []
+    edges: set[float] = set(_offset_changes(start, end, zone))
+    day = datetime.fromtimestamp(start, zone).date()
+    for offset_days in range(-1, 3):
         date = day + timedelta(days=offset_days)
         for window in limits.windows:
             for minute in (window.start_min, window.end_min):
-                t = datetime.combine(date, dtime(minute // 60, minute % 60)).timestamp()
-                if start < t < end:
-                    edges.append(t)
-    return edges
+                wall = datetime.combine(date, dtime(minute // 60, minute % 60), tzinfo=zone)
+                for fold in (0, 1):
+                    t = wall.replace(fold=fold).timestamp()
+                    if start < t < end:
+                        edges.add(t)
+    return sorted(edges)
+
+
+def _offset_changes(start: float, end: float, zone: tzinfo | None) -> list[float]:
+    """The instants in (start, end) where ``zone``'s UTC offset changes, to the second."""
+
+    def offset(t: float) -> timedelta | None:
+        return datetime.fromtimestamp(t, zone).astimezone(zone).utcoffset()
+
+    changes = []
+    step = 1800.0
+    t = start
+    while t < end:
+        nxt = min(t + step, end)
+        if offset(t) != offset(nxt):
+            lo, hi = t, nxt  # offset(lo) is the old one, offset(hi) the new one
+            while hi - lo > 1.0:
+                mid = (lo + hi) / 2
+                if offset(mid) == offset(lo):
+                    lo = mid
+                else:
+                    hi = mid
+            changes.append(float(math.ceil(hi)))
+        t = nxt
+    return [c for c in changes if start < c < end]
 
 
 def _settings(config: Config) -> law.ControlSettings:

@@ -35,16 +35,21 @@ def _run(args: argparse.Namespace) -> int:
         # No configuration yet (first boot): start in setup mode, with only the web server,
         # which writes the configuration to --config when the installer finishes the setup.
         config = Config() if setup_mode else load_config(args.config)
-    except ConfigError as exc:
+    except Exception as exc:  # every unreadable configuration leads to setup mode
+        problems = (
+            list(exc.problems)
+            if isinstance(exc, ConfigError)
+            else [f"cannot be read: {type(exc).__name__}: {exc}"]
+        )
         print(f"{args.config}: invalid configuration", file=sys.stderr)
-        for problem in exc.problems:
+        for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         if args.no_web:
             return 2
         # Exiting would only make systemd restart us into the same error until it reboots the
         # appliance, again and again. Serve the web UI instead, so the installer can log in and
         # fix it; the inverters meanwhile run on their own settings (their limits revert).
-        config, setup_mode, problems = Config(), True, list(exc.problems)
+        config, setup_mode = Config(), True
     options = AppOptions(
         config_path=Path(args.config),
         data_dir=Path(args.data),

@@ -39,6 +39,10 @@ class LinkStore:
     def __init__(self, data_dir: str | os.PathLike[str] | None) -> None:
         self.data_dir = None if data_dir is None else Path(data_dir)
         self._memory: dict[str, bytes] = {}
+        self.write_error: str | None = None
+        """Why the last save failed (a full or failing data partition); None once one works.
+        A failed save never stops the link: the state lives on in memory, and is saved again
+        at the next change."""
 
     def _path(self, name: str) -> Path | None:
         return None if self.data_dir is None else self.data_dir / name
@@ -51,13 +55,32 @@ class LinkStore:
             return path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:  # an unreadable partition: start without it, say so
+            log.error("cannot read stored %s (%s); starting without it", name, exc)
+            return None
 
     def _write(self, name: str, data: bytes) -> None:
         path = self._path(name)
         if path is None:
             self._memory[name] = data
-        else:
+            return
+        try:
             atomic_write(path, data, mode=0o600)
+        except OSError as exc:
+            self._write_failed(name, exc)
+        else:
+            self._write_ok()
+
+    def _write_failed(self, name: str, exc: OSError) -> None:
+        error = f"cannot save {name}: {exc.strerror or exc}"
+        if self.write_error is None:  # one line per episode, not one per save
+            log.error("%s; carrying on from memory", error)
+        self.write_error = error
+
+    def _write_ok(self) -> None:
+        if self.write_error is not None:
+            log.info("saving state works again")
+        self.write_error = None
 
     def _quarantine(self, name: str, exc: Exception) -> None:
         path = self._path(name)
@@ -115,6 +138,9 @@ class LinkStore:
             return Outbox.from_json(data, capacity=capacity)
         except FileNotFoundError:
             return Outbox(capacity=capacity)
+        except OSError as exc:  # an unreadable partition: start without it, say so
+            log.error("cannot read stored %s (%s); starting without it", TELEMETRY_FILE, exc)
+            return Outbox(capacity=capacity)
         except (ValueError, TypeError) as exc:
             self._quarantine(TELEMETRY_FILE, exc)
             return Outbox(capacity=capacity)
@@ -124,4 +150,9 @@ class LinkStore:
         if path is None:
             self._memory[TELEMETRY_FILE] = json.dumps(outbox.to_json()).encode()
         else:
-            write_json(path, outbox.to_json(), mode=0o600)
+            try:
+                write_json(path, outbox.to_json(), mode=0o600)
+            except OSError as exc:
+                self._write_failed(TELEMETRY_FILE, exc)
+            else:
+                self._write_ok()

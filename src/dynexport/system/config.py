@@ -138,6 +138,16 @@ class UtilityConfig:
 
 
 @dataclass(frozen=True)
+class SiteConfig:
+    """Facts about the site itself."""
+
+    time_zone: str | None = None
+    """IANA time zone name (``Australia/Brisbane``) in which daily windows run; None: the
+    system's own zone (UTC on an appliance nobody set up), reported as a warning when windows
+    are configured."""
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated configuration."""
 
@@ -147,6 +157,7 @@ class Config:
     utility: UtilityConfig | None = None
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
     base_dir: Path = field(default_factory=Path.cwd)
 
     def endpoints(self) -> list[Endpoint]:
@@ -488,7 +499,36 @@ def _utility(r: _Reader, value: object, path: str, base_dir: Path) -> UtilityCon
     )
 
 
-TOP_LEVEL_KEYS = {"inverters", "meter", "control", "utility", "limits", "web"}
+TOP_LEVEL_KEYS = {"inverters", "meter", "control", "utility", "limits", "web", "site"}
+
+
+def _site(r: _Reader, value: object, path: str) -> SiteConfig:
+    raw = r.obj({} if value is None else value, path, {"timeZone"})
+    if raw is None:
+        return SiteConfig()
+    zone = raw.get("timeZone")
+    if zone is None:
+        return SiteConfig()
+    if not isinstance(zone, str) or not valid_time_zone(zone):
+        r.fail(
+            _join(path, "timeZone"),
+            f"must be an IANA time zone name such as 'Australia/Brisbane', not {zone!r}",
+        )
+        return SiteConfig()
+    return SiteConfig(time_zone=zone)
+
+
+def valid_time_zone(name: str) -> bool:
+    """True when ``name`` is a time zone the system's zone database knows."""
+    import zoneinfo
+
+    if not name or len(name) > 64 or name.startswith(("/", ".")) or ".." in name:
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
 
 
 def parse_config(data: object, base_dir: Path | None = None, source: str | None = None) -> Config:
@@ -506,6 +546,7 @@ def parse_config(data: object, base_dir: Path | None = None, source: str | None 
     )
     limits = _limits(r, raw.get("limits"))
     web = _web(r, raw.get("web"), "web")
+    site = _site(r, raw.get("site"), "site")
     _check_unique_devices(r, inverters, meter)
     if r.problems or control is None or web is None:
         raise ConfigError(r.problems, source)
@@ -516,6 +557,7 @@ def parse_config(data: object, base_dir: Path | None = None, source: str | None 
         utility=utility,
         limits=limits,
         web=web,
+        site=site,
         base_dir=base,
     )
 
@@ -550,13 +592,67 @@ def load_config(path: str | Path) -> Config:
     """Reads and validates a configuration file; relative paths in it resolve against its folder."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError([f"cannot read the file: {exc.strerror or exc}"], str(p)) from exc
+    return parse_config(decode_json(raw, str(p)), base_dir=p.resolve().parent, source=str(p))
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""A configuration is a few kilobytes; a larger file is a mistake, not a site."""
+MAX_JSON_DEPTH = 32
+"""The schema nests four levels deep; anything far deeper is refused before it is parsed."""
+
+
+def decode_json(raw: bytes | str, source: str | None = None) -> object:
+    """Decodes configuration JSON, turning every way it can be unreadable into a ConfigError.
+
+    Each of these once escaped as a different exception and stopped ``dynexport run`` instead
+    of leaving it waiting in setup mode: bytes that are not UTF-8, nesting deep enough to
+    exhaust the parser's recursion, and integers longer than Python converts (4300 digits).
+    """
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"the file is {len(raw)} bytes; at most {MAX_CONFIG_BYTES}"], source)
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                [f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}"], source
+            ) from exc
+    else:
+        text = raw
+    depth = _json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise ConfigError([f"nested {depth} levels deep; at most {MAX_JSON_DEPTH}"], source)
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
-            [f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"], str(p)
+            [f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"], source
         ) from exc
-    return parse_config(data, base_dir=p.resolve().parent, source=str(p))
+    except (ValueError, RecursionError) as exc:
+        # int() refusing a number of thousands of digits, and anything like it
+        raise ConfigError([f"not usable JSON: {exc}"], source) from exc
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of brackets outside strings (a linear scan, no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
