@@ -45,7 +45,7 @@ echo "== mmdebstrap" >&2
 packages=(
 	systemd systemd-sysv udev dbus systemd-resolved systemd-timesyncd
 	linux-image-amd64 initramfs-tools zstd
-	python3 e2fsprogs fdisk util-linux
+	python3 tzdata e2fsprogs fdisk util-linux
 	hostapd dnsmasq-base wpasupplicant iw
 )
 mmdebstrap --variant=minbase --quiet \

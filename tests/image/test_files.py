@@ -55,8 +55,11 @@ def test_defconfig_is_the_appliance(board: str) -> None:
         "BR2_PACKAGE_RPI_FIRMWARE",
         "BR2_PACKAGE_HOST_GENIMAGE",
         "BR2_DOWNLOAD_FORCE_CHECK_HASHES",
+        "BR2_TARGET_TZ_INFO",  # site.timeZone: daily windows run in the site's zone
     ):
         assert cfg.get(sym) == "y", sym
+    # the zone database holds every Australian zone (Python's zoneinfo reads it)
+    assert "australasia" in cfg.get("BR2_TARGET_TZ_ZONELIST", "").split()
     # no password login, no getty, root never remounted read-write, no SSH server
     assert cfg["BR2_TARGET_ENABLE_ROOT_LOGIN"] == "n"
     assert cfg["BR2_TARGET_GENERIC_GETTY"] == "n"
@@ -347,3 +350,9 @@ def test_genimage_assembles_the_card(board: str, tmp_path: Path) -> None:
     )
     if label.returncode == 0:
         assert label.stdout.strip() == "dynexport-data"
+
+
+def test_the_system_test_image_has_the_zone_database_too() -> None:
+    script = (ROOT / "systemtest" / "build-image.sh").read_text()
+    packages = script.split("packages=(", 1)[1].split(")", 1)[0].split()
+    assert "tzdata" in packages
