@@ -79,8 +79,9 @@ image-check:
 
 # Boots the appliance design in qemu (a Debian test image with the same overlay, units and partition
 # layout; docs/image.md "System test"). Needs root, mmdebstrap and qemu (installed by .ci/run).
-system-test: venv
-	systemtest/system-test.sh $(PY)
+# The utility simulator validates every body against the CSIP-AUS XSD, which comes from the wheels.
+system-test: venv wheels
+	DYNEXPORT_WHEELS=$(abspath $(WHEELS)) systemtest/system-test.sh $(PY)
 
 clean:
 	rm -rf $(VENV) $(VENV313) build .pytest_cache .mypy_cache .ruff_cache
