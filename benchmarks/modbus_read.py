@@ -25,7 +25,7 @@ from tests.modbus.servers import (
 )
 
 from dynexport.modbus.client import open_bus
-from dynexport.system.config import Endpoint, SerialEndpoint, TcpEndpoint
+from dynexport.modbus.endpoints import Endpoint, SerialEndpoint, TcpEndpoint
 
 
 async def measure(endpoint: Endpoint, reads: int) -> tuple[list[float], list[float]]:

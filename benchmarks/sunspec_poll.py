@@ -15,10 +15,10 @@ import time
 import trio
 
 from dynexport.modbus.client import open_bus
+from dynexport.modbus.endpoints import TcpEndpoint
 from dynexport.sim import profiles
 from dynexport.sim.modbus_server import serve_tcp
 from dynexport.sunspec.device import SunSpecDevice
-from dynexport.system.config import TcpEndpoint
 
 ROUNDS = 200
 

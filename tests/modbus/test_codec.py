@@ -8,9 +8,9 @@ import pytest
 
 from dynexport.modbus import codec
 from dynexport.modbus.client import Backoff
+from dynexport.modbus.endpoints import SerialEndpoint
 from dynexport.modbus.errors import ModbusExceptionResponse, ModbusFrameError
 from dynexport.modbus.serial_port import char_time, frame_silence
-from dynexport.system.config import SerialEndpoint
 from tests.modbus.servers import crc16_modbus, read_answer_pdu, rtu_frame, tcp_frame
 
 READ = codec.read_request(3, 2, 40070, 3)

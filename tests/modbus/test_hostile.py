@@ -10,13 +10,13 @@ import pytest
 import trio
 
 from dynexport.modbus.client import Backoff, ModbusBus, open_bus
+from dynexport.modbus.endpoints import SerialEndpoint, TcpEndpoint
 from dynexport.modbus.errors import (
     ModbusConnectionError,
     ModbusExceptionResponse,
     ModbusFrameError,
     ModbusTimeout,
 )
-from dynexport.system.config import SerialEndpoint, TcpEndpoint
 from tests.modbus.servers import (
     HostilePeer,
     hostile_rtu_peer,

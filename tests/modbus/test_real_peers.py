@@ -6,8 +6,8 @@ import pytest
 import trio
 
 from dynexport.modbus.client import BusPool, ModbusBus, open_bus
+from dynexport.modbus.endpoints import Endpoint, SerialEndpoint, TcpEndpoint
 from dynexport.modbus.errors import ModbusConnectionError, ModbusExceptionResponse
-from dynexport.system.config import Endpoint, SerialEndpoint, TcpEndpoint
 from tests.modbus.servers import (
     HOLDING_BASE,
     INPUT_BASE,

@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 
 from dynexport.cli import main
-from dynexport.system.config import (
-    ConfigError,
-    SerialEndpoint,
-    TcpEndpoint,
-    load_config,
-    parse_config,
-    parse_tcp,
-)
+from dynexport.modbus.endpoints import SerialEndpoint, TcpEndpoint, parse_tcp
+from dynexport.system.config import ConfigError, load_config, parse_config
 
 ISSUE_EXAMPLE = {
     "inverters": [

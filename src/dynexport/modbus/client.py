@@ -23,6 +23,7 @@ from typing import Protocol
 import trio
 
 from dynexport.modbus import codec
+from dynexport.modbus.endpoints import Endpoint, SerialEndpoint, TcpEndpoint
 from dynexport.modbus.errors import (
     ModbusConnectionError,
     ModbusError,
@@ -31,7 +32,6 @@ from dynexport.modbus.errors import (
     ModbusTimeout,
 )
 from dynexport.modbus.serial_port import SerialPort, char_time, frame_silence
-from dynexport.system.config import Endpoint, SerialEndpoint, TcpEndpoint
 
 log = logging.getLogger("dynexport.modbus")
 

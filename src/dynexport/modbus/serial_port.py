@@ -16,8 +16,8 @@ import serial
 import serial.rs485
 import trio
 
+from dynexport.modbus.endpoints import SerialEndpoint
 from dynexport.modbus.errors import ModbusConnectionError
-from dynexport.system.config import SerialEndpoint
 
 log = logging.getLogger("dynexport.modbus")
 

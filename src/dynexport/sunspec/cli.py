@@ -19,12 +19,12 @@ from typing import Any
 import trio
 
 from dynexport.modbus.client import Backoff, open_bus
+from dynexport.modbus.endpoints import Endpoint, SerialEndpoint, parse_tcp
 from dynexport.modbus.errors import ModbusError
 from dynexport.sunspec.control import LimitCommand
 from dynexport.sunspec.decode import DecodedModel
 from dynexport.sunspec.device import SunSpecDevice
 from dynexport.sunspec.discovery import DiscoveryError, NotSunSpecError
-from dynexport.system.config import Endpoint, SerialEndpoint, parse_tcp
 
 log = logging.getLogger("dynexport.sunspec")
 

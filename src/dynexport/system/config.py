@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from dynexport.control.limits import LimitsConfig, LimitsConfigError, parse_limits
+from dynexport.modbus.endpoints import (
+    Endpoint,
+    Parity,
+    SerialEndpoint,
+    parse_tcp,
+)
 
 T = TypeVar("T")
-
-Parity = Literal["N", "E", "O"]
 
 
 class ConfigError(ValueError):
@@ -30,34 +34,6 @@ class ConfigError(ValueError):
         self.source = source
         where = f"{source}: " if source else ""
         super().__init__(where + "; ".join(problems))
-
-
-@dataclass(frozen=True)
-class TcpEndpoint:
-    """A Modbus TCP server (an inverter, a meter, or a gateway in front of several)."""
-
-    host: str
-    port: int = 502
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class SerialEndpoint:
-    """An RS485 bus on a serial port; every device on it shares these line settings."""
-
-    device: str
-    baud: int = 9600
-    parity: Parity = "N"
-    stopbits: int = 1
-
-    def __str__(self) -> str:
-        return f"{self.device}@{self.baud}{self.parity}{self.stopbits}"
-
-
-Endpoint = TcpEndpoint | SerialEndpoint
 
 
 @dataclass(frozen=True)
@@ -278,23 +254,6 @@ def _join(path: str, key: str) -> str:
 def _closest(key: str, allowed: set[str]) -> str | None:
     lowered = {a.lower(): a for a in allowed}
     return lowered.get(key.lower())
-
-
-_HOST_PORT = re.compile(
-    r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\s\[\]]+))(?::(?P<port>\d+))?$"
-)
-
-
-def parse_tcp(text: str) -> TcpEndpoint:
-    """Parses ``HOST[:PORT]`` (``[v6addr]:PORT`` for IPv6); the port defaults to 502."""
-    m = _HOST_PORT.match(text.strip())
-    if not m:
-        raise ValueError(f"must be HOST or HOST:PORT, not {text!r}")
-    host = m.group("v6") or m.group("host")
-    port = int(m.group("port")) if m.group("port") else 502
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port must be 1..65535, not {port}")
-    return TcpEndpoint(host=host, port=port)
 
 
 _DEVICE_KEYS = {"type", "tcp", "rtu", "baud", "parity", "stopbits", "unit"}
