@@ -21,7 +21,7 @@ _GROUPS = {
     "cert": "dynexport.sep2.cert_cli",
     "sep2": "dynexport.sep2.cli",
     "run": "dynexport.app_cli",
-    "demo": "dynexport.sim.demo_cli",
+    "demo": "dynexport.demo_cli",
     "config": "dynexport.system.config_cli",
 }
 

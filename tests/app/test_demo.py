@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from dynexport.app import App
-from dynexport.sim.demo import DemoOptions, run_demo
+from dynexport.demo import DemoOptions, run_demo
 from tests.app.conftest import wait_for
 
 

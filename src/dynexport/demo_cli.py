@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from dynexport.sim.demo import DemoOptions, parse_steps, run_demo
+from dynexport.demo import DemoOptions, parse_steps, run_demo
 
 
 def register(sub: Any) -> None:
