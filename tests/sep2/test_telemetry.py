@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynexport.sep2.telemetry import (
@@ -74,6 +74,30 @@ def test_clock_stepping_back_drops_the_partial_interval_instead_of_overlapping()
 def test_interval_must_divide_a_day():
     with pytest.raises(ValueError, match="divide a day"):
         IntervalAverager(interval_s=7)
+
+
+@pytest.mark.parametrize("interval", [10, 30, 90, 150])
+def test_an_interval_of_part_minutes_is_refused_even_when_it_divides_a_day(interval):
+    # The CSIP-AUS harness fails every reading whose start is not on a minute boundary or whose
+    # duration is not whole minutes; 90 s intervals would start at :30 every other time.
+    assert 86400 % interval == 0
+    with pytest.raises(ValueError, match="whole minutes"):
+        IntervalAverager(interval_s=interval)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    interval=st.sampled_from([60, 120, 180, 300, 600, 900, 1800, 3600]),
+    offsets=st.lists(st.floats(0, 7200, allow_nan=False), min_size=2, max_size=40),
+)
+def test_property_every_interval_starts_on_a_minute_and_lasts_whole_minutes(interval, offsets):
+    avg = IntervalAverager(interval_s=interval)
+    closed = []
+    for offset in sorted(offsets):
+        closed += avg.add(sample(T0 + 17 + offset, 1.0))
+    closed += avg.flush(T0 + 17 + max(offsets) + interval)
+    assert closed
+    assert all(r.start % 60 == 0 and r.duration == interval for r in closed)
 
 
 def test_every_five_second_sample_lands_in_exactly_one_interval():

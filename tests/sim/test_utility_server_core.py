@@ -3,6 +3,8 @@ registration, access control and body validation, as a strict CSIP-AUS server be
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import trio
 
@@ -10,7 +12,7 @@ from dynexport.sep2 import resources as r
 from dynexport.sep2 import schema
 from dynexport.sep2.certs import sfdi_from_lfdi
 from dynexport.sep2.controls import EventStatus, ResponseStatus
-from dynexport.sim.utility_core import SEP_XML, UtilityCore
+from dynexport.sim.utility_core import SEP_XML, UtilityCore, mrid_pen_problem
 from dynexport.sim.utility_server import roll_steps
 
 pytestmark = pytest.mark.skipif(
@@ -515,3 +517,247 @@ async def test_roll_steps_keeps_the_demo_schedule_going_and_short(autojump_clock
         nursery.cancel_scope.cancel()
     assert seen_limits[:6] == [1500, 0, 5000, 1500, 0, 5000]
     assert seen_limits == (seen_limits[:3] * 10)
+
+
+# --- what the harness checks (UtilityCore.violations) --------------------------------------------
+
+PEN = 46273
+MINUTE = NOW - NOW % 60
+"""A minute boundary (NOW itself is 20 s past one)."""
+
+
+def checks_of(core: UtilityCore) -> list[str]:
+    return [v.check for v in core.violations]
+
+
+def pen_mrid(tail: str, head: str = "AB" * 12) -> str:
+    return f"{head}{tail}"
+
+
+def series(mrid: str, start: int = MINUTE, duration: int = 60) -> r.MirrorMeterReading:
+    period = r.DateTimeInterval(start, duration)
+    return r.MirrorMeterReading(
+        mrid=mrid,
+        mirror_reading_sets=(
+            r.MirrorReadingSet(
+                mrid=pen_mrid(f"{PEN:08d}", "CD" * 12),
+                time_period=period,
+                readings=(r.Reading(value=-4200, time_period=period),),
+            ),
+        ),
+        reading_type=r.ReadingType(kind=37, uom=38, data_qualifier=2, interval_length=duration),
+    )
+
+
+def test_mrids_ending_in_the_pen_in_decimal_pass_the_pen_check():
+    core = make_core(expected_pen=PEN)
+    good = pen_mrid(f"{PEN:08d}")
+    assert send(core, "POST", "/mup", mup(good)).status == 201
+    assert send(core, "POST", "/mup/1", series(pen_mrid(f"{PEN:08d}", "EF" * 12))).status == 201
+    assert core.violations == []
+
+
+def test_a_pen_written_in_hex_is_a_violation_as_the_harness_reads_it():
+    # The harness reads the last 8 characters as decimal: the PEN in hex is the classic mistake.
+    core = make_core(expected_pen=PEN)
+    hex_tail = f"{PEN:08X}"  # 0000B4C1: not decimal digits
+    assert send(core, "POST", "/mup", mup(pen_mrid(hex_tail))).status == 201  # accepted anyway
+    assert send(core, "POST", "/mup/1", series(pen_mrid("00000000"))).status == 201
+    [mup_v, mmr_v] = core.violations
+    assert (mup_v.check, mup_v.path) == ("mrid-pen", "/mup")
+    assert "MirrorUsagePoint" in mup_v.message and "decimal" in mup_v.message
+    assert mmr_v.check == "mrid-pen" and "MirrorMeterReading" in mmr_v.message
+    assert f"expected {PEN}" in mmr_v.message
+
+
+def test_a_reading_set_mrid_without_the_pen_is_a_violation_too():
+    core = make_core(expected_pen=PEN)
+    send(core, "POST", "/mup", mup(pen_mrid(f"{PEN:08d}")))
+    bad_set = series(pen_mrid(f"{PEN:08d}", "EF" * 12))
+    only = bad_set.mirror_reading_sets[0]
+    bad_set = dataclasses.replace(
+        bad_set, mirror_reading_sets=(dataclasses.replace(only, mrid="12" * 16),)
+    )
+    send(core, "POST", "/mup/1", bad_set)
+    [violation] = core.violations
+    assert violation.check == "mrid-pen" and "MirrorReadingSet" in violation.message
+
+
+def test_without_an_expected_pen_mrids_are_not_checked():
+    core = make_core()
+    send(core, "POST", "/mup", mup("AA" * 16))
+    assert core.violations == []
+
+
+@pytest.mark.parametrize(
+    ("mrid", "pen", "problem"),
+    [
+        ("AB" * 12 + "00046273", 46273, None),
+        ("00046273", 46273, None),
+        ("AB" * 12 + "99999999", 99_999_999, None),
+        ("ab" * 12 + "00046273", 46273, "uppercase"),
+        ("AB" * 12 + "0000B4C1", 46273, "8 decimal digits"),
+        ("AB" * 12 + "00046274", 46273, "expected 46273"),
+        ("AB" * 13 + "00046273", 46273, "at most 32"),
+        ("A00046273", 46273, "even number"),
+        ("", 0, "empty"),
+    ],
+)
+def test_the_pen_rule_is_the_harness_rule(mrid, pen, problem):
+    found = mrid_pen_problem(mrid, pen)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+@pytest.mark.parametrize(
+    ("start", "duration", "problem"),
+    [
+        (MINUTE + 20, 60, "past a minute boundary"),
+        (MINUTE, 90, "whole minutes"),
+        (MINUTE, 0, "zero"),
+    ],
+)
+def test_a_reading_off_the_minute_grid_is_a_violation(start, duration, problem):
+    core = make_core(expected_pen=PEN)
+    send(core, "POST", "/mup", mup(pen_mrid(f"{PEN:08d}")))
+    reply = send(core, "POST", "/mup/1", series(pen_mrid(f"{PEN:08d}", "EF" * 12), start, duration))
+    assert reply.status == 201
+    assert checks_of(core) and set(checks_of(core)) == {"reading-alignment"}
+    assert all(problem in v.message for v in core.violations)
+
+
+def test_readings_on_the_minute_grid_pass():
+    core = make_core(expected_pen=PEN)
+    send(core, "POST", "/mup", mup(pen_mrid(f"{PEN:08d}")))
+    send(core, "POST", "/mup/1", series(pen_mrid(f"{PEN:08d}", "EF" * 12), MINUTE + 300, 300))
+    assert core.violations == []
+
+
+def test_a_gap_over_one_and_a_half_poll_rates_is_a_recorded_miss_per_resource():
+    clock = Clock()
+    core = make_core(clock=clock, poll_rate_s=60)
+    for t in (0, 60, 150, 241.5):  # gaps 60, 90 (= 1.5 × 60: on time), 91.5 (late)
+        clock.t = NOW + t
+        get(core, "/dcap")
+        get(core, "/mup")
+    assert set(core.poll_misses) == {"/dcap", "/mup"}
+    [miss] = core.poll_misses["/dcap"]
+    assert (miss.previous, miss.at, miss.rate, miss.gap) == (NOW + 150, NOW + 241.5, 60, 91.5)
+    assert checks_of(core) == ["poll-miss", "poll-miss"]
+    assert "over 1.5 × the 60 s pollRate" in core.violations[0].message
+
+
+def test_a_miss_is_judged_by_the_poll_rate_the_client_was_given_and_pages_do_not_count():
+    clock = Clock()
+    core = make_core(clock=clock)
+    core.poll_rates["edev"] = 300
+    core.handle("GET", "/edev?s=0&l=10", lfdi=ME)
+    core.poll_rates["edev"] = 60  # the client learns this at its next poll, 300 s later
+    clock.t = NOW + 300
+    core.handle("GET", "/edev?s=1&l=10", lfdi=ME)  # a later page is not a poll
+    core.handle("GET", "/edev?l=10", lfdi=ME)
+    assert core.violations == []
+    clock.t = NOW + 391
+    core.handle("GET", "/edev?s=0&l=10", lfdi=ME)
+    assert checks_of(core) == ["poll-miss"]
+
+
+def test_a_poll_answered_by_a_fault_still_counts_as_polling_on_time():
+    clock = Clock()
+    core = make_core(clock=clock)
+    core.set_default(export_limit_w=0)
+    get(core, "/derp/1/dderc")
+    clock.t = NOW + 60
+    core.record("GET", "/derp/1/dderc", b"", ME, 503)  # as UtilityServer records a fault
+    clock.t = NOW + 120
+    core.handle("GET", "/derp/1/dderc", lfdi=ME)
+    assert core.violations == []
+
+
+def test_more_than_six_polls_in_three_poll_rates_is_a_burst():
+    clock = Clock()
+    core = make_core(clock=clock)
+    for i in range(6):
+        clock.t = NOW + 30 * i
+        get(core, "/dcap")
+    assert core.violations == []  # 6 in 180 s: the harness's limit, not over it
+    clock.t = NOW + 179
+    get(core, "/dcap")
+    clock.t = NOW + 179.5
+    get(core, "/dcap")
+    assert checks_of(core) == ["poll-burst"]  # once per burst, not per request
+    assert "7 polls within 180 s" in core.violations[0].message
+
+
+def test_resources_the_harness_does_not_time_are_not_checked():
+    clock = Clock()
+    core = make_core(clock=clock)
+    for t in (0, 1000):
+        clock.t = NOW + t
+        get(core, "/tm")
+        get(core, "/derp/1/derc")
+    assert core.violations == [] and core.poll_misses == {}
+
+
+def respond(core: UtilityCore, mrid: str, status: int) -> None:
+    response = r.DERControlResponse(
+        end_device_lfdi=ME, subject=mrid, status=status, created_date_time=NOW
+    )
+    assert send(core, "POST", "/rsp", response).status == 201
+
+
+@pytest.mark.parametrize(
+    "sequence", [[1, 2, 3], [1, 6], [1, 2, 7], [1, 7], [2, 3], [1, 2, 252], [1, 4]]
+)
+def test_a_response_sequence_forward_to_one_end_passes(sequence):
+    core = make_core()
+    mrid = core.add_control(start=NOW, duration=60, export_limit_w=0)
+    for status in sequence:
+        respond(core, mrid, status)
+    assert core.violations == []
+
+
+@pytest.mark.parametrize(
+    ("sequence", "problem"),
+    [
+        ([1, 1], "sent again"),
+        ([1, 2, 2], "sent again"),
+        ([2, 1], "goes back"),
+        ([1, 3, 6], "ended"),
+        ([1, 2, 3, 4], "ended"),
+    ],
+)
+def test_a_repeated_or_backward_response_is_a_violation(sequence, problem):
+    core = make_core()
+    mrid = core.add_control(start=NOW, duration=60, export_limit_w=0)
+    for status in sequence:
+        respond(core, mrid, status)
+    [violation] = core.violations
+    assert violation.check == "response-sequence" and problem in violation.message
+    assert mrid in violation.message
+
+
+def test_response_sequences_are_per_control():
+    core = make_core()
+    first = core.add_control(start=NOW, duration=60, export_limit_w=0)
+    second = core.add_control(start=NOW + 60, duration=60, export_limit_w=0)
+    for mrid in (first, second):
+        respond(core, mrid, 1)
+    assert core.violations == []
+
+
+def test_an_xsd_invalid_body_is_a_schema_violation():
+    core = make_core()
+    bad = r.to_xml(DER_CAPABILITY).replace(b"<rtgMaxW>", b"<rtgMaxW><bogus/>")
+    assert core.handle("PUT", "/edev/1/der/1/dercap", body=bad, lfdi=ME).status == 400
+    [violation] = core.violations
+    assert (violation.check, violation.path) == ("schema", "/edev/1/der/1/dercap")
+
+
+def test_violations_are_bounded_like_the_other_records():
+    clock = Clock()
+    core = make_core(clock=clock)
+    core.max_records = 10
+    for i in range(50):
+        clock.t = NOW + 100 * i
+        get(core, "/dcap")
+    assert 5 <= len(core.violations) <= 10

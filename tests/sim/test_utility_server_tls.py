@@ -175,3 +175,23 @@ async def test_without_a_pki_folder_the_server_makes_its_own_test_pki():
     async with server.running(), client_for(server) as client:
         assert (await client.get("/edev/1")).status == 200
     assert server.received[0].lfdi == server.pki.device_lfdi
+
+
+async def test_a_mirror_without_the_expected_pen_over_tls_is_accepted_recorded_and_logged(
+    pki_dir, caplog
+):
+    server = UtilityServer(pki_dir=pki_dir, expected_pen=46273)
+    lfdi = server.pki.device_lfdi
+    wrong = r.MirrorUsagePoint(
+        mrid="AB" * 12 + "0000B4C1",  # 46273 in hex: the harness reads decimal
+        role_flags=0x03,
+        service_category_kind=0,
+        status=1,
+        device_lfdi=lfdi,
+    )
+    async with server.running(), client_for(server) as client:
+        reply = await client.post("/mup", r.to_xml(wrong))
+    assert reply.status == 201  # like the harness: accepted, then graded
+    [violation] = server.violations
+    assert violation.check == "mrid-pen" and violation.path == "/mup"
+    assert any("mrid-pen" in m and "0000B4C1" in m for m in caplog.messages)

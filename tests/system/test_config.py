@@ -248,3 +248,12 @@ def test_revert_timeout_must_cover_several_control_intervals():
     assert problems_of({"control": {"intervalS": 5, "revertS": 12}}) == [
         "control.revertS: must be at least three control intervals"
     ]
+
+
+def test_a_pen_must_fit_the_eight_decimal_digits_that_end_every_mrid() -> None:
+    base = {"server": "https://u", "ca": "a", "cert": "b", "key": "c", "nmi": "4312345678"}
+    assert parse_config({"utility": {**base, "pen": 99_999_999}}).utility.pen == 99_999_999  # type: ignore[union-attr]
+    with pytest.raises(ConfigError) as err:
+        parse_config({"utility": {**base, "pen": 100_000_000}})
+    assert err.value.problems == ["utility.pen: must be 0..99999999"]
+    assert parse_config({"utility": base}).utility.fallback_export_w == 1500  # type: ignore[union-attr]

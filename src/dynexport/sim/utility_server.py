@@ -39,21 +39,25 @@ from dynexport.sep2 import certs
 from dynexport.sep2.certs import TestPki
 from dynexport.sim.utility_core import (
     SEP_XML,
+    PollMiss,
     ReceivedReading,
     RecordedRequest,
     Reply,
     UtilityCore,
+    Violation,
 )
 
 __all__ = [
     "DROPPED",
     "SEP_XML",
     "Fault",
+    "PollMiss",
     "ReceivedReading",
     "RecordedRequest",
     "Reply",
     "UtilityCore",
     "UtilityServer",
+    "Violation",
     "load_or_make_pki",
     "main",
     "roll_steps",
@@ -109,9 +113,11 @@ class UtilityServer(UtilityCore):
         preregistered: bool = True,
         validate: bool = True,
         limits: Limits | None = None,
+        expected_pen: int | None = None,
     ) -> None:
         """``pki_dir=None`` makes a fresh test PKI in a temporary folder; an existing folder
-        with a test PKI is reused (so a client configured for it keeps working)."""
+        with a test PKI is reused (so a client configured for it keeps working).
+        ``expected_pen``: see `UtilityCore` (the mRID check is off when None)."""
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if pki_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="dynexport-utility-pki-")
@@ -126,6 +132,7 @@ class UtilityServer(UtilityCore):
             pin=pin,
             preregistered=preregistered,
             validate=validate,
+            expected_pen=expected_pen,
         )
         self.limits = limits
         self.port: int | None = None
@@ -138,6 +145,11 @@ class UtilityServer(UtilityCore):
         if self.port is None:
             raise RuntimeError("the utility server is not serving yet")
         return f"https://127.0.0.1:{self.port}"
+
+    def violation(self, t: float, check: str, path: str, message: str) -> None:
+        """Recorded as by the core, and logged (the demo's operator sees breaches live)."""
+        super().violation(t, check, path, message)
+        log.warning("harness check %s failed: %s %s", check, path, message)
 
     # --- faults ----------------------------------------------------------------------------
 
@@ -333,6 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--post-rate", type=int, default=60)
     parser.add_argument("--pin", type=int, default=111115)
     parser.add_argument(
+        "--pen",
+        type=int,
+        help="the PEN the device's mRIDs must end in; breaches are logged (default: unchecked)",
+    )
+    parser.add_argument(
         "--in-band", action="store_true", help="the device must POST its EndDevice first"
     )
     parser.add_argument("--no-validate", action="store_true", help="skip XSD validation")
@@ -348,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pin=args.pin,
         preregistered=not args.in_band,
         validate=not args.no_validate,
+        expected_pen=args.pen,
     )
     server.max_records = 10_000
     server.set_default(export_limit_w=args.default_export)
@@ -368,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "cert": str(files["device_chain"]),
                 "key": str(files["device_key"]),
                 "pin": args.pin,
+                **({} if args.pen is None else {"pen": args.pen}),
             }
             print(f"CSIP-AUS utility simulator at {server.url}/dcap", flush=True)
             print(f"device LFDI {server.pki.device_lfdi} SFDI {server.pki.device_sfdi}", flush=True)

@@ -437,7 +437,9 @@ def _utility(r: _Reader, value: object, path: str, base_dir: Path) -> UtilityCon
     check_hostname = raw.get("checkHostname", True)
     if not isinstance(check_hostname, bool):
         r.fail(_join(path, "checkHostname"), "must be true or false")
-    pen = r.int_in(raw.get("pen"), _join(path, "pen"), 0, 4294967295, default=0)
+    # a PEN must fit the 8 decimal digits that end every mRID the client makes (IANA's are
+    # about five digits today); truncating it would name another organisation
+    pen = r.int_in(raw.get("pen"), _join(path, "pen"), 0, 99_999_999, default=0)
     fallback = r.number_in(
         raw.get("fallbackExportW"), _join(path, "fallbackExportW"), 0, 1e7, default=1500.0
     )

@@ -6,6 +6,12 @@ procedure cannot be read is skipped with the reason. Each test names the procedu
 mirrors, and `procedure()` fails if one of them is not in the YAML any more, so a changed
 procedure is noticed.
 
+Harness checks: every simulator made here (`new_server`, the ``server`` fixture) expects the
+client's mRIDs to end in `PEN`, and after each test the simulator must have recorded no
+``violations`` (mRID/PEN, minute-aligned readings, poll timing, response sequences, XSD: see
+`dynexport.sim.utility_core`) except those the test provokes on purpose and names with
+`allow_violations`, as the official harness grades a run beyond the procedure's steps.
+
 Time: the client and the simulator share a fake wall clock (`FakeClock`) that `Harness.run_for`
 moves from one client wake-up to the next, as `Sep2Client.run` would sleep, so the procedures'
 minutes take milliseconds. Path mapping: the harness serves programs under ``/edev/1/derp/N``
@@ -17,9 +23,10 @@ from __future__ import annotations
 import itertools
 import os
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,11 +36,13 @@ from dynexport.sep2.controls import ControlType
 from dynexport.sep2.flow import DerInfo
 from dynexport.sep2.resources import MirrorUsagePoint
 from dynexport.sep2.telemetry import Sample
+from dynexport.sim.utility_core import CHECKS, Violation
 from dynexport.sim.utility_server import RecordedRequest, UtilityServer
 from tests.sep2.fakes import FakeClock, utility_config
 
-"""Server (and local) time at the start of every procedure."""
-"""ALL-01's registration PIN 11111 with its check digit."""
+PEN = 46273
+"""The Private Enterprise Number the client is configured with and the simulator expects (as
+the harness is given the PEN under test); any value up to 99,999,999 works."""
 RATED_W = 5000.0
 MAX_EXPORT_W = RATED_W
 """The harness's $(maxExportW): the DER's rtgMaxW as reported in DERCapability."""
@@ -90,10 +99,50 @@ def standard_preconditions(srv: UtilityServer) -> None:
     srv.set_default(export_limit_w=0, import_limit_w=0, set_grad_w=27)
 
 
+_SERVERS: list[UtilityServer] = []
+"""The simulators the running test made (reset per test by `_harness_checks`)."""
+_ALLOWED: dict[int, set[str]] = {}
+
+
+def new_server(pki_dir: Path, clock: Callable[[], float], **kwargs: Any) -> UtilityServer:
+    """A simulator expecting `PEN`, at the 60 s comms rate, whose violations are checked when
+    the test ends."""
+    kwargs.setdefault("expected_pen", PEN)
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock, **kwargs)
+    set_comms_rate(srv)
+    _SERVERS.append(srv)
+    return srv
+
+
+def allow_violations(srv: UtilityServer, *checks: str) -> None:
+    """The test provokes these harness-check breaches on purpose (an outage makes poll misses;
+    a 429 storm makes gaps), so they do not fail it. Anything else still does."""
+    unknown = set(checks) - set(CHECKS)
+    assert not unknown, f"no such checks {unknown}; known: {CHECKS}"
+    _ALLOWED.setdefault(id(srv), set()).update(checks)
+
+
+def unexpected_violations(srv: UtilityServer) -> list[Violation]:
+    allowed = _ALLOWED.get(id(srv), set())
+    return [v for v in srv.violations if v.check not in allowed]
+
+
+@pytest.fixture(autouse=True)
+def _harness_checks() -> Iterator[None]:
+    """Fails the test when a simulator it made saw a breach the harness would fail it for."""
+    _SERVERS.clear()
+    _ALLOWED.clear()
+    yield
+    found = [f"{v}" for srv in _SERVERS for v in unexpected_violations(srv)]
+    _SERVERS.clear()
+    _ALLOWED.clear()
+    if found:
+        pytest.fail("the harness would fail this run:\n" + "\n".join(found[:20]))
+
+
 @pytest.fixture
 async def server(pki_dir: Path, clock: FakeClock) -> AsyncIterator[UtilityServer]:
-    srv = UtilityServer(pki_dir=pki_dir, clock=clock)
-    set_comms_rate(srv)
+    srv = new_server(pki_dir, clock)
     async with srv.running():
         yield srv
 
@@ -108,7 +157,7 @@ def make_client(
     **config: object,
 ) -> Sep2Client:
     return Sep2Client(
-        utility_config(srv, **config),
+        utility_config(srv, **{"pen": PEN, **config}),
         data_dir,
         der=der or DerInfo(rated_w=RATED_W),
         clock=clock,
@@ -156,6 +205,11 @@ class Harness:
             if self.sampler is not None and self._next_sample is not None:
                 target = min(target, max(self._next_sample, self.clock.t + 0.5))
             self.clock.t = target
+
+    async def run_to(self, t: float) -> None:
+        """Run the client through every wake-up until fake time ``t`` (never a jump over its
+        polls: the simulator would rightly count those as missed)."""
+        await self.run_for(max(0.0, t - self.clock.t))
 
     async def run_until(self, condition: Callable[[], bool], limit_s: float, what: str) -> float:
         """Run until ``condition()`` holds; returns the fake seconds it took, fails after

@@ -26,10 +26,10 @@ from tests.sep2.procedures.conftest import (
     make_client,
     mirrors,
     needs_schema,
+    new_server,
     poll_problems,
     procedure,
     requests,
-    set_comms_rate,
     standard_preconditions,
     statuses,
     typical_sample,
@@ -48,8 +48,7 @@ def methods_paths(srv: UtilityServer) -> list[tuple[str, str]]:
 async def fresh_server(
     pki_dir: Path, clock: FakeClock, *, preregistered: bool = True, pin: int | None = 111115
 ) -> UtilityServer:
-    srv = UtilityServer(pki_dir=pki_dir, clock=clock, preregistered=preregistered, pin=pin)
-    set_comms_rate(srv)
+    srv = new_server(pki_dir, clock, preregistered=preregistered, pin=pin)
     standard_preconditions(srv)
     return srv
 

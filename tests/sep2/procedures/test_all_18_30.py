@@ -13,11 +13,13 @@ import pytest
 
 from dynexport.sep2.controls import ControlType
 from dynexport.sep2.resources import DERSettings, Scaled
+from dynexport.sim.utility_core import POLL_MISS
 from dynexport.sim.utility_server import UtilityServer
 from tests.sep2.fakes import T0, FakeClock
 from tests.sep2.procedures.conftest import (
     MAX_EXPORT_W,
     Harness,
+    allow_violations,
     make_client,
     mirrors,
     needs_schema,
@@ -202,6 +204,7 @@ async def test_all_23_comms_loss_follows_the_stored_schedule_then_the_default(
     await link.run_for(10)
     assert requests(server, "GET", "/derp/1/dderc")
     server.inject_fault(drop=True, count=10**6)  # communications-status enabled=false
+    allow_violations(server, POLL_MISS)  # the outage is the point (ALL-23 times no polls)
     for i, share in enumerate(shares):
         link.clock.t = T0 + 120 * i + 60
         await link.run_for(0)
@@ -397,6 +400,7 @@ async def _all_30(
 
     def cut() -> None:
         server.inject_fault(drop=True, count=10**6)  # communications-status enabled=false
+        allow_violations(server, POLL_MISS)  # the outage is the point (ALL-30 times no polls)
 
     fired = on_request(server, "GET", "/derp/1/dderc", cut if cut_mid_walk else lambda: None)
     await first.run_until(lambda: bool(fired), 61, "GET-DEFAULT-DERC")

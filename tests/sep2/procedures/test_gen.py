@@ -188,11 +188,9 @@ async def _variable_limits(link: Harness, kind: ControlType) -> None:
     assert fired
     start = fired[0]
     for i, share in enumerate(shares):
-        link.clock.t = start + 120 * i + 60
-        await link.run_for(0)
+        await link.run_to(start + 120 * i + 60)
         assert link.value(kind) == pytest.approx(share * MAX_EXPORT_W), f"DERC{i + 1}"
-    link.clock.t = start + 600
-    await link.run_for(1)
+    await link.run_to(start + 601)
     for i, mrid in enumerate(mrids):
         assert statuses(srv, mrid) == [1, 2, 3], f"DERC{i + 1}"
 
@@ -218,9 +216,7 @@ async def test_gen_13_export_limit_20_percent_holds_for_seven_minutes(link: Harn
     await link.run_for(1)
     assert link.value(EXP) == 2 * MAX_EXPORT_W
     for t in (61, 120, 240, 360, 479):  # the load changes at 120, 240 and 360 s
-        link.clock.t = T0 + t
-        await link.run_for(0)
+        await link.run_to(T0 + t)
         assert link.value(EXP) == 0.2 * MAX_EXPORT_W, f"t={t}"
-    link.clock.t = T0 + 481
-    await link.run_for(0)
+    await link.run_to(T0 + 481)
     assert link.value(EXP) == 0
