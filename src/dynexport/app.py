@@ -206,6 +206,7 @@ class App:
                 utility,
                 folder,
                 clock=self.options.wall_clock,
+                monotonic=time.monotonic,
                 ssl_context=self.options.utility_ssl_context,
             )
         except (OSError, ValueError) as exc:
@@ -645,6 +646,7 @@ class App:
                 telemetryBacklog=st.telemetry_backlog,
                 lastError=st.last_error,
                 storageError=self.utility.store.write_error,
+                clockAlert=st.clock_alert,
             )
         utility["fallback"] = self.utility_fallback
         return {

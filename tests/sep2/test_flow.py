@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from dynexport.httpio.client import InvalidUrl, origin_of
 from dynexport.sep2 import flow, schema
 from dynexport.sep2.controls import ControlBase, DERControlEvent, ProgramControls, ResponseStatus
 from dynexport.sep2.resources import (
@@ -74,6 +79,77 @@ def test_clock_offset_beyond_60_s_warns_but_smaller_does_not():
     assert flow.clock_warning(60) is None
     warning = flow.clock_warning(-61)
     assert warning is not None and "-61 s" in warning
+
+
+def test_a_server_time_before_2020_or_from_2100_is_refused():
+    assert flow.server_time_problem(1_800_000_000) is None
+    assert flow.server_time_problem(flow.SERVER_TIME_MIN) is None
+    assert flow.server_time_problem(flow.SERVER_TIME_MAX - 1) is None
+    for absurd in (2**63 - 1, -(2**63), 0, flow.SERVER_TIME_MIN - 1, flow.SERVER_TIME_MAX):
+        problem = flow.server_time_problem(absurd)
+        assert problem is not None and "keeping the last good clock offset" in problem
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-(2**63), 2**63 - 1))
+def test_only_a_server_time_within_2020_to_2100_is_ever_believed(server_time):
+    believed = flow.server_time_problem(server_time) is None
+    assert believed == (1_577_836_800 <= server_time < 4_102_444_800)
+
+
+def test_server_time_anchored_on_the_monotonic_clock_is_the_midpoint():
+    assert flow.server_anchor(1_800_000_100, 50.0, 52.0) == 1_800_000_049.0
+
+
+def test_a_wall_clock_step_is_a_change_of_wall_minus_monotonic_beyond_5_s():
+    assert flow.wall_clock_step(None, 1e9) is None  # the first look
+    assert flow.wall_clock_step(1e9, 1e9 + 4.9) is None  # drift, slewing: not a step
+    assert flow.wall_clock_step(1e9, 1e9 - 7200) == -7200
+    assert flow.wall_clock_step(1e9, 1e9 + 6) == 6
+
+
+# --- URLs ------------------------------------------------------------------------------------
+
+SERVER = "https://10.0.0.5:8443/dcap"
+
+
+def test_hrefs_resolve_against_their_resource_on_the_servers_origin():
+    assert flow.resolve_url(SERVER, "/edev/1", SERVER) == "https://10.0.0.5:8443/edev/1"
+    assert flow.resolve_url("https://10.0.0.5:8443/edev/1", "rg", SERVER).endswith("/edev/rg")
+    assert flow.resolve_url(SERVER, "HTTPS://10.0.0.5:8443/x", SERVER).endswith(":8443/x")
+
+
+@pytest.mark.parametrize(
+    "href",
+    [
+        "https://10.0.0.6:8443/rsp",  # another host
+        "https://10.0.0.5:443/rsp",  # another port
+        "http://10.0.0.5:8443/rsp",  # another scheme
+        "//evil.example/rsp",  # scheme-relative
+        "http://[::1/rsp",  # urllib cannot parse it
+        "https://10.0.0.5:99999/rsp",  # no such port
+        "/rsp with spaces",
+        "/r\u00e9ponse",
+        "file:///etc/passwd",
+    ],
+)
+def test_hrefs_on_another_origin_or_unparseable_are_refused(href):
+    with pytest.raises(InvalidUrl):
+        flow.resolve_url(SERVER, href, SERVER)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+@example("http://[::1/rsp")
+@example("https://10.0.0.5:8443@evil.example/x")
+def test_any_href_resolves_on_the_servers_origin_or_is_refused(href):
+    """The safety rule: nothing the server writes makes the link talk to another origin, and
+    nothing but `InvalidUrl` comes out of resolving it."""
+    try:
+        url = flow.resolve_url(SERVER, href, SERVER)
+    except InvalidUrl:
+        return
+    assert origin_of(url) == ("https", "10.0.0.5", 8443)
 
 
 def test_clock_offset_is_applied_to_schedule_decisions():

@@ -14,10 +14,12 @@ from dynexport.httpio.client import (
     HttpStats,
     HttpStatusError,
     HttpTimeout,
+    InvalidUrl,
     Response,
     ResponseTooLarge,
     TlsError,
     join_url,
+    origin_of,
     parse_retry_after,
 )
 from dynexport.httpio.server import Handler, Limits, Request, serve_http
@@ -35,6 +37,7 @@ __all__ = [
     "HttpStats",
     "HttpStatusError",
     "HttpTimeout",
+    "InvalidUrl",
     "Limits",
     "Request",
     "Response",
@@ -44,6 +47,7 @@ __all__ = [
     "TlsError",
     "client_context",
     "join_url",
+    "origin_of",
     "parse_retry_after",
     "serve_http",
     "server_context",

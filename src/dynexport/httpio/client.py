@@ -20,6 +20,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
+import re
 import select
 import ssl
 import time
@@ -68,6 +69,13 @@ class HttpProtocolError(HttpError):
 
 class ResponseTooLarge(HttpError):
     """The response body exceeds the configured bound; it was not read further."""
+
+
+class InvalidUrl(HttpError, ValueError):
+    """A URL that cannot be parsed, is not http(s), cannot be sent as a request target, or is
+    on another origin than the client's. A server's href or ``Location`` is untrusted input:
+    resolving one raises this (never a bare ``ValueError`` from urllib), so callers that handle
+    `HttpError` handle it too. Also a ``ValueError``, for callers configuring a client."""
 
 
 class HttpStatusError(HttpError):
@@ -140,36 +148,76 @@ class _CountingStream(trio.abc.Stream):
         await self.inner.aclose()
 
 
+_DELTA_SECONDS = re.compile(r"[0-9]{1,10}")
+"""RFC 9110 delay-seconds: ASCII digits only (``str.isdigit`` also accepts ``²`` and other
+Unicode digits that ``int`` refuses), and short enough to be a number of seconds, not a DoS."""
+_TARGET_SAFE = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
+"""What RFC 3986 allows in a URL (no spaces, controls or non-ASCII: h11 refuses them)."""
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date), or None."""
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date), or None.
+
+    Strict, because it is untrusted input: delta-seconds are 1 to 10 ASCII digits; anything else
+    must parse as an HTTP-date with a time zone; everything else (``²``, ``1e9``, ``-5``, a date
+    in year 99999) is ignored (None: the caller's default applies). A past date gives 0.
+    """
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _DELTA_SECONDS.fullmatch(value):
+        return float(int(value))
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            return None
+        delay = when.timestamp() - now
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
+    return max(0.0, delay)
+
+
+def _declared_over(declared: str, bound: int) -> bool:
+    """Whether a Content-Length (h11 has checked it is digits) exceeds ``bound``; compared by
+    length first, so a 5000-digit value never reaches ``int`` (which refuses over 4300)."""
+    digits = declared.strip()
+    if not re.fullmatch(r"[0-9]+", digits):
+        return False  # h11 refuses it itself
+    digits = digits.lstrip("0") or "0"
+    return len(digits) > 18 or int(digits) > bound
 
 
 def join_url(base: str, href: str) -> str:
-    """Resolves an href against ``base``: an absolute path keeps base's scheme, host and port."""
-    return urljoin(base, href)
+    """Resolves an href against ``base``: an absolute path keeps base's scheme, host and port.
+
+    Raises `InvalidUrl` for what urllib cannot parse (``http://[::1/x``, a bad port) and for a
+    result that cannot be sent as a request (spaces, control or non-ASCII characters), so an
+    href from a server never raises anything else.
+    """
+    try:
+        url = urljoin(base, href.strip())
+        parts = urlsplit(url)
+        _ = parts.port  # a port that is not a number in 0..65535 raises ValueError
+    except ValueError as exc:
+        raise InvalidUrl(f"unusable URL {href[:200]!r}: {exc}") from None
+    if not _TARGET_SAFE.fullmatch(url):
+        raise InvalidUrl(f"unusable URL {href[:200]!r}: characters a URL may not contain")
+    return url
 
 
-def _origin(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
+def origin_of(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an absolute http(s) URL; `InvalidUrl` for anything else."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidUrl(f"unusable URL {url[:200]!r}: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise ValueError(f"not an http(s) URL: {url!r}")
+        raise InvalidUrl(f"not an http(s) URL: {url[:200]!r}")
     if not parts.hostname:
-        raise ValueError(f"URL has no host: {url!r}")
-    port = parts.port or (443 if scheme == "https" else 80)
-    return scheme, parts.hostname.lower(), port
+        raise InvalidUrl(f"URL has no host: {url[:200]!r}")
+    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
 
 
 def _describe_tls_failure(exc: BaseException, host: str) -> str:
@@ -264,7 +312,7 @@ class HttpClient:
         delays. ``wait_retry_after=False``: a 429/503 with ``Retry-After`` is returned instead
         of waited out (the caller schedules the retry).
         """
-        scheme, host, port = _origin(base_url)
+        scheme, host, port = origin_of(base_url)
         if scheme == "https" and ssl_context is None:
             raise ValueError("https needs an ssl_context")
         if scheme == "http" and not allow_plain_http:
@@ -367,12 +415,12 @@ class HttpClient:
             location = response.header("location")
             if not (follow and response.status in _REDIRECTS and location):
                 return response
-            target = join_url(url, location)
             try:
-                if _origin(target) != (self._scheme, self._host, self._port):
+                target = join_url(url, location)
+                if origin_of(target) != (self._scheme, self._host, self._port):
                     return response
-            except ValueError:
-                return response
+            except InvalidUrl:
+                return response  # not followed: the caller sees the 3xx
             if response.status in (301, 302, 303) and method != "HEAD":
                 method, body = "GET", None
             url = target
@@ -380,8 +428,8 @@ class HttpClient:
 
     def _same_origin(self, path_or_url: str) -> str:
         url = self.url_for(path_or_url)
-        if _origin(url) != (self._scheme, self._host, self._port):
-            raise ValueError(f"{url} is not on this client's origin {self.base_url}")
+        if origin_of(url) != (self._scheme, self._host, self._port):
+            raise InvalidUrl(f"{url} is not on this client's origin {self.base_url}")
         return url
 
     async def _with_retries(
@@ -492,6 +540,14 @@ class HttpClient:
     async def _exchange(
         self, method: str, url: str, body: bytes | None, headers: Mapping[str, str] | None
     ) -> Response:
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:  # built before any I/O: a request h11 will not send never touches the connection
+            request = h11.Request(
+                method=method, target=target, headers=self._request_headers(method, body, headers)
+            )
+        except h11.LocalProtocolError as exc:
+            raise HttpProtocolError(f"{method} {url}: cannot be sent: {exc}") from None
         conn = self._conn
         reused = conn is not None
         if conn is not None and conn.peer_went_away():
@@ -502,18 +558,11 @@ class HttpClient:
         if conn is None:
             conn = await self._connect()
             self._conn = conn
-        parts = urlsplit(url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn.received = 0
         conn.eof = False
         done = False
         try:
             with trio.fail_after(self.timeout):
-                request = h11.Request(
-                    method=method,
-                    target=target,
-                    headers=self._request_headers(method, body, headers),
-                )
                 self.stats.requests += 1
                 await self._send(conn, request)
                 if body:
@@ -586,7 +635,7 @@ class HttpClient:
         status = event.status_code
         hdrs = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers)
         declared = next((v for k, v in hdrs if k == "content-length"), None)
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+        if declared is not None and _declared_over(declared, self.max_body):
             raise ResponseTooLarge(
                 f"{method} {url}: body of {declared} bytes exceeds the {self.max_body}-byte bound"
             )
@@ -620,9 +669,11 @@ __all__ = [
     "HttpStats",
     "HttpStatusError",
     "HttpTimeout",
+    "InvalidUrl",
     "Response",
     "ResponseTooLarge",
     "TlsError",
     "join_url",
+    "origin_of",
     "parse_retry_after",
 ]

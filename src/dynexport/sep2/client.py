@@ -16,11 +16,12 @@ imports the device side.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -34,6 +35,7 @@ from dynexport.httpio import (
     client_context,
     parse_retry_after,
 )
+from dynexport.httpio.client import InvalidUrl
 from dynexport.sep2 import flow, responses
 from dynexport.sep2.certs import lfdi as cert_lfdi
 from dynexport.sep2.certs import load_certificates, sfdi_from_lfdi
@@ -72,7 +74,7 @@ from dynexport.sep2.state import LinkStore
 from dynexport.sep2.telemetry import DER as DER_ROLE
 from dynexport.sep2.telemetry import SITE as SITE_ROLE
 from dynexport.sep2.telemetry import IntervalAverager, IntervalReading, Sample
-from dynexport.sep2.xml import Sep2ParseError, page_query, resolve_href
+from dynexport.sep2.xml import Sep2ParseError, page_query
 from dynexport.system.config import UtilityConfig
 
 log = logging.getLogger("dynexport.sep2.client")
@@ -83,6 +85,12 @@ L = TypeVar("L", bound=ResourceList[Any])
 WALK_RETRY_S = (5.0, 15.0, 30.0, 60.0)
 """Backoff before re-walking after a failed walk (the last value repeats)."""
 MAX_ERRORS = 10
+MIN_SLEEP_S = 0.05
+"""The run loop never sleeps less than this between steps, so no wake-up computed in the past
+can make it spin."""
+PART_RETRY_S = (5.0, 15.0, 60.0, 300.0)
+"""Backoff of one part of a step (DER reports, responses, telemetry) after an unexpected
+exception in it (the last value repeats)."""
 
 
 class Sep2Error(Exception):
@@ -91,7 +99,7 @@ class Sep2Error(Exception):
 
 class Throttled(HttpStatusError):
     """The server answered 429 (or 503 with Retry-After): ``url`` is not asked again before
-    ``not_before`` (local time)."""
+    ``not_before`` (monotonic time)."""
 
     def __init__(self, status: int, url: str, body: bytes, not_before: float) -> None:
         super().__init__(status, url, body)
@@ -115,6 +123,14 @@ class ClientOptions:
     telemetry_batch: int = 400
     """Interval readings per post (per mirror: one MirrorMeterReadingList, or one POST per
     series when the server takes no lists)."""
+    parse_in_thread_bytes: int = 16 * 1024
+    """Bodies larger than this are parsed in a worker thread, not on the event loop the
+    controller shares (about 0.1 ms per KiB here, a few times that on a Pi: a full 100-control
+    page would hold the loop for tens of ms)."""
+    parse_threads: int = 1
+    """Worker threads parsing at once (bounded: a walk parses one page at a time anyway)."""
+    thread_events: int = 1000
+    """A program with more events than this is converted for the scheduler in a worker thread."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +177,9 @@ class LinkState:
     errors: tuple[tuple[float, str], ...] = ()
     warnings: tuple[str, ...] = ()
     """The last walk's warnings (clock offset, a PIN that could not be checked, missing links)."""
+    clock_alert: str | None = None
+    """Set while the server's Time is refused as absurd (before 2020 or from 2100 on): the last
+    good offset is kept. Also recorded in ``errors``, so ``last_error`` shows it."""
 
 
 @dataclass
@@ -168,7 +187,7 @@ class _Attempt:
     count: int = 0
     next_try: float = 0.0
     not_before: float = 0.0
-    """The server's Retry-After on the last attempt, as a local time."""
+    """The server's Retry-After on the last attempt, as a monotonic time."""
 
 
 @dataclass
@@ -192,6 +211,11 @@ def device_lfdi(cert_file: str | Any) -> str:
     return cert_lfdi(certs[0])
 
 
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (HttpError, Sep2ParseError, Sep2Error)
+"""What a utility server can cause (logged as one line); anything else is a bug in this code
+and is logged with its traceback. Either way the link backs off and carries on."""
+
+
 def describe_error(exc: BaseException) -> str:
     """One line an installer can act on."""
     if isinstance(exc, Throttled):
@@ -200,7 +224,11 @@ def describe_error(exc: BaseException) -> str:
         return f"server answered HTTP {exc.status} for {exc.url}"
     if isinstance(exc, Sep2ParseError):
         return f"server sent an unusable body: {exc}"
-    return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, InvalidUrl):
+        return f"refused a URL from the server: {exc}"
+    if isinstance(exc, EXPECTED_ERRORS):
+        return f"{type(exc).__name__}: {exc}"
+    return f"internal error ({type(exc).__name__}: {exc}); retrying, the stored schedule applies"
 
 
 class Sep2Client:
@@ -213,16 +241,27 @@ class Sep2Client:
         *,
         der: DerInfo | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
         http: HttpClient | None = None,
         ssl_context: ssl.SSLContext | None = None,
         options: ClientOptions | None = None,
         read_only: bool = False,
     ) -> None:
-        """``read_only``: never PUT or POST (the installer's walk); ``clock``: local wall time."""
+        """``read_only``: never PUT or POST (the installer's walk).
+
+        ``clock`` is the local wall time (``time.time``): used only for what is wall time by
+        nature (the server clock offset, sample times, log timestamps). ``monotonic`` times
+        everything the link schedules (polls, retries, Retry-After, posts); it defaults to
+        ``time.monotonic`` with the real wall clock, and to ``clock`` itself when a fake wall
+        clock is injected without one (a test clock that never steps).
+        """
         self.config = config
         self.options = options or ClientOptions()
         self.read_only = read_only
         self._clock = clock
+        if monotonic is None:
+            monotonic = time.monotonic if clock is time.time else clock
+        self._mono = monotonic
         self.lfdi = device_lfdi(config.cert)
         self.sfdi = sfdi_from_lfdi(self.lfdi)
         if http is None:
@@ -250,7 +289,20 @@ class Sep2Client:
         self.outbox = self.store.load_outbox(self.options.telemetry_capacity)
         self.averager = IntervalAverager(flow.DEFAULT_POST_S)
         self.der = der
-        self.clock_offset = 0 if self.snapshot is None else self.snapshot.clock_offset
+        self._stored_offset = 0 if self.snapshot is None else self.snapshot.clock_offset
+        """The wall-clock offset until the server's Time is first read in this process."""
+        self._anchor: float | None = None
+        """Server time − monotonic, from the last good Time (None: not read yet)."""
+        self._skew: float | None = None
+        """wall − monotonic at the last look (a change is a wall-clock step)."""
+        self._retime = False
+        """A wall-clock step was seen: read the server's Time at once."""
+        self.clock_alert: str | None = None
+        self._part_failures: dict[str, int] = {}
+        self._part_retry: dict[str, float] = {}
+        """Step part → monotonic time before which it is not run again after an unexpected
+        exception (so a bug in one part neither spins nor blocks the others)."""
+        self._parse_limiter = trio.CapacityLimiter(max(1, self.options.parse_threads))
         self.registration: RegistrationCheck | None = None
         self.connected = False
         self.last_poll: float | None = None
@@ -263,6 +315,8 @@ class Sep2Client:
         self._walked = False
         self._requests = 0
         self._edev_url: str | None = None
+        self._registered_url: str | None = None
+        """Where our EndDevice was registered by this process (ALL-24: never POST it twice)."""
         self._dcap: DeviceCapability | None = None
         self._edev: EndDevice | None = None
         self._edev_list_rate: int | None = None
@@ -274,7 +328,7 @@ class Sep2Client:
         self._der_sent: float | None = None
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._not_before: dict[str, tuple[int, float]] = {}
-        """URL → (status, local time) before which it is not asked again (429/503)."""
+        """URL → (status, monotonic time) before which it is not asked again (429/503)."""
         self._throttles: dict[str, int] = {}
         """URL → consecutive 429s without Retry-After (the backoff doubles with each)."""
         self._telemetry = _Telemetry()
@@ -282,8 +336,40 @@ class Sep2Client:
 
     # -- what the app reads and feeds ---------------------------------------------------------
 
+    @property
+    def clock_offset(self) -> int:
+        """Seconds to add to the local wall clock to get the server's.
+
+        Once the server's Time was read, derived from the monotonic clock (server time =
+        anchor + monotonic), so a step of the wall clock changes it at once, before the server
+        is even asked again; until then the offset stored with the schedule."""
+        if self._anchor is None:
+            return self._stored_offset
+        return round(self._anchor + self._mono() - self._clock())
+
     def server_now(self, local: float | None = None) -> int:
+        """Server time now, or at local wall time ``local``."""
+        if local is None and self._anchor is not None:
+            return int(self._anchor + self._mono())
         return int(self._clock() if local is None else local) + self.clock_offset
+
+    def _server_at(self, mono: float) -> float:
+        """Server time at monotonic time ``mono``."""
+        if self._anchor is not None:
+            return self._anchor + mono
+        return self._clock() + self._stored_offset + (mono - self._mono())
+
+    def _observe_clocks(self) -> None:
+        """Notices a wall-clock step (wall − monotonic moved): the server's Time is read again
+        at once, so the offset is re-measured rather than trusted across the step."""
+        skew = self._clock() - self._mono()
+        step = flow.wall_clock_step(self._skew, skew)
+        self._skew = skew
+        if step is not None:
+            log.warning(
+                "the local wall clock stepped by %+.0f s; reading the server's time again", step
+            )
+            self._retime = True
 
     @property
     def acting(self) -> bool:
@@ -322,6 +408,7 @@ class Sep2Client:
             last_error=self.errors[-1][1] if self.errors else None,
             errors=tuple(self.errors),
             warnings=() if self.last_walk is None else self.last_walk.warnings,
+            clock_alert=self.clock_alert,
         )
 
     def update_der(self, info: DerInfo) -> None:
@@ -341,12 +428,27 @@ class Sep2Client:
     # -- the loop -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Runs the link until cancelled."""
+        """Runs the link until cancelled.
+
+        No exception from one step ends it: `step` confines each part's failures, and anything
+        that still gets here (a bug) is logged with its traceback, recorded in `state()`, and
+        retried after a backoff; the stored schedule stays in force throughout.
+        """
         task_status.started()
+        failures = 0
         try:
             while True:
-                wake_at = await self.step()
-                delay = min(self.options.max_sleep_s, max(0.0, wake_at - self._clock()))
+                try:
+                    wake_at = await self.step()
+                    delay = wake_at - self._mono()
+                    failures = 0
+                except Exception as exc:
+                    log.exception("utility link: unexpected error in a step; retrying")
+                    self._record_error(describe_error(exc))
+                    self.connected = False
+                    delay = PART_RETRY_S[min(failures, len(PART_RETRY_S) - 1)]
+                    failures += 1
+                delay = min(self.options.max_sleep_s, max(MIN_SLEEP_S, delay))
                 self._wake = trio.Event()
                 with trio.move_on_after(delay):
                     await self._wake.wait()
@@ -355,59 +457,108 @@ class Sep2Client:
                 await self.http.aclose()
 
     async def step(self) -> float:
-        """Does whatever is due now; returns the local time at which something is next due."""
-        now = self._clock()
+        """Does whatever is due now; returns the monotonic time at which something is next due.
+
+        Each part (walk, DER reports, responses, telemetry) is guarded on its own: a failure is
+        recorded and backed off, and the other parts still run.
+        """
+        self._observe_clocks()
+        now = self._mono()
         due = self._book.next_due()
-        if (not self._walked or (due is not None and now >= due)) and now >= self._walk_retry_at:
+        walk_due = not self._walked or self._retime or (due is not None and now >= due)
+        if walk_due and now >= self._walk_retry_at:
             await self.poll()
         if self.acting and not self.read_only:
             if self.connected and self._der is not None:
-                try:  # DER facts changed since the walk: report now, not at the next poll
-                    await self._report_der(self.programs())
-                except (HttpError, Sep2Error) as exc:
-                    self._fail(exc)
-            self._advance_responses()
-            await self._send_responses()
-            await self._post_telemetry()
+                # DER facts changed since the walk: report now, not at the next poll
+                await self._guarded("DER reports", self._report_der_now)
+            await self._guarded("responses", self._respond)
+            await self._guarded("telemetry", self._post_telemetry)
         return self._next_wake()
 
+    async def _report_der_now(self) -> None:
+        await self._report_der(self.programs())
+
+    async def _respond(self) -> None:
+        self._advance_responses()
+        await self._send_responses()
+
+    async def _guarded(self, part: str, action: Callable[[], Awaitable[None]]) -> None:
+        """Runs one part of a step; what it raises is recorded (with its traceback when it is
+        not a server's doing) and the part is backed off, never propagated."""
+        if self._mono() < self._part_retry.get(part, 0.0):
+            return
+        try:
+            await action()
+        except EXPECTED_ERRORS as exc:
+            self._fail(exc)
+            return
+        except Exception as exc:
+            log.exception("utility link: unexpected error in %s; retrying later", part)
+            self._record_error(describe_error(exc))
+            count = self._part_failures.get(part, 0)
+            self._part_failures[part] = count + 1
+            delay = PART_RETRY_S[min(count, len(PART_RETRY_S) - 1)]
+            self._part_retry[part] = self._mono() + delay
+            return
+        self._part_failures.pop(part, None)
+        self._part_retry.pop(part, None)
+
     def _next_wake(self) -> float:
-        now = self._clock()
+        now = self._mono()
         candidates = [now + self.options.max_sleep_s]
         due = self._book.next_due()
-        if due is not None:
+        if self._retime or not self._walked:
+            candidates.append(max(now, self._walk_retry_at))
+        elif due is not None:
             candidates.append(max(due, self._walk_retry_at))
         elif self._walk_retry_at:
             candidates.append(self._walk_retry_at)
-        if self.tracker.pending:
-            candidates.append(min((a.next_try for a in self._attempts.values()), default=now))
+        if self.acting and not self.read_only:
+            if self.tracker.pending:
+                first = min((a.next_try for a in self._attempts.values()), default=now)
+                candidates.append(max(first, self._part_retry.get("responses", 0.0)))
+            tele = self._telemetry
+            if tele.last_post is not None:
+                post_at = max(tele.last_post + tele.post_rate, tele.retry_at)
+                candidates.append(max(post_at, self._part_retry.get("telemetry", 0.0)))
         if self.snapshot is not None:
-            change = next_change(self.snapshot.programs, self.server_now(now), self.lfdi)
+            server_now = self._server_at(now)
+            change = next_change(self.snapshot.programs, int(server_now), self.lfdi)
             if change is not None:
-                candidates.append(change - self.clock_offset)
-        if self._telemetry.last_post is not None:
-            candidates.append(self._telemetry.last_post + self._telemetry.post_rate)
+                candidates.append(now + (change - server_now))
         return min(candidates)
 
     async def poll(self) -> WalkResult | None:
-        """One walk; failures are recorded (the stored schedule keeps applying) and backed off."""
+        """One walk; failures are recorded (the stored schedule keeps applying) and backed off.
+
+        Never raises (but for cancellation): a server's fault is logged as one line, anything
+        else with its traceback."""
         try:
             result = await self.walk_once()
-        except (HttpError, Sep2ParseError, Sep2Error, ValueError) as exc:
+        except EXPECTED_ERRORS as exc:
             self._fail(exc)
+            return None
+        except Exception as exc:
+            log.exception("utility link: unexpected error during the walk; retrying")
+            self._fail(exc, logged=True)
             return None
         self._walk_failures = 0
         self._walk_retry_at = 0.0
         return result
 
-    def _fail(self, exc: BaseException) -> None:
-        message = describe_error(exc)
-        log.warning("utility link: %s", message)
-        self.connected = False
+    def _record_error(self, message: str) -> None:
         self.errors = [*self.errors, (self._clock(), message)][-MAX_ERRORS:]
+
+    def _fail(self, exc: BaseException, *, logged: bool = False) -> None:
+        message = describe_error(exc)
+        if not logged:
+            log.warning("utility link: %s", message)
+        self.connected = False
+        self._record_error(message)
         delay = WALK_RETRY_S[min(self._walk_failures, len(WALK_RETRY_S) - 1)]
         self._walk_failures += 1
-        self._walk_retry_at = self._clock() + delay
+        self._walk_retry_at = self._mono() + delay
         if isinstance(exc, Throttled):  # not before the server (or our backoff) allows
             self._walk_retry_at = max(self._walk_retry_at, exc.not_before)
         self._book.forget()  # after an outage walk everything again (links may have changed)
@@ -415,20 +566,34 @@ class Sep2Client:
 
     # -- HTTP helpers -------------------------------------------------------------------------
 
+    def _url(self, base: str, href: str) -> str:
+        """An href from the server, resolved; `InvalidUrl` (an HttpError, so a failed walk or
+        post, logged as a warning) when it is unparseable or on another origin."""
+        return flow.resolve_url(base, href, self.dcap_url)
+
+    async def _parse(self, cls: type[R], body: bytes) -> R:
+        """Parses a body; a large one in a worker thread (bounded), so the controller sharing
+        this event loop is not held up by a long list (10,000 controls: ~1 s of parsing)."""
+        if len(body) <= self.options.parse_in_thread_bytes:
+            return parse_as(cls, body)
+        return await trio.to_thread.run_sync(
+            functools.partial(parse_as, cls, body), limiter=self._parse_limiter
+        )
+
     async def _get(
         self, url: str, cls: type[R], inherited: int | None = None, *, force: bool = False
     ) -> R:
         """The resource at ``url``: fetched when due (its pollRate) or new, else the cached one."""
-        now = self._clock()
+        now = self._mono()
         cached = self._cache.get(url)
         if not force and isinstance(cached, cls) and not self._book.is_due(url, now):
             return cached
         response = await self._get_response(url, url, cached, inherited)
-        obj = parse_as(cls, response.body)
+        obj = await self._parse(cls, response.body)
         self._cache[url] = obj
         # when the answer arrived, not when it was asked: a slow answer is not due again at once
         rate = flow.poll_rate(getattr(obj, "poll_rate", None), inherited)
-        self._book.record(url, self._clock(), rate)
+        self._book.record(url, self._mono(), rate)
         return obj
 
     async def _get_response(
@@ -436,7 +601,7 @@ class Sep2Client:
     ) -> Response:
         """GET ``target`` (``url`` or one of its pages), honouring and recording throttling."""
         held = self._not_before.get(url)
-        if held is not None and self._clock() < held[1]:
+        if held is not None and self._mono() < held[1]:
             raise Throttled(held[0], url, b"", held[1])
         response = await self.http.get(target)
         self._requests += 1
@@ -462,8 +627,8 @@ class Sep2Client:
         off)."""
         if response.status not in (429, 503):
             return None
-        now = self._clock()
-        asked = parse_retry_after(response.header("retry-after"), now)
+        now = self._mono()  # "not before" is scheduled on the monotonic clock
+        asked = parse_retry_after(response.header("retry-after"), self._clock())
         if asked is not None:
             wait = min(asked, self.http.retry_after_cap)
             if rate is not None and polled:
@@ -486,7 +651,7 @@ class Sep2Client:
         self, url: str, cls: type[L], inherited: int | None = None, *, force: bool = False
     ) -> L:
         """Every page of a list, merged into one (paging by ``s``/``l``)."""
-        now = self._clock()
+        now = self._mono()
         cached = self._cache.get(url)
         if not force and isinstance(cached, cls) and not self._book.is_due(url, now):
             return cached
@@ -496,7 +661,7 @@ class Sep2Client:
         for _ in range(flow.MAX_PAGES):
             target = page_query(url, start, self.options.page_size)
             response = await self._get_response(target, url, cached, inherited)
-            page = parse_as(cls, response.body)
+            page = await self._parse(cls, response.body)
             if page.results != len(page.items):
                 # Items we could not read (e.g. in a foreign namespace) must not look like
                 # events that vanished: that would cancel them. Refuse the list instead, so the
@@ -522,7 +687,7 @@ class Sep2Client:
         self._cache[url] = merged
         # when the last page arrived, not when the first was asked (a held request is not
         # due again at once)
-        self._book.record(url, self._clock(), flow.poll_rate(first.poll_rate, inherited))
+        self._book.record(url, self._mono(), flow.poll_rate(first.poll_rate, inherited))
         return merged
 
     async def _get_optional(
@@ -533,7 +698,7 @@ class Sep2Client:
             return await self._get(url, cls, inherited, force=force)
         except HttpStatusError as exc:
             if exc.status == 404:
-                self._book.record(url, self._clock(), flow.poll_rate(None, inherited))
+                self._book.record(url, self._mono(), flow.poll_rate(None, inherited))
                 return None
             raise
 
@@ -566,17 +731,12 @@ class Sep2Client:
         dcap_rate = flow.poll_rate(dcap.poll_rate)
 
         if dcap.time_link is not None:
-            tm_url = resolve_href(self.dcap_url, dcap.time_link.href)
+            tm_url = self._url(self.dcap_url, dcap.time_link.href)
             visited.add(tm_url)
-            if force or self._book.is_due(tm_url, self._clock()):
-                sent = self._clock()
-                tm = await self._get(tm_url, Time, dcap_rate, force=True)
-                self.clock_offset = flow.clock_offset(tm.current_time, sent, self._clock())
-                warning = flow.clock_warning(self.clock_offset)
-                if warning:
-                    log.warning("%s", warning)
-                    warnings.append(warning)
+            if force or self._retime or self._book.is_due(tm_url, self._mono()):
+                await self._read_time(tm_url, dcap_rate, warnings)
         else:
+            self._retime = False
             warnings.append("the server offers no Time resource; using the local clock")
 
         result = WalkResult(
@@ -584,11 +744,17 @@ class Sep2Client:
         )
         if dcap.end_device_list_link is None:
             raise Sep2Error("DeviceCapability has no EndDeviceListLink")
-        edev_list_url = resolve_href(self.dcap_url, dcap.end_device_list_link.href)
+        edev_list_url = self._url(self.dcap_url, dcap.end_device_list_link.href)
         visited.add(edev_list_url)
         edevs = await self._get_list(edev_list_url, EndDeviceList, dcap_rate, force=force)
         edev = flow.find_end_device(edevs.items, self.lfdi)
         edev_url: str | None = None
+        if edev is None and self._registered_url is not None and not self.read_only:
+            # registered earlier in this process but not (yet) listed: ask it, do not POST again
+            edev = await self._get_optional(
+                self._registered_url, EndDevice, edevs.poll_rate, force=True
+            )
+            edev_url = None if edev is None else self._registered_url
         if edev is None:
             if self.read_only:
                 warnings.append(
@@ -596,10 +762,9 @@ class Sep2Client:
                     "(the appliance registers itself when it runs)"
                 )
                 return self._finish_walk(replace(result, warnings=tuple(warnings)), visited)
-            edev_url = await self._register(edev_list_url)
-            edev = await self._get(edev_url, EndDevice, edevs.poll_rate, force=True)
-        else:
-            edev_url = resolve_href(edev_list_url, edev.href) if edev.href else None
+            edev_url, edev = await self._register(edev_list_url, edevs.poll_rate)
+        elif edev_url is None:
+            edev_url = self._url(edev_list_url, edev.href) if edev.href else None
         if edev_url is None:
             raise Sep2Error("our EndDevice has no href")
         visited.add(edev_url)
@@ -609,7 +774,7 @@ class Sep2Client:
 
         registration = None
         if edev.registration_link is not None:
-            rg_url = resolve_href(edev_url, edev.registration_link.href)
+            rg_url = self._url(edev_url, edev.registration_link.href)
             visited.add(rg_url)
             registration = await self._get_optional(
                 rg_url, Registration, edevs.poll_rate, force=force
@@ -628,7 +793,7 @@ class Sep2Client:
             return self._finish_walk(replace(result, warnings=tuple(warnings)), visited)
 
         if edev.connection_point_link is not None:
-            cp_url = resolve_href(edev_url, edev.connection_point_link.href)
+            cp_url = self._url(edev_url, edev.connection_point_link.href)
             visited.add(cp_url)
             cp = await self._get_optional(cp_url, ConnectionPoint, edevs.poll_rate, force=force)
             update = (
@@ -655,14 +820,14 @@ class Sep2Client:
             self._store_programs(result)
 
         if edev.der_list_link is not None:
-            der_list_url = resolve_href(edev_url, edev.der_list_link.href)
+            der_list_url = self._url(edev_url, edev.der_list_link.href)
             visited.add(der_list_url)
             ders = await self._get_list(der_list_url, DERList, edevs.poll_rate, force=force)
             self._der_rate = flow.poll_rate(ders.poll_rate)
             if ders.items:
                 der = ders.items[0]
                 self._der = der
-                self._der_url = resolve_href(der_list_url, der.href) if der.href else der_list_url
+                self._der_url = self._url(der_list_url, der.href) if der.href else der_list_url
                 result = replace(result, der_url=self._der_url)
                 if not self.read_only:
                     await self._report_der(programs)
@@ -675,12 +840,36 @@ class Sep2Client:
         self.connected = True
         return self._finish_walk(replace(result, warnings=tuple(warnings)), visited)
 
+    async def _read_time(self, tm_url: str, rate: int, warnings: list[str]) -> None:
+        """GET Time and re-anchor server time on the monotonic clock, unless the server's time
+        is absurd: then the last good offset stays and `clock_alert` says why."""
+        sent = self._mono()
+        tm = await self._get(tm_url, Time, rate, force=True)
+        received = self._mono()
+        self._retime = False
+        problem = flow.server_time_problem(tm.current_time)
+        if problem is not None:
+            if problem != self.clock_alert:
+                log.error("%s", problem)
+                self._record_error(problem)
+            self.clock_alert = problem
+            warnings.append(problem)
+            return
+        if self.clock_alert is not None:
+            log.info("the utility server's clock is plausible again")
+        self.clock_alert = None
+        self._anchor = flow.server_anchor(tm.current_time, sent, received)
+        warning = flow.clock_warning(self.clock_offset)
+        if warning:
+            log.warning("%s", warning)
+            warnings.append(warning)
+
     def _finish_walk(self, result: WalkResult, visited: set[str]) -> WalkResult:
         self._walked = True
-        self.last_poll = self._clock()
+        self.last_poll = self._clock()  # shown to the installer: wall time
         self._book.keep_only(visited)
         self._cache = {u: o for u, o in self._cache.items() if u in visited}
-        now = self._clock()
+        now = self._mono()
         self._not_before = {u: v for u, v in self._not_before.items() if v[1] > now}
         result = replace(result, requests=self._requests)
         self.last_walk = result
@@ -696,23 +885,44 @@ class Sep2Client:
         if not self.read_only:
             self.store.save_schedule(self.snapshot)
 
-    async def _register(self, edev_list_url: str) -> str:
-        """In-band registration: POST our EndDevice; its URL comes back in Location."""
+    async def _register(self, edev_list_url: str, rate: int | None) -> tuple[str, EndDevice]:
+        """In-band registration: POST our EndDevice, then look it up again before deciding
+        anything (CSIP-AUS ALL-24): the list read before the POST is stale by definition.
+
+        2xx with a usable ``Location``: that EndDevice is read. Otherwise (no or a refused
+        Location, or 409 "already registered": lFDI/sFDI conflict) the list is read again and
+        the EndDevice listed under our LFDI is used. Never POSTs twice in one walk: if it is
+        still not found, the walk fails and is retried after the usual backoff.
+        """
         body = to_xml(
             flow.new_end_device(self.lfdi, self.server_now(), self.options.device_category)
         )
         response = await self._send("POST", edev_list_url, body)
-        if not 200 <= response.status < 300:
+        # whatever the answer, the cached list predates it
+        self._cache.pop(edev_list_url, None)
+        self._book.entries.pop(edev_list_url, None)
+        if response.status == 409:
+            log.info("the server says our EndDevice exists already (409); looking it up")
+        elif not 200 <= response.status < 300:
             raise self._refused("registering our EndDevice: POST", edev_list_url, response)
-        location = response.header("location")
+        location = response.header("location") if response.status != 409 else None
         if location:
-            log.info("registered EndDevice %s at %s", self.lfdi, location)
-            return resolve_href(edev_list_url, location)
-        edevs = await self._get_list(edev_list_url, EndDeviceList, force=True)
+            try:
+                url = self._url(edev_list_url, location)
+            except InvalidUrl as exc:
+                log.warning("registration: %s; looking our EndDevice up in the list", exc)
+            else:
+                log.info("registered EndDevice %s at %s", self.lfdi, url)
+                self._registered_url = url
+                return url, await self._get(url, EndDevice, rate, force=True)
+        edevs = await self._get_list(edev_list_url, EndDeviceList, rate, force=True)
         found = flow.find_end_device(edevs.items, self.lfdi)
         if found is None or not found.href:
-            raise Sep2Error("the server accepted our EndDevice but does not list it")
-        return resolve_href(edev_list_url, found.href)
+            what = "exists (409)" if response.status == 409 else "was accepted"
+            raise Sep2Error(f"the server says our EndDevice {what} but does not list it")
+        url = self._url(edev_list_url, found.href)
+        self._registered_url = url
+        return url, found
 
     async def _walk_programs(
         self,
@@ -724,7 +934,7 @@ class Sep2Client:
     ) -> tuple[tuple[ProgramControls, ...], bool]:
         if edev.function_set_assignments_list_link is None:
             return (), True
-        fsa_url = resolve_href(edev_url, edev.function_set_assignments_list_link.href)
+        fsa_url = self._url(edev_url, edev.function_set_assignments_list_link.href)
         visited.add(fsa_url)
         fsas = await self._get_list(
             fsa_url, FunctionSetAssignmentsList, edevs.poll_rate, force=force
@@ -733,27 +943,35 @@ class Sep2Client:
         for fsa in fsas.items:
             if fsa.der_program_list_link is None:
                 continue
-            base = resolve_href(fsa_url, fsa.href) if fsa.href else fsa_url
-            derp_url = resolve_href(base, fsa.der_program_list_link.href)
+            base = self._url(fsa_url, fsa.href) if fsa.href else fsa_url
+            derp_url = self._url(base, fsa.der_program_list_link.href)
             visited.add(derp_url)
             derps = await self._get_list(derp_url, DERProgramList, fsas.poll_rate, force=force)
             rate = flow.poll_rate(derps.poll_rate, fsas.poll_rate)
             for program in derps.items:
-                program_url = resolve_href(derp_url, program.href) if program.href else derp_url
+                program_url = self._url(derp_url, program.href) if program.href else derp_url
                 controls: tuple[Any, ...] = ()
                 if program.der_control_list_link is not None:
-                    derc_url = resolve_href(program_url, program.der_control_list_link.href)
+                    derc_url = self._url(program_url, program.der_control_list_link.href)
                     visited.add(derc_url)
                     dercs = await self._get_list(derc_url, DERControlList, rate, force=force)
                     controls = dercs.items
                 default = None
                 if program.default_der_control_link is not None:
-                    dderc_url = resolve_href(program_url, program.default_der_control_link.href)
+                    dderc_url = self._url(program_url, program.default_der_control_link.href)
                     visited.add(dderc_url)
                     default = await self._get_optional(
                         dderc_url, DefaultDERControl, rate, force=force
                     )
-                found.append(program_controls(program, controls, default, program_url))
+                convert = functools.partial(
+                    program_controls, program, controls, default, program_url
+                )
+                if len(controls) > self.options.thread_events:  # off the controller's loop
+                    found.append(
+                        await trio.to_thread.run_sync(convert, limiter=self._parse_limiter)
+                    )
+                else:
+                    found.append(convert())
         return flow.merge_programs(found), True
 
     # -- DER reports --------------------------------------------------------------------------
@@ -768,10 +986,10 @@ class Sep2Client:
             return
         grad = self._server_set_grad_w(programs)
         key = flow.der_report_key(self.der, grad)
-        now = self._clock()
+        now = self._mono()
         if not flow.der_reports_due(self._der_key, self._der_sent, key, now, self._der_rate):
             return
-        server_now = self.server_now(now)
+        server_now = self.server_now()
         bodies = (
             (self._der.der_capability_link, flow.der_capability(self.der)),
             (self._der.der_settings_link, flow.der_settings(self.der, grad, server_now)),
@@ -780,7 +998,7 @@ class Sep2Client:
         for link, body in bodies:
             if link is None:
                 continue
-            url = resolve_href(self._der_url, link.href)
+            url = self._url(self._der_url, link.href)
             response = await self._send("PUT", url, to_xml(body))
             if not 200 <= response.status < 300:
                 raise self._refused(f"PUT {type(body).__name__}", url, response)
@@ -811,11 +1029,11 @@ class Sep2Client:
         for pending in responses.sendable(self.tracker):
             key = (pending.mrid, int(pending.status))
             attempt = self._attempts.setdefault(key, _Attempt())
-            if self._clock() < attempt.next_try:
+            if self._mono() < attempt.next_try:
                 continue
             outcome = await self._post_response(pending, attempt)
             if outcome is flow.SendOutcome.RETRY:
-                backoff = self._clock() + flow.retry_delay(attempt.count)
+                backoff = self._mono() + flow.retry_delay(attempt.count)
                 attempt.next_try = max(backoff, attempt.not_before)
                 if attempt.count == 1 or attempt.count % 10 == 0:
                     log.warning(
@@ -832,6 +1050,13 @@ class Sep2Client:
                     pending.mrid,
                     attempt.count,
                 )
+            elif outcome is flow.SendOutcome.REFUSED:
+                log.warning(
+                    "response %s for %s not sent: its replyTo %r is unusable; dropped",
+                    int(pending.status),
+                    pending.mrid,
+                    pending.reply_to[:200],
+                )
             self.tracker = responses.mark_sent(self.tracker, pending.mrid, pending.status)
             self.store.save_responses(self.tracker)  # persisted as soon as the server accepted
             self._attempts.pop(key, None)
@@ -839,7 +1064,11 @@ class Sep2Client:
         return progressed
 
     async def _post_response(self, pending: PendingResponse, attempt: _Attempt) -> flow.SendOutcome:
-        url = resolve_href(self.dcap_url, pending.reply_to)
+        try:
+            url = self._url(self.dcap_url, pending.reply_to)
+        except InvalidUrl as exc:
+            log.warning("refusing a response's replyTo: %s", exc)
+            return flow.SendOutcome.REFUSED
         attempt.count += 1
         try:
             body = to_xml(flow.response_body(pending, self.lfdi))
@@ -867,7 +1096,7 @@ class Sep2Client:
         tele = self._telemetry
         if dcap.mirror_usage_point_list_link is None:
             return
-        tele.mup_list_url = resolve_href(self.dcap_url, dcap.mirror_usage_point_list_link.href)
+        tele.mup_list_url = self._url(self.dcap_url, dcap.mirror_usage_point_list_link.href)
         if visited is not None:
             visited.add(tele.mup_list_url)
         missing = not all(role in tele.mup_urls for role in (SITE_ROLE, DER_ROLE))
@@ -877,31 +1106,52 @@ class Sep2Client:
         interval = self.averager.interval_s
         for role in (SITE_ROLE, DER_ROLE):
             wanted = flow.mirror_usage_point(
-                self.lfdi, role, interval, self.options.quantities, min_max=self.options.min_max
+                self.lfdi,
+                role,
+                interval,
+                self.options.quantities,
+                min_max=self.options.min_max,
+                pen=self.config.pen,
             )
             existing = next((m for m in mups.items if m.mrid == wanted.mrid), None)
             if existing is not None and existing.href:
-                tele.mup_urls[role] = resolve_href(tele.mup_list_url, existing.href)
+                tele.mup_urls[role] = self._url(tele.mup_list_url, existing.href)
                 self._set_post_rate(existing, edev)
                 continue
             if role in tele.mup_urls:
                 continue  # not listed (yet): a 404 on posting is what makes us re-create it
             response = await self._send("POST", tele.mup_list_url, to_xml(wanted))
-            location = response.header("location")
             if not 200 <= response.status < 300:
                 what = f"creating the {role} MirrorUsagePoint: POST"
                 raise self._refused(what, tele.mup_list_url, response)
-            if not location:
-                raise Sep2Error(
-                    f"creating the {role} MirrorUsagePoint: HTTP {response.status} without a "
-                    "Location"
-                )
-            tele.mup_urls[role] = resolve_href(tele.mup_list_url, location)
-            created = await self._get_optional(tele.mup_urls[role], MirrorUsagePoint, force=True)
-            self._book.entries.pop(tele.mup_urls[role], None)
+            url = await self._created_mirror_url(role, wanted.mrid, response)
+            tele.mup_urls[role] = url
+            created = await self._get_optional(url, MirrorUsagePoint, force=True)
+            self._book.entries.pop(url, None)
             self._set_post_rate(created, edev)
         if tele.last_post is None:
-            tele.last_post = self._clock()
+            tele.last_post = self._mono()
+
+    async def _created_mirror_url(self, role: str, mrid: str, response: Response) -> str:
+        """Where a MirrorUsagePoint we POSTed lives: its ``Location`` when usable, else (none,
+        unparseable or on another origin: refused with a warning) the list, read again, by
+        mRID. Raises Sep2Error when neither says (retried with the telemetry backoff)."""
+        tele = self._telemetry
+        assert tele.mup_list_url is not None
+        location = response.header("location")
+        if location:
+            try:
+                return self._url(tele.mup_list_url, location)
+            except InvalidUrl as exc:
+                log.warning("the %s MirrorUsagePoint's Location: %s", role, exc)
+        mups = await self._get_list(tele.mup_list_url, MirrorUsagePointList, force=True)
+        listed = next((m for m in mups.items if m.mrid == mrid and m.href), None)
+        if listed is None or listed.href is None:
+            raise Sep2Error(
+                f"creating the {role} MirrorUsagePoint: HTTP {response.status} without a usable "
+                "Location, and the list does not show it"
+            )
+        return self._url(tele.mup_list_url, listed.href)
 
     def _set_post_rate(self, mup: MirrorUsagePoint | None, edev: EndDevice) -> None:
         rate = flow.post_rate(None if mup is None else mup.post_rate, edev.post_rate)
@@ -914,8 +1164,8 @@ class Sep2Client:
 
     async def _post_telemetry(self) -> None:
         tele = self._telemetry
-        now = self._clock()
-        closed = self.averager.flush(self.server_now(now))
+        now = self._mono()
+        closed = self.averager.flush(self.server_now())
         if closed:
             self.outbox.extend(closed)
             self.store.save_outbox(self.outbox)
@@ -968,7 +1218,9 @@ class Sep2Client:
         """Posts one mirror's readings: one MirrorMeterReadingList, or (for a server that takes
         no lists) one MirrorMeterReading per series. Raises unless all were accepted."""
         tele = self._telemetry
-        mmrs = flow.meter_readings(self.lfdi, role, readings, min_max=self.options.min_max)
+        mmrs = flow.meter_readings(
+            self.lfdi, role, readings, min_max=self.options.min_max, pen=self.config.pen
+        )
         if not mmrs:
             return
         if tele.lists is not False:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from dynexport.httpio.client import InvalidUrl, join_url, origin_of
 from dynexport.sep2.certs import sfdi_from_lfdi
 from dynexport.sep2.controls import ProgramControls, ResponseStatus
 from dynexport.sep2.resources import (
@@ -55,6 +56,13 @@ MIN_POLL_S = 10
 """Floor on any pollRate, so a server answering ``pollRate 0`` cannot make us hammer it."""
 CLOCK_WARN_S = 60
 """A clock offset beyond this is logged as a warning (the offset is applied regardless)."""
+SERVER_TIME_MIN = 1_577_836_800
+"""2020-01-01T00:00:00Z: a server Time before this is refused (`server_time_problem`)."""
+SERVER_TIME_MAX = 4_102_444_800
+"""2100-01-01T00:00:00Z: a server Time from this on is refused."""
+CLOCK_STEP_S = 5.0
+"""wall − monotonic moving by more than this between two looks is a wall-clock step: the
+server's Time is read again at once."""
 DEFAULT_POST_S = 300
 """Telemetry post rate when neither the MirrorUsagePoint nor the EndDevice gives one."""
 PAGE_SIZE = 100
@@ -160,12 +168,70 @@ class PollBook:
 
 
 # --------------------------------------------------------------------------------------------
+# URLs
+
+
+def resolve_url(base: str, href: str, server: str) -> str:
+    """An href (or ``Location``, ``replyTo``) from the server, resolved against the URL of the
+    resource it came in, and kept only when it is on the utility server's own origin (scheme,
+    host and port of ``server``, the DeviceCapability URL).
+
+    Raises `InvalidUrl` (an ``HttpError``) for an href urllib cannot parse (``http://[::1/x``),
+    one with characters a request cannot carry, or one on another origin: the link never
+    follows the server's data to another host with our client certificate, and never lets a
+    bad href escape as a bare ``ValueError``.
+    """
+    url = join_url(base, href)
+    if origin_of(url) != origin_of(server):
+        raise InvalidUrl(
+            f"{href.strip()[:200]!r} points to another origin than the utility server "
+            f"({url[:200]} is not on {server}); refused"
+        )
+    return url
+
+
+# --------------------------------------------------------------------------------------------
 # Clock
 
 
 def clock_offset(server_time: int, local_sent: float, local_received: float) -> int:
     """Seconds to add to the local clock to get the server's: the midpoint of the exchange."""
     return round(server_time - (local_sent + local_received) / 2)
+
+
+def server_anchor(server_time: int, mono_sent: float, mono_received: float) -> float:
+    """Server time minus the monotonic clock at the midpoint of the GET of Time.
+
+    Server time is then ``anchor + monotonic()``: a step of the wall clock (a Pi without RTC
+    whose NTP corrects it) cannot move it, unlike ``wall + offset``.
+    """
+    return server_time - (mono_sent + mono_received) / 2
+
+
+def server_time_problem(server_time: int) -> str | None:
+    """Why a server's ``Time.currentTime`` cannot be believed, or None when it is plausible.
+
+    A time before 2020 or from 2100 on is a server fault (an int64 of ±2^63, a zeroed clock), not
+    a reason to shift every schedule decision by centuries: the link keeps its last good offset.
+    The local clock is *not* judged: a Pi without RTC may rightly be decades behind the server.
+    """
+    if SERVER_TIME_MIN <= server_time < SERVER_TIME_MAX:
+        return None
+    return (
+        f"the utility server's clock says {server_time} s since 1970, outside "
+        f"{SERVER_TIME_MIN}..{SERVER_TIME_MAX} (2020-2100); refused, keeping the last good "
+        "clock offset"
+    )
+
+
+def wall_clock_step(previous_skew: float | None, skew: float) -> float | None:
+    """The size of a wall-clock step, or None: ``skew`` is wall − monotonic at one observation,
+    ``previous_skew`` at the one before. Both clocks run at the same rate, so a change of more
+    than `CLOCK_STEP_S` means the wall clock was set (NTP, an installer, a late RTC)."""
+    if previous_skew is None:
+        return None
+    step = skew - previous_skew
+    return step if abs(step) > CLOCK_STEP_S else None
 
 
 def clock_warning(offset: int) -> str | None:
@@ -380,10 +446,39 @@ def der_reports_due(
 # Telemetry
 
 
-def mrid_for(lfdi: str, *parts: str) -> str:
-    """A stable 128-bit mRID for one of our objects: a hash of the LFDI and what it is."""
+PEN_DIGITS = 8
+"""An mRID ends in the PEN written as this many decimal digits (CSIP-AUS TS 5573 §4.2)."""
+MAX_PEN = 10**PEN_DIGITS - 1
+"""99,999,999: the largest PEN that 8 decimal digits can hold. IANA's PENs are far below it;
+a larger one cannot be written the way the harness reads it, so it is refused, not mangled."""
+
+
+def pen_problem(pen: object) -> str | None:
+    """Why ``pen`` cannot end our mRIDs, or None when it can."""
+    if isinstance(pen, bool) or not isinstance(pen, int):
+        return f"the PEN must be a whole number, not {pen!r}"
+    if not 0 <= pen <= MAX_PEN:
+        return (
+            f"PEN {pen} cannot be written as the {PEN_DIGITS} decimal digits that end every "
+            f"mRID (CSIP-AUS reads the last {PEN_DIGITS} characters of an mRID as the PEN in "
+            f"decimal); it must be 0 to {MAX_PEN}"
+        )
+    return None
+
+
+def mrid_for(lfdi: str, *parts: str, pen: int = 0) -> str:
+    """A stable 128-bit mRID for one of our objects: 24 hex digits of a hash of the LFDI and
+    what it names, then the PEN as 8 decimal digits (IEEE 2030.5 ends an mRID in the PEN of
+    the organisation that made it; CSIP-AUS and its test harness read it in decimal).
+
+    The same LFDI, name and PEN give the same mRID after every restart, so the server finds
+    the mirrors it already holds instead of getting duplicates. ValueError for a PEN that 8
+    decimal digits cannot hold (see `pen_problem`)."""
+    problem = pen_problem(pen)
+    if problem is not None:
+        raise ValueError(problem)
     digest = hashlib.sha256("\x00".join((lfdi.upper(), *parts)).encode()).hexdigest()
-    return digest[:32].upper()
+    return f"{digest[: 32 - PEN_DIGITS].upper()}{pen:0{PEN_DIGITS}d}"
 
 
 def phase_code(quantity: str, phase: str) -> int:
@@ -410,11 +505,23 @@ def statistics(min_max: bool = True) -> tuple[str, ...]:
     return STATISTICS if min_max else ("average",)
 
 
-def series_mrid(lfdi: str, role: str, quantity: str, statistic: str, phase: str) -> str:
+def series_mrid(
+    lfdi: str, role: str, quantity: str, statistic: str, phase: str, *, pen: int = 0
+) -> str:
     """The MirrorMeterReading mRID of one series; a total's average keeps its original mRID."""
     if statistic == "average" and not phase:
-        return mrid_for(lfdi, "mmr", role, quantity)
-    return mrid_for(lfdi, "mmr", role, quantity, phase, statistic)
+        return mrid_for(lfdi, "mmr", role, quantity, pen=pen)
+    return mrid_for(lfdi, "mmr", role, quantity, phase, statistic, pen=pen)
+
+
+def reading_set_mrid(
+    lfdi: str, role: str, quantity: str, statistic: str, phase: str, start: int, *, pen: int = 0
+) -> str:
+    """The MirrorReadingSet mRID of one interval of one series (stable, so a re-post after a
+    lost answer names the same set)."""
+    if statistic == "average" and not phase:
+        return mrid_for(lfdi, "mrs", role, quantity, str(start), pen=pen)
+    return mrid_for(lfdi, "mrs", role, quantity, phase, statistic, str(start), pen=pen)
 
 
 def _series_description(role: str, quantity: str, statistic: str, phase: str) -> str:
@@ -429,13 +536,15 @@ def mirror_usage_point(
     quantities: Sequence[str] = MANDATORY_QUANTITIES,
     *,
     min_max: bool = True,
+    pen: int = 0,
 ) -> MirrorUsagePoint:
     """The site (roleFlags 03) or DER (49) MirrorUsagePoint, declaring the totals of
     ``quantities`` (average, and minimum and maximum unless ``min_max`` is False). Series found
-    later (per phase, Hz) are created by their first post, which carries their ReadingType."""
+    later (per phase, Hz) are created by their first post, which carries their ReadingType.
+    Every mRID ends in ``pen`` (`mrid_for`)."""
     flags = {SITE_ROLE: SITE_ROLE_FLAGS, DER_ROLE: DER_ROLE_FLAGS}[role]
     return MirrorUsagePoint(
-        mrid=mrid_for(lfdi, "mup", role),
+        mrid=mrid_for(lfdi, "mup", role, pen=pen),
         role_flags=flags,
         service_category_kind=0,
         status=1,
@@ -443,7 +552,7 @@ def mirror_usage_point(
         description=f"dynexport {role}",
         mirror_meter_readings=tuple(
             MirrorMeterReading(
-                mrid=series_mrid(lfdi, role, q, stat, ""),
+                mrid=series_mrid(lfdi, role, q, stat, "", pen=pen),
                 description=_series_description(role, q, stat, ""),
                 reading_type=reading_type(q, interval_s, stat),
             )
@@ -470,14 +579,21 @@ def _mirrorable(r: IntervalReading) -> bool:
 
 
 def meter_readings(
-    lfdi: str, role: str, readings: Iterable[IntervalReading], *, min_max: bool = True
+    lfdi: str,
+    role: str,
+    readings: Iterable[IntervalReading],
+    *,
+    min_max: bool = True,
+    pen: int = 0,
 ) -> list[MirrorMeterReading]:
     """MirrorMeterReadings to POST to one MirrorUsagePoint: one per series (quantity, phase and
     statistic: average, minimum, maximum), each with one MirrorReadingSet per interval (so a
-    backlog after an outage goes in one MirrorMeterReading per series)."""
+    backlog after an outage goes in one MirrorMeterReading per series). Every mRID ends in
+    ``pen``; a reading whose interval is not whole minutes on a minute boundary is left out
+    (`on_minute_grid`: the utility would count it as a fault, and it cannot be fixed later)."""
     groups: dict[tuple[str, str], list[IntervalReading]] = {}
     for r in readings:
-        if r.role == role and _mirrorable(r):
+        if r.role == role and _mirrorable(r) and on_minute_grid(r.start, r.duration):
             groups.setdefault((r.quantity, r.phase), []).append(r)
     out = []
     for (quantity, phase), items in sorted(groups.items()):
@@ -485,11 +601,7 @@ def meter_readings(
         for stat in statistics(min_max):
             sets = tuple(
                 MirrorReadingSet(
-                    mrid=(
-                        mrid_for(lfdi, "mrs", role, quantity, str(r.start))
-                        if stat == "average" and not phase
-                        else mrid_for(lfdi, "mrs", role, quantity, phase, stat, str(r.start))
-                    ),
+                    mrid=reading_set_mrid(lfdi, role, quantity, stat, phase, r.start, pen=pen),
                     time_period=DateTimeInterval(r.start, r.duration),
                     readings=(
                         Reading(
@@ -502,7 +614,7 @@ def meter_readings(
             )
             out.append(
                 MirrorMeterReading(
-                    mrid=series_mrid(lfdi, role, quantity, stat, phase),
+                    mrid=series_mrid(lfdi, role, quantity, stat, phase, pen=pen),
                     description=_series_description(role, quantity, stat, phase),
                     mirror_reading_sets=sets,
                     reading_type=reading_type(quantity, items[0].duration, stat, phase),
@@ -521,9 +633,18 @@ def post_rate(mup_rate: int | None, edev_rate: int | None) -> int:
     return DEFAULT_POST_S if rate is None else max(MIN_POLL_S, rate)
 
 
+def on_minute_grid(start: int, duration: int) -> bool:
+    """Whether a reading's interval starts on a UTC minute boundary and lasts whole minutes, as
+    the CSIP-AUS harness requires of every reading (seconds zero; duration > 0, a multiple of
+    60)."""
+    return start % 60 == 0 and duration > 0 and duration % 60 == 0
+
+
 def interval_for(post_rate_s: int) -> int:
-    """Averaging interval: the post rate when it divides a day (60 s, 300 s...), else 300 s."""
-    if 0 < post_rate_s <= 3600 and 86400 % post_rate_s == 0:
+    """Averaging interval: the post rate when it is whole minutes that divide a day (60 s,
+    300 s...), else 300 s. Never anything but whole minutes, so every interval starts on a
+    minute boundary (CSIP-AUS harness: readings must align on minutes)."""
+    if 0 < post_rate_s <= 3600 and post_rate_s % 60 == 0 and 86400 % post_rate_s == 0:
         return post_rate_s
     return DEFAULT_POST_S
 
@@ -545,6 +666,10 @@ class SendOutcome(StrEnum):
     SENT = "sent"
     RETRY = "retry"
     DROP = "drop"
+    """The server refused it too often: given up."""
+    REFUSED = "refused"
+    """Never sent: its replyTo is unusable or on another origin (dropped at once, with a
+    warning, so a stored bad response cannot block the queue or fail every restart)."""
 
 
 _HOPELESS = frozenset({400, 403, 404, 405, 410, 413, 415})
