@@ -9,6 +9,7 @@ import pytest
 
 from dynexport.sep2.controls import (
     ControlBase,
+    ControlType,
     DERControlEvent,
     EventStatus,
     ProgramControls,
@@ -25,6 +26,7 @@ from dynexport.sep2.responses import (
     sendable,
     update,
 )
+from dynexport.sep2.schedule import ScheduleSnapshot, effective_window
 from tests.sep2.test_schedule import SEED, T0, ev, prog
 
 R = ResponseStatus
@@ -281,20 +283,31 @@ def test_finished_unlisted_events_are_forgotten_after_the_retention_time() -> No
     assert t.event("A") is None
 
 
-def test_pending_queue_is_bounded() -> None:
+def test_pending_queue_is_bounded_and_drops_whole_events_so_no_sequence_has_a_gap() -> None:
     events = [rq(f"E{i:04d}", T0 + 10, 60) for i in range(MAX_PENDING)]
     p: list[ProgramControls] = [prog("/derp/1", 0, *events)]
     t = update(ResponseTracker(), p, T0, SEED)
     assert len(t.pending) == MAX_PENDING
-    t = update(t, p, T0 + 10, SEED)
-    assert len(t.pending) == MAX_PENDING
-    assert t.pending[0].created == T0 + 10  # the oldest were dropped, the newest kept
+    t = update(t, p, T0 + 10, SEED)  # every event starts: 1000 more responses
+    assert len(t.pending) <= MAX_PENDING
+    by_mrid: dict[str, list[ResponseStatus]] = {}
+    for mrid, status in pending_of(t):
+        by_mrid.setdefault(mrid, []).append(status)
+    # The oldest events lost all their responses; no event kept a 2 without its 1.
+    assert "E0000" not in by_mrid and f"E{MAX_PENDING - 1:04d}" in by_mrid
+    assert all(statuses[0] is R.RECEIVED and len(statuses) == 2 for statuses in by_mrid.values())
+    t = update(t, p, T0 + 70, SEED)  # and a muted event stays silent when it completes
+    assert ("E0000", R.COMPLETED) not in pending_of(t)
+    assert decided(t)["E0000"] == (R.RECEIVED, R.STARTED, R.COMPLETED)
 
 
-def test_events_with_no_controls_are_only_acknowledged() -> None:
+def test_events_with_no_controls_are_acknowledged_then_rejected_not_applicable() -> None:
     e = ev("N", T0, 60, response_required=3, reply_to=RSP)
-    t = update(ResponseTracker(), [prog("/derp/1", 0, e, default=ControlBase())], T0 + 30, SEED)
-    assert pending_of(t) == [("N", R.RECEIVED)]
+    p = [prog("/derp/1", 0, e, default=ControlBase())]
+    t = update(ResponseTracker(), p, T0 + 30, SEED)
+    assert pending_of(t) == [("N", R.RECEIVED), ("N", R.REJECTED_NOT_APPLICABLE)]
+    t = update(t, [prog("/derp/1", 0)], T0 + 40, SEED)  # the server drops it: no 6 after 252
+    assert pending_of(t) == [("N", R.RECEIVED), ("N", R.REJECTED_NOT_APPLICABLE)]
 
 
 @pytest.mark.parametrize(
@@ -313,3 +326,132 @@ def test_events_with_no_controls_are_only_acknowledged() -> None:
 def test_malformed_tracker_is_rejected_with_value_error(text: str) -> None:
     with pytest.raises(ValueError):
         ResponseTracker.from_json(text)
+
+
+# --- ALL-22: a randomized control removed at its scheduled end completed ----------------------
+
+
+def _tail_event(mrid: str) -> DERControlEvent:
+    """An event whose randomization (for SEED) moves its effective end past its nominal end."""
+    for i in range(200):
+        e = rq(f"{mrid}{i}", T0, 300, randomize_start=120, randomize_duration=60)
+        start, end = effective_window(e, SEED)
+        if end > T0 + 300 + 30 and start > T0:
+            return e
+    raise AssertionError("no randomized tail found")
+
+
+def test_randomized_control_removed_at_its_nominal_end_while_its_tail_runs_is_completed() -> None:
+    e = _tail_event("RND")
+    start, _ = effective_window(e, SEED)
+    p = [prog("/derp/1", 0, e)]
+    t = update(ResponseTracker(), p, T0 - 10, SEED)
+    t = update(t, p, start, SEED)
+    # The server prunes it at its scheduled end; its randomized tail is still running.
+    t = update(t, [prog("/derp/1", 0)], T0 + 300, SEED)
+    assert [s for m, s in pending_of(t) if m == e.mrid] == [R.RECEIVED, R.STARTED, R.COMPLETED]
+    assert t.pending[-1].created == T0 + 300
+
+
+def test_randomized_control_removed_after_its_nominal_end_is_completed_even_unobserved() -> None:
+    e = _tail_event("LATE")
+    p = [prog("/derp/1", 0, e)]
+    t = update(ResponseTracker(), p, T0 - 10, SEED)  # received; the next look is after removal
+    t = update(t, [prog("/derp/1", 0)], T0 + 310, SEED)
+    assert [s for m, s in pending_of(t) if m == e.mrid] == [R.RECEIVED, R.COMPLETED]
+
+
+def test_randomized_control_removed_before_its_nominal_end_is_cancelled() -> None:
+    e = _tail_event("EARLY")
+    start, _ = effective_window(e, SEED)
+    p = [prog("/derp/1", 0, e)]
+    t = update(ResponseTracker(), p, T0 - 10, SEED)
+    t = update(t, p, start, SEED)
+    t = update(t, [prog("/derp/1", 0)], T0 + 299, SEED)
+    assert [s for m, s in pending_of(t) if m == e.mrid] == [R.RECEIVED, R.STARTED, R.CANCELLED]
+
+
+def test_removal_after_the_schedule_memory_recorded_it_agrees_with_the_memory() -> None:
+    e = _tail_event("MEM")
+    start, _ = effective_window(e, SEED)
+    snap = ScheduleSnapshot.first([prog("/derp/1", 0, e)], T0 - 10, 0, SEED)
+    t = update(ResponseTracker(), snap.programs, T0 - 10, SEED, memory=snap.memory)
+    t = update(t, snap.programs, start, SEED, memory=snap.memory)
+    snap = snap.successor([prog("/derp/1", 0)], T0 + 300, 0, SEED)
+    t = update(t, snap.programs, T0 + 300, SEED, memory=snap.memory)
+    assert [s for m, s in pending_of(t) if m == e.mrid] == [R.RECEIVED, R.STARTED, R.COMPLETED]
+
+
+# --- events this site cannot perform ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "controls",
+    [
+        {"import_": 500.0},
+        {"load": 500.0},
+        {"import_": 500.0, "load": 100.0},
+    ],
+)
+def test_event_setting_only_unenforced_controls_is_rejected_not_applicable_never_started(
+    controls: dict[str, float],
+) -> None:
+    e = ev("U", T0 + 60, 120, response_required=3, reply_to=RSP, **controls)  # type: ignore[arg-type]
+    p = [prog("/derp/1", 0, e)]
+    t = update(ResponseTracker(), p, T0, SEED)
+    for now in (T0 + 60, T0 + 200, T0 + 400):
+        t = update(t, p, now, SEED)
+    t = update(t, [prog("/derp/1", 0)], T0 + 500, SEED)
+    assert pending_of(t) == [("U", R.RECEIVED), ("U", R.REJECTED_NOT_APPLICABLE)]
+    assert t.pending[1].created == T0
+
+
+def test_event_with_only_unmodelled_controls_is_rejected_not_applicable() -> None:
+    e = replace(rq("FIX", T0 + 60, 120), base=ControlBase(unsupported=("opModFixedW",)))
+    t = update(ResponseTracker(), [prog("/derp/1", 0, e)], T0, SEED)
+    t = update(t, [prog("/derp/1", 0)], T0 + 100, SEED)  # the server drops it: no 6
+    assert pending_of(t) == [("FIX", R.RECEIVED), ("FIX", R.REJECTED_NOT_APPLICABLE)]
+
+
+def test_event_mixing_enforced_and_unmodelled_controls_is_performed() -> None:
+    base = ControlBase(export_limit_w=0.0, unsupported=("opModFixedW",))
+    e = replace(rq("MIX", T0, 60), base=base)
+    t = update(ResponseTracker(), [prog("/derp/1", 0, e)], T0, SEED)
+    t = update(t, [prog("/derp/1", 0, e)], T0 + 60, SEED)
+    assert pending_of(t) == [("MIX", R.RECEIVED), ("MIX", R.STARTED), ("MIX", R.COMPLETED)]
+
+
+def test_max_limit_pct_event_is_performed_like_the_other_enforced_controls() -> None:
+    e = rq("PCT", T0, 60, export=None, max_pct=50.0)
+    t = update(ResponseTracker(), [prog("/derp/1", 0, e)], T0, SEED)
+    t = update(t, [prog("/derp/1", 0, e)], T0 + 60, SEED)
+    assert pending_of(t) == [("PCT", R.RECEIVED), ("PCT", R.STARTED), ("PCT", R.COMPLETED)]
+
+
+def test_a_site_that_enforces_less_rejects_more() -> None:
+    e = rq("EXP", T0 + 60, 60)
+    only_gen = frozenset({ControlType.GENERATION_LIMIT_W})
+    t = update(ResponseTracker(), [prog("/derp/1", 0, e)], T0, SEED, enforced=only_gen)
+    assert pending_of(t) == [("EXP", R.RECEIVED), ("EXP", R.REJECTED_NOT_APPLICABLE)]
+
+
+def test_created_times_of_one_event_never_go_backwards() -> None:
+    e = rq("B", T0, 600)
+    t = update(ResponseTracker(), [prog("/derp/1", 0, e)], T0 - 100, SEED)
+    t = update(t, [prog("/derp/1", 0, e)], T0 + 300, SEED)  # started at T0
+    # The server moves its window earlier: it now "ended" (T0 - 50) before it started (T0).
+    moved = replace(e, start=T0 - 600, duration=550)
+    t = update(t, [prog("/derp/1", 0, moved)], T0 + 400, SEED)
+    created = [p.created for p in t.pending if p.mrid == "B"]
+    assert [p.status for p in t.pending] == [R.RECEIVED, R.STARTED, R.COMPLETED]
+    assert created == sorted(created)
+
+
+def test_tracker_from_before_these_fields_still_loads() -> None:
+    old = (
+        '{"version":1,"events":[{"mrid":"A","reply_to":"/r","response_required":3,'
+        '"received_at":5,"end":60,"decided":[1]}],"pending":[]}'
+    )
+    t = ResponseTracker.from_json(old)
+    assert t.events[0].nominal_end is None and t.events[0].last_at == 5 and not t.events[0].muted
+    assert ResponseTracker.from_json(t.to_json()) == t

@@ -66,7 +66,6 @@ from dynexport.sep2.schedule import (
     ActiveControls,
     ScheduleSnapshot,
     Segment,
-    next_change,
     schedule_between,
 )
 from dynexport.sep2.schedule import active_controls as schedule_active
@@ -382,13 +381,13 @@ class Sep2Client:
         """The controls in force now (server clock applied), or None when none may be obeyed."""
         if not self.acting or self.snapshot is None:
             return None
-        return schedule_active(self.snapshot.programs, self.server_now(local), self.lfdi)
+        return self.snapshot.active_at(self.server_now(local), self.lfdi)
 
     def schedule(self, hours: float = 24.0, local: float | None = None) -> list[Segment]:
         if not self.acting or self.snapshot is None:
             return []
         start = self.server_now(local)
-        return schedule_between(self.snapshot.programs, start, start + int(hours * 3600), self.lfdi)
+        return self.snapshot.schedule(start, start + int(hours * 3600), self.lfdi)
 
     def state(self) -> LinkState:
         return LinkState(
@@ -524,7 +523,7 @@ class Sep2Client:
                 candidates.append(max(post_at, self._part_retry.get("telemetry", 0.0)))
         if self.snapshot is not None:
             server_now = self._server_at(now)
-            change = next_change(self.snapshot.programs, int(server_now), self.lfdi)
+            change = self.snapshot.next_change(int(server_now), self.lfdi)
             if change is not None:
                 candidates.append(now + (change - server_now))
         return min(candidates)
@@ -877,10 +876,14 @@ class Sep2Client:
 
     def _store_programs(self, result: WalkResult) -> None:
         """Every program list was read in full: they become the schedule (saved atomically)."""
-        self.snapshot = ScheduleSnapshot(
-            programs=result.programs,
-            fetched_at=result.fetched_at,
-            clock_offset=self.clock_offset,
+        # Built from the previous snapshot, so the memory of events finished for good (reported
+        # cancelled, superseded or completed) carries over: they never come back into force.
+        self.snapshot = ScheduleSnapshot.first(
+            result.programs,
+            result.fetched_at,
+            self.clock_offset,
+            self.lfdi,
+            previous=self.snapshot,
         )
         if not self.read_only:
             self.store.save_schedule(self.snapshot)
@@ -977,7 +980,8 @@ class Sep2Client:
     # -- DER reports --------------------------------------------------------------------------
 
     def _server_set_grad_w(self, programs: tuple[ProgramControls, ...]) -> int | None:
-        return schedule_active(programs, self.server_now(), self.lfdi).set_grad_w
+        memory = self.snapshot.memory if self.snapshot is not None else None
+        return schedule_active(programs, self.server_now(), self.lfdi, memory).set_grad_w
 
     async def _report_der(self, programs: tuple[ProgramControls, ...]) -> None:
         """PUT DERCapability, DERSettings and DERStatus at start, on change and at the DERList
@@ -1010,7 +1014,11 @@ class Sep2Client:
         if self.snapshot is None:
             return
         updated = responses.update(
-            self.tracker, self.snapshot.programs, self.server_now(), self.lfdi
+            self.tracker,
+            self.snapshot.programs,
+            self.server_now(),
+            self.lfdi,
+            memory=self.snapshot.memory,
         )
         if updated != self.tracker:
             self.tracker = updated

@@ -7,8 +7,10 @@ clock offset is applied by whoever asks the scheduler a question, never baked in
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import IntEnum, StrEnum
+from typing import Any
 
 
 class ControlType(StrEnum):
@@ -38,7 +40,12 @@ class EventStatus(IntEnum):
 
 
 class ResponseStatus(IntEnum):
-    """DERControlResponse.status values a client sends (IEEE 2030.5 Table 27)."""
+    """DERControlResponse.status values a client sends (IEEE 2030.5 Table 27).
+
+    252..254 as the CSIP-AUS reference server (envoy-schema ``ResponseType``) names them:
+    252 REJECTED_CONTROL_PARAM_NOT_APPLICABLE, 253 REJECTED_INVALID_EVENT,
+    254 REJECTED_EVENT_RECEIVED_LATE.
+    """
 
     RECEIVED = 1
     STARTED = 2
@@ -47,9 +54,10 @@ class ResponseStatus(IntEnum):
     OPTED_IN = 5
     CANCELLED = 6
     SUPERSEDED = 7
-    ABORTED_COMMS = 252
-    ABORTED_INVALID = 253
-    ABORTED_OTHER = 254
+    REJECTED_NOT_APPLICABLE = 252
+    """The event's control parameters are not applicable to this device: it cannot perform it."""
+    REJECTED_INVALID = 253
+    REJECTED_LATE = 254
 
 
 @dataclass(frozen=True)
@@ -68,25 +76,102 @@ class ControlBase:
     connect: bool | None = None
     energize: bool | None = None
     ramp_tms: int | None = None
+    unsupported: tuple[str, ...] | None = None
+    """DERControlBase elements the server set that dynexport does not model (``opModFixedW``,
+    ``csipaus:opModStorageTargetW``...), sorted: kept so the event can be answered honestly.
+    None when there are none (a tuple, not a set, so ``vars()`` of a base stays JSON-able)."""
 
     def get(self, kind: ControlType) -> float | bool | None:
-        value: float | bool | None = getattr(self, kind.value)
+        value: float | bool | None = getattr(self, _FIELD_OF[kind])
         return value
 
     def types(self) -> frozenset[ControlType]:
-        """The control types this base sets."""
-        return frozenset(t for t in ControlType if self.get(t) is not None)
+        """The control types this base sets (computed once: the scheduler asks very often)."""
+        hit = _TYPES.get(id(self))
+        if hit is not None and hit[0] is self:
+            return hit[1]
+        kinds = frozenset(t for t, name in _FIELD_OF.items() if getattr(self, name) is not None)
+        if len(_TYPES) >= _TYPES_MAX:
+            _TYPES.clear()
+        _TYPES[id(self)] = (self, kinds)  # the entry keeps self alive, so its id stays its own
+        return kinds
 
     def is_empty(self) -> bool:
         return not self.types()
 
     def merged_over(self, fallback: ControlBase) -> ControlBase:
         """This base's values, with ``fallback`` filling whatever this one leaves unset."""
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(self):
+            if f.name == "unsupported":
+                names = set(self.unsupported or ()) | set(fallback.unsupported or ())
+                values[f.name] = tuple(sorted(names)) or None
+                continue
             mine = getattr(self, f.name)
             values[f.name] = mine if mine is not None else getattr(fallback, f.name)
         return ControlBase(**values)
+
+
+_FIELD_OF: dict[ControlType, str] = {t: t.value for t in ControlType}
+"""ControlType → ControlBase field name (a plain dict: Enum.value is slow in hot loops)."""
+_TYPES: dict[int, tuple[ControlBase, frozenset[ControlType]]] = {}
+_TYPES_MAX = 100_000
+"""`ControlBase.types` memo by identity (the scheduler asks each base many times per walk);
+kept outside the instance so ``vars(base)`` is exactly its fields."""
+
+
+# --------------------------------------------------------------------------------------------
+# What this appliance performs: one source of truth for responses and DERCapability.
+
+ENFORCED_CONTROLS: frozenset[ControlType] = frozenset(
+    {
+        ControlType.EXPORT_LIMIT_W,
+        ControlType.GENERATION_LIMIT_W,
+        ControlType.MAX_LIMIT_PCT,
+        ControlType.CONNECT,
+        ControlType.ENERGIZE,
+    }
+)
+"""The controls dynexport enforces with PV inverters alone (control/law.py ENFORCED_LIMITS, plus
+opModMaxLimW, which the app turns into a generation limit of rated W × percent / 100). Import
+and load limits need something controllable on the consumption side, so an event that sets
+only those (or only controls not modelled at all) cannot be performed: it is answered 252
+(`ResponseStatus.REJECTED_NOT_APPLICABLE`), and they are not advertised."""
+
+DOE_MODE_BITS: Mapping[ControlType, int] = {
+    ControlType.EXPORT_LIMIT_W: 0x01,
+    ControlType.IMPORT_LIMIT_W: 0x02,
+    ControlType.GENERATION_LIMIT_W: 0x04,
+    ControlType.LOAD_LIMIT_W: 0x08,
+}
+"""csipaus:DOEControlType bits (csipaus-ext.xsd): 0 opModExpLimW, 1 opModImpLimW,
+2 opModGenLimW, 3 opModLoadLimW."""
+
+DER_CONTROL_TYPE_BITS: Mapping[ControlType, int] = {
+    ControlType.CONNECT: 1 << 2,
+    ControlType.ENERGIZE: 1 << 3,
+    ControlType.MAX_LIMIT_PCT: 1 << 20,
+}
+"""IEEE 2030.5 DERControlType bits (sep.xsd) of the controls modelled here: 2 opModConnect,
+3 opModEnergize, 20 opModMaxLimW."""
+
+
+def doe_modes_supported(enforced: Iterable[ControlType] = ENFORCED_CONTROLS) -> int:
+    """csipaus:doeModesSupported (and doeModesEnabled) of DERCapability: DOE limits enforced."""
+    return sum(DOE_MODE_BITS.get(kind, 0) for kind in set(enforced))
+
+
+def modes_supported(enforced: Iterable[ControlType] = ENFORCED_CONTROLS) -> int:
+    """DERCapability.modesSupported (DERControlType bits) for the IEEE controls enforced."""
+    return sum(DER_CONTROL_TYPE_BITS.get(kind, 0) for kind in set(enforced))
+
+
+def can_perform(base: ControlBase, enforced: frozenset[ControlType] = ENFORCED_CONTROLS) -> bool:
+    """Whether an event with this DERControlBase sets at least one control this site enforces.
+
+    One that does is performed for those controls (responses 2, 3); one that sets only others
+    (import/load limits, opModFixedW, volt-var...) is answered "not applicable" (252)."""
+    return not base.types().isdisjoint(enforced)
 
 
 @dataclass(frozen=True)

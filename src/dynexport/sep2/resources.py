@@ -614,6 +614,11 @@ class _ControlBaseCodec(_Codec):
         ("csipaus:opModGenLimW", "generation_limit_w"),
         ("csipaus:opModLoadLimW", "load_limit_w"),
     )
+    _MODELLED = frozenset(
+        {"opModConnect", "opModEnergize", "opModMaxLimW", "rampTms", *(k for k, _ in _POWER)}
+    )
+    """Every other IEEE / CSIP-AUS child (opModFixedW, opModVoltVar, csipaus:opModStorageTargetW,
+    ...) is a control dynexport does not perform: its name goes to ``ControlBase.unsupported``."""
 
     def read(self, element: etree._Element, where: str) -> ControlBase:
         found: dict[str, etree._Element] = {}
@@ -634,6 +639,9 @@ class _ControlBaseCodec(_Codec):
             if (el := found.get(key)) is not None:
                 scaled = _read(el, _SCALED_I16, f"{where}/{key}")
                 values[attr] = scaled.real
+        unsupported = set(found) - self._MODELLED
+        if unsupported:
+            values["unsupported"] = tuple(sorted(unsupported))
         return ControlBase(**values)
 
     def write(self, element: etree._Element, value: Any) -> None:

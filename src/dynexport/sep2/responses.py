@@ -8,8 +8,12 @@ retried after a restart and a decided one is never decided again (delivery is at
 if the process dies between the server's 2xx and persisting ``mark_sent``).
 
 Statuses (IEEE 2030.5 Table 27, the subset SAPN's handbook §8.3 and CSIP-AUS require):
-1 received, 2 started, 3 completed, 6 cancelled, 7 superseded. The harness (ALL-18) wants them in
-the order 1 → 2 → 3 per control, and every control to have a 1 (ALL-18/21/24 criteria).
+1 received, 2 started, 3 completed, 6 cancelled, 7 superseded, and 252 "rejected: control
+parameter not applicable" for an event that sets none of the controls this site enforces
+(`controls.ENFORCED_CONTROLS`). The harness (ALL-18) wants them in the order 1 → 2 → 3 per
+control, and every control to have a 1 (ALL-18/21/24 criteria). Per mRID the statuses sent are
+always a prefix of 1, [2], one final status (3, 6, 7 or 252): never anything after a final
+status, never one twice, never out of order (a property test holds it over random histories).
 
 ``responseRequired`` (sep.xsd, HexBinary8 bit assignments): bit 0 "End device shall indicate that
 message was received" → status 1; bit 1 "End device shall indicate specific response" → the event
@@ -20,24 +24,40 @@ unattended appliance never sends. Without ``replyTo`` nothing can be sent.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from dynexport.sep2.controls import (
+    ENFORCED_CONTROLS,
+    ControlType,
     DERControlEvent,
     EventStatus,
     ProgramControls,
     ResponseStatus,
+    can_perform,
 )
-from dynexport.sep2.schedule import EventPlan, effective_window, resolve
+from dynexport.sep2.schedule import (
+    EventPlan,
+    Finish,
+    ScheduleMemory,
+    effective_window,
+    resolve,
+    vanished_finish,
+)
 
 REQUIRE_RECEIVED = 0x01
 REQUIRE_SPECIFIC = 0x02
 REQUIRE_USER = 0x04
 
 TERMINAL = frozenset(
-    {ResponseStatus.COMPLETED, ResponseStatus.CANCELLED, ResponseStatus.SUPERSEDED}
+    {
+        ResponseStatus.COMPLETED,
+        ResponseStatus.CANCELLED,
+        ResponseStatus.SUPERSEDED,
+        ResponseStatus.REJECTED_NOT_APPLICABLE,
+    }
 )
 RETAIN_S = 86_400
 """Finished events no longer listed are forgotten this long after their end, so a list glitch that
@@ -49,6 +69,8 @@ memory or the disk."""
 _TRACKER_VERSION = 1
 _T = TypeVar("_T")
 _CANCELLED = frozenset({EventStatus.CANCELLED, EventStatus.CANCELLED_WITH_RANDOMIZATION})
+_SETTLED = _CANCELLED | {EventStatus.SUPERSEDED}
+_JUST_RECEIVED = (ResponseStatus.RECEIVED,)
 
 
 def required(response_required: int, status: ResponseStatus) -> bool:
@@ -83,6 +105,14 @@ class TrackedEvent:
     """Effective end when last seen (server time); used for vanished events and forgetting."""
     decided: tuple[ResponseStatus, ...] = ()
     """Every status reached, in order, whether or not the server asked to be told."""
+    nominal_end: int | None = None
+    """Scheduled end (start + duration) when last seen: an event leaving the list at or after it
+    completed (ALL-22), only one leaving before it was cancelled. None in trackers from before."""
+    last_at: int = 0
+    """createdDateTime of the latest status: a later status never carries an earlier time."""
+    muted: bool = False
+    """A response of this event was dropped by the queue bound: nothing more is sent for it, so
+    what the server saw stays a prefix of 1, 2, final (never a 2 without its 1)."""
 
     @property
     def finished(self) -> bool:
@@ -111,6 +141,9 @@ class ResponseTracker:
                         "received_at": e.received_at,
                         "end": e.end,
                         "decided": [int(s) for s in e.decided],
+                        "nominal_end": e.nominal_end,
+                        "last_at": e.last_at,
+                        "muted": e.muted,
                     }
                     for e in self.events
                 ],
@@ -150,6 +183,11 @@ class ResponseTracker:
                         received_at=_typed(e["received_at"], int),
                         end=_typed(e["end"], int),
                         decided=tuple(ResponseStatus(_typed(s, int)) for s in e["decided"]),
+                        nominal_end=(
+                            None if e.get("nominal_end") is None else _typed(e["nominal_end"], int)
+                        ),
+                        last_at=_typed(e.get("last_at", e["received_at"]), int),
+                        muted=_typed(e.get("muted", False), bool),
                     )
                     for e in events
                 ),
@@ -173,31 +211,51 @@ def _typed(value: object, kind: type[_T]) -> _T:
     return value
 
 
+_FINISH_STATUS = {
+    Finish.COMPLETED: ResponseStatus.COMPLETED,
+    Finish.CANCELLED: ResponseStatus.CANCELLED,
+    Finish.SUPERSEDED: ResponseStatus.SUPERSEDED,
+}
+
+
 def _steps(
     tracked: TrackedEvent,
     event: DERControlEvent | None,
     plan: EventPlan | None,
     now: int,
+    memory: ScheduleMemory | None,
+    enforced: frozenset[ControlType],
 ) -> list[tuple[ResponseStatus, int]]:
     """The statuses newly reached by ``now``, in order, each with the time it occurred."""
     done = set(tracked.decided)
     steps: list[tuple[ResponseStatus, int]] = []
 
     def reach(status: ResponseStatus, at: int) -> None:
-        if status not in done:
+        if status not in done and not (status in TERMINAL and not done.isdisjoint(TERMINAL)):
             done.add(status)
             steps.append((status, at))
 
     reach(ResponseStatus.RECEIVED, now)
-    if event is None:  # vanished from the server's list: treated as cancelled
-        if ResponseStatus.STARTED in done and now >= tracked.end:
-            reach(ResponseStatus.COMPLETED, tracked.end)
+    fate = None if memory is None else memory.get(tracked.mrid)
+    if fate is not None and fate.finished is not None and fate.at is not None and fate.at <= now:
+        # The schedule already settled it for good; say the same (started first if it ran).
+        if plan is not None and plan.ran and plan.start < fate.at:
+            reach(ResponseStatus.STARTED, plan.start)
+        reach(_FINISH_STATUS[fate.finished], fate.at)
+    elif event is None:  # left the server's list: completed at/after its end, else cancelled
+        nominal = tracked.end if tracked.nominal_end is None else tracked.nominal_end
+        if vanished_finish(nominal, tracked.end, now) is Finish.COMPLETED:
+            reach(ResponseStatus.COMPLETED, min(now, tracked.end))
         else:
             reach(ResponseStatus.CANCELLED, now)
     elif event.status in _CANCELLED:
         reach(ResponseStatus.CANCELLED, now)
     elif event.status is EventStatus.SUPERSEDED:
         reach(ResponseStatus.SUPERSEDED, now)
+    elif not can_perform(event.base, enforced):
+        # Sets only controls this site does not enforce (or none at all): say so at once, and
+        # never claim to have started or completed it.
+        reach(ResponseStatus.REJECTED_NOT_APPLICABLE, now)
     elif plan is not None:
         superseded_at = plan.superseded_at
         if superseded_at is not None:
@@ -214,17 +272,27 @@ def _steps(
 
 
 def update(
-    tracker: ResponseTracker, programs: Sequence[ProgramControls], now: int, seed: str
+    tracker: ResponseTracker,
+    programs: Sequence[ProgramControls],
+    now: int,
+    seed: str,
+    *,
+    memory: ScheduleMemory | None = None,
+    enforced: frozenset[ControlType] = ENFORCED_CONTROLS,
 ) -> ResponseTracker:
     """Advance the tracker to ``now`` (server time) given the complete current programs.
 
-    New events get "received"; then "started" when they begin to run, "completed" when they end,
-    "superseded" when a better event terminates them (or the server marks them 4), "cancelled" when
-    the server cancels them or they vanish from the list. Events first seen after their end are
-    ignored. Each status is decided once per mRID; once 3, 6 or 7 is decided, nothing follows.
-    Pass only complete listings: a missing page would look like cancelled events.
+    New events get "received"; then "started" when they begin to run, "completed" when they end
+    (or leave the list at or after their scheduled end, ALL-22), "superseded" when a better event
+    terminates them (or the server marks them 4), "cancelled" when the server cancels them or they
+    leave the list before their end, and "not applicable" (252) at once when they set none of the
+    ``enforced`` controls. Pass the snapshot's ``memory`` so the answers agree with the schedule:
+    an event it has finished for good gets that finish, and one it finished before the tracker
+    ever saw it is history. Events first seen after their end are ignored. Each status is decided
+    once per mRID; after a final one nothing follows. Pass only complete listings: a missing page
+    would look like cancelled events.
     """
-    plans = {p.event.mrid: p for p in resolve(programs, seed).plans}
+    resolution = resolve(programs, seed, memory)
     current: dict[str, DERControlEvent] = {}
     for program in programs:
         for event in program.events:
@@ -237,7 +305,7 @@ def update(
         known = tracked.get(mrid)
         if known is not None and known.finished:
             return
-        plan = plans.get(mrid)
+        plan = resolution.plan(mrid)
         if plan is not None:
             end = plan.end
         elif event is not None:
@@ -247,41 +315,92 @@ def update(
         if known is None:
             if event is None or end <= now:
                 return  # first seen when already over: history, not a control
+            if memory is not None and memory.finished(mrid):
+                return  # the schedule finished it before we tracked it: never in force again
             known = TrackedEvent(
                 mrid=mrid,
                 reply_to=event.reply_to,
                 response_required=event.response_required,
                 received_at=now,
                 end=end,
+                nominal_end=event.end,
+                last_at=now,
             )
             order.append(mrid)
-        elif event is not None:
+        elif event is not None and (
+            known.reply_to != event.reply_to
+            or known.response_required != event.response_required
+            or known.end != end
+            or known.nominal_end != event.end
+        ):
             known = replace(
-                known, reply_to=event.reply_to, response_required=event.response_required, end=end
+                known,
+                reply_to=event.reply_to,
+                response_required=event.response_required,
+                end=end,
+                nominal_end=event.end,
             )
-        steps = _steps(known, event, plan, now)
+        if (
+            event is not None
+            and plan is not None
+            and now < plan.start
+            and known.decided == _JUST_RECEIVED
+            and event.status not in _SETTLED
+            and (memory is None or memory.get(mrid) is None)
+            and can_perform(event.base, enforced)
+        ):
+            tracked[mrid] = known  # received, not started yet: nothing can be due (the usual case)
+            return
+        steps = _steps(known, event, plan, now, memory, enforced)
+        if not steps:
+            tracked[mrid] = known
+            return
+        last = known.last_at
         for status, at in steps:
-            created = min(now, max(known.received_at, at))
-            if known.reply_to and required(known.response_required, status):
-                response = PendingResponse(mrid, status, known.reply_to, created)
-                new_due.append((created, len(new_due), response))
-        known = replace(known, decided=known.decided + tuple(s for s, _ in steps))
-        tracked[mrid] = known
+            # Never before it was received, never in the future, never before the previous one.
+            last = min(now, max(known.received_at, last, at))
+            if not known.muted and known.reply_to and required(known.response_required, status):
+                response = PendingResponse(mrid, status, known.reply_to, last)
+                new_due.append((last, len(new_due), response))
+        tracked[mrid] = replace(
+            known, decided=known.decided + tuple(s for s, _ in steps), last_at=last
+        )
 
-    for mrid in sorted(current, key=lambda m: (current[m].start, m)):
+    for mrid, event in current.items():  # known ones first, then new ones by start
+        if mrid in tracked:
+            visit(mrid, event)
+    for mrid in sorted(
+        (m for m in current if m not in tracked), key=lambda m: (current[m].start, m)
+    ):
         visit(mrid, current[mrid])
     for mrid in list(tracked):
         if mrid not in current:
             visit(mrid, None)
 
+    pending = tracker.pending + tuple(r for _, _, r in sorted(new_due, key=lambda x: x[:2]))
+    if len(pending) > MAX_PENDING:
+        # Drop the oldest; an event that loses a response loses all its later ones too, so the
+        # server never sees a 2 without its 1 or a 3 without its 2.
+        excess = len(pending) - MAX_PENDING
+        counts = Counter(p.mrid for p in pending)
+        dropped: set[str] = set()
+        for p in pending:
+            if excess <= 0:
+                break
+            if p.mrid not in dropped:
+                dropped.add(p.mrid)
+                excess -= counts[p.mrid]
+        pending = tuple(p for p in pending if p.mrid not in dropped)
+        for mrid in dropped:
+            if mrid in tracked:
+                tracked[mrid] = replace(tracked[mrid], muted=True)
     kept = tuple(
         tracked[m]
         for m in order
         if m in tracked
         and not (tracked[m].finished and m not in current and now >= tracked[m].end + RETAIN_S)
     )
-    pending = tracker.pending + tuple(r for _, _, r in sorted(new_due, key=lambda x: x[:2]))
-    return ResponseTracker(events=kept, pending=pending[-MAX_PENDING:])
+    return ResponseTracker(events=kept, pending=pending)
 
 
 def sendable(tracker: ResponseTracker) -> list[PendingResponse]:

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from dynexport.sep2.controls import (
     ControlBase,
@@ -55,11 +55,28 @@ _NOT_RUNNING = frozenset(
 # Randomization
 
 
+_OFFSETS: dict[tuple[str, str, str, int], int] = {}
+_OFFSETS_MAX = 50_000
+
+
 def _random_offset(seed: str, mrid: str, what: str, bound: int) -> int:
-    """A value in [0, |bound|] with the sign of ``bound``, stable for one (seed, mRID)."""
+    """A value in [0, |bound|] with the sign of ``bound``, stable for one (seed, mRID).
+
+    Memoized (a pure function of its arguments; bounded): each resolution of a full pager would
+    otherwise hash thousands of mRIDs again."""
     limit = min(abs(bound), RANDOMIZE_LIMIT_S)
     if limit == 0:
         return 0
+    key = (seed, mrid, what, bound)
+    found = _OFFSETS.get(key)
+    if found is None:
+        if len(_OFFSETS) >= _OFFSETS_MAX:
+            _OFFSETS.clear()
+        found = _OFFSETS[key] = _draw(seed, mrid, what, bound, limit)
+    return found
+
+
+def _draw(seed: str, mrid: str, what: str, bound: int, limit: int) -> int:
     digest = hashlib.sha256(f"{seed}\x00{mrid}\x00{what}".encode()).digest()
     magnitude = int.from_bytes(digest[:8], "big") % (limit + 1)
     return magnitude if bound > 0 else -magnitude
@@ -74,6 +91,8 @@ def effective_window(event: DERControlEvent, seed: str) -> tuple[int, int]:
     effective start plus the randomized duration, never before the effective start. Deterministic
     so a restart does not re-roll the dice (ALL-22 inspects the spread of start times).
     """
+    if not (event.randomize_start or event.randomize_duration):
+        return event.start, event.start + max(0, event.duration)
     start = event.start + _random_offset(seed, event.mrid, "start", event.randomize_start)
     duration = event.duration + _random_offset(
         seed, event.mrid, "duration", event.randomize_duration
@@ -100,9 +119,11 @@ def runnable(event: DERControlEvent) -> bool:
     return event.status not in _NOT_RUNNING and not event.base.is_empty()
 
 
-@dataclass(frozen=True)
-class EventPlan:
-    """What the scheduler will do with one runnable event, whatever the time."""
+class EventPlan(NamedTuple):
+    """What the scheduler will do with one runnable event, whatever the time.
+
+    Immutable (a NamedTuple rather than a frozen dataclass: one is made per event per
+    resolution, 10,000 of them for a full pager, and a tuple is ten times cheaper to build)."""
 
     event: DERControlEvent
     start: int
@@ -131,11 +152,23 @@ class EventPlan:
         return bool(self.runs)
 
 
-@dataclass(frozen=True)
-class _Run:
+class _Run(NamedTuple):
+    """One stretch [start, end) in which one event sets one type (a tuple: 10,000s are made)."""
+
     start: int
     end: int
     event: DERControlEvent
+
+
+_ORDERED: dict[frozenset[ControlType], tuple[ControlType, ...]] = {}
+
+
+def _ordered(kinds: frozenset[ControlType]) -> tuple[ControlType, ...]:
+    """The types of a base in `ControlType` order (memoized: there are only 127 sets)."""
+    found = _ORDERED.get(kinds)
+    if found is None:
+        found = _ORDERED[kinds] = tuple(k for k in _CONTROL_ORDER if k in kinds)
+    return found
 
 
 def _live_events(programs: Iterable[ProgramControls]) -> list[DERControlEvent]:
@@ -143,7 +176,7 @@ def _live_events(programs: Iterable[ProgramControls]) -> list[DERControlEvent]:
     by_mrid: dict[str, DERControlEvent] = {}
     for program in programs:
         for event in program.events:
-            if not runnable(event):
+            if event.status in _NOT_RUNNING or not event.base.types():  # runnable(), inlined
                 continue
             seen = by_mrid.get(event.mrid)
             if seen is None or better(event, seen):
@@ -161,19 +194,22 @@ def _windows(events: Sequence[DERControlEvent], seed: str) -> dict[str, tuple[in
     raw = {e.mrid: effective_window(e, seed) for e in events}
     starts: dict[int, list[DERControlEvent]] = {}
     for e in events:
-        starts.setdefault(e.start, []).append(e)
+        if e.duration > 0:
+            starts.setdefault(e.start, []).append(e)
     out: dict[str, tuple[int, int]] = {}
     for e in events:
-        start, end = raw[e.mrid]
-        kinds = e.base.types()
-        successors = [
-            raw[n.mrid][0]
-            for n in starts.get(e.end, [])
-            if n.mrid != e.mrid and n.duration > 0 and n.base.types() & kinds
-        ]
-        if successors and e.duration > 0:
-            end = max(start, min(successors))
-        out[e.mrid] = (start, end)
+        window = raw[e.mrid]
+        following = starts.get(e.start + e.duration) if e.duration > 0 else None
+        if following:
+            kinds = e.base.types()
+            handover = None
+            for n in following:
+                if n.mrid != e.mrid and not kinds.isdisjoint(n.base.types()):
+                    t = raw[n.mrid][0]
+                    handover = t if handover is None or t < handover else handover
+            if handover is not None:
+                window = (window[0], max(window[0], handover))
+        out[e.mrid] = window
     return out
 
 
@@ -184,18 +220,49 @@ class Resolution:
     runs: Mapping[ControlType, tuple[_Run, ...]]
     plans: tuple[EventPlan, ...]
 
+    def __post_init__(self) -> None:
+        # Indexes built once, so each question is a binary search, not a scan (10,000 events).
+        starts = {k: tuple(r.start for r in v) for k, v in self.runs.items()}
+        object.__setattr__(self, "_starts", starts)
+        object.__setattr__(self, "_bounds", tuple(sorted(self._boundary_set())))
+
+    def _boundary_set(self) -> set[int]:
+        return {t for runs in self.runs.values() for r in runs for t in (r.start, r.end)}
+
     def event_at(self, kind: ControlType, now: int) -> DERControlEvent | None:
-        runs = self.runs.get(kind, ())
-        i = bisect_right([r.start for r in runs], now) - 1
+        runs = self.runs.get(kind)
+        if not runs:
+            return None
+        starts: dict[ControlType, tuple[int, ...]] = self.__dict__["_starts"]
+        i = bisect_right(starts[kind], now) - 1
         if i >= 0 and runs[i].start <= now < runs[i].end:
             return runs[i].event
         return None
 
     def boundaries(self) -> set[int]:
-        return {t for runs in self.runs.values() for r in runs for t in (r.start, r.end)}
+        return set(self.__dict__["_bounds"])
+
+    def boundaries_between(self, start: int, end: int) -> tuple[int, ...]:
+        """Run boundaries t with start < t < end, in order."""
+        bounds: tuple[int, ...] = self.__dict__["_bounds"]
+        return bounds[bisect_right(bounds, start) : bisect_left(bounds, end)]
+
+    def next_boundary(self, now: int) -> int | None:
+        bounds: tuple[int, ...] = self.__dict__["_bounds"]
+        i = bisect_right(bounds, now)
+        return bounds[i] if i < len(bounds) else None
+
+    def plan(self, mrid: str) -> EventPlan | None:
+        by_mrid: dict[str, EventPlan] | None = self.__dict__.get("_by_mrid")
+        if by_mrid is None:
+            by_mrid = {p.event.mrid: p for p in self.plans}
+            object.__setattr__(self, "_by_mrid", by_mrid)
+        return by_mrid.get(mrid)
 
 
-def resolve(programs: Iterable[ProgramControls], seed: str) -> Resolution:
+def resolve(
+    programs: Iterable[ProgramControls], seed: str, memory: ScheduleMemory | None = None
+) -> Resolution:
     """Decide, once for all times, which event runs when for each control type.
 
     Best-ranked events are placed first; a worse event runs from its effective start until the
@@ -203,43 +270,250 @@ def resolve(programs: Iterable[ProgramControls], seed: str) -> Resolution:
     are terminated, not paused). The runs of one type are therefore disjoint, and a worse event
     that never ran does not stand in anyone's way. Contiguous events do not overlap (half-open
     windows), so they hand over without a gap.
+
+    ``memory`` holds what this device already decided for good (`ScheduleMemory`): a type of an
+    event terminated at T, or a whole event finished (superseded, cancelled, completed) at T, is
+    not in force from T on, even if what terminated it has since left the list. Results for a
+    tuple of programs are cached by identity, since the link asks many questions of one list.
     """
+    if isinstance(programs, tuple):
+        key = (id(programs), seed, id(memory))
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0] is programs and hit[1] is memory:
+            return hit[2]
+        resolution = _resolve(programs, seed, memory)
+        _CACHE[key] = (programs, memory, resolution)
+        while len(_CACHE) > _CACHE_SIZE:
+            del _CACHE[next(iter(_CACHE))]
+        return resolution
+    return _resolve(programs, seed, memory)
+
+
+_CACHE_SIZE = 4
+_CACHE: dict[
+    tuple[int, str, int],
+    tuple[tuple[ProgramControls, ...], ScheduleMemory | None, Resolution],
+] = {}
+"""Last resolutions, keyed by the identity of the (immutable) programs tuple and memory; the
+entry keeps both alive, so an id cannot be reused while its entry exists."""
+
+
+def _resolve(
+    programs: Iterable[ProgramControls], seed: str, memory: ScheduleMemory | None
+) -> Resolution:
     events = _live_events(programs)
     windows = _windows(events, seed)
+    fates = {} if memory is None else memory.by_mrid()
     accepted: dict[ControlType, list[_Run]] = {k: [] for k in _CONTROL_ORDER}
     ends: dict[ControlType, list[int]] = {k: [] for k in _CONTROL_ORDER}
-    runs_of: dict[str, list[tuple[ControlType, int, int]]] = {e.mrid: [] for e in events}
-    cuts_of: dict[str, list[tuple[ControlType, int]]] = {e.mrid: [] for e in events}
+    plans: list[EventPlan] = []
     for event in events:  # best first
         start, end = windows[event.mrid]
         if end <= start:
+            plans.append(EventPlan(event, start, end, (), ()))
             continue
-        for kind in _CONTROL_ORDER:
-            if event.base.get(kind) is None:
-                continue
+        runs_of: list[tuple[ControlType, int, int]] = []
+        cuts_of: list[tuple[ControlType, int]] = []
+        fate = fates.get(event.mrid) if fates else None
+        for kind in _ordered(event.base.types()):
+            limit, cut = end, None
+            if fate is not None:
+                stop = fate.stop(kind)
+                if stop is not None and stop < end:
+                    limit, cut = max(start, stop), stop
             runs, run_ends = accepted[kind], ends[kind]
             # Runs are disjoint and sorted, so the first one ending after our start is the
-            # earliest that can overlap us.
+            # earliest that can overlap us (binary search; the inserts are C memmoves).
             i = bisect_right(run_ends, start)
-            run_end = end
-            if i < len(runs) and runs[i].start < end:
-                run_end = min(end, runs[i].start)
-                cuts_of[event.mrid].append((kind, runs[i].start))
-            if run_end > start:
-                runs.insert(i, _Run(start, run_end, event))
-                run_ends.insert(i, run_end)
-                runs_of[event.mrid].append((kind, start, run_end))
-    plans = tuple(
-        EventPlan(
-            event=e,
-            start=windows[e.mrid][0],
-            end=windows[e.mrid][1],
-            runs=tuple(runs_of[e.mrid]),
-            cut_at=tuple(cuts_of[e.mrid]),
+            if i < len(runs) and runs[i].start < limit:
+                limit = cut = runs[i].start
+            if cut is not None:
+                cuts_of.append((kind, cut))
+            if limit > start:
+                runs.insert(i, _Run(start, limit, event))
+                run_ends.insert(i, limit)
+                runs_of.append((kind, start, limit))
+        plans.append(EventPlan(event, start, end, tuple(runs_of), tuple(cuts_of)))
+    return Resolution(runs={k: tuple(v) for k, v in accepted.items() if v}, plans=tuple(plans))
+
+
+# --------------------------------------------------------------------------------------------
+# Memory: what this device decided for good, so that no later list can undo it
+
+
+class Finish(StrEnum):
+    """Why an event is over for good (the response it got: 3, 6 or 7)."""
+
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+
+
+MEMORY_RETAIN_S = 86_400
+"""A remembered event no longer listed is forgotten this long after its end (as the responses
+tracker does): by then no list can bring its window back."""
+MEMORY_MAX = 100_000
+"""Hard bound on remembered events (the earliest ending dropped first): 10 full pagers' worth."""
+
+
+@dataclass(frozen=True)
+class EventFate:
+    """What this device decided for good about one event (by mRID)."""
+
+    mrid: str
+    end: int
+    """Its effective end when last known (server time); used to forget it."""
+    nominal_end: int
+    """Its scheduled end (start + duration, before randomization)."""
+    finished: Finish | None = None
+    at: int | None = None
+    """When it finished: from then on it is never in force, whatever a later list says."""
+    stops: tuple[tuple[ControlType, int], ...] = ()
+    """Types a better event terminated, and when (the event ran on with its other types)."""
+
+    def stop(self, kind: ControlType) -> int | None:
+        """From when ``kind`` of this event may never be in force again (None: no such limit)."""
+        found = [t for k, t in self.stops if k is kind]
+        if self.at is not None:
+            found.append(self.at)
+        return min(found) if found else None
+
+    def merged(self, other: EventFate) -> EventFate:
+        """Both decisions together: the earliest finish and the earliest stop of each type."""
+        finished, at = self.finished, self.at
+        if other.at is not None and (at is None or other.at < at):
+            finished, at = other.finished, other.at
+        stops = dict(self.stops)
+        for kind, t in other.stops:
+            stops[kind] = min(t, stops.get(kind, t))
+        ordered = tuple((k, stops[k]) for k in _CONTROL_ORDER if k in stops)
+        return EventFate(
+            mrid=self.mrid,
+            end=max(self.end, other.end),
+            nominal_end=max(self.nominal_end, other.nominal_end),
+            finished=finished,
+            at=at,
+            stops=ordered,
         )
-        for e in events
-    )
-    return Resolution(runs={k: tuple(v) for k, v in accepted.items() if v}, plans=plans)
+
+
+@dataclass(frozen=True)
+class ScheduleMemory:
+    """The events (and types of events) this device has finished with for good.
+
+    Without it a superseded event came back: 5000 W superseded by a newer 0 W event ran again
+    when the newer one left the list, although the server had been told "superseded" (7).
+    Persisted in the `ScheduleSnapshot`, so it survives a restart; bounded (`MEMORY_RETAIN_S`,
+    `MEMORY_MAX`).
+    """
+
+    fates: tuple[EventFate, ...] = ()
+
+    def by_mrid(self) -> dict[str, EventFate]:
+        cached: dict[str, EventFate] | None = self.__dict__.get("_by_mrid")
+        if cached is None:
+            cached = {f.mrid: f for f in self.fates}
+            object.__setattr__(self, "_by_mrid", cached)
+        return cached
+
+    def get(self, mrid: str) -> EventFate | None:
+        return self.by_mrid().get(mrid)
+
+    def finished(self, mrid: str) -> bool:
+        fate = self.get(mrid)
+        return fate is not None and fate.finished is not None
+
+    def __len__(self) -> int:
+        return len(self.fates)
+
+
+def _with(fates: dict[str, EventFate], fate: EventFate) -> None:
+    old = fates.get(fate.mrid)
+    fates[fate.mrid] = fate if old is None else old.merged(fate)
+
+
+def _record_listed(
+    fates: dict[str, EventFate],
+    programs: Sequence[ProgramControls],
+    listed_at: int,
+    now: int,
+    seed: str,
+    memory: ScheduleMemory,
+) -> None:
+    """What had happened by ``now`` under programs listed (fetched) at ``listed_at``: cuts,
+    supersessions and completions, and the cancellations (2, 3) and supersessions (4) the server
+    listed, which took effect when the list was read."""
+    resolution = resolve(programs, seed, memory)
+    for plan in resolution.plans:
+        cuts = tuple((k, t) for k, t in plan.cut_at if t <= now)
+        finished: Finish | None = None
+        at: int | None = None
+        superseded_at = plan.superseded_at
+        if superseded_at is not None and superseded_at <= now:
+            finished, at = Finish.SUPERSEDED, superseded_at
+        elif plan.end <= now:
+            finished, at = Finish.COMPLETED, plan.end
+        if cuts or finished is not None:
+            e = plan.event
+            _with(fates, EventFate(e.mrid, plan.end, e.end, finished, at, cuts))
+    for program in programs:
+        for e in program.events:
+            if e.status in _NOT_RUNNING:
+                why = Finish.SUPERSEDED if e.status is EventStatus.SUPERSEDED else Finish.CANCELLED
+                end = effective_window(e, seed)[1]
+                _with(fates, EventFate(e.mrid, end, e.end, why, min(listed_at, now)))
+
+
+def _listed(programs: Iterable[ProgramControls]) -> dict[str, DERControlEvent]:
+    out: dict[str, DERControlEvent] = {}
+    for program in programs:
+        for e in program.events:
+            out.setdefault(e.mrid, e)
+    return out
+
+
+def vanished_finish(nominal_end: int, effective_end: int, now: int) -> Finish:
+    """How an event that left the server's list at ``now`` ended (CSIP-AUS ALL-22).
+
+    The server removes an event at its scheduled end, while a randomized one may still run its
+    tail: that is completion (3). Only an event removed before both its scheduled and its
+    effective end was cancelled (6)."""
+    return Finish.COMPLETED if now >= min(nominal_end, effective_end) else Finish.CANCELLED
+
+
+def remember(
+    memory: ScheduleMemory,
+    previous: Sequence[ProgramControls],
+    previous_at: int,
+    current: Sequence[ProgramControls],
+    now: int,
+    seed: str,
+) -> ScheduleMemory:
+    """The memory after the ``previous`` complete listing (fetched at ``previous_at``) is replaced
+    by ``current`` at ``now``.
+
+    Records what happened under the previous list up to now (it was in force until now) and the
+    events that left the list (cancelled, or completed at/after their end: `vanished_finish`);
+    then forgets events long over and no longer listed. What the current list settles is
+    recorded when it is itself replaced: until then it is in force and says so itself.
+    """
+    fates = dict(memory.by_mrid())
+    _record_listed(fates, previous, previous_at, now, seed, memory)
+    after = _listed(current)
+    for mrid, e in _listed(previous).items():
+        if mrid not in after:
+            end = effective_window(e, seed)[1]
+            _with(fates, EventFate(mrid, end, e.end, vanished_finish(e.end, end, now), now))
+    kept = [
+        f
+        for f in fates.values()
+        if f.mrid in after or now < max(f.end, f.nominal_end) + MEMORY_RETAIN_S
+    ]
+    if len(kept) > MEMORY_MAX:
+        kept.sort(key=lambda f: (max(f.end, f.nominal_end), f.mrid))
+        kept = kept[-MEMORY_MAX:]
+    kept.sort(key=lambda f: f.mrid)
+    return ScheduleMemory(tuple(kept))
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,9 +625,14 @@ def _active(resolution: Resolution, defaults: Sequence[DefaultControl], now: int
     return ActiveControls(values=tuple(values), set_grad_w=grad)
 
 
-def active_controls(programs: Sequence[ProgramControls], now: int, seed: str) -> ActiveControls:
+def active_controls(
+    programs: Sequence[ProgramControls],
+    now: int,
+    seed: str,
+    memory: ScheduleMemory | None = None,
+) -> ActiveControls:
     """The controls in force at ``now`` (server time): events first, then defaults, per type."""
-    return _active(resolve(programs, seed), _defaults(programs), now)
+    return _active(resolve(programs, seed, memory), _defaults(programs), now)
 
 
 @dataclass(frozen=True)
@@ -366,7 +645,11 @@ class Segment:
 
 
 def schedule_between(
-    programs: Sequence[ProgramControls], start: int, end: int, seed: str
+    programs: Sequence[ProgramControls],
+    start: int,
+    end: int,
+    seed: str,
+    memory: ScheduleMemory | None = None,
 ) -> list[Segment]:
     """Piecewise-constant effective controls covering [start, end), neighbours always different.
 
@@ -375,9 +658,9 @@ def schedule_between(
     """
     if end <= start:
         return []
-    resolution = resolve(programs, seed)
+    resolution = resolve(programs, seed, memory)
     defaults = _defaults(programs)
-    cuts = sorted({start} | {t for t in resolution.boundaries() if start < t < end})
+    cuts = (start, *resolution.boundaries_between(start, end))
     segments: list[Segment] = []
     for i, t in enumerate(cuts):
         seg_end = cuts[i + 1] if i + 1 < len(cuts) else end
@@ -389,10 +672,14 @@ def schedule_between(
     return segments
 
 
-def next_change(programs: Sequence[ProgramControls], now: int, seed: str) -> int | None:
+def next_change(
+    programs: Sequence[ProgramControls],
+    now: int,
+    seed: str,
+    memory: ScheduleMemory | None = None,
+) -> int | None:
     """The first time after ``now`` at which any run starts or ends (None if nothing is due)."""
-    later = [t for t in resolve(programs, seed).boundaries() if t > now]
-    return min(later) if later else None
+    return resolve(programs, seed, memory).next_boundary(now)
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,13 +734,20 @@ def diff(previous: Sequence[ProgramControls], current: Sequence[ProgramControls]
 # Persistence
 
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+"""2 added the memory of finished events; version 1 files load with an empty memory."""
+_READABLE_VERSIONS = (1, 2)
 
 
 def _base_to_json(base: ControlBase) -> dict[str, Any]:
-    return {
-        f.name: getattr(base, f.name) for f in fields(base) if getattr(base, f.name) is not None
+    out: dict[str, Any] = {
+        f.name: getattr(base, f.name)
+        for f in fields(base)
+        if f.name != "unsupported" and getattr(base, f.name) is not None
     }
+    if base.unsupported:
+        out["unsupported"] = list(base.unsupported)
+    return out
 
 
 def _base_from_json(data: Mapping[str, Any]) -> ControlBase:
@@ -463,7 +757,12 @@ def _base_from_json(data: Mapping[str, Any]) -> ControlBase:
         raise ValueError(f"unknown control fields {sorted(unknown)}")
     values: dict[str, Any] = {}
     for name, value in data.items():
-        if name in ("connect", "energize"):
+        if name == "unsupported":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError("unsupported must be a list of element names")
+            values[name] = tuple(value) or None
+            continue
+        elif name in ("connect", "energize"):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be true or false")
         elif name == "ramp_tms":
@@ -598,13 +897,53 @@ def _obj(value: object) -> Mapping[str, Any]:
     return value
 
 
+def _fate_to_json(f: EventFate) -> dict[str, Any]:
+    return {
+        "mrid": f.mrid,
+        "end": f.end,
+        "nominal_end": f.nominal_end,
+        "finished": None if f.finished is None else f.finished.value,
+        "at": f.at,
+        "stops": [[k.value, t] for k, t in f.stops],
+    }
+
+
+def _fate_from_json(d: Mapping[str, Any]) -> EventFate:
+    finished = d.get("finished")
+    if finished is not None and finished not in {f.value for f in Finish}:
+        raise ValueError(f"unknown finish {finished!r}")
+    stops = d.get("stops", [])
+    if not isinstance(stops, list):
+        raise ValueError("stops must be a list")
+    parsed: list[tuple[ControlType, int]] = []
+    for item in stops:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+            raise ValueError("a stop must be [control type, time]")
+        if not isinstance(item[1], int) or isinstance(item[1], bool):
+            raise ValueError("a stop time must be an integer")
+        parsed.append((ControlType(item[0]), item[1]))
+    at = _opt_int(d, "at")
+    if (finished is None) != (at is None):
+        raise ValueError("finished and at go together")
+    return EventFate(
+        mrid=_str(d, "mrid"),
+        end=_int(d, "end"),
+        nominal_end=_int(d, "nominal_end"),
+        finished=None if finished is None else Finish(finished),
+        at=at,
+        stops=tuple(parsed),
+    )
+
+
 @dataclass(frozen=True)
 class ScheduleSnapshot:
     """The last complete schedule fetched, kept on disk so a reboot without network still obeys it.
 
     On communications loss the stored events keep running and then the stored defaults apply
     (CSIP-AUS harness ALL-23: "continue to follow the DERControl schedule and then reduce to the
-    DefaultDERControl"; ALL-30 after a restart).
+    DefaultDERControl"; ALL-30 after a restart). It carries the `ScheduleMemory` of events
+    finished for good, and every question asked through it honours that memory. Build the next
+    one with `successor` (never from scratch) so the memory carries over.
     """
 
     programs: tuple[ProgramControls, ...]
@@ -613,13 +952,65 @@ class ScheduleSnapshot:
     clock_offset: int = 0
     """Seconds to add to the local clock to get server time (from the Time resource)."""
     extra: dict[str, str] = field(default_factory=dict)
+    memory: ScheduleMemory = field(default_factory=ScheduleMemory)
 
     def server_time(self, local_now: float) -> int:
         """The server-clock time the scheduler must be asked about."""
         return int(local_now) + self.clock_offset
 
+    def successor(
+        self,
+        programs: Sequence[ProgramControls],
+        fetched_at: int,
+        clock_offset: int,
+        seed: str,
+        extra: Mapping[str, str] | None = None,
+    ) -> ScheduleSnapshot:
+        """The snapshot of a new complete listing fetched at ``fetched_at`` (server time).
+
+        The memory learns what happened under this snapshot's programs until then (supersessions,
+        completions), which events left the list (`vanished_finish`) and what the new list settles,
+        so nothing finished can come back (see `remember`)."""
+        current = tuple(programs)
+        return ScheduleSnapshot(
+            programs=current,
+            fetched_at=fetched_at,
+            clock_offset=clock_offset,
+            extra=dict(self.extra if extra is None else extra),
+            memory=remember(self.memory, self.programs, self.fetched_at, current, fetched_at, seed),
+        )
+
+    @classmethod
+    def first(
+        cls,
+        programs: Sequence[ProgramControls],
+        fetched_at: int,
+        clock_offset: int,
+        seed: str,
+        previous: ScheduleSnapshot | None = None,
+    ) -> ScheduleSnapshot:
+        """``previous.successor(...)``, or the first snapshot ever when there is none."""
+        base = previous if previous is not None else cls((), fetched_at, clock_offset)
+        return base.successor(programs, fetched_at, clock_offset, seed)
+
     def active_controls(self, local_now: float, seed: str) -> ActiveControls:
-        return active_controls(self.programs, self.server_time(local_now), seed)
+        """The controls in force at local time ``local_now``."""
+        return self.active_at(self.server_time(local_now), seed)
+
+    def active_at(self, server_now: int, seed: str) -> ActiveControls:
+        """The controls in force at ``server_now`` (server clock)."""
+        return active_controls(self.programs, server_now, seed, self.memory)
+
+    def schedule(self, server_start: int, server_end: int, seed: str) -> list[Segment]:
+        """`schedule_between` over these programs with this memory (server clock)."""
+        return schedule_between(self.programs, server_start, server_end, seed, self.memory)
+
+    def next_change(self, server_now: int, seed: str) -> int | None:
+        """`next_change` over these programs with this memory (server clock)."""
+        return next_change(self.programs, server_now, seed, self.memory)
+
+    def resolution(self, seed: str) -> Resolution:
+        return resolve(self.programs, seed, self.memory)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -629,6 +1020,7 @@ class ScheduleSnapshot:
                 "clock_offset": self.clock_offset,
                 "programs": [program_to_json(p) for p in self.programs],
                 "extra": dict(self.extra),
+                "memory": [_fate_to_json(f) for f in self.memory.fates],
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -642,16 +1034,20 @@ class ScheduleSnapshot:
         except json.JSONDecodeError as exc:
             raise ValueError(f"snapshot is not JSON: {exc}") from exc
         data = _obj(data)
-        if data.get("version") != SNAPSHOT_VERSION:
+        if data.get("version") not in _READABLE_VERSIONS:
             raise ValueError(f"unsupported snapshot version {data.get('version')!r}")
         programs = data.get("programs")
         extra = data.get("extra", {})
+        memory = data.get("memory", [])
         if not isinstance(programs, list) or not isinstance(extra, dict):
             raise ValueError("programs must be a list and extra an object")
+        if not isinstance(memory, list):
+            raise ValueError("memory must be a list")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
             raise ValueError("extra must map strings to strings")
         try:
             parsed = tuple(program_from_json(_obj(p)) for p in programs)
+            fates = tuple(_fate_from_json(_obj(f)) for f in memory)
         except (TypeError, KeyError) as exc:
             raise ValueError(f"malformed snapshot: {exc}") from exc
         return cls(
@@ -659,4 +1055,5 @@ class ScheduleSnapshot:
             fetched_at=_int(data, "fetched_at"),
             clock_offset=_int(data, "clock_offset", 0),
             extra=dict(extra),
+            memory=ScheduleMemory(fates),
         )

@@ -102,12 +102,24 @@ def qname(key: str) -> str:
 # --- scalar text ------------------------------------------------------------------------------
 
 
+MAX_INT_DIGITS = 20
+"""Significant digits of the widest SEP2 integer (64-bit: UInt64 has 20, Int64 19). Longer text
+is refused before int() sees it: Python refuses over 4,300 digits, and converting a huge one
+costs quadratic time."""
+
+
 def parse_int(text: str | None, resource: str, name: str, lo: int, hi: int) -> int:
     """An XSD integer within [lo, hi]; Python's looser int() forms (``1_0``) are refused."""
     raw = (text or "").strip()
     if not _INT_RE.fullmatch(raw):
         raise Sep2ParseError(resource, f"{name}: not an integer: {raw[:40]!r}")
-    value = int(raw)
+    digits = raw.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > MAX_INT_DIGITS:
+        raise Sep2ParseError(
+            resource,
+            f"{name}: integer of {len(digits)} digits is out of range {lo}..{hi}",
+        )
+    value = int(raw[0] + digits if raw[0] in "+-" else digits)
     if not lo <= value <= hi:
         raise Sep2ParseError(resource, f"{name}: {value} out of range {lo}..{hi}")
     return value
