@@ -26,10 +26,13 @@ import trio
 from dynexport.control import law
 from dynexport.control.average import RollingMean
 from dynexport.control.limits import EffectiveLimits, LimitsConfig, UtilityLimits, merge_limits
+from dynexport.integrations.limitsources import apply_extra_limits
+from dynexport.integrations.service import Integrations, integrations_status
 from dynexport.modbus.client import BusPool
-from dynexport.sep2.client import Sep2Client
+from dynexport.sep2 import controls as sep2_controls
+from dynexport.sep2.client import Sep2Client, device_lfdi
 from dynexport.sep2.controls import ControlType
-from dynexport.sep2.flow import MODE_CONNECT, MODE_ENERGIZE, DerInfo
+from dynexport.sep2.flow import MODE_CONNECT, DerInfo
 from dynexport.sep2.schedule import ActiveControls, ScheduleSnapshot
 from dynexport.sep2.state import LinkStore
 from dynexport.sep2.telemetry import Sample
@@ -97,6 +100,7 @@ class App:
         self.utility_error: str | None = None
         """Why the configured utility link could not start (None when it runs or is absent)."""
         self._stored_schedule: ScheduleSnapshot | None = None
+        self._stored_seed = ""
         self.config_problems: list[str] = []
         """Why the configuration file was refused at start (the service then waits in setup
         mode for a valid one rather than exiting into a restart loop)."""
@@ -183,6 +187,14 @@ class App:
                         )
                     )
                     nursery.start_soon(supervised, "telemetry", self._telemetry_loop, self.faults)
+                    if getattr(self, "integrations", None) is None:  # kept across generations
+                        self.integrations = Integrations(
+                            lambda: self.config,
+                            self.status,
+                            wake=lambda: self._limits_changed.set(),
+                        )
+                    for name, task in self.integrations.tasks():
+                        nursery.start_soon(supervised, name, task, self.faults)
                     task_status.started(self)
                     await self._restart.wait()
                     cancelled = False
@@ -213,6 +225,10 @@ class App:
             self.utility = None
             self.utility_error = f"utility link not started: {exc}"
             self._stored_schedule = LinkStore(folder).load_schedule()
+            try:
+                self._stored_seed = device_lfdi(utility.cert)
+            except Exception:  # unreadable too: randomization without the device's seed
+                self._stored_seed = ""
             log.error("%s; obeying the stored schedule", self.utility_error)
         else:
             self.utility_error = None
@@ -352,6 +368,7 @@ class App:
         self.limits = merge_limits(
             self._utility_limits(), self.config.limits, self.local_datetime().time()
         )
+        self.limits = apply_extra_limits(self.limits, getattr(self, "integrations", None), now)
         states = [self._law_state(link, now) for link in self.inverters]
         out = law.control_step(
             self.meter_mean, states, self.limits, self.controller, now, self.settings
@@ -408,16 +425,25 @@ class App:
         if self.utility is None:
             if self._stored_schedule is None:
                 return self.utility_error or "the utility link is not running", None
-            # No link (its files are unusable): the stored schedule, without the device's
-            # randomization seed (its LFDI comes from the unreadable certificate).
-            stored = self._stored_schedule.active_controls(self.options.wall_clock(), "")
-            return "", utility_limits(stored)
+            # No link (its files are unusable): the stored schedule, randomized with the same
+            # seed as the link would use (the LFDI, if the certificate itself is readable).
+            stored = self._stored_schedule.active_controls(
+                self.options.wall_clock(), self._stored_seed
+            )
+            return "", utility_limits(stored, self.site_rated_w())
         if not self.utility.acting:
             return "the utility's registration does not match the configured PIN", None
         active = self.utility.active_controls(self.options.wall_clock())
         if active is None:
             return "no schedule has been received from the utility yet", None
-        return "", utility_limits(active)
+        return "", utility_limits(active, self.site_rated_w())
+
+    def site_rated_w(self) -> float | None:
+        """The site's setMaxW: the sum of every inverter's WMax, once all have been read."""
+        known = [link.state.w_max or link.state.rated_w for link in self.inverters]
+        if not known or any(w is None for w in known):
+            return None
+        return float(sum(w or 0.0 for w in known))
 
     def local_datetime(self, t: float | None = None) -> datetime:
         """Wall-clock time ``t`` (default now) in the site's time zone."""
@@ -455,7 +481,7 @@ class App:
         for t in sorted(times):
             server_t = t + offset
             seg = next((g for g in segments if g.start <= server_t < g.end), None)
-            util = None if seg is None else utility_limits(seg.controls)
+            util = None if seg is None else utility_limits(seg.controls, self.site_rated_w())
             if seg is None and self.config.utility is not None:
                 util = UtilityLimits(
                     export_w=self.config.utility.fallback_export_w, label=FALLBACK_SOURCE
@@ -544,11 +570,16 @@ class App:
         rated = sum(st.rated_w or 0.0 for st in known)
         w_max = sum((st.w_max or st.rated_w or 0.0) for st in known)
         controllable = any(st.controllable for st in known)
+        modes = sep2_controls.modes_supported() if controllable else 0
+        if not all(st.can_disconnect for st in known if st.controllable):
+            # one that cannot open its contactor would only be limited to 0 %
+            modes &= ~MODE_CONNECT
         return DerInfo(
             rated_w=rated,
             max_w=w_max,
-            modes_supported=(MODE_CONNECT | MODE_ENERGIZE) if controllable else 0,
-            doe_modes_supported=int(law.ENFORCED_DOE_MODES) if controllable else 0,
+            # advertised from the one set of controls the client enforces (and answers 2/3 for)
+            modes_supported=modes,
+            doe_modes_supported=sep2_controls.doe_modes_supported() if controllable else 0,
             connected=all(st.connected is not False for st in known),
             available=any(st.online for st in known),
             operating=any((st.power_w or 0) > 0 for st in known),
@@ -696,11 +727,18 @@ class App:
             "ready": self.ready,
             "setupMode": self.setup_mode,
             "configProblems": list(self.config_problems),
+            "integrations": integrations_status(getattr(self, "integrations", None)),
         }
 
 
-def utility_limits(active: ActiveControls) -> UtilityLimits:
-    """The utility's controls in force, as the limits the controller merges."""
+def utility_limits(active: ActiveControls, rated_w: float | None = None) -> UtilityLimits:
+    """The utility's controls in force, as the limits the controller merges.
+
+    ``opModMaxLimW`` is a percent of the site's setMaxW (``rated_w``, the sum of the inverters'
+    WMax, which is what DERSettings reports): it becomes a generation limit in W, merged with
+    ``opModGenLimW`` as the lower of the two. Without a known rating it cannot be converted, and
+    it is enforced as soon as the inverters have been read.
+    """
 
     def power(kind: ControlType) -> float | None:
         v = active.value(kind)
@@ -710,12 +748,17 @@ def utility_limits(active: ActiveControls) -> UtilityLimits:
         v = active.value(kind)
         return v if isinstance(v, bool) else None
 
-    ramped = (ControlType.EXPORT_LIMIT_W, ControlType.GENERATION_LIMIT_W)
+    generation = power(ControlType.GENERATION_LIMIT_W)
+    max_pct = power(ControlType.MAX_LIMIT_PCT)
+    if max_pct is not None and rated_w is not None and rated_w > 0:
+        as_w = max(max_pct, 0.0) / 100.0 * rated_w
+        generation = as_w if generation is None else min(generation, as_w)
+    ramped = (ControlType.EXPORT_LIMIT_W, ControlType.GENERATION_LIMIT_W, ControlType.MAX_LIMIT_PCT)
     ramps = [active.ramp_tms(k) for k in ramped]
     return UtilityLimits(
         export_w=power(ControlType.EXPORT_LIMIT_W),
         import_w=power(ControlType.IMPORT_LIMIT_W),
-        generation_w=power(ControlType.GENERATION_LIMIT_W),
+        generation_w=generation,
         load_w=power(ControlType.LOAD_LIMIT_W),
         connect=flag(ControlType.CONNECT),
         energize=flag(ControlType.ENERGIZE),

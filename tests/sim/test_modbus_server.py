@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +20,13 @@ from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
 from dynexport.sim import profiles
-from dynexport.sim.modbus_server import serve_rtu, serve_tcp
+from dynexport.sim.modbus_server import (
+    CONTROL_LINE_LIMIT,
+    control_reply,
+    send_control,
+    serve_rtu,
+    serve_tcp,
+)
 from dynexport.sim.sunspec_device import Site
 
 ACCUMULATING = re.compile(r"Wh|WH")  # energy counters move between two reads
@@ -284,6 +292,89 @@ def test_command_line_serves_until_interrupted():
             assert client.models[1][0].Mn.value == "SMA"
         finally:
             client.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _read_reg(port: int, unit: int, address: int) -> int:
+    client: Any = ModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
+    try:
+        assert client.connect()
+        return int(client.read_holding_registers(address, count=1, device_id=unit).registers[0])
+    finally:
+        client.close()
+
+
+def test_control_channel_trips_an_inverter_seen_over_modbus():
+    """ALL-07/08 drivers: the inverter leaves the grid on its own, a Modbus client sees it."""
+    site = profiles.fronius_gateway(tau_s=0.05)
+    with serve_tcp(site, control_port=0) as server:
+        assert server.control_port is not None
+        ecp_conn = site.devices[1].point_address(122, "ECPConn")
+        assert _read_reg(server.port, 1, ecp_conn) == 1
+        answer = send_control(server.control_port, {"unit": 1, "set": {"connected": False}})
+        assert answer["ok"] is True
+        assert answer["state"]["inverters"]["1"]["connected"] is False
+        assert answer["state"]["inverters"]["1"]["outputW"] == 0.0
+        assert _read_reg(server.port, 1, ecp_conn) == 0
+        assert send_control(server.control_port, {"set": {"connected": True}})["ok"]
+        assert _read_reg(server.port, 1, ecp_conn) == 1
+        state = send_control(server.control_port, {})["state"]
+        assert set(state["inverters"]) == {"1", "2"}
+
+
+def test_control_channel_answers_bad_input_with_an_error_and_keeps_serving():
+    site = profiles.sma_like()
+    with serve_tcp(site, control_port=0) as server:
+        assert server.control_port is not None
+        with socket.create_connection(("127.0.0.1", server.control_port), timeout=5) as sock:
+            stream = sock.makefile("rwb")
+            for line in (b"not json\n", b'{"set": {"loadW": "lots"}}\n', b"[]\n", b'{"set": {}}\n'):
+                stream.write(line)
+                stream.flush()
+                answers = json.loads(stream.readline())
+                if line == b'{"set": {}}\n':
+                    assert answers["ok"] is True
+                else:
+                    assert answers["ok"] is False and answers["error"]
+            stream.write(b"x" * (CONTROL_LINE_LIMIT + 10) + b"\n")
+            stream.flush()
+            assert json.loads(stream.readline()) == {"ok": False, "error": "line too long"}
+        assert send_control(server.control_port, {"set": {"loadW": 10}})["state"]["loadW"] == 10
+
+
+def test_control_channel_is_served_only_when_asked():
+    with serve_tcp(profiles.sma_like()) as server:
+        assert server.control_port is None
+
+
+def test_control_reply_never_raises():
+    site = profiles.sma_like()
+    assert control_reply(site, b"\xff\xfe", 0.0)["ok"] is False
+    assert control_reply(site, b'{"unit": 126, "set": {"hold": true}}', 0.0)["ok"] is True
+    assert site.held
+
+
+def test_command_line_serves_the_control_channel():
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "dynexport.sim.modbus_server", "--profile", "sma_like"),
+            *("--port", "0", "--control-port", "0"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        m = re.search(r"control channel on 127\.0\.0\.1:(\d+)", proc.stdout.readline())
+        assert m
+        answer = send_control(int(m.group(1)), {"unit": 126, "set": {"operating": False}})
+        assert answer["state"]["inverters"]["126"]["operating"] is False
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
     finally:

@@ -11,6 +11,7 @@ from dynexport.sim import profiles
 from dynexport.sim.sunspec_device import (
     ILLEGAL_ADDRESS,
     ILLEGAL_VALUE,
+    ControlError,
     Inverter,
     ModbusError,
     Site,
@@ -305,3 +306,101 @@ def test_energy_accumulates_while_producing():
     assert isinstance(inv, Inverter)
     assert inv.energy_wh == pytest.approx(4000.0, rel=1e-6)
     assert site.get(1, 103, "WH") == pytest.approx(4000.0, abs=1)
+
+
+def test_opening_conn_stops_output_at_once_and_the_status_says_disconnected():
+    site = profiles.fronius_gateway(tau_s=5.0)
+    dev = site.devices[1]
+    site.step(0.0)
+    assert site.get(1, 122, "ECPConn") == 1 and site.get(1, 122, "PVConn") == 7
+    site.write(1, dev.point_address(123, "Conn_WinTms"), [0, 30, 0], now=0.0)  # Conn 0, 30 s
+    assert site.output_w(1) == 0.0  # a relay opens: no lag
+    assert site.get(1, 103, "W") == 0.0
+    assert site.get(1, 103, "St") == 1  # OFF
+    assert site.get(1, 122, "ECPConn") == 0 and site.get(1, 122, "PVConn") == 0
+    site.step(29.0)
+    assert site.output_w(1) == 0.0 and site.get(1, 122, "ECPConn") == 0
+    site.step(30.5)  # Conn_RvrtTms expired: reconnected, ramping up again
+    assert site.get(1, 123, "Conn") == 1
+    assert site.get(1, 122, "ECPConn") == 1
+    assert 0.0 < site.output_w(1) < 4000.0
+
+
+def test_an_inverter_can_trip_or_stop_on_its_own():
+    site = profiles.der2018_inverter(tau_s=1.0)
+    site.step(0.0)
+    state = site.apply({"unit": 1, "set": {"connected": False}}, now=1.0)
+    assert state["inverters"]["1"]["connected"] is False
+    assert site.output_w(1) == 0.0
+    assert site.get(1, 701, "ConnSt") == 0 and site.get(1, 701, "St") == 0
+    site.apply({"unit": 1, "set": {"connected": True}}, now=2.0)
+    assert site.get(1, 701, "ConnSt") == 1
+    site.step(30.0)
+    site.apply({"set": {"operating": False}}, now=30.0)  # every inverter
+    assert site.output_w(1) == 0.0
+    assert site.get(1, 701, "ConnSt") == 1  # still on the grid
+    assert site.get(1, 701, "St") == 0 and site.get(1, 701, "InvSt") == 0
+    fronius = profiles.fronius_gateway()
+    fronius.step(0.0)
+    fronius.apply({"unit": 2, "set": {"operating": False}}, now=1.0)
+    assert fronius.get(2, 103, "St") == 8  # STANDBY
+    assert fronius.get(2, 122, "ECPConn") == 1 and fronius.get(2, 122, "PVConn") == 1
+    assert fronius.get(1, 122, "PVConn") == 7  # the other inverter is untouched
+
+
+def test_control_channel_load_and_available_power_override_the_drivers():
+    site = profiles.fronius_gateway(tau_s=0.0)
+    site.step(0.0)
+    site.apply({"set": {"loadW": 500}}, now=1.0)
+    site.set_load(3000.0)  # a demo's household driver: overridden
+    site.step(2.0)
+    assert site.get(240, 203, "W") == pytest.approx(500 - 10000, abs=1)
+    site.apply({"unit": 1, "set": {"availableW": 1000}}, now=3.0)
+    site.set_available(1, 4500.0)
+    site.step(4.0)
+    assert site.output_w(1) == pytest.approx(1000.0)
+    state = site.apply({"set": {"loadW": None}}, now=5.0)  # back to the driver's load
+    assert state["loadW"] == 3000.0
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ([1, 2], "JSON object"),
+        ({"device": "inverter 1"}, "unknown command fields"),
+        ({"set": {"colour": "red"}}, "unknown settings"),
+        ({"set": []}, "must be a JSON object"),
+        ({"unit": 7, "set": {"connected": False}}, "no simulated inverter at unit 7"),
+        ({"unit": 240, "set": {"connected": False}}, "no simulated inverter at unit 240"),
+        ({"unit": "1", "set": {"connected": False}}, "integer"),
+        ({"set": {"connected": "no"}}, "true or false"),
+        ({"set": {"loadW": float("inf")}}, "finite number"),
+        ({"set": {"loadW": True}}, "finite number"),
+        ({"set": {"hold": 1}}, "true or false"),
+    ],
+)
+def test_bad_control_commands_name_the_problem_and_change_nothing(command, message):
+    site = profiles.fronius_gateway()
+    site.step(0.0)
+    before = site.snapshot()
+    with pytest.raises(ControlError, match=message):
+        site.apply(command, now=1.0)
+    assert site.snapshot() == before
+
+
+def test_hold_freezes_energy_counters_and_timers_until_released():
+    site = profiles.fronius_gateway(tau_s=0.0)
+    site.step(0.0)
+    limit_123(site, 1, 20.0, now=0.0, rvrt_s=30)
+    site.hold(10.0)
+    wh = site.get(1, 103, "WH")
+    exp = site.get(240, 203, "TotWhExp")
+    site.step(1000.0)
+    assert site.get(1, 103, "WH") == wh and site.get(240, 203, "TotWhExp") == exp
+    assert site.get(1, 123, "WMaxLim_Ena") == 1  # the 30 s revert timer did not run
+    site.release(1000.0)
+    site.step(1019.0)  # 29 s of simulated time since the write
+    assert site.get(1, 123, "WMaxLim_Ena") == 1
+    site.step(1021.0)
+    assert site.get(1, 123, "WMaxLim_Ena") == 0
+    assert site.get(1, 103, "WH") > wh

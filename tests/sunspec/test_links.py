@@ -5,10 +5,10 @@ from __future__ import annotations
 import trio
 
 from dynexport.modbus.client import Backoff, BusPool
+from dynexport.modbus.endpoints import TcpEndpoint
 from dynexport.sim.modbus_server import serve_tcp
 from dynexport.sim.profiles import fronius_gateway, no_control_inverter
 from dynexport.sunspec.links import Desired, InverterLink, MeterLink
-from dynexport.system.config import TcpEndpoint
 
 
 async def wait_until(predicate, within: float = 5.0) -> None:

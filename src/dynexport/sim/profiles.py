@@ -149,8 +149,10 @@ def der_inverter(
     w_max: float = 6000.0,
     available_w: float = 0.0,
     tau_s: float = 1.0,
+    enter_service: bool = True,
 ) -> Inverter:
-    """An inverter speaking the IEEE 1547-2018 DER models 701-704."""
+    """An inverter speaking the IEEE 1547-2018 DER models 701-704 (without 703 when
+    ``enter_service`` is False: limits only, no connect control of any kind)."""
     m701 = ModelSpec(
         701,
         {
@@ -190,7 +192,7 @@ def der_inverter(
         },
         writable=_CONTROLS_704,
     )  # fmt: skip
-    models = [common(mn, md, sn, unit=unit), m701, m702, m703, m704]
+    models = [common(mn, md, sn, unit=unit), m701, m702, *([m703] if enter_service else []), m704]
     return Inverter(base, models, available_w=available_w, tau_s=tau_s)
 
 

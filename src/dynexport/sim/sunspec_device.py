@@ -329,6 +329,12 @@ class Inverter(SunSpecDevice):
     The limit comes from model 123 (WMaxLimPct of 121 WMax, when WMaxLim_Ena = 1) or model 704
     (WMaxLimPct of 702 WMax, when WMaxLimPctEna = 1). Revert timers disable the limit when they
     expire without a rewrite, so a controller that dies leaves the site at full output.
+
+    Connection: 123 Conn = 0 opens the inverter (output 0 at once, status disconnected: 10x St
+    OFF, 122 PVConn/ECPConn bit 0 clear, 701 ConnSt 0) until Conn = 1 or its Conn_RvrtTms timer
+    expires; 703 ES = 0 does the same with no timer. ``tripped`` (the inverter left the grid on
+    its own) and ``stopped`` (it stopped producing on its own, still connected) are set from
+    outside, e.g. through the simulator control channel.
     """
 
     def __init__(
@@ -348,6 +354,11 @@ class Inverter(SunSpecDevice):
         self.frequency = frequency
         self.output_w = 0.0
         self.energy_wh = 0.0
+        self.tripped = False
+        self.stopped = False
+        self.available_override_w: float | None = None
+        """Set through the control channel: wins over ``available_w`` (which a demo's weather
+        driver keeps moving)."""
         self._last: float | None = None
         self._limit_timer = _Timer()
         self._conn_timer = _Timer()
@@ -373,14 +384,42 @@ class Inverter(SunSpecDevice):
         return math.inf
 
     def connected(self) -> bool:
+        if self.tripped:
+            return False
         if self.has(123) and self.get(123, "Conn") == 0:
             return False
         return not (self.has(703) and self.get(703, "ES") == 0)
 
+    def available(self) -> float:
+        """PV power the inverter could produce now (W)."""
+        if self.available_override_w is not None:
+            return self.available_override_w
+        return self.available_w
+
+    def operating(self) -> bool:
+        return self.connected() and not self.stopped
+
     def target_w(self) -> float:
-        if not self.connected():
+        if not self.operating():
             return 0.0
-        return max(0.0, min(self.available_w, self.rating_w(), self.limit_w()))
+        return max(0.0, min(self.available(), self.rating_w(), self.limit_w()))
+
+    def set_state(
+        self, now: float, *, connected: bool | None = None, operating: bool | None = None
+    ) -> None:
+        """The inverter trips off the grid (or reconnects) or stops (or resumes) on its own."""
+        self.step(now)
+        if connected is not None:
+            self.tripped = not connected
+        if operating is not None:
+            self.stopped = not operating
+        self._open_circuit()
+        self._refresh(now)
+
+    def _open_circuit(self) -> None:
+        """An open relay or a stopped bridge produces nothing at once (no lag)."""
+        if not self.operating():
+            self.output_w = 0.0
 
     def value_limits(self) -> Mapping[tuple[int, str], tuple[float, float]]:
         return {
@@ -405,6 +444,7 @@ class Inverter(SunSpecDevice):
             rvrt = self.get(123, "Conn_RvrtTms")
             off = self.get(123, "Conn") == 0
             self._conn_timer.arm(now, float(rvrt) if off and rvrt else 0.0)
+        self._open_circuit()
         self._refresh(now)
 
     def step(self, now: float) -> None:
@@ -421,6 +461,7 @@ class Inverter(SunSpecDevice):
             self._last = until
             self._expire(until)
         self._expire(now)
+        self._open_circuit()
         self._refresh(now)
 
     def _advance(self, dt: float) -> None:
@@ -450,10 +491,12 @@ class Inverter(SunSpecDevice):
         """Write the plant state into the measurement points of whichever models exist."""
         w = self.output_w
         phase_a = w / 3.0 / self.voltage
-        limited = self.limit_w() < min(self.available_w, self.rating_w())
+        limited = self.limit_w() < min(self.available(), self.rating_w())
         if not self.connected():
             state, state701 = 1, 0  # OFF
-        elif self.available_w <= 0:
+        elif self.stopped:
+            state, state701 = 8, 0  # STANDBY / OFF: connected, not producing
+        elif self.available() <= 0:
             state, state701 = 2, 1  # SLEEPING
         elif limited:
             state, state701 = 5, 4  # THROTTLED
@@ -483,8 +526,12 @@ class Inverter(SunSpecDevice):
             s(mid, "DCA", dc_w / 600.0)
             s(mid, "St", state)
         if self.has(122):
-            self.set_if(122, "PVConn", 7 if self.connected() else 0)
-            self.set_if(122, "WAval", min(self.available_w, self.rating_w()))
+            conn = self.connected()
+            # PVConn bits: 0 connected, 1 available, 2 operating; ECPConn bit 0 connected.
+            pv_conn = (1 if conn else 0) | (2 if self.operating() else 0) | (4 if w > 0 else 0)
+            self.set_if(122, "PVConn", pv_conn)
+            self.set_if(122, "ECPConn", 1 if conn else 0)
+            self.set_if(122, "WAval", min(self.available(), self.rating_w()))
             self.set_if(122, "StActCtl", 1 if self.limit_w() < math.inf else 0)
             self.set_if(122, "ActWh", int(self.energy_wh))
         if self.has(160):
@@ -497,7 +544,7 @@ class Inverter(SunSpecDevice):
                 self.set_if(160, f"module[{i}].DCSt", state)
         if self.has(701):
             s = self.set_if
-            s(701, "St", 1 if self.connected() else 0)
+            s(701, "St", 1 if self.operating() else 0)
             s(701, "InvSt", state701)
             s(701, "ConnSt", 1 if self.connected() else 0)
             s(701, "W", w)
@@ -574,18 +621,34 @@ class Meter(SunSpecDevice):
                 s(mid, f"PhVph{ph}", volts)
 
 
+class ControlError(ValueError):
+    """A control-channel command the simulator cannot apply; the message says why."""
+
+
+_SITE_KEYS = frozenset({"loadW", "loadVar", "hold"})
+_DEVICE_KEYS = frozenset({"connected", "operating", "availableW"})
+
+
 class Site:
     """Inverters and a meter on a load; the thread-safe façade the server talks to.
 
     Every public method takes the lock, so test threads may change the load or the available PV
     power while the server thread reads and writes registers.
+
+    Simulated time is the clock passed in (``now``) minus the time spent on hold: while held
+    (:meth:`hold`), nothing moves (energy counters, lags, revert timers), so two clients reading
+    at different moments see the same registers.
     """
 
     def __init__(self, devices: Mapping[int, SunSpecDevice], *, load_w: float = 0.0) -> None:
         self.devices = dict(devices)
         self.load_w = load_w
         self.load_var = 0.0
+        self.load_override: tuple[float, float] | None = None
+        """Set through the control channel: wins over ``set_load`` (a demo's household)."""
         self.lock = threading.RLock()
+        self._held_at: float | None = None
+        self._held_total = 0.0
         self._measure(None)
 
     @property
@@ -599,16 +662,49 @@ class Site:
     def units(self) -> list[int]:
         return sorted(self.devices)
 
+    # -- simulated time ---------------------------------------------------------------------
+
+    @property
+    def held(self) -> bool:
+        return self._held_at is not None
+
+    def hold(self, now: float) -> None:
+        """Freezes simulated time at ``now`` (after stepping to it) until :meth:`release`."""
+        with self.lock:
+            if self._held_at is None:
+                self.step(now)
+                self._held_at = now
+
+    def release(self, now: float) -> None:
+        """Resumes simulated time where it was frozen."""
+        with self.lock:
+            if self._held_at is not None:
+                self._held_total += max(0.0, now - self._held_at)
+                self._held_at = None
+
+    def _t(self, now: float) -> float:
+        at = now if self._held_at is None else self._held_at
+        return at - self._held_total
+
+    # -- plant ------------------------------------------------------------------------------
+
     def step(self, now: float) -> None:
         with self.lock:
+            t = self._t(now)
             for inverter in self.inverters.values():
-                inverter.step(now)
-            self._measure(now)
+                inverter.step(t)
+            self._measure(t)
+
+    def _load(self) -> tuple[float, float]:
+        if self.load_override is not None:
+            return self.load_override
+        return self.load_w, self.load_var
 
     def _measure(self, now: float | None) -> None:
         pv = sum(i.output_w for i in self.inverters.values())
+        load_w, load_var = self._load()
         for meter in self.meters.values():
-            meter.measure(self.load_w - pv, self.load_var, now)
+            meter.measure(load_w - pv, load_var, now)
 
     def read(self, unit: int, address: int, count: int) -> list[int]:
         with self.lock:
@@ -617,7 +713,7 @@ class Site:
     def write(self, unit: int, address: int, values: Sequence[int], now: float) -> None:
         with self.lock:
             self.step(now)
-            self.devices[unit].write(address, values, now)
+            self.devices[unit].write(address, values, self._t(now))
             self.step(now)
 
     def set_load(self, watts: float, var: float = 0.0) -> None:
@@ -640,4 +736,114 @@ class Site:
     def site_w(self) -> float:
         """Grid power the meter would see now (import positive)."""
         with self.lock:
-            return self.load_w - sum(i.output_w for i in self.inverters.values())
+            return self._load()[0] - sum(i.output_w for i in self.inverters.values())
+
+    # -- control channel --------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain-JSON view of the plant (what the control channel answers)."""
+        with self.lock:
+            load_w, load_var = self._load()
+            return {
+                "loadW": load_w,
+                "loadVar": load_var,
+                "siteW": self.site_w(),
+                "held": self.held,
+                "inverters": {
+                    str(unit): {
+                        "outputW": inv.output_w,
+                        "availableW": inv.available(),
+                        "connected": inv.connected(),
+                        "tripped": inv.tripped,
+                        "operating": inv.operating(),
+                        "limitW": inv.limit_w() if math.isfinite(inv.limit_w()) else None,
+                    }
+                    for unit, inv in sorted(self.inverters.items())
+                },
+            }
+
+    def apply(self, command: Mapping[str, Any], now: float) -> dict[str, Any]:
+        """Applies one control-channel command and returns the snapshot after it.
+
+        ``{"set": {...}}`` with site keys ``loadW``/``loadVar`` (a number, or null to give the
+        load back to ``set_load``) and ``hold`` (true freezes simulated time, false resumes it),
+        and inverter keys ``connected`` (false: the inverter trips off the grid on its own),
+        ``operating`` (false: it stops producing, still connected) and ``availableW`` (a number,
+        or null). Inverter keys apply to ``"unit": N``, or to every inverter without a unit.
+        Without ``set`` the command only asks for the snapshot. Raises ControlError naming the
+        problem; nothing is changed then.
+        """
+        if not isinstance(command, Mapping):
+            raise ControlError("a command must be a JSON object")
+        unknown = set(command) - {"unit", "set"}
+        if unknown:
+            raise ControlError(f"unknown command fields {sorted(unknown)} (expected unit, set)")
+        changes = command.get("set", {})
+        if not isinstance(changes, Mapping):
+            raise ControlError('"set" must be a JSON object')
+        bad = set(changes) - _SITE_KEYS - _DEVICE_KEYS
+        if bad:
+            keys = sorted(_SITE_KEYS | _DEVICE_KEYS)
+            raise ControlError(f"unknown settings {sorted(bad)} (known: {keys})")
+        with self.lock:
+            targets = self._targets(command.get("unit"), changes)
+            load = self._check_load(changes)
+            hold = changes.get("hold")
+            if hold is not None and not isinstance(hold, bool):
+                raise ControlError('"hold" must be true or false')
+            conn = _flag(changes, "connected")
+            oper = _flag(changes, "operating")
+            avail = _number_or_null(changes, "availableW")
+            # Every value is checked: apply.
+            self.step(now)
+            t = self._t(now)
+            for inv in targets:
+                if "availableW" in changes:
+                    inv.available_override_w = avail
+                inv.set_state(t, connected=conn, operating=oper)
+            if load is not None:
+                self.load_override = load[0]
+            if hold is True:
+                self.hold(now)
+            elif hold is False:
+                self.release(now)
+            self.step(now)
+            return self.snapshot()
+
+    def _targets(self, unit: Any, changes: Mapping[str, Any]) -> list[Inverter]:
+        if unit is None:
+            return list(self.inverters.values()) if set(changes) & _DEVICE_KEYS else []
+        if isinstance(unit, bool) or not isinstance(unit, int):
+            raise ControlError('"unit" must be an integer Modbus unit id')
+        if unit not in self.inverters:
+            raise ControlError(
+                f"no simulated inverter at unit {unit} (inverters: {sorted(self.inverters)})"
+            )
+        return [self.inverters[unit]]
+
+    def _check_load(self, changes: Mapping[str, Any]) -> tuple[tuple[float, float] | None] | None:
+        """None = leave the load alone; (None,) = clear the override; ((w, var),) = set it."""
+        if "loadW" not in changes and "loadVar" not in changes:
+            return None
+        w = _number_or_null(changes, "loadW")
+        var = _number_or_null(changes, "loadVar")
+        if w is None and "loadW" in changes:
+            return (None,)
+        current = self._load()
+        return ((current[0] if w is None else w, current[1] if var is None else var),)
+
+
+def _flag(changes: Mapping[str, Any], key: str) -> bool | None:
+    value = changes.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ControlError(f'"{key}" must be true or false')
+    return value
+
+
+def _number_or_null(changes: Mapping[str, Any], key: str) -> float | None:
+    value = changes.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ControlError(f'"{key}" must be a finite number or null')
+    return float(value)

@@ -4,6 +4,15 @@ A generation limit goes through model 704 (WMaxLimPct, WMaxLimPctEna and its rev
 the device has it, else model 123 (WMaxLimPct, WMaxLim_Ena, WMaxLimPct_RvrtTms/WinTms/RmpTms).
 Every command carries a revert timeout, so an inverter whose controller dies falls back by
 itself; the controller rewrites the command before it expires (:func:`rewrite_interval`).
+
+Limits are rounded DOWN to the register step (:func:`pct_to_raw`): a limit is a ceiling, and
+rounding to the nearest step could let an inverter export up to half a step (0.5 % of WMax with
+scale factor 0) more than the utility allows, for ever.
+
+Disconnecting opens the inverter through model 123 ``Conn`` with ``Conn_RvrtTms`` (the only
+SunSpec connect control with a revert timer). Model 703 ``ES`` (permit enter service) has no
+timer: a controller that died after writing ES=0 would leave the inverter off for ever, so it is
+never written; an inverter without 123 Conn is "disconnected" by a 0 % limit instead.
 """
 
 from __future__ import annotations
@@ -11,14 +20,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 
-from dynexport.sunspec.decode import Value, encode_value
+from dynexport.sunspec.decode import SF_RANGE, Value, encode_value
 from dynexport.sunspec.discovery import ModelHeader, SunSpecMap
 from dynexport.sunspec.models import ModelDef, model_def
 from dynexport.sunspec.polling import INVERTER_MODELS, METER_MODELS
 
 DEFAULT_REVERT_S = 60
 CONTROL_MODELS = (704, 123)
+CONNECT_MODEL = 123
+LIMIT_TOLERANCE_PCT = Fraction(1, 10**9)
+"""How far (in percentage points) below a register step a limit may be and still be written as
+that step: float noise such as 2.9999999999999996 for 3 must not lose a whole step. The written
+limit is thus never more than 1e-9 % of WMax (10 microwatts on 10 kW) above the one asked."""
 
 
 class NotControllableError(Exception):
@@ -27,6 +42,21 @@ class NotControllableError(Exception):
 
 class CommandError(ValueError):
     """A command the inverter cannot take as asked (out of range, missing point...)."""
+
+
+class InvalidScaleFactorError(NotControllableError):
+    """The control model's scale factor is outside -10..10: no limit can be expressed safely."""
+
+
+def limit_sf(sf: Value, name: str = "WMaxLimPct_SF") -> int:
+    """The exponent a limit is written with. Not implemented (None) means 0 (the value is then
+    in whole percent); anything outside -10..10 makes the device not controllable, because the
+    register value it would read back as cannot be known."""
+    if sf is None:
+        return 0
+    if not isinstance(sf, int) or sf not in SF_RANGE:
+        raise InvalidScaleFactorError(f"not controllable: invalid scale factor ({name}={sf!r})")
+    return sf
 
 
 @dataclass(frozen=True)
@@ -128,12 +158,23 @@ def encode_writes(
 
 
 def pct_to_raw(pct: float, sf: Value) -> int:
-    """Percent to the register value under WMaxLimPct_SF (an unimplemented SF means 0)."""
-    exp = sf if isinstance(sf, int) else 0
-    raw = round(pct / 10.0**exp)
+    """Percent to the register value under WMaxLimPct_SF, rounded DOWN to the register step
+    (never above the limit asked, at most :data:`LIMIT_TOLERANCE_PCT` for float noise).
+
+    Exact rational arithmetic: 2.6 with SF -1 is 26, 3.0 is 30 (not 29 from 29.999999999999996).
+    """
+    exp = limit_sf(sf)
+    if not math.isfinite(pct) or pct < 0:
+        raise CommandError(f"limit {pct}% must be a finite number >= 0")
+    raw = math.floor((Fraction(pct) + LIMIT_TOLERANCE_PCT) / Fraction(10) ** exp)
     if not 0 <= raw <= 0xFFFE:
         raise CommandError(f"{pct}% does not fit WMaxLimPct with scale factor {exp}")
     return raw
+
+
+def raw_to_pct(raw: int, sf: Value) -> float:
+    """The percent a register value stands for (what the inverter will apply)."""
+    return float(Fraction(raw) * Fraction(10) ** limit_sf(sf))
 
 
 def limit_values(header: ModelHeader, sf: Value, cmd: LimitCommand) -> dict[str, int]:
@@ -168,22 +209,28 @@ def encode_limit(header: ModelHeader, sf: Value, cmd: LimitCommand) -> tuple[Reg
 
 
 def connect_values(header: ModelHeader, connect: bool, revert_s: int) -> dict[str, int]:
-    """Raw values to connect or disconnect: 123 Conn with its revert timer, or 703 ES
-    (permit enter service, which has no timer of its own)."""
-    if header.id == 123:
-        if not 1 <= revert_s <= 65534:
-            raise CommandError(f"revert timeout {revert_s} s must be 1..65534")
-        return {"Conn_WinTms": 0, "Conn_RvrtTms": revert_s, "Conn": 1 if connect else 0}
-    if header.id == 703:
-        return {"ES": 1 if connect else 0}
-    raise CommandError(f"model {header.id} cannot connect or disconnect the inverter")
+    """Raw values to connect or disconnect through model 123: Conn with its revert timer, so an
+    inverter this process left open reconnects by itself if the process dies."""
+    if header.id != CONNECT_MODEL:
+        raise CommandError(
+            f"model {header.id} cannot connect or disconnect the inverter with a revert timer"
+        )
+    if not 1 <= revert_s <= 65534:
+        raise CommandError(f"revert timeout {revert_s} s must be 1..65534")
+    return {"Conn_WinTms": 0, "Conn_RvrtTms": revert_s, "Conn": 1 if connect else 0}
 
 
-def connect_model(smap: SunSpecMap, manufacturer: str | None = None) -> ModelHeader:
-    header = smap.first_of((123, 703))
-    if header is None:
-        raise NotControllableError(not_controllable_reason(smap, manufacturer))
-    return header
+def connect_model(smap: SunSpecMap) -> ModelHeader | None:
+    """Model 123 when the device has it (whether Conn is implemented needs a read: see
+    :func:`has_connect_control`); None = disconnect by a 0 % limit."""
+    return smap.find(CONNECT_MODEL)
+
+
+def has_connect_control(points_123: Mapping[str, Value] | None) -> bool:
+    """Model 123 as read implements Conn and its revert timer (not the not-implemented value)."""
+    if points_123 is None:
+        return False
+    return points_123.get("Conn") is not None and points_123.get("Conn_RvrtTms") is not None
 
 
 def encode_connect(header: ModelHeader, connect: bool, revert_s: int) -> tuple[RegisterWrite, ...]:

@@ -3,7 +3,9 @@
 A value is scaled with the scale factor read in the same pass as the value itself (a scale factor
 from an earlier read may have changed since, which would turn 4200 W into 42000 W).
 Not-implemented sentinels (int16 0x8000, uint16 0xFFFF, acc 0, float NaN, all-zero string, ...)
-become None so no sentinel ever reaches a controller as a real number.
+become None so no sentinel ever reaches a controller as a real number; so do values that are not
+finite (float infinity) and values whose scale factor is outside the -10..10 SunSpec allows.
+Decoding never raises anything but :class:`DecodeError`, whatever the registers hold.
 """
 
 from __future__ import annotations
@@ -67,11 +69,11 @@ def decode_value(ptype: str, regs: Sequence[int]) -> Value:
     if ptype == "pad":
         return None  # padding carries no information
     if ptype == "float32":
-        (f,) = struct.unpack(">f", _as_bytes(regs[:2]))
-        return None if math.isnan(f) else f
+        (f,) = struct.unpack(">f", _as_bytes(regs[:2]).ljust(4, b"\0"))
+        return f if math.isfinite(f) else None  # NaN = not implemented; inf is never a reading
     if ptype == "float64":
-        (f,) = struct.unpack(">d", _as_bytes(regs[:4]))
-        return None if math.isnan(f) else f
+        (f,) = struct.unpack(">d", _as_bytes(regs[:4]).ljust(8, b"\0"))
+        return f if math.isfinite(f) else None
     if ptype == "string":
         raw = _as_bytes(regs).split(b"\0", 1)[0]
         return raw.decode("utf-8", errors="replace") if raw else None
@@ -106,15 +108,27 @@ def encode_value(ptype: str, value: int | float) -> tuple[int, ...]:
     return tuple((v >> (16 * (nregs - 1 - i))) & 0xFFFF for i in range(nregs))
 
 
+def valid_sf(sf: Value) -> int | None:
+    """A scale factor as read, if SunSpec allows it (-10..10); None when unknown or invalid."""
+    return sf if isinstance(sf, int) and sf in SF_RANGE else None
+
+
 def scale(raw: Value, sf: Value) -> Value:
-    """``raw * 10**sf``; None if either is unknown. Dividing by an exact power of ten gives the
-    nearest float to the decimal value (2413, -1 -> 241.3, not 241.29999999999998)."""
-    if raw is None or sf is None or isinstance(raw, str) or not isinstance(sf, int):
+    """``raw * 10**sf``; None if either is unknown, the scale factor is outside -10..10 (a device
+    bug: 10**400 would overflow, 10**-400 divide by zero) or the result is not finite.
+    Dividing by an exact power of ten gives the nearest float to the decimal value (2413, -1 ->
+    241.3, not 241.29999999999998)."""
+    if raw is None or isinstance(raw, str):
         return None
-    if sf not in SF_RANGE:
+    exp = valid_sf(sf)
+    if exp is None:
         return None
-    power: int = 10 ** abs(sf)
-    return raw / power if sf < 0 else float(raw * power)
+    power: int = 10 ** abs(exp)
+    try:
+        out = raw / power if exp < 0 else float(raw * power)
+    except (OverflowError, ZeroDivisionError):  # pragma: no cover - finite raw, bounded exp
+        return None
+    return out if math.isfinite(out) else None
 
 
 @dataclass(frozen=True)

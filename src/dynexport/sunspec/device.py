@@ -32,6 +32,7 @@ from dynexport.sunspec.views import (
     MeterReading,
     Nameplate,
     Settings,
+    Status,
     rated_w,
 )
 
@@ -46,6 +47,9 @@ class VerifyError(Exception):
 class FastReading:
     inverter: InverterReading | None
     meter: MeterReading | None
+    connected: bool | None = None
+    """Grid connection as the inverter reports it: 701 ConnSt, else 122 ECPConn bit 0, else
+    123 Conn; None when the device says nothing about it."""
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,22 @@ class SlowReading:
     rated_w: float | None
     w_max: float | None
     """What WMaxLimPct is a percent of: 121 WMax, else 702 WMax, else the rating."""
+    status: Status | None = None
+    connect_control: bool = False
+    """Model 123 implements Conn and Conn_RvrtTms: the inverter can be opened for real."""
 
     @property
     def limit_pct(self) -> float | None:
         if self.der_controls is not None:
             return self.der_controls.limit_pct
         return None if self.controls is None else self.controls.limit_pct
+
+    @property
+    def limit_sf(self) -> int | None:
+        """WMaxLimPct_SF of the control model (704 first, as limits go through it), as read."""
+        if self.der_controls is not None:
+            return self.der_controls.w_max_lim_pct_sf
+        return None if self.controls is None else self.controls.w_max_lim_pct_sf
 
 
 @dataclass(frozen=True)
@@ -168,7 +182,12 @@ class SunSpecDevice:
                 inv = InverterReading.from_points(mid, pts)
             elif mid in METER_MODELS:
                 met = MeterReading.from_points(mid, pts, invert=self.meter_invert)
-        return FastReading(inv, met)
+        connected = None if inv is None else inv.connected
+        if connected is None and 122 in values:
+            connected = Status.from_points(values[122]).connected
+        if connected is None and 123 in values:
+            connected = ImmediateControls.from_points(values[123]).connected
+        return FastReading(inv, met, connected)
 
     async def poll_slow(self) -> SlowReading:
         v = await self.read_plan(self.slow_poll_plan)
@@ -187,6 +206,8 @@ class SunSpecDevice:
             der_controls=DerControls.from_points(v[704]) if 704 in v else None,
             rated_w=rated,
             w_max=w_max,
+            status=Status.from_points(v[122]) if 122 in v else None,
+            connect_control=control.has_connect_control(v.get(123)),
         )
 
     @property
@@ -204,10 +225,14 @@ class SunSpecDevice:
             )
 
     async def set_limit(self, cmd: LimitCommand) -> LimitResult:
-        """Write a generation limit (or clear it), then verify it by reading it back."""
+        """Write a generation limit (or clear it), rounded down to the register step, then verify
+        it by reading it back. A scale factor outside -10..10 raises InvalidScaleFactorError
+        (a NotControllableError) before anything is written."""
         header = self.control_model()
         before = await self.read_model(header)
-        values = control.limit_values(header, before.raw.get("WMaxLimPct_SF"), cmd)
+        sf = before.raw.get("WMaxLimPct_SF")
+        control.limit_sf(sf)
+        values = control.limit_values(header, sf, cmd)
         mdef = model_def(header.id)
         assert mdef is not None
         writes = control.encode_writes(mdef, header, values)
@@ -238,8 +263,15 @@ class SunSpecDevice:
     async def set_connected(
         self, connect: bool, *, revert_s: int = control.DEFAULT_REVERT_S
     ) -> dict[str, Value]:
-        """Connect or disconnect through 123 Conn (with a revert timer) or 703 ES."""
-        header = control.connect_model(self.map, self.manufacturer)
+        """Connect or disconnect through model 123 Conn with its revert timer (Conn_RvrtTms),
+        verified by reading it back. NotControllableError when the device has no model 123:
+        then only a 0 % limit can stop its output (see ``control``)."""
+        header = control.connect_model(self.map)
+        if header is None:
+            raise control.NotControllableError(
+                f"unit {self.unit}: no connect control (model 123 Conn) among models "
+                f"{self.map.ids}; disconnect is done by a 0 % limit"
+            )
         values = control.connect_values(header, connect, revert_s)
         mdef = model_def(header.id)
         assert mdef is not None
@@ -248,6 +280,10 @@ class SunSpecDevice:
         problems = control.verify(values, after.raw)
         if problems:
             raise VerifyError(f"unit {self.unit} model {header.id}: " + "; ".join(problems))
-        if header.id == 703:
-            log.warning("unit %d: model 703 ES has no revert timer", self.unit)
+        log.debug(
+            "unit %d: %s via model 123 Conn (revert %d s)",
+            self.unit,
+            "connected" if connect else "opened",
+            revert_s,
+        )
         return dict(after.points)

@@ -6,19 +6,27 @@ inverter applies the generation limit the controller asks for. A limit is writte
 changes and rewritten well before its revert timeout, so that the inverter falls back by itself
 if this process stops. The app reads each link's ``state`` snapshot; nothing else touches the
 device.
+
+A link never dies: device trouble (:data:`DEVICE_ERRORS`) marks it offline and is retried; any
+other exception inside its work is a bug or a device doing the unforeseen, and is logged with its
+traceback, marks the device offline and not controllable with the cause, and is retried with
+backoff after a fresh discovery. ``write`` raises only :data:`DEVICE_ERRORS`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import trio
 
 from dynexport.modbus.client import Backoff
-from dynexport.modbus.errors import ModbusError
+from dynexport.modbus.errors import ModbusError, ModbusExceptionResponse
+from dynexport.sunspec import control
 from dynexport.sunspec.bus import RegisterBus
 from dynexport.sunspec.control import (
     CommandError,
@@ -26,11 +34,22 @@ from dynexport.sunspec.control import (
     NotControllableError,
     rewrite_interval,
 )
-from dynexport.sunspec.device import SunSpecDevice, VerifyError
+from dynexport.sunspec.device import LimitResult, SlowReading, SunSpecDevice, VerifyError
 from dynexport.sunspec.discovery import DiscoveryError, NotSunSpecError
-from dynexport.sunspec.views import CommonInfo, InverterReading, MeterReading
+from dynexport.sunspec.views import (
+    CommonInfo,
+    DerControls,
+    ImmediateControls,
+    InverterReading,
+    MeterReading,
+)
 
 log = logging.getLogger("dynexport.sunspec")
+
+
+class LinkFault(Exception):
+    """An unexpected error inside a link's own work, already logged with its traceback."""
+
 
 DEVICE_ERRORS = (
     ModbusError,
@@ -38,9 +57,14 @@ DEVICE_ERRORS = (
     NotSunSpecError,
     VerifyError,
     CommandError,
+    NotControllableError,
+    LinkFault,
     ValueError,
 )
-"""What a device can do wrong; any of these marks it offline and is retried, never fatal."""
+"""What a link's ``write`` may raise; any of these marks the device offline (or not
+controllable) and is retried, never fatal."""
+
+DisconnectMethod = Literal["conn", "limit"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +100,17 @@ class InverterState:
     limit_pct: float | None = None
     """The limit as last read back from the inverter; None = no limit in force."""
     commanded_pct: float | None = None
+    """The limit last written (0 while disconnected), rounded down to the register step."""
     connected: bool | None = None
+    """Grid connection as the inverter reports it (701 ConnSt, 122 ECPConn bit 0 or 123 Conn),
+    refreshed by every fast poll and right after a connect write; None = it does not say."""
+    can_disconnect: bool | None = None
+    """The inverter has a connect control with a revert timer (123 Conn): None until the first
+    slow poll. Only then may the utility be offered the connect mode."""
+    disconnect_method: DisconnectMethod | None = None
+    """How the current disconnect command is carried out: ``"conn"`` (opened through 123
+    Conn), ``"limit"`` (a 0 % limit: no connect control, or the inverter refused it); None
+    while no disconnect is commanded."""
     last_reading: float | None = None
     """trio clock time of the last good fast poll."""
     last_write: float | None = None
@@ -105,6 +139,7 @@ class Desired:
     pct: float | None
     """Generation limit in percent of WMax; None = no limit."""
     connect: bool = True
+    """False: disconnect (through 123 Conn where possible) and limit to 0 % in any case."""
 
 
 class _Link:
@@ -138,6 +173,22 @@ class _Link:
         self._poll_requested = True
         self._wake.set()
 
+    async def run(self) -> None:
+        """Runs until cancelled and never ends otherwise: an unexpected exception is logged
+        with its traceback, marks the device offline, and the link starts over (discovery
+        included) after a backoff."""
+        while True:
+            try:
+                await self._serve()
+            except LinkFault:
+                pass  # raised by write() after it logged the fault and marked the state
+            except Exception as exc:  # a link must outlive its bugs
+                self._fault(exc)
+            await trio.sleep(self.backoff.delay(self._failures))
+
+    async def _serve(self) -> None:
+        raise NotImplementedError
+
     async def _idle_until(self, deadline: float) -> None:
         """Waits until ``deadline`` or until woken by a command or a poll request."""
         with trio.move_on_at(deadline):
@@ -166,12 +217,22 @@ class _Link:
             log.warning("%s: %s", self.id, message)
         await trio.sleep(self.backoff.delay(self._failures))
 
-    def _offline(self, message: str) -> None:
+    def _fault(self, exc: Exception) -> None:
+        """An exception no device error explains: log it with its traceback (the first time
+        and every 30th), and say on the state what happened."""
+        self.last_activity = trio.current_time()
+        self._failures += 1
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        if self._failures == 1 or self._failures % 30 == 0:
+            log.error("%s: %s", self.id, message, exc_info=exc)
+        self._offline(message, fault=True)
+
+    def _offline(self, message: str, *, fault: bool = False) -> None:
         raise NotImplementedError
 
 
 class InverterLink(_Link):
-    """Polls one inverter and keeps the controller's limit in force on it."""
+    """Polls one inverter and keeps the controller's limit (and connection) in force on it."""
 
     def __init__(
         self,
@@ -200,6 +261,15 @@ class InverterLink(_Link):
         self.state = InverterState(id=id)
         self._desired: Desired | None = None
         self._written: Desired | None = None
+        self._model_problem: str | None = None
+        """Why discovery found the device not controllable (no control model), if so."""
+        self._conn_open = False
+        """123 Conn was written (or read) 0: it must be written 1 again on reconnect."""
+        self._conn_refused = False
+        """The inverter refused a Conn write: disconnect by a 0 % limit from now on."""
+        self._next_slow = -math.inf
+        self._next_fast = -math.inf
+        self._restart = False
 
     def command(self, desired: Desired) -> None:
         """Asks for a limit; it is applied promptly by :meth:`run` (the caller never waits)."""
@@ -207,59 +277,91 @@ class InverterLink(_Link):
             self._desired = desired
             self._wake.set()
 
-    def _offline(self, message: str) -> None:
+    def _offline(self, message: str, *, fault: bool = False) -> None:
         self.state = replace(self.state, online=False, error=message)
+        if fault:
+            self.state = replace(self.state, controllable=False, not_controllable=message)
         self._written = None  # unknown after an outage: write again when it answers
         self._changed()
 
-    async def run(self) -> None:
-        """Runs until cancelled: discover, then poll and command forever."""
+    async def _serve(self) -> None:
+        """Discover, then poll and command until cancelled (or an unexpected exception)."""
+        self._restart = False
         while not await self._discover():
             pass
         self._after_discovery()
-        next_slow = trio.current_time()
-        next_fast = trio.current_time()
+        self._next_slow = self._next_fast = trio.current_time()
         while True:
-            now = trio.current_time()
+            if self._restart:  # write() from outside met an unexpected exception
+                raise LinkFault("restart after a fault")
             try:
-                if now >= next_slow:
-                    await self._poll_slow()
-                    next_slow = now + self.slow_s
-                if now >= next_fast or self._poll_requested:
-                    self._poll_requested = False
-                    await self._poll_fast()
-                    next_fast = now + self.fast_s
-                await self._apply()
+                await self.cycle()
+            except LinkFault:
+                raise  # start over, discovery included
             except DEVICE_ERRORS as exc:
                 await self._failed(str(exc))
-                next_fast = trio.current_time()
+                self._next_fast = trio.current_time()
                 continue
             self._failures = 0
-            await self._idle_until(min(next_fast, self._rewrite_due()))
+            await self._idle_until(min(self._next_fast, self._next_slow, self._rewrite_due()))
+
+    async def cycle(self) -> None:
+        """One pass: the slow poll if due, the fast poll if due or asked for, then the command
+        if it changed or is due for its rewrite. Raises only device errors (and bugs)."""
+        now = trio.current_time()
+        if now >= self._next_slow:
+            await self._poll_slow()
+            self._next_slow = now + self.slow_s
+        if now >= self._next_fast or self._poll_requested:
+            self._poll_requested = False
+            await self._poll_fast()
+            self._next_fast = now + self.fast_s
+        await self._apply()
 
     def _after_discovery(self) -> None:
         try:
             self.device.control_model()
-            controllable, reason = True, None
+            self._model_problem = None
         except NotControllableError as exc:
-            controllable, reason = False, str(exc)
-            log.warning("%s: %s", self.id, reason)
+            self._model_problem = str(exc)
+            log.warning("%s: %s", self.id, exc)
         self.state = replace(
             self.state,
-            controllable=controllable,
-            not_controllable=reason,
+            controllable=self._model_problem is None,
+            not_controllable=self._model_problem,
+            can_disconnect=None if self._model_problem is None else False,
             info=DeviceInfo.from_common(self.device.common, tuple(self.device.map.ids)),
         )
         self._changed()
 
+    def _not_controllable(self, reason: str) -> None:
+        if self.state.not_controllable != reason:
+            log.warning("%s: %s", self.id, reason)
+        self.state = replace(
+            self.state, controllable=False, not_controllable=reason, can_disconnect=False
+        )
+        self._written = None
+        self._changed()
+
     async def _poll_slow(self) -> None:
         slow = await self.device.poll_slow()
+        reason = self._model_problem or _limit_sf_problem(slow)
+        conn_usable = slow.connect_control and not self._conn_refused
+        if slow.controls is not None and slow.controls.conn == 0 and conn_usable:
+            self._conn_open = True  # left open (by an earlier run, or the installer): reconnect
         self.state = replace(
             self.state,
             rated_w=slow.rated_w,
             w_max=slow.w_max,
             limit_pct=slow.limit_pct,
+            controllable=reason is None,
+            not_controllable=reason,
+            can_disconnect=reason is None and conn_usable,
         )
+        if reason is not None:
+            if reason != self._model_problem:
+                log.warning("%s: %s", self.id, reason)
+            self._written = None
         self._changed()
 
     async def _poll_fast(self) -> None:
@@ -271,15 +373,16 @@ class InverterLink(_Link):
             error=None,
             reading=reading,
             power_w=None if reading is None else reading.w,
-            connected=None if reading is None else reading.connected,
+            connected=fast.connected,
             last_reading=trio.current_time(),
         )
         self._changed()
 
     def _rewrite_due(self) -> float:
         last = self.state.last_write
-        if last is None or self._written is None or self._written.pct is None:
-            return math.inf
+        written = self._written
+        if last is None or written is None or (written.pct is None and written.connect):
+            return math.inf  # nothing in force that could expire
         return last + rewrite_interval(self.revert_s)
 
     async def _apply(self) -> None:
@@ -287,34 +390,114 @@ class InverterLink(_Link):
         if desired is None or not self.state.controllable:
             return
         due = trio.current_time() >= self._rewrite_due()
-        if desired == self._written and not due:
+        reconnect = desired.connect and self._conn_open
+        # A disconnect done by a 0 % limit before the first slow poll found 123 Conn usable.
+        upgrade = (
+            not desired.connect
+            and self.state.disconnect_method == "limit"
+            and self.state.can_disconnect is True
+        )
+        if desired == self._written and not (due or reconnect or upgrade):
             return
-        await self.write(desired)
-
-    def _connect_due(self) -> bool:
-        return trio.current_time() >= self._rewrite_due()
+        # Not controllable: the state says why; nothing is written until the device changes.
+        with contextlib.suppress(NotControllableError):
+            await self.write(desired)
 
     async def write(self, desired: Desired) -> None:
-        """Writes ``desired`` now (limit and connection), verified by reading it back."""
-        if desired.pct is not None and desired.pct < 0:
-            raise CommandError(f"limit {desired.pct}% is negative")
-        pct = None if desired.pct is None else min(100.0, desired.pct)
-        previous = self._written
-        # Connection is only written on a change (or a first disconnect): many inverters have no
-        # connect control, and Conn's own revert timer reconnects one this process left off.
-        was_connected = True if previous is None else previous.connect
-        if desired.connect != was_connected or (not desired.connect and self._connect_due()):
-            await self.device.set_connected(desired.connect, revert_s=self.revert_s)
-        result = await self.device.set_limit(LimitCommand(pct=pct, revert_s=self.revert_s))
-        readback = result.readback.get("WMaxLimPct")
+        """Writes ``desired`` now (limit, then connection), verified by reading it back.
+
+        A disconnect always writes a 0 % limit (with its revert timer) first, then opens the
+        inverter through 123 Conn (with Conn_RvrtTms) where it can; where it cannot, or the
+        inverter refuses, the 0 % limit is the disconnect. Raises only :data:`DEVICE_ERRORS`.
+        """
+        try:
+            await self._write(desired)
+        except DEVICE_ERRORS:
+            raise
+        except Exception as exc:  # callers get a declared error, the log the traceback
+            self._fault(exc)
+            self._restart = True  # the run loop starts over, discovery included
+            self._wake.set()
+            raise LinkFault(f"{self.id}: internal error while writing: {exc!r}") from exc
+
+    async def _write(self, desired: Desired) -> None:
+        if desired.pct is not None and not (math.isfinite(desired.pct) and desired.pct >= 0):
+            raise CommandError(f"limit {desired.pct}% must be a finite number >= 0")
+        if self.state.controllable is not True:
+            raise NotControllableError(
+                self.state.not_controllable or f"{self.id}: not discovered yet"
+            )
+        disconnect = not desired.connect
+        pct = 0.0 if disconnect else None if desired.pct is None else min(100.0, desired.pct)
+        try:
+            result = await self.device.set_limit(LimitCommand(pct=pct, revert_s=self.revert_s))
+        except NotControllableError as exc:  # e.g. a scale factor outside -10..10
+            self._not_controllable(str(exc))
+            raise
+        method: DisconnectMethod | None = None
+        conn_written = False
+        if disconnect:
+            method = "limit"
+            if self.state.can_disconnect and await self._set_conn(False):
+                method, conn_written = "conn", True
+        elif self._conn_open:
+            await self._set_conn(True)
+            conn_written = True
         self._written = desired
         self.state = replace(
             self.state,
-            commanded_pct=pct,
-            limit_pct=float(readback) if isinstance(readback, int | float) else pct,
+            commanded_pct=None if pct is None else _written_pct(result, pct),
+            limit_pct=_limit_in_force(result),
             last_write=trio.current_time(),
+            disconnect_method=method,
         )
         self._changed()
+        if conn_written:
+            await self._poll_fast()  # the connection state the utility hears, at once
+
+    async def _set_conn(self, connect: bool) -> bool:
+        """Writes 123 Conn; when the inverter refuses (exception answer, no read-back, no
+        model) returns False: a disconnect is then the 0 % limit already written."""
+        try:
+            await self.device.set_connected(connect, revert_s=self.revert_s)
+        except (ModbusExceptionResponse, VerifyError, NotControllableError, CommandError) as exc:
+            # The inverter's considered answer, not an outage: never try Conn again on it (a
+            # retry loop would keep the link offline and block the limit writes).
+            self._conn_refused = True
+            self._conn_open = False
+            self.state = replace(self.state, can_disconnect=False)
+            log.warning(
+                "%s: the inverter refused %s through 123 Conn (%s); %s",
+                self.id,
+                "to close" if connect else "to open",
+                exc,
+                "its connection is left as it is"
+                if connect
+                else "disconnecting by a 0 % limit instead",
+            )
+            return False
+        self._conn_open = not connect
+        return True
+
+
+def _limit_sf_problem(slow: SlowReading) -> str | None:
+    try:
+        control.limit_sf(slow.limit_sf)
+    except NotControllableError as exc:
+        return str(exc)
+    return None
+
+
+def _limit_in_force(result: LimitResult) -> float | None:
+    """The limit the inverter reports after the write (None = disabled or unknown)."""
+    if result.model_id == 704:
+        return DerControls.from_points(result.readback).limit_pct
+    return ImmediateControls.from_points(result.readback).limit_pct
+
+
+def _written_pct(result: LimitResult, asked: float) -> float:
+    value = result.readback.get("WMaxLimPct")
+    return float(value) if isinstance(value, int | float) else asked
 
 
 class MeterLink(_Link):
@@ -343,11 +526,11 @@ class MeterLink(_Link):
         )
         self.state = MeterState(id=id)
 
-    def _offline(self, message: str) -> None:
+    def _offline(self, message: str, *, fault: bool = False) -> None:
         self.state = replace(self.state, online=False, error=message)
         self._changed()
 
-    async def run(self) -> None:
+    async def _serve(self) -> None:
         while not await self._discover():
             pass
         if not self.device.is_meter:

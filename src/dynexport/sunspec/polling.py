@@ -32,6 +32,11 @@ _FAST_METER = (
     *("Hz", "W", "WphA", "WphB", "WphC", "VAR", "VARphA", "VARphB", "VARphC"),
     *("PhV", "PhVphA", "PhVphB", "PhVphC"),
 )
+_FAST_STATUS = ("PVConn", "ECPConn")
+"""Model 122's connection bits: whether the inverter is really on the grid (it may trip, or be
+opened through 123 Conn), read with the power so the utility hears of it within a poll."""
+_FAST_CONN = ("Conn",)
+"""Model 123's connect control, the fallback when a device has no model 122."""
 SLOW_MODELS = (1, 120, 121, 122, 123, 124, 702, 703, 704)
 """Models the slow plan reads whole (top-level points): identity, ratings, settings, controls."""
 
@@ -128,11 +133,17 @@ def make_plan(
 
 def fast_plan(smap: SunSpecMap) -> PollPlan:
     """Power, reactive power, voltage, frequency and status of whatever the device is: the
-    inverter measurement model (or 701) and/or a meter model."""
+    inverter measurement model (or 701) with its grid connection state (701 ConnSt, else 122
+    PVConn/ECPConn, else 123 Conn), and/or a meter model."""
     wants: dict[int, Sequence[str] | None] = {}
     inv = smap.first_of((*INVERTER_MODELS, DER_MEASUREMENT_MODEL))
     if inv is not None:
         wants[inv.id] = fast_points(inv.id)
+        if inv.id != DER_MEASUREMENT_MODEL:  # 701 has ConnSt among its fast points
+            if smap.find(122) is not None:
+                wants[122] = _FAST_STATUS
+            elif smap.find(123) is not None:
+                wants[123] = _FAST_CONN
     meter = smap.first_of(METER_MODELS)
     if meter is not None:
         wants[meter.id] = fast_points(meter.id)

@@ -235,6 +235,8 @@ class ImmediateControls:
     w_max_lim_ena: int | None
     out_pf_set: float | None
     out_pf_set_ena: int | None
+    w_max_lim_pct_sf: int | None = None
+    """As read, even when outside -10..10 (then WMaxLimPct is None and control is refused)."""
 
     @property
     def limit_pct(self) -> float | None:
@@ -258,6 +260,7 @@ class ImmediateControls:
             w_max_lim_ena=_i(pts, "WMaxLim_Ena"),
             out_pf_set=_f(pts, "OutPFSet"),
             out_pf_set_ena=_i(pts, "OutPFSet_Ena"),
+            w_max_lim_pct_sf=_i(pts, "WMaxLimPct_SF"),
         )
 
 
@@ -423,6 +426,8 @@ class DerControls:
     w_max_lim_pct_rvrt_rem: int | None
     w_set_ena: int | None
     w_set: float | None
+    w_max_lim_pct_sf: int | None = None
+    """As read, even when outside -10..10 (then WMaxLimPct is None and control is refused)."""
 
     @property
     def limit_pct(self) -> float | None:
@@ -439,6 +444,7 @@ class DerControls:
             w_max_lim_pct_rvrt_rem=_i(pts, "WMaxLimPctRvrtRem"),
             w_set_ena=_i(pts, "WSetEna"),
             w_set=_f(pts, "WSet"),
+            w_max_lim_pct_sf=_i(pts, "WMaxLimPct_SF"),
         )
 
 
