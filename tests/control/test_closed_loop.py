@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynexport.control.law import ControlSettings
+from dynexport.control.law import ControlOutput, ControlSettings, margin_w
 from dynexport.control.limits import EffectiveLimits
 from dynexport.control.plant import (
     SAPN_STEPS_W,
@@ -18,6 +18,7 @@ from dynexport.control.plant import (
     two_inverter_site,
 )
 
+S = ControlSettings()
 SETTLE_S = 10.0
 """What "well inside 15 s" means here: the plant's own lag is 1.5 s."""
 
@@ -203,3 +204,129 @@ def test_step_metrics_measure_settling_overshoot_and_error():
     assert m.steady_state_error_w == pytest.approx(-10.0)
     assert m.overshoot_w == pytest.approx(990 - 700)
     assert m.max_excess_w == 0.0
+
+
+# --------------------------------------------------------------------------------------
+# Ramps move the limit, not the command; unreachable inverters count at their most
+
+
+FOLLOW_S = 3.0
+"""How far export may trail a moving limit: one tick, then the inverters' lag (τ = 1.5 s)."""
+
+
+def react_s(tau: float) -> float:
+    """How long a load fall takes to answer: the meter window, a tick, then the lag (5 τ)."""
+    return 3.0 + 5.0 * tau
+
+
+def test_a_load_drop_mid_ramp_up_is_followed_at_once_not_by_the_ramp_fraction():
+    # Review figures: limit 0 -> 500 W over 300 s, one 5 kW inverter, load 3000 -> 500 W 10 s
+    # into the ramp: export was +2.4 kW a second later and still +1.35 kW at 170 s.
+    plant = Plant(inverters=[SimInverter("a", 5000, 5000)], load_w=3000.0, seed=21)
+
+    def limits(t: float) -> EffectiveLimits:
+        return export_limit(0.0 if t < 30 else 500.0, ramp_tms=30000)
+
+    def world(t: float, p: Plant) -> None:
+        p.load_w = 3000.0 if t < 40 else 500.0
+
+    commands: list[tuple[float, float]] = []
+
+    def observe(t: float, p: Plant, lim: EffectiveLimits, out: ControlOutput) -> None:
+        assert out.load_estimate_w is not None and out.export_limit_w is not None
+        aim = out.load_estimate_w + out.export_limit_w - margin_w(out.export_limit_w, S)
+        commands.append((out.state.gen_cmd_w or 0.0, max(aim, 0.0)))
+
+    trace = run_closed_loop(plant, limits, 220.0, hook=world, observe=observe)
+    for pt in trace:
+        ramped = 0.0 if pt.t < 30 else 500.0 * min((pt.t - 30) / 300, 1.0)
+        if pt.t >= 40 + react_s(plant.tau_s):
+            assert pt.export_w <= ramped * 1.04 + 50, pt
+    assert all(cmd <= aim + 1e-6 for cmd, aim in commands)  # never more than the live target
+
+
+def test_a_load_drop_mid_ramp_down_never_exports_above_the_old_limit():
+    # Review figures: 5000 -> 1500 W over 60 s, load drop 5 s in: export reached 6.85 kW.
+    plant = two_inverter_site(seed=22)
+    plant.load_w = 3000.0
+
+    def limits(t: float) -> EffectiveLimits:
+        return export_limit(5000.0 if t < 30 else 1500.0, ramp_tms=6000)
+
+    def world(t: float, p: Plant) -> None:
+        p.load_w = 3000.0 if t < 35 else 500.0
+
+    trace = run_closed_loop(plant, limits, 120.0, hook=world)
+    for pt in trace:
+        if pt.t >= 35 + react_s(plant.tau_s):
+            # The ramp as it was FOLLOW_S ago: a tick and the inverters' lag behind it.
+            ramped = 5000.0 - 3500.0 * min(max(pt.t - FOLLOW_S - 30, 0) / 60, 1.0)
+            assert pt.export_w <= ramped * 1.04 + 50, pt
+            assert pt.export_w <= 5000.0, pt
+
+
+def test_set_grad_w_ramps_a_utility_reduction_down_at_its_rate():
+    plant = two_inverter_site(seed=23)
+    grad = 100  # 1 %/s of the site's 12 kW: 120 W/s; 6000 -> 1200 W takes 40 s
+
+    def limits(t: float) -> EffectiveLimits:
+        return export_limit(6000.0 if t < 30 else 1200.0, set_grad_w=grad)
+
+    trace = run_closed_loop(plant, limits, 100.0)
+    by_t = {round(pt.t): pt for pt in trace}
+    for t in range(32, 70):
+        ramped = max(6000.0 - 120.0 * (t - 30), 1200.0)
+        behind = max(6000.0 - 120.0 * (t - FOLLOW_S - 30), 1200.0)
+        assert ramped - 300 <= by_t[t].export_w <= behind * 1.04 + 50, t  # follows the ramp
+    assert all(abs(by_t[t].export_w - 1200) <= tolerance_w(1200) for t in range(80, 100))
+
+
+def test_an_unreachable_inverter_with_a_quiet_meter_is_counted_at_its_rating_after_revert():
+    # Review figures: export limit, meter and one inverter lost: the inverter was counted at its
+    # last output, its revert timer lifted its limit, and the site exported far over the limit.
+    plant = Plant(
+        inverters=[SimInverter("a", 6000, 6000), SimInverter("b", 2000, 2000)],
+        load_w=500.0,
+        seed=24,
+    )
+    plant.revert_s = 20.0
+
+    def world(t: float, p: Plant) -> None:
+        if t >= 30:
+            p.meter_alive = False
+            p.inverters[1].reachable = False
+
+    trace = run_closed_loop(plant, lambda t: export_limit(3000.0), 120.0, hook=world)
+    assert trace[-1].mode == "failsafe"
+    assert plant.inverters[1].output_w == pytest.approx(2000, abs=5)  # b runs free since ~50 s
+    # Fail-safe: generation within the limit, b counted at its rating, even at zero load.
+    assert all(pt.der_w <= 3000.0 for pt in trace if pt.t >= 40)
+    assert all(pt.export_w <= 3000.0 * 1.04 + 50 for pt in trace if pt.t >= 40)
+
+
+def test_an_unreachable_inverters_revert_is_anticipated_with_a_fresh_meter():
+    # b (PV 1.5 kW) cannot be reached from 30 s; its revert timer frees it at about 49 s. Its
+    # rise (about 500 W here) is reserved from 5 s before, so export never goes over.
+    plant = Plant(
+        inverters=[SimInverter("a", 6000, 6000), SimInverter("b", 6000, 1500)],
+        load_w=500.0,
+        seed=25,
+    )
+    plant.revert_s = 20.0
+
+    def world(t: float, p: Plant) -> None:
+        if t >= 30:
+            p.inverters[1].reachable = False
+
+    trace = run_closed_loop(plant, lambda t: export_limit(1500.0), 100.0, hook=world)
+    assert plant.inverters[1].output_w == pytest.approx(1500, abs=5)
+    assert all(pt.export_w <= 1500 * 1.04 + 50 for pt in trace if pt.t >= 10)
+    assert all(abs(pt.export_w - 1500) <= tolerance_w(1500) for pt in trace if pt.t >= 75)
+
+
+def test_written_limits_rounded_down_to_the_register_step_keep_export_below_the_limit():
+    plant = two_inverter_site(seed=26)
+    plant.limit_step_pct = 1.0  # WMaxLimPct_SF = 0: whole percent
+    trace = run_closed_loop(plant, lambda t: export_limit(1500.0), 60.0)
+    assert all(pct is None or pct == int(pct) for pct in (i.limit_pct for i in plant.inverters))
+    assert all(pt.export_w <= 1500 + tolerance_w(1500) for pt in trace if pt.t >= SETTLE_S)

@@ -123,11 +123,18 @@ def test_generation_limit_caps_total_output_directly():
     assert total == pytest.approx(3000 - margin_w(3000, S))
 
 
-def test_generation_limit_counts_an_offline_inverters_last_output():
-    invs = [inv("a", 5000, 1000), inv("b", 5000, 1200, online=False)]
+def test_generation_limit_counts_an_unreachable_inverter_at_its_limit_until_it_reverts():
+    # b was last written 40 % of 5 kW, a limit its own revert timer lifts at t = 100.
+    b = InverterState("b", False, True, 5000, 1200, last_limit_pct=40.0, limit_expires_t=100.0)
+    invs = [inv("a", 5000, 1000), b]
     limits = EffectiveLimits(generation_w=3000, sources={"generation_w": "utility"})
     out = control_step(meter_at(0, -1700), invs, limits, ControllerState(), 0)
-    assert 5000 * limited(out)["a"] / 100 == pytest.approx(3000 - margin_w(3000, S) - 1200)
+    assert 5000 * limited(out)["a"] / 100 == pytest.approx(3000 - margin_w(3000, S) - 2000)
+    assert out.offline_w == pytest.approx(2000)
+    # Within revert_lead_s of its revert time it may make its whole rating: a gets nothing.
+    late = control_step(meter_at(96, -1700), invs, limits, ControllerState(), 96)
+    assert limited(late)["a"] == 0.0
+    assert late.offline_w == pytest.approx(5000)
 
 
 def test_energize_false_sets_every_inverter_to_zero():
@@ -202,8 +209,10 @@ def test_ramp_tms_spreads_a_utility_change_over_its_duration():
         state = out.state
         targets.append(out.target_w)
     final = 500 + 5000 - margin_w(5000, S)
-    # Linear over 10 s from the change at t=1: at t=6, half way.
-    assert targets[5] == pytest.approx(start + (final - start) * 0.5, abs=1)
+    # The limit moves linearly over 10 s from the change at t=1: at t=6 it is half way (3000 W)
+    # and the target is the live load plus that limit.
+    assert start == pytest.approx(500 + 1000 - margin_w(1000, S))
+    assert targets[5] == pytest.approx(500 + 3000 - margin_w(3000, S), abs=1)
     assert targets[-1] == pytest.approx(final, abs=1)
 
 

@@ -7,10 +7,13 @@ from datetime import time
 import pytest
 
 from dynexport.control.limits import (
+    FALLBACK_LABEL,
     LimitsConfig,
     LimitsConfigError,
     TimeWindow,
     UtilityLimits,
+    is_fallback_source,
+    is_utility_source,
     merge_limits,
     parse_limits,
 )
@@ -153,3 +156,29 @@ def test_import_and_load_limits_merge_like_the_others():
     eff = merge_limits(UtilityLimits(import_w=3000.0), LimitsConfig(import_w=2000.0, load_w=7000.0))
     assert (eff.import_w, eff.load_w) == (2000.0, 7000.0)
     assert eff.sources["import_w"] == "config"
+
+
+def test_the_fallback_label_is_a_utility_side_source_but_not_the_utilitys_control():
+    assert is_fallback_source(FALLBACK_LABEL) and not is_utility_source(FALLBACK_LABEL)
+    assert is_utility_source("utility") and is_utility_source("utility event 1A")
+    assert not is_fallback_source("utility event 1A")
+    assert not is_utility_source("config") and not is_fallback_source("config")
+    assert not is_utility_source("") and not is_utility_source("window 10:00-16:00")
+
+
+def test_a_fallback_limit_merges_like_the_utilitys_and_keeps_its_label_but_no_ramp():
+    fallback = UtilityLimits(export_w=1500.0, ramp_tms=3000, set_grad_w=27, label=FALLBACK_LABEL)
+    eff = merge_limits(fallback, LimitsConfig(export_w=5000.0))
+    assert eff.export_w == 1500.0
+    assert eff.sources["export_w"] == FALLBACK_LABEL
+    assert eff.ramp_tms is None and "ramp_tms" not in eff.sources  # never ramped
+    assert eff.set_grad_w == 27  # still caps increases
+    lower = merge_limits(fallback, LimitsConfig(export_w=1000.0))
+    assert (lower.export_w, lower.sources["export_w"]) == (1000.0, "config")
+
+
+def test_utility_values_that_are_not_numbers_fail_closed_in_the_merge():
+    eff = merge_limits(UtilityLimits(export_w=float("nan"), generation_w=float("-inf")), None)
+    assert (eff.export_w, eff.generation_w) == (0.0, 0.0)
+    assert eff.sources["export_w"] == "utility"
+    assert merge_limits(UtilityLimits(export_w=float("inf")), None).export_w is None

@@ -7,6 +7,7 @@ inverters move, which is exactly how a feed-forward controller starts to oscilla
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -21,8 +22,11 @@ class RollingMean:
         """A new buffer with this sample; samples older than the window (from ``t``) are dropped.
 
         An out-of-order sample (older than the newest) is ignored: a late reply from a retried
-        request must not roll the reading back.
+        request must not roll the reading back. So is a sample whose time or value is not a
+        finite number: one NaN would make every mean over the window NaN.
         """
+        if not (math.isfinite(t) and math.isfinite(value)):
+            return self
         if self.samples and t < self.samples[-1][0]:
             return self
         kept = tuple(s for s in self.samples if s[0] > t - self.window_s)

@@ -4,7 +4,11 @@ Without a fresh meter reading the load is unknown, so the only limit that is saf
 household does is one that keeps export within the limit *with zero load*: total generation no
 more than the export limit. An inverter that stops answering is its device link's business (it
 is marked offline and retried with backoff); meanwhile its own revert timer (every limit is
-written with one) brings it back to its default, and the meter sees whatever it produces.
+written with one) brings it back to its default. The law therefore counts it at the most it may
+make (``law.possible_output_w``: its last limit until shortly before that limit's revert time,
+then its rating) against this cap; with a fresh meter, the meter sees what it really makes.
+The fallback export limit (utility configured, no usable schedule) arrives as an ordinary
+effective export limit labelled "utility fallback", so it is also the default fail-safe cap.
 """
 
 from __future__ import annotations

@@ -10,8 +10,11 @@ inverters' own output with feedback through the meter:
 which is the generation that would put export exactly at (limit - margin) whatever the household
 draws. Because the estimate does not depend on what the inverters do, there is no loop gain to
 tune and nothing to oscillate. Reductions apply at once (safety first); increases are filtered
-(first-order, 1 s) so measurement noise rides below the limit instead of over it. Utility ramps
-(rampTms, setGradW) shape transitions as the utility asks. See docs/control.md for the numbers.
+(first-order, 1 s) so measurement noise rides below the limit instead of over it.
+
+Utility ramps (rampTms, and setGradW for reductions) move the *limit value*, never the command:
+the target is recomputed from the live load estimate on every call and the command never exceeds
+it, so a load drop in the middle of a ramp is followed at once. See docs/control.md.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from enum import IntFlag
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from dynexport.control.average import RollingMean
 from dynexport.control.failsafe import DEFAULT_STALE_S, failsafe_generation_w, meter_is_stale
-from dynexport.control.limits import EffectiveLimits
+from dynexport.control.limits import EffectiveLimits, is_utility_source
 
 
 class DOEMode(IntFlag):
@@ -44,6 +47,7 @@ reported as not enforced and must not be advertised."""
 
 ENFORCED_LIMITS: frozenset[str] = frozenset({"export_w", "generation_w", "connect", "energize"})
 UNENFORCED_LIMITS: tuple[str, ...] = ("import_w", "load_w")
+RAMPED_LIMITS: tuple[str, ...] = ("export_w", "generation_w")
 
 Mode = Literal["normal", "failsafe", "deenergized", "disconnected"]
 
@@ -66,6 +70,13 @@ class InverterState:
     """When ``power_w`` was read (same clock as ``now``); None: read just now. The load estimate
     pairs each meter sample with the DER output at that sample's time, so a reading a second
     old must say so, or a falling output makes the load look larger than it is."""
+    last_limit_pct: float | None = None
+    """The limit last written to it (percent of ``rated_w``); None: none written, or unknown."""
+    limit_expires_t: float | None = None
+    """When that limit's revert timer lifts it (same clock as ``now``: the write time plus the
+    revert timeout); None: unknown. An inverter that cannot be reached is counted at the most it
+    may produce: ``last_limit_pct`` of its rating until shortly before this time, then its
+    rating."""
 
 
 @dataclass(frozen=True)
@@ -99,15 +110,42 @@ class ControlSettings:
     stale_s: float = DEFAULT_STALE_S
     failsafe_generation_w: float | None = None
     """Installer's fail-safe total generation; None: the export limit (safe at zero load)."""
+    revert_lead_s: float = 5.0
+    """An unreachable inverter counts at its full rating from this long before its limit's
+    revert time: the next decision is an interval away and the others need a few time constants
+    of their own lag to come down before it rises."""
+    revert_guard_s: float = 5.0
+    """…and, with a fresh meter, the rise its revert allows is reserved until this long after
+    that time, by when the meter (and so the load estimate) has seen it."""
 
 
 @dataclass(frozen=True)
-class Ramp:
-    """A utility-requested transition (rampTms): from ``start_w`` to the live target."""
+class LimitRamp:
+    """A utility limit moving linearly from ``start_w`` to ``end_w`` (None: no limit at the end).
 
+    ``kind`` says why: "rampTms" (the utility's ramp time, either direction) or "setGradW" (a
+    reduction at the utility's default gradient).
+    """
+
+    name: str
     t0: float
     duration_s: float
     start_w: float
+    end_w: float | None
+    kind: Literal["rampTms", "setGradW"]
+
+    def active(self, now: float) -> bool:
+        return now - self.t0 < self.duration_s
+
+    def value(self, now: float, ceiling_w: float) -> float:
+        """The limit at ``now``; a ramp towards "no limit" heads for ``ceiling_w``."""
+        end = max(ceiling_w, self.start_w) if self.end_w is None else self.end_w
+        frac = min(max((now - self.t0) / self.duration_s, 0.0), 1.0)
+        return self.start_w + (end - self.start_w) * frac
+
+    def slope_w_s(self, ceiling_w: float) -> float:
+        end = max(ceiling_w, self.start_w) if self.end_w is None else self.end_w
+        return (end - self.start_w) / self.duration_s
 
 
 LimitsKey = tuple[tuple[object, str], ...]
@@ -120,10 +158,13 @@ class ControllerState:
     last_t: float | None = None
     gen_cmd_w: float | None = None
     """Total output allowed for the online inverters last time (None: never computed)."""
-    der: RollingMean = field(default_factory=RollingMean)
-    """Total online DER output, sampled at each call, averaged like the meter."""
+    der: tuple[tuple[str, RollingMean], ...] = ()
+    """Each online inverter's output, sampled at each call, kept a little longer than the meter
+    window. Per inverter so that one going offline leaves the history of the others consistent:
+    a summed history would pair meter samples with output that includes it, and read the load
+    high by its output for one window."""
     limits_key: LimitsKey | None = None
-    ramp: Ramp | None = None
+    ramps: tuple[LimitRamp, ...] = ()
     mode: Mode = "normal"
     hold_until: float = -math.inf
     """No increase before this time: the load estimate is still settling after a big cut."""
@@ -147,13 +188,85 @@ class ControlOutput:
     not_enforced: tuple[str, ...]
     """Limits in force that this site cannot enforce (import_w, load_w)."""
     skipped: dict[str, str]
-    """Inverters given no command, and why ("offline", "not controllable")."""
+    """Inverters given no command, and why ("offline", "not controllable", ...)."""
     state: ControllerState
+    export_limit_w: float | None = None
+    """The export limit worked to this call: the effective one, or its value part-way through a
+    utility ramp (None: no export limit)."""
+    generation_limit_w: float | None = None
+    """Likewise for the generation limit."""
+    offline_w: float = 0.0
+    """What unreachable inverters were counted at (W), against the fail-safe and generation
+    caps (their most possible output), or against the export target (their possible rise around
+    a revert time)."""
 
 
 def margin_w(limit_w: float, settings: ControlSettings) -> float:
     """How far below a limit to aim."""
     return max(abs(limit_w) * settings.margin_pct / 100.0, settings.margin_min_w)
+
+
+def _finite(x: object) -> TypeGuard[float]:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _clean_limit(value: float | None) -> float | None:
+    """A limit the law can use: NaN fails closed (0 W); +inf is no limit; -inf is 0 W."""
+    if value is None:
+        return None
+    if math.isnan(value):
+        return 0.0
+    if math.isinf(value):
+        return None if value > 0 else 0.0
+    return float(value)
+
+
+def _rated(inv: InverterState) -> float:
+    """The rating, or 0 when unknown or nonsense (NaN, inf, negative)."""
+    return float(inv.rated_w) if _finite(inv.rated_w) and inv.rated_w > 0 else 0.0
+
+
+def possible_output_w(inv: InverterState, now: float, lead_s: float = 0.0) -> float:
+    """The most an inverter that cannot be reached may produce now (and for ``lead_s`` more).
+
+    Its last written limit holds until its revert timer lifts it; after that (or if either is
+    unknown) only its rating bounds it. Never less than its last reading: it may not have come
+    down yet. An inverter whose rating is unknown is counted at its last reading, the only
+    figure there is.
+    """
+    last = max(float(inv.power_w), 0.0) if _finite(inv.power_w) else 0.0
+    rated = _rated(inv)
+    if rated <= 0:
+        return last
+    cap = rated
+    pct, expires = inv.last_limit_pct, inv.limit_expires_t
+    if _finite(pct) and _finite(expires) and now + lead_s < expires:
+        cap = rated * min(max(pct, 0.0), 100.0) / 100.0
+    return max(cap, last)
+
+
+def unseen_rise_w(inv: InverterState, now: float, settings: ControlSettings) -> float:
+    """How much an unreachable inverter may rise that a fresh meter cannot have seen yet.
+
+    With a fresh meter its real output is in the reading, so only foreseeable jumps need a
+    reserve. Its revert timer: from ``revert_lead_s`` before its limit's revert time until
+    ``revert_guard_s`` after; held at its limit it makes min(PV, limit), freed min(PV, rating),
+    so the rise is at most rating − limit whatever the sun does. And just after it was lost
+    (``revert_guard_s`` from its last reading): it may still be rising to the limit last written.
+    """
+    rise = 0.0
+    expires, pct = inv.limit_expires_t, inv.last_limit_pct
+    if (
+        _finite(expires)
+        and _finite(pct)
+        and expires - settings.revert_lead_s <= now < expires + settings.revert_guard_s
+    ):
+        rise = _rated(inv) * (1.0 - min(max(pct, 0.0), 100.0) / 100.0)
+    seen_t = inv.sampled_t
+    if _finite(seen_t) and now < seen_t + settings.revert_guard_s:
+        last = max(float(inv.power_w), 0.0) if _finite(inv.power_w) else 0.0
+        rise = max(rise, possible_output_w(inv, now, settings.revert_lead_s) - last)
+    return rise
 
 
 def control_step(
@@ -164,62 +277,113 @@ def control_step(
     now: float,
     settings: ControlSettings | None = None,
 ) -> ControlOutput:
-    """One decision. ``meter`` holds site power samples (positive import, negative export)."""
+    """One decision. ``meter`` holds site power samples (positive import, negative export).
+
+    Raises ValueError only for a time that is not a finite number (there is no decision to make
+    without one); every other bad input (NaN or infinite readings, ratings, limits) is handled
+    on the safe side: a NaN limit is 0 W, an unusable reading makes its inverter count as
+    unreachable, a non-finite meter sample is ignored.
+    """
     s = settings or ControlSettings()
-    dt = s.interval_s if state.last_t is None else min(max(now - state.last_t, 0.0), 60.0)
-    online = [i for i in inverters if i.online]
-    ctrl = [i for i in online if i.controllable and i.rated_w > 0]
-    skipped = {i.id: "offline" for i in inverters if not i.online}
-    skipped.update({i.id: "not controllable" for i in online if i not in ctrl})
+    if not _finite(now):
+        raise ValueError(f"control_step: now must be a finite time, not {now!r}")
+    last_t = state.last_t if _finite(state.last_t) else None
+    dt = s.interval_s if last_t is None else min(max(now - last_t, 0.0), 60.0)
+    meter = RollingMean(
+        meter.window_s, tuple((t, v) for t, v in meter.samples if _finite(t) and _finite(v))
+    )
+    limits = replace(
+        limits,
+        export_w=_clean_limit(limits.export_w),
+        generation_w=_clean_limit(limits.generation_w),
+    )
+
+    # Inverters: only an online one with a usable reading counts as online; the rest are
+    # counted at the most they may produce.
+    online = [i for i in inverters if i.online and _finite(i.power_w)]
+    ctrl = [i for i in online if i.controllable and _rated(i) > 0]
+    offline = [i for i in inverters if i not in online]
+    skipped = {i.id: "offline" if not i.online else "no valid power reading" for i in offline}
+    skipped.update(
+        {i.id: "not controllable" if not i.controllable else "no rating" for i in online}
+    )
+    for i in ctrl:
+        del skipped[i.id]
     uncontrolled_w = sum(max(i.power_w, 0.0) for i in online if i not in ctrl)
-    offline_w = sum(max(i.power_w, 0.0) for i in inverters if not i.online)
-    rated_online = sum(max(i.rated_w, 0.0) for i in online)
-    rated_site = sum(max(i.rated_w, 0.0) for i in inverters)
-    rated_ctrl = sum(i.rated_w for i in ctrl)
-    # Keep DER history a little longer than the window, so every meter sample in the window
-    # has a DER value on each side of it to interpolate between.
-    der_window = s.average_s + 2.0 * max(s.interval_s, dt)
-    stamps = [i.sampled_t for i in online if i.sampled_t is not None]
-    der_t = min(now, sum(stamps) / len(stamps)) if stamps else now
-    # add() ignores a sample no newer than the last one: an unchanged reading adds nothing.
-    der = RollingMean(der_window, state.der.samples).add(der_t, sum(i.power_w for i in online))
+    offline_max_w = sum(possible_output_w(i, now, s.revert_lead_s) for i in offline)
+    # The most the online inverters can make: above this, no limit is needed.
+    rated_online = sum(max(_rated(i), i.power_w) for i in online)
+    rated_site = sum(_rated(i) for i in inverters)
+    rated_ctrl = sum(_rated(i) for i in ctrl)
+
+    der = _update_der(state.der, online, now, s, dt)
+    der_now = sum(m.latest or 0.0 for _, m in der)
     not_enforced = tuple(k for k in UNENFORCED_LIMITS if limits.power(k) is not None)
     key = _limits_key(limits)
 
     def out(
         pct: float | None, connect: bool, mode: Mode, target: float | None, budget: float,
         source: str, load: float | None, new_state: ControllerState,
+        lims: tuple[float | None, float | None] = (None, None), off_w: float = 0.0,
     ) -> ControlOutput:  # fmt: skip
         commands = tuple(InverterCommand(i.id, pct, connect) for i in ctrl)
         return ControlOutput(
-            commands, connect, mode, target, budget, source, load, not_enforced, skipped, new_state
-        )
+            commands, connect, mode, target, budget, source, load, not_enforced, skipped,
+            new_state, lims[0], lims[1], off_w,
+        )  # fmt: skip
 
     if not limits.connect or not limits.energize:
         # Disconnect / de-energize: 0 % as well, so that output is nil even if the inverter
         # ignores the connect command, and so the next increase ramps up from zero.
         mode: Mode = "disconnected" if not limits.connect else "deenergized"
         src = limits.sources.get("connect" if not limits.connect else "energize", "")
-        new = ControllerState(now, 0.0, der, key, None, mode)
+        new = ControllerState(now, 0.0, der, key, (), mode)
         return out(0.0, limits.connect, mode, 0.0, 0.0, src, None, new)
 
     stale = meter_is_stale(meter, now, s.stale_s)
+    # A late meter (no sample in the window, not yet stale) still justifies a cut, never a rise:
+    # its last reading says nothing about what the household or the unreachable inverters did
+    # since.
+    late = not stale and meter.latest_t is not None and meter.latest_t <= now - s.average_s
+    load_est = None if stale else estimate_load(meter, [m for _, m in der], now, s.average_s)
+    measured = {
+        "export_w": None if load_est is None else der_now - load_est,
+        "generation_w": der_now,
+    }
+    ramps = _update_ramps(state, key, limits, now, rated_site, measured)
+    ramped: dict[str, float | None] = {}
+    for name in RAMPED_LIMITS:
+        ramp = next((r for r in ramps if r.name == name), None)
+        ramped[name] = limits.power(name) if ramp is None else ramp.value(now, rated_site)
+
     candidates: list[tuple[float, str]] = []
-    load_est: float | None = None
+    offline_w = 0.0
     if stale:
-        fs_w, fs_src = failsafe_generation_w(limits, s.failsafe_generation_w)
+        # The fail-safe is never slowed by a ramp down, and never lifts a ramp up early.
+        lower = {n: _min_limit(limits.power(n), ramped[n]) for n in RAMPED_LIMITS}
+        fs_limits = replace(limits, export_w=lower["export_w"], generation_w=lower["generation_w"])
+        fs_w, fs_src = failsafe_generation_w(fs_limits, s.failsafe_generation_w)
         if fs_w is not None:
-            # Offline inverters may still produce their last output: count it against the cap.
+            # Unreachable inverters may produce up to their limit, or their rating once their
+            # revert timer lifts it: count the most, or the site may export it all.
+            offline_w = offline_max_w
             candidates.append((fs_w - margin_w(fs_w, s) - offline_w, fs_src))
     else:
-        load_est = estimate_load(meter, der, now, s.average_s)
-        if limits.export_w is not None:
-            # Offline inverters' real output is in the meter reading (it lowers the load
-            # estimate), so the export budget needs no guess about it.
-            aim = load_est + limits.export_w - margin_w(limits.export_w, s)
+        assert load_est is not None
+        exp_w, gen_w = ramped["export_w"], ramped["generation_w"]
+        if exp_w is not None:
+            # Unreachable inverters' real output is in the meter reading (it lowers the load
+            # estimate), so the export target needs no guess about it, except a rise the meter
+            # cannot have seen yet (just lost, or around a revert time). A late meter saw them
+            # as they were a while ago (they may have risen to their limit since): count the
+            # most they may make, as the fail-safe will.
+            rise_w = offline_max_w if late else sum(unseen_rise_w(i, now, s) for i in offline)
+            offline_w = rise_w
+            aim = load_est + exp_w - margin_w(exp_w, s) - rise_w
             candidates.append((aim, limits.sources.get("export_w", "")))
-        if limits.generation_w is not None:
-            aim = limits.generation_w - margin_w(limits.generation_w, s) - offline_w
+        if gen_w is not None:
+            offline_w = max(offline_w, offline_max_w)
+            aim = gen_w - margin_w(gen_w, s) - offline_max_w
             candidates.append((aim, limits.sources.get("generation_w", "")))
 
     raw, source = min(candidates, default=(math.inf, ""), key=lambda c: c[0])
@@ -227,42 +391,35 @@ def control_step(
     if raw >= rated_online:
         raw, source = rated_online, ""  # more than the online inverters can make: no limit
 
-    prev = state.gen_cmd_w
-    hold_until = state.hold_until
-    ramp = state.ramp
-    if stale:
-        ramp = None  # the fail-safe is never slowed
-    elif state.limits_key is not None and key != state.limits_key:
-        ramp = None
-        if limits.ramp_tms and _utility_changed(state.limits_key, key):
-            der_now = der.latest or 0.0
-            start = prev if prev is not None else raw
-            if raw < start:
-                start = min(start, der_now)  # "from current": what the inverters make now
-            ramp = Ramp(now, limits.ramp_tms / 100.0, start)
-
-    if ramp is not None and now - ramp.t0 < ramp.duration_s:
-        frac = (now - ramp.t0) / ramp.duration_s
-        cmd = ramp.start_w + (raw - ramp.start_w) * frac
-    elif ramp is not None:
-        ramp = None
-        cmd = raw  # the utility's ramp is complete: it already was the gentle approach
+    prev = max(state.gen_cmd_w, 0.0) if _finite(state.gen_cmd_w) else None
+    hold_until = state.hold_until if not math.isnan(state.hold_until) else -math.inf
+    settle_until = now + s.average_s + s.interval_s
+    if prev is not None and prev - raw > s.hold_cut_w:
+        hold_until = max(hold_until, settle_until)  # a big cut
+    if der_now - (raw if prev is None else min(raw, prev)) > s.hold_cut_w:
+        # The output is about to fall a long way (after a cut, or an inverter back in reach that
+        # ran free): until the window holds only samples from after that, the estimate reads high.
+        hold_until = max(hold_until, settle_until)
+    if prev is None or raw <= prev:
+        cmd = raw  # reductions at once, whatever caused them
+    elif now < hold_until or late:
+        cmd = prev
     else:
-        ramp = None
-        if prev is None or raw <= prev:
-            cmd = raw
-            if prev is not None and prev - cmd > s.hold_cut_w:
-                hold_until = now + s.average_s + s.interval_s
-        elif now < hold_until:
-            cmd = prev
-        else:
-            step = max(
-                (raw - prev) * (1.0 - math.exp(-dt / s.up_time_constant_s)),
-                s.up_min_rate_w_s * dt,
-            )
-            if limits.set_grad_w:
-                step = min(step, limits.set_grad_w / 10000.0 * rated_site * dt)
-            cmd = min(raw, prev + step)
+        step = max(
+            (raw - prev) * (1.0 - math.exp(-dt / s.up_time_constant_s)),
+            s.up_min_rate_w_s * dt,
+        )
+        # A ramp running now, or until now if the limits did not change (its last step ends at
+        # this call).
+        ended = state.ramps if key == state.limits_key else ()
+        tms = [r for r in (*ended, *ramps) if r.kind == "rampTms"]
+        if tms:
+            # The utility's ramp is the gentle approach: keep pace with its slope.
+            step = max(step, max(r.slope_w_s(rated_site) for r in tms) * dt)
+        elif limits.set_grad_w:
+            step = min(step, limits.set_grad_w / 10000.0 * rated_site * dt)
+        cmd = prev + step
+    cmd = min(cmd, raw)  # never more than the live target, in any state
 
     budget = max(cmd - uncontrolled_w, 0.0)
     pct: float | None = None
@@ -270,38 +427,125 @@ def control_step(
         pct = min(max(100.0 * budget / rated_ctrl, 0.0), 100.0)
     target = None if not source and cmd >= rated_online else cmd
     mode = "failsafe" if stale else "normal"
-    new = ControllerState(now, cmd, der, key, ramp, mode, hold_until)
-    return out(pct, True, mode, target, budget, source, load_est, new)
+    new = ControllerState(now, cmd, der, key, ramps, mode, hold_until)
+    lims = (ramped["export_w"], ramped["generation_w"])
+    return out(pct, True, mode, target, budget, source, load_est, new, lims, offline_w)
+
+
+def _min_limit(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _update_der(
+    history: tuple[tuple[str, RollingMean], ...],
+    online: Sequence[InverterState],
+    now: float,
+    s: ControlSettings,
+    dt: float,
+) -> tuple[tuple[str, RollingMean], ...]:
+    """Add each online inverter's reading to its own history; forget the others.
+
+    The history reaches back over the stale timeout plus a little, so that every meter sample
+    the law may still use (a late one included) has DER values around it to interpolate
+    between: pairing an old meter reading with today's output reads the load high by however
+    much the output rose since, and the law would raise the output on that. A reading above the
+    rating is taken at the rating: it can only make the load (and so the target) look larger.
+    """
+    window = max(s.average_s, s.stale_s) + 2.0 * max(s.interval_s, dt)
+    old = dict(history)
+    result = []
+    for inv in online:
+        t = inv.sampled_t if _finite(inv.sampled_t) else now
+        assert t is not None
+        rated = _rated(inv)
+        power = min(inv.power_w, rated) if rated > 0 else inv.power_w
+        # add() ignores a sample no newer than the last one: an unchanged reading adds nothing.
+        mean = RollingMean(window, old[inv.id].samples if inv.id in old else ())
+        result.append((inv.id, mean.add(min(t, now), power)))
+    return tuple(result)
+
+
+def _update_ramps(
+    state: ControllerState,
+    key: LimitsKey,
+    limits: EffectiveLimits,
+    now: float,
+    rated_site: float,
+    measured: dict[str, float | None],
+) -> tuple[LimitRamp, ...]:
+    """The utility ramps in force after this call's limits: new ones start from the value in
+    force until now (a ramp part-way, the old limit, or, from no limit, what the site makes)."""
+    ramps = {r.name: r for r in state.ramps}
+    if state.limits_key is not None and key != state.limits_key:
+        old_by = dict(zip(_KEY_NAMES, state.limits_key, strict=True))
+        new_by = dict(zip(_KEY_NAMES, key, strict=True))
+        for name in RAMPED_LIMITS:
+            (old_v, old_src), (new_v, new_src) = old_by[name], new_by[name]
+            if (old_v, old_src) == (new_v, new_src):
+                continue
+            running = ramps.pop(name, None)
+            if not _utility_changed(old_src, new_src):
+                continue  # a config or window change, or the fallback: no utility ramp
+            assert old_v is None or isinstance(old_v, float | int)
+            assert new_v is None or isinstance(new_v, float | int)
+            current: float | None
+            if running is not None and running.active(now) and running.end_w == old_v:
+                current = running.value(now, rated_site)
+            elif old_v is not None:
+                current = float(old_v)
+            else:  # from no limit: from what the site makes now, if known
+                seen = measured[name]
+                current = None if seen is None or new_v is None else max(seen, float(new_v))
+            if current is None:
+                continue
+            end = None if new_v is None else float(new_v)
+            if limits.ramp_tms:
+                if end is None or end != current:
+                    ramps[name] = LimitRamp(
+                        name, now, limits.ramp_tms / 100.0, current, end, "rampTms"
+                    )
+            elif limits.set_grad_w and end is not None and end < current and rated_site > 0:
+                rate = limits.set_grad_w / 10000.0 * rated_site
+                ramps[name] = LimitRamp(name, now, (current - end) / rate, current, end, "setGradW")
+    # A ramp always ends at the limit in force; one that does not belongs to other limits.
+    return tuple(r for r in ramps.values() if r.active(now) and r.end_w == limits.power(r.name))
+
+
+_KEY_NAMES: tuple[str, ...] = ("export_w", "generation_w", "connect", "energize")
 
 
 def _limits_key(limits: EffectiveLimits) -> LimitsKey:
-    names = ("export_w", "generation_w", "connect", "energize")
-    return tuple((getattr(limits, n), limits.sources.get(n, "")) for n in names)
+    return tuple((getattr(limits, n), limits.sources.get(n, "")) for n in _KEY_NAMES)
 
 
-def _utility_changed(old: LimitsKey, new: LimitsKey) -> bool:
+def _utility_changed(old_src: str, new_src: str) -> bool:
     """Did the utility cause this change: it now sets the value, or its own limit just ended?
 
-    rampTms belongs to the utility's control; a config window starting is not slowed by it.
+    rampTms and setGradW belong to the utility's control; a config window starting, or the
+    fallback limit taking over when the utility has no usable schedule, is not slowed by them.
     """
-    return any(
-        o != n and (n[1].startswith("utility") or (not n[1] and o[1].startswith("utility")))
-        for o, n in zip(old, new, strict=True)
-    )
+    return is_utility_source(new_src) or (not new_src and is_utility_source(old_src))
 
 
-def estimate_load(meter: RollingMean, der: RollingMean, now: float, window_s: float) -> float:
+def estimate_load(
+    meter: RollingMean,
+    der: RollingMean | Sequence[RollingMean],
+    now: float,
+    window_s: float,
+) -> float:
     """Mean over the meter samples in the window of (site power + DER output *at that moment*).
 
     Pairing each meter sample with the DER output interpolated to its timestamp keeps the two
     consistent while the inverters move: averaging them independently (the meter at 2 Hz, the
     inverters at each 1 s call) mis-estimates the load by a few hundred watts just after a step,
-    which a feed-forward law turns straight into export error.
+    which a feed-forward law turns straight into export error. ``der`` is one total history or
+    one history per inverter (summed at each meter sample's time).
     """
+    parts = [der] if isinstance(der, RollingMean) else list(der)
     inside = [(t, v) for t, v in meter.samples if now - window_s < t <= now]
     if not inside:
         inside = list(meter.samples[-1:])  # late but not stale: the fail-safe decides that
-    total = sum(v + _interpolate(der.samples, t) for t, v in inside)
+    total = sum(v + sum(_interpolate(p.samples, t) for p in parts) for t, v in inside)
     return total / len(inside)
 
 

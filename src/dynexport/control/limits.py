@@ -25,6 +25,24 @@ POWER_KEYS: tuple[tuple[str, str], ...] = (
 )
 """JSON key → attribute name of the four power limits, in the order they are reported."""
 
+UTILITY_SOURCE = "utility"
+FALLBACK_LABEL = "utility fallback"
+"""The source name for the fallback export limit the app applies when a utility is configured
+but has no usable schedule (fail closed). It starts with "utility" so that the status says the
+limit is the utility's business, but it is not the utility's control: no rampTms applies to it,
+and a change to or from it is never slowed by the utility's ramps."""
+
+
+def is_fallback_source(source: str) -> bool:
+    """A utility-side label that is the local fallback, not a control the utility sent."""
+    return source.startswith(UTILITY_SOURCE) and "fallback" in source
+
+
+def is_utility_source(source: str) -> bool:
+    """A limit set by a control the utility sent (its label starts with "utility")."""
+    return source.startswith(UTILITY_SOURCE) and not is_fallback_source(source)
+
+
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -52,8 +70,9 @@ class UtilityLimits:
     energize: bool | None = None
     ramp_tms: int | None = None
     set_grad_w: int | None = None
-    label: str = "utility"
-    """The source name reported for limits this control sets; it should start with "utility"."""
+    label: str = UTILITY_SOURCE
+    """The source name reported for limits this control sets; it should start with "utility".
+    ``FALLBACK_LABEL`` marks the fallback limit (no utility schedule): its ramps are ignored."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,8 @@ def merge_limits(
     ``local_time`` is the site's local wall time (a ``datetime.time`` or minutes since local
     midnight); the caller converts, so daylight saving stays out of this pure code. Without it no
     window applies. On a tie the earlier source in the order utility, config, windows is named.
+    A utility value that is not a finite number is ignored by the merge only if it is +inf; NaN
+    or -inf becomes 0 W (fail closed): the utility asked for *something* and it is unreadable.
     """
     candidates: list[tuple[str, Mapping[str, float | None]]] = []
     if utility is not None:
@@ -161,7 +182,9 @@ def merge_limits(
 
     ramp_tms = set_grad_w = None
     if utility is not None:
-        if utility.ramp_tms is not None and utility.ramp_tms > 0:
+        # rampTms shapes the utility's own changes; the fallback is not one (fail closed at once).
+        fallback = is_fallback_source(utility.label)
+        if utility.ramp_tms is not None and utility.ramp_tms > 0 and not fallback:
             ramp_tms = utility.ramp_tms
             sources["ramp_tms"] = utility.label
         if utility.set_grad_w is not None and utility.set_grad_w > 0:
@@ -182,7 +205,14 @@ def merge_limits(
 
 
 def _powers(obj: UtilityLimits | LimitsConfig | TimeWindow) -> dict[str, float | None]:
-    return {attr: getattr(obj, attr) for _, attr in POWER_KEYS}
+    return {attr: _usable(getattr(obj, attr)) for _, attr in POWER_KEYS}
+
+
+def _usable(value: float | None) -> float | None:
+    """+inf is no limit; NaN and -inf fail closed at 0 W (a limit was asked for)."""
+    if value is None or math.isfinite(value):
+        return value
+    return None if value > 0 else 0.0
 
 
 def _minute_of(local_time: time | int | None) -> int | None:

@@ -4,7 +4,9 @@ The model is deliberately plain but has the three things that break naive contro
 that follow a new limit with a first-order lag (not instantly), a household load that wanders,
 and noisy measurements. The meter reports load - PV (positive import), like a real feed-in meter.
 An inverter the controller cannot reach keeps its last limit until its revert timer runs out,
-then runs free, as a SunSpec inverter with WMaxLimPct_RvrtTms does.
+then runs free, as a SunSpec inverter with WMaxLimPct_RvrtTms does. Written limits are rounded
+down to the register's step (``limit_step_pct``: 10^sf of WMaxLimPct, sf -2..0), as the SunSpec
+layer does.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class SimInverter:
     connected: bool = True
     last_command_t: float = 0.0
     last_seen_w: float = 0.0
+    last_seen_t: float = 0.0
+    written_pct: float | None = None
+    """The limit the controller last wrote (what the device link would report), which the
+    inverter itself forgets at its revert time."""
 
 
 @dataclass
@@ -56,6 +62,8 @@ class Plant:
     tau_s: float = 1.5
     """Inverter response time constant to a new limit."""
     revert_s: float = 60.0
+    limit_step_pct: float = 0.0
+    """Register step of WMaxLimPct (1, 0.1 or 0.01 for sf 0, -1, -2); 0: written exactly."""
     seed: int = 0
     meter_alive: bool = True
     t: float = 0.0
@@ -113,6 +121,7 @@ class Plant:
         for inv in self.inverters:
             if inv.reachable:
                 inv.last_seen_w = max(inv.output_w + self._rng.gauss(0.0, self.power_noise_w), 0.0)
+                inv.last_seen_t = self.t
             states.append(
                 InverterState(
                     id=inv.id,
@@ -120,7 +129,10 @@ class Plant:
                     controllable=inv.controllable,
                     rated_w=inv.rated_w,
                     power_w=inv.last_seen_w,
-                    limit_pct=inv.limit_pct,
+                    limit_pct=inv.limit_pct if inv.reachable else inv.written_pct,
+                    last_limit_pct=inv.written_pct,
+                    limit_expires_t=inv.last_command_t + self.revert_s,
+                    sampled_t=None if inv.reachable else inv.last_seen_t,
                 )
             )
         return states
@@ -131,9 +143,17 @@ class Plant:
         for cmd in output.commands:
             inv = by_id[cmd.id]
             if inv.reachable and inv.controllable:
-                inv.limit_pct = cmd.limit_pct
+                inv.limit_pct = self.written(cmd.limit_pct)
+                inv.written_pct = inv.limit_pct
                 inv.connected = cmd.connect
                 inv.last_command_t = self.t
+
+    def written(self, pct: float | None) -> float | None:
+        """The limit as the register holds it: rounded down to its step, never up."""
+        if pct is None or self.limit_step_pct <= 0:
+            return pct
+        steps = math.floor(pct / self.limit_step_pct)
+        return max(steps * self.limit_step_pct, 0.0)
 
 
 def two_inverter_site(seed: int = 0, pv_w: float = 6000.0, rated_w: float = 6000.0) -> Plant:
@@ -165,6 +185,7 @@ class TracePoint:
 
 
 Hook = Callable[[float, Plant], None]
+Observer = Callable[[float, Plant, EffectiveLimits, ControlOutput], None]
 
 
 def run_closed_loop(
@@ -175,12 +196,14 @@ def run_closed_loop(
     hook: Hook | None = None,
     dt: float = 0.1,
     meter_period_s: float = 0.5,
+    observe: Observer | None = None,
 ) -> list[TracePoint]:
     """Run the plant and the law together; the law runs every ``settings.interval_s``.
 
     The meter is sampled every ``meter_period_s`` into the averaging buffer; the inverters are
     read at each control tick (as the device pollers would). ``hook(t, plant)`` runs before each
-    tick to script the world (PV ramps, load jumps, lost devices).
+    tick to script the world (PV ramps, load jumps, lost devices); ``observe(t, plant, limits,
+    output)`` after each decision is delivered, to check it against the plant's true state.
     """
     s = settings or ControlSettings()
     meter = RollingMean(s.average_s)
@@ -202,6 +225,8 @@ def run_closed_loop(
             result = control_step(meter, plant.read_inverters(), limits, state, t, s)
             state = result.state
             plant.apply(result)
+            if observe is not None:
+                observe(t, plant, limits, result)
             trace.append(
                 TracePoint(
                     t=t,

@@ -1,0 +1,367 @@
+"""Random closed-loop scenarios, and the safety rules the law must keep in every one of them.
+
+Shared by the property test (``tests/control/test_law_properties.py``, a bounded number of
+cases drawn by hypothesis) and ``benchmarks/control_property.py`` (a long seeded run). Pure and
+deterministic: a scenario and its seed fix every number.
+
+**Export** here is the plant's true site export: DER output minus household load, without meter
+noise, at each control tick (every ``interval_s`` of plant time), just after the tick's commands
+were delivered. The rules, checked at every tick:
+
+1. *Command*: with a fresh meter, the total generation the law allows never exceeds
+   load estimate + export limit in use − margin (less any reserve for unreachable inverters),
+   and the limit in use is never above the reference limit below (so, during a ramp, never
+   above max(old, new)); with a quiet meter, never above the fail-safe cap less what the
+   unreachable inverters may produce, and that count is never below what they really make.
+   Written limits are in 0..100 % and add up to no more than the budget.
+2. *Export*: at most ``L × 1.04 + 50 W``, where L is the highest *reference* limit of the last
+   15 s. The reference limit steps to each new value, or moves linearly as the utility asked
+   (rampTms both ways; setGradW for a reduction), from the value in force at the change.
+
+Excused from rule 2, because no controller could prevent them (each case is counted):
+
+- *load fall*: export may exceed the allowance by as much as the household load (its wander
+  included) is below the load any decision of the last ``3 s + 5 τ`` rested on (what the meter
+  last showed it; with the meter quiet but not yet stale, an old reading): a fall is seen only
+  after it happens, and the inverters then need their own lag to come down. Decisions in the
+  fail-safe rest on no load and excuse nothing. Only that amount is excused;
+- *forced*: what the law cannot curtail (unreachable and uncontrollable inverters) already
+  exports more than the allowance by itself, and for ``3 s + 5 τ`` after that ends (an
+  inverter that is reachable again starts from its free-running output and needs its lag).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from dynexport.control.law import ControlOutput, ControlSettings, margin_w
+from dynexport.control.limits import EffectiveLimits
+from dynexport.control.plant import Plant, SimInverter, run_closed_loop
+
+SETTLE_S = 15
+"""After a limit change, export must be within the new limit's tolerance by this time."""
+TOLERANCE_PCT = 4.0
+TOLERANCE_W = 50.0
+NOISE_SLACK_W = 30.0
+"""Unreachable inverters' real output may exceed their last reading by this much: the plant's
+power readings have 10 W of noise (three standard deviations)."""
+
+
+@dataclass(frozen=True)
+class InverterSpec:
+    rated_w: float
+    pv_w: float
+    controllable: bool = True
+
+
+@dataclass(frozen=True)
+class LimitChange:
+    """From ``t`` (whole seconds of plant time) the utility's export limit (None: none)."""
+
+    t: int
+    export_w: float | None
+    ramp_tms: int | None = None
+    set_grad_w: int | None = None
+
+
+@dataclass(frozen=True)
+class Span:
+    """[start, end) in whole seconds; ``index`` names the inverter for a dropout."""
+
+    start: int
+    end: int
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    inverters: tuple[InverterSpec, ...]
+    limits: tuple[LimitChange, ...]
+    load_w: float = 500.0
+    load_steps: tuple[tuple[int, float], ...] = ()
+    """(t, new base load) in time order."""
+    load_noise_w: float = 30.0
+    tau_s: float = 1.5
+    revert_s: float = 60.0
+    limit_step_pct: float = 0.0
+    dropouts: tuple[Span, ...] = ()
+    """Inverter ``index`` cannot be reached during the span (it keeps producing)."""
+    meter_outages: tuple[Span, ...] = ()
+    duration_s: int = 120
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Violation:
+    t: float
+    rule: str
+    detail: str
+    excess_w: float
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    ticks: int
+    checked: int
+    """Ticks where the export rule was checked (a finite allowance, not forced)."""
+    excused_load_drop: int
+    """Checked ticks where export was over the allowance by no more than an unseen load fall."""
+    excused_forced: int
+    worst_excess_w: float
+    """The largest export − allowance over the checked ticks that needed no excuse (negative:
+    room to spare)."""
+    violations: tuple[Violation, ...]
+
+
+def reference_limits(sc: Scenario, rated_site_w: float) -> list[float]:
+    """The export limit in force at each whole second, +inf for none.
+
+    Built from the schedule alone, independently of the law: the first limit applies at once; a
+    change steps to its value, or, with rampTms, moves linearly over it from the value in force;
+    with setGradW and no rampTms a reduction moves down at setGradW (hundredths of % of the
+    site's rated W per second). A ramp from "no limit" starts from the most the site can export
+    (its rated W, plus ``NOISE_SLACK_W`` for what a noisy meter may show); a ramp to "no limit"
+    heads for the site's rated W and is +inf once complete.
+    """
+    by_t = {c.t: c for c in sc.limits}
+    top = rated_site_w + NOISE_SLACK_W
+    values: list[float] = []
+    current = math.inf
+    ramp: tuple[float, float, float, float | None] | None = None  # t0, duration, start, end
+    last: float | str | None = "unset"
+    for t in range(sc.duration_s + 1):
+        if ramp is not None:
+            t0, dur, start, end = ramp
+            if t - t0 >= dur:
+                current, ramp = (math.inf if end is None else end), None
+            else:
+                goal = max(rated_site_w, start) if end is None else end
+                current = start + (goal - start) * (t - t0) / dur
+        change = by_t.get(t)
+        if change is not None and change.export_w != last:
+            first, last = last == "unset", change.export_w
+            new = math.inf if change.export_w is None else change.export_w
+            start = max(top, new) if math.isinf(current) else current
+            if first:
+                current, ramp = new, None
+            elif change.ramp_tms and new != current:
+                ramp = (t, change.ramp_tms / 100.0, start, change.export_w)
+                current = start
+            elif change.set_grad_w and new < start and rated_site_w > 0:
+                rate = change.set_grad_w / 10000.0 * rated_site_w
+                ramp = (t, (start - new) / rate, start, new)
+                current = start
+            else:
+                current, ramp = new, None
+        values.append(current)
+    return values
+
+
+def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> ScenarioResult:
+    """Run the law against the plant for ``sc`` and check the rules at every tick."""
+    s = settings or ControlSettings()
+    plant = Plant(
+        inverters=[
+            SimInverter(f"inv{k}", rated_w=i.rated_w, pv_w=i.pv_w, controllable=i.controllable)
+            for k, i in enumerate(sc.inverters)
+        ],
+        load_w=sc.load_w,
+        load_noise_w=sc.load_noise_w,
+        tau_s=sc.tau_s,
+        revert_s=sc.revert_s,
+        limit_step_pct=sc.limit_step_pct,
+        seed=sc.seed,
+    )
+    rated_site = sum(i.rated_w for i in sc.inverters)
+    ref = reference_limits(sc, rated_site)
+    changes = sorted(sc.limits, key=lambda c: c.t)
+    react_s = 3.0 + 5.0 * sc.tau_s
+
+    def limits_at(t: float) -> EffectiveLimits:
+        c = next((c for c in reversed(changes) if c.t <= t + 1e-9), None)
+        if c is None:
+            return EffectiveLimits()
+        return EffectiveLimits(
+            export_w=c.export_w,
+            ramp_tms=c.ramp_tms,
+            set_grad_w=c.set_grad_w,
+            sources={} if c.export_w is None else {"export_w": "utility"},
+        )
+
+    def hook(t: float, p: Plant) -> None:
+        p.load_w = sc.load_w
+        for t_step, load in sc.load_steps:
+            if t_step <= t + 1e-9:
+                p.load_w = load
+        for k, inv in enumerate(p.inverters):
+            inv.reachable = not any(d.index == k and d.start <= t < d.end for d in sc.dropouts)
+        p.meter_alive = not any(o.start <= t < o.end for o in sc.meter_outages)
+
+    violations: list[Violation] = []
+    counts = {"ticks": 0, "checked": 0, "load_drop": 0, "forced": 0}
+    worst = -math.inf
+    last_forced = -math.inf
+    seen_load = [sc.load_w]
+    prev_load = [sc.load_w]
+    alive = [True]
+    unreachable_t: dict[str, float] = {}
+    beliefs: list[tuple[float, float]] = []
+
+    def observe(t: float, p: Plant, limits: EffectiveLimits, out: ControlOutput) -> None:
+        nonlocal worst, last_forced
+        counts["ticks"] += 1
+        k = round(t)
+        for v in _check_command(t, p, out, ref[k], s):
+            violations.append(v)
+        # What the law could not curtail: uncontrollable inverters, and inverters it could not
+        # reach within the last reaction time (one back in reach starts from where it ran free).
+        for i in p.inverters:
+            if not i.reachable:
+                unreachable_t[i.id] = t
+        forced = sum(
+            i.output_w
+            for i in p.inverters
+            if not i.controllable or t < unreachable_t.get(i.id, -math.inf) + react_s
+        )
+        allowance = max(ref[max(k - SETTLE_S, 0) : k + 1]) if k >= SETTLE_S else math.inf
+        allowed = allowance * (1 + TOLERANCE_PCT / 100.0) + TOLERANCE_W
+        if forced - p.load_now_w > allowed:
+            last_forced = t
+        # The load the law's decision at this tick rests on: what the meter last showed it
+        # (samples are taken before a tick's events, so a reading shows the load of the tick
+        # before), none in the fail-safe (it does not use the load). Export may exceed the
+        # allowance by as much as the load has fallen below any such belief of the last
+        # reaction time: a fall is seen only after it happens, and then the inverters lag.
+        if alive[0]:
+            seen_load[0] = prev_load[0]
+        alive[0], prev_load[0] = p.meter_alive, p.load_now_w
+        beliefs.append((t, seen_load[0] if out.mode == "normal" else -math.inf))
+        while beliefs[0][0] < t - react_s:
+            beliefs.pop(0)
+        unseen_w = max(v for _, v in beliefs) - p.load_now_w
+        if not math.isfinite(allowance):
+            return
+        export = -p.site_w
+        if t < last_forced + react_s:
+            counts["forced"] += 1
+            return
+        counts["checked"] += 1
+        if unseen_w > 0 and export > allowed:
+            counts["load_drop"] += 1
+            allowed += unseen_w
+        else:
+            worst = max(worst, export - allowed)
+        if export > allowed:
+            violations.append(
+                Violation(
+                    t,
+                    "export",
+                    f"export {export:.0f} W > allowed {allowed:.0f} W",
+                    export - allowed,
+                )
+            )
+
+    run_closed_loop(plant, limits_at, float(sc.duration_s), s, hook=hook, observe=observe)
+    return ScenarioResult(
+        counts["ticks"],
+        counts["checked"],
+        counts["load_drop"],
+        counts["forced"],
+        worst,
+        tuple(violations),
+    )
+
+
+def _check_command(
+    t: float, p: Plant, out: ControlOutput, ref_w: float, s: ControlSettings
+) -> list[Violation]:
+    found: list[Violation] = []
+    cmd = out.state.gen_cmd_w
+    if cmd is None or not math.isfinite(cmd):
+        return [Violation(t, "command", f"no finite command: {cmd!r}", math.inf)]
+    by_id = {i.id: i for i in p.inverters}
+    given = 0.0
+    for c in out.commands:
+        if c.limit_pct is None:
+            continue
+        if not (math.isfinite(c.limit_pct) and 0.0 <= c.limit_pct <= 100.0):
+            found.append(Violation(t, "command", f"{c.id}: limit {c.limit_pct}", math.inf))
+            continue
+        given += by_id[c.id].rated_w * c.limit_pct / 100.0
+    if any(c.limit_pct is not None for c in out.commands) and given > out.budget_w + 1e-6:
+        found.append(Violation(t, "command", f"{given:.1f} W given > budget", given - out.budget_w))
+    lim = out.export_limit_w
+    if lim is not None and lim > ref_w + 1e-6:
+        found.append(
+            Violation(t, "command", f"limit in use {lim:.1f} > reference {ref_w:.1f}", lim - ref_w)
+        )
+    if out.mode == "normal" and lim is not None and out.load_estimate_w is not None:
+        aim = out.load_estimate_w + lim - margin_w(lim, s) - out.offline_w
+        if cmd > max(aim, 0.0) + 1e-6:
+            found.append(
+                Violation(t, "command", f"command {cmd:.1f} > target {aim:.1f}", cmd - aim)
+            )
+    if out.mode == "failsafe" and math.isfinite(ref_w):
+        cap = ref_w - margin_w(ref_w, s) - out.offline_w
+        if cmd > max(cap, 0.0) + 1e-6:
+            found.append(Violation(t, "command", f"fail-safe {cmd:.1f} > cap {cap:.1f}", cmd - cap))
+        real = sum(i.output_w for i in p.inverters if not i.reachable)
+        if out.offline_w + NOISE_SLACK_W < real:
+            found.append(
+                Violation(
+                    t,
+                    "command",
+                    f"unreachable counted {out.offline_w:.0f} < real {real:.0f}",
+                    real - out.offline_w,
+                )
+            )
+    return found
+
+
+def random_scenario(rng: random.Random, duration_s: int = 150) -> Scenario:
+    """One scenario from the same ranges as the property test's strategy."""
+    n = rng.randint(1, 3)
+    invs = []
+    for k in range(n):
+        rated = rng.choice([2000.0, 3000.0, 5000.0, 6000.0, 8200.0])
+        invs.append(
+            InverterSpec(rated, rated * rng.uniform(0.3, 1.0), k == 0 or rng.random() < 0.85)
+        )
+    changes: list[LimitChange] = []
+    t = 0
+    while t < duration_s - 20 and len(changes) < 5:
+        value = (
+            None if rng.random() < 0.1 else rng.choice([0.0, 500.0, 1500.0, rng.uniform(0, 1e4)])
+        )
+        ramp = rng.choice([None, None, rng.randint(100, 6000)])
+        grad = rng.choice([None, None, rng.randint(10, 500)])
+        changes.append(LimitChange(t, value, ramp, grad))
+        t += rng.randint(10, 60)
+    steps = []
+    for _ in range(rng.randint(0, 5)):
+        steps.append((rng.randint(1, duration_s - 1), rng.uniform(0.0, 5000.0)))
+    steps.sort()
+    drops = []
+    for _ in range(rng.randint(0, 2)):
+        a = rng.randint(1, duration_s - 1)
+        drops.append(Span(a, a + rng.randint(1, 90), rng.randrange(n)))
+    outages = []
+    for _ in range(rng.randint(0, 2)):
+        a = rng.randint(1, duration_s - 1)
+        outages.append(Span(a, a + rng.randint(1, 40)))
+    return Scenario(
+        inverters=tuple(invs),
+        limits=tuple(changes),
+        load_w=rng.uniform(0.0, 5000.0),
+        load_steps=tuple(steps),
+        load_noise_w=rng.uniform(0.0, 40.0),
+        tau_s=rng.choice([0.3, 1.0, 1.5]),
+        revert_s=rng.choice([20.0, 60.0]),
+        limit_step_pct=rng.choice([0.0, 1.0, 0.1, 0.01]),
+        dropouts=tuple(drops),
+        meter_outages=tuple(outages),
+        duration_s=duration_s,
+        seed=rng.randrange(2**32),
+    )
