@@ -52,3 +52,46 @@ def header(response: bytes, name: str) -> str | None:
         if k.strip().lower() == name.lower():
             return v.strip()
     return None
+
+
+async def connect_from(source: str, port: int) -> trio.SocketStream:
+    """A TCP connection to 127.0.0.1:port from ``source`` (127.0.0.2, 127.0.0.3, ...): each
+    loopback address is a distinct client to the server."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    await sock.bind((source, 0))
+    await sock.connect(("127.0.0.1", port))
+    return trio.SocketStream(sock)
+
+
+async def request_from(
+    source: str,
+    port: int,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request from ``source``; (status, lowercase headers, body) once the server closes."""
+    h = {"Host": f"127.0.0.1:{port}", "Connection": "close", **(headers or {})}
+    if body or method in ("POST", "PUT"):
+        h["Content-Length"] = str(len(body))
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
+    stream = await connect_from(source, port)
+    async with stream:
+        await stream.send_all(head.encode("latin-1") + b"\r\n" + body)
+        data = b""
+        while True:
+            try:
+                got = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                break
+            if not got:
+                break
+            data += got
+    head_bytes, _, rest = data.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    headers_out = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers_out[k.strip().lower()] = v.strip()
+    return int(lines[0].split(" ", 2)[1]), headers_out, rest

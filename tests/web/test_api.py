@@ -54,7 +54,7 @@ async def test_the_setup_page_is_served_on_the_devices_own_address(web: Web) -> 
 async def test_probes_are_not_redirected_once_configured(web: Web) -> None:
     c = await logged_in(web)
     assert (await c.request("PUT", "/api/config", MINIMAL_CONFIG)).status == 200
-    reply = await raw.exchange(web.port, raw.get("/generate_204", "connectivitycheck.gstatic.com"))
+    reply = await raw.exchange(web.port, raw.get("/generate_204", f"127.0.0.1:{web.port}"))
     assert raw.status_of(reply) == 404
 
 
@@ -152,19 +152,23 @@ async def test_login_attempts_are_rate_limited_per_client(web: Web) -> None:
     assert c.cookie is None  # even the right password is not checked while blocked
 
 
-def test_the_login_limiter_bounds_each_client_and_all_clients_and_forgets_old_failures() -> None:
+def test_the_login_limiter_bounds_each_client_slows_all_clients_and_forgets_old_checks() -> None:
     now = [0.0]
-    limiter = LoginLimiter(lambda: now[0], per_client=3, total=5, window_s=60)
+    limiter = LoginLimiter(lambda: now[0], per_client=3, total=5, window_s=60, slow_s=3)
     for _ in range(3):
         assert limiter.retry_after("a") is None
-        limiter.failed("a")
+        limiter.attempt("a")
     assert limiter.retry_after("a") == pytest.approx(60)
     assert limiter.retry_after("b") is None
-    limiter.failed("b")
-    limiter.failed("c")
-    assert limiter.retry_after("d") is not None  # five failures in total: everybody waits
+    limiter.attempt("b")
+    limiter.attempt("c")
+    assert limiter.retry_after("d") is None  # five in total: checks go on, one every 3 s
+    limiter.attempt("d")
+    assert limiter.retry_after("e") == pytest.approx(3)
+    now[0] = 3.0
+    assert limiter.retry_after("e") is None
     now[0] = 61.0
-    assert limiter.retry_after("a") is None and limiter.retry_after("d") is None
+    assert limiter.retry_after("a") is None and limiter.retry_after("e") is None
 
 
 async def test_changing_the_password_ends_other_sessions(web: Web) -> None:

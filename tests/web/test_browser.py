@@ -196,6 +196,7 @@ async def test_chromium_walks_the_setup_wizard_then_sees_the_live_dashboard(tmp_
                     partial(_walk, driver, url, modbus.port, utility, register)
                 )
                 got = await trio.to_thread.run_sync(_dashboard, driver)
+                paused = await _streams_taken(driver, app.web_port or 0, url + "dashboard")
             finally:
                 await trio.to_thread.run_sync(driver.quit)
             nursery.cancel_scope.cancel()
@@ -205,3 +206,60 @@ async def test_chromium_walks_the_setup_wizard_then_sees_the_live_dashboard(tmp_
     assert got["site"].endswith("W") and got["inverters"].count("online") == 2
     assert (got["limit"], got["source"]) == ("4000 W", "config")
     assert "connected" in got["utility"]
+    assert paused["message"] == "live updates paused — reconnecting"
+    assert paused["site"] not in ("", "–")  # the page polls the status meanwhile
+    assert paused["after"] is False  # and says nothing once a stream is free again
+
+
+def _wait_text(driver: Any, element: str, check: Any) -> str:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 45).until(lambda d: check(d.find_element(By.ID, element)))
+    return str(driver.find_element(By.ID, element).text)
+
+
+async def _streams_taken(driver: Any, port: int, url: str) -> dict[str, Any]:
+    """Other clients hold every live-event stream; a dashboard opened then says live updates
+    are paused, still shows values, and recovers when a stream is free."""
+    from tests.web import raw
+
+    def close_the_dashboard() -> None:
+        """Its tab is closed (not just left, which may keep the page and its stream cached)."""
+        old = driver.current_window_handle
+        driver.switch_to.new_window("tab")
+        new = driver.current_window_handle
+        driver.switch_to.window(old)
+        driver.close()
+        driver.switch_to.window(new)
+
+    await trio.to_thread.run_sync(close_the_dashboard)
+    held: list[trio.SocketStream] = []
+    source = 10
+    with trio.fail_after(60):
+        while len(held) < 16:  # until the page's old stream is gone and all 16 are ours
+            stream = await raw.connect_from(f"127.0.0.{source}", port)
+            await stream.send_all(raw.get("/api/events", f"127.0.0.1:{port}"))
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive_some(65536)
+            if raw.status_of(head) == 200:
+                held.append(stream)
+                source += 1
+            else:
+                await stream.aclose()
+                await trio.sleep(0.5)
+    try:
+        await trio.to_thread.run_sync(driver.get, url)
+        message = await trio.to_thread.run_sync(
+            _wait_text, driver, "live", lambda e: e.is_displayed()
+        )
+        site = await trio.to_thread.run_sync(
+            _wait_text, driver, "site-w", lambda e: e.text not in ("", "–")
+        )
+        driver.save_screenshot(str(ARTIFACTS / "08-live-paused.png"))
+    finally:
+        for stream in held:
+            await stream.aclose()
+    await trio.to_thread.run_sync(_wait_text, driver, "live", lambda e: not e.is_displayed())
+    return {"message": message, "site": site, "after": False}

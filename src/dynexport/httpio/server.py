@@ -3,8 +3,15 @@
 It faces phones on a setup Wi-Fi and, in tests, deliberately hostile clients, so every resource is
 bounded: header bytes (h11's ``max_incomplete_event_size``), body bytes, the time a client may take
 to send its request, the time it may take to read the response, idle keep-alive time and the number
-of connections. Every failure is confined to its connection: a bad request gets a clear 4xx, a
-handler crash gets a 500 (logged here, never shown to the client), and the server keeps serving.
+of connections, in all and per client address. Every failure is confined to its connection: a bad
+request gets a clear 4xx, a handler crash gets a 500 (logged here, never shown to the client), and
+the server keeps serving.
+
+A few clients must not be able to take every connection (slow or idle ones, docs/web.md): each
+address holds at most ``max_per_address``; when the server is full, the connection that has waited
+longest for its next request is dropped to make room, and while it is nearly full every wait for
+a request is cut to ``pressure_timeout``. Connections busy in a handler are never dropped. One log
+line marks the start of such an episode and one its end, whatever the number of connections.
 
 Responses are either bytes (always sent with ``Content-Length``) or an async iterator of bytes,
 sent chunked as it is produced, which is what Server-Sent Events need.
@@ -15,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -47,8 +54,18 @@ class Limits:
     handshake_timeout: float = 10.0
     #: a handler taking longer gets its request answered with 503
     handler_timeout: float = 60.0
-    #: connections beyond this are closed at once
+    #: at most this many connections at once; beyond it the longest-waiting idle one is dropped,
+    #: or, when every connection is busy in a handler, the new one is closed at once
     max_connections: int = 64
+    #: at most this many from one client address (its own longest-waiting idle one makes room)
+    max_per_address: int = 16
+    #: from this many open connections on (None: three quarters of ``max_connections``), a wait
+    #: for a request (idle keep-alive, slow headers, the TLS handshake) lasts at most
+    #: ``pressure_timeout``
+    pressure_connections: int | None = None
+    pressure_timeout: float = 2.0
+    #: an episode of refused or dropped connections ends (one log line) after this quiet time
+    episode_quiet_s: float = 60.0
     #: after an error response, unread request bytes are drained for up to this time and size,
     #: so that closing does not reset the connection before the client has read the error
     linger_timeout: float = 2.0
@@ -67,6 +84,8 @@ class Request:
     body: bytes
     client_cert: bytes | None  # the peer's DER certificate under mutual TLS
     peer: tuple[str, int]
+    #: the server's own address of this connection (the address the client reached)
+    local: tuple[str, int] | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -90,6 +109,163 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _Slot:
+    """One admitted connection as the pool sees it."""
+
+    __slots__ = ("address", "dropped", "scope", "wait_order", "wait_started")
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.scope: trio.CancelScope | None = None  # set while waiting for a request: droppable
+        self.wait_started = 0.0
+        self.wait_order = 0  # breaks ties between waits that began at the same time
+        self.dropped = False
+
+
+class ConnectionPool:
+    """Which connections the server holds, and which to drop or refuse when clients crowd it.
+
+    Bookkeeping only (no I/O): a connection is admitted before anything is read from it, marks
+    the times it waits for a request with :meth:`waiting`, and is released when it ends."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.pressure_at = (
+            limits.pressure_connections
+            if limits.pressure_connections is not None
+            else max(1, limits.max_connections * 3 // 4)
+        )
+        self._slots: set[_Slot] = set()
+        self._by_address: dict[str, int] = {}
+        self._waits = 0
+        self.refused = 0
+        self.dropped = 0
+        self.episodes = 0
+        self._episode_start: float | None = None
+        self._episode_last = 0.0
+        self._episode_refused = 0
+        self._episode_dropped = 0
+        self._episode_addresses: dict[str, int] = {}
+
+    @property
+    def open(self) -> int:
+        return len(self._slots)
+
+    def count(self, address: str) -> int:
+        return self._by_address.get(address, 0)
+
+    def pressured(self) -> bool:
+        return len(self._slots) >= self.pressure_at
+
+    def admit(self, address: str) -> _Slot | None:
+        """A slot for a new connection from ``address``, or None: close it at once."""
+        now = trio.current_time()
+        self._maybe_end_episode(now)
+        over_address = self.count(address) >= self.limits.max_per_address
+        if over_address or len(self._slots) >= self.limits.max_connections:
+            victim = self._longest_waiting(address if over_address else None)
+            if victim is None:  # every one is busy in a handler: the newcomer is refused
+                self.refused += 1
+                self._note(address, now, refused=True)
+                return None
+            self._drop(victim, now)
+        slot = _Slot(address)
+        self._slots.add(slot)
+        self._by_address[address] = self.count(address) + 1
+        if self.pressured():
+            for other in self._slots:  # nearly full: every wait for a request gets short
+                if other.scope is not None:
+                    other.scope.deadline = min(
+                        other.scope.deadline, other.wait_started + self.limits.pressure_timeout
+                    )
+        return slot
+
+    def release(self, slot: _Slot) -> None:
+        if slot in self._slots:
+            self._forget(slot)
+        self._maybe_end_episode(trio.current_time())
+
+    @contextlib.contextmanager
+    def waiting(self, slot: _Slot, timeout: float) -> Iterator[trio.CancelScope]:
+        """A cancel scope for a wait for the client (droppable while it lasts); its deadline is
+        ``timeout`` from now, or ``pressure_timeout`` while the server is nearly full."""
+        now = trio.current_time()
+        slot.wait_started = now
+        self._waits += 1
+        slot.wait_order = self._waits
+        scope = trio.CancelScope(deadline=self.deadline(slot, now + timeout))
+        slot.scope = scope
+        try:
+            with scope:
+                yield scope
+        finally:
+            slot.scope = None
+
+    def deadline(self, slot: _Slot, wanted: float) -> float:
+        """``wanted``, shortened while the server is nearly full."""
+        if self.pressured():
+            return min(wanted, slot.wait_started + self.limits.pressure_timeout)
+        return wanted
+
+    def _longest_waiting(self, address: str | None) -> _Slot | None:
+        waiting = [
+            s
+            for s in self._slots
+            if s.scope is not None and (address is None or s.address == address)
+        ]
+        return min(waiting, key=lambda s: (s.wait_started, s.wait_order)) if waiting else None
+
+    def _forget(self, slot: _Slot) -> None:
+        self._slots.discard(slot)
+        left = self.count(slot.address) - 1
+        if left > 0:
+            self._by_address[slot.address] = left
+        else:
+            self._by_address.pop(slot.address, None)
+
+    def _drop(self, slot: _Slot, now: float) -> None:
+        slot.dropped = True
+        if slot.scope is not None:
+            slot.scope.cancel()
+        self._forget(slot)
+        self.dropped += 1
+        self._note(slot.address, now, refused=False)
+
+    def _note(self, address: str, now: float, *, refused: bool) -> None:
+        if self._episode_start is None:
+            self._episode_start = now
+            self.episodes += 1
+            self._episode_refused = self._episode_dropped = 0
+            self._episode_addresses = {}
+            log.warning(
+                "too many connections (%d open, %d from %s): dropping idle ones and refusing "
+                "new ones until it stops",
+                len(self._slots),
+                self.count(address),
+                address,
+            )
+        self._episode_last = now
+        if refused:
+            self._episode_refused += 1
+        else:
+            self._episode_dropped += 1
+        if address in self._episode_addresses or len(self._episode_addresses) < 64:
+            self._episode_addresses[address] = self._episode_addresses.get(address, 0) + 1
+
+    def _maybe_end_episode(self, now: float) -> None:
+        if self._episode_start is None or now - self._episode_last < self.limits.episode_quiet_s:
+            return
+        top = sorted(self._episode_addresses.items(), key=lambda kv: -kv[1])[:3]
+        log.warning(
+            "connection crowding over after %.0f s: %d refused, %d idle dropped (most from %s)",
+            self._episode_last - self._episode_start,
+            self._episode_refused,
+            self._episode_dropped,
+            ", ".join(f"{a} ({n})" for a, n in top),
+        )
+        self._episode_start = None
 
 
 class _Closed(Exception):
@@ -117,11 +293,17 @@ class _Connection:
         limits: Limits,
         peer: tuple[str, int],
         client_cert: bytes | None,
+        pool: ConnectionPool,
+        slot: _Slot,
+        local: tuple[str, int] | None = None,
     ) -> None:
         self.stream = stream
         self.handler = handler
         self.limits = limits
         self.peer = peer
+        self.local = local
+        self.pool = pool
+        self.slot = slot
         self.client_cert = client_cert
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self.got_bytes = False  # whether any byte of the current request has arrived
@@ -216,7 +398,7 @@ class _Connection:
         self.got_bytes = False
         self.fed = len(self.conn.trailing_data[0])  # a pipelined request's bytes count too
         idle = self.limits.header_timeout if first else self.limits.idle_timeout
-        with trio.CancelScope(deadline=trio.current_time() + idle) as scope:
+        with self.pool.waiting(self.slot, idle) as scope:
             while True:
                 event = self.conn.next_event()
                 if event is not h11.NEED_DATA:
@@ -225,7 +407,11 @@ class _Connection:
                 await self._receive()
                 if was_idle and self.got_bytes:
                     # The clock for a slow request starts at its first byte.
-                    scope.deadline = trio.current_time() + self.limits.header_timeout
+                    scope.deadline = self.pool.deadline(
+                        self.slot, trio.current_time() + self.limits.header_timeout
+                    )
+        if self.slot.dropped:  # the longest-waiting connection made room for a new one
+            raise _Closed
         if scope.cancelled_caught:
             if self.got_bytes:
                 await self._send_error(408, "request headers not received in time")
@@ -304,6 +490,7 @@ class _Connection:
             body=body,
             client_cert=self.client_cert,
             peer=self.peer,
+            local=self.local,
         )
 
     async def _call_handler(self, request: Request) -> Response:
@@ -361,35 +548,39 @@ async def _serve_connection(
     handler: Handler,
     ssl_context: ssl.SSLContext | None,
     limits: Limits,
-    active: list[int],
+    pool: ConnectionPool,
 ) -> None:
     try:
         peer_addr = stream.socket.getpeername()
         peer = (str(peer_addr[0]), int(peer_addr[1]))
+        local_addr = stream.socket.getsockname()
+        local = (str(local_addr[0]), int(local_addr[1]))
     except OSError:
         await trio.aclose_forcefully(stream)
         return
-    if active[0] >= limits.max_connections:
-        log.warning("connection from %s refused: %d connections open", peer[0], active[0])
+    slot = pool.admit(peer[0])
+    if slot is None:
         await trio.aclose_forcefully(stream)
         return
-    active[0] += 1
     app_stream: trio.abc.Stream = stream
     try:
         client_cert: bytes | None = None
         if ssl_context is not None:
             tls = trio.SSLStream(stream, ssl_context, server_side=True)
             app_stream = tls
-            try:
-                with trio.fail_after(limits.handshake_timeout):
+            with pool.waiting(slot, limits.handshake_timeout) as scope:
+                try:
                     await tls.do_handshake()
-            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.info("TLS handshake with %s failed: %s", peer[0], exc.__cause__ or exc)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    log.info("TLS handshake with %s failed: %s", peer[0], exc.__cause__ or exc)
+                    return
+            if scope.cancelled_caught or slot.dropped:
+                log.info("TLS handshake with %s failed: not finished in time", peer[0])
                 return
             client_cert = tls.getpeercert(binary_form=True)
-        await _Connection(app_stream, handler, limits, peer, client_cert).serve()
+        await _Connection(app_stream, handler, limits, peer, client_cert, pool, slot, local).serve()
     finally:
-        active[0] -= 1
+        pool.release(slot)
         if app_stream is not stream:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
@@ -407,20 +598,24 @@ async def serve_http(
     port: int = 0,
     ssl_context: ssl.SSLContext | None = None,
     limits: Limits | None = None,
+    pool: ConnectionPool | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serves ``handler`` until cancelled; ``nursery.start`` returns the bound port.
 
     With ``ssl_context`` (see :func:`dynexport.httpio.tls.server_context`) every connection is
-    TLS and ``Request.client_cert`` holds the client's certificate.
+    TLS and ``Request.client_cert`` holds the client's certificate. ``pool`` (made from
+    ``limits`` when not given) lets a caller or a test see the connections held.
     """
     limits = limits or Limits()
+    if pool is None:
+        pool = ConnectionPool(limits)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = int(listeners[0].socket.getsockname()[1])
-    active = [0]
+    held = pool
 
     async def on_connection(stream: trio.SocketStream) -> None:
-        await _serve_connection(stream, handler, ssl_context, limits, active)
+        await _serve_connection(stream, handler, ssl_context, limits, held)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, on_connection, listeners)

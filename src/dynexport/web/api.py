@@ -3,27 +3,35 @@
 Reading is open (the dashboard, status, limits, history, live events); everything that changes
 something, and the configuration itself, needs the admin login plus the session's CSRF token
 (docs/web.md). In setup mode the only change possible before the admin password exists is
-setting it; captive-portal probes and foreign Host names are redirected to the setup page.
+setting it; captive-portal probes and foreign Host names are redirected to the setup page. After
+setup a foreign Host gets 421 (DNS rebinding). No input, however odd, may end in a 500: every
+request is checked here and refused with a 4xx naming the problem.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import html
 import io
 import json
 import logging
 import math
+import os
+import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
 import trio
 
 from dynexport.control.limits import EffectiveLimits
 from dynexport.httpio import Request, ServerResponse
+from dynexport.modbus.endpoints import Endpoint, SerialEndpoint, parse_tcp
 from dynexport.sep2 import certs
 from dynexport.sep2.client import Sep2Client
 from dynexport.sunspec import cli as sunspec_cli
@@ -31,15 +39,14 @@ from dynexport.system.config import (
     BAUD_RATES,
     Config,
     ConfigError,
-    Endpoint,
-    SerialEndpoint,
     parse_config,
-    parse_tcp,
 )
 from dynexport.system.storage import atomic_write, read_json, write_json
 from dynexport.web import static
 from dynexport.web.auth import (
     COOKIE,
+    Busy,
+    HashQueue,
     LoginLimiter,
     PasswordError,
     PasswordStore,
@@ -48,7 +55,7 @@ from dynexport.web.auth import (
     check_new_password,
     csrf_ok,
 )
-from dynexport.web.captive import captive_redirect
+from dynexport.web.captive import HostPolicy, captive_redirect, parse_host
 from dynexport.web.configdoc import config_document, limits_document
 from dynexport.web.events import Broadcaster
 from dynexport.web.history import API_NAMES, FIELDS, History
@@ -65,6 +72,12 @@ KEY_FILE = "device-key.pem"
 CSR_FILE = "device.csr"
 CHAIN_FILE = "device-chain.pem"
 WIFI_FILE = "wifi.json"
+MAX_JSON_NUMBER = 1e15
+"""Largest magnitude accepted for a number in a configuration (far beyond any watt or second)."""
+LATEST_TIME = 253_402_300_799
+"""9999-12-31T23:59:59Z: history times outside 0..this are refused."""
+SERIAL_PORT = re.compile(r"^/dev/(?:tty[A-Za-z0-9_.-]+|serial/by-id/[A-Za-z0-9_.:+@=,-]+)$")
+"""Serial devices the web API may name: ``/dev/tty*`` and ``/dev/serial/by-id/*``."""
 INVERTER_MODELS = frozenset({101, 102, 103, 111, 112, 113, 701})
 METER_MODELS = frozenset({201, 202, 203, 204, 211, 212, 213, 214})
 
@@ -136,6 +149,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         value = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise HttpError(400, "body is not UTF-8") from None
+    except RecursionError:
+        raise HttpError(400, "body is not valid JSON: nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise HttpError(
             400, f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -163,19 +178,25 @@ def _iso(t: float | None) -> str | None:
 
 
 def _parse_time(text: str | None, name: str, default: float) -> int:
+    """Unix seconds from ``text`` (a number or ISO 8601), within 1970..9999, else 400."""
     if text is None or text == "":
         return int(default)
+    value: float | None
     try:
-        return int(float(text))
+        value = float(text)
     except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise HttpError(400, f"{name} must be unix seconds or an ISO 8601 time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()
-    return int(parsed.timestamp())
+        value = None
+    if value is None:
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if parsed.tzinfo is None:
+                parsed = parsed.astimezone()
+            value = parsed.timestamp()
+        except (ValueError, OverflowError, OSError):
+            raise HttpError(400, f"{name} must be unix seconds or an ISO 8601 time") from None
+    if not (math.isfinite(value) and 0 <= value <= LATEST_TIME):
+        raise HttpError(400, f"{name} must be a time between 1970 and 9999")
+    return int(value)
 
 
 def alerts(status: dict[str, Any], config: Config, wall_clock: float) -> list[dict[str, str]]:
@@ -270,6 +291,7 @@ def _summarise_scan(endpoint: Endpoint, found: list[tuple[Any, list[Any]]]) -> d
 
 
 Route = Callable[[Request], Awaitable[ServerResponse]]
+T = TypeVar("T")
 
 
 class WebApi:
@@ -285,7 +307,10 @@ class WebApi:
         clock: Callable[[], float] = time.monotonic,
         limiter: LoginLimiter | None = None,
         scan_timeout_s: float = sunspec_cli.SCAN_TIMEOUT_S,
+        names: tuple[str, ...] = (),
     ) -> None:
+        """``names``: host names the appliance answers to besides its hostname, ``dynexport``
+        and ``localhost`` (each also under ``.local``, ``.lan``, ...; docs/web.md)."""
         self.app = app
         self.history = history
         self.events = events or Broadcaster(self.live_status)
@@ -293,8 +318,11 @@ class WebApi:
         self.passwords = PasswordStore(app.options.data_dir)
         self.sessions = Sessions(clock)
         self.limiter = limiter or LoginLimiter(clock)
+        self.hashing = HashQueue()
+        self.hosts = HostPolicy.for_names(socket.gethostname(), *names)
         self.scan_timeout_s = scan_timeout_s
         self._config_lock = trio.Lock()
+        self._setup_lock = trio.Lock()
         self._scan_lock = trio.Lock()
         self._routes: dict[tuple[str, str], tuple[Route, bool]] = {}
         r = self._route
@@ -347,15 +375,22 @@ class WebApi:
 
     async def _dispatch(self, request: Request) -> ServerResponse:
         path, method = request.path, request.method
+        local = request.local[0] if request.local else None
+        host_header = request.header("host")
         if self.app.setup_mode:
-            where = captive_redirect(path, request.header("host"))
+            where = captive_redirect(path, host_header, self.hosts, local)
             if where is not None:
                 return ServerResponse(
                     302,
-                    f'<a href="{where}">Set up dynexport</a>\n'.encode(),
+                    f'<a href="{html.escape(where)}">Set up dynexport</a>\n'.encode(),
                     [("Location", where)],
                     "text/html; charset=utf-8",
                 )
+        elif host_header is not None and not self.hosts.is_own(parse_host(host_header), local):
+            raise HttpError(
+                421,
+                "this device does not answer to that host name: use its address or its own name",
+            )
         get = "GET" if method == "HEAD" else method
         if not path.startswith("/api/"):
             if get != "GET":
@@ -385,12 +420,32 @@ class WebApi:
         return await fn(request)
 
     def _check_origin(self, request: Request) -> None:
-        origin = request.header("origin")
-        if origin is None or origin == "null":
-            return
-        host = request.header("host") or ""
-        if urlsplit(origin).netloc.lower() != host.lower():
+        """Changes must come from this device's own page: a browser names the page's origin
+        (``Origin``, ``Sec-Fetch-Site``), and it must be this host; ``null`` (a sandboxed or
+        local-file page) or an unparsable origin is another site too."""
+        site = request.header("sec-fetch-site")
+        if site is not None and site.strip().lower() not in ("same-origin", "none"):
             raise HttpError(403, "cross-site request refused")
+        origin = request.header("origin")
+        if origin is None:
+            return
+        try:
+            parts = urlsplit(origin.strip())
+            netloc = parts.netloc.lower()
+            ok = parts.scheme in ("http", "https") and bool(netloc)
+        except ValueError:
+            ok = False
+        host = (request.header("host") or "").strip().lower()
+        if not ok or netloc != host:
+            raise HttpError(403, "cross-site request refused")
+
+    @staticmethod
+    def _require_json(request: Request) -> None:
+        """A cross-site form or ``fetch`` cannot send ``application/json`` without a CORS
+        preflight, which this server never grants: the request comes from the page."""
+        kind = (request.header("content-type") or "").split(";", 1)[0].strip().lower()
+        if kind != JSON:
+            raise HttpError(415, "the body must be sent as Content-Type: application/json")
 
     def _session(self, request: Request) -> Session | None:
         return self.sessions.get(_cookie(request, COOKIE))
@@ -432,6 +487,7 @@ class WebApi:
         return json_response(200, doc)
 
     async def post_setup_password(self, request: Request) -> ServerResponse:
+        self._require_json(request)
         body = parse_json_object(request.body)
         if self.passwords.exists():
             raise HttpError(409, "the admin password is already set: log in")
@@ -439,29 +495,52 @@ class WebApi:
             password = check_new_password(body.get("password"))
         except PasswordError as exc:
             raise HttpError(422, str(exc), problems=[f"password: {exc}"]) from None
-        await trio.to_thread.run_sync(self.passwords.set, password)
+        # One at a time, and the file is created only if absent: exactly one first password.
+        async with self._setup_lock:
+            if self.passwords.exists():
+                raise HttpError(409, "the admin password is already set: log in")
+            try:
+                created = await self.hashing.run(self.passwords.create, password)
+            except Busy:
+                raise _busy() from None
+        if not created:
+            raise HttpError(409, "the admin password is already set: log in")
         log.info("admin password set from %s", request.peer[0])
         session = self.sessions.create()
         return json_response(200, {"csrf": session.csrf}, [self._set_cookie(session)])
+
+    async def _check_password(self, client: str, password: object) -> bool:
+        """Checks ``password`` for ``client`` under the login limits: 429 while the client (or
+        everybody, beyond the total) must wait or while the checker is busy."""
+        wait = self.limiter.retry_after(client)
+        if wait is not None:
+            raise _too_many(max(1, math.ceil(wait)))
+        if not isinstance(password, str) or not password:
+            return False
+        if self.hashing.full():
+            raise _busy()
+        self.limiter.attempt(client)  # counted as it starts: parallel tries cannot overrun it
+        try:
+            ok = await self.hashing.run(self.passwords.verify, password)
+        except Busy:
+            raise _busy() from None
+        if ok:
+            self.limiter.succeeded(client)
+        return ok
 
     async def post_login(self, request: Request) -> ServerResponse:
         client = request.peer[0]
         wait = self.limiter.retry_after(client)
         if wait is not None:
-            seconds = max(1, math.ceil(wait))
-            raise _too_many(seconds)
+            raise _too_many(max(1, math.ceil(wait)))
+        self._require_json(request)
         body = parse_json_object(request.body)
-        password = body.get("password")
         if not self.passwords.exists():
             raise HttpError(409, "no admin password yet: set one first", setup=True)
-        ok = isinstance(password, str) and await trio.to_thread.run_sync(
-            self.passwords.verify, password
-        )
-        if not ok:
-            self.limiter.failed(client)
-            log.warning("failed login from %s", client)
+        if not await self._check_password(client, body.get("password")):
+            if self.limiter.retry_after(client) is not None:  # one line per blocked address
+                log.warning("failed logins from %s: blocked for a while", client)
             raise HttpError(401, "wrong password")
-        self.limiter.succeeded(client)
         session = self.sessions.create()
         return json_response(200, {"csrf": session.csrf}, [self._set_cookie(session)])
 
@@ -475,17 +554,17 @@ class WebApi:
 
     async def post_password(self, request: Request) -> ServerResponse:
         body = parse_json_object(request.body)
-        current = body.get("current")
-        ok = isinstance(current, str) and await trio.to_thread.run_sync(
-            self.passwords.verify, current
-        )
-        if not ok:
-            raise HttpError(403, "the current password is wrong")
         try:
             password = check_new_password(body.get("password"))
         except PasswordError as exc:
             raise HttpError(422, str(exc), problems=[f"password: {exc}"]) from None
-        await trio.to_thread.run_sync(self.passwords.set, password)
+        if not await self._check_password(request.peer[0], body.get("current")):
+            log.warning("wrong current password in a password change from %s", request.peer[0])
+            raise HttpError(403, "the current password is wrong")
+        try:
+            await self.hashing.run(self.passwords.set, password)
+        except Busy:
+            raise _busy() from None
         self.sessions.clear()  # every other session ends with the old password
         session = self.sessions.create()
         return json_response(200, {"csrf": session.csrf}, [self._set_cookie(session)])
@@ -500,11 +579,23 @@ class WebApi:
         if path is None:
             raise HttpError(409, "this service runs without a configuration file to write")
         document = parse_json_object(request.body)
+        numbers = list(_number_problems(document, ""))
+        if numbers:
+            raise HttpError(422, "invalid configuration", problems=numbers)
         async with self._config_lock:
             try:
                 config = parse_config(document, base_dir=path.parent)
             except ConfigError as exc:
                 raise HttpError(422, "invalid configuration", problems=exc.problems) from None
+            except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+                # parse_config should name every problem itself; this keeps a miss a 422.
+                log.warning("configuration check failed unexpectedly: %r", exc)
+                raise HttpError(
+                    422, "invalid configuration", problems=[f"configuration: {exc}"]
+                ) from None
+            where = _place_problems(document, config, self.data_dir)
+            if where:
+                raise HttpError(400, "; ".join(where), problems=where)
             problems = _file_problems(config)
             if problems:
                 raise HttpError(422, "invalid configuration", problems=problems)
@@ -562,6 +653,8 @@ class WebApi:
             step = int(step_text)
         except ValueError:
             raise HttpError(400, "step must be a whole number of seconds") from None
+        if not 1 <= step <= LATEST_TIME:
+            raise HttpError(400, "step must be 1 second or more (and less than the age of time)")
         return start, end, step
 
     async def _history(self, request: Request) -> dict[str, Any]:
@@ -679,28 +772,30 @@ class WebApi:
         }
         if files["ca"].is_file():
             try:
-                anchors = certs.load_certificates(files["ca"].read_bytes())
-                doc["serca"] = [c.subject.rfc4514_string() for c in anchors]
-            except certs.CertError as exc:
-                doc["serca"] = {"error": str(exc)}
+                anchors = _inspect("SERCA", certs.load_certificates, files["ca"].read_bytes())
+                doc["serca"] = [_inspect("SERCA", _subject, c) for c in anchors]
+                doc["sercaCertificates"] = [
+                    {"subject": subject, "sha256": _inspect("SERCA", _fingerprint, c)}
+                    for subject, c in zip(doc["serca"], anchors, strict=True)
+                ]
+            except HttpError as exc:
+                doc["serca"] = {"error": exc.message}
         if files["cert"].is_file():
             try:
-                d = certs.describe(files["cert"].read_bytes())
+                d = _inspect("certificate", certs.describe, files["cert"].read_bytes())
                 doc["chain"] = {"lfdi": d["lfdi"], "sfdi": d["sfdi"], "notAfter": d["notAfter"]}
-            except certs.CertError as exc:
-                doc["chain"] = {"error": str(exc)}
+            except HttpError as exc:
+                doc["chain"] = {"error": exc.message}
         return json_response(200, doc)
 
     async def put_serca(self, request: Request) -> ServerResponse:
-        try:
-            anchors = certs.load_certificates(request.body)
-        except certs.CertError as exc:
-            raise HttpError(422, f"SERCA: {exc}", problems=[f"serca: {exc}"]) from None
-        if not any(c.extensions and _is_ca(c) for c in anchors):
-            raise HttpError(422, "SERCA: no CA certificate in the file")
-        pem = certs.certificate_pem(*anchors)
+        anchors = _inspect("SERCA", certs.load_certificates, request.body)
+        described = [_inspect("SERCA", _root_ca, c) for c in anchors]
+        pem = _inspect("SERCA", certs.certificate_pem, *anchors)
         await trio.to_thread.run_sync(lambda: atomic_write(self._cert_files()["ca"], pem))
-        return json_response(200, {"serca": [c.subject.rfc4514_string() for c in anchors]})
+        return json_response(
+            200, {"serca": [d["subject"] for d in described], "certificates": described}
+        )
 
     async def post_cert_request(self, request: Request) -> ServerResponse:
         body = parse_json_object(request.body) if request.body.strip() else {}
@@ -748,10 +843,9 @@ class WebApi:
         if not files["ca"].is_file():
             raise HttpError(409, "no SERCA yet: PUT /api/cert/serca first")
         chain = request.body
-        try:
-            check = certs.check_chain(chain, files["key"].read_bytes(), files["ca"].read_bytes())
-        except certs.CertError as exc:
-            raise HttpError(422, str(exc), problems=[f"certificate: {exc}"]) from None
+        key, ca = files["key"].read_bytes(), files["ca"].read_bytes()
+        check = _inspect("certificate", certs.check_chain, chain, key, ca)
+        described = _inspect("certificate", certs.describe, chain)
         await trio.to_thread.run_sync(lambda: atomic_write(files["cert"], chain))
         return json_response(
             200,
@@ -759,35 +853,100 @@ class WebApi:
                 "lfdi": check.lfdi,
                 "sfdi": check.sfdi,
                 "warnings": list(check.warnings),
-                "certificate": certs.describe(chain),
+                "certificate": described,
             },
         )
 
     # -- live events ---------------------------------------------------------------------------
 
     async def get_events(self, request: Request) -> ServerResponse:
-        if self.events.full():
-            raise HttpError(503, "too many live connections")
+        refusal = self.events.refusal(request.peer[0])
+        if refusal is not None:
+            raise HttpError(503, f"live updates paused: {refusal}", retryAfterS=10)
+        if request.method == "HEAD":
+            return ServerResponse(200, b"", [("Cache-Control", "no-store")], "text/event-stream")
         return ServerResponse(
             200,
-            self.events.stream(),
+            self.events.open(request.peer[0]),
             [("Cache-Control", "no-store"), ("X-Accel-Buffering", "no")],
             "text/event-stream",
         )
 
 
 def _too_many(seconds: int) -> HttpError:
-    exc = HttpError(429, f"too many failed logins: try again in {seconds} s", retryAfterS=seconds)
-    return exc
+    return HttpError(
+        429, f"too many password attempts: try again in {seconds} s", retryAfterS=seconds
+    )
 
 
-def _is_ca(cert: Any) -> bool:
+def _busy() -> HttpError:
+    return HttpError(429, "busy checking other passwords: try again in 1 s", retryAfterS=1)
+
+
+def _inspect(what: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on an uploaded or stored certificate; any failure is a 422 naming it.
+
+    cryptography parses certificates lazily: a malformed extension, name, date or key raises
+    ValueError, KeyError, TypeError, DuplicateExtension, UnsupportedGeneralNameType,
+    InvalidVersion or UnsupportedAlgorithm from wherever it is first read, not only CertError.
+    Until sep2/certs.py turns every one into CertError, the web boundary does."""
+    try:
+        return fn(*args)
+    except certs.CertError as exc:
+        raise HttpError(422, f"{what}: {exc}", problems=[f"{what}: {exc}"]) from None
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+        log.info("%s: %s from %s: %s", what, type(exc).__name__, getattr(fn, "__name__", fn), exc)
+        message = f"{what}: the certificate is malformed ({type(exc).__name__}: {reason})"
+        raise HttpError(422, message, problems=[message]) from None
+
+
+def _subject(cert: Any) -> str:
+    return str(cert.subject.rfc4514_string())
+
+
+def _fingerprint(cert: Any) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def _root_ca(cert: Any) -> dict[str, Any]:
+    """What the installer compares with the utility's published SERCA (subject, SHA-256), once
+    ``cert`` is checked to be a self-signed root CA allowed to sign certificates: not a MICA,
+    not the device's own certificate."""
     from cryptography import x509
 
+    subject = _subject(cert)
     try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+        ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
-        return False
+        ca = False
+    if not ca:
+        raise certs.CertError(f"{subject!r} is not a CA certificate (basicConstraints cA)")
+    if cert.issuer != cert.subject:
+        raise certs.CertError(
+            f"{subject!r} is issued by {cert.issuer.rfc4514_string()!r}: the SERCA is the "
+            "utility's self-signed root, not an intermediate such as a MICA"
+        )
+    try:
+        cert.verify_directly_issued_by(cert)
+    except Exception:
+        raise certs.CertError(
+            f"{subject!r} is not self-signed (its signature does not verify)"
+        ) from None
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is None or not usage.key_cert_sign:
+        raise certs.CertError(f"{subject!r} may not sign certificates (keyUsage keyCertSign)")
+    return {
+        "subject": subject,
+        "sha256": _fingerprint(cert),
+        "notAfter": _iso(cert.not_valid_after_utc.timestamp()),
+    }
 
 
 def _scan_endpoint(body: dict[str, Any]) -> Endpoint:
@@ -801,8 +960,10 @@ def _scan_endpoint(body: dict[str, Any]) -> Endpoint:
             return parse_tcp(tcp)
         except ValueError as exc:
             raise HttpError(400, f"tcp: {exc}") from None
-    if not isinstance(rtu, str) or not rtu.startswith("/dev/tty") or ".." in rtu:
-        raise HttpError(400, "rtu must be a serial device such as /dev/ttyUSB0")
+    if not _serial_ok(rtu):
+        raise HttpError(
+            400, "rtu must be a serial device such as /dev/ttyUSB0 or /dev/serial/by-id/..."
+        )
     baud, parity, stopbits = (
         body.get("baud", 9600),
         body.get("parity", "N"),
@@ -811,6 +972,63 @@ def _scan_endpoint(body: dict[str, Any]) -> Endpoint:
     if baud not in BAUD_RATES or parity not in ("N", "E", "O") or stopbits not in (1, 2):
         raise HttpError(400, "baud, parity or stopbits not supported")
     return SerialEndpoint(rtu, int(baud), parity, int(stopbits))
+
+
+def _serial_ok(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and bool(SERIAL_PORT.match(value)) and ".." not in value
+
+
+def _number_problems(value: object, path: str) -> list[str]:
+    """Numbers no configuration key can hold (huge, infinite), by key path: refused before the
+    parser turns them into floats."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):  # arbitrary size: compare as integers
+        too_big = abs(value) > int(MAX_JSON_NUMBER)
+    elif isinstance(value, float):
+        too_big = not (math.isfinite(value) and abs(value) <= MAX_JSON_NUMBER)
+    else:
+        too_big = False
+    if too_big:
+        return [f"{path or 'configuration'}: number out of range"]
+    out: list[str] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _number_problems(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _number_problems(v, f"{path}[{i}]")
+    return out
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path``, with every symlink and ``..`` resolved, is inside ``folder``."""
+    real = Path(os.path.realpath(path))
+    return real.is_relative_to(Path(os.path.realpath(folder)))
+
+
+def _place_problems(document: dict[str, Any], config: Config, data_dir: Path) -> list[str]:
+    """Paths set through the web API may only name files in the data folder and serial
+    devices: an admin session (or whoever has one) must not point the service at any file."""
+    out: list[str] = []
+    u = config.utility
+    if u is not None:
+        for key, file in (("ca", u.ca), ("cert", u.cert), ("key", u.key)):
+            if not _inside(file, data_dir):
+                out.append(f"utility.{key}: must be a file in the data folder {data_dir}")
+    for key, entries in (
+        ("inverters", document.get("inverters")),
+        ("meter", document.get("meter")),
+    ):
+        items = entries if isinstance(entries, list) else [entries]
+        for i, entry in enumerate(items):
+            if not isinstance(entry, dict) or entry.get("rtu") is None:
+                continue
+            where = f"{key}[{i}].rtu" if key == "inverters" else f"{key}.rtu"
+            rtu = entry["rtu"]
+            if not _serial_ok(rtu):
+                out.append(f"{where}: must be a serial device (/dev/tty* or /dev/serial/by-id/*)")
+    return out
 
 
 def _file_problems(config: Config) -> list[str]:

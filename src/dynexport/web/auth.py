@@ -3,22 +3,34 @@
 There is one account (the installer/owner). Its password is stored as a scrypt hash in
 ``admin.json`` (mode 0600) on the data folder; sessions live in memory (a restart logs everybody
 out). The session cookie is HttpOnly and SameSite=Strict; every state-changing request must also
-carry the session's CSRF token in ``X-CSRF-Token``. Failed logins are rate-limited per client
-address and in total, so neither one phone nor many can guess the password quickly.
+carry the session's CSRF token in ``X-CSRF-Token``.
+
+Password checks cost 16 MiB and ~50 ms of scrypt each, so they run one at a time with a short
+queue (:class:`HashQueue`); they are counted when they start, per client address and in total
+(:class:`LoginLimiter`). The total bound slows guessing from many addresses to one check every
+few seconds but never refuses the owner's correct password outright (docs/web.md).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import json
+import os
 import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import trio
 
 from dynexport.system.storage import read_json, write_json
+
+T = TypeVar("T")
 
 PASSWORD_FILE = "admin.json"
 MIN_PASSWORD = 8
@@ -109,6 +121,33 @@ class PasswordStore:
     def set(self, password: str) -> None:
         write_json(self.path, hash_password(check_new_password(password)), mode=0o600)
 
+    def create(self, password: str) -> bool:
+        """Stores the first password; False (and nothing written) when one exists already.
+
+        The file appears whole or not at all, and only once: it is written under a temporary
+        name and hard-linked into place, which fails if any other request got there first."""
+        data = json.dumps(hash_password(check_new_password(password))).encode()
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return True
+
     def verify(self, password: str) -> bool:
         stored = self.load()
         return stored is not None and verify_password(password, stored)
@@ -163,8 +202,47 @@ def csrf_ok(session: Session, header: str | None) -> bool:
     return header is not None and hmac.compare_digest(session.csrf.encode(), header.encode())
 
 
+class Busy(Exception):
+    """The password checker's queue is full: try again in a moment."""
+
+
+class HashQueue:
+    """Runs scrypt (hashing or checking a password) in a worker thread, one at a time.
+
+    Each run takes 16 MiB and ~50 ms; parallel requests would take one thread and 16 MiB each,
+    which a 512 MB Pi cannot give. At most ``max_waiting`` more wait their turn; beyond that
+    :meth:`run` raises :class:`Busy` at once (the caller answers 429)."""
+
+    def __init__(self, max_waiting: int = 4) -> None:
+        self.max_waiting = max_waiting
+        self._limiter = trio.CapacityLimiter(1)
+        self.pending = 0
+
+    def full(self) -> bool:
+        return self.pending > self.max_waiting
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        if self.full():
+            raise Busy
+        self.pending += 1
+        try:
+            # Not abandoned on cancel: the thread holds the limiter until scrypt is done, so
+            # the bound holds even for requests that time out.
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        finally:
+            self.pending -= 1
+
+
 class LoginLimiter:
-    """Failed logins allowed per client address and in total within a sliding window."""
+    """Password checks allowed per client address, and in total at a bounded rate.
+
+    A check counts when it starts (parallel attempts cannot overrun the bound) and is forgiven
+    for its address when it succeeds. Each address may make ``per_client`` checks in
+    ``window_s``; then it waits until the oldest ages out. Beyond ``total`` checks in the window
+    from all addresses, checks go on for any address that is not itself blocked, but at most
+    one every ``slow_s``: guessing from many addresses is slowed to that rate, while the owner,
+    from an address of their own, still gets a check within about ``slow_s`` and is never
+    locked out by someone else's failures."""
 
     def __init__(
         self,
@@ -173,15 +251,18 @@ class LoginLimiter:
         per_client: int = 5,
         total: int = 20,
         window_s: float = 300.0,
+        slow_s: float = 3.0,
         max_clients: int = 1024,
     ) -> None:
         self.clock = clock
         self.per_client = per_client
         self.total = total
         self.window_s = window_s
+        self.slow_s = slow_s
         self.max_clients = max_clients
         self._clients: dict[str, deque[float]] = {}
         self._all: deque[float] = deque()
+        self._last_slow: float | None = None
 
     def _trim(self, q: deque[float], now: float) -> None:
         while q and now - q[0] >= self.window_s:
@@ -190,21 +271,28 @@ class LoginLimiter:
     def retry_after(self, client: str) -> float | None:
         """Seconds until ``client`` may try again, or None when it may try now."""
         now = self.clock()
-        self._trim(self._all, now)
-        waits = []
-        if len(self._all) >= self.total:
-            waits.append(self._all[0] + self.window_s - now)
         q = self._clients.get(client)
         if q is not None:
             self._trim(q, now)
             if not q:
                 del self._clients[client]
             elif len(q) >= self.per_client:
-                waits.append(q[0] + self.window_s - now)
-        return max(waits) if waits else None
+                return q[0] + self.window_s - now
+        self._trim(self._all, now)
+        if (
+            len(self._all) >= self.total
+            and self._last_slow is not None
+            and now - self._last_slow < self.slow_s
+        ):
+            return self._last_slow + self.slow_s - now
+        return None
 
-    def failed(self, client: str) -> None:
+    def attempt(self, client: str) -> None:
+        """Counts a check that starts now (call only when :meth:`retry_after` is None)."""
         now = self.clock()
+        self._trim(self._all, now)
+        if len(self._all) >= self.total:
+            self._last_slow = now
         if client not in self._clients and len(self._clients) >= self.max_clients:
             # Too many addresses to remember: forget the quietest; the total bound still holds.
             quiet = min(self._clients, key=lambda c: self._clients[c][-1])

@@ -9,7 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from dynexport.control.limits import POWER_KEYS, LimitsConfig
-from dynexport.system.config import Config, DeviceConfig, SerialEndpoint, TcpEndpoint
+from dynexport.integrations.configdoc import integrations_document
+from dynexport.modbus.endpoints import SerialEndpoint, TcpEndpoint
+from dynexport.system.config import Config, DeviceConfig
+from dynexport.system.migrate import CURRENT_VERSION
 
 
 def _device(dev: DeviceConfig) -> dict[str, Any]:
@@ -81,5 +84,11 @@ def config_document(config: Config) -> dict[str, Any]:
             utility["pin"] = u.pin
         if u.ciphers:
             utility["ciphers"] = list(u.ciphers)
+        utility["pen"] = u.pen
+        utility["fallbackExportW"] = _num(u.fallback_export_w)
         doc["utility"] = utility
+    if config.site.time_zone is not None:
+        doc["site"] = {"timeZone": config.site.time_zone}
+    doc["version"] = CURRENT_VERSION  # schema version (system/migrate.py)
+    doc.update(integrations_document(config))  # mqtt, price, metrics: docs/integrations.md
     return doc

@@ -26,6 +26,9 @@ WEB_LIMITS = Limits(
     send_timeout=30.0,
     handler_timeout=60.0,
     max_connections=64,
+    max_per_address=12,  # a browser opens up to 6, plus live events and a second tab
+    pressure_connections=48,
+    pressure_timeout=2.0,
 )
 
 

@@ -272,22 +272,43 @@
       const r = await api("PUT", "/api/cert/chain", undefined, $("#chain").value.trim() + "\n");
       const info = await api("GET", "/api/cert");
       S.certFiles = info.files;
-      facts($("#cert-info"), [["LFDI", r.lfdi], ["SFDI", r.sfdi], ["Remarks", r.warnings.join("; ") || "none"]]);
+      const roots = (info.sercaCertificates || []).flatMap((c) => [["SERCA", c.subject], ["SERCA SHA-256", c.sha256]]);
+      facts($("#cert-info"), [["LFDI", r.lfdi], ["SFDI", r.sfdi], ["Remarks", r.warnings.join("; ") || "none"], ...roots]);
       msg("Certificate checked and saved.");
     } catch (e) { msg(e.message, true); }
   });
 
   // -- dashboard -------------------------------------------------------------------------
+  // Live events; when the stream is refused or lost the page says so, polls the status every
+  // 5 s meanwhile and tries the stream again every 10 s.
+  function openEvents() {
+    S.events = new EventSource("/api/events");
+    S.events.addEventListener("status", (ev) => { livePaused(false); renderStatus(JSON.parse(ev.data)); });
+    S.events.onerror = () => {
+      livePaused(true);
+      if (S.events && S.events.readyState === EventSource.CLOSED) {
+        S.events.close(); S.events = null;
+        if (!S.retry) S.retry = setTimeout(() => { S.retry = null; if (!$("#dash").hidden && !S.events) openEvents(); }, 10000);
+      }
+    };
+  }
+  async function pollStatus() {
+    try { renderStatus(await api("GET", "/api/status")); } catch (e) { /* keep the last values */ }
+  }
+  function livePaused(on) {
+    $("#live").hidden = !on;
+    if (on && !S.poll) { pollStatus(); S.poll = setInterval(pollStatus, 5000); }
+    if (!on && S.poll) { clearInterval(S.poll); S.poll = null; }
+  }
   function startLive() {
-    if (!S.events) {
-      S.events = new EventSource("/api/events");
-      S.events.addEventListener("status", (ev) => renderStatus(JSON.parse(ev.data)));
-    }
+    if (!S.events) openEvents();
     loadChart();
     if (!S.chartTimer) S.chartTimer = setInterval(loadChart, 15000);
   }
   function stopLive() {
     if (S.events) { S.events.close(); S.events = null; }
+    if (S.retry) { clearTimeout(S.retry); S.retry = null; }
+    livePaused(false); $("#live").hidden = true;
     if (S.chartTimer) { clearInterval(S.chartTimer); S.chartTimer = null; }
   }
   function renderStatus(st) {
