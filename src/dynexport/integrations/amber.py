@@ -1,0 +1,314 @@
+"""Price-aware export from the Amber Electric API: limit export while feed-in pays too little.
+
+Amber passes the wholesale price through, so the feed-in price can go negative: exporting then
+costs the owner money. ``GET /v1/sites/{siteId}/prices/current?next=N`` (Bearer token) returns
+the current interval and the next ones, one entry per channel (``general``, ``feedIn``,
+``controlledLoad``); for ``feedIn`` Amber's ``perKwh`` is what the owner *pays* per kWh
+exported, so it is negative when exporting earns money. Here the feed-in price is what exporting
+earns, ``-perKwh`` c/kWh, and export is limited (to ``price.exportW``, default 0 W) while it is
+below ``price.belowCents`` (default 0: while exporting costs money).
+
+Polling: every ``price.pollS`` (default 300 s, Amber's price interval is 5 or 30 minutes; the
+API allows far more), honouring ``Retry-After`` on 429. The intervals fetched cover the next
+hours, so one missed poll changes nothing; but prices fetched longer ago than ``price.expiryS``
+lapse: the source then sets no limit and its status says why. A price is a commercial signal,
+not a network limit, so when it is unknown the site exports as the utility and the installer
+allow, never more.
+
+The parsing and the decision are pure; ``PricePoller`` is the thin trio adapter, using the
+project's HTTP client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import trio
+
+from dynexport.httpio.client import HttpClient, HttpError, parse_retry_after
+from dynexport.integrations.limitsources import PRICE_SOURCE, ExtraLimit
+from dynexport.system.config import PriceConfig
+
+log = logging.getLogger("dynexport.integrations")
+
+NEXT_INTERVALS = 12
+"""Forecast intervals asked for: an hour at 5-minute pricing, six at 30-minute pricing."""
+MAX_BODY = 256 * 1024
+CONFIG_CHECK_S = 1.0
+
+
+class AmberError(ValueError):
+    """A response that is not the documented price list; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class PriceInterval:
+    """One priced interval of one channel, times as Unix seconds."""
+
+    start: float
+    end: float
+    per_kwh: float
+    """c/kWh as Amber reports it (for ``feedIn``: what the owner pays per kWh exported)."""
+    channel: str
+    kind: str
+    """``ActualInterval``, ``CurrentInterval`` or ``ForecastInterval``."""
+
+
+def prices_path(site_id: str) -> str:
+    """The request target, relative to the API base (``https://api.amber.com.au/v1/``)."""
+    return f"sites/{site_id}/prices/current?next={NEXT_INTERVALS}&previous=0"
+
+
+def _time(value: object, where: str) -> float:
+    if not isinstance(value, str):
+        raise AmberError(f"{where}: must be an ISO 8601 time, not {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise AmberError(f"{where}: not an ISO 8601 time: {value[:40]!r}") from None
+    if parsed.tzinfo is None:
+        raise AmberError(f"{where}: time without a zone: {value[:40]!r}")
+    return parsed.timestamp()
+
+
+def parse_prices(body: bytes) -> tuple[PriceInterval, ...]:
+    """The intervals of a ``prices/current`` response; raises AmberError naming the problem."""
+    try:
+        doc = json.loads(body.decode("utf-8"), parse_constant=_refuse)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise AmberError(f"not JSON: {exc}") from None
+    if not isinstance(doc, list):
+        raise AmberError(f"expected a list of intervals, got {type(doc).__name__}")
+    out = []
+    for i, item in enumerate(doc):
+        where = f"interval [{i}]"
+        if not isinstance(item, dict):
+            raise AmberError(f"{where}: must be an object")
+        price = item.get("perKwh")
+        if isinstance(price, bool) or not isinstance(price, int | float):
+            raise AmberError(f"{where}.perKwh: must be a number, not {price!r}")
+        if not math.isfinite(price):
+            raise AmberError(f"{where}.perKwh: must be finite")
+        start = _time(item.get("startTime"), f"{where}.startTime")
+        end = _time(item.get("endTime"), f"{where}.endTime")
+        if end <= start:
+            raise AmberError(f"{where}: endTime is not after startTime")
+        channel = item.get("channelType")
+        if not isinstance(channel, str):
+            raise AmberError(f"{where}.channelType: must be a string")
+        kind = item.get("type")
+        out.append(PriceInterval(start, end, float(price), channel, str(kind)))
+    return tuple(out)
+
+
+def _refuse(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+def feed_in_price(intervals: tuple[PriceInterval, ...], t: float) -> float | None:
+    """What exporting earns at ``t`` in c/kWh (``-perKwh`` of the feed-in interval holding
+    ``t``); None when no fetched interval covers it."""
+    for interval in intervals:
+        if interval.channel == "feedIn" and interval.start <= t < interval.end:
+            return -interval.per_kwh
+    return None
+
+
+@dataclass(frozen=True)
+class PriceState:
+    """What the poller knows: the last good fetch (wall time) and the last error."""
+
+    intervals: tuple[PriceInterval, ...] = ()
+    fetched_at: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PriceDecision:
+    limit: ExtraLimit | None
+    reason: str
+    feed_in_cents: float | None
+    lapsed: bool
+
+
+def decide(state: PriceState, config: PriceConfig, now: float) -> PriceDecision:
+    """The price source's export limit at wall time ``now``, with the reason in words."""
+    problem = f" ({state.error})" if state.error else ""
+    if state.fetched_at is None:
+        return PriceDecision(None, f"no prices fetched yet{problem}", None, False)
+    age = now - state.fetched_at
+    if age > config.expiry_s:
+        return PriceDecision(
+            None,
+            f"lapsed: the last prices were fetched {age:.0f} s ago, over price.expiryS "
+            f"{config.expiry_s:g} s{problem}; no price limit",
+            None,
+            True,
+        )
+    cents = feed_in_price(state.intervals, now)
+    if cents is None:
+        return PriceDecision(
+            None, f"lapsed: no feed-in price for now in the last fetch{problem}", None, True
+        )
+    if cents < config.below_cents:
+        return PriceDecision(
+            ExtraLimit(PRICE_SOURCE, config.export_w),
+            f"feed-in {cents:.2f} c/kWh is below {config.below_cents:g} c/kWh: export limited "
+            f"to {config.export_w:.0f} W",
+            cents,
+            False,
+        )
+    return PriceDecision(
+        None,
+        f"feed-in {cents:.2f} c/kWh is not below {config.below_cents:g} c/kWh",
+        cents,
+        False,
+    )
+
+
+def describe_status(status: int, body: bytes) -> str:
+    """An HTTP error from the price API in words an installer can act on."""
+    hint = {
+        401: "the token was refused: check price.token",
+        403: "the token may not read this site: check price.token and price.siteId",
+        404: "no such site: check price.siteId",
+        429: "rate limited by the API",
+    }.get(status, "")
+    excerpt = body[:120].decode("utf-8", "replace")
+    return f"HTTP {status} from the price API" + (f": {hint}" if hint else f" ({excerpt!r})")
+
+
+class PricePoller:
+    """Polls the Amber API while ``price`` is configured; the app asks it for its limit."""
+
+    def __init__(
+        self,
+        get_config: Callable[[], PriceConfig | None],
+        *,
+        wake: Callable[[], None] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        ssl_context: ssl.SSLContext | None = None,
+        allow_plain_http: bool = False,
+    ) -> None:
+        """``ssl_context`` and ``allow_plain_http`` are for tests (the product builds its own
+        context from ``price.ca`` and speaks https only)."""
+        self._get_config = get_config
+        self._wake = wake
+        self._wall_clock = wall_clock
+        self._ssl_context = ssl_context
+        self._allow_plain_http = allow_plain_http
+        self.state = PriceState()
+        self.polls = 0
+        self._last_reason: str | None = None
+
+    def decision(self) -> PriceDecision | None:
+        config = self._get_config()
+        if config is None:
+            return None
+        return decide(self.state, config, self._wall_clock())
+
+    def extra_limits(self, now: float) -> list[ExtraLimit]:
+        """The price limit in force (``now`` is the app's clock; prices run on wall time)."""
+        del now
+        got = self.decision()
+        if got is None:
+            return []
+        if got.reason != self._last_reason:
+            self._last_reason = got.reason
+            (log.warning if got.lapsed else log.info)("price: %s", got.reason)
+        return [got.limit] if got.limit is not None else []
+
+    def status(self) -> dict[str, Any]:
+        got = self.decision()
+        if got is None:
+            return {"configured": False}
+        fetched = self.state.fetched_at
+        return {
+            "configured": True,
+            "feedInCents": got.feed_in_cents,
+            "limitW": None if got.limit is None else got.limit.export_w,
+            "lapsed": got.lapsed,
+            "reason": got.reason,
+            "lastFetch": None if fetched is None else _iso(fetched),
+            "error": self.state.error,
+        }
+
+    def _context(self, config: PriceConfig) -> ssl.SSLContext:
+        if self._ssl_context is not None:
+            return self._ssl_context
+        return ssl.create_default_context(cafile=str(config.ca) if config.ca else None)
+
+    async def run(self) -> None:
+        """Runs for the life of the service; idles while ``price`` is not configured."""
+        while True:
+            config = self._get_config()
+            if config is None:
+                await trio.sleep(CONFIG_CHECK_S)
+                continue
+            try:
+                ctx = self._context(config)
+            except (OSError, ssl.SSLError) as exc:
+                self.state = PriceState(
+                    self.state.intervals, self.state.fetched_at, f"price.ca: {exc}"
+                )
+                await self._wait(config, config.poll_s)
+                continue
+            async with HttpClient(
+                config.url + "/",
+                ctx,
+                timeout=20.0,
+                connect_timeout=10.0,
+                retries=1,
+                max_body=MAX_BODY,
+                content_type="application/json",
+                wait_retry_after=False,
+                allow_plain_http=self._allow_plain_http,
+            ) as client:
+                while self._get_config() == config:
+                    delay = await self.poll_once(client, config)
+                    await self._wait(config, delay)
+
+    async def _wait(self, config: PriceConfig, delay: float) -> None:
+        with trio.move_on_after(delay):
+            # the app replaces its configuration without telling its readers: look each second
+            while self._get_config() == config:  # noqa: ASYNC110
+                await trio.sleep(CONFIG_CHECK_S)
+
+    async def poll_once(self, client: HttpClient, config: PriceConfig) -> float:
+        """One poll; returns the seconds until the next one."""
+        self.polls += 1
+        old = self.state
+        delay = config.poll_s
+        try:
+            response = await client.get(
+                prices_path(config.site_id), headers={"Authorization": f"Bearer {config.token}"}
+            )
+            if response.status == 200:
+                intervals = parse_prices(response.body)
+                self.state = PriceState(intervals, self._wall_clock(), None)
+            else:
+                error = describe_status(response.status, response.body)
+                if response.status in (429, 503):
+                    asked = parse_retry_after(response.header("retry-after"), self._wall_clock())
+                    if asked is not None:
+                        delay = min(max(asked, 1.0), config.poll_s * 4)
+                self.state = PriceState(old.intervals, old.fetched_at, error)
+        except (HttpError, AmberError) as exc:
+            self.state = PriceState(old.intervals, old.fetched_at, f"price API: {exc}")
+        if self.state.error is not None and self.state.error != old.error:
+            log.warning("price: %s", self.state.error)
+        if self._wake is not None:
+            self._wake()  # the controller applies the new price at once, not a cycle later
+        return delay
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")

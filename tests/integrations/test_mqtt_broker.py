@@ -1,0 +1,278 @@
+"""The MQTT bridge against a real Mosquitto broker started by the test on 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from dynexport.integrations.homeassistant import discovery_messages
+from dynexport.integrations.limitsources import COMMAND_SOURCE
+from dynexport.integrations.mqtt import MqttBridge
+from dynexport.integrations.topics import ENERGY_KEYS
+from dynexport.sep2 import certs
+from dynexport.system.config import MqttConfig, parse_config
+from tests.integrations import ha_schema
+from tests.integrations.broker import Broker, Subscriber, publish_once, running_broker
+from tests.integrations.statusdoc import status
+
+PREFIX = "dynexport/site1"
+
+
+def mqtt_config(url: str, **extra: Any) -> MqttConfig:
+    cfg = parse_config({"mqtt": {"url": url, "topicPrefix": PREFIX, "publishS": 1, **extra}}).mqtt
+    assert cfg is not None
+    return cfg
+
+
+def bridge(cfg: MqttConfig, doc: Callable[[], dict[str, Any]] | None = None) -> MqttBridge:
+    return MqttBridge(
+        lambda: cfg,
+        doc or (lambda: status()),
+        min_backoff_s=0.05,
+        max_backoff_s=0.2,
+        jitter=lambda: 0.5,
+    )
+
+
+async def until(predicate: Callable[[], object], within: float = 20.0) -> None:
+    """Waits for state another task or the broker changes; fails after ``within`` s."""
+    with trio.fail_after(within):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.02)
+
+
+async def subscribed(broker: Broker, **tls: Any) -> Subscriber:
+    sub = Subscriber(broker, **tls)
+    await trio.to_thread.run_sync(sub.start)
+    return sub
+
+
+async def test_state_and_discovery_are_retained_and_follow_home_assistants_schema(
+    tmp_path: Path,
+) -> None:
+    with running_broker(tmp_path / "broker") as broker:
+        b = bridge(mqtt_config(broker.url))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b.run)
+            await until(lambda: b.published >= 2)
+            # a subscriber arriving later gets everything at once: all of it is retained
+            sub = await subscribed(broker)
+            try:
+                await until(lambda: sub.get(f"{PREFIX}/availability") == b"online")
+                expected = {
+                    m.topic
+                    for m in discovery_messages(
+                        status(), PREFIX, "homeassistant", energy_keys=ENERGY_KEYS[:3]
+                    )
+                }
+                await until(lambda: expected <= set(sub.topics()))
+                await until(lambda: sub.get(f"{PREFIX}/energy/generated") is not None)
+                topics = sub.topics()
+                assert all(sub.retained[t] for t in topics)
+                configs = {t: json.loads(sub.messages[t]) for t in topics if t.endswith("/config")}
+            finally:
+                await trio.to_thread.run_sync(sub.stop)
+            nursery.cancel_scope.cancel()
+
+    assert sub.get(f"{PREFIX}/site/power") == b"-2500.0"  # grid sign: negative = export
+    assert sub.get(f"{PREFIX}/solar/power") == b"6000.0"
+    assert sub.get(f"{PREFIX}/limit/export") == b"5000.0"
+    assert sub.get(f"{PREFIX}/limit/export/source") == b"utility"
+    assert sub.get(f"{PREFIX}/inverter/inverter_2/power") == b"3500.0"
+    assert json.loads(sub.get(f"{PREFIX}/status") or b"") == status()
+    assert sub.get(f"{PREFIX}/problem") == b"OFF"
+    problems = [p for t, c in configs.items() for p in ha_schema.check(t, c, "homeassistant")]
+    assert problems == []
+    by_id = {c["unique_id"]: c for c in configs.values()}
+    for key in ("site_power", "solar_power", "export_limit", "inverter_1_power"):
+        c = by_id[f"dynexport_site1_{key}"]
+        assert (c["device_class"], c["unit_of_measurement"], c["state_class"]) == (
+            "power",
+            "W",
+            "measurement",
+        )
+        assert c["availability_topic"] == f"{PREFIX}/availability"
+    for key in ("imported", "exported", "generated"):
+        c = by_id[f"dynexport_site1_energy_{key}"]
+        assert (c["device_class"], c["unit_of_measurement"], c["state_class"]) == (
+            "energy",
+            "Wh",
+            "total_increasing",
+        )
+    inv = by_id["dynexport_site1_inverter_1_power"]["device"]
+    assert inv["via_device"] == "dynexport_site1"
+    assert inv["serial_number"] == "34119101"
+    # every state topic a config names is actually published
+    assert {c["state_topic"] for c in configs.values()} <= set(sub.topics())
+
+
+async def test_the_last_will_marks_the_appliance_offline_when_it_disappears(
+    tmp_path: Path,
+) -> None:
+    with running_broker(tmp_path / "broker") as broker:
+        sub = await subscribed(broker)
+        try:
+            b = bridge(mqtt_config(broker.url))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(b.run)
+                await until(lambda: sub.get(f"{PREFIX}/availability") == b"online")
+                nursery.cancel_scope.cancel()  # the service stops (or dies) without goodbye
+            await until(lambda: sub.get(f"{PREFIX}/availability") == b"offline")
+        finally:
+            await trio.to_thread.run_sync(sub.stop)
+
+
+async def test_a_bad_password_is_refused_with_a_clear_status(tmp_path: Path) -> None:
+    with running_broker(tmp_path / "broker", users={"site": "right-password"}) as broker:
+        good = bridge(mqtt_config(broker.url, username="site", password="right-password"))
+        bad = bridge(mqtt_config(broker.url, username="site", password="wrong"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(good.run)
+            nursery.start_soon(bad.run)
+            await until(lambda: good.connected and bad.attempts >= 2)
+            nursery.cancel_scope.cancel()
+    doc = bad.status(0.0)
+    assert doc["connected"] is False
+    assert doc["state"] == "refused"
+    assert "refused the connection" in doc["lastError"]
+    assert "mqtt.username and mqtt.password" in doc["lastError"]
+    assert good.status(0.0)["lastError"] is None
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("pki")
+    files = certs.make_test_pki(folder / "main", now=dt.datetime.now(dt.UTC)).files
+    other = certs.make_test_pki(folder / "other", now=dt.datetime.now(dt.UTC)).files
+    return {**files, "other_serca": other["serca"]}
+
+
+async def test_tls_with_the_test_ca_and_a_client_certificate(
+    tmp_path: Path, pki: dict[str, Path]
+) -> None:
+    tls = {
+        "tls": True,
+        "ca": pki["serca"],
+        "server_cert": pki["server_chain"],
+        "server_key": pki["server_key"],
+        "require_certificate": True,
+    }
+    with running_broker(tmp_path / "broker", **tls) as broker:
+        sub = Subscriber(broker, certfile=str(pki["device_chain"]), keyfile=str(pki["device_key"]))
+        await trio.to_thread.run_sync(sub.start)
+        ok = bridge(
+            mqtt_config(
+                broker.url,
+                ca=str(pki["serca"]),
+                cert=str(pki["device_chain"]),
+                key=str(pki["device_key"]),
+            )
+        )
+        untrusted = bridge(mqtt_config(broker.url, ca=str(pki["other_serca"])))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ok.run)
+                nursery.start_soon(untrusted.run)
+                await until(lambda: sub.get(f"{PREFIX}/site/power") == b"-2500.0")
+                await until(lambda: untrusted.attempts >= 2)
+                nursery.cancel_scope.cancel()
+        finally:
+            await trio.to_thread.run_sync(sub.stop)
+    assert ok.connected is False  # after the cancel
+    assert ok.connects == 1
+    assert untrusted.connects == 0
+    assert "not trusted" in (untrusted.last_error or "")
+    assert "mqtt.ca" in (untrusted.last_error or "")
+
+
+async def test_a_broker_restart_is_followed_by_reconnect_and_republished_retained_state(
+    tmp_path: Path,
+) -> None:
+    with running_broker(tmp_path / "broker") as broker:
+        b = bridge(mqtt_config(broker.url))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b.run)
+            await until(lambda: b.connects == 1 and b.published >= 1)
+            await trio.to_thread.run_sync(broker.stop)  # no persistence: retained state gone
+            await until(lambda: not b.connected)
+            assert b.status(0.0)["lastError"]
+            await trio.to_thread.run_sync(broker.start)
+            await until(lambda: b.connects == 2)
+            sub = await subscribed(broker)  # only retained messages can reach it at once
+            try:
+                await until(lambda: sub.get(f"{PREFIX}/availability") == b"online")
+                await until(lambda: sub.get(f"{PREFIX}/status") is not None)
+                await until(
+                    lambda: sub.get("homeassistant/sensor/dynexport_site1/site_power/config")
+                )
+            finally:
+                await trio.to_thread.run_sync(sub.stop)
+            nursery.cancel_scope.cancel()
+    assert b.last_error is None
+
+
+async def test_the_command_topic_sets_an_expiring_export_limit(tmp_path: Path) -> None:
+    with running_broker(tmp_path / "broker") as broker:
+        b = bridge(mqtt_config(broker.url, commandTopic=True, commandExpiryS=60))
+        woken = []
+        b._wake = lambda: woken.append(True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b.run)
+            await until(lambda: b.connected)
+            await until(lambda: b.published >= 1)  # subscribed before the first round
+            topic = f"{PREFIX}/set/export_limit"
+            await trio.to_thread.run_sync(
+                lambda: publish_once(broker, topic, b'{"exportW": 1200, "durationS": 30}')
+            )
+            await until(lambda: b.command is not None)
+            now = trio.current_time()
+            limits = b.extra_limits(now)
+            assert [(x.source, x.export_w) for x in limits] == [(COMMAND_SOURCE, 1200.0)]
+            assert b.extra_limits(now + 31) == []  # a dead publisher cannot pin the limit
+            assert woken
+            await trio.to_thread.run_sync(lambda: publish_once(broker, topic, b""))  # clear
+            await until(lambda: b.command is None)
+            await trio.to_thread.run_sync(lambda: publish_once(broker, topic, b"-5"))
+            await until(lambda: b.command_error is not None and "0..1e+07" in b.command_error)
+            assert b.command is None
+            nursery.cancel_scope.cancel()
+
+
+async def test_commands_are_ignored_unless_the_command_topic_is_enabled(tmp_path: Path) -> None:
+    with running_broker(tmp_path / "broker") as broker:
+        b = bridge(mqtt_config(broker.url))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b.run)
+            await until(lambda: b.published >= 1)
+            topic = f"{PREFIX}/set/export_limit"
+            await trio.to_thread.run_sync(lambda: publish_once(broker, topic, b"0"))
+            sub = await subscribed(broker)  # a round trip through the broker after the command
+            try:
+                await until(lambda: sub.get(f"{PREFIX}/status") is not None)
+            finally:
+                await trio.to_thread.run_sync(sub.stop)
+            nursery.cancel_scope.cancel()
+    assert b.command is None
+    assert b.extra_limits(trio.current_time()) == []
+
+
+async def test_a_retained_command_is_refused_because_it_would_outlive_its_publisher(
+    tmp_path: Path,
+) -> None:
+    with running_broker(tmp_path / "broker") as broker:
+        topic = f"{PREFIX}/set/export_limit"
+        # left on the broker by a publisher long gone: delivered again on every (re)subscribe
+        await trio.to_thread.run_sync(lambda: publish_once(broker, topic, b"0", retain=True))
+        b = bridge(mqtt_config(broker.url, commandTopic=True))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b.run)
+            await until(lambda: b.command_error is not None)
+            nursery.cancel_scope.cancel()
+    assert b.command is None
+    assert "retained command was ignored" in (b.command_error or "")
