@@ -118,7 +118,7 @@ async def run_demo(options: DemoOptions, *, task_status: Any = trio.TASK_STATUS_
             post_rate_s=60,
             validate=schema_available(),
         )
-        with serve_tcp(site) as modbus:
+        with serve_tcp(site, control_port=0) as modbus:
             async with trio.open_nursery() as nursery:
                 await nursery.start(utility.serve)
                 nursery.start_soon(roll_steps, utility, list(options.steps_w), options.every_s)
@@ -153,6 +153,8 @@ def _announce(app: App, modbus: SimServer, utility: UtilityServer, data: Path) -
         f"(status API: /api/status)\n"
         f"  simulated site (Modbus TCP): 127.0.0.1:{modbus.port}, inverters at units 1 and 2, "
         f"meter at 240\n"
+        f"  site control channel (JSON lines, docs/modbus.md): 127.0.0.1:{modbus.control_port}, "
+        f'e.g. {{"unit": 1, "set": {{"connected": false}}}} trips inverter 1\n'
         f"  simulated utility (CSIP-AUS, mutual TLS): {utility.url}\n"
         f"  configuration and state: {data}\n"
         f"  Ctrl-C stops; the inverters are left at their fail-safe limits.",
