@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # Python helpers installed into the image by the rootfs overlay (no .py suffix, so named here).
 OVERLAY_PY := rootfs-overlay/usr/libexec/dynexport/ap-rule rootfs-overlay/usr/libexec/dynexport/wifi-config
 
-.PHONY: all venv run test lint typecheck pytest pytest-pymodbus313 bench clean wheels image image-check system-test
+.PHONY: all venv run test lint typecheck pytest pytest-pymodbus313 bench clean wheels image image-check bundle system-test
 
 all: test
 
@@ -72,6 +72,10 @@ BUILDROOT ?=
 
 image:
 	buildroot/scripts/build-image.sh $(BOARD)
+
+# A signed RAUC bundle of the same build (docs/update.md): after make image, or on its own.
+bundle:
+	buildroot/scripts/build-bundle.sh $(BOARD)
 
 image-check:
 	@test -n "$(BUILDROOT)" || { echo "usage: make image-check BUILDROOT=/path/to/buildroot"; exit 2; }

@@ -68,6 +68,11 @@ fi
 
 OUT="${WORK}/output-${BOARD}"
 export BR2_DL_DIR="${WORK}/dl"
+# Bundle signing (docs/update.md): the image trusts DYNEXPORT_SIGNING_DIR/keyring.pem. Without a
+# release key there, a development key is made (with a warning) so that the build still works.
+SIGNING="${DYNEXPORT_SIGNING_DIR:-${PROJECT}/build/signing}"
+"${EXT}/scripts/signing-key.sh" "${SIGNING}"
+export DYNEXPORT_RAUC_KEYRING="${SIGNING}/keyring.pem"
 make -C "${BR_DIR}" O="${OUT}" BR2_EXTERNAL="${EXT}" "${DEFCONFIG}"
 make -C "${BR_DIR}" O="${OUT}"
 
@@ -76,9 +81,14 @@ if [ ! -f "${IMAGE}" ]; then
 	echo "$0: the build finished without ${IMAGE}" >&2
 	exit 1
 fi
+BUNDLE="$(DYNEXPORT_SIGNING_DIR="${SIGNING}" "${EXT}/scripts/build-bundle.sh" "${BOARD}")"
+# What is downloaded and flashed: the image compressed (xz, as Raspberry Pi Imager reads it).
+xz -T0 -6 -k -f "${IMAGE}"
 echo
 echo "SD card image for ${BOARD}: ${IMAGE}"
 if [ -f "${IMAGE}.bmap" ]; then
 	echo "Block map (for bmaptool copy): ${IMAGE}.bmap"
 fi
-echo "Flashing: docs/image.md"
+echo "Update bundle (RAUC, signed): ${BUNDLE}"
+"${EXT}/scripts/report-sizes.sh" "${BOARD}" "${IMAGE}.xz" "${BUNDLE}"
+echo "Flashing: docs/image.md; updating: docs/update.md"

@@ -23,6 +23,7 @@ _GROUPS = {
     "run": "dynexport.app_cli",
     "demo": "dynexport.demo_cli",
     "config": "dynexport.system.config_cli",
+    "update": "dynexport.update.cli",
 }
 
 Handler = Callable[[argparse.Namespace], int]

@@ -25,6 +25,7 @@ RUNTIME_PACKAGES = {
     "sdnotify": "BR2_PACKAGE_PYTHON_SDNOTIFY",
     "pyserial": "BR2_PACKAGE_PYTHON_SERIAL",
     "pysunspec2": "BR2_PACKAGE_PYTHON_PYSUNSPEC2",
+    "paho-mqtt": "BR2_PACKAGE_PYTHON_PAHO_MQTT",
 }
 
 

@@ -55,9 +55,15 @@ def test_defconfig_is_the_appliance(board: str) -> None:
         "BR2_PACKAGE_RPI_FIRMWARE",
         "BR2_PACKAGE_HOST_GENIMAGE",
         "BR2_DOWNLOAD_FORCE_CHECK_HASHES",
-        "BR2_TARGET_TZ_INFO",  # site.timeZone: daily windows run in the site's zone
+        "BR2_PACKAGE_RAUC",  # A/B updates (docs/update.md)
+        "BR2_PACKAGE_RAUC_DBUS",  # the unprivileged service talks to RAUC over D-Bus
+        "BR2_PACKAGE_RAUC_JSON",  # rauc status --output-format=json
+        "BR2_PACKAGE_HOST_RAUC",  # make bundle signs with the host rauc
     ):
         assert cfg.get(sym) == "y", sym
+    # site.timeZone: BR2_TARGET_TZ_INFO is selected by systemd (savedefconfig leaves it out;
+    # image-check requires it in the resolved configuration)
+    assert cfg["BR2_INIT_SYSTEMD"] == "y"
     # the zone database holds every Australian zone (Python's zoneinfo reads it)
     assert "australasia" in cfg.get("BR2_TARGET_TZ_ZONELIST", "").split()
     # no password login, no getty, root never remounted read-write, no SSH server
@@ -141,15 +147,38 @@ def genimage_files(board: str) -> list[str]:
     return re.findall(r'"([^"]+)"', block[1])
 
 
+TRYBOOT_BOARDS = ("rpi4_64", "rpi5")
+UBOOT_BOARDS = ("rpi3_64", "rpizero2w_64")
+
+
+def test_every_board_has_one_boot_selection() -> None:
+    assert sorted(TRYBOOT_BOARDS + UBOOT_BOARDS) == sorted(BOARDS)
+
+
 @pytest.mark.parametrize("board", BOARDS)
 def test_genimage_boot_files_match_the_defconfig(board: str) -> None:
     cfg = defconfig(board)
     files = genimage_files(board)
     dtbs = {Path(d).name + ".dtb" for d in cfg["BR2_LINUX_KERNEL_INTREE_DTS_NAME"].split()}
-    assert {f for f in files if f.endswith(".dtb")} == dtbs
     config_txt = (ROOT / "firmware" / board / "config.txt").read_text()
     kernel = re.search(r"^kernel=(\S+)$", config_txt, re.M)
-    assert kernel is not None and kernel[1] in files
+    assert kernel is not None
+    assert "a" in files, "slot A's boot folder"
+    overlays = cfg.get("BR2_PACKAGE_RPI_FIRMWARE_INSTALL_DTB_OVERLAYS") != "n"
+    if board in TRYBOOT_BOARDS:
+        # kernel, DTBs, overlays and cmdline.txt come from the slot's folder (os_prefix=)
+        assert kernel[1] == "Image"
+        assert not {f for f in files if f.endswith(".dtb")}
+        assert "rpi-firmware/overlays" not in files and "rpi-firmware/cmdline.txt" not in files
+        post_build = (EXT / "board/dynexport/post-build.sh").read_text()
+        assert 'cp "${BINARIES_DIR}"/*.dtb "${TARGET_DIR}/boot/"' in post_build
+        assert "rpi-firmware/overlays" in post_build
+    else:
+        # U-Boot: the firmware loads the DTB and overlays from the FAT root, U-Boot the kernel
+        assert kernel[1] == "u-boot.bin" and kernel[1] in files
+        assert "boot.scr" in files
+        assert {f for f in files if f.endswith(".dtb")} == dtbs
+        assert overlays == ("rpi-firmware/overlays" in files)
     for key in ("start_file", "fixup_file"):
         m = re.search(rf"^{key}=(\S+)$", config_txt, re.M)
         if m:
@@ -163,8 +192,6 @@ def test_genimage_boot_files_match_the_defconfig(board: str) -> None:
     assert (cfg.get("BR2_PACKAGE_RPI_FIRMWARE_BOOTCODE_BIN") == "y") == (
         "rpi-firmware/bootcode.bin" in files
     )
-    overlays = cfg.get("BR2_PACKAGE_RPI_FIRMWARE_INSTALL_DTB_OVERLAYS") != "n"
-    assert overlays == ("rpi-firmware/overlays" in files)
     if "dtoverlay=" in config_txt:
         assert overlays
 
@@ -183,7 +210,11 @@ def test_cmdline_boots_the_read_only_root(board: str) -> None:
     assert any(a.startswith("console=") for a in args)
     # the GPIO 14/15 UART belongs to the RS485 HAT: no kernel console on it
     assert "console=ttyAMA0,115200" not in args and "console=serial0,115200" not in args
-    parts = re.findall(r"^\tpartition (\S+) \{", genimage, re.M)
+    parts = [
+        name
+        for name, body in re.findall(r"^\tpartition (\S+) \{(.*?)^\t\}", genimage, re.M | re.S)
+        if "in-partition-table = false" not in body
+    ]
     assert parts == ["boot", "rootfs", "rootfs-b", "data"]
     assert 'image = "rootfs.squashfs"' in genimage
     assert 'label = "dynexport-data"' in genimage
@@ -297,7 +328,7 @@ GENIMAGE_TOOLS = ("genimage", "mksquashfs", "mkfs.vfat", "mcopy", "mke2fs")
     any(shutil.which(t) is None for t in GENIMAGE_TOOLS),
     reason=f"needs {', '.join(GENIMAGE_TOOLS)} (Debian: genimage squashfs-tools dosfstools mtools)",
 )
-@pytest.mark.parametrize("board", ["rpi4_64"])
+@pytest.mark.parametrize("board", ["rpi4_64", "rpi3_64"])
 def test_genimage_assembles_the_card(board: str, tmp_path: Path) -> None:
     """genimage builds sdcard.img from stand-in inputs; the MBR holds the expected layout."""
     inp = tmp_path / "in"
@@ -306,9 +337,14 @@ def test_genimage_assembles_the_card(board: str, tmp_path: Path) -> None:
         if name.endswith("overlays"):
             target.mkdir(parents=True)
             (target / "disable-bt.dtbo").write_bytes(b"dtbo")
+        elif name == "a":
+            target.mkdir(parents=True)
+            (target / "Image").write_bytes(b"stand-in")
+            (target / "cmdline.txt").write_text("root=PARTUUID=64796e78-02 rauc.slot=A\n")
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(b"stand-in")
+    (inp / "uboot-env.bin").write_bytes(b"\x5a" * 0x4000)
     src = tmp_path / "rootsrc"
     (src / "etc").mkdir(parents=True)
     (src / "etc/hostname").write_text("dynexport\n")
@@ -344,6 +380,10 @@ def test_genimage_assembles_the_card(board: str, tmp_path: Path) -> None:
     mib = 2048  # sectors
     assert all(e[2] % (4 * mib) == 0 for e in entries), "4 MiB aligned"
     assert entries[1][3] == entries[2][3] == 512 * mib, "two equal root slots"
+    card = (out / "sdcard.img").read_bytes()
+    if board in UBOOT_BOARDS:  # both environment copies where U-Boot and fw_setenv look
+        for offset in (0x100000, 0x104000):
+            assert card[offset : offset + 0x4000] == b"\x5a" * 0x4000
     data = out / "data.ext4"
     label = subprocess.run(
         ["blkid", "-s", "LABEL", "-o", "value", str(data)], capture_output=True, text=True

@@ -4,6 +4,8 @@
 set -eu
 
 TARGET_DIR="$1"
+BOARD="${2:-}"
+BOARD_DIR="$(dirname "$0")"
 
 # The data partition (label dynexport-data) is mounted here; see /etc/fstab.
 mkdir -p "${TARGET_DIR}/data"
@@ -22,3 +24,39 @@ chmod 0755 "${TARGET_DIR}"/usr/libexec/dynexport/*
 
 # Files that hold or lead to secrets are readable by root only.
 chmod 0700 "${TARGET_DIR}/etc/dynexport"
+
+# A/B updates with RAUC (docs/image.md "A/B updates"). Pi 4/5: the firmware's trial boot;
+# Pi 3/Zero 2 W: U-Boot with a boot counter. The system test image (x86_64) brings its own.
+case "${BOARD}" in
+rpi4_64 | rpi5) RAUC_BOOT=tryboot ;;
+rpi3_64 | rpizero2w_64) RAUC_BOOT=uboot ;;
+*) RAUC_BOOT="" ;;
+esac
+if [ -n "${RAUC_BOOT}" ]; then
+	mkdir -p "${TARGET_DIR}/etc/rauc"
+	sed "s/@BOARD@/${BOARD}/g" "${BOARD_DIR}/rauc/system-${RAUC_BOOT}.conf" \
+		>"${TARGET_DIR}/etc/rauc/system.conf"
+	if [ "${RAUC_BOOT}" = uboot ]; then
+		install -m 0644 "${BOARD_DIR}/fw_env.config" "${TARGET_DIR}/etc/fw_env.config"
+	fi
+	# The keyring: the certificate(s) a bundle's signer must chain to. build-image.sh names it
+	# (a development key unless DYNEXPORT_SIGNING_DIR holds the release certificate).
+	if [ ! -s "${DYNEXPORT_RAUC_KEYRING:-}" ]; then
+		echo "post-build.sh: DYNEXPORT_RAUC_KEYRING does not name a keyring (run make image)" >&2
+		exit 1
+	fi
+	install -m 0644 "${DYNEXPORT_RAUC_KEYRING}" "${TARGET_DIR}/etc/rauc/keyring.pem"
+	# Each root slot carries its own boot files in /boot; rauc-post-install copies them to the
+	# slot's folder (a/ or b/) on the FAT partition when an update writes the slot.
+	rm -rf "${TARGET_DIR}/boot"
+	mkdir -p "${TARGET_DIR}/boot"
+	cp "${BINARIES_DIR}/Image" "${TARGET_DIR}/boot/"
+	if [ "${RAUC_BOOT}" = tryboot ]; then
+		# the firmware loads DTBs, overlays and cmdline.txt from the slot's os_prefix folder
+		cp "${BINARIES_DIR}"/*.dtb "${TARGET_DIR}/boot/"
+		if [ -d "${BINARIES_DIR}/rpi-firmware/overlays" ]; then
+			cp -r "${BINARIES_DIR}/rpi-firmware/overlays" "${TARGET_DIR}/boot/"
+		fi
+		cp "${BINARIES_DIR}/rpi-firmware/cmdline.txt" "${TARGET_DIR}/boot/cmdline.txt"
+	fi
+fi

@@ -14,6 +14,14 @@ if [ ! -f "${GENIMAGE_CFG}" ]; then
 	exit 1
 fi
 
+# Slot A's boot folder on the FAT partition (a/): the root's /boot, with the slot named on the
+# kernel command line (RAUC reads rauc.slot=). Slot B's folder is written by the first update.
+rm -rf "${BINARIES_DIR}/a"
+cp -r "${TARGET_DIR}/boot" "${BINARIES_DIR}/a"
+if [ -f "${BINARIES_DIR}/a/cmdline.txt" ]; then
+	sed -i 's/$/ rauc.slot=A/' "${BINARIES_DIR}/a/cmdline.txt"
+fi
+
 # genimage copies its root path to its temporary folder; the images it assembles here are
 # made already (rootfs.squashfs) or are empty (data.ext4), so give it an empty one.
 EMPTY_ROOT="$(mktemp -d)"

@@ -22,6 +22,7 @@ from dynexport.modbus.endpoints import (
     SerialEndpoint,
     parse_tcp,
 )
+from dynexport.system.migrate import MigrationError, migrate
 
 T = TypeVar("T")
 
@@ -124,6 +125,63 @@ class SiteConfig:
 
 
 @dataclass(frozen=True)
+class MqttConfig:
+    """The MQTT broker the status is published to (docs/integrations.md); optional."""
+
+    url: str
+    """``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]`` (TLS), as written."""
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+    """Written back as it is; the web layer decides what it shows."""
+    ca: Path | None = None
+    """CA (PEM) that signed the broker's certificate; None: the system's trusted roots."""
+    cert: Path | None = None
+    """Client certificate chain (PEM) for brokers that ask for one; with ``key``."""
+    key: Path | None = None
+    topic_prefix: str | None = None
+    """None: ``dynexport/<serial or LFDI>`` (integrations/topics.py)."""
+    discovery_prefix: str = "homeassistant"
+    """Home Assistant's MQTT discovery prefix (its own default)."""
+    publish_s: float = 5.0
+    """How often the state topics are published."""
+    command_topic: bool = False
+    """Accept an installer export limit on ``<prefix>/set/export_limit`` (off by default)."""
+    command_expiry_s: float = 300.0
+    """A commanded limit lapses after this long (or the shorter time it names), so a dead
+    publisher cannot pin the site's export."""
+
+
+@dataclass(frozen=True)
+class PriceConfig:
+    """Price-aware export: limit export while the feed-in price is below a threshold."""
+
+    site_id: str
+    token: str
+    """The Amber API token; written back as it is (the web layer decides what it shows)."""
+    type: Literal["amber"] = "amber"
+    url: str = "https://api.amber.com.au/v1"
+    ca: Path | None = None
+    """CA (PEM) for a private price server or proxy; None: the system's trusted roots."""
+    below_cents: float = 0.0
+    """Limit export while the feed-in price (c/kWh earned for exporting) is below this."""
+    export_w: float = 0.0
+    """The export limit applied meanwhile."""
+    poll_s: float = 300.0
+    expiry_s: float = 900.0
+    """Prices fetched longer ago than this lapse: the source then sets no limit and says so."""
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``GET /metrics`` (Prometheus text format): off unless configured, bearer token required."""
+
+    token: str
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated configuration."""
 
@@ -135,6 +193,9 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
     base_dir: Path = field(default_factory=Path.cwd)
+    mqtt: MqttConfig | None = None
+    price: PriceConfig | None = None
+    metrics: MetricsConfig | None = None
 
     def endpoints(self) -> list[Endpoint]:
         """Each distinct endpoint once: devices naming the same one share a connection or bus."""
@@ -461,6 +522,7 @@ def _utility(r: _Reader, value: object, path: str, base_dir: Path) -> UtilityCon
 
 
 TOP_LEVEL_KEYS = {"inverters", "meter", "control", "utility", "limits", "web", "site"}
+TOP_LEVEL_KEYS |= {"mqtt", "price", "metrics"}  # integrations (docs/integrations.md)
 
 
 def _site(r: _Reader, value: object, path: str) -> SiteConfig:
@@ -479,6 +541,181 @@ def _site(r: _Reader, value: object, path: str) -> SiteConfig:
     return SiteConfig(time_zone=zone)
 
 
+_MQTT_KEYS = {
+    "url",
+    "username",
+    "password",
+    "ca",
+    "cert",
+    "key",
+    "topicPrefix",
+    "discoveryPrefix",
+    "publishS",
+    "commandTopic",
+    "commandExpiryS",
+}
+_MQTT_URL = re.compile(
+    r"^(?P<scheme>mqtts?)://(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:/\s\[\]@]+))"
+    r"(?::(?P<port>\d{1,5}))?/?$"
+)
+_TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)*$")
+
+
+def parse_mqtt_url(text: str) -> tuple[str, int, bool]:
+    """``mqtt://HOST[:PORT]`` (port 1883) or ``mqtts://HOST[:PORT]`` (TLS, port 8883)."""
+    m = _MQTT_URL.match(text.strip())
+    if not m:
+        raise ValueError(f"must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT], not {text!r}")
+    tls = m.group("scheme") == "mqtts"
+    port = int(m.group("port")) if m.group("port") else (8883 if tls else 1883)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1..65535, not {port}")
+    return m.group("v6") or m.group("host"), port, tls
+
+
+def _optional_path(
+    r: _Reader, raw: Mapping[str, Any], key: str, path: str, base: Path
+) -> Path | None:
+    if raw.get(key) is None:
+        return None
+    text = r.string(raw[key], _join(path, key))
+    if text is None:
+        return None
+    p = Path(text)
+    return p if p.is_absolute() else base / p
+
+
+def _optional_string(r: _Reader, raw: Mapping[str, Any], key: str, path: str) -> str | None:
+    return None if raw.get(key) is None else r.string(raw[key], _join(path, key))
+
+
+def _flag(r: _Reader, raw: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        r.fail(_join(path, key), f"must be true or false, not {_kind(value)}")
+        return default
+    return value
+
+
+def _mqtt(r: _Reader, value: object, path: str, base_dir: Path) -> MqttConfig | None:
+    raw = r.obj(value, path, _MQTT_KEYS)
+    if raw is None:
+        return None
+    before = len(r.problems)
+    url = r.string(raw.get("url"), _join(path, "url"))
+    where: tuple[str, int, bool] | None = None
+    if url is not None:
+        try:
+            where = parse_mqtt_url(url)
+        except ValueError as exc:
+            r.fail(_join(path, "url"), str(exc))
+    username = _optional_string(r, raw, "username", path)
+    password = None if raw.get("password") is None else raw["password"]
+    if password is not None and not isinstance(password, str):
+        r.fail(_join(path, "password"), f"must be a string, not {_kind(password)}")
+    if password is not None and username is None:
+        r.fail(_join(path, "password"), "needs a username")
+    files = {k: _optional_path(r, raw, k, path, base_dir) for k in ("ca", "cert", "key")}
+    if (files["cert"] is None) != (files["key"] is None):
+        r.fail(path, 'a client certificate needs both "cert" and "key"')
+    if where is not None and not where[2]:
+        for k in ("ca", "cert", "key"):
+            if files[k] is not None:
+                r.fail(_join(path, k), "only applies to mqtts:// (TLS) brokers")
+    prefixes: dict[str, str | None] = {}
+    for key in ("topicPrefix", "discoveryPrefix"):
+        prefixes[key] = _optional_string(r, raw, key, path)
+        got = prefixes[key]
+        if got is not None and not _TOPIC_PREFIX.match(got):
+            r.fail(
+                _join(path, key),
+                "must be topic levels of letters, digits, _ and - separated by /, not "
+                f"{got!r} (no wildcards, no leading or trailing /)",
+            )
+    publish = r.number_in(raw.get("publishS"), _join(path, "publishS"), 1.0, 3600.0, 5.0)
+    command = _flag(r, raw, "commandTopic", path, False)
+    expiry = r.number_in(
+        raw.get("commandExpiryS"), _join(path, "commandExpiryS"), 10.0, 86400.0, 300.0
+    )
+    if len(r.problems) > before or url is None or where is None:
+        return None
+    host, port, tls = where
+    return MqttConfig(
+        url=url,
+        host=host,
+        port=port,
+        tls=tls,
+        username=username,
+        password=password if isinstance(password, str) else None,
+        ca=files["ca"],
+        cert=files["cert"],
+        key=files["key"],
+        topic_prefix=prefixes["topicPrefix"],
+        discovery_prefix=prefixes["discoveryPrefix"] or "homeassistant",
+        publish_s=5.0 if publish is None else publish,
+        command_topic=command,
+        command_expiry_s=300.0 if expiry is None else expiry,
+    )
+
+
+_PRICE_KEYS = {
+    "type",
+    "siteId",
+    "token",
+    "url",
+    "ca",
+    "belowCents",
+    "exportW",
+    "pollS",
+    "expiryS",
+}
+
+
+def _price(r: _Reader, value: object, path: str, base_dir: Path) -> PriceConfig | None:
+    raw = r.obj(value, path, _PRICE_KEYS)
+    if raw is None:
+        return None
+    before = len(r.problems)
+    r.choice(raw.get("type"), _join(path, "type"), ("amber",), "amber")
+    site_id = r.string(raw.get("siteId"), _join(path, "siteId"))
+    if site_id is not None and not re.match(r"^[A-Za-z0-9_-]{1,64}$", site_id):
+        r.fail(_join(path, "siteId"), "must be the Amber site id (letters and digits)")
+    token = r.string(raw.get("token"), _join(path, "token"))
+    url = r.string(raw.get("url", "https://api.amber.com.au/v1"), _join(path, "url"))
+    if url is not None and not re.match(r"^https://[^/\s]+(/[^\s?#]*)?$", url):
+        r.fail(_join(path, "url"), f"must be https://HOST[:PORT][/PATH], not {url!r}")
+    ca = _optional_path(r, raw, "ca", path, base_dir)
+    below = r.number_in(raw.get("belowCents"), _join(path, "belowCents"), -1e4, 1e4, 0.0)
+    export_w = r.number_in(raw.get("exportW"), _join(path, "exportW"), 0.0, 1e7, 0.0)
+    poll = r.number_in(raw.get("pollS"), _join(path, "pollS"), 60.0, 3600.0, 300.0)
+    expiry = r.number_in(raw.get("expiryS"), _join(path, "expiryS"), 120.0, 86400.0, 900.0)
+    if poll is not None and expiry is not None and expiry < poll:
+        r.fail(_join(path, "expiryS"), "must be at least pollS (else every poll lapses)")
+    if len(r.problems) > before or site_id is None or token is None or url is None:
+        return None
+    return PriceConfig(
+        site_id=site_id,
+        token=token,
+        url=url.rstrip("/"),
+        ca=ca,
+        below_cents=0.0 if below is None else below,
+        export_w=0.0 if export_w is None else export_w,
+        poll_s=300.0 if poll is None else poll,
+        expiry_s=900.0 if expiry is None else expiry,
+    )
+
+
+def _metrics(r: _Reader, value: object, path: str) -> MetricsConfig | None:
+    raw = r.obj(value, path, {"token"})
+    if raw is None:
+        return None
+    token = r.string(raw.get("token"), _join(path, "token"))
+    if token is not None and len(token) < 16:
+        r.fail(_join(path, "token"), "must be at least 16 characters (it guards the metrics)")
+        return None
+    return None if token is None else MetricsConfig(token=token)
+
+
 def valid_time_zone(name: str) -> bool:
     """True when ``name`` is a time zone the system's zone database knows."""
     import zoneinfo
@@ -495,6 +732,10 @@ def valid_time_zone(name: str) -> bool:
 def parse_config(data: object, base_dir: Path | None = None, source: str | None = None) -> Config:
     """Validates decoded JSON and returns a Config, or raises ConfigError listing every problem."""
     base = base_dir if base_dir is not None else Path.cwd()
+    try:  # older schema versions are migrated, newer ones refused (system/migrate.py)
+        data = migrate(data)
+    except MigrationError as exc:
+        raise ConfigError([str(exc)], source) from exc
     r = _Reader()
     raw = r.obj(data, "", TOP_LEVEL_KEYS)
     if raw is None:
@@ -508,6 +749,9 @@ def parse_config(data: object, base_dir: Path | None = None, source: str | None 
     limits = _limits(r, raw.get("limits"))
     web = _web(r, raw.get("web"), "web")
     site = _site(r, raw.get("site"), "site")
+    mqtt = _mqtt(r, raw["mqtt"], "mqtt", base) if raw.get("mqtt") is not None else None
+    price = _price(r, raw["price"], "price", base) if raw.get("price") is not None else None
+    metrics = _metrics(r, raw["metrics"], "metrics") if raw.get("metrics") is not None else None
     _check_unique_devices(r, inverters, meter)
     if r.problems or control is None or web is None:
         raise ConfigError(r.problems, source)
@@ -520,6 +764,9 @@ def parse_config(data: object, base_dir: Path | None = None, source: str | None 
         web=web,
         site=site,
         base_dir=base,
+        mqtt=mqtt,
+        price=price,
+        metrics=metrics,
     )
 
 

@@ -1,0 +1,49 @@
+# dynexport: A/B root slot choice for RAUC's U-Boot backend (Pi 3/CM3, Zero 2 W).
+# BOOT_ORDER lists the slots to try; BOOT_<slot>_LEFT counts the attempts left. Each boot
+# spends one attempt; `rauc status mark-good` refills it, `rauc install` puts the new slot
+# first. A slot whose attempts are spent is skipped: a new root that never commits falls
+# back to the old one. The firmware has already loaded the device tree (with config.txt's
+# dtparam/dtoverlay applied) and put cmdline.txt in its /chosen/bootargs.
+test -n "${BOOT_ORDER}" || setenv BOOT_ORDER "A B"
+test -n "${BOOT_A_LEFT}" || setenv BOOT_A_LEFT 3
+test -n "${BOOT_B_LEFT}" || setenv BOOT_B_LEFT 3
+
+setenv slot
+for BOOT_SLOT in "${BOOT_ORDER}"; do
+	if test -n "${slot}"; then
+		true
+	elif test "x${BOOT_SLOT}" = "xA"; then
+		if test ${BOOT_A_LEFT} -gt 0; then
+			setexpr BOOT_A_LEFT ${BOOT_A_LEFT} - 1
+			setenv slot A
+			setenv rootpart 2
+			setenv prefix a/
+		fi
+	elif test "x${BOOT_SLOT}" = "xB"; then
+		if test ${BOOT_B_LEFT} -gt 0; then
+			setexpr BOOT_B_LEFT ${BOOT_B_LEFT} - 1
+			setenv slot B
+			setenv rootpart 3
+			setenv prefix b/
+		fi
+	fi
+done
+
+if test -z "${slot}"; then
+	echo "dynexport: no root slot has boot attempts left; resetting the counters"
+	setenv BOOT_A_LEFT 3
+	setenv BOOT_B_LEFT 3
+	saveenv
+	reset
+fi
+saveenv
+
+fdt addr ${fdt_addr}
+fdt get value fwargs /chosen bootargs
+# The last root= wins: cmdline.txt names slot A, the chosen slot is appended.
+setenv bootargs "${fwargs} root=PARTUUID=64796e78-0${rootpart} rauc.slot=${slot}"
+echo "dynexport: booting root slot ${slot} (${prefix}Image)"
+load mmc 0:1 ${kernel_addr_r} ${prefix}Image
+booti ${kernel_addr_r} - ${fdt_addr}
+echo "dynexport: could not boot ${prefix}Image"
+reset

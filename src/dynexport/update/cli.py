@@ -1,0 +1,134 @@
+"""``dynexport update install FILE`` and ``dynexport update status`` (docs/update.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dynexport.update.rauc import Rauc, RaucError
+from dynexport.update.service import boot_id, read_record, update_report, write_record
+from dynexport.update.state import REBOOT_REQUEST, UpdateRecord
+
+DATA = "/data/dynexport"
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("update", help="install signed updates (RAUC)")
+    usub = p.add_subparsers(dest="update_command", metavar="ACTION", required=True)
+    inst = usub.add_parser("install", help="install a bundle into the other root slot")
+    inst.add_argument("file", help="the .raucb bundle")
+    inst.add_argument("--yes", action="store_true", help="do not ask before installing")
+    inst.add_argument(
+        "--reboot-now",
+        action="store_true",
+        help="reboot at once (the service leaves the inverters at their fail-safe when stopped); "
+        "default: the running service reboots at a quiet moment",
+    )
+    inst.add_argument("--data", default=DATA, help=f"the data folder (default {DATA})")
+    inst.set_defaults(handler=_install)
+    st = usub.add_parser("status", help="the slots and the last update")
+    st.add_argument("--data", default=DATA, help=f"the data folder (default {DATA})")
+    st.set_defaults(handler=_status)
+
+
+def other_slot(booted: str | None) -> str:
+    if booted == "A":
+        return "B"
+    if booted == "B":
+        return "A"
+    raise RaucError(f"the running slot is {booted!r}, not A or B: is this an A/B appliance?")
+
+
+def _write(data: Path, record: UpdateRecord) -> None:
+    write_record(data, record)
+    _same_owner(data, data / "update.json")
+
+
+def _same_owner(folder: Path, path: Path) -> None:
+    """Run as root, files it writes must stay readable by the service user owning the folder."""
+    if os.geteuid() == 0:
+        st = folder.stat()
+        os.chown(path, st.st_uid, st.st_gid)
+
+
+def _install(args: argparse.Namespace) -> int:
+    return trio.run(_install_async, args, Rauc())
+
+
+async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
+    data = Path(args.data)
+    try:
+        info = await rauc.info(args.file)
+    except RaucError as exc:
+        print(f"{args.file}: refused, nothing was written: {exc}", file=sys.stderr)
+        return 2
+    print(f"bundle:     {args.file}")
+    print(f"version:    {info.version}")
+    print(f"compatible: {info.compatible}")
+    print(f"signed by:  {info.signer} (verified against this device's keyring)")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("not installed: confirm with --yes", file=sys.stderr)
+            return 2
+        answer = await trio.to_thread.run_sync(input, "install it? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not installed")
+            return 1
+    try:
+        status = await rauc.status()
+        target = other_slot(status.booted)
+    except RaucError as exc:
+        print(f"not installed: {exc}", file=sys.stderr)
+        return 1
+    assert status.booted is not None
+    record = UpdateRecord("installing", info.version, target, status.booted, boot_id())
+    _write(data, record)
+
+    async def progress(line: str) -> None:
+        print(f"  {line}", flush=True)
+
+    try:
+        await rauc.install(args.file, progress)
+    except RaucError as exc:
+        _write(data, record.moved_to("failed", str(exc)))
+        print(f"install failed, the running system is unchanged: {exc}", file=sys.stderr)
+        return 1
+    _write(data, record.moved_to("trial"))
+    if args.reboot_now:
+        (data / REBOOT_REQUEST).write_text("trial\n")
+        print(f"{info.version} installed in slot {target}; rebooting now")
+    else:
+        print(
+            f"{info.version} installed in slot {target}; dynexport reboots into it at a quiet "
+            "moment, with every inverter at its fail-safe limit first"
+        )
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    return trio.run(_status_async, args, Rauc())
+
+
+async def _status_async(args: argparse.Namespace, rauc: Rauc) -> int:
+    try:
+        status = await rauc.status()
+    except RaucError as exc:
+        print(f"RAUC: {exc}", file=sys.stderr)
+        status = None
+    if status is not None:
+        print(f"compatible: {status.compatible}")
+        print(f"booted:     {status.booted}  (next normal boot: {status.primary_bootname})")
+        for slot in status.slots:
+            print(
+                f"  {slot.name} ({slot.bootname}): {slot.state}, boot {slot.boot_status}, "
+                f"bundle {slot.bundle_version or '-'}"
+            )
+    rep = update_report(Path(args.data), status, boot_id())
+    print(f"last update: {rep.message or 'none'}")
+    record = read_record(Path(args.data))
+    return 0 if status is not None and (record is None or rep.phase != "rolled-back") else 1

@@ -1,0 +1,85 @@
+"""When a trial boot of a new root slot may be committed (pure: data and times passed in).
+
+An update is committed (``rauc status mark-good``) only when the new system does its job: the
+service is READY, the meter and an inverter answered (or the site has no devices yet), and the
+control loop has been deciding without a gap for two minutes. Until then the previous slot stays
+the one a reset boots, so a system that is up but not controlling never becomes permanent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COMMIT_AFTER_S = 120.0
+"""How long the control loop (or, without devices, the ready service) must run before commit."""
+MAX_DECISION_GAP_S = 10.0
+"""A controller silent for longer has stalled (App.CONTROLLER_MAX_SILENCE_S): the run restarts."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the health check sees of the App at one moment (monotonic seconds)."""
+
+    now: float
+    ready: bool
+    setup_mode: bool
+    """No configuration yet: no devices, no control loop; the web UI is the whole service."""
+    meter_configured: bool
+    meter_answered: bool
+    inverters_configured: int
+    inverter_answered: bool
+    last_decision: float | None
+    """Time of the control loop's latest decision (None: none yet)."""
+
+
+@dataclass(frozen=True)
+class Streak:
+    """An unbroken run of control decisions (or of readiness, without devices)."""
+
+    since: float | None = None
+    last: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    healthy: bool
+    reason: str
+    """Why not yet (for the status and the rollback report), or what was seen when healthy."""
+
+
+def observe(streak: Streak, obs: Observation) -> Streak:
+    """The streak after one more observation."""
+    if not obs.ready:
+        return Streak()
+    if obs.setup_mode:
+        return Streak(since=obs.now if streak.since is None else streak.since, last=obs.now)
+    if (obs.meter_configured and not obs.meter_answered) or (
+        obs.inverters_configured and not obs.inverter_answered
+    ):
+        return Streak()  # deciding without its inputs is not controlling: the run starts later
+    t = obs.last_decision
+    if t is None or obs.now - t > MAX_DECISION_GAP_S:
+        return Streak()
+    if streak.since is None or streak.last is None or t - streak.last > MAX_DECISION_GAP_S:
+        return Streak(since=t, last=t)
+    return Streak(since=streak.since, last=max(streak.last, t))
+
+
+def judge(streak: Streak, obs: Observation) -> Verdict:
+    """Whether the trial boot may be committed now, and why (not)."""
+    if not obs.ready:
+        return Verdict(False, "the service is not READY yet")
+    if not obs.setup_mode:
+        if obs.meter_configured and not obs.meter_answered:
+            return Verdict(False, "the meter has not answered")
+        if obs.inverters_configured and not obs.inverter_answered:
+            return Verdict(False, "no inverter has answered")
+    what = "the service has been ready" if obs.setup_mode else "the control loop has decided"
+    if streak.since is None or streak.last is None:
+        return Verdict(False, "the control loop is not deciding")
+    run = streak.last - streak.since
+    if run < COMMIT_AFTER_S:
+        return Verdict(False, f"{what} for {run:.0f} s of {COMMIT_AFTER_S:.0f} s")
+    if obs.setup_mode:
+        return Verdict(True, f"ready for {run:.0f} s (setup mode: no devices yet)")
+    return Verdict(True, f"meter and inverters answered, {what} for {run:.0f} s")

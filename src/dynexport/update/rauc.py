@@ -1,0 +1,196 @@
+"""A thin adapter for the ``rauc`` program (RAUC, https://rauc.io): run it, parse what it prints.
+
+The parsers are pure and tested with RAUC's own output; the runners only start ``rauc`` with
+``trio.run_process``. On the appliance ``rauc`` talks to the RAUC service over D-Bus (the
+``dynexport`` user may, /etc/dbus-1/system.d/dynexport-rauc.conf); ``rauc info`` checks the
+bundle's signature against the keyring in /etc/rauc before anything is shown or written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+RAUC = "rauc"
+
+
+class RaucError(Exception):
+    """``rauc`` failed; the message is its last words (e.g. a signature that does not verify)."""
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    compatible: str
+    version: str
+    signer: str
+    """The signing certificate's subject (``O = ..., CN = ...``), verified against the keyring."""
+    description: str = ""
+    build: str = ""
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    name: str
+    """RAUC's slot name, ``rootfs.0``."""
+    bootname: str | None
+    state: str
+    """``booted``, ``active`` or ``inactive``."""
+    boot_status: str | None
+    """``good`` or ``bad`` as the boot loader sees the slot (None: unknown)."""
+    bundle_version: str | None = None
+    """Version of the bundle last installed into the slot."""
+
+
+@dataclass(frozen=True)
+class RaucStatus:
+    compatible: str
+    booted: str | None
+    """Bootname of the running slot (``A``/``B``)."""
+    boot_primary: str | None
+    """Slot name (``rootfs.1``) the boot loader starts next."""
+    slots: tuple[SlotStatus, ...] = field(default_factory=tuple)
+
+    def slot(self, name: str | None) -> SlotStatus | None:
+        return next((s for s in self.slots if s.name == name), None)
+
+    def by_bootname(self, bootname: str | None) -> SlotStatus | None:
+        return next((s for s in self.slots if s.bootname == bootname), None)
+
+    @property
+    def primary_bootname(self) -> str | None:
+        primary = self.slot(self.boot_primary)
+        return None if primary is None else primary.bootname
+
+
+def _quoted(text: str, key: str) -> str:
+    m = re.search(rf"^{key}:\s*'(.*)'\s*$", text, re.M)
+    return m[1] if m else ""
+
+
+def parse_info(text: str) -> BundleInfo:
+    """``rauc info BUNDLE`` (text output, which alone names the signer)."""
+    signer = re.search(r"^Certificate Chain:\s*\n\s*0 Subject:\s*(.+?)\s*$", text, re.M)
+    version = _quoted(text, "Version")
+    if signer is None or not version:
+        raise RaucError("rauc info printed no version or signer")
+    return BundleInfo(
+        compatible=_quoted(text, "Compatible"),
+        version=version,
+        signer=signer[1],
+        description=_quoted(text, "Description"),
+        build=_quoted(text, "Build"),
+    )
+
+
+def parse_status(text: str) -> RaucStatus:
+    """``rauc status --detailed --output-format=json``."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise RaucError(f"rauc status printed no JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise RaucError("rauc status printed no JSON object")
+    slots: list[SlotStatus] = []
+    for entry in doc.get("slots") or []:
+        if not isinstance(entry, dict):
+            continue
+        for name, raw in entry.items():
+            if not isinstance(raw, dict):
+                continue
+            detail = raw.get("slot_status") or {}
+            bundle = detail.get("bundle") if isinstance(detail, dict) else None
+            slots.append(
+                SlotStatus(
+                    name=str(name),
+                    bootname=_opt_str(raw.get("bootname")),
+                    state=str(raw.get("state") or ""),
+                    boot_status=_opt_str(raw.get("boot_status")),
+                    bundle_version=_opt_str(bundle.get("version"))
+                    if isinstance(bundle, dict)
+                    else None,
+                )
+            )
+    return RaucStatus(
+        compatible=str(doc.get("compatible") or ""),
+        booted=_opt_str(doc.get("booted")),
+        boot_primary=_opt_str(doc.get("boot_primary")),
+        slots=tuple(slots),
+    )
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _last_words(stderr: bytes, stdout: bytes = b"") -> str:
+    lines = [ln.strip() for ln in (stderr + b"\n" + stdout).decode("utf-8", "replace").splitlines()]
+    useful = [ln for ln in lines if ln and "rauc-Message" not in ln]
+    return useful[-1] if useful else "no message"
+
+
+class Rauc:
+    """Runs ``rauc``; ``program`` and ``extra`` (e.g. ``--keyring=...``) for tests and tools."""
+
+    def __init__(self, program: str = RAUC, extra: Sequence[str] = ()) -> None:
+        self.program = program
+        self.extra = list(extra)
+
+    async def _run(self, *args: str) -> str:
+        proc = await trio.run_process(
+            [self.program, *args, *self.extra],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RaucError(f"rauc {args[0]}: {_last_words(proc.stderr, proc.stdout)}")
+        return bytes(proc.stdout).decode("utf-8", "replace")
+
+    async def info(self, bundle: str) -> BundleInfo:
+        """The bundle's version and signer; raises RaucError when its signature does not verify."""
+        return parse_info(await self._run("info", bundle))
+
+    async def status(self) -> RaucStatus:
+        return parse_status(await self._run("status", "--detailed", "--output-format=json"))
+
+    async def mark_good(self) -> None:
+        await self._run("status", "mark-good", "booted")
+
+    async def mark_bad(self) -> None:
+        await self._run("status", "mark-bad", "booted")
+
+    async def install(self, bundle: str, progress: Callable[[str], Awaitable[None]]) -> None:
+        """Installs into the other slot, handing each line RAUC prints (its progress) on."""
+        cmd = [self.program, "install", bundle, *self.extra]
+        async with trio.open_nursery() as nursery:
+            proc: trio.Process = await nursery.start(self._start_install, cmd)
+            assert proc.stdout is not None
+            buf = b""
+            last = ""
+            async for chunk in proc.stdout:
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    text = line.decode("utf-8", "replace").strip()
+                    if text:
+                        last = text
+                        await progress(text)
+            await proc.wait()
+        if proc.returncode != 0:
+            raise RaucError(f"rauc install: {last or 'failed'}")
+
+    @staticmethod
+    async def _start_install(cmd: list[str], *, task_status: Any) -> None:
+        await trio.run_process(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            check=False,
+            task_status=task_status,
+        )

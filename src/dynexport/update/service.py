@@ -1,0 +1,242 @@
+"""The update tasks inside ``dynexport run``: commit a healthy trial boot, reboot after an install.
+
+Both are trio tasks over an App-like object (the App itself; tests pass their own). They read and
+write the update record in the data folder (``state.py``) and talk to RAUC (``rauc.py``).
+
+- ``commit_when_healthy`` runs for the life of the process. On a trial boot of a new slot it
+  samples the App every ``interval`` seconds, writes the health verdict where the shell fallback
+  can read it, and commits (``rauc status mark-good``) once ``health.judge`` allows. If the
+  verdict never comes, ``update-deadline`` (a systemd timer, plain shell) marks the slot bad and
+  reboots into the old one. When an install in this boot is waiting for its reboot, it hands
+  over to ``reboot_when_quiet``.
+- ``reboot_when_quiet`` waits (at most ``max_wait`` s) until no limit change is due within
+  ``QUIET_S``, leaves every inverter at its fail-safe limit and asks for the reboot.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from dynexport.system.storage import atomic_write
+from dynexport.update import health
+from dynexport.update.rauc import Rauc, RaucError, RaucStatus
+from dynexport.update.state import (
+    FAILURE_FILE,
+    HEALTH_FILE,
+    REBOOT_REQUEST,
+    STATE_FILE,
+    UpdateRecord,
+    UpdateReport,
+    parse_record,
+    report,
+)
+
+log = logging.getLogger("dynexport.update")
+
+QUIET_S = 300.0
+"""No limit change may be due this soon (seconds) when the reboot starts."""
+MAX_WAIT_S = 900.0
+"""The reboot waits at most this long for a quiet moment (the fail-safe covers the reboot)."""
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+class _Reading(Protocol):
+    last_reading: Any
+
+
+class _Link(Protocol):
+    @property
+    def state(self) -> Any: ...
+
+
+class AppLike(Protocol):
+    """What the update tasks read of the App (app.App has all of it)."""
+
+    ready: bool
+    setup_mode: bool
+
+    @property
+    def meter(self) -> Any: ...
+
+    @property
+    def inverters(self) -> Sequence[Any]: ...
+
+    @property
+    def progress(self) -> Any: ...
+
+    async def leave_fail_safe(self) -> None: ...
+
+    def limits_outlook(self, hours: float = 24.0) -> list[tuple[float, Any]]: ...
+
+
+def boot_id(path: Path = BOOT_ID) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def read_record(data_dir: Path) -> UpdateRecord | None:
+    try:
+        return parse_record((data_dir / STATE_FILE).read_bytes())
+    except OSError:
+        return None
+
+
+def write_record(data_dir: Path, record: UpdateRecord) -> None:
+    atomic_write(data_dir / STATE_FILE, record.to_json(), mode=0o600)
+
+
+def _read_line(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace").strip()[:500] or None
+    except OSError:
+        return None
+
+
+def update_report(data_dir: Path, status: RaucStatus | None, this_boot: str) -> UpdateReport:
+    """The last update's fate for ``App.status()`` (``"update"``): RAUC's view plus the record."""
+    return report(
+        read_record(data_dir),
+        None if status is None else status.booted,
+        this_boot,
+        _read_line(data_dir / FAILURE_FILE),
+    )
+
+
+def observe(app: AppLike, now: float) -> health.Observation:
+    meter = app.meter
+    inverters = list(app.inverters)
+    last = getattr(app.progress, "last", {}).get("controller")
+    return health.Observation(
+        now=now,
+        ready=bool(app.ready),
+        setup_mode=bool(app.setup_mode),
+        meter_configured=meter is not None,
+        meter_answered=meter is not None and meter.state.last_reading is not None,
+        inverters_configured=len(inverters),
+        inverter_answered=any(i.state.last_reading is not None for i in inverters),
+        last_decision=last if isinstance(last, int | float) else None,
+    )
+
+
+def next_change_in(outlook: Sequence[tuple[float, Any]], now: float) -> float | None:
+    """Seconds until the next change of the effective limits (None: none in the outlook)."""
+    later = [t - now for t, _ in outlook if t > now]
+    return min(later) if later else None
+
+
+async def reboot_when_quiet(
+    app: AppLike,
+    data_dir: Path,
+    kind: str = "trial",
+    *,
+    wall_clock: Callable[[], float],
+    quiet_s: float = QUIET_S,
+    max_wait: float = MAX_WAIT_S,
+    interval: float = 5.0,
+) -> None:
+    """Reboots at a quiet moment: every inverter left at its fail-safe limit first.
+
+    Call it as a task (it returns once the request is written; the root-owned
+    dynexport-update-reboot.path does the reboot, and systemd then stops the service).
+    """
+    with trio.move_on_after(max_wait):
+        while True:
+            try:
+                due = next_change_in(app.limits_outlook(1.0), wall_clock())
+            except Exception:  # an outlook that cannot be computed: wait for the bound
+                log.exception("limits outlook failed while waiting to reboot")
+                due = 0.0
+            if due is None or due > quiet_s:
+                break
+            log.info("reboot after the update waits: a limit change is due in %.0f s", due)
+            await trio.sleep(interval)
+    log.warning("rebooting for the update: leaving every inverter at its fail-safe limit")
+    await app.leave_fail_safe()
+    atomic_write(data_dir / REBOOT_REQUEST, f"{kind}\n".encode(), mode=0o600)
+
+
+async def commit_when_healthy(
+    app: AppLike,
+    data_dir: Path,
+    rauc: Rauc | None = None,
+    *,
+    wall_clock: Callable[[], float],
+    this_boot: str | None = None,
+    interval: float = 2.0,
+) -> None:
+    """Runs for the life of the process; see the module docstring. Never raises for RAUC."""
+    rauc = rauc or Rauc()
+    this_boot = boot_id() if this_boot is None else this_boot
+    record = read_record(data_dir)
+    if record is not None and record.state == "trial" and record.boot_id != this_boot:
+        await _commit_trial(app, data_dir, rauc, record, interval)
+    while True:  # an install made during this boot (CLI or web) waits for its reboot
+        record = read_record(data_dir)
+        if record is not None and record.state == "trial" and record.boot_id == this_boot:
+            await reboot_when_quiet(app, data_dir, "trial", wall_clock=wall_clock)
+            return
+        await trio.sleep(interval)
+
+
+async def _commit_trial(
+    app: AppLike, data_dir: Path, rauc: Rauc, record: UpdateRecord, interval: float
+) -> None:
+    try:
+        status = await rauc.status()
+    except RaucError as exc:
+        log.error("update %s: cannot read RAUC's status: %s", record.version, exc)
+        return
+    if status.booted != record.target:
+        log.error("update to %s was rolled back (running slot %s)", record.version, status.booted)
+        return
+    log.info("update %s: trial of slot %s; health check started", record.version, record.target)
+    streak = health.Streak()
+    last_reason = ""
+    while True:
+        obs = observe(app, trio.current_time())
+        streak = health.observe(streak, obs)
+        verdict = health.judge(streak, obs)
+        if verdict.reason != last_reason:
+            last_reason = verdict.reason
+            atomic_write(data_dir / HEALTH_FILE, (verdict.reason + "\n").encode(), mode=0o600)
+        if verdict.healthy:
+            try:
+                await rauc.mark_good()
+            except RaucError as exc:
+                log.error("update %s: commit failed: %s (retrying)", record.version, exc)
+            else:
+                write_record(data_dir, record.moved_to("committed"))
+                log.info("update %s committed: %s", record.version, verdict.reason)
+                return
+        await trio.sleep(interval)
+
+
+def booted_slot(cmdline: Path = Path("/proc/cmdline")) -> str | None:
+    """The running slot's bootname from the kernel command line (``rauc.slot=``), as RAUC does."""
+    try:
+        text = cmdline.read_text()
+    except OSError:
+        return None
+    for arg in text.split():
+        if arg.startswith("rauc.slot="):
+            return arg.removeprefix("rauc.slot=") or None
+    return None
+
+
+def update_status(
+    data_dir: Path, cmdline: Path = Path("/proc/cmdline"), boot_id_path: Path = BOOT_ID
+) -> dict[str, Any]:
+    """``App.status()["update"]``: synchronous, reads two small files (no RAUC call)."""
+    return report(
+        read_record(data_dir),
+        booted_slot(cmdline),
+        boot_id(boot_id_path),
+        _read_line(data_dir / FAILURE_FILE),
+    ).to_status()

@@ -1,0 +1,114 @@
+"""The update record on /data and what it says about the last update (pure).
+
+``update.json`` is written before an install starts and moved on at each step, so that whatever
+happens next (a failed install, a reset during the trial boot, a rollback by the deadline) the
+running system can say what became of the update. Its ``"state"`` and ``"target"`` are written
+on one line each: the shell fallback ``update-deadline`` reads them with sed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+RecordState = Literal["installing", "trial", "committed", "failed"]
+STATES: tuple[RecordState, ...] = ("installing", "trial", "committed", "failed")
+STATE_FILE = "update.json"
+FAILURE_FILE = "update-failure"
+"""One line: why update-deadline rolled the trial back (written by that script)."""
+HEALTH_FILE = "update-health"
+"""One line: the health check's latest verdict during a trial (read by update-deadline)."""
+REBOOT_REQUEST = "reboot-request"
+"""``trial`` or ``normal``: dynexport-update-reboot.path reboots as root."""
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    state: RecordState
+    version: str
+    target: str
+    """Bootname of the slot written (``A``/``B``)."""
+    source: str
+    """Bootname of the slot the install ran on."""
+    boot_id: str
+    """The kernel's boot id during the install: another id means the device has rebooted since."""
+    reason: str | None = None
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), indent=1) + "\n").encode()
+
+    def moved_to(self, state: RecordState, reason: str | None = None) -> UpdateRecord:
+        return UpdateRecord(state, self.version, self.target, self.source, self.boot_id, reason)
+
+
+def parse_record(raw: bytes) -> UpdateRecord | None:
+    """The record, or None for a file that is not one (it is then ignored, never trusted)."""
+    try:
+        doc: Any = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("state") not in STATES:
+        return None
+    fields = ("version", "target", "source", "boot_id")
+    if not all(isinstance(doc.get(k), str) for k in fields):
+        return None
+    reason = doc.get("reason")
+    return UpdateRecord(
+        state=doc["state"],
+        version=doc["version"],
+        target=doc["target"],
+        source=doc["source"],
+        boot_id=doc["boot_id"],
+        reason=reason if isinstance(reason, str) else None,
+    )
+
+
+Phase = Literal[
+    "none", "installing", "reboot-pending", "trial", "committed", "rolled-back", "failed"
+]
+
+RESET_REASON = (
+    "the new system was reset before it passed its health check "
+    "(hardware watchdog, power cut or a reboot)"
+)
+
+
+@dataclass(frozen=True)
+class UpdateReport:
+    """What the status API and the UI say about the last update."""
+
+    phase: Phase
+    version: str | None = None
+    message: str | None = None
+
+    def to_status(self) -> dict[str, Any]:
+        return {"phase": self.phase, "version": self.version, "message": self.message}
+
+
+def report(
+    record: UpdateRecord | None, booted: str | None, boot_id: str, failure: str | None
+) -> UpdateReport:
+    """The last update's fate from its record, the running slot (RAUC) and this boot's id."""
+    if record is None:
+        return UpdateReport("none")
+    v = record.version
+    same_boot = record.boot_id == boot_id
+    if record.state == "installing":
+        if same_boot:
+            return UpdateReport("installing", v, f"installing {v}")
+        return UpdateReport(
+            "failed", v, f"the install of {v} was interrupted; this system is unchanged"
+        )
+    if record.state == "failed":
+        why = record.reason or "unknown"
+        return UpdateReport("failed", v, f"update to {v} failed before its reboot, because {why}")
+    if record.state == "committed":
+        return UpdateReport("committed", v, f"updated to {v}")
+    if same_boot:
+        return UpdateReport("reboot-pending", v, f"{v} is installed; rebooting into it")
+    if booted == record.target:
+        return UpdateReport("trial", v, f"trying {v}: it is kept once it passes its health check")
+    why = (failure or "").strip() or RESET_REASON
+    message = f"update to {v} failed and was rolled back, because {why}"
+    return UpdateReport("rolled-back", v, message)

@@ -1,0 +1,208 @@
+"""A/B updates in the image tree: slot numbers agree everywhere; the trial boot backend works."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.image.helpers import BOARDS, EXT, LIBEXEC, OVERLAY, ROOT, UNITS, defconfig, unit
+
+BOARD_DIR = EXT / "board/dynexport"
+TRYBOOT = ("rpi4_64", "rpi5")
+UBOOT = ("rpi3_64", "rpizero2w_64")
+
+
+def system_conf(kind: str) -> configparser.ConfigParser:
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string((BOARD_DIR / f"rauc/system-{kind}.conf").read_text())
+    return conf
+
+
+def table_partitions(board: str) -> list[str]:
+    text = (BOARD_DIR / f"genimage-{board}.cfg").read_text()
+    return [
+        name
+        for name, body in re.findall(r"^\tpartition (\S+) \{(.*?)^\t\}", text, re.M | re.S)
+        if "in-partition-table = false" not in body
+    ]
+
+
+@pytest.mark.parametrize("kind", ["tryboot", "uboot"])
+def test_rauc_slots_are_partitions_2_and_3_named_a_and_b(kind: str) -> None:
+    conf = system_conf(kind)
+    assert conf["system"]["compatible"] == "dynexport-@BOARD@"
+    assert conf["keyring"]["path"] == "/etc/rauc/keyring.pem"
+    assert conf["system"]["statusfile"].startswith("/data/"), "the root is read-only"
+    assert conf["system"]["bundle-formats"] == "-plain", "verity bundles only"
+    slots = {s: conf[s] for s in conf.sections() if s.startswith("slot.")}
+    assert {s: (v["device"], v["type"], v["bootname"]) for s, v in slots.items()} == {
+        "slot.rootfs.0": ("/dev/disk/by-partuuid/64796e78-02", "raw", "A"),
+        "slot.rootfs.1": ("/dev/disk/by-partuuid/64796e78-03", "raw", "B"),
+    }
+    assert conf["handlers"]["post-install"] == "/usr/libexec/dynexport/rauc-post-install"
+    assert conf["system"]["bootloader"] == {"tryboot": "custom", "uboot": "uboot"}[kind]
+    if kind == "tryboot":
+        assert conf["handlers"]["bootloader-custom-backend"] == (
+            "/usr/libexec/dynexport/rauc-tryboot"
+        )
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_partition_numbers_agree_with_genimage_cmdline_and_boot_config(board: str) -> None:
+    # genimage: p1 boot, p2 slot A, p3 slot B, p4 data; the disk signature names PARTUUIDs
+    assert table_partitions(board) == ["boot", "rootfs", "rootfs-b", "data"]
+    genimage = (BOARD_DIR / f"genimage-{board}.cfg").read_text()
+    assert "disk-signature = 0x64796e78" in genimage
+    cmdline = (ROOT / "firmware" / board / "cmdline.txt").read_text()
+    assert "root=PARTUUID=64796e78-02" in cmdline.split(), "the first boot is slot A"
+    config_txt = (ROOT / "firmware" / board / "config.txt").read_text()
+    if board in TRYBOOT:
+        last = config_txt.strip().splitlines()[-1]
+        assert last == "os_prefix=a/", "rauc-tryboot rewrites the last os_prefix line"
+    else:
+        assert "os_prefix" not in config_txt
+        script = (BOARD_DIR / "boot-uboot.cmd").read_text()
+        assert re.search(r"setenv slot A\n\s*setenv rootpart 2\n\s*setenv prefix a/", script)
+        assert re.search(r"setenv slot B\n\s*setenv rootpart 3\n\s*setenv prefix b/", script)
+        assert "root=PARTUUID=64796e78-0${rootpart} rauc.slot=${slot}" in script
+
+
+def test_uboot_environment_offsets_agree() -> None:
+    fragment = dict(
+        line.split("=", 1)
+        for line in (BOARD_DIR / "uboot.fragment").read_text().splitlines()
+        if line.startswith("CONFIG_ENV_")
+    )
+    fw_env = [
+        line.split()
+        for line in (BOARD_DIR / "fw_env.config").read_text().splitlines()
+        if line.startswith("/dev/")
+    ]
+    assert fw_env == [
+        ["/dev/mmcblk0", fragment["CONFIG_ENV_OFFSET"], fragment["CONFIG_ENV_SIZE"]],
+        ["/dev/mmcblk0", fragment["CONFIG_ENV_OFFSET_REDUND"], fragment["CONFIG_ENV_SIZE"]],
+    ]
+    size = int(fragment["CONFIG_ENV_SIZE"], 16)
+    first, second = (
+        int(fragment["CONFIG_ENV_OFFSET"], 16),
+        int(fragment["CONFIG_ENV_OFFSET_REDUND"], 16),
+    )
+    assert second >= first + size and second + size <= 4 << 20, "before partition 1 (4 MiB)"
+    for board in UBOOT:
+        genimage = (BOARD_DIR / f"genimage-{board}.cfg").read_text()
+        offsets = re.findall(r"offset = (0x[0-9a-f]+)", genimage)
+        assert [int(o, 16) for o in offsets] == [first, second]
+        cfg = defconfig(board)
+        assert cfg["BR2_PACKAGE_HOST_UBOOT_TOOLS_ENVIMAGE_SIZE"] == fragment["CONFIG_ENV_SIZE"]
+        assert cfg["BR2_PACKAGE_HOST_UBOOT_TOOLS_ENVIMAGE_REDUNDANT"] == "y"
+        assert cfg["BR2_TARGET_UBOOT_BOARD_DEFCONFIG"] == "rpi_arm64"
+        assert cfg["BR2_PACKAGE_UBOOT_TOOLS"] == "y", "fw_setenv for RAUC's U-Boot backend"
+    env = (BOARD_DIR / "uboot-env.txt").read_text().split("\n")
+    assert "BOOT_ORDER=A B" in env
+
+
+def test_kernel_can_mount_verity_bundles() -> None:
+    text = (BOARD_DIR / "linux.fragment").read_text()
+    for opt in ("BLK_DEV_LOOP", "BLK_DEV_DM", "DM_VERITY", "SQUASHFS"):
+        assert f"\nCONFIG_{opt}=y\n" in text, opt
+
+
+def test_update_units_are_enabled_and_the_service_may_use_rauc() -> None:
+    preset = (OVERLAY / "usr/lib/systemd/system-preset/20-dynexport.preset").read_text()
+    assert "enable dynexport-update-deadline.timer" in preset.splitlines()
+    assert "enable dynexport-update-reboot.path" in preset.splitlines()
+    timer = unit(UNITS / "dynexport-update-deadline.timer")
+    assert timer["Timer.OnBootSec"] == ["4min"], "a bad update is rolled back within 5 minutes"
+    path = unit(UNITS / "dynexport-update-reboot.path")
+    assert path["Path.PathExists"] == ["/data/dynexport/reboot-request"]
+    policy = (OVERLAY / "etc/dbus-1/system.d/dynexport-rauc.conf").read_text()
+    assert '<policy user="dynexport">' in policy
+    assert '<allow send_destination="de.pengutronix.rauc"/>' in policy
+
+
+def test_bundle_manifest_is_verity_and_names_the_root_image() -> None:
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string((BOARD_DIR / "rauc/manifest.raucm.in").read_text())
+    assert conf["update"]["compatible"] == "dynexport-@BOARD@"
+    assert conf["bundle"]["format"] == "verity"
+    assert conf["image.rootfs"]["filename"] == "rootfs.img"
+    for script in ("build-bundle.sh", "signing-key.sh", "report-sizes.sh"):
+        assert os.access(EXT / "scripts" / script, os.X_OK), script
+        subprocess.run(["bash", "-n", str(EXT / "scripts" / script)], check=True)
+
+
+def test_report_sizes_prints_both_sizes_and_warns_over_budget(tmp_path: Path) -> None:
+    image, bundle = tmp_path / "sdcard.img.xz", tmp_path / "b.raucb"
+    image.write_bytes(b"\0" * (3 << 20))
+    bundle.write_bytes(b"\0" * (1 << 20))
+    run = subprocess.run(
+        [str(EXT / "scripts/report-sizes.sh"), "rpi4_64", str(image), str(bundle)],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "DYNEXPORT_IMAGE_BUDGET_MB": "2"},
+    )  # fmt: skip
+    assert run.stdout == "sizes rpi4_64: image (xz) 3.0 MiB, bundle 1.0 MiB\n"
+    assert "over its 2 MiB budget" in run.stderr
+
+
+# -- the Pi 4/5 trial-boot backend, run for real on a folder standing in for the FAT partition
+
+
+def tryboot(fat: Path, *args: str, booted: str = "A") -> subprocess.CompletedProcess[str]:
+    cmdline = fat.parent / "cmdline"
+    cmdline.write_text(f"root=PARTUUID=64796e78-02 ro rauc.slot={booted}\n")
+    return subprocess.run(
+        [str(LIBEXEC / "rauc-tryboot"), *args],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "RAUC_TRYBOOT_DIR": str(fat), "RAUC_TRYBOOT_CMDLINE": str(cmdline)},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def fat(tmp_path: Path) -> Path:
+    fat = tmp_path / "fat"
+    fat.mkdir()
+    (fat / "config.txt").write_text((ROOT / "firmware/rpi4_64/config.txt").read_text())
+    return fat
+
+
+def test_tryboot_install_writes_a_one_shot_trial_and_keeps_the_committed_slot(fat: Path) -> None:
+    before = (fat / "config.txt").read_text()
+    assert tryboot(fat, "get-primary").stdout == "A\n"
+    assert tryboot(fat, "set-state", "B", "bad").returncode == 0  # RAUC, before writing B
+    assert tryboot(fat, "set-primary", "B").returncode == 0  # RAUC, after writing B
+    assert (fat / "config.txt").read_text() == before, "a normal boot still boots A"
+    trial = (fat / "tryboot.txt").read_text()
+    assert trial == before.replace("os_prefix=a/", "os_prefix=b/")
+    assert tryboot(fat, "get-primary").stdout == "A\n"
+    assert tryboot(fat, "get-state", "B").stdout == "good\n"
+    assert tryboot(fat, "get-current", booted="B").stdout == "B\n"
+
+
+def test_tryboot_commit_makes_the_new_slot_the_normal_boot(fat: Path) -> None:
+    tryboot(fat, "set-primary", "B")
+    assert tryboot(fat, "set-state", "B", "good", booted="B").returncode == 0  # mark-good
+    assert (fat / "config.txt").read_text().strip().splitlines()[-1] == "os_prefix=b/"
+    assert not (fat / "tryboot.txt").exists()
+    assert tryboot(fat, "get-primary").stdout == "B\n"
+    assert tryboot(fat, "get-state", "A").stdout == "bad\n"
+
+
+def test_tryboot_mark_bad_cancels_the_trial_but_never_the_committed_slot(fat: Path) -> None:
+    tryboot(fat, "set-primary", "B")
+    assert tryboot(fat, "set-state", "B", "bad", booted="B").returncode == 0
+    assert not (fat / "tryboot.txt").exists()
+    refused = tryboot(fat, "set-state", "A", "bad")
+    assert refused.returncode != 0 and "committed slot" in refused.stderr
+    assert tryboot(fat, "get-primary").stdout == "A\n"
+
+
+def test_tryboot_refuses_unknown_slots_and_commands(fat: Path) -> None:
+    assert "unknown slot 'C'" in tryboot(fat, "set-primary", "C").stderr
+    assert tryboot(fat, "frobnicate").returncode != 0
+    (fat / "config.txt").write_text("kernel=Image\n")
+    assert "no os_prefix" in tryboot(fat, "get-primary").stderr

@@ -1,0 +1,132 @@
+"""The commit decision for a trial boot: only a system that controls is made permanent."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynexport.update.health import (
+    COMMIT_AFTER_S,
+    MAX_DECISION_GAP_S,
+    Observation,
+    Streak,
+    judge,
+    observe,
+)
+
+
+def obs(now: float, **kw: object) -> Observation:
+    base: dict[str, object] = dict(
+        now=now,
+        ready=True,
+        setup_mode=False,
+        meter_configured=True,
+        meter_answered=True,
+        inverters_configured=2,
+        inverter_answered=True,
+        last_decision=now,
+    )
+    base.update(kw)
+    return Observation(**base)  # type: ignore[arg-type]
+
+
+def run(samples: list[Observation]) -> tuple[Streak, bool, str]:
+    streak = Streak()
+    verdict = None
+    for o in samples:
+        streak = observe(streak, o)
+        verdict = judge(streak, o)
+    assert verdict is not None
+    return streak, verdict.healthy, verdict.reason
+
+
+def test_two_minutes_of_decisions_with_devices_answering_commit():
+    _, healthy, reason = run([obs(float(t)) for t in range(0, 121)])
+    assert healthy, reason
+    assert "decided for 120 s" in reason
+
+
+def test_one_second_short_of_two_minutes_does_not_commit():
+    _, healthy, reason = run([obs(float(t)) for t in range(0, 120)])
+    assert not healthy
+    assert reason == "the control loop has decided for 119 s of 120 s"
+
+
+def test_not_ready_never_commits():
+    _, healthy, reason = run([obs(float(t), ready=False) for t in range(0, 400)])
+    assert not healthy and reason == "the service is not READY yet"
+
+
+def test_a_silent_meter_blocks_the_commit():
+    _, healthy, reason = run([obs(float(t), meter_answered=False) for t in range(0, 400)])
+    assert not healthy and reason == "the meter has not answered"
+
+
+def test_no_inverter_answering_blocks_the_commit():
+    _, healthy, reason = run([obs(float(t), inverter_answered=False) for t in range(0, 400)])
+    assert not healthy and reason == "no inverter has answered"
+
+
+def test_a_site_without_devices_commits_after_two_ready_minutes_in_setup_mode():
+    samples = [
+        obs(float(t), setup_mode=True, meter_configured=False, inverters_configured=0,
+            meter_answered=False, inverter_answered=False, last_decision=None)
+        for t in range(0, 121)
+    ]  # fmt: skip
+    _, healthy, reason = run(samples)
+    assert healthy and "setup mode" in reason
+
+
+def test_a_stall_in_the_control_loop_restarts_the_two_minutes():
+    samples = [obs(float(t)) for t in range(0, 100)]
+    # the loop stalls: the last decision stays at t=99 while time goes on past the gap
+    samples += [obs(float(t), last_decision=99.0) for t in range(100, 115)]
+    samples += [obs(float(t)) for t in range(115, 200)]
+    streak, healthy, reason = run(samples)
+    assert streak.since == 115.0
+    assert not healthy and "decided for 84 s" in reason
+
+
+def test_no_decision_yet_is_named():
+    _, healthy, reason = run([obs(0.0, last_decision=None)])
+    assert not healthy and reason == "the control loop is not deciding"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0.1, max_value=30.0),  # time step
+            st.booleans(),  # ready
+            st.booleans(),  # meter answered
+            st.booleans(),  # an inverter answered
+            st.booleans(),  # the controller decided at this sample
+        ),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_commit_only_after_ready_answered_and_two_unbroken_minutes(steps):
+    """Safety: a commit is never allowed unless ready, devices answered, and the decisions seen
+    span at least two minutes with no gap longer than MAX_DECISION_GAP_S."""
+    streak = Streak()
+    now = 0.0
+    last_decision: float | None = None
+    decisions: list[float] = []
+    for dt, ready, meter, inverter, decided in steps:
+        now += dt
+        if decided:
+            last_decision = now
+            decisions.append(now)
+        o = obs(now, ready=ready, meter_answered=meter, inverter_answered=inverter,
+                last_decision=last_decision)  # fmt: skip
+        streak = observe(streak, o)
+        if judge(streak, o).healthy:
+            assert ready and meter and inverter
+            assert now - decisions[-1] <= MAX_DECISION_GAP_S
+            run_start = decisions[-1]
+            for earlier in reversed(decisions[:-1]):
+                if run_start - earlier > MAX_DECISION_GAP_S:
+                    break
+                run_start = earlier
+            assert decisions[-1] - run_start >= COMMIT_AFTER_S

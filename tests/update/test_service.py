@@ -1,0 +1,194 @@
+"""The update tasks: a healthy trial boot is committed; a reboot waits and leaves the fail-safe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dynexport.system.watchdog import ProgressTracker
+from dynexport.update.rauc import Rauc, RaucStatus, SlotStatus
+from dynexport.update.service import (
+    commit_when_healthy,
+    read_record,
+    update_status,
+    write_record,
+)
+from dynexport.update.state import HEALTH_FILE, REBOOT_REQUEST, UpdateRecord
+
+
+@dataclass
+class Reading:
+    last_reading: Any = None
+
+
+@dataclass
+class Link:
+    state: Reading = field(default_factory=Reading)
+
+
+@dataclass
+class Site:
+    """What the update tasks read of an App, driven by the test."""
+
+    ready: bool = False
+    setup_mode: bool = False
+    meter: Link | None = field(default_factory=Link)
+    inverters: list[Link] = field(default_factory=lambda: [Link(), Link()])
+    progress: ProgressTracker = field(default_factory=ProgressTracker)
+    outlook: list[tuple[float, Any]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+    async def leave_fail_safe(self) -> None:
+        self.events.append("fail-safe")
+
+    def limits_outlook(self, hours: float = 24.0) -> list[tuple[float, Any]]:
+        return self.outlook
+
+    def answer(self) -> None:
+        assert self.meter is not None
+        self.meter.state.last_reading = object()
+        self.inverters[0].state.last_reading = object()
+
+
+class RecordedRauc(Rauc):
+    """RAUC's answers for a booted slot; records the commits asked of it."""
+
+    def __init__(self, booted: str) -> None:
+        super().__init__(program="/nonexistent/rauc")
+        self.booted = booted
+        self.marked: list[str] = []
+
+    async def status(self) -> RaucStatus:
+        slots = (SlotStatus("rootfs.0", "A", "", "good"), SlotStatus("rootfs.1", "B", "", "good"))
+        return RaucStatus("dynexport-test", self.booted, "rootfs.1", slots)
+
+    async def mark_good(self) -> None:
+        self.marked.append(f"good@{trio.current_time():.0f}")
+
+
+TRIAL = UpdateRecord("trial", "1.4.0", target="B", source="A", boot_id="install-boot")
+
+
+async def decide_every_second(site: Site) -> None:
+    site.progress.register("controller", 10.0, trio.current_time())
+    while True:
+        site.progress.progress("controller", trio.current_time())
+        await trio.sleep(1.0)
+
+
+async def test_a_healthy_trial_boot_is_committed_after_two_minutes_of_control(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    write_record(tmp_path, TRIAL)
+    site, rauc = Site(), RecordedRauc(booted="B")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(decide_every_second, site)
+        nursery.start_soon(
+            lambda: commit_when_healthy(
+                site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="trial-boot"
+            )
+        )
+        await trio.sleep(30)
+        assert (tmp_path / HEALTH_FILE).read_text() == "the service is not READY yet\n"
+        site.ready = True
+        await trio.sleep(30)
+        assert (tmp_path / HEALTH_FILE).read_text() == "the meter has not answered\n"
+        site.answer()
+        await trio.sleep(110)
+        assert rauc.marked == [], "not before two minutes of control"
+        await trio.sleep(20)
+        assert len(rauc.marked) == 1
+        nursery.cancel_scope.cancel()
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "committed"
+
+
+async def test_a_trial_that_never_gets_ready_is_never_committed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    write_record(tmp_path, TRIAL)
+    site, rauc = Site(), RecordedRauc(booted="B")
+    with trio.move_on_after(3600):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(decide_every_second, site)
+            nursery.start_soon(
+                lambda: commit_when_healthy(
+                    site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="trial-boot"
+                )
+            )
+    assert rauc.marked == []
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "trial"
+    assert (tmp_path / HEALTH_FILE).read_text() == "the service is not READY yet\n"
+
+
+async def test_after_a_rollback_nothing_is_committed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    write_record(tmp_path, TRIAL)
+    site, rauc = Site(ready=True), RecordedRauc(booted="A")
+    site.answer()
+    with trio.move_on_after(600):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(decide_every_second, site)
+            nursery.start_soon(
+                lambda: commit_when_healthy(
+                    site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="after-rollback"
+                )
+            )
+    assert rauc.marked == []
+    assert not (tmp_path / REBOOT_REQUEST).exists()
+
+
+async def test_the_reboot_after_an_install_waits_for_quiet_and_leaves_the_fail_safe_first(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    site, rauc = Site(ready=True), RecordedRauc(booted="A")
+    wall = [1000.0]
+    site.outlook = [(1000.0 + 200.0, "a utility limit starts")]
+
+    async def clock_runs() -> None:
+        while True:
+            await trio.sleep(1.0)
+            wall[0] += 1.0
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(clock_runs)
+        nursery.start_soon(
+            lambda: commit_when_healthy(
+                site, tmp_path, rauc, wall_clock=lambda: wall[0], this_boot="install-boot"
+            )
+        )
+        await trio.sleep(10)
+        write_record(tmp_path, TRIAL)  # `dynexport update install` finished in this boot
+        await trio.sleep(60)
+        assert not (tmp_path / REBOOT_REQUEST).exists(), "a limit change is due within 5 min"
+        assert site.events == []
+        await trio.sleep(200)  # the change has passed: nothing more is due
+        assert site.events == ["fail-safe"]
+        assert (tmp_path / REBOOT_REQUEST).read_text() == "trial\n"
+        nursery.cancel_scope.cancel()
+
+
+def test_the_status_api_reports_a_rollback_with_its_reason(tmp_path: Path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_record(data, TRIAL)
+    (data / "update-failure").write_text(
+        "it did not pass its health check (the meter has not answered)\n"
+    )
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("root=PARTUUID=64796e78-02 ro rauc.slot=A\n")
+    boot = tmp_path / "boot_id"
+    boot.write_text("after-the-rollback\n")
+    assert update_status(data, cmdline, boot) == {
+        "phase": "rolled-back",
+        "version": "1.4.0",
+        "message": "update to 1.4.0 failed and was rolled back, because it did not pass its "
+        "health check (the meter has not answered)",
+    }
+    cmdline.write_text("root=PARTUUID=64796e78-03 ro rauc.slot=B\n")
+    assert update_status(data, cmdline, boot)["phase"] == "trial"

@@ -1,0 +1,82 @@
+"""The last update's fate, as the status API and the UI say it."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynexport.update.state import RESET_REASON, UpdateRecord, parse_record, report
+
+REC = UpdateRecord("trial", "1.4.0", target="B", source="A", boot_id="boot-1")
+
+
+def test_a_rolled_back_update_says_what_failed_and_why():
+    rep = report(REC, booted="A", boot_id="boot-2", failure="it did not pass (meter silent)")
+    assert rep.phase == "rolled-back"
+    assert rep.message == (
+        "update to 1.4.0 failed and was rolled back, because it did not pass (meter silent)"
+    )
+
+
+def test_a_reset_during_the_trial_is_reported_as_the_reason_without_a_failure_note():
+    rep = report(REC, booted="A", boot_id="boot-2", failure=None)
+    assert rep.phase == "rolled-back"
+    assert rep.message == f"update to 1.4.0 failed and was rolled back, because {RESET_REASON}"
+
+
+def test_installed_but_not_yet_rebooted_is_pending_not_rolled_back():
+    rep = report(REC, booted="A", boot_id="boot-1", failure=None)
+    assert rep.phase == "reboot-pending"
+
+
+def test_the_trial_boot_itself_is_a_trial():
+    assert report(REC, booted="B", boot_id="boot-2", failure=None).phase == "trial"
+
+
+def test_committed_and_failed_installs():
+    assert report(REC.moved_to("committed"), "B", "boot-3", None).message == "updated to 1.4.0"
+    failed = report(REC.moved_to("failed", "rauc install: no space"), "A", "boot-1", None)
+    assert failed.phase == "failed"
+    assert (
+        failed.message == "update to 1.4.0 failed before its reboot, because rauc install: no space"
+    )
+
+
+def test_an_install_cut_short_by_a_reset_leaves_the_system_unchanged():
+    rep = report(REC.moved_to("installing"), "A", "boot-2", None)
+    assert rep.phase == "failed" and "interrupted" in (rep.message or "")
+
+
+def test_no_record_no_update():
+    assert report(None, "A", "x", None).to_status() == {
+        "phase": "none", "version": None, "message": None
+    }  # fmt: skip
+
+
+def test_the_record_round_trips_and_the_shell_can_read_state_and_target():
+    raw = REC.to_json()
+    assert parse_record(raw) == REC
+    lines = raw.decode().splitlines()
+    assert ' "state": "trial",' in lines
+    assert ' "target": "B",' in lines
+
+
+def test_a_damaged_record_is_ignored_not_trusted():
+    assert parse_record(b"{not json") is None
+    assert parse_record(b'{"state": "exploded"}') is None
+    assert parse_record(b'{"state": "trial", "version": 1}') is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    state=st.sampled_from(["installing", "trial", "committed", "failed"]),
+    booted=st.sampled_from(["A", "B", None]),
+    same_boot=st.booleans(),
+)
+def test_rolled_back_is_reported_only_for_a_trial_not_running_after_a_reboot(
+    state, booted, same_boot
+):
+    rec = REC.moved_to(state)
+    rep = report(rec, booted, "boot-1" if same_boot else "boot-9", None)
+    rolled = rep.phase == "rolled-back"
+    assert rolled == (state == "trial" and not same_boot and booted != "B")
