@@ -40,6 +40,7 @@ from dynexport.sunspec.links import DEVICE_ERRORS, Desired, InverterLink, MeterL
 from dynexport.system.config import Config, UtilityConfig
 from dynexport.system.supervise import FaultLog, supervised
 from dynexport.system.watchdog import Notifier, ProgressTracker, watchdog_interval_s
+from dynexport.update.service import commit_when_healthy, update_status
 
 log = logging.getLogger("dynexport.app")
 
@@ -104,6 +105,8 @@ class App:
         self.config_problems: list[str] = []
         """Why the configuration file was refused at start (the service then waits in setup
         mode for a valid one rather than exiting into a restart loop)."""
+        self.integrations: Integrations | None = None
+        """MQTT and the price source: created with the first generation, kept across them."""
         self.faults = FaultLog()
         """Unexpected exceptions of supervised tasks (each restarts with backoff)."""
         self.utility_fallback: str | None = None
@@ -122,6 +125,19 @@ class App:
         self.started = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(supervised, "watchdog", self._watchdog_loop, self.faults)
+            # Commits a trial boot of a new update once healthy; reboots into an installed one at
+            # a quiet moment, after leaving every inverter at its fail-safe.
+            nursery.start_soon(
+                supervised,
+                "update",
+                partial(
+                    commit_when_healthy,
+                    self,
+                    self.options.data_dir,
+                    wall_clock=self.options.wall_clock,
+                ),
+                self.faults,
+            )
             if self.options.web_port is not None:
                 self.web_port = await nursery.start(self._web_task)
                 log.info("web server on %s:%s", self.options.web_host, self.web_port)
@@ -187,7 +203,7 @@ class App:
                         )
                     )
                     nursery.start_soon(supervised, "telemetry", self._telemetry_loop, self.faults)
-                    if getattr(self, "integrations", None) is None:  # kept across generations
+                    if self.integrations is None:  # kept across generations
                         self.integrations = Integrations(
                             lambda: self.config,
                             self.status,
@@ -327,6 +343,7 @@ class App:
             limits = merge_limits(
                 self._utility_limits(), self.config.limits, self.local_datetime().time()
             )
+            limits = apply_extra_limits(limits, self.integrations, trio.current_time())
         except Exception:
             log.exception("limits could not be merged for the fail-safe; using the last ones")
         now = trio.current_time()
@@ -368,7 +385,7 @@ class App:
         self.limits = merge_limits(
             self._utility_limits(), self.config.limits, self.local_datetime().time()
         )
-        self.limits = apply_extra_limits(self.limits, getattr(self, "integrations", None), now)
+        self.limits = apply_extra_limits(self.limits, self.integrations, now)
         states = [self._law_state(link, now) for link in self.inverters]
         out = law.control_step(
             self.meter_mean, states, self.limits, self.controller, now, self.settings
@@ -505,6 +522,14 @@ class App:
             power_w=float(st.power_w or 0.0),
             limit_pct=st.limit_pct,
             sampled_t=st.last_reading,
+            # What an unreachable inverter may make: its last verified limit until that limit's
+            # revert timer lets it go (then its rating), on the same trio clock as ``now``.
+            last_limit_pct=st.limit_pct,
+            limit_expires_t=(
+                None
+                if st.last_write is None or st.limit_pct is None
+                else st.last_write + link.revert_s
+            ),
         )
 
     async def _telemetry_loop(self) -> None:
@@ -727,7 +752,8 @@ class App:
             "ready": self.ready,
             "setupMode": self.setup_mode,
             "configProblems": list(self.config_problems),
-            "integrations": integrations_status(getattr(self, "integrations", None)),
+            "integrations": integrations_status(self.integrations),
+            "update": update_status(self.options.data_dir),
         }
 
 
