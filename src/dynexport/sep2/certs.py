@@ -18,15 +18,17 @@ and an ECDSA-with-SHA256 signature over a P-256 key.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import ipaddress
 import json
 import string
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -35,6 +37,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dynexport.system.storage import atomic_write
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # --- OIDs -------------------------------------------------------------------------------------
 # IEEE 2030.5-2018 §6.11.7.2 (device types) and §6.11.7.3 (policies), under the IEEE 2030.5
@@ -216,6 +221,37 @@ def hardware_module_name(cert: x509.Certificate) -> tuple[str, bytes] | None:
 # --- loading ----------------------------------------------------------------------------------
 
 
+def _unreadable(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Turns any exception a malformed certificate raises inside cryptography into CertError.
+
+    cryptography parses lazily: extensions, names, validity dates, the public key and the
+    signature are decoded when first read, and each can raise its own exception (ValueError,
+    KeyError, TypeError, DuplicateExtension, UnsupportedGeneralNameType, InvalidVersion,
+    UnsupportedAlgorithm...; fuzzing found 34 places). Callers handle one error type with a
+    message an installer can act on, so every entry point that reads an uploaded certificate
+    goes through this.
+    """
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                with warnings.catch_warnings():
+                    # e.g. a non-positive serial number: reported, never a crash
+                    warnings.simplefilter("ignore", category=Warning)
+                    return fn(*args, **kwargs)
+            except CertError:
+                raise
+            except Exception as exc:
+                detail = str(exc) or type(exc).__name__
+                raise CertError(f"{what}: a certificate is malformed ({detail})") from exc
+
+        return inner
+
+    return wrap
+
+
+@_unreadable("cannot read the certificate file")
 def load_certificates(data: bytes) -> list[x509.Certificate]:
     """Every certificate in a PEM file (or a single DER certificate), in file order."""
     if b"-----BEGIN" in data:
@@ -605,6 +641,7 @@ def _summary(cert: x509.Certificate) -> dict[str, Any]:
     }
 
 
+@_unreadable("cannot describe the certificate")
 def describe(cert_chain_pem: bytes) -> dict[str, Any]:
     """What an installer needs to know about a certificate file (first cert = the device).
 
@@ -694,6 +731,7 @@ def _profile_warnings(leaf: x509.Certificate) -> tuple[str, ...]:
     return tuple(warnings)
 
 
+@_unreadable("cannot check the certificate chain")
 def check_chain(
     chain_pem: bytes,
     key_pem: bytes,
