@@ -182,3 +182,15 @@ def test_utility_values_that_are_not_numbers_fail_closed_in_the_merge():
     assert (eff.export_w, eff.generation_w) == (0.0, 0.0)
     assert eff.sources["export_w"] == "utility"
     assert merge_limits(UtilityLimits(export_w=float("inf")), None).export_w is None
+
+
+@pytest.mark.parametrize("huge", [10**400, 10**20, 1e300])
+def test_an_absurdly_large_limit_is_a_problem_not_a_crash(huge: float) -> None:
+    with pytest.raises(LimitsConfigError) as err:
+        parse_limits(
+            {"exportW": huge, "windows": [{"from": "10:00", "to": "11:00", "exportW": huge}]}
+        )
+    assert err.value.problems == [
+        "limits.exportW: must be at most 1000000000 W",
+        "limits.windows[0].exportW: must be at most 1000000000 W",
+    ]

@@ -292,14 +292,25 @@ def _minutes(value: object, path: str, problems: list[str]) -> int | None:
     return int(match.group(1)) * 60 + int(match.group(2))
 
 
+MAX_WATTS = 1e9
+"""No site limit is anywhere near a gigawatt; anything larger is a typing slip."""
+
+
 def _watts(value: object, path: str, problems: list[str]) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problems.append(f"{path}: must be a number of watts or null, not {_kind(value)}")
+        return None
+    # compared before any float conversion: 10**400 would overflow it
+    if isinstance(value, float) and not math.isfinite(value):
         problems.append(f"{path}: must be a number of watts or null, not {_kind(value)}")
         return None
     if value < 0:
         problems.append(f"{path}: must be 0 or more")
+        return None
+    if value > MAX_WATTS:
+        problems.append(f"{path}: must be at most {MAX_WATTS:.0f} W")
         return None
     return float(value)
 
