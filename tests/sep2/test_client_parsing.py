@@ -62,6 +62,14 @@ async def test_a_large_list_is_parsed_and_converted_in_a_worker_thread(
     convert = Recorder(resources.program_controls, lambda p, controls, *rest: len(controls))
     monkeypatch.setattr(client_module, "parse_as", parse)
     monkeypatch.setattr(client_module, "program_controls", convert)
+    # resolving the schedule and the responses over thousands of events is pure work too
+    count = client_module._event_count
+    snapshot = Recorder(
+        client_module.ScheduleSnapshot.first, lambda programs, *rest: count(programs)
+    )
+    update = Recorder(client_module.responses.update, lambda tracker, programs, *r: count(programs))
+    monkeypatch.setattr(client_module.ScheduleSnapshot, "first", snapshot)
+    monkeypatch.setattr(client_module.responses, "update", update)
     options = ClientOptions(http_timeout=5.0, http_retries=0, thread_events=CONTROLS - 1)
     client = Sep2Client(
         utility_config(server), tmp_path, der=DerInfo(rated_w=5000), clock=clock, options=options
@@ -75,4 +83,6 @@ async def test_a_large_list_is_parsed_and_converted_in_a_worker_thread(
     assert large and all(not on_loop for _, on_loop in large), parse.calls
     assert small and all(on_loop for _, on_loop in small)  # a thread hop is not worth it
     assert (CONTROLS, False) in convert.calls
+    assert snapshot.calls and all(not on_loop for _, on_loop in snapshot.calls), snapshot.calls
+    assert update.calls and all(not on_loop for _, on_loop in update.calls), update.calls
     await client.http.aclose()

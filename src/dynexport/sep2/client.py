@@ -21,7 +21,7 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -479,7 +479,7 @@ class Sep2Client:
         await self._report_der(self.programs())
 
     async def _respond(self) -> None:
-        self._advance_responses()
+        await self._advance_responses()
         await self._send_responses()
 
     async def _guarded(self, part: str, action: Callable[[], Awaitable[None]]) -> None:
@@ -816,7 +816,7 @@ class Sep2Client:
         if complete:
             # Stored now, not after the walk: a later GET (DER list, mirrors) that fails must
             # not lose a cancellation already read (CSIP-AUS ALL-30, comms cut mid-walk).
-            self._store_programs(result)
+            await self._store_programs(result)
 
         if edev.der_list_link is not None:
             der_list_url = self._url(edev_url, edev.der_list_link.href)
@@ -874,17 +874,19 @@ class Sep2Client:
         self.last_walk = result
         return result
 
-    def _store_programs(self, result: WalkResult) -> None:
+    async def _store_programs(self, result: WalkResult) -> None:
         """Every program list was read in full: they become the schedule (saved atomically)."""
         # Built from the previous snapshot, so the memory of events finished for good (reported
         # cancelled, superseded or completed) carries over: they never come back into force.
-        self.snapshot = ScheduleSnapshot.first(
+        build = functools.partial(
+            ScheduleSnapshot.first,
             result.programs,
             result.fetched_at,
             self.clock_offset,
             self.lfdi,
             previous=self.snapshot,
         )
+        self.snapshot = await self._pure(build, _event_count(result.programs))
         if not self.read_only:
             self.store.save_schedule(self.snapshot)
 
@@ -1010,16 +1012,25 @@ class Sep2Client:
 
     # -- responses ----------------------------------------------------------------------------
 
-    def _advance_responses(self) -> None:
+    async def _pure(self, work: Callable[[], R], events: int) -> R:
+        """Runs pure scheduling work; with thousands of events, in a worker thread, so that
+        the controller (same event loop) is not held up for the ~100 ms resolving takes."""
+        if events > self.options.thread_events:
+            return await trio.to_thread.run_sync(work, limiter=self._parse_limiter)
+        return work()
+
+    async def _advance_responses(self) -> None:
         if self.snapshot is None:
             return
-        updated = responses.update(
+        update = functools.partial(
+            responses.update,
             self.tracker,
             self.snapshot.programs,
             self.server_now(),
             self.lfdi,
             memory=self.snapshot.memory,
         )
+        updated = await self._pure(update, _event_count(self.snapshot.programs))
         if updated != self.tracker:
             self.tracker = updated
             self.store.save_responses(updated)  # persisted before anything is sent
@@ -1256,6 +1267,10 @@ class Sep2Client:
             raise Sep2Error("MirrorUsagePoint gone")
         if not 200 <= response.status < 300:
             raise self._refused("posting readings: POST", url, response)
+
+
+def _event_count(programs: Iterable[ProgramControls]) -> int:
+    return sum(len(p.events) for p in programs)
 
 
 async def walk(config: UtilityConfig, *, clock: Callable[[], float] = time.time) -> WalkResult:
