@@ -18,9 +18,11 @@ import pytest
 
 from dynexport.sep2 import client as client_module
 from dynexport.sep2 import resources, schema
+from dynexport.sep2 import responses as responses_module
 from dynexport.sep2.client import ClientOptions, Sep2Client
 from dynexport.sep2.controls import ControlType
 from dynexport.sep2.flow import DerInfo
+from dynexport.sep2.schedule import ScheduleSnapshot
 from dynexport.sim.utility_server import UtilityServer
 from tests.sep2 import hostile
 from tests.sep2.fakes import FakeClock, utility_config
@@ -64,12 +66,10 @@ async def test_a_large_list_is_parsed_and_converted_in_a_worker_thread(
     monkeypatch.setattr(client_module, "program_controls", convert)
     # resolving the schedule and the responses over thousands of events is pure work too
     count = client_module._event_count
-    snapshot = Recorder(
-        client_module.ScheduleSnapshot.first, lambda programs, *rest: count(programs)
-    )
-    update = Recorder(client_module.responses.update, lambda tracker, programs, *r: count(programs))
-    monkeypatch.setattr(client_module.ScheduleSnapshot, "first", snapshot)
-    monkeypatch.setattr(client_module.responses, "update", update)
+    snapshot = Recorder(ScheduleSnapshot.first, lambda programs, *rest: count(programs))
+    update = Recorder(responses_module.update, lambda tracker, programs, *r: count(programs))
+    monkeypatch.setattr(ScheduleSnapshot, "first", snapshot)
+    monkeypatch.setattr(responses_module, "update", update)
     options = ClientOptions(http_timeout=5.0, http_retries=0, thread_events=CONTROLS - 1)
     client = Sep2Client(
         utility_config(server), tmp_path, der=DerInfo(rated_w=5000), clock=clock, options=options
