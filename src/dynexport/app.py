@@ -394,7 +394,8 @@ class App:
         self.output = out
         by_id = {link.id: link for link in self.inverters}
         for cmd in out.commands:
-            by_id[cmd.id].command(Desired(pct=cmd.limit_pct, connect=cmd.connect))
+            pct = self.tested_pct(cmd.id, cmd.limit_pct, now)  # installer tools: a ceiling
+            by_id[cmd.id].command(Desired(pct=pct, connect=cmd.connect))
         if out.mode != "normal" and out.mode != self._last_mode:
             log.warning("controller mode: %s (%s)", out.mode, out.source or "no source")
         self._last_mode = out.mode
@@ -711,7 +712,10 @@ class App:
                 "meterOnline": bool(meter and meter.online),
                 "meterError": None if meter is None else meter.error,
             },
-            "der": {"powerW": sum(w for w in der_w if w is not None) if der_w else None},
+            "der": {
+                "powerW": sum(w for w in der_w if w is not None) if der_w else None,
+                "availableW": self._available_w(),  # installer tools section
+            },
             "limits": {
                 "exportW": self.limits.export_w,
                 "generationW": self.limits.generation_w,
@@ -754,6 +758,177 @@ class App:
             "configProblems": list(self.config_problems),
             "integrations": integrations_status(self.integrations),
             "update": update_status(self.options.data_dir),
+        }
+
+    # -- installer tools (the web page's test limit, meter-direction check, commissioning report)
+    # docs/web.md "Installer tools". A test limit is only ever a ceiling below the controller's
+    # own command (control_once takes the lower of the two), so it can never defeat the export
+    # limit; it ends by itself, and the link's revert timer covers a crash meanwhile.
+
+    @property
+    def tools(self) -> InstallerTools:
+        found: InstallerTools | None = self.__dict__.get("_installer_tools")
+        if found is None:
+            found = InstallerTools()
+            self.__dict__["_installer_tools"] = found
+        return found
+
+    def reload_utility(self) -> None:
+        """Restarts the utility link with its files as they are now (a signed certificate was
+        just saved): the next generation builds it afresh."""
+        self.utility = None
+        self._restart.set()
+
+    def test_limit(self, inverter_id: str, pct: float, seconds: float) -> dict[str, Any]:
+        """Limits one inverter to ``pct`` % for ``seconds`` (never above the controller's own
+        limit); raises KeyError for an unknown inverter, ValueError for bad numbers."""
+        link = next((i for i in self.inverters if i.id == inverter_id), None)
+        if link is None:
+            raise KeyError(inverter_id)
+        if not (math.isfinite(pct) and 0 <= pct <= 100):
+            raise ValueError("pct must be 0..100")
+        if not (math.isfinite(seconds) and TEST_MIN_S <= seconds <= TEST_MAX_S):
+            raise ValueError(f"seconds must be {TEST_MIN_S:.0f}..{TEST_MAX_S:.0f}")
+        now = trio.current_time()
+        test = LimitTest(
+            inverter=inverter_id,
+            pct=pct,
+            started=now,
+            until=now + seconds,
+            started_at=self.options.wall_clock(),
+            before_w=link.state.power_w,
+        )
+        self.tools.tests[inverter_id] = test
+        self.tools.results.append(test)
+        del self.tools.results[:-10]
+        self._limits_changed.set()  # applied at once, by the next control decision
+        return test.to_json(now)
+
+    def tested_pct(self, inverter_id: str, pct: float | None, now: float) -> float | None:
+        """The controller's ``pct`` for ``inverter_id``, lowered by a running test limit."""
+        test = self.tools.tests.get(inverter_id)
+        if test is None:
+            return pct
+        if now >= test.until:
+            del self.tools.tests[inverter_id]
+            return pct
+        link = next((i for i in self.inverters if i.id == inverter_id), None)
+        if link is not None and link.state.power_w is not None:
+            test.lowest_w = min(test.lowest_w, link.state.power_w)
+        return test.pct if pct is None else min(pct, test.pct)
+
+    async def check_meter_direction(
+        self, *, settle_s: float = 30.0, min_change_w: float = 200.0
+    ) -> dict[str, Any]:
+        """Limits every inverter to 0 % for a moment and checks the meter sees the site import
+        rise by about what the inverters stopped making (else its CT or sign is reversed, or
+        it is not at the grid connection). Control goes on meanwhile; the test limits end at
+        once afterwards."""
+        meter = self.meter
+        if meter is None or meter.state.site_w is None:
+            return self.tools.record_meter(None, "no meter reading: cannot check", self)
+        der_before = self._der_w()
+        if der_before is None or der_before < min_change_w:
+            text = (
+                f"cannot check now: the inverters make {_watts(der_before)}; the check needs at "
+                f"least {min_change_w:.0f} W to switch off"
+            )
+            return self.tools.record_meter(None, text, self)
+        site_before = meter.state.site_w
+        for link in self.inverters:
+            self.test_limit(link.id, 0.0, settle_s + 5.0)
+        try:
+            with trio.move_on_after(settle_s):
+                while True:
+                    await trio.sleep(1.0)
+                    now_der = self._der_w()
+                    if now_der is not None and der_before - now_der >= 0.8 * der_before:
+                        await trio.sleep(2.0)  # the meter's next reading
+                        break
+        finally:
+            for link in self.inverters:
+                self.tools.tests.pop(link.id, None)
+            self._limits_changed.set()
+        ok, text = meter_verdict(
+            site_before, meter.state.site_w, der_before, self._der_w(), min_change_w
+        )
+        return self.tools.record_meter(ok, text, self)
+
+    def _available_w(self) -> float | None:
+        """What the online inverters could make now (model 122 WAval; an inverter that does not
+        say counts at its output): None when none says."""
+        readings = [i.state.reading for i in self.inverters if i.state.online]
+        if not any(r is not None and r.available_w is not None for r in readings):
+            return None
+        total = 0.0
+        for r in readings:
+            if r is None:
+                continue
+            made = r.w if r.w is not None and math.isfinite(r.w) else 0.0
+            aval = r.available_w
+            total += max(made, aval) if aval is not None and math.isfinite(aval) else made
+        return total
+
+    def _der_w(self) -> float | None:
+        known = [i.state.power_w for i in self.inverters if i.state.online]
+        values = [w for w in known if w is not None]
+        return sum(values) if values else None
+
+    def tools_status(self) -> dict[str, Any]:
+        now = trio.current_time()
+        return {
+            "tests": [t.to_json(now) for t in self.tools.tests.values() if now < t.until],
+            "meterCheck": self.tools.meter_check,
+        }
+
+    def commissioning_report(self) -> dict[str, Any]:
+        """What the installer prints and leaves with the site records (docs/web.md)."""
+        u = self.config.utility
+        st = self.utility.state() if self.utility is not None else None
+        now = trio.current_time()
+        devices = [
+            {
+                "role": "inverter",
+                "id": link.id,
+                "manufacturer": link.state.info.manufacturer,
+                "model": link.state.info.model,
+                "serial": link.state.info.serial,
+                "firmware": link.state.info.version,
+                "ratedW": link.state.rated_w,
+                "controllable": link.state.controllable,
+                "online": link.state.online,
+            }
+            for link in self.inverters
+        ]
+        if self.meter is not None:
+            info = self.meter.state.info
+            devices.append(
+                {
+                    "role": "meter",
+                    "id": self.meter.id,
+                    "manufacturer": info.manufacturer,
+                    "model": info.model,
+                    "serial": info.serial,
+                    "firmware": info.version,
+                    "online": self.meter.state.online,
+                }
+            )
+        return {
+            "generated": _iso(self.options.wall_clock()),
+            "timeZone": self.config.site.time_zone,
+            "nmi": None if u is None else u.nmi,
+            "utilityServer": None if u is None else u.server,
+            "lfdi": None if st is None else st.lfdi,
+            "sfdi": None if st is None else st.sfdi,
+            "utilityConnected": None if st is None else st.connected,
+            "devices": devices,
+            "limitsInForce": {
+                "exportW": self.limits.export_w,
+                "generationW": self.limits.generation_w,
+                "source": dict(self.limits.sources),
+            },
+            "tests": [t.to_json(now) for t in self.tools.results],
+            "meterCheck": self.tools.meter_check,
         }
 
 
@@ -884,3 +1059,82 @@ async def run_until_signalled(app: App) -> None:
 
             nursery.start_soon(watch)
             await app.run()
+
+
+TEST_MIN_S = 5.0
+TEST_MAX_S = 300.0
+"""A test limit lasts 5 s to 5 min: long enough to watch the output follow, short enough that a
+forgotten one costs nothing."""
+
+
+@dataclass
+class LimitTest:
+    """One installer test limit (a ceiling below the controller's command)."""
+
+    inverter: str
+    pct: float
+    started: float
+    until: float
+    started_at: float
+    before_w: float | None
+    lowest_w: float = math.inf
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {
+            "inverter": self.inverter,
+            "pct": self.pct,
+            "at": _iso(self.started_at),
+            "seconds": round(self.until - self.started, 1),
+            "remainingS": max(0.0, round(self.until - now, 1)),
+            "beforeW": self.before_w,
+            "lowestW": None if math.isinf(self.lowest_w) else self.lowest_w,
+        }
+
+
+@dataclass
+class InstallerTools:
+    tests: dict[str, LimitTest] = field(default_factory=dict)
+    results: list[LimitTest] = field(default_factory=list)
+    meter_check: dict[str, Any] | None = None
+
+    def record_meter(self, ok: bool | None, text: str, app: App) -> dict[str, Any]:
+        self.meter_check = {"ok": ok, "text": text, "at": _iso(app.options.wall_clock())}
+        return self.meter_check
+
+
+def meter_verdict(
+    site_before: float,
+    site_after: float | None,
+    der_before: float,
+    der_after: float | None,
+    min_change_w: float = 200.0,
+) -> tuple[bool | None, str]:
+    """Did the meter see the inverters switch off the right way round? (pure)
+
+    Site power is positive for import: when the inverters stop making ``drop`` W the site must
+    import about ``drop`` W more. Moving the other way means a reversed CT or sign; hardly
+    moving means the meter is not at the grid connection (or measures something else)."""
+    if site_after is None or der_after is None:
+        return None, "the meter or the inverters stopped answering during the check"
+    drop = der_before - der_after
+    if drop < min_change_w:
+        return None, (
+            f"the inverters' output fell by only {drop:.0f} W: cannot judge (is the inverter "
+            "accepting limits?)"
+        )
+    change = site_after - site_before
+    if change >= 0.5 * drop:
+        return True, (
+            f"direction right: solar fell by {drop:.0f} W and the meter saw import rise by "
+            f"{change:.0f} W"
+        )
+    if change <= -0.5 * drop:
+        return False, (
+            f"the meter reads the wrong way round: solar fell by {drop:.0f} W but the site "
+            f"reading fell by {-change:.0f} W (positive must be import: check the CT direction "
+            "or the meter's sign setting)"
+        )
+    return False, (
+        f"the meter hardly moved ({change:+.0f} W) while solar fell by {drop:.0f} W: is it at "
+        "the grid connection, measuring the whole site?"
+    )

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import secrets
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,8 +29,11 @@ from dynexport.sim.sunspec_device import Site
 from dynexport.sim.utility_server import UtilityServer, roll_steps
 from dynexport.system.config import Config, load_config
 from dynexport.system.watchdog import Notifier
+from dynexport.web.auth import PasswordStore
 
 log = logging.getLogger("dynexport.demo")
+SIM_LOGGERS = ("dynexport.sim", "pymodbus")
+"""The simulators' request logs: at debug level (``-v``), so the banner stays in view."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,9 @@ def write_config(
 
 async def run_demo(options: DemoOptions, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Runs the simulators and the service until cancelled; ``task_status`` gets the App."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in SIM_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="dynexport-demo-") as tmp:
         data = options.data_dir or Path(tmp)
         data.mkdir(parents=True, exist_ok=True)
@@ -134,9 +141,10 @@ async def run_demo(options: DemoOptions, *, task_status: Any = trio.TASK_STATUS_
                         notifier=Notifier(),
                     ),
                 )
+                password = admin_password(data / "state")
                 await nursery.start(app.run)
-                _announce(app, modbus, utility, data)
-                nursery.start_soon(_report, app, options.print_every_s)
+                banner = _announce(app, modbus, utility, data, password)
+                nursery.start_soon(_report, app, options.print_every_s, banner)
                 task_status.started(app)
 
 
@@ -147,24 +155,57 @@ async def _drive(driver: SiteDriver) -> None:
         await trio.sleep(1.0)
 
 
-def _announce(app: App, modbus: SimServer, utility: UtilityServer, data: Path) -> None:
+def admin_password(state: Path) -> str | None:
+    """A generated admin password for the demo's page, so the first visitor does not choose
+    one for everybody (None: a password was already set in this data folder)."""
+    store = PasswordStore(state)
+    if store.exists():
+        return None
+    password = "-".join(secrets.token_urlsafe(4) for _ in range(3))
+    state.mkdir(parents=True, exist_ok=True)
+    store.create(password)
+    return password
+
+
+def _announce(
+    app: App, modbus: SimServer, utility: UtilityServer, data: Path, password: str | None
+) -> str:
+    """Prints the banner; returns its one-line reminder, repeated among the status lines."""
+    ui = f"http://127.0.0.1:{app.web_port}/"
+    login = (
+        f"admin password: {password}"
+        if password is not None
+        else "admin password: the one set before in this data folder"
+    )
     print(
-        f"dynexport demo: web UI http://127.0.0.1:{app.web_port}/ "
-        f"(status API: /api/status)\n"
+        f"\n=== dynexport demo: open {ui} in a browser ({login}) ===\n"
+        f"  try: watch the utility's export limit step through the demo's steps on the\n"
+        f"  dashboard; log in and open Settings, or the installer tools below the dashboard\n"
+        f"  (test limit, meter direction check, commissioning report)\n"
+        f"  status API: {ui}api/status\n"
         f"  simulated site (Modbus TCP): 127.0.0.1:{modbus.port}, inverters at units 1 and 2, "
         f"meter at 240\n"
         f"  site control channel (JSON lines, docs/modbus.md): 127.0.0.1:{modbus.control_port}, "
         f'e.g. {{"unit": 1, "set": {{"connected": false}}}} trips inverter 1\n'
         f"  simulated utility (CSIP-AUS, mutual TLS): {utility.url}\n"
         f"  configuration and state: {data}\n"
-        f"  Ctrl-C stops; the inverters are left at their fail-safe limits.",
+        f"  Ctrl-C stops; the inverters are left at their fail-safe limits.\n",
         flush=True,
     )
+    return f"--- web UI {ui} ({login}); Ctrl-C stops ---"
 
 
-async def _report(app: App, every_s: float) -> None:
+REMIND_EVERY = 12
+"""The banner's one-line reminder comes back every this many status lines."""
+
+
+async def _report(app: App, every_s: float, banner: str = "") -> None:
+    lines = 0
     while True:
         await trio.sleep(every_s)
+        lines += 1
+        if banner and lines % REMIND_EVERY == 0:
+            print(banner, flush=True)
         st = app.status()
         limits = st["limits"]
         invs = " ".join(

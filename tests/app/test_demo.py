@@ -87,5 +87,14 @@ def test_make_run_command_serves_until_interrupted_then_exits_cleanly(tmp_path: 
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert "web UI http://127.0.0.1:" in out
+    # the banner says what to open, with a generated admin password that works
+    first = out.lstrip().splitlines()[0]
+    assert first.startswith(f"=== dynexport demo: open http://127.0.0.1:{port}/ in a browser")
+    password = first.split("admin password: ", 1)[1].split(")", 1)[0]
+    from dynexport.web.auth import PasswordStore
+
+    assert PasswordStore(tmp_path / "state").verify(password)
+    assert "try:" in out
+    # the simulators' request logs stay at debug level, so the banner stays in view
+    assert "dynexport.sim" not in err, err
     assert "left at fail-safe limit" in err

@@ -1,8 +1,12 @@
-"""Headless Chromium walks the setup wizard against the demo's simulators, then checks the
-dashboard shows live values and a chart. Screenshots go to test-artifacts/web/."""
+"""Headless Chromium walks each installer flow against the simulated site and utility, at desktop
+and phone width: the wizard (a refused scan, the time zone, commissioning before enrolment), the
+dashboard, Settings on a configured device (filled, the chain uploaded, the key kept unless
+confirmed), the installer tools and the printable report; and a hand-configured device without a
+password. Screenshots go to build/screenshots/<width>/, for a person to look through."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -23,7 +27,8 @@ from dynexport.system.config import Config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+SIZES = {"desktop": (1280, 900), "phone": (390, 844)}
 PASSWORD = "a strong admin password"
 
 pytestmark = [
@@ -36,7 +41,7 @@ pytestmark = [
 ]
 
 
-def _driver(profile: str) -> Any:
+def _driver(profile: str, size: tuple[int, int] = SIZES["phone"]) -> Any:
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
@@ -53,114 +58,260 @@ def _driver(profile: str) -> Any:
         "--disable-sync",
         "--disable-dev-shm-usage",
         f"--user-data-dir={profile}",
-        "--window-size=390,844",
+        f"--window-size={size[0]},{size[1]}",
     ):
         options.add_argument(arg)
     return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
 
 
-def _walk(driver: Any, url: str, modbus_port: int, utility: UtilityServer, register: Any) -> None:
-    """The installer's walk through the wizard (runs in a worker thread: selenium blocks)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+class Walk:
+    """Selenium helpers for one browser (everything here blocks: run it in a worker thread)."""
 
-    wait = WebDriverWait(driver, 30)
+    def __init__(self, driver: Any, folder: Path) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait
 
-    def visible(css: str) -> Any:
-        return wait.until(
-            lambda d: (
-                d.find_element(By.CSS_SELECTOR, css).is_displayed()
-                and d.find_element(By.CSS_SELECTOR, css)
-            )
-        )
+        self.d = driver
+        self.folder = folder
+        self.wait = WebDriverWait(driver, 45)
+        folder.mkdir(parents=True, exist_ok=True)
 
-    def step(name: str) -> None:
-        visible(f'.step.on[data-step="{name}"]')
+    def find(self, css: str) -> Any:
+        from selenium.webdriver.common.by import By
 
-    def put(css: str, text: str) -> None:
-        driver.execute_script(
-            "arguments[0].value = arguments[1]", driver.find_element(By.CSS_SELECTOR, css), text
-        )
+        return self.d.find_element(By.CSS_SELECTOR, css)
 
-    def shot(name: str) -> None:
-        driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+    def visible(self, css: str) -> Any:
+        from selenium.webdriver.common.by import By
 
-    def next_() -> None:
-        driver.find_element(By.ID, "next").click()
+        def shown(d: Any) -> Any:
+            found = d.find_elements(By.CSS_SELECTOR, css)
+            return found[0] if found and found[0].is_displayed() else False
 
-    driver.get(url)
-    step("password")
-    shot("01-password")
-    driver.find_element(By.ID, "pw1").send_keys(PASSWORD)
-    driver.find_element(By.ID, "pw2").send_keys(PASSWORD)
-    next_()
-    step("network")
-    next_()  # Ethernet
-    step("utility")
-    driver.find_element(By.ID, "u-server").send_keys(utility.url)
-    driver.find_element(By.ID, "u-nmi").send_keys("4312345678")
-    driver.find_element(By.ID, "u-pin").send_keys("111115")
-    put("#u-serca", utility.pki.files["serca"].read_text())
-    shot("02-utility")
-    next_()
-    step("devices")
-    driver.find_element(By.ID, "scan-tcp").send_keys(f"127.0.0.1:{modbus_port}")
-    driver.find_element(By.ID, "scan-btn").click()
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#found tbody tr")) >= 3)
+        return self.wait.until(shown)
+
+    def text(self, css: str, check: Any) -> str:
+        self.wait.until(lambda d: check(self.find(css).text))
+        return str(self.find(css).text)
+
+    def step(self, name: str) -> None:
+        self.visible(f'.step.on[data-step="{name}"]')
+
+    def put(self, css: str, value: str) -> None:
+        self.d.execute_script("arguments[0].value = arguments[1]", self.find(css), value)
+
+    def click(self, css: str) -> None:
+        """Clicks, again if the live page redrew the element meanwhile."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        def clicked(_: Any) -> bool:
+            try:
+                self.find(css).click()
+            except StaleElementReferenceException:
+                return False
+            return True
+
+        self.wait.until(clicked)
+
+    def next(self) -> None:
+        self.click("#next")
+
+    def shot(self, name: str) -> None:
+        self.d.save_screenshot(str(self.folder / f"{name}.png"))
+
+    def full_shot(self, name: str) -> None:
+        """The whole page, however long (the window is made as tall as the page, then back)."""
+        size = self.d.get_window_size()
+        height = self.d.execute_script("return document.documentElement.scrollHeight")
+        self.d.set_window_size(size["width"], max(size["height"], int(height) + 120))
+        self.shot(name)
+        self.d.set_window_size(size["width"], size["height"])
+
+
+def _wizard(w: Walk, url: str, modbus_port: int, closed_port: int, utility: UtilityServer) -> str:
+    """First boot: password, network, utility, devices (a refused address first), limits with the
+    time zone, the key made but the chain still pending, review, apply. Returns the CSR."""
+    from selenium.webdriver.support.ui import Select
+
+    w.d.get(url)
+    w.step("password")
+    assert w.find("#step-count").text == "1 / 7"
+    w.shot("01-password")
+    w.find("#pw1").send_keys(PASSWORD)
+    w.find("#pw2").send_keys(PASSWORD)
+    w.next()
+    w.step("network")
+    assert w.find("#step-count").text == "2 / 7"  # the counter never jumps back
+    w.next()  # Ethernet
+    w.step("utility")
+    w.find("#u-server").send_keys(utility.url)
+    w.find("#u-nmi").send_keys("4312345678")
+    w.find("#u-pin").send_keys("111115")
+    w.put("#u-serca", utility.pki.files["serca"].read_text())
+    w.shot("02-utility")
+    w.next()
+    w.step("devices")
+    w.find("#scan-tcp").send_keys(f"127.0.0.1:{closed_port}")
+    w.click("#scan-btn")
+    refused = w.text("#msg", lambda t: "cannot connect" in t)
+    assert f"127.0.0.1:{closed_port}" in refused
+    w.shot("03-scan-refused")
+    w.find("#scan-tcp").clear()
+    w.find("#scan-tcp").send_keys(f"127.0.0.1:{modbus_port}")
+    w.click("#scan-btn")
+    w.wait.until(lambda d: len(d.find_elements("css selector", "#found tbody tr")) >= 3)
     uses = {
         s.get_attribute("data-unit"): Select(s).first_selected_option.get_attribute("value")
-        for s in driver.find_elements(By.CSS_SELECTOR, "#found select")
+        for s in w.d.find_elements("css selector", "#found select")
     }
     assert uses == {"1": "inverter", "2": "inverter", "240": "meter"}, uses
-    shot("03-devices")
-    next_()
-    step("limits")
-    driver.find_element(By.ID, "limit-export").send_keys("4000")
-    next_()
-    step("certificate")
-    driver.find_element(By.ID, "cert-gen").click()
-    wait.until(
-        lambda d: "CERTIFICATE REQUEST" in d.find_element(By.ID, "csr").get_attribute("value")
+    w.shot("04-devices")
+    w.next()
+    w.step("limits")
+    w.find("#limit-export").send_keys("4000")
+    Select(w.find("#site-tz")).select_by_value("Australia/Adelaide")
+    w.shot("05-limits")
+    w.next()
+    w.step("certificate")
+    w.click("#cert-gen")
+    w.wait.until(lambda d: "CERTIFICATE REQUEST" in w.find("#csr").get_attribute("value"))
+    csr = str(w.find("#csr").get_attribute("value"))
+    w.shot("06-certificate-pending")
+    w.next()  # enrolment takes days: commission without the signed chain
+    w.step("review")
+    summary = w.find("#summary").text
+    assert "waiting for the signed certificate" in summary and "Australia/Adelaide" in summary
+    details = str(w.find("#review").get_attribute("textContent"))
+    assert '"exportW": 4000' in details and utility.url in details
+    w.shot("07-review")
+    w.next()  # Apply
+    reach = w.text("#reach", lambda t: "To reach this device again" in t)
+    assert ".local" in reach and "waiting for the signed certificate" in reach
+    w.shot("08-applied")
+    w.next()  # Open the dashboard
+    w.visible("#dash")
+    return csr
+
+
+def _pending_dashboard(w: Walk) -> None:
+    w.text("#utility dd", lambda t: t == "waiting for the signed certificate")
+    w.text("#export-limit", lambda t: t == "1500 W")  # the utility's fallback meanwhile
+    w.text("#alerts", lambda t: "waiting for the signed certificate" in t)
+    w.shot("09-dashboard-waiting-for-certificate")
+
+
+def _settings_upload_chain(w: Walk, chain: str) -> None:
+    """Settings on the configured device: filled with the running configuration; the key is
+    not replaced when the confirmation is declined; the signed chain goes in."""
+    from selenium.webdriver.support.ui import Select
+
+    w.click('[data-go="setup"]')
+    w.step("network")
+    w.next()
+    w.step("utility")
+    assert w.find("#use-utility").is_selected()
+    assert w.find("#u-nmi").get_attribute("value") == "4312345678"
+    w.next()
+    w.step("devices")
+    assert len(w.d.find_elements("css selector", "#found tbody tr")) == 3
+    w.next()
+    w.step("limits")
+    assert w.find("#limit-export").get_attribute("value") == "4000"
+    assert Select(w.find("#site-tz")).first_selected_option.get_attribute("value") == (
+        "Australia/Adelaide"
     )
-    csr_pem = driver.find_element(By.ID, "csr").get_attribute("value").encode()
-    put("#chain", register(csr_pem))
-    driver.find_element(By.ID, "chain-upload").click()
-    wait.until(lambda d: "LFDI" in d.find_element(By.ID, "cert-info").text)
-    shot("04-certificate")
-    next_()
-    step("review")
-    review = driver.find_element(By.ID, "review").text
-    assert '"exportW": 4000' in review and utility.url in review
-    shot("05-review")
-    next_()  # Apply
-    visible("#dash")
+    w.next()
+    w.step("certificate")
+    w.click("#cert-replace")
+    from selenium.webdriver.support import expected_conditions
+
+    alert = w.wait.until(expected_conditions.alert_is_present())
+    assert "the utility must register the new lfdi" in alert.text.lower()
+    alert.dismiss()
+    w.text("#msg", lambda t: t == "The key was kept.")
+    w.put("#chain", chain)
+    w.click("#chain-upload")
+    w.text("#cert-info", lambda t: "LFDI" in t)
+    w.shot("10-certificate-saved")
+    w.next()
+    w.step("review")
+    assert "signed certificate saved" in w.find("#summary").text
+    w.next()
+    w.text("#reach", lambda t: "Saved and applied" in t)
+    w.next()
+    w.visible("#dash")
 
 
-def _dashboard(driver: Any) -> dict[str, str]:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    wait = WebDriverWait(driver, 45)
-    wait.until(lambda d: d.find_element(By.ID, "site-w").text not in ("", "–"))
-    wait.until(lambda d: d.find_element(By.ID, "inverters").text.count("online") == 2)
-    wait.until(lambda d: d.find_element(By.ID, "export-limit").text == "4000 W")
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart polyline.site"))
-    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#utility dd").text == "connected")
-    driver.save_screenshot(str(ARTIFACTS / "06-dashboard.png"))
+def _dashboard(w: Walk) -> dict[str, str]:
+    w.text("#site-w", lambda t: t not in ("", "–"))
+    w.text("#inverters", lambda t: t.count("online") == 2)
+    w.text("#export-limit", lambda t: t == "4000 W")
+    w.wait.until(lambda d: d.find_elements("css selector", "#chart polyline.site"))
+    w.wait.until(
+        lambda d: any(e.is_displayed() for e in d.find_elements("css selector", "#outlook path"))
+    )
+    w.text("#utility dd", lambda t: t == "connected")
+    w.text("#energy", lambda t: "Curtailed" in t and "Wh" in t)
+    legend = w.find("#legend").text
+    assert all(name in legend for name in ("Site export", "Export limit", "Solar", "inverter 1"))
+    assert "kW" in w.find("#chart").get_attribute("textContent")
+    w.shot("11-dashboard")
     got = {
-        "site": driver.find_element(By.ID, "site-w").text,
-        "limit": driver.find_element(By.ID, "export-limit").text,
-        "source": driver.find_element(By.ID, "export-source").text,
-        "inverters": driver.find_element(By.ID, "inverters").text,
-        "utility": driver.find_element(By.ID, "utility").text,
+        "site": w.find("#site-w").text,
+        "limit": w.find("#export-limit").text,
+        "source": w.find("#export-source").text,
+        "inverters": w.find("#inverters").text,
+        "utility": w.find("#utility").text,
+        "next": w.find("#next-change").text,
     }
-    driver.set_window_size(390, 2000)
-    driver.save_screenshot(str(ARTIFACTS / "07-dashboard-full.png"))
+    w.full_shot("12-dashboard-full")
     return got
 
 
-async def test_chromium_walks_the_setup_wizard_then_sees_the_live_dashboard(tmp_path: Path) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+def _tools(w: Walk) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    tools = w.visible("#tools")
+    w.d.execute_script("arguments[0].scrollIntoView()", tools)
+    Select(w.find("#t-inv")).select_by_value("inverter 1")
+    w.put("#t-pct", "0")
+    w.put("#t-s", "20")
+    w.click("#t-go")
+    w.text("#t-out", lambda t: "limited to 0 %" in t)
+    w.shot("13-test-limit")
+    w.click("#r-go")
+    w.visible("#report")
+    report = w.find("#report").text
+    assert "NMI" in report and "4312345678" in report and "Test limit inverter 1 0 %" in report
+    w.full_shot("14-commissioning-report")
+    w.click("#r-back")
+    w.visible("#dash")
+
+
+def _run_walk(
+    driver: Any, folder: Path, url: str, modbus_port: int, closed: int, utility: UtilityServer,
+    register: Any,
+) -> dict[str, str]:  # fmt: skip
+    w = Walk(driver, folder)
+    csr = _wizard(w, url, modbus_port, closed, utility)
+    _pending_dashboard(w)
+    _settings_upload_chain(w, register(csr.encode()))
+    got = _dashboard(w)
+    _tools(w)
+    return got
+
+
+async def _closed_port() -> int:
+    sock = trio.socket.socket()
+    await sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+async def test_chromium_walks_each_installer_flow_then_sees_the_live_dashboard(
+    tmp_path: Path, size: str
+) -> None:
     utility = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=5, validate=schema_available())
     app = App(
         Config(base_dir=tmp_path),
@@ -185,30 +336,104 @@ async def test_chromium_walks_the_setup_wizard_then_sees_the_live_dashboard(tmp_
         trio.from_thread.run_sync(utility.add_end_device, certs.lfdi(device))
         return (device.public_bytes(Encoding.PEM) + mica.public_bytes(Encoding.PEM)).decode()
 
+    folder = SCREENSHOTS / size
+    closed = await _closed_port()
     with serve_tcp(fronius_gateway(tau_s=0.5)) as modbus, tempfile.TemporaryDirectory() as profile:
         async with trio.open_nursery() as nursery:
             await nursery.start(utility.serve)
             await nursery.start(app.run)
             url = f"http://127.0.0.1:{app.web_port}/"
-            driver = await trio.to_thread.run_sync(_driver, profile)
+            driver = await trio.to_thread.run_sync(_driver, profile, SIZES[size])
             try:
-                await trio.to_thread.run_sync(
-                    partial(_walk, driver, url, modbus.port, utility, register)
+                got = await trio.to_thread.run_sync(
+                    partial(_run_walk, driver, folder, url, modbus.port, closed, utility, register)
                 )
-                got = await trio.to_thread.run_sync(_dashboard, driver)
-                paused = await _streams_taken(driver, app.web_port or 0, url + "dashboard")
+                paused = await _streams_taken(driver, folder, app.web_port or 0, url + "dashboard")
             finally:
                 await trio.to_thread.run_sync(driver.quit)
             nursery.cancel_scope.cancel()
     assert not app.setup_mode
     assert app.config.limits.export_w == 4000
+    assert app.config.site.time_zone == "Australia/Adelaide"
     assert [i.unit for i in app.config.inverters] == [1, 2] and app.config.meter is not None
+    assert app.config.utility is not None and app.config.utility.cert.is_file()
     assert got["site"].endswith("W") and got["inverters"].count("online") == 2
-    assert (got["limit"], got["source"]) == ("4000 W", "config")
+    assert got["limit"] == "4000 W" and got["source"].endswith("config")
     assert "connected" in got["utility"]
     assert paused["message"] == "live updates paused — reconnecting"
     assert paused["site"] not in ("", "–")  # the page polls the status meanwhile
     assert paused["after"] is False  # and says nothing once a stream is free again
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+async def test_a_hand_configured_device_says_it_has_no_password_and_settings_open_filled(
+    tmp_path: Path, size: str
+) -> None:
+    """No admin password yet: the dashboard says so; once it is set in Settings the form holds
+    the running configuration, and Apply keeps the utility section it could not show before."""
+    from dynexport.system.config import parse_config
+
+    pki = certs.make_test_pki(tmp_path / "pki", now=datetime.now(UTC))
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, key in (("serca.pem", "serca"), ("device-chain.pem", "device_chain")):
+        (data / name).write_bytes(pki.files[key].read_bytes())
+    (data / "device-key.pem").write_bytes(pki.files["device_key"].read_bytes())
+    folder = SCREENSHOTS / size
+    with serve_tcp(fronius_gateway(tau_s=0.5)) as modbus, tempfile.TemporaryDirectory() as profile:
+        document = {
+            "inverters": [{"tcp": f"127.0.0.1:{modbus.port}", "unit": 1}],
+            "meter": {"tcp": f"127.0.0.1:{modbus.port}", "unit": 240},
+            "limits": {"exportW": 3000},
+            "utility": {
+                "server": "https://127.0.0.1:9",
+                "nmi": "4312345678",
+                "ca": str(data / "serca.pem"),
+                "cert": str(data / "device-chain.pem"),
+                "key": str(data / "device-key.pem"),
+            },
+        }
+        (data / "config.json").write_text(json.dumps(document))
+        app = App(
+            parse_config(document),
+            AppOptions(
+                data_dir=data, config_path=data / "config.json", web_host="127.0.0.1", web_port=0
+            ),
+        )
+
+        def walk(url: str) -> None:
+            w = Walk(driver, folder)
+            w.d.get(url)
+            w.text("#alerts", lambda t: "anyone on this network can set the admin password" in t)
+            w.shot("20-no-password")
+            w.click("#alerts a")
+            w.step("password")
+            w.find("#pw1").send_keys(PASSWORD)
+            w.find("#pw2").send_keys(PASSWORD)
+            w.next()
+            w.step("network")
+            w.next()
+            w.step("utility")
+            assert w.find("#use-utility").is_selected()
+            assert w.find("#u-server").get_attribute("value") == "https://127.0.0.1:9"
+            w.shot("21-settings-filled")
+            for name in ("devices", "limits", "certificate", "review"):
+                w.next()
+                w.step(name)
+            w.next()
+            w.text("#reach", lambda t: "Saved and applied" in t)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            driver = await trio.to_thread.run_sync(_driver, profile, SIZES[size])
+            try:
+                await trio.to_thread.run_sync(walk, f"http://127.0.0.1:{app.web_port}/")
+            finally:
+                await trio.to_thread.run_sync(driver.quit)
+            nursery.cancel_scope.cancel()
+    saved = json.loads((data / "config.json").read_text())
+    assert saved["utility"]["server"] == "https://127.0.0.1:9"  # nothing dropped
+    assert saved["limits"]["exportW"] == 3000
 
 
 def _wait_text(driver: Any, element: str, check: Any) -> str:
@@ -219,7 +444,7 @@ def _wait_text(driver: Any, element: str, check: Any) -> str:
     return str(driver.find_element(By.ID, element).text)
 
 
-async def _streams_taken(driver: Any, port: int, url: str) -> dict[str, Any]:
+async def _streams_taken(driver: Any, folder: Path, port: int, url: str) -> dict[str, Any]:
     """Other clients hold every live-event stream; a dashboard opened then says live updates
     are paused, still shows values, and recovers when a stream is free."""
     from tests.web import raw
@@ -257,7 +482,7 @@ async def _streams_taken(driver: Any, port: int, url: str) -> dict[str, Any]:
         site = await trio.to_thread.run_sync(
             _wait_text, driver, "site-w", lambda e: e.text not in ("", "–")
         )
-        driver.save_screenshot(str(ARTIFACTS / "08-live-paused.png"))
+        driver.save_screenshot(str(folder / "15-live-paused.png"))
     finally:
         for stream in held:
             await stream.aclose()

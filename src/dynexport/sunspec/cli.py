@@ -13,14 +13,15 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from dynexport.modbus.client import Backoff, open_bus
 from dynexport.modbus.endpoints import Endpoint, SerialEndpoint, parse_tcp
-from dynexport.modbus.errors import ModbusError
+from dynexport.modbus.errors import ModbusConnectionError, ModbusError, ModbusTimeout
 from dynexport.sunspec.control import LimitCommand
 from dynexport.sunspec.decode import DecodedModel
 from dynexport.sunspec.device import SunSpecDevice
@@ -30,6 +31,9 @@ log = logging.getLogger("dynexport.sunspec")
 
 DEFAULT_UNITS = (*range(1, 11), 126, 240)
 SCAN_TIMEOUT_S = 0.5
+SCAN_EXIT = {"refused": 2, "no-port": 2, "silent": 3}
+"""``sunspec scan`` exit codes: 0 found, 1 answers but no SunSpec device, 2 the endpoint cannot
+be opened (refused connection, no serial port), 3 no unit answered at all."""
 
 
 def _unit(text: str) -> int:
@@ -107,11 +111,78 @@ def register(subparsers: Any) -> None:
     lim.set_defaults(handler=limit_command)
 
 
+class ScanFailed(Exception):
+    """The scan found nothing because of the endpoint itself, not the devices behind it.
+
+    ``reason``: ``"refused"`` (TCP: cannot connect), ``"no-port"`` (the serial port does not
+    exist or cannot be opened) or ``"silent"`` (connected, but no unit answered at all: wrong
+    address, baud rate or wiring). Each has its own message, for the installer to act on."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class UnitProbe:
+    """What one unit id gave: ``found``, ``not-sunspec``, ``no-answer`` or ``error``."""
+
+    unit: int
+    result: str
+    detail: str = ""
+
+
+def silent_bus(endpoint: Endpoint, probes: Sequence[UnitProbe]) -> ScanFailed | None:
+    """The "nobody answered" verdict (pure): every probed unit stayed silent."""
+    if not probes or any(p.result != "no-answer" for p in probes):
+        return None
+    units = ", ".join(str(p.unit) for p in probes)
+    if isinstance(endpoint, SerialEndpoint):
+        hint = (
+            f"check the A/B wiring, the termination and the line settings ({endpoint.baud} "
+            f"baud, parity {endpoint.parity}, {endpoint.stopbits} stop bit(s))"
+        )
+    else:
+        hint = "the gateway accepted the connection: check the unit ids and its Modbus settings"
+    return ScanFailed("silent", f"{endpoint}: no unit answered (tried {units}): {hint}")
+
+
+def _open_failure(endpoint: Endpoint, exc: Exception) -> ScanFailed:
+    if isinstance(endpoint, SerialEndpoint):
+        return ScanFailed("no-port", f"cannot open the serial port {endpoint.device}: {exc}")
+    return ScanFailed(
+        "refused",
+        f"cannot connect to {endpoint}: {exc} (is the address right, and Modbus TCP enabled "
+        "on the device?)",
+    )
+
+
 async def scan(
-    endpoint: Endpoint, units: Sequence[int], *, request_timeout: float
+    endpoint: Endpoint,
+    units: Sequence[int],
+    *,
+    request_timeout: float,
+    progress: Callable[[UnitProbe], None] | None = None,
 ) -> list[tuple[SunSpecDevice, list[DecodedModel]]]:
-    """Probe each unit; return the devices found with all their models decoded."""
+    """Probe each unit; return the devices found with all their models decoded.
+
+    Raises ScanFailed when the endpoint cannot be opened or no unit answered at all; a unit
+    that answers without being SunSpec is not a failure. ``progress`` hears of every unit."""
+    if isinstance(endpoint, SerialEndpoint) and not await trio.Path(endpoint.device).exists():
+        raise ScanFailed(
+            "no-port",
+            f"no serial port {endpoint.device} on this device: is the RS485 adapter plugged in? "
+            "(/dev/serial/by-id/ lists the adapters present)",
+        )
     found: list[tuple[SunSpecDevice, list[DecodedModel]]] = []
+    probes: list[UnitProbe] = []
+
+    def note(probe: UnitProbe) -> None:
+        probes.append(probe)
+        if progress is not None:
+            progress(probe)
+
     async with open_bus(
         endpoint, timeout=request_timeout, retries=0, backoff=Backoff(0.0, 0.0)
     ) as bus:
@@ -119,16 +190,34 @@ async def scan(
             dev = SunSpecDevice(bus, unit)
             try:
                 await dev.discover()
+                models = await dev.read_all()
             except NotSunSpecError as exc:
                 log.info("unit %d: %s", unit, exc)
+                note(UnitProbe(unit, "not-sunspec", str(exc)))
+                continue
+            except ModbusConnectionError as exc:
+                if not any(p.result != "no-answer" for p in probes):
+                    raise _open_failure(endpoint, exc) from None
+                log.info("unit %d: connection lost (%s)", unit, exc)
+                note(UnitProbe(unit, "error", str(exc)))
+                continue
+            except ModbusTimeout as exc:
+                log.info("unit %d: no answer (%s)", unit, exc)
+                note(UnitProbe(unit, "no-answer", str(exc)))
                 continue
             except ModbusError as exc:
-                log.info("unit %d: no answer (%s)", unit, exc)
+                log.info("unit %d: %s", unit, exc)
+                note(UnitProbe(unit, "error", str(exc)))
                 continue
             except DiscoveryError as exc:
                 log.warning("unit %d: %s", unit, exc)
+                note(UnitProbe(unit, "error", str(exc)))
                 continue
-            found.append((dev, await dev.read_all()))
+            found.append((dev, models))
+            note(UnitProbe(unit, "found"))
+    silent = silent_bus(endpoint, probes)
+    if silent is not None:
+        raise silent
     return found
 
 
@@ -169,7 +258,16 @@ def scan_command(args: argparse.Namespace) -> int:
     endpoint = endpoint_from_args(args)
     units = args.unit or list(DEFAULT_UNITS)
     timeout = args.timeout or (SCAN_TIMEOUT_S if not args.unit else 1.0)
-    found = trio.run(lambda: scan(endpoint, units, request_timeout=timeout))
+    try:
+        found = trio.run(lambda: scan(endpoint, units, request_timeout=timeout))
+    except ScanFailed as exc:
+        if args.json:
+            doc = {"devices": [], "error": exc.message, "reason": exc.reason}
+            json.dump(doc, sys.stdout, allow_nan=False)
+            print()
+        else:
+            print(f"scan failed: {exc.message}", file=sys.stderr)
+        return SCAN_EXIT[exc.reason]
     if args.json:
         json.dump(scan_json(found), sys.stdout, allow_nan=False)
         print()

@@ -32,9 +32,10 @@ _FAST_METER = (
     *("Hz", "W", "WphA", "WphB", "WphC", "VAR", "VARphA", "VARphB", "VARphC"),
     *("PhV", "PhVphA", "PhVphB", "PhVphC"),
 )
-_FAST_STATUS = ("PVConn", "ECPConn")
+_FAST_STATUS = ("PVConn", "ECPConn", "WAval")
 """Model 122's connection bits: whether the inverter is really on the grid (it may trip, or be
-opened through 123 Conn), read with the power so the utility hears of it within a poll."""
+opened through 123 Conn), read with the power so the utility hears of it within a poll; and
+``WAval``, the power it could make now, from which the energy the limits curtailed is counted."""
 _FAST_CONN = ("Conn",)
 """Model 123's connect control, the fallback when a device has no model 122."""
 SLOW_MODELS = (1, 120, 121, 122, 123, 124, 702, 703, 704)
@@ -78,6 +79,10 @@ class PollPlan:
             out[mp.header.id] = decode_points(
                 mdef, mp.header.address, image, mp.names, length=mp.header.length
             )
+        if "WAval" in out.get(122, {}):  # available power travels with the inverter's reading
+            for mid in INVERTER_MODELS:
+                if mid in out:
+                    out[mid]["WAval"] = out[122]["WAval"]
         return out
 
 

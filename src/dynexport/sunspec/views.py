@@ -93,6 +93,9 @@ class InverterReading:
     """Grid connection state where the device reports it (701 ConnSt)."""
     dc_w: float | None = None
     throttle_pct: float | None = None
+    available_w: float | None = None
+    """Model 122 ``WAval`` (carried here by the fast plan): what the inverter could make now;
+    the energy the limits curtailed is what it could make less what it made."""
 
     @property
     def state_name(self) -> str | None:
@@ -135,6 +138,7 @@ class InverterReading:
             st=_i(pts, "St"),
             connected=None,
             dc_w=_f(pts, "DCW"),
+            available_w=_f(pts, "WAval"),
         )
 
 

@@ -22,7 +22,7 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, Protocol, TypeGuard, TypeVar
 from urllib.parse import urlsplit
@@ -31,10 +31,13 @@ import trio
 
 from dynexport.control.limits import EffectiveLimits
 from dynexport.httpio import Request, ServerResponse
+from dynexport.integrations.metrics import CONTENT_TYPE as METRICS_TYPE
+from dynexport.integrations.metrics import bearer_ok, render_metrics
 from dynexport.modbus.endpoints import Endpoint, SerialEndpoint, parse_tcp
 from dynexport.sep2 import certs
 from dynexport.sep2.client import Sep2Client
 from dynexport.sunspec import cli as sunspec_cli
+from dynexport.sunspec.control import CONTROL_MODELS
 from dynexport.system.config import (
     BAUD_RATES,
     Config,
@@ -42,6 +45,7 @@ from dynexport.system.config import (
     parse_config,
 )
 from dynexport.system.storage import atomic_write, read_json, write_json
+from dynexport.update.rauc import Rauc
 from dynexport.web import static
 from dynexport.web.auth import (
     COOKIE,
@@ -57,9 +61,11 @@ from dynexport.web.auth import (
 )
 from dynexport.web.captive import HostPolicy, captive_redirect, parse_host
 from dynexport.web.configdoc import config_document, limits_document
+from dynexport.web.energy import EnergyToday
 from dynexport.web.events import Broadcaster
 from dynexport.web.history import API_NAMES, FIELDS, History
-from dynexport.web.wifi import WifiError, check_wifi
+from dynexport.web.updates import MAX_CHUNK_BYTES, UpdateError, Updates
+from dynexport.web.wifi import WifiError, check_wifi, parse_scan
 
 log = logging.getLogger("dynexport.web")
 
@@ -72,6 +78,7 @@ KEY_FILE = "device-key.pem"
 CSR_FILE = "device.csr"
 CHAIN_FILE = "device-chain.pem"
 WIFI_FILE = "wifi.json"
+WIFI_INTERFACE = "wlan0"
 MAX_JSON_NUMBER = 1e15
 """Largest magnitude accepted for a number in a configuration (far beyond any watt or second)."""
 LATEST_TIME = 253_402_300_799
@@ -107,6 +114,12 @@ class AppLike(Protocol):
     def status(self) -> dict[str, Any]: ...
     def apply_config(self, config: Config) -> None: ...
     def limits_outlook(self, hours: float = 24.0) -> list[tuple[float, EffectiveLimits]]: ...
+    def reload_utility(self) -> None: ...
+    def time_zone(self) -> tzinfo | None: ...
+    def test_limit(self, inverter_id: str, pct: float, seconds: float) -> dict[str, Any]: ...
+    async def check_meter_direction(self) -> dict[str, Any]: ...
+    def commissioning_report(self) -> dict[str, Any]: ...
+    def tools_status(self) -> dict[str, Any]: ...
 
 
 def _limits_document(lim: EffectiveLimits) -> dict[str, Any]:
@@ -233,18 +246,115 @@ def alerts(status: dict[str, Any], config: Config, wall_clock: float) -> list[di
         add("warning", "clock", f"The clock differs from the utility's by {offset:.0f} s")
     if utility.get("configured"):
         last_error = str(utility.get("lastError") or "")
-        if any(w in last_error.lower() for w in ("certificate", "tls", "ssl")):
-            add("error", "certificate", f"Utility link certificate problem: {last_error}")
+        u = config.utility
+        if u is not None and not u.cert.is_file():
+            add(
+                "warning",
+                "enrolment",
+                "Utility link waiting for the signed certificate (upload it in Settings, "
+                "Certificate); export is held at the fallback limit meanwhile",
+            )
+        elif any(w in last_error.lower() for w in ("certificate", "tls", "ssl")):
+            add(
+                "error", "certificate", f"Utility link certificate problem: {plain_tls(last_error)}"
+            )
         elif not utility.get("connected"):
             add("warning", "utility", f"Utility not reachable: {last_error or 'not yet polled'}")
         if utility.get("acting") is False:
             add("error", "registration", "The utility's registration does not match our PIN")
-        u = config.utility
-        if u is not None and not u.cert.is_file():
-            add("error", "certificate", f"Device certificate missing: {u.cert}")
     for name in (status.get("limits") or {}).get("notEnforced") or []:
         add("info", "not-enforced", f"{name} is reported but cannot be enforced at this site")
+    _more_alerts(status, config, add)
     return out
+
+
+TLS_WORDS = (
+    (
+        "unable to get local issuer",
+        "the utility's server certificate is not signed by the SERCA "
+        "saved on this device: check the SERCA",
+    ),
+    (
+        "certificate has expired",
+        "a certificate has expired (check the device's clock, then its certificate's end date)",
+    ),
+    (
+        "certificate is not yet valid",
+        "a certificate is not valid yet: is this device's clock right?",
+    ),
+    ("hostname mismatch", "the server's certificate is for another name than the server URL"),
+    (
+        "certificate unknown",
+        "the utility did not accept this device's certificate: is the LFDI "
+        "registered, and the signed chain the one the utility issued?",
+    ),
+    ("unknown ca", "the utility does not know the CA of this device's certificate"),
+    (
+        "handshake failure",
+        "the utility and this device found no common security settings (TLS handshake failed)",
+    ),
+    ("no such file", "a certificate or key file is missing"),
+)
+"""Library and OpenSSL phrases in a link error, and what they mean to an installer."""
+
+
+def plain_tls(text: str) -> str:
+    """A certificate or TLS error in plain words (the library's text is left out)."""
+    low = text.lower()
+    for phrase, words in TLS_WORDS:
+        if phrase in low:
+            return words
+    return re.sub(r"\s*\(_ssl\.c:\d+\)|\[SSL: [A-Z_]+\]\s*", "", text).strip()
+
+
+def _more_alerts(
+    status: dict[str, Any], config: Config, add: Callable[[str, str, str], None]
+) -> None:
+    """Task faults, the utility's fallback, storage, its clock, integrations, settings and the
+    last update: each is something an owner or installer must act on (docs/api.md)."""
+    for fault in status.get("faults") or []:
+        if not isinstance(fault, dict):
+            continue
+        count = fault.get("count")
+        times = f" ({count} times)" if isinstance(count, int) and count > 1 else ""
+        add(
+            "error",
+            "task-fault",
+            f"{fault.get('task')} failed{times} and is restarting: {fault.get('error')}",
+        )
+    utility = status.get("utility") or {}
+    fallback = utility.get("fallback")
+    if fallback:
+        watts = config.utility.fallback_export_w if config.utility is not None else None
+        limit = "" if watts is None else f" {watts:.0f} W"
+        add(
+            "warning",
+            "utility-fallback",
+            f"Utility has no usable schedule ({fallback}): holding export at the fallback "
+            f"limit{limit}",
+        )
+    if utility.get("storageError"):
+        add("error", "storage", f"The data partition cannot be written: {utility['storageError']}")
+    if utility.get("clockAlert"):
+        add("error", "clock", f"The utility's clock is refused: {utility['clockAlert']}")
+    integrations = status.get("integrations") or {}
+    price = integrations.get("price") or {}
+    if price.get("configured") and price.get("lapsed"):
+        add("warning", "price-lapsed", f"Price source: {price.get('reason') or 'lapsed'}")
+    mqtt = integrations.get("mqtt") or {}
+    if mqtt.get("configured") and not mqtt.get("connected"):
+        add("warning", "mqtt", f"MQTT broker not connected: {mqtt.get('lastError') or 'not yet'}")
+    if config.utility is not None and config.utility.pen == 0:
+        add(
+            "warning",
+            "pen",
+            "Set utility.pen to your organisation's IANA Private Enterprise Number",
+        )
+    if config.limits.windows and config.site.time_zone is None:
+        add("warning", "time-zone", "Daily windows run in UTC: set the site's time zone")
+    update = status.get("update") or {}
+    if update.get("phase") in ("failed", "rolled-back"):
+        add("error", "update", str(update.get("message") or "the last update failed"))
 
 
 def _summarise_scan(endpoint: Endpoint, found: list[tuple[Any, list[Any]]]) -> dict[str, Any]:
@@ -275,10 +385,17 @@ def _summarise_scan(endpoint: Endpoint, found: list[tuple[Any, list[Any]]]) -> d
             }
         else:
             where = {"tcp": str(endpoint)}
+        control = sorted(set(CONTROL_MODELS) & set(ids))
         devices.append(
             {
                 "unit": dev.unit,
                 "kind": kind,
+                "controllable": bool(control) if kind == "inverter" else None,
+                "warning": (
+                    "no SunSpec control model (123 or 704): its output cannot be limited"
+                    if kind == "inverter" and not control
+                    else None
+                ),
                 "manufacturer": common.manufacturer if common else None,
                 "model": common.model if common else None,
                 "serial": common.serial if common else None,
@@ -308,6 +425,7 @@ class WebApi:
         limiter: LoginLimiter | None = None,
         scan_timeout_s: float = sunspec_cli.SCAN_TIMEOUT_S,
         names: tuple[str, ...] = (),
+        rauc: Rauc | None = None,
     ) -> None:
         """``names``: host names the appliance answers to besides its hostname, ``dynexport``
         and ``localhost`` (each also under ``.local``, ``.lan``, ...; docs/web.md)."""
@@ -324,6 +442,12 @@ class WebApi:
         self._config_lock = trio.Lock()
         self._setup_lock = trio.Lock()
         self._scan_lock = trio.Lock()
+        self.scan_progress: dict[str, Any] | None = None
+        self.updates = Updates(app.options.data_dir, rauc)
+        self.nursery: trio.Nursery | None = None
+        self.energy = EnergyToday()
+        """Energy today, fed by the history recorder (web/server.py)."""
+        """Where background work (an update's install) runs: set by serve_web."""
         self._routes: dict[tuple[str, str], tuple[Route, bool]] = {}
         r = self._route
         r("GET", "/api/status", self.get_status)
@@ -338,7 +462,9 @@ class WebApi:
         r("GET", "/api/history", self.get_history)
         r("GET", "/api/history.csv", self.get_history_csv)
         r("POST", "/api/devices/scan", self.post_scan, auth=True)
+        r("GET", "/api/devices/scan", self.get_scan_progress, auth=True)
         r("GET", "/api/wifi", self.get_wifi, auth=True)
+        r("GET", "/api/wifi/networks", self.get_wifi_networks, auth=True)
         r("PUT", "/api/wifi", self.put_wifi, auth=True)
         r("DELETE", "/api/wifi", self.delete_wifi, auth=True)
         r("GET", "/api/cert", self.get_cert, auth=True)
@@ -347,6 +473,17 @@ class WebApi:
         r("GET", "/api/cert/csr", self.get_csr, auth=True)
         r("PUT", "/api/cert/chain", self.put_chain, auth=True)
         r("GET", "/api/events", self.get_events)
+        r("GET", "/api/timezones", self.get_timezones)
+        r("POST", "/api/tools/test-limit", self.post_test_limit, auth=True)
+        r("POST", "/api/tools/meter-check", self.post_meter_check, auth=True)
+        r("GET", "/api/tools/report", self.get_report, auth=True)
+        r("GET", "/api/config/backup", self.get_backup, auth=True)
+        r("POST", "/api/config/restore", self.post_restore, auth=True)
+        r("GET", "/api/update", self.get_update, auth=True)
+        r("POST", "/api/update/upload", self.post_update_upload, auth=True)
+        r("PUT", "/api/update/upload", self.put_update_chunk, auth=True)
+        r("POST", "/api/update/check", self.post_update_check, auth=True)
+        r("POST", "/api/update/install", self.post_update_install, auth=True)
 
     def _route(self, method: str, path: str, fn: Route, *, auth: bool = False) -> None:
         self._routes[(method, path)] = (fn, auth)
@@ -357,7 +494,22 @@ class WebApi:
 
     def live_status(self) -> dict[str, Any]:
         st = self.app.status()
+        u = self.app.config.utility
+        if isinstance(st.get("utility"), dict):
+            st["utility"]["waitingForCertificate"] = u is not None and not u.cert.is_file()
         st["alerts"] = alerts(st, self.app.config, self.app.options.wall_clock())
+        if not self.app.setup_mode and not self.passwords.exists():
+            st["alerts"].insert(
+                0,
+                {
+                    "level": "error",
+                    "code": "no-password",
+                    "text": "No admin password: anyone on this network can set the admin "
+                    "password. Set it now.",
+                },
+            )
+        st["tools"] = self.app.tools_status()
+        st["energyToday"] = self.energy.to_json()
         st["time"] = _iso(self.app.options.wall_clock())
         return st
 
@@ -392,6 +544,10 @@ class WebApi:
                 "this device does not answer to that host name: use its address or its own name",
             )
         get = "GET" if method == "HEAD" else method
+        if path == "/metrics":
+            if get != "GET":
+                raise HttpError(405, f"{method} is not allowed on {path}", allowed=["GET"])
+            return self.get_metrics(request)
         if not path.startswith("/api/"):
             if get != "GET":
                 raise HttpError(405, f"{method} is not allowed on {path}")
@@ -471,6 +627,19 @@ class WebApi:
 
     # -- status, session, login ----------------------------------------------------------------
 
+    def get_metrics(self, request: Request) -> ServerResponse:
+        """Prometheus text (docs/integrations.md): off unless ``metrics.token`` is set, and
+        only for ``Authorization: Bearer <token>``; Host checked like ``/api/status``."""
+        metrics = self.app.config.metrics
+        if metrics is None:
+            raise HttpError(404, "metrics are off (set metrics.token)")
+        if not bearer_ok(request.header("authorization"), metrics.token):
+            response = error(401, "metrics need Authorization: Bearer <metrics.token>")
+            response.headers.append(("WWW-Authenticate", 'Bearer realm="metrics"'))
+            return response
+        body = render_metrics(self.live_status()).encode()
+        return ServerResponse(200, body, [("Cache-Control", "no-store")], METRICS_TYPE)
+
     async def get_status(self, request: Request) -> ServerResponse:
         return json_response(200, self.live_status())
 
@@ -484,6 +653,7 @@ class WebApi:
         }
         if session is not None:
             doc["csrf"] = session.csrf
+            doc["reach"] = _reach(request, socket.gethostname())
         return json_response(200, doc)
 
     async def post_setup_password(self, request: Request) -> ServerResponse:
@@ -575,10 +745,14 @@ class WebApi:
         return json_response(200, config_document(self.app.config))
 
     async def put_config(self, request: Request) -> ServerResponse:
+        document = parse_json_object(request.body)
+        return json_response(200, await self._apply_document(document, request.peer[0]))
+
+    async def _apply_document(self, document: dict[str, Any], peer: str) -> dict[str, Any]:
+        """Checks, writes and applies a whole configuration document (else HttpError)."""
         path = self.app.options.config_path
         if path is None:
             raise HttpError(409, "this service runs without a configuration file to write")
-        document = parse_json_object(request.body)
         numbers = list(_number_problems(document, ""))
         if numbers:
             raise HttpError(422, "invalid configuration", problems=numbers)
@@ -596,13 +770,13 @@ class WebApi:
             where = _place_problems(document, config, self.data_dir)
             if where:
                 raise HttpError(400, "; ".join(where), problems=where)
-            problems = _file_problems(config)
+            problems = _file_problems(config, self._cert_files()["cert"])
             if problems:
                 raise HttpError(422, "invalid configuration", problems=problems)
             await trio.to_thread.run_sync(_write_config, path, document)
             self.app.apply_config(config)
-        log.info("configuration written to %s and applied (from %s)", path, request.peer[0])
-        return json_response(200, {"applied": True, "config": config_document(config)})
+        log.info("configuration written to %s and applied (from %s)", path, peer)
+        return {"applied": True, "config": config_document(config), "pending": _pending(config)}
 
     # -- limits and history --------------------------------------------------------------------
 
@@ -711,19 +885,49 @@ class WebApi:
         if self._scan_lock.locked():
             raise HttpError(409, "a scan is already running")
         async with self._scan_lock:
-            with trio.move_on_after(SCAN_BUDGET_S) as budget:
-                try:
-                    found = await sunspec_cli.scan(
-                        endpoint, units, request_timeout=self.scan_timeout_s
-                    )
-                except OSError as exc:
-                    raise HttpError(502, f"cannot reach {endpoint}: {exc}") from None
-                except Exception as exc:
-                    log.warning("scan of %s failed: %s", endpoint, exc)
-                    raise HttpError(502, f"scan of {endpoint} failed: {exc}") from None
-            if budget.cancelled_caught:
-                raise HttpError(504, f"scan of {endpoint} took longer than {SCAN_BUDGET_S:.0f} s")
+            progress: dict[str, Any] = {
+                "running": True,
+                "endpoint": str(endpoint),
+                "units": list(units),
+                "probed": [],
+            }
+            self.scan_progress = progress
+
+            def note(probe: sunspec_cli.UnitProbe) -> None:
+                progress["probed"].append(
+                    {"unit": probe.unit, "result": probe.result, "detail": probe.detail}
+                )
+
+            try:
+                return await self._scan(endpoint, units, note)
+            finally:
+                progress["running"] = False
+
+    async def _scan(
+        self,
+        endpoint: Endpoint,
+        units: list[int],
+        note: Callable[[sunspec_cli.UnitProbe], None],
+    ) -> ServerResponse:
+        with trio.move_on_after(SCAN_BUDGET_S) as budget:
+            try:
+                found = await sunspec_cli.scan(
+                    endpoint, units, request_timeout=self.scan_timeout_s, progress=note
+                )
+            except sunspec_cli.ScanFailed as exc:
+                raise HttpError(502, exc.message, reason=exc.reason) from None
+            except OSError as exc:
+                raise HttpError(502, f"cannot reach {endpoint}: {exc}") from None
+            except Exception as exc:
+                log.warning("scan of %s failed: %s", endpoint, exc)
+                raise HttpError(502, f"scan of {endpoint} failed: {exc}") from None
+        if budget.cancelled_caught:
+            raise HttpError(504, f"scan of {endpoint} took longer than {SCAN_BUDGET_S:.0f} s")
         return json_response(200, _summarise_scan(endpoint, found))
+
+    async def get_scan_progress(self, request: Request) -> ServerResponse:
+        """Each unit probed so far by the running (or last) scan, for the page's progress."""
+        return json_response(200, self.scan_progress or {"running": False, "probed": []})
 
     # -- home Wi-Fi ------------------------------------------------------------------------------
 
@@ -734,6 +938,24 @@ class WebApi:
             return json_response(200, {"configured": False, "ssid": None})
         ssid = doc.get("ssid") if isinstance(doc, dict) else None
         return json_response(200, {"configured": True, "ssid": ssid})
+
+    async def get_wifi_networks(self, request: Request) -> ServerResponse:
+        """Networks in range, from the last scan of the Wi-Fi interface (``iw ... scan dump``:
+        no new scan, which would interrupt the setup access point)."""
+        try:
+            with trio.fail_after(5):
+                proc = await trio.run_process(
+                    ["iw", "dev", WIFI_INTERFACE, "scan", "dump"],
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+        except (OSError, trio.TooSlowError) as exc:
+            return json_response(200, {"networks": [], "error": f"cannot list networks: {exc}"})
+        if proc.returncode != 0:
+            why = proc.stderr.decode("utf-8", "replace").strip() or f"iw ended {proc.returncode}"
+            return json_response(200, {"networks": [], "error": f"cannot list networks: {why}"})
+        return json_response(200, {"networks": parse_scan(proc.stdout.decode("utf-8", "replace"))})
 
     async def put_wifi(self, request: Request) -> ServerResponse:
         body = parse_json_object(request.body)
@@ -800,9 +1022,22 @@ class WebApi:
     async def post_cert_request(self, request: Request) -> ServerResponse:
         body = parse_json_object(request.body) if request.body.strip() else {}
         replace = body.get("replace", False)
-        if not isinstance(replace, bool):
-            raise HttpError(400, "replace must be true or false")
+        confirm = body.get("confirm", False)
+        if not isinstance(replace, bool) or not isinstance(confirm, bool):
+            raise HttpError(400, "replace and confirm must be true or false")
         files = self._cert_files()
+        previous = self._lfdi_in_use()
+        if replace and files["key"].is_file() and not confirm:
+            # The consequence is named before anything happens: a new key means a new LFDI,
+            # which the utility must register before this site gets its limits again.
+            raise HttpError(
+                409,
+                "replacing the device key makes a new LFDI: the utility must register the new "
+                "LFDI and sign a new certificate before this site receives its limits again "
+                f"(LFDI in use: {previous or 'none yet'}); send confirm: true to replace it",
+                confirm=True,
+                lfdi=previous,
+            )
 
         def make() -> tuple[bytes, bool]:
             created = False
@@ -823,7 +1058,25 @@ class WebApi:
             csr, created = await trio.to_thread.run_sync(make)
         except (certs.CertError, FileExistsError) as exc:
             raise HttpError(409, f"device key: {exc}") from None
-        return json_response(200, {"csr": csr.decode("ascii"), "keyCreated": created})
+        if created and replace:
+            log.warning("device key replaced from %s (LFDI was %s)", request.peer[0], previous)
+        return json_response(
+            200,
+            {
+                "csr": csr.decode("ascii"),
+                "keyCreated": created,
+                "previousLfdi": previous,
+                "lfdi": self._lfdi_in_use(),
+            },
+        )
+
+    def _lfdi_in_use(self) -> str | None:
+        """The LFDI of the stored signed certificate (None: none yet, or unreadable)."""
+        path = self._cert_files()["cert"]
+        try:
+            return str(certs.describe(path.read_bytes())["lfdi"])
+        except Exception:  # missing or damaged: GET /api/cert says which
+            return None
 
     async def get_csr(self, request: Request) -> ServerResponse:
         path = self._cert_files()["csr"]
@@ -847,6 +1100,9 @@ class WebApi:
         check = _inspect("certificate", certs.check_chain, chain, key, ca)
         described = _inspect("certificate", certs.describe, chain)
         await trio.to_thread.run_sync(lambda: atomic_write(files["cert"], chain))
+        u = self.app.config.utility
+        if u is not None and _same_file(u.cert, files["cert"]):
+            self.app.reload_utility()  # the link waiting for its certificate starts now
         return json_response(
             200,
             {
@@ -856,6 +1112,106 @@ class WebApi:
                 "certificate": described,
             },
         )
+
+    # -- site time zone ------------------------------------------------------------------------
+
+    async def get_timezones(self, request: Request) -> ServerResponse:
+        """The zones the settings offer: Australia's first, then every other the system knows
+        (the configuration parser checks the choice)."""
+        return json_response(200, {"australia": list(AUSTRALIAN_ZONES), "all": _all_zones()})
+
+    # -- installer tools -------------------------------------------------------------------------
+
+    async def post_test_limit(self, request: Request) -> ServerResponse:
+        body = parse_json_object(request.body)
+        inverter, pct, seconds = body.get("inverter"), body.get("pct"), body.get("seconds", 60)
+        if not isinstance(inverter, str):
+            raise HttpError(400, 'inverter must name one, e.g. "inverter 1"')
+        if not isinstance(pct, int | float) or not isinstance(seconds, int | float):
+            raise HttpError(400, "pct and seconds must be numbers")
+        if isinstance(pct, bool) or isinstance(seconds, bool):
+            raise HttpError(400, "pct and seconds must be numbers")
+        if self.app.setup_mode:
+            raise HttpError(409, "finish the setup first: no inverter is linked yet")
+        try:
+            started = self.app.test_limit(inverter, float(pct), float(seconds))
+        except KeyError:
+            raise HttpError(404, f"no inverter {inverter!r}") from None
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        log.info("test limit %s %% on %s from %s", pct, inverter, request.peer[0])
+        return json_response(200, started)
+
+    async def post_meter_check(self, request: Request) -> ServerResponse:
+        if self.app.setup_mode:
+            raise HttpError(409, "finish the setup first: no meter is linked yet")
+        return json_response(200, await self.app.check_meter_direction())
+
+    async def get_report(self, request: Request) -> ServerResponse:
+        report = self.app.commissioning_report()
+        if report.get("lfdi") is None:
+            report["lfdi"] = self._lfdi_in_use()
+        report["alerts"] = self.live_status()["alerts"]
+        report["limits"] = limits_document(self.app.config.limits)
+        return json_response(200, report)
+
+    # -- configuration backup and restore --------------------------------------------------------
+
+    async def get_backup(self, request: Request) -> ServerResponse:
+        doc, removed = without_secrets(config_document(self.app.config))
+        doc["backup"] = {
+            "made": _iso(self.app.options.wall_clock()),
+            "secretsRemoved": removed,
+            "note": "passwords and tokens are not in this file; the device key and certificates "
+            "stay on the device",
+        }
+        name = f"dynexport-config-{datetime.now(UTC).strftime('%Y%m%d')}.json"
+        return json_response(200, doc, [("Content-Disposition", f'attachment; filename="{name}"')])
+
+    async def post_restore(self, request: Request) -> ServerResponse:
+        """A backup back in force: secrets it lacks are kept from the running configuration
+        (same section), the rest goes through ``PUT /api/config``'s checks."""
+        document = parse_json_object(request.body)
+        document.pop("backup", None)
+        kept = restore_secrets(document, config_document(self.app.config))
+        doc = await self._apply_document(document, request.peer[0])
+        doc["secretsKept"] = kept
+        return json_response(200, doc)
+
+    # -- updates -----------------------------------------------------------------------------------
+
+    async def get_update(self, request: Request) -> ServerResponse:
+        return json_response(
+            200, {"upload": self.updates.state.to_json(), "last": self.app.status().get("update")}
+        )
+
+    async def post_update_upload(self, request: Request) -> ServerResponse:
+        body = parse_json_object(request.body)
+        return json_response(200, await self._updating(self.updates.start(body.get("size"))))
+
+    async def put_update_chunk(self, request: Request) -> ServerResponse:
+        if len(request.body) > MAX_CHUNK_BYTES:
+            raise HttpError(413, f"each piece holds at most {MAX_CHUNK_BYTES} bytes")
+        got = self.updates.chunk(request.query.get("offset"), request.body)
+        return json_response(200, await self._updating(got))
+
+    async def post_update_check(self, request: Request) -> ServerResponse:
+        return json_response(200, await self._updating(self.updates.check()))
+
+    async def post_update_install(self, request: Request) -> ServerResponse:
+        if self.nursery is None:
+            raise HttpError(409, "this server cannot install updates (no background tasks)")
+        try:
+            return json_response(200, self.updates.install(self.nursery))
+        except UpdateError as exc:
+            raise HttpError(exc.status, exc.message) from None
+
+    @staticmethod
+    async def _updating(step: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return await step
+        except UpdateError as exc:
+            raise HttpError(exc.status, exc.message) from None
 
     # -- live events ---------------------------------------------------------------------------
 
@@ -871,6 +1227,64 @@ class WebApi:
             [("Cache-Control", "no-store"), ("X-Accel-Buffering", "no")],
             "text/event-stream",
         )
+
+
+AUSTRALIAN_ZONES = (
+    "Australia/Sydney",
+    "Australia/Melbourne",
+    "Australia/Brisbane",
+    "Australia/Adelaide",
+    "Australia/Perth",
+    "Australia/Hobart",
+    "Australia/Darwin",
+    "Australia/Broken_Hill",
+    "Australia/Lord_Howe",
+    "Australia/Eucla",
+    "Australia/Lindeman",
+)
+SECRETS = (("mqtt", "password"), ("price", "token"), ("metrics", "token"))
+"""Configuration keys a backup leaves out (docs/web.md "Backup and restore")."""
+
+
+def _all_zones() -> list[str]:
+    import zoneinfo
+
+    return sorted(z for z in zoneinfo.available_timezones() if "/" in z)
+
+
+def without_secrets(document: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The configuration document without passwords and tokens, and the keys removed."""
+    doc = json.loads(json.dumps(document))
+    removed = []
+    for section, key in SECRETS:
+        part = doc.get(section)
+        if isinstance(part, dict) and part.get(key) is not None:
+            del part[key]
+            removed.append(f"{section}.{key}")
+    return doc, removed
+
+
+def restore_secrets(document: dict[str, Any], running: dict[str, Any]) -> list[str]:
+    """Puts back, from the running configuration, each secret a backup left out (in place)."""
+    kept = []
+    for section, key in SECRETS:
+        part, now = document.get(section), running.get(section)
+        if isinstance(part, dict) and key not in part and isinstance(now, dict) and key in now:
+            part[key] = now[key]
+            kept.append(f"{section}.{key}")
+    return kept
+
+
+def _reach(request: Request, hostname: str) -> list[str]:
+    """How to open this device again: its mDNS name (``dynexport.local`` on the image) and the
+    address this page reached (an address on the setup access point is gone after setup)."""
+    port = request.local[1] if request.local else 80
+    suffix = "" if port == 80 else f":{port}"
+    out = [f"{hostname.split('.')[0]}.local{suffix}"]
+    local = request.local[0] if request.local else None
+    if local and local != "192.168.4.1":
+        out.append(f"[{local}]{suffix}" if ":" in local else f"{local}{suffix}")
+    return out
 
 
 def _too_many(seconds: int) -> HttpError:
@@ -1031,7 +1445,10 @@ def _place_problems(document: dict[str, Any], config: Config, data_dir: Path) ->
     return out
 
 
-def _file_problems(config: Config) -> list[str]:
+def _file_problems(config: Config, chain_file: Path) -> list[str]:
+    """Files the utility link needs. The signed chain may still be missing when it is this
+    device's own chain file and the key exists: enrolment takes days, and the site is
+    commissioned meanwhile (the link waits, the fallback export limit applies)."""
     u = config.utility
     if u is None:
         return []
@@ -1039,7 +1456,23 @@ def _file_problems(config: Config) -> list[str]:
         f"utility.{key}: file not found: {path}"
         for key, path in (("ca", u.ca), ("cert", u.cert), ("key", u.key))
         if not path.is_file()
+        and not (key == "cert" and _same_file(path, chain_file) and u.key.is_file())
     ]
+
+
+def _pending(config: Config) -> list[str]:
+    """What the applied configuration still waits for (shown after Apply)."""
+    u = config.utility
+    if u is not None and not u.cert.is_file():
+        return [
+            "utility link: waiting for the signed certificate (upload it in Settings, "
+            f"Certificate); until then export is held at {u.fallback_export_w:.0f} W"
+        ]
+    return []
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _write_config(path: Path, document: dict[str, Any]) -> None:

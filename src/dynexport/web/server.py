@@ -11,6 +11,7 @@ import trio
 
 from dynexport.httpio import Limits, serve_http
 from dynexport.web.api import AppLike, WebApi
+from dynexport.web.energy import EnergyToday
 from dynexport.web.events import Broadcaster
 from dynexport.web.history import FLUSH_EVERY_S, History, row_from_status
 
@@ -33,7 +34,12 @@ WEB_LIMITS = Limits(
 
 
 async def record_history(
-    app: AppLike, history: History, *, every_s: float = 1.0, flush_every_s: float = FLUSH_EVERY_S
+    app: AppLike,
+    history: History,
+    *,
+    every_s: float = 1.0,
+    flush_every_s: float = FLUSH_EVERY_S,
+    energy: EnergyToday | None = None,
 ) -> None:
     """Samples the status every ``every_s`` and writes to SQLite every ``flush_every_s``."""
     await history.open()
@@ -41,7 +47,10 @@ async def record_history(
         next_flush = trio.current_time() + flush_every_s
         while True:
             if not app.setup_mode:
-                history.add(row_from_status(app.status(), app.options.wall_clock()))
+                status, now = app.status(), app.options.wall_clock()
+                history.add(row_from_status(status, now))
+                if energy is not None:
+                    energy.add(status, now, app.time_zone())
             if trio.current_time() >= next_flush:
                 try:
                     await history.flush(app.options.wall_clock())
@@ -78,9 +87,15 @@ async def serve_web(
     api = WebApi(app, history=history, **(api_options or {}))
     events: Broadcaster = api.events
     async with trio.open_nursery() as nursery:
+        api.nursery = nursery
         nursery.start_soon(
             partial(
-                record_history, app, history, every_s=history_every_s, flush_every_s=flush_every_s
+                record_history,
+                app,
+                history,
+                every_s=history_every_s,
+                flush_every_s=flush_every_s,
+                energy=api.energy,
             )
         )
         nursery.start_soon(events.run)

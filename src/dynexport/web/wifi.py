@@ -35,3 +35,26 @@ def check_wifi(data: dict[str, Any]) -> dict[str, str]:
             "or 64 hex digits (or empty for an open network)"
         )
     return {"ssid": ssid, "psk": psk}
+
+
+def parse_scan(text: str) -> list[dict[str, Any]]:
+    """Networks in range from ``iw dev IFACE scan dump``: ``[{ssid, signal}]`` (dBm), the
+    strongest first, each name once, hidden networks left out."""
+    best: dict[str, float] = {}
+    signal: float | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if raw.startswith("BSS "):
+            signal = None
+        elif line.startswith("signal:"):
+            try:
+                signal = float(line.split()[1])
+            except (IndexError, ValueError):
+                signal = None
+        elif line.startswith("SSID:"):
+            ssid = line[5:].strip()
+            if ssid and "\\x00" not in ssid:
+                level = signal if signal is not None else -100.0
+                best[ssid] = max(level, best.get(ssid, -1000.0))
+    ranked = sorted(best.items(), key=lambda kv: -kv[1])
+    return [{"ssid": s, "signal": f"{level:.0f} dBm"} for s, level in ranked[:30]]

@@ -17,7 +17,7 @@
     const headers = {};
     if (method !== "GET" && S.csrf) headers["X-CSRF-Token"] = S.csrf;
     let data;
-    if (raw !== undefined) { data = raw; headers["Content-Type"] = "application/x-pem-file"; }
+    if (raw !== undefined) { data = raw; headers["Content-Type"] = typeof raw === "string" ? "application/x-pem-file" : "application/octet-stream"; }
     else if (body !== undefined) { data = JSON.stringify(body); headers["Content-Type"] = "application/json"; }
     const r = await fetch(path, { method, headers, body: data, credentials: "same-origin" });
     let doc = null;
@@ -30,6 +30,9 @@
     }
     return doc;
   }
+  const kW = (v) => (v === null || v === undefined) ? "–" : (v / 1000).toFixed(1);
+  const Wh = (v) => (v === null || v === undefined) ? "not known" : v >= 1000 ? (v / 1000).toFixed(2) + " kWh" : Math.round(v) + " Wh";
+  const hhmm = (iso) => iso ? new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "–";
   const W = (v) => (v === null || v === undefined) ? "–" :
     (Math.abs(v) >= 10000 ? (v / 1000).toFixed(1) + " kW" : Math.round(v) + " W");
   const el = (tag, attrs, ...kids) => {
@@ -44,7 +47,7 @@
     dl.replaceChildren(...pairs.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v === null || v === undefined ? "–" : String(v) })]));
   }
   function show(id) {
-    ["login", "setup", "dash"].forEach((s) => { $("#" + s).hidden = s !== id; });
+    ["login", "setup", "dash", "report"].forEach((s) => { $("#" + s).hidden = s !== id; });
     $("#nav").hidden = S.session.setupMode;
     $("#logout").hidden = !S.session.loggedIn;
     window.scrollTo(0, 0);
@@ -83,24 +86,60 @@
 
   // -- setup wizard ----------------------------------------------------------------------
   const STEPS = $$(".step").map((s) => s.dataset.step);
+  // The password step stays in the list once shown, so the counter never jumps back.
   function stepsShown() {
     return STEPS.filter((s) => !(s === "certificate" && !$("#use-utility").checked) &&
-      !(s === "password" && S.session.passwordSet));
+      !(s === "password" && !S.pwStep));
+  }
+  // The running configuration; Apply is refused while it could not be read, so that nothing
+  // the form failed to load is dropped by writing the form back.
+  async function loadConfig() {
+    try { S.config = await api("GET", "/api/config"); S.configError = null; }
+    catch (e) {
+      S.config = null;
+      S.configError = (e.status === 401 && !S.session.passwordSet) ? "password" : e.message;
+    }
+    if (S.config) fillFromConfig(S.config);
+    else if (S.session.setupMode) { S.config = {}; S.configError = null; fillFromConfig({}); }
+  }
+  async function loadWifi() {
+    try {
+      const wifi = await api("GET", "/api/wifi");
+      if (wifi.configured) { $("#net-wifi").checked = true; $("#ssid").value = wifi.ssid || ""; $("#wifi-fields").hidden = false; }
+      const seen = await api("GET", "/api/wifi/networks");
+      $("#ssids").replaceChildren(...seen.networks.map((n) => el("option", { value: n.ssid })));
+      $("#wifi-seen").textContent = seen.networks.length ? "In range: " + seen.networks.map((n) => n.ssid + " (" + n.signal + ")").join(", ") : (seen.error || "No network in range.");
+    } catch (e) { /* not logged in yet */ }
   }
   async function startSetup() {
     show("setup");
-    try { S.config = await api("GET", "/api/config"); } catch (e) { S.config = {}; }
-    try {
-      const wifi = await api("GET", "/api/wifi");
-      if (wifi.configured) { $("#net-wifi").checked = true; $("#ssid").value = wifi.ssid || ""; }
-    } catch (e) { /* not logged in yet */ }
-    fillFromConfig(S.config || {});
+    S.pwStep = !S.session.passwordSet;
+    S.devices = {};
+    $("#reach").hidden = true;
+    await loadConfig();
+    await loadWifi();
+    await loadZones();
+    await loadCert();
     S.step = 0;
     renderStep();
+  }
+  async function loadZones() {
+    if (S.zones) return;
+    try {
+      S.zones = await api("GET", "/api/timezones");
+      const sel = $("#site-tz"), au = el("optgroup", { label: "Australia" }), all = el("optgroup", { label: "Everywhere else" });
+      S.zones.australia.forEach((z) => au.append(el("option", { value: z, text: z.replace("Australia/", "").replace("_", " ") })));
+      S.zones.all.filter((z) => !S.zones.australia.includes(z)).forEach((z) => all.append(el("option", { value: z, text: z })));
+      sel.append(au, all);
+      const tz = ((S.config || {}).site || {}).timeZone;
+      if (tz) sel.value = tz;
+    } catch (e) { /* the select keeps "not set" */ }
   }
   function fillFromConfig(c) {
     const u = c.utility;
     $("#use-utility").checked = !!u || !!S.session.setupMode;
+    $("#utility-fields").hidden = !$("#use-utility").checked;
+    $("#site-tz").value = (c.site || {}).timeZone || "";
     if (u) { $("#u-server").value = u.server; $("#u-nmi").value = u.nmi; $("#u-pin").value = u.pin ?? ""; }
     const lim = c.limits || {};
     $("#limit-export").value = lim.exportW ?? "";
@@ -114,13 +153,15 @@
     $$(".step").forEach((s) => s.classList.toggle("on", s.dataset.step === name));
     $("#steps").replaceChildren(...steps.map((_, i) => el("li", { class: i <= S.step ? "done" : "" })));
     $("#step-count").textContent = (S.step + 1) + " / " + steps.length;
-    $("#back").disabled = S.step === 0;
+    // once set, the password is not set again by going back
+    $("#back").disabled = S.step === 0 || (steps[S.step - 1] === "password" && S.session.passwordSet);
     $("#next").textContent = name === "review" ? "Apply" : "Next";
-    if (name === "review") $("#review").textContent = JSON.stringify(buildConfig(), null, 2);
     $("#problems").replaceChildren();
+    if (name === "review") renderReview();
   }
   $("#back").addEventListener("click", () => { S.step = Math.max(0, S.step - 1); msg(""); renderStep(); });
   $("#next").addEventListener("click", async () => {
+    if (S.applied) { S.applied = false; history.pushState(null, "", "/dashboard"); await route("dash"); return; }
     const name = stepsShown()[S.step];
     const btn = $("#next");
     btn.disabled = true;
@@ -147,8 +188,12 @@
       if (a !== b) throw new Error("The two passwords differ.");
       await api("POST", "/api/setup/password", { password: a });
       S.session = await api("GET", "/api/session");
-      S.step -= 1; // the password step disappears from the list once it is set
-      try { S.config = await api("GET", "/api/config"); } catch (e) { /* keep */ }
+      // now logged in: the form is filled with the running configuration
+      S.devices = {};
+      await loadConfig();
+      await loadWifi();
+      await loadCert();
+      if (S.configError) throw new Error("The running configuration could not be read: " + S.configError);
       return true;
     },
     async network() {
@@ -172,6 +217,8 @@
       const chosen = Object.values(S.devices);
       if (!chosen.some((d) => d.use === "inverter")) throw new Error("Choose at least one inverter.");
       if (!chosen.some((d) => d.use === "meter")) throw new Error("Choose the site meter (at the grid connection).");
+      const blind = chosen.filter((d) => d.use === "inverter" && d.info && d.info.controllable === false);
+      if (blind.length && !confirm("Unit " + blind.map((d) => d.config.unit).join(", ") + " has no SunSpec control model: dynexport can read it but never limit it. Use it anyway?")) return false;
       return true;
     },
     async limits() {
@@ -183,24 +230,52 @@
     },
     async certificate() {
       const info = await api("GET", "/api/cert");
-      if (!info.chain || info.chain.error) throw new Error("Upload the signed certificate chain first.");
+      if (!info.key) throw new Error("Create the device key and request first.");
+      if (info.chain && info.chain.error) throw new Error("The stored certificate is damaged: " + info.chain.error);
+      S.certFiles = info.files;
+      S.chainPending = !info.chain;
       return true;
     },
     async review() {
       $("#problems").replaceChildren();
+      if (S.configError) throw new Error("The running configuration could not be read (" + S.configError + "): reload the page. Apply is off so that nothing is dropped.");
+      let r;
       try {
-        await api("PUT", "/api/config", buildConfig());
+        r = await api("PUT", "/api/config", buildConfig());
       } catch (e) {
         if (e.doc && e.doc.problems) $("#problems").replaceChildren(...e.doc.problems.map((p) => el("li", { text: p })));
         throw e;
       }
-      msg("Saved and applied.");
-      history.pushState(null, "", "/dashboard");
-      await route("dash");
-      return true;
+      S.config = r.config;
+      const reach = await api("GET", "/api/session");
+      const where = (reach.reach || []).map((a) => "http://" + a + "/");
+      $("#reach").replaceChildren(el("b", { text: "Saved and applied. " }),
+        document.createTextNode("To reach this device again open " + (where.join(" or ") || location.origin + "/") + "."),
+        ...(r.pending || []).map((p) => el("p", { text: p })));
+      $("#reach").hidden = false;
+      msg("");
+      $$(".step").forEach((x) => x.classList.remove("on"));
+      $("#next").textContent = "Open the dashboard";
+      S.applied = true;
+      return false;
     },
   };
 
+  function renderReview() {
+    const c = buildConfig(), u = c.utility, lim = c.limits || {};
+    const dev = (d) => (d.tcp || d.rtu) + " unit " + d.unit;
+    facts($("#summary"), [
+      ["Utility", u ? u.server + " (NMI " + u.nmi + (u.pin ? ", PIN set" : "") + ")" : "none: fixed limits only"],
+      ["Certificate", !u ? "not needed" : S.chainPending ? "waiting for the signed certificate (export held at " + W((u.fallbackExportW ?? 1500)) + " meanwhile)" : "signed certificate saved"],
+      ["Inverters", (c.inverters || []).map(dev).join("; ") || "none"],
+      ["Site meter", c.meter ? dev(c.meter) : "none"],
+      ["Export limit", lim.exportW === null || lim.exportW === undefined ? "none of your own" : W(lim.exportW)],
+      ["Generation limit", lim.generationW === null || lim.generationW === undefined ? "none" : W(lim.generationW)],
+      ["Time zone", (c.site || {}).timeZone || "not set (UTC)"],
+      ["Network", $("#net-wifi").checked ? "Wi-Fi " + $("#ssid").value : "Ethernet"],
+    ]);
+    $("#review").textContent = JSON.stringify(c, null, 2);
+  }
   function buildConfig() {
     const c = JSON.parse(JSON.stringify(S.config || {}));
     const chosen = Object.values(S.devices);
@@ -209,6 +284,8 @@
     if (meter) c.meter = Object.assign({}, meter.config, { location: "feedin" }); else delete c.meter;
     const num = (id) => $(id).value === "" ? null : Number($(id).value);
     c.limits = Object.assign({}, c.limits || {}, { exportW: num("#limit-export"), generationW: num("#limit-gen") });
+    const tz = $("#site-tz").value;
+    if (tz) c.site = Object.assign({}, c.site || {}, { timeZone: tz }); else if (c.site) delete c.site.timeZone;
     if ($("#use-utility").checked) {
       const files = S.certFiles || (c.utility || {});
       c.utility = Object.assign({}, c.utility || {}, {
@@ -227,7 +304,8 @@
     const clean = Object.assign({}, cfg); delete clean.location;
     const key = deviceKey(clean);
     const old = S.devices[key];
-    S.devices[key] = { config: clean, use: old ? old.use : use, info: info || (old && old.info) };
+    // a device found again keeps the role chosen (or configured) for it
+    S.devices[key] = { config: old ? old.config : clean, use: old ? old.use : use, info: info || (old && old.info) };
     renderDevices();
   }
   function renderDevices() {
@@ -242,29 +320,67 @@
       });
       const i = d.info;
       const what = i ? [i.manufacturer, i.model, i.ratedW ? W(i.ratedW) : null].filter(Boolean).join(" ") : "configured";
-      return el("tr", {}, el("td", { text: d.config.unit }), el("td", { text: what + " (" + (d.config.tcp || d.config.rtu) + ")" }), el("td", {}, sel));
+      const cell = el("td", { text: what + " (" + (d.config.tcp || d.config.rtu) + ")" });
+      if (i && i.warning) cell.append(el("br"), el("small", { class: "bad", text: "⚠ " + i.warning }));
+      return el("tr", {}, el("td", { text: d.config.unit }), cell, el("td", {}, sel));
     });
     $("#found tbody").replaceChildren(...rows);
   }
   $("#scan-btn").addEventListener("click", async () => {
     const tcp = $("#scan-tcp").value.trim(), rtu = $("#scan-rtu").value.trim();
     const body = tcp ? { tcp } : { rtu, baud: Number($("#scan-baud").value) };
-    const btn = $("#scan-btn");
+    const btn = $("#scan-btn"), prog = $("#scan-progress");
     btn.disabled = true; msg("Scanning…");
+    prog.hidden = false; prog.textContent = "Starting…";
+    const timer = setInterval(async () => {
+      try {
+        const p = await api("GET", "/api/devices/scan");
+        if (!p.units) return;
+        const words = { found: "found", "not-sunspec": "not SunSpec", "no-answer": "no answer", error: "error" };
+        prog.textContent = "Probed " + p.probed.length + " of " + p.units.length + ": " +
+          p.probed.map((u) => "unit " + u.unit + " " + words[u.result]).join(", ");
+      } catch (e) { /* the scan's own answer says what went wrong */ }
+    }, 400);
     try {
       const r = await api("POST", "/api/devices/scan", body);
-      r.devices.forEach((d) => addDevice(d.config, d.kind === "meter" && !Object.values(S.devices).some((x) => x.use === "meter") ? "meter" : d.kind === "inverter" ? "inverter" : "", d));
-      msg(r.devices.length ? "Found " + r.devices.length + " device(s) at " + r.endpoint + "." : "No SunSpec device answered at " + r.endpoint + ".", !r.devices.length);
+      r.devices.forEach((d) => addDevice(d.config, d.kind === "meter" && !Object.values(S.devices).some((x) => x.use === "meter") ? "meter" : d.kind === "inverter" && d.controllable !== false ? "inverter" : "", d));
+      msg(r.devices.length ? "Found " + r.devices.length + " device(s) at " + r.endpoint + "." : "Devices answered at " + r.endpoint + " but none is SunSpec.", !r.devices.length);
     } catch (e) { msg(e.message, true); }
-    finally { btn.disabled = false; }
+    finally { clearInterval(timer); prog.hidden = true; btn.disabled = false; }
   });
 
   // certificate
+  async function loadCert() {
+    try {
+      const info = await api("GET", "/api/cert");
+      S.certFiles = info.files;
+      S.chainPending = !info.chain;
+      $("#cert-replace").hidden = !info.key;
+      $("#cert-gen").textContent = info.key ? "Show the request for this key" : "Create key and request";
+      facts($("#lfdi-now"), [["Device key", info.key ? "present" : "none yet"],
+        ["LFDI in use", info.chain && info.chain.lfdi ? info.chain.lfdi : "none yet (no signed certificate)"]]);
+    } catch (e) { /* not logged in yet */ }
+  }
   $("#cert-gen").addEventListener("click", async () => {
     try {
       const r = await api("POST", "/api/cert/request", {});
       $("#csr").value = r.csr; $("#csr-box").hidden = false;
       msg(r.keyCreated ? "New key created. Send the request to the utility." : "The existing key is kept; here is its request.");
+      await loadCert();
+    } catch (e) { msg(e.message, true); }
+  });
+  $("#cert-replace").addEventListener("click", async () => {
+    const info = await api("GET", "/api/cert").catch(() => ({}));
+    const lfdi = info.chain && info.chain.lfdi ? info.chain.lfdi : "none yet";
+    const ok = confirm("Replace the device key?\n\nThe new key has a new LFDI. The utility must register the new LFDI " +
+      "and sign a new certificate before this site receives its limits again; until then export is held at the " +
+      "fallback limit.\n\nLFDI in use now: " + lfdi);
+    if (!ok) { msg("The key was kept."); return; }
+    try {
+      const r = await api("POST", "/api/cert/request", { replace: true, confirm: true });
+      $("#csr").value = r.csr; $("#csr-box").hidden = false;
+      msg("Key replaced. LFDI before: " + (r.previousLfdi || "none") + "; after: none until the utility signs the new request.");
+      await loadCert();
     } catch (e) { msg(e.message, true); }
   });
   $("#chain-upload").addEventListener("click", async () => {
@@ -275,6 +391,7 @@
       const roots = (info.sercaCertificates || []).flatMap((c) => [["SERCA", c.subject], ["SERCA SHA-256", c.sha256]]);
       facts($("#cert-info"), [["LFDI", r.lfdi], ["SFDI", r.sfdi], ["Remarks", r.warnings.join("; ") || "none"], ...roots]);
       msg("Certificate checked and saved.");
+      await loadCert();
     } catch (e) { msg(e.message, true); }
   });
 
@@ -312,30 +429,58 @@
     if (S.chartTimer) { clearInterval(S.chartTimer); S.chartTimer = null; }
   }
   function renderStatus(st) {
-    const site = st.site.powerW;
-    $("#site-w").textContent = W(site === null ? null : Math.abs(site));
+    S.status = st;
+    const site = st.site.powerW, lim = st.limits.exportW;
+    // the cards and the chart share one sign: export up (positive), import down
+    $("#site-w").textContent = site === null ? "–" : W(Math.abs(site));
     $("#site-dir").textContent = site === null ? "no reading" : site < 0 ? "exporting" : "importing";
-    $("#export-limit").textContent = st.limits.exportW === null ? "none" : W(st.limits.exportW);
-    $("#export-source").textContent = st.limits.source.export_w || "";
+    $("#export-limit").textContent = lim === null ? "none" : W(lim);
+    const exporting = site === null ? null : Math.max(0, -site);
+    $("#export-source").textContent = lim === null ? "" :
+      (exporting === null ? "" : kW(exporting) + " of " + kW(lim) + " kW used · ") + (st.limits.source.export_w || "");
     $("#der-w").textContent = W(st.der.powerW);
-    $("#gen-limit").textContent = st.limits.generationW === null ? "" : "limit " + W(st.limits.generationW);
+    $("#gen-limit").textContent = st.limits.generationW === null ? (st.der.availableW !== null && st.der.availableW !== undefined ? "could make " + W(st.der.availableW) : "") : "limit " + W(st.limits.generationW);
     $("#mode").textContent = st.control.mode || "–";
-    $("#updated").textContent = st.time ? st.time.slice(11, 19) : "";
-    $("#alerts").replaceChildren(...st.alerts.map((a) => el("li", { class: a.level, text: a.text })));
+    $("#updated").textContent = st.time ? "at " + new Date(st.time).toLocaleTimeString() : "";
+    const alertsNow = JSON.stringify(st.alerts);  // redrawn only when they change
+    if (alertsNow !== S.alerts) renderAlerts(st.alerts, alertsNow);
+    renderRest(st);
+  }
+  function renderAlerts(alerts, text) {
+    S.alerts = text;
+    $("#alerts").replaceChildren(...alerts.map((a) => {
+      const li = el("li", { class: a.level, text: a.text });
+      if (a.code === "no-password") {
+        const b = el("a", { href: "/settings", text: " Set it now" });
+        b.addEventListener("click", (ev) => { ev.preventDefault(); history.pushState(null, "", "/settings"); route("setup"); });
+        li.append(b);
+      }
+      return li;
+    }));
+  }
+  function renderRest(st) {
     $("#inverters").replaceChildren(...st.inverters.map((i) => el("tr", {},
       el("td", { text: [i.id, i.manufacturer, i.model].filter(Boolean).join(" · ") }),
       el("td", { text: W(i.powerW) + (i.ratedW ? " / " + W(i.ratedW) : "") }),
       el("td", { text: i.limitPct === null ? "none" : i.limitPct.toFixed(0) + " %" }),
       el("td", { class: i.online ? (i.controllable === false ? "bad" : "ok") : "bad",
         text: !i.online ? "offline" : i.controllable === false ? "not controllable" : "online" }))));
+    const e = st.energyToday || {};
+    facts($("#energy"), [["Exported", Wh(e.exportedWh)], ["Imported", Wh(e.importedWh)], ["Generated", Wh(e.generatedWh)],
+      ["Curtailed (what the limits cost)", e.curtailedWh === null || e.curtailedWh === undefined ? "not known (the inverters do not report available power)" : Wh(e.curtailedWh)],
+      ["Counted since", e.since ? new Date(e.since).toLocaleString() : "–"]]);
     const u = st.utility;
-    if (S.nextChange && Date.parse(S.nextChange) <= Date.now()) {
+    if (S.nextChange && Date.parse(S.nextChange.from) <= Date.now()) {
       S.nextChange = null; loadChart();  // that change has happened: ask for the next one
     }
-    facts($("#utility"), u.configured ? [["Link", u.connected ? "connected" : "not connected"],
-      ["Last poll", u.lastPoll], ["Export limit", st.limits.source.export_w === "utility" ? W(st.limits.exportW) : "none from the utility"],
-      ["Next change", S.nextChange || "none scheduled"], ["LFDI", u.lfdi], ["SFDI", u.sfdi], ["Last error", u.lastError]]
-      : [["Link", "no utility configured"]]);
+    const nc = S.nextChange;
+    $("#next-change").textContent = nc ? "Next change at " + hhmm(nc.from) + ": export limit " + (nc.exportW === null ? "none" : W(nc.exportW)) + " (" + (nc.source.export_w || "no source") + ")" : "No limit change in the next 24 hours.";
+    const link = !u.configured ? "no utility configured" : u.waitingForCertificate ? "waiting for the signed certificate" : u.connected ? "connected" : "not connected";
+    facts($("#utility"), u.configured ? [["Link", link],
+      ["Last poll", u.lastPoll ? new Date(u.lastPoll).toLocaleString() : "–"], ["Export limit", st.limits.source.export_w === "utility" ? W(st.limits.exportW) : "none from the utility"],
+      ["LFDI", u.lfdi], ["SFDI", u.sfdi], ["Last error", u.lastError]]
+      : [["Link", link]]);
+    renderTools(st);
   }
   async function loadChart() {
     const now = Math.floor(Date.now() / 1000), span = S.range;
@@ -344,8 +489,9 @@
     $("#csv").href = "/api/history.csv?" + q;
     try {
       const [h, lim] = await Promise.all([api("GET", "/api/history?" + q), api("GET", "/api/limits")]);
-      S.nextChange = lim.utility.nextChange;
+      S.nextChange = lim.outlook.length > 1 ? lim.outlook[1] : null;
       drawChart(h, now - span, now);
+      drawOutlook(lim.outlook, now);
     } catch (e) { /* keep the last chart */ }
   }
   $$("#ranges button").forEach((b) => b.addEventListener("click", () => {
@@ -353,28 +499,42 @@
     S.range = Number(b.dataset.range); loadChart();
   }));
   const NS = "http://www.w3.org/2000/svg";
-  const sv = (tag, attrs) => { const e = document.createElementNS(NS, tag); for (const k in attrs) e.setAttribute(k, attrs[k]); return e; };
+  const sv = (tag, attrs, text) => { const e = document.createElementNS(NS, tag); for (const k in attrs) e.setAttribute(k, attrs[k]); if (text !== undefined) e.textContent = text; return e; };
+  const INV_COLOURS = ["#7b3fa0", "#2e7d32", "#00838f", "#6d4c41", "#c2185b", "#455a64"];
+  function timeLabel(t, span) {
+    const d = new Date(t * 1000);
+    return span > 2 * 86400 ? d.toLocaleDateString([], { day: "numeric", month: "short" }) : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+  function axes(kids, X0, X1, Y0, Y1, lo, hi, t0, t1, y) {
+    const tick = niceStep((hi - lo) / 4);
+    for (let v = Math.ceil(lo / tick) * tick; v <= hi; v += tick) {
+      kids.push(sv("line", { x1: X0, x2: X1, y1: y(v), y2: y(v), class: v === 0 ? "zero" : "grid" }));
+      kids.push(sv("text", { x: X0 - 3, y: y(v) + 3, "text-anchor": "end" }, (v / 1000).toFixed(tick < 1000 ? 1 : 0)));
+    }
+    kids.push(sv("text", { x: 2, y: Y0 - 1 }, "kW"));
+    for (let i = 0; i <= 4; i++) {
+      const t = t0 + (t1 - t0) * i / 4, x = X0 + (X1 - X0) * i / 4;
+      kids.push(sv("line", { x1: x, x2: x, y1: Y1, y2: Y1 + 3, class: "grid" }));
+      kids.push(sv("text", { x, y: Y1 + 13, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" }, timeLabel(t, t1 - t0)));
+    }
+  }
   function drawChart(h, t0, t1) {
-    const svg = $("#chart"), X0 = 34, X1 = 354, Y0 = 8, Y1 = 182;
-    const series = [["site", h.siteW.map((v) => v === null ? null : v)],
-      ["limit", h.exportLimitW.map((v) => v === null ? null : -v)], ["der", h.derW]];
-    Object.values(h.inverters).forEach((s) => series.push(["inv", s]));
+    const svg = $("#chart"), X0 = 30, X1 = 354, Y0 = 12, Y1 = 186;
+    // export is drawn up (positive), like the cards; import goes below zero
+    const series = [["site", "Site export (import below 0)", h.siteW.map((v) => v === null ? null : -v), null],
+      ["limit", "Export limit", h.exportLimitW, null], ["der", "Solar (all inverters)", h.derW, null]];
+    Object.entries(h.inverters).forEach(([name, s], i) => series.push(["inv", name, s, INV_COLOURS[i % INV_COLOURS.length]]));
     let lo = 0, hi = 1000;
-    series.forEach(([, s]) => s.forEach((v) => { if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); } }));
+    series.forEach(([, , s]) => s.forEach((v) => { if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); } }));
     const pad = (hi - lo) * 0.05; lo -= pad; hi += pad;
     const x = (t) => X0 + (X1 - X0) * (t - t0) / Math.max(1, t1 - t0);
     const y = (v) => Y1 - (Y1 - Y0) * (v - lo) / (hi - lo);
     const kids = [];
-    const tick = niceStep((hi - lo) / 4);
-    for (let v = Math.ceil(lo / tick) * tick; v <= hi; v += tick) {
-      kids.push(sv("line", { x1: X0, x2: X1, y1: y(v), y2: y(v), class: "grid" }));
-      const t = sv("text", { x: 2, y: y(v) + 3 }); t.textContent = (Math.abs(v) >= 1000 ? (v / 1000) + "k" : v); kids.push(t);
-    }
-    const t = sv("text", { x: X0, y: 196 }); t.textContent = new Date(t0 * 1000).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" }); kids.push(t);
+    axes(kids, X0, X1, Y0, Y1, lo, hi, t0, t1, y);
     const gap = Math.max(h.step * 3, 15);
-    series.forEach(([cls, s]) => {
+    series.forEach(([cls, , s, colour]) => {
       let pts = [], prev = null;
-      const flush = () => { if (pts.length > 1) kids.push(sv("polyline", { class: cls, points: pts.join(" ") })); pts = []; };
+      const flush = () => { if (pts.length > 1) { const p = sv("polyline", { class: cls, points: pts.join(" ") }); if (colour) p.style.stroke = colour; kids.push(p); } pts = []; };
       s.forEach((v, i) => {
         const ti = h.t[i];
         if (v === null || (prev !== null && ti - prev > gap)) flush();
@@ -384,11 +544,117 @@
       flush();
     });
     svg.replaceChildren(...kids);
+    $("#legend").replaceChildren(...series.flatMap(([cls, name, , colour]) => {
+      const i = el("i", { class: "l-" + cls });
+      if (colour) i.style.background = colour;
+      return [i, document.createTextNode(name + " ")];
+    }));
+  }
+  function drawOutlook(outlook, now) {
+    const svg = $("#outlook"), X0 = 30, X1 = 354, Y0 = 12, Y1 = 106, t0 = now, t1 = now + 86400;
+    const vals = outlook.map((o) => o.exportW).filter((v) => v !== null);
+    const hi = Math.max(1000, ...vals) * 1.15, lo = 0;
+    const x = (t) => X0 + (X1 - X0) * Math.min(1, Math.max(0, (t - t0) / (t1 - t0)));
+    const y = (v) => v === null ? Y0 : Y1 - (Y1 - Y0) * (v - lo) / (hi - lo);
+    const kids = [];
+    axes(kids, X0, X1, Y0, Y1, lo, hi, t0, t1, y);
+    let d = "";
+    outlook.forEach((o, i) => {
+      const a = Math.max(t0, Date.parse(o.from) / 1000), b = i + 1 < outlook.length ? Date.parse(outlook[i + 1].from) / 1000 : t1;
+      d += (i === 0 ? "M" : "L") + x(a).toFixed(1) + "," + y(o.exportW).toFixed(1) + "L" + x(b).toFixed(1) + "," + y(o.exportW).toFixed(1);
+      if (i > 0) kids.push(sv("text", { x: x(a) + 2, y: y(o.exportW) - 3, class: "step-label" }, o.exportW === null ? "none" : kW(o.exportW)));
+    });
+    if (d) kids.push(sv("path", { d, class: "outlook-line" }));
+    svg.replaceChildren(...kids);
   }
   function niceStep(raw) {
     const p = Math.pow(10, Math.floor(Math.log10(Math.max(raw, 1))));
     return [1, 2, 5, 10].map((m) => m * p).find((s) => s >= raw) || p * 10;
   }
+
+  // -- installer tools (logged in) ---------------------------------------------------------
+  function renderTools(st) {
+    const on = !!(S.session && S.session.loggedIn) && !st.setupMode;
+    $("#tools").hidden = !on;
+    if (!on) return;
+    const sel = $("#t-inv"), ids = st.inverters.map((i) => i.id);
+    if (sel.options.length !== ids.length) sel.replaceChildren(...ids.map((id) => el("option", { value: id, text: id })));
+    const t = (st.tools && st.tools.tests || [])[0];
+    if (t) {
+      const inv = st.inverters.find((i) => i.id === t.inverter) || {};
+      $("#t-out").textContent = t.inverter + " limited to " + t.pct + " % for " + t.remainingS.toFixed(0) + " s more: output " + W(inv.powerW) + " (was " + W(t.beforeW) + ", lowest " + W(t.lowestW) + ")";
+    } else if (S.testDone) $("#t-out").textContent = S.testDone;
+  }
+  $("#t-go").addEventListener("click", async () => {
+    try {
+      const r = await api("POST", "/api/tools/test-limit", { inverter: $("#t-inv").value, pct: Number($("#t-pct").value), seconds: Number($("#t-s").value) });
+      S.testDone = "Test of " + r.inverter + " at " + r.pct + " % ended: the controller's limit is back.";
+      $("#t-out").textContent = "Limiting " + r.inverter + " to " + r.pct + " %…";
+    } catch (e) { $("#t-out").textContent = e.message; }
+  });
+  $("#m-go").addEventListener("click", async () => {
+    const b = $("#m-go"); b.disabled = true; $("#m-out").textContent = "Checking (up to 30 s)…";
+    try { const r = await api("POST", "/api/tools/meter-check", {}); $("#m-out").textContent = (r.ok === true ? "✔ " : r.ok === false ? "✖ " : "") + r.text; $("#m-out").className = "note " + (r.ok === false ? "bad" : r.ok ? "ok" : ""); }
+    catch (e) { $("#m-out").textContent = e.message; }
+    finally { b.disabled = false; }
+  });
+  $("#r-go").addEventListener("click", async () => {
+    try {
+      const r = await api("GET", "/api/tools/report");
+      facts($("#r-facts"), [["Made", new Date(r.generated).toLocaleString()], ["NMI", r.nmi || "no utility"], ["Utility", r.utilityServer || "–"],
+        ["LFDI", r.lfdi || "none yet"], ["SFDI", r.sfdi || "–"], ["Time zone", r.timeZone || "not set (UTC)"],
+        ["Export limit (installer)", r.limits.exportW === null ? "none" : W(r.limits.exportW)],
+        ["Export limit in force", (r.limitsInForce.exportW === null ? "none" : W(r.limitsInForce.exportW)) + " (" + (r.limitsInForce.source.export_w || "no source") + ")"],
+        ["Open alerts", r.alerts.map((a) => a.text).join("; ") || "none"]]);
+      $("#r-devices").replaceChildren(...r.devices.map((d) => el("tr", {}, el("td", { text: d.role }),
+        el("td", { text: [d.manufacturer, d.model].filter(Boolean).join(" ") || d.id }), el("td", { text: d.serial || "–" }), el("td", { text: d.firmware || "–" }))));
+      const tests = r.tests.map((t) => "Test limit " + t.inverter + " " + t.pct + " % at " + new Date(t.at).toLocaleString() + ": output " + W(t.beforeW) + " → lowest " + W(t.lowestW));
+      if (r.meterCheck) tests.push("Meter direction (" + new Date(r.meterCheck.at).toLocaleString() + "): " + r.meterCheck.text);
+      $("#r-tests").replaceChildren(...(tests.length ? tests : ["No test run yet."]).map((t) => el("li", { text: t })));
+      show("report");
+    } catch (e) { msg(e.message, true); }
+  });
+  $("#r-back").addEventListener("click", () => show("dash"));
+  $("#r-print").addEventListener("click", () => window.print());
+  $("#b-put").addEventListener("change", async () => {
+    const f = $("#b-put").files[0]; if (!f) return;
+    try {
+      const doc = JSON.parse(await f.text());
+      const r = await api("POST", "/api/config/restore", doc);
+      $("#b-out").textContent = "Restored and applied." + (r.secretsKept.length ? " Kept this device's " + r.secretsKept.join(", ") + "." : "");
+    } catch (e) { $("#b-out").textContent = "Not restored: " + e.message + (e.doc && e.doc.problems ? " — " + e.doc.problems.join("; ") : ""); }
+    $("#b-put").value = "";
+  });
+  $("#u-file").addEventListener("change", async () => {
+    const f = $("#u-file").files[0]; if (!f) return;
+    const bar = $("#u-bar"), CHUNK = 192 * 1024;
+    $("#u-install").hidden = true; facts($("#u-info"), []); bar.hidden = false; bar.value = 0;
+    try {
+      await api("POST", "/api/update/upload", { size: f.size });
+      for (let at = 0; at < f.size; at += CHUNK) {
+        await api("PUT", "/api/update/upload?offset=" + at, undefined, await f.slice(at, at + CHUNK).arrayBuffer());
+        bar.value = Math.min(1, (at + CHUNK) / f.size);
+        $("#u-out").textContent = "Uploading: " + Math.round(100 * bar.value) + " %";
+      }
+      $("#u-out").textContent = "Checking the signature…";
+      const r = await api("POST", "/api/update/check", {});
+      facts($("#u-info"), [["Version", r.bundle.version], ["Signed by", r.bundle.signer + " (verified by this device)"], ["For", r.bundle.compatible]]);
+      $("#u-out").textContent = "Ready to install.";
+      $("#u-install").hidden = false;
+    } catch (e) { $("#u-out").textContent = e.message; bar.hidden = true; }
+  });
+  $("#u-install").addEventListener("click", async () => {
+    if (!confirm("Install this update? Control goes on; the device restarts into it at a quiet moment, with every inverter at its fail-safe limit first.")) return;
+    $("#u-install").hidden = true;
+    try {
+      await api("POST", "/api/update/install", {});
+      const poll = setInterval(async () => {
+        const u = (await api("GET", "/api/update")).upload;
+        $("#u-out").textContent = u.phase === "installing" ? "Installing: " + (u.progress.slice(-1)[0] || "") : u.phase === "installed" ? "Installed: the device restarts into it at a quiet moment." : (u.error || u.phase);
+        if (u.phase !== "installing") clearInterval(poll);
+      }, 1000);
+    } catch (e) { $("#u-out").textContent = e.message; }
+  });
 
   window.addEventListener("popstate", () => route(location.pathname === "/settings" ? "setup" : undefined));
   route(location.pathname === "/settings" ? "setup" : undefined).catch((e) => msg(e.message, true));

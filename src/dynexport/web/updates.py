@@ -1,0 +1,187 @@
+"""Installing a signed update from the web page (issue 15, docs/update.md "Install paths").
+
+The page sends the bundle in pieces (each well under the web server's body bound, so no request
+is ever large), appended in order to one file in the data folder and bounded in total. Before
+anything is installed, ``rauc info`` checks the signature against this device's keyring and the
+page shows the version and signer; a bundle signed by another key is deleted at once and never
+reaches a slot. The install runs in the background (control goes on); its progress lines and
+the outcome are read back by the page.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dynexport.update.cli import other_slot
+from dynexport.update.rauc import BundleInfo, Rauc, RaucError
+from dynexport.update.service import boot_id, write_record
+from dynexport.update.state import UpdateRecord
+
+log = logging.getLogger("dynexport.web")
+
+UPLOAD_FILE = "update-upload.raucb"
+MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+"""A bundle holds one root file system (the Pi image is kept under 60 MB compressed)."""
+MAX_CHUNK_BYTES = 192 * 1024
+"""Under the web server's 256 KiB body bound (web/server.py WEB_LIMITS)."""
+
+
+class UpdateError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Upload:
+    phase: str = "idle"
+    """idle, uploading, uploaded, checked, installing, installed, failed."""
+    size: int = 0
+    received: int = 0
+    info: BundleInfo | None = None
+    lines: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        info = self.info
+        return {
+            "phase": self.phase,
+            "size": self.size,
+            "received": self.received,
+            "bundle": None
+            if info is None
+            else {
+                "version": info.version,
+                "compatible": info.compatible,
+                "signer": info.signer,
+                "description": info.description,
+                "build": info.build,
+            },
+            "progress": self.lines[-5:],
+            "error": self.error,
+        }
+
+
+class Updates:
+    """One upload at a time, into ``<data>/update-upload.raucb``."""
+
+    def __init__(self, data_dir: Path, rauc: Rauc | None = None) -> None:
+        self.data_dir = data_dir
+        self.rauc = rauc or Rauc()
+        self.state = Upload()
+
+    @property
+    def path(self) -> Path:
+        return self.data_dir / UPLOAD_FILE
+
+    def _busy(self) -> None:
+        if self.state.phase == "installing":
+            raise UpdateError(409, "an update is being installed")
+
+    async def start(self, size: object) -> dict[str, Any]:
+        self._busy()
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_BUNDLE_BYTES:
+            raise UpdateError(
+                413 if isinstance(size, int) and size > MAX_BUNDLE_BYTES else 400,
+                f"size must be the bundle's size in bytes, 1 to {MAX_BUNDLE_BYTES}",
+            )
+
+        def create() -> None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.close(fd)
+
+        await trio.to_thread.run_sync(create)
+        self.state = Upload(phase="uploading", size=size)
+        return self.state.to_json()
+
+    async def chunk(self, offset: str | None, data: bytes) -> dict[str, Any]:
+        st = self.state
+        if st.phase != "uploading":
+            raise UpdateError(409, "no upload in progress: start one first")
+        try:
+            at = int(offset or "")
+        except ValueError:
+            raise UpdateError(400, "offset must be a whole number of bytes") from None
+        if at != st.received:
+            raise UpdateError(409, f"expected the piece at offset {st.received}, not {at}")
+        if not data or len(data) > MAX_CHUNK_BYTES:
+            raise UpdateError(400, f"each piece holds 1 to {MAX_CHUNK_BYTES} bytes")
+        if st.received + len(data) > st.size:
+            raise UpdateError(413, f"more bytes than the announced size {st.size}")
+
+        def append() -> None:
+            with open(self.path, "ab") as f:
+                f.write(data)
+
+        try:
+            await trio.to_thread.run_sync(append)
+        except OSError as exc:
+            self._discard(f"the data partition cannot hold the bundle: {exc}")
+            raise UpdateError(507, self.state.error or "write failed") from None
+        st.received += len(data)
+        if st.received == st.size:
+            st.phase = "uploaded"
+        return st.to_json()
+
+    async def check(self) -> dict[str, Any]:
+        """Verifies the signature (``rauc info``); a refused bundle is deleted at once."""
+        self._busy()
+        if self.state.phase not in ("uploaded", "checked"):
+            raise UpdateError(409, "upload the whole bundle first")
+        try:
+            info = await self.rauc.info(str(self.path))
+        except RaucError as exc:
+            self._discard(f"refused, nothing was written: {exc}")
+            raise UpdateError(422, self.state.error or "refused") from None
+        self.state.info = info
+        self.state.phase = "checked"
+        return self.state.to_json()
+
+    def install(self, nursery: trio.Nursery) -> dict[str, Any]:
+        """Starts the install of the checked bundle in the background."""
+        if self.state.phase != "checked" or self.state.info is None:
+            raise UpdateError(409, "check the bundle (its version and signer) before installing")
+        self.state.phase = "installing"
+        self.state.lines = []
+        nursery.start_soon(self._install, self.state.info)
+        return self.state.to_json()
+
+    async def _install(self, info: BundleInfo) -> None:
+        st = self.state
+        try:
+            status = await self.rauc.status()
+            target = other_slot(status.booted)
+        except RaucError as exc:
+            st.phase, st.error = "failed", f"not installed: {exc}"
+            return
+        assert status.booted is not None
+        record = UpdateRecord("installing", info.version, target, status.booted, boot_id())
+        write_record(self.data_dir, record)
+
+        async def progress(line: str) -> None:
+            st.lines.append(line)
+            del st.lines[:-20]
+
+        try:
+            await self.rauc.install(str(self.path), progress)
+        except RaucError as exc:
+            write_record(self.data_dir, record.moved_to("failed", str(exc)))
+            st.phase, st.error = "failed", f"install failed, the running system is unchanged: {exc}"
+            return
+        finally:
+            self.path.unlink(missing_ok=True)
+        write_record(self.data_dir, record.moved_to("trial"))
+        st.phase = "installed"
+        log.info("update %s installed in slot %s from the web page", info.version, target)
+
+    def _discard(self, why: str) -> None:
+        self.path.unlink(missing_ok=True)
+        self.state = Upload(phase="failed", error=why)
