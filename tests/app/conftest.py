@@ -34,7 +34,11 @@ class SimSite:
 
 @contextmanager
 def simulated_site(
-    names: tuple[str, ...] = ("main",), *, load_w: float = 1000.0, tau_s: float = 0.3
+    names: tuple[str, ...] = ("main",),
+    *,
+    load_w: float = 1000.0,
+    tau_s: float = 0.3,
+    control_channel: bool = False,
 ) -> Iterator[SimSite]:
     """A Fronius-like site (5000 W + 8200 W inverters, meter at 240) with plenty of sun."""
     site = fronius_gateway(load_w=load_w, tau_s=tau_s)
@@ -43,7 +47,9 @@ def simulated_site(
     with ExitStack() as stack:
         sim = SimSite(site)
         for name in names:
-            sim.servers[name] = stack.enter_context(serve_tcp(site))
+            sim.servers[name] = stack.enter_context(
+                serve_tcp(site, control_port=0 if control_channel else None)
+            )
         yield sim
 
 

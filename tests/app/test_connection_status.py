@@ -1,0 +1,114 @@
+"""The connection and operating state the utility is told comes from what the inverters really
+do (CSIP-AUS ALL-07, ALL-08, ALL-12, ALL-27), end to end: the service against a simulated site
+over Modbus TCP and the simulated utility over mutual TLS. The site's control channel makes the
+inverters trip or stop on their own, as the procedures need."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dynexport.sep2.resources import DERStatus
+from dynexport.sim.modbus_server import send_control
+from dynexport.sim.utility_server import UtilityServer
+from dynexport.system.config import parse_config
+from tests.app.conftest import SimSite, make_app, simulated_site, wait_for
+
+DERS = "/edev/1/der/1/ders"
+
+
+def _statuses(utility: UtilityServer) -> list[DERStatus]:
+    out = []
+    for r in utility.received:
+        if r.method == "PUT" and r.path == DERS and isinstance(r.resource, DERStatus):
+            out.append(r.resource)
+    return out
+
+
+def _bits(utility: UtilityServer) -> int | None:
+    statuses = _statuses(utility)
+    if not statuses or statuses[-1].gen_connect_status is None:
+        return None
+    return int(statuses[-1].gen_connect_status.value)
+
+
+def _config(sim: SimSite, utility: UtilityServer) -> dict[str, Any]:
+    files = utility.pki.files
+    return {
+        "inverters": [
+            {"tcp": sim.endpoint("main"), "unit": 1},
+            {"tcp": sim.endpoint("main"), "unit": 2},
+        ],
+        "meter": {"tcp": sim.endpoint("main"), "unit": 240},
+        "control": {"intervalS": 1, "revertS": 30, "meterStaleS": 3},
+        "utility": {
+            "server": utility.url,
+            "ca": str(files["serca"]),
+            "cert": str(files["device_chain"]),
+            "key": str(files["device_key"]),
+            "nmi": "4312345678",
+            "pen": 46273,
+        },
+    }
+
+
+async def _control(sim: SimSite, command: dict[str, Any]) -> None:
+    port = sim.servers["main"].control_port
+    assert port is not None
+    answer = await trio.to_thread.run_sync(send_control, port, command)
+    assert answer.get("ok") is True, answer
+
+
+async def test_a_disconnect_control_opens_the_inverters_and_the_utility_is_told(
+    tmp_path: Path,
+) -> None:
+    """ALL-12 / ALL-27: PUT-DERSTATUS-DISCONNECT, then PUT-DERSTATUS-CONNECT."""
+    server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=10, expected_pen=46273)
+    async with server.running() as utility:
+        utility.set_default(export_limit_w=5000)
+        with simulated_site(control_channel=True) as sim:
+            app = make_app(parse_config(_config(sim, utility)), tmp_path / "data")
+            async with trio.open_nursery() as nursery:
+                await nursery.start(app.run)
+                await wait_for(lambda: (_bits(utility) or 0) & 1 == 1, within=60)
+                now = int(utility.now())
+                utility.add_control(start=now, duration=40, connect=False)
+                # the inverters are opened through model 123 Conn, not only limited to 0 %
+                await wait_for(
+                    lambda: all(sim.site.get(u, 123, "Conn") == 0 for u in (1, 2)), within=30
+                )
+                await wait_for(lambda: (_bits(utility) or 1) & 1 == 0, within=30)
+                assert sim.site.output_w(1) + sim.site.output_w(2) < 50
+                # when the control ends they are closed again, and the utility is told
+                await wait_for(
+                    lambda: all(sim.site.get(u, 123, "Conn") == 1 for u in (1, 2)), within=60
+                )
+                await wait_for(lambda: (_bits(utility) or 0) & 1 == 1, within=30)
+                assert [v.message for v in utility.violations] == []
+                nursery.cancel_scope.cancel()
+
+
+async def test_an_inverter_that_trips_or_stops_on_its_own_is_reported(tmp_path: Path) -> None:
+    """ALL-07 (connection status) and ALL-08 (operational state), driven through the site's
+    control channel, as the procedures need the DER itself to change."""
+    server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=10, expected_pen=46273)
+    async with server.running() as utility:
+        utility.set_default(export_limit_w=5000)
+        with simulated_site(control_channel=True) as sim:
+            app = make_app(parse_config(_config(sim, utility)), tmp_path / "data")
+            async with trio.open_nursery() as nursery:
+                await nursery.start(app.run)
+                await wait_for(lambda: (_bits(utility) or 0) & 5 == 5, within=60)
+                for unit in (1, 2):
+                    await _control(sim, {"unit": unit, "set": {"connected": False}})
+                await wait_for(lambda: (_bits(utility) or 1) & 1 == 0, within=30)
+                for unit in (1, 2):
+                    await _control(sim, {"unit": unit, "set": {"connected": True}})
+                await wait_for(lambda: (_bits(utility) or 0) & 1 == 1, within=30)
+                await _control(sim, {"set": {"operating": False}})
+                await wait_for(lambda: (_bits(utility) or 4) & 4 == 0, within=30)
+                await _control(sim, {"set": {"operating": True}})
+                await wait_for(lambda: (_bits(utility) or 0) & 4 == 4, within=30)
+                nursery.cancel_scope.cancel()
