@@ -48,7 +48,7 @@ if [ -n "${RAUC_BOOT}" ]; then
 	install -m 0644 "${DYNEXPORT_RAUC_KEYRING}" "${TARGET_DIR}/etc/rauc/keyring.pem"
 	# Each root slot carries its own boot files in /boot; rauc-post-install copies them to the
 	# slot's folder (a/ or b/) on the FAT partition when an update writes the slot.
-	rm -rf "${TARGET_DIR}/boot"
+	rm -rf "${TARGET_DIR:?}/boot"
 	mkdir -p "${TARGET_DIR}/boot"
 	cp "${BINARIES_DIR}/Image" "${TARGET_DIR}/boot/"
 	if [ "${RAUC_BOOT}" = tryboot ]; then
