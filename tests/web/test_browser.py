@@ -58,10 +58,22 @@ def _driver(profile: str, size: tuple[int, int] = SIZES["phone"]) -> Any:
         "--disable-sync",
         "--disable-dev-shm-usage",
         f"--user-data-dir={profile}",
-        f"--window-size={size[0]},{size[1]}",
+        f"--window-size={max(size[0], 500)},{size[1]}",
     ):
         options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    if size[0] < 500:
+        # Headless windows are at least 500 px wide: a phone's viewport is emulated instead.
+        _emulate(driver, size[0], size[1])
+    return driver
+
+
+def _emulate(driver: Any, width: int, height: int) -> None:
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": True},
+    )
+    driver.dynexport_viewport = (width, height)
 
 
 class Walk:
@@ -120,9 +132,15 @@ class Walk:
 
     def full_shot(self, name: str) -> None:
         """The whole page, however long (the window is made as tall as the page, then back)."""
+        height = int(self.d.execute_script("return document.documentElement.scrollHeight"))
+        viewport = getattr(self.d, "dynexport_viewport", None)
+        if viewport is not None:  # an emulated phone: stretch the emulated screen
+            _emulate(self.d, viewport[0], max(viewport[1], height + 120))
+            self.shot(name)
+            _emulate(self.d, *viewport)
+            return
         size = self.d.get_window_size()
-        height = self.d.execute_script("return document.documentElement.scrollHeight")
-        self.d.set_window_size(size["width"], max(size["height"], int(height) + 120))
+        self.d.set_window_size(size["width"], max(size["height"], height + 120))
         self.shot(name)
         self.d.set_window_size(size["width"], size["height"])
 
