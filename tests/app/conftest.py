@@ -14,6 +14,7 @@ from dynexport.app import App, AppOptions
 from dynexport.sim.modbus_server import SimServer, serve_tcp
 from dynexport.sim.profiles import fronius_gateway
 from dynexport.sim.sunspec_device import Site
+from dynexport.sim.utility_server import UtilityServer
 from dynexport.system.config import Config, parse_config
 from dynexport.system.watchdog import Notifier
 
@@ -70,6 +71,31 @@ def site_config(
     }
     raw.update(extra or {})
     return parse_config(raw)
+
+
+def utility_section(utility: UtilityServer, **extra: Any) -> dict[str, Any]:
+    """The ``utility`` configuration for a running simulated utility and its test PKI."""
+    files = utility.pki.files
+    return {
+        "server": utility.url,
+        "ca": str(files["serca"]),
+        "cert": str(files["device_chain"]),
+        "key": str(files["device_key"]),
+        "nmi": "4312345678",
+        **extra,
+    }
+
+
+def site_document(sim: SimSite, server: str = "main") -> dict[str, Any]:
+    """Both inverters and the meter of ``sim`` on one server, with the tests' control timing."""
+    return {
+        "inverters": [
+            {"tcp": sim.endpoint(server), "unit": 1},
+            {"tcp": sim.endpoint(server), "unit": 2},
+        ],
+        "meter": {"tcp": sim.endpoint(server), "unit": 240},
+        "control": {"intervalS": 1, "revertS": 30, "meterStaleS": 3},
+    }
 
 
 def make_app(config: Config, data_dir: Path, **options: Any) -> App:

@@ -14,7 +14,14 @@ from dynexport.sep2.resources import DERStatus
 from dynexport.sim.modbus_server import send_control
 from dynexport.sim.utility_server import UtilityServer
 from dynexport.system.config import parse_config
-from tests.app.conftest import SimSite, make_app, simulated_site, wait_for
+from tests.app.conftest import (
+    SimSite,
+    make_app,
+    simulated_site,
+    site_document,
+    utility_section,
+    wait_for,
+)
 
 DERS = "/edev/1/der/1/ders"
 
@@ -35,23 +42,7 @@ def _bits(utility: UtilityServer) -> int | None:
 
 
 def _config(sim: SimSite, utility: UtilityServer) -> dict[str, Any]:
-    files = utility.pki.files
-    return {
-        "inverters": [
-            {"tcp": sim.endpoint("main"), "unit": 1},
-            {"tcp": sim.endpoint("main"), "unit": 2},
-        ],
-        "meter": {"tcp": sim.endpoint("main"), "unit": 240},
-        "control": {"intervalS": 1, "revertS": 30, "meterStaleS": 3},
-        "utility": {
-            "server": utility.url,
-            "ca": str(files["serca"]),
-            "cert": str(files["device_chain"]),
-            "key": str(files["device_key"]),
-            "nmi": "4312345678",
-            "pen": 46273,
-        },
-    }
+    return {**site_document(sim), "utility": utility_section(utility, pen=46273)}
 
 
 async def _control(sim: SimSite, command: dict[str, Any]) -> None:

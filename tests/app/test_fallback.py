@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from dynexport.app import FALLBACK_SOURCE, App
 from dynexport.sim.utility_server import UtilityServer
 from dynexport.system.config import parse_config
-from tests.app.conftest import make_app, wait_for
-
-
-def _utility(server_url: str, files: dict[str, Path], **extra: Any) -> dict[str, Any]:
-    return {
-        "server": server_url,
-        "ca": str(files["serca"]),
-        "cert": str(files["device_chain"]),
-        "key": str(files["device_key"]),
-        "nmi": "4312345678",
-        **extra,
-    }
+from tests.app.conftest import make_app, utility_section, wait_for
 
 
 def _decide_once(app: App) -> None:
@@ -96,7 +84,7 @@ async def test_a_registration_pin_mismatch_applies_the_fallback_not_no_limit(
     server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=5, pin=222220)
     async with server.running() as utility:
         utility.set_default(export_limit_w=5000)
-        raw = {"utility": _utility(utility.url, utility.pki.files, pin=111115)}
+        raw = {"utility": utility_section(utility, pin=111115)}
         app = make_app(parse_config(raw), tmp_path / "data")
         async with trio.open_nursery() as nursery:
             await nursery.start(app.run)
@@ -113,7 +101,7 @@ async def test_a_working_utility_replaces_the_fallback_with_its_schedule(tmp_pat
     server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=5)
     async with server.running() as utility:
         utility.set_default(export_limit_w=5000)
-        raw = {"utility": _utility(utility.url, utility.pki.files)}
+        raw = {"utility": utility_section(utility)}
         app = make_app(parse_config(raw), tmp_path / "data")
         async with trio.open_nursery() as nursery:
             await nursery.start(app.run)

@@ -17,7 +17,15 @@ import trio
 from dynexport.app import App
 from dynexport.sim.utility_server import UtilityServer
 from dynexport.system.config import parse_config
-from tests.app.conftest import SimSite, make_app, simulated_site, wait_for, wait_settled
+from tests.app.conftest import (
+    SimSite,
+    make_app,
+    simulated_site,
+    site_document,
+    utility_section,
+    wait_for,
+    wait_settled,
+)
 
 LIMIT_W = 1500.0
 TOLERANCE_W = 150.0
@@ -70,23 +78,8 @@ async def test_an_exception_at_any_boundary_never_stops_control(
         now = int(utility.now())
         utility.add_control(start=now - 5, duration=3600, export_limit_w=LIMIT_W)
         utility.set_default(export_limit_w=5000)
-        files = utility.pki.files
         with simulated_site(load_w=1000.0) as sim:
-            raw = {
-                "inverters": [
-                    {"tcp": sim.endpoint("main"), "unit": 1},
-                    {"tcp": sim.endpoint("main"), "unit": 2},
-                ],
-                "meter": {"tcp": sim.endpoint("main"), "unit": 240},
-                "control": {"intervalS": 1, "revertS": 30, "meterStaleS": 3},
-                "utility": {
-                    "server": utility.url,
-                    "ca": str(files["serca"]),
-                    "cert": str(files["device_chain"]),
-                    "key": str(files["device_key"]),
-                    "nmi": "4312345678",
-                },
-            }
+            raw = {**site_document(sim), "utility": utility_section(utility)}
             app = make_app(parse_config(raw), tmp_path / "data", web_host="127.0.0.1", web_port=0)
             async with trio.open_nursery() as nursery:
                 await nursery.start(app.run)
@@ -134,16 +127,7 @@ async def test_a_full_data_partition_is_reported_and_control_goes_on_from_memory
     async with server.running() as utility:
         now = int(utility.now())
         utility.set_default(export_limit_w=5000)
-        files = utility.pki.files
-        raw = {
-            "utility": {
-                "server": utility.url,
-                "ca": str(files["serca"]),
-                "cert": str(files["device_chain"]),
-                "key": str(files["device_key"]),
-                "nmi": "4312345678",
-            }
-        }
+        raw = {"utility": utility_section(utility)}
         app = make_app(parse_config(raw), tmp_path / "data")
 
         def full(*args: Any, **kwargs: Any) -> None:
