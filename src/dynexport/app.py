@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from dynexport.control import battery as battery_law
 from dynexport.control import law
 from dynexport.control.average import RollingMean
 from dynexport.control.limits import EffectiveLimits, LimitsConfig, UtilityLimits, merge_limits
@@ -32,12 +33,26 @@ from dynexport.modbus.client import BusPool
 from dynexport.sep2 import controls as sep2_controls
 from dynexport.sep2.client import Sep2Client, device_lfdi
 from dynexport.sep2.controls import ControlType
-from dynexport.sep2.flow import MODE_CONNECT, DerInfo
+from dynexport.sep2.flow import (
+    DER_TYPE_PV_AND_STORAGE,
+    DER_TYPE_STORAGE,
+    MODE_CONNECT,
+    DerInfo,
+    storage_mode_of,
+)
 from dynexport.sep2.schedule import ActiveControls, ScheduleSnapshot
 from dynexport.sep2.state import LinkStore
 from dynexport.sep2.telemetry import Sample
-from dynexport.sunspec.links import DEVICE_ERRORS, Desired, InverterLink, MeterLink
-from dynexport.system.config import Config, UtilityConfig
+from dynexport.sunspec.links import (
+    DEVICE_ERRORS,
+    BatteryDesired,
+    BatteryLink,
+    Desired,
+    InverterLink,
+    MeterLink,
+)
+from dynexport.sunspec.storage import StorageConvention
+from dynexport.system.config import BatteryConfig, Config, UtilityConfig
 from dynexport.system.supervise import FaultLog, supervised
 from dynexport.system.watchdog import Notifier, ProgressTracker, watchdog_interval_s
 from dynexport.update.service import commit_when_healthy, update_status
@@ -91,6 +106,9 @@ class App:
         self.limits = EffectiveLimits()
         self.progress = ProgressTracker()
         self.inverters: list[InverterLink] = []
+        self.batteries: list[BatteryLink] = []
+        self.battery = BatteryBook()
+        """The batteries' plan, production seen today and energy stored instead of curtailed."""
         self.meter: MeterLink | None = None
         self.utility: Sep2Client | None = None
         self.ready = False
@@ -187,6 +205,8 @@ class App:
                     # its traceback and that task restarts with backoff; the others go on.
                     for link in self.inverters:
                         nursery.start_soon(supervised, link.id, link.run, self.faults)
+                    for bat in self.batteries:
+                        nursery.start_soon(supervised, bat.id, bat.run, self.faults)
                     if self.meter is not None:
                         nursery.start_soon(supervised, "meter", self.meter.run, self.faults)
                     if self.utility is not None:
@@ -268,6 +288,7 @@ class App:
             or old.meter != config.meter
             or old.utility != config.utility
             or old.control != config.control
+            or old.batteries != config.batteries
         )
         if relinked:
             self._restart.set()
@@ -289,6 +310,11 @@ class App:
         ]
         for link in self.inverters:
             self.progress.register(link.id, 120.0, trio.current_time())
+        self.batteries = [
+            self._battery_link(pool, i, b) for i, b in enumerate(self.config.batteries)
+        ]
+        for bat in self.batteries:
+            self.progress.register(bat.id, 120.0, trio.current_time())
         self.meter = None  # a meter removed from the configuration must not linger
         if self.config.meter is not None:
             self.meter = MeterLink(
@@ -333,6 +359,8 @@ class App:
         by_id = {link.id: link for link in self.inverters}
         for cmd in commands:
             by_id[cmd.id].command(Desired(pct=cmd.limit_pct, connect=cmd.connect))
+        for bat in self.batteries:  # a battery's fail-safe is its own mode
+            bat.command(BatteryDesired(None))
 
     def _failsafe_commands(self) -> list[law.InverterCommand]:
         """What each controllable inverter gets when the meter cannot be trusted: total
@@ -368,7 +396,7 @@ class App:
         in time is simply used as last seen (the law and the fail-safe judge its age).
         """
         asked = trio.current_time()
-        links: list[InverterLink | MeterLink] = [*self.inverters]
+        links: list[InverterLink | MeterLink | BatteryLink] = [*self.inverters, *self.batteries]
         if self.meter is not None:
             links.append(self.meter)
         waiting = [link for link in links if link.state.online]
@@ -388,10 +416,13 @@ class App:
         self.limits = apply_extra_limits(self.limits, self.integrations, now)
         states = [self._law_state(link, now) for link in self.inverters]
         out = law.control_step(
-            self.meter_mean, states, self.limits, self.controller, now, self.settings
-        )
+            self.meter_mean, states, self.limits, self.controller, now, self.settings,
+            [self._battery_state(b, now) for b in self.batteries],
+            self._battery_settings(), self._charge_plan(now),
+        )  # fmt: skip
         self.controller = out.state
         self.output = out
+        self._command_batteries(out, now)
         by_id = {link.id: link for link in self.inverters}
         for cmd in out.commands:
             pct = self.tested_pct(cmd.id, cmd.limit_pct, now)  # installer tools: a ceiling
@@ -510,6 +541,168 @@ class App:
                 outlook.append((t, limits))
         return outlook
 
+    # -- batteries (docs/control.md "Batteries") -----------------------------------------------
+
+    def _battery_link(self, pool: BusPool, i: int, cfg: BatteryConfig) -> BatteryLink:
+        hybrid = any(
+            inv.endpoint == cfg.endpoint and inv.unit == cfg.unit for inv in self.config.inverters
+        )
+        return BatteryLink(
+            f"battery {i + 1}",
+            pool.get(cfg.endpoint),
+            cfg.unit,
+            revert_s=self.config.control.revert_s,
+            fast_s=2 * self.config.control.interval_s,
+            ac_coupled=not hybrid,
+            convention=StorageConvention(cfg.convention),
+            discharge_positive=cfg.discharge_positive,
+            capacity_wh=cfg.capacity_wh,
+        )
+
+    @staticmethod
+    def _battery_state(link: BatteryLink, now: float) -> battery_law.BatteryState:
+        st, r = link.state, link.state.reading
+        ready = st.online and r is not None and r.power_w is not None
+        return battery_law.BatteryState(
+            id=link.id,
+            online=ready,
+            controllable=bool(st.controllable),
+            capacity_wh=float((r.capacity_wh if r else None) or 0.0),
+            max_charge_w=float((r.max_charge_w if r else None) or 0.0),
+            max_discharge_w=float((r.max_discharge_w if r else None) or 0.0),
+            soc_pct=None if r is None else r.soc_pct,
+            power_w=float((r.power_w if r else None) or 0.0),
+            ac_coupled=link.ac_coupled,
+            sampled_t=st.last_reading,
+            setpoint_w=st.setpoint_w,
+            setpoint_expires_t=st.setpoint_expires,
+        )
+
+    def _battery_settings(self) -> battery_law.BatterySettings:
+        """The strictest of the configured batteries' owner settings."""
+        bats = self.config.batteries
+        if not bats:
+            return battery_law.BatterySettings()
+        return battery_law.BatterySettings(
+            max_soc_pct=min(b.max_soc_pct for b in bats),
+            reserve_soc_pct=max(b.reserve_soc_pct for b in bats),
+        )
+
+    def _charge_plan(self, now: float) -> battery_law.ChargePlan | None:
+        """The planner's allowance, worked out every few minutes (pure: control/battery.py)."""
+        if not self.batteries or not any(b.plan for b in self.config.batteries):
+            return None
+        book = self.battery
+        if now - book.plan_t < PLAN_EVERY_S and book.plan_t > -math.inf:
+            return book.plan
+        book.plan_t = now
+        try:
+            book.plan = self._make_plan(now)
+        except Exception:  # a planner bug must never stop the controller: no hold back
+            log.exception("battery plan failed; charging is not held back")
+            book.plan = None
+        return book.plan
+
+    def _make_plan(self, now: float) -> battery_law.ChargePlan | None:
+        wall = self.options.wall_clock()
+        local = self.local_datetime(wall)
+        hour = local.hour + local.minute / 60.0 + local.second / 3600.0
+        book = self.battery
+        free = [i.state for i in self.inverters if i.state.online and i.state.limit_pct is None]
+        if free and len(free) == len(self.inverters):  # unlimited: production shows the sun
+            book.observed.append((hour, sum(st.power_w or 0.0 for st in free)))
+            book.observed = book.observed[-12:]
+        states = [self._battery_state(b, now) for b in self.batteries]
+        ready = [b for b in states if b.online and b.soc_pct is not None]
+        if not ready:
+            return None
+        total = battery_law.BatteryState(
+            id="site",
+            online=True,
+            controllable=True,
+            capacity_wh=sum(b.capacity_wh for b in ready),
+            max_charge_w=sum(b.max_charge_w for b in ready),
+            max_discharge_w=sum(b.max_discharge_w for b in ready),
+            soc_pct=sum((b.soc_pct or 0.0) * b.capacity_wh for b in ready)
+            / max(sum(b.capacity_wh for b in ready), 1e-9),
+            power_w=sum(b.power_w for b in ready),
+        )
+        limits = [(t, lim.export_w) for t, lim in self.limits_outlook(24.0)]
+        load = self.output.load_estimate_w if self.output else None
+        if load is not None and math.isfinite(load):
+            book.loads = [*book.loads[-23:], max(load, 0.0)]
+        # The least the household drew in the last two hours: a cautious guess (a breakfast
+        # peak must not make the midday surplus look small).
+        base_load = min(book.loads) if book.loads else 300.0
+        steps = battery_law.forecast(
+            wall, hour, local.timetuple().tm_yday,
+            battery_law.latitude_for(self.config.site.time_zone),
+            self.site_rated_w() or 0.0, base_load, limits, book.observed,
+        )  # fmt: skip
+        evening = [b.evening_soc_pct for b in self.config.batteries if b.evening_soc_pct]
+        return battery_law.plan_charge(
+            wall, total, steps, self._battery_settings(), max(evening) if evening else None
+        )
+
+    def _command_batteries(self, out: law.ControlOutput, now: float) -> None:
+        by_id = {b.id: b for b in self.batteries}
+        for cmd in out.battery_commands:
+            by_id[cmd.id].command(BatteryDesired(cmd.setpoint_w))
+        book = self.battery
+        dt = 0.0 if book.last_t is None else min(max(now - book.last_t, 0.0), 5.0)
+        book.last_t = now
+        if not self.batteries:
+            return
+        today = self.local_datetime().date()
+        if book.day != today:  # a new day: today's counts start again
+            book.day, book.observed, book.stored_wh = today, [], 0.0
+        if "export limit" in out.battery_reason:
+            charging = sum(
+                max(-(b.state.reading.power_w or 0.0), 0.0)
+                for b in self.batteries
+                if b.state.reading is not None
+            )
+            book.stored_wh += charging * dt / 3600.0
+
+    def batteries_status(self) -> dict[str, Any]:
+        """The ``battery`` section of the status (docs/api.md): SoC, power, what it does."""
+        out = self.output
+        readings = [b.state.reading for b in self.batteries if b.state.reading is not None]
+        caps = [r.capacity_wh for r in readings if r.capacity_wh and r.soc_pct is not None]
+        soc = None
+        if caps and len(caps) == len(readings):
+            soc = sum((r.soc_pct or 0.0) * (r.capacity_wh or 0.0) for r in readings) / sum(caps)
+        plan = self.battery.plan
+        return {
+            "configured": bool(self.batteries),
+            "socPct": soc,
+            "powerW": sum(r.power_w or 0.0 for r in readings) if readings else None,
+            "mode": None if out is None else out.battery_mode,
+            "setpointW": None if out is None else out.battery_w,
+            "reason": None if out is None else out.battery_reason or None,
+            "storedInsteadOfCurtailedTodayWh": self.battery.stored_wh,
+            "plan": None if plan is None else {
+                "maxChargeW": plan.max_charge_w, "needWh": plan.need_wh,
+                "roomWh": plan.room_wh, "reason": plan.reason,
+            },
+            "devices": [
+                {
+                    "id": b.id,
+                    "online": b.state.online,
+                    "controllable": b.state.controllable,
+                    "notControllable": b.state.not_controllable,
+                    "socPct": None if b.state.reading is None else b.state.reading.soc_pct,
+                    "powerW": None if b.state.reading is None else b.state.reading.power_w,
+                    "capacityWh": None if b.state.reading is None else b.state.reading.capacity_wh,
+                    "setpointW": b.state.setpoint_w,
+                    "manufacturer": b.state.info.manufacturer,
+                    "model": b.state.info.model,
+                    "error": b.state.error,
+                }
+                for b in self.batteries
+            ],
+        }  # fmt: skip
+
     @staticmethod
     def _law_state(link: InverterLink, now: float | None = None) -> law.InverterState:
         st = link.state
@@ -596,7 +789,9 @@ class App:
         rated = sum(st.rated_w or 0.0 for st in known)
         w_max = sum((st.w_max or st.rated_w or 0.0) for st in known)
         controllable = any(st.controllable for st in known)
-        modes = sep2_controls.modes_supported() if controllable else 0
+        # A battery adds import and load limits to what is enforced (and advertised).
+        enforced = sep2_controls.enforced_controls(bool(self.batteries))
+        modes = sep2_controls.modes_supported(enforced) if controllable else 0
         if not all(st.can_disconnect for st in known if st.controllable):
             # one that cannot open its contactor would only be limited to 0 %
             modes &= ~MODE_CONNECT
@@ -605,11 +800,30 @@ class App:
             max_w=w_max,
             # advertised from the one set of controls the client enforces (and answers 2/3 for)
             modes_supported=modes,
-            doe_modes_supported=sep2_controls.doe_modes_supported() if controllable else 0,
+            doe_modes_supported=(
+                sep2_controls.doe_modes_supported(enforced) if controllable else 0
+            ),
             connected=all(st.connected is not False for st in known),
             available=any(st.online for st in known),
             operating=any((st.power_w or 0) > 0 for st in known),
+            **self._storage_der_fields(enforced),
         )
+
+    def _storage_der_fields(self, enforced: frozenset[ControlType]) -> dict[str, Any]:
+        """DerInfo's storage fields (DERCapability/Settings/Status) from the batteries."""
+        readings = [b.state.reading for b in self.batteries if b.state.reading is not None]
+        if not self.batteries or not readings:
+            return {"enforced": enforced}
+        bs = self.batteries_status()
+        return {
+            "enforced": enforced,
+            "der_type": DER_TYPE_PV_AND_STORAGE if self.inverters else DER_TYPE_STORAGE,
+            "rated_charge_w": sum(r.max_charge_w or 0.0 for r in readings),
+            "rated_discharge_w": sum(r.max_discharge_w or 0.0 for r in readings),
+            "rated_wh": sum(r.capacity_wh or 0.0 for r in readings) or None,
+            "state_of_charge_pct": bs["socPct"],
+            "storage_mode": storage_mode_of(bs["powerW"]),
+        }
 
     async def _watchdog_loop(self) -> None:
         interval = watchdog_interval_s() or 2.0
@@ -635,6 +849,9 @@ class App:
         for link in self.inverters:
             if link.last_activity is not None:
                 self.progress.progress(link.id, link.last_activity)
+        for bat in self.batteries:
+            if bat.last_activity is not None:
+                self.progress.progress(bat.id, bat.last_activity)
         if self.meter is not None and self.meter.last_activity is not None:
             self.progress.progress("meter", self.meter.last_activity)
 
@@ -660,6 +877,11 @@ class App:
                 log.warning("%s: could not write its fail-safe limit: %s", link.id, exc)
             except Exception:  # one inverter's bug must not leave the others unwritten
                 log.exception("%s: could not write its fail-safe limit", link.id)
+        for bat in self.batteries:  # after the inverters: their own mode (its revert would too)
+            try:
+                await bat.write(BatteryDesired(None))
+            except Exception as exc:
+                log.warning("%s: could not return it to its own mode: %s", bat.id, exc)
         self.notifier.stopping("inverters left at their fail-safe limits")
 
     # -- views --------------------------------------------------------------------------------
@@ -749,6 +971,7 @@ class App:
                 for link in self.inverters
             ],
             "utility": utility,
+            "battery": self.batteries_status(),
             "faults": [
                 {"task": f.task, "error": f.error, "count": f.count}
                 for f in self.faults.active(trio.current_time())
@@ -1017,6 +1240,26 @@ def _offset_changes(start: float, end: float, zone: tzinfo | None) -> list[float
             changes.append(float(math.ceil(hi)))
         t = nxt
     return [c for c in changes if start < c < end]
+
+
+PLAN_EVERY_S = 300.0
+"""How often the battery planner looks ahead again (its inputs move slowly)."""
+
+
+@dataclass
+class BatteryBook:
+    """What the app keeps for the batteries between control cycles."""
+
+    plan: battery_law.ChargePlan | None = None
+    plan_t: float = -math.inf
+    observed: list[tuple[float, float]] = field(default_factory=list)
+    """(local hour, W) of unlimited production today, for the PV expectation."""
+    loads: list[float] = field(default_factory=list)
+    """The load estimate at each plan (every 5 minutes), the last two hours."""
+    day: Any = None
+    stored_wh: float = 0.0
+    """Energy charged today while the export limit would otherwise have curtailed it."""
+    last_t: float | None = None
 
 
 def _settings(config: Config) -> law.ControlSettings:

@@ -24,7 +24,7 @@ import trio
 from dynexport.app import App, AppOptions
 from dynexport.sep2.schema import schema_available
 from dynexport.sim.modbus_server import SimServer, serve_tcp
-from dynexport.sim.profiles import fronius_gateway
+from dynexport.sim.profiles import fronius_battery_site
 from dynexport.sim.sunspec_device import Site
 from dynexport.sim.utility_server import UtilityServer, roll_steps
 from dynexport.system.config import Config, load_config
@@ -88,6 +88,7 @@ def write_config(
             {"type": "sunspec", "tcp": endpoint, "unit": 2},
         ],
         "meter": {"type": "sunspec", "tcp": endpoint, "unit": 240, "location": "feedin"},
+        "batteries": [{"type": "sunspec", "tcp": endpoint, "unit": 3, "convention": "window"}],
         "utility": {
             "type": "csip-aus",
             "server": utility.url,
@@ -116,7 +117,9 @@ async def run_demo(options: DemoOptions, *, task_status: Any = trio.TASK_STATUS_
     with tempfile.TemporaryDirectory(prefix="dynexport-demo-") as tmp:
         data = options.data_dir or Path(tmp)
         data.mkdir(parents=True, exist_ok=True)
-        site = fronius_gateway(tau_s=1.5)
+        # A 10 kWh AC battery at unit 3 (GEN24-style model 124), a third full: the demo shows
+        # it charging under the limit before any PV is cut.
+        site = fronius_battery_site(tau_s=1.5, soc_pct=30.0)
         driver = SiteDriver(site, options.day_s, options.seed)
         driver.step(0.0)
         utility = UtilityServer(

@@ -234,6 +234,7 @@ def test_fast_plan_reads_the_connection_state() -> None:
         (ModelHeader(103, 40002, 50), ModelHeader(122, 40054, 44), ModelHeader(123, 40100, 24)),
     )
     plan = fast_plan(with_status)
-    assert {mp.header.id: mp.names for mp in plan.models}[122] == ("PVConn", "ECPConn")
+    # and WAval, the power it could make now (curtailed energy = WAval less output)
+    assert {mp.header.id: mp.names for mp in plan.models}[122] == ("PVConn", "ECPConn", "WAval")
     only_123 = SunSpecMap(40000, (ModelHeader(103, 40002, 50), ModelHeader(123, 40054, 24)))
     assert {mp.header.id: mp.names for mp in fast_plan(only_123).models}[123] == ("Conn",)

@@ -22,11 +22,23 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import IntFlag
 from typing import Literal, TypeGuard
 
 from dynexport.control.average import RollingMean
+from dynexport.control.battery import (
+    BatteryCommand,
+    BatteryDecision,
+    BatteryMemory,
+    BatteryMode,
+    BatterySettings,
+    BatteryState,
+    ChargePlan,
+    SiteView,
+    decide_batteries,
+    usable,
+)
 from dynexport.control.failsafe import DEFAULT_STALE_S, failsafe_generation_w, meter_is_stale
 from dynexport.control.limits import EffectiveLimits, is_utility_source
 
@@ -44,6 +56,16 @@ ENFORCED_DOE_MODES = DOEMode.EXPORT | DOEMode.GENERATION
 """What this law can enforce with PV inverters alone. Import and load limits need something
 controllable on the consumption side (a battery, a switched load); until one exists they are
 reported as not enforced and must not be advertised."""
+
+ENFORCED_DOE_MODES_WITH_BATTERY = ENFORCED_DOE_MODES | DOEMode.IMPORT | DOEMode.LOAD
+"""With a controllable battery configured, import and load limits are enforced too (by
+discharging it, down to its reserve)."""
+
+
+def enforced_doe_modes(battery_configured: bool) -> DOEMode:
+    """What DERCapability may advertise for this site."""
+    return ENFORCED_DOE_MODES_WITH_BATTERY if battery_configured else ENFORCED_DOE_MODES
+
 
 ENFORCED_LIMITS: frozenset[str] = frozenset({"export_w", "generation_w", "connect", "energize"})
 UNENFORCED_LIMITS: tuple[str, ...] = ("import_w", "load_w")
@@ -168,6 +190,10 @@ class ControllerState:
     mode: Mode = "normal"
     hold_until: float = -math.inf
     """No increase before this time: the load estimate is still settling after a big cut."""
+    bat_der: tuple[tuple[str, RollingMean], ...] = ()
+    """Each online AC-coupled battery's power (+ discharging), kept like ``der``: the load
+    estimate pairs each meter sample with it too."""
+    battery: BatteryMemory = field(default_factory=BatteryMemory)
 
 
 @dataclass(frozen=True)
@@ -199,6 +225,14 @@ class ControlOutput:
     """What unreachable inverters were counted at (W), against the fail-safe and generation
     caps (their most possible output), or against the export target (their possible rise around
     a revert time)."""
+    battery_commands: tuple[BatteryCommand, ...] = ()
+    battery_mode: BatteryMode | None = None
+    """None: no battery configured."""
+    battery_w: float | None = None
+    """Total battery setpoint this call (+ discharge, − charge); None: own mode or none."""
+    battery_expected_w: float = 0.0
+    """What the inverters' target counted the AC-coupled batteries at (+ output, − charge)."""
+    battery_reason: str = ""
 
 
 def margin_w(limit_w: float, settings: ControlSettings) -> float:
@@ -245,6 +279,22 @@ def possible_output_w(inv: InverterState, now: float, lead_s: float = 0.0) -> fl
     return max(cap, last)
 
 
+def possible_battery_output_w(b: BatteryState, now: float, lead_s: float = 0.0) -> float:
+    """The most an unreachable AC-coupled battery may discharge now: its last setpoint until
+    shortly before its revert time, never less than its last reading; in its own mode (no
+    setpoint, or reverting) its whole discharge rate, since it covers whatever load it sees and
+    lags when that load falls (0 for a hybrid's battery: its output is inside its inverter's,
+    already counted)."""
+    if not b.ac_coupled:
+        return 0.0
+    last = max(float(b.power_w), 0.0) if _finite(b.power_w) else 0.0
+    sp, expires = b.setpoint_w, b.setpoint_expires_t
+    if _finite(sp) and _finite(expires) and now + lead_s < expires:
+        return max(last, sp)
+    rate = float(b.max_discharge_w) if _finite(b.max_discharge_w) else 0.0
+    return max(last, rate)
+
+
 def unseen_rise_w(inv: InverterState, now: float, settings: ControlSettings) -> float:
     """How much an unreachable inverter may rise that a fresh meter cannot have seen yet.
 
@@ -276,8 +326,16 @@ def control_step(
     state: ControllerState,
     now: float,
     settings: ControlSettings | None = None,
+    batteries: Sequence[BatteryState] = (),
+    battery_settings: BatterySettings | None = None,
+    plan: ChargePlan | None = None,
 ) -> ControlOutput:
     """One decision. ``meter`` holds site power samples (positive import, negative export).
+
+    ``batteries`` (optional) are charged before the inverters are curtailed and discharged to
+    hold import and load limits (``control/battery.py``); ``plan`` is the planner's charge
+    allowance while export is still allowed. Without batteries the decision is exactly the
+    inverters-only law.
 
     Raises ValueError only for a time that is not a finite number (there is no decision to make
     without one); every other bad input (NaN or infinite readings, ratings, limits) is handled
@@ -318,8 +376,15 @@ def control_step(
 
     der = _update_der(state.der, online, now, s, dt)
     der_now = sum(m.latest or 0.0 for _, m in der)
-    not_enforced = tuple(k for k in UNENFORCED_LIMITS if limits.power(k) is not None)
+    bs = battery_settings or BatterySettings()
+    bat_der = _update_battery_der(state.bat_der, batteries, now, s, dt)
+    bat_now = sum(m.latest or 0.0 for _, m in bat_der)
+    can_absorb = any(usable(b) for b in batteries)
+    not_enforced = tuple(
+        k for k in UNENFORCED_LIMITS if limits.power(k) is not None and not can_absorb
+    )
     key = _limits_key(limits)
+    has_battery = bool(batteries)
 
     def out(
         pct: float | None, connect: bool, mode: Mode, target: float | None, budget: float,
@@ -329,7 +394,8 @@ def control_step(
         commands = tuple(InverterCommand(i.id, pct, connect) for i in ctrl)
         return ControlOutput(
             commands, connect, mode, target, budget, source, load, not_enforced, skipped,
-            new_state, lims[0], lims[1], off_w,
+            new_state, lims[0], lims[1], off_w, bat.commands,
+            bat.mode if has_battery else None, bat.total_w, bat.expected_w, bat.reason,
         )  # fmt: skip
 
     if not limits.connect or not limits.energize:
@@ -337,7 +403,14 @@ def control_step(
         # ignores the connect command, and so the next increase ramps up from zero.
         mode: Mode = "disconnected" if not limits.connect else "deenergized"
         src = limits.sources.get("connect" if not limits.connect else "energize", "")
-        new = ControllerState(now, 0.0, der, key, (), mode)
+        # Batteries neither charge nor discharge while the site must not energize.
+        ready = [b for b in batteries if usable(b)]
+        bat = BatteryDecision(
+            tuple(BatteryCommand(b.id, 0.0, mode) for b in ready),
+            max(bat_now, 0.0), "engaged" if ready else "offline", BatteryMemory(),
+            0.0 if ready else None, mode,
+        )  # fmt: skip
+        new = ControllerState(now, 0.0, der, key, (), mode, bat_der=bat_der)
         return out(0.0, limits.connect, mode, 0.0, 0.0, src, None, new)
 
     stale = meter_is_stale(meter, now, s.stale_s)
@@ -345,9 +418,11 @@ def control_step(
     # its last reading says nothing about what the household or the unreachable inverters did
     # since.
     late = not stale and meter.latest_t is not None and meter.latest_t <= now - s.average_s
-    load_est = None if stale else estimate_load(meter, [m for _, m in der], now, s.average_s)
+    load_est = (
+        None if stale else estimate_load(meter, [m for _, m in (*der, *bat_der)], now, s.average_s)
+    )
     measured = {
-        "export_w": None if load_est is None else der_now - load_est,
+        "export_w": None if load_est is None else der_now + bat_now - load_est,
         "generation_w": der_now,
     }
     ramps = _update_ramps(state, key, limits, now, rated_site, measured)
@@ -355,6 +430,38 @@ def control_step(
     for name in RAMPED_LIMITS:
         ramp = next((r for r in ramps if r.name == name), None)
         ramped[name] = limits.power(name) if ramp is None else ramp.value(now, rated_site)
+
+    # Batteries first, so the inverters' target makes room for what they are told to do.
+    site: SiteView | None = None
+    # What unreachable inverters may add that the meter cannot have seen yet (see below).
+    unseen_w = offline_max_w if late else sum(unseen_rise_w(i, now, s) for i in offline)
+    if load_est is not None:
+        exp_l = ramped["export_w"]
+        # Curtailed: an inverter makes what its (read back) limit allows, so there may be
+        # more PV than it makes. Judged on the limit as written, after its register rounding.
+        curtailed = exp_l is not None and any(
+            _finite(i.limit_pct)
+            and i.limit_pct < 100.0 - 1e-6
+            and i.power_w >= _rated(i) * max(i.limit_pct, 0.0) / 100.0 - bs.curtailed_tol_w
+            for i in ctrl
+        )
+        site = SiteView(
+            load_w=load_est,
+            inverters_w=der_now,
+            export_limit_w=exp_l,
+            export_margin_w=0.0 if exp_l is None else margin_w(exp_l, s),
+            import_limit_w=_clean_limit(limits.import_w),
+            load_limit_w=_clean_limit(limits.load_w),
+            generation_limit_w=ramped["generation_w"],
+            curtailed=curtailed,
+            unseen_w=unseen_w,
+            rising=(
+                state.battery.inverters_w is not None
+                and der_now - state.battery.inverters_w > max(0.01 * der_now, 20.0)
+            ),
+        )
+    bat = decide_batteries(batteries, site, state.battery, now, dt, plan, bs)
+    bat_out = bat.expected_w  # + the AC-coupled batteries add to the output, − they absorb
 
     candidates: list[tuple[float, str]] = []
     offline_w = 0.0
@@ -366,8 +473,15 @@ def control_step(
         if fs_w is not None:
             # Unreachable inverters may produce up to their limit, or their rating once their
             # revert timer lifts it: count the most, or the site may export it all.
-            offline_w = offline_max_w
-            candidates.append((fs_w - margin_w(fs_w, s) - offline_w, fs_src))
+            # So may an unreachable AC-coupled battery: its last setpoint holds until its
+            # revert timer returns it to its own mode.
+            offline_w = offline_max_w + sum(
+                possible_battery_output_w(b, now, s.revert_lead_s)
+                for b in batteries
+                if not usable(b)
+            )
+            aim = fs_w - margin_w(fs_w, s) - offline_w - max(bat_out, 0.0)
+            candidates.append((aim, fs_src))
     else:
         assert load_est is not None
         exp_w, gen_w = ramped["export_w"], ramped["generation_w"]
@@ -377,13 +491,13 @@ def control_step(
             # cannot have seen yet (just lost, or around a revert time). A late meter saw them
             # as they were a while ago (they may have risen to their limit since): count the
             # most they may make, as the fail-safe will.
-            rise_w = offline_max_w if late else sum(unseen_rise_w(i, now, s) for i in offline)
+            rise_w = unseen_w
             offline_w = rise_w
-            aim = load_est + exp_w - margin_w(exp_w, s) - rise_w
+            aim = load_est + exp_w - margin_w(exp_w, s) - rise_w - bat_out
             candidates.append((aim, limits.sources.get("export_w", "")))
         if gen_w is not None:
             offline_w = max(offline_w, offline_max_w)
-            aim = gen_w - margin_w(gen_w, s) - offline_max_w
+            aim = gen_w - margin_w(gen_w, s) - offline_max_w - max(bat_out, 0.0)
             candidates.append((aim, limits.sources.get("generation_w", "")))
 
     raw, source = min(candidates, default=(math.inf, ""), key=lambda c: c[0])
@@ -427,7 +541,7 @@ def control_step(
         pct = min(max(100.0 * budget / rated_ctrl, 0.0), 100.0)
     target = None if not source and cmd >= rated_online else cmd
     mode = "failsafe" if stale else "normal"
-    new = ControllerState(now, cmd, der, key, ramps, mode, hold_until)
+    new = ControllerState(now, cmd, der, key, ramps, mode, hold_until, bat_der, bat.memory)
     lims = (ramped["export_w"], ramped["generation_w"])
     return out(pct, True, mode, target, budget, source, load_est, new, lims, offline_w)
 
@@ -462,6 +576,29 @@ def _update_der(
         # add() ignores a sample no newer than the last one: an unchanged reading adds nothing.
         mean = RollingMean(window, old[inv.id].samples if inv.id in old else ())
         result.append((inv.id, mean.add(min(t, now), power)))
+    return tuple(result)
+
+
+def _update_battery_der(
+    history: tuple[tuple[str, RollingMean], ...],
+    batteries: Sequence[BatteryState],
+    now: float,
+    s: ControlSettings,
+    dt: float,
+) -> tuple[tuple[str, RollingMean], ...]:
+    """Like ``_update_der`` for the online AC-coupled batteries (power + discharging): their
+    output is part of the site's, so the load estimate adds it back. A hybrid's battery is
+    already inside its inverter's reading; an unreachable one is, for the law, household."""
+    window = max(s.average_s, s.stale_s) + 2.0 * max(s.interval_s, dt)
+    old = dict(history)
+    result = []
+    for b in batteries:
+        if not (b.ac_coupled and b.online and _finite(b.power_w)):
+            continue
+        t = b.sampled_t if _finite(b.sampled_t) else now
+        assert t is not None
+        mean = RollingMean(window, old[b.id].samples if b.id in old else ())
+        result.append((b.id, mean.add(min(t, now), float(b.power_w))))
     return tuple(result)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from dynexport.control.average import RollingMean
+from dynexport.control.battery import BatterySettings, BatteryState, ChargePlan
 from dynexport.control.law import (
     ControllerState,
     ControlOutput,
@@ -50,6 +51,37 @@ class SimInverter:
 
 
 @dataclass
+class SimBattery:
+    """An AC-coupled battery: follows its setpoint with a lag, stops at 0 and 100 % SoC, and in
+    its own mode (no setpoint, or its revert timer ran out) does self-consumption: charges from
+    what the site would export, discharges to cover what it would import. Power + discharging."""
+
+    id: str
+    capacity_wh: float
+    max_charge_w: float
+    max_discharge_w: float
+    soc_pct: float
+    reachable: bool = True
+    tau_s: float = 0.5
+    power_w: float = 0.0
+    setpoint_w: float | None = None
+    """What the controller last wrote (None: its own mode)."""
+    command_t: float = 0.0
+    revert_s: float = 60.0
+    last_seen_w: float = 0.0
+    last_seen_t: float = 0.0
+    last_seen_soc: float = 0.0
+    own_deadband_w: float = 20.0
+    own_mode: str = "self-consumption"
+    """What it does by itself: "self-consumption", or "idle" (holding its charge, as a battery
+    kept for a tariff or backup does)."""
+
+    def commanded(self, t: float) -> bool:
+        """Under the controller's setpoint now (not in its own mode)."""
+        return self.setpoint_w is not None and t - self.command_t <= self.revert_s
+
+
+@dataclass
 class Plant:
     """The site. Mutable on purpose: it is the world the controller acts on, stepped by ``step``."""
 
@@ -66,6 +98,7 @@ class Plant:
     """Register step of WMaxLimPct (1, 0.1 or 0.01 for sf 0, -1, -2); 0: written exactly."""
     seed: int = 0
     meter_alive: bool = True
+    batteries: list[SimBattery] = field(default_factory=list)
     t: float = 0.0
     _load_dev: float = 0.0
     _rng: random.Random = field(init=False, repr=False)
@@ -95,6 +128,32 @@ class Plant:
             if inv.limit_pct is not None and self.t - inv.last_command_t > self.revert_s:
                 inv.limit_pct = None  # the inverter's own revert timer
             inv.output_w += (self._ceiling(inv) - inv.output_w) * alpha
+        for b in self.batteries:
+            self._step_battery(b, dt)
+
+    def _step_battery(self, b: SimBattery, dt: float) -> None:
+        if b.commanded(self.t):
+            assert b.setpoint_w is not None
+            goal = b.setpoint_w
+        elif b.own_mode == "idle":
+            goal = 0.0
+        else:
+            # Self-consumption: hold the site at 0 W from what it would be without the battery.
+            others = sum(x.power_w for x in self.batteries if x is not b)
+            without = self.load_now_w - sum(i.output_w for i in self.inverters) - others
+            goal = without if abs(without) > b.own_deadband_w else 0.0
+        goal = min(max(goal, -b.max_charge_w), b.max_discharge_w)
+        if b.soc_pct >= 100.0:
+            goal = max(goal, 0.0)
+        if b.soc_pct <= 0.0:
+            goal = min(goal, 0.0)
+        b.power_w += (goal - b.power_w) * (1.0 - math.exp(-dt / b.tau_s))
+        b.soc_pct -= b.power_w * dt / 3600.0 / b.capacity_wh * 100.0
+        if b.soc_pct >= 100.0 and b.power_w < 0:
+            b.soc_pct, b.power_w = 100.0, 0.0  # the BMS stops a full battery at once
+        if b.soc_pct <= 0.0 and b.power_w > 0:
+            b.soc_pct, b.power_w = 0.0, 0.0
+        b.soc_pct = min(max(b.soc_pct, 0.0), 100.0)
 
     @property
     def load_now_w(self) -> float:
@@ -102,7 +161,12 @@ class Plant:
 
     @property
     def der_w(self) -> float:
-        return sum(inv.output_w for inv in self.inverters)
+        """Everything the site makes: inverters and (AC-coupled) batteries, + discharging."""
+        return sum(inv.output_w for inv in self.inverters) + self.battery_w
+
+    @property
+    def battery_w(self) -> float:
+        return sum(b.power_w for b in self.batteries)
 
     @property
     def site_w(self) -> float:
@@ -137,8 +201,39 @@ class Plant:
             )
         return states
 
+    def read_batteries(self) -> list[BatteryState]:
+        """What a battery link reports; an unreachable battery keeps its last reading."""
+        states = []
+        for b in self.batteries:
+            if b.reachable:
+                b.last_seen_w = b.power_w + self._rng.gauss(0.0, self.power_noise_w)
+                b.last_seen_t = self.t
+                b.last_seen_soc = b.soc_pct
+            states.append(
+                BatteryState(
+                    id=b.id,
+                    online=b.reachable,
+                    controllable=True,
+                    capacity_wh=b.capacity_wh,
+                    max_charge_w=b.max_charge_w,
+                    max_discharge_w=b.max_discharge_w,
+                    soc_pct=b.last_seen_soc,
+                    power_w=b.last_seen_w,
+                    sampled_t=None if b.reachable else b.last_seen_t,
+                    setpoint_w=b.setpoint_w,
+                    setpoint_expires_t=b.command_t + b.revert_s,
+                )
+            )
+        return states
+
     def apply(self, output: ControlOutput) -> None:
-        """Deliver commands to the inverters that are reachable and obey."""
+        """Deliver commands to the inverters and batteries that are reachable and obey."""
+        bats = {b.id: b for b in self.batteries}
+        for bc in output.battery_commands:
+            b = bats[bc.id]
+            if b.reachable:
+                b.setpoint_w = bc.setpoint_w
+                b.command_t = self.t
         by_id = {inv.id: inv for inv in self.inverters}
         for cmd in output.commands:
             inv = by_id[cmd.id]
@@ -185,6 +280,7 @@ class TracePoint:
 
 
 Hook = Callable[[float, Plant], None]
+Planner = Callable[[float, Plant], ChargePlan | None]
 Observer = Callable[[float, Plant, EffectiveLimits, ControlOutput], None]
 
 
@@ -197,6 +293,8 @@ def run_closed_loop(
     dt: float = 0.1,
     meter_period_s: float = 0.5,
     observe: Observer | None = None,
+    battery_settings: BatterySettings | None = None,
+    planner: Planner | None = None,
 ) -> list[TracePoint]:
     """Run the plant and the law together; the law runs every ``settings.interval_s``.
 
@@ -222,7 +320,17 @@ def run_closed_loop(
             if hook is not None:
                 hook(t, plant)
             limits = limits_at(t)
-            result = control_step(meter, plant.read_inverters(), limits, state, t, s)
+            result = control_step(
+                meter,
+                plant.read_inverters(),
+                limits,
+                state,
+                t,
+                s,
+                plant.read_batteries(),
+                battery_settings,
+                None if planner is None else planner(t, plant),
+            )
             state = result.state
             plant.apply(result)
             if observe is not None:

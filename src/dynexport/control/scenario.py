@@ -8,6 +8,10 @@ deterministic: a scenario and its seed fix every number.
 noise, at each control tick (every ``interval_s`` of plant time), just after the tick's commands
 were delivered. The rules, checked at every tick:
 
+0. *Battery* (when the scenario has one): no command to a battery the law cannot reach; never a
+   discharge setpoint at or below the reserve SoC, never a charge setpoint at or above the
+   maximum SoC; the setpoint within its rates.
+
 1. *Command*: with a fresh meter, the total generation the law allows never exceeds
    load estimate + export limit in use − margin (less any reserve for unreachable inverters),
    and the limit in use is never above the reference limit below (so, during a ramp, never
@@ -25,6 +29,11 @@ Excused from rule 2, because no controller could prevent them (each case is coun
   last showed it; with the meter quiet but not yet stale, an old reading): a fall is seen only
   after it happens, and the inverters then need their own lag to come down. Decisions in the
   fail-safe rest on no load and excuse nothing. Only that amount is excused;
+- *battery not under command*: a battery the law cannot reach, or has left in its own mode,
+  is household load to the law (the meter sees it); its charge stopping is a load fall like
+  any other and is excused the same way. A battery the law commands is never excused: its
+  charge reductions (nearing its maximum SoC, a limit lifted) must find the inverters already
+  down;
 - *forced*: what the law cannot curtail (unreachable and uncontrollable inverters) already
   exports more than the allowance by itself, and for ``3 s + 5 τ`` after that ends (an
   inverter that is reachable again starts from its free-running output and needs its lag).
@@ -36,9 +45,10 @@ import math
 import random
 from dataclasses import dataclass
 
+from dynexport.control.battery import BatterySettings
 from dynexport.control.law import ControlOutput, ControlSettings, margin_w
 from dynexport.control.limits import EffectiveLimits
-from dynexport.control.plant import Plant, SimInverter, run_closed_loop
+from dynexport.control.plant import Plant, SimBattery, SimInverter, run_closed_loop
 
 SETTLE_S = 15
 """After a limit change, export must be within the new limit's tolerance by this time."""
@@ -47,6 +57,15 @@ TOLERANCE_W = 50.0
 NOISE_SLACK_W = 30.0
 """Unreachable inverters' real output may exceed their last reading by this much: the plant's
 power readings have 10 W of noise (three standard deviations)."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """[start, end) in whole seconds; ``index`` names the inverter for a dropout."""
+
+    start: int
+    end: int
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,15 +83,21 @@ class LimitChange:
     export_w: float | None
     ramp_tms: int | None = None
     set_grad_w: int | None = None
+    import_w: float | None = None
 
 
 @dataclass(frozen=True)
-class Span:
-    """[start, end) in whole seconds; ``index`` names the inverter for a dropout."""
+class BatterySpec:
+    """An AC-coupled battery in the scenario; ``outages`` are spans it cannot be reached."""
 
-    start: int
-    end: int
-    index: int = 0
+    capacity_wh: float
+    max_charge_w: float
+    max_discharge_w: float
+    soc_pct: float
+    max_soc_pct: float = 100.0
+    reserve_soc_pct: float = 20.0
+    tau_s: float = 0.5
+    outages: tuple[Span, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +116,7 @@ class Scenario:
     meter_outages: tuple[Span, ...] = ()
     duration_s: int = 120
     seed: int = 0
+    battery: BatterySpec | None = None
 
 
 @dataclass(frozen=True)
@@ -115,7 +141,7 @@ class ScenarioResult:
     violations: tuple[Violation, ...]
 
 
-def reference_limits(sc: Scenario, rated_site_w: float) -> list[float]:
+def reference_limits(sc: Scenario, rated_site_w: float, extra_w: float = 0.0) -> list[float]:
     """The export limit in force at each whole second, +inf for none.
 
     Built from the schedule alone, independently of the law: the first limit applies at once; a
@@ -123,10 +149,11 @@ def reference_limits(sc: Scenario, rated_site_w: float) -> list[float]:
     with setGradW and no rampTms a reduction moves down at setGradW (hundredths of % of the
     site's rated W per second). A ramp from "no limit" starts from the most the site can export
     (its rated W, plus ``NOISE_SLACK_W`` for what a noisy meter may show); a ramp to "no limit"
-    heads for the site's rated W and is +inf once complete.
+    heads for the site's rated W and is +inf once complete. ``extra_w``: what else the site may
+    export at most (a battery's discharge rate), added to where a ramp from "no limit" starts.
     """
     by_t = {c.t: c for c in sc.limits}
-    top = rated_site_w + NOISE_SLACK_W
+    top = rated_site_w + extra_w + NOISE_SLACK_W
     values: list[float] = []
     current = math.inf
     ramp: tuple[float, float, float, float | None] | None = None  # t0, duration, start, end
@@ -174,8 +201,25 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
         limit_step_pct=sc.limit_step_pct,
         seed=sc.seed,
     )
+    bs: BatterySettings | None = None
+    if sc.battery is not None:
+        b = sc.battery
+        plant.batteries.append(
+            SimBattery(
+                "bat",
+                b.capacity_wh,
+                b.max_charge_w,
+                b.max_discharge_w,
+                b.soc_pct,
+                tau_s=b.tau_s,
+                revert_s=sc.revert_s,
+            )
+        )
+        bs = BatterySettings(max_soc_pct=b.max_soc_pct, reserve_soc_pct=b.reserve_soc_pct)
     rated_site = sum(i.rated_w for i in sc.inverters)
-    ref = reference_limits(sc, rated_site)
+    ref = reference_limits(
+        sc, rated_site, 0.0 if sc.battery is None else sc.battery.max_discharge_w
+    )
     changes = sorted(sc.limits, key=lambda c: c.t)
     react_s = 3.0 + 5.0 * sc.tau_s
 
@@ -183,11 +227,15 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
         c = next((c for c in reversed(changes) if c.t <= t + 1e-9), None)
         if c is None:
             return EffectiveLimits()
+        sources = {} if c.export_w is None else {"export_w": "utility"}
+        if c.import_w is not None:
+            sources["import_w"] = "utility"
         return EffectiveLimits(
             export_w=c.export_w,
+            import_w=c.import_w,
             ramp_tms=c.ramp_tms,
             set_grad_w=c.set_grad_w,
-            sources={} if c.export_w is None else {"export_w": "utility"},
+            sources=sources,
         )
 
     def hook(t: float, p: Plant) -> None:
@@ -198,16 +246,18 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
         for k, inv in enumerate(p.inverters):
             inv.reachable = not any(d.index == k and d.start <= t < d.end for d in sc.dropouts)
         p.meter_alive = not any(o.start <= t < o.end for o in sc.meter_outages)
+        if sc.battery is not None:
+            p.batteries[0].reachable = not any(o.start <= t < o.end for o in sc.battery.outages)
 
     violations: list[Violation] = []
     counts = {"ticks": 0, "checked": 0, "load_drop": 0, "forced": 0}
     worst = -math.inf
     last_forced = -math.inf
-    seen_load = [sc.load_w]
-    prev_load = [sc.load_w]
+    seen_load: list[Seen] = [(sc.load_w, {})]
+    prev_load: list[Seen] = [(sc.load_w, {})]
     alive = [True]
     unreachable_t: dict[str, float] = {}
-    beliefs: list[tuple[float, float]] = []
+    beliefs: list[tuple[float, Seen | None]] = []
 
     def observe(t: float, p: Plant, limits: EffectiveLimits, out: ControlOutput) -> None:
         nonlocal worst, last_forced
@@ -215,6 +265,8 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
         k = round(t)
         for v in _check_command(t, p, out, ref[k], s):
             violations.append(v)
+        if sc.battery is not None:
+            violations.extend(_check_battery(t, p, out, sc.battery))
         # What the law could not curtail: uncontrollable inverters, and inverters it could not
         # reach within the last reaction time (one back in reach starts from where it ran free).
         for i in p.inverters:
@@ -224,6 +276,17 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
             i.output_w
             for i in p.inverters
             if not i.controllable or t < unreachable_t.get(i.id, -math.inf) + react_s
+        )
+        # A battery the law does not command (unreachable, or in its own mode) discharges by
+        # itself: its own mode covers the household's load, and lags it when the load falls.
+        # (and, like an inverter, it needs its lag once back in reach).
+        for b in p.batteries:
+            if not b.reachable:
+                unreachable_t[b.id] = t
+        forced += sum(
+            max(b.power_w, 0.0)
+            for b in p.batteries
+            if not _commanded(b, t) or t < unreachable_t.get(b.id, -math.inf) + react_s
         )
         allowance = max(ref[max(k - SETTLE_S, 0) : k + 1]) if k >= SETTLE_S else math.inf
         allowed = allowance * (1 + TOLERANCE_PCT / 100.0) + TOLERANCE_W
@@ -236,11 +299,11 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
         # reaction time: a fall is seen only after it happens, and then the inverters lag.
         if alive[0]:
             seen_load[0] = prev_load[0]
-        alive[0], prev_load[0] = p.meter_alive, p.load_now_w
-        beliefs.append((t, seen_load[0] if out.mode == "normal" else -math.inf))
+        alive[0], prev_load[0] = p.meter_alive, _household_w(p, t)
+        beliefs.append((t, seen_load[0] if out.mode == "normal" else None))
         while beliefs[0][0] < t - react_s:
             beliefs.pop(0)
-        unseen_w = max(v for _, v in beliefs) - p.load_now_w
+        unseen_w = max(_fall_since(v, p) for _, v in beliefs)
         if not math.isfinite(allowance):
             return
         export = -p.site_w
@@ -263,7 +326,9 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
                 )
             )
 
-    run_closed_loop(plant, limits_at, float(sc.duration_s), s, hook=hook, observe=observe)
+    run_closed_loop(
+        plant, limits_at, float(sc.duration_s), s, hook=hook, observe=observe, battery_settings=bs
+    )
     return ScenarioResult(
         counts["ticks"],
         counts["checked"],
@@ -272,6 +337,67 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
         worst,
         tuple(violations),
     )
+
+
+Seen = tuple[float, dict[str, float]]
+"""The household load, and the charge of each battery the law did not command (by id)."""
+
+
+def _household_w(p: Plant, t: float) -> Seen:
+    """The load the law cannot command: the household, and the charge of a battery it cannot
+    reach or has left in its own mode (to the law, that battery is household)."""
+    return p.load_now_w, {b.id: max(-b.power_w, 0.0) for b in p.batteries if not _commanded(b, t)}
+
+
+def _fall_since(seen: Seen | None, p: Plant) -> float:
+    """How far that load has fallen since it was seen: the household, and the charge of the
+    batteries that were household then (a battery the law commanded then is not excused)."""
+    if seen is None:
+        return -math.inf
+    load, charges = seen
+    now = {b.id: max(-b.power_w, 0.0) for b in p.batteries}
+    return load - p.load_now_w + sum(c - now.get(k, 0.0) for k, c in charges.items())
+
+
+def _commanded(b: SimBattery, t: float) -> bool:
+    return b.reachable and b.commanded(t)
+
+
+def _check_battery(t: float, p: Plant, out: ControlOutput, spec: BatterySpec) -> list[Violation]:
+    found: list[Violation] = []
+    by_id = {b.id: b for b in p.batteries}
+    for c in out.battery_commands:
+        b = by_id[c.id]
+        if not b.reachable:
+            found.append(Violation(t, "battery", f"{c.id}: commanded while unreachable", 0.0))
+        if c.setpoint_w is None:
+            continue
+        if not math.isfinite(c.setpoint_w):
+            found.append(Violation(t, "battery", f"{c.id}: setpoint {c.setpoint_w}", math.inf))
+            continue
+        if c.setpoint_w > 1e-6 and b.last_seen_soc <= spec.reserve_soc_pct:
+            found.append(
+                Violation(
+                    t,
+                    "battery",
+                    f"discharge {c.setpoint_w:.0f} W at SoC {b.last_seen_soc:.2f} % "
+                    f"<= reserve {spec.reserve_soc_pct} %",
+                    c.setpoint_w,
+                )
+            )
+        if c.setpoint_w < -1e-6 and b.last_seen_soc >= spec.max_soc_pct:
+            found.append(
+                Violation(
+                    t,
+                    "battery",
+                    f"charge {-c.setpoint_w:.0f} W at SoC {b.last_seen_soc:.2f} % "
+                    f">= max {spec.max_soc_pct} %",
+                    -c.setpoint_w,
+                )
+            )
+        if not -b.max_charge_w - 1e-6 <= c.setpoint_w <= b.max_discharge_w + 1e-6:
+            found.append(Violation(t, "battery", f"setpoint {c.setpoint_w:.0f} W out of rate", 0))
+    return found
 
 
 def _check_command(
@@ -299,15 +425,18 @@ def _check_command(
         )
     if out.mode == "normal" and lim is not None and out.load_estimate_w is not None:
         aim = out.load_estimate_w + lim - margin_w(lim, s) - out.offline_w
+        aim -= out.battery_expected_w
         if cmd > max(aim, 0.0) + 1e-6:
             found.append(
                 Violation(t, "command", f"command {cmd:.1f} > target {aim:.1f}", cmd - aim)
             )
     if out.mode == "failsafe" and math.isfinite(ref_w):
-        cap = ref_w - margin_w(ref_w, s) - out.offline_w
+        cap = ref_w - margin_w(ref_w, s) - out.offline_w - max(out.battery_expected_w, 0.0)
         if cmd > max(cap, 0.0) + 1e-6:
             found.append(Violation(t, "command", f"fail-safe {cmd:.1f} > cap {cap:.1f}", cmd - cap))
         real = sum(i.output_w for i in p.inverters if not i.reachable)
+        # (a battery in its own mode discharges only to cover the household: not counted)
+        real += sum(max(b.power_w, 0.0) for b in p.batteries if not b.reachable and b.commanded(t))
         if out.offline_w + NOISE_SLACK_W < real:
             found.append(
                 Violation(
@@ -320,8 +449,10 @@ def _check_command(
     return found
 
 
-def random_scenario(rng: random.Random, duration_s: int = 150) -> Scenario:
-    """One scenario from the same ranges as the property test's strategy."""
+def random_scenario(rng: random.Random, duration_s: int = 150, battery: bool = False) -> Scenario:
+    """One scenario from the same ranges as the property test's strategy; ``battery`` adds an
+    AC battery and import limits (the ranges of ``test_battery_properties``), drawn after
+    everything else so the scenarios without it stay the same for a seed."""
     n = rng.randint(1, 3)
     invs = []
     for k in range(n):
@@ -351,7 +482,29 @@ def random_scenario(rng: random.Random, duration_s: int = 150) -> Scenario:
     for _ in range(rng.randint(0, 2)):
         a = rng.randint(1, duration_s - 1)
         outages.append(Span(a, a + rng.randint(1, 40)))
+    bat: BatterySpec | None = None
+    if battery:
+        reserve = rng.choice([10.0, 20.0, 50.0])
+        max_soc = rng.choice([80.0, 95.0, 100.0])
+        bat = BatterySpec(
+            capacity_wh=rng.choice([300.0, 1000.0, 10000.0]),
+            max_charge_w=rng.choice([1000.0, 3000.0, 5000.0]),
+            max_discharge_w=rng.choice([1000.0, 3000.0, 5000.0]),
+            soc_pct=rng.uniform(reserve - 5.0, max_soc + 0.5),
+            max_soc_pct=max_soc,
+            reserve_soc_pct=reserve,
+            tau_s=rng.choice([0.2, 0.5, 1.0]),
+            outages=tuple(
+                Span(a, a + rng.randint(1, 80))
+                for a in (rng.randint(1, duration_s - 1) for _ in range(rng.randint(0, 2)))
+            ),
+        )
+        changes = [
+            LimitChange(c.t, c.export_w, c.ramp_tms, c.set_grad_w, rng.choice([None, 0.0, 2000.0]))
+            for c in changes
+        ]
     return Scenario(
+        battery=bat,
         inverters=tuple(invs),
         limits=tuple(changes),
         load_w=rng.uniform(0.0, 5000.0),

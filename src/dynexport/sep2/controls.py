@@ -138,6 +138,19 @@ and load limits need something controllable on the consumption side, so an event
 only those (or only controls not modelled at all) cannot be performed: it is answered 252
 (`ResponseStatus.REJECTED_NOT_APPLICABLE`), and they are not advertised."""
 
+ENFORCED_CONTROLS_WITH_BATTERY: frozenset[ControlType] = ENFORCED_CONTROLS | frozenset(
+    {ControlType.IMPORT_LIMIT_W, ControlType.LOAD_LIMIT_W}
+)
+"""With a controllable battery configured, import and load limits are enforced too: the law
+discharges it (down to the owner's reserve) and stops its charging (docs/control.md)."""
+
+
+def enforced_controls(battery_configured: bool) -> frozenset[ControlType]:
+    """What this site enforces, for responses and DERCapability: the app passes it in (a
+    battery in the configuration adds import and load limits)."""
+    return ENFORCED_CONTROLS_WITH_BATTERY if battery_configured else ENFORCED_CONTROLS
+
+
 DOE_MODE_BITS: Mapping[ControlType, int] = {
     ControlType.EXPORT_LIMIT_W: 0x01,
     ControlType.IMPORT_LIMIT_W: 0x02,

@@ -21,8 +21,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from dynexport.httpio.client import InvalidUrl, join_url, origin_of
-from dynexport.sep2.certs import sfdi_from_lfdi
-from dynexport.sep2.controls import ProgramControls, ResponseStatus
+from dynexport.sep2.controls import (
+    ENFORCED_CONTROLS,
+    ControlType,
+    ProgramControls,
+    ResponseStatus,
+)
+from dynexport.sep2.identity import sfdi_from_lfdi
 from dynexport.sep2.resources import (
     ConnectionPoint as ConnectionPointResource,
 )
@@ -369,6 +374,40 @@ class DerInfo:
     """OperationalModeStatusType: 0 unknown, 1 off, 2 operational, 3 test."""
     inverter_status: int | None = None
     alarm_status: int | None = None
+    # Storage (a configured battery): IEEE 2030.5 DERCapability rtgMaxChargeRateW,
+    # rtgMaxDischargeRateW, rtgMaxWh; DERSettings setMax*; DERStatus stateOfChargeStatus and
+    # storageModeStatus. None: no battery, and the fields are left out.
+    rated_charge_w: float | None = None
+    rated_discharge_w: float | None = None
+    rated_wh: float | None = None
+    state_of_charge_pct: float | None = None
+    storage_mode: int | None = None
+    """StorageModeStatusType: 0 charging, 1 discharging, 2 holding."""
+    enforced: frozenset[ControlType] = ENFORCED_CONTROLS
+    """What the site enforces (controls.enforced_controls): the responses answer events by it,
+    and ``doe_modes_supported`` should be ``controls.doe_modes_supported(enforced)``."""
+
+
+DER_TYPE_STORAGE = 80
+DER_TYPE_PV_AND_STORAGE = 83
+"""DERType: 80 other storage system, 83 combined PV and storage."""
+STORAGE_CHARGING, STORAGE_DISCHARGING, STORAGE_HOLDING = 0, 1, 2
+
+
+def storage_mode_of(power_w: float | None, deadband_w: float = 50.0) -> int | None:
+    """StorageModeStatusType from a battery's power (+ discharging): 0 charging, 1 discharging,
+    2 holding (within the dead band)."""
+    if power_w is None or not math.isfinite(power_w):
+        return None
+    if power_w > deadband_w:
+        return STORAGE_DISCHARGING
+    if power_w < -deadband_w:
+        return STORAGE_CHARGING
+    return STORAGE_HOLDING
+
+
+def _opt_power(watts: float | None) -> Scaled | None:
+    return None if watts is None or not math.isfinite(watts) else _power(watts)
 
 
 def _power(watts: float) -> Scaled:
@@ -384,6 +423,9 @@ def der_capability(info: DerInfo) -> DERCapability:
         doe_modes_supported=info.doe_modes_supported,
         rtg_max_va=None if info.rated_va is None else _power(info.rated_va),
         rtg_max_var=None if info.rated_var is None else _power(info.rated_var),
+        rtg_max_charge_rate_w=_opt_power(info.rated_charge_w),
+        rtg_max_discharge_rate_w=_opt_power(info.rated_discharge_w),
+        rtg_max_wh=_opt_power(info.rated_wh),
     )
 
 
@@ -401,6 +443,9 @@ def der_settings(info: DerInfo, server_set_grad_w: int | None, now: int) -> DERS
         set_max_va=None if info.rated_va is None else _power(info.rated_va),
         set_max_var=None if info.rated_var is None else _power(info.rated_var),
         doe_modes_enabled=info.doe_modes_supported,
+        set_max_charge_rate_w=_opt_power(info.rated_charge_w),
+        set_max_discharge_rate_w=_opt_power(info.rated_discharge_w),
+        set_max_wh=_opt_power(info.rated_wh),
     )
 
 
@@ -423,6 +468,14 @@ def der_status(info: DerInfo, now: int) -> DERStatus:
             None if info.inverter_status is None else StatusValue(info.inverter_status, now)
         ),
         operational_mode_status=StatusValue(info.operational_mode, now),
+        state_of_charge_status=(
+            None
+            if info.state_of_charge_pct is None or not math.isfinite(info.state_of_charge_pct)
+            else StatusValue(round(min(max(info.state_of_charge_pct, 0.0), 100.0) * 100), now)
+        ),
+        storage_mode_status=(
+            None if info.storage_mode is None else StatusValue(info.storage_mode, now)
+        ),
     )
 
 

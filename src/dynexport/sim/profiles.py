@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from dynexport.sim.sunspec_device import Inverter, Meter, ModelSpec, Site
+from dynexport.sim.sunspec_device import Battery, Inverter, Meter, ModelSpec, Site
 
 Control = Literal["123", "704", None]
 
@@ -214,6 +214,103 @@ def sunspec_meter(
     return Meter(base, [common(mn, md, sn, unit=unit), ModelSpec(model_id, values)])
 
 
+_STORAGE_124 = frozenset(
+    {"StorCtl_Mod", "InWRte", "OutWRte", "InOutWRte_WinTms", "InOutWRte_RvrtTms",
+     "InOutWRte_RmpTms"}
+)  # fmt: skip
+_WSET_704 = frozenset({"WSetEna", "WSetMod", "WSet", "WSetEnaRvrt", "WSetRvrtTms"})
+
+
+def battery(
+    *,
+    mn: str = "SunSpecSim",
+    md: str = "AC Battery 10",
+    sn: str = "SIMBAT01",
+    unit: int = 3,
+    base: int = 40000,
+    capacity_wh: float = 10000.0,
+    max_charge_w: float = 5000.0,
+    max_discharge_w: float = 5000.0,
+    soc_pct: float = 50.0,
+    tau_s: float = 0.5,
+    window: bool = False,
+    wset: bool = False,
+) -> Battery:
+    """An AC-coupled battery: 1, 103 (its AC power, + discharge), 124, 713, 802, and 704 with
+    WSet when ``wset``. ``window``: reads 124 InWRte/OutWRte as a GEN24 does (docs/sunspec.md).
+    """
+    m124 = ModelSpec(
+        124,
+        {
+            "WChaMax_SF": 0, "WChaMax": max_charge_w,
+            "WChaDisChaGra_SF": 0, "WChaGra": 100, "WDisChaGra": 100,
+            "StorCtl_Mod": 0, "VAChaMax_SF": 0, "VAChaMax": max_charge_w,
+            "MinRsvPct_SF": 0, "MinRsvPct": 5,
+            "ChaState_SF": -1, "ChaState": soc_pct,
+            "StorAval_SF": 0, "StorAval": 0, "InBatV_SF": -1, "InBatV": 400.0, "ChaSt": 6,
+            "InOutWRte_SF": -2, "OutWRte": 100.0, "InWRte": 100.0,
+            "InOutWRte_WinTms": 0, "InOutWRte_RvrtTms": 0, "InOutWRte_RmpTms": 0,
+            "ChaGriSet": 0,
+        },
+        writable=_STORAGE_124,
+    )  # fmt: skip
+    m713 = ModelSpec(
+        713,
+        {"WH_SF": 0, "Pct_SF": -1, "WHRtg": capacity_wh, "WHAvail": capacity_wh * soc_pct / 100,
+         "SoC": soc_pct, "SoH": 100.0, "Sta": 1},
+    )  # fmt: skip
+    m802 = ModelSpec(
+        802,
+        {
+            "AHRtg_SF": 0, "WHRtg_SF": 0, "WChaDisChaMax_SF": 0, "DisChaRte_SF": 0,
+            "SoC_SF": -1, "DoD_SF": 0, "SoH_SF": 0, "V_SF": -1, "CellV_SF": -3, "A_SF": -1,
+            "AMax_SF": 0, "W_SF": 0,
+            "AHRtg": round(capacity_wh / 400.0), "WHRtg": capacity_wh,
+            "WChaRteMax": max_charge_w, "WDisChaRteMax": max_discharge_w,
+            "SoCMax": 100.0, "SoCMin": 0.0, "SoC": soc_pct, "SoH": 100, "ChaSt": 6,
+            "LocRemCtl": 1, "Typ": 4, "State": 3, "V": 400.0, "W": 0,
+        },
+    )  # fmt: skip
+    models = [
+        common(mn, md, sn, unit=unit),
+        inverter_measurements(False, 1),
+        m124,
+        m713,
+        m802,
+    ]
+    if wset:
+        models.append(
+            ModelSpec(
+                704,
+                {
+                    "PF_SF": -3,
+                    "WMaxLimPct_SF": -2,
+                    "WSet_SF": 0,
+                    "WSetPct_SF": -2,
+                    "VarSet_SF": 0,
+                    "VarSetPct_SF": -2,
+                    "WSetEna": 0,
+                    "WSetMod": 1,
+                    "WSet": 0,
+                    "WSetEnaRvrt": 0,
+                    "WSetRvrtTms": 0,
+                    "WSetRvrtRem": 0,
+                },
+                writable=_WSET_704,
+            )
+        )
+    return Battery(
+        base,
+        models,
+        capacity_wh=capacity_wh,
+        max_charge_w=max_charge_w,
+        max_discharge_w=max_discharge_w,
+        soc_pct=soc_pct,
+        tau_s=tau_s,
+        window=window,
+    )
+
+
 # -- profiles -------------------------------------------------------------------------------------
 
 
@@ -280,8 +377,16 @@ def single_phase_int(*, tau_s: float = 1.0) -> Site:
     return _site({1: inv, 240: sunspec_meter(phases=1)}, 800.0)
 
 
-def _site(devices: dict[int, Inverter | Meter], load_w: float) -> Site:
-    return Site(devices, load_w=load_w)
+def fronius_battery_site(*, tau_s: float = 1.0, soc_pct: float = 50.0, window: bool = True) -> Site:
+    """The Fronius gateway (inverters 1 and 2, meter 240) with an AC-coupled battery at unit 3
+    that reads model 124 the GEN24 way (``window``)."""
+    site = fronius_gateway(tau_s=tau_s)
+    site.devices[3] = battery(soc_pct=soc_pct, window=window)
+    return site
+
+
+def _site(devices: dict[int, Inverter | Meter | Battery], load_w: float) -> Site:
+    return Site(dict(devices), load_w=load_w)
 
 
 PROFILES: dict[str, Callable[[], Site]] = {
@@ -293,4 +398,5 @@ PROFILES: dict[str, Callable[[], Site]] = {
     "base0_device": base0_device,
     "float_inverter": float_inverter,
     "single_phase_int": single_phase_int,
+    "fronius_battery_site": fronius_battery_site,
 }

@@ -621,6 +621,170 @@ class Meter(SunSpecDevice):
                 s(mid, f"PhVph{ph}", volts)
 
 
+class Battery(SunSpecDevice):
+    """An AC-coupled battery (its own battery inverter): capacity, rates, SoC, its own
+    self-consumption mode, and the storage models 124, 713, 802 (and 704 WSet where present).
+
+    Power ``power_w`` is AC, + discharging (what model 103/701 W reports). With no control in
+    force it holds the site at 0 W (charges from what the site would export, discharges what it
+    would import), within its rates and 0..100 % SoC. Controls:
+
+    - model 124 with StorCtl_Mod ≠ 0 (reverting to 0 after InOutWRte_RvrtTms). ``window`` False
+      (SunSpec): bit 0 caps charging at InWRte % of WChaMax, bit 1 caps discharging at OutWRte %.
+      ``window`` True (Fronius GEN24): the battery's charge is held in the window
+      [−OutWRte %, InWRte %] of WChaMax, so a negative OutWRte forces charging, a negative
+      InWRte forces discharging (both directions through one pair of registers);
+    - model 704 WSetEna = 1 (WSetMod 1, W): the power is WSet (+ discharge), reverting to
+      WSetEna = WSetEnaRvrt after WSetRvrtTms.
+    """
+
+    def __init__(
+        self,
+        base: int,
+        models: Sequence[ModelSpec],
+        *,
+        capacity_wh: float,
+        max_charge_w: float,
+        max_discharge_w: float,
+        soc_pct: float = 50.0,
+        tau_s: float = 0.5,
+        window: bool = False,
+        voltage: float = 230.0,
+    ) -> None:
+        super().__init__(base, models)
+        self.capacity_wh = capacity_wh
+        self.max_charge_w = max_charge_w
+        self.max_discharge_w = max_discharge_w
+        self.soc_pct = soc_pct
+        self.tau_s = tau_s
+        self.window = window
+        self.voltage = voltage
+        self.power_w = 0.0
+        self.own_w = 0.0
+        """What its own mode asks (set by the site: minus what the site would export)."""
+        self.own_mode = "self-consumption"
+        """Or "idle": it holds its charge by itself (kept for a tariff or for backup)."""
+        self.energy_in_wh = 0.0
+        self.energy_out_wh = 0.0
+        self._last: float | None = None
+        self._storctl_timer = _Timer()
+        self._wset_timer = _Timer()
+        self._refresh(0.0)
+
+    def value_limits(self) -> Mapping[tuple[int, str], tuple[float, float]]:
+        lo = -100.0 if self.window else 0.0
+        return {(124, "InWRte"): (lo, 100.0), (124, "OutWRte"): (lo, 100.0)}
+
+    def target_w(self) -> float:
+        """The power it heads for now (+ discharge), before its SoC bounds."""
+        if self.has(704) and self.get(704, "WSetEna") == 1:
+            goal = float(self.get(704, "WSet") or 0.0)
+        else:
+            goal = self.own_w if self.own_mode == "self-consumption" else 0.0
+            mod = int(self.get(124, "StorCtl_Mod") or 0) if self.has(124) else 0
+            if mod:
+                rate = float(self.get(124, "WChaMax") or self.max_charge_w)
+                in_pct = float(self.get(124, "InWRte") or 0.0)
+                out_pct = float(self.get(124, "OutWRte") or 0.0)
+                charge = -goal
+                if self.window:
+                    lo, hi = -out_pct * rate / 100.0, in_pct * rate / 100.0
+                    charge = min(max(charge, lo), hi) if lo <= hi else lo
+                else:
+                    if mod & 1:
+                        charge = min(charge, in_pct * rate / 100.0)
+                    if mod & 2:
+                        charge = max(charge, -out_pct * rate / 100.0)
+                goal = -charge
+        goal = min(max(goal, -self.max_charge_w), self.max_discharge_w)
+        if self.soc_pct >= 100.0:
+            goal = max(goal, 0.0)
+        if self.soc_pct <= 0.0:
+            goal = min(goal, 0.0)
+        return goal
+
+    def on_write(self, names: AbstractSet[tuple[int, str]], now: float) -> None:
+        self.step(now)
+        if names & {(124, "StorCtl_Mod"), (124, "InOutWRte_RvrtTms")}:
+            rvrt = self.get(124, "InOutWRte_RvrtTms")
+            on = bool(self.get(124, "StorCtl_Mod"))
+            self._storctl_timer.arm(now, float(rvrt) if on and rvrt else 0.0)
+        if names & {(704, "WSetEna"), (704, "WSetRvrtTms")}:
+            rvrt = self.get(704, "WSetRvrtTms")
+            on = self.get(704, "WSetEna") == 1
+            self._wset_timer.arm(now, float(rvrt) if on and rvrt else 0.0)
+        self._refresh(now)
+
+    def step(self, now: float) -> None:
+        if self._last is None:
+            self._last = now
+        while self._last < now:
+            deadlines = [
+                t.deadline
+                for t in (self._storctl_timer, self._wset_timer)
+                if t.deadline is not None and self._last <= t.deadline < now
+            ]
+            until = min(deadlines) if deadlines else now
+            self._advance(until - self._last)
+            self._last = until
+            self._expire(until)
+        self._expire(now)
+        self._refresh(now)
+
+    def _advance(self, dt: float) -> None:
+        if dt <= 0:
+            return
+        start = self.power_w
+        self.power_w = _lag(self.power_w, self.target_w(), dt, self.tau_s)
+        mean = (start + self.power_w) / 2.0
+        wh = mean * dt / 3600.0
+        if wh > 0:
+            self.energy_out_wh += wh
+        else:
+            self.energy_in_wh -= wh
+        self.soc_pct = min(max(self.soc_pct - wh / self.capacity_wh * 100.0, 0.0), 100.0)
+        if (self.soc_pct >= 100.0 and self.power_w < 0) or (
+            self.soc_pct <= 0.0 and self.power_w > 0
+        ):
+            self.power_w = 0.0  # the BMS stops it at once
+
+    def _expire(self, now: float) -> None:
+        t = self._storctl_timer
+        if t.deadline is not None and t.deadline <= now:
+            t.deadline = None
+            self.set(124, "StorCtl_Mod", 0)
+        w = self._wset_timer
+        if w.deadline is not None and w.deadline <= now:
+            w.deadline = None
+            self.set(704, "WSetEna", self.get(704, "WSetEnaRvrt") or 0)
+
+    def _refresh(self, now: float) -> None:
+        w = self.power_w
+        s = self.set_if
+        cha_st = 4 if w < -10 else 3 if w > 10 else 5 if self.soc_pct >= 100 else 6
+        for mid in INVERTER_MODELS:
+            if self.has(mid):
+                s(mid, "W", w)
+                s(mid, "VA", abs(w))
+                s(mid, "VAr", 0.0)
+                s(mid, "Hz", 50.0)
+                s(mid, "A", abs(w) / self.voltage)
+                s(mid, "St", 4)
+                s(mid, "WH", self.energy_out_wh)
+        if self.has(124):
+            s(124, "ChaState", self.soc_pct)
+            s(124, "ChaSt", cha_st)
+        if self.has(713):
+            s(713, "SoC", self.soc_pct)
+            s(713, "WHAvail", self.capacity_wh * self.soc_pct / 100.0)
+        if self.has(802):
+            s(802, "SoC", self.soc_pct)
+            s(802, "W", w)
+            s(802, "ChaSt", cha_st)
+        if self.has(704):
+            s(704, "WSetRvrtRem", math.ceil(self._wset_timer.remaining(now)))
+
+
 class ControlError(ValueError):
     """A control-channel command the simulator cannot apply; the message says why."""
 
@@ -654,6 +818,10 @@ class Site:
     @property
     def inverters(self) -> dict[int, Inverter]:
         return {u: d for u, d in self.devices.items() if isinstance(d, Inverter)}
+
+    @property
+    def batteries(self) -> dict[int, Battery]:
+        return {u: d for u, d in self.devices.items() if isinstance(d, Battery)}
 
     @property
     def meters(self) -> dict[int, Meter]:
@@ -693,6 +861,11 @@ class Site:
             t = self._t(now)
             for inverter in self.inverters.values():
                 inverter.step(t)
+            for battery in self.batteries.values():
+                # Its own mode sees the site as it would be without it (its own CT).
+                without = self._load()[0] - self._der_w() + battery.power_w
+                battery.own_w = without if abs(without) > 20.0 else 0.0
+                battery.step(t)
             self._measure(t)
 
     def _load(self) -> tuple[float, float]:
@@ -700,8 +873,14 @@ class Site:
             return self.load_override
         return self.load_w, self.load_var
 
+    def _der_w(self) -> float:
+        """What the site makes: PV inverters and batteries (+ discharging)."""
+        return sum(i.output_w for i in self.inverters.values()) + sum(
+            b.power_w for b in self.batteries.values()
+        )
+
     def _measure(self, now: float | None) -> None:
-        pv = sum(i.output_w for i in self.inverters.values())
+        pv = self._der_w()
         load_w, load_var = self._load()
         for meter in self.meters.values():
             meter.measure(load_w - pv, load_var, now)
@@ -736,7 +915,7 @@ class Site:
     def site_w(self) -> float:
         """Grid power the meter would see now (import positive)."""
         with self.lock:
-            return self._load()[0] - sum(i.output_w for i in self.inverters.values())
+            return self._load()[0] - self._der_w()
 
     # -- control channel --------------------------------------------------------------------
 
@@ -759,6 +938,10 @@ class Site:
                         "limitW": inv.limit_w() if math.isfinite(inv.limit_w()) else None,
                     }
                     for unit, inv in sorted(self.inverters.items())
+                },
+                "batteries": {
+                    str(unit): {"powerW": b.power_w, "socPct": b.soc_pct}
+                    for unit, b in sorted(self.batteries.items())
                 },
             }
 

@@ -25,7 +25,7 @@ from dynexport.modbus.errors import ModbusConnectionError, ModbusError, ModbusTi
 from dynexport.sunspec.control import LimitCommand
 from dynexport.sunspec.decode import DecodedModel
 from dynexport.sunspec.device import SunSpecDevice
-from dynexport.sunspec.discovery import DiscoveryError, NotSunSpecError
+from dynexport.sunspec.discovery import DiscoveryError, NotSunSpecError, device_roles
 
 log = logging.getLogger("dynexport.sunspec")
 
@@ -224,7 +224,12 @@ async def scan(
 def scan_json(found: Sequence[tuple[SunSpecDevice, list[DecodedModel]]]) -> dict[str, Any]:
     return {
         "devices": [
-            {"unit": dev.unit, "base": dev.map.base, "models": [m.to_json() for m in models]}
+            {
+                "unit": dev.unit,
+                "base": dev.map.base,
+                "roles": list(device_roles(dev.map.ids)),
+                "models": [m.to_json() for m in models],
+            }
             for dev, models in found
         ]
     }
@@ -240,7 +245,8 @@ def _print_text(found: Sequence[tuple[SunSpecDevice, list[DecodedModel]]]) -> No
     for dev, models in found:
         c = dev.common
         who = f"{c.manufacturer} {c.model} (SN {c.serial})" if c else "unknown device"
-        print(f"unit {dev.unit}: {who}, SunSpec base {dev.map.base}")
+        roles = ", ".join(device_roles(dev.map.ids)) or "no known role"
+        print(f"unit {dev.unit}: {who} ({roles}), SunSpec base {dev.map.base}")
         for m in models:
             print(f"  model {m.id} {m.name or '(no definition)'} at {m.address}, length {m.length}")
             for name, v in m.points.items():

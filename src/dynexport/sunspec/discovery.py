@@ -77,6 +77,21 @@ class SunSpecMap:
         return [m.id for m in self.models]
 
 
+ROLE_MODELS: tuple[tuple[str, tuple[int, ...]], ...] = (
+    ("inverter", (101, 102, 103, 111, 112, 113, 701)),
+    ("meter", (201, 202, 203, 204, 211, 212, 213, 214)),
+    ("battery", (124, 713, 802)),
+)
+"""What a device is, by the models it offers (a hybrid inverter is an inverter and a battery)."""
+
+
+def device_roles(ids: Sequence[int]) -> tuple[str, ...]:
+    """ "inverter", "meter", "battery" for the models found, in that order (pure): what
+    ``dynexport sunspec scan`` and the web setup call a device."""
+    present = set(ids)
+    return tuple(role for role, models in ROLE_MODELS if present.intersection(models))
+
+
 class Discovery:
     """Sans-I/O discovery: call :meth:`next_request`, do the read, then :meth:`feed` the
     registers or :meth:`refused` for a Modbus exception response; repeat until it returns None,

@@ -20,13 +20,13 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import trio
 
 from dynexport.modbus.client import Backoff
 from dynexport.modbus.errors import ModbusError, ModbusExceptionResponse
-from dynexport.sunspec import control
+from dynexport.sunspec import control, polling, storage
 from dynexport.sunspec.bus import RegisterBus
 from dynexport.sunspec.control import (
     CommandError,
@@ -36,6 +36,7 @@ from dynexport.sunspec.control import (
 )
 from dynexport.sunspec.device import LimitResult, SlowReading, SunSpecDevice, VerifyError
 from dynexport.sunspec.discovery import DiscoveryError, NotSunSpecError
+from dynexport.sunspec.storage import StorageConvention, StorageReading
 from dynexport.sunspec.views import (
     CommonInfo,
     DerControls,
@@ -560,3 +561,225 @@ class MeterLink(_Link):
             self._changed()
             if not self._poll_requested:
                 await self._idle_until(started + self.fast_s)
+
+
+# --------------------------------------------------------------------------------------
+# Batteries (docs/sunspec.md, "Storage")
+
+
+@dataclass(frozen=True)
+class BatteryLinkState:
+    """What the controller and the UI know of one battery, replaced as a whole on each change.
+
+    ``setpoint_w`` is the setpoint in force as read back (+ discharge, − charge; None: the
+    device's own mode); ``setpoint_expires`` (trio time) is when its revert timer returns the
+    battery to its own mode if nothing rewrites it."""
+
+    id: str
+    online: bool = False
+    controllable: bool | None = None
+    not_controllable: str | None = None
+    reading: StorageReading | None = None
+    setpoint_w: float | None = None
+    setpoint_expires: float | None = None
+    last_reading: float | None = None
+    last_write: float | None = None
+    error: str | None = None
+    info: DeviceInfo = DeviceInfo()
+
+
+@dataclass(frozen=True)
+class BatteryDesired:
+    """The setpoint the controller wants (W, + discharge); None: the battery's own mode."""
+
+    setpoint_w: float | None
+
+
+class BatteryLink(_Link):
+    """Polls one battery's storage models and keeps the controller's setpoint in force: written
+    with its revert timeout when it changes, verified by reading it back, rewritten at a third
+    of the timeout. A release (own mode) is written once: it needs no timer."""
+
+    def __init__(
+        self,
+        id: str,
+        bus: RegisterBus,
+        unit: int,
+        *,
+        revert_s: int = 60,
+        fast_s: float = 1.0,
+        ac_coupled: bool = True,
+        convention: StorageConvention = StorageConvention.SUNSPEC,
+        discharge_positive: bool = True,
+        capacity_wh: float | None = None,
+        request_timeout: float | None = None,
+        backoff: Backoff | None = None,
+        on_update: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(
+            id,
+            bus,
+            unit,
+            fast_s=fast_s,
+            slow_s=math.inf,
+            request_timeout=request_timeout,
+            backoff=backoff or Backoff(initial=1.0, maximum=30.0),
+            on_update=on_update,
+        )
+        self.revert_s = revert_s
+        self.ac_coupled = ac_coupled
+        self.convention = convention
+        self.discharge_positive = discharge_positive
+        self.capacity_wh = capacity_wh
+        self.state = BatteryLinkState(id=id)
+        self._desired: BatteryDesired | None = None
+        self._written: BatteryDesired | None = None
+        self._values: dict[int, dict[str, Any]] = {}
+        self._next_fast = -math.inf
+
+    def command(self, desired: BatteryDesired) -> None:
+        """Asks for a setpoint; applied promptly by :meth:`run` (the caller never waits)."""
+        if desired != self._desired:
+            self._desired = desired
+            self._wake.set()
+
+    def _offline(self, message: str, *, fault: bool = False) -> None:
+        self.state = replace(self.state, online=False, error=message)
+        if fault:
+            self.state = replace(self.state, controllable=False, not_controllable=message)
+        self._written = None
+        self._changed()
+
+    async def _serve(self) -> None:
+        while not await self._discover():
+            pass
+        smap = self.device.map
+        info = DeviceInfo.from_common(self.device.common, tuple(smap.ids))
+        if not storage.is_storage(smap):
+            message = f"unit {self.device.unit} has no SunSpec storage model ({smap.ids})"
+            log.error("%s: %s", self.id, message)
+            self.state = replace(self.state, info=info)
+            self._offline(message)
+            await trio.sleep_forever()
+        self.state = replace(self.state, info=info)
+        plan = polling.storage_plan(smap)
+        while True:
+            self._poll_requested = False
+            try:
+                await self._poll(plan)
+                await self._apply()
+            except DEVICE_ERRORS as exc:
+                await self._failed(str(exc))
+                continue
+            self._failures = 0
+            await self._idle_until(min(self._next_fast, self._rewrite_due()))
+
+    async def _poll(self, plan: polling.PollPlan) -> None:
+        now = trio.current_time()
+        values = await self.device.read_plan(plan)
+        self._values = values
+        reading = storage.read_storage(values, self.discharge_positive, ac_coupled=self.ac_coupled)
+        if reading.capacity_wh is None and self.capacity_wh is not None:
+            reading = replace(reading, capacity_wh=self.capacity_wh)
+        reason = None
+        try:
+            storage.storage_control_model(self.device.map, values.get(704))
+        except CommandError as exc:
+            reason = str(exc)
+        if reason is None and not reading.controllable:
+            reason = "not controllable: the battery reports no SoC, charge rating or power"
+        self.state = replace(
+            self.state,
+            online=True,
+            error=None,
+            reading=reading,
+            controllable=reason is None,
+            not_controllable=reason,
+            setpoint_w=None if reading.own_mode else self.state.setpoint_w,
+            last_reading=trio.current_time(),
+        )
+        self._next_fast = now + self.fast_s
+        self._changed()
+
+    def _rewrite_due(self) -> float:
+        last, written = self.state.last_write, self._written
+        if last is None or written is None or written.setpoint_w is None:
+            return math.inf
+        return last + rewrite_interval(self.revert_s)
+
+    async def _apply(self) -> None:
+        desired = self._desired
+        if desired is None or not self.state.controllable:
+            return
+        due = trio.current_time() >= self._rewrite_due()
+        if not due and _same_setpoint(desired, self._written):
+            return
+        await self.write(desired)
+
+    async def write(self, desired: BatteryDesired) -> None:
+        """Writes the setpoint now, verified by reading it back. Raises only DEVICE_ERRORS."""
+        try:
+            await self._write(desired)
+        except DEVICE_ERRORS:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+            raise LinkFault(f"{self.id}: internal error while writing: {exc!r}") from exc
+
+    async def _write(self, desired: BatteryDesired) -> None:
+        reading = self.state.reading
+        if self.state.controllable is not True or reading is None:
+            raise NotControllableError(self.state.not_controllable or f"{self.id}: not read yet")
+        header = storage.storage_control_model(self.device.map, self._values.get(704))
+        before = await self.device.read_model(header)
+        sf_name = "WSet_SF" if header.id == 704 else "InOutWRte_SF"
+        sf = before.raw.get(sf_name)
+        cmd = storage.StorageCommand(desired.setpoint_w, revert_s=self.revert_s)
+        writes, expected = storage.encode_storage(
+            header,
+            cmd,
+            max_charge_w=reading.max_charge_w,
+            sf=sf,
+            convention=self.convention,
+        )
+        for w in writes:
+            await self.device.bus.write_registers(
+                self.device.unit, w.address, w.values, timeout=self.device.request_timeout
+            )
+        after = await self.device.read_model(header)
+        problems = control.verify(expected, after.raw)
+        if problems:
+            raise VerifyError(
+                f"unit {self.device.unit} model {header.id}: battery setpoint did not read "
+                "back: " + "; ".join(problems)
+            )
+        now = trio.current_time()
+        setpoint = storage.setpoint_from_raw(
+            header,
+            after.raw,
+            max_charge_w=reading.max_charge_w,
+            sf=sf,
+            convention=self.convention,
+        )
+        self._written = desired
+        self.state = replace(
+            self.state,
+            setpoint_w=setpoint,
+            setpoint_expires=None if setpoint is None else now + self.revert_s,
+            last_write=now,
+        )
+        self._changed()
+
+
+SETPOINT_DEADBAND_W = 20.0
+"""A battery setpoint this close to the one in force is not rewritten before it is due: the law
+moves it by a few watts every second, and each write is three Modbus transactions. 20 W is
+within the law's margins (it counts a battery at what it measures, not what it was told)."""
+
+
+def _same_setpoint(a: BatteryDesired, b: BatteryDesired | None) -> bool:
+    if b is None:
+        return False
+    if a.setpoint_w is None or b.setpoint_w is None:
+        return a.setpoint_w is None and b.setpoint_w is None
+    return abs(a.setpoint_w - b.setpoint_w) < SETPOINT_DEADBAND_W

@@ -155,6 +155,27 @@ def fast_plan(smap: SunSpecMap) -> PollPlan:
     return make_plan(smap, wants)
 
 
+STORAGE_POINTS: dict[int, tuple[str, ...] | None] = {
+    124: None,
+    713: ("WHRtg", "WHAvail", "SoC", "SoH", "Sta"),
+    802: ("WHRtg", "WChaRteMax", "WDisChaRteMax", "SoC", "ChaSt", "W", "State"),
+    704: ("WSetEna", "WSetMod", "WSet", "WSetEnaRvrt", "WSetRvrtTms", "WSetRvrtRem"),
+}
+"""What a battery link reads every poll: the storage models (124 whole: it is small and holds
+the controls in force) and the battery's AC power from its measurement model."""
+
+
+def storage_plan(smap: SunSpecMap) -> PollPlan:
+    """SoC, ratings, power and the storage controls in force (docs/sunspec.md, storage)."""
+    wants: dict[int, Sequence[str] | None] = {
+        mid: names for mid, names in STORAGE_POINTS.items() if smap.find(mid) is not None
+    }
+    inv = smap.first_of((*INVERTER_MODELS, DER_MEASUREMENT_MODEL))
+    if inv is not None:
+        wants[inv.id] = ("W",)
+    return make_plan(smap, wants)
+
+
 def slow_plan(smap: SunSpecMap) -> PollPlan:
     """Identity, nameplate, settings and control state: everything that changes rarely."""
     return make_plan(smap, {mid: None for mid in SLOW_MODELS})

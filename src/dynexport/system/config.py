@@ -52,6 +52,28 @@ class InverterConfig(DeviceConfig):
 
 
 @dataclass(frozen=True)
+class BatteryConfig(DeviceConfig):
+    """A battery the controller charges before curtailing and discharges to hold import and
+    load limits (docs/control.md, "Batteries"). An AC-coupled battery at its own unit, or a
+    hybrid inverter's storage models: then the same endpoint and unit is also an inverter."""
+
+    max_soc_pct: float = 100.0
+    reserve_soc_pct: float = 20.0
+    """Never discharged below this by dynexport (the owner's evening reserve)."""
+    evening_soc_pct: float | None = None
+    """The planner never holds charging back if it would end the day below this (default: the
+    reserve)."""
+    capacity_wh: float | None = None
+    """When the device does not report its energy rating (713/802 WHRtg)."""
+    convention: Literal["sunspec", "window"] = "sunspec"
+    """How it reads model 124 InWRte/OutWRte: "window" for a Fronius GEN24 (docs/sunspec.md)."""
+    discharge_positive: bool = True
+    """Which way model 802 ``W`` counts on this device (a hybrid's battery power)."""
+    plan: bool = True
+    """Hold morning charging back so the limited hours find room (docs/control.md)."""
+
+
+@dataclass(frozen=True)
 class MeterConfig(DeviceConfig):
     """The site meter at the grid connection (positive import, negative export)."""
 
@@ -196,6 +218,7 @@ class Config:
     mqtt: MqttConfig | None = None
     price: PriceConfig | None = None
     metrics: MetricsConfig | None = None
+    batteries: tuple[BatteryConfig, ...] = ()
 
     def endpoints(self) -> list[Endpoint]:
         """Each distinct endpoint once: devices naming the same one share a connection or bus."""
@@ -206,6 +229,7 @@ class Config:
 
     def devices(self) -> Iterator[DeviceConfig]:
         yield from self.inverters
+        yield from self.batteries
         if self.meter is not None:
             yield self.meter
 
@@ -380,6 +404,60 @@ def _inverter(r: _Reader, base_dir: Path) -> Callable[[object, str], InverterCon
     return parse
 
 
+_BATTERY_KEYS = {
+    "maxSocPct",
+    "reserveSocPct",
+    "eveningSocPct",
+    "capacityWh",
+    "convention",
+    "dischargePositive",
+    "plan",
+}
+
+
+def _battery(r: _Reader, base_dir: Path) -> Callable[[object, str], BatteryConfig | None]:
+    def parse(value: object, path: str) -> BatteryConfig | None:
+        got = _device_fields(r, value, path, base_dir, _BATTERY_KEYS)
+        if got is None:
+            return None
+        raw, endpoint, unit = got
+        max_soc = r.number_in(raw.get("maxSocPct"), _join(path, "maxSocPct"), 10, 100, 100.0)
+        reserve = r.number_in(raw.get("reserveSocPct"), _join(path, "reserveSocPct"), 0, 90, 20.0)
+        evening = None
+        if raw.get("eveningSocPct") is not None:
+            evening = r.number_in(raw["eveningSocPct"], _join(path, "eveningSocPct"), 0, 100, 0)
+        capacity = None
+        if raw.get("capacityWh") is not None:
+            capacity = r.number_in(raw["capacityWh"], _join(path, "capacityWh"), 100, 1e6, 0)
+        conventions: tuple[Literal["sunspec", "window"], ...] = ("sunspec", "window")
+        convention = r.choice(
+            raw.get("convention"), _join(path, "convention"), conventions, "sunspec"
+        )
+        positive = _flag(r, raw, "dischargePositive", path, True)
+        plan = _flag(r, raw, "plan", path, True)
+        if max_soc is None or reserve is None or convention is None:
+            return None
+        if reserve >= max_soc:
+            r.fail(
+                _join(path, "reserveSocPct"),
+                f"must be below maxSocPct ({max_soc:g}): the battery needs room between them",
+            )
+            return None
+        return BatteryConfig(
+            endpoint=endpoint,
+            unit=unit,
+            max_soc_pct=max_soc,
+            reserve_soc_pct=reserve,
+            evening_soc_pct=evening,
+            capacity_wh=capacity,
+            convention=convention,
+            discharge_positive=positive,
+            plan=plan,
+        )
+
+    return parse
+
+
 def _meter(r: _Reader, value: object, path: str, base_dir: Path) -> MeterConfig | None:
     got = _device_fields(r, value, path, base_dir, {"location"})
     if got is None:
@@ -523,6 +601,7 @@ def _utility(r: _Reader, value: object, path: str, base_dir: Path) -> UtilityCon
 
 TOP_LEVEL_KEYS = {"inverters", "meter", "control", "utility", "limits", "web", "site"}
 TOP_LEVEL_KEYS |= {"mqtt", "price", "metrics"}  # integrations (docs/integrations.md)
+TOP_LEVEL_KEYS |= {"batteries"}  # docs/control.md, "Batteries"
 
 
 def _site(r: _Reader, value: object, path: str) -> SiteConfig:
@@ -752,7 +831,8 @@ def parse_config(data: object, base_dir: Path | None = None, source: str | None 
     mqtt = _mqtt(r, raw["mqtt"], "mqtt", base) if raw.get("mqtt") is not None else None
     price = _price(r, raw["price"], "price", base) if raw.get("price") is not None else None
     metrics = _metrics(r, raw["metrics"], "metrics") if raw.get("metrics") is not None else None
-    _check_unique_devices(r, inverters, meter)
+    batteries = r.items(raw.get("batteries"), "batteries", _battery(r, base))
+    _check_unique_devices(r, inverters, meter, batteries)
     if r.problems or control is None or web is None:
         raise ConfigError(r.problems, source)
     return Config(
@@ -767,11 +847,15 @@ def parse_config(data: object, base_dir: Path | None = None, source: str | None 
         mqtt=mqtt,
         price=price,
         metrics=metrics,
+        batteries=batteries,
     )
 
 
 def _check_unique_devices(
-    r: _Reader, inverters: tuple[InverterConfig, ...], meter: MeterConfig | None
+    r: _Reader,
+    inverters: tuple[InverterConfig, ...],
+    meter: MeterConfig | None,
+    batteries: tuple[BatteryConfig, ...] = (),
 ) -> None:
     seen: dict[tuple[Endpoint, int], str] = {}
     named: list[tuple[str, DeviceConfig]] = [
@@ -779,12 +863,21 @@ def _check_unique_devices(
     ]
     if meter is not None:
         named.append(("meter", meter))
+    named.extend((f"batteries[{i}]", d) for i, d in enumerate(batteries))
     serial_settings: dict[str, SerialEndpoint] = {}
+    battery_keys: set[tuple[Endpoint, int]] = set()
     for path, dev in named:
         key = (dev.endpoint, dev.unit)
-        if key in seen:
+        hybrid = path.startswith("batteries") and seen.get(key, "").startswith("inverters")
+        if hybrid and key in battery_keys:
+            r.fail(path, f"is the same battery ({dev.endpoint} unit {dev.unit}) as another")
+        elif hybrid:
+            pass  # a hybrid inverter's storage models: the same device on purpose
+        elif key in seen:
             r.fail(path, f"is the same device ({dev.endpoint} unit {dev.unit}) as {seen[key]}")
         seen.setdefault(key, path)
+        if path.startswith("batteries"):
+            battery_keys.add(key)
         ep = dev.endpoint
         if isinstance(ep, SerialEndpoint):
             other = serial_settings.setdefault(ep.device, ep)

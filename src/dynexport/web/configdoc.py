@@ -57,6 +57,20 @@ def limits_document(limits: LimitsConfig) -> dict[str, Any]:
 def config_document(config: Config) -> dict[str, Any]:
     """The configuration file document that parses back to ``config``."""
     doc: dict[str, Any] = {"inverters": [_device(inv) for inv in config.inverters]}
+    if config.batteries:
+        doc["batteries"] = [
+            {
+                **_device(b),
+                "maxSocPct": _num(b.max_soc_pct),
+                "reserveSocPct": _num(b.reserve_soc_pct),
+                **({} if b.evening_soc_pct is None else {"eveningSocPct": _num(b.evening_soc_pct)}),
+                **({} if b.capacity_wh is None else {"capacityWh": _num(b.capacity_wh)}),
+                "convention": b.convention,
+                "dischargePositive": b.discharge_positive,
+                "plan": b.plan,
+            }
+            for b in config.batteries
+        ]
     if config.meter is not None:
         doc["meter"] = {**_device(config.meter), "location": config.meter.location}
     c = config.control

@@ -1,0 +1,502 @@
+"""Batteries in the control law: charge before curtailing, discharge to hold an import limit.
+
+Pure, like the rest of ``control/``: readings, limits and time come in, a decision and the state
+to remember come out. ``control_step`` calls :func:`decide_batteries` before it works out the
+inverters' target, so the inverters always make room for what the battery is told to do, and
+:func:`plan_charge` (also pure) turns the 24 h limits outlook and a PV expectation into how much
+the battery may charge now while export is still allowed. See docs/control.md, "Batteries".
+
+Sign convention everywhere in this module: a battery's ``power_w`` and ``setpoint_w`` are its AC
+power seen as generation: positive discharges (adds to the site's output), negative charges.
+
+Why the rules are what they are:
+
+- **Charge before curtail.** The battery aims ``battery_margin_w`` below the inverters' export
+  aim. While the inverters are curtailed it pushes its charge up each second (revealing the PV
+  the limit hides); once they run free, the proportional rule holds export at its own aim, so
+  every watt the limit would have thrown away goes into the battery first.
+- **The inverters make room first.** The inverters' target counts on a battery's charge only as
+  far as it is measured *and* commanded (``expected_w``): a battery told to charge more gives the
+  inverters room only once it does; told to charge less (full, a limit lifted), the inverters
+  are cut at once, and the battery's charge is released only as fast as export has room for it
+  (``room``), so a fast battery never outruns a slow inverter.
+- **Its own mode when nothing limits.** The battery is engaged only while a limit is near (the
+  export it would make without its battery within ``release_band_w`` of the limit, an import or
+  load limit near, or the plan holding charging back) and released ``release_after_s`` after
+  the last of those; released, it follows its own (self-consumption) mode. Release happens only
+  when export would stay under the limit even if the battery stopped charging at once.
+- **Fail-safes.** With the meter quiet the battery is released to its own mode (which never
+  exports from the battery) and the inverters hold the export fail-safe as before. An unreachable
+  battery gets no command (its revert timer returns it to its own mode) and is, for the law, part
+  of the household: the meter sees it, and the inverters hold export by curtailment.
+- **SoC bounds.** Charge tapers to 0 over ``taper_pct`` below the maximum SoC; discharge tapers to
+  0 over ``taper_pct`` above the reserve, so the law never discharges below the owner's reserve.
+  An unknown SoC means neither.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeGuard
+
+BatteryMode = Literal["own", "engaged", "offline", "failsafe"]
+
+
+@dataclass(frozen=True)
+class BatteryState:
+    """One battery as its device link last saw it (power: + discharging, − charging)."""
+
+    id: str
+    online: bool
+    controllable: bool
+    capacity_wh: float
+    max_charge_w: float
+    max_discharge_w: float
+    soc_pct: float | None
+    power_w: float
+    ac_coupled: bool = True
+    """False: a hybrid inverter's battery, whose power is already inside that inverter's AC
+    reading (it must not be added to the DER output a second time)."""
+    sampled_t: float | None = None
+    setpoint_w: float | None = None
+    """The setpoint last written and read back; None: its own mode."""
+    setpoint_expires_t: float | None = None
+
+
+@dataclass(frozen=True)
+class BatteryCommand:
+    """What to write to one battery. ``setpoint_w`` None: release it to its own mode."""
+
+    id: str
+    setpoint_w: float | None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class BatterySettings:
+    """Tuning and the owner's choices, with the reasons in docs/control.md."""
+
+    max_soc_pct: float = 100.0
+    """Charge no further than this."""
+    reserve_soc_pct: float = 20.0
+    """Never discharge below this (the owner's evening reserve)."""
+    taper_pct: float = 3.0
+    taper_s: float = 30.0
+    """…or, if wider, the SoC the battery's full rate moves in this long."""
+    battery_margin_w: float = 150.0
+    """The battery aims this far below the inverters' export aim, so that it, not curtailment,
+    takes the surplus: the inverters' limit then sits this far above what they make, clear of
+    ``curtailed_tol_w`` and one register step, and the two never both settle on the limit."""
+    curtailed_tol_w: float = 40.0
+    """An inverter within this of its read-back limit is taken as held by it."""
+    push_s: float = 5.0
+    """While the inverters are curtailed, the battery's charge rises by its whole rate over this
+    long (a few control intervals): fast enough to save the energy, slow enough to see."""
+    up_time_constant_s: float = 1.0
+    """Moves that raise export (more discharge, less charge) close the gap this slowly."""
+    release_band_w: float = 300.0
+    release_after_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class ChargePlan:
+    """The planner's answer: the most the battery may charge now from surplus that could still
+    be exported (None: no hold back). Charge-before-curtail always overrides it."""
+
+    max_charge_w: float | None
+    need_wh: float = 0.0
+    room_wh: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class BatteryMemory:
+    """What the battery part of the law remembers between calls."""
+
+    engaged_until: float = -math.inf
+    setpoint_w: float | None = None
+    inverters_w: float | None = None
+    """The inverters' output at the last call (to tell a rising output from a settled one)."""
+
+
+@dataclass(frozen=True)
+class SiteView:
+    """What the law knows this call, as the battery decision needs it (all W)."""
+
+    load_w: float
+    """Household load estimate (site + inverters + AC-coupled batteries)."""
+    inverters_w: float
+    """The inverters' AC output now (a hybrid's includes its battery)."""
+    export_limit_w: float | None
+    export_margin_w: float
+    import_limit_w: float | None
+    load_limit_w: float | None
+    generation_limit_w: float | None
+    curtailed: bool
+    """The inverters are held at an export limit now (there may be more PV than they make)."""
+    rising: bool = False
+    unseen_w: float = 0.0
+    """What unreachable inverters may add to export that the meter cannot have seen yet (a
+    revert coming): the battery's discharge must leave room for it, as the inverters do."""
+    """The inverters' output is still rising towards a higher command: what they make now says
+    nothing yet about the PV there is, so the battery keeps its charge meanwhile."""
+
+
+@dataclass(frozen=True)
+class BatteryDecision:
+    commands: tuple[BatteryCommand, ...]
+    expected_w: float
+    """What the AC-coupled batteries will put out (+) or take (−), for the inverters' target:
+    the highest of measured, commanded and wanted, so that the inverters never count on a
+    charge the battery has not started or is about to stop."""
+    mode: BatteryMode
+    memory: BatteryMemory
+    total_w: float | None
+    """Total setpoint (None: own mode)."""
+    reason: str = ""
+    skipped: dict[str, str] | None = None
+
+
+def _finite(x: object) -> TypeGuard[float]:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _pos(x: float) -> float:
+    return float(x) if _finite(x) and x > 0 else 0.0
+
+
+def _taper(b: BatteryState, rate_w: float, s: BatterySettings) -> float:
+    """The taper's width in SoC %: ``taper_pct``, or what the battery's rate moves in
+    ``taper_s`` if more (a small battery fills 3 % in seconds, faster than inverters come
+    down)."""
+    cap = _pos(b.capacity_wh)
+    by_time = rate_w * s.taper_s / 3600.0 / cap * 100.0 if cap > 0 else 0.0
+    return max(s.taper_pct, by_time, 1e-9)
+
+
+def charge_cap_w(b: BatteryState, s: BatterySettings) -> float:
+    """How much it may charge now: its rate, tapered to 0 at the maximum SoC."""
+    if not _finite(b.soc_pct):
+        return 0.0
+    rate = _pos(b.max_charge_w)
+    frac = (s.max_soc_pct - b.soc_pct) / _taper(b, rate, s)
+    return rate * min(max(frac, 0.0), 1.0)
+
+
+def discharge_cap_w(b: BatteryState, s: BatterySettings) -> float:
+    """How much it may discharge now: its rate, tapered to 0 at the reserve SoC."""
+    if not _finite(b.soc_pct):
+        return 0.0
+    rate = _pos(b.max_discharge_w)
+    frac = (b.soc_pct - s.reserve_soc_pct) / _taper(b, rate, s)
+    return rate * min(max(frac, 0.0), 1.0)
+
+
+def usable(b: BatteryState) -> bool:
+    return b.online and b.controllable and _finite(b.power_w)
+
+
+def _why_skipped(b: BatteryState) -> str:
+    if not b.online:
+        return "offline"
+    return "not controllable" if not b.controllable else "no valid power reading"
+
+
+def decide_batteries(
+    batteries: Sequence[BatteryState],
+    site: SiteView | None,
+    memory: BatteryMemory,
+    now: float,
+    dt: float,
+    plan: ChargePlan | None,
+    s: BatterySettings,
+) -> BatteryDecision:
+    """The batteries' setpoints for this call; ``site`` None: the meter is quiet (fail-safe)."""
+    ready = [b for b in batteries if usable(b)]
+    skipped = {b.id: _why_skipped(b) for b in batteries if b not in ready}
+    measured_ac = sum(b.power_w for b in ready if b.ac_coupled)
+    if not ready:
+        return BatteryDecision((), 0.0, "offline", BatteryMemory(), None, "", skipped)
+    if site is None:
+        # Meter quiet: the battery's own mode (it never exports from the battery) plus the
+        # inverters' export fail-safe; nothing here may count on its charge.
+        cmds = tuple(BatteryCommand(b.id, None, "fail-safe: own mode") for b in ready)
+        return BatteryDecision(
+            cmds, max(measured_ac, 0.0), "failsafe", BatteryMemory(), None, "meter quiet", skipped
+        )
+
+    measured = sum(b.power_w for b in ready)
+    hybrid = sum(b.power_w for b in ready if not b.ac_coupled)
+    p_min = -sum(charge_cap_w(b, s) for b in ready)
+    p_max = sum(discharge_cap_w(b, s) for b in ready)
+    # What the site would export with the batteries idle and the inverters as they are now.
+    x0 = site.inverters_w - hybrid - site.load_w
+
+    # Engaged, the battery takes the surplus its own mode would (within the plan's charge cap)
+    # and discharges only what a limit needs: the owner's stored energy is theirs.
+    base = min(-x0, 0.0)
+    reasons: list[str] = []
+    near = False
+    if plan is not None and plan.max_charge_w is not None and x0 > 0:
+        near = True
+        base = max(base, -max(plan.max_charge_w, 0.0))
+        reasons.append("plan")
+    room = math.inf
+    p_e = math.inf
+    if site.export_limit_w is not None:
+        aim = site.export_limit_w - site.export_margin_w - s.battery_margin_w
+        room = site.export_limit_w - site.export_margin_w - x0 - site.unseen_w
+        p_e = aim - x0 - site.unseen_w
+        if site.curtailed:
+            # Hidden PV: charge more, and the inverters are let up as the battery takes it.
+            push = sum(_pos(b.max_charge_w) for b in ready) * dt / max(s.push_s, 1e-9)
+            p_e = min(p_e, measured - push)
+        elif site.rising and memory.setpoint_w is not None:
+            # The inverters are still climbing to use the charge: keep it until they settle.
+            p_e = min(p_e, memory.setpoint_w)
+        # Near: the export the site would make without the battery (and what unreachable
+        # inverters may add unseen) is within the band of the aim; then its own mode, whose
+        # discharge would lag a jump in PV, must not be left in charge.
+        if site.curtailed or x0 + site.unseen_w > aim - s.release_band_w:
+            near = True
+            reasons.append("export limit")
+    floor = -math.inf
+    if site.import_limit_w is not None:
+        lim = site.import_limit_w - max(abs(site.import_limit_w) * 0.01, 20.0)
+        floor = max(floor, -x0 - lim)
+        if -x0 > lim - s.release_band_w:
+            near = True
+            reasons.append("import limit")
+    if site.load_limit_w is not None:
+        lim = site.load_limit_w - max(abs(site.load_limit_w) * 0.01, 20.0)
+        floor = max(floor, site.load_w - lim)
+        if site.load_w > lim - s.release_band_w:
+            near = True
+            reasons.append("load limit")
+
+    engaged_until = now + s.release_after_s if near else memory.engaged_until
+    if now >= engaged_until:
+        cmds = tuple(BatteryCommand(b.id, None, "own mode") for b in ready)
+        return BatteryDecision(
+            cmds,
+            measured_ac,
+            "own",
+            BatteryMemory(inverters_w=site.inverters_w),
+            None,
+            "nothing limits",
+            skipped,
+        )
+
+    target = min(base, p_e)
+    if math.isfinite(floor):
+        target = max(target, floor)  # import/load: stop charging, discharge if needed
+    if site.export_limit_w is not None:
+        # Never export over the limit from the battery (the export limit wins a conflict).
+        target = min(target, site.export_limit_w - site.export_margin_w - x0 - site.unseen_w)
+    if site.generation_limit_w is not None:
+        target = min(target, max(site.generation_limit_w - site.export_margin_w, 0.0))
+    target = min(max(target, p_min), p_max)
+    # A smaller charge only as fast as export has room for it (the inverters come down first).
+    # (Within the taper the battery may still charge at its rate: the taper is where the law
+    # wants it, the maximum SoC is where it must stop.)
+    hard_min = -sum(
+        _pos(b.max_charge_w) for b in ready if _finite(b.soc_pct) and b.soc_pct < s.max_soc_pct
+    )
+    cmd = target if target <= measured else min(target, max(measured, room))
+    # Like the inverters: what lowers export applies at once, what raises it (more discharge,
+    # less charge) closes the gap with a time constant. The load estimate pairs meter samples
+    # with battery readings taken once a call; a fast battery's step falls between them, and
+    # a full-gain move on that estimate rings.
+    prev = measured if memory.setpoint_w is None else memory.setpoint_w
+    if cmd > prev:
+        gap = cmd - prev
+        cmd = prev + max(gap * (1.0 - math.exp(-dt / s.up_time_constant_s)), min(gap, 50.0 * dt))
+    cmd = min(max(cmd, hard_min), p_max)
+    cmds = tuple(
+        BatteryCommand(b.id, share, ", ".join(reasons) or "holding")
+        for b, share in zip(ready, _split(ready, cmd, s), strict=True)
+    )
+    ac_share = sum(c.setpoint_w or 0.0 for c, b in zip(cmds, ready, strict=True) if b.ac_coupled)
+    # The most the AC-coupled batteries can still be counted on to absorb: what they do, what
+    # they are told, and no more than their SoC allows (a battery nearing full is about to
+    # take less, and the inverters must be down before it does).
+    ac_floor = -sum(charge_cap_w(b, s) for b in ready if b.ac_coupled)
+    expected = max(measured_ac, ac_share, ac_floor)
+    return BatteryDecision(
+        cmds,
+        expected,
+        "engaged",
+        BatteryMemory(engaged_until, cmd, site.inverters_w),
+        cmd,
+        ", ".join(reasons),
+        skipped,
+    )
+
+
+def _split(ready: Sequence[BatteryState], total: float, s: BatterySettings) -> list[float]:
+    """Share a total setpoint in proportion to each battery's headroom in that direction."""
+    caps = [
+        charge_cap_w(b, s) if total < 0 else discharge_cap_w(b, s) if total > 0 else 0.0
+        for b in ready
+    ]
+    whole = sum(caps)
+    if whole <= 0:
+        return [0.0 for _ in ready]
+    return [total * c / whole for c in caps]
+
+
+# --------------------------------------------------------------------------------------
+# The planner: how much may the battery charge now?
+
+
+@dataclass(frozen=True)
+class ForecastStep:
+    """One step of the expectation: from ``t`` (epoch s), PV and load in W, the export limit."""
+
+    t: float
+    pv_w: float
+    load_w: float
+    export_limit_w: float | None
+
+
+def plan_charge(
+    now: float,
+    battery: BatteryState,
+    forecast: Sequence[ForecastStep],
+    s: BatterySettings,
+    evening_soc_pct: float | None = None,
+    confidence: float = 0.7,
+    headroom: float = 1.15,
+) -> ChargePlan:
+    """Hold back charging while export is allowed, so the limited hours find room.
+
+    ``need`` is the energy the expected surplus would put over the export limit in the steps
+    ahead (what would be curtailed), at most the battery's rate. While the free room is no more
+    than that need, charging from surplus that could be exported is held back (0 W); once there
+    is more room than need, charge freely. Never at the cost of the evening reserve: no hold
+    back unless ``confidence`` × the expected charging in the limited hours alone reaches
+    ``evening_soc_pct`` (default: the reserve SoC). ``headroom``: the room kept is the need ×
+    this, as the limited hours also cost the margins the law keeps below the limit.
+    """
+    if not forecast or not _finite(battery.soc_pct) or _pos(battery.capacity_wh) <= 0:
+        return ChargePlan(None, reason="no forecast or SoC")
+    cap_wh = battery.capacity_wh
+    room = max(cap_wh * (s.max_soc_pct - battery.soc_pct) / 100.0, 0.0)
+    rate = _pos(battery.max_charge_w)
+    need = 0.0
+    steps = sorted(forecast, key=lambda f: f.t)
+    for k, f in enumerate(steps):
+        end = steps[k + 1].t if k + 1 < len(steps) else f.t + 3600.0
+        start = max(f.t, now)
+        if end <= start or f.export_limit_w is None:
+            continue
+        over = max(f.pv_w - f.load_w - f.export_limit_w, 0.0)
+        need += min(over, rate) * (end - start) / 3600.0
+    need = min(need, cap_wh * max(s.max_soc_pct - s.reserve_soc_pct, 0.0) / 100.0)
+    if need <= 0:
+        return ChargePlan(None, need, room, "nothing to save")
+    goal = s.reserve_soc_pct if evening_soc_pct is None else evening_soc_pct
+    reach = battery.soc_pct + confidence * min(need, room) / cap_wh * 100.0
+    if reach < goal:
+        return ChargePlan(None, need, room, "evening reserve first")
+    if room > need * headroom:
+        return ChargePlan(None, need, room, "room to spare")
+    return ChargePlan(0.0, need, room, "keep room for the limited hours")
+
+
+def clear_sky_fraction(day_of_year: int, solar_hour: float, latitude_deg: float) -> float:
+    """The clear-sky PV shape (0..1) at a solar time: sun elevation, with a little air mass.
+
+    Simple on purpose: it only has to say when the surplus comes, and the observed production
+    scales it (:func:`pv_expectation`).
+    """
+    decl = math.radians(23.44) * math.sin(2 * math.pi * (284 + day_of_year) / 365.0)
+    lat = math.radians(latitude_deg)
+    hour_angle = math.radians(15.0 * (solar_hour - 12.0))
+    sin_el = math.sin(lat) * math.sin(decl) + math.cos(lat) * math.cos(decl) * math.cos(hour_angle)
+    noon = math.sin(lat) * math.sin(decl) + math.cos(lat) * math.cos(decl)
+    if sin_el <= 0 or noon <= 0:
+        return 0.0
+    return float((sin_el / noon) ** 1.2)
+
+
+def pv_expectation(
+    peak_w: float,
+    day_of_year: int,
+    hours: Sequence[float],
+    latitude_deg: float,
+    observed: Sequence[tuple[float, float]] = (),
+    yesterday_ratio: float | None = None,
+) -> list[float]:
+    """Expected PV (W) at each solar hour: the clear-sky curve × a ratio from today's production
+    so far (``observed``: (solar hour, W) pairs), else yesterday's ratio, else 1."""
+    ratio = 1.0 if yesterday_ratio is None else yesterday_ratio
+    seen = [
+        (w, peak_w * clear_sky_fraction(day_of_year, h, latitude_deg))
+        for h, w in observed
+        if _finite(w)
+    ]
+    expected = sum(e for _, e in seen)
+    if expected > 0.1 * peak_w * max(len(seen), 1):
+        ratio = sum(w for w, _ in seen) / expected
+    ratio = min(max(ratio, 0.05), 1.2)
+    return [peak_w * ratio * clear_sky_fraction(day_of_year, h, latitude_deg) for h in hours]
+
+
+def forecast(
+    now: float,
+    local_hour: float,
+    day_of_year: int,
+    latitude_deg: float,
+    peak_w: float,
+    load_w: float,
+    export_limits: Sequence[tuple[float, float | None]],
+    observed: Sequence[tuple[float, float]] = (),
+    step_s: float = 1800.0,
+    horizon_s: float = 24 * 3600.0,
+) -> list[ForecastStep]:
+    """The planner's expectation from ``now`` (epoch s, at ``local_hour``) to the end of today's
+    sun: the clear-sky curve scaled by today's production (``observed``: (local hour, W)), a
+    flat load, and the export limit in force at each step from ``export_limits`` ((epoch s,
+    W or None) at each change, as ``App.limits_outlook`` gives them). Local time stands in for
+    solar time (off by the zone's longitude and daylight saving: an hour at most, which moves
+    the curve, not the energy)."""
+    steps: list[ForecastStep] = []
+    limits = sorted(export_limits, key=lambda x: x[0])
+    t = now
+    k = 0
+    while t < now + horizon_s:
+        hour = local_hour + (t - now) / 3600.0
+        if hour >= 24.0:
+            break
+        mid = hour + step_s / 7200.0
+        pv = pv_expectation(peak_w, day_of_year, [mid], latitude_deg, observed)[0]
+        limit = None
+        for start, value in limits:
+            if start <= t + step_s / 2:
+                limit = value
+        steps.append(ForecastStep(t, pv, load_w, limit))
+        k += 1
+        t = now + k * step_s
+    return steps
+
+
+ZONE_LATITUDES: dict[str, float] = {
+    "Australia/Adelaide": -34.9,
+    "Australia/Brisbane": -27.5,
+    "Australia/Darwin": -12.5,
+    "Australia/Hobart": -42.9,
+    "Australia/Melbourne": -37.8,
+    "Australia/Perth": -31.9,
+    "Australia/Sydney": -33.9,
+    "Australia/Broken_Hill": -31.95,
+    "Australia/Lindeman": -20.4,
+}
+"""The clear-sky curve needs a latitude; the site's time zone gives one close enough (a few
+degrees shift the curve by minutes). Default: Sydney's."""
+
+
+def latitude_for(zone: str | None) -> float:
+    return ZONE_LATITUDES.get(zone or "", -33.9)

@@ -1,0 +1,318 @@
+"""Batteries over SunSpec, as pure data: what a storage device reports and what to write to it.
+
+Reading: model 713 (DER storage capacity: WHRtg, SoC), 802 (battery base: WHRtg, WChaRteMax,
+WDisChaRteMax, SoC, W) and 124 (basic storage controls: WChaMax, ChaState, MinRsvPct,
+StorCtl_Mod, InWRte/OutWRte with their revert timer). The most specific source wins: SoC from
+713, else 802, else 124 ChaState; energy from 713, else 802; rates from 802, else 124 WChaMax
+(124 has no discharge rating: WChaMax is used for both, as devices do).
+
+The battery's power (+ discharging, − charging, AC): an AC-coupled battery is its own inverter,
+so its model 103/701 ``W`` is exactly that. A hybrid inverter's AC ``W`` includes its PV, so its
+battery power comes from model 802 ``W``, whose sign the model does not define: the installer
+says which way it counts (``w_discharge_positive``).
+
+Writing: every command carries a revert timeout and is read back, like inverter limits.
+Through model 704 ``WSet`` (watts, + discharge; WSetEna with WSetRvrtTms, reverting to
+WSetEna = 0, i.e. the device's own mode) when the device has 704 with WSet and declares storage
+(713 or 802); else through model 124: a charge/discharge *window* set with InWRte/OutWRte and
+StorCtl_Mod = 3, reverting after InOutWRte_RvrtTms to the device's own mode.
+
+Model 124's two conventions. SunSpec defines InWRte and OutWRte as the most the battery may
+charge and discharge, in percent of WChaMax (0..100): that can stop or cap charging, not make
+it charge. Fronius GEN24 (documented in its "Modbus TCP & RTU" storage notes) reads them as a
+power *window* in which negative values force the other direction: OutWRte = −x % with
+InWRte = x % means "charge at exactly x %", InWRte = −y % with OutWRte = y % "discharge at
+exactly y %". ``StorageConvention`` says which one a device speaks; the standard one gives a
+setpoint as a cap (charge at most, discharge at most), which is all that charge-before-curtail
+(the battery's own mode charges from any surplus anyway) and holding an import limit by a
+battery whose own mode discharges need.
+
+Never written: ``ChaGriSet`` (grid charging allowed) and ``MinRsvPct`` have no revert timer,
+so a controller that died after writing them would have changed the owner's settings for ever;
+grid charging is stopped by the charge window instead, and the reserve is the law's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from fractions import Fraction
+
+from dynexport.sunspec.control import (
+    CommandError,
+    RegisterWrite,
+    encode_writes,
+    limit_sf,
+)
+from dynexport.sunspec.decode import Value
+from dynexport.sunspec.discovery import ModelHeader, SunSpecMap
+from dynexport.sunspec.models import model_def
+from dynexport.sunspec.polling import DER_MEASUREMENT_MODEL, INVERTER_MODELS
+
+STORAGE_MODELS = (124, 713, 802)
+"""Any of these makes a device a battery (``dynexport sunspec scan`` reports it so)."""
+DEFAULT_REVERT_S = 60
+StorCtlMod = int
+STORCTL_CHARGE = 1
+STORCTL_DISCHARGE = 2
+
+Points = Mapping[str, Value]
+
+
+class StorageConvention(Enum):
+    """How a device reads model 124's InWRte/OutWRte (see the module docstring)."""
+
+    SUNSPEC = "sunspec"
+    WINDOW = "window"  # Fronius GEN24: negative values force the other direction
+
+
+def is_storage(smap: SunSpecMap) -> bool:
+    """The device offers storage models (a battery, or a hybrid inverter's battery)."""
+    return any(m in STORAGE_MODELS for m in smap.ids)
+
+
+def _f(pts: Points | None, name: str) -> float | None:
+    if pts is None:
+        return None
+    v = pts.get(name)
+    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
+
+def _i(pts: Points | None, name: str) -> int | None:
+    if pts is None:
+        return None
+    v = pts.get(name)
+    return v if isinstance(v, int) else None
+
+
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
+@dataclass(frozen=True)
+class StorageReading:
+    """One battery as read: unknown is None. Power: + discharging, − charging (AC)."""
+
+    soc_pct: float | None
+    capacity_wh: float | None
+    max_charge_w: float | None
+    max_discharge_w: float | None
+    power_w: float | None
+    min_reserve_pct: float | None = None
+    charge_status: int | None = None
+    """124/802 ChaSt: 1 OFF, 2 EMPTY, 3 DISCHARGING, 4 CHARGING, 5 FULL, 6 HOLDING, 7 TESTING."""
+    storctl_mod: int | None = None
+    in_w_rte_pct: float | None = None
+    out_w_rte_pct: float | None = None
+    revert_s: int | None = None
+    w_set_ena: int | None = None
+    w_set: float | None = None
+    grid_charging: bool | None = None
+    """124 ChaGriSet: whether the device may charge from the grid (read, never written)."""
+
+    @property
+    def own_mode(self) -> bool:
+        """No control of ours is in force: the device follows its own mode."""
+        return not (self.storctl_mod or 0) and not (self.w_set_ena or 0)
+
+    @property
+    def controllable(self) -> bool:
+        """Enough is known to control it: SoC, a charge rating and its power."""
+        return (
+            self.soc_pct is not None
+            and self.max_charge_w is not None
+            and self.max_charge_w > 0
+            and self.power_w is not None
+        )
+
+
+def read_storage(
+    models: Mapping[int, Points], w_discharge_positive: bool = True, *, ac_coupled: bool = True
+) -> StorageReading:
+    """Decode a storage device from its models' scaled points (never raises: unknown is None).
+
+    ``ac_coupled``: the device is the battery's own inverter, so its measurement model's W is
+    the battery's power; a hybrid's (False) includes its PV, and only 802 W will do."""
+    m124, m713, m802 = models.get(124), models.get(713), models.get(802)
+    power: float | None = None
+    if ac_coupled:
+        for mid in (DER_MEASUREMENT_MODEL, *INVERTER_MODELS):
+            if mid in models:
+                power = _f(models[mid], "W")
+                break
+    if power is None and m802 is not None:
+        w = _f(m802, "W")
+        power = None if w is None else (w if w_discharge_positive else -w)
+    w_cha = _f(m124, "WChaMax")
+    return StorageReading(
+        soc_pct=_first(_f(m713, "SoC"), _f(m802, "SoC"), _f(m124, "ChaState")),
+        capacity_wh=_first(_f(m713, "WHRtg"), _f(m802, "WHRtg")),
+        max_charge_w=_first(_f(m802, "WChaRteMax"), w_cha),
+        max_discharge_w=_first(_f(m802, "WDisChaRteMax"), w_cha),
+        power_w=power,
+        min_reserve_pct=_f(m124, "MinRsvPct"),
+        charge_status=_first_int(_i(m124, "ChaSt"), _i(m802, "ChaSt")),
+        storctl_mod=_i(m124, "StorCtl_Mod"),
+        in_w_rte_pct=_f(m124, "InWRte"),
+        out_w_rte_pct=_f(m124, "OutWRte"),
+        revert_s=_i(m124, "InOutWRte_RvrtTms"),
+        w_set_ena=_i(models.get(704), "WSetEna"),
+        w_set=_f(models.get(704), "WSet"),
+        grid_charging=None if _i(m124, "ChaGriSet") is None else _i(m124, "ChaGriSet") == 1,
+    )
+
+
+def _first_int(*values: int | None) -> int | None:
+    return next((v for v in values if v is not None), None)
+
+
+@dataclass(frozen=True)
+class StorageCommand:
+    """A battery setpoint in W (+ discharge, − charge); None: back to the device's own mode."""
+
+    setpoint_w: float | None
+    revert_s: int = DEFAULT_REVERT_S
+
+    def __post_init__(self) -> None:
+        if self.setpoint_w is not None and not math.isfinite(self.setpoint_w):
+            raise CommandError(f"battery setpoint {self.setpoint_w} W must be a finite number")
+        if not 1 <= self.revert_s <= 65534:
+            raise CommandError(
+                f"revert timeout {self.revert_s} s must be 1..65534: every command must expire"
+            )
+
+
+def storage_control_model(smap: SunSpecMap, points_704: Points | None = None) -> ModelHeader:
+    """704 (WSet) when the device has it implemented and declares storage; else 124; else
+    CommandError naming what is missing."""
+    h704 = smap.find(704)
+    if (
+        h704 is not None
+        and any(m in smap.ids for m in (713, 802))
+        and points_704 is not None
+        and points_704.get("WSetEna") is not None
+        and points_704.get("WSetRvrtTms") is not None
+    ):
+        return h704
+    h124 = smap.find(124)
+    if h124 is not None:
+        return h124
+    raise CommandError(
+        "not controllable as a battery: the device has no model 124 (storage controls) and no "
+        f"model 704 with WSet (models found: {smap.ids})"
+    )
+
+
+def _pct_raw(pct: float, sf: Value) -> int:
+    """Percent to InWRte/OutWRte's register value, rounded towards zero (a rate asked for is
+    never exceeded), as a signed int16."""
+    exp = limit_sf(sf, "InOutWRte_SF")
+    raw = int(Fraction(pct) / Fraction(10) ** exp)  # int() truncates towards zero
+    if not -32767 <= raw <= 32767:
+        raise CommandError(f"{pct}% does not fit InWRte/OutWRte with scale factor {exp}")
+    return raw
+
+
+def storage_values(
+    header: ModelHeader,
+    cmd: StorageCommand,
+    *,
+    max_charge_w: float | None,
+    sf: Value,
+    convention: StorageConvention = StorageConvention.SUNSPEC,
+) -> dict[str, int]:
+    """Raw point values a battery command writes (in write order). ``sf`` is the scale factor
+    of the setpoint's register (InOutWRte_SF for 124, WSet_SF for 704) as just read."""
+    sp = cmd.setpoint_w
+    if header.id == 704:
+        if sp is None:
+            return {"WSetEna": 0}
+        exp = limit_sf(sf, "WSet_SF")
+        raw = int(Fraction(sp) / Fraction(10) ** exp)
+        if not -(2**31) + 1 <= raw <= 2**31 - 1:
+            raise CommandError(f"{sp} W does not fit WSet with scale factor {exp}")
+        return {
+            "WSetMod": 1,
+            "WSet": raw,
+            "WSetEnaRvrt": 0,
+            "WSetRvrtTms": cmd.revert_s,
+            "WSetEna": 1,
+        }
+    if header.id != 124:
+        raise CommandError(f"model {header.id} is not a storage control model")
+    if sp is None:
+        return {"StorCtl_Mod": 0}
+    if max_charge_w is None or max_charge_w <= 0:
+        raise CommandError("cannot convert watts to percent: the battery reports no WChaMax")
+    pct = min(abs(sp) / max_charge_w * 100.0, 100.0)
+    if convention is StorageConvention.WINDOW:
+        # The GEN24 window: [-OutWRte, InWRte] as charge; exactly one point.
+        if sp < 0:
+            in_raw, out_raw = _pct_raw(pct, sf), _pct_raw(-pct, sf)
+        else:
+            in_raw, out_raw = _pct_raw(-pct, sf), _pct_raw(pct, sf)
+    else:
+        # SunSpec: caps. Charging at x: charge at most x, discharge not at all; and so on.
+        in_raw = _pct_raw(pct, sf) if sp < 0 else 0
+        out_raw = _pct_raw(pct, sf) if sp > 0 else 0
+    return {
+        "InWRte": in_raw,
+        "OutWRte": out_raw,
+        "InOutWRte_WinTms": 0,
+        "InOutWRte_RvrtTms": cmd.revert_s,
+        "InOutWRte_RmpTms": 0,
+        "StorCtl_Mod": STORCTL_CHARGE | STORCTL_DISCHARGE,
+    }
+
+
+def encode_storage(
+    header: ModelHeader,
+    cmd: StorageCommand,
+    *,
+    max_charge_w: float | None,
+    sf: Value,
+    convention: StorageConvention = StorageConvention.SUNSPEC,
+) -> tuple[tuple[RegisterWrite, ...], dict[str, int]]:
+    """The writes for a battery command, and the raw values the read-back must show."""
+    values = storage_values(header, cmd, max_charge_w=max_charge_w, sf=sf, convention=convention)
+    mdef = model_def(header.id)
+    if mdef is None:  # pragma: no cover - 124 and 704 ship with pysunspec2
+        raise CommandError(f"no definition for model {header.id}")
+    return encode_writes(mdef, header, values), values
+
+
+def setpoint_from_raw(
+    header: ModelHeader,
+    raw: Mapping[str, Value],
+    *,
+    max_charge_w: float | None,
+    sf: Value,
+    convention: StorageConvention = StorageConvention.SUNSPEC,
+) -> float | None:
+    """The setpoint (W, + discharge) a read-back stands for; None: the device's own mode."""
+    if header.id == 704:
+        if raw.get("WSetEna") != 1:
+            return None
+        v = raw.get("WSet")
+        if not isinstance(v, int):
+            return None
+        return float(Fraction(v) * Fraction(10) ** limit_sf(sf, "WSet_SF"))
+    mod = raw.get("StorCtl_Mod")
+    if not isinstance(mod, int) or mod == 0 or max_charge_w is None:
+        return None
+    scale = Fraction(10) ** limit_sf(sf, "InOutWRte_SF")
+
+    def pct(name: str) -> float:
+        v = raw.get(name)
+        if not isinstance(v, int):
+            return 0.0
+        return float(Fraction(v) * scale)
+
+    in_pct, out_pct = pct("InWRte"), pct("OutWRte")
+    if convention is StorageConvention.WINDOW:
+        w = out_pct if out_pct > 0 else -in_pct if in_pct > 0 else 0.0
+    else:
+        w = out_pct if out_pct > 0 else -in_pct
+    return w / 100.0 * max_charge_w

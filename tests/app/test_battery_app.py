@@ -1,0 +1,87 @@
+"""The whole service with a battery, against the simulated site over Modbus TCP: the battery
+charges before any PV is curtailed, an import limit is held by discharging it, and the utility
+hears that import and load limits are now enforced."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import trio
+
+from dynexport.control.limits import LimitsConfig
+from dynexport.sep2.controls import ControlType, doe_modes_supported, enforced_controls
+from dynexport.sim.profiles import battery
+from dynexport.system.config import Config
+from tests.app.conftest import SimSite, make_app, simulated_site, site_config, wait_for
+
+
+def battery_config(sim: SimSite, limits: dict[str, float]) -> Config:
+    return site_config(
+        sim,
+        extra={
+            "limits": limits,
+            "batteries": [{"tcp": sim.endpoint("main"), "unit": 3, "convention": "window",
+                           "plan": False}],
+        },
+    )  # fmt: skip
+
+
+async def test_the_battery_charges_before_the_inverters_are_curtailed(tmp_path: Path) -> None:
+    with simulated_site(load_w=1000.0) as sim:
+        bat = battery(soc_pct=40.0, window=True, tau_s=0.3)
+        bat.own_mode = "idle"  # nothing but dynexport makes it charge
+        sim.site.devices[3] = bat
+        app = make_app(battery_config(sim, {"exportW": 1500}), tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            # 13.2 kW of sun, 1 kW load, 1.5 kW allowed out: the battery takes its 5 kW first.
+            await wait_for(lambda: bat.power_w < -4800.0, within=20.0)
+            assert sim.site.get(3, 124, "StorCtl_Mod") == 3
+            await wait_for(lambda: app.status()["der"]["powerW"] > 7000.0, within=15.0)
+            exports = []
+            for _ in range(8):
+                await trio.sleep(0.5)
+                exports.append(sim.export_w())
+            assert max(exports) <= 1500 * 1.04 + 50, exports
+            st = app.status()["battery"]
+            assert st["mode"] == "engaged" and "export limit" in st["reason"]
+            assert st["socPct"] is not None and st["powerW"] < -4500
+            assert st["storedInsteadOfCurtailedTodayWh"] > 0
+            assert app.status()["limits"]["notEnforced"] == []
+            info = app.der_info()
+            assert info is not None and info.rated_wh == 10000.0
+            assert info.enforced == enforced_controls(True)
+            assert info.doe_modes_supported == doe_modes_supported(enforced_controls(True))
+            assert ControlType.IMPORT_LIMIT_W in info.enforced
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_import_limit_is_held_by_discharging_the_battery(tmp_path: Path) -> None:
+    """Evening: no sun, 6 kW load, a charged battery that would sit idle by itself. An import
+    limit of 2000 W is held within L × 1.04 + 50 W within 15 s of its start."""
+    with simulated_site(load_w=6000.0) as sim:
+        sim.site.set_available(1, 0.0)
+        sim.site.set_available(2, 0.0)
+        bat = battery(soc_pct=90.0, window=True, tau_s=0.3)
+        bat.own_mode = "idle"
+        sim.site.devices[3] = bat
+        app = make_app(battery_config(sim, {}), tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_for(lambda: app.status()["battery"]["socPct"] is not None, within=10.0)
+            await wait_for(lambda: sim.site.site_w() > 5500.0, within=10.0)  # no sun now
+            await trio.sleep(2.0)
+            assert sim.site.site_w() > 5500.0  # nothing limits: the idle battery is left alone
+            assert sim.site.get(3, 124, "StorCtl_Mod") == 0
+            app.apply_config(dataclasses.replace(app.config, limits=LimitsConfig(import_w=2000)))
+            started = trio.current_time()
+            await wait_for(lambda: sim.site.site_w() <= 2000 * 1.04 + 50, within=15.0)
+            assert trio.current_time() - started < 15.0
+            imports = []
+            for _ in range(6):
+                await trio.sleep(0.5)
+                imports.append(sim.site.site_w())
+            assert max(imports) <= 2000 * 1.04 + 50, imports
+            assert bat.power_w > 3500.0
+            nursery.cancel_scope.cancel()

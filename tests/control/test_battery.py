@@ -1,0 +1,327 @@
+"""The battery in the control law: closed-loop examples with the plant, the decision's pieces,
+and the planner. The property test (``test_battery_properties``) checks the safety rules in
+random states; these pin the behaviour the issue asks for."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dynexport.control.average import RollingMean
+from dynexport.control.battery import (
+    BatterySettings,
+    BatteryState,
+    ChargePlan,
+    ForecastStep,
+    clear_sky_fraction,
+    forecast,
+    latitude_for,
+    plan_charge,
+    pv_expectation,
+)
+from dynexport.control.law import (
+    ControllerState,
+    DOEMode,
+    InverterState,
+    control_step,
+    enforced_doe_modes,
+)
+from dynexport.control.limits import EffectiveLimits
+from dynexport.control.plant import Plant, SimBattery, SimInverter, run_closed_loop
+
+EXPORT_1500 = EffectiveLimits(export_w=1500.0, sources={"export_w": "utility"})
+
+
+def site(pv_w: float, load_w: float, soc: float, **battery: object) -> Plant:
+    plant = Plant(
+        inverters=[SimInverter("inv1", 6000.0, pv_w / 2), SimInverter("inv2", 6000.0, pv_w / 2)],
+        load_w=load_w,
+        seed=3,
+    )
+    plant.batteries.append(SimBattery("bat", 10000.0, 5000.0, 5000.0, soc, **battery))  # type: ignore[arg-type]
+    return plant
+
+
+def allowed(limit_w: float) -> float:
+    return limit_w * 1.04 + 50.0
+
+
+def test_the_battery_charges_before_any_pv_is_curtailed() -> None:
+    """PV 6 kW, load 500 W, limit 1500 W, the plan keeping room (no charging from what may be
+    exported): the battery takes just the ~4 kW over the limit, the inverters run free
+    (nothing curtailed), and export stays under the limit."""
+    plant = site(6000.0, 500.0, 50.0, own_mode="idle")
+    hold = ChargePlan(0.0, reason="test")
+    trace = run_closed_loop(plant, lambda t: EXPORT_1500, 90.0, planner=lambda t, p: hold)
+    assert max(p.export_w for p in trace if p.t >= 15) <= allowed(1500.0)
+    inverters = sum(i.output_w for i in plant.inverters)
+    assert inverters == pytest.approx(6000.0, abs=60.0)  # not curtailed
+    assert -plant.batteries[0].power_w == pytest.approx(4000.0, abs=250.0)
+    assert 1200.0 <= trace[-1].export_w <= 1500.0
+
+
+def test_without_a_plan_the_engaged_battery_stores_the_whole_surplus() -> None:
+    """No plan holding back: engaged, the battery takes the surplus as its own mode would."""
+    plant = site(6000.0, 500.0, 50.0, own_mode="idle")
+    trace = run_closed_loop(plant, lambda t: EXPORT_1500, 60.0)
+    assert plant.batteries[0].power_w == pytest.approx(-5000.0, abs=60.0)
+    assert sum(i.output_w for i in plant.inverters) == pytest.approx(6000.0, abs=60.0)
+    assert max(p.export_w for p in trace if p.t >= 15) <= allowed(1500.0)
+
+
+def test_without_the_battery_the_same_site_curtails() -> None:
+    """The yardstick for the test above: the same site without a battery throws 4 kW away."""
+    plant = site(6000.0, 500.0, 50.0)
+    plant.batteries.clear()
+    run_closed_loop(plant, lambda t: EXPORT_1500, 60.0)
+    assert sum(i.output_w for i in plant.inverters) < 2100.0
+
+
+def test_a_full_battery_leaves_the_surplus_to_curtailment() -> None:
+    """At its maximum SoC the battery takes nothing more and the inverters hold the limit."""
+    plant = site(8000.0, 500.0, 90.0, own_mode="idle")
+    settings = BatterySettings(max_soc_pct=90.0)
+    trace = run_closed_loop(plant, lambda t: EXPORT_1500, 60.0, battery_settings=settings)
+    assert max(p.export_w for p in trace if p.t >= 15) <= allowed(1500.0)
+    assert abs(plant.batteries[0].power_w) < 60.0
+    assert plant.batteries[0].soc_pct <= 90.0 + 1e-6
+    assert sum(i.output_w for i in plant.inverters) < 2200.0
+
+
+def test_the_battery_filling_up_hands_over_to_curtailment_without_an_overshoot() -> None:
+    """A small battery fills within the run; as it tapers, the inverters come down first."""
+    plant = site(8000.0, 500.0, 93.0, own_mode="idle")
+    plant.batteries[0].capacity_wh = 500.0
+    settings = BatterySettings(max_soc_pct=98.0)
+    trace = run_closed_loop(plant, lambda t: EXPORT_1500, 120.0, battery_settings=settings)
+    assert plant.batteries[0].soc_pct == pytest.approx(98.0, abs=0.3)
+    assert max(p.export_w for p in trace if p.t >= 15) <= allowed(1500.0)
+
+
+def test_an_import_limit_is_held_by_discharging() -> None:
+    """Evening, 6 kW load, no PV, a charged battery that would otherwise sit idle: an import
+    limit of 2000 W is held within L × 1.04 + 50 W within 15 s."""
+    plant = site(0.0, 6000.0, 80.0, own_mode="idle")
+    limit = EffectiveLimits(import_w=2000.0, sources={"import_w": "utility"})
+    trace = run_closed_loop(plant, lambda t: EffectiveLimits() if t < 20 else limit, 80.0)
+    assert all(-p.export_w > 5000.0 for p in trace if 5 <= p.t < 20)  # before: 6 kW imported
+    assert all(-p.export_w <= allowed(2000.0) for p in trace if p.t >= 35)
+    assert plant.batteries[0].power_w == pytest.approx(4000.0, abs=200.0)
+
+
+def test_the_reserve_soc_is_respected() -> None:
+    """Discharging for an import limit stops at the owner's reserve: the limit then is not
+    enforceable, and the battery is not taken below its reserve."""
+    plant = site(0.0, 6000.0, 21.0, own_mode="idle")
+    plant.batteries[0].capacity_wh = 1000.0
+    limit = EffectiveLimits(import_w=2000.0, sources={"import_w": "utility"})
+    lowest = [100.0]
+
+    def observe(t: float, p: Plant, lim: EffectiveLimits, out: object) -> None:
+        lowest[0] = min(lowest[0], p.batteries[0].soc_pct)
+
+    trace = run_closed_loop(plant, lambda t: limit, 120.0, observe=observe)
+    assert lowest[0] >= 20.0 - 0.05
+    assert abs(plant.batteries[0].power_w) < 50.0
+    assert -trace[-1].export_w > 5500.0  # nothing left to discharge
+
+
+def test_an_unreachable_battery_leaves_export_to_curtailment() -> None:
+    """The battery is absorbing the surplus when it stops answering; its revert timer returns
+    it to its own mode (idle here), so its charge stops. The inverters take over: export is
+    back within the limit within 15 s of its revert, and no command goes to it meanwhile."""
+    plant = site(8000.0, 500.0, 50.0, own_mode="idle", revert_s=20.0)
+    sent: list[tuple[float, str]] = []
+
+    def hook(t: float, p: Plant) -> None:
+        p.batteries[0].reachable = t < 30.0
+
+    def observe(t: float, p: Plant, lim: EffectiveLimits, out: object) -> None:
+        for c in out.battery_commands:  # type: ignore[attr-defined]
+            sent.append((t, c.id))
+
+    trace = run_closed_loop(plant, lambda t: EXPORT_1500, 120.0, hook=hook, observe=observe)
+    assert all(t < 30.0 for t, _ in sent)
+    assert plant.batteries[0].power_w == pytest.approx(0.0, abs=20.0)  # reverted, idle
+    assert all(p.export_w <= allowed(1500.0) for p in trace if p.t >= 50 + 15)
+    assert sum(i.output_w for i in plant.inverters) < 2200.0
+
+
+def test_nothing_limits_so_the_battery_follows_its_own_mode() -> None:
+    """No limit: the law sends "own mode" (None), and the battery self-consumes as it likes."""
+    plant = site(6000.0, 500.0, 50.0)
+    outs = []
+    run_closed_loop(
+        plant, lambda t: EffectiveLimits(), 30.0, observe=lambda t, p, lim, o: outs.append(o)
+    )
+    assert all(c.setpoint_w is None for o in outs for c in o.battery_commands)
+    assert {o.battery_mode for o in outs} == {"own"}
+    assert plant.batteries[0].power_w == pytest.approx(-5000.0, abs=50.0)
+
+
+def test_a_quiet_meter_releases_the_battery_and_keeps_the_export_fail_safe() -> None:
+    plant = site(6000.0, 500.0, 50.0, own_mode="idle")
+    outs = []
+
+    def hook(t: float, p: Plant) -> None:
+        p.meter_alive = t < 30.0
+
+    run_closed_loop(
+        plant, lambda t: EXPORT_1500, 60.0, hook=hook, observe=lambda t, p, lim, o: outs.append(o)
+    )
+    late = [o for o in outs if o.mode == "failsafe"]
+    assert late and all(c.setpoint_w is None for o in late for c in o.battery_commands)
+    assert all(o.battery_mode == "failsafe" for o in late)
+    assert sum(i.output_w for i in plant.inverters) <= 1500.0
+
+
+def test_import_and_load_limits_are_enforced_only_with_a_battery() -> None:
+    limits = EffectiveLimits(import_w=2000.0, load_w=3000.0, sources={"import_w": "utility"})
+    meter = RollingMean(1.0).add(0.0, 1000.0)
+    inv = [InverterState("inv1", True, True, 6000.0, 0.0)]
+    bare = control_step(meter, inv, limits, ControllerState(), 0.0)
+    assert bare.not_enforced == ("import_w", "load_w") and bare.battery_mode is None
+    bat = BatteryState("bat", True, True, 10000.0, 5000.0, 5000.0, 50.0, 0.0)
+    with_bat = control_step(meter, inv, limits, ControllerState(), 0.0, batteries=[bat])
+    assert with_bat.not_enforced == ()
+    offline = control_step(
+        meter,
+        inv,
+        limits,
+        ControllerState(),
+        0.0,
+        batteries=[bat.__class__(**{**bat.__dict__, "online": False})],
+    )
+    assert offline.not_enforced == ("import_w", "load_w")
+    assert enforced_doe_modes(False) == DOEMode.EXPORT | DOEMode.GENERATION
+    assert (
+        enforced_doe_modes(True)
+        == DOEMode.EXPORT | DOEMode.GENERATION | DOEMode.IMPORT | DOEMode.LOAD
+    )
+
+
+def test_a_battery_nearing_its_maximum_soc_is_not_counted_on_by_the_inverters() -> None:
+    """Charging 4 kW at 99.5 % of a 100 % maximum (taper 3 %): it may take only ~830 W more, so
+    the inverters' target counts on no more than that, even though it charges 4 kW now."""
+    meter = RollingMean(1.0).add(0.0, -1500.0)
+    inv = [InverterState("inv1", True, True, 12000.0, 6000.0, limit_pct=50.0)]
+    bat = BatteryState("bat", True, True, 10000.0, 5000.0, 5000.0, 99.5, -4000.0)
+    out = control_step(meter, inv, EXPORT_1500, ControllerState(), 0.0, batteries=[bat])
+    assert out.battery_expected_w == pytest.approx(-5000.0 * 0.5 / 3.0)
+    assert out.target_w is not None
+    load = out.load_estimate_w
+    assert load is not None
+    assert out.target_w <= load + 1500.0 - 20.0 + 5000.0 * 0.5 / 3.0 + 1e-6
+
+
+def test_bad_battery_readings_never_reach_a_command() -> None:
+    meter = RollingMean(1.0).add(0.0, -3000.0)
+    inv = [InverterState("inv1", True, True, 12000.0, 6000.0, limit_pct=50.0)]
+    for bad in (
+        BatteryState("bat", True, True, 10000.0, 5000.0, 5000.0, math.nan, -1000.0),
+        BatteryState("bat", True, True, 10000.0, 5000.0, 5000.0, 50.0, math.nan),
+        BatteryState("bat", True, True, 10000.0, math.inf, -1.0, 50.0, 0.0),
+    ):
+        out = control_step(meter, inv, EXPORT_1500, ControllerState(), 0.0, batteries=[bad])
+        for c in out.battery_commands:
+            assert c.setpoint_w is None or math.isfinite(c.setpoint_w)
+            assert c.setpoint_w is None or abs(c.setpoint_w) < 1e-9 or bad.soc_pct == 50.0
+        assert out.target_w is None or math.isfinite(out.target_w)
+
+
+# ---------------------------------------------------------------------------------------
+# The planner
+
+
+def _day(limit_w: float | None = 1500.0) -> list[ForecastStep]:
+    """Hourly: PV 8 kW peak at noon, 500 W load, the limit from 10:00 to 15:00."""
+    steps = []
+    for h in range(6, 20):
+        pv = max(0.0, 8000.0 * math.sin(math.pi * (h + 0.5 - 6.0) / 13.0))
+        lim = limit_w if 10 <= h < 15 else None
+        steps.append(ForecastStep(h * 3600.0, pv, 500.0, lim))
+    return steps
+
+
+def test_the_planner_holds_morning_charging_back_when_the_limit_will_need_the_room() -> None:
+    bat = BatteryState("bat", True, True, 10000.0, 5000.0, 5000.0, 40.0, 0.0)
+    plan = plan_charge(8 * 3600.0, bat, _day(), BatterySettings())
+    assert plan.need_wh > 6000.0 >= plan.room_wh
+    assert plan.max_charge_w == 0.0
+
+
+def test_the_planner_lets_the_battery_charge_when_there_is_room_to_spare() -> None:
+    bat = BatteryState("bat", True, True, 40000.0, 5000.0, 5000.0, 20.0, 0.0)
+    assert plan_charge(8 * 3600.0, bat, _day(), BatterySettings()).max_charge_w is None
+    no_limit = plan_charge(8 * 3600.0, bat, _day(None), BatterySettings())
+    assert no_limit.max_charge_w is None and no_limit.need_wh == 0.0
+
+
+def test_the_planner_never_holds_back_at_the_cost_of_the_evening_reserve() -> None:
+    """Little surplus over the limit expected: holding back would end the day below the
+    owner's evening SoC, so the battery charges as it likes."""
+    bat = BatteryState("bat", True, True, 10000.0, 5000.0, 5000.0, 30.0, 0.0)
+    small = [
+        ForecastStep(f.t, f.pv_w, f.load_w, None if f.export_limit_w is None else 5000.0)
+        for f in _day()
+    ]
+    plan = plan_charge(8 * 3600.0, bat, small, BatterySettings(), evening_soc_pct=80.0)
+    assert plan.max_charge_w is None and plan.reason == "evening reserve first"
+
+
+def test_the_clear_sky_curve_and_the_pv_expectation() -> None:
+    assert clear_sky_fraction(172, 0.0, -34.9) == 0.0  # midnight
+    noon = clear_sky_fraction(355, 12.0, -34.9)
+    assert noon == pytest.approx(1.0)
+    assert 0.0 < clear_sky_fraction(355, 8.0, -34.9) < noon
+    hours = [8.0, 12.0]
+    full = pv_expectation(8000.0, 355, hours, -34.9)
+    assert full[1] == pytest.approx(8000.0)
+    half = pv_expectation(
+        8000.0,
+        355,
+        hours,
+        -34.9,
+        observed=[(9.0, 0.5 * 8000.0 * clear_sky_fraction(355, 9.0, -34.9))],
+    )
+    assert half[1] == pytest.approx(4000.0)
+
+
+def test_the_forecast_follows_the_limits_outlook_and_the_sun() -> None:
+    """From 08:00: half-hour steps to midnight, the limit in force at each, no PV at night, and
+    the curve scaled by what was produced this morning."""
+    now = 1_000_000.0
+    outlook = [(now, None), (now + 2 * 3600.0, 1500.0), (now + 7 * 3600.0, None)]
+    steps = forecast(now, 8.0, 355, -34.9, 8000.0, 400.0, outlook)
+    assert len(steps) == 32 and steps[0].t == now and steps[1].t == now + 1800.0
+    by_hour = {8.0 + (s.t - now) / 3600.0: s for s in steps}
+    assert by_hour[9.5].export_limit_w is None
+    assert by_hour[10.0].export_limit_w == 1500.0 and by_hour[14.5].export_limit_w == 1500.0
+    assert by_hour[15.0].export_limit_w is None
+    assert by_hour[12.0].pv_w > by_hour[9.0].pv_w > 0.0 and by_hour[22.0].pv_w == 0.0
+    assert all(s.load_w == 400.0 for s in steps)
+    half = forecast(now, 8.0, 355, -34.9, 8000.0, 400.0, outlook, observed=[(7.0, 1000.0)])
+    assert half[0].pv_w < steps[0].pv_w
+
+
+def test_zone_latitude_defaults_to_sydney() -> None:
+    assert latitude_for("Australia/Adelaide") == -34.9
+    assert latitude_for(None) == latitude_for("Europe/Paris") == -33.9
+
+
+def test_a_hybrids_battery_is_not_counted_twice() -> None:
+    """A hybrid's battery power is inside its inverter's AC reading: the load estimate must not
+    add it again, and the inverters' target does not count on it (its charge is behind the AC
+    limit already)."""
+    meter = RollingMean(1.0).add(0.0, -1500.0)  # exporting 1.5 kW
+    inv = [InverterState("gen24", True, True, 10000.0, 2000.0)]  # AC: 5 kW PV − 3 kW charge
+    hybrid = BatteryState(
+        "bat", True, True, 10000.0, 5000.0, 5000.0, 50.0, -3000.0, ac_coupled=False
+    )
+    ac = BatteryState("bat", True, True, 10000.0, 5000.0, 5000.0, 50.0, -3000.0)
+    out_h = control_step(meter, inv, EXPORT_1500, ControllerState(), 0.0, batteries=[hybrid])
+    out_a = control_step(meter, inv, EXPORT_1500, ControllerState(), 0.0, batteries=[ac])
+    assert out_h.load_estimate_w == pytest.approx(500.0)
+    assert out_a.load_estimate_w == pytest.approx(-2500.0)  # AC-coupled: its output is added
+    assert out_h.battery_expected_w == 0.0

@@ -1,0 +1,150 @@
+"""Storage over SunSpec as pure data: decoding models 124/713/802 (and 704 WSet), battery
+commands with their revert timeout, read back through the real decoder."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynexport.sunspec.control import CommandError, NotControllableError, RegisterWrite, verify
+from dynexport.sunspec.decode import decode_model
+from dynexport.sunspec.discovery import ModelHeader, SunSpecMap
+from dynexport.sunspec.models import model_def
+from dynexport.sunspec.storage import (
+    StorageCommand,
+    StorageConvention,
+    encode_storage,
+    is_storage,
+    read_storage,
+    setpoint_from_raw,
+    storage_control_model,
+)
+
+H124 = ModelHeader(124, 40100, model_def(124).fixed_len - 2)  # type: ignore[union-attr]
+H704 = ModelHeader(704, 40200, model_def(704).fixed_len - 2)  # type: ignore[union-attr]
+
+
+def registers_after(
+    header: ModelHeader, writes: tuple[RegisterWrite, ...], sfs: dict[str, int]
+) -> list[int]:
+    """A model image (ID, L, points) with the scale factors set and the writes applied."""
+    regs = [header.id, header.length] + [0] * header.length
+    mdef = model_def(header.id)
+    assert mdef is not None
+    for name, sf in sfs.items():
+        regs[mdef.point(name).offset] = sf & 0xFFFF
+    for w in writes:
+        for k, v in enumerate(w.values):
+            regs[w.address - header.address + k] = v
+    return regs
+
+
+def test_storage_models_make_a_device_a_battery() -> None:
+    assert is_storage(SunSpecMap(40000, (ModelHeader(1, 40002, 66), ModelHeader(124, 40070, 24))))
+    assert is_storage(SunSpecMap(40000, (ModelHeader(713, 40002, 7),)))
+    assert not is_storage(
+        SunSpecMap(40000, (ModelHeader(1, 40002, 66), ModelHeader(103, 40070, 50)))
+    )
+
+
+def test_the_most_specific_model_wins_and_unknown_stays_none() -> None:
+    models = {
+        124: {
+            "WChaMax": 5000.0,
+            "ChaState": 55.0,
+            "MinRsvPct": 10.0,
+            "StorCtl_Mod": 0,
+            "ChaGriSet": 0,
+        },
+        713: {"WHRtg": 10240.0, "SoC": 57.5},
+        802: {
+            "WHRtg": 9000.0,
+            "SoC": 50.0,
+            "WChaRteMax": 4800.0,
+            "WDisChaRteMax": 4600.0,
+            "W": 1200.0,
+        },
+    }
+    r = read_storage(models)
+    assert (r.soc_pct, r.capacity_wh, r.max_charge_w, r.max_discharge_w) == (
+        57.5,
+        10240.0,
+        4800.0,
+        4600.0,
+    )
+    assert r.power_w == 1200.0 and r.min_reserve_pct == 10.0 and r.grid_charging is False
+    assert r.own_mode and r.controllable
+    assert read_storage(models, w_discharge_positive=False).power_w == -1200.0
+    only124 = read_storage({124: {"WChaMax": 3000.0, "ChaState": 40.0}, 103: {"W": -2500.0}})
+    assert (only124.soc_pct, only124.max_discharge_w, only124.power_w) == (40.0, 3000.0, -2500.0)
+    assert only124.capacity_wh is None
+    nothing = read_storage({})
+    assert nothing.soc_pct is None and not nothing.controllable
+    assert read_storage({713: {"SoC": float("nan")}}).soc_pct is None
+
+
+@pytest.mark.parametrize("convention", list(StorageConvention))
+@pytest.mark.parametrize("setpoint", [-4000.0, -1234.5, 0.0, 2500.0, None])
+def test_a_124_command_carries_its_revert_timer_and_reads_back_as_written(
+    convention: StorageConvention, setpoint: float | None
+) -> None:
+    cmd = StorageCommand(setpoint, revert_s=90)
+    writes, expected = encode_storage(H124, cmd, max_charge_w=5000.0, sf=-2, convention=convention)
+    regs = registers_after(H124, writes, {"InOutWRte_SF": -2})
+    back = decode_model(model_def(124), H124.address, regs)
+    assert verify(expected, back.raw) == []
+    got = setpoint_from_raw(H124, back.raw, max_charge_w=5000.0, sf=-2, convention=convention)
+    if setpoint is None:
+        assert expected == {"StorCtl_Mod": 0} and got is None
+        return
+    assert expected["InOutWRte_RvrtTms"] == 90 and expected["StorCtl_Mod"] == 3
+    assert got is not None and abs(got) <= abs(setpoint) + 1e-9  # rounded towards zero
+    assert got == pytest.approx(setpoint, abs=0.5)  # 0.01 % of 5 kW
+
+
+def test_the_gen24_window_forces_the_direction_with_a_negative_rate() -> None:
+    """GEN24: charge 2 kW of 5 kW → InWRte 40 %, OutWRte −40 %; SunSpec caps: 40 % and 0."""
+    _, window = encode_storage(
+        H124,
+        StorageCommand(-2000.0),
+        max_charge_w=5000.0,
+        sf=0,
+        convention=StorageConvention.WINDOW,
+    )
+    assert (window["InWRte"], window["OutWRte"]) == (40, -40)
+    _, caps = encode_storage(H124, StorageCommand(-2000.0), max_charge_w=5000.0, sf=0)
+    assert (caps["InWRte"], caps["OutWRte"]) == (40, 0)
+    _, dis = encode_storage(
+        H124, StorageCommand(1000.0), max_charge_w=5000.0, sf=0, convention=StorageConvention.WINDOW
+    )
+    assert (dis["InWRte"], dis["OutWRte"]) == (-20, 20)
+
+
+def test_704_wset_is_used_where_present_and_reverts_to_the_own_mode() -> None:
+    smap = SunSpecMap(40000, (ModelHeader(124, 40070, 24), H704, ModelHeader(713, 40400, 7)))
+    assert storage_control_model(smap, {"WSetEna": 0, "WSetRvrtTms": 0}).id == 704
+    assert storage_control_model(smap, {"WSetEna": None}).id == 124  # WSet not implemented
+    writes, expected = encode_storage(
+        H704, StorageCommand(-3000.0, revert_s=60), max_charge_w=None, sf=0
+    )
+    assert (
+        expected["WSetEnaRvrt"] == 0 and expected["WSetRvrtTms"] == 60 and expected["WSetEna"] == 1
+    )
+    regs = registers_after(H704, writes, {"WSet_SF": 0})
+    back = decode_model(model_def(704), H704.address, regs)
+    assert verify(expected, back.raw) == []
+    assert setpoint_from_raw(H704, back.raw, max_charge_w=None, sf=0) == -3000.0
+    _, off = encode_storage(H704, StorageCommand(None), max_charge_w=None, sf=0)
+    assert off == {"WSetEna": 0}
+
+
+def test_bad_commands_are_refused_with_a_reason() -> None:
+    with pytest.raises(CommandError, match="every command must expire"):
+        StorageCommand(-1000.0, revert_s=0)
+    with pytest.raises(CommandError, match="finite"):
+        StorageCommand(float("nan"))
+    with pytest.raises(CommandError, match="WChaMax"):
+        encode_storage(H124, StorageCommand(-1000.0), max_charge_w=None, sf=0)
+    with pytest.raises(NotControllableError, match="scale factor"):
+        encode_storage(H124, StorageCommand(-1000.0), max_charge_w=5000.0, sf=99)
+    with pytest.raises(CommandError, match="no model 124"):
+        storage_control_model(SunSpecMap(40000, (ModelHeader(103, 40002, 50),)))

@@ -1,0 +1,122 @@
+"""The battery link against the simulated battery (a real pymodbus peer on 127.0.0.1): storage
+models read, setpoints written with their revert timer and verified by reading them back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from dynexport.modbus.client import BusPool
+from dynexport.modbus.endpoints import TcpEndpoint
+from dynexport.sim.modbus_server import serve_tcp
+from dynexport.sim.profiles import battery, fronius_battery_site, fronius_gateway
+from dynexport.sim.sunspec_device import Site
+from dynexport.sunspec.links import BatteryDesired, BatteryLink
+from dynexport.sunspec.storage import StorageConvention
+
+
+async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    """Polls state that another task updates (the links have no events to wait on)."""
+    with trio.fail_after(within):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.02)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_the_link_reads_the_battery_and_keeps_a_gen24_style_charge_setpoint() -> None:
+    site = fronius_battery_site(soc_pct=40.0, window=True)
+    with serve_tcp(site) as sim:
+        async with BusPool(timeout=1.0) as pool, trio.open_nursery() as nursery:
+            bus = pool.get(TcpEndpoint("127.0.0.1", sim.port))
+            link = BatteryLink(
+                "battery 3", bus, 3, revert_s=45, fast_s=0.2, convention=StorageConvention.WINDOW
+            )
+            nursery.start_soon(link.run)
+            await wait_until(lambda: link.state.online and link.state.controllable is True)
+            r = link.state.reading
+            assert r is not None and r.capacity_wh == 10000.0 and r.max_charge_w == 5000.0
+            assert r.soc_pct is not None and 39.0 <= r.soc_pct <= 41.0
+            assert link.state.info.models and 124 in link.state.info.models
+
+            link.command(BatteryDesired(-2000.0))
+            await wait_until(lambda: link.state.setpoint_w == -2000.0)
+            assert site.get(3, 124, "StorCtl_Mod") == 3
+            assert site.get(3, 124, "InOutWRte_RvrtTms") == 45
+            assert (site.get(3, 124, "InWRte"), site.get(3, 124, "OutWRte")) == (40.0, -40.0)
+            await wait_until(lambda: abs((link.state.reading.power_w or 0) + 2000.0) < 50)  # type: ignore[union-attr]
+
+            link.command(BatteryDesired(None))  # back to its own mode: the timer is not needed
+            await wait_until(lambda: site.get(3, 124, "StorCtl_Mod") == 0)
+            await wait_until(lambda: link.state.setpoint_w is None)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_setpoint_left_behind_reverts_to_the_batterys_own_mode() -> None:
+    """The process stops rewriting (the link is gone): the battery's own timer ends it."""
+    clock = FakeClock()
+    site = Site({3: battery(soc_pct=60.0)}, load_w=0.0)
+    with serve_tcp(site, clock=clock) as sim:
+        async with BusPool(timeout=1.0) as pool:
+            async with trio.open_nursery() as nursery:
+                bus = pool.get(TcpEndpoint("127.0.0.1", sim.port))
+                link = BatteryLink("battery", bus, 3, revert_s=30, fast_s=0.2)
+                nursery.start_soon(link.run)
+                await wait_until(lambda: link.state.controllable is True)
+                link.command(BatteryDesired(1500.0))
+                await wait_until(lambda: link.state.setpoint_w == 1500.0)
+                assert site.get(3, 124, "OutWRte") == 30.0 and site.get(3, 124, "InWRte") == 0
+                nursery.cancel_scope.cancel()
+            clock.t += 29.0
+            site.step(clock.t)
+            assert site.get(3, 124, "StorCtl_Mod") == 3
+            clock.t += 2.0
+            site.step(clock.t)
+            assert site.get(3, 124, "StorCtl_Mod") == 0
+
+
+async def test_704_wset_is_used_where_the_battery_has_it() -> None:
+    site = Site({3: battery(wset=True, soc_pct=70.0)}, load_w=3000.0)
+    with serve_tcp(site) as sim:
+        async with BusPool(timeout=1.0) as pool, trio.open_nursery() as nursery:
+            bus = pool.get(TcpEndpoint("127.0.0.1", sim.port))
+            link = BatteryLink("battery", bus, 3, revert_s=20, fast_s=0.2)
+            nursery.start_soon(link.run)
+            await wait_until(lambda: link.state.controllable is True)
+            link.command(BatteryDesired(2500.0))
+            await wait_until(lambda: link.state.setpoint_w == 2500.0)
+            assert site.get(3, 704, "WSetEna") == 1 and site.get(3, 704, "WSetRvrtTms") == 20
+            assert site.get(3, 124, "StorCtl_Mod") == 0
+            await wait_until(lambda: abs(site.devices[3].power_w - 2500.0) < 50)  # type: ignore[attr-defined]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_device_without_storage_models_is_reported_not_a_battery() -> None:
+    site = fronius_gateway()
+    with serve_tcp(site) as sim:
+        async with BusPool(timeout=1.0) as pool, trio.open_nursery() as nursery:
+            bus = pool.get(TcpEndpoint("127.0.0.1", sim.port))
+            link = BatteryLink("battery", bus, 1, fast_s=0.2)
+            nursery.start_soon(link.run)
+            await wait_until(lambda: link.state.error is not None)
+            assert "no SunSpec storage model" in (link.state.error or "")
+            assert not link.state.online
+            nursery.cancel_scope.cancel()
+
+
+def test_a_setpoint_moving_by_a_few_watts_is_not_rewritten_before_it_is_due() -> None:
+    """Each write is three Modbus transactions; the law moves its setpoint by watts a second."""
+    from dynexport.sunspec.links import _same_setpoint
+
+    assert _same_setpoint(BatteryDesired(-4000.0), BatteryDesired(-4012.0))
+    assert not _same_setpoint(BatteryDesired(-4000.0), BatteryDesired(-4030.0))
+    assert not _same_setpoint(BatteryDesired(None), BatteryDesired(0.0))
+    assert _same_setpoint(BatteryDesired(None), BatteryDesired(None))
+    assert not _same_setpoint(BatteryDesired(-1.0), None)
