@@ -779,6 +779,17 @@ class App:
                     _mean(tuple(r.phase_v[i] for r in readings if r is not None)) for i in range(3)
                 ),
             )
+        # The batteries' stored energy (SoC × capacity), which the storage procedures check;
+        # only when every online battery reports both, so a partial sum is never posted.
+        stored = [
+            b.state.reading
+            for b in self.batteries
+            if b.state.online and b.state.reading is not None
+        ]
+        if stored and all(r.soc_pct is not None and r.capacity_wh for r in stored):
+            values[("der", "Wh")] = sum(
+                (r.soc_pct or 0.0) / 100.0 * (r.capacity_wh or 0.0) for r in stored
+            )
         return Sample(t=t, values=values)
 
     def der_info(self) -> DerInfo | None:
@@ -1123,6 +1134,23 @@ class App:
             }
             for link in self.inverters
         ]
+        for bat in self.batteries:
+            info = bat.state.info
+            devices.append(
+                {
+                    "role": "battery",
+                    "id": bat.id,
+                    "manufacturer": info.manufacturer,
+                    "model": info.model,
+                    "serial": info.serial,
+                    "firmware": info.version,
+                    "capacityWh": None
+                    if bat.state.reading is None
+                    else bat.state.reading.capacity_wh,
+                    "controllable": bat.state.controllable,
+                    "online": bat.state.online,
+                }
+            )
         if self.meter is not None:
             info = self.meter.state.info
             devices.append(

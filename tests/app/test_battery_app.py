@@ -54,6 +54,10 @@ async def test_the_battery_charges_before_the_inverters_are_curtailed(tmp_path: 
             assert info.enforced == enforced_controls(True)
             assert info.doe_modes_supported == doe_modes_supported(enforced_controls(True))
             assert ControlType.IMPORT_LIMIT_W in info.enforced
+            # the commissioning report lists the battery with the inverters and the meter
+            report = app.commissioning_report()
+            batteries = [d for d in report["devices"] if d["role"] == "battery"]
+            assert [(b["capacityWh"], b["online"]) for b in batteries] == [(10000.0, True)]
             nursery.cancel_scope.cancel()
 
 

@@ -2,7 +2,9 @@
 and phone width: the wizard (a refused scan, the time zone, commissioning before enrolment), the
 dashboard, Settings on a configured device (filled, the chain uploaded, the key kept unless
 confirmed), the installer tools and the printable report; and a hand-configured device without a
-password. Screenshots go to build/screenshots/<width>/, for a person to look through."""
+password. The walked site has a battery (the demo's, at unit 3): the scan offers it as one and the
+dashboard shows its card, its power in the chart and what it stored instead of curtailed.
+Screenshots go to build/screenshots/<width>/, for a person to look through."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from dynexport.app import App, AppOptions
 from dynexport.sep2 import certs
 from dynexport.sep2.schema import schema_available
 from dynexport.sim.modbus_server import serve_tcp
-from dynexport.sim.profiles import fronius_gateway
+from dynexport.sim.profiles import fronius_battery_site, fronius_gateway
 from dynexport.sim.utility_server import UtilityServer
 from dynexport.system.config import Config
 
@@ -176,12 +178,13 @@ def _wizard(w: Walk, url: str, modbus_port: int, closed_port: int, utility: Util
     w.find("#scan-tcp").clear()
     w.find("#scan-tcp").send_keys(f"127.0.0.1:{modbus_port}")
     w.click("#scan-btn")
-    w.wait.until(lambda d: len(d.find_elements("css selector", "#found tbody tr")) >= 3)
+    w.wait.until(lambda d: len(d.find_elements("css selector", "#found tbody tr")) >= 4)
     uses = {
         s.get_attribute("data-unit"): Select(s).first_selected_option.get_attribute("value")
         for s in w.d.find_elements("css selector", "#found select")
     }
-    assert uses == {"1": "inverter", "2": "inverter", "240": "meter"}, uses
+    # the AC battery (storage models, no inverter control model) is offered as a battery
+    assert uses == {"1": "inverter", "2": "inverter", "3": "battery", "240": "meter"}, uses
     w.shot("04-devices")
     w.next()
     w.step("limits")
@@ -198,6 +201,7 @@ def _wizard(w: Walk, url: str, modbus_port: int, closed_port: int, utility: Util
     w.step("review")
     summary = w.find("#summary").text
     assert "waiting for the signed certificate" in summary and "Australia/Adelaide" in summary
+    assert f"127.0.0.1:{modbus_port} unit 3" in summary.split("Batteries", 1)[1]
     details = str(w.find("#review").get_attribute("textContent"))
     assert '"exportW": 4000' in details and utility.url in details
     w.shot("07-review")
@@ -230,7 +234,9 @@ def _settings_upload_chain(w: Walk, chain: str) -> None:
     assert w.find("#u-nmi").get_attribute("value") == "4312345678"
     w.next()
     w.step("devices")
-    assert len(w.d.find_elements("css selector", "#found tbody tr")) == 3
+    assert len(w.d.find_elements("css selector", "#found tbody tr")) == 4
+    battery = w.find('#found select[data-unit="3"]')
+    assert Select(battery).first_selected_option.get_attribute("value") == "battery"
     w.next()
     w.step("limits")
     assert w.find("#limit-export").get_attribute("value") == "4000"
@@ -269,9 +275,19 @@ def _dashboard(w: Walk) -> dict[str, str]:
     )
     w.text("#utility dd", lambda t: t == "connected")
     w.text("#energy", lambda t: "Curtailed" in t and "Wh" in t)
+    soc = w.text("#bat-soc", lambda t: t.endswith(" %"))
+    assert 0 <= int(soc.removesuffix(" %")) <= 100
+    power = w.text("#bat-power", lambda t: t not in ("", "no reading"))
+    assert power == "idle" or power.startswith(("charging ", "discharging ")), power
+    w.text("#bat-mode", lambda t: t != "")
+    w.text("#energy", lambda t: "Stored instead of curtailed" in t)
+    w.wait.until(lambda d: d.find_elements("css selector", "#chart polyline.bat"))
+    w.text("#legend", lambda t: "Battery (discharging above 0, charging below)" in t)
     legend = w.find("#legend").text
     assert all(name in legend for name in ("Site export", "Export limit", "Solar", "inverter 1"))
     assert "kW" in w.find("#chart").get_attribute("textContent")
+    card = w.find("#battery")
+    assert card.is_displayed() and card.size["width"] > 0
     w.shot("11-dashboard")
     got = {
         "site": w.find("#site-w").text,
@@ -280,6 +296,7 @@ def _dashboard(w: Walk) -> dict[str, str]:
         "inverters": w.find("#inverters").text,
         "utility": w.find("#utility").text,
         "next": w.find("#next-change").text,
+        "battery": w.find("#battery").text,
     }
     w.full_shot("12-dashboard-full")
     return got
@@ -356,7 +373,8 @@ async def test_chromium_walks_each_installer_flow_then_sees_the_live_dashboard(
 
     folder = SCREENSHOTS / size
     closed = await _closed_port()
-    with serve_tcp(fronius_gateway(tau_s=0.5)) as modbus, tempfile.TemporaryDirectory() as profile:
+    site = fronius_battery_site(tau_s=0.5)
+    with serve_tcp(site) as modbus, tempfile.TemporaryDirectory() as profile:
         async with trio.open_nursery() as nursery:
             await nursery.start(utility.serve)
             await nursery.start(app.run)
@@ -374,6 +392,8 @@ async def test_chromium_walks_each_installer_flow_then_sees_the_live_dashboard(
     assert app.config.limits.export_w == 4000
     assert app.config.site.time_zone == "Australia/Adelaide"
     assert [i.unit for i in app.config.inverters] == [1, 2] and app.config.meter is not None
+    assert [b.unit for b in app.config.batteries] == [3]
+    assert got["battery"].startswith("Battery")
     assert app.config.utility is not None and app.config.utility.cert.is_file()
     assert got["site"].endswith("W") and got["inverters"].count("online") == 2
     assert got["limit"] == "4000 W" and got["source"].endswith("config")

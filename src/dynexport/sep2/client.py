@@ -37,10 +37,9 @@ from dynexport.httpio import (
 )
 from dynexport.httpio.client import InvalidUrl
 from dynexport.sep2 import flow, responses
-from dynexport.sep2.certs import lfdi as cert_lfdi
-from dynexport.sep2.certs import load_certificates, sfdi_from_lfdi
-from dynexport.sep2.controls import ProgramControls
+from dynexport.sep2.controls import ENFORCED_CONTROLS, ProgramControls
 from dynexport.sep2.flow import DerInfo, PollBook, RegistrationCheck
+from dynexport.sep2.identity import chain_lfdi, sfdi_from_lfdi
 from dynexport.sep2.resources import (
     DER,
     ConnectionPoint,
@@ -204,10 +203,12 @@ class _Telemetry:
 
 
 def device_lfdi(cert_file: str | Any) -> str:
-    """The LFDI of the first certificate in the configured chain (our device certificate)."""
+    """The LFDI of the first certificate in the configured chain (our device certificate).
+
+    Read with ``ssl`` and ``hashlib`` (:mod:`dynexport.sep2.identity`): the running service
+    never loads ``cryptography``."""
     with open(cert_file, "rb") as fh:
-        certs = load_certificates(fh.read())
-    return cert_lfdi(certs[0])
+        return chain_lfdi(fh.read())
 
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (HttpError, Sep2ParseError, Sep2Error)
@@ -1020,6 +1021,9 @@ class Sep2Client:
         return work()
 
     async def _advance_responses(self) -> None:
+        """Answers events by what the site enforces (``DerInfo.enforced``: a configured battery
+        adds import and load limits), so such an event is performed (2, 3) with a battery and
+        answered "not applicable" (252) without one."""
         if self.snapshot is None:
             return
         update = functools.partial(
@@ -1029,6 +1033,7 @@ class Sep2Client:
             self.server_now(),
             self.lfdi,
             memory=self.snapshot.memory,
+            enforced=self.der.enforced if self.der is not None else ENFORCED_CONTROLS,
         )
         updated = await self._pure(update, _event_count(self.snapshot.programs))
         if updated != self.tracker:

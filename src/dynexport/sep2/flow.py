@@ -96,7 +96,10 @@ SITE_ROLE_FLAGS = 0x03
 DER_ROLE_FLAGS = 0x49
 """isMirror | isDER | isSubmeter."""
 KIND_POWER = 37
-# DataQualifierType (sep.xsd): 2 Average, 8 Maximum, 9 Minimum.
+KIND_ENERGY = 12
+"""KindType (sep.xsd): 37 power, 12 energy (the DER's stored energy)."""
+# DataQualifierType (sep.xsd): 0 not applicable, 2 Average, 8 Maximum, 9 Minimum.
+QUALIFIER_NOT_APPLICABLE = 0
 QUALIFIER_AVERAGE = 2
 QUALIFIER_MAXIMUM = 8
 QUALIFIER_MINIMUM = 9
@@ -106,10 +109,19 @@ QUALIFIER = {
     "average": QUALIFIER_AVERAGE,
     "minimum": QUALIFIER_MINIMUM,
     "maximum": QUALIFIER_MAXIMUM,
+    "instantaneous": QUALIFIER_NOT_APPLICABLE,
 }
-UOM = {"W": 38, "var": 63, "V": 29, "Hz": 33}
-POWER_OF_TEN = {"W": 0, "var": 0, "V": -1, "Hz": -2}
+UOM = {"W": 38, "var": 63, "V": 29, "Hz": 33, "Wh": 72}
+POWER_OF_TEN = {"W": 0, "var": 0, "V": -1, "Hz": -2, "Wh": 0}
 """Fixed per quantity so the ReadingType never changes; V in 0.1 V, Hz in 0.01 Hz."""
+STORED_ENERGY = "Wh"
+"""The DER's stored energy (a battery's state of charge × capacity, Wh). The CSIP-AUS storage
+procedures (STO-01, 03, 04, 06: check ``readings-der-stored-energy``) look for a DER mirror
+series of uom 72 (Wh), kind 12 (energy) and dataQualifier 0 ("instantaneous"): one value per
+interval, the interval's mean, never min/max series. State of charge in per cent has no
+IEEE 2030.5 UomType; it goes to the utility as DERStatus.stateOfChargeStatus."""
+KIND = {STORED_ENERGY: KIND_ENERGY}
+"""KindType per quantity where it is not power."""
 MANDATORY_QUANTITIES = ("W", "var", "V")
 # PhaseCode (sep.xsd): 0 not applicable, 128 A, 64 B, 32 C; 129 AN, 65 BN, 33 CN. Powers are per
 # phase (A, B, C); voltages are phase to neutral (AN, BN, CN).
@@ -543,11 +555,12 @@ def phase_code(quantity: str, phase: str) -> int:
 def reading_type(
     quantity: str, interval_s: int, statistic: str = "average", phase: str = ""
 ) -> ReadingType:
+    """The ReadingType of one series. Stored energy is a level, not a flow: no flowDirection."""
     return ReadingType(
         data_qualifier=QUALIFIER[statistic],
-        flow_direction=1,
+        flow_direction=None if quantity == STORED_ENERGY else 1,
         interval_length=interval_s,
-        kind=KIND_POWER,
+        kind=KIND.get(quantity, KIND_POWER),
         phase=phase_code(quantity, phase),
         power_of_ten_multiplier=POWER_OF_TEN[quantity],
         uom=UOM[quantity],
@@ -556,6 +569,12 @@ def reading_type(
 
 def statistics(min_max: bool = True) -> tuple[str, ...]:
     return STATISTICS if min_max else ("average",)
+
+
+def series_statistics(quantity: str, min_max: bool = True) -> tuple[str, ...]:
+    """The series one quantity is mirrored as: stored energy only as its "instantaneous"
+    value (what the harness checks), the rest as `statistics`."""
+    return ("instantaneous",) if quantity == STORED_ENERGY else statistics(min_max)
 
 
 def series_mrid(
@@ -610,7 +629,7 @@ def mirror_usage_point(
                 reading_type=reading_type(q, interval_s, stat),
             )
             for q in quantities
-            for stat in statistics(min_max)
+            for stat in series_statistics(q, min_max)
         ),
     )
 
@@ -620,7 +639,12 @@ def reading_value(quantity: str, value: float) -> int:
 
 
 def _statistic(r: IntervalReading, statistic: str) -> float:
-    return {"average": r.mean, "minimum": r.minimum, "maximum": r.maximum}[statistic]
+    return {
+        "average": r.mean,
+        "minimum": r.minimum,
+        "maximum": r.maximum,
+        "instantaneous": r.mean,
+    }[statistic]
 
 
 def _mirrorable(r: IntervalReading) -> bool:
@@ -628,6 +652,8 @@ def _mirrorable(r: IntervalReading) -> bool:
         return False
     if r.phase and r.quantity not in PHASED_QUANTITIES:
         return False
+    if r.quantity == STORED_ENERGY and r.role != DER_ROLE:
+        return False  # stored energy belongs to the DER mirror only
     return all(math.isfinite(v) for v in (r.mean, r.minimum, r.maximum))
 
 
@@ -651,7 +677,7 @@ def meter_readings(
     out = []
     for (quantity, phase), items in sorted(groups.items()):
         items.sort(key=lambda r: r.start)
-        for stat in statistics(min_max):
+        for stat in series_statistics(quantity, min_max):
             sets = tuple(
                 MirrorReadingSet(
                     mrid=reading_set_mrid(lfdi, role, quantity, stat, phase, r.start, pen=pen),

@@ -1,6 +1,7 @@
 """Telemetry for the utility: interval averages of frequent samples, aligned to UTC boundaries.
 
-CSIP-AUS asks for site and DER readings (W, var, V; optionally Hz, per phase, min and max) as
+CSIP-AUS asks for site and DER readings (W, var, V; optionally Hz, per phase, min and max; with
+storage, the DER's stored energy in Wh) as
 averages over intervals aligned to UTC (5 minutes by default, 1 minute must work; always whole
 minutes starting on a minute boundary, which the CSIP-AUS test harness checks), computed from
 samples taken at least every 5 s, and posted at the server's postRate. This module is the pure
@@ -16,11 +17,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 # Reading kinds posted for each MirrorUsagePoint. The role names are ours; the XML layer maps them
-# to roleFlags (site "03", DER "49"), quantity names to uom codes (W 38, var 63, V 29, Hz 33) and
-# phase names to PhaseCode (A, B, C; "" for a total).
+# to roleFlags (site "03", DER "49"), quantity names to uom codes (W 38, var 63, V 29, Hz 33,
+# Wh 72) and phase names to PhaseCode (A, B, C; "" for a total). ("der", "Wh") is the batteries'
+# stored energy (state of charge × capacity), a total only: the storage procedures check it.
 SITE = "site"
 DER = "der"
-QUANTITIES = ("W", "var", "V", "Hz")
+QUANTITIES = ("W", "var", "V", "Hz", "Wh")
 PHASES = ("A", "B", "C")
 
 Key = tuple[str, ...]

@@ -381,7 +381,10 @@ def fronius_battery_site(*, tau_s: float = 1.0, soc_pct: float = 50.0, window: b
     """The Fronius gateway (inverters 1 and 2, meter 240) with an AC-coupled battery at unit 3
     that reads model 124 the GEN24 way (``window``)."""
     site = fronius_gateway(tau_s=tau_s)
-    site.devices[3] = battery(soc_pct=soc_pct, window=window)
+    # a GEN24-like battery says it is a Fronius, so a setup scan proposes the GEN24 convention
+    site.devices[3] = battery(
+        soc_pct=soc_pct, window=window, mn="Fronius" if window else "SunSpecSim"
+    )
     return site
 
 

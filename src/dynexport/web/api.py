@@ -10,9 +10,7 @@ request is checked here and refused with a 4xx naming the problem.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import html
 import io
 import json
 import logging
@@ -34,10 +32,11 @@ from dynexport.httpio import Request, ServerResponse
 from dynexport.integrations.metrics import CONTENT_TYPE as METRICS_TYPE
 from dynexport.integrations.metrics import bearer_ok, render_metrics
 from dynexport.modbus.endpoints import Endpoint, SerialEndpoint, parse_tcp
-from dynexport.sep2 import certs
 from dynexport.sep2.client import Sep2Client
+from dynexport.sep2.identity import CertError, chain_lfdi
 from dynexport.sunspec import cli as sunspec_cli
 from dynexport.sunspec.control import CONTROL_MODELS
+from dynexport.sunspec.discovery import device_roles
 from dynexport.system.config import (
     BAUD_RATES,
     Config,
@@ -235,6 +234,14 @@ def alerts(status: dict[str, Any], config: Config, wall_clock: float) -> list[di
         elif inv.get("controllable") is False or inv.get("notControllable"):
             why = inv.get("notControllable") or "does not accept limits"
             add("error", "inverter-not-controllable", f"{name} cannot be controlled: {why}")
+    battery = status.get("battery") or {}
+    for bat in battery.get("devices") or [] if battery.get("configured") else []:
+        name = bat.get("id")
+        if not bat.get("online"):
+            add("error", "battery-offline", f"{name}: offline ({bat.get('error') or 'no answer'})")
+        elif bat.get("controllable") is False or bat.get("notControllable"):
+            why = bat.get("notControllable") or "does not accept charge or discharge commands"
+            add("error", "battery-not-controllable", f"{name} cannot be controlled: {why}")
     mode = (status.get("control") or {}).get("mode")
     if mode not in (None, "normal"):
         add("warning", "control-mode", f"Controller in {mode} mode")
@@ -386,15 +393,26 @@ def _summarise_scan(endpoint: Endpoint, found: list[tuple[Any, list[Any]]]) -> d
         else:
             where = {"tcp": str(endpoint)}
         control = sorted(set(CONTROL_MODELS) & set(ids))
+        roles = list(device_roles(ids))
+        if kind == "other" and "battery" in roles:
+            kind = "battery"
+        battery_config: dict[str, Any] = {}
+        if "battery" in roles and 124 in ids and common and _is_fronius(common.manufacturer):
+            # a GEN24 reads 124 InWRte/OutWRte as a charge window (docs/sunspec.md, "Storage")
+            battery_config["convention"] = "window"
         devices.append(
             {
                 "unit": dev.unit,
                 "kind": kind,
+                "roles": roles,
                 "controllable": bool(control) if kind == "inverter" else None,
                 "warning": (
-                    "no SunSpec control model (123 or 704): its output cannot be limited"
-                    if kind == "inverter" and not control
-                    else None
+                    None
+                    if kind != "inverter" or control
+                    else "no inverter control model (123 or 704): usable as a battery, but its "
+                    "output cannot be limited as an inverter"
+                    if "battery" in roles
+                    else "no SunSpec control model (123 or 704): its output cannot be limited"
                 ),
                 "manufacturer": common.manufacturer if common else None,
                 "model": common.model if common else None,
@@ -402,9 +420,18 @@ def _summarise_scan(endpoint: Endpoint, found: list[tuple[Any, list[Any]]]) -> d
                 "ratedW": rated,
                 "models": ids,
                 "config": {"type": "sunspec", **where, "unit": dev.unit},
+                "batteryConfig": (
+                    {"type": "sunspec", **where, "unit": dev.unit, **battery_config}
+                    if "battery" in roles
+                    else None
+                ),
             }
         )
     return {"endpoint": str(endpoint), "devices": devices}
+
+
+def _is_fronius(manufacturer: object) -> bool:
+    return isinstance(manufacturer, str) and manufacturer.strip().lower().startswith("fronius")
 
 
 Route = Callable[[Request], Awaitable[ServerResponse]]
@@ -532,6 +559,8 @@ class WebApi:
         if self.app.setup_mode:
             where = captive_redirect(path, host_header, self.hosts, local)
             if where is not None:
+                import html  # setup mode only: its entity table is 0.5 MiB
+
                 return ServerResponse(
                     302,
                     f'<a href="{html.escape(where)}">Set up dynexport</a>\n'.encode(),
@@ -844,6 +873,8 @@ class WebApi:
         return json_response(200, await self._history(request))
 
     async def get_history_csv(self, request: Request) -> ServerResponse:
+        import csv  # only for this download
+
         doc = await self._history(request)
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\r\n")
@@ -984,6 +1015,8 @@ class WebApi:
         }
 
     async def get_cert(self, request: Request) -> ServerResponse:
+        from dynexport.sep2 import certs  # cryptography: loaded when an installer uses it
+
         files = self._cert_files()
         doc: dict[str, Any] = {
             "files": {k: str(files[k]) for k in ("ca", "cert", "key")},
@@ -1011,6 +1044,8 @@ class WebApi:
         return json_response(200, doc)
 
     async def put_serca(self, request: Request) -> ServerResponse:
+        from dynexport.sep2 import certs  # cryptography: loaded when an installer uses it
+
         anchors = _inspect("SERCA", certs.load_certificates, request.body)
         described = [_inspect("SERCA", _root_ca, c) for c in anchors]
         pem = _inspect("SERCA", certs.certificate_pem, *anchors)
@@ -1020,6 +1055,8 @@ class WebApi:
         )
 
     async def post_cert_request(self, request: Request) -> ServerResponse:
+        from dynexport.sep2 import certs  # cryptography: loaded when an installer uses it
+
         body = parse_json_object(request.body) if request.body.strip() else {}
         replace = body.get("replace", False)
         confirm = body.get("confirm", False)
@@ -1056,7 +1093,7 @@ class WebApi:
 
         try:
             csr, created = await trio.to_thread.run_sync(make)
-        except (certs.CertError, FileExistsError) as exc:
+        except (CertError, FileExistsError) as exc:
             raise HttpError(409, f"device key: {exc}") from None
         if created and replace:
             log.warning("device key replaced from %s (LFDI was %s)", request.peer[0], previous)
@@ -1074,7 +1111,7 @@ class WebApi:
         """The LFDI of the stored signed certificate (None: none yet, or unreadable)."""
         path = self._cert_files()["cert"]
         try:
-            return str(certs.describe(path.read_bytes())["lfdi"])
+            return chain_lfdi(path.read_bytes())
         except Exception:  # missing or damaged: GET /api/cert says which
             return None
 
@@ -1090,6 +1127,8 @@ class WebApi:
         )
 
     async def put_chain(self, request: Request) -> ServerResponse:
+        from dynexport.sep2 import certs  # cryptography: loaded when an installer uses it
+
         files = self._cert_files()
         if not files["key"].is_file():
             raise HttpError(409, "no device key yet: POST /api/cert/request first")
@@ -1306,7 +1345,7 @@ def _inspect(what: str, fn: Callable[..., T], *args: Any) -> T:
     Until sep2/certs.py turns every one into CertError, the web boundary does."""
     try:
         return fn(*args)
-    except certs.CertError as exc:
+    except CertError as exc:
         raise HttpError(422, f"{what}: {exc}", problems=[f"{what}: {exc}"]) from None
     except Exception as exc:
         reason = str(exc) or type(exc).__name__
@@ -1338,24 +1377,22 @@ def _root_ca(cert: Any) -> dict[str, Any]:
     except x509.ExtensionNotFound:
         ca = False
     if not ca:
-        raise certs.CertError(f"{subject!r} is not a CA certificate (basicConstraints cA)")
+        raise CertError(f"{subject!r} is not a CA certificate (basicConstraints cA)")
     if cert.issuer != cert.subject:
-        raise certs.CertError(
+        raise CertError(
             f"{subject!r} is issued by {cert.issuer.rfc4514_string()!r}: the SERCA is the "
             "utility's self-signed root, not an intermediate such as a MICA"
         )
     try:
         cert.verify_directly_issued_by(cert)
     except Exception:
-        raise certs.CertError(
-            f"{subject!r} is not self-signed (its signature does not verify)"
-        ) from None
+        raise CertError(f"{subject!r} is not self-signed (its signature does not verify)") from None
     try:
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         usage = None
     if usage is None or not usage.key_cert_sign:
-        raise certs.CertError(f"{subject!r} may not sign certificates (keyUsage keyCertSign)")
+        raise CertError(f"{subject!r} may not sign certificates (keyUsage keyCertSign)")
     return {
         "subject": subject,
         "sha256": _fingerprint(cert),

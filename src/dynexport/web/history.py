@@ -1,10 +1,11 @@
 """Power history on the device: SQLite on the data folder, written in batches.
 
-One sample a second (site power, PV power, the export and generation limits in force, each
-inverter's power) is kept in memory and written at most once a minute, together with its
-one-minute and fifteen-minute means, to spare the SD card. Retention: 1 s rows for a day, 1 min
-rows for 31 days, 15 min rows for years, and the file is kept under ``max_bytes`` (100 MB) by
-dropping the oldest 15 min rows if it ever grows that far. sqlite3 calls run in a worker thread.
+One sample a second (site power, PV power, the export and generation limits in force, the
+battery's state of charge and power, each inverter's power) is kept in memory and written at most
+once a minute, together with its one-minute and fifteen-minute means, to spare the SD card.
+Retention: 1 s rows for a day, 1 min rows for 31 days, 15 min rows for years, and the file is kept
+under ``max_bytes`` (100 MB) by dropping the oldest 15 min rows if it ever grows that far.
+sqlite3 calls run in a worker thread.
 """
 
 from __future__ import annotations
@@ -24,13 +25,21 @@ RETENTION_S = {1: 86400, 60: 31 * 86400, 900: None}
 MAX_BYTES = 100 * 1024 * 1024
 FLUSH_EVERY_S = 60.0
 MAX_POINTS = 10000
-FIELDS = ("site", "der", "export_limit", "gen_limit")
+FIELDS = ("site", "der", "export_limit", "gen_limit", "battery_soc", "battery")
 API_NAMES = {
     "site": "siteW",
     "der": "derW",
     "export_limit": "exportLimitW",
     "gen_limit": "generationLimitW",
+    "battery_soc": "batterySocPct",
+    "battery": "batteryW",
 }
+BASE_FIELDS = FIELDS[:4]
+"""The columns of ``samples``, unchanged since the first release."""
+BATTERY_FIELDS = FIELDS[4:]
+"""Kept in their own table, ``battery``: a database from an earlier version opens unchanged
+(its rows simply have no battery values), and an earlier version (after a rollback) still
+writes ``samples`` as it always did."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -38,6 +47,14 @@ CREATE TABLE IF NOT EXISTS samples (
     t INTEGER NOT NULL,
     site REAL, der REAL, export_limit REAL, gen_limit REAL,
     inverters TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (res, t)
+) WITHOUT ROWID
+"""
+_SCHEMA_BATTERY = """
+CREATE TABLE IF NOT EXISTS battery (
+    res INTEGER NOT NULL,
+    t INTEGER NOT NULL,
+    battery_soc REAL, battery REAL,
     PRIMARY KEY (res, t)
 ) WITHOUT ROWID
 """
@@ -62,6 +79,9 @@ def _num(v: object) -> float | None:
 def row_from_status(status: dict[str, Any], t: float) -> Row:
     """The history sample in a status document (app.status())."""
     limits = status.get("limits") or {}
+    battery = status.get("battery") or {}
+    if not battery.get("configured"):
+        battery = {}
     return Row(
         t=int(t),
         values={
@@ -69,6 +89,8 @@ def row_from_status(status: dict[str, Any], t: float) -> Row:
             "der": _num((status.get("der") or {}).get("powerW")),
             "export_limit": _num(limits.get("exportW")),
             "gen_limit": _num(limits.get("generationW")),
+            "battery_soc": _num(battery.get("socPct")),
+            "battery": _num(battery.get("powerW")),
         },
         inverters={
             str(inv.get("id")): _num(inv.get("powerW")) for inv in status.get("inverters") or []
@@ -141,6 +163,7 @@ class History:
             if fresh:
                 db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             db.execute(_SCHEMA)
+            db.execute(_SCHEMA_BATTERY)
             self._db = db
         return self._db
 
@@ -195,13 +218,24 @@ class History:
                 db.executemany(
                     "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (res, r.t, *(r.values.get(k) for k in FIELDS), json.dumps(r.inverters))
+                        (res, r.t, *(r.values.get(k) for k in BASE_FIELDS), json.dumps(r.inverters))
                         for r in rows
+                    ],
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO battery VALUES (?, ?, ?, ?)",
+                    [
+                        (res, r.t, *(r.values.get(k) for k in BATTERY_FIELDS))
+                        for r in rows
+                        if any(r.values.get(k) is not None for k in BATTERY_FIELDS)
                     ],
                 )
             for res, keep in RETENTION_S.items():
                 if keep is not None:
-                    db.execute("DELETE FROM samples WHERE res = ? AND t < ?", (res, now - keep))
+                    for table in ("samples", "battery"):
+                        db.execute(
+                            f"DELETE FROM {table} WHERE res = ? AND t < ?", (res, now - keep)
+                        )
             self._bound_size(db)
             db.execute("COMMIT")
         except BaseException:
@@ -229,6 +263,10 @@ class History:
                 "DELETE FROM samples WHERE (res, t) IN "
                 "(SELECT res, t FROM samples ORDER BY t LIMIT ?)",
                 (drop,),
+            )
+            db.execute(
+                "DELETE FROM battery WHERE NOT EXISTS "
+                "(SELECT 1 FROM samples s WHERE s.res = battery.res AND s.t = battery.t)"
             )
 
     # -- reading ------------------------------------------------------------------------------
@@ -262,8 +300,9 @@ class History:
     def _read(self, res: int, start: int, end: int) -> list[Row]:
         db = self._connect()
         cur = db.execute(
-            "SELECT t, site, der, export_limit, gen_limit, inverters FROM samples "
-            "WHERE res = ? AND t >= ? AND t < ? ORDER BY t",
+            "SELECT s.t, s.site, s.der, s.export_limit, s.gen_limit, b.battery_soc, b.battery, "
+            "s.inverters FROM samples s LEFT JOIN battery b ON b.res = s.res AND b.t = s.t "
+            "WHERE s.res = ? AND s.t >= ? AND s.t < ? ORDER BY s.t",
             (res, start, end),
         )
         out = []

@@ -32,7 +32,7 @@ import pytest
 
 from dynexport.sep2 import schema
 from dynexport.sep2.client import ClientOptions, Sep2Client
-from dynexport.sep2.controls import ControlType
+from dynexport.sep2.controls import ControlType, doe_modes_supported, enforced_controls
 from dynexport.sep2.flow import DerInfo
 from dynexport.sep2.resources import MirrorUsagePoint
 from dynexport.sep2.telemetry import Sample
@@ -236,6 +236,47 @@ class Harness:
 
     async def close(self) -> None:
         await self.client.http.aclose()
+
+
+MAX_IMPORT_W = RATED_W
+"""The harness's $(maxImportW) for our battery site: its charge rating (rtgMaxChargeRateW)."""
+CAPACITY_WH = 10_000.0
+BATTERY_DER = DerInfo(
+    rated_w=RATED_W,
+    der_type=83,  # PV and storage
+    rated_charge_w=MAX_IMPORT_W,
+    rated_discharge_w=MAX_IMPORT_W,
+    rated_wh=CAPACITY_WH,
+    state_of_charge_pct=50.0,
+    storage_mode=2,
+    enforced=enforced_controls(True),
+    doe_modes_supported=doe_modes_supported(enforced_controls(True)),
+)
+"""What the app reports with a 10 kWh, 5 kW battery configured (App._storage_der_fields): import
+and load limits are enforced and advertised."""
+
+
+def battery_sample(t: float, *, soc_pct: float = 50.0) -> Sample:
+    """`typical_sample` plus the battery's stored energy (SoC × capacity), as App.sample adds."""
+    values: dict[tuple[str, ...], float | None] = {
+        tuple(k): v for k, v in typical_sample(t).values.items()
+    }
+    values[("der", "Wh")] = soc_pct / 100.0 * CAPACITY_WH
+    return Sample(t=t, values=values)
+
+
+@pytest.fixture
+async def battery_link(
+    server: UtilityServer, clock: FakeClock, tmp_path: Path
+) -> AsyncIterator[Harness]:
+    """`link` for a site with a battery (`BATTERY_DER`), its stored energy sampled."""
+    standard_preconditions(server)
+    client = make_client(server, clock, tmp_path, der=BATTERY_DER)
+    harness = Harness(server, client, clock, sampler=battery_sample)
+    try:
+        yield harness
+    finally:
+        await harness.close()
 
 
 @pytest.fixture

@@ -145,6 +145,12 @@
     $("#limit-export").value = lim.exportW ?? "";
     $("#limit-gen").value = lim.generationW ?? "";
     (c.inverters || []).forEach((d) => addDevice(d, "inverter", null));
+    // a hybrid inverter's storage is the same device under both lists: "inverter + battery"
+    (c.batteries || []).forEach((d) => {
+      const old = S.devices[deviceKey(d)];
+      addDevice(d, old && old.use === "inverter" ? "inverter+battery" : "battery", null, d);
+      if (old && old.use === "inverter") { S.devices[deviceKey(d)].use = "inverter+battery"; renderDevices(); }
+    });
     if (c.meter) addDevice(c.meter, "meter", null);
   }
   function renderStep() {
@@ -215,7 +221,7 @@
     },
     async devices() {
       const chosen = Object.values(S.devices);
-      if (!chosen.some((d) => d.use === "inverter")) throw new Error("Choose at least one inverter.");
+      if (!chosen.some((d) => d.use === "inverter" || d.use === "inverter+battery")) throw new Error("Choose at least one inverter.");
       if (!chosen.some((d) => d.use === "meter")) throw new Error("Choose the site meter (at the grid connection).");
       const blind = chosen.filter((d) => d.use === "inverter" && d.info && d.info.controllable === false);
       if (blind.length && !confirm("Unit " + blind.map((d) => d.config.unit).join(", ") + " has no SunSpec control model: dynexport can read it but never limit it. Use it anyway?")) return false;
@@ -268,6 +274,7 @@
       ["Utility", u ? u.server + " (NMI " + u.nmi + (u.pin ? ", PIN set" : "") + ")" : "none: fixed limits only"],
       ["Certificate", !u ? "not needed" : S.chainPending ? "waiting for the signed certificate (export held at " + W((u.fallbackExportW ?? 1500)) + " meanwhile)" : "signed certificate saved"],
       ["Inverters", (c.inverters || []).map(dev).join("; ") || "none"],
+      ["Batteries", (c.batteries || []).map(dev).join("; ") || "none"],
       ["Site meter", c.meter ? dev(c.meter) : "none"],
       ["Export limit", lim.exportW === null || lim.exportW === undefined ? "none of your own" : W(lim.exportW)],
       ["Generation limit", lim.generationW === null || lim.generationW === undefined ? "none" : W(lim.generationW)],
@@ -279,7 +286,9 @@
   function buildConfig() {
     const c = JSON.parse(JSON.stringify(S.config || {}));
     const chosen = Object.values(S.devices);
-    c.inverters = chosen.filter((d) => d.use === "inverter").map((d) => d.config);
+    c.inverters = chosen.filter((d) => d.use === "inverter" || d.use === "inverter+battery").map((d) => d.config);
+    const batteries = chosen.filter((d) => d.use === "battery" || d.use === "inverter+battery").map((d) => d.bconfig || d.config);
+    if (batteries.length) c.batteries = batteries; else delete c.batteries;
     const meter = chosen.find((d) => d.use === "meter");
     if (meter) c.meter = Object.assign({}, meter.config, { location: "feedin" }); else delete c.meter;
     const num = (id) => $(id).value === "" ? null : Number($(id).value);
@@ -300,18 +309,27 @@
 
   // devices: scan results and choices
   function deviceKey(cfg) { return (cfg.tcp || cfg.rtu) + "#" + cfg.unit; }
-  function addDevice(cfg, use, info) {
+  // bcfg: the device as a battery (its own settings: reserve, convention…), when it is one
+  function addDevice(cfg, use, info, bcfg) {
     const clean = Object.assign({}, cfg); delete clean.location;
+    for (const k of ["maxSocPct", "reserveSocPct", "eveningSocPct", "capacityWh", "convention", "dischargePositive", "plan"]) delete clean[k];
     const key = deviceKey(clean);
     const old = S.devices[key];
     // a device found again keeps the role chosen (or configured) for it
-    S.devices[key] = { config: old ? old.config : clean, use: old ? old.use : use, info: info || (old && old.info) };
+    S.devices[key] = { config: old ? old.config : clean, use: old ? old.use : use, info: info || (old && old.info),
+      bconfig: (old && old.bconfig) || bcfg || null };
     renderDevices();
+  }
+  function usesOf(d) {
+    const roles = (d.info && d.info.roles) || [];
+    const all = [["", "not used"], ["inverter", "inverter"], ["meter", "site meter"], ["battery", "battery"]];
+    if (roles.includes("inverter") && roles.includes("battery") || d.use === "inverter+battery") all.push(["inverter+battery", "inverter + battery"]);
+    return all;
   }
   function renderDevices() {
     const rows = Object.entries(S.devices).map(([key, d]) => {
       const sel = el("select", { "data-unit": String(d.config.unit), "aria-label": "use of unit " + d.config.unit });
-      [["", "not used"], ["inverter", "inverter"], ["meter", "site meter"]].forEach(([v, t]) => {
+      usesOf(d).forEach(([v, t]) => {
         const o = el("option", { value: v, text: t }); if (d.use === v) o.selected = true; sel.append(o);
       });
       sel.addEventListener("change", () => {
@@ -343,7 +361,13 @@
     }, 400);
     try {
       const r = await api("POST", "/api/devices/scan", body);
-      r.devices.forEach((d) => addDevice(d.config, d.kind === "meter" && !Object.values(S.devices).some((x) => x.use === "meter") ? "meter" : d.kind === "inverter" && d.controllable !== false ? "inverter" : "", d));
+      r.devices.forEach((d) => {
+        const roles = d.roles || [], storage = roles.includes("battery");
+        const use = d.kind === "meter" && !Object.values(S.devices).some((x) => x.use === "meter") ? "meter"
+          : d.kind === "inverter" && d.controllable !== false ? (storage ? "inverter+battery" : "inverter")
+          : storage ? "battery" : "";
+        addDevice(d.config, use, d, d.batteryConfig || null);
+      });
       msg(r.devices.length ? "Found " + r.devices.length + " device(s) at " + r.endpoint + "." : "Devices answered at " + r.endpoint + " but none is SunSpec.", !r.devices.length);
     } catch (e) { msg(e.message, true); }
     finally { clearInterval(timer); prog.hidden = true; btn.disabled = false; }
@@ -442,9 +466,29 @@
     $("#gen-limit").textContent = st.limits.generationW === null ? (st.der.availableW !== null && st.der.availableW !== undefined ? "could make " + W(st.der.availableW) : "") : "limit " + W(st.limits.generationW);
     $("#mode").textContent = st.control.mode || "–";
     $("#updated").textContent = st.time ? "at " + new Date(st.time).toLocaleTimeString() : "";
+    renderBattery(st.battery);
     const alertsNow = JSON.stringify(st.alerts);  // redrawn only when they change
     if (alertsNow !== S.alerts) renderAlerts(st.alerts, alertsNow);
     renderRest(st);
+  }
+  // What the battery's mode means to an owner (docs/web.md, "Battery").
+  const BAT_MODES = {
+    own: "its own mode (self-consumption)",
+    engaged: "dynexport steers it",
+    offline: "not answering: it follows its own mode",
+    failsafe: "fail-safe: the meter is quiet, so it follows its own mode",
+  };
+  function renderBattery(b) {
+    const on = !!(b && b.configured);
+    $("#battery").hidden = !on;
+    if (!on) return;
+    $("#bat-soc").textContent = b.socPct === null || b.socPct === undefined ? "–" : Math.round(b.socPct) + " %";
+    // status power: + discharging (into the house or grid), − charging
+    const p = b.powerW;
+    $("#bat-power").textContent = p === null || p === undefined ? "no reading" :
+      Math.abs(p) < 20 ? "idle" : (p < 0 ? "charging " : "discharging ") + W(Math.abs(p));
+    const words = BAT_MODES[b.mode] || "not steered yet";
+    $("#bat-mode").textContent = words + (b.reason ? ": " + b.reason : "");
   }
   function renderAlerts(alerts, text) {
     S.alerts = text;
@@ -468,6 +512,7 @@
     const e = st.energyToday || {};
     facts($("#energy"), [["Exported", Wh(e.exportedWh)], ["Imported", Wh(e.importedWh)], ["Generated", Wh(e.generatedWh)],
       ["Curtailed (what the limits cost)", e.curtailedWh === null || e.curtailedWh === undefined ? "not known (the inverters do not report available power)" : Wh(e.curtailedWh)],
+      ...(st.battery && st.battery.configured ? [["Stored instead of curtailed", Wh(st.battery.storedInsteadOfCurtailedTodayWh)]] : []),
       ["Counted since", e.since ? new Date(e.since).toLocaleString() : "–"]]);
     const u = st.utility;
     if (S.nextChange && Date.parse(S.nextChange.from) <= Date.now()) {
@@ -524,6 +569,8 @@
     const series = [["site", "Site export (import below 0)", h.siteW.map((v) => v === null ? null : -v), null],
       ["limit", "Export limit", h.exportLimitW, null], ["der", "Solar (all inverters)", h.derW, null]];
     Object.entries(h.inverters).forEach(([name, s], i) => series.push(["inv", name, s, INV_COLOURS[i % INV_COLOURS.length]]));
+    // the battery's power as the status gives it: discharging above 0, charging below
+    if ((h.batteryW || []).some((v) => v !== null)) series.push(["bat", "Battery (discharging above 0, charging below)", h.batteryW, null]);
     let lo = 0, hi = 1000;
     series.forEach(([, , s]) => s.forEach((v) => { if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); } }));
     const pad = (hi - lo) * 0.05; lo -= pad; hi += pad;
