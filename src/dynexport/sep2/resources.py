@@ -355,8 +355,9 @@ class DefaultDERControl:
 
 @dataclass(frozen=True)
 class ReadingType:
-    """How to read a mirrored value: uom 38 W, 63 var, 29 V, 33 Hz; kind 37 power;
-    dataQualifier 2 average, 8 maximum, 9 minimum."""
+    """How to read a mirrored value: uom 38 W, 63 var, 29 V, 33 Hz, 72 Wh; kind 37 power, 12
+    energy; dataQualifier 2 average, 8 maximum, 9 minimum, 0 none (stored energy is sent as
+    uom 72, kind 12, dataQualifier 0, as the CSIP-AUS checker counts it)."""
 
     href: str | None = None
     accumulation_behaviour: int | None = None
