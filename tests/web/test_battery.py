@@ -213,7 +213,8 @@ async def test_the_history_api_and_csv_carry_the_battery_columns(web: Web) -> No
 
 async def test_a_scan_offers_a_storage_device_as_a_battery(web: Web) -> None:
     c = await logged_in(web)
-    with serve_tcp(fronius_battery_site()) as sim:
+    # a generic SunSpec battery (not a Fronius): the standard 124 sign convention
+    with serve_tcp(fronius_battery_site(window=False)) as sim:
         status, doc = await c.json(
             "POST", "/api/devices/scan", {"tcp": f"127.0.0.1:{sim.port}", "units": [1, 3, 240]}
         )
