@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -206,3 +207,54 @@ def test_tryboot_refuses_unknown_slots_and_commands(fat: Path) -> None:
     assert tryboot(fat, "frobnicate").returncode != 0
     (fat / "config.txt").write_text("kernel=Image\n")
     assert "no os_prefix" in tryboot(fat, "get-primary").stderr
+
+
+SYSTEMTEST_IMAGE = ROOT / "systemtest/image"
+
+
+def test_the_system_test_uses_the_appliance_slots_with_grubs_backend() -> None:
+    # GRUB stands in for the Pi's trial boot; everything else RAUC sees must be the appliance's.
+    test_conf = configparser.ConfigParser(interpolation=None)
+    test_conf.read_string((SYSTEMTEST_IMAGE / "rauc-system.conf").read_text())
+    pi = system_conf("tryboot")
+    assert test_conf["system"]["bootloader"] == "grub"
+    assert test_conf["system"]["grubenv"] == "/bootfs/grub/grubenv"
+    for key in ("statusfile", "bundle-formats"):
+        assert test_conf["system"][key] == pi["system"][key]
+    assert test_conf["keyring"]["path"] == pi["keyring"]["path"]
+    assert test_conf["handlers"]["post-install"] == pi["handlers"]["post-install"]
+    slots = [s for s in pi.sections() if s.startswith("slot.")]
+    assert [s for s in test_conf.sections() if s.startswith("slot.")] == slots
+    for slot in slots:
+        assert dict(test_conf[slot]) == dict(pi[slot])
+
+
+def test_the_system_test_grub_cfg_boots_each_slot_from_its_partition_and_folder() -> None:
+    cfg = (SYSTEMTEST_IMAGE / "grub.cfg").read_text()
+    # RAUC's GRUB variables, loaded and saved
+    for var in ("ORDER", "A_OK", "A_TRY", "B_OK", "B_TRY"):
+        assert re.search(rf"^load_env .*\b{var}\b", cfg, re.M), var
+        assert re.search(rf"^save_env .*\b{var}\b", cfg, re.M), var
+    # a slot booted untried is marked on trial before it boots
+    assert re.search(r'"\$A_TRY" = "0" \]; then\n\s*set slot=A\n\s*set A_TRY=1', cfg)
+    assert re.search(r'"\$B_TRY" = "0" \]; then\n\s*set slot=B\n\s*set B_TRY=1', cfg)
+    # slot B: partition 3 and b/ (rauc-post-install's folder); otherwise A: partition 2, a/
+    assert re.search(r'if \[ "\$slot" = "B" \]; then\n\s*set part=3\n\s*set dir=b\nelse\n'
+                     r"\s*set part=2\n\s*set dir=a\n", cfg)  # fmt: skip
+    linux = re.search(r"^linux (.*)$", cfg, re.M)
+    assert linux is not None
+    args = linux[1].split()
+    assert args[0] == "/$dir/vmlinuz"
+    assert "root=PARTUUID=64796e78-0$part" in args and "rauc.slot=$slot" in args
+    post_install = (LIBEXEC / "rauc-post-install").read_text()
+    assert "A) prefix=a part=02 ;;" in post_install and "B) prefix=b part=03 ;;" in post_install
+
+
+@pytest.mark.skipif(shutil.which("grub-script-check") is None, reason="grub-common not installed")
+def test_the_system_test_grub_cfg_is_valid_grub_script(tmp_path: Path) -> None:
+    cfg = (SYSTEMTEST_IMAGE / "grub.cfg").read_text().replace("@CMDLINE@", "ro")
+    (tmp_path / "grub.cfg").write_text(cfg)
+    result = subprocess.run(
+        ["grub-script-check", str(tmp_path / "grub.cfg")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

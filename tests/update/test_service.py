@@ -9,14 +9,15 @@ from typing import Any
 import trio
 
 from dynexport.system.watchdog import ProgressTracker
-from dynexport.update.rauc import Rauc, RaucStatus, SlotStatus
+from dynexport.update.rauc import Rauc, RaucError, RaucStatus, SlotStatus
 from dynexport.update.service import (
+    begin_install,
     commit_when_healthy,
     read_record,
     update_status,
     write_record,
 )
-from dynexport.update.state import HEALTH_FILE, REBOOT_REQUEST, UpdateRecord
+from dynexport.update.state import FAILURE_FILE, HEALTH_FILE, REBOOT_REQUEST, UpdateRecord
 
 
 @dataclass
@@ -192,3 +193,92 @@ def test_the_status_api_reports_a_rollback_with_its_reason(tmp_path: Path):
     }
     cmdline.write_text("root=PARTUUID=64796e78-03 ro rauc.slot=B\n")
     assert update_status(data, cmdline, boot)["phase"] == "trial"
+
+
+class FailingRauc(RecordedRauc):
+    """RAUC whose D-Bus service does not answer: every mark-good fails."""
+
+    def __init__(self, booted: str) -> None:
+        super().__init__(booted)
+        self.attempts = 0
+
+    async def mark_good(self) -> None:
+        self.attempts += 1
+        raise RaucError("rauc status: Failed to connect to the D-Bus service")
+
+
+async def test_an_ordinary_boot_confirms_the_running_slot_once_ready(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    # Boot loaders that count attempts (GRUB's <S>_TRY, U-Boot's BOOT_<S>_LEFT) need a
+    # mark-good at every boot, or a committed slot is abandoned after a few reboots.
+    site, rauc = Site(), RecordedRauc(booted="A")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: commit_when_healthy(
+                site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="b1", booted="A"
+            )
+        )
+        await trio.sleep(61)  # between two looks (every 2 s): no tie with the poller
+        assert rauc.marked == [], "not before the service is READY"
+        site.ready = True
+        await trio.sleep(5)
+        assert rauc.marked == ["good@62"], "once, at the first look after READY"
+        await trio.sleep(600)
+        assert len(rauc.marked) == 1
+        nursery.cancel_scope.cancel()
+    assert read_record(tmp_path) is None, "an ordinary boot writes no update record"
+
+
+async def test_without_an_ab_slot_rauc_is_never_asked(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    site, rauc = Site(ready=True), FailingRauc(booted="A")
+    with trio.move_on_after(600):
+        await commit_when_healthy(
+            site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="b1", booted=None
+        )
+    assert rauc.attempts == 0
+
+
+async def test_after_a_rollback_the_old_slot_is_confirmed_and_the_update_is_not(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    write_record(tmp_path, TRIAL)
+    site, rauc = Site(ready=True), RecordedRauc(booted="A")
+    with trio.move_on_after(600):
+        await commit_when_healthy(
+            site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="after-rollback", booted="A"
+        )
+    assert rauc.marked == ["good@0"], "slot A (running) confirmed"
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "trial", "the update is not committed"
+
+
+async def test_a_failing_confirmation_is_retried_and_never_blocks_an_install_reboot(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    site, rauc = Site(ready=True), FailingRauc(booted="A")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: commit_when_healthy(
+                site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
+            )
+        )
+        await trio.sleep(95)
+        assert rauc.attempts == 4, "at once, then every 30 s"
+        write_record(tmp_path, TRIAL)  # installed in this boot: nothing is due, reboot now
+        await trio.sleep(10)
+        assert site.events == ["fail-safe"]
+        assert (tmp_path / REBOOT_REQUEST).read_text() == "trial\n"
+        nursery.cancel_scope.cancel()
+
+
+def test_a_new_install_clears_what_the_last_update_left(tmp_path: Path):
+    (tmp_path / HEALTH_FILE).write_text("meter and inverters answered, decided for 120 s\n")
+    (tmp_path / FAILURE_FILE).write_text("it did not pass its health check\n")
+    begin_install(tmp_path, UpdateRecord("installing", "1.5.0", "A", "B", "now"))
+    assert not (tmp_path / HEALTH_FILE).exists()
+    assert not (tmp_path / FAILURE_FILE).exists()
+    record = read_record(tmp_path)
+    assert record is not None and (record.state, record.version) == ("installing", "1.5.0")

@@ -11,7 +11,13 @@ from typing import Any
 import trio
 
 from dynexport.update.rauc import Rauc, RaucError
-from dynexport.update.service import boot_id, read_record, update_report, write_record
+from dynexport.update.service import (
+    begin_install,
+    boot_id,
+    read_record,
+    update_report,
+    write_record,
+)
 from dynexport.update.state import REBOOT_REQUEST, UpdateRecord
 
 DATA = "/data/dynexport"
@@ -87,7 +93,8 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
         return 1
     assert status.booted is not None
     record = UpdateRecord("installing", info.version, target, status.booted, boot_id())
-    _write(data, record)
+    begin_install(data, record)
+    _same_owner(data, data / "update.json")
 
     async def progress(line: str) -> None:
         print(f"  {line}", flush=True)

@@ -7,8 +7,11 @@ write the update record in the data folder (``state.py``) and talk to RAUC (``ra
   samples the App every ``interval`` seconds, writes the health verdict where the shell fallback
   can read it, and commits (``rauc status mark-good``) once ``health.judge`` allows. If the
   verdict never comes, ``update-deadline`` (a systemd timer, plain shell) marks the slot bad and
-  reboots into the old one. When an install in this boot is waiting for its reboot, it hands
-  over to ``reboot_when_quiet``.
+  reboots into the old one. On every other boot of an A/B system it confirms the running slot
+  (``mark-good``) once the service is READY: boot loaders that count attempts (U-Boot's
+  ``BOOT_<S>_LEFT``, GRUB's ``<S>_TRY``) spend one at each boot and would otherwise leave a
+  committed slot after a few reboots. When an install in this boot is waiting for its reboot,
+  it hands over to ``reboot_when_quiet``.
 - ``reboot_when_quiet`` waits (at most ``max_wait`` s) until no limit change is due within
   ``QUIET_S``, leaves every inverter at its fail-safe limit and asks for the reboot.
 """
@@ -92,6 +95,17 @@ def write_record(data_dir: Path, record: UpdateRecord) -> None:
     atomic_write(data_dir / STATE_FILE, record.to_json(), mode=0o600)
 
 
+def begin_install(data_dir: Path, record: UpdateRecord) -> None:
+    """Records an install about to start; what an earlier update left is cleared first.
+
+    An old health verdict or rollback reason would otherwise be reported as this update's
+    (``update-deadline`` quotes the health file, ``report`` the failure file).
+    """
+    for name in (HEALTH_FILE, FAILURE_FILE):
+        (data_dir / name).unlink(missing_ok=True)
+    write_record(data_dir, record)
+
+
 def _read_line(path: Path) -> str | None:
     try:
         return path.read_text(errors="replace").strip()[:500] or None
@@ -169,33 +183,70 @@ async def commit_when_healthy(
     *,
     wall_clock: Callable[[], float],
     this_boot: str | None = None,
+    booted: str | None = None,
     interval: float = 2.0,
 ) -> None:
-    """Runs for the life of the process; see the module docstring. Never raises for RAUC."""
+    """Runs for the life of the process; see the module docstring. Never raises for RAUC.
+
+    ``booted``: the running slot's bootname (default: ``rauc.slot=`` on the kernel command
+    line); without one this is no A/B system and RAUC is asked nothing outside a trial.
+    """
     rauc = rauc or Rauc()
     this_boot = boot_id() if this_boot is None else this_boot
+    booted = booted_slot() if booted is None else booted
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_check_this_boot, app, data_dir, rauc, this_boot, booted, interval)
+        while True:  # an install made during this boot (CLI or web) waits for its reboot
+            record = read_record(data_dir)
+            if record is not None and record.state == "trial" and record.boot_id == this_boot:
+                await reboot_when_quiet(app, data_dir, "trial", wall_clock=wall_clock)
+                return
+            await trio.sleep(interval)
+
+
+async def _check_this_boot(
+    app: AppLike, data_dir: Path, rauc: Rauc, this_boot: str, booted: str | None, interval: float
+) -> None:
+    """The trial of an update committed when healthy; any other boot confirmed when READY."""
     record = read_record(data_dir)
-    if record is not None and record.state == "trial" and record.boot_id != this_boot:
-        await _commit_trial(app, data_dir, rauc, record, interval)
-    while True:  # an install made during this boot (CLI or web) waits for its reboot
-        record = read_record(data_dir)
-        if record is not None and record.state == "trial" and record.boot_id == this_boot:
-            await reboot_when_quiet(app, data_dir, "trial", wall_clock=wall_clock)
-            return
+    trial = record is not None and record.state == "trial" and record.boot_id != this_boot
+    if trial and record is not None and await _commit_trial(app, data_dir, rauc, record, interval):
+        return
+    if booted is not None:
+        await _confirm_boot(app, rauc, booted, interval)
+
+
+CONFIRM_RETRY_S = 30.0
+"""A failed confirmation of the running slot is tried again this often (seconds)."""
+
+
+async def _confirm_boot(app: AppLike, rauc: Rauc, booted: str, interval: float) -> None:
+    """Confirms the running (already committed) slot once the service is READY."""
+    while not app.ready:  # noqa: ASYNC110 (the App's READY is a flag, not an event)
         await trio.sleep(interval)
+    while True:
+        try:
+            await rauc.mark_good()
+        except RaucError as exc:
+            log.warning("could not confirm the running slot %s: %s (retrying)", booted, exc)
+            await trio.sleep(CONFIRM_RETRY_S)
+        else:
+            log.info("running slot %s confirmed (the service is READY)", booted)
+            return
 
 
 async def _commit_trial(
     app: AppLike, data_dir: Path, rauc: Rauc, record: UpdateRecord, interval: float
-) -> None:
+) -> bool:
+    """True once the trial of ``record`` is committed; False when this boot is no such trial."""
     try:
         status = await rauc.status()
     except RaucError as exc:
         log.error("update %s: cannot read RAUC's status: %s", record.version, exc)
-        return
+        return False
     if status.booted != record.target:
         log.error("update to %s was rolled back (running slot %s)", record.version, status.booted)
-        return
+        return False
     log.info("update %s: trial of slot %s; health check started", record.version, record.target)
     streak = health.Streak()
     last_reason = ""
@@ -214,7 +265,7 @@ async def _commit_trial(
             else:
                 write_record(data_dir, record.moved_to("committed"))
                 log.info("update %s committed: %s", record.version, verdict.reason)
-                return
+                return True
         await trio.sleep(interval)
 
 
