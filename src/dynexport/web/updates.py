@@ -20,7 +20,7 @@ import trio
 
 from dynexport.update.cli import other_slot
 from dynexport.update.rauc import BundleInfo, Rauc, RaucError
-from dynexport.update.service import boot_id, write_record
+from dynexport.update.service import begin_install, boot_id, write_record
 from dynexport.update.state import UpdateRecord
 
 log = logging.getLogger("dynexport.web")
@@ -164,7 +164,8 @@ class Updates:
             return
         assert status.booted is not None
         record = UpdateRecord("installing", info.version, target, status.booted, boot_id())
-        write_record(self.data_dir, record)
+        # clears what an earlier update left (its health verdict, its rollback reason)
+        begin_install(self.data_dir, record)
 
         async def progress(line: str) -> None:
             st.lines.append(line)
