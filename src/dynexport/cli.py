@@ -29,7 +29,26 @@ _GROUPS = {
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _named_group(argv: Sequence[str]) -> str | None:
+    """The subcommand group ``argv`` asks for, if it names one (the first non-option word).
+
+    The global options take no value, so the first word not starting with ``-`` is the group.
+    """
+    for arg in argv:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            return arg if arg in _GROUPS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; when ``argv`` names a group, only that group's module is imported.
+
+    ``dynexport run`` then never imports the certificate tools, the simulators or the demo (about
+    10 MiB of the service's memory); help and unknown commands still list every group.
+    """
+    named = _named_group(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="dynexport",
         description="Keeps a solar site within its utility's dynamic export limits.",
@@ -39,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log detail (repeat for more)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in _GROUPS.values():
+    for module_name in [_GROUPS[named]] if named else _GROUPS.values():
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -51,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     handler: Handler = args.handler

@@ -40,7 +40,8 @@ def test_every_certificate_of_a_chain_is_read_in_order(pki_dir: Path) -> None:
 
 def test_a_der_certificate_and_a_pem_with_a_key_beside_it_are_read(pki_dir: Path) -> None:
     chain = _chain(pki_dir)
-    der = ssl.PEM_cert_to_DER_cert(chain.decode())
+    first = chain[: chain.index(b"-----END CERTIFICATE-----") + 25].decode()
+    der = ssl.PEM_cert_to_DER_cert(first)
     assert identity.chain_lfdi(der) == identity.chain_lfdi(chain)
     key = (pki_dir / certs.TEST_PKI_FILES["device_key"]).read_bytes()
     assert identity.chain_lfdi(key + chain) == identity.chain_lfdi(chain)

@@ -17,7 +17,6 @@ the caller can schedule the retry instead of being held inside the request.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import re
@@ -167,6 +166,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     value = value.strip()
     if _DELTA_SECONDS.fullmatch(value):
         return float(int(value))
+    import email.utils  # only for an HTTP-date here: 0.3 MiB the service rarely needs
+
     try:
         when = email.utils.parsedate_to_datetime(value)
         if when.tzinfo is None:

@@ -220,7 +220,9 @@ class MqttBridge:
         self.connect_timeout_s = connect_timeout_s
         self._wall_clock = wall_clock
         self._default_prefix: str | None = None
-        self._sw_version = _sw_version()
+        self._sw_version: str | None = None
+        """Read on the first publish: importlib.metadata costs 1 MiB a site without MQTT never
+        needs."""
         self.snapshot: Snapshot | None = None
         self._snapshot_changed = trio.Event()
         self._write_wanted = trio.Event()
@@ -313,6 +315,8 @@ class MqttBridge:
             self.energy = integrate(self.energy, powers_of(status, trio.current_time()))
             energy = self.energy.as_dict()
             seq += 1
+            if self._sw_version is None:
+                self._sw_version = _sw_version()
             self.snapshot = Snapshot(
                 seq,
                 state_messages(status, prefix, energy),

@@ -5,7 +5,9 @@ private key behind that certificate, so the key is written once (mode 0600, atom
 never silently replaced: losing it means a new certificate and a new utility registration.
 
 Everything here works on bytes and objects with ``now`` passed in; the files are written by
-the small ``write_*`` helpers and :func:`make_test_pki`. Only ``cryptography`` is used.
+the small ``write_*`` helpers and :func:`make_test_pki`. Only ``cryptography`` is used. The
+running service never imports this module: the LFDI and SFDI it needs come from
+:mod:`dynexport.sep2.identity` (``ssl`` and ``hashlib``), re-exported here.
 
 Profile (IEEE 2030.5-2018 §6.11.8, "device certificate"): empty subject, issuer = MICA
 subject, notAfter 99991231235959Z ("no well-defined expiration", RFC 5280 §4.1.2.5), a
@@ -22,7 +24,6 @@ import functools
 import hashlib
 import ipaddress
 import json
-import string
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from dynexport.sep2.identity import CertError as CertError
+from dynexport.sep2.identity import lfdi_of_der
+from dynexport.sep2.identity import sfdi_from_lfdi as sfdi_from_lfdi
 from dynexport.system.storage import atomic_write
 
 P = ParamSpec("P")
@@ -86,33 +90,12 @@ NOT_AFTER_INDEFINITE = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 _MAX_CHAIN_DEPTH = 8
 
 
-class CertError(ValueError):
-    """A certificate, key or CSR problem, with a message meant for the person at the screen."""
-
-
 # --- identity ---------------------------------------------------------------------------------
 
 
 def lfdi(cert: x509.Certificate) -> str:
     """Long-form device identifier: first 20 bytes of SHA-256 over the DER certificate."""
-    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
-    return digest[:20].hex().upper()
-
-
-def sfdi_from_lfdi(lfdi_hex: str) -> int:
-    """Short-form device identifier: the LFDI's first 36 bits, times ten, plus a check digit.
-
-    The check digit makes the decimal digit sum a multiple of ten, so a mistyped SFDI on an
-    installer's form is caught.
-    """
-    text = lfdi_hex.strip()
-    if len(text) != 40:
-        raise CertError(f"LFDI must be 40 hex digits, got {len(text)}")
-    if any(c not in string.hexdigits for c in text):
-        raise CertError("LFDI must be hex digits")
-    value = int(text[:9], 16)  # 9 hex digits = 36 bits
-    digit_sum = sum(int(d) for d in str(value))
-    return value * 10 + (10 - digit_sum % 10) % 10
+    return lfdi_of_der(cert.public_bytes(serialization.Encoding.DER))
 
 
 def sfdi(cert: x509.Certificate) -> int:

@@ -49,6 +49,7 @@ from dynexport.sim.utility_core import (
 
 __all__ = [
     "DROPPED",
+    "LONG_RUN_MAX_RECORDS",
     "SEP_XML",
     "Fault",
     "PollMiss",
@@ -114,10 +115,12 @@ class UtilityServer(UtilityCore):
         validate: bool = True,
         limits: Limits | None = None,
         expected_pen: int | None = None,
+        max_records: int | None = None,
     ) -> None:
         """``pki_dir=None`` makes a fresh test PKI in a temporary folder; an existing folder
         with a test PKI is reused (so a client configured for it keeps working).
-        ``expected_pen``: see `UtilityCore` (the mRID check is off when None)."""
+        ``expected_pen``, ``max_records``: see `UtilityCore` (the mRID check is off and every
+        request is kept when None)."""
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if pki_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="dynexport-utility-pki-")
@@ -133,6 +136,7 @@ class UtilityServer(UtilityCore):
             preregistered=preregistered,
             validate=validate,
             expected_pen=expected_pen,
+            max_records=max_records,
         )
         self.limits = limits
         self.port: int | None = None
@@ -293,12 +297,22 @@ async def _dropped_body() -> AsyncIterator[bytes]:
 # --- command line ----------------------------------------------------------------------------
 
 
+LONG_RUN_MAX_RECORDS = 200
+"""What a simulator that runs for hours (the demo, the command line) keeps of what it received:
+the last quarter of an hour or so at 60 s rates. A recorded request holds its body and the
+resource it carried or was served (about 20 KiB each in the benchmark), so this is a few MiB."""
+
+
 async def roll_steps(server: UtilityCore, limits_w: Sequence[float], every_s: int) -> None:
     """Keep a stepping export-limit schedule going forever (the demo's utility).
 
     Events are added two cycles ahead and removed one cycle after they end, so the control
-    list stays short however long the demo runs. Runs until cancelled.
+    list stays short however long the demo runs. A server that keeps every record (no
+    ``max_records``) is bounded to `LONG_RUN_MAX_RECORDS`, since a run that never ends must not
+    grow. Runs until cancelled.
     """
+    if server.max_records is None:
+        server.max_records = LONG_RUN_MAX_RECORDS
     period = every_s * len(limits_w)
     next_start = int(server.now())
     live: list[tuple[str, int]] = []  # (mRID, end)
@@ -353,9 +367,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--in-band", action="store_true", help="the device must POST its EndDevice first"
     )
     parser.add_argument("--no-validate", action="store_true", help="skip XSD validation")
+    parser.add_argument(
+        "--max-records",
+        type=int,
+        default=LONG_RUN_MAX_RECORDS,
+        help="keep at most this many recorded requests, readings, responses and breaches "
+        f"(default {LONG_RUN_MAX_RECORDS}: a long run does not grow)",
+    )
     args = parser.parse_args(argv)
     if args.every < 1:
         parser.error("--every must be at least 1 s")
+    if args.max_records < 1:
+        parser.error("--max-records must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     server = UtilityServer(
@@ -366,8 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         preregistered=not args.in_band,
         validate=not args.no_validate,
         expected_pen=args.pen,
+        max_records=args.max_records,
     )
-    server.max_records = 10_000
     server.set_default(export_limit_w=args.default_export)
     if args.cycles is not None:
         server.step_schedule(args.step, args.every, int(server.now()), args.cycles)

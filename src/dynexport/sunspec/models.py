@@ -9,10 +9,11 @@ point's register offset precomputed, so decoding and polling never re-parse JSON
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 # Registers each point type occupies; strings (and a few others) take their size from the JSON.
@@ -202,14 +203,30 @@ def parse_model_def(raw: dict[str, Any]) -> ModelDef:
 
 
 @cache
+def _models_folder() -> Path | None:
+    """pysunspec2's ``models/json`` folder, found without importing the package.
+
+    ``importlib.resources`` would import ``sunspec2`` and, through its readers, ``zipfile``:
+    0.4 MiB the service keeps for nothing, since pysunspec2 is always installed as files.
+    """
+    spec = importlib.util.find_spec("sunspec2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "models" / "json"
+
+
+@cache
 def model_def(model_id: int) -> ModelDef | None:
     """The definition of a model, or None when pysunspec2 has no JSON for it (vendor models).
 
-    Cached: definitions are immutable and a poll loop asks for the same few over and over.
+    Read on demand, one file per model id, and cached: definitions are immutable, a poll loop
+    asks for the same few over and over, and a site uses a handful of the hundred or so models.
     """
-    path = resources.files("sunspec2").joinpath("models", "json", f"model_{model_id}.json")
+    folder = _models_folder()
+    if folder is None:
+        return None
     try:
-        text = path.read_text(encoding="utf-8")
+        text = (folder / f"model_{model_id}.json").read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError):
         return None
     return parse_model_def(json.loads(text))
@@ -217,9 +234,9 @@ def model_def(model_id: int) -> ModelDef | None:
 
 def known_model_ids() -> list[int]:
     """Every model id with an official definition."""
-    folder = resources.files("sunspec2").joinpath("models", "json")
+    folder = _models_folder()
     ids: list[int] = []
-    for entry in folder.iterdir():
+    for entry in folder.iterdir() if folder is not None else ():
         name = entry.name
         if name.startswith("model_") and name.endswith(".json"):
             try:

@@ -1,0 +1,158 @@
+"""What ``dynexport run`` loads: the service's memory is mostly the modules it imports.
+
+Each check runs in a fresh interpreter (a subprocess), because this test process has imported
+everything already. These are structural checks on ``sys.modules``, not timings: the service's
+path (the ``run`` command, the app, the web server and API, the utility link with its TLS
+context and LFDI, the integrations) must not pull in ``cryptography`` (10 MiB: keys, CSRs and
+chain checks are setup tools), the simulators, the demo, the XSD validator, ``paho``, or the
+standard library's heavier corners that only setup or rare paths need (``importlib.metadata``,
+``zipfile`` through ``importlib.resources``, ``email`` for an HTTP-date, ``html``'s entity
+table, ``csv``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dynexport.sep2 import certs
+
+# prefixes of modules the running service must not import
+NOT_AT_RUNTIME = (
+    "cryptography",
+    "paho",
+    "sunspec2",
+    "dynexport.sep2.certs",
+    "dynexport.sep2.cert_cli",
+    "dynexport.sep2.schema",
+    "dynexport.sim",
+    "dynexport.demo",
+    "dynexport.demo_cli",
+    "importlib.metadata",
+    "importlib.resources.readers",
+    "zipfile",
+    "email",
+    "html.entities",
+    "csv",
+)
+
+# what the service imports as it starts: the run command, the app, the web server it starts
+SERVICE_START = """
+import json, sys
+from dynexport.cli import build_parser
+build_parser(["run", "--config", "config.json"])
+import dynexport.app, dynexport.app_cli, dynexport.web.server, dynexport.web.api
+"""
+
+# the runtime calls that used to load cryptography: the utility link's TLS context and LFDI
+UTILITY_LINK = """
+import trio
+from dynexport.app import App, AppOptions
+from dynexport.integrations.service import Integrations
+from dynexport.sep2.client import Sep2Client, device_lfdi
+from dynexport.system.config import load_config
+config = load_config(sys.argv[1])
+client = Sep2Client(config.utility, sys.argv[2])
+assert client.lfdi == device_lfdi(config.utility.cert)
+app = App(config, AppOptions(data_dir=__import__("pathlib").Path(sys.argv[2])))
+Integrations(lambda: config, app.status)
+from dynexport.sunspec.models import model_def
+assert model_def(1) is not None and model_def(103) is not None  # read from pysunspec2's JSON
+"""
+
+REPORT = """
+print(json.dumps({"lfdi": globals().get("client") and client.lfdi, "modules": sorted(sys.modules)}))
+"""
+
+
+def _run(code: str, *args: str) -> dict[str, object]:
+    """Runs ``code`` in a fresh interpreter; its last line of output is a JSON report."""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    return report
+
+
+def _offending(modules: object) -> list[str]:
+    assert isinstance(modules, list)
+    return [m for m in modules if m.startswith(NOT_AT_RUNTIME)]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A configuration with a utility link whose files are a real test PKI; its device LFDI."""
+    folder = tmp_path_factory.mktemp("site")
+    pki = certs.make_test_pki(folder / "pki", now=dt.datetime.now(dt.UTC))
+    config = {
+        "inverters": [{"tcp": "127.0.0.1:1", "unit": 1}],
+        "meter": {"tcp": "127.0.0.1:1", "unit": 240},
+        "utility": {
+            "server": "https://127.0.0.1:1",
+            "ca": str(pki.files["serca"]),
+            "cert": str(pki.files["device_chain"]),
+            "key": str(pki.files["device_key"]),
+            "nmi": "4312345678",
+            "pin": 111115,
+        },
+    }
+    path = folder / "config.json"
+    path.write_text(json.dumps(config))
+    (folder / "data").mkdir()
+    return path, pki.device_lfdi
+
+
+def test_starting_the_service_imports_no_setup_tool_simulator_or_demo() -> None:
+    report = _run(SERVICE_START + REPORT)
+    modules = report["modules"]
+    assert isinstance(modules, list)
+    assert _offending(modules) == []
+    assert "dynexport.web.api" in modules  # the check saw the service's modules
+
+
+def test_the_utility_link_builds_its_tls_context_and_lfdi_without_cryptography(
+    site: tuple[Path, str],
+) -> None:
+    config, lfdi = site
+    report = _run(SERVICE_START + UTILITY_LINK + REPORT, str(config), str(config.parent / "data"))
+    assert report["lfdi"] == lfdi  # the same identity cryptography computes
+    assert _offending(report["modules"]) == []
+
+
+def test_the_checker_sees_cryptography_when_a_setup_tool_is_used() -> None:
+    report = _run(SERVICE_START + "from dynexport.sep2 import certs\n" + REPORT)
+    assert "cryptography" in _offending(report["modules"])
+
+
+def test_help_still_lists_every_command_group() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dynexport", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for group in ("sunspec", "cert", "sep2", "run", "demo", "config", "update"):
+        assert f"    {group}" in result.stdout
+
+
+def test_a_command_imports_only_its_own_group() -> None:
+    report = _run(
+        "import json, sys\nfrom dynexport.cli import build_parser\n"
+        "build_parser(['-v', 'config', '--help-not-parsed'])\n" + REPORT
+    )
+    modules = report["modules"]
+    assert isinstance(modules, list)
+    assert "dynexport.system.config_cli" in modules
+    assert not {"dynexport.app_cli", "dynexport.sep2.cert_cli", "dynexport.demo_cli"} & set(modules)
