@@ -132,6 +132,9 @@ class Subscriber:
 
         self.messages: dict[str, bytes] = {}
         self.retained: dict[str, bool] = {}
+        """Whether each topic's first delivery came from the broker's retained store. A broker
+        marks a message retained only when it is sent on subscribing; the same topic published
+        again afterwards arrives unmarked, so only the first delivery says it was retained."""
         self.history: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="")
@@ -147,7 +150,7 @@ class Subscriber:
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self.lock:
             self.messages[msg.topic] = bytes(msg.payload)
-            self.retained[msg.topic] = bool(msg.retain)
+            self.retained.setdefault(msg.topic, bool(msg.retain))
             self.history.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     def start(self) -> None:

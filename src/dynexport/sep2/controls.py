@@ -115,9 +115,11 @@ class ControlBase:
 _FIELD_OF: dict[ControlType, str] = {t: t.value for t in ControlType}
 """ControlType → ControlBase field name (a plain dict: Enum.value is slow in hot loops)."""
 _TYPES: dict[int, tuple[ControlBase, frozenset[ControlType]]] = {}
-_TYPES_MAX = 100_000
+_TYPES_MAX = 20_000
 """`ControlBase.types` memo by identity (the scheduler asks each base many times per walk);
-kept outside the instance so ``vars(base)`` is exactly its fields."""
+kept outside the instance so ``vars(base)`` is exactly its fields. Each entry keeps its base
+alive, and every poll parses new ones: the bound is what the memo may hold on an appliance that
+runs for months (enough for the 10,000 controls the pager accepts, twice over)."""
 
 
 # --------------------------------------------------------------------------------------------
