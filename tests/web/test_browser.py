@@ -82,11 +82,14 @@ class Walk:
     """Selenium helpers for one browser (everything here blocks: run it in a worker thread)."""
 
     def __init__(self, driver: Any, folder: Path) -> None:
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.d = driver
         self.folder = folder
-        self.wait = WebDriverWait(driver, 45)
+        # The live dashboard redraws its cards on every update: an element found a moment ago may be
+        # gone by the time it is read, so every wait tries again instead of failing.
+        self.wait = WebDriverWait(driver, 45, ignored_exceptions=(StaleElementReferenceException,))
         folder.mkdir(parents=True, exist_ok=True)
 
     def find(self, css: str) -> Any:
@@ -104,8 +107,27 @@ class Walk:
         return self.wait.until(shown)
 
     def text(self, css: str, check: Any) -> str:
-        self.wait.until(lambda d: check(self.find(css).text))
-        return str(self.find(css).text)
+        """The element's text once it passes `check` (read and checked in one step)."""
+
+        def passed(_: Any) -> tuple[str] | bool:
+            got = str(self.find(css).text)
+            return (got,) if check(got) else False
+
+        found = self.wait.until(passed)
+        assert isinstance(found, tuple)
+        return str(found[0])
+
+    def read(self, css: str) -> str:
+        """The element's text now (found again if the page redrew it before it was read)."""
+        return self.text(css, lambda _: True)
+
+    def attr(self, css: str, name: str) -> str:
+        """An attribute of the element now (found again if the page redrew it meanwhile)."""
+
+        def got(_: Any) -> tuple[str]:
+            return (str(self.find(css).get_attribute(name) or ""),)
+
+        return str(self.wait.until(got)[0])
 
     def step(self, name: str) -> None:
         self.visible(f'.step.on[data-step="{name}"]')
@@ -154,13 +176,13 @@ def _wizard(w: Walk, url: str, modbus_port: int, closed_port: int, utility: Util
 
     w.d.get(url)
     w.step("password")
-    assert w.find("#step-count").text == "1 / 7"
+    assert w.read("#step-count") == "1 / 7"
     w.shot("01-password")
     w.find("#pw1").send_keys(PASSWORD)
     w.find("#pw2").send_keys(PASSWORD)
     w.next()
     w.step("network")
-    assert w.find("#step-count").text == "2 / 7"  # the counter never jumps back
+    assert w.read("#step-count") == "2 / 7"  # the counter never jumps back
     w.next()  # Ethernet
     w.step("utility")
     w.find("#u-server").send_keys(utility.url)
@@ -199,7 +221,7 @@ def _wizard(w: Walk, url: str, modbus_port: int, closed_port: int, utility: Util
     w.shot("06-certificate-pending")
     w.next()  # enrolment takes days: commission without the signed chain
     w.step("review")
-    summary = w.find("#summary").text
+    summary = w.read("#summary")
     assert "waiting for the signed certificate" in summary and "Australia/Adelaide" in summary
     assert f"127.0.0.1:{modbus_port} unit 3" in summary.split("Batteries", 1)[1]
     details = str(w.find("#review").get_attribute("textContent"))
@@ -258,7 +280,7 @@ def _settings_upload_chain(w: Walk, chain: str) -> None:
     w.shot("10-certificate-saved")
     w.next()
     w.step("review")
-    assert "signed certificate saved" in w.find("#summary").text
+    assert "signed certificate saved" in w.read("#summary")
     w.next()
     w.text("#reach", lambda t: "Saved and applied" in t)
     w.next()
@@ -283,20 +305,20 @@ def _dashboard(w: Walk) -> dict[str, str]:
     w.text("#energy", lambda t: "Stored instead of curtailed" in t)
     w.wait.until(lambda d: d.find_elements("css selector", "#chart polyline.bat"))
     w.text("#legend", lambda t: "Battery (discharging above 0, charging below)" in t)
-    legend = w.find("#legend").text
+    legend = w.read("#legend")
     assert all(name in legend for name in ("Site export", "Export limit", "Solar", "inverter 1"))
-    assert "kW" in w.find("#chart").get_attribute("textContent")
-    card = w.find("#battery")
-    assert card.is_displayed() and card.size["width"] > 0
+    assert "kW" in w.attr("#chart", "textContent")
+    w.visible("#battery")
+    assert w.wait.until(lambda _: w.find("#battery").size["width"] > 0)
     w.shot("11-dashboard")
     got = {
-        "site": w.find("#site-w").text,
-        "limit": w.find("#export-limit").text,
-        "source": w.find("#export-source").text,
-        "inverters": w.find("#inverters").text,
-        "utility": w.find("#utility").text,
-        "next": w.find("#next-change").text,
-        "battery": w.find("#battery").text,
+        "site": w.read("#site-w"),
+        "limit": w.read("#export-limit"),
+        "source": w.read("#export-source"),
+        "inverters": w.read("#inverters"),
+        "utility": w.read("#utility"),
+        "next": w.read("#next-change"),
+        "battery": w.read("#battery"),
     }
     w.full_shot("12-dashboard-full")
     return got
@@ -315,7 +337,7 @@ def _tools(w: Walk) -> None:
     w.shot("13-test-limit")
     w.click("#r-go")
     w.visible("#report")
-    report = w.find("#report").text
+    report = w.read("#report")
     assert "NMI" in report and "4312345678" in report and "Test limit inverter 1 0 %" in report
     w.full_shot("14-commissioning-report")
     w.click("#r-back")
@@ -475,11 +497,18 @@ async def test_a_hand_configured_device_says_it_has_no_password_and_settings_ope
 
 
 def _wait_text(driver: Any, element: str, check: Any) -> str:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, 45).until(lambda d: check(d.find_element(By.ID, element)))
-    return str(driver.find_element(By.ID, element).text)
+    def passed(d: Any) -> tuple[str] | bool:
+        found = d.find_element(By.ID, element)
+        return (str(found.text),) if check(found) else False
+
+    wait = WebDriverWait(driver, 45, ignored_exceptions=(StaleElementReferenceException,))
+    got = wait.until(passed)
+    assert isinstance(got, tuple)
+    return str(got[0])
 
 
 async def _streams_taken(driver: Any, folder: Path, port: int, url: str) -> dict[str, Any]:
