@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,10 +11,7 @@ import pytest
 import trio
 
 from dynexport.update.rauc import Rauc, RaucError, parse_info, parse_status
-
-ROOT = Path(__file__).resolve().parents[2]
-SIGNING_KEY = ROOT / "buildroot/scripts/signing-key.sh"
-MANIFEST = ROOT / "buildroot/board/dynexport/rauc/manifest.raucm.in"
+from tests.update.bundles import SIGNING_KEY, make_bundle, needs_rauc
 
 STATUS = {
     "compatible": "dynexport-rpi4_64",
@@ -55,27 +51,6 @@ def test_status_that_is_not_json_is_a_rauc_error():
 def test_info_without_a_signer_is_refused():
     with pytest.raises(RaucError, match="no version or signer"):
         parse_info("Compatible: \t'x'\nVersion: \t'1'\n")
-
-
-needs_rauc = pytest.mark.skipif(
-    shutil.which("rauc") is None or shutil.which("openssl") is None,
-    reason="needs rauc and openssl (Debian: rauc)",
-)
-
-
-def make_bundle(tmp: Path, key: Path, version: str) -> Path:
-    content = tmp / f"content-{version}"
-    content.mkdir()
-    (content / "rootfs.img").write_bytes(os.urandom(65536))
-    manifest = MANIFEST.read_text().replace("@BOARD@", "test").replace("@VERSION@", version)
-    (content / "manifest.raucm").write_text(manifest.replace("@BUILD@", "20260101T000000Z"))
-    bundle = tmp / f"{version}.raucb"
-    subprocess.run(
-        ["rauc", "bundle", f"--cert={key}/cert.pem", f"--key={key}/key.pem", str(content),
-         str(bundle)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return bundle
 
 
 @needs_rauc

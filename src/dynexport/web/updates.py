@@ -5,7 +5,8 @@ is ever large), appended in order to one file in the data folder and bounded in 
 anything is installed, ``rauc info`` checks the signature against this device's keyring and the
 page shows the version and signer; a bundle signed by another key is deleted at once and never
 reaches a slot. The install runs in the background (control goes on); its progress lines and
-the outcome are read back by the page.
+the outcome are read back by the page, and the upload is deleted when it ends. What the page shows
+is in an installer's words (``refusal``); RAUC's own text goes to the log.
 """
 
 from __future__ import annotations
@@ -30,6 +31,35 @@ MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 """A bundle holds one root file system (the Pi image is kept under 60 MB compressed)."""
 MAX_CHUNK_BYTES = 192 * 1024
 """Under the web server's 256 KiB body bound (web/server.py WEB_LIMITS)."""
+
+
+NOT_A_BUNDLE = "this file is not an update bundle (.raucb)"
+FOREIGN_KEY = (
+    "this bundle is not signed by a key this device trusts (signature verification failed)"
+)
+NO_KEYRING = (
+    "this system has no update keyring to check signatures with "
+    "(is it the dynexport appliance image?)"
+)
+NOT_AB = (
+    "this system cannot install updates: it has no RAUC A/B update service "
+    "(is it the dynexport appliance image?)"
+)
+
+
+def refusal(detail: str) -> str:
+    """Why ``rauc info`` refused a bundle, in an installer's words (RAUC's own, e.g. ``Verify
+    error: self-signed certificate`` for a foreign key, are logged, not shown)."""
+    low = detail.lower()
+    if "signature verification failed" in low or "verify error" in low:
+        return FOREIGN_KEY
+    if "keyring" in low:
+        return NO_KEYRING
+    if "bundle format" in low or "squashfs" in low:
+        return NOT_A_BUNDLE
+    if "no version or signer" in low:
+        return "the bundle names no version or signer"
+    return f"the bundle could not be checked ({detail})"
 
 
 class UpdateError(Exception):
@@ -139,7 +169,8 @@ class Updates:
         try:
             info = await self.rauc.info(str(self.path))
         except RaucError as exc:
-            self._discard(f"refused, nothing was written: {exc}")
+            log.warning("update upload refused: %s", exc)
+            self._discard(f"refused, nothing was written: {refusal(str(exc))}")
             raise UpdateError(422, self.state.error or "refused") from None
         self.state.info = info
         self.state.phase = "checked"
@@ -155,17 +186,35 @@ class Updates:
         return self.state.to_json()
 
     async def _install(self, info: BundleInfo) -> None:
+        """Installs the checked bundle; whatever the outcome, the uploaded file is deleted."""
+        try:
+            await self._install_checked(info)
+        finally:  # also when cancelled: one unlink, no await
+            self.path.unlink(missing_ok=True)
+
+    async def _install_checked(self, info: BundleInfo) -> None:
         st = self.state
         try:
             status = await self.rauc.status()
+        except RaucError as exc:
+            log.warning("update not installed: %s", exc)
+            st.phase, st.error = "failed", f"not installed, nothing was written: {NOT_AB}"
+            return
+        try:
             target = other_slot(status.booted)
         except RaucError as exc:
-            st.phase, st.error = "failed", f"not installed: {exc}"
+            st.phase, st.error = "failed", f"not installed, nothing was written: {exc}"
             return
         assert status.booted is not None
         record = UpdateRecord("installing", info.version, target, status.booted, boot_id())
-        # clears what an earlier update left (its health verdict, its rollback reason)
-        begin_install(self.data_dir, record)
+        try:  # clears what an earlier update left (its health verdict, its rollback reason)
+            await trio.to_thread.run_sync(begin_install, self.data_dir, record)
+        except OSError as exc:
+            st.phase, st.error = (
+                "failed",
+                f"not installed: the update record cannot be written ({exc})",
+            )
+            return
 
         async def progress(line: str) -> None:
             st.lines.append(line)
@@ -177,8 +226,6 @@ class Updates:
             write_record(self.data_dir, record.moved_to("failed", str(exc)))
             st.phase, st.error = "failed", f"install failed, the running system is unchanged: {exc}"
             return
-        finally:
-            self.path.unlink(missing_ok=True)
         write_record(self.data_dir, record.moved_to("trial"))
         st.phase = "installed"
         log.info("update %s installed in slot %s from the web page", info.version, target)

@@ -672,35 +672,50 @@
     } catch (e) { $("#b-out").textContent = "Not restored: " + e.message + (e.doc && e.doc.problems ? " — " + e.doc.problems.join("; ") : ""); }
     $("#b-put").value = "";
   });
+  // Software update: the bundle goes up in pieces (the bar and the message follow each one), the
+  // device checks its signature and the page shows its version and signer; only then the install.
+  const MAX_BUNDLE = 256 * 1024 * 1024, PIECE = 192 * 1024;
+  const capital = (t) => t ? t.charAt(0).toUpperCase() + t.slice(1) : "";
+  const mb = (n) => (n / 1e6).toFixed(1);
+  function updateSays(text, bad) { const o = $("#u-out"); o.textContent = text; o.className = "note" + (bad ? " bad" : ""); }
   $("#u-file").addEventListener("change", async () => {
-    const f = $("#u-file").files[0]; if (!f) return;
-    const bar = $("#u-bar"), CHUNK = 192 * 1024;
-    $("#u-install").hidden = true; facts($("#u-info"), []); bar.hidden = false; bar.value = 0;
+    const input = $("#u-file"), f = input.files[0]; if (!f) return;
+    const bar = $("#u-bar");
+    $("#u-install").hidden = true; facts($("#u-info"), []); bar.value = 0; bar.hidden = false; input.disabled = true;
     try {
+      if (f.size === 0) throw new Error("refused, nothing was written: this file is empty");
+      if (f.size > MAX_BUNDLE) throw new Error("refused, nothing was written: this file is larger than any update bundle (" + mb(MAX_BUNDLE) + " MB at most)");
+      updateSays("Uploading: 0 % (0.0 of " + mb(f.size) + " MB)");
       await api("POST", "/api/update/upload", { size: f.size });
-      for (let at = 0; at < f.size; at += CHUNK) {
-        await api("PUT", "/api/update/upload?offset=" + at, undefined, await f.slice(at, at + CHUNK).arrayBuffer());
-        bar.value = Math.min(1, (at + CHUNK) / f.size);
-        $("#u-out").textContent = "Uploading: " + Math.round(100 * bar.value) + " %";
+      for (let at = 0; at < f.size; at += PIECE) {
+        await api("PUT", "/api/update/upload?offset=" + at, undefined, await f.slice(at, at + PIECE).arrayBuffer());
+        const done = Math.min(f.size, at + PIECE);
+        bar.value = done / f.size;
+        updateSays("Uploading: " + Math.floor(100 * done / f.size) + " % (" + mb(done) + " of " + mb(f.size) + " MB)");
       }
-      $("#u-out").textContent = "Checking the signature…";
+      updateSays("Checking the signature…");
       const r = await api("POST", "/api/update/check", {});
-      facts($("#u-info"), [["Version", r.bundle.version], ["Signed by", r.bundle.signer + " (verified by this device)"], ["For", r.bundle.compatible]]);
-      $("#u-out").textContent = "Ready to install.";
+      facts($("#u-info"), [["File", f.name + " (" + mb(f.size) + " MB)"], ["Version", r.bundle.version], ["Signed by", r.bundle.signer + " (verified by this device)"], ["For", r.bundle.compatible]]);
+      updateSays("Ready to install.");
       $("#u-install").hidden = false;
-    } catch (e) { $("#u-out").textContent = e.message; bar.hidden = true; }
+    } catch (e) { updateSays(capital(e.message), true); bar.hidden = true; input.value = ""; }  // the same file can be chosen again
+    finally { input.disabled = false; }
   });
   $("#u-install").addEventListener("click", async () => {
     if (!confirm("Install this update? Control goes on; the device restarts into it at a quiet moment, with every inverter at its fail-safe limit first.")) return;
-    $("#u-install").hidden = true;
+    $("#u-install").hidden = true; $("#u-file").disabled = true;
     try {
-      await api("POST", "/api/update/install", {});
-      const poll = setInterval(async () => {
-        const u = (await api("GET", "/api/update")).upload;
-        $("#u-out").textContent = u.phase === "installing" ? "Installing: " + (u.progress.slice(-1)[0] || "") : u.phase === "installed" ? "Installed: the device restarts into it at a quiet moment." : (u.error || u.phase);
-        if (u.phase !== "installing") clearInterval(poll);
-      }, 1000);
-    } catch (e) { $("#u-out").textContent = e.message; }
+      let u = await api("POST", "/api/update/install", {}), lost = false;
+      while (u.phase === "installing") {
+        updateSays("Installing: " + (u.progress.slice(-1)[0] || "starting…") + (lost ? " (the device does not answer: asking again)" : ""));
+        await new Promise((ok) => setTimeout(ok, 1000));
+        try { u = (await api("GET", "/api/update")).upload; lost = false; }
+        catch (e) { if (e.status === 401) throw e; lost = true; }
+      }
+      if (u.phase === "installed") updateSays("Installed: the device restarts into it at a quiet moment, with every inverter at its fail-safe limit first.");
+      else { updateSays(capital(u.error || u.phase), true); $("#u-bar").hidden = true; }
+    } catch (e) { updateSays(capital(e.message), true); $("#u-bar").hidden = true; }
+    finally { $("#u-file").disabled = false; $("#u-file").value = ""; }  // the upload is used up: choose it again
   });
 
   window.addEventListener("popstate", () => route(location.pathname === "/settings" ? "setup" : undefined));
