@@ -53,6 +53,7 @@ from dynexport.sunspec.links import (
 )
 from dynexport.sunspec.storage import StorageConvention
 from dynexport.system.config import BatteryConfig, Config, UtilityConfig
+from dynexport.system.storage import atomic_write
 from dynexport.system.supervise import FaultLog, supervised
 from dynexport.system.watchdog import Notifier, ProgressTracker, watchdog_interval_s
 from dynexport.update.service import commit_when_healthy, update_status
@@ -608,11 +609,24 @@ class App:
         local = self.local_datetime(wall)
         hour = local.hour + local.minute / 60.0 + local.second / 3600.0
         book = self.battery
+        path = self.options.data_dir / PV_MEMORY_FILE
+        if book.pv is None:  # once per process: the previous days' sun, from the data partition
+            book.pv = book.pv_saved = load_pv_memory(path)
+        latitude = battery_law.latitude_for(self.config.site.time_zone)
+        peak = self.site_rated_w() or 0.0
+        states = [self._battery_state(b, now) for b in self.batteries]
         free = [i.state for i in self.inverters if i.state.online and i.state.limit_pct is None]
         if free and len(free) == len(self.inverters):  # unlimited: production shows the sun
-            book.observed.append((hour, sum(st.power_w or 0.0 for st in free)))
+            # PV: the inverters' AC output plus what a hybrid's battery takes before it.
+            made = sum(st.power_w or 0.0 for st in free)
+            made -= sum(b.power_w for b in states if b.online and not b.ac_coupled)
+            book.observed.append((hour, made))
             book.observed = book.observed[-12:]
-        states = [self._battery_state(b, now) for b in self.batteries]
+            book.pv = book.pv.record(local.date(), hour, made, peak, latitude)
+        if book.pv != book.pv_saved and now - book.pv_saved_t >= PV_SAVE_EVERY_S:
+            book.pv_saved_t = now
+            if save_pv_memory(path, book.pv, book):
+                book.pv_saved = book.pv
         ready = [b for b in states if b.online and b.soc_pct is not None]
         if not ready:
             return None
@@ -635,9 +649,8 @@ class App:
         # peak must not make the midday surplus look small).
         base_load = min(book.loads) if book.loads else 300.0
         steps = battery_law.forecast(
-            wall, hour, local.timetuple().tm_yday,
-            battery_law.latitude_for(self.config.site.time_zone),
-            self.site_rated_w() or 0.0, base_load, limits, book.observed,
+            wall, hour, local.timetuple().tm_yday, latitude, peak, base_load, limits,
+            book.observed, yesterday_ratio=book.pv.prior_ratio(local.date()),
         )  # fmt: skip
         evening = [b.evening_soc_pct for b in self.config.batteries if b.evening_soc_pct]
         return battery_law.plan_charge(
@@ -1288,6 +1301,53 @@ class BatteryBook:
     stored_wh: float = 0.0
     """Energy charged today while the export limit would otherwise have curtailed it."""
     last_t: float | None = None
+    pv: battery_law.PvMemory | None = None
+    """The previous days' sun and today's so far (``pv-memory.json``); None until loaded."""
+    pv_saved: battery_law.PvMemory | None = None
+    pv_saved_t: float = -math.inf
+    pv_save_error: str | None = None
+
+
+PV_MEMORY_FILE = "pv-memory.json"
+"""The planner's memory of the previous days' sun, on the data partition."""
+PV_SAVE_EVERY_S = 1800.0
+"""Saved at most this often (a restart loses at most half an hour of today's samples)."""
+
+
+def load_pv_memory(path: Path) -> battery_law.PvMemory:
+    """The stored PV memory; a missing file is a first day, an unreadable or corrupt one is
+    ignored with a log line (the planner then starts from today's production alone)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return battery_law.PvMemory()
+    except OSError as exc:
+        log.error("cannot read %s (%s); the planner starts without the previous days' sun",
+                  path, exc)  # fmt: skip
+        return battery_law.PvMemory()
+    try:
+        return battery_law.PvMemory.from_json(raw)
+    except ValueError as exc:
+        log.error("%s is unusable (%s); the planner starts without the previous days' sun",
+                  path, exc)  # fmt: skip
+        return battery_law.PvMemory()
+
+
+def save_pv_memory(path: Path, memory: battery_law.PvMemory, book: BatteryBook) -> bool:
+    """Writes the PV memory atomically; a full or failing partition is logged once per episode
+    and the memory lives on in RAM (tried again at the next save)."""
+    try:
+        atomic_write(path, memory.to_json().encode())
+    except OSError as exc:
+        error = f"cannot save {path.name}: {exc.strerror or exc}"
+        if book.pv_save_error is None:
+            log.error("%s; the battery planner carries on from memory", error)
+        book.pv_save_error = error
+        return False
+    if book.pv_save_error is not None:
+        log.info("saving %s works again", path.name)
+    book.pv_save_error = None
+    return True
 
 
 def _settings(config: Config) -> law.ControlSettings:

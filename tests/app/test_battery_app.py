@@ -5,10 +5,17 @@ hears that import and load limits are now enforced."""
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
+from datetime import date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+import pytest
 import trio
 
+from dynexport.app import PV_MEMORY_FILE, App, load_pv_memory
+from dynexport.control.battery import PvDay, PvMemory
 from dynexport.control.limits import LimitsConfig
 from dynexport.sep2.controls import ControlType, doe_modes_supported, enforced_controls
 from dynexport.sim.profiles import battery
@@ -89,3 +96,105 @@ async def test_an_import_limit_is_held_by_discharging_the_battery(tmp_path: Path
             assert max(imports) <= 2000 * 1.04 + 50, imports
             assert bat.power_w > 3500.0
             nursery.cancel_scope.cancel()
+
+
+# --- the planner's memory of the previous days' sun (docs/control.md, "The planner") ---------
+
+TODAY = date(2026, 12, 1)
+ELEVEN_AM = datetime(2026, 12, 1, 11, 0, tzinfo=ZoneInfo("Australia/Sydney")).timestamp()
+CLOUDY_YESTERDAY = PvMemory((PvDay("2026-11-30", measured=1.2, clear=4.0),))  # ratio 0.3
+
+
+def planning_config(sim: SimSite) -> Config:
+    return site_config(
+        sim,
+        extra={
+            "site": {"timeZone": "Australia/Sydney"},
+            "batteries": [{"tcp": sim.endpoint("main"), "unit": 3, "convention": "window"}],
+        },
+    )
+
+
+async def plan_once_with_the_site_read(app: App) -> None:
+    """Waits until the inverters have answered, unlimited, then plans (and saves) at once,
+    rather than after the app's 5-minute planning period."""
+    await wait_for(
+        lambda: (
+            app.site_rated_w() is not None
+            and all(i.state.online and i.state.power_w for i in app.inverters)
+            and all(i.state.limit_pct is None for i in app.inverters)
+        ),
+        within=20.0,
+    )
+    app.battery.pv_saved_t = -math.inf
+    app._make_plan(trio.current_time())
+
+
+async def test_the_planner_keeps_yesterdays_sun_and_adds_todays_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A cloudy yesterday on the data partition is the planner's prior this morning; today's
+    unlimited production is added beside it and saved atomically, and a restarted service
+    reads both back."""
+    path = tmp_path / PV_MEMORY_FILE
+    path.write_text(CLOUDY_YESTERDAY.to_json())
+    with simulated_site(load_w=1000.0) as sim:
+        sim.site.devices[3] = battery(soc_pct=40.0, window=True, tau_s=0.3)
+        app = make_app(planning_config(sim), tmp_path, wall_clock=lambda: ELEVEN_AM)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await plan_once_with_the_site_read(app)
+            assert app.battery.pv is not None
+            assert app.battery.pv.prior_ratio(TODAY) == pytest.approx(0.3)
+            nursery.cancel_scope.cancel()
+    saved = load_pv_memory(path)
+    assert [d.day for d in saved.days] == ["2026-11-30", "2026-12-01"]
+    assert saved.days[0] == CLOUDY_YESTERDAY.days[0]
+    assert saved.days[1].measured > 0 and saved.days[1].clear > 0
+    restarted = App(app.config, app.options)
+    restarted._make_plan(trio.current_time())  # no links yet: it only loads the memory
+    assert restarted.battery.pv == saved
+
+
+@pytest.mark.parametrize(
+    "content", [b"\x00\x01 torn by a power cut", b'{"version": 1, "days": [{"day": "x"}]}']
+)
+async def test_a_corrupt_pv_memory_is_ignored_with_a_log_line_and_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes
+) -> None:
+    path = tmp_path / PV_MEMORY_FILE
+    path.write_bytes(content)
+    with simulated_site(load_w=1000.0) as sim:
+        sim.site.devices[3] = battery(soc_pct=40.0, window=True, tau_s=0.3)
+        app = make_app(planning_config(sim), tmp_path, wall_clock=lambda: ELEVEN_AM)
+        with caplog.at_level(logging.ERROR, logger="dynexport.app"):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(app.run)
+                await plan_once_with_the_site_read(app)
+                assert app.status()["faults"] == []  # not a fault: the planner carries on
+                nursery.cancel_scope.cancel()
+    assert any(
+        PV_MEMORY_FILE in r.getMessage() and "unusable" in r.getMessage() for r in caplog.records
+    )
+    assert [d.day for d in load_pv_memory(path).days] == ["2026-12-01"]
+
+
+async def test_a_pv_memory_that_cannot_be_saved_is_logged_once_and_kept_in_ram(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The data partition refuses the write (here: the file's place is a folder): one log line,
+    the memory lives on, and the planner goes on planning."""
+    (tmp_path / PV_MEMORY_FILE).mkdir()
+    with simulated_site(load_w=1000.0) as sim:
+        sim.site.devices[3] = battery(soc_pct=40.0, window=True, tau_s=0.3)
+        app = make_app(planning_config(sim), tmp_path, wall_clock=lambda: ELEVEN_AM)
+        with caplog.at_level(logging.ERROR, logger="dynexport.app"):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(app.run)
+                await plan_once_with_the_site_read(app)
+                await plan_once_with_the_site_read(app)
+                assert app.battery.pv is not None and app.battery.pv.days
+                assert app.battery.pv_save_error is not None
+                nursery.cancel_scope.cancel()
+    saves = [r for r in caplog.records if "cannot save" in r.getMessage()]
+    assert len(saves) == 1

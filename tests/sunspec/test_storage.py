@@ -14,6 +14,7 @@ from dynexport.sunspec.storage import (
     StorageConvention,
     encode_storage,
     is_storage,
+    not_controllable_reason,
     read_storage,
     setpoint_from_raw,
     storage_control_model,
@@ -148,3 +149,49 @@ def test_bad_commands_are_refused_with_a_reason() -> None:
         encode_storage(H124, StorageCommand(-1000.0), max_charge_w=5000.0, sf=99)
     with pytest.raises(CommandError, match="no model 124"):
         storage_control_model(SunSpecMap(40000, (ModelHeader(103, 40002, 50),)))
+
+
+# --- a hybrid without 802 W: shown, not controlled, and the status says why -----------------
+
+HYBRID_NO_802 = {
+    103: {"W": 6200.0},  # PV and battery mixed: the inverter's AC output
+    124: {"WChaMax": 5000.0, "ChaState": 61.0, "StorCtl_Mod": 0, "InWRte": 100.0},
+    713: {"WHRtg": 10000.0, "SoC": 60.5},
+    704: {"WSetEna": 0, "WSet": 0.0},
+}
+
+
+def test_a_hybrid_without_802_w_is_not_controlled_and_the_reason_says_so() -> None:
+    """124, 713 and 704 give SoC, rating and setpoints but no battery power: a hybrid's AC
+    W is not it, so it is not controllable, and the reason names model 802 W and the models
+    it does have, plainly."""
+    r = read_storage(HYBRID_NO_802, ac_coupled=False)
+    assert r.soc_pct == 60.5 and r.max_charge_w == 5000.0 and r.power_w is None
+    assert not r.controllable
+    why = not_controllable_reason(r, [1, 103, 124, 713, 704], ac_coupled=False)
+    assert why is not None
+    assert "model 802 W" in why and "no model 802" in why and "1, 103, 124, 713, 704" in why
+    assert "left in its own mode" in why and "export is still held" in why
+    with_802 = read_storage({**HYBRID_NO_802, 802: {"SoC": 60.0}}, ac_coupled=False)
+    why_802 = not_controllable_reason(with_802, [1, 103, 124, 713, 802], ac_coupled=False)
+    assert why_802 is not None and "its model 802 does not implement W" in why_802
+
+
+def test_the_same_models_on_an_ac_battery_are_controllable_and_802_w_makes_a_hybrid_so() -> None:
+    ac = read_storage(HYBRID_NO_802, ac_coupled=True)  # its own inverter: 103 W is the battery
+    assert ac.controllable and not_controllable_reason(ac, [1, 103, 124, 713]) is None
+    hybrid = read_storage({**HYBRID_NO_802, 802: {"W": -3000.0}}, ac_coupled=False)
+    assert hybrid.power_w == -3000.0
+    assert not_controllable_reason(hybrid, [1, 103, 124, 713, 802], ac_coupled=False) is None
+
+
+def test_a_battery_missing_soc_or_rating_says_which() -> None:
+    why = not_controllable_reason(read_storage({103: {"W": 0.0}}), [1, 103])
+    assert why == (
+        "not controlled: the battery reports no state of charge (713 SoC, 802 SoC or 124 "
+        "ChaState), no charge rating (802 WChaRteMax or 124 WChaMax)"
+    )
+    no_power = not_controllable_reason(read_storage({124: {"WChaMax": 1.0, "ChaState": 5.0}}), [])
+    assert no_power is not None and no_power.endswith(
+        "no power (its measurement model's W, or 802 W)"
+    )

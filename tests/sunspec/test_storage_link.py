@@ -10,10 +10,16 @@ import trio
 from dynexport.modbus.client import BusPool
 from dynexport.modbus.endpoints import TcpEndpoint
 from dynexport.sim.modbus_server import serve_tcp
-from dynexport.sim.profiles import battery, fronius_battery_site, fronius_gateway
-from dynexport.sim.sunspec_device import Site
+from dynexport.sim.profiles import (
+    battery,
+    common,
+    fronius_battery_site,
+    fronius_gateway,
+    inverter_measurements,
+)
+from dynexport.sim.sunspec_device import ModelSpec, Site, SunSpecDevice
 from dynexport.sunspec.links import BatteryDesired, BatteryLink
-from dynexport.sunspec.storage import StorageConvention
+from dynexport.sunspec.storage import StorageConvention, not_controllable_reason
 
 
 async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> None:
@@ -120,3 +126,59 @@ def test_a_setpoint_moving_by_a_few_watts_is_not_rewritten_before_it_is_due() ->
     assert not _same_setpoint(BatteryDesired(None), BatteryDesired(0.0))
     assert _same_setpoint(BatteryDesired(None), BatteryDesired(None))
     assert not _same_setpoint(BatteryDesired(-1.0), None)
+
+
+def hybrid_without_802() -> Site:
+    """A hybrid inverter at unit 1 whose storage is 124 (writable, GEN24 window) and 713 only:
+    SoC and ratings, no battery power."""
+    storage_124 = ModelSpec(
+        124,
+        {
+            "WChaMax_SF": 0, "WChaMax": 5000.0, "WChaDisChaGra_SF": 0, "WChaGra": 100,
+            "WDisChaGra": 100, "StorCtl_Mod": 0, "VAChaMax_SF": 0, "VAChaMax": 5000.0,
+            "MinRsvPct_SF": 0, "MinRsvPct": 5, "ChaState_SF": -1, "ChaState": 60.0,
+            "StorAval_SF": 0, "StorAval": 0, "InBatV_SF": -1, "InBatV": 400.0, "ChaSt": 6,
+            "InOutWRte_SF": -2, "OutWRte": 100.0, "InWRte": 100.0, "InOutWRte_WinTms": 0,
+            "InOutWRte_RvrtTms": 0, "InOutWRte_RmpTms": 0, "ChaGriSet": 0,
+        },
+        writable=frozenset({"StorCtl_Mod", "InWRte", "OutWRte", "InOutWRte_WinTms",
+                            "InOutWRte_RvrtTms", "InOutWRte_RmpTms"}),
+    )  # fmt: skip
+    capacity_713 = ModelSpec(
+        713,
+        {"WH_SF": 0, "Pct_SF": -1, "WHRtg": 10000.0, "WHAvail": 6000.0, "SoC": 60.0,
+         "SoH": 100.0, "Sta": 1},
+    )  # fmt: skip
+    device = SunSpecDevice(
+        40000,
+        [common("Fronius", "Primo GEN24 6.0 Plus", "SIMHYB01"), inverter_measurements(False),
+         storage_124, capacity_713],
+    )  # fmt: skip
+    return Site({1: device})
+
+
+async def test_a_hybrid_without_802_w_is_shown_but_never_written_and_says_why() -> None:
+    """Against a real peer: the link reads its SoC and rating, marks it not controllable with
+    the reason naming model 802 W, and a command never reaches the device."""
+    site = hybrid_without_802()
+    with serve_tcp(site) as sim:
+        async with BusPool(timeout=1.0) as pool, trio.open_nursery() as nursery:
+            bus = pool.get(TcpEndpoint("127.0.0.1", sim.port))
+            link = BatteryLink(
+                "battery 1", bus, 1, revert_s=45, fast_s=0.2, ac_coupled=False,
+                convention=StorageConvention.WINDOW,
+            )  # fmt: skip
+            nursery.start_soon(link.run)
+            await wait_until(lambda: link.state.online and link.state.controllable is False)
+            r = link.state.reading
+            assert r is not None and r.soc_pct == 60.0 and r.capacity_wh == 10000.0
+            assert r.power_w is None
+            why = not_controllable_reason(r, link.state.info.models, ac_coupled=False)
+            assert why is not None and "model 802 W" in why and "124, 713" in why
+            link.command(BatteryDesired(-2000.0))
+            for _ in range(3):  # a few polls: the command is never written
+                seen = link.state.last_reading
+                await wait_until(lambda: link.state.last_reading != seen)  # noqa: B023
+            assert site.get(1, 124, "StorCtl_Mod") == 0
+            assert link.state.setpoint_w is None and link.state.last_write is None
+            nursery.cancel_scope.cancel()

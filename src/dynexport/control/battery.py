@@ -36,9 +36,11 @@ Why the rules are what they are:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Literal, TypeGuard
 
 BatteryMode = Literal["own", "engaged", "offline", "failsafe"]
@@ -422,6 +424,30 @@ def clear_sky_fraction(day_of_year: int, solar_hour: float, latitude_deg: float)
     return float((sin_el / noon) ** 1.2)
 
 
+RATIO_MIN, RATIO_MAX = 0.05, 1.2
+"""The PV ratio (measured / clear-sky) is kept within these: a dark day still has some sun, and
+a cold clear day makes a little more than the simple curve says, never much more."""
+PRIOR_WEIGHT = 3.0
+"""How much evidence the previous days' ratio is worth, in clear-sky fractions (samples at full
+sun): today's samples outweigh it once their clear-sky fractions add up to more than this (one
+hour of 5-minute samples at 25 % of the noon sun), so yesterday rules at dawn and today by
+mid-morning."""
+SAMPLE_MIN_FRACTION = 0.15
+"""Samples taken while the clear-sky curve is below this fraction of noon do not teach the day's
+ratio: at dawn and dusk local time's offset from solar time and the horizon dominate it."""
+DAY_MIN_WEIGHT = 3.0
+"""A day's ratio is remembered only when its samples' clear-sky fractions add up to this."""
+MEMORY_DAYS = 3
+"""How many previous days the PV memory learns from (yesterday weighs most)."""
+
+
+def _ratio_or_none(x: object) -> float | None:
+    """A usable ratio, clamped; None for anything not a finite number (never a crash)."""
+    if not _finite(x):
+        return None
+    return min(max(float(x), RATIO_MIN), RATIO_MAX)
+
+
 def pv_expectation(
     peak_w: float,
     day_of_year: int,
@@ -430,19 +456,152 @@ def pv_expectation(
     observed: Sequence[tuple[float, float]] = (),
     yesterday_ratio: float | None = None,
 ) -> list[float]:
-    """Expected PV (W) at each solar hour: the clear-sky curve × a ratio from today's production
-    so far (``observed``: (solar hour, W) pairs), else yesterday's ratio, else 1."""
-    ratio = 1.0 if yesterday_ratio is None else yesterday_ratio
-    seen = [
-        (w, peak_w * clear_sky_fraction(day_of_year, h, latitude_deg))
-        for h, w in observed
-        if _finite(w)
-    ]
-    expected = sum(e for _, e in seen)
-    if expected > 0.1 * peak_w * max(len(seen), 1):
-        ratio = sum(w for w, _ in seen) / expected
-    ratio = min(max(ratio, 0.05), 1.2)
-    return [peak_w * ratio * clear_sky_fraction(day_of_year, h, latitude_deg) for h in hours]
+    """Expected PV (W) at each solar hour: the clear-sky curve × a ratio.
+
+    The ratio is today's production so far (``observed``: (solar hour, W) pairs) against the
+    curve at the same moments, blended with the previous days' (``yesterday_ratio``, from
+    :class:`PvMemory`) in proportion to how much each has seen: the previous days count as
+    ``PRIOR_WEIGHT`` samples at full sun, today's samples as their clear-sky fractions. So
+    before sunrise the expectation is yesterday's, and it moves to today's as the morning goes.
+    Without a previous day, today's ratio is used as soon as it means anything (the samples'
+    mean clear-sky fraction above 0.1), else a clear day (1).
+    """
+    prior = _ratio_or_none(yesterday_ratio)
+    seen_w = 0.0
+    weight = 0.0
+    n = 0
+    if _finite(peak_w) and peak_w > 0:
+        for h, w in observed:
+            if not (_finite(w) and _finite(h)):
+                continue
+            frac = clear_sky_fraction(day_of_year, h, latitude_deg)
+            seen_w += max(w, 0.0)
+            weight += frac
+            n += 1
+    if prior is None:
+        ratio = 1.0
+        if weight > 0.1 * max(n, 1):
+            ratio = seen_w / (peak_w * weight)
+    else:
+        today = seen_w / peak_w if weight > 0 else 0.0
+        ratio = (today + prior * PRIOR_WEIGHT) / (weight + PRIOR_WEIGHT)
+    ratio = min(max(ratio, RATIO_MIN), RATIO_MAX)
+    peak = _pos(peak_w)
+    return [peak * ratio * clear_sky_fraction(day_of_year, h, latitude_deg) for h in hours]
+
+
+@dataclass(frozen=True)
+class PvDay:
+    """One day's unlimited production against the clear-sky curve at the same moments: sums of
+    measured W / rated W and of clear-sky fractions (so the ratio survives a change of the
+    site's rating)."""
+
+    day: str
+    """Local date, ISO (YYYY-MM-DD)."""
+    measured: float = 0.0
+    clear: float = 0.0
+
+    def ratio(self) -> float | None:
+        """The day's measured / clear-sky ratio; None when it saw too little sun to say."""
+        if self.clear < DAY_MIN_WEIGHT:
+            return None
+        return _ratio_or_none(self.measured / self.clear)
+
+
+@dataclass(frozen=True)
+class PvMemory:
+    """What the planner remembers of the previous days' sun (the app keeps it on the data
+    partition, ``pv-memory.json``): a few :class:`PvDay`, oldest first. Pure: dates come in
+    as data, the file's bytes go out and come back through :meth:`to_json`/:meth:`from_json`."""
+
+    days: tuple[PvDay, ...] = ()
+
+    def record(
+        self,
+        day: date,
+        solar_hour: float,
+        produced_w: float,
+        peak_w: float,
+        latitude_deg: float,
+    ) -> PvMemory:
+        """Adds one sample of unlimited production (taken while no inverter was limited)."""
+        if not (_finite(produced_w) and _finite(peak_w) and _finite(solar_hour)) or peak_w <= 0:
+            return self
+        frac = clear_sky_fraction(day.timetuple().tm_yday, solar_hour, latitude_deg)
+        if frac < SAMPLE_MIN_FRACTION:
+            return self
+        key = day.isoformat()
+        old = next((d for d in self.days if d.day == key), PvDay(key))
+        new = PvDay(key, old.measured + max(produced_w, 0.0) / peak_w, old.clear + frac)
+        rest = [d for d in self.days if d.day != key]
+        # Kept by date order, the last few: a clock set wrong (a Pi without its time yet) adds
+        # one stray day that the next real days push out, without erasing them first.
+        days = sorted([*rest, new], key=lambda d: d.day)[-(MEMORY_DAYS + 1) :]
+        return PvMemory(tuple(days))
+
+    def prior_ratio(self, today: date) -> float | None:
+        """The previous days' ratio for ``today``: the last ``MEMORY_DAYS`` days that saw
+        enough sun, yesterday weighing twice the day before, and so on; None without one."""
+        total = 0.0
+        weights = 0.0
+        for d in self.days:
+            r = d.ratio()
+            try:
+                age = (today - date.fromisoformat(d.day)).days
+            except ValueError:
+                continue
+            if r is None or not 1 <= age <= MEMORY_DAYS:
+                continue
+            w = 0.5 ** (age - 1)
+            total += w * r
+            weights += w
+        return None if weights <= 0 else total / weights
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": 1,
+                "days": [
+                    {"day": d.day, "measured": d.measured, "clear": d.clear} for d in self.days
+                ],
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> PvMemory:
+        """Parses :meth:`to_json`'s output; anything else is a ValueError naming the problem."""
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("version") != 1:
+            raise ValueError("not a version 1 PV memory")
+        days = doc.get("days")
+        if not isinstance(days, list):
+            raise ValueError("'days' is not a list")
+        out: list[PvDay] = []
+        for i, d in enumerate(days):
+            if not isinstance(d, dict):
+                raise ValueError(f"day {i} is not an object")
+            measured, clear = d.get("measured"), d.get("clear")
+            out.append(PvDay(_iso_date(d.get("day"), i), _amount(measured, i), _amount(clear, i)))
+        return cls(tuple(sorted(out, key=lambda x: x.day)[-(MEMORY_DAYS + 1) :]))
+
+
+def _iso_date(x: object, i: int) -> str:
+    if isinstance(x, str):
+        try:
+            return date.fromisoformat(x).isoformat()
+        except ValueError:
+            pass
+    raise ValueError(f"day {i}: 'day' is not a date (YYYY-MM-DD): {x!r}")
+
+
+def _amount(x: object, i: int) -> float:
+    if not _finite(x) or x < 0:
+        raise ValueError(f"day {i}: 'measured' and 'clear' must be finite and >= 0: {x!r}")
+    return float(x)
 
 
 def forecast(
@@ -456,11 +615,13 @@ def forecast(
     observed: Sequence[tuple[float, float]] = (),
     step_s: float = 1800.0,
     horizon_s: float = 24 * 3600.0,
+    yesterday_ratio: float | None = None,
 ) -> list[ForecastStep]:
     """The planner's expectation from ``now`` (epoch s, at ``local_hour``) to the end of today's
-    sun: the clear-sky curve scaled by today's production (``observed``: (local hour, W)), a
-    flat load, and the export limit in force at each step from ``export_limits`` ((epoch s,
-    W or None) at each change, as ``App.limits_outlook`` gives them). Local time stands in for
+    sun: the clear-sky curve scaled by today's production (``observed``: (local hour, W))
+    blended with the previous days' ratio (``yesterday_ratio``, see :func:`pv_expectation`), a
+    flat load, and the export limit in force at each step from ``export_limits`` ((epoch s, W or
+    None) at each change, as ``App.limits_outlook`` gives them). Local time stands in for
     solar time (off by the zone's longitude and daylight saving: an hour at most, which moves
     the curve, not the energy)."""
     steps: list[ForecastStep] = []
@@ -472,7 +633,7 @@ def forecast(
         if hour >= 24.0:
             break
         mid = hour + step_s / 7200.0
-        pv = pv_expectation(peak_w, day_of_year, [mid], latitude_deg, observed)[0]
+        pv = pv_expectation(peak_w, day_of_year, [mid], latitude_deg, observed, yesterday_ratio)[0]
         limit = None
         for start, value in limits:
             if start <= t + step_s / 2:

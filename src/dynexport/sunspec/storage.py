@@ -35,7 +35,7 @@ grid charging is stopped by the charge window instead, and the reserve is the la
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from fractions import Fraction
@@ -162,6 +162,44 @@ def read_storage(
         w_set=_f(models.get(704), "WSet"),
         grid_charging=None if _i(m124, "ChaGriSet") is None else _i(m124, "ChaGriSet") == 1,
     )
+
+
+def not_controllable_reason(
+    reading: StorageReading, model_ids: Sequence[int], *, ac_coupled: bool = True
+) -> str | None:
+    """Why the law must leave this battery in its own mode, in words for the owner (the status
+    and the web page show it); None when it can be controlled.
+
+    A hybrid without model 802 ``W`` is never controlled, whatever else it offers: its AC output
+    mixes PV and battery, model 124 (InWRte/OutWRte are setpoints, not measurements), 713 (SoC
+    and stored energy, which move too slowly and coarsely to say what the battery does second by
+    second) and 704 (setpoints) have no battery power, and a setpoint is not a measurement (a
+    full, empty, hot or BMS-limited battery does less than it is told). Without it the law could
+    not tell the battery from the PV: it would misjudge the surplus, and an import limit held by
+    discharging would be missed. The inverter's own export limit still holds export."""
+    if reading.controllable:
+        return None
+    if reading.power_w is None and not ac_coupled:
+        has = ", ".join(str(m) for m in model_ids) or "none"
+        where = (
+            "its model 802 does not implement W"
+            if 802 in model_ids
+            else "it has no model 802 (battery base)"
+        )
+        return (
+            "not controlled: this hybrid inverter does not report its battery's own power "
+            f"(model 802 W; {where}; models: {has}), so its charging cannot be told apart from "
+            "its PV. It is shown and left in its own mode; export is still held by limiting the "
+            "inverter"
+        )
+    missing = []
+    if reading.soc_pct is None:
+        missing.append("state of charge (713 SoC, 802 SoC or 124 ChaState)")
+    if reading.max_charge_w is None or reading.max_charge_w <= 0:
+        missing.append("charge rating (802 WChaRteMax or 124 WChaMax)")
+    if reading.power_w is None:
+        missing.append("power (its measurement model's W, or 802 W)")
+    return "not controlled: the battery reports no " + ", no ".join(missing)
 
 
 def _first_int(*values: int | None) -> int | None:
