@@ -5,6 +5,8 @@ inverters trip or stop on their own, as the procedures need."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +54,10 @@ async def _control(sim: SimSite, command: dict[str, Any]) -> None:
     assert answer.get("ok") is True, answer
 
 
-async def test_a_disconnect_control_opens_the_inverters_and_the_utility_is_told(
-    tmp_path: Path,
-) -> None:
-    """ALL-12 / ALL-27: PUT-DERSTATUS-DISCONNECT, then PUT-DERSTATUS-CONNECT."""
+@asynccontextmanager
+async def _service(tmp_path: Path) -> AsyncIterator[tuple[UtilityServer, SimSite]]:
+    """The simulated utility (10 s polls, a 5 kW default export limit) and a simulated site
+    with its control channel, the service running against both until the block ends."""
     server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=10, expected_pen=46273)
     async with server.running() as utility:
         utility.set_default(export_limit_w=5000)
@@ -63,43 +65,40 @@ async def test_a_disconnect_control_opens_the_inverters_and_the_utility_is_told(
             app = make_app(parse_config(_config(sim, utility)), tmp_path / "data")
             async with trio.open_nursery() as nursery:
                 await nursery.start(app.run)
-                await wait_for(lambda: (_bits(utility) or 0) & 1 == 1, within=60)
-                now = int(utility.now())
-                utility.add_control(start=now, duration=40, connect=False)
-                # the inverters are opened through model 123 Conn, not only limited to 0 %
-                await wait_for(
-                    lambda: all(sim.site.get(u, 123, "Conn") == 0 for u in (1, 2)), within=30
-                )
-                await wait_for(lambda: (_bits(utility) or 1) & 1 == 0, within=30)
-                assert sim.site.output_w(1) + sim.site.output_w(2) < 50
-                # when the control ends they are closed again, and the utility is told
-                await wait_for(
-                    lambda: all(sim.site.get(u, 123, "Conn") == 1 for u in (1, 2)), within=60
-                )
-                await wait_for(lambda: (_bits(utility) or 0) & 1 == 1, within=30)
-                assert [v.message for v in utility.violations] == []
+                yield utility, sim
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_disconnect_control_opens_the_inverters_and_the_utility_is_told(
+    tmp_path: Path,
+) -> None:
+    """ALL-12 / ALL-27: PUT-DERSTATUS-DISCONNECT, then PUT-DERSTATUS-CONNECT."""
+    async with _service(tmp_path) as (utility, sim):
+        await wait_for(lambda: (_bits(utility) or 0) & 1 == 1, within=60)
+        now = int(utility.now())
+        utility.add_control(start=now, duration=40, connect=False)
+        # the inverters are opened through model 123 Conn, not only limited to 0 %
+        await wait_for(lambda: all(sim.site.get(u, 123, "Conn") == 0 for u in (1, 2)), within=30)
+        await wait_for(lambda: (_bits(utility) or 1) & 1 == 0, within=30)
+        assert sim.site.output_w(1) + sim.site.output_w(2) < 50
+        # when the control ends they are closed again, and the utility is told
+        await wait_for(lambda: all(sim.site.get(u, 123, "Conn") == 1 for u in (1, 2)), within=60)
+        await wait_for(lambda: (_bits(utility) or 0) & 1 == 1, within=30)
+        assert [v.message for v in utility.violations] == []
 
 
 async def test_an_inverter_that_trips_or_stops_on_its_own_is_reported(tmp_path: Path) -> None:
     """ALL-07 (connection status) and ALL-08 (operational state), driven through the site's
     control channel, as the procedures need the DER itself to change."""
-    server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=10, expected_pen=46273)
-    async with server.running() as utility:
-        utility.set_default(export_limit_w=5000)
-        with simulated_site(control_channel=True) as sim:
-            app = make_app(parse_config(_config(sim, utility)), tmp_path / "data")
-            async with trio.open_nursery() as nursery:
-                await nursery.start(app.run)
-                await wait_for(lambda: (_bits(utility) or 0) & 5 == 5, within=60)
-                for unit in (1, 2):
-                    await _control(sim, {"unit": unit, "set": {"connected": False}})
-                await wait_for(lambda: (_bits(utility) or 1) & 1 == 0, within=30)
-                for unit in (1, 2):
-                    await _control(sim, {"unit": unit, "set": {"connected": True}})
-                await wait_for(lambda: (_bits(utility) or 0) & 1 == 1, within=30)
-                await _control(sim, {"set": {"operating": False}})
-                await wait_for(lambda: (_bits(utility) or 4) & 4 == 0, within=30)
-                await _control(sim, {"set": {"operating": True}})
-                await wait_for(lambda: (_bits(utility) or 0) & 4 == 4, within=30)
-                nursery.cancel_scope.cancel()
+    async with _service(tmp_path) as (utility, sim):
+        await wait_for(lambda: (_bits(utility) or 0) & 5 == 5, within=60)
+        for unit in (1, 2):
+            await _control(sim, {"unit": unit, "set": {"connected": False}})
+        await wait_for(lambda: (_bits(utility) or 1) & 1 == 0, within=30)
+        for unit in (1, 2):
+            await _control(sim, {"unit": unit, "set": {"connected": True}})
+        await wait_for(lambda: (_bits(utility) or 0) & 1 == 1, within=30)
+        await _control(sim, {"set": {"operating": False}})
+        await wait_for(lambda: (_bits(utility) or 4) & 4 == 0, within=30)
+        await _control(sim, {"set": {"operating": True}})
+        await wait_for(lambda: (_bits(utility) or 0) & 4 == 4, within=30)

@@ -13,53 +13,29 @@ SoC nor a charge at or above the maximum SoC, setpoints within the rates).
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from dynexport.control.scenario import (
-    BatterySpec,
-    InverterSpec,
-    LimitChange,
-    Scenario,
-    Span,
-    run_scenario,
+from dynexport.control.scenario import BatterySpec, Scenario, run_scenario
+from tests.control.strategies import (
+    DURATION_S,
+    PROPERTY_SETTINGS,
+    inverters,
+    limit_changes,
+    load_steps,
+    scenario,
+    spans,
 )
-
-DURATION_S = 120
 
 
 @st.composite
 def battery_scenarios(draw: st.DrawFn) -> Scenario:
-    n = draw(st.integers(1, 2))
-    invs = []
-    for k in range(n):
-        rated = draw(st.sampled_from([3000.0, 5000.0, 6000.0, 8200.0]))
-        invs.append(
-            InverterSpec(rated, rated * draw(st.floats(0.3, 1.0)), k == 0 or draw(st.booleans()))
-        )
-    limit_w = st.none() | st.sampled_from([0.0, 500.0, 1500.0]) | st.floats(0, 10000)
+    """One or two PV inverters and a battery (any size, rates, SoC bounds, lag, up to two spans
+    out of reach), loads up to 7 kW, export and import limit schedules."""
+    invs = inverters(draw, 2, [3000.0, 5000.0, 6000.0, 8200.0])
     import_w = st.none() | st.sampled_from([0.0, 2000.0]) | st.floats(0, 6000)
-    gaps = draw(st.lists(st.integers(8, 50), min_size=0, max_size=4))
-    times = [0]
-    for g in gaps:
-        if times[-1] + g < DURATION_S - 15:
-            times.append(times[-1] + g)
-    changes = tuple(
-        LimitChange(
-            t,
-            draw(limit_w),
-            draw(st.none() | st.integers(100, 6000)),
-            draw(st.none() | st.integers(10, 500)),
-            draw(import_w),
-        )
-        for t in times
-    )
-    steps = sorted(
-        draw(st.lists(st.tuples(st.integers(1, DURATION_S - 1), st.floats(0, 7000)), max_size=5))
-    )
-    span = st.integers(1, DURATION_S - 1).flatmap(
-        lambda a: st.builds(Span, st.just(a), st.integers(a + 1, a + 80), st.integers(0, n - 1))
-    )
+    changes = limit_changes(draw, import_w)
+    steps = load_steps(draw, 7000.0)
     max_soc = draw(st.sampled_from([80.0, 95.0, 100.0]))
     reserve = draw(st.sampled_from([10.0, 20.0, 50.0]))
     battery = BatterySpec(
@@ -70,31 +46,12 @@ def battery_scenarios(draw: st.DrawFn) -> Scenario:
         max_soc_pct=max_soc,
         reserve_soc_pct=reserve,
         tau_s=draw(st.sampled_from([0.2, 0.5, 1.0])),
-        outages=tuple(draw(st.lists(span, max_size=2))),
+        outages=tuple(draw(st.lists(spans(len(invs)), max_size=2))),
     )
-    return Scenario(
-        inverters=tuple(invs),
-        limits=changes,
-        load_w=draw(st.floats(0, 7000)),
-        load_steps=tuple(steps),
-        load_noise_w=draw(st.floats(0, 40)),
-        tau_s=draw(st.sampled_from([0.3, 1.0, 1.5])),
-        revert_s=draw(st.sampled_from([20.0, 60.0])),
-        limit_step_pct=draw(st.sampled_from([0.0, 1.0, 0.1, 0.01])),
-        dropouts=tuple(draw(st.lists(span, max_size=2))),
-        meter_outages=tuple(draw(st.lists(span, max_size=2))),
-        duration_s=DURATION_S,
-        seed=draw(st.integers(0, 2**32 - 1)),
-        battery=battery,
-    )
+    return scenario(draw, invs, changes, steps, max_load_w=7000.0, battery=battery)
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@PROPERTY_SETTINGS
 @given(sc=battery_scenarios())
 def test_with_a_battery_the_law_keeps_the_export_limit_and_the_battery_rules(sc: Scenario) -> None:
     result = run_scenario(sc)

@@ -8,6 +8,7 @@ from dynexport.control.law import ControlOutput, ControlSettings, margin_w
 from dynexport.control.limits import EffectiveLimits
 from dynexport.control.plant import (
     SAPN_STEPS_W,
+    Hook,
     Plant,
     SimInverter,
     TracePoint,
@@ -281,21 +282,25 @@ def test_set_grad_w_ramps_a_utility_reduction_down_at_its_rate():
     assert all(abs(by_t[t].export_w - 1200) <= tolerance_w(1200) for t in range(80, 100))
 
 
-def test_an_unreachable_inverter_with_a_quiet_meter_is_counted_at_its_rating_after_revert():
-    # Review figures: export limit, meter and one inverter lost: the inverter was counted at its
-    # last output, its revert timer lifted its limit, and the site exported far over the limit.
-    plant = Plant(
-        inverters=[SimInverter("a", 6000, 6000), SimInverter("b", 2000, 2000)],
-        load_w=500.0,
-        seed=24,
-    )
+def b_lost_at_30_s(b: SimInverter, seed: int, *, meter_too: bool) -> tuple[Plant, Hook]:
+    """Inverter a (6 kW, PV 6 kW) and ``b`` behind a 500 W load, with 20 s revert timers, and
+    the hook that makes b unreachable from 30 s (and, with ``meter_too``, the meter quiet)."""
+    plant = Plant(inverters=[SimInverter("a", 6000, 6000), b], load_w=500.0, seed=seed)
     plant.revert_s = 20.0
 
     def world(t: float, p: Plant) -> None:
         if t >= 30:
-            p.meter_alive = False
+            if meter_too:
+                p.meter_alive = False
             p.inverters[1].reachable = False
 
+    return plant, world
+
+
+def test_an_unreachable_inverter_with_a_quiet_meter_is_counted_at_its_rating_after_revert():
+    # Review figures: export limit, meter and one inverter lost: the inverter was counted at its
+    # last output, its revert timer lifted its limit, and the site exported far over the limit.
+    plant, world = b_lost_at_30_s(SimInverter("b", 2000, 2000), seed=24, meter_too=True)
     trace = run_closed_loop(plant, lambda t: export_limit(3000.0), 120.0, hook=world)
     assert trace[-1].mode == "failsafe"
     assert plant.inverters[1].output_w == pytest.approx(2000, abs=5)  # b runs free since ~50 s
@@ -307,17 +312,7 @@ def test_an_unreachable_inverter_with_a_quiet_meter_is_counted_at_its_rating_aft
 def test_an_unreachable_inverters_revert_is_anticipated_with_a_fresh_meter():
     # b (PV 1.5 kW) cannot be reached from 30 s; its revert timer frees it at about 49 s. Its
     # rise (about 500 W here) is reserved from 5 s before, so export never goes over.
-    plant = Plant(
-        inverters=[SimInverter("a", 6000, 6000), SimInverter("b", 6000, 1500)],
-        load_w=500.0,
-        seed=25,
-    )
-    plant.revert_s = 20.0
-
-    def world(t: float, p: Plant) -> None:
-        if t >= 30:
-            p.inverters[1].reachable = False
-
+    plant, world = b_lost_at_30_s(SimInverter("b", 6000, 1500), seed=25, meter_too=False)
     trace = run_closed_loop(plant, lambda t: export_limit(1500.0), 100.0, hook=world)
     assert plant.inverters[1].output_w == pytest.approx(1500, abs=5)
     assert all(pt.export_w <= 1500 * 1.04 + 50 for pt in trace if pt.t >= 10)

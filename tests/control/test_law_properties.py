@@ -15,7 +15,7 @@ The rules and the precise meaning of "export", with the physically forced except
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from dynexport.control.law import ControlSettings
@@ -23,65 +23,29 @@ from dynexport.control.scenario import (
     InverterSpec,
     LimitChange,
     Scenario,
-    Span,
     reference_limits,
     run_scenario,
 )
-
-DURATION_S = 120
+from tests.control.strategies import (
+    DURATION_S,
+    PROPERTY_SETTINGS,
+    inverters,
+    limit_changes,
+    load_steps,
+    scenario,
+)
 
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
-    n = draw(st.integers(1, 3))
-    invs = []
-    for k in range(n):
-        rated = draw(st.sampled_from([2000.0, 3000.0, 5000.0, 6000.0, 8200.0]))
-        pv = rated * draw(st.floats(0.3, 1.0))
-        invs.append(InverterSpec(rated, pv, k == 0 or draw(st.booleans())))
-    limit_w = st.none() | st.sampled_from([0.0, 500.0, 1500.0]) | st.floats(0, 10000)
-    gaps = draw(st.lists(st.integers(8, 50), min_size=0, max_size=4))
-    times = [0]
-    for g in gaps:
-        if times[-1] + g < DURATION_S - 15:
-            times.append(times[-1] + g)
-    changes = tuple(
-        LimitChange(
-            t,
-            draw(limit_w),
-            draw(st.none() | st.integers(100, 6000)),  # rampTms 1..60 s
-            draw(st.none() | st.integers(10, 500)),  # setGradW 0.1..5 %/s
-        )
-        for t in times
-    )
-    steps = sorted(
-        draw(st.lists(st.tuples(st.integers(1, DURATION_S - 1), st.floats(0, 5000)), max_size=5))
-    )
-    span = st.integers(1, DURATION_S - 1).flatmap(
-        lambda a: st.builds(Span, st.just(a), st.integers(a + 1, a + 80), st.integers(0, n - 1))
-    )
-    return Scenario(
-        inverters=tuple(invs),
-        limits=changes,
-        load_w=draw(st.floats(0, 5000)),
-        load_steps=tuple(steps),
-        load_noise_w=draw(st.floats(0, 40)),
-        tau_s=draw(st.sampled_from([0.3, 1.0, 1.5])),
-        revert_s=draw(st.sampled_from([20.0, 60.0])),
-        limit_step_pct=draw(st.sampled_from([0.0, 1.0, 0.1, 0.01])),
-        dropouts=tuple(draw(st.lists(span, max_size=2))),
-        meter_outages=tuple(draw(st.lists(span, max_size=2))),
-        duration_s=DURATION_S,
-        seed=draw(st.integers(0, 2**32 - 1)),
-    )
+    """Up to three PV inverters, loads up to 5 kW, export limit schedules."""
+    invs = inverters(draw, 3, [2000.0, 3000.0, 5000.0, 6000.0, 8200.0])
+    changes = limit_changes(draw)
+    steps = load_steps(draw, 5000.0)
+    return scenario(draw, invs, changes, steps, max_load_w=5000.0)
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@PROPERTY_SETTINGS
 @given(sc=scenarios())
 def test_the_law_keeps_the_export_limit_in_closed_loop(sc: Scenario) -> None:
     result = run_scenario(sc)

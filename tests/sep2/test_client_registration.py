@@ -9,18 +9,14 @@ A 409 means "already registered": the list is read again and the existing EndDev
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from dynexport.sep2 import schema
-from dynexport.sep2.client import ClientOptions, Sep2Client
-from dynexport.sep2.controls import ControlType
-from dynexport.sep2.flow import DerInfo
 from dynexport.sep2.resources import EndDeviceList
 from dynexport.sim.utility_core import SEP_XML, Reply
 from dynexport.sim.utility_server import UtilityServer
-from tests.sep2.fakes import T0, FakeClock, utility_config
+from tests.sep2.fakes import T0
+from tests.sep2.hostile import export_limit, make_client
 
 pytestmark = pytest.mark.skipif(
     not schema.schema_available(), reason="the simulator validates with the CSIP-AUS XSD"
@@ -57,23 +53,8 @@ class HarnessLikeServer(UtilityServer):
         )
 
 
-def make_client(srv: UtilityServer, clock: FakeClock, data_dir: Path) -> Sep2Client:
-    return Sep2Client(
-        utility_config(srv),
-        data_dir,
-        der=DerInfo(rated_w=5000),
-        clock=clock,
-        options=ClientOptions(http_timeout=5.0, http_retries=0),
-    )
-
-
 def edev_posts(srv: UtilityServer) -> list[int]:
     return [r.status for r in srv.received if r.method == "POST" and r.path == "/edev"]
-
-
-def export_limit(client: Sep2Client) -> float | bool | None:
-    active = client.active_controls()
-    return None if active is None else active.value(ControlType.EXPORT_LIMIT_W)
 
 
 async def test_all_24_registers_once_although_the_list_is_polled_rarely(pki_dir, clock, tmp_path):

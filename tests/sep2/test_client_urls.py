@@ -18,9 +18,7 @@ from pathlib import Path
 import pytest
 
 from dynexport.sep2 import schema
-from dynexport.sep2.client import ClientOptions, Sep2Client
-from dynexport.sep2.controls import ControlBase, ControlType, EventStatus, ResponseStatus
-from dynexport.sep2.flow import DerInfo
+from dynexport.sep2.controls import ControlBase, EventStatus, ResponseStatus
 from dynexport.sep2.resources import (
     DateTimeInterval,
     DERControl,
@@ -32,7 +30,8 @@ from dynexport.sep2.responses import PendingResponse, ResponseTracker
 from dynexport.sep2.state import LinkStore
 from dynexport.sim.utility_core import SEP_XML, Reply
 from dynexport.sim.utility_server import UtilityServer
-from tests.sep2.fakes import T0, FakeClock, utility_config
+from tests.sep2.fakes import T0, FakeClock
+from tests.sep2.hostile import export_limit, make_client
 
 pytestmark = pytest.mark.skipif(
     not schema.schema_available(), reason="the simulator validates with the CSIP-AUS XSD"
@@ -81,21 +80,6 @@ async def server(pki_dir: Path, clock: FakeClock) -> AsyncIterator[RewritingServ
     srv.set_default(export_limit_w=5000)
     async with srv.running():
         yield srv
-
-
-def make_client(srv: UtilityServer, clock: FakeClock, data_dir: Path) -> Sep2Client:
-    return Sep2Client(
-        utility_config(srv),
-        data_dir,
-        der=DerInfo(rated_w=5000),
-        clock=clock,
-        options=ClientOptions(http_timeout=5.0, http_retries=0),
-    )
-
-
-def export_limit(client: Sep2Client) -> float | bool | None:
-    active = client.active_controls()
-    return None if active is None else active.value(ControlType.EXPORT_LIMIT_W)
 
 
 def controls_replying_to(reply_to: str) -> bytes:

@@ -341,34 +341,36 @@ def _tail_event(mrid: str) -> DERControlEvent:
     raise AssertionError("no randomized tail found")
 
 
-def test_randomized_control_removed_at_its_nominal_end_while_its_tail_runs_is_completed() -> None:
-    e = _tail_event("RND")
-    start, _ = effective_window(e, SEED)
+def _removed_at(
+    e: DERControlEvent, removed: int, *, seen_started: bool = True
+) -> list[ResponseStatus]:
+    """The responses for ``e``, received at T0 − 10, (with ``seen_started``) looked at again at
+    its effective start, then found removed from its program at ``removed``."""
     p = [prog("/derp/1", 0, e)]
     t = update(ResponseTracker(), p, T0 - 10, SEED)
-    t = update(t, p, start, SEED)
+    if seen_started:
+        start, _ = effective_window(e, SEED)
+        t = update(t, p, start, SEED)
+    t = update(t, [prog("/derp/1", 0)], removed, SEED)
+    assert t.pending[-1].created == removed  # the last response is dated at the removal
+    return [s for m, s in pending_of(t) if m == e.mrid]
+
+
+def test_randomized_control_removed_at_its_nominal_end_while_its_tail_runs_is_completed() -> None:
     # The server prunes it at its scheduled end; its randomized tail is still running.
-    t = update(t, [prog("/derp/1", 0)], T0 + 300, SEED)
-    assert [s for m, s in pending_of(t) if m == e.mrid] == [R.RECEIVED, R.STARTED, R.COMPLETED]
-    assert t.pending[-1].created == T0 + 300
+    statuses = _removed_at(_tail_event("RND"), T0 + 300)
+    assert statuses == [R.RECEIVED, R.STARTED, R.COMPLETED]
 
 
 def test_randomized_control_removed_after_its_nominal_end_is_completed_even_unobserved() -> None:
-    e = _tail_event("LATE")
-    p = [prog("/derp/1", 0, e)]
-    t = update(ResponseTracker(), p, T0 - 10, SEED)  # received; the next look is after removal
-    t = update(t, [prog("/derp/1", 0)], T0 + 310, SEED)
-    assert [s for m, s in pending_of(t) if m == e.mrid] == [R.RECEIVED, R.COMPLETED]
+    # Received; the next look is after the removal.
+    statuses = _removed_at(_tail_event("LATE"), T0 + 310, seen_started=False)
+    assert statuses == [R.RECEIVED, R.COMPLETED]
 
 
 def test_randomized_control_removed_before_its_nominal_end_is_cancelled() -> None:
-    e = _tail_event("EARLY")
-    start, _ = effective_window(e, SEED)
-    p = [prog("/derp/1", 0, e)]
-    t = update(ResponseTracker(), p, T0 - 10, SEED)
-    t = update(t, p, start, SEED)
-    t = update(t, [prog("/derp/1", 0)], T0 + 299, SEED)
-    assert [s for m, s in pending_of(t) if m == e.mrid] == [R.RECEIVED, R.STARTED, R.CANCELLED]
+    statuses = _removed_at(_tail_event("EARLY"), T0 + 299)
+    assert statuses == [R.RECEIVED, R.STARTED, R.CANCELLED]
 
 
 def test_removal_after_the_schedule_memory_recorded_it_agrees_with_the_memory() -> None:

@@ -56,6 +56,23 @@ def inverter_link(site: Site, unit: int = 1, **kwargs: object) -> InverterLink:
     )
 
 
+async def disconnect(link: InverterLink) -> None:
+    """The controller asks for a disconnect, and the link has time to carry it out."""
+    link.command(Desired(pct=0.0, connect=False))
+    await settle()
+
+
+@asynccontextmanager
+async def disconnected(site: Site) -> AsyncIterator[InverterLink]:
+    """A link to unit 1 running, settled, then told to disconnect; the controller (the link)
+    is gone when the block ends."""
+    link = inverter_link(site)
+    async with running(link):
+        await settle()
+        await disconnect(link)
+        yield link
+
+
 def state(link: InverterLink) -> InverterState:
     """The link's current snapshot (a call, so type narrowing does not outlive an await)."""
     return link.state
@@ -78,8 +95,7 @@ async def test_disconnect_opens_the_inverter_through_conn_and_reconnect_closes_i
         assert state(link).can_disconnect is True
         assert state(link).connected is True
 
-        link.command(Desired(pct=0.0, connect=False))
-        await settle()
+        await disconnect(link)
         assert site.get(1, 123, "Conn") == 0
         assert site.get(1, 123, "Conn_RvrtTms") == REVERT_S
         assert site.get(1, 123, "WMaxLim_Ena") == 1 and site.get(1, 123, "WMaxLimPct") == 0
@@ -105,11 +121,7 @@ async def test_an_inverter_left_open_by_a_dead_controller_reconnects_by_its_reve
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     site = profiles.fronius_gateway(tau_s=0.5)
-    link = inverter_link(site)
-    async with running(link):
-        await settle()
-        link.command(Desired(pct=0.0, connect=False))
-        await settle()
+    async with disconnected(site):
         assert site.get(1, 123, "Conn") == 0
     # The controller is gone: nothing rewrites Conn.
     await trio.sleep(REVERT_S + 1)
@@ -157,11 +169,7 @@ async def test_enter_service_is_never_used_to_disconnect_as_it_has_no_revert_tim
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     site = profiles.der2018_inverter(tau_s=0.5)
-    link = inverter_link(site)
-    async with running(link):
-        await settle()
-        link.command(Desired(pct=0.0, connect=False))
-        await settle()
+    async with disconnected(site) as link:
         assert site.get(1, 703, "ES") == 1
         assert state(link).disconnect_method == "limit"
         assert site.get(1, 704, "WMaxLimPct") == 0
@@ -185,8 +193,7 @@ async def test_an_inverter_refusing_conn_falls_back_to_a_zero_limit(
     async with running(link):
         await settle()
         assert state(link).can_disconnect is True
-        link.command(Desired(pct=0.0, connect=False))
-        await settle()
+        await disconnect(link)
         assert state(link).disconnect_method == "limit"
         assert state(link).can_disconnect is False
         assert site.get(1, 123, "WMaxLimPct") == 0 and site.get(1, 123, "WMaxLim_Ena") == 1

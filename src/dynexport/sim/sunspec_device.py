@@ -319,11 +319,68 @@ class _Timer:
     def arm(self, now: float, seconds: float) -> None:
         self.deadline = now + seconds if seconds > 0 else None
 
+    def arm_for(self, now: float, enabled: bool, rvrt: Any) -> None:
+        """Runs for the revert timeout register's ``rvrt`` seconds while its control is
+        ``enabled``; stops when it is not, or when ``rvrt`` is 0 or unset (no timeout)."""
+        self.arm(now, float(rvrt) if enabled and rvrt else 0.0)
+
     def remaining(self, now: float) -> float:
         return 0.0 if self.deadline is None else max(0.0, self.deadline - now)
 
+    def fire(self, now: float) -> bool:
+        """True once when the deadline has come (the timer then stops)."""
+        if self.deadline is not None and self.deadline <= now:
+            self.deadline = None
+            return True
+        return False
 
-class Inverter(SunSpecDevice):
+
+class _Plant(SunSpecDevice):
+    """A device with a physical state that moves with time (output, state of charge) and revert
+    timers that end its controls. ``step`` integrates up to each timer's deadline in turn, so a
+    control ends at its deadline even when the next step comes long after it."""
+
+    def __init__(self, base: int, models: Sequence[ModelSpec]) -> None:
+        super().__init__(base, models)
+        self._last: float | None = None
+
+    def _timers(self) -> tuple[_Timer, ...]:
+        raise NotImplementedError
+
+    def _advance(self, dt: float) -> None:
+        """The physical state ``dt`` seconds on, under the controls now in force."""
+        raise NotImplementedError
+
+    def _expire(self, now: float) -> None:
+        """End the controls whose timers have fired by ``now``."""
+        raise NotImplementedError
+
+    def _settle(self) -> None:
+        """What follows at once, with no lag, from the controls now in force (nothing here)."""
+
+    def _refresh(self, now: float) -> None:
+        """Write the plant state into the measurement points."""
+        raise NotImplementedError
+
+    def step(self, now: float) -> None:
+        if self._last is None:
+            self._last = now
+        while self._last < now:
+            deadlines = [
+                t.deadline
+                for t in self._timers()
+                if t.deadline is not None and self._last <= t.deadline < now
+            ]
+            until = min(deadlines) if deadlines else now
+            self._advance(until - self._last)
+            self._last = until
+            self._expire(until)
+        self._expire(now)
+        self._settle()
+        self._refresh(now)
+
+
+class Inverter(_Plant):
     """A PV inverter producing ``min(available, rating, limit)`` with a first-order lag.
 
     The limit comes from model 123 (WMaxLimPct of 121 WMax, when WMaxLim_Ena = 1) or model 704
@@ -359,7 +416,6 @@ class Inverter(SunSpecDevice):
         self.available_override_w: float | None = None
         """Set through the control channel: wins over ``available_w`` (which a demo's weather
         driver keeps moving)."""
-        self._last: float | None = None
         self._limit_timer = _Timer()
         self._conn_timer = _Timer()
         self.output_w = self.target_w()  # start in steady state, not ramping up
@@ -433,36 +489,22 @@ class Inverter(SunSpecDevice):
     def on_write(self, names: AbstractSet[tuple[int, str]], now: float) -> None:
         self.step(now)  # the plant state up to the write used the old settings
         if names & {(123, "WMaxLimPct"), (123, "WMaxLim_Ena"), (123, "WMaxLimPct_RvrtTms")}:
-            rvrt = self.get(123, "WMaxLimPct_RvrtTms")
             on = self.get(123, "WMaxLim_Ena") == 1
-            self._limit_timer.arm(now, float(rvrt) if on and rvrt else 0.0)
+            self._limit_timer.arm_for(now, on, self.get(123, "WMaxLimPct_RvrtTms"))
         if names & {(704, "WMaxLimPct"), (704, "WMaxLimPctEna"), (704, "WMaxLimPctRvrtTms")}:
-            rvrt = self.get(704, "WMaxLimPctRvrtTms")
             on = self.get(704, "WMaxLimPctEna") == 1
-            self._limit_timer.arm(now, float(rvrt) if on and rvrt else 0.0)
+            self._limit_timer.arm_for(now, on, self.get(704, "WMaxLimPctRvrtTms"))
         if names & {(123, "Conn"), (123, "Conn_RvrtTms")}:
-            rvrt = self.get(123, "Conn_RvrtTms")
             off = self.get(123, "Conn") == 0
-            self._conn_timer.arm(now, float(rvrt) if off and rvrt else 0.0)
+            self._conn_timer.arm_for(now, off, self.get(123, "Conn_RvrtTms"))
         self._open_circuit()
         self._refresh(now)
 
-    def step(self, now: float) -> None:
-        if self._last is None:
-            self._last = now
-        while self._last < now:
-            deadlines = [
-                t.deadline
-                for t in (self._limit_timer, self._conn_timer)
-                if t.deadline is not None and self._last <= t.deadline < now
-            ]
-            until = min(deadlines) if deadlines else now
-            self._advance(until - self._last)
-            self._last = until
-            self._expire(until)
-        self._expire(now)
+    def _timers(self) -> tuple[_Timer, ...]:
+        return (self._limit_timer, self._conn_timer)
+
+    def _settle(self) -> None:
         self._open_circuit()
-        self._refresh(now)
 
     def _advance(self, dt: float) -> None:
         start = self.output_w
@@ -470,9 +512,7 @@ class Inverter(SunSpecDevice):
         self.energy_wh += (start + self.output_w) / 2.0 * dt / 3600.0
 
     def _expire(self, now: float) -> None:
-        t = self._limit_timer
-        if t.deadline is not None and t.deadline <= now:
-            t.deadline = None
+        if self._limit_timer.fire(now):
             if self.has(704) and self.get(704, "WMaxLimPctEna") == 1:
                 self.set(704, "WMaxLimPctEna", self.get(704, "WMaxLimPctEnaRvrt") or 0)
                 rvrt_pct = self.get(704, "WMaxLimPctRvrt")
@@ -480,9 +520,7 @@ class Inverter(SunSpecDevice):
                     self.set(704, "WMaxLimPct", rvrt_pct)
             if self.has(123):
                 self.set(123, "WMaxLim_Ena", 0)
-        c = self._conn_timer
-        if c.deadline is not None and c.deadline <= now:
-            c.deadline = None
+        if self._conn_timer.fire(now):
             self.set(123, "Conn", 1)
 
     # -- measurements -------------------------------------------------------------------------
@@ -621,7 +659,7 @@ class Meter(SunSpecDevice):
                 s(mid, f"PhVph{ph}", volts)
 
 
-class Battery(SunSpecDevice):
+class Battery(_Plant):
     """An AC-coupled battery (its own battery inverter): capacity, rates, SoC, its own
     self-consumption mode, and the storage models 124, 713, 802 (and 704 WSet where present).
 
@@ -666,7 +704,6 @@ class Battery(SunSpecDevice):
         """Or "idle": it holds its charge by itself (kept for a tariff or for backup)."""
         self.energy_in_wh = 0.0
         self.energy_out_wh = 0.0
-        self._last: float | None = None
         self._storctl_timer = _Timer()
         self._wset_timer = _Timer()
         self._refresh(0.0)
@@ -706,30 +743,15 @@ class Battery(SunSpecDevice):
     def on_write(self, names: AbstractSet[tuple[int, str]], now: float) -> None:
         self.step(now)
         if names & {(124, "StorCtl_Mod"), (124, "InOutWRte_RvrtTms")}:
-            rvrt = self.get(124, "InOutWRte_RvrtTms")
             on = bool(self.get(124, "StorCtl_Mod"))
-            self._storctl_timer.arm(now, float(rvrt) if on and rvrt else 0.0)
+            self._storctl_timer.arm_for(now, on, self.get(124, "InOutWRte_RvrtTms"))
         if names & {(704, "WSetEna"), (704, "WSetRvrtTms")}:
-            rvrt = self.get(704, "WSetRvrtTms")
             on = self.get(704, "WSetEna") == 1
-            self._wset_timer.arm(now, float(rvrt) if on and rvrt else 0.0)
+            self._wset_timer.arm_for(now, on, self.get(704, "WSetRvrtTms"))
         self._refresh(now)
 
-    def step(self, now: float) -> None:
-        if self._last is None:
-            self._last = now
-        while self._last < now:
-            deadlines = [
-                t.deadline
-                for t in (self._storctl_timer, self._wset_timer)
-                if t.deadline is not None and self._last <= t.deadline < now
-            ]
-            until = min(deadlines) if deadlines else now
-            self._advance(until - self._last)
-            self._last = until
-            self._expire(until)
-        self._expire(now)
-        self._refresh(now)
+    def _timers(self) -> tuple[_Timer, ...]:
+        return (self._storctl_timer, self._wset_timer)
 
     def _advance(self, dt: float) -> None:
         if dt <= 0:
@@ -749,13 +771,9 @@ class Battery(SunSpecDevice):
             self.power_w = 0.0  # the BMS stops it at once
 
     def _expire(self, now: float) -> None:
-        t = self._storctl_timer
-        if t.deadline is not None and t.deadline <= now:
-            t.deadline = None
+        if self._storctl_timer.fire(now):
             self.set(124, "StorCtl_Mod", 0)
-        w = self._wset_timer
-        if w.deadline is not None and w.deadline <= now:
-            w.deadline = None
+        if self._wset_timer.fire(now):
             self.set(704, "WSetEna", self.get(704, "WSetEnaRvrt") or 0)
 
     def _refresh(self, now: float) -> None:

@@ -20,7 +20,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Generic, Literal, NoReturn, TypedDict, TypeVar, Unpack
 
 import trio
 
@@ -143,24 +143,37 @@ class Desired:
     """False: disconnect (through 123 Conn where possible) and limit to 0 % in any case."""
 
 
+class LinkOptions(TypedDict, total=False):
+    """What every link takes besides its id, bus and unit (defaults in `_Link`)."""
+
+    fast_s: float
+    """Seconds between fast polls (1.0)."""
+    request_timeout: float | None
+    """Per Modbus request; None: the bus's own."""
+    backoff: Backoff | None
+    """Delays after failures; None: the link's ``default_backoff``."""
+    on_update: Callable[[], None] | None
+    """Called on every change of the link's state."""
+
+
 class _Link:
+    default_backoff: ClassVar[Backoff] = Backoff(initial=1.0, maximum=30.0)
+
     def __init__(
         self,
         id: str,
         bus: RegisterBus,
         unit: int,
         *,
-        fast_s: float,
-        slow_s: float,
-        request_timeout: float | None,
-        backoff: Backoff,
-        on_update: Callable[[], None] | None,
+        fast_s: float = 1.0,
+        request_timeout: float | None = None,
+        backoff: Backoff | None = None,
+        on_update: Callable[[], None] | None = None,
     ) -> None:
         self.id = id
         self.device = SunSpecDevice(bus, unit, request_timeout=request_timeout)
         self.fast_s = fast_s
-        self.slow_s = slow_s
-        self.backoff = backoff
+        self.backoff = backoff or self.default_backoff
         self._on_update = on_update
         self._failures = 0
         self.last_activity: float | None = None
@@ -210,6 +223,18 @@ class _Link:
         self._failures = 0
         return True
 
+    async def _discover_until_found(self) -> None:
+        """Discovers the device, retrying with backoff while it does not answer."""
+        while not await self._discover():
+            pass
+
+    async def _wrong_device(self, message: str) -> NoReturn:
+        """The unit answers but is not the device configured: say so and stay offline (a
+        retry would find the same device; the configuration has to change)."""
+        log.error("%s: %s", self.id, message)
+        self._offline(message)
+        await trio.sleep_forever()
+
     async def _failed(self, message: str) -> None:
         self.last_activity = trio.current_time()
         self._failures += 1
@@ -232,48 +257,27 @@ class _Link:
         raise NotImplementedError
 
 
-class InverterLink(_Link):
-    """Polls one inverter and keeps the controller's limit (and connection) in force on it."""
+_CommandT = TypeVar("_CommandT", Desired, "BatteryDesired")
+_StateT = TypeVar("_StateT", InverterState, "BatteryLinkState")
+
+
+class _CommandLink(_Link, Generic[_CommandT, _StateT]):
+    """A link that keeps the controller's command in force on its device (an inverter's limit,
+    a battery's setpoint), written with a revert timeout of ``revert_s``."""
+
+    state: _StateT
 
     def __init__(
-        self,
-        id: str,
-        bus: RegisterBus,
-        unit: int,
-        *,
-        revert_s: int = 60,
-        fast_s: float = 1.0,
-        slow_s: float = 300.0,
-        request_timeout: float | None = None,
-        backoff: Backoff | None = None,
-        on_update: Callable[[], None] | None = None,
+        self, id: str, bus: RegisterBus, unit: int, *, revert_s: int, **options: Unpack[LinkOptions]
     ) -> None:
-        super().__init__(
-            id,
-            bus,
-            unit,
-            fast_s=fast_s,
-            slow_s=slow_s,
-            request_timeout=request_timeout,
-            backoff=backoff or Backoff(initial=1.0, maximum=30.0),
-            on_update=on_update,
-        )
+        super().__init__(id, bus, unit, **options)
         self.revert_s = revert_s
-        self.state = InverterState(id=id)
-        self._desired: Desired | None = None
-        self._written: Desired | None = None
-        self._model_problem: str | None = None
-        """Why discovery found the device not controllable (no control model), if so."""
-        self._conn_open = False
-        """123 Conn was written (or read) 0: it must be written 1 again on reconnect."""
-        self._conn_refused = False
-        """The inverter refused a Conn write: disconnect by a 0 % limit from now on."""
-        self._next_slow = -math.inf
-        self._next_fast = -math.inf
-        self._restart = False
+        self._desired: _CommandT | None = None
+        self._written: _CommandT | None = None
+        """What was last written and read back; None: unknown, write again."""
 
-    def command(self, desired: Desired) -> None:
-        """Asks for a limit; it is applied promptly by :meth:`run` (the caller never waits)."""
+    def command(self, desired: _CommandT) -> None:
+        """Asks for ``desired``; it is applied promptly by :meth:`run` (the caller never waits)."""
         if desired != self._desired:
             self._desired = desired
             self._wake.set()
@@ -285,11 +289,37 @@ class InverterLink(_Link):
         self._written = None  # unknown after an outage: write again when it answers
         self._changed()
 
+
+class InverterLink(_CommandLink[Desired, InverterState]):
+    """Polls one inverter and keeps the controller's limit (and connection) in force on it."""
+
+    def __init__(
+        self,
+        id: str,
+        bus: RegisterBus,
+        unit: int,
+        *,
+        revert_s: int = 60,
+        slow_s: float = 300.0,
+        **options: Unpack[LinkOptions],
+    ) -> None:
+        super().__init__(id, bus, unit, revert_s=revert_s, **options)
+        self.slow_s = slow_s
+        self.state = InverterState(id=id)
+        self._model_problem: str | None = None
+        """Why discovery found the device not controllable (no control model), if so."""
+        self._conn_open = False
+        """123 Conn was written (or read) 0: it must be written 1 again on reconnect."""
+        self._conn_refused = False
+        """The inverter refused a Conn write: disconnect by a 0 % limit from now on."""
+        self._next_slow = -math.inf
+        self._next_fast = -math.inf
+        self._restart = False
+
     async def _serve(self) -> None:
         """Discover, then poll and command until cancelled (or an unexpected exception)."""
         self._restart = False
-        while not await self._discover():
-            pass
+        await self._discover_until_found()
         self._after_discovery()
         self._next_slow = self._next_fast = trio.current_time()
         while True:
@@ -504,27 +534,12 @@ def _written_pct(result: LimitResult, asked: float) -> float:
 class MeterLink(_Link):
     """Polls the site meter."""
 
+    default_backoff = Backoff(initial=0.5, maximum=10.0)
+
     def __init__(
-        self,
-        id: str,
-        bus: RegisterBus,
-        unit: int,
-        *,
-        fast_s: float = 1.0,
-        request_timeout: float | None = None,
-        backoff: Backoff | None = None,
-        on_update: Callable[[], None] | None = None,
+        self, id: str, bus: RegisterBus, unit: int, **options: Unpack[LinkOptions]
     ) -> None:
-        super().__init__(
-            id,
-            bus,
-            unit,
-            fast_s=fast_s,
-            slow_s=math.inf,
-            request_timeout=request_timeout,
-            backoff=backoff or Backoff(initial=0.5, maximum=10.0),
-            on_update=on_update,
-        )
+        super().__init__(id, bus, unit, **options)
         self.state = MeterState(id=id)
 
     def _offline(self, message: str, *, fault: bool = False) -> None:
@@ -532,13 +547,10 @@ class MeterLink(_Link):
         self._changed()
 
     async def _serve(self) -> None:
-        while not await self._discover():
-            pass
+        await self._discover_until_found()
         if not self.device.is_meter:
-            message = f"unit {self.device.unit} has no SunSpec meter model ({self.device.map.ids})"
-            log.error("%s: %s", self.id, message)
-            self._offline(message)
-            await trio.sleep_forever()
+            ids = self.device.map.ids
+            await self._wrong_device(f"unit {self.device.unit} has no SunSpec meter model ({ids})")
         self.state = replace(
             self.state, info=DeviceInfo.from_common(self.device.common, tuple(self.device.map.ids))
         )
@@ -595,7 +607,7 @@ class BatteryDesired:
     setpoint_w: float | None
 
 
-class BatteryLink(_Link):
+class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
     """Polls one battery's storage models and keeps the controller's setpoint in force: written
     with its revert timeout when it changes, verified by reading it back, rewritten at a third
     of the timeout. A release (own mode) is written once: it needs no timer."""
@@ -607,60 +619,30 @@ class BatteryLink(_Link):
         unit: int,
         *,
         revert_s: int = 60,
-        fast_s: float = 1.0,
         ac_coupled: bool = True,
         convention: StorageConvention = StorageConvention.SUNSPEC,
         discharge_positive: bool = True,
         capacity_wh: float | None = None,
-        request_timeout: float | None = None,
-        backoff: Backoff | None = None,
-        on_update: Callable[[], None] | None = None,
+        **options: Unpack[LinkOptions],
     ) -> None:
-        super().__init__(
-            id,
-            bus,
-            unit,
-            fast_s=fast_s,
-            slow_s=math.inf,
-            request_timeout=request_timeout,
-            backoff=backoff or Backoff(initial=1.0, maximum=30.0),
-            on_update=on_update,
-        )
-        self.revert_s = revert_s
+        super().__init__(id, bus, unit, revert_s=revert_s, **options)
         self.ac_coupled = ac_coupled
         self.convention = convention
         self.discharge_positive = discharge_positive
         self.capacity_wh = capacity_wh
         self.state = BatteryLinkState(id=id)
-        self._desired: BatteryDesired | None = None
-        self._written: BatteryDesired | None = None
         self._values: dict[int, dict[str, Any]] = {}
         self._next_fast = -math.inf
 
-    def command(self, desired: BatteryDesired) -> None:
-        """Asks for a setpoint; applied promptly by :meth:`run` (the caller never waits)."""
-        if desired != self._desired:
-            self._desired = desired
-            self._wake.set()
-
-    def _offline(self, message: str, *, fault: bool = False) -> None:
-        self.state = replace(self.state, online=False, error=message)
-        if fault:
-            self.state = replace(self.state, controllable=False, not_controllable=message)
-        self._written = None
-        self._changed()
-
     async def _serve(self) -> None:
-        while not await self._discover():
-            pass
+        await self._discover_until_found()
         smap = self.device.map
         info = DeviceInfo.from_common(self.device.common, tuple(smap.ids))
         if not storage.is_storage(smap):
-            message = f"unit {self.device.unit} has no SunSpec storage model ({smap.ids})"
-            log.error("%s: %s", self.id, message)
             self.state = replace(self.state, info=info)
-            self._offline(message)
-            await trio.sleep_forever()
+            await self._wrong_device(
+                f"unit {self.device.unit} has no SunSpec storage model ({smap.ids})"
+            )
         self.state = replace(self.state, info=info)
         plan = polling.storage_plan(smap)
         while True:

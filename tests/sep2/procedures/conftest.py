@@ -38,7 +38,7 @@ from dynexport.sep2.resources import MirrorUsagePoint
 from dynexport.sep2.telemetry import Sample
 from dynexport.sim.utility_core import CHECKS, Violation
 from dynexport.sim.utility_server import RecordedRequest, UtilityServer
-from tests.sep2.fakes import FakeClock, utility_config
+from tests.sep2.fakes import T0, FakeClock, utility_config
 
 PEN = 46273
 """The Private Enterprise Number the client is configured with and the simulator expects (as
@@ -288,6 +288,131 @@ async def link(server: UtilityServer, clock: FakeClock, tmp_path: Path) -> Async
         yield harness
     finally:
         await harness.close()
+
+
+# --- one limit type through a procedure (GEN-*, LOA-*) -----------------------------------------
+
+LIMIT_FIELDS = {
+    ControlType.EXPORT_LIMIT_W: "export_limit_w",
+    ControlType.GENERATION_LIMIT_W: "generation_limit_w",
+    ControlType.IMPORT_LIMIT_W: "import_limit_w",
+    ControlType.LOAD_LIMIT_W: "load_limit_w",
+}
+"""The simulator's keyword for each limit the GEN and LOA procedures set."""
+
+
+def now(link: Harness) -> int:
+    """The fake time in the whole seconds the simulator schedules controls in."""
+    return int(link.clock.t)
+
+
+def limit(kind: ControlType, watts: float) -> dict[str, float]:
+    """``kind`` at ``watts``, as keywords for `UtilityServer.set_default`."""
+    return {LIMIT_FIELDS[kind]: watts}
+
+
+def add_limit(
+    srv: UtilityServer, kind: ControlType, watts: float, *, start: int, duration: int
+) -> str:
+    """A DERControl setting only ``kind`` to ``watts``; returns its mRID."""
+    return srv.add_control(start=start, duration=duration, **limit(kind, watts))  # type: ignore[arg-type]
+
+
+async def drops_to_zero_within_a_poll(link: Harness, kind: ControlType, rating: float) -> None:
+    """GEN-01/02 and LOA-01/02 once their default is set: a 2 × ``rating`` control is in force
+    (GET-DERC-INITIAL, WAIT-CONTROL), a 0 W one added as the next DERProgramList poll arrives is
+    in force right after it (GET-DERC-ZERO) and stays (WAIT-REACH-ZERO); both answered 1, 2."""
+    srv = link.server
+    first = add_limit(srv, kind, 2 * rating, start=int(T0), duration=300)
+    await link.run_for(60)  # GET-DERC-INITIAL, WAIT-CONTROL
+    assert link.value(kind) == 2 * rating
+    zero: list[str] = []
+
+    def add_zero() -> None:
+        zero.append(add_limit(srv, kind, 0, start=int(srv.now()), duration=300))
+
+    link.clock.advance(1)
+    fired = on_request(srv, "GET", "/edev/1/fsa/1/derp", add_zero)  # GET-DERC-ZERO
+    await link.run_until(lambda: bool(fired), 61, "GET-DERC-ZERO")
+    await link.run_for(1)
+    assert link.value(kind) == 0, "the 0 W control is not in force right after the poll"
+    await link.run_for(120)  # WAIT-REACH-ZERO
+    assert link.value(kind) == 0
+    assert statuses(srv, first)[:2] == [1, 2] and statuses(srv, zero[0])[:2] == [1, 2]
+
+
+async def default_after_cancel_and_after_end(
+    link: Harness,
+    kind: ControlType,
+    rating: float,
+    others: dict[str, float],
+    *,
+    clear_default: bool,
+) -> None:
+    """GEN-03/04 and LOA-03/04, with ``others`` the other limits' defaults: a 2 × ``rating``
+    control cancelled → the default 30 % at setGradW 167 (1/2/6); a new control, and at its end
+    the default again (1/2/3); then a 0 W control (GET-DERC-3) in force, with ``clear_default``
+    the default removed as it comes (GEN: set-default-der-control cancelled)."""
+    srv = link.server
+    srv.set_default(**others, set_grad_w=167)  # type: ignore[arg-type]
+    ctl = add_limit(srv, kind, 2 * rating, start=int(T0), duration=900)
+    await link.run_for(1)
+    assert link.value(kind) == 2 * rating
+    srv.set_default(**(others | limit(kind, 0.3 * rating)), set_grad_w=167)  # type: ignore[arg-type]
+    await link.run_for(60)  # GET-DEFAULT-DERC, then GET-DERC-1
+    srv.cancel_control(ctl)
+    await link.run_until(lambda: link.value(kind) == 0.3 * rating, 61, "default 30 %")
+    active = link.client.active_controls()
+    assert active is not None and active.set_grad_w == 167  # ramp at setGradW
+    assert statuses(srv, ctl) == [1, 2, 6]
+    await link.run_for(120)  # WAIT-RAMP-DEFAULT-DERC
+    second = add_limit(srv, kind, 2 * rating, start=now(link), duration=600)
+    await link.run_until(lambda: link.value(kind) == 2 * rating, 61, "GET-DERC-2")
+    await link.run_for(600)  # WAIT-CONTROL-END
+    assert link.value(kind) == 0.3 * rating, "not back to the default after the control"
+    assert statuses(srv, second) == [1, 2, 3]
+    add_limit(srv, kind, 0, start=now(link), duration=600)
+    if clear_default:
+        srv.clear_default()  # set-default-der-control cancelled
+    await link.run_until(lambda: link.value(kind) == 0, 61, "GET-DERC-3: 0 W control")
+
+
+async def cancelled_on_the_next_derc_poll(
+    link: Harness, kind: ControlType, mrid: str, *, control_w: float, default_w: float
+) -> None:
+    """GEN-09 and LOA-09 up to GET-DERC: control ``mrid`` (``control_w``) in force, then
+    cancelled as the DERControlList poll arrives: the default ``default_w`` right after it."""
+    srv = link.server
+    await link.run_for(120)
+    assert link.value(kind) == control_w
+    fired = on_request(srv, "GET", "/derp/1/derc", lambda: srv.cancel_control(mrid))
+    await link.run_until(lambda: bool(fired), 61, "GET-DERC")
+    await link.run_for(1)
+    assert link.value(kind) == default_w
+
+
+async def variable_limits(link: Harness, kind: ControlType, rating: float) -> None:
+    """GEN-11/12 and LOA-11/12: five 120 s controls at 200, 100, 40, 25 and 0 % of ``rating``,
+    scheduled as GET-DER-CONTROLS arrives: each in force in its window, each answered 1/2/3."""
+    srv = link.server
+    shares = [2, 1, 0.4, 0.25, 0]
+    mrids: list[str] = []
+
+    def schedule() -> None:
+        start = int(srv.now())
+        for i, share in enumerate(shares):
+            mrids.append(add_limit(srv, kind, share * rating, start=start + 120 * i, duration=120))
+
+    fired = on_request(srv, "GET", "/edev/1/fsa/1/derp", schedule)  # GET-DER-CONTROLS
+    await link.run_for(1)
+    assert fired
+    start = fired[0]
+    for i, share in enumerate(shares):
+        await link.run_to(start + 120 * i + 60)
+        assert link.value(kind) == pytest.approx(share * rating), f"DERC{i + 1}"
+    await link.run_to(start + 601)
+    for i, mrid in enumerate(mrids):
+        assert statuses(srv, mrid) == [1, 2, 3], f"DERC{i + 1}"
 
 
 # --- what the server saw ---------------------------------------------------------------------

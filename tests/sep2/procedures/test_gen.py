@@ -4,51 +4,32 @@ GEN-05..08 need subscriptions (class S-G) and are not applicable to our polling 
 
 from __future__ import annotations
 
-import pytest
-
 from dynexport.sep2.controls import ControlType
 from tests.sep2.fakes import T0
 from tests.sep2.procedures.conftest import (
     MAX_EXPORT_W,
     Harness,
+    cancelled_on_the_next_derc_poll,
+    default_after_cancel_and_after_end,
+    drops_to_zero_within_a_poll,
     needs_schema,
-    on_request,
+    now,
     procedure,
     statuses,
+    variable_limits,
 )
 
 pytestmark = needs_schema
 
 EXP = ControlType.EXPORT_LIMIT_W
 GEN = ControlType.GENERATION_LIMIT_W
-FIELD = {EXP: "export_limit_w", GEN: "generation_limit_w"}
-
-
-def now(link: Harness) -> int:
-    return int(link.clock.t)
 
 
 async def _active_control_to_zero(link: Harness, kind: ControlType) -> None:
     """GEN-01/02: an unconstrained control, then (on the next DERProgramList poll) a 0 W one."""
-    srv = link.server
-    srv.set_default(export_limit_w=0 if kind is EXP else MAX_EXPORT_W, import_limit_w=0,
-                    set_grad_w=600)  # fmt: skip
-    first = srv.add_control(start=int(T0), duration=300, **{FIELD[kind]: 2 * MAX_EXPORT_W})  # type: ignore[arg-type]
-    await link.run_for(60)  # GET-DERC-INITIAL, WAIT-CONTROL
-    assert link.value(kind) == 2 * MAX_EXPORT_W
-    zero: list[str] = []
-
-    def add_zero() -> None:
-        zero.append(srv.add_control(start=int(srv.now()), duration=300, **{FIELD[kind]: 0}))  # type: ignore[arg-type]
-
-    link.clock.advance(1)
-    fired = on_request(srv, "GET", "/edev/1/fsa/1/derp", add_zero)  # GET-DERC-ZERO
-    await link.run_until(lambda: bool(fired), 61, "GET-DERC-ZERO")
-    await link.run_for(1)
-    assert link.value(kind) == 0, "the 0 W control is not in force right after the poll"
-    await link.run_for(120)  # WAIT-REACH-ZERO
-    assert link.value(kind) == 0
-    assert statuses(srv, first)[:2] == [1, 2] and statuses(srv, zero[0])[:2] == [1, 2]
+    link.server.set_default(export_limit_w=0 if kind is EXP else MAX_EXPORT_W, import_limit_w=0,
+                            set_grad_w=600)  # fmt: skip
+    await drops_to_zero_within_a_poll(link, kind, MAX_EXPORT_W)
 
 
 async def test_gen_01_export_limit_control_drops_to_zero_within_a_poll(link: Harness) -> None:
@@ -63,29 +44,8 @@ async def test_gen_02_generation_limit_control_drops_to_zero_within_a_poll(link:
 
 async def _default_control(link: Harness, kind: ControlType) -> None:
     """GEN-03/04: cancel → default 30 %; a new control; its end → default; default removed."""
-    srv = link.server
-    field = FIELD[kind]
-    base = {"import_limit_w": 0, "export_limit_w": 0 if kind is EXP else MAX_EXPORT_W}
-    srv.set_default(**base, set_grad_w=167)  # type: ignore[arg-type]
-    ctl = srv.add_control(start=int(T0), duration=900, **{field: 2 * MAX_EXPORT_W})  # type: ignore[arg-type]
-    await link.run_for(1)
-    assert link.value(kind) == 2 * MAX_EXPORT_W
-    srv.set_default(**(base | {field: 0.3 * MAX_EXPORT_W}), set_grad_w=167)  # type: ignore[arg-type]
-    await link.run_for(60)  # GET-DEFAULT-DERC, then GET-DERC-1
-    srv.cancel_control(ctl)
-    await link.run_until(lambda: link.value(kind) == 0.3 * MAX_EXPORT_W, 61, "default 30 %")
-    active = link.client.active_controls()
-    assert active is not None and active.set_grad_w == 167  # ramp at setGradW
-    assert statuses(srv, ctl) == [1, 2, 6]
-    await link.run_for(120)
-    second = srv.add_control(start=now(link), duration=600, **{field: 2 * MAX_EXPORT_W})  # type: ignore[arg-type]
-    await link.run_until(lambda: link.value(kind) == 2 * MAX_EXPORT_W, 61, "new control")
-    await link.run_for(600)  # WAIT-CONTROL-END
-    assert link.value(kind) == 0.3 * MAX_EXPORT_W, "not back to the default after the control"
-    assert statuses(srv, second) == [1, 2, 3]
-    srv.add_control(start=now(link), duration=600, **{field: 0})  # type: ignore[arg-type]
-    srv.clear_default()  # set-default-der-control cancelled
-    await link.run_until(lambda: link.value(kind) == 0, 61, "0 W control")
+    others = {"import_limit_w": 0, "export_limit_w": 0 if kind is EXP else MAX_EXPORT_W}
+    await default_after_cancel_and_after_end(link, kind, MAX_EXPORT_W, others, clear_default=True)
 
 
 async def test_gen_03_default_export_limit_after_cancel_and_after_a_control_ends(
@@ -109,12 +69,9 @@ async def test_gen_09_cancelled_export_control_falls_back_to_the_default(link: H
     ctl = srv.add_control(
         start=int(T0), duration=300, export_limit_w=2 * MAX_EXPORT_W, import_limit_w=0
     )
-    await link.run_for(120)
-    assert link.value(EXP) == 2 * MAX_EXPORT_W
-    fired = on_request(srv, "GET", "/derp/1/derc", lambda: srv.cancel_control(ctl))
-    await link.run_until(lambda: bool(fired), 61, "GET-DERC")
-    await link.run_for(1)
-    assert link.value(EXP) == 0.3 * MAX_EXPORT_W
+    await cancelled_on_the_next_derc_poll(
+        link, EXP, ctl, control_w=2 * MAX_EXPORT_W, default_w=0.3 * MAX_EXPORT_W
+    )
     assert statuses(srv, ctl) == [1, 2, 6]
 
 
@@ -167,44 +124,16 @@ async def test_gen_10_primacy_across_programs_decides_events_and_defaults(link: 
     assert statuses(srv, derc4)[:2] == [1, 2] and statuses(srv, derc5)[:2] == [1, 2]
 
 
-async def _variable_limits(link: Harness, kind: ControlType) -> None:
-    srv = link.server
-    shares = [2, 1, 0.4, 0.25, 0]
-    mrids: list[str] = []
-
-    def schedule() -> None:
-        start = int(srv.now())
-        for i, share in enumerate(shares):
-            mrids.append(
-                srv.add_control(
-                    start=start + 120 * i,
-                    duration=120,
-                    **{FIELD[kind]: share * MAX_EXPORT_W},  # type: ignore[arg-type]
-                )
-            )
-
-    fired = on_request(srv, "GET", "/edev/1/fsa/1/derp", schedule)  # GET-DER-CONTROLS
-    await link.run_for(1)
-    assert fired
-    start = fired[0]
-    for i, share in enumerate(shares):
-        await link.run_to(start + 120 * i + 60)
-        assert link.value(kind) == pytest.approx(share * MAX_EXPORT_W), f"DERC{i + 1}"
-    await link.run_to(start + 601)
-    for i, mrid in enumerate(mrids):
-        assert statuses(srv, mrid) == [1, 2, 3], f"DERC{i + 1}"
-
-
 async def test_gen_11_variable_export_limit_each_control_1_2_3(link: Harness) -> None:
     procedure("GEN-11", "GET-DER-CONTROLS")
-    await _variable_limits(link, EXP)
+    await variable_limits(link, EXP, MAX_EXPORT_W)
 
 
 async def test_gen_12_variable_generation_limit_each_control_1_2_3(link: Harness) -> None:
     procedure("GEN-12", "GET-DER-CONTROLS")
     srv = link.server
     srv.set_default(export_limit_w=MAX_EXPORT_W, import_limit_w=MAX_EXPORT_W, set_grad_w=600)
-    await _variable_limits(link, GEN)
+    await variable_limits(link, GEN, MAX_EXPORT_W)
 
 
 async def test_gen_13_export_limit_20_percent_holds_for_seven_minutes(link: Harness) -> None:

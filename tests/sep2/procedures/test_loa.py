@@ -18,66 +18,42 @@ from tests.sep2.fakes import T0, FakeClock
 from tests.sep2.procedures.conftest import (
     MAX_IMPORT_W,
     Harness,
+    add_limit,
+    cancelled_on_the_next_derc_poll,
+    default_after_cancel_and_after_end,
+    drops_to_zero_within_a_poll,
     make_client,
     needs_schema,
-    on_request,
     procedure,
     standard_preconditions,
     statuses,
+    variable_limits,
 )
 
 pytestmark = needs_schema
 
 IMP = ControlType.IMPORT_LIMIT_W
 LOAD = ControlType.LOAD_LIMIT_W
-FIELD = {IMP: "import_limit_w", LOAD: "load_limit_w"}
+PROCEDURE_KINDS = [pytest.param(IMP, id="import"), pytest.param(LOAD, id="load")]
+"""The odd-numbered procedure of each pair (LOA-01, -03, -11) sets the import limit, the even one
+(LOA-02, -04, -12) the load limit."""
 
 
-def now(link: Harness) -> int:
-    return int(link.clock.t)
+def pid(first: int, kind: ControlType) -> str:
+    """LOA-01 or LOA-02 (``first`` = 1) for ``kind``, likewise for the other pairs."""
+    return f"LOA-{first if kind is IMP else first + 1:02d}"
 
 
-def limit(kind: ControlType, watts: float) -> dict[str, float]:
-    return {FIELD[kind]: watts}
-
-
-async def _active_control_to_zero(link: Harness, kind: ControlType) -> None:
-    """LOA-01/02: 2 × maxImportW, then (on the next DERProgramList poll) a 0 W control."""
-    srv = link.server
-    if kind is IMP:
-        srv.set_default(export_limit_w=0, import_limit_w=0, set_grad_w=600)
-    else:
-        srv.set_default(export_limit_w=0, import_limit_w=MAX_IMPORT_W, set_grad_w=600)
-    first = srv.add_control(start=int(T0), duration=300, **limit(kind, 2 * MAX_IMPORT_W))  # type: ignore[arg-type]
-    await link.run_for(60)  # GET-DERC-INITIAL, WAIT-CONTROL
-    assert link.value(kind) == 2 * MAX_IMPORT_W
-    zero: list[str] = []
-
-    def add_zero() -> None:
-        zero.append(srv.add_control(start=int(srv.now()), duration=300, **limit(kind, 0)))  # type: ignore[arg-type]
-
-    link.clock.advance(1)
-    fired = on_request(srv, "GET", "/edev/1/fsa/1/derp", add_zero)  # GET-DERC-ZERO
-    await link.run_until(lambda: bool(fired), 61, "GET-DERC-ZERO")
-    await link.run_for(1)
-    assert link.value(kind) == 0, "the 0 W control is not in force right after the poll"
-    await link.run_for(120)  # WAIT-REACH-ZERO
-    assert link.value(kind) == 0
-    assert statuses(srv, first)[:2] == [1, 2] and statuses(srv, zero[0])[:2] == [1, 2]
-
-
-async def test_loa_01_import_limit_control_drops_to_zero_within_a_poll(
-    battery_link: Harness,
+@pytest.mark.parametrize("kind", PROCEDURE_KINDS)
+async def test_loa_01_02_control_drops_to_zero_within_a_poll(
+    battery_link: Harness, kind: ControlType
 ) -> None:
-    procedure("LOA-01", "GET-DERC-INITIAL", "WAIT-CONTROL", "GET-DERC-ZERO", "WAIT-REACH-ZERO")
-    await _active_control_to_zero(battery_link, IMP)
-
-
-async def test_loa_02_load_limit_control_drops_to_zero_within_a_poll(
-    battery_link: Harness,
-) -> None:
-    procedure("LOA-02", "GET-DERC-INITIAL", "WAIT-CONTROL", "GET-DERC-ZERO", "WAIT-REACH-ZERO")
-    await _active_control_to_zero(battery_link, LOAD)
+    """LOA-01 (import), LOA-02 (load): 2 × maxImportW, then a 0 W control on the next
+    DERProgramList poll."""
+    procedure(pid(1, kind), "GET-DERC-INITIAL", "WAIT-CONTROL", "GET-DERC-ZERO", "WAIT-REACH-ZERO")
+    import_w = 0 if kind is IMP else MAX_IMPORT_W
+    battery_link.server.set_default(export_limit_w=0, import_limit_w=import_w, set_grad_w=600)
+    await drops_to_zero_within_a_poll(battery_link, kind, MAX_IMPORT_W)
 
 
 @pytest.mark.parametrize("kind", [IMP, LOAD])
@@ -85,9 +61,9 @@ async def test_loa_01_02_without_a_battery_the_control_is_not_applicable(
     server: UtilityServer, clock: FakeClock, tmp_path: Path, kind: ControlType
 ) -> None:
     """The same control at a PV-only site: answered 252, never in force as performed."""
-    procedure("LOA-01" if kind is IMP else "LOA-02", "GET-DERC-INITIAL")
+    procedure(pid(1, kind), "GET-DERC-INITIAL")
     standard_preconditions(server)
-    mrid = server.add_control(start=int(T0), duration=300, **limit(kind, 2 * MAX_IMPORT_W))  # type: ignore[arg-type]
+    mrid = add_limit(server, kind, 2 * MAX_IMPORT_W, start=int(T0), duration=300)
     link = Harness(server, make_client(server, clock, tmp_path), clock)
     try:
         await link.run_for(301)
@@ -96,43 +72,17 @@ async def test_loa_01_02_without_a_battery_the_control_is_not_applicable(
     assert statuses(server, mrid) == [1, 252]
 
 
-async def _default_control(link: Harness, kind: ControlType) -> None:
-    """LOA-03/04: cancel → default 30 %; a new control; its end → default; 0 W at the end."""
-    srv = link.server
-    base = {"export_limit_w": 0.0, "import_limit_w": 0.0 if kind is IMP else MAX_IMPORT_W}
-    srv.set_default(**base, set_grad_w=167)  # type: ignore[arg-type]
-    ctl = srv.add_control(start=int(T0), duration=900, **limit(kind, 2 * MAX_IMPORT_W))  # type: ignore[arg-type]
-    await link.run_for(1)
-    assert link.value(kind) == 2 * MAX_IMPORT_W
-    srv.set_default(**(base | limit(kind, 0.3 * MAX_IMPORT_W)), set_grad_w=167)  # type: ignore[arg-type]
-    await link.run_for(60)  # GET-DEFAULT-DERC, then GET-DERC-1
-    srv.cancel_control(ctl)
-    await link.run_until(lambda: link.value(kind) == 0.3 * MAX_IMPORT_W, 61, "default 30 %")
-    active = link.client.active_controls()
-    assert active is not None and active.set_grad_w == 167  # ramp at setGradW
-    assert statuses(srv, ctl) == [1, 2, 6]
-    await link.run_for(120)  # WAIT-RAMP-DEFAULT-DERC
-    second = srv.add_control(start=now(link), duration=600, **limit(kind, 2 * MAX_IMPORT_W))  # type: ignore[arg-type]
-    await link.run_until(lambda: link.value(kind) == 2 * MAX_IMPORT_W, 61, "GET-DERC-2")
-    await link.run_for(600)  # WAIT-CONTROL-END
-    assert link.value(kind) == 0.3 * MAX_IMPORT_W, "not back to the default after the control"
-    assert statuses(srv, second) == [1, 2, 3]
-    srv.add_control(start=now(link), duration=600, **limit(kind, 0))  # type: ignore[arg-type]
-    await link.run_until(lambda: link.value(kind) == 0, 61, "GET-DERC-3: 0 W control")
-
-
-async def test_loa_03_default_import_limit_after_cancel_and_after_a_control_ends(
-    battery_link: Harness,
+@pytest.mark.parametrize("kind", PROCEDURE_KINDS)
+async def test_loa_03_04_default_limit_after_cancel_and_after_a_control_ends(
+    battery_link: Harness, kind: ControlType
 ) -> None:
-    procedure("LOA-03", "GET-DEFAULT-DERC", "GET-DERC-1", "GET-DERC-2", "GET-DERC-3")
-    await _default_control(battery_link, IMP)
-
-
-async def test_loa_04_default_load_limit_after_cancel_and_after_a_control_ends(
-    battery_link: Harness,
-) -> None:
-    procedure("LOA-04", "GET-DEFAULT-DERC", "GET-DERC-1", "GET-DERC-2", "GET-DERC-3")
-    await _default_control(battery_link, LOAD)
+    """LOA-03 (import), LOA-04 (load): cancel → default 30 %; a new control; its end → default;
+    0 W at the end."""
+    procedure(pid(3, kind), "GET-DEFAULT-DERC", "GET-DERC-1", "GET-DERC-2", "GET-DERC-3")
+    others = {"export_limit_w": 0.0, "import_limit_w": 0.0 if kind is IMP else MAX_IMPORT_W}
+    await default_after_cancel_and_after_end(
+        battery_link, kind, MAX_IMPORT_W, others, clear_default=False
+    )
 
 
 async def test_loa_09_cancelled_import_control_falls_back_to_the_default(
@@ -148,56 +98,24 @@ async def test_loa_09_cancelled_import_control_falls_back_to_the_default(
         export_limit_w=2 * MAX_IMPORT_W,
         import_limit_w=2 * MAX_IMPORT_W,
     )
-    await link.run_for(120)
-    assert link.value(IMP) == 2 * MAX_IMPORT_W
-    fired = on_request(srv, "GET", "/derp/1/derc", lambda: srv.cancel_control(ctl))
-    await link.run_until(lambda: bool(fired), 61, "GET-DERC")
-    await link.run_for(1)
-    assert link.value(IMP) == 0.3 * MAX_IMPORT_W
+    await cancelled_on_the_next_derc_poll(
+        link, IMP, ctl, control_w=2 * MAX_IMPORT_W, default_w=0.3 * MAX_IMPORT_W
+    )
     await link.run_for(60)  # WAIT-TILL-END
     assert statuses(srv, ctl) == [1, 2, 6]
-
-
-async def _variable_limits(link: Harness, kind: ControlType) -> None:
-    """LOA-11/12: five 120 s controls at 200, 100, 40, 25 and 0 % of maxImportW."""
-    srv = link.server
-    shares = [2, 1, 0.4, 0.25, 0]
-    mrids: list[str] = []
-
-    def schedule() -> None:
-        start = int(srv.now())
-        for i, share in enumerate(shares):
-            mrids.append(
-                srv.add_control(
-                    start=start + 120 * i,
-                    duration=120,
-                    **limit(kind, share * MAX_IMPORT_W),  # type: ignore[arg-type]
-                )
-            )
-
-    fired = on_request(srv, "GET", "/edev/1/fsa/1/derp", schedule)  # GET-DER-CONTROLS
-    await link.run_for(1)
-    assert fired
-    start = fired[0]
-    for i, share in enumerate(shares):
-        await link.run_to(start + 120 * i + 60)
-        assert link.value(kind) == pytest.approx(share * MAX_IMPORT_W), f"DERC{i + 1}"
-    await link.run_to(start + 601)
-    for i, mrid in enumerate(mrids):
-        assert statuses(srv, mrid) == [1, 2, 3], f"DERC{i + 1}"
 
 
 async def test_loa_11_variable_import_limit_each_control_1_2_3(battery_link: Harness) -> None:
     procedure("LOA-11", "GET-DER-CONTROLS")
     battery_link.server.set_default(export_limit_w=0, import_limit_w=0, set_grad_w=600)
-    await _variable_limits(battery_link, IMP)
+    await variable_limits(battery_link, IMP, MAX_IMPORT_W)
 
 
 async def test_loa_12_variable_load_limit_each_control_1_2_3(battery_link: Harness) -> None:
     procedure("LOA-12", "GET-DER-CONTROLS")
     srv = battery_link.server
     srv.set_default(export_limit_w=0, import_limit_w=MAX_IMPORT_W, set_grad_w=600)
-    await _variable_limits(battery_link, LOAD)
+    await variable_limits(battery_link, LOAD, MAX_IMPORT_W)
 
 
 async def test_loa_13_import_limit_20_percent_holds_for_seven_minutes(
