@@ -1,4 +1,5 @@
-"""Hostile bodies and the client set-up for `test_hostile_server.py`.
+"""Hostile bodies and the client set-up for `test_hostile_server.py` (the client set-up is also
+used by `test_client_registration.py` and `test_client_urls.py`).
 
 Every body is meant to be served in place of a DERControlList (``/derp/1/derc``).
 """

@@ -175,6 +175,7 @@ async def test_a_hybrid_without_802_w_is_shown_but_never_written_and_says_why() 
             assert r.power_w is None
             why = not_controllable_reason(r, link.state.info.models, ac_coupled=False)
             assert why is not None and "model 802 W" in why and "124, 713" in why
+            assert link.state.not_controllable == why  # the status and the web page say why
             link.command(BatteryDesired(-2000.0))
             for _ in range(3):  # a few polls: the command is never written
                 seen = link.state.last_reading

@@ -668,8 +668,10 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
             storage.storage_control_model(self.device.map, values.get(704))
         except CommandError as exc:
             reason = str(exc)
-        if reason is None and not reading.controllable:
-            reason = "not controllable: the battery reports no SoC, charge rating or power"
+        if reason is None:
+            reason = storage.not_controllable_reason(
+                reading, self.device.map.ids, ac_coupled=self.ac_coupled
+            )
         self.state = replace(
             self.state,
             online=True,
