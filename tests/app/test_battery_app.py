@@ -18,7 +18,7 @@ from dynexport.app import PV_MEMORY_FILE, App, load_pv_memory
 from dynexport.control.battery import PvDay, PvMemory
 from dynexport.control.limits import LimitsConfig
 from dynexport.sep2.controls import ControlType, doe_modes_supported, enforced_controls
-from dynexport.sim.profiles import battery
+from dynexport.sim.profiles import battery, gen24
 from dynexport.system.config import Config
 from tests.app.conftest import SimSite, make_app, simulated_site, site_config, wait_for
 
@@ -198,3 +198,49 @@ async def test_a_pv_memory_that_cannot_be_saved_is_logged_once_and_kept_in_ram(
                 nursery.cancel_scope.cancel()
     saves = [r for r in caplog.records if "cannot save" in r.getMessage()]
     assert len(saves) == 1
+
+
+# --- a Fronius GEN24 hybrid: its battery power from model 160, controlled through 124 --------
+
+
+async def test_a_gen24_battery_charges_before_its_pv_is_cut_and_export_holds(
+    tmp_path: Path,
+) -> None:
+    """The site's inverter is a GEN24 Plus (no model 802: its battery power only in model 160's
+    StCha/StDisCha modules), configured as inverter and battery at the same unit. 7 kW of sun,
+    1 kW load, 1.5 kW allowed out: the 4.5 kW over the limit fit its 5 kW charge rate, so the
+    battery takes them and its PV is not cut, while export stays within the limit."""
+    with simulated_site(load_w=1000.0) as sim:
+        hybrid = gen24(soc_pct=40.0, available_w=7000.0, tau_s=0.3)
+        hybrid.own_mode = "idle"  # nothing but dynexport makes it charge
+        sim.site.devices[1] = hybrid
+        del sim.site.devices[2]
+        main = sim.endpoint("main")
+        config = site_config(
+            sim,
+            extra={
+                "inverters": [{"tcp": main, "unit": 1}],
+                "limits": {"exportW": 1500},
+                "batteries": [{"tcp": main, "unit": 1, "convention": "window", "plan": False}],
+            },
+        )
+        app = make_app(config, tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_for(lambda: hybrid.power_w < -4000.0, within=20.0)
+            assert sim.site.get(1, 124, "StorCtl_Mod") == 3  # through 124, with its timer
+            assert sim.site.get(1, 124, "InOutWRte_RvrtTms") == 30
+            assert sim.site.get(1, 124, "OutWRte") < 0  # the GEN24 window: charge, forced
+            await wait_for(lambda: hybrid.output_w > 6900.0, within=15.0)
+            exports, pv = [], []
+            for _ in range(8):
+                await trio.sleep(0.5)
+                exports.append(sim.export_w())
+                pv.append(hybrid.output_w)
+            assert max(exports) <= 1500 * 1.04 + 50, exports
+            assert min(pv) > 6800.0, pv  # the sun's 7 kW, not cut
+            st = app.status()["battery"]
+            assert st["mode"] == "engaged" and "export limit" in st["reason"]
+            assert st["powerW"] < -4000  # as read from model 160's StCha module
+            assert sim.site.get(1, 160, "module[2].DCW") > 4000
+            nursery.cancel_scope.cancel()

@@ -193,5 +193,5 @@ def test_a_battery_missing_soc_or_rating_says_which() -> None:
     )
     no_power = not_controllable_reason(read_storage({124: {"WChaMax": 1.0, "ChaState": 5.0}}), [])
     assert no_power is not None and no_power.endswith(
-        "no power (its measurement model's W, or 802 W)"
+        "no power (its measurement model's W, 802 W or model 160's StCha/StDisCha modules)"
     )

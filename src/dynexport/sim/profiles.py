@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from dynexport.sim.sunspec_device import Battery, Inverter, Meter, ModelSpec, Site
+from dynexport.sim.sunspec_device import Battery, Hybrid, Inverter, Meter, ModelSpec, Site
 
 Control = Literal["123", "704", None]
 
@@ -99,16 +99,19 @@ def controls_123() -> ModelSpec:
     )  # fmt: skip
 
 
-def mppt_160(modules: int = 2) -> ModelSpec:
+def mppt_160(modules: int = 2, labels: tuple[str, ...] | None = None) -> ModelSpec:
+    """Model 160 with ``modules`` PV strings, or one module per label (``labels``)."""
+    names = labels if labels is not None else tuple(f"MPPT{i + 1}" for i in range(modules))
     values: dict[str, Any] = {
-        "DCA_SF": -2, "DCV_SF": -1, "DCW_SF": 0, "DCWH_SF": 0, "Evt": 0, "N": modules, "TmsPer": 0,
+        "DCA_SF": -2, "DCV_SF": -1, "DCW_SF": 0, "DCWH_SF": 0, "Evt": 0, "N": len(names),
+        "TmsPer": 0,
     }  # fmt: skip
-    for i in range(modules):
+    for i, name in enumerate(names):
         values.update(
-            {f"module[{i}].ID": i + 1, f"module[{i}].IDStr": f"MPPT{i + 1}",
+            {f"module[{i}].ID": i + 1, f"module[{i}].IDStr": name,
              f"module[{i}].DCSt": 2, f"module[{i}].DCEvt": 0}
         )  # fmt: skip
-    return ModelSpec(160, values, counts={"module": modules})
+    return ModelSpec(160, values, counts={"module": len(names)})
 
 
 def sunspec_inverter(
@@ -221,6 +224,34 @@ _STORAGE_124 = frozenset(
 _WSET_704 = frozenset({"WSetEna", "WSetMod", "WSet", "WSetEnaRvrt", "WSetRvrtTms"})
 
 
+def storage_124(max_charge_w: float, soc_pct: float) -> ModelSpec:
+    """Model 124 (basic storage controls), its controls writable."""
+    return ModelSpec(
+        124,
+        {
+            "WChaMax_SF": 0, "WChaMax": max_charge_w,
+            "WChaDisChaGra_SF": 0, "WChaGra": 100, "WDisChaGra": 100,
+            "StorCtl_Mod": 0, "VAChaMax_SF": 0, "VAChaMax": max_charge_w,
+            "MinRsvPct_SF": 0, "MinRsvPct": 5,
+            "ChaState_SF": -1, "ChaState": soc_pct,
+            "StorAval_SF": 0, "StorAval": 0, "InBatV_SF": -1, "InBatV": 400.0, "ChaSt": 6,
+            "InOutWRte_SF": -2, "OutWRte": 100.0, "InWRte": 100.0,
+            "InOutWRte_WinTms": 0, "InOutWRte_RvrtTms": 0, "InOutWRte_RmpTms": 0,
+            "ChaGriSet": 0,
+        },
+        writable=_STORAGE_124,
+    )  # fmt: skip
+
+
+def storage_713(capacity_wh: float, soc_pct: float) -> ModelSpec:
+    """Model 713 (DER storage capacity)."""
+    return ModelSpec(
+        713,
+        {"WH_SF": 0, "Pct_SF": -1, "WHRtg": capacity_wh, "WHAvail": capacity_wh * soc_pct / 100,
+         "SoC": soc_pct, "SoH": 100.0, "Sta": 1},
+    )  # fmt: skip
+
+
 def battery(
     *,
     mn: str = "SunSpecSim",
@@ -239,26 +270,8 @@ def battery(
     """An AC-coupled battery: 1, 103 (its AC power, + discharge), 124, 713, 802, and 704 with
     WSet when ``wset``. ``window``: reads 124 InWRte/OutWRte as a GEN24 does (docs/sunspec.md).
     """
-    m124 = ModelSpec(
-        124,
-        {
-            "WChaMax_SF": 0, "WChaMax": max_charge_w,
-            "WChaDisChaGra_SF": 0, "WChaGra": 100, "WDisChaGra": 100,
-            "StorCtl_Mod": 0, "VAChaMax_SF": 0, "VAChaMax": max_charge_w,
-            "MinRsvPct_SF": 0, "MinRsvPct": 5,
-            "ChaState_SF": -1, "ChaState": soc_pct,
-            "StorAval_SF": 0, "StorAval": 0, "InBatV_SF": -1, "InBatV": 400.0, "ChaSt": 6,
-            "InOutWRte_SF": -2, "OutWRte": 100.0, "InWRte": 100.0,
-            "InOutWRte_WinTms": 0, "InOutWRte_RvrtTms": 0, "InOutWRte_RmpTms": 0,
-            "ChaGriSet": 0,
-        },
-        writable=_STORAGE_124,
-    )  # fmt: skip
-    m713 = ModelSpec(
-        713,
-        {"WH_SF": 0, "Pct_SF": -1, "WHRtg": capacity_wh, "WHAvail": capacity_wh * soc_pct / 100,
-         "SoC": soc_pct, "SoH": 100.0, "Sta": 1},
-    )  # fmt: skip
+    m124 = storage_124(max_charge_w, soc_pct)
+    m713 = storage_713(capacity_wh, soc_pct)
     m802 = ModelSpec(
         802,
         {
@@ -308,6 +321,51 @@ def battery(
         soc_pct=soc_pct,
         tau_s=tau_s,
         window=window,
+    )
+
+
+GEN24_MODULES = ("MPPT 1", "MPPT 2", "StCha 3", "StDisCha 4")
+"""Model 160's module labels on a Fronius GEN24 Plus with a battery (docs/sunspec.md, storage)."""
+
+
+def gen24(
+    *,
+    md: str = "Symo GEN24 10.0 Plus",
+    sn: str = "SIMGEN24",
+    unit: int = 1,
+    w_max: float = 10000.0,
+    capacity_wh: float = 10240.0,
+    max_charge_w: float = 5000.0,
+    soc_pct: float = 50.0,
+    available_w: float = 0.0,
+    tau_s: float = 1.0,
+    with_713: bool = False,
+    labels: tuple[str, ...] = GEN24_MODULES,
+) -> Hybrid:
+    """A Fronius GEN24 Plus hybrid with its battery, laid out as the real one: 1, 103, 120,
+    121, 122, 123, 160 (two PV strings, then the battery's ``StCha 3``/``StDisCha 4``), 124
+    read the GEN24 way (window convention), 713 on newer firmware (``with_713``), no 802."""
+    models = [
+        common("Fronius", md, sn, vr="1.30.7-1", unit=unit),
+        inverter_measurements(False),
+        nameplate_120(w_max),
+        settings_121(w_max),
+        status_122(),
+        controls_123(),
+        mppt_160(labels=labels),
+        storage_124(max_charge_w, soc_pct),
+        *([storage_713(capacity_wh, soc_pct)] if with_713 else []),
+    ]
+    return Hybrid(
+        40000,
+        models,
+        capacity_wh=capacity_wh,
+        max_charge_w=max_charge_w,
+        max_discharge_w=max_charge_w,
+        soc_pct=soc_pct,
+        available_w=available_w,
+        tau_s=tau_s,
+        window=True,
     )
 
 
@@ -388,6 +446,16 @@ def fronius_battery_site(*, tau_s: float = 1.0, soc_pct: float = 50.0, window: b
     return site
 
 
+def fronius_gen24_site(
+    *, tau_s: float = 1.0, soc_pct: float = 50.0, load_w: float = 1000.0, with_713: bool = False
+) -> Site:
+    """A Fronius GEN24 Plus hybrid with a 10 kWh battery at unit 1 (10 kW, 9 kW of sun) and
+    its smart meter at unit 200, as a GEN24 numbers them."""
+    inv = gen24(soc_pct=soc_pct, available_w=9000.0, tau_s=tau_s, with_713=with_713)
+    meter = sunspec_meter(md="Smart Meter TS 65A-3", sn="SIMGEN200", unit=200)
+    return _site({1: inv, 200: meter}, load_w)
+
+
 def _site(devices: dict[int, Inverter | Meter | Battery], load_w: float) -> Site:
     return Site(dict(devices), load_w=load_w)
 
@@ -402,4 +470,5 @@ PROFILES: dict[str, Callable[[], Site]] = {
     "float_inverter": float_inverter,
     "single_phase_int": single_phase_int,
     "fronius_battery_site": fronius_battery_site,
+    "fronius_gen24_site": fronius_gen24_site,
 }

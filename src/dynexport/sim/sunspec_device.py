@@ -573,13 +573,7 @@ class Inverter(_Plant):
             self.set_if(122, "StActCtl", 1 if self.limit_w() < math.inf else 0)
             self.set_if(122, "ActWh", int(self.energy_wh))
         if self.has(160):
-            n = int(self.get_raw(160, "N") or 0)
-            for i in range(n):
-                self.set_if(160, f"module[{i}].DCW", dc_w / n)
-                self.set_if(160, f"module[{i}].DCV", 300.0)
-                self.set_if(160, f"module[{i}].DCA", dc_w / n / 300.0)
-                self.set_if(160, f"module[{i}].DCWH", self.energy_wh / n)
-                self.set_if(160, f"module[{i}].DCSt", state)
+            self._refresh_mppt(dc_w, state)
         if self.has(701):
             s = self.set_if
             s(701, "St", 1 if self.operating() else 0)
@@ -599,6 +593,16 @@ class Inverter(_Plant):
                 s(701, f"V{ph}", self.voltage)
         if self.has(704):
             self.set(704, "WMaxLimPctRvrtRem", math.ceil(self._limit_timer.remaining(now)))
+
+    def _refresh_mppt(self, dc_w: float, state: int) -> None:
+        """Model 160: the DC power shared evenly between its strings."""
+        n = int(self.get_raw(160, "N") or 0)
+        for i in range(n):
+            self.set_if(160, f"module[{i}].DCW", dc_w / n)
+            self.set_if(160, f"module[{i}].DCV", 300.0)
+            self.set_if(160, f"module[{i}].DCA", dc_w / n / 300.0)
+            self.set_if(160, f"module[{i}].DCWH", self.energy_wh / n)
+            self.set_if(160, f"module[{i}].DCSt", state)
 
 
 class Meter(SunSpecDevice):
@@ -659,13 +663,13 @@ class Meter(SunSpecDevice):
                 s(mid, f"PhVph{ph}", volts)
 
 
-class Battery(_Plant):
-    """An AC-coupled battery (its own battery inverter): capacity, rates, SoC, its own
-    self-consumption mode, and the storage models 124, 713, 802 (and 704 WSet where present).
+class _Storage(_Plant):
+    """The battery half of a device: capacity, rates, SoC, its own self-consumption mode, and
+    the controls of the storage models 124 and 704 (WSet) with their revert timers.
 
-    Power ``power_w`` is AC, + discharging (what model 103/701 W reports). With no control in
-    force it holds the site at 0 W (charges from what the site would export, discharges what it
-    would import), within its rates and 0..100 % SoC. Controls:
+    Power ``power_w`` is + discharging. With no control in force it holds the site at 0 W
+    (charges from what the site would export, discharges what it would import: ``own_w``, set
+    by the site), within its rates and 0..100 % SoC. Controls:
 
     - model 124 with StorCtl_Mod ≠ 0 (reverting to 0 after InOutWRte_RvrtTms). ``window`` False
       (SunSpec): bit 0 caps charging at InWRte % of WChaMax, bit 1 caps discharging at OutWRte %.
@@ -676,27 +680,23 @@ class Battery(_Plant):
       WSetEna = WSetEnaRvrt after WSetRvrtTms.
     """
 
-    def __init__(
+    tau_s: float
+    """Its power's time constant (s), shared with the inverter of a hybrid."""
+
+    def _init_storage(
         self,
-        base: int,
-        models: Sequence[ModelSpec],
         *,
         capacity_wh: float,
         max_charge_w: float,
         max_discharge_w: float,
-        soc_pct: float = 50.0,
-        tau_s: float = 0.5,
-        window: bool = False,
-        voltage: float = 230.0,
+        soc_pct: float,
+        window: bool,
     ) -> None:
-        super().__init__(base, models)
         self.capacity_wh = capacity_wh
         self.max_charge_w = max_charge_w
         self.max_discharge_w = max_discharge_w
         self.soc_pct = soc_pct
-        self.tau_s = tau_s
         self.window = window
-        self.voltage = voltage
         self.power_w = 0.0
         self.own_w = 0.0
         """What its own mode asks (set by the site: minus what the site would export)."""
@@ -706,13 +706,12 @@ class Battery(_Plant):
         self.energy_out_wh = 0.0
         self._storctl_timer = _Timer()
         self._wset_timer = _Timer()
-        self._refresh(0.0)
 
-    def value_limits(self) -> Mapping[tuple[int, str], tuple[float, float]]:
+    def _storage_limits(self) -> dict[tuple[int, str], tuple[float, float]]:
         lo = -100.0 if self.window else 0.0
         return {(124, "InWRte"): (lo, 100.0), (124, "OutWRte"): (lo, 100.0)}
 
-    def target_w(self) -> float:
+    def battery_target_w(self) -> float:
         """The power it heads for now (+ discharge), before its SoC bounds."""
         if self.has(704) and self.get(704, "WSetEna") == 1:
             goal = float(self.get(704, "WSet") or 0.0)
@@ -740,24 +739,22 @@ class Battery(_Plant):
             goal = min(goal, 0.0)
         return goal
 
-    def on_write(self, names: AbstractSet[tuple[int, str]], now: float) -> None:
-        self.step(now)
+    def _storage_written(self, names: AbstractSet[tuple[int, str]], now: float) -> None:
         if names & {(124, "StorCtl_Mod"), (124, "InOutWRte_RvrtTms")}:
             on = bool(self.get(124, "StorCtl_Mod"))
             self._storctl_timer.arm_for(now, on, self.get(124, "InOutWRte_RvrtTms"))
         if names & {(704, "WSetEna"), (704, "WSetRvrtTms")}:
             on = self.get(704, "WSetEna") == 1
             self._wset_timer.arm_for(now, on, self.get(704, "WSetRvrtTms"))
-        self._refresh(now)
 
-    def _timers(self) -> tuple[_Timer, ...]:
+    def _storage_timers(self) -> tuple[_Timer, ...]:
         return (self._storctl_timer, self._wset_timer)
 
-    def _advance(self, dt: float) -> None:
+    def _advance_storage(self, dt: float) -> None:
         if dt <= 0:
             return
         start = self.power_w
-        self.power_w = _lag(self.power_w, self.target_w(), dt, self.tau_s)
+        self.power_w = _lag(self.power_w, self.battery_target_w(), dt, self.tau_s)
         mean = (start + self.power_w) / 2.0
         wh = mean * dt / 3600.0
         if wh > 0:
@@ -770,25 +767,17 @@ class Battery(_Plant):
         ):
             self.power_w = 0.0  # the BMS stops it at once
 
-    def _expire(self, now: float) -> None:
+    def _expire_storage(self, now: float) -> None:
         if self._storctl_timer.fire(now):
             self.set(124, "StorCtl_Mod", 0)
         if self._wset_timer.fire(now):
             self.set(704, "WSetEna", self.get(704, "WSetEnaRvrt") or 0)
 
-    def _refresh(self, now: float) -> None:
+    def _refresh_storage(self, now: float) -> None:
+        """The storage models' readings (124, 713, 802, 704)."""
         w = self.power_w
         s = self.set_if
         cha_st = 4 if w < -10 else 3 if w > 10 else 5 if self.soc_pct >= 100 else 6
-        for mid in INVERTER_MODELS:
-            if self.has(mid):
-                s(mid, "W", w)
-                s(mid, "VA", abs(w))
-                s(mid, "VAr", 0.0)
-                s(mid, "Hz", 50.0)
-                s(mid, "A", abs(w) / self.voltage)
-                s(mid, "St", 4)
-                s(mid, "WH", self.energy_out_wh)
         if self.has(124):
             s(124, "ChaState", self.soc_pct)
             s(124, "ChaSt", cha_st)
@@ -801,6 +790,173 @@ class Battery(_Plant):
             s(802, "ChaSt", cha_st)
         if self.has(704):
             s(704, "WSetRvrtRem", math.ceil(self._wset_timer.remaining(now)))
+
+
+class Battery(_Storage):
+    """An AC-coupled battery (its own battery inverter) with the storage models 124, 713, 802
+    (and 704 WSet where present); see :class:`_Storage` for its behaviour. Its ``power_w`` is
+    AC, what its model 103/701 W reports."""
+
+    def __init__(
+        self,
+        base: int,
+        models: Sequence[ModelSpec],
+        *,
+        capacity_wh: float,
+        max_charge_w: float,
+        max_discharge_w: float,
+        soc_pct: float = 50.0,
+        tau_s: float = 0.5,
+        window: bool = False,
+        voltage: float = 230.0,
+    ) -> None:
+        super().__init__(base, models)
+        self._init_storage(
+            capacity_wh=capacity_wh,
+            max_charge_w=max_charge_w,
+            max_discharge_w=max_discharge_w,
+            soc_pct=soc_pct,
+            window=window,
+        )
+        self.tau_s = tau_s
+        self.voltage = voltage
+        self._refresh(0.0)
+
+    def value_limits(self) -> Mapping[tuple[int, str], tuple[float, float]]:
+        return self._storage_limits()
+
+    def target_w(self) -> float:
+        """The power it heads for now (+ discharge), before its SoC bounds."""
+        return self.battery_target_w()
+
+    def on_write(self, names: AbstractSet[tuple[int, str]], now: float) -> None:
+        self.step(now)
+        self._storage_written(names, now)
+        self._refresh(now)
+
+    def _timers(self) -> tuple[_Timer, ...]:
+        return self._storage_timers()
+
+    def _advance(self, dt: float) -> None:
+        self._advance_storage(dt)
+
+    def _expire(self, now: float) -> None:
+        self._expire_storage(now)
+
+    def _refresh(self, now: float) -> None:
+        w = self.power_w
+        s = self.set_if
+        for mid in INVERTER_MODELS:
+            if self.has(mid):
+                s(mid, "W", w)
+                s(mid, "VA", abs(w))
+                s(mid, "VAr", 0.0)
+                s(mid, "Hz", 50.0)
+                s(mid, "A", abs(w) / self.voltage)
+                s(mid, "St", 4)
+                s(mid, "WH", self.energy_out_wh)
+        self._refresh_storage(now)
+
+
+def mppt_storage_kind(label: Any) -> str | None:
+    """ "charge"/"discharge" for a GEN24 model 160 module labelled ``StCha n``/``StDisCha n``."""
+    if not isinstance(label, str):
+        return None
+    word = "".join(label.split()).casefold().rstrip("0123456789")
+    return {"stcha": "charge", "stdischa": "discharge"}.get(word)
+
+
+class Hybrid(Inverter, _Storage):
+    """A DC-coupled hybrid inverter with its battery, as a Fronius GEN24 Plus: one unit, one AC
+    output (models 10x/122/123) made of its PV and its battery, the storage controls of model
+    124 (GEN24 window convention) and no model 802: the battery's DC power is in model 160's
+    modules labelled ``StCha n`` (into the battery) and ``StDisCha n`` (out of it), the others
+    being PV strings.
+
+    ``output_w`` is the PV part of the AC output and ``power_w`` the battery's (+ discharge;
+    the simulation counts no conversion loss, so the storage modules' DC power equals it), so
+    the site counts each once. The 123 limit caps the AC output, PV plus battery: PV charging
+    the battery is not held back by it, as on a GEN24 (the battery sits on the DC side)."""
+
+    def __init__(
+        self,
+        base: int,
+        models: Sequence[ModelSpec],
+        *,
+        capacity_wh: float,
+        max_charge_w: float,
+        max_discharge_w: float,
+        soc_pct: float = 50.0,
+        available_w: float = 0.0,
+        tau_s: float = 1.0,
+        window: bool = True,
+    ) -> None:
+        self._init_storage(
+            capacity_wh=capacity_wh,
+            max_charge_w=max_charge_w,
+            max_discharge_w=max_discharge_w,
+            soc_pct=soc_pct,
+            window=window,
+        )
+        super().__init__(base, models, available_w=available_w, tau_s=tau_s)
+
+    def target_w(self) -> float:
+        """The PV power it heads for: what the AC cap leaves beside the battery's power."""
+        if not self.operating():
+            return 0.0
+        cap = min(self.rating_w(), self.limit_w()) - self.power_w
+        return max(0.0, min(self.available(), cap))
+
+    def value_limits(self) -> Mapping[tuple[int, str], tuple[float, float]]:
+        return {**super().value_limits(), **self._storage_limits()}
+
+    def on_write(self, names: AbstractSet[tuple[int, str]], now: float) -> None:
+        super().on_write(names, now)
+        self._storage_written(names, now)
+        self._refresh(now)
+
+    def _timers(self) -> tuple[_Timer, ...]:
+        return (*super()._timers(), *self._storage_timers())
+
+    def _advance(self, dt: float) -> None:
+        self._advance_storage(dt)
+        super()._advance(dt)
+
+    def _expire(self, now: float) -> None:
+        super()._expire(now)
+        self._expire_storage(now)
+
+    def _refresh(self, now: float) -> None:
+        super()._refresh(now)
+        ac = self.output_w + self.power_w
+        for mid in INVERTER_MODELS:
+            if self.has(mid):
+                self.set_if(mid, "W", ac)
+                self.set_if(mid, "VA", abs(ac))
+        self._refresh_storage(now)
+
+    def _refresh_mppt(self, dc_w: float, state: int) -> None:
+        n = int(self.get_raw(160, "N") or 0)
+        labels = [self.get(160, f"module[{i}].IDStr") for i in range(n)]
+        pv = [i for i, label in enumerate(labels) if mppt_storage_kind(label) is None]
+        for i, label in enumerate(labels):
+            kind = mppt_storage_kind(label)
+            if kind is None:
+                w = dc_w / len(pv)
+            elif kind == "charge":
+                w = max(-self.power_w, 0.0)
+            else:
+                w = max(self.power_w, 0.0)
+            self.set_if(160, f"module[{i}].DCW", w)
+            self.set_if(160, f"module[{i}].DCV", 300.0 if kind is None else 400.0)
+            self.set_if(160, f"module[{i}].DCA", w / (300.0 if kind is None else 400.0))
+            self.set_if(160, f"module[{i}].DCSt", state)
+            if kind is None:
+                self.set_if(160, f"module[{i}].DCWH", self.energy_wh / len(pv))
+            elif kind == "charge":
+                self.set_if(160, f"module[{i}].DCWH", self.energy_in_wh)
+            else:
+                self.set_if(160, f"module[{i}].DCWH", self.energy_out_wh)
 
 
 class ControlError(ValueError):
@@ -838,8 +994,9 @@ class Site:
         return {u: d for u, d in self.devices.items() if isinstance(d, Inverter)}
 
     @property
-    def batteries(self) -> dict[int, Battery]:
-        return {u: d for u, d in self.devices.items() if isinstance(d, Battery)}
+    def batteries(self) -> dict[int, Battery | Hybrid]:
+        """Every battery: AC-coupled ones and hybrids' (a hybrid is an inverter too)."""
+        return {u: d for u, d in self.devices.items() if isinstance(d, Battery | Hybrid)}
 
     @property
     def meters(self) -> dict[int, Meter]:

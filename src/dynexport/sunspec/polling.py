@@ -8,11 +8,19 @@ same pass, and neighbouring ranges are merged into requests of at most 125 regis
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dynexport.sunspec.bus import MAX_READ
-from dynexport.sunspec.decode import RegisterImage, Value, decode_points, needed_points
+from dynexport.sunspec.decode import (
+    DecodedGroup,
+    DecodeError,
+    RegisterImage,
+    Value,
+    decode_model,
+    decode_points,
+    needed_points,
+)
 from dynexport.sunspec.discovery import ModelHeader, ReadRequest, SunSpecMap
 from dynexport.sunspec.models import model_def
 
@@ -54,10 +62,39 @@ def fast_points(model_id: int) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ModelPoll:
-    """The top-level points to decode from one model."""
+    """The top-level points to decode from one model; ``whole``: the model is read whole and
+    its repeating groups' points come too, named as in :func:`group_key`."""
 
     header: ModelHeader
     names: tuple[str, ...]
+    whole: bool = False
+
+
+def group_key(group: str, index: int, point: str) -> str:
+    """How a group instance's point is named among a model's decoded points: ``module[2].DCW``
+    (0-based instance, as in the simulator's point paths)."""
+    return f"{group}[{index}].{point}"
+
+
+def group_instances(points: Mapping[str, Value], group: str) -> list[dict[str, Value]]:
+    """The instances of a repeating group back out of a model's decoded points, in order."""
+    out: list[dict[str, Value]] = []
+    while True:
+        prefix = group_key(group, len(out), "")
+        inst = {k[len(prefix) :]: v for k, v in points.items() if k.startswith(prefix)}
+        if not inst:
+            return out
+        out.append(inst)
+
+
+def _flatten(groups: Mapping[str, Sequence[DecodedGroup]], prefix: str = "") -> dict[str, Value]:
+    out: dict[str, Value] = {}
+    for name, insts in groups.items():
+        for i, inst in enumerate(insts):
+            key = group_key(prefix + name, i, "")
+            out.update({key + k: v for k, v in inst.points.items()})
+            out.update(_flatten(inst.groups, key))
+    return out
 
 
 @dataclass(frozen=True)
@@ -76,6 +113,9 @@ class PollPlan:
             mdef = model_def(mp.header.id)
             if mdef is None:
                 continue
+            if mp.whole:
+                out[mp.header.id] = _decode_whole(mp.header, image)
+                continue
             out[mp.header.id] = decode_points(
                 mdef, mp.header.address, image, mp.names, length=mp.header.length
             )
@@ -84,6 +124,22 @@ class PollPlan:
                 if mid in out:
                     out[mid]["WAval"] = out[122]["WAval"]
         return out
+
+
+def _decode_whole(header: ModelHeader, image: RegisterImage) -> dict[str, Value]:
+    """All points of a model read whole, its groups flattened (:func:`group_key`). Registers
+    the model definition cannot make sense of (a count that does not fit) give its top-level
+    points only: the groups are then unknown, never guessed."""
+    regs = image.get(header.address, header.length + 2)
+    if regs is None:
+        raise DecodeError(f"model {header.id} at {header.address} was not read whole")
+    try:
+        decoded = decode_model(model_def(header.id), header.address, regs)
+    except DecodeError:
+        return {}
+    if decoded.errors:
+        return dict(decoded.points)
+    return {**decoded.points, **_flatten(decoded.groups)}
 
 
 def coalesce(
@@ -113,17 +169,25 @@ def make_plan(
     smap: SunSpecMap,
     wants: Mapping[int, Sequence[str] | None],
     *,
+    whole: Collection[int] = (),
     max_count: int = MAX_READ,
     max_gap: int = 8,
 ) -> PollPlan:
     """A plan reading, for each wanted model id present in the map (first instance), the named
-    top-level points, or all of them for None, plus the scale factors they need."""
+    top-level points, or all of them for None, plus the scale factors they need. Models in
+    ``whole`` are read whole, repeating groups included (:func:`group_key`)."""
     ranges: list[tuple[int, int]] = []
     polls: list[ModelPoll] = []
     for mid, names in wants.items():
         header = smap.find(mid)
         mdef = model_def(mid)
         if header is None or mdef is None:
+            continue
+        if mid in whole:
+            total = header.length + 2
+            for off in range(0, total, max_count):
+                ranges.append((header.address + off, min(max_count, total - off)))
+            polls.append(ModelPoll(header, (), whole=True))
             continue
         chosen = [p.name for p in mdef.group.points] if names is None else list(names)
         chosen = [n for n in chosen if mdef.has_point(n)]
@@ -163,17 +227,23 @@ STORAGE_POINTS: dict[int, tuple[str, ...] | None] = {
 }
 """What a battery link reads every poll: the storage models (124 whole: it is small and holds
 the controls in force) and the battery's AC power from its measurement model."""
+MPPT_MODEL = 160
+"""Multiple MPPT inverter extension: a Fronius GEN24 reports its battery's DC charge and
+discharge power in two of its modules (``StCha``, ``StDisCha``), read whole with the storage."""
 
 
 def storage_plan(smap: SunSpecMap) -> PollPlan:
-    """SoC, ratings, power and the storage controls in force (docs/sunspec.md, storage)."""
+    """SoC, ratings, power and the storage controls in force (docs/sunspec.md, storage); model
+    160 whole where the device has it (a hybrid's battery power without 802 ``W``)."""
     wants: dict[int, Sequence[str] | None] = {
         mid: names for mid, names in STORAGE_POINTS.items() if smap.find(mid) is not None
     }
     inv = smap.first_of((*INVERTER_MODELS, DER_MEASUREMENT_MODEL))
     if inv is not None:
         wants[inv.id] = ("W",)
-    return make_plan(smap, wants)
+    if smap.find(MPPT_MODEL) is not None:
+        wants[MPPT_MODEL] = None
+    return make_plan(smap, wants, whole=(MPPT_MODEL,))
 
 
 def slow_plan(smap: SunSpecMap) -> PollPlan:

@@ -6,10 +6,14 @@ StorCtl_Mod, InWRte/OutWRte with their revert timer). The most specific source w
 713, else 802, else 124 ChaState; energy from 713, else 802; rates from 802, else 124 WChaMax
 (124 has no discharge rating: WChaMax is used for both, as devices do).
 
-The battery's power (+ discharging, − charging, AC): an AC-coupled battery is its own inverter,
+The battery's power (+ discharging, − charging): an AC-coupled battery is its own inverter,
 so its model 103/701 ``W`` is exactly that. A hybrid inverter's AC ``W`` includes its PV, so its
 battery power comes from model 802 ``W``, whose sign the model does not define: the installer
-says which way it counts (``w_discharge_positive``).
+says which way it counts (``w_discharge_positive``); else from model 160, where a Fronius GEN24
+(which has no 802) reports its battery as two MPPT modules labelled ``StCha <n>`` (DC power
+into the battery) and ``StDisCha <n>`` (DC power out of it): power = StDisCha − StCha. The
+modules are found by label, never by position, and a reading that is missing, ambiguous or
+beyond the battery's ratings is no reading (``mppt_battery_power``).
 
 Writing: every command carries a revert timeout and is read back, like inverter limits.
 Through model 704 ``WSet`` (watts, + discharge; WSetEna with WSetRvrtTms, reverting to
@@ -49,7 +53,12 @@ from dynexport.sunspec.control import (
 from dynexport.sunspec.decode import Value
 from dynexport.sunspec.discovery import ModelHeader, SunSpecMap
 from dynexport.sunspec.models import model_def
-from dynexport.sunspec.polling import DER_MEASUREMENT_MODEL, INVERTER_MODELS
+from dynexport.sunspec.polling import (
+    DER_MEASUREMENT_MODEL,
+    INVERTER_MODELS,
+    MPPT_MODEL,
+    group_instances,
+)
 
 STORAGE_MODELS = (124, 713, 802)
 """Any of these makes a device a battery (``dynexport sunspec scan`` reports it so)."""
@@ -111,6 +120,10 @@ class StorageReading:
     w_set: float | None = None
     grid_charging: bool | None = None
     """124 ChaGriSet: whether the device may charge from the grid (read, never written)."""
+    power_source: str | None = None
+    """Where ``power_w`` comes from ("103 W", "802 W", "160 StCha/StDisCha"); None: nowhere."""
+    power_problem: str | None = None
+    """Why model 160's storage modules gave no power, when the device has model 160."""
 
     @property
     def own_mode(self) -> bool:
@@ -134,23 +147,35 @@ def read_storage(
     """Decode a storage device from its models' scaled points (never raises: unknown is None).
 
     ``ac_coupled``: the device is the battery's own inverter, so its measurement model's W is
-    the battery's power; a hybrid's (False) includes its PV, and only 802 W will do."""
+    the battery's power; a hybrid's (False) includes its PV, and only 802 W or model 160's
+    storage modules will do."""
     m124, m713, m802 = models.get(124), models.get(713), models.get(802)
+    w_cha = _f(m124, "WChaMax")
+    max_charge = _first(_f(m802, "WChaRteMax"), w_cha)
+    max_discharge = _first(_f(m802, "WDisChaRteMax"), w_cha)
     power: float | None = None
+    source: str | None = None
     if ac_coupled:
         for mid in (DER_MEASUREMENT_MODEL, *INVERTER_MODELS):
             if mid in models:
                 power = _f(models[mid], "W")
+                source = None if power is None else f"{mid} W"
                 break
     if power is None and m802 is not None:
         w = _f(m802, "W")
         power = None if w is None else (w if w_discharge_positive else -w)
-    w_cha = _f(m124, "WChaMax")
+        source = None if power is None else "802 W"
+    problem: str | None = None
+    if power is None and MPPT_MODEL in models:
+        power, problem = mppt_battery_power(
+            models[MPPT_MODEL], max_charge_w=max_charge, max_discharge_w=max_discharge
+        )
+        source = None if power is None else "160 StCha/StDisCha"
     return StorageReading(
         soc_pct=_first(_f(m713, "SoC"), _f(m802, "SoC"), _f(m124, "ChaState")),
         capacity_wh=_first(_f(m713, "WHRtg"), _f(m802, "WHRtg")),
-        max_charge_w=_first(_f(m802, "WChaRteMax"), w_cha),
-        max_discharge_w=_first(_f(m802, "WDisChaRteMax"), w_cha),
+        max_charge_w=max_charge,
+        max_discharge_w=max_discharge,
         power_w=power,
         min_reserve_pct=_f(m124, "MinRsvPct"),
         charge_status=_first_int(_i(m124, "ChaSt"), _i(m802, "ChaSt")),
@@ -161,7 +186,74 @@ def read_storage(
         w_set_ena=_i(models.get(704), "WSetEna"),
         w_set=_f(models.get(704), "WSet"),
         grid_charging=None if _i(m124, "ChaGriSet") is None else _i(m124, "ChaGriSet") == 1,
+        power_source=source,
+        power_problem=problem,
     )
+
+
+MPPT_CHARGE_LABEL = "stcha"
+MPPT_DISCHARGE_LABEL = "stdischa"
+RATING_SLACK = 1.1
+"""A battery's measured power may pass its rating by this factor (ratings are nominal, a
+measurement has its error); beyond it the reading is garbage, not power."""
+
+
+def mppt_module_kind(label: Value) -> str | None:
+    """``stcha``/``stdischa`` for a model 160 module's IDStr naming a battery's charge or
+    discharge power (``"StCha 3"``, ``" stdischa4 "``: case, spaces and the module number do
+    not matter), else None (a PV string such as ``"MPPT 1"``, or anything else)."""
+    if not isinstance(label, str):
+        return None
+    word = "".join(label.split()).casefold().rstrip("0123456789")
+    return word if word in (MPPT_CHARGE_LABEL, MPPT_DISCHARGE_LABEL) else None
+
+
+def mppt_battery_power(
+    points: Points, *, max_charge_w: float | None, max_discharge_w: float | None
+) -> tuple[float | None, str | None]:
+    """A hybrid's battery power (W, + discharging) from model 160's decoded points (modules as
+    ``polling.group_key`` names them): StDisCha DCW − StCha DCW, with the model's DCW_SF. Returns
+    (power, None), or (None, why not): no reading rather than a wrong one when the modules are
+    missing or duplicated, N disagrees with the modules read, a DCW or DCW_SF is not
+    implemented or out of range, a value is negative, or the result passes the battery's
+    ratings (× ``RATING_SLACK``; no rating known: nothing to judge it by, so no reading)."""
+    modules = group_instances(points, "module")
+    n = points.get("N")
+    if isinstance(n, int) and n != len(modules):
+        return None, f"model 160 says N = {n} modules but {len(modules)} were read"
+    found: dict[str, list[Points]] = {MPPT_CHARGE_LABEL: [], MPPT_DISCHARGE_LABEL: []}
+    for m in modules:
+        kind = mppt_module_kind(m.get("IDStr"))
+        if kind is not None:
+            found[kind].append(m)
+    watts: dict[str, float] = {}
+    for kind, label in ((MPPT_CHARGE_LABEL, "StCha"), (MPPT_DISCHARGE_LABEL, "StDisCha")):
+        mods = found[kind]
+        if len(mods) != 1:
+            return None, (
+                f"model 160 has no module labelled {label}"
+                if not mods
+                else f"model 160 has {len(mods)} modules labelled {label}"
+            )
+        w = _f(mods[0], "DCW")
+        if w is None:
+            return None, (
+                f"model 160's {label} module reports no DCW (not implemented, or DCW_SF "
+                f"{points.get('DCW_SF')!r} is not a valid scale factor)"
+            )
+        if w < 0:
+            return None, f"model 160's {label} module reports {w} W"
+        watts[kind] = w
+    power = watts[MPPT_DISCHARGE_LABEL] - watts[MPPT_CHARGE_LABEL]
+    rating = max_discharge_w if power > 0 else max_charge_w
+    if rating is None or not rating > 0:
+        return None, "the battery reports no rating to check model 160's power against"
+    if abs(power) > rating * RATING_SLACK:
+        return None, (
+            f"model 160's storage modules read {power:g} W, beyond the battery's "
+            f"{rating:g} W rating"
+        )
+    return power, None
 
 
 def not_controllable_reason(
@@ -170,35 +262,42 @@ def not_controllable_reason(
     """Why the law must leave this battery in its own mode, in words for the owner (the status
     and the web page show it); None when it can be controlled.
 
-    A hybrid without model 802 ``W`` is never controlled, whatever else it offers: its AC output
-    mixes PV and battery, model 124 (InWRte/OutWRte are setpoints, not measurements), 713 (SoC
-    and stored energy, which move too slowly and coarsely to say what the battery does second by
+    A hybrid whose battery power is measured neither by model 802 ``W`` nor by model 160's
+    StCha/StDisCha modules is never controlled, whatever else it offers: its AC output mixes PV
+    and battery, model 124 (InWRte/OutWRte are setpoints, not measurements), 713 (SoC and
+    stored energy, which move too slowly and coarsely to say what the battery does second by
     second) and 704 (setpoints) have no battery power, and a setpoint is not a measurement (a
     full, empty, hot or BMS-limited battery does less than it is told). Without it the law could
     not tell the battery from the PV: it would misjudge the surplus, and an import limit held by
     discharging would be missed. The inverter's own export limit still holds export."""
     if reading.controllable:
         return None
-    if reading.power_w is None and not ac_coupled:
+    rated = reading.max_charge_w is not None and reading.max_charge_w > 0
+    if reading.power_w is None and not ac_coupled and rated:
         has = ", ".join(str(m) for m in model_ids) or "none"
-        where = (
-            "its model 802 does not implement W"
-            if 802 in model_ids
-            else "it has no model 802 (battery base)"
-        )
+        if 802 in model_ids:
+            where = "its model 802 does not implement W"
+        elif MPPT_MODEL in model_ids:
+            where = "it has no model 802 (battery base)"
+        else:
+            where = "it has no model 802 (battery base) and no model 160 (MPPT modules)"
+        if reading.power_problem is not None:
+            where += f"; {reading.power_problem}"
         return (
             "not controlled: this hybrid inverter does not report its battery's own power "
-            f"(model 802 W; {where}; models: {has}), so its charging cannot be told apart from "
-            "its PV. It is shown and left in its own mode; export is still held by limiting the "
-            "inverter"
+            f"(model 802 W, or model 160's StCha/StDisCha modules; {where}; models: {has}), so "
+            "its charging cannot be told apart from its PV. It is shown and left in its own "
+            "mode; export is still held by limiting the inverter"
         )
     missing = []
     if reading.soc_pct is None:
         missing.append("state of charge (713 SoC, 802 SoC or 124 ChaState)")
-    if reading.max_charge_w is None or reading.max_charge_w <= 0:
+    if not rated:
         missing.append("charge rating (802 WChaRteMax or 124 WChaMax)")
     if reading.power_w is None:
-        missing.append("power (its measurement model's W, or 802 W)")
+        missing.append(
+            "power (its measurement model's W, 802 W or model 160's StCha/StDisCha modules)"
+        )
     return "not controlled: the battery reports no " + ", no ".join(missing)
 
 
