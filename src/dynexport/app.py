@@ -56,6 +56,7 @@ from dynexport.system.config import BatteryConfig, Config, UtilityConfig
 from dynexport.system.storage import atomic_write
 from dynexport.system.supervise import FaultLog, supervised
 from dynexport.system.watchdog import Notifier, ProgressTracker, watchdog_interval_s
+from dynexport.update.auto import UpdateChecker
 from dynexport.update.service import commit_when_healthy, update_status
 
 log = logging.getLogger("dynexport.app")
@@ -130,6 +131,10 @@ class App:
         """Unexpected exceptions of supervised tasks (each restarts with backoff)."""
         self.utility_fallback: str | None = None
         """Why the utility's fallback export limit is in force (None when it is not)."""
+        self.update_check = UpdateChecker(
+            lambda: self.config.update, options.data_dir, wall_clock=options.wall_clock
+        )
+        """The optional update URL (docs/update.md): idle unless ``update`` is configured."""
 
     # -- running ------------------------------------------------------------------------------
 
@@ -157,6 +162,7 @@ class App:
                 ),
                 self.faults,
             )
+            nursery.start_soon(supervised, "update check", self.update_check.run, self.faults)
             if self.options.web_port is not None:
                 self.web_port = await nursery.start(self._web_task)
                 log.info("web server on %s:%s", self.options.web_host, self.web_port)
@@ -1004,7 +1010,7 @@ class App:
             "setupMode": self.setup_mode,
             "configProblems": list(self.config_problems),
             "integrations": integrations_status(self.integrations),
-            "update": update_status(self.options.data_dir),
+            "update": {**update_status(self.options.data_dir), **self.update_check.status()},
         }
 
     # -- installer tools (the web page's test limit, meter-direction check, commissioning report)

@@ -204,6 +204,30 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class UpdateConfig:
+    """The optional update URL (docs/update.md, "The update URL"): off unless configured."""
+
+    url: str
+    """The manifest, ``https://...`` (plain http is refused)."""
+    ca: Path | None = None
+    """CA (PEM) for a private update server; None: the system's trusted roots."""
+    check_hours: float = 24.0
+    """How often the manifest is read (each wait jittered by 10 %)."""
+    install: Literal["notify", "auto"] = "notify"
+    """``notify``: a newer version is only shown; ``auto``: it is downloaded and installed."""
+
+    def document(self) -> dict[str, Any]:
+        """The section as it parses back (for a configuration written by the web page)."""
+        doc: dict[str, Any] = {"url": self.url}
+        if self.ca is not None:
+            doc["ca"] = str(self.ca)
+        hours = self.check_hours
+        doc["checkHours"] = int(hours) if hours.is_integer() else hours
+        doc["install"] = self.install
+        return doc
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated configuration."""
 
@@ -219,6 +243,7 @@ class Config:
     price: PriceConfig | None = None
     metrics: MetricsConfig | None = None
     batteries: tuple[BatteryConfig, ...] = ()
+    update: UpdateConfig | None = None
 
     def endpoints(self) -> list[Endpoint]:
         """Each distinct endpoint once: devices naming the same one share a connection or bus."""
@@ -602,6 +627,7 @@ def _utility(r: _Reader, value: object, path: str, base_dir: Path) -> UtilityCon
 TOP_LEVEL_KEYS = {"inverters", "meter", "control", "utility", "limits", "web", "site"}
 TOP_LEVEL_KEYS |= {"mqtt", "price", "metrics"}  # integrations (docs/integrations.md)
 TOP_LEVEL_KEYS |= {"batteries"}  # docs/control.md, "Batteries"
+TOP_LEVEL_KEYS |= {"update"}  # docs/update.md, "The update URL"
 
 
 def _site(r: _Reader, value: object, path: str) -> SiteConfig:
@@ -795,6 +821,28 @@ def _metrics(r: _Reader, value: object, path: str) -> MetricsConfig | None:
     return None if token is None else MetricsConfig(token=token)
 
 
+def _update(r: _Reader, value: object, path: str, base_dir: Path) -> UpdateConfig | None:
+    raw = r.obj(value, path, {"url", "ca", "checkHours", "install"})
+    if raw is None:
+        return None
+    before = len(r.problems)
+    url = r.string(raw.get("url"), _join(path, "url"))
+    if url is not None:
+        from dynexport.update.check import https_url
+
+        try:
+            url = https_url(url)
+        except ValueError as exc:
+            r.fail(_join(path, "url"), str(exc))
+    ca = _optional_path(r, raw, "ca", path, base_dir)
+    hours = r.number_in(raw.get("checkHours"), _join(path, "checkHours"), 1.0, 720.0, 24.0)
+    modes: tuple[Literal["notify", "auto"], ...] = ("notify", "auto")
+    install = r.choice(raw.get("install"), _join(path, "install"), modes, "notify")
+    if len(r.problems) > before or url is None or hours is None or install is None:
+        return None
+    return UpdateConfig(url=url, ca=ca, check_hours=hours, install=install)
+
+
 def valid_time_zone(name: str) -> bool:
     """True when ``name`` is a time zone the system's zone database knows."""
     import zoneinfo
@@ -832,6 +880,7 @@ def parse_config(data: object, base_dir: Path | None = None, source: str | None 
     price = _price(r, raw["price"], "price", base) if raw.get("price") is not None else None
     metrics = _metrics(r, raw["metrics"], "metrics") if raw.get("metrics") is not None else None
     batteries = r.items(raw.get("batteries"), "batteries", _battery(r, base))
+    update = _update(r, raw["update"], "update", base) if raw.get("update") is not None else None
     _check_unique_devices(r, inverters, meter, batteries)
     if r.problems or control is None or web is None:
         raise ConfigError(r.problems, source)
@@ -848,6 +897,7 @@ def parse_config(data: object, base_dir: Path | None = None, source: str | None 
         price=price,
         metrics=metrics,
         batteries=batteries,
+        update=update,
     )
 
 

@@ -103,6 +103,8 @@ def config_document(config: Config) -> dict[str, Any]:
         doc["utility"] = utility
     if config.site.time_zone is not None:
         doc["site"] = {"timeZone": config.site.time_zone}
+    if config.update is not None:  # the optional update URL: docs/update.md
+        doc["update"] = config.update.document()
     doc["version"] = CURRENT_VERSION  # schema version (system/migrate.py)
     doc.update(integrations_document(config))  # mqtt, price, metrics: docs/integrations.md
     return doc

@@ -19,10 +19,15 @@ from typing import Any
 
 import trio
 
-from dynexport.update.cli import other_slot
+from dynexport.update import install as shared
+from dynexport.update.install import (  # the texts the page shows, shared with the update URL
+    FOREIGN_KEY,
+    NO_KEYRING,
+    NOT_A_BUNDLE,
+    NOT_AB,
+    refusal,
+)
 from dynexport.update.rauc import BundleInfo, Rauc, RaucError
-from dynexport.update.service import begin_install, boot_id, write_record
-from dynexport.update.state import UpdateRecord
 
 log = logging.getLogger("dynexport.web")
 
@@ -31,35 +36,6 @@ MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 """A bundle holds one root file system (the Pi image is kept under 60 MB compressed)."""
 MAX_CHUNK_BYTES = 192 * 1024
 """Under the web server's 256 KiB body bound (web/server.py WEB_LIMITS)."""
-
-
-NOT_A_BUNDLE = "this file is not an update bundle (.raucb)"
-FOREIGN_KEY = (
-    "this bundle is not signed by a key this device trusts (signature verification failed)"
-)
-NO_KEYRING = (
-    "this system has no update keyring to check signatures with "
-    "(is it the dynexport appliance image?)"
-)
-NOT_AB = (
-    "this system cannot install updates: it has no RAUC A/B update service "
-    "(is it the dynexport appliance image?)"
-)
-
-
-def refusal(detail: str) -> str:
-    """Why ``rauc info`` refused a bundle, in an installer's words (RAUC's own, e.g. ``Verify
-    error: self-signed certificate`` for a foreign key, are logged, not shown)."""
-    low = detail.lower()
-    if "signature verification failed" in low or "verify error" in low:
-        return FOREIGN_KEY
-    if "keyring" in low:
-        return NO_KEYRING
-    if "bundle format" in low or "squashfs" in low:
-        return NOT_A_BUNDLE
-    if "no version or signer" in low:
-        return "the bundle names no version or signer"
-    return f"the bundle could not be checked ({detail})"
 
 
 class UpdateError(Exception):
@@ -180,6 +156,8 @@ class Updates:
         """Starts the install of the checked bundle in the background."""
         if self.state.phase != "checked" or self.state.info is None:
             raise UpdateError(409, "check the bundle (its version and signer) before installing")
+        if not shared.claim(self.data_dir):
+            raise UpdateError(409, "an update is being installed (from the update URL)")
         self.state.phase = "installing"
         self.state.lines = []
         nursery.start_soon(self._install, self.state.info)
@@ -191,45 +169,37 @@ class Updates:
             await self._install_checked(info)
         finally:  # also when cancelled: one unlink, no await
             self.path.unlink(missing_ok=True)
+            shared.release(self.data_dir)
 
     async def _install_checked(self, info: BundleInfo) -> None:
         st = self.state
-        try:
-            status = await self.rauc.status()
-        except RaucError as exc:
-            log.warning("update not installed: %s", exc)
-            st.phase, st.error = "failed", f"not installed, nothing was written: {NOT_AB}"
-            return
-        try:
-            target = other_slot(status.booted)
-        except RaucError as exc:
-            st.phase, st.error = "failed", f"not installed, nothing was written: {exc}"
-            return
-        assert status.booted is not None
-        record = UpdateRecord("installing", info.version, target, status.booted, boot_id())
-        try:  # clears what an earlier update left (its health verdict, its rollback reason)
-            await trio.to_thread.run_sync(begin_install, self.data_dir, record)
-        except OSError as exc:
-            st.phase, st.error = (
-                "failed",
-                f"not installed: the update record cannot be written ({exc})",
-            )
-            return
 
         async def progress(line: str) -> None:
             st.lines.append(line)
             del st.lines[:-20]
 
-        try:
-            await self.rauc.install(str(self.path), progress)
-        except RaucError as exc:
-            write_record(self.data_dir, record.moved_to("failed", str(exc)))
-            st.phase, st.error = "failed", f"install failed, the running system is unchanged: {exc}"
-            return
-        write_record(self.data_dir, record.moved_to("trial"))
-        st.phase = "installed"
-        log.info("update %s installed in slot %s from the web page", info.version, target)
+        error = await shared.install_verified(
+            self.data_dir, self.rauc, self.path, info, progress, origin="the web page"
+        )
+        if error is None:
+            st.phase = "installed"
+        else:
+            st.phase, st.error = "failed", error
 
     def _discard(self, why: str) -> None:
         self.path.unlink(missing_ok=True)
         self.state = Upload(phase="failed", error=why)
+
+
+__all__ = [
+    "FOREIGN_KEY",
+    "MAX_BUNDLE_BYTES",
+    "MAX_CHUNK_BYTES",
+    "NOT_AB",
+    "NOT_A_BUNDLE",
+    "NO_KEYRING",
+    "UPLOAD_FILE",
+    "UpdateError",
+    "Updates",
+    "refusal",
+]

@@ -631,6 +631,7 @@
       const inv = st.inverters.find((i) => i.id === t.inverter) || {};
       $("#t-out").textContent = t.inverter + " limited to " + t.pct + " % for " + t.remainingS.toFixed(0) + " s more: output " + W(inv.powerW) + " (was " + W(t.beforeW) + ", lowest " + W(t.lowestW) + ")";
     } else if (S.testDone) $("#t-out").textContent = S.testDone;
+    renderUpdateCheck(st.update);
   }
   $("#t-go").addEventListener("click", async () => {
     try {
@@ -677,6 +678,23 @@
   const MAX_BUNDLE = 256 * 1024 * 1024, PIECE = 192 * 1024;
   const capital = (t) => t ? t.charAt(0).toUpperCase() + t.slice(1) : "";
   const mb = (n) => (n / 1e6).toFixed(1);
+  // What the update URL found (docs/update.md, "The update URL"), above the upload; absent when
+  // no update URL is configured.
+  function renderUpdateCheck(u) {
+    const c = u && u.check;
+    let p = $("#u-url");
+    if (!c || !c.configured) { if (p) p.hidden = true; return; }
+    if (!p) { p = el("p", { id: "u-url", class: "note", role: "status" }); $("#u-file").before(p); }
+    const a = u.available, parts = [];
+    if (c.message) parts.push(capital(c.message));
+    if (a) parts.push("Bundle " + a.version + ", " + mb(a.size) + " MB" + (a.notes ? ": " + a.notes : ""));
+    if (c.error) parts.push("The last check failed: " + c.error);
+    parts.push(c.lastCheck ? "Checked " + new Date(c.lastCheck).toLocaleString() : "Not checked yet");
+    const text = "Update URL (" + (c.install === "auto" ? "installs automatically" : "shows new versions") + "): " + parts.join(". ") + ".";
+    if (p.textContent !== text) p.textContent = text;
+    p.className = "note" + (c.error ? " bad" : "");
+    p.hidden = false;
+  }
   function updateSays(text, bad) { const o = $("#u-out"); o.textContent = text; o.className = "note" + (bad ? " bad" : ""); }
   $("#u-file").addEventListener("change", async () => {
     const input = $("#u-file"), f = input.files[0]; if (!f) return;

@@ -1,0 +1,117 @@
+"""One install path for a bundle that ``rauc info`` has verified: the web upload's and the URL's.
+
+Whoever brought the bundle (the web page, the update URL), the install is the same: RAUC's A/B
+service is asked which slot runs, the update record is written (``installing``, clearing what an
+earlier update left), ``rauc install`` writes the other slot while control goes on, and the
+record moves to ``trial`` (``service.commit_when_healthy`` then reboots at a quiet moment, every
+inverter at its fail-safe limit first) or ``failed``. One install at a time per data folder:
+``claim`` is taken before one starts and ``release`` after it ends.
+
+The texts an installer sees are here too (``refusal``): RAUC's own words go to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from dynexport.update.cli import other_slot
+from dynexport.update.rauc import BundleInfo, Rauc, RaucError
+from dynexport.update.service import begin_install, boot_id, write_record
+from dynexport.update.state import UpdateRecord
+
+log = logging.getLogger("dynexport.update")
+
+NOT_A_BUNDLE = "this file is not an update bundle (.raucb)"
+FOREIGN_KEY = (
+    "this bundle is not signed by a key this device trusts (signature verification failed)"
+)
+NO_KEYRING = (
+    "this system has no update keyring to check signatures with "
+    "(is it the dynexport appliance image?)"
+)
+NOT_AB = (
+    "this system cannot install updates: it has no RAUC A/B update service "
+    "(is it the dynexport appliance image?)"
+)
+
+
+def refusal(detail: str) -> str:
+    """Why ``rauc info`` refused a bundle, in an installer's words (RAUC's own, e.g. ``Verify
+    error: self-signed certificate`` for a foreign key, are logged, not shown)."""
+    low = detail.lower()
+    if "signature verification failed" in low or "verify error" in low:
+        return FOREIGN_KEY
+    if "keyring" in low:
+        return NO_KEYRING
+    if "bundle format" in low or "squashfs" in low:
+        return NOT_A_BUNDLE
+    if "no version or signer" in low:
+        return "the bundle names no version or signer"
+    return f"the bundle could not be checked ({detail})"
+
+
+_claimed: set[Path] = set()
+
+
+def claim(data_dir: Path) -> bool:
+    """Takes the one install slot of ``data_dir`` (False: an install is already running).
+
+    A plain set, not a lock: trio runs one task at a time, and this never awaits.
+    """
+    key = data_dir.resolve()
+    if key in _claimed:
+        return False
+    _claimed.add(key)
+    return True
+
+
+def release(data_dir: Path) -> None:
+    _claimed.discard(data_dir.resolve())
+
+
+def installing(data_dir: Path) -> bool:
+    return data_dir.resolve() in _claimed
+
+
+async def install_verified(
+    data_dir: Path,
+    rauc: Rauc,
+    bundle: Path,
+    info: BundleInfo,
+    progress: Callable[[str], Awaitable[None]],
+    *,
+    origin: str,
+) -> str | None:
+    """Installs ``bundle`` (already verified by ``rauc info`` as ``info``) into the other slot.
+
+    Returns None once installed (the record says ``trial``), else the installer's message.
+    ``origin`` (``the web page``, ``the update URL``) goes to the log. The caller deletes the
+    bundle file afterwards, whatever the outcome.
+    """
+    try:
+        status = await rauc.status()
+    except RaucError as exc:
+        log.warning("update not installed: %s", exc)
+        return f"not installed, nothing was written: {NOT_AB}"
+    try:
+        target = other_slot(status.booted)
+    except RaucError as exc:
+        return f"not installed, nothing was written: {exc}"
+    assert status.booted is not None
+    record = UpdateRecord("installing", info.version, target, status.booted, boot_id())
+    try:  # clears what an earlier update left (its health verdict, its rollback reason)
+        await trio.to_thread.run_sync(begin_install, data_dir, record)
+    except OSError as exc:
+        return f"not installed: the update record cannot be written ({exc})"
+    try:
+        await rauc.install(str(bundle), progress)
+    except RaucError as exc:
+        write_record(data_dir, record.moved_to("failed", str(exc)))
+        return f"install failed, the running system is unchanged: {exc}"
+    write_record(data_dir, record.moved_to("trial"))
+    log.info("update %s installed in slot %s from %s", info.version, target, origin)
+    return None
