@@ -303,6 +303,26 @@ def test_an_update_that_did_not_fail_raises_nothing(phase: str) -> None:
     assert "update" not in _codes({"update": {"phase": phase, "message": "fine"}})
 
 
+def test_an_update_the_url_offers_is_an_alert_only_when_it_waits_for_the_owner() -> None:
+    check = {"configured": True, "install": "notify", "error": None, "failures": 0}
+    offered = {"phase": "committed", "available": {"version": "1.6.0"}, "check": check}
+    assert _codes({"update": offered})["update-available"] == (
+        "Update 1.6.0 is available: install it from Installer tools, Software update"
+    )
+    auto = {**offered, "check": {**check, "install": "auto"}}  # it installs by itself
+    assert "update-available" not in _codes({"update": auto})
+    assert "update-available" not in _codes({"update": {**offered, "available": None}})
+
+
+def test_an_update_url_that_keeps_failing_is_a_warning_after_three_tries() -> None:
+    check = {"configured": True, "install": "notify", "error": "cannot connect", "failures": 2}
+    assert "update-check" not in _codes({"update": {"check": check}})
+    third = {"check": {**check, "failures": 3}}
+    assert _codes({"update": third})["update-check"] == (
+        "The update URL cannot be checked: cannot connect"
+    )
+
+
 def test_certificate_errors_are_said_without_library_internals() -> None:
     text = (
         "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local "

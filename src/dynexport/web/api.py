@@ -362,6 +362,17 @@ def _more_alerts(
     update = status.get("update") or {}
     if update.get("phase") in ("failed", "rolled-back"):
         add("error", "update", str(update.get("message") or "the last update failed"))
+    check = update.get("check") or {}
+    available = update.get("available") or {}
+    if check.get("configured") and check.get("install") == "notify" and available.get("version"):
+        add(
+            "info",
+            "update-available",
+            f"Update {available['version']} is available: install it from Installer tools, "
+            "Software update",
+        )
+    if check.get("configured") and check.get("error") and (check.get("failures") or 0) >= 3:
+        add("warning", "update-check", f"The update URL cannot be checked: {check['error']}")
 
 
 def _summarise_scan(endpoint: Endpoint, found: list[tuple[Any, list[Any]]]) -> dict[str, Any]:
