@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import socket
 import sys
 import threading
@@ -343,6 +344,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     site = PROFILES[args.profile]()
+    # Interrupts only set a flag, from before the first line is printed: a caller may stop the
+    # server as soon as it has read the address, and the exit is then always clean.
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
     if args.rtu:
         server = serve_rtu(site, args.rtu, args.baud, args.parity, args.stopbits)
         print(f"serving {args.profile} on {args.rtu} units {site.units()}", flush=True)
@@ -352,10 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if server.control_port is not None:
             print(f"control channel on 127.0.0.1:{server.control_port}", flush=True)
     try:
-        while server._thread is not None and server._thread.is_alive():
-            server._thread.join(timeout=0.5)
-    except KeyboardInterrupt:
-        pass
+        while not stopping.is_set() and server._thread is not None and server._thread.is_alive():
+            stopping.wait(0.5)
     finally:
         server.stop()
     return 0
