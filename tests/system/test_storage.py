@@ -55,3 +55,24 @@ def test_corrupt_json_is_reported_with_the_path(tmp_path: Path):
     target.write_text("{oops")
     with pytest.raises(ValueError, match=r"s\.json: not valid JSON at line 1"):
         read_json(target)
+
+
+def test_an_owner_is_set_before_the_file_takes_its_name(tmp_path: Path, monkeypatch):
+    """A file root writes for the service (the update record) must never appear root-owned, not
+    even after a power cut: the owner is set on the temporary file, before the rename that the
+    folder fsync makes durable (a chown after it is a metadata change nothing makes durable)."""
+    uid, gid = (4242, 4343) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    seen: list[tuple[int, int, int]] = []
+    real_replace = os.replace
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        st = os.stat(src)
+        seen.append((st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr("dynexport.system.storage.os.replace", replace)
+    target = tmp_path / "update.json"
+    atomic_write(target, b"{}", mode=0o600, owner=(uid, gid))
+    assert seen == [(uid, gid, 0o600)]
+    st = target.stat()
+    assert (st.st_uid, st.st_gid) == (uid, gid)

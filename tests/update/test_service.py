@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,3 +283,23 @@ def test_a_new_install_clears_what_the_last_update_left(tmp_path: Path):
     assert not (tmp_path / FAILURE_FILE).exists()
     record = read_record(tmp_path)
     assert record is not None and (record.state, record.version) == ("installing", "1.5.0")
+
+
+def test_an_install_record_written_by_root_belongs_to_the_service_from_its_first_byte(
+    tmp_path: Path,
+) -> None:
+    """`dynexport update install` runs as root; the service (its own user) must be able to read
+    the record after a power cut, or an interrupted install would be reported as no update."""
+    from dynexport.update.cli import folder_owner
+    from dynexport.update.service import begin_install, read_record
+
+    if os.geteuid() != 0:
+        assert folder_owner(tmp_path) is None  # not root: files are the caller's anyway
+        return
+    os.chown(tmp_path, 4242, 4343)
+    assert folder_owner(tmp_path) == (4242, 4343)
+    record = UpdateRecord("installing", "1.5.0", "B", "A", "boot-1")
+    begin_install(tmp_path, record, folder_owner(tmp_path))
+    st = (tmp_path / "update.json").stat()
+    assert (st.st_uid, st.st_gid) == (4242, 4343)
+    assert read_record(tmp_path) == record

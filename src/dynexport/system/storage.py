@@ -18,7 +18,12 @@ from typing import Any
 
 
 def atomic_write(
-    path: str | Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True
+    path: str | Path,
+    data: bytes,
+    *,
+    mode: int = 0o644,
+    overwrite: bool = True,
+    owner: tuple[int, int] | None = None,
 ) -> None:
     """Replaces ``path`` with ``data`` so that it is either the old file or the complete new one.
 
@@ -27,6 +32,10 @@ def atomic_write(
     (no overwrite: fails with FileExistsError if the target exists, without a check-then-act
     race; used for private keys, since replacing one means a new utility registration), and the
     folder is fsynced so the name survives a power cut.
+
+    ``owner`` (uid, gid), for a file written by root for the service's user: set on the temporary
+    file before its data is fsynced, so the file never appears, not even after a power cut, with
+    root as its owner (a chown after the rename is a metadata change nothing makes durable).
     """
     target = Path(path)
     folder = target.parent
@@ -36,6 +45,8 @@ def atomic_write(
     try:
         try:
             os.fchmod(fd, mode)  # the umask may have narrowed it; never widen beyond `mode`
+            if owner is not None:
+                os.fchown(fd, *owner)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

@@ -51,15 +51,17 @@ def other_slot(booted: str | None) -> str:
 
 
 def _write(data: Path, record: UpdateRecord) -> None:
-    write_record(data, record)
-    _same_owner(data, data / "update.json")
+    write_record(data, record, folder_owner(data))
 
 
-def _same_owner(folder: Path, path: Path) -> None:
-    """Run as root, files it writes must stay readable by the service user owning the folder."""
-    if os.geteuid() == 0:
-        st = folder.stat()
-        os.chown(path, st.st_uid, st.st_gid)
+def folder_owner(folder: Path) -> tuple[int, int] | None:
+    """Run as root, the files it writes are owned by the service user owning the folder from
+    their first byte (a chown afterwards might not survive a power cut: the service could then
+    not read the record, and would say nothing of an interrupted install)."""
+    if os.geteuid() != 0:
+        return None
+    st = folder.stat()
+    return (st.st_uid, st.st_gid)
 
 
 def _install(args: argparse.Namespace) -> int:
@@ -93,8 +95,7 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
         return 1
     assert status.booted is not None
     record = UpdateRecord("installing", info.version, target, status.booted, boot_id())
-    begin_install(data, record)
-    _same_owner(data, data / "update.json")
+    begin_install(data, record, folder_owner(data))
 
     async def progress(line: str) -> None:
         print(f"  {line}", flush=True)

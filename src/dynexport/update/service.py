@@ -91,11 +91,16 @@ def read_record(data_dir: Path) -> UpdateRecord | None:
         return None
 
 
-def write_record(data_dir: Path, record: UpdateRecord) -> None:
-    atomic_write(data_dir / STATE_FILE, record.to_json(), mode=0o600)
+def write_record(
+    data_dir: Path, record: UpdateRecord, owner: tuple[int, int] | None = None
+) -> None:
+    """``owner``: the service's (uid, gid) when root writes it (``dynexport update install``)."""
+    atomic_write(data_dir / STATE_FILE, record.to_json(), mode=0o600, owner=owner)
 
 
-def begin_install(data_dir: Path, record: UpdateRecord) -> None:
+def begin_install(
+    data_dir: Path, record: UpdateRecord, owner: tuple[int, int] | None = None
+) -> None:
     """Records an install about to start; what an earlier update left is cleared first.
 
     An old health verdict or rollback reason would otherwise be reported as this update's
@@ -103,7 +108,7 @@ def begin_install(data_dir: Path, record: UpdateRecord) -> None:
     """
     for name in (HEALTH_FILE, FAILURE_FILE):
         (data_dir / name).unlink(missing_ok=True)
-    write_record(data_dir, record)
+    write_record(data_dir, record, owner)
 
 
 def _read_line(path: Path) -> str | None:
