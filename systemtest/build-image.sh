@@ -187,9 +187,11 @@ rm -rf "${root}/usr/lib/grub/i386-pc"
 # Kernel modules: only what this VM and the appliance's design use, with their dependencies,
 # as the Pi's kernel carries only what its fragment selects. Debian's 4000 modules would have
 # udev load dozens at every boot (kvm, ata_piix, cpufreq drivers...): seconds under TCG.
+# mac80211_hwsim (test instrumentation, loaded only by the Wi-Fi check in run.py): two
+# simulated radios, the setup access point's and a neighbour network's, for the Wi-Fi scan.
 modules=(virtio_pci virtio_blk virtio_net virtio_console virtio_rng squashfs ext4 vfat
 	nls_cp437 nls_ascii nls_utf8 nls_iso8859-1 crc32c_generic crc32c-intel loop dm_verity
-	i6300esb autofs4 binfmt_misc)
+	i6300esb autofs4 binfmt_misc mac80211_hwsim)
 for kdir in "${root}"/usr/lib/modules/*; do
 	kver="${kdir##*/}"
 	for m in "${modules[@]}"; do

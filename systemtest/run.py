@@ -397,30 +397,112 @@ def read_config(vm: Vm) -> tuple[bytes | None, str]:
     return base64.b64decode(first), rest
 
 
-def put_config_via_web_api(vm: Vm, doc: dict[str, Any]) -> dict[str, Any]:
-    """What the setup page does: set the admin password (first boot), then PUT /api/config with
-    the session cookie and CSRF token. Returns the configuration the service says it applied."""
-    base = f"http://127.0.0.1:{vm.web_port}"
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+class WebSession:
+    """The setup page's session: the admin password set on first boot, then the session cookie
+    and CSRF token on every request."""
 
-    def call(method: str, path: str, body: Any, csrf: str | None = None) -> dict[str, Any]:
+    def __init__(self, vm: Vm) -> None:
+        self.base = f"http://127.0.0.1:{vm.web_port}"
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+        self.csrf = ""
+        self.csrf = self.call("POST", "/api/setup/password", {"password": "system-test-password"})[
+            "csrf"
+        ]
+
+    def call(self, method: str, path: str, body: Any = None, timeout: float = 20) -> dict[str, Any]:
         headers = {"Content-Type": "application/json"}
-        if csrf:
-            headers["X-CSRF-Token"] = csrf
-        req = urllib.request.Request(
-            base + path, data=json.dumps(body).encode(), method=method, headers=headers
-        )
+        if self.csrf:
+            headers["X-CSRF-Token"] = self.csrf
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         try:
-            with opener.open(req, timeout=20) as r:
+            with self.opener.open(req, timeout=timeout) as r:
                 return dict(json.load(r))
         except urllib.error.HTTPError as e:
             raise Failure(f"{method} {path} -> {e.code}: {e.read()[:300]!r}") from None
+        except (OSError, ValueError) as e:
+            raise Failure(f"{method} {path}: {e}") from None
 
-    session = call("POST", "/api/setup/password", {"password": "system-test-password"})
-    answer = call("PUT", "/api/config", doc, csrf=session["csrf"])
+
+def put_config_via_web_api(session: WebSession, doc: dict[str, Any]) -> dict[str, Any]:
+    """What the setup page does: PUT /api/config in the logged-in session. Returns the
+    configuration the service says it applied."""
+    answer = session.call("PUT", "/api/config", doc)
     if not answer.get("applied"):
         raise Failure(f"PUT /api/config did not apply: {answer}")
     return dict(answer["config"])
+
+
+NEIGHBOUR_SSID = "neighbour-systemtest"
+NEIGHBOUR_HOSTAPD = (
+    f"interface=wlan1\ndriver=nl80211\nssid={NEIGHBOUR_SSID}\nhw_mode=g\nchannel=1\n"
+)
+WIFI_LIST_BOUND_S = 150.0
+"""How long the page may take to list the neighbour (each scan about 5 s under TCG)."""
+
+
+def wifi_in_range(vm: Vm, session: WebSession) -> None:
+    """Issue 12: the setup page lists the Wi-Fi networks in range while wlan0 is the setup
+    access point. mac80211_hwsim gives the VM two radios (test instrumentation): the setup
+    access point comes up on wlan0 as the image brings it up (dynexport-ap.target, which the
+    AP rule started at boot before wlan0 existed), a neighbour hostapd beacons on wlan1, and
+    GET /api/wifi/networks (the image's scan helper, iw ... scan ap-force) must list it."""
+    name = "setup Wi-Fi list: a neighbour network seen from the setup access point"
+    rc, out = vm.sh(
+        "modprobe mac80211_hwsim radios=2 && udevadm settle -t 30 && iw dev | grep -c Interface"
+    )
+    if rc != 0 or out.strip() != "2":
+        check(
+            name,
+            False,
+            f"no simulated radios (modprobe mac80211_hwsim radios=2: {out.strip()[-200:]})",
+        )
+        return
+    rc, out = vm.sh(
+        f"printf '{NEIGHBOUR_HOSTAPD}' > /run/neighbour-hostapd.conf && "
+        "systemd-run --unit=neighbour-ap --collect hostapd /run/neighbour-hostapd.conf && "
+        "systemctl restart dynexport-ap.target"
+    )
+    if rc != 0:
+        check(name, False, f"cannot start the access points: {out.strip()[-200:]}")
+        return
+    t0 = time.monotonic()
+    up = ""
+    while time.monotonic() - t0 < 60:
+        _, up = vm.sh("journalctl -b -u dynexport-ap-hostapd -u neighbour-ap --no-pager -o cat"
+                      " | grep -c AP-ENABLED")  # fmt: skip
+        if up.strip() == "2":
+            break
+        time.sleep(1)
+    _, mode = vm.sh(
+        "iw dev wlan0 info | awk '$1==\"type\" || $1==\"ssid\" {print $2}' | tr '\\n' ' '"
+    )
+    if up.strip() != "2":
+        check(name, False, f"the access points did not come up in 60 s (wlan0: {mode.strip()})")
+        return
+    t0 = time.monotonic()
+    attempts: list[str] = []
+    doc: dict[str, Any] = {}
+    found: dict[str, Any] | None = None
+    while time.monotonic() - t0 < WIFI_LIST_BOUND_S and found is None:
+        t1 = time.monotonic()
+        try:
+            doc = session.call("GET", "/api/wifi/networks", timeout=60)
+        except Failure as exc:
+            doc = {"error": str(exc)}
+        attempts.append(f"{time.monotonic() - t1:.1f} s")
+        found = next((n for n in doc.get("networks", []) if n.get("ssid") == NEIGHBOUR_SSID), None)
+        if found is None:
+            time.sleep(3)
+    _, helper = vm.sh(
+        "journalctl -b -u 'dynexport-wifi-scan@*' --no-pager -o cat | grep -c 'Started'"
+    )
+    vm.sh("systemctl stop neighbour-ap")
+    seen = ", ".join(f"{n.get('ssid')} ({n.get('signal')})" for n in doc.get("networks", []))
+    check(name, found is not None and str(found.get("signal", "")).endswith("dBm"),
+          f"wlan0 {mode.strip()}; {len(attempts)} request(s) ({', '.join(attempts)}), "
+          f"{helper.strip()} helper scan(s); listed: {seen or 'nothing'}"
+          f"{'; error: ' + str(doc['error']) if doc.get('error') else ''}")  # fmt: skip
 
 
 def doc_bytes(doc: dict[str, Any]) -> bytes:
@@ -549,7 +631,13 @@ def _checks(vm: Vm, sims: Sims, cuts: int, after_config: Callable[[], None]) -> 
     files = [(f"/data/dynexport/pki/{n}", d, 0o600) for n, d in sims.pki_files().items()]
     write_files(vm, files)  # the certificate files; the configuration goes through the web API
     sent = sims.site_config()
-    put_config_via_web_api(vm, sent)
+    session = WebSession(vm)
+    try:
+        wifi_in_range(vm, session)
+    except Failure as exc:
+        check("setup Wi-Fi list: a neighbour network seen from the setup access point", False,
+              str(exc))  # fmt: skip
+    put_config_via_web_api(session, sent)
     vm.wait_agent()
     written, _ = read_config(vm)
     cfg = written if written is not None else b""

@@ -183,6 +183,12 @@ def _wizard(w: Walk, url: str, modbus_port: int, closed_port: int, utility: Util
     w.next()
     w.step("network")
     assert w.read("#step-count") == "2 / 7"  # the counter never jumps back
+    # The list of networks comes after the step is shown (a radio scan takes seconds); this
+    # host has no scan helper, and the page says so in words (under the Wi-Fi choice, hidden while
+    # Ethernet is chosen: read as textContent).
+    w.wait.until(
+        lambda _: "no Wi-Fi scan helper on this system" in w.attr("#wifi-seen", "textContent")
+    )
     w.next()  # Ethernet
     w.step("utility")
     w.find("#u-server").send_keys(utility.url)

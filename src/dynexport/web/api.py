@@ -64,7 +64,7 @@ from dynexport.web.energy import EnergyToday
 from dynexport.web.events import Broadcaster
 from dynexport.web.history import API_NAMES, FIELDS, History
 from dynexport.web.updates import MAX_CHUNK_BYTES, UpdateError, Updates
-from dynexport.web.wifi import WifiError, check_wifi, parse_scan
+from dynexport.web.wifi import WifiError, WifiScanner, check_wifi
 
 log = logging.getLogger("dynexport.web")
 
@@ -77,7 +77,6 @@ KEY_FILE = "device-key.pem"
 CSR_FILE = "device.csr"
 CHAIN_FILE = "device-chain.pem"
 WIFI_FILE = "wifi.json"
-WIFI_INTERFACE = "wlan0"
 MAX_JSON_NUMBER = 1e15
 """Largest magnitude accepted for a number in a configuration (far beyond any watt or second)."""
 LATEST_TIME = 253_402_300_799
@@ -481,6 +480,8 @@ class WebApi:
         self._setup_lock = trio.Lock()
         self._scan_lock = trio.Lock()
         self.scan_progress: dict[str, Any] | None = None
+        self.wifi_scanner = WifiScanner()
+        """Networks in range for the setup page: one scan at a time, a fresh answer reused."""
         self.updates = Updates(app.options.data_dir, rauc)
         self.nursery: trio.Nursery | None = None
         self.energy = EnergyToday()
@@ -982,22 +983,10 @@ class WebApi:
         return json_response(200, {"configured": True, "ssid": ssid})
 
     async def get_wifi_networks(self, request: Request) -> ServerResponse:
-        """Networks in range, from the last scan of the Wi-Fi interface (``iw ... scan dump``:
-        no new scan, which would interrupt the setup access point)."""
-        try:
-            with trio.fail_after(5):
-                proc = await trio.run_process(
-                    ["iw", "dev", WIFI_INTERFACE, "scan", "dump"],
-                    capture_stdout=True,
-                    capture_stderr=True,
-                    check=False,
-                )
-        except (OSError, trio.TooSlowError) as exc:
-            return json_response(200, {"networks": [], "error": f"cannot list networks: {exc}"})
-        if proc.returncode != 0:
-            why = proc.stderr.decode("utf-8", "replace").strip() or f"iw ended {proc.returncode}"
-            return json_response(200, {"networks": [], "error": f"cannot list networks: {why}"})
-        return json_response(200, {"networks": parse_scan(proc.stdout.decode("utf-8", "replace"))})
+        """Networks in range from a fresh scan by the image's helper (``iw ... scan ap-force``
+        while wlan0 is the setup access point, which never scans by itself): one scan at a
+        time for every request, a recent answer reused (web/wifi.py, docs/image.md)."""
+        return json_response(200, await self.wifi_scanner.networks())
 
     async def put_wifi(self, request: Request) -> ServerResponse:
         body = parse_json_object(request.body)

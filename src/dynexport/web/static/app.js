@@ -106,10 +106,16 @@
     try {
       const wifi = await api("GET", "/api/wifi");
       if (wifi.configured) { $("#net-wifi").checked = true; $("#ssid").value = wifi.ssid || ""; $("#wifi-fields").hidden = false; }
+    } catch (e) { return; /* not logged in yet */ }
+    loadNetworks(); // a real radio scan takes seconds: the page does not wait for it
+  }
+  async function loadNetworks() {
+    $("#wifi-seen").textContent = "Looking for networks in range…";
+    try {
       const seen = await api("GET", "/api/wifi/networks");
       $("#ssids").replaceChildren(...seen.networks.map((n) => el("option", { value: n.ssid })));
       $("#wifi-seen").textContent = seen.networks.length ? "In range: " + seen.networks.map((n) => n.ssid + " (" + n.signal + ")").join(", ") : (seen.error || "No network in range.");
-    } catch (e) { /* not logged in yet */ }
+    } catch (e) { $("#wifi-seen").textContent = "The networks in range could not be listed: " + e.message; }
   }
   async function startSetup() {
     show("setup");
