@@ -9,6 +9,7 @@ import logging
 import math
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -243,4 +244,51 @@ async def test_a_gen24_battery_charges_before_its_pv_is_cut_and_export_holds(
             assert st["mode"] == "engaged" and "export limit" in st["reason"]
             assert st["powerW"] < -4000  # as read from model 160's StCha module
             assert sim.site.get(1, 160, "module[2].DCW") > 4000
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_gen24_charging_from_its_pv_leaves_its_share_of_the_budget_to_the_other(
+    tmp_path: Path,
+) -> None:
+    """Issue #13's site: a GEN24 with 4 kW of sun, its battery charging at its 5 kW rate (so
+    its AC output is -1 kW), beside the 8.2 kW inverter with 3 kW of sun; 1 kW load, 1.5 kW
+    export limit. One common percentage (13.6 %) held the 8.2 kW inverter at 1.1 kW while the
+    GEN24 could not use its share; now the GEN24 keeps its headroom (4 % of 10 kW) and the
+    other gets the rest of the budget (about 2.1 kW), export within the limit throughout."""
+    with simulated_site(load_w=1000.0) as sim:
+        hybrid = gen24(soc_pct=40.0, available_w=4000.0, tau_s=0.3)
+        hybrid.own_mode = "idle"  # nothing but dynexport makes it charge
+        sim.site.devices[1] = hybrid
+        sim.site.set_available(2, 3000.0)
+        main = sim.endpoint("main")
+        config = site_config(
+            sim,
+            extra={
+                "limits": {"exportW": 1500},
+                "batteries": [{"tcp": main, "unit": 1, "convention": "window", "plan": False}],
+            },
+        )
+        app = make_app(config, tmp_path)
+
+        def inverter(n: int) -> dict[str, Any]:
+            found: dict[str, Any] = app.status()["inverters"][n]
+            return found
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_for(lambda: hybrid.power_w < -4000.0, within=20.0)
+
+            def other_given_the_share() -> bool:
+                # The common share would be 13.6 % of 8200 W: 1117 W.
+                pct, power = inverter(1)["limitPct"], inverter(1)["powerW"] or 0.0
+                return pct is not None and pct / 100 * 8200 >= 1900.0 and power >= 1900.0
+
+            await wait_for(other_given_the_share, within=20.0)
+            exports = []
+            for _ in range(8):
+                await trio.sleep(0.5)
+                exports.append(sim.export_w())
+            assert max(exports) <= 1500 * 1.04 + 50, exports
+            assert inverter(0)["limitPct"] == pytest.approx(4.0, abs=0.5)  # 0 W + its headroom
+            assert other_given_the_share()
             nursery.cancel_scope.cancel()

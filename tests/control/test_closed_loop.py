@@ -325,3 +325,51 @@ def test_written_limits_rounded_down_to_the_register_step_keep_export_below_the_
     trace = run_closed_loop(plant, lambda t: export_limit(1500.0), 60.0)
     assert all(pct is None or pct == int(pct) for pct in (i.limit_pct for i in plant.inverters))
     assert all(pt.export_w <= 1500 + tolerance_w(1500) for pt in trace if pt.t >= SETTLE_S)
+
+
+def test_a_shaded_array_leaves_its_share_to_the_sunny_one():
+    """East array in shade (800 W of sun on 5 kW), west in full sun, 1 kW load, 3 kW export
+    limit. One common percentage (39.7 %) held west at 1985 W while east could use only 800 W:
+    export 1.8 kW. Shared, east keeps what it makes plus its headroom (200 W) and west takes the
+    rest: export is the limit less the margin and that headroom, and never over the limit."""
+    plant = Plant(
+        inverters=[
+            SimInverter("east", rated_w=5000, pv_w=800),
+            SimInverter("west", rated_w=5000, pv_w=5000),
+        ],
+        load_w=1000.0,
+        seed=12,
+    )
+    trace = run_closed_loop(plant, lambda t: export_limit(3000.0), 60.0)
+    assert all(over_limit(pt, 3000.0) <= 0 for pt in trace if pt.t >= SETTLE_S)
+    late = [pt for pt in trace if pt.t >= SETTLE_S]
+    aim = 3000.0 - margin_w(3000.0, S)
+    assert all(aim - 200.0 - 150.0 <= pt.export_w <= 3000.0 + tolerance_w(3000) for pt in late)
+    assert plant.inverters[0].output_w == pytest.approx(800.0, abs=1.0)  # all its sun
+    assert plant.inverters[1].output_w == pytest.approx(1000.0 + aim - 800.0 - 200.0, abs=150)
+    assert plant.inverters[0].limit_pct == pytest.approx(100 * (800 + 200) / 5000, abs=2.0)
+
+
+def test_the_shaded_array_gets_its_share_back_when_the_sun_returns():
+    """The cloud passes: east climbs to its limit (what it made + headroom), is seen at its
+    limit, and the two end at one common percentage, export at the limit throughout."""
+    plant = Plant(
+        inverters=[
+            SimInverter("east", rated_w=5000, pv_w=800),
+            SimInverter("west", rated_w=5000, pv_w=5000),
+        ],
+        load_w=1000.0,
+        seed=13,
+    )
+
+    def world(t: float, p: Plant) -> None:
+        if t >= 40.0:
+            p.inverters[0].pv_w = 5000.0
+
+    trace = run_closed_loop(plant, lambda t: export_limit(3000.0), 80.0, hook=world)
+    assert all(over_limit(pt, 3000.0) <= 0 for pt in trace if pt.t >= SETTLE_S)
+    late = [pt for pt in trace if pt.t >= 40.0 + SETTLE_S]
+    assert all(abs(pt.export_w - 3000) <= tolerance_w(3000) for pt in late)
+    east, west = plant.inverters
+    assert east.limit_pct == pytest.approx(west.limit_pct, abs=1.0)
+    assert east.output_w == pytest.approx(west.output_w, abs=100)

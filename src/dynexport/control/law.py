@@ -41,6 +41,7 @@ from dynexport.control.battery import (
 )
 from dynexport.control.failsafe import DEFAULT_STALE_S, failsafe_generation_w, meter_is_stale
 from dynexport.control.limits import EffectiveLimits, is_utility_source
+from dynexport.control.share import ShareInput, share_budget
 
 
 class DOEMode(IntFlag):
@@ -387,11 +388,12 @@ def control_step(
     has_battery = bool(batteries)
 
     def out(
-        pct: float | None, connect: bool, mode: Mode, target: float | None, budget: float,
-        source: str, load: float | None, new_state: ControllerState,
+        pct: float | tuple[float, ...] | None, connect: bool, mode: Mode, target: float | None,
+        budget: float, source: str, load: float | None, new_state: ControllerState,
         lims: tuple[float | None, float | None] = (None, None), off_w: float = 0.0,
     ) -> ControlOutput:  # fmt: skip
-        commands = tuple(InverterCommand(i.id, pct, connect) for i in ctrl)
+        each = pct if isinstance(pct, tuple) else tuple(pct for _ in ctrl)
+        commands = tuple(InverterCommand(i.id, p, connect) for i, p in zip(ctrl, each, strict=True))
         return ControlOutput(
             commands, connect, mode, target, budget, source, load, not_enforced, skipped,
             new_state, lims[0], lims[1], off_w, bat.commands,
@@ -536,14 +538,32 @@ def control_step(
     cmd = min(cmd, raw)  # never more than the live target, in any state
 
     budget = max(cmd - uncontrolled_w, 0.0)
-    pct: float | None = None
+    pct: tuple[float, ...] | None = None
     if rated_ctrl > 0 and budget < rated_ctrl * (1.0 - 1e-9):
-        pct = min(max(100.0 * budget / rated_ctrl, 0.0), 100.0)
+        # Per inverter: one short of sun leaves its unused share to the others (share.py).
+        history = dict(der)
+        pct = share_budget(
+            budget,
+            [
+                ShareInput(i.id, _rated(i), i.power_w, i.limit_pct, _previous(history.get(i.id)))
+                for i in ctrl
+            ],
+        )
     target = None if not source and cmd >= rated_online else cmd
     mode = "failsafe" if stale else "normal"
     new = ControllerState(now, cmd, der, key, ramps, mode, hold_until, bat_der, bat.memory)
     lims = (ramped["export_w"], ramped["generation_w"])
     return out(pct, True, mode, target, budget, source, load_est, new, lims, offline_w)
+
+
+def _previous(history: RollingMean | None) -> float | None:
+    """An inverter's output at its reading before the latest (None: no earlier one in the
+    window, e.g. just back online): tells a lagging inverter from one short of sun."""
+    if history is None or not history.samples:
+        return None
+    latest_t = history.samples[-1][0]
+    earlier = [v for t, v in history.samples if t < latest_t]
+    return earlier[-1] if earlier else None
 
 
 def _min_limit(a: float | None, b: float | None) -> float | None:
