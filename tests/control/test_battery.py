@@ -4,6 +4,7 @@ random states; these pin the behaviour the issue asks for."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -325,3 +326,38 @@ def test_a_hybrids_battery_is_not_counted_twice() -> None:
     assert out_h.load_estimate_w == pytest.approx(500.0)
     assert out_a.load_estimate_w == pytest.approx(-2500.0)  # AC-coupled: its output is added
     assert out_h.battery_expected_w == 0.0
+
+
+def test_a_push_that_brings_no_pv_up_never_charges_the_battery_from_the_grid() -> None:
+    """The inverters look curtailed (one is held at its limit by its share of the budget), so the
+    law pushes the charge up to reveal hidden PV; but the PV does not come up and the site
+    imports to charge. The battery must back off to the surplus (plus the band), not push deeper:
+    grid energy stored at the owner's cost is no saving."""
+    from dynexport.control.battery import BatteryMemory, SiteView, decide_batteries
+
+    s = BatterySettings()
+    bat = BatteryState("bat", True, True, 10000.0, 5000.0, 5000.0, 50.0, power_w=-5000.0)
+    # 5 kW of PV, 4 kW of load: 1 kW of surplus, the battery takes 5 kW -> 4 kW from the grid.
+    view = SiteView(
+        load_w=4000.0, inverters_w=5000.0, export_limit_w=1500.0, export_margin_w=60.0,
+        import_limit_w=None, load_limit_w=None, generation_limit_w=None, curtailed=True,
+    )  # fmt: skip
+    memory = BatteryMemory(engaged_until=100.0, setpoint_w=-5000.0)
+    charge = []
+    for step in range(30):
+        d = decide_batteries([bat], view, memory, 10.0 + step, 1.0, None, s)
+        [cmd] = d.commands
+        assert cmd.setpoint_w is not None
+        charge.append(-cmd.setpoint_w)
+        memory = d.memory
+        bat = BatteryState("bat", True, True, 10000.0, 5000.0, 5000.0, 50.0, cmd.setpoint_w)
+    assert all(b <= a + 1e-9 for a, b in itertools.pairwise(charge)), charge
+    assert charge[-1] <= 1000.0 + s.release_band_w + 1.0, charge  # the surplus and the band
+    # While the site exports, the same push goes on (hidden PV is still sought).
+    exporting = SiteView(
+        load_w=1000.0, inverters_w=5000.0, export_limit_w=1500.0, export_margin_w=60.0,
+        import_limit_w=None, load_limit_w=None, generation_limit_w=None, curtailed=True,
+    )  # fmt: skip
+    low = BatteryState("bat", True, True, 10000.0, 5000.0, 5000.0, 50.0, power_w=-2500.0)
+    d = decide_batteries([low], exporting, BatteryMemory(100.0, -2500.0), 10.0, 1.0, None, s)
+    assert d.commands[0].setpoint_w is not None and d.commands[0].setpoint_w < -2500.0

@@ -252,9 +252,12 @@ def decide_batteries(
         room = site.export_limit_w - site.export_margin_w - x0 - site.unseen_w
         p_e = aim - x0 - site.unseen_w
         if site.curtailed:
-            # Hidden PV: charge more, and the inverters are let up as the battery takes it.
+            # Hidden PV: charge more, and the inverters are let up as the battery takes it. Never
+            # more than the surplus plus the band, though: a push that brings no PV up (an
+            # inverter held by its share of the budget, or slow to rise) would charge the
+            # battery from the grid at the owner's cost. The surplus grows as the PV comes up.
             push = sum(_pos(b.max_charge_w) for b in ready) * dt / max(s.push_s, 1e-9)
-            p_e = min(p_e, measured - push)
+            p_e = min(p_e, max(measured - push, -max(x0, 0.0) - s.release_band_w))
         elif site.rising and memory.setpoint_w is not None:
             # The inverters are still climbing to use the charge: keep it until they settle.
             p_e = min(p_e, memory.setpoint_w)
