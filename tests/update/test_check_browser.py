@@ -19,29 +19,16 @@ from dynexport.sim.profiles import fronius_gateway
 from dynexport.system.config import parse_config
 from dynexport.web.auth import PasswordStore
 from tests.update.test_check_url import BOARD, Pki, Site, entry, pki, running
-from tests.web.test_browser import CHROMEDRIVER, CHROMIUM, PASSWORD, SCREENSHOTS, SIZES, Walk
+from tests.web.test_browser import PASSWORD, SCREENSHOTS, SIZES, Walk, needs_chromium
 from tests.web.test_browser import _driver as driver_for
 
 __all__ = ["pki"]  # the fixture, shared with test_check_url
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        CHROMIUM is None or CHROMEDRIVER is None,
-        reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
-        "chromium-driver)",
-    ),
-]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 def _walk(w: Walk, url: str) -> dict[str, str]:
-    w.d.get(url + "settings")
-    w.visible("#login")
-    w.find("#login-pw").send_keys(PASSWORD)
-    w.click("#login-btn")
-    w.step("network")
-    w.click('[data-go="dash"]')
-    w.visible("#tools")
+    w.open_tools(url)
     said = w.text("#u-url", lambda t: "is available" in t)
     w.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", w.find("#u-url"))
     w.shot("update-url-available")

@@ -33,13 +33,15 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
 SIZES = {"desktop": (1280, 900), "phone": (390, 844)}
 PASSWORD = "a strong admin password"
 
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+)
+"""For every test that drives Chromium (this file's and the other walks')."""
+
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        CHROMIUM is None or CHROMEDRIVER is None,
-        reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
-        "chromium-driver)",
-    ),
+    needs_chromium,
 ]
 
 
@@ -131,6 +133,16 @@ class Walk:
 
     def step(self, name: str) -> None:
         self.visible(f'.step.on[data-step="{name}"]')
+
+    def open_tools(self, url: str) -> Any:
+        """Logs in on the settings page and goes to the dashboard's installer tools."""
+        self.d.get(url + "settings")
+        self.visible("#login")
+        self.find("#login-pw").send_keys(PASSWORD)
+        self.click("#login-btn")
+        self.step("network")
+        self.click('[data-go="dash"]')
+        return self.visible("#tools")
 
     def put(self, css: str, value: str) -> None:
         self.d.execute_script("arguments[0].value = arguments[1]", self.find(css), value)

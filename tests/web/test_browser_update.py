@@ -42,13 +42,8 @@ from dynexport.web.updates import (
     refusal,
 )
 from tests.update.bundles import make_bundle, make_key, needs_rauc
-from tests.web.test_browser import CHROMEDRIVER, CHROMIUM, PASSWORD, SCREENSHOTS, SIZES, Walk
+from tests.web.test_browser import PASSWORD, SCREENSHOTS, SIZES, Walk, needs_chromium
 from tests.web.test_browser import _driver as driver_for
-
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-)
 
 RECORD = """
 window.uploadSeen = [];
@@ -82,13 +77,7 @@ def _nothing_written(data: Path) -> None:
 
 
 def _walk(w: Walk, url: str, data: Path, files: dict[str, Path]) -> dict[str, Any]:
-    w.d.get(url + "settings")
-    w.visible("#login")
-    w.find("#login-pw").send_keys(PASSWORD)
-    w.click("#login-btn")
-    w.step("network")
-    w.click('[data-go="dash"]')
-    tools = w.visible("#tools")
+    tools = w.open_tools(url)
     w.d.execute_script("arguments[0].scrollIntoView()", w.find("#u-file"))
     assert tools.is_displayed()
     got: dict[str, Any] = {}
