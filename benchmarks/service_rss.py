@@ -14,7 +14,15 @@ machine; ``--from-source`` measures without them (every module compiled at every
 
 ``--json`` adds one summary line for scripts; ``--modules FILE`` writes the modules the service
 imported (from ``-X importtime``), so a heavy import that slipped onto the runtime path shows.
-Stops what it started; asserts nothing.
+``--trace DIR`` finds what grows: the service runs under ``tracemalloc`` and, every
+``--trace-every`` seconds, a thread in it writes a snapshot (``snap-N.pickle``) and one JSON line
+to ``DIR/counts.jsonl`` (RSS split into anon and file pages, the traced Python heap, pymalloc's
+arenas and live blocks, glibc's ``mallinfo2`` figures, live objects by type); ``--compare DIR``
+prints what grew between the first and the last snapshot. Tracing costs memory and CPU of its
+own, so its RSS is not the figure to quote; ``--trace-frames 0`` keeps the counts without
+tracemalloc. ``--service-env K=V`` sets a variable for the service alone (``MALLOC_ARENA_MAX=1``:
+an A/B trial of an arena setting). To age the process faster: ``--rate 10`` (utility rates and
+limit steps) and ``--interval 0.5`` (control interval). Stops what it started; asserts nothing.
 """
 
 from __future__ import annotations
@@ -41,10 +49,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident KiB of ``pid``; ``field`` RssAnon is the heap (what a leak grows), RssFile the
+    pages of the interpreter, libraries and bytecode read so far (grows as code first runs)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except FileNotFoundError:
         pass
@@ -69,6 +79,115 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], within_s: float) ->
         except OSError:
             time.sleep(0.2)
     raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {within_s:.0f} s")
+
+
+# Runs ``dynexport`` with tracemalloc on and a daemon thread that writes what is alive every
+# ``every`` seconds; argv: DIR EVERY FRAMES, then dynexport's own arguments. FRAMES 0: no
+# tracemalloc, only the counts (RSS and malloc's figures undisturbed by tracing).
+TRACE_WRAPPER = """
+import collections, ctypes, gc, json, sys, threading, time, tracemalloc
+from pathlib import Path
+folder, every, frames = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+folder.mkdir(parents=True, exist_ok=True)
+if frames:
+    tracemalloc.start(frames)
+try:
+    libc = ctypes.CDLL("libc.so.6")
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks",
+                    "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    libc.mallinfo2.restype = MallInfo2
+except (OSError, AttributeError):
+    libc = None
+def status_kib():
+    got = {}
+    for line in open("/proc/self/status"):
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile"):
+            got[name] = int(value.split()[0])
+    return got
+def pymalloc_arenas():
+    import os, tempfile
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        for text in tmp.read().decode("ascii", "replace").splitlines():
+            if text.startswith("# arenas allocated current"):
+                return int(text.split("=")[1].replace(",", ""))
+    return 0
+def dump(n):
+    if frames:
+        tracemalloc.take_snapshot().dump(str(folder / f"snap-{n}.pickle"))
+    types = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+    kib = status_kib()
+    line = {"n": n, "t": round(time.monotonic() - t0, 1), "rss_kib": kib["VmRSS"],
+            "anon_kib": kib["RssAnon"], "file_kib": kib["RssFile"],
+            "pymalloc_arenas": pymalloc_arenas(), "blocks": sys.getallocatedblocks(),
+            "traced": tracemalloc.get_traced_memory()[0], "threads": threading.active_count(),
+            "types": dict(types.most_common(60))}
+    if libc is not None:
+        mi = libc.mallinfo2()
+        line["malloc"] = {f: getattr(mi, f) for f, _ in MallInfo2._fields_}
+    with (folder / "counts.jsonl").open("a") as f:
+        f.write(json.dumps(line) + chr(10))
+def loop():
+    n = 0
+    while True:
+        time.sleep(every)
+        n += 1
+        dump(n)
+t0 = time.monotonic()
+threading.Thread(target=loop, daemon=True).start()
+from dynexport.cli import main
+sys.argv = ["dynexport", *sys.argv[4:]]
+raise SystemExit(main())
+"""
+
+
+def compare(folder: Path, top: int = 25) -> None:
+    """Prints what grew from the first to the last snapshot in ``folder`` (see ``--trace``)."""
+    import tracemalloc
+
+    snaps = sorted(folder.glob("snap-*.pickle"), key=lambda p: int(p.stem.split("-")[1]))
+    lines = [json.loads(x) for x in (folder / "counts.jsonl").read_text().splitlines()]
+    print("RSS, anon and file in MiB (/proc status); pymalloc: arenas (1 MiB each) and blocks;")
+    print("malloc (glibc mallinfo2, all arenas): arena = sbrk'd, in use, free in arenas, mmapped")
+    print(f"{'n':>3} {'min':>6} {'RSS':>6} {'anon':>6} {'file':>6} {'traced':>7} "
+          f"{'arenas':>6} {'blocks':>7} {'arena':>6} {'in use':>6} {'free':>6} {'mmap':>6} "
+          f"{'thr':>3}")  # fmt: skip
+    mib = 1024 * 1024
+    for x in lines:
+        m = x.get("malloc", {})
+        print(f"{x['n']:3d} {x['t'] / 60:6.1f} {x['rss_kib'] / 1024:6.2f} "
+              f"{x.get('anon_kib', 0) / 1024:6.2f} {x.get('file_kib', 0) / 1024:6.2f} "
+              f"{x['traced'] / mib:7.2f} {x.get('pymalloc_arenas', 0):6d} "
+              f"{x.get('blocks', 0):7d} {m.get('arena', 0) / mib:6.2f} "
+              f"{m.get('uordblks', 0) / mib:6.2f} {m.get('fordblks', 0) / mib:6.2f} "
+              f"{m.get('hblkhd', 0) / mib:6.2f} {x['threads']:3d}")  # fmt: skip
+    first, last = lines[0]["types"], lines[-1]["types"]
+    grew = sorted(((last.get(k, 0) - first.get(k, 0), k) for k in set(first) | set(last)),
+                  reverse=True)  # fmt: skip
+    print("objects by type, last - first:", ", ".join(f"{k} {d:+d}" for d, k in grew[:15] if d))
+    if len(snaps) < 2:
+        return
+    old = tracemalloc.Snapshot.load(str(snaps[0]))
+    new = tracemalloc.Snapshot.load(str(snaps[-1]))
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    old, new = old.filter_traces(ignore), new.filter_traces(ignore)
+    print(f"\nby line, {snaps[0].name} -> {snaps[-1].name}:")
+    for stat in new.compare_to(old, "lineno")[:top]:
+        print(stat)
+    print(f"\nby traceback, top {top // 3}:")
+    for stat in new.compare_to(old, "traceback")[: top // 3]:
+        print(stat)
+        for frame in stat.traceback.format()[-12:]:
+            print("   ", frame)
 
 
 def imported_modules(importtime_log: str) -> list[str]:
@@ -101,16 +220,37 @@ def main() -> None:
         "smaller: an accelerated soak, more traffic per hour)",
     )
     parser.add_argument(
+        "--interval", type=float, help="control interval in s (default the service's 1 s)"
+    )
+    parser.add_argument("--trace", type=Path, help="run the service under tracemalloc (see above)")
+    parser.add_argument("--trace-every", type=float, default=300.0)
+    parser.add_argument(
+        "--trace-frames", type=int, default=12, help="traceback depth; 0: counts and malloc only"
+    )
+    parser.add_argument("--compare", type=Path, help="print what grew in a --trace folder; exit")
+    parser.add_argument(
+        "--service-env", action="append", default=[], metavar="K=V", help="for the service only"
+    )
+    parser.add_argument(
         "--src",
         type=Path,
         default=Path(__file__).resolve().parents[1] / "src" / "dynexport",
         help="the dynexport package to measure (default: this checkout's; for A/B comparisons)",
     )
     args = parser.parse_args()
+    if args.compare:
+        compare(args.compare)
+        return
     machine = f"{platform.machine()}, python {platform.python_version()}"
     started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     mode = "from source" if args.from_source else "from bytecode"
     mode += f", utility rates {args.rate} s"
+    if args.interval:
+        mode += f", control interval {args.interval} s"
+    if args.service_env:
+        mode += ", service env " + " ".join(args.service_env)
+    if args.trace:
+        mode += f", traced ({args.trace_frames} frames)"
     print(f"machine: {machine}, {os.cpu_count()} cores; {mode}; started {started_at}", flush=True)
     py = sys.executable
     procs: list[subprocess.Popen[bytes]] = []
@@ -136,7 +276,9 @@ def main() -> None:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             compileall.compile_dir(snapshot, quiet=1)
 
-        def spawn(*argv: str, stderr: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+        def spawn(
+            *argv: str, stderr: IO[bytes] | None = None, env: dict[str, str] = env
+        ) -> subprocess.Popen[bytes]:
             proc = subprocess.Popen(
                 argv, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL, env=env
             )
@@ -166,15 +308,22 @@ def main() -> None:
                 },
                 "web": {"host": "127.0.0.1", "port": web_port},
             }
+            if args.interval:
+                config["control"] = {"intervalS": args.interval}
             (folder / "config.json").write_text(json.dumps(config))
             flags = ["-X", "importtime"] if args.modules else []
             if args.modules:
                 stderr_log = (folder / "service.err").open("wb")
-            service = spawn(py, *flags, "-m", "dynexport", "run", "--config",
-                            str(folder / "config.json"), "--data", str(folder / "data"),
-                            stderr=stderr_log)  # fmt: skip
+            entry = ["-m", "dynexport"]
+            if args.trace:
+                entry = ["-c", TRACE_WRAPPER, str(args.trace.resolve()), str(args.trace_every),
+                         str(args.trace_frames)]  # fmt: skip
+            service_env = dict(env, **dict(kv.split("=", 1) for kv in args.service_env))
+            service = spawn(py, *flags, *entry, "run", "--config", str(folder / "config.json"),
+                            "--data", str(folder / "data"), stderr=stderr_log,
+                            env=service_env)  # fmt: skip
             start = time.monotonic()
-            print(f"{'minute':>6}  {'RSS MiB':>8}  {'CPU % of one core':>17}  "
+            print(f"{'minute':>6}  {'RSS MiB':>8}  {'anon MiB':>8}  {'CPU % of one core':>17}  "
                   f"{'site sim MiB':>12}  {'utility sim MiB':>15}", flush=True)  # fmt: skip
             last_cpu, last_t = 0.0, start
             while time.monotonic() - start < args.minutes * 60:
@@ -189,12 +338,14 @@ def main() -> None:
                 sample = {
                     "minute": round((now - start) / 60, 2),
                     "rss_mib": round(rss_kib(service.pid) / 1024, 2),
+                    "anon_mib": round(rss_kib(service.pid, "RssAnon") / 1024, 2),
                     "cpu_percent": round(share, 2),
                     "site_sim_mib": round(rss_kib(site.pid) / 1024, 2),
                     "utility_sim_mib": round(rss_kib(utility.pid) / 1024, 2),
                 }
                 samples.append(sample)
-                print(f"{sample['minute']:6.1f}  {sample['rss_mib']:8.1f}  {share:17.1f}  "
+                print(f"{sample['minute']:6.1f}  {sample['rss_mib']:8.1f}  "
+                      f"{sample['anon_mib']:8.1f}  {share:17.1f}  "
                       f"{sample['site_sim_mib']:12.1f}  {sample['utility_sim_mib']:15.1f}",
                       flush=True)  # fmt: skip
         finally:
@@ -225,6 +376,7 @@ def main() -> None:
             summary["rss_first_mib"] = first["rss_mib"]
             summary["rss_last_mib"] = last["rss_mib"]
             summary["growth_mib"] = round(last["rss_mib"] - first["rss_mib"], 2)
+            summary["anon_growth_mib"] = round(last["anon_mib"] - first["anon_mib"], 2)
             for sim in ("site_sim_mib", "utility_sim_mib"):
                 summary[f"{sim[:-4]}_growth_mib"] = round(last[sim] - first[sim], 2)
         print(json.dumps(summary), flush=True)

@@ -7,6 +7,8 @@ clock offset is applied by whoever asks the scheduler a question, never baked in
 
 from __future__ import annotations
 
+import functools
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import IntEnum, StrEnum
@@ -87,13 +89,14 @@ class ControlBase:
 
     def types(self) -> frozenset[ControlType]:
         """The control types this base sets (computed once: the scheduler asks very often)."""
-        hit = _TYPES.get(id(self))
-        if hit is not None and hit[0] is self:
+        key = id(self)
+        hit = _TYPES.get(key)
+        if hit is not None and hit[0]() is self:
             return hit[1]
         kinds = frozenset(t for t, name in _FIELD_OF.items() if getattr(self, name) is not None)
         if len(_TYPES) >= _TYPES_MAX:
             _TYPES.clear()
-        _TYPES[id(self)] = (self, kinds)  # the entry keeps self alive, so its id stays its own
+        _TYPES[key] = (weakref.ref(self, functools.partial(_forget_types, key)), kinds)
         return kinds
 
     def is_empty(self) -> bool:
@@ -114,12 +117,20 @@ class ControlBase:
 
 _FIELD_OF: dict[ControlType, str] = {t: t.value for t in ControlType}
 """ControlType → ControlBase field name (a plain dict: Enum.value is slow in hot loops)."""
-_TYPES: dict[int, tuple[ControlBase, frozenset[ControlType]]] = {}
+_TYPES: dict[int, tuple[weakref.ref[ControlBase], frozenset[ControlType]]] = {}
 _TYPES_MAX = 20_000
 """`ControlBase.types` memo by identity (the scheduler asks each base many times per walk);
-kept outside the instance so ``vars(base)`` is exactly its fields. Each entry keeps its base
-alive, and every poll parses new ones: the bound is what the memo may hold on an appliance that
-runs for months (enough for the 10,000 controls the pager accepts, twice over)."""
+kept outside the instance so ``vars(base)`` is exactly its fields. An entry holds its base
+weakly and leaves with it (`_forget_types`): every poll parses new bases, and when entries kept
+them alive the memo grew with traffic for hours, up to the bound (about 10 MiB of bases nobody
+used any more). The bound stays as a backstop (the 10,000 controls the pager accepts, twice)."""
+
+
+def _forget_types(key: int, ref: weakref.ref[ControlBase]) -> None:
+    """Drops the memo entry of a base being freed (its id may be reused from now on)."""
+    hit = _TYPES.get(key)
+    if hit is not None and hit[0] is ref:
+        del _TYPES[key]
 
 
 # --------------------------------------------------------------------------------------------
