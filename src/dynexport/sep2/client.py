@@ -285,6 +285,8 @@ class Sep2Client:
         self.dcap_url = http.url_for(config.dcap)
         self.store = LinkStore(data_dir)
         self.snapshot: ScheduleSnapshot | None = self.store.load_schedule()
+        self._saved_schedule: ScheduleSnapshot | None = self.snapshot
+        """What ``schedule.json`` holds (to skip rewriting it when a poll changed nothing)."""
         self.tracker: ResponseTracker = self.store.load_responses()
         self.outbox = self.store.load_outbox(self.options.telemetry_capacity)
         self.averager = IntervalAverager(flow.DEFAULT_POST_S)
@@ -888,8 +890,9 @@ class Sep2Client:
             previous=self.snapshot,
         )
         self.snapshot = await self._pure(build, _event_count(result.programs))
-        if not self.read_only:
+        if not self.read_only and schedule_needs_saving(self._saved_schedule, self.snapshot):
             self.store.save_schedule(self.snapshot)
+            self._saved_schedule = self.snapshot
 
     async def _register(self, edev_list_url: str, rate: int | None) -> tuple[str, EndDevice]:
         """In-band registration: POST our EndDevice, then look it up again before deciding
@@ -1272,6 +1275,28 @@ class Sep2Client:
             raise Sep2Error("MirrorUsagePoint gone")
         if not 200 <= response.status < 300:
             raise self._refused("posting readings: POST", url, response)
+
+
+SCHEDULE_RESAVE_S = 900
+"""An unchanged schedule is written again after this long (server seconds), so the stored copy's
+fetch time is never much older than the last complete read."""
+
+
+def schedule_needs_saving(saved: ScheduleSnapshot | None, new: ScheduleSnapshot) -> bool:
+    """Whether ``new`` must be written over what ``schedule.json`` holds (``saved``).
+
+    Every complete read of the program lists makes a new snapshot, once a minute or more often;
+    rewriting the file each time (hundreds of KiB after a day of events) wears an SD card for
+    nothing. It is written when the programs, the memory of finished events or its extras
+    changed, when the clock offset moved by more than 2 s, and at least every 15 minutes.
+    """
+    if saved is None:
+        return True
+    if new.fetched_at - saved.fetched_at >= SCHEDULE_RESAVE_S or new.fetched_at < saved.fetched_at:
+        return True
+    if abs(new.clock_offset - saved.clock_offset) > 2:
+        return True
+    return (new.programs, new.memory, new.extra) != (saved.programs, saved.memory, saved.extra)
 
 
 def _event_count(programs: Iterable[ProgramControls]) -> int:
