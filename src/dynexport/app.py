@@ -57,7 +57,7 @@ from dynexport.system.storage import atomic_write
 from dynexport.system.supervise import FaultLog, supervised
 from dynexport.system.watchdog import Notifier, ProgressTracker, watchdog_interval_s
 from dynexport.update.auto import UpdateChecker
-from dynexport.update.service import commit_when_healthy, update_status
+from dynexport.update.service import UpdateStatus, commit_when_healthy
 
 log = logging.getLogger("dynexport.app")
 
@@ -135,6 +135,8 @@ class App:
             lambda: self.config.update, options.data_dir, wall_clock=options.wall_clock
         )
         """The optional update URL (docs/update.md): idle unless ``update`` is configured."""
+        self.update_status = UpdateStatus(options.data_dir)
+        """The last update's fate, re-read only when its files change (``status()["update"]``)."""
 
     # -- running ------------------------------------------------------------------------------
 
@@ -1010,7 +1012,7 @@ class App:
             "setupMode": self.setup_mode,
             "configProblems": list(self.config_problems),
             "integrations": integrations_status(self.integrations),
-            "update": {**update_status(self.options.data_dir), **self.update_check.status()},
+            "update": {**self.update_status(), **self.update_check.status()},
         }
 
     # -- installer tools (the web page's test limit, meter-direction check, commissioning report)

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from dynexport.system.watchdog import ProgressTracker
 from dynexport.update.rauc import Rauc, RaucError, RaucStatus, SlotStatus
 from dynexport.update.service import (
+    UpdateStatus,
     begin_install,
     commit_when_healthy,
     read_record,
@@ -303,3 +305,34 @@ def test_an_install_record_written_by_root_belongs_to_the_service_from_its_first
     st = (tmp_path / "update.json").stat()
     assert (st.st_uid, st.st_gid) == (4242, 4343)
     assert read_record(tmp_path) == record
+
+
+def test_the_status_asked_every_second_follows_each_write_and_reads_nothing_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``UpdateStatus`` answers as ``update_status`` does after every change of the record or
+    the failure file, and reads neither while they stay as they are."""
+    from dynexport.update import service
+
+    data = tmp_path / "data"
+    data.mkdir()
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("root=PARTUUID=64796e78-02 ro rauc.slot=A\n")
+    boot = tmp_path / "boot_id"
+    boot.write_text("after-the-rollback\n")
+    status = UpdateStatus(data, cmdline, boot)
+    assert status() == update_status(data, cmdline, boot) == {
+        "phase": "none", "version": None, "message": None
+    }  # fmt: skip
+    write_record(data, TRIAL)
+    assert status() == update_status(data, cmdline, boot) and status()["phase"] == "rolled-back"
+    (data / FAILURE_FILE).write_text("the meter has not answered\n")
+    assert status() == update_status(data, cmdline, boot)
+    assert "the meter has not answered" in status()["message"]
+    write_record(data, TRIAL.moved_to("committed"))
+    assert status() == update_status(data, cmdline, boot) and status()["phase"] == "committed"
+    reads: list[Path] = []
+    monkeypatch.setattr(service, "read_record", lambda d: reads.append(d))
+    for _ in range(5):
+        assert status()["phase"] == "committed"
+    assert reads == []  # nothing changed: nothing read again

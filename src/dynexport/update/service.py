@@ -296,3 +296,37 @@ def update_status(
         boot_id(boot_id_path),
         _read_line(data_dir / FAILURE_FILE),
     ).to_status()
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class UpdateStatus:
+    """``update_status`` for a status asked for every second (history, live pages, MQTT): the
+    running slot and boot id are read once (they cannot change while the process runs), and the
+    record and failure files are read again only when a stat says they changed (every write is a
+    new inode: ``atomic_write``)."""
+
+    def __init__(
+        self, data_dir: Path, cmdline: Path = Path("/proc/cmdline"), boot_id_path: Path = BOOT_ID
+    ) -> None:
+        self.data_dir = data_dir
+        self._booted = booted_slot(cmdline)
+        self._boot_id = boot_id(boot_id_path)
+        self._key: tuple[object, object] | None = None
+        self._doc: dict[str, Any] = {}
+
+    def __call__(self) -> dict[str, Any]:
+        record, failure = self.data_dir / STATE_FILE, self.data_dir / FAILURE_FILE
+        key = (_stamp(record), _stamp(failure))
+        if key != self._key:
+            self._key = key
+            self._doc = report(
+                read_record(self.data_dir), self._booted, self._boot_id, _read_line(failure)
+            ).to_status()
+        return dict(self._doc)
