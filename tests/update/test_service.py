@@ -336,3 +336,54 @@ def test_the_status_asked_every_second_follows_each_write_and_reads_nothing_othe
     for _ in range(5):
         assert status()["phase"] == "committed"
     assert reads == []  # nothing changed: nothing read again
+
+
+async def test_the_install_watch_reads_the_record_only_when_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``commit_when_healthy`` looks for an install made in this boot every 2 s for the life of
+    the process: an unchanged record is not read again, a new one is seen at the next look."""
+    from dynexport.update import service
+
+    reads: list[Path] = []
+    real_read = service.read_record
+
+    def counting_read(data_dir: Path) -> UpdateRecord | None:
+        reads.append(data_dir)
+        return real_read(data_dir)
+
+    monkeypatch.setattr(service, "read_record", counting_read)
+    write_record(tmp_path, TRIAL.moved_to("committed"))  # an earlier update, long done
+    site, rauc = Site(ready=True), RecordedRauc(booted="A")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: commit_when_healthy(
+                site, tmp_path, rauc, wall_clock=lambda: 1000.0, this_boot="install-boot"
+            )
+        )
+        await trio.sleep(3600)  # an hour of looks every 2 s
+        assert len(reads) <= 2, reads  # the boot's own check, and the watch's first look
+        (tmp_path / "update.json").unlink()  # a missing record is no install
+        await trio.sleep(10)
+        assert not (tmp_path / REBOOT_REQUEST).exists()
+        write_record(tmp_path, TRIAL)  # `dynexport update install` finished in this boot
+        await trio.sleep(10)
+        assert len(reads) <= 3
+        assert site.events == ["fail-safe"]  # the install was seen: nothing limits the reboot
+        assert (tmp_path / REBOOT_REQUEST).read_text() == "trial\n"
+        nursery.cancel_scope.cancel()
+
+
+def test_the_record_watch_follows_rewrites_removal_and_garbage(tmp_path: Path) -> None:
+    from dynexport.update.service import RecordWatch
+
+    watch = RecordWatch(tmp_path)
+    assert watch() is None
+    write_record(tmp_path, TRIAL)
+    assert watch() == TRIAL
+    write_record(tmp_path, TRIAL.moved_to("committed"))
+    assert watch() == TRIAL.moved_to("committed")
+    (tmp_path / "update.json").write_bytes(b"\x00not json")
+    assert watch() is None  # not a record: never trusted
+    (tmp_path / "update.json").unlink()
+    assert watch() is None
