@@ -24,7 +24,7 @@ import trio.testing
 
 from dynexport.httpio import HttpClient, Response
 from dynexport.sep2 import schema
-from dynexport.sep2.client import Sep2Client
+from dynexport.sep2.client import ClientOptions, Sep2Client
 from dynexport.sep2.controls import ControlType
 from dynexport.sep2.flow import DerInfo
 from dynexport.sep2.telemetry import Sample
@@ -117,7 +117,11 @@ async def run_with_samples(client: Sep2Client, seconds: int) -> None:
         await trio.sleep(10)
 
 
-def in_process_client(srv: UtilityServer, data_dir: Path) -> tuple[Sep2Client, InProcessHttp]:
+def in_process_client(
+    srv: UtilityServer, data_dir: Path, *, store_in_threads: bool = False
+) -> tuple[Sep2Client, InProcessHttp]:
+    """The link against ``srv`` in-process. Its files are written in the link's task unless
+    ``store_in_threads``: on the autojumping mock clock, time runs on while a thread fsyncs."""
     files = srv.pki.files
     config = UtilityConfig(
         server="http://utility.test",
@@ -135,6 +139,7 @@ def in_process_client(srv: UtilityServer, data_dir: Path) -> tuple[Sep2Client, I
         clock=wall,
         monotonic=trio.current_time,
         http=http,
+        options=ClientOptions(store_in_threads=store_in_threads),
     )
     return client, http
 

@@ -146,12 +146,28 @@ async def test_an_invalid_body_over_tls_is_a_400_and_recorded(pki_dir):
     assert recorded.status == 400 and recorded.schema_error
 
 
-def test_the_command_line_serves_until_interrupted(tmp_path):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(
+    ("stop", "inherited"),
+    [
+        (signal.SIGINT, None),
+        (signal.SIGTERM, None),
+        # A shell without job control starts background commands with SIGINT ignored, and an
+        # ignored disposition is inherited: Ctrl-C from the demo must still stop it.
+        (signal.SIGINT, _ignore_sigint),
+    ],
+    ids=["sigint", "sigterm", "sigint-from-a-background-shell"],
+)
+def test_the_command_line_serves_until_interrupted(tmp_path, stop, inherited):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "dynexport.sim.utility_server", "--pki", str(tmp_path / "pki"),
          "--port", "0", "--step", "5000,1500,0", "--every", "120"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        preexec_fn=inherited,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -161,8 +177,8 @@ def test_the_command_line_serves_until_interrupted(tmp_path):
         lfdi = lines[1].split()[2]
         assert len(lfdi) == 40 and lfdi in pki
         assert '"type": "csip-aus"' in lines[2]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        proc.send_signal(stop)
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

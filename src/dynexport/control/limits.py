@@ -7,6 +7,11 @@ limit remembers which source set it, so the status page and the logs can say *wh
 limited, not just that it is.
 
 None always means "no limit". Watts are site totals; positive numbers.
+
+One value is not a limit: the utility's storage target (CSIP-AUS v1.3 opModStorageTargetW, the
+aggregate output the site's batteries should aim for, + discharge / − charge). It has one source
+(the utility's control in force) and is carried beside the limits with that source, so the law
+can follow it (control/storage_target.py) within the limits, which always win.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class UtilityLimits:
     energize: bool | None = None
     ramp_tms: int | None = None
     set_grad_w: int | None = None
+    storage_target_w: float | None = None
+    """csipaus:opModStorageTargetW in force (W, + discharge, − charge); None: none."""
     label: str = UTILITY_SOURCE
     """The source name reported for limits this control sets; it should start with "utility".
     ``FALLBACK_LABEL`` marks the fallback limit (no utility schedule): its ramps are ignored."""
@@ -121,6 +128,9 @@ class EffectiveLimits:
     energize: bool = True
     ramp_tms: int | None = None
     set_grad_w: int | None = None
+    storage_target_w: float | None = None
+    """The utility's storage target (W, + discharge, − charge), not a limit: see the module
+    docstring. None: no target, the batteries follow the law's own rules."""
     sources: dict[str, str] = field(default_factory=dict, compare=True, hash=False)
 
     def power(self, name: str) -> float | None:
@@ -191,7 +201,17 @@ def merge_limits(
             set_grad_w = utility.set_grad_w
             sources["set_grad_w"] = utility.label
 
+    storage_target_w = None
+    if utility is not None and not is_fallback_source(utility.label):
+        target = utility.storage_target_w
+        # an unreadable target is no target (the batteries keep the law's own rules); unlike
+        # a limit there is no safe side to fail to
+        if target is not None and math.isfinite(target):
+            storage_target_w = float(target)
+            sources["storage_target_w"] = utility.label
+
     return EffectiveLimits(
+        storage_target_w=storage_target_w,
         export_w=values["export_w"],
         generation_w=values["generation_w"],
         import_w=values["import_w"],

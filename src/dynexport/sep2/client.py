@@ -72,7 +72,14 @@ from dynexport.sep2.state import LinkStore
 from dynexport.sep2.telemetry import DER as DER_ROLE
 from dynexport.sep2.telemetry import SITE as SITE_ROLE
 from dynexport.sep2.telemetry import IntervalAverager, IntervalReading, Sample
-from dynexport.sep2.xml import Sep2ParseError, page_query
+from dynexport.sep2.xml import (
+    CSIPAUS_NS,
+    CSIPAUS_NS_13,
+    CSIPAUS_VERSIONS,
+    Sep2ParseError,
+    declared_csipaus_namespace,
+    page_query,
+)
 from dynexport.system.config import UtilityConfig
 
 log = logging.getLogger("dynexport.sep2.client")
@@ -86,6 +93,10 @@ MAX_ERRORS = 10
 MIN_SLEEP_S = 0.05
 """The run loop never sleeps less than this between steps, so no wake-up computed in the past
 can make it spin."""
+STORE_FLUSH_S = 2.0
+"""At shutdown, how long the link waits for its unsaved state to reach the data partition."""
+SETTLE_CHECK_S = 1.0
+"""While responses wait for responses.json to be written, the link still steps this often."""
 PART_RETRY_S = (5.0, 15.0, 60.0, 300.0)
 """Backoff of one part of a step (DER reports, responses, telemetry) after an unexpected
 exception in it (the last value repeats)."""
@@ -129,6 +140,10 @@ class ClientOptions:
     """Worker threads parsing at once (bounded: a walk parses one page at a time anyway)."""
     thread_events: int = 1000
     """A program with more events than this is converted for the scheduler in a worker thread."""
+    store_in_threads: bool = True
+    """`run` writes the link's files in worker threads (`LinkStore.run`), never on the event
+    loop. False writes them in the link's task as before: only for tests on trio's autojumping
+    mock clock, where time runs on while a thread fsyncs."""
 
 
 @dataclass(frozen=True)
@@ -335,6 +350,9 @@ class Sep2Client:
         """URL → consecutive 429s without Retry-After (the backoff doubles with each)."""
         self._telemetry = _Telemetry()
         self._wake = trio.Event()
+        self.store.on_progress = lambda: self._wake.set()
+        self._csipaus_seen: str | None = None
+        """The CSIP-AUS namespace the server's last body declaring one used (None: none yet)."""
 
     # -- what the app reads and feeds ---------------------------------------------------------
 
@@ -413,6 +431,27 @@ class Sep2Client:
             clock_alert=self.clock_alert,
         )
 
+    @property
+    def csipaus_ns(self) -> str:
+        """The namespace our CSIP-AUS elements are written in: ``utility.csipAusVersion`` when
+        forced, else the one the server's bodies declare (v1.2 until one is seen)."""
+        forced = CSIPAUS_VERSIONS.get(getattr(self.config, "csipaus_version", "auto"))
+        return forced or self._csipaus_seen or CSIPAUS_NS
+
+    @property
+    def csipaus_version(self) -> str:
+        """ "1.2" or "1.3", for the status."""
+        return "1.3" if self.csipaus_ns == CSIPAUS_NS_13 else "1.2"
+
+    def _observe_csipaus(self, body: bytes) -> None:
+        """Learns the server's CSIP-AUS version from a body it served (a change is logged and
+        makes the DER reports due again, with or without the v1.3 storage fields)."""
+        seen = declared_csipaus_namespace(body)
+        if seen is None or seen == self._csipaus_seen:
+            return
+        log.info("the utility server speaks CSIP-AUS in %s", seen)
+        self._csipaus_seen = seen
+
     def update_der(self, info: DerInfo) -> None:
         """New DER facts; DERCapability/Settings/Status are re-PUT if they changed."""
         if info != self.der:
@@ -436,26 +475,32 @@ class Sep2Client:
         that still gets here (a bug) is logged with its traceback, recorded in `state()`, and
         retried after a backoff; the stored schedule stays in force throughout.
         """
-        task_status.started()
         failures = 0
         try:
-            while True:
-                try:
-                    wake_at = await self.step()
-                    delay = wake_at - self._mono()
-                    failures = 0
-                except Exception as exc:
-                    log.exception("utility link: unexpected error in a step; retrying")
-                    self._record_error(describe_error(exc))
-                    self.connected = False
-                    delay = PART_RETRY_S[min(failures, len(PART_RETRY_S) - 1)]
-                    failures += 1
-                delay = min(self.options.max_sleep_s, max(MIN_SLEEP_S, delay))
-                self._wake = trio.Event()
-                with trio.move_on_after(delay):
-                    await self._wake.wait()
+            async with trio.open_nursery() as writers:
+                if self.options.store_in_threads:  # files written in threads, not on the loop
+                    await writers.start(self.store.run)
+                task_status.started()
+                while True:
+                    try:
+                        wake_at = await self.step()
+                        delay = wake_at - self._mono()
+                        failures = 0
+                    except Exception as exc:
+                        log.exception("utility link: unexpected error in a step; retrying")
+                        self._record_error(describe_error(exc))
+                        self.connected = False
+                        delay = PART_RETRY_S[min(failures, len(PART_RETRY_S) - 1)]
+                        failures += 1
+                    delay = min(self.options.max_sleep_s, max(MIN_SLEEP_S, delay))
+                    self._wake = trio.Event()
+                    with trio.move_on_after(delay):
+                        await self._wake.wait()
         finally:
             with trio.CancelScope(shield=True):
+                # best effort: what is not on disk yet, within a bound (a hung card is left)
+                with trio.move_on_after(STORE_FLUSH_S):
+                    await self.store.flush()
                 await self.http.aclose()
 
     async def step(self) -> float:
@@ -517,9 +562,11 @@ class Sep2Client:
         elif self._walk_retry_at:
             candidates.append(self._walk_retry_at)
         if self.acting and not self.read_only:
-            if self.tracker.pending:
+            if self.tracker.pending and self.store.settled():
                 first = min((a.next_try for a in self._attempts.values()), default=now)
                 candidates.append(max(first, self._part_retry.get("responses", 0.0)))
+            elif self.tracker.pending:  # the store wakes the link once written; look anyway
+                candidates.append(now + SETTLE_CHECK_S)
             tele = self._telemetry
             if tele.last_post is not None:
                 post_at = max(tele.last_post + tele.post_rate, tele.retry_at)
@@ -613,6 +660,7 @@ class Sep2Client:
         if throttled is not None:
             raise throttled
         response.raise_for_status()
+        self._observe_csipaus(response.body)
         self._not_before.pop(url, None)
         self._throttles.pop(url, None)
         return response
@@ -804,7 +852,9 @@ class Sep2Client:
                 else flow.connection_point_update(cp, self.config.nmi, already_put=self._cp_put)
             )
             if update is not None:
-                response = await self._send("PUT", cp_url, to_xml(update))
+                response = await self._send(
+                    "PUT", cp_url, to_xml(update, csipaus_ns=self.csipaus_ns)
+                )
                 if not 200 <= response.status < 300:
                     raise self._refused("PUT ConnectionPoint", cp_url, response)
                 self._cp_put = True
@@ -995,21 +1045,22 @@ class Sep2Client:
         if self.der is None or self._der is None or self._der_url is None:
             return
         grad = self._server_set_grad_w(programs)
-        key = flow.der_report_key(self.der, grad)
+        ns = self.csipaus_ns
+        key = flow.der_report_key(self.der, grad, ns)
         now = self._mono()
         if not flow.der_reports_due(self._der_key, self._der_sent, key, now, self._der_rate):
             return
         server_now = self.server_now()
         bodies = (
-            (self._der.der_capability_link, flow.der_capability(self.der)),
-            (self._der.der_settings_link, flow.der_settings(self.der, grad, server_now)),
+            (self._der.der_capability_link, flow.der_capability(self.der, ns)),
+            (self._der.der_settings_link, flow.der_settings(self.der, grad, server_now, ns)),
             (self._der.der_status_link, flow.der_status(self.der, server_now)),
         )
         for link, body in bodies:
             if link is None:
                 continue
             url = self._url(self._der_url, link.href)
-            response = await self._send("PUT", url, to_xml(body))
+            response = await self._send("PUT", url, to_xml(body, csipaus_ns=ns))
             if not 200 <= response.status < 300:
                 raise self._refused(f"PUT {type(body).__name__}", url, response)
         self._der_key, self._der_sent = key, now
@@ -1058,6 +1109,10 @@ class Sep2Client:
             attempt = self._attempts.setdefault(key, _Attempt())
             if self._mono() < attempt.next_try:
                 continue
+            if not self.store.settled():
+                # the state that lists this response is not on disk yet: sent now, it could be
+                # sent twice after a restart. It stays pending; the store wakes the link.
+                return progressed
             outcome = await self._post_response(pending, attempt)
             if outcome is flow.SendOutcome.RETRY:
                 backoff = self._mono() + flow.retry_delay(attempt.count)

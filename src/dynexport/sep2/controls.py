@@ -26,6 +26,7 @@ class ControlType(StrEnum):
     IMPORT_LIMIT_W = "import_limit_w"  # csipaus:opModImpLimW
     GENERATION_LIMIT_W = "generation_limit_w"  # csipaus:opModGenLimW
     LOAD_LIMIT_W = "load_limit_w"  # csipaus:opModLoadLimW
+    STORAGE_TARGET_W = "storage_target_w"  # csipaus:opModStorageTargetW (CSIP-AUS v1.3 only)
     MAX_LIMIT_PCT = "max_limit_pct"  # opModMaxLimW, percent of setMaxW
     CONNECT = "connect"  # opModConnect
     ENERGIZE = "energize"  # opModEnergize
@@ -74,13 +75,16 @@ class ControlBase:
     import_limit_w: float | None = None
     generation_limit_w: float | None = None
     load_limit_w: float | None = None
+    storage_target_w: float | None = None
+    """csipaus:opModStorageTargetW (v1.3): the aggregate output the site's storage should aim
+    for, in W; positive discharges (output), negative charges."""
     max_limit_pct: float | None = None
     connect: bool | None = None
     energize: bool | None = None
     ramp_tms: int | None = None
     unsupported: tuple[str, ...] | None = None
-    """DERControlBase elements the server set that dynexport does not model (``opModFixedW``,
-    ``csipaus:opModStorageTargetW``...), sorted: kept so the event can be answered honestly.
+    """DERControlBase elements the server set that dynexport does not model (``opModFixedW``, a
+    v1.3 element in the 1.2 namespace...), sorted: kept so the event can be answered honestly.
     None when there are none (a tuple, not a set, so ``vars()`` of a base stays JSON-able)."""
 
     def get(self, kind: ControlType) -> float | bool | None:
@@ -152,10 +156,12 @@ only those (or only controls not modelled at all) cannot be performed: it is ans
 (`ResponseStatus.REJECTED_NOT_APPLICABLE`), and they are not advertised."""
 
 ENFORCED_CONTROLS_WITH_BATTERY: frozenset[ControlType] = ENFORCED_CONTROLS | frozenset(
-    {ControlType.IMPORT_LIMIT_W, ControlType.LOAD_LIMIT_W}
+    {ControlType.IMPORT_LIMIT_W, ControlType.LOAD_LIMIT_W, ControlType.STORAGE_TARGET_W}
 )
 """With a controllable battery configured, import and load limits are enforced too: the law
-discharges it (down to the owner's reserve) and stops its charging (docs/control.md)."""
+discharges it (down to the owner's reserve) and stops its charging (docs/control.md); and so is
+a CSIP-AUS v1.3 storage target (control/storage_target.py: toward the target within the
+reserve, the rates and the export/import limits in force)."""
 
 
 def enforced_controls(battery_configured: bool) -> frozenset[ControlType]:
@@ -180,6 +186,16 @@ DER_CONTROL_TYPE_BITS: Mapping[ControlType, int] = {
 }
 """IEEE 2030.5 DERControlType bits (sep.xsd) of the controls modelled here: 2 opModConnect,
 3 opModEnergize, 20 opModMaxLimW."""
+
+
+VPP_MODE_BITS: Mapping[ControlType, int] = {ControlType.STORAGE_TARGET_W: 0x01}
+"""csipaus:vppModesSupported / vppModesEnabled bits (CSIP-AUS v1.3, HexBinary8): bit 0
+opModStorageTargetW; the others are reserved."""
+
+
+def vpp_modes_supported(enforced: Iterable[ControlType] = ENFORCED_CONTROLS) -> int:
+    """csipaus:vppModesSupported (and vppModesEnabled): the v1.3 VPP controls enforced."""
+    return sum(VPP_MODE_BITS.get(kind, 0) for kind in set(enforced))
 
 
 def doe_modes_supported(enforced: Iterable[ControlType] = ENFORCED_CONTROLS) -> int:

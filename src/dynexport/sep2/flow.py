@@ -26,6 +26,7 @@ from dynexport.sep2.controls import (
     ControlType,
     ProgramControls,
     ResponseStatus,
+    vpp_modes_supported,
 )
 from dynexport.sep2.identity import sfdi_from_lfdi
 from dynexport.sep2.resources import (
@@ -54,6 +55,7 @@ from dynexport.sep2.responses import PendingResponse
 from dynexport.sep2.telemetry import DER as DER_ROLE
 from dynexport.sep2.telemetry import SITE as SITE_ROLE
 from dynexport.sep2.telemetry import IntervalReading
+from dynexport.sep2.xml import CSIPAUS_NS, CSIPAUS_NS_13
 
 DEFAULT_POLL_S = 900
 """IEEE 2030.5 default pollRate when a resource does not carry one."""
@@ -395,6 +397,9 @@ class DerInfo:
     state_of_charge_pct: float | None = None
     storage_mode: int | None = None
     """StorageModeStatusType: 0 charging, 1 discharging, 2 holding."""
+    min_wh: float | None = None
+    """The energy dynexport never discharges the batteries below (Σ reserve SoC × capacity):
+    CSIP-AUS v1.3 csipaus:setMinWh. None: unknown (then 0 Wh is reported on v1.3)."""
     enforced: frozenset[ControlType] = ENFORCED_CONTROLS
     """What the site enforces (controls.enforced_controls): the responses answer events by it,
     and ``doe_modes_supported`` should be ``controls.doe_modes_supported(enforced)``."""
@@ -426,8 +431,17 @@ def _power(watts: float) -> Scaled:
     return Scaled.from_real(float(watts))
 
 
-def der_capability(info: DerInfo) -> DERCapability:
-    """DERCapability advertising exactly what is enforced (modes from the caller)."""
+def speaks_v13_storage(info: DerInfo, csipaus_ns: str) -> bool:
+    """Whether the v1.3 storage fields go out: the server speaks CSIP-AUS v1.3 and the site has
+    a controllable battery (it enforces storage targets). Never to a 1.2 server (its XSD refuses
+    them), never without a battery (nothing would perform a storage target)."""
+    return csipaus_ns == CSIPAUS_NS_13 and ControlType.STORAGE_TARGET_W in info.enforced
+
+
+def der_capability(info: DerInfo, csipaus_ns: str = CSIPAUS_NS) -> DERCapability:
+    """DERCapability advertising exactly what is enforced (modes from the caller); on a v1.3
+    server with a battery also csipaus:vppModesSupported (bit 0, storage target)."""
+    vpp = vpp_modes_supported(info.enforced) if speaks_v13_storage(info, csipaus_ns) else None
     return DERCapability(
         modes_supported=info.modes_supported,
         rtg_max_w=_power(info.rated_w),
@@ -438,6 +452,7 @@ def der_capability(info: DerInfo) -> DERCapability:
         rtg_max_charge_rate_w=_opt_power(info.rated_charge_w),
         rtg_max_discharge_rate_w=_opt_power(info.rated_discharge_w),
         rtg_max_wh=_opt_power(info.rated_wh),
+        vpp_modes_supported=vpp,
     )
 
 
@@ -446,7 +461,13 @@ def effective_set_grad_w(info: DerInfo, server_default: int | None) -> int:
     return server_default if server_default is not None else info.set_grad_w
 
 
-def der_settings(info: DerInfo, server_set_grad_w: int | None, now: int) -> DERSettings:
+def der_settings(
+    info: DerInfo, server_set_grad_w: int | None, now: int, csipaus_ns: str = CSIPAUS_NS
+) -> DERSettings:
+    """DERSettings; on a v1.3 server with a battery also csipaus:vppModesEnabled and
+    csipaus:setMinWh (the reserve the batteries keep)."""
+    v13 = speaks_v13_storage(info, csipaus_ns)
+    min_wh = info.min_wh if info.min_wh is not None and math.isfinite(info.min_wh) else 0.0
     return DERSettings(
         set_grad_w=effective_set_grad_w(info, server_set_grad_w),
         set_max_w=_power(info.max_w if info.max_w is not None else info.rated_w),
@@ -458,6 +479,8 @@ def der_settings(info: DerInfo, server_set_grad_w: int | None, now: int) -> DERS
         set_max_charge_rate_w=_opt_power(info.rated_charge_w),
         set_max_discharge_rate_w=_opt_power(info.rated_discharge_w),
         set_max_wh=_opt_power(info.rated_wh),
+        vpp_modes_enabled=vpp_modes_supported(info.enforced) if v13 else None,
+        set_min_wh=_power(max(min_wh, 0.0)) if v13 else None,
     )
 
 
@@ -491,9 +514,12 @@ def der_status(info: DerInfo, now: int) -> DERStatus:
     )
 
 
-def der_report_key(info: DerInfo, server_set_grad_w: int | None) -> tuple[object, ...]:
-    """What, if changed, makes the DER reports due again (timestamps excluded)."""
-    return (info, effective_set_grad_w(info, server_set_grad_w))
+def der_report_key(
+    info: DerInfo, server_set_grad_w: int | None, csipaus_ns: str = CSIPAUS_NS
+) -> tuple[object, ...]:
+    """What, if changed, makes the DER reports due again (timestamps excluded); a change of
+    the server's CSIP-AUS version too (the v1.3 fields come or go)."""
+    return (info, effective_set_grad_w(info, server_set_grad_w), csipaus_ns)
 
 
 def der_reports_due(

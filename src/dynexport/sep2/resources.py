@@ -11,6 +11,7 @@ DERControlBase, which becomes the shared `controls.ControlBase` in watts and per
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,13 +31,14 @@ from dynexport.sep2.xml import (
     CSIPAUS_NS,
     DEFAULT_MAX_BYTES,
     NS,
-    NSMAP,
+    WRONG_NAMESPACE,
     Sep2ParseError,
     format_hex_int,
     format_id,
     key_of,
     next_page_start,
     normalize_id,
+    nsmap_for,
     parse_bool,
     parse_hex_int,
     parse_int,
@@ -46,6 +48,7 @@ from dynexport.sep2.xml import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("dynexport.sep2")
 
 # --- value types -----------------------------------------------------------------------------
 
@@ -234,6 +237,8 @@ class DERCapability:
     rtg_min_v: Scaled | None = None
     rtg_normal_category: int | None = None
     rtg_v_nom: Scaled | None = None
+    vpp_modes_supported: int | None = None
+    """csipaus:vppModesSupported (CSIP-AUS v1.3 only): bit 0 opModStorageTargetW."""
 
 
 @dataclass(frozen=True)
@@ -272,6 +277,11 @@ class DERSettings:
     set_v_ref: Scaled | None = None
     set_v_ref_ofs: Scaled | None = None
     doe_modes_enabled: int | None = None
+    vpp_modes_enabled: int | None = None
+    """csipaus:vppModesEnabled (CSIP-AUS v1.3 only): bit 0 opModStorageTargetW."""
+    set_min_wh: Scaled | None = None
+    """csipaus:setMinWh (CSIP-AUS v1.3 only, WattHour): the energy the storage keeps (the
+    owner's reserve)."""
 
 
 @dataclass(frozen=True)
@@ -516,7 +526,7 @@ class _Codec:
     def read(self, element: etree._Element, where: str) -> object:
         raise NotImplementedError
 
-    def write(self, element: etree._Element, value: Any) -> None:
+    def write(self, element: etree._Element, value: Any, ns: str) -> None:
         raise NotImplementedError
 
 
@@ -614,12 +624,14 @@ class _ControlBaseCodec(_Codec):
         ("csipaus:opModExpLimW", "export_limit_w"),
         ("csipaus:opModGenLimW", "generation_limit_w"),
         ("csipaus:opModLoadLimW", "load_limit_w"),
+        ("csipaus:opModStorageTargetW", "storage_target_w"),  # v1.3 namespace only
     )
     _MODELLED = frozenset(
         {"opModConnect", "opModEnergize", "opModMaxLimW", "rampTms", *(k for k, _ in _POWER)}
     )
-    """Every other IEEE / CSIP-AUS child (opModFixedW, opModVoltVar, csipaus:opModStorageTargetW,
-    ...) is a control dynexport does not perform: its name goes to ``ControlBase.unsupported``."""
+    """Every other IEEE / CSIP-AUS child (opModFixedW, opModVoltVar, an opModStorageTargetW in
+    the 1.2 namespace, ...) is a control dynexport does not perform: its name goes to
+    ``ControlBase.unsupported``."""
 
     def read(self, element: etree._Element, where: str) -> ControlBase:
         found: dict[str, etree._Element] = {}
@@ -641,24 +653,40 @@ class _ControlBaseCodec(_Codec):
                 scaled = _read(el, _SCALED_I16, f"{where}/{key}")
                 values[attr] = scaled.real
         unsupported = set(found) - self._MODELLED
+        for key in unsupported:
+            if key.endswith(WRONG_NAMESPACE) and key not in _WARNED:
+                _WARNED.add(key)
+                log.warning(
+                    "%s: %s is a CSIP-AUS v1.3 element but came in the 1.2 namespace; not "
+                    "read as one (the control is answered as one this site cannot perform)",
+                    where,
+                    key.removesuffix(WRONG_NAMESPACE),
+                )
         if unsupported:
-            values["unsupported"] = tuple(sorted(unsupported))
+            # named as the element is (the namespace problem went to the log)
+            names = {k.removesuffix(WRONG_NAMESPACE) for k in unsupported}
+            values["unsupported"] = tuple(sorted(names))
         return ControlBase(**values)
 
-    def write(self, element: etree._Element, value: Any) -> None:
+    def write(self, element: etree._Element, value: Any, ns: str) -> None:
         base = cast(ControlBase, value)
         if base.connect is not None:
-            _text(element, "opModConnect", "true" if base.connect else "false")
+            _text(element, "opModConnect", "true" if base.connect else "false", ns)
         if base.energize is not None:
-            _text(element, "opModEnergize", "true" if base.energize else "false")
+            _text(element, "opModEnergize", "true" if base.energize else "false", ns)
         if base.max_limit_pct is not None:
-            _text(element, "opModMaxLimW", str(round(base.max_limit_pct * 100)))
+            _text(element, "opModMaxLimW", str(round(base.max_limit_pct * 100)), ns)
         if base.ramp_tms is not None:
-            _text(element, "rampTms", str(base.ramp_tms))
+            _text(element, "rampTms", str(base.ramp_tms), ns)
         for key, attr in self._POWER:
             watts = getattr(base, attr)
             if watts is not None:
-                _write(etree.SubElement(element, qname(key)), Scaled.from_real(watts), _SCALED_I16)
+                child = etree.SubElement(element, qname(key, ns))
+                _write(child, Scaled.from_real(watts), _SCALED_I16, ns)
+
+
+_WARNED: set[str] = set()
+"""Wrong-namespace elements already logged (once per process, not on every poll)."""
 
 
 _CONTROL_BASE = _ControlBaseCodec()
@@ -764,6 +792,7 @@ _DERCAP = _Shape(
         _f("rtgVNom", "rtg_v_nom", _SCALED_U16),
         _f("type", "der_type", "u8", True),
         _f("csipaus:doeModesSupported", "doe_modes_supported", "hex8", True),
+        _f("csipaus:vppModesSupported", "vpp_modes_supported", "hex8"),
     ),
 )
 _DERG = _Shape(
@@ -800,6 +829,8 @@ _DERG = _Shape(
         _f("setVRefOfs", "set_v_ref_ofs", _SCALED_U16),
         _f("updatedTime", "updated_time", "time", True),
         _f("csipaus:doeModesEnabled", "doe_modes_enabled", "hex8"),
+        _f("csipaus:vppModesEnabled", "vpp_modes_enabled", "hex8"),
+        _f("csipaus:setMinWh", "set_min_wh", _SCALED_U16),
     ),
 )
 _DERS = _Shape(
@@ -1103,13 +1134,13 @@ def _format(value: Any, kind: str, name: str) -> str:
     raise AssertionError(f"unknown kind {kind}")
 
 
-def _text(parent: etree._Element, key: str, text: str) -> etree._Element:
-    child = etree.SubElement(parent, qname(key))
+def _text(parent: etree._Element, key: str, text: str, ns: str) -> etree._Element:
+    child = etree.SubElement(parent, qname(key, ns))
     child.text = text
     return child
 
 
-def _write(element: etree._Element, obj: Any, shape: _Shape[Any]) -> None:
+def _write(element: etree._Element, obj: Any, shape: _Shape[Any], ns: str) -> None:
     for attr in shape.attrs:
         value = getattr(obj, attr.attr)
         if value is None:
@@ -1126,16 +1157,16 @@ def _write(element: etree._Element, obj: Any, shape: _Shape[Any]) -> None:
         for item in value if field.many else (value,):
             kind = field.kind
             if isinstance(kind, _Shape):
-                _write(etree.SubElement(element, qname(field.key)), item, kind)
+                _write(etree.SubElement(element, qname(field.key, ns)), item, kind, ns)
             elif isinstance(kind, _Codec):
-                kind.write(etree.SubElement(element, qname(field.key)), item)
+                kind.write(etree.SubElement(element, qname(field.key, ns)), item, ns)
             elif kind in ("link", "listlink"):
-                link = etree.SubElement(element, qname(field.key))
+                link = etree.SubElement(element, qname(field.key, ns))
                 if kind == "listlink" and item.all is not None:
                     link.set("all", str(int(item.all)))
                 link.set("href", item.href)
             else:
-                _text(element, field.key, _format(item, kind, field.key))
+                _text(element, field.key, _format(item, kind, field.key), ns)
 
 
 # --- public API ------------------------------------------------------------------------------
@@ -1177,15 +1208,19 @@ def parse_resource(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> object
     return _read(root, _SHAPES[cls][1], key.removeprefix("csipaus:"))
 
 
-def to_xml(resource: object) -> bytes:
-    """Serialize a resource model as UTF-8 XML in XSD element order (no XML declaration)."""
+def to_xml(resource: object, *, csipaus_ns: str = CSIPAUS_NS) -> bytes:
+    """Serialize a resource model as UTF-8 XML in XSD element order (no XML declaration), its
+    CSIP-AUS elements in ``csipaus_ns`` (the server's version: 1.2 unless it speaks v1.3).
+
+    A v1.3-only field (vppModes*, setMinWh, a storage target) set while writing 1.2 is a
+    ValueError: a 1.2 server's XSD refuses it, so the caller must leave it out."""
     entry = _SHAPES.get(type(resource))
     if entry is None:
         raise TypeError(f"cannot serialize {type(resource).__name__}")
     root_name, shape = entry
-    root = etree.Element(qname(root_name), nsmap=NSMAP)
-    _write(root, resource, shape)
-    etree.cleanup_namespaces(root, top_nsmap={"csipaus": CSIPAUS_NS})
+    root = etree.Element(qname(root_name, csipaus_ns), nsmap=nsmap_for(csipaus_ns))
+    _write(root, resource, shape, csipaus_ns)
+    etree.cleanup_namespaces(root, top_nsmap={"csipaus": csipaus_ns})
     return etree.tostring(root, encoding="UTF-8", xml_declaration=False)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -356,9 +357,12 @@ MEMORY_MAX = 100_000
 """Hard bound on remembered events (the earliest ending dropped first): 10 full pagers' worth."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventFate:
-    """What this device decided for good about one event (by mRID)."""
+    """What this device decided for good about one event (by mRID).
+
+    Slotted and made of an mRID, ints and a tuple only (never a parsed event): a day of the
+    simulator's event a minute keeps 1,440 of them, so each one's size is the memory's growth."""
 
     mrid: str
     end: int
@@ -429,7 +433,12 @@ class ScheduleMemory:
 
 def _with(fates: dict[str, EventFate], fate: EventFate) -> None:
     old = fates.get(fate.mrid)
-    fates[fate.mrid] = fate if old is None else old.merged(fate)
+    if old is None:
+        fates[fate.mrid] = fate
+        return
+    merged = old.merged(fate)
+    if merged != old:  # the same decision again keeps the object it has (no churn per walk)
+        fates[fate.mrid] = merged
 
 
 def _record_listed(
@@ -513,6 +522,12 @@ def remember(
         kept.sort(key=lambda f: (max(f.end, f.nominal_end), f.mrid))
         kept = kept[-MEMORY_MAX:]
     kept.sort(key=lambda f: f.mrid)
+    if len(kept) == len(memory.fates) and all(
+        a is b for a, b in zip(kept, memory.fates, strict=True)
+    ):
+        # Nothing learnt or forgotten (most walks): the same memory, so its index, the
+        # resolution cache keyed by it and the saved-schedule comparison all stay as they are.
+        return memory
     return ScheduleMemory(tuple(kept))
 
 
@@ -734,9 +749,10 @@ def diff(previous: Sequence[ProgramControls], current: Sequence[ProgramControls]
 # Persistence
 
 
-SNAPSHOT_VERSION = 2
-"""2 added the memory of finished events; version 1 files load with an empty memory."""
-_READABLE_VERSIONS = (1, 2)
+SNAPSHOT_VERSION = 3
+"""2 added the memory of finished events (version 1 files load with an empty memory); 3 writes
+each remembered event as a positional array (2 and 1 are still read)."""
+_READABLE_VERSIONS = (1, 2, 3)
 
 
 def _base_to_json(base: ControlBase) -> dict[str, Any]:
@@ -897,18 +913,27 @@ def _obj(value: object) -> Mapping[str, Any]:
     return value
 
 
-def _fate_to_json(f: EventFate) -> dict[str, Any]:
-    return {
-        "mrid": f.mrid,
-        "end": f.end,
-        "nominal_end": f.nominal_end,
-        "finished": None if f.finished is None else f.finished.value,
-        "at": f.at,
-        "stops": [[k.value, t] for k, t in f.stops],
-    }
+_FATE_FIELDS = ("mrid", "end", "nominal_end", "finished", "at", "stops")
 
 
-def _fate_from_json(d: Mapping[str, Any]) -> EventFate:
+def _fate_to_json(f: EventFate) -> list[Any]:
+    """One remembered event as a positional array (version 3): a day of them is about half the
+    bytes of keyed objects, and this is the part of ``schedule.json`` that grows."""
+    out: list[Any] = [f.mrid, f.end, f.nominal_end]
+    if f.finished is not None or f.stops:
+        out += [None if f.finished is None else f.finished.value, f.at]
+    if f.stops:
+        out.append([[k.value, t] for k, t in f.stops])
+    return out
+
+
+def _fate_from_json(raw: object) -> EventFate:
+    if isinstance(raw, list):  # version 3: [mrid, end, nominal_end, finished?, at?, stops?]
+        if not 3 <= len(raw) <= len(_FATE_FIELDS):
+            raise ValueError("a remembered event must have 3 to 6 fields")
+        d: Mapping[str, Any] = dict(zip(_FATE_FIELDS, raw, strict=False))
+    else:
+        d = _obj(raw)
     finished = d.get("finished")
     if finished is not None and finished not in {f.value for f in Finish}:
         raise ValueError(f"unknown finish {finished!r}")
@@ -926,7 +951,7 @@ def _fate_from_json(d: Mapping[str, Any]) -> EventFate:
     if (finished is None) != (at is None):
         raise ValueError("finished and at go together")
     return EventFate(
-        mrid=_str(d, "mrid"),
+        mrid=sys.intern(_str(d, "mrid")),
         end=_int(d, "end"),
         nominal_end=_int(d, "nominal_end"),
         finished=None if finished is None else Finish(finished),
@@ -1013,18 +1038,20 @@ class ScheduleSnapshot:
         return resolve(self.programs, seed, self.memory)
 
     def to_json(self) -> str:
-        return json.dumps(
+        """Compact JSON; the memory (what grows over a day) is encoded one entry at a time, so
+        writing it never holds the encoder's token list of all of them."""
+        dump = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+        head = dump(
             {
                 "version": SNAPSHOT_VERSION,
                 "fetched_at": self.fetched_at,
                 "clock_offset": self.clock_offset,
                 "programs": [program_to_json(p) for p in self.programs],
                 "extra": dict(self.extra),
-                "memory": [_fate_to_json(f) for f in self.memory.fates],
-            },
-            sort_keys=True,
-            separators=(",", ":"),
+            }
         )
+        memory = ",".join(dump(_fate_to_json(f)) for f in self.memory.fates)
+        return f'{head[:-1]},"memory":[{memory}]}}'
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ScheduleSnapshot:
@@ -1047,7 +1074,7 @@ class ScheduleSnapshot:
             raise ValueError("extra must map strings to strings")
         try:
             parsed = tuple(program_from_json(_obj(p)) for p in programs)
-            fates = tuple(_fate_from_json(_obj(f)) for f in memory)
+            fates = tuple(_fate_from_json(f) for f in memory)
         except (TypeError, KeyError) as exc:
             raise ValueError(f"malformed snapshot: {exc}") from exc
         return cls(

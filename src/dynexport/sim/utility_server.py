@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import math
+import signal
 import sys
 import tempfile
 import time
@@ -116,11 +117,12 @@ class UtilityServer(UtilityCore):
         limits: Limits | None = None,
         expected_pen: int | None = None,
         max_records: int | None = None,
+        csipaus_version: str = "1.2",
     ) -> None:
         """``pki_dir=None`` makes a fresh test PKI in a temporary folder; an existing folder
         with a test PKI is reused (so a client configured for it keeps working).
-        ``expected_pen``, ``max_records``: see `UtilityCore` (the mRID check is off and every
-        request is kept when None)."""
+        ``expected_pen``, ``max_records``, ``csipaus_version``: see `UtilityCore` (the mRID
+        check is off and every request is kept when None)."""
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if pki_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="dynexport-utility-pki-")
@@ -137,6 +139,7 @@ class UtilityServer(UtilityCore):
             validate=validate,
             expected_pen=expected_pen,
             max_records=max_records,
+            csipaus_version=csipaus_version,
         )
         self.limits = limits
         self.port: int | None = None
@@ -396,6 +399,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.step_schedule(args.step, args.every, int(server.now()), args.cycles)
 
     async def run() -> None:
+        # Its own handlers, from before the first line is printed: a caller may stop it as soon
+        # as it has read the address, and a shell that started it in the background (SIGINT
+        # then comes ignored, and trio would leave it so) must still be able to.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await serve_until(signals)
+
+    async def serve_until(signals: AsyncIterator[int]) -> None:
         async with trio.open_nursery() as nursery:
             if args.cycles is None:
                 nursery.start_soon(roll_steps, server, args.step, args.every)
@@ -414,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"CSIP-AUS utility simulator at {server.url}/dcap", flush=True)
             print(f"device LFDI {server.pki.device_lfdi} SFDI {server.pki.device_sfdi}", flush=True)
             print(f"utility config: {json.dumps(config)}", flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
 
     try:
         trio.run(run)

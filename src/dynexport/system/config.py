@@ -134,6 +134,9 @@ class UtilityConfig:
     """Export limit applied while the utility is configured but no usable schedule exists (no
     certificate yet, PIN mismatch, stored schedule unreadable and no network): fail closed, not
     open. 1500 W is the common fixed limit of Australian networks."""
+    csipaus_version: Literal["auto", "1.2", "1.3"] = "auto"
+    """The CSIP-AUS version (namespace) the client writes: "auto" follows the one the server's
+    bodies declare (1.2 until one is seen); "1.2" or "1.3" forces it (docs/sep2.md)."""
 
 
 @dataclass(frozen=True)
@@ -561,6 +564,7 @@ _UTILITY_KEYS = {
     "checkHostname",
     "pen",
     "fallbackExportW",
+    "csipAusVersion",
 }
 _NMI = re.compile(r"^[A-Z0-9]{10,11}$")
 _CIPHER = re.compile(r"^[A-Z0-9-]+$")
@@ -607,6 +611,8 @@ def _utility(r: _Reader, value: object, path: str, base_dir: Path) -> UtilityCon
     fallback = r.number_in(
         raw.get("fallbackExportW"), _join(path, "fallbackExportW"), 0, 1e7, default=1500.0
     )
+    versions: tuple[Literal["auto", "1.2", "1.3"], ...] = ("auto", "1.2", "1.3")
+    version = r.choice(raw.get("csipAusVersion"), _join(path, "csipAusVersion"), versions, "auto")
     if len(r.problems) > problems_before or server is None or nmi is None or dcap is None:
         return None
     return UtilityConfig(
@@ -621,6 +627,7 @@ def _utility(r: _Reader, value: object, path: str, base_dir: Path) -> UtilityCon
         check_hostname=bool(check_hostname),
         pen=0 if pen is None else pen,
         fallback_export_w=1500.0 if fallback is None else float(fallback),
+        csipaus_version=version or "auto",
     )
 
 

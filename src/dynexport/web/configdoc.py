@@ -100,6 +100,8 @@ def config_document(config: Config) -> dict[str, Any]:
             utility["ciphers"] = list(u.ciphers)
         utility["pen"] = u.pen
         utility["fallbackExportW"] = _num(u.fallback_export_w)
+        if u.csipaus_version != "auto":  # the installer's override (docs/configuration.md)
+            utility["csipAusVersion"] = u.csipaus_version
         doc["utility"] = utility
     if config.site.time_zone is not None:
         doc["site"] = {"timeZone": config.site.time_zone}

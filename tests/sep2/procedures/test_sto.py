@@ -1,11 +1,10 @@
 """CSIP-AUS client procedures STO-01..06 (storage), link side (docs/csip-aus-procedures.md).
 
-STO-01 and STO-04 (stored-energy readings) apply to a site with a battery and are mirrored here.
-STO-02/03/05/06 are written for CSIP-AUS v1.3 (``TargetVersions: v1.3-beta/storage, v1.3``):
-their checks need ``vppModesSupported``/``vppModesEnabled`` and their controls
-``opModStorageTargetW``, which the CSIP-AUS 1.2 schema this client speaks (and the simulator
-validates against) does not have, so they are not applicable; the storage ratings the 1.2 schema
-does have are checked instead."""
+STO-01 and STO-04 (stored-energy readings) apply to a site with a battery and are mirrored here,
+with the storage ratings a CSIP-AUS 1.2 server gets. STO-02/03/05/06 are written for CSIP-AUS
+v1.3 (``TargetVersions: v1.3-beta/storage, v1.3``: ``vppModesSupported``/``vppModesEnabled``,
+``setMinWh``, ``opModStorageTargetW``); they are mirrored against the simulator speaking v1.3 in
+`test_sto_v13`."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from dynexport.sep2 import schema
 from dynexport.sep2.resources import DERCapability, DERSettings, DERStatus
+from dynexport.sim import schema13
 from dynexport.sim.utility_core import is_stored_energy
 from dynexport.sim.utility_server import UtilityServer
 from tests.sep2.fakes import T0, FakeClock
@@ -73,8 +73,8 @@ async def test_sto_02_05_storage_ratings_in_capability_and_settings(
 ) -> None:
     """GET-DER, PUT-DERCAPABILITY, PUT-DERSETTINGS with the storage fields the 1.2 schema has:
     rtgMaxChargeRateW, rtgMaxDischargeRateW, rtgMaxWh (> 0, STO-05) and their set* twins;
-    DERStatus carries stateOfChargeStatus. The v1.3 fields (vppModes*, setMinWh) are not
-    sent: see `test_sto_v1_3_procedures_need_a_schema_this_client_does_not_speak`."""
+    DERStatus carries stateOfChargeStatus. The v1.3 fields (vppModes*, setMinWh) are not sent
+    to a 1.2 server (`test_sto_v13.test_v1_3_fields_never_go_to_a_1_2_server`)."""
     procedure("STO-02", "GET-DER", "PUT-DERCAPABILITY", "PUT-DERSETTINGS")
     procedure("STO-05", "GET-DER", "PUT-DERCAPABILITY", "PUT-DERSETTINGS")
     srv = battery_link.server
@@ -101,11 +101,12 @@ async def test_sto_02_05_storage_ratings_in_capability_and_settings(
     assert status.state_of_charge_status.value == 5000  # 50.00 %, hundredths of a percent
 
 
-def test_sto_v1_3_procedures_need_a_schema_this_client_does_not_speak() -> None:
-    """Why STO-02, 03, 05, 06 are not applicable: they check vppModesSupported/Enabled (03, 06
-    also send opModStorageTargetW), elements of the CSIP-AUS v1.3 storage extension, absent
-    from the 1.2 schema; this test fails (and the procedures should be mirrored) once the
-    schema in the wheel has them."""
+def test_sto_v1_3_procedures_need_the_v1_3_elements_the_derived_schema_adds() -> None:
+    """STO-02, 03, 05, 06 check vppModesSupported/Enabled (03, 06 also send
+    opModStorageTargetW), elements of the CSIP-AUS v1.3 storage extension. The official 1.2
+    schema lacks them, so the simulator checks v1.3 bodies against a schema derived from it
+    (`dynexport.sim.schema13`); this test fails once the wheel's schema has them (then it should
+    be used instead)."""
     for pid, needs in (
         ("STO-02", "vppModesSupported"),
         ("STO-03", "opModStorageTargetW"),
@@ -118,13 +119,17 @@ def test_sto_v1_3_procedures_need_a_schema_this_client_does_not_speak() -> None:
         xsd = b"".join(zf.read(n) for n in zf.namelist() if n.endswith(".xsd"))
     assert b"stateOfChargeStatus" in xsd  # the schema was read
     assert b"vppModes" not in xsd and b"opModStorageTargetW" not in xsd
+    derived = b"".join(schema13.schema_files_13().values())
+    for name in (b"vppModesSupported", b"vppModesEnabled", b"setMinWh", b"opModStorageTargetW"):
+        assert name in derived
 
 
 async def test_sto_03_an_export_limit_beside_a_storage_target_is_still_performed(
     server: UtilityServer, clock: FakeClock, tmp_path: Path
 ) -> None:
-    """STO-03's response steps (1, 2, 3) for the part of its control the 1.2 schema can say:
-    the export limit of 2 × setMaxDischargeRateW; a storage target is not modelled."""
+    """STO-03's response steps (1, 2, 3) on a 1.2 server, which can say only the export limit
+    of 2 × setMaxDischargeRateW (the v1.3 control with its storage target:
+    `test_sto_v13.test_sto_03_storage_target_with_export_limit_responses_and_values`)."""
     procedure("STO-03", "POST-RESPONSE-RECEIVED", "POST-RESPONSE-STARTED")
     server.set_default(export_limit_w=0, import_limit_w=5000, set_grad_w=27)
     mrid = server.add_control(start=int(T0), duration=480, export_limit_w=2 * MAX_IMPORT_W)
