@@ -18,7 +18,9 @@ imported (from ``-X importtime``), so a heavy import that slipped onto the runti
 ``--trace-every`` seconds, a thread in it writes a snapshot (``snap-N.pickle``) and one JSON line
 to ``DIR/counts.jsonl`` (RSS split into anon and file pages, the traced Python heap, pymalloc's
 arenas and live blocks, glibc's ``mallinfo2`` figures, live objects by type); ``--compare DIR``
-prints what grew between the first and the last snapshot. Tracing costs memory and CPU of its
+prints what grew between the first and the last snapshot. ``--import-time RUNS`` times cold
+imports of the service's modules instead (median of RUNS fresh interpreters, from bytecode).
+Tracing costs memory and CPU of its
 own, so its RSS is not the figure to quote; ``--trace-frames 0`` keeps the counts without
 tracemalloc. ``--service-env K=V`` sets a variable for the service alone (``MALLOC_ARENA_MAX=1``:
 an A/B trial of an arena setting). To age the process faster: ``--rate 10`` (utility rates and
@@ -201,6 +203,41 @@ def imported_modules(importtime_log: str) -> list[str]:
     return names
 
 
+IMPORTED = "import dynexport.app, dynexport.web.server"
+"""What ``--import-time`` times: the service's own modules and the web server it starts."""
+
+
+def import_time(src: Path, runs: int) -> None:
+    """Prints the median, lowest and highest of ``runs`` cold imports of ``IMPORTED`` (ms, from
+    ``-X importtime``: the cumulative figures of the two top-level imports), each in a fresh
+    interpreter on a bytecode-compiled snapshot of ``src``, as the image ships it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        snapshot = Path(tmp) / "src"
+        shutil.copytree(src, snapshot / "dynexport", ignore=shutil.ignore_patterns("__pycache__"))
+        compileall.compile_dir(snapshot, quiet=1)
+        env = dict(os.environ, PYTHONPATH=str(snapshot))
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        totals = []
+        for _ in range(runs):
+            log = subprocess.run(
+                [sys.executable, "-X", "importtime", "-c", IMPORTED],
+                capture_output=True, text=True, env=env, check=True,
+            ).stderr  # fmt: skip
+            total = 0
+            for line in log.splitlines():
+                if line.startswith("import time:") and line.rsplit("|", 1)[1].strip() in (
+                    "dynexport.app",
+                    "dynexport.web.server",
+                ):
+                    total += int(line.split("|")[1])
+            totals.append(total / 1000)
+    totals.sort()
+    load = os.getloadavg()[0]
+    print(f"{IMPORTED}: median {totals[len(totals) // 2]:.0f} ms, lowest {totals[0]:.0f}, "
+          f"highest {totals[-1]:.0f} ({runs} runs, {platform.machine()}, "
+          f"python {platform.python_version()}, load average {load:.1f})")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -229,6 +266,12 @@ def main() -> None:
     )
     parser.add_argument("--compare", type=Path, help="print what grew in a --trace folder; exit")
     parser.add_argument(
+        "--import-time",
+        type=int,
+        metavar="RUNS",
+        help="time RUNS cold imports of the service's modules (median, lowest, highest); exit",
+    )
+    parser.add_argument(
         "--service-env", action="append", default=[], metavar="K=V", help="for the service only"
     )
     parser.add_argument(
@@ -240,6 +283,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.compare:
         compare(args.compare)
+        return
+    if args.import_time:
+        import_time(args.src, args.import_time)
         return
     machine = f"{platform.machine()}, python {platform.python_version()}"
     started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

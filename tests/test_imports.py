@@ -6,8 +6,9 @@ path (the ``run`` command, the app, the web server and API, the utility link wit
 context and LFDI, the integrations) must not pull in ``cryptography`` (10 MiB: keys, CSRs and
 chain checks are setup tools), the simulators, the demo, the XSD validator, ``paho``, or the
 standard library's heavier corners that only setup or rare paths need (``importlib.metadata``,
-``zipfile`` through ``importlib.resources``, ``email`` for an HTTP-date, ``html``'s entity
-table, ``csv``).
+``importlib.resources`` and ``zipfile``, ``email`` for an HTTP-date, ``html``'s entity table,
+``csv``), nor the modules of features a typical site does not use (MQTT, the price source, the
+update URL, the setup wizard's device scan, Wi-Fi page and bundle upload).
 """
 
 from __future__ import annotations
@@ -34,11 +35,23 @@ NOT_AT_RUNTIME = (
     "dynexport.demo",
     "dynexport.demo_cli",
     "importlib.metadata",
-    "importlib.resources.readers",
+    "importlib.resources",
     "zipfile",
     "email",
     "html.entities",
     "csv",
+    "serial",  # pyserial: only a site with an RS485 device opens a port (modbus/client.py)
+    # features a typical site does not use, imported when used (tests/test_lazy_imports.py)
+    "dynexport.integrations.mqtt",
+    "dynexport.integrations.amber",
+    "dynexport.integrations.homeassistant",
+    "dynexport.integrations.topics",
+    "dynexport.update.install",
+    "dynexport.update.cli",
+    "dynexport.update.check",
+    "dynexport.web.wifi",
+    "dynexport.web.updates",
+    "dynexport.sunspec.cli",
 )
 
 # what the service imports as it starts: the run command, the app, the web server it starts

@@ -32,6 +32,8 @@ from urllib.parse import urljoin, urlsplit
 import h11
 import trio
 
+from dynexport.httpio.names import lookup_host
+
 log = logging.getLogger("dynexport.httpio")
 
 SEP_XML = "application/sep+xml"
@@ -486,12 +488,14 @@ class HttpClient:
     async def _connect(self) -> _Conn:
         try:
             with trio.fail_after(self.connect_timeout):
-                sock = await trio.open_tcp_stream(self._host, self._port)
+                sock = await trio.open_tcp_stream(lookup_host(self._host), self._port)
                 counted = _CountingStream(sock, self.stats)
                 if self._ssl is None:
                     conn = _Conn(counted, sock)
                 else:
-                    tls = trio.SSLStream(counted, self._ssl, server_hostname=self._server_hostname)
+                    # bytes: ssl would encode a str with the idna codec (httpio/names.py)
+                    name = lookup_host(self._server_hostname)
+                    tls = trio.SSLStream(counted, self._ssl, server_hostname=name)
                     try:
                         await tls.do_handshake()
                     except trio.BrokenResourceError as exc:

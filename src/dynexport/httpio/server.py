@@ -30,6 +30,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import h11
 import trio
 
+from dynexport.httpio.names import lookup_host
+
 log = logging.getLogger("dynexport.httpio.server")
 
 KiB = 1024
@@ -610,7 +612,7 @@ async def serve_http(
     limits = limits or Limits()
     if pool is None:
         pool = ConnectionPool(limits)
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await trio.open_tcp_listeners(port, host=lookup_host(host))
     bound = int(listeners[0].socket.getsockname()[1])
     held = pool
 

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -31,7 +31,9 @@ from dynexport.modbus.errors import (
     ModbusFrameError,
     ModbusTimeout,
 )
-from dynexport.modbus.serial_port import SerialPort, char_time, frame_silence
+
+if TYPE_CHECKING:
+    from dynexport.modbus.serial_port import SerialPort
 
 log = logging.getLogger("dynexport.modbus")
 
@@ -92,7 +94,12 @@ class _TcpLink:
 
     async def connect(self) -> None:
         try:
-            self._stream = await trio.open_tcp_stream(self.endpoint.host, self.endpoint.port)
+            # An ASCII host as bytes: a str goes through the idna codec (encodings.idna and
+            # stringprep, about 0.5 MiB resident) even for an address (httpio/names.py).
+            host = self.endpoint.host
+            self._stream = await trio.open_tcp_stream(
+                host.encode("ascii") if host.isascii() else host, self.endpoint.port
+            )
             self._used = False
         except OSError as exc:
             raise ModbusConnectionError(f"{self.endpoint}: cannot connect: {exc}") from exc
@@ -164,6 +171,9 @@ class _RtuLink:
     """Modbus RTU on a serial port: inter-frame silence, flushed input, CRC-checked answers."""
 
     def __init__(self, endpoint: SerialEndpoint) -> None:
+        # pyserial (serial_port) loads only on sites with an RS485 device.
+        from dynexport.modbus.serial_port import char_time, frame_silence
+
         self.endpoint = endpoint
         self._port: SerialPort | None = None
         self._char = char_time(endpoint)
@@ -181,6 +191,8 @@ class _RtuLink:
         return self._port is not None
 
     async def connect(self) -> None:
+        from dynexport.modbus.serial_port import SerialPort
+
         self._port = SerialPort(self.endpoint)
         self._dirty = True  # whatever the line carried before we opened it is not ours
         log.info("%s: serial port open", self.endpoint)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -37,23 +37,14 @@ from dynexport.httpio.client import (
     origin_of,
 )
 from dynexport.system.config import UpdateConfig
-from dynexport.update import install as shared
-from dynexport.update.check import (
-    MAX_MANIFEST_BYTES,
-    Bundle,
-    ManifestError,
-    Version,
-    VersionError,
-    decide,
-    first_check_delay,
-    https_url,
-    next_check_delay,
-    parse_manifest,
-    parse_system_compatible,
-    parse_version,
-)
 from dynexport.update.rauc import Rauc, RaucError
 from dynexport.update.service import update_status
+
+if TYPE_CHECKING:
+    # check.py (the manifest, versions, the decision) is imported by the functions that use it,
+    # once ``update`` is configured: most sites never set an update URL (docs/decisions.md,
+    # "Lazy imports on the service's path").
+    from dynexport.update.check import Bundle, Version
 
 log = logging.getLogger("dynexport.update")
 
@@ -144,6 +135,8 @@ class Fetcher:
             location = response.header("location")
             if response.status not in _REDIRECT_STATUS or not location:
                 return response
+            from dynexport.update.check import https_url
+
             try:
                 url = https_url(location, url)
             except ValueError as exc:
@@ -161,6 +154,8 @@ def _status_problem(what: str, response: Response) -> CheckError:
 
 async def fetch_manifest(fetcher: Fetcher, url: str) -> bytes:
     """The manifest's bytes (at most MAX_MANIFEST_BYTES)."""
+    from dynexport.update.check import MAX_MANIFEST_BYTES
+
     try:
         response = await fetcher.get(url, max_body=MAX_MANIFEST_BYTES, accept="application/json")
     except ResponseTooLarge:
@@ -387,6 +382,8 @@ class UpdateChecker:
                 first = False
                 await trio.sleep(CONFIG_CHECK_S)
                 continue
+            from dynexport.update.check import first_check_delay, next_check_delay
+
             interval = config.check_hours * 3600.0
             delay = first_check_delay(interval, self._jitter()) if first else CHANGED_CHECK_S
             first = False
@@ -412,6 +409,8 @@ class UpdateChecker:
             raise CheckError(f"update.ca: {exc}") from None
 
     def _compatible(self) -> str:
+        from dynexport.update.check import parse_system_compatible
+
         try:
             text = self.system_conf.read_text(errors="replace")
         except OSError:
@@ -427,6 +426,14 @@ class UpdateChecker:
     async def check_once(self, config: UpdateConfig) -> bool:
         """One check (and, with ``install: "auto"``, the install it leads to); True when it
         worked. Never raises for the network, the manifest, the disk or RAUC."""
+        from dynexport.update.check import (
+            ManifestError,
+            VersionError,
+            decide,
+            parse_manifest,
+            parse_version,
+        )
+
         self.checks += 1
         st = self.state
         st.phase = "checking"
@@ -473,6 +480,8 @@ class UpdateChecker:
     async def _install(
         self, fetcher: Fetcher, bundle: Bundle, compatible: str, running: Version
     ) -> None:
+        from dynexport.update import install as shared  # only when a bundle is installed
+
         st = self.state
         v = bundle.version.text
         if not shared.claim(self.data_dir):
@@ -529,6 +538,8 @@ class UpdateChecker:
 
 def _signed_version(text: str) -> Version | None:
     """The version RAUC verified (what is installed), not the one the manifest claims."""
+    from dynexport.update.check import VersionError, parse_version
+
     try:
         return parse_version(text)
     except VersionError:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import trio
 
-from dynexport.update.cli import other_slot
 from dynexport.update.rauc import BundleInfo, Rauc, RaucError
 from dynexport.update.service import begin_install, boot_id, write_record
 from dynexport.update.state import UpdateRecord
@@ -97,6 +96,8 @@ async def install_verified(
     except RaucError as exc:
         log.warning("update not installed: %s", exc)
         return f"not installed, nothing was written: {NOT_AB}"
+    from dynexport.update.cli import other_slot  # the command's module: not the service's
+
     try:
         target = other_slot(status.booted)
     except RaucError as exc:

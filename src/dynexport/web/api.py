@@ -21,8 +21,9 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, tzinfo
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
 import trio
@@ -34,7 +35,6 @@ from dynexport.integrations.metrics import bearer_ok, render_metrics
 from dynexport.modbus.endpoints import Endpoint, SerialEndpoint, parse_tcp
 from dynexport.sep2.client import Sep2Client
 from dynexport.sep2.identity import CertError, chain_lfdi
-from dynexport.sunspec import cli as sunspec_cli
 from dynexport.sunspec.control import CONTROL_MODELS
 from dynexport.sunspec.discovery import device_roles
 from dynexport.system.config import (
@@ -44,7 +44,6 @@ from dynexport.system.config import (
     parse_config,
 )
 from dynexport.system.storage import atomic_write, read_json, write_json
-from dynexport.update.rauc import Rauc
 from dynexport.web import static
 from dynexport.web.auth import (
     COOKIE,
@@ -63,8 +62,14 @@ from dynexport.web.configdoc import config_document, limits_document
 from dynexport.web.energy import EnergyToday
 from dynexport.web.events import Broadcaster
 from dynexport.web.history import API_NAMES, FIELDS, History
-from dynexport.web.updates import MAX_CHUNK_BYTES, UpdateError, Updates
-from dynexport.web.wifi import WifiError, WifiScanner, check_wifi
+
+if TYPE_CHECKING:
+    # Setup and maintenance tools, imported where they are first used (docs/decisions.md, "Lazy
+    # imports on the service's path"): the device scan, the Wi-Fi page, the bundle upload.
+    from dynexport.sunspec import cli as sunspec_cli
+    from dynexport.update.rauc import Rauc
+    from dynexport.web.updates import Updates
+    from dynexport.web.wifi import WifiScanner
 
 log = logging.getLogger("dynexport.web")
 
@@ -128,6 +133,7 @@ def _limits_document(lim: EffectiveLimits) -> dict[str, Any]:
         "loadW": lim.load_w,
         "connect": lim.connect,
         "energize": lim.energize,
+        "storageTargetW": lim.storage_target_w,
         "source": dict(lim.sources),
     }
 
@@ -460,12 +466,13 @@ class WebApi:
         tls: bool = False,
         clock: Callable[[], float] = time.monotonic,
         limiter: LoginLimiter | None = None,
-        scan_timeout_s: float = sunspec_cli.SCAN_TIMEOUT_S,
+        scan_timeout_s: float | None = None,
         names: tuple[str, ...] = (),
         rauc: Rauc | None = None,
     ) -> None:
         """``names``: host names the appliance answers to besides its hostname, ``dynexport``
-        and ``localhost`` (each also under ``.local``, ``.lan``, ...; docs/web.md)."""
+        and ``localhost`` (each also under ``.local``, ``.lan``, ...; docs/web.md);
+        ``scan_timeout_s``: each unit's answer in a device scan (None: the scan command's)."""
         self.app = app
         self.history = history
         self.events = events or Broadcaster(self.live_status)
@@ -480,9 +487,7 @@ class WebApi:
         self._setup_lock = trio.Lock()
         self._scan_lock = trio.Lock()
         self.scan_progress: dict[str, Any] | None = None
-        self.wifi_scanner = WifiScanner()
-        """Networks in range for the setup page: one scan at a time, a fresh answer reused."""
-        self.updates = Updates(app.options.data_dir, rauc)
+        self._rauc = rauc
         self.nursery: trio.Nursery | None = None
         self.energy = EnergyToday()
         """Energy today, fed by the history recorder (web/server.py)."""
@@ -523,6 +528,21 @@ class WebApi:
         r("PUT", "/api/update/upload", self.put_update_chunk, auth=True)
         r("POST", "/api/update/check", self.post_update_check, auth=True)
         r("POST", "/api/update/install", self.post_update_install, auth=True)
+
+    @cached_property
+    def wifi_scanner(self) -> WifiScanner:
+        """Networks in range for the setup page: one scan at a time, a fresh answer reused.
+        Made (and web/wifi.py imported) when the setup page first asks."""
+        from dynexport.web.wifi import WifiScanner
+
+        return WifiScanner()
+
+    @cached_property
+    def updates(self) -> Updates:
+        """The bundle upload: made (and the install code imported) when a page first asks."""
+        from dynexport.web.updates import Updates
+
+        return Updates(self.app.options.data_dir, self._rauc)
 
     def _route(self, method: str, path: str, fn: Route, *, auth: bool = False) -> None:
         self._routes[(method, path)] = (fn, auth)
@@ -916,6 +936,8 @@ class WebApi:
     async def post_scan(self, request: Request) -> ServerResponse:
         body = parse_json_object(request.body)
         endpoint = _scan_endpoint(body)
+        from dynexport.sunspec import cli as sunspec_cli  # the scan: a setup tool
+
         units = body.get("units", list(sunspec_cli.DEFAULT_UNITS))
         if (
             not isinstance(units, list)
@@ -952,10 +974,13 @@ class WebApi:
         units: list[int],
         note: Callable[[sunspec_cli.UnitProbe], None],
     ) -> ServerResponse:
+        from dynexport.sunspec import cli as sunspec_cli
+
+        timeout = sunspec_cli.SCAN_TIMEOUT_S if self.scan_timeout_s is None else self.scan_timeout_s
         with trio.move_on_after(SCAN_BUDGET_S) as budget:
             try:
                 found = await sunspec_cli.scan(
-                    endpoint, units, request_timeout=self.scan_timeout_s, progress=note
+                    endpoint, units, request_timeout=timeout, progress=note
                 )
             except sunspec_cli.ScanFailed as exc:
                 raise HttpError(502, exc.message, reason=exc.reason) from None
@@ -989,6 +1014,8 @@ class WebApi:
         return json_response(200, await self.wifi_scanner.networks())
 
     async def put_wifi(self, request: Request) -> ServerResponse:
+        from dynexport.web.wifi import WifiError, check_wifi
+
         body = parse_json_object(request.body)
         try:
             doc = check_wifi(body)
@@ -1229,6 +1256,8 @@ class WebApi:
         return json_response(200, await self._updating(self.updates.start(body.get("size"))))
 
     async def put_update_chunk(self, request: Request) -> ServerResponse:
+        from dynexport.web.updates import MAX_CHUNK_BYTES
+
         if len(request.body) > MAX_CHUNK_BYTES:
             raise HttpError(413, f"each piece holds at most {MAX_CHUNK_BYTES} bytes")
         got = self.updates.chunk(request.query.get("offset"), request.body)
@@ -1238,6 +1267,8 @@ class WebApi:
         return json_response(200, await self._updating(self.updates.check()))
 
     async def post_update_install(self, request: Request) -> ServerResponse:
+        from dynexport.web.updates import UpdateError
+
         if self.nursery is None:
             raise HttpError(409, "this server cannot install updates (no background tasks)")
         try:
@@ -1247,6 +1278,8 @@ class WebApi:
 
     @staticmethod
     async def _updating(step: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        from dynexport.web.updates import UpdateError
+
         try:
             return await step
         except UpdateError as exc:
