@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 python="${1:-.venv/bin/python}"
 start=$(date +%s)
 image="$(systemtest/build-image.sh build/systemtest)"
-echo "image ready in $(( $(date +%s) - start )) s: ${image}"
-exec "${python}" systemtest/run.py "${image}" --work build/systemtest/run
+image_s=$(( $(date +%s) - start ))
+echo "image ready in ${image_s} s: ${image}"
+exec "${python}" systemtest/run.py "${image}" --work build/systemtest/run --image-build-s "${image_s}"
