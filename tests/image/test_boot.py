@@ -71,6 +71,8 @@ def test_controller_stops_before_the_network_and_outranks_housekeeping() -> None
     after = " ".join(service["Unit.After"]).split()
     # the stop mirrors the start: dynexport writes the fail-safe limits before networkd stops
     assert "network.target" in after and "time-set.target" in after
+    # and before the home Wi-Fi's wpa_supplicant, for inverters reached over Wi-Fi
+    assert "dynexport-wifi.service" in after
     rule = unit(UNITS / "dynexport-ap-rule.service")
     assert int(service["Service.CPUWeight"][0]) > 100 > int(rule["Service.CPUWeight"][0])
     assert int(rule["Service.Nice"][0]) > 0
