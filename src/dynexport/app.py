@@ -855,6 +855,12 @@ class App:
             "rated_wh": sum(r.capacity_wh or 0.0 for r in readings) or None,
             "state_of_charge_pct": bs["socPct"],
             "storage_mode": storage_mode_of(bs["powerW"]),
+            # CSIP-AUS v1.3 setMinWh: the energy kept at the owner's reserve (docs/sep2.md)
+            "min_wh": sum(
+                (b.state.reading.capacity_wh or 0.0) * c.reserve_soc_pct / 100.0
+                for b, c in zip(self.batteries, self.config.batteries, strict=False)
+                if b.state.reading is not None
+            ),
         }
 
     async def _watchdog_loop(self) -> None:
@@ -958,6 +964,7 @@ class App:
                 lastError=st.last_error,
                 storageError=self.utility.store.write_error,
                 clockAlert=st.clock_alert,
+                csipAusVersion=self.utility.csipaus_version,
             )
         utility["fallback"] = self.utility_fallback
         return {
@@ -977,6 +984,7 @@ class App:
                 "loadW": self.limits.load_w,
                 "connect": self.limits.connect,
                 "energize": self.limits.energize,
+                "storageTargetW": self.limits.storage_target_w,
                 "source": dict(self.limits.sources),
                 "notEnforced": list(out.not_enforced) if out else [],
             },
@@ -1237,6 +1245,7 @@ def utility_limits(active: ActiveControls, rated_w: float | None = None) -> Util
         energize=flag(ControlType.ENERGIZE),
         ramp_tms=max((r for r in ramps if r), default=None),
         set_grad_w=active.set_grad_w,
+        storage_target_w=power(ControlType.STORAGE_TARGET_W),
     )
 
 
