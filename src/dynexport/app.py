@@ -53,6 +53,7 @@ from dynexport.sunspec.links import (
 )
 from dynexport.sunspec.storage import StorageConvention
 from dynexport.system.config import BatteryConfig, Config, UtilityConfig
+from dynexport.system.latest_writer import LatestWriter
 from dynexport.system.storage import atomic_write
 from dynexport.system.supervise import FaultLog, supervised
 from dynexport.system.watchdog import Notifier, ProgressTracker, watchdog_interval_s
@@ -137,6 +138,10 @@ class App:
         """The optional update URL (docs/update.md): idle unless ``update`` is configured."""
         self.update_status = UpdateStatus(options.data_dir)
         """The last update's fate, re-read only when its files change (``status()["update"]``)."""
+        self.pv_writer: LatestWriter[battery_law.PvMemory] = pv_memory_writer(
+            options.data_dir / PV_MEMORY_FILE, self.battery
+        )
+        """Saves the planner's ``pv-memory.json`` off the event loop (latest state wins)."""
 
     # -- running ------------------------------------------------------------------------------
 
@@ -165,6 +170,7 @@ class App:
                 self.faults,
             )
             nursery.start_soon(supervised, "update check", self.update_check.run, self.faults)
+            nursery.start_soon(supervised, "pv memory", self._pv_memory_task, self.faults)
             if self.options.web_port is not None:
                 self.web_port = await nursery.start(self._web_task)
                 log.info("web server on %s:%s", self.options.web_host, self.web_port)
@@ -174,6 +180,15 @@ class App:
                 await self._generation(task_status if first else trio.TASK_STATUS_IGNORED)
                 first = False
                 log.info("configuration changed: restarting the links")
+
+    async def _pv_memory_task(self) -> None:
+        """Writes ``pv-memory.json`` when the planner has news; on the way out, what is still
+        unwritten, within a bound (the thread of a hung card is left behind)."""
+        try:
+            await self.pv_writer.run()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(PV_FLUSH_S):
+                await self.pv_writer.flush()
 
     async def _web_task(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """The web server, restarted with backoff if it ever fails; the first start reports the
@@ -632,9 +647,11 @@ class App:
             book.observed = book.observed[-12:]
             book.pv = book.pv.record(local.date(), hour, made, peak, latitude)
         if book.pv != book.pv_saved and now - book.pv_saved_t >= PV_SAVE_EVERY_S:
+            # Written by the pv-memory task in a worker thread: a hung SD card must not hold
+            # up the control cycle this runs in (the state lives on in RAM meanwhile).
             book.pv_saved_t = now
-            if save_pv_memory(path, book.pv, book):
-                book.pv_saved = book.pv
+            book.pv_saved = book.pv
+            self.pv_writer.submit(book.pv)
         ready = [b for b in states if b.online and b.soc_pct is not None]
         if not ready:
             return None
@@ -1329,6 +1346,8 @@ PV_MEMORY_FILE = "pv-memory.json"
 """The planner's memory of the previous days' sun, on the data partition."""
 PV_SAVE_EVERY_S = 1800.0
 """Saved at most this often (a restart loses at most half an hour of today's samples)."""
+PV_FLUSH_S = 2.0
+"""At shutdown the unsaved memory gets this long (beside the fail-safe, not after it)."""
 
 
 def load_pv_memory(path: Path) -> battery_law.PvMemory:
@@ -1350,21 +1369,29 @@ def load_pv_memory(path: Path) -> battery_law.PvMemory:
         return battery_law.PvMemory()
 
 
-def save_pv_memory(path: Path, memory: battery_law.PvMemory, book: BatteryBook) -> bool:
-    """Writes the PV memory atomically; a full or failing partition is logged once per episode
-    and the memory lives on in RAM (tried again at the next save)."""
-    try:
-        atomic_write(path, memory.to_json().encode())
-    except OSError as exc:
-        error = f"cannot save {path.name}: {exc.strerror or exc}"
+def pv_memory_writer(path: Path, book: BatteryBook) -> LatestWriter[battery_law.PvMemory]:
+    """The writer of ``pv-memory.json``: atomic writes in a worker thread; a full or failing
+    partition is logged once per episode (``book.pv_save_error``) and the memory lives on in
+    RAM, tried again with backoff and at the next save."""
+
+    def failed(exc: BaseException) -> None:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        error = f"cannot save {path.name}: {reason}"
         if book.pv_save_error is None:
             log.error("%s; the battery planner carries on from memory", error)
         book.pv_save_error = error
-        return False
-    if book.pv_save_error is not None:
-        log.info("saving %s works again", path.name)
-    book.pv_save_error = None
-    return True
+
+    def saved() -> None:
+        if book.pv_save_error is not None:
+            log.info("saving %s works again", path.name)
+        book.pv_save_error = None
+
+    return LatestWriter(
+        path.name,
+        lambda memory: atomic_write(path, memory.to_json().encode()),
+        on_error=failed,
+        on_ok=saved,
+    )
 
 
 def _settings(config: Config) -> law.ControlSettings:

@@ -193,12 +193,56 @@ async def test_a_pv_memory_that_cannot_be_saved_is_logged_once_and_kept_in_ram(
             async with trio.open_nursery() as nursery:
                 await nursery.start(app.run)
                 await plan_once_with_the_site_read(app)
+                # The write runs in the pv-memory task's thread (retried with backoff).
+                await wait_for(lambda: app.battery.pv_save_error is not None, within=20.0)
                 await plan_once_with_the_site_read(app)
                 assert app.battery.pv is not None and app.battery.pv.days
+                await wait_for(lambda: app.pv_writer.failures >= 2, within=20.0)
                 assert app.battery.pv_save_error is not None
                 nursery.cancel_scope.cancel()
     saves = [r for r in caplog.records if "cannot save" in r.getMessage()]
     assert len(saves) == 1
+
+
+async def test_a_hung_data_partition_does_not_hold_up_control_and_the_memory_lands_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner's save blocks in the kernel (a hung SD card: here the write waits on an
+    event): the controller goes on deciding meanwhile, and once the card answers the newest
+    memory is what lands on disk."""
+    import threading
+
+    import dynexport.app as app_module
+    from dynexport.system.storage import atomic_write as real_write
+
+    entered, release = threading.Event(), threading.Event()
+
+    def hung_write(path: Path, data: bytes, **kwargs: Any) -> None:
+        entered.set()
+        release.wait(60.0)
+        real_write(path, data, **kwargs)
+
+    monkeypatch.setattr(app_module, "atomic_write", hung_write)
+    path = tmp_path / PV_MEMORY_FILE
+    try:
+        with simulated_site(load_w=1000.0) as sim:
+            sim.site.devices[3] = battery(soc_pct=40.0, window=True, tau_s=0.3)
+            app = make_app(planning_config(sim), tmp_path, wall_clock=lambda: ELEVEN_AM)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(app.run)
+                await plan_once_with_the_site_read(app)
+                await wait_for(entered.is_set, within=20.0)
+                decided = app.progress.last["controller"]
+                await wait_for(lambda: app.progress.last["controller"] > decided + 2.0, within=30.0)
+                assert not path.exists()  # still hung: nothing written, nothing lost
+                assert app.pv_writer.unwritten
+                release.set()
+                await wait_for(lambda: not app.pv_writer.unwritten, within=20.0)
+                nursery.cancel_scope.cancel()
+    finally:
+        release.set()
+    assert app.battery.pv is not None
+    assert load_pv_memory(path) == app.battery.pv
 
 
 # --- a Fronius GEN24 hybrid: its battery power from model 160, controlled through 124 --------
