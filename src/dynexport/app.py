@@ -911,9 +911,16 @@ class App:
             self.progress.progress("meter", self.meter.last_activity)
 
     def _devices_answered(self) -> bool:
-        meter_ok = self.meter is None or self.meter.state.last_reading is not None
-        inverter_ok = not self.inverters or any(i.state.last_reading for i in self.inverters)
-        return meter_ok and inverter_ok
+        """The configured meter and an inverter have answered (a site without devices: at
+        once). Counted against the configuration, not the links: the watchdog loop's first pass
+        can come before the first generation has made them (while the web server starts), and
+        no links is not "every device answered" (READY, the slot confirmation and ap-rule
+        would all follow a service that has read nothing yet)."""
+        if self.config.meter is not None and (
+            self.meter is None or self.meter.state.last_reading is None
+        ):
+            return False
+        return not self.config.inverters or any(i.state.last_reading for i in self.inverters)
 
     async def leave_fail_safe(self) -> None:
         """Writes every reachable controllable inverter's fail-safe limit (with revert timeout)."""

@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from dynexport.app import App
+from dynexport.system.config import parse_config
 from tests.app.conftest import make_app, simulated_site, site_config, wait_for
 
 
@@ -62,6 +63,30 @@ async def test_ready_after_first_polls_then_watchdog_pings_and_status(tmp_path: 
             assert notify.drain().count("WATCHDOG=1") >= count + 2
             nursery.cancel_scope.cancel()
     assert any(m.startswith("STOPPING=1") for m in notify.drain())
+
+
+async def test_ready_waits_for_the_devices_even_while_the_web_server_starts_first(
+    tmp_path: Path, notify
+):
+    """As on the appliance, the web server starts before the links are made, and the watchdog
+    loop runs meanwhile: READY still waits until the meter and an inverter have answered (it
+    once went out at once, saying "0/0 inverters online")."""
+    with simulated_site() as sim:
+        app = make_app(site_config(sim), tmp_path, web_host="127.0.0.1", web_port=0)
+        assert not app._devices_answered()  # configured devices, no links yet: not answered
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_for(lambda: any(m.startswith("READY=1") for m in notify.drain()), 20)
+            ready = next(m for m in notify.messages if m.startswith("READY=1"))
+            assert "/2 inverters online" in ready and "0/2 inverters" not in ready, ready
+            assert "site unknown" not in ready, ready
+            nursery.cancel_scope.cancel()
+
+
+def test_a_site_without_devices_counts_as_answered_at_once(tmp_path: Path) -> None:
+    """Setup mode and a site still being configured: nothing to wait for."""
+    app = make_app(parse_config({}), tmp_path)
+    assert app._devices_answered()
 
 
 async def test_watchdog_pings_stop_when_the_controller_is_stuck(
