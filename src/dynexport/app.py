@@ -583,10 +583,16 @@ class App:
             capacity_wh=cfg.capacity_wh,
         )
 
-    @staticmethod
-    def _battery_state(link: BatteryLink, now: float) -> battery_law.BatteryState:
+    def _battery_state(self, link: BatteryLink, now: float) -> battery_law.BatteryState:
         st, r = link.state, link.state.reading
         ready = st.online and r is not None and r.power_w is not None
+        # A hybrid's battery belongs to the inverter at its endpoint and unit (the law holds
+        # its charge to that inverter's PV and shares the budget knowing it).
+        dev = link.device
+        owner = next(
+            (i.id for i in self.inverters if i.device.bus is dev.bus and i.device.unit == dev.unit),
+            None,
+        )
         return battery_law.BatteryState(
             id=link.id,
             online=ready,
@@ -600,6 +606,7 @@ class App:
             sampled_t=st.last_reading,
             setpoint_w=st.setpoint_w,
             setpoint_expires_t=st.setpoint_expires,
+            inverter_id=None if link.ac_coupled else owner,
         )
 
     def _battery_settings(self) -> battery_law.BatterySettings:

@@ -294,11 +294,13 @@ async def test_a_gen24_battery_charges_before_its_pv_is_cut_and_export_holds(
 async def test_a_gen24_charging_from_its_pv_leaves_its_share_of_the_budget_to_the_other(
     tmp_path: Path,
 ) -> None:
-    """Issue #13's site: a GEN24 with 4 kW of sun, its battery charging at its 5 kW rate (so
-    its AC output is -1 kW), beside the 8.2 kW inverter with 3 kW of sun; 1 kW load, 1.5 kW
-    export limit. One common percentage (13.6 %) held the 8.2 kW inverter at 1.1 kW while the
-    GEN24 could not use its share; now the GEN24 keeps its headroom (4 % of 10 kW) and the
-    other gets the rest of the budget (about 2.1 kW), export within the limit throughout."""
+    """Issue #13's site: a GEN24 with 4 kW of sun and a 5 kW battery, beside the 8.2 kW
+    inverter with 3 kW of sun; 1 kW load, 1.5 kW export limit. One common percentage (13.6 %)
+    held the 8.2 kW inverter at 1.1 kW while the GEN24 could not use its share. Now the GEN24's
+    battery takes its own PV (never more than that and a small band: charging past it would draw
+    the other's PV through the GEN24's AC side), the GEN24 is held at about 0 % (its AC output is
+    about 0), and the other gets the rest of the budget (about 2.5 kW), export within the limit
+    throughout (tests/test_battery_mixed_site.py has the settled export)."""
     with simulated_site(load_w=1000.0) as sim:
         hybrid = gen24(soc_pct=40.0, available_w=4000.0, tau_s=0.3)
         hybrid.own_mode = "idle"  # nothing but dynexport makes it charge
@@ -320,7 +322,7 @@ async def test_a_gen24_charging_from_its_pv_leaves_its_share_of_the_budget_to_th
 
         async with trio.open_nursery() as nursery:
             await nursery.start(app.run)
-            await wait_for(lambda: hybrid.power_w < -4000.0, within=20.0)
+            await wait_for(lambda: hybrid.power_w < -3500.0, within=20.0)
 
             def other_given_the_share() -> bool:
                 # The common share would be 13.6 % of 8200 W: 1117 W.
@@ -333,6 +335,6 @@ async def test_a_gen24_charging_from_its_pv_leaves_its_share_of_the_budget_to_th
                 await trio.sleep(0.5)
                 exports.append(sim.export_w())
             assert max(exports) <= 1500 * 1.04 + 50, exports
-            assert inverter(0)["limitPct"] == pytest.approx(4.0, abs=0.5)  # 0 W + its headroom
+            assert inverter(0)["limitPct"] <= 0.5  # its PV goes to its battery, none to AC
             assert other_given_the_share()
             nursery.cancel_scope.cancel()

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Literal, TypeGuard
 
@@ -65,6 +65,10 @@ class BatteryState:
     setpoint_w: float | None = None
     """The setpoint last written and read back; None: its own mode."""
     setpoint_expires_t: float | None = None
+    inverter_id: str | None = None
+    """A hybrid's battery: the id of the inverter whose AC output includes it (its PV is that
+    output less the battery's power). None: AC-coupled, or not known (then its charge is not
+    held to its inverter's PV, and its inverter's share is split as any other's)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,15 @@ class BatterySettings:
     """Moves that raise export (more discharge, less charge) close the gap this slowly."""
     release_band_w: float = 300.0
     release_after_s: float = 60.0
+    hybrid_lead_s: float = 3.0
+    """A hybrid's battery follows its taper this far ahead, so that it can come down gently
+    (see ``decide_batteries``)."""
+    hybrid_band_w: float = 150.0
+    """A hybrid's battery charges at most its inverter's PV plus this (plus a push step while
+    that inverter is held at its limit, to bring hidden PV up): more would only take what the
+    other inverters are allowed to export, as its inverter's limit cannot go below 0. Above
+    ``curtailed_tol_w``, so that a hybrid whose battery takes all its PV (AC output −150 W,
+    limit 0 %) is not taken for a held one."""
 
 
 @dataclass(frozen=True)
@@ -139,11 +152,18 @@ class SiteView:
     curtailed: bool
     """The inverters are held at an export limit now (there may be more PV than they make)."""
     rising: bool = False
+    """The inverters' output is still rising towards a higher command: what they make now says
+    nothing yet about the PV there is, so the battery keeps its charge meanwhile."""
     unseen_w: float = 0.0
     """What unreachable inverters may add to export that the meter cannot have seen yet (a
     revert coming): the battery's discharge must leave room for it, as the inverters do."""
-    """The inverters' output is still rising towards a higher command: what they make now says
-    nothing yet about the PV there is, so the battery keeps its charge meanwhile."""
+    hybrid_pv_w: Mapping[str, float] = field(default_factory=dict)
+    """Per hybrid battery (by battery id), its inverter's PV now: AC output − battery power."""
+    hybrid_held: frozenset[str] = frozenset()
+    """The hybrid batteries whose inverter is held at its limit now (hidden PV may be there)."""
+    hybrid_limit_w: Mapping[str, float] = field(default_factory=dict)
+    """Per hybrid battery, its inverter's read-back limit in W (its rating if none): the most
+    its AC output can be, whatever its battery does."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +216,32 @@ def discharge_cap_w(b: BatteryState, s: BatterySettings) -> float:
     return rate * min(max(frac, 0.0), 1.0)
 
 
+def charge_room_w(b: BatteryState, site: SiteView, dt: float, s: BatterySettings) -> float:
+    """How much the law may have it charge now: :func:`charge_cap_w`, and for a hybrid's
+    battery no more than its inverter's PV plus ``hybrid_band_w`` (plus a push step while that
+    inverter is held at its limit). Charging past its PV would draw on the other inverters'
+    output through its AC side, which frees none of the budget (its inverter's limit is already
+    as low as 0 % allows): it would only take from the export the limit allows (issue #13's
+    mixed site exported +80 W of its 1.5 kW)."""
+    cap = charge_cap_w(b, s)
+    pv = site.hybrid_pv_w.get(b.id) if not b.ac_coupled else None
+    if pv is None or not _finite(pv):
+        return cap
+    extra = s.hybrid_band_w
+    if b.id in site.hybrid_held:
+        extra = max(extra, _pos(b.max_charge_w) * dt / max(s.push_s, 1e-9))
+    return min(cap, max(pv, 0.0) + extra)
+
+
+def _charge_cap_ahead(b: BatteryState, s: BatterySettings) -> float:
+    """:func:`charge_cap_w` at the SoC its charge now reaches ``hybrid_lead_s`` later."""
+    cap_wh = _pos(b.capacity_wh)
+    if not (_finite(b.soc_pct) and cap_wh > 0):
+        return charge_cap_w(b, s)
+    ahead = max(-b.power_w, 0.0) * s.hybrid_lead_s / 3600.0 / cap_wh * 100.0
+    return charge_cap_w(replace(b, soc_pct=b.soc_pct + ahead), s)
+
+
 def usable(b: BatteryState) -> bool:
     return b.online and b.controllable and _finite(b.power_w)
 
@@ -231,10 +277,18 @@ def decide_batteries(
 
     measured = sum(b.power_w for b in ready)
     hybrid = sum(b.power_w for b in ready if not b.ac_coupled)
-    p_min = -sum(charge_cap_w(b, s) for b in ready)
+    rooms = [charge_room_w(b, site, dt, s) for b in ready]
+    p_min = -sum(rooms)
     p_max = sum(discharge_cap_w(b, s) for b in ready)
     # What the site would export with the batteries idle and the inverters as they are now.
     x0 = site.inverters_w - hybrid - site.load_w
+    # …and what it could export at most if they stopped at once: a hybrid's AC output cannot
+    # rise above its inverter's limit, whatever its battery does (its PV comes down instead).
+    # This, not x0, says how fast a charge may be released (``room``).
+    mapped = [b for b in ready if b.id in site.hybrid_pv_w and b.id in site.hybrid_limit_w]
+    x0_now = x0 - sum(
+        max(site.hybrid_pv_w[b.id] - max(site.hybrid_limit_w[b.id], 0.0), 0.0) for b in mapped
+    )
 
     # Engaged, the battery takes the surplus its own mode would (within the plan's charge cap)
     # and discharges only what a limit needs: the owner's stored energy is theirs.
@@ -249,7 +303,7 @@ def decide_batteries(
     p_e = math.inf
     if site.export_limit_w is not None:
         aim = site.export_limit_w - site.export_margin_w - s.battery_margin_w
-        room = site.export_limit_w - site.export_margin_w - x0 - site.unseen_w
+        room = site.export_limit_w - site.export_margin_w - x0_now - site.unseen_w
         p_e = aim - x0 - site.unseen_w
         if site.curtailed:
             # Hidden PV: charge more, and the inverters are let up as the battery takes it. Never
@@ -257,7 +311,16 @@ def decide_batteries(
             # inverter held by its share of the budget, or slow to rise) would charge the
             # battery from the grid at the owner's cost. The surplus grows as the PV comes up.
             push = sum(_pos(b.max_charge_w) for b in ready) * dt / max(s.push_s, 1e-9)
-            p_e = min(p_e, max(measured - push, -max(x0, 0.0) - s.release_band_w))
+            # A hybrid held at its limit brings its own PV up as its battery's charge rises (its
+            # limit is on AC), so its push step may pass the band: without it the push stalled
+            # where the hybrid's limit + band = load. Its charge stays within its PV plus that
+            # step (charge_room_w).
+            held_push = sum(
+                _pos(b.max_charge_w) * dt / max(s.push_s, 1e-9)
+                for b in ready
+                if b.id in site.hybrid_held
+            )
+            p_e = min(p_e, max(measured - push, -max(x0, 0.0) - s.release_band_w - held_push))
         elif site.rising and memory.setpoint_w is not None:
             # The inverters are still climbing to use the charge: keep it until they settle.
             p_e = min(p_e, memory.setpoint_w)
@@ -306,8 +369,23 @@ def decide_batteries(
     # A smaller charge only as fast as export has room for it (the inverters come down first).
     # (Within the taper the battery may still charge at its rate: the taper is where the law
     # wants it, the maximum SoC is where it must stop.)
+    # A hybrid's battery (its inverter known) follows its taper, though: its AC output cannot
+    # rise above its inverter's limit whatever its battery does (``room`` counts that), and
+    # charging at its rate to 100 % it would be stopped by its BMS in one step, faster than its
+    # PV can come down (export 2.3 kW against the 1.61 kW allowed). It follows the taper a few
+    # seconds ahead (``hybrid_lead_s``) and no faster than 1.5 × the pace of its full rate's
+    # taper: a cut of its charge by Δ in one step puts about 0.37 Δ out for a moment in the
+    # simulator while its PV catches up (both lag), and the SoC it reads moves in 0.1 % steps.
+    held = mapped
     hard_min = -sum(
-        _pos(b.max_charge_w) for b in ready if _finite(b.soc_pct) and b.soc_pct < s.max_soc_pct
+        _charge_cap_ahead(b, s) if b in held else _pos(b.max_charge_w)
+        for b in ready
+        if _finite(b.soc_pct) and b.soc_pct < s.max_soc_pct
+    )
+    must_min = -sum(
+        charge_cap_w(b, s) if b in held else _pos(b.max_charge_w)
+        for b in ready
+        if _finite(b.soc_pct) and b.soc_pct < s.max_soc_pct
     )
     cmd = target if target <= measured else min(target, max(measured, room))
     # Like the inverters: what lowers export applies at once, what raises it (more discharge,
@@ -319,9 +397,14 @@ def decide_batteries(
         gap = cmd - prev
         cmd = prev + max(gap * (1.0 - math.exp(-dt / s.up_time_constant_s)), min(gap, 50.0 * dt))
     cmd = min(max(cmd, hard_min), p_max)
+    if held and cmd > prev and not (math.isfinite(floor) and floor > prev):
+        # (Not when an import or load limit asks for less charge or a discharge: then export
+        # is far below its limit and the moment's extra output is welcome.)
+        pace = 1.5 * sum(_pos(b.max_charge_w) for b in held) / max(s.taper_s, 1e-9)
+        cmd = max(min(cmd, prev + pace * dt), must_min)
     cmds = tuple(
         BatteryCommand(b.id, share, ", ".join(reasons) or "holding")
-        for b, share in zip(ready, _split(ready, cmd, s), strict=True)
+        for b, share in zip(ready, _split(ready, cmd, s, rooms), strict=True)
     )
     ac_share = sum(c.setpoint_w or 0.0 for c, b in zip(cmds, ready, strict=True) if b.ac_coupled)
     # The most the AC-coupled batteries can still be counted on to absorb: what they do, what
@@ -340,11 +423,14 @@ def decide_batteries(
     )
 
 
-def _split(ready: Sequence[BatteryState], total: float, s: BatterySettings) -> list[float]:
-    """Share a total setpoint in proportion to each battery's headroom in that direction."""
+def _split(
+    ready: Sequence[BatteryState], total: float, s: BatterySettings, rooms: Sequence[float]
+) -> list[float]:
+    """Share a total setpoint in proportion to each battery's headroom in that direction
+    (``rooms``: what each may charge, :func:`charge_room_w`)."""
     caps = [
-        charge_cap_w(b, s) if total < 0 else discharge_cap_w(b, s) if total > 0 else 0.0
-        for b in ready
+        room if total < 0 else discharge_cap_w(b, s) if total > 0 else 0.0
+        for b, room in zip(ready, rooms, strict=True)
     ]
     whole = sum(caps)
     if whole <= 0:

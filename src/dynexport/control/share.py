@@ -36,6 +36,12 @@ the battery's "curtailed" tolerance (40 W) too, so a shaded inverter is never ta
 curtailed one. When its sun comes back it rises by the headroom at once, and the next decision
 sees it at its limit and gives its full share back; more headroom would lose more of the
 others' share every second for little gain (the GEN24 of 10 kW holds 400 W back)."""
+HYBRID_MARGIN_W = 150.0
+"""A hybrid whose battery can take more is allowed its AC output plus this (or the part of
+the headroom its battery cannot take, if more): enough to keep it clear of the battery's
+"curtailed" tolerance (40 W) and reading noise, so that it is not taken for held while its
+PV is free; as much as its battery is let charge past its PV (``hybrid_band_w``), so a hybrid
+whose battery takes all its PV (AC output −150 W) is given 0 %."""
 RISE_PCT = 2.0
 """An inverter whose output rose by more than this much of its rating since its previous
 reading…"""
@@ -59,6 +65,13 @@ class ShareInput:
     power_w: float
     limit_pct: float | None
     previous_w: float | None
+    absorb_w: float = 0.0
+    """A hybrid whose battery the law is charging: how much more that battery can take now
+    (its charge rate, tapered near full, less what it takes). 0: a plain inverter, or its
+    battery cannot take more (enough)."""
+    recent_w: float | None = None
+    """The most it made over the last few seconds (None: unknown): what a hybrid whose battery
+    takes its spare sun is given, so that its battery's moves are not passed on at once."""
 
 
 def headroom_w(rated_w: float) -> float:
@@ -71,6 +84,14 @@ def demand_w(inv: ShareInput) -> float:
 
     Its rating (a full share) unless its output is clearly below its read-back limit (by more
     than half the headroom) and not climbing: then what it makes plus the headroom.
+
+    A hybrid whose battery can take more (``absorb_w`` > 0: the law passes it from a headroom
+    of spare charge on, with hysteresis) asks for its AC output now plus ``HYBRID_MARGIN_W``,
+    whether at its limit or not: more sun on its array goes into its battery first (the
+    battery decision pushes its charge while it is held), so AC budget given to it beyond its
+    output would be lost to the others. When its battery can take no more (at its rate, nearly
+    full, offline, released) the rules above apply, unchanged: the PV its battery cannot take
+    is curtailed by the split like any other's.
     """
     rated = inv.rated_w
     pct, power, prev = inv.limit_pct, inv.power_w, inv.previous_w
@@ -78,6 +99,13 @@ def demand_w(inv: ShareInput) -> float:
         return rated  # no limit, no usable reading, or just back online: a full share
     head = headroom_w(rated)
     made = min(max(power, 0.0), rated)
+    absorb = inv.absorb_w if _finite(inv.absorb_w) else 0.0
+    if absorb > 0.0 and power < rated * max(pct, 0.0) / 100.0 - HYBRID_MARGIN_W / 2.0:
+        # Its AC output as it is (negative while its battery takes more than its PV), so a
+        # hybrid whose battery takes all its PV gets 0 %, not the headroom; the most of the
+        # last few seconds, so that the dips its battery's moves make are not passed on.
+        recent = max(power, inv.recent_w) if _finite(inv.recent_w) else power
+        return min(max(recent + HYBRID_MARGIN_W, 0.0), rated)
     if made >= rated * max(pct, 0.0) / 100.0 - head / 2.0:
         return rated  # at its limit: it may have more sun than it is allowed
     if power - prev > max(rated * RISE_PCT / 100.0, RISE_MIN_W):

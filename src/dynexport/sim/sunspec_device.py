@@ -898,7 +898,14 @@ class Hybrid(Inverter, _Storage):
             soc_pct=soc_pct,
             window=window,
         )
+        self.battery_fault = False
+        """Its battery dropped out (a BMS fault, the battery's own breaker): it neither charges
+        nor discharges, and model 160's storage modules and 124's ChaState read
+        not-implemented, as a GEN24 reports a battery it cannot see. Set from outside."""
         super().__init__(base, models, available_w=available_w, tau_s=tau_s)
+
+    def battery_target_w(self) -> float:
+        return 0.0 if self.battery_fault else super().battery_target_w()
 
     def target_w(self) -> float:
         """The PV power it heads for: what the AC cap leaves beside the battery's power."""
@@ -934,6 +941,8 @@ class Hybrid(Inverter, _Storage):
                 self.set_if(mid, "W", ac)
                 self.set_if(mid, "VA", abs(ac))
         self._refresh_storage(now)
+        if self.battery_fault and self.has(124):
+            self.set(124, "ChaState", None)
 
     def _refresh_mppt(self, dc_w: float, state: int) -> None:
         n = int(self.get_raw(160, "N") or 0)
@@ -947,6 +956,9 @@ class Hybrid(Inverter, _Storage):
                 w = max(-self.power_w, 0.0)
             else:
                 w = max(self.power_w, 0.0)
+            if kind is not None and self.battery_fault:
+                self.set(160, f"module[{i}].DCW", None)  # the battery is not seen
+                continue
             self.set_if(160, f"module[{i}].DCW", w)
             self.set_if(160, f"module[{i}].DCV", 300.0 if kind is None else 400.0)
             self.set_if(160, f"module[{i}].DCA", w / (300.0 if kind is None else 400.0))
