@@ -45,11 +45,13 @@ def inverters(
 
 
 def limit_changes(
-    draw: st.DrawFn, import_w: st.SearchStrategy[float | None] | None = None
+    draw: st.DrawFn,
+    import_w: st.SearchStrategy[float | None] | None = None,
+    storage_w: st.SearchStrategy[float | None] | None = None,
 ) -> tuple[LimitChange, ...]:
     """A limit schedule: changes 8..50 s apart, the last at least 15 s before the end, each with
     or without rampTms (1..60 s) and setGradW (0.1..5 %/s); with ``import_w``, an import limit
-    drawn from it too."""
+    drawn from it too; with ``storage_w``, a storage target."""
     gaps = draw(st.lists(st.integers(8, 50), min_size=0, max_size=4))
     times = [0]
     for g in gaps:
@@ -62,6 +64,7 @@ def limit_changes(
             draw(st.none() | st.integers(100, 6000)),  # rampTms 1..60 s
             draw(st.none() | st.integers(10, 500)),  # setGradW 0.1..5 %/s
             None if import_w is None else draw(import_w),
+            None if storage_w is None else draw(storage_w),
         )
         for t in times
     )

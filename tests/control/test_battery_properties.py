@@ -27,14 +27,18 @@ from tests.control.strategies import (
     spans,
 )
 
+STORAGE_TARGET_W = st.none() | st.sampled_from([-5000.0, -1000.0, 0.0, 1000.0, 5000.0])
+"""The utility's storage targets (CSIP-AUS v1.3): charge, idle, discharge, beyond the rates."""
+
 
 @st.composite
-def battery_scenarios(draw: st.DrawFn) -> Scenario:
+def battery_scenarios(draw: st.DrawFn, storage: bool = False) -> Scenario:
     """One or two PV inverters and a battery (any size, rates, SoC bounds, lag, up to two spans
-    out of reach), loads up to 7 kW, export and import limit schedules."""
+    out of reach), loads up to 7 kW, export and import limit schedules; with ``storage``, the
+    utility's storage targets too."""
     invs = inverters(draw, 2, [3000.0, 5000.0, 6000.0, 8200.0])
     import_w = st.none() | st.sampled_from([0.0, 2000.0]) | st.floats(0, 6000)
-    changes = limit_changes(draw, import_w)
+    changes = limit_changes(draw, import_w, STORAGE_TARGET_W if storage else None)
     steps = load_steps(draw, 7000.0)
     max_soc = draw(st.sampled_from([80.0, 95.0, 100.0]))
     reserve = draw(st.sampled_from([10.0, 20.0, 50.0]))
@@ -54,6 +58,19 @@ def battery_scenarios(draw: st.DrawFn) -> Scenario:
 @PROPERTY_SETTINGS
 @given(sc=battery_scenarios())
 def test_with_a_battery_the_law_keeps_the_export_limit_and_the_battery_rules(sc: Scenario) -> None:
+    result = run_scenario(sc)
+    assert result.ticks == DURATION_S + 1
+    assert not result.violations, (result.violations[:5], sc)
+
+
+@PROPERTY_SETTINGS
+@given(sc=battery_scenarios(storage=True))
+def test_under_a_storage_target_the_export_limit_and_the_battery_rules_still_hold(
+    sc: Scenario,
+) -> None:
+    """The utility's storage target moves the battery (discharge or charge, beyond its rates
+    too), and every rule above still holds: the export limit wins over a discharge, the reserve
+    and the maximum SoC bound it, the setpoints stay within the rates."""
     result = run_scenario(sc)
     assert result.ticks == DURATION_S + 1
     assert not result.violations, (result.violations[:5], sc)

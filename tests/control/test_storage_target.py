@@ -1,264 +1,105 @@
-"""control/storage_target.py: a CSIP-AUS v1.3 storage target within the reserve, the rates and
-the limits in force (the export limit always wins)."""
+"""The utility's storage target (CSIP-AUS v1.3 ``opModStorageTargetW``) in the battery law:
+the batteries aim at it instead of their own mode, and every limit still wins over it. Closed
+loop with the plant; the property over random sites and schedules is in
+``test_battery_properties`` (``..._under_a_storage_target_...``)."""
 
 from __future__ import annotations
 
 import math
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+import pytest
 
-from dynexport.control.battery import BatterySettings, BatteryState
-from dynexport.control.storage_target import storage_target_power
-
-SETTINGS = BatterySettings(max_soc_pct=95.0, reserve_soc_pct=20.0, taper_pct=3.0)
+from dynexport.control.battery import BatterySettings
+from dynexport.control.limits import EffectiveLimits
+from dynexport.control.plant import Plant, SimBattery, SimInverter, run_closed_loop
 
 
-def battery(
-    soc: float | None = 50.0,
-    *,
-    bid: str = "bat1",
-    power_w: float = 0.0,
-    online: bool = True,
-    controllable: bool = True,
-    rate_w: float = 5000.0,
-) -> BatteryState:
-    return BatteryState(
-        id=bid,
-        online=online,
-        controllable=controllable,
-        capacity_wh=10_000.0,
-        max_charge_w=rate_w,
-        max_discharge_w=rate_w,
-        soc_pct=soc,
-        power_w=power_w,
+def site(pv_w: float, load_w: float, soc: float) -> Plant:
+    plant = Plant(
+        inverters=[SimInverter("inv1", 6000.0, pv_w / 2), SimInverter("inv2", 6000.0, pv_w / 2)],
+        load_w=load_w,
+        seed=5,
     )
+    plant.batteries.append(SimBattery("bat", 10000.0, 5000.0, 5000.0, soc, own_mode="idle"))
+    return plant
+
+
+def target(w: float, **limits: float) -> EffectiveLimits:
+    sources = {f"{k}": "utility" for k in limits}
+    return EffectiveLimits(storage_target_w=w, sources=sources, **limits)  # type: ignore[arg-type]
+
+
+def allowed(limit_w: float) -> float:
+    return limit_w * 1.04 + 50.0
 
 
 def test_a_discharge_target_is_followed_when_nothing_limits() -> None:
-    d = storage_target_power(
-        3000.0, [battery()], SETTINGS, site_export_w=0.0, export_limit_w=None, import_limit_w=None
-    )
-    assert d.setpoints == (("bat1", 3000.0),)
-    assert d.expected_export_w == 3000.0
+    """Evening, 2 kW load, no PV: the battery (idle in its own mode) delivers the 3 kW asked,
+    and the site exports the kilowatt the load does not take."""
+    plant = site(0.0, 2000.0, 60.0)
+    trace = run_closed_loop(plant, lambda t: target(3000.0), 60.0)
+    assert plant.batteries[0].power_w == pytest.approx(3000.0, abs=100.0)
+    assert trace[-1].export_w == pytest.approx(1000.0, abs=150.0)
 
 
-def test_the_export_limit_cuts_the_target() -> None:
-    """STO-03's shape: target = setMaxDischargeRateW but export must stay within the limit."""
-    d = storage_target_power(
-        5000.0,
-        [battery()],
-        SETTINGS,
-        site_export_w=500.0,
-        export_limit_w=2000.0,
-        import_limit_w=None,
-    )
-    assert d.total_w == 1500.0  # 500 W base + 1500 W = the 2000 W limit
-    assert "export limit" in d.reason
+def test_a_target_beyond_the_rate_is_held_to_the_rate() -> None:
+    plant = site(0.0, 2000.0, 60.0)
+    run_closed_loop(plant, lambda t: target(9000.0), 60.0)
+    assert plant.batteries[0].power_w == pytest.approx(5000.0, abs=100.0)
 
 
-def test_the_export_limit_wins_even_into_charging() -> None:
-    """A 0 W export limit with 3 kW of surplus: the target (discharge) becomes a 3 kW charge."""
-    d = storage_target_power(
-        1500.0,
-        [battery()],
-        SETTINGS,
-        site_export_w=3000.0,
-        export_limit_w=0.0,
-        import_limit_w=None,
-    )
-    assert d.total_w == -3000.0 and d.expected_export_w == 0.0
+def test_the_export_limit_wins_over_a_discharge_target() -> None:
+    """The same evening with a 500 W export limit: the discharge is cut so the site exports
+    no more than the limit."""
+    plant = site(0.0, 2000.0, 60.0)
+    trace = run_closed_loop(plant, lambda t: target(3000.0, export_w=500.0), 60.0)
+    assert max(p.export_w for p in trace if p.t >= 15) <= allowed(500.0)
+    assert 2000.0 <= plant.batteries[0].power_w <= 2500.0 + 60.0
 
 
-def test_a_charge_target_never_imports_beyond_the_import_limit() -> None:
-    """Charging at 5 kW from a site already importing 1 kW under a 2 kW import limit: 1 kW."""
-    d = storage_target_power(
-        -5000.0,
-        [battery()],
-        SETTINGS,
-        site_export_w=-1000.0,
-        export_limit_w=None,
-        import_limit_w=2000.0,
-    )
-    assert d.total_w == -1000.0 and d.expected_export_w == -2000.0
-    assert "import limit" in d.reason
+def test_a_charge_target_charges_and_an_import_limit_stops_it() -> None:
+    """Midday, no PV, 1 kW load: a -4 kW target charges at 4 kW from the grid (the utility asked
+    for it); with a 2 kW import limit the charge stops at what the limit leaves."""
+    plant = site(0.0, 1000.0, 40.0)
+    run_closed_loop(plant, lambda t: target(-4000.0), 60.0)
+    assert plant.batteries[0].power_w == pytest.approx(-4000.0, abs=100.0)
+    plant = site(0.0, 1000.0, 40.0)
+    trace = run_closed_loop(plant, lambda t: target(-4000.0, import_w=2000.0), 60.0)
+    assert max(-p.export_w for p in trace if p.t >= 15) <= allowed(2000.0)
+    assert -1000.0 - 60.0 <= plant.batteries[0].power_w <= -800.0
 
 
-def test_no_discharge_at_or_below_the_reserve() -> None:
-    d = storage_target_power(
-        5000.0,
-        [battery(20.0)],
-        SETTINGS,
-        site_export_w=0.0,
-        export_limit_w=None,
-        import_limit_w=None,
-    )
-    assert d.total_w == 0.0
-    assert "reserve" in d.reason
+def test_the_reserve_and_the_maximum_soc_bound_a_target() -> None:
+    """At its reserve the battery does not discharge for a target; at its maximum SoC it does
+    not charge for one."""
+    plant = site(0.0, 2000.0, 20.0)
+    lowest = [100.0]
+
+    def observe(t: float, p: Plant, lim: EffectiveLimits, out: object) -> None:
+        lowest[0] = min(lowest[0], p.batteries[0].soc_pct)
+
+    run_closed_loop(plant, lambda t: target(3000.0), 60.0, observe=observe)
+    assert lowest[0] >= 20.0 - 0.05 and plant.batteries[0].power_w < 60.0
+    plant = site(0.0, 1000.0, 95.0)
+    settings = BatterySettings(max_soc_pct=95.0)
+    run_closed_loop(plant, lambda t: target(-3000.0), 60.0, battery_settings=settings)
+    assert plant.batteries[0].soc_pct <= 95.0 + 1e-6 and plant.batteries[0].power_w > -60.0
 
 
-def test_no_charge_at_the_maximum_soc() -> None:
-    d = storage_target_power(
-        -5000.0,
-        [battery(95.0)],
-        SETTINGS,
-        site_export_w=0.0,
-        export_limit_w=None,
-        import_limit_w=None,
-    )
-    assert d.total_w == 0.0
+def test_a_target_that_is_not_a_number_is_no_target() -> None:
+    """The battery stays in its own mode (idle here): nothing is commanded from a NaN."""
+    plant = site(0.0, 2000.0, 60.0)
+    run_closed_loop(plant, lambda t: target(math.nan), 30.0)
+    assert abs(plant.batteries[0].power_w) < 60.0
 
 
-def test_rates_bound_the_target_and_it_is_shared_by_rate() -> None:
-    bats = [battery(bid="a", rate_w=2000.0), battery(bid="b", rate_w=6000.0)]
-    d = storage_target_power(
-        10_000.0, bats, SETTINGS, site_export_w=0.0, export_limit_w=None, import_limit_w=None
-    )
-    assert dict(d.setpoints) == {"a": 2000.0, "b": 6000.0}
-    d = storage_target_power(
-        4000.0, bats, SETTINGS, site_export_w=0.0, export_limit_w=None, import_limit_w=None
-    )
-    assert dict(d.setpoints) == {"a": 1000.0, "b": 3000.0}
+def test_without_a_meter_reading_the_battery_returns_to_its_own_mode() -> None:
+    """The meter goes quiet mid-discharge: the battery's own mode (idle) and the export
+    fail-safe, whatever the utility asked."""
+    plant = site(0.0, 2000.0, 60.0)
 
+    def quiet_meter(t: float, p: Plant) -> None:
+        p.meter_alive = t < 30.0
 
-def test_offline_unknown_soc_and_uncontrollable_batteries_take_no_part() -> None:
-    bats = [
-        battery(bid="off", online=False),
-        battery(None, bid="unknown"),
-        battery(bid="ro", controllable=False),
-    ]
-    d = storage_target_power(
-        3000.0, bats, SETTINGS, site_export_w=0.0, export_limit_w=None, import_limit_w=None
-    )
-    assert d.setpoints == ()
-    assert "off offline" in d.reason and "unknown state of charge unknown" in d.reason
-
-
-def test_the_present_battery_power_is_taken_out_of_the_export() -> None:
-    """Site exports 2 kW while the battery discharges 1.5 kW: 500 W without it, so a 1 kW
-    export limit allows 500 W of discharge, not 0."""
-    d = storage_target_power(
-        5000.0,
-        [battery(power_w=1500.0)],
-        SETTINGS,
-        site_export_w=2000.0,
-        export_limit_w=1000.0,
-        import_limit_w=None,
-    )
-    assert d.total_w == 500.0
-
-
-def test_bad_input_commands_nothing_and_says_why() -> None:
-    for kwargs, words in (
-        ({"target_w": math.nan, "site_export_w": 0.0}, "not a number"),
-        ({"target_w": 1000.0, "site_export_w": None}, "stale"),
-        ({"target_w": 1000.0, "site_export_w": math.inf}, "stale"),
-    ):
-        d = storage_target_power(
-            kwargs["target_w"],  # type: ignore[arg-type]
-            [battery()],
-            SETTINGS,
-            site_export_w=kwargs["site_export_w"],
-            export_limit_w=None,
-            import_limit_w=None,
-        )
-        assert d.setpoints == () and words in d.reason
-    d = storage_target_power(
-        1000.0,
-        [battery()],
-        SETTINGS,
-        site_export_w=0.0,
-        export_limit_w=-5.0,
-        import_limit_w=None,
-    )
-    assert d.setpoints == () and "export limit" in d.reason
-
-
-# --- properties --------------------------------------------------------------------------
-
-_watts = st.floats(-20_000, 20_000, allow_nan=False)
-_limit = st.none() | st.floats(0, 20_000, allow_nan=False)
-_battery = st.builds(
-    battery,
-    st.none() | st.floats(0, 100),
-    bid=st.sampled_from(["a", "b", "c"]),
-    power_w=st.floats(-8000, 8000, allow_nan=False),
-    online=st.booleans(),
-    controllable=st.booleans(),
-    rate_w=st.floats(0, 8000, allow_nan=False),
-)
-
-
-@settings(max_examples=400, deadline=None)
-@given(
-    target=_watts,
-    bats=st.lists(_battery, max_size=3, unique_by=lambda b: b.id),
-    site=_watts,
-    export_limit=_limit,
-    import_limit=_limit,
-)
-def test_storage_target_safety_properties(
-    target: float,
-    bats: list[BatteryState],
-    site: float,
-    export_limit: float | None,
-    import_limit: float | None,
-) -> None:
-    """In every state: no battery beyond its rates, none discharged at/below the reserve or
-    charged at/above the maximum SoC, none that cannot take part commanded; the export limit
-    holds whenever the batteries can hold it; a charge never pushes import beyond the import
-    limit (nor beyond what the site already imported); never more than the target unless a
-    limit asks for it."""
-    d = storage_target_power(
-        target,
-        bats,
-        SETTINGS,
-        site_export_w=site,
-        export_limit_w=export_limit,
-        import_limit_w=import_limit,
-    )
-    by_id = {b.id: b for b in bats}
-    taking = [b for b in bats if b.online and b.controllable and b.soc_pct is not None]
-    assert {i for i, _ in d.setpoints} == {b.id for b in taking}
-    for bid, w in d.setpoints:
-        b = by_id[bid]
-        assert b.soc_pct is not None
-        assert -b.max_charge_w - 1e-6 <= w <= b.max_discharge_w + 1e-6
-        if b.soc_pct <= SETTINGS.reserve_soc_pct:
-            assert w <= 1e-9, "discharged at or below the reserve"
-        if b.soc_pct >= SETTINGS.max_soc_pct:
-            assert w >= -1e-9, "charged at or above the maximum SoC"
-    if not taking:
-        return
-    assert math.isclose(d.total_w, sum(w for _, w in d.setpoints), abs_tol=1e-6)
-    base = site - sum(b.power_w for b in taking)
-    export = base + d.total_w
-    assert d.expected_export_w is not None and math.isclose(
-        export, d.expected_export_w, abs_tol=1e-6
-    )
-    lo = sum(-b.max_charge_w for b in taking)
-    if export_limit is not None and base + lo <= export_limit:
-        # the batteries can hold it by charging (minus the SoC tapers): then it holds, or they
-        # charge as hard as they may
-        at_max_charge = all(
-            math.isclose(
-                w,
-                -b.max_charge_w
-                * min(max((SETTINGS.max_soc_pct - (b.soc_pct or 0)) / SETTINGS.taper_pct, 0), 1),
-                abs_tol=1e-6,
-            )
-            for b in taking
-            for i, w in d.setpoints
-            if i == b.id
-        )
-        assert export <= export_limit + 1e-6 or at_max_charge
-    if d.total_w > 1e-6:
-        # discharge: only toward the target, or as an import limit needs
-        needed_for_import = import_limit is not None and base < -import_limit
-        assert d.total_w <= target + 1e-6 or needed_for_import
-    if d.total_w < -1e-6:
-        # charge: import stays within the import limit, unless the export limit needs it
-        # (a charge then only lowers export toward the limit, it never creates import)
-        if import_limit is not None and export < -import_limit - 1e-6:
-            assert export_limit is not None and base > export_limit
-        assert d.total_w >= target - 1e-6 or (export_limit is not None and base > export_limit)
+    run_closed_loop(plant, lambda t: target(3000.0), 90.0, hook=quiet_meter)
+    assert abs(plant.batteries[0].power_w) < 60.0

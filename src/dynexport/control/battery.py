@@ -164,6 +164,9 @@ class SiteView:
     hybrid_limit_w: Mapping[str, float] = field(default_factory=dict)
     """Per hybrid battery, its inverter's read-back limit in W (its rating if none): the most
     its AC output can be, whatever its battery does."""
+    storage_target_w: float | None = None
+    """The utility's storage target (CSIP-AUS v1.3 ``opModStorageTargetW``; + discharge,
+    − charge): what the batteries aim at instead of their own mode, within every limit."""
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,14 @@ def decide_batteries(
         near = True
         base = max(base, -max(plan.max_charge_w, 0.0))
         reasons.append("plan")
+    if _finite(site.storage_target_w):
+        # The utility asks the batteries for this output: it replaces their own mode and the
+        # plan. Everything below still bounds it: the export limit wins (a discharge is cut,
+        # a charge raised), an import or load limit stops a charge, the rates, the reserve and
+        # the maximum SoC hold, and a hybrid's battery charges only from its PV (and the band).
+        near = True
+        base = site.storage_target_w
+        reasons.append(f"storage target {site.storage_target_w:.0f} W")
     room = math.inf
     p_e = math.inf
     if site.export_limit_w is not None:

@@ -250,6 +250,11 @@ def _finite(x: object) -> TypeGuard[float]:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _finite_or_none(value: float | None) -> float | None:
+    """A target (not a limit): one that is not a finite number is no target."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def _clean_limit(value: float | None) -> float | None:
     """A limit the law can use: NaN fails closed (0 W); +inf is no limit; -inf is 0 W."""
     if value is None:
@@ -475,6 +480,7 @@ def control_step(
             hybrid_pv_w=hybrid_pv,
             hybrid_held=frozenset(held),
             hybrid_limit_w=hybrid_lim,
+            storage_target_w=_finite_or_none(limits.storage_target_w),
         )
     bat = decide_batteries(batteries, site, state.battery, now, dt, plan, bs)
     bat_out = bat.expected_w  # + the AC-coupled batteries add to the output, − they absorb

@@ -11,7 +11,7 @@ None always means "no limit". Watts are site totals; positive numbers.
 One value is not a limit: the utility's storage target (CSIP-AUS v1.3 opModStorageTargetW, the
 aggregate output the site's batteries should aim for, + discharge / − charge). It has one source
 (the utility's control in force) and is carried beside the limits with that source, so the law
-can follow it (control/storage_target.py) within the limits, which always win.
+can follow it (control/battery.py ``decide_batteries``) within the limits, which always win.
 """
 
 from __future__ import annotations

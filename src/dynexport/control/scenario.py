@@ -84,6 +84,8 @@ class LimitChange:
     ramp_tms: int | None = None
     set_grad_w: int | None = None
     import_w: float | None = None
+    storage_target_w: float | None = None
+    """The utility's storage target from ``t`` (+ discharge, − charge; None: none)."""
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,7 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
             ramp_tms=c.ramp_tms,
             set_grad_w=c.set_grad_w,
             sources=sources,
+            storage_target_w=c.storage_target_w,
         )
 
     def hook(t: float, p: Plant) -> None:

@@ -160,8 +160,8 @@ ENFORCED_CONTROLS_WITH_BATTERY: frozenset[ControlType] = ENFORCED_CONTROLS | fro
 )
 """With a controllable battery configured, import and load limits are enforced too: the law
 discharges it (down to the owner's reserve) and stops its charging (docs/control.md); and so is
-a CSIP-AUS v1.3 storage target (control/storage_target.py: toward the target within the
-reserve, the rates and the export/import limits in force)."""
+a CSIP-AUS v1.3 storage target (control/battery.py ``decide_batteries``: toward the target
+within the reserve, the rates and the export/import limits in force)."""
 
 
 def enforced_controls(battery_configured: bool) -> frozenset[ControlType]:
