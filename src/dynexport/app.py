@@ -52,6 +52,7 @@ from dynexport.sunspec.links import (
     MeterLink,
 )
 from dynexport.sunspec.storage import StorageConvention
+from dynexport.sunspec.views import site_ratings
 from dynexport.system.config import BatteryConfig, Config, UtilityConfig
 from dynexport.system.latest_writer import LatestWriter
 from dynexport.system.storage import atomic_write
@@ -851,9 +852,22 @@ class App:
         if not all(st.can_disconnect for st in known if st.controllable):
             # one that cannot open its contactor would only be limited to 0 %
             modes &= ~MODE_CONNECT
+        # VA/var/PF: totals only when every inverter says, PF of the least capable one
+        rtg = site_ratings([st.ratings for st in known])
+        lim = site_ratings([st.set_limits for st in known])
         return DerInfo(
             rated_w=rated,
             max_w=w_max,
+            rated_va=rtg.va,
+            rated_var=rtg.var_inj,
+            rated_var_neg=rtg.var_abs,
+            rated_pf_over=rtg.pf_over,
+            rated_pf_under=rtg.pf_under,
+            set_va=lim.va,
+            set_var=lim.var_inj,
+            set_var_neg=lim.var_abs,
+            set_pf_over=lim.pf_over,
+            set_pf_under=lim.pf_under,
             # advertised from the one set of controls the client enforces (and answers 2/3 for)
             modes_supported=modes,
             doe_modes_supported=(

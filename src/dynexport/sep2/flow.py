@@ -42,6 +42,7 @@ from dynexport.sep2.resources import (
     MirrorMeterReadingList,
     MirrorReadingSet,
     MirrorUsagePoint,
+    PowerFactor,
     Reading,
     ReadingType,
     Registration,
@@ -373,7 +374,22 @@ class DerInfo:
     max_w: float | None = None
     """Configured maximum (setMaxW); the rating when None."""
     rated_va: float | None = None
+    """rtgMaxVA (VA), summed over inverters; None unless every inverter says."""
     rated_var: float | None = None
+    """rtgMaxVar: var the DER can inject (over-excited), a positive magnitude."""
+    rated_var_neg: float | None = None
+    """rtgMaxVarNeg: var the DER can absorb (under-excited), a positive magnitude here; sent
+    negative as IEEE 2030.5 wants."""
+    rated_pf_over: float | None = None
+    """rtgMinPFOverExcited: minimum displacement PF injecting var, in (0, 1]."""
+    rated_pf_under: float | None = None
+    """rtgMinPFUnderExcited: minimum displacement PF absorbing var, in (0, 1]."""
+    set_va: float | None = None
+    """setMaxVA etc.: the inverters' settings where they have them; the rating when None."""
+    set_var: float | None = None
+    set_var_neg: float | None = None
+    set_pf_over: float | None = None
+    set_pf_under: float | None = None
     der_type: int = DER_TYPE_PV
     modes_supported: int = 0
     """DERControlType bits the controller actually enforces (e.g. MODE_CONNECT)."""
@@ -431,6 +447,33 @@ def _power(watts: float) -> Scaled:
     return Scaled.from_real(float(watts))
 
 
+def _opt_neg_power(magnitude: float | None) -> Scaled | None:
+    """A var-absorbed magnitude as IEEE 2030.5's negative rtgMaxVarNeg/setMaxVarNeg."""
+    if magnitude is None or not math.isfinite(magnitude) or magnitude <= 0:
+        return None
+    return _power(-magnitude)
+
+
+PF_MULTIPLIER = -4
+_PF_SCALE = 10**-PF_MULTIPLIER
+
+
+def power_factor(pf: float | None, *, under_excited: bool = False) -> PowerFactor | None:
+    """A minimum PF as PowerFactor displacement × 10^-4, rounded up (a minimum PF rounded up
+    claims slightly less capability, never more). The XSD allows under-excited at most 0.9999,
+    so a device claiming 1.0 there is reported as 0.9999. None for anything outside (0, 1]."""
+    if pf is None or not math.isfinite(pf) or not 0 < pf <= 1:
+        return None
+    d = min(math.ceil(round(pf * _PF_SCALE, 6)), _PF_SCALE)
+    if under_excited:
+        d = min(d, _PF_SCALE - 1)
+    return PowerFactor(max(d, 1), PF_MULTIPLIER)
+
+
+def _or(setting: float | None, rating: float | None) -> float | None:
+    return rating if setting is None else setting
+
+
 def speaks_v13_storage(info: DerInfo, csipaus_ns: str) -> bool:
     """Whether the v1.3 storage fields go out: the server speaks CSIP-AUS v1.3 and the site has
     a controllable battery (it enforces storage targets). Never to a 1.2 server (its XSD refuses
@@ -447,8 +490,11 @@ def der_capability(info: DerInfo, csipaus_ns: str = CSIPAUS_NS) -> DERCapability
         rtg_max_w=_power(info.rated_w),
         der_type=info.der_type,
         doe_modes_supported=info.doe_modes_supported,
-        rtg_max_va=None if info.rated_va is None else _power(info.rated_va),
-        rtg_max_var=None if info.rated_var is None else _power(info.rated_var),
+        rtg_max_va=_opt_power(info.rated_va),
+        rtg_max_var=_opt_power(info.rated_var),
+        rtg_max_var_neg=_opt_neg_power(info.rated_var_neg),
+        rtg_min_pf_over_excited=power_factor(info.rated_pf_over),
+        rtg_min_pf_under_excited=power_factor(info.rated_pf_under, under_excited=True),
         rtg_max_charge_rate_w=_opt_power(info.rated_charge_w),
         rtg_max_discharge_rate_w=_opt_power(info.rated_discharge_w),
         rtg_max_wh=_opt_power(info.rated_wh),
@@ -473,8 +519,13 @@ def der_settings(
         set_max_w=_power(info.max_w if info.max_w is not None else info.rated_w),
         updated_time=now,
         modes_enabled=info.modes_supported,
-        set_max_va=None if info.rated_va is None else _power(info.rated_va),
-        set_max_var=None if info.rated_var is None else _power(info.rated_var),
+        set_max_va=_opt_power(_or(info.set_va, info.rated_va)),
+        set_max_var=_opt_power(_or(info.set_var, info.rated_var)),
+        set_max_var_neg=_opt_neg_power(_or(info.set_var_neg, info.rated_var_neg)),
+        set_min_pf_over_excited=power_factor(_or(info.set_pf_over, info.rated_pf_over)),
+        set_min_pf_under_excited=power_factor(
+            _or(info.set_pf_under, info.rated_pf_under), under_excited=True
+        ),
         doe_modes_enabled=info.doe_modes_supported,
         set_max_charge_rate_w=_opt_power(info.rated_charge_w),
         set_max_discharge_rate_w=_opt_power(info.rated_discharge_w),

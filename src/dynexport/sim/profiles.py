@@ -170,7 +170,8 @@ def der_inverter(
         {
             "W_SF": 0, "PF_SF": -3, "VA_SF": 0, "Var_SF": 0, "V_SF": -1, "A_SF": -2,
             "WMaxRtg": w_max, "VAMaxRtg": w_max, "VarMaxInjRtg": w_max * 0.6,
-            "VarMaxAbsRtg": w_max * 0.6, "VNomRtg": 230.0, "VMaxRtg": 253.0, "VMinRtg": 207.0,
+            "VarMaxAbsRtg": w_max * 0.6, "WOvrExtRtgPF": 0.8, "WUndExtRtgPF": 0.8,
+            "VNomRtg": 230.0, "VMaxRtg": 253.0, "VMinRtg": 207.0,
             "AMaxRtg": w_max / 230.0 / 3.0, "NorOpCatRtg": 1, "AbnOpCatRtg": 2,
             "WMax": w_max, "VAMax": w_max, "VNom": 230.0, "VMax": 253.0, "VMin": 207.0,
             "AMax": w_max / 230.0 / 3.0,

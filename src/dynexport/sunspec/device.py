@@ -24,15 +24,19 @@ from dynexport.sunspec.polling import (
     slow_plan,
 )
 from dynexport.sunspec.views import (
+    NO_RATINGS,
     CommonInfo,
     DerCapacity,
     DerControls,
+    DerRatings,
     ImmediateControls,
     InverterReading,
     MeterReading,
     Nameplate,
     Settings,
     Status,
+    der_ratings,
+    der_set_limits,
     rated_w,
 )
 
@@ -66,6 +70,10 @@ class SlowReading:
     status: Status | None = None
     connect_control: bool = False
     """Model 123 implements Conn and Conn_RvrtTms: the inverter can be opened for real."""
+    ratings: DerRatings = NO_RATINGS
+    """VA, var and PF ratings (120, else 702): reported to the utility as DERCapability."""
+    set_limits: DerRatings = NO_RATINGS
+    """The same from the settings (121, else 702), else the ratings: DERSettings."""
 
     @property
     def limit_pct(self) -> float | None:
@@ -197,9 +205,11 @@ class SunSpecDevice:
         rated = rated_w(v)
         w_max = (settings.w_max if settings else None) or (cap.w_max if cap else None) or rated
         common = CommonInfo.from_points(v[1]) if 1 in v else self.common
+        nameplate = Nameplate.from_points(v[120]) if 120 in v else None
+        ratings = der_ratings(nameplate, cap)
         return SlowReading(
             common=common,
-            nameplate=Nameplate.from_points(v[120]) if 120 in v else None,
+            nameplate=nameplate,
             settings=settings,
             capacity=cap,
             controls=ImmediateControls.from_points(v[123]) if 123 in v else None,
@@ -208,6 +218,8 @@ class SunSpecDevice:
             w_max=w_max,
             status=Status.from_points(v[122]) if 122 in v else None,
             connect_control=control.has_connect_control(v.get(123)),
+            ratings=ratings,
+            set_limits=der_set_limits(settings, cap, ratings),
         )
 
     @property

@@ -38,8 +38,10 @@ from dynexport.sunspec.device import LimitResult, SlowReading, SunSpecDevice, Ve
 from dynexport.sunspec.discovery import DiscoveryError, NotSunSpecError
 from dynexport.sunspec.storage import StorageConvention, StorageReading
 from dynexport.sunspec.views import (
+    NO_RATINGS,
     CommonInfo,
     DerControls,
+    DerRatings,
     ImmediateControls,
     InverterReading,
     MeterReading,
@@ -96,6 +98,10 @@ class InverterState:
     """Rated active power (W, not VA): what the controller splits limits by."""
     w_max: float | None = None
     """What WMaxLimPct is a percent of."""
+    ratings: DerRatings = NO_RATINGS
+    """VA/var/PF ratings from the last slow poll (120, else 702); all None until then."""
+    set_limits: DerRatings = NO_RATINGS
+    """The same from the inverter's settings (121, else 702), else its ratings."""
     power_w: float | None = None
     reading: InverterReading | None = None
     limit_pct: float | None = None
@@ -384,6 +390,8 @@ class InverterLink(_CommandLink[Desired, InverterState]):
             self.state,
             rated_w=slow.rated_w,
             w_max=slow.w_max,
+            ratings=slow.ratings,
+            set_limits=slow.set_limits,
             limit_pct=slow.limit_pct,
             controllable=reason is None,
             not_controllable=reason,

@@ -8,6 +8,7 @@ missing points: unknown is None.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,9 @@ from dynexport.sunspec.polling import DER_MEASUREMENT_MODEL, INVERTER_MODELS, ME
 
 Points = Mapping[str, Value]
 Phases = tuple[float | None, float | None, float | None]
+Quadrants = tuple[float | None, float | None, float | None, float | None]
+"""Per-quadrant values Q1..Q4: Q1 generating and injecting var (over-excited), Q4 generating
+and absorbing var (under-excited)."""
 
 
 def _f(pts: Points, name: str) -> float | None:
@@ -36,6 +40,15 @@ def _s(pts: Points, name: str) -> str | None:
 def _ph(pts: Points, names: Sequence[str]) -> Phases:
     a, b, c = (_f(pts, n) for n in names)
     return (a, b, c)
+
+
+def _first(*vs: float | None) -> float | None:
+    return next((v for v in vs if v is not None), None)
+
+
+def _quad(pts: Points, prefix: str) -> Quadrants:
+    q1, q2, q3, q4 = (_f(pts, f"{prefix}{i}") for i in range(1, 5))
+    return (q1, q2, q3, q4)
 
 
 @dataclass(frozen=True)
@@ -154,10 +167,12 @@ class Nameplate:
     wh_rtg: float | None
     max_cha_rte: float | None
     max_discha_rte: float | None
+    pf_rtg: Quadrants = (None, None, None, None)
+    """PFRtgQ1..Q4 as read (minimum PF per quadrant; some devices sign Q3/Q4 negative)."""
 
     @classmethod
     def from_points(cls, pts: Points) -> Nameplate:
-        q = tuple(_f(pts, f"VArRtgQ{i}") for i in range(1, 5))
+        q = _quad(pts, "VArRtgQ")
         return cls(
             der_type=_i(pts, "DERTyp"),
             w_rtg=_f(pts, "WRtg"),
@@ -167,6 +182,7 @@ class Nameplate:
             wh_rtg=_f(pts, "WHRtg"),
             max_cha_rte=_f(pts, "MaxChaRte"),
             max_discha_rte=_f(pts, "MaxDisChaRte"),
+            pf_rtg=_quad(pts, "PFRtgQ"),
         )
 
 
@@ -181,6 +197,10 @@ class Settings:
     va_max: float | None
     w_gra: float | None
     ecp_nom_hz: float | None
+    var_max: Quadrants = (None, None, None, None)
+    """VArMaxQ1..Q4 as read (Q4, absorbing, is usually negative)."""
+    pf_min: Quadrants = (None, None, None, None)
+    """PFMinQ1..Q4 as read."""
 
     @classmethod
     def from_points(cls, pts: Points) -> Settings:
@@ -192,6 +212,8 @@ class Settings:
             va_max=_f(pts, "VAMax"),
             w_gra=_f(pts, "WGra"),
             ecp_nom_hz=_f(pts, "ECPNomHz"),
+            var_max=_quad(pts, "VArMaxQ"),
+            pf_min=_quad(pts, "PFMinQ"),
         )
 
 
@@ -378,7 +400,11 @@ class MeterReading:
 
 @dataclass(frozen=True)
 class DerCapacity:
-    """Model 702: DER ratings (WMaxRtg) and settings (WMax)."""
+    """Model 702: DER ratings (WMaxRtg) and settings (WMax).
+
+    The PF points: 702 marks PFOvrExtRtg/PFUndExtRtg (and PFOvrExt/PFUndExt) "unused, use
+    WOvrExtRtgPF/WUndExtRtgPF"; the ``WxxxPF`` point is read first, the old one as fallback.
+    """
 
     w_max_rtg: float | None
     va_max_rtg: float | None
@@ -387,6 +413,13 @@ class DerCapacity:
     a_max_rtg: float | None
     w_max: float | None
     va_max: float | None
+    var_max_abs_rtg: float | None = None
+    pf_ovr_ext_rtg: float | None = None
+    pf_und_ext_rtg: float | None = None
+    var_max_inj: float | None = None
+    var_max_abs: float | None = None
+    pf_ovr_ext: float | None = None
+    pf_und_ext: float | None = None
 
     @classmethod
     def from_points(cls, pts: Points) -> DerCapacity:
@@ -398,6 +431,13 @@ class DerCapacity:
             a_max_rtg=_f(pts, "AMaxRtg"),
             w_max=_f(pts, "WMax"),
             va_max=_f(pts, "VAMax"),
+            var_max_abs_rtg=_f(pts, "VarMaxAbsRtg"),
+            pf_ovr_ext_rtg=_first(_f(pts, "WOvrExtRtgPF"), _f(pts, "PFOvrExtRtg")),
+            pf_und_ext_rtg=_first(_f(pts, "WUndExtRtgPF"), _f(pts, "PFUndExtRtg")),
+            var_max_inj=_f(pts, "VarMaxInj"),
+            var_max_abs=_f(pts, "VarMaxAbs"),
+            pf_ovr_ext=_first(_f(pts, "WOvrExtPF"), _f(pts, "PFOvrExt")),
+            pf_und_ext=_first(_f(pts, "WUndExtPF"), _f(pts, "PFUndExt")),
         )
 
 
@@ -459,3 +499,121 @@ def rated_w(models: Mapping[int, Points]) -> float | None:
         if v is not None and v > 0:
             return v
     return None
+
+
+@dataclass(frozen=True)
+class DerRatings:
+    """What an inverter can do (or is set to) besides active power, as IEEE 2030.5 wants it:
+    VA, var injected and var absorbed as positive magnitudes, minimum PF over- and
+    under-excited as positive displacements in (0, 1]. None: the device does not say (or says
+    something unusable: non-finite, zero, negative VA, a PF outside 0..1)."""
+
+    va: float | None = None
+    var_inj: float | None = None
+    var_abs: float | None = None
+    pf_over: float | None = None
+    pf_under: float | None = None
+
+
+NO_RATINGS = DerRatings()
+"""A device that has said nothing (yet) about its ratings."""
+
+
+def _mag(v: float | None) -> float | None:
+    """A usable positive magnitude (sign dropped: 120 VArRtgQ4 is negative), else None."""
+    if v is None or not math.isfinite(v) or v == 0:
+        return None
+    return abs(v)
+
+
+def _va(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) and v > 0 else None
+
+
+def _pf(v: float | None) -> float | None:
+    """A usable minimum PF: |v| in (0, 1] (sign dropped: some devices sign Q4 negative)."""
+    if v is None or not math.isfinite(v) or v == 0 or abs(v) > 1:
+        return None
+    return abs(v)
+
+
+def der_ratings(nameplate: Nameplate | None, capacity: DerCapacity | None) -> DerRatings:
+    """The DER's ratings: model 120 first, then 702 (the precedence ``rated_w`` uses), each
+    point on its own. Q1 (injecting var, over-excited) and Q4 (absorbing, under-excited)."""
+    n = nameplate
+    c = capacity
+    nq: Quadrants = (None,) * 4 if n is None else n.var_rtg
+    npf: Quadrants = (None,) * 4 if n is None else n.pf_rtg
+    return DerRatings(
+        va=_first(_va(None if n is None else n.va_rtg), _va(None if c is None else c.va_max_rtg)),
+        var_inj=_first(_mag(nq[0]), _mag(None if c is None else c.var_max_inj_rtg)),
+        var_abs=_first(_mag(nq[3]), _mag(None if c is None else c.var_max_abs_rtg)),
+        pf_over=_first(_pf(npf[0]), _pf(None if c is None else c.pf_ovr_ext_rtg)),
+        pf_under=_first(_pf(npf[3]), _pf(None if c is None else c.pf_und_ext_rtg)),
+    )
+
+
+def der_set_limits(
+    settings: Settings | None, capacity: DerCapacity | None, ratings: DerRatings
+) -> DerRatings:
+    """The DER's settings (121, then 702), else its ratings; never beyond a rating (a
+    setting above the rating, or a PF below the rated minimum, is replaced by the rating)."""
+    s = settings
+    c = capacity
+    sq: Quadrants = (None,) * 4 if s is None else s.var_max
+    spf: Quadrants = (None,) * 4 if s is None else s.pf_min
+
+    def cap(v: float | None, rating: float | None) -> float | None:
+        if v is None:
+            return rating
+        return v if rating is None else min(v, rating)
+
+    def floor(v: float | None, rating: float | None) -> float | None:
+        if v is None:
+            return rating
+        return v if rating is None else max(v, rating)
+
+    return DerRatings(
+        va=cap(
+            _first(_va(None if s is None else s.va_max), _va(None if c is None else c.va_max)),
+            ratings.va,
+        ),
+        var_inj=cap(
+            _first(_mag(sq[0]), _mag(None if c is None else c.var_max_inj)), ratings.var_inj
+        ),
+        var_abs=cap(
+            _first(_mag(sq[3]), _mag(None if c is None else c.var_max_abs)), ratings.var_abs
+        ),
+        pf_over=floor(
+            _first(_pf(spf[0]), _pf(None if c is None else c.pf_ovr_ext)), ratings.pf_over
+        ),
+        pf_under=floor(
+            _first(_pf(spf[3]), _pf(None if c is None else c.pf_und_ext)), ratings.pf_under
+        ),
+    )
+
+
+def site_ratings(per_inverter: Sequence[DerRatings]) -> DerRatings:
+    """The site as one DER (CSIP-AUS reports multi-inverter sites as totals): VA and var
+    summed, but only when every inverter says (a partial sum would overstate nothing but
+    understate the site while claiming to be its rating, so it is None instead); the minimum
+    PF is the least capable inverter's (the largest minimum), again only when all say."""
+
+    def total(vals: Sequence[float | None]) -> float | None:
+        if not vals or any(v is None for v in vals):
+            return None
+        return sum(v for v in vals if v is not None)
+
+    def least_capable(vals: Sequence[float | None]) -> float | None:
+        if not vals or any(v is None for v in vals):
+            return None
+        return max(v for v in vals if v is not None)
+
+    rs = list(per_inverter)
+    return DerRatings(
+        va=total([r.va for r in rs]),
+        var_inj=total([r.var_inj for r in rs]),
+        var_abs=total([r.var_abs for r in rs]),
+        pf_over=least_capable([r.pf_over for r in rs]),
+        pf_under=least_capable([r.pf_under for r in rs]),
+    )
