@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +28,7 @@ from dynexport.integrations.mqtt import MqttBridge
 from dynexport.integrations.service import MQTT_OFF, PRICE_OFF, Integrations
 from dynexport.sep2 import certs
 from dynexport.system.config import Config, parse_config
-
-# prefixes of the modules made lazy: a typical site's service must not import them
-LAZY = (
-    "paho",
-    "dynexport.integrations.mqtt",
-    "dynexport.integrations.amber",
-    "dynexport.integrations.homeassistant",
-    "dynexport.integrations.topics",
-    "dynexport.update.install",
-    "dynexport.update.cli",
-    "dynexport.update.check",
-    "dynexport.web.wifi",
-    "dynexport.web.updates",
-    "dynexport.sunspec.cli",
-    "importlib.resources",
-    # a str host goes through the idna codec even for an address: the web server, the HTTP
-    # client and the Modbus TCP client pass ASCII hosts as bytes (httpio/names.py)
-    "encodings.idna",
-    "stringprep",
-)
+from tests.test_imports import LAZY, run_fresh
 
 # The real service (the ``run`` command's parser, the App with its web server) against a
 # simulated site served in the same process and a utility that does not answer (a closed port
@@ -107,20 +86,6 @@ trio.run(main)
 """
 
 
-def _run(code: str, *args: str) -> dict[str, Any]:
-    """Runs ``code`` in a fresh interpreter; its last line of output is a JSON report."""
-    result = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    return report
-
-
 def _lazy_loaded(modules: list[str]) -> list[str]:
     return [m for m in modules if m.startswith(LAZY)]
 
@@ -153,7 +118,7 @@ def site_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_typical_site_runs_without_the_integrations_update_url_and_setup_tools(
     site_files: Path,
 ) -> None:
-    report = _run(SERVICE, str(site_files), str(site_files.parent / "data"))
+    report = run_fresh(SERVICE, str(site_files), str(site_files.parent / "data"))
     assert report["codes"] == [200, 200, 200, 200]  # the web page and API were really used
     modules = report["modules"]
     assert "dynexport.web.api" in modules and "dynexport.sep2.client" in modules
@@ -195,7 +160,7 @@ async def main():
 trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 print(json.dumps({"modules": sorted(sys.modules)}))
 """
-    modules = set(_run(code)["modules"])
+    modules = set(run_fresh(code)["modules"])
     for name in (
         "dynexport.integrations.mqtt",
         "dynexport.integrations.amber",
@@ -246,7 +211,7 @@ before = sorted(sys.modules)
 socket.getaddrinfo("127.0.0.1", 80)  # the stdlib's own lookup with a str: the codec loads
 print(json.dumps({"status": status, "before": before, "after": sorted(sys.modules)}))
 """
-    report = _run(code, str(site_files.parent / "pki"))
+    report = run_fresh(code, str(site_files.parent / "pki"))
     assert report["status"] == 200
     assert not {"encodings.idna", "stringprep"} & set(report["before"])
     assert "encodings.idna" in report["after"]  # the check can see it

