@@ -53,7 +53,6 @@ class LinkStore:
         self.data_dir = None if data_dir is None else Path(data_dir)
         self._memory: dict[str, bytes] = {}
         self._errors: dict[str, str] = {}
-        self._slow: set[str] = set()
         self._digests: dict[str, bytes] = {}
         """Digest of what each file holds (written by this process): equal bytes are skipped.
         Only touched in the writer's thread, under that writer's lock."""
