@@ -82,3 +82,118 @@ def test_the_development_key_warns_loudly(tmp_path: Path):
         [str(SIGNING_KEY), str(tmp_path / "k")], capture_output=True, text=True, check=True
     )
     assert again.stderr == "", "an existing key is kept, not replaced"
+
+
+# -- install, then activate: never a boot loader pointed at a slot without its boot files -------
+
+SCRIPTED_RAUC = """#!/bin/sh
+# rauc as the appliance's RAUC service answers (booted slot B): logs each call, fails on demand
+echo "$*" >>"$RAUC_LOG"
+case "$1 $2" in
+"install "*)
+	echo "installing"; echo "100% Installing done."
+	[ -z "$FAIL_INSTALL" ] || { echo "Post-install handler error: no space" >&2; exit 1; }
+	;;
+"status --detailed") cat "$RAUC_STATUS" ;;
+"status mark-active")
+	[ -z "$FAIL_MARK" ] || { echo "Failed marking slot: grubenv is read-only" >&2; exit 1; }
+	echo "marked slot $3 as active"
+	;;
+*) echo "unexpected: $*" >&2; exit 3 ;;
+esac
+"""
+
+
+def scripted_rauc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **fail: str
+) -> tuple[Rauc, Path]:
+    program, log = tmp_path / "rauc", tmp_path / "rauc.log"
+    program.write_text(SCRIPTED_RAUC)
+    program.chmod(0o755)
+    (tmp_path / "status.json").write_text(json.dumps(STATUS))
+    monkeypatch.setenv("RAUC_LOG", str(log))
+    monkeypatch.setenv("RAUC_STATUS", str(tmp_path / "status.json"))
+    for key in ("FAIL_INSTALL", "FAIL_MARK"):
+        monkeypatch.setenv(key, fail.get(key, ""))
+    return Rauc(program=str(program)), log
+
+
+async def test_install_activates_the_written_slot_only_after_rauc_install_has_returned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    rauc, log = scripted_rauc(tmp_path, monkeypatch)
+    seen: list[str] = []
+
+    async def progress(line: str) -> None:
+        seen.append(line)
+
+    await rauc.install("/data/b.raucb", "A", progress)
+    assert seen == ["installing", "100% Installing done."]
+    assert log.read_text().splitlines() == [
+        "install /data/b.raucb",
+        "status --detailed --output-format=json",
+        "status mark-active rootfs.0",  # slot A by RAUC's name, after the install
+    ]
+
+
+async def test_a_failed_install_activates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    rauc, log = scripted_rauc(tmp_path, monkeypatch, FAIL_INSTALL="1")
+
+    async def progress(line: str) -> None:
+        pass
+
+    with pytest.raises(RaucError, match="rauc install: Post-install handler error: no space"):
+        await rauc.install("/data/b.raucb", "A", progress)
+    assert [ln for ln in log.read_text().splitlines() if "mark-active" in ln] == []
+
+
+async def test_an_install_whose_slot_cannot_be_activated_fails_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from dynexport.update.install import install_verified
+    from dynexport.update.rauc import BundleInfo
+    from dynexport.update.service import read_record
+
+    rauc, _log = scripted_rauc(tmp_path, monkeypatch, FAIL_MARK="1")
+    data = tmp_path / "data"
+    data.mkdir()
+
+    async def progress(line: str) -> None:
+        pass
+
+    info = BundleInfo("dynexport-rpi4_64", "1.5.0", "CN = test")
+    said = await install_verified(
+        data, rauc, tmp_path / "b.raucb", info, progress, origin="the test"
+    )
+    assert said is not None and said.startswith("install failed, the running system is unchanged")
+    assert "slot A was written but could not be activated" in said
+    assert "grubenv is read-only" in said
+    record = read_record(data)
+    assert record is not None and record.state == "failed" and record.target == "A"
+
+
+async def test_an_activated_install_is_recorded_as_on_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from dynexport.update.install import install_verified
+    from dynexport.update.rauc import BundleInfo
+    from dynexport.update.service import read_record
+
+    rauc, log = scripted_rauc(tmp_path, monkeypatch)
+    data = tmp_path / "data"
+    data.mkdir()
+
+    async def progress(line: str) -> None:
+        pass
+
+    info = BundleInfo("dynexport-rpi4_64", "1.5.0", "CN = test")
+    assert (
+        await install_verified(data, rauc, tmp_path / "b.raucb", info, progress, origin="t") is None
+    )
+    record = read_record(data)
+    assert record is not None and (record.state, record.version, record.target) == (
+        "trial",
+        "1.5.0",
+        "A",
+    )
+    assert log.read_text().splitlines()[-1] == "status mark-active rootfs.0"

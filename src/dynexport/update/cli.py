@@ -101,7 +101,7 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
         print(f"  {line}", flush=True)
 
     try:
-        await rauc.install(args.file, progress)
+        await rauc.install(args.file, target, progress)
     except RaucError as exc:
         _write(data, record.moved_to("failed", str(exc)))
         print(f"install failed, the running system is unchanged: {exc}", file=sys.stderr)

@@ -109,7 +109,7 @@ async def install_verified(
     except OSError as exc:
         return f"not installed: the update record cannot be written ({exc})"
     try:
-        await rauc.install(str(bundle), progress)
+        await rauc.install(str(bundle), target, progress)
     except RaucError as exc:
         write_record(data_dir, record.moved_to("failed", str(exc)))
         return f"install failed, the running system is unchanged: {exc}"

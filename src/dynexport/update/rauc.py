@@ -165,8 +165,35 @@ class Rauc:
     async def mark_bad(self) -> None:
         await self._run("status", "mark-bad", "booted")
 
-    async def install(self, bundle: str, progress: Callable[[str], Awaitable[None]]) -> None:
-        """Installs into the other slot, handing each line RAUC prints (its progress) on."""
+    async def install(
+        self, bundle: str, target: str, progress: Callable[[str], Awaitable[None]]
+    ) -> None:
+        """Installs into the other slot (bootname ``target``), handing each line RAUC prints (its
+        progress) on, then makes that slot the one the boot loader starts next.
+
+        The image's RAUC does not activate what it installed (``activate-installed=false``): it
+        would mark the slot active before its post-install handler has put the slot's kernel on
+        the boot partition, and a power cut between the two left a card whose boot loader chose
+        a slot without a kernel. So the slot is activated here, after ``rauc install`` has
+        returned: by then the handler's work is on the disk. A cut before this leaves the old
+        slot first; the slot is written but never booted.
+        """
+        await self._write(bundle, progress)
+        await self.activate(target)
+
+    async def activate(self, target: str) -> None:
+        """``rauc status mark-active`` for the slot named ``target`` (``A``/``B``): the boot
+        loader starts it next (for the Pi's trial boot: on the next trial reboot)."""
+        status = await self.status()
+        slot = status.by_bootname(target)
+        if slot is None:
+            raise RaucError(f"rauc status names no slot {target}")
+        try:
+            await self._run("status", "mark-active", slot.name)
+        except RaucError as exc:
+            raise RaucError(f"slot {target} was written but could not be activated: {exc}") from exc
+
+    async def _write(self, bundle: str, progress: Callable[[str], Awaitable[None]]) -> None:
         cmd = [self.program, "install", bundle, *self.extra]
         async with trio.open_nursery() as nursery:
             proc: trio.Process = await nursery.start(self._start_install, cmd)
