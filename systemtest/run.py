@@ -112,6 +112,8 @@ class Vm:
         self.buf = b""
         self.seq = 0
         self.events: list[tuple[float, str]] = []
+        self.qmp_sock: socket.socket | None = None
+        self.qmp_replies: dict[int, dict[str, Any]] = {}
         self.started = 0.0
         self.boots = 0
         VMS.append(self)
@@ -164,6 +166,7 @@ class Vm:
         self.agent = socket.socket(socket.AF_UNIX)
         self.agent.connect(str(agent_sock))
         self.buf = b""
+        self.qmp_sock = None
         threading.Thread(target=self._qmp, args=(qmp_sock,), daemon=True).start()
 
     def _qmp(self, path: Path) -> None:
@@ -171,12 +174,41 @@ class Vm:
             with socket.socket(socket.AF_UNIX) as s:
                 s.connect(str(path))
                 s.sendall(b'{"execute": "qmp_capabilities"}\n')
+                self.qmp_sock = s
                 for line in s.makefile("rb"):
                     msg = json.loads(line)
                     if "event" in msg:
                         self.events.append((time.monotonic(), msg["event"]))
+                    elif "id" in msg:
+                        self.qmp_replies[msg["id"]] = msg
         except (OSError, ValueError):
             pass
+
+    def qmp(self, command: str, **arguments: Any) -> dict[str, Any]:
+        """One QMP command to this qemu; its ``return`` (Failure on an error or no answer)."""
+        self.seq += 1
+        ident = self.seq
+        deadline = time.monotonic() + 10
+        while self.qmp_sock is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.qmp_sock is None:
+            raise Failure(f"QMP {command}: not connected")
+        msg = {"execute": command, "arguments": arguments, "id": ident}
+        self.qmp_sock.sendall(json.dumps(msg).encode() + b"\n")
+        while ident not in self.qmp_replies:
+            if time.monotonic() > deadline:
+                raise Failure(f"QMP {command}: no answer")
+            time.sleep(0.05)
+        reply = self.qmp_replies.pop(ident)
+        if "error" in reply:
+            raise Failure(f"QMP {command}: {reply['error']}")
+        return dict(reply.get("return") or {})
+
+    def throttle_writes(self, bytes_per_s: int) -> None:
+        """Caps the card's write rate (0: no cap), as a slow SD card would: a power cut aimed
+        at the middle of a slot write then lands there however loaded the host is."""
+        self.qmp("block_set_io_throttle", device="card", bps=0, bps_rd=0, bps_wr=bytes_per_s,
+                 iops=0, iops_rd=0, iops_wr=0)  # fmt: skip
 
     def resets(self) -> list[float]:
         """Times of the guest's resets (reboots) since ``events`` was cleared: qemu reports one
@@ -937,6 +969,8 @@ def boot_profile(image: Path, work: Path, boots: int) -> None:
 # -- A/B updates (docs/update.md): GRUB's RAUC backend stands in for the Pi's trial boot ---------
 
 SLOT_PART = {"A": 2, "B": 3}
+SLOW_CARD_BPS = 3 << 20
+"""A slow SD card's write rate, for the power cut aimed at the middle of a slot write."""
 UPDATE_COMMIT_BOUND_S = 600.0
 """Trial boot to committed: a boot, the health check's 2 minutes, margin for a loaded machine."""
 ROLLBACK_BOUND_S = 300.0
@@ -1112,6 +1146,9 @@ def _refused_and_cut(card: Card, image: Path) -> None:
     _, out = vm.sh(f"awk '$3==\"{dev}\"{{print $10}}' /proc/diskstats")
     written0 = int(out.strip() or 0)
     want = min(64 << 20, (image / "good.raucb").stat().st_size // 3) // 512
+    # The card writes at SLOW_CARD_BPS during this install (about half a minute for the slot):
+    # the polls below, slow on a loaded host, still see the write's middle, not its end.
+    vm.throttle_writes(SLOW_CARD_BPS)
     vm.sh("systemd-run --unit=update-cut --collect dynexport update install "
           "/run/bundles/good.raucb --yes")  # fmt: skip
     t0 = time.monotonic()
@@ -1147,6 +1184,48 @@ def _refused_and_cut(card: Card, image: Path) -> None:
               f"GRUB {env_text(env)}; status: {upd.get('phase')}: {upd.get('message')}; "
               f"record: {update_record(vm)[:160]}")  # fmt: skip
         config_kept("a power cut while writing the slot")
+    mount_bundles(vm)
+    _written_not_activated(card, start, other)
+
+
+def _written_not_activated(card: Card, start: str, other: str) -> None:
+    """(f) RAUC alone never makes the slot it wrote bootable (activate-installed=false: dynexport
+    activates it only after the post-install handler has put its kernel on the FAT partition),
+    and GRUB skips a slot whose kernel is missing: the state the old order left after a power
+    cut (the slot first and good, no kernel), made on purpose, boots the old slot."""
+    vm = card.vm
+    log(f"update: slot {other} written by RAUC alone, then made first without its kernel")
+    t0 = time.monotonic()
+    rc, out = vm.sh("rauc install /run/bundles/good.raucb", timeout=600)
+    t_install = time.monotonic() - t0
+    env = grub_env(vm)
+    _, files = vm.sh(f"ls /bootfs/{other.lower()}/")
+    inactive = (
+        rc == 0
+        and env.get("ORDER", "").split()[:1] == [start]
+        and env.get(f"{other}_OK") == "0"
+        and "vmlinuz" in files.split()
+    )
+    if rc != 0:
+        log(f"rauc install output: {out[-800:]}")
+    vm.sh(f"rauc status mark-active other && rm /bootfs/{other.lower()}/vmlinuz && sync")
+    made = grub_env(vm)
+    vm.kill()
+    vm.start()
+    card.wait_ready()
+    t_ready = time.monotonic() - vm.started
+    vm.wait_agent()
+    slot = booted_slot(vm)
+    after = grub_env(vm)
+    check("update: a written slot is bootable only once activated, and only with its kernel",
+          inactive and made.get("ORDER", "").split()[:1] == [other]
+          and made.get(f"{other}_OK") == "1" and slot == start,
+          f"rauc install alone ({t_install:.0f} s, exit {rc}) left GRUB {env_text(env)} with "
+          f"{other.lower()}/vmlinuz {'in place' if 'vmlinuz' in files.split() else 'MISSING'}; "
+          f"made first without its kernel (GRUB {env_text(made)}), the card booted slot {slot} "
+          f"(was {start}), ready {t_ready:.1f} s after power-on; GRUB now {env_text(after)}")  # fmt: skip
+    vm.sh("rauc status mark-active booted")  # the running slot first again
+    card.config_kept("a slot made first without its kernel")
     mount_bundles(vm)
 
 

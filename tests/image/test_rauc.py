@@ -46,6 +46,8 @@ def test_rauc_slots_are_partitions_2_and_3_named_a_and_b(kind: str) -> None:
         "slot.rootfs.1": ("/dev/disk/by-partuuid/64796e78-03", "raw", "B"),
     }
     assert conf["handlers"]["post-install"] == "/usr/libexec/dynexport/rauc-post-install"
+    # dynexport marks the slot active once the post-install handler has copied its kernel
+    assert conf["system"]["activate-installed"] == "false"
     assert conf["system"]["bootloader"] == {"tryboot": "custom", "uboot": "uboot"}[kind]
     if kind == "tryboot":
         assert conf["handlers"]["bootloader-custom-backend"] == (
@@ -219,7 +221,7 @@ def test_the_system_test_uses_the_appliance_slots_with_grubs_backend() -> None:
     pi = system_conf("tryboot")
     assert test_conf["system"]["bootloader"] == "grub"
     assert test_conf["system"]["grubenv"] == "/bootfs/grub/grubenv"
-    for key in ("statusfile", "bundle-formats"):
+    for key in ("statusfile", "bundle-formats", "activate-installed"):
         assert test_conf["system"][key] == pi["system"][key]
     assert test_conf["keyring"]["path"] == pi["keyring"]["path"]
     assert test_conf["handlers"]["post-install"] == pi["handlers"]["post-install"]
@@ -236,8 +238,18 @@ def test_the_system_test_grub_cfg_boots_each_slot_from_its_partition_and_folder(
         assert re.search(rf"^load_env .*\b{var}\b", cfg, re.M), var
         assert re.search(rf"^save_env .*\b{var}\b", cfg, re.M), var
     # a slot booted untried is marked on trial before it boots
-    assert re.search(r'"\$A_TRY" = "0" \]; then\n\s*set slot=A\n\s*set A_TRY=1', cfg)
-    assert re.search(r'"\$B_TRY" = "0" \]; then\n\s*set slot=B\n\s*set B_TRY=1', cfg)
+    assert re.search(
+        r'"\$A_TRY" = "0" -a "\$A_KERNEL" = "1" \]; then\n\s*set slot=A\n\s*set A_TRY=1', cfg
+    )
+    assert re.search(
+        r'"\$B_TRY" = "0" -a "\$B_KERNEL" = "1" \]; then\n\s*set slot=B\n\s*set B_TRY=1', cfg
+    )
+    # a slot is chosen only with its kernel on the FAT partition, in either pass
+    assert "if [ -f /a/vmlinuz ]; then set A_KERNEL=1; fi" in cfg
+    assert "if [ -f /b/vmlinuz ]; then set B_KERNEL=1; fi" in cfg
+    for slot in "AB":
+        chosen = re.findall(rf"^\s*if \[ .*; then\s*(?:\n\s*)?set slot={slot}\b", cfg, re.M)
+        assert chosen and all(f'"${slot}_KERNEL" = "1"' in c for c in chosen[:2]), chosen
     # slot B: partition 3 and b/ (rauc-post-install's folder); otherwise A: partition 2, a/
     assert re.search(r'if \[ "\$slot" = "B" \]; then\n\s*set part=3\n\s*set dir=b\nelse\n'
                      r"\s*set part=2\n\s*set dir=a\n", cfg)  # fmt: skip
