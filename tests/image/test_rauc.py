@@ -270,3 +270,64 @@ def test_the_system_test_grub_cfg_is_valid_grub_script(tmp_path: Path) -> None:
         ["grub-script-check", str(tmp_path / "grub.cfg")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- update-reboot: a reboot request belongs to the boot that wrote it ------------------------
+
+THIS_BOOT = "0f6c2a8e-3b1d-4c55-9a0e-7d2f1e4b9c10"
+
+
+def update_reboot(tmp_path: Path, request: str | None, rauc_conf: str = "") -> tuple[str, str]:
+    """Runs update-reboot against stand-ins; (what systemctl was asked, its stderr)."""
+    tmp_path = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+    tmp_path.mkdir()
+    req, booted, conf = tmp_path / "reboot-request", tmp_path / "boot_id", tmp_path / "system.conf"
+    calls, systemctl = tmp_path / "systemctl.log", tmp_path / "systemctl"
+    if request is not None:
+        req.write_text(request)
+    booted.write_text(THIS_BOOT + "\n")
+    conf.write_text(rauc_conf)
+    systemctl.write_text(f'#!/bin/sh\necho "$*" >>"{calls}"\n')
+    systemctl.chmod(0o755)
+    env = {
+        **os.environ,
+        "UPDATE_REBOOT_REQUEST": str(req),
+        "UPDATE_REBOOT_BOOT_ID": str(booted),
+        "UPDATE_REBOOT_RAUC_CONF": str(conf),
+        "UPDATE_REBOOT_SYSTEMCTL": str(systemctl),
+    }
+    proc = subprocess.run(
+        [str(LIBEXEC / "update-reboot")], capture_output=True, text=True, env=env, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not req.exists(), "the request is consumed whatever it says"
+    return (calls.read_text() if calls.exists() else ""), proc.stderr
+
+
+def test_update_reboot_acts_on_a_request_from_this_boot(tmp_path: Path) -> None:
+    asked, _ = update_reboot(tmp_path, f"trial {THIS_BOOT}\n")
+    assert asked == "reboot\n"
+    asked, _ = update_reboot(tmp_path, f"trial {THIS_BOOT}\n", "[system]\nbootloader=custom\n")
+    assert asked == "reboot 0 tryboot\n", "the Pi 4/5's trial boot is the firmware's tryboot"
+    asked, _ = update_reboot(tmp_path, f"normal {THIS_BOOT}\n", "[system]\nbootloader=custom\n")
+    assert asked == "reboot\n"
+
+
+@pytest.mark.parametrize(
+    "request_text",
+    ["trial 11111111-2222-3333-4444-555555555555\n", "trial\n", "", "trial $(reboot)\n"],
+    ids=["another boot's", "no boot id (an older release's)", "empty", "garbage"],
+)
+def test_update_reboot_ignores_a_request_that_outlived_its_boot(
+    tmp_path: Path, request_text: str
+) -> None:
+    # A second request written while the first one's reboot was under way is still on /data at
+    # the next boot: acted on, it would reset the trial boot it asked for (the system test saw a
+    # good update rolled back this way).
+    asked, said = update_reboot(tmp_path, request_text)
+    assert asked == ""
+    assert "ignored a request from an earlier boot" in said
+
+
+def test_update_reboot_without_a_request_does_nothing(tmp_path: Path) -> None:
+    assert update_reboot(tmp_path, None) == ("", "")

@@ -173,7 +173,7 @@ async def test_the_reboot_after_an_install_waits_for_quiet_and_leaves_the_fail_s
         assert site.events == []
         await trio.sleep(200)  # the change has passed: nothing more is due
         assert site.events == ["fail-safe"]
-        assert (tmp_path / REBOOT_REQUEST).read_text() == "trial\n"
+        assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
         nursery.cancel_scope.cancel()
 
 
@@ -273,7 +273,7 @@ async def test_a_failing_confirmation_is_retried_and_never_blocks_an_install_reb
         write_record(tmp_path, TRIAL)  # installed in this boot: nothing is due, reboot now
         await trio.sleep(10)
         assert site.events == ["fail-safe"]
-        assert (tmp_path / REBOOT_REQUEST).read_text() == "trial\n"
+        assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
         nursery.cancel_scope.cancel()
 
 
@@ -370,7 +370,7 @@ async def test_the_install_watch_reads_the_record_only_when_it_changes(
         await trio.sleep(10)
         assert len(reads) <= 3
         assert site.events == ["fail-safe"]  # the install was seen: nothing limits the reboot
-        assert (tmp_path / REBOOT_REQUEST).read_text() == "trial\n"
+        assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
         nursery.cancel_scope.cancel()
 
 

@@ -15,10 +15,11 @@ from dynexport.update.service import (
     begin_install,
     boot_id,
     read_record,
+    request_reboot,
     update_report,
     write_record,
 )
-from dynexport.update.state import REBOOT_REQUEST, UpdateRecord
+from dynexport.update.state import UpdateRecord
 
 DATA = "/data/dynexport"
 
@@ -108,7 +109,7 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
         return 1
     _write(data, record.moved_to("trial"))
     if args.reboot_now:
-        (data / REBOOT_REQUEST).write_text("trial\n")
+        request_reboot(data, "trial", boot_id(), folder_owner(data))
         print(f"{info.version} installed in slot {target}; rebooting now")
     else:
         print(

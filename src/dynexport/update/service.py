@@ -159,6 +159,7 @@ async def reboot_when_quiet(
     quiet_s: float = QUIET_S,
     max_wait: float = MAX_WAIT_S,
     interval: float = 5.0,
+    this_boot: str | None = None,
 ) -> None:
     """Reboots at a quiet moment: every inverter left at its fail-safe limit first.
 
@@ -178,7 +179,22 @@ async def reboot_when_quiet(
             await trio.sleep(interval)
     log.warning("rebooting for the update: leaving every inverter at its fail-safe limit")
     await app.leave_fail_safe()
-    atomic_write(data_dir / REBOOT_REQUEST, f"{kind}\n".encode(), mode=0o600)
+    request_reboot(data_dir, kind, boot_id() if this_boot is None else this_boot)
+
+
+def request_reboot(
+    data_dir: Path, kind: str, this_boot: str, owner: tuple[int, int] | None = None
+) -> None:
+    """Asks the root-owned dynexport-update-reboot.path for a reboot: ``<kind> <boot id>``.
+
+    The boot id makes a request that outlives its boot harmless (update-reboot ignores it): a
+    second request, written while the first one's reboot was under way (``--reboot-now`` and
+    the service both ask), stays on /data, and acting on it at the next boot would reset the
+    very trial boot it asked for, rolling a good update back.
+    """
+    atomic_write(
+        data_dir / REBOOT_REQUEST, f"{kind} {this_boot}\n".encode(), mode=0o600, owner=owner
+    )
 
 
 async def commit_when_healthy(
@@ -205,7 +221,9 @@ async def commit_when_healthy(
         while True:  # an install made during this boot (CLI or web) waits for its reboot
             record = watch()
             if record is not None and record.state == "trial" and record.boot_id == this_boot:
-                await reboot_when_quiet(app, data_dir, "trial", wall_clock=wall_clock)
+                await reboot_when_quiet(
+                    app, data_dir, "trial", wall_clock=wall_clock, this_boot=this_boot
+                )
                 return
             await trio.sleep(interval)
 
