@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dynexport.update.state import UpdateRecord
 from tests.image.helpers import BOARDS, EXT, LIBEXEC, OVERLAY, ROOT, UNITS, defconfig, unit
 
 BOARD_DIR = EXT / "board/dynexport"
@@ -331,3 +332,69 @@ def test_update_reboot_ignores_a_request_that_outlived_its_boot(
 
 def test_update_reboot_without_a_request_does_nothing(tmp_path: Path) -> None:
     assert update_reboot(tmp_path, None) == ("", "")
+
+
+# -- update-deadline: the last word on a trial boot, in plain shell ----------------------------
+
+
+def update_deadline(
+    tmp_path: Path, state: str | None, booted: str, health: str | None = None
+) -> tuple[str, str | None]:
+    """Runs update-deadline against stand-ins: (what rauc and systemctl were asked, the failure
+    note it left for the status API)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    if state is not None:
+        # the record as dynexport writes it
+        record = UpdateRecord(state, "1.5.0", target="B", source="A", boot_id="install-boot")  # type: ignore[arg-type]
+        (data / "update.json").write_bytes(record.to_json())
+    if health is not None:
+        (data / "update-health").write_text(health + "\n")
+    cmdline, calls = tmp_path / "cmdline", tmp_path / "calls.log"
+    cmdline.write_text(f"root=PARTUUID=64796e78-03 ro rauc.slot={booted}\n")
+    for name in ("rauc", "systemctl"):
+        (tmp_path / name).write_text(f'#!/bin/sh\necho "{name} $*" >>"{calls}"\n')
+        (tmp_path / name).chmod(0o755)
+    env = {
+        **os.environ,
+        "UPDATE_DEADLINE_DIR": str(data),
+        "UPDATE_DEADLINE_CMDLINE": str(cmdline),
+        "UPDATE_DEADLINE_RAUC": str(tmp_path / "rauc"),
+        "UPDATE_DEADLINE_SYSTEMCTL": str(tmp_path / "systemctl"),
+    }
+    proc = subprocess.run(
+        [str(LIBEXEC / "update-deadline")], capture_output=True, text=True, env=env, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    failure = data / "update-failure"
+    return (
+        calls.read_text() if calls.exists() else "",
+        failure.read_text() if failure.exists() else None,
+    )
+
+
+@pytest.mark.parametrize("state", ["trial", "installing"])
+def test_the_deadline_rolls_back_an_uncommitted_trial_of_the_new_slot(
+    tmp_path: Path, state: str
+) -> None:
+    # "installing": the power was cut after the complete slot was activated and before the
+    # record said "trial"; that boot is a trial as well
+    asked, failure = update_deadline(
+        tmp_path, state, booted="B", health="the meter has not answered"
+    )
+    assert asked == "rauc status mark-bad booted\nsystemctl reboot\n"
+    assert failure == (
+        "it did not pass its health check within 4 minutes of booting "
+        "(the meter has not answered)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "booted"),
+    [(None, "B"), ("committed", "B"), ("trial", "A"), ("installing", "A"), ("failed", "B")],
+    ids=["no record", "committed", "rolled back", "install cut short", "failed install"],
+)
+def test_the_deadline_leaves_every_other_boot_alone(
+    tmp_path: Path, state: str | None, booted: str
+) -> None:
+    assert update_deadline(tmp_path, state, booted) == ("", None)

@@ -110,6 +110,47 @@ async def test_a_healthy_trial_boot_is_committed_after_two_minutes_of_control(
     assert record is not None and record.state == "committed"
 
 
+async def test_a_slot_activated_before_its_record_said_trial_gets_the_trials_health_check(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    # the power was cut after the written slot was activated, before the record said "trial"
+    write_record(tmp_path, TRIAL.moved_to("installing"))
+    site, rauc = Site(ready=True), RecordedRauc(booted="B")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(decide_every_second, site)
+        nursery.start_soon(
+            lambda: commit_when_healthy(
+                site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="trial-boot", booted="B"
+            )
+        )
+        await trio.sleep(1)
+        record = read_record(tmp_path)
+        assert record is not None and record.state == "trial", "the deadline sees a trial"
+        site.answer()
+        await trio.sleep(110)
+        assert rauc.marked == [], "not confirmed as an ordinary boot: two minutes of control first"
+        await trio.sleep(20)
+        assert len(rauc.marked) == 1
+        nursery.cancel_scope.cancel()
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "committed"
+
+
+async def test_an_interrupted_install_on_the_old_slot_is_not_taken_for_a_trial(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    write_record(tmp_path, TRIAL.moved_to("installing"))
+    site, rauc = Site(ready=True), RecordedRauc(booted="A")
+    with trio.move_on_after(60):
+        await commit_when_healthy(
+            site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="later-boot", booted="A"
+        )
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "installing"
+    assert not (tmp_path / HEALTH_FILE).exists()
+    assert len(rauc.marked) == 1, "the running slot is confirmed as on any boot"
+
+
 async def test_a_trial_that_never_gets_ready_is_never_committed(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ):

@@ -80,3 +80,20 @@ def test_rolled_back_is_reported_only_for_a_trial_not_running_after_a_reboot(
     rep = report(rec, booted, "boot-1" if same_boot else "boot-9", None)
     rolled = rep.phase == "rolled-back"
     assert rolled == (state == "trial" and not same_boot and booted != "B")
+
+
+def test_a_slot_activated_before_its_record_said_trial_is_on_trial_when_it_boots():
+    # the power was cut between `rauc status mark-active` and the record's move to "trial":
+    # the written slot boots with the install's record; the slot was complete, so this is its trial
+    rep = report(REC.moved_to("installing"), booted="B", boot_id="boot-2", failure=None)
+    assert rep.phase == "trial" and rep.message == (
+        "trying 1.4.0: it is kept once it passes its health check"
+    )
+
+
+def test_such_a_trial_rolled_back_by_the_deadline_says_why():
+    rep = report(REC.moved_to("installing"), "A", "boot-3", "it did not pass its health check")
+    assert rep.phase == "rolled-back"
+    assert rep.message == (
+        "update to 1.4.0 failed and was rolled back, because it did not pass its health check"
+    )

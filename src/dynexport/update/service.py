@@ -35,6 +35,7 @@ from dynexport.update.state import (
     STATE_FILE,
     UpdateRecord,
     UpdateReport,
+    activated_before_its_record,
     parse_record,
     report,
 )
@@ -233,6 +234,12 @@ async def _check_this_boot(
 ) -> None:
     """The trial of an update committed when healthy; any other boot confirmed when READY."""
     record = read_record(data_dir)
+    if record is not None and activated_before_its_record(record, booted, this_boot):
+        log.warning(
+            "update %s: its record lagged its activation; this is its trial", record.version
+        )
+        record = record.moved_to("trial")
+        write_record(data_dir, record)
     trial = record is not None and record.state == "trial" and record.boot_id != this_boot
     if trial and record is not None and await _commit_trial(app, data_dir, rauc, record, interval):
         return

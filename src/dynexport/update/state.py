@@ -86,6 +86,14 @@ class UpdateReport:
         return {"phase": self.phase, "version": self.version, "message": self.message}
 
 
+def activated_before_its_record(record: UpdateRecord, booted: str | None, boot_id: str) -> bool:
+    """True when this boot runs the slot an install (of an earlier boot) was writing, though its
+    record still says ``installing``: the power was cut after the slot was activated and before
+    the record said ``trial``. The slot is activated only once RAUC has written it completely
+    (``rauc.Rauc.install``), and marked bad before its writing starts, so this is its trial."""
+    return record.state == "installing" and record.boot_id != boot_id and booted == record.target
+
+
 def report(
     record: UpdateRecord | None, booted: str | None, boot_id: str, failure: str | None
 ) -> UpdateReport:
@@ -97,9 +105,15 @@ def report(
     if record.state == "installing":
         if same_boot:
             return UpdateReport("installing", v, f"installing {v}")
-        return UpdateReport(
-            "failed", v, f"the install of {v} was interrupted; this system is unchanged"
-        )
+        if not activated_before_its_record(record, booted, boot_id):
+            if failure and failure.strip():  # the deadline rolled such a trial back
+                why = failure.strip()
+                return UpdateReport(
+                    "rolled-back", v, f"update to {v} failed and was rolled back, because {why}"
+                )
+            return UpdateReport(
+                "failed", v, f"the install of {v} was interrupted; this system is unchanged"
+            )
     if record.state == "failed":
         why = record.reason or "unknown"
         return UpdateReport("failed", v, f"update to {v} failed before its reboot, because {why}")
