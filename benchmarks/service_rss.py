@@ -18,13 +18,20 @@ imported (from ``-X importtime``), so a heavy import that slipped onto the runti
 ``--trace-every`` seconds, a thread in it writes a snapshot (``snap-N.pickle``) and one JSON line
 to ``DIR/counts.jsonl`` (RSS split into anon and file pages, the traced Python heap, pymalloc's
 arenas and live blocks, glibc's ``mallinfo2`` figures, live objects by type); ``--compare DIR``
-prints what grew between the first and the last snapshot. ``--import-time RUNS`` times cold
-imports of the service's modules instead (median of RUNS fresh interpreters, from bytecode).
-Tracing costs memory and CPU of its
-own, so its RSS is not the figure to quote; ``--trace-frames 0`` keeps the counts without
-tracemalloc. ``--service-env K=V`` sets a variable for the service alone (``MALLOC_ARENA_MAX=1``:
-an A/B trial of an arena setting). To age the process faster: ``--rate 10`` (utility rates and
-limit steps) and ``--interval 0.5`` (control interval). Stops what it started; asserts nothing.
+prints what grew between the first and the last snapshot. ``--link-events N`` measures the RSS
+of the utility link's per-event work alone (its retained events and files) over N simulated
+events. ``--import-time RUNS`` times cold imports of the service's modules instead (median of
+RUNS fresh interpreters, from bytecode). Tracing costs memory and CPU of its own, so its RSS is
+not the figure to quote; ``--trace-frames 0`` keeps the counts without tracemalloc.
+``--service-env K=V`` sets a variable for the service alone (``MALLOC_ARENA_MAX=1``: an A/B trial
+of an arena setting). ``--optimize N`` runs the service at ``PYTHONOPTIMIZE=N`` from
+bytecode of that level (the snapshot, the standard library and site-packages compiled into a
+private ``PYTHONPYCACHEPREFIX``, nothing written at run time), as the unit and the image do; A/B
+it against ``--optimize 0``. Before the service starts, one line says how many of the modules it
+imports have no bytecode of its level (each would be compiled at every start: a
+``--service-env PYTHONOPTIMIZE=2`` without ``--optimize`` shows them). To age the process
+faster: ``--rate 10`` (utility rates and limit steps) and ``--interval 0.5`` (control interval).
+Stops what it started; asserts nothing.
 """
 
 from __future__ import annotations
@@ -203,6 +210,54 @@ def imported_modules(importtime_log: str) -> list[str]:
     return names
 
 
+# The utility link's pure per-event work alone, in a fresh interpreter: one new event a minute
+# (tests/sep2/memory_cost.py's events), four walks a minute, both files serialized whenever they
+# change, as the service does; prints the anonymous RSS every 120 events. argv: repo, events.
+LINK_EVENTS = """
+import gc, sys
+sys.path.insert(0, sys.argv[1])
+from tests.sep2.memory_cost import _event, T0, SEED
+from dynexport.sep2 import responses
+from dynexport.sep2.controls import ProgramControls
+from dynexport.sep2.responses import ResponseTracker
+from dynexport.sep2.schedule import ScheduleSnapshot
+def anon_kib():
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("RssAnon:"))
+snapshot, tracker, events = ScheduleSnapshot.first((), T0 - 60, 0, SEED), ResponseTracker(), []
+for i in range(int(sys.argv[2]) + 1):
+    events = [*events[-1:], _event(i)]
+    for dt in (1, 20, 40, 59):
+        now = T0 + i * 60 + dt
+        programs = (ProgramControls(href="/derp/1", primacy=1, events=tuple(events)),)
+        new = snapshot.successor(programs, now, 0, SEED)
+        tr = responses.update(tracker, programs, now, SEED, memory=new.memory)
+        for p in responses.sendable(tr):
+            tr = responses.mark_sent(tr, p.mrid, p.status)
+        if new is not snapshot:
+            new.to_json().encode()
+        if tr is not tracker:
+            tr.to_json().encode()
+        snapshot, tracker = new, tr
+    if i % 120 == 0:
+        gc.collect()
+        print(f"{i:5d} events: {len(snapshot.memory):5d} remembered, anon {anon_kib()} KiB, "
+              f"{sys.getallocatedblocks()} blocks", flush=True)
+"""
+
+
+def link_events(src: Path, events: int) -> None:
+    """Runs ``LINK_EVENTS`` on a bytecode-compiled snapshot of ``src`` (see ``--link-events``)."""
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        snapshot = Path(tmp) / "src"
+        shutil.copytree(src, snapshot / "dynexport", ignore=shutil.ignore_patterns("__pycache__"))
+        compileall.compile_dir(snapshot, quiet=1)
+        env = dict(os.environ, PYTHONPATH=str(snapshot))
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        subprocess.run([sys.executable, "-c", LINK_EVENTS, str(repo), str(events)], env=env,
+                       check=True)  # fmt: skip
+
+
 IMPORTED = "import dynexport.app, dynexport.web.server"
 """What ``--import-time`` times: the service's own modules and the web server it starts."""
 
@@ -236,6 +291,45 @@ def import_time(src: Path, runs: int) -> None:
     print(f"{IMPORTED}: median {totals[len(totals) // 2]:.0f} ms, lowest {totals[0]:.0f}, "
           f"highest {totals[-1]:.0f} ({runs} runs, {platform.machine()}, "
           f"python {platform.python_version()}, load average {load:.1f})")  # fmt: skip
+
+
+# Imported with the service's environment before it starts: the modules it imports that had no
+# bytecode of the interpreter's optimization level (compiled from source at every start).
+BYTECODE_CHECK = """
+import importlib.util, os, sys
+import dynexport.app, dynexport.web.server, dynexport.cli
+missing = sorted(name for name, m in list(sys.modules.items())
+                 if (getattr(m, "__file__", None) or "").endswith(".py")
+                 and not os.path.exists(importlib.util.cache_from_source(m.__file__)))
+print(sys.flags.optimize, len(sys.modules), len(missing), " ".join(missing[:8]))
+"""
+
+
+def precompile(prefix: Path, snapshot: Path, levels: list[int]) -> None:
+    """Compiles the snapshot, the standard library and site-packages into ``prefix`` (a private
+    ``PYTHONPYCACHEPREFIX``) at each of ``levels``, as an image compiled at those levels ships
+    them, without touching the interpreter's own ``__pycache__`` folders."""
+    dirs = [str(snapshot)] + [p for p in sys.path if p and Path(p).is_dir()]
+    skip = r"[/\\](test|tests|idlelib|tkinter|turtledemo|lib2to3|ensurepip)[/\\]"
+    opts = [x for level in sorted(set(levels)) for x in ("-o", str(level))]
+    subprocess.run(
+        [sys.executable, "-X", f"pycache_prefix={prefix}", "-m", "compileall", "-q", "-j", "0",
+         "-x", skip, *opts, *dirs],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+
+
+def bytecode_check(env: dict[str, str]) -> str:
+    """One line: the service's optimization level, modules imported, and those without bytecode
+    (each of those is compiled at every start: the comparison would not be honest)."""
+    out = subprocess.run(
+        [sys.executable, "-c", BYTECODE_CHECK], capture_output=True, text=True, env=env
+    )
+    if out.returncode:
+        return f"bytecode check failed: {out.stderr.strip().splitlines()[-1:]}"
+    level, total, missing, names = [*out.stdout.split(maxsplit=3), ""][:4]
+    return (f"service imports (optimize {level}): {total} modules, {missing} without bytecode"
+            + (f" ({names.strip()} ...)" if int(missing) else ""))  # fmt: skip
 
 
 def main() -> None:
@@ -272,7 +366,21 @@ def main() -> None:
         help="time RUNS cold imports of the service's modules (median, lowest, highest); exit",
     )
     parser.add_argument(
+        "--link-events",
+        type=int,
+        metavar="N",
+        help="RSS of the utility link's per-event work alone over N simulated events; exit",
+    )
+    parser.add_argument(
         "--service-env", action="append", default=[], metavar="K=V", help="for the service only"
+    )
+    parser.add_argument(
+        "--optimize",
+        type=int,
+        choices=(0, 1, 2),
+        help="run the service with PYTHONOPTIMIZE=N from bytecode of that level: the snapshot, "
+        "the standard library and site-packages compiled into a private pycache prefix at "
+        "levels 0 and N, nothing written at run time (an A/B pair: --optimize 0, --optimize 2)",
     )
     parser.add_argument(
         "--src",
@@ -287,12 +395,17 @@ def main() -> None:
     if args.import_time:
         import_time(args.src, args.import_time)
         return
+    if args.link_events:
+        link_events(args.src, args.link_events)
+        return
     machine = f"{platform.machine()}, python {platform.python_version()}"
     started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     mode = "from source" if args.from_source else "from bytecode"
     mode += f", utility rates {args.rate} s"
     if args.interval:
         mode += f", control interval {args.interval} s"
+    if args.optimize is not None:
+        mode += f", optimize {args.optimize} (private pycache)"
     if args.service_env:
         mode += ", service env " + " ".join(args.service_env)
     if args.trace:
@@ -318,6 +431,11 @@ def main() -> None:
         env.setdefault("DYNEXPORT_WHEELS", str(repo / "build" / "wheels"))  # the XSD
         if args.from_source:
             env["PYTHONDONTWRITEBYTECODE"] = "1"
+        elif args.optimize is not None:
+            prefix = folder / "pycache"
+            precompile(prefix, snapshot, [0, args.optimize])
+            env["PYTHONPYCACHEPREFIX"] = str(prefix)
+            env["PYTHONDONTWRITEBYTECODE"] = "1"  # read-only, as the image's root
         else:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             compileall.compile_dir(snapshot, quiet=1)
@@ -365,6 +483,10 @@ def main() -> None:
                 entry = ["-c", TRACE_WRAPPER, str(args.trace.resolve()), str(args.trace_every),
                          str(args.trace_frames)]  # fmt: skip
             service_env = dict(env, **dict(kv.split("=", 1) for kv in args.service_env))
+            if args.optimize is not None:
+                service_env["PYTHONOPTIMIZE"] = str(args.optimize)
+            if not args.from_source:
+                print(bytecode_check(service_env), flush=True)
             service = spawn(py, *flags, *entry, "run", "--config", str(folder / "config.json"),
                             "--data", str(folder / "data"), stderr=stderr_log,
                             env=service_env)  # fmt: skip

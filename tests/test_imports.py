@@ -93,10 +93,11 @@ print(json.dumps({"lfdi": globals().get("client") and client.lfdi, "modules": so
 """
 
 
-def run_fresh(code: str, *args: str) -> dict[str, Any]:
-    """Runs ``code`` in a fresh interpreter; its last line of output is a JSON report."""
+def run_fresh(code: str, *args: str, flags: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Runs ``code`` in a fresh interpreter (with interpreter ``flags``, e.g. ``-OO`` as the
+    service's unit runs it); its last line of output is a JSON report."""
     result = subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, *flags, "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=180,

@@ -135,7 +135,10 @@ class EffectiveLimits:
 
     def power(self, name: str) -> float | None:
         value = getattr(self, name)
-        assert value is None or isinstance(value, float | int)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, float | int)):
+            # an explicit check (the service runs with -OO, which strips asserts): a power
+            # limit that is not a number must stop the law, whose fault hook fails safe
+            raise TypeError(f"{name} is not a power limit: {value!r}")
         return value
 
 

@@ -609,7 +609,8 @@ def _active(resolution: Resolution, defaults: Sequence[DefaultControl], now: int
         event = resolution.event_at(kind, now)
         if event is not None:
             value = event.base.get(kind)
-            assert value is not None
+            if value is None:  # not an assert: the service runs with -OO, which strips them
+                raise ValueError(f"event {event.mrid} in force for {kind} has no {kind} value")
             values.append(
                 ActiveValue(
                     kind=kind,

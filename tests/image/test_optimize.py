@@ -1,0 +1,108 @@
+"""The service's optimization level and the images' bytecode agree.
+
+systemd/dynexport.service runs the service with ``PYTHONOPTIMIZE=N``. With sources present
+(the system-test image: Debian's stdlib and pip's site-packages) Python then reads only
+``__pycache__/*.opt-N.pyc``; on a read-only root a missing one means that module is compiled
+from source at every start (slower, and about 2.5 MiB more resident: benchmarks/README.md).
+Buildroot's default ``pyc only`` ships sourceless ``foo.pyc`` files, which load at any level:
+there the level only takes effect once they are compiled at it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.image.helpers import BOARDS, EXT, ROOT
+
+UNIT = ROOT / "systemd" / "dynexport.service"
+BUILD_IMAGE = ROOT / "systemtest" / "build-image.sh"
+POST_BUILD = EXT / "board" / "dynexport" / "post-build.sh"
+
+
+def unit_level() -> int:
+    found = re.findall(r"^Environment=PYTHONOPTIMIZE=(\d)\s*$", UNIT.read_text(), re.M)
+    assert len(found) <= 1, found
+    return int(found[0]) if found else 0
+
+
+def compile_commands(script: Path) -> list[list[str]]:
+    """Every ``compileall`` command of a shell script, continuation lines joined, as words."""
+    text = script.read_text().replace("\\\n", " ")
+    return [
+        shlex.split(line.split(">", 1)[0])
+        for line in text.splitlines()
+        if "compileall" in line and not line.lstrip().startswith("#")
+    ]
+
+
+def levels(words: list[str]) -> set[int]:
+    """The optimization levels one compileall command writes (none given: the interpreter's, 0)."""
+    found = {int(words[i + 1]) for i, w in enumerate(words[:-1]) if w == "-o"}
+    return found or {0}
+
+
+def test_the_unit_sets_a_valid_level() -> None:
+    assert unit_level() in (0, 1, 2)
+
+
+def test_the_system_test_image_has_bytecode_of_the_units_level_for_every_tree() -> None:
+    level = unit_level()
+    commands = compile_commands(BUILD_IMAGE)
+    assert commands, "build-image.sh compiles the image's Python"
+    covered: dict[str, set[int]] = {}
+    for words in commands:
+        for word in words:
+            if word.startswith("/usr/"):
+                covered.setdefault(word, set()).update(levels(words))
+    for tree in ("/usr/local/lib/python3.11/dist-packages", "/usr/lib/python3.11"):
+        if level:
+            assert {0, level} <= covered.get(tree, set()), (tree, covered)
+        else:
+            assert 0 in covered.get("/usr/local/lib/python3.11/dist-packages", set())
+
+
+def test_buildroot_images_never_ship_sources_with_bytecode_of_another_level() -> None:
+    """``py + pyc`` would be compiled at level 0 by Buildroot: every module compiled from source
+    at every start under the unit's level. ``py only`` is accepted when post-build.sh compiles
+    sourceless files (``-b``) at the unit's level itself."""
+    level = unit_level()
+    for board in BOARDS:
+        config = (EXT / "configs" / f"dynexport_{board}_defconfig").read_text()
+        assert "BR2_PACKAGE_PYTHON3_PY_PYC=y" not in config, board
+        if "BR2_PACKAGE_PYTHON3_PY_ONLY=y" in config:
+            own = [w for w in compile_commands(POST_BUILD) if "-b" in w]
+            assert own and all(levels(w) == {level} for w in own), board
+
+
+def _run(code: str, folder: Path, *flags: str) -> str:
+    result = subprocess.run(
+        [sys.executable, *flags, "-c", code],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(folder)},
+    )
+    return result.stdout.strip()
+
+
+def test_what_the_checks_above_rely_on(tmp_path: Path) -> None:
+    """CPython's rules, shown: a sourceless level-0 ``foo.pyc`` loads under -OO as it is (its
+    assert still runs); with the source beside it, -OO wants ``foo.*.opt-2.pyc`` and, without
+    it, compiles the source (the docstring is then gone)."""
+    (tmp_path / "probe.py").write_text('"""doc"""\nflag = False\ntry:\n    assert flag\n'
+                                       "except AssertionError:\n    flag = True\n")  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "-b", str(tmp_path / "probe.py")], check=True
+    )
+    show = "import probe, os, importlib.util as u; print(probe.__doc__, probe.flag, "
+    show += "os.path.exists(u.cache_from_source(probe.__file__)))"
+    assert _run(show, tmp_path, "-OO") == "None False False"  # source wins, compiled at -OO
+    (tmp_path / "probe.py").unlink()
+    sourceless = "import probe; print(probe.__doc__, probe.flag)"
+    assert _run(sourceless, tmp_path, "-OO") == "doc True"  # the level-0 file, as it is
