@@ -106,3 +106,38 @@ def test_what_the_checks_above_rely_on(tmp_path: Path) -> None:
     (tmp_path / "probe.py").unlink()
     sourceless = "import probe; print(probe.__doc__, probe.flag)"
     assert _run(sourceless, tmp_path, "-OO") == "doc True"  # the level-0 file, as it is
+
+
+def test_post_build_compiles_the_targets_python_at_the_units_level_without_sources(
+    tmp_path: Path,
+) -> None:
+    """post-build.sh on a stand-in target (board-less: the RAUC part is skipped), with this
+    interpreter as the build's host python: every module becomes a sourceless ``foo.pyc`` of
+    the unit's level, which loads the same under the service's -OO and the CLI's plain run."""
+    target, host_bin = tmp_path / "target", tmp_path / "host" / "bin"
+    host_bin.mkdir(parents=True)
+    (host_bin / "python3").symlink_to(sys.executable)
+    (target / "usr/libexec/dynexport").mkdir(parents=True)
+    (target / "usr/libexec/dynexport/helper").write_text("#!/bin/sh\n")
+    (target / "etc/dynexport").mkdir(parents=True)
+    site = target / "usr/lib/python3.11/site-packages"
+    (site / "probe").mkdir(parents=True)
+    (site / "probe/__init__.py").write_text('"""doc"""\nfrom probe.part import flag\n')
+    (site / "probe/part.py").write_text(
+        "flag = False\ntry:\n    assert flag\nexcept AssertionError:\n    flag = True\n"
+    )
+    (site / "probe/py.typed").write_text("")
+    subprocess.run(
+        ["sh", str(POST_BUILD), str(target), ""],
+        check=True,
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin", "HOST_DIR": str(tmp_path / "host")},
+    )
+    files = sorted(str(p.relative_to(site)) for p in site.rglob("*") if p.is_file())
+    assert files == ["probe/__init__.pyc", "probe/part.pyc", "probe/py.typed"]
+    show = "import probe; print(probe.__doc__, probe.flag, probe.__file__)"
+    want = f"None False {site}/probe/__init__.pyc"  # level 2: no docstring, no assert
+    level = unit_level()
+    assert level == 2, "the expectation below is for -OO"
+    assert _run(show, site, "-OO") == want
+    assert _run(show, site) == want
