@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import json
 import os
 import platform
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -245,15 +247,23 @@ for i in range(int(sys.argv[2]) + 1):
 """
 
 
-def link_events(src: Path, events: int) -> None:
-    """Runs ``LINK_EVENTS`` on a bytecode-compiled snapshot of ``src`` (see ``--link-events``)."""
-    repo = Path(__file__).resolve().parents[1]
+@contextlib.contextmanager
+def compiled_snapshot(src: Path) -> Iterator[dict[str, str]]:
+    """A bytecode-compiled copy of ``src`` (as the image ships it), for as long as the block
+    runs; yields the environment that imports dynexport from it and may read its bytecode."""
     with tempfile.TemporaryDirectory() as tmp:
         snapshot = Path(tmp) / "src"
         shutil.copytree(src, snapshot / "dynexport", ignore=shutil.ignore_patterns("__pycache__"))
         compileall.compile_dir(snapshot, quiet=1)
         env = dict(os.environ, PYTHONPATH=str(snapshot))
         env.pop("PYTHONDONTWRITEBYTECODE", None)
+        yield env
+
+
+def link_events(src: Path, events: int) -> None:
+    """Runs ``LINK_EVENTS`` on a bytecode-compiled snapshot of ``src`` (see ``--link-events``)."""
+    repo = Path(__file__).resolve().parents[1]
+    with compiled_snapshot(src) as env:
         subprocess.run([sys.executable, "-c", LINK_EVENTS, str(repo), str(events)], env=env,
                        check=True)  # fmt: skip
 
@@ -266,12 +276,7 @@ def import_time(src: Path, runs: int) -> None:
     """Prints the median, lowest and highest of ``runs`` cold imports of ``IMPORTED`` (ms, from
     ``-X importtime``: the cumulative figures of the two top-level imports), each in a fresh
     interpreter on a bytecode-compiled snapshot of ``src``, as the image ships it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        snapshot = Path(tmp) / "src"
-        shutil.copytree(src, snapshot / "dynexport", ignore=shutil.ignore_patterns("__pycache__"))
-        compileall.compile_dir(snapshot, quiet=1)
-        env = dict(os.environ, PYTHONPATH=str(snapshot))
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    with compiled_snapshot(src) as env:
         totals = []
         for _ in range(runs):
             log = subprocess.run(
