@@ -141,3 +141,22 @@ def test_post_build_compiles_the_targets_python_at_the_units_level_without_sourc
     assert level == 2, "the expectation below is for -OO"
     assert _run(show, site, "-OO") == want
     assert _run(show, site) == want
+
+
+def test_post_build_leaves_the_system_test_roots_python_to_build_image(tmp_path: Path) -> None:
+    """build-image.sh runs post-build.sh on its Debian root (board x86_64) without Buildroot's
+    HOST_DIR: the sources stay there (it compiles levels 0 and 2 beside them itself)."""
+    target = tmp_path / "target"
+    (target / "usr/libexec/dynexport").mkdir(parents=True)
+    (target / "usr/libexec/dynexport/helper").write_text("#!/bin/sh\n")
+    (target / "etc/dynexport").mkdir(parents=True)
+    lib = target / "usr/lib/python3.11"
+    lib.mkdir(parents=True)
+    (lib / "probe.py").write_text('"""doc"""\n')
+    subprocess.run(
+        ["sh", str(POST_BUILD), str(target), "x86_64"],
+        check=True,
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert [p.name for p in lib.iterdir()] == ["probe.py"]

@@ -30,12 +30,16 @@ chmod 0700 "${TARGET_DIR}/etc/dynexport"
 # (BR2_PACKAGE_PYTHON3_PY_ONLY); here every module is compiled once, at level 2, as a sourceless
 # foo.pyc (-b), and the sources are removed. Sourceless bytecode loads at any level, so the CLI
 # runs the same files. The build's host python is the target's version (same magic number).
-for lib in "${TARGET_DIR}"/usr/lib/python3.*; do
-	[ -d "${lib}" ] || continue
-	"${HOST_DIR:?}/bin/python3" -m compileall -q -b -o 2 -s "${TARGET_DIR}" -p / "${lib}" >/dev/null
-	find "${lib}" -name '*.py' -type f -delete
-	find "${lib}" -name __pycache__ -type d -prune -exec rm -rf {} +
-done
+# Not for the system test's Debian root (board x86_64): it keeps its sources and build-image.sh
+# compiles levels 0 and 2 beside them.
+if [ "${BOARD}" != x86_64 ]; then
+	for lib in "${TARGET_DIR}"/usr/lib/python3.*; do
+		[ -d "${lib}" ] || continue
+		"${HOST_DIR:?}/bin/python3" -m compileall -q -b -o 2 -s "${TARGET_DIR}" -p / "${lib}" >/dev/null
+		find "${lib}" -name '*.py' -type f -delete
+		find "${lib}" -name __pycache__ -type d -prune -exec rm -rf {} +
+	done
+fi
 
 # A/B updates with RAUC (docs/image.md "A/B updates"). Pi 4/5: the firmware's trial boot;
 # Pi 3/Zero 2 W: U-Boot with a boot counter. The system test image (x86_64) brings its own.
