@@ -136,11 +136,18 @@ async def test_the_simulated_inverters_ratings_reach_the_simulated_utility(
                     return got[-1] if got else None
 
                 def rated() -> bool:
-                    cap = last("/edev/1/der/1/dercap")
-                    res = getattr(cap, "resource", None)
-                    return isinstance(res, DERCapability) and res.rtg_max_va is not None
+                    # both PUTs, each with the ratings: the link sends them one after the other,
+                    # and on a loaded machine the second can come well after the first
+                    cap = getattr(last("/edev/1/der/1/dercap"), "resource", None)
+                    settings_ = getattr(last("/edev/1/der/1/derg"), "resource", None)
+                    return (
+                        isinstance(cap, DERCapability)
+                        and cap.rtg_max_va is not None
+                        and isinstance(settings_, DERSettings)
+                        and settings_.set_max_va is not None
+                    )
 
-                await wait_for(rated, within=60)
+                await wait_for(rated, within=120)
                 nursery.cancel_scope.cancel()
         cap_req = last("/edev/1/der/1/dercap")
         set_req = last("/edev/1/der/1/derg")
