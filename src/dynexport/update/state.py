@@ -105,15 +105,12 @@ def report(
     if record.state == "installing":
         if same_boot:
             return UpdateReport("installing", v, f"installing {v}")
-        if not activated_before_its_record(record, booted, boot_id):
-            if failure and failure.strip():  # the deadline rolled such a trial back
-                why = failure.strip()
-                return UpdateReport(
-                    "rolled-back", v, f"update to {v} failed and was rolled back, because {why}"
-                )
+        rolled_back = bool(failure and failure.strip())  # by the deadline, as a trial
+        if not rolled_back and not activated_before_its_record(record, booted, boot_id):
             return UpdateReport(
                 "failed", v, f"the install of {v} was interrupted; this system is unchanged"
             )
+        # else a trial whose record lagged its activation: reported as one, below
     if record.state == "failed":
         why = record.reason or "unknown"
         return UpdateReport("failed", v, f"update to {v} failed before its reboot, because {why}")
