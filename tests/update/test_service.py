@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ from dynexport.update.service import (
     UpdateStatus,
     begin_install,
     commit_when_healthy,
+    installer_gone,
+    process_identity,
     read_record,
     update_status,
     write_record,
@@ -428,3 +432,111 @@ def test_the_record_watch_follows_rewrites_removal_and_garbage(tmp_path: Path) -
     assert watch() is None  # not a record: never trusted
     (tmp_path / "update.json").unlink()
     assert watch() is None
+
+
+# -- an install whose installer has gone (issue 15: a watchdog restart during a web install) -----
+
+
+def _ended_process() -> int:
+    """The pid of a process that has run and been reaped (its /proc entry is gone)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_process_identity_names_a_running_process_and_nothing_for_an_ended_one(tmp_path: Path):
+    me = process_identity()
+    assert me is not None and me.startswith(f"{os.getpid()}:")
+    assert process_identity(os.getpid()) == me  # stable for the life of the process
+    assert process_identity(_ended_process()) is None
+    # a command name with spaces and parentheses does not shift the fields
+    fake = tmp_path / "77"
+    fake.mkdir()
+    fields = ["S", "1", *["0"] * 17, "123456", "0"]  # state ... starttime is the 20th after ")"
+    (fake / "stat").write_text(f"77 (a (b) c) {' '.join(fields)}\n")
+    assert process_identity(77, proc=tmp_path) == "77:123456"
+    (fake / "stat").write_text("77 (short) S 1\n")
+    assert process_identity(77, proc=tmp_path) is None
+
+
+def test_an_install_is_gone_only_when_its_installer_of_this_boot_has_ended():
+    rec = UpdateRecord("installing", "1.5.0", "B", "A", "boot-1", installer=process_identity())
+    assert not installer_gone(rec, "boot-1")  # this process: still running
+    ended = f"{_ended_process()}:1"
+    assert installer_gone(replace(rec, installer=ended), "boot-1")
+    pid = os.getpid()
+    assert installer_gone(replace(rec, installer=f"{pid}:1"), "boot-1")  # a pid reused since
+    assert not installer_gone(replace(rec, installer=ended), "boot-2")  # another boot's
+    assert not installer_gone(replace(rec, installer=None), "boot-1")  # an older record
+    assert not installer_gone(replace(rec, installer="x:1"), "boot-1")  # not ours: not trusted
+    assert not installer_gone(replace(rec, state="trial", installer=ended), "boot-1")
+    assert not installer_gone(None, "boot-1")
+
+
+def test_the_status_says_interrupted_once_the_installer_ends_without_writing_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service restarted mid-install: the record still says ``installing`` (nobody is left
+    to move it), and the status asked every second says so as soon as the installer is gone."""
+    from dynexport.update import service
+
+    data = tmp_path / "data"
+    data.mkdir()
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("ro rauc.slot=A\n")
+    boot = tmp_path / "boot_id"
+    boot.write_text("install-boot\n")
+    installer = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                 stdin=subprocess.PIPE)  # fmt: skip
+    try:
+        who = process_identity(installer.pid)
+        assert who is not None
+        write_record(data, UpdateRecord("installing", "1.5.0", "B", "A", "install-boot", None, who))
+        status = UpdateStatus(data, cmdline, boot)
+        assert status()["phase"] == "installing"
+        assert status() == update_status(data, cmdline, boot)
+        reads: list[Path] = []
+        real_read = service.read_record
+
+        def counting_read(data_dir: Path) -> UpdateRecord | None:
+            reads.append(data_dir)
+            return real_read(data_dir)
+
+        monkeypatch.setattr(service, "read_record", counting_read)
+        assert status()["phase"] == "installing"
+    finally:
+        assert installer.stdin is not None
+        installer.stdin.close()
+        installer.wait()
+    after = status()
+    assert after["phase"] == "failed" and after["version"] == "1.5.0"
+    assert "interrupted: the program installing it stopped" in after["message"]
+    assert reads == []  # seen from /proc, not from a write
+    assert after == update_status(data, cmdline, boot)
+    write_record(data, UpdateRecord("installing", "1.6.0", "B", "A", "install-boot", None,
+                                    process_identity()))  # fmt: skip
+    assert status()["phase"] == "installing"  # a new install, by a running process
+
+
+async def test_the_web_and_url_install_names_its_installer_in_the_record(tmp_path: Path) -> None:
+    from dynexport.update.install import install_verified
+    from dynexport.update.rauc import BundleInfo
+
+    seen: list[UpdateRecord | None] = []
+
+    class Writing(RecordedRauc):
+        async def install(self, bundle: str, target: str, progress: Any) -> None:
+            seen.append(read_record(tmp_path))
+
+    info = BundleInfo("dynexport-test", "1.5.0", "CN = test")
+    result = await install_verified(
+        tmp_path, Writing(booted="A"), tmp_path / "b.raucb", info, _no_progress, origin="a test"
+    )
+    assert result is None
+    assert seen[0] is not None and seen[0].state == "installing"
+    assert seen[0].installer == process_identity()
+    assert read_record(tmp_path) == replace(seen[0], state="trial")
+
+
+async def _no_progress(text: str) -> None:
+    pass

@@ -97,3 +97,33 @@ def test_such_a_trial_rolled_back_by_the_deadline_says_why():
     assert rep.message == (
         "update to 1.4.0 failed and was rolled back, because it did not pass its health check"
     )
+
+
+def test_an_install_of_this_boot_whose_installer_stopped_is_reported_interrupted():
+    """The watchdog restarted the service (or the command was stopped) while RAUC was writing:
+    nobody will activate the slot, so the status must not say "installing" until a reboot."""
+    rec = REC.moved_to("installing")
+    running = report(rec, "A", "boot-1", None)
+    assert (running.phase, running.message) == ("installing", "installing 1.4.0")
+    gone = report(rec, "A", "boot-1", None, installer_gone=True)
+    assert gone.phase == "failed"
+    assert gone.message == (
+        "the install of 1.4.0 was interrupted: the program installing it stopped before it "
+        "finished (the service restarted); this system is unchanged"
+    )
+    # only an install of this boot: after a reboot the record speaks for itself, as before
+    assert report(rec, "A", "boot-2", None, installer_gone=True) == report(rec, "A", "boot-2", None)
+    assert report(REC, "A", "boot-1", None, installer_gone=True).phase == "reboot-pending"
+
+
+def test_the_installer_survives_the_round_trip_and_each_move_and_old_records_have_none():
+    rec = UpdateRecord("installing", "1.4.0", "B", "A", "boot-1", installer="812:4501")
+    assert parse_record(rec.to_json()) == rec
+    assert rec.moved_to("trial").installer == "812:4501"
+    assert rec.moved_to("failed", "no space").reason == "no space"
+    old = b'{"state": "trial", "version": "1.4.0", "target": "B", "source": "A", "boot_id": "b"}'
+    parsed = parse_record(old)
+    assert parsed is not None and parsed.installer is None
+    odd = old.replace(b"}", b', "installer": 812}')
+    parsed = parse_record(odd)
+    assert parsed is not None and parsed.installer is None  # not a string: ignored

@@ -19,6 +19,7 @@ write the update record in the data folder (``state.py``) and talk to RAUC (``ra
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -85,6 +86,41 @@ def boot_id(path: Path = BOOT_ID) -> str:
         return ""
 
 
+PROC = Path("/proc")
+
+
+def process_identity(pid: int | None = None, proc: Path = PROC) -> str | None:
+    """``<pid>:<start time>`` of a running process (its start in clock ticks after boot, from
+    ``/proc/<pid>/stat``): with the boot id, it names one process even if its pid is reused.
+    None when there is no such process (or no /proc)."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses; starttime is field 22
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if len(fields) < 20:
+        return None
+    return f"{pid}:{fields[19]}"
+
+
+def installer_gone(record: UpdateRecord | None, this_boot: str, proc: Path = PROC) -> bool:
+    """True when ``record`` is an install of this boot whose installing process has ended.
+
+    A record without an installer (written before the field existed) is taken as running, as
+    it was before. The pid's own /proc entry is asked, which works across users (the command
+    runs as root, the service as dynexport)."""
+    if record is None or record.state != "installing" or record.boot_id != this_boot:
+        return False
+    if record.installer is None:
+        return False
+    pid, _, _ = record.installer.partition(":")
+    if not pid.isdigit():
+        return False  # not written by this code: not trusted either way
+    return process_identity(int(pid), proc) != record.installer
+
+
 def read_record(data_dir: Path) -> UpdateRecord | None:
     try:
         return parse_record((data_dir / STATE_FILE).read_bytes())
@@ -121,11 +157,13 @@ def _read_line(path: Path) -> str | None:
 
 def update_report(data_dir: Path, status: RaucStatus | None, this_boot: str) -> UpdateReport:
     """The last update's fate for ``App.status()`` (``"update"``): RAUC's view plus the record."""
+    record = read_record(data_dir)
     return report(
-        read_record(data_dir),
+        record,
         None if status is None else status.booted,
         this_boot,
         _read_line(data_dir / FAILURE_FILE),
+        installer_gone=installer_gone(record, this_boot),
     )
 
 
@@ -315,12 +353,15 @@ def booted_slot(cmdline: Path = Path("/proc/cmdline")) -> str | None:
 def update_status(
     data_dir: Path, cmdline: Path = Path("/proc/cmdline"), boot_id_path: Path = BOOT_ID
 ) -> dict[str, Any]:
-    """``App.status()["update"]``: synchronous, reads two small files (no RAUC call)."""
+    """``App.status()["update"]``: synchronous, reads two small files (no RAUC call), and the
+    installer's /proc entry while an install of this boot is recorded."""
+    record, this_boot = read_record(data_dir), boot_id(boot_id_path)
     return report(
-        read_record(data_dir),
+        record,
         booted_slot(cmdline),
-        boot_id(boot_id_path),
+        this_boot,
         _read_line(data_dir / FAILURE_FILE),
+        installer_gone=installer_gone(record, this_boot),
     ).to_status()
 
 
@@ -356,7 +397,8 @@ class UpdateStatus:
     """``update_status`` for a status asked for every second (history, live pages, MQTT): the
     running slot and boot id are read once (they cannot change while the process runs), and the
     record and failure files are read again only when a stat says they changed (every write is a
-    new inode: ``atomic_write``)."""
+    new inode: ``atomic_write``). While the record says an install of this boot is running, its
+    installer's /proc entry is looked at on every call: it can end without a write."""
 
     def __init__(
         self, data_dir: Path, cmdline: Path = Path("/proc/cmdline"), boot_id_path: Path = BOOT_ID
@@ -365,6 +407,9 @@ class UpdateStatus:
         self._booted = booted_slot(cmdline)
         self._boot_id = boot_id(boot_id_path)
         self._key: tuple[object, object] | None = None
+        self._record: UpdateRecord | None = None
+        self._failure: str | None = None
+        self._gone = False
         self._doc: dict[str, Any] = {}
 
     def __call__(self) -> dict[str, Any]:
@@ -372,7 +417,12 @@ class UpdateStatus:
         key = (_stamp(record), _stamp(failure))
         if key != self._key:
             self._key = key
+            self._record, self._failure = read_record(self.data_dir), _read_line(failure)
+            self._doc = {}
+        gone = installer_gone(self._record, self._boot_id)  # no I/O unless installing
+        if not self._doc or gone != self._gone:
+            self._gone = gone
             self._doc = report(
-                read_record(self.data_dir), self._booted, self._boot_id, _read_line(failure)
+                self._record, self._booted, self._boot_id, self._failure, installer_gone=gone
             ).to_status()
         return dict(self._doc)

@@ -9,7 +9,7 @@ on one line each: the shell fallback ``update-deadline`` reads them with sed.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 RecordState = Literal["installing", "trial", "committed", "failed"]
@@ -34,12 +34,17 @@ class UpdateRecord:
     boot_id: str
     """The kernel's boot id during the install: another id means the device has rebooted since."""
     reason: str | None = None
+    installer: str | None = None
+    """The installing process (``<pid>:<start time>``, ``service.process_identity``): while the
+    record says ``installing`` in the same boot, another process can tell an install still
+    running from one whose installer is gone (the service restarted by the watchdog, the
+    command stopped), which nobody will finish. None in records written before it existed."""
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=1) + "\n").encode()
 
     def moved_to(self, state: RecordState, reason: str | None = None) -> UpdateRecord:
-        return UpdateRecord(state, self.version, self.target, self.source, self.boot_id, reason)
+        return replace(self, state=state, reason=reason)
 
 
 def parse_record(raw: bytes) -> UpdateRecord | None:
@@ -53,7 +58,7 @@ def parse_record(raw: bytes) -> UpdateRecord | None:
     fields = ("version", "target", "source", "boot_id")
     if not all(isinstance(doc.get(k), str) for k in fields):
         return None
-    reason = doc.get("reason")
+    reason, installer = doc.get("reason"), doc.get("installer")
     return UpdateRecord(
         state=doc["state"],
         version=doc["version"],
@@ -61,6 +66,7 @@ def parse_record(raw: bytes) -> UpdateRecord | None:
         source=doc["source"],
         boot_id=doc["boot_id"],
         reason=reason if isinstance(reason, str) else None,
+        installer=installer if isinstance(installer, str) else None,
     )
 
 
@@ -94,16 +100,33 @@ def activated_before_its_record(record: UpdateRecord, booted: str | None, boot_i
     return record.state == "installing" and record.boot_id != boot_id and booted == record.target
 
 
+INSTALLER_GONE = (
+    "the install of {v} was interrupted: the program installing it stopped before it finished "
+    "(the service restarted); this system is unchanged"
+)
+
+
 def report(
-    record: UpdateRecord | None, booted: str | None, boot_id: str, failure: str | None
+    record: UpdateRecord | None,
+    booted: str | None,
+    boot_id: str,
+    failure: str | None,
+    *,
+    installer_gone: bool = False,
 ) -> UpdateReport:
-    """The last update's fate from its record, the running slot (RAUC) and this boot's id."""
+    """The last update's fate from its record, the running slot (RAUC) and this boot's id.
+
+    ``installer_gone``: the process named by an ``installing`` record of this boot has ended
+    (``service.installer_gone``). The slot it was writing is never activated then (only the
+    installer activates it, after RAUC has finished), so the running system stays as it is."""
     if record is None:
         return UpdateReport("none")
     v = record.version
     same_boot = record.boot_id == boot_id
     if record.state == "installing":
         if same_boot:
+            if installer_gone:
+                return UpdateReport("failed", v, INSTALLER_GONE.format(v=v))
             return UpdateReport("installing", v, f"installing {v}")
         rolled_back = bool(failure and failure.strip())  # by the deadline, as a trial
         if not rolled_back and not activated_before_its_record(record, booted, boot_id):
