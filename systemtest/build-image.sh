@@ -27,7 +27,7 @@ buildroot/scripts/signing-key.sh "${out}/signing-foreign" \
 
 packages=(
 	systemd systemd-sysv udev dbus systemd-resolved systemd-timesyncd
-	linux-image-amd64 initramfs-tools zstd
+	linux-image-amd64/bookworm-backports initramfs-tools zstd
 	python3 tzdata e2fsprogs fdisk util-linux
 	hostapd dnsmasq-base wpasupplicant iw
 	rauc rauc-service grub-pc-bin
@@ -73,9 +73,12 @@ echo "== wheels" >&2
 python3 -m pip wheel -qq --disable-pip-version-check -w "${work}/wheels" . >&2
 
 # 2. The Debian root file system. Debian's kernel (linux-image-amd64, which has the i6300esb
-#    watchdog driver; the cloud kernel does not) stands in for the Pi's; the initramfs only
-#    needs to find the squashfs root by PARTUUID, as the Pi's kernel does without one. RAUC
-#    (rauc, rauc-service: the D-Bus service) as on the appliance; GRUB (grub-pc-bin) boots it.
+#    watchdog driver and mac80211_hwsim; the cloud kernel has neither) stands in for the Pi's;
+#    the initramfs only needs to find the squashfs root by PARTUUID, as the Pi's kernel does
+#    without one. The kernel comes from bookworm-backports (6.12, the Pi kernel's series):
+#    bookworm's 6.1 is XZ-compressed and its decompressor took 3.5 s more of every boot under
+#    TCG than 6.12's ZSTD (docs/image.md "Boot to controlling"). RAUC (rauc, rauc-service: the
+#    D-Bus service) as on the appliance; GRUB (grub-pc-bin) boots it.
 # -- debian root begin
 if [ ! -f "${debian_tar}" ]; then
 	echo "== mmdebstrap" >&2
@@ -86,6 +89,7 @@ if [ ! -f "${debian_tar}" ]; then
 		--dpkgopt='path-exclude=/usr/share/locale/*' \
 		--dpkgopt='path-exclude=/usr/share/info/*' \
 		--setup-hook='mkdir -p "$1/etc/initramfs-tools/conf.d" "$1/etc/initramfs-tools/hooks"' \
+		--setup-hook='echo "deb http://deb.debian.org/debian bookworm-backports main" >"$1/etc/apt/sources.list.d/backports.list"' \
 		--setup-hook="cp '${repo}/systemtest/image/initramfs.conf' \"\$1/etc/initramfs-tools/conf.d/systemtest.conf\"" \
 		--setup-hook="install -m 0755 '${repo}/systemtest/image/initramfs-hook' \"\$1/etc/initramfs-tools/hooks/systemtest\"" \
 		bookworm "${debian_tar%.tar}.tmp.tar" >&2
@@ -163,6 +167,40 @@ for entry in "${root}"/usr/share/factory/var/*; do
 	echo "C! /var/${entry##*/} - - - -"
 done >"${root}/usr/lib/tmpfiles.d/var-factory.conf"
 
+# Kernel modules: only what this VM and the appliance's design use, with their dependencies,
+# as the Pi's kernel carries only what its fragment selects. Debian's 4000 modules would have
+# udev load dozens at every boot (kvm, ata_piix, cpufreq drivers...): seconds under TCG.
+# mac80211_hwsim (test instrumentation, loaded only by the Wi-Fi check in run.py): two
+# simulated radios, the setup access point's and a neighbour network's, for the Wi-Fi scan.
+modules=(virtio_pci virtio_blk virtio_net virtio_console virtio_rng squashfs ext4 vfat
+	nls_cp437 nls_ascii nls_utf8 nls_iso8859-1 crc32c_generic crc32c-intel loop dm_verity
+	i6300esb autofs4 binfmt_misc mac80211_hwsim)
+for kdir in "${root}"/usr/lib/modules/*; do
+	kver="${kdir##*/}"
+	# A name the kernel does not know stops the build here (set -e).
+	for m in "${modules[@]}"; do
+		chroot "${root}" modprobe -S "${kver}" --show-depends "${m}"
+	done >"${work}/modules-deps"
+	awk '$1 == "insmod" { print $2 }' "${work}/modules-deps" |
+		sed -e 's|^/lib/modules/|/usr/lib/modules/|' -e "s|^|${root}|" | sort -u >"${work}/modules-keep"
+	# Every module kept must be a file found below (a path that differs would delete them all);
+	# those built into this kernel (6.12: virtio_pci, virtio_console) have no file.
+	loadable=$((${#modules[@]} - $(grep -c '^builtin ' "${work}/modules-deps" || true)))
+	find "${kdir}/kernel" -name '*.ko*' | sort >"${work}/modules-all"
+	kept="$(comm -12 "${work}/modules-all" "${work}/modules-keep" | wc -l)"
+	if [ "${kept}" -lt "${loadable}" ] || [ "${kept}" -ne "$(wc -l <"${work}/modules-keep")" ]; then
+		echo "kernel modules: only ${kept} of $(wc -l <"${work}/modules-keep") found" >&2
+		exit 1
+	fi
+	echo "kernel modules: keeping ${kept} of $(wc -l <"${work}/modules-all")" >&2
+	comm -23 "${work}/modules-all" "${work}/modules-keep" | xargs rm -f
+	find "${kdir}/kernel" -type d -empty -delete
+	# Debian's 6.12 modules are XZ-compressed: unpacked once here rather than by every load
+	# under TCG (and klibc's insmod in the initramfs reads only plain .ko files).
+	find "${kdir}/kernel" -name '*.ko.xz' -exec xz -d {} +
+	chroot "${root}" depmod -a "${kver}"
+done
+
 # 7. Boot files. As on the Pi, each root carries its own in /boot (here the kernel and its
 #    initramfs); slot A's are copied to a/ on the FAT partition, rauc-post-install copies a new
 #    root's to its folder. GRUB (core.img in the gap after the MBR, grub.cfg and its environment
@@ -178,11 +216,14 @@ mkdir -p "${work}/kernel"
 mv "${kernel}" "${work}/kernel/vmlinuz"
 # Debian's initramfs (initramfs-tools: udev, blkid, 15 MB) is replaced by a small one that only
 # loads the virtio and squashfs modules and mounts the root by PARTUUID (systemtest/image/
-# initramfs-init, mkinitramfs.py): 5 s less under TCG. The Pi boots without any.
+# initramfs-init, mkinitramfs.py): 5 s less under TCG. The Pi boots without any. virtio_rng too:
+# the VM's hardware RNG then seeds the kernel's CRNG before systemd asks for random bytes, as the
+# Pi's built-in bcm2835-rng does (loaded later by udev, a warm reboot waited 8-30 s for jitter
+# entropy before systemd went on: docs/image.md "Boot to controlling").
 rm -f "${initrd}"
 kver="${kernel##*/vmlinuz-}"
 mapfile -t initramfs_modules < <(
-	for m in virtio_pci virtio_blk squashfs; do
+	for m in virtio_pci virtio_blk squashfs virtio_rng; do
 		chroot "${root}" modprobe -S "${kver}" --show-depends "${m}" | awk '$1 == "insmod" { print $2 }'
 	done | awk '!seen[$0]++' | sed -e 's|^/lib/modules/|/usr/lib/modules/|' -e "s|^|${root}|"
 )
@@ -204,32 +245,6 @@ cp "${root}/usr/lib/grub/i386-pc/boot.img" "${work}/boot.img"
 # GRUB's own modules are not needed at run time (only grub-editenv, from grub-common).
 rm -rf "${root}/usr/lib/grub/i386-pc"
 
-# Kernel modules: only what this VM and the appliance's design use, with their dependencies,
-# as the Pi's kernel carries only what its fragment selects. Debian's 4000 modules would have
-# udev load dozens at every boot (kvm, ata_piix, cpufreq drivers...): seconds under TCG.
-# mac80211_hwsim (test instrumentation, loaded only by the Wi-Fi check in run.py): two
-# simulated radios, the setup access point's and a neighbour network's, for the Wi-Fi scan.
-modules=(virtio_pci virtio_blk virtio_net virtio_console virtio_rng squashfs ext4 vfat
-	nls_cp437 nls_ascii nls_utf8 nls_iso8859-1 crc32c_generic crc32c-intel loop dm_verity
-	i6300esb autofs4 binfmt_misc mac80211_hwsim)
-for kdir in "${root}"/usr/lib/modules/*; do
-	kver="${kdir##*/}"
-	for m in "${modules[@]}"; do
-		chroot "${root}" modprobe -S "${kver}" --show-depends "${m}" |
-			awk '$1 == "insmod" { print $2 }'
-	done | sed -e 's|^/lib/modules/|/usr/lib/modules/|' -e "s|^|${root}|" | sort -u >"${work}/modules-keep"
-	# Every module kept must be a file found below (a path that differs would delete them all).
-	find "${kdir}/kernel" -name '*.ko*' | sort >"${work}/modules-all"
-	kept="$(comm -12 "${work}/modules-all" "${work}/modules-keep" | wc -l)"
-	if [ "${kept}" -lt "${#modules[@]}" ] || [ "${kept}" -ne "$(wc -l <"${work}/modules-keep")" ]; then
-		echo "kernel modules: only ${kept} of $(wc -l <"${work}/modules-keep") found" >&2
-		exit 1
-	fi
-	echo "kernel modules: keeping ${kept} of $(wc -l <"${work}/modules-all")" >&2
-	comm -23 "${work}/modules-all" "${work}/modules-keep" | xargs rm -f
-	find "${kdir}/kernel" -type d -empty -delete
-	chroot "${root}" depmod -a "${kver}"
-done
 rm -rf "${root}/var/cache/apt"/* "${root}/usr/share/factory/var/cache/apt"/* \
 	"${root}/usr/share/factory/var/lib/apt/lists"/*
 
