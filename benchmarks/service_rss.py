@@ -310,17 +310,21 @@ print(sys.flags.optimize, len(sys.modules), len(missing), " ".join(missing[:8]))
 """
 
 
-def precompile(prefix: Path, snapshot: Path, levels: list[int]) -> None:
+def precompile(prefix: Path, snapshot: Path, levels: list[int], debug_ranges: bool) -> None:
     """Compiles the snapshot, the standard library and site-packages into ``prefix`` (a private
     ``PYTHONPYCACHEPREFIX``) at each of ``levels``, as an image compiled at those levels ships
-    them, without touching the interpreter's own ``__pycache__`` folders."""
+    them, without touching the interpreter's own ``__pycache__`` folders; without column tables
+    (``PYTHONNODEBUGRANGES``, as the images compile) unless ``debug_ranges``."""
     dirs = [str(snapshot)] + [p for p in sys.path if p and Path(p).is_dir()]
     skip = r"[/\\](test|tests|idlelib|tkinter|turtledemo|lib2to3|ensurepip)[/\\]"
     opts = [x for level in sorted(set(levels)) for x in ("-o", str(level))]
+    env = dict(os.environ)
+    if not debug_ranges:
+        env["PYTHONNODEBUGRANGES"] = "1"
     subprocess.run(
         [sys.executable, "-X", f"pycache_prefix={prefix}", "-m", "compileall", "-q", "-j", "0",
          "-x", skip, *opts, *dirs],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, env=env,
     )  # fmt: skip
 
 
@@ -385,7 +389,14 @@ def main() -> None:
         choices=(0, 1, 2),
         help="run the service with PYTHONOPTIMIZE=N from bytecode of that level: the snapshot, "
         "the standard library and site-packages compiled into a private pycache prefix at "
-        "levels 0 and N, nothing written at run time (an A/B pair: --optimize 0, --optimize 2)",
+        "levels 0 and N, nothing written at run time (an A/B pair: --optimize 0, --optimize 2); "
+        "as the unit runs, without column tables (PYTHONNODEBUGRANGES=1) unless --debug-ranges",
+    )
+    parser.add_argument(
+        "--debug-ranges",
+        action="store_true",
+        help="with --optimize: keep the column tables in the bytecode and at run time (the unit "
+        "before PYTHONNODEBUGRANGES, for an A/B pair)",
     )
     parser.add_argument(
         "--src",
@@ -411,6 +422,7 @@ def main() -> None:
         mode += f", control interval {args.interval} s"
     if args.optimize is not None:
         mode += f", optimize {args.optimize} (private pycache)"
+        mode += ", column tables kept" if args.debug_ranges else ", no column tables"
     if args.service_env:
         mode += ", service env " + " ".join(args.service_env)
     if args.trace:
@@ -438,7 +450,7 @@ def main() -> None:
             env["PYTHONDONTWRITEBYTECODE"] = "1"
         elif args.optimize is not None:
             prefix = folder / "pycache"
-            precompile(prefix, snapshot, [0, args.optimize])
+            precompile(prefix, snapshot, [0, args.optimize], args.debug_ranges)
             env["PYTHONPYCACHEPREFIX"] = str(prefix)
             env["PYTHONDONTWRITEBYTECODE"] = "1"  # read-only, as the image's root
         else:
@@ -490,6 +502,8 @@ def main() -> None:
             service_env = dict(env, **dict(kv.split("=", 1) for kv in args.service_env))
             if args.optimize is not None:
                 service_env["PYTHONOPTIMIZE"] = str(args.optimize)
+                if not args.debug_ranges:
+                    service_env["PYTHONNODEBUGRANGES"] = "1"
             if not args.from_source:
                 print(bytecode_check(service_env), flush=True)
             service = spawn(py, *flags, *entry, "run", "--config", str(folder / "config.json"),

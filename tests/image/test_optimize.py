@@ -10,10 +10,12 @@ there the level only takes effect once they are compiled at it.
 
 from __future__ import annotations
 
+import marshal
 import re
 import shlex
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 from tests.image.helpers import BOARDS, EXT, ROOT
@@ -47,6 +49,53 @@ def levels(words: list[str]) -> set[int]:
 
 def test_the_unit_sets_a_valid_level() -> None:
     assert unit_level() in (0, 1, 2)
+
+
+def has_column_tables(pyc: Path) -> bool:
+    """Whether a ``.pyc``'s code (3.11+: its own and every nested function's) records columns."""
+    code = marshal.loads(pyc.read_bytes()[16:])
+    stack, found = [code], False
+    while stack and not found:
+        c = stack.pop()
+        found = any(col is not None for _, _, col, _ in c.co_positions())
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return found
+
+
+def test_the_unit_and_every_image_compile_without_column_tables() -> None:
+    """The unit runs with ``PYTHONNODEBUGRANGES=1`` and every compileall of the images runs
+    with it too: code compiled at run time (dataclasses' methods) and the shipped bytecode
+    alike carry no column tables."""
+    assert re.search(r"^Environment=PYTHONNODEBUGRANGES=1\s*$", UNIT.read_text(), re.M)
+    for script in (BUILD_IMAGE, POST_BUILD):
+        commands = compile_commands(script)
+        assert commands, script
+        for words in commands:
+            assert "PYTHONNODEBUGRANGES=1" in words, (script.name, words)
+
+
+def test_bytecode_compiled_without_column_tables_is_smaller_and_runs_the_same(
+    tmp_path: Path,
+) -> None:
+    """What the unit relies on: ``PYTHONNODEBUGRANGES=1`` at compile time drops the column
+    tables (not the line numbers) from the ``.pyc``, which any interpreter of that version then
+    loads, with or without the variable."""
+    source = "def f(x):\n    return {'a': x, 'b': [x * 2 for _ in range(3)]}\n\nvalue = f(21)\n"
+    for name in ("ranges", "plain"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "probe.py").write_text(source)
+        env = {"PATH": "/usr/bin:/bin"} | ({"PYTHONNODEBUGRANGES": "1"} if name == "plain" else {})
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", "-b", str(tmp_path / name / "probe.py")],
+            check=True,
+            env=env,
+        )
+        (tmp_path / name / "probe.py").unlink()
+    ranges, plain = tmp_path / "ranges" / "probe.pyc", tmp_path / "plain" / "probe.pyc"
+    assert has_column_tables(ranges) and not has_column_tables(plain)
+    assert plain.stat().st_size < ranges.stat().st_size
+    show = "import probe; print(probe.value['b'], probe.f.__code__.co_firstlineno)"
+    assert _run(show, plain.parent) == _run(show, ranges.parent) == "[42, 42, 42] 1"
 
 
 def test_the_system_test_image_has_bytecode_of_the_units_level_for_every_tree() -> None:
@@ -141,6 +190,8 @@ def test_post_build_compiles_the_targets_python_at_the_units_level_without_sourc
     assert level == 2, "the expectation below is for -OO"
     assert _run(show, site, "-OO") == want
     assert _run(show, site) == want
+    for pyc in ("probe/__init__.pyc", "probe/part.pyc"):  # compiled as the unit runs
+        assert not has_column_tables(site / pyc), pyc
 
 
 def test_post_build_leaves_the_system_test_roots_python_to_build_image(tmp_path: Path) -> None:
