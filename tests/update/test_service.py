@@ -80,6 +80,29 @@ class RecordedRauc(Rauc):
 TRIAL = UpdateRecord("trial", "1.4.0", target="B", source="A", boot_id="install-boot")
 
 
+def device_files(tmp_path: Path, cmdline: str, boot_id: str) -> tuple[Path, Path, Path]:
+    """A data folder, a kernel command line and a boot id file, for ``UpdateStatus``."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "cmdline").write_text(cmdline + "\n")
+    (tmp_path / "boot_id").write_text(boot_id + "\n")
+    return tmp_path / "data", tmp_path / "cmdline", tmp_path / "boot_id"
+
+
+def count_record_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """From now on, every read of the update record by ``service`` is listed in the result."""
+    from dynexport.update import service
+
+    reads: list[Path] = []
+    real_read = service.read_record
+
+    def counting_read(data_dir: Path) -> UpdateRecord | None:
+        reads.append(data_dir)
+        return real_read(data_dir)
+
+    monkeypatch.setattr(service, "read_record", counting_read)
+    return reads
+
+
 async def decide_every_second(site: Site) -> None:
     site.progress.register("controller", 10.0, trio.current_time())
     while True:
@@ -359,12 +382,9 @@ def test_the_status_asked_every_second_follows_each_write_and_reads_nothing_othe
     the failure file, and reads neither while they stay as they are."""
     from dynexport.update import service
 
-    data = tmp_path / "data"
-    data.mkdir()
-    cmdline = tmp_path / "cmdline"
-    cmdline.write_text("root=PARTUUID=64796e78-02 ro rauc.slot=A\n")
-    boot = tmp_path / "boot_id"
-    boot.write_text("after-the-rollback\n")
+    data, cmdline, boot = device_files(
+        tmp_path, "root=PARTUUID=64796e78-02 ro rauc.slot=A", "after-the-rollback"
+    )
     status = UpdateStatus(data, cmdline, boot)
     assert status() == update_status(data, cmdline, boot) == {
         "phase": "none", "version": None, "message": None
@@ -388,16 +408,7 @@ async def test_the_install_watch_reads_the_record_only_when_it_changes(
 ) -> None:
     """``commit_when_healthy`` looks for an install made in this boot every 2 s for the life of
     the process: an unchanged record is not read again, a new one is seen at the next look."""
-    from dynexport.update import service
-
-    reads: list[Path] = []
-    real_read = service.read_record
-
-    def counting_read(data_dir: Path) -> UpdateRecord | None:
-        reads.append(data_dir)
-        return real_read(data_dir)
-
-    monkeypatch.setattr(service, "read_record", counting_read)
+    reads = count_record_reads(monkeypatch)
     write_record(tmp_path, TRIAL.moved_to("committed"))  # an earlier update, long done
     site, rauc = Site(ready=True), RecordedRauc(booted="A")
     async with trio.open_nursery() as nursery:
@@ -478,14 +489,8 @@ def test_the_status_says_interrupted_once_the_installer_ends_without_writing_any
 ) -> None:
     """The service restarted mid-install: the record still says ``installing`` (nobody is left
     to move it), and the status asked every second says so as soon as the installer is gone."""
-    from dynexport.update import service
 
-    data = tmp_path / "data"
-    data.mkdir()
-    cmdline = tmp_path / "cmdline"
-    cmdline.write_text("ro rauc.slot=A\n")
-    boot = tmp_path / "boot_id"
-    boot.write_text("install-boot\n")
+    data, cmdline, boot = device_files(tmp_path, "ro rauc.slot=A", "install-boot")
     installer = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                                  stdin=subprocess.PIPE)  # fmt: skip
     try:
@@ -495,14 +500,7 @@ def test_the_status_says_interrupted_once_the_installer_ends_without_writing_any
         status = UpdateStatus(data, cmdline, boot)
         assert status()["phase"] == "installing"
         assert status() == update_status(data, cmdline, boot)
-        reads: list[Path] = []
-        real_read = service.read_record
-
-        def counting_read(data_dir: Path) -> UpdateRecord | None:
-            reads.append(data_dir)
-            return real_read(data_dir)
-
-        monkeypatch.setattr(service, "read_record", counting_read)
+        reads = count_record_reads(monkeypatch)
         assert status()["phase"] == "installing"
     finally:
         assert installer.stdin is not None

@@ -14,7 +14,7 @@ from dynexport.update.rauc import Rauc, RaucError
 from dynexport.update.service import (
     begin_install,
     boot_id,
-    process_identity,
+    install_record,
     read_record,
     request_reboot,
     update_report,
@@ -96,14 +96,7 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
         print(f"not installed: {exc}", file=sys.stderr)
         return 1
     assert status.booted is not None
-    record = UpdateRecord(
-        "installing",
-        info.version,
-        target,
-        status.booted,
-        boot_id(),
-        installer=process_identity(),
-    )
+    record = install_record(info.version, target, status.booted)
     begin_install(data, record, folder_owner(data))
 
     async def progress(line: str) -> None:

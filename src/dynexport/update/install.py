@@ -19,8 +19,7 @@ from pathlib import Path
 import trio
 
 from dynexport.update.rauc import BundleInfo, Rauc, RaucError
-from dynexport.update.service import begin_install, boot_id, process_identity, write_record
-from dynexport.update.state import UpdateRecord
+from dynexport.update.service import begin_install, install_record, write_record
 
 log = logging.getLogger("dynexport.update")
 
@@ -103,14 +102,7 @@ async def install_verified(
     except RaucError as exc:
         return f"not installed, nothing was written: {exc}"
     assert status.booted is not None
-    record = UpdateRecord(
-        "installing",
-        info.version,
-        target,
-        status.booted,
-        boot_id(),
-        installer=process_identity(),
-    )
+    record = install_record(info.version, target, status.booted)
     try:  # clears what an earlier update left (its health verdict, its rollback reason)
         await trio.to_thread.run_sync(begin_install, data_dir, record)
     except OSError as exc:

@@ -121,6 +121,13 @@ def installer_gone(record: UpdateRecord | None, this_boot: str, proc: Path = PRO
     return process_identity(int(pid), proc) != record.installer
 
 
+def install_record(version: str, target: str, source: str) -> UpdateRecord:
+    """The record of an install this process is about to make: of this boot, by this process."""
+    return UpdateRecord(
+        "installing", version, target, source, boot_id(), installer=process_identity()
+    )
+
+
 def read_record(data_dir: Path) -> UpdateRecord | None:
     try:
         return parse_record((data_dir / STATE_FILE).read_bytes())
