@@ -508,7 +508,7 @@ def test_the_status_says_interrupted_once_the_installer_ends_without_writing_any
         installer.wait()
     after = status()
     assert after["phase"] == "failed" and after["version"] == "1.5.0"
-    assert "interrupted: the program installing it stopped" in after["message"]
+    assert "interrupted: the program installing it (the service" in after["message"]
     assert reads == []  # seen from /proc, not from a write
     assert after == update_status(data, cmdline, boot)
     write_record(data, UpdateRecord("installing", "1.6.0", "B", "A", "install-boot", None,

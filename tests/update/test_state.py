@@ -108,8 +108,8 @@ def test_an_install_of_this_boot_whose_installer_stopped_is_reported_interrupted
     gone = report(rec, "A", "boot-1", None, installer_gone=True)
     assert gone.phase == "failed"
     assert gone.message == (
-        "the install of 1.4.0 was interrupted: the program installing it stopped before it "
-        "finished (the service restarted); this system is unchanged"
+        "the install of 1.4.0 was interrupted: the program installing it (the service or the "
+        "update command) stopped before it finished; this system is unchanged"
     )
     # only an install of this boot: after a reboot the record speaks for itself, as before
     assert report(rec, "A", "boot-2", None, installer_gone=True) == report(rec, "A", "boot-2", None)

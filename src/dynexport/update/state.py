@@ -101,8 +101,8 @@ def activated_before_its_record(record: UpdateRecord, booted: str | None, boot_i
 
 
 INSTALLER_GONE = (
-    "the install of {v} was interrupted: the program installing it stopped before it finished "
-    "(the service restarted); this system is unchanged"
+    "the install of {v} was interrupted: the program installing it (the service or the update "
+    "command) stopped before it finished; this system is unchanged"
 )
 
 
