@@ -360,16 +360,9 @@ def booted_slot(cmdline: Path = Path("/proc/cmdline")) -> str | None:
 def update_status(
     data_dir: Path, cmdline: Path = Path("/proc/cmdline"), boot_id_path: Path = BOOT_ID
 ) -> dict[str, Any]:
-    """``App.status()["update"]``: synchronous, reads two small files (no RAUC call), and the
-    installer's /proc entry while an install of this boot is recorded."""
-    record, this_boot = read_record(data_dir), boot_id(boot_id_path)
-    return report(
-        record,
-        booted_slot(cmdline),
-        this_boot,
-        _read_line(data_dir / FAILURE_FILE),
-        installer_gone=installer_gone(record, this_boot),
-    ).to_status()
+    """``App.status()["update"]``, asked once: synchronous, reads two small files (no RAUC call),
+    and the installer's /proc entry while an install of this boot is recorded."""
+    return UpdateStatus(data_dir, cmdline, boot_id_path)()
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
