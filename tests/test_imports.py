@@ -77,7 +77,8 @@ UTILITY_LINK = """
 import trio
 from dynexport.app import App, AppOptions
 from dynexport.integrations.service import Integrations
-from dynexport.sep2.client import Sep2Client, device_lfdi
+from dynexport.sep2.client import Sep2Client
+from dynexport.sep2.identity import device_lfdi
 from dynexport.system.config import load_config
 config = load_config(sys.argv[1])
 client = Sep2Client(config.utility, sys.argv[2])
@@ -142,6 +143,39 @@ def test_starting_the_service_imports_no_setup_tool_simulator_or_demo() -> None:
     assert isinstance(modules, list)
     assert _offending(modules) == []
     assert "dynexport.web.api" in modules  # the check saw the service's modules
+
+
+# What waits for the first limits (app.py, docs/architecture.md "Start order"): the utility link's
+# XML stack, the web server, the HTTP layer and the update tasks are imported once the first limits
+# are written, so the controller's start at boot does not wait for them.
+CONTROLLER_START = """
+import json, sys
+from dynexport.cli import build_parser
+build_parser(["run", "--config", "config.json"])
+import dynexport.app, dynexport.app_cli
+"""
+XML_STACK = (
+    "lxml",
+    "dynexport.sep2.client",
+    "dynexport.sep2.flow",
+    "dynexport.sep2.resources",
+    "dynexport.sep2.xml",
+)
+AFTER_FIRST_LIMITS = (*XML_STACK, "h11", "dynexport.httpio", "dynexport.web", "dynexport.update")
+
+
+def test_the_controller_starts_without_what_waits_for_the_first_limits() -> None:
+    modules = run_fresh(CONTROLLER_START + REPORT)["modules"]
+    assert isinstance(modules, list)
+    assert [m for m in modules if m.startswith(AFTER_FIRST_LIMITS)] == []
+    assert "dynexport.sep2.schedule" in modules  # the stored schedule is obeyed meanwhile
+    assert "dynexport.sunspec.links" in modules  # the check saw the controller's modules
+
+
+def test_the_web_server_leaves_the_utility_links_xml_stack_for_later() -> None:
+    modules = run_fresh(SERVICE_START + REPORT)["modules"]
+    assert isinstance(modules, list)
+    assert [m for m in modules if m.startswith(XML_STACK)] == []
 
 
 def test_the_utility_link_builds_its_tls_context_and_lfdi_without_cryptography(

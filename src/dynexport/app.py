@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from datetime import time as dtime
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -31,15 +31,8 @@ from dynexport.integrations.limitsources import apply_extra_limits
 from dynexport.integrations.service import Integrations, integrations_status
 from dynexport.modbus.client import BusPool
 from dynexport.sep2 import controls as sep2_controls
-from dynexport.sep2.client import Sep2Client, device_lfdi
 from dynexport.sep2.controls import ControlType
-from dynexport.sep2.flow import (
-    DER_TYPE_PV_AND_STORAGE,
-    DER_TYPE_STORAGE,
-    MODE_CONNECT,
-    DerInfo,
-    storage_mode_of,
-)
+from dynexport.sep2.identity import device_lfdi
 from dynexport.sep2.schedule import ActiveControls, ScheduleSnapshot
 from dynexport.sep2.state import LinkStore
 from dynexport.sep2.telemetry import Sample
@@ -58,8 +51,12 @@ from dynexport.system.latest_writer import LatestWriter
 from dynexport.system.storage import atomic_write
 from dynexport.system.supervise import FaultLog, supervised
 from dynexport.system.watchdog import Notifier, ProgressTracker, watchdog_interval_s
-from dynexport.update.auto import UpdateChecker
-from dynexport.update.service import UpdateStatus, commit_when_healthy
+
+if TYPE_CHECKING:
+    from dynexport.sep2.client import Sep2Client
+    from dynexport.sep2.flow import DerInfo
+    from dynexport.update.auto import UpdateChecker
+    from dynexport.update.service import UpdateStatus
 
 log = logging.getLogger("dynexport.app")
 
@@ -72,6 +69,10 @@ FALLBACK_SOURCE = "utility fallback"
 """The source named for ``utility.fallbackExportW`` when the utility has no usable schedule."""
 SHUTDOWN_BUDGET_S = 4.0
 """SIGTERM must end within 5 s: this much is spent leaving inverters at their fail-safe."""
+AFTER_FIRST_LIMITS_S = 10.0
+"""The utility link, the web server and the update tasks start once the first limits are written,
+or after this long if they are not (none waits on a stuck controller or an inverter that refuses
+writes)."""
 
 
 @dataclass
@@ -115,6 +116,12 @@ class App:
         """The batteries' plan, production seen today and energy stored instead of curtailed."""
         self.meter: MeterLink | None = None
         self.utility: Sep2Client | None = None
+        self.utility_starting = False
+        """The configured utility link is not built yet: it is built once the first limits are
+        written (its XML stack takes a second or more to import on a Pi), and until then the
+        stored schedule is obeyed, as a new link obeys it until its first poll."""
+        self._decided = trio.Event()
+        """Set by the first control decision of the running generation."""
         self.ready = False
         self.started = 0.0
         self.web_port: int | None = None
@@ -133,16 +140,26 @@ class App:
         """Unexpected exceptions of supervised tasks (each restarts with backoff)."""
         self.utility_fallback: str | None = None
         """Why the utility's fallback export limit is in force (None when it is not)."""
-        self.update_check = UpdateChecker(
-            lambda: self.config.update, options.data_dir, wall_clock=options.wall_clock
-        )
-        """The optional update URL (docs/update.md): idle unless ``update`` is configured."""
-        self.update_status = UpdateStatus(options.data_dir)
-        """The last update's fate, re-read only when its files change (``status()["update"]``)."""
         self.pv_writer: LatestWriter[battery_law.PvMemory] = pv_memory_writer(
             options.data_dir / PV_MEMORY_FILE, self.battery
         )
         """Saves the planner's ``pv-memory.json`` off the event loop (latest state wins)."""
+
+    @cached_property
+    def update_check(self) -> UpdateChecker:
+        """The optional update URL (docs/update.md): idle unless ``update`` is configured."""
+        from dynexport.update.auto import UpdateChecker  # with the update tasks: after the start
+
+        return UpdateChecker(
+            lambda: self.config.update, self.options.data_dir, wall_clock=self.options.wall_clock
+        )
+
+    @cached_property
+    def update_status(self) -> UpdateStatus:
+        """The last update's fate, re-read only when its files change (``status()["update"]``)."""
+        from dynexport.update.service import UpdateStatus
+
+        return UpdateStatus(self.options.data_dir)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -157,8 +174,26 @@ class App:
         self.started = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(supervised, "watchdog", self._watchdog_loop, self.faults)
-            # Commits a trial boot of a new update once healthy; reboots into an installed one at
-            # a quiet moment, after leaving every inverter at its fail-safe.
+            nursery.start_soon(supervised, "pv memory", self._pv_memory_task, self.faults)
+            # The links and the controller first: the update tasks and the web server start once
+            # the first limits are written, and a web server that cannot start never holds up
+            # control (docs/architecture.md, "Start order").
+            await nursery.start(self._generations)
+            nursery.start_soon(self._update_tasks)
+            if self.options.web_port is not None:
+                await self._after_first_limits()
+                self.web_port = await nursery.start(self._web_task)
+                log.info("web server on %s:%s", self.options.web_host, self.web_port)
+            task_status.started(self)
+
+    async def _update_tasks(self) -> None:
+        """From the first limits on: commits a trial boot of a new update once healthy, reboots
+        into an installed one at a quiet moment (after leaving every inverter at its
+        fail-safe), and checks the optional update URL."""
+        await self._after_first_limits()
+        from dynexport.update.service import commit_when_healthy
+
+        async with trio.open_nursery() as nursery:
             nursery.start_soon(
                 supervised,
                 "update",
@@ -171,16 +206,33 @@ class App:
                 self.faults,
             )
             nursery.start_soon(supervised, "update check", self.update_check.run, self.faults)
-            nursery.start_soon(supervised, "pv memory", self._pv_memory_task, self.faults)
-            if self.options.web_port is not None:
-                self.web_port = await nursery.start(self._web_task)
-                log.info("web server on %s:%s", self.options.web_host, self.web_port)
-            first = True
-            while True:
-                self._restart = trio.Event()
-                await self._generation(task_status if first else trio.TASK_STATUS_IGNORED)
-                first = False
-                log.info("configuration changed: restarting the links")
+
+    async def _generations(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Generation after generation; started once the first one runs its tasks."""
+        first = True
+        while True:
+            self._restart = trio.Event()
+            await self._generation(task_status if first else trio.TASK_STATUS_IGNORED)
+            first = False
+            log.info("configuration changed: restarting the links")
+
+    async def _after_first_limits(self) -> None:
+        """Returns once the generation's controller has decided and every inverter has its
+        first limit written, or cannot take one (not controllable, or not reachable after
+        trying); or after `AFTER_FIRST_LIMITS_S`. What the site's control does not need waits
+        for this: importing the utility link's XML stack and the web server holds the event
+        loop for a second or more on a Pi at boot."""
+        decided = self._decided
+        with trio.move_on_after(AFTER_FIRST_LIMITS_S):
+            await decided.wait()
+            # the links' states carry no event (polled the way _fresh_readings polls them)
+            while not all(  # noqa: ASYNC110
+                st.last_write is not None
+                or st.controllable is False
+                or (st.error is not None and not st.online)
+                for st in (link.state for link in self.inverters)
+            ):
+                await trio.sleep(0.01)
 
     async def _pv_memory_task(self) -> None:
         """Writes ``pv-memory.json`` when the planner has news; on the way out, what is still
@@ -212,12 +264,15 @@ class App:
 
     async def _generation(self, task_status: Any) -> None:
         """One run of the links and the controller, until cancelled or the config changes."""
+        self._decided = trio.Event()
         if self.config.utility is not None and (
             self.utility is None or self.utility.config != self.config.utility
         ):
-            self._start_utility_link(self.config.utility)
+            self._obey_stored_schedule(self.config.utility)
+            self.utility_starting = True
         elif self.config.utility is None:
             self.utility = None
+            self.utility_starting = False
             self.utility_error = None
             self._stored_schedule = None
         self.settings = _settings(self.config)
@@ -234,9 +289,12 @@ class App:
                         nursery.start_soon(supervised, bat.id, bat.run, self.faults)
                     if self.meter is not None:
                         nursery.start_soon(supervised, "meter", self.meter.run, self.faults)
-                    if self.utility is not None:
+                    if self.config.utility is not None:
                         nursery.start_soon(
-                            supervised, "utility link", self.utility.run, self.faults
+                            supervised,
+                            "utility link",
+                            partial(self._utility_link, self.config.utility),
+                            self.faults,
                         )
                     nursery.start_soon(
                         partial(
@@ -265,6 +323,28 @@ class App:
                     with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_BUDGET_S):
                         await self.leave_fail_safe()
 
+    async def _utility_link(self, utility: UtilityConfig) -> None:
+        """The utility link of this generation: built once the first limits are written, then
+        run. Importing it (lxml, the resources, the flow) takes a second or more on a Pi at
+        boot; the first limits need not wait for that, because until its first poll a new link
+        obeys exactly the stored schedule, as this app does meanwhile (`_obey_stored_schedule`)."""
+        if self.utility is None or self.utility.config != utility:
+            await self._after_first_limits()
+            self._start_utility_link(utility)
+            self._limits_changed.set()  # decide again with the link's view of the schedule
+        if self.utility is not None:
+            await self.utility.run()
+
+    def _obey_stored_schedule(self, utility: UtilityConfig) -> None:
+        """No link: obey the schedule the link stored last, randomized with the device's seed
+        (the LFDI, if the certificate is readable), running out into its stored default."""
+        self.utility = None
+        self._stored_schedule = LinkStore(self.options.data_dir / "sep2").load_schedule()
+        try:
+            self._stored_seed = device_lfdi(utility.cert)
+        except Exception:  # unreadable: randomization without the device's seed
+            self._stored_seed = ""
+
     def _start_utility_link(self, utility: UtilityConfig) -> None:
         """Builds the utility link; if its files are unusable, obey the stored schedule instead.
 
@@ -273,23 +353,20 @@ class App:
         what the utility last sent, running out into its stored default, and the status says why
         the link is down until the configuration is fixed.
         """
-        folder = self.options.data_dir / "sep2"
+        from dynexport.sep2.client import Sep2Client  # the XML stack: after the first limits
+
+        self.utility_starting = False
         try:
             self.utility = Sep2Client(
                 utility,
-                folder,
+                self.options.data_dir / "sep2",
                 clock=self.options.wall_clock,
                 monotonic=time.monotonic,
                 ssl_context=self.options.utility_ssl_context,
             )
         except (OSError, ValueError) as exc:
-            self.utility = None
             self.utility_error = f"utility link not started: {exc}"
-            self._stored_schedule = LinkStore(folder).load_schedule()
-            try:
-                self._stored_seed = device_lfdi(utility.cert)
-            except Exception:  # unreadable too: randomization without the device's seed
-                self._stored_seed = ""
+            self._obey_stored_schedule(utility)
             log.error("%s; obeying the stored schedule", self.utility_error)
         else:
             self.utility_error = None
@@ -456,6 +533,7 @@ class App:
             log.warning("controller mode: %s (%s)", out.mode, out.source or "no source")
         self._last_mode = out.mode
         self.progress.progress("controller", now)
+        self._decided.set()
         return out
 
     def _feed_meter(self) -> None:
@@ -498,6 +576,8 @@ class App:
     def _utility_schedule_limits(self) -> tuple[str, UtilityLimits | None]:
         if self.utility is None:
             if self._stored_schedule is None:
+                if self.utility_starting:  # what the new link will say until its first poll
+                    return "no schedule has been received from the utility yet", None
                 return self.utility_error or "the utility link is not running", None
             # No link (its files are unusable): the stored schedule, randomized with the same
             # seed as the link would use (the LFDI, if the certificate itself is readable).
@@ -840,6 +920,8 @@ class App:
 
     def der_info(self) -> DerInfo | None:
         """The site's DER as one device (CSIP-AUS: multi-inverter sites report totals)."""
+        from dynexport.sep2.flow import MODE_CONNECT, DerInfo  # loaded with the utility link
+
         known = [link.state for link in self.inverters if link.state.rated_w is not None]
         if not known or len(known) != len(self.inverters):
             return None
@@ -881,6 +963,8 @@ class App:
 
     def _storage_der_fields(self, enforced: frozenset[ControlType]) -> dict[str, Any]:
         """DerInfo's storage fields (DERCapability/Settings/Status) from the batteries."""
+        from dynexport.sep2.flow import DER_TYPE_PV_AND_STORAGE, DER_TYPE_STORAGE, storage_mode_of
+
         readings = [b.state.reading for b in self.batteries if b.state.reading is not None]
         if not self.batteries or not readings:
             return {"enforced": enforced}
@@ -994,6 +1078,7 @@ class App:
             "connected": False,
             "lastError": self.utility_error,
             "storageError": None,
+            "starting": self.utility_starting,
         }
         if self.utility is not None:
             st = self.utility.state()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import trio
 
+from dynexport.app import FALLBACK_SOURCE
 from dynexport.sim.utility_server import UtilityServer
 from dynexport.system.config import parse_config
 from tests.app.conftest import (
@@ -114,7 +115,7 @@ async def test_unusable_utility_key_does_not_crash_and_the_stored_schedule_is_ob
     server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=10)
     async with server.running() as utility:
         now = int(utility.now())
-        utility.add_control(start=now - 5, duration=3600, export_limit_w=1500)
+        utility.add_control(start=now - 5, duration=3600, export_limit_w=2000)
         utility.set_default(export_limit_w=5000)
         files = utility.pki.files
         raw = {
@@ -130,21 +131,23 @@ async def test_unusable_utility_key_does_not_crash_and_the_stored_schedule_is_ob
         first = make_app(parse_config(raw), data)
         async with trio.open_nursery() as nursery:
             await nursery.start(first.run)
-            await wait_for(lambda: first.status()["limits"]["exportW"] == 1500, within=20)
+            await wait_for(lambda: first.status()["limits"]["exportW"] == 2000, within=20)
             nursery.cancel_scope.cancel()
     # The key file gets corrupted (a bad SD card, a bad edit) and the utility is unreachable.
     (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n")
     second = make_app(parse_config(raw), data)
     async with trio.open_nursery() as nursery:
         await nursery.start(second.run)
-        await wait_for(lambda: second.output is not None, within=5)
+        # the link is tried once the first limits are written (docs/architecture.md)
+        await wait_for(lambda: second.status()["utility"]["lastError"] is not None, within=15)
         status = second.status()
         assert status["utility"]["configured"] is True
         assert status["utility"]["connected"] is False
         assert "utility link not started" in status["utility"]["lastError"]
-        # the schedule stored on the data partition keeps the utility's 1500 W limit in force
-        assert status["limits"]["exportW"] == 1500
-        assert status["limits"]["source"]["export_w"].startswith("utility")
+        # the schedule stored on the data partition keeps the utility's 2000 W limit in force
+        # (the fallback is 1500 W)
+        assert status["limits"]["exportW"] == 2000
+        assert status["limits"]["source"]["export_w"] != FALLBACK_SOURCE
         nursery.cancel_scope.cancel()
 
 

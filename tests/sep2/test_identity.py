@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynexport.sep2 import certs, identity
-from dynexport.sep2.client import device_lfdi
+from dynexport.sep2.identity import device_lfdi
 
 
 def _chain(pki_dir: Path) -> bytes:

@@ -18,10 +18,10 @@ from typing import Any
 
 import trio
 
-from dynexport.sep2.client import WalkResult, describe_error, device_lfdi, result_schedule, walk
+from dynexport.sep2.client import WalkResult, describe_error, result_schedule, walk
 from dynexport.sep2.controls import ControlBase, ProgramControls
 from dynexport.sep2.flow import RegistrationOutcome
-from dynexport.sep2.identity import sfdi_from_lfdi
+from dynexport.sep2.identity import device_lfdi, sfdi_from_lfdi
 from dynexport.sep2.schedule import ActiveControls, Segment, active_controls
 from dynexport.system.config import ConfigError, UtilityConfig, load_config
 

@@ -39,7 +39,7 @@ from dynexport.httpio.client import InvalidUrl
 from dynexport.sep2 import flow, responses
 from dynexport.sep2.controls import ENFORCED_CONTROLS, ProgramControls
 from dynexport.sep2.flow import DerInfo, PollBook, RegistrationCheck
-from dynexport.sep2.identity import chain_lfdi, sfdi_from_lfdi
+from dynexport.sep2.identity import device_lfdi, sfdi_from_lfdi
 from dynexport.sep2.resources import (
     DER,
     ConnectionPoint,
@@ -215,15 +215,6 @@ class _Telemetry:
     """Whether the server takes a MirrorMeterReadingList on POST to a MirrorUsagePoint (None:
     not tried yet). IEEE 2030.5 allows it; a server answering 400/405/415/501 to one gets one
     MirrorMeterReading per POST from then on."""
-
-
-def device_lfdi(cert_file: str | Any) -> str:
-    """The LFDI of the first certificate in the configured chain (our device certificate).
-
-    Read with ``ssl`` and ``hashlib`` (:mod:`dynexport.sep2.identity`): the running service
-    never loads ``cryptography``."""
-    with open(cert_file, "rb") as fh:
-        return chain_lfdi(fh.read())
 
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (HttpError, Sep2ParseError, Sep2Error)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
 import ssl
 import string
@@ -99,3 +100,13 @@ def certificate_ders(data: bytes) -> list[bytes]:
 def chain_lfdi(data: bytes) -> str:
     """The LFDI of the first certificate in a chain file (the device's own certificate)."""
     return lfdi_of_der(certificate_ders(data)[0])
+
+
+def device_lfdi(cert_file: str | os.PathLike[str]) -> str:
+    """The LFDI of the first certificate in the configured chain (our device certificate).
+
+    Read with ``ssl`` and ``hashlib``: the running service never loads ``cryptography``, and
+    the controller can seed the stored schedule's randomization before the utility link (and
+    its XML stack) is imported."""
+    with open(cert_file, "rb") as fh:
+        return chain_lfdi(fh.read())

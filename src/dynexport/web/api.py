@@ -33,7 +33,6 @@ from dynexport.httpio import Request, ServerResponse
 from dynexport.integrations.metrics import CONTENT_TYPE as METRICS_TYPE
 from dynexport.integrations.metrics import bearer_ok, render_metrics
 from dynexport.modbus.endpoints import Endpoint, SerialEndpoint, parse_tcp
-from dynexport.sep2.client import Sep2Client
 from dynexport.sep2.identity import CertError, chain_lfdi
 from dynexport.sunspec.control import CONTROL_MODELS
 from dynexport.sunspec.discovery import device_roles
@@ -66,6 +65,7 @@ from dynexport.web.history import API_NAMES, FIELDS, History
 if TYPE_CHECKING:
     # Setup and maintenance tools, imported where they are first used (docs/decisions.md, "Lazy
     # imports on the service's path"): the device scan, the Wi-Fi page, the bundle upload.
+    from dynexport.sep2.client import Sep2Client
     from dynexport.sunspec import cli as sunspec_cli
     from dynexport.update.rauc import Rauc
     from dynexport.web.updates import Updates
