@@ -124,3 +124,21 @@ async def wait_settled(
             else:
                 inside_since = None
             await trio.sleep(0.05)
+
+
+STORED_CONTROL_W = 2000.0
+"""The utility's control that `store_a_schedule` leaves on the data partition (the fallback
+export limit is 1500 W, so the two cannot be mistaken for each other)."""
+
+
+async def store_a_schedule(utility: UtilityServer, raw: dict[str, Any], data_dir: Path) -> None:
+    """Puts a `STORED_CONTROL_W` export control in force for an hour (over a 5000 W default)
+    and runs an app with ``raw`` until it obeys it: its link has stored the schedule."""
+    now = int(utility.now())
+    utility.add_control(start=now - 5, duration=3600, export_limit_w=STORED_CONTROL_W)
+    utility.set_default(export_limit_w=5000)
+    app = make_app(parse_config(raw), data_dir)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(app.run)
+        await wait_for(lambda: app.status()["limits"]["exportW"] == STORED_CONTROL_W, within=20)
+        nursery.cancel_scope.cancel()

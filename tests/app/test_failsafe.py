@@ -10,9 +10,12 @@ from dynexport.app import FALLBACK_SOURCE
 from dynexport.sim.utility_server import UtilityServer
 from dynexport.system.config import parse_config
 from tests.app.conftest import (
+    STORED_CONTROL_W,
     make_app,
     simulated_site,
     site_config,
+    store_a_schedule,
+    utility_section,
     wait_for,
     wait_settled,
 )
@@ -114,25 +117,9 @@ async def test_unusable_utility_key_does_not_crash_and_the_stored_schedule_is_ob
     data = tmp_path / "data"
     server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=10)
     async with server.running() as utility:
-        now = int(utility.now())
-        utility.add_control(start=now - 5, duration=3600, export_limit_w=2000)
-        utility.set_default(export_limit_w=5000)
-        files = utility.pki.files
-        raw = {
-            "utility": {
-                "server": utility.url,
-                "ca": str(files["serca"]),
-                "cert": str(files["device_chain"]),
-                "key": str(tmp_path / "key.pem"),
-                "nmi": "4312345678",
-            }
-        }
-        (tmp_path / "key.pem").write_bytes(files["device_key"].read_bytes())
-        first = make_app(parse_config(raw), data)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(first.run)
-            await wait_for(lambda: first.status()["limits"]["exportW"] == 2000, within=20)
-            nursery.cancel_scope.cancel()
+        raw = {"utility": utility_section(utility, key=str(tmp_path / "key.pem"))}
+        (tmp_path / "key.pem").write_bytes(utility.pki.files["device_key"].read_bytes())
+        await store_a_schedule(utility, raw, data)
     # The key file gets corrupted (a bad SD card, a bad edit) and the utility is unreachable.
     (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n")
     second = make_app(parse_config(raw), data)
@@ -144,9 +131,8 @@ async def test_unusable_utility_key_does_not_crash_and_the_stored_schedule_is_ob
         assert status["utility"]["configured"] is True
         assert status["utility"]["connected"] is False
         assert "utility link not started" in status["utility"]["lastError"]
-        # the schedule stored on the data partition keeps the utility's 2000 W limit in force
-        # (the fallback is 1500 W)
-        assert status["limits"]["exportW"] == 2000
+        # the schedule stored on the data partition keeps the utility's limit in force
+        assert status["limits"]["exportW"] == STORED_CONTROL_W
         assert status["limits"]["source"]["export_w"] != FALLBACK_SOURCE
         nursery.cancel_scope.cancel()
 

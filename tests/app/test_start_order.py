@@ -17,7 +17,15 @@ from dynexport.app import FALLBACK_SOURCE, App
 from dynexport.control.law import ControlOutput
 from dynexport.sim.utility_server import UtilityServer
 from dynexport.system.config import parse_config
-from tests.app.conftest import make_app, simulated_site, site_config, utility_section, wait_for
+from tests.app.conftest import (
+    STORED_CONTROL_W,
+    make_app,
+    simulated_site,
+    site_config,
+    store_a_schedule,
+    utility_section,
+    wait_for,
+)
 
 
 def _record_decisions(app: App) -> list[dict[str, Any]]:
@@ -48,16 +56,9 @@ async def test_the_first_decision_obeys_the_stored_schedule_before_the_link_is_b
     data = tmp_path / "data"
     server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=10)
     async with server.running() as utility:
-        now = int(utility.now())
-        utility.add_control(start=now - 5, duration=3600, export_limit_w=2000)
-        utility.set_default(export_limit_w=5000)
-        raw = {"utility": utility_section(utility)}  # its fallback is 1500 W
-        first = make_app(parse_config(raw), data)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(first.run)
-            await wait_for(lambda: first.status()["limits"]["exportW"] == 2000, within=20)
-            nursery.cancel_scope.cancel()
-        # The service starts again (a reboot): the schedule stored on /data holds the 2000 W.
+        raw = {"utility": utility_section(utility)}
+        await store_a_schedule(utility, raw, data)
+        # The service starts again (a reboot): the schedule stored on /data holds the control.
         second = make_app(parse_config(raw), data)
         decisions = _record_decisions(second)
         async with trio.open_nursery() as nursery:
@@ -65,13 +66,13 @@ async def test_the_first_decision_obeys_the_stored_schedule_before_the_link_is_b
             await wait_for(lambda: second.utility is not None and len(decisions) >= 2)
             head = decisions[0]
             assert head["link built"] is False and head["starting"] is True
-            assert head["export_w"] == 2000  # the stored control, not the fallback
+            assert head["export_w"] == STORED_CONTROL_W  # the stored control, not the fallback
             assert head["source"].startswith("utility") and head["source"] != FALLBACK_SOURCE
             assert head["fallback"] is None
             # once built, the link goes on where the stored schedule was, then polls
             await wait_for(lambda: second.status()["utility"]["connected"] is True, within=20)
             assert second.utility_starting is False
-            assert second.status()["limits"]["exportW"] == 2000
+            assert second.status()["limits"]["exportW"] == STORED_CONTROL_W
             nursery.cancel_scope.cancel()
 
 
