@@ -122,6 +122,9 @@ class App:
         stored schedule is obeyed, as a new link obeys it until its first poll."""
         self._decided = trio.Event()
         """Set by the first control decision of the running generation."""
+        self._first_limits = trio.Event()
+        """Set once the running generation's first limits are written (`_watch_first_limits`):
+        what the site's control does not need starts then."""
         self.ready = False
         self.started = 0.0
         self.web_port: int | None = None
@@ -217,22 +220,28 @@ class App:
             log.info("configuration changed: restarting the links")
 
     async def _after_first_limits(self) -> None:
-        """Returns once the generation's controller has decided and every inverter has its
-        first limit written, or cannot take one (not controllable, or not reachable after
-        trying); or after `AFTER_FIRST_LIMITS_S`. What the site's control does not need waits
-        for this: importing the utility link's XML stack and the web server holds the event
-        loop for a second or more on a Pi at boot."""
-        decided = self._decided
-        with trio.move_on_after(AFTER_FIRST_LIMITS_S):
-            await decided.wait()
-            # the links' states carry no event (polled the way _fresh_readings polls them)
-            while not all(  # noqa: ASYNC110
-                st.last_write is not None
-                or st.controllable is False
-                or (st.error is not None and not st.online)
-                for st in (link.state for link in self.inverters)
-            ):
-                await trio.sleep(0.01)
+        """Waits for the running generation's first limits (`_watch_first_limits`)."""
+        await self._first_limits.wait()
+
+    async def _watch_first_limits(self, decided: trio.Event, done: trio.Event) -> None:
+        """Sets ``done`` once the generation's controller has decided and every inverter has
+        its first limit written, or cannot take one (not controllable, or not reachable after
+        trying); or after `AFTER_FIRST_LIMITS_S`, or when the generation ends first. What the
+        site's control does not need waits for this: importing the utility link's XML stack
+        and the web server holds the event loop for a second or more on a Pi at boot."""
+        try:
+            with trio.move_on_after(AFTER_FIRST_LIMITS_S):
+                await decided.wait()
+                # the links' states carry no event (polled the way _fresh_readings polls them)
+                while not all(  # noqa: ASYNC110
+                    st.last_write is not None
+                    or st.controllable is False
+                    or (st.error is not None and not st.online)
+                    for st in (link.state for link in self.inverters)
+                ):
+                    await trio.sleep(0.01)
+        finally:
+            done.set()  # never left unset: a waiter of an ended generation goes on
 
     async def _pv_memory_task(self) -> None:
         """Writes ``pv-memory.json`` when the planner has news; on the way out, what is still
@@ -264,7 +273,7 @@ class App:
 
     async def _generation(self, task_status: Any) -> None:
         """One run of the links and the controller, until cancelled or the config changes."""
-        self._decided = trio.Event()
+        self._decided, self._first_limits = trio.Event(), trio.Event()
         if self.config.utility is not None and (
             self.utility is None or self.utility.config != self.config.utility
         ):
@@ -314,6 +323,7 @@ class App:
                         )
                     for name, task in self.integrations.tasks():
                         nursery.start_soon(supervised, name, task, self.faults)
+                    nursery.start_soon(self._watch_first_limits, self._decided, self._first_limits)
                     task_status.started(self)
                     await self._restart.wait()
                     cancelled = False
