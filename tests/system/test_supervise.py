@@ -8,6 +8,8 @@ import logging
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dynexport.system.supervise import (
     HEALTHY_AFTER_S,
@@ -113,3 +115,87 @@ async def test_cancellation_is_never_taken_for_a_fault(
         await supervised("forever", forever, faults)
     assert ended
     assert faults.faults == {}
+
+
+async def test_a_failure_that_meets_a_cancellation_is_logged_and_only_the_cancellation_goes_on(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Seen in CI: a web server that failed to bind while the app was being stopped. Its nursery
+    # ended with the error and its other task's Cancelled (the outer scope's, so not absorbed
+    # by the nursery's own scope): a BaseExceptionGroup, no Exception, which the supervisor let
+    # escape as a crash of the whole service at shutdown.
+    faults = FaultLog()
+
+    with trio.CancelScope() as outer:
+
+        async def fails_as_it_is_stopped() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep_forever)
+                await trio.lowlevel.checkpoint()
+                outer.cancel()
+                raise OSError(98, "Address already in use")
+
+        with caplog.at_level(logging.ERROR, logger="dynexport.system"):
+            await supervised("web server", fails_as_it_is_stopped, faults)
+    assert outer.cancelled_caught  # the cancellation went on, and nothing else escaped
+    # the error is in the log with its traceback; no fault is left waiting for a restart
+    # that will never come
+    (record,) = [r for r in caplog.records if r.exc_info]
+    assert "web server" in record.getMessage() and "stopped" in record.getMessage()
+    assert "Address already in use" in caplog.text
+    assert faults.faults == {}
+
+
+ACTIONS = st.one_of(
+    st.tuples(st.just("raise"), st.integers(0, 3)),
+    st.tuples(st.just("return"), st.integers(0, 3)),
+    st.tuples(st.just("forever"), st.just(0)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    children=st.lists(ACTIONS, max_size=3),
+    body=ACTIONS,
+    cancel_at=st.none() | st.integers(0, 8),
+)
+def test_no_exception_ever_escapes_a_supervised_task(
+    children: list[tuple[str, int]], body: tuple[str, int], cancel_at: int | None
+) -> None:
+    """Whatever a task's nursery does (errors in its children or its body, at any point of a
+    cancellation from outside, or none), the supervisor ends only by returning or by that
+    cancellation: never with an exception that would take down the service's one nursery."""
+    checkpoints = 0
+
+    async def main() -> None:
+        nonlocal checkpoints
+        faults = FaultLog()
+        with trio.CancelScope() as outer:
+            outer.deadline = trio.current_time() + 30  # the backoff ends each run eventually
+
+            async def act(action: tuple[str, int]) -> None:
+                nonlocal checkpoints
+                kind, steps = action
+                if kind == "forever":
+                    await trio.sleep_forever()
+                for _ in range(steps):
+                    checkpoints += 1
+                    if checkpoints == cancel_at:
+                        outer.cancel()
+                    await trio.lowlevel.checkpoint()
+                if kind == "raise":
+                    raise ValueError("boom")
+
+            async def task() -> None:
+                async with trio.open_nursery() as nursery:
+                    for child in children:
+                        nursery.start_soon(act, child)
+                    await act(body)
+
+            await supervised("task", task, faults)
+
+    logging.disable(logging.ERROR)  # hundreds of expected tracebacks
+    try:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        logging.disable(logging.NOTSET)

@@ -5,7 +5,8 @@ would cancel them all: a bug in parsing one utility response, a full data partit
 device that answers nonsense would stop the controller and, at the next start, hit the same
 fault again. A supervised task that raises is logged with its traceback, recorded as a fault
 the status and the dashboard show, and restarted after a backoff (1, 2, 4 ... 60 s), while the
-other tasks go on. Cancellation is never caught: shutdown stays structured.
+other tasks go on. Cancellation is never caught: shutdown stays structured, and an error that
+comes together with a cancellation (one exception group) is logged and the cancellation goes on.
 
 The supervisor decides nothing about safety itself; each task's ``on_fault`` hook does (the
 controller's, for example, writes the fail-safe limits before the backoff).
@@ -115,3 +116,12 @@ async def supervised(
                     log.error("%s: its fault handler failed too", name, exc_info=hook_exc)
             await trio.sleep(delay)
             faults.restarted(name, trio.current_time())
+        except BaseExceptionGroup as group:
+            # An error and a cancellation at once (a nursery inside the task failed while the
+            # scope around it was being cancelled): the cancellation goes on, the error is
+            # logged. No fault is recorded, since no restart will ever clear it.
+            errors, rest = group.split(Exception)
+            if errors is None or rest is None:
+                raise
+            log.error("%s failed as it was being stopped", name, exc_info=errors)
+            raise rest from None
