@@ -265,7 +265,12 @@ async def test_disconnect_over_modbus_tcp_opens_the_inverter_and_its_timer_reclo
         async with BusPool(timeout=5.0) as pool, trio.open_nursery() as nursery:
             link = InverterLink("inverter 1", pool.get(_endpoint(server)), 1, revert_s=60)
             nursery.start_soon(link.run)
-            await _until(lambda: link.state.can_disconnect is True, "slow poll")
+            # the slow poll (can_disconnect) and then the fast poll (connected): two reads, so
+            # wait for both (seen under load: the state read between them)
+            await _until(
+                lambda: link.state.can_disconnect is True and link.state.connected is not None,
+                "slow and fast poll",
+            )
             assert link.state.connected is True
 
             link.command(Desired(pct=0.0, connect=False))
