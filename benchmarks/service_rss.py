@@ -24,14 +24,15 @@ events. ``--import-time RUNS`` times cold imports of the service's modules inste
 RUNS fresh interpreters, from bytecode). Tracing costs memory and CPU of its own, so its RSS is
 not the figure to quote; ``--trace-frames 0`` keeps the counts without tracemalloc.
 ``--service-env K=V`` sets a variable for the service alone (``MALLOC_ARENA_MAX=1``: an A/B trial
-of an arena setting). ``--optimize N`` runs the service at ``PYTHONOPTIMIZE=N`` from
-bytecode of that level (the snapshot, the standard library and site-packages compiled into a
-private ``PYTHONPYCACHEPREFIX``, nothing written at run time), as the unit and the image do; A/B
-it against ``--optimize 0``. Before the service starts, one line says how many of the modules it
-imports have no bytecode of its level (each would be compiled at every start: a
-``--service-env PYTHONOPTIMIZE=2`` without ``--optimize`` shows them). To age the process
-faster: ``--rate 10`` (utility rates and limit steps) and ``--interval 0.5`` (control interval).
-Stops what it started; asserts nothing.
+of an arena setting). ``--optimize N`` runs the service with the environment of its systemd unit
+(the ``Environment=`` lines of ``systemd/dynexport.service``, read at each run, so the two stay in
+step) at ``PYTHONOPTIMIZE=N``, from bytecode of that level compiled as the image compiles it
+(the snapshot, the standard library and site-packages compiled into a private
+``PYTHONPYCACHEPREFIX``, nothing written at run time); A/B it against ``--optimize 0``.
+Before the service starts, one line says how many of the modules it imports have no bytecode
+of its level (each would be compiled at every start: a ``--service-env PYTHONOPTIMIZE=2``
+without ``--optimize`` shows them). To age the process faster: ``--rate 10`` (utility rates
+and limit steps) and ``--interval 0.5`` (control interval). Stops what it started; asserts nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import socket
 import subprocess
@@ -310,17 +312,47 @@ print(sys.flags.optimize, len(sys.modules), len(missing), " ".join(missing[:8]))
 """
 
 
-def precompile(prefix: Path, snapshot: Path, levels: list[int], debug_ranges: bool) -> None:
+UNIT = Path(__file__).resolve().parents[1] / "systemd" / "dynexport.service"
+
+
+def unit_environment(text: str) -> dict[str, str]:
+    """The variables a systemd unit's ``Environment=`` lines set (later lines win; quoted
+    values and several assignments on one line as systemd reads them; no specifiers)."""
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key != "Environment" or not value:
+            continue
+        for word in shlex.split(value):
+            name, eq, val = word.partition("=")
+            if eq:
+                env[name] = val
+    return env
+
+
+def service_environment(optimize: int, debug_ranges: bool) -> dict[str, str]:
+    """What the unit sets for the service, at ``PYTHONOPTIMIZE=optimize``; with
+    ``debug_ranges``, without ``PYTHONNODEBUGRANGES`` (column tables kept)."""
+    env = unit_environment(UNIT.read_text())
+    env["PYTHONOPTIMIZE"] = str(optimize)
+    if debug_ranges:
+        env.pop("PYTHONNODEBUGRANGES", None)
+    return env
+
+
+def precompile(prefix: Path, snapshot: Path, levels: list[int], unit_env: dict[str, str]) -> None:
     """Compiles the snapshot, the standard library and site-packages into ``prefix`` (a private
     ``PYTHONPYCACHEPREFIX``) at each of ``levels``, as an image compiled at those levels ships
     them, without touching the interpreter's own ``__pycache__`` folders; without column tables
-    (``PYTHONNODEBUGRANGES``, as the images compile) unless ``debug_ranges``."""
+    when the service runs without them (``PYTHONNODEBUGRANGES`` in ``unit_env``), as the images
+    compile."""
     dirs = [str(snapshot)] + [p for p in sys.path if p and Path(p).is_dir()]
     skip = r"[/\\](test|tests|idlelib|tkinter|turtledemo|lib2to3|ensurepip)[/\\]"
     opts = [x for level in sorted(set(levels)) for x in ("-o", str(level))]
     env = dict(os.environ)
-    if not debug_ranges:
-        env["PYTHONNODEBUGRANGES"] = "1"
+    env.pop("PYTHONNODEBUGRANGES", None)
+    if "PYTHONNODEBUGRANGES" in unit_env:
+        env["PYTHONNODEBUGRANGES"] = unit_env["PYTHONNODEBUGRANGES"]
     subprocess.run(
         [sys.executable, "-X", f"pycache_prefix={prefix}", "-m", "compileall", "-q", "-j", "0",
          "-x", skip, *opts, *dirs],
@@ -390,7 +422,8 @@ def main() -> None:
         help="run the service with PYTHONOPTIMIZE=N from bytecode of that level: the snapshot, "
         "the standard library and site-packages compiled into a private pycache prefix at "
         "levels 0 and N, nothing written at run time (an A/B pair: --optimize 0, --optimize 2); "
-        "as the unit runs, without column tables (PYTHONNODEBUGRANGES=1) unless --debug-ranges",
+        "and the rest of the unit's environment (the Environment= lines of "
+        "systemd/dynexport.service, read at each run)",
     )
     parser.add_argument(
         "--debug-ranges",
@@ -420,9 +453,11 @@ def main() -> None:
     mode += f", utility rates {args.rate} s"
     if args.interval:
         mode += f", control interval {args.interval} s"
+    unit_env: dict[str, str] = {}
     if args.optimize is not None:
+        unit_env = service_environment(args.optimize, args.debug_ranges)
         mode += f", optimize {args.optimize} (private pycache)"
-        mode += ", column tables kept" if args.debug_ranges else ", no column tables"
+        mode += ", unit env " + " ".join(f"{k}={v}" for k, v in sorted(unit_env.items()))
     if args.service_env:
         mode += ", service env " + " ".join(args.service_env)
     if args.trace:
@@ -450,7 +485,7 @@ def main() -> None:
             env["PYTHONDONTWRITEBYTECODE"] = "1"
         elif args.optimize is not None:
             prefix = folder / "pycache"
-            precompile(prefix, snapshot, [0, args.optimize], args.debug_ranges)
+            precompile(prefix, snapshot, [0, args.optimize], unit_env)
             env["PYTHONPYCACHEPREFIX"] = str(prefix)
             env["PYTHONDONTWRITEBYTECODE"] = "1"  # read-only, as the image's root
         else:
@@ -499,11 +534,8 @@ def main() -> None:
             if args.trace:
                 entry = ["-c", TRACE_WRAPPER, str(args.trace.resolve()), str(args.trace_every),
                          str(args.trace_frames)]  # fmt: skip
-            service_env = dict(env, **dict(kv.split("=", 1) for kv in args.service_env))
-            if args.optimize is not None:
-                service_env["PYTHONOPTIMIZE"] = str(args.optimize)
-                if not args.debug_ranges:
-                    service_env["PYTHONNODEBUGRANGES"] = "1"
+            service_env = dict(env, **unit_env)
+            service_env.update(kv.split("=", 1) for kv in args.service_env)
             if not args.from_source:
                 print(bytecode_check(service_env), flush=True)
             service = spawn(py, *flags, *entry, "run", "--config", str(folder / "config.json"),

@@ -211,3 +211,41 @@ def test_post_build_leaves_the_system_test_roots_python_to_build_image(tmp_path:
         env={"PATH": "/usr/bin:/bin"},
     )
     assert [p.name for p in lib.iterdir()] == ["probe.py"]
+
+
+def load_service_rss() -> types.ModuleType:
+    """benchmarks/service_rss.py, imported by path (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "service_rss", ROOT / "benchmarks" / "service_rss.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_memory_benchmark_runs_the_service_with_the_units_environment() -> None:
+    """``service_rss.py --optimize N`` reads the unit's ``Environment=`` lines instead of a copy
+    of them, so a variable added to the unit is measured too."""
+    bench = load_service_rss()
+    unit = bench.unit_environment(UNIT.read_text())
+    assert unit["PYTHONOPTIMIZE"] == str(unit_level())
+    assert unit["PYTHONNODEBUGRANGES"] == "1"
+    assert bench.service_environment(0, debug_ranges=False) == dict(unit, PYTHONOPTIMIZE="0")
+    assert "PYTHONNODEBUGRANGES" not in bench.service_environment(2, debug_ranges=True)
+
+
+def test_the_memory_benchmark_reads_environment_lines_as_systemd_does() -> None:
+    """Several assignments on a line, quoted values, later lines winning, other keys ignored."""
+    bench = load_service_rss()
+    text = (
+        "[Service]\n"
+        "Environment=A=1 B=2\n"
+        'Environment="C=two words" A=3\n'
+        "EnvironmentFile=/etc/x\n"
+        "# Environment=D=4\n"
+        "  Environment=E=5\n"
+    )
+    assert bench.unit_environment(text) == {"A": "3", "B": "2", "C": "two words", "E": "5"}
