@@ -177,7 +177,8 @@ class App:
         self.started = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(supervised, "watchdog", self._watchdog_loop, self.faults)
-            nursery.start_soon(supervised, "pv memory", self._pv_memory_task, self.faults)
+            # pv-memory.json when the planner has news; on the way out, what is unwritten
+            nursery.start_soon(supervised, "pv memory", self.pv_writer.run, self.faults)
             # The links and the controller first: the update tasks and the web server start once
             # the first limits are written, and a web server that cannot start never holds up
             # control (docs/architecture.md, "Start order").
@@ -242,15 +243,6 @@ class App:
                     await trio.sleep(0.01)
         finally:
             done.set()  # never left unset: a waiter of an ended generation goes on
-
-    async def _pv_memory_task(self) -> None:
-        """Writes ``pv-memory.json`` when the planner has news; on the way out, what is still
-        unwritten, within a bound (the thread of a hung card is left behind)."""
-        try:
-            await self.pv_writer.run()
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(PV_FLUSH_S):
-                await self.pv_writer.flush()
 
     async def _web_task(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """The web server, restarted with backoff if it ever fails; the first start reports the
@@ -373,10 +365,11 @@ class App:
                 clock=self.options.wall_clock,
                 monotonic=time.monotonic,
                 ssl_context=self.options.utility_ssl_context,
+                stored_schedule=self._stored_schedule,  # read as this generation started
             )
         except (OSError, ValueError) as exc:
             self.utility_error = f"utility link not started: {exc}"
-            self._obey_stored_schedule(utility)
+            self.utility = None  # the stored schedule this generation read stays in force
             log.error("%s; obeying the stored schedule", self.utility_error)
         else:
             self.utility_error = None
@@ -1514,6 +1507,7 @@ def pv_memory_writer(path: Path, book: BatteryBook) -> LatestWriter[battery_law.
         lambda memory: atomic_write(path, memory.to_json().encode()),
         on_error=failed,
         on_ok=saved,
+        exit_flush_s=PV_FLUSH_S,
     )
 
 

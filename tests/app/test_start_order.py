@@ -10,11 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from dynexport import app as app_module
 from dynexport.app import FALLBACK_SOURCE, App
 from dynexport.control.law import ControlOutput
+from dynexport.sep2.schedule import ScheduleSnapshot
+from dynexport.sep2.state import LinkStore
 from dynexport.sim.utility_server import UtilityServer
 from dynexport.system.config import parse_config
 from tests.app.conftest import (
@@ -51,19 +54,29 @@ def _record_decisions(app: App) -> list[dict[str, Any]]:
 
 
 async def test_the_first_decision_obeys_the_stored_schedule_before_the_link_is_built(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = tmp_path / "data"
     server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=10)
     async with server.running() as utility:
         raw = {"utility": utility_section(utility)}
         await store_a_schedule(utility, raw, data)
+        reads: list[ScheduleSnapshot | None] = []
+        load = LinkStore.load_schedule
+
+        def counted(store: LinkStore) -> ScheduleSnapshot | None:
+            reads.append(load(store))
+            return reads[-1]
+
+        monkeypatch.setattr(LinkStore, "load_schedule", counted)
         # The service starts again (a reboot): the schedule stored on /data holds the control.
         second = make_app(parse_config(raw), data)
         decisions = _record_decisions(second)
         async with trio.open_nursery() as nursery:
             await nursery.start(second.run)
             await wait_for(lambda: second.utility is not None and len(decisions) >= 2)
+            # the link starts from the schedule the app read and obeyed: one read of the file
+            assert len(reads) == 1 and reads[0] is not None
             head = decisions[0]
             assert head["link built"] is False and head["starting"] is True
             assert head["export_w"] == STORED_CONTROL_W  # the stored control, not the fallback

@@ -16,6 +16,7 @@ import itertools
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,9 +25,10 @@ import trio.testing
 
 from dynexport.httpio import HttpClient, Response
 from dynexport.sep2 import schema
-from dynexport.sep2.client import ClientOptions, Sep2Client
+from dynexport.sep2.client import Sep2Client
 from dynexport.sep2.controls import ControlType
 from dynexport.sep2.flow import DerInfo
+from dynexport.sep2.state import LinkStore
 from dynexport.sep2.telemetry import Sample
 from dynexport.sim.utility_core import UtilityCore
 from dynexport.sim.utility_server import UtilityServer
@@ -117,11 +119,19 @@ async def run_with_samples(client: Sep2Client, seconds: int) -> None:
         await trio.sleep(10)
 
 
+class LoopWrittenStore(LinkStore):
+    """The link's files, written by whoever saves them (the link's task) instead of in worker
+    threads: on the autojumping mock clock, time runs on while a thread fsyncs."""
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()  # no writer tasks: each save writes at once
+
+
 def in_process_client(
     srv: UtilityServer, data_dir: Path, *, store_in_threads: bool = False
 ) -> tuple[Sep2Client, InProcessHttp]:
     """The link against ``srv`` in-process. Its files are written in the link's task unless
-    ``store_in_threads``: on the autojumping mock clock, time runs on while a thread fsyncs."""
+    ``store_in_threads`` (`LoopWrittenStore`)."""
     files = srv.pki.files
     config = UtilityConfig(
         server="http://utility.test",
@@ -139,7 +149,7 @@ def in_process_client(
         clock=wall,
         monotonic=trio.current_time,
         http=http,
-        options=ClientOptions(store_in_threads=store_in_threads),
+        store=LinkStore(data_dir) if store_in_threads else LoopWrittenStore(data_dir),
     )
     return client, http
 

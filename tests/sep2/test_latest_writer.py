@@ -1,6 +1,7 @@
 """`LatestWriter`: a slow or hung write never stalls the event loop, the latest state wins, at
-most one write is in flight, a failure is retried until it works, and a flush leaves the last
-state on disk (system/latest_writer.py, used by the utility link's store).
+most one write is in flight, a failure is retried until it works, and the writer's exit (or a
+flush) leaves the last state on disk within a bound (system/latest_writer.py, used by the utility
+link's store).
 
 Everything runs on trio's mock clock; a write that "hangs" blocks its worker thread on a
 `threading.Event` the test sets, so nothing depends on the machine's speed.
@@ -155,34 +156,48 @@ async def test_a_newer_state_is_tried_at_once_after_a_failure(
         nursery.cancel_scope.cancel()
 
 
-async def test_flush_after_the_task_ended_writes_the_last_state() -> None:
+async def answer_once_blocked(sink: Sink) -> None:
+    """The card answers once every task waits on it (the writer is in its exit flush)."""
+    await trio.testing.wait_all_tasks_blocked()
+    sink.gate.set()
+
+
+async def test_a_cancelled_writer_writes_the_last_state_on_its_way_out() -> None:
     sink = Sink()
-    writer: LatestWriter[int] = LatestWriter("test.json", sink.write)
+    writer: LatestWriter[int] = LatestWriter("test.json", sink.write, exit_flush_s=60)
     sink.gate.clear()
-    async with trio.open_nursery() as nursery:
+    async with trio.open_nursery() as outer, trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         writer.submit(1)
         await trio.to_thread.run_sync(sink.entered.wait)
         writer.submit(2)
-        nursery.cancel_scope.cancel()  # shutdown while 1 is being written
-    sink.gate.set()
-    assert await writer.flush()
+        nursery.cancel_scope.cancel()  # shutdown while 1 is being written, 2 waiting
+        outer.start_soon(answer_once_blocked, sink)
+    # the task ended only once the latest state was on disk, after the one in flight
+    assert not writer.unwritten
     assert sink.holds == 2 and sink.writes == [1, 2] and sink.most_in_flight == 1
 
 
-async def test_a_flush_on_a_hung_card_is_bounded(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_cancelled_writer_on_a_hung_card_ends_within_its_bound(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     sink = Sink()
     sink.gate.clear()
-    writer: LatestWriter[int] = LatestWriter("test.json", sink.write)
+    writer: LatestWriter[int] = LatestWriter("test.json", sink.write, exit_flush_s=2)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         writer.submit(1)
+        await trio.to_thread.run_sync(sink.entered.wait)
         nursery.cancel_scope.cancel()
+        cancelled_at = trio.current_time()
+    assert trio.current_time() - cancelled_at == pytest.approx(2)
+    assert writer.unwritten  # left in memory; the hung thread is left behind
+    # a flush by hand never returns on a hung card either: its caller bounds it
     start = trio.current_time()
-    with trio.move_on_after(2) as scope:
+    with trio.move_on_after(3) as scope:
         await writer.flush()
-    assert scope.cancelled_caught and trio.current_time() - start == pytest.approx(2)
-    sink.gate.set()  # let the abandoned thread finish
+    assert scope.cancelled_caught and trio.current_time() - start == pytest.approx(3)
+    sink.gate.set()  # let the abandoned threads finish
 
 
 def test_without_a_running_task_a_submit_writes_at_once() -> None:

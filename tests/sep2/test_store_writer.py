@@ -23,10 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynexport.sep2 import schema, state
-from dynexport.sep2.client import STORE_FLUSH_S
 from dynexport.sep2.controls import ResponseStatus
 from dynexport.sep2.responses import PendingResponse, ResponseTracker
-from dynexport.sep2.state import RESPONSES_FILE, SCHEDULE_FILE, LinkStore
+from dynexport.sep2.state import RESPONSES_FILE, SCHEDULE_FILE, STORE_FLUSH_S, LinkStore
 from dynexport.sim.utility_server import UtilityServer
 from dynexport.system.storage import atomic_write
 from tests.sep2.fakes import T0
@@ -216,21 +215,25 @@ async def test_shutdown_flushes_the_latest_state_within_a_bound(
     card.answer()
 
 
-async def test_the_shutdown_flush_writes_what_the_writers_had_not_written_yet(
+async def test_the_writers_write_what_they_had_not_written_yet_on_their_way_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     card = Card()
     monkeypatch.setattr(state, "atomic_write", card)
+    monkeypatch.setattr(state, "STORE_FLUSH_S", 60.0)  # a bound no slow machine reaches
+
+    async def answer_once_blocked() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        card.answer()
+
     store = LinkStore(tmp_path)
-    async with trio.open_nursery() as nursery:
+    async with trio.open_nursery() as outer, trio.open_nursery() as nursery:
         await nursery.start(store.run)
         card.hang()
         store.save_responses(tracker(1))
         store.save_responses(tracker(4))
-        nursery.cancel_scope.cancel()  # shutdown: the writers are gone, the card still hangs
-    assert store.unwritten()
-    card.answer()
-    assert await store.flush()
+        nursery.cancel_scope.cancel()  # shutdown while the card hangs
+        outer.start_soon(answer_once_blocked)
     assert not store.unwritten() and store.settled()
     assert LinkStore(tmp_path).load_responses() == tracker(4)
 

@@ -23,6 +23,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any, TypeVar
 
 import trio
@@ -93,13 +94,17 @@ MAX_ERRORS = 10
 MIN_SLEEP_S = 0.05
 """The run loop never sleeps less than this between steps, so no wake-up computed in the past
 can make it spin."""
-STORE_FLUSH_S = 2.0
-"""At shutdown, how long the link waits for its unsaved state to reach the data partition."""
 SETTLE_CHECK_S = 1.0
 """While responses wait for responses.json to be written, the link still steps this often."""
 PART_RETRY_S = (5.0, 15.0, 60.0, 300.0)
 """Backoff of one part of a step (DER reports, responses, telemetry) after an unexpected
 exception in it (the last value repeats)."""
+
+
+class StoredSchedule(Enum):
+    """`Sep2Client`'s default for ``stored_schedule``: read it from the link's store."""
+
+    READ = "read"
 
 
 class Sep2Error(Exception):
@@ -140,10 +145,6 @@ class ClientOptions:
     """Worker threads parsing at once (bounded: a walk parses one page at a time anyway)."""
     thread_events: int = 1000
     """A program with more events than this is converted for the scheduler in a worker thread."""
-    store_in_threads: bool = True
-    """`run` writes the link's files in worker threads (`LinkStore.run`), never on the event
-    loop. False writes them in the link's task as before: only for tests on trio's autojumping
-    mock clock, where time runs on while a thread fsyncs."""
 
 
 @dataclass(frozen=True)
@@ -252,8 +253,15 @@ class Sep2Client:
         ssl_context: ssl.SSLContext | None = None,
         options: ClientOptions | None = None,
         read_only: bool = False,
+        store: LinkStore | None = None,
+        stored_schedule: ScheduleSnapshot | StoredSchedule | None = StoredSchedule.READ,
     ) -> None:
         """``read_only``: never PUT or POST (the installer's walk).
+
+        ``store`` keeps the link's files (default: a `LinkStore` of ``data_dir``, which writes
+        them in worker threads while `run` runs). ``stored_schedule`` is what its
+        ``schedule.json`` holds when the caller has just read it (the app, which obeys it while
+        the link is built); by default the link reads it.
 
         ``clock`` is the local wall time (``time.time``): used only for what is wall time by
         nature (the server clock offset, sample times, log timestamps). ``monotonic`` times
@@ -289,8 +297,12 @@ class Sep2Client:
             )
         self.http = http
         self.dcap_url = http.url_for(config.dcap)
-        self.store = LinkStore(data_dir)
-        self.snapshot: ScheduleSnapshot | None = self.store.load_schedule()
+        self.store = LinkStore(data_dir) if store is None else store
+        self.snapshot: ScheduleSnapshot | None = (
+            self.store.load_schedule()
+            if stored_schedule is StoredSchedule.READ
+            else stored_schedule
+        )
         self._saved_schedule: ScheduleSnapshot | None = self.snapshot
         """What ``schedule.json`` holds (to skip rewriting it when a poll changed nothing)."""
         self.tracker: ResponseTracker = self.store.load_responses()
@@ -469,8 +481,7 @@ class Sep2Client:
         failures = 0
         try:
             async with trio.open_nursery() as writers:
-                if self.options.store_in_threads:  # files written in threads, not on the loop
-                    await writers.start(self.store.run)
+                await writers.start(self.store.run)  # files written in threads, not on the loop
                 task_status.started()
                 while True:
                     try:
@@ -488,10 +499,8 @@ class Sep2Client:
                     with trio.move_on_after(delay):
                         await self._wake.wait()
         finally:
+            # the store's writers wrote what was unwritten on their way out, within a bound
             with trio.CancelScope(shield=True):
-                # best effort: what is not on disk yet, within a bound (a hung card is left)
-                with trio.move_on_after(STORE_FLUSH_S):
-                    await self.store.flush()
                 await self.http.aclose()
 
     async def step(self) -> float:

@@ -45,6 +45,10 @@ SCHEDULE_FILE = "schedule.json"
 RESPONSES_FILE = "responses.json"
 TELEMETRY_FILE = "telemetry.json"
 
+STORE_FLUSH_S = 2.0
+"""At shutdown, how long each writer waits for its unsaved state to reach the data partition
+(all at once: the link's shutdown waits this long at most)."""
+
 
 class LinkStore:
     """Loads and saves the utility link's persistent state under ``data_dir`` (None: memory)."""
@@ -77,6 +81,7 @@ class LinkStore:
             put,
             on_error=lambda exc: self._write_failed(name, exc),
             on_ok=lambda: self._write_ok(name),
+            exit_flush_s=STORE_FLUSH_S,
         )
 
     def _progressed(self, name: str) -> None:
@@ -86,7 +91,8 @@ class LinkStore:
     # -- the writers' task (run by the link) -----------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Runs one writer per file until cancelled; until then saves are written by the caller."""
+        """Runs one writer per file until cancelled, then each writes what it had not yet, within
+        `STORE_FLUSH_S`; without this task, saves are written by the caller."""
         async with trio.open_nursery() as nursery:
             for writer in self._writers.values():
                 await nursery.start(writer.run)

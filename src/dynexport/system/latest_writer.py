@@ -6,8 +6,10 @@ blocking (`submit`), and its task (`run`) writes the newest one in a worker thre
 (``trio.to_thread.run_sync``). A state submitted while a write is in flight replaces any state
 still waiting (latest wins), so at most one write is in flight and at most one waits, whatever
 the rate of changes. A failed write is reported once per episode (``on_error``), the state stays
-in memory and is tried again after a backoff or at the next submit; `flush` writes whatever is
-still unwritten at shutdown (the caller bounds it with a timeout).
+in memory and is tried again after a backoff or at the next submit. When `run` is cancelled (the
+service stops) it writes whatever is still unwritten on its way out, within ``exit_flush_s``: a
+hung card's thread is left behind, the shutdown is not. `flush` does the same for a caller
+that bounds it.
 
 Without a running `run` task (a one-shot tool, a test stepping the link by hand) `submit` writes at
 once in the caller, as a plain function would.
@@ -33,6 +35,9 @@ RETRY_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 SLOW_S = 10.0
 """A write that takes longer than this is logged (the card is failing or overloaded)."""
 
+EXIT_FLUSH_S = 2.0
+"""What a cancelled `run` spends, at most, writing the latest state on its way out."""
+
 
 class LatestWriter(Generic[T]):
     """Writes the latest submitted state with ``write`` (called in a worker thread).
@@ -49,8 +54,10 @@ class LatestWriter(Generic[T]):
         on_error: Callable[[BaseException], None] | None = None,
         on_ok: Callable[[], None] | None = None,
         retry_s: Sequence[float] = RETRY_S,
+        exit_flush_s: float = EXIT_FLUSH_S,
     ) -> None:
         self.name = name
+        self._exit_flush_s = exit_flush_s
         self._write = write
         self._on_error = on_error
         self._on_ok = on_ok
@@ -111,7 +118,9 @@ class LatestWriter(Generic[T]):
             await self._progress.wait()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """The writer task: writes the newest state whenever one is unwritten, until cancelled."""
+        """The writer task: writes the newest state whenever one is unwritten, until cancelled;
+        then what is still unwritten, within ``exit_flush_s`` (shielded: the shutdown that
+        cancelled it is what the flush is for)."""
         self._running = True
         self._wake = trio.Event()
         task_status.started()
@@ -128,7 +137,12 @@ class LatestWriter(Generic[T]):
                 with trio.move_on_after(delay):
                     await self._wake.wait()  # a newer state is tried at once
         finally:
-            self._running = False
+            try:
+                if self.unwritten:
+                    with trio.CancelScope(shield=True), trio.move_on_after(self._exit_flush_s):
+                        await self.flush()  # a state submitted meanwhile is written too
+            finally:
+                self._running = False
 
     async def flush(self) -> bool:
         """Writes the latest state if it is not on disk yet (after any write in flight); True
