@@ -986,12 +986,25 @@ def booted_slot(vm: Vm) -> str:
     return out.strip()
 
 
+GRUBENV_REREAD_S = 10.0
+"""How long an invalid GRUB environment block is read again before it counts as broken."""
+
+
 def grub_env(vm: Vm) -> dict[str, str]:
-    """GRUB's environment as RAUC sees it (the FAT partition is automounted on /bootfs)."""
-    rc, out = vm.sh("grub-editenv /bootfs/grub/grubenv list")
-    if rc != 0:
-        raise Failure(f"grub-editenv failed: {out.strip()}")
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    """GRUB's environment as RAUC sees it (the FAT partition is automounted on /bootfs).
+
+    grub-editenv (RAUC's GRUB backend) rewrites the file in place: truncated, then written. A
+    read in that moment (the service marking its slot good while a check polls) sees an invalid
+    block, so such a read is tried again; one still invalid after `GRUBENV_REREAD_S` is a
+    failure (a clean-clone CI run once read it so, mid-write, and failed card 2's checks)."""
+    deadline = time.monotonic() + GRUBENV_REREAD_S
+    while True:
+        rc, out = vm.sh("grub-editenv /bootfs/grub/grubenv list")
+        if rc == 0:
+            return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        if "invalid environment block" not in out or time.monotonic() > deadline:
+            raise Failure(f"grub-editenv failed: {out.strip()}")
+        time.sleep(0.5)
 
 
 def env_text(env: dict[str, str]) -> str:
