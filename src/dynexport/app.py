@@ -368,8 +368,8 @@ class App:
                 stored_schedule=self._stored_schedule,  # read as this generation started
             )
         except (OSError, ValueError) as exc:
+            # self.utility stays None: the stored schedule this generation read stays in force
             self.utility_error = f"utility link not started: {exc}"
-            self.utility = None  # the stored schedule this generation read stays in force
             log.error("%s; obeying the stored schedule", self.utility_error)
         else:
             self.utility_error = None

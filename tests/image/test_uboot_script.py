@@ -158,13 +158,12 @@ class UBootVM:
         self.proc.stdin.write(line.encode() + b"\n")
         self.proc.stdin.flush()
 
-    def command(self, line: str) -> str:
-        """Runs ``line`` at the prompt; returns what it printed."""
+    def setenv(self, name: str, value: str) -> None:
+        """Sets a variable at the prompt (in U-Boot's memory: nothing is saved)."""
+        line = f'setenv {name} "{value}"'
         self.send(line)
         self.expect(re.escape(line) + "\n")
-        start = self.seen
         self.expect(r"=> ")
-        return self.text[start : self.seen - 3]
 
     def _prompt(self) -> None:
         """Stops autoboot (keys go in until the prompt shows: no race with its countdown) and
@@ -180,12 +179,12 @@ class UBootVM:
                 self._cond.wait(0.1)
         self.expect(r"=> ")
         for name, value in self.saved.items():
-            self.command(f'setenv {name} "{value}"')
+            self.setenv(name, value)
 
     def fw_setenv(self, **values: str) -> None:
         """What RAUC's U-Boot backend writes from Linux (``fw_setenv``), at the prompt."""
         for name, value in values.items():
-            self.command(f'setenv {name} "{value}"')
+            self.setenv(name, value)
             self.saved[name] = value
 
     def boot(self) -> Boot:
