@@ -46,18 +46,19 @@ async def test_outlook_shows_utility_steps_config_limits_and_windows_with_source
         app = make_app(config, tmp_path / "data")
         async with trio.open_nursery() as nursery:
             await nursery.start(app.run)
-            await wait_for(lambda: app.status()["utility"].get("lastPoll") is not None, within=20)
+            await wait_for(lambda: app.status()["utility"].get("lastPoll") is not None, within=60)
             outlook = app.limits_outlook(hours=24)
             steps = [(round(t), lim.export_w, lim.sources.get("export_w")) for t, lim in outlook]
-            t0 = steps[0][0]
             # now: the installer's 4000 W is tighter than the utility's default 5000 W
             assert steps[0][1:] == (4000.0, "config")
             # in 10 minutes the utility's 1500 W event, for 20 minutes
             assert (1500.0, "utility") in [s[1:] for s in steps]
             event = next(s for s in steps if s[1] == 1500.0)
-            assert abs(event[0] - (t0 + 600)) <= 2
+            # at the times the utility gave (not the outlook's own start: on a loaded machine
+            # the app took more than 2 s to start and poll after the event was added)
+            assert abs(event[0] - (now + 600)) <= 1
             after = steps[steps.index(event) + 1]
-            assert after[1:] == (4000.0, "config") and abs(after[0] - (t0 + 1800)) <= 2
+            assert after[1:] == (4000.0, "config") and abs(after[0] - (now + 1800)) <= 1
             # the daily window, at local times
             window = next(s for s in steps if s[1] == 0.0)
             assert window[2] == f"window {hhmm(start)}-{hhmm(end)}"
