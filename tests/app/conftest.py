@@ -142,5 +142,5 @@ async def store_a_schedule(utility: UtilityServer, raw: dict[str, Any], data_dir
     app = make_app(parse_config(raw), data_dir)
     async with trio.open_nursery() as nursery:
         await nursery.start(app.run)
-        await wait_for(lambda: app.status()["limits"]["exportW"] == STORED_CONTROL_W, within=60)
+        await wait_for(lambda: app.status()["limits"]["exportW"] == STORED_CONTROL_W)
         nursery.cancel_scope.cancel()

@@ -74,7 +74,7 @@ async def test_a_disconnect_control_opens_the_inverters_and_the_utility_is_told(
 ) -> None:
     """ALL-12 / ALL-27: PUT-DERSTATUS-DISCONNECT, then PUT-DERSTATUS-CONNECT."""
     async with _service(tmp_path) as (utility, sim):
-        await wait_for(lambda: (_bits(utility) or 0) & 1 == 1, within=60)
+        await wait_for(lambda: (_bits(utility) or 0) & 1 == 1)
         now = int(utility.now())
         utility.add_control(start=now, duration=40, connect=False)
         # the inverters are opened through model 123 Conn, not only limited to 0 %
@@ -82,7 +82,7 @@ async def test_a_disconnect_control_opens_the_inverters_and_the_utility_is_told(
         await wait_for(lambda: (_bits(utility) or 1) & 1 == 0, within=30)
         assert sim.site.output_w(1) + sim.site.output_w(2) < 50
         # when the control ends they are closed again, and the utility is told
-        await wait_for(lambda: all(sim.site.get(u, 123, "Conn") == 1 for u in (1, 2)), within=60)
+        await wait_for(lambda: all(sim.site.get(u, 123, "Conn") == 1 for u in (1, 2)))
         await wait_for(lambda: (_bits(utility) or 0) & 1 == 1, within=30)
         assert [v.message for v in utility.violations] == []
 
@@ -91,7 +91,7 @@ async def test_an_inverter_that_trips_or_stops_on_its_own_is_reported(tmp_path: 
     """ALL-07 (connection status) and ALL-08 (operational state), driven through the site's
     control channel, as the procedures need the DER itself to change."""
     async with _service(tmp_path) as (utility, sim):
-        await wait_for(lambda: (_bits(utility) or 0) & 5 == 5, within=60)
+        await wait_for(lambda: (_bits(utility) or 0) & 5 == 5)
         for unit in (1, 2):
             await _control(sim, {"unit": unit, "set": {"connected": False}})
         await wait_for(lambda: (_bits(utility) or 1) & 1 == 0, within=30)

@@ -37,10 +37,10 @@ async def test_meter_lost_puts_generation_at_the_fail_safe_within_seconds(tmp_pa
             assert sim.site.output_w(1) + sim.site.output_w(2) > 4000
             sim.servers["meter"].stop()
             cut = trio.current_time()
-            await wait_for(lambda: app.status()["control"]["mode"] == "failsafe", within=60)
+            await wait_for(lambda: app.status()["control"]["mode"] == "failsafe")
             # Without a meter the load is unknown: generation is held to the export limit,
             # which keeps export within it even if the household load drops to zero.
-            await wait_for(lambda: sim.site.output_w(1) + sim.site.output_w(2) <= 3000, within=60)
+            await wait_for(lambda: sim.site.output_w(1) + sim.site.output_w(2) <= 3000)
             assert trio.current_time() - cut < 10
             assert app.status()["site"]["meterOnline"] is False
             sim.site.set_load(0.0)
@@ -63,7 +63,7 @@ async def test_losing_one_inverter_moves_its_share_to_the_other(tmp_path: Path):
             # so make the plant honest: it stops producing (a tripped inverter).
             sim.servers["b"].stop()
             sim.site.set_available(2, 0.0)
-            await wait_for(lambda: app.status()["inverters"][1]["online"] is False, within=60)
+            await wait_for(lambda: app.status()["inverters"][1]["online"] is False)
             await wait_settled(sim.export_w, 4000, 160)
             share_after = app.status()["inverters"][0]["limitPct"]
             assert share_before is not None
@@ -126,7 +126,7 @@ async def test_unusable_utility_key_does_not_crash_and_the_stored_schedule_is_ob
     async with trio.open_nursery() as nursery:
         await nursery.start(second.run)
         # the link is tried once the first limits are written (docs/architecture.md)
-        await wait_for(lambda: second.status()["utility"]["lastError"] is not None, within=60)
+        await wait_for(lambda: second.status()["utility"]["lastError"] is not None)
         status = second.status()
         assert status["utility"]["configured"] is True
         assert status["utility"]["connected"] is False
@@ -148,6 +148,6 @@ async def test_removing_the_meter_from_the_configuration_leaves_no_stale_meter(t
             app.apply_config(dataclasses.replace(app.config, meter=None))
             await wait_for(lambda: app.meter is None)
             # without a meter the load is unknown: the controller holds the fail-safe
-            await wait_for(lambda: app.status()["control"]["mode"] == "failsafe", within=60)
+            await wait_for(lambda: app.status()["control"]["mode"] == "failsafe")
             assert app.status()["site"]["powerW"] is None
             nursery.cancel_scope.cancel()

@@ -46,7 +46,7 @@ async def test_outlook_shows_utility_steps_config_limits_and_windows_with_source
         app = make_app(config, tmp_path / "data")
         async with trio.open_nursery() as nursery:
             await nursery.start(app.run)
-            await wait_for(lambda: app.status()["utility"].get("lastPoll") is not None, within=60)
+            await wait_for(lambda: app.status()["utility"].get("lastPoll") is not None)
             outlook = app.limits_outlook(hours=24)
             steps = [(round(t), lim.export_w, lim.sources.get("export_w")) for t, lim in outlook]
             # now: the installer's 4000 W is tighter than the utility's default 5000 W

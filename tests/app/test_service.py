@@ -55,7 +55,7 @@ async def test_ready_after_first_polls_then_watchdog_pings_and_status(tmp_path: 
         app = make_app(site_config(sim, extra={"limits": {"exportW": 5000}}), tmp_path)
         async with trio.open_nursery() as nursery:
             await nursery.start(app.run)
-            await wait_for(lambda: any(m.startswith("READY=1") for m in notify.drain()), 60)
+            await wait_for(lambda: any(m.startswith("READY=1") for m in notify.drain()))
             ready = next(m for m in notify.messages if m.startswith("READY=1"))
             assert "STATUS=site" in ready and "2/2 inverters online" in ready
             count = notify.messages.count("WATCHDOG=1")
@@ -76,7 +76,7 @@ async def test_ready_waits_for_the_devices_even_while_the_web_server_starts_firs
         assert not app._devices_answered()  # configured devices, no links yet: not answered
         async with trio.open_nursery() as nursery:
             await nursery.start(app.run)
-            await wait_for(lambda: any(m.startswith("READY=1") for m in notify.drain()), 60)
+            await wait_for(lambda: any(m.startswith("READY=1") for m in notify.drain()))
             ready = next(m for m in notify.messages if m.startswith("READY=1"))
             assert "/2 inverters online" in ready and "0/2 inverters" not in ready, ready
             assert "site unknown" not in ready, ready
@@ -102,10 +102,8 @@ async def test_watchdog_pings_stop_when_the_controller_is_stuck(
         app = make_app(site_config(sim), tmp_path)
         async with trio.open_nursery() as nursery:
             await nursery.start(app.run)
-            # bounds for a hung test on a loaded machine (a CI run beside two qemu VMs took
-            # longer than 10 s), not speed requirements
-            await wait_for(lambda: any(m.startswith("READY=1") for m in notify.drain()), 60)
-            await wait_for(lambda: any("stuck: controller" in m for m in notify.drain()), 60)
+            await wait_for(lambda: any(m.startswith("READY=1") for m in notify.drain()))
+            await wait_for(lambda: any("stuck: controller" in m for m in notify.drain()))
             pings = notify.drain().count("WATCHDOG=1")
             await trio.sleep(2.0)
             assert notify.drain().count("WATCHDOG=1") == pings  # no more pings: systemd restarts

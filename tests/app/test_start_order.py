@@ -83,7 +83,7 @@ async def test_the_first_decision_obeys_the_stored_schedule_before_the_link_is_b
             assert head["source"].startswith("utility") and head["source"] != FALLBACK_SOURCE
             assert head["fallback"] is None
             # once built, the link goes on where the stored schedule was, then polls
-            await wait_for(lambda: second.status()["utility"]["connected"] is True, within=60)
+            await wait_for(lambda: second.status()["utility"]["connected"] is True)
             assert second.utility_starting is False
             assert second.status()["limits"]["exportW"] == STORED_CONTROL_W
             nursery.cancel_scope.cancel()
@@ -101,7 +101,7 @@ async def test_without_a_stored_schedule_the_first_decision_holds_the_fallback(
         decisions = _record_decisions(app)
         async with trio.open_nursery() as nursery:
             await nursery.start(app.run)
-            await wait_for(lambda: app.status()["limits"]["exportW"] == 2500, within=60)
+            await wait_for(lambda: app.status()["limits"]["exportW"] == 2500)
             head = decisions[0]
             assert head["link built"] is False
             assert (head["export_w"], head["source"]) == (800, FALLBACK_SOURCE)
@@ -124,7 +124,7 @@ async def test_a_controller_that_never_decides_does_not_keep_the_link_down(
         app.control_once = broken  # type: ignore[method-assign]
         async with trio.open_nursery() as nursery:
             await nursery.start(app.run)
-            await wait_for(lambda: app.status()["utility"]["connected"] is True, within=60)
+            await wait_for(lambda: app.status()["utility"]["connected"] is True)
             assert not app._decided.is_set()  # built on the bound, not on a decision
             nursery.cancel_scope.cancel()
 
@@ -161,10 +161,10 @@ async def test_a_web_server_that_cannot_start_does_not_hold_up_control(tmp_path:
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(app.run)  # never reports started: its web server never binds
-            await wait_for(lambda: app.faults.active(trio.current_time()) != [], within=60)
+            await wait_for(lambda: app.faults.active(trio.current_time()) != [])
             assert [f.task for f in app.faults.active(trio.current_time())] == ["web server"]
             # the site is under control all the same
-            await wait_for(lambda: app.ready and app.output is not None, within=60)
+            await wait_for(lambda: app.ready and app.output is not None)
             assert all(link.state.last_write is not None for link in app.inverters)
             assert app.limits.export_w == 2000
             assert app.web_port is None
