@@ -631,7 +631,8 @@ def run(image: Path, work: Path, cuts: int) -> None:
         second.start()
         _checks(vm, sims, cuts)
         # (f) runs on card 1, after its update: card 2's rollback waits out a 4-minute deadline,
-        # and card 2 was the longer sequence by about two minutes with (f) on it as well.
+        # and card 2 was the longer sequence by about two minutes with (f) on it as well. The
+        # hung kernel runs on card 2, after its rollback: on card 1 it made card 1 the longer.
         card: Card | None = None
         with phase("card 1: good update (install, trial boot, commit)"):
             try:
@@ -679,12 +680,42 @@ def _second_card(image: Path, work: Path, bundles: Path | None, sims: Sims) -> N
             _refused_and_cut(card, image)
         with phase("card 2: never-READY bundle rolled back"):
             _never_ready_update(card)
+        with phase("card 2: hung kernel (i6300esb reset)"):
+            try:
+                _hung_kernel(vm)
+            except Failure as exc:
+                check("hung kernel reset by the hardware watchdog", False, str(exc))
     except Failure as exc:
         check("card 2: update checks", False, str(exc))
     except Exception as exc:  # a harness bug must not go unreported in a thread
         check("card 2: update checks", False, f"harness error: {exc!r}")
     finally:
         vm.kill()
+
+
+def _hung_kernel(vm: Vm) -> None:
+    """A hung kernel: a panic with kernel.panic=0 halts the kernel for good (nothing feeds the
+    i6300esb any more); only the hardware watchdog can reset the VM. On card 2, after its
+    rollback, while card 1 waits out its update's health check: in card 1's sequence it made
+    card 1 the longer one."""
+    vm.events.clear()
+    _, panic = vm.sh("echo 0 > /proc/sys/kernel/panic; cat /proc/sys/kernel/panic")
+    if panic.strip() != "0":
+        raise Failure(f"could not set kernel.panic=0: {panic}")
+    t0 = time.monotonic()
+    with contextlib.suppress(Failure):  # the shell never answers: the kernel is gone
+        vm.sh("echo c > /proc/sysrq-trigger", timeout=2)
+    deadline = t0 + 180
+    while time.monotonic() < deadline and not any(e == "WATCHDOG" for _, e in vm.events):
+        time.sleep(0.2)
+    wd = [t for t, e in vm.events if e == "WATCHDOG"]
+    if not wd:
+        raise Failure("no WATCHDOG event in 180 s")
+    vm.wait_status(lambda s: s.get("ready") and not s.get("setupMode"), timeout=300)
+    t_ready = time.monotonic() - t0
+    check("hung kernel reset by the hardware watchdog", True,
+          f"i6300esb fired {wd[0] - t0:.1f} s after the hang (qemu WATCHDOG event, action reset), "
+          f"controller ready again {t_ready:.1f} s after the hang")  # fmt: skip
 
 
 FIRST_BOOT_BOUND_S = 300.0
@@ -827,29 +858,6 @@ def _checks_timed(vm: Vm, sims: Sims, cuts: int, laps: Laps) -> None:
           f"power-on to ready (sd_notify READY, site {st['site']['powerW']} W from the simulators) "
           f"in {t:.1f} s; {online}; utility connected={st['utility'].get('connected')}")  # fmt: skip
     boot_to_controlling(vm, sims)
-
-    # 5. Hung kernel: panic with kernel.panic=0 halts the kernel for good (nothing feeds the
-    #    i6300esb any more); only the hardware watchdog can reset the VM.
-    laps.next("card 1: hung kernel (i6300esb reset)")
-    vm.events.clear()
-    _, panic = vm.sh("echo 0 > /proc/sys/kernel/panic; cat /proc/sys/kernel/panic")
-    if panic.strip() != "0":
-        raise Failure(f"could not set kernel.panic=0: {panic}")
-    t0 = time.monotonic()
-    with contextlib.suppress(Failure):  # the shell never answers: the kernel is gone
-        vm.sh("echo c > /proc/sysrq-trigger", timeout=2)
-    deadline = t0 + 180
-    while time.monotonic() < deadline and not any(e == "WATCHDOG" for _, e in vm.events):
-        time.sleep(0.2)
-    wd = [t for t, e in vm.events if e == "WATCHDOG"]
-    if not wd:
-        check("hung kernel reset by the hardware watchdog", False, "no WATCHDOG event in 180 s")
-        return
-    st = vm.wait_status(lambda s: s.get("ready") and not s.get("setupMode"), timeout=300)
-    t_ready = time.monotonic() - t0
-    check("hung kernel reset by the hardware watchdog", True,
-          f"i6300esb fired {wd[0] - t0:.1f} s after the hang (qemu WATCHDOG event, action reset), "
-          f"controller ready again {t_ready:.1f} s after the hang")  # fmt: skip
 
 
 BOOT_TO_CONTROLLING_GOAL_S = 20.0
