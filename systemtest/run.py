@@ -393,15 +393,20 @@ class Sims:
             raise Failure(f"simulator control channel: {answer}")
         return dict(answer["state"])
 
-    def site_config(self, variant: int = 0) -> dict[str, Any]:
+    def site_config(self, variant: int = 0, devices: bool = True) -> dict[str, Any]:
+        """The simulated site's configuration; without ``devices``, the utility alone (a site
+        whose devices are not configured yet: READY once started)."""
         ep = f"{MODBUS_GUEST}:502"
         u = self.utility_cfg
-        return {
+        site: dict[str, Any] = {
             "inverters": [
                 {"type": "sunspec", "tcp": ep, "unit": 1},
                 {"type": "sunspec", "tcp": ep, "unit": 2},
             ],
             "meter": {"type": "sunspec", "tcp": ep, "unit": 240, "location": "feedin"},
+        }
+        return {
+            **(site if devices else {}),
             "utility": {
                 "type": "csip-aus",
                 "server": f"https://{UTILITY_GUEST}:443",
@@ -622,8 +627,8 @@ def run(image: Path, work: Path, cuts: int) -> None:
             f"{MODBUS_GUEST}:502": sims.modbus_port,
             f"{UTILITY_GUEST}:443": sims.utility_port,
         }
-        # Card 2 needs nothing from card 1 (its devices are unreachable, its configuration is
-        # written directly): it starts at once, so that its rollback's minutes of waiting
+        # Card 2 needs nothing from card 1 (it has no devices, its configuration is written
+        # directly): it starts at once, so that its rollback's minutes of waiting
         # overlap card 1's checks from the beginning. The bounds below hold with both running.
         second = threading.Thread(
             target=_second_card, args=(image, work / "card2", vm.bundles, sims), daemon=True
@@ -658,8 +663,9 @@ def run(image: Path, work: Path, cuts: int) -> None:
 def _second_card(image: Path, work: Path, bundles: Path | None, sims: Sims) -> None:
     """The other update checks on a second card, run while the first does its own: a foreign
     bundle, a power cut while writing the slot, a never-READY bundle (its rollback is minutes
-    of waiting). Same configuration, but its devices are unreachable: it controls nothing, so
-    the two VMs never command the same simulated inverters."""
+    of waiting). The same utility, but no devices configured: it controls nothing, so the two
+    VMs never command the same simulated inverters, and READY comes once the service has
+    started (devices configured but unreachable would hold it 30 s at every boot)."""
     work.mkdir()
     disk = work / "disk.img"
     shutil.copyfile(image / "disk.img", disk)
@@ -667,12 +673,12 @@ def _second_card(image: Path, work: Path, bundles: Path | None, sims: Sims) -> N
         f.truncate(os.path.getsize(image / "disk.img") + 256 * 1024 * 1024)
     vm = Vm(disk, bundles, work, free_port(), {})
     try:
-        log("card 2: new card for the update checks (devices unreachable)")
+        log("card 2: new card for the update checks (no devices configured)")
         with phase("card 2: first boot, configuration, READY, slot confirmed"):
             vm.start()
             vm.wait_agent(timeout=600)
             files = [(f"/data/dynexport/pki/{n}", d, 0o600) for n, d in sims.pki_files().items()]
-            files.append((CONFIG, doc_bytes(sims.site_config()), 0o600))
+            files.append((CONFIG, doc_bytes(sims.site_config(devices=False)), 0o600))
             write_files(vm, files)
             vm.sh("systemctl restart dynexport.service")
             card = Card(vm, "card 2", controlled=False)
@@ -1138,7 +1144,7 @@ class ControlWatch:
 
 class Card:
     """The update checks' view of one VM: its configuration, kept to compare after each case.
-    ``controlled``: its devices are the simulators (else unreachable: READY after 30 s)."""
+    ``controlled``: its devices are the simulators (else it has none configured)."""
 
     def __init__(self, vm: Vm, name: str, controlled: bool) -> None:
         self.vm, self.name, self.controlled = vm, name, controlled
