@@ -22,7 +22,7 @@ PYTEST_WORKERS ?= auto
 OVERLAY_PY := rootfs-overlay/usr/libexec/dynexport/ap-rule rootfs-overlay/usr/libexec/dynexport/wifi-config \
 	rootfs-overlay/usr/libexec/dynexport/wifi-scan
 
-.PHONY: all venv run test lint typecheck pytest pytest-appliance bench clean wheels image image-check bundle system-test
+.PHONY: all venv run test lint typecheck pytest pytest-appliance bench clean wheels image image-check bundle system-test system-test-image
 
 all: test
 
@@ -96,6 +96,10 @@ image-check:
 # The utility simulator validates every body against the CSIP-AUS XSD, which comes from the wheels.
 system-test: venv wheels
 	DYNEXPORT_WHEELS=$(abspath $(WHEELS)) systemtest/system-test.sh $(PY)
+
+# The system test's image alone (make system-test then reuses it): needs neither environment.
+system-test-image:
+	systemtest/build-image.sh build/systemtest >/dev/null
 
 clean:
 	rm -rf $(VENV) $(VENV_APPLIANCE) .venv-pymodbus313 build .pytest_cache .mypy_cache .ruff_cache

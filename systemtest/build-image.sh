@@ -47,9 +47,11 @@ inputs=(systemtest/build-image.sh systemtest/genimage-x86_64.cfg systemtest/imag
 	buildroot/board/dynexport/rauc/manifest.raucm.in
 	"${out}/signing/cert.pem" "${out}/signing-foreign/cert.pem")
 # Symbolic links count by name and target (the overlay masks units with links to /dev/null).
+# Not setuptools' metadata (src/*.egg-info): make venv writes it, maybe while this runs.
 key="$(
 	{
-		find "${inputs[@]}" -type f -not -name '*.pyc' -not -path '*/__pycache__/*' -print0 |
+		find "${inputs[@]}" -type f -not -name '*.pyc' -not -path '*/__pycache__/*' \
+			-not -path '*.egg-info/*' -print0 |
 			LC_ALL=C sort -z | xargs -0 sha256sum
 		find "${inputs[@]}" -type l -printf '%p -> %l\n' | LC_ALL=C sort
 	} | sed "s|${out}/||" | sha256sum | cut -c1-16
@@ -69,8 +71,13 @@ trap 'rm -rf "${work}"' EXIT
 
 # 1. dynexport and its pinned dependencies as wheels (the target runs CPython 3.11 too; the
 #    binary wheels are manylinux, glibc <= 2.36 = Debian 12's).
+#    Built from a copy of the project's files: setuptools writes its metadata into the source
+#    tree, and .ci/run makes the Python environments (pip install -e .) while this runs.
 echo "== wheels" >&2
-python3 -m pip wheel -qq --disable-pip-version-check -w "${work}/wheels" . >&2
+mkdir -p "${work}/source"
+cp -r pyproject.toml README.md LICENSE src "${work}/source/"
+find "${work}/source/src" \( -name '__pycache__' -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+python3 -m pip wheel -qq --disable-pip-version-check -w "${work}/wheels" "${work}/source" >&2
 
 # 2. The Debian root file system. Debian's kernel (linux-image-amd64, which has the i6300esb
 #    watchdog driver and mac80211_hwsim; the cloud kernel has neither) stands in for the Pi's;
