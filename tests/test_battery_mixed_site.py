@@ -17,9 +17,12 @@ rounding."""
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from dynexport.app import App
@@ -117,16 +120,42 @@ async def test_a_shaded_hybrid_never_charges_its_battery_from_the_export_allowan
             nursery.cancel_scope.cancel()
 
 
+BLIND_BEFORE_S = 2.0
+"""A Modbus request is logged as failed when its 1 s timeout ran out: the controller had seen
+nothing of the site since up to this long before the log record."""
+BLIND_AFTER_S = 5.0
+"""How long after such a record the site may still show the moments the controller missed: the
+next poll, the next decision and the plant's lag (τ 0.3 s) to the new limit."""
+
+
+def blind_windows(records: list[logging.LogRecord]) -> list[tuple[float, float]]:
+    """Wall-clock spans in which the controller could not see the site: around every Modbus
+    request that went unanswered (retried, or a link gone offline). On a loaded machine the
+    simulator, a thread of the test's own process, can be starved for more than the 1 s a request
+    waits (seen once in CI with two qemu VMs beside the suite)."""
+    return [
+        (r.created - BLIND_BEFORE_S, r.created + BLIND_AFTER_S)
+        for r in records
+        if r.name.startswith(("dynexport.modbus", "dynexport.sunspec"))
+        and r.levelno >= logging.INFO
+        and ("failed" in r.getMessage() or "no answer" in r.getMessage())
+    ]
+
+
 async def test_a_filling_hybrid_battery_hands_over_to_curtailment_without_an_overshoot(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A small GEN24 battery (1 kWh) at 97 % on the finding's site fills up under the limit.
     Before, its charge was held at its rate until its BMS stopped it at 100 % in one step,
     faster than the GEN24's PV could come down to its limit (export 2.3 kW against the
     1.61 kW allowed, for a moment); now the charge follows the SoC taper (a hybrid
     held at its limit cannot raise export by charging less), export stays within the limit
-    throughout, and ends curtailed near the limit with the battery idle."""
-    with simulated_site(load_w=1000.0) as sim:
+    throughout, and ends curtailed near the limit with the battery idle.
+
+    "Throughout" is while the controller can see the site: a moment over the limit is excused
+    only within a blind window (``blind_windows``) around a Modbus request the simulator did
+    not answer in time; in a run where every request was answered, none is."""
+    with simulated_site(load_w=1000.0) as sim, caplog.at_level(logging.INFO, logger="dynexport"):
         hybrid = gen24(soc_pct=97.0, available_w=4000.0, tau_s=0.3, capacity_wh=1000.0)
         hybrid.own_mode = "idle"
         sim.site.devices[1] = hybrid
@@ -136,16 +165,19 @@ async def test_a_filling_hybrid_battery_hands_over_to_curtailment_without_an_ove
             await nursery.start(app.run)
             await wait_for(lambda: app.status()["battery"]["mode"] == "engaged", within=20.0)
             await wait_for(lambda: sim.export_w() <= ALLOWED, within=10.0)
-            exports: list[float] = []
+            exports: list[tuple[float, float]] = []
 
             def full_and_settled() -> bool:
-                exports.append(sim.export_w())
+                exports.append((time.time(), sim.export_w()))
                 return hybrid.soc_pct >= 99.9 and abs(hybrid.power_w) < 50.0
 
             # The taper makes the last per cent slow (about a minute here, more on a loaded
             # machine): a generous bound, since only the export along the way is judged.
             await wait_for(full_and_settled, within=300.0)
-            assert max(exports) <= ALLOWED, max(exports)
+            blind = blind_windows(caplog.records)
+            over = [(t, e) for t, e in exports if e > ALLOWED]
+            unexcused = [(t, e) for t, e in over if not any(a <= t <= b for a, b in blind)]
+            assert not unexcused, (unexcused[:5], len(over), blind[:5])
             await wait_settled(sim.export_w, LIMIT - 20.0, 80.0, within=30.0)
             settled = await sample(sim)
             assert min(settled) >= FLOOR and max(settled) <= ALLOWED, settled
