@@ -109,13 +109,27 @@ class Walk:
         return self.wait.until(shown)
 
     def text(self, css: str, check: Any) -> str:
-        """The element's text once it passes `check` (read and checked in one step)."""
+        """The element's text once it passes `check` (read and checked in one step). If it never
+        does, the failure says what the element said instead, with a screenshot of the page
+        (``timeout-*.png``): a wait that only times out says nothing about why."""
+        from selenium.common.exceptions import TimeoutException
+
+        last: list[str] = []
 
         def passed(_: Any) -> tuple[str] | bool:
             got = str(self.find(css).text)
+            last[:] = [got]
             return (got,) if check(got) else False
 
-        found = self.wait.until(passed)
+        try:
+            found = self.wait.until(passed)
+        except TimeoutException:
+            shot = self.folder / f"timeout-{css.strip('#.').replace(' ', '-')}.png"
+            self.d.save_screenshot(str(shot))
+            raise AssertionError(
+                f"{css} never passed its check in 45 s; it said {last[0] if last else None!r} "
+                f"(screenshot {shot})"
+            ) from None
         assert isinstance(found, tuple)
         return str(found[0])
 
