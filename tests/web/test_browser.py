@@ -26,6 +26,7 @@ from dynexport.sim.modbus_server import serve_tcp
 from dynexport.sim.profiles import fronius_battery_site, fronius_gateway
 from dynexport.sim.utility_server import UtilityServer
 from dynexport.system.config import Config
+from tests.ports import refusing_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -389,14 +390,6 @@ def _run_walk(
     return got
 
 
-async def _closed_port() -> int:
-    sock = trio.socket.socket()
-    await sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
 @pytest.mark.parametrize("size", sorted(SIZES))
 async def test_chromium_walks_each_installer_flow_then_sees_the_live_dashboard(
     tmp_path: Path, size: str
@@ -426,9 +419,12 @@ async def test_chromium_walks_each_installer_flow_then_sees_the_live_dashboard(
         return (device.public_bytes(Encoding.PEM) + mica.public_bytes(Encoding.PEM)).decode()
 
     folder = SCREENSHOTS / size
-    closed = await _closed_port()
     site = fronius_battery_site(tau_s=0.5)
-    with serve_tcp(site) as modbus, tempfile.TemporaryDirectory() as profile:
+    with (
+        refusing_port() as closed,
+        serve_tcp(site) as modbus,
+        tempfile.TemporaryDirectory() as profile,
+    ):
         async with trio.open_nursery() as nursery:
             await nursery.start(utility.serve)
             await nursery.start(app.run)

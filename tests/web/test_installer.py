@@ -23,6 +23,7 @@ from dynexport.system.config import Config, parse_config
 from dynexport.web.api import _summarise_scan, alerts, plain_tls, restore_secrets, without_secrets
 from dynexport.web.energy import EnergyToday
 from dynexport.web.wifi import parse_scan
+from tests.ports import refusing_port
 from tests.web import raw
 from tests.web.conftest import Web, logged_in
 
@@ -32,18 +33,10 @@ NOW = 1_780_000_000.0  # 2026-05-28, a set clock
 # -- scan: three failures, three messages -----------------------------------------------------
 
 
-async def _closed_port() -> int:
-    sock = trio.socket.socket()
-    await sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
 async def test_a_refused_connection_is_502_refused_naming_the_address(web: Web) -> None:
     c = await logged_in(web)
-    port = await _closed_port()
-    status, doc = await c.json("POST", "/api/devices/scan", {"tcp": f"127.0.0.1:{port}"})
+    with refusing_port() as port:
+        status, doc = await c.json("POST", "/api/devices/scan", {"tcp": f"127.0.0.1:{port}"})
     assert status == 502 and doc["reason"] == "refused"
     assert doc["error"].startswith(f"cannot connect to 127.0.0.1:{port}")
 
@@ -116,12 +109,12 @@ def test_the_cli_scan_says_the_same_in_its_json_and_exit_code(
 ) -> None:
     import argparse
 
-    port = trio.run(_closed_port)
-    args = argparse.Namespace(
-        tcp=f"127.0.0.1:{port}", rtu=None, baud=9600, parity="N", stopbits=1,
-        unit=[1], json=True, timeout=0.5,
-    )  # fmt: skip
-    assert sunspec_cli.scan_command(args) == 2
+    with refusing_port() as port:
+        args = argparse.Namespace(
+            tcp=f"127.0.0.1:{port}", rtu=None, baud=9600, parity="N", stopbits=1,
+            unit=[1], json=True, timeout=0.5,
+        )  # fmt: skip
+        assert sunspec_cli.scan_command(args) == 2
     doc = json.loads(capsys.readouterr().out)
     assert doc["reason"] == "refused" and doc["devices"] == []
     args.tcp, args.rtu = None, "/dev/ttyUSB97"
