@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.ports import refusing_port
+
 
 @pytest.fixture(autouse=True)
 def _root_logging_restored() -> Iterator[None]:
@@ -21,3 +23,10 @@ def _root_logging_restored() -> Iterator[None]:
     root.handlers[:] = handlers
     root.setLevel(level)
     pymodbus.setLevel(pymodbus_level)
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """``tests.ports.refusing_port`` for the whole test."""
+    with refusing_port() as port:
+        yield port

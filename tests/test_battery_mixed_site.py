@@ -137,7 +137,6 @@ def blind_windows(records: list[logging.LogRecord]) -> list[tuple[float, float]]
         (r.created - BLIND_BEFORE_S, r.created + BLIND_AFTER_S)
         for r in records
         if r.name.startswith(("dynexport.modbus", "dynexport.sunspec"))
-        and r.levelno >= logging.INFO
         and ("failed" in r.getMessage() or "no answer" in r.getMessage())
     ]
 

@@ -26,11 +26,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (for "the broker is down")."""
-    return free_port()
-
-
 @dataclass
 class Broker:
     port: int

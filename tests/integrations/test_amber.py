@@ -26,7 +26,6 @@ from dynexport.sep2 import certs
 from dynexport.system.config import PriceConfig, parse_config
 from tests.app.conftest import make_app, simulated_site, site_config, wait_for, wait_settled
 from tests.integrations.amber_sim import SITE_ID, TOKEN, AmberSim, prices
-from tests.integrations.broker import closed_port
 
 NOW = 1_750_000_000.0
 
@@ -121,7 +120,9 @@ async def test_the_poller_reads_the_simulated_api_and_lapses_when_it_goes_down()
         nursery.cancel_scope.cancel()
 
 
-async def test_a_wrong_token_and_an_unreachable_api_are_reported_in_words() -> None:
+async def test_a_wrong_token_and_an_unreachable_api_are_reported_in_words(
+    refused_port: int,
+) -> None:
     sim = AmberSim(body=prices(time.time(), 3.0))
     async with trio.open_nursery() as nursery:
         port = await nursery.start(sim.serve)
@@ -131,7 +132,7 @@ async def test_a_wrong_token_and_an_unreachable_api_are_reported_in_words() -> N
             await poller.poll_once(client, cfg)
         assert "check price.token" in (poller.state.error or "")
         nursery.cancel_scope.cancel()
-    cfg = price_config(f"http://127.0.0.1:{closed_port()}/v1")
+    cfg = price_config(f"http://127.0.0.1:{refused_port}/v1")
     poller = PricePoller(lambda: cfg, allow_plain_http=True)
     async with HttpClient(cfg.url + "/", None, allow_plain_http=True, retries=0) as client:
         await poller.poll_once(client, cfg)

@@ -9,7 +9,6 @@ import trio.testing
 
 from dynexport.integrations.mqtt import MqttBridge, reconnect_delay
 from dynexport.system.config import parse_config
-from tests.integrations.broker import closed_port
 from tests.integrations.statusdoc import status
 
 
@@ -21,10 +20,10 @@ def test_reconnect_backoff_doubles_to_its_cap_with_the_upper_half_randomised() -
 
 
 async def test_ten_minutes_without_a_broker_leave_control_on_time_and_memory_flat(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, refused_port: int
 ) -> None:
     cfg = parse_config(
-        {"mqtt": {"url": f"mqtt://127.0.0.1:{closed_port()}", "topicPrefix": "d/s", "publishS": 1}}
+        {"mqtt": {"url": f"mqtt://127.0.0.1:{refused_port}", "topicPrefix": "d/s", "publishS": 1}}
     ).mqtt
     assert cfg is not None
     b = MqttBridge(lambda: cfg, lambda: status(), jitter=lambda: 0.5)
