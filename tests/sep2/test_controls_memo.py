@@ -24,8 +24,8 @@ _VALUES: dict[str, st.SearchStrategy[Any]] = {
     "connect": st.booleans(),
     "energize": st.booleans(),
 }
-bases = st.fixed_dictionaries({}, optional=_VALUES).map(lambda kw: ControlBase(**kw))
-"""Any combination of the modelled fields set or left unset."""
+fields = st.fixed_dictionaries({}, optional=_VALUES)
+"""Any combination of the modelled fields set or left unset, as ``ControlBase`` keywords."""
 
 
 def _expected(base: ControlBase) -> frozenset[ControlType]:
@@ -61,18 +61,22 @@ def test_live_bases_are_answered_from_the_memo() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(bases, min_size=1, max_size=30), st.integers(0, 29))
+@given(st.lists(fields, min_size=1, max_size=30), st.integers(0, 29))
 def test_types_is_always_what_the_base_sets_even_when_ids_are_reused(
-    batch: list[ControlBase], keep: int
+    batch_fields: list[dict[str, Any]], keep: int
 ) -> None:
     """Bases are created and dropped so CPython reuses their ids: a stale entry is never
     answered for the new base at the same address."""
+    batch = [ControlBase(**kw) for kw in batch_fields]  # made here, so only this test holds them
     for base in batch:
         assert base.types() == _expected(base)
     survivors = batch[: keep % len(batch)]
-    del batch
-    gc.collect()
-    fresh = [ControlBase(**{k: getattr(b, k) for k in _VALUES}) for b in survivors]
+    dropped = [weakref.ref(b) for b in batch[len(survivors) :]]
+    del batch, base
+    # Freed by reference counting at once (a base holds no cycle), its memo entry with it:
+    # the next bases made are likely to be given the same addresses.
+    assert all(ref() is None for ref in dropped)
+    fresh = [ControlBase(**kw) for kw in reversed(batch_fields)]
     fresh += [ControlBase(load_limit_w=1.0), ControlBase()]
     for base in [*survivors, *fresh]:
         assert base.types() == _expected(base)
