@@ -1052,6 +1052,20 @@ def grub_env(vm: Vm) -> dict[str, str]:
         time.sleep(0.5)
 
 
+def grub_choice(env: dict[str, str], kernels: set[str]) -> str:
+    """The slot ``systemtest/image/grub.cfg`` boots with this environment and these slots'
+    kernels on the FAT partition: the first in ORDER that may boot (OK) and is not on trial,
+    else the first that may boot at all, else B only when A has no kernel, else A."""
+    order = env.get("ORDER", "").split()
+    for s in order:
+        if env.get(f"{s}_OK") == "1" and env.get(f"{s}_TRY") == "0" and s in kernels:
+            return s
+    for s in order:
+        if env.get(f"{s}_OK") == "1" and s in kernels:
+            return s
+    return "B" if "B" in kernels and "A" not in kernels else "A"
+
+
 def env_text(env: dict[str, str]) -> str:
     return " ".join(f"{k}={env.get(k, '?')}" for k in ("ORDER", "A_OK", "A_TRY", "B_OK", "B_TRY"))
 
@@ -1261,11 +1275,14 @@ def _written_not_activated(card: Card, start: str, other: str) -> None:
     t_install = time.monotonic() - t0
     env = grub_env(vm)
     _, files = vm.sh(f"ls /bootfs/{other.lower()}/")
+    # Not bootable: GRUB would still boot the running slot, with both kernels in place. (Not
+    # "the running slot first in ORDER": after a rollback ORDER still lists the slot that was
+    # marked bad first.)
     inactive = (
         rc == 0
-        and env.get("ORDER", "").split()[:1] == [start]
         and env.get(f"{other}_OK") == "0"
         and "vmlinuz" in files.split()
+        and grub_choice(env, {"A", "B"}) == start
     )
     if rc != 0:
         log(f"rauc install output: {out[-800:]}")
