@@ -247,7 +247,7 @@ chroot "${root}" grub-editenv /tmp/grubenv create
 chroot "${root}" grub-editenv /tmp/grubenv set ORDER="A B" A_OK=1 A_TRY=0 B_OK=0 B_TRY=0
 mv "${root}/tmp/grubenv" "${images}/grub/grubenv"
 chroot "${root}" grub-mkimage -O i386-pc -o /tmp/core.img -p '(hd0,msdos1)/grub' \
-	biosdisk part_msdos fat normal linux loadenv test echo serial terminal
+	biosdisk part_msdos fat normal linux16 loadenv test echo serial terminal
 mv "${root}/tmp/core.img" "${work}/core.img"
 cp "${root}/usr/lib/grub/i386-pc/boot.img" "${work}/boot.img"
 # GRUB's own modules are not needed at run time (only grub-editenv, from grub-common).

@@ -254,11 +254,16 @@ def test_the_system_test_grub_cfg_boots_each_slot_from_its_partition_and_folder(
     # slot B: partition 3 and b/ (rauc-post-install's folder); otherwise A: partition 2, a/
     assert re.search(r'if \[ "\$slot" = "B" \]; then\n\s*set part=3\n\s*set dir=b\nelse\n'
                      r"\s*set part=2\n\s*set dir=a\n", cfg)  # fmt: skip
-    linux = re.search(r"^linux (.*)$", cfg, re.M)
+    # the kernel and initramfs of the chosen slot, through the 16-bit boot protocol (the core
+    # image carries linux16, not linux: build-image.sh)
+    linux = re.search(r"^linux16 (.*)$", cfg, re.M)
     assert linux is not None
     args = linux[1].split()
     assert args[0] == "/$dir/vmlinuz"
     assert "root=PARTUUID=64796e78-0$part" in args and "rauc.slot=$slot" in args
+    assert re.search(r"^initrd16 /\$dir/initrd\.img$", cfg, re.M)
+    build = (SYSTEMTEST_IMAGE.parent / "build-image.sh").read_text()
+    assert re.search(r"grub-mkimage -O i386-pc .*\n\s.*\blinux16\b", build)
     post_install = (LIBEXEC / "rauc-post-install").read_text()
     assert "A) prefix=a part=02 ;;" in post_install and "B) prefix=b part=03 ;;" in post_install
 
