@@ -123,10 +123,14 @@ from dynexport.cli import main
 sys.exit(main())
 PY
 chmod 0755 "${root}/usr/bin/dynexport"
-# Levels 0 (the CLI) and 2 (the service: PYTHONOPTIMIZE=2 in its unit), stdlib included,
-# without column tables (PYTHONNODEBUGRANGES, as in the unit).
-chroot "${root}" env PYTHONNODEBUGRANGES=1 python3 -m compileall -q -j 2 -o 0 -o 2 -x '/(test|tests|idlelib|tkinter|turtledemo|lib2to3)/' \
+# As the Pi images (buildroot/board/dynexport/post-build.sh): every module compiled once, at the
+# unit's level (PYTHONOPTIMIZE=2), as a sourceless foo.pyc, without column tables; the sources go.
+chroot "${root}" env PYTHONNODEBUGRANGES=1 python3 -m compileall -q -j 2 -b -o 2 -x '/(test|tests|idlelib|tkinter|turtledemo|lib2to3)/' \
 	/usr/local/lib/python3.11/dist-packages /usr/lib/python3.11 >/dev/null
+for lib in "${root}/usr/local/lib/python3.11/dist-packages" "${root}/usr/lib/python3.11"; do
+	find "${lib}" \( -type f -o -type l \) -name '*.py' -exec sh -c 'for f; do [ -e "${f}c" ] && rm "${f}"; done; true' sh {} +
+	find "${lib}" -name __pycache__ -type d -prune -exec rm -rf {} +
+done
 
 # 4. The appliance's files, exactly as in the Buildroot image: the overlay, the unit, the user,
 #    the post-build script, the presets.

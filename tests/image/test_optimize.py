@@ -1,11 +1,12 @@
 """The service's optimization level and the images' bytecode agree.
 
 systemd/dynexport.service runs the service with ``PYTHONOPTIMIZE=N``. With sources present
-(the system-test image: Debian's stdlib and pip's site-packages) Python then reads only
-``__pycache__/*.opt-N.pyc``; on a read-only root a missing one means that module is compiled
-from source at every start (slower, and about 2.5 MiB more resident: benchmarks/README.md).
-Buildroot's default ``pyc only`` ships sourceless ``foo.pyc`` files, which load at any level:
-there the level only takes effect once they are compiled at it.
+Python then reads only ``__pycache__/*.opt-N.pyc``; on a read-only root a missing one means that
+module is compiled from source at every start (slower, and about 2.5 MiB more resident:
+benchmarks/README.md). Buildroot's default ``pyc only`` ships sourceless ``foo.pyc`` files, which
+load at any level: there the level only takes effect once they are compiled at it. So every image
+(the Pi's and the system test's) compiles sourceless files at the unit's level and drops the
+sources.
 """
 
 from __future__ import annotations
@@ -98,20 +99,24 @@ def test_bytecode_compiled_without_column_tables_is_smaller_and_runs_the_same(
     assert _run(show, plain.parent) == _run(show, ranges.parent) == "[42, 42, 42] 1"
 
 
-def test_the_system_test_image_has_bytecode_of_the_units_level_for_every_tree() -> None:
+def test_the_system_test_image_compiles_as_the_pi_images_do() -> None:
+    """Every tree of the system test's root (the stdlib, pip's dist-packages) as sourceless
+    ``foo.pyc`` of the unit's level, its sources and ``__pycache__`` removed afterwards, as
+    post-build.sh does for the Pi images: the system test boots the Pi's bytecode layout."""
     level = unit_level()
     commands = compile_commands(BUILD_IMAGE)
     assert commands, "build-image.sh compiles the image's Python"
-    covered: dict[str, set[int]] = {}
-    for words in commands:
-        for word in words:
-            if word.startswith("/usr/"):
-                covered.setdefault(word, set()).update(levels(words))
-    for tree in ("/usr/local/lib/python3.11/dist-packages", "/usr/lib/python3.11"):
-        if level:
-            assert {0, level} <= covered.get(tree, set()), (tree, covered)
-        else:
-            assert 0 in covered.get("/usr/local/lib/python3.11/dist-packages", set())
+    trees = ("/usr/local/lib/python3.11/dist-packages", "/usr/lib/python3.11")
+    for tree in trees:
+        own = [w for w in commands if tree in w]
+        assert own and all("-b" in w and levels(w) == {level} for w in own), (tree, own)
+    assert all("-b" in w for w in compile_commands(POST_BUILD))
+    script = BUILD_IMAGE.read_text()
+    loop = re.search(r'for lib in ((?:"\$\{root\}[^"]+" ?)+); do\n(.*?)\ndone', script, re.S)
+    assert loop is not None, "build-image.sh removes the sources of the trees it compiled"
+    assert sorted(loop[1].replace('"${root}', "").replace('"', "").split()) == sorted(trees)
+    assert "-name '*.py'" in loop[2] and "rm" in loop[2]
+    assert "-name __pycache__" in loop[2] and "rm -rf" in loop[2]
 
 
 def test_buildroot_images_never_ship_sources_with_bytecode_of_another_level() -> None:
@@ -196,7 +201,8 @@ def test_post_build_compiles_the_targets_python_at_the_units_level_without_sourc
 
 def test_post_build_leaves_the_system_test_roots_python_to_build_image(tmp_path: Path) -> None:
     """build-image.sh runs post-build.sh on its Debian root (board x86_64) without Buildroot's
-    HOST_DIR: the sources stay there (it compiles levels 0 and 2 beside them itself)."""
+    HOST_DIR: post-build.sh leaves its Python alone (build-image.sh compiles it with the root's
+    own interpreter, as the test above checks)."""
     target = tmp_path / "target"
     (target / "usr/libexec/dynexport").mkdir(parents=True)
     (target / "usr/libexec/dynexport/helper").write_text("#!/bin/sh\n")

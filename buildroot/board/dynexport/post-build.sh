@@ -31,8 +31,8 @@ chmod 0700 "${TARGET_DIR}/etc/dynexport"
 # foo.pyc (-b), and the sources are removed. Sourceless bytecode loads at any level, so the CLI
 # runs the same files. The build's host python is the target's version (same magic number).
 # PYTHONNODEBUGRANGES: no column tables, as the unit runs (smaller, quicker to load).
-# Not for the system test's Debian root (board x86_64): it keeps its sources and build-image.sh
-# compiles levels 0 and 2 beside them.
+# Not for the system test's Debian root (board x86_64): build-image.sh does the same there with
+# the root's own python3 (in a chroot), for its two trees (the stdlib and pip's dist-packages).
 if [ "${BOARD}" != x86_64 ]; then
 	for lib in "${TARGET_DIR}"/usr/lib/python3.*; do
 		[ -d "${lib}" ] || continue
