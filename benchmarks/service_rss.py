@@ -119,8 +119,14 @@ def status_kib():
         if name in ("VmRSS", "RssAnon", "RssFile"):
             got[name] = int(value.split()[0])
     return got
-def pymalloc_arenas():
+PYMALLOC = {"# arenas allocated current": "arenas", "# bytes in allocated blocks": "used",
+            "# bytes in available blocks": "free_blocks", "unused pools": "free_pools"}
+def pymalloc_stats():
+    # pymalloc's own accounting: arenas, bytes in live blocks, free blocks in pools in use,
+    # and whole pools left empty (touched once, kept in their arena: pymalloc never returns
+    # their pages until the whole arena is free).
     import os, tempfile
+    got = {}
     with tempfile.TemporaryFile() as tmp:
         saved = os.dup(2)
         try:
@@ -131,9 +137,25 @@ def pymalloc_arenas():
             os.close(saved)
         tmp.seek(0)
         for text in tmp.read().decode("ascii", "replace").splitlines():
-            if text.startswith("# arenas allocated current"):
-                return int(text.split("=")[1].replace(",", ""))
-    return 0
+            name, _, value = text.partition("=")
+            for prefix, key in PYMALLOC.items():
+                if prefix in name and key not in got:
+                    got[key] = int(value.replace(",", ""))
+    return got
+def smaps_kib():
+    # Resident anonymous memory by kind: glibc's main heap ([heap]), the rest of the anonymous
+    # mappings (pymalloc's 1 MiB arenas, big malloc blocks, thread arenas and stacks).
+    got = {"heap": 0, "other_anon": 0}
+    kind = None
+    for line in open("/proc/self/smaps"):
+        first = line.split(maxsplit=1)[0]
+        if "-" in first and not first.endswith(":"):
+            parts = line.split()
+            path = parts[5] if len(parts) > 5 else ""
+            kind = "heap" if path == "[heap]" else "other_anon" if not path else None
+        elif first == "Rss:" and kind is not None:
+            got[kind] += int(line.split()[1])
+    return got
 def dump(n):
     if frames:
         tracemalloc.take_snapshot().dump(str(folder / f"snap-{n}.pickle"))
@@ -141,7 +163,7 @@ def dump(n):
     kib = status_kib()
     line = {"n": n, "t": round(time.monotonic() - t0, 1), "rss_kib": kib["VmRSS"],
             "anon_kib": kib["RssAnon"], "file_kib": kib["RssFile"],
-            "pymalloc_arenas": pymalloc_arenas(), "blocks": sys.getallocatedblocks(),
+            "pymalloc": pymalloc_stats(), "smaps": smaps_kib(), "blocks": sys.getallocatedblocks(),
             "traced": tracemalloc.get_traced_memory()[0], "threads": threading.active_count(),
             "types": dict(types.most_common(60))}
     if libc is not None:
@@ -169,18 +191,23 @@ def compare(folder: Path, top: int = 25) -> None:
 
     snaps = sorted(folder.glob("snap-*.pickle"), key=lambda p: int(p.stem.split("-")[1]))
     lines = [json.loads(x) for x in (folder / "counts.jsonl").read_text().splitlines()]
-    print("RSS, anon and file in MiB (/proc status); pymalloc: arenas (1 MiB each) and blocks;")
+    print("RSS, anon and file in MiB (/proc status); pymalloc: arenas (1 MiB each), blocks, and")
+    print("MiB in live blocks, free blocks and empty pools; smaps: resident [heap] and other anon;")
     print("malloc (glibc mallinfo2, all arenas): arena = sbrk'd, in use, free in arenas, mmapped")
     print(f"{'n':>3} {'min':>6} {'RSS':>6} {'anon':>6} {'file':>6} {'traced':>7} "
-          f"{'arenas':>6} {'blocks':>7} {'arena':>6} {'in use':>6} {'free':>6} {'mmap':>6} "
+          f"{'arenas':>6} {'blocks':>7} {'live':>6} {'fblk':>5} {'fpool':>5} {'heap':>6} "
+          f"{'o.anon':>6} {'arena':>6} {'in use':>6} {'free':>6} {'mmap':>6} "
           f"{'thr':>3}")  # fmt: skip
     mib = 1024 * 1024
     for x in lines:
-        m = x.get("malloc", {})
+        m, pm, sm = x.get("malloc", {}), x.get("pymalloc", {}), x.get("smaps", {})
+        arenas = pm.get("arenas", x.get("pymalloc_arenas", 0))
         print(f"{x['n']:3d} {x['t'] / 60:6.1f} {x['rss_kib'] / 1024:6.2f} "
               f"{x.get('anon_kib', 0) / 1024:6.2f} {x.get('file_kib', 0) / 1024:6.2f} "
-              f"{x['traced'] / mib:7.2f} {x.get('pymalloc_arenas', 0):6d} "
-              f"{x.get('blocks', 0):7d} {m.get('arena', 0) / mib:6.2f} "
+              f"{x['traced'] / mib:7.2f} {arenas:6d} {x.get('blocks', 0):7d} "
+              f"{pm.get('used', 0) / mib:6.2f} {pm.get('free_blocks', 0) / mib:5.2f} "
+              f"{pm.get('free_pools', 0) / mib:5.2f} {sm.get('heap', 0) / 1024:6.2f} "
+              f"{sm.get('other_anon', 0) / 1024:6.2f} {m.get('arena', 0) / mib:6.2f} "
               f"{m.get('uordblks', 0) / mib:6.2f} {m.get('fordblks', 0) / mib:6.2f} "
               f"{m.get('hblkhd', 0) / mib:6.2f} {x['threads']:3d}")  # fmt: skip
     first, last = lines[0]["types"], lines[-1]["types"]
