@@ -95,12 +95,15 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], within_s: float) ->
 
 
 # Runs ``dynexport`` with tracemalloc on and a daemon thread that writes what is alive every
-# ``every`` seconds; argv: DIR EVERY FRAMES, then dynexport's own arguments. FRAMES 0: no
-# tracemalloc, only the counts (RSS and malloc's figures undisturbed by tracing).
+# ``every`` seconds; argv: DIR EVERY FRAMES GC_EVERY, then dynexport's own arguments. FRAMES 0: no
+# tracemalloc, only the counts (RSS and malloc's figures undisturbed by tracing). GC_EVERY > 0: a
+# full collection every GC_EVERY seconds besides the interpreter's own (an experiment: does the
+# growth follow the garbage and free lists that wait for the next full collection?).
 TRACE_WRAPPER = """
 import collections, ctypes, gc, json, sys, threading, time, tracemalloc
 from pathlib import Path
 folder, every, frames = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+gc_every = float(sys.argv[4])
 folder.mkdir(parents=True, exist_ok=True)
 if frames:
     tracemalloc.start(frames)
@@ -165,6 +168,7 @@ def dump(n):
             "anon_kib": kib["RssAnon"], "file_kib": kib["RssFile"],
             "pymalloc": pymalloc_stats(), "smaps": smaps_kib(), "blocks": sys.getallocatedblocks(),
             "traced": tracemalloc.get_traced_memory()[0], "threads": threading.active_count(),
+            "collections": [g["collections"] for g in gc.get_stats()],
             "types": dict(types.most_common(60))}
     if libc is not None:
         mi = libc.mallinfo2()
@@ -179,8 +183,14 @@ def loop():
         dump(n)
 t0 = time.monotonic()
 threading.Thread(target=loop, daemon=True).start()
+def collect():
+    while True:
+        time.sleep(gc_every)
+        gc.collect()
+if gc_every > 0:
+    threading.Thread(target=collect, daemon=True).start()
 from dynexport.cli import main
-sys.argv = ["dynexport", *sys.argv[4:]]
+sys.argv = ["dynexport", *sys.argv[5:]]
 raise SystemExit(main())
 """
 
@@ -193,11 +203,12 @@ def compare(folder: Path, top: int = 25) -> None:
     lines = [json.loads(x) for x in (folder / "counts.jsonl").read_text().splitlines()]
     print("RSS, anon and file in MiB (/proc status); pymalloc: arenas (1 MiB each), blocks, and")
     print("MiB in live blocks, free blocks and empty pools; smaps: resident [heap] and other anon;")
+    print("gen2: full collections so far (the interpreter's and --trace-gc-every's);")
     print("malloc (glibc mallinfo2, all arenas): arena = sbrk'd, in use, free in arenas, mmapped")
     print(f"{'n':>3} {'min':>6} {'RSS':>6} {'anon':>6} {'file':>6} {'traced':>7} "
           f"{'arenas':>6} {'blocks':>7} {'live':>6} {'fblk':>5} {'fpool':>5} {'heap':>6} "
           f"{'o.anon':>6} {'arena':>6} {'in use':>6} {'free':>6} {'mmap':>6} "
-          f"{'thr':>3}")  # fmt: skip
+          f"{'thr':>3} {'gen2':>4}")  # fmt: skip
     mib = 1024 * 1024
     for x in lines:
         m, pm, sm = x.get("malloc", {}), x.get("pymalloc", {}), x.get("smaps", {})
@@ -209,7 +220,8 @@ def compare(folder: Path, top: int = 25) -> None:
               f"{pm.get('free_pools', 0) / mib:5.2f} {sm.get('heap', 0) / 1024:6.2f} "
               f"{sm.get('other_anon', 0) / 1024:6.2f} {m.get('arena', 0) / mib:6.2f} "
               f"{m.get('uordblks', 0) / mib:6.2f} {m.get('fordblks', 0) / mib:6.2f} "
-              f"{m.get('hblkhd', 0) / mib:6.2f} {x['threads']:3d}")  # fmt: skip
+              f"{m.get('hblkhd', 0) / mib:6.2f} {x['threads']:3d} "
+              f"{x.get('collections', ['-'])[-1]:>4}")  # fmt: skip
     first, last = lines[0]["types"], lines[-1]["types"]
     grew = sorted(((last.get(k, 0) - first.get(k, 0), k) for k in set(first) | set(last)),
                   reverse=True)  # fmt: skip
@@ -426,6 +438,13 @@ def main() -> None:
     parser.add_argument(
         "--trace-frames", type=int, default=12, help="traceback depth; 0: counts and malloc only"
     )
+    parser.add_argument(
+        "--trace-gc-every",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="with --trace: also a full gc.collect() every S seconds (0: only the interpreter's)",
+    )
     parser.add_argument("--compare", type=Path, help="print what grew in a --trace folder; exit")
     parser.add_argument(
         "--import-time",
@@ -560,7 +579,7 @@ def main() -> None:
             entry = ["-m", "dynexport"]
             if args.trace:
                 entry = ["-c", TRACE_WRAPPER, str(args.trace.resolve()), str(args.trace_every),
-                         str(args.trace_frames)]  # fmt: skip
+                         str(args.trace_frames), str(args.trace_gc_every)]  # fmt: skip
             service_env = dict(env, **unit_env)
             service_env.update(kv.split("=", 1) for kv in args.service_env)
             if not args.from_source:
