@@ -95,15 +95,18 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], within_s: float) ->
 
 
 # Runs ``dynexport`` with tracemalloc on and a daemon thread that writes what is alive every
-# ``every`` seconds; argv: DIR EVERY FRAMES GC_EVERY, then dynexport's own arguments. FRAMES 0: no
-# tracemalloc, only the counts (RSS and malloc's figures undisturbed by tracing). GC_EVERY > 0: a
-# full collection every GC_EVERY seconds besides the interpreter's own (an experiment: does the
-# growth follow the garbage and free lists that wait for the next full collection?).
+# ``every`` seconds; argv: DIR EVERY FRAMES GC_EVERY FREEZE_AFTER, then dynexport's own
+# arguments. FRAMES 0: no tracemalloc, only the counts (RSS and malloc's figures undisturbed by
+# tracing). GC_EVERY > 0: a full collection every GC_EVERY seconds besides the interpreter's
+# own (an experiment: does the growth follow the garbage and free lists that wait for the next
+# full collection?).
+# FREEZE_AFTER > 0: gc.collect() then gc.freeze() once, that many seconds after the start (what
+# is alive then is never scanned again, so the interpreter's own full collections come sooner).
 TRACE_WRAPPER = """
 import collections, ctypes, gc, json, sys, threading, time, tracemalloc
 from pathlib import Path
 folder, every, frames = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-gc_every = float(sys.argv[4])
+gc_every, freeze_after = float(sys.argv[4]), float(sys.argv[5])
 folder.mkdir(parents=True, exist_ok=True)
 if frames:
     tracemalloc.start(frames)
@@ -189,8 +192,14 @@ def collect():
         gc.collect()
 if gc_every > 0:
     threading.Thread(target=collect, daemon=True).start()
+def freeze():
+    time.sleep(freeze_after)
+    gc.collect()
+    gc.freeze()
+if freeze_after > 0:
+    threading.Thread(target=freeze, daemon=True).start()
 from dynexport.cli import main
-sys.argv = ["dynexport", *sys.argv[5:]]
+sys.argv = ["dynexport", *sys.argv[6:]]
 raise SystemExit(main())
 """
 
@@ -445,6 +454,13 @@ def main() -> None:
         metavar="S",
         help="with --trace: also a full gc.collect() every S seconds (0: only the interpreter's)",
     )
+    parser.add_argument(
+        "--trace-freeze-after",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="with --trace: gc.collect() and gc.freeze() once, S seconds after the start",
+    )
     parser.add_argument("--compare", type=Path, help="print what grew in a --trace folder; exit")
     parser.add_argument(
         "--import-time",
@@ -579,7 +595,8 @@ def main() -> None:
             entry = ["-m", "dynexport"]
             if args.trace:
                 entry = ["-c", TRACE_WRAPPER, str(args.trace.resolve()), str(args.trace_every),
-                         str(args.trace_frames), str(args.trace_gc_every)]  # fmt: skip
+                         str(args.trace_frames), str(args.trace_gc_every),
+                         str(args.trace_freeze_after)]  # fmt: skip
             service_env = dict(env, **unit_env)
             service_env.update(kv.split("=", 1) for kv in args.service_env)
             if not args.from_source:
