@@ -48,6 +48,7 @@ from dynexport.sunspec.storage import StorageConvention
 from dynexport.sunspec.views import site_ratings
 from dynexport.system.config import BatteryConfig, Config, UtilityConfig
 from dynexport.system.latest_writer import LatestWriter
+from dynexport.system.memory import collect_garbage
 from dynexport.system.storage import atomic_write
 from dynexport.system.supervise import FaultLog, supervised
 from dynexport.system.watchdog import Notifier, ProgressTracker, watchdog_interval_s
@@ -179,6 +180,8 @@ class App:
             nursery.start_soon(supervised, "watchdog", self._watchdog_loop, self.faults)
             # pv-memory.json when the planner has news; on the way out, what is unwritten
             nursery.start_soon(supervised, "pv memory", self.pv_writer.run, self.faults)
+            # a full garbage collection every minute: the resident set stays flat (system/memory)
+            nursery.start_soon(supervised, "memory", collect_garbage, self.faults)
             # The links and the controller first: the update tasks and the web server start once
             # the first limits are written, and a web server that cannot start never holds up
             # control (docs/architecture.md, "Start order").
