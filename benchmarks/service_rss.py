@@ -17,22 +17,25 @@ imported (from ``-X importtime``), so a heavy import that slipped onto the runti
 ``--trace DIR`` finds what grows: the service runs under ``tracemalloc`` and, every
 ``--trace-every`` seconds, a thread in it writes a snapshot (``snap-N.pickle``) and one JSON line
 to ``DIR/counts.jsonl`` (RSS split into anon and file pages, the traced Python heap, pymalloc's
-arenas and live blocks, glibc's ``mallinfo2`` figures, live objects by type); ``--compare DIR``
-prints what grew between the first and the last snapshot. ``--link-events N`` measures the RSS
-of the utility link's per-event work alone (its retained events and files) over N simulated
-events. ``--import-time RUNS`` times cold imports of the service's modules instead (median of
-RUNS fresh interpreters, from bytecode). Tracing costs memory and CPU of its own, so its RSS is
-not the figure to quote; ``--trace-frames 0`` keeps the counts without tracemalloc.
+arenas, live blocks, free blocks and empty pools, the resident ``[heap]`` and other anonymous
+memory from smaps, glibc's ``mallinfo2`` figures, the full collections so far, live objects by
+type); ``--compare DIR`` prints what grew between the first and the last snapshot. With it,
+``--trace-gc-every S`` adds a full collection every S seconds and ``--trace-freeze-after S`` a
+``gc.freeze()`` once (experiments on the garbage collector's part in the growth). ``--link-events
+N`` measures the RSS of the utility link's per-event work alone (its retained events and files)
+over N simulated events. ``--import-time RUNS`` times cold imports of the service's modules instead
+(median of RUNS fresh interpreters, from bytecode). Tracing costs memory and CPU of its own, so its
+RSS is not the figure to quote; ``--trace-frames 0`` keeps the counts without tracemalloc.
 ``--service-env K=V`` sets a variable for the service alone (``MALLOC_ARENA_MAX=1``: an A/B trial
 of an arena setting). ``--optimize N`` runs the service with the environment of its systemd unit
 (the ``Environment=`` lines of ``systemd/dynexport.service``, read at each run, so the two stay in
-step) at ``PYTHONOPTIMIZE=N``, from bytecode of that level compiled as the image compiles it
-(the snapshot, the standard library and site-packages compiled into a private
-``PYTHONPYCACHEPREFIX``, nothing written at run time); A/B it against ``--optimize 0``.
-Before the service starts, one line says how many of the modules it imports have no bytecode
-of its level (each would be compiled at every start: a ``--service-env PYTHONOPTIMIZE=2``
-without ``--optimize`` shows them). To age the process faster: ``--rate 10`` (utility rates
-and limit steps) and ``--interval 0.5`` (control interval). Stops what it started; asserts nothing.
+step) at ``PYTHONOPTIMIZE=N``, from bytecode of that level compiled as the image compiles it (the
+snapshot, the standard library and site-packages compiled into a private ``PYTHONPYCACHEPREFIX``,
+nothing written at run time); A/B it against ``--optimize 0``. Before the service starts, one line
+says how many of the modules it imports have no bytecode of its level (each would be compiled at
+every start: a ``--service-env PYTHONOPTIMIZE=2`` without ``--optimize`` shows them). To age the
+process faster: ``--rate 10`` (utility rates and limit steps) and ``--interval 0.5`` (control
+interval). Stops what it started; asserts nothing.
 """
 
 from __future__ import annotations
