@@ -180,7 +180,8 @@ class App:
             nursery.start_soon(supervised, "watchdog", self._watchdog_loop, self.faults)
             # pv-memory.json when the planner has news; on the way out, what is unwritten
             nursery.start_soon(supervised, "pv memory", self.pv_writer.run, self.faults)
-            # a full garbage collection every minute: the resident set stays flat (system/memory)
+            # a full garbage collection every minute: the garbage and free lists that wait for
+            # one no longer keep the resident set rising for hours (system/memory)
             nursery.start_soon(supervised, "memory", collect_garbage, self.faults)
             # The links and the controller first: the update tasks and the web server start once
             # the first limits are written, and a web server that cannot start never holds up

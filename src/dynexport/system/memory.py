@@ -1,4 +1,4 @@
-"""A full garbage collection every minute, so the service's memory stays flat for days.
+"""A full garbage collection every minute, so what waits for one never piles up for hours.
 
 CPython collects its oldest generation only once the objects that survived the younger ones
 reach a quarter of those already there. In this service, whose long-lived objects are mostly
