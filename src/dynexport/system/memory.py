@@ -6,8 +6,8 @@ its modules, that did not happen once in its first 15 minutes. Until it does, th
 garbage of every poll and request and the interpreter's free lists (tuples, lists, dicts and
 floats kept for reuse, emptied only by a full collection) stay allocated, and the allocators'
 high-water mark, so the resident set, kept rising for hours: +2.7 MiB over a 2-hour soak.
-Side by side with an unchanged service, a full collection every minute grew +0.46 MiB from
-minute 5 to 50 against +1.73 MiB, and ended 1.7 MiB lower (benchmarks/README.md, "Full
+Side by side with an unchanged service, a full collection every minute grew +0.52 MiB from
+minute 5 to 65 against +1.98 MiB, and ended 1.85 MiB lower (benchmarks/README.md, "Full
 collections"). It costs about 20 ms on the build machine, a few times that on a Pi, once a
 minute, in the event loop: nothing the control loop notices.
 """
