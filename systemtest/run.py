@@ -764,11 +764,15 @@ def _checks_timed(vm: Vm, sims: Sims, cuts: int, laps: Laps) -> None:
     ro = "squashfs ro" in out and "Read-only file system" in out and "touch=1" in out
     check("root read-only", ro, " | ".join(out.split("\n")[:3]))
     _, out = vm.sh("df -B1M --output=size /data | tail -1; cat /sys/class/block/vda4/size;"
-                    " systemctl is-failed dynexport-grow-data.service")  # fmt: skip
+                    " systemctl is-failed dynexport-data.service;"
+                    " awk '$2==\"/data\"{print $1}' /proc/mounts")  # fmt: skip
     parts = out.split()
     fs_mb, part_mb = int(parts[0]), int(parts[1]) // 2048
-    check("data partition grown to the card", fs_mb >= 300 and part_mb >= 300,
-          f"partition {part_mb} MiB, file system {fs_mb} MiB, grow-data {parts[2]}")  # fmt: skip
+    # mounted from partition 4 itself (mount-data's way without udev), not the label's link
+    check("data partition grown to the card", fs_mb >= 300 and part_mb >= 300
+          and parts[2:] == ["active", "/dev/vda4"],
+          f"partition {part_mb} MiB, file system {fs_mb} MiB, dynexport-data.service"
+          f" {' '.join(parts[2:])}")  # fmt: skip
 
     # 2. Configuration written, then a clean reboot: it survives and the controller runs with it.
     files = [(f"/data/dynexport/pki/{n}", d, 0o600) for n, d in sims.pki_files().items()]

@@ -28,11 +28,10 @@ NEEDED = {
     "modprobe@dm_mod.service",
     "kmod-static-nodes.service",
     "systemd-tmpfiles-setup-dev.service",
-    # /data: found by udev, checked, mounted
+    # /data: found, checked and mounted without udev (mount-data); udev for everything else
+    "dynexport-data.service",
     "systemd-udevd.service",
     "systemd-udev-trigger.service",
-    "systemd-fsck@.service",
-    "data.mount",
     "systemd-tmpfiles-setup.service",
     "systemd-journald.service",
     "systemd-networkd.service",
@@ -57,7 +56,7 @@ def test_unneeded_units_are_masked_and_needed_ones_are_not() -> None:
         "modprobe@fuse.service",
         "systemd-update-utmp.service",
         # the root is the read-only squashfs the kernel mounted: nothing to remount, and udev
-        # (which finds /data) started only after it
+        # started only after it
         "systemd-remount-fs.service",
         # grow-data grows /data; repart would only pull in modprobe@loop and @dm_mod at boot
         "systemd-repart.service",
@@ -69,7 +68,7 @@ def test_unneeded_units_are_masked_and_needed_ones_are_not() -> None:
 
 def test_only_the_fstab_generator_runs() -> None:
     masked = _masked(GENERATOR_MASKS)
-    assert "systemd-fstab-generator" not in masked  # /data and the tmpfs mounts come from fstab
+    assert "systemd-fstab-generator" not in masked  # the tmpfs mounts come from fstab
     for name in ("systemd-gpt-auto-generator", "systemd-sysv-generator", "systemd-getty-generator"):
         assert masked.get(name) == "/dev/null", name
     assert all(target == "/dev/null" for target in masked.values())

@@ -7,7 +7,7 @@ TARGET_DIR="$1"
 BOARD="${2:-}"
 BOARD_DIR="$(dirname "$0")"
 
-# The data partition (label dynexport-data) is mounted here; see /etc/fstab.
+# The data partition (label dynexport-data) is mounted here by dynexport-data.service (mount-data).
 mkdir -p "${TARGET_DIR}/data"
 
 # machine-id on a read-only root: ship the file empty. At boot systemd finds it empty on a
