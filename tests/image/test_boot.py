@@ -58,7 +58,7 @@ def test_unneeded_units_are_masked_and_needed_ones_are_not() -> None:
         # the root is the read-only squashfs the kernel mounted: nothing to remount, and udev
         # started only after it
         "systemd-remount-fs.service",
-        # grow-data grows /data; repart would only pull in modprobe@loop and @dm_mod at boot
+        # mount-data grows /data; repart would only pull in modprobe@loop and @dm_mod at boot
         "systemd-repart.service",
     ):
         assert masked.get(name) == "/dev/null", name
@@ -92,15 +92,15 @@ def test_pi_console_is_quiet(board: str) -> None:
     assert "quiet" in args
 
 
-def test_grow_data_holds_udev_off_the_disk_while_it_grows() -> None:
-    lines = (LIBEXEC / "grow-data").read_text().splitlines()
+def test_growing_holds_udev_off_the_disk_while_it_grows() -> None:
+    lines = (LIBEXEC / "mount-data").read_text().splitlines()
     code = [ln.strip() for ln in lines if not ln.lstrip().startswith("#")]
 
     def at(prefix: str) -> int:
         return next(i for i, ln in enumerate(code) if ln.startswith(prefix))
 
     # an exclusive lock on the whole disk from before the partition table is written ...
-    assert at('echo "grow-data: growing') < at("flock -x 9") < at('if ! echo ", +" | sfdisk')
+    assert at('echo "mount-data: growing') < at("flock -x 9") < at('if ! echo ", +" | sfdisk')
     assert code[at("flock -x 9") - 1] == 'exec 9<"${disk}"'
     # ... until the script exits, then udev's events pass before fsck and data.mount run
     trap = code[at("trap ")]

@@ -49,7 +49,7 @@ def test_defconfig_is_the_appliance(board: str) -> None:
         "BR2_PACKAGE_DNSMASQ",
         "BR2_PACKAGE_WPA_SUPPLICANT",
         "BR2_PACKAGE_E2FSPROGS_RESIZE2FS",
-        "BR2_PACKAGE_UTIL_LINUX_BINARIES",  # sfdisk, for grow-data
+        "BR2_PACKAGE_UTIL_LINUX_BINARIES",  # blkid and sfdisk, for mount-data
         "BR2_PACKAGE_UTIL_LINUX_PARTX",
         "BR2_PACKAGE_IW",  # ap-rule counts the access point's stations
         "BR2_PACKAGE_RPI_FIRMWARE",

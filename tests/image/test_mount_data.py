@@ -4,7 +4,7 @@ it is the data partition and its check left no errors (docs/image.md "Persistenc
 The script runs against a stand-in world: a sysfs tree and mountinfo as the kernel shows them
 for a root on partition 2 of a disk, partition files that are real ext4 images (real blkid reads
 their labels), and recording stand-ins for mount, e2fsck (which runs the real one unless told to
-exit with a status) and grow-data."""
+exit with a status) and the growing's sfdisk, partx, resize2fs and udevadm."""
 
 from __future__ import annotations
 
@@ -47,7 +47,6 @@ class World:
             "DYNEXPORT_SYS": str(self.base / "sys"),
             "DYNEXPORT_DEV": str(self.base / "dev"),
             "DYNEXPORT_PROC": str(self.base / "proc"),
-            "DYNEXPORT_GROW": str(self.base / "bin/grow-data"),
             "DYNEXPORT_LABEL_WAIT_S": "0",
             "CALLS": str(self.log),
             **env,
@@ -76,17 +75,29 @@ def _recorder(path: Path, body: str) -> None:
     path.chmod(0o755)
 
 
-def _make_world(base: Path, partitions: dict[int, str | None], label_link: str | None) -> World:
+PART_SECTORS = 131072  # 64 MiB, as genimage makes the data partition
+
+
+def _make_world(
+    base: Path, partitions: dict[int, str | None], label_link: str | None, free: int = 0
+) -> World:
     """A disk vda whose partition N holds an ext4 image labelled partitions[N] (None: no file
-    system), the root mounted from vda2; ``label_link``: the udev link's target partition name."""
-    for sub in ("proc/self", "dev/disk/by-label", "bin", "sys/dev/block"):
+    system), the root mounted from vda2, ``free`` sectors after the last partition;
+    ``label_link``: the udev link's target partition name."""
+    for sub in ("proc/self", "dev/disk/by-label", "bin", "sys/dev/block", "sys/class/block"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "proc/self/mountinfo").write_text(ROOT_LINE)
     disk = base / "sys/devices/pci0000:00/virtio0/block/vda"
     (disk / "queue").mkdir(parents=True)  # not a partition: no "partition" file
+    (base / "dev/vda").write_bytes(b"")  # the whole disk, which the growing locks
+    last = max(partitions)
+    (disk / "size").write_text(f"{(last + 1) * PART_SECTORS + free}\n")
     for n, label in partitions.items():
         (disk / f"vda{n}").mkdir()
         (disk / f"vda{n}/partition").write_text(f"{n}\n")
+        (disk / f"vda{n}/start").write_text(f"{n * PART_SECTORS}\n")
+        (disk / f"vda{n}/size").write_text(f"{PART_SECTORS}\n")
+        os.symlink(disk / f"vda{n}", base / f"sys/class/block/vda{n}")
         dev = base / f"dev/vda{n}"
         if label is None:
             dev.write_bytes(b"\0" * 65536)
@@ -97,7 +108,15 @@ def _make_world(base: Path, partitions: dict[int, str | None], label_link: str |
         os.symlink(base / "dev" / label_link, base / "dev/disk/by-label/dynexport-data")
     log = base / "calls"
     _recorder(base / "bin/mount", 'echo "mount $*" >>"$CALLS"; exit "${FAKE_MOUNT_RC:-0}"\n')
-    _recorder(base / "bin/grow-data", 'echo "grow $*" >>"$CALLS"\n')
+    # sfdisk records whether it could take the disk's lock itself: it must not (the script holds it)
+    _recorder(
+        base / "bin/sfdisk",
+        'cat >/dev/null; d="$(eval echo \\${$#})"\n'
+        'if flock -n -x "$d" true; then l=unlocked; else l=locked; fi\n'
+        'echo "sfdisk $* ($l)" >>"$CALLS"; exit "${FAKE_SFDISK_RC:-0}"\n',
+    )
+    for tool in ("partx", "resize2fs", "udevadm"):
+        _recorder(base / f"bin/{tool}", f'echo "{tool} $*" >>"$CALLS"\n')
     real = shutil.which("e2fsck", path=SBIN)
     _recorder(
         base / "bin/e2fsck",
@@ -117,13 +136,45 @@ def test_mounts_partition_4_of_the_roots_disk_without_udev(card: World) -> None:
     proc = card.run()
     assert proc.returncode == 0, proc.stderr
     dev = f"{card.base}/dev/vda4"
-    # grown first, then checked as the kernel command line asks (fsck.repair=yes), then mounted
-    assert card.calls() == [
-        f"grow {dev}",
+    # nothing to grow: checked as the kernel command line asks (fsck.repair=yes), then mounted
+    assert card.calls() == [f"e2fsck -y {dev}", f"mount -t ext4 -o {OPTIONS} {dev} /data"]
+    assert f"{dev} mounted on /data" in proc.stdout
+
+
+def test_the_first_boot_grows_the_partition_under_the_disk_lock(tmp_path: Path) -> None:
+    world = _make_world(tmp_path, {1: None, 2: None, 3: None, 4: "dynexport-data"}, None, 524288)
+    proc = world.run()
+    assert proc.returncode == 0, proc.stderr
+    dev, disk = f"{tmp_path}/dev/vda4", f"{tmp_path}/dev/vda"
+    assert f"growing {dev} (partition 4 of {disk}) by 256 MiB" in proc.stdout
+    assert world.calls() == [
+        f"sfdisk --no-reread --no-tell-kernel -N 4 {disk} (locked)",
+        f"partx --update --nr 4 {disk}",
+        f"e2fsck -f -p {dev}",
+        f"resize2fs {dev}",
+        "udevadm settle --timeout=60",  # the lock released, udev's events let through
         f"e2fsck -y {dev}",
         f"mount -t ext4 -o {OPTIONS} {dev} /data",
     ]
-    assert f"{dev} mounted on /data" in proc.stdout
+
+
+def test_less_than_16_mib_after_the_partition_is_not_grown(tmp_path: Path) -> None:
+    world = _make_world(tmp_path, {2: None, 4: "dynexport-data"}, None, 32767)
+    assert world.run().returncode == 0
+    assert not [c for c in world.calls() if c.startswith(("sfdisk", "resize2fs"))]
+    assert len(world.mounted()) == 1
+
+
+def test_a_failed_growing_still_checks_and_mounts(tmp_path: Path) -> None:
+    world = _make_world(tmp_path, {2: None, 4: "dynexport-data"}, None, 524288)
+    proc = world.run(FAKE_SFDISK_RC="1")
+    assert proc.returncode == 0
+    assert "sfdisk failed" in proc.stderr
+    assert not [c for c in world.calls() if c.startswith(("partx", "resize2fs"))]
+    assert world.calls()[-2:] == [
+        f"e2fsck -y {tmp_path}/dev/vda4",
+        f"mount -t ext4 -o {OPTIONS} {tmp_path}/dev/vda4 /data",
+    ]
 
 
 def test_the_check_follows_fsck_mode_and_repair_as_systemd_fsck_does(card: World) -> None:
@@ -194,6 +245,7 @@ def test_no_data_partition_anywhere_mounts_nothing(tmp_path: Path) -> None:
     part5=st.sampled_from(["dynexport-data", "other"]),
     fsck_rc=st.sampled_from(["0", "1", "2", "4", "8", "12", "16"]),
     mount_rc=st.sampled_from(["0", "32"]),
+    free=st.sampled_from([0, 524288]),
 )
 def test_only_a_checked_data_partition_is_ever_mounted(
     tmp_path_factory: pytest.TempPathFactory,
@@ -202,6 +254,7 @@ def test_only_a_checked_data_partition_is_ever_mounted(
     part5: str,
     fsck_rc: str,
     mount_rc: str,
+    free: int,
 ) -> None:
     """In every state: what is mounted is labelled dynexport-data and its check left no errors,
     and the unit succeeds exactly when /data got mounted."""
@@ -211,7 +264,7 @@ def test_only_a_checked_data_partition_is_ever_mounted(
         parts[4] = part4
     if link == "vda4" and part4 == "absent":
         link = None  # udev links only to partitions that exist
-    world = _make_world(base, parts, link)
+    world = _make_world(base, parts, link, free)
     proc = world.run(FAKE_FSCK_RC=fsck_rc, FAKE_MOUNT_RC=mount_rc)
     mounted = world.mounted()
     assert len(mounted) <= 1
