@@ -905,7 +905,8 @@ GUEST_PROFILE = (
     " systemd-analyze time; echo; systemd-analyze critical-chain dynexport.service; echo;"
     " systemd-analyze blame | head -n 25; echo;"
     " journalctl -b -o short-monotonic --no-pager | grep -E 'kernel: (Run /init|random: crng)"
-    "|systemd\\[1\\]: (Queued|systemd [0-9]|Started|Reached|Finished|Starting)|dynexport\\[|rauc'"
+    "|systemd\\[1\\]: (Queued|systemd [0-9]|Started|Reached|Finished|Starting)|dynexport\\[|rauc"
+    "|mount-data'"
     " | grep -v 'kernel: .*dynexport\\[' | sed 's/ dynexport / /' | head -n 300"
 )
 """Where the guest's boot went: systemd's view and the journal's timestamps (0 is the kernel's start)."""
