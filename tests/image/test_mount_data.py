@@ -227,6 +227,15 @@ def test_another_layout_falls_back_to_the_label(tmp_path: Path) -> None:
     assert world.mounted() == [f"mount -t ext4 -o {OPTIONS} {tmp_path}/dev/vda5 /data"]
 
 
+def test_a_partition_without_its_node_falls_back_to_the_label(tmp_path: Path) -> None:
+    world = _make_world(tmp_path, {2: None, 4: "dynexport-data", 5: "dynexport-data"}, "vda5")
+    (tmp_path / "dev/vda4").unlink()
+    proc = world.run()
+    assert proc.returncode == 0, proc.stderr
+    assert f"{tmp_path}/dev/vda4 (partition 4 of the root's disk) has no device node" in proc.stderr
+    assert world.mounted() == [f"mount -t ext4 -o {OPTIONS} {tmp_path}/dev/vda5 /data"]
+
+
 def test_no_data_partition_anywhere_mounts_nothing(tmp_path: Path) -> None:
     world = _make_world(tmp_path, {1: None, 2: None, 3: None}, None)
     proc = world.run()
