@@ -162,8 +162,10 @@ def socat_pty_pair() -> Iterator[tuple[str, str]]:
         try:
             deadline = time.monotonic() + 10
             while True:
-                log.seek(0)
-                text = log.read().decode(errors="replace")
+                # pread: socat writes through the same file description, so a seek here would
+                # move its write position and its next line would overwrite the first PTY line
+                fd = log.fileno()
+                text = os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
                 ptys = re.findall(r"PTY is (\S+)", text)
                 if len(ptys) == 2 and "starting data transfer loop" in text:
                     break
