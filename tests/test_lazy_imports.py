@@ -126,11 +126,11 @@ def test_a_typical_site_runs_without_the_integrations_update_url_and_setup_tools
     assert _lazy_loaded(modules) == []
 
 
-def test_the_lazy_modules_load_when_their_feature_is_used() -> None:
+def test_the_lazy_modules_load_when_their_feature_is_used(tmp_path: Path) -> None:
     """The checker is not blind: the same names appear once MQTT, the price source and the
-    update URL are configured and the setup tools are asked for."""
+    update URL are configured and the setup tools are asked for. argv: the data folder."""
     code = """
-import json, sys, tempfile
+import json, sys
 from pathlib import Path
 import trio, trio.testing
 from dynexport.app import App, AppOptions
@@ -143,7 +143,7 @@ config = parse_config({
     "price": {"siteId": "s1", "token": "t", "url": "https://127.0.0.1:1"},
     "update": {"url": "https://127.0.0.1:1/manifest.json"},
 })
-data = Path(tempfile.mkdtemp())
+data = Path(sys.argv[1])
 async def main():
     integrations = Integrations(lambda: config, lambda: {})
     checker = UpdateChecker(lambda: config.update, data, system_conf=Path("/nonexistent"))
@@ -160,7 +160,7 @@ async def main():
 trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 print(json.dumps({"modules": sorted(sys.modules)}))
 """
-    modules = set(run_fresh(code)["modules"])
+    modules = set(run_fresh(code, str(tmp_path))["modules"])
     for name in (
         "dynexport.integrations.mqtt",
         "dynexport.integrations.amber",
