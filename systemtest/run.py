@@ -1036,8 +1036,10 @@ def booted_slot(vm: Vm) -> str:
     return out.strip()
 
 
-GRUBENV_REREAD_S = 10.0
+GRUBENV_REREAD_S = 30.0
 """How long an invalid GRUB environment block is read again before it counts as broken."""
+
+GRUBENV = "/bootfs/grub/grubenv"
 
 
 def grub_env(vm: Vm) -> dict[str, str]:
@@ -1046,14 +1048,20 @@ def grub_env(vm: Vm) -> dict[str, str]:
     grub-editenv (RAUC's GRUB backend) rewrites the file in place: truncated, then written. A
     read in that moment (the service marking its slot good while a check polls) sees an invalid
     block, so such a read is tried again; one still invalid after `GRUBENV_REREAD_S` is a
-    failure (a clean-clone CI run once read it so, mid-write, and failed card 2's checks)."""
+    failure (a clean-clone CI run once read it so, mid-write, and failed card 2's checks; one
+    read it so for 10 s after a commit, not understood: the failure now says what the file
+    held and who was writing it)."""
     deadline = time.monotonic() + GRUBENV_REREAD_S
     while True:
-        rc, out = vm.sh("grub-editenv /bootfs/grub/grubenv list")
+        rc, out = vm.sh(f"grub-editenv {GRUBENV} list")
         if rc == 0:
             return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
         if "invalid environment block" not in out or time.monotonic() > deadline:
-            raise Failure(f"grub-editenv failed: {out.strip()}")
+            _, seen = vm.sh(
+                f"stat -c '%s bytes, changed %z' {GRUBENV}; head -c 48 {GRUBENV} | od -A d -c "
+                "| head -3; pgrep -a 'grub-editenv|rauc' | head -5"
+            )
+            raise Failure(f"grub-editenv failed: {out.strip()}; the file: {seen.strip()!r}")
         time.sleep(0.5)
 
 
