@@ -1,11 +1,14 @@
-"""Paths of the appliance image files and loaders for the overlay's Python helpers."""
+"""Paths of the appliance image files, loaders for the overlay's Python helpers, and
+update-deadline's stand-ins."""
 
 from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import os
 import re
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -68,3 +71,48 @@ def unit(path: Path) -> dict[str, list[str]]:
         key, _, value = line.partition("=")
         out.setdefault(f"{section}.{key}", []).append(value)
     return out
+
+
+# -- update-deadline against stand-ins --------------------------------------------------------
+
+
+def deadline_env(tmp_path: Path, booted: str, **more: str) -> dict[str, str]:
+    """update-deadline's stand-ins (data folder ``data``, rauc and systemctl recording their
+    calls in ``calls.log``), ``booted`` on the kernel command line."""
+    data, cmdline, calls = tmp_path / "data", tmp_path / "cmdline", tmp_path / "calls.log"
+    data.mkdir(exist_ok=True)
+    cmdline.write_text(f"root=PARTUUID=64796e78-03 ro rauc.slot={booted}\n")
+    for name in ("rauc", "systemctl"):
+        (tmp_path / name).write_text(f'#!/bin/sh\necho "{name} $*" >>"{calls}"\n')
+        (tmp_path / name).chmod(0o755)
+    return {
+        **os.environ,
+        "UPDATE_DEADLINE_DIR": str(data),
+        "UPDATE_DEADLINE_CMDLINE": str(cmdline),
+        "UPDATE_DEADLINE_RAUC": str(tmp_path / "rauc"),
+        "UPDATE_DEADLINE_SYSTEMCTL": str(tmp_path / "systemctl"),
+        **more,
+    }
+
+
+def deadline_outcome(tmp_path: Path) -> tuple[str, str | None]:
+    """(what rauc and systemctl were asked, the failure note left for the status API)."""
+    calls, failure = tmp_path / "calls.log", tmp_path / "data/update-failure"
+    return (
+        calls.read_text() if calls.exists() else "",
+        failure.read_text() if failure.exists() else None,
+    )
+
+
+def waiting_on_lock(lock: Path, bound_s: float = 60.0) -> bool:
+    """Whether a process is blocked on ``lock`` (a ``->`` line in /proc/locks for its inode),
+    watched for at most ``bound_s``."""
+    inode = f":{lock.stat().st_ino} "
+    end = time.monotonic() + bound_s
+    while time.monotonic() < end:
+        if any(
+            "->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines()
+        ):
+            return True
+        time.sleep(0.05)
+    return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import fcntl
 import os
 import re
 import shutil
@@ -12,7 +13,19 @@ from pathlib import Path
 import pytest
 
 from dynexport.update.state import UpdateRecord
-from tests.image.helpers import BOARDS, EXT, LIBEXEC, OVERLAY, ROOT, UNITS, defconfig, unit
+from tests.image.helpers import (
+    BOARDS,
+    EXT,
+    LIBEXEC,
+    OVERLAY,
+    ROOT,
+    UNITS,
+    deadline_env,
+    deadline_outcome,
+    defconfig,
+    unit,
+    waiting_on_lock,
+)
 
 BOARD_DIR = EXT / "board/dynexport"
 TRYBOOT = ("rpi4_64", "rpi5")
@@ -342,40 +355,28 @@ def test_update_reboot_without_a_request_does_nothing(tmp_path: Path) -> None:
 # -- update-deadline: the last word on a trial boot, in plain shell ----------------------------
 
 
+def _write_record(data: Path, state: str) -> None:
+    """The record as dynexport writes it."""
+    record = UpdateRecord(state, "1.5.0", target="B", source="A", boot_id="install-boot")  # type: ignore[arg-type]
+    (data / "update.json").write_bytes(record.to_json())
+
+
 def update_deadline(
     tmp_path: Path, state: str | None, booted: str, health: str | None = None
 ) -> tuple[str, str | None]:
     """Runs update-deadline against stand-ins: (what rauc and systemctl were asked, the failure
     note it left for the status API)."""
+    env = deadline_env(tmp_path, booted)
     data = tmp_path / "data"
-    data.mkdir()
     if state is not None:
-        # the record as dynexport writes it
-        record = UpdateRecord(state, "1.5.0", target="B", source="A", boot_id="install-boot")  # type: ignore[arg-type]
-        (data / "update.json").write_bytes(record.to_json())
+        _write_record(data, state)
     if health is not None:
         (data / "update-health").write_text(health + "\n")
-    cmdline, calls = tmp_path / "cmdline", tmp_path / "calls.log"
-    cmdline.write_text(f"root=PARTUUID=64796e78-03 ro rauc.slot={booted}\n")
-    for name in ("rauc", "systemctl"):
-        (tmp_path / name).write_text(f'#!/bin/sh\necho "{name} $*" >>"{calls}"\n')
-        (tmp_path / name).chmod(0o755)
-    env = {
-        **os.environ,
-        "UPDATE_DEADLINE_DIR": str(data),
-        "UPDATE_DEADLINE_CMDLINE": str(cmdline),
-        "UPDATE_DEADLINE_RAUC": str(tmp_path / "rauc"),
-        "UPDATE_DEADLINE_SYSTEMCTL": str(tmp_path / "systemctl"),
-    }
     proc = subprocess.run(
         [str(LIBEXEC / "update-deadline")], capture_output=True, text=True, env=env, check=False
     )
     assert proc.returncode == 0, proc.stderr
-    failure = data / "update-failure"
-    return (
-        calls.read_text() if calls.exists() else "",
-        failure.read_text() if failure.exists() else None,
-    )
+    return deadline_outcome(tmp_path)
 
 
 @pytest.mark.parametrize("state", ["trial", "installing"])
@@ -403,3 +404,52 @@ def test_the_deadline_leaves_every_other_boot_alone(
     tmp_path: Path, state: str | None, booted: str
 ) -> None:
     assert update_deadline(tmp_path, state, booted) == ("", None)
+
+
+def test_the_deadline_waits_for_a_commit_under_way_and_then_leaves_the_committed_slot(
+    tmp_path: Path,
+) -> None:
+    """dynexport holds the decision lock while it commits: the deadline, due meanwhile, waits
+    and reads the record only after it (committed: nothing to do). Without the lock it read
+    "trial" and marked the committed slot bad."""
+    env = deadline_env(tmp_path, "B")
+    data = tmp_path / "data"
+    _write_record(data, "trial")
+    lock = data / "update.lock"
+    fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    proc = subprocess.Popen(
+        [str(LIBEXEC / "update-deadline")], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        waited = waiting_on_lock(lock)
+        _write_record(data, "committed")  # the commit the lock was held for
+    finally:
+        os.close(fd)
+        try:
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert waited, "the deadline did not wait for the lock"
+    assert proc.returncode == 0, err
+    assert deadline_outcome(tmp_path) == ("", None)
+
+
+def test_a_lock_held_too_long_does_not_keep_a_trial_alive(tmp_path: Path) -> None:
+    """A hung commit holding the lock: after its wait the deadline decides anyway."""
+    env = deadline_env(tmp_path, "B", UPDATE_DEADLINE_LOCK_WAIT_S="0")
+    data = tmp_path / "data"
+    _write_record(data, "trial")
+    fd = os.open(data / "update.lock", os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        proc = subprocess.run(
+            [str(LIBEXEC / "update-deadline")], env=env, capture_output=True, text=True, check=False
+        )
+    finally:
+        os.close(fd)
+    assert proc.returncode == 0, proc.stderr
+    assert "the update lock was held for 0 s; deciding without it" in proc.stderr
+    asked, failure = deadline_outcome(tmp_path)
+    assert asked == "rauc status mark-bad booted\nsystemctl reboot\n"
+    assert failure is not None and failure.startswith("it did not pass its health check")

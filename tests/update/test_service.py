@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -24,7 +25,13 @@ from dynexport.update.service import (
     update_status,
     write_record,
 )
-from dynexport.update.state import FAILURE_FILE, HEALTH_FILE, REBOOT_REQUEST, UpdateRecord
+from dynexport.update.state import (
+    DECISION_LOCK,
+    FAILURE_FILE,
+    HEALTH_FILE,
+    REBOOT_REQUEST,
+    UpdateRecord,
+)
 
 
 @dataclass
@@ -213,6 +220,67 @@ async def test_after_a_rollback_nothing_is_committed(
             )
     assert rauc.marked == []
     assert not (tmp_path / REBOOT_REQUEST).exists()
+
+
+async def test_a_trial_the_deadline_rolled_back_is_not_committed_once_healthy(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    """update-deadline decided first (its failure file is there, the slot marked bad, the
+    reboot under way): healthy afterwards, the service neither commits the trial nor confirms
+    the slot, either of which would make the bad slot good again."""
+    write_record(tmp_path, TRIAL)
+    (tmp_path / FAILURE_FILE).write_text("it did not pass its health check within 4 minutes\n")
+    site, rauc = Site(ready=True), RecordedRauc(booted="B")
+    site.answer()
+    with trio.move_on_after(600):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(decide_every_second, site)
+            nursery.start_soon(
+                lambda: commit_when_healthy(
+                    site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="trial-boot", booted="B"
+                )
+            )
+    assert rauc.marked == []
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "trial"
+
+
+@pytest.mark.parametrize("deadline_rolled_back", [True, False])
+async def test_the_commit_waits_while_the_deadline_holds_the_decision_lock(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, deadline_rolled_back: bool
+):
+    """Healthy while update-deadline holds the lock: nothing is committed until it lets go,
+    then only if it did not roll the trial back."""
+    write_record(tmp_path, TRIAL)
+    site, rauc = Site(ready=True), RecordedRauc(booted="B")
+    site.answer()
+    fd = os.open(tmp_path / DECISION_LOCK, os.O_RDONLY | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the deadline's, from another process
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(decide_every_second, site)
+            nursery.start_soon(
+                lambda: commit_when_healthy(
+                    site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="trial-boot", booted="B"
+                )
+            )
+            await trio.sleep(300)  # healthy after two minutes of control
+            assert rauc.marked == [], "committed while the deadline held the lock"
+            if deadline_rolled_back:
+                (tmp_path / FAILURE_FILE).write_text("it did not pass its health check\n")
+            os.close(fd)
+            fd = -1
+            await trio.sleep(60)
+            nursery.cancel_scope.cancel()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    record = read_record(tmp_path)
+    assert record is not None
+    if deadline_rolled_back:
+        assert rauc.marked == [] and record.state == "trial"
+    else:
+        assert len(rauc.marked) == 1 and record.state == "committed"
 
 
 async def test_the_reboot_after_an_install_waits_for_quiet_and_leaves_the_fail_safe_first(

@@ -18,9 +18,11 @@ write the update record in the data folder (``state.py``) and talk to RAUC (``ra
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +32,7 @@ from dynexport.system.storage import atomic_write
 from dynexport.update import health
 from dynexport.update.rauc import Rauc, RaucError, RaucStatus
 from dynexport.update.state import (
+    DECISION_LOCK,
     FAILURE_FILE,
     HEALTH_FILE,
     REBOOT_REQUEST,
@@ -314,7 +317,8 @@ async def _confirm_boot(app: AppLike, rauc: Rauc, booted: str, interval: float) 
 async def _commit_trial(
     app: AppLike, data_dir: Path, rauc: Rauc, record: UpdateRecord, interval: float
 ) -> bool:
-    """True once the trial of ``record`` is committed; False when this boot is no such trial."""
+    """True once the trial of ``record`` is decided (committed, or rolled back by
+    update-deadline before it was healthy); False when this boot is no such trial."""
     try:
         status = await rauc.status()
     except RaucError as exc:
@@ -334,15 +338,48 @@ async def _commit_trial(
             last_reason = verdict.reason
             atomic_write(data_dir / HEALTH_FILE, (verdict.reason + "\n").encode(), mode=0o600)
         if verdict.healthy:
-            try:
-                await rauc.mark_good()
-            except RaucError as exc:
-                log.error("update %s: commit failed: %s (retrying)", record.version, exc)
-            else:
-                write_record(data_dir, record.moved_to("committed"))
-                log.info("update %s committed: %s", record.version, verdict.reason)
-                return True
+            async with decision_lock(data_dir, interval):
+                if (data_dir / FAILURE_FILE).exists():
+                    # update-deadline decided first: it has marked the slot bad and is rebooting
+                    # into the old one. A commit now would make this slot good again.
+                    log.error(
+                        "update %s: healthy only after the deadline had rolled it back",
+                        record.version,
+                    )
+                    return True
+                try:
+                    await rauc.mark_good()
+                except RaucError as exc:
+                    log.error("update %s: commit failed: %s (retrying)", record.version, exc)
+                else:
+                    write_record(data_dir, record.moved_to("committed"))
+                    log.info("update %s committed: %s", record.version, verdict.reason)
+                    return True
         await trio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def decision_lock(data_dir: Path, poll_s: float = 0.5) -> AsyncIterator[None]:
+    """Holds ``DECISION_LOCK`` (state.py): taken without blocking the event loop, tried again
+    every ``poll_s`` while update-deadline holds it. A lock file that cannot be opened is
+    logged and the decision goes ahead without it (as before the lock existed)."""
+    try:
+        fd = os.open(data_dir / DECISION_LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        log.warning("update: cannot open %s (%s); deciding without it", DECISION_LOCK, exc)
+        yield
+        return
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                await trio.sleep(poll_s)
+            else:
+                break
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def booted_slot(cmdline: Path = Path("/proc/cmdline")) -> str | None:

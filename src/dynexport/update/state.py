@@ -19,6 +19,11 @@ FAILURE_FILE = "update-failure"
 """One line: why update-deadline rolled the trial back (written by that script)."""
 HEALTH_FILE = "update-health"
 """One line: the health check's latest verdict during a trial (read by update-deadline)."""
+DECISION_LOCK = "update.lock"
+"""flock(2)ed by whoever decides a trial's fate: update-deadline from reading the record to its
+reboot, the service from its last look at the failure file to the record saying ``committed``.
+Without it the two could both decide at the 4-minute mark: a commit undone by the deadline's
+mark-bad (the old slot boots, the record says committed), or a mark-bad undone by the commit."""
 REBOOT_REQUEST = "reboot-request"
 """``trial`` or ``normal``: dynexport-update-reboot.path reboots as root."""
 

@@ -1,0 +1,86 @@
+"""The service's commit and the real update-deadline script at the 4-minute mark: exactly one of
+them decides a trial, whichever comes first (update/state.py ``DECISION_LOCK``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from dynexport.update.service import commit_when_healthy, read_record, write_record
+from dynexport.update.state import DECISION_LOCK, FAILURE_FILE
+from tests.image.helpers import LIBEXEC, deadline_env, deadline_outcome, waiting_on_lock
+from tests.update.test_service import TRIAL, RecordedRauc, Site, decide_every_second
+
+
+class PausedCommitRauc(RecordedRauc):
+    """Its mark-good waits for ``go_on``: a commit caught in the middle."""
+
+    def __init__(self, booted: str) -> None:
+        super().__init__(booted)
+        self.in_commit = trio.Event()
+        self.go_on = trio.Event()
+
+    async def mark_good(self) -> None:
+        self.in_commit.set()
+        await self.go_on.wait()
+        await super().mark_good()
+
+
+@pytest.mark.parametrize("when", ["before the commit", "during the commit", "after the commit"])
+async def test_the_deadline_and_the_commit_never_both_decide_a_trial(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, when: str
+):
+    env = deadline_env(tmp_path, "B")
+    data = tmp_path / "data"
+    write_record(data, TRIAL)
+    site, rauc = Site(ready=True), PausedCommitRauc(booted="B")
+    site.answer()
+
+    async def deadline() -> None:
+        proc = await trio.run_process(
+            [str(LIBEXEC / "update-deadline")], env=env, capture_stderr=True, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+
+    async def service() -> None:
+        await commit_when_healthy(
+            site, data, rauc, wall_clock=lambda: 0.0, this_boot="trial-boot", booted="B"
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(decide_every_second, site)
+        if when == "before the commit":
+            await deadline()
+            nursery.start_soon(service)
+            rauc.go_on.set()
+        else:
+            nursery.start_soon(service)
+            await rauc.in_commit.wait()  # the service holds the lock, mark-good under way
+            if when == "during the commit":
+                nursery.start_soon(deadline)
+                lock = data / DECISION_LOCK
+                assert await trio.to_thread.run_sync(waiting_on_lock, lock)
+                rauc.go_on.set()
+            else:
+                rauc.go_on.set()
+                await trio.sleep(10)
+                record = read_record(data)
+                assert record is not None and record.state == "committed"
+                await deadline()
+        await trio.sleep(300)
+        nursery.cancel_scope.cancel()
+
+    asked, failure = deadline_outcome(tmp_path)
+    record = read_record(data)
+    assert record is not None
+    rolled_back = "mark-bad" in asked
+    committed = record.state == "committed"
+    assert rolled_back != committed, (asked, record.state, rauc.marked)
+    if rolled_back:
+        assert rauc.marked == [] and failure is not None and (data / FAILURE_FILE).exists()
+        assert when == "before the commit"
+    else:
+        assert len(rauc.marked) == 1 and asked == "" and failure is None
