@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trio
 
-from dynexport.update.rauc import Rauc, RaucError, parse_info, parse_status
+from dynexport.update.rauc import BundleInfo, Rauc, RaucError, parse_info, parse_status
+from dynexport.update.service import read_record, write_record
+from dynexport.update.state import UpdateRecord
 from tests.update.bundles import SIGNING_KEY, make_bundle, needs_rauc
 
 STATUS = {
@@ -93,6 +97,10 @@ case "$1 $2" in
 "install "*)
 	echo "installing"; echo "100% Installing done."
 	[ -z "$FAIL_INSTALL" ] || { echo "Post-install handler error: no space" >&2; exit 1; }
+	;;
+"info "*)
+	printf 'Compatible: \t'"'"'dynexport-rpi4_64'"'"'\nVersion:    \t'"'"'1.5.0'"'"'\n'
+	printf 'Certificate Chain:\n 0 Subject: CN = test\n'
 	;;
 "status --detailed") cat "$RAUC_STATUS" ;;
 "status mark-active")
@@ -197,3 +205,71 @@ async def test_an_activated_install_is_recorded_as_on_trial(
         "A",
     )
     assert log.read_text().splitlines()[-1] == "status mark-active rootfs.0"
+
+
+# -- no install while an update is on trial: it would overwrite the slot the device falls back to
+
+
+TRIAL_OF_B = UpdateRecord("trial", "1.4.0", target="B", source="A", boot_id="install-boot")
+
+
+@pytest.mark.parametrize(
+    ("record", "refused"),
+    [
+        (None, False),
+        (TRIAL_OF_B, True),  # slot B runs its trial in a later boot: not committed
+        (TRIAL_OF_B.moved_to("committed"), False),
+        (replace(TRIAL_OF_B, target="A", source="B"), False),  # A's trial rolled back to B
+        (TRIAL_OF_B.moved_to("failed", "no space"), False),
+        (replace(TRIAL_OF_B, boot_id="this-boot"), False),  # installed, reboot pending: replaced
+    ],
+    ids=["no update", "on trial", "committed", "rolled back", "failed", "reboot pending"],
+)
+async def test_the_web_and_url_install_waits_for_a_trial_to_be_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record: UpdateRecord | None, refused: bool
+):
+    from dynexport.update.install import install_verified
+
+    rauc, log = scripted_rauc(tmp_path, monkeypatch)  # slot B runs
+    data = tmp_path / "data"
+    data.mkdir()
+    if record is not None:
+        write_record(data, record)
+
+    async def progress(line: str) -> None:
+        pass
+
+    info = BundleInfo("dynexport-rpi4_64", "1.5.0", "CN = test")
+    said = await install_verified(
+        data, rauc, tmp_path / "b.raucb", info, progress, origin="t", this_boot="this-boot"
+    )
+    calls = log.read_text().splitlines()
+    if refused:
+        assert said is not None and said.startswith("not installed, nothing was written: the "
+                                                    "update to 1.4.0 is on trial")  # fmt: skip
+        assert "overwrite the slot this device falls back to" in said
+        assert not [c for c in calls if c.startswith(("install", "status mark"))]
+        assert read_record(data) == record, "the trial's record is untouched"
+    else:
+        assert said is None
+        assert "install " + str(tmp_path / "b.raucb") in calls
+
+
+async def test_the_install_command_waits_for_a_trial_to_be_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    from dynexport.update import cli, service
+
+    rauc, log = scripted_rauc(tmp_path, monkeypatch)  # slot B runs
+    data = tmp_path / "data"
+    data.mkdir()
+    write_record(data, TRIAL_OF_B)
+    (tmp_path / "boot_id").write_text("this-boot\n")
+    monkeypatch.setattr(service, "BOOT_ID", tmp_path / "boot_id")
+    args = argparse.Namespace(file=str(tmp_path / "b.raucb"), data=str(data), yes=True,
+                              reboot_now=False)  # fmt: skip
+    assert await cli._install_async(args, rauc) == 1
+    err = capsys.readouterr().err
+    assert "not installed, nothing was written: the update to 1.4.0 is on trial" in err
+    assert not [c for c in log.read_text().splitlines() if c.startswith(("install", "status mark"))]
+    assert read_record(data) == TRIAL_OF_B

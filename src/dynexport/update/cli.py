@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from dynexport.update.install import trial_in_progress
 from dynexport.update.rauc import Rauc, RaucError
 from dynexport.update.service import (
     begin_install,
@@ -96,6 +97,10 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
         print(f"not installed: {exc}", file=sys.stderr)
         return 1
     assert status.booted is not None
+    why = trial_in_progress(data, status, boot_id())
+    if why is not None:
+        print(f"not installed, nothing was written: {why}", file=sys.stderr)
+        return 1
     record = install_record(info.version, target, status.booted)
     begin_install(data, record, folder_owner(data))
 

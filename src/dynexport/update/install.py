@@ -18,8 +18,14 @@ from pathlib import Path
 
 import trio
 
-from dynexport.update.rauc import BundleInfo, Rauc, RaucError
-from dynexport.update.service import begin_install, install_record, write_record
+from dynexport.update.rauc import BundleInfo, Rauc, RaucError, RaucStatus
+from dynexport.update.service import (
+    begin_install,
+    boot_id,
+    install_record,
+    update_report,
+    write_record,
+)
 
 log = logging.getLogger("dynexport.update")
 
@@ -50,6 +56,20 @@ def refusal(detail: str) -> str:
     if "no version or signer" in low:
         return "the bundle names no version or signer"
     return f"the bundle could not be checked ({detail})"
+
+
+def trial_in_progress(data_dir: Path, status: RaucStatus, this_boot: str) -> str | None:
+    """Why no install may start now: the running slot is an update's trial, not committed yet.
+    Installing would write the other slot, the one the device falls back to if the trial fails
+    (the update URL's check waits for the same reason: ``check.BUSY_PHASES``). None: it may."""
+    rep = update_report(data_dir, status, this_boot)
+    if rep.phase != "trial":
+        return None
+    return (
+        f"the update to {rep.version} is on trial and not committed yet; installing now would "
+        "overwrite the slot this device falls back to if it fails. Try again once it is "
+        "committed (at most 4 minutes after its boot)"
+    )
 
 
 _claimed: set[Path] = set()
@@ -83,12 +103,14 @@ async def install_verified(
     progress: Callable[[str], Awaitable[None]],
     *,
     origin: str,
+    this_boot: str | None = None,
 ) -> str | None:
     """Installs ``bundle`` (already verified by ``rauc info`` as ``info``) into the other slot.
 
     Returns None once installed (the record says ``trial``), else the installer's message.
-    ``origin`` (``the web page``, ``the update URL``) goes to the log. The caller deletes the
-    bundle file afterwards, whatever the outcome.
+    ``origin`` (``the web page``, ``the update URL``) goes to the log; ``this_boot``: the kernel's
+    boot id (read from /proc by default). The caller deletes the bundle file afterwards, whatever
+    the outcome.
     """
     try:
         status = await rauc.status()
@@ -102,6 +124,9 @@ async def install_verified(
     except RaucError as exc:
         return f"not installed, nothing was written: {exc}"
     assert status.booted is not None
+    why = trial_in_progress(data_dir, status, boot_id() if this_boot is None else this_boot)
+    if why is not None:
+        return f"not installed, nothing was written: {why}"
     record = install_record(info.version, target, status.booted)
     try:  # clears what an earlier update left (its health verdict, its rollback reason)
         await trio.to_thread.run_sync(begin_install, data_dir, record)
