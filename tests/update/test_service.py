@@ -117,6 +117,25 @@ async def decide_every_second(site: Site) -> None:
         await trio.sleep(1.0)
 
 
+async def control_and_commit(
+    site: Site,
+    data: Path,
+    rauc: Rauc,
+    seconds: float,
+    this_boot: str,
+    booted: str | None = None,
+) -> None:
+    """The controller deciding every second beside ``commit_when_healthy``, for ``seconds``."""
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(decide_every_second, site)
+            nursery.start_soon(
+                lambda: commit_when_healthy(
+                    site, data, rauc, wall_clock=lambda: 0.0, this_boot=this_boot, booted=booted
+                )
+            )
+
+
 async def test_a_healthy_trial_boot_is_committed_after_two_minutes_of_control(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ):
@@ -210,14 +229,7 @@ async def test_after_a_rollback_nothing_is_committed(
     write_record(tmp_path, TRIAL)
     site, rauc = Site(ready=True), RecordedRauc(booted="A")
     site.answer()
-    with trio.move_on_after(600):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(decide_every_second, site)
-            nursery.start_soon(
-                lambda: commit_when_healthy(
-                    site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="after-rollback"
-                )
-            )
+    await control_and_commit(site, tmp_path, rauc, 600, "after-rollback")
     assert rauc.marked == []
     assert not (tmp_path / REBOOT_REQUEST).exists()
 
@@ -232,14 +244,7 @@ async def test_a_trial_the_deadline_rolled_back_is_not_committed_once_healthy(
     (tmp_path / FAILURE_FILE).write_text("it did not pass its health check within 4 minutes\n")
     site, rauc = Site(ready=True), RecordedRauc(booted="B")
     site.answer()
-    with trio.move_on_after(600):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(decide_every_second, site)
-            nursery.start_soon(
-                lambda: commit_when_healthy(
-                    site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="trial-boot", booted="B"
-                )
-            )
+    await control_and_commit(site, tmp_path, rauc, 600, "trial-boot", booted="B")
     assert rauc.marked == []
     record = read_record(tmp_path)
     assert record is not None and record.state == "trial"
