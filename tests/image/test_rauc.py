@@ -453,3 +453,21 @@ def test_a_lock_held_too_long_does_not_keep_a_trial_alive(tmp_path: Path) -> Non
     asked, failure = deadline_outcome(tmp_path)
     assert asked == "rauc status mark-bad booted\nsystemctl reboot\n"
     assert failure is not None and failure.startswith("it did not pass its health check")
+
+
+def test_a_data_folder_that_cannot_be_written_does_not_stop_the_rollback(tmp_path: Path) -> None:
+    """/data remounted read-only after an error (here: the lock a dangling link into nowhere,
+    the failure note's temporary name taken by a folder; root can write anything else): the
+    trial is still marked bad and the device rebooted, each file it could not write named."""
+    env = deadline_env(tmp_path, "B")
+    data = tmp_path / "data"
+    _write_record(data, "trial")
+    (data / "update.lock").symlink_to(tmp_path / "nowhere/update.lock")
+    (data / "update-failure.tmp").mkdir()
+    proc = subprocess.run(
+        [str(LIBEXEC / "update-deadline")], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "update.lock cannot be opened; deciding without the lock" in proc.stderr
+    assert "update-failure could not be written; rolling back without the reason" in proc.stderr
+    assert deadline_outcome(tmp_path) == ("rauc status mark-bad booted\nsystemctl reboot\n", None)
