@@ -273,3 +273,26 @@ async def test_the_install_command_waits_for_a_trial_to_be_committed(
     assert "not installed, nothing was written: the update to 1.4.0 is on trial" in err
     assert not [c for c in log.read_text().splitlines() if c.startswith(("install", "status mark"))]
     assert read_record(data) == TRIAL_OF_B
+
+
+@pytest.mark.parametrize("on_trial", [True, False])
+async def test_the_web_upload_is_refused_before_it_starts_while_an_update_is_on_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_trial: bool
+):
+    """Not after minutes of uploading: the page says why at once (409) and nothing is written."""
+    from dynexport.web.updates import UPLOAD_FILE, UpdateError, Updates
+
+    rauc, _log = scripted_rauc(tmp_path, monkeypatch)  # slot B runs
+    data = tmp_path / "data"
+    data.mkdir()
+    write_record(data, TRIAL_OF_B if on_trial else TRIAL_OF_B.moved_to("committed"))
+    updates = Updates(data, rauc)
+    if on_trial:
+        with pytest.raises(UpdateError) as refused:
+            await updates.start(1000)
+        assert refused.value.status == 409
+        assert refused.value.message.startswith("not now: the update to 1.4.0 is on trial")
+        assert not (data / UPLOAD_FILE).exists() and updates.state.phase == "idle"
+    else:
+        assert (await updates.start(1000))["phase"] == "uploading"
+        assert (data / UPLOAD_FILE).exists()

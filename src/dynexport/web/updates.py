@@ -28,6 +28,7 @@ from dynexport.update.install import (  # the texts the page shows, shared with 
     refusal,
 )
 from dynexport.update.rauc import BundleInfo, Rauc, RaucError
+from dynexport.update.service import boot_id
 
 log = logging.getLogger("dynexport.web")
 
@@ -91,6 +92,17 @@ class Updates:
         if self.state.phase == "installing":
             raise UpdateError(409, "an update is being installed")
 
+    async def _not_on_trial(self) -> None:
+        """The running slot on trial: refused before the upload rather than after it (the
+        install would refuse it, ``install.trial_in_progress``, after minutes of uploading)."""
+        try:
+            status = await self.rauc.status()
+        except RaucError:
+            return  # no A/B update service here: the check and the install say so
+        why = shared.trial_in_progress(self.data_dir, status, boot_id())
+        if why is not None:
+            raise UpdateError(409, f"not now: {why}")
+
     async def start(self, size: object) -> dict[str, Any]:
         self._busy()
         if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_BUNDLE_BYTES:
@@ -98,6 +110,7 @@ class Updates:
                 413 if isinstance(size, int) and size > MAX_BUNDLE_BYTES else 400,
                 f"size must be the bundle's size in bytes, 1 to {MAX_BUNDLE_BYTES}",
             )
+        await self._not_on_trial()
 
         def create() -> None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
