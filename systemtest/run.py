@@ -1070,12 +1070,13 @@ GRUBENV = "/bootfs/grub/grubenv"
 def grub_env(vm: Vm) -> dict[str, str]:
     """GRUB's environment as RAUC sees it (the FAT partition is automounted on /bootfs).
 
-    grub-editenv (RAUC's GRUB backend) rewrites the file in place: truncated, then written. A
-    read in that moment (the service marking its slot good while a check polls) sees an invalid
-    block, so such a read is tried again; one still invalid after `GRUBENV_REREAD_S` is a
-    failure (a clean-clone CI run once read it so, mid-write, and failed card 2's checks; one
-    read it so for 10 s after a commit, not understood: the failure now says what the file
-    held and who was writing it)."""
+    grub-editenv (RAUC's GRUB backend; Debian's 2.06) writes ``grubenv.new`` and renames it over
+    the file, so one writer alone never shows a reader an invalid block; two at once share the
+    name ``grubenv.new``, and one's rename can show the other's truncated file for a moment. So
+    an invalid read is tried again; one still invalid after `GRUBENV_REREAD_S` is a failure (two
+    clean-clone CI runs read it so: once mid-write, failing card 2's checks, and once for 10 s
+    just after a commit, not understood; the failure now says what the file held and who was
+    writing it)."""
     deadline = time.monotonic() + GRUBENV_REREAD_S
     while True:
         rc, out = vm.sh(f"grub-editenv {GRUBENV} list")
