@@ -351,6 +351,46 @@ class FailingRauc(RecordedRauc):
         raise RaucError("rauc status: Failed to connect to the D-Bus service")
 
 
+class SlowStatusRauc(RecordedRauc):
+    """RAUC whose status fails the first ``failures`` times (its D-Bus service still starting)."""
+
+    def __init__(self, booted: str, failures: int) -> None:
+        super().__init__(booted)
+        self.failures = failures
+
+    async def status(self) -> RaucStatus:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RaucError("rauc status: Failed to connect to the D-Bus service")
+        return await super().status()
+
+
+@pytest.mark.parametrize("booted", ["B", None], ids=["slot on the command line", "RAUC asked"])
+async def test_a_trial_is_never_confirmed_without_its_health_check_when_rauc_answers_late(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, booted: str | None
+):
+    """RAUC's status failing at the trial's start: before, the boot was taken for an ordinary
+    one and confirmed (mark-good) as soon as the service was READY, so an unproven slot was
+    kept (tryboot) or a healthy one rolled back with the wrong reason (GRUB, U-Boot)."""
+    write_record(tmp_path, TRIAL)
+    site, rauc = Site(ready=True), SlowStatusRauc(booted="B", failures=3)
+    site.answer()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(decide_every_second, site)
+        nursery.start_soon(
+            lambda: commit_when_healthy(
+                site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="trial-boot", booted=booted
+            )
+        )
+        await trio.sleep(100)
+        assert rauc.marked == [], "confirmed before two minutes of control"
+        await trio.sleep(200)
+        nursery.cancel_scope.cancel()
+    assert len(rauc.marked) == 1
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "committed"
+
+
 async def test_an_ordinary_boot_confirms_the_running_slot_once_ready(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ):

@@ -289,7 +289,11 @@ async def _check_this_boot(
         record = record.moved_to("trial")
         write_record(data_dir, record)
     trial = record is not None and record.state == "trial" and record.boot_id != this_boot
-    if trial and record is not None and await _commit_trial(app, data_dir, rauc, record, interval):
+    if (
+        trial
+        and record is not None
+        and await _commit_trial(app, data_dir, rauc, record, booted, interval)
+    ):
         return
     if booted is not None:
         await _confirm_boot(app, rauc, booted, interval)
@@ -314,18 +318,33 @@ async def _confirm_boot(app: AppLike, rauc: Rauc, booted: str, interval: float) 
             return
 
 
+async def _running_slot(rauc: Rauc, booted: str | None, version: str) -> str | None:
+    """The slot this boot runs: the kernel command line's (``rauc.slot=``), else RAUC's answer,
+    asked until it comes. A RAUC that does not answer at once must not make a trial look like
+    an ordinary boot: that boot would be confirmed (``mark-good``) without its health check."""
+    if booted is not None:
+        return booted
+    while True:
+        try:
+            return (await rauc.status()).booted
+        except RaucError as exc:
+            log.error("update %s: cannot read RAUC's status: %s (retrying)", version, exc)
+            await trio.sleep(CONFIRM_RETRY_S)
+
+
 async def _commit_trial(
-    app: AppLike, data_dir: Path, rauc: Rauc, record: UpdateRecord, interval: float
+    app: AppLike,
+    data_dir: Path,
+    rauc: Rauc,
+    record: UpdateRecord,
+    booted: str | None,
+    interval: float,
 ) -> bool:
     """True once the trial of ``record`` is decided (committed, or rolled back by
     update-deadline before it was healthy); False when this boot is no such trial."""
-    try:
-        status = await rauc.status()
-    except RaucError as exc:
-        log.error("update %s: cannot read RAUC's status: %s", record.version, exc)
-        return False
-    if status.booted != record.target:
-        log.error("update to %s was rolled back (running slot %s)", record.version, status.booted)
+    running = await _running_slot(rauc, booted, record.version)
+    if running != record.target:
+        log.error("update to %s was rolled back (running slot %s)", record.version, running)
         return False
     log.info("update %s: trial of slot %s; health check started", record.version, record.target)
     streak = health.Streak()
