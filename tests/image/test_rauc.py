@@ -471,3 +471,62 @@ def test_a_data_folder_that_cannot_be_written_does_not_stop_the_rollback(tmp_pat
     assert "update.lock cannot be opened; deciding without the lock" in proc.stderr
     assert "update-failure could not be written; rolling back without the reason" in proc.stderr
     assert deadline_outcome(tmp_path) == ("rauc status mark-bad booted\nsystemctl reboot\n", None)
+
+
+# RAUC as the Pi 4/5 image configures it (bootloader=custom): its status marks, for the running
+# slot (rauc.slot=B) and the other one, handed to the real rauc-tryboot on a stand-in partition
+RAUC_ON_TRYBOOT = """#!/bin/sh
+echo "rauc $*" >>"$CALLS"
+[ "$1" = status ] || exit 3
+case "$3" in booted) slot=B ;; other) slot=A ;; *) exit 3 ;; esac
+case "$2" in mark-good) state=good ;; mark-bad) state=bad ;; *) exit 3 ;; esac
+exec "$TRYBOOT" set-state "$slot" "$state"
+"""
+
+
+def test_a_trial_already_committed_by_the_firmware_is_still_rolled_back_once(
+    tmp_path: Path, fat: Path
+) -> None:
+    """Pi 4/5: slot B is what config.txt boots (its mark-good happened) but the record still
+    says trial (a power cut before it was written). The deadline's mark-bad is refused for the
+    committed slot; before, it rebooted into B again, and every boot ended the same way 4 minutes
+    later. Now slot A is made the committed slot and the reboot boots it."""
+    assert tryboot(fat, "set-state", "B", "good").returncode == 0  # B committed
+    assert tryboot(fat, "get-primary").stdout == "B\n"
+    env = deadline_env(tmp_path, "B")
+    rauc = tmp_path / "rauc"
+    rauc.write_text(RAUC_ON_TRYBOOT)
+    env.update(
+        CALLS=str(tmp_path / "calls.log"),
+        TRYBOOT=str(LIBEXEC / "rauc-tryboot"),
+        RAUC_TRYBOOT_DIR=str(fat),
+        RAUC_TRYBOOT_CMDLINE=str(tmp_path / "cmdline"),
+    )
+    _write_record(tmp_path / "data", "trial")
+    proc = subprocess.run(
+        [str(LIBEXEC / "update-deadline")], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "slot B is the committed slot" in proc.stderr
+    asked, failure = deadline_outcome(tmp_path)
+    assert asked == ("rauc status mark-bad booted\nrauc status mark-good other\nsystemctl reboot\n")
+    assert tryboot(fat, "get-primary").stdout == "A\n", "a normal boot now boots A"
+    assert failure is not None
+
+
+def test_a_failed_mark_bad_and_mark_good_still_reboot(tmp_path: Path) -> None:
+    """RAUC not answering at all: the reboot alone ends a trial on GRUB and U-Boot."""
+    env = deadline_env(tmp_path, "B")
+    (tmp_path / "rauc").write_text(f'#!/bin/sh\necho "rauc $*" >>"{tmp_path}/calls.log"\nexit 1\n')
+    _write_record(tmp_path / "data", "trial")
+    proc = subprocess.run(
+        [str(LIBEXEC / "update-deadline")], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "mark-good other failed too; rebooting anyway" in proc.stderr
+    asked, _ = deadline_outcome(tmp_path)
+    assert asked.splitlines() == [
+        "rauc status mark-bad booted",
+        "rauc status mark-good other",
+        "systemctl reboot",
+    ]
