@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import replace
@@ -13,7 +14,7 @@ import pytest
 import trio
 
 from dynexport.update.rauc import BundleInfo, Rauc, RaucError, parse_info, parse_status
-from dynexport.update.service import read_record, write_record
+from dynexport.update.service import process_identity, read_record, write_record
 from dynexport.update.state import UpdateRecord
 from tests.update.bundles import SIGNING_KEY, make_bundle, needs_rauc
 
@@ -207,26 +208,48 @@ async def test_an_activated_install_is_recorded_as_on_trial(
     assert log.read_text().splitlines()[-1] == "status mark-active rootfs.0"
 
 
-# -- no install while an update is on trial: it would overwrite the slot the device falls back to
+# -- no install while another update is under way: on trial, waiting for its reboot, installing
 
 
 TRIAL_OF_B = UpdateRecord("trial", "1.4.0", target="B", source="A", boot_id="install-boot")
+INSTALLING = UpdateRecord("installing", "1.4.0", target="A", source="B", boot_id="this-boot")
+
+
+def _under_way_cases() -> list[tuple[UpdateRecord | None, str | None]]:
+    """(the last update's record, the refusal's words or None: the install goes ahead)."""
+    return [
+        (None, None),
+        (TRIAL_OF_B, "the update to 1.4.0 is on trial"),  # B's trial in a later boot
+        (TRIAL_OF_B.moved_to("committed"), None),
+        (replace(TRIAL_OF_B, target="A", source="B"), None),  # A's trial rolled back to B
+        (TRIAL_OF_B.moved_to("failed", "no space"), None),
+        (replace(TRIAL_OF_B, boot_id="this-boot"), "1.4.0 is installed and waits for its reboot"),
+        (replace(INSTALLING, installer=process_identity(os.getppid())), "being installed now"),
+        (replace(INSTALLING, installer=process_identity()), None),  # this process's, left over
+        (replace(INSTALLING, installer="999999999:1"), None),  # its installer is gone
+    ]
 
 
 @pytest.mark.parametrize(
-    ("record", "refused"),
-    [
-        (None, False),
-        (TRIAL_OF_B, True),  # slot B runs its trial in a later boot: not committed
-        (TRIAL_OF_B.moved_to("committed"), False),
-        (replace(TRIAL_OF_B, target="A", source="B"), False),  # A's trial rolled back to B
-        (TRIAL_OF_B.moved_to("failed", "no space"), False),
-        (replace(TRIAL_OF_B, boot_id="this-boot"), False),  # installed, reboot pending: replaced
+    ("record", "refusal"),
+    _under_way_cases(),
+    ids=[
+        "no update",
+        "on trial",
+        "committed",
+        "rolled back",
+        "failed",
+        "reboot pending",
+        "another installer",
+        "own leftover",
+        "installer gone",
     ],
-    ids=["no update", "on trial", "committed", "rolled back", "failed", "reboot pending"],
 )
-async def test_the_web_and_url_install_waits_for_a_trial_to_be_committed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record: UpdateRecord | None, refused: bool
+async def test_the_web_and_url_install_waits_while_another_update_is_under_way(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    record: UpdateRecord | None,
+    refusal: str | None,
 ):
     from dynexport.update.install import install_verified
 
@@ -244,12 +267,11 @@ async def test_the_web_and_url_install_waits_for_a_trial_to_be_committed(
         data, rauc, tmp_path / "b.raucb", info, progress, origin="t", this_boot="this-boot"
     )
     calls = log.read_text().splitlines()
-    if refused:
-        assert said is not None and said.startswith("not installed, nothing was written: the "
-                                                    "update to 1.4.0 is on trial")  # fmt: skip
-        assert "overwrite the slot this device falls back to" in said
+    if refusal is not None:
+        assert said is not None and said.startswith("not installed, nothing was written: ")
+        assert refusal in said
         assert not [c for c in calls if c.startswith(("install", "status mark"))]
-        assert read_record(data) == record, "the trial's record is untouched"
+        assert read_record(data) == record, "the other update's record is untouched"
     else:
         assert said is None
         assert "install " + str(tmp_path / "b.raucb") in calls

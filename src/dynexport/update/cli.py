@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from dynexport.update.install import trial_in_progress
+from dynexport.update.install import update_under_way
 from dynexport.update.rauc import Rauc, RaucError
 from dynexport.update.service import (
     begin_install,
@@ -97,7 +97,7 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
         print(f"not installed: {exc}", file=sys.stderr)
         return 1
     assert status.booted is not None
-    why = trial_in_progress(data, status, boot_id())
+    why = update_under_way(data, status, boot_id())
     if why is not None:
         print(f"not installed, nothing was written: {why}", file=sys.stderr)
         return 1

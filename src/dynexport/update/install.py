@@ -23,6 +23,8 @@ from dynexport.update.service import (
     begin_install,
     boot_id,
     install_record,
+    process_identity,
+    read_record,
     update_report,
     write_record,
 )
@@ -58,18 +60,36 @@ def refusal(detail: str) -> str:
     return f"the bundle could not be checked ({detail})"
 
 
-def trial_in_progress(data_dir: Path, status: RaucStatus, this_boot: str) -> str | None:
-    """Why no install may start now: the running slot is an update's trial, not committed yet.
-    Installing would write the other slot, the one the device falls back to if the trial fails
-    (the update URL's check waits for the same reason: ``check.BUSY_PHASES``). None: it may."""
+def update_under_way(data_dir: Path, status: RaucStatus, this_boot: str) -> str | None:
+    """Why no install may start now (None: it may), from the last update's phase (state.py):
+
+    - ``trial``: the running slot is an update's trial, not committed yet; an install would
+      write the other slot, the one the device falls back to if the trial fails;
+    - ``reboot-pending``: an installed update waits for its reboot (a quiet moment); that reboot
+      would cut the new install short, and both would be lost;
+    - ``installing``: another installer (the command, the web page, the update URL) is writing
+      the slot now.
+
+    The update URL's check waits for the same phases (``check.BUSY_PHASES``)."""
     rep = update_report(data_dir, status, this_boot)
-    if rep.phase != "trial":
-        return None
-    return (
-        f"the update to {rep.version} is on trial and not committed yet; installing now would "
-        "overwrite the slot this device falls back to if it fails. Try again once it is "
-        "committed (at most 4 minutes after its boot)"
-    )
+    v = rep.version
+    if rep.phase == "trial":
+        return (
+            f"the update to {v} is on trial and not committed yet; installing now would "
+            "overwrite the slot this device falls back to if it fails. Try again once it is "
+            "committed (at most 4 minutes after its boot)"
+        )
+    if rep.phase == "reboot-pending":
+        return (
+            f"{v} is installed and waits for its reboot at a quiet moment (at most 15 minutes); "
+            "that reboot would cut another install short. Try again once it is committed"
+        )
+    if rep.phase == "installing":
+        record = read_record(data_dir)
+        if record is not None and record.installer == process_identity():
+            return None  # this process's own, left by an install of it that failed: not running
+        return f"{v} is being installed now by another installer; try again once it has finished"
+    return None
 
 
 _claimed: set[Path] = set()
@@ -124,7 +144,7 @@ async def install_verified(
     except RaucError as exc:
         return f"not installed, nothing was written: {exc}"
     assert status.booted is not None
-    why = trial_in_progress(data_dir, status, boot_id() if this_boot is None else this_boot)
+    why = update_under_way(data_dir, status, boot_id() if this_boot is None else this_boot)
     if why is not None:
         return f"not installed, nothing was written: {why}"
     record = install_record(info.version, target, status.booted)

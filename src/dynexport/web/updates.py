@@ -92,14 +92,15 @@ class Updates:
         if self.state.phase == "installing":
             raise UpdateError(409, "an update is being installed")
 
-    async def _not_on_trial(self) -> None:
-        """The running slot on trial: refused before the upload rather than after it (the
-        install would refuse it, ``install.trial_in_progress``, after minutes of uploading)."""
+    async def _no_update_under_way(self) -> None:
+        """An update on trial, waiting for its reboot or being installed by another installer:
+        refused before the upload rather than after it (the install would refuse it,
+        ``install.update_under_way``, after minutes of uploading)."""
         try:
             status = await self.rauc.status()
         except RaucError:
             return  # no A/B update service here: the check and the install say so
-        why = shared.trial_in_progress(self.data_dir, status, boot_id())
+        why = shared.update_under_way(self.data_dir, status, boot_id())
         if why is not None:
             raise UpdateError(409, f"not now: {why}")
 
@@ -110,7 +111,7 @@ class Updates:
                 413 if isinstance(size, int) and size > MAX_BUNDLE_BYTES else 400,
                 f"size must be the bundle's size in bytes, 1 to {MAX_BUNDLE_BYTES}",
             )
-        await self._not_on_trial()
+        await self._no_update_under_way()
 
         def create() -> None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
