@@ -318,3 +318,71 @@ async def test_the_web_upload_is_refused_before_it_starts_while_an_update_is_on_
     else:
         assert (await updates.start(1000))["phase"] == "uploading"
         assert (data / UPLOAD_FILE).exists()
+
+
+async def test_an_install_whose_record_cannot_be_written_afterwards_says_what_it_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The data partition full after RAUC wrote and activated the slot: no exception into the
+    web server or the update URL's task, a message saying the slot runs as a trial from the next
+    restart, and the record left at installing (the next boot is a trial all the same)."""
+    from dynexport.update import install, service
+    from dynexport.update.state import activated_before_its_record
+
+    rauc, log = scripted_rauc(tmp_path, monkeypatch)  # slot B runs
+    data = tmp_path / "data"
+    data.mkdir()
+    real_write = service.write_record
+
+    def full_disk(folder: Path, record: UpdateRecord, *more: object) -> None:
+        if record.state != "installing":
+            raise OSError(28, "No space left on device")
+        real_write(folder, record)
+
+    monkeypatch.setattr(install, "write_record", full_disk)
+
+    async def progress(line: str) -> None:
+        pass
+
+    info = BundleInfo("dynexport-rpi4_64", "1.5.0", "CN = test")
+    said = await install.install_verified(
+        data, rauc, tmp_path / "b.raucb", info, progress, origin="t", this_boot="this-boot"
+    )
+    assert said is not None and said.startswith("1.5.0 was written to slot A, but the update ")
+    assert "No space left on device" in said and "as a trial, with its health check" in said
+    assert log.read_text().splitlines()[-1] == "status mark-active rootfs.0"
+    record = read_record(data)
+    assert record is not None and record.state == "installing"
+    assert activated_before_its_record(record, "A", "next-boot")
+
+
+async def test_a_web_upload_that_would_fill_the_data_partition_is_refused_at_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from dynexport.web import updates as web_updates
+
+    data = tmp_path / "data"
+    updates = web_updates.Updates(data, Rauc(program="/nonexistent/rauc"))
+    free = 100 * 1024 * 1024
+    usage = shutil.disk_usage(tmp_path)._replace(free=free)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage)
+    with pytest.raises(web_updates.UpdateError) as refused:
+        await updates.start(free - 8 * 1024 * 1024)  # fits, but not with 16 MiB to spare
+    assert refused.value.status == 507
+    assert refused.value.message.startswith("not enough space on the data partition: 104.9 MB")
+    assert not (data / web_updates.UPLOAD_FILE).exists()
+    assert (await updates.start(free - 17 * 1024 * 1024))["phase"] == "uploading"
+
+
+async def test_a_missing_rauc_is_a_rauc_error_not_an_os_error(tmp_path: Path) -> None:
+    """Every caller handles RaucError (the service never raises for RAUC); an OSError from a
+    rauc that is not installed escaped them all (a development machine, a broken image)."""
+    rauc = Rauc(program=str(tmp_path / "no-rauc"))
+    with pytest.raises(RaucError, match=r"rauc status: .*no-rauc cannot be run"):
+        await rauc.status()
+
+    async def progress(line: str) -> None:
+        pass
+
+    with pytest.raises(RaucError, match=r"rauc install: .*no-rauc cannot be run"):
+        await rauc.install(str(tmp_path / "b.raucb"), "A", progress)

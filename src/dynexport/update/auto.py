@@ -39,6 +39,7 @@ from dynexport.httpio.client import (
 from dynexport.system.config import UpdateConfig
 from dynexport.update.rauc import Rauc, RaucError
 from dynexport.update.service import update_status
+from dynexport.update.state import SPARE_BYTES
 
 if TYPE_CHECKING:
     # check.py (the manifest, versions, the decision) is imported by the functions that use it,
@@ -53,8 +54,6 @@ DOWNLOAD_FILE = "update-download.raucb"
 """Where an automatic download goes in the data folder (the web upload has its own file)."""
 PIECE_BYTES = 1024 * 1024
 """Each HTTP range request asks for this much: the most held in memory at once."""
-SPARE_BYTES = 16 * 1024 * 1024
-"""The data partition must keep this much free beside the bundle (the history, the schedule)."""
 MAX_REDIRECTS = 5
 DOWNLOAD_MAX_S = 4 * 3600.0
 """A download taking longer is given up (each piece also has its own 60 s bound)."""

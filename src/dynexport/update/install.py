@@ -155,8 +155,21 @@ async def install_verified(
     try:
         await rauc.install(str(bundle), target, progress)
     except RaucError as exc:
-        write_record(data_dir, record.moved_to("failed", str(exc)))
+        try:
+            write_record(data_dir, record.moved_to("failed", str(exc)))
+        except OSError as write_error:
+            log.error("update %s: its failure cannot be recorded: %s", info.version, write_error)
         return f"install failed, the running system is unchanged: {exc}"
-    write_record(data_dir, record.moved_to("trial"))
+    try:
+        write_record(data_dir, record.moved_to("trial"))
+    except OSError as exc:
+        # The slot is written and activated; a record left at "installing" from this boot makes
+        # the next boot a trial all the same (state.activated_before_its_record).
+        log.error("update %s installed, but its record cannot be written: %s", info.version, exc)
+        return (
+            f"{info.version} was written to slot {target}, but the update record cannot be "
+            f"written ({exc}): it is not rebooted into now; it runs as a trial, with its health "
+            "check, from the next restart"
+        )
     log.info("update %s installed in slot %s from %s", info.version, target, origin)
     return None

@@ -142,12 +142,15 @@ class Rauc:
         self.extra = list(extra)
 
     async def _run(self, *args: str) -> str:
-        proc = await trio.run_process(
-            [self.program, *args, *self.extra],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
+        try:
+            proc = await trio.run_process(
+                [self.program, *args, *self.extra],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        except OSError as exc:  # no rauc here (not the appliance), or not executable
+            raise RaucError(f"rauc {args[0]}: {self.program} cannot be run ({exc})") from exc
         if proc.returncode != 0:
             raise RaucError(f"rauc {args[0]}: {_last_words(proc.stderr, proc.stdout)}")
         return bytes(proc.stdout).decode("utf-8", "replace")
@@ -195,21 +198,29 @@ class Rauc:
 
     async def _write(self, bundle: str, progress: Callable[[str], Awaitable[None]]) -> None:
         cmd = [self.program, "install", bundle, *self.extra]
+        not_run: OSError | None = None
+        returncode: int | None = None
+        last = ""
         async with trio.open_nursery() as nursery:
-            proc: trio.Process = await nursery.start(self._start_install, cmd)
-            assert proc.stdout is not None
-            buf = b""
-            last = ""
-            async for chunk in proc.stdout:
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    text = line.decode("utf-8", "replace").strip()
-                    if text:
-                        last = text
-                        await progress(text)
-            await proc.wait()
-        if proc.returncode != 0:
+            try:
+                proc: trio.Process = await nursery.start(self._start_install, cmd)
+            except OSError as exc:  # no rauc here (not the appliance), or not executable
+                not_run = exc  # raised below, outside the nursery (not in an exception group)
+            else:
+                assert proc.stdout is not None
+                buf = b""
+                async for chunk in proc.stdout:
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        text = line.decode("utf-8", "replace").strip()
+                        if text:
+                            last = text
+                            await progress(text)
+                returncode = await proc.wait()
+        if not_run is not None:
+            raise RaucError(f"rauc install: {self.program} cannot be run ({not_run})") from not_run
+        if returncode != 0:
             raise RaucError(f"rauc install: {last or 'failed'}")
 
     @staticmethod

@@ -24,6 +24,10 @@ DECISION_LOCK = "update.lock"
 reboot, the service from its last look at the failure file to the record saying ``committed``.
 Without it the two could both decide at the 4-minute mark: a commit undone by the deadline's
 mark-bad (the old slot boots, the record says committed), or a mark-bad undone by the commit."""
+SPARE_BYTES = 16 * 1024 * 1024
+"""The data partition keeps this much free beside a bundle being received (the history, the
+schedule and the update record are written meanwhile): for the update URL's download and the web
+page's upload alike."""
 REBOOT_REQUEST = "reboot-request"
 """``trial`` or ``normal``: dynexport-update-reboot.path reboots as root."""
 

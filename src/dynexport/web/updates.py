@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from dynexport.update.install import (  # the texts the page shows, shared with 
 )
 from dynexport.update.rauc import BundleInfo, Rauc, RaucError
 from dynexport.update.service import boot_id
+from dynexport.update.state import SPARE_BYTES
 
 log = logging.getLogger("dynexport.web")
 
@@ -113,12 +115,21 @@ class Updates:
             )
         await self._no_update_under_way()
 
-        def create() -> None:
+        def create() -> int:
+            """Free bytes beside the upload (any earlier upload's file is emptied first)."""
             self.data_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.close(fd)
+            return shutil.disk_usage(self.data_dir).free
 
-        await trio.to_thread.run_sync(create)
+        free = await trio.to_thread.run_sync(create)
+        if free < size + SPARE_BYTES:
+            self.path.unlink(missing_ok=True)
+            raise UpdateError(
+                507,
+                f"not enough space on the data partition: {free / 1e6:.1f} MB free, the bundle "
+                f"needs {size / 1e6:.1f} MB and {SPARE_BYTES / 1e6:.1f} MB must stay free",
+            )
         self.state = Upload(phase="uploading", size=size)
         return self.state.to_json()
 
