@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import trio
 
 from dynexport.modbus.client import BusPool
@@ -182,4 +183,41 @@ async def test_a_hybrid_without_802_w_is_shown_but_never_written_and_says_why() 
                 await wait_until(lambda: link.state.last_reading != seen)  # noqa: B023
             assert site.get(1, 124, "StorCtl_Mod") == 0
             assert link.state.setpoint_w is None and link.state.last_write is None
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("kind", ["battery", "meter"])
+async def test_a_link_to_the_wrong_device_stays_offline_but_never_looks_stuck(kind: str) -> None:
+    """A meter or a battery configured at an inverter's unit: offline with the reason, and
+    alive in the progress check all along. Before, its last activity stopped at the error: a
+    minute later the service stopped the watchdog's pings, systemd restarted it, and its start
+    limit rebooted the appliance every few minutes."""
+    from dynexport.sunspec.links import MeterLink
+    from dynexport.system.watchdog import ProgressTracker
+
+    site = fronius_gateway()
+    with serve_tcp(site) as sim:
+        async with BusPool(timeout=1.0) as pool, trio.open_nursery() as nursery:
+            bus = pool.get(TcpEndpoint("127.0.0.1", sim.port))
+            link = BatteryLink(kind, bus, 1) if kind == "battery" else MeterLink(kind, bus, 1)
+            link.idle_heartbeat_s = 0.05
+            nursery.start_soon(link.run)
+            await wait_until(lambda: link.state.error is not None)
+            assert f"no SunSpec {'storage' if kind == 'battery' else 'meter'} model" in (
+                link.state.error or ""
+            )
+            progress = ProgressTracker()
+            since = trio.current_time()
+            progress.register(kind, 0.5, since)
+            for _ in range(3):  # the App's watchdog loop, passing the link's activity on
+                seen = link.last_activity
+
+                def moved(seen: float | None = seen) -> bool:
+                    return link.last_activity != seen
+
+                await wait_until(moved)
+                assert link.last_activity is not None
+                progress.progress(kind, link.last_activity)
+                assert progress.stuck(link.last_activity + 0.1) == []
+            assert not link.state.online
             nursery.cancel_scope.cancel()

@@ -234,12 +234,21 @@ class _Link:
         while not await self._discover():
             pass
 
+    idle_heartbeat_s = 10.0
+    """While deliberately idle (the wrong device), the link still says it is alive this often."""
+
     async def _wrong_device(self, message: str) -> NoReturn:
         """The unit answers but is not the device configured: say so and stay offline (a
-        retry would find the same device; the configuration has to change)."""
+        retry would find the same device; the configuration has to change). Idle on purpose,
+        not stuck: ``last_activity`` keeps moving, or the service's progress check would stop
+        the watchdog's pings after a minute, systemd would restart the service, and within
+        minutes its start limit would reboot the appliance, again and again, over a meter
+        configured at an inverter's unit."""
         log.error("%s: %s", self.id, message)
         self._offline(message)
-        await trio.sleep_forever()
+        while True:
+            self.last_activity = trio.current_time()
+            await trio.sleep(self.idle_heartbeat_s)
 
     async def _failed(self, message: str) -> None:
         self.last_activity = trio.current_time()
