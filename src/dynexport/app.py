@@ -566,8 +566,9 @@ class App:
         try:
             why, limits = self._utility_schedule_limits()
         except Exception as exc:
-            log.exception("the utility's schedule could not be evaluated")
             why, limits = f"its schedule could not be evaluated ({exc})", None
+            if why != self.utility_fallback:  # once, not at every control cycle
+                log.exception("the utility's schedule could not be evaluated")
         if limits is not None:
             self.utility_fallback = None
             return limits
@@ -633,8 +634,13 @@ class App:
         segments = []
         offset = 0
         if self.utility is not None and self.utility.acting:
-            segments = self.utility.schedule(hours, local=now)
-            offset = self.utility.clock_offset
+            try:
+                segments = self.utility.schedule(hours, local=now)
+                offset = self.utility.clock_offset
+            except Exception:
+                # As _utility_limits: a schedule that cannot be evaluated is the fallback limit
+                # (logged there); raised here, it stopped the controller at every cycle.
+                segments, offset = [], 0
         times = {now}
         times.update(seg.start - offset for seg in segments if now < seg.start - offset < end)
         times.update(_window_edges(self.config.limits, now, end, self.time_zone()))

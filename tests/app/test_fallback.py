@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from dynexport.app import FALLBACK_SOURCE, App
 from dynexport.sim.utility_server import UtilityServer
@@ -109,3 +110,54 @@ async def test_a_working_utility_replaces_the_fallback_with_its_schedule(tmp_pat
             assert app.limits.sources["export_w"] == "utility"
             assert app.status()["utility"]["fallback"] is None
             nursery.cancel_scope.cancel()
+
+
+class UnevaluableSchedule:
+    """A utility link whose stored schedule cannot be evaluated (a bug, a corrupt snapshot)."""
+
+    acting = True
+    clock_offset = 0
+
+    def active_controls(self, local: float | None = None) -> object:
+        raise ValueError("cannot evaluate")
+
+    def schedule(self, hours: float = 24.0, local: float | None = None) -> object:
+        raise ValueError("cannot evaluate")
+
+
+async def test_a_schedule_that_cannot_be_evaluated_is_the_fallback_not_a_controller_fault(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The controller applies the fallback export limit and keeps deciding: no fault, never
+    stuck, and the outlook (the web page's, the quiet-reboot wait's) shows the same fallback.
+    Before, the cycle's look-ahead to the next limit change raised after the fallback was
+    applied: the controller faulted at every cycle, commanded the fail-safe, and was restarted."""
+    from dynexport.modbus.client import BusPool
+    from dynexport.system.supervise import supervised
+
+    raw = {"utility": utility_section_for_files(tmp_path), "limits": {"exportW": 5000}}
+    app = make_app(parse_config(raw), tmp_path / "data")
+    async with BusPool() as pool:
+        app._make_links(pool)
+    app.utility = UnevaluableSchedule()  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervised, "controller", app._control_loop, app.faults)
+        await trio.sleep(30)
+        assert app.faults.faults == {}
+        assert app.progress.stuck(trio.current_time()) == []
+        assert app.limits.export_w == 1500
+        assert app.limits.sources["export_w"] == FALLBACK_SOURCE
+        assert "could not be evaluated" in (app.utility_fallback or "")
+        outlook = app.limits_outlook(hours=1)
+        assert [limits.export_w for _, limits in outlook] == [1500]
+        nursery.cancel_scope.cancel()
+
+
+def utility_section_for_files(tmp_path: Path) -> dict[str, str]:
+    return {
+        "server": "https://127.0.0.1:9",
+        "ca": str(tmp_path / "serca.pem"),
+        "cert": str(tmp_path / "chain.pem"),
+        "key": str(tmp_path / "key.pem"),
+        "nmi": "4312345678",
+    }
