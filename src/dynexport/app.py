@@ -95,7 +95,9 @@ class AppOptions:
 
 class App:
     CONTROLLER_MAX_SILENCE_S = 10.0
-    """A controller silent for longer is stuck: the watchdog pings stop and systemd restarts us."""
+    """A controller silent for longer is stuck: the watchdog pings stop and systemd restarts us.
+    With a long control interval the bound is two intervals and a second (``intervalS`` may be
+    up to 10 s, and a cycle is its interval plus the wait for fresh readings)."""
 
     def __init__(self, config: Config, options: AppOptions, *, setup_mode: bool = False) -> None:
         self.config = config
@@ -433,7 +435,9 @@ class App:
                 fast_s=2 * self.config.control.interval_s,
             )
             self.progress.register("meter", 60.0, trio.current_time())
-        self.progress.register("controller", self.CONTROLLER_MAX_SILENCE_S, trio.current_time())
+        interval = self.config.control.interval_s
+        silence = max(self.CONTROLLER_MAX_SILENCE_S, 2 * interval + 1.0)
+        self.progress.register("controller", silence, trio.current_time())
 
     async def _control_loop(self) -> None:
         interval = self.config.control.interval_s

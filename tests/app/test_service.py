@@ -201,3 +201,18 @@ def test_an_invalid_configuration_serves_the_web_ui_with_the_problem_instead_of_
     err = proc.stderr.read() if proc.stderr else ""
     assert problem in err
     assert path.read_bytes() == content  # the refused file is left as it was
+
+
+@pytest.mark.parametrize(("interval", "bound"), [(1.0, 10.0), (4.5, 10.0), (10.0, 21.0)])
+async def test_the_controllers_silence_bound_follows_a_long_control_interval(
+    tmp_path: Path, interval: float, bound: float
+) -> None:
+    """control.intervalS may be 10 s: a cycle is its interval and the wait for fresh readings,
+    so a fixed 10 s bound called such a controller stuck (errors, missed watchdog pings) and
+    the update health check never saw two unbroken minutes."""
+    from dynexport.modbus.client import BusPool
+
+    app = make_app(parse_config({"control": {"intervalS": interval}}), tmp_path / "data")
+    async with BusPool() as pool:
+        app._make_links(pool)
+    assert app.progress.limits["controller"] == bound

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 COMMIT_AFTER_S = 120.0
 """How long the control loop (or, without devices, the ready service) must run before commit."""
 MAX_DECISION_GAP_S = 10.0
-"""A controller silent for longer has stalled (App.CONTROLLER_MAX_SILENCE_S): the run restarts."""
+"""A controller silent for longer has stalled (App.CONTROLLER_MAX_SILENCE_S): the run restarts.
+The default of ``Observation.max_decision_gap_s``."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class Observation:
     inverter_answered: bool
     last_decision: float | None
     """Time of the control loop's latest decision (None: none yet)."""
+    max_decision_gap_s: float = MAX_DECISION_GAP_S
+    """The longest silence of a controller that still runs: the App's bound for its own
+    watchdog (longer with a long ``control.intervalS``)."""
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,10 @@ def observe(streak: Streak, obs: Observation) -> Streak:
     ):
         return Streak()  # deciding without its inputs is not controlling: the run starts later
     t = obs.last_decision
-    if t is None or obs.now - t > MAX_DECISION_GAP_S:
+    gap = obs.max_decision_gap_s
+    if t is None or obs.now - t > gap:
         return Streak()
-    if streak.since is None or streak.last is None or t - streak.last > MAX_DECISION_GAP_S:
+    if streak.since is None or streak.last is None or t - streak.last > gap:
         return Streak(since=t, last=t)
     return Streak(since=streak.since, last=max(streak.last, t))
 

@@ -181,6 +181,7 @@ def observe(app: AppLike, now: float) -> health.Observation:
     meter = app.meter
     inverters = list(app.inverters)
     last = getattr(app.progress, "last", {}).get("controller")
+    gap = getattr(app.progress, "limits", {}).get("controller", health.MAX_DECISION_GAP_S)
     return health.Observation(
         now=now,
         ready=bool(app.ready),
@@ -190,6 +191,7 @@ def observe(app: AppLike, now: float) -> health.Observation:
         inverters_configured=len(inverters),
         inverter_answered=any(i.state.last_reading is not None for i in inverters),
         last_decision=last if isinstance(last, int | float) else None,
+        max_decision_gap_s=gap if isinstance(gap, int | float) else health.MAX_DECISION_GAP_S,
     )
 
 
