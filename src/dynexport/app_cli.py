@@ -29,11 +29,12 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    setup_mode = not Path(args.config).exists()
     problems: list[str] = []
     try:
         # No configuration yet (first boot): start in setup mode, with only the web server,
         # which writes the configuration to --config when the installer finishes the setup.
+        # (exists() raises for an I/O or permission error: inside the try, like the read.)
+        setup_mode = not Path(args.config).exists()
         config = Config() if setup_mode else load_config(args.config)
     except Exception as exc:  # every unreadable configuration leads to setup mode
         problems = (

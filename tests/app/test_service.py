@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -161,21 +162,16 @@ UNREADABLE_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("case", list(UNREADABLE_CONFIGS))
-def test_an_invalid_configuration_serves_the_web_ui_with_the_problem_instead_of_exiting(
-    tmp_path: Path, case: str
-):
+def _serve_with_config(path: Path, data: Path) -> tuple[dict[str, Any], str]:
+    """Runs ``dynexport run --config path`` until its status answers; (status, its stderr)."""
     import urllib.request
 
-    content, problem = UNREADABLE_CONFIGS[case]
-    path = tmp_path / "config.json"
-    path.write_bytes(content)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "dynexport", "run", "--config", str(path),
-         "--data", str(tmp_path / "data"), "--host", "127.0.0.1", "--port", str(port)],
+         "--data", str(data), "--host", "127.0.0.1", "--port", str(port)],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -189,18 +185,39 @@ def test_an_invalid_configuration_serves_the_web_ui_with_the_problem_instead_of_
                 time.sleep(0.3)
         assert proc.poll() is None, "the service exited instead of waiting to be fixed"
         assert doc is not None
-        assert doc["setupMode"] is True
-        assert len(doc["configProblems"]) == 1
-        assert problem in doc["configProblems"][0]
-        assert any(a["code"] == "config" for a in doc["alerts"])
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=5)
     finally:
         if proc.poll() is None:
             proc.kill()
-    err = proc.stderr.read() if proc.stderr else ""
+    return doc, proc.stderr.read() if proc.stderr else ""
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE_CONFIGS))
+def test_an_invalid_configuration_serves_the_web_ui_with_the_problem_instead_of_exiting(
+    tmp_path: Path, case: str
+):
+    content, problem = UNREADABLE_CONFIGS[case]
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    doc, err = _serve_with_config(path, tmp_path / "data")
+    assert doc["setupMode"] is True
+    assert len(doc["configProblems"]) == 1
+    assert problem in doc["configProblems"][0]
+    assert any(a["code"] == "config" for a in doc["alerts"])
     assert problem in err
     assert path.read_bytes() == content  # the refused file is left as it was
+
+
+def test_a_configuration_path_that_cannot_even_be_looked_at_serves_the_web_ui(tmp_path: Path):
+    """Path.exists() raises for errors other than "no such file" (I/O, permissions; here a name
+    too long): it ran before the guarded read, so the service died at every start and systemd's
+    start limit rebooted the appliance, again and again."""
+    path = tmp_path / ("x" * 300) / "config.json"
+    doc, err = _serve_with_config(path, tmp_path / "data")
+    assert doc["setupMode"] is True
+    assert "File name too long" in doc["configProblems"][0]
+    assert "invalid configuration" in err
 
 
 @pytest.mark.parametrize(("interval", "bound"), [(1.0, 10.0), (4.5, 10.0), (10.0, 21.0)])
