@@ -1005,6 +1005,7 @@ class App:
     async def _watchdog_loop(self) -> None:
         interval = watchdog_interval_s() or 2.0
         next_status = 0.0
+        failsafe_for_stuck = False
         while True:
             now = trio.current_time()
             self._note_device_activity(now)
@@ -1013,6 +1014,16 @@ class App:
                 self.notifier.ready(self.summary())
                 log.info("ready: %s", self.summary())
             stuck = self.progress.stuck(now)
+            controller_stuck = self.progress.is_stuck("controller", now)
+            if controller_stuck and not failsafe_for_stuck:
+                # Hung in an await, it raised nothing: the links would keep rewriting its last
+                # (possibly generous) limit until systemd's watchdog kills the process, whose
+                # shutdown then writes nothing (killed by SIGABRT). Its fail-safe, now.
+                log.error("the controller is stuck: commanding every inverter's fail-safe")
+                await self._controller_fault(RuntimeError("the controller is stuck"))
+                failsafe_for_stuck = True
+            elif not controller_stuck:
+                failsafe_for_stuck = False  # deciding again: its own commands rule
             if not stuck:
                 self.notifier.watchdog()
             elif self.ready:

@@ -91,8 +91,10 @@ def test_a_site_without_devices_counts_as_answered_at_once(tmp_path: Path) -> No
 
 
 async def test_watchdog_pings_stop_when_the_controller_is_stuck(
-    tmp_path: Path, notify, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, notify, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
+    from dynexport.sunspec.links import Desired
+
     async def stuck_control_loop(self: App) -> None:
         self.control_once(trio.current_time())
         await trio.sleep_forever()  # a controller stuck in an await never progresses again
@@ -100,7 +102,7 @@ async def test_watchdog_pings_stop_when_the_controller_is_stuck(
     monkeypatch.setattr(App, "_control_loop", stuck_control_loop)
     monkeypatch.setattr(App, "CONTROLLER_MAX_SILENCE_S", 2.0)
     with simulated_site() as sim:
-        app = make_app(site_config(sim), tmp_path)
+        app = make_app(site_config(sim, extra={"limits": {"exportW": 2000}}), tmp_path)
         async with trio.open_nursery() as nursery:
             await nursery.start(app.run)
             await wait_for(lambda: any(m.startswith("READY=1") for m in notify.drain()))
@@ -108,6 +110,12 @@ async def test_watchdog_pings_stop_when_the_controller_is_stuck(
             pings = notify.drain().count("WATCHDOG=1")
             await trio.sleep(2.0)
             assert notify.drain().count("WATCHDOG=1") == pings  # no more pings: systemd restarts
+            # and its last limit is not left in force meanwhile: every inverter has its fail-safe
+            expected = {c.id: Desired(pct=c.limit_pct, connect=c.connect)
+                        for c in app._failsafe_commands()}  # fmt: skip
+            assert expected and {i.id: i._desired for i in app.inverters} == expected
+            assert all(d.pct is not None and d.pct < 100 for d in expected.values())
+            assert "the controller is stuck: commanding every inverter's fail-safe" in caplog.text
             nursery.cancel_scope.cancel()
 
 

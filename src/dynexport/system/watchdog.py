@@ -48,6 +48,10 @@ class ProgressTracker:
     def healthy(self, now: float) -> bool:
         return not self.stuck(now)
 
+    def is_stuck(self, name: str, now: float) -> bool:
+        """Whether the registered task ``name`` has been silent for longer than allowed."""
+        return name in self.limits and now - self.last[name] > self.limits[name]
+
 
 def watchdog_interval_s(environ: dict[str, str] | None = None) -> float | None:
     """Half of systemd's WatchdogSec (from ``WATCHDOG_USEC``), or None when no watchdog is set.
