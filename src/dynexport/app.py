@@ -1063,7 +1063,8 @@ class App:
             log.exception("fail-safe limits could not be computed: writing 0 %")
             commands = [law.InverterCommand(link.id, 0.0) for link in self.inverters]
         by_id = {link.id: link for link in self.inverters}
-        for cmd in commands:
+
+        async def write(cmd: law.InverterCommand) -> None:
             link = by_id[cmd.id]
             try:
                 await link.write(Desired(pct=cmd.limit_pct, connect=cmd.connect))
@@ -1072,6 +1073,12 @@ class App:
                 log.warning("%s: could not write its fail-safe limit: %s", link.id, exc)
             except Exception:  # one inverter's bug must not leave the others unwritten
                 log.exception("%s: could not write its fail-safe limit", link.id)
+
+        # All at once: one after another, two silent inverters (2 s of timeouts each) used up
+        # the shutdown's budget before a reachable one later in the list was written.
+        async with trio.open_nursery() as nursery:
+            for cmd in commands:
+                nursery.start_soon(write, cmd)
         for bat in self.batteries:  # after the inverters: their own mode (its revert would too)
             try:
                 await bat.write(BatteryDesired(None))

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from dynexport.app import App
 from dynexport.system.config import parse_config
@@ -241,3 +242,30 @@ async def test_the_controllers_silence_bound_follows_a_long_control_interval(
     async with BusPool() as pool:
         app._make_links(pool)
     assert app.progress.limits["controller"] == bound
+
+
+async def test_the_shutdown_writes_every_inverters_fail_safe_at_once_within_its_budget(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two inverters that time out first in the list: the reachable third still gets its
+    fail-safe within the 4 s budget (written one after another, it got nothing)."""
+    from dynexport.app import SHUTDOWN_BUDGET_S
+    from dynexport.control import law
+
+    class Link:
+        def __init__(self, id: str, takes_s: float) -> None:
+            self.id, self.takes_s = id, takes_s
+            self.written: list[object] = []
+
+        async def write(self, desired: object) -> None:
+            await trio.sleep(self.takes_s)
+            self.written.append(desired)
+
+    app = make_app(parse_config({}), tmp_path)
+    links = [Link("silent 1", 2.5), Link("silent 2", 2.5), Link("answers", 0.2)]
+    app.inverters = links  # type: ignore[assignment]
+    commands = [law.InverterCommand(link.id, 10.0) for link in links]
+    monkeypatch.setattr(app, "_failsafe_commands", lambda: commands)
+    with trio.move_on_after(SHUTDOWN_BUDGET_S):
+        await app.leave_fail_safe()
+    assert [len(link.written) for link in links] == [1, 1, 1]
