@@ -361,6 +361,15 @@ def _write_record(data: Path, state: str) -> None:
     (data / "update.json").write_bytes(record.to_json())
 
 
+def run_deadline(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """update-deadline run to its end with these stand-ins; it always exits 0."""
+    proc = subprocess.run(
+        [str(LIBEXEC / "update-deadline")], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def update_deadline(
     tmp_path: Path, state: str | None, booted: str, health: str | None = None
 ) -> tuple[str, str | None]:
@@ -372,10 +381,7 @@ def update_deadline(
         _write_record(data, state)
     if health is not None:
         (data / "update-health").write_text(health + "\n")
-    proc = subprocess.run(
-        [str(LIBEXEC / "update-deadline")], capture_output=True, text=True, env=env, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
+    run_deadline(env)
     return deadline_outcome(tmp_path)
 
 
@@ -464,10 +470,7 @@ def test_a_data_folder_that_cannot_be_written_does_not_stop_the_rollback(tmp_pat
     _write_record(data, "trial")
     (data / "update.lock").symlink_to(tmp_path / "nowhere/update.lock")
     (data / "update-failure.tmp").mkdir()
-    proc = subprocess.run(
-        [str(LIBEXEC / "update-deadline")], env=env, capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_deadline(env)
     assert "update.lock cannot be opened; deciding without the lock" in proc.stderr
     assert "update-failure could not be written; rolling back without the reason" in proc.stderr
     assert deadline_outcome(tmp_path) == ("rauc status mark-bad booted\nsystemctl reboot\n", None)
@@ -503,10 +506,7 @@ def test_a_trial_already_committed_by_the_firmware_is_still_rolled_back_once(
         RAUC_TRYBOOT_CMDLINE=str(tmp_path / "cmdline"),
     )
     _write_record(tmp_path / "data", "trial")
-    proc = subprocess.run(
-        [str(LIBEXEC / "update-deadline")], env=env, capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_deadline(env)
     assert "slot B is the committed slot" in proc.stderr
     asked, failure = deadline_outcome(tmp_path)
     assert asked == ("rauc status mark-bad booted\nrauc status mark-good other\nsystemctl reboot\n")
@@ -519,10 +519,7 @@ def test_a_failed_mark_bad_and_mark_good_still_reboot(tmp_path: Path) -> None:
     env = deadline_env(tmp_path, "B")
     (tmp_path / "rauc").write_text(f'#!/bin/sh\necho "rauc $*" >>"{tmp_path}/calls.log"\nexit 1\n')
     _write_record(tmp_path / "data", "trial")
-    proc = subprocess.run(
-        [str(LIBEXEC / "update-deadline")], env=env, capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_deadline(env)
     assert "mark-good other failed too; rebooting anyway" in proc.stderr
     asked, _ = deadline_outcome(tmp_path)
     assert asked.splitlines() == [
