@@ -138,6 +138,9 @@ class App:
         self._stored_schedule: ScheduleSnapshot | None = None
         self._stored_seed = ""
         self.config_problems: list[str] = []
+        self.config_unreadable = False
+        """The configuration file could not be read at the start (an I/O error, not its
+        content): it is read again every ``CONFIG_REREAD_S`` until it can."""
         """Why the configuration file was refused at start (the service then waits in setup
         mode for a valid one rather than exiting into a restart loop)."""
         self.integrations: Integrations | None = None
@@ -185,6 +188,10 @@ class App:
             # a full garbage collection every minute: the garbage and free lists that wait for
             # one no longer keep the resident set rising for hours (system/memory)
             nursery.start_soon(supervised, "memory", collect_garbage, self.faults)
+            if self.config_unreadable:
+                nursery.start_soon(
+                    supervised, "configuration", self._reread_unreadable_config, self.faults
+                )
             # The links and the controller first: the update tasks and the web server start once
             # the first limits are written, and a web server that cannot start never holds up
             # control (docs/architecture.md, "Start order").
@@ -195,6 +202,34 @@ class App:
                 self.web_port = await nursery.start(self._web_task)
                 log.info("web server on %s:%s", self.options.web_host, self.web_port)
             task_status.started(self)
+
+    CONFIG_REREAD_S = 30.0
+    """An unreadable configuration file (an I/O error) is read again this often (seconds)."""
+
+    async def _reread_unreadable_config(self) -> None:
+        """Reads a configuration file that could not be read at the start again, every
+        ``CONFIG_REREAD_S``, and applies it once it can be read: a moment's error of the card
+        must not leave the site in setup mode, without limits, until someone comes by. Ends when
+        it was applied, when its content is what is wrong (only the installer can fix that), or
+        when the installer saved a configuration meanwhile."""
+        from dynexport.system.config import ConfigError, load_config
+
+        path = self.options.config_path
+        while self.config_unreadable and path is not None:
+            await trio.sleep(self.CONFIG_REREAD_S)
+            if not self.setup_mode:
+                break  # the installer saved one through the web UI
+            try:
+                config = await trio.to_thread.run_sync(load_config, path)
+            except ConfigError as exc:
+                if isinstance(exc.__cause__, OSError):
+                    continue  # still unreadable
+                self.config_problems = list(exc.problems)
+                log.error("%s: readable again, but invalid: %s", path, "; ".join(exc.problems))
+                break
+            log.warning("%s: readable again: applying it", path)
+            self.apply_config(config)
+        self.config_unreadable = False
 
     async def _update_tasks(self) -> None:
         """From the first limits on: commits a trial boot of a new update once healthy, reboots

@@ -30,6 +30,7 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     problems: list[str] = []
+    unreadable = False
     try:
         # No configuration yet (first boot): start in setup mode, with only the web server,
         # which writes the configuration to --config when the installer finishes the setup.
@@ -51,6 +52,8 @@ def _run(args: argparse.Namespace) -> int:
         # appliance, again and again. Serve the web UI instead, so the installer can log in and
         # fix it; the inverters meanwhile run on their own settings (their limits revert).
         config, setup_mode = Config(), True
+        # An I/O error (not the content): read again until it can be (App.config_unreadable).
+        unreadable = isinstance(exc, OSError) or isinstance(exc.__cause__, OSError)
     options = AppOptions(
         config_path=Path(args.config),
         data_dir=Path(args.data),
@@ -59,5 +62,6 @@ def _run(args: argparse.Namespace) -> int:
     )
     app = App(config, options, setup_mode=setup_mode)
     app.config_problems = problems
+    app.config_unreadable = unreadable
     trio.run(run_until_signalled, app)
     return 0

@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from dynexport.app import App
-from dynexport.system.config import parse_config
+from dynexport.system.config import Config, parse_config
 from tests.app.conftest import make_app, simulated_site, site_config, wait_for
 
 
@@ -269,3 +269,47 @@ async def test_the_shutdown_writes_every_inverters_fail_safe_at_once_within_its_
     with trio.move_on_after(SHUTDOWN_BUDGET_S):
         await app.leave_fail_safe()
     assert [len(link.written) for link in links] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("then", ["valid", "invalid"])
+async def test_a_configuration_unreadable_at_the_start_is_read_again_until_it_can_be(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """An I/O error (here the path is a folder) is not the content: the service, in setup mode
+    without limits meanwhile, reads the file again (every 30 s) and applies it once it can; a
+    file that turns out invalid is reported like any other and not read again."""
+    from dynexport.system import config as config_module
+
+    reads: list[Path] = []
+    real_load = config_module.load_config
+
+    def counted_load(path: str | Path) -> Config:
+        reads.append(Path(path))
+        return real_load(path)
+
+    monkeypatch.setattr(config_module, "load_config", counted_load)
+    monkeypatch.setattr(App, "CONFIG_REREAD_S", 0.05)
+    path = tmp_path / "config.json"
+    path.mkdir()  # IsADirectoryError: an OSError, as an I/O error of the card would be
+    app = make_app(Config(), tmp_path / "data", config_path=path)
+    app.setup_mode = True
+    app.config_unreadable = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(app._reread_unreadable_config)
+        await wait_for(lambda: len(reads) >= 3)
+        assert app.status()["setupMode"] is True, "still unreadable: waiting in setup mode"
+        path.rmdir()
+        body = {"limits": {"exportW": 3000}} if then == "valid" else {"limits": {"exportW": -1}}
+        path.write_text(json.dumps(body))
+        await wait_for(lambda: not app.config_unreadable)  # the task ends once it could read it
+        read_count = len(reads)
+        doc = app.status()
+        if then == "valid":
+            assert doc["setupMode"] is False and app.config.limits.export_w == 3000
+            assert doc["configProblems"] == []
+        else:
+            assert doc["setupMode"] is True
+            assert doc["configProblems"] and "limits.exportW" in doc["configProblems"][0]
+        await trio.sleep(0.3)
+        assert len(reads) == read_count, "not read again"
+        nursery.cancel_scope.cancel()
