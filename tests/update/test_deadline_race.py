@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dynexport.update.service import commit_when_healthy, read_record, write_record
 from dynexport.update.state import DECISION_LOCK, FAILURE_FILE
@@ -84,3 +86,68 @@ async def test_the_deadline_and_the_commit_never_both_decide_a_trial(
         assert when == "before the commit"
     else:
         assert len(rauc.marked) == 1 and asked == "" and failure is None
+
+
+class SlowCommitRauc(RecordedRauc):
+    """Its mark-good takes ``takes_s`` (RAUC's D-Bus service busy, a slow boot partition)."""
+
+    def __init__(self, booted: str, takes_s: float) -> None:
+        super().__init__(booted)
+        self.takes_s = takes_s
+
+    async def mark_good(self) -> None:
+        await trio.sleep(self.takes_s)
+        await super().mark_good()
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    deadline_at_s=st.floats(min_value=0.0, max_value=300.0),
+    commit_takes_s=st.floats(min_value=0.0, max_value=60.0),
+)
+async def test_whenever_the_deadline_runs_exactly_one_decides_the_trial(
+    tmp_path_factory: pytest.TempPathFactory,
+    autojump_clock: trio.testing.MockClock,
+    deadline_at_s: float,
+    commit_takes_s: float,
+):
+    """Safety, in every interleaving: the trial ends either committed (the record says so and
+    the slot was never marked bad) or rolled back (marked bad, the reason written, never marked
+    good), never both and never neither."""
+    base = tmp_path_factory.mktemp("race")
+    env = deadline_env(base, "B")
+    data = base / "data"
+    write_record(data, TRIAL)
+    site, rauc = Site(ready=True), SlowCommitRauc("B", commit_takes_s)
+    site.answer()
+
+    async def deadline() -> None:
+        await trio.sleep(deadline_at_s)
+        proc = await trio.run_process(
+            [str(LIBEXEC / "update-deadline")], env=env, capture_stderr=True, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(decide_every_second, site)
+        nursery.start_soon(
+            lambda: commit_when_healthy(
+                site, data, rauc, wall_clock=lambda: 0.0, this_boot="trial-boot", booted="B"
+            )
+        )
+        await deadline()
+        await trio.sleep(120.0 + commit_takes_s + 60.0)  # the commit, had it still to come
+        nursery.cancel_scope.cancel()
+
+    asked, failure = deadline_outcome(base)
+    record = read_record(data)
+    assert record is not None
+    committed = record.state == "committed" and rauc.marked != []
+    rolled_back = "mark-bad" in asked and failure is not None
+    assert committed != rolled_back, (deadline_at_s, commit_takes_s, asked, record.state)
+    if committed:
+        assert "mark-bad" not in asked and failure is None
+    else:
+        assert rauc.marked == [] and record.state == "trial"
