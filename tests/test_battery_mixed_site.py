@@ -62,12 +62,25 @@ def mixed_app(sim: SimSite, tmp_path: Path) -> App:
     return make_app(config, tmp_path)
 
 
-async def sample(sim: SimSite, seconds: float = 4.0) -> list[float]:
-    exports = []
-    for _ in range(round(seconds / 0.5)):
-        await trio.sleep(0.5)
-        exports.append(sim.export_w())
-    return exports
+async def settled_while_seeing(
+    app: App, sim: SimSite, target: float = LIMIT - 20.0, within: float = 30.0, tries: int = 5
+) -> list[float]:
+    """Export settled near the limit, then sampled over 4 s in which the controller saw the
+    site throughout (mode normal). A window in which it went to its fail-safe (its meter reading
+    older than ``meterStaleS``: on a loaded CI machine the test process itself was starved for
+    seconds, and export dropped to the fail-safe's, as it should) is settled and sampled again;
+    the fail-safe itself is judged by its own tests."""
+    modes: set[str | None] = set()
+    for _ in range(tries):
+        await wait_settled(sim.export_w, target, 80.0, within=within)
+        exports, modes = [], set()
+        for _ in range(8):
+            await trio.sleep(0.5)
+            exports.append(sim.export_w())
+            modes.add(app.output.mode if app.output is not None else None)
+        if modes == {"normal"}:
+            return exports
+    raise AssertionError(f"no 4 s in normal mode in {tries} tries (last: {modes})")
 
 
 def inverter(app: App, n: int) -> dict[str, Any]:
@@ -87,8 +100,7 @@ async def test_the_mixed_site_uses_its_export_limit_while_the_hybrid_stores_its_
         app = mixed_app(sim, tmp_path)
         async with trio.open_nursery() as nursery:
             await nursery.start(app.run)
-            await wait_settled(sim.export_w, LIMIT - 170.0, 80.0, within=40.0)
-            exports = await sample(sim)
+            exports = await settled_while_seeing(app, sim, LIMIT - 170.0, within=40.0)
             assert min(exports) >= FLOOR and max(exports) <= ALLOWED, exports
             assert hybrid.output_w > 3950.0  # its 4 kW of sun, not cut
             assert -hybrid.power_w > 3950.0  # all of it into its battery
@@ -112,8 +124,7 @@ async def test_a_shaded_hybrid_never_charges_its_battery_from_the_export_allowan
         app = mixed_app(sim, tmp_path)
         async with trio.open_nursery() as nursery:
             await nursery.start(app.run)
-            await wait_settled(sim.export_w, LIMIT - 170.0, 80.0, within=40.0)
-            exports = await sample(sim)
+            exports = await settled_while_seeing(app, sim, LIMIT - 170.0, within=40.0)
             assert min(exports) >= FLOOR and max(exports) <= ALLOWED, exports
             assert 1950.0 < -hybrid.power_w < 2000.0 + 200.0
             assert hybrid.output_w > 1950.0
@@ -177,8 +188,7 @@ async def test_a_filling_hybrid_battery_hands_over_to_curtailment_without_an_ove
             over = [(t, e) for t, e in exports if e > ALLOWED]
             unexcused = [(t, e) for t, e in over if not any(a <= t <= b for a, b in blind)]
             assert not unexcused, (unexcused[:5], len(over), blind[:5])
-            await wait_settled(sim.export_w, LIMIT - 20.0, 80.0, within=30.0)
-            settled = await sample(sim)
+            settled = await settled_while_seeing(app, sim)
             assert min(settled) >= FLOOR and max(settled) <= ALLOWED, settled
             assert hybrid.output_w < 2000.0 and sim.site.output_w(2) < 2000.0  # curtailed
             nursery.cancel_scope.cancel()
@@ -214,8 +224,7 @@ async def test_a_hybrid_battery_that_drops_out_leaves_export_held_by_curtailment
             await wait_for(watch, within=20.0)
             after = [w for t, w in exports if t >= 3.0]
             assert max(after) <= ALLOWED, max(after)
-            await wait_settled(sim.export_w, LIMIT - 20.0, 80.0, within=30.0)
-            settled = await sample(sim)
+            settled = await settled_while_seeing(app, sim)
             assert min(settled) >= FLOOR and max(settled) <= ALLOWED, settled
             assert abs(hybrid.power_w) < 50.0
             assert hybrid.output_w > 500.0  # its PV now goes out through its AC share
