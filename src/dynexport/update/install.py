@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from dynexport.update.check import BUSY_PHASES
 from dynexport.update.rauc import BundleInfo, Rauc, RaucError, RaucStatus
 from dynexport.update.service import (
     begin_install,
@@ -25,7 +26,7 @@ from dynexport.update.service import (
     install_record,
     process_identity,
     read_record,
-    update_report,
+    report_of,
     write_record,
 )
 
@@ -60,6 +61,37 @@ def refusal(detail: str) -> str:
     return f"the bundle could not be checked ({detail})"
 
 
+def _on_trial(v: str) -> str:
+    return (
+        f"the update to {v} is on trial and not committed yet; installing now would "
+        "overwrite the slot this device falls back to if it fails. Try again once it is "
+        "committed (at most 4 minutes after its boot)"
+    )
+
+
+def _reboot_pending(v: str) -> str:
+    return (
+        f"{v} is installed and waits for its reboot at a quiet moment (at most 15 minutes); "
+        "that reboot would cut another install short. Try again once it is committed"
+    )
+
+
+def _installing(v: str) -> str:
+    return f"{v} is being installed now by another installer; try again once it has finished"
+
+
+BUSY_WHY: dict[str, Callable[[str], str]] = {
+    "trial": _on_trial,
+    "reboot-pending": _reboot_pending,
+    "installing": _installing,
+}
+"""Why an install must wait, for each of ``check.BUSY_PHASES`` (the update URL's check waits
+for the same phases): one set, so the two paths cannot drift apart."""
+
+if set(BUSY_WHY) != BUSY_PHASES:  # not an assert: the service runs with -OO
+    raise ImportError(f"install.BUSY_WHY {sorted(BUSY_WHY)} != check.BUSY_PHASES")
+
+
 def update_under_way(data_dir: Path, status: RaucStatus, this_boot: str) -> str | None:
     """Why no install may start now (None: it may), from the last update's phase (state.py):
 
@@ -68,28 +100,17 @@ def update_under_way(data_dir: Path, status: RaucStatus, this_boot: str) -> str 
     - ``reboot-pending``: an installed update waits for its reboot (a quiet moment); that reboot
       would cut the new install short, and both would be lost;
     - ``installing``: another installer (the command, the web page, the update URL) is writing
-      the slot now.
-
-    The update URL's check waits for the same phases (``check.BUSY_PHASES``)."""
-    rep = update_report(data_dir, status, this_boot)
-    v = rep.version
-    if rep.phase == "trial":
-        return (
-            f"the update to {v} is on trial and not committed yet; installing now would "
-            "overwrite the slot this device falls back to if it fails. Try again once it is "
-            "committed (at most 4 minutes after its boot)"
-        )
-    if rep.phase == "reboot-pending":
-        return (
-            f"{v} is installed and waits for its reboot at a quiet moment (at most 15 minutes); "
-            "that reboot would cut another install short. Try again once it is committed"
-        )
-    if rep.phase == "installing":
-        record = read_record(data_dir)
-        if record is not None and record.installer == process_identity():
-            return None  # this process's own, left by an install of it that failed: not running
-        return f"{v} is being installed now by another installer; try again once it has finished"
-    return None
+      the slot now; an ``installing`` record of this very process is one an install of it left
+      when it failed, not a running one.
+    """
+    record = read_record(data_dir)
+    rep = report_of(record, data_dir, status, this_boot)
+    if rep.phase not in BUSY_PHASES:
+        return None
+    own = record is not None and record.installer == process_identity()
+    if rep.phase == "installing" and own:
+        return None
+    return BUSY_WHY[rep.phase](rep.version or "an update")
 
 
 _claimed: set[Path] = set()

@@ -167,7 +167,13 @@ def _read_line(path: Path) -> str | None:
 
 def update_report(data_dir: Path, status: RaucStatus | None, this_boot: str) -> UpdateReport:
     """The last update's fate for ``App.status()`` (``"update"``): RAUC's view plus the record."""
-    record = read_record(data_dir)
+    return report_of(read_record(data_dir), data_dir, status, this_boot)
+
+
+def report_of(
+    record: UpdateRecord | None, data_dir: Path, status: RaucStatus | None, this_boot: str
+) -> UpdateReport:
+    """``update_report`` for a record the caller has read already (one read, one view)."""
     return report(
         record,
         None if status is None else status.booted,
