@@ -96,14 +96,19 @@ SCRIPTED_RAUC = """#!/bin/sh
 echo "$*" >>"$RAUC_LOG"
 case "$1 $2" in
 "install "*)
-	echo "installing"; echo "100% Installing done."
+	echo "installing"
+	[ -z "$HANG_INSTALL" ] || { echo $$ >"$RAUC_LOG.pid"; exec sleep 3600; }
+	echo "100% Installing done."
 	[ -z "$FAIL_INSTALL" ] || { echo "Post-install handler error: no space" >&2; exit 1; }
 	;;
 "info "*)
 	printf 'Compatible: \t'"'"'dynexport-rpi4_64'"'"'\nVersion:    \t'"'"'1.5.0'"'"'\n'
 	printf 'Certificate Chain:\n 0 Subject: CN = test\n'
 	;;
-"status --detailed") cat "$RAUC_STATUS" ;;
+"status --detailed")
+	[ -z "$HANG_STATUS" ] || { echo $$ >"$RAUC_LOG.pid"; exec sleep 3600; }
+	cat "$RAUC_STATUS"
+	;;
 "status mark-active")
 	[ -z "$FAIL_MARK" ] || { echo "Failed marking slot: grubenv is read-only" >&2; exit 1; }
 	echo "marked slot $3 as active"
@@ -122,9 +127,14 @@ def scripted_rauc(
     (tmp_path / "status.json").write_text(json.dumps(STATUS))
     monkeypatch.setenv("RAUC_LOG", str(log))
     monkeypatch.setenv("RAUC_STATUS", str(tmp_path / "status.json"))
-    for key in ("FAIL_INSTALL", "FAIL_MARK"):
+    for key in ("FAIL_INSTALL", "FAIL_MARK", "HANG_INSTALL", "HANG_STATUS"):
         monkeypatch.setenv(key, fail.get(key, ""))
-    return Rauc(program=str(program)), log
+    return Rauc(program=str(program), timeout_s=0.5, install_silence_s=0.5), log
+
+
+def gone(pid_file: Path) -> bool:
+    """The process whose pid the scripted rauc left is no longer running (killed and reaped)."""
+    return not Path(f"/proc/{pid_file.read_text().strip()}").exists()
 
 
 async def test_install_activates_the_written_slot_only_after_rauc_install_has_returned(
@@ -386,3 +396,47 @@ async def test_a_missing_rauc_is_a_rauc_error_not_an_os_error(tmp_path: Path) ->
 
     with pytest.raises(RaucError, match=r"rauc install: .*no-rauc cannot be run"):
         await rauc.install(str(tmp_path / "b.raucb"), "A", progress)
+
+
+async def test_a_rauc_that_never_answers_is_stopped_and_is_a_rauc_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung RAUC service (D-Bus) held a web request, an install's claim or a commit forever;
+    every call is bounded, the hung ``rauc`` is killed, and the caller gets a RaucError."""
+    rauc, log = scripted_rauc(tmp_path, monkeypatch, HANG_STATUS="1")
+    with pytest.raises(RaucError, match=r"rauc status: no answer in 0\.5 s .*hung.*stopped"):
+        await rauc.status()
+    assert gone(Path(f"{log}.pid"))
+
+
+async def test_an_install_that_stops_making_progress_is_stopped_recorded_failed_and_not_activated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``rauc install`` that hangs after its first line: stopped after its silence bound, the
+    slot never activated (the device keeps booting the running slot), the record ``failed``
+    with the reason, so that the next install is not refused as "being installed now"."""
+    from dynexport.update.install import install_verified, update_under_way
+    from dynexport.update.rauc import BundleInfo, parse_status
+    from dynexport.update.service import read_record
+
+    rauc, log = scripted_rauc(tmp_path, monkeypatch, HANG_INSTALL="1")
+    data = tmp_path / "data"
+    data.mkdir()
+    seen: list[str] = []
+
+    async def progress(line: str) -> None:
+        seen.append(line)
+
+    info = BundleInfo("dynexport-rpi4_64", "1.5.0", "CN = test")
+    said = await install_verified(
+        data, rauc, tmp_path / "b.raucb", info, progress, origin="the test", this_boot="boot-1"
+    )
+    assert said is not None and said.startswith("install failed, the running system is unchanged")
+    assert "no progress for 0.5 s (its last words: installing); stopped" in said
+    assert seen == ["installing"]
+    assert gone(Path(f"{log}.pid"))
+    assert [ln for ln in log.read_text().splitlines() if "mark-active" in ln] == []
+    record = read_record(data)
+    assert record is not None and record.state == "failed"
+    assert record.reason is not None and "no progress" in record.reason
+    assert update_under_way(data, parse_status(json.dumps(STATUS)), "boot-1") is None

@@ -134,23 +134,54 @@ def _last_words(stderr: bytes, stdout: bytes = b"") -> str:
     return useful[-1] if useful else "no message"
 
 
-class Rauc:
-    """Runs ``rauc``; ``program`` and ``extra`` (e.g. ``--keyring=...``) for tests and tools."""
+COMMAND_TIMEOUT_S = 300.0
+"""Bound on one ``rauc info``/``status``/``mark-*`` (they take seconds; ``info`` of a large
+bundle on a slow card under a minute). A RAUC service that never answers (D-Bus hung) must not
+hold a web request, an install's claim or a commit forever: it becomes a RaucError."""
+INSTALL_SILENCE_S = 600.0
+"""``rauc install`` is stopped when it prints nothing (no progress line) for this long: writing
+a slot takes a minute or two and RAUC reports each step, so ten silent minutes is a hung
+install, and without a bound the install's claim was held until the next reboot (every later
+install refused as "being installed now")."""
 
-    def __init__(self, program: str = RAUC, extra: Sequence[str] = ()) -> None:
+
+class Rauc:
+    """Runs ``rauc``; ``program`` and ``extra`` (e.g. ``--keyring=...``) for tests and tools.
+
+    Every call is bounded (``timeout_s``; ``install_silence_s`` for ``rauc install``); a call
+    that runs past its bound is stopped (SIGTERM, then SIGKILL) and raises RaucError.
+    """
+
+    def __init__(
+        self,
+        program: str = RAUC,
+        extra: Sequence[str] = (),
+        *,
+        timeout_s: float = COMMAND_TIMEOUT_S,
+        install_silence_s: float = INSTALL_SILENCE_S,
+    ) -> None:
         self.program = program
         self.extra = list(extra)
+        self.timeout_s = timeout_s
+        self.install_silence_s = install_silence_s
 
     async def _run(self, *args: str) -> str:
+        proc: subprocess.CompletedProcess[bytes] | None = None
         try:
-            proc = await trio.run_process(
-                [self.program, *args, *self.extra],
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-            )
+            with trio.move_on_after(self.timeout_s):
+                proc = await trio.run_process(
+                    [self.program, *args, *self.extra],
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
         except OSError as exc:  # no rauc here (not the appliance), or not executable
             raise RaucError(f"rauc {args[0]}: {self.program} cannot be run ({exc})") from exc
+        if proc is None:
+            raise RaucError(
+                f"rauc {args[0]}: no answer in {self.timeout_s:g} s (is the RAUC service hung?); "
+                "stopped"
+            )
         if proc.returncode != 0:
             raise RaucError(f"rauc {args[0]}: {_last_words(proc.stderr, proc.stdout)}")
         return bytes(proc.stdout).decode("utf-8", "replace")
@@ -201,25 +232,34 @@ class Rauc:
         not_run: OSError | None = None
         returncode: int | None = None
         last = ""
-        async with trio.open_nursery() as nursery:
-            try:
-                proc: trio.Process = await nursery.start(self._start_install, cmd)
-            except OSError as exc:  # no rauc here (not the appliance), or not executable
-                not_run = exc  # raised below, outside the nursery (not in an exception group)
-            else:
-                assert proc.stdout is not None
-                buf = b""
-                async for chunk in proc.stdout:
-                    buf += chunk
-                    while b"\n" in buf:
-                        line, buf = buf.split(b"\n", 1)
-                        text = line.decode("utf-8", "replace").strip()
-                        if text:
-                            last = text
-                            await progress(text)
-                returncode = await proc.wait()
+        silence = self.install_silence_s
+        with trio.CancelScope(deadline=trio.current_time() + silence) as watch:
+            async with trio.open_nursery() as nursery:
+                try:
+                    proc: trio.Process = await nursery.start(self._start_install, cmd)
+                except OSError as exc:  # no rauc here (not the appliance), or not executable
+                    not_run = exc  # raised below, outside the nursery (not in an exception group)
+                else:
+                    assert proc.stdout is not None
+                    buf = b""
+                    async for chunk in proc.stdout:
+                        watch.deadline = trio.current_time() + silence  # it said something
+                        buf += chunk
+                        while b"\n" in buf:
+                            line, buf = buf.split(b"\n", 1)
+                            text = line.decode("utf-8", "replace").strip()
+                            if text:
+                                last = text
+                                await progress(text)
+                    returncode = await proc.wait()
         if not_run is not None:
             raise RaucError(f"rauc install: {self.program} cannot be run ({not_run})") from not_run
+        if watch.cancelled_caught:
+            said = f" (its last words: {last})" if last else ""
+            raise RaucError(
+                f"rauc install: no progress for {silence:g} s{said}; stopped. The slot it was "
+                "writing is not activated: the device goes on booting the running one"
+            )
         if returncode != 0:
             raise RaucError(f"rauc install: {last or 'failed'}")
 
