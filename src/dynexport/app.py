@@ -212,7 +212,8 @@ class App:
         must not leave the site in setup mode, without limits, until someone comes by. Ends when
         it was applied, when its content is what is wrong (only the installer can fix that), or
         when the installer saved a configuration meanwhile."""
-        from dynexport.system.config import ConfigError, load_config
+        from dynexport.system.config import ConfigError
+        from dynexport.system.config_file import load_site_config
 
         path = self.options.config_path
         while self.config_unreadable and path is not None:
@@ -220,7 +221,7 @@ class App:
             if not self.setup_mode:
                 break  # the installer saved one through the web UI
             try:
-                config = await trio.to_thread.run_sync(load_config, path)
+                config, notices = await trio.to_thread.run_sync(load_site_config, path)
             except ConfigError as exc:
                 if isinstance(exc.__cause__, OSError):
                     continue  # still unreadable
@@ -229,6 +230,7 @@ class App:
                 break
             log.warning("%s: readable again: applying it", path)
             self.apply_config(config)
+            self.config_problems = notices
         self.config_unreadable = False
 
     async def _update_tasks(self) -> None:

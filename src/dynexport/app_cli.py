@@ -10,7 +10,8 @@ from typing import Any
 import trio
 
 from dynexport.app import App, AppOptions, run_until_signalled
-from dynexport.system.config import Config, ConfigError, load_config
+from dynexport.system.config import Config, ConfigError
+from dynexport.system.config_file import load_site_config
 
 DEFAULT_CONFIG = "/data/dynexport/config.json"
 DEFAULT_DATA = "/data/dynexport"
@@ -36,7 +37,9 @@ def _run(args: argparse.Namespace) -> int:
         # which writes the configuration to --config when the installer finishes the setup.
         # (exists() raises for an I/O or permission error: inside the try, like the read.)
         setup_mode = not Path(args.config).exists()
-        config = Config() if setup_mode else load_config(args.config)
+        # A file newer than this release reads (a rolled-back update): the copy kept of this
+        # release's version, with a notice (system/config_file.py).
+        config, problems = (Config(), []) if setup_mode else load_site_config(args.config)
     except Exception as exc:  # every unreadable configuration leads to setup mode
         problems = (
             list(exc.problems)

@@ -218,6 +218,27 @@ def test_an_invalid_configuration_serves_the_web_ui_with_the_problem_instead_of_
     assert path.read_bytes() == content  # the refused file is left as it was
 
 
+def test_after_a_rolled_back_update_the_service_runs_on_the_copy_of_its_own_version(
+    tmp_path: Path,
+):
+    """config.json written by a newer release (schema version 2, saved on its trial boot) and
+    the trial rolled back: the service runs on config.v1.json (the limits the site had), not
+    in setup mode without limits, and the status and the dashboard say so."""
+    newer = {"version": 2, "limits": {"exportW": 9000}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(newer))
+    (tmp_path / "config.v1.json").write_text(json.dumps({"version": 1, "limits": {"exportW": 0}}))
+    doc, err = _serve_with_config(path, tmp_path / "data")
+    assert doc["setupMode"] is False
+    assert doc["limits"]["exportW"] == 0
+    assert len(doc["configProblems"]) == 1
+    assert "written by a newer dynexport (version 2)" in doc["configProblems"][0]
+    assert "running on config.v1.json" in doc["configProblems"][0]
+    assert any(a["code"] == "config" for a in doc["alerts"])
+    assert "running on config.v1.json" in err
+    assert json.loads(path.read_text()) == newer  # the newer file is left as it was
+
+
 def test_a_configuration_path_that_cannot_even_be_looked_at_serves_the_web_ui(tmp_path: Path):
     """Path.exists() raises for errors other than "no such file" (I/O, permissions; here a name
     too long): it ran before the guarded read, so the service died at every start and systemd's

@@ -204,6 +204,28 @@ async def test_a_valid_configuration_is_written_atomically_and_applied_live(web:
     assert got["limits"]["windows"] == [{"from": "10:00", "to": "16:00", "exportW": 0}]
 
 
+async def test_a_save_with_a_newer_schema_version_keeps_the_older_file_for_a_rollback(
+    web: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings saved on a newer release's trial boot (schema version 2) replace a version
+    1 file: that file is kept as config.v1.json, the one the release rolled back to runs on."""
+    from dynexport.system import migrate
+
+    c = await logged_in(web)
+    first = {"version": 1, "limits": {"exportW": 1500}}
+    assert (await c.request("PUT", "/api/config", first)).status == 200
+    path = web.folder / "data" / "config.json"
+    written_by_this_release = path.read_bytes()
+    monkeypatch.setattr(migrate, "STEPS", (*migrate.STEPS, lambda doc: doc))
+    monkeypatch.setattr(migrate, "CURRENT_VERSION", 2)
+    second = {"version": 2, "limits": {"exportW": 4000}}
+    assert (await c.request("PUT", "/api/config", second)).status == 200
+    assert json.loads(path.read_text()) == second
+    kept = path.with_name("config.v1.json")
+    assert kept.read_bytes() == written_by_this_release
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+
+
 async def test_configuration_errors_are_422_listing_every_problem(web: Web) -> None:
     c = await logged_in(web)
     status, doc = await c.json(

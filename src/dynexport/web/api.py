@@ -42,6 +42,7 @@ from dynexport.system.config import (
     ConfigError,
     parse_config,
 )
+from dynexport.system.config_file import write_config
 from dynexport.system.storage import atomic_write, read_json, write_json
 from dynexport.web import static
 from dynexport.web.auth import (
@@ -1546,7 +1547,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _write_config(path: Path, document: dict[str, Any]) -> None:
-    write_json(path, document, mode=0o600)
+    write_config(path, document)  # keeps the file it replaces when that is an older version
 
 
 def _security_headers(response: ServerResponse, path: str) -> None:

@@ -1,0 +1,96 @@
+"""The configuration file on ``/data``, across updates and their rollbacks.
+
+An update may bring a newer schema version (system/migrate.py). Reading never rewrites the file,
+but the installer may save the configuration on the web page while the new release runs, on its
+trial boot: the file then has a version the previous release cannot read, and if the trial fails
+and is rolled back, the previous release found it refused and waited in setup mode, without
+limits, until someone came by.
+
+So ``write_config`` first keeps the file it replaces when the new document's version is higher
+(``config.json`` → ``config.v1.json``), and ``load_site_config`` runs on the copy of this
+release's version when the file itself is newer than it can read, and says so. The copy is the
+configuration as it was when the newer release first replaced it: the site runs on what it ran on
+before the update, not on nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from dynexport.system.config import Config, ConfigError, decode_json, load_config
+from dynexport.system.migrate import (
+    CURRENT_VERSION,
+    NewerVersionError,
+    kept_name,
+    version_to_keep,
+)
+from dynexport.system.storage import atomic_write
+
+log = logging.getLogger("dynexport.config")
+
+MODE = 0o600
+"""The file holds the MQTT password and the like: readable by the service's user only."""
+
+
+def write_config(path: Path, document: dict[str, Any]) -> Path | None:
+    """Writes ``document`` as the configuration file ``path`` (atomically, mode 0600).
+
+    When the file it replaces has a lower schema version, that file is first kept beside it
+    (``migrate.kept_name``); returns the kept copy's path (None: nothing kept).
+    """
+    kept: Path | None = None
+    try:
+        old = path.read_bytes()
+    except FileNotFoundError:
+        old = None
+    except OSError as exc:  # the new file is written all the same; nothing to keep from it
+        log.warning("%s: the file it replaces cannot be read to keep a copy: %s", path, exc)
+        old = None
+    if old is not None:
+        try:
+            replaced: object = decode_json(old)
+        except ConfigError:
+            replaced = None
+        version = version_to_keep(replaced, document)
+        if version is not None:
+            kept = path.with_name(kept_name(path.name, version))
+            atomic_write(kept, old, mode=MODE)
+            log.info("%s: version %d kept as %s before writing a newer one", path, version, kept)
+    text = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    atomic_write(path, text.encode("utf-8"), mode=MODE)
+    return kept
+
+
+def load_site_config(path: str | Path) -> tuple[Config, list[str]]:
+    """``load_config``, or after a rolled-back update the copy kept of this release's version.
+
+    Returns the configuration and what the installer must be told (empty for the file itself).
+    Raises ConfigError as ``load_config`` does, when the file cannot be used and no copy can.
+    """
+    p = Path(path)
+    try:
+        return load_config(p), []
+    except ConfigError as exc:
+        if not isinstance(exc.__cause__, NewerVersionError):
+            raise
+        refused = exc
+    for version in range(CURRENT_VERSION, -1, -1):
+        copy = p.with_name(kept_name(p.name, version))
+        if not copy.is_file():
+            continue
+        try:
+            config = load_config(copy)
+        except ConfigError as copy_exc:
+            invalid = f"the copy kept of version {version} is invalid too: {copy_exc}"
+            raise ConfigError([*refused.problems, invalid], refused.source) from refused.__cause__
+        notice = (
+            f"{p.name}: {refused.problems[0]}; running on {copy.name}, the configuration as it "
+            "was before the newer version replaced it. Save the settings again to make it "
+            f"{p.name}"
+        )
+        log.warning("%s", notice)
+        return config, [notice]
+    raise refused

@@ -1,0 +1,145 @@
+"""The configuration file across an update and its rollback (system/config_file.py): a newer
+release keeps the file it replaces with a newer schema version, and the release rolled back to
+runs on that copy instead of waiting in setup mode without limits."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynexport.system import migrate as migrate_module
+from dynexport.system.config import ConfigError
+from dynexport.system.config_file import load_site_config, write_config
+from dynexport.system.migrate import kept_name, version_to_keep
+
+SITE = {
+    "version": 1,
+    "inverters": [{"type": "sunspec", "tcp": "127.0.0.1:1502", "unit": 1}],
+    "limits": {"exportW": 3000},
+}
+
+
+def newer_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This code as the next release would run it: schema version 2 (a no-op step)."""
+    monkeypatch.setattr(migrate_module, "STEPS", (*migrate_module.STEPS, lambda doc: doc))
+    monkeypatch.setattr(migrate_module, "CURRENT_VERSION", 2)
+
+
+def test_kept_names_sit_beside_the_file():
+    assert kept_name("config.json", 1) == "config.v1.json"
+    assert kept_name("site.conf.json", 0) == "site.conf.v0.json"
+    assert kept_name("config", 3) == "config.v3"
+    assert kept_name(".config", 1) == ".config.v1"
+
+
+@given(
+    old=st.one_of(st.none(), st.integers(0, 5), st.just("x")),
+    new=st.one_of(st.none(), st.integers(0, 5)),
+)
+def test_only_a_valid_older_version_is_kept(old: object, new: int | None):
+    """Kept exactly when the replaced file is a versioned object of a lower version than the
+    document written over it; never for a file that is not a configuration at all."""
+    replaced = {} if old is None else {"version": old}
+    written = {} if new is None else {"version": new}
+    old_v = 0 if old is None else old
+    new_v = 0 if new is None else new
+    expected = old_v if isinstance(old_v, int) and old_v < new_v else None
+    assert version_to_keep(replaced, written) == expected
+    assert version_to_keep([replaced], written) is None
+    assert version_to_keep(None, written) is None
+
+
+def test_a_rolled_back_release_runs_on_the_copy_the_newer_one_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The whole story: this release wrote config.json (version 1); the update's trial wrote a
+    version 2 over it (the installer saved the settings); the trial was rolled back. This
+    release runs on config.v1.json, byte for byte the file it wrote, and says why."""
+    path = tmp_path / "config.json"
+    assert write_config(path, SITE) is None  # nothing replaced, nothing kept
+    before = path.read_bytes()
+    with monkeypatch.context() as m:
+        newer_release(m)
+        kept = write_config(path, {**SITE, "version": 2, "limits": {"exportW": 9000}})
+    assert kept == tmp_path / "config.v1.json"
+    assert kept.read_bytes() == before
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600  # it may hold the MQTT password
+    assert json.loads(path.read_text())["version"] == 2
+
+    config, notices = load_site_config(path)
+    assert config.limits.export_w == 3000  # what the site ran on before the update, not 9000
+    assert config.inverters[0].unit == 1
+    assert len(notices) == 1
+    assert notices[0].startswith("config.json: written by a newer dynexport (version 2)")
+    assert "running on config.v1.json" in notices[0]
+
+
+def test_writing_the_same_version_keeps_nothing(tmp_path: Path):
+    path = tmp_path / "config.json"
+    write_config(path, SITE)
+    assert write_config(path, {**SITE, "limits": {"exportW": 1000}}) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_a_newer_file_without_a_kept_copy_is_refused_as_before(tmp_path: Path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**SITE, "version": 2}))
+    with pytest.raises(ConfigError, match=r"written by a newer dynexport \(version 2\)"):
+        load_site_config(path)
+
+
+def test_an_invalid_kept_copy_is_named_and_not_run_on(tmp_path: Path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**SITE, "version": 2}))
+    (tmp_path / "config.v1.json").write_text(json.dumps({**SITE, "limits": {"exportW": -5}}))
+    with pytest.raises(ConfigError) as refused:
+        load_site_config(path)
+    assert refused.value.problems[0].startswith("written by a newer dynexport (version 2)")
+    assert "the copy kept of version 1 is invalid too" in refused.value.problems[1]
+    assert "limits.exportW" in refused.value.problems[1]
+
+
+def test_an_invalid_file_of_this_version_never_falls_back_to_a_copy(tmp_path: Path):
+    """The copy is for a rolled-back update only: a file this release can read but is wrong
+    (a typo) is refused, never silently replaced by an older configuration."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**SITE, "limits": {"exportW": "lots"}}))
+    (tmp_path / "config.v1.json").write_text(json.dumps(SITE))
+    with pytest.raises(ConfigError, match=r"limits\.exportW"):
+        load_site_config(path)
+
+
+def test_a_file_that_is_not_json_is_replaced_and_nothing_is_kept(tmp_path: Path):
+    path = tmp_path / "config.json"
+    path.write_bytes(b"\xff not json")
+    assert write_config(path, SITE) is None
+    assert json.loads(path.read_text()) == SITE
+
+
+@settings(max_examples=30, deadline=None)
+@given(versions=st.lists(st.integers(0, 3), min_size=1, max_size=6))
+def test_each_kept_copy_is_the_last_file_of_its_version_replaced_by_a_newer_one(
+    tmp_path_factory: pytest.TempPathFactory, versions: list[int]
+):
+    """Over any sequence of saves by releases of schema versions 0..3 (updates, rollbacks):
+    config.v<N>.json is always byte for byte the last version N file a higher version replaced,
+    and config.json the last document written: no save loses the file a rollback needs."""
+    folder = tmp_path_factory.mktemp("saves")
+    path = folder / "config.json"
+    expected: dict[int, bytes] = {}
+    last: dict[str, Any] | None = None
+    for i, v in enumerate(versions):
+        doc: dict[str, Any] = {"version": v, "limits": {"exportW": i}}
+        if last is not None and last["version"] < v:
+            expected[last["version"]] = path.read_bytes()
+        write_config(path, doc)
+        last = doc
+    assert json.loads(path.read_text()) == last
+    kept = {int(p.name.split(".")[1][1:]): p.read_bytes() for p in folder.glob("config.v*.json")}
+    assert kept == expected
