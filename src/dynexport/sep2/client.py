@@ -98,7 +98,9 @@ SETTLE_CHECK_S = 1.0
 """While responses wait for responses.json to be written, the link still steps this often."""
 PART_RETRY_S = (5.0, 15.0, 60.0, 300.0)
 """Backoff of one part of a step (DER reports, responses, telemetry) after an unexpected
-exception in it (the last value repeats)."""
+exception in it or a write the server refused (the last value repeats)."""
+CP_PART, DER_PART, TELEMETRY_PART = "ConnectionPoint", "DER reports", "telemetry"
+"""The parts whose writes the server may refuse without stopping the walk (`_write_part`)."""
 
 
 class StoredSchedule(Enum):
@@ -109,6 +111,15 @@ class StoredSchedule(Enum):
 
 class Sep2Error(Exception):
     """A utility-link failure described for the installer (wraps HTTP, TLS and parse errors)."""
+
+
+class Refused(Sep2Error):
+    """The server answered a write (PUT) with a status that is not 2xx: it is there and
+    answers, it does not accept this body. Not a reason to stop reading the limits."""
+
+
+_ABSENT = object()
+"""Cached for a resource the server answered 404 for (`Sep2Client._get_optional`)."""
 
 
 class Throttled(HttpStatusError):
@@ -518,9 +529,9 @@ class Sep2Client:
         if self.acting and not self.read_only:
             if self.connected and self._der is not None:
                 # DER facts changed since the walk: report now, not at the next poll
-                await self._guarded("DER reports", self._report_der_now)
+                await self._guarded(DER_PART, self._report_der_now)
             await self._guarded("responses", self._respond)
-            await self._guarded("telemetry", self._post_telemetry)
+            await self._guarded(TELEMETRY_PART, self._post_telemetry)
         return self._next_wake()
 
     async def _report_der_now(self) -> None:
@@ -537,6 +548,9 @@ class Sep2Client:
             return
         try:
             await action()
+        except Refused as exc:  # the server answers: this part waits, the link stays up
+            self._part_refused(part, exc)
+            return
         except EXPECTED_ERRORS as exc:
             self._fail(exc)
             return
@@ -548,6 +562,33 @@ class Sep2Client:
             delay = PART_RETRY_S[min(count, len(PART_RETRY_S) - 1)]
             self._part_retry[part] = self._mono() + delay
             return
+        self._part_done(part)
+
+    async def _write_part(self, part: str, action: Callable[[], Awaitable[None]]) -> None:
+        """A write the walk makes (DER reports, creating the mirrors): refused by the server,
+        it is recorded and backed off like the step's own parts, and the walk goes on. One
+        refused PUT stopped the walk: the mirrors were never made (no telemetry ever), and
+        each failed walk forgot every poll time, so the whole tree was read again every
+        minute whatever its pollRates. A transport failure still fails the walk."""
+        if self._mono() < self._part_retry.get(part, 0.0):
+            return
+        try:
+            await action()
+        except Refused as exc:
+            self._part_refused(part, exc)
+        else:
+            self._part_done(part)
+
+    def _part_refused(self, part: str, exc: Refused) -> None:
+        count = self._part_failures.get(part, 0)
+        self._part_failures[part] = count + 1
+        delay = PART_RETRY_S[min(count, len(PART_RETRY_S) - 1)]
+        self._part_retry[part] = self._mono() + delay
+        message = describe_error(exc)
+        log.warning("utility link: %s; tried again in %.0f s", message, delay)
+        self._record_error(message)
+
+    def _part_done(self, part: str) -> None:
         self._part_failures.pop(part, None)
         self._part_retry.pop(part, None)
 
@@ -570,7 +611,7 @@ class Sep2Client:
             tele = self._telemetry
             if tele.last_post is not None:
                 post_at = max(tele.last_post + tele.post_rate, tele.retry_at)
-                candidates.append(max(post_at, self._part_retry.get("telemetry", 0.0)))
+                candidates.append(max(post_at, self._part_retry.get(TELEMETRY_PART, 0.0)))
         if self.snapshot is not None:
             server_now = self._server_at(now)
             change = self.snapshot.next_change(int(server_now), self.lfdi)
@@ -743,11 +784,19 @@ class Sep2Client:
     async def _get_optional(
         self, url: str, cls: type[R], inherited: int | None = None, *, force: bool = False
     ) -> R | None:
-        """Like `_get`, but a 404 means "not there (yet)"."""
+        """Like `_get`, but a 404 means "not there (yet)", until the resource is due again.
+
+        The 404 replaces what was cached: a DefaultDERControl (or Registration) the server has
+        removed came back from the cache at every walk before its next poll (a walk is due
+        whenever any resource is), so a removed default limit applied most of the time."""
+        absent = self._cache.get(url) is _ABSENT
+        if absent and not force and not self._book.is_due(url, self._mono()):
+            return None
         try:
             return await self._get(url, cls, inherited, force=force)
         except HttpStatusError as exc:
             if exc.status == 404:
+                self._cache[url] = _ABSENT
                 self._book.record(url, self._mono(), flow.poll_rate(None, inherited))
                 return None
             raise
@@ -760,7 +809,7 @@ class Sep2Client:
     def _refused(self, what: str, url: str, response: Response) -> Exception:
         """The error for a write the server did not accept (Throttled for 429/503 with
         Retry-After, so the retry waits for it)."""
-        return self._throttle(url, response, None) or Sep2Error(
+        return self._throttle(url, response, None) or Refused(
             f"{what} {url}: HTTP {response.status}"
         )
 
@@ -851,15 +900,21 @@ class Sep2Client:
                 if self.read_only
                 else flow.connection_point_update(cp, self.config.nmi, already_put=self._cp_put)
             )
-            if update is not None:
+            if update is not None and self._mono() >= self._part_retry.get(CP_PART, 0.0):
                 response = await self._send(
                     "PUT", cp_url, to_xml(update, csipaus_ns=self.csipaus_ns)
                 )
-                if not 200 <= response.status < 300:
-                    raise self._refused("PUT ConnectionPoint", cp_url, response)
-                self._cp_put = True
-                cp = update
-                self._cache.pop(cp_url, None)
+                try:
+                    if not 200 <= response.status < 300:
+                        raise self._refused("PUT ConnectionPoint", cp_url, response)
+                except Refused as exc:  # the limits are read all the same; the PUT retried
+                    self._part_refused(CP_PART, exc)
+                    warnings.append(str(exc))
+                else:
+                    self._part_done(CP_PART)
+                    self._cp_put = True
+                    cp = update
+                    self._cache.pop(cp_url, None)
             result = replace(result, connection_point=cp)
         else:
             warnings.append("our EndDevice has no csipaus:ConnectionPointLink; NMI not sent")
@@ -882,13 +937,16 @@ class Sep2Client:
                 self._der_url = self._url(der_list_url, der.href) if der.href else der_list_url
                 result = replace(result, der_url=self._der_url)
                 if not self.read_only:
-                    await self._report_der(programs)
+                    await self._write_part(DER_PART, functools.partial(self._report_der, programs))
         else:
             warnings.append("our EndDevice has no DERListLink; DER reports not sent")
 
         self._dcap, self._edev = dcap, edev
         if not self.read_only:
-            await self._ensure_mirrors(dcap, edev, force=force, visited=visited)
+            mirrors = functools.partial(
+                self._ensure_mirrors, dcap, edev, force=force, visited=visited
+            )
+            await self._write_part(TELEMETRY_PART, mirrors)
         self.connected = True
         return self._finish_walk(replace(result, warnings=tuple(warnings)), visited)
 
@@ -1132,6 +1190,13 @@ class Sep2Client:
                     pending.mrid,
                     attempt.count,
                 )
+            elif outcome is flow.SendOutcome.UNWRITABLE:
+                log.error(
+                    "response %s for %r not sent: the event's mRID is not hexBinary, so no "
+                    "valid response can name it; dropped",
+                    int(pending.status),
+                    pending.mrid[:200],
+                )
             elif outcome is flow.SendOutcome.REFUSED:
                 log.warning(
                     "response %s for %s not sent: its replyTo %r is unusable; dropped",
@@ -1154,6 +1219,10 @@ class Sep2Client:
         attempt.count += 1
         try:
             body = to_xml(flow.response_body(pending, self.lfdi))
+        except ValueError as exc:  # the server's mRID (read leniently) is not hexBinary
+            self._record_error(f"response {int(pending.status)} for {pending.mrid!r}: {exc}")
+            return flow.SendOutcome.UNWRITABLE
+        try:
             response = await self._send("POST", url, body)
         except HttpError as exc:
             log.debug("response POST failed: %s", exc)

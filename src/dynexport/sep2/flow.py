@@ -826,6 +826,9 @@ class SendOutcome(StrEnum):
     REFUSED = "refused"
     """Never sent: its replyTo is unusable or on another origin (dropped at once, with a
     warning, so a stored bad response cannot block the queue or fail every restart)."""
+    UNWRITABLE = "unwritable"
+    """Never sent: the event's mRID is not hexBinary, so no valid Response can name it
+    (dropped at once, with an error; it blocked every later response, kept in order, before)."""
 
 
 _HOPELESS = frozenset({400, 403, 404, 405, 410, 413, 415})
