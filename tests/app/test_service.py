@@ -299,7 +299,7 @@ async def test_a_configuration_unreadable_at_the_start_is_read_again_until_it_ca
     """An I/O error (here the path is a folder) is not the content: the service, in setup mode
     without limits meanwhile, reads the file again (every 30 s) and applies it once it can; a
     file that turns out invalid is reported like any other and not read again."""
-    from dynexport.system import config as config_module
+    from dynexport.system import config_file as config_module  # load_site_config's reader
 
     reads: list[Path] = []
     real_load = config_module.load_config
