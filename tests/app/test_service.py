@@ -299,16 +299,16 @@ async def test_a_configuration_unreadable_at_the_start_is_read_again_until_it_ca
     """An I/O error (here the path is a folder) is not the content: the service, in setup mode
     without limits meanwhile, reads the file again (every 30 s) and applies it once it can; a
     file that turns out invalid is reported like any other and not read again."""
-    from dynexport.system import config_file as config_module  # load_site_config's reader
+    from dynexport.system.config import load_config as real_load
 
     reads: list[Path] = []
-    real_load = config_module.load_config
 
     def counted_load(path: str | Path) -> Config:
         reads.append(Path(path))
         return real_load(path)
 
-    monkeypatch.setattr(config_module, "load_config", counted_load)
+    # load_site_config's reader (system/config_file.py)
+    monkeypatch.setattr("dynexport.system.config_file.load_config", counted_load)
     monkeypatch.setattr(App, "CONFIG_REREAD_S", 0.05)
     path = tmp_path / "config.json"
     path.mkdir()  # IsADirectoryError: an OSError, as an I/O error of the card would be
