@@ -23,6 +23,7 @@ from dynexport.sunspec.control import (
 from dynexport.sunspec.decode import (
     DecodedGroup,
     DecodeError,
+    MapChangedError,
     RegisterImage,
     decode_model,
     decode_value,
@@ -198,6 +199,19 @@ def test_fast_plan_decoding_of_any_registers_never_crashes(data: st.DataObject) 
     for r in plan.reads:
         words = [w for chunk in data.draw(st.lists(_chunks, min_size=r.count)) for w in chunk]
         img.put(r.address, words[: r.count])
+    for h in smap.models:  # each model still where discovery found it...
+        img.put(h.address, [h.id, h.length])
+    moved = data.draw(st.sampled_from([None, *smap.models]))
+    if moved is not None:  # ...but one: its header now holds anything else
+        other = data.draw(
+            st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)).filter(
+                lambda w: w != (moved.id, moved.length)
+            )
+        )
+        img.put(moved.address, list(other))
+        with pytest.raises(MapChangedError, match="the device's SunSpec map changed"):
+            plan.decode(img)
+        return
     for points in plan.decode(img).values():
         for v in points.values():
             assert v is None or (isinstance(v, int | float) and math.isfinite(v)), v

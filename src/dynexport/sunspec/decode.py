@@ -48,6 +48,25 @@ class DecodeError(ValueError):
     """Registers that cannot be decoded as the model says (too few, inconsistent counts)."""
 
 
+class MapChangedError(DecodeError):
+    """A model's registers no longer start with the header discovery found there: the device's
+    map changed (a firmware update, a reboot into another mode). Its link discovers it again;
+    read on with the old map, every value would come from the wrong registers."""
+
+
+def check_header(
+    header_id: int, header_length: int, address: int, registers: Sequence[int]
+) -> None:
+    """Raises MapChangedError unless ``registers`` (read at ``address``) start with the model
+    header ``header_id``, ``header_length`` found at discovery."""
+    if len(registers) < 2 or registers[0] != header_id or registers[1] != header_length:
+        found = tuple(registers[:2])
+        raise MapChangedError(
+            f"model {header_id} (length {header_length}) was found at register {address}, which "
+            f"now holds {found}: the device's SunSpec map changed"
+        )
+
+
 def _as_int(regs: Sequence[int], signed: bool) -> int:
     v = 0
     for r in regs:

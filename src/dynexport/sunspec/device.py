@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from dynexport.sunspec import control
 from dynexport.sunspec.bus import RegisterBus
 from dynexport.sunspec.control import LimitCommand, RegisterWrite
-from dynexport.sunspec.decode import DecodedModel, RegisterImage, Value, decode_model
+from dynexport.sunspec.decode import DecodedModel, RegisterImage, Value, check_header, decode_model
 from dynexport.sunspec.discovery import DEFAULT_BASES, ModelHeader, ReadRequest, SunSpecMap
 from dynexport.sunspec.discovery import discover as _discover
 from dynexport.sunspec.models import model_def
@@ -174,6 +174,7 @@ class SunSpecDevice:
         img = await self._read(full_model_reads(header))
         regs = img.get(header.address, header.length + 2)
         assert regs is not None
+        check_header(header.id, header.length, header.address, regs)  # before a write too
         return decode_model(model_def(header.id), header.address, regs)
 
     async def read_all(self) -> list[DecodedModel]:

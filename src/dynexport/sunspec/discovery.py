@@ -185,6 +185,11 @@ class Discovery:
         return self._result
 
 
+DEVICE_NOT_READY = frozenset({4, 5, 6})
+"""Modbus exception codes that say the device could not answer now (server device failure,
+acknowledge, server device busy), not that the register is not there."""
+
+
 async def discover(
     bus: RegisterBus,
     unit: int,
@@ -192,8 +197,9 @@ async def discover(
     bases: Sequence[int] = DEFAULT_BASES,
     request_timeout: float | None = None,
 ) -> SunSpecMap:
-    """Find unit's SunSpec map. Timeouts and connection errors propagate (no device there);
-    exception responses move on to the next base address."""
+    """Find unit's SunSpec map. Timeouts and connection errors propagate (no device there), and
+    so do the exceptions of a device that cannot answer now (`DEVICE_NOT_READY`); other
+    exception responses move on to the next base address, or end the model chain."""
     d = Discovery(bases)
     while (req := d.next_request()) is not None:
         try:
@@ -203,6 +209,13 @@ async def discover(
         except ModbusExceptionResponse as exc:
             if exc.code in GATEWAY_NO_DEVICE:
                 raise NotSunSpecError(f"unit {unit}: the gateway reports no such device") from exc
+            if exc.code in DEVICE_NOT_READY:
+                # Not an answer about the map: a chain cut short here would stay so (an
+                # inverter "not controllable", a meter "the wrong device") until a restart.
+                raise DiscoveryError(
+                    f"unit {unit}: the device could not answer at register {req.address} ({exc}); "
+                    "discovery is tried again"
+                ) from exc
             d.refused()
         else:
             d.feed(regs)

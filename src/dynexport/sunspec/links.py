@@ -34,6 +34,7 @@ from dynexport.sunspec.control import (
     NotControllableError,
     rewrite_interval,
 )
+from dynexport.sunspec.decode import MapChangedError
 from dynexport.sunspec.device import LimitResult, SlowReading, SunSpecDevice, VerifyError
 from dynexport.sunspec.discovery import DiscoveryError, NotSunSpecError
 from dynexport.sunspec.storage import StorageConvention, StorageReading
@@ -52,6 +53,17 @@ log = logging.getLogger("dynexport.sunspec")
 
 class LinkFault(Exception):
     """An unexpected error inside a link's own work, already logged with its traceback."""
+
+
+class Rediscover(Exception):
+    """The link starts over with a new discovery, at once: the device's map changed under it,
+    or what the last discovery found (the wrong device, no control model) is looked at again."""
+
+
+REDISCOVER_S = 300.0
+"""A device found to be the wrong one, or an inverter without a control model, is discovered
+again this often: a map cut short by a device that was still booting (a zero header, a chain
+refused half-way) was kept until the service restarted, the inverter never limited again."""
 
 
 DEVICE_ERRORS = (
@@ -186,6 +198,11 @@ class _Link:
         """trio time of the last poll attempt, good or bad: proof the task is not stuck."""
         self._wake = trio.Event()
         self._poll_requested = False
+        self._wrong: str | None = None
+        """What `_wrong_device` last logged (logged again only when it changes)."""
+        self.discovered_at = -math.inf
+        """trio time of the last discovery that found the device."""
+        self.rediscover_s = REDISCOVER_S
 
     def request_poll(self) -> None:
         """Asks for a fast poll now (the controller reads the meter and the inverters together,
@@ -200,6 +217,12 @@ class _Link:
         while True:
             try:
                 await self._serve()
+            except Rediscover:
+                continue
+            except MapChangedError as exc:
+                log.warning("%s: %s; discovering it again", self.id, exc)
+                self._offline(f"{exc}; discovering it again")
+                continue
             except LinkFault:
                 pass  # raised by write() after it logged the fault and marked the state
             except Exception as exc:  # a link must outlive its bugs
@@ -227,6 +250,7 @@ class _Link:
             await self._failed(f"not found: {exc}")
             return False
         self._failures = 0
+        self.discovered_at = trio.current_time()
         return True
 
     async def _discover_until_found(self) -> None:
@@ -244,11 +268,15 @@ class _Link:
         the watchdog's pings after a minute, systemd would restart the service, and within
         minutes its start limit would reboot the appliance, again and again, over a meter
         configured at an inverter's unit."""
-        log.error("%s: %s", self.id, message)
+        if message != self._wrong:
+            log.error("%s: %s", self.id, message)
+            self._wrong = message
         self._offline(message)
-        while True:
+        until = trio.current_time() + self.rediscover_s
+        while trio.current_time() < until:
             self.last_activity = trio.current_time()
-            await trio.sleep(self.idle_heartbeat_s)
+            await trio.sleep(min(self.idle_heartbeat_s, until - trio.current_time()))
+        raise Rediscover  # the same device is found again, or the one now answering
 
     async def _failed(self, message: str) -> None:
         self.last_activity = trio.current_time()
@@ -270,6 +298,9 @@ class _Link:
 
     def _offline(self, message: str, *, fault: bool = False) -> None:
         raise NotImplementedError
+
+    def _rediscovery_due(self) -> bool:
+        return trio.current_time() >= self.discovered_at + self.rediscover_s
 
 
 _CommandT = TypeVar("_CommandT", Desired, "BatteryDesired")
@@ -340,9 +371,11 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         while True:
             if self._restart:  # write() from outside met an unexpected exception
                 raise LinkFault("restart after a fault")
+            if self._model_problem is not None and self._rediscovery_due():
+                raise Rediscover  # no control model: is it still so (a device still booting)?
             try:
                 await self.cycle()
-            except LinkFault:
+            except (LinkFault, MapChangedError):
                 raise  # start over, discovery included
             except DEVICE_ERRORS as exc:
                 await self._failed(str(exc))
@@ -369,8 +402,9 @@ class InverterLink(_CommandLink[Desired, InverterState]):
             self.device.control_model()
             self._model_problem = None
         except NotControllableError as exc:
+            if str(exc) != self._model_problem:  # not again at each rediscovery
+                log.warning("%s: %s", self.id, exc)
             self._model_problem = str(exc)
-            log.warning("%s: %s", self.id, exc)
         self.state = replace(
             self.state,
             controllable=self._model_problem is None,
@@ -576,6 +610,8 @@ class MeterLink(_Link):
             self._poll_requested = False
             try:
                 fast = await self.device.poll_fast()
+            except MapChangedError:
+                raise
             except DEVICE_ERRORS as exc:
                 await self._failed(str(exc))
                 continue
@@ -667,6 +703,8 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
             try:
                 await self._poll(plan)
                 await self._apply()
+            except MapChangedError:
+                raise
             except DEVICE_ERRORS as exc:
                 await self._failed(str(exc))
                 continue

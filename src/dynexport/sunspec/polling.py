@@ -17,6 +17,7 @@ from dynexport.sunspec.decode import (
     DecodeError,
     RegisterImage,
     Value,
+    check_header,
     decode_model,
     decode_points,
     needed_points,
@@ -110,6 +111,11 @@ class PollPlan:
         """Scaled values per model id, from an image holding at least this plan's reads."""
         out: dict[int, dict[str, Value]] = {}
         for mp in self.models:
+            h = mp.header
+            header = image.get(h.address, 2)
+            if header is None:
+                raise DecodeError(f"model {h.id}'s header at {h.address} was not read")
+            check_header(h.id, h.length, h.address, header)  # MapChangedError if it moved
             mdef = model_def(mp.header.id)
             if mdef is None:
                 continue
@@ -192,6 +198,9 @@ def make_plan(
         chosen = [p.name for p in mdef.group.points] if names is None else list(names)
         chosen = [n for n in chosen if mdef.has_point(n)]
         end = header.end
+        # Its header (ID, L) too, usually in the same request: every poll checks that the model
+        # is still where discovery found it (PollPlan.decode).
+        ranges.append((header.address, 2))
         for p in needed_points(mdef, chosen):
             start = header.address + p.offset
             if start + p.size <= end:  # points beyond L are not implemented by this device
