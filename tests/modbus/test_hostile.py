@@ -170,10 +170,11 @@ async def test_tcp_half_frame_then_silence_times_out_and_is_not_misread() -> Non
 
 
 async def test_tcp_cancelled_request_does_not_confuse_the_next_one() -> None:
-    release = trio.Event()
+    received, release = trio.Event(), trio.Event()
 
     async def slow_first(stream: trio.abc.Stream, request: bytes, peer: HostilePeer) -> None:
         if len(peer.requests) == 1:
+            received.set()
             await release.wait()  # answers the first request late, on its old connection
             await stream.send_all(tcp_answer(request))
         else:
@@ -183,8 +184,15 @@ async def test_tcp_cancelled_request_does_not_confuse_the_next_one() -> None:
     with trio.fail_after(10):
         async with hostile_tcp_peer(slow_first) as peer:
             bus = tcp_bus(peer, timeout=5.0, retries=0)
-            with trio.move_on_after(0.05) as scope:
-                await bus.read_holding_registers(1, 40010, 3)
+            with trio.CancelScope() as scope:  # given up once the peer has the request
+                async with trio.open_nursery() as nursery:
+
+                    async def give_up_once_received() -> None:
+                        await received.wait()
+                        scope.cancel()
+
+                    nursery.start_soon(give_up_once_received)
+                    await bus.read_holding_registers(1, 40010, 3)
             assert scope.cancelled_caught
             release.set()
             assert await bus.read_holding_registers(1, 40100, 3) == values_for(40100, 3)
@@ -336,9 +344,12 @@ async def test_rtu_half_frame_then_silence_is_not_misread(pty_pair: tuple[str, s
 async def test_rtu_cancelled_request_does_not_confuse_the_next_one(
     pty_pair: tuple[str, str],
 ) -> None:
+    sent, gave_up = trio.Event(), trio.Event()
+
     async def slow_second(stream: trio.abc.Stream, request: bytes, peer: HostilePeer) -> None:
         if len(peer.requests) == 2:
-            await trio.sleep(0.1)  # the answer arrives after the caller gave up
+            sent.set()
+            await gave_up.wait()  # the answer arrives after the caller gave up
         await stream.send_all(rtu_answer(request))
 
     peer_end, client_end = pty_pair
@@ -349,8 +360,18 @@ async def test_rtu_cancelled_request_does_not_confuse_the_next_one(
             open_bus(rtu_endpoint(client_end), timeout=2.0, retries=0) as bus,
         ):
             assert await bus.read_holding_registers(1, 40000, 1) == [40000]
-            with trio.move_on_after(0.03) as scope:
-                await bus.read_holding_registers(1, 40010, 3)
+            # The caller gives up once its request is on the line (an event, not a timer: a
+            # 30 ms timer ran out before a loaded machine had written it).
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+
+                    async def give_up_once_sent() -> None:
+                        await sent.wait()
+                        scope.cancel()
+
+                    nursery.start_soon(give_up_once_sent)
+                    await bus.read_holding_registers(1, 40010, 3)
+            gave_up.set()
             assert scope.cancelled_caught
             assert len(peer.requests) == 2, "the abandoned request did go out"
             assert await bus.read_holding_registers(1, 40100, 3) == values_for(40100, 3)
