@@ -571,6 +571,15 @@ class App:
             self._battery_settings(), self._charge_plan(now),
         )  # fmt: skip
         self.controller = out.state
+        previous = self.output.not_following if self.output is not None else ()
+        for inv_id in set(out.not_following) - set(previous):
+            log.warning(
+                "%s makes more than the limit it reads back, for %.0f s now: the other inverters "
+                "are held lower to make room (check its remote-control settings and the rating "
+                "its limit is a percentage of)",
+                inv_id,
+                self.settings.follow_s,
+            )
         self.output = out
         self._command_batteries(out, now)
         by_id = {link.id: link for link in self.inverters}
@@ -1205,6 +1214,7 @@ class App:
                     "powerW": link.state.power_w,
                     "ratedW": link.state.rated_w,
                     "limitPct": link.state.limit_pct,
+                    "followsLimit": None if out is None else link.id not in out.not_following,
                     "manufacturer": link.state.info.manufacturer,
                     "model": link.state.info.model,
                     "serial": link.state.info.serial,

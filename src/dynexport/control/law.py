@@ -141,6 +141,11 @@ class ControlSettings:
     revert_guard_s: float = 5.0
     """…and, with a fresh meter, the rise its revert allows is reserved until this long after
     that time, by when the meter (and so the load estimate) has seen it."""
+    follow_s: float = 30.0
+    """A controllable inverter that makes more than the limit it reads back for this long does
+    not follow it (firmware that ignores it in some mode, a percentage of another rating than
+    the WMax read): its excess is taken out of the others' budget. Longer than any inverter
+    takes to come down to a new limit, so a normal cut is never taken for it."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,9 @@ class ControllerState:
     """The hybrid inverters whose battery took what more sun they had at the last split (they
     were given their output, not a headroom): entered at a headroom of spare charge, left
     below half of one."""
+    over_since: tuple[tuple[str, float], ...] = ()
+    """Each controllable inverter making more than its read-back limit, since when (it does
+    not follow its limit once that is ``ControlSettings.follow_s`` ago)."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +247,22 @@ class ControlOutput:
     battery_expected_w: float = 0.0
     """What the inverters' target counted the AC-coupled batteries at (+ output, − charge)."""
     battery_reason: str = ""
+    not_following: tuple[str, ...] = ()
+    """Controllable inverters that have made more than their read-back limit for longer than
+    ``follow_s``: their excess was taken out of the others' budget (an installer should look)."""
+
+
+STILL_OVER_W = 5.0
+"""Once timed, a reading within this of its limit ends the timing: an output still settling
+onto its limit from above (exponentially, never quite reaching it) is not an excess."""
+
+
+def over_tolerance_w(rated_w: float) -> float:
+    """How far above its read-back limit a reading must be to start timing an inverter as not
+    following it: 0.5 % of its rating, at least 25 W (the limit itself is read back, after its
+    register rounding). Small, because the timing then goes on only while every reading stays
+    above the limit: reading noise around a limit it follows ends it within seconds."""
+    return max(0.005 * rated_w, 25.0)
 
 
 def margin_w(limit_w: float, settings: ControlSettings) -> float:
@@ -385,6 +409,32 @@ def control_step(
     rated_site = sum(_rated(i) for i in inverters)
     rated_ctrl = sum(_rated(i) for i in ctrl)
 
+    # Controllable inverters that do not follow their limit: what they make above it does not
+    # fall with their share, so it comes out of the budget like uncontrolled output (else the
+    # others were given shares as if it obeyed, and the site exported its excess for good).
+    over_since: dict[str, float] = {}
+    excess_w = 0.0
+    not_following: list[str] = []
+    previously_over = dict(state.over_since)
+    for i in ctrl:
+        allowed = _read_back_w(i)
+        if allowed is None:
+            continue
+        since = previously_over.get(i.id)
+        # Timed from a reading above the tolerance, for as long as every reading is above the
+        # limit itself: one that follows its limit reads below it every few seconds (its noise
+        # around it), while a small excess the tolerance would hide, had each reading to clear
+        # it, kept restarting the clock (or, once counted, flipped it out and in again), the
+        # site over its limit all along.
+        above = STILL_OVER_W if since is not None else over_tolerance_w(_rated(i))
+        if i.power_w <= allowed + above:
+            continue
+        since = now if since is None else since
+        over_since[i.id] = since
+        if now - since >= s.follow_s:
+            excess_w += i.power_w - allowed
+            not_following.append(i.id)
+
     der = _update_der(state.der, online, now, s, dt)
     der_now = sum(m.latest or 0.0 for _, m in der)
     bs = battery_settings or BatterySettings()
@@ -404,10 +454,12 @@ def control_step(
     ) -> ControlOutput:  # fmt: skip
         each = pct if isinstance(pct, tuple) else tuple(pct for _ in ctrl)
         commands = tuple(InverterCommand(i.id, p, connect) for i, p in zip(ctrl, each, strict=True))
+        new_state = replace(new_state, over_since=tuple(sorted(over_since.items())))
         return ControlOutput(
             commands, connect, mode, target, budget, source, load, not_enforced, skipped,
             new_state, lims[0], lims[1], off_w, bat.commands,
             bat.mode if has_battery else None, bat.total_w, bat.expected_w, bat.reason,
+            tuple(not_following),
         )  # fmt: skip
 
     if not limits.connect or not limits.energize:
@@ -532,9 +584,14 @@ def control_step(
     settle_until = now + s.average_s + s.interval_s
     if prev is not None and prev - raw > s.hold_cut_w:
         hold_until = max(hold_until, settle_until)  # a big cut
-    if der_now - (raw if prev is None else min(raw, prev)) > s.hold_cut_w:
+    # What cannot fall however far the command does: uncontrolled output, and the excess of
+    # inverters that do not follow their limit.
+    floor_w = uncontrolled_w + excess_w
+    if der_now - max(raw if prev is None else min(raw, prev), floor_w) > s.hold_cut_w:
         # The output is about to fall a long way (after a cut, or an inverter back in reach that
         # ran free): until the window holds only samples from after that, the estimate reads high.
+        # Counted above the floor: output that will not fall held every increase back for as
+        # long as it stayed high (an old uncontrollable inverter making more than the command).
         hold_until = max(hold_until, settle_until)
     if prev is None or raw <= prev:
         cmd = raw  # reductions at once, whatever caused them
@@ -557,7 +614,7 @@ def control_step(
         cmd = prev + step
     cmd = min(cmd, raw)  # never more than the live target, in any state
 
-    budget = max(cmd - uncontrolled_w, 0.0)
+    budget = max(cmd - uncontrolled_w - excess_w, 0.0)
     pct: tuple[float, ...] | None = None
     absorb: dict[str, float] = {}
     if rated_ctrl > 0 and budget < rated_ctrl * (1.0 - 1e-9):
@@ -599,6 +656,13 @@ def control_step(
     )
     lims = (ramped["export_w"], ramped["generation_w"])
     return out(pct, True, mode, target, budget, source, load_est, new, lims, offline_w)
+
+
+def _read_back_w(inv: InverterState) -> float | None:
+    """The output its read-back limit allows (None: no limit in force, or unknown)."""
+    if not _finite(inv.limit_pct) or inv.limit_pct >= 100.0:
+        return None
+    return _rated(inv) * max(inv.limit_pct, 0.0) / 100.0
 
 
 def _held(inv: InverterState, tol_w: float) -> bool:

@@ -48,6 +48,10 @@ class SimInverter:
     written_pct: float | None = None
     """The limit the controller last wrote (what the device link would report), which the
     inverter itself forgets at its revert time."""
+    limit_gain: float = 1.0
+    """What it makes under a limit, as a multiple of what the limit allows: 1 follows it, 1.25
+    makes a quarter more (a percentage of another rating), ``math.inf`` ignores it (while it
+    reads the limit back as written)."""
 
 
 @dataclass
@@ -112,8 +116,8 @@ class Plant:
         if not inv.connected:
             return 0.0
         cap = min(inv.pv_w, inv.rated_w)
-        if inv.limit_pct is not None and inv.controllable:
-            cap = min(cap, inv.rated_w * inv.limit_pct / 100.0)
+        if inv.limit_pct is not None and inv.controllable and math.isfinite(inv.limit_gain):
+            cap = min(cap, inv.rated_w * inv.limit_pct / 100.0 * inv.limit_gain)
         return max(cap, 0.0)
 
     def step(self, dt: float) -> None:

@@ -240,6 +240,14 @@ def alerts(status: dict[str, Any], config: Config, wall_clock: float) -> list[di
         elif inv.get("controllable") is False or inv.get("notControllable"):
             why = inv.get("notControllable") or "does not accept limits"
             add("error", "inverter-not-controllable", f"{name} cannot be controlled: {why}")
+        elif inv.get("followsLimit") is False:
+            add(
+                "error",
+                "inverter-not-following",
+                f"{name} makes more than its limit ({inv.get('limitPct')} %): the other inverters "
+                "are held lower to make room. Check its remote-control settings and the rating "
+                "its limit is a percentage of",
+            )
     battery = status.get("battery") or {}
     for bat in battery.get("devices") or [] if battery.get("configured") else []:
         name = bat.get("id")
