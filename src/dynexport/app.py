@@ -642,13 +642,13 @@ class App:
             stored = self._stored_schedule.active_controls(
                 self.options.wall_clock(), self._stored_seed
             )
-            return "", utility_limits(stored, self.site_rated_w())
+            return "", utility_limits(stored, self.limit_rating_w())
         if not self.utility.acting:
             return "the utility's registration does not match the configured PIN", None
         active = self.utility.active_controls(self.options.wall_clock())
         if active is None:
             return "no schedule has been received from the utility yet", None
-        return "", utility_limits(active, self.site_rated_w())
+        return "", utility_limits(active, self.limit_rating_w())
 
     def site_rated_w(self) -> float | None:
         """The site's setMaxW: the sum of every inverter's WMax, once all have been read."""
@@ -656,6 +656,18 @@ class App:
         if not known or any(w is None for w in known):
             return None
         return float(sum(w or 0.0 for w in known))
+
+    def limit_rating_w(self) -> float | None:
+        """What a utility's opModMaxLimW is a percentage of, to enforce it: the site's setMaxW,
+        or while an inverter has not been read (asleep, unreachable since the start, just
+        relinked) the sum of those that have, a lower limit in W and so a safe one (0 W when
+        none has). Waiting for all of them dropped the limit: no generation limit at all for
+        as long as one inverter was silent, while the event was answered as performed.
+        None: no inverters configured."""
+        if not self.inverters:
+            return None
+        ratings = (link.state.w_max or link.state.rated_w for link in self.inverters)
+        return float(sum(w for w in ratings if w is not None and math.isfinite(w) and w > 0))
 
     def local_datetime(self, t: float | None = None) -> datetime:
         """Wall-clock time ``t`` (default now) in the site's time zone."""
@@ -698,7 +710,7 @@ class App:
         for t in sorted(times):
             server_t = t + offset
             seg = next((g for g in segments if g.start <= server_t < g.end), None)
-            util = None if seg is None else utility_limits(seg.controls, self.site_rated_w())
+            util = None if seg is None else utility_limits(seg.controls, self.limit_rating_w())
             if seg is None and self.config.utility is not None:
                 util = UtilityLimits(
                     export_w=self.config.utility.fallback_export_w, label=FALLBACK_SOURCE
@@ -1428,9 +1440,9 @@ def utility_limits(active: ActiveControls, rated_w: float | None = None) -> Util
     """The utility's controls in force, as the limits the controller merges.
 
     ``opModMaxLimW`` is a percent of the site's setMaxW (``rated_w``, the sum of the inverters'
-    WMax, which is what DERSettings reports): it becomes a generation limit in W, merged with
-    ``opModGenLimW`` as the lower of the two. Without a known rating it cannot be converted, and
-    it is enforced as soon as the inverters have been read.
+    WMax, which is what DERSettings reports; ``App.limit_rating_w``: of those read so far, until
+    all have been): it becomes a generation limit in W, merged with ``opModGenLimW`` as the lower
+    of the two. ``rated_w`` None: a site without inverters, nothing to limit.
     """
 
     def power(kind: ControlType) -> float | None:
@@ -1443,7 +1455,7 @@ def utility_limits(active: ActiveControls, rated_w: float | None = None) -> Util
 
     generation = power(ControlType.GENERATION_LIMIT_W)
     max_pct = power(ControlType.MAX_LIMIT_PCT)
-    if max_pct is not None and rated_w is not None and rated_w > 0:
+    if max_pct is not None and rated_w is not None and math.isfinite(rated_w) and rated_w >= 0:
         as_w = max(max_pct, 0.0) / 100.0 * rated_w
         generation = as_w if generation is None else min(generation, as_w)
     ramped = (ControlType.EXPORT_LIMIT_W, ControlType.GENERATION_LIMIT_W, ControlType.MAX_LIMIT_PCT)
