@@ -198,13 +198,25 @@ def _sf_for(point: PointDef, local_raw: Mapping[str, Value], top_raw: Mapping[st
     return top_raw.get(sf)
 
 
+UNSCALED_WHEN_SF_UNIMPLEMENTED = frozenset({"WMaxLimPct", "WMaxLimPctRvrt"})
+"""Points read in whole units when their scale factor is not implemented (0x8000), as they are
+written (``control.limit_sf``): a limit written as 30 then read back as 30 %, not as unknown (the
+status showed no limit, and the law took a curtailed inverter for a free one)."""
+
+
 def _scaled(
     points: Iterable[PointDef], raw: Mapping[str, Value], top_raw: Mapping[str, Value]
 ) -> dict[str, Value]:
     out: dict[str, Value] = {}
     for p in points:
         v = raw.get(p.name)
-        out[p.name] = v if p.sf is None else scale(v, _sf_for(p, raw, top_raw))
+        if p.sf is None:
+            out[p.name] = v
+            continue
+        sf = _sf_for(p, raw, top_raw)
+        if sf is None and p.name in UNSCALED_WHEN_SF_UNIMPLEMENTED:
+            sf = 0
+        out[p.name] = scale(v, sf)
     return out
 
 
