@@ -516,6 +516,9 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         except NotControllableError as exc:  # e.g. a scale factor outside -10..10
             self._not_controllable(str(exc))
             raise
+        except DEVICE_ERRORS:
+            self._outcome_unknown(pct)
+            raise
         method: DisconnectMethod | None = None
         conn_written = False
         if disconnect:
@@ -536,6 +539,23 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         self._changed()
         if conn_written:
             await self._poll_fast()  # the connection state the utility hears, at once
+
+    def _outcome_unknown(self, pct: float | None) -> None:
+        """A limit write that failed part-way (no answer to the write or to its read-back): the
+        inverter may hold the new limit, with a fresh revert timer, or still the old one. Until
+        it answers again it is counted at the higher of the two (None, no limit, if either is),
+        up to the old limit's revert time: the envelope of both outcomes. Keeping the old limit
+        counted a raised limit that did land (10 % → 80 %) at 10 % while the inverter made 80 %."""
+        old = self.state.limit_pct
+        higher = None if pct is None or old is None else max(old, pct)
+        if higher != old:
+            last = self.state.last_write
+            self.state = replace(
+                self.state,
+                limit_pct=higher,
+                last_write=trio.current_time() if last is None else last,
+            )
+            self._changed()
 
     async def _set_conn(self, connect: bool) -> bool:
         """Writes 123 Conn; when the inverter refuses (exception answer, no read-back, no
