@@ -137,6 +137,19 @@ def test_generation_limit_counts_an_unreachable_inverter_at_its_limit_until_it_r
     assert late.offline_w == pytest.approx(5000)
 
 
+@pytest.mark.parametrize(("interval_s", "counted_w"), [(1.0, 2000.0), (10.0, 5000.0)])
+def test_the_revert_lead_grows_with_a_long_control_interval(interval_s: float, counted_w: float):
+    """Its revert 8 s away: with decisions every second the next one counts it in time; with
+    decisions every 10 s (control.intervalS) this one is the last before its revert, and must
+    count it at its rating, or the revert falls between two decisions, counted by neither."""
+    b = InverterState("b", False, True, 5000, 1200, last_limit_pct=40.0, limit_expires_t=100.0)
+    invs = [inv("a", 5000, 1000), b]
+    limits = EffectiveLimits(generation_w=3000, sources={"generation_w": "utility"})
+    settings = ControlSettings(interval_s=interval_s)
+    out = control_step(meter_at(92, -1700), invs, limits, ControllerState(), 92, settings)
+    assert out.offline_w == pytest.approx(counted_w)
+
+
 def test_energize_false_sets_every_inverter_to_zero():
     invs = [inv("a", 5000, 3000), inv("b", 5000, 3000)]
     limits = EffectiveLimits(energize=False, sources={"energize": "utility"})

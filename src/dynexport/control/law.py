@@ -147,6 +147,14 @@ class ControlSettings:
     the WMax read): its excess is taken out of the others' budget. Longer than any inverter
     takes to come down to a new limit, so a normal cut is never taken for it."""
 
+    @property
+    def revert_lead_for_interval_s(self) -> float:
+        """``revert_lead_s`` and what a control interval longer than 1 s adds: the decision
+        before an unreachable inverter's revert time may come a whole interval before it (up to
+        10 s with ``control.intervalS``), and a fixed 5 s let the revert fall between two
+        decisions, uncounted by both."""
+        return self.revert_lead_s + max(self.interval_s - 1.0, 0.0)
+
 
 @dataclass(frozen=True)
 class LimitRamp:
@@ -344,13 +352,13 @@ def unseen_rise_w(inv: InverterState, now: float, settings: ControlSettings) -> 
     if (
         _finite(expires)
         and _finite(pct)
-        and expires - settings.revert_lead_s <= now < expires + settings.revert_guard_s
+        and expires - settings.revert_lead_for_interval_s <= now < expires + settings.revert_guard_s
     ):
         rise = _rated(inv) * (1.0 - min(max(pct, 0.0), 100.0) / 100.0)
     seen_t = inv.sampled_t
     if _finite(seen_t) and now < seen_t + settings.revert_guard_s:
         last = max(float(inv.power_w), 0.0) if _finite(inv.power_w) else 0.0
-        rise = max(rise, possible_output_w(inv, now, settings.revert_lead_s) - last)
+        rise = max(rise, possible_output_w(inv, now, settings.revert_lead_for_interval_s) - last)
     return rise
 
 
@@ -403,7 +411,7 @@ def control_step(
     for i in ctrl:
         del skipped[i.id]
     uncontrolled_w = sum(max(i.power_w, 0.0) for i in online if i not in ctrl)
-    offline_max_w = sum(possible_output_w(i, now, s.revert_lead_s) for i in offline)
+    offline_max_w = sum(possible_output_w(i, now, s.revert_lead_for_interval_s) for i in offline)
     # The most the online inverters can make: above this, no limit is needed.
     rated_online = sum(max(_rated(i), i.power_w) for i in online)
     rated_site = sum(_rated(i) for i in inverters)
@@ -550,7 +558,7 @@ def control_step(
             # So may an unreachable AC-coupled battery: its last setpoint holds until its
             # revert timer returns it to its own mode.
             offline_w = offline_max_w + sum(
-                possible_battery_output_w(b, now, s.revert_lead_s)
+                possible_battery_output_w(b, now, s.revert_lead_for_interval_s)
                 for b in batteries
                 if not usable(b)
             )
