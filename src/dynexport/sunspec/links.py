@@ -60,6 +60,12 @@ class Rediscover(Exception):
     or what the last discovery found (the wrong device, no control model) is looked at again."""
 
 
+NOT_AN_ANSWER = frozenset({4, 5, 6, 10, 11})
+"""Modbus exception codes that say nothing about what the device can do (device failure,
+acknowledge, busy; a gateway's path unavailable or no response): a write answered so is tried
+again, not taken as a refusal. One such answer to a Conn write took the connect control away for
+good (the utility's connect mode withdrawn until a restart)."""
+
 REDISCOVER_S = 300.0
 """A device found to be the wrong one, or an inverter without a control model, is discovered
 again this often: a map cut short by a device that was still booting (a zero header, a chain
@@ -398,6 +404,7 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         await self._apply()
 
     def _after_discovery(self) -> None:
+        self._conn_refused = False  # new firmware may take Conn: asked again, once
         try:
             self.device.control_model()
             self._model_problem = None
@@ -562,24 +569,33 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         model) returns False: a disconnect is then the 0 % limit already written."""
         try:
             await self.device.set_connected(connect, revert_s=self.revert_s)
-        except (ModbusExceptionResponse, VerifyError, NotControllableError, CommandError) as exc:
-            # The inverter's considered answer, not an outage: never try Conn again on it (a
-            # retry loop would keep the link offline and block the limit writes).
-            self._conn_refused = True
-            self._conn_open = False
-            self.state = replace(self.state, can_disconnect=False)
-            log.warning(
-                "%s: the inverter refused %s through 123 Conn (%s); %s",
-                self.id,
-                "to close" if connect else "to open",
-                exc,
-                "its connection is left as it is"
-                if connect
-                else "disconnecting by a 0 % limit instead",
-            )
+        except ModbusExceptionResponse as exc:
+            if exc.code in NOT_AN_ANSWER:
+                raise  # busy, failed for now, or a gateway that did not reach it: tried again
+            self._refuse_conn(connect, exc)
+            return False
+        except (VerifyError, NotControllableError, CommandError) as exc:
+            self._refuse_conn(connect, exc)
             return False
         self._conn_open = not connect
         return True
+
+    def _refuse_conn(self, connect: bool, exc: Exception) -> None:
+        """The inverter's considered answer, not an outage: never try Conn again on it (a retry
+        loop would keep the link offline and block the limit writes), until it is discovered
+        again."""
+        self._conn_refused = True
+        self._conn_open = False
+        self.state = replace(self.state, can_disconnect=False)
+        log.warning(
+            "%s: the inverter refused %s through 123 Conn (%s); %s",
+            self.id,
+            "to close" if connect else "to open",
+            exc,
+            "its connection is left as it is"
+            if connect
+            else "disconnecting by a 0 % limit instead",
+        )
 
 
 def _limit_sf_problem(slow: SlowReading) -> str | None:
