@@ -695,14 +695,19 @@ class App:
         end = now + hours * 3600
         segments = []
         offset = 0
-        if self.utility is not None and self.utility.acting:
-            try:
+        try:
+            if self.utility is not None and self.utility.acting:
                 segments = self.utility.schedule(hours, local=now)
                 offset = self.utility.clock_offset
-            except Exception:
-                # As _utility_limits: a schedule that cannot be evaluated is the fallback limit
-                # (logged there); raised here, it stopped the controller at every cycle.
-                segments, offset = [], 0
+            elif self.utility is None and self._stored_schedule is not None:
+                # No link (not built yet, or its files are unusable): the stored schedule, as
+                # _utility_schedule_limits obeys it (the controller's wake-ups, the charge plan
+                # and GET /api/limits saw the fallback everywhere meanwhile).
+                segments = self._stored_schedule.schedule(int(now), int(end), self._stored_seed)
+        except Exception:
+            # As _utility_limits: a schedule that cannot be evaluated is the fallback limit
+            # (logged there); raised here, it stopped the controller at every cycle.
+            segments, offset = [], 0
         times = {now}
         times.update(seg.start - offset for seg in segments if now < seg.start - offset < end)
         times.update(_window_edges(self.config.limits, now, end, self.time_zone()))

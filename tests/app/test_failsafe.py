@@ -137,6 +137,28 @@ async def test_unusable_utility_key_does_not_crash_and_the_stored_schedule_is_ob
         nursery.cancel_scope.cancel()
 
 
+async def test_without_a_link_the_outlook_follows_the_stored_schedule_it_obeys(tmp_path: Path):
+    """The outlook (the controller's next wake-up, the charge plan, GET /api/limits) showed the
+    fallback everywhere while the stored schedule was obeyed (no link: its key unusable)."""
+    data = tmp_path / "data"
+    server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=10)
+    async with server.running() as utility:
+        raw = {"utility": utility_section(utility, key=str(tmp_path / "key.pem"))}
+        (tmp_path / "key.pem").write_bytes(utility.pki.files["device_key"].read_bytes())
+        await store_a_schedule(utility, raw, data)
+    (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n")
+    second = make_app(parse_config(raw), data)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        await wait_for(lambda: second.status()["utility"]["lastError"] is not None)
+        assert second.utility is None
+        outlook = second.limits_outlook(hours=2)
+        exports = [limits.export_w for _, limits in outlook]
+        assert exports[:2] == [STORED_CONTROL_W, 5000.0]  # the control, then the default
+        assert 3500 < outlook[1][0] - outlook[0][0] <= 3600  # when the control ends
+        nursery.cancel_scope.cancel()
+
+
 async def test_removing_the_meter_from_the_configuration_leaves_no_stale_meter(tmp_path: Path):
     import dataclasses
 
