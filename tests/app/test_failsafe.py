@@ -6,7 +6,7 @@ from pathlib import Path
 
 import trio
 
-from dynexport.app import FALLBACK_SOURCE
+from dynexport.app import FALLBACK_SOURCE, App
 from dynexport.sim.utility_server import UtilityServer
 from dynexport.system.config import parse_config
 from tests.app.conftest import (
@@ -111,18 +111,24 @@ async def test_utility_limit_reaches_the_inverters_and_outlives_the_utility(tmp_
                 nursery.cancel_scope.cancel()
 
 
-async def test_unusable_utility_key_does_not_crash_and_the_stored_schedule_is_obeyed(
-    tmp_path: Path,
-):
+async def app_with_a_stored_schedule_and_an_unusable_key(tmp_path: Path) -> App:
+    """An app whose link stored a schedule (`store_a_schedule`), then whose key file was
+    corrupted (a bad SD card, a bad edit), with the utility unreachable: it cannot build its
+    link."""
     data = tmp_path / "data"
     server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=10)
     async with server.running() as utility:
         raw = {"utility": utility_section(utility, key=str(tmp_path / "key.pem"))}
         (tmp_path / "key.pem").write_bytes(utility.pki.files["device_key"].read_bytes())
         await store_a_schedule(utility, raw, data)
-    # The key file gets corrupted (a bad SD card, a bad edit) and the utility is unreachable.
     (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n")
-    second = make_app(parse_config(raw), data)
+    return make_app(parse_config(raw), data)
+
+
+async def test_unusable_utility_key_does_not_crash_and_the_stored_schedule_is_obeyed(
+    tmp_path: Path,
+):
+    second = await app_with_a_stored_schedule_and_an_unusable_key(tmp_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(second.run)
         # the link is tried once the first limits are written (docs/architecture.md)
@@ -140,14 +146,7 @@ async def test_unusable_utility_key_does_not_crash_and_the_stored_schedule_is_ob
 async def test_without_a_link_the_outlook_follows_the_stored_schedule_it_obeys(tmp_path: Path):
     """The outlook (the controller's next wake-up, the charge plan, GET /api/limits) showed the
     fallback everywhere while the stored schedule was obeyed (no link: its key unusable)."""
-    data = tmp_path / "data"
-    server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=10)
-    async with server.running() as utility:
-        raw = {"utility": utility_section(utility, key=str(tmp_path / "key.pem"))}
-        (tmp_path / "key.pem").write_bytes(utility.pki.files["device_key"].read_bytes())
-        await store_a_schedule(utility, raw, data)
-    (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n")
-    second = make_app(parse_config(raw), data)
+    second = await app_with_a_stored_schedule_and_an_unusable_key(tmp_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(second.run)
         await wait_for(lambda: second.status()["utility"]["lastError"] is not None)

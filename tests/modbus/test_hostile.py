@@ -6,6 +6,8 @@ hang (a generous ``fail_after`` guards every test), no leaked task, and a bus th
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import pytest
 import trio
 
@@ -169,6 +171,23 @@ async def test_tcp_half_frame_then_silence_times_out_and_is_not_misread() -> Non
     assert peer.connections == 2
 
 
+async def given_up_once(event: trio.Event, request: Awaitable[object]) -> bool:
+    """Awaits ``request`` and gives up (cancels it) once ``event`` is set, not after a timer
+    (a short one ran out before a loaded machine had even written the request). True when it
+    was given up."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+
+            async def give_up() -> None:
+                await event.wait()
+                scope.cancel()
+
+            nursery.start_soon(give_up)
+            await request
+            nursery.cancel_scope.cancel()  # answered before the event: nothing to give up
+    return scope.cancelled_caught
+
+
 async def test_tcp_cancelled_request_does_not_confuse_the_next_one() -> None:
     received, release = trio.Event(), trio.Event()
 
@@ -184,16 +203,8 @@ async def test_tcp_cancelled_request_does_not_confuse_the_next_one() -> None:
     with trio.fail_after(10):
         async with hostile_tcp_peer(slow_first) as peer:
             bus = tcp_bus(peer, timeout=5.0, retries=0)
-            with trio.CancelScope() as scope:  # given up once the peer has the request
-                async with trio.open_nursery() as nursery:
-
-                    async def give_up_once_received() -> None:
-                        await received.wait()
-                        scope.cancel()
-
-                    nursery.start_soon(give_up_once_received)
-                    await bus.read_holding_registers(1, 40010, 3)
-            assert scope.cancelled_caught
+            # given up once the peer has the request
+            assert await given_up_once(received, bus.read_holding_registers(1, 40010, 3))
             release.set()
             assert await bus.read_holding_registers(1, 40100, 3) == values_for(40100, 3)
             assert await bus.read_holding_registers(1, 40200, 1) == values_for(40200, 1)
@@ -362,17 +373,8 @@ async def test_rtu_cancelled_request_does_not_confuse_the_next_one(
             assert await bus.read_holding_registers(1, 40000, 1) == [40000]
             # The caller gives up once its request is on the line (an event, not a timer: a
             # 30 ms timer ran out before a loaded machine had written it).
-            with trio.CancelScope() as scope:
-                async with trio.open_nursery() as nursery:
-
-                    async def give_up_once_sent() -> None:
-                        await sent.wait()
-                        scope.cancel()
-
-                    nursery.start_soon(give_up_once_sent)
-                    await bus.read_holding_registers(1, 40010, 3)
+            assert await given_up_once(sent, bus.read_holding_registers(1, 40010, 3))
             gave_up.set()
-            assert scope.cancelled_caught
             assert len(peer.requests) == 2, "the abandoned request did go out"
             assert await bus.read_holding_registers(1, 40100, 3) == values_for(40100, 3)
             assert await bus.read_holding_registers(1, 40200, 1) == values_for(40200, 1)

@@ -17,6 +17,7 @@ import trio.testing
 
 from dynexport.httpio import Response
 from dynexport.sep2 import schema
+from dynexport.sep2.client import LinkState, Sep2Client
 from dynexport.sep2.controls import ControlType
 from dynexport.sim.utility_server import UtilityServer
 from tests.sep2.fakes import T0
@@ -58,21 +59,38 @@ async def test_a_default_control_the_server_removed_never_comes_back_from_the_ca
         nursery.cancel_scope.cancel()
 
 
+def refusing(
+    pki_dir: Path, tmp_path: Path, put_path: str, poll_rate_s: int | None = None
+) -> tuple[UtilityServer, Sep2Client, InProcessHttp]:
+    """A server with a 1500 W export control in force that answers HTTP 400 to every PUT to
+    ``put_path``, and the link to it (not running yet)."""
+    srv = UtilityServer(pki_dir=pki_dir, clock=wall)
+    if poll_rate_s is not None:
+        srv.poll_rate_s = poll_rate_s
+    srv.add_control(start=int(T0) - 10, duration=4 * 3600, export_limit_w=1500)
+    client, http = in_process_client(srv, tmp_path)
+    http.hostile[("PUT", put_path)] = (400, [])
+    return srv, client, http
+
+
+def still_reading(client: Sep2Client) -> LinkState:
+    """The link's state, once it has shown that it reads the limits and counts as connected."""
+    state = client.state()
+    assert export_limit(client) == 1500
+    assert state.connected, state.last_error
+    return state
+
+
 async def test_a_refused_connection_point_put_does_not_stop_the_limits_being_read(
     pki_dir: Path, tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     """The NMI's PUT refused (HTTP 400) stopped every walk before the programs: a new site sat
     on its fallback limit for good, and a stored schedule never learnt of a cancellation."""
-    srv = UtilityServer(pki_dir=pki_dir, clock=wall)
-    srv.add_control(start=int(T0) - 10, duration=4 * 3600, export_limit_w=1500)
-    client, http = in_process_client(srv, tmp_path)
-    http.hostile[("PUT", "/edev/1/cp")] = (400, [])
+    srv, client, http = refusing(pki_dir, tmp_path, "/edev/1/cp")
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
         await trio.sleep(120)
-        state = client.state()
-        assert export_limit(client) == 1500
-        assert state.connected
+        state = still_reading(client)
         assert any("PUT ConnectionPoint" in m and "HTTP 400" in m for _, m in state.errors)
         assert srv.readings  # telemetry flows too
         before = http.hostile_answers.count(("PUT", "/edev/1/cp"))
@@ -91,17 +109,11 @@ async def test_a_refused_der_report_still_lets_the_walk_make_the_mirrors_at_its_
     """A DERSettings PUT refused for good: no MirrorUsagePoint was ever made (no telemetry),
     and each failed walk forgot every poll time, so the whole tree was read every minute
     whatever the server's pollRates."""
-    srv = UtilityServer(pki_dir=pki_dir, clock=wall)
-    srv.poll_rate_s = 300
-    srv.add_control(start=int(T0) - 10, duration=4 * 3600, export_limit_w=1500)
-    client, http = in_process_client(srv, tmp_path)
-    http.hostile[("PUT", "/edev/1/der/1/derg")] = (400, [])
+    srv, client, _ = refusing(pki_dir, tmp_path, "/edev/1/der/1/derg", poll_rate_s=300)
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
         await trio.sleep(600)
-        state = client.state()
-        assert export_limit(client) == 1500
-        assert state.connected, state.last_error
+        state = still_reading(client)
         assert srv.mirror_hrefs(), "no MirrorUsagePoint was made"
         assert srv.readings, "no telemetry reached the server"
         assert any("PUT DERSettings" in m and "HTTP 400" in m for _, m in state.errors)

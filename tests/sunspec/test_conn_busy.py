@@ -7,15 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import trio
-
-from dynexport.modbus.client import Backoff, BusPool
-from dynexport.modbus.endpoints import TcpEndpoint
-from dynexport.sim.modbus_server import serve_tcp
 from dynexport.sim.profiles import sunspec_inverter
 from dynexport.sim.sunspec_device import ModbusError, Site
 from dynexport.sunspec.links import Desired, InverterLink
-from tests.sunspec.test_link_rediscovery import wait_until
+from tests.sunspec.running import running_link, wait_until
 
 
 class BusyConnWrite(Site):
@@ -39,21 +34,16 @@ class BusyConnWrite(Site):
 async def disconnect_with_conn_answering(code: int) -> tuple[InverterLink, BusyConnWrite]:
     site = BusyConnWrite({1: sunspec_inverter(available_w=4000.0, tau_s=0.1)})
     site.at = site.devices[1].point_address(123, "Conn")
-    with serve_tcp(site) as sim:
-        async with BusPool(timeout=1.0, retries=0) as pool, trio.open_nursery() as nursery:
-            link = InverterLink("inverter", pool.get(TcpEndpoint("127.0.0.1", sim.port)), 1,
-                                revert_s=60, fast_s=0.2,
-                                backoff=Backoff(initial=0.05, maximum=0.1))  # fmt: skip
-            nursery.start_soon(link.run)
-            await wait_until(lambda: link.state.can_disconnect is True)
-            site.code, site.count = code, 1
-            link.command(Desired(pct=50.0, connect=False))
-            await wait_until(lambda: site.answered == 1)
-            await wait_until(lambda: link.state.disconnect_method is not None)
-            await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1)
-            if code == 6:
-                await wait_until(lambda: site.get(1, 123, "Conn") == 0)
-            nursery.cancel_scope.cancel()
+    async with running_link(site) as link:
+        await wait_until(lambda: link.state.can_disconnect is True)
+        site.code, site.count = code, 1
+        link.command(Desired(pct=50.0, connect=False))
+        await wait_until(lambda: site.answered == 1)
+        await wait_until(lambda: link.state.disconnect_method is not None)
+        await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1)
+        if code == 6:
+            await wait_until(lambda: site.get(1, 123, "Conn") == 0)
+    assert isinstance(link, InverterLink)
     return link, site
 
 

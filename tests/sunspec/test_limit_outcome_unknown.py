@@ -11,13 +11,10 @@ from collections.abc import Sequence
 import trio
 
 from dynexport.app import App
-from dynexport.modbus.client import Backoff, BusPool
-from dynexport.modbus.endpoints import TcpEndpoint
-from dynexport.sim.modbus_server import serve_tcp
 from dynexport.sim.profiles import sunspec_inverter
 from dynexport.sim.sunspec_device import ModbusError, Site
-from dynexport.sunspec.links import Desired, InverterLink
-from tests.sunspec.test_link_rediscovery import wait_until
+from dynexport.sunspec.links import Desired
+from tests.sunspec.running import running_link, wait_until
 
 
 class SilentAfterWrite(Site):
@@ -41,39 +38,27 @@ class SilentAfterWrite(Site):
 
 async def test_a_raised_limit_whose_read_back_is_lost_is_counted_at_the_raised_limit():
     site = SilentAfterWrite({1: sunspec_inverter(available_w=4000.0, tau_s=0.1)})
-    with serve_tcp(site) as sim:
-        async with BusPool(timeout=1.0, retries=0) as pool, trio.open_nursery() as nursery:
-            link = InverterLink("inverter", pool.get(TcpEndpoint("127.0.0.1", sim.port)), 1,
-                                revert_s=60, fast_s=0.2,
-                                backoff=Backoff(initial=0.05, maximum=0.1))  # fmt: skip
-            nursery.start_soon(link.run)
-            link.command(Desired(pct=10.0))
-            await wait_until(lambda: link.state.limit_pct == 10.0)
-            first_write = link.state.last_write
-            site.armed = True
-            link.command(Desired(pct=80.0))
-            await wait_until(lambda: not link.state.online)
-            assert site.devices[1].get(123, "WMaxLimPct") == 80.0  # it did land
-            assert link.state.limit_pct == 80.0
-            assert link.state.last_write == first_write  # counted up to the old revert time
-            counted = App._law_state(link, trio.current_time())
-            assert counted.online is False and counted.last_limit_pct == 80.0
-            assert first_write is not None and counted.limit_expires_t == first_write + 60
-            nursery.cancel_scope.cancel()
+    async with running_link(site) as link:
+        link.command(Desired(pct=10.0))
+        await wait_until(lambda: link.state.limit_pct == 10.0)
+        first_write = link.state.last_write
+        site.armed = True
+        link.command(Desired(pct=80.0))
+        await wait_until(lambda: not link.state.online)
+        assert site.devices[1].get(123, "WMaxLimPct") == 80.0  # it did land
+        assert link.state.limit_pct == 80.0
+        assert link.state.last_write == first_write  # counted up to the old revert time
+        counted = App._law_state(link, trio.current_time())
+        assert counted.online is False and counted.last_limit_pct == 80.0
+        assert first_write is not None and counted.limit_expires_t == first_write + 60
 
 
 async def test_a_lowered_limit_whose_read_back_is_lost_is_still_counted_at_the_old_one():
     site = SilentAfterWrite({1: sunspec_inverter(available_w=4000.0, tau_s=0.1)})
-    with serve_tcp(site) as sim:
-        async with BusPool(timeout=1.0, retries=0) as pool, trio.open_nursery() as nursery:
-            link = InverterLink("inverter", pool.get(TcpEndpoint("127.0.0.1", sim.port)), 1,
-                                revert_s=60, fast_s=0.2,
-                                backoff=Backoff(initial=0.05, maximum=0.1))  # fmt: skip
-            nursery.start_soon(link.run)
-            link.command(Desired(pct=70.0))
-            await wait_until(lambda: link.state.limit_pct == 70.0)
-            site.armed = True
-            link.command(Desired(pct=20.0))
-            await wait_until(lambda: not link.state.online)
-            assert link.state.limit_pct == 70.0  # it may not have landed: the higher one
-            nursery.cancel_scope.cancel()
+    async with running_link(site) as link:
+        link.command(Desired(pct=70.0))
+        await wait_until(lambda: link.state.limit_pct == 70.0)
+        site.armed = True
+        link.command(Desired(pct=20.0))
+        await wait_until(lambda: not link.state.online)
+        assert link.state.limit_pct == 70.0  # it may not have landed: the higher one

@@ -3,15 +3,10 @@ simulated inverter behind a real pymodbus server on 127.0.0.1."""
 
 from __future__ import annotations
 
-import trio
-
-from dynexport.modbus.client import BusPool
-from dynexport.modbus.endpoints import TcpEndpoint
-from dynexport.sim.modbus_server import serve_tcp
 from dynexport.sim.profiles import sunspec_inverter
 from dynexport.sim.sunspec_device import Site
-from dynexport.sunspec.links import Desired, InverterLink
-from tests.sunspec.test_link_rediscovery import wait_until
+from dynexport.sunspec.links import Desired
+from tests.sunspec.running import running_link, wait_until
 
 
 async def test_a_limit_written_without_a_scale_factor_reads_back_as_written():
@@ -20,13 +15,8 @@ async def test_a_limit_written_without_a_scale_factor_reads_back_as_written():
     showed no limit and the law took the curtailed inverter for a free one."""
     site = Site({1: sunspec_inverter(available_w=4000.0, tau_s=0.1)})
     site.devices[1].set(123, "WMaxLimPct_SF", None)
-    with serve_tcp(site) as sim:
-        async with BusPool(timeout=1.0) as pool, trio.open_nursery() as nursery:
-            link = InverterLink("inverter", pool.get(TcpEndpoint("127.0.0.1", sim.port)), 1,
-                                revert_s=60, fast_s=0.2)  # fmt: skip
-            nursery.start_soon(link.run)
-            link.command(Desired(pct=30.0))
-            await wait_until(lambda: link.state.commanded_pct == 30.0)
-            assert site.devices[1].get_raw(123, "WMaxLimPct") == 30
-            await wait_until(lambda: link.state.limit_pct == 30.0)
-            nursery.cancel_scope.cancel()
+    async with running_link(site) as link:
+        link.command(Desired(pct=30.0))
+        await wait_until(lambda: link.state.commanded_pct == 30.0)
+        assert site.devices[1].get_raw(123, "WMaxLimPct") == 30
+        await wait_until(lambda: link.state.limit_pct == 30.0)

@@ -10,23 +10,10 @@ device" for good.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import trio
-
-from dynexport.modbus.client import Backoff, BusPool
-from dynexport.modbus.endpoints import TcpEndpoint
-from dynexport.sim.modbus_server import serve_tcp
 from dynexport.sim.profiles import sunspec_inverter, sunspec_meter
 from dynexport.sim.sunspec_device import ModbusError, Site
-from dynexport.sunspec.links import Desired, InverterLink, MeterLink
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 30.0) -> None:
-    """Polls state another task updates; the bound only stops a broken link's test."""
-    with trio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.02)
+from dynexport.sunspec.links import Desired
+from tests.sunspec.running import running_link, wait_until
 
 
 def first_header_after_common(site: Site, unit: int) -> int:
@@ -55,77 +42,56 @@ class BusyOnce(Site):
 
 async def test_a_firmware_update_that_moves_the_models_is_discovered_again_and_limited():
     site = Site({1: sunspec_inverter(available_w=4000.0, mppt=False, tau_s=0.1)})
-    with serve_tcp(site) as sim:
-        async with BusPool(timeout=1.0) as pool, trio.open_nursery() as nursery:
-            link = InverterLink("inverter", pool.get(TcpEndpoint("127.0.0.1", sim.port)), 1,
-                                revert_s=60, fast_s=0.2)  # fmt: skip
-            nursery.start_soon(link.run)
-            link.command(Desired(pct=30.0))
-            await wait_until(lambda: link.state.limit_pct == 30.0)
-            before = link.state.info.models
+    async with running_link(site) as link:
+        link.command(Desired(pct=30.0))
+        await wait_until(lambda: link.state.limit_pct == 30.0)
+        before = link.state.info.models
 
-            # The inverter reboots into new firmware: its settings and controls now come
-            # before its measurements, and an MPPT model was added; the limit it had is gone.
-            site.devices[1] = sunspec_inverter(
-                available_w=4000.0, mppt=True, order="controls first", tau_s=0.1
-            )
-            assert site.get(1, 123, "WMaxLim_Ena") == 0
-            await wait_until(lambda: link.state.info.models != before)
-            assert 160 in link.state.info.models
-            await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1)
-            assert site.get(1, 123, "WMaxLimPct") == 30.0
-            await wait_until(lambda: link.state.online and link.state.limit_pct == 30.0)
-            await wait_until(lambda: (link.state.power_w or 1e9) <= 1500 * 1.02)
-            nursery.cancel_scope.cancel()
+        # The inverter reboots into new firmware: its settings and controls now come
+        # before its measurements, and an MPPT model was added; the limit it had is gone.
+        site.devices[1] = sunspec_inverter(
+            available_w=4000.0, mppt=True, order="controls first", tau_s=0.1
+        )
+        assert site.get(1, 123, "WMaxLim_Ena") == 0
+        await wait_until(lambda: link.state.info.models != before)
+        assert 160 in link.state.info.models
+        await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1)
+        assert site.get(1, 123, "WMaxLimPct") == 30.0
+        await wait_until(lambda: link.state.online and link.state.limit_pct == 30.0)
+        await wait_until(lambda: (link.state.power_w or 1e9) <= 1500 * 1.02)
 
 
 async def test_a_busy_answer_while_the_model_chain_is_walked_does_not_cut_the_map_short():
     site = BusyOnce({1: sunspec_inverter(available_w=4000.0, tau_s=0.1)})
     site.busy.add((1, first_header_after_common(site, 1)))
-    with serve_tcp(site) as sim:
-        async with BusPool(timeout=1.0) as pool, trio.open_nursery() as nursery:
-            link = InverterLink("inverter", pool.get(TcpEndpoint("127.0.0.1", sim.port)), 1,
-                                revert_s=60, fast_s=0.2,
-                                backoff=Backoff(initial=0.05, maximum=0.1))  # fmt: skip
-            nursery.start_soon(link.run)
-            link.command(Desired(pct=20.0))
-            await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1)
-            assert site.answered_busy == 1
-            assert link.state.controllable is True
-            assert 123 in link.state.info.models
-            nursery.cancel_scope.cancel()
+    async with running_link(site) as link:
+        link.command(Desired(pct=20.0))
+        await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1)
+        assert site.answered_busy == 1
+        assert link.state.controllable is True
+        assert 123 in link.state.info.models
 
 
 async def test_an_inverter_found_without_control_is_looked_at_again_and_limited_once_it_has_it():
     """A device still booting showed no model 123 (or the installer turned Modbus control on
     after the appliance started): it is discovered again every ``rediscover_s``."""
     site = Site({1: sunspec_inverter(available_w=4000.0, control=False, tau_s=0.1)})
-    with serve_tcp(site) as sim:
-        async with BusPool(timeout=1.0) as pool, trio.open_nursery() as nursery:
-            link = InverterLink("inverter", pool.get(TcpEndpoint("127.0.0.1", sim.port)), 1,
-                                revert_s=60, fast_s=0.2)  # fmt: skip
-            link.rediscover_s = 1.0
-            nursery.start_soon(link.run)
-            link.command(Desired(pct=25.0))
-            await wait_until(lambda: link.state.controllable is False)
-            site.devices[1] = sunspec_inverter(available_w=4000.0, tau_s=0.1)
-            await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1)
-            assert link.state.controllable is True
-            assert site.get(1, 123, "WMaxLimPct") == 25.0
-            nursery.cancel_scope.cancel()
+    async with running_link(site) as link:
+        link.rediscover_s = 1.0
+        link.command(Desired(pct=25.0))
+        await wait_until(lambda: link.state.controllable is False)
+        site.devices[1] = sunspec_inverter(available_w=4000.0, tau_s=0.1)
+        await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1)
+        assert link.state.controllable is True
+        assert site.get(1, 123, "WMaxLimPct") == 25.0
 
 
 async def test_a_meter_unit_that_answered_as_another_device_is_looked_at_again():
     site = Site({240: sunspec_inverter(unit=240, tau_s=0.1)}, load_w=2500.0)
-    with serve_tcp(site) as sim:
-        async with BusPool(timeout=1.0) as pool, trio.open_nursery() as nursery:
-            meter = MeterLink("meter", pool.get(TcpEndpoint("127.0.0.1", sim.port)), 240,
-                              fast_s=0.2)  # fmt: skip
-            meter.rediscover_s = 1.0
-            nursery.start_soon(meter.run)
-            await wait_until(lambda: "has no SunSpec meter model" in (meter.state.error or ""))
-            assert meter.state.online is False
-            site.devices[240] = sunspec_meter()
-            await wait_until(lambda: meter.state.online and meter.state.site_w is not None)
-            assert meter.state.error is None
-            nursery.cancel_scope.cancel()
+    async with running_link(site, 240, meter=True) as meter:
+        meter.rediscover_s = 1.0
+        await wait_until(lambda: "has no SunSpec meter model" in (meter.state.error or ""))
+        assert meter.state.online is False
+        site.devices[240] = sunspec_meter()
+        await wait_until(lambda: meter.state.online and meter.state.site_w is not None)
+        assert meter.state.error is None
