@@ -66,6 +66,10 @@ SAMPLE_EVERY_S = 5.0
 READY_AFTER_S = 30.0
 """Tell systemd we are up after this long even if a device is still missing (it is retried
 forever, and the controller fails safe meanwhile); never being ready would loop restarts."""
+MAX_PLAUSIBLE_SITE_W = 1_000_000.0
+"""A site meter reading beyond ±1 MW is not a home's (a 100 A three-phase connection carries
+about 70 kW): it is ignored, not averaged in. One such sample (+3.2 MW) read the load as 1.6 MW
+and released the inverters for two seconds, exporting kilowatts over a 0 W limit."""
 FALLBACK_SOURCE = "utility fallback"
 """The source named for ``utility.fallbackExportW`` when the utility has no usable schedule."""
 SHUTDOWN_BUDGET_S = 4.0
@@ -109,6 +113,7 @@ class App:
         self._restart = trio.Event()
         self._limits_changed = trio.Event()
         self.meter_mean = RollingMean(window_s=self.settings.average_s)
+        self._absurd_meter_readings = 0
         self.controller = law.ControllerState()
         self.output: law.ControlOutput | None = None
         self.limits = EffectiveLimits()
@@ -599,8 +604,22 @@ class App:
         st = self.meter.state
         if st.last_reading is not None and st.last_reading != self._last_meter_t:
             self._last_meter_t = st.last_reading
-            if st.site_w is not None and math.isfinite(st.site_w):
-                self.meter_mean = self.meter_mean.add(st.last_reading, st.site_w)
+            w = st.site_w
+            if w is None or not math.isfinite(w):
+                return
+            if abs(w) > MAX_PLAUSIBLE_SITE_W:
+                self._absurd_meter_readings += 1
+                count = self._absurd_meter_readings
+                if count in (1, 10) or count % 1000 == 0:
+                    log.warning(
+                        "meter reading %.0f W ignored: no home connection carries %.0f MW "
+                        "(a value read with the wrong scale factor?); %d so far",
+                        w,
+                        MAX_PLAUSIBLE_SITE_W / 1e6,
+                        count,
+                    )
+                return  # not in the mean; a meter that says only this goes stale (fail-safe)
+            self.meter_mean = self.meter_mean.add(st.last_reading, w)
 
     def _utility_limits(self) -> UtilityLimits | None:
         """The utility's controls in force; its fallback export limit when it has none usable.
