@@ -127,3 +127,24 @@ def test_with_one_inverter_not_following_export_settles_within_the_limit(
     late = [pt for pt in trace if pt.t >= S.follow_s + 30.0]
     worst = max(pt.export_w for pt in late)
     assert worst <= limit * 1.04 + 50.0, (worst, [round(i.output_w) for i in plant.inverters])
+
+
+def test_a_hybrid_whose_battery_discharges_past_its_limit_is_not_taken_for_one_not_following():
+    """A hybrid's AC output includes its battery's discharge, which its limit (on its PV) does
+    not cover: judged on its output, it was "not following", its discharge was taken out of the
+    others' budget (a 3 kW generation limit curtailed the plain inverter's 1.4 kW of PV to 0) and
+    the dashboard told the installer to check its settings. It is judged on its output less its
+    battery's discharge."""
+    from tests.control.mixed_site import Hybrid, MixedSite, Plain, run
+
+    limits = EffectiveLimits(generation_w=3000.0, sources={"generation_w": "utility"})
+    site = MixedSite(
+        plains=[Plain("plain", 5000, 5000)],
+        hybrids=[Hybrid("hybrid", 5000, 0.0, own_mode="self-consumption", soc_pct=80)],
+        load_w=6000,
+    )
+    named: set[str] = set()
+    run(site, limits, 120, check=lambda s, out: named.update(out.not_following))
+    assert named == set()
+    assert site.hybrids[0].battery_w > 4000  # it covers the load past the limit
+    assert site.plains[0].output_w > 1000  # its share of the 3 kW, not curtailed to nothing

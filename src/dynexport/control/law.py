@@ -424,10 +424,21 @@ def control_step(
     excess_w = 0.0
     not_following: list[str] = []
     previously_over = dict(state.over_since)
+    # A hybrid's AC output includes its battery's discharge, which its limit may not cover (a
+    # limit on its PV): its output less that discharge is compared; unknown, it is not judged.
+    behind: dict[str, list[BatteryState]] = {}
+    for b in batteries:
+        if not b.ac_coupled and b.inverter_id is not None:
+            behind.setdefault(b.inverter_id, []).append(b)
     for i in ctrl:
         allowed = _read_back_w(i)
         if allowed is None:
             continue
+        made = i.power_w
+        if i.id in behind:
+            if not all(usable(b) and _finite(b.power_w) for b in behind[i.id]):
+                continue
+            made -= sum(max(b.power_w, 0.0) for b in behind[i.id])
         since = previously_over.get(i.id)
         # Timed from a reading above the tolerance, for as long as every reading is above the
         # limit itself: one that follows its limit reads below it every few seconds (its noise
@@ -435,12 +446,12 @@ def control_step(
         # it, kept restarting the clock (or, once counted, flipped it out and in again), the
         # site over its limit all along.
         above = STILL_OVER_W if since is not None else over_tolerance_w(_rated(i))
-        if i.power_w <= allowed + above:
+        if made <= allowed + above:
             continue
         since = now if since is None else since
         over_since[i.id] = since
         if now - since >= s.follow_s:
-            excess_w += i.power_w - allowed
+            excess_w += made - allowed
             not_following.append(i.id)
 
     der = _update_der(state.der, online, now, s, dt)
