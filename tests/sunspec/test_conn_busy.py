@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from dynexport.sim.profiles import sunspec_inverter
 from dynexport.sim.sunspec_device import ModbusError, Site
-from dynexport.sunspec.links import Desired, InverterLink
+from dynexport.sunspec.links import CONN_TRIES, Desired, InverterLink
 from tests.sunspec.running import running_link, wait_until
 
 
@@ -31,18 +31,21 @@ class BusyConnWrite(Site):
         super().write(unit, address, values, now)
 
 
-async def disconnect_with_conn_answering(code: int) -> tuple[InverterLink, BusyConnWrite]:
+async def disconnect_with_conn_answering(
+    code: int, times: int = 1
+) -> tuple[InverterLink, BusyConnWrite]:
     site = BusyConnWrite({1: sunspec_inverter(available_w=4000.0, tau_s=0.1)})
     site.at = site.devices[1].point_address(123, "Conn")
     async with running_link(site) as link:
         await wait_until(lambda: link.state.can_disconnect is True)
-        site.code, site.count = code, 1
+        site.code, site.count = code, times
         link.command(Desired(pct=50.0, connect=False))
-        await wait_until(lambda: site.answered == 1)
+        await wait_until(lambda: site.answered >= 1)
         await wait_until(lambda: link.state.disconnect_method is not None)
         await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1)
         if code == 6:
             await wait_until(lambda: site.get(1, 123, "Conn") == 0)
+        await wait_until(lambda: link.state.online)
     assert isinstance(link, InverterLink)
     return link, site
 
@@ -59,4 +62,14 @@ async def test_an_illegal_value_answer_is_a_refusal_and_the_0_pct_limit_is_the_d
     assert link.state.disconnect_method == "limit"
     assert link.state.can_disconnect is False
     assert site.get(1, 123, "Conn") == 1  # never opened
+    assert site.get(1, 123, "WMaxLimPct") == 0.0
+
+
+async def test_an_inverter_that_always_answers_device_failure_to_conn_is_refused_after_a_few():
+    """Retried without end, every disconnect kept the link offline (its state unknown to the
+    utility) although the 0 % limit held."""
+    link, site = await disconnect_with_conn_answering(4, times=100)
+    assert link.state.disconnect_method == "limit"
+    assert link.state.can_disconnect is False
+    assert site.answered == CONN_TRIES
     assert site.get(1, 123, "WMaxLimPct") == 0.0

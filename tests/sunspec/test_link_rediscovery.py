@@ -95,3 +95,64 @@ async def test_a_meter_unit_that_answered_as_another_device_is_looked_at_again()
         site.devices[240] = sunspec_meter()
         await wait_until(lambda: meter.state.online and meter.state.site_w is not None)
         assert meter.state.error is None
+
+
+class Booting(Site):
+    """While ``booting``, every register from ``cut`` on reads zeros (an inverter starting up
+    shows its common model before the rest)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.booting = False
+        self.cut = 0
+
+    def read(self, unit: int, address: int, count: int) -> list[int]:
+        regs = super().read(unit, address, count)
+        if self.booting:
+            return [0 if address + i >= self.cut else r for i, r in enumerate(regs)]
+        return regs
+
+
+async def test_an_inverter_reading_zeros_while_it_reboots_is_limited_again_once_it_is_up():
+    """Zeros where a model was are a device starting, not a new map: rediscovered then, its
+    chain ended at the first zero header, and it stayed "not controllable" (no limit) until
+    the next rediscovery."""
+    site = Booting({1: sunspec_inverter(available_w=4000.0, mppt=False, tau_s=0.1)})
+    site.cut = first_header_after_common(site, 1)
+    async with running_link(site) as link:
+        link.command(Desired(pct=30.0))
+        await wait_until(lambda: link.state.limit_pct == 30.0)
+        site.devices[1] = sunspec_inverter(available_w=4000.0, mppt=False, tau_s=0.1)
+        site.booting = True  # it reboots (its limit gone), the rest of its map reading zeros
+        await wait_until(lambda: "not ready" in (link.state.error or ""))
+        site.booting = False
+        await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1)
+        assert site.get(1, 123, "WMaxLimPct") == 30.0
+        assert link.state.controllable is True
+
+
+class NoEndMarker(Site):
+    """Its device answers "server device failure" (4) to any read from ``end`` on, where its
+    chain's end marker would be."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.end = 1 << 16
+
+    def read(self, unit: int, address: int, count: int) -> list[int]:
+        if address >= self.end:
+            raise ModbusError(4, "server device failure")
+        return super().read(unit, address, count)
+
+
+async def test_a_device_answering_device_failure_past_its_last_model_is_still_discovered():
+    site = NoEndMarker({1: sunspec_inverter(available_w=4000.0, tau_s=0.1)})
+    device = site.devices[1]
+    at = device.base + 2
+    while device.read(at, 1)[0] != 0xFFFF:
+        at += 2 + device.read(at + 1, 1)[0]
+    site.end = at
+    async with running_link(site) as link:
+        link.command(Desired(pct=30.0))
+        await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1)
+        assert link.state.controllable is True

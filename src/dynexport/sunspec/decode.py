@@ -61,6 +61,12 @@ def check_header(
     header ``header_id``, ``header_length`` found at discovery."""
     if len(registers) < 2 or registers[0] != header_id or registers[1] != header_length:
         found = tuple(registers[:2])
+        if found == (0, 0):
+            # A device still starting (a reboot) reads zeros: not a new map; rediscovered now,
+            # its chain would end at the first zero header, its controls missing.
+            raise DecodeError(
+                f"model {header_id} at register {address} reads zeros: the device is not ready"
+            )
         raise MapChangedError(
             f"model {header_id} (length {header_length}) was found at register {address}, which "
             f"now holds {found}: the device's SunSpec map changed"

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import trio
+
 from dynexport.modbus.errors import ModbusExceptionResponse
 from dynexport.sunspec.bus import RegisterBus
 from dynexport.sunspec.models import END_MODEL_ID
@@ -149,6 +151,11 @@ class Discovery:
             raise DiscoveryError(f"more than {self._max_models} models: the chain does not end")
         self._walk_at = header.end
 
+    @property
+    def walking(self) -> bool:
+        """Past the 'SunS' marker: walking the model chain."""
+        return self._walk_at is not None
+
     def refused(self) -> None:
         """The device answered the last read with an exception (usually illegal address)."""
         if self._done:
@@ -188,6 +195,10 @@ class Discovery:
 DEVICE_NOT_READY = frozenset({4, 5, 6})
 """Modbus exception codes that say the device could not answer now (server device failure,
 acknowledge, server device busy), not that the register is not there."""
+NOT_READY_TRIES = 3
+NOT_READY_WAIT_S = 0.5
+"""A read answered with one of DEVICE_NOT_READY is asked again this many times in all, this far
+apart, before the answer is taken for what it is (the end of the chain past the last model)."""
 
 
 async def discover(
@@ -201,6 +212,7 @@ async def discover(
     so do the exceptions of a device that cannot answer now (`DEVICE_NOT_READY`); other
     exception responses move on to the next base address, or end the model chain."""
     d = Discovery(bases)
+    not_ready = 0
     while (req := d.next_request()) is not None:
         try:
             regs = await bus.read_holding_registers(
@@ -210,14 +222,23 @@ async def discover(
             if exc.code in GATEWAY_NO_DEVICE:
                 raise NotSunSpecError(f"unit {unit}: the gateway reports no such device") from exc
             if exc.code in DEVICE_NOT_READY:
-                # Not an answer about the map: a chain cut short here would stay so (an
-                # inverter "not controllable", a meter "the wrong device") until a restart.
-                raise DiscoveryError(
-                    f"unit {unit}: the device could not answer at register {req.address} ({exc}); "
-                    "discovery is tried again"
-                ) from exc
+                # Not an answer about the map (busy, starting): asked again, a little later; a
+                # chain cut short here would leave an inverter without its controls. Some
+                # devices answer so for good past their last model (no end marker): after
+                # NOT_READY_TRIES answers at one register, that is the end of their chain.
+                not_ready += 1
+                if not_ready < NOT_READY_TRIES:
+                    await trio.sleep(NOT_READY_WAIT_S)
+                    continue
+                if not d.walking:
+                    raise DiscoveryError(
+                        f"unit {unit}: the device could not answer at register {req.address} "
+                        f"({exc}); discovery is tried again"
+                    ) from exc
+            not_ready = 0
             d.refused()
         else:
+            not_ready = 0
             d.feed(regs)
     result = d.result
     log.debug("unit %d: SunSpec map at %d with models %s", unit, result.base, result.ids)

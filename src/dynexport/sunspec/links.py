@@ -66,10 +66,15 @@ acknowledge, busy; a gateway's path unavailable or no response): a write answere
 again, not taken as a refusal. One such answer to a Conn write took the connect control away for
 good (the utility's connect mode withdrawn until a restart)."""
 
-REDISCOVER_S = 300.0
+CONN_TRIES = 3
+"""A Conn write answered so this many times running is refused after all: an inverter that
+always answers "device failure" to it kept its link offline at every disconnect."""
+
+REDISCOVER_S = 60.0
 """A device found to be the wrong one, or an inverter without a control model, is discovered
-again this often: a map cut short by a device that was still booting (a zero header, a chain
-refused half-way) was kept until the service restarted, the inverter never limited again."""
+again this often (a few reads): a map cut short by a device that was still booting (a zero
+header, a chain refused half-way) was kept until the service restarted, the inverter never
+limited again."""
 
 
 DEVICE_ERRORS = (
@@ -364,6 +369,8 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         """123 Conn was written (or read) 0: it must be written 1 again on reconnect."""
         self._conn_refused = False
         """The inverter refused a Conn write: disconnect by a 0 % limit from now on."""
+        self._conn_not_answered = 0
+        """Conn writes answered with one of NOT_AN_ANSWER, running."""
         self._next_slow = -math.inf
         self._next_fast = -math.inf
         self._restart = False
@@ -571,12 +578,16 @@ class InverterLink(_CommandLink[Desired, InverterState]):
             await self.device.set_connected(connect, revert_s=self.revert_s)
         except ModbusExceptionResponse as exc:
             if exc.code in NOT_AN_ANSWER:
-                raise  # busy, failed for now, or a gateway that did not reach it: tried again
+                self._conn_not_answered += 1
+                if self._conn_not_answered < CONN_TRIES:
+                    raise  # busy, failed for now, or a gateway that did not reach it: again
+            self._conn_not_answered = 0
             self._refuse_conn(connect, exc)
             return False
         except (VerifyError, NotControllableError, CommandError) as exc:
             self._refuse_conn(connect, exc)
             return False
+        self._conn_not_answered = 0
         self._conn_open = not connect
         return True
 
