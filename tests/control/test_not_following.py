@@ -148,3 +148,28 @@ def test_a_hybrid_whose_battery_discharges_past_its_limit_is_not_taken_for_one_n
     assert named == set()
     assert site.hybrids[0].battery_w > 4000  # it covers the load past the limit
     assert site.plains[0].output_w > 1000  # its share of the 3 kW, not curtailed to nothing
+
+
+def test_a_hybrid_with_a_battery_that_is_not_controllable_is_still_judged():
+    """Its battery online but not controllable (no SoC, a storage model without controls): its
+    power is known, so its inverter is judged on its output less the discharge, as any other
+    (it was skipped: a hybrid ignoring its limit exported its excess for good)."""
+    from dynexport.control.average import RollingMean
+    from dynexport.control.battery import BatteryState
+    from dynexport.control.law import ControllerState, InverterState, control_step
+
+    battery = BatteryState(
+        "battery", online=True, controllable=False, capacity_wh=10_000, max_charge_w=5000,
+        max_discharge_w=5000, soc_pct=None, power_w=500.0, ac_coupled=False,
+        inverter_id="hybrid",
+    )  # fmt: skip
+    state, meter = ControllerState(), RollingMean(1.0)
+    out = None
+    for k in range(40):
+        t = float(k)
+        meter = meter.add(t - 0.01, -3000.0)
+        # at 20 %, 1000 W allowed; it makes 3000 W, 500 W of which is its battery's
+        hybrid = InverterState("hybrid", True, True, 5000.0, 3000.0, 20.0, t)
+        out = control_step(meter, [hybrid], export_limit(0.0), state, t, batteries=[battery])
+        state = out.state
+    assert out is not None and out.not_following == ("hybrid",)

@@ -10,6 +10,8 @@ device" for good.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dynexport.sim.profiles import sunspec_inverter, sunspec_meter
 from dynexport.sim.sunspec_device import ModbusError, Site
 from dynexport.sunspec.links import Desired
@@ -25,17 +27,20 @@ def first_header_after_common(site: Site, unit: int) -> int:
 
 
 class BusyOnce(Site):
-    """A site whose device answers "server device busy" (6) once at each of ``busy``."""
+    """A site whose device answers "server device busy" (6) at each of ``busy``, until it has
+    answered so ``busy_times`` times."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.busy: set[tuple[int, int]] = set()
+        self.busy_times = 1
         self.answered_busy = 0
 
     def read(self, unit: int, address: int, count: int) -> list[int]:
         if (unit, address) in self.busy:
-            self.busy.discard((unit, address))
             self.answered_busy += 1
+            if self.answered_busy >= self.busy_times:
+                self.busy.discard((unit, address))
             raise ModbusError(6, "server device busy")
         return super().read(unit, address, count)
 
@@ -61,13 +66,16 @@ async def test_a_firmware_update_that_moves_the_models_is_discovered_again_and_l
         await wait_until(lambda: (link.state.power_w or 1e9) <= 1500 * 1.02)
 
 
-async def test_a_busy_answer_while_the_model_chain_is_walked_does_not_cut_the_map_short():
+async def test_busy_answers_while_the_model_chain_is_walked_do_not_cut_the_map_short():
+    """Three "busy" answers in a row at one header (a second or two of a device starting):
+    asked again, not taken for the end of the chain."""
     site = BusyOnce({1: sunspec_inverter(available_w=4000.0, tau_s=0.1)})
+    site.busy_times = 3
     site.busy.add((1, first_header_after_common(site, 1)))
     async with running_link(site) as link:
         link.command(Desired(pct=20.0))
         await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1)
-        assert site.answered_busy == 1
+        assert site.answered_busy == 3
         assert link.state.controllable is True
         assert 123 in link.state.info.models
 
@@ -155,4 +163,42 @@ async def test_a_device_answering_device_failure_past_its_last_model_is_still_di
     async with running_link(site) as link:
         link.command(Desired(pct=30.0))
         await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1)
+        assert link.state.controllable is True
+
+
+class MovedAway(Site):
+    """Once ``moved``, its device's old map reads zeros and the map answers at ``base`` (a
+    firmware update that moved SunSpec's base address, leaving zeros behind)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.moved: Site | None = None
+
+    def read(self, unit: int, address: int, count: int) -> list[int]:
+        if self.moved is None:
+            return super().read(unit, address, count)
+        new = self.moved.devices[unit]
+        if address >= new.base:
+            return self.moved.read(unit, address, count)
+        return [0] * count
+
+    def write(self, unit: int, address: int, values: Sequence[int], now: float) -> None:
+        if self.moved is None:
+            super().write(unit, address, values, now)
+        else:
+            self.moved.write(unit, address, values, now)
+
+
+async def test_zeros_that_last_where_a_moved_map_was_lead_to_a_new_discovery():
+    """Zeros for a moment are a device starting; zeros that last may be where a moved map left
+    nothing: polled at its old addresses for ever, the inverter was never limited again."""
+    site = MovedAway({1: sunspec_inverter(available_w=4000.0, tau_s=0.1)})
+    async with running_link(site) as link:
+        link.not_ready_rediscover_s = 1.0
+        link.command(Desired(pct=30.0))
+        await wait_until(lambda: link.state.limit_pct == 30.0)
+        moved = Site({1: sunspec_inverter(available_w=4000.0, base=50000, tau_s=0.1)})
+        site.moved = moved
+        await wait_until(lambda: moved.get(1, 123, "WMaxLim_Ena") == 1)
+        assert moved.get(1, 123, "WMaxLimPct") == 30.0
         assert link.state.controllable is True

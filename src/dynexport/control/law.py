@@ -436,7 +436,7 @@ def control_step(
             continue
         made = i.power_w
         if i.id in behind:
-            if not all(usable(b) and _finite(b.power_w) for b in behind[i.id]):
+            if not all(b.online and _finite(b.power_w) for b in behind[i.id]):
                 continue
             made -= sum(max(b.power_w, 0.0) for b in behind[i.id])
         since = previously_over.get(i.id)

@@ -48,6 +48,11 @@ class DecodeError(ValueError):
     """Registers that cannot be decoded as the model says (too few, inconsistent counts)."""
 
 
+class DeviceNotReadyError(DecodeError):
+    """A model's header reads zeros: a device starting up (its link retries, and discovers the
+    device again if that lasts: the zeros may be where a moved map left nothing)."""
+
+
 class MapChangedError(DecodeError):
     """A model's registers no longer start with the header discovery found there: the device's
     map changed (a firmware update, a reboot into another mode). Its link discovers it again;
@@ -64,7 +69,7 @@ def check_header(
         if found == (0, 0):
             # A device still starting (a reboot) reads zeros: not a new map; rediscovered now,
             # its chain would end at the first zero header, its controls missing.
-            raise DecodeError(
+            raise DeviceNotReadyError(
                 f"model {header_id} at register {address} reads zeros: the device is not ready"
             )
         raise MapChangedError(

@@ -195,8 +195,8 @@ class Discovery:
 DEVICE_NOT_READY = frozenset({4, 5, 6})
 """Modbus exception codes that say the device could not answer now (server device failure,
 acknowledge, server device busy), not that the register is not there."""
-NOT_READY_TRIES = 3
-NOT_READY_WAIT_S = 0.5
+NOT_READY_TRIES = 10
+NOT_READY_WAIT_S = 1.0
 """A read answered with one of DEVICE_NOT_READY is asked again this many times in all, this far
 apart, before the answer is taken for what it is (the end of the chain past the last model)."""
 

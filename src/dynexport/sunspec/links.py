@@ -34,7 +34,7 @@ from dynexport.sunspec.control import (
     NotControllableError,
     rewrite_interval,
 )
-from dynexport.sunspec.decode import MapChangedError
+from dynexport.sunspec.decode import DeviceNotReadyError, MapChangedError
 from dynexport.sunspec.device import LimitResult, SlowReading, SunSpecDevice, VerifyError
 from dynexport.sunspec.discovery import DiscoveryError, NotSunSpecError
 from dynexport.sunspec.storage import StorageConvention, StorageReading
@@ -65,6 +65,11 @@ NOT_AN_ANSWER = frozenset({4, 5, 6, 10, 11})
 acknowledge, busy; a gateway's path unavailable or no response): a write answered so is tried
 again, not taken as a refusal. One such answer to a Conn write took the connect control away for
 good (the utility's connect mode withdrawn until a restart)."""
+
+NOT_READY_REDISCOVER_S = 30.0
+"""A device whose model headers have read zeros for this long is discovered again: not a device
+still starting, but a map moved away (its old place reading zeros), which polls at the old
+addresses would never find."""
 
 CONN_TRIES = 3
 """A Conn write answered so this many times running is refused after all: an inverter that
@@ -214,6 +219,9 @@ class _Link:
         self.discovered_at = -math.inf
         """trio time of the last discovery that found the device."""
         self.rediscover_s = REDISCOVER_S
+        self._not_ready_since: float | None = None
+        """trio time since which every poll has read zeros where the models were."""
+        self.not_ready_rediscover_s = NOT_READY_REDISCOVER_S
 
     def request_poll(self) -> None:
         """Asks for a fast poll now (the controller reads the meter and the inverters together,
@@ -310,6 +318,23 @@ class _Link:
     def _offline(self, message: str, *, fault: bool = False) -> None:
         raise NotImplementedError
 
+    async def _failed_poll(self, exc: Exception) -> None:
+        """A poll's device error: marked and backed off (`_failed`); zeros where the models
+        were (`DeviceNotReadyError`) for longer than NOT_READY_REDISCOVER_S start a new
+        discovery."""
+        now = trio.current_time()
+        if isinstance(exc, DeviceNotReadyError):
+            if self._not_ready_since is None:
+                self._not_ready_since = now
+            elif now - self._not_ready_since >= self.not_ready_rediscover_s:
+                self._not_ready_since = None
+                log.warning("%s: %s for %.0f s; discovering it again", self.id, exc,
+                            self.not_ready_rediscover_s)  # fmt: skip
+                raise Rediscover
+        else:
+            self._not_ready_since = None
+        await self._failed(str(exc))
+
     def _rediscovery_due(self) -> bool:
         return trio.current_time() >= self.discovered_at + self.rediscover_s
 
@@ -391,10 +416,11 @@ class InverterLink(_CommandLink[Desired, InverterState]):
             except (LinkFault, MapChangedError):
                 raise  # start over, discovery included
             except DEVICE_ERRORS as exc:
-                await self._failed(str(exc))
+                await self._failed_poll(exc)
                 self._next_fast = trio.current_time()
                 continue
             self._failures = 0
+            self._not_ready_since = None
             await self._idle_until(min(self._next_fast, self._next_slow, self._rewrite_due()))
 
     async def cycle(self) -> None:
@@ -660,9 +686,10 @@ class MeterLink(_Link):
             except MapChangedError:
                 raise
             except DEVICE_ERRORS as exc:
-                await self._failed(str(exc))
+                await self._failed_poll(exc)
                 continue
             self._failures = 0
+            self._not_ready_since = None
             self.state = replace(
                 self.state,
                 online=True,
@@ -753,9 +780,10 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
             except MapChangedError:
                 raise
             except DEVICE_ERRORS as exc:
-                await self._failed(str(exc))
+                await self._failed_poll(exc)
                 continue
             self._failures = 0
+            self._not_ready_since = None
             await self._idle_until(min(self._next_fast, self._rewrite_due()))
 
     async def _poll(self, plan: polling.PollPlan) -> None:
