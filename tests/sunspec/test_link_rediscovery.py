@@ -162,7 +162,8 @@ async def test_a_device_answering_device_failure_past_its_last_model_is_still_di
     site.end = at
     async with running_link(site) as link:
         link.command(Desired(pct=30.0))
-        await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1)
+        # its discovery asks the last read again ten times, a second apart, before it ends
+        await wait_until(lambda: site.get(1, 123, "WMaxLim_Ena") == 1, within=90.0)
         assert link.state.controllable is True
 
 
