@@ -143,11 +143,11 @@ class App:
         self._stored_schedule: ScheduleSnapshot | None = None
         self._stored_seed = ""
         self.config_problems: list[str] = []
+        """Why the configuration file was refused at start (the service then waits in setup
+        mode for a valid one rather than exiting into a restart loop)."""
         self.config_unreadable = False
         """The configuration file could not be read at the start (an I/O error, not its
         content): it is read again every ``CONFIG_REREAD_S`` until it can."""
-        """Why the configuration file was refused at start (the service then waits in setup
-        mode for a valid one rather than exiting into a restart loop)."""
         self.integrations: Integrations | None = None
         """MQTT and the price source: created with the first generation, kept across them."""
         self.faults = FaultLog()
@@ -669,9 +669,13 @@ class App:
             return "no schedule has been received from the utility yet", None
         return "", utility_limits(active, self.limit_rating_w())
 
+    def _ratings(self) -> list[float | None]:
+        """Each inverter's WMax (its rating without one); None: not read yet."""
+        return [link.state.w_max or link.state.rated_w for link in self.inverters]
+
     def site_rated_w(self) -> float | None:
         """The site's setMaxW: the sum of every inverter's WMax, once all have been read."""
-        known = [link.state.w_max or link.state.rated_w for link in self.inverters]
+        known = self._ratings()
         if not known or any(w is None for w in known):
             return None
         return float(sum(w or 0.0 for w in known))
@@ -685,7 +689,7 @@ class App:
         None: no inverters configured."""
         if not self.inverters:
             return None
-        ratings = (link.state.w_max or link.state.rated_w for link in self.inverters)
+        ratings = self._ratings()
         return float(sum(w for w in ratings if w is not None and math.isfinite(w) and w > 0))
 
     def local_datetime(self, t: float | None = None) -> datetime:

@@ -335,6 +335,11 @@ class _Link:
             self._not_ready_since = None
         await self._failed(str(exc))
 
+    def _polled_ok(self) -> None:
+        """A poll went well: the backoff and the not-ready clock start again."""
+        self._failures = 0
+        self._not_ready_since = None
+
     def _rediscovery_due(self) -> bool:
         return trio.current_time() >= self.discovered_at + self.rediscover_s
 
@@ -419,8 +424,7 @@ class InverterLink(_CommandLink[Desired, InverterState]):
                 await self._failed_poll(exc)
                 self._next_fast = trio.current_time()
                 continue
-            self._failures = 0
-            self._not_ready_since = None
+            self._polled_ok()
             await self._idle_until(min(self._next_fast, self._next_slow, self._rewrite_due()))
 
     async def cycle(self) -> None:
@@ -688,8 +692,7 @@ class MeterLink(_Link):
             except DEVICE_ERRORS as exc:
                 await self._failed_poll(exc)
                 continue
-            self._failures = 0
-            self._not_ready_since = None
+            self._polled_ok()
             self.state = replace(
                 self.state,
                 online=True,
@@ -782,8 +785,7 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
             except DEVICE_ERRORS as exc:
                 await self._failed_poll(exc)
                 continue
-            self._failures = 0
-            self._not_ready_since = None
+            self._polled_ok()
             await self._idle_until(min(self._next_fast, self._rewrite_due()))
 
     async def _poll(self, plan: polling.PollPlan) -> None:

@@ -15,7 +15,6 @@ before the update, not on nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from dynexport.system.migrate import (
     kept_name,
     version_to_keep,
 )
-from dynexport.system.storage import atomic_write
+from dynexport.system.storage import atomic_write, write_json
 
 log = logging.getLogger("dynexport.config")
 
@@ -59,8 +58,7 @@ def write_config(path: Path, document: dict[str, Any]) -> Path | None:
             kept = path.with_name(kept_name(path.name, version))
             atomic_write(kept, old, mode=MODE)
             log.info("%s: version %d kept as %s before writing a newer one", path, version, kept)
-    text = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    atomic_write(path, text.encode("utf-8"), mode=MODE)
+    write_json(path, document, mode=MODE)
     return kept
 
 

@@ -843,7 +843,8 @@ class WebApi:
             problems = _file_problems(config, self._cert_files()["cert"])
             if problems:
                 raise HttpError(422, "invalid configuration", problems=problems)
-            await trio.to_thread.run_sync(_write_config, path, document)
+            # an older version's file is kept beside it (system/config_file.py)
+            await trio.to_thread.run_sync(write_config, path, document)
             self.app.apply_config(config)
         log.info("configuration written to %s and applied (from %s)", path, peer)
         return {"applied": True, "config": config_document(config), "pending": _pending(config)}
@@ -1552,10 +1553,6 @@ def _pending(config: Config) -> list[str]:
 
 def _same_file(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _write_config(path: Path, document: dict[str, Any]) -> None:
-    write_config(path, document)  # keeps the file it replaces when that is an older version
 
 
 def _security_headers(response: ServerResponse, path: str) -> None:
