@@ -576,6 +576,13 @@ class App:
             self._battery_settings(), self._charge_plan(now),
         )  # fmt: skip
         self.controller = out.state
+        was_blind = self.output.blind if self.output is not None else ()
+        for inv_id in set(out.blind) - set(was_blind):
+            log.warning(
+                "%s answers, but its output cannot be read (its power register says 'not "
+                "implemented'): it is held at its share of the fail-safe limit until it can",
+                inv_id,
+            )
         previous = self.output.not_following if self.output is not None else ()
         for inv_id in set(out.not_following) - set(previous):
             log.warning(
@@ -936,13 +943,14 @@ class App:
     def _law_state(link: InverterLink, now: float | None = None) -> law.InverterState:
         st = link.state
         reference = st.w_max or st.rated_w
-        ready = st.online and reference is not None and st.power_w is not None
+        # As it is: the law tells an inverter it cannot read (NaN) or size (0) from one it
+        # cannot reach, and still commands one that answers but whose output it cannot read.
         return law.InverterState(
             id=st.id,
-            online=ready,
+            online=st.online,
             controllable=bool(st.controllable),
             rated_w=float(reference or 0.0),
-            power_w=float(st.power_w or 0.0),
+            power_w=math.nan if st.power_w is None else float(st.power_w),
             limit_pct=st.limit_pct,
             sampled_t=st.last_reading,
             # What an unreachable inverter may make: its last verified limit until that limit's
@@ -1255,6 +1263,8 @@ class App:
                     "ratedW": link.state.rated_w,
                     "limitPct": link.state.limit_pct,
                     "followsLimit": None if out is None else link.id not in out.not_following,
+                    "skipped": None if out is None else out.skipped.get(link.id),
+                    "unread": None if out is None else link.id in out.blind,
                     "manufacturer": link.state.info.manufacturer,
                     "model": link.state.info.model,
                     "serial": link.state.info.serial,

@@ -242,6 +242,20 @@ def test_the_utility_fallback_names_the_reason_and_the_limit(tmp_path: Path) -> 
     assert "pen" not in codes
 
 
+def test_an_unread_inverter_and_one_without_a_rating_are_each_an_error() -> None:
+    status = {
+        "inverters": [
+            {"id": "a", "online": True, "controllable": True, "unread": True},
+            {"id": "b", "online": True, "controllable": True, "skipped": "no rating"},
+            {"id": "c", "online": True, "controllable": True, "skipped": None, "unread": False},
+        ]
+    }
+    got = {a["code"]: a["text"] for a in alerts(status, Config(), NOW)}
+    assert got["inverter-unread"].startswith("a answers but its output cannot be read")
+    assert got["inverter-no-rating"].startswith("b: its rating (WMax) cannot be read")
+    assert all(not text.startswith("c") for text in got.values())
+
+
 def test_storage_clock_price_and_mqtt_problems_are_each_shown() -> None:
     status = {
         "utility": {"storageError": "No space left on device", "clockAlert": "server time 1999"},

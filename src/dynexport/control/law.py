@@ -236,7 +236,8 @@ class ControlOutput:
     not_enforced: tuple[str, ...]
     """Limits in force that this site cannot enforce (import_w, load_w)."""
     skipped: dict[str, str]
-    """Inverters given no command, and why ("offline", "not controllable", ...)."""
+    """Inverters the law does not share its budget with, and why ("offline", "no valid power
+    reading", "not controllable", ...). Those in ``blind`` are among them, yet commanded."""
     state: ControllerState
     export_limit_w: float | None = None
     """The export limit worked to this call: the effective one, or its value part-way through a
@@ -258,6 +259,11 @@ class ControlOutput:
     not_following: tuple[str, ...] = ()
     """Controllable inverters that have made more than their read-back limit for longer than
     ``follow_s``: their excess was taken out of the others' budget (an installer should look)."""
+    blind: tuple[str, ...] = ()
+    """Reachable, controllable inverters whose output cannot be read: each is commanded a limit
+    that keeps the site within the zero-load fail-safe cap whatever it makes (``blind_pct``),
+    since the law cannot see what its share would be (their commands are in ``commands``, not in
+    ``budget_w``)."""
 
 
 STILL_OVER_W = 5.0
@@ -410,6 +416,13 @@ def control_step(
     )
     for i in ctrl:
         del skipped[i.id]
+    # Reachable and controllable, but its output cannot be read (the power register says "not
+    # implemented"): its share is unknown, yet left alone it kept its last limit for good (the
+    # device link rewrites it before its revert timer), and once that was above what the others
+    # could make room for, the site exported it. It is commanded what the fail-safe would give
+    # it: safe at zero load whatever it makes (below).
+    blind = [i for i in offline if i.online and i.controllable and _rated(i) > 0]
+    blind_pct: float | None = None
     uncontrolled_w = sum(max(i.power_w, 0.0) for i in online if i not in ctrl)
     offline_max_w = sum(possible_output_w(i, now, s.revert_lead_for_interval_s) for i in offline)
     # The most the online inverters can make: above this, no limit is needed.
@@ -473,12 +486,13 @@ def control_step(
     ) -> ControlOutput:  # fmt: skip
         each = pct if isinstance(pct, tuple) else tuple(pct for _ in ctrl)
         commands = tuple(InverterCommand(i.id, p, connect) for i, p in zip(ctrl, each, strict=True))
+        commands += tuple(InverterCommand(i.id, blind_pct, connect) for i in blind)
         new_state = replace(new_state, over_since=tuple(sorted(over_since.items())))
         return ControlOutput(
             commands, connect, mode, target, budget, source, load, not_enforced, skipped,
             new_state, lims[0], lims[1], off_w, bat.commands,
             bat.mode if has_battery else None, bat.total_w, bat.expected_w, bat.reason,
-            tuple(not_following),
+            tuple(not_following), tuple(i.id for i in blind),
         )  # fmt: skip
 
     if not limits.connect or not limits.energize:
@@ -494,6 +508,7 @@ def control_step(
             0.0 if ready else None, mode,
         )  # fmt: skip
         new = ControllerState(now, 0.0, der, key, (), mode, bat_der=bat_der)
+        blind_pct = 0.0
         return out(0.0, limits.connect, mode, 0.0, 0.0, src, None, new)
 
     stale = meter_is_stale(meter, now, s.stale_s)
@@ -517,7 +532,11 @@ def control_step(
     # Batteries first, so the inverters' target makes room for what they are told to do.
     site: SiteView | None = None
     # What unreachable inverters may add that the meter cannot have seen yet (see below).
-    unseen_w = offline_max_w if late else sum(unseen_rise_w(i, now, s) for i in offline)
+    # (Not the blind ones: reachable, their output is in the meter, and the limit they are given
+    # is safe at zero load whatever they make.)
+    unseen_w = (
+        offline_max_w if late else sum(unseen_rise_w(i, now, s) for i in offline if i not in blind)
+    )
     if load_est is not None:
         exp_l = ramped["export_w"]
         # Curtailed: an inverter makes what its (read back) limit allows, so there may be
@@ -556,13 +575,16 @@ def control_step(
     bat = decide_batteries(batteries, site, state.battery, now, dt, plan, bs)
     bat_out = bat.expected_w  # + the AC-coupled batteries add to the output, − they absorb
 
+    # The fail-safe is never slowed by a ramp down, and never lifts a ramp up early.
+    lower = {n: _min_limit(limits.power(n), ramped[n]) for n in RAMPED_LIMITS}
+    fs_limits = replace(limits, export_w=lower["export_w"], generation_w=lower["generation_w"])
+    fs_w, fs_src = failsafe_generation_w(fs_limits, s.failsafe_generation_w)
+    blind_pct = _blind_pct(
+        blind, fs_w, s, now, uncontrolled_w + excess_w + max(bat_out, 0.0), offline, rated_ctrl
+    )
     candidates: list[tuple[float, str]] = []
     offline_w = 0.0
     if stale:
-        # The fail-safe is never slowed by a ramp down, and never lifts a ramp up early.
-        lower = {n: _min_limit(limits.power(n), ramped[n]) for n in RAMPED_LIMITS}
-        fs_limits = replace(limits, export_w=lower["export_w"], generation_w=lower["generation_w"])
-        fs_w, fs_src = failsafe_generation_w(fs_limits, s.failsafe_generation_w)
         if fs_w is not None:
             # Unreachable inverters may produce up to their limit, or their rating once their
             # revert timer lifts it: count the most, or the site may export it all.
@@ -677,6 +699,36 @@ def control_step(
     return out(pct, True, mode, target, budget, source, load_est, new, lims, offline_w)
 
 
+def _blind_pct(
+    blind: Sequence[InverterState],
+    fs_w: float | None,
+    s: ControlSettings,
+    now: float,
+    forced_w: float,
+    offline: Sequence[InverterState],
+    rated_ctrl: float,
+) -> float | None:
+    """The limit for inverters that answer but whose output cannot be read (None: no limit).
+
+    What the fail-safe gives every inverter, kept whatever the meter says: their share, by
+    rating with the controllable ones, of the zero-load cap (the export limit, or
+    ``failsafe_generation_w``, and the generation limit) less its margin, what cannot be curtailed
+    (``forced_w``: uncontrolled output, excess, battery discharge) and what the unreachable ones
+    may make. So the site keeps within the limit at zero load whatever they make, and the
+    controllable ones, whose shares come from the meter, take up what the household uses.
+    """
+    if not blind:
+        return None
+    if fs_w is None:
+        return None  # nothing limits the site
+    unreachable_w = sum(
+        possible_output_w(i, now, s.revert_lead_for_interval_s) for i in offline if i not in blind
+    )
+    room = fs_w - margin_w(fs_w, s) - forced_w - unreachable_w
+    rated = sum(_rated(i) for i in blind) + rated_ctrl
+    return min(max(room / rated * 100.0, 0.0), 100.0)
+
+
 def _read_back_w(inv: InverterState) -> float | None:
     """The output its read-back limit allows (None: no limit in force, or unknown)."""
     if not _finite(inv.limit_pct) or inv.limit_pct >= 100.0:
@@ -687,10 +739,11 @@ def _read_back_w(inv: InverterState) -> float | None:
 def _held(inv: InverterState, tol_w: float) -> bool:
     """Is it making what its read-back limit allows (so there may be more PV than it makes)?
     Judged on the limit as written, after its register rounding."""
+    allowed = _read_back_w(inv)
     return (
-        _finite(inv.limit_pct)
-        and inv.limit_pct < 100.0 - 1e-6
-        and inv.power_w >= _rated(inv) * max(inv.limit_pct, 0.0) / 100.0 - tol_w
+        allowed is not None
+        and allowed < _rated(inv) * (1.0 - 1e-8)
+        and inv.power_w >= allowed - tol_w
     )
 
 

@@ -48,6 +48,9 @@ class SimInverter:
     written_pct: float | None = None
     """The limit the controller last wrote (what the device link would report), which the
     inverter itself forgets at its revert time."""
+    readable: bool = True
+    """Whether its output can be read while it is reachable (False: its power register says
+    "not implemented", so the link reports it online with no reading)."""
     limit_gain: float = 1.0
     """What it makes under a limit, as a multiple of what the limit allows: 1 follows it, 1.25
     makes a quarter more (a percentage of another rating), ``math.inf`` ignores it (while it
@@ -196,7 +199,7 @@ class Plant:
                     online=inv.reachable,
                     controllable=inv.controllable,
                     rated_w=inv.rated_w,
-                    power_w=inv.last_seen_w,
+                    power_w=inv.last_seen_w if inv.readable or not inv.reachable else math.nan,
                     limit_pct=inv.limit_pct if inv.reachable else inv.written_pct,
                     last_limit_pct=inv.written_pct,
                     limit_expires_t=inv.last_command_t + self.revert_s,

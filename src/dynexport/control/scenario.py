@@ -17,7 +17,9 @@ were delivered. The rules, checked at every tick:
    and the limit in use is never above the reference limit below (so, during a ramp, never
    above max(old, new)); with a quiet meter, never above the fail-safe cap less what the
    unreachable inverters may produce, and that count is never below what they really make.
-   Written limits are in 0..100 % and add up to no more than the budget.
+   Written limits are in 0..100 % and add up to no more than the budget; those of inverters
+   that answer but cannot be read (``blind`` spans) add up to no more than the zero-load cap
+   (the reference limit less its margin), and are never "no limit" while there is a limit.
 2. *Export*: at most ``L × 1.04 + 50 W``, where L is the highest *reference* limit of the last
    15 s. The reference limit steps to each new value, or moves linearly as the utility asked
    (rampTms both ways; setGradW for a reduction), from the value in force at the change.
@@ -116,6 +118,8 @@ class Scenario:
     dropouts: tuple[Span, ...] = ()
     """Inverter ``index`` cannot be reached during the span (it keeps producing)."""
     meter_outages: tuple[Span, ...] = ()
+    blind: tuple[Span, ...] = ()
+    """Inverter ``index`` answers during the span, but its output cannot be read."""
     duration_s: int = 120
     seed: int = 0
     battery: BatterySpec | None = None
@@ -248,6 +252,7 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
                 p.load_w = load
         for k, inv in enumerate(p.inverters):
             inv.reachable = not any(d.index == k and d.start <= t < d.end for d in sc.dropouts)
+            inv.readable = not any(b.index == k and b.start <= t < b.end for b in sc.blind)
         p.meter_alive = not any(o.start <= t < o.end for o in sc.meter_outages)
         if sc.battery is not None:
             p.batteries[0].reachable = not any(o.start <= t < o.end for o in sc.battery.outages)
@@ -411,16 +416,28 @@ def _check_command(
     if cmd is None or not math.isfinite(cmd):
         return [Violation(t, "command", f"no finite command: {cmd!r}", math.inf)]
     by_id = {i.id: i for i in p.inverters}
-    given = 0.0
+    given = blind_given = 0.0
     for c in out.commands:
         if c.limit_pct is None:
+            if c.id in out.blind and math.isfinite(ref_w):
+                found.append(Violation(t, "command", f"{c.id}: unread, yet no limit", math.inf))
             continue
         if not (math.isfinite(c.limit_pct) and 0.0 <= c.limit_pct <= 100.0):
             found.append(Violation(t, "command", f"{c.id}: limit {c.limit_pct}", math.inf))
             continue
-        given += by_id[c.id].rated_w * c.limit_pct / 100.0
-    if any(c.limit_pct is not None for c in out.commands) and given > out.budget_w + 1e-6:
+        w = by_id[c.id].rated_w * c.limit_pct / 100.0
+        if c.id in out.blind:
+            blind_given += w
+        else:
+            given += w
+    shared = [c for c in out.commands if c.id not in out.blind]
+    if any(c.limit_pct is not None for c in shared) and given > out.budget_w + 1e-6:
         found.append(Violation(t, "command", f"{given:.1f} W given > budget", given - out.budget_w))
+    # Inverters whose output cannot be read: within the zero-load cap whatever they make.
+    if math.isfinite(ref_w) and blind_given > max(ref_w - margin_w(ref_w, s), 0.0) + 1e-6:
+        found.append(
+            Violation(t, "command", f"unread inverters given {blind_given:.1f} W", blind_given)
+        )
     lim = out.export_limit_w
     if lim is not None and lim > ref_w + 1e-6:
         found.append(

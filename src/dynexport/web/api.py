@@ -240,6 +240,20 @@ def alerts(status: dict[str, Any], config: Config, wall_clock: float) -> list[di
         elif inv.get("controllable") is False or inv.get("notControllable"):
             why = inv.get("notControllable") or "does not accept limits"
             add("error", "inverter-not-controllable", f"{name} cannot be controlled: {why}")
+        elif inv.get("unread"):
+            add(
+                "error",
+                "inverter-unread",
+                f"{name} answers but its output cannot be read: it is held at its share of the "
+                "fail-safe limit (safe with no household load), so it may make less than it could",
+            )
+        elif inv.get("skipped") == "no rating":
+            add(
+                "error",
+                "inverter-no-rating",
+                f"{name}: its rating (WMax) cannot be read, so it cannot be given a limit; its "
+                "output is taken off the others' share",
+            )
         elif inv.get("followsLimit") is False:
             add(
                 "error",

@@ -1,0 +1,186 @@
+"""Inverters that answer but whose output cannot be read ("blind"): the law commands them a
+limit that keeps the site within its zero-load fail-safe cap whatever they make.
+
+Before, such an inverter was counted as unreachable and given no command, while its device link
+rewrote its last limit before each revert: once that limit was above what the others could make
+room for (a lower export limit, a single inverter), the site exported it for good.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dynexport.control.average import RollingMean
+from dynexport.control.law import (
+    ControllerState,
+    ControlOutput,
+    ControlSettings,
+    InverterState,
+    control_step,
+    margin_w,
+)
+from dynexport.control.limits import EffectiveLimits
+from dynexport.control.plant import Plant, SimInverter, run_closed_loop
+from dynexport.control.scenario import Scenario, Span, run_scenario
+
+from .strategies import (
+    DURATION_S,
+    PROPERTY_SETTINGS,
+    inverters,
+    limit_changes,
+    load_steps,
+    scenario,
+)
+
+S = ControlSettings()
+
+
+def meter_at(now: float, site_w: float) -> RollingMean:
+    m = RollingMean(S.average_s)
+    for k in range(6, -1, -1):
+        m = m.add(now - 0.5 * k, site_w)
+    return m
+
+
+def export(limit: float | None) -> EffectiveLimits:
+    return EffectiveLimits(
+        export_w=limit, sources={"export_w": "utility"} if limit is not None else {}
+    )
+
+
+def blind(id: str, rated: float, last_pct: float | None = None) -> InverterState:
+    """Online and controllable, its power register unreadable (NaN)."""
+    return InverterState(
+        id, True, True, rated, math.nan, limit_pct=last_pct, last_limit_pct=last_pct,
+        limit_expires_t=None if last_pct is None else 1e9,
+    )  # fmt: skip
+
+
+def pct(out: ControlOutput, id: str) -> float | None:
+    (c,) = [c for c in out.commands if c.id == id]
+    return c.limit_pct
+
+
+def test_a_lone_unreadable_inverter_is_brought_down_to_the_export_limit():
+    """The case that exported for good: its last limit 100 %, the export limit now 0 W."""
+    out = control_step(
+        meter_at(10.0, -4000.0), [blind("a", 5000, 100.0)], export(0.0), ControllerState(), 10.0
+    )
+    assert out.blind == ("a",)
+    assert out.skipped == {"a": "no valid power reading"}
+    assert pct(out, "a") == 0.0
+
+
+def test_an_unreadable_inverter_gets_its_share_of_the_zero_load_cap():
+    limit = 3000.0
+    room = limit - margin_w(limit, S)
+    readable = InverterState("r", True, True, 5000.0, 1000.0)
+    out = control_step(
+        meter_at(10.0, -500.0), [readable, blind("b", 5000)], export(limit), ControllerState(), 10.0
+    )
+    # By rating with the readable one: half the room, whatever the meter says.
+    assert pct(out, "b") == pytest.approx(room / 10000 * 100)
+    # The readable one is led by the meter, as before (its command is in the budget).
+    assert [c.id for c in out.commands] == ["r", "b"]
+
+
+def test_without_any_limit_an_unreadable_inverter_is_not_limited():
+    out = control_step(
+        meter_at(10.0, -500.0), [blind("b", 5000)], export(None), ControllerState(), 10
+    )
+    assert pct(out, "b") is None
+
+
+def test_an_unreadable_inverter_is_disconnected_with_the_site():
+    limits = EffectiveLimits(export_w=5000.0, connect=False, sources={"connect": "utility"})
+    out = control_step(meter_at(10.0, 0.0), [blind("b", 5000, 80.0)], limits, ControllerState(), 10)
+    (c,) = out.commands
+    assert (c.id, c.limit_pct, c.connect) == ("b", 0.0, False)
+
+
+def test_an_unreachable_inverter_is_still_not_commanded():
+    """Only one that answers is commanded: an offline one has no link to write through."""
+    gone = InverterState("g", False, True, 5000.0, math.nan, last_limit_pct=50.0)
+    out = control_step(meter_at(10.0, 0.0), [gone], export(0.0), ControllerState(), 10.0)
+    assert out.commands == () and out.blind == ()
+
+
+def test_the_unreachable_and_uncontrolled_output_come_off_the_unreadable_ones_room():
+    limit = 4000.0
+    gone = InverterState(
+        "g", False, True, 2000.0, 800.0, last_limit_pct=50.0, limit_expires_t=1e9, sampled_t=0.0
+    )
+    old = InverterState("o", True, False, 3000.0, 1200.0)
+    out = control_step(
+        meter_at(10.0, 0.0), [gone, old, blind("b", 5000)], export(limit), ControllerState(), 10.0
+    )
+    room = limit - margin_w(limit, S) - 1000.0 - 1200.0  # g's limit 1 kW, o makes 1.2 kW
+    assert pct(out, "b") == pytest.approx(room / 5000 * 100)
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_the_whole_site_stays_within_the_fail_safe_cap_in_the_fail_safe(stale: bool):
+    """With the meter quiet the readable ones share what the unreadable one's limit leaves."""
+    limit = 2000.0
+    room = limit - margin_w(limit, S)
+    b_pct = room / 8000 * 100
+    meter = RollingMean() if stale else meter_at(10.0, -100.0)
+    states = [InverterState("r", True, True, 3000.0, 900.0), blind("b", 5000, b_pct)]
+    out = control_step(meter, states, export(limit), ControllerState(), 10.0)
+    assert pct(out, "b") == pytest.approx(b_pct)
+    if stale:
+        r = pct(out, "r")
+        assert r is not None
+        assert 3000 * r / 100 + 5000 * b_pct / 100 <= room + 1e-6
+
+
+def test_closed_loop_an_inverter_that_goes_unreadable_still_follows_a_lower_limit():
+    """The plant: one 5 kW inverter, 300 W of load; unreadable from 5 s, the limit falls from
+    5 kW to 0 W at 20 s. Export must come down within the settle time and stay down."""
+    plant = Plant(inverters=[SimInverter("a", rated_w=5000.0, pv_w=5000.0)], load_w=300.0, seed=3)
+    export_at: list[tuple[float, float]] = []
+
+    def limits_at(t: float) -> EffectiveLimits:
+        return export(5000.0 if t < 20.0 else 0.0)
+
+    def hook(t: float, p: Plant) -> None:
+        p.inverters[0].readable = t < 5.0
+
+    def observe(t: float, p: Plant, limits: EffectiveLimits, out) -> None:
+        export_at.append((t, -p.site_w))
+
+    run_closed_loop(plant, limits_at, 80.0, S, hook=hook, observe=observe)
+    late = [w for t, w in export_at if t >= 35.0]
+    assert late and max(late) <= 0.0 * 1.04 + 50.0, max(late)
+    # And before the cut it was not starved: the 5 kW limit let it make what the sun gave.
+    early = [w for t, w in export_at if 10.0 <= t < 20.0]
+    assert min(early) > 4000.0
+
+
+@st.composite
+def blind_scenarios(draw: st.DrawFn) -> Scenario:
+    """The law's property scenarios, with up to two spans where an inverter cannot be read."""
+    invs = inverters(draw, 3, [2000.0, 3000.0, 5000.0, 6000.0, 8200.0])
+    changes = limit_changes(draw)
+    steps = load_steps(draw, 5000.0)
+    sc = scenario(draw, invs, changes, steps, max_load_w=5000.0)
+    spans = []
+    for _ in range(draw(st.integers(1, 2))):
+        a = draw(st.integers(0, DURATION_S - 1))
+        spans.append(
+            Span(a, a + draw(st.integers(1, DURATION_S)), draw(st.integers(0, len(invs) - 1)))
+        )
+    return replace(sc, blind=tuple(spans))
+
+
+@PROPERTY_SETTINGS
+@given(sc=blind_scenarios())
+def test_the_export_limit_holds_with_unreadable_inverters(sc: Scenario) -> None:
+    result = run_scenario(sc)
+    assert result.ticks == DURATION_S + 1
+    assert not result.violations, (result.violations[:5], sc)
