@@ -19,6 +19,7 @@ import pytest
 
 from dynexport.sep2 import schema
 from dynexport.sep2.controls import ControlBase, EventStatus, ResponseStatus
+from dynexport.sep2.flow import anchored_reply_to
 from dynexport.sep2.resources import (
     DateTimeInterval,
     DERControl,
@@ -48,6 +49,10 @@ class RewritingServer(UtilityServer):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.body_edits: dict[str, tuple[bytes, bytes]] = {}
         self.location_for: dict[tuple[str, str], str] = {}
+        self.aliases: dict[str, str] = {}
+        """A path the simulator does not serve, answered as the one it names (each use kept in
+        ``aliased``)."""
+        self.aliased: list[tuple[str, str]] = []
 
     def handle(
         self,
@@ -59,10 +64,13 @@ class RewritingServer(UtilityServer):
         content_type: str | None = SEP_XML,
         now: float | None = None,
     ) -> Reply:
+        path = target.split("?")[0]
+        if path in self.aliases:
+            self.aliased.append((method, path))
+            target = self.aliases[path]
         reply = super().handle(
             method, target, body=body, lfdi=lfdi, content_type=content_type, now=now
         )
-        path = target.split("?")[0]
         if method == "GET" and path in self.body_edits:
             old, new = self.body_edits[path]
             reply.body = reply.body.replace(old, new)
@@ -115,6 +123,42 @@ async def test_a_bad_reply_to_is_refused_dropped_and_the_link_carries_on(
     await client.step()  # the next poll: nothing to retry, nothing raised
     assert client.state().connected and client.state().pending_responses == 0
     await client.http.aclose()
+
+
+async def test_a_relative_reply_to_is_resolved_against_its_list_not_the_dcap(
+    server, clock, tmp_path
+):
+    """``rsp`` in the list at /derp/1/derc names /derp/1/rsp (RFC 3986: a relative reference is
+    relative to the document it is in); against the DeviceCapability's /dcap, where the pending
+    response used to resolve it, it named /rsp."""
+    server.inject_fault(path_prefix=DERC, status=200, body=controls_replying_to("rsp"), count=99)
+    server.aliases["/derp/1/rsp"] = "/rsp"
+    client = make_client(server, clock, tmp_path)
+    await client.step()
+    assert export_limit(client) == 800
+    # Every response went there (the alias records it, then answers it as /rsp).
+    posts = [r for r in server.received if r.method == "POST" and r.path == "/rsp"]
+    assert posts and server.aliased == [("POST", "/derp/1/rsp")] * len(posts)
+    assert client.state().pending_responses == 0  # accepted there
+    assert server.responses  # and the simulator took it
+    await client.http.aclose()
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "resolved"),
+    [
+        ("rsp", "/derp/1/rsp"),
+        ("../rsp?x=1", "/derp/rsp?x=1"),
+        ("./r/2", "/derp/1/r/2"),
+        ("/rsp", "/rsp"),  # absolute paths and URLs are the sender's to check
+        ("https://127.0.0.2:1/rsp", "https://127.0.0.2:1/rsp"),
+        ("http://[::1/rsp", "http://[::1/rsp"),
+        ("", ""),
+        (None, None),
+    ],
+)
+def test_anchored_reply_to(reply_to: str | None, resolved: str | None) -> None:
+    assert anchored_reply_to(reply_to, "https://127.0.0.1:8443/derp/1/derc") == resolved
 
 
 @pytest.mark.parametrize("reply_to", BAD_URLS)

@@ -45,6 +45,7 @@ from dynexport.sep2.resources import (
     DER,
     ConnectionPoint,
     DefaultDERControl,
+    DERControl,
     DERControlList,
     DERList,
     DERProgramList,
@@ -1072,7 +1073,7 @@ class Sep2Client:
                     derc_url = self._url(program_url, program.der_control_list_link.href)
                     visited.add(derc_url)
                     dercs = await self._get_list(derc_url, DERControlList, rate, force=force)
-                    controls = dercs.items
+                    controls = tuple(_anchored(c, derc_url) for c in dercs.items)
                 default = None
                 if program.default_der_control_link is not None:
                     dderc_url = self._url(program_url, program.default_der_control_link.href)
@@ -1421,6 +1422,12 @@ def schedule_needs_saving(saved: ScheduleSnapshot | None, new: ScheduleSnapshot)
     if abs(new.clock_offset - saved.clock_offset) > 2:
         return True
     return (new.programs, new.memory, new.extra) != (saved.programs, saved.memory, saved.extra)
+
+
+def _anchored(control: DERControl, list_url: str) -> DERControl:
+    """The control with its replyTo resolved against its list's URL (docs/sep2.md)."""
+    reply_to = flow.anchored_reply_to(control.reply_to, list_url)
+    return control if reply_to == control.reply_to else replace(control, reply_to=reply_to)
 
 
 def _event_count(programs: Iterable[ProgramControls]) -> int:

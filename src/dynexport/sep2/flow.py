@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from urllib.parse import urlsplit, urlunsplit
 
 from dynexport.httpio.client import InvalidUrl, join_url, origin_of
 from dynexport.sep2.controls import (
@@ -208,6 +209,27 @@ def resolve_url(base: str, href: str, server: str) -> str:
             f"({url[:200]} is not on {server}); refused"
         )
     return url
+
+
+def anchored_reply_to(reply_to: str | None, list_url: str) -> str | None:
+    """A control's ``replyTo`` as the absolute path it names.
+
+    A relative reference (``rsp/1``, ``../rsp``) is relative to the document it came in, the
+    DERControlList, not to the DeviceCapability the responses are later posted from (its URL
+    is all the pending response keeps). Absolute paths and URLs are left as they are (the
+    origin check is the sender's), and so is one that cannot be resolved: the sender refuses it
+    with its reason.
+    """
+    if reply_to is None:
+        return None
+    ref = reply_to.strip()
+    if not ref or ref.startswith("/") or ":" in ref.split("/", 1)[0]:
+        return reply_to  # an absolute path, a URL (a scheme before the first slash), or nothing
+    try:
+        parts = urlsplit(join_url(list_url, ref))
+    except InvalidUrl:
+        return reply_to
+    return urlunsplit(("", "", parts.path, parts.query, ""))
 
 
 # --------------------------------------------------------------------------------------------
