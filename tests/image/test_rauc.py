@@ -527,3 +527,59 @@ def test_a_failed_mark_bad_and_mark_good_still_reboot(tmp_path: Path) -> None:
         "rauc status mark-good other",
         "systemctl reboot",
     ]
+
+
+# -- update-nodata: a trial boot that cannot mount /data ---------------------------------------
+
+
+def update_nodata(tmp_path: Path, flag: bytes | None) -> tuple[str, str]:
+    """Runs update-nodata with the device tree's trial flag holding ``flag`` (None: no such
+    property, as on U-Boot, GRUB or an older firmware): (what systemctl was asked, stderr)."""
+    calls = tmp_path / "calls.log"
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(f'#!/bin/sh\necho "systemctl $*" >>"{calls}"\n')
+    systemctl.chmod(0o755)
+    tryboot = tmp_path / "tryboot"
+    if flag is not None:
+        tryboot.write_bytes(flag)
+    proc = subprocess.run(
+        [str(LIBEXEC / "update-nodata")],
+        env={
+            **os.environ,
+            "UPDATE_NODATA_TRYBOOT": str(tryboot),
+            "UPDATE_NODATA_SYSTEMCTL": str(systemctl),
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return (calls.read_text() if calls.exists() else ""), proc.stderr
+
+
+def test_a_firmware_trial_boot_without_data_reboots_into_the_committed_slot(
+    tmp_path: Path,
+) -> None:
+    asked, said = update_nodata(tmp_path, b"\x00\x00\x00\x01")
+    assert asked == "systemctl reboot\n"
+    assert "trial boot cannot mount /data" in said
+
+
+@pytest.mark.parametrize(
+    "flag", [None, b"\x00\x00\x00\x00", b"\x01", b"\x00\x00\x00\x01\x00"], ids=str
+)
+def test_any_other_boot_without_data_is_not_rebooted(tmp_path: Path, flag: bytes | None) -> None:
+    """An ordinary boot (or a boot loader that counts attempts, which cannot tell): a reboot would
+    only alternate the slots."""
+    asked, said = update_nodata(tmp_path, flag)
+    assert asked == ""
+    assert "not a trial boot" in said
+
+
+def test_the_data_mount_failing_starts_update_nodata_which_needs_no_data() -> None:
+    data = unit(UNITS / "dynexport-data.service")
+    assert data["Unit.OnFailure"] == ["dynexport-update-nodata.service"]
+    nodata = unit(UNITS / "dynexport-update-nodata.service")
+    assert nodata["Service.ExecStart"] == ["/usr/libexec/dynexport/update-nodata"]
+    for key in ("Unit.Requires", "Unit.RequiresMountsFor", "Unit.BindsTo", "Unit.After"):
+        assert key not in nodata, key
