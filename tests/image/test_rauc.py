@@ -412,6 +412,38 @@ def test_the_deadline_leaves_every_other_boot_alone(
     assert update_deadline(tmp_path, state, booted) == ("", None)
 
 
+@pytest.mark.parametrize(
+    ("record", "flag", "rolled_back"),
+    [
+        (None, b"\x00\x00\x00\x01", True),
+        (b"{not json", b"\x00\x00\x00\x01", True),
+        (b'{"state": "failed", "target": "A"}', b"\x00\x00\x00\x01", True),
+        (b'{"state": "committed", "target": "B"}', b"\x00\x00\x00\x01", False),
+        (None, b"\x00\x00\x00\x00", False),
+        (b"{not json", None, False),
+    ],
+    ids=["lost", "corrupt", "an older one", "committed", "flag 0", "no flag"],
+)
+def test_on_the_firmwares_trial_boot_a_lost_record_is_still_rolled_back(
+    tmp_path: Path, record: bytes | None, flag: bytes | None, rolled_back: bool
+) -> None:
+    """dynexport records the trial again when it starts (update/service.py); this is the
+    trial whose dynexport never got that far."""
+    flag_file = tmp_path / "tryboot"
+    if flag is not None:
+        flag_file.write_bytes(flag)
+    env = deadline_env(tmp_path, "B", UPDATE_DEADLINE_TRYBOOT=str(flag_file))
+    if record is not None:
+        (tmp_path / "data/update.json").write_bytes(record)
+    run_deadline(env)
+    asked, failure = deadline_outcome(tmp_path)
+    if rolled_back:
+        assert asked == "rauc status mark-bad booted\nsystemctl reboot\n"
+        assert failure is not None and "dynexport never reported its health" in failure
+    else:
+        assert (asked, failure) == ("", None)
+
+
 def test_the_deadline_waits_for_a_commit_under_way_and_then_leaves_the_committed_slot(
     tmp_path: Path,
 ) -> None:

@@ -22,6 +22,7 @@ from dynexport.update.service import (
     installer_gone,
     process_identity,
     read_record,
+    update_report,
     update_status,
     write_record,
 )
@@ -651,3 +652,110 @@ async def test_the_web_and_url_install_names_its_installer_in_the_record(tmp_pat
 
 async def _no_progress(text: str) -> None:
     pass
+
+
+# -- the firmware's trial flag (Pi 4/5 tryboot) when the record is lost ------------------------
+
+
+class VersionedRauc(RecordedRauc):
+    """RecordedRauc whose slot B holds bundle 1.5.0."""
+
+    async def status(self) -> RaucStatus:
+        slots = (
+            SlotStatus("rootfs.0", "A", "", "good"),
+            SlotStatus("rootfs.1", "B", "booted", "good", bundle_version="1.5.0"),
+        )
+        return RaucStatus("dynexport-test", self.booted, "rootfs.0", slots)
+
+
+def trial_flag(tmp_path: Path, value: bytes | None) -> Path:
+    flag = tmp_path / "tryboot"
+    if value is not None:
+        flag.write_bytes(value)
+    return flag
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [None, b"not json", UpdateRecord("committed", "1.4.0", "B", "A", "old-boot").to_json()],
+    ids=["no record", "corrupt", "an older update's"],
+)
+async def test_a_firmware_trial_whose_record_is_lost_gets_the_trials_health_check(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, lost: bytes | None
+):
+    """Confirmed at READY as an ordinary boot, the trial was committed with no health check."""
+    data = tmp_path / "data"
+    data.mkdir()
+    if lost is not None:
+        (data / "update.json").write_bytes(lost)
+    flag = trial_flag(tmp_path, b"\x00\x00\x00\x01")
+    site, rauc = Site(ready=True), VersionedRauc(booted="B")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(decide_every_second, site)
+        nursery.start_soon(
+            lambda: commit_when_healthy(
+                site,
+                data,
+                rauc,
+                wall_clock=lambda: 0.0,
+                this_boot="trial-boot",
+                booted="B",
+                trial_flag=flag,
+            )
+        )
+        await trio.sleep(5)
+        record = read_record(data)
+        assert record is not None, "recorded again, so that update-deadline sees the trial"
+        assert (record.state, record.version, record.target, record.source) == (
+            "trial", "1.5.0", "B", "A",
+        )  # fmt: skip
+        assert update_report(data, await rauc.status(), "trial-boot").phase == "trial"
+        site.answer()
+        await trio.sleep(110)
+        assert rauc.marked == [], "not confirmed at READY: two minutes of control first"
+        await trio.sleep(20)
+        assert len(rauc.marked) == 1
+        nursery.cancel_scope.cancel()
+    record = read_record(data)
+    assert record is not None and record.state == "committed"
+
+
+@pytest.mark.parametrize("flag", [None, b"\x00\x00\x00\x00"], ids=["no flag", "flag 0"])
+async def test_without_the_firmware_trial_flag_a_boot_without_a_record_is_confirmed_at_ready(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, flag: bytes | None
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    site, rauc = Site(ready=True), VersionedRauc(booted="B")
+    with trio.move_on_after(30):
+        await commit_when_healthy(
+            site, data, rauc, wall_clock=lambda: 0.0, this_boot="boot", booted="B",
+            trial_flag=trial_flag(tmp_path, flag),
+        )  # fmt: skip
+    assert len(rauc.marked) == 1
+    assert read_record(data) is None
+
+
+async def test_a_firmware_trial_with_its_record_is_checked_as_recorded(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    write_record(tmp_path, TRIAL)
+    site, rauc = Site(ready=True), VersionedRauc(booted="B")
+    site.answer()
+    flag = trial_flag(tmp_path / "..", b"\x00\x00\x00\x01")
+    with trio.move_on_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(decide_every_second, site)
+            nursery.start_soon(
+                lambda: commit_when_healthy(
+                    site,
+                    tmp_path,
+                    rauc,
+                    wall_clock=lambda: 0.0,
+                    this_boot="trial-boot",
+                    booted="B",
+                    trial_flag=flag,
+                )
+            )
+    assert read_record(tmp_path) == TRIAL, "the record as the install wrote it"
+    assert rauc.marked == []

@@ -254,6 +254,19 @@ def request_reboot(
     )
 
 
+FIRMWARE_TRIAL_FLAG = Path("/proc/device-tree/chosen/bootloader/tryboot")
+"""Set by the Pi 4/5 firmware: a 32-bit big-endian 1 on its one-shot trial boot (tryboot)."""
+
+
+def firmware_trial(flag: Path = FIRMWARE_TRIAL_FLAG) -> bool:
+    """Whether the boot loader itself says this boot is a trial (only the Pi 4/5's firmware
+    can: U-Boot and GRUB count attempts on every boot until the slot is confirmed)."""
+    try:
+        return flag.read_bytes() == b"\x00\x00\x00\x01"
+    except OSError:
+        return False
+
+
 async def commit_when_healthy(
     app: AppLike,
     data_dir: Path,
@@ -263,18 +276,23 @@ async def commit_when_healthy(
     this_boot: str | None = None,
     booted: str | None = None,
     interval: float = 2.0,
+    trial_flag: Path = FIRMWARE_TRIAL_FLAG,
 ) -> None:
     """Runs for the life of the process; see the module docstring. Never raises for RAUC.
 
     ``booted``: the running slot's bootname (default: ``rauc.slot=`` on the kernel command
     line); without one this is no A/B system and RAUC is asked nothing outside a trial.
+    ``trial_flag``: the firmware's trial flag (tests pass a file of their own).
     """
     rauc = rauc or Rauc()
     this_boot = boot_id() if this_boot is None else this_boot
     booted = booted_slot() if booted is None else booted
+    tryboot = firmware_trial(trial_flag)
     watch = RecordWatch(data_dir)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_check_this_boot, app, data_dir, rauc, this_boot, booted, interval)
+        nursery.start_soon(
+            _check_this_boot, app, data_dir, rauc, this_boot, booted, interval, tryboot
+        )
         while True:  # an install made during this boot (CLI or web) waits for its reboot
             record = watch()
             if record is not None and record.state == "trial" and record.boot_id == this_boot:
@@ -286,7 +304,13 @@ async def commit_when_healthy(
 
 
 async def _check_this_boot(
-    app: AppLike, data_dir: Path, rauc: Rauc, this_boot: str, booted: str | None, interval: float
+    app: AppLike,
+    data_dir: Path,
+    rauc: Rauc,
+    this_boot: str,
+    booted: str | None,
+    interval: float,
+    tryboot: bool = False,
 ) -> None:
     """The trial of an update committed when healthy; any other boot confirmed when READY."""
     record = read_record(data_dir)
@@ -297,6 +321,24 @@ async def _check_this_boot(
         record = record.moved_to("trial")
         write_record(data_dir, record)
     trial = record is not None and record.state == "trial" and record.boot_id != this_boot
+    if tryboot and booted is not None and not (trial and record and record.target == booted):
+        # The firmware says trial, the record does not (lost, corrupt, or an older one): confirmed
+        # at READY as an ordinary boot, the trial would have been committed without its health
+        # check. It is checked as a trial, and recorded as one for update-deadline.
+        record = await _lost_trial_record(rauc, booted)
+        log.error(
+            "this boot is the firmware's trial of slot %s (%s), but the update record does not "
+            "say so (lost or corrupt): health check first, as for any trial",
+            booted,
+            record.version,
+        )
+        try:
+            write_record(data_dir, record)
+        except OSError as exc:
+            log.error(
+                "the trial's record cannot be written (%s): update-deadline will not see it", exc
+            )
+        trial = True
     if (
         trial
         and record is not None
@@ -324,6 +366,21 @@ async def _confirm_boot(app: AppLike, rauc: Rauc, booted: str, interval: float) 
         else:
             log.info("running slot %s confirmed (the service is READY)", booted)
             return
+
+
+LOST_RECORD_BOOT = "unknown (the record was lost)"
+"""The install's boot id in a trial record written again: never this boot's."""
+
+
+async def _lost_trial_record(rauc: Rauc, booted: str) -> UpdateRecord:
+    """A trial record for the running slot, its version from RAUC when it answers."""
+    try:
+        slot = (await rauc.status()).by_bootname(booted)
+        version = (slot.bundle_version if slot is not None else None) or "unknown"
+    except RaucError:
+        version = "unknown"
+    source = "A" if booted == "B" else "B"
+    return UpdateRecord("trial", version, target=booted, source=source, boot_id=LOST_RECORD_BOOT)
 
 
 async def _running_slot(rauc: Rauc, booted: str | None, version: str) -> str | None:
