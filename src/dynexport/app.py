@@ -27,6 +27,7 @@ from dynexport.control import battery as battery_law
 from dynexport.control import law
 from dynexport.control.average import RollingMean
 from dynexport.control.limits import EffectiveLimits, LimitsConfig, UtilityLimits, merge_limits
+from dynexport.control.meter_watch import MeterWatch, watch_meter
 from dynexport.integrations.limitsources import apply_extra_limits
 from dynexport.integrations.service import Integrations, integrations_status
 from dynexport.modbus.client import BusPool
@@ -114,6 +115,8 @@ class App:
         self._limits_changed = trio.Event()
         self.meter_mean = RollingMean(window_s=self.settings.average_s)
         self._absurd_meter_readings = 0
+        self.meter_watch = MeterWatch()
+        """Is the meter's reading frozen (``control/meter_watch.py``)?"""
         self.controller = law.ControllerState()
         self.output: law.ControlOutput | None = None
         self.limits = EffectiveLimits()
@@ -626,7 +629,40 @@ class App:
                         count,
                     )
                 return  # not in the mean; a meter that says only this goes stale (fail-safe)
+            was_frozen = self.meter_watch.frozen
+            self.meter_watch = watch_meter(
+                self.meter_watch, st.last_reading, w, self._site_output_w()
+            )
+            if self.meter_watch.frozen:
+                if not was_frozen:
+                    log.warning(
+                        "the meter's reading has stayed at %.0f W for %.0f s while the site's "
+                        "output moved by %.0f W: taken as frozen (a gateway serving its last "
+                        "values?), so the fail-safe limits apply until it moves again",
+                        w,
+                        st.last_reading - (self.meter_watch.since or st.last_reading),
+                        self.meter_watch.der_high_w - self.meter_watch.der_low_w,
+                    )
+                return  # kept out of the mean: it goes stale, and the fail-safe follows
+            if was_frozen:
+                log.warning("the meter's reading moves again: control from the meter resumes")
             self.meter_mean = self.meter_mean.add(st.last_reading, w)
+
+    def _site_output_w(self) -> float | None:
+        """What the inverters and the AC-coupled batteries make now, as read (None: nothing
+        read): the movement a frozen meter reading does not follow."""
+        inverters = self._der_w()
+        batteries = [
+            link.state.reading.power_w
+            for link in self.batteries
+            if link.ac_coupled
+            and link.state.online
+            and link.state.reading is not None
+            and link.state.reading.power_w is not None
+        ]
+        if inverters is None and not batteries:
+            return None
+        return (inverters or 0.0) + sum(batteries)
 
     def _utility_limits(self) -> UtilityLimits | None:
         """The utility's controls in force; its fallback export limit when it has none usable.
@@ -1230,6 +1266,7 @@ class App:
             "site": {
                 "powerW": None if meter is None else meter.site_w,
                 "meterOnline": bool(meter and meter.online),
+                "meterFrozen": self.meter_watch.frozen,
                 "meterError": None if meter is None else meter.error,
             },
             "der": {

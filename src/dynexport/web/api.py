@@ -233,6 +233,13 @@ def alerts(status: dict[str, Any], config: Config, wall_clock: float) -> list[di
     if config.meter is not None and not site.get("meterOnline"):
         reason = site.get("meterError") or "no recent reading"
         add("error", "meter-stale", f"Meter: {reason}")
+    elif config.meter is not None and site.get("meterFrozen"):
+        add(
+            "error",
+            "meter-frozen",
+            "Meter: its reading has stopped moving while the inverters' output moved (a gateway "
+            "serving its last values?): fail-safe limits until it moves again",
+        )
     for inv in status.get("inverters") or []:
         name = inv.get("id")
         if not inv.get("online"):
