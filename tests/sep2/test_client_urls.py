@@ -19,7 +19,6 @@ import pytest
 
 from dynexport.sep2 import schema
 from dynexport.sep2.controls import ControlBase, EventStatus, ResponseStatus
-from dynexport.sep2.flow import anchored_reply_to
 from dynexport.sep2.resources import (
     DateTimeInterval,
     DERControl,
@@ -142,23 +141,6 @@ async def test_a_relative_reply_to_is_resolved_against_its_list_not_the_dcap(
     assert client.state().pending_responses == 0  # accepted there
     assert server.responses  # and the simulator took it
     await client.http.aclose()
-
-
-@pytest.mark.parametrize(
-    ("reply_to", "resolved"),
-    [
-        ("rsp", "/derp/1/rsp"),
-        ("../rsp?x=1", "/derp/rsp?x=1"),
-        ("./r/2", "/derp/1/r/2"),
-        ("/rsp", "/rsp"),  # absolute paths and URLs are the sender's to check
-        ("https://127.0.0.2:1/rsp", "https://127.0.0.2:1/rsp"),
-        ("http://[::1/rsp", "http://[::1/rsp"),
-        ("", ""),
-        (None, None),
-    ],
-)
-def test_anchored_reply_to(reply_to: str | None, resolved: str | None) -> None:
-    assert anchored_reply_to(reply_to, "https://127.0.0.1:8443/derp/1/derc") == resolved
 
 
 @pytest.mark.parametrize("reply_to", BAD_URLS)

@@ -475,3 +475,22 @@ def test_parse_round_trip_of_a_built_body():
 def test_throttle_delay_starts_at_the_poll_rate_and_doubles_up_to_a_cap():
     assert [flow.throttle_delay(60, n) for n in range(6)] == [60, 120, 240, 480, 900, 900]
     assert flow.throttle_delay(3600, 3) == 3600  # a pollRate above the cap is never shortened
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "resolved"),
+    [
+        ("rsp", "/derp/1/rsp"),
+        ("../rsp?x=1", "/derp/rsp?x=1"),
+        ("./r/2", "/derp/1/r/2"),
+        ("rsp?next=a:b", "/derp/1/rsp?next=a:b"),  # a colon that is no scheme's
+        ("r;v=1:2", "/derp/1/r;v=1:2"),
+        ("/rsp", "/rsp"),  # absolute paths and URLs are the sender's to check
+        ("https://127.0.0.2:1/rsp", "https://127.0.0.2:1/rsp"),
+        ("http://[::1/rsp", "http://[::1/rsp"),
+        ("", ""),
+        (None, None),
+    ],
+)
+def test_anchored_reply_to(reply_to: str | None, resolved: str | None) -> None:
+    assert flow.anchored_reply_to(reply_to, "https://127.0.0.1:8443/derp/1/derc") == resolved

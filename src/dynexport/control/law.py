@@ -422,7 +422,9 @@ def control_step(
     # could make room for, the site exported it. It is commanded what the fail-safe would give
     # it: safe at zero load whatever it makes (below).
     blind = [i for i in offline if i.online and i.controllable and _rated(i) > 0]
-    blind_pct: float | None = None
+    # Commands beyond the shared budget: the blind ones' (and, to disconnect, those without a
+    # rating), by inverter id.
+    extra: dict[str, float | None] = {}
     uncontrolled_w = sum(max(i.power_w, 0.0) for i in online if i not in ctrl)
     offline_max_w = sum(possible_output_w(i, now, s.revert_lead_for_interval_s) for i in offline)
     # The most the online inverters can make: above this, no limit is needed.
@@ -486,7 +488,7 @@ def control_step(
     ) -> ControlOutput:  # fmt: skip
         each = pct if isinstance(pct, tuple) else tuple(pct for _ in ctrl)
         commands = tuple(InverterCommand(i.id, p, connect) for i, p in zip(ctrl, each, strict=True))
-        commands += tuple(InverterCommand(i.id, blind_pct, connect) for i in blind)
+        commands += tuple(InverterCommand(k, p, connect) for k, p in extra.items())
         new_state = replace(new_state, over_since=tuple(sorted(over_since.items())))
         return ControlOutput(
             commands, connect, mode, target, budget, source, load, not_enforced, skipped,
@@ -508,7 +510,9 @@ def control_step(
             0.0 if ready else None, mode,
         )  # fmt: skip
         new = ControllerState(now, 0.0, der, key, (), mode, bat_der=bat_der)
-        blind_pct = 0.0
+        # Whoever can be written to: a 0 % limit needs no reading and no rating.
+        norating = [i for i in online if i.controllable and _rated(i) <= 0]
+        extra = {i.id: 0.0 for i in (*blind, *norating)}
         return out(0.0, limits.connect, mode, 0.0, 0.0, src, None, new)
 
     stale = meter_is_stale(meter, now, s.stale_s)
@@ -532,10 +536,18 @@ def control_step(
     # Batteries first, so the inverters' target makes room for what they are told to do.
     site: SiteView | None = None
     # What unreachable inverters may add that the meter cannot have seen yet (see below).
-    # (Not the blind ones: reachable, their output is in the meter, and the limit they are given
-    # is safe at zero load whatever they make.)
+    # The blind ones' output is in the meter, but not how far it may rise (a cloud passing):
+    # the whole limit in force is kept for it, so that the others' shares and theirs never add
+    # up to more than the limit allows (a yield loss only while an inverter cannot be read).
     unseen_w = (
-        offline_max_w if late else sum(unseen_rise_w(i, now, s) for i in offline if i not in blind)
+        offline_max_w
+        if late
+        else sum(
+            possible_output_w(i, now, s.revert_lead_for_interval_s)
+            if i in blind
+            else unseen_rise_w(i, now, s)
+            for i in offline
+        )
     )
     if load_est is not None:
         exp_l = ramped["export_w"]
@@ -579,8 +591,25 @@ def control_step(
     lower = {n: _min_limit(limits.power(n), ramped[n]) for n in RAMPED_LIMITS}
     fs_limits = replace(limits, export_w=lower["export_w"], generation_w=lower["generation_w"])
     fs_w, fs_src = failsafe_generation_w(fs_limits, s.failsafe_generation_w)
-    blind_pct = _blind_pct(
-        blind, fs_w, s, now, uncontrolled_w + excess_w + max(bat_out, 0.0), offline, rated_ctrl
+    # The blind ones' cap is the limits' own (the configured fail-safe figure is the
+    # installer's guess at a base load: for a quiet meter only, not for every second).
+    zero_load_w, _ = failsafe_generation_w(fs_limits)
+    lead = s.revert_lead_for_interval_s
+    # Discharge the blind ones cannot take into account: unreachable AC batteries at their last
+    # setpoint, and hybrid batteries behind a blind inverter (its limit may cover its PV only).
+    discharge_w = sum(possible_battery_output_w(b, now, lead) for b in batteries if not usable(b))
+    for i in blind:
+        for b in behind.get(i.id, ()):
+            known = b.online and _finite(b.power_w)
+            discharge_w += max(b.power_w, 0.0) if known else max(b.max_discharge_w, 0.0)
+    extra = _blind_limits(
+        blind,
+        zero_load_w,
+        s,
+        uncontrolled_w + excess_w + max(bat_out, 0.0) + discharge_w,
+        sum(possible_output_w(i, now, lead) for i in offline if i not in blind),
+        rated_ctrl,
+        limits.set_grad_w * dt if limits.set_grad_w else None,
     )
     candidates: list[tuple[float, str]] = []
     offline_w = 0.0
@@ -699,34 +728,39 @@ def control_step(
     return out(pct, True, mode, target, budget, source, load_est, new, lims, offline_w)
 
 
-def _blind_pct(
+def _blind_limits(
     blind: Sequence[InverterState],
-    fs_w: float | None,
+    cap_w: float | None,
     s: ControlSettings,
-    now: float,
     forced_w: float,
-    offline: Sequence[InverterState],
+    unreachable_w: float,
     rated_ctrl: float,
-) -> float | None:
-    """The limit for inverters that answer but whose output cannot be read (None: no limit).
+    rise_grad: float | None,
+) -> dict[str, float | None]:
+    """The limits for inverters that answer but whose output cannot be read (None: no limit).
 
     What the fail-safe gives every inverter, kept whatever the meter says: their share, by
-    rating with the controllable ones, of the zero-load cap (the export limit, or
-    ``failsafe_generation_w``, and the generation limit) less its margin, what cannot be curtailed
-    (``forced_w``: uncontrolled output, excess, battery discharge) and what the unreachable ones
-    may make. So the site keeps within the limit at zero load whatever they make, and the
-    controllable ones, whose shares come from the meter, take up what the household uses.
+    rating with the controllable ones, of the zero-load cap (``cap_w``: the export limit, capped
+    by the generation limit) less its margin, what cannot be curtailed (``forced_w``: uncontrolled
+    output, excess, battery discharge) and what the unreachable inverters may make. So the site
+    keeps within the limit at zero load whatever they make, and the controllable ones, whose
+    shares come from the meter, take up what the household uses. ``rise_grad``: setGradW times
+    the step's seconds, in hundredths of a percent: how far a limit may rise from the last one.
     """
     if not blind:
-        return None
-    if fs_w is None:
-        return None  # nothing limits the site
-    unreachable_w = sum(
-        possible_output_w(i, now, s.revert_lead_for_interval_s) for i in offline if i not in blind
-    )
-    room = fs_w - margin_w(fs_w, s) - forced_w - unreachable_w
-    rated = sum(_rated(i) for i in blind) + rated_ctrl
-    return min(max(room / rated * 100.0, 0.0), 100.0)
+        return {}
+    if cap_w is None:
+        return {i.id: None for i in blind}  # nothing limits the site
+    room = cap_w - margin_w(cap_w, s) - forced_w - unreachable_w
+    share = min(max(room / (sum(_rated(i) for i in blind) + rated_ctrl) * 100.0, 0.0), 100.0)
+    limits: dict[str, float | None] = {}
+    for i in blind:
+        pct = share
+        last = i.last_limit_pct
+        if rise_grad is not None and _finite(last) and pct > last:
+            pct = min(pct, max(last, 0.0) + rise_grad / 100.0)
+        limits[i.id] = pct
+    return limits
 
 
 def _read_back_w(inv: InverterState) -> float | None:

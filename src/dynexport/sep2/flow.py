@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -211,6 +212,10 @@ def resolve_url(base: str, href: str, server: str) -> str:
     return url
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+"""A URL's scheme (RFC 3986): a colon later on (in a query, a fragment) is not one."""
+
+
 def anchored_reply_to(reply_to: str | None, list_url: str) -> str | None:
     """A control's ``replyTo`` as the absolute path it names.
 
@@ -223,8 +228,8 @@ def anchored_reply_to(reply_to: str | None, list_url: str) -> str | None:
     if reply_to is None:
         return None
     ref = reply_to.strip()
-    if not ref or ref.startswith("/") or ":" in ref.split("/", 1)[0]:
-        return reply_to  # an absolute path, a URL (a scheme before the first slash), or nothing
+    if not ref or ref.startswith("/") or _SCHEME.match(ref):
+        return reply_to  # an absolute path, a URL, or nothing
     try:
         parts = urlsplit(join_url(list_url, ref))
     except InvalidUrl:

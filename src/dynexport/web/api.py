@@ -258,8 +258,8 @@ def alerts(status: dict[str, Any], config: Config, wall_clock: float) -> list[di
             add(
                 "error",
                 "inverter-no-rating",
-                f"{name}: its rating (WMax) cannot be read, so it cannot be given a limit; its "
-                "output is taken off the others' share",
+                f"{name}: its rating (WMax) cannot be read, so it cannot be curtailed (only "
+                "disconnected); its output is taken off the others' share",
             )
         elif inv.get("followsLimit") is False:
             add(
