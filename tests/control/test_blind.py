@@ -28,29 +28,11 @@ from dynexport.control.limits import EffectiveLimits
 from dynexport.control.plant import Plant, SimInverter, run_closed_loop
 from dynexport.control.scenario import Scenario, Span, run_scenario
 
-from .strategies import (
-    DURATION_S,
-    PROPERTY_SETTINGS,
-    inverters,
-    limit_changes,
-    load_steps,
-    scenario,
-)
+from .strategies import DURATION_S, PROPERTY_SETTINGS
+from .test_law import export, meter_at
+from .test_law_properties import scenarios
 
 S = ControlSettings()
-
-
-def meter_at(now: float, site_w: float) -> RollingMean:
-    m = RollingMean(S.average_s)
-    for k in range(6, -1, -1):
-        m = m.add(now - 0.5 * k, site_w)
-    return m
-
-
-def export(limit: float | None) -> EffectiveLimits:
-    return EffectiveLimits(
-        export_w=limit, sources={"export_w": "utility"} if limit is not None else {}
-    )
 
 
 def blind(id: str, rated: float, last_pct: float | None = None) -> InverterState:
@@ -165,16 +147,16 @@ def test_closed_loop_an_inverter_that_goes_unreadable_still_follows_a_lower_limi
 @st.composite
 def blind_scenarios(draw: st.DrawFn) -> Scenario:
     """The law's property scenarios, with up to two spans where an inverter cannot be read."""
-    invs = inverters(draw, 3, [2000.0, 3000.0, 5000.0, 6000.0, 8200.0])
-    changes = limit_changes(draw)
-    steps = load_steps(draw, 5000.0)
-    sc = scenario(draw, invs, changes, steps, max_load_w=5000.0)
+    sc = draw(scenarios())
     spans = []
     for _ in range(draw(st.integers(1, 2))):
         a = draw(st.integers(0, DURATION_S - 1))
         spans.append(
-            Span(a, a + draw(st.integers(1, DURATION_S)), draw(st.integers(0, len(invs) - 1)))
-        )
+            Span(
+                a, a + draw(st.integers(1, DURATION_S)),
+                draw(st.integers(0, len(sc.inverters) - 1)),
+            )
+        )  # fmt: skip
     return replace(sc, blind=tuple(spans))
 
 

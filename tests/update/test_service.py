@@ -118,6 +118,16 @@ async def decide_every_second(site: Site) -> None:
         await trio.sleep(1.0)
 
 
+async def committed_after_two_minutes_of_control(site: Site, rauc: RecordedRauc, why: str) -> None:
+    """Meter and inverter answer from now on: nothing is committed for almost two minutes (with
+    ``why``), then exactly once."""
+    site.answer()
+    await trio.sleep(110)
+    assert rauc.marked == [], why
+    await trio.sleep(20)
+    assert len(rauc.marked) == 1
+
+
 async def control_and_commit(
     site: Site,
     data: Path,
@@ -154,11 +164,9 @@ async def test_a_healthy_trial_boot_is_committed_after_two_minutes_of_control(
         site.ready = True
         await trio.sleep(30)
         assert (tmp_path / HEALTH_FILE).read_text() == "the meter has not answered\n"
-        site.answer()
-        await trio.sleep(110)
-        assert rauc.marked == [], "not before two minutes of control"
-        await trio.sleep(20)
-        assert len(rauc.marked) == 1
+        await committed_after_two_minutes_of_control(
+            site, rauc, "not before two minutes of control"
+        )
         nursery.cancel_scope.cancel()
     record = read_record(tmp_path)
     assert record is not None and record.state == "committed"
@@ -180,11 +188,9 @@ async def test_a_slot_activated_before_its_record_said_trial_gets_the_trials_hea
         await trio.sleep(1)
         record = read_record(tmp_path)
         assert record is not None and record.state == "trial", "the deadline sees a trial"
-        site.answer()
-        await trio.sleep(110)
-        assert rauc.marked == [], "not confirmed as an ordinary boot: two minutes of control first"
-        await trio.sleep(20)
-        assert len(rauc.marked) == 1
+        await committed_after_two_minutes_of_control(
+            site, rauc, "not confirmed as an ordinary boot: two minutes of control first"
+        )
         nursery.cancel_scope.cancel()
     record = read_record(tmp_path)
     assert record is not None and record.state == "committed"
@@ -710,11 +716,9 @@ async def test_a_firmware_trial_whose_record_is_lost_gets_the_trials_health_chec
             "trial", "1.5.0", "B", "A",
         )  # fmt: skip
         assert update_report(data, await rauc.status(), "trial-boot").phase == "trial"
-        site.answer()
-        await trio.sleep(110)
-        assert rauc.marked == [], "not confirmed at READY: two minutes of control first"
-        await trio.sleep(20)
-        assert len(rauc.marked) == 1
+        await committed_after_two_minutes_of_control(
+            site, rauc, "not confirmed at READY: two minutes of control first"
+        )
         nursery.cancel_scope.cancel()
     record = read_record(data)
     assert record is not None and record.state == "committed"
