@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +136,22 @@ async def control_and_commit(
     seconds: float,
     this_boot: str,
     booted: str | None = None,
+    **more: Any,
 ) -> None:
-    """The controller deciding every second beside ``commit_when_healthy``, for ``seconds``."""
+    """The controller deciding every second beside ``commit_when_healthy`` (given ``more``
+    keyword arguments too), for ``seconds``."""
     with trio.move_on_after(seconds):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(decide_every_second, site)
             nursery.start_soon(
                 lambda: commit_when_healthy(
-                    site, data, rauc, wall_clock=lambda: 0.0, this_boot=this_boot, booted=booted
+                    site,
+                    data,
+                    rauc,
+                    wall_clock=lambda: 0.0,
+                    this_boot=this_boot,
+                    booted=booted,
+                    **more,
                 )
             )
 
@@ -697,17 +706,8 @@ async def test_a_firmware_trial_whose_record_is_lost_gets_the_trials_health_chec
     flag = trial_flag(tmp_path, b"\x00\x00\x00\x01")
     site, rauc = Site(ready=True), VersionedRauc(booted="B")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(decide_every_second, site)
         nursery.start_soon(
-            lambda: commit_when_healthy(
-                site,
-                data,
-                rauc,
-                wall_clock=lambda: 0.0,
-                this_boot="trial-boot",
-                booted="B",
-                trial_flag=flag,
-            )
+            partial(control_and_commit, site, data, rauc, 3600, "trial-boot", "B", trial_flag=flag)
         )
         await trio.sleep(5)
         record = read_record(data)
@@ -747,19 +747,6 @@ async def test_a_firmware_trial_with_its_record_is_checked_as_recorded(
     site, rauc = Site(ready=True), VersionedRauc(booted="B")
     site.answer()
     flag = trial_flag(tmp_path / "..", b"\x00\x00\x00\x01")
-    with trio.move_on_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(decide_every_second, site)
-            nursery.start_soon(
-                lambda: commit_when_healthy(
-                    site,
-                    tmp_path,
-                    rauc,
-                    wall_clock=lambda: 0.0,
-                    this_boot="trial-boot",
-                    booted="B",
-                    trial_flag=flag,
-                )
-            )
+    await control_and_commit(site, tmp_path, rauc, 30, "trial-boot", "B", trial_flag=flag)
     assert read_record(tmp_path) == TRIAL, "the record as the install wrote it"
     assert rauc.marked == []

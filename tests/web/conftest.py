@@ -101,14 +101,12 @@ def setup_app(folder: Path) -> App:
     )
 
 
-@pytest.fixture
-async def web(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Web]:
-    """A setup-mode App (not running its links) with serve_web on 127.0.0.1."""
+async def start_web(
+    tmp_path: Path, nursery: trio.Nursery, limits: Limits, **api_options: Any
+) -> Web:
+    """A setup-mode App (not running its links) with serve_web on 127.0.0.1, in ``nursery``."""
     app = setup_app(tmp_path)
     app.options.data_dir.mkdir(parents=True)
-    limits = Limits(header_timeout=0.5, body_timeout=0.5, max_body_bytes=64 * 1024)
-    # Device scans give each unit 3 s, not the product's 0.5 s: under CI load the simulator on
-    # 127.0.0.1 answered a present unit later than that, and it was reported absent.
     port = await nursery.start(
         partial(
             serve_web,
@@ -117,10 +115,19 @@ async def web(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Web]:
             port=0,
             limits=limits,
             flush_every_s=3600,
-            api_options={"scan_timeout_s": 3.0},
+            api_options=api_options,
         )
     )
-    yield Web(app, port, tmp_path)
+    return Web(app, port, tmp_path)
+
+
+@pytest.fixture
+async def web(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Web]:
+    """A setup-mode App (not running its links) with serve_web on 127.0.0.1."""
+    limits = Limits(header_timeout=0.5, body_timeout=0.5, max_body_bytes=64 * 1024)
+    # Device scans give each unit 3 s, not the product's 0.5 s: under CI load the simulator on
+    # 127.0.0.1 answered a present unit later than that, and it was reported absent.
+    yield await start_web(tmp_path, nursery, limits, scan_timeout_s=3.0)
 
 
 async def logged_in(web: Web) -> Client:

@@ -10,7 +10,6 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,9 @@ import trio
 import trio.testing
 
 from dynexport.httpio import Limits
-from dynexport.web.server import WEB_LIMITS, serve_web
+from dynexport.web.server import WEB_LIMITS
 from tests.web import raw
-from tests.web.conftest import PASSWORD, Web, setup_app
+from tests.web.conftest import PASSWORD, Web, start_web
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -29,21 +28,8 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 @pytest.fixture
 async def site(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Web]:
     """A setup-mode App with its web server; the API's clocks are trio's."""
-    app = setup_app(tmp_path)
-    app.options.data_dir.mkdir(parents=True)
     limits = Limits(**{**WEB_LIMITS.__dict__, "max_body_bytes": 256 * 1024})
-    port = await nursery.start(
-        partial(
-            serve_web,
-            app,
-            host="127.0.0.1",
-            port=0,
-            limits=limits,
-            flush_every_s=3600,
-            api_options={"clock": trio.current_time},
-        )
-    )
-    yield Web(app, port, tmp_path)
+    yield await start_web(tmp_path, nursery, limits, clock=trio.current_time)
 
 
 async def call(
