@@ -112,7 +112,10 @@ def test_with_one_inverter_not_following_export_settles_within_the_limit(
 ):
     """Property: whenever the inverters that follow can make room (what the one that does not
     follow makes at most is below load + limit, with a margin), export settles within the limit
-    once its excess has been seen for ``follow_s``, and stays there."""
+    once its excess has been seen for ``follow_s``, and stays there. The household's load is
+    steady here: its wander makes unseen falls that no controller can follow (a 0 W limit was
+    exceeded by 64 W in one drawn case), which the closed-loop scenarios excuse by the amount
+    (``control/scenario.py``); this is about the inverter that does not follow."""
     assume(stubborn_pv <= load + limit - 300.0)
     plant = Plant(
         inverters=[
@@ -121,6 +124,7 @@ def test_with_one_inverter_not_following_export_settles_within_the_limit(
             SimInverter("obeys too", rated_w=3000, pv_w=2500),
         ],
         load_w=load,
+        load_noise_w=0.0,
         seed=seed,
     )
     trace = run_closed_loop(plant, lambda t: export_limit(limit), 100.0)
