@@ -534,9 +534,17 @@ class App:
             log.exception("limits could not be merged for the fail-safe; using the last ones")
         now = trio.current_time()
         states = [self._law_state(link, now) for link in self.inverters]
+        # The batteries' discharge (an unreachable one's last setpoint) comes off the cap, as in
+        # the law's own fail-safe; if they cannot be read, the inverters' cap is computed alone.
+        try:
+            batteries = [self._battery_state(b, now) for b in self.batteries]
+        except Exception:
+            log.exception("the batteries' states could not be read for the fail-safe")
+            batteries = []
         out = law.control_step(
-            RollingMean(), states, limits, law.ControllerState(), now, self.settings
-        )
+            RollingMean(), states, limits, law.ControllerState(), now, self.settings, batteries,
+            self._battery_settings(),
+        )  # fmt: skip
         return list(out.commands)
 
     def _seconds_to_next_limit_change(self, horizon_s: float) -> float:

@@ -172,3 +172,36 @@ async def test_removing_the_meter_from_the_configuration_leaves_no_stale_meter(t
             await wait_for(lambda: app.status()["control"]["mode"] == "failsafe")
             assert app.status()["site"]["powerW"] is None
             nursery.cancel_scope.cancel()
+
+
+async def test_the_fault_fail_safe_counts_what_an_unreachable_battery_may_discharge(
+    tmp_path: Path,
+) -> None:
+    """The controller's fault path computed its fail-safe without the batteries: an unreachable
+    battery still at a 3 kW discharge setpoint under a 1.5 kW limit left the inverter 1.48 kW
+    (the law's own fail-safe gives it nothing: the battery alone may export 3 kW)."""
+    from dataclasses import replace
+
+    from dynexport.modbus.client import BusPool
+
+    closed = "127.0.0.1:1"  # the links never run here: their states are set below
+    config = parse_config(
+        {
+            "inverters": [{"tcp": closed, "unit": 1}],
+            "batteries": [{"tcp": closed, "unit": 3, "plan": False}],
+            "limits": {"exportW": 1500},
+        }
+    )
+    app = make_app(config, tmp_path)
+    async with BusPool() as pool:
+        app._make_links(pool)
+    now = trio.current_time()
+    (inv,) = app.inverters
+    inv.state = replace(
+        inv.state, online=True, controllable=True, rated_w=5000.0, power_w=1000.0,
+        last_reading=now,
+    )  # fmt: skip
+    (bat,) = app.batteries
+    bat.state = replace(bat.state, online=False, setpoint_w=3000.0, setpoint_expires=now + 600.0)
+    (command,) = app._failsafe_commands()
+    assert command.limit_pct == 0.0

@@ -195,3 +195,40 @@ def test_a_battery_missing_soc_or_rating_says_which() -> None:
     assert no_power is not None and no_power.endswith(
         "no power (its measurement model's W, 802 W or model 160's StCha/StDisCha modules)"
     )
+
+
+def test_a_state_of_charge_beyond_0_to_100_is_unknown() -> None:
+    """1000 % (a wrong scale factor) was taken at its word: the law discharged to hold an import
+    limit whatever the real charge, the owner's reserve protecting nothing."""
+    assert read_storage({713: {"SoC": 1000.0}}).soc_pct is None
+    assert read_storage({713: {"SoC": -5.0}}).soc_pct is None
+    assert read_storage({713: {"SoC": 1000.0}, 802: {"SoC": 60.0}}).soc_pct == 60.0
+    assert read_storage({713: {"SoC": 100.0}}).soc_pct == 100.0
+    assert read_storage({713: {"SoC": 0.0}}).soc_pct == 0.0
+
+
+@pytest.mark.parametrize("model", [124, 704])
+def test_the_enable_is_written_after_the_setpoint_and_its_revert_timer(model: int) -> None:
+    """By address, 704's WSetEna and 124's StorCtl_Mod came first: a link lost before the next
+    write left the setpoint in force with no revert timer."""
+    header = H704 if model == 704 else ModelHeader(124, 40070, 24)
+    writes, expected = encode_storage(
+        header, StorageCommand(-3000.0, revert_s=60), max_charge_w=5000.0, sf=0
+    )
+    enable = "WSetEna" if model == 704 else "StorCtl_Mod"
+    timer = "WSetRvrtTms" if model == 704 else "InOutWRte_RvrtTms"
+
+    mdef = model_def(model)
+    assert mdef is not None
+
+    def write_of(point: str) -> int:
+        address = header.address + mdef.point(point).offset
+        return next(
+            k for k, w in enumerate(writes) if w.address <= address < w.address + len(w.values)
+        )
+
+    assert len(writes) >= 2  # not one block on these models
+    assert write_of(enable) == len(writes) - 1 > write_of(timer)
+    sfs = {"WSet_SF": 0} if model == 704 else {"InOutWRte_SF": 0}
+    regs = registers_after(header, writes, sfs)
+    assert verify(expected, decode_model(mdef, header.address, regs).raw) == []

@@ -10,6 +10,7 @@ import trio
 
 from dynexport.modbus.client import BusPool
 from dynexport.modbus.endpoints import TcpEndpoint
+from dynexport.modbus.errors import ModbusConnectionError
 from dynexport.sim.modbus_server import serve_tcp
 from dynexport.sim.profiles import (
     battery,
@@ -221,3 +222,115 @@ async def test_a_link_to_the_wrong_device_stays_offline_but_never_looks_stuck(ki
                 assert progress.stuck(link.last_activity + 0.1) == []
             assert not link.state.online
             nursery.cancel_scope.cancel()
+
+
+# -- a command cut short between its writes ------------------------------------------------------
+
+
+class _Clock:
+    t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _CutAfterOneWrite:
+    """The bus, until armed; then the first write goes through and every request after it fails
+    (a cable pulled, a TCP reset, in the middle of a command)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.armed, self.dead = inner, False, False
+        self.writes: list[int] = []
+
+    async def read_holding_registers(self, unit: int, address: int, count: int, **kw: object):
+        if self.dead:
+            raise ModbusConnectionError("connection lost")
+        return await self.inner.read_holding_registers(unit, address, count, **kw)  # type: ignore[attr-defined]
+
+    async def write_registers(self, unit: int, address: int, values: list[int], **kw: object):
+        if self.dead:
+            raise ModbusConnectionError("connection lost")
+        await self.inner.write_registers(unit, address, values, **kw)  # type: ignore[attr-defined]
+        self.writes.append(address)
+        if self.armed:
+            self.dead = True
+
+
+@pytest.mark.parametrize(
+    ("wset", "convention"),
+    [(True, StorageConvention.SUNSPEC), (False, StorageConvention.WINDOW),
+     (False, StorageConvention.SUNSPEC)],
+    ids=["704", "124 window", "124"],
+)  # fmt: skip
+async def test_a_setpoint_cut_short_between_its_writes_is_never_left_without_its_revert_timer(
+    wset: bool, convention: StorageConvention
+) -> None:
+    """The enable went first (by address): cut there, the device charged at the setpoint with
+    its revert timer at 0 ("never") for good. Now the value and timer go first, the enable last."""
+    clock = _Clock()
+    window = convention is StorageConvention.WINDOW
+    site = Site({3: battery(soc_pct=60.0, wset=wset, window=window)}, load_w=0.0)
+    with serve_tcp(site, clock=clock) as sim:
+        async with BusPool(timeout=1.0) as pool:
+            bus = _CutAfterOneWrite(pool.get(TcpEndpoint("127.0.0.1", sim.port)))
+            link = BatteryLink("battery", bus, 3, revert_s=30, fast_s=0.2, convention=convention)  # type: ignore[arg-type]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link.run)
+                await wait_until(lambda: link.state.controllable is True, within=30.0)
+                bus.armed = True
+                link.command(BatteryDesired(-4000.0))
+                await wait_until(lambda: bus.dead, within=30.0)
+                nursery.cancel_scope.cancel()
+    model = 704 if wset else 124
+    enable = "WSetEna" if wset else "StorCtl_Mod"
+    clock.t += 3600.0  # an hour on: whatever the cut left must have reverted by now
+    site.step(clock.t)
+    assert site.get(3, model, enable) in (0, None), "a setpoint left in force with no end"
+
+
+class _Gate:
+    """The bus, with a switch that cuts it."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.down = inner, False
+        self.writes: list[int] = []
+
+    async def read_holding_registers(self, unit: int, address: int, count: int, **kw: object):
+        if self.down:
+            raise ModbusConnectionError("down")
+        return await self.inner.read_holding_registers(unit, address, count, **kw)  # type: ignore[attr-defined]
+
+    async def write_registers(self, unit: int, address: int, values: list[int], **kw: object):
+        if self.down:
+            raise ModbusConnectionError("down")
+        self.writes.append(address)
+        await self.inner.write_registers(unit, address, values, **kw)  # type: ignore[attr-defined]
+
+
+async def test_a_battery_back_from_an_outage_waits_for_a_new_setpoint() -> None:
+    """Its setpoint from before the outage was written again as soon as it answered, before the
+    controller had decided anything (it had reverted to its own mode meanwhile)."""
+    site = Site({3: battery(soc_pct=60.0, wset=True)}, load_w=3000.0)
+    with serve_tcp(site) as sim:
+        async with BusPool(timeout=0.5) as pool:
+            bus = _Gate(pool.get(TcpEndpoint("127.0.0.1", sim.port)))
+            link = BatteryLink("battery", bus, 3, revert_s=30, fast_s=0.2)  # type: ignore[arg-type]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link.run)
+                await wait_until(lambda: link.state.controllable is True, within=30.0)
+                link.command(BatteryDesired(-4000.0))
+                await wait_until(lambda: link.state.setpoint_w == -4000.0, within=30.0)
+                bus.down = True
+                await wait_until(lambda: not link.state.online, within=30.0)
+                bus.writes.clear()
+                bus.down = False
+                await wait_until(lambda: link.state.online, within=30.0)
+                back = link.state.last_reading or 0.0
+                # Two polls on: the old link had written after the first.
+                await wait_until(lambda: (link.state.last_reading or 0.0) > back, within=30.0)
+                second = link.state.last_reading or 0.0
+                await wait_until(lambda: (link.state.last_reading or 0.0) > second, within=30.0)
+                assert bus.writes == []
+                link.command(BatteryDesired(-2000.0))  # the controller's next decision
+                await wait_until(lambda: link.state.setpoint_w == -2000.0, within=30.0)
+                nursery.cancel_scope.cancel()

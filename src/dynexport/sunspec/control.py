@@ -133,9 +133,15 @@ def encode_writes(
     mdef: ModelDef, header: ModelHeader, raw: Mapping[str, int]
 ) -> tuple[RegisterWrite, ...]:
     """Register writes setting top-level points to raw values; adjacent points become one
-    write (function 16 writes them together, so the inverter never sees half a command)."""
-    cells: list[tuple[int, tuple[int, ...]]] = []
-    for name, value in raw.items():
+    write (function 16 writes them together, so the inverter never sees half a command).
+
+    ``raw`` is in write order, the enable last: when the points are not one block, the writes
+    go in the order of their last point, so the value and its revert timer are in place before
+    the enable. (By address, a battery's WSetEna (704) or StorCtl_Mod (124) went first: a link
+    lost before the timer's write left a setpoint in force with no revert, charging from the grid
+    for good.)"""
+    cells: list[tuple[int, tuple[int, ...], int]] = []
+    for order, (name, value) in enumerate(raw.items()):
         p = mdef.point(name)
         if not p.writable:
             raise CommandError(f"model {mdef.id} point {name} is read-only")
@@ -145,16 +151,17 @@ def encode_writes(
             regs = encode_value(p.type, value)
         except ValueError as exc:
             raise CommandError(f"model {mdef.id} {name}: {exc}") from None
-        cells.append((header.address + p.offset, regs))
+        cells.append((header.address + p.offset, regs, order))
     cells.sort()
-    writes: list[RegisterWrite] = []
-    for addr, regs in cells:
-        if writes and writes[-1].address + len(writes[-1].values) == addr:
-            last = writes.pop()
-            writes.append(RegisterWrite(last.address, last.values + regs))
+    runs: list[tuple[RegisterWrite, int]] = []  # each write, and the write order of its last point
+    for addr, regs, order in cells:
+        if runs and runs[-1][0].address + len(runs[-1][0].values) == addr:
+            last, last_order = runs.pop()
+            runs.append((RegisterWrite(last.address, last.values + regs), max(last_order, order)))
         else:
-            writes.append(RegisterWrite(addr, regs))
-    return tuple(writes)
+            runs.append((RegisterWrite(addr, regs), order))
+    runs.sort(key=lambda run: run[1])
+    return tuple(write for write, _ in runs)
 
 
 def pct_to_raw(pct: float, sf: Value) -> int:

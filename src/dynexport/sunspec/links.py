@@ -817,6 +817,13 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
         self._next_fast = now + self.fast_s
         self._changed()
 
+    def _offline(self, message: str, *, fault: bool = False) -> None:
+        super()._offline(message, fault=fault)
+        # A setpoint asked before the outage is stale once the battery answers again (it has
+        # gone back to its own mode meanwhile, and the controller decided without it): it waits
+        # for the controller's next decision instead of being written again first.
+        self._desired = None
+
     def _rewrite_due(self) -> float:
         last, written = self.state.last_write, self._written
         if last is None or written is None or written.setpoint_w is None:

@@ -100,6 +100,12 @@ def _first(*values: float | None) -> float | None:
     return next((v for v in values if v is not None), None)
 
 
+def _soc(*values: float | None) -> float | None:
+    """The first state of charge that is one (0..100 %, with a little slack for rounding): 1000 %
+    (a wrong scale factor) held the owner's reserve for nothing, so it is unknown instead."""
+    return _first(*(v for v in values if v is None or (math.isfinite(v) and -0.5 <= v <= 100.5)))
+
+
 @dataclass(frozen=True)
 class StorageReading:
     """One battery as read: unknown is None. Power: + discharging, − charging (AC)."""
@@ -172,7 +178,7 @@ def read_storage(
         )
         source = None if power is None else "160 StCha/StDisCha"
     return StorageReading(
-        soc_pct=_first(_f(m713, "SoC"), _f(m802, "SoC"), _f(m124, "ChaState")),
+        soc_pct=_soc(_f(m713, "SoC"), _f(m802, "SoC"), _f(m124, "ChaState")),
         capacity_wh=_first(_f(m713, "WHRtg"), _f(m802, "WHRtg")),
         max_charge_w=max_charge,
         max_discharge_w=max_discharge,
