@@ -361,3 +361,30 @@ def test_a_push_that_brings_no_pv_up_never_charges_the_battery_from_the_grid() -
     low = BatteryState("bat", True, True, 10000.0, 5000.0, 5000.0, 50.0, power_w=-2500.0)
     d = decide_batteries([low], exporting, BatteryMemory(100.0, -2500.0), 10.0, 1.0, None, s)
     assert d.commands[0].setpoint_w is not None and d.commands[0].setpoint_w < -2500.0
+
+
+@pytest.mark.parametrize("revert_s", [20.0, 60.0])
+def test_an_unreachable_batterys_charge_ending_at_its_revert_time_is_made_room_for(
+    revert_s: float,
+) -> None:
+    """A battery charging 5 kW of surplus (1.5 kW export limit) stops answering; at its revert
+    time its own mode (idle) stops the charge and it comes back as export at once. The law knew
+    when, but kept no room for it: 5.8 kW exported for several seconds."""
+    limit = 1500.0
+    limits = EffectiveLimits(export_w=limit, sources={"export_w": "utility"})
+    plant = Plant(
+        inverters=[SimInverter("inv1", 6000.0, 4000.0), SimInverter("inv2", 6000.0, 4000.0)],
+        load_w=500.0,
+        seed=3,
+    )
+    plant.batteries.append(
+        SimBattery("bat", 10000.0, 5000.0, 5000.0, 50.0, own_mode="idle", revert_s=revert_s)
+    )
+
+    def hook(t: float, p: Plant) -> None:
+        p.batteries[0].reachable = t < 30.0
+
+    trace = run_closed_loop(plant, lambda t: limits, 30.0 + revert_s + 40.0, hook=hook)
+    assert plant.batteries[0].power_w > -100.0, "its charge did stop"
+    worst = max(pt.export_w for pt in trace if pt.t >= 20.0)
+    assert worst <= limit * 1.04 + 50.0

@@ -368,6 +368,19 @@ def unseen_rise_w(inv: InverterState, now: float, settings: ControlSettings) -> 
     return rise
 
 
+def unseen_battery_rise_w(b: BatteryState, now: float, settings: ControlSettings) -> float:
+    """How much an unreachable AC-coupled battery may add to export that a fresh meter cannot
+    have seen yet: around its setpoint's revert time (from ``revert_lead_s`` before until
+    ``revert_guard_s`` after), a charge it was told to take stops (its own mode may stand
+    idle), so the charge comes back as export at once. A discharge setpoint only falls then.
+    0 for a hybrid's battery: its inverter's limit holds its output."""
+    expires, sp = b.setpoint_expires_t, b.setpoint_w
+    if not b.ac_coupled or not _finite(expires) or not _finite(sp) or sp >= 0:
+        return 0.0
+    lead = settings.revert_lead_for_interval_s
+    return -float(sp) if expires - lead <= now < expires + settings.revert_guard_s else 0.0
+
+
 def control_step(
     meter: RollingMean,
     inverters: Sequence[InverterState],
@@ -549,6 +562,8 @@ def control_step(
             for i in offline
         )
     )
+    # And an unreachable battery's charge that stops at its revert time.
+    unseen_w += sum(unseen_battery_rise_w(b, now, s) for b in batteries if not usable(b))
     if load_est is not None:
         exp_l = ramped["export_w"]
         # Curtailed: an inverter makes what its (read back) limit allows, so there may be
