@@ -15,6 +15,7 @@ from dynexport.sunspec.storage import (
     encode_storage,
     is_storage,
     not_controllable_reason,
+    percent_base_w,
     read_storage,
     setpoint_from_raw,
     storage_control_model,
@@ -232,3 +233,20 @@ def test_the_enable_is_written_after_the_setpoint_and_its_revert_timer(model: in
     sfs = {"WSet_SF": 0} if model == 704 else {"InOutWRte_SF": 0}
     regs = registers_after(header, writes, sfs)
     assert verify(expected, decode_model(mdef, header.address, regs).raw) == []
+
+
+def test_124_percentages_are_of_its_own_wchamax_not_the_802_rating() -> None:
+    """Asked for 2500 W with 802 WChaRteMax 5000 W and 124 WChaMax 2500 W: 50 % was written,
+    and a device applying it to its WChaMax charged 1250 W (the read-back said 2500)."""
+    header = ModelHeader(124, 40070, 24)
+    reading = read_storage(
+        {124: {"WChaMax": 2500.0, "ChaState": 50.0}, 802: {"WChaRteMax": 5000.0, "SoC": 50.0}}
+    )
+    assert reading.max_charge_w == 5000.0  # the battery's rating, for the law
+    base = percent_base_w(header, {"WChaMax": 2500.0}, reading.max_charge_w)
+    assert base == 2500.0
+    _, values = encode_storage(header, StorageCommand(-2500.0), max_charge_w=base, sf=0)
+    assert values["InWRte"] == 100  # all of its WChaMax
+    assert setpoint_from_raw(header, values, max_charge_w=base, sf=0) == -2500.0
+    assert percent_base_w(header, {"WChaMax": None}, 5000.0) == 5000.0  # not implemented
+    assert percent_base_w(H704, {}, 5000.0) == 5000.0  # 704 takes watts

@@ -334,3 +334,26 @@ async def test_a_battery_back_from_an_outage_waits_for_a_new_setpoint() -> None:
                 link.command(BatteryDesired(-2000.0))  # the controller's next decision
                 await wait_until(lambda: link.state.setpoint_w == -2000.0, within=30.0)
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_124_setpoint_is_a_percentage_of_its_own_wchamax() -> None:
+    """802 rates the battery at 5 kW, but 124 applies its percentages to a WChaMax of 2.5 kW:
+    asked for 2.5 kW of charge, it was written 50 % and charged 1.25 kW."""
+    bat = battery(soc_pct=50.0, window=True, max_charge_w=5000.0, tau_s=0.1)
+    site = Site({3: bat}, load_w=0.0)
+    site.devices[3].set(124, "WChaMax", 2500.0)
+    with serve_tcp(site) as sim:
+        async with BusPool(timeout=1.0) as pool:
+            link = BatteryLink(
+                "battery", pool.get(TcpEndpoint("127.0.0.1", sim.port)), 3, revert_s=30,
+                fast_s=0.2, convention=StorageConvention.WINDOW,
+            )  # fmt: skip
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link.run)
+                await wait_until(lambda: link.state.controllable is True, within=30.0)
+                assert link.state.reading is not None
+                assert link.state.reading.max_charge_w == 5000.0
+                link.command(BatteryDesired(-2500.0))
+                await wait_until(lambda: link.state.setpoint_w == -2500.0, within=30.0)
+                await wait_until(lambda: bat.power_w < -2400.0, within=30.0)
+                nursery.cancel_scope.cancel()

@@ -857,11 +857,12 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
         before = await self.device.read_model(header)
         sf_name = "WSet_SF" if header.id == 704 else "InOutWRte_SF"
         sf = before.raw.get(sf_name)
+        rate_base = storage.percent_base_w(header, before.points, reading.max_charge_w)
         cmd = storage.StorageCommand(desired.setpoint_w, revert_s=self.revert_s)
         writes, expected = storage.encode_storage(
             header,
             cmd,
-            max_charge_w=reading.max_charge_w,
+            max_charge_w=rate_base,
             sf=sf,
             convention=self.convention,
         )
@@ -880,7 +881,7 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
         setpoint = storage.setpoint_from_raw(
             header,
             after.raw,
-            max_charge_w=reading.max_charge_w,
+            max_charge_w=rate_base,
             sf=sf,
             convention=self.convention,
         )

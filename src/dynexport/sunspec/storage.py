@@ -410,6 +410,19 @@ def storage_values(
     }
 
 
+def percent_base_w(
+    header: ModelHeader, points: Mapping[str, Value], fallback_w: float | None
+) -> float | None:
+    """What 124's InWRte/OutWRte are percentages of: its own WChaMax, as the device applies them
+    (802's WChaRteMax, the battery's rating, can differ: asked for 2500 W of a 5000 W rating,
+    50 % of a 2500 W WChaMax charged 1250 W). None for 704 (watts) falls back to ``fallback_w``."""
+    if header.id == 124:
+        w = points.get("WChaMax")
+        if isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and w > 0:
+            return float(w)
+    return fallback_w
+
+
 def encode_storage(
     header: ModelHeader,
     cmd: StorageCommand,
