@@ -1217,11 +1217,18 @@ class App:
         async with trio.open_nursery() as nursery:
             for cmd in commands:
                 nursery.start_soon(write, cmd)
-        for bat in self.batteries:  # after the inverters: their own mode (its revert would too)
+
+        async def release(bat: BatteryLink) -> None:
             try:
                 await bat.write(BatteryDesired(None))
             except Exception as exc:
                 log.warning("%s: could not return it to its own mode: %s", bat.id, exc)
+
+        # After the inverters, the batteries to their own mode (their reverts would too), also
+        # all at once: one after another, silent ones used up the budget before a reachable one.
+        async with trio.open_nursery() as nursery:
+            for bat in self.batteries:
+                nursery.start_soon(release, bat)
         self.notifier.stopping("inverters left at their fail-safe limits")
 
     # -- views --------------------------------------------------------------------------------

@@ -205,3 +205,35 @@ async def test_the_fault_fail_safe_counts_what_an_unreachable_battery_may_discha
     bat.state = replace(bat.state, online=False, setpoint_w=3000.0, setpoint_expires=now + 600.0)
     (command,) = app._failsafe_commands()
     assert command.limit_pct == 0.0
+
+
+async def test_at_shutdown_silent_batteries_do_not_keep_a_reachable_one_from_its_release(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One after another, two batteries that do not answer (2.5 s of timeouts each) used up the
+    shutdown's budget before a reachable third one was returned to its own mode."""
+    from types import SimpleNamespace
+
+    from dynexport.app import SHUTDOWN_BUDGET_S
+    from dynexport.modbus.errors import ModbusTimeout
+
+    class Battery:
+        def __init__(self, id: str, answers_after_s: float | None) -> None:
+            self.id, self.after, self.released = id, answers_after_s, False
+
+        async def write(self, desired: object) -> None:
+            await trio.sleep(2.5 if self.after is None else self.after)
+            if self.after is None:
+                raise ModbusTimeout("no answer")
+            self.released = True
+
+    batteries = [Battery("battery 1", None), Battery("battery 2", None), Battery("battery 3", 0.05)]
+    app = SimpleNamespace(
+        _failsafe_commands=lambda: [],
+        inverters=[],
+        batteries=batteries,
+        notifier=SimpleNamespace(stopping=lambda message: None),
+    )
+    with trio.move_on_after(SHUTDOWN_BUDGET_S):
+        await App.leave_fail_safe(app)  # type: ignore[arg-type]
+    assert batteries[2].released
