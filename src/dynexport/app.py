@@ -609,6 +609,13 @@ class App:
         for cmd in out.commands:
             pct = self.tested_pct(cmd.id, cmd.limit_pct, now)  # installer tools: a ceiling
             by_id[cmd.id].command(Desired(pct=pct, connect=cmd.connect))
+        commanded = {cmd.id for cmd in out.commands}
+        for link in self.inverters:
+            # One the law gives no command while it answers (no rating) was still opened by a
+            # disconnect: its link would rewrite that for good, so it is connected again.
+            wish = link.desired
+            if link.id not in commanded and link.state.online and wish and not wish.connect:
+                link.command(Desired(pct=None, connect=True))
         if out.mode != "normal" and out.mode != self._last_mode:
             log.warning("controller mode: %s (%s)", out.mode, out.source or "no source")
         self._last_mode = out.mode

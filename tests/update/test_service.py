@@ -692,7 +692,7 @@ def trial_flag(tmp_path: Path, value: bytes | None) -> Path:
 
 @pytest.mark.parametrize(
     "lost",
-    [None, b"not json", UpdateRecord("committed", "1.4.0", "B", "A", "old-boot").to_json()],
+    [None, b"not json", UpdateRecord("committed", "1.4.0", "A", "B", "old-boot").to_json()],
     ids=["no record", "corrupt", "an older update's"],
 )
 async def test_a_firmware_trial_whose_record_is_lost_gets_the_trials_health_check(
@@ -750,3 +750,38 @@ async def test_a_firmware_trial_with_its_record_is_checked_as_recorded(
     await control_and_commit(site, tmp_path, rauc, 30, "trial-boot", "B", trial_flag=flag)
     assert read_record(tmp_path) == TRIAL, "the record as the install wrote it"
     assert rauc.marked == []
+
+
+async def test_a_service_restarted_after_committing_its_firmware_trial_leaves_the_commit(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    """The firmware's flag stays 1 all that boot: a restart (the watchdog) took the committed
+    record for a lost trial and wrote it back as one, which update-deadline then rolled back."""
+    flag = trial_flag(tmp_path, b"\x00\x00\x00\x01")
+    write_record(tmp_path, TRIAL)
+    site, rauc = Site(ready=True), VersionedRauc(booted="B")
+    site.answer()
+    await control_and_commit(site, tmp_path, rauc, 150, "trial-boot", "B", trial_flag=flag)
+    committed = read_record(tmp_path)
+    assert committed is not None and committed.state == "committed"
+    again = Site(ready=True)
+    await control_and_commit(
+        again, tmp_path, VersionedRauc("B"), 5, "trial-boot", "B", trial_flag=flag
+    )
+    assert read_record(tmp_path) == committed
+
+
+async def test_an_install_waiting_for_its_reboot_is_not_taken_for_a_lost_trial(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    """Later in the firmware trial's boot (committed), a newer bundle waits for its reboot into
+    slot A; a restart of the service must keep its record."""
+    flag = trial_flag(tmp_path, b"\x00\x00\x00\x01")
+    pending = UpdateRecord("trial", "1.6.0", target="A", source="B", boot_id="trial-boot")
+    write_record(tmp_path, pending)
+    site = Site(ready=True)
+    site.answer()
+    await control_and_commit(
+        site, tmp_path, VersionedRauc("B"), 5, "trial-boot", "B", trial_flag=flag
+    )
+    assert read_record(tmp_path) == pending

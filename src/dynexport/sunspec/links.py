@@ -363,6 +363,11 @@ class _CommandLink(_Link, Generic[_CommandT, _StateT]):
         self._written: _CommandT | None = None
         """What was last written and read back; None: unknown, write again."""
 
+    @property
+    def desired(self) -> _CommandT | None:
+        """What was last asked for (None: nothing yet, or forgotten)."""
+        return self._desired
+
     def command(self, desired: _CommandT) -> None:
         """Asks for ``desired``; it is applied promptly by :meth:`run` (the caller never waits)."""
         if desired != self._desired:

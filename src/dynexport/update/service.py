@@ -321,7 +321,14 @@ async def _check_this_boot(
         record = record.moved_to("trial")
         write_record(data_dir, record)
     trial = record is not None and record.state == "trial" and record.boot_id != this_boot
-    if tryboot and booted is not None and not (trial and record and record.target == booted):
+    # Not lost: this slot's trial, this slot committed (in this boot too: the flag stays 1 all
+    # the boot, and a restarted service must not undo its own commit), or an install of this
+    # boot waiting for its reboot.
+    kept = record is not None and (
+        (record.target == booted and record.state in ("trial", "committed"))
+        or record.boot_id == this_boot
+    )
+    if tryboot and booted is not None and not kept:
         # The firmware says trial, the record does not (lost, corrupt, or an older one): confirmed
         # at READY as an ordinary boot, the trial would have been committed without its health
         # check. It is checked as a trial, and recorded as one for update-deadline.
