@@ -234,26 +234,25 @@ class _Clock:
         return self.t
 
 
-class _CutAfterOneWrite:
-    """The bus, until armed; then the first write goes through and every request after it fails
-    (a cable pulled, a TCP reset, in the middle of a command)."""
+class _Gate:
+    """The bus, with a switch that cuts it (a cable pulled, a TCP reset); with
+    ``cut_after_write`` it cuts itself right after the next write, in the middle of a command."""
 
     def __init__(self, inner: object) -> None:
-        self.inner, self.armed, self.dead = inner, False, False
+        self.inner, self.down, self.cut_after_write = inner, False, False
         self.writes: list[int] = []
 
     async def read_holding_registers(self, unit: int, address: int, count: int, **kw: object):
-        if self.dead:
+        if self.down:
             raise ModbusConnectionError("connection lost")
         return await self.inner.read_holding_registers(unit, address, count, **kw)  # type: ignore[attr-defined]
 
     async def write_registers(self, unit: int, address: int, values: list[int], **kw: object):
-        if self.dead:
+        if self.down:
             raise ModbusConnectionError("connection lost")
-        await self.inner.write_registers(unit, address, values, **kw)  # type: ignore[attr-defined]
         self.writes.append(address)
-        if self.armed:
-            self.dead = True
+        await self.inner.write_registers(unit, address, values, **kw)  # type: ignore[attr-defined]
+        self.down = self.cut_after_write
 
 
 @pytest.mark.parametrize(
@@ -272,39 +271,20 @@ async def test_a_setpoint_cut_short_between_its_writes_is_never_left_without_its
     site = Site({3: battery(soc_pct=60.0, wset=wset, window=window)}, load_w=0.0)
     with serve_tcp(site, clock=clock) as sim:
         async with BusPool(timeout=1.0) as pool:
-            bus = _CutAfterOneWrite(pool.get(TcpEndpoint("127.0.0.1", sim.port)))
+            bus = _Gate(pool.get(TcpEndpoint("127.0.0.1", sim.port)))
             link = BatteryLink("battery", bus, 3, revert_s=30, fast_s=0.2, convention=convention)  # type: ignore[arg-type]
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(link.run)
                 await wait_until(lambda: link.state.controllable is True, within=30.0)
-                bus.armed = True
+                bus.cut_after_write = True
                 link.command(BatteryDesired(-4000.0))
-                await wait_until(lambda: bus.dead, within=30.0)
+                await wait_until(lambda: bus.down, within=30.0)
                 nursery.cancel_scope.cancel()
     model = 704 if wset else 124
     enable = "WSetEna" if wset else "StorCtl_Mod"
     clock.t += 3600.0  # an hour on: whatever the cut left must have reverted by now
     site.step(clock.t)
     assert site.get(3, model, enable) in (0, None), "a setpoint left in force with no end"
-
-
-class _Gate:
-    """The bus, with a switch that cuts it."""
-
-    def __init__(self, inner: object) -> None:
-        self.inner, self.down = inner, False
-        self.writes: list[int] = []
-
-    async def read_holding_registers(self, unit: int, address: int, count: int, **kw: object):
-        if self.down:
-            raise ModbusConnectionError("down")
-        return await self.inner.read_holding_registers(unit, address, count, **kw)  # type: ignore[attr-defined]
-
-    async def write_registers(self, unit: int, address: int, values: list[int], **kw: object):
-        if self.down:
-            raise ModbusConnectionError("down")
-        self.writes.append(address)
-        await self.inner.write_registers(unit, address, values, **kw)  # type: ignore[attr-defined]
 
 
 async def test_a_battery_back_from_an_outage_waits_for_a_new_setpoint() -> None:
