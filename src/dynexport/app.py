@@ -517,8 +517,11 @@ class App:
         by_id = {link.id: link for link in self.inverters}
         for cmd in commands:
             by_id[cmd.id].command(Desired(pct=cmd.limit_pct, connect=cmd.connect))
-        for bat in self.batteries:  # a battery's fail-safe is its own mode
-            bat.command(BatteryDesired(None))
+        # A battery's fail-safe, as the law's for a quiet meter: charge only if AC-coupled (its
+        # own mode's discharge would take over the load the inverters' cap gives up), its own
+        # mode if a hybrid's (its inverter's limit holds its output).
+        for bat in self.batteries:
+            bat.command(BatteryDesired(None, charge_only=bat.ac_coupled))
 
     def _failsafe_commands(self) -> list[law.InverterCommand]:
         """What each controllable inverter gets when the meter cannot be trusted: total
@@ -848,6 +851,7 @@ class App:
             sampled_t=st.last_reading,
             setpoint_w=st.setpoint_w,
             setpoint_expires_t=st.setpoint_expires,
+            charge_only=st.charge_only,
             inverter_id=None if link.ac_coupled else owner,
         )
 
@@ -934,7 +938,7 @@ class App:
     def _command_batteries(self, out: law.ControlOutput, now: float) -> None:
         by_id = {b.id: b for b in self.batteries}
         for cmd in out.battery_commands:
-            by_id[cmd.id].command(BatteryDesired(cmd.setpoint_w))
+            by_id[cmd.id].command(BatteryDesired(cmd.setpoint_w, cmd.charge_only))
         book = self.battery
         dt = 0.0 if book.last_t is None else min(max(now - book.last_t, 0.0), 5.0)
         book.last_t = now
@@ -982,6 +986,7 @@ class App:
                     "powerW": None if b.state.reading is None else b.state.reading.power_w,
                     "capacityWh": None if b.state.reading is None else b.state.reading.capacity_wh,
                     "setpointW": b.state.setpoint_w,
+                    "chargeOnly": b.state.charge_only,
                     "manufacturer": b.state.info.manufacturer,
                     "model": b.state.info.model,
                     "error": b.state.error,

@@ -207,6 +207,34 @@ async def test_the_fault_fail_safe_counts_what_an_unreachable_battery_may_discha
     assert command.limit_pct == 0.0
 
 
+async def test_a_controller_fault_tells_ac_batteries_charge_only_and_leaves_hybrids_own_mode(
+    tmp_path: Path,
+) -> None:
+    """As the law's own fail-safe: an AC-coupled battery's own mode would discharge into the
+    load the inverters' cap gives up (and be counted against it, so it took ever more of it);
+    a hybrid's battery is held by its inverter's limit and keeps its own mode."""
+    from dynexport.modbus.client import BusPool
+    from dynexport.sunspec.links import BatteryDesired
+
+    closed = "127.0.0.1:1"  # the links never run here
+    config = parse_config(
+        {
+            "inverters": [{"tcp": closed, "unit": 1}],
+            "batteries": [{"tcp": closed, "unit": 1, "plan": False},
+                          {"tcp": closed, "unit": 3, "plan": False}],
+            "limits": {"exportW": 1500},
+        }
+    )  # fmt: skip
+    app = make_app(config, tmp_path)
+    async with BusPool() as pool:
+        app._make_links(pool)
+    hybrid, ac = app.batteries
+    assert not hybrid.ac_coupled and ac.ac_coupled
+    await app._controller_fault(RuntimeError("a bug in the law"))
+    assert ac._desired == BatteryDesired(None, charge_only=True)
+    assert hybrid._desired == BatteryDesired(None)
+
+
 async def test_at_shutdown_silent_batteries_do_not_keep_a_reachable_one_from_its_release(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

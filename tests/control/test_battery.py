@@ -27,6 +27,7 @@ from dynexport.control.law import (
     InverterState,
     control_step,
     enforced_doe_modes,
+    possible_battery_output_w,
 )
 from dynexport.control.limits import EffectiveLimits
 from dynexport.control.plant import Plant, SimBattery, SimInverter, run_closed_loop
@@ -161,7 +162,7 @@ def test_nothing_limits_so_the_battery_follows_its_own_mode() -> None:
     assert plant.batteries[0].power_w == pytest.approx(-5000.0, abs=50.0)
 
 
-def test_a_quiet_meter_releases_the_battery_and_keeps_the_export_fail_safe() -> None:
+def test_a_quiet_meter_leaves_the_battery_charging_only_and_keeps_the_export_fail_safe() -> None:
     plant = site(6000.0, 500.0, 50.0, own_mode="idle")
     outs = []
 
@@ -172,9 +173,39 @@ def test_a_quiet_meter_releases_the_battery_and_keeps_the_export_fail_safe() -> 
         plant, lambda t: EXPORT_1500, 60.0, hook=hook, observe=lambda t, p, lim, o: outs.append(o)
     )
     late = [o for o in outs if o.mode == "failsafe"]
-    assert late and all(c.setpoint_w is None for o in late for c in o.battery_commands)
+    assert late and all(
+        c.setpoint_w is None and c.charge_only for o in late for c in o.battery_commands
+    )
     assert all(o.battery_mode == "failsafe" for o in late)
     assert sum(i.output_w for i in plant.inverters) <= 1500.0
+
+
+def test_a_quiet_meter_never_hands_the_house_load_from_the_pv_to_the_battery() -> None:
+    """3 kW of load, 6 kW of sun, a 1.5 kW limit and a self-consumption battery, then the
+    meter goes quiet. Left in its own mode, the battery covered the load the fail-safe cap gave
+    up, the inverters came down by what it discharged, and it ended carrying the whole house
+    with the PV at 0 %; when the load then fell to 300 W its discharge went out at 2.7 kW. Told
+    "charge only", it stops discharging, the inverters keep making the fail-safe's 1.5 kW (the
+    grid covers the rest of the load), and the load's fall exports no more than the limit: the
+    battery takes the surplus instead."""
+    plant = site(6000.0, 3000.0, 60.0)
+    trace_outs: list[tuple[float, float, float]] = []
+
+    def hook(t: float, p: Plant) -> None:
+        p.meter_alive = t < 30.0
+        if t >= 200.0:
+            p.load_w = 300.0
+
+    def observe(t: float, p: Plant, lim: object, o: object) -> None:
+        trace_outs.append((t, sum(i.output_w for i in p.inverters), p.batteries[0].power_w))
+
+    trace = run_closed_loop(plant, lambda t: EXPORT_1500, 260.0, hook=hook, observe=observe)
+    outage = [x for x in trace_outs if 60.0 <= x[0] < 200.0]
+    assert outage
+    assert min(inv for _, inv, _ in outage) >= 1300.0  # the PV still covers what it may
+    assert max(bat for _, _, bat in outage) <= 30.0  # the battery does not carry the house
+    assert max(p.export_w for p in trace if p.t >= 30.0) <= allowed(1500.0)
+    assert plant.batteries[0].power_w < -800.0  # after the load fell: it stores the surplus
 
 
 def test_import_and_load_limits_are_enforced_only_with_a_battery() -> None:
@@ -388,3 +419,17 @@ def test_an_unreachable_batterys_charge_ending_at_its_revert_time_is_made_room_f
     assert plant.batteries[0].power_w > -100.0, "its charge did stop"
     worst = max(pt.export_w for pt in trace if pt.t >= 20.0)
     assert worst <= limit * 1.04 + 50.0
+
+
+def test_an_unreachable_battery_told_charge_only_may_discharge_no_more_than_last_seen() -> None:
+    """Until its revert time a charge-only battery cannot discharge more than it last did (it
+    is only coming down); from then on its own mode may cover any load, at its whole rate."""
+    b = BatteryState(
+        "bat", False, True, 10000.0, 5000.0, 4000.0, 50.0, 150.0,
+        setpoint_w=None, setpoint_expires_t=100.0, charge_only=True,
+    )  # fmt: skip
+    assert possible_battery_output_w(b, 50.0) == 150.0
+    assert possible_battery_output_w(b, 50.0, lead_s=60.0) == 4000.0  # about to revert
+    assert possible_battery_output_w(b, 100.0) == 4000.0
+    released = BatteryState("bat", False, True, 10000.0, 5000.0, 4000.0, 50.0, 150.0)
+    assert possible_battery_output_w(released, 50.0) == 4000.0

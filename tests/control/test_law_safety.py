@@ -401,10 +401,18 @@ def test_the_command_never_exceeds_the_live_target_from_any_state(
         assert cmd <= max(aim, 0.0) + 1e-6
     if out.mode == "failsafe" and lim is not None:
         assert cmd <= max(lim - margin_w(lim, S) - out.offline_w, 0.0) + 1e-6
-    given_w = 0.0
+    # The budget is shared among the inverters that can be read; those that answer but cannot
+    # be read ("blind") get their share of the zero-load cap instead, outside the budget.
+    given_w = blind_w = 0.0
     for c in out.commands:
         if c.limit_pct is not None:
             assert math.isfinite(c.limit_pct) and 0.0 <= c.limit_pct <= 100.0
-            given_w += next(i.rated_w for i in invs if i.id == c.id) * c.limit_pct / 100
-    if any(c.limit_pct is not None for c in out.commands):
+            w = next(i.rated_w for i in invs if i.id == c.id) * c.limit_pct / 100
+            if c.id in out.blind:
+                blind_w += w
+            else:
+                given_w += w
+    if any(c.limit_pct is not None for c in out.commands if c.id not in out.blind):
         assert given_w <= out.budget_w + 1e-6
+    if lim is not None:
+        assert blind_w <= max(lim - margin_w(lim, S), 0.0) + 1e-6

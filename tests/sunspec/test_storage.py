@@ -12,6 +12,7 @@ from dynexport.sunspec.models import model_def
 from dynexport.sunspec.storage import (
     StorageCommand,
     StorageConvention,
+    charge_only_from_raw,
     encode_storage,
     is_storage,
     not_controllable_reason,
@@ -119,6 +120,40 @@ def test_the_gen24_window_forces_the_direction_with_a_negative_rate() -> None:
         H124, StorageCommand(1000.0), max_charge_w=5000.0, sf=0, convention=StorageConvention.WINDOW
     )
     assert (dis["InWRte"], dis["OutWRte"]) == (-20, 20)
+
+
+@pytest.mark.parametrize("convention", list(StorageConvention))
+def test_charge_only_bounds_the_discharge_alone_and_reads_back_as_no_setpoint(
+    convention: StorageConvention,
+) -> None:
+    """The fail-safe's "charge only": the discharge bound alone (StorCtl_Mod 2) at OutWRte 0 %,
+    with its revert timer, the enable written last; read back, it is no setpoint (its own mode
+    charges) and is told apart from a stale InWRte of an earlier charge setpoint."""
+    earlier, _ = encode_storage(
+        H124, StorageCommand(-4000.0), max_charge_w=5000.0, sf=-2, convention=convention
+    )
+    cmd = StorageCommand(None, revert_s=60, charge_only=True)
+    writes, expected = encode_storage(H124, cmd, max_charge_w=5000.0, sf=-2, convention=convention)
+    assert expected["StorCtl_Mod"] == 2 and expected["OutWRte"] == 0
+    assert expected["InOutWRte_RvrtTms"] == 60 and "InWRte" not in expected
+    assert list(expected)[-1] == "StorCtl_Mod"
+    regs = registers_after(H124, earlier + writes, {"InOutWRte_SF": -2})
+    back = decode_model(model_def(124), H124.address, regs)
+    assert verify(expected, back.raw) == []
+    assert back.raw["InWRte"] == 8000  # the earlier charge's 80 % is still in the register
+    assert charge_only_from_raw(H124, back.raw)
+    got = setpoint_from_raw(H124, back.raw, max_charge_w=5000.0, sf=-2, convention=convention)
+    assert got is None
+    # a setpoint is not charge only
+    setpoint = registers_after(H124, earlier, {"InOutWRte_SF": -2})
+    assert not charge_only_from_raw(H124, decode_model(model_def(124), H124.address, setpoint).raw)
+
+
+def test_charge_only_is_refused_where_it_cannot_be_said() -> None:
+    with pytest.raises(CommandError, match="charge only needs model 124"):
+        encode_storage(H704, StorageCommand(None, charge_only=True), max_charge_w=None, sf=0)
+    with pytest.raises(CommandError, match="no setpoint"):
+        StorageCommand(-1000.0, charge_only=True)
 
 
 def test_704_wset_is_used_where_present_and_reverts_to_the_own_mode() -> None:

@@ -337,3 +337,58 @@ async def test_a_124_setpoint_is_a_percentage_of_its_own_wchamax() -> None:
                 await wait_until(lambda: link.state.setpoint_w == -2500.0, within=30.0)
                 await wait_until(lambda: bat.power_w < -2400.0, within=30.0)
                 nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("window", [False, True], ids=["sunspec", "gen24-window"])
+async def test_charge_only_stops_the_own_modes_discharge_and_is_kept_in_force(
+    window: bool,
+) -> None:
+    """The fail-safe's "charge only": a self-consumption battery covering a 3 kW load stops
+    discharging, the link reads it back as charge only with a revert time, rewrites it before
+    that runs out, and a release returns the battery to its own mode (discharging again)."""
+    site = Site({3: battery(soc_pct=60.0, window=window, tau_s=0.2)}, load_w=3000.0)
+    convention = StorageConvention.WINDOW if window else StorageConvention.SUNSPEC
+    with serve_tcp(site) as sim:
+        async with BusPool(timeout=1.0) as pool, trio.open_nursery() as nursery:
+            bus = pool.get(TcpEndpoint("127.0.0.1", sim.port))
+            link = BatteryLink("battery", bus, 3, revert_s=3, fast_s=0.1, convention=convention)
+            nursery.start_soon(link.run)
+            dev = site.devices[3]
+            await wait_until(lambda: link.state.controllable is True)
+            await wait_until(lambda: dev.power_w > 2800.0)  # type: ignore[attr-defined]
+            link.command(BatteryDesired(None, charge_only=True))
+            await wait_until(lambda: link.state.charge_only)
+            assert link.state.setpoint_w is None and link.state.setpoint_expires is not None
+            assert site.get(3, 124, "StorCtl_Mod") == 2 and site.get(3, 124, "OutWRte") == 0
+            await wait_until(lambda: abs(dev.power_w) < 30.0)  # type: ignore[attr-defined]
+            # Kept in force: rewritten (with its revert timer) before that runs out, twice over.
+            for _ in range(2):
+                last = link.state.last_write or 0.0
+                await wait_until(lambda: (link.state.last_write or 0.0) > last)  # noqa: B023
+                assert site.get(3, 124, "StorCtl_Mod") == 2
+                assert site.get(3, 124, "InOutWRte_RvrtTms") == 3
+            assert abs(dev.power_w) < 30.0  # type: ignore[attr-defined]
+            link.command(BatteryDesired(None))
+            await wait_until(lambda: site.get(3, 124, "StorCtl_Mod") == 0)
+            await wait_until(lambda: not link.state.charge_only)
+            await wait_until(lambda: dev.power_w > 2800.0)  # type: ignore[attr-defined]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_704_battery_cannot_be_told_charge_only_and_says_so_by_its_state() -> None:
+    """Model 704 has a setpoint, no bound: "charge only" leaves it in its own mode, and its state
+    says no bound is in force (the controller keeps counting its discharge)."""
+    site = Site({3: battery(wset=True, soc_pct=70.0)}, load_w=3000.0)
+    with serve_tcp(site) as sim:
+        async with BusPool(timeout=1.0) as pool, trio.open_nursery() as nursery:
+            bus = pool.get(TcpEndpoint("127.0.0.1", sim.port))
+            link = BatteryLink("battery", bus, 3, revert_s=20, fast_s=0.2)
+            nursery.start_soon(link.run)
+            await wait_until(lambda: link.state.controllable is True)
+            link.command(BatteryDesired(-1000.0))
+            await wait_until(lambda: link.state.setpoint_w == -1000.0)
+            link.command(BatteryDesired(None, charge_only=True))
+            await wait_until(lambda: link.state.setpoint_w is None)
+            assert not link.state.charge_only and link.state.setpoint_expires is None
+            assert site.get(3, 704, "WSetEna") == 0 and site.get(3, 124, "StorCtl_Mod") == 0
+            nursery.cancel_scope.cancel()

@@ -25,8 +25,14 @@ Why the rules are what they are:
   load limit near, or the plan holding charging back) and released ``release_after_s`` after
   the last of those; released, it follows its own (self-consumption) mode. Release happens only
   when export would stay under the limit even if the battery stopped charging at once.
-- **Fail-safes.** With the meter quiet the battery is released to its own mode (which never
-  exports from the battery) and the inverters hold the export fail-safe as before. An unreachable
+- **Fail-safes.** With the meter quiet an AC-coupled battery is told "charge only": its own mode
+  may still charge from what it sees, but it may not discharge, and the inverters hold the export
+  fail-safe as before (counting a discharge until it has stopped). Left in its own mode it would
+  cover the household's load, which the fail-safe must count as possible export: the inverters
+  came down by what it discharged, so it took more of the load, until it carried the whole house
+  and the PV stood curtailed to nothing; a load that then fell left its discharge going out over
+  the limit while it caught up. A hybrid's battery keeps its own mode (its inverter's limit holds
+  its output whatever it does). An unreachable
   battery gets no command (its revert timer returns it to its own mode) and is, for the law, part
   of the household: the meter sees it, and the inverters hold export by curtailment.
 - **SoC bounds.** Charge tapers to 0 over ``taper_pct`` below the maximum SoC; discharge tapers to
@@ -65,6 +71,9 @@ class BatteryState:
     setpoint_w: float | None = None
     """The setpoint last written and read back; None: its own mode."""
     setpoint_expires_t: float | None = None
+    charge_only: bool = False
+    """A "charge only" command is in force (read back) until ``setpoint_expires_t``: its own mode,
+    with its discharge bound at 0."""
     inverter_id: str | None = None
     """A hybrid's battery: the id of the inverter whose AC output includes it (its PV is that
     output less the battery's power). None: AC-coupled, or not known (then its charge is not
@@ -78,6 +87,9 @@ class BatteryCommand:
     id: str
     setpoint_w: float | None
     reason: str = ""
+    charge_only: bool = False
+    """With ``setpoint_w`` None: its own mode may charge but not discharge (model 124's
+    discharge bound at 0 %, with its revert timer); see ``decide_batteries``'s fail-safe."""
 
 
 @dataclass(frozen=True)
@@ -271,9 +283,16 @@ def decide_batteries(
     if not ready:
         return BatteryDecision((), 0.0, "offline", BatteryMemory(), None, "", skipped)
     if site is None:
-        # Meter quiet: the battery's own mode (it never exports from the battery) plus the
-        # inverters' export fail-safe; nothing here may count on its charge.
-        cmds = tuple(BatteryCommand(b.id, None, "fail-safe: own mode") for b in ready)
+        # Meter quiet: an AC-coupled battery may charge in its own mode but not discharge (the
+        # inverters' export fail-safe counts a discharge until it has stopped, and its own mode
+        # would otherwise take over the load the inverters give up); a hybrid's own mode is
+        # held by its inverter's limit. Nothing here may count on a charge.
+        cmds = tuple(
+            BatteryCommand(b.id, None, "fail-safe: charge only", charge_only=True)
+            if b.ac_coupled
+            else BatteryCommand(b.id, None, "fail-safe: own mode")
+            for b in ready
+        )
         return BatteryDecision(
             cmds, max(measured_ac, 0.0), "failsafe", BatteryMemory(), None, "meter quiet", skipped
         )

@@ -333,13 +333,16 @@ def possible_battery_output_w(b: BatteryState, now: float, lead_s: float = 0.0) 
     shortly before its revert time, never less than its last reading; in its own mode (no
     setpoint, or reverting) its whole discharge rate, since it covers whatever load it sees and
     lags when that load falls (0 for a hybrid's battery: its output is inside its inverter's,
-    already counted)."""
+    already counted). "Charge only" in force: no more than its last reading."""
     if not b.ac_coupled:
         return 0.0
     last = max(float(b.power_w), 0.0) if _finite(b.power_w) else 0.0
     sp, expires = b.setpoint_w, b.setpoint_expires_t
-    if _finite(sp) and _finite(expires) and now + lead_s < expires:
-        return max(last, sp)
+    if _finite(expires) and now + lead_s < expires:
+        if _finite(sp):
+            return max(last, sp)
+        if b.charge_only:
+            return last
     rate = float(b.max_discharge_w) if _finite(b.max_discharge_w) else 0.0
     return max(last, rate)
 

@@ -73,6 +73,8 @@ class SimBattery:
     power_w: float = 0.0
     setpoint_w: float | None = None
     """What the controller last wrote (None: its own mode)."""
+    charge_only: bool = False
+    """With no setpoint: its own mode, but no discharge (until its revert timer runs out)."""
     command_t: float = 0.0
     revert_s: float = 60.0
     last_seen_w: float = 0.0
@@ -86,6 +88,10 @@ class SimBattery:
     def commanded(self, t: float) -> bool:
         """Under the controller's setpoint now (not in its own mode)."""
         return self.setpoint_w is not None and t - self.command_t <= self.revert_s
+
+    def charge_only_now(self, t: float) -> bool:
+        """In its own mode with its discharge bound at 0 by the controller now."""
+        return self.charge_only and self.setpoint_w is None and t - self.command_t <= self.revert_s
 
 
 @dataclass
@@ -149,6 +155,8 @@ class Plant:
             others = sum(x.power_w for x in self.batteries if x is not b)
             without = self.load_now_w - sum(i.output_w for i in self.inverters) - others
             goal = without if abs(without) > b.own_deadband_w else 0.0
+            if b.charge_only_now(self.t):
+                goal = min(goal, 0.0)
         goal = min(max(goal, -b.max_charge_w), b.max_discharge_w)
         if b.soc_pct >= 100.0:
             goal = max(goal, 0.0)
@@ -229,6 +237,7 @@ class Plant:
                     sampled_t=None if b.reachable else b.last_seen_t,
                     setpoint_w=b.setpoint_w,
                     setpoint_expires_t=b.command_t + b.revert_s,
+                    charge_only=b.charge_only and b.setpoint_w is None,
                 )
             )
         return states
@@ -240,6 +249,7 @@ class Plant:
             b = bats[bc.id]
             if b.reachable:
                 b.setpoint_w = bc.setpoint_w
+                b.charge_only = bc.charge_only
                 b.command_t = self.t
         by_id = {inv.id: inv for inv in self.inverters}
         for cmd in output.commands:

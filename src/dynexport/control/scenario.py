@@ -10,7 +10,8 @@ were delivered. The rules, checked at every tick:
 
 0. *Battery* (when the scenario has one): no command to a battery the law cannot reach; never a
    discharge setpoint at or below the reserve SoC, never a charge setpoint at or above the
-   maximum SoC; the setpoint within its rates.
+   maximum SoC; the setpoint within its rates; in the fail-safe, "charge only" (its own mode
+   may not discharge: its discharge would take over the load the fail-safe cap gives up).
 
 1. *Command*: with a fresh meter, the total generation the law allows never exceeds
    load estimate + export limit in use − margin (less any reserve for unreachable inverters),
@@ -35,7 +36,8 @@ Excused from rule 2, because no controller could prevent them (each case is coun
   is household load to the law (the meter sees it); its charge stopping is a load fall like
   any other and is excused the same way. A battery the law commands is never excused: its
   charge reductions (nearing its maximum SoC, a limit lifted) must find the inverters already
-  down;
+  down. Told "charge only", its charge is its own mode's (excused as above), its discharge is
+  not;
 - *forced*: what the law cannot curtail (unreachable and uncontrollable inverters) already
   exports more than the allowance by itself, and for ``3 s + 5 τ`` after that ends (an
   inverter that is reachable again starts from its free-running output and needs its lag).
@@ -294,7 +296,8 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
         forced += sum(
             max(b.power_w, 0.0)
             for b in p.batteries
-            if not _commanded(b, t) or t < unreachable_t.get(b.id, -math.inf) + react_s
+            if not (_commanded(b, t) or (b.reachable and b.charge_only_now(t)))
+            or t < unreachable_t.get(b.id, -math.inf) + react_s
         )
         allowance = max(ref[max(k - SETTLE_S, 0) : k + 1]) if k >= SETTLE_S else math.inf
         allowed = allowance * (1 + TOLERANCE_PCT / 100.0) + TOLERANCE_W
@@ -378,6 +381,8 @@ def _check_battery(t: float, p: Plant, out: ControlOutput, spec: BatterySpec) ->
         b = by_id[c.id]
         if not b.reachable:
             found.append(Violation(t, "battery", f"{c.id}: commanded while unreachable", 0.0))
+        if out.mode == "failsafe" and not (c.setpoint_w is None and c.charge_only):
+            found.append(Violation(t, "battery", f"{c.id}: fail-safe, not charge only", 0.0))
         if c.setpoint_w is None:
             continue
         if not math.isfinite(c.setpoint_w):
@@ -456,7 +461,11 @@ def _check_command(
             found.append(Violation(t, "command", f"fail-safe {cmd:.1f} > cap {cap:.1f}", cmd - cap))
         real = sum(i.output_w for i in p.inverters if not i.reachable)
         # (a battery in its own mode discharges only to cover the household: not counted)
-        real += sum(max(b.power_w, 0.0) for b in p.batteries if not b.reachable and b.commanded(t))
+        real += sum(
+            max(b.power_w, 0.0)
+            for b in p.batteries
+            if not b.reachable and (b.commanded(t) or b.charge_only_now(t))
+        )
         if out.offline_w + NOISE_SLACK_W < real:
             found.append(
                 Violation(

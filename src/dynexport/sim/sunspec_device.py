@@ -680,7 +680,9 @@ class _Storage(_Plant):
       (SunSpec): bit 0 caps charging at InWRte % of WChaMax, bit 1 caps discharging at OutWRte %.
       ``window`` True (Fronius GEN24): the battery's charge is held in the window
       [−OutWRte %, InWRte %] of WChaMax, so a negative OutWRte forces charging, a negative
-      InWRte forces discharging (both directions through one pair of registers);
+      InWRte forces discharging (both directions through one pair of registers); each bound
+      only with its bit (bit 0 InWRte, bit 1 OutWRte), so StorCtl_Mod 2 with OutWRte 0 is
+      "charge only" in both conventions;
     - model 704 WSetEna = 1 (WSetMod 1, W): the power is WSet (+ discharge), reverting to
       WSetEna = WSetEnaRvrt after WSetRvrtTms.
     """
@@ -729,7 +731,8 @@ class _Storage(_Plant):
                 out_pct = float(self.get(124, "OutWRte") or 0.0)
                 charge = -goal
                 if self.window:
-                    lo, hi = -out_pct * rate / 100.0, in_pct * rate / 100.0
+                    lo = -out_pct * rate / 100.0 if mod & 2 else -math.inf
+                    hi = in_pct * rate / 100.0 if mod & 1 else math.inf
                     charge = min(max(charge, lo), hi) if lo <= hi else lo
                 else:
                     if mod & 1:

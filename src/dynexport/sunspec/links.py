@@ -719,8 +719,9 @@ class BatteryLinkState:
     """What the controller and the UI know of one battery, replaced as a whole on each change.
 
     ``setpoint_w`` is the setpoint in force as read back (+ discharge, − charge; None: the
-    device's own mode); ``setpoint_expires`` (trio time) is when its revert timer returns the
-    battery to its own mode if nothing rewrites it."""
+    device's own mode); ``charge_only`` its own mode with its discharge bound at 0 (read back);
+    ``setpoint_expires`` (trio time) is when its revert timer returns the battery to its own mode
+    if nothing rewrites it."""
 
     id: str
     online: bool = False
@@ -728,6 +729,7 @@ class BatteryLinkState:
     not_controllable: str | None = None
     reading: StorageReading | None = None
     setpoint_w: float | None = None
+    charge_only: bool = False
     setpoint_expires: float | None = None
     last_reading: float | None = None
     last_write: float | None = None
@@ -737,9 +739,12 @@ class BatteryLinkState:
 
 @dataclass(frozen=True)
 class BatteryDesired:
-    """The setpoint the controller wants (W, + discharge); None: the battery's own mode."""
+    """The setpoint the controller wants (W, + discharge); None: the battery's own mode, with
+    ``charge_only`` its own mode without discharge (a battery whose control model cannot say
+    that, model 704, is left in its own mode: ``BatteryLinkState.charge_only`` stays False)."""
 
     setpoint_w: float | None
+    charge_only: bool = False
 
 
 class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
@@ -768,6 +773,8 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
         self.state = BatteryLinkState(id=id)
         self._values: dict[int, dict[str, Any]] = {}
         self._next_fast = -math.inf
+        self._timed = False
+        """What was last written has a revert timer (a setpoint, or charge only)."""
 
     async def _serve(self) -> None:
         await self._discover_until_found()
@@ -817,6 +824,7 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
             controllable=reason is None,
             not_controllable=reason,
             setpoint_w=None if reading.own_mode else self.state.setpoint_w,
+            charge_only=False if reading.own_mode else self.state.charge_only,
             last_reading=trio.current_time(),
         )
         self._next_fast = now + self.fast_s
@@ -831,7 +839,7 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
 
     def _rewrite_due(self) -> float:
         last, written = self.state.last_write, self._written
-        if last is None or written is None or written.setpoint_w is None:
+        if last is None or written is None or not self._timed:
             return math.inf
         return last + rewrite_interval(self.revert_s)
 
@@ -863,7 +871,12 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
         sf_name = "WSet_SF" if header.id == 704 else "InOutWRte_SF"
         sf = before.raw.get(sf_name)
         rate_base = storage.percent_base_w(header, before.points, reading.max_charge_w)
-        cmd = storage.StorageCommand(desired.setpoint_w, revert_s=self.revert_s)
+        # Model 704 has no discharge bound: "charge only" leaves such a battery in its own mode
+        # (the controller sees charge_only False and keeps counting its discharge).
+        charge_only = desired.charge_only and header.id == 124
+        cmd = storage.StorageCommand(
+            desired.setpoint_w, revert_s=self.revert_s, charge_only=charge_only
+        )
         writes, expected = storage.encode_storage(
             header,
             cmd,
@@ -890,11 +903,14 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
             sf=sf,
             convention=self.convention,
         )
+        bound = storage.charge_only_from_raw(header, after.raw)
         self._written = desired
+        self._timed = setpoint is not None or bound
         self.state = replace(
             self.state,
             setpoint_w=setpoint,
-            setpoint_expires=None if setpoint is None else now + self.revert_s,
+            charge_only=bound,
+            setpoint_expires=now + self.revert_s if self._timed else None,
             last_write=now,
         )
         self._changed()
@@ -908,6 +924,8 @@ within the law's margins (it counts a battery at what it measures, not what it w
 
 def _same_setpoint(a: BatteryDesired, b: BatteryDesired | None) -> bool:
     if b is None:
+        return False
+    if a.charge_only != b.charge_only:
         return False
     if a.setpoint_w is None or b.setpoint_w is None:
         return a.setpoint_w is None and b.setpoint_w is None

@@ -31,6 +31,13 @@ setpoint as a cap (charge at most, discharge at most), which is all that charge-
 (the battery's own mode charges from any surplus anyway) and holding an import limit by a
 battery whose own mode discharges need.
 
+"Charge only" (the controller's answer to a quiet meter): StorCtl_Mod = 2 (the discharge bound
+alone) with OutWRte = 0 % and its revert timer. Both conventions read it as "discharge at most
+0", leaving charging to the device's own mode (Fronius documents StorCtl_Mod's bit 0 as the
+charge bound, bit 1 as the discharge bound, as SunSpec does). Model 704 has no bound, only a
+setpoint: it cannot say "charge only" (``storage_values`` refuses; the link leaves such a battery
+in its own mode).
+
 Never written: ``ChaGriSet`` (grid charging allowed) and ``MinRsvPct`` have no revert timer,
 so a controller that died after writing them would have changed the owner's settings for ever;
 grid charging is stopped by the charge window instead, and the reserve is the law's.
@@ -313,14 +320,18 @@ def _first_int(*values: int | None) -> int | None:
 
 @dataclass(frozen=True)
 class StorageCommand:
-    """A battery setpoint in W (+ discharge, − charge); None: back to the device's own mode."""
+    """A battery setpoint in W (+ discharge, − charge); None: back to the device's own mode, or
+    with ``charge_only`` its own mode with its discharge bound at 0."""
 
     setpoint_w: float | None
     revert_s: int = DEFAULT_REVERT_S
+    charge_only: bool = False
 
     def __post_init__(self) -> None:
         if self.setpoint_w is not None and not math.isfinite(self.setpoint_w):
             raise CommandError(f"battery setpoint {self.setpoint_w} W must be a finite number")
+        if self.charge_only and self.setpoint_w is not None:
+            raise CommandError("a charge-only command has no setpoint")
         if not 1 <= self.revert_s <= 65534:
             raise CommandError(
                 f"revert timeout {self.revert_s} s must be 1..65534: every command must expire"
@@ -369,6 +380,19 @@ def storage_values(
     """Raw point values a battery command writes (in write order). ``sf`` is the scale factor
     of the setpoint's register (InOutWRte_SF for 124, WSet_SF for 704) as just read."""
     sp = cmd.setpoint_w
+    if cmd.charge_only:
+        if header.id != 124:
+            raise CommandError(
+                f"model {header.id} cannot bound a battery's discharge alone (charge only needs "
+                "model 124)"
+            )
+        return {
+            "OutWRte": 0,
+            "InOutWRte_WinTms": 0,
+            "InOutWRte_RvrtTms": cmd.revert_s,
+            "InOutWRte_RmpTms": 0,
+            "StorCtl_Mod": STORCTL_DISCHARGE,
+        }
     if header.id == 704:
         if sp is None:
             return {"WSetEna": 0}
@@ -447,7 +471,8 @@ def setpoint_from_raw(
     sf: Value,
     convention: StorageConvention = StorageConvention.SUNSPEC,
 ) -> float | None:
-    """The setpoint (W, + discharge) a read-back stands for; None: the device's own mode."""
+    """The setpoint (W, + discharge) a read-back stands for; None: the device's own mode, or
+    charge only (:func:`charge_only_from_raw`)."""
     if header.id == 704:
         if raw.get("WSetEna") != 1:
             return None
@@ -466,9 +491,20 @@ def setpoint_from_raw(
             return 0.0
         return float(Fraction(v) * scale)
 
+    if charge_only_from_raw(header, raw):
+        return None
     in_pct, out_pct = pct("InWRte"), pct("OutWRte")
+    if mod == STORCTL_DISCHARGE:
+        in_pct = 0.0  # the charge bound is off: InWRte is whatever it was last
     if convention is StorageConvention.WINDOW:
         w = out_pct if out_pct > 0 else -in_pct if in_pct > 0 else 0.0
     else:
         w = out_pct if out_pct > 0 else -in_pct
     return w / 100.0 * max_charge_w
+
+
+def charge_only_from_raw(header: ModelHeader, raw: Mapping[str, Value]) -> bool:
+    """Whether a read-back of model 124 shows "charge only": the discharge bound alone, at 0."""
+    return (
+        header.id == 124 and raw.get("StorCtl_Mod") == STORCTL_DISCHARGE and raw.get("OutWRte") == 0
+    )
