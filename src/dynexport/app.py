@@ -648,18 +648,30 @@ class App:
                     )
                 return  # not in the mean; a meter that says only this goes stale (fail-safe)
             was_frozen = self.meter_watch.frozen
+            energy = st.reading.energy_wh if st.reading is not None else None
             self.meter_watch = watch_meter(
-                self.meter_watch, st.last_reading, w, self._site_output_w()
+                self.meter_watch, st.last_reading, w, self._site_output_w(), energy
             )
-            if self.meter_watch.frozen:
-                if not was_frozen:
+            watch = self.meter_watch
+            if watch.frozen:
+                if not was_frozen and watch.why == "energy":
+                    log.warning(
+                        "the meter's reading has stayed at %.0f W, and its energy counters at "
+                        "%.0f Wh, for %.0f s: power that flows moves them, so it is taken as "
+                        "frozen (a gateway serving its last values?), and the fail-safe limits "
+                        "apply until it moves again",
+                        w,
+                        watch.energy_wh or 0.0,
+                        st.last_reading - max(watch.since or 0.0, watch.energy_since or 0.0),
+                    )
+                elif not was_frozen:
                     log.warning(
                         "the meter's reading has stayed at %.0f W for %.0f s while the site's "
                         "output moved by %.0f W: taken as frozen (a gateway serving its last "
                         "values?), so the fail-safe limits apply until it moves again",
                         w,
-                        st.last_reading - (self.meter_watch.since or st.last_reading),
-                        self.meter_watch.der_high_w - self.meter_watch.der_low_w,
+                        st.last_reading - (watch.since or st.last_reading),
+                        watch.der_high_w - watch.der_low_w,
                     )
                 return  # kept out of the mean: it goes stale, and the fail-safe follows
             if was_frozen:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 import trio
 
+from dynexport.control import meter_watch
 from dynexport.control.limits import LimitsConfig
 from dynexport.web.api import alerts
 from tests.app.conftest import make_app, simulated_site, site_config, wait_for, wait_settled
@@ -46,4 +48,40 @@ async def test_a_frozen_meter_is_found_and_the_fail_safe_holds_export_within_the
             await wait_for(lambda: app.status()["site"]["meterFrozen"] is False)
             await wait_for(lambda: app.status()["control"]["mode"] == "normal")
             await wait_settled(sim.export_w, 3000.0, 150.0)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_meter_frozen_while_nothing_moves_is_found_by_its_energy_counters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The site holds 1.5 kW of export, steady, when the gateway freezes: no output moves under
+    the reading, so only its energy counters (frozen too) can tell. Found, the fail-safe holds
+    generation to the limit, so a load that then falls from 2 kW to 300 W exports no more than
+    the limit (the frozen reading would have kept generation at 3.5 kW: 3.2 kW out)."""
+    # Shortened so the test does not wait two minutes: still 20 s, 5 Wh through the meter.
+    monkeypatch.setattr(meter_watch, "FROZEN_ENERGY_AFTER_S", 20.0)
+    monkeypatch.setattr(meter_watch, "FROZEN_ENERGY_WH", 5.0)
+    with simulated_site(load_w=2000.0) as sim:
+        app = make_app(site_config(sim, extra={"limits": {"exportW": 1500}}), tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_settled(sim.export_w, 1500.0, 100.0)
+            assert app.meter is not None and app.meter.state.reading is not None
+            assert app.meter.state.reading.energy_wh is not None  # the counters are read
+            (meter,) = sim.site.meters.values()
+            with sim.site.lock:
+                meter.frozen = True
+            await wait_for(lambda: app.status()["site"]["meterFrozen"] is True)
+            assert app.meter_watch.why == "energy"
+            await wait_for(lambda: app.status()["control"]["mode"] == "failsafe")
+            await wait_for(lambda: sim.site.output_w(1) + sim.site.output_w(2) <= 1500.0)
+            sim.site.set_load(300.0)
+            exports = []
+            for _ in range(6):
+                await trio.sleep(0.5)
+                exports.append(sim.export_w())
+            assert max(exports) <= 1500.0 * 1.04 + 50.0, exports
+            with sim.site.lock:
+                meter.frozen = False
+            await wait_for(lambda: app.status()["control"]["mode"] == "normal")
             nursery.cancel_scope.cancel()

@@ -3,14 +3,18 @@ moves under it is taken as frozen, and only then (``control/meter_watch.py``).""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dynexport.control.meter_watch import (
     FROZEN_AFTER_S,
     FROZEN_DER_SPAN_W,
+    FROZEN_ENERGY_AFTER_S,
+    FROZEN_ENERGY_WH,
     MeterWatch,
     watch_meter,
 )
@@ -87,3 +91,107 @@ def test_frozen_only_after_the_time_and_the_movement_and_never_for_a_changed_val
         assert w.frozen == (t - start >= FROZEN_AFTER_S and moved >= FROZEN_DER_SPAN_W) or (
             w.frozen and before.frozen
         )
+
+
+# --- the energy counters: a reading frozen while nothing else moves -------------------------
+
+
+def run_with_energy(
+    readings: Sequence[tuple[float, float, float | None, float | None]],
+) -> list[MeterWatch]:
+    """The watch after each (t, site W, site output W, energy counters Wh) reading."""
+    w, seen = MeterWatch(), []
+    for t, site_w, der_w, energy in readings:
+        w = watch_meter(w, t, site_w, der_w, energy)
+        seen.append(w)
+    return seen
+
+
+def test_a_reading_and_its_counters_stuck_while_power_flows_are_frozen_until_they_move() -> None:
+    """Nothing moves under a reading stuck at 1.5 kW of export: its counters should have moved
+    30 Wh in 72 s; standing still for 120 s (FROZEN_ENERGY_AFTER_S) they say it is frozen."""
+    live = [
+        (float(t), -1500.0 + (t % 3), 4000.0, 1_234_000.0 + t * 1500.0 / 3600.0) for t in range(30)
+    ]
+    stuck = [(float(t), -1498.0, 4000.0, live[-1][3]) for t in range(30, 200)]
+    seen = run_with_energy([*live, *stuck, (200.0, -1498.0, 4000.0, live[-1][3] + 1.0)])
+    frozen = [t for (t, *_), w in zip(stuck, seen[30:], strict=False) if w.frozen]
+    # still since t=29 (the reading's last change; the counters stopped then too)
+    assert frozen and frozen[0] == 29.0 + FROZEN_ENERGY_AFTER_S
+    assert all(w.why == "energy" for w in seen[30:200] if w.frozen)
+    assert not seen[-1].frozen  # its counters move again: trusted
+
+
+def test_a_live_meter_whose_power_repeats_still_moves_its_counters() -> None:
+    """A coarse power register at a steady site: the same value for minutes, counters moving."""
+    readings = [(float(t), -1500.0, 4000.0, 1000.0 + (t // 3)) for t in range(600)]
+    assert not any(w.frozen for w in run_with_energy(readings))
+
+
+def test_a_live_meter_with_counters_that_never_move_still_moves_its_power() -> None:
+    readings = [(float(t), -1500.0 + (t % 5), 4000.0, 777.0) for t in range(600)]
+    assert not any(w.frozen for w in run_with_energy(readings))
+
+
+def test_counters_that_are_not_implemented_or_a_reading_near_zero_are_not_judged() -> None:
+    """SunSpec's "not implemented" accumulator is 0 (the link makes it None); a reading frozen at
+    20 W moves 1 Wh in three minutes: too slow to tell (the documented limit)."""
+    none = [(float(t), -1500.0, 4000.0, None) for t in range(600)]
+    assert not any(w.frozen for w in run_with_energy(none))
+    near_zero = [(float(t), 20.0, 4000.0, 5000.0) for t in range(600)]
+    assert not any(w.frozen for w in run_with_energy(near_zero))
+
+
+def test_coarse_counters_need_three_of_their_steps() -> None:
+    """Counters seen stepping by 100 Wh: 300 Wh must have gone through (12 min at 1.5 kW)."""
+    stepping = [(0.0, -1500.0, 4000.0, 100.0), (1.0, -1501.0, 4000.0, 200.0)]
+    stuck = [(float(t), -1500.0, 4000.0, 200.0) for t in range(2, 900)]
+    seen = run_with_energy([*stepping, *stuck])
+    frozen = [t for (t, *_), w in zip([*stepping, *stuck], seen, strict=True) if w.frozen]
+    assert frozen and frozen[0] == pytest.approx(2.0 + 300.0 / 1500.0 * 3600.0)
+
+
+energy_readings = st.lists(
+    st.tuples(
+        st.floats(0.1, 40.0),  # seconds since the reading before
+        st.sampled_from([-1500.0, 0.0, 250.0]),
+        st.none() | st.floats(-5000.0, 15000.0),
+        st.sampled_from([0.0, 0.0, 0.0, 1.0, 10.0]) | st.none(),  # counter increment
+    ),
+    max_size=80,
+)
+
+
+@given(energy_readings)
+def test_frozen_exactly_when_the_output_rule_or_the_energy_rule_holds(
+    steps: list[tuple[float, float, float | None, float | None]],
+) -> None:
+    t, counter, w = 0.0, 5000.0, MeterWatch()
+    history: list[tuple[float, float, float | None, float | None]] = []
+    for dt, value, der, inc in steps:
+        t += dt
+        energy = None if inc is None else counter + inc
+        counter = counter if energy is None else energy
+        w = watch_meter(w, t, value, der, energy)
+        history.append((t, value, der, energy))
+        # The runs of the current reading and of the current counters, read off the history.
+        k = len(history) - 1
+        while k > 0 and history[k - 1][1] == value:
+            k -= 1
+        since = history[k][0]
+        span = [d for (ti, _, d, _) in history if ti >= since and d is not None]
+        output = t - since >= FROZEN_AFTER_S and span and max(span) - min(span) >= FROZEN_DER_SPAN_W
+        energy_rule = False
+        if energy is not None:
+            j = len(history) - 1
+            while j > 0 and history[j - 1][3] == energy:
+                j -= 1
+            steps_seen = [
+                b[3] - a[3]
+                for a, b in itertools.pairwise(history)
+                if a[3] is not None and b[3] is not None and b[3] > a[3]
+            ]
+            still = t - max(since, history[j][0])
+            need = max(FROZEN_ENERGY_WH, 3.0 * min(steps_seen, default=0.0))
+            energy_rule = still >= FROZEN_ENERGY_AFTER_S and abs(value) * still / 3600.0 >= need
+        assert w.frozen == bool(output or energy_rule), (w, output, energy_rule)

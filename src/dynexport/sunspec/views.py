@@ -372,6 +372,10 @@ class MeterReading:
     phase_var: Phases
     phase_v: Phases
     hz: float | None
+    energy_wh: float | None = None
+    """TotWhImp + TotWhExp: the energy counters, summed (they move whenever power flows, which
+    way does not matter); None where not implemented (absent, or 0: SunSpec's "not implemented"
+    for an accumulator)."""
 
     @classmethod
     def from_points(cls, model_id: int, pts: Points, *, invert: bool = False) -> MeterReading:
@@ -395,7 +399,14 @@ class MeterReading:
             phase_var=(signed(pvar[0]), signed(pvar[1]), signed(pvar[2])),
             phase_v=pv,
             hz=_f(pts, "Hz"),
+            energy_wh=_energy(pts),
         )
+
+
+def _energy(pts: Points) -> float | None:
+    counters = [v for v in (_f(pts, "TotWhImp"), _f(pts, "TotWhExp")) if v is not None]
+    total = sum(counters)
+    return total if counters and math.isfinite(total) and total > 0 else None
 
 
 @dataclass(frozen=True)
