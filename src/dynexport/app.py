@@ -864,6 +864,7 @@ class App:
             setpoint_w=st.setpoint_w,
             setpoint_expires_t=st.setpoint_expires,
             charge_only=st.charge_only,
+            charge_only_possible=st.charge_only_possible is not False,
             inverter_id=None if link.ac_coupled else owner,
         )
 
@@ -1243,10 +1244,14 @@ class App:
                 nursery.start_soon(write, cmd)
 
         async def release(bat: BatteryLink) -> None:
+            # Charge only, as the fail-safe: its own mode would cover the load the inverters'
+            # fail-safe caps give up, and send it out when that load falls (a 704 battery, which
+            # cannot say it, is left in its own mode). Its revert timer returns it to its own
+            # mode; a hybrid's battery is released to it now.
             try:
-                await bat.write(BatteryDesired(None))
+                await bat.write(BatteryDesired(None, charge_only=bat.ac_coupled))
             except Exception as exc:
-                log.warning("%s: could not return it to its own mode: %s", bat.id, exc)
+                log.warning("%s: could not leave it at its fail-safe: %s", bat.id, exc)
 
         # After the inverters, the batteries to their own mode (their reverts would too), also
         # all at once: one after another, silent ones used up the budget before a reachable one.

@@ -235,25 +235,28 @@ async def test_a_controller_fault_tells_ac_batteries_charge_only_and_leaves_hybr
     assert hybrid._desired == BatteryDesired(None)
 
 
-async def test_at_shutdown_silent_batteries_do_not_keep_a_reachable_one_from_its_release(
+async def test_at_shutdown_silent_batteries_do_not_keep_a_reachable_one_from_its_fail_safe(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """One after another, two batteries that do not answer (2.5 s of timeouts each) used up the
-    shutdown's budget before a reachable third one was returned to its own mode."""
+    shutdown's budget before a reachable third one was left at its fail-safe."""
     from types import SimpleNamespace
 
     from dynexport.app import SHUTDOWN_BUDGET_S
     from dynexport.modbus.errors import ModbusTimeout
+    from dynexport.sunspec.links import BatteryDesired
 
     class Battery:
         def __init__(self, id: str, answers_after_s: float | None) -> None:
-            self.id, self.after, self.released = id, answers_after_s, False
+            self.id, self.after = id, answers_after_s
+            self.released: object = None
+            self.ac_coupled = True
 
         async def write(self, desired: object) -> None:
             await trio.sleep(2.5 if self.after is None else self.after)
             if self.after is None:
                 raise ModbusTimeout("no answer")
-            self.released = True
+            self.released = desired
 
     batteries = [Battery("battery 1", None), Battery("battery 2", None), Battery("battery 3", 0.05)]
     app = SimpleNamespace(
@@ -264,4 +267,6 @@ async def test_at_shutdown_silent_batteries_do_not_keep_a_reachable_one_from_its
     )
     with trio.move_on_after(SHUTDOWN_BUDGET_S):
         await App.leave_fail_safe(app)  # type: ignore[arg-type]
-    assert batteries[2].released
+    # Left at "charge only" (an AC battery's own mode would take over the load the inverters'
+    # fail-safe caps give up, and send it out when that load falls), until its revert timer.
+    assert batteries[2].released == BatteryDesired(None, charge_only=True)

@@ -17,7 +17,8 @@ from tests.app.conftest import make_app
 
 def feed(app: object, t: float, site_w: float) -> None:
     """A meter link whose latest reading (at ``t``) is ``site_w``, fed to the app."""
-    app.meter = SimpleNamespace(state=SimpleNamespace(last_reading=t, site_w=site_w))  # type: ignore[attr-defined]
+    state = SimpleNamespace(last_reading=t, site_w=site_w, reading=None)  # no energy counters
+    app.meter = SimpleNamespace(state=state)  # type: ignore[attr-defined]
     app._feed_meter()  # type: ignore[attr-defined]
 
 

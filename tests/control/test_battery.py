@@ -23,6 +23,7 @@ from dynexport.control.battery import (
 )
 from dynexport.control.law import (
     ControllerState,
+    ControlOutput,
     DOEMode,
     InverterState,
     control_step,
@@ -180,15 +181,19 @@ def test_a_quiet_meter_leaves_the_battery_charging_only_and_keeps_the_export_fai
     assert sum(i.output_w for i in plant.inverters) <= 1500.0
 
 
-def test_a_quiet_meter_never_hands_the_house_load_from_the_pv_to_the_battery() -> None:
+@pytest.mark.parametrize("charge_only", [True, False], ids=["charge-only", "held-704"])
+def test_a_quiet_meter_never_hands_the_house_load_from_the_pv_to_the_battery(
+    charge_only: bool,
+) -> None:
     """3 kW of load, 6 kW of sun, a 1.5 kW limit and a self-consumption battery, then the
     meter goes quiet. Left in its own mode, the battery covered the load the fail-safe cap gave
     up, the inverters came down by what it discharged, and it ended carrying the whole house
     with the PV at 0 %; when the load then fell to 300 W its discharge went out at 2.7 kW. Told
     "charge only", it stops discharging, the inverters keep making the fail-safe's 1.5 kW (the
     grid covers the rest of the load), and the load's fall exports no more than the limit: the
-    battery takes the surplus instead."""
-    plant = site(6000.0, 3000.0, 60.0)
+    battery takes the surplus instead. A battery that cannot be told "charge only" (model 704)
+    is held idle instead: the same export, the surplus curtailed."""
+    plant = site(6000.0, 3000.0, 60.0, can_charge_only=charge_only)
     trace_outs: list[tuple[float, float, float]] = []
 
     def hook(t: float, p: Plant) -> None:
@@ -205,7 +210,10 @@ def test_a_quiet_meter_never_hands_the_house_load_from_the_pv_to_the_battery() -
     assert min(inv for _, inv, _ in outage) >= 1300.0  # the PV still covers what it may
     assert max(bat for _, _, bat in outage) <= 30.0  # the battery does not carry the house
     assert max(p.export_w for p in trace if p.t >= 30.0) <= allowed(1500.0)
-    assert plant.batteries[0].power_w < -800.0  # after the load fell: it stores the surplus
+    if charge_only:
+        assert plant.batteries[0].power_w < -800.0  # after the load fell: it stores the surplus
+    else:
+        assert abs(plant.batteries[0].power_w) < 30.0  # held
 
 
 def test_import_and_load_limits_are_enforced_only_with_a_battery() -> None:
@@ -433,3 +441,32 @@ def test_an_unreachable_battery_told_charge_only_may_discharge_no_more_than_last
     assert possible_battery_output_w(b, 100.0) == 4000.0
     released = BatteryState("bat", False, True, 10000.0, 5000.0, 4000.0, 50.0, 150.0)
     assert possible_battery_output_w(released, 50.0) == 4000.0
+
+
+def test_a_held_battery_lets_its_charge_down_no_faster_than_the_inverters_come_down() -> None:
+    """Charging 4 kW of a 6 kW surplus when the meter goes quiet: a 704 battery (no "charge
+    only") is held, its charge let down as the inverters come down to the fail-safe cap, so the
+    charge stopping never goes out over the limit while they lag."""
+    plant = site(10000.0, 500.0, 50.0, can_charge_only=False, own_mode="idle")
+    plant.inverters[0].rated_w = plant.inverters[1].rated_w = 6000.0
+    hold = ChargePlan(None, reason="test")
+    setpoints: list[tuple[float, float | None, float]] = []
+
+    def hook(t: float, p: Plant) -> None:
+        p.meter_alive = t < 60.0
+
+    def observe(t: float, p: Plant, lim: object, o: object) -> None:
+        assert isinstance(o, ControlOutput)
+        for c in o.battery_commands:
+            setpoints.append((t, c.setpoint_w, sum(i.output_w for i in p.inverters)))
+
+    trace = run_closed_loop(
+        plant, lambda t: EXPORT_1500, 120.0, hook=hook, observe=observe,
+        planner=lambda t, p: hold,
+    )  # fmt: skip
+    before = [sp for t, sp, _ in setpoints if 50.0 <= t < 60.0]
+    assert before and all(sp is not None and sp < -3000.0 for sp in before)  # charging hard
+    quiet = [(t, sp, inv) for t, sp, inv in setpoints if t >= 61.0]
+    assert all(sp is not None and sp <= 0.0 for _, sp, _ in quiet)  # never a discharge
+    assert quiet[-1][1] == pytest.approx(0.0, abs=20.0)  # idle once they are down
+    assert max(p.export_w for p in trace if p.t >= 15.0) <= allowed(1500.0)

@@ -51,6 +51,7 @@ def battery_scenarios(draw: st.DrawFn, storage: bool = False) -> Scenario:
         reserve_soc_pct=reserve,
         tau_s=draw(st.sampled_from([0.2, 0.5, 1.0])),
         outages=tuple(draw(st.lists(spans(len(invs)), max_size=2))),
+        can_charge_only=draw(st.booleans()),  # False: a model 704 battery, held instead
     )
     return scenario(draw, invs, changes, steps, max_load_w=7000.0, battery=battery)
 

@@ -74,6 +74,9 @@ class BatteryState:
     charge_only: bool = False
     """A "charge only" command is in force (read back) until ``setpoint_expires_t``: its own mode,
     with its discharge bound at 0."""
+    charge_only_possible: bool = True
+    """Its control model can say "charge only" (model 124). False (model 704, whose WSet is a
+    setpoint, not a bound): the fail-safe holds it with setpoints instead."""
     inverter_id: str | None = None
     """A hybrid's battery: the id of the inverter whose AC output includes it (its PV is that
     output less the battery's power). None: AC-coupled, or not known (then its charge is not
@@ -275,8 +278,10 @@ def decide_batteries(
     dt: float,
     plan: ChargePlan | None,
     s: BatterySettings,
+    failsafe_excess_w: float = 0.0,
 ) -> BatteryDecision:
-    """The batteries' setpoints for this call; ``site`` None: the meter is quiet (fail-safe)."""
+    """The batteries' setpoints for this call; ``site`` None: the meter is quiet (fail-safe),
+    and ``failsafe_excess_w`` how far the inverters' output is still above the fail-safe cap."""
     ready = [b for b in batteries if usable(b)]
     skipped = {b.id: _why_skipped(b) for b in batteries if b not in ready}
     measured_ac = sum(b.power_w for b in ready if b.ac_coupled)
@@ -287,14 +292,31 @@ def decide_batteries(
         # inverters' export fail-safe counts a discharge until it has stopped, and its own mode
         # would otherwise take over the load the inverters give up); a hybrid's own mode is
         # held by its inverter's limit. Nothing here may count on a charge.
-        cmds = tuple(
-            BatteryCommand(b.id, None, "fail-safe: charge only", charge_only=True)
-            if b.ac_coupled
-            else BatteryCommand(b.id, None, "fail-safe: own mode")
-            for b in ready
-        )
+        # One that cannot be told "charge only" (model 704) is held: no discharge, and its
+        # charge let down no faster than the inverters come down to the cap (a charge stopped
+        # at once would go out while they lag), then idle.
+        left = max(failsafe_excess_w, 0.0) if _finite(failsafe_excess_w) else 0.0
+        cmds_list: list[BatteryCommand] = []
+        for b in ready:
+            if not b.ac_coupled:
+                cmds_list.append(BatteryCommand(b.id, None, "fail-safe: own mode"))
+            elif b.charge_only_possible:
+                cmds_list.append(
+                    BatteryCommand(b.id, None, "fail-safe: charge only", charge_only=True)
+                )
+            else:
+                keep = min(max(-b.power_w, 0.0), left, charge_cap_w(b, s))
+                left -= keep
+                cmds_list.append(BatteryCommand(b.id, -keep, "fail-safe: hold"))
+        holds = [c.setpoint_w for c in cmds_list if c.setpoint_w is not None]
         return BatteryDecision(
-            cmds, max(measured_ac, 0.0), "failsafe", BatteryMemory(), None, "meter quiet", skipped
+            tuple(cmds_list),
+            max(measured_ac, 0.0),
+            "failsafe",
+            BatteryMemory(),
+            sum(holds) if holds else None,
+            "meter quiet",
+            skipped,
         )
 
     measured = sum(b.power_w for b in ready)

@@ -602,13 +602,17 @@ def control_step(
             hybrid_limit_w=hybrid_lim,
             storage_target_w=_finite_or_none(limits.storage_target_w),
         )
-    bat = decide_batteries(batteries, site, state.battery, now, dt, plan, bs)
-    bat_out = bat.expected_w  # + the AC-coupled batteries add to the output, − they absorb
-
     # The fail-safe is never slowed by a ramp down, and never lifts a ramp up early.
     lower = {n: _min_limit(limits.power(n), ramped[n]) for n in RAMPED_LIMITS}
     fs_limits = replace(limits, export_w=lower["export_w"], generation_w=lower["generation_w"])
     fs_w, fs_src = failsafe_generation_w(fs_limits, s.failsafe_generation_w)
+    # How far the inverters are still above the fail-safe cap: a held battery's charge comes
+    # down no faster than they do.
+    excess_fs_w = 0.0
+    if stale and fs_w is not None:
+        excess_fs_w = max(der_now - max(fs_w - margin_w(fs_w, s) - offline_max_w, 0.0), 0.0)
+    bat = decide_batteries(batteries, site, state.battery, now, dt, plan, bs, excess_fs_w)
+    bat_out = bat.expected_w  # + the AC-coupled batteries add to the output, − they absorb
     # The blind ones' cap is the limits' own (the configured fail-safe figure is the
     # installer's guess at a base load: for a quiet meter only, not for every second).
     zero_load_w, _ = failsafe_generation_w(fs_limits)

@@ -75,6 +75,8 @@ class SimBattery:
     """What the controller last wrote (None: its own mode)."""
     charge_only: bool = False
     """With no setpoint: its own mode, but no discharge (until its revert timer runs out)."""
+    can_charge_only: bool = True
+    """False: like a model 704 battery, "charge only" leaves it in its own mode."""
     command_t: float = 0.0
     revert_s: float = 60.0
     last_seen_w: float = 0.0
@@ -238,6 +240,7 @@ class Plant:
                     setpoint_w=b.setpoint_w,
                     setpoint_expires_t=b.command_t + b.revert_s,
                     charge_only=b.charge_only and b.setpoint_w is None,
+                    charge_only_possible=b.can_charge_only,
                 )
             )
         return states
@@ -249,7 +252,7 @@ class Plant:
             b = bats[bc.id]
             if b.reachable:
                 b.setpoint_w = bc.setpoint_w
-                b.charge_only = bc.charge_only
+                b.charge_only = bc.charge_only and b.can_charge_only
                 b.command_t = self.t
         by_id = {inv.id: inv for inv in self.inverters}
         for cmd in output.commands:

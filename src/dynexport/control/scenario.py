@@ -10,8 +10,9 @@ were delivered. The rules, checked at every tick:
 
 0. *Battery* (when the scenario has one): no command to a battery the law cannot reach; never a
    discharge setpoint at or below the reserve SoC, never a charge setpoint at or above the
-   maximum SoC; the setpoint within its rates; in the fail-safe, "charge only" (its own mode
-   may not discharge: its discharge would take over the load the fail-safe cap gives up).
+   maximum SoC; the setpoint within its rates; in the fail-safe, "charge only" or a setpoint
+   that is no discharge (a battery that cannot be told "charge only" is held), never its own
+   mode (its discharge would take over the load the fail-safe cap gives up).
 
 1. *Command*: with a fresh meter, the total generation the law allows never exceeds
    load estimate + export limit in use − margin (less any reserve for unreachable inverters),
@@ -37,7 +38,8 @@ Excused from rule 2, because no controller could prevent them (each case is coun
   any other and is excused the same way. A battery the law commands is never excused: its
   charge reductions (nearing its maximum SoC, a limit lifted) must find the inverters already
   down. Told "charge only", its charge is its own mode's (excused as above), its discharge is
-  not;
+  not; in the fail-safe a reachable battery's discharge is never excused (none may be left in
+  its own mode there);
 - *forced*: what the law cannot curtail (unreachable and uncontrollable inverters) already
   exports more than the allowance by itself, and for ``3 s + 5 τ`` after that ends (an
   inverter that is reachable again starts from its free-running output and needs its lag).
@@ -47,7 +49,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dynexport.control.battery import BatterySettings
 from dynexport.control.law import ControlOutput, ControlSettings, margin_w
@@ -104,6 +106,8 @@ class BatterySpec:
     reserve_soc_pct: float = 20.0
     tau_s: float = 0.5
     outages: tuple[Span, ...] = ()
+    can_charge_only: bool = True
+    """False: like a model 704 battery, it cannot be told "charge only" (the law holds it)."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,7 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
                 b.soc_pct,
                 tau_s=b.tau_s,
                 revert_s=sc.revert_s,
+                can_charge_only=b.can_charge_only,
             )
         )
         bs = BatterySettings(max_soc_pct=b.max_soc_pct, reserve_soc_pct=b.reserve_soc_pct)
@@ -296,7 +301,11 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
         forced += sum(
             max(b.power_w, 0.0)
             for b in p.batteries
-            if not (_commanded(b, t) or (b.reachable and b.charge_only_now(t)))
+            if not (
+                _commanded(b, t)
+                or (b.reachable and b.charge_only_now(t))
+                or (b.reachable and out.mode == "failsafe")
+            )
             or t < unreachable_t.get(b.id, -math.inf) + react_s
         )
         allowance = max(ref[max(k - SETTLE_S, 0) : k + 1]) if k >= SETTLE_S else math.inf
@@ -381,8 +390,11 @@ def _check_battery(t: float, p: Plant, out: ControlOutput, spec: BatterySpec) ->
         b = by_id[c.id]
         if not b.reachable:
             found.append(Violation(t, "battery", f"{c.id}: commanded while unreachable", 0.0))
-        if out.mode == "failsafe" and not (c.setpoint_w is None and c.charge_only):
-            found.append(Violation(t, "battery", f"{c.id}: fail-safe, not charge only", 0.0))
+        if out.mode == "failsafe" and not (
+            (c.setpoint_w is None and c.charge_only)
+            or (c.setpoint_w is not None and c.setpoint_w <= 0.0)
+        ):
+            found.append(Violation(t, "battery", f"{c.id}: fail-safe, own mode or discharge", 0))
         if c.setpoint_w is None:
             continue
         if not math.isfinite(c.setpoint_w):
@@ -532,6 +544,7 @@ def random_scenario(rng: random.Random, duration_s: int = 150, battery: bool = F
             LimitChange(c.t, c.export_w, c.ramp_tms, c.set_grad_w, rng.choice([None, 0.0, 2000.0]))
             for c in changes
         ]
+        bat = replace(bat, can_charge_only=rng.random() < 0.7)
     return Scenario(
         battery=bat,
         inverters=tuple(invs),

@@ -730,6 +730,8 @@ class BatteryLinkState:
     reading: StorageReading | None = None
     setpoint_w: float | None = None
     charge_only: bool = False
+    charge_only_possible: bool | None = None
+    """Its control model can say "charge only" (124); False for 704; None: not read yet."""
     setpoint_expires: float | None = None
     last_reading: float | None = None
     last_write: float | None = None
@@ -808,8 +810,9 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
         if reading.capacity_wh is None and self.capacity_wh is not None:
             reading = replace(reading, capacity_wh=self.capacity_wh)
         reason = None
+        possible = None
         try:
-            storage.storage_control_model(self.device.map, values.get(704))
+            possible = storage.storage_control_model(self.device.map, values.get(704)).id == 124
         except CommandError as exc:
             reason = str(exc)
         if reason is None:
@@ -825,6 +828,7 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
             not_controllable=reason,
             setpoint_w=None if reading.own_mode else self.state.setpoint_w,
             charge_only=False if reading.own_mode else self.state.charge_only,
+            charge_only_possible=possible,
             last_reading=trio.current_time(),
         )
         self._next_fast = now + self.fast_s
