@@ -225,6 +225,24 @@ def test_a_blind_ones_limit_rises_no_faster_than_setgradw():
     assert pct(out, "b") == 0.0  # falls at once
 
 
+def test_with_a_blind_one_the_whole_site_rises_no_faster_than_setgradw():
+    """setGradW is of the site's rating (15 kW here: 15 W a second at 10); the blind one rises by
+    its own share (5 W a second), so the readable ones' command may rise by the rest only (it
+    rose by setGradW of the whole site: 15 + 5 W a second)."""
+    limits = EffectiveLimits(export_w=9000.0, set_grad_w=10, sources={"export_w": "utility"})
+    state = ControllerState(last_t=9.0, gen_cmd_w=3000.0)  # one second since the last one
+    readable = InverterState("r", True, True, 10000.0, 3000.0, limit_pct=30.0)
+    out = control_step(
+        meter_at(10.0, -500.0), [readable, blind("b", 5000, 20.0)], limits, state, 10.0
+    )
+    assert out.state.gen_cmd_w is not None
+    readable_rise = out.state.gen_cmd_w - 3000.0
+    blind_rise = 5000.0 * ((pct(out, "b") or 0.0) - 20.0) / 100.0
+    assert blind_rise == pytest.approx(5.0)
+    assert 0.0 < readable_rise <= 10.0 + 1e-6
+    assert readable_rise + blind_rise <= 15.0 + 1e-6
+
+
 def test_the_closed_loop_keeps_the_limit_when_the_sun_comes_out_on_a_blind_one():
     plant = Plant(
         inverters=[SimInverter("b", 5000.0, 0.0), SimInverter("r", 10000.0, 10000.0)],

@@ -702,7 +702,10 @@ def control_step(
             # The utility's ramp is the gentle approach: keep pace with its slope.
             step = max(step, max(r.slope_w_s(rated_site) for r in tms) * dt)
         elif limits.set_grad_w:
-            step = min(step, limits.set_grad_w / 10000.0 * rated_site * dt)
+            # setGradW is of the site's rating; the blind ones rise by their own share of it
+            # (``_blind_limits``), so these by the rest: together no faster than the site may.
+            rated_readable = max(rated_site - sum(_rated(i) for i in blind), 0.0)
+            step = min(step, limits.set_grad_w / 10000.0 * rated_readable * dt)
         cmd = prev + step
     cmd = min(cmd, raw)  # never more than the live target, in any state
 
