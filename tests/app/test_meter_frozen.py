@@ -58,9 +58,9 @@ async def test_a_meter_frozen_while_nothing_moves_is_found_by_its_energy_counter
     the reading, so only its energy counters (frozen too) can tell. Found, the fail-safe holds
     generation to the limit, so a load that then falls from 2 kW to 300 W exports no more than
     the limit (the frozen reading would have kept generation at 3.5 kW: 3.2 kW out)."""
-    # Shortened so the test does not wait two minutes: still 20 s, 5 Wh through the meter.
-    monkeypatch.setattr(meter_watch, "FROZEN_ENERGY_AFTER_S", 20.0)
-    monkeypatch.setattr(meter_watch, "FROZEN_ENERGY_WH", 5.0)
+    # Shortened so the test does not wait two minutes: still 10 s, 3 Wh through the meter.
+    monkeypatch.setattr(meter_watch, "FROZEN_ENERGY_AFTER_S", 10.0)
+    monkeypatch.setattr(meter_watch, "FROZEN_ENERGY_WH", 3.0)
     with simulated_site(load_w=2000.0) as sim:
         app = make_app(site_config(sim, extra={"limits": {"exportW": 1500}}), tmp_path)
         async with trio.open_nursery() as nursery:
