@@ -27,7 +27,7 @@ from dynexport.control import battery as battery_law
 from dynexport.control import law
 from dynexport.control.average import RollingMean
 from dynexport.control.limits import EffectiveLimits, LimitsConfig, UtilityLimits, merge_limits
-from dynexport.control.meter_watch import MeterWatch, watch_meter
+from dynexport.control.meter_watch import Counters, MeterWatch, watch_meter
 from dynexport.integrations.limitsources import apply_extra_limits
 from dynexport.integrations.service import Integrations, integrations_status
 from dynexport.modbus.client import BusPool
@@ -648,15 +648,18 @@ class App:
                     )
                 return  # not in the mean; a meter that says only this goes stale (fail-safe)
             was_frozen = self.meter_watch.frozen
-            energy = st.reading.energy_wh if st.reading is not None else None
+            r = st.reading
+            counters = (
+                None if r is None else Counters(r.import_wh, r.export_wh, r.energy_step_wh)
+            )
             self.meter_watch = watch_meter(
-                self.meter_watch, st.last_reading, w, self._site_output_w(), energy
+                self.meter_watch, st.last_reading, w, self._site_output_w(), counters
             )
             watch = self.meter_watch
             if watch.frozen:
                 if not was_frozen and watch.why == "energy":
                     log.warning(
-                        "the meter's reading has stayed at %.0f W, and its energy counters at "
+                        "the meter's reading has stayed at %.0f W, and its energy counter at "
                         "%.0f Wh, for %.0f s: power that flows moves them, so it is taken as "
                         "frozen (a gateway serving its last values?), and the fail-safe limits "
                         "apply until it moves again",

@@ -67,7 +67,7 @@ async def test_a_meter_frozen_while_nothing_moves_is_found_by_its_energy_counter
             await nursery.start(app.run)
             await wait_settled(sim.export_w, 1500.0, 100.0)
             assert app.meter is not None and app.meter.state.reading is not None
-            assert app.meter.state.reading.energy_wh is not None  # the counters are read
+            assert app.meter.state.reading.export_wh is not None  # the counters are read
             (meter,) = sim.site.meters.values()
             with sim.site.lock:
                 meter.frozen = True

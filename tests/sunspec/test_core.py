@@ -229,3 +229,21 @@ def test_meter_site_power_is_positive_for_import() -> None:
     assert MeterReading.from_points(203, m.points, invert=True).site_w == 3000.0
     with pytest.raises(ValueError, match="not a SunSpec meter"):
         MeterReading.from_points(103, m.points)
+
+
+def test_meter_energy_counters_follow_the_readings_direction_and_their_resolution() -> None:
+    """TotWhImp/TotWhExp as read (0 is "not implemented"); a meter read inverted swaps them with
+    its power; their step is 10^TotWh_SF, or a float32's step at their size (model 213)."""
+    r = MeterReading.from_points(
+        203, {"W": -3000.0, "TotWhImp": 52000.0, "TotWhExp": 0, "TotWh_SF": 1}
+    )
+    assert (r.import_wh, r.export_wh, r.energy_step_wh) == (52000.0, None, 10.0)
+    inv = MeterReading.from_points(
+        203, {"W": -3000.0, "TotWhImp": 52000.0, "TotWhExp": 0}, invert=True
+    )
+    assert (inv.import_wh, inv.export_wh) == (None, 52000.0)
+    big = MeterReading.from_points(213, {"W": 0.0, "TotWhImp": 20_000_000.0, "TotWhExp": 5.0})
+    assert big.energy_step_wh == 2.0  # float32 at 20 MWh: 2 Wh
+    small = MeterReading.from_points(213, {"W": 0.0, "TotWhImp": 5000.0})
+    assert small.energy_step_wh == 1.0 and small.export_wh is None
+    assert MeterReading.from_points(213, {"W": 0.0}).energy_step_wh is None

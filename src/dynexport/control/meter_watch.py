@@ -11,15 +11,18 @@ the inverters' and batteries' output spanned ``FROZEN_DER_SPAN_W`` or more is ta
 the app then keeps it out of the control average (the fail-safe follows once it is stale), until
 the reading moves again. Pure: the app feeds it each new reading with the output it read then.
 
-A reading frozen while nothing else moves is found by the meter's own energy counters (TotWhImp +
-TotWhExp): power flowing moves them, a frozen gateway serves them frozen too. A power reading
-unchanged to the last digit, whose counters have not moved for ``FROZEN_ENERGY_AFTER_S`` while it
-says at least ``FROZEN_ENERGY_WH`` (and three of the counters' smallest steps seen) went through
-the meter meanwhile, is frozen. Both must stand still: a live meter with broken counters still
-moves its power reading, and a live meter whose power stays on one value (a coarse register, a
-steady site) still moves its counters. A reading frozen near 0 W moves the counters too slowly to
-be found (the harm is then bounded by what the household's load falls by meanwhile), and a meter
-without counters (absent, or 0: "not implemented") is not checked this way (docs/control.md).
+A reading frozen while nothing else moves is found by the meter's energy counters: power that
+flows moves the counter of its direction (TotWhImp while importing, TotWhExp while exporting), and a
+frozen gateway serves it frozen too. A reading unchanged to the last digit whose counter has not
+moved for ``FROZEN_ENERGY_AFTER_S`` (or twice the longest the counter was seen to take to move when
+several of its steps had gone through: a register refreshed every few minutes), while the reading
+says at least ``FROZEN_ENERGY_WH`` went through (and three of the counter's steps: its register's
+resolution, or its smallest move seen), is frozen. Both must stand still: a live meter with broken
+counters still moves its power reading, a live meter whose power register repeats (coarse, a
+steady site) still moves its counter, and a counter that moves restarts the watch. Not found: a
+reading frozen near 0 W (it moves the counter too slowly; the harm is then bounded by what the
+household's load falls by meanwhile), or a meter without the counter of that direction (absent,
+or 0: "not implemented"). See docs/control.md.
 """
 
 from __future__ import annotations
@@ -37,19 +40,32 @@ a meter's resolution and noise, so a live meter cannot have stayed on one value.
 
 
 FROZEN_ENERGY_AFTER_S = 120.0
-"""Counters and power reading both unchanged for this long, at least: meters update their energy
+"""Counter and power reading both unchanged for this long, at least: meters update their energy
 registers every second or few; two minutes is far beyond that."""
 
 FROZEN_ENERGY_WH = 30.0
 """...while the reading says this much energy went through (|W| × time): 30 counter steps of
-1 Wh, three of 10 Wh (a coarse TotWh_SF). A step seen larger raises it (three steps)."""
+1 Wh, three of 10 Wh. A coarser counter raises it (three of its steps)."""
+
+REFRESH_CAP_S = 900.0
+"""The longest counter refresh learned (twice it is the stillness needed): 15 minutes."""
+
+
+@dataclass(frozen=True)
+class Counters:
+    """A meter's energy counters as read (Wh; None: not implemented) and their resolution."""
+
+    import_wh: float | None = None
+    export_wh: float | None = None
+    step_wh: float | None = None
 
 
 @dataclass(frozen=True)
 class MeterWatch:
-    """What the watch knows of the meter's current reading (its value, since when it has not
-    changed, the span of the site's output meanwhile) and of its energy counters (their sum,
-    since when it has not changed, the smallest step seen)."""
+    """What the watch knows of the meter's current reading (its value, since when neither it nor
+    its counter has changed, the span of the site's output meanwhile) and of its energy counter
+    (the one of the reading's direction: its value, since when it has not moved, how coarse it is
+    and how slowly it has been seen to refresh)."""
 
     value: float | None = None
     since: float | None = None
@@ -57,21 +73,35 @@ class MeterWatch:
     der_high_w: float = -math.inf
     frozen: bool = False
     """The reading is frozen: keep it out of the control average until it changes."""
+    why: str = ""
+    """How it was found: "output" (the site's output moved under it) or "energy" (its counter
+    stood still while it said power flowed)."""
     energy_wh: float | None = None
     energy_since: float | None = None
     step_wh: float | None = None
-    why: str = ""
-    """How it was found: "output" (the site's output moved under it) or "energy" (its counters
-    stood still while it said power flowed)."""
+    """The counter's step: the largest of its register's resolution and its smallest move seen."""
+    refresh_s: float = 0.0
+    """The longest the counter took to move when several of its steps had gone through."""
+    last_t: float | None = None
+    unbroken: bool = True
+    """No poll gap longer than ``POLL_GAP_S`` since the counter last moved (a move after an
+    outage of the link teaches nothing about the counter)."""
 
 
-def _energy_frozen(watch: MeterWatch, t: float) -> bool:
-    if watch.value is None or watch.since is None or watch.energy_since is None:
+POLL_GAP_S = 10.0
+
+
+def _energy_frozen(w: MeterWatch, t: float) -> bool:
+    if w.value is None or w.since is None or w.energy_since is None:
         return False
-    still_s = t - max(watch.since, watch.energy_since)
-    through_wh = abs(watch.value) * still_s / 3600.0
-    need_wh = max(FROZEN_ENERGY_WH, 3.0 * (watch.step_wh or 0.0))
-    return still_s >= FROZEN_ENERGY_AFTER_S and through_wh >= need_wh
+    still_s = t - max(w.since, w.energy_since)
+    need_wh = max(FROZEN_ENERGY_WH, 3.0 * (w.step_wh or 0.0))
+    need_s = max(FROZEN_ENERGY_AFTER_S, 2.0 * w.refresh_s)
+    return still_s >= need_s and abs(w.value) * still_s / 3600.0 >= need_wh
+
+
+def _direction(w: float) -> int:
+    return 1 if w > 0 else -1 if w < 0 else 0
 
 
 def watch_meter(
@@ -79,27 +109,46 @@ def watch_meter(
     t: float,
     site_w: float,
     der_w: float | None,
-    energy_wh: float | None = None,
+    counters: Counters | None = None,
 ) -> MeterWatch:
     """The watch after a new reading ``site_w`` at ``t``, with the site's output ``der_w`` read
-    then (None: not known, which does not count as movement) and the meter's energy counters'
-    sum ``energy_wh`` (None: not implemented)."""
-    energy = energy_wh if energy_wh is not None and math.isfinite(energy_wh) else None
-    # The counters: since when they stand still, and the smallest step they have made.
-    step = watch.step_wh
+    then (None: not known, which does not count as movement) and the meter's energy ``counters``
+    (None: not read)."""
+    c = counters or Counters()
+    energy = c.import_wh if site_w > 0 else c.export_wh if site_w < 0 else None
+    energy = energy if energy is not None and math.isfinite(energy) and energy > 0 else None
+    resolution = c.step_wh if c.step_wh is not None and math.isfinite(c.step_wh) else None
+    step, refresh = watch.step_wh, watch.refresh_s
+    if resolution is not None and resolution > 0:
+        step = max(step or 0.0, resolution)
+    same_way = watch.value is not None and _direction(watch.value) == _direction(site_w)
+    unbroken = watch.unbroken and watch.last_t is not None and t - watch.last_t <= POLL_GAP_S
+    moved = False
     if energy is None:
         energy_since = None
-    elif watch.energy_wh is None or watch.energy_since is None or energy != watch.energy_wh:
-        if watch.energy_wh is not None and energy > watch.energy_wh:
-            moved = energy - watch.energy_wh
-            step = moved if step is None else min(step, moved)
-        energy_since = t
+    elif not same_way or watch.energy_wh is None or watch.energy_since is None:
+        energy_since, unbroken = t, True
+    elif energy != watch.energy_wh:
+        moved = energy > watch.energy_wh
+        if moved and unbroken and watch.value is not None and not watch.frozen:
+            took_s = t - watch.energy_since
+            through_wh = abs(watch.value) * took_s / 3600.0
+            if through_wh >= 3.0 * (step or 1.0):  # its refresh, not its resolution
+                refresh = min(max(refresh, took_s), REFRESH_CAP_S)
+            else:
+                step = max(min(step or math.inf, energy - watch.energy_wh), resolution or 0.0)
+        energy_since, unbroken = t, True
     else:
         energy_since = watch.energy_since
     der = der_w if der_w is not None and math.isfinite(der_w) else None
-    if watch.value is None or site_w != watch.value or watch.since is None:
+    if watch.value is None or site_w != watch.value or watch.since is None or moved:
+        # A new reading, or a counter that moved: the meter is live; start again from here.
         low, high = (der, der) if der is not None else (math.inf, -math.inf)
-        return MeterWatch(site_w, t, low, high, False, energy, energy_since, step)
+        return MeterWatch(
+            value=site_w, since=t, der_low_w=low, der_high_w=high, energy_wh=energy,
+            energy_since=energy_since, step_wh=step, refresh_s=refresh, last_t=t,
+            unbroken=unbroken,
+        )  # fmt: skip
     low, high = watch.der_low_w, watch.der_high_w
     if der is not None:
         low, high = min(low, der), max(high, der)
@@ -110,8 +159,11 @@ def watch_meter(
         energy_wh=energy,
         energy_since=energy_since,
         step_wh=step,
+        refresh_s=refresh,
+        last_t=t,
+        unbroken=unbroken,
     )
-    # Both conditions only grow truer while the reading (and the counters) stand still, so the
+    # Both conditions only grow truer while the reading and the counter stand still, so the
     # watch stays frozen until one of them moves.
     if t - watch.since >= FROZEN_AFTER_S and high - low >= FROZEN_DER_SPAN_W:
         return replace(new, frozen=True, why="output")

@@ -40,7 +40,7 @@ _FAST_DER = (
 _FAST_METER = (
     *("Hz", "W", "WphA", "WphB", "WphC", "VAR", "VARphA", "VARphB", "VARphC"),
     *("PhV", "PhVphA", "PhVphB", "PhVphC"),
-    *("TotWhExp", "TotWhImp"),
+    *("TotWhExp", "TotWhImp", "TotWh_SF"),
 )
 _FAST_STATUS = ("PVConn", "ECPConn", "WAval")
 """Model 122's connection bits: whether the inverter is really on the grid (it may trip, or be

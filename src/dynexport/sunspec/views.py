@@ -372,10 +372,12 @@ class MeterReading:
     phase_var: Phases
     phase_v: Phases
     hz: float | None
-    energy_wh: float | None = None
-    """TotWhImp + TotWhExp: the energy counters, summed (they move whenever power flows, which
-    way does not matter); None where not implemented (absent, or 0: SunSpec's "not implemented"
-    for an accumulator)."""
+    import_wh: float | None = None
+    """TotWhImp (TotWhExp for a meter read ``invert``ed): the energy imported; None where not
+    implemented (absent, or 0: SunSpec's "not implemented" for an accumulator)."""
+    export_wh: float | None = None
+    energy_step_wh: float | None = None
+    """The counters' resolution: 10^TotWh_SF, or a float32's step at their size (model 21x)."""
 
     @classmethod
     def from_points(cls, model_id: int, pts: Points, *, invert: bool = False) -> MeterReading:
@@ -391,6 +393,7 @@ class MeterReading:
         if model_id in (201, 211) and pv[0] is None:
             pv = (_f(pts, "PhV"), None, None)  # single phase meters may only fill PhV
         pvar = _ph(pts, ("VARphA", "VARphB", "VARphC"))
+        imp_wh, exp_wh = _counter(pts, "TotWhImp"), _counter(pts, "TotWhExp")
         return cls(
             model_id=model_id,
             site_w=signed(_f(pts, "W")),
@@ -399,14 +402,26 @@ class MeterReading:
             phase_var=(signed(pvar[0]), signed(pvar[1]), signed(pvar[2])),
             phase_v=pv,
             hz=_f(pts, "Hz"),
-            energy_wh=_energy(pts),
+            import_wh=exp_wh if invert else imp_wh,
+            export_wh=imp_wh if invert else exp_wh,
+            energy_step_wh=_energy_step(pts, imp_wh, exp_wh),
         )
 
 
-def _energy(pts: Points) -> float | None:
-    counters = [v for v in (_f(pts, "TotWhImp"), _f(pts, "TotWhExp")) if v is not None]
-    total = sum(counters)
-    return total if counters and math.isfinite(total) and total > 0 else None
+def _counter(pts: Points, name: str) -> float | None:
+    v = _f(pts, name)
+    return v if v is not None and math.isfinite(v) and v > 0 else None
+
+
+def _energy_step(pts: Points, imp_wh: float | None, exp_wh: float | None) -> float | None:
+    sf = pts.get("TotWh_SF")
+    if isinstance(sf, int) and not isinstance(sf, bool) and -10 <= sf <= 10:
+        return 10.0**sf
+    largest = max(imp_wh or 0.0, exp_wh or 0.0)
+    if largest <= 0:
+        return None
+    # a float32 register's step at that size (an integer register: at least 1 Wh)
+    return max(2.0 ** (math.floor(math.log2(largest)) - 23), 1.0)
 
 
 @dataclass(frozen=True)
