@@ -649,9 +649,7 @@ class App:
                 return  # not in the mean; a meter that says only this goes stale (fail-safe)
             was_frozen = self.meter_watch.frozen
             r = st.reading
-            counters = (
-                None if r is None else Counters(r.import_wh, r.export_wh, r.energy_step_wh)
-            )
+            counters = None if r is None else Counters(r.import_wh, r.export_wh, r.energy_step_wh)
             self.meter_watch = watch_meter(
                 self.meter_watch, st.last_reading, w, self._site_output_w(), counters
             )
