@@ -117,6 +117,8 @@ class App:
         self._absurd_meter_readings = 0
         self.meter_watch = MeterWatch()
         """Is the meter's reading frozen (``control/meter_watch.py``)?"""
+        self._failsafe_batteries: dict[str, battery_law.BatteryCommand] = {}
+        """The batteries' fail-safe, worked out with the inverters' (``_failsafe_commands``)."""
         self.controller = law.ControllerState()
         self.output: law.ControlOutput | None = None
         self.limits = EffectiveLimits()
@@ -517,11 +519,18 @@ class App:
         by_id = {link.id: link for link in self.inverters}
         for cmd in commands:
             by_id[cmd.id].command(Desired(pct=cmd.limit_pct, connect=cmd.connect))
-        # A battery's fail-safe, as the law's for a quiet meter: charge only if AC-coupled (its
-        # own mode's discharge would take over the load the inverters' cap gives up), its own
-        # mode if a hybrid's (its inverter's limit holds its output).
         for bat in self.batteries:
-            bat.command(BatteryDesired(None, charge_only=bat.ac_coupled))
+            bat.command(self._failsafe_battery(bat))
+
+    def _failsafe_battery(self, bat: BatteryLink) -> BatteryDesired:
+        """A battery's fail-safe, the law's for a quiet meter (worked out with the inverters'
+        by ``_failsafe_commands``): "charge only" if AC-coupled (its own mode's discharge would
+        take over the load the inverters' cap gives up), held if it cannot be told that (model
+        704), its own mode if a hybrid's (its inverter's limit holds its output)."""
+        cmd = self._failsafe_batteries.get(bat.id)
+        if cmd is None:  # not worked out (unreachable, or its state could not be read)
+            return BatteryDesired(None, charge_only=bat.ac_coupled)
+        return BatteryDesired(cmd.setpoint_w, cmd.charge_only)
 
     def _failsafe_commands(self) -> list[law.InverterCommand]:
         """What each controllable inverter gets when the meter cannot be trusted: total
@@ -548,6 +557,7 @@ class App:
             RollingMean(), states, limits, law.ControllerState(), now, self.settings, batteries,
             self._battery_settings(),
         )  # fmt: skip
+        self._failsafe_batteries = {c.id: c for c in out.battery_commands}
         return list(out.commands)
 
     def _seconds_to_next_limit_change(self, horizon_s: float) -> float:
@@ -1245,12 +1255,11 @@ class App:
                 nursery.start_soon(write, cmd)
 
         async def release(bat: BatteryLink) -> None:
-            # Charge only, as the fail-safe: its own mode would cover the load the inverters'
-            # fail-safe caps give up, and send it out when that load falls (a 704 battery, which
-            # cannot say it, is left in its own mode). Its revert timer returns it to its own
-            # mode; a hybrid's battery is released to it now.
+            # Its fail-safe, as the law's ("charge only", or held): its own mode would cover the
+            # load the inverters' fail-safe caps give up, and send it out when that load falls.
+            # Its revert timer returns it to its own mode; a hybrid's is released to it now.
             try:
-                await bat.write(BatteryDesired(None, charge_only=bat.ac_coupled))
+                await bat.write(self._failsafe_battery(bat))
             except Exception as exc:
                 log.warning("%s: could not leave it at its fail-safe: %s", bat.id, exc)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
 from dynexport.app import FALLBACK_SOURCE, App
@@ -235,6 +236,50 @@ async def test_a_controller_fault_tells_ac_batteries_charge_only_and_leaves_hybr
     assert hybrid._desired == BatteryDesired(None)
 
 
+async def test_a_controller_fault_holds_a_704_battery_as_the_laws_fail_safe_does(
+    tmp_path: Path,
+) -> None:
+    """A battery that cannot be told "charge only" (model 704) left in its own mode by the fault
+    hook took over the load the inverters' cap gave up (and was counted against it, so it took
+    ever more). It is held as the law's fail-safe holds it: charging no more than it does and
+    than the inverters are still above their cap (2.5 kW against 1480 W), never discharging."""
+    from dataclasses import replace
+
+    from dynexport.control.law import margin_w
+    from dynexport.modbus.client import BusPool
+    from dynexport.sunspec.links import BatteryDesired
+    from dynexport.sunspec.storage import StorageReading
+
+    closed = "127.0.0.1:1"  # the links never run here: their states are set below
+    config = parse_config(
+        {
+            "inverters": [{"tcp": closed, "unit": 1}],
+            "batteries": [{"tcp": closed, "unit": 3, "plan": False}],
+            "limits": {"exportW": 1500},
+        }
+    )
+    app = make_app(config, tmp_path)
+    async with BusPool() as pool:
+        app._make_links(pool)
+    now = trio.current_time()
+    (inv,) = app.inverters
+    inv.state = replace(
+        inv.state, online=True, controllable=True, rated_w=5000.0, power_w=2500.0,
+        last_reading=now,
+    )  # fmt: skip
+    (bat,) = app.batteries
+    reading = StorageReading(50.0, 10000.0, 5000.0, 5000.0, -2000.0)
+    bat.state = replace(
+        bat.state, online=True, controllable=True, reading=reading, last_reading=now,
+        charge_only_possible=False,
+    )  # fmt: skip
+    await app._controller_fault(RuntimeError("a bug in the law"))
+    cap = 1500.0 - margin_w(1500.0, app.settings)
+    assert bat._desired == BatteryDesired(pytest.approx(-(2500.0 - cap)))  # type: ignore[arg-type]
+    # and it is what shutdown leaves it at
+    assert app._failsafe_battery(bat) == bat._desired
+
+
 async def test_at_shutdown_silent_batteries_do_not_keep_a_reachable_one_from_its_fail_safe(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -261,10 +306,12 @@ async def test_at_shutdown_silent_batteries_do_not_keep_a_reachable_one_from_its
     batteries = [Battery("battery 1", None), Battery("battery 2", None), Battery("battery 3", 0.05)]
     app = SimpleNamespace(
         _failsafe_commands=lambda: [],
+        _failsafe_batteries={},
         inverters=[],
         batteries=batteries,
         notifier=SimpleNamespace(stopping=lambda message: None),
     )
+    app._failsafe_battery = lambda bat: App._failsafe_battery(app, bat)  # type: ignore[arg-type]
     with trio.move_on_after(SHUTDOWN_BUDGET_S):
         await App.leave_fail_safe(app)  # type: ignore[arg-type]
     # Left at "charge only" (an AC battery's own mode would take over the load the inverters'

@@ -482,7 +482,7 @@
     own: "its own mode (self-consumption)",
     engaged: "dynexport steers it",
     offline: "not answering: it follows its own mode",
-    failsafe: "fail-safe: the meter is quiet, so it follows its own mode",
+    failsafe: "fail-safe: the meter is quiet, so it may charge but not discharge",
   };
   function renderBattery(b) {
     const on = !!(b && b.configured);
