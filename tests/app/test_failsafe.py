@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import trio
 
 from dynexport.app import FALLBACK_SOURCE, App
 from dynexport.sim.utility_server import UtilityServer
+from dynexport.sunspec.links import BatteryLink
 from dynexport.system.config import parse_config
 from tests.app.conftest import (
     STORED_CONTROL_W,
@@ -175,17 +177,14 @@ async def test_removing_the_meter_from_the_configuration_leaves_no_stale_meter(t
             nursery.cancel_scope.cancel()
 
 
-async def test_the_fault_fail_safe_counts_what_an_unreachable_battery_may_discharge(
-    tmp_path: Path,
-) -> None:
-    """The controller's fault path computed its fail-safe without the batteries: an unreachable
-    battery still at a 3 kW discharge setpoint under a 1.5 kW limit left the inverter 1.48 kW
-    (the law's own fail-safe gives it nothing: the battery alone may export 3 kW)."""
-    from dataclasses import replace
-
+async def one_inverter_one_battery(
+    tmp_path: Path, inverter_w: float
+) -> tuple[App, BatteryLink, float]:
+    """An app with one 5 kW inverter making ``inverter_w`` and one battery under a 1.5 kW export
+    limit, their links never run (at a closed port): the test sets their states."""
     from dynexport.modbus.client import BusPool
 
-    closed = "127.0.0.1:1"  # the links never run here: their states are set below
+    closed = "127.0.0.1:1"
     config = parse_config(
         {
             "inverters": [{"tcp": closed, "unit": 1}],
@@ -199,10 +198,20 @@ async def test_the_fault_fail_safe_counts_what_an_unreachable_battery_may_discha
     now = trio.current_time()
     (inv,) = app.inverters
     inv.state = replace(
-        inv.state, online=True, controllable=True, rated_w=5000.0, power_w=1000.0,
+        inv.state, online=True, controllable=True, rated_w=5000.0, power_w=inverter_w,
         last_reading=now,
     )  # fmt: skip
     (bat,) = app.batteries
+    return app, bat, now
+
+
+async def test_the_fault_fail_safe_counts_what_an_unreachable_battery_may_discharge(
+    tmp_path: Path,
+) -> None:
+    """The controller's fault path computed its fail-safe without the batteries: an unreachable
+    battery still at a 3 kW discharge setpoint under a 1.5 kW limit left the inverter 1.48 kW
+    (the law's own fail-safe gives it nothing: the battery alone may export 3 kW)."""
+    app, bat, now = await one_inverter_one_battery(tmp_path, 1000.0)
     bat.state = replace(bat.state, online=False, setpoint_w=3000.0, setpoint_expires=now + 600.0)
     (command,) = app._failsafe_commands()
     assert command.limit_pct == 0.0
@@ -243,31 +252,11 @@ async def test_a_controller_fault_holds_a_704_battery_as_the_laws_fail_safe_does
     hook took over the load the inverters' cap gave up (and was counted against it, so it took
     ever more). It is held as the law's fail-safe holds it: charging no more than it does and
     than the inverters are still above their cap (2.5 kW against 1480 W), never discharging."""
-    from dataclasses import replace
-
     from dynexport.control.law import margin_w
-    from dynexport.modbus.client import BusPool
     from dynexport.sunspec.links import BatteryDesired
     from dynexport.sunspec.storage import StorageReading
 
-    closed = "127.0.0.1:1"  # the links never run here: their states are set below
-    config = parse_config(
-        {
-            "inverters": [{"tcp": closed, "unit": 1}],
-            "batteries": [{"tcp": closed, "unit": 3, "plan": False}],
-            "limits": {"exportW": 1500},
-        }
-    )
-    app = make_app(config, tmp_path)
-    async with BusPool() as pool:
-        app._make_links(pool)
-    now = trio.current_time()
-    (inv,) = app.inverters
-    inv.state = replace(
-        inv.state, online=True, controllable=True, rated_w=5000.0, power_w=2500.0,
-        last_reading=now,
-    )  # fmt: skip
-    (bat,) = app.batteries
+    app, bat, now = await one_inverter_one_battery(tmp_path, 2500.0)
     reading = StorageReading(50.0, 10000.0, 5000.0, 5000.0, -2000.0)
     bat.state = replace(
         bat.state, online=True, controllable=True, reading=reading, last_reading=now,

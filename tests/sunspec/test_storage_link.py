@@ -91,6 +91,9 @@ async def test_a_setpoint_left_behind_reverts_to_the_batterys_own_mode() -> None
 
 
 async def test_704_wset_is_used_where_the_battery_has_it() -> None:
+    """...and it cannot be told "charge only" (WSet is a setpoint, not a bound): its state says
+    so, for the controller to hold it with setpoints, and a "charge only" that reaches it anyway
+    leaves it in its own mode, with no bound claimed."""
     site = Site({3: battery(wset=True, soc_pct=70.0)}, load_w=3000.0)
     with serve_tcp(site) as sim:
         async with BusPool(timeout=1.0) as pool, trio.open_nursery() as nursery:
@@ -103,6 +106,11 @@ async def test_704_wset_is_used_where_the_battery_has_it() -> None:
             assert site.get(3, 704, "WSetEna") == 1 and site.get(3, 704, "WSetRvrtTms") == 20
             assert site.get(3, 124, "StorCtl_Mod") == 0
             await wait_until(lambda: abs(site.devices[3].power_w - 2500.0) < 50)  # type: ignore[attr-defined]
+            assert link.state.charge_only_possible is False
+            link.command(BatteryDesired(None, charge_only=True))
+            await wait_until(lambda: link.state.setpoint_w is None)
+            assert not link.state.charge_only and link.state.setpoint_expires is None
+            assert site.get(3, 704, "WSetEna") == 0 and site.get(3, 124, "StorCtl_Mod") == 0
             nursery.cancel_scope.cancel()
 
 
@@ -372,23 +380,4 @@ async def test_charge_only_stops_the_own_modes_discharge_and_is_kept_in_force(
             await wait_until(lambda: site.get(3, 124, "StorCtl_Mod") == 0)
             await wait_until(lambda: not link.state.charge_only)
             await wait_until(lambda: dev.power_w > 2800.0)  # type: ignore[attr-defined]
-            nursery.cancel_scope.cancel()
-
-
-async def test_a_704_battery_cannot_be_told_charge_only_and_says_so_by_its_state() -> None:
-    """Model 704 has a setpoint, no bound: "charge only" leaves it in its own mode, and its state
-    says no bound is in force (the controller keeps counting its discharge)."""
-    site = Site({3: battery(wset=True, soc_pct=70.0)}, load_w=3000.0)
-    with serve_tcp(site) as sim:
-        async with BusPool(timeout=1.0) as pool, trio.open_nursery() as nursery:
-            bus = pool.get(TcpEndpoint("127.0.0.1", sim.port))
-            link = BatteryLink("battery", bus, 3, revert_s=20, fast_s=0.2)
-            nursery.start_soon(link.run)
-            await wait_until(lambda: link.state.controllable is True)
-            link.command(BatteryDesired(-1000.0))
-            await wait_until(lambda: link.state.setpoint_w == -1000.0)
-            link.command(BatteryDesired(None, charge_only=True))
-            await wait_until(lambda: link.state.setpoint_w is None)
-            assert not link.state.charge_only and link.state.setpoint_expires is None
-            assert site.get(3, 704, "WSetEna") == 0 and site.get(3, 124, "StorCtl_Mod") == 0
             nursery.cancel_scope.cancel()
