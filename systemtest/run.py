@@ -138,8 +138,14 @@ class Vm:
         # with it full of the last boot's code the next kernel took 21-27 s (up to minutes on a
         # loaded machine) to unpack itself after a reboot, against 4 s from power-on; 128 MiB
         # brings that to 7-8 s and costs a cold boot nothing (docs/image.md "Boot to controlling").
+        # thread=single: one host thread runs both vCPUs in turn. With a thread per vCPU (MTTCG)
+        # a guest kernel patching its own code while the other vCPU ran it hit a stale int3 and
+        # panicked (an oops in sched_clock_cpu early in a trial boot, so a reset ended the trial
+        # instead of the deadline); two VMs of two threads each on a 2-core machine were also
+        # slower: the whole run 506 s instead of 683, boot to controlling 26 s instead of 56.
         cmd = [
-            "qemu-system-x86_64", "-accel", "tcg,tb-size=128", "-m", "1024", "-smp", "2",
+            "qemu-system-x86_64", "-accel", "tcg,tb-size=128,thread=single", "-m", "1024",
+            "-smp", "2",
             "-display", "none", "-no-user-config", "-nodefaults",
             "-drive", f"file={self.disk},format=raw,if=none,id=card,cache=unsafe",
             "-device", "virtio-blk-pci,drive=card,bootindex=0",
