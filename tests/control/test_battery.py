@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 
 from dynexport.control.average import RollingMean
 from dynexport.control.battery import (
+    BatteryMemory,
     BatterySettings,
     BatteryState,
     ChargePlan,
     ForecastStep,
     clear_sky_fraction,
+    decide_batteries,
     forecast,
     latitude_for,
     plan_charge,
@@ -470,3 +473,20 @@ def test_a_held_battery_lets_its_charge_down_no_faster_than_the_inverters_come_d
     assert all(sp is not None and sp <= 0.0 for _, sp, _ in quiet)  # never a discharge
     assert quiet[-1][1] == pytest.approx(0.0, abs=20.0)  # idle once they are down
     assert max(p.export_w for p in trace if p.t >= 15.0) <= allowed(1500.0)
+
+
+def test_in_the_fail_safe_one_batterys_charge_never_hides_anothers_discharge() -> None:
+    """A held 704 battery charging 2 kW and another still discharging 1.5 kW as the meter goes
+    quiet: the inverters' cap counts the 1.5 kW (the held charge is let down as they come down,
+    so it cannot cover it; summed, the two counted nothing)."""
+    held = BatteryState("a", True, True, 10000.0, 5000.0, 5000.0, 50.0, -2000.0)
+    held = replace(held, charge_only_possible=False)
+    other = BatteryState("b", True, True, 10000.0, 5000.0, 5000.0, 50.0, 1500.0)
+    out = decide_batteries(
+        [held, other], None, BatteryMemory(), 10.0, 1.0, None, BatterySettings(), 800.0
+    )
+    assert out.expected_w == 1500.0
+    assert [(c.id, c.setpoint_w, c.charge_only) for c in out.commands] == [
+        ("a", -800.0, False),
+        ("b", None, True),
+    ]

@@ -309,9 +309,12 @@ def decide_batteries(
                 left -= keep
                 cmds_list.append(BatteryCommand(b.id, -keep, "fail-safe: hold"))
         holds = [c.setpoint_w for c in cmds_list if c.setpoint_w is not None]
+        # Each battery's discharge counts until it has stopped, whatever another one charges (a
+        # held charge is let down as the inverters come down: it cannot cover another's output).
+        discharging = sum(max(b.power_w, 0.0) for b in ready if b.ac_coupled)
         return BatteryDecision(
             tuple(cmds_list),
-            max(measured_ac, 0.0),
+            discharging,
             "failsafe",
             BatteryMemory(),
             sum(holds) if holds else None,
