@@ -31,8 +31,10 @@ Why the rules are what they are:
   cover the household's load, which the fail-safe must count as possible export: the inverters
   came down by what it discharged, so it took more of the load, until it carried the whole house
   and the PV stood curtailed to nothing; a load that then fell left its discharge going out over
-  the limit while it caught up. A hybrid's battery keeps its own mode (its inverter's limit holds
-  its output whatever it does). An unreachable
+  the limit while it caught up. One that cannot be told "charge only" (model 704) is held: never
+  a discharge, its charge let down no faster than the inverters come down to the cap, then idle.
+  A hybrid's battery keeps its own mode (its inverter's limit holds its output whatever it does).
+  An unreachable
   battery gets no command (its revert timer returns it to its own mode) and is, for the law, part
   of the household: the meter sees it, and the inverters hold export by curtailment.
 - **SoC bounds.** Charge tapers to 0 over ``taper_pct`` below the maximum SoC; discharge tapers to
