@@ -535,7 +535,9 @@ class App:
     def _failsafe_commands(self) -> list[law.InverterCommand]:
         """What each controllable inverter gets when the meter cannot be trusted: total
         generation within the export limit in force (safe at zero load). The limits are merged
-        afresh, so a fail-safe taken before the first control cycle still has them."""
+        afresh, so a fail-safe taken before the first control cycle still has them. The
+        batteries' comes with it (``_failsafe_battery``); none until it is worked out."""
+        self._failsafe_batteries = {}  # a law that raises below must not leave an old one
         limits = self.limits
         try:
             limits = merge_limits(

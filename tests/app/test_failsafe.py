@@ -269,6 +269,30 @@ async def test_a_controller_fault_holds_a_704_battery_as_the_laws_fail_safe_does
     assert app._failsafe_battery(bat) == bat._desired
 
 
+async def test_a_fail_safe_that_cannot_be_worked_out_leaves_no_old_battery_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The law raising again in the fault hook (the fault that brought it there) must not leave
+    the batteries an older fail-safe (a 704 battery's held charge, from the grid meanwhile, for
+    as long as the fault lasts): they get "charge only", the inverters 0 %."""
+    from dynexport.control import law
+    from dynexport.sunspec.links import BatteryDesired
+    from dynexport.sunspec.storage import StorageReading
+
+    app, bat, now = await one_inverter_one_battery(tmp_path, 2500.0)
+    reading = StorageReading(50.0, 10000.0, 5000.0, 5000.0, -2000.0)
+    bat.state = replace(
+        bat.state, online=True, controllable=True, reading=reading, last_reading=now,
+        charge_only_possible=False,
+    )  # fmt: skip
+    await app._controller_fault(RuntimeError("once"))
+    assert bat._desired is not None and bat._desired.setpoint_w is not None  # held
+    monkeypatch.setattr(law, "control_step", lambda *a, **k: 1 / 0)
+    await app._controller_fault(RuntimeError("again"))
+    assert bat._desired == BatteryDesired(None, charge_only=True)
+    assert [i._desired.pct for i in app.inverters if i._desired] == [0.0]
+
+
 async def test_at_shutdown_silent_batteries_do_not_keep_a_reachable_one_from_its_fail_safe(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
