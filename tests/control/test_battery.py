@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import replace
 
 import pytest
 
@@ -453,25 +452,24 @@ def test_a_held_battery_lets_its_charge_down_no_faster_than_the_inverters_come_d
     plant = site(10000.0, 500.0, 50.0, can_charge_only=False, own_mode="idle")
     plant.inverters[0].rated_w = plant.inverters[1].rated_w = 6000.0
     hold = ChargePlan(None, reason="test")
-    setpoints: list[tuple[float, float | None, float]] = []
+    setpoints: list[tuple[float, float | None]] = []
 
     def hook(t: float, p: Plant) -> None:
         p.meter_alive = t < 60.0
 
     def observe(t: float, p: Plant, lim: object, o: object) -> None:
         assert isinstance(o, ControlOutput)
-        for c in o.battery_commands:
-            setpoints.append((t, c.setpoint_w, sum(i.output_w for i in p.inverters)))
+        setpoints.extend((t, c.setpoint_w) for c in o.battery_commands)
 
     trace = run_closed_loop(
         plant, lambda t: EXPORT_1500, 120.0, hook=hook, observe=observe,
         planner=lambda t, p: hold,
     )  # fmt: skip
-    before = [sp for t, sp, _ in setpoints if 50.0 <= t < 60.0]
+    before = [sp for t, sp in setpoints if 50.0 <= t < 60.0]
     assert before and all(sp is not None and sp < -3000.0 for sp in before)  # charging hard
-    quiet = [(t, sp, inv) for t, sp, inv in setpoints if t >= 61.0]
-    assert all(sp is not None and sp <= 0.0 for _, sp, _ in quiet)  # never a discharge
-    assert quiet[-1][1] == pytest.approx(0.0, abs=20.0)  # idle once they are down
+    quiet = [sp for t, sp in setpoints if t >= 61.0]
+    assert all(sp is not None and sp <= 0.0 for sp in quiet)  # never a discharge
+    assert quiet[-1] == pytest.approx(0.0, abs=20.0)  # idle once they are down
     assert max(p.export_w for p in trace if p.t >= 15.0) <= allowed(1500.0)
 
 
@@ -479,8 +477,9 @@ def test_in_the_fail_safe_one_batterys_charge_never_hides_anothers_discharge() -
     """A held 704 battery charging 2 kW and another still discharging 1.5 kW as the meter goes
     quiet: the inverters' cap counts the 1.5 kW (the held charge is let down as they come down,
     so it cannot cover it; summed, the two counted nothing)."""
-    held = BatteryState("a", True, True, 10000.0, 5000.0, 5000.0, 50.0, -2000.0)
-    held = replace(held, charge_only_possible=False)
+    held = BatteryState(
+        "a", True, True, 10000.0, 5000.0, 5000.0, 50.0, -2000.0, charge_only_possible=False
+    )
     other = BatteryState("b", True, True, 10000.0, 5000.0, 5000.0, 50.0, 1500.0)
     out = decide_batteries(
         [held, other], None, BatteryMemory(), 10.0, 1.0, None, BatterySettings(), 800.0
