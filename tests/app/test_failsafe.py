@@ -205,6 +205,20 @@ async def one_inverter_one_battery(
     return app, bat, now
 
 
+async def a_704_battery_charging_2_kw(tmp_path: Path, inverter_w: float) -> tuple[App, BatteryLink]:
+    """As ``one_inverter_one_battery``, the battery read: charging 2 kW at 50 %, controlled
+    through model 704 (it cannot be told "charge only")."""
+    from dynexport.sunspec.storage import StorageReading
+
+    app, bat, now = await one_inverter_one_battery(tmp_path, inverter_w)
+    reading = StorageReading(50.0, 10000.0, 5000.0, 5000.0, -2000.0)
+    bat.state = replace(
+        bat.state, online=True, controllable=True, reading=reading, last_reading=now,
+        charge_only_possible=False,
+    )  # fmt: skip
+    return app, bat
+
+
 async def test_the_fault_fail_safe_counts_what_an_unreachable_battery_may_discharge(
     tmp_path: Path,
 ) -> None:
@@ -254,14 +268,8 @@ async def test_a_controller_fault_holds_a_704_battery_as_the_laws_fail_safe_does
     than the inverters are still above their cap (2.5 kW against 1480 W), never discharging."""
     from dynexport.control.law import margin_w
     from dynexport.sunspec.links import BatteryDesired
-    from dynexport.sunspec.storage import StorageReading
 
-    app, bat, now = await one_inverter_one_battery(tmp_path, 2500.0)
-    reading = StorageReading(50.0, 10000.0, 5000.0, 5000.0, -2000.0)
-    bat.state = replace(
-        bat.state, online=True, controllable=True, reading=reading, last_reading=now,
-        charge_only_possible=False,
-    )  # fmt: skip
+    app, bat = await a_704_battery_charging_2_kw(tmp_path, 2500.0)
     await app._controller_fault(RuntimeError("a bug in the law"))
     cap = 1500.0 - margin_w(1500.0, app.settings)
     assert bat._desired == BatteryDesired(pytest.approx(-(2500.0 - cap)))  # type: ignore[arg-type]
@@ -277,14 +285,8 @@ async def test_a_fail_safe_that_cannot_be_worked_out_leaves_no_old_battery_comma
     as long as the fault lasts): they get "charge only", the inverters 0 %."""
     from dynexport.control import law
     from dynexport.sunspec.links import BatteryDesired
-    from dynexport.sunspec.storage import StorageReading
 
-    app, bat, now = await one_inverter_one_battery(tmp_path, 2500.0)
-    reading = StorageReading(50.0, 10000.0, 5000.0, 5000.0, -2000.0)
-    bat.state = replace(
-        bat.state, online=True, controllable=True, reading=reading, last_reading=now,
-        charge_only_possible=False,
-    )  # fmt: skip
+    app, bat = await a_704_battery_charging_2_kw(tmp_path, 2500.0)
     await app._controller_fault(RuntimeError("once"))
     assert bat._desired is not None and bat._desired.setpoint_w is not None  # held
     monkeypatch.setattr(law, "control_step", lambda *a, **k: 1 / 0)
