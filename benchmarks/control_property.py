@@ -4,11 +4,12 @@ property test in tests/control/test_law_properties.py).
 Each scenario runs the law against the simulated site (``dynexport.control.plant``) for
 ``--duration`` seconds of plant time: random load steps and wander, utility limit schedules with
 and without rampTms and setGradW, inverters dropping out and returning, the meter going quiet,
-written limits rounded down to a register step. The rules and the exceptions that physics forces
-are in ``dynexport.control.scenario``. Prints how many scenarios and ticks ran, how many ticks
-were checked or excused, the worst excess of export over its allowance (negative: the smallest
-room to spare), and the first violations found with the scenario that produced them. Asserts
-nothing about time; exits 1 if a rule was broken.
+written limits rounded down to a register step; with ``--battery``, an AC battery too (any size,
+rates and SoC bounds, spans out of reach, "charge only" or model 704). The rules and the
+exceptions that physics forces are in ``dynexport.control.scenario``. Prints how many scenarios
+and ticks ran, how many ticks were checked or excused, the worst excess of export over its
+allowance (negative: the smallest room to spare), and the first violations found with the
+scenario that produced them. Asserts nothing about time; exits 1 if a rule was broken.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=2000, help="scenarios to run")
     parser.add_argument("--seed", type=int, default=20261201, help="random seed")
     parser.add_argument("--duration", type=int, default=150, help="plant seconds per scenario")
+    parser.add_argument("--battery", action="store_true", help="an AC battery in every scenario")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, python {platform.python_version()}; "
-          f"{args.cases} scenarios of {args.duration} s, seed {args.seed}")  # fmt: skip
+          f"{args.cases} scenarios of {args.duration} s, seed {args.seed}"
+          f"{', with a battery' if args.battery else ''}")  # fmt: skip
     rng = random.Random(args.seed)
     ticks = checked = load_fall = forced = 0
     worst = -float("inf")
@@ -36,7 +39,7 @@ def main() -> int:
     failures = []
     t0 = time.process_time()
     for _ in range(args.cases):
-        sc = random_scenario(rng, args.duration)
+        sc = random_scenario(rng, args.duration, battery=args.battery)
         result = run_scenario(sc)
         ticks += result.ticks
         checked += result.checked

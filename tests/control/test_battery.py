@@ -445,6 +445,52 @@ def test_an_unreachable_battery_told_charge_only_may_discharge_no_more_than_last
     assert possible_battery_output_w(released, 50.0) == 4000.0
 
 
+@pytest.mark.parametrize(
+    ("battery", "counted_w"),
+    [
+        (BatteryState("bat", False, True, 10000.0, 5000.0, 3000.0, 50.0, 400.0), 3000.0),
+        (
+            BatteryState(
+                "bat", False, True, 10000.0, 5000.0, 3000.0, 50.0, 400.0,
+                setpoint_w=800.0, setpoint_expires_t=100.0,
+            ),
+            800.0,
+        ),
+        (
+            BatteryState(
+                "bat", False, True, 10000.0, 5000.0, 3000.0, 50.0, 400.0,
+                setpoint_expires_t=100.0, charge_only=True,
+            ),
+            400.0,
+        ),
+    ],
+    ids=["own-mode", "setpoint", "charge-only"],
+)  # fmt: skip
+def test_in_the_fail_safe_an_unreachable_batterys_possible_discharge_comes_off_the_inverters(
+    battery: BatteryState, counted_w: float
+) -> None:
+    """The meter quiet, a 5 kW export limit, two 6 kW inverters and an AC battery that does not
+    answer: the inverters' fail-safe cap leaves room for the most it may discharge unseen (in
+    its own mode its whole rate, since it covers whatever load it sees and lags when that load
+    falls; its setpoint until its revert time; told "charge only", its last reading). Without
+    it, the fail-safe's zero-load cap plus that discharge is more than the limit."""
+    inverters = [
+        InverterState("inv1", True, True, 6000.0, 3000.0),
+        InverterState("inv2", True, True, 6000.0, 3000.0),
+    ]
+    limits = EffectiveLimits(export_w=5000.0, sources={"export_w": "utility"})
+
+    def decide(batteries: list[BatteryState]) -> ControlOutput:
+        quiet = RollingMean(1.0)  # no sample: the meter has said nothing
+        return control_step(quiet, inverters, limits, ControllerState(), 50.0, batteries=batteries)
+
+    alone, beside = decide([]), decide([battery])
+    assert alone.mode == beside.mode == "failsafe"
+    assert beside.battery_commands == ()  # unreachable: nothing is written to it
+    assert alone.budget_w - beside.budget_w == pytest.approx(counted_w)
+    assert beside.budget_w + counted_w <= 5000.0
+
+
 def test_a_held_battery_lets_its_charge_down_no_faster_than_the_inverters_come_down() -> None:
     """Charging 4 kW of a 6 kW surplus when the meter goes quiet: a 704 battery (no "charge
     only") is held, its charge let down as the inverters come down to the fail-safe cap, so the

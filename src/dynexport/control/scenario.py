@@ -34,12 +34,14 @@ Excused from rule 2, because no controller could prevent them (each case is coun
   after it happens, and the inverters then need their own lag to come down. Decisions in the
   fail-safe rest on no load and excuse nothing. Only that amount is excused;
 - *battery not under command*: a battery the law cannot reach, or has left in its own mode,
-  is household load to the law (the meter sees it); its charge stopping is a load fall like
-  any other and is excused the same way. A battery the law commands is never excused: its
-  charge reductions (nearing its maximum SoC, a limit lifted) must find the inverters already
-  down. Told "charge only", its charge is its own mode's (excused as above), its discharge is
-  not; in the fail-safe a reachable battery's discharge is never excused (none may be left in
-  its own mode there);
+  is household load to the law (the meter sees it); its charge stopping, or its own-mode
+  discharge rising (it lags a load that fell), is a fall of that load like any other and is
+  excused the same way, and its discharge falling is a rise, which offsets a fall of the
+  household's own. A battery the law commands is never excused: its charge reductions
+  (nearing its maximum SoC, a limit lifted) must find the inverters already down. Told "charge
+  only", its charge is its own mode's (excused as above), its discharge is not; in the
+  fail-safe a reachable battery's discharge is never excused (none may be left in its own mode
+  there);
 - *forced*: what the law cannot curtail (unreachable and uncontrollable inverters) already
   exports more than the allowance by itself, and for ``3 s + 5 τ`` after that ends (an
   inverter that is reachable again starts from its free-running output and needs its lag).
@@ -323,7 +325,7 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
         beliefs.append((t, seen_load[0] if out.mode == "normal" else None))
         while beliefs[0][0] < t - react_s:
             beliefs.pop(0)
-        unseen_w = max(_fall_since(v, p) for _, v in beliefs)
+        unseen_w = max(_fall_since(v, p, t) for _, v in beliefs)
         if not math.isfinite(allowance):
             return
         export = -p.site_w
@@ -360,23 +362,35 @@ def run_scenario(sc: Scenario, settings: ControlSettings | None = None) -> Scena
 
 
 Seen = tuple[float, dict[str, float]]
-"""The household load, and the charge of each battery the law did not command (by id)."""
+"""The household load, and the net charge (charge positive, discharge negative) of each battery
+the law did not command (by id)."""
 
 
 def _household_w(p: Plant, t: float) -> Seen:
-    """The load the law cannot command: the household, and the charge of a battery it cannot
+    """The load the law cannot command: the household, and the net charge of a battery it cannot
     reach or has left in its own mode (to the law, that battery is household)."""
-    return p.load_now_w, {b.id: max(-b.power_w, 0.0) for b in p.batteries if not _commanded(b, t)}
+    return p.load_now_w, {b.id: -b.power_w for b in p.batteries if not _commanded(b, t)}
 
 
-def _fall_since(seen: Seen | None, p: Plant) -> float:
-    """How far that load has fallen since it was seen: the household, and the charge of the
-    batteries that were household then (a battery the law commanded then is not excused)."""
+def _fall_since(seen: Seen | None, p: Plant, t: float) -> float:
+    """How far that load has fallen since it was seen: the household, and the net charge of the
+    batteries that were household then (a battery the law commanded then is not excused). A
+    charge that stops and an own-mode discharge that rises are both a fall (a battery in its own
+    mode lagging a load that fell sends its discharge out, as the inverters would); a discharge
+    that falls is a rise. A battery the law now commands, or has told "charge only", counts at
+    no more discharge than it had then: a discharge the law has it make is never excused."""
     if seen is None:
         return -math.inf
     load, charges = seen
-    now = {b.id: max(-b.power_w, 0.0) for b in p.batteries}
-    return load - p.load_now_w + sum(c - now.get(k, 0.0) for k, c in charges.items())
+    fall = load - p.load_now_w
+    now = {b.id: b for b in p.batteries}
+    for k, then in charges.items():
+        b = now.get(k)
+        net = -b.power_w if b is not None else 0.0
+        if b is not None and (_commanded(b, t) or (b.reachable and b.charge_only_now(t))):
+            net = max(net, min(then, 0.0))
+        fall += then - net
+    return fall
 
 
 def _commanded(b: SimBattery, t: float) -> bool:
