@@ -47,6 +47,7 @@ from dynexport.sunspec.links import (
 )
 from dynexport.sunspec.storage import StorageConvention
 from dynexport.sunspec.views import site_ratings
+from dynexport.system.clock import kernel_clock_synchronised
 from dynexport.system.config import BatteryConfig, Config, UtilityConfig
 from dynexport.system.latest_writer import LatestWriter
 from dynexport.system.memory import collect_garbage
@@ -93,6 +94,9 @@ class AppOptions:
     """None: no web server."""
     wall_clock: Callable[[], float] = time.time
     """Unix seconds; local times (daily windows) are taken from it in the site's time zone."""
+    clock_synchronised: Callable[[], bool | None] | None = None
+    """Has a time server set ``wall_clock``? None: the kernel's state with the real clock,
+    always with a fake one (``system/clock.py``; the utility link's `time_verified`)."""
     utility_ssl_context: Any = None
     """For the demo and tests only: a prepared client context for the utility link."""
     notifier: Notifier = field(default_factory=Notifier)
@@ -417,6 +421,7 @@ class App:
                 self.options.data_dir / "sep2",
                 clock=self.options.wall_clock,
                 monotonic=time.monotonic,
+                clock_synchronised=self.options.clock_synchronised,
                 ssl_context=self.options.utility_ssl_context,
                 stored_schedule=self._stored_schedule,  # read as this generation started
             )
@@ -744,9 +749,11 @@ class App:
                 return self.utility_error or "the utility link is not running", None
             # No link (its files are unusable): the stored schedule, randomized with the same
             # seed as the link would use (the LFDI, if the certificate itself is readable).
-            stored = self._stored_schedule.active_controls(
-                self.options.wall_clock(), self._stored_seed
-            )
+            wall, snapshot = self.options.wall_clock(), self._stored_schedule
+            if self._stored_time_verified():
+                stored = snapshot.active_controls(wall, self._stored_seed)
+            else:  # the clock is not known to be right: the strictest of the schedule ahead
+                stored = snapshot.strictest_ahead(wall, self._stored_seed)
             return "", utility_limits(stored, self.limit_rating_w())
         if not self.utility.acting:
             return "the utility's registration does not match the configured PIN", None
@@ -754,6 +761,18 @@ class App:
         if active is None:
             return "no schedule has been received from the utility yet", None
         return "", utility_limits(active, self.limit_rating_w())
+
+    def _stored_time_verified(self) -> bool:
+        """Without a link (its files unusable), is the stored schedule's time known? As the
+        link decides before the server's Time is read (``sep2.flow.time_verified``)."""
+        from dynexport.sep2.schedule import time_verified  # imported with the snapshot
+
+        probe = self.options.clock_synchronised
+        if probe is None:
+            probe = kernel_clock_synchronised if self.options.wall_clock is time.time else None
+        synchronised = True if probe is None else probe()
+        offset = 0 if self._stored_schedule is None else self._stored_schedule.clock_offset
+        return time_verified(False, synchronised, offset)
 
     def _ratings(self) -> list[float | None]:
         """Each inverter's WMax (its rating without one); None: not read yet."""
@@ -1315,8 +1334,11 @@ class App:
                 lastError=st.last_error,
                 storageError=self.utility.store.write_error,
                 clockAlert=st.clock_alert,
+                timeVerified=st.time_verified,
                 csipAusVersion=self.utility.csipaus_version,
             )
+        elif self._stored_schedule is not None:  # no link: the stored schedule is obeyed
+            utility["timeVerified"] = self._stored_time_verified()
         utility["fallback"] = self.utility_fallback
         return {
             "site": {

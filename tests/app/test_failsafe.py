@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from dynexport.app import FALLBACK_SOURCE, App
 from dynexport.sim.utility_server import UtilityServer
 from dynexport.sunspec.links import BatteryLink
 from dynexport.system.config import parse_config
+from dynexport.web.api import alerts
 from tests.app.conftest import (
     STORED_CONTROL_W,
     make_app,
@@ -158,6 +160,39 @@ async def test_without_a_link_the_outlook_follows_the_stored_schedule_it_obeys(t
         exports = [limits.export_w for _, limits in outlook]
         assert exports[:2] == [STORED_CONTROL_W, 5000.0]  # the control, then the default
         assert 3500 < outlook[1][0] - outlook[0][0] <= 3600  # when the control ends
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("synchronised", [False, True], ids=["clock-not-set", "clock-set"])
+async def test_without_a_link_a_clock_not_known_to_be_right_obeys_the_strictest_stored_limit(
+    tmp_path: Path, synchronised: bool
+):
+    """No link (its key unusable) and a clock 2 h behind, as a Pi's is after a 2 h power cut
+    until NTP sets it: read at that clock, the stored control in force had not begun and the
+    5 kW default was obeyed. While the clock is not known to be right the strictest of the
+    stored schedule ahead is obeyed, and the status and an alert say so; once a time server
+    has set the clock, the schedule is read at it as before."""
+    raw_app = await app_with_a_stored_schedule_and_an_unusable_key(tmp_path)
+    behind = make_app(
+        raw_app.config,
+        tmp_path / "data",
+        wall_clock=lambda: time.time() - 2 * 3600,
+        clock_synchronised=lambda: synchronised,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(behind.run)
+        await wait_for(lambda: behind.status()["utility"]["lastError"] is not None)
+        assert behind.utility is None
+        status = behind.status()
+        codes = [a["code"] for a in alerts(status, behind.config, time.time())]
+        if synchronised:  # a set clock is right: 2 h before the control, the default
+            assert status["limits"]["exportW"] == 5000.0
+            assert status["utility"]["timeVerified"] is True
+            assert "clock-unverified" not in codes
+        else:
+            assert status["limits"]["exportW"] == STORED_CONTROL_W
+            assert status["utility"]["timeVerified"] is False
+            assert "clock-unverified" in codes
         nursery.cancel_scope.cancel()
 
 

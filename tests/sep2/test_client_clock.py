@@ -166,3 +166,118 @@ async def test_an_absurd_server_time_is_refused_and_the_control_stays_in_force(
     assert client.state().clock_alert is None
     assert client.state().clock_offset == 30
     await client.http.aclose()
+
+
+def unsynchronised() -> bool:
+    """The kernel's clock has not been set by a time server since the start."""
+    return False
+
+
+def synchronised() -> bool:
+    return True
+
+
+async def test_after_a_power_cut_the_stored_schedule_is_obeyed_at_its_strictest_until_time_is_known(
+    pki_dir, tmp_path
+):
+    """A Pi has no real-time clock: back from a power cut it starts from its last saved time,
+    behind by the cut. Here a 1.5 kW event stored before a 65-minute cut began 35 minutes
+    into it; read at the Pi's clock (5 minutes into the cut), the stored schedule said the 5 kW
+    default, and with the utility out of reach the site would follow that for the half hour
+    the clock lags. Until the server's Time is read (or NTP sets the clock), the link obeys the
+    strictest of the stored schedule ahead, decides no event response, and says so."""
+    clocks = Clocks(FakeClock(T0), FakeClock(T0), FakeClock(1000.0))
+    srv = UtilityServer(pki_dir=pki_dir, clock=clocks.server)
+    srv.add_control(start=int(T0) + 1800, duration=3 * 3600, export_limit_w=LIMIT_W)
+    srv.set_default(export_limit_w=DEFAULT_W)
+    async with srv.running():
+        first = make_client(srv, clocks, tmp_path)
+        await first.step()  # the schedule is stored, with the event ahead
+        assert export_limit(first, clocks.wall()) == DEFAULT_W
+        await first.http.aclose()
+        answered = len(srv.responses)
+
+        clocks.advance(300)  # the power goes off here, for 65 minutes; the Pi's clock with it
+        clocks.server.advance(3900)
+        clocks.mono.advance(3900)
+        after = Sep2Client(
+            utility_config(srv),
+            tmp_path,
+            der=DerInfo(rated_w=5000),
+            clock=clocks.wall,
+            monotonic=clocks.mono,
+            options=ClientOptions(http_timeout=5.0, http_retries=0),
+            clock_synchronised=unsynchronised,
+        )
+        assert not after.state().time_verified
+        assert export_limit(after, clocks.wall()) == LIMIT_W  # the event, though the clock says
+        assert after.state().active is not None  # it has not begun
+        srv.inject_fault(path_prefix="/", status=503, count=50)  # the utility out of reach
+        await after.step()
+        assert not after.state().connected and not after.state().time_verified
+        assert after.state().pending_responses == 0  # nothing decided on a clock not known
+        assert export_limit(after, clocks.wall()) == LIMIT_W
+
+        srv.clear_faults()
+        clocks.advance(61)
+        clocks.mono.advance(60)  # past the walk's retry
+        await after.step()  # the server's Time is read: time is known
+        state = after.state()
+        assert state.connected and state.time_verified
+        assert export_limit(after, clocks.wall()) == LIMIT_W  # now as the event in force
+        assert state.active is not None
+        assert (state.active.origin(ControlType.EXPORT_LIMIT_W) or "").startswith("event")
+        started = [r for r in srv.responses[answered:] if r.status == 2]
+        assert started and all(
+            r.created_date_time is not None and r.created_date_time >= int(T0) + 1800
+            for r in started
+        )  # answered at the server's time, after the event began
+        await after.http.aclose()
+
+
+async def test_an_offset_stored_against_a_wrong_clock_is_not_trusted_on_a_clock_set_since(
+    pki_dir, tmp_path
+):
+    """A run whose clock was 2 h behind (NTP blocked) read the server's Time and stored a +2 h
+    offset. At the next start NTP has set the clock, the utility is out of reach: wall + 2 h
+    put the site 2 h ahead, past the end of the 0 W event in force (the 5 kW default obeyed,
+    and the event answered "completed" while it ran). An offset that large is not trusted on a
+    set clock: the strictest of the schedule ahead is obeyed, nothing is decided, until the
+    server's Time is read again."""
+    clocks = Clocks(FakeClock(T0), FakeClock(T0 - TWO_HOURS), FakeClock(1000.0))
+    srv = UtilityServer(pki_dir=pki_dir, clock=clocks.server)
+    srv.add_control(start=int(T0) - 10, duration=3600, export_limit_w=0)
+    srv.set_default(export_limit_w=DEFAULT_W)
+    async with srv.running():
+        first = make_client(srv, clocks, tmp_path)
+        await first.step()
+        assert first.clock_offset == pytest.approx(TWO_HOURS, abs=1)
+        assert export_limit(first, clocks.wall()) == 0
+        await first.http.aclose()
+
+        clocks.advance(600)
+        clocks.wall.advance(TWO_HOURS)  # NTP has set the clock at the next start
+        after = Sep2Client(
+            utility_config(srv),
+            tmp_path,
+            der=DerInfo(rated_w=5000),
+            clock=clocks.wall,
+            monotonic=clocks.mono,
+            options=ClientOptions(http_timeout=5.0, http_retries=0),
+            clock_synchronised=synchronised,
+        )
+        assert not after.state().time_verified
+        assert export_limit(after, clocks.wall()) == 0
+        srv.inject_fault(path_prefix="/", status=503, count=50)
+        await after.step()
+        assert after.state().pending_responses == 0
+        assert not [r for r in srv.responses if r.status == 3]  # never "completed" early
+
+        srv.clear_faults()
+        clocks.advance(61)
+        await after.step()
+        assert after.state().time_verified
+        assert after.clock_offset == pytest.approx(0, abs=1)
+        assert export_limit(after, clocks.wall()) == 0
+        assert not [r for r in srv.responses if r.status == 3]
+        await after.http.aclose()

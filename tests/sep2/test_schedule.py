@@ -25,6 +25,7 @@ from dynexport.sep2.schedule import (
     next_change,
     resolve,
     schedule_between,
+    time_verified,
 )
 
 EXP = ControlType.EXPORT_LIMIT_W
@@ -601,3 +602,20 @@ _EVENT = {"mrid": "A", "creation_time": 0, "start": 0, "duration": 1, "primacy":
 def test_malformed_snapshot_is_rejected_with_value_error(text: str) -> None:
     with pytest.raises(ValueError):
         ScheduleSnapshot.from_json(text)
+
+
+@pytest.mark.parametrize(
+    ("anchored", "synchronised", "stored_offset", "known"),
+    [
+        (True, False, 7200, True),  # the server's Time read in this process: always known
+        (False, True, 30, True),  # a set clock, and an offset such a clock measures
+        (False, True, -60, True),
+        (False, True, 61, False),  # an offset measured against a wrong clock (or server)
+        (False, False, 0, False),  # a clock restarted from its last saved time
+        (False, None, 0, False),  # cannot tell: not known
+    ],
+)
+def test_time_is_known_once_the_server_said_it_or_a_time_server_set_the_clock(
+    anchored: bool, synchronised: bool | None, stored_offset: int, known: bool
+) -> None:
+    assert time_verified(anchored, synchronised, stored_offset) is known

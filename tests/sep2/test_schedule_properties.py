@@ -25,6 +25,7 @@ from dynexport.sep2.schedule import (
     resolve,
     runnable,
     schedule_between,
+    strictest_between,
 )
 from tests.sep2.test_schedule import SEED, T0, prog
 
@@ -216,3 +217,30 @@ def test_snapshot_round_trip_preserves_the_schedule(
     assert again == snap
     local = T0 + offset
     assert again.active_controls(local, SEED) == snap.active_controls(local, SEED)
+
+
+@settings(max_examples=100, deadline=None)
+@given(schedules(), st.integers(-600, HORIZON), st.integers(1, HORIZON + 2400))
+def test_the_strictest_controls_obey_the_schedule_at_every_time_of_the_span(
+    programs: list[ProgramControls], offset: int, span: int
+) -> None:
+    """While the clock is not known to be right, the link obeys `strictest_between` of the
+    span the true time may be in: whichever time of it is the true one, no limit in force then
+    is higher, no limit is missing, and a "disconnect" in force then is obeyed; every value is
+    one the schedule really sets in the span (nothing made up)."""
+    start = T0 + offset
+    end = start + span
+    strict = strictest_between(programs, start, end, SEED)
+    for t in sorted(
+        {start, end - 1, *(s.start for s in schedule_between(programs, start, end, SEED))}
+    ):
+        actual = active_controls(programs, t, SEED)
+        for kind in (ControlType.EXPORT_LIMIT_W, ControlType.IMPORT_LIMIT_W):
+            value = actual.value(kind)
+            if value is not None:
+                held = strict.value(kind)
+                assert held is not None and float(held) <= float(value)
+        if actual.value(ControlType.CONNECT) is False:
+            assert strict.value(ControlType.CONNECT) is False
+    seen = [a for s in schedule_between(programs, start, end, SEED) for a in s.controls.values]
+    assert all(v in seen for v in strict.values)

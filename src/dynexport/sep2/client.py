@@ -68,6 +68,7 @@ from dynexport.sep2.schedule import (
     ScheduleSnapshot,
     Segment,
     schedule_between,
+    time_verified,
 )
 from dynexport.sep2.schedule import active_controls as schedule_active
 from dynexport.sep2.state import LinkStore
@@ -82,6 +83,7 @@ from dynexport.sep2.xml import (
     declared_csipaus_namespace,
     page_query,
 )
+from dynexport.system.clock import kernel_clock_synchronised
 from dynexport.system.config import UtilityConfig
 
 log = logging.getLogger("dynexport.sep2.client")
@@ -206,6 +208,9 @@ class LinkState:
     clock_alert: str | None = None
     """Set while the server's Time is refused as absurd (before 2020 or from 2100 on): the last
     good offset is kept. Also recorded in ``errors``, so ``last_error`` shows it."""
+    time_verified: bool = True
+    """False while neither the server's Time (in this process) nor a synchronised kernel clock
+    says what time it is: ``active`` is then the strictest of the stored schedule ahead."""
 
 
 @dataclass
@@ -267,6 +272,7 @@ class Sep2Client:
         read_only: bool = False,
         store: LinkStore | None = None,
         stored_schedule: ScheduleSnapshot | StoredSchedule | None = StoredSchedule.READ,
+        clock_synchronised: Callable[[], bool | None] | None = None,
     ) -> None:
         """``read_only``: never PUT or POST (the installer's walk).
 
@@ -280,6 +286,11 @@ class Sep2Client:
         everything the link schedules (polls, retries, Retry-After, posts); it defaults to
         ``time.monotonic`` with the real wall clock, and to ``clock`` itself when a fake wall
         clock is injected without one (a test clock that never steps).
+
+        ``clock_synchronised`` says whether a time server has set the local clock (default: the
+        kernel's own state with the real wall clock, always with a fake one); until the server's
+        Time is read, a clock not known to be right makes the link obey the strictest of its
+        stored schedule ahead (`time_verified`).
         """
         self.config = config
         self.options = options or ClientOptions()
@@ -288,6 +299,9 @@ class Sep2Client:
         if monotonic is None:
             monotonic = time.monotonic if clock is time.time else clock
         self._mono = monotonic
+        if clock_synchronised is None:
+            clock_synchronised = kernel_clock_synchronised if clock is time.time else _always
+        self._synchronised = clock_synchronised
         self.lfdi = device_lfdi(config.cert)
         self.sfdi = sfdi_from_lfdi(self.lfdi)
         if http is None:
@@ -413,10 +427,28 @@ class Sep2Client:
     def programs(self) -> tuple[ProgramControls, ...]:
         return () if self.snapshot is None else self.snapshot.programs
 
+    @property
+    def time_verified(self) -> bool:
+        """Is server time known? Yes once the server's Time was read in this process (it then
+        rides on the monotonic clock); before that, only while the kernel's clock is set by a
+        time server and the stored offset is one such a clock could have measured (within
+        ``flow.CLOCK_WARN_S``: a larger one was measured against a clock that was wrong, or
+        the server's is, and which cannot be told). A Pi has no real-time clock: after a power
+        cut it starts behind by the time the power was off, and until NTP or the utility
+        answers, the stored schedule's event in force is unknown."""
+        anchored = self._anchor is not None
+        return time_verified(anchored, self._synchronised(), self._stored_offset)
+
     def active_controls(self, local: float | None = None) -> ActiveControls | None:
-        """The controls in force now (server clock applied), or None when none may be obeyed."""
+        """The controls in force now (server clock applied), or None when none may be obeyed.
+
+        While the time is not verified, the strictest of the stored schedule ahead of the local
+        clock (`ScheduleSnapshot.strictest_ahead`)."""
         if not self.acting or self.snapshot is None:
             return None
+        if not self.time_verified:
+            wall = self._clock() if local is None else local
+            return self.snapshot.strictest_ahead(wall, self.lfdi)
         return self.snapshot.active_at(self.server_now(local), self.lfdi)
 
     def schedule(self, hours: float = 24.0, local: float | None = None) -> list[Segment]:
@@ -444,6 +476,7 @@ class Sep2Client:
             errors=tuple(self.errors),
             warnings=() if self.last_walk is None else self.last_walk.warnings,
             clock_alert=self.clock_alert,
+            time_verified=self.time_verified,
         )
 
     @property
@@ -1137,8 +1170,8 @@ class Sep2Client:
         """Answers events by what the site enforces (``DerInfo.enforced``: a configured battery
         adds import and load limits), so such an event is performed (2, 3) with a battery and
         answered "not applicable" (252) without one."""
-        if self.snapshot is None:
-            return
+        if self.snapshot is None or not self.time_verified:
+            return  # which event started or ended is not known yet: decided once it is
         update = functools.partial(
             responses.update,
             self.tracker,
@@ -1447,3 +1480,8 @@ async def walk(config: UtilityConfig, *, clock: Callable[[], float] = time.time)
 def result_schedule(result: WalkResult, lfdi: str, hours: float = 24.0) -> list[Segment]:
     start = result.fetched_at
     return schedule_between(result.programs, start, start + int(hours * 3600), lfdi)
+
+
+def _always() -> bool:
+    """A fake wall clock (tests, the installer's walk) is right by definition."""
+    return True

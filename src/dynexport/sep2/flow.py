@@ -23,6 +23,7 @@ from enum import StrEnum
 from urllib.parse import urlsplit, urlunsplit
 
 from dynexport.httpio.client import InvalidUrl, join_url, origin_of
+from dynexport.sep2 import schedule
 from dynexport.sep2.controls import (
     ENFORCED_CONTROLS,
     ControlType,
@@ -64,7 +65,7 @@ DEFAULT_POLL_S = 900
 """IEEE 2030.5 default pollRate when a resource does not carry one."""
 MIN_POLL_S = 10
 """Floor on any pollRate, so a server answering ``pollRate 0`` cannot make us hammer it."""
-CLOCK_WARN_S = 60
+CLOCK_WARN_S = schedule.CLOCK_WARN_S
 """A clock offset beyond this is logged as a warning (the offset is applied regardless)."""
 SERVER_TIME_MIN = 1_577_836_800
 """2020-01-01T00:00:00Z: a server Time before this is refused (`server_time_problem`)."""

@@ -688,6 +688,79 @@ def schedule_between(
     return segments
 
 
+LOWEST_WINS = frozenset(
+    {
+        ControlType.EXPORT_LIMIT_W,
+        ControlType.IMPORT_LIMIT_W,
+        ControlType.GENERATION_LIMIT_W,
+        ControlType.LOAD_LIMIT_W,
+        ControlType.MAX_LIMIT_PCT,
+    }
+)
+"""Limits: of several values that may be in force, the lowest is the safe one."""
+
+OFF_WINS = frozenset({ControlType.CONNECT, ControlType.ENERGIZE})
+"""Connect and energize: of several, "no" is the safe one (the utility may need the site off)."""
+
+
+def time_verified(anchored: bool, synchronised: bool | None, stored_offset: int) -> bool:
+    """Is server time known? Yes once the server's Time was read in this process (``anchored``);
+    before that, only while the kernel's clock is set by a time server (``synchronised``) and
+    the stored offset is one such a clock could have measured (within `CLOCK_WARN_S`: a larger
+    one was measured against a wrong local clock, or the server's is wrong, and which cannot be
+    told). ``synchronised`` None (cannot tell) counts as not."""
+    return anchored or (synchronised is True and abs(stored_offset) <= CLOCK_WARN_S)
+
+
+CLOCK_WARN_S = 60
+"""An offset from the server's clock larger than this is warned about (``flow.clock_warning``),
+and a stored one is not trusted on a clock that was set since (`time_verified`)."""
+
+UNVERIFIED_AHEAD_S = 7 * 86400
+"""While the clock is not known to be right, how far ahead of it the stored schedule is searched
+for its strictest controls (utilities publish events hours to a day or two ahead)."""
+
+
+def strictest(candidates: Sequence[ActiveControls]) -> ActiveControls:
+    """What obeys every one of ``candidates`` at once, when which one is in force is unknown.
+
+    Per limit, the lowest value any of them sets (a limit only one of them sets is kept: it may
+    be the one in force); connect and energize "no" if any says so. The other types (the
+    storage target, which has no safe direction) and setGradW are the first candidate's: the
+    best guess of the time. Each value keeps its origin, so the status still says which event
+    or default it comes from."""
+    if not candidates:
+        return ActiveControls()
+    first = candidates[0]
+    chosen: dict[ControlType, ActiveValue] = {v.kind: v for v in first.values}
+    for controls in candidates[1:]:
+        for v in controls.values:
+            held = chosen.get(v.kind)
+            if held is None:
+                safer = v.kind in LOWEST_WINS or v.kind in OFF_WINS
+            elif v.kind in LOWEST_WINS:
+                safer = float(v.value) < float(held.value)
+            else:
+                safer = v.kind in OFF_WINS and v.value is False and held.value is not False
+            if safer:
+                chosen[v.kind] = v
+    ordered = tuple(chosen[k] for k in _CONTROL_ORDER if k in chosen)
+    return ActiveControls(values=ordered, set_grad_w=first.set_grad_w)
+
+
+def strictest_between(
+    programs: Sequence[ProgramControls],
+    start: int,
+    end: int,
+    seed: str,
+    memory: ScheduleMemory | None = None,
+) -> ActiveControls:
+    """`strictest` of every stretch of the schedule over [start, end): what obeys the schedule
+    at any time in that span (server time), when the clock cannot say which."""
+    segments = schedule_between(programs, start, max(end, start + 1), seed, memory)
+    return strictest([seg.controls for seg in segments])
+
+
 def next_change(
     programs: Sequence[ProgramControls],
     now: int,
@@ -1030,6 +1103,18 @@ class ScheduleSnapshot:
     def schedule(self, server_start: int, server_end: int, seed: str) -> list[Segment]:
         """`schedule_between` over these programs with this memory (server clock)."""
         return schedule_between(self.programs, server_start, server_end, seed, self.memory)
+
+    def strictest_ahead(self, local_now: float, seed: str) -> ActiveControls:
+        """What obeys this schedule at any time from the local clock ``local_now`` (less a
+        negative stored offset) to `UNVERIFIED_AHEAD_S` after it (plus a positive one): the
+        controls while the clock is not known to be right. A clock that started from its last
+        saved time (a Pi has no real-time clock) is behind, never ahead, so the true time is in
+        that span unless the power was off for longer, and then every stored event has ended
+        and the defaults, among the candidates, are in force."""
+        wall = int(local_now)
+        start = wall + min(self.clock_offset, 0)
+        end = wall + max(self.clock_offset, 0) + UNVERIFIED_AHEAD_S
+        return strictest_between(self.programs, start, end, seed, self.memory)
 
     def next_change(self, server_now: int, seed: str) -> int | None:
         """`next_change` over these programs with this memory (server clock)."""

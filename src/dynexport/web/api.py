@@ -283,6 +283,14 @@ def alerts(status: dict[str, Any], config: Config, wall_clock: float) -> list[di
     if wall_clock < 1_704_067_200:  # 2024-01-01: an unsynchronised Pi restarts near its build date
         add("error", "clock", "The clock is not set (no time server reached yet)")
     utility = status.get("utility") or {}
+    if utility.get("timeVerified") is False:
+        add(
+            "warning",
+            "clock-unverified",
+            "The time is not confirmed yet (no time server or utility server reached since the "
+            "start): the strictest of the utility's stored limits for the week ahead applies "
+            "until it is",
+        )
     offset = utility.get("clockOffsetS")
     if isinstance(offset, int | float) and abs(offset) > 60:
         add("warning", "clock", f"The clock differs from the utility's by {offset:.0f} s")
