@@ -398,7 +398,13 @@ class App:
         """No link: obey the schedule the link stored last, randomized with the device's seed
         (the LFDI, if the certificate is readable), running out into its stored default."""
         self.utility = None
-        self._stored_schedule = LinkStore(self.options.data_dir / "sep2").load_schedule()
+        try:
+            self._stored_schedule = LinkStore(self.options.data_dir / "sep2").load_schedule()
+        except Exception:  # the loader sets a damaged file aside; anything else: the fallback
+            # Raised here, at every start before any device link exists, it stopped the service
+            # and systemd's start limit rebooted the appliance over and over, no limit written.
+            log.exception("the stored schedule cannot be read; the fallback export limit applies")
+            self._stored_schedule = None
         try:
             self._stored_seed = device_lfdi(utility.cert)
         except Exception:  # unreadable: randomization without the device's seed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -161,6 +162,35 @@ async def test_without_a_link_the_outlook_follows_the_stored_schedule_it_obeys(t
         assert exports[:2] == [STORED_CONTROL_W, 5000.0]  # the control, then the default
         assert 3500 < outlook[1][0] - outlook[0][0] <= 3600  # when the control ends
         nursery.cancel_scope.cancel()
+
+
+async def test_a_damaged_stored_schedule_is_set_aside_and_the_fallback_limit_is_written(
+    tmp_path: Path,
+):
+    """The utility out of reach and its stored schedule damaged (valid JSON, a value of the
+    wrong type inside): the loader raised AttributeError at every start, before any device
+    link existed, so the service exited without writing a limit and systemd's start limit
+    rebooted the appliance over and over. It is set aside (kept, named as damaged) and the
+    installer's fallback export limit is written, with the link retried meanwhile."""
+    data = tmp_path / "data"
+    server = UtilityServer(pki_dir=tmp_path / "pki", poll_rate_s=10)
+    async with server.running() as utility:
+        section = utility_section(utility)
+        await store_a_schedule(utility, {"utility": section}, data)
+    stored = data / "sep2" / "schedule.json"
+    doc = json.loads(stored.read_text())
+    doc["programs"][0]["events"][0]["base"] = ""
+    stored.write_text(json.dumps(doc))
+    with simulated_site(load_w=500.0) as sim:
+        app = make_app(site_config(sim, extra={"utility": section}), data)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_for(lambda: app.status()["limits"]["exportW"] == 1500.0)
+            assert app.status()["limits"]["source"]["export_w"] == FALLBACK_SOURCE
+            await wait_settled(sim.export_w, 1500, 150, within=60)
+            nursery.cancel_scope.cancel()
+    aside = list((data / "sep2").glob("schedule.json.*.corrupt"))
+    assert [json.loads(p.read_text()) for p in aside] == [doc]
 
 
 @pytest.mark.parametrize("synchronised", [False, True], ids=["clock-not-set", "clock-set"])

@@ -464,7 +464,7 @@ def test_a_corrupt_state_file_is_set_aside_and_the_link_starts_empty(tmp_path):
     store = LinkStore(tmp_path)
     assert store.load_schedule() is None
     assert store.load_responses().pending == ()
-    assert (tmp_path / "schedule.json.corrupt").exists()
+    assert [p.read_text() for p in tmp_path.glob("schedule.json.*.corrupt")] == ["{not json"]
 
 
 def test_parse_round_trip_of_a_built_body():

@@ -177,7 +177,16 @@ class ResponseTracker:
     @classmethod
     def from_json(cls, text: str | bytes) -> ResponseTracker:
         """Parse a stored tracker (version 2, or 1 as written before); ValueError on anything
-        malformed."""
+        malformed, whatever a damaged file makes the parser raise (the caller sets it aside)."""
+        try:
+            return cls._from_json(text)
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise ValueError(f"malformed tracker: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _from_json(cls, text: str | bytes) -> ResponseTracker:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

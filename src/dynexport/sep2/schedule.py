@@ -1141,7 +1141,21 @@ class ScheduleSnapshot:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ScheduleSnapshot:
-        """Parse a stored snapshot; ValueError on anything malformed (never a half schedule)."""
+        """Parse a stored snapshot; ValueError on anything malformed (never a half schedule).
+
+        Whatever a damaged file makes the parser raise (a value of the wrong type deep inside,
+        nesting too deep for the decoder) is that ValueError: the caller sets the file aside
+        and starts without it. An AttributeError escaping here stopped the service at every
+        start, so systemd rebooted the appliance over and over with no limit written."""
+        try:
+            return cls._from_json(text)
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise ValueError(f"malformed snapshot: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _from_json(cls, text: str | bytes) -> ScheduleSnapshot:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

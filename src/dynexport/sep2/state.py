@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ log = logging.getLogger("dynexport.sep2.state")
 SCHEDULE_FILE = "schedule.json"
 RESPONSES_FILE = "responses.json"
 TELEMETRY_FILE = "telemetry.json"
+
+KEEP_CORRUPT = 3
+"""Damaged copies of each file kept (``name.<UTC time>-<n>.corrupt``); older ones are removed."""
 
 STORE_FLUSH_S = 2.0
 """At shutdown, how long each writer waits for its unsaved state to reach the data partition
@@ -187,13 +191,30 @@ class LinkStore:
         self._progressed(name)
 
     def _quarantine(self, name: str, exc: Exception) -> None:
+        """Sets a damaged file aside (never deleted: the evidence, and the data if a bug in
+        this code called it damaged) as ``name.<UTC time>-<n>.corrupt``, keeping the newest
+        `KEEP_CORRUPT` of each; the link starts without it."""
         path = self._path(name)
-        log.error("stored %s is unusable (%s); starting without it", name, exc)
+        log.error(
+            "stored %s is unusable (%s); set aside, starting without it",
+            name,
+            exc,
+            exc_info=None if isinstance(exc, ValueError) else exc,
+        )
         if path is None:
             self._memory.pop(name, None)
             return
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         with contextlib.suppress(OSError):
-            os.replace(path, path.with_name(path.name + ".corrupt"))
+            # several in one second: numbered on from the last, so none overwrites another
+            same = path.parent.glob(f"{path.name}.{stamp}-*.corrupt")
+            n = 1 + max((_number(p.name) for p in same), default=0)
+            aside = path.with_name(f"{path.name}.{stamp}-{n:03d}.corrupt")
+            os.replace(path, aside)
+            kept = sorted(path.parent.glob(f"{path.name}.*.corrupt"))  # by time set aside
+            for old in kept[:-KEEP_CORRUPT]:
+                if old != aside:
+                    old.unlink()
         self._digests.pop(name, None)
 
     # -- schedule
@@ -204,7 +225,7 @@ class LinkStore:
             return None
         try:
             return ScheduleSnapshot.from_json(raw)
-        except ValueError as exc:
+        except Exception as exc:  # ValueError, or a bug: either way the file cannot be used
             self._quarantine(SCHEDULE_FILE, exc)
             return None
 
@@ -220,7 +241,7 @@ class LinkStore:
             return ResponseTracker()
         try:
             return ResponseTracker.from_json(raw)
-        except ValueError as exc:
+        except Exception as exc:  # ValueError, or a bug: either way the file cannot be used
             self._quarantine(RESPONSES_FILE, exc)
             return ResponseTracker()
 
@@ -248,10 +269,16 @@ class LinkStore:
         except OSError as exc:  # an unreadable partition: start without it, say so
             log.error("cannot read stored %s (%s); starting without it", TELEMETRY_FILE, exc)
             return Outbox(capacity=capacity)
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # ValueError (nesting too deep, too), or a bug
             self._quarantine(TELEMETRY_FILE, exc)
             return Outbox(capacity=capacity)
 
     def save_outbox(self, outbox: Outbox) -> None:
         """Queues a copy of the outbox for writing (the outbox itself changes in place)."""
         self._writers[TELEMETRY_FILE].submit(outbox.to_json())
+
+
+def _number(name: str) -> int:
+    """The ``n`` of ``name.<UTC time>-<n>.corrupt`` (0 when it is not one)."""
+    digits = name.rsplit("-", 1)[-1].removesuffix(".corrupt")
+    return int(digits) if digits.isascii() and digits.isdigit() else 0

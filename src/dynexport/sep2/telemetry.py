@@ -201,6 +201,18 @@ class Outbox:
 
     @classmethod
     def from_json(cls, data: Mapping[str, object], capacity: int = 2016) -> Outbox:
+        """A stored outbox; ValueError on anything malformed, whatever a damaged file makes
+        the parser raise (an infinite number raised OverflowError, which kept the utility link
+        from starting for good)."""
+        try:
+            return cls._from_json(data, capacity)
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise ValueError(f"malformed outbox: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _from_json(cls, data: Mapping[str, object], capacity: int) -> Outbox:
         box = cls(capacity=capacity)
         raw = data.get("pending", [])
         if not isinstance(raw, list):
