@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from dynexport.system import migrate as migrate_module
 from dynexport.system.config import ConfigError
-from dynexport.system.config_file import load_site_config, write_config
+from dynexport.system.config_file import last_good_path, load_site_config, write_config
 from dynexport.system.migrate import kept_name, version_to_keep
 
 SITE = {
@@ -84,7 +84,7 @@ def test_writing_the_same_version_keeps_nothing(tmp_path: Path):
     path = tmp_path / "config.json"
     write_config(path, SITE)
     assert write_config(path, {**SITE, "limits": {"exportW": 1000}}) is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "config.last-good.json"]
 
 
 def test_a_newer_file_without_a_kept_copy_is_refused_as_before(tmp_path: Path):
@@ -106,8 +106,8 @@ def test_an_invalid_kept_copy_is_named_and_not_run_on(tmp_path: Path):
 
 
 def test_an_invalid_file_of_this_version_never_falls_back_to_a_copy(tmp_path: Path):
-    """The copy is for a rolled-back update only: a file this release can read but is wrong
-    (a typo) is refused, never silently replaced by an older configuration."""
+    """The version copy is for a rolled-back update only: a file this release can read but is
+    wrong (a typo) is not replaced by it (only by the last-good copy, below, with a notice)."""
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**SITE, "limits": {"exportW": "lots"}}))
     (tmp_path / "config.v1.json").write_text(json.dumps(SITE))
@@ -143,3 +143,62 @@ def test_each_kept_copy_is_the_last_file_of_its_version_replaced_by_a_newer_one(
     assert json.loads(path.read_text()) == last
     kept = {int(p.name.split(".")[1][1:]): p.read_bytes() for p in folder.glob("config.v*.json")}
     assert kept == expected
+
+
+DAMAGED: dict[str, bytes] = {
+    "truncated to nothing": b"",
+    "torn": json.dumps(SITE).encode()[:20],
+    "garbage": bytes(range(256)),
+    "invalid": json.dumps({**SITE, "limits": {"exportW": "lots"}}).encode(),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED))
+def test_a_damaged_file_is_replaced_for_running_by_the_last_good_copy_with_a_notice(
+    tmp_path: Path, damage: str
+):
+    """A bad SD card or a hand edit: the service ran in setup mode, the inverters on their
+    own settings once their limits reverted, until someone came by. It runs on the last
+    configuration read without error, says so, and leaves the damaged file as it is."""
+    path = tmp_path / "config.json"
+    write_config(path, SITE)
+    assert last_good_path(path).read_bytes() == path.read_bytes()
+    path.write_bytes(DAMAGED[damage])
+    config, notices = load_site_config(path)
+    assert config.limits.export_w == 3000
+    assert len(notices) == 1
+    assert notices[0].startswith("config.json: ")
+    assert "running on config.last-good.json" in notices[0]
+    assert path.read_bytes() == DAMAGED[damage]  # left for the installer to see and fix
+
+
+def test_every_good_read_keeps_the_copy_and_a_damaged_one_never_replaces_it(tmp_path: Path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(SITE))  # a file from before this copy was kept
+    load_site_config(path)
+    assert json.loads(last_good_path(path).read_text()) == SITE
+    changed = {**SITE, "limits": {"exportW": 1000}}
+    path.write_text(json.dumps(changed))
+    load_site_config(path)
+    assert json.loads(last_good_path(path).read_text()) == changed
+    path.write_bytes(b"{")
+    load_site_config(path)
+    assert json.loads(last_good_path(path).read_text()) == changed
+
+
+def test_without_a_usable_last_good_copy_the_damaged_file_is_refused_as_before(tmp_path: Path):
+    path = tmp_path / "config.json"
+    path.write_bytes(b"{")
+    with pytest.raises(ConfigError):
+        load_site_config(path)
+    last_good_path(path).write_bytes(b"not a configuration")
+    with pytest.raises(ConfigError) as refused:
+        load_site_config(path)
+    assert "last-good" not in str(refused.value.problems)  # the file's own problem
+
+
+def test_an_invalid_document_saved_is_not_kept_as_last_good(tmp_path: Path):
+    path = tmp_path / "config.json"
+    write_config(path, SITE)
+    write_config(path, {**SITE, "limits": {"exportW": -5}})
+    assert json.loads(last_good_path(path).read_text()) == SITE

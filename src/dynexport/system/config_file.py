@@ -11,6 +11,13 @@ So ``write_config`` first keeps the file it replaces when the new document's ver
 release's version when the file itself is newer than it can read, and says so. The copy is the
 configuration as it was when the newer release first replaced it: the site runs on what it ran on
 before the update, not on nothing.
+
+A file damaged otherwise (a bad SD card, a hand edit: truncated, garbage, invalid) left the
+service in setup mode, the inverters on their own settings once their limits reverted (a review
+measured 12 kW exported under a 0 W limit), until someone came by. So every configuration read
+or written without error is also kept as ``config.last-good.json``, and a file that cannot be
+used is replaced, for running, by that copy, with a notice; the damaged file is left as it is
+for the installer to see and fix.
 """
 
 from __future__ import annotations
@@ -59,22 +66,55 @@ def write_config(path: Path, document: dict[str, Any]) -> Path | None:
             atomic_write(kept, old, mode=MODE)
             log.info("%s: version %d kept as %s before writing a newer one", path, version, kept)
     write_json(path, document, mode=MODE)
+    try:
+        load_config(path)
+    except ConfigError:
+        pass  # saved as asked, but not a configuration to fall back on
+    else:
+        _keep_last_good(path)
     return kept
+
+
+def last_good_path(path: Path) -> Path:
+    """``config.json`` → ``config.last-good.json``: the configuration last read without error."""
+    return path.with_name(f"{path.stem}.last-good{path.suffix}")
+
+
+def _keep_last_good(path: Path) -> None:
+    """Copies the configuration file (just read or written without error) to its last-good
+    copy, unless the copy already holds it. A failure is logged, never raised: the site runs
+    on the configuration all the same."""
+    last = last_good_path(path)
+    try:
+        data = path.read_bytes()
+        try:
+            if last.read_bytes() == data:
+                return
+        except FileNotFoundError:
+            pass
+        atomic_write(last, data, mode=MODE)
+    except OSError as exc:
+        log.warning("%s: cannot keep a copy as %s: %s", path, last.name, exc)
 
 
 def load_site_config(path: str | Path) -> tuple[Config, list[str]]:
     """``load_config``, or after a rolled-back update the copy kept of this release's version.
 
     Returns the configuration and what the installer must be told (empty for the file itself).
-    Raises ConfigError as ``load_config`` does, when the file cannot be used and no copy can.
+    A file that cannot be used otherwise (damaged, invalid, unreadable) is replaced by the last
+    configuration read without error, if one was kept, with a notice. Raises ConfigError as
+    ``load_config`` does, when the file cannot be used and no copy can.
     """
     p = Path(path)
     try:
-        return load_config(p), []
+        config = load_config(p)
     except ConfigError as exc:
         if not isinstance(exc.__cause__, NewerVersionError):
-            raise
+            return _run_on_last_good(p, exc)
         refused = exc
+    else:
+        _keep_last_good(p)
+        return config, []
     for version in range(CURRENT_VERSION, -1, -1):
         copy = p.with_name(kept_name(p.name, version))
         if not copy.is_file():
@@ -92,3 +132,19 @@ def load_site_config(path: str | Path) -> tuple[Config, list[str]]:
         log.warning("%s", notice)
         return config, [notice]
     raise refused
+
+
+def _run_on_last_good(path: Path, refused: ConfigError) -> tuple[Config, list[str]]:
+    """The last configuration read without error in place of ``path``, with a notice; raises
+    ``refused`` when there is none, or it cannot be used either."""
+    last = last_good_path(path)
+    try:
+        config = load_config(last)
+    except ConfigError:
+        raise refused from refused.__cause__
+    notice = (
+        f"{path.name}: {refused.problems[0]}; running on {last.name}, the configuration last "
+        f"read without error. Fix {path.name}, or save the settings again to replace it"
+    )
+    log.error("%s", notice)
+    return config, [notice]
