@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import sqlite3
+from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 
 from dynexport.web.history import History, Row, choose_resolution
-from tests.web.conftest import Web, logged_in
+from dynexport.web.server import HISTORY_FILE, serve_web
+from tests.web.conftest import Client, Web, logged_in, setup_app
 
 T0 = 1_750_000_500  # a multiple of 900 s
 
@@ -108,3 +112,56 @@ async def test_history_api_and_csv_export(web: Web) -> None:
     assert status == 400 and "use a larger step" in err["error"]
     status, err = await c.json("GET", "/api/history?from=yesterday")
     assert status == 400
+
+
+async def test_a_file_that_is_not_a_database_is_set_aside_and_a_new_history_begun(
+    tmp_path: Path,
+) -> None:
+    """A damaged history.sqlite failed at every start of the web server, which then never
+    answered: no dashboard, no settings page to fix anything with."""
+    path = tmp_path / "h.sqlite"
+    path.write_bytes(b"not a database " * 100)
+    h = History(path)
+    await h.open()
+    h.add(row(T0, 5.0))
+    await h.flush(T0 + 1)
+    assert (await h.stats())["rows1"] == 1
+    await h.close()
+    aside = await trio.Path(tmp_path).glob("h.sqlite.*.corrupt")
+    assert [await p.read_bytes() for p in aside] == [b"not a database " * 100]
+
+
+async def test_a_full_card_keeps_the_rows_for_the_next_write_and_names_the_real_error(
+    tmp_path: Path,
+) -> None:
+    """SQLite rolls a transaction back itself when the disk is full; the ROLLBACK after it
+    then failed ("no transaction is active") and hid why, and the rows of that minute were
+    lost. The real error is raised, and the rows are written once there is room."""
+    h = History(tmp_path / "h.sqlite")
+    await h.open()
+    h.add(row(T0, 1.0))
+    await h.flush(T0 + 1)
+    db = h._db
+    assert db is not None
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages}")  # the card is full
+    for i in range(1, 600):
+        h.add(row(T0 + i, float(i)))
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        await h.flush(T0 + 600)
+    db.execute("PRAGMA max_page_count = 1000000")  # room again
+    await h.flush(T0 + 601)
+    got = await h.query(T0, T0 + 600, 1, now=T0 + 601)
+    assert len(got["t"]) == 600
+    await h.close()
+
+
+async def test_the_web_server_answers_beside_a_damaged_history(tmp_path: Path) -> None:
+    app = setup_app(tmp_path)
+    await trio.Path(app.options.data_dir).mkdir(parents=True)
+    await trio.Path(app.options.data_dir / HISTORY_FILE).write_bytes(b"\x00garbage" * 64)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve_web, app, host="127.0.0.1", port=0))
+        status, doc = await Client(port).json("GET", "/api/status")
+        assert status == 200 and "alerts" in doc
+        nursery.cancel_scope.cancel()

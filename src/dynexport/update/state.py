@@ -60,7 +60,7 @@ def parse_record(raw: bytes) -> UpdateRecord | None:
     """The record, or None for a file that is not one (it is then ignored, never trusted)."""
     try:
         doc: Any = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep for the decoder
         return None
     if not isinstance(doc, dict) or doc.get("state") not in STATES:
         return None

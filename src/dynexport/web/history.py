@@ -12,9 +12,13 @@ larger after ten hours; writes append and reads are rare, so the OS page cache s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+import os
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +26,17 @@ from typing import Any
 
 import trio
 
+log = logging.getLogger("dynexport.web.history")
+
 RESOLUTIONS = (1, 60, 900)
 RETENTION_S = {1: 86400, 60: 31 * 86400, 900: None}
 MAX_BYTES = 100 * 1024 * 1024
 FLUSH_EVERY_S = 60.0
 MAX_POINTS = 10000
+
+MAX_PENDING_ROWS = 3600
+"""Rows of one resolution kept for the next flush when a write fails (an hour of 1 s rows)."""
+
 CACHE_KIB = 256
 """SQLite page cache per connection (``PRAGMA cache_size``); see the module's docstring."""
 FIELDS = ("site", "der", "export_limit", "gen_limit", "battery_soc", "battery")
@@ -162,15 +172,37 @@ class History:
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            try:
+                self._db = self._open_db()
+            except sqlite3.DatabaseError as exc:
+                # Not a database, or a damaged one: it failed at every start of the web server,
+                # which then never answered (no dashboard, no settings to fix anything with).
+                # The history is set aside, kept for whoever wants it, and a new one begun.
+                aside = self.path.with_name(
+                    f"{self.path.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.corrupt"
+                )
+                log.error("history: %s is unusable (%s); kept as %s, starting a new one",
+                          self.path, exc, aside.name)  # fmt: skip
+                os.replace(self.path, aside)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(f"{self.path}-journal")  # the damaged file's, not the new one's
+                self._db = self._open_db()
+        return self._db
+
+    def _open_db(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
             db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")  # negative: KiB, not pages
             fresh = db.execute("PRAGMA page_count").fetchone()[0] == 0
             if fresh:
                 db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             db.execute(_SCHEMA)
             db.execute(_SCHEMA_BATTERY)
-            self._db = db
-        return self._db
+            db.execute("SELECT COUNT(*) FROM samples WHERE res = 1 AND t > 0").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     async def open(self) -> None:
         await self._run(self._connect)
@@ -206,13 +238,22 @@ class History:
 
         ``partial`` also writes the means still open (at shutdown; they are replaced when the
         same bucket is written again)."""
-        batch = {res: list(rows) for res, rows in self._pending.items()}
+        taken = {res: list(rows) for res, rows in self._pending.items()}
+        batch = {res: list(rows) for res, rows in taken.items()}
         if partial:
             for res, mean in self._open_means.items():
                 batch[res].append(mean.row())
         for rows in self._pending.values():
             rows.clear()
-        await self._run(self._write, batch, int(now))
+        try:
+            await self._run(self._write, batch, int(now))
+        except BaseException:
+            # Not written (a full card, a broken file): the rows wait for the next flush, up to
+            # a bound, instead of being lost with the failed transaction.
+            for res, rows in taken.items():
+                self._pending[res][:0] = rows
+                del self._pending[res][:-MAX_PENDING_ROWS]
+            raise
         self.last_flush = now
 
     def _write(self, batch: dict[int, list[Row]], now: int) -> None:
@@ -244,7 +285,8 @@ class History:
             self._bound_size(db)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back itself (a full disk): the
+                db.execute("ROLLBACK")  # ROLLBACK then failed and hid the real error
             raise
         db.execute("PRAGMA incremental_vacuum")
         self.writes += 1

@@ -41,16 +41,32 @@ async def record_history(
     flush_every_s: float = FLUSH_EVERY_S,
     energy: EnergyToday | None = None,
 ) -> None:
-    """Samples the status every ``every_s`` and writes to SQLite every ``flush_every_s``."""
-    await history.open()
+    """Samples the status every ``every_s`` and writes to SQLite every ``flush_every_s``.
+
+    Nothing it meets stops the web server beside it (it shares its nursery): a history that
+    cannot be opened is retried at each flush, a status that cannot be built skips a sample.
+    A damaged ``history.sqlite`` raised out of here at every start, and the web server never
+    answered."""
+    try:
+        await history.open()
+    except Exception:
+        log.exception("history: cannot open %s; tried again at the next write", history.path)
+    failing = False
     try:
         next_flush = trio.current_time() + flush_every_s
         while True:
             if not app.setup_mode:
-                status, now = app.status(), app.options.wall_clock()
-                history.add(row_from_status(status, now))
-                if energy is not None:
-                    energy.add(status, now, app.time_zone())
+                try:
+                    status, now = app.status(), app.options.wall_clock()
+                    history.add(row_from_status(status, now))
+                    if energy is not None:
+                        energy.add(status, now, app.time_zone())
+                except Exception:
+                    if not failing:  # one traceback per episode, not one a second
+                        log.exception("history: a sample could not be taken; skipping")
+                    failing = True
+                else:
+                    failing = False
             if trio.current_time() >= next_flush:
                 try:
                     await history.flush(app.options.wall_clock())
