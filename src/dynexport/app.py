@@ -8,6 +8,7 @@ limit, written with a revert timeout, before the process exits.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import signal
@@ -80,6 +81,10 @@ AFTER_FIRST_LIMITS_S = 10.0
 """The utility link, the web server and the update tasks start once the first limits are written,
 or after this long if they are not (none waits on a stuck controller or an inverter that refuses
 writes)."""
+
+LINK_RETRY_S = (5.0, 15.0, 60.0, 300.0)
+"""A utility link that cannot be built (its key or certificate unreadable) is built again after
+these waits (the last repeated), the stored schedule obeyed meanwhile."""
 
 
 @dataclass
@@ -389,10 +394,18 @@ class App:
         obeys exactly the stored schedule, as this app does meanwhile (`_obey_stored_schedule`)."""
         if self.utility is None or self.utility.config != utility:
             await self._after_first_limits()
-            self._start_utility_link(utility)
-            self._limits_changed.set()  # decide again with the link's view of the schedule
-        if self.utility is not None:
-            await self.utility.run()
+            # Its files unusable (a key or certificate unreadable, not there yet): tried again
+            # with backoff, the stored schedule obeyed meanwhile. Once, it stayed off until the
+            # configuration changed, however soon the file could be read again.
+            for attempt in itertools.count():
+                self._start_utility_link(utility)
+                self._limits_changed.set()  # decide again with the link's view of the schedule
+                if self.utility is not None:
+                    break
+                await trio.sleep(LINK_RETRY_S[min(attempt, len(LINK_RETRY_S) - 1)])
+        link = self.utility
+        if link is not None:  # it is: built above, or kept from the last generation
+            await link.run()
 
     def _obey_stored_schedule(self, utility: UtilityConfig) -> None:
         """No link: obey the schedule the link stored last, randomized with the device's seed

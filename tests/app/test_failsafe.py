@@ -149,6 +149,30 @@ async def test_unusable_utility_key_does_not_crash_and_the_stored_schedule_is_ob
         nursery.cancel_scope.cancel()
 
 
+async def test_a_key_unreadable_at_the_start_is_tried_again_until_the_link_can_be_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The link was built once: a key unreadable at that moment (a card slow to mount, a file
+    restored a moment later) left it off until the configuration changed. It is built again
+    with backoff, the stored schedule obeyed meanwhile."""
+    import dynexport.app as app_module
+
+    monkeypatch.setattr(app_module, "LINK_RETRY_S", (0.5,))
+    second = await app_with_a_stored_schedule_and_an_unusable_key(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        await wait_for(lambda: second.status()["utility"]["lastError"] is not None)
+        assert second.utility is None
+        assert second.status()["limits"]["exportW"] == STORED_CONTROL_W
+        key = tmp_path / "key.pem"
+        await trio.Path(key).write_bytes(
+            await trio.Path(tmp_path / "pki" / "device-key.pem").read_bytes()
+        )
+        await wait_for(lambda: second.utility is not None)
+        assert second.status()["utility"]["lfdi"]  # the link's own view now
+        nursery.cancel_scope.cancel()
+
+
 async def test_without_a_link_the_outlook_follows_the_stored_schedule_it_obeys(tmp_path: Path):
     """The outlook (the controller's next wake-up, the charge plan, GET /api/limits) showed the
     fallback everywhere while the stored schedule was obeyed (no link: its key unusable)."""
