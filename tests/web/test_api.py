@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import stat
 
 import pytest
@@ -224,6 +226,31 @@ async def test_a_save_with_a_newer_schema_version_keeps_the_older_file_for_a_rol
     kept = path.with_name("config.v1.json")
     assert kept.read_bytes() == written_by_this_release
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(errno.ENOSPC, 507), (errno.EROFS, 500)],
+    ids=["card-full", "card-read-only"],
+)
+async def test_a_configuration_that_cannot_be_saved_says_why_and_is_not_applied(
+    web: Web, monkeypatch: pytest.MonkeyPatch, error: int, status: int
+) -> None:
+    """A full card answered a bare "500 Internal Server Error": the installer could not tell
+    whether the settings were saved, or why not."""
+    import dynexport.web.api as api_module
+
+    c = await logged_in(web)
+    assert (await c.request("PUT", "/api/config", MINIMAL_CONFIG)).status == 200
+
+    def full(path: object, document: object) -> None:
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(api_module, "write_config", full)
+    got, doc = await c.json("PUT", "/api/config", {"limits": {"exportW": 100}})
+    assert got == status
+    assert doc["error"] == f"config.json could not be saved: {os.strerror(error)}"
+    assert web.app.config.limits.export_w == 5000  # nothing applied that is not on the card
 
 
 async def test_configuration_errors_are_422_listing_every_problem(web: Web) -> None:

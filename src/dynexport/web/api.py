@@ -10,6 +10,7 @@ request is checked here and refused with a 4xx naming the problem.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -873,7 +874,14 @@ class WebApi:
             if problems:
                 raise HttpError(422, "invalid configuration", problems=problems)
             # an older version's file is kept beside it (system/config_file.py)
-            await trio.to_thread.run_sync(write_config, path, document)
+            try:
+                await trio.to_thread.run_sync(write_config, path, document)
+            except OSError as exc:  # a full or read-only card: say so, and apply nothing
+                why = exc.strerror or str(exc)
+                log.error("configuration not saved: %s: %s", path, why)
+                status = 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 500
+                problem = f"{path.name} could not be saved: {why}"
+                raise HttpError(status, problem, problems=[problem]) from None
             self.app.apply_config(config)
         log.info("configuration written to %s and applied (from %s)", path, peer)
         return {"applied": True, "config": config_document(config), "pending": _pending(config)}
