@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from typing import Any
 
 TIME_ERROR = 5
 """adjtimex's return value while the clock is not synchronised."""
+
+_ADJTIMEX: dict[str, Any] = {}
+"""libc's adjtimex, looked up once (asked at every control decision until the time is known)."""
 
 _TIMEX_BYTES = 512
 """Room for ``struct timex`` (208 bytes on 64-bit Linux, less on 32-bit), zeroed: modes 0 asks
@@ -28,10 +32,12 @@ def kernel_clock_synchronised() -> bool | None:
     synchronised."""
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        adjtimex = ctypes.CDLL(None, use_errno=True).adjtimex
-    except (OSError, AttributeError):
-        return None
+    adjtimex = _ADJTIMEX.get(sys.platform)
+    if adjtimex is None:
+        try:
+            adjtimex = _ADJTIMEX[sys.platform] = ctypes.CDLL(None, use_errno=True).adjtimex
+        except (OSError, AttributeError):
+            return None
     state = int(adjtimex(ctypes.create_string_buffer(_TIMEX_BYTES)))
     if state < 0:
         return None
