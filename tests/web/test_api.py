@@ -382,3 +382,21 @@ def test_webapi_can_be_built_for_a_tls_server_with_secure_cookies(tmp_path) -> N
     api = WebApi(setup_app(tmp_path), tls=True)
     session = api.sessions.create()
     assert api._set_cookie(session)[1].endswith("; Secure")
+
+
+@pytest.mark.parametrize(
+    "damage", [b"", b"{", b"[]", b'{"scheme": "scrypt"}'], ids=["empty", "torn", "list", "part"]
+)
+async def test_a_damaged_password_file_is_named_not_taken_for_a_wrong_password(
+    web: Web, damage: bytes
+) -> None:
+    """A damaged admin.json made the right password look wrong (401), counted against the
+    login limit, and nothing named the file."""
+    await logged_in(web)
+    (web.folder / "data" / "admin.json").write_bytes(damage)
+    c = web.client()
+    for _ in range(12):  # past the failed-login limit: none of these counts as one
+        status, doc = await c.json("POST", "/api/login", {"password": PASSWORD})
+        assert status == 503
+        assert doc["error"].startswith("admin.json is damaged")
+        assert doc["error"].endswith("the password cannot be checked")

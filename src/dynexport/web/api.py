@@ -807,6 +807,10 @@ class WebApi:
         body = parse_json_object(request.body)
         if not self.passwords.exists():
             raise HttpError(409, "no admin password yet: set one first", setup=True)
+        damaged = await trio.to_thread.run_sync(self.passwords.problem)
+        if damaged is not None:  # not a wrong password: said so, and not counted as one
+            log.error("login refused: %s", damaged)
+            raise HttpError(503, f"{damaged}: the password cannot be checked")
         if not await self._check_password(client, body.get("password")):
             if self.limiter.retry_after(client) is not None:  # one line per blocked address
                 log.warning("failed logins from %s: blocked for a while", client)

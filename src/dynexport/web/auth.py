@@ -118,6 +118,19 @@ class PasswordStore:
             return None
         return value if isinstance(value, dict) else None
 
+    def problem(self) -> str | None:
+        """Why a password file that exists cannot be checked against (None: it can, or there
+        is none). A damaged one made every password look wrong, with nothing naming the file."""
+        try:
+            value = read_json(self.path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            return f"{self.path.name} is damaged or unreadable ({exc})"
+        if not isinstance(value, dict) or not {"scheme", "salt", "hash"} <= value.keys():
+            return f"{self.path.name} is damaged (not a password hash)"
+        return None
+
     def set(self, password: str) -> None:
         write_json(self.path, hash_password(check_new_password(password)), mode=0o600)
 
