@@ -63,6 +63,10 @@ async def connect_from(source: str, port: int) -> trio.SocketStream:
     return trio.SocketStream(sock)
 
 
+class Unanswered(Exception):
+    """The server closed the connection without a byte of response (its connection limit)."""
+
+
 async def request_from(
     source: str,
     port: int,
@@ -88,6 +92,8 @@ async def request_from(
             if not got:
                 break
             data += got
+    if not data:
+        raise Unanswered(f"{method} {path} from {source}: closed without a response")
     head_bytes, _, rest = data.partition(b"\r\n\r\n")
     lines = head_bytes.decode("latin-1").split("\r\n")
     headers_out = {}
