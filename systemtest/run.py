@@ -898,6 +898,29 @@ def _checks_timed(vm: Vm, sims: Sims, cuts: int, laps: Laps) -> None:
           f"power-on to ready (sd_notify READY, site {st['site']['powerW']} W from the simulators) "
           f"in {t:.1f} s; {online}; utility connected={st['utility'].get('connected')}")  # fmt: skip
     boot_to_controlling(vm, sims)
+    clock_seen_in_the_sandbox(vm)
+
+
+def clock_seen_in_the_sandbox(vm: Vm) -> None:
+    """The service's sandbox (ProtectClock=yes) refuses adjtimex even read-only: whether a time
+    server has set the clock is then systemd-timesyncd's flag file. The guest has no time
+    server, so the flag is made as timesyncd makes it, and the status must say so."""
+    name = "clock state seen from the service's sandbox"
+    before = (vm.status() or {}).get("utility", {}).get("clockSynchronised", "absent")
+    rc, out = vm.sh("touch /run/systemd/timesync/synchronized")
+    if rc != 0:
+        check(name, False, f"cannot make timesyncd's flag: {out.strip()[-200:]}")
+        return
+    try:
+        vm.wait_status(lambda s: s["utility"].get("clockSynchronised") is True, timeout=30)
+    except Failure as exc:
+        check(name, False, f"before the flag {before!r}; with it: {exc}")
+        return
+    finally:
+        vm.sh("rm -f /run/systemd/timesync/synchronized")
+    check(name, before in (None, False),
+          f"utility.clockSynchronised {json.dumps(before)} without a time server "
+          f"(null: adjtimex refused by the sandbox), true once timesyncd's flag exists")  # fmt: skip
 
 
 BOOT_TO_CONTROLLING_GOAL_S = 20.0

@@ -786,12 +786,15 @@ class App:
         link decides before the server's Time is read (``sep2.flow.time_verified``)."""
         from dynexport.sep2.schedule import time_verified  # imported with the snapshot
 
+        offset = 0 if self._stored_schedule is None else self._stored_schedule.clock_offset
+        return time_verified(False, self._clock_synchronised(), offset)
+
+    def _clock_synchronised(self) -> bool | None:
+        """Has a time server set the wall clock (None: cannot tell)? Always with a fake one."""
         probe = self.options.clock_synchronised
         if probe is None:
             probe = kernel_clock_synchronised if self.options.wall_clock is time.time else None
-        synchronised = True if probe is None else probe()
-        offset = 0 if self._stored_schedule is None else self._stored_schedule.clock_offset
-        return time_verified(False, synchronised, offset)
+        return True if probe is None else probe()
 
     def _ratings(self) -> list[float | None]:
         """Each inverter's WMax (its rating without one); None: not read yet."""
@@ -1359,6 +1362,7 @@ class App:
         elif self._stored_schedule is not None:  # no link: the stored schedule is obeyed
             utility["timeVerified"] = self._stored_time_verified()
         utility["fallback"] = self.utility_fallback
+        utility["clockSynchronised"] = self._clock_synchronised()
         return {
             "site": {
                 "powerW": None if meter is None else meter.site_w,

@@ -7,12 +7,19 @@ cannot tell which of its stored events is in force (``sep2/client.py``, docs/sep
 that is not known to be right"). ``adjtimex`` asked for nothing (modes 0) returns TIME_ERROR
 while the kernel's clock is unsynchronised (STA_UNSYNC), whichever daemon disciplines it
 (systemd-timesyncd, chrony, ntpd); ``timedatectl``'s "System clock synchronized" is the same bit.
+
+The appliance's service runs with ``ProtectClock=yes`` (systemd/dynexport.service), whose
+seccomp filter refuses adjtimex outright, even the read-only call. There the answer is
+systemd-timesyncd's own: it creates ``/run/systemd/timesync/synchronized`` once it has set the
+clock (systemd 239 and later; the image's time daemon, docs/image.md), and that file can be
+read by anyone.
 """
 
 from __future__ import annotations
 
 import ctypes
 import sys
+from pathlib import Path
 from typing import Any
 
 TIME_ERROR = 5
@@ -26,12 +33,31 @@ _TIMEX_BYTES = 512
 the kernel for nothing but its state."""
 
 
-def kernel_clock_synchronised() -> bool | None:
+TIMESYNCD_SYNCHRONISED = Path("/run/systemd/timesync/synchronized")
+"""Created by systemd-timesyncd once it has set the clock from a time server (this boot)."""
+
+
+def kernel_clock_synchronised(timesyncd_flag: Path = TIMESYNCD_SYNCHRONISED) -> bool | None:
     """True: a time server has set the clock and keeps it; False: not (yet, or no longer);
-    None: this system cannot say (not Linux, or the call failed), which callers treat as not
-    synchronised."""
+    None: this system cannot say (not Linux, or adjtimex refused and no timesyncd flag), which
+    callers treat as not synchronised.
+
+    The kernel's state when adjtimex answers; where it is refused (``ProtectClock=``), whether
+    systemd-timesyncd has said it set the clock."""
     if not sys.platform.startswith("linux"):
         return None
+    state = _adjtimex_state()
+    if state is not None:
+        return state != TIME_ERROR
+    try:
+        timesyncd_flag.stat()
+    except OSError:
+        return None
+    return True
+
+
+def _adjtimex_state() -> int | None:
+    """adjtimex's answer to "nothing to change", or None where it cannot be asked."""
     adjtimex = _ADJTIMEX.get(sys.platform)
     if adjtimex is None:
         try:
@@ -39,6 +65,4 @@ def kernel_clock_synchronised() -> bool | None:
         except (OSError, AttributeError):
             return None
     state = int(adjtimex(ctypes.create_string_buffer(_TIMEX_BYTES)))
-    if state < 0:
-        return None
-    return state != TIME_ERROR
+    return None if state < 0 else state
