@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from dynexport.sep2 import schedule as schedule_module
 from dynexport.sep2.controls import (
     ControlBase,
     ControlType,
@@ -17,6 +18,7 @@ from dynexport.sep2.controls import (
 )
 from dynexport.sep2.schedule import (
     RANDOMIZE_LIMIT_S,
+    UNVERIFIED_AHEAD_S,
     ScheduleSnapshot,
     Source,
     active_controls,
@@ -619,3 +621,47 @@ def test_time_is_known_once_the_server_said_it_or_a_time_server_set_the_clock(
     anchored: bool, synchronised: bool | None, stored_offset: int, known: bool
 ) -> None:
     assert time_verified(anchored, synchronised, stored_offset) is known
+
+
+DEFAULT_5KW = ControlBase(export_limit_w=5000.0)
+
+
+def test_the_strictest_schedule_ahead_is_worked_out_once_a_minute_not_at_every_decision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`strictest_ahead` is asked at every control decision while the clock is unverified; with
+    thousands of stored events each answer cost about 15 ms. Within a minute the answer kept is
+    returned; a new minute or another seed works it out again, over whole minutes."""
+    snap = ScheduleSnapshot(
+        (prog("/p", 1, ev("A", T0 + 3600, 600, program="/p", export=0.0), default=DEFAULT_5KW),),
+        fetched_at=T0 - 600,
+    )
+    spans: list[tuple[int, int, str]] = []
+    real = schedule_module.strictest_between
+
+    def counting(programs: object, start: int, end: int, seed: str, memory: object) -> object:
+        spans.append((start, end, seed))
+        return real(programs, start, end, seed, memory)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(schedule_module, "strictest_between", counting)
+    minute = T0 - T0 % 60
+    first = snap.strictest_ahead(minute + 5, SEED)
+    assert first.value(ControlType.EXPORT_LIMIT_W) == 0.0  # the event an hour ahead
+    assert snap.strictest_ahead(minute + 59, SEED) is first
+    assert len(spans) == 1 and spans[0][0] == minute and spans[0][1] % 60 == 0
+    assert spans[0][1] >= minute + 59 + UNVERIFIED_AHEAD_S  # widened, never narrowed
+    snap.strictest_ahead(minute + 60, SEED)
+    snap.strictest_ahead(minute + 60, "another seed")
+    assert [s[0] for s in spans] == [minute, minute + 60, minute + 60]
+    assert spans[2][2] == "another seed"
+
+
+def test_a_clock_behind_the_fetch_obeys_the_events_of_the_week_after_the_fetch() -> None:
+    """The saved time lost, systemd starts the clock at its build date, months before the fetch:
+    the true time is at least the fetch, so the events after it are obeyed, not the defaults of
+    the months before (the span once ended a week after the wrong clock)."""
+    snap = ScheduleSnapshot(
+        (prog("/p", 1, ev("A", T0 + 86400, 600, program="/p", export=0.0), default=DEFAULT_5KW),),
+        fetched_at=T0,
+    )
+    assert snap.strictest_ahead(T0 - 90 * 86400, SEED).value(ControlType.EXPORT_LIMIT_W) == 0.0

@@ -18,6 +18,10 @@ from dynexport.sep2.controls import (
 )
 from dynexport.sep2.responses import ResponseTracker, mark_sent, sendable, update
 from dynexport.sep2.schedule import (
+    LOWEST_WINS,
+    OFF_WINS,
+    UNVERIFIED_AHEAD_S,
+    ActiveControls,
     ScheduleSnapshot,
     Source,
     active_controls,
@@ -29,7 +33,8 @@ from dynexport.sep2.schedule import (
 )
 from tests.sep2.test_schedule import SEED, T0, prog
 
-KINDS = (ControlType.EXPORT_LIMIT_W, ControlType.IMPORT_LIMIT_W, ControlType.CONNECT)
+KINDS = tuple(ControlType)
+SWITCHES = (ControlType.CONNECT, ControlType.ENERGIZE)
 HORIZON = 3600
 
 
@@ -38,8 +43,12 @@ def events(draw: st.DrawFn, index: int) -> DERControlEvent:
     kinds = draw(st.sets(st.sampled_from(KINDS), min_size=1))
     values: dict[str, float | bool] = {}
     for kind in kinds:
-        if kind is ControlType.CONNECT:
+        if kind in SWITCHES:
             values[kind.value] = draw(st.booleans())
+        elif kind is ControlType.STORAGE_TARGET_W:
+            values[kind.value] = float(draw(st.integers(-4, 4)) * 500)
+        elif kind is ControlType.MAX_LIMIT_PCT:
+            values[kind.value] = float(draw(st.integers(0, 10)) * 10)
         else:
             values[kind.value] = float(draw(st.integers(0, 10)) * 500)
     return DERControlEvent(
@@ -219,6 +228,19 @@ def test_snapshot_round_trip_preserves_the_schedule(
     assert again.active_controls(local, SEED) == snap.active_controls(local, SEED)
 
 
+def _obeys(strict: ActiveControls, actual: ActiveControls) -> None:
+    """``strict`` obeys ``actual``: no limit higher or missing, no "disconnect" or "de-energize"
+    missed."""
+    for kind in LOWEST_WINS:
+        value = actual.value(kind)
+        if value is not None:
+            held = strict.value(kind)
+            assert held is not None and float(held) <= float(value), kind
+    for kind in OFF_WINS:
+        if actual.value(kind) is False:
+            assert strict.value(kind) is False, kind
+
+
 @settings(max_examples=100, deadline=None)
 @given(schedules(), st.integers(-600, HORIZON), st.integers(1, HORIZON + 2400))
 def test_the_strictest_controls_obey_the_schedule_at_every_time_of_the_span(
@@ -226,21 +248,37 @@ def test_the_strictest_controls_obey_the_schedule_at_every_time_of_the_span(
 ) -> None:
     """While the clock is not known to be right, the link obeys `strictest_between` of the
     span the true time may be in: whichever time of it is the true one, no limit in force then
-    is higher, no limit is missing, and a "disconnect" in force then is obeyed; every value is
-    one the schedule really sets in the span (nothing made up)."""
+    is higher, no limit is missing, and a "disconnect" or "de-energize" in force then is obeyed;
+    every value is one the schedule really sets in the span (nothing made up)."""
     start = T0 + offset
     end = start + span
     strict = strictest_between(programs, start, end, SEED)
     for t in sorted(
         {start, end - 1, *(s.start for s in schedule_between(programs, start, end, SEED))}
     ):
-        actual = active_controls(programs, t, SEED)
-        for kind in (ControlType.EXPORT_LIMIT_W, ControlType.IMPORT_LIMIT_W):
-            value = actual.value(kind)
-            if value is not None:
-                held = strict.value(kind)
-                assert held is not None and float(held) <= float(value)
-        if actual.value(ControlType.CONNECT) is False:
-            assert strict.value(ControlType.CONNECT) is False
+        _obeys(strict, active_controls(programs, t, SEED))
     seen = [a for s in schedule_between(programs, start, end, SEED) for a in s.controls.values]
     assert all(v in seen for v in strict.values)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    schedules(),
+    st.one_of(st.integers(-HORIZON, HORIZON), st.integers(-30 * 86400, -UNVERIFIED_AHEAD_S)),
+    st.integers(-900, 900),
+    st.integers(0, UNVERIFIED_AHEAD_S - 1),
+)
+def test_an_unverified_clock_obeys_the_schedule_at_every_time_the_true_one_may_be(
+    programs: list[ProgramControls], clock: int, offset: int, later: int
+) -> None:
+    """`ScheduleSnapshot.strictest_ahead` at a clock that restarted behind (the truth is later,
+    by up to a week) and may be behind the fetch itself (its saved time lost: the truth is then
+    at least the fetch): the schedule at any such true time is obeyed."""
+    snap = ScheduleSnapshot(tuple(programs), fetched_at=T0, clock_offset=offset)
+    local = T0 + clock
+    strict = snap.strictest_ahead(local, SEED)
+    for true_server in {max(local + offset, T0) + later, max(local + offset, T0)}:
+        _obeys(strict, active_controls(programs, true_server, SEED))
+    for s in schedule_between(programs, max(local + offset, T0), T0 + HORIZON + 3600, SEED):
+        if s.start - max(local + offset, T0) < UNVERIFIED_AHEAD_S:
+            _obeys(strict, s.controls)

@@ -1106,15 +1106,30 @@ class ScheduleSnapshot:
 
     def strictest_ahead(self, local_now: float, seed: str) -> ActiveControls:
         """What obeys this schedule at any time from the local clock ``local_now`` (less a
-        negative stored offset) to `UNVERIFIED_AHEAD_S` after it (plus a positive one): the
-        controls while the clock is not known to be right. A clock that started from its last
-        saved time (a Pi has no real-time clock) is behind, never ahead, so the true time is in
-        that span unless the power was off for longer, and then every stored event has ended
-        and the defaults, among the candidates, are in force."""
+        negative stored offset) to `UNVERIFIED_AHEAD_S` after it (plus a positive one), or after
+        the fetch if that was later: the controls while the clock is not known to be right.
+
+        A clock that started from its last saved time (a Pi has no real-time clock) is behind,
+        never ahead, so the true time is in that span unless the power was off for longer, and
+        then every stored event has ended and the defaults, among the candidates, are in force.
+        A clock behind the fetch itself (its saved time lost: systemd starts from its build date)
+        is behind by at least that much, so the span reaches a week past the fetch.
+
+        The span is widened to whole minutes (a superset: only ever stricter) and the answer kept
+        for the minute: asked at every control decision, over a stored schedule of thousands of
+        events it cost about 15 ms each time."""
         wall = int(local_now)
         start = wall + min(self.clock_offset, 0)
-        end = wall + max(self.clock_offset, 0) + UNVERIFIED_AHEAD_S
-        return strictest_between(self.programs, start, end, seed, self.memory)
+        end = max(wall + max(self.clock_offset, 0), self.fetched_at) + UNVERIFIED_AHEAD_S
+        start -= start % 60
+        end += -end % 60
+        key = (seed, start, end)
+        kept: tuple[tuple[str, int, int], ActiveControls] | None = self.__dict__.get("_strictest")
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        controls = strictest_between(self.programs, start, end, seed, self.memory)
+        self.__dict__["_strictest"] = (key, controls)
+        return controls
 
     def next_change(self, server_now: int, seed: str) -> int | None:
         """`next_change` over these programs with this memory (server clock)."""
@@ -1149,7 +1164,7 @@ class ScheduleSnapshot:
         start, so systemd rebooted the appliance over and over with no limit written."""
         try:
             return cls._from_json(text)
-        except ValueError:
+        except (ValueError, MemoryError):  # out of memory is not damage: the file is kept
             raise
         except Exception as exc:
             raise ValueError(f"malformed snapshot: {type(exc).__name__}: {exc}") from exc
