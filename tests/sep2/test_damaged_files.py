@@ -120,6 +120,33 @@ def test_every_torn_write_and_garbage_is_set_aside_and_the_link_starts_empty(
         assert not (tmp_path / name).exists()
 
 
+PARSERS = {
+    "schedule.json": (ScheduleSnapshot, "_from_json"),
+    "responses.json": (ResponseTracker, "_from_json"),
+    "telemetry.json": (Outbox, "_from_json"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOADERS))
+def test_running_out_of_memory_while_loading_is_not_damage_and_keeps_the_file(
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any exception from the parser meant a damaged file, so a MemoryError set a good
+    schedule aside for good. It is raised (the service restarts) and the file stays."""
+    raw = good_files()[name]
+    (tmp_path / name).write_bytes(raw)
+
+    def out_of_memory(*args: object, **kwargs: object) -> object:
+        raise MemoryError
+
+    owner, attribute = PARSERS[name]
+    monkeypatch.setattr(owner, attribute, out_of_memory)
+    with pytest.raises(MemoryError):
+        LOADERS[name](LinkStore(tmp_path))
+    assert (tmp_path / name).read_bytes() == raw
+    assert list(tmp_path.glob("*.corrupt")) == []
+
+
 @pytest.mark.parametrize("name", sorted(LOADERS))
 def test_any_value_of_the_wrong_type_anywhere_never_escapes_the_loader(
     tmp_path: Path, name: str

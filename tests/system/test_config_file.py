@@ -13,6 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dynexport.system import config as config_module
+from dynexport.system import config_file
 from dynexport.system import migrate as migrate_module
 from dynexport.system.config import ConfigError
 from dynexport.system.config_file import last_good_path, load_site_config, write_config
@@ -184,6 +186,29 @@ def test_every_good_read_keeps_the_copy_and_a_damaged_one_never_replaces_it(tmp_
     path.write_bytes(b"{")
     load_site_config(path)
     assert json.loads(last_good_path(path).read_text()) == changed
+
+
+@pytest.mark.parametrize("how", ["read", "saved"])
+def test_the_copy_kept_is_the_bytes_that_were_checked_not_the_file_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+):
+    """Another writer (``dynexport config set`` beside the service) may change the file between
+    the check and the copy: the file read again then made a damaged last-good copy."""
+    path = tmp_path / "config.json"
+    real = config_module.load_config_bytes
+
+    def checked_then_changed(p: Path) -> tuple[Any, bytes]:
+        got = real(p)
+        Path(p).write_bytes(b"{half a write")  # the other writer, right after the check
+        return got
+
+    monkeypatch.setattr(config_file, "load_config_bytes", checked_then_changed)
+    if how == "read":
+        path.write_text(json.dumps(SITE))
+        load_site_config(path)
+    else:
+        write_config(path, SITE)
+    assert json.loads(last_good_path(path).read_text()) == SITE
 
 
 def test_without_a_usable_last_good_copy_the_damaged_file_is_refused_as_before(tmp_path: Path):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
-from dynexport.system.storage import atomic_write, read_json, write_json
+from dynexport.system.storage import atomic_write, read_json, set_aside, write_json
 
 
 def test_write_replaces_the_whole_file_and_leaves_no_temp_files(tmp_path: Path):
@@ -76,3 +77,42 @@ def test_an_owner_is_set_before_the_file_takes_its_name(tmp_path: Path, monkeypa
     assert seen == [(uid, gid, 0o600)]
     st = target.stat()
     assert (st.st_uid, st.st_gid) == (uid, gid)
+
+
+def test_set_aside_keeps_the_newest_copies_even_when_the_clock_went_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Pi restarts from its last saved time after a power cut: copies ordered by their time
+    stamp put the newest first in line for deletion. They are ordered by their number."""
+    path = tmp_path / "schedule.json"
+    stamps = iter([2_000_000_000, 1_900_000_000, 1_800_000_000, 1_700_000_000])
+    real_gmtime = time.gmtime
+    monkeypatch.setattr(time, "gmtime", lambda: real_gmtime(next(stamps)))
+    names = []
+    for i in range(4):
+        path.write_bytes(b"damaged %d" % i)
+        names.append(set_aside(path, keep=3).name)
+        assert not path.exists()
+    kept = sorted(tmp_path.glob("schedule.json.*.corrupt"))
+    assert [p.read_bytes() for p in kept] == [b"damaged 1", b"damaged 2", b"damaged 3"]
+    assert [p.name for p in kept] == names[1:]
+    assert names[3].startswith("schedule.json.0004-2023") and names[0].startswith(
+        "schedule.json.0001-2033"
+    )
+
+
+def test_set_aside_moves_the_companions_with_the_file_and_leaves_other_files_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "h.sqlite"
+    path.write_bytes(b"damaged")
+    Path(f"{path}-journal").write_bytes(b"its journal")
+    (tmp_path / "h.sqlite.backup.corrupt").write_bytes(b"not one set_aside made")
+    aside = set_aside(path, keep=1, companions=("-journal",))
+    assert aside.read_bytes() == b"damaged"
+    assert Path(f"{aside}-journal").read_bytes() == b"its journal"
+    assert not Path(f"{path}-journal").exists()
+    path.write_bytes(b"damaged again")
+    second = set_aside(path, keep=1, companions=("-journal",))
+    assert not aside.exists() and second.read_bytes() == b"damaged again"
+    assert (tmp_path / "h.sqlite.backup.corrupt").read_bytes() == b"not one set_aside made"

@@ -131,6 +131,36 @@ async def test_a_file_that_is_not_a_database_is_set_aside_and_a_new_history_begu
     assert [await p.read_bytes() for p in aside] == [b"not a database " * 100]
 
 
+async def test_a_history_that_cannot_be_opened_is_not_mistaken_for_a_damaged_one(
+    tmp_path: Path,
+) -> None:
+    """Only SQLite's "not a database" and "corrupt" set a history aside: a file it cannot open
+    (here a folder in its place; on a card: locked, an I/O error, read-only) raised the same
+    DatabaseError family and a good history was moved out of the way for a new, empty one."""
+    path = tmp_path / "h.sqlite"
+    path.mkdir()
+    h = History(path)
+    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+        await h.open()
+    assert await trio.Path(path).is_dir()
+    assert await trio.Path(tmp_path).glob("h.sqlite.*") == []
+
+
+async def test_only_the_newest_three_damaged_histories_are_kept(tmp_path: Path) -> None:
+    """A card that damages the file again and again does not fill up with copies (the journal
+    moving with its file: tests/system/test_storage.py)."""
+    path = tmp_path / "h.sqlite"
+    for i in range(5):
+        path.write_bytes(b"not a database %d " % i * 100)
+        h = History(path)
+        await h.open()
+        await h.close()
+    aside = sorted(await trio.Path(tmp_path).glob("h.sqlite.*.corrupt"))
+    assert [(await p.read_bytes())[:16] for p in aside] == [
+        b"not a database %d" % i for i in (2, 3, 4)
+    ]
+
+
 async def test_a_full_card_keeps_the_rows_for_the_next_write_and_names_the_real_error(
     tmp_path: Path,
 ) -> None:

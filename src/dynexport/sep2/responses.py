@@ -180,7 +180,7 @@ class ResponseTracker:
         malformed, whatever a damaged file makes the parser raise (the caller sets it aside)."""
         try:
             return cls._from_json(text)
-        except ValueError:
+        except (ValueError, MemoryError):  # out of memory is not damage: the file is kept
             raise
         except Exception as exc:
             raise ValueError(f"malformed tracker: {type(exc).__name__}: {exc}") from exc

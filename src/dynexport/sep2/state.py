@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from dynexport.sep2.responses import ResponseTracker
 from dynexport.sep2.schedule import ScheduleSnapshot
 from dynexport.sep2.telemetry import Outbox
 from dynexport.system.latest_writer import LatestWriter
-from dynexport.system.storage import atomic_write, read_json, write_json
+from dynexport.system.storage import atomic_write, read_json, set_aside, write_json
 
 log = logging.getLogger("dynexport.sep2.state")
 
@@ -192,8 +191,8 @@ class LinkStore:
 
     def _quarantine(self, name: str, exc: Exception) -> None:
         """Sets a damaged file aside (never deleted: the evidence, and the data if a bug in
-        this code called it damaged) as ``name.<UTC time>-<n>.corrupt``, keeping the newest
-        `KEEP_CORRUPT` of each; the link starts without it."""
+        this code called it damaged) as ``name.<n>-<UTC time>.corrupt``, keeping the newest
+        `KEEP_CORRUPT` of each (`set_aside`); the link starts without it."""
         path = self._path(name)
         log.error(
             "stored %s is unusable (%s); set aside, starting without it",
@@ -204,17 +203,8 @@ class LinkStore:
         if path is None:
             self._memory.pop(name, None)
             return
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         with contextlib.suppress(OSError):
-            # several in one second: numbered on from the last, so none overwrites another
-            same = path.parent.glob(f"{path.name}.{stamp}-*.corrupt")
-            n = 1 + max((_number(p.name) for p in same), default=0)
-            aside = path.with_name(f"{path.name}.{stamp}-{n:03d}.corrupt")
-            os.replace(path, aside)
-            kept = sorted(path.parent.glob(f"{path.name}.*.corrupt"))  # by time set aside
-            for old in kept[:-KEEP_CORRUPT]:
-                if old != aside:
-                    old.unlink()
+            set_aside(path, keep=KEEP_CORRUPT)
         self._digests.pop(name, None)
 
     # -- schedule
@@ -225,6 +215,8 @@ class LinkStore:
             return None
         try:
             return ScheduleSnapshot.from_json(raw)
+        except MemoryError:  # not damage: a good file set aside lost the schedule
+            raise
         except Exception as exc:  # ValueError, or a bug: either way the file cannot be used
             self._quarantine(SCHEDULE_FILE, exc)
             return None
@@ -241,6 +233,8 @@ class LinkStore:
             return ResponseTracker()
         try:
             return ResponseTracker.from_json(raw)
+        except MemoryError:  # not damage: a good file set aside lost the schedule
+            raise
         except Exception as exc:  # ValueError, or a bug: either way the file cannot be used
             self._quarantine(RESPONSES_FILE, exc)
             return ResponseTracker()
@@ -269,6 +263,8 @@ class LinkStore:
         except OSError as exc:  # an unreadable partition: start without it, say so
             log.error("cannot read stored %s (%s); starting without it", TELEMETRY_FILE, exc)
             return Outbox(capacity=capacity)
+        except MemoryError:  # not damage: a good file set aside lost the schedule
+            raise
         except Exception as exc:  # ValueError (nesting too deep, too), or a bug
             self._quarantine(TELEMETRY_FILE, exc)
             return Outbox(capacity=capacity)
@@ -276,9 +272,3 @@ class LinkStore:
     def save_outbox(self, outbox: Outbox) -> None:
         """Queues a copy of the outbox for writing (the outbox itself changes in place)."""
         self._writers[TELEMETRY_FILE].submit(outbox.to_json())
-
-
-def _number(name: str) -> int:
-    """The ``n`` of ``name.<UTC time>-<n>.corrupt`` (0 when it is not one)."""
-    digits = name.rsplit("-", 1)[-1].removesuffix(".corrupt")
-    return int(digits) if digits.isascii() and digits.isdigit() else 0

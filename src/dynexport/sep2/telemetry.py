@@ -206,7 +206,7 @@ class Outbox:
         from starting for good)."""
         try:
             return cls._from_json(data, capacity)
-        except ValueError:
+        except (ValueError, MemoryError):  # out of memory is not damage: the file is kept
             raise
         except Exception as exc:
             raise ValueError(f"malformed outbox: {type(exc).__name__}: {exc}") from exc

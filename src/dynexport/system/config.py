@@ -948,12 +948,18 @@ def _check_unique_devices(
 
 def load_config(path: str | Path) -> Config:
     """Reads and validates a configuration file; relative paths in it resolve against its folder."""
+    return load_config_bytes(path)[0]
+
+
+def load_config_bytes(path: str | Path) -> tuple[Config, bytes]:
+    """`load_config`, and the bytes it validated (to copy exactly what was checked)."""
     p = Path(path)
     try:
         raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError([f"cannot read the file: {exc.strerror or exc}"], str(p)) from exc
-    return parse_config(decode_json(raw, str(p)), base_dir=p.resolve().parent, source=str(p))
+    config = parse_config(decode_json(raw, str(p)), base_dir=p.resolve().parent, source=str(p))
+    return config, raw
 
 
 MAX_CONFIG_BYTES = 1 << 20

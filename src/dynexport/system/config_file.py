@@ -26,7 +26,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dynexport.system.config import Config, ConfigError, decode_json, load_config
+from dynexport.system.config import (
+    Config,
+    ConfigError,
+    decode_json,
+    load_config,
+    load_config_bytes,
+)
 from dynexport.system.migrate import (
     CURRENT_VERSION,
     NewerVersionError,
@@ -67,11 +73,11 @@ def write_config(path: Path, document: dict[str, Any]) -> Path | None:
             log.info("%s: version %d kept as %s before writing a newer one", path, version, kept)
     write_json(path, document, mode=MODE)
     try:
-        load_config(path)
+        _, checked = load_config_bytes(path)
     except ConfigError:
         pass  # saved as asked, but not a configuration to fall back on
     else:
-        _keep_last_good(path)
+        _keep_last_good(path, checked)
     return kept
 
 
@@ -80,13 +86,13 @@ def last_good_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.last-good{path.suffix}")
 
 
-def _keep_last_good(path: Path) -> None:
-    """Copies the configuration file (just read or written without error) to its last-good
-    copy, unless the copy already holds it. A failure is logged, never raised: the site runs
-    on the configuration all the same."""
+def _keep_last_good(path: Path, data: bytes) -> None:
+    """Keeps ``data``, the bytes of the configuration file just read and validated, as its
+    last-good copy (not the file read again: another writer may have changed it since), unless
+    the copy already holds them. A failure is logged, never raised: the site runs on the
+    configuration all the same."""
     last = last_good_path(path)
     try:
-        data = path.read_bytes()
         try:
             if last.read_bytes() == data:
                 return
@@ -107,13 +113,13 @@ def load_site_config(path: str | Path) -> tuple[Config, list[str]]:
     """
     p = Path(path)
     try:
-        config = load_config(p)
+        config, checked = load_config_bytes(p)
     except ConfigError as exc:
         if not isinstance(exc.__cause__, NewerVersionError):
             return _run_on_last_good(p, exc)
         refused = exc
     else:
-        _keep_last_good(p)
+        _keep_last_good(p, checked)
         return config, []
     for version in range(CURRENT_VERSION, -1, -1):
         copy = p.with_name(kept_name(p.name, version))

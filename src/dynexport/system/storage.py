@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +102,39 @@ def read_json(path: str | Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON at line {exc.lineno}: {exc.msg}") from exc
+
+
+def set_aside(path: Path, *, keep: int = 3, companions: tuple[str, ...] = ()) -> Path:
+    """Renames a damaged ``path`` to ``<name>.<n>-<UTC time>.corrupt`` and keeps the newest
+    ``keep`` such copies, deleting older ones; returns the new name.
+
+    Never deleted at once: the copy is the evidence, and the data if a bug called it damaged.
+    ``n`` is one more than that of any copy kept, and the copies are ordered by it, not by their
+    time: a Pi's clock restarts behind after a power cut, and ordered by time the newest copy
+    was the one deleted. ``companions`` (SQLite's ``-journal``) belong to the damaged file and
+    move, and go, with it."""
+    prefix = f"{path.name}."
+    kept = sorted(
+        (n, p)
+        for p in path.parent.glob(f"{glob.escape(path.name)}.*.corrupt")
+        if (n := _aside_number(p.name[len(prefix) :])) is not None
+    )
+    n = 1 + max((n for n, _ in kept), default=0)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{prefix}{n:04d}-{stamp}.corrupt")
+    os.replace(path, aside)
+    for suffix in companions:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+    for _, old in kept[: max(0, len(kept) + 1 - keep)]:
+        for name in (str(old), *(f"{old}{suffix}" for suffix in companions)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(name)
+    fsync_dir(path.parent)
+    return aside
+
+
+def _aside_number(rest: str) -> int | None:
+    """The ``n`` of ``<n>-<UTC time>.corrupt`` (None: not a copy `set_aside` made)."""
+    digits = rest.split("-", 1)[0]
+    return int(digits) if digits.isascii() and digits.isdigit() and "-" in rest else None

@@ -12,19 +12,18 @@ larger after ten hours; writes append and reads are rare, so the OS page cache s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import sqlite3
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
+
+from dynexport.system.storage import set_aside
 
 log = logging.getLogger("dynexport.web.history")
 
@@ -150,6 +149,16 @@ def bucket_means(rows: Iterable[Row], start: int, step: int) -> list[Row]:
     return [buckets[b].row() for b in sorted(buckets)]
 
 
+KEEP_DAMAGED = 3
+"""Damaged history databases kept aside, the newest."""
+
+
+def _damaged(exc: sqlite3.DatabaseError) -> bool:
+    """SQLite says the file is not a database or is corrupt (not: busy, locked, I/O, full)."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name == "SQLITE_NOTADB" or name.startswith("SQLITE_CORRUPT")
+
+
 class History:
     """The history database. ``add`` is cheap (memory); ``flush`` writes; ``query`` reads."""
 
@@ -175,17 +184,15 @@ class History:
             try:
                 self._db = self._open_db()
             except sqlite3.DatabaseError as exc:
+                if not _damaged(exc):  # locked, I/O error, card full or read-only: not its data
+                    raise
                 # Not a database, or a damaged one: it failed at every start of the web server,
                 # which then never answered (no dashboard, no settings to fix anything with).
-                # The history is set aside, kept for whoever wants it, and a new one begun.
-                aside = self.path.with_name(
-                    f"{self.path.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.corrupt"
-                )
+                # The history is set aside with its journal, kept for whoever wants it (the
+                # newest three), and a new one begun.
+                aside = set_aside(self.path, keep=KEEP_DAMAGED, companions=("-journal",))
                 log.error("history: %s is unusable (%s); kept as %s, starting a new one",
                           self.path, exc, aside.name)  # fmt: skip
-                os.replace(self.path, aside)
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(f"{self.path}-journal")  # the damaged file's, not the new one's
                 self._db = self._open_db()
         return self._db
 
