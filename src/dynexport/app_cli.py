@@ -11,7 +11,7 @@ import trio
 
 from dynexport.app import App, AppOptions, run_until_signalled
 from dynexport.system.config import Config, ConfigError
-from dynexport.system.config_file import load_site_config
+from dynexport.system.config_file import last_good_path, load_site_config
 
 DEFAULT_CONFIG = "/data/dynexport/config.json"
 DEFAULT_DATA = "/data/dynexport"
@@ -36,7 +36,11 @@ def _run(args: argparse.Namespace) -> int:
         # No configuration yet (first boot): start in setup mode, with only the web server,
         # which writes the configuration to --config when the installer finishes the setup.
         # (exists() raises for an I/O or permission error: inside the try, like the read.)
-        setup_mode = not Path(args.config).exists()
+        # A missing file beside a last-good copy is a lost file (a bad card, fsck), not a first
+        # boot: setup mode left the inverters on their own settings (load_site_config runs on
+        # the copy, with a notice). To begin the setup afresh, both files are deleted.
+        config_path = Path(args.config)
+        setup_mode = not config_path.exists() and not last_good_path(config_path).exists()
         # A file newer than this release reads (a rolled-back update): the copy kept of this
         # release's version, with a notice (system/config_file.py).
         config, problems = (Config(), []) if setup_mode else load_site_config(args.config)

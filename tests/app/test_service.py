@@ -239,16 +239,23 @@ def test_after_a_rolled_back_update_the_service_runs_on_the_copy_of_its_own_vers
     assert json.loads(path.read_text()) == newer  # the newer file is left as it was
 
 
-def test_a_damaged_configuration_runs_on_the_last_good_copy_not_in_setup_mode(tmp_path: Path):
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_configuration_runs_on_the_last_good_copy_not_in_setup_mode(
+    tmp_path: Path, damage: str
+):
     """config.json truncated to nothing (a bad SD card) after the service had read it: it ran
     in setup mode and the inverters on their own settings once their limits reverted (12 kW
     exported under a 0 W limit in a review's run). It runs on config.last-good.json (kept at
-    every good read), and the status and the dashboard say why."""
+    every good read), and the status and the dashboard say why. A file gone (its folder entry
+    lost, fsck) beside the copy is the same fault, not a first boot."""
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"version": 1, "limits": {"exportW": 0}}))
     first, _ = _serve_with_config(path, tmp_path / "data")  # a good start keeps the copy
     assert first["configProblems"] == [] and first["limits"]["exportW"] == 0
-    path.write_bytes(b"")
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(b"")
     doc, err = _serve_with_config(path, tmp_path / "data")
     assert doc["setupMode"] is False
     assert doc["limits"]["exportW"] == 0
@@ -256,7 +263,16 @@ def test_a_damaged_configuration_runs_on_the_last_good_copy_not_in_setup_mode(tm
     assert "running on config.last-good.json" in doc["configProblems"][0]
     assert any(a["code"] == "config" for a in doc["alerts"])
     assert "running on config.last-good.json" in err
-    assert path.read_bytes() == b""  # left as it was, for the installer to see
+    if damage == "missing":
+        assert not path.exists()
+    else:
+        assert path.read_bytes() == b""  # left as it was, for the installer to see
+
+
+def test_with_neither_file_the_first_boot_is_setup_mode(tmp_path: Path):
+    """Deleting config.json and config.last-good.json begins the setup afresh."""
+    doc, _ = _serve_with_config(tmp_path / "config.json", tmp_path / "data")
+    assert doc["setupMode"] is True and doc["configProblems"] == []
 
 
 def test_a_configuration_path_that_cannot_even_be_looked_at_serves_the_web_ui(tmp_path: Path):
