@@ -564,9 +564,7 @@ class App:
         self._failsafe_batteries = {}  # a law that raises below must not leave an old one
         limits = self.limits
         try:
-            limits = merge_limits(
-                self._utility_limits(), self.config.limits, self.local_datetime().time()
-            )
+            limits = self._merged_limits(self._utility_limits())
             limits = apply_extra_limits(limits, self.integrations, trio.current_time())
         except Exception:
             log.exception("limits could not be merged for the fail-safe; using the last ones")
@@ -615,9 +613,7 @@ class App:
     def control_once(self, now: float) -> law.ControlOutput:
         """One control decision: gather readings and limits, run the law, command inverters."""
         self._feed_meter()
-        self.limits = merge_limits(
-            self._utility_limits(), self.config.limits, self.local_datetime().time()
-        )
+        self.limits = self._merged_limits(self._utility_limits())
         self.limits = apply_extra_limits(self.limits, self.integrations, now)
         states = [self._law_state(link, now) for link in self.inverters]
         out = law.control_step(
@@ -819,6 +815,35 @@ class App:
         ratings = self._ratings()
         return float(sum(w for w in ratings if w is not None and math.isfinite(w) and w > 0))
 
+    def _merged_limits(self, util: UtilityLimits | None, t: float | None = None) -> EffectiveLimits:
+        """The utility's limits merged with the installer's and its daily windows at wall-clock
+        time ``t`` (default now); every window applies while the time of day is not known."""
+        local = self._window_time(t)
+        return merge_limits(util, self.config.limits, local, every_window=local is None)
+
+    def _window_offset(self) -> float | None:
+        """Seconds to add to the wall clock to judge daily windows by, or None while the time
+        of day is not known: a Pi has no real-time clock and restarts from its last saved time
+        after a power cut, behind by as long as it was off, until a time server sets it; a
+        window read at that clock was missed (a 0 W window from 10:00 obeyed from 12:00 after a
+        two-hour cut). Known once a time server has set the clock, or the utility's Time was
+        read (the wall clock plus the measured offset)."""
+        if not self.config.limits.windows or self._clock_synchronised():
+            return 0.0
+        utility = self.utility
+        if utility is not None and utility.time_verified:
+            return float(utility.clock_offset)
+        return None
+
+    def _window_time(self, t: float | None = None) -> dtime | None:
+        """The site's local time of day at wall-clock time ``t`` (default now) for the daily
+        windows; None while it is not known (`_window_offset`)."""
+        offset = self._window_offset()
+        if offset is None:
+            return None
+        wall = self.options.wall_clock() if t is None else t
+        return self.local_datetime(wall + offset).time()
+
     def local_datetime(self, t: float | None = None) -> datetime:
         """Wall-clock time ``t`` (default now) in the site's time zone."""
         return datetime.fromtimestamp(
@@ -860,7 +885,10 @@ class App:
             segments, offset = [], 0
         times = {now}
         times.update(seg.start - offset for seg in segments if now < seg.start - offset < end)
-        times.update(_window_edges(self.config.limits, now, end, self.time_zone()))
+        shift = self._window_offset()  # None: every window applies throughout, no edges
+        if shift is not None:
+            edges = _window_edges(self.config.limits, now + shift, end + shift, self.time_zone())
+            times.update(e - shift for e in edges)
         outlook: list[tuple[float, EffectiveLimits]] = []
         for t in sorted(times):
             server_t = t + offset
@@ -870,8 +898,7 @@ class App:
                 util = UtilityLimits(
                     export_w=self.config.utility.fallback_export_w, label=FALLBACK_SOURCE
                 )
-            local = self.local_datetime(t).time()
-            limits = merge_limits(util, self.config.limits, local)
+            limits = self._merged_limits(util, t)
             if not outlook or outlook[-1][1] != limits:
                 outlook.append((t, limits))
         return outlook
@@ -1384,6 +1411,7 @@ class App:
                 "storageTargetW": self.limits.storage_target_w,
                 "source": dict(self.limits.sources),
                 "notEnforced": list(out.not_enforced) if out else [],
+                "windowTimeKnown": self._window_offset() is not None,
             },
             "control": {
                 "mode": None if out is None else out.mode,

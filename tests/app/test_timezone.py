@@ -10,6 +10,7 @@ import pytest
 
 from dynexport.app import App
 from dynexport.system.config import ConfigError, parse_config
+from dynexport.web.api import alerts
 from tests.app.conftest import make_app
 
 WINDOW = {"from": "10:00", "to": "16:00", "exportW": 0}
@@ -82,3 +83,66 @@ def test_an_unknown_time_zone_is_refused_with_its_key() -> None:
     for hostile in ("../../etc/passwd", "/etc/localtime", "", 10):
         with pytest.raises(ConfigError):
             parse_config({"site": {"timeZone": hostile}})
+
+
+@pytest.mark.parametrize("synchronised", [False, True], ids=["clock-not-set", "clock-set"])
+async def test_a_clock_not_known_to_be_right_obeys_every_daily_window(
+    tmp_path: Path, synchronised: bool
+) -> None:
+    """After a two-hour power cut a Pi's clock says 08:30 when it is 10:30: read at it, the 0 W
+    window from 10:00 had not begun and 5 kW was exported into it. Until a time server has
+    set the clock (or the utility's Time is read) every window applies; the status and an
+    alert say so. A set clock is read as before."""
+    behind = _utc(2026, 12, 1, 0, 30).timestamp() - 2 * 3600  # 08:30 in Brisbane
+    raw: dict[str, Any] = {
+        "limits": {"exportW": 5000, "windows": [WINDOW]},
+        "site": {"timeZone": "Australia/Brisbane"},
+    }
+    app = make_app(
+        parse_config(raw),
+        tmp_path,
+        wall_clock=lambda: behind,
+        clock_synchronised=lambda: synchronised,
+    )
+    app.progress.register("controller", 10.0, 0.0)
+    app.control_once(0.0)
+    status = app.status()
+    codes = {a["code"]: a["text"] for a in alerts(status, app.config, behind)}
+    outlook = app.limits_outlook(hours=24)
+    if synchronised:
+        assert app.limits.export_w == 5000 and status["limits"]["windowTimeKnown"] is True
+        assert "clock-unverified" not in codes
+        assert [lim.export_w for _, lim in outlook] == [5000, 0, 5000]
+    else:
+        assert app.limits.export_w == 0 and app.limits.sources["export_w"] == "window 10:00-16:00"
+        assert status["limits"]["windowTimeKnown"] is False
+        assert "every daily window" in codes["clock-unverified"]
+        assert [lim.export_w for _, lim in outlook] == [0]  # no edges: every window throughout
+        failsafe = app._merged_limits(None)  # the fail-safe merges the same way
+        assert failsafe.export_w == 0
+
+
+class _AnchoredLink:
+    """What the app reads of a utility link that has read the server's Time: it is verified,
+    and the wall clock is ``clock_offset`` behind the server's."""
+
+    time_verified = True
+    clock_offset = 2 * 3600
+
+
+async def test_once_the_utility_said_the_time_windows_are_read_at_the_clock_plus_its_offset(
+    tmp_path: Path,
+) -> None:
+    behind = _utc(2026, 12, 1, 0, 30).timestamp() - 2 * 3600  # the clock: 08:30 in Brisbane
+    raw: dict[str, Any] = {
+        "limits": {"exportW": 5000, "windows": [WINDOW]},
+        "site": {"timeZone": "Australia/Brisbane"},
+    }
+    app = make_app(
+        parse_config(raw), tmp_path, wall_clock=lambda: behind, clock_synchronised=lambda: False
+    )
+    assert app._window_time() is None
+    app.utility = _AnchoredLink()  # type: ignore[assignment]
+    window_time = app._window_time()
+    assert window_time is not None and (window_time.hour, window_time.minute) == (10, 30)
+    assert app._merged_limits(None).export_w == 0  # inside the window, as it truly is

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dynexport.control.limits import (
     FALLBACK_LABEL,
@@ -127,6 +129,41 @@ def test_a_window_may_cross_midnight():
 def test_without_local_time_no_window_applies():
     cfg = parse_limits(ISSUE_EXAMPLE)
     assert merge_limits(None, cfg).export_w == 5000.0
+
+
+WINDOWS = {
+    "exportW": 5000,
+    "windows": [
+        {"from": "10:00", "to": "16:00", "exportW": 0},
+        {"from": "22:00", "to": "06:00", "generationW": 2000, "exportW": 1500},
+        {"from": "17:00", "to": "21:00", "importW": 3000},
+    ],
+}
+
+
+def test_with_the_time_of_day_unknown_every_window_applies():
+    """A clock that restarted behind after a power cut cannot say which window is in force:
+    each quantity takes the lowest any window (or other source) sets."""
+    cfg = parse_limits(WINDOWS)
+    eff = merge_limits(UtilityLimits(export_w=3000.0), cfg, every_window=True)
+    assert (eff.export_w, eff.generation_w, eff.import_w) == (0.0, 2000.0, 3000.0)
+    assert eff.sources["export_w"] == "window 10:00-16:00"
+    assert eff.sources["generation_w"] == "window 22:00-06:00"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 24 * 60 - 1), st.sampled_from([None, 0.0, 800.0, 4000.0]))
+def test_every_window_is_at_least_as_strict_as_the_windows_at_any_minute(
+    minute: int, utility_export: float | None
+) -> None:
+    cfg = parse_limits(WINDOWS)
+    util = UtilityLimits(export_w=utility_export)
+    strict = merge_limits(util, cfg, every_window=True)
+    at = merge_limits(util, cfg, minute)
+    for name in ("export_w", "generation_w", "import_w", "load_w"):
+        held, actual = getattr(strict, name), getattr(at, name)
+        if actual is not None:
+            assert held is not None and held <= actual, name
 
 
 def test_connect_false_from_either_source_wins():

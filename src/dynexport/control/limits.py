@@ -150,12 +150,16 @@ def merge_limits(
     utility: UtilityLimits | None,
     config: LimitsConfig | None,
     local_time: time | int | None = None,
+    *,
+    every_window: bool = False,
 ) -> EffectiveLimits:
     """The most restrictive of every source, each value labelled with its source.
 
     ``local_time`` is the site's local wall time (a ``datetime.time`` or minutes since local
     midnight); the caller converts, so daylight saving stays out of this pure code. Without it no
-    window applies. On a tie the earlier source in the order utility, config, windows is named.
+    window applies; with ``every_window`` (the time of day is not known: a clock that restarted
+    behind after a power cut) every window applies, the strictest reading of all. On a tie the
+    earlier source in the order utility, config, windows is named.
     A utility value that is not a finite number is ignored by the merge only if it is +inf; NaN
     or -inf becomes 0 W (fail closed): the utility asked for *something* and it is unreadable.
     """
@@ -165,10 +169,9 @@ def merge_limits(
     if config is not None:
         candidates.append(("config", _powers(config)))
         minute = _minute_of(local_time)
-        if minute is not None:
-            for window in config.windows:
-                if window.contains(minute):
-                    candidates.append((window.name, _powers(window)))
+        for window in config.windows:
+            if every_window or (minute is not None and window.contains(minute)):
+                candidates.append((window.name, _powers(window)))
 
     values: dict[str, float | None] = {}
     sources: dict[str, str] = {}

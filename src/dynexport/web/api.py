@@ -284,13 +284,17 @@ def alerts(status: dict[str, Any], config: Config, wall_clock: float) -> list[di
     if wall_clock < 1_704_067_200:  # 2024-01-01: an unsynchronised Pi restarts near its build date
         add("error", "clock", "The clock is not set (no time server reached yet)")
     utility = status.get("utility") or {}
+    unverified = []
     if utility.get("timeVerified") is False:
+        unverified.append("the strictest of the utility's stored limits for the week ahead")
+    if (status.get("limits") or {}).get("windowTimeKnown") is False:
+        unverified.append("every daily window of the installer's limits")
+    if unverified:
         add(
             "warning",
             "clock-unverified",
             "The time is not confirmed yet (no time server or utility server reached since the "
-            "start): the strictest of the utility's stored limits for the week ahead applies "
-            "until it is",
+            f"start): {' and '.join(unverified)} applies until it is",
         )
     offset = utility.get("clockOffsetS")
     if isinstance(offset, int | float) and abs(offset) > 60:
