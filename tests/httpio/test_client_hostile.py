@@ -18,7 +18,14 @@ import trio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dynexport.httpio import HttpClient, HttpError, join_url, parse_retry_after
+from dynexport.httpio import (
+    HttpClient,
+    HttpError,
+    Response,
+    join_url,
+    parse_retry_after,
+    response_retry_after,
+)
 from dynexport.httpio.client import InvalidUrl, origin_of
 
 
@@ -82,6 +89,25 @@ def test_retry_after_accepts_only_ascii_delay_seconds_or_an_http_date() -> None:
     assert parse_retry_after(" 120 ", now) == 120
     assert parse_retry_after("Fri, 31 Dec 99999 23:59:59 GMT", now) is None
     assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now) == 30
+
+
+def test_a_retry_after_date_is_measured_from_the_servers_date_not_a_clock_hours_behind() -> None:
+    """After a power cut a Pi's clock restarts hours behind: a Retry-After date a minute ahead
+    of the server's clock was hours ahead of it, and the link stayed silent for the cap."""
+    server_now = 1_700_000_000.0
+    behind = server_now - 3 * 3600
+    fmt = email.utils.formatdate
+
+    def throttled(*headers: tuple[str, str]) -> Response:
+        return Response(
+            503, (("retry-after", fmt(server_now + 60, usegmt=True)), *headers), b"", "/"
+        )
+
+    assert response_retry_after(throttled(("date", fmt(server_now, usegmt=True))), behind) == 60
+    assert response_retry_after(throttled(), behind) == 3 * 3600 + 60  # no Date: the local clock
+    assert response_retry_after(throttled(("date", "yesterday")), behind) == 3 * 3600 + 60
+    delta = Response(429, (("retry-after", "30"), ("date", fmt(0, usegmt=True))), b"", "/")
+    assert response_retry_after(delta, behind) == 30  # seconds need no clock at all
 
 
 def test_unparseable_or_unsendable_hrefs_raise_the_clients_own_error() -> None:

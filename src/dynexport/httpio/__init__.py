@@ -21,6 +21,7 @@ from dynexport.httpio.client import (
     join_url,
     origin_of,
     parse_retry_after,
+    response_retry_after,
 )
 from dynexport.httpio.server import Handler, Limits, Request, serve_http
 from dynexport.httpio.server import Response as ServerResponse
@@ -49,6 +50,7 @@ __all__ = [
     "join_url",
     "origin_of",
     "parse_retry_after",
+    "response_retry_after",
     "serve_http",
     "server_context",
 ]

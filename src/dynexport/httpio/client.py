@@ -168,16 +168,34 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     value = value.strip()
     if _DELTA_SECONDS.fullmatch(value):
         return float(int(value))
+    when = parse_http_date(value)
+    return None if when is None else max(0.0, when - now)
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """Epoch seconds of an HTTP-date with a time zone, or None (not one, or out of range)."""
+    if value is None:
+        return None
     import email.utils  # only for an HTTP-date here: 0.3 MiB the service rarely needs
 
     try:
-        when = email.utils.parsedate_to_datetime(value)
+        when = email.utils.parsedate_to_datetime(value.strip())
         if when.tzinfo is None:
             return None
-        delay = when.timestamp() - now
+        return when.timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, delay)
+
+
+def response_retry_after(response: Response, local_now: float) -> float | None:
+    """`parse_retry_after` of ``response``: an HTTP-date is measured from the response's own
+    ``Date`` (the server's clock, which set it) when it has a valid one, else from
+    ``local_now``. A Pi's clock restarts hours behind after a power cut: measured from it, a
+    Retry-After one minute ahead was hours ahead, and the link stayed silent for the cap."""
+    server_now = parse_http_date(response.header("date"))
+    return parse_retry_after(
+        response.header("retry-after"), local_now if server_now is None else server_now
+    )
 
 
 def _declared_over(declared: str, bound: int) -> bool:
@@ -455,7 +473,7 @@ class HttpClient:
                     return response
                 asked = None
                 if throttled:
-                    asked = parse_retry_after(response.header("retry-after"), self._wall_clock())
+                    asked = response_retry_after(response, self._wall_clock())
                     if asked is None and status == 429:
                         return response  # no Retry-After: the caller backs off at its own rate
                     if asked is not None and not self.wait_retry_after:

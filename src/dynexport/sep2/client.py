@@ -34,7 +34,7 @@ from dynexport.httpio import (
     HttpStatusError,
     Response,
     client_context,
-    parse_retry_after,
+    response_retry_after,
 )
 from dynexport.httpio.client import InvalidUrl
 from dynexport.sep2 import flow, responses
@@ -753,7 +753,7 @@ class Sep2Client:
         if response.status not in (429, 503):
             return None
         now = self._mono()  # "not before" is scheduled on the monotonic clock
-        asked = parse_retry_after(response.header("retry-after"), self._clock())
+        asked = response_retry_after(response, self._clock())
         if asked is not None:
             wait = min(asked, self.http.retry_after_cap)
             if rate is not None and polled:
