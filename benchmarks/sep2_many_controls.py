@@ -9,7 +9,9 @@ with the process CPU clock, the best of a few runs per step:
 - the scheduling a walk does after that: store the snapshot (with its memory of finished events),
   advance the responses, the controls in force, the 24 h outlook and the next change;
 - the same questions asked again on a later step with the same programs (what the link does
-  every few seconds), which should hit the resolution cache.
+  every few seconds), which should hit the resolution cache;
+- while the clock is not verified, the strictest of the week ahead (asked at every control
+  decision): the first time in a minute, and again in that minute (the answer kept).
 """
 
 from __future__ import annotations
@@ -157,6 +159,15 @@ def main() -> None:
             snap.schedule(now + 5, now + 5 + 86_400, SEED),
             snap.next_change(now + 5, SEED),
         ),
+    )
+    minutes = iter(range(1, 100))
+    cpu(
+        "strictest of the week ahead, a new minute (clock unverified)",
+        lambda: snap.strictest_ahead(now + 60 * next(minutes), SEED),
+    )
+    cpu(
+        "strictest of the week ahead, again in that minute (kept)",
+        lambda: snap.strictest_ahead(now + 60 * 99 + 1, SEED),
     )
     cpu("snapshot to_json + from_json", lambda: ScheduleSnapshot.from_json(snap.to_json()))
 
