@@ -44,6 +44,20 @@ def test_setup_mode_keeps_the_access_point_up() -> None:
     assert ap_rule.decide(s, state(ap_since=0.0))[0] == []
 
 
+def test_a_lost_config_beside_its_last_good_copy_is_not_setup_mode(tmp_path: Path) -> None:
+    """The service runs on config.last-good.json when config.json is lost; the access point
+    rule must not take the site for unconfigured (the AP up for good, the home Wi-Fi down)."""
+    config, last_good = tmp_path / "config.json", tmp_path / "config.last-good.json"
+    assert ap_rule.site_configured(config, last_good) is False  # a first boot
+    last_good.write_text("{}")
+    assert ap_rule.site_configured(config, last_good) is True
+    last_good.unlink()
+    config.write_text("{}")
+    assert ap_rule.site_configured(config, last_good) is True
+    assert ap_rule.LAST_GOOD.name == "config.last-good.json"
+    assert ap_rule.LAST_GOOD.parent == ap_rule.CONFIG.parent
+
+
 def test_online_records_the_time() -> None:
     actions, st = ap_rule.decide(seen(now=2000.0), state(last_online=0.0))
     assert actions == [] and st.last_online == 2000.0

@@ -143,7 +143,7 @@ async def test_a_history_that_cannot_be_opened_is_not_mistaken_for_a_damaged_one
     with pytest.raises(sqlite3.OperationalError, match="unable to open"):
         await h.open()
     assert await trio.Path(path).is_dir()
-    assert await trio.Path(tmp_path).glob("h.sqlite.*") == []
+    assert list(await trio.Path(tmp_path).glob("h.sqlite.*")) == []
 
 
 async def test_only_the_newest_three_damaged_histories_are_kept(tmp_path: Path) -> None:
