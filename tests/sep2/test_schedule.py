@@ -58,6 +58,7 @@ def ev(
         "energize": "energize",
         "ramp_tms": "ramp_tms",
         "max_pct": "max_limit_pct",
+        "storage": "storage_target_w",
     }
     base = {base_fields[k]: kwargs.pop(k) for k in list(kwargs) if k in base_fields}
     return DERControlEvent(
@@ -630,20 +631,20 @@ def test_the_strictest_schedule_ahead_is_worked_out_once_a_minute_not_at_every_d
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`strictest_ahead` is asked at every control decision while the clock is unverified; with
-    thousands of stored events each answer cost about 15 ms. Within a minute the answer kept is
-    returned; a new minute or another seed works it out again, over whole minutes."""
+    thousands of stored events each answer cost about 15 ms. The stretches are worked out once
+    a minute, over whole minutes; a new minute or another seed works them out again."""
     snap = ScheduleSnapshot(
         (prog("/p", 1, ev("A", T0 + 3600, 600, program="/p", export=0.0), default=DEFAULT_5KW),),
         fetched_at=T0 - 600,
     )
     spans: list[tuple[int, int, str]] = []
-    real = schedule_module.strictest_between
+    real = schedule_module.schedule_between
 
     def counting(programs: object, start: int, end: int, seed: str, memory: object) -> object:
         spans.append((start, end, seed))
         return real(programs, start, end, seed, memory)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(schedule_module, "strictest_between", counting)
+    monkeypatch.setattr(schedule_module, "schedule_between", counting)
     minute = T0 - T0 % 60
     first = snap.strictest_ahead(minute + 5, SEED)
     assert first.value(ControlType.EXPORT_LIMIT_W) == 0.0  # the event an hour ahead
@@ -654,6 +655,31 @@ def test_the_strictest_schedule_ahead_is_worked_out_once_a_minute_not_at_every_d
     snap.strictest_ahead(minute + 60, "another seed")
     assert [s[0] for s in spans] == [minute, minute + 60, minute + 60]
     assert spans[2][2] == "another seed"
+
+
+def test_within_the_minute_kept_what_has_ended_no_longer_counts() -> None:
+    """The stretches are kept for the minute, but each answer starts at the clock's own time:
+    a storage target (which has no safe direction) and a "disconnect" that ended at :30 are not
+    obeyed at :45."""
+    minute = T0 - T0 % 60 + 3600
+    snap = ScheduleSnapshot(
+        (
+            prog(
+                "/p",
+                1,
+                ev("A", minute - 600, 630, program="/p", connect=False),
+                ev("B", minute - 600, 630, program="/p", storage=3000.0),
+                default=ControlBase(storage_target_w=-2000.0),
+            ),
+        ),
+        fetched_at=minute - 900,
+    )
+    before = snap.strictest_ahead(minute + 10, SEED)
+    assert before.value(ControlType.CONNECT) is False
+    assert before.value(ControlType.STORAGE_TARGET_W) == 3000.0
+    after = snap.strictest_ahead(minute + 45, SEED)
+    assert after.value(ControlType.CONNECT) is None
+    assert after.value(ControlType.STORAGE_TARGET_W) == -2000.0
 
 
 def test_a_clock_behind_the_fetch_obeys_the_events_of_the_week_after_the_fetch() -> None:

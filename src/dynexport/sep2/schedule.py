@@ -25,6 +25,7 @@ The rules, with their sources, are written out in ``docs/sep2-scheduling.md``. I
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import sys
@@ -1035,6 +1036,17 @@ def _fate_from_json(raw: object) -> EventFate:
 
 
 @dataclass(frozen=True)
+class _StrictestKept:
+    """`ScheduleSnapshot.strictest_ahead`'s stretches for one minute's span, and its answers
+    by the first stretch counted."""
+
+    span: tuple[str, int, int]
+    segments: tuple[Segment, ...]
+    ends: tuple[int, ...]
+    answers: dict[int, ActiveControls]
+
+
+@dataclass(frozen=True)
 class ScheduleSnapshot:
     """The last complete schedule fetched, kept on disk so a reboot without network still obeys it.
 
@@ -1115,21 +1127,26 @@ class ScheduleSnapshot:
         A clock behind the fetch itself (its saved time lost: systemd starts from its build date)
         is behind by at least that much, so the span reaches a week past the fetch.
 
-        The span is widened to whole minutes (a superset: only ever stricter) and the answer kept
-        for the minute: asked at every control decision, over a stored schedule of thousands of
-        events it cost about 15 ms each time."""
+        The stretches of the span, widened to whole minutes, are worked out once a minute (over a
+        stored schedule of thousands of events that cost about 15 ms, and it is asked at every
+        control decision); each answer is taken from those that end after the exact start, so
+        the storage target and setGradW are those of the clock's own time, and a stretch that
+        has ended no longer counts."""
         wall = int(local_now)
         start = wall + min(self.clock_offset, 0)
         end = max(wall + max(self.clock_offset, 0), self.fetched_at) + UNVERIFIED_AHEAD_S
-        start -= start % 60
-        end += -end % 60
-        key = (seed, start, end)
-        kept: tuple[tuple[str, int, int], ActiveControls] | None = self.__dict__.get("_strictest")
-        if kept is not None and kept[0] == key:
-            return kept[1]
-        controls = strictest_between(self.programs, start, end, seed, self.memory)
-        self.__dict__["_strictest"] = (key, controls)
-        return controls
+        span = (seed, start - start % 60, end + -end % 60)
+        kept: _StrictestKept | None = self.__dict__.get("_strictest")
+        if kept is None or kept.span != span:
+            segments = schedule_between(self.programs, span[1], span[2], seed, self.memory)
+            kept = _StrictestKept(span, tuple(segments), tuple(s.end for s in segments), {})
+            self.__dict__["_strictest"] = kept
+        first = bisect.bisect_right(kept.ends, start)  # the stretch holding ``start``
+        answer = kept.answers.get(first)
+        if answer is None:
+            answer = strictest([seg.controls for seg in kept.segments[first:]])
+            kept.answers[first] = answer
+        return answer
 
     def next_change(self, server_now: int, seed: str) -> int | None:
         """`next_change` over these programs with this memory (server clock)."""
