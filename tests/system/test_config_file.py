@@ -192,7 +192,7 @@ def test_every_good_read_keeps_the_copy_and_a_damaged_one_never_replaces_it(tmp_
 def test_the_copy_kept_is_the_bytes_that_were_checked_not_the_file_read_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ):
-    """Another writer (``dynexport config set`` beside the service) may change the file between
+    """Another writer (a hand edit, or the settings page saving) may change the file between
     the check and the copy: the file read again then made a damaged last-good copy."""
     path = tmp_path / "config.json"
     real = config_module.load_config_bytes
