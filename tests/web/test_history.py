@@ -146,6 +146,33 @@ async def test_a_history_that_cannot_be_opened_is_not_mistaken_for_a_damaged_one
     assert list(await trio.Path(tmp_path).glob("h.sqlite.*")) == []
 
 
+@pytest.mark.parametrize(
+    "tables",
+    [
+        "CREATE TABLE samples (when_ INTEGER, value REAL)",  # another program's
+        "CREATE TABLE samples (res INTEGER, t INTEGER, PRIMARY KEY (res, t))",  # fewer columns
+    ],
+)
+async def test_a_database_of_another_layout_is_set_aside_not_left_unwritable(
+    tmp_path: Path, tables: str
+) -> None:
+    """A real SQLite file whose tables are not the history's (another release's layout after
+    a rollback, or another program's) failed at every write, for good: it is set aside and a
+    new history begun."""
+    path = tmp_path / "h.sqlite"
+    other = sqlite3.connect(path)
+    other.execute(tables)
+    other.commit()
+    other.close()
+    h = History(path)
+    await h.open()
+    h.add(row(T0, 5.0))
+    await h.flush(T0 + 1)
+    assert (await h.stats())["rows1"] == 1
+    await h.close()
+    assert len(list(await trio.Path(tmp_path).glob("h.sqlite.*.corrupt"))) == 1
+
+
 async def test_only_the_newest_three_damaged_histories_are_kept(tmp_path: Path) -> None:
     """A card that damages the file again and again does not fill up with copies (the journal
     moving with its file: tests/system/test_storage.py)."""

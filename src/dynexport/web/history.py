@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS battery (
     PRIMARY KEY (res, t)
 ) WITHOUT ROWID
 """
+_LAYOUT_PROBES = (
+    "SELECT res, t, site, der, export_limit, gen_limit, inverters FROM samples LIMIT 1",
+    "SELECT res, t, battery_soc, battery FROM battery LIMIT 1",
+)
 
 
 @dataclass
@@ -153,8 +157,16 @@ KEEP_DAMAGED = 3
 """Damaged history databases kept aside, the newest."""
 
 
+class ForeignLayout(sqlite3.DatabaseError):
+    """A database whose tables are not the history's (another program's, or another release's
+    layout): it could never be written, so it is set aside like a damaged one."""
+
+
 def _damaged(exc: sqlite3.DatabaseError) -> bool:
-    """SQLite says the file is not a database or is corrupt (not: busy, locked, I/O, full)."""
+    """SQLite says the file is not a database or is corrupt, or its tables are not the
+    history's (not: busy, locked, I/O, full, read-only)."""
+    if isinstance(exc, ForeignLayout):
+        return True
     name = getattr(exc, "sqlite_errorname", "")
     return name == "SQLITE_NOTADB" or name.startswith("SQLITE_CORRUPT")
 
@@ -206,6 +218,13 @@ class History:
             db.execute(_SCHEMA)
             db.execute(_SCHEMA_BATTERY)
             db.execute("SELECT COUNT(*) FROM samples WHERE res = 1 AND t > 0").fetchone()
+            for probe in _LAYOUT_PROBES:  # every column written: a foreign layout fails here
+                db.execute(probe).fetchall()
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if str(exc).startswith(("no such column", "no such table")):
+                raise ForeignLayout(f"not this release's history: {exc}") from exc
+            raise
         except BaseException:
             db.close()
             raise
