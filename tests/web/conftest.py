@@ -15,6 +15,7 @@ import trio
 from dynexport.app import App, AppOptions
 from dynexport.httpio import HttpClient, Limits
 from dynexport.httpio.client import Response
+from dynexport.httpio.server import ConnectionPool
 from dynexport.system.config import Config
 from dynexport.web.server import serve_web
 
@@ -83,6 +84,8 @@ class Web:
     app: App
     port: int
     folder: Path
+    pool: ConnectionPool | None = None
+    """The server's connections (held, dropped, refused), when started by `start_web`."""
 
     def client(self) -> Client:
         return Client(self.port)
@@ -107,6 +110,7 @@ async def start_web(
     """A setup-mode App (not running its links) with serve_web on 127.0.0.1, in ``nursery``."""
     app = setup_app(tmp_path)
     app.options.data_dir.mkdir(parents=True)
+    pool = ConnectionPool(limits)
     port = await nursery.start(
         partial(
             serve_web,
@@ -116,9 +120,10 @@ async def start_web(
             limits=limits,
             flush_every_s=3600,
             api_options=api_options,
+            pool=pool,
         )
     )
-    return Web(app, port, tmp_path)
+    return Web(app, port, tmp_path, pool)
 
 
 @pytest.fixture

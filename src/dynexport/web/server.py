@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from dynexport.httpio import Limits, serve_http
+from dynexport.httpio.server import ConnectionPool
 from dynexport.web.api import AppLike, WebApi
 from dynexport.web.energy import EnergyToday
 from dynexport.web.events import Broadcaster
@@ -93,12 +94,14 @@ async def serve_web(
     history_every_s: float = 1.0,
     flush_every_s: float = FLUSH_EVERY_S,
     api_options: dict[str, Any] | None = None,
+    pool: ConnectionPool | None = None,
 ) -> None:
     """Serves until cancelled; ``nursery.start`` returns the bound port.
 
     The history recorder and the live-event broadcaster run beside the server. ``limits``,
-    ``history_every_s``, ``flush_every_s`` and ``api_options`` (keyword arguments of WebApi, e.g.
-    ``tls=True``) are for tests and special setups; the app passes none of them."""
+    ``history_every_s``, ``flush_every_s``, ``api_options`` (keyword arguments of WebApi, e.g.
+    ``tls=True``) and ``pool`` (to see the connections held, dropped and refused) are for tests
+    and special setups; the app passes none of them."""
     history = History(app.options.data_dir / HISTORY_FILE)
     api = WebApi(app, history=history, **(api_options or {}))
     events: Broadcaster = api.events
@@ -116,6 +119,13 @@ async def serve_web(
         )
         nursery.start_soon(events.run)
         bound: Any = await nursery.start(
-            partial(serve_http, api.handle, host=host, port=port, limits=limits or WEB_LIMITS)
+            partial(
+                serve_http,
+                api.handle,
+                host=host,
+                port=port,
+                limits=limits or WEB_LIMITS,
+                pool=pool,
+            )
         )
         task_status.started(bound)
