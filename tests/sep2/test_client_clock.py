@@ -11,7 +11,7 @@ fake clocks moved by hand.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +59,12 @@ async def server(pki_dir: Path, clocks: Clocks) -> AsyncIterator[UtilityServer]:
         yield srv
 
 
-def make_client(srv: UtilityServer, clocks: Clocks, data_dir: Path) -> Sep2Client:
+def make_client(
+    srv: UtilityServer,
+    clocks: Clocks,
+    data_dir: Path,
+    clock_synchronised: Callable[[], bool | None] | None = None,
+) -> Sep2Client:
     return Sep2Client(
         utility_config(srv),
         data_dir,
@@ -67,6 +72,7 @@ def make_client(srv: UtilityServer, clocks: Clocks, data_dir: Path) -> Sep2Clien
         clock=clocks.wall,
         monotonic=clocks.mono,
         options=ClientOptions(http_timeout=5.0, http_retries=0),
+        clock_synchronised=clock_synchronised,
     )
 
 
@@ -200,15 +206,7 @@ async def test_after_a_power_cut_the_stored_schedule_is_obeyed_at_its_strictest_
         clocks.advance(300)  # the power goes off here, for 65 minutes; the Pi's clock with it
         clocks.server.advance(3900)
         clocks.mono.advance(3900)
-        after = Sep2Client(
-            utility_config(srv),
-            tmp_path,
-            der=DerInfo(rated_w=5000),
-            clock=clocks.wall,
-            monotonic=clocks.mono,
-            options=ClientOptions(http_timeout=5.0, http_retries=0),
-            clock_synchronised=unsynchronised,
-        )
+        after = make_client(srv, clocks, tmp_path, clock_synchronised=unsynchronised)
         assert not after.state().time_verified
         assert export_limit(after, clocks.wall()) == LIMIT_W  # the event, though the clock says
         assert after.state().active is not None  # it has not begun
@@ -257,15 +255,7 @@ async def test_an_offset_stored_against_a_wrong_clock_is_not_trusted_on_a_clock_
 
         clocks.advance(600)
         clocks.wall.advance(TWO_HOURS)  # NTP has set the clock at the next start
-        after = Sep2Client(
-            utility_config(srv),
-            tmp_path,
-            der=DerInfo(rated_w=5000),
-            clock=clocks.wall,
-            monotonic=clocks.mono,
-            options=ClientOptions(http_timeout=5.0, http_retries=0),
-            clock_synchronised=synchronised,
-        )
+        after = make_client(srv, clocks, tmp_path, clock_synchronised=synchronised)
         assert not after.state().time_verified
         assert export_limit(after, clocks.wall()) == 0
         srv.inject_fault(path_prefix="/", status=503, count=50)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import trio
 
 
@@ -82,10 +84,9 @@ async def request_from(
     head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
     stream = await connect_from(source, port)
     async with stream:
-        try:
+        # closed before the request was read (refused): no answer, as below
+        with contextlib.suppress(trio.BrokenResourceError):
             await stream.send_all(head.encode("latin-1") + b"\r\n" + body)
-        except trio.BrokenResourceError:
-            pass  # closed before the request was read (refused): no answer, as below
         data = b""
         while True:
             try:

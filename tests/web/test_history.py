@@ -114,6 +114,16 @@ async def test_history_api_and_csv_export(web: Web) -> None:
     assert status == 400
 
 
+async def assert_a_new_history_begins(path: Path) -> None:
+    """The history at ``path`` opens, takes a row and holds only that one."""
+    h = History(path)
+    await h.open()
+    h.add(row(T0, 5.0))
+    await h.flush(T0 + 1)
+    assert (await h.stats())["rows1"] == 1
+    await h.close()
+
+
 async def test_a_file_that_is_not_a_database_is_set_aside_and_a_new_history_begun(
     tmp_path: Path,
 ) -> None:
@@ -121,12 +131,7 @@ async def test_a_file_that_is_not_a_database_is_set_aside_and_a_new_history_begu
     answered: no dashboard, no settings page to fix anything with."""
     path = tmp_path / "h.sqlite"
     path.write_bytes(b"not a database " * 100)
-    h = History(path)
-    await h.open()
-    h.add(row(T0, 5.0))
-    await h.flush(T0 + 1)
-    assert (await h.stats())["rows1"] == 1
-    await h.close()
+    await assert_a_new_history_begins(path)
     aside = await trio.Path(tmp_path).glob("h.sqlite.*.corrupt")
     assert [await p.read_bytes() for p in aside] == [b"not a database " * 100]
 
@@ -164,12 +169,7 @@ async def test_a_database_of_another_layout_is_set_aside_not_left_unwritable(
     other.execute(tables)
     other.commit()
     other.close()
-    h = History(path)
-    await h.open()
-    h.add(row(T0, 5.0))
-    await h.flush(T0 + 1)
-    assert (await h.stats())["rows1"] == 1
-    await h.close()
+    await assert_a_new_history_begins(path)
     assert len(list(await trio.Path(tmp_path).glob("h.sqlite.*.corrupt"))) == 1
 
 

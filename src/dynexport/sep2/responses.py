@@ -47,6 +47,7 @@ from dynexport.sep2.schedule import (
     resolve,
     vanished_finish,
 )
+from dynexport.sep2.stored import parsed_or_value_error
 
 REQUIRE_RECEIVED = 0x01
 REQUIRE_SPECIFIC = 0x02
@@ -178,12 +179,7 @@ class ResponseTracker:
     def from_json(cls, text: str | bytes) -> ResponseTracker:
         """Parse a stored tracker (version 2, or 1 as written before); ValueError on anything
         malformed, whatever a damaged file makes the parser raise (the caller sets it aside)."""
-        try:
-            return cls._from_json(text)
-        except (ValueError, MemoryError):  # out of memory is not damage: the file is kept
-            raise
-        except Exception as exc:
-            raise ValueError(f"malformed tracker: {type(exc).__name__}: {exc}") from exc
+        return parsed_or_value_error(lambda: cls._from_json(text), "tracker")
 
     @classmethod
     def _from_json(cls, text: str | bytes) -> ResponseTracker:

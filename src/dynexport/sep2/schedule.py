@@ -43,6 +43,7 @@ from dynexport.sep2.controls import (
     EventStatus,
     ProgramControls,
 )
+from dynexport.sep2.stored import parsed_or_value_error
 
 RANDOMIZE_LIMIT_S = 3600
 """OneHourRangeType: randomizeStart / randomizeDuration are within ±3600 s (sep.xsd)."""
@@ -1179,12 +1180,7 @@ class ScheduleSnapshot:
         nesting too deep for the decoder) is that ValueError: the caller sets the file aside
         and starts without it. An AttributeError escaping here stopped the service at every
         start, so systemd rebooted the appliance over and over with no limit written."""
-        try:
-            return cls._from_json(text)
-        except (ValueError, MemoryError):  # out of memory is not damage: the file is kept
-            raise
-        except Exception as exc:
-            raise ValueError(f"malformed snapshot: {type(exc).__name__}: {exc}") from exc
+        return parsed_or_value_error(lambda: cls._from_json(text), "snapshot")
 
     @classmethod
     def _from_json(cls, text: str | bytes) -> ScheduleSnapshot:

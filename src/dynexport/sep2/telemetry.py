@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from dynexport.sep2.stored import parsed_or_value_error
+
 # Reading kinds posted for each MirrorUsagePoint. The role names are ours; the XML layer maps them
 # to roleFlags (site "03", DER "49"), quantity names to uom codes (W 38, var 63, V 29, Hz 33,
 # Wh 72) and phase names to PhaseCode (A, B, C; "" for a total). ("der", "Wh") is the batteries'
@@ -204,12 +206,7 @@ class Outbox:
         """A stored outbox; ValueError on anything malformed, whatever a damaged file makes
         the parser raise (an infinite number raised OverflowError, which kept the utility link
         from starting for good)."""
-        try:
-            return cls._from_json(data, capacity)
-        except (ValueError, MemoryError):  # out of memory is not damage: the file is kept
-            raise
-        except Exception as exc:
-            raise ValueError(f"malformed outbox: {type(exc).__name__}: {exc}") from exc
+        return parsed_or_value_error(lambda: cls._from_json(data, capacity), "outbox")
 
     @classmethod
     def _from_json(cls, data: Mapping[str, object], capacity: int) -> Outbox:
