@@ -59,12 +59,12 @@ def test_not_ready_never_commits():
 
 def test_a_silent_meter_blocks_the_commit():
     _, healthy, reason = run([obs(float(t), meter_answered=False) for t in range(0, 400)])
-    assert not healthy and reason == "the meter has not answered"
+    assert not healthy and reason == "the meter has not answered in 30 s"
 
 
 def test_no_inverter_answering_blocks_the_commit():
     _, healthy, reason = run([obs(float(t), inverter_answered=False) for t in range(0, 400)])
-    assert not healthy and reason == "no inverter has answered"
+    assert not healthy and reason == "no inverter has answered in 30 s"
 
 
 def test_a_site_without_devices_commits_after_two_ready_minutes_in_setup_mode():
@@ -75,6 +75,32 @@ def test_a_site_without_devices_commits_after_two_ready_minutes_in_setup_mode():
     ]  # fmt: skip
     _, healthy, reason = run(samples)
     assert healthy and "setup mode" in reason
+
+
+def test_setup_mode_over_a_configuration_it_cannot_use_never_commits():
+    """A release that refuses the site's existing configuration (a migration bug) waits in setup
+    mode with no devices and no control: it was READY at once and committed as "no devices
+    yet"; it is rolled back, and the reason says why."""
+    samples = [
+        obs(float(t), setup_mode=True, meter_configured=False, inverters_configured=0,
+            meter_answered=False, inverter_answered=False, last_decision=None,
+            config_problem="meter.host: unknown key")
+        for t in range(0, 400)
+    ]  # fmt: skip
+    streak, healthy, reason = run(samples)
+    assert not healthy and streak == Streak()
+    assert reason == "setup mode: the configuration could not be used (meter.host: unknown key)"
+
+
+def test_a_controller_held_in_its_fail_safe_is_not_controlling():
+    """Deciding every second, but in the fail-safe (no usable meter reading: a new release's
+    meter decoding broken) is holding back, not controlling: the two minutes start after it."""
+    samples = [obs(float(t), controller_mode="failsafe") for t in range(0, 300)]
+    samples += [obs(float(t), controller_mode="normal") for t in range(300, 421)]
+    streak, healthy, reason = run(samples)
+    assert streak.since == 300.0 and healthy, reason
+    _, healthy, reason = run(samples[:300])
+    assert not healthy and "fail-safe" in reason
 
 
 def test_a_stall_in_the_control_loop_restarts_the_two_minutes():

@@ -38,7 +38,18 @@ from dynexport.update.state import (
 
 @dataclass
 class Reading:
-    last_reading: Any = None
+    """A device link's state: while ``answering``, its latest reading is always just now (as a
+    device polled every second is); once it stops, the reading ages from when it stopped."""
+
+    answering: bool = False
+    stopped_at: float | None = None
+
+    @property
+    def last_reading(self) -> float | None:
+        return trio.current_time() if self.answering else self.stopped_at
+
+    def stop(self) -> None:
+        self.answering, self.stopped_at = False, trio.current_time()
 
 
 @dataclass
@@ -57,6 +68,8 @@ class Site:
     progress: ProgressTracker = field(default_factory=ProgressTracker)
     outlook: list[tuple[float, Any]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    config_problems: list[str] = field(default_factory=list)
+    config_unreadable: bool = False
 
     async def leave_fail_safe(self) -> None:
         self.events.append("fail-safe")
@@ -65,9 +78,10 @@ class Site:
         return self.outlook
 
     def answer(self) -> None:
+        """The meter and the first inverter answer from now on."""
         assert self.meter is not None
-        self.meter.state.last_reading = object()
-        self.inverters[0].state.last_reading = object()
+        self.meter.state.answering = True
+        self.inverters[0].state.answering = True
 
 
 class RecordedRauc(Rauc):
@@ -172,13 +186,74 @@ async def test_a_healthy_trial_boot_is_committed_after_two_minutes_of_control(
         assert (tmp_path / HEALTH_FILE).read_text() == "the service is not READY yet\n"
         site.ready = True
         await trio.sleep(30)
-        assert (tmp_path / HEALTH_FILE).read_text() == "the meter has not answered\n"
+        assert (tmp_path / HEALTH_FILE).read_text() == "the meter has not answered in 30 s\n"
         await committed_after_two_minutes_of_control(
             site, rauc, "not before two minutes of control"
         )
         nursery.cancel_scope.cancel()
     record = read_record(tmp_path)
     assert record is not None and record.state == "committed"
+
+
+async def test_devices_that_answered_once_and_went_silent_do_not_commit_a_trial(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    """A meter and an inverter that answered once, then nothing (the new release's links broken
+    after their first poll), while the controller decides in its fail-safe: "answered at some
+    time" committed it. They must be answering (a reading in the last 30 s)."""
+    write_record(tmp_path, TRIAL)
+    site, rauc = Site(ready=True), RecordedRauc(booted="B")
+    site.answer()
+    await control_and_commit_briefly(site, tmp_path, rauc, stop_devices_after=1.0, seconds=400)
+    assert rauc.marked == []
+    assert (tmp_path / HEALTH_FILE).read_text() == "the meter has not answered in 30 s\n"
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "trial"
+
+
+async def test_setup_mode_over_a_refused_configuration_does_not_commit_a_trial(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    """The new release refuses the site's configuration and waits in setup mode: no devices,
+    no control, READY at once. It was committed as "setup mode: no devices yet"."""
+    write_record(tmp_path, TRIAL)
+    site = Site(ready=True, setup_mode=True, meter=None, inverters=[])
+    site.config_problems = ["meter.host: unknown key"]
+    rauc = RecordedRauc(booted="B")
+    await control_and_commit_briefly(site, tmp_path, rauc, seconds=400)
+    assert rauc.marked == []
+    assert "could not be used (meter.host: unknown key)" in (tmp_path / HEALTH_FILE).read_text()
+    site.config_problems = []  # a true first boot of a site without devices: committed
+    await control_and_commit_briefly(site, tmp_path, rauc, seconds=200)
+    assert len(rauc.marked) == 1
+
+
+async def control_and_commit_briefly(
+    site: Site,
+    data: Path,
+    rauc: RecordedRauc,
+    *,
+    seconds: float,
+    stop_devices_after: float | None = None,
+) -> None:
+    """``commit_when_healthy`` beside a controller deciding every second, for ``seconds``; the
+    devices stop answering ``stop_devices_after`` seconds in, if given."""
+
+    async def stop_devices() -> None:
+        assert stop_devices_after is not None
+        await trio.sleep(stop_devices_after)
+        for link in [site.meter, *site.inverters]:
+            if link is not None:
+                link.state.stop()
+
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(decide_every_second, site)
+            if stop_devices_after is not None:
+                nursery.start_soon(stop_devices)
+            await commit_when_healthy(
+                site, data, rauc, wall_clock=lambda: 0.0, this_boot="trial-boot", booted="B"
+            )
 
 
 async def test_a_slot_activated_before_its_record_said_trial_gets_the_trials_health_check(

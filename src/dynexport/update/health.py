@@ -1,9 +1,11 @@
 """When a trial boot of a new root slot may be committed (pure: data and times passed in).
 
 An update is committed (``rauc status mark-good``) only when the new system does its job: the
-service is READY, the meter and an inverter answered (or the site has no devices yet), and the
-control loop has been deciding without a gap for two minutes. Until then the previous slot stays
-the one a reset boots, so a system that is up but not controlling never becomes permanent.
+service is READY, the meter and an inverter are answering (or the site has no devices yet), and
+the control loop has been deciding, not in its fail-safe, without a gap for two minutes. Until
+then the previous slot stays the one a reset boots, so a system that is up but not controlling
+never becomes permanent. Setup mode counts as "no devices yet" only on a true first boot: a
+release that cannot use the site's configuration also waits in setup mode, with no control.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from dataclasses import dataclass
 
 COMMIT_AFTER_S = 120.0
 """How long the control loop (or, without devices, the ready service) must run before commit."""
+ANSWER_FRESH_S = 30.0
+"""A device "is answering" when its latest reading is at most this old: one that answered once
+and then went silent (a new release's link broken after its first poll) is not."""
 MAX_DECISION_GAP_S = 10.0
 """A controller silent for longer has stalled (App.CONTROLLER_MAX_SILENCE_S): the run restarts.
 The default of ``Observation.max_decision_gap_s``."""
@@ -31,6 +36,11 @@ class Observation:
     inverter_answered: bool
     last_decision: float | None
     """Time of the control loop's latest decision (None: none yet)."""
+    config_problem: str | None = None
+    """In setup mode, why there is no configuration to run on (it exists but could not be used);
+    None for a true first boot."""
+    controller_mode: str | None = None
+    """The control loop's latest mode ("normal", "failsafe"...; None before its first)."""
     max_decision_gap_s: float = MAX_DECISION_GAP_S
     """The longest silence of a controller that still runs: the App's bound for its own
     watchdog (longer with a long ``control.intervalS``)."""
@@ -56,11 +66,15 @@ def observe(streak: Streak, obs: Observation) -> Streak:
     if not obs.ready:
         return Streak()
     if obs.setup_mode:
+        if obs.config_problem is not None:
+            return Streak()  # a configuration it cannot use: no control at all
         return Streak(since=obs.now if streak.since is None else streak.since, last=obs.now)
     if (obs.meter_configured and not obs.meter_answered) or (
         obs.inverters_configured and not obs.inverter_answered
     ):
         return Streak()  # deciding without its inputs is not controlling: the run starts later
+    if obs.controller_mode == "failsafe":
+        return Streak()  # the meter's readings are not used: holding back, not controlling
     t = obs.last_decision
     gap = obs.max_decision_gap_s
     if t is None or obs.now - t > gap:
@@ -74,11 +88,17 @@ def judge(streak: Streak, obs: Observation) -> Verdict:
     """Whether the trial boot may be committed now, and why (not)."""
     if not obs.ready:
         return Verdict(False, "the service is not READY yet")
+    if obs.setup_mode and obs.config_problem is not None:
+        return Verdict(
+            False, f"setup mode: the configuration could not be used ({obs.config_problem})"
+        )
     if not obs.setup_mode:
         if obs.meter_configured and not obs.meter_answered:
-            return Verdict(False, "the meter has not answered")
+            return Verdict(False, f"the meter has not answered in {ANSWER_FRESH_S:.0f} s")
         if obs.inverters_configured and not obs.inverter_answered:
-            return Verdict(False, "no inverter has answered")
+            return Verdict(False, f"no inverter has answered in {ANSWER_FRESH_S:.0f} s")
+        if obs.controller_mode == "failsafe":
+            return Verdict(False, "the controller is in its fail-safe (no usable meter reading)")
     what = "the service has been ready" if obs.setup_mode else "the control loop has decided"
     if streak.since is None or streak.last is None:
         return Verdict(False, "the control loop is not deciding")

@@ -184,20 +184,38 @@ def report_of(
 
 
 def observe(app: AppLike, now: float) -> health.Observation:
+    """What the health check sees of ``app`` at trio time ``now`` (the devices' reading times
+    are trio times too)."""
     meter = app.meter
     inverters = list(app.inverters)
     last = getattr(app.progress, "last", {}).get("controller")
     gap = getattr(app.progress, "limits", {}).get("controller", health.MAX_DECISION_GAP_S)
+
+    def answering(link: Any) -> bool:
+        t = link.state.last_reading
+        return isinstance(t, int | float) and now - t <= health.ANSWER_FRESH_S
+
+    problem = None
+    if app.setup_mode:
+        problems = list(getattr(app, "config_problems", ()) or ())
+        if problems:
+            problem = str(problems[0])
+        elif getattr(app, "config_unreadable", False):
+            problem = "the configuration file cannot be read"
+    output = getattr(app, "output", None)
+    mode = getattr(output, "mode", None)
     return health.Observation(
         now=now,
         ready=bool(app.ready),
         setup_mode=bool(app.setup_mode),
         meter_configured=meter is not None,
-        meter_answered=meter is not None and meter.state.last_reading is not None,
+        meter_answered=meter is not None and answering(meter),
         inverters_configured=len(inverters),
-        inverter_answered=any(i.state.last_reading is not None for i in inverters),
+        inverter_answered=any(answering(i) for i in inverters),
         last_decision=last if isinstance(last, int | float) else None,
         max_decision_gap_s=gap if isinstance(gap, int | float) else health.MAX_DECISION_GAP_S,
+        config_problem=problem,
+        controller_mode=mode if isinstance(mode, str) else None,
     )
 
 
