@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -399,6 +400,36 @@ def test_the_deadline_rolls_back_an_uncommitted_trial_of_the_new_slot(
         "it did not pass its health check within 4 minutes of booting "
         "(the meter has not answered)\n"
     )
+
+
+def test_a_healthy_trial_whose_commit_failed_is_not_said_to_have_failed_its_health_check(
+    tmp_path: Path,
+) -> None:
+    asked, failure = update_deadline(
+        tmp_path, "trial", booted="B", health="healthy, but the commit failed: rauc: D-Bus error"
+    )
+    assert asked == "rauc status mark-bad booted\nsystemctl reboot\n"
+    assert failure == (
+        "it was not committed within 4 minutes of booting "
+        "(healthy, but the commit failed: rauc: D-Bus error)\n"
+    )
+
+
+def test_a_hung_rauc_does_not_keep_the_trial_alive(tmp_path: Path) -> None:
+    """RAUC's D-Bus service stuck: ``rauc status mark-bad`` never returned, so the script never
+    reached its reboot, and the uncommitted trial ran until someone pulled the power. Each rauc
+    command is stopped after UPDATE_DEADLINE_RAUC_WAIT_S and the reboot comes all the same."""
+    env = deadline_env(tmp_path, "B", UPDATE_DEADLINE_RAUC_WAIT_S="1")
+    calls = tmp_path / "calls.log"
+    (tmp_path / "rauc").write_text(f'#!/bin/sh\necho "rauc $*" >>"{calls}"\nexec sleep 600\n')
+    _write_record(tmp_path / "data", "trial")
+    started = time.monotonic()
+    proc = run_deadline(env)
+    asked, failure = deadline_outcome(tmp_path)
+    assert asked == ("rauc status mark-bad booted\nrauc status mark-good other\nsystemctl reboot\n")
+    assert "took over 1 s; stopped" in proc.stderr
+    assert failure is not None and failure.startswith("it did not pass its health check")
+    assert time.monotonic() - started < 300  # not the 600 s of the hung commands
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dynexport.update import service as update_service
 from dynexport.update.service import commit_when_healthy, read_record, write_record
 from dynexport.update.state import DECISION_LOCK, FAILURE_FILE
 from tests.image.helpers import LIBEXEC, deadline_env, deadline_outcome, waiting_on_lock
@@ -33,8 +34,14 @@ class PausedCommitRauc(RecordedRauc):
 
 @pytest.mark.parametrize("when", ["before the commit", "during the commit", "after the commit"])
 async def test_the_deadline_and_the_commit_never_both_decide_a_trial(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock, when: str
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    when: str,
+    monkeypatch: pytest.MonkeyPatch,
 ):
+    # The commit is held in mark-good by the test (real time, while the script waits on the
+    # lock); the mock clock jumps meanwhile, past the commit's own bound, which is not under test.
+    monkeypatch.setattr(update_service, "COMMIT_WITHIN_LOCK_S", 1e9)
     env = deadline_env(tmp_path, "B")
     data = tmp_path / "data"
     write_record(data, TRIAL)
@@ -160,3 +167,55 @@ async def test_whenever_the_deadline_runs_exactly_one_decides_the_trial(
         assert "mark-bad" not in asked and failure is None
     else:
         assert rauc.marked == [] and record.state == "trial"
+
+
+def test_a_commit_under_the_lock_ends_before_the_deadline_stops_waiting_for_it() -> None:
+    """update-deadline waits 60 s for the lock, then decides alone; the service's commit under
+    the lock (mark-good, then the record's retries) is bounded below that. A commit that could
+    take RAUC's 300 s let both decide: the record "committed", the old slot booted."""
+    script = (LIBEXEC / "update-deadline").read_text()
+    assert 'flock -w "${UPDATE_DEADLINE_LOCK_WAIT_S:-60}"' in script
+    held = update_service.COMMIT_WITHIN_LOCK_S + sum(update_service.RECORD_RETRY_S)
+    assert held < 60 - 10  # with room for a loaded machine
+
+
+async def test_a_commit_that_hangs_is_given_up_within_the_lock_and_tried_again(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    """mark-good that does not answer: the lock is let go after COMMIT_WITHIN_LOCK_S, the health
+    file says so (update-deadline quotes it if it rolls back), and the commit is tried again."""
+
+    class HangsOnceRauc(RecordedRauc):
+        tries = 0
+
+        async def mark_good(self) -> None:
+            self.tries += 1
+            if self.tries == 1:
+                await trio.sleep_forever()
+            await super().mark_good()
+
+    data = tmp_path / "data"
+    write_record(data, TRIAL)
+    site, rauc = Site(ready=True), HangsOnceRauc(booted="B")
+    site.answer()
+    health_seen: list[str] = []
+
+    async def watch_health() -> None:
+        while True:
+            path = data / "update-health"
+            if path.exists():
+                text = path.read_text()
+                if not health_seen or health_seen[-1] != text:
+                    health_seen.append(text)
+            await trio.sleep(1)
+
+    with trio.move_on_after(600):  # the commit task runs for the life of the process
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(decide_every_second, site)
+            nursery.start_soon(watch_health)
+            await commit_when_healthy(
+                site, data, rauc, wall_clock=lambda: 0.0, this_boot="trial-boot", booted="B"
+            )
+    record = read_record(data)
+    assert record is not None and record.state == "committed" and rauc.tries == 2
+    assert any("healthy, but the commit failed: no answer in 30 s" in t for t in health_seen)

@@ -195,6 +195,36 @@ async def test_a_healthy_trial_boot_is_committed_after_two_minutes_of_control(
     assert record is not None and record.state == "committed"
 
 
+async def test_a_full_data_partition_neither_stops_the_commit_nor_loses_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+):
+    """The health file cannot be written (/data full for the service's user): the error escaped,
+    the task restarted and its two minutes began again at every try, so the trial was never
+    committed. The record "committed" that fails twice after RAUC's commit is written at a
+    later try, within the lock, not lost to a restart (which left "trial" for the deadline
+    to roll the committed slot back)."""
+    from dynexport.update import service
+
+    real_atomic_write = service.atomic_write
+    record_failures = [OSError(28, "No space left on device")] * 2
+
+    def full(path: Path, data: bytes, **kw: Any) -> None:
+        if Path(path).name == HEALTH_FILE:
+            raise OSError(28, "No space left on device")
+        if Path(path).name == "update.json" and b"committed" in data and record_failures:
+            raise record_failures.pop()
+        real_atomic_write(path, data, **kw)
+
+    write_record(tmp_path, TRIAL)
+    monkeypatch.setattr(service, "atomic_write", full)
+    site, rauc = Site(ready=True), RecordedRauc(booted="B")
+    site.answer()
+    await control_and_commit_briefly(site, tmp_path, rauc, seconds=400)
+    assert len(rauc.marked) == 1 and record_failures == []
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "committed"
+
+
 async def test_devices_that_answered_once_and_went_silent_do_not_commit_a_trial(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ):
@@ -598,12 +628,15 @@ def test_the_status_asked_every_second_follows_each_write_and_reads_nothing_othe
     (data / FAILURE_FILE).write_text("the meter has not answered\n")
     assert status() == update_status(data, cmdline, boot)
     assert "the meter has not answered" in status()["message"]
-    write_record(data, TRIAL.moved_to("committed"))
-    assert status() == update_status(data, cmdline, boot) and status()["phase"] == "committed"
+    write_record(data, TRIAL.moved_to("committed"))  # committed, but slot A runs: rolled back
+    assert status() == update_status(data, cmdline, boot)
+    assert status()["message"] == (
+        "update to 1.4.0 was committed but rolled back, because the meter has not answered"
+    )
     reads: list[Path] = []
     monkeypatch.setattr(service, "read_record", lambda d: reads.append(d))
     for _ in range(5):
-        assert status()["phase"] == "committed"
+        assert status()["phase"] == "rolled-back"
     assert reads == []  # nothing changed: nothing read again
 
 

@@ -445,7 +445,7 @@ async def _commit_trial(
         verdict = health.judge(streak, obs)
         if verdict.reason != last_reason:
             last_reason = verdict.reason
-            atomic_write(data_dir / HEALTH_FILE, (verdict.reason + "\n").encode(), mode=0o600)
+            _write_health(data_dir, verdict.reason)
         if verdict.healthy:
             async with decision_lock(data_dir, interval):
                 if (data_dir / FAILURE_FILE).exists():
@@ -456,15 +456,64 @@ async def _commit_trial(
                         record.version,
                     )
                     return True
+                committed = False
                 try:
-                    await rauc.mark_good()
+                    # Bounded below update-deadline's wait for the lock: a commit still under way
+                    # when the script gives up waiting let both decide (the record "committed",
+                    # the old slot booted).
+                    with trio.move_on_after(COMMIT_WITHIN_LOCK_S):
+                        await rauc.mark_good()
+                        committed = True
+                    if not committed:
+                        raise RaucError(f"no answer in {COMMIT_WITHIN_LOCK_S:g} s")
                 except RaucError as exc:
                     log.error("update %s: commit failed: %s (retrying)", record.version, exc)
+                    _write_health(data_dir, f"healthy, but the commit failed: {exc}")
+                    last_reason = ""
                 else:
-                    write_record(data_dir, record.moved_to("committed"))
-                    log.info("update %s committed: %s", record.version, verdict.reason)
+                    if await _record_committed(data_dir, record):
+                        log.info("update %s committed: %s", record.version, verdict.reason)
                     return True
         await trio.sleep(interval)
+
+
+COMMIT_WITHIN_LOCK_S = 30.0
+"""The longest ``rauc status mark-good`` may take while the decision lock is held: with the
+record's retries (`RECORD_RETRY_S`), less than update-deadline's 60 s wait for the lock, so that
+the script never gives up waiting while a commit is under way (both then decided: the record
+"committed", the old slot booted). A commit that takes longer is tried again."""
+RECORD_RETRY_S = (1.0, 2.0, 4.0, 8.0)
+"""Waits between tries to write the "committed" record (still within the lock's 60 s)."""
+
+
+def _write_health(data_dir: Path, text: str) -> None:
+    """The trial's health verdict for the status and update-deadline; a write that fails (a full
+    or read-only /data) is logged, never raised: raised, it restarted the health check's two
+    minutes at every try, and the trial was never committed."""
+    try:
+        atomic_write(data_dir / HEALTH_FILE, (text + "\n").encode(), mode=0o600)
+    except OSError as exc:
+        log.error("update: cannot write %s (%s): %s", HEALTH_FILE, exc.strerror or exc, text)
+
+
+async def _record_committed(data_dir: Path, record: UpdateRecord) -> bool:
+    """Writes the record "committed" once RAUC has committed the slot, trying a few times;
+    False when it cannot (its last error logged and left in the health file, which
+    update-deadline quotes when it then rolls the slot back, still "trial" on /data)."""
+    error: OSError | None = None
+    for wait in (0.0, *RECORD_RETRY_S):
+        await trio.sleep(wait)
+        try:
+            write_record(data_dir, record.moved_to("committed"))
+        except OSError as exc:
+            error = exc
+        else:
+            return True
+    why = error.strerror if error is not None and error.strerror else str(error)
+    log.error("update %s: committed by RAUC, but its record cannot be written: %s",
+              record.version, why)  # fmt: skip
+    _write_health(data_dir, f"healthy and committed, but the record could not be written: {why}")
+    return False
 
 
 @contextlib.asynccontextmanager

@@ -147,6 +147,12 @@ def report(
         why = record.reason or "unknown"
         return UpdateReport("failed", v, f"update to {v} failed before its reboot, because {why}")
     if record.state == "committed":
+        if booted is not None and record.target is not None and booted != record.target:
+            # committed, yet the other slot runs: the deadline rolled the trial back while its
+            # commit was under way (or the slot was given up since); it is not this system
+            why = (failure or "").strip() or "the system runs the other slot"
+            message = f"update to {v} was committed but rolled back, because {why}"
+            return UpdateReport("rolled-back", v, message)
         return UpdateReport("committed", v, f"updated to {v}")
     if same_boot:
         return UpdateReport("reboot-pending", v, f"{v} is installed; rebooting into it")
