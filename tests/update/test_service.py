@@ -203,9 +203,10 @@ async def test_a_full_data_partition_neither_stops_the_commit_nor_loses_it(
     committed. The record "committed" that fails twice after RAUC's commit is written at a
     later try, within the lock, not lost to a restart (which left "trial" for the deadline
     to roll the committed slot back)."""
+    from dynexport.system import storage
     from dynexport.update import service
 
-    real_atomic_write = service.atomic_write
+    real_atomic_write = storage.atomic_write
     record_failures = [OSError(28, "No space left on device")] * 2
 
     def full(path: Path, data: bytes, **kw: Any) -> None:
