@@ -749,9 +749,19 @@ def test_the_status_says_interrupted_once_the_installer_ends_without_writing_any
     assert "interrupted: the program installing it (the service" in after["message"]
     assert reads == []  # seen from /proc, not from a write
     assert after == update_status(data, cmdline, boot)
-    write_record(data, UpdateRecord("installing", "1.6.0", "B", "A", "install-boot", None,
-                                    process_identity()))  # fmt: skip
-    assert status()["phase"] == "installing"  # a new install, by a running process
+    from dynexport.update.service import claim, release
+
+    assert claim(data)  # an install by this process holds the install slot while it runs
+    try:
+        write_record(data, UpdateRecord("installing", "1.6.0", "B", "A", "install-boot", None,
+                                        process_identity()))  # fmt: skip
+        assert status()["phase"] == "installing"  # a new install, by a running process
+    finally:
+        release(data)
+    # its task cancelled (the web server's task restarted): this process runs on, the install
+    # does not; the status said "installing" until the next boot
+    stopped = status()
+    assert stopped["phase"] == "failed" and "was interrupted" in stopped["message"]
 
 
 async def test_the_web_and_url_install_names_its_installer_in_the_record(tmp_path: Path) -> None:

@@ -29,6 +29,9 @@ from dynexport.update.service import (
     report_of,
     write_record,
 )
+from dynexport.update.service import claim as claim  # the install slot: shared.* for callers
+from dynexport.update.service import installing as installing
+from dynexport.update.service import release as release
 
 log = logging.getLogger("dynexport.update")
 
@@ -111,29 +114,6 @@ def update_under_way(data_dir: Path, status: RaucStatus, this_boot: str) -> str 
     if rep.phase == "installing" and own:
         return None
     return BUSY_WHY[rep.phase](rep.version or "an update")
-
-
-_claimed: set[Path] = set()
-
-
-def claim(data_dir: Path) -> bool:
-    """Takes the one install slot of ``data_dir`` (False: an install is already running).
-
-    A plain set, not a lock: trio runs one task at a time, and this never awaits.
-    """
-    key = data_dir.resolve()
-    if key in _claimed:
-        return False
-    _claimed.add(key)
-    return True
-
-
-def release(data_dir: Path) -> None:
-    _claimed.discard(data_dir.resolve())
-
-
-def installing(data_dir: Path) -> bool:
-    return data_dir.resolve() in _claimed
 
 
 async def install_verified(

@@ -108,8 +108,16 @@ def process_identity(pid: int | None = None, proc: Path = PROC) -> str | None:
     return f"{pid}:{fields[19]}"
 
 
-def installer_gone(record: UpdateRecord | None, this_boot: str, proc: Path = PROC) -> bool:
-    """True when ``record`` is an install of this boot whose installing process has ended.
+def installer_gone(
+    record: UpdateRecord | None,
+    this_boot: str,
+    proc: Path = PROC,
+    data_dir: Path | None = None,
+) -> bool:
+    """True when ``record`` is an install of this boot whose installing process has ended, or,
+    for an install by this very process, that no longer runs (``claim``'s slot of ``data_dir``
+    given back: the task was cancelled, as when the web server's task restarted, and the status
+    said "installing" until the next boot).
 
     A record without an installer (written before the field existed) is taken as running, as
     it was before. The pid's own /proc entry is asked, which works across users (the command
@@ -118,10 +126,35 @@ def installer_gone(record: UpdateRecord | None, this_boot: str, proc: Path = PRO
         return False
     if record.installer is None:
         return False
+    if data_dir is not None and record.installer == process_identity(proc=proc):
+        return not installing(data_dir)
     pid, _, _ = record.installer.partition(":")
     if not pid.isdigit():
         return False  # not written by this code: not trusted either way
     return process_identity(int(pid), proc) != record.installer
+
+
+_claimed: set[Path] = set()
+
+
+def claim(data_dir: Path) -> bool:
+    """Takes the one install slot of ``data_dir`` (False: an install is already running).
+
+    A plain set, not a lock: trio runs one task at a time, and this never awaits.
+    """
+    key = data_dir.resolve()
+    if key in _claimed:
+        return False
+    _claimed.add(key)
+    return True
+
+
+def release(data_dir: Path) -> None:
+    _claimed.discard(data_dir.resolve())
+
+
+def installing(data_dir: Path) -> bool:
+    return data_dir.resolve() in _claimed
 
 
 def install_record(version: str, target: str, source: str) -> UpdateRecord:
@@ -179,7 +212,7 @@ def report_of(
         None if status is None else status.booted,
         this_boot,
         _read_line(data_dir / FAILURE_FILE),
-        installer_gone=installer_gone(record, this_boot),
+        installer_gone=installer_gone(record, this_boot, data_dir=data_dir),
     )
 
 
@@ -614,7 +647,8 @@ class UpdateStatus:
             self._key = key
             self._record, self._failure = read_record(self.data_dir), _read_line(failure)
             self._doc = {}
-        gone = installer_gone(self._record, self._boot_id)  # no I/O unless installing
+        # no I/O unless the record says installing
+        gone = installer_gone(self._record, self._boot_id, data_dir=self.data_dir)
         if not self._doc or gone != self._gone:
             self._gone = gone
             self._doc = report(
