@@ -29,9 +29,9 @@ from dynexport.httpio import Request, ServerResponse
 from dynexport.sep2 import certs
 from dynexport.system.config import Config, UpdateConfig
 from dynexport.update import install as shared
-from dynexport.update.auto import DOWNLOAD_FILE, PIECE_BYTES, UpdateChecker
+from dynexport.update.auto import PIECE_BYTES, UpdateChecker
 from dynexport.update.rauc import BundleInfo, Rauc
-from dynexport.update.state import STATE_FILE, UpdateRecord
+from dynexport.update.state import DOWNLOAD_FILE, STATE_FILE, UpdateRecord
 from dynexport.web.updates import UpdateError, Updates
 from tests.httpio.conftest import raw_server, serving
 from tests.update.bundles import make_bundle, make_key, needs_rauc
@@ -154,6 +154,21 @@ def checker(
 
 def left_on_disk(data: Path) -> list[str]:
     return sorted(p.name for p in data.iterdir())
+
+
+async def test_a_download_left_by_a_power_cut_is_removed_at_the_start_even_unconfigured(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A power cut mid-download left up to 256 MiB on /data, removed only at the next check,
+    which never comes once ``update`` is unset."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / DOWNLOAD_FILE).write_bytes(b"half a bundle" * 1000)
+    (data / "config.json").write_text("{}")  # nothing else is touched
+    check = UpdateChecker(lambda: None, data, rauc=Rauc(program="/nonexistent/rauc"))
+    with trio.move_on_after(5):
+        await check.run()
+    assert left_on_disk(data) == ["config.json"]
 
 
 # -- notify --------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from dynexport.update.state import UPLOAD_FILE
 from dynexport.web.history import History, Row, choose_resolution
 from dynexport.web.server import HISTORY_FILE, serve_web
 from tests.web.conftest import Client, Web, logged_in, setup_app
@@ -222,3 +223,22 @@ async def test_the_web_server_answers_beside_a_damaged_history(tmp_path: Path) -
         status, doc = await Client(port).json("GET", "/api/status")
         assert status == 200 and "alerts" in doc
         nursery.cancel_scope.cancel()
+
+
+async def test_an_upload_left_by_a_restart_is_removed_when_the_web_server_starts(
+    tmp_path: Path,
+) -> None:
+    """A bundle upload cut short by a restart or a power cut stayed on /data (up to 256 MiB)
+    until someone uploaded again. None can be under way before the server answers."""
+    app = setup_app(tmp_path)
+    data = trio.Path(app.options.data_dir)
+    await data.mkdir(parents=True)
+    await (data / UPLOAD_FILE).write_bytes(b"half a bundle" * 1000)
+    await (data / "config.json").write_text("{}")
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve_web, app, host="127.0.0.1", port=0))
+        status, _ = await Client(port).json("GET", "/api/status")
+        assert status == 200
+        nursery.cancel_scope.cancel()
+    assert not await (data / UPLOAD_FILE).exists()
+    assert await (data / "config.json").read_text() == "{}"

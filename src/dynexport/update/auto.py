@@ -39,7 +39,7 @@ from dynexport.httpio.client import (
 from dynexport.system.config import UpdateConfig
 from dynexport.update.rauc import Rauc, RaucError
 from dynexport.update.service import update_status
-from dynexport.update.state import SPARE_BYTES
+from dynexport.update.state import DOWNLOAD_FILE, SPARE_BYTES
 
 if TYPE_CHECKING:
     # check.py (the manifest, versions, the decision) is imported by the functions that use it,
@@ -50,8 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dynexport.update")
 
 SYSTEM_CONF = Path("/etc/rauc/system.conf")
-DOWNLOAD_FILE = "update-download.raucb"
-"""Where an automatic download goes in the data folder (the web upload has its own file)."""
 PIECE_BYTES = 1024 * 1024
 """Each HTTP range request asks for this much: the most held in memory at once."""
 MAX_REDIRECTS = 5
@@ -372,7 +370,14 @@ class UpdateChecker:
     # -- the task ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Runs for the life of the service; idles while ``update`` is not configured."""
+        """Runs for the life of the service; idles while ``update`` is not configured.
+
+        First removes a download a power cut or a restart left (up to 256 MiB of /data): it is
+        removed at the next check otherwise, which never comes once ``update`` is unset."""
+        try:  # one unlink, here rather than in a thread: nothing else runs in this task yet
+            _remove(self.data_dir / DOWNLOAD_FILE)
+        except OSError as exc:
+            log.warning("update: cannot remove a download left behind: %s", exc)
         first = True
         while True:
             config = self._get_config()

@@ -24,6 +24,10 @@ DECISION_LOCK = "update.lock"
 reboot, the service from its last look at the failure file to the record saying ``committed``.
 Without it the two could both decide at the 4-minute mark: a commit undone by the deadline's
 mark-bad (the old slot boots, the record says committed), or a mark-bad undone by the commit."""
+UPLOAD_FILE = "update-upload.raucb"
+"""A bundle uploaded from the web page, until it is refused or installed."""
+DOWNLOAD_FILE = "update-download.raucb"
+"""A bundle downloaded from the update URL, until it is refused or installed."""
 SPARE_BYTES = 16 * 1024 * 1024
 """The data partition keeps this much free beside a bundle being received (the history, the
 schedule and the update record are written meanwhile): for the update URL's download and the web

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from dynexport.httpio import Limits, serve_http
 from dynexport.httpio.server import ConnectionPool
+from dynexport.update.state import UPLOAD_FILE
 from dynexport.web.api import AppLike, WebApi
 from dynexport.web.energy import EnergyToday
 from dynexport.web.events import Broadcaster
@@ -84,6 +86,13 @@ async def record_history(
                 log.exception("history: final write failed")
 
 
+def _remove_leftover(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc)
+
+
 async def serve_web(
     app: AppLike,
     *,
@@ -102,6 +111,9 @@ async def serve_web(
     ``history_every_s``, ``flush_every_s``, ``api_options`` (keyword arguments of WebApi, e.g.
     ``tls=True``) and ``pool`` (to see the connections held, dropped and refused) are for tests
     and special setups; the app passes none of them."""
+    # An upload a restart or a power cut left behind (up to 256 MiB of /data): none can be
+    # under way before the server answers, and nothing else would ever remove it.
+    _remove_leftover(app.options.data_dir / UPLOAD_FILE)  # one unlink: no thread for it
     history = History(app.options.data_dir / HISTORY_FILE)
     api = WebApi(app, history=history, **(api_options or {}))
     events: Broadcaster = api.events

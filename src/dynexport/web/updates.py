@@ -30,11 +30,10 @@ from dynexport.update.install import (  # the texts the page shows, shared with 
 )
 from dynexport.update.rauc import BundleInfo, Rauc, RaucError
 from dynexport.update.service import boot_id
-from dynexport.update.state import SPARE_BYTES
+from dynexport.update.state import SPARE_BYTES, UPLOAD_FILE
 
 log = logging.getLogger("dynexport.web")
 
-UPLOAD_FILE = "update-upload.raucb"
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 """A bundle holds one root file system (the Pi image is kept under 60 MB compressed)."""
 MAX_CHUNK_BYTES = 192 * 1024
