@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -30,7 +31,7 @@ from dynexport.sep2 import certs
 from dynexport.system.config import Config, UpdateConfig
 from dynexport.update import install as shared
 from dynexport.update.auto import PIECE_BYTES, UpdateChecker
-from dynexport.update.rauc import BundleInfo, Rauc
+from dynexport.update.rauc import BundleInfo, Rauc, RaucError
 from dynexport.update.state import DOWNLOAD_FILE, STATE_FILE, UpdateRecord
 from dynexport.web.updates import UpdateError, Updates
 from tests.httpio.conftest import raw_server, serving
@@ -492,6 +493,46 @@ async def test_failed_checks_back_off_from_five_minutes_and_a_removed_section_st
 
 
 # -- one install at a time, and the status the app shows -------------------------------------------
+
+
+async def test_no_new_upload_starts_while_a_bundles_signature_is_checked(tmp_path: Path):
+    """A second tab started an upload while ``rauc info`` checked the first: the file was
+    emptied under the check, and the first bundle's version and signer landed on the new, empty
+    upload, which became installable. A check under way refuses a new start."""
+
+    class SlowInfo(Rauc):
+        def __init__(self) -> None:
+            super().__init__(program="/nonexistent/rauc")
+            self.asked = trio.Event()
+            self.go_on = trio.Event()
+
+        async def status(self) -> Any:
+            raise RaucError("no A/B system here")  # _no_update_under_way lets it through
+
+        async def info(self, bundle: str) -> BundleInfo:
+            self.asked.set()
+            await self.go_on.wait()
+            return BundleInfo(BOARD, "1.5.0", "CN = the vendor")
+
+    rauc = SlowInfo()
+    updates = Updates(tmp_path, rauc)
+    await updates.start(5)
+    await updates.chunk("0", b"12345")
+    results: list[dict[str, Any]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: _append(results, updates.check()))
+        await rauc.asked.wait()
+        assert updates.state.to_json()["phase"] == "checking"
+        with pytest.raises(UpdateError) as refused:
+            await updates.start(7)
+        assert refused.value.status == 409 and "being checked" in refused.value.message
+        rauc.go_on.set()
+    assert results[0]["phase"] == "checked" and results[0]["bundle"]["version"] == "1.5.0"
+    assert (tmp_path / "update-upload.raucb").read_bytes() == b"12345"
+
+
+async def _append(into: list[Any], awaitable: Any) -> None:
+    into.append(await awaitable)
 
 
 async def test_a_web_upload_is_not_installed_while_the_update_url_installs(tmp_path: Path):

@@ -50,7 +50,7 @@ class UpdateError(Exception):
 @dataclass
 class Upload:
     phase: str = "idle"
-    """idle, uploading, uploaded, checked, installing, installed, failed."""
+    """idle, uploading, uploaded, checking, checked, installing, installed, failed."""
     size: int = 0
     received: int = 0
     info: BundleInfo | None = None
@@ -92,6 +92,10 @@ class Updates:
     def _busy(self) -> None:
         if self.state.phase == "installing":
             raise UpdateError(409, "an update is being installed")
+        if self.state.phase == "checking":
+            # a new upload now would empty the file under the check, and the check's result
+            # (this bundle's version and signer) would land on the new, empty upload
+            raise UpdateError(409, "a bundle's signature is being checked")
 
     async def _no_update_under_way(self) -> None:
         """An update on trial, waiting for its reboot or being installed by another installer:
@@ -164,17 +168,22 @@ class Updates:
     async def check(self) -> dict[str, Any]:
         """Verifies the signature (``rauc info``); a refused bundle is deleted at once."""
         self._busy()
-        if self.state.phase not in ("uploaded", "checked"):
+        st = self.state
+        if st.phase not in ("uploaded", "checked"):
             raise UpdateError(409, "upload the whole bundle first")
+        st.phase = "checking"
         try:
             info = await self.rauc.info(str(self.path))
         except RaucError as exc:
             log.warning("update upload refused: %s", exc)
             self._discard(f"refused, nothing was written: {refusal(str(exc))}")
             raise UpdateError(422, self.state.error or "refused") from None
-        self.state.info = info
-        self.state.phase = "checked"
-        return self.state.to_json()
+        except BaseException:  # cancelled: the upload is as it was before the check
+            st.phase = "uploaded"
+            raise
+        st.info = info
+        st.phase = "checked"
+        return st.to_json()
 
     def install(self, nursery: trio.Nursery) -> dict[str, Any]:
         """Starts the install of the checked bundle in the background."""
