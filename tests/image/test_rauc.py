@@ -400,6 +400,7 @@ def test_the_deadline_rolls_back_an_uncommitted_trial_of_the_new_slot(
         "it did not pass its health check within 4 minutes of booting "
         "(the meter has not answered)\n"
     )
+    assert_the_lock_is_free(tmp_path / "data" / "update.lock")
 
 
 def test_a_healthy_trial_whose_commit_failed_is_not_said_to_have_failed_its_health_check(
@@ -430,6 +431,18 @@ def test_a_hung_rauc_does_not_keep_the_trial_alive(tmp_path: Path) -> None:
     assert "took over 1 s; stopped" in proc.stderr
     assert failure is not None and failure.startswith("it did not pass its health check")
     assert time.monotonic() - started < 300  # not the 600 s of the hung commands
+    assert_the_lock_is_free(tmp_path / "data" / "update.lock")
+
+
+def assert_the_lock_is_free(lock: Path) -> None:
+    """Nothing the script started (a command, the watcher's sleeps) still holds the decision
+    lock once it has ended: an orphaned sleep kept it for a minute, and the service's commit
+    waited on it."""
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if anything holds it
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize(

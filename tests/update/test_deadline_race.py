@@ -175,8 +175,9 @@ def test_a_commit_under_the_lock_ends_before_the_deadline_stops_waiting_for_it()
     take RAUC's 300 s let both decide: the record "committed", the old slot booted."""
     script = (LIBEXEC / "update-deadline").read_text()
     assert 'flock -w "${UPDATE_DEADLINE_LOCK_WAIT_S:-60}"' in script
-    held = update_service.COMMIT_WITHIN_LOCK_S + sum(update_service.RECORD_RETRY_S)
-    assert held < 60 - 10  # with room for a loaded machine
+    # trio gives a cancelled command 5 s after its SIGTERM before the SIGKILL
+    held = update_service.COMMIT_WITHIN_LOCK_S + 5 + sum(update_service.RECORD_RETRY_S)
+    assert held < 60 - 20  # with room for the record's fsyncs on a slow card
 
 
 async def test_a_commit_that_hangs_is_given_up_within_the_lock_and_tried_again(
@@ -218,4 +219,4 @@ async def test_a_commit_that_hangs_is_given_up_within_the_lock_and_tried_again(
             )
     record = read_record(data)
     assert record is not None and record.state == "committed" and rauc.tries == 2
-    assert any("healthy, but the commit failed: no answer in 30 s" in t for t in health_seen)
+    assert any("healthy, but the commit failed: no answer in 20 s" in t for t in health_seen)

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from dynexport.update.health import (
     COMMIT_AFTER_S,
+    FAILSAFE_GRACE_S,
     MAX_DECISION_GAP_S,
     Observation,
     Streak,
@@ -59,12 +60,12 @@ def test_not_ready_never_commits():
 
 def test_a_silent_meter_blocks_the_commit():
     _, healthy, reason = run([obs(float(t), meter_answered=False) for t in range(0, 400)])
-    assert not healthy and reason == "the meter has not answered in 30 s"
+    assert not healthy and reason == "the meter has not answered in 60 s"
 
 
 def test_no_inverter_answering_blocks_the_commit():
     _, healthy, reason = run([obs(float(t), inverter_answered=False) for t in range(0, 400)])
-    assert not healthy and reason == "no inverter has answered in 30 s"
+    assert not healthy and reason == "no inverter has answered in 60 s"
 
 
 def test_a_site_without_devices_commits_after_two_ready_minutes_in_setup_mode():
@@ -103,6 +104,26 @@ def test_a_controller_held_in_its_fail_safe_is_not_controlling():
     assert not healthy and "fail-safe" in reason
 
 
+def test_a_short_fail_safe_spell_does_not_restart_the_two_minutes():
+    """The meter silent for a few RS485 polls puts the controller in its fail-safe for seconds:
+    restarting the two minutes then rolled good releases back near the 4-minute deadline."""
+    samples = [obs(float(t)) for t in range(0, 60)]
+    samples += [obs(float(t), controller_mode="failsafe") for t in range(60, 75)]
+    samples += [obs(float(t)) for t in range(75, 121)]
+    streak, healthy, reason = run(samples)
+    assert streak.since == 0.0 and healthy, reason
+
+
+def test_without_a_meter_the_fail_safe_is_the_control_and_commits():
+    """A site without a meter runs in the fail-safe for good, by design: its trials commit."""
+    samples = [
+        obs(float(t), controller_mode="failsafe", meter_configured=False, meter_answered=False)
+        for t in range(0, 121)
+    ]
+    _, healthy, reason = run(samples)
+    assert healthy and reason.startswith("healthy: "), reason
+
+
 def test_a_stall_in_the_control_loop_restarts_the_two_minutes():
     samples = [obs(float(t)) for t in range(0, 100)]
     # the loop stalls: the last decision stays at t=99 while time goes on past the gap
@@ -138,6 +159,7 @@ def test_no_decision_yet_is_named():
             st.booleans(),  # meter answered
             st.booleans(),  # an inverter answered
             st.booleans(),  # the controller decided at this sample
+            st.booleans(),  # the controller is in its fail-safe
         ),
         min_size=1,
         max_size=300,
@@ -145,22 +167,27 @@ def test_no_decision_yet_is_named():
     st.sampled_from([MAX_DECISION_GAP_S, 21.0]),  # the App's bound: 2 intervals + 1 s, or 10 s
 )
 def test_commit_only_after_ready_answered_and_two_unbroken_minutes(steps, gap):
-    """Safety: a commit is never allowed unless ready, devices answered, and the decisions seen
-    span at least two minutes with no gap longer than the App's bound for its controller."""
+    """Safety: a commit is never allowed unless ready, devices answered, the decisions seen
+    span at least two minutes with no gap longer than the App's bound for its controller, and
+    the controller is not in a fail-safe spell longer than the grace."""
     streak = Streak()
     now = 0.0
     last_decision: float | None = None
     decisions: list[float] = []
-    for dt, ready, meter, inverter, decided in steps:
+    spell: float | None = None  # when the current fail-safe spell began
+    for dt, ready, meter, inverter, decided, failsafe in steps:
         now += dt
         if decided:
             last_decision = now
             decisions.append(now)
+        spell = (now if spell is None else spell) if failsafe else None
         o = obs(now, ready=ready, meter_answered=meter, inverter_answered=inverter,
-                last_decision=last_decision, max_decision_gap_s=gap)  # fmt: skip
+                last_decision=last_decision, max_decision_gap_s=gap,
+                controller_mode="failsafe" if failsafe else "normal")  # fmt: skip
         streak = observe(streak, o)
         if judge(streak, o).healthy:
             assert ready and meter and inverter
+            assert spell is None or now - spell <= FAILSAFE_GRACE_S
             assert now - decisions[-1] <= gap
             run_start = decisions[-1]
             for earlier in reversed(decisions[:-1]):

@@ -375,6 +375,10 @@ async def test_an_install_whose_record_cannot_be_written_afterwards_says_what_it
     record = read_record(data)
     assert record is not None and record.state == "installing"
     assert activated_before_its_record(record, "A", "next-boot")
+    # the installer (this process) is done, and the record says installing: not "interrupted,
+    # this system is unchanged", which the slot activated for the next boot would belie
+    report = service.report_of(record, data, None, record.boot_id)
+    assert report.phase == "installing", report
 
 
 async def test_a_web_upload_that_would_fill_the_data_partition_is_refused_at_its_start(

@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -70,6 +71,8 @@ class Site:
     events: list[str] = field(default_factory=list)
     config_problems: list[str] = field(default_factory=list)
     config_unreadable: bool = False
+    output: Any = None
+    """The controller's latest output (its ``mode``), as App.output."""
 
     async def leave_fail_safe(self) -> None:
         self.events.append("fail-safe")
@@ -186,7 +189,7 @@ async def test_a_healthy_trial_boot_is_committed_after_two_minutes_of_control(
         assert (tmp_path / HEALTH_FILE).read_text() == "the service is not READY yet\n"
         site.ready = True
         await trio.sleep(30)
-        assert (tmp_path / HEALTH_FILE).read_text() == "the meter has not answered in 30 s\n"
+        assert (tmp_path / HEALTH_FILE).read_text() == "the meter has not answered in 60 s\n"
         await committed_after_two_minutes_of_control(
             site, rauc, "not before two minutes of control"
         )
@@ -237,9 +240,30 @@ async def test_devices_that_answered_once_and_went_silent_do_not_commit_a_trial(
     site.answer()
     await control_and_commit_briefly(site, tmp_path, rauc, stop_devices_after=1.0, seconds=400)
     assert rauc.marked == []
-    assert (tmp_path / HEALTH_FILE).read_text() == "the meter has not answered in 30 s\n"
+    assert (tmp_path / HEALTH_FILE).read_text() == "the meter has not answered in 60 s\n"
     record = read_record(tmp_path)
     assert record is not None and record.state == "trial"
+
+
+@pytest.mark.parametrize("meter", [True, False], ids=["meter", "no-meter"])
+async def test_a_controller_held_in_its_fail_safe_commits_only_without_a_meter(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, meter: bool
+):
+    """App.output.mode "failsafe" for good: with a meter, its readings unusable (a new release's
+    decoding broken), the trial is not committed; without one that is the site's control, and
+    it is (every update of a meterless site was rolled back by the first version of this)."""
+    write_record(tmp_path, TRIAL)
+    site = Site(ready=True, output=SimpleNamespace(mode="failsafe"))
+    if meter:
+        site.answer()
+    else:
+        site.meter = None
+        site.inverters[0].state.answering = True
+    rauc = RecordedRauc(booted="B")
+    await control_and_commit_briefly(site, tmp_path, rauc, seconds=300)
+    assert len(rauc.marked) == (0 if meter else 1)
+    if meter:
+        assert "fail-safe" in (tmp_path / HEALTH_FILE).read_text()
 
 
 async def test_setup_mode_over_a_refused_configuration_does_not_commit_a_trial(

@@ -14,9 +14,14 @@ from dataclasses import dataclass
 
 COMMIT_AFTER_S = 120.0
 """How long the control loop (or, without devices, the ready service) must run before commit."""
-ANSWER_FRESH_S = 30.0
+ANSWER_FRESH_S = 60.0
 """A device "is answering" when its latest reading is at most this old: one that answered once
-and then went silent (a new release's link broken after its first poll) is not."""
+and then went silent (a new release's link broken after its first poll) is not. Longer than an
+inverter link's longest back-off (30 s) and a few RS485 timeouts, so a brief lapse does not
+restart the two minutes (and roll a good release back)."""
+FAILSAFE_GRACE_S = 20.0
+"""A controller in its fail-safe for longer than this (with a meter configured) is not
+controlling: the run starts again. A shorter spell (the meter silent for a few polls) is not."""
 MAX_DECISION_GAP_S = 10.0
 """A controller silent for longer has stalled (App.CONTROLLER_MAX_SILENCE_S): the run restarts.
 The default of ``Observation.max_decision_gap_s``."""
@@ -52,6 +57,8 @@ class Streak:
 
     since: float | None = None
     last: float | None = None
+    failsafe_since: float | None = None
+    """When the controller's current fail-safe spell began (None: not in its fail-safe)."""
 
 
 @dataclass(frozen=True)
@@ -73,15 +80,20 @@ def observe(streak: Streak, obs: Observation) -> Streak:
         obs.inverters_configured and not obs.inverter_answered
     ):
         return Streak()  # deciding without its inputs is not controlling: the run starts later
-    if obs.controller_mode == "failsafe":
-        return Streak()  # the meter's readings are not used: holding back, not controlling
+    held = None
+    if obs.meter_configured and obs.controller_mode == "failsafe":
+        # the meter's readings are not used: holding back, not controlling. Without a meter the
+        # controller is always in its fail-safe, by design: that is its control.
+        held = obs.now if streak.failsafe_since is None else streak.failsafe_since
+        if obs.now - held > FAILSAFE_GRACE_S:
+            return Streak(failsafe_since=held)
     t = obs.last_decision
     gap = obs.max_decision_gap_s
     if t is None or obs.now - t > gap:
-        return Streak()
+        return Streak(failsafe_since=held)
     if streak.since is None or streak.last is None or t - streak.last > gap:
-        return Streak(since=t, last=t)
-    return Streak(since=streak.since, last=max(streak.last, t))
+        return Streak(since=t, last=t, failsafe_since=held)
+    return Streak(since=streak.since, last=max(streak.last, t), failsafe_since=held)
 
 
 def judge(streak: Streak, obs: Observation) -> Verdict:
@@ -97,7 +109,7 @@ def judge(streak: Streak, obs: Observation) -> Verdict:
             return Verdict(False, f"the meter has not answered in {ANSWER_FRESH_S:.0f} s")
         if obs.inverters_configured and not obs.inverter_answered:
             return Verdict(False, f"no inverter has answered in {ANSWER_FRESH_S:.0f} s")
-        if obs.controller_mode == "failsafe":
+        if obs.meter_configured and obs.controller_mode == "failsafe" and streak.since is None:
             return Verdict(False, "the controller is in its fail-safe (no usable meter reading)")
     what = "the service has been ready" if obs.setup_mode else "the control loop has decided"
     if streak.since is None or streak.last is None:
@@ -106,5 +118,5 @@ def judge(streak: Streak, obs: Observation) -> Verdict:
     if run < COMMIT_AFTER_S:
         return Verdict(False, f"{what} for {run:.0f} s of {COMMIT_AFTER_S:.0f} s")
     if obs.setup_mode:
-        return Verdict(True, f"ready for {run:.0f} s (setup mode: no devices yet)")
-    return Verdict(True, f"meter and inverters answered, {what} for {run:.0f} s")
+        return Verdict(True, f"healthy: ready for {run:.0f} s (setup mode: no devices yet)")
+    return Verdict(True, f"healthy: meter and inverters answered, {what} for {run:.0f} s")

@@ -27,6 +27,7 @@ from dynexport.update.service import (
     process_identity,
     read_record,
     report_of,
+    slot_written,
     write_record,
 )
 from dynexport.update.service import claim as claim  # the install slot: shared.* for callers
@@ -161,6 +162,7 @@ async def install_verified(
         except OSError as write_error:
             log.error("update %s: its failure cannot be recorded: %s", info.version, write_error)
         return f"install failed, the running system is unchanged: {exc}"
+    slot_written(data_dir)
     try:
         write_record(data_dir, record.moved_to("trial"))
     except OSError as exc:

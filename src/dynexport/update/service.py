@@ -127,7 +127,8 @@ def installer_gone(
     if record.installer is None:
         return False
     if data_dir is not None and record.installer == process_identity(proc=proc):
-        return not installing(data_dir)
+        key = data_dir.resolve()
+        return not installing(data_dir) and key not in _written
     pid, _, _ = record.installer.partition(":")
     if not pid.isdigit():
         return False  # not written by this code: not trusted either way
@@ -146,6 +147,7 @@ def claim(data_dir: Path) -> bool:
     if key in _claimed:
         return False
     _claimed.add(key)
+    _written.discard(key)
     return True
 
 
@@ -155,6 +157,17 @@ def release(data_dir: Path) -> None:
 
 def installing(data_dir: Path) -> bool:
     return data_dir.resolve() in _claimed
+
+
+_written: set[Path] = set()
+"""Data folders whose install by this process RAUC has written and activated: a record left at
+``installing`` (it could not be moved to ``trial``) is then no interrupted install, but a slot
+the next boot tries (``state.activated_before_its_record``)."""
+
+
+def slot_written(data_dir: Path) -> None:
+    """Notes that this process's install into ``data_dir``'s system finished writing its slot."""
+    _written.add(data_dir.resolve())
 
 
 def install_record(version: str, target: str, source: str) -> UpdateRecord:
@@ -370,7 +383,10 @@ async def _check_this_boot(
             "update %s: its record lagged its activation; this is its trial", record.version
         )
         record = record.moved_to("trial")
-        write_record(data_dir, record)
+        try:
+            write_record(data_dir, record)
+        except OSError as exc:  # the trial runs all the same: raised, it restarted this task
+            log.error("update %s: its record cannot be moved to trial: %s", record.version, exc)
     trial = record is not None and record.state == "trial" and record.boot_id != this_boot
     # Not lost: this slot's trial, this slot committed (in this boot too: the flag stays 1 all
     # the boot, and a restarted service must not undo its own commit), or an install of this
@@ -510,12 +526,12 @@ async def _commit_trial(
         await trio.sleep(interval)
 
 
-COMMIT_WITHIN_LOCK_S = 30.0
+COMMIT_WITHIN_LOCK_S = 20.0
 """The longest ``rauc status mark-good`` may take while the decision lock is held: with the
 record's retries (`RECORD_RETRY_S`), less than update-deadline's 60 s wait for the lock, so that
 the script never gives up waiting while a commit is under way (both then decided: the record
 "committed", the old slot booted). A commit that takes longer is tried again."""
-RECORD_RETRY_S = (1.0, 2.0, 4.0, 8.0)
+RECORD_RETRY_S = (1.0, 2.0, 4.0)
 """Waits between tries to write the "committed" record (still within the lock's 60 s)."""
 
 

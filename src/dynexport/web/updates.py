@@ -117,6 +117,7 @@ class Updates:
                 f"size must be the bundle's size in bytes, 1 to {MAX_BUNDLE_BYTES}",
             )
         await self._no_update_under_way()
+        self._busy()  # again: a check or an install may have begun during that await
 
         def create() -> int:
             """Free bytes beside the upload (any earlier upload's file is emptied first)."""
