@@ -283,6 +283,28 @@ async def test_setup_mode_over_a_refused_configuration_does_not_commit_a_trial(
     assert len(rauc.marked) == 1
 
 
+@pytest.mark.parametrize("configured", [True, False], ids=["was-configured", "first-boot"])
+async def test_setup_mode_on_a_trial_of_a_configured_site_does_not_commit(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, configured: bool
+):
+    """A release that looks for the configuration in the wrong place finds none: setup mode
+    with no problem to report, as on a true first boot, and it was committed as "no devices
+    yet". The install's record says whether the site had a configuration."""
+    from dynexport.update.service import install_record
+
+    if configured:
+        (tmp_path / "config.last-good.json").write_text("{}")  # config.json itself lost
+    record = install_record("1.4.0", "B", "A", tmp_path)
+    assert record.configured is configured
+    write_record(tmp_path, replace(record, state="trial", boot_id="install-boot"))
+    site = Site(ready=True, setup_mode=True, meter=None, inverters=[])
+    rauc = RecordedRauc(booted="B")
+    await control_and_commit_briefly(site, tmp_path, rauc, seconds=300)
+    assert len(rauc.marked) == (0 if configured else 1)
+    if configured:
+        assert "configured when the update was installed" in (tmp_path / HEALTH_FILE).read_text()
+
+
 async def control_and_commit_briefly(
     site: Site,
     data: Path,

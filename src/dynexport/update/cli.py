@@ -101,7 +101,7 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
     if why is not None:
         print(f"not installed, nothing was written: {why}", file=sys.stderr)
         return 1
-    record = install_record(info.version, target, status.booted)
+    record = install_record(info.version, target, status.booted, data)
     begin_install(data, record, folder_owner(data))
 
     async def progress(line: str) -> None:

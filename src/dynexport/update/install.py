@@ -149,7 +149,7 @@ async def install_verified(
     why = update_under_way(data_dir, status, boot_id() if this_boot is None else this_boot)
     if why is not None:
         return f"not installed, nothing was written: {why}"
-    record = install_record(info.version, target, status.booted)
+    record = install_record(info.version, target, status.booted, data_dir)
     try:  # clears what an earlier update left (its health verdict, its rollback reason)
         await trio.to_thread.run_sync(begin_install, data_dir, record)
     except OSError as exc:

@@ -170,10 +170,27 @@ def slot_written(data_dir: Path) -> None:
     _written.add(data_dir.resolve())
 
 
-def install_record(version: str, target: str, source: str) -> UpdateRecord:
-    """The record of an install this process is about to make: of this boot, by this process."""
+CONFIG_FILES = ("config.json", "config.last-good.json")
+"""The site's configuration in the data folder (the appliance's ``--config``), and the copy the
+service runs on when it is lost (system/config_file.py)."""
+
+
+def install_record(
+    version: str, target: str, source: str, data_dir: Path | None = None
+) -> UpdateRecord:
+    """The record of an install this process is about to make: of this boot, by this process;
+    with ``data_dir``, whether the site has a configuration there now."""
+    configured = None
+    if data_dir is not None:
+        configured = any((data_dir / name).is_file() for name in CONFIG_FILES)
     return UpdateRecord(
-        "installing", version, target, source, boot_id(), installer=process_identity()
+        "installing",
+        version,
+        target,
+        source,
+        boot_id(),
+        installer=process_identity(),
+        configured=configured,
     )
 
 
@@ -229,9 +246,9 @@ def report_of(
     )
 
 
-def observe(app: AppLike, now: float) -> health.Observation:
+def observe(app: AppLike, now: float, record: UpdateRecord | None = None) -> health.Observation:
     """What the health check sees of ``app`` at trio time ``now`` (the devices' reading times
-    are trio times too)."""
+    are trio times too), on the trial of ``record``."""
     meter = app.meter
     inverters = list(app.inverters)
     last = getattr(app.progress, "last", {}).get("controller")
@@ -248,6 +265,8 @@ def observe(app: AppLike, now: float) -> health.Observation:
             problem = str(problems[0])
         elif getattr(app, "config_unreadable", False):
             problem = "the configuration file cannot be read"
+        elif record is not None and record.configured:
+            problem = "the site was configured when the update was installed; none is found"
     output = getattr(app, "output", None)
     mode = getattr(output, "mode", None)
     return health.Observation(
@@ -489,7 +508,7 @@ async def _commit_trial(
     streak = health.Streak()
     last_reason = ""
     while True:
-        obs = observe(app, trio.current_time())
+        obs = observe(app, trio.current_time(), record)
         streak = health.observe(streak, obs)
         verdict = health.judge(streak, obs)
         if verdict.reason != last_reason:

@@ -52,6 +52,10 @@ class UpdateRecord:
     record says ``installing`` in the same boot, another process can tell an install still
     running from one whose installer is gone (the service restarted by the watchdog, the
     command stopped), which nobody will finish. None in records written before it existed."""
+    configured: bool | None = None
+    """Whether the site had a configuration when the update was installed: a trial that then
+    waits in setup mode finds none (a release looking in the wrong place), which is no first
+    boot. None in records written before it existed."""
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=1) + "\n").encode()
@@ -72,6 +76,7 @@ def parse_record(raw: bytes) -> UpdateRecord | None:
     if not all(isinstance(doc.get(k), str) for k in fields):
         return None
     reason, installer = doc.get("reason"), doc.get("installer")
+    configured = doc.get("configured")
     return UpdateRecord(
         state=doc["state"],
         version=doc["version"],
@@ -80,6 +85,7 @@ def parse_record(raw: bytes) -> UpdateRecord | None:
         boot_id=doc["boot_id"],
         reason=reason if isinstance(reason, str) else None,
         installer=installer if isinstance(installer, str) else None,
+        configured=configured if isinstance(configured, bool) else None,
     )
 
 
