@@ -73,6 +73,9 @@ MAX_PLAUSIBLE_SITE_W = 1_000_000.0
 """A site meter reading beyond ±1 MW is not a home's (a 100 A three-phase connection carries
 about 70 kW): it is ignored, not averaged in. One such sample (+3.2 MW) read the load as 1.6 MW
 and released the inverters for two seconds, exporting kilowatts over a 0 W limit."""
+ASK = math.nan
+"""`App._window_time`'s ``shift`` when the caller has none: ask the clock (a NaN is never an
+offset)."""
 FALLBACK_SOURCE = "utility fallback"
 """The source named for ``utility.fallbackExportW`` when the utility has no usable schedule."""
 SHUTDOWN_BUDGET_S = 4.0
@@ -815,10 +818,14 @@ class App:
         ratings = self._ratings()
         return float(sum(w for w in ratings if w is not None and math.isfinite(w) and w > 0))
 
-    def _merged_limits(self, util: UtilityLimits | None, t: float | None = None) -> EffectiveLimits:
+    def _merged_limits(
+        self, util: UtilityLimits | None, t: float | None = None, shift: float | None = ASK
+    ) -> EffectiveLimits:
         """The utility's limits merged with the installer's and its daily windows at wall-clock
-        time ``t`` (default now); every window applies while the time of day is not known."""
-        local = self._window_time(t)
+        time ``t`` (default now); every window applies while the time of day is not known.
+        ``shift``: `_window_offset` when the caller has it already (one clock probe for many
+        times)."""
+        local = self._window_time(t, shift)
         return merge_limits(util, self.config.limits, local, every_window=local is None)
 
     def _window_offset(self) -> float | None:
@@ -835,10 +842,10 @@ class App:
             return float(utility.clock_offset)
         return None
 
-    def _window_time(self, t: float | None = None) -> dtime | None:
+    def _window_time(self, t: float | None = None, shift: float | None = ASK) -> dtime | None:
         """The site's local time of day at wall-clock time ``t`` (default now) for the daily
-        windows; None while it is not known (`_window_offset`)."""
-        offset = self._window_offset()
+        windows; None while it is not known (`_window_offset`, unless given as ``shift``)."""
+        offset = self._window_offset() if shift is ASK else shift
         if offset is None:
             return None
         wall = self.options.wall_clock() if t is None else t
@@ -898,7 +905,7 @@ class App:
                 util = UtilityLimits(
                     export_w=self.config.utility.fallback_export_w, label=FALLBACK_SOURCE
                 )
-            limits = self._merged_limits(util, t)
+            limits = self._merged_limits(util, t, shift)
             if not outlook or outlook[-1][1] != limits:
                 outlook.append((t, limits))
         return outlook

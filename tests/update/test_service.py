@@ -259,11 +259,10 @@ async def test_a_controller_held_in_its_fail_safe_commits_only_without_a_meter(
     else:
         site.meter = None
         site.inverters[0].state.answering = True
-    rauc = RecordedRauc(booted="B")
-    await control_and_commit_briefly(site, tmp_path, rauc, seconds=300)
-    assert len(rauc.marked) == (0 if meter else 1)
+    commits, health = await trial_outcome(site, tmp_path, seconds=300)
+    assert commits == (0 if meter else 1)
     if meter:
-        assert "fail-safe" in (tmp_path / HEALTH_FILE).read_text()
+        assert "fail-safe" in health
 
 
 async def test_setup_mode_over_a_refused_configuration_does_not_commit_a_trial(
@@ -298,11 +297,18 @@ async def test_setup_mode_on_a_trial_of_a_configured_site_does_not_commit(
     assert record.configured is configured
     write_record(tmp_path, replace(record, state="trial", boot_id="install-boot"))
     site = Site(ready=True, setup_mode=True, meter=None, inverters=[])
-    rauc = RecordedRauc(booted="B")
-    await control_and_commit_briefly(site, tmp_path, rauc, seconds=300)
-    assert len(rauc.marked) == (0 if configured else 1)
+    commits, health = await trial_outcome(site, tmp_path, seconds=300)
+    assert commits == (0 if configured else 1)
     if configured:
-        assert "configured when the update was installed" in (tmp_path / HEALTH_FILE).read_text()
+        assert "configured when the update was installed" in health
+
+
+async def trial_outcome(site: Site, data: Path, *, seconds: float) -> tuple[int, str]:
+    """(commits RAUC was asked for, the health file's verdict) after the trial recorded in
+    ``data`` ran for ``seconds`` beside a controller deciding every second."""
+    rauc = RecordedRauc(booted="B")
+    await control_and_commit_briefly(site, data, rauc, seconds=seconds)
+    return len(rauc.marked), (data / HEALTH_FILE).read_text()
 
 
 async def control_and_commit_briefly(

@@ -23,24 +23,22 @@ than refusing to start: the appliance must keep running. Without a data dir (the
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import json
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
 from dynexport.sep2.responses import ResponseTracker
 from dynexport.sep2.schedule import ScheduleSnapshot
+from dynexport.sep2.stored import parsed_twice
 from dynexport.sep2.telemetry import Outbox
 from dynexport.system.latest_writer import LatestWriter
 from dynexport.system.storage import atomic_write, read_json, set_aside, write_json
-
-_T = TypeVar("_T")
 
 log = logging.getLogger("dynexport.sep2.state")
 
@@ -217,7 +215,7 @@ class LinkStore:
         if raw is None:
             return None
         try:
-            return _parsed_twice(ScheduleSnapshot.from_json, raw)
+            return parsed_twice(ScheduleSnapshot.from_json, raw)
         except Exception as exc:  # ValueError, or a bug: either way the file cannot be used
             self._quarantine(SCHEDULE_FILE, exc)
             return None
@@ -233,7 +231,7 @@ class LinkStore:
         if raw is None:
             return ResponseTracker()
         try:
-            return _parsed_twice(ResponseTracker.from_json, raw)
+            return parsed_twice(ResponseTracker.from_json, raw)
         except Exception as exc:  # ValueError, or a bug: either way the file cannot be used
             self._quarantine(RESPONSES_FILE, exc)
             return ResponseTracker()
@@ -260,7 +258,7 @@ class LinkStore:
             return Outbox.from_json(data, capacity=capacity)
 
         try:
-            return _parsed_twice(parse)
+            return parsed_twice(parse)
         except FileNotFoundError:
             return Outbox(capacity=capacity)
         except OSError as exc:  # an unreadable partition: start without it, say so
@@ -273,18 +271,3 @@ class LinkStore:
     def save_outbox(self, outbox: Outbox) -> None:
         """Queues a copy of the outbox for writing (the outbox itself changes in place)."""
         self._writers[TELEMETRY_FILE].submit(outbox.to_json())
-
-
-def _parsed_twice(parse: Callable[..., _T], *args: object) -> _T:
-    """``parse(*args)``, tried once more after a MemoryError (and a collection).
-
-    Running out of memory once says nothing about the file: a good schedule set aside for it
-    was lost. On Linux, which overcommits, memory pressure brings the OOM killer rather than a
-    MemoryError, so one that comes back is the file's own doing (a damaged count or length
-    asking for an absurd allocation): raised again, the caller sets the file aside as any
-    damage. Raised out of the loader instead, it kept the link down for good."""
-    try:
-        return parse(*args)
-    except MemoryError:
-        gc.collect()
-        return parse(*args)

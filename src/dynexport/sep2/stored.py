@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -20,3 +21,18 @@ def parsed_or_value_error(parse: Callable[[], _T], what: str) -> _T:
         raise
     except Exception as exc:
         raise ValueError(f"malformed {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def parsed_twice(parse: Callable[..., _T], *args: object) -> _T:
+    """``parse(*args)``, tried once more after a MemoryError (and a collection).
+
+    Running out of memory once says nothing about the file: a good schedule set aside for it
+    was lost. On Linux, which overcommits, memory pressure brings the OOM killer rather than a
+    MemoryError, so one that comes back is the file's own doing (a damaged count or length
+    asking for an absurd allocation): raised again, the caller sets the file aside as any
+    damage. Raised out of the loader instead, it kept the link down for good."""
+    try:
+        return parse(*args)
+    except MemoryError:
+        gc.collect()
+        return parse(*args)
