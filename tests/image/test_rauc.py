@@ -219,6 +219,20 @@ def test_tryboot_mark_bad_cancels_the_trial_but_never_the_committed_slot(fat: Pa
     assert tryboot(fat, "get-primary").stdout == "A\n"
 
 
+def test_tryboot_a_normal_boots_confirmation_drops_a_trial_and_activation_brings_it_back(
+    fat: Path,
+) -> None:
+    """A reset before the trial reboot boots slot A normally; confirming A (mark-good) deletes
+    tryboot.txt. The service therefore activates B again (set-primary) before asking for the
+    trial reboot once more (update/service.py, _ask_trial_again)."""
+    tryboot(fat, "set-primary", "B")
+    assert tryboot(fat, "set-state", "A", "good", booted="A").returncode == 0
+    assert not (fat / "tryboot.txt").exists(), "a trial reboot now would boot A again"
+    assert tryboot(fat, "set-primary", "B").returncode == 0
+    assert "os_prefix=b/" in (fat / "tryboot.txt").read_text().splitlines()
+    assert tryboot(fat, "get-primary").stdout == "A\n"
+
+
 def test_tryboot_refuses_unknown_slots_and_commands(fat: Path) -> None:
     assert "unknown slot 'C'" in tryboot(fat, "set-primary", "C").stderr
     assert tryboot(fat, "frobnicate").returncode != 0

@@ -15,7 +15,7 @@ import trio
 
 from dynexport.update.rauc import BundleInfo, Rauc, RaucError, parse_info, parse_status
 from dynexport.update.service import process_identity, read_record, write_record
-from dynexport.update.state import UpdateRecord
+from dynexport.update.state import REBOOT_REQUEST, UpdateRecord
 from tests.update.bundles import SIGNING_KEY, make_bundle, needs_rauc
 
 STATUS = {
@@ -455,3 +455,28 @@ async def test_an_install_that_stops_making_progress_is_stopped_recorded_failed_
     assert record is not None and record.state == "failed"
     assert record.reason is not None and "no progress" in record.reason
     assert update_under_way(data, parse_status(json.dumps(STATUS)), "boot-1") is None
+
+
+@pytest.mark.parametrize("reboot_now", [True, False], ids=["reboot-now", "at-a-quiet-moment"])
+async def test_the_install_command_notes_whether_it_asked_for_the_reboot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reboot_now: bool
+):
+    """``--reboot-now`` asks for the trial reboot itself, and the record says so before the
+    request is written; without it the service asks later (and notes it then). On the Pi 4/5
+    a record never asked for, found on the old slot after a reset, is a trial still to come."""
+    from dynexport.update import cli
+
+    rauc, log = scripted_rauc(tmp_path, monkeypatch)  # slot B runs
+    data = tmp_path / "data"
+    data.mkdir()
+    args = argparse.Namespace(file=str(tmp_path / "b.raucb"), data=str(data), yes=True,
+                              reboot_now=reboot_now)  # fmt: skip
+    assert await cli._install_async(args, rauc) == 0
+    record = read_record(data)
+    assert record is not None and (record.state, record.target) == ("trial", "A")
+    assert record.reboot_asked is reboot_now
+    request = data / REBOOT_REQUEST
+    assert (request.read_text() if request.exists() else None) == (
+        f"trial {record.boot_id}\n" if reboot_now else None
+    )
+    assert "status mark-active rootfs.0" in log.read_text().splitlines()

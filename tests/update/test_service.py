@@ -489,6 +489,8 @@ async def test_the_reboot_after_an_install_waits_for_quiet_and_leaves_the_fail_s
         await trio.sleep(200)  # the change has passed: nothing more is due
         assert site.events == ["fail-safe"]
         assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
+        noted = read_record(tmp_path)
+        assert noted is not None and noted.reboot_asked is True, "a later boot knows it was asked"
         nursery.cancel_scope.cancel()
 
 
@@ -629,6 +631,8 @@ async def test_a_failing_confirmation_is_retried_and_never_blocks_an_install_reb
         await trio.sleep(10)
         assert site.events == ["fail-safe"]
         assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
+        noted = read_record(tmp_path)
+        assert noted is not None and noted.reboot_asked is True, "a later boot knows it was asked"
         nursery.cancel_scope.cancel()
 
 
@@ -714,7 +718,7 @@ async def test_the_install_watch_reads_the_record_only_when_it_changes(
         assert not (tmp_path / REBOOT_REQUEST).exists()
         write_record(tmp_path, TRIAL)  # `dynexport update install` finished in this boot
         await trio.sleep(10)
-        assert len(reads) <= 3
+        assert len(reads) <= 4  # seen, and read once more to note the reboot as asked for
         assert site.events == ["fail-safe"]  # the install was seen: nothing limits the reboot
         assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
         nursery.cancel_scope.cancel()
@@ -955,4 +959,123 @@ async def test_an_install_waiting_for_its_reboot_is_not_taken_for_a_lost_trial(
     await control_and_commit(
         site, tmp_path, VersionedRauc("B"), 5, "trial-boot", "B", trial_flag=flag
     )
-    assert read_record(tmp_path) == pending
+    # kept, with the note that its reboot was asked for (nothing limits it)
+    assert read_record(tmp_path) == replace(pending, reboot_asked=True)
+
+
+class ActivatingRauc(RecordedRauc):
+    """RAUC that also records the slots activated (``rauc status mark-active``); the first
+    ``failures`` activations fail as a RAUC without its boot partition would."""
+
+    def __init__(self, booted: str, failures: int = 0) -> None:
+        super().__init__(booted)
+        self.activated: list[str] = []
+        self.failures = failures
+
+    async def activate(self, target: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RaucError("Failed to mount /dev/mmcblk0p1")
+        self.activated.append(f"{target}@{trio.current_time():.0f}")
+
+
+NOT_REBOOTED = replace(TRIAL, reboot_asked=False)
+"""Installed in ``install-boot``; the reboot into slot B not asked for yet."""
+
+
+def rauc_conf(tmp_path: Path, backend: str) -> Path:
+    conf = tmp_path / "system.conf"
+    conf.write_text(f"[system]\ncompatible=dynexport-test\nbootloader={backend}\n")
+    return conf
+
+
+async def test_on_the_pi_a_reset_before_the_trial_reboot_asks_for_the_trial_again(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    """Pi 4/5: the device was reset (a power cut) while the installed update waited for a quiet
+    moment. Its activation was only tryboot.txt, so the old slot booted normally. The update was
+    reported "failed and was rolled back" and never tried again; now the next boot, once READY,
+    activates the slot again (a mark-good of the old slot deletes tryboot.txt), leaves the
+    fail-safe, asks for the trial reboot, and that trial is checked and committed as any."""
+    data, cmdline, boot = device_files(tmp_path, "rauc.slot=A", "boot-2")
+    conf = rauc_conf(tmp_path, "custom")
+    write_record(data, NOT_REBOOTED)
+    status = UpdateStatus(data, cmdline, boot, conf)
+    assert status()["phase"] == "reboot-pending"
+    assert "restarted before its reboot into it" in status()["message"]
+    site, rauc = Site(), ActivatingRauc(booted="A")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: commit_when_healthy(
+                site, data, rauc, wall_clock=lambda: 0.0, this_boot="boot-2", booted="A",
+                rauc_conf=conf,
+            )
+        )  # fmt: skip
+        await trio.sleep(60)
+        assert rauc.activated == [] and not (data / REBOOT_REQUEST).exists(), "not before READY"
+        site.ready = True
+        await trio.sleep(10)
+        assert rauc.activated == ["B@60"]
+        assert site.events == ["fail-safe"]
+        assert (data / REBOOT_REQUEST).read_text() == "trial boot-2\n"
+        asked = read_record(data)
+        assert asked == replace(NOT_REBOOTED, boot_id="boot-2", reboot_asked=True)
+        assert status() == {
+            "phase": "reboot-pending", "version": "1.4.0",
+            "message": "1.4.0 is installed; rebooting into it",
+        }  # fmt: skip
+        assert rauc.marked == [], "the old slot is not confirmed: that deletes tryboot.txt"
+        nursery.cancel_scope.cancel()
+    # the firmware's trial boot of slot B: checked and committed
+    trial = Site(ready=True)
+    trial.answer()
+    rauc_b = ActivatingRauc(booted="B")
+    await control_and_commit(trial, data, rauc_b, 300, "boot-3", booted="B", rauc_conf=conf)
+    committed = read_record(data)
+    assert committed is not None and committed.state == "committed"
+    assert len(rauc_b.marked) == 1 and rauc_b.activated == []
+
+
+@pytest.mark.parametrize(
+    "backend, asked",
+    [("custom", True), ("custom", None), ("grub", False), ("uboot", False)],
+    ids=["pi-asked", "pi-older-record", "grub", "u-boot"],
+)
+async def test_a_trial_that_was_asked_for_or_counted_by_its_boot_loader_is_not_asked_again(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, backend: str, asked: bool | None
+):
+    """The old slot after a trial that ran (its reboot asked for), or on a boot loader whose
+    activation itself made the new slot the next boot: the new slot failed. It is reported
+    rolled back, the running slot confirmed, and nothing rebooted (no loop of trials)."""
+    data, cmdline, boot = device_files(tmp_path, "rauc.slot=A", "boot-2")
+    conf = rauc_conf(tmp_path, backend)
+    write_record(data, replace(TRIAL, reboot_asked=asked))
+    site, rauc = Site(ready=True), ActivatingRauc(booted="A")
+    site.answer()
+    await control_and_commit(site, data, rauc, 900, "boot-2", booted="A", rauc_conf=conf)
+    assert rauc.activated == [] and site.events == []
+    assert not (data / REBOOT_REQUEST).exists()
+    assert len(rauc.marked) == 1, "the running slot is confirmed as on any boot"
+    assert UpdateStatus(data, cmdline, boot, conf)()["phase"] == "rolled-back"
+
+
+async def test_an_activation_that_fails_is_tried_again_before_any_reboot(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    data, _cmdline, _boot = device_files(tmp_path, "rauc.slot=A", "boot-2")
+    conf = rauc_conf(tmp_path, "custom")
+    write_record(data, NOT_REBOOTED)
+    site, rauc = Site(ready=True), ActivatingRauc(booted="A", failures=2)
+    with trio.move_on_after(20):
+        await commit_when_healthy(
+            site, data, rauc, wall_clock=lambda: 0.0, this_boot="boot-2", booted="A",
+            rauc_conf=conf,
+        )  # fmt: skip
+    # a reboot now would boot the old slot again (no tryboot.txt) and count as the trial
+    assert rauc.activated == [] and not (data / REBOOT_REQUEST).exists()
+    assert read_record(data) == NOT_REBOOTED
+    await commit_when_healthy(
+        site, data, rauc, wall_clock=lambda: 0.0, this_boot="boot-2", booted="A", rauc_conf=conf
+    )
+    assert len(rauc.activated) == 1
+    assert (data / REBOOT_REQUEST).read_text() == "trial boot-2\n"

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynexport.update.state import RESET_REASON, UpdateRecord, parse_record, report
+from dynexport.update.state import (
+    RESET_REASON,
+    UpdateRecord,
+    parse_record,
+    report,
+    trial_never_booted,
+)
 
 REC = UpdateRecord("trial", "1.4.0", target="B", source="A", boot_id="boot-1")
 
@@ -134,3 +142,76 @@ def test_the_installer_survives_the_round_trip_and_each_move_and_old_records_hav
     odd = old.replace(b"}", b', "installer": 812}')
     parsed = parse_record(odd)
     assert parsed is not None and parsed.installer is None  # not a string: ignored
+
+
+UNASKED = UpdateRecord(
+    "trial", "1.4.0", target="B", source="A", boot_id="boot-1", reboot_asked=False
+)
+
+
+def test_on_the_pis_trial_boot_a_reset_before_the_reboot_was_asked_is_no_rollback():
+    """Pi 4/5: the activation wrote only tryboot.txt, which a normal boot ignores. The device
+    was reset while the update waited for a quiet moment: the old slot runs, the new one was
+    never tried, and the update is still to be tried, not "failed and was rolled back"."""
+    rep = report(UNASKED, booted="A", boot_id="boot-2", failure=None, tryboot=True)
+    assert rep.phase == "reboot-pending"
+    assert rep.message == (
+        "1.4.0 is installed, but the device restarted before its reboot into it (a power cut, "
+        "the watchdog or a reboot by hand); it reboots into it at a quiet moment"
+    )
+
+
+def test_once_the_reboot_was_asked_the_old_slot_running_is_a_rollback():
+    asked = replace(UNASKED, reboot_asked=True)
+    rep = report(asked, booted="A", boot_id="boot-2", failure=None, tryboot=True)
+    assert rep.phase == "rolled-back" and RESET_REASON in (rep.message or "")
+    # a record written before the note existed is taken as asked: never tried twice
+    old = replace(UNASKED, reboot_asked=None)
+    assert report(old, "A", "boot-2", None, tryboot=True).phase == "rolled-back"
+
+
+def test_where_the_boot_loader_counts_attempts_the_old_slot_running_means_the_new_one_failed():
+    # GRUB, U-Boot: the activation made the new slot the next boot; a reset boots it
+    rep = report(UNASKED, booted="A", boot_id="boot-2", failure=None, tryboot=False)
+    assert rep.phase == "rolled-back"
+
+
+def test_a_rollback_reason_says_the_trial_ran_even_without_the_note():
+    rep = report(UNASKED, "A", "boot-2", "it did not pass its health check", tryboot=True)
+    assert rep.phase == "rolled-back"
+
+
+def test_the_note_survives_the_round_trip_and_a_wrong_type_is_ignored():
+    assert parse_record(UNASKED.to_json()) == UNASKED
+    assert UNASKED.moved_to("committed").reboot_asked is False
+    odd = UNASKED.to_json().replace(b'"reboot_asked": false', b'"reboot_asked": "yes"')
+    parsed = parse_record(odd)
+    assert parsed is not None and parsed.reboot_asked is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    state=st.sampled_from(["installing", "trial", "committed", "failed"]),
+    asked=st.sampled_from([True, False, None]),
+    booted=st.sampled_from(["A", "B", None]),
+    same_boot=st.booleans(),
+    failure=st.sampled_from([None, "", "it did not pass its health check"]),
+    gone=st.booleans(),
+)
+def test_the_firmware_trial_changes_only_the_report_of_a_trial_whose_reboot_never_came(
+    state, asked, booted, same_boot, failure, gone
+):
+    """Whatever the record and the boot, knowing the boot loader is the Pi's firmware trial
+    changes one answer only: a trial of an earlier boot, never asked for, no reason given for a
+    rollback, and the old slot running. That one is still to come, never a rollback."""
+    rec = replace(UNASKED.moved_to(state), reboot_asked=asked)
+    boot = "boot-1" if same_boot else "boot-9"
+    plain = report(rec, booted, boot, failure, installer_gone=gone)
+    pi = report(rec, booted, boot, failure, installer_gone=gone, tryboot=True)
+    never = trial_never_booted(rec, booted, boot, failure, True)
+    if never:
+        assert state == "trial" and asked is False and booted == "A" and not same_boot
+        assert not failure
+        assert (plain.phase, pi.phase) == ("rolled-back", "reboot-pending")
+    else:
+        assert pi == plain

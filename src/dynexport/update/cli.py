@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,8 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
         _write(data, record.moved_to("failed", str(exc)))
         print(f"install failed, the running system is unchanged: {exc}", file=sys.stderr)
         return 1
-    _write(data, record.moved_to("trial"))
+    # asked for now or by the service at a quiet moment (which notes it then)
+    _write(data, replace(record.moved_to("trial"), reboot_asked=bool(args.reboot_now)))
     if args.reboot_now:
         request_reboot(data, "trial", boot_id(), folder_owner(data))
         print(f"{info.version} installed in slot {target}; rebooting now")

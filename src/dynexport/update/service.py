@@ -23,6 +23,7 @@ import fcntl
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,6 +43,7 @@ from dynexport.update.state import (
     activated_before_its_record,
     parse_record,
     report,
+    trial_never_booted,
 )
 
 log = logging.getLogger("dynexport.update")
@@ -191,6 +193,7 @@ def install_record(
         boot_id(),
         installer=process_identity(),
         configured=configured,
+        reboot_asked=False,
     )
 
 
@@ -234,7 +237,11 @@ def update_report(data_dir: Path, status: RaucStatus | None, this_boot: str) -> 
 
 
 def report_of(
-    record: UpdateRecord | None, data_dir: Path, status: RaucStatus | None, this_boot: str
+    record: UpdateRecord | None,
+    data_dir: Path,
+    status: RaucStatus | None,
+    this_boot: str,
+    rauc_conf: Path | None = None,
 ) -> UpdateReport:
     """``update_report`` for a record the caller has read already (one read, one view)."""
     return report(
@@ -243,7 +250,21 @@ def report_of(
         this_boot,
         _read_line(data_dir / FAILURE_FILE),
         installer_gone=installer_gone(record, this_boot, data_dir=data_dir),
+        tryboot=tryboot_backend(RAUC_SYSTEM_CONF if rauc_conf is None else rauc_conf),
     )
+
+
+RAUC_SYSTEM_CONF = Path("/etc/rauc/system.conf")
+
+
+def tryboot_backend(conf: Path = RAUC_SYSTEM_CONF) -> bool:
+    """Whether RAUC selects slots through the Pi 4/5 firmware's trial boot: the image's only
+    custom backend (``rauc-tryboot``; update-reboot asks the same question the same way)."""
+    try:
+        text = conf.read_text(errors="replace")
+    except OSError:
+        return False
+    return any(line.strip() == "bootloader=custom" for line in text.splitlines())
 
 
 def observe(app: AppLike, now: float, record: UpdateRecord | None = None) -> health.Observation:
@@ -319,7 +340,23 @@ async def reboot_when_quiet(
             await trio.sleep(interval)
     log.warning("rebooting for the update: leaving every inverter at its fail-safe limit")
     await app.leave_fail_safe()
-    request_reboot(data_dir, kind, boot_id() if this_boot is None else this_boot)
+    this_boot = boot_id() if this_boot is None else this_boot
+    _note_reboot_asked(data_dir, this_boot)
+    request_reboot(data_dir, kind, this_boot)
+
+
+def _note_reboot_asked(data_dir: Path, this_boot: str) -> None:
+    """Notes in the record of this boot's install that its reboot is asked for now: a later
+    boot of the old slot then knows that the trial was started (``trial_never_booted``). A note
+    that cannot be written is logged and the reboot goes ahead: should that trial fail by a
+    reset, the next boot takes it for one that never began and asks for it once more."""
+    record = read_record(data_dir)
+    if record is None or record.state != "trial" or record.boot_id != this_boot:
+        return
+    try:
+        write_record(data_dir, replace(record, reboot_asked=True))
+    except OSError as exc:
+        log.error("update %s: cannot note that its reboot is asked for: %s", record.version, exc)
 
 
 def request_reboot(
@@ -360,22 +397,33 @@ async def commit_when_healthy(
     booted: str | None = None,
     interval: float = 2.0,
     trial_flag: Path = FIRMWARE_TRIAL_FLAG,
+    rauc_conf: Path = RAUC_SYSTEM_CONF,
 ) -> None:
     """Runs for the life of the process; see the module docstring. Never raises for RAUC.
 
     ``booted``: the running slot's bootname (default: ``rauc.slot=`` on the kernel command
     line); without one this is no A/B system and RAUC is asked nothing outside a trial.
-    ``trial_flag``: the firmware's trial flag (tests pass a file of their own).
+    ``trial_flag``: the firmware's trial flag; ``rauc_conf``: RAUC's system.conf, which names
+    the boot loader backend (tests pass files of their own).
     """
     rauc = rauc or Rauc()
     this_boot = boot_id() if this_boot is None else this_boot
     booted = booted_slot() if booted is None else booted
     tryboot = firmware_trial(trial_flag)
     watch = RecordWatch(data_dir)
+    record = read_record(data_dir)
+    never_booted = trial_never_booted(
+        record, booted, this_boot, _read_line(data_dir / FAILURE_FILE), tryboot_backend(rauc_conf)
+    )
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            _check_this_boot, app, data_dir, rauc, this_boot, booted, interval, tryboot
-        )
+        if record is not None and never_booted:
+            # The old, committed slot runs: nothing to check or confirm (the firmware counts no
+            # attempts, and RAUC's mark-good of this slot would delete tryboot.txt).
+            await _ask_trial_again(app, data_dir, rauc, record, this_boot, interval)
+        else:
+            nursery.start_soon(
+                _check_this_boot, app, data_dir, rauc, record, this_boot, booted, interval, tryboot
+            )
         while True:  # an install made during this boot (CLI or web) waits for its reboot
             record = watch()
             if record is not None and record.state == "trial" and record.boot_id == this_boot:
@@ -386,17 +434,50 @@ async def commit_when_healthy(
             await trio.sleep(interval)
 
 
+async def _ask_trial_again(
+    app: AppLike,
+    data_dir: Path,
+    rauc: Rauc,
+    record: UpdateRecord,
+    this_boot: str,
+    interval: float,
+) -> None:
+    """Makes ``record``'s trial, whose reboot never happened, this boot's to ask for: the new
+    slot is activated again (tryboot.txt written anew: a mark-good of the old slot, by an older
+    release or by hand, deletes it) and the record moved to this boot, which the caller then
+    reboots at a quiet moment, as after an install. Once READY, so that the inverters are
+    reached and left at their fail-safe limits first; a step that fails is tried again."""
+    log.warning(
+        "update %s: the device restarted before its reboot into slot %s; asking for it again",
+        record.version,
+        record.target,
+    )
+    while not app.ready:  # noqa: ASYNC110 (the App's READY is a flag, not an event)
+        await trio.sleep(interval)
+    while True:
+        try:
+            await rauc.activate(record.target)
+            write_record(data_dir, replace(record, boot_id=this_boot, reboot_asked=False))
+        except (RaucError, OSError) as exc:
+            log.error("update %s: cannot ask for its trial again: %s (retrying)",
+                      record.version, exc)  # fmt: skip
+            await trio.sleep(CONFIRM_RETRY_S)
+        else:
+            return
+
+
 async def _check_this_boot(
     app: AppLike,
     data_dir: Path,
     rauc: Rauc,
+    record: UpdateRecord | None,
     this_boot: str,
     booted: str | None,
     interval: float,
     tryboot: bool = False,
 ) -> None:
-    """The trial of an update committed when healthy; any other boot confirmed when READY."""
-    record = read_record(data_dir)
+    """The trial of an update committed when healthy; any other boot confirmed when READY.
+    ``record``: the update record as this boot found it."""
     if record is not None and activated_before_its_record(record, booted, this_boot):
         log.warning(
             "update %s: its record lagged its activation; this is its trial", record.version
@@ -621,11 +702,14 @@ def booted_slot(cmdline: Path = Path("/proc/cmdline")) -> str | None:
 
 
 def update_status(
-    data_dir: Path, cmdline: Path = Path("/proc/cmdline"), boot_id_path: Path = BOOT_ID
+    data_dir: Path,
+    cmdline: Path = Path("/proc/cmdline"),
+    boot_id_path: Path = BOOT_ID,
+    rauc_conf: Path = RAUC_SYSTEM_CONF,
 ) -> dict[str, Any]:
-    """``App.status()["update"]``, asked once: synchronous, reads two small files (no RAUC call),
-    and the installer's /proc entry while an install of this boot is recorded."""
-    return UpdateStatus(data_dir, cmdline, boot_id_path)()
+    """``App.status()["update"]``, asked once: synchronous, reads three small files (no RAUC
+    call), and the installer's /proc entry while an install of this boot is recorded."""
+    return UpdateStatus(data_dir, cmdline, boot_id_path, rauc_conf)()
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -664,11 +748,16 @@ class UpdateStatus:
     installer's /proc entry is looked at on every call: it can end without a write."""
 
     def __init__(
-        self, data_dir: Path, cmdline: Path = Path("/proc/cmdline"), boot_id_path: Path = BOOT_ID
+        self,
+        data_dir: Path,
+        cmdline: Path = Path("/proc/cmdline"),
+        boot_id_path: Path = BOOT_ID,
+        rauc_conf: Path = RAUC_SYSTEM_CONF,
     ) -> None:
         self.data_dir = data_dir
         self._booted = booted_slot(cmdline)
         self._boot_id = boot_id(boot_id_path)
+        self._tryboot = tryboot_backend(rauc_conf)
         self._key: tuple[object, object] | None = None
         self._record: UpdateRecord | None = None
         self._failure: str | None = None
@@ -687,6 +776,11 @@ class UpdateStatus:
         if not self._doc or gone != self._gone:
             self._gone = gone
             self._doc = report(
-                self._record, self._booted, self._boot_id, self._failure, installer_gone=gone
+                self._record,
+                self._booted,
+                self._boot_id,
+                self._failure,
+                installer_gone=gone,
+                tryboot=self._tryboot,
             ).to_status()
         return dict(self._doc)

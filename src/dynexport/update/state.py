@@ -56,6 +56,10 @@ class UpdateRecord:
     """Whether the site had a configuration when the update was installed: a trial that then
     waits in setup mode finds none (a release looking in the wrong place), which is no first
     boot. None in records written before it existed."""
+    reboot_asked: bool | None = None
+    """Whether the reboot into the new slot was asked for (``service.request_reboot``): False
+    from the install until the request is written. Only the Pi 4/5's firmware trial needs it
+    (``trial_never_booted``). None in records written before it existed (taken as asked)."""
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=1) + "\n").encode()
@@ -76,7 +80,7 @@ def parse_record(raw: bytes) -> UpdateRecord | None:
     if not all(isinstance(doc.get(k), str) for k in fields):
         return None
     reason, installer = doc.get("reason"), doc.get("installer")
-    configured = doc.get("configured")
+    configured, asked = doc.get("configured"), doc.get("reboot_asked")
     return UpdateRecord(
         state=doc["state"],
         version=doc["version"],
@@ -86,6 +90,7 @@ def parse_record(raw: bytes) -> UpdateRecord | None:
         reason=reason if isinstance(reason, str) else None,
         installer=installer if isinstance(installer, str) else None,
         configured=configured if isinstance(configured, bool) else None,
+        reboot_asked=asked if isinstance(asked, bool) else None,
     )
 
 
@@ -119,6 +124,40 @@ def activated_before_its_record(record: UpdateRecord, booted: str | None, boot_i
     return record.state == "installing" and record.boot_id != boot_id and booted == record.target
 
 
+def trial_never_booted(
+    record: UpdateRecord | None,
+    booted: str | None,
+    boot_id: str,
+    failure: str | None,
+    tryboot: bool,
+) -> bool:
+    """True when an update's trial boot never happened: the device was reset (a power cut, the
+    watchdog, a reboot by hand) while the installed update waited for its reboot, before the
+    reboot was asked for. Only the Pi 4/5's firmware trial (``tryboot``: RAUC's custom backend)
+    comes back from that on the old slot: its activation writes only ``tryboot.txt``, which a
+    normal boot ignores. On the boot loaders that count attempts (GRUB, U-Boot) the activation
+    itself makes the new slot the next boot, so the old slot running there means the new one
+    failed. A record that says the reboot was asked for (or predates saying so) is a trial
+    that ran, or at least was started; a rollback reason says it ran."""
+    return (
+        tryboot
+        and record is not None
+        and record.state == "trial"
+        and record.boot_id != boot_id
+        and booted is not None
+        and booted == record.source
+        and booted != record.target
+        and record.reboot_asked is False
+        and not (failure and failure.strip())
+    )
+
+
+NEVER_BOOTED = (
+    "{v} is installed, but the device restarted before its reboot into it (a power cut, the "
+    "watchdog or a reboot by hand); it reboots into it at a quiet moment"
+)
+
+
 INSTALLER_GONE = (
     "the install of {v} was interrupted: the program installing it (the service or the update "
     "command) stopped before it finished; this system is unchanged"
@@ -132,8 +171,11 @@ def report(
     failure: str | None,
     *,
     installer_gone: bool = False,
+    tryboot: bool = False,
 ) -> UpdateReport:
     """The last update's fate from its record, the running slot (RAUC) and this boot's id.
+
+    ``tryboot``: the boot loader is the Pi 4/5's firmware trial (``trial_never_booted``).
 
     ``installer_gone``: the process named by an ``installing`` record of this boot has ended
     (``service.installer_gone``). The slot it was writing is never activated then (only the
@@ -168,6 +210,8 @@ def report(
         return UpdateReport("reboot-pending", v, f"{v} is installed; rebooting into it")
     if booted == record.target:
         return UpdateReport("trial", v, f"trying {v}: it is kept once it passes its health check")
+    if trial_never_booted(record, booted, boot_id, failure, tryboot):
+        return UpdateReport("reboot-pending", v, NEVER_BOOTED.format(v=v))
     why = (failure or "").strip() or RESET_REASON
     message = f"update to {v} failed and was rolled back, because {why}"
     return UpdateReport("rolled-back", v, message)
