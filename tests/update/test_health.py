@@ -11,6 +11,7 @@ from dynexport.update.health import (
     MAX_DECISION_GAP_S,
     Observation,
     Streak,
+    devices_silent,
     judge,
     observe,
 )
@@ -195,3 +196,37 @@ def test_commit_only_after_ready_answered_and_two_unbroken_minutes(steps, gap):
                     break
                 run_start = earlier
             assert decisions[-1] - run_start >= COMMIT_AFTER_S
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    setup_mode=st.booleans(),
+    meter=st.sampled_from([None, True, False]),
+    inverters=st.integers(0, 3),
+    inverter_answered=st.booleans(),
+)
+def test_the_reboot_waits_for_exactly_the_devices_a_trial_would_be_refused_without(
+    setup_mode, meter, inverters, inverter_answered
+):
+    """``devices_silent`` (what the update reboot waits for) names a device exactly when the
+    health check, READY and deciding for two minutes, refuses to commit for that device."""
+    samples = [
+        obs(
+            float(t),
+            setup_mode=setup_mode,
+            meter_configured=meter is not None,
+            meter_answered=bool(meter),
+            inverters_configured=inverters,
+            inverter_answered=inverter_answered and inverters > 0,
+        )
+        for t in range(0, 200)
+    ]
+    _, healthy, reason = run(samples)
+    silent = devices_silent(samples[-1])
+    if silent is None:
+        assert healthy, reason
+    else:
+        assert not healthy and reason == silent
+        assert silent in (
+            "the meter has not answered in 60 s", "no inverter has answered in 60 s"
+        )  # fmt: skip

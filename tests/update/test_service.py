@@ -466,6 +466,7 @@ async def test_the_reboot_after_an_install_waits_for_quiet_and_leaves_the_fail_s
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ):
     site, rauc = Site(ready=True), RecordedRauc(booted="A")
+    site.answer()  # the devices answer: nothing holds the reboot
     wall = [1000.0]
     site.outlook = [(1000.0 + 200.0, "a utility limit starts")]
 
@@ -619,6 +620,7 @@ async def test_a_failing_confirmation_is_retried_and_never_blocks_an_install_reb
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ):
     site, rauc = Site(ready=True), FailingRauc(booted="A")
+    site.answer()  # the devices answer: nothing holds the reboot
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
             lambda: commit_when_healthy(
@@ -705,6 +707,7 @@ async def test_the_install_watch_reads_the_record_only_when_it_changes(
     reads = count_record_reads(monkeypatch)
     write_record(tmp_path, TRIAL.moved_to("committed"))  # an earlier update, long done
     site, rauc = Site(ready=True), RecordedRauc(booted="A")
+    site.answer()  # the devices answer: nothing holds the reboot
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
             lambda: commit_when_healthy(
@@ -1004,6 +1007,7 @@ async def test_on_the_pi_a_reset_before_the_trial_reboot_asks_for_the_trial_agai
     assert status()["phase"] == "reboot-pending"
     assert "restarted before its reboot into it" in status()["message"]
     site, rauc = Site(), ActivatingRauc(booted="A")
+    site.answer()  # the devices answer: nothing holds the reboot
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
             lambda: commit_when_healthy(
@@ -1015,7 +1019,9 @@ async def test_on_the_pi_a_reset_before_the_trial_reboot_asks_for_the_trial_agai
         assert rauc.activated == [] and not (data / REBOOT_REQUEST).exists(), "not before READY"
         site.ready = True
         await trio.sleep(10)
-        assert rauc.activated == ["B@60"]
+        (activated,) = rauc.activated  # once READY (at 60 s, seen at its next 2 s look)
+        slot, at = activated.split("@")
+        assert slot == "B" and 60 <= float(at) <= 62
         assert site.events == ["fail-safe"]
         assert (data / REBOOT_REQUEST).read_text() == "trial boot-2\n"
         asked = read_record(data)
@@ -1066,6 +1072,7 @@ async def test_an_activation_that_fails_is_tried_again_before_any_reboot(
     conf = rauc_conf(tmp_path, "custom")
     write_record(data, NOT_REBOOTED)
     site, rauc = Site(ready=True), ActivatingRauc(booted="A", failures=2)
+    site.answer()
     with trio.move_on_after(20):
         await commit_when_healthy(
             site, data, rauc, wall_clock=lambda: 0.0, this_boot="boot-2", booted="A",
@@ -1079,3 +1086,59 @@ async def test_an_activation_that_fails_is_tried_again_before_any_reboot(
     )
     assert len(rauc.activated) == 1
     assert (data / REBOOT_REQUEST).read_text() == "trial boot-2\n"
+
+
+async def test_the_reboot_into_an_update_waits_for_sleeping_inverters(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    """An update installed at night (``install: auto``, or an upload): the inverters sleep, and a
+    trial started now would be rolled back for want of them, that version then never installed
+    automatically again. The reboot waits until they answer; the status says why meanwhile."""
+    data, cmdline, boot = device_files(tmp_path, "rauc.slot=A", "install-boot")
+    site, rauc = Site(ready=True), RecordedRauc(booted="A")
+    assert site.meter is not None
+    site.meter.state.answering = True  # the meter never sleeps; the inverters do
+    status = UpdateStatus(data, cmdline, boot)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: commit_when_healthy(
+                site, data, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
+            )
+        )
+        write_record(data, TRIAL)  # installed in this boot
+        await trio.sleep(10 * 3600)  # the night
+        assert not (data / REBOOT_REQUEST).exists() and site.events == []
+        assert status()["message"] == (
+            "1.4.0 is installed; the reboot into it waits until the devices answer (no inverter "
+            "has answered in 60 s): its health check needs them"
+        )
+        site.inverters[1].state.answering = True  # dawn: one inverter is enough, as for the check
+        await trio.sleep(10)
+        assert site.events == ["fail-safe"]
+        assert (data / REBOOT_REQUEST).read_text() == "trial install-boot\n"
+        assert status()["message"] == "1.4.0 is installed; rebooting into it"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("setup_mode", [True, False], ids=["no-devices-yet", "device-gone"])
+async def test_the_reboot_does_not_wait_for_devices_for_ever(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, setup_mode: bool
+):
+    """A site with no devices yet (setup mode) reboots at once, as its trial needs none; a
+    device that never answers holds the reboot for at most 18 hours (the rollback then says
+    which one was silent)."""
+    write_record(tmp_path, replace(TRIAL, boot_id="install-boot"))
+    site = Site(ready=True, setup_mode=setup_mode)
+    if setup_mode:
+        site.meter, site.inverters = None, []
+    rauc = RecordedRauc(booted="A")
+    with trio.move_on_after(17.9 * 3600):
+        await commit_when_healthy(
+            site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
+        )
+    assert (tmp_path / REBOOT_REQUEST).exists() is setup_mode
+    await commit_when_healthy(
+        site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
+    )
+    assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
+    assert site.events[-1] == "fail-safe"

@@ -531,8 +531,8 @@ class UpdateChecker:
             if error is not None:
                 raise CheckError(error)
             st.message = (
-                f"{v} is installed: the device restarts into it at a quiet moment, with every "
-                "inverter at its fail-safe limit first"
+                f"{v} is installed: the device restarts into it once the meter and an inverter "
+                "answer, at a quiet moment, with every inverter at its fail-safe limit first"
             )
         finally:  # also when cancelled: no await
             _remove(path)

@@ -105,10 +105,9 @@ def judge(streak: Streak, obs: Observation) -> Verdict:
             False, f"setup mode: the configuration could not be used ({obs.config_problem})"
         )
     if not obs.setup_mode:
-        if obs.meter_configured and not obs.meter_answered:
-            return Verdict(False, f"the meter has not answered in {ANSWER_FRESH_S:.0f} s")
-        if obs.inverters_configured and not obs.inverter_answered:
-            return Verdict(False, f"no inverter has answered in {ANSWER_FRESH_S:.0f} s")
+        silent = devices_silent(obs)
+        if silent is not None:
+            return Verdict(False, silent)
         if obs.meter_configured and obs.controller_mode == "failsafe" and streak.since is None:
             return Verdict(False, "the controller is in its fail-safe (no usable meter reading)")
     what = "the service has been ready" if obs.setup_mode else "the control loop has decided"
@@ -120,3 +119,17 @@ def judge(streak: Streak, obs: Observation) -> Verdict:
     if obs.setup_mode:
         return Verdict(True, f"healthy: ready for {run:.0f} s (setup mode: no devices yet)")
     return Verdict(True, f"healthy: meter and inverters answered, {what} for {run:.0f} s")
+
+
+def devices_silent(obs: Observation) -> str | None:
+    """Which of the devices the health check needs is not answering (None: they answer, or the
+    site has none yet). A trial boot started while it is so (inverters asleep at night) would be
+    rolled back for it, and that version never installed automatically again: the reboot into
+    an installed update waits for them (``service.reboot_when_quiet``)."""
+    if obs.setup_mode:
+        return None
+    if obs.meter_configured and not obs.meter_answered:
+        return f"the meter has not answered in {ANSWER_FRESH_S:.0f} s"
+    if obs.inverters_configured and not obs.inverter_answered:
+        return f"no inverter has answered in {ANSWER_FRESH_S:.0f} s"
+    return None

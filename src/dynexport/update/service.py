@@ -52,6 +52,11 @@ QUIET_S = 300.0
 """No limit change may be due this soon (seconds) when the reboot starts."""
 MAX_WAIT_S = 900.0
 """The reboot waits at most this long for a quiet moment (the fail-safe covers the reboot)."""
+DEVICES_MAX_WAIT_S = 18 * 3600.0
+"""... and, before that, at most this long for the devices the trial's health check needs
+(``health.devices_silent``): inverters asleep from dusk to dawn, the longest winter night
+with margin. A trial started without them would be rolled back; past this bound (a device
+gone for good) the reboot goes ahead, and the rollback says why."""
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -319,14 +324,17 @@ async def reboot_when_quiet(
     wall_clock: Callable[[], float],
     quiet_s: float = QUIET_S,
     max_wait: float = MAX_WAIT_S,
+    devices_max_wait: float = DEVICES_MAX_WAIT_S,
     interval: float = 5.0,
     this_boot: str | None = None,
 ) -> None:
-    """Reboots at a quiet moment: every inverter left at its fail-safe limit first.
+    """Reboots once the devices answer and at a quiet moment: every inverter left at its
+    fail-safe limit first.
 
     Call it as a task (it returns once the request is written; the root-owned
     dynexport-update-reboot.path does the reboot, and systemd then stops the service).
     """
+    await _wait_for_devices(app, data_dir, devices_max_wait, interval)
     with trio.move_on_after(max_wait):
         while True:
             try:
@@ -343,6 +351,40 @@ async def reboot_when_quiet(
     this_boot = boot_id() if this_boot is None else this_boot
     _note_reboot_asked(data_dir, this_boot)
     request_reboot(data_dir, kind, this_boot)
+
+
+_device_waits: dict[Path, str] = {}
+"""Data folders whose update reboot waits for its devices, and which one is silent."""
+
+
+def reboot_waits_for(data_dir: Path) -> str | None:
+    """Which device the reboot into the installed update waits for (None: it does not)."""
+    return _device_waits.get(_folder_key(data_dir))
+
+
+def _folder_key(data_dir: Path) -> Path:
+    return data_dir.resolve()  # a few lstat calls, once per wait or status
+
+
+async def _wait_for_devices(app: AppLike, data_dir: Path, max_wait: float, interval: float) -> None:
+    """Waits (at most ``max_wait`` s) until the devices the trial needs answer."""
+    key = _folder_key(data_dir)
+    try:
+        with trio.move_on_after(max_wait) as waited:
+            while (silent := health.devices_silent(observe(app, trio.current_time()))) is not None:
+                if _device_waits.get(key) != silent:
+                    log.info("reboot after the update waits: %s", silent)
+                _device_waits[key] = silent
+                await trio.sleep(interval)
+        if waited.cancelled_caught:
+            log.warning(
+                "reboot after the update: %s after %.0f h; rebooting without it (the trial will "
+                "be rolled back unless it answers then)",
+                _device_waits.get(key),
+                max_wait / 3600,
+            )
+    finally:
+        _device_waits.pop(key, None)
 
 
 def _note_reboot_asked(data_dir: Path, this_boot: str) -> None:
@@ -762,6 +804,7 @@ class UpdateStatus:
         self._record: UpdateRecord | None = None
         self._failure: str | None = None
         self._gone = False
+        self._waits: str | None = None
         self._doc: dict[str, Any] = {}
 
     def __call__(self) -> dict[str, Any]:
@@ -773,8 +816,9 @@ class UpdateStatus:
             self._doc = {}
         # no I/O unless the record says installing
         gone = installer_gone(self._record, self._boot_id, data_dir=self.data_dir)
-        if not self._doc or gone != self._gone:
-            self._gone = gone
+        waits = reboot_waits_for(self.data_dir)
+        if not self._doc or gone != self._gone or waits != self._waits:
+            self._gone, self._waits = gone, waits
             self._doc = report(
                 self._record,
                 self._booted,
@@ -783,4 +827,9 @@ class UpdateStatus:
                 installer_gone=gone,
                 tryboot=self._tryboot,
             ).to_status()
+            if waits is not None and self._doc["phase"] == "reboot-pending":
+                self._doc["message"] = (
+                    f"{self._doc['version']} is installed; the reboot into it waits until the "
+                    f"devices answer ({waits}): its health check needs them"
+                )
         return dict(self._doc)

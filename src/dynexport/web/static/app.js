@@ -726,7 +726,7 @@
     finally { input.disabled = false; }
   });
   $("#u-install").addEventListener("click", async () => {
-    if (!confirm("Install this update? Control goes on; the device restarts into it at a quiet moment, with every inverter at its fail-safe limit first.")) return;
+    if (!confirm("Install this update? Control goes on; the device restarts into it once the meter and an inverter answer, at a quiet moment, with every inverter at its fail-safe limit first.")) return;
     $("#u-install").hidden = true; $("#u-file").disabled = true;
     try {
       let u = await api("POST", "/api/update/install", {}), lost = false;
@@ -736,7 +736,7 @@
         try { u = (await api("GET", "/api/update")).upload; lost = false; }
         catch (e) { if (e.status === 401) throw e; lost = true; }
       }
-      if (u.phase === "installed") updateSays("Installed: the device restarts into it at a quiet moment, with every inverter at its fail-safe limit first.");
+      if (u.phase === "installed") updateSays("Installed: the device restarts into it once the meter and an inverter answer, at a quiet moment, with every inverter at its fail-safe limit first.");
       else { updateSays(capital(u.error || u.phase), true); $("#u-bar").hidden = true; }
     } catch (e) { updateSays(capital(e.message), true); $("#u-bar").hidden = true; }
     finally { $("#u-file").disabled = false; $("#u-file").value = ""; }  // the upload is used up: choose it again
