@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,8 @@ import trio
 from dynexport.system.watchdog import ProgressTracker
 from dynexport.update.rauc import Rauc, RaucError, RaucStatus, SlotStatus
 from dynexport.update.service import (
+    ACTIVATE_TRIES,
+    DEVICES_STEADY_S,
     UpdateStatus,
     begin_install,
     commit_when_healthy,
@@ -94,6 +97,7 @@ class RecordedRauc(Rauc):
         super().__init__(program="/nonexistent/rauc")
         self.booted = booted
         self.marked: list[str] = []
+        self.activated: list[str] = []
 
     async def status(self) -> RaucStatus:
         slots = (SlotStatus("rootfs.0", "A", "", "good"), SlotStatus("rootfs.1", "B", "", "good"))
@@ -101,6 +105,9 @@ class RecordedRauc(Rauc):
 
     async def mark_good(self) -> None:
         self.marked.append(f"good@{trio.current_time():.0f}")
+
+    async def activate(self, target: str) -> None:
+        self.activated.append(f"{target}@{trio.current_time():.0f}")
 
 
 TRIAL = UpdateRecord("trial", "1.4.0", target="B", source="A", boot_id="install-boot")
@@ -468,7 +475,8 @@ async def test_the_reboot_after_an_install_waits_for_quiet_and_leaves_the_fail_s
     site, rauc = Site(ready=True), RecordedRauc(booted="A")
     site.answer()  # the devices answer: nothing holds the reboot
     wall = [1000.0]
-    site.outlook = [(1000.0 + 200.0, "a utility limit starts")]
+    # due 200 s after the devices' five steady minutes (the install at 10 s)
+    site.outlook = [(1000.0 + 10 + DEVICES_STEADY_S + 200.0, "a utility limit starts")]
 
     async def clock_runs() -> None:
         while True:
@@ -484,11 +492,12 @@ async def test_the_reboot_after_an_install_waits_for_quiet_and_leaves_the_fail_s
         )
         await trio.sleep(10)
         write_record(tmp_path, TRIAL)  # `dynexport update install` finished in this boot
-        await trio.sleep(60)
+        await trio.sleep(DEVICES_STEADY_S + 60)
         assert not (tmp_path / REBOOT_REQUEST).exists(), "a limit change is due within 5 min"
-        assert site.events == []
+        assert site.events == [] and rauc.activated == []
         await trio.sleep(200)  # the change has passed: nothing more is due
         assert site.events == ["fail-safe"]
+        assert [a.split("@")[0] for a in rauc.activated] == ["B"], "made the next boot again"
         assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
         noted = read_record(tmp_path)
         assert noted is not None and noted.reboot_asked is True, "a later boot knows it was asked"
@@ -629,8 +638,8 @@ async def test_a_failing_confirmation_is_retried_and_never_blocks_an_install_reb
         )
         await trio.sleep(95)
         assert rauc.attempts == 4, "at once, then every 30 s"
-        write_record(tmp_path, TRIAL)  # installed in this boot: nothing is due, reboot now
-        await trio.sleep(10)
+        write_record(tmp_path, TRIAL)  # installed in this boot: nothing is due
+        await trio.sleep(DEVICES_STEADY_S + 10)  # the devices' five steady minutes
         assert site.events == ["fail-safe"]
         assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
         noted = read_record(tmp_path)
@@ -720,8 +729,10 @@ async def test_the_install_watch_reads_the_record_only_when_it_changes(
         await trio.sleep(10)
         assert not (tmp_path / REBOOT_REQUEST).exists()
         write_record(tmp_path, TRIAL)  # `dynexport update install` finished in this boot
-        await trio.sleep(10)
-        assert len(reads) <= 4  # seen, and read once more to note the reboot as asked for
+        await trio.sleep(DEVICES_STEADY_S + 10)
+        # seen; read again to note when the wait began, to make its slot the next boot and to
+        # note the reboot as asked for
+        assert len(reads) <= 6
         assert site.events == ["fail-safe"]  # the install was seen: nothing limits the reboot
         assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
         nursery.cancel_scope.cancel()
@@ -960,26 +971,26 @@ async def test_an_install_waiting_for_its_reboot_is_not_taken_for_a_lost_trial(
     site = Site(ready=True)
     site.answer()
     await control_and_commit(
-        site, tmp_path, VersionedRauc("B"), 5, "trial-boot", "B", trial_flag=flag
-    )
+        site, tmp_path, VersionedRauc("B"), DEVICES_STEADY_S + 30, "trial-boot", "B",
+        trial_flag=flag,
+    )  # fmt: skip
     # kept, with the note that its reboot was asked for (nothing limits it)
-    assert read_record(tmp_path) == replace(pending, reboot_asked=True)
+    assert read_record(tmp_path) == replace(pending, reboot_asked=True, devices_wait_since=0.0)
 
 
 class ActivatingRauc(RecordedRauc):
-    """RAUC that also records the slots activated (``rauc status mark-active``); the first
-    ``failures`` activations fail as a RAUC without its boot partition would."""
+    """RAUC whose first ``failures`` activations fail, as a RAUC without its boot partition
+    would."""
 
     def __init__(self, booted: str, failures: int = 0) -> None:
         super().__init__(booted)
-        self.activated: list[str] = []
         self.failures = failures
 
     async def activate(self, target: str) -> None:
         if self.failures:
             self.failures -= 1
             raise RaucError("Failed to mount /dev/mmcblk0p1")
-        self.activated.append(f"{target}@{trio.current_time():.0f}")
+        await super().activate(target)
 
 
 NOT_REBOOTED = replace(TRIAL, reboot_asked=False)
@@ -998,8 +1009,9 @@ async def test_on_the_pi_a_reset_before_the_trial_reboot_asks_for_the_trial_agai
     """Pi 4/5: the device was reset (a power cut) while the installed update waited for a quiet
     moment. Its activation was only tryboot.txt, so the old slot booted normally. The update was
     reported "failed and was rolled back" and never tried again; now the next boot, once READY,
-    activates the slot again (a mark-good of the old slot deletes tryboot.txt), leaves the
-    fail-safe, asks for the trial reboot, and that trial is checked and committed as any."""
+    takes the reboot on as its own: it waits for the devices, activates the slot again (a
+    mark-good of the old slot deletes tryboot.txt), leaves the fail-safe and asks for the trial
+    reboot; that trial is checked and committed as any."""
     data, cmdline, boot = device_files(tmp_path, "rauc.slot=A", "boot-2")
     conf = rauc_conf(tmp_path, "custom")
     write_record(data, NOT_REBOOTED)
@@ -1016,16 +1028,18 @@ async def test_on_the_pi_a_reset_before_the_trial_reboot_asks_for_the_trial_agai
             )
         )  # fmt: skip
         await trio.sleep(60)
-        assert rauc.activated == [] and not (data / REBOOT_REQUEST).exists(), "not before READY"
+        assert read_record(data) == NOT_REBOOTED, "not before READY"
         site.ready = True
         await trio.sleep(10)
-        (activated,) = rauc.activated  # once READY (at 60 s, seen at its next 2 s look)
-        slot, at = activated.split("@")
-        assert slot == "B" and 60 <= float(at) <= 62
+        now_ours = replace(NOT_REBOOTED, boot_id="boot-2", devices_wait_since=0.0)
+        assert read_record(data) == now_ours, "this boot's now, its wait begun"
+        assert rauc.activated == [] and not (data / REBOOT_REQUEST).exists()
+        await trio.sleep(DEVICES_STEADY_S)  # the devices' five steady minutes
+        assert [a.split("@")[0] for a in rauc.activated] == ["B"], "tryboot.txt written anew"
         assert site.events == ["fail-safe"]
         assert (data / REBOOT_REQUEST).read_text() == "trial boot-2\n"
         asked = read_record(data)
-        assert asked == replace(NOT_REBOOTED, boot_id="boot-2", reboot_asked=True)
+        assert asked == replace(now_ours, reboot_asked=True)
         assert status() == {
             "phase": "reboot-pending", "version": "1.4.0",
             "message": "1.4.0 is installed; rebooting into it",
@@ -1065,27 +1079,65 @@ async def test_a_trial_that_was_asked_for_or_counted_by_its_boot_loader_is_not_a
     assert UpdateStatus(data, cmdline, boot, conf)()["phase"] == "rolled-back"
 
 
-async def test_an_activation_that_fails_is_tried_again_before_any_reboot(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
+@pytest.mark.parametrize("failures", [2, 1 + ACTIVATE_TRIES], ids=["twice", "for-good"])
+async def test_a_slot_that_cannot_be_made_the_next_boot_is_never_rebooted_into(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, failures: int
 ):
-    data, _cmdline, _boot = device_files(tmp_path, "rauc.slot=A", "boot-2")
-    conf = rauc_conf(tmp_path, "custom")
-    write_record(data, NOT_REBOOTED)
-    site, rauc = Site(ready=True), ActivatingRauc(booted="A", failures=2)
+    """The slot is made the next boot again right before the reboot is asked for (a confirmation
+    of the running slot, on the Pi, deletes tryboot.txt: the reboot would boot the old slot and
+    read as a rollback). A RAUC that refuses is asked again every 30 s; one that refuses ten
+    times ends the update as failed, with why, and nothing is rebooted: "reboot-pending" for
+    good would block every install, a fixed release's too."""
+    data, cmdline, boot = device_files(tmp_path, "rauc.slot=A", "install-boot")
+    write_record(data, TRIAL)
+    site, rauc = Site(ready=True), ActivatingRauc(booted="A", failures=failures)
     site.answer()
-    with trio.move_on_after(20):
+    with trio.move_on_after(DEVICES_STEADY_S + 20):
         await commit_when_healthy(
-            site, data, rauc, wall_clock=lambda: 0.0, this_boot="boot-2", booted="A",
-            rauc_conf=conf,
-        )  # fmt: skip
-    # a reboot now would boot the old slot again (no tryboot.txt) and count as the trial
+            site, data, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
+        )
     assert rauc.activated == [] and not (data / REBOOT_REQUEST).exists()
-    assert read_record(data) == NOT_REBOOTED
+    assert site.events == [], "no inverter left at its fail-safe for a reboot that never comes"
+    with trio.move_on_after(DEVICES_STEADY_S + ACTIVATE_TRIES * 30 + 10):
+        await commit_when_healthy(
+            site, data, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
+        )
+    rep = UpdateStatus(data, cmdline, boot)()
+    if failures < ACTIVATE_TRIES:
+        assert len(rauc.activated) == 1 and site.events == ["fail-safe"]
+        assert (data / REBOOT_REQUEST).read_text() == "trial install-boot\n"
+    else:
+        assert rauc.activated == [] and site.events == []
+        assert not (data / REBOOT_REQUEST).exists()
+        assert rep == {
+            "phase": "failed", "version": "1.4.0",
+            "message": "update to 1.4.0 failed before its reboot, because its slot could not be "
+            "made the next boot (Failed to mount /dev/mmcblk0p1)",
+        }  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["custom", "grub"], ids=["pi", "grub"])
+async def test_a_service_restarted_while_an_update_waits_does_not_drop_its_trial(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, backend: str
+):
+    """The service restarts (the watchdog, a crash) in the boot whose install waits for its
+    reboot: its READY confirmation of the running slot, on the Pi, deleted tryboot.txt, and the
+    reboot then booted the old slot ("rolled back"). On the Pi the confirmation now waits for
+    no install of this boot; elsewhere it touches only the running slot and is made. Either
+    way the slot is made the next boot right before the reboot."""
+    data, _cmdline, _boot = device_files(tmp_path, "rauc.slot=A", "install-boot")
+    conf = rauc_conf(tmp_path, backend)
+    write_record(data, TRIAL)
+    site, rauc = Site(ready=True), RecordedRauc(booted="A")
+    site.answer()
     await commit_when_healthy(
-        site, data, rauc, wall_clock=lambda: 0.0, this_boot="boot-2", booted="A", rauc_conf=conf
-    )
-    assert len(rauc.activated) == 1
-    assert (data / REBOOT_REQUEST).read_text() == "trial boot-2\n"
+        site, data, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A",
+        rauc_conf=conf,
+    )  # fmt: skip
+    assert len(rauc.marked) == (0 if backend == "custom" else 1)
+    (activated,) = rauc.activated
+    assert activated.startswith("B@")
+    assert (data / REBOOT_REQUEST).read_text() == "trial install-boot\n"
 
 
 async def test_the_reboot_into_an_update_waits_for_sleeping_inverters(
@@ -1109,14 +1161,61 @@ async def test_the_reboot_into_an_update_waits_for_sleeping_inverters(
         await trio.sleep(10 * 3600)  # the night
         assert not (data / REBOOT_REQUEST).exists() and site.events == []
         assert status()["message"] == (
-            "1.4.0 is installed; the reboot into it waits until the devices answer (no inverter "
-            "has answered in 60 s): its health check needs them"
+            "1.4.0 is installed; the reboot into it waits for the devices: no inverter has "
+            "answered in 60 s (the new system's health check needs them)"
         )
         site.inverters[1].state.answering = True  # dawn: one inverter is enough, as for the check
-        await trio.sleep(10)
+        await trio.sleep(60)
+        said = status()["message"]  # "... for 55 s ...": seen at the wait's 5 s looks
+        assert re.fullmatch(
+            r"1\.4\.0 is installed; the reboot into it waits for the devices: they have "
+            r"answered for (5\d|60) s of the 300 s asked for \(the new system's health check "
+            r"needs them\)",
+            said,
+        ), said
+        site.inverters[1].state.stop()  # off again: first light comes and goes
+        await trio.sleep(DEVICES_STEADY_S)
+        assert not (data / REBOOT_REQUEST).exists(), "five minutes without a lapse"
+        site.inverters[1].state.answering = True
+        await trio.sleep(DEVICES_STEADY_S + 10)
         assert site.events == ["fail-safe"]
         assert (data / REBOOT_REQUEST).read_text() == "trial install-boot\n"
         assert status()["message"] == "1.4.0 is installed; rebooting into it"
+        nursery.cancel_scope.cancel()
+
+
+async def test_devices_that_fall_asleep_while_a_quiet_moment_is_awaited_hold_the_reboot(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    """At dusk: the devices answered, but a limit change was due, and by the quiet moment the
+    inverters slept. The reboot went ahead and the trial was rolled back; now it waits for them
+    again."""
+    write_record(tmp_path, TRIAL)
+    site, rauc = Site(ready=True), RecordedRauc(booted="A")
+    site.answer()
+    wall = [1000.0]
+    site.outlook = [(1000.0 + DEVICES_STEADY_S + 200.0, "a utility limit starts")]
+
+    async def clock_runs() -> None:
+        while True:
+            await trio.sleep(1.0)
+            wall[0] += 1.0
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(clock_runs)
+        nursery.start_soon(
+            lambda: commit_when_healthy(
+                site, tmp_path, rauc, wall_clock=lambda: wall[0], this_boot="install-boot"
+            )
+        )
+        await trio.sleep(DEVICES_STEADY_S + 30)  # steady, but the change is due in 170 s
+        for link in site.inverters:
+            link.state.stop()  # dusk
+        await trio.sleep(3600)
+        assert site.events == [] and not (tmp_path / REBOOT_REQUEST).exists()
+        site.inverters[0].state.answering = True
+        await trio.sleep(DEVICES_STEADY_S + 10)
+        assert site.events == ["fail-safe"]
         nursery.cancel_scope.cancel()
 
 
@@ -1124,21 +1223,30 @@ async def test_the_reboot_into_an_update_waits_for_sleeping_inverters(
 async def test_the_reboot_does_not_wait_for_devices_for_ever(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, setup_mode: bool
 ):
-    """A site with no devices yet (setup mode) reboots at once, as its trial needs none; a
-    device that never answers holds the reboot for at most 18 hours (the rollback then says
-    which one was silent)."""
+    """A site with no devices yet (setup mode) reboots once it could (the five minutes of the
+    site as it is), as its trial needs none; a device that never answers holds the reboot for at
+    most 18 hours in all, counted across restarts of the service (one every 12 hours started the
+    18 hours again, and the update, pending for good, blocked every install)."""
     write_record(tmp_path, replace(TRIAL, boot_id="install-boot"))
     site = Site(ready=True, setup_mode=setup_mode)
     if setup_mode:
         site.meter, site.inverters = None, []
     rauc = RecordedRauc(booted="A")
-    with trio.move_on_after(17.9 * 3600):
-        await commit_when_healthy(
-            site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
-        )
+
+    async def service_for(hours: float) -> None:
+        with trio.move_on_after(hours * 3600):
+            await commit_when_healthy(
+                site, tmp_path, rauc, wall_clock=trio.current_time, this_boot="install-boot",
+                booted="A",
+            )  # fmt: skip
+
+    await service_for(0.2)
     assert (tmp_path / REBOOT_REQUEST).exists() is setup_mode
-    await commit_when_healthy(
-        site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
-    )
+    if not setup_mode:
+        await service_for(11.8)  # restarted by the watchdog after 12 hours of waiting
+        assert not (tmp_path / REBOOT_REQUEST).exists()
+        await service_for(5.9)  # 17.9 hours in all
+        assert not (tmp_path / REBOOT_REQUEST).exists()
+        await service_for(0.2)
     assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
-    assert site.events[-1] == "fail-safe"
+    assert site.events == ["fail-safe"]

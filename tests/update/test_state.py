@@ -215,3 +215,12 @@ def test_the_firmware_trial_changes_only_the_report_of_a_trial_whose_reboot_neve
         assert (plain.phase, pi.phase) == ("rolled-back", "reboot-pending")
     else:
         assert pi == plain
+
+
+def test_when_the_reboot_began_to_wait_survives_the_round_trip_and_garbage_is_ignored():
+    waiting = replace(UNASKED, devices_wait_since=1_796_000_000.5)
+    assert parse_record(waiting.to_json()) == waiting
+    for odd in (b'"x"', b"true", b"NaN", b"null"):
+        raw = waiting.to_json().replace(b"1796000000.5", odd)
+        parsed = parse_record(raw)
+        assert parsed is not None and parsed.devices_wait_since is None, odd

@@ -75,8 +75,9 @@ def _on_trial(v: str) -> str:
 
 def _reboot_pending(v: str) -> str:
     return (
-        f"{v} is installed and waits for its reboot at a quiet moment (at most 15 minutes); "
-        "that reboot would cut another install short. Try again once it is committed"
+        f"{v} is installed and waits for its reboot (once the meter and an inverter have "
+        "answered for 5 minutes, and at a quiet moment); that reboot would cut another install "
+        "short. Try again once it is committed"
     )
 
 

@@ -23,7 +23,7 @@ import fcntl
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,6 +57,12 @@ DEVICES_MAX_WAIT_S = 18 * 3600.0
 (``health.devices_silent``): inverters asleep from dusk to dawn, the longest winter night
 with margin. A trial started without them would be rolled back; past this bound (a device
 gone for good) the reboot goes ahead, and the rollback says why."""
+DEVICES_STEADY_S = 300.0
+"""... and they must have been answering for this long without a lapse: inverters switch on and
+off at first light, and the trial needs them for its two minutes after the reboot."""
+ACTIVATE_TRIES = 10
+"""The new slot is made the next boot again right before the reboot is asked for; after this
+many failed tries (``CONFIRM_RETRY_S`` apart) the update is recorded failed and not rebooted."""
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -322,35 +328,141 @@ async def reboot_when_quiet(
     kind: str = "trial",
     *,
     wall_clock: Callable[[], float],
+    rauc: Rauc | None = None,
+    rauc_lock: trio.Lock | None = None,
     quiet_s: float = QUIET_S,
     max_wait: float = MAX_WAIT_S,
     devices_max_wait: float = DEVICES_MAX_WAIT_S,
+    devices_steady_s: float = DEVICES_STEADY_S,
     interval: float = 5.0,
     this_boot: str | None = None,
 ) -> None:
-    """Reboots once the devices answer and at a quiet moment: every inverter left at its
-    fail-safe limit first.
+    """Reboots into the installed update once the devices answer and at a quiet moment: the
+    new slot made the next boot again and every inverter left at its fail-safe limit first.
 
-    Call it as a task (it returns once the request is written; the root-owned
-    dynexport-update-reboot.path does the reboot, and systemd then stops the service).
+    Call it as a task (it returns once the request is written, or once the slot could not be
+    activated; the root-owned dynexport-update-reboot.path does the reboot, and systemd then
+    stops the service). ``rauc``: None asks RAUC nothing (the slot is taken as activated).
     """
-    await _wait_for_devices(app, data_dir, devices_max_wait, interval)
-    with trio.move_on_after(max_wait):
+    this_boot = boot_id() if this_boot is None else this_boot
+    await _wait_devices_and_quiet(
+        app,
+        data_dir,
+        wall_clock,
+        quiet_s=quiet_s,
+        max_wait=max_wait,
+        devices_max_wait=devices_max_wait,
+        devices_steady_s=devices_steady_s,
+        interval=interval,
+    )
+    if rauc is not None and not await _activate_again(
+        data_dir, rauc, rauc_lock or trio.Lock(), this_boot
+    ):
+        return
+    log.warning("rebooting for the update: leaving every inverter at its fail-safe limit")
+    await app.leave_fail_safe()
+    _note_reboot_asked(data_dir, this_boot)
+    request_reboot(data_dir, kind, this_boot)
+
+
+async def _wait_devices_and_quiet(
+    app: AppLike,
+    data_dir: Path,
+    wall_clock: Callable[[], float],
+    *,
+    quiet_s: float,
+    max_wait: float,
+    devices_max_wait: float,
+    devices_steady_s: float,
+    interval: float,
+) -> None:
+    """Until the devices the trial needs have answered for ``devices_steady_s`` (at most
+    ``devices_max_wait`` s in all, counted from the record's ``devices_wait_since``: a restart
+    of the service does not start it again) and no limit change is due within ``quiet_s`` (at
+    most ``max_wait`` s of that, counted while the devices answer). Devices that fall silent
+    while the quiet moment is awaited (dusk) send it back to waiting for them."""
+    key = _folder_key(data_dir)
+    start = trio.current_time() - _devices_waited(data_dir, wall_clock(), devices_max_wait)
+    answering_since: float | None = None
+    quiet_since: float | None = None
+    try:
         while True:
+            now = trio.current_time()
+            silent = health.devices_silent(observe(app, now))
+            if now - start >= devices_max_wait:
+                if silent is not None and _device_waits.get(key) is not None:
+                    log.warning(
+                        "reboot after the update: %s after %.0f h; rebooting without it (the "
+                        "trial will be rolled back unless it answers then)",
+                        silent,
+                        devices_max_wait / 3600,
+                    )
+                    _device_waits.pop(key, None)
+                silent = None  # waited long enough: the trial's rollback will say which
+                answering_since = start - devices_steady_s
+            if silent is not None:
+                answering_since = quiet_since = None
+                if _device_waits.get(key) != silent:
+                    log.info("reboot after the update waits: %s", silent)
+                _device_waits[key] = silent
+                await trio.sleep(interval)
+                continue
+            answering_since = now if answering_since is None else answering_since
+            if now - answering_since < devices_steady_s:
+                _device_waits[key] = (
+                    f"they have answered for {now - answering_since:.0f} s of the "
+                    f"{devices_steady_s:.0f} s asked for"
+                )
+                await trio.sleep(interval)
+                continue
+            _device_waits.pop(key, None)
+            quiet_since = now if quiet_since is None else quiet_since
+            if now - quiet_since >= max_wait:
+                return
             try:
                 due = next_change_in(app.limits_outlook(1.0), wall_clock())
             except Exception:  # an outlook that cannot be computed: wait for the bound
                 log.exception("limits outlook failed while waiting to reboot")
                 due = 0.0
             if due is None or due > quiet_s:
-                break
+                return
             log.info("reboot after the update waits: a limit change is due in %.0f s", due)
             await trio.sleep(interval)
-    log.warning("rebooting for the update: leaving every inverter at its fail-safe limit")
-    await app.leave_fail_safe()
-    this_boot = boot_id() if this_boot is None else this_boot
-    _note_reboot_asked(data_dir, this_boot)
-    request_reboot(data_dir, kind, this_boot)
+    finally:
+        _device_waits.pop(key, None)
+
+
+async def _activate_again(data_dir: Path, rauc: Rauc, rauc_lock: trio.Lock, this_boot: str) -> bool:
+    """Makes the installed slot the next boot once more, right before the reboot is asked for:
+    on the Pi 4/5 a confirmation of the running slot (``mark-good``: at READY, by a service
+    restarted meanwhile, or by hand) deletes tryboot.txt, and the trial reboot would boot the old
+    slot. False (the record then says failed, with why) when RAUC refuses ``ACTIVATE_TRIES``
+    times: an update that cannot be made the next boot is not rebooted into."""
+    error: RaucError | None = None
+    for attempt in range(ACTIVATE_TRIES):
+        record = read_record(data_dir)
+        if record is None or record.state != "trial" or record.boot_id != this_boot:
+            return True  # nothing of this boot to activate (the caller asked for a reboot)
+        if attempt:
+            await trio.sleep(CONFIRM_RETRY_S)
+        try:
+            async with rauc_lock:
+                await rauc.activate(record.target)
+        except RaucError as exc:
+            error = exc
+            log.error("update %s: its slot cannot be made the next boot: %s (retrying)",
+                      record.version, exc)  # fmt: skip
+        else:
+            return True
+    record = read_record(data_dir)
+    if record is not None and record.state == "trial" and record.boot_id == this_boot:
+        why = f"its slot could not be made the next boot ({error})"
+        log.error("update %s: not rebooted into: %s", record.version, why)
+        try:
+            write_record(data_dir, record.moved_to("failed", why))
+        except OSError as exc:
+            log.error("update %s: its failure cannot be recorded: %s", record.version, exc)
+    return False
 
 
 _device_waits: dict[Path, str] = {}
@@ -366,25 +478,21 @@ def _folder_key(data_dir: Path) -> Path:
     return data_dir.resolve()  # a few lstat calls, once per wait or status
 
 
-async def _wait_for_devices(app: AppLike, data_dir: Path, max_wait: float, interval: float) -> None:
-    """Waits (at most ``max_wait`` s) until the devices the trial needs answer."""
-    key = _folder_key(data_dir)
-    try:
-        with trio.move_on_after(max_wait) as waited:
-            while (silent := health.devices_silent(observe(app, trio.current_time()))) is not None:
-                if _device_waits.get(key) != silent:
-                    log.info("reboot after the update waits: %s", silent)
-                _device_waits[key] = silent
-                await trio.sleep(interval)
-        if waited.cancelled_caught:
-            log.warning(
-                "reboot after the update: %s after %.0f h; rebooting without it (the trial will "
-                "be rolled back unless it answers then)",
-                _device_waits.get(key),
-                max_wait / 3600,
-            )
-    finally:
-        _device_waits.pop(key, None)
+def _devices_waited(data_dir: Path, wall: float, bound: float) -> float:
+    """Seconds the reboot of this boot's install has already waited for its devices (0 to
+    ``bound``), from the record; its start is written there the first time. A clock set back
+    since (a Pi restarts behind after a power cut) counts as no wait yet."""
+    record = read_record(data_dir)
+    if record is None or record.state != "trial":
+        return 0.0
+    if record.devices_wait_since is None:
+        try:
+            write_record(data_dir, replace(record, devices_wait_since=wall))
+        except OSError as exc:
+            log.error("update %s: cannot note when its reboot began to wait: %s",
+                      record.version, exc)  # fmt: skip
+        return 0.0
+    return min(max(0.0, wall - record.devices_wait_since), bound)
 
 
 def _note_reboot_asked(data_dir: Path, this_boot: str) -> None:
@@ -454,23 +562,34 @@ async def commit_when_healthy(
     tryboot = firmware_trial(trial_flag)
     watch = RecordWatch(data_dir)
     record = read_record(data_dir)
+    pi = tryboot_backend(rauc_conf)
     never_booted = trial_never_booted(
-        record, booted, this_boot, _read_line(data_dir / FAILURE_FILE), tryboot_backend(rauc_conf)
+        record, booted, this_boot, _read_line(data_dir / FAILURE_FILE), pi
     )
+    # Held around the running slot's confirmation and the new slot's activation: on the Pi the
+    # confirmation deletes tryboot.txt, so it must never land after the activation.
+    rauc_lock = trio.Lock()
     async with trio.open_nursery() as nursery:
         if record is not None and never_booted:
             # The old, committed slot runs: nothing to check or confirm (the firmware counts no
             # attempts, and RAUC's mark-good of this slot would delete tryboot.txt).
-            await _ask_trial_again(app, data_dir, rauc, record, this_boot, interval)
+            await _ask_trial_again(app, data_dir, record, this_boot, interval)
         else:
+            confirm = _Confirm(rauc, rauc_lock, data_dir, this_boot, pi)
             nursery.start_soon(
-                _check_this_boot, app, data_dir, rauc, record, this_boot, booted, interval, tryboot
+                _check_this_boot, app, data_dir, confirm, record, booted, interval, tryboot
             )
         while True:  # an install made during this boot (CLI or web) waits for its reboot
             record = watch()
             if record is not None and record.state == "trial" and record.boot_id == this_boot:
                 await reboot_when_quiet(
-                    app, data_dir, "trial", wall_clock=wall_clock, this_boot=this_boot
+                    app,
+                    data_dir,
+                    "trial",
+                    wall_clock=wall_clock,
+                    rauc=rauc,
+                    rauc_lock=rauc_lock,
+                    this_boot=this_boot,
                 )
                 return
             await trio.sleep(interval)
@@ -479,16 +598,15 @@ async def commit_when_healthy(
 async def _ask_trial_again(
     app: AppLike,
     data_dir: Path,
-    rauc: Rauc,
     record: UpdateRecord,
     this_boot: str,
     interval: float,
 ) -> None:
-    """Makes ``record``'s trial, whose reboot never happened, this boot's to ask for: the new
-    slot is activated again (tryboot.txt written anew: a mark-good of the old slot, by an older
-    release or by hand, deletes it) and the record moved to this boot, which the caller then
-    reboots at a quiet moment, as after an install. Once READY, so that the inverters are
-    reached and left at their fail-safe limits first; a step that fails is tried again."""
+    """Makes ``record``'s trial, whose reboot never happened, this boot's to ask for: the
+    record is moved to this boot, which the caller then reboots into as after an install (the
+    slot made the next boot again right before: ``_activate_again``). Once READY, so that the
+    inverters are reached and left at their fail-safe limits first; a write that fails is
+    tried again."""
     log.warning(
         "update %s: the device restarted before its reboot into slot %s; asking for it again",
         record.version,
@@ -498,9 +616,8 @@ async def _ask_trial_again(
         await trio.sleep(interval)
     while True:
         try:
-            await rauc.activate(record.target)
             write_record(data_dir, replace(record, boot_id=this_boot, reboot_asked=False))
-        except (RaucError, OSError) as exc:
+        except OSError as exc:
             log.error("update %s: cannot ask for its trial again: %s (retrying)",
                       record.version, exc)  # fmt: skip
             await trio.sleep(CONFIRM_RETRY_S)
@@ -511,15 +628,15 @@ async def _ask_trial_again(
 async def _check_this_boot(
     app: AppLike,
     data_dir: Path,
-    rauc: Rauc,
+    confirm: _Confirm,
     record: UpdateRecord | None,
-    this_boot: str,
     booted: str | None,
     interval: float,
     tryboot: bool = False,
 ) -> None:
     """The trial of an update committed when healthy; any other boot confirmed when READY.
     ``record``: the update record as this boot found it."""
+    rauc, this_boot = confirm.rauc, confirm.this_boot
     if record is not None and activated_before_its_record(record, booted, this_boot):
         log.warning(
             "update %s: its record lagged its activation; this is its trial", record.version
@@ -562,20 +679,44 @@ async def _check_this_boot(
     ):
         return
     if booted is not None:
-        await _confirm_boot(app, rauc, booted, interval)
+        await _confirm_boot(app, confirm, booted, interval)
 
 
 CONFIRM_RETRY_S = 30.0
 """A failed confirmation of the running slot is tried again this often (seconds)."""
 
 
-async def _confirm_boot(app: AppLike, rauc: Rauc, booted: str, interval: float) -> None:
+@dataclass(frozen=True)
+class _Confirm:
+    """What the running slot's confirmation needs: RAUC, the lock it shares with the new slot's
+    activation, and whether an install of this boot waits for its reboot (on the Pi 4/5,
+    ``pi``, a confirmation then would delete the trial's tryboot.txt)."""
+
+    rauc: Rauc
+    lock: trio.Lock
+    data_dir: Path
+    this_boot: str
+    pi: bool
+
+    def would_drop_a_trial(self) -> bool:
+        if not self.pi:
+            return False  # GRUB, U-Boot: the confirmation touches only the running slot
+        record = read_record(self.data_dir)
+        return record is not None and record.state == "trial" and record.boot_id == self.this_boot
+
+
+async def _confirm_boot(app: AppLike, confirm: _Confirm, booted: str, interval: float) -> None:
     """Confirms the running (already committed) slot once the service is READY."""
     while not app.ready:  # noqa: ASYNC110 (the App's READY is a flag, not an event)
         await trio.sleep(interval)
     while True:
         try:
-            await rauc.mark_good()
+            async with confirm.lock:
+                if confirm.would_drop_a_trial():
+                    log.info("running slot %s not confirmed: an installed update waits for its "
+                             "trial reboot (tryboot.txt is kept)", booted)  # fmt: skip
+                    return
+                await confirm.rauc.mark_good()
         except RaucError as exc:
             log.warning("could not confirm the running slot %s: %s (retrying)", booted, exc)
             await trio.sleep(CONFIRM_RETRY_S)
@@ -829,7 +970,7 @@ class UpdateStatus:
             ).to_status()
             if waits is not None and self._doc["phase"] == "reboot-pending":
                 self._doc["message"] = (
-                    f"{self._doc['version']} is installed; the reboot into it waits until the "
-                    f"devices answer ({waits}): its health check needs them"
+                    f"{self._doc['version']} is installed; the reboot into it waits for the "
+                    f"devices: {waits} (the new system's health check needs them)"
                 )
         return dict(self._doc)

@@ -60,6 +60,9 @@ class UpdateRecord:
     """Whether the reboot into the new slot was asked for (``service.request_reboot``): False
     from the install until the request is written. Only the Pi 4/5's firmware trial needs it
     (``trial_never_booted``). None in records written before it existed (taken as asked)."""
+    devices_wait_since: float | None = None
+    """Wall-clock time the reboot began to wait for the devices (``service.reboot_when_quiet``):
+    its bound counts from here across restarts of the service and boots of the old slot."""
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=1) + "\n").encode()
@@ -81,6 +84,7 @@ def parse_record(raw: bytes) -> UpdateRecord | None:
         return None
     reason, installer = doc.get("reason"), doc.get("installer")
     configured, asked = doc.get("configured"), doc.get("reboot_asked")
+    since = doc.get("devices_wait_since")
     return UpdateRecord(
         state=doc["state"],
         version=doc["version"],
@@ -91,6 +95,11 @@ def parse_record(raw: bytes) -> UpdateRecord | None:
         installer=installer if isinstance(installer, str) else None,
         configured=configured if isinstance(configured, bool) else None,
         reboot_asked=asked if isinstance(asked, bool) else None,
+        devices_wait_since=(
+            float(since)
+            if isinstance(since, int | float) and not isinstance(since, bool) and since == since
+            else None
+        ),
     )
 
 
