@@ -103,6 +103,11 @@ class MixedSite:
     t: float = 0.0
     step_pct: float = 0.01
     """Register step of the written limits (rounded down, as the SunSpec layer does)."""
+    capacity_read: bool = True
+    """False: the hybrids' battery capacity cannot be read (a GEN24 without model 713): 0."""
+    soc_step_pct: float = 0.0
+    """Step of the SoC as read (0.1: model 124's ChaState with its scale factor −1, as the
+    simulated GEN24 has it); 0: read exactly."""
     history: list[tuple[float, float]] = field(default_factory=list)
 
     @property
@@ -147,10 +152,12 @@ class MixedSite:
                 f"{h.id} battery",
                 h.battery_online,
                 True,
-                h.capacity_wh,
+                h.capacity_wh if self.capacity_read else 0.0,
                 h.rate_w,
                 h.rate_w,
-                h.soc_pct,
+                round(h.soc_pct / self.soc_step_pct) * self.soc_step_pct
+                if self.soc_step_pct > 0
+                else h.soc_pct,
                 h.battery_w,
                 ac_coupled=False,
                 sampled_t=self.t,
@@ -187,10 +194,17 @@ def run(
     plan: ChargePlan | None = None,
     battery_settings: BatterySettings | None = None,
     dt: float = 0.1,
+    late: Callable[[int], bool] | None = None,
+    every_step: bool = False,
 ) -> list[tuple[float, float]]:
     """Runs the law every 1 s with the meter sampled every 0.5 s (``limits``: fixed, or a
     function of the site's time); returns (t, export W) at every control tick. ``hook``
-    scripts the world before each tick, ``check`` runs after each decision."""
+    scripts the world before each tick, ``check`` runs after each decision.
+
+    ``late(n)`` True: the call due at the n-th second does not come (a busy machine), so the
+    next one sees a longer time since the last. ``every_step``: (t, export W) after every plant
+    step of ``dt`` instead, so that what happens between two ticks (the moment after a step,
+    while the inverters lag) is judged too."""
     s = ControlSettings()
     meter = RollingMean(s.average_s)
     state = ControllerState()
@@ -198,7 +212,7 @@ def run(
     for k in range(round(duration_s / dt) + 1):
         if k % 5 == 0:
             meter = meter.add(site.t, site.load_w - site.ac_w)
-        if k % 10 == 0:
+        if k % 10 == 0 and not (late is not None and late(k // 10)):
             if hook is not None:
                 hook(site)
             out = control_step(
@@ -216,6 +230,9 @@ def run(
             site.apply(out)
             if check is not None:
                 check(site, out)
-            trace.append((site.t, site.export_w))
+            if not every_step:
+                trace.append((site.t, site.export_w))
         site.step(dt)
+        if every_step:
+            trace.append((site.t, site.export_w))
     return trace

@@ -611,7 +611,9 @@ def control_step(
     excess_fs_w = 0.0
     if stale and fs_w is not None:
         excess_fs_w = max(der_now - max(fs_w - margin_w(fs_w, s) - offline_max_w, 0.0), 0.0)
-    bat = decide_batteries(batteries, site, state.battery, now, dt, plan, bs, excess_fs_w)
+    bat = decide_batteries(
+        batteries, site, state.battery, now, dt, plan, bs, excess_fs_w, s.interval_s
+    )
     bat_out = bat.expected_w  # + the AC-coupled batteries add to the output, − they absorb
     # The blind ones' cap is the limits' own (the configured fail-safe figure is the
     # installer's guess at a base load: for a quiet meter only, not for every second).
