@@ -497,7 +497,7 @@ async def test_the_reboot_after_an_install_waits_for_quiet_and_leaves_the_fail_s
         assert site.events == [] and rauc.activated == []
         await trio.sleep(200)  # the change has passed: nothing more is due
         assert site.events == ["fail-safe"]
-        assert [a.split("@")[0] for a in rauc.activated] == ["B"], "made the next boot again"
+        assert rauc.activated == [], "GRUB: the install's activation stands (Pi: below)"
         assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
         noted = read_record(tmp_path)
         assert noted is not None and noted.reboot_asked is True, "a later boot knows it was asked"
@@ -975,7 +975,9 @@ async def test_an_install_waiting_for_its_reboot_is_not_taken_for_a_lost_trial(
         trial_flag=flag,
     )  # fmt: skip
     # kept, with the note that its reboot was asked for (nothing limits it)
-    assert read_record(tmp_path) == replace(pending, reboot_asked=True, devices_wait_since=0.0)
+    kept = read_record(tmp_path)
+    assert kept is not None
+    assert replace(kept, devices_waited_s=None) == replace(pending, reboot_asked=True)
 
 
 class ActivatingRauc(RecordedRauc):
@@ -1031,15 +1033,16 @@ async def test_on_the_pi_a_reset_before_the_trial_reboot_asks_for_the_trial_agai
         assert read_record(data) == NOT_REBOOTED, "not before READY"
         site.ready = True
         await trio.sleep(10)
-        now_ours = replace(NOT_REBOOTED, boot_id="boot-2", devices_wait_since=0.0)
-        assert read_record(data) == now_ours, "this boot's now, its wait begun"
+        now_ours = replace(NOT_REBOOTED, boot_id="boot-2")
+        assert read_record(data) == now_ours, "this boot's now"
         assert rauc.activated == [] and not (data / REBOOT_REQUEST).exists()
         await trio.sleep(DEVICES_STEADY_S)  # the devices' five steady minutes
         assert [a.split("@")[0] for a in rauc.activated] == ["B"], "tryboot.txt written anew"
         assert site.events == ["fail-safe"]
         assert (data / REBOOT_REQUEST).read_text() == "trial boot-2\n"
         asked = read_record(data)
-        assert asked == replace(now_ours, reboot_asked=True)
+        assert asked is not None
+        assert replace(asked, devices_waited_s=None) == replace(now_ours, reboot_asked=True)
         assert status() == {
             "phase": "reboot-pending", "version": "1.4.0",
             "message": "1.4.0 is installed; rebooting into it",
@@ -1089,20 +1092,21 @@ async def test_a_slot_that_cannot_be_made_the_next_boot_is_never_rebooted_into(
     times ends the update as failed, with why, and nothing is rebooted: "reboot-pending" for
     good would block every install, a fixed release's too."""
     data, cmdline, boot = device_files(tmp_path, "rauc.slot=A", "install-boot")
+    conf = rauc_conf(tmp_path, "custom")
     write_record(data, TRIAL)
     site, rauc = Site(ready=True), ActivatingRauc(booted="A", failures=failures)
     site.answer()
+    service = partial(
+        commit_when_healthy, site, data, rauc, wall_clock=lambda: 0.0, this_boot="install-boot",
+        booted="A", rauc_conf=conf,
+    )  # fmt: skip
     with trio.move_on_after(DEVICES_STEADY_S + 20):
-        await commit_when_healthy(
-            site, data, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
-        )
+        await service()
     assert rauc.activated == [] and not (data / REBOOT_REQUEST).exists()
     assert site.events == [], "no inverter left at its fail-safe for a reboot that never comes"
-    with trio.move_on_after(DEVICES_STEADY_S + ACTIVATE_TRIES * 30 + 10):
-        await commit_when_healthy(
-            site, data, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
-        )
-    rep = UpdateStatus(data, cmdline, boot)()
+    with trio.move_on_after(DEVICES_STEADY_S + ACTIVATE_TRIES * 30 + 10) as still_running:
+        await service()
+    rep = UpdateStatus(data, cmdline, boot, conf)()
     if failures < ACTIVATE_TRIES:
         assert len(rauc.activated) == 1 and site.events == ["fail-safe"]
         assert (data / REBOOT_REQUEST).read_text() == "trial install-boot\n"
@@ -1114,6 +1118,16 @@ async def test_a_slot_that_cannot_be_made_the_next_boot_is_never_rebooted_into(
             "message": "update to 1.4.0 failed before its reboot, because its slot could not be "
             "made the next boot (Failed to mount /dev/mmcblk0p1)",
         }  # fmt: skip
+        # and the service goes on watching: a fixed release installed later is rebooted into
+        assert still_running.cancelled_caught
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service)
+            await trio.sleep(5)
+            write_record(data, replace(TRIAL, version="1.4.1"))
+            await trio.sleep(DEVICES_STEADY_S + 20)
+            assert (data / REBOOT_REQUEST).read_text() == "trial install-boot\n"
+            assert len(rauc.activated) == 1
+            nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("backend", ["custom", "grub"], ids=["pi", "grub"])
@@ -1135,8 +1149,8 @@ async def test_a_service_restarted_while_an_update_waits_does_not_drop_its_trial
         rauc_conf=conf,
     )  # fmt: skip
     assert len(rauc.marked) == (0 if backend == "custom" else 1)
-    (activated,) = rauc.activated
-    assert activated.startswith("B@")
+    # Pi: made the next boot right before the reboot; GRUB: the install's activation stands
+    assert [a.split("@")[0] for a in rauc.activated] == (["B"] if backend == "custom" else [])
     assert (data / REBOOT_REQUEST).read_text() == "trial install-boot\n"
 
 
@@ -1224,29 +1238,96 @@ async def test_the_reboot_does_not_wait_for_devices_for_ever(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, setup_mode: bool
 ):
     """A site with no devices yet (setup mode) reboots once it could (the five minutes of the
-    site as it is), as its trial needs none; a device that never answers holds the reboot for at
-    most 18 hours in all, counted across restarts of the service (one every 12 hours started the
-    18 hours again, and the update, pending for good, blocked every install)."""
+    site as it is), as its trial needs none; a device that never answers holds the reboot for
+    18 hours of waiting in all, counted across restarts of the service (one every 6 hours
+    started the 18 hours again, and the update, pending for good, blocked every install), each
+    restart losing at most the half hour since the wait was last noted. The wall clock plays no
+    part: here it jumps two days ahead after the first restart, and nothing fires early."""
     write_record(tmp_path, replace(TRIAL, boot_id="install-boot"))
     site = Site(ready=True, setup_mode=setup_mode)
     if setup_mode:
         site.meter, site.inverters = None, []
     rauc = RecordedRauc(booted="A")
+    wall = [1000.0]
 
     async def service_for(hours: float) -> None:
         with trio.move_on_after(hours * 3600):
             await commit_when_healthy(
-                site, tmp_path, rauc, wall_clock=trio.current_time, this_boot="install-boot",
+                site, tmp_path, rauc, wall_clock=lambda: wall[0], this_boot="install-boot",
                 booted="A",
             )  # fmt: skip
 
     await service_for(0.2)
     assert (tmp_path / REBOOT_REQUEST).exists() is setup_mode
     if not setup_mode:
-        await service_for(11.8)  # restarted by the watchdog after 12 hours of waiting
-        assert not (tmp_path / REBOOT_REQUEST).exists()
-        await service_for(5.9)  # 17.9 hours in all
-        assert not (tmp_path / REBOOT_REQUEST).exists()
-        await service_for(0.2)
+        await service_for(5.8)  # restarted by the watchdog after 6 hours of waiting
+        wall[0] += 2 * 86400.0  # a clock stepped two days ahead
+        await service_for(6.0)
+        await service_for(6.0)
+        assert not (tmp_path / REBOOT_REQUEST).exists(), "at most 1.5 h lost to restarts"
+        await service_for(1.6)
     assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
     assert site.events == ["fail-safe"]
+
+
+class SlowConfirmRauc(RecordedRauc):
+    """RAUC whose confirmation (mark-good) takes 400 s to answer: a busy D-Bus service."""
+
+    async def mark_good(self) -> None:
+        begun = trio.current_time()
+        await trio.sleep(400)
+        self.marked.append(f"good@{begun:.0f}-{trio.current_time():.0f}")
+
+
+async def test_on_the_pi_the_activation_waits_for_a_confirmation_under_way(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    """Pi 4/5: the READY confirmation of the running slot (its mark-good deletes tryboot.txt)
+    was begun before the install, and RAUC is slow to answer. The activation before the reboot
+    must come after it, never during it, or the trial reboot boots the old slot."""
+    data, _cmdline, _boot = device_files(tmp_path, "rauc.slot=A", "install-boot")
+    conf = rauc_conf(tmp_path, "custom")
+    site, rauc = Site(ready=True), SlowConfirmRauc(booted="A")
+    site.answer()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            partial(
+                commit_when_healthy, site, data, rauc, wall_clock=lambda: 0.0,
+                this_boot="install-boot", booted="A", rauc_conf=conf,
+            )
+        )  # fmt: skip
+        await trio.sleep(5)  # the confirmation is under way
+        write_record(data, TRIAL)  # an install of this boot finished meanwhile
+        await trio.sleep(DEVICES_STEADY_S + 200)
+        (confirmed,) = rauc.marked
+        ended = float(confirmed.split("-")[1])
+        (activated,) = rauc.activated
+        assert float(activated.split("@")[1]) >= ended, (confirmed, activated)
+        assert (data / REBOOT_REQUEST).read_text() == "trial install-boot\n"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_record_unreadable_before_the_reboot_is_not_rebooted_into(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    """Pi 4/5: the record cannot be read when the slot is to be made the next boot (a damaged
+    file): the reboot went ahead without the activation. Nothing tells then whether tryboot.txt
+    names the new slot, so nothing is rebooted."""
+    data, _cmdline, _boot = device_files(tmp_path, "rauc.slot=A", "install-boot")
+    conf = rauc_conf(tmp_path, "custom")
+    write_record(data, TRIAL)
+    site, rauc = Site(ready=True), RecordedRauc(booted="A")
+    site.answer()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            partial(
+                commit_when_healthy, site, data, rauc, wall_clock=lambda: 0.0,
+                this_boot="install-boot", booted="A", rauc_conf=conf,
+            )
+        )  # fmt: skip
+        await trio.sleep(DEVICES_STEADY_S - 10)
+        (data / "update.json").write_bytes(b'{"state": "tri')  # damaged
+        await trio.sleep(ACTIVATE_TRIES * 30 + 60)
+        assert rauc.activated == [] and site.events == []
+        assert not (data / REBOOT_REQUEST).exists()
+        nursery.cancel_scope.cancel()

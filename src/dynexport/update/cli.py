@@ -114,9 +114,19 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
         _write(data, record.moved_to("failed", str(exc)))
         print(f"install failed, the running system is unchanged: {exc}", file=sys.stderr)
         return 1
-    # asked for now or by the service at a quiet moment (which notes it then)
-    _write(data, replace(record.moved_to("trial"), reboot_asked=bool(args.reboot_now)))
+    trial = record.moved_to("trial")
+    _write(data, trial)  # the service reboots into it at a quiet moment (and notes that then)
     if args.reboot_now:
+        try:
+            # Once more now the record says "trial": on the Pi a confirmation of the running
+            # slot by the service (it skips one while a trial of this boot is recorded) may
+            # have deleted tryboot.txt since the install's activation.
+            await rauc.activate(target)
+        except RaucError as exc:
+            print(f"{info.version} installed in slot {target}, but not rebooted now: {exc}; "
+                  "the service reboots into it at a quiet moment", file=sys.stderr)  # fmt: skip
+            return 1
+        _write(data, replace(trial, reboot_asked=True))
         request_reboot(data, "trial", boot_id(), folder_owner(data))
         print(f"{info.version} installed in slot {target}; rebooting now")
     else:

@@ -336,33 +336,46 @@ async def reboot_when_quiet(
     devices_steady_s: float = DEVICES_STEADY_S,
     interval: float = 5.0,
     this_boot: str | None = None,
-) -> None:
-    """Reboots into the installed update once the devices answer and at a quiet moment: the
-    new slot made the next boot again and every inverter left at its fail-safe limit first.
+) -> bool:
+    """Reboots into the installed update once the devices answer and at a quiet moment: every
+    inverter left at its fail-safe limit first. True once the reboot is asked for (the
+    root-owned dynexport-update-reboot.path does it, and systemd then stops the service).
 
-    Call it as a task (it returns once the request is written, or once the slot could not be
-    activated; the root-owned dynexport-update-reboot.path does the reboot, and systemd then
-    stops the service). ``rauc``: None asks RAUC nothing (the slot is taken as activated).
+    ``rauc`` (the Pi 4/5's tryboot backend only): the slot is made the next boot again right
+    before (``_activate_again``); False when it cannot be, and nothing is rebooted. Elsewhere
+    the install's activation stands: nothing else changes the boot order.
     """
     this_boot = boot_id() if this_boot is None else this_boot
-    await _wait_devices_and_quiet(
-        app,
-        data_dir,
-        wall_clock,
-        quiet_s=quiet_s,
-        max_wait=max_wait,
-        devices_max_wait=devices_max_wait,
-        devices_steady_s=devices_steady_s,
-        interval=interval,
-    )
-    if rauc is not None and not await _activate_again(
-        data_dir, rauc, rauc_lock or trio.Lock(), this_boot
-    ):
-        return
+    while True:
+        await _wait_devices_and_quiet(
+            app,
+            data_dir,
+            wall_clock,
+            quiet_s=quiet_s,
+            max_wait=max_wait,
+            devices_max_wait=devices_max_wait,
+            devices_steady_s=devices_steady_s,
+            interval=interval,
+        )
+        if rauc is None:
+            break
+        if not await _activate_again(data_dir, rauc, rauc_lock or trio.Lock(), this_boot):
+            return False
+        # RAUC may have taken minutes: devices gone quiet meanwhile (dusk) are waited for again
+        silent = health.devices_silent(observe(app, trio.current_time()))
+        if silent is None or _devices_waited(data_dir) >= devices_max_wait:
+            break
+        log.info("reboot after the update waits again: %s", silent)
     log.warning("rebooting for the update: leaving every inverter at its fail-safe limit")
     await app.leave_fail_safe()
     _note_reboot_asked(data_dir, this_boot)
     request_reboot(data_dir, kind, this_boot)
+    return True
+
+
+DEVICES_WAIT_NOTE_S = 1800.0
+"""How often the time waited for the devices is written to the record (at most 36 writes in
+the 18 hours): a restart of the service or a boot of the old slot goes on from there."""
 
 
 async def _wait_devices_and_quiet(
@@ -377,17 +390,23 @@ async def _wait_devices_and_quiet(
     interval: float,
 ) -> None:
     """Until the devices the trial needs have answered for ``devices_steady_s`` (at most
-    ``devices_max_wait`` s in all, counted from the record's ``devices_wait_since``: a restart
-    of the service does not start it again) and no limit change is due within ``quiet_s`` (at
-    most ``max_wait`` s of that, counted while the devices answer). Devices that fall silent
-    while the quiet moment is awaited (dusk) send it back to waiting for them."""
+    ``devices_max_wait`` s of waiting in all: the seconds waited are kept in the record,
+    ``devices_waited_s``, counted on the monotonic clock, so neither a restart of the service,
+    nor a clock set or stepped, nor hours powered off start or spend them) and no limit change
+    is due within ``quiet_s`` (at most ``max_wait`` s of that, counted while the devices
+    answer). Devices that fall silent while the quiet moment is awaited (dusk) send it back to
+    waiting for them."""
     key = _folder_key(data_dir)
-    start = trio.current_time() - _devices_waited(data_dir, wall_clock(), devices_max_wait)
+    start = trio.current_time() - _devices_waited(data_dir)
+    noted = trio.current_time()
     answering_since: float | None = None
     quiet_since: float | None = None
     try:
         while True:
             now = trio.current_time()
+            if now - noted >= DEVICES_WAIT_NOTE_S:
+                noted = now
+                _note_devices_waited(data_dir, min(now - start, devices_max_wait))
             silent = health.devices_silent(observe(app, now))
             if now - start >= devices_max_wait:
                 if silent is not None and _device_waits.get(key) is not None:
@@ -418,16 +437,17 @@ async def _wait_devices_and_quiet(
             _device_waits.pop(key, None)
             quiet_since = now if quiet_since is None else quiet_since
             if now - quiet_since >= max_wait:
-                return
+                break
             try:
                 due = next_change_in(app.limits_outlook(1.0), wall_clock())
             except Exception:  # an outlook that cannot be computed: wait for the bound
                 log.exception("limits outlook failed while waiting to reboot")
                 due = 0.0
             if due is None or due > quiet_s:
-                return
+                break
             log.info("reboot after the update waits: a limit change is due in %.0f s", due)
             await trio.sleep(interval)
+        _note_devices_waited(data_dir, min(trio.current_time() - start, devices_max_wait))
     finally:
         _device_waits.pop(key, None)
 
@@ -436,20 +456,26 @@ async def _activate_again(data_dir: Path, rauc: Rauc, rauc_lock: trio.Lock, this
     """Makes the installed slot the next boot once more, right before the reboot is asked for:
     on the Pi 4/5 a confirmation of the running slot (``mark-good``: at READY, by a service
     restarted meanwhile, or by hand) deletes tryboot.txt, and the trial reboot would boot the old
-    slot. False (the record then says failed, with why) when RAUC refuses ``ACTIVATE_TRIES``
-    times: an update that cannot be made the next boot is not rebooted into."""
-    error: RaucError | None = None
+    slot. False when RAUC refuses ``ACTIVATE_TRIES`` times (the record then says failed, with
+    why) or the record is no longer (readable as) this boot's trial: an update that cannot be
+    made the next boot is not rebooted into."""
+    error: str = "the update record cannot be read"
     for attempt in range(ACTIVATE_TRIES):
-        record = read_record(data_dir)
-        if record is None or record.state != "trial" or record.boot_id != this_boot:
-            return True  # nothing of this boot to activate (the caller asked for a reboot)
         if attempt:
             await trio.sleep(CONFIRM_RETRY_S)
+        record = read_record(data_dir)
+        if record is None:
+            log.error("update: the record cannot be read before the reboot (retrying)")
+            continue
+        if record.state != "trial" or record.boot_id != this_boot:
+            log.error("update %s: the record moved on (%s) before the reboot: not rebooted",
+                      record.version, record.state)  # fmt: skip
+            return False
         try:
             async with rauc_lock:
                 await rauc.activate(record.target)
         except RaucError as exc:
-            error = exc
+            error = str(exc)
             log.error("update %s: its slot cannot be made the next boot: %s (retrying)",
                       record.version, exc)  # fmt: skip
         else:
@@ -458,10 +484,14 @@ async def _activate_again(data_dir: Path, rauc: Rauc, rauc_lock: trio.Lock, this
     if record is not None and record.state == "trial" and record.boot_id == this_boot:
         why = f"its slot could not be made the next boot ({error})"
         log.error("update %s: not rebooted into: %s", record.version, why)
-        try:
-            write_record(data_dir, record.moved_to("failed", why))
-        except OSError as exc:
-            log.error("update %s: its failure cannot be recorded: %s", record.version, exc)
+        for wait in (0.0, *RECORD_RETRY_S):
+            await trio.sleep(wait)
+            try:
+                write_record(data_dir, record.moved_to("failed", why))
+            except OSError as exc:
+                log.error("update %s: its failure cannot be recorded: %s", record.version, exc)
+            else:
+                break
     return False
 
 
@@ -478,21 +508,25 @@ def _folder_key(data_dir: Path) -> Path:
     return data_dir.resolve()  # a few lstat calls, once per wait or status
 
 
-def _devices_waited(data_dir: Path, wall: float, bound: float) -> float:
-    """Seconds the reboot of this boot's install has already waited for its devices (0 to
-    ``bound``), from the record; its start is written there the first time. A clock set back
-    since (a Pi restarts behind after a power cut) counts as no wait yet."""
+def _devices_waited(data_dir: Path) -> float:
+    """Seconds the reboot of the install recorded in ``data_dir`` has waited for its devices so
+    far (the record's ``devices_waited_s``; 0 for none)."""
     record = read_record(data_dir)
-    if record is None or record.state != "trial":
+    if record is None or record.state != "trial" or record.devices_waited_s is None:
         return 0.0
-    if record.devices_wait_since is None:
-        try:
-            write_record(data_dir, replace(record, devices_wait_since=wall))
-        except OSError as exc:
-            log.error("update %s: cannot note when its reboot began to wait: %s",
-                      record.version, exc)  # fmt: skip
-        return 0.0
-    return min(max(0.0, wall - record.devices_wait_since), bound)
+    return record.devices_waited_s
+
+
+def _note_devices_waited(data_dir: Path, seconds: float) -> None:
+    """Writes how long the reboot has waited for its devices into the record (a write that
+    fails is logged: the wait then counts from its last note after a restart)."""
+    record = read_record(data_dir)
+    if record is None or record.state != "trial" or record.devices_waited_s == seconds:
+        return
+    try:
+        write_record(data_dir, replace(record, devices_waited_s=round(seconds, 1)))
+    except OSError as exc:
+        log.error("update %s: cannot note how long its reboot waited: %s", record.version, exc)
 
 
 def _note_reboot_asked(data_dir: Path, this_boot: str) -> None:
@@ -581,17 +615,19 @@ async def commit_when_healthy(
             )
         while True:  # an install made during this boot (CLI or web) waits for its reboot
             record = watch()
-            if record is not None and record.state == "trial" and record.boot_id == this_boot:
-                await reboot_when_quiet(
-                    app,
-                    data_dir,
-                    "trial",
-                    wall_clock=wall_clock,
-                    rauc=rauc,
-                    rauc_lock=rauc_lock,
-                    this_boot=this_boot,
-                )
+            ours = record is not None and record.state == "trial" and record.boot_id == this_boot
+            if ours and await reboot_when_quiet(
+                app,
+                data_dir,
+                "trial",
+                wall_clock=wall_clock,
+                rauc=rauc if pi else None,
+                rauc_lock=rauc_lock,
+                this_boot=this_boot,
+            ):
                 return
+            # not rebooted (its slot could not be activated, the record then says failed): a
+            # later install is watched for
             await trio.sleep(interval)
 
 

@@ -9,6 +9,7 @@ on one line each: the shell fallback ``update-deadline`` reads them with sed.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -60,9 +61,10 @@ class UpdateRecord:
     """Whether the reboot into the new slot was asked for (``service.request_reboot``): False
     from the install until the request is written. Only the Pi 4/5's firmware trial needs it
     (``trial_never_booted``). None in records written before it existed (taken as asked)."""
-    devices_wait_since: float | None = None
-    """Wall-clock time the reboot began to wait for the devices (``service.reboot_when_quiet``):
-    its bound counts from here across restarts of the service and boots of the old slot."""
+    devices_waited_s: float | None = None
+    """Seconds the reboot has waited for the devices so far (``service.reboot_when_quiet``,
+    counted on the monotonic clock and noted now and then): its bound counts on from here after
+    a restart of the service or a boot of the old slot."""
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=1) + "\n").encode()
@@ -84,7 +86,7 @@ def parse_record(raw: bytes) -> UpdateRecord | None:
         return None
     reason, installer = doc.get("reason"), doc.get("installer")
     configured, asked = doc.get("configured"), doc.get("reboot_asked")
-    since = doc.get("devices_wait_since")
+    waited = doc.get("devices_waited_s")
     return UpdateRecord(
         state=doc["state"],
         version=doc["version"],
@@ -95,9 +97,11 @@ def parse_record(raw: bytes) -> UpdateRecord | None:
         installer=installer if isinstance(installer, str) else None,
         configured=configured if isinstance(configured, bool) else None,
         reboot_asked=asked if isinstance(asked, bool) else None,
-        devices_wait_since=(
-            float(since)
-            if isinstance(since, int | float) and not isinstance(since, bool) and since == since
+        devices_waited_s=(
+            float(waited)
+            if isinstance(waited, int | float)
+            and not isinstance(waited, bool)
+            and 0 <= waited < math.inf
             else None
         ),
     )
