@@ -45,12 +45,23 @@ async def test_sapn_step_sequence_export_settles_within_tolerance_well_inside_15
                 ceiling = limit + tolerance_w(limit)
                 await wait_for(lambda: sim.export_w() <= ceiling, within=8.0)  # noqa: B023
                 settled_after = trio.current_time() - stepped
-                # ...and it stays there, close to the limit rather than far below it.
-                exports = []
-                for _ in range(8):
-                    await trio.sleep(0.5)
-                    exports.append(sim.export_w())
-                assert max(exports) <= limit + tolerance_w(limit), (limit, exports)
+                # ...and it stays there (never above, whatever happens), close to the limit rather
+                # than far below it while the controller sees the site: a window in which it went
+                # to its fail-safe (its meter reading stale: on a loaded CI machine the test
+                # process itself was starved for seconds, and export fell to the fail-safe's, as
+                # it should) is settled and sampled again; the fail-safe has its own tests.
+                for _ in range(5):
+                    exports, modes = [], set()
+                    for _ in range(8):
+                        await trio.sleep(0.5)
+                        exports.append(sim.export_w())
+                        modes.add(app.output.mode if app.output is not None else None)
+                    assert max(exports) <= limit + tolerance_w(limit), (limit, exports)
+                    if modes == {"normal"}:
+                        break
+                    await wait_settled(sim.export_w, limit, tolerance_w(limit))
+                else:
+                    raise AssertionError(f"no 4 s in normal mode at {limit} W (last: {modes})")
                 assert min(exports) >= limit - tolerance_w(limit) - 0.01 * limit, (limit, exports)
                 assert settled_after < 8.0
                 assert app.status()["limits"]["source"]["export_w"] == "config"
