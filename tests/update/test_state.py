@@ -149,11 +149,12 @@ UNASKED = UpdateRecord(
 )
 
 
-def test_on_the_pis_trial_boot_a_reset_before_the_reboot_was_asked_is_no_rollback():
-    """Pi 4/5: the activation wrote only tryboot.txt, which a normal boot ignores. The device
-    was reset while the update waited for a quiet moment: the old slot runs, the new one was
-    never tried, and the update is still to be tried, not "failed and was rolled back"."""
-    rep = report(UNASKED, booted="A", boot_id="boot-2", failure=None, tryboot=True)
+def test_a_reset_before_the_reboot_was_asked_is_no_rollback():
+    """The device was reset while the installed update waited for its reboot: the slot is made
+    the next boot only right before the reboot is asked for (on the Pi 4/5 that is only
+    tryboot.txt, which a normal boot ignores anyway), so the old slot ran again and the new one
+    was never tried. The update is still to be tried, not "failed and was rolled back"."""
+    rep = report(UNASKED, booted="A", boot_id="boot-2", failure=None)
     assert rep.phase == "reboot-pending"
     assert rep.message == (
         "1.4.0 is installed, but the device restarted before its reboot into it (a power cut, "
@@ -163,21 +164,16 @@ def test_on_the_pis_trial_boot_a_reset_before_the_reboot_was_asked_is_no_rollbac
 
 def test_once_the_reboot_was_asked_the_old_slot_running_is_a_rollback():
     asked = replace(UNASKED, reboot_asked=True)
-    rep = report(asked, booted="A", boot_id="boot-2", failure=None, tryboot=True)
+    rep = report(asked, booted="A", boot_id="boot-2", failure=None)
     assert rep.phase == "rolled-back" and RESET_REASON in (rep.message or "")
-    # a record written before the note existed is taken as asked: never tried twice
+    # a record written before the note existed (its slot activated at the install) is taken as
+    # asked: never tried twice
     old = replace(UNASKED, reboot_asked=None)
-    assert report(old, "A", "boot-2", None, tryboot=True).phase == "rolled-back"
-
-
-def test_where_the_boot_loader_counts_attempts_the_old_slot_running_means_the_new_one_failed():
-    # GRUB, U-Boot: the activation made the new slot the next boot; a reset boots it
-    rep = report(UNASKED, booted="A", boot_id="boot-2", failure=None, tryboot=False)
-    assert rep.phase == "rolled-back"
+    assert report(old, "A", "boot-2", None).phase == "rolled-back"
 
 
 def test_a_rollback_reason_says_the_trial_ran_even_without_the_note():
-    rep = report(UNASKED, "A", "boot-2", "it did not pass its health check", tryboot=True)
+    rep = report(UNASKED, "A", "boot-2", "it did not pass its health check")
     assert rep.phase == "rolled-back"
 
 
@@ -198,23 +194,24 @@ def test_the_note_survives_the_round_trip_and_a_wrong_type_is_ignored():
     failure=st.sampled_from([None, "", "it did not pass its health check"]),
     gone=st.booleans(),
 )
-def test_the_firmware_trial_changes_only_the_report_of_a_trial_whose_reboot_never_came(
+def test_only_a_trial_whose_reboot_never_came_is_still_to_come(
     state, asked, booted, same_boot, failure, gone
 ):
-    """Whatever the record and the boot, knowing the boot loader is the Pi's firmware trial
-    changes one answer only: a trial of an earlier boot, never asked for, no reason given for a
-    rollback, and the old slot running. That one is still to come, never a rollback."""
+    """Whatever the record and the boot, "rolled back" is said of a trial of an earlier boot
+    while the old slot runs, and "still to come" instead exactly when its reboot was never asked
+    for and no rollback reason was written; the note changes no other answer."""
     rec = replace(UNASKED.moved_to(state), reboot_asked=asked)
     boot = "boot-1" if same_boot else "boot-9"
-    plain = report(rec, booted, boot, failure, installer_gone=gone)
-    pi = report(rec, booted, boot, failure, installer_gone=gone, tryboot=True)
-    never = trial_never_booted(rec, booted, boot, failure, True)
+    rep = report(rec, booted, boot, failure, installer_gone=gone)
+    noted = report(replace(rec, reboot_asked=True), booted, boot, failure, installer_gone=gone)
+    never = trial_never_booted(rec, booted, boot, failure)
+    assert never == (
+        state == "trial" and asked is False and booted == "A" and not same_boot and not failure
+    )
     if never:
-        assert state == "trial" and asked is False and booted == "A" and not same_boot
-        assert not failure
-        assert (plain.phase, pi.phase) == ("rolled-back", "reboot-pending")
+        assert (noted.phase, rep.phase) == ("rolled-back", "reboot-pending")
     else:
-        assert pi == plain
+        assert rep == noted
 
 
 def test_how_long_the_reboot_waited_survives_the_round_trip_and_garbage_is_ignored():

@@ -109,7 +109,7 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
         print(f"  {line}", flush=True)
 
     try:
-        await rauc.install(args.file, target, progress)
+        await rauc.install(args.file, target, progress, activate=False)
     except RaucError as exc:
         _write(data, record.moved_to("failed", str(exc)))
         print(f"install failed, the running system is unchanged: {exc}", file=sys.stderr)
@@ -118,9 +118,9 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
     _write(data, trial)  # the service reboots into it at a quiet moment (and notes that then)
     if args.reboot_now:
         try:
-            # Once more now the record says "trial": on the Pi a confirmation of the running
-            # slot by the service (it skips one while a trial of this boot is recorded) may
-            # have deleted tryboot.txt since the install's activation.
+            # Only now the record says "trial": on the Pi a confirmation of the running slot by
+            # the service deletes tryboot.txt, and it skips one while a trial of this boot is
+            # recorded. Without --reboot-now the service activates it before its reboot.
             await rauc.activate(target)
         except RaucError as exc:
             print(f"{info.version} installed in slot {target}, but not rebooted now: {exc}; "

@@ -3,8 +3,9 @@
 Whoever brought the bundle (the web page, the update URL), the install is the same: RAUC's A/B
 service is asked which slot runs, the update record is written (``installing``, clearing what an
 earlier update left), ``rauc install`` writes the other slot while control goes on, and the
-record moves to ``trial`` (``service.commit_when_healthy`` then reboots at a quiet moment, every
-inverter at its fail-safe limit first) or ``failed``. One install at a time per data folder:
+record moves to ``trial`` (``service.commit_when_healthy`` then makes the slot the next boot and
+reboots into it once the devices answer and at a quiet moment, every inverter at its fail-safe
+limit first) or ``failed``. One install at a time per data folder:
 ``claim`` is taken before one starts and ``release`` after it ends.
 
 The texts an installer sees are here too (``refusal``): RAUC's own words go to the log.
@@ -27,7 +28,6 @@ from dynexport.update.service import (
     process_identity,
     read_record,
     report_of,
-    slot_written,
     write_record,
 )
 from dynexport.update.service import claim as claim  # the install slot: shared.* for callers
@@ -156,24 +156,22 @@ async def install_verified(
     except OSError as exc:
         return f"not installed: the update record cannot be written ({exc})"
     try:
-        await rauc.install(str(bundle), target, progress)
+        await rauc.install(str(bundle), target, progress, activate=False)
     except RaucError as exc:
         try:
             write_record(data_dir, record.moved_to("failed", str(exc)))
         except OSError as write_error:
             log.error("update %s: its failure cannot be recorded: %s", info.version, write_error)
         return f"install failed, the running system is unchanged: {exc}"
-    slot_written(data_dir)
     try:
         write_record(data_dir, record.moved_to("trial"))
     except OSError as exc:
-        # The slot is written and activated; a record left at "installing" from this boot makes
-        # the next boot a trial all the same (state.activated_before_its_record).
+        # The slot is written, not activated (the reboot does that): nothing boots it, and the
+        # record left at "installing" reads "interrupted" once this install has ended.
         log.error("update %s installed, but its record cannot be written: %s", info.version, exc)
         return (
             f"{info.version} was written to slot {target}, but the update record cannot be "
-            f"written ({exc}): it is not rebooted into now; it runs as a trial, with its health "
-            "check, from the next restart"
+            f"written ({exc}): it is not rebooted into, and the running system is unchanged"
         )
     log.info("update %s installed in slot %s from %s", info.version, target, origin)
     return None

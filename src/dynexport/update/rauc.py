@@ -200,10 +200,18 @@ class Rauc:
         await self._run("status", "mark-bad", "booted")
 
     async def install(
-        self, bundle: str, target: str, progress: Callable[[str], Awaitable[None]]
+        self,
+        bundle: str,
+        target: str,
+        progress: Callable[[str], Awaitable[None]],
+        *,
+        activate: bool = True,
     ) -> None:
         """Installs into the other slot (bootname ``target``), handing each line RAUC prints (its
-        progress) on, then makes that slot the one the boot loader starts next.
+        progress) on, then (``activate``) makes that slot the one the boot loader starts next.
+        dynexport's installs leave that to the moment of the reboot (``service.reboot_when_quiet``):
+        activated now, a reset while the reboot waits (for the devices, for hours at night)
+        would start the trial on U-Boot and GRUB, with the inverters asleep.
 
         The image's RAUC does not activate what it installed (``activate-installed=false``): it
         would mark the slot active before its post-install handler has put the slot's kernel on
@@ -213,7 +221,8 @@ class Rauc:
         slot first; the slot is written but never booted.
         """
         await self._write(bundle, progress)
-        await self.activate(target)
+        if activate:
+            await self.activate(target)
 
     async def activate(self, target: str) -> None:
         """``rauc status mark-active`` for the slot named ``target`` (``A``/``B``): the boot

@@ -140,8 +140,7 @@ def installer_gone(
     if record.installer is None:
         return False
     if data_dir is not None and record.installer == process_identity(proc=proc):
-        key = data_dir.resolve()
-        return not installing(data_dir) and key not in _written
+        return not installing(data_dir)
     pid, _, _ = record.installer.partition(":")
     if not pid.isdigit():
         return False  # not written by this code: not trusted either way
@@ -160,7 +159,6 @@ def claim(data_dir: Path) -> bool:
     if key in _claimed:
         return False
     _claimed.add(key)
-    _written.discard(key)
     return True
 
 
@@ -170,17 +168,6 @@ def release(data_dir: Path) -> None:
 
 def installing(data_dir: Path) -> bool:
     return data_dir.resolve() in _claimed
-
-
-_written: set[Path] = set()
-"""Data folders whose install by this process RAUC has written and activated: a record left at
-``installing`` (it could not be moved to ``trial``) is then no interrupted install, but a slot
-the next boot tries (``state.activated_before_its_record``)."""
-
-
-def slot_written(data_dir: Path) -> None:
-    """Notes that this process's install into ``data_dir``'s system finished writing its slot."""
-    _written.add(data_dir.resolve())
 
 
 CONFIG_FILES = ("config.json", "config.last-good.json")
@@ -252,7 +239,6 @@ def report_of(
     data_dir: Path,
     status: RaucStatus | None,
     this_boot: str,
-    rauc_conf: Path | None = None,
 ) -> UpdateReport:
     """``update_report`` for a record the caller has read already (one read, one view)."""
     return report(
@@ -261,7 +247,6 @@ def report_of(
         this_boot,
         _read_line(data_dir / FAILURE_FILE),
         installer_gone=installer_gone(record, this_boot, data_dir=data_dir),
-        tryboot=tryboot_backend(RAUC_SYSTEM_CONF if rauc_conf is None else rauc_conf),
     )
 
 
@@ -337,13 +322,15 @@ async def reboot_when_quiet(
     interval: float = 5.0,
     this_boot: str | None = None,
 ) -> bool:
-    """Reboots into the installed update once the devices answer and at a quiet moment: every
-    inverter left at its fail-safe limit first. True once the reboot is asked for (the
-    root-owned dynexport-update-reboot.path does it, and systemd then stops the service).
+    """Reboots into the installed update once the devices answer and at a quiet moment: its slot
+    made the next boot and every inverter left at its fail-safe limit first. True once the
+    reboot is asked for (the root-owned dynexport-update-reboot.path does it, and systemd then
+    stops the service).
 
-    ``rauc`` (the Pi 4/5's tryboot backend only): the slot is made the next boot again right
-    before (``_activate_again``); False when it cannot be, and nothing is rebooted. Elsewhere
-    the install's activation stands: nothing else changes the boot order.
+    ``rauc``: the slot is made the next boot right before (``_activate_again``; the install
+    left that for now, and on the Pi 4/5 a confirmation of the running slot deletes
+    tryboot.txt); False when it cannot be, and nothing is rebooted. None: RAUC is asked
+    nothing (the slot is taken as activated).
     """
     this_boot = boot_id() if this_boot is None else this_boot
     while True:
@@ -453,12 +440,13 @@ async def _wait_devices_and_quiet(
 
 
 async def _activate_again(data_dir: Path, rauc: Rauc, rauc_lock: trio.Lock, this_boot: str) -> bool:
-    """Makes the installed slot the next boot once more, right before the reboot is asked for:
-    on the Pi 4/5 a confirmation of the running slot (``mark-good``: at READY, by a service
-    restarted meanwhile, or by hand) deletes tryboot.txt, and the trial reboot would boot the old
-    slot. False when RAUC refuses ``ACTIVATE_TRIES`` times (the record then says failed, with
-    why) or the record is no longer (readable as) this boot's trial: an update that cannot be
-    made the next boot is not rebooted into."""
+    """Makes the installed slot the next boot, right before the reboot is asked for (not at the
+    install: a reset while the reboot waits would start the trial, at night with the inverters
+    asleep, on U-Boot and GRUB; and on the Pi 4/5 a confirmation of the running slot at READY,
+    by a service restarted meanwhile, or by hand deletes tryboot.txt). False when RAUC refuses
+    ``ACTIVATE_TRIES`` times (the record then says failed, with why) or the record is no longer
+    (readable as) this boot's trial: an update that cannot be made the next boot is not rebooted
+    into."""
     error: str = "the update record cannot be read"
     for attempt in range(ACTIVATE_TRIES):
         if attempt:
@@ -598,18 +586,20 @@ async def commit_when_healthy(
     record = read_record(data_dir)
     pi = tryboot_backend(rauc_conf)
     never_booted = trial_never_booted(
-        record, booted, this_boot, _read_line(data_dir / FAILURE_FILE), pi
+        record, booted, this_boot, _read_line(data_dir / FAILURE_FILE)
     )
     # Held around the running slot's confirmation and the new slot's activation: on the Pi the
     # confirmation deletes tryboot.txt, so it must never land after the activation.
     rauc_lock = trio.Lock()
+    confirm = _Confirm(rauc, rauc_lock, data_dir, this_boot, pi)
     async with trio.open_nursery() as nursery:
-        if record is not None and never_booted:
-            # The old, committed slot runs: nothing to check or confirm (the firmware counts no
-            # attempts, and RAUC's mark-good of this slot would delete tryboot.txt).
+        if record is not None and never_booted and booted is not None:
+            # The old, committed slot runs (the new one was never activated): nothing to check,
+            # and it is confirmed as on any boot (U-Boot and GRUB spend an attempt at each boot;
+            # on the Pi the activation before the reboot writes tryboot.txt anew, after it).
+            nursery.start_soon(_confirm_boot, app, confirm, booted, interval)
             await _ask_trial_again(app, data_dir, record, this_boot, interval)
         else:
-            confirm = _Confirm(rauc, rauc_lock, data_dir, this_boot, pi)
             nursery.start_soon(
                 _check_this_boot, app, data_dir, confirm, record, booted, interval, tryboot
             )
@@ -621,7 +611,7 @@ async def commit_when_healthy(
                 data_dir,
                 "trial",
                 wall_clock=wall_clock,
-                rauc=rauc if pi else None,
+                rauc=rauc,
                 rauc_lock=rauc_lock,
                 this_boot=this_boot,
             ):
@@ -924,11 +914,10 @@ def update_status(
     data_dir: Path,
     cmdline: Path = Path("/proc/cmdline"),
     boot_id_path: Path = BOOT_ID,
-    rauc_conf: Path = RAUC_SYSTEM_CONF,
 ) -> dict[str, Any]:
-    """``App.status()["update"]``, asked once: synchronous, reads three small files (no RAUC
-    call), and the installer's /proc entry while an install of this boot is recorded."""
-    return UpdateStatus(data_dir, cmdline, boot_id_path, rauc_conf)()
+    """``App.status()["update"]``, asked once: synchronous, reads two small files (no RAUC call),
+    and the installer's /proc entry while an install of this boot is recorded."""
+    return UpdateStatus(data_dir, cmdline, boot_id_path)()
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -971,12 +960,10 @@ class UpdateStatus:
         data_dir: Path,
         cmdline: Path = Path("/proc/cmdline"),
         boot_id_path: Path = BOOT_ID,
-        rauc_conf: Path = RAUC_SYSTEM_CONF,
     ) -> None:
         self.data_dir = data_dir
         self._booted = booted_slot(cmdline)
         self._boot_id = boot_id(boot_id_path)
-        self._tryboot = tryboot_backend(rauc_conf)
         self._key: tuple[object, object] | None = None
         self._record: UpdateRecord | None = None
         self._failure: str | None = None
@@ -1002,7 +989,6 @@ class UpdateStatus:
                 self._boot_id,
                 self._failure,
                 installer_gone=gone,
-                tryboot=self._tryboot,
             ).to_status()
             if waits is not None and self._doc["phase"] == "reboot-pending":
                 self._doc["message"] = (

@@ -58,9 +58,10 @@ class UpdateRecord:
     waits in setup mode finds none (a release looking in the wrong place), which is no first
     boot. None in records written before it existed."""
     reboot_asked: bool | None = None
-    """Whether the reboot into the new slot was asked for (``service.request_reboot``): False
-    from the install until the request is written. Only the Pi 4/5's firmware trial needs it
-    (``trial_never_booted``). None in records written before it existed (taken as asked)."""
+    """Whether the reboot into the new slot was asked for (``service.request_reboot``, the slot
+    made the next boot just before): False from the install until the request is written
+    (``trial_never_booted``). None in records written before it existed (their slot activated
+    at the install: taken as asked)."""
     devices_waited_s: float | None = None
     """Seconds the reboot has waited for the devices so far (``service.reboot_when_quiet``,
     counted on the monotonic clock and noted now and then): its bound counts on from here after
@@ -138,23 +139,17 @@ def activated_before_its_record(record: UpdateRecord, booted: str | None, boot_i
 
 
 def trial_never_booted(
-    record: UpdateRecord | None,
-    booted: str | None,
-    boot_id: str,
-    failure: str | None,
-    tryboot: bool,
+    record: UpdateRecord | None, booted: str | None, boot_id: str, failure: str | None
 ) -> bool:
     """True when an update's trial boot never happened: the device was reset (a power cut, the
     watchdog, a reboot by hand) while the installed update waited for its reboot, before the
-    reboot was asked for. Only the Pi 4/5's firmware trial (``tryboot``: RAUC's custom backend)
-    comes back from that on the old slot: its activation writes only ``tryboot.txt``, which a
-    normal boot ignores. On the boot loaders that count attempts (GRUB, U-Boot) the activation
-    itself makes the new slot the next boot, so the old slot running there means the new one
-    failed. A record that says the reboot was asked for (or predates saying so) is a trial
-    that ran, or at least was started; a rollback reason says it ran."""
+    reboot was asked for. The slot is made the next boot only right before that request
+    (``service.reboot_when_quiet``; on the Pi 4/5 that is only ``tryboot.txt``, which a normal
+    boot ignores anyway), so the old slot came back and the new one was never tried. A record
+    that says the reboot was asked for (or predates saying so: activated at its install) is a
+    trial that ran, or at least was started; a rollback reason says it ran."""
     return (
-        tryboot
-        and record is not None
+        record is not None
         and record.state == "trial"
         and record.boot_id != boot_id
         and booted is not None
@@ -184,11 +179,8 @@ def report(
     failure: str | None,
     *,
     installer_gone: bool = False,
-    tryboot: bool = False,
 ) -> UpdateReport:
     """The last update's fate from its record, the running slot (RAUC) and this boot's id.
-
-    ``tryboot``: the boot loader is the Pi 4/5's firmware trial (``trial_never_booted``).
 
     ``installer_gone``: the process named by an ``installing`` record of this boot has ended
     (``service.installer_gone``). The slot it was writing is never activated then (only the
@@ -223,7 +215,7 @@ def report(
         return UpdateReport("reboot-pending", v, f"{v} is installed; rebooting into it")
     if booted == record.target:
         return UpdateReport("trial", v, f"trying {v}: it is kept once it passes its health check")
-    if trial_never_booted(record, booted, boot_id, failure, tryboot):
+    if trial_never_booted(record, booted, boot_id, failure):
         return UpdateReport("reboot-pending", v, NEVER_BOOTED.format(v=v))
     why = (failure or "").strip() or RESET_REASON
     message = f"update to {v} failed and was rolled back, because {why}"
