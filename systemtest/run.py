@@ -1055,13 +1055,10 @@ def boot_profile(image: Path, work: Path, boots: int) -> None:
 # -- A/B updates (docs/update.md): GRUB's RAUC backend stands in for the Pi's trial boot ---------
 
 SLOT_PART = {"A": 2, "B": 3}
-REBOOT_INTO_THE_UPDATE = (
-    "rauc status mark-active other"
-    " && echo trial $(cat /proc/sys/kernel/random/boot_id) > /data/dynexport/reboot-request"
-)
-"""What the service does before its reboot into an installed update (update/service.py:
-reboot_when_quiet): the slot made the next boot (the install leaves that for then), the reboot
-asked of the root-owned dynexport-update-reboot.path."""
+REBOOT_INTO_THE_UPDATE = "dynexport update reboot"
+"""The installed update rebooted into now, as the service does at its quiet moment: its slot
+made the next boot (the install leaves that for then), the record noting the reboot as asked
+for, the reboot asked of the root-owned dynexport-update-reboot.path (docs/update.md)."""
 SLOW_CARD_BPS = 3 << 20
 """A slow SD card's write rate, for the power cut aimed at the middle of a slot write."""
 KERNEL_CRASH = ("Kernel panic - not syncing", "Oops: ")
@@ -1405,9 +1402,8 @@ def _good_update(card: Card, sims: Sims) -> None:
         log(f"install output: {out[-800:]}")
         return
     # The service would reboot at a quiet moment; the simulated utility changes its limit
-    # every 2 minutes, so there is none: make the slot the next boot and reboot now (systemd
-    # stops the service, which leaves every inverter at its fail-safe limit), as the service
-    # does once its devices answer at a quiet moment (`--reboot-now` does it at once).
+    # every 2 minutes, so there is none: reboot into it now with `dynexport update reboot`
+    # (systemd stops the service, which leaves every inverter at its fail-safe limit).
     console = vm.work / f"console-{vm.boots}.log"
     emulator_crash = ""
     try:

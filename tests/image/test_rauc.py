@@ -400,12 +400,13 @@ def update_deadline(
     return deadline_outcome(tmp_path)
 
 
-@pytest.mark.parametrize("state", ["trial", "installing"])
+@pytest.mark.parametrize("state", ["trial", "installing", "failed"])
 def test_the_deadline_rolls_back_an_uncommitted_trial_of_the_new_slot(
     tmp_path: Path, state: str
 ) -> None:
     # "installing": the power was cut after the complete slot was activated and before the
-    # record said "trial"; that boot is a trial as well
+    # record said "trial"; "failed": RAUC carried out an activation it reported as failed (a
+    # timeout); either boot is a trial as well, never confirmed unchecked
     asked, failure = update_deadline(
         tmp_path, state, booted="B", health="the meter has not answered"
     )
@@ -461,7 +462,7 @@ def assert_the_lock_is_free(lock: Path) -> None:
 
 @pytest.mark.parametrize(
     ("state", "booted"),
-    [(None, "B"), ("committed", "B"), ("trial", "A"), ("installing", "A"), ("failed", "B")],
+    [(None, "B"), ("committed", "B"), ("trial", "A"), ("installing", "A"), ("failed", "A")],
     ids=["no record", "committed", "rolled back", "install cut short", "failed install"],
 )
 def test_the_deadline_leaves_every_other_boot_alone(
@@ -500,6 +501,29 @@ def test_on_the_firmwares_trial_boot_a_lost_record_is_still_rolled_back(
         assert failure is not None and "dynexport never reported its health" in failure
     else:
         assert (asked, failure) == ("", None)
+
+
+@pytest.mark.parametrize("state", ["installing", "failed"])
+def test_on_the_firmwares_trial_boot_an_install_of_this_boot_is_left_alone(
+    tmp_path: Path, state: str
+) -> None:
+    """The trial was committed within its first 4 minutes, and an install into the other slot
+    began (or failed) at once: the flag stays 1 all the boot, but that record is this boot's
+    own, not a lost trial's. Rolling back would make the slot being written the next boot."""
+    flag, boot = tmp_path / "tryboot", tmp_path / "boot_id"
+    flag.write_bytes(b"\x00\x00\x00\x01")
+    boot.write_text("this-boot\n")
+    env = deadline_env(
+        tmp_path, "B", UPDATE_DEADLINE_TRYBOOT=str(flag), UPDATE_DEADLINE_BOOT_ID=str(boot)
+    )
+    record = UpdateRecord(state, "1.6.0", target="A", source="B", boot_id="this-boot")  # type: ignore[arg-type]
+    (tmp_path / "data/update.json").write_bytes(record.to_json())
+    run_deadline(env)
+    assert deadline_outcome(tmp_path) == ("", None)
+    # the same record from an earlier boot is an older update's: a lost trial, rolled back
+    boot.write_text("a-later-boot\n")
+    run_deadline(env)
+    assert deadline_outcome(tmp_path)[0] == "rauc status mark-bad booted\nsystemctl reboot\n"
 
 
 def test_the_deadline_waits_for_a_commit_under_way_and_then_leaves_the_committed_slot(

@@ -223,7 +223,7 @@ def _under_way_cases() -> list[tuple[UpdateRecord | None, str | None]]:
         (TRIAL_OF_B, "the update to 1.4.0 is on trial"),  # B's trial in a later boot
         (TRIAL_OF_B.moved_to("committed"), None),
         (replace(TRIAL_OF_B, target="A", source="B"), None),  # A's trial rolled back to B
-        (TRIAL_OF_B.moved_to("failed", "no space"), None),
+        (replace(TRIAL_OF_B, target="A", source="B").moved_to("failed", "no space"), None),
         (replace(TRIAL_OF_B, boot_id="this-boot"), "1.4.0 is installed and waits for its reboot"),
         (replace(INSTALLING, installer=process_identity(os.getppid())), "being installed now"),
         (replace(INSTALLING, installer=process_identity()), None),  # this process's, left over
@@ -461,3 +461,29 @@ async def test_the_install_command_notes_whether_it_asked_for_the_reboot(
     # does it right before its own reboot
     activations = log.read_text().splitlines().count("status mark-active rootfs.0")
     assert activations == (1 if reboot_now else 0)
+
+
+async def test_the_reboot_command_reboots_into_the_installed_update_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """``dynexport update reboot``: an update installed without --reboot-now is rebooted into
+    now, not at the service's quiet moment: its slot made the next boot, the record noting that
+    the reboot was asked for (a reset on the way then reads as a rollback, never as a trial
+    still to come), and the request written. Nothing installed in this boot: nothing done."""
+    from dynexport.update import cli
+
+    rauc, log = scripted_rauc(tmp_path, monkeypatch)  # slot B runs
+    data = tmp_path / "data"
+    data.mkdir()
+    args = argparse.Namespace(data=str(data))
+    assert await cli._reboot_async(args, rauc) == 1
+    assert "no installed update waits for its reboot" in capsys.readouterr().err
+    install = argparse.Namespace(file=str(tmp_path / "b.raucb"), data=str(data), yes=True,
+                                 reboot_now=False)  # fmt: skip
+    assert await cli._install_async(install, rauc) == 0
+    assert not (data / REBOOT_REQUEST).exists()
+    assert await cli._reboot_async(args, rauc) == 0
+    record = read_record(data)
+    assert record is not None and record.state == "trial" and record.reboot_asked is True
+    assert (data / REBOOT_REQUEST).read_text() == f"trial {record.boot_id}\n"
+    assert log.read_text().splitlines().count("status mark-active rootfs.0") == 1

@@ -41,6 +41,14 @@ def register(sub: Any) -> None:
     )
     inst.add_argument("--data", default=DATA, help=f"the data folder (default {DATA})")
     inst.set_defaults(handler=_install)
+    now = usub.add_parser(
+        "reboot",
+        help="reboot into the installed update now, not at the service's quiet moment (its slot "
+        "made the next boot first; the service leaves the inverters at their fail-safe when "
+        "stopped)",
+    )
+    now.add_argument("--data", default=DATA, help=f"the data folder (default {DATA})")
+    now.set_defaults(handler=_reboot)
     st = usub.add_parser("status", help="the slots and the last update")
     st.add_argument("--data", default=DATA, help=f"the data folder (default {DATA})")
     st.set_defaults(handler=_status)
@@ -117,24 +125,44 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
     trial = record.moved_to("trial")
     _write(data, trial)  # the service reboots into it at a quiet moment (and notes that then)
     if args.reboot_now:
-        try:
-            # Only now the record says "trial": on the Pi a confirmation of the running slot by
-            # the service deletes tryboot.txt, and it skips one while a trial of this boot is
-            # recorded. Without --reboot-now the service activates it before its reboot.
-            await rauc.activate(target)
-        except RaucError as exc:
-            print(f"{info.version} installed in slot {target}, but not rebooted now: {exc}; "
-                  "the service reboots into it at a quiet moment", file=sys.stderr)  # fmt: skip
-            return 1
-        _write(data, replace(trial, reboot_asked=True))
-        request_reboot(data, "trial", boot_id(), folder_owner(data))
-        print(f"{info.version} installed in slot {target}; rebooting now")
+        return await _reboot_into(data, rauc, trial)
     else:
         print(
             f"{info.version} installed in slot {target}; dynexport reboots into it at a quiet "
             "moment, with every inverter at its fail-safe limit first"
         )
     return 0
+
+
+async def _reboot_into(data: Path, rauc: Rauc, trial: UpdateRecord) -> int:
+    """Makes ``trial``'s slot the next boot, notes that its reboot is asked for, and asks for it.
+
+    Only once the record says "trial": on the Pi a confirmation of the running slot by the
+    service deletes tryboot.txt, and it skips one while a trial of this boot is recorded."""
+    try:
+        await rauc.activate(trial.target)
+    except RaucError as exc:
+        print(f"{trial.version} is installed in slot {trial.target}, but not rebooted now: "
+              f"{exc}; the service reboots into it at a quiet moment", file=sys.stderr)  # fmt: skip
+        return 1
+    _write(data, replace(trial, reboot_asked=True))
+    request_reboot(data, "trial", boot_id(), folder_owner(data))
+    print(f"{trial.version} is installed in slot {trial.target}; rebooting into it now")
+    return 0
+
+
+def _reboot(args: argparse.Namespace) -> int:
+    return trio.run(_reboot_async, args, Rauc())
+
+
+async def _reboot_async(args: argparse.Namespace, rauc: Rauc) -> int:
+    """``dynexport update reboot``: the installed update of this boot, rebooted into now."""
+    data = Path(args.data)
+    record = read_record(data)
+    if record is None or record.state != "trial" or record.boot_id != boot_id():
+        print("no installed update waits for its reboot", file=sys.stderr)
+        return 1
+    return await _reboot_into(data, rauc, record)
 
 
 def _status(args: argparse.Namespace) -> int:

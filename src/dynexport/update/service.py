@@ -346,12 +346,17 @@ async def reboot_when_quiet(
         )
         if rauc is None:
             break
-        if not await _activate_again(data_dir, rauc, rauc_lock or trio.Lock(), this_boot):
+        lock = rauc_lock or trio.Lock()
+        activated = await _activate_again(data_dir, rauc, lock, this_boot)
+        if activated is None:
             return False
-        # RAUC may have taken minutes: devices gone quiet meanwhile (dusk) are waited for again
+        # RAUC may have taken minutes: devices gone quiet meanwhile (dusk) are waited for again,
+        # but not with the slot activated (on U-Boot and GRUB a reset would start the trial)
         silent = health.devices_silent(observe(app, trio.current_time()))
         if silent is None or _devices_waited(data_dir) >= devices_max_wait:
             break
+        if not await _back_to_the_running_slot(rauc, lock, activated):
+            break  # activated for good: better the trial now than a reset's, unchecked, later
         log.info("reboot after the update waits again: %s", silent)
     log.warning("rebooting for the update: leaving every inverter at its fail-safe limit")
     await app.leave_fail_safe()
@@ -439,14 +444,29 @@ async def _wait_devices_and_quiet(
         _device_waits.pop(key, None)
 
 
-async def _activate_again(data_dir: Path, rauc: Rauc, rauc_lock: trio.Lock, this_boot: str) -> bool:
+async def _back_to_the_running_slot(rauc: Rauc, rauc_lock: trio.Lock, record: UpdateRecord) -> bool:
+    """Makes the running slot (``record.source``) the next boot again: an activation undone."""
+    try:
+        async with rauc_lock:
+            await rauc.activate(record.source)
+    except RaucError as exc:
+        log.error("update %s: slot %s cannot be made the next boot again: %s",
+                  record.version, record.source, exc)  # fmt: skip
+        return False
+    return True
+
+
+async def _activate_again(
+    data_dir: Path, rauc: Rauc, rauc_lock: trio.Lock, this_boot: str
+) -> UpdateRecord | None:
     """Makes the installed slot the next boot, right before the reboot is asked for (not at the
     install: a reset while the reboot waits would start the trial, at night with the inverters
     asleep, on U-Boot and GRUB; and on the Pi 4/5 a confirmation of the running slot at READY,
-    by a service restarted meanwhile, or by hand deletes tryboot.txt). False when RAUC refuses
-    ``ACTIVATE_TRIES`` times (the record then says failed, with why) or the record is no longer
-    (readable as) this boot's trial: an update that cannot be made the next boot is not rebooted
-    into."""
+    by a service restarted meanwhile, or by hand deletes tryboot.txt). Its record, or None when
+    RAUC refuses ``ACTIVATE_TRIES`` times (the record then says failed, with why, and the
+    running slot is made the next boot again, in case a refusal was a timeout RAUC carried out
+    after all) or the record is no longer (readable as) this boot's trial: an update that
+    cannot be made the next boot is not rebooted into."""
     error: str = "the update record cannot be read"
     for attempt in range(ACTIVATE_TRIES):
         if attempt:
@@ -458,7 +478,7 @@ async def _activate_again(data_dir: Path, rauc: Rauc, rauc_lock: trio.Lock, this
         if record.state != "trial" or record.boot_id != this_boot:
             log.error("update %s: the record moved on (%s) before the reboot: not rebooted",
                       record.version, record.state)  # fmt: skip
-            return False
+            return None
         try:
             async with rauc_lock:
                 await rauc.activate(record.target)
@@ -467,9 +487,10 @@ async def _activate_again(data_dir: Path, rauc: Rauc, rauc_lock: trio.Lock, this
             log.error("update %s: its slot cannot be made the next boot: %s (retrying)",
                       record.version, exc)  # fmt: skip
         else:
-            return True
+            return record
     record = read_record(data_dir)
     if record is not None and record.state == "trial" and record.boot_id == this_boot:
+        await _back_to_the_running_slot(rauc, rauc_lock, record)
         why = f"its slot could not be made the next boot ({error})"
         log.error("update %s: not rebooted into: %s", record.version, why)
         for wait in (0.0, *RECORD_RETRY_S):
@@ -480,7 +501,7 @@ async def _activate_again(data_dir: Path, rauc: Rauc, rauc_lock: trio.Lock, this
                 log.error("update %s: its failure cannot be recorded: %s", record.version, exc)
             else:
                 break
-    return False
+    return None
 
 
 _device_waits: dict[Path, str] = {}
@@ -665,7 +686,8 @@ async def _check_this_boot(
     rauc, this_boot = confirm.rauc, confirm.this_boot
     if record is not None and activated_before_its_record(record, booted, this_boot):
         log.warning(
-            "update %s: its record lagged its activation; this is its trial", record.version
+            "update %s: its slot runs though the record never said trial; this is its trial",
+            record.version,
         )
         record = record.moved_to("trial")
         try:
