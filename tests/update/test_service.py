@@ -469,27 +469,36 @@ async def test_the_commit_waits_while_the_deadline_holds_the_decision_lock(
         assert len(rauc.marked) == 1 and record.state == "committed"
 
 
-async def test_the_reboot_after_an_install_waits_for_quiet_and_leaves_the_fail_safe_first(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
-):
-    site, rauc = Site(ready=True), RecordedRauc(booted="A")
-    site.answer()  # the devices answer: nothing holds the reboot
+def start_with_a_running_wall_clock(
+    nursery: trio.Nursery, site: Site, data: Path, rauc: RecordedRauc
+) -> None:
+    """``commit_when_healthy`` of boot ``install-boot`` in ``nursery``, its wall clock at 1000 s
+    when started and running on with trio's (the limits outlook is read against it)."""
     wall = [1000.0]
-    # due 200 s after the devices' five steady minutes (the install at 10 s)
-    site.outlook = [(1000.0 + 10 + DEVICES_STEADY_S + 200.0, "a utility limit starts")]
 
     async def clock_runs() -> None:
         while True:
             await trio.sleep(1.0)
             wall[0] += 1.0
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(clock_runs)
-        nursery.start_soon(
-            lambda: commit_when_healthy(
-                site, tmp_path, rauc, wall_clock=lambda: wall[0], this_boot="install-boot"
-            )
+    nursery.start_soon(clock_runs)
+    nursery.start_soon(
+        partial(
+            commit_when_healthy, site, data, rauc, wall_clock=lambda: wall[0],
+            this_boot="install-boot",
         )
+    )  # fmt: skip
+
+
+async def test_the_reboot_after_an_install_waits_for_quiet_and_leaves_the_fail_safe_first(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    site, rauc = Site(ready=True), RecordedRauc(booted="A")
+    site.answer()  # the devices answer: nothing holds the reboot
+    # due 200 s after the devices' five steady minutes (the install at 10 s)
+    site.outlook = [(1000.0 + 10 + DEVICES_STEADY_S + 200.0, "a utility limit starts")]
+    async with trio.open_nursery() as nursery:
+        start_with_a_running_wall_clock(nursery, site, tmp_path, rauc)
         await trio.sleep(10)
         write_record(tmp_path, TRIAL)  # `dynexport update install` finished in this boot
         await trio.sleep(DEVICES_STEADY_S + 60)
@@ -1217,21 +1226,9 @@ async def test_devices_that_fall_asleep_while_a_quiet_moment_is_awaited_hold_the
     write_record(tmp_path, TRIAL)
     site, rauc = Site(ready=True), RecordedRauc(booted="A")
     site.answer()
-    wall = [1000.0]
     site.outlook = [(1000.0 + DEVICES_STEADY_S + 200.0, "a utility limit starts")]
-
-    async def clock_runs() -> None:
-        while True:
-            await trio.sleep(1.0)
-            wall[0] += 1.0
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(clock_runs)
-        nursery.start_soon(
-            lambda: commit_when_healthy(
-                site, tmp_path, rauc, wall_clock=lambda: wall[0], this_boot="install-boot"
-            )
-        )
+        start_with_a_running_wall_clock(nursery, site, tmp_path, rauc)
         await trio.sleep(DEVICES_STEADY_S + 30)  # steady, but the change is due in 170 s
         for link in site.inverters:
             link.state.stop()  # dusk
@@ -1280,6 +1277,15 @@ async def test_the_reboot_does_not_wait_for_devices_for_ever(
     assert site.events == ["fail-safe"]
 
 
+async def a_pi_running_slot_a(site: Site, data: Path, rauc: RecordedRauc, tmp_path: Path) -> None:
+    """``commit_when_healthy`` of boot ``install-boot`` on a Pi 4/5 (RAUC's tryboot backend)
+    running slot A."""
+    await commit_when_healthy(
+        site, data, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A",
+        rauc_conf=rauc_conf(tmp_path, "custom"),
+    )  # fmt: skip
+
+
 class SlowConfirmRauc(RecordedRauc):
     """RAUC whose confirmation (mark-good) takes 400 s to answer: a busy D-Bus service."""
 
@@ -1296,16 +1302,10 @@ async def test_on_the_pi_the_activation_waits_for_a_confirmation_under_way(
     was begun before the install, and RAUC is slow to answer. The activation before the reboot
     must come after it, never during it, or the trial reboot boots the old slot."""
     data, _cmdline, _boot = device_files(tmp_path, "rauc.slot=A", "install-boot")
-    conf = rauc_conf(tmp_path, "custom")
     site, rauc = Site(ready=True), SlowConfirmRauc(booted="A")
     site.answer()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            partial(
-                commit_when_healthy, site, data, rauc, wall_clock=lambda: 0.0,
-                this_boot="install-boot", booted="A", rauc_conf=conf,
-            )
-        )  # fmt: skip
+        nursery.start_soon(a_pi_running_slot_a, site, data, rauc, tmp_path)
         await trio.sleep(5)  # the confirmation is under way
         write_record(data, TRIAL)  # an install of this boot finished meanwhile
         await trio.sleep(DEVICES_STEADY_S + 200)
@@ -1324,17 +1324,11 @@ async def test_a_record_unreadable_before_the_reboot_is_not_rebooted_into(
     file): the reboot went ahead without the activation. Nothing tells then whether tryboot.txt
     names the new slot, so nothing is rebooted."""
     data, _cmdline, _boot = device_files(tmp_path, "rauc.slot=A", "install-boot")
-    conf = rauc_conf(tmp_path, "custom")
     write_record(data, TRIAL)
     site, rauc = Site(ready=True), RecordedRauc(booted="A")
     site.answer()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            partial(
-                commit_when_healthy, site, data, rauc, wall_clock=lambda: 0.0,
-                this_boot="install-boot", booted="A", rauc_conf=conf,
-            )
-        )  # fmt: skip
+        nursery.start_soon(a_pi_running_slot_a, site, data, rauc, tmp_path)
         await trio.sleep(DEVICES_STEADY_S - 10)
         (data / "update.json").write_bytes(b'{"state": "tri')  # damaged
         await trio.sleep(ACTIVATE_TRIES * 30 + 60)
