@@ -223,7 +223,7 @@ def _under_way_cases() -> list[tuple[UpdateRecord | None, str | None]]:
         (TRIAL_OF_B, "the update to 1.4.0 is on trial"),  # B's trial in a later boot
         (TRIAL_OF_B.moved_to("committed"), None),
         (replace(TRIAL_OF_B, target="A", source="B"), None),  # A's trial rolled back to B
-        (replace(TRIAL_OF_B, target="A", source="B").moved_to("failed", "no space"), None),
+        (TRIAL_OF_B.moved_to("failed", "no space"), None),
         (replace(TRIAL_OF_B, boot_id="this-boot"), "1.4.0 is installed and waits for its reboot"),
         (replace(INSTALLING, installer=process_identity(os.getppid())), "being installed now"),
         (replace(INSTALLING, installer=process_identity()), None),  # this process's, left over

@@ -362,6 +362,8 @@ async def test_a_slot_activated_before_its_record_said_trial_gets_the_trials_hea
         await trio.sleep(1)
         record = read_record(tmp_path)
         assert record is not None and record.state == "trial", "the deadline sees a trial"
+        # it booted: a reset in it reads as a rollback, not as a trial still to come
+        assert record.reboot_asked is True
         await committed_after_two_minutes_of_control(
             site, rauc, "not confirmed as an ordinary boot: two minutes of control first"
         )

@@ -221,3 +221,12 @@ def test_how_long_the_reboot_waited_survives_the_round_trip_and_garbage_is_ignor
         raw = waiting.to_json().replace(b"5400.5", odd)
         parsed = parse_record(raw)
         assert parsed is not None and parsed.devices_waited_s is None, odd
+
+
+def test_a_failed_installs_slot_that_boots_is_no_trial():
+    """The boot loader fell back to the slot a failed install named (the running one failed:
+    U-Boot's attempts spent): that slot holds the release it had before, its own; "trying X"
+    or a commit as X would name a system that is not running."""
+    failed = UNASKED.moved_to("failed", "rauc install: another installation is in progress")
+    rep = report(failed, booted="B", boot_id="boot-5", failure=None)
+    assert rep.phase == "failed" and "failed before its reboot" in (rep.message or "")

@@ -689,7 +689,7 @@ async def _check_this_boot(
             "update %s: its slot runs though the record never said trial; this is its trial",
             record.version,
         )
-        record = record.moved_to("trial")
+        record = replace(record.moved_to("trial"), reboot_asked=True)  # it booted: a trial ran
         try:
             write_record(data_dir, record)
         except OSError as exc:  # the trial runs all the same: raised, it restarted this task

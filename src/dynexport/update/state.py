@@ -132,16 +132,13 @@ class UpdateReport:
 
 def activated_before_its_record(record: UpdateRecord, booted: str | None, boot_id: str) -> bool:
     """True when this boot runs the slot an install (of an earlier boot) was writing, though its
-    record says ``installing`` or ``failed``: the power was cut after the slot was activated and
-    before the record said ``trial`` (an install by an older release, or ``rauc install`` by
-    hand), or RAUC carried out an activation it reported as failed (a command timed out). The
-    slot is activated only once RAUC has written it completely, and marked bad before its
-    writing starts, so this is its trial: checked as any, never confirmed unchecked."""
-    return (
-        record.state in ("installing", "failed")
-        and record.boot_id != boot_id
-        and booted == record.target
-    )
+    record still says ``installing``: the power was cut after the slot was activated and before
+    the record said ``trial`` (an install by an older release, which activated at the install,
+    or ``rauc install`` by hand). The slot is activated only once RAUC has written it
+    completely, and marked bad before its writing starts, so this is its trial. (A ``failed``
+    record's slot that boots is not taken for one: that is the boot loader falling back to the
+    slot it had before, its own release, after the running one failed.)"""
+    return record.state == "installing" and record.boot_id != boot_id and booted == record.target
 
 
 def trial_never_booted(
@@ -206,7 +203,7 @@ def report(
                 "failed", v, f"the install of {v} was interrupted; this system is unchanged"
             )
         # else a trial whose record lagged its activation: reported as one, below
-    if record.state == "failed" and not activated_before_its_record(record, booted, boot_id):
+    if record.state == "failed":
         why = record.reason or "unknown"
         return UpdateReport("failed", v, f"update to {v} failed before its reboot, because {why}")
     if record.state == "committed":
