@@ -540,6 +540,19 @@ def test_on_the_firmwares_trial_boot_an_install_of_this_boot_is_left_alone(
     assert deadline_outcome(tmp_path)[0] == "rauc status mark-bad booted\nsystemctl reboot\n"
 
 
+def test_the_deadline_leaves_alone_the_slot_a_boot_loader_fell_back_to(tmp_path: Path) -> None:
+    """An install by this release (the record says "reboot_asked": false) never activates its
+    slot: that slot booting under its "installing" record is the boot loader falling back to
+    the slot it had before (the running one failed), its own release, no trial of the update."""
+    env = deadline_env(tmp_path, "B")
+    record = UpdateRecord(
+        "installing", "1.6.0", target="B", source="A", boot_id="install-boot", reboot_asked=False
+    )
+    (tmp_path / "data/update.json").write_bytes(record.to_json())
+    run_deadline(env)
+    assert deadline_outcome(tmp_path) == ("", None)
+
+
 def test_the_deadline_waits_for_a_commit_under_way_and_then_leaves_the_committed_slot(
     tmp_path: Path,
 ) -> None:

@@ -27,6 +27,7 @@ from dynexport.update.service import (
     installer_gone,
     process_identity,
     read_record,
+    report_of,
     update_report,
     update_status,
     write_record,
@@ -1385,3 +1386,20 @@ async def test_devices_silent_after_a_slow_activation_are_waited_for_with_it_und
         assert [a.split("@")[0] for a in rauc.activated] == ["B", "A", "B"]
         assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_trial_notes_that_it_began_when_its_reboot_was_not_noted(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    """U-Boot or GRUB: a reset between the activation and the note (while the inverters were
+    left at their fail-safe) started the trial with the record saying its reboot was never
+    asked for. It booted, so a reset in it must read as a rollback, not as a trial still to
+    come (which would be asked for once more, a broken release booted again)."""
+    write_record(tmp_path, NOT_REBOOTED)
+    site, rauc = Site(), RecordedRauc(booted="B")
+    await control_and_commit(site, tmp_path, rauc, 30, "trial-boot", booted="B")
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "trial" and record.reboot_asked is True
+    assert update_report(tmp_path, await rauc.status(), "after-a-reset").phase == "trial"
+    rolled = report_of(record, tmp_path, RaucStatus("dynexport-test", "A", "rootfs.0"), "later")
+    assert rolled.phase == "rolled-back"

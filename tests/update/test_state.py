@@ -203,7 +203,9 @@ def test_only_a_trial_whose_reboot_never_came_is_still_to_come(
     rec = replace(UNASKED.moved_to(state), reboot_asked=asked)
     boot = "boot-1" if same_boot else "boot-9"
     rep = report(rec, booted, boot, failure, installer_gone=gone)
-    noted = report(replace(rec, reboot_asked=True), booted, boot, failure, installer_gone=gone)
+    # (None keeps its own meaning: a record from before the note, its slot activated at install)
+    asked_now = replace(rec, reboot_asked=True if asked is False else asked)
+    noted = report(asked_now, booted, boot, failure, installer_gone=gone)
     never = trial_never_booted(rec, booted, boot, failure)
     assert never == (
         state == "trial" and asked is False and booted == "A" and not same_boot and not failure
@@ -230,3 +232,14 @@ def test_a_failed_installs_slot_that_boots_is_no_trial():
     failed = UNASKED.moved_to("failed", "rauc install: another installation is in progress")
     rep = report(failed, booted="B", boot_id="boot-5", failure=None)
     assert rep.phase == "failed" and "failed before its reboot" in (rep.message or "")
+
+
+def test_only_an_older_releases_installing_record_reveals_a_trial_when_its_slot_boots():
+    """Older releases activated at the install: their slot booting under an "installing" record
+    was its trial (a cut before the record moved on). This release never activates at the
+    install, so its slot booting is the boot loader falling back to the slot it had before."""
+    older = replace(UNASKED.moved_to("installing"), reboot_asked=None)
+    assert report(older, "B", "boot-5", None).phase == "trial"
+    ours = UNASKED.moved_to("installing")
+    rep = report(ours, "B", "boot-5", None)
+    assert rep.phase == "failed" and "interrupted" in (rep.message or "")

@@ -816,6 +816,14 @@ async def _commit_trial(
     if running != record.target:
         log.error("update to %s was rolled back (running slot %s)", record.version, running)
         return False
+    if record.reboot_asked is False:
+        # it booted, so its reboot happened (a reset between the activation and the note on
+        # U-Boot or GRUB): a reset in it must read as a rollback, not as a trial still to come
+        record = replace(record, reboot_asked=True)
+        try:
+            write_record(data_dir, record)
+        except OSError as exc:
+            log.error("update %s: cannot note that its trial began: %s", record.version, exc)
     log.info("update %s: trial of slot %s; health check started", record.version, record.target)
     streak = health.Streak()
     last_reason = ""

@@ -135,10 +135,16 @@ def activated_before_its_record(record: UpdateRecord, booted: str | None, boot_i
     record still says ``installing``: the power was cut after the slot was activated and before
     the record said ``trial`` (an install by an older release, which activated at the install,
     or ``rauc install`` by hand). The slot is activated only once RAUC has written it
-    completely, and marked bad before its writing starts, so this is its trial. (A ``failed``
-    record's slot that boots is not taken for one: that is the boot loader falling back to the
-    slot it had before, its own release, after the running one failed.)"""
-    return record.state == "installing" and record.boot_id != boot_id and booted == record.target
+    completely, and marked bad before its writing starts, so this is its trial. Only a record
+    from before ``reboot_asked`` existed (None): this release's installs never activate, so
+    their slot booting (as a ``failed`` record's) is the boot loader falling back to the slot
+    it had before, its own release, after the running one failed: no trial of this update."""
+    return (
+        record.state == "installing"
+        and record.reboot_asked is None
+        and record.boot_id != boot_id
+        and booted == record.target
+    )
 
 
 def trial_never_booted(
