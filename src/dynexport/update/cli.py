@@ -22,7 +22,7 @@ from dynexport.update.service import (
     update_report,
     write_record,
 )
-from dynexport.update.state import UpdateRecord
+from dynexport.update.state import UpdateRecord, waits_for_its_reboot
 
 DATA = "/data/dynexport"
 
@@ -159,7 +159,7 @@ async def _reboot_async(args: argparse.Namespace, rauc: Rauc) -> int:
     """``dynexport update reboot``: the installed update of this boot, rebooted into now."""
     data = Path(args.data)
     record = read_record(data)
-    if record is None or record.state != "trial" or record.boot_id != boot_id():
+    if record is None or not waits_for_its_reboot(record, boot_id()):
         print("no installed update waits for its reboot", file=sys.stderr)
         return 1
     return await _reboot_into(data, rauc, record)

@@ -44,6 +44,7 @@ from dynexport.update.state import (
     parse_record,
     report,
     trial_never_booted,
+    waits_for_its_reboot,
 )
 
 log = logging.getLogger("dynexport.update")
@@ -475,7 +476,7 @@ async def _activate_again(
         if record is None:
             log.error("update: the record cannot be read before the reboot (retrying)")
             continue
-        if record.state != "trial" or record.boot_id != this_boot:
+        if not waits_for_its_reboot(record, this_boot):
             log.error("update %s: the record moved on (%s) before the reboot: not rebooted",
                       record.version, record.state)  # fmt: skip
             return None
@@ -489,7 +490,7 @@ async def _activate_again(
         else:
             return record
     record = read_record(data_dir)
-    if record is not None and record.state == "trial" and record.boot_id == this_boot:
+    if record is not None and waits_for_its_reboot(record, this_boot):
         await _back_to_the_running_slot(rauc, rauc_lock, record)
         why = f"its slot could not be made the next boot ({error})"
         log.error("update %s: not rebooted into: %s", record.version, why)
@@ -544,7 +545,7 @@ def _note_reboot_asked(data_dir: Path, this_boot: str) -> None:
     that cannot be written is logged and the reboot goes ahead: should that trial fail by a
     reset, the next boot takes it for one that never began and asks for it once more."""
     record = read_record(data_dir)
-    if record is None or record.state != "trial" or record.boot_id != this_boot:
+    if record is None or not waits_for_its_reboot(record, this_boot):
         return
     try:
         write_record(data_dir, replace(record, reboot_asked=True))
@@ -626,7 +627,7 @@ async def commit_when_healthy(
             )
         while True:  # an install made during this boot (CLI or web) waits for its reboot
             record = watch()
-            ours = record is not None and record.state == "trial" and record.boot_id == this_boot
+            ours = waits_for_its_reboot(record, this_boot)
             if ours and await reboot_when_quiet(
                 app,
                 data_dir,
@@ -750,7 +751,7 @@ class _Confirm:
         if not self.pi:
             return False  # GRUB, U-Boot: the confirmation touches only the running slot
         record = read_record(self.data_dir)
-        return record is not None and record.state == "trial" and record.boot_id == self.this_boot
+        return waits_for_its_reboot(record, self.this_boot)
 
 
 async def _confirm_boot(app: AppLike, confirm: _Confirm, booted: str, interval: float) -> None:

@@ -147,6 +147,12 @@ def activated_before_its_record(record: UpdateRecord, booted: str | None, boot_i
     )
 
 
+def waits_for_its_reboot(record: UpdateRecord | None, boot_id: str) -> bool:
+    """True when ``record`` is an install of boot ``boot_id`` that waits for its reboot into the
+    new slot (the record says ``trial`` in the very boot that installed it)."""
+    return record is not None and record.state == "trial" and record.boot_id == boot_id
+
+
 def trial_never_booted(
     record: UpdateRecord | None, booted: str | None, boot_id: str, failure: str | None
 ) -> bool:
