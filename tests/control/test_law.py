@@ -13,6 +13,7 @@ from dynexport.control.average import RollingMean
 from dynexport.control.law import (
     ENFORCED_DOE_MODES,
     ENFORCED_LIMITS,
+    PAIRING_SLACK_W,
     ControllerState,
     ControlSettings,
     DOEMode,
@@ -267,6 +268,51 @@ def test_load_estimate_pairs_each_meter_sample_with_der_at_that_moment():
     for t in (0.5, 1.0, 1.5, 2.0):
         meter = meter.add(t, 500 - (5000 - 2000 * t))
     assert estimate_load(meter, der, 2.0, 1.0) == pytest.approx(500)
+
+
+def test_load_estimate_does_not_pair_a_sample_with_a_guess_along_a_battery_step():
+    # The benchmark's case: a battery read each second stepped from 4537 to 2625 W just after
+    # its reading at t=0; the meter, read twice a second, saw the new output at 0.5 s. The
+    # straight line between the readings says 3581 W there: the load came out 478 W high.
+    load = 2618.0
+    battery = RollingMean(5.0).add(0.0, 4537).add(1.0, 2625)
+    meter = RollingMean(1.0).add(0.0, load - 4537).add(0.5, load - 2625).add(1.0, load - 2625)
+    assert estimate_load(meter, battery, 1.0, 1.0) == pytest.approx(load)
+
+
+def test_load_estimate_keeps_every_sample_among_the_same_two_readings():
+    # Nothing surer to prefer: the straight line is the best guess, and the noise is averaged.
+    der = RollingMean(5.0).add(0.0, 3000).add(2.0, 1000)
+    meter = RollingMean(1.0).add(1.0, 500 - 2000).add(1.5, 500 - 1500 + 40)
+    assert estimate_load(meter, der, 1.5, 1.0) == pytest.approx(520)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    load=st.floats(0, 10000),
+    steps=st.lists(
+        st.tuples(st.floats(0.01, 0.99), st.floats(-5000, 5000)), min_size=4, max_size=4
+    ),
+)
+def test_load_estimate_is_within_the_pairing_slack_when_outputs_step_between_readings(
+    load: float, steps: list[tuple[float, float]]
+) -> None:
+    # Outputs (inverters or a battery) jump at any moment between their once-a-second readings;
+    # the meter, exact, is read twice a second, once at each reading's time. Whatever the jumps,
+    # the estimate is off by no more than PAIRING_SLACK_W.
+    def output(t: float) -> float:
+        second = int(t)
+        before = steps[second - 1][1] if second >= 1 else 0.0
+        at, after = steps[second]
+        return after if t - second >= at else before
+
+    der, meter = RollingMean(5.0), RollingMean(1.0)
+    for k in range(7):
+        t = 0.5 * k
+        if k % 2 == 0:
+            der = der.add(t, output(t))
+        meter = meter.add(t, load - output(t))
+    assert abs(estimate_load(meter, der, 3.0, 1.0) - load) <= PAIRING_SLACK_W
 
 
 def test_rolling_mean_ignores_late_samples_and_falls_back_to_the_newest():

@@ -964,6 +964,11 @@ def _utility_changed(old_src: str, new_src: str) -> bool:
     return is_utility_source(new_src) or (not new_src and is_utility_source(old_src))
 
 
+PAIRING_SLACK_W = 50.0
+"""How much less sure a meter sample's pairing may be than the surest one in the window and
+still count (about the spread of the power readings' own noise)."""
+
+
 def estimate_load(
     meter: RollingMean,
     der: RollingMean | Sequence[RollingMean],
@@ -977,22 +982,39 @@ def estimate_load(
     inverters at each 1 s call) mis-estimates the load by a few hundred watts just after a step,
     which a feed-forward law turns straight into export error. ``der`` is one total history or
     one history per inverter (summed at each meter sample's time).
+
+    Between two readings that differ, the output at a moment is a guess: a battery told a new
+    setpoint gets there in a fraction of a second, not along the straight line, and a meter
+    sample paired with the line's midpoint then overstates the load by a quarter of the step
+    (hundreds of watts, exported by the next decision). So only the samples paired most surely
+    count: those whose readings around them moved least (within ``PAIRING_SLACK_W``), a sample
+    at a reading's own time being sure. When every sample sits among the same readings, all
+    count, as before.
     """
     parts = [der] if isinstance(der, RollingMean) else list(der)
     inside = [(t, v) for t, v in meter.samples if now - window_s < t <= now]
     if not inside:
         inside = list(meter.samples[-1:])  # late but not stale: the fail-safe decides that
-    total = sum(v + sum(_interpolate(p.samples, t) for p in parts) for t, v in inside)
-    return total / len(inside)
+    paired = []
+    for t, v in inside:
+        guesses = [_interpolate(p.samples, t) for p in parts]
+        paired.append((v + sum(g for g, _ in guesses), sum(u for _, u in guesses)))
+    surest = min(u for _, u in paired)
+    kept = [load for load, u in paired if u <= surest + PAIRING_SLACK_W]
+    return sum(kept) / len(kept)
 
 
-def _interpolate(samples: tuple[tuple[float, float], ...], t: float) -> float:
-    """Linear between the samples around ``t``; the nearest end outside them."""
+def _interpolate(samples: tuple[tuple[float, float], ...], t: float) -> tuple[float, float]:
+    """Linear between the samples around ``t``, the nearest end outside them; and how unsure
+    that is (how far the two samples around ``t`` differ; nil at a sample's own time or
+    outside them)."""
     if not samples:
-        return 0.0
+        return 0.0, 0.0
     if t <= samples[0][0]:
-        return samples[0][1]
+        return samples[0][1], 0.0
     for (t0, v0), (t1, v1) in itertools.pairwise(samples):
-        if t0 <= t <= t1:
-            return v0 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
-    return samples[-1][1]
+        if t == t0:
+            return v0, 0.0
+        if t0 < t < t1:
+            return v0 + (v1 - v0) * (t - t0) / (t1 - t0), abs(v1 - v0)
+    return samples[-1][1], 0.0
