@@ -113,6 +113,9 @@ case "$1 $2" in
 	[ -z "$FAIL_MARK" ] || { echo "Failed marking slot: grubenv is read-only" >&2; exit 1; }
 	echo "marked slot $3 as active"
 	;;
+"status mark-bad")
+	echo "marked slot $3 as bad"
+	;;
 *) echo "unexpected: $*" >&2; exit 3 ;;
 esac
 """
@@ -164,6 +167,19 @@ async def test_install_activates_the_written_slot_only_after_rauc_install_has_re
         "status --detailed --output-format=json",
         "status mark-active rootfs.0",  # slot A by RAUC's name, after the install
     ]
+
+
+async def test_an_undone_activation_marks_the_slot_bad_by_its_rauc_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    rauc, log = scripted_rauc(tmp_path, monkeypatch)
+    await rauc.make_unbootable("A")
+    assert log.read_text().splitlines() == [
+        "status --detailed --output-format=json",
+        "status mark-bad rootfs.0",  # no fallback of the boot loader any more
+    ]
+    with pytest.raises(RaucError, match="names no slot C"):
+        await rauc.make_unbootable("C")
 
 
 async def test_a_failed_install_activates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -99,6 +99,7 @@ class RecordedRauc(Rauc):
         self.booted = booted
         self.marked: list[str] = []
         self.activated: list[str] = []
+        self.unbootable: list[str] = []
 
     async def status(self) -> RaucStatus:
         slots = (SlotStatus("rootfs.0", "A", "", "good"), SlotStatus("rootfs.1", "B", "", "good"))
@@ -109,6 +110,9 @@ class RecordedRauc(Rauc):
 
     async def activate(self, target: str) -> None:
         self.activated.append(f"{target}@{trio.current_time():.0f}")
+
+    async def make_unbootable(self, target: str) -> None:
+        self.unbootable.append(f"{target}@{trio.current_time():.0f}")
 
 
 TRIAL = UpdateRecord("trial", "1.4.0", target="B", source="A", boot_id="install-boot")
@@ -1134,6 +1138,7 @@ async def test_a_slot_that_cannot_be_made_the_next_boot_is_never_rebooted_into(
         # the running slot made the next boot again, in case a refusal was a timeout RAUC
         # carried out after all (the record says failed: the new slot must never boot)
         assert [a.split("@")[0] for a in rauc.activated] == ["A"] and site.events == []
+        assert [a.split("@")[0] for a in rauc.unbootable] == ["B"], "and no fallback"
         assert not (data / REBOOT_REQUEST).exists()
         assert rep == {
             "phase": "failed", "version": "1.4.0",
@@ -1378,6 +1383,8 @@ async def test_devices_silent_after_a_slow_activation_are_waited_for_with_it_und
         )  # fmt: skip
         await trio.sleep(DEVICES_STEADY_S + 600 + 60)
         assert [a.split("@")[0] for a in rauc.activated] == ["B", "A"], "undone at once"
+        # and slot B no fallback of U-Boot's or GRUB's: failed boots of A would start its trial
+        assert [a.split("@")[0] for a in rauc.unbootable] == ["B"]
         assert site.events == [] and not (tmp_path / REBOOT_REQUEST).exists()
         await trio.sleep(6 * 3600)  # the night
         assert not (tmp_path / REBOOT_REQUEST).exists()

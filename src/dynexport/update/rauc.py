@@ -236,6 +236,16 @@ class Rauc:
         except RaucError as exc:
             raise RaucError(f"slot {target} was written but could not be activated: {exc}") from exc
 
+    async def make_unbootable(self, target: str) -> None:
+        """``rauc status mark-bad`` for the slot named ``target`` (``A``/``B``): the boot loader
+        no longer falls back to it (U-Boot's ``BOOT_x_LEFT=0``, GRUB's ``x_OK=0``; on the Pi
+        4/5 its trial, tryboot.txt, is dropped). A later ``activate`` makes it bootable again."""
+        status = await self.status()
+        slot = status.by_bootname(target)
+        if slot is None:
+            raise RaucError(f"rauc status names no slot {target}")
+        await self._run("status", "mark-bad", slot.name)
+
     async def _write(self, bundle: str, progress: Callable[[str], Awaitable[None]]) -> None:
         cmd = [self.program, "install", bundle, *self.extra]
         not_run: OSError | None = None

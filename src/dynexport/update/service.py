@@ -446,7 +446,12 @@ async def _wait_devices_and_quiet(
 
 
 async def _back_to_the_running_slot(rauc: Rauc, rauc_lock: trio.Lock, record: UpdateRecord) -> bool:
-    """Makes the running slot (``record.source``) the next boot again: an activation undone."""
+    """Makes the running slot (``record.source``) the next boot again, and the update's slot
+    no boot at all: an activation undone. Activated, that slot also became a fallback on
+    U-Boot and GRUB (``BOOT_x_LEFT=3``, ``x_OK=1``), and a few boots of the running slot that
+    never got through (a watchdog reset, a power cut at boot) would then start its trial
+    unasked, with nothing to say it was one. False when the running slot cannot be made the
+    next boot; its fallback left is only logged (the running slot is first again)."""
     try:
         async with rauc_lock:
             await rauc.activate(record.source)
@@ -454,6 +459,12 @@ async def _back_to_the_running_slot(rauc: Rauc, rauc_lock: trio.Lock, record: Up
         log.error("update %s: slot %s cannot be made the next boot again: %s",
                   record.version, record.source, exc)  # fmt: skip
         return False
+    try:
+        async with rauc_lock:
+            await rauc.make_unbootable(record.target)
+    except RaucError as exc:
+        log.error("update %s: slot %s stays a fallback of the boot loader: %s",
+                  record.version, record.target, exc)  # fmt: skip
     return True
 
 
