@@ -1325,6 +1325,37 @@ async def test_on_the_pi_the_activation_waits_for_a_confirmation_under_way(
         nursery.cancel_scope.cancel()
 
 
+async def test_on_the_pi_the_reboot_command_waits_for_a_confirmation_under_way(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+):
+    """Pi 4/5: the service's READY confirmation of the running slot (its mark-good deletes
+    tryboot.txt) had looked at the record before an install finished, and RAUC is slow to
+    answer. ``dynexport update reboot`` (or ``install --reboot-now``), another process, must
+    not activate the new slot during it: the confirmation would then delete the tryboot.txt
+    just written, and the trial reboot boot the old slot. They share the decision lock."""
+    from dynexport.update import cli
+
+    data, _cmdline, _boot = device_files(tmp_path, "rauc.slot=A", "install-boot")
+    monkeypatch.setattr(cli, "boot_id", lambda: "install-boot")
+    site, rauc = Site(ready=True), SlowConfirmRauc(booted="A")
+    site.answer()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a_pi_running_slot_a, site, data, rauc, tmp_path)
+        await trio.sleep(5)  # the confirmation is under way
+        write_record(data, NOT_REBOOTED)  # an install of this boot finished meanwhile
+        assert await cli._reboot_into(data, rauc, NOT_REBOOTED) == 0
+        assert len(rauc.marked) == 1, "the command did not wait for the confirmation to end"
+        (confirmed,) = rauc.marked
+        ended = float(confirmed.split("-")[1])
+        assert rauc.activated, "the command activated the slot"
+        for activated in rauc.activated:
+            assert float(activated.split("@")[1]) >= ended, (confirmed, activated)
+        record = read_record(data)
+        assert record is not None and record.reboot_asked is True
+        assert (data / REBOOT_REQUEST).read_text() == "trial install-boot\n"
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_record_unreadable_before_the_reboot_is_not_rebooted_into(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ):
@@ -1392,6 +1423,55 @@ async def test_devices_silent_after_a_slow_activation_are_waited_for_with_it_und
         await trio.sleep(DEVICES_STEADY_S + 60)
         assert [a.split("@")[0] for a in rauc.activated] == ["B", "A", "B"]
         assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
+        nursery.cancel_scope.cancel()
+
+
+class SlowFirstActivationRauc(SlowActivationRauc):
+    """Only the first activation (the service's) is slow; later ones answer at once."""
+
+    async def activate(self, target: str) -> None:
+        if self.activated or getattr(self, "begun", False):
+            await RecordedRauc.activate(self, target)
+            return
+        self.begun = True
+        await super().activate(target)
+
+
+async def test_a_reboot_asked_for_by_hand_meanwhile_is_not_undone_by_the_service(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+):
+    """The service's activation took ten minutes, the inverters fell asleep meanwhile, and the
+    installer ran ``dynexport update reboot`` in between: it activated the slot, noted and asked
+    for the reboot. The service, finding the devices silent, must not undo that activation: the
+    reboot would boot the old slot (GRUB, U-Boot: the running slot first again, the new one
+    marked bad), and read as a rollback. It leaves the inverters at their fail-safe instead."""
+    from dynexport.update import cli
+
+    data, _cmdline, _boot = device_files(tmp_path, "rauc.slot=A", "install-boot")
+    monkeypatch.setattr(cli, "boot_id", lambda: "install-boot")
+    write_record(data, NOT_REBOOTED)
+    site = Site(ready=True)
+    site.answer()
+
+    def dusk() -> None:
+        for link in site.inverters:
+            link.state.stop()
+
+    rauc = SlowFirstActivationRauc(booted="A", meanwhile=dusk)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            partial(
+                commit_when_healthy, site, data, rauc, wall_clock=lambda: 0.0,
+                this_boot="install-boot", booted="A",
+            )
+        )  # fmt: skip
+        await trio.sleep(DEVICES_STEADY_S + 60)  # the service's activation is under way
+        assert await cli._reboot_into(data, rauc, NOT_REBOOTED) == 0
+        await trio.sleep(600)  # the service's activation returns; the devices are silent
+        assert [a.split("@")[0] for a in rauc.activated] == ["B", "B"], "never undone"
+        assert rauc.unbootable == []
+        assert site.events == ["fail-safe"]
+        assert (data / REBOOT_REQUEST).read_text() == "trial install-boot\n"
         nursery.cancel_scope.cancel()
 
 

@@ -16,6 +16,7 @@ from dynexport.update.rauc import Rauc, RaucError
 from dynexport.update.service import (
     begin_install,
     boot_id,
+    decision_lock,
     install_record,
     read_record,
     request_reboot,
@@ -138,15 +139,28 @@ async def _reboot_into(data: Path, rauc: Rauc, trial: UpdateRecord) -> int:
     """Makes ``trial``'s slot the next boot, notes that its reboot is asked for, and asks for it.
 
     Only once the record says "trial": on the Pi a confirmation of the running slot by the
-    service deletes tryboot.txt, and it skips one while a trial of this boot is recorded."""
-    try:
-        await rauc.activate(trial.target)
-    except RaucError as exc:
-        print(f"{trial.version} is installed in slot {trial.target}, but not rebooted now: "
-              f"{exc}; the service reboots into it at a quiet moment", file=sys.stderr)  # fmt: skip
-        return 1
-    _write(data, replace(trial, reboot_asked=True))
-    request_reboot(data, "trial", boot_id(), folder_owner(data))
+    service deletes tryboot.txt, and it skips one while a trial of this boot is recorded. All
+    under the decision lock, which that confirmation holds from its look at the record to its
+    end, and the service's undoing of its own activation (devices gone silent) from its look at
+    the record to its end: neither can then land between this activation and the reboot."""
+    owner = folder_owner(data)
+    async with decision_lock(data, owner=owner):
+        now = read_record(data)
+        if not waits_for_its_reboot(now, boot_id()):
+            print(f"{trial.version} is no longer waiting for its reboot (the service moved it "
+                  "on: see dynexport update status); not rebooted", file=sys.stderr)  # fmt: skip
+            return 1
+        try:
+            await rauc.activate(trial.target)
+        except RaucError as exc:
+            print(
+                f"{trial.version} is installed in slot {trial.target}, but not rebooted now: "
+                f"{exc}; the service reboots into it at a quiet moment",
+                file=sys.stderr,
+            )
+            return 1
+        _write(data, replace(trial, reboot_asked=True))
+        request_reboot(data, "trial", boot_id(), owner)
     print(f"{trial.version} is installed in slot {trial.target}; rebooting into it now")
     return 0
 

@@ -25,7 +25,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import trio
 
@@ -356,8 +356,10 @@ async def reboot_when_quiet(
         silent = health.devices_silent(observe(app, trio.current_time()))
         if silent is None or _devices_waited(data_dir) >= devices_max_wait:
             break
-        if not await _back_to_the_running_slot(rauc, lock, activated):
-            break  # activated for good: better the trial now than a reset's, unchecked, later
+        if await _back_to_the_running_slot(data_dir, rauc, lock, activated) != "undone":
+            # activated for good: better the trial now than a reset's, unchecked, later; or
+            # rebooted into by hand meanwhile (the fail-safe limits are left all the same)
+            break
         log.info("reboot after the update waits again: %s", silent)
     log.warning("rebooting for the update: leaving every inverter at its fail-safe limit")
     await app.leave_fail_safe()
@@ -445,27 +447,57 @@ async def _wait_devices_and_quiet(
         _device_waits.pop(key, None)
 
 
-async def _back_to_the_running_slot(rauc: Rauc, rauc_lock: trio.Lock, record: UpdateRecord) -> bool:
+Undo = Literal["undone", "stuck", "asked"]
+"""What became of an activation to undo: undone; still in force (RAUC refused); or kept,
+because ``dynexport update reboot`` asked for the reboot into it meanwhile."""
+
+
+async def _back_to_the_running_slot(
+    data_dir: Path,
+    rauc: Rauc,
+    rauc_lock: trio.Lock,
+    record: UpdateRecord,
+    failed_why: str | None = None,
+) -> Undo:
     """Makes the running slot (``record.source``) the next boot again, and the update's slot
     no boot at all: an activation undone. Activated, that slot also became a fallback on
     U-Boot and GRUB (``BOOT_x_LEFT=3``, ``x_OK=1``), and a few boots of the running slot that
     never got through (a watchdog reset, a power cut at boot) would then start its trial
-    unasked, with nothing to say it was one. False when the running slot cannot be made the
-    next boot; its fallback left is only logged (the running slot is first again)."""
-    try:
-        async with rauc_lock:
-            await rauc.activate(record.source)
-    except RaucError as exc:
-        log.error("update %s: slot %s cannot be made the next boot again: %s",
-                  record.version, record.source, exc)  # fmt: skip
-        return False
-    try:
-        async with rauc_lock:
-            await rauc.make_unbootable(record.target)
-    except RaucError as exc:
-        log.error("update %s: slot %s stays a fallback of the boot loader: %s",
-                  record.version, record.target, exc)  # fmt: skip
-    return True
+    unasked, with nothing to say it was one. Its fallback left is only logged (the running
+    slot is first again). ``failed_why``: the update is then recorded failed, with why.
+
+    Under the decision lock, which ``dynexport update reboot`` holds from its activation to
+    its request: a record that says the reboot was asked for is left alone (undone then, or
+    recorded failed, the reboot would boot the old slot and read as a rollback, or the new one
+    with a record that says failed)."""
+    async with decision_lock(data_dir):
+        now = read_record(data_dir)
+        if now is not None and now.reboot_asked and now.boot_id == record.boot_id:
+            log.warning(
+                "update %s: its reboot was asked for meanwhile (dynexport update reboot): slot "
+                "%s stays the next boot",
+                record.version,
+                record.target,
+            )
+            return "asked"
+        try:
+            async with rauc_lock:
+                await rauc.activate(record.source)
+        except RaucError as exc:
+            log.error("update %s: slot %s cannot be made the next boot again: %s",
+                      record.version, record.source, exc)  # fmt: skip
+            undo: Undo = "stuck"
+        else:
+            undo = "undone"
+            try:
+                async with rauc_lock:
+                    await rauc.make_unbootable(record.target)
+            except RaucError as exc:
+                log.error("update %s: slot %s stays a fallback of the boot loader: %s",
+                          record.version, record.target, exc)  # fmt: skip
+        if failed_why is not None:
+            await _record_failed(data_dir, record, failed_why)
+        return undo
 
 
 async def _activate_again(
@@ -502,18 +534,23 @@ async def _activate_again(
             return record
     record = read_record(data_dir)
     if record is not None and waits_for_its_reboot(record, this_boot):
-        await _back_to_the_running_slot(rauc, rauc_lock, record)
         why = f"its slot could not be made the next boot ({error})"
-        log.error("update %s: not rebooted into: %s", record.version, why)
-        for wait in (0.0, *RECORD_RETRY_S):
-            await trio.sleep(wait)
-            try:
-                write_record(data_dir, record.moved_to("failed", why))
-            except OSError as exc:
-                log.error("update %s: its failure cannot be recorded: %s", record.version, exc)
-            else:
-                break
+        if await _back_to_the_running_slot(data_dir, rauc, rauc_lock, record, why) != "asked":
+            log.error("update %s: not rebooted into: %s", record.version, why)
     return None
+
+
+async def _record_failed(data_dir: Path, record: UpdateRecord, why: str) -> None:
+    """The record says the update failed, with why; tried a few times (within 7 s, well inside
+    update-deadline's minute of waiting for the lock), and logged when it cannot be written."""
+    for wait in (0.0, *RECORD_RETRY_S):
+        await trio.sleep(wait)
+        try:
+            write_record(data_dir, record.moved_to("failed", why))
+        except OSError as exc:
+            log.error("update %s: its failure cannot be recorded: %s", record.version, exc)
+        else:
+            return
 
 
 _device_waits: dict[Path, str] = {}
@@ -744,6 +781,8 @@ async def _check_this_boot(
 
 CONFIRM_RETRY_S = 30.0
 """A failed confirmation of the running slot is tried again this often (seconds)."""
+CONFIRM_LOCK_POLL_S = 0.5
+"""How often the confirmation tries the decision lock while another process holds it."""
 
 
 @dataclass(frozen=True)
@@ -764,6 +803,14 @@ class _Confirm:
         record = read_record(self.data_dir)
         return waits_for_its_reboot(record, self.this_boot)
 
+    def across_processes(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """On the Pi, the decision lock: ``dynexport update reboot`` (or ``install
+        --reboot-now``) activates the new slot under it, in another process, so a confirmation
+        already past its look at the record cannot delete the tryboot.txt written meanwhile."""
+        if not self.pi:
+            return contextlib.nullcontext()
+        return decision_lock(self.data_dir, CONFIRM_LOCK_POLL_S)
+
 
 async def _confirm_boot(app: AppLike, confirm: _Confirm, booted: str, interval: float) -> None:
     """Confirms the running (already committed) slot once the service is READY."""
@@ -771,7 +818,7 @@ async def _confirm_boot(app: AppLike, confirm: _Confirm, booted: str, interval: 
         await trio.sleep(interval)
     while True:
         try:
-            async with confirm.lock:
+            async with confirm.lock, confirm.across_processes():
                 if confirm.would_drop_a_trial():
                     log.info("running slot %s not confirmed: an installed update waits for its "
                              "trial reboot (tryboot.txt is kept)", booted)  # fmt: skip
@@ -917,16 +964,23 @@ async def _record_committed(data_dir: Path, record: UpdateRecord) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def decision_lock(data_dir: Path, poll_s: float = 0.5) -> AsyncIterator[None]:
+async def decision_lock(
+    data_dir: Path, poll_s: float = 0.5, owner: tuple[int, int] | None = None
+) -> AsyncIterator[None]:
     """Holds ``DECISION_LOCK`` (state.py): taken without blocking the event loop, tried again
-    every ``poll_s`` while update-deadline holds it. A lock file that cannot be opened is
-    logged and the decision goes ahead without it (as before the lock existed)."""
+    every ``poll_s`` while another process (update-deadline, ``dynexport update``, the service)
+    holds it. A lock file that cannot be opened is logged and the decision goes ahead without
+    it (as before the lock existed). ``owner``: the CLI run as root gives the file to the
+    service user, who could not open it otherwise."""
     try:
         fd = os.open(data_dir / DECISION_LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         log.warning("update: cannot open %s (%s); deciding without it", DECISION_LOCK, exc)
         yield
         return
+    if owner is not None:
+        with contextlib.suppress(OSError):
+            os.fchown(fd, *owner)
     try:
         while True:
             try:
