@@ -280,6 +280,22 @@ def test_load_estimate_does_not_pair_a_sample_with_a_guess_along_a_battery_step(
     assert estimate_load(meter, battery, 1.0, 1.0) == pytest.approx(load)
 
 
+def test_load_estimate_does_not_trust_a_stale_reading_past_the_decision_after_it():
+    # The app's timing: one meter sample a call. Call 0 read the inverter at 0.02, the battery
+    # at 0.03 and the meter, slow, at 0.60, then told the battery to go from +2000 W (discharge)
+    # to -1000 W (charge). Call 1 read the inverter at 1.02 (a cloud: 5000 -> 4800 W) and the
+    # meter at 1.05, but the battery missed its poll: its last reading still says +2000 W. The
+    # sample at 1.05 would read the load 3000 W high; the one at 0.60, taken before the
+    # decision, is the one to go by.
+    load = 3000.0
+    inverter = RollingMean(10).add(-0.98, 5000).add(0.02, 5000).add(1.02, 4800)
+    battery = RollingMean(10).add(-0.97, 2000).add(0.03, 2000)
+    meter = RollingMean(1).add(0.60, load - 5000 - 2000).add(1.05, load - 4800 + 1000)
+    estimate = estimate_load(meter, [inverter, battery], 1.5, 1.0, decided_t=0.6)
+    # off by the straight line's guess at the cloud only: 116 W
+    assert estimate == pytest.approx(load - 200 * 0.58)
+
+
 def test_load_estimate_keeps_every_sample_among_the_same_two_readings():
     # Nothing surer to prefer: the straight line is the best guess, and the noise is averaged.
     der = RollingMean(5.0).add(0.0, 3000).add(2.0, 1000)
@@ -312,7 +328,7 @@ def test_load_estimate_is_within_the_pairing_slack_when_outputs_step_between_rea
         if k % 2 == 0:
             der = der.add(t, output(t))
         meter = meter.add(t, load - output(t))
-    assert abs(estimate_load(meter, der, 3.0, 1.0) - load) <= PAIRING_SLACK_W
+    assert abs(estimate_load(meter, der, 3.0, 1.0, decided_t=3.0) - load) <= PAIRING_SLACK_W
 
 
 def test_rolling_mean_ignores_late_samples_and_falls_back_to_the_newest():

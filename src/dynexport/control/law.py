@@ -537,7 +537,9 @@ def control_step(
     # since.
     late = not stale and meter.latest_t is not None and meter.latest_t <= now - s.average_s
     load_est = (
-        None if stale else estimate_load(meter, [m for _, m in (*der, *bat_der)], now, s.average_s)
+        None
+        if stale
+        else estimate_load(meter, [m for _, m in (*der, *bat_der)], now, s.average_s, state.last_t)
     )
     measured = {
         "export_w": None if load_est is None else der_now + bat_now - load_est,
@@ -974,6 +976,7 @@ def estimate_load(
     der: RollingMean | Sequence[RollingMean],
     now: float,
     window_s: float,
+    decided_t: float | None = None,
 ) -> float:
     """Mean over the meter samples in the window of (site power + DER output *at that moment*).
 
@@ -986,10 +989,12 @@ def estimate_load(
     Between two readings that differ, the output at a moment is a guess: a battery told a new
     setpoint gets there in a fraction of a second, not along the straight line, and a meter
     sample paired with the line's midpoint then overstates the load by a quarter of the step
-    (hundreds of watts, exported by the next decision). So only the samples paired most surely
-    count: those whose readings around them moved least (within ``PAIRING_SLACK_W``), a sample
-    at a reading's own time being sure. When every sample sits among the same readings, all
-    count, as before.
+    (hundreds of watts, exported by the next decision). After a device's newest reading its
+    output is a guess too, once the law has decided since (``decided_t``, its last call): a
+    device that missed this call's readings may have followed that decision's command. So only
+    the samples paired most surely count: those whose readings around them moved least (within
+    ``PAIRING_SLACK_W``); a sample at a reading's own time, or after the newest with no
+    decision between, is sure. When every sample is as unsure, all count, as before.
     """
     parts = [der] if isinstance(der, RollingMean) else list(der)
     inside = [(t, v) for t, v in meter.samples if now - window_s < t <= now]
@@ -997,17 +1002,20 @@ def estimate_load(
         inside = list(meter.samples[-1:])  # late but not stale: the fail-safe decides that
     paired = []
     for t, v in inside:
-        guesses = [_interpolate(p.samples, t) for p in parts]
+        guesses = [_interpolate(p.samples, t, decided_t) for p in parts]
         paired.append((v + sum(g for g, _ in guesses), sum(u for _, u in guesses)))
     surest = min(u for _, u in paired)
     kept = [load for load, u in paired if u <= surest + PAIRING_SLACK_W]
     return sum(kept) / len(kept)
 
 
-def _interpolate(samples: tuple[tuple[float, float], ...], t: float) -> tuple[float, float]:
+def _interpolate(
+    samples: tuple[tuple[float, float], ...], t: float, decided_t: float | None = None
+) -> tuple[float, float]:
     """Linear between the samples around ``t``, the nearest end outside them; and how unsure
-    that is (how far the two samples around ``t`` differ; nil at a sample's own time or
-    outside them)."""
+    that is: how far the two samples around ``t`` differ; nil at a sample's own time, before
+    the first or after the last (unless a decision at ``decided_t`` came between the last and
+    ``t``: then not known at all, infinite)."""
     if not samples:
         return 0.0, 0.0
     if t <= samples[0][0]:
@@ -1017,4 +1025,7 @@ def _interpolate(samples: tuple[tuple[float, float], ...], t: float) -> tuple[fl
             return v0, 0.0
         if t0 < t < t1:
             return v0 + (v1 - v0) * (t - t0) / (t1 - t0), abs(v1 - v0)
-    return samples[-1][1], 0.0
+    last_t, last = samples[-1]
+    if decided_t is not None and last_t < decided_t < t:
+        return last, math.inf
+    return last, 0.0
