@@ -835,7 +835,15 @@ class App:
         window read at that clock was missed (a 0 W window from 10:00 obeyed from 12:00 after a
         two-hour cut). Known once a time server has set the clock, or the utility's Time was
         read (the wall clock plus the measured offset)."""
-        if not self.config.limits.windows or self._clock_synchronised():
+        if not self.config.limits.windows:
+            return 0.0
+        return self._clock_offset()
+
+    def _clock_offset(self) -> float | None:
+        """Seconds to add to the wall clock for the true time: 0 once a time server has set
+        the clock, the measured offset once the utility's Time was read; None before either
+        (the clock may be hours behind after a power cut: `_window_offset`)."""
+        if self._clock_synchronised():
             return 0.0
         utility = self.utility
         if utility is not None and utility.time_verified:
@@ -983,7 +991,13 @@ class App:
 
     def _make_plan(self, now: float) -> battery_law.ChargePlan | None:
         wall = self.options.wall_clock()
-        local = self.local_datetime(wall)
+        offset = self._clock_offset()
+        if offset is None:
+            # The sun's hours and today's date read off a clock hours behind would hold the
+            # charging back at the wrong hours, and file today's sun under the wrong hours (or
+            # yesterday) in the memory the next days' plans start from: no plan, nothing kept.
+            return battery_law.ChargePlan(None, reason="the time of day is not known yet")
+        local = self.local_datetime(wall + offset)  # the sun's time; the limits' is the wall's
         hour = local.hour + local.minute / 60.0 + local.second / 3600.0
         book = self.battery
         path = self.options.data_dir / PV_MEMORY_FILE
@@ -1045,9 +1059,10 @@ class App:
         book.last_t = now
         if not self.batteries:
             return
-        today = self.local_datetime().date()
-        if book.day != today:  # a new day: today's counts start again
-            book.day, book.observed, book.stored_wh = today, [], 0.0
+        offset = self._clock_offset()  # None: the date is not known; the day's counts go on
+        today = None if offset is None else self.local_datetime(self.options.wall_clock() + offset)
+        if today is not None and book.day != today.date():  # a new day: its counts start again
+            book.day, book.observed, book.stored_wh = today.date(), [], 0.0
         if "export limit" in out.battery_reason:
             charging = sum(
                 max(-(b.state.reading.power_w or 0.0), 0.0)

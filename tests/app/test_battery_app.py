@@ -157,6 +157,41 @@ async def test_the_planner_keeps_yesterdays_sun_and_adds_todays_across_a_restart
     assert restarted.battery.pv == saved
 
 
+async def test_the_planner_neither_plans_nor_remembers_the_sun_while_the_time_is_not_known(
+    tmp_path: Path,
+) -> None:
+    """After a power cut a Pi's clock restarts from its last saved time, hours behind, until a
+    time server (or the utility's Time) sets it. The planner read the sun's hours and the date
+    off that clock: it held the charging back at the wrong hours and filed today's sun under
+    the wrong hours, or under yesterday, in the memory the next days' plans start from. Until
+    the time is known it makes no plan (no hold back) and keeps nothing; once it is, both go
+    on, by the true time."""
+    path = tmp_path / PV_MEMORY_FILE
+    path.write_text(CLOUDY_YESTERDAY.to_json())
+    synchronised = [False]
+    behind = ELEVEN_AM - 6 * 3600  # the clock says 05:00, before sunrise
+    with simulated_site(load_w=1000.0) as sim:
+        sim.site.devices[3] = battery(soc_pct=40.0, window=True, tau_s=0.3)
+        app = make_app(
+            planning_config(sim), tmp_path, wall_clock=lambda: behind if not synchronised[0]
+            else ELEVEN_AM, clock_synchronised=lambda: synchronised[0],
+        )  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await plan_once_with_the_site_read(app)
+            plan = app._make_plan(trio.current_time())
+            assert plan is not None and plan.max_charge_w is None, "no hold back"
+            assert plan.reason == "the time of day is not known yet"
+            assert app.battery.observed == [] and app.battery.pv is None, "nothing kept"
+            synchronised[0] = True  # a time server set the clock
+            await plan_once_with_the_site_read(app)
+            book = app.battery  # (a new name: mypy took ``pv`` for None from here on)
+            assert book.pv is not None
+            assert [d.day for d in book.pv.days] == ["2026-11-30", "2026-12-01"]
+            assert [round(h) for h, _ in book.observed] == [11]
+            nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize(
     "content", [b"\x00\x01 torn by a power cut", b'{"version": 1, "days": [{"day": "x"}]}']
 )
