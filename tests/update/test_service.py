@@ -20,14 +20,19 @@ from dynexport.system.watchdog import ProgressTracker
 from dynexport.update.rauc import Rauc, RaucError, RaucStatus, SlotStatus
 from dynexport.update.service import (
     ACTIVATE_TRIES,
+    DEVICES_MAX_WAIT_S,
     DEVICES_STEADY_S,
     UpdateStatus,
+    _Confirm,
+    _confirm_boot,
     begin_install,
     commit_when_healthy,
     installer_gone,
     process_identity,
     read_record,
+    reboot_when_quiet,
     report_of,
+    undo_activation,
     update_report,
     update_status,
     write_record,
@@ -1295,11 +1300,15 @@ async def a_pi_running_slot_a(site: Site, data: Path, rauc: RecordedRauc, tmp_pa
 
 
 class SlowConfirmRauc(RecordedRauc):
-    """RAUC whose confirmation (mark-good) takes 400 s to answer: a busy D-Bus service."""
+    """RAUC whose confirmation (mark-good) takes ``takes_s`` to answer: a busy D-Bus service."""
+
+    def __init__(self, booted: str, takes_s: float = 400.0) -> None:
+        super().__init__(booted)
+        self.takes_s = takes_s
 
     async def mark_good(self) -> None:
         begun = trio.current_time()
-        await trio.sleep(400)
+        await trio.sleep(self.takes_s)
         self.marked.append(f"good@{begun:.0f}-{trio.current_time():.0f}")
 
 
@@ -1337,7 +1346,7 @@ async def test_on_the_pi_the_reboot_command_waits_for_a_confirmation_under_way(
 
     data, _cmdline, _boot = device_files(tmp_path, "rauc.slot=A", "install-boot")
     monkeypatch.setattr(cli, "boot_id", lambda: "install-boot")
-    site, rauc = Site(ready=True), SlowConfirmRauc(booted="A")
+    site, rauc = Site(ready=True), SlowConfirmRauc(booted="A", takes_s=200)
     site.answer()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(a_pi_running_slot_a, site, data, rauc, tmp_path)
@@ -1377,14 +1386,18 @@ async def test_a_record_unreadable_before_the_reboot_is_not_rebooted_into(
 
 
 class SlowActivationRauc(RecordedRauc):
-    """RAUC whose first activation takes 600 s, while the site does ``meanwhile``."""
+    """RAUC whose activation number ``slow_from`` (from 0: the first) takes 600 s, while the
+    site does ``meanwhile``."""
 
-    def __init__(self, booted: str, meanwhile: Any) -> None:
+    def __init__(self, booted: str, meanwhile: Any, slow_from: int = 0) -> None:
         super().__init__(booted)
         self.meanwhile = meanwhile
+        self.calls = 0
+        self.slow = slow_from
 
     async def activate(self, target: str) -> None:
-        if not self.activated:
+        self.calls += 1
+        if self.calls - 1 == self.slow:
             self.meanwhile()
             await trio.sleep(600)
         await super().activate(target)
@@ -1426,25 +1439,15 @@ async def test_devices_silent_after_a_slow_activation_are_waited_for_with_it_und
         nursery.cancel_scope.cancel()
 
 
-class SlowFirstActivationRauc(SlowActivationRauc):
-    """Only the first activation (the service's) is slow; later ones answer at once."""
-
-    async def activate(self, target: str) -> None:
-        if self.activated or getattr(self, "begun", False):
-            await RecordedRauc.activate(self, target)
-            return
-        self.begun = True
-        await super().activate(target)
-
-
-async def test_a_reboot_asked_for_by_hand_meanwhile_is_not_undone_by_the_service(
+async def test_a_reboot_asked_for_by_hand_before_is_not_undone_by_the_service(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ):
-    """The service's activation took ten minutes, the inverters fell asleep meanwhile, and the
-    installer ran ``dynexport update reboot`` in between: it activated the slot, noted and asked
-    for the reboot. The service, finding the devices silent, must not undo that activation: the
-    reboot would boot the old slot (GRUB, U-Boot: the running slot first again, the new one
-    marked bad), and read as a rollback. It leaves the inverters at their fail-safe instead."""
+    """The installer ran ``dynexport update reboot`` (the slot activated, the reboot noted and
+    asked for) just before the service's own activation, which then took ten minutes while the
+    inverters fell asleep (dusk). The service, finding the devices silent, must not undo that
+    activation: the reboot already asked for would boot the old slot (GRUB, U-Boot: the running
+    slot first again, the new one marked bad) and read as a rollback. It leaves the inverters
+    at their fail-safe and asks for the reboot instead."""
     from dynexport.update import cli
 
     data, _cmdline, _boot = device_files(tmp_path, "rauc.slot=A", "install-boot")
@@ -1457,7 +1460,47 @@ async def test_a_reboot_asked_for_by_hand_meanwhile_is_not_undone_by_the_service
         for link in site.inverters:
             link.state.stop()
 
-    rauc = SlowFirstActivationRauc(booted="A", meanwhile=dusk)
+    rauc = SlowActivationRauc(booted="A", meanwhile=dusk, slow_from=1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            partial(
+                commit_when_healthy, site, data, rauc, wall_clock=lambda: 0.0,
+                this_boot="install-boot", booted="A",
+            )
+        )  # fmt: skip
+        await trio.sleep(DEVICES_STEADY_S - 60)  # before the service's activation
+        assert await cli._reboot_into(data, rauc, NOT_REBOOTED) == 0
+        await trio.sleep(60 + 600 + 60)  # the service's activation returns; devices silent
+        assert [a.split("@")[0] for a in rauc.activated] == ["B", "B"], "never undone"
+        assert rauc.unbootable == []
+        assert site.events == ["fail-safe"]
+        assert (data / REBOOT_REQUEST).read_text() == "trial install-boot\n"
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_reboot_command_waits_for_the_services_activation_and_then_gives_up(
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+):
+    """The service holds the decision lock from its activation to its reboot request (or the
+    activation undone): ``dynexport update reboot`` in between, its own activation failing,
+    would undo the service's. The command waits for the lock at most LOCK_WAIT_S, and says
+    so; the service then undoes its activation (the devices fell silent) and waits again."""
+    from dynexport.update import cli
+
+    data, _cmdline, _boot = device_files(tmp_path, "rauc.slot=A", "install-boot")
+    monkeypatch.setattr(cli, "boot_id", lambda: "install-boot")
+    write_record(data, NOT_REBOOTED)
+    site = Site(ready=True)
+    site.answer()
+
+    def dusk() -> None:
+        for link in site.inverters:
+            link.state.stop()
+
+    rauc = SlowActivationRauc(booted="A", meanwhile=dusk)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
             partial(
@@ -1466,13 +1509,108 @@ async def test_a_reboot_asked_for_by_hand_meanwhile_is_not_undone_by_the_service
             )
         )  # fmt: skip
         await trio.sleep(DEVICES_STEADY_S + 60)  # the service's activation is under way
-        assert await cli._reboot_into(data, rauc, NOT_REBOOTED) == 0
-        await trio.sleep(600)  # the service's activation returns; the devices are silent
-        assert [a.split("@")[0] for a in rauc.activated] == ["B", "B"], "never undone"
-        assert rauc.unbootable == []
-        assert site.events == ["fail-safe"]
-        assert (data / REBOOT_REQUEST).read_text() == "trial install-boot\n"
+        asked = trio.current_time()
+        assert await cli._reboot_into(data, rauc, NOT_REBOOTED) == 1
+        assert trio.current_time() - asked == pytest.approx(cli.LOCK_WAIT_S, abs=1.0)
+        err = capsys.readouterr().err
+        assert "waiting for the service to finish with RAUC (at most 360 s)" in err
+        assert "update.lock was held for 360 s" in err
+        assert rauc.activated == [] and not (data / REBOOT_REQUEST).exists()
+        await trio.sleep(600 - cli.LOCK_WAIT_S)
+        assert [a.split("@")[0] for a in rauc.activated] == ["B", "A"], "undone, by the service"
+        record = read_record(data)
+        assert record is not None and record.reboot_asked is False
         nursery.cancel_scope.cancel()
+
+
+async def test_the_pi_confirmation_and_an_undone_activation_never_wait_for_each_other(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    """Pi 4/5: a retry of the running slot's confirmation came while the service's slow
+    activation held the RAUC lock, and the devices fell silent meanwhile. The confirmation took
+    the RAUC lock, then waited for the decision lock; the undo held the decision lock and
+    waited for the RAUC lock: no reboot ever, and every later install refused. Both now take
+    the decision lock first."""
+    write_record(tmp_path, TRIAL)
+    site = Site(ready=True)
+    site.answer()
+
+    def dusk() -> None:
+        for link in site.inverters:
+            link.state.stop()
+
+    rauc, lock = SlowActivationRauc(booted="A", meanwhile=dusk), trio.Lock()
+    confirm = _Confirm(rauc, lock, tmp_path, "install-boot", pi=True)
+    rebooted: list[bool] = []
+
+    async def service() -> None:
+        rebooted.append(
+            await reboot_when_quiet(
+                site, tmp_path, wall_clock=lambda: 0.0, rauc=rauc, rauc_lock=lock,
+                this_boot="install-boot", devices_max_wait=DEVICES_MAX_WAIT_S,
+            )
+        )  # fmt: skip
+
+    with trio.move_on_after(3600):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service)
+            await trio.sleep(DEVICES_STEADY_S + 60)  # the activation is under way
+            nursery.start_soon(_confirm_boot, site, confirm, "A", 1.0)
+            await trio.sleep(600)
+            assert [a.split("@")[0] for a in rauc.activated] == ["B", "A"], "undone"
+            assert rauc.marked == [], "skipped: an installed update waits for its reboot"
+            site.inverters[0].state.answering = True  # dawn
+    assert rebooted == [True]
+
+
+class TimedOutActivationRauc(RecordedRauc):
+    """RAUC that carries an activation out, but answers too late: a RaucError all the same."""
+
+    async def activate(self, target: str) -> None:
+        await super().activate(target)
+        if target == "B":
+            raise RaucError("rauc status: no answer in 300 s (is the RAUC service hung?)")
+
+
+async def test_a_failed_reboot_command_leaves_the_update_no_boot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """``dynexport update reboot`` whose activation timed out after RAUC had carried it out:
+    the new slot was left first, and on U-Boot or GRUB any reset (at night) would start its
+    trial unasked. The command undoes it, as the service does, and the service reboots into
+    the update at its quiet moment (activating it again)."""
+    from dynexport.update import cli
+
+    monkeypatch.setattr(cli, "boot_id", lambda: "install-boot")
+    write_record(tmp_path, NOT_REBOOTED)
+    rauc = TimedOutActivationRauc(booted="A")
+    assert await cli._reboot_into(tmp_path, rauc, NOT_REBOOTED) == 1
+    assert [a.split("@")[0] for a in rauc.activated] == ["B", "A"]
+    assert [a.split("@")[0] for a in rauc.unbootable] == ["B"]
+    assert "not rebooted now" in capsys.readouterr().err
+    assert read_record(tmp_path) == NOT_REBOOTED and not (tmp_path / REBOOT_REQUEST).exists()
+
+
+class RefusingRauc(RecordedRauc):
+    """RAUC that refuses every activation (its boot partition cannot be mounted)."""
+
+    async def activate(self, target: str) -> None:
+        raise RaucError("Failed to mount /dev/mmcblk0p1")
+
+
+async def test_an_undo_whose_activation_is_refused_still_marks_the_update_bad():
+    """Making the running slot first again was refused, yet an earlier activation of the new
+    slot may have been carried out (a timeout): the new slot is marked bad all the same, which
+    alone keeps U-Boot and GRUB off it, and the undo counts as done."""
+    rauc = RefusingRauc(booted="A")
+    assert await undo_activation(rauc, None, NOT_REBOOTED) == "undone"
+    assert [a.split("@")[0] for a in rauc.unbootable] == ["B"]
+
+    class Hung(RefusingRauc):
+        async def make_unbootable(self, target: str) -> None:
+            raise RaucError("no answer in 300 s")
+
+    assert await undo_activation(Hung(booted="A"), None, NOT_REBOOTED) == "stuck"
 
 
 async def test_a_trial_notes_that_it_began_when_its_reboot_was_not_noted(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import replace
@@ -12,7 +13,7 @@ from typing import Any
 import trio
 
 from dynexport.update.install import update_under_way
-from dynexport.update.rauc import Rauc, RaucError
+from dynexport.update.rauc import COMMAND_TIMEOUT_S, Rauc, RaucError
 from dynexport.update.service import (
     begin_install,
     boot_id,
@@ -20,10 +21,11 @@ from dynexport.update.service import (
     install_record,
     read_record,
     request_reboot,
+    undo_activation,
     update_report,
     write_record,
 )
-from dynexport.update.state import UpdateRecord, waits_for_its_reboot
+from dynexport.update.state import DECISION_LOCK, UpdateRecord, waits_for_its_reboot
 
 DATA = "/data/dynexport"
 
@@ -135,6 +137,12 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
     return 0
 
 
+LOCK_WAIT_S = COMMAND_TIMEOUT_S + 60.0
+"""How long ``dynexport update reboot`` waits for the decision lock (the service's confirmation
+or its own activation hold it, a RAUC command each, bounded by RAUC's timeout) before it gives
+up, saying so."""
+
+
 async def _reboot_into(data: Path, rauc: Rauc, trial: UpdateRecord) -> int:
     """Makes ``trial``'s slot the next boot, notes that its reboot is asked for, and asks for it.
 
@@ -142,25 +150,59 @@ async def _reboot_into(data: Path, rauc: Rauc, trial: UpdateRecord) -> int:
     service deletes tryboot.txt, and it skips one while a trial of this boot is recorded. All
     under the decision lock, which that confirmation holds from its look at the record to its
     end, and the service's undoing of its own activation (devices gone silent) from its look at
-    the record to its end: neither can then land between this activation and the reboot."""
+    the record to its end: neither can then land between this activation and the reboot. An
+    activation that fails is undone (it may have been carried out after its command timed
+    out): a reset would otherwise start the trial unasked on U-Boot and GRUB."""
     owner = folder_owner(data)
-    async with decision_lock(data, owner=owner):
-        now = read_record(data)
-        if not waits_for_its_reboot(now, boot_id()):
-            print(f"{trial.version} is no longer waiting for its reboot (the service moved it "
-                  "on: see dynexport update status); not rebooted", file=sys.stderr)  # fmt: skip
-            return 1
+    quiet = trio.CancelScope()
+
+    async def say_it_waits() -> None:
+        with quiet:
+            await trio.sleep(3.0)
+            print(f"waiting for the service to finish with RAUC (at most {LOCK_WAIT_S:.0f} s)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(say_it_waits)
         try:
-            await rauc.activate(trial.target)
-        except RaucError as exc:
-            print(
-                f"{trial.version} is installed in slot {trial.target}, but not rebooted now: "
-                f"{exc}; the service reboots into it at a quiet moment",
-                file=sys.stderr,
-            )
-            return 1
-        _write(data, replace(trial, reboot_asked=True))
-        request_reboot(data, "trial", boot_id(), owner)
+            return await _reboot_into_locked(data, rauc, trial, owner, quiet)
+        finally:
+            quiet.cancel()
+
+
+async def _reboot_into_locked(
+    data: Path, rauc: Rauc, trial: UpdateRecord, owner: tuple[int, int] | None,
+    quiet: trio.CancelScope,
+) -> int:  # fmt: skip
+    with trio.move_on_after(LOCK_WAIT_S) as waiting:
+        async with decision_lock(data, owner=owner):
+            quiet.cancel()
+            waiting.deadline = math.inf  # taken: what follows is bounded by RAUC's timeouts
+            now = read_record(data)
+            if not waits_for_its_reboot(now, boot_id()):
+                print(
+                    f"{trial.version} is no longer waiting for its reboot (the service moved it "
+                    "on: see dynexport update status); not rebooted",
+                    file=sys.stderr,
+                )
+                return 1
+            try:
+                await rauc.activate(trial.target)
+            except RaucError as exc:
+                undone = await undo_activation(rauc, None, trial)
+                print(
+                    f"{trial.version} is installed in slot {trial.target}, but not rebooted now: "
+                    f"{exc}; the service reboots into it at a quiet moment"
+                    + ("" if undone == "undone" else " (RAUC refused to undo the activation too)"),
+                    file=sys.stderr,
+                )
+                return 1
+            _write(data, replace(trial, reboot_asked=True))
+            request_reboot(data, "trial", boot_id(), owner)
+    if waiting.cancelled_caught:
+        print(f"not rebooted: {data / DECISION_LOCK} was held for {LOCK_WAIT_S:.0f} s (the "
+              "service is busy with RAUC); try again", file=sys.stderr)  # fmt: skip
+        return 1
     print(f"{trial.version} is installed in slot {trial.target}; rebooting into it now")
     return 0
 

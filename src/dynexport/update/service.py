@@ -346,26 +346,37 @@ async def reboot_when_quiet(
             interval=interval,
         )
         if rauc is None:
-            break
+            await _ask_for_the_reboot(app, data_dir, kind, this_boot)
+            return True
         lock = rauc_lock or trio.Lock()
-        activated = await _activate_again(data_dir, rauc, lock, this_boot)
-        if activated is None:
-            return False
-        # RAUC may have taken minutes: devices gone quiet meanwhile (dusk) are waited for again,
-        # but not with the slot activated (on U-Boot and GRUB a reset would start the trial)
-        silent = health.devices_silent(observe(app, trio.current_time()))
-        if silent is None or _devices_waited(data_dir) >= devices_max_wait:
-            break
-        if await _back_to_the_running_slot(data_dir, rauc, lock, activated) != "undone":
-            # activated for good: better the trial now than a reset's, unchecked, later; or
-            # rebooted into by hand meanwhile (the fail-safe limits are left all the same)
-            break
+        # Held from the activation to the request (or the activation undone): ``dynexport
+        # update reboot`` in between would undo this activation if its own failed.
+        async with decision_lock(data_dir, interval):
+            activated = await _activate_again(data_dir, rauc, lock, this_boot)
+            if activated is None:
+                return False
+            # RAUC may have taken minutes: devices gone quiet meanwhile (dusk) are waited for
+            # again, but not with the slot activated (on U-Boot and GRUB a reset would start
+            # the trial)
+            silent = health.devices_silent(observe(app, trio.current_time()))
+            if (
+                silent is None
+                or _devices_waited(data_dir) >= devices_max_wait
+                # activated for good: better the trial now than a reset's, unchecked, later;
+                # or rebooted into by hand before (the fail-safe limits are left all the same)
+                or await _back_to_the_running_slot(data_dir, rauc, lock, activated) != "undone"
+            ):
+                await _ask_for_the_reboot(app, data_dir, kind, this_boot)
+                return True
         log.info("reboot after the update waits again: %s", silent)
+
+
+async def _ask_for_the_reboot(app: AppLike, data_dir: Path, kind: str, this_boot: str) -> None:
+    """Every inverter left at its fail-safe limit, the reboot noted as asked for, and asked."""
     log.warning("rebooting for the update: leaving every inverter at its fail-safe limit")
     await app.leave_fail_safe()
     _note_reboot_asked(data_dir, this_boot)
     request_reboot(data_dir, kind, this_boot)
-    return True
 
 
 DEVICES_WAIT_NOTE_S = 1800.0
@@ -460,44 +471,55 @@ async def _back_to_the_running_slot(
     failed_why: str | None = None,
 ) -> Undo:
     """Makes the running slot (``record.source``) the next boot again, and the update's slot
-    no boot at all: an activation undone. Activated, that slot also became a fallback on
-    U-Boot and GRUB (``BOOT_x_LEFT=3``, ``x_OK=1``), and a few boots of the running slot that
-    never got through (a watchdog reset, a power cut at boot) would then start its trial
-    unasked, with nothing to say it was one. Its fallback left is only logged (the running
-    slot is first again). ``failed_why``: the update is then recorded failed, with why.
+    no boot at all: an activation undone (``undo_activation``). Activated, that slot also
+    became a fallback on U-Boot and GRUB (``BOOT_x_LEFT=3``, ``x_OK=1``), and a few boots of
+    the running slot that never got through (a watchdog reset, a power cut at boot) would then
+    start its trial unasked, with nothing to say it was one. ``failed_why``: the update is then
+    recorded failed, with why.
 
-    Under the decision lock, which ``dynexport update reboot`` holds from its activation to
-    its request: a record that says the reboot was asked for is left alone (undone then, or
-    recorded failed, the reboot would boot the old slot and read as a rollback, or the new one
-    with a record that says failed)."""
-    async with decision_lock(data_dir):
-        now = read_record(data_dir)
-        if now is not None and now.reboot_asked and now.boot_id == record.boot_id:
-            log.warning(
-                "update %s: its reboot was asked for meanwhile (dynexport update reboot): slot "
-                "%s stays the next boot",
-                record.version,
-                record.target,
-            )
-            return "asked"
-        try:
-            async with rauc_lock:
-                await rauc.activate(record.source)
-        except RaucError as exc:
-            log.error("update %s: slot %s cannot be made the next boot again: %s",
-                      record.version, record.source, exc)  # fmt: skip
-            undo: Undo = "stuck"
-        else:
-            undo = "undone"
-            try:
-                async with rauc_lock:
-                    await rauc.make_unbootable(record.target)
-            except RaucError as exc:
-                log.error("update %s: slot %s stays a fallback of the boot loader: %s",
-                          record.version, record.target, exc)  # fmt: skip
-        if failed_why is not None:
-            await _record_failed(data_dir, record, failed_why)
-        return undo
+    Called with the decision lock held (``reboot_when_quiet``), which ``dynexport update
+    reboot`` holds from its activation to its request: a record that says the reboot was asked
+    for, by that command before this activation, is left alone (undone then, or recorded
+    failed, the reboot would boot the old slot and read as a rollback, or the new one with a
+    record that says failed)."""
+    now = read_record(data_dir)
+    if now is not None and now.reboot_asked and now.boot_id == record.boot_id:
+        log.warning(
+            "update %s: its reboot was asked for already (dynexport update reboot): slot %s "
+            "stays the next boot",
+            record.version,
+            record.target,
+        )
+        return "asked"
+    undo = await undo_activation(rauc, rauc_lock, record)
+    if failed_why is not None:
+        await _record_failed(data_dir, record, failed_why)
+    return undo
+
+
+async def undo_activation(rauc: Rauc, rauc_lock: trio.Lock | None, record: UpdateRecord) -> Undo:
+    """The running slot made the next boot again, and the update's slot marked bad. Either one
+    alone keeps the next boot off the update's slot (a slot marked bad is skipped by U-Boot and
+    GRUB, and its tryboot.txt dropped on the Pi 4/5), so both are tried whatever the first
+    did: "stuck" only when RAUC refused both."""
+    lock = rauc_lock or trio.Lock()
+    first = unbootable = True
+    try:
+        async with lock:
+            await rauc.activate(record.source)
+    except RaucError as exc:
+        first = False
+        log.error("update %s: slot %s cannot be made the next boot again: %s",
+                  record.version, record.source, exc)  # fmt: skip
+    try:
+        async with lock:
+            await rauc.make_unbootable(record.target)
+    except RaucError as exc:
+        unbootable = False
+        log.error("update %s: slot %s cannot be marked bad%s: %s", record.version, record.target,
+                  "" if first else " either (it may boot next)",
+                  exc)  # fmt: skip
+    return "undone" if first or unbootable else "stuck"
 
 
 async def _activate_again(
@@ -818,7 +840,9 @@ async def _confirm_boot(app: AppLike, confirm: _Confirm, booted: str, interval: 
         await trio.sleep(interval)
     while True:
         try:
-            async with confirm.lock, confirm.across_processes():
+            # the decision lock first, as everywhere: the other order deadlocked against the
+            # undoing of an activation (which holds it while it waits for the RAUC lock)
+            async with confirm.across_processes(), confirm.lock:
                 if confirm.would_drop_a_trial():
                     log.info("running slot %s not confirmed: an installed update waits for its "
                              "trial reboot (tryboot.txt is kept)", booted)  # fmt: skip
