@@ -1591,6 +1591,25 @@ async def test_a_failed_reboot_command_leaves_the_update_no_boot(
     assert read_record(tmp_path) == NOT_REBOOTED and not (tmp_path / REBOOT_REQUEST).exists()
 
 
+async def test_the_reboot_command_never_undoes_a_reboot_asked_for_already(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """The service had activated the slot and asked for the reboot (or an earlier run of the
+    command had) when the command got the lock: activating again, failing, and undoing would
+    have made the asked-for reboot boot the old slot, read as a rollback. It does nothing."""
+    from dynexport.update import cli
+
+    monkeypatch.setattr(cli, "boot_id", lambda: "install-boot")
+    asked = replace(NOT_REBOOTED, reboot_asked=True)
+    write_record(tmp_path, asked)
+    (tmp_path / REBOOT_REQUEST).write_text("trial install-boot\n")
+    rauc = TimedOutActivationRauc(booted="A")
+    assert await cli._reboot_into(tmp_path, rauc, NOT_REBOOTED) == 0
+    assert rauc.activated == [] and rauc.unbootable == []
+    assert "asked for already" in capsys.readouterr().out
+    assert read_record(tmp_path) == asked
+
+
 class RefusingRauc(RecordedRauc):
     """RAUC that refuses every activation (its boot partition cannot be mounted)."""
 

@@ -138,9 +138,9 @@ async def _install_async(args: argparse.Namespace, rauc: Rauc) -> int:
 
 
 LOCK_WAIT_S = COMMAND_TIMEOUT_S + 60.0
-"""How long ``dynexport update reboot`` waits for the decision lock (the service's confirmation
-or its own activation hold it, a RAUC command each, bounded by RAUC's timeout) before it gives
-up, saying so."""
+"""How long ``dynexport update reboot`` waits for the decision lock before it gives up, saying
+so: a confirmation holds it for one RAUC command, the service's reboot for up to ten tries of
+its activation and the fail-safe writes (then the reboot is asked for, or the update failed)."""
 
 
 async def _reboot_into(data: Path, rauc: Rauc, trial: UpdateRecord) -> int:
@@ -179,6 +179,12 @@ async def _reboot_into_locked(
             quiet.cancel()
             waiting.deadline = math.inf  # taken: what follows is bounded by RAUC's timeouts
             now = read_record(data)
+            if now is not None and now.reboot_asked and waits_for_its_reboot(now, boot_id()):
+                # asked for already (by the service, or a run of this command): nothing to do,
+                # and above all nothing to undo should an activation fail now
+                print(f"{trial.version}: the reboot into slot {trial.target} is asked for "
+                      "already; rebooting")  # fmt: skip
+                return 0
             if not waits_for_its_reboot(now, boot_id()):
                 print(
                     f"{trial.version} is no longer waiting for its reboot (the service moved it "

@@ -26,9 +26,10 @@ reboot, the service from its last look at the failure file to the record saying 
 Without it the two could both decide at the 4-minute mark: a commit undone by the deadline's
 mark-bad (the old slot boots, the record says committed), or a mark-bad undone by the commit.
 Also held, on boots that are no trial, by ``dynexport update reboot`` (and ``install
---reboot-now``) from its look at the record to its reboot request, by the service's undoing of
-its own activation, and on the Pi 4/5 by the running slot's confirmation (its mark-good deletes
-tryboot.txt): none of them may land between another's activation and its reboot. Taken before
+--reboot-now``) from its look at the record to its reboot request, by the service from its own
+activation to its reboot request (or the activation undone), and on the Pi 4/5 by the running
+slot's confirmation (its mark-good deletes tryboot.txt): none of them may land between
+another's activation and its reboot. Taken before
 the service's in-process RAUC lock, never after it."""
 UPLOAD_FILE = "update-upload.raucb"
 """A bundle uploaded from the web page, until it is refused or installed."""
