@@ -1059,9 +1059,10 @@ class App:
         book.last_t = now
         if not self.batteries:
             return
-        offset = self._clock_offset()  # None: the date is not known; the day's counts go on
-        today = None if offset is None else self.local_datetime(self.options.wall_clock() + offset)
-        if today is not None and book.day != today.date():  # a new day: its counts start again
+        # A status count, no decision: by the wall clock while the true time is not known (a
+        # site without any time source still starts a new count each day).
+        today = self.local_datetime(self.options.wall_clock() + (self._clock_offset() or 0.0))
+        if book.day != today.date():  # a new day: its counts start again
             book.day, book.observed, book.stored_wh = today.date(), [], 0.0
         if "export limit" in out.battery_reason:
             charging = sum(

@@ -192,6 +192,26 @@ async def test_the_planner_neither_plans_nor_remembers_the_sun_while_the_time_is
             nursery.cancel_scope.cancel()
 
 
+async def test_the_days_count_starts_again_at_midnight_without_any_time_source(
+    tmp_path: Path,
+) -> None:
+    """A site with no time server and no utility never knows its time for sure; the day's
+    "stored instead of curtailed" count, a status figure, still starts again each day, by the
+    wall clock (the planner's decisions wait for a known time; this count decides nothing)."""
+    with simulated_site(load_w=1000.0) as sim:
+        sim.site.devices[3] = battery(soc_pct=40.0, window=True, tau_s=0.3)
+        app = make_app(
+            planning_config(sim), tmp_path, wall_clock=lambda: ELEVEN_AM,
+            clock_synchronised=lambda: None,
+        )  # fmt: skip
+        app.battery.day, app.battery.stored_wh = date(2026, 11, 30), 5000.0
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_for(lambda: app.battery.day == TODAY, within=20.0)
+            assert app.battery.stored_wh < 100.0
+            nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize(
     "content", [b"\x00\x01 torn by a power cut", b'{"version": 1, "days": [{"day": "x"}]}']
 )
