@@ -957,6 +957,7 @@ class App:
             power_w=float((r.power_w if r else None) or 0.0),
             ac_coupled=link.ac_coupled,
             sampled_t=st.last_reading,
+            written_t=st.last_write,
             setpoint_w=st.setpoint_w,
             setpoint_expires_t=st.setpoint_expires,
             charge_only=st.charge_only,
@@ -1126,6 +1127,7 @@ class App:
             power_w=math.nan if st.power_w is None else float(st.power_w),
             limit_pct=st.limit_pct,
             sampled_t=st.last_reading,
+            written_t=st.last_write,
             # What an unreachable inverter may make: its last verified limit until that limit's
             # revert timer lets it go (then its rating), on the same trio clock as ``now``.
             last_limit_pct=st.limit_pct,

@@ -52,6 +52,14 @@ async def test_the_battery_charges_before_the_inverters_are_curtailed(tmp_path: 
                 await trio.sleep(0.5)
                 exports.append(sim.export_w())
             assert max(exports) <= 1500 * 1.04 + 50, exports
+            # the law learns when each device was last written to (the load estimate's pairing)
+            now = trio.current_time()
+            link = app.batteries[0]
+            assert link.state.last_write is not None
+            assert app._battery_state(link, now).written_t == link.state.last_write
+            inv = app.inverters[0]
+            assert inv.state.last_write is not None
+            assert app._law_state(inv, now).written_t == inv.state.last_write
             st = app.status()["battery"]
             assert st["mode"] == "engaged" and "export limit" in st["reason"]
             assert st["socPct"] is not None and st["powerW"] < -4500

@@ -70,6 +70,9 @@ class BatteryState:
     """False: a hybrid inverter's battery, whose power is already inside that inverter's AC
     reading (it must not be added to the DER output a second time)."""
     sampled_t: float | None = None
+    written_t: float | None = None
+    """When a command was last written to it (same clock; None: never, or not known): see
+    ``InverterState.written_t``."""
     setpoint_w: float | None = None
     """The setpoint last written and read back; None: its own mode."""
     setpoint_expires_t: float | None = None

@@ -96,6 +96,10 @@ class InverterState:
     old must say so, or a falling output makes the load look larger than it is."""
     last_limit_pct: float | None = None
     """The limit last written to it (percent of ``rated_w``); None: none written, or unknown."""
+    written_t: float | None = None
+    """When a command was last written to it (same clock as ``now``; None: never, or not
+    known). A meter sample after its newest reading and after this write is paired with an
+    output it may since have left (``estimate_load``)."""
     limit_expires_t: float | None = None
     """When that limit's revert timer lifts it (same clock as ``now``: the write time plus the
     revert timeout); None: unknown. An inverter that cannot be reached is counted at the most it
@@ -490,6 +494,7 @@ def control_step(
     bs = battery_settings or BatterySettings()
     bat_der = _update_battery_der(state.bat_der, batteries, now, s, dt)
     bat_now = sum(m.latest or 0.0 for _, m in bat_der)
+    written = _last_writes(online, batteries)
     can_absorb = any(usable(b) for b in batteries)
     not_enforced = tuple(
         k for k in UNENFORCED_LIMITS if limits.power(k) is not None and not can_absorb
@@ -539,7 +544,13 @@ def control_step(
     load_est = (
         None
         if stale
-        else estimate_load(meter, [m for _, m in (*der, *bat_der)], now, s.average_s, state.last_t)
+        else estimate_load(
+            meter,
+            [m for _, m in (*der, *bat_der)],
+            now,
+            s.average_s,
+            [written.get(k) for k, _ in (*der, *bat_der)],
+        )
     )
     measured = {
         "export_w": None if load_est is None else der_now + bat_now - load_est,
@@ -881,6 +892,21 @@ def _update_der(
     return tuple(result)
 
 
+def _last_writes(
+    online: Sequence[InverterState], batteries: Sequence[BatteryState]
+) -> dict[str, float | None]:
+    """When a command was last written to each device whose output the load estimate adds
+    back (by id): an AC-coupled battery's own, an inverter's or its hybrid battery's, whichever
+    came later (that battery's power is inside the inverter's reading)."""
+    written: dict[str, float | None] = {i.id: i.written_t for i in online}
+    for b in batteries:
+        owner = b.inverter_id if not b.ac_coupled else None
+        key = b.id if owner is None else owner
+        times = [t for t in (written.get(key), b.written_t) if t is not None]
+        written[key] = max(times) if times else None
+    return written
+
+
 def _update_battery_der(
     history: tuple[tuple[str, RollingMean], ...],
     batteries: Sequence[BatteryState],
@@ -976,7 +1002,7 @@ def estimate_load(
     der: RollingMean | Sequence[RollingMean],
     now: float,
     window_s: float,
-    decided_t: float | None = None,
+    written: Sequence[float | None] = (),
 ) -> float:
     """Mean over the meter samples in the window of (site power + DER output *at that moment*).
 
@@ -990,19 +1016,22 @@ def estimate_load(
     setpoint gets there in a fraction of a second, not along the straight line, and a meter
     sample paired with the line's midpoint then overstates the load by a quarter of the step
     (hundreds of watts, exported by the next decision). After a device's newest reading its
-    output is a guess too, once the law has decided since (``decided_t``, its last call): a
-    device that missed this call's readings may have followed that decision's command. So only
-    the samples paired most surely count: those whose readings around them moved least (within
-    ``PAIRING_SLACK_W``); a sample at a reading's own time, or after the newest with no
-    decision between, is sure. When every sample is as unsure, all count, as before.
+    output is a guess too, once a command was written to it since (``written``, one time per
+    history, None: none known): a device that missed this call's poll may have followed it. A
+    link polls and writes one after the other, so a reading that arrived after the write shows
+    its effect. So only the samples paired most surely count: those whose readings around them
+    moved least (within ``PAIRING_SLACK_W``); a sample at a reading's own time, or after the
+    newest with no write between, is sure. When every sample is as unsure, all count, as
+    before.
     """
     parts = [der] if isinstance(der, RollingMean) else list(der)
+    writes = list(written) + [None] * (len(parts) - len(written))
     inside = [(t, v) for t, v in meter.samples if now - window_s < t <= now]
     if not inside:
         inside = list(meter.samples[-1:])  # late but not stale: the fail-safe decides that
     paired = []
     for t, v in inside:
-        guesses = [_interpolate(p.samples, t, decided_t) for p in parts]
+        guesses = [_interpolate(p.samples, t, w) for p, w in zip(parts, writes, strict=False)]
         paired.append((v + sum(g for g, _ in guesses), sum(u for _, u in guesses)))
     surest = min(u for _, u in paired)
     kept = [load for load, u in paired if u <= surest + PAIRING_SLACK_W]
@@ -1010,12 +1039,12 @@ def estimate_load(
 
 
 def _interpolate(
-    samples: tuple[tuple[float, float], ...], t: float, decided_t: float | None = None
+    samples: tuple[tuple[float, float], ...], t: float, written_t: float | None = None
 ) -> tuple[float, float]:
     """Linear between the samples around ``t``, the nearest end outside them; and how unsure
     that is: how far the two samples around ``t`` differ; nil at a sample's own time, before
-    the first or after the last (unless a decision at ``decided_t`` came between the last and
-    ``t``: then not known at all, infinite)."""
+    the first or after the last (unless a command written at ``written_t`` came between the
+    last and ``t``: then not known at all, infinite)."""
     if not samples:
         return 0.0, 0.0
     if t <= samples[0][0]:
@@ -1026,6 +1055,6 @@ def _interpolate(
         if t0 < t < t1:
             return v0 + (v1 - v0) * (t - t0) / (t1 - t0), abs(v1 - v0)
     last_t, last = samples[-1]
-    if decided_t is not None and last_t < decided_t < t:
+    if written_t is not None and last_t < written_t < t:
         return last, math.inf
     return last, 0.0
