@@ -957,7 +957,7 @@ class App:
             power_w=float((r.power_w if r else None) or 0.0),
             ac_coupled=link.ac_coupled,
             sampled_t=st.last_reading,
-            written_t=st.last_write,
+            written_t=st.last_sent,
             setpoint_w=st.setpoint_w,
             setpoint_expires_t=st.setpoint_expires,
             charge_only=st.charge_only,
@@ -1061,10 +1061,13 @@ class App:
         if not self.batteries:
             return
         # A status count, no decision: by the wall clock while the true time is not known (a
-        # site without any time source still starts a new count each day).
-        today = self.local_datetime(self.options.wall_clock() + (self._clock_offset() or 0.0))
-        if book.day != today.date():  # a new day: its counts start again
-            book.day, book.observed, book.stored_wh = today.date(), [], 0.0
+        # site without any time source still starts a new count each day), and then only
+        # forwards (a site whose clock only the utility corrects falls back to a date behind
+        # while its link is rebuilt: no new day for that).
+        offset = self._clock_offset()
+        today = self.local_datetime(self.options.wall_clock() + (offset or 0.0)).date()
+        if book.day is None or today > book.day or (offset is not None and today != book.day):
+            book.day, book.observed, book.stored_wh = today, [], 0.0
         if "export limit" in out.battery_reason:
             charging = sum(
                 max(-(b.state.reading.power_w or 0.0), 0.0)
@@ -1127,7 +1130,7 @@ class App:
             power_w=math.nan if st.power_w is None else float(st.power_w),
             limit_pct=st.limit_pct,
             sampled_t=st.last_reading,
-            written_t=st.last_write,
+            written_t=st.last_sent,
             # What an unreachable inverter may make: its last verified limit until that limit's
             # revert timer lets it go (then its rating), on the same trio clock as ``now``.
             last_limit_pct=st.limit_pct,

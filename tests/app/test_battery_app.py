@@ -55,11 +55,14 @@ async def test_the_battery_charges_before_the_inverters_are_curtailed(tmp_path: 
             # the law learns when each device was last written to (the load estimate's pairing)
             now = trio.current_time()
             link = app.batteries[0]
-            assert link.state.last_write is not None
-            assert app._battery_state(link, now).written_t == link.state.last_write
+            assert link.state.last_sent is not None
+            assert (
+                link.state.last_write is not None and link.state.last_sent <= link.state.last_write
+            )
+            assert app._battery_state(link, now).written_t == link.state.last_sent
             inv = app.inverters[0]
-            assert inv.state.last_write is not None
-            assert app._law_state(inv, now).written_t == inv.state.last_write
+            assert inv.state.last_sent is not None
+            assert app._law_state(inv, now).written_t == inv.state.last_sent
             st = app.status()["battery"]
             assert st["mode"] == "engaged" and "export limit" in st["reason"]
             assert st["socPct"] is not None and st["powerW"] < -4500
@@ -217,6 +220,33 @@ async def test_the_days_count_starts_again_at_midnight_without_any_time_source(
             await nursery.start(app.run)
             await wait_for(lambda: app.battery.day == TODAY, within=20.0)
             assert app.battery.stored_wh < 100.0
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_days_count_is_not_restarted_by_the_time_falling_back_while_unknown(
+    tmp_path: Path,
+) -> None:
+    """A site whose clock is set right, then loses its time source for a while with the wall
+    clock a day behind (the utility's offset gone while its link is rebuilt): the wall clock's
+    date going back is no new day; the count goes on, and again once the time is known."""
+    synchronised = [True]
+    with simulated_site(load_w=1000.0) as sim:
+        sim.site.devices[3] = battery(soc_pct=40.0, window=True, tau_s=0.3)
+        app = make_app(
+            planning_config(sim), tmp_path,
+            wall_clock=lambda: ELEVEN_AM if synchronised[0] else ELEVEN_AM - 86400,
+            clock_synchronised=lambda: synchronised[0],
+        )  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_for(lambda: app.battery.day == TODAY, within=20.0)
+            app.battery.stored_wh = 4000.0
+            synchronised[0] = False
+            await trio.sleep(3.0)  # control cycles with the date a day behind, time unknown
+            assert app.battery.day == TODAY and app.battery.stored_wh >= 4000.0
+            synchronised[0] = True
+            await trio.sleep(3.0)
+            assert app.battery.day == TODAY and app.battery.stored_wh >= 4000.0
             nursery.cancel_scope.cancel()
 
 

@@ -291,7 +291,7 @@ def test_load_estimate_does_not_trust_a_stale_reading_past_the_decision_after_it
     inverter = RollingMean(10).add(-0.98, 5000).add(0.02, 5000).add(1.02, 4800)
     battery = RollingMean(10).add(-0.97, 2000).add(0.03, 2000)
     meter = RollingMean(1).add(0.60, load - 5000 - 2000).add(1.05, load - 4800 + 1000)
-    estimate = estimate_load(meter, [inverter, battery], 1.5, 1.0, written=[None, 0.65])
+    estimate = estimate_load(meter, [inverter, battery], 1.5, 1.0, written=[(), (0.65,)])
     # off by the straight line's guess at the cloud only: 116 W
     assert estimate == pytest.approx(load - 200 * 0.58)
 
@@ -309,8 +309,18 @@ def test_a_hybrid_batterys_write_counts_for_its_inverters_output():
 
     invs = [InverterState("hy", True, True, 5000, 0, written_t=3.0), inv("pv", 5000, 0)]
     written = _last_writes(invs, [bat("hb", 7.0, "hy"), bat("ac", 5.0, None)])
-    assert written == {"hy": 7.0, "pv": None, "ac": 5.0}
-    assert _last_writes(invs, [bat("hb", None, "hy")]) == {"hy": 3.0, "pv": None}
+    assert written == {"hy": (3.0, 7.0), "pv": (), "ac": (5.0,)}
+    assert _last_writes(invs, [bat("hb", None, "hy")]) == {"hy": (3.0,), "pv": ()}
+    # A sample between the inverter's write and its battery's is as unsure as one after both:
+    # the inverter's limit moved its output at 0.52, the battery's setpoint at 0.70, and its
+    # poll missed the last call. Only the sample before either write pairs surely.
+    load = 3000.0
+    hybrid = RollingMean(10).add(-0.5, 4900).add(0.0, 5000)
+    meter = RollingMean(2).add(-0.2, load - 4960).add(0.6, load - 2000).add(1.05, load - 2000)
+    both = _last_writes(
+        [InverterState("hy", True, True, 10000, 5000, written_t=0.52)], [bat("hb", 0.70, "hy")]
+    )
+    assert estimate_load(meter, hybrid, 1.5, 2.0, [both["hy"]]) == pytest.approx(load)
 
 
 def test_load_estimate_keeps_every_sample_among_the_same_two_readings():
@@ -345,7 +355,7 @@ def test_load_estimate_is_within_the_pairing_slack_when_outputs_step_between_rea
         if k % 2 == 0:
             der = der.add(t, output(t))
         meter = meter.add(t, load - output(t))
-    assert abs(estimate_load(meter, der, 3.0, 1.0, written=[3.0]) - load) <= PAIRING_SLACK_W
+    assert abs(estimate_load(meter, der, 3.0, 1.0, written=[(3.0,)]) - load) <= PAIRING_SLACK_W
 
 
 def test_rolling_mean_ignores_late_samples_and_falls_back_to_the_newest():

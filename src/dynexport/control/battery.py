@@ -71,7 +71,7 @@ class BatteryState:
     reading (it must not be added to the DER output a second time)."""
     sampled_t: float | None = None
     written_t: float | None = None
-    """When a command was last written to it (same clock; None: never, or not known): see
+    """When a command was last sent to it (same clock; None: never, or not known): see
     ``InverterState.written_t``."""
     setpoint_w: float | None = None
     """The setpoint last written and read back; None: its own mode."""

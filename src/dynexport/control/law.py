@@ -97,9 +97,9 @@ class InverterState:
     last_limit_pct: float | None = None
     """The limit last written to it (percent of ``rated_w``); None: none written, or unknown."""
     written_t: float | None = None
-    """When a command was last written to it (same clock as ``now``; None: never, or not
-    known). A meter sample after its newest reading and after this write is paired with an
-    output it may since have left (``estimate_load``)."""
+    """When a command was last sent to it (same clock as ``now``; None: never, or not known),
+    whether or not it read back. A meter sample after its newest reading and after this is
+    paired with an output it may since have left (``estimate_load``)."""
     limit_expires_t: float | None = None
     """When that limit's revert timer lifts it (same clock as ``now``: the write time plus the
     revert timeout); None: unknown. An inverter that cannot be reached is counted at the most it
@@ -549,7 +549,7 @@ def control_step(
             [m for _, m in (*der, *bat_der)],
             now,
             s.average_s,
-            [written.get(k) for k, _ in (*der, *bat_der)],
+            [written.get(k, ()) for k, _ in (*der, *bat_der)],
         )
     )
     measured = {
@@ -894,16 +894,18 @@ def _update_der(
 
 def _last_writes(
     online: Sequence[InverterState], batteries: Sequence[BatteryState]
-) -> dict[str, float | None]:
-    """When a command was last written to each device whose output the load estimate adds
-    back (by id): an AC-coupled battery's own, an inverter's or its hybrid battery's, whichever
-    came later (that battery's power is inside the inverter's reading)."""
-    written: dict[str, float | None] = {i.id: i.written_t for i in online}
+) -> dict[str, tuple[float, ...]]:
+    """When commands were last sent to each device whose output the load estimate adds back
+    (by id): an AC-coupled battery's own; an inverter's and each of its hybrid batteries'
+    (their power is inside the inverter's reading), every one kept: a sample between two of
+    them is as unsure as one after both."""
+    written: dict[str, tuple[float, ...]] = {
+        i.id: () if i.written_t is None else (i.written_t,) for i in online
+    }
     for b in batteries:
-        owner = b.inverter_id if not b.ac_coupled else None
-        key = b.id if owner is None else owner
-        times = [t for t in (written.get(key), b.written_t) if t is not None]
-        written[key] = max(times) if times else None
+        key = b.inverter_id if not b.ac_coupled and b.inverter_id is not None else b.id
+        mine = () if b.written_t is None else (b.written_t,)
+        written[key] = (*written.get(key, ()), *mine)
     return written
 
 
@@ -1002,7 +1004,7 @@ def estimate_load(
     der: RollingMean | Sequence[RollingMean],
     now: float,
     window_s: float,
-    written: Sequence[float | None] = (),
+    written: Sequence[tuple[float, ...]] = (),
 ) -> float:
     """Mean over the meter samples in the window of (site power + DER output *at that moment*).
 
@@ -1016,16 +1018,16 @@ def estimate_load(
     setpoint gets there in a fraction of a second, not along the straight line, and a meter
     sample paired with the line's midpoint then overstates the load by a quarter of the step
     (hundreds of watts, exported by the next decision). After a device's newest reading its
-    output is a guess too, once a command was written to it since (``written``, one time per
-    history, None: none known): a device that missed this call's poll may have followed it. A
-    link polls and writes one after the other, so a reading that arrived after the write shows
-    its effect. So only the samples paired most surely count: those whose readings around them
-    moved least (within ``PAIRING_SLACK_W``); a sample at a reading's own time, or after the
-    newest with no write between, is sure. When every sample is as unsure, all count, as
-    before.
+    output is a guess too, once a command was sent to it since (``written``: for each history,
+    the times commands were last sent to what it reads, e.g. an inverter and its hybrid
+    battery): a device that missed this call's poll may have followed it. A link polls and
+    writes one after the other, so a reading that arrived after the write shows its effect.
+    So only the samples paired most surely count: those whose readings around them moved least
+    (within ``PAIRING_SLACK_W``); a sample at a reading's own time, or after the newest with no
+    command sent between, is sure. When every sample is as unsure, all count, as before.
     """
     parts = [der] if isinstance(der, RollingMean) else list(der)
-    writes = list(written) + [None] * (len(parts) - len(written))
+    writes = list(written) + [()] * (len(parts) - len(written))
     inside = [(t, v) for t, v in meter.samples if now - window_s < t <= now]
     if not inside:
         inside = list(meter.samples[-1:])  # late but not stale: the fail-safe decides that
@@ -1039,12 +1041,12 @@ def estimate_load(
 
 
 def _interpolate(
-    samples: tuple[tuple[float, float], ...], t: float, written_t: float | None = None
+    samples: tuple[tuple[float, float], ...], t: float, written: tuple[float, ...] = ()
 ) -> tuple[float, float]:
     """Linear between the samples around ``t``, the nearest end outside them; and how unsure
     that is: how far the two samples around ``t`` differ; nil at a sample's own time, before
-    the first or after the last (unless a command written at ``written_t`` came between the
-    last and ``t``: then not known at all, infinite)."""
+    the first or after the last (unless a command sent at one of the ``written`` times came
+    between the last and ``t``: then not known at all, infinite)."""
     if not samples:
         return 0.0, 0.0
     if t <= samples[0][0]:
@@ -1055,6 +1057,6 @@ def _interpolate(
         if t0 < t < t1:
             return v0 + (v1 - v0) * (t - t0) / (t1 - t0), abs(v1 - v0)
     last_t, last = samples[-1]
-    if written_t is not None and last_t < written_t < t:
+    if any(last_t < w < t for w in written):
         return last, math.inf
     return last, 0.0

@@ -149,6 +149,9 @@ class InverterState:
     last_reading: float | None = None
     """trio clock time of the last good fast poll."""
     last_write: float | None = None
+    last_sent: float | None = None
+    """trio clock time a command was last sent, noted before its first register write, whether
+    or not it then read back: from then on the output may move (the load estimate's pairing)."""
     error: str | None = None
     info: DeviceInfo = DeviceInfo()
 
@@ -560,6 +563,7 @@ class InverterLink(_CommandLink[Desired, InverterState]):
             )
         disconnect = not desired.connect
         pct = 0.0 if disconnect else None if desired.pct is None else min(100.0, desired.pct)
+        self.state = replace(self.state, last_sent=trio.current_time())
         try:
             result = await self.device.set_limit(LimitCommand(pct=pct, revert_s=self.revert_s))
         except NotControllableError as exc:  # e.g. a scale factor outside -10..10
@@ -735,6 +739,9 @@ class BatteryLinkState:
     setpoint_expires: float | None = None
     last_reading: float | None = None
     last_write: float | None = None
+    last_sent: float | None = None
+    """As ``InverterLinkState.last_sent``: a setpoint that landed but did not read back moves
+    the output all the same."""
     error: str | None = None
     info: DeviceInfo = DeviceInfo()
 
@@ -888,6 +895,7 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
             sf=sf,
             convention=self.convention,
         )
+        self.state = replace(self.state, last_sent=trio.current_time())
         for w in writes:
             await self.device.bus.write_registers(
                 self.device.unit, w.address, w.values, timeout=self.device.request_timeout
