@@ -1606,8 +1606,14 @@ async def test_the_reboot_command_never_undoes_a_reboot_asked_for_already(
     rauc = TimedOutActivationRauc(booted="A")
     assert await cli._reboot_into(tmp_path, rauc, NOT_REBOOTED) == 0
     assert rauc.activated == [] and rauc.unbootable == []
-    assert "asked for already" in capsys.readouterr().out
+    assert "asked for already; asked again" in capsys.readouterr().out
     assert read_record(tmp_path) == asked
+    # the request gone (the service stopped between its note and its request, or the reboot
+    # failed): written again, still without activating anything
+    (tmp_path / REBOOT_REQUEST).unlink()
+    assert await cli._reboot_into(tmp_path, rauc, NOT_REBOOTED) == 0
+    assert (tmp_path / REBOOT_REQUEST).read_text() == "trial install-boot\n"
+    assert rauc.activated == [] and rauc.unbootable == []
 
 
 class RefusingRauc(RecordedRauc):

@@ -180,10 +180,13 @@ async def _reboot_into_locked(
             waiting.deadline = math.inf  # taken: what follows is bounded by RAUC's timeouts
             now = read_record(data)
             if now is not None and now.reboot_asked and waits_for_its_reboot(now, boot_id()):
-                # asked for already (by the service, or a run of this command): nothing to do,
-                # and above all nothing to undo should an activation fail now
-                print(f"{trial.version}: the reboot into slot {trial.target} is asked for "
-                      "already; rebooting")  # fmt: skip
+                # Asked for already (by the service, or a run of this command), so activated
+                # already: no activation again, above all none to undo should it fail now. The
+                # request is written again: the first may be gone (the service stopped before
+                # writing it, or its reboot failed), and one more of this boot is harmless.
+                request_reboot(data, "trial", boot_id(), owner)
+                print(f"{trial.version}: the reboot into slot {trial.target} was asked for "
+                      "already; asked again")  # fmt: skip
                 return 0
             if not waits_for_its_reboot(now, boot_id()):
                 print(
