@@ -1591,6 +1591,39 @@ async def test_a_failed_reboot_command_leaves_the_update_no_boot(
     assert read_record(tmp_path) == NOT_REBOOTED and not (tmp_path / REBOOT_REQUEST).exists()
 
 
+class HungRauc(ActivatingRauc):
+    """RAUC that refuses every activation and every mark-bad: an activation of the update's
+    slot may have been carried out after a timeout, and nothing can undo it."""
+
+    def __init__(self, booted: str) -> None:
+        super().__init__(booted, failures=10**6)
+
+    async def make_unbootable(self, target: str) -> None:
+        raise RaucError("no answer in 300 s (is the RAUC service hung?)")
+
+
+async def test_an_activation_that_cannot_be_undone_is_never_recorded_failed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+):
+    """RAUC refused the activation ten times, then refused both steps of its undo: the update's
+    slot may still be the next boot. Recorded failed, a boot of it (a reset) would be
+    confirmed at READY without a health check, the failed release committed. It is noted as
+    asked for instead: that boot is checked as a trial, and a boot of the old slot reads as
+    the update's rollback. Nothing is rebooted meanwhile."""
+    write_record(tmp_path, NOT_REBOOTED)
+    site, rauc = Site(ready=True), HungRauc(booted="A")
+    site.answer()
+    with trio.move_on_after(DEVICES_STEADY_S + ACTIVATE_TRIES * 30 + 60):
+        await commit_when_healthy(
+            site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
+        )
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "trial" and record.reboot_asked is True
+    assert not (tmp_path / REBOOT_REQUEST).exists() and site.events == []
+    # a reset now: if the update's slot boots, its trial is checked
+    assert update_report(tmp_path, await RecordedRauc("B").status(), "later").phase == "trial"
+
+
 async def test_the_reboot_command_never_undoes_a_reboot_asked_for_already(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):

@@ -459,8 +459,8 @@ async def _wait_devices_and_quiet(
 
 
 Undo = Literal["undone", "stuck", "asked"]
-"""What became of an activation to undo: undone; still in force (RAUC refused); or kept,
-because ``dynexport update reboot`` asked for the reboot into it meanwhile."""
+"""What became of an activation to undo: undone; maybe still in force (RAUC refused both
+steps); or kept, because ``dynexport update reboot`` had asked for the reboot into it."""
 
 
 async def _back_to_the_running_slot(
@@ -492,8 +492,16 @@ async def _back_to_the_running_slot(
         )
         return "asked"
     undo = await undo_activation(rauc, rauc_lock, record)
-    if failed_why is not None:
+    if failed_why is not None and undo == "undone":
         await _record_failed(data_dir, record, failed_why)
+    elif failed_why is not None:
+        # RAUC refused both steps: the update's slot may still be the next boot (an activation
+        # carried out after its command timed out). Recorded failed, a boot of it would be
+        # confirmed without a health check; noted as asked for, it is checked as a trial, and
+        # a boot of the old slot reads as its rollback. The service tries the reboot again.
+        log.error("update %s: RAUC refuses to undo its activation too: if slot %s boots, it is "
+                  "checked as a trial", record.version, record.target)  # fmt: skip
+        _note_reboot_asked(data_dir, record.boot_id)
     return undo
 
 
