@@ -1591,6 +1591,22 @@ async def test_a_failed_reboot_command_leaves_the_update_no_boot(
     assert read_record(tmp_path) == NOT_REBOOTED and not (tmp_path / REBOOT_REQUEST).exists()
 
 
+async def test_the_reboot_command_notes_its_reboot_in_the_record_as_the_service_left_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The command was handed the record as it read it before the lock; the service had noted
+    the time waited for the devices since. The note of the reboot keeps what the service
+    wrote."""
+    from dynexport.update import cli
+
+    monkeypatch.setattr(cli, "boot_id", lambda: "install-boot")
+    waited = replace(NOT_REBOOTED, devices_waited_s=1800.0)
+    write_record(tmp_path, waited)
+    rauc = RecordedRauc(booted="A")
+    assert await cli._reboot_into(tmp_path, rauc, NOT_REBOOTED) == 0
+    assert read_record(tmp_path) == replace(waited, reboot_asked=True)
+
+
 class HungRauc(ActivatingRauc):
     """RAUC that refuses every activation and every mark-bad: an activation of the update's
     slot may have been carried out after a timeout, and nothing can undo it."""

@@ -149,10 +149,11 @@ async def _reboot_into(data: Path, rauc: Rauc, trial: UpdateRecord) -> int:
     Only once the record says "trial": on the Pi a confirmation of the running slot by the
     service deletes tryboot.txt, and it skips one while a trial of this boot is recorded. All
     under the decision lock, which that confirmation holds from its look at the record to its
-    end, and the service's undoing of its own activation (devices gone silent) from its look at
-    the record to its end: neither can then land between this activation and the reboot. An
-    activation that fails is undone (it may have been carried out after its command timed
-    out): a reset would otherwise start the trial unasked on U-Boot and GRUB."""
+    end, and the service from its own activation to its reboot request (or the activation
+    undone): neither can then land between this activation and the reboot, nor this command
+    between the service's. An activation that fails is undone (it may have been carried out
+    after its command timed out): a reset would otherwise start the trial unasked on U-Boot and
+    GRUB."""
     owner = folder_owner(data)
     quiet = trio.CancelScope()
 
@@ -206,7 +207,7 @@ async def _reboot_into_locked(
                     file=sys.stderr,
                 )
                 return 1
-            _write(data, replace(trial, reboot_asked=True))
+            _write(data, replace(now or trial, reboot_asked=True))  # as the service left it
             request_reboot(data, "trial", boot_id(), owner)
     if waiting.cancelled_caught:
         print(f"not rebooted: {data / DECISION_LOCK} was held for {LOCK_WAIT_S:.0f} s (the "
