@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,6 +57,26 @@ def test_a_battery_gets_its_topics_and_entities_only_when_present() -> None:
     assert states["p/battery/soc"] == "64.0"
     for m in msgs:
         assert ha_schema.check(m.topic, json.loads(m.payload), "homeassistant") == []
+
+
+@pytest.mark.parametrize(
+    "meter",
+    [{"meterOnline": False, "meterError": "timeout"}, {"meterOnline": True, "meterFrozen": True}],
+    ids=["offline", "frozen"],
+)
+def test_energy_is_not_counted_from_a_meter_that_is_offline_or_frozen(
+    meter: dict[str, object],
+) -> None:
+    # the status keeps an offline meter's last reading, and a frozen one repeats it
+    c = EnergyCounters()
+    doc = {"site": {"powerW": -4000.0, **meter}, "der": {"powerW": None}}
+    for i in range(721):  # an hour of 5 s rounds
+        c = integrate(c, powers_of(doc, i * 5.0))
+    assert (c.exported_wh, c.imported_wh) == (0.0, 0.0)
+    back = {"site": {"powerW": -4000.0, "meterOnline": True}, "der": {"powerW": None}}
+    c = integrate(c, powers_of(back, 3605.0))
+    c = integrate(c, powers_of(back, 3610.0))
+    assert c.exported_wh == pytest.approx(4000.0 * 5 / 3600)  # counted again once it answers
 
 
 def test_the_curtailed_energy_sensor_appears_once_available_power_is_known() -> None:

@@ -58,9 +58,14 @@ def _finite(v: object) -> float | None:
 
 
 def powers_of(status: Mapping[str, Any], t: float) -> Powers:
-    """The integrated powers from a status document taken at time ``t`` (seconds)."""
+    """The integrated powers from a status document taken at time ``t`` (seconds). The site's
+    power counts only while the meter answers and moves: an offline meter's status keeps its
+    last reading (an hour at -4000 W counted 4 kWh of export that never happened), and a
+    frozen one repeats it."""
     site = status.get("site") or {}
     der = status.get("der") or {}
+    if site.get("meterOnline") is False or site.get("meterFrozen") is True:
+        site = {}
     der_w = _finite(der.get("powerW"))
     available = _finite(der.get("availableW"))
     curtailed = None
