@@ -14,8 +14,10 @@ on reconnect the retained state, the discovery configs and ``online`` are publis
 The broker publishes ``offline`` (the last will) when the appliance disappears.
 
 The optional command topic carries an installer export limit that expires (see
-``limitsources.parse_command``); retained commands are refused, because a retained message would
-be delivered again on every reconnect and keep a dead publisher's limit alive forever.
+``limitsources.parse_command``); commands the broker delivers as retained are refused, because a
+retained message would be delivered again on every reconnect and keep a dead publisher's limit
+alive forever. A broker forwards a retained publish to a connected subscriber (and a bridge passes
+one on) as ordinary, so those are obeyed until they expire (docs/integrations.md).
 """
 
 from __future__ import annotations
