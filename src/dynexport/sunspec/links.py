@@ -626,6 +626,13 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         except (VerifyError, NotControllableError, CommandError) as exc:
             self._refuse_conn(connect, exc)
             return False
+        except DEVICE_ERRORS:
+            # No answer: an open may have landed (a timed-out echo). Counted open, so that a
+            # reconnect command closes it again rather than leaving the inverter off the grid
+            # until its own revert timer.
+            if not connect:
+                self._conn_open = True
+            raise
         self._conn_not_answered = 0
         self._conn_open = not connect
         return True

@@ -1,0 +1,52 @@
+"""A disconnect through 123 Conn whose answer is lost (the write landed, its echo timed out): the
+inverter may be open. A reconnect command must close it again, rather than leave it off the grid
+until its own revert timer (docs/sunspec.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+import trio.testing
+
+from dynexport.modbus.errors import ModbusTimeout
+from dynexport.sim import profiles
+from dynexport.sunspec.links import Desired
+from tests.sunspec.sitebus import SiteBus
+from tests.sunspec.test_link_control import inverter_link, running, settle, state
+
+
+class LostOpenEcho(SiteBus):
+    """The first Conn=0 write lands, but its answer is lost (a timeout)."""
+
+    armed = True
+
+    async def write_registers(
+        self,
+        unit: int,
+        address: int,
+        values: Sequence[int],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> None:
+        await super().write_registers(unit, address, values, timeout=timeout)
+        conn = self.site.devices[unit].point_address(123, "Conn")
+        if self.armed and address <= conn < address + len(values) and values[conn - address] == 0:
+            self.armed = False
+            raise ModbusTimeout("the echo was lost")
+
+
+async def test_a_reconnect_closes_an_open_whose_answer_was_lost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    site = profiles.fronius_gateway(tau_s=0.5)
+    link = inverter_link(site)
+    link.device.bus = LostOpenEcho(site)
+    async with running(link):
+        await settle()
+        link.command(Desired(pct=0.0, connect=False))
+        await trio.sleep(0.02)  # the open landed; its echo timed out
+        assert site.get(1, 123, "Conn") == 0
+        link.command(Desired(pct=None, connect=True))  # the utility reconnects the site
+        await settle(10)
+        assert site.get(1, 123, "Conn") == 1, f"still open: connected={state(link).connected}"
