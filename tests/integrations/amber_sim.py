@@ -51,6 +51,25 @@ def prices(now: float, feed_in_per_kwh: float, general: float = 20.0) -> list[di
     return out
 
 
+def prices_around(now: float, feed_in_per_kwh: float, hours: int = 2) -> list[dict[str, Any]]:
+    """30-minute intervals (Amber's other pricing) from ``hours`` before ``now`` to ``hours``
+    after it, for both channels: prices that still cover the time after a wall-clock step."""
+    start = now - now % 1800 - hours * 3600
+    out = []
+    for i in range(hours * 4):
+        t = start + i * 1800
+        kind = (
+            "ActualInterval"
+            if t + 1800 <= now
+            else "CurrentInterval"
+            if t <= now
+            else "ForecastInterval"
+        )
+        out.append(interval(t, 30, "general", 20.0, kind))
+        out.append(interval(t, 30, "feedIn", feed_in_per_kwh, kind))
+    return out
+
+
 @dataclass
 class AmberSim:
     body: list[dict[str, Any]] = field(default_factory=list)

@@ -11,9 +11,12 @@ below ``price.belowCents`` (default 0: while exporting costs money).
 Polling: every ``price.pollS`` (default 300 s, Amber's price interval is 5 or 30 minutes; the
 API allows far more), honouring ``Retry-After`` on 429. The intervals fetched cover the next
 hours, so one missed poll changes nothing; but prices fetched longer ago than ``price.expiryS``
-lapse: the source then sets no limit and its status says why. A price is a commercial signal,
-not a network limit, so when it is unknown the site exports as the utility and the installer
-allow, never more.
+lapse: the source then sets no limit and its status says why. The age of the prices is judged on
+trio's monotonic clock (a wall-clock step must not make old prices young again); the intervals
+themselves are wall-clock times. A source that has never fetched prices lapses as soon as a poll
+has failed (or ``price.expiryS`` has passed without one succeeding), so a wrong token or site id
+shows. A price is a commercial signal, not a network limit, so when it is unknown the site
+exports as the utility and the installer allow, never more.
 
 The parsing and the decision are pure; ``PricePoller`` is the thin trio adapter, using the
 project's HTTP client.
@@ -27,7 +30,7 @@ import math
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -79,10 +82,38 @@ def _time(value: object, where: str) -> float:
     return parsed.timestamp()
 
 
+def _excerpt(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+
+
+def _json_int(text: str) -> int | float:
+    """A JSON integer; one too long for Python's int conversion (over 4300 digits) becomes
+    an infinity of its sign, refused by the field's check (which names the field)."""
+    try:
+        return int(text)
+    except ValueError:
+        return -math.inf if text.startswith("-") else math.inf
+
+
+def _number(value: object, where: str) -> float:
+    """A finite JSON number as a float; AmberError naming ``where`` and the problem."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AmberError(f"{where}: must be a number, not {_excerpt(value)}")
+    try:
+        number = float(value)  # an int beyond a float's range raises OverflowError
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        # NaN and Infinity are refused by the JSON parser: this is a number beyond a float
+        raise AmberError(f"{where}: number out of range: {_excerpt(value)}")
+    return number
+
+
 def parse_prices(body: bytes) -> tuple[PriceInterval, ...]:
     """The intervals of a ``prices/current`` response; raises AmberError naming the problem."""
     try:
-        doc = json.loads(body.decode("utf-8"), parse_constant=_refuse)
+        doc = json.loads(body.decode("utf-8"), parse_constant=_refuse, parse_int=_json_int)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise AmberError(f"not JSON: {exc}") from None
     if not isinstance(doc, list):
@@ -92,11 +123,7 @@ def parse_prices(body: bytes) -> tuple[PriceInterval, ...]:
         where = f"interval [{i}]"
         if not isinstance(item, dict):
             raise AmberError(f"{where}: must be an object")
-        price = item.get("perKwh")
-        if isinstance(price, bool) or not isinstance(price, int | float):
-            raise AmberError(f"{where}.perKwh: must be a number, not {price!r}")
-        if not math.isfinite(price):
-            raise AmberError(f"{where}.perKwh: must be finite")
+        price = _number(item.get("perKwh"), f"{where}.perKwh")
         start = _time(item.get("startTime"), f"{where}.startTime")
         end = _time(item.get("endTime"), f"{where}.endTime")
         if end <= start:
@@ -105,7 +132,7 @@ def parse_prices(body: bytes) -> tuple[PriceInterval, ...]:
         if not isinstance(channel, str):
             raise AmberError(f"{where}.channelType: must be a string")
         kind = item.get("type")
-        out.append(PriceInterval(start, end, float(price), channel, str(kind)))
+        out.append(PriceInterval(start, end, price, channel, str(kind)))
     return tuple(out)
 
 
@@ -113,22 +140,36 @@ def _refuse(name: str) -> float:
     raise ValueError(f"{name} is not a number")
 
 
+BOUNDARY_SLACK_S = 2.0
+"""Amber's intervals start a second after the previous one ends (02:00:01 to 02:30:00): an
+interval counts from this long before its start, or that second had no price, the source lapsed
+and a negative-price curtailment was dropped for a second at every boundary."""
+
+
 def feed_in_price(intervals: tuple[PriceInterval, ...], t: float) -> float | None:
     """What exporting earns at ``t`` in c/kWh (``-perKwh`` of the feed-in interval holding
-    ``t``); None when no fetched interval covers it."""
-    for interval in intervals:
-        if interval.channel == "feedIn" and interval.start <= t < interval.end:
+    ``t``, an interval counting from ``BOUNDARY_SLACK_S`` before its start); None when no
+    fetched interval covers it."""
+    feed_in = [i for i in intervals if i.channel == "feedIn"]
+    for interval in feed_in:
+        if interval.start <= t < interval.end:
+            return -interval.per_kwh
+    for interval in feed_in:
+        if interval.start - BOUNDARY_SLACK_S <= t < interval.end:
             return -interval.per_kwh
     return None
 
 
 @dataclass(frozen=True)
 class PriceState:
-    """What the poller knows: the last good fetch (wall time) and the last error."""
+    """What the poller knows: the last good fetch and the last error (None since a success)."""
 
     intervals: tuple[PriceInterval, ...] = ()
     fetched_at: float | None = None
+    """When the intervals were fetched, on trio's monotonic clock: their age is judged on it."""
     error: str | None = None
+    fetched_wall: float | None = None
+    """The wall time of that fetch, for the status only."""
 
 
 @dataclass(frozen=True)
@@ -139,11 +180,32 @@ class PriceDecision:
     lapsed: bool
 
 
-def decide(state: PriceState, config: PriceConfig, now: float) -> PriceDecision:
-    """The price source's export limit at wall time ``now``, with the reason in words."""
+def decide(
+    state: PriceState,
+    config: PriceConfig,
+    now: float,
+    wall: float,
+    waiting_since: float | None = None,
+) -> PriceDecision:
+    """The price source's export limit, with the reason in words. ``now`` is trio's monotonic
+    clock (the age of the fetch), ``wall`` the wall time (which interval applies);
+    ``waiting_since`` (monotonic) is when the source began waiting for its first prices."""
     problem = f" ({state.error})" if state.error else ""
     if state.fetched_at is None:
-        return PriceDecision(None, f"no prices fetched yet{problem}", None, False)
+        if state.error is not None:  # a poll has failed: say so (a wrong token, site id, CA)
+            return PriceDecision(
+                None, f"lapsed: no prices fetched yet{problem}; no price limit", None, True
+            )
+        waited = None if waiting_since is None else now - waiting_since
+        if waited is not None and waited > config.expiry_s:
+            return PriceDecision(
+                None,
+                f"lapsed: no prices fetched in {waited:.0f} s, over price.expiryS "
+                f"{config.expiry_s:g} s; no price limit",
+                None,
+                True,
+            )
+        return PriceDecision(None, "no prices fetched yet", None, False)
     age = now - state.fetched_at
     if age > config.expiry_s:
         return PriceDecision(
@@ -153,7 +215,7 @@ def decide(state: PriceState, config: PriceConfig, now: float) -> PriceDecision:
             None,
             True,
         )
-    cents = feed_in_price(state.intervals, now)
+    cents = feed_in_price(state.intervals, wall)
     if cents is None:
         return PriceDecision(
             None, f"lapsed: no feed-in price for now in the last fetch{problem}", None, True
@@ -195,42 +257,64 @@ class PricePoller:
         *,
         wake: Callable[[], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = trio.current_time,
         ssl_context: ssl.SSLContext | None = None,
         allow_plain_http: bool = False,
     ) -> None:
-        """``ssl_context`` and ``allow_plain_http`` are for tests (the product builds its own
-        context from ``price.ca`` and speaks https only)."""
+        """``wall_clock`` places the price intervals, ``clock`` (monotonic: trio's) ages the
+        fetched prices. ``ssl_context`` and ``allow_plain_http`` are for tests (the product
+        builds its own context from ``price.ca`` and speaks https only)."""
         self._get_config = get_config
         self._wake = wake
         self._wall_clock = wall_clock
+        self._clock = clock
         self._ssl_context = ssl_context
         self._allow_plain_http = allow_plain_http
         self.state = PriceState()
         self.polls = 0
-        self._last_reason: str | None = None
+        self._waiting_since: float | None = None
+        """``clock`` time the configured source began waiting for prices; None: unconfigured."""
+        self._logged: tuple[bool, str] | None = None
+        """(lapsed, reason) last logged; the reason is "" while lapsed (its text holds an age)."""
 
-    def decision(self) -> PriceDecision | None:
+    def _configured(self) -> PriceConfig | None:
         config = self._get_config()
         if config is None:
+            self._waiting_since = None
+        elif self._waiting_since is None:
+            self._waiting_since = self._clock()
+        return config
+
+    def decision(self) -> PriceDecision | None:
+        config = self._configured()
+        if config is None:
             return None
-        return decide(self.state, config, self._wall_clock())
+        return decide(self.state, config, self._clock(), self._wall_clock(), self._waiting_since)
 
     def extra_limits(self, now: float) -> list[ExtraLimit]:
-        """The price limit in force (``now`` is the app's clock; prices run on wall time)."""
+        """The price limit in force (``now`` is the app's clock; the poller reads its own)."""
         del now
         got = self.decision()
         if got is None:
             return []
-        if got.reason != self._last_reason:
-            self._last_reason = got.reason
-            (log.warning if got.lapsed else log.info)("price: %s", got.reason)
+        # a lapse is logged once when it begins, and once more when it ends: its reason holds
+        # the age of the prices, which changes every second (this runs every control cycle)
+        logged = (True, "") if got.lapsed else (False, got.reason)
+        if logged != self._logged:
+            if got.lapsed:
+                log.warning("price: %s", got.reason)
+            elif self._logged is not None and self._logged[0]:
+                log.info("price: recovered: %s", got.reason)
+            else:
+                log.info("price: %s", got.reason)
+            self._logged = logged
         return [got.limit] if got.limit is not None else []
 
     def status(self) -> dict[str, Any]:
         got = self.decision()
         if got is None:
             return {"configured": False}
-        fetched = self.state.fetched_at
+        fetched = self.state.fetched_wall
         return {
             "configured": True,
             "feedInCents": got.feed_in_cents,
@@ -249,16 +333,14 @@ class PricePoller:
     async def run(self) -> None:
         """Runs for the life of the service; idles while ``price`` is not configured."""
         while True:
-            config = self._get_config()
+            config = self._configured()
             if config is None:
                 await trio.sleep(CONFIG_CHECK_S)
                 continue
             try:
                 ctx = self._context(config)
             except (OSError, ssl.SSLError) as exc:
-                self.state = PriceState(
-                    self.state.intervals, self.state.fetched_at, f"price.ca: {exc}"
-                )
+                self.state = replace(self.state, error=f"price.ca: {exc}")
                 await self._wait(config, config.poll_s)
                 continue
             async with HttpClient(
@@ -293,16 +375,16 @@ class PricePoller:
             )
             if response.status == 200:
                 intervals = parse_prices(response.body)
-                self.state = PriceState(intervals, self._wall_clock(), None)
+                self.state = PriceState(intervals, self._clock(), None, self._wall_clock())
             else:
                 error = describe_status(response.status, response.body)
                 if response.status in (429, 503):
                     asked = parse_retry_after(response.header("retry-after"), self._wall_clock())
                     if asked is not None:
                         delay = min(max(asked, 1.0), config.poll_s * 4)
-                self.state = PriceState(old.intervals, old.fetched_at, error)
+                self.state = replace(old, error=error)
         except (HttpError, AmberError) as exc:
-            self.state = PriceState(old.intervals, old.fetched_at, f"price API: {exc}")
+            self.state = replace(old, error=f"price API: {exc}")
         if self.state.error is not None and self.state.error != old.error:
             log.warning("price: %s", self.state.error)
         if self._wake is not None:
