@@ -70,6 +70,10 @@ class _Link(Protocol):
 
     async def connect(self) -> None: ...
 
+    def wire_time(self, request: codec.Request) -> float:
+        """Seconds the request and its answer take on the wire (nil on TCP)."""
+        ...
+
     async def settle(self, limit: float) -> bool:
         """Before an exchange: leftovers of an unclean one cleared, waiting at most ``limit``
         seconds past the time its answer could still come; False when the line is not ready
@@ -132,6 +136,9 @@ class _TcpLink:
             log.info("%s: peer closed the idle connection; reconnecting", self.endpoint)
             await self.connect()
         raise ModbusConnectionError(f"{self.endpoint}: not connected")
+
+    def wire_time(self, request: codec.Request) -> float:
+        return 0.0
 
     async def settle(self, limit: float) -> bool:
         return True  # an unclean exchange closed the connection: nothing can be left over
@@ -233,6 +240,12 @@ class _RtuLink:
             break
         if dropped:
             log.warning("%s: discarded %d stale bytes", self.endpoint, dropped)
+
+    def wire_time(self, request: codec.Request) -> float:
+        # a read's answer: unit, function, byte count, the registers, CRC; a write's: 8 bytes
+        reads = (codec.READ_HOLDING_REGISTERS, codec.READ_INPUT_REGISTERS)
+        answer = 5 + 2 * request.count if request.function in reads else 8
+        return (len(codec.encode_rtu(request)) + answer) * self._char + 2 * self._silence
 
     async def settle(self, limit: float) -> bool:
         port = self._port
@@ -388,6 +401,7 @@ class ModbusBus:
         limit = self.timeout if timeout is None else timeout
         if not limit > 0:
             raise ValueError(f"timeout {limit!r}: must be > 0 seconds")
+
         self._check_open()
         attempts = self.retries + 1
         async with self._lock:
@@ -420,7 +434,9 @@ class ModbusBus:
                     f"{what}: the line did not fall quiet (a late answer to an earlier request, "
                     "or noise); nothing sent"
                 )
-            deadline = trio.current_time() + limit
+            # The timeout is the device's time to answer: a slow serial line's own time for the
+            # bytes comes on top (a 125-register answer takes over a second at 2400 baud).
+            deadline = trio.current_time() + limit + self._link.wire_time(request)
             with trio.move_on_at(deadline):
                 if not self._link.connected:
                     phase = _BACKOFF
