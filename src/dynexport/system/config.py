@@ -796,6 +796,8 @@ def _price(r: _Reader, value: object, path: str, base_dir: Path) -> PriceConfig 
     url = r.string(raw.get("url", "https://api.amber.com.au/v1"), _join(path, "url"))
     if url is not None and not re.match(r"^https://[^/\s]+(/[^\s?#]*)?$", url):
         r.fail(_join(path, "url"), f"must be https://HOST[:PORT][/PATH], not {url!r}")
+    elif url is not None and _bad_port(url):
+        r.fail(_join(path, "url"), f"its port must be 1..65535, not {url!r}")
     ca = _optional_path(r, raw, "ca", path, base_dir)
     below = r.number_in(raw.get("belowCents"), _join(path, "belowCents"), -1e4, 1e4, 0.0)
     export_w = r.number_in(raw.get("exportW"), _join(path, "exportW"), 0.0, 1e7, 0.0)
@@ -815,6 +817,18 @@ def _price(r: _Reader, value: object, path: str, base_dir: Path) -> PriceConfig 
         poll_s=300.0 if poll is None else poll,
         expiry_s=900.0 if expiry is None else expiry,
     )
+
+
+def _bad_port(url: str) -> bool:
+    """The URL names a port outside 1..65535 (its client could never be built: the poller
+    restarted for good)."""
+    from urllib.parse import urlsplit
+
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        return True
+    return port == 0
 
 
 def _metrics(r: _Reader, value: object, path: str) -> MetricsConfig | None:
