@@ -74,12 +74,6 @@ class _Link(Protocol):
         """Seconds the request and its answer take on the wire (nil on TCP)."""
         ...
 
-    async def settle(self, limit: float) -> bool:
-        """Before an exchange: leftovers of an unclean one cleared, waiting at most ``limit``
-        seconds past the time its answer could still come; False when the line is not ready
-        by then (nothing was sent)."""
-        ...
-
     async def exchange(self, request: codec.Request, deadline: float) -> codec.Reply: ...
 
     def abandon(self) -> None:
@@ -139,9 +133,6 @@ class _TcpLink:
 
     def wire_time(self, request: codec.Request) -> float:
         return 0.0
-
-    async def settle(self, limit: float) -> bool:
-        return True  # an unclean exchange closed the connection: nothing can be left over
 
     async def exchange(self, request: codec.Request, deadline: float) -> codec.Reply:
         self.received = 0
@@ -224,16 +215,16 @@ class _RtuLink:
     async def _drain(self, port: SerialPort) -> None:
         """Discard what arrives until the line is quiet, so a late answer is not misread.
 
-        RTU answers carry no transaction id: the answer to an abandoned request (timed out,
-        cancelled, or garbled by a noise byte before it) looks exactly like the answer to the
-        next one, whatever its address. So until the abandoned request's late-answer window
-        (``_answer_due``: its deadline plus as long again) has passed, silence is no proof that
-        it will not come, even after other bytes arrived; after that, a short quiet gap ends
-        it. The caller bounds the whole.
+        RTU answers carry no transaction id: the answer to an abandoned (cancelled) request
+        looks exactly like the answer to the next one. So until the abandoned request's own
+        deadline has passed, silence is not proof it will not come; once bytes have arrived, or
+        that deadline is over, a short quiet gap ends the frame. The caller's deadline bounds it.
         """
         dropped = 0
         while True:
-            wait = max(self._drain_quiet, self._answer_due - trio.current_time())
+            wait = self._drain_quiet
+            if not dropped:
+                wait = max(wait, self._answer_due - trio.current_time())
             with trio.move_on_after(wait):
                 dropped += len(await self._receive(port))
                 continue
@@ -247,45 +238,26 @@ class _RtuLink:
         answer = 5 + 2 * request.count if request.function in reads else 8
         return (len(codec.encode_rtu(request)) + answer) * self._char + 2 * self._silence
 
-    async def settle(self, limit: float) -> bool:
-        port = self._port
-        if port is None or not self._dirty:
-            return True
-        try:
-            with trio.move_on_at(max(self._answer_due, trio.current_time()) + limit):
-                await self._drain(port)
-                self._dirty = False
-                self._answer_due = -math.inf
-                return True
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise ModbusConnectionError(f"{self.endpoint}: serial port lost: {exc}") from exc
-        return False
-
     async def exchange(self, request: codec.Request, deadline: float) -> codec.Reply:
         port = self._port
         if port is None:
             raise ModbusConnectionError(f"{self.endpoint}: serial port not open")
         self.received = 0
         try:
+            if self._dirty:
+                await self._drain(port)
+                self._dirty = False
             await trio.sleep_until(self._quiet_from + self._silence)
             port.flush_input()
             frame = codec.encode_rtu(request)
             await port.stream.send_all(frame)
-            sent = trio.current_time()
-            self._quiet_from = sent + len(frame) * self._char
-            # Until a frame decodes, its answer may still come: by the deadline, or (timed out,
-            # cancelled) late by as long again. A byte that is not its answer (noise, another
-            # unit's) is no sign that it has come.
-            self._answer_due = deadline + max(deadline - sent, 0.0)
+            self._quiet_from = trio.current_time() + len(frame) * self._char
+            self._answer_due = deadline
             buffer = bytearray()
             while (reply := codec.decode_rtu(buffer, request)) is None:
                 buffer += await self._receive(port)
                 self.received = len(buffer)
-        except ModbusFrameError:
-            # Bytes came, but not its answer: a garbled one, or noise before it. A device that
-            # answers at all answers by the deadline, so that is how long the line is watched.
-            self._answer_due = min(self._answer_due, deadline)
-            raise
+                self._answer_due = -math.inf  # an answer is coming: quiet ends it
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise ModbusConnectionError(
                 f"{self.endpoint} {request.describe()}: serial port lost: {exc}"
@@ -401,7 +373,6 @@ class ModbusBus:
         limit = self.timeout if timeout is None else timeout
         if not limit > 0:
             raise ValueError(f"timeout {limit!r}: must be > 0 seconds")
-
         self._check_open()
         attempts = self.retries + 1
         async with self._lock:
@@ -422,21 +393,15 @@ class ModbusBus:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, request: codec.Request, limit: float) -> codec.Reply:
-        """One try, connect included, bounded by ``limit`` seconds; on RTU, after an unclean
-        exchange, first the wait for the line to fall quiet: until the earlier request's answer
-        can no longer come (its deadline and as long again), then at most ``limit`` more."""
+        """One try, connect included, bounded by ``limit`` seconds (on RTU, plus the line's
+        own time for the bytes)."""
+        # The timeout is the device's time to answer: a slow serial line's own time for the
+        # bytes comes on top (a 125-register answer takes over a second at 2400 baud).
+        deadline = trio.current_time() + limit + self._link.wire_time(request)
         what = f"{self.endpoint} {request.describe()}"
         clean = False
         phase = _ANSWER
         try:
-            if not await self._link.settle(limit):
-                raise ModbusTimeout(
-                    f"{what}: the line did not fall quiet (a late answer to an earlier request, "
-                    "or noise); nothing sent"
-                )
-            # The timeout is the device's time to answer: a slow serial line's own time for the
-            # bytes comes on top (a 125-register answer takes over a second at 2400 baud).
-            deadline = trio.current_time() + limit + self._link.wire_time(request)
             with trio.move_on_at(deadline):
                 if not self._link.connected:
                     phase = _BACKOFF
