@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 import trio
 import trio.testing
 
-from dynexport.modbus.errors import ModbusTimeout
+from dynexport.modbus.errors import ModbusExceptionResponse, ModbusTimeout
 from dynexport.sim import profiles
 from dynexport.sunspec.links import Desired
 from tests.sunspec.sitebus import SiteBus
@@ -17,9 +18,11 @@ from tests.sunspec.test_link_control import inverter_link, running, settle, stat
 
 
 class LostOpenEcho(SiteBus):
-    """The first Conn=0 write lands, but its answer is lost (a timeout)."""
+    """The first Conn=0 write lands, but its answer is lost: a timeout, or (``gateway``) a TCP
+    gateway's exception 11, the inverter's echo having come after the gateway's own timeout."""
 
     armed = True
+    gateway = False
 
     async def write_registers(
         self,
@@ -33,15 +36,20 @@ class LostOpenEcho(SiteBus):
         conn = self.site.devices[unit].point_address(123, "Conn")
         if self.armed and address <= conn < address + len(values) and values[conn - address] == 0:
             self.armed = False
+            if self.gateway:
+                raise ModbusExceptionResponse(unit, 16, address, 11, "gateway")
             raise ModbusTimeout("the echo was lost")
 
 
+@pytest.mark.parametrize("gateway", [False, True], ids=["timeout", "gateway-no-answer"])
 async def test_a_reconnect_closes_an_open_whose_answer_was_lost(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, gateway: bool
 ) -> None:
     site = profiles.fronius_gateway(tau_s=0.5)
     link = inverter_link(site)
-    link.device.bus = LostOpenEcho(site)
+    bus = LostOpenEcho(site)
+    bus.gateway = gateway
+    link.device.bus = bus
     async with running(link):
         await settle()
         link.command(Desired(pct=0.0, connect=False))

@@ -619,6 +619,8 @@ class InverterLink(_CommandLink[Desired, InverterState]):
             if exc.code in NOT_AN_ANSWER:
                 self._conn_not_answered += 1
                 if self._conn_not_answered < CONN_TRIES:
+                    if not connect:  # a gateway's "no answer": the open may have landed
+                        self._conn_open = True
                     raise  # busy, failed for now, or a gateway that did not reach it: again
             self._conn_not_answered = 0
             self._refuse_conn(connect, exc)
