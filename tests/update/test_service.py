@@ -1403,6 +1403,24 @@ class SlowActivationRauc(RecordedRauc):
         await super().activate(target)
 
 
+def at_dusk(site: Site, slow_from: int = 0) -> SlowActivationRauc:
+    """RAUC on slot A whose activation number ``slow_from`` takes 600 s, while the inverters
+    fall asleep."""
+
+    def dusk() -> None:
+        for link in site.inverters:
+            link.state.stop()
+
+    return SlowActivationRauc(booted="A", meanwhile=dusk, slow_from=slow_from)
+
+
+async def service_on_a(site: Site, data: Path, rauc: RecordedRauc) -> None:
+    """``commit_when_healthy`` of boot ``install-boot``, running slot A."""
+    await commit_when_healthy(
+        site, data, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
+    )
+
+
 async def test_devices_silent_after_a_slow_activation_are_waited_for_with_it_undone(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ):
@@ -1413,18 +1431,9 @@ async def test_devices_silent_after_a_slow_activation_are_waited_for_with_it_und
     site = Site(ready=True)
     site.answer()
 
-    def dusk() -> None:
-        for link in site.inverters:
-            link.state.stop()
-
-    rauc = SlowActivationRauc(booted="A", meanwhile=dusk)
+    rauc = at_dusk(site)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            partial(
-                commit_when_healthy, site, tmp_path, rauc, wall_clock=lambda: 0.0,
-                this_boot="install-boot", booted="A",
-            )
-        )  # fmt: skip
+        nursery.start_soon(service_on_a, site, tmp_path, rauc)
         await trio.sleep(DEVICES_STEADY_S + 600 + 60)
         assert [a.split("@")[0] for a in rauc.activated] == ["B", "A"], "undone at once"
         # and slot B no fallback of U-Boot's or GRUB's: failed boots of A would start its trial
@@ -1456,18 +1465,9 @@ async def test_a_reboot_asked_for_by_hand_before_is_not_undone_by_the_service(
     site = Site(ready=True)
     site.answer()
 
-    def dusk() -> None:
-        for link in site.inverters:
-            link.state.stop()
-
-    rauc = SlowActivationRauc(booted="A", meanwhile=dusk, slow_from=1)
+    rauc = at_dusk(site, slow_from=1)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            partial(
-                commit_when_healthy, site, data, rauc, wall_clock=lambda: 0.0,
-                this_boot="install-boot", booted="A",
-            )
-        )  # fmt: skip
+        nursery.start_soon(service_on_a, site, data, rauc)
         await trio.sleep(DEVICES_STEADY_S - 60)  # before the service's activation
         assert await cli._reboot_into(data, rauc, NOT_REBOOTED) == 0
         await trio.sleep(60 + 600 + 60)  # the service's activation returns; devices silent
@@ -1496,18 +1496,9 @@ async def test_the_reboot_command_waits_for_the_services_activation_and_then_giv
     site = Site(ready=True)
     site.answer()
 
-    def dusk() -> None:
-        for link in site.inverters:
-            link.state.stop()
-
-    rauc = SlowActivationRauc(booted="A", meanwhile=dusk)
+    rauc = at_dusk(site)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            partial(
-                commit_when_healthy, site, data, rauc, wall_clock=lambda: 0.0,
-                this_boot="install-boot", booted="A",
-            )
-        )  # fmt: skip
+        nursery.start_soon(service_on_a, site, data, rauc)
         await trio.sleep(DEVICES_STEADY_S + 60)  # the service's activation is under way
         asked = trio.current_time()
         assert await cli._reboot_into(data, rauc, NOT_REBOOTED) == 1
@@ -1535,11 +1526,7 @@ async def test_the_pi_confirmation_and_an_undone_activation_never_wait_for_each_
     site = Site(ready=True)
     site.answer()
 
-    def dusk() -> None:
-        for link in site.inverters:
-            link.state.stop()
-
-    rauc, lock = SlowActivationRauc(booted="A", meanwhile=dusk), trio.Lock()
+    rauc, lock = at_dusk(site), trio.Lock()
     confirm = _Confirm(rauc, lock, tmp_path, "install-boot", pi=True)
     rebooted: list[bool] = []
 
