@@ -252,6 +252,36 @@ async def test_the_command_topic_sets_an_expiring_export_limit(tmp_path: Path) -
             nursery.cancel_scope.cancel()
 
 
+async def test_a_command_repeated_to_keep_it_alive_wakes_the_controller_once(
+    tmp_path: Path,
+) -> None:
+    """A publisher keeps its limit alive by sending it again: each copy refreshes the expiry,
+    but only a change of the limit wakes the controller (and is logged). Every copy ran an
+    extra control cycle, so a publisher stuck in a loop drove the control loop and the Modbus
+    polls as fast as the devices answered."""
+    with running_broker(tmp_path / "broker") as broker:
+        b = bridge(mqtt_config(broker.url, commandTopic=True, commandExpiryS=60))
+        woken: list[float] = []
+        b._wake = lambda: woken.append(trio.current_time())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b.run)
+            await until(lambda: b.connected)
+            await until(lambda: b.published >= 1)
+            topic = f"{PREFIX}/set/export_limit"
+            expiries = []
+            for _ in range(3):
+                await trio.to_thread.run_sync(lambda: publish_once(broker, topic, b"1200"))
+                await until(lambda: b.command is not None and b.command.expires_at not in expiries)
+                assert b.command is not None
+                expiries.append(b.command.expires_at)
+            assert len(woken) == 1, "the same limit again wakes nothing"
+            assert expiries == sorted(expiries) and len(set(expiries)) == 3, "each one refreshes"
+            await trio.to_thread.run_sync(lambda: publish_once(broker, topic, b"800"))
+            await until(lambda: b.command is not None and b.command.export_w == 800.0)
+            assert len(woken) == 2, "a change wakes it"
+            nursery.cancel_scope.cancel()
+
+
 async def test_commands_are_ignored_unless_the_command_topic_is_enabled(tmp_path: Path) -> None:
     with running_broker(tmp_path / "broker") as broker:
         b = bridge(mqtt_config(broker.url))

@@ -441,13 +441,18 @@ class MqttBridge:
                 )
                 log.warning("mqtt: %s", self.command_error)
                 return
+            now = trio.current_time()
             try:
-                cmd = parse_command(msg.payload, trio.current_time(), config.command_expiry_s)
+                cmd = parse_command(msg.payload, now, config.command_expiry_s)
             except CommandError as exc:
                 self.command_error = f"command refused: {exc}"
                 log.warning("mqtt: %s", self.command_error)
                 return
+            before = self.command if self.command and self.command.active(now) else None
             self.command, self.command_error = cmd, None
+            was = None if before is None else before.export_w
+            if was == (None if cmd is None else cmd.export_w):
+                return  # the same limit again (kept alive): no log line, no extra control cycle
             log.info(
                 "mqtt: export limit command %s",
                 "cleared" if cmd is None else f"{cmd.export_w:.0f} W",
