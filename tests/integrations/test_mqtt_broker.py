@@ -268,11 +268,11 @@ async def test_a_command_repeated_to_keep_it_alive_wakes_the_controller_once(
             await until(lambda: b.connected)
             await until(lambda: b.published >= 1)
             topic = f"{PREFIX}/set/export_limit"
-            expiries = []
+            expiries: list[float] = []
             for _ in range(3):
                 await trio.to_thread.run_sync(lambda: publish_once(broker, topic, b"1200"))
                 await until(lambda: b.command is not None and b.command.expires_at not in expiries)
-                assert b.command is not None
+                assert b.command is not None and b.command.expires_at is not None
                 expiries.append(b.command.expires_at)
             assert len(woken) == 1, "the same limit again wakes nothing"
             assert expiries == sorted(expiries) and len(set(expiries)) == 3, "each one refreshes"
