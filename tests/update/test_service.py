@@ -652,11 +652,7 @@ async def test_a_failing_confirmation_is_retried_and_never_blocks_an_install_reb
     site, rauc = Site(ready=True), FailingRauc(booted="A")
     site.answer()  # the devices answer: nothing holds the reboot
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            lambda: commit_when_healthy(
-                site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
-            )
-        )
+        nursery.start_soon(service_on_a, site, tmp_path, rauc)
         await trio.sleep(95)
         assert rauc.attempts == 4, "at once, then every 30 s"
         write_record(tmp_path, TRIAL)  # installed in this boot: nothing is due
@@ -1176,10 +1172,7 @@ async def test_a_service_restarted_while_an_update_waits_does_not_drop_its_trial
     write_record(data, TRIAL)
     site, rauc = Site(ready=True), RecordedRauc(booted="A")
     site.answer()
-    await commit_when_healthy(
-        site, data, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A",
-        rauc_conf=conf,
-    )  # fmt: skip
+    await service_on_a(site, data, rauc, rauc_conf=conf)
     assert len(rauc.marked) == (0 if backend == "custom" else 1)
     # made the next boot right before the reboot (the install left it)
     assert [a.split("@")[0] for a in rauc.activated] == ["B"]
@@ -1198,11 +1191,7 @@ async def test_the_reboot_into_an_update_waits_for_sleeping_inverters(
     site.meter.state.answering = True  # the meter never sleeps; the inverters do
     status = UpdateStatus(data, cmdline, boot)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            lambda: commit_when_healthy(
-                site, data, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
-            )
-        )
+        nursery.start_soon(service_on_a, site, data, rauc)
         write_record(data, TRIAL)  # installed in this boot
         await trio.sleep(10 * 3600)  # the night
         assert not (data / REBOOT_REQUEST).exists() and site.events == []
@@ -1290,13 +1279,16 @@ async def test_the_reboot_does_not_wait_for_devices_for_ever(
     assert site.events == ["fail-safe"]
 
 
-async def a_pi_running_slot_a(site: Site, data: Path, rauc: RecordedRauc, tmp_path: Path) -> None:
-    """``commit_when_healthy`` of boot ``install-boot`` on a Pi 4/5 (RAUC's tryboot backend)
-    running slot A."""
+async def service_on_a(site: Site, data: Path, rauc: RecordedRauc, **options: Any) -> None:
+    """``commit_when_healthy`` of boot ``install-boot``, running slot A."""
     await commit_when_healthy(
-        site, data, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A",
-        rauc_conf=rauc_conf(tmp_path, "custom"),
-    )  # fmt: skip
+        site, data, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A", **options
+    )
+
+
+async def a_pi_running_slot_a(site: Site, data: Path, rauc: RecordedRauc, tmp_path: Path) -> None:
+    """``service_on_a`` on a Pi 4/5 (RAUC's tryboot backend)."""
+    await service_on_a(site, data, rauc, rauc_conf=rauc_conf(tmp_path, "custom"))
 
 
 class SlowConfirmRauc(RecordedRauc):
@@ -1412,13 +1404,6 @@ def at_dusk(site: Site, slow_from: int = 0) -> SlowActivationRauc:
             link.state.stop()
 
     return SlowActivationRauc(booted="A", meanwhile=dusk, slow_from=slow_from)
-
-
-async def service_on_a(site: Site, data: Path, rauc: RecordedRauc) -> None:
-    """``commit_when_healthy`` of boot ``install-boot``, running slot A."""
-    await commit_when_healthy(
-        site, data, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
-    )
 
 
 async def test_devices_silent_after_a_slow_activation_are_waited_for_with_it_undone(
@@ -1617,9 +1602,7 @@ async def test_an_activation_that_cannot_be_undone_is_never_recorded_failed(
     site, rauc = Site(ready=True), HungRauc(booted="A")
     site.answer()
     with trio.move_on_after(DEVICES_STEADY_S + ACTIVATE_TRIES * 30 + 60):
-        await commit_when_healthy(
-            site, tmp_path, rauc, wall_clock=lambda: 0.0, this_boot="install-boot", booted="A"
-        )
+        await service_on_a(site, tmp_path, rauc)
     record = read_record(tmp_path)
     assert record is not None and record.state == "trial" and record.reboot_asked is True
     assert not (tmp_path / REBOOT_REQUEST).exists() and site.events == []
@@ -1652,26 +1635,14 @@ async def test_the_reboot_command_never_undoes_a_reboot_asked_for_already(
     assert rauc.activated == [] and rauc.unbootable == []
 
 
-class RefusingRauc(RecordedRauc):
-    """RAUC that refuses every activation (its boot partition cannot be mounted)."""
-
-    async def activate(self, target: str) -> None:
-        raise RaucError("Failed to mount /dev/mmcblk0p1")
-
-
 async def test_an_undo_whose_activation_is_refused_still_marks_the_update_bad():
     """Making the running slot first again was refused, yet an earlier activation of the new
     slot may have been carried out (a timeout): the new slot is marked bad all the same, which
     alone keeps U-Boot and GRUB off it, and the undo counts as done."""
-    rauc = RefusingRauc(booted="A")
+    rauc = ActivatingRauc(booted="A", failures=10**6)  # every activation refused
     assert await undo_activation(rauc, None, NOT_REBOOTED) == "undone"
     assert [a.split("@")[0] for a in rauc.unbootable] == ["B"]
-
-    class Hung(RefusingRauc):
-        async def make_unbootable(self, target: str) -> None:
-            raise RaucError("no answer in 300 s")
-
-    assert await undo_activation(Hung(booted="A"), None, NOT_REBOOTED) == "stuck"
+    assert await undo_activation(HungRauc(booted="A"), None, NOT_REBOOTED) == "stuck"
 
 
 async def test_a_trial_notes_that_it_began_when_its_reboot_was_not_noted(

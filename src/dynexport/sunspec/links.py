@@ -612,15 +612,18 @@ class InverterLink(_CommandLink[Desired, InverterState]):
 
     async def _set_conn(self, connect: bool) -> bool:
         """Writes 123 Conn; when the inverter refuses (exception answer, no read-back, no
-        model) returns False: a disconnect is then the 0 % limit already written."""
+        model) returns False: a disconnect is then the 0 % limit already written. An open counts
+        from when it is sent: one whose answer is lost (a timeout, a gateway's "no answer") may
+        have landed, and a reconnect must close it again rather than leave the inverter off the
+        grid until its own revert timer."""
+        if not connect:
+            self._conn_open = True
         try:
             await self.device.set_connected(connect, revert_s=self.revert_s)
         except ModbusExceptionResponse as exc:
             if exc.code in NOT_AN_ANSWER:
                 self._conn_not_answered += 1
                 if self._conn_not_answered < CONN_TRIES:
-                    if not connect:  # a gateway's "no answer": the open may have landed
-                        self._conn_open = True
                     raise  # busy, failed for now, or a gateway that did not reach it: again
             self._conn_not_answered = 0
             self._refuse_conn(connect, exc)
@@ -628,13 +631,6 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         except (VerifyError, NotControllableError, CommandError) as exc:
             self._refuse_conn(connect, exc)
             return False
-        except DEVICE_ERRORS:
-            # No answer: an open may have landed (a timed-out echo). Counted open, so that a
-            # reconnect command closes it again rather than leaving the inverter off the grid
-            # until its own revert timer.
-            if not connect:
-                self._conn_open = True
-            raise
         self._conn_not_answered = 0
         self._conn_open = not connect
         return True
@@ -749,7 +745,7 @@ class BatteryLinkState:
     last_reading: float | None = None
     last_write: float | None = None
     last_sent: float | None = None
-    """As ``InverterLinkState.last_sent``: a setpoint that landed but did not read back moves
+    """As ``InverterState.last_sent``: a setpoint that landed but did not read back moves
     the output all the same."""
     error: str | None = None
     info: DeviceInfo = DeviceInfo()

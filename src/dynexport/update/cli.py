@@ -179,17 +179,17 @@ async def _reboot_into_locked(
         async with decision_lock(data, owner=owner):
             quiet.cancel()
             waiting.deadline = math.inf  # taken: what follows is bounded by RAUC's timeouts
-            now = read_record(data)
-            if now is not None and now.reboot_asked and waits_for_its_reboot(now, boot_id()):
+            now, this_boot = read_record(data), boot_id()
+            if now is not None and now.reboot_asked and waits_for_its_reboot(now, this_boot):
                 # Asked for already (by the service, or a run of this command), so activated
                 # already: no activation again, above all none to undo should it fail now. The
                 # request is written again: the first may be gone (the service stopped before
                 # writing it, or its reboot failed), and one more of this boot is harmless.
-                request_reboot(data, "trial", boot_id(), owner)
+                request_reboot(data, "trial", this_boot, owner)
                 print(f"{trial.version}: the reboot into slot {trial.target} was asked for "
                       "already; asked again")  # fmt: skip
                 return 0
-            if not waits_for_its_reboot(now, boot_id()):
+            if not waits_for_its_reboot(now, this_boot):
                 print(
                     f"{trial.version} is no longer waiting for its reboot (the service moved it "
                     "on: see dynexport update status); not rebooted",
@@ -208,7 +208,7 @@ async def _reboot_into_locked(
                 )
                 return 1
             _write(data, replace(now or trial, reboot_asked=True))  # as the service left it
-            request_reboot(data, "trial", boot_id(), owner)
+            request_reboot(data, "trial", this_boot, owner)
     if waiting.cancelled_caught:
         print(f"not rebooted: {data / DECISION_LOCK} was held for {LOCK_WAIT_S:.0f} s (the "
               "service is busy with RAUC); try again", file=sys.stderr)  # fmt: skip

@@ -227,12 +227,9 @@ class Rauc:
     async def activate(self, target: str) -> None:
         """``rauc status mark-active`` for the slot named ``target`` (``A``/``B``): the boot
         loader starts it next (for the Pi's trial boot: on the next trial reboot)."""
-        status = await self.status()
-        slot = status.by_bootname(target)
-        if slot is None:
-            raise RaucError(f"rauc status names no slot {target}")
+        name = await self._slot_name(target)
         try:
-            await self._run("status", "mark-active", slot.name)
+            await self._run("status", "mark-active", name)
         except RaucError as exc:
             raise RaucError(f"slot {target} was written but could not be activated: {exc}") from exc
 
@@ -240,11 +237,14 @@ class Rauc:
         """``rauc status mark-bad`` for the slot named ``target`` (``A``/``B``): the boot loader
         no longer falls back to it (U-Boot's ``BOOT_x_LEFT=0``, GRUB's ``x_OK=0``; on the Pi
         4/5 its trial, tryboot.txt, is dropped). A later ``activate`` makes it bootable again."""
-        status = await self.status()
-        slot = status.by_bootname(target)
+        await self._run("status", "mark-bad", await self._slot_name(target))
+
+    async def _slot_name(self, target: str) -> str:
+        """RAUC's name for the slot whose bootname is ``target`` (``rootfs.0`` for ``A``)."""
+        slot = (await self.status()).by_bootname(target)
         if slot is None:
             raise RaucError(f"rauc status names no slot {target}")
-        await self._run("status", "mark-bad", slot.name)
+        return slot.name
 
     async def _write(self, bundle: str, progress: Callable[[str], Awaitable[None]]) -> None:
         cmd = [self.program, "install", bundle, *self.extra]

@@ -811,8 +811,6 @@ async def _check_this_boot(
 
 CONFIRM_RETRY_S = 30.0
 """A failed confirmation of the running slot is tried again this often (seconds)."""
-CONFIRM_LOCK_POLL_S = 0.5
-"""How often the confirmation tries the decision lock while another process holds it."""
 
 
 @dataclass(frozen=True)
@@ -839,7 +837,7 @@ class _Confirm:
         already past its look at the record cannot delete the tryboot.txt written meanwhile."""
         if not self.pi:
             return contextlib.nullcontext()
-        return decision_lock(self.data_dir, CONFIRM_LOCK_POLL_S)
+        return decision_lock(self.data_dir)
 
 
 async def _confirm_boot(app: AppLike, confirm: _Confirm, booted: str, interval: float) -> None:

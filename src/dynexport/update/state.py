@@ -29,8 +29,8 @@ Also held, on boots that are no trial, by ``dynexport update reboot`` (and ``ins
 --reboot-now``) from its look at the record to its reboot request, by the service from its own
 activation to its reboot request (or the activation undone), and on the Pi 4/5 by the running
 slot's confirmation (its mark-good deletes tryboot.txt): none of them may land between
-another's activation and its reboot. Taken before
-the service's in-process RAUC lock, never after it."""
+another's activation and its reboot. Taken before the service's in-process RAUC lock, never
+after it."""
 UPLOAD_FILE = "update-upload.raucb"
 """A bundle uploaded from the web page, until it is refused or installed."""
 DOWNLOAD_FILE = "update-download.raucb"
