@@ -76,6 +76,10 @@ class AmberSim:
     status: int = 200
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     port: int = 0
+    gate: trio.Event | None = None
+    """When set to an event, each answer waits for it (a poll held in flight)."""
+    asked: trio.Event = field(default_factory=trio.Event)
+    """Set on each request received."""
 
     async def serve(
         self,
@@ -105,6 +109,9 @@ class AmberSim:
                     auth = dict(event.headers).get(b"authorization")
                     target = event.target.decode()
                     self.requests.append((target, auth.decode() if auth else None))
+                    self.asked.set()
+                    if self.gate is not None:
+                        await self.gate.wait()
                     status, body = self._answer(target, auth)
                     headers = [
                         ("content-type", "application/json"),

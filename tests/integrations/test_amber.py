@@ -12,9 +12,12 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dynexport.httpio.client import HttpClient
 from dynexport.integrations.amber import (
+    POLL_LEAD_S,
     AmberError,
     PriceInterval,
     PricePoller,
@@ -22,6 +25,7 @@ from dynexport.integrations.amber import (
     decide,
     feed_in_price,
     parse_prices,
+    poll_interval,
 )
 from dynexport.integrations.limitsources import PRICE_SOURCE
 from dynexport.sep2 import certs
@@ -252,6 +256,78 @@ async def test_a_wall_clock_step_back_does_not_make_old_prices_apply_past_the_ex
         assert poller.extra_limits(0.0) == []
         doc = poller.status()
         assert doc["lapsed"] is True and "fetched 181 s ago" in doc["reason"]
+        nursery.cancel_scope.cancel()
+
+
+@given(
+    poll=st.floats(60, 3600),
+    extra=st.floats(0, 86400),
+    round_trip=st.floats(0, POLL_LEAD_S, exclude_max=True),
+)
+def test_prices_never_lapse_while_each_poll_completes_within_the_lead(
+    poll: float, extra: float, round_trip: float
+) -> None:
+    """With ``expiryS == pollS`` the prices lapsed for the length of every poll: the next poll
+    now starts early enough that one answered within ``POLL_LEAD_S`` refreshes them in time."""
+    expiry = min(max(poll, 120.0) + extra, 86400.0)
+    cfg = price_config("https://x", pollS=poll, expiryS=expiry)
+    state = PriceState(parse_prices(json.dumps(prices_around(NOW, 4.0)).encode()), 0.0)
+    refreshed_at = poll_interval(cfg) + round_trip  # the next poll's answer arrives
+    got = decide(state, cfg, refreshed_at, NOW)
+    assert not got.lapsed and got.limit is not None
+    assert poll_interval(cfg) == (poll if expiry - poll >= POLL_LEAD_S else expiry - POLL_LEAD_S)
+
+
+async def test_a_poll_returns_the_wait_that_keeps_prices_from_lapsing_when_expiry_is_poll(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    sim = AmberSim(body=prices_around(NOW, 4.0))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(sim.serve)
+        cfg = price_config(f"http://127.0.0.1:{port}/v1", pollS=300, expiryS=300)
+        poller = PricePoller(lambda: cfg, wall_clock=lambda: NOW, allow_plain_http=True)
+        async with HttpClient(cfg.url + "/", None, allow_plain_http=True, retries=0) as client:
+            assert await poller.poll_once(client, cfg) == 300 - POLL_LEAD_S
+            cfg = price_config(f"http://127.0.0.1:{port}/v1", pollS=300, expiryS=900)
+            assert await poller.poll_once(client, cfg) == 300
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_changed_site_id_drops_the_old_sites_prices_at_once_and_an_answer_in_flight(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The prices are the site's: another site's export must not follow them until the new
+    site's first fetch (up to ``pollS`` later), nor an answer the old site's poll brings."""
+    sim = AmberSim(body=prices_around(NOW, feed_in_per_kwh=4.0))  # exporting costs 4 c/kWh
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(sim.serve)
+        cfg = [price_config(f"http://127.0.0.1:{port}/v1")]
+        poller = PricePoller(lambda: cfg[0], wall_clock=lambda: NOW, allow_plain_http=True)
+        async with HttpClient(cfg[0].url + "/", None, allow_plain_http=True, retries=0) as client:
+            await poller.poll_once(client, cfg[0])
+            assert [x.export_w for x in poller.extra_limits(0.0)] == [0.0]
+            cfg[0] = PriceConfig(**{**cfg[0].__dict__, "below_cents": -1.0})
+            assert [x.export_w for x in poller.extra_limits(0.0)] == [0.0]  # same site: kept
+            cfg[0] = PriceConfig(**{**cfg[0].__dict__, "site_id": "another-site"})
+            assert poller.extra_limits(0.0) == []
+            doc = poller.status()
+            assert (doc["lapsed"], doc["reason"], doc["lastFetch"]) == (
+                False,
+                "no prices fetched yet",
+                None,
+            )
+            # the new site's first poll is held in flight while the site changes back and forth
+            old = cfg[0]
+            sim.gate = trio.Event()
+            sim.asked = trio.Event()
+            async with trio.open_nursery() as polls:
+                polls.start_soon(poller.poll_once, client, old)
+                await sim.asked.wait()
+                cfg[0] = PriceConfig(**{**old.__dict__, "site_id": SITE_ID})
+                assert poller.extra_limits(0.0) == []  # the first site afresh: no prices yet
+                sim.gate.set()
+            assert poller.state.error is None  # the 404 for "another-site" was dropped
+            assert poller.status()["reason"] == "no prices fetched yet"
         nursery.cancel_scope.cancel()
 
 

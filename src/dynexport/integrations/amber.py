@@ -9,14 +9,17 @@ earns, ``-perKwh`` c/kWh, and export is limited (to ``price.exportW``, default 0
 below ``price.belowCents`` (default 0: while exporting costs money).
 
 Polling: every ``price.pollS`` (default 300 s, Amber's price interval is 5 or 30 minutes; the
-API allows far more), honouring ``Retry-After`` on 429. The intervals fetched cover the next
-hours, so one missed poll changes nothing; but prices fetched longer ago than ``price.expiryS``
-lapse: the source then sets no limit and its status says why. The age of the prices is judged on
-trio's monotonic clock (a wall-clock step must not make old prices young again); the intervals
-themselves are wall-clock times. A source that has never fetched prices lapses as soon as a poll
-has failed (or ``price.expiryS`` has passed without one succeeding), so a wrong token or site id
-shows. A price is a commercial signal, not a network limit, so when it is unknown the site
-exports as the utility and the installer allow, never more.
+API allows far more), or sooner when ``price.expiryS`` leaves less than ``POLL_LEAD_S`` after it
+for the next poll to complete; honouring ``Retry-After`` on 429. The intervals fetched cover the
+next hours, so one missed poll changes nothing; but prices fetched longer ago than
+``price.expiryS`` lapse: the source then sets no limit and its status says why. The age of the
+prices is judged on trio's monotonic clock (a wall-clock step must not make old prices young
+again); the intervals themselves are wall-clock times. A source that has never fetched prices
+lapses as soon as a poll has failed (or ``price.expiryS`` has passed without one succeeding), so
+a wrong token or site id shows. The prices belong to the site and API they were fetched from: a
+changed ``price.siteId`` or ``price.url`` drops them at once (they are another site's prices). A
+price is a commercial signal, not a network limit, so when it is unknown the site exports as the
+utility and the installer allow, never more.
 
 The parsing and the decision are pure; ``PricePoller`` is the thin trio adapter, using the
 project's HTTP client.
@@ -46,6 +49,9 @@ NEXT_INTERVALS = 12
 """Forecast intervals asked for: an hour at 5-minute pricing, six at 30-minute pricing."""
 MAX_BODY = 256 * 1024
 CONFIG_CHECK_S = 1.0
+POLL_LEAD_S = 30.0
+"""Time left before the prices' expiry for the next poll to complete: a poll that takes less
+(one answered at all normally does) refreshes them before they lapse."""
 
 
 class AmberError(ValueError):
@@ -236,6 +242,13 @@ def decide(
     )
 
 
+def poll_interval(config: PriceConfig) -> float:
+    """Seconds from one poll's end to the next's start: ``pollS``, or less when ``expiryS`` is
+    within ``POLL_LEAD_S`` of it (with ``expiryS == pollS`` the prices lapsed for the length of
+    every poll)."""
+    return min(config.poll_s, config.expiry_s - POLL_LEAD_S)
+
+
 def describe_status(status: int, body: bytes) -> str:
     """An HTTP error from the price API in words an installer can act on."""
     hint = {
@@ -274,15 +287,22 @@ class PricePoller:
         self.polls = 0
         self._waiting_since: float | None = None
         """``clock`` time the configured source began waiting for prices; None: unconfigured."""
+        self._source: tuple[str, str] | None = None
+        """(url, siteId) that ``state`` belongs to; None: unconfigured."""
         self._logged: tuple[bool, str] | None = None
         """(lapsed, reason) last logged; the reason is "" while lapsed (its text holds an age)."""
 
     def _configured(self) -> PriceConfig | None:
+        """The configuration now; a new source (another site or API, or none) starts afresh,
+        without the last one's prices or error."""
         config = self._get_config()
-        if config is None:
-            self._waiting_since = None
-        elif self._waiting_since is None:
-            self._waiting_since = self._clock()
+        source = None if config is None else (config.url, config.site_id)
+        if source != self._source:
+            if self._source is not None and self.state != PriceState():
+                log.info("price: the source changed: the prices fetched before are dropped")
+            self.state = PriceState()
+            self._source = source
+            self._waiting_since = None if config is None else self._clock()
         return config
 
     def decision(self) -> PriceDecision | None:
@@ -367,24 +387,28 @@ class PricePoller:
     async def poll_once(self, client: HttpClient, config: PriceConfig) -> float:
         """One poll; returns the seconds until the next one."""
         self.polls += 1
-        old = self.state
-        delay = config.poll_s
+        delay = poll_interval(config)
         try:
             response = await client.get(
                 prices_path(config.site_id), headers={"Authorization": f"Bearer {config.token}"}
             )
             if response.status == 200:
-                intervals = parse_prices(response.body)
-                self.state = PriceState(intervals, self._clock(), None, self._wall_clock())
+                got = PriceState(
+                    parse_prices(response.body), self._clock(), None, self._wall_clock()
+                )
             else:
                 error = describe_status(response.status, response.body)
                 if response.status in (429, 503):
                     asked = parse_retry_after(response.header("retry-after"), self._wall_clock())
                     if asked is not None:
                         delay = min(max(asked, 1.0), config.poll_s * 4)
-                self.state = replace(old, error=error)
+                got = replace(self.state, error=error)
         except (HttpError, AmberError) as exc:
-            self.state = replace(old, error=f"price API: {exc}")
+            got = replace(self.state, error=f"price API: {exc}")
+        self._configured()
+        if self._source != (config.url, config.site_id):
+            return delay  # the source changed during the poll: this answer is another site's
+        old, self.state = self.state, got
         if self.state.error is not None and self.state.error != old.error:
             log.warning("price: %s", self.state.error)
         if self._wake is not None:
