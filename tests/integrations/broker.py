@@ -4,6 +4,8 @@ port, with a generated configuration in a temporary folder; never the system ser
 from __future__ import annotations
 
 import getpass
+import glob
+import json
 import shutil
 import socket
 import subprocess
@@ -18,6 +20,16 @@ from typing import Any
 import pytest
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+DYNSEC_ADMIN = ("admin", "admin-password")
+
+
+def dynsec_plugin() -> str:
+    """Mosquitto's dynamic security plugin (Debian's ``mosquitto`` package ships it)."""
+    found = sorted(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so"))
+    found += sorted(glob.glob("/usr/lib/mosquitto_dynamic_security.so"))
+    if not found:
+        pytest.fail("mosquitto_dynamic_security.so is not installed (Debian's mosquitto)")
+    return found[0]
 
 
 def free_port() -> int:
@@ -36,6 +48,11 @@ class Broker:
     require_certificate: bool = False
     server_cert: Path | None = None
     server_key: Path | None = None
+    log_subscriptions: bool = False
+    """Log each SUBSCRIBE received to ``broker.log`` (``subscriptions_logged`` counts them)."""
+    dynsec: bool = False
+    """Mosquitto's dynamic security plugin: clients and roles made with ``ctrl`` while it
+    runs; by default anyone may publish, and subscribe to nothing (an ACL that refuses)."""
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,6 +69,8 @@ class Broker:
             "log_type error",
             "log_type warning",
         ]
+        if self.log_subscriptions:
+            lines.append("log_type debug")
         if self.users:
             pwfile = self.folder / "passwd"
             pwfile.write_text("")
@@ -62,6 +81,18 @@ class Broker:
                     capture_output=True,
                 )
             lines.append(f"password_file {pwfile}")
+        if self.dynsec:
+            store = self.folder / "dynsec.json"
+            store.unlink(missing_ok=True)
+            subprocess.run(
+                ["mosquitto_ctrl", "dynsec", "init", str(store), *DYNSEC_ADMIN],
+                check=True,
+                capture_output=True,
+            )
+            doc = json.loads(store.read_text())
+            doc["defaultACLAccess"]["publishClientSend"] = True
+            store.write_text(json.dumps(doc))
+            lines += [f"plugin {dynsec_plugin()}", f"plugin_opt_config_file {store}"]
         if self.tls:
             lines += [
                 f"cafile {self.ca}",
@@ -92,6 +123,20 @@ class Broker:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
+
+    def subscriptions_logged(self, topic: str) -> int:
+        """How many SUBSCRIBEs to ``topic`` the broker received (``log_subscriptions``)."""
+        text = (self.folder / "broker.log").read_text(errors="replace")
+        return text.count(f"\t{topic} (QoS 1)")
+
+    def ctrl(self, *args: str) -> None:
+        """One ``mosquitto_ctrl dynsec`` command to the running broker (blocking)."""
+        user, password = DYNSEC_ADMIN
+        command = ["mosquitto_ctrl", "-h", "127.0.0.1", "-p", str(self.port)]
+        command += ["-u", user, "-P", password, "dynsec", *args]
+        done = subprocess.run(command, capture_output=True, timeout=20, text=True)
+        if done.returncode != 0 or "rror" in done.stdout:
+            raise RuntimeError(f"mosquitto_ctrl {args}: {done.stdout} {done.stderr}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from dynexport.integrations.limitsources import COMMAND_SOURCE
 from dynexport.integrations.mqtt import MqttBridge
 from dynexport.integrations.topics import ENERGY_KEYS
 from dynexport.sep2 import certs
-from dynexport.system.config import MqttConfig, parse_config
+from dynexport.system.config import Config, MqttConfig, parse_config
+from dynexport.web.api import alerts
 from tests.integrations import ha_schema
 from tests.integrations.broker import Broker, Subscriber, publish_once, running_broker
 from tests.integrations.statusdoc import status
@@ -280,6 +282,60 @@ async def test_a_command_repeated_to_keep_it_alive_wakes_the_controller_once(
             await until(lambda: b.command is not None and b.command.export_w == 800.0)
             assert len(woken) == 2, "a change wakes it"
             nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_command_subscription_is_shown_and_asked_again_until_granted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker whose ACL refuses the command topic answers the subscription with 0x80: no
+    command can arrive, and that must not pass unnoticed. It is asked for again while the
+    connection lasts (a broker may apply a corrected ACL to new subscriptions only); Mosquitto's
+    dynamic security disconnects a client whose role changes, and the next connection's
+    subscription is granted."""
+    caplog.set_level(logging.INFO, logger="dynexport.integrations")
+    folder = tmp_path / "broker"
+    with running_broker(folder, dynsec=True, log_subscriptions=True) as broker:
+        for args in (
+            ["createClient", "site", "-p", "pw"],
+            ["createRole", "site"],
+            ["addClientRole", "site", "site"],
+        ):
+            await trio.to_thread.run_sync(broker.ctrl, *args)
+        cfg = mqtt_config(broker.url, commandTopic=True, username="site", password="pw")
+        b = MqttBridge(lambda: cfg, lambda: status(), jitter=lambda: 0.5, subscribe_retry_s=0.1)
+        assert b.status(0.0)["commandSubscription"] == "pending"
+        topic = f"{PREFIX}/set/export_limit"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b.run)
+            await until(lambda: b.subscription == "refused")
+            doc = b.status(0.0)
+            assert doc["connected"] is True and doc["commandSubscription"] == "refused"
+            shown = {a["code"]: a["text"] for a in mqtt_alerts(doc)}
+            assert shown == {
+                "mqtt-command": "The MQTT broker refused the subscription to the command topic "
+                "(check its ACL): export limit commands cannot arrive"
+            }
+            await until(lambda: broker.subscriptions_logged(topic) >= 3)
+            assert b.connects == 1 and b.subscription == "refused", "asked again, same session"
+            grant = ["addRoleACL", "site", "subscribePattern", "dynexport/#", "allow"]
+            await trio.to_thread.run_sync(broker.ctrl, *grant)
+            await until(lambda: b.subscription == "granted")
+            await trio.to_thread.run_sync(lambda: publish_once(broker, topic, b"700"))
+            await until(lambda: b.command is not None)
+            assert b.command is not None and b.command.export_w == 700.0
+            doc = b.status(0.0)
+            assert doc["commandSubscription"] == "granted"
+            assert mqtt_alerts(doc) == []
+            nursery.cancel_scope.cancel()
+    refusals = [r for r in caplog.records if "refused the subscription" in r.getMessage()]
+    assert len(refusals) == 1, "logged once, however often it is asked again"
+    assert any("now grants the subscription" in r.getMessage() for r in caplog.records)
+
+
+def mqtt_alerts(mqtt_status: dict[str, Any]) -> list[dict[str, str]]:
+    """The dashboard's MQTT alerts for this status of the bridge."""
+    shown = alerts({"integrations": {"mqtt": mqtt_status}}, Config(), 0.0)
+    return [a for a in shown if a["code"].startswith("mqtt")]
 
 
 async def test_commands_are_ignored_unless_the_command_topic_is_enabled(tmp_path: Path) -> None:

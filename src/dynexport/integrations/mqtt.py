@@ -17,7 +17,10 @@ The optional command topic carries an installer export limit that expires (see
 ``limitsources.parse_command``); commands the broker delivers as retained are refused, because a
 retained message would be delivered again on every reconnect and keep a dead publisher's limit
 alive forever. A broker forwards a retained publish to a connected subscriber (and a bridge passes
-one on) as ordinary, so those are obeyed until they expire (docs/integrations.md).
+one on) as ordinary, so those are obeyed until they expire (docs/integrations.md). A broker may
+refuse the command topic's subscription (its ACL): that is on the status and the dashboard, since
+no command can then arrive, and the subscription is asked for again every
+``SUBSCRIBE_RETRY_S``, so an ACL put right takes effect without a reconnect.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ CONNECT_TIMEOUT_S = 10.0
 KEEPALIVE_S = 30
 CONFIG_CHECK_S = 1.0
 MISC_EVERY_S = 1.0
+SUBSCRIBE_RETRY_S = 60.0
+"""While the broker refuses the command topic's subscription, it is asked again this often."""
 
 
 def reconnect_delay(
@@ -210,6 +215,7 @@ class MqttBridge:
         min_backoff_s: float = MIN_BACKOFF_S,
         max_backoff_s: float = MAX_BACKOFF_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        subscribe_retry_s: float = SUBSCRIBE_RETRY_S,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._get_config = get_config
@@ -220,6 +226,7 @@ class MqttBridge:
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
         self.connect_timeout_s = connect_timeout_s
+        self.subscribe_retry_s = subscribe_retry_s
         self._wall_clock = wall_clock
         self._default_prefix: str | None = None
         self._sw_version: str | None = None
@@ -243,6 +250,12 @@ class MqttBridge:
         self._connack_event = trio.Event()
         self._end_reason: str | None = None
         self._refused = False
+        self.subscription: str | None = None
+        """The command topic's subscription: None (the command topic is off), ``pending``
+        (not connected, or no answer yet), ``granted`` or ``refused``."""
+        self._suback: tuple[int, trio.Event, list[bool]] | None = None
+        """The subscription asked for: its message id, set when the broker answers, and the
+        answer (granted or not)."""
 
     # -- what the app reads -------------------------------------------------------------------
 
@@ -273,6 +286,11 @@ class MqttBridge:
             "droppedRounds": self.dropped_rounds,
             "command": command,
             "commandError": self.command_error,
+            "commandSubscription": (
+                (self.subscription or "pending")
+                if config is not None and config.command_topic
+                else None
+            ),
         }
 
     def topic_prefix(self, config: MqttConfig) -> str:
@@ -362,6 +380,8 @@ class MqttBridge:
         if self.state != "refused":  # a refusal stays on show until the broker accepts us
             self.state = "connecting"
         self._refused = False
+        if not config.command_topic:
+            self.subscription = None  # a refusal stays on show until granted, or turned off
         ctx = tls_context(config) if config.tls else None
         sock = await open_socket(config.host, config.port, ctx, self.connect_timeout_s)
         assert self.prefix is not None
@@ -375,6 +395,7 @@ class MqttBridge:
         self._end_reason = None
         self._write_wanted = trio.Event()
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message_for(config)
         client.on_socket_register_write = lambda *_: self._write_wanted.set()
         client.on_socket_unregister_write = lambda *_: None
@@ -395,11 +416,16 @@ class MqttBridge:
                     self._end_reason = "the broker did not answer the connect"
                 if self._end_reason is None and self._connack is not None:
                     self._connected(client, config, prefix)
+                    if config.command_topic:
+                        nursery.start_soon(self._subscription_watch, client, prefix)
                     nursery.start_soon(self._publisher, client, prefix, nursery.cancel_scope)
                     await self._config_changed(config)
                 nursery.cancel_scope.cancel()
         finally:
             self.connected = False
+            self._suback = None
+            if self.subscription == "granted":
+                self.subscription = "pending"  # asked for again on the next connection
             _close(client, sock)
         if self._end_reason is not None:
             raise SessionEnded(self._end_reason)
@@ -409,8 +435,38 @@ class MqttBridge:
         self.connects += 1
         log.info("mqtt: connected to %s:%s as %s", config.host, config.port, prefix)
         if config.command_topic:
-            client.subscribe(f"{prefix}/{COMMAND}", qos=1)
+            # asked for before the first round is published: a command sent after the first
+            # state arrived finds the subscription in place (the broker keeps the order)
+            self._subscribe(client, prefix)
         client.publish(f"{prefix}/{AVAILABILITY}", ONLINE, qos=1, retain=True)
+
+    def _subscribe(self, client: Any, prefix: str) -> None:
+        _, mid = client.subscribe(f"{prefix}/{COMMAND}", qos=1)
+        self._suback = (mid, trio.Event(), [])
+
+    async def _subscription_watch(self, client: Any, prefix: str) -> None:
+        """Waits for the broker's answer to the command topic's subscription; while it is
+        refused, says so and asks again every ``subscribe_retry_s``."""
+        topic = f"{prefix}/{COMMAND}"
+        while True:
+            assert self._suback is not None
+            _, answered, granted = self._suback
+            await answered.wait()
+            if granted == [True]:
+                if self.subscription == "refused":
+                    log.info("mqtt: the broker now grants the subscription to %s", topic)
+                self.subscription = "granted"
+                return
+            if self.subscription != "refused":
+                log.warning(
+                    "mqtt: the broker refused the subscription to %s (its ACL?): export limit "
+                    "commands cannot arrive; asking again every %g s",
+                    topic,
+                    self.subscribe_retry_s,
+                )
+            self.subscription = "refused"
+            await trio.sleep(self.subscribe_retry_s)
+            self._subscribe(client, prefix)
 
     def _end(self, scope: trio.CancelScope, reason: str) -> None:
         if self._end_reason is None:
@@ -431,6 +487,15 @@ class MqttBridge:
         else:
             self._connack = reason
         self._connack_event.set()
+
+    def _on_subscribe(
+        self, client: Any, userdata: Any, mid: int, reasons: list[Any], props: Any
+    ) -> None:
+        del client, userdata, props
+        if self._suback is not None and self._suback[0] == mid:
+            # MQTT 3.1.1 answers 0x80 for a refused topic; paho reports it as a failure
+            self._suback[2].append(bool(reasons) and not any(r.is_failure for r in reasons))
+            self._suback[1].set()
 
     def _on_message_for(self, config: MqttConfig) -> Callable[..., None]:
         def on_message(client: Any, userdata: Any, msg: Any) -> None:

@@ -40,6 +40,7 @@ MQTT_OFF: dict[str, Any] = {
     "droppedRounds": 0,
     "command": None,
     "commandError": None,
+    "commandSubscription": None,
 }
 """``MqttBridge.status`` of a bridge never configured (tests/test_lazy_imports.py keeps the two
 equal)."""

@@ -399,6 +399,13 @@ def _more_alerts(
     mqtt = integrations.get("mqtt") or {}
     if mqtt.get("configured") and not mqtt.get("connected"):
         add("warning", "mqtt", f"MQTT broker not connected: {mqtt.get('lastError') or 'not yet'}")
+    elif mqtt.get("configured") and mqtt.get("commandSubscription") == "refused":
+        add(
+            "warning",
+            "mqtt-command",
+            "The MQTT broker refused the subscription to the command topic (check its ACL): "
+            "export limit commands cannot arrive",
+        )
     if config.utility is not None and config.utility.pen == 0:
         add(
             "warning",
