@@ -122,6 +122,44 @@ async def test_state_and_discovery_are_retained_and_follow_home_assistants_schem
     assert {c["state_topic"] for c in configs.values()} <= set(sub.topics())
 
 
+async def test_a_device_removed_while_the_appliance_was_away_is_cleared_from_the_broker(
+    tmp_path: Path,
+) -> None:
+    """What was published was remembered for one connection only: an inverter removed while
+    the appliance was restarting (or away from the broker) stayed in Home Assistant for good, a
+    ghost device with retained state. The broker's retained store now says what was left."""
+    two = status(battery={"powerW": 0.0, "socPct": 55.0})
+    one = status(inverters=two["inverters"][:1])  # inverter 2 and the battery removed
+    kept = {m.topic for m in discovery_messages(one, PREFIX, "homeassistant")}
+    gone = {m.topic for m in discovery_messages(two, PREFIX, "homeassistant")} - kept
+    gone |= {f"{PREFIX}/inverter/inverter_2/{k}" for k in ("power", "limit", "online")}
+    gone |= {f"{PREFIX}/battery/power", f"{PREFIX}/battery/soc"}
+    assert any("inverter_2" in t for t in gone) and any("battery" in t for t in gone)
+    with running_broker(tmp_path / "broker") as broker:
+        sub = await subscribed(broker)
+        try:
+            first = bridge(mqtt_config(broker.url), lambda: two)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(first.run)
+                await until(lambda: gone | kept <= set(sub.topics()))
+                nursery.cancel_scope.cancel()  # the appliance restarts without them
+            assert all(sub.get(t) for t in gone)
+            again = bridge(mqtt_config(broker.url), lambda: one)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(again.run)
+                await until(lambda: all(sub.get(t) == b"" for t in gone))
+                nursery.cancel_scope.cancel()
+            late = await subscribed(broker)  # what the retained store holds now
+            try:
+                await until(lambda: kept <= set(late.topics()))
+                assert gone.isdisjoint(late.topics())
+                assert late.get(f"{PREFIX}/inverter/inverter_1/power") == b"2500.0"
+            finally:
+                await trio.to_thread.run_sync(late.stop)
+        finally:
+            await trio.to_thread.run_sync(sub.stop)
+
+
 async def test_the_last_will_marks_the_appliance_offline_when_it_disappears(
     tmp_path: Path,
 ) -> None:

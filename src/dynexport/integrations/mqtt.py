@@ -11,6 +11,9 @@ Memory is bounded whatever the broker does: what waits to be published is only t
 snapshot of the state topics (replaced each round, never queued), and a round is skipped while
 paho still holds unsent bytes of the previous one. While the broker is away nothing accumulates;
 on reconnect the retained state, the discovery configs and ``online`` are published afresh.
+The retained topics of a device that went away (an inverter removed, the battery) are cleared,
+also those left by an earlier connection or run: the broker's own retained store says what was
+left (``owned_filters``), so nothing has to be remembered on the device.
 The broker publishes ``offline`` (the last will) when the appliance disappears.
 
 The optional command topic carries an installer export limit that expires (see
@@ -253,6 +256,9 @@ class MqttBridge:
         self.subscription: str | None = None
         """The command topic's subscription: None (the command topic is off), ``pending``
         (not connected, or no answer yet), ``granted`` or ``refused``."""
+        self._left_over: set[str] = set()
+        """Per-device retained topics the broker's store holds, to be checked against the
+        next round: those it no longer has are cleared."""
         self._suback: tuple[int, trio.Event, list[bool]] | None = None
         """The subscription asked for: its message id, set when the broker answers, and the
         answer (granted or not)."""
@@ -392,6 +398,7 @@ class MqttBridge:
             sock.close()
             raise SessionEnded(f"paho-mqtt is not installed ({exc})") from exc
         self._connack, self._connack_event = None, trio.Event()
+        self._left_over = set()
         self._end_reason = None
         self._write_wanted = trio.Event()
         client.on_connect = self._on_connect
@@ -438,7 +445,23 @@ class MqttBridge:
             # asked for before the first round is published: a command sent after the first
             # state arrived finds the subscription in place (the broker keeps the order)
             self._subscribe(client, prefix)
+        self._subscribe_owned(client, config, prefix)
         client.publish(f"{prefix}/{AVAILABILITY}", ONLINE, qos=1, retain=True)
+
+    def _subscribe_owned(self, client: Any, config: MqttConfig, prefix: str) -> None:
+        """Subscribes to the per-device retained topics; what the broker's retained store
+        sends back is checked against the next round (``_on_owned``, ``_publish``)."""
+        filters = owned_filters(prefix, config.discovery_prefix)
+        for topic_filter in filters:
+            client.message_callback_add(topic_filter, self._on_owned)
+        client.subscribe([(topic_filter, 0) for topic_filter in filters])
+
+    def _on_owned(self, client: Any, userdata: Any, msg: Any) -> None:
+        del client, userdata
+        # only the retained store's copies are marked retained: our own publishes reach this
+        # subscription unmarked, and an empty payload is a topic already cleared
+        if msg.retain and msg.payload:
+            self._left_over.add(msg.topic)
 
     def _subscribe(self, client: Any, prefix: str) -> None:
         _, mid = client.subscribe(f"{prefix}/{COMMAND}", qos=1)
@@ -593,6 +616,12 @@ class MqttBridge:
         """Publishes one round; returns the last message's info (``is_published()`` once its
         bytes are on the socket)."""
         current = {m.topic: m.payload for m in snap.discovery}
+        if self._left_over:  # left by an earlier connection or run: the device went away
+            published = set(current) | {m.topic for m in snap.state}
+            for topic in sorted(self._left_over - published):
+                client.publish(topic, "", qos=1, retain=True)
+                sent_discovery.pop(topic, None)
+            self._left_over.clear()
         for topic in [t for t in sent_discovery if t not in current]:
             client.publish(topic, "", qos=1, retain=True)  # an entity that went away
             del sent_discovery[topic]
@@ -605,6 +634,16 @@ class MqttBridge:
             last = client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
         self.published += 1
         return last
+
+
+def owned_filters(prefix: str, discovery_prefix: str) -> list[str]:
+    """The topic filters of the retained topics that come and go with a device: an inverter's
+    (or the battery's) state, and every Home Assistant discovery config of this appliance."""
+    return [
+        f"{discovery_prefix}/+/{node_id(prefix)}/+/config",
+        f"{prefix}/inverter/#",
+        f"{prefix}/battery/#",
+    ]
 
 
 def _close(client: Any, sock: socket.socket) -> None:
