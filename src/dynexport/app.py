@@ -111,6 +111,10 @@ class AppOptions:
 
 
 class App:
+    MIN_DECISION_GAP_S = 0.25
+    """Decisions woken early (a new limit, a command, a price) start at least this far apart
+    (or ``intervalS`` apart, when shorter): a publisher sending ever-changing commands, or any
+    other flood of wake-ups, cannot drive the control loop and the inverter writes faster."""
     CONTROLLER_MAX_SILENCE_S = 10.0
     """A controller silent for longer is stuck: the watchdog pings stop and systemd restarts us.
     With a long control interval the bound is two intervals and a second (``intervalS`` may be
@@ -515,8 +519,10 @@ class App:
 
     async def _control_loop(self) -> None:
         interval = self.config.control.interval_s
+        gap = min(self.MIN_DECISION_GAP_S, interval)
         next_t = trio.current_time()
         while True:
+            started = trio.current_time()
             await self._fresh_readings(budget=min(0.5 * interval, 0.8))
             self.control_once(trio.current_time())
             now = trio.current_time()
@@ -529,6 +535,7 @@ class App:
             with trio.move_on_at(wake_at):
                 await self._limits_changed.wait()
             self._limits_changed = trio.Event()
+            await trio.sleep_until(started + gap)  # a wake-up sooner waits for the gap
 
     async def _controller_fault(self, exc: BaseException) -> None:
         """The control law or its inputs failed: command every inverter's fail-safe at once.

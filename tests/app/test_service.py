@@ -370,3 +370,37 @@ async def test_a_configuration_unreadable_at_the_start_is_read_again_until_it_ca
         await trio.sleep(0.3)
         assert len(reads) == read_count, "not read again"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_flood_of_wake_ups_cannot_drive_decisions_closer_than_the_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every wake-up (a changed MQTT command, a price, a utility schedule) ran a decision at
+    once: a publisher sending ever-changing limits drove the control loop, and the inverter
+    writes, as fast as it published. Cycles woken early now start ``MIN_DECISION_GAP_S`` apart,
+    so n decisions span at least (n - 2) gaps (each decision falls in its own cycle)."""
+    decisions: list[float] = []
+    decide = App.control_once
+
+    def counted(self: App, now: float) -> Any:
+        decisions.append(now)
+        return decide(self, now)
+
+    monkeypatch.setattr(App, "control_once", counted)
+    with simulated_site() as sim:
+        app = make_app(site_config(sim, extra={"limits": {"exportW": 2000}}), tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_for(lambda: len(decisions) >= 2)
+
+            async def flood() -> None:
+                while True:
+                    app._limits_changed.set()
+                    await trio.sleep(0.001)
+
+            first = len(decisions)
+            nursery.start_soon(flood)
+            await wait_for(lambda: len(decisions) >= first + 12)
+            nursery.cancel_scope.cancel()
+    flooded = decisions[first:]
+    assert flooded[-1] - flooded[0] >= (len(flooded) - 2) * App.MIN_DECISION_GAP_S
