@@ -7,16 +7,19 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dynexport.httpio.client import HttpClient
 from dynexport.integrations.amber import (
+    CONFIG_CHECK_S,
     POLL_LEAD_S,
     AmberError,
     PriceInterval,
@@ -328,6 +331,59 @@ async def test_a_changed_site_id_drops_the_old_sites_prices_at_once_and_an_answe
                 sim.gate.set()
             assert poller.state.error is None  # the 404 for "another-site" was dropped
             assert poller.status()["reason"] == "no prices fetched yet"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_site_change_after_a_lapse_is_not_logged_as_a_recovery(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = [price_config("http://127.0.0.1:1/v1", token="wrong")]  # a closed port
+    poller = PricePoller(lambda: cfg[0], wall_clock=lambda: NOW, allow_plain_http=True)
+    async with HttpClient(cfg[0].url + "/", None, allow_plain_http=True, retries=0) as client:
+        await poller.poll_once(client, cfg[0])  # cannot connect, never fetched: lapsed
+    caplog.set_level(logging.INFO, logger="dynexport.integrations")
+    assert poller.extra_limits(0.0) == [] and poller.status()["lapsed"] is True
+    caplog.clear()
+    cfg[0] = PriceConfig(**{**cfg[0].__dict__, "site_id": "another-site"})
+    assert poller.extra_limits(0.0) == [] and poller.status()["lapsed"] is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "price: the source changed: the prices fetched before are dropped",
+        "price: no prices fetched yet",
+    ]
+
+
+async def test_a_site_changed_and_back_between_the_pollers_looks_is_fetched_again_at_once(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A control cycle that saw the other site dropped the prices; the poller, looking once a
+    second, saw the same configuration and slept on: no price limit until the next poll."""
+    sim = AmberSim(body=prices_around(NOW, 4.0))  # exporting costs 4 c/kWh: limit 0 W
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(sim.serve)
+        a = price_config(f"http://127.0.0.1:{port}/v1", pollS=300, expiryS=900)
+        cfg = [a]
+        poller = PricePoller(lambda: cfg[0], wall_clock=lambda: NOW, allow_plain_http=True)
+        nursery.start_soon(poller.run)
+
+        async def settled(predicate: Callable[[], bool]) -> bool:
+            """Lets every task run until blocked (the clock stands still); ``predicate()``."""
+            for _ in range(200):
+                if predicate():
+                    return True
+                await trio.testing.wait_all_tasks_blocked()
+                await trio.lowlevel.checkpoint()
+            return predicate()
+
+        assert await settled(lambda: poller.state.fetched_at is not None)
+        assert [x.export_w for x in poller.extra_limits(0.0)] == [0.0]
+        cfg[0] = PriceConfig(**{**a.__dict__, "site_id": "another-site"})
+        assert poller.extra_limits(0.0) == []  # a control cycle sees the other site
+        cfg[0] = a  # ... and it is put back before the poller's next look
+        assert len(sim.requests) == 1
+        mock_clock.jump(CONFIG_CHECK_S)  # the poller's next look at the configuration
+        assert await settled(lambda: poller.state.fetched_at is not None)
+        assert len(sim.requests) == 2
+        assert [x.export_w for x in poller.extra_limits(0.0)] == [0.0]
         nursery.cancel_scope.cancel()
 
 

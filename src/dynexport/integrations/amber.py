@@ -49,9 +49,14 @@ NEXT_INTERVALS = 12
 """Forecast intervals asked for: an hour at 5-minute pricing, six at 30-minute pricing."""
 MAX_BODY = 256 * 1024
 CONFIG_CHECK_S = 1.0
-POLL_LEAD_S = 30.0
-"""Time left before the prices' expiry for the next poll to complete: a poll that takes less
-(one answered at all normally does) refreshes them before they lapse."""
+CONNECT_TIMEOUT_S = 10.0
+ANSWER_TIMEOUT_S = 20.0
+RETRIES = 1
+RETRY_PAUSE_MAX_S = 1.0
+"""The HTTP client's longest pause before its retry (its first backoff step)."""
+POLL_LEAD_S = (CONNECT_TIMEOUT_S + ANSWER_TIMEOUT_S) * (RETRIES + 1) + RETRY_PAUSE_MAX_S + 1.0
+"""Time left before the prices' expiry for the next poll to complete: the longest poll the
+client completes within its own timeouts (a retry included) refreshes them before they lapse."""
 
 
 class AmberError(ValueError):
@@ -289,6 +294,9 @@ class PricePoller:
         """``clock`` time the configured source began waiting for prices; None: unconfigured."""
         self._source: tuple[str, str] | None = None
         """(url, siteId) that ``state`` belongs to; None: unconfigured."""
+        self._source_changes = 0
+        """Counts changes of ``_source``: a change and change-back between two of the poller's
+        looks at the configuration still dropped the prices, and must fetch them again."""
         self._logged: tuple[bool, str] | None = None
         """(lapsed, reason) last logged; the reason is "" while lapsed (its text holds an age)."""
 
@@ -302,6 +310,8 @@ class PricePoller:
                 log.info("price: the source changed: the prices fetched before are dropped")
             self.state = PriceState()
             self._source = source
+            self._source_changes += 1
+            self._logged = None  # the next decision is logged afresh, not as a recovery
             self._waiting_since = None if config is None else self._clock()
         return config
 
@@ -357,31 +367,35 @@ class PricePoller:
             if config is None:
                 await trio.sleep(CONFIG_CHECK_S)
                 continue
+            changes = self._source_changes
             try:
                 ctx = self._context(config)
             except (OSError, ssl.SSLError) as exc:
                 self.state = replace(self.state, error=f"price.ca: {exc}")
-                await self._wait(config, config.poll_s)
+                await self._wait(config, config.poll_s, changes)
                 continue
             async with HttpClient(
                 config.url + "/",
                 ctx,
-                timeout=20.0,
-                connect_timeout=10.0,
-                retries=1,
+                timeout=ANSWER_TIMEOUT_S,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                retries=RETRIES,
                 max_body=MAX_BODY,
                 content_type="application/json",
                 wait_retry_after=False,
                 allow_plain_http=self._allow_plain_http,
             ) as client:
-                while self._get_config() == config:
+                while self._unchanged(config, changes):
                     delay = await self.poll_once(client, config)
-                    await self._wait(config, delay)
+                    await self._wait(config, delay, changes)
 
-    async def _wait(self, config: PriceConfig, delay: float) -> None:
+    def _unchanged(self, config: PriceConfig, changes: int) -> bool:
+        return self._get_config() == config and self._source_changes == changes
+
+    async def _wait(self, config: PriceConfig, delay: float, changes: int) -> None:
         with trio.move_on_after(delay):
             # the app replaces its configuration without telling its readers: look each second
-            while self._get_config() == config:  # noqa: ASYNC110
+            while self._unchanged(config, changes):  # noqa: ASYNC110
                 await trio.sleep(CONFIG_CHECK_S)
 
     async def poll_once(self, client: HttpClient, config: PriceConfig) -> float:
