@@ -127,10 +127,18 @@ async def test_a_device_removed_while_the_appliance_was_away_is_cleared_from_the
 ) -> None:
     """What was published was remembered for one connection only: an inverter removed while
     the appliance was restarting (or away from the broker) stayed in Home Assistant for good, a
-    ghost device with retained state. The broker's retained store now says what was left."""
-    two = status(battery={"powerW": 0.0, "socPct": 55.0})
-    one = status(inverters=two["inverters"][:1])  # inverter 2 and the battery removed
-    kept = {m.topic for m in discovery_messages(one, PREFIX, "homeassistant")}
+    ghost device with retained state. The broker's retained store now says what was left. An
+    appliance entity that only comes with daylight (energy curtailed: no inverter reports its
+    available power at night) is not a device, and survives a restart at night."""
+    day = {"powerW": 6000.0, "availableW": 7000.0}
+    two = status(der=day, battery={"configured": True, "powerW": 0.0, "socPct": 55.0})
+    one = status(  # inverter 2 and the battery removed; restarted at night
+        inverters=two["inverters"][:1],
+        der={"powerW": None},
+        battery={"configured": False, "powerW": None, "socPct": None},
+    )
+    curtailed = "homeassistant/sensor/dynexport_site1/energy_curtailed/config"
+    kept = {m.topic for m in discovery_messages(one, PREFIX, "homeassistant")} | {curtailed}
     gone = {m.topic for m in discovery_messages(two, PREFIX, "homeassistant")} - kept
     gone |= {f"{PREFIX}/inverter/inverter_2/{k}" for k in ("power", "limit", "online")}
     gone |= {f"{PREFIX}/battery/power", f"{PREFIX}/battery/soc"}
@@ -143,17 +151,20 @@ async def test_a_device_removed_while_the_appliance_was_away_is_cleared_from_the
                 nursery.start_soon(first.run)
                 await until(lambda: gone | kept <= set(sub.topics()))
                 nursery.cancel_scope.cancel()  # the appliance restarts without them
-            assert all(sub.get(t) for t in gone)
+            assert all(sub.get(t) for t in gone | kept)
             again = bridge(mqtt_config(broker.url), lambda: one)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(again.run)
                 await until(lambda: all(sub.get(t) == b"" for t in gone))
+                rounds = again.published
+                await until(lambda: again.published >= rounds + 2)
                 nursery.cancel_scope.cancel()
             late = await subscribed(broker)  # what the retained store holds now
             try:
                 await until(lambda: kept <= set(late.topics()))
                 assert gone.isdisjoint(late.topics())
                 assert late.get(f"{PREFIX}/inverter/inverter_1/power") == b"2500.0"
+                assert late.get(curtailed)
             finally:
                 await trio.to_thread.run_sync(late.stop)
         finally:

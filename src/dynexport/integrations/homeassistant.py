@@ -116,7 +116,8 @@ def discovery_messages(
                 device,
             )
         )
-    if isinstance(status.get("battery"), Mapping):
+    battery = status.get("battery")
+    if isinstance(battery, Mapping) and battery.get("configured") is not False:
         entities.append(
             ("sensor", "battery_power", _power("Battery power", f"{prefix}/battery/power"), {})
         )

@@ -28,6 +28,7 @@ no command can then arrive, and the subscription is asked for again every
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import socket
@@ -255,7 +256,10 @@ class MqttBridge:
         self._refused = False
         self.subscription: str | None = None
         """The command topic's subscription: None (the command topic is off), ``pending``
-        (not connected, or no answer yet), ``granted`` or ``refused``."""
+        (not connected, or no answer yet), ``granted`` or ``refused`` (kept, across reconnects,
+        until a subscription is granted)."""
+        self._device_topics: tuple[str, ...] = ()
+        """State topic prefixes of the devices that come and go (inverters, the battery)."""
         self._left_over: set[str] = set()
         """Per-device retained topics the broker's store holds, to be checked against the
         next round: those it no longer has are cleared."""
@@ -452,6 +456,7 @@ class MqttBridge:
         """Subscribes to the per-device retained topics; what the broker's retained store
         sends back is checked against the next round (``_on_owned``, ``_publish``)."""
         filters = owned_filters(prefix, config.discovery_prefix)
+        self._device_topics = device_topics(prefix)
         for topic_filter in filters:
             client.message_callback_add(topic_filter, self._on_owned)
         client.subscribe([(topic_filter, 0) for topic_filter in filters])
@@ -460,8 +465,17 @@ class MqttBridge:
         del client, userdata
         # only the retained store's copies are marked retained: our own publishes reach this
         # subscription unmarked, and an empty payload is a topic already cleared
-        if msg.retain and msg.payload:
-            self._left_over.add(msg.topic)
+        if not (msg.retain and msg.payload):
+            return
+        if msg.topic.endswith("/config"):  # a discovery config: only a device's entities
+            try:
+                state_topic = json.loads(msg.payload).get("state_topic")
+            except (ValueError, AttributeError):
+                return  # not ours to judge
+            if not (isinstance(state_topic, str) and state_topic.startswith(self._device_topics)):
+                return  # an appliance entity that comes and goes (energy curtailed at night)
+        self._left_over.add(msg.topic)
+        self._snapshot_changed.set()  # checked against the round already published
 
     def _subscribe(self, client: Any, prefix: str) -> None:
         _, mid = client.subscribe(f"{prefix}/{COMMAND}", qos=1)
@@ -600,6 +614,7 @@ class MqttBridge:
         sent_discovery: dict[str, str] = {}
         last_seq = -1
         last_sent: Any = None  # paho's MQTTMessageInfo of the previous round's last message
+        published: Snapshot | None = None
         while True:
             snap = self.snapshot
             if snap is not None and snap.seq != last_seq:
@@ -608,20 +623,28 @@ class MqttBridge:
                     self.dropped_rounds += 1  # the broker is slow: never queue behind it
                 else:
                     last_sent = self._publish(client, snap, sent_discovery)
+                    published = snap
+            if published is not None and self._left_over:
+                self._clear_left_over(client, published, sent_discovery)
             self._snapshot_changed = trio.Event()
             if self.snapshot is None or self.snapshot.seq == last_seq:
                 await self._snapshot_changed.wait()
+
+    def _clear_left_over(
+        self, client: Any, published: Snapshot, sent_discovery: dict[str, str]
+    ) -> None:
+        """Clears the retained device topics the broker's store sent back that the round
+        published no longer has: left by an earlier connection or run, the device went away."""
+        current = {m.topic for m in published.discovery} | {m.topic for m in published.state}
+        for topic in sorted(self._left_over - current):
+            client.publish(topic, "", qos=1, retain=True)
+            sent_discovery.pop(topic, None)
+        self._left_over.clear()
 
     def _publish(self, client: Any, snap: Snapshot, sent_discovery: dict[str, str]) -> Any:
         """Publishes one round; returns the last message's info (``is_published()`` once its
         bytes are on the socket)."""
         current = {m.topic: m.payload for m in snap.discovery}
-        if self._left_over:  # left by an earlier connection or run: the device went away
-            published = set(current) | {m.topic for m in snap.state}
-            for topic in sorted(self._left_over - published):
-                client.publish(topic, "", qos=1, retain=True)
-                sent_discovery.pop(topic, None)
-            self._left_over.clear()
         for topic in [t for t in sent_discovery if t not in current]:
             client.publish(topic, "", qos=1, retain=True)  # an entity that went away
             del sent_discovery[topic]
@@ -636,13 +659,17 @@ class MqttBridge:
         return last
 
 
+def device_topics(prefix: str) -> tuple[str, ...]:
+    """The state topic prefixes of devices that come and go: an inverter, the battery."""
+    return (f"{prefix}/inverter/", f"{prefix}/battery/")
+
+
 def owned_filters(prefix: str, discovery_prefix: str) -> list[str]:
     """The topic filters of the retained topics that come and go with a device: an inverter's
     (or the battery's) state, and every Home Assistant discovery config of this appliance."""
     return [
         f"{discovery_prefix}/+/{node_id(prefix)}/+/config",
-        f"{prefix}/inverter/#",
-        f"{prefix}/battery/#",
+        *(f"{topic}#" for topic in device_topics(prefix)),
     ]
 
 

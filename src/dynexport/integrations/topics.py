@@ -120,7 +120,7 @@ def state_messages(
         values[f"{base}/limit"] = number(inv.get("limitPct"))
         values[f"{base}/online"] = "ON" if inv.get("online") else "OFF"
     battery = status.get("battery")
-    if isinstance(battery, Mapping):
+    if isinstance(battery, Mapping) and battery.get("configured") is not False:
         values["battery/power"] = number(battery.get("powerW"))
         values["battery/soc"] = number(battery.get("socPct"))
     problems = alerts(status)
