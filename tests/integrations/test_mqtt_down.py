@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import tracemalloc
 
 import trio
 import trio.testing
 
-from dynexport.integrations.mqtt import MqttBridge, reconnect_delay
+from dynexport.integrations.mqtt import MqttBridge, notify_closing, reconnect_delay
 from dynexport.system.config import parse_config
 from tests.integrations.statusdoc import status
 
@@ -62,3 +63,11 @@ async def test_ten_minutes_without_a_broker_leave_control_on_time_and_memory_fla
     assert b.connected is False and b.connects == 0
     assert "cannot connect" in (b.last_error or "") or "took over" in (b.last_error or "")
     assert b.status(0.0)["state"] == "disconnected"
+
+
+def test_paho_closing_its_socket_outside_trio_raises_nothing() -> None:
+    """paho's ``Client.__del__`` closes the socket through the bridge's close hook, from the
+    garbage collector and outside trio: it printed "Exception ignored ... must be called from
+    async context" for each client collected."""
+    with socket.socket() as sock:
+        notify_closing(sock)  # no trio run here: must return quietly

@@ -28,6 +28,7 @@ no command can then arrive, and the subscription is asked for again every
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -410,7 +411,7 @@ class MqttBridge:
         client.on_message = self._on_message_for(config)
         client.on_socket_register_write = lambda *_: self._write_wanted.set()
         client.on_socket_unregister_write = lambda *_: None
-        client.on_socket_close = lambda _c, _u, s: trio.lowlevel.notify_closing(s)
+        client.on_socket_close = lambda _c, _u, s: notify_closing(s)
         if config.username is not None:
             client.username_pw_set(config.username, config.password)
         client.will_set(f"{prefix}/{AVAILABILITY}", OFFLINE, qos=1, retain=True)
@@ -671,6 +672,13 @@ def owned_filters(prefix: str, discovery_prefix: str) -> list[str]:
         f"{discovery_prefix}/+/{node_id(prefix)}/+/config",
         *(f"{topic}#" for topic in device_topics(prefix)),
     ]
+
+
+def notify_closing(sock: socket.socket) -> None:
+    """Tells trio a socket paho is closing is going away. paho also closes it from its
+    ``__del__``, outside trio, where nothing waits on it any more: that is not an error."""
+    with contextlib.suppress(RuntimeError):  # no trio run (the garbage collector)
+        trio.lowlevel.notify_closing(sock)
 
 
 def _close(client: Any, sock: socket.socket) -> None:
