@@ -171,6 +171,32 @@ async def test_a_device_removed_while_the_appliance_was_away_is_cleared_from_the
             await trio.to_thread.run_sync(sub.stop)
 
 
+async def test_a_retained_config_it_cannot_read_is_left_alone_and_breaks_nothing(
+    tmp_path: Path,
+) -> None:
+    """Someone else's retained message on this appliance's discovery topics (JSON nested too
+    deep for the parser, or not JSON) is not the appliance's to clear, and must not end the
+    session: an exception out of paho's callback would reconnect forever."""
+    deep = "homeassistant/sensor/dynexport_site1/deep/config"
+    odd = "homeassistant/sensor/dynexport_site1/odd/config"
+    with running_broker(tmp_path / "broker") as broker:
+        for topic, payload in ((deep, b"[" * 100_000), (odd, b"not json")):
+            await trio.to_thread.run_sync(
+                lambda: publish_once(broker, topic, payload, retain=True)  # noqa: B023
+            )
+        b = bridge(mqtt_config(broker.url))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b.run)
+            await until(lambda: b.published >= 3)
+            assert (b.connects, b.last_error) == (1, None)
+            nursery.cancel_scope.cancel()
+        late = await subscribed(broker)
+        try:
+            await until(lambda: {deep, odd} <= set(late.topics()))
+        finally:
+            await trio.to_thread.run_sync(late.stop)
+
+
 async def test_the_last_will_marks_the_appliance_offline_when_it_disappears(
     tmp_path: Path,
 ) -> None:

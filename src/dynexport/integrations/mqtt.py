@@ -23,7 +23,7 @@ alive forever. A broker forwards a retained publish to a connected subscriber (a
 one on) as ordinary, so those are obeyed until they expire (docs/integrations.md). A broker may
 refuse the command topic's subscription (its ACL): that is on the status and the dashboard, since
 no command can then arrive, and the subscription is asked for again every
-``SUBSCRIBE_RETRY_S``, so an ACL put right takes effect without a reconnect.
+``SUBSCRIBE_RETRY_S``, for a broker that applies a corrected ACL to new subscriptions only.
 """
 
 from __future__ import annotations
@@ -262,8 +262,8 @@ class MqttBridge:
         self._device_topics: tuple[str, ...] = ()
         """State topic prefixes of the devices that come and go (inverters, the battery)."""
         self._left_over: set[str] = set()
-        """Per-device retained topics the broker's store holds, to be checked against the
-        next round: those it no longer has are cleared."""
+        """Per-device retained topics the broker's store sent back, to be checked against the
+        round published: those it no longer has are cleared."""
         self._suback: tuple[int, trio.Event, list[bool]] | None = None
         """The subscription asked for: its message id, set when the broker answers, and the
         answer (granted or not)."""
@@ -455,7 +455,8 @@ class MqttBridge:
 
     def _subscribe_owned(self, client: Any, config: MqttConfig, prefix: str) -> None:
         """Subscribes to the per-device retained topics; what the broker's retained store
-        sends back is checked against the next round (``_on_owned``, ``_publish``)."""
+        sends back is checked against the round published (``_on_owned``,
+        ``_clear_left_over``)."""
         filters = owned_filters(prefix, config.discovery_prefix)
         self._device_topics = device_topics(prefix)
         for topic_filter in filters:
@@ -471,8 +472,8 @@ class MqttBridge:
         if msg.topic.endswith("/config"):  # a discovery config: only a device's entities
             try:
                 state_topic = json.loads(msg.payload).get("state_topic")
-            except (ValueError, AttributeError):
-                return  # not ours to judge
+            except (ValueError, AttributeError, RecursionError):
+                return  # not a config this appliance wrote: not ours to judge
             if not (isinstance(state_topic, str) and state_topic.startswith(self._device_topics)):
                 return  # an appliance entity that comes and goes (energy curtailed at night)
         self._left_over.add(msg.topic)
