@@ -1706,7 +1706,7 @@ def utility_limits(active: ActiveControls, rated_w: float | None = None) -> Util
         load_w=power(ControlType.LOAD_LIMIT_W),
         connect=flag(ControlType.CONNECT),
         energize=flag(ControlType.ENERGIZE),
-        ramp_tms=max((r for r in ramps if r), default=None),
+        ramp_tms=max((r for r in ramps if r is not None), default=None),  # 0: a step
         set_grad_w=active.set_grad_w,
         storage_target_w=power(ControlType.STORAGE_TARGET_W),
     )

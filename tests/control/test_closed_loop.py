@@ -282,6 +282,22 @@ def test_set_grad_w_ramps_a_utility_reduction_down_at_its_rate():
     assert all(abs(by_t[t].export_w - 1200) <= tolerance_w(1200) for t in range(80, 100))
 
 
+def test_ramp_tms_zero_steps_a_reduction_at_once_whatever_set_grad_w_says():
+    """sep.xsd: only an *absent* rampTms means "use setGradW"; rampTms 0 asks for the change in
+    0 s. It was taken for absent, so a 6000 -> 1200 W step took setGradW's 40 s."""
+    plant = two_inverter_site(seed=23)
+
+    def limits(t: float) -> EffectiveLimits:
+        return export_limit(6000.0 if t < 30 else 1200.0, set_grad_w=100, ramp_tms=0)
+
+    trace = run_closed_loop(plant, limits, 60.0)
+    by_t = {round(pt.t): pt for pt in trace}
+    assert by_t[29].export_w > 5000  # it was exporting near the old limit
+    # setGradW's ramp would still allow 6000 - 120 W/s x 6 s = 5280 W at 36 s; the step is
+    # followed as fast as the inverters come down
+    assert all(by_t[t].export_w <= 1200 * 1.04 + 50 for t in range(36, 60))
+
+
 def b_lost_at_30_s(b: SimInverter, seed: int, *, meter_too: bool) -> tuple[Plant, Hook]:
     """Inverter a (6 kW, PV 6 kW) and ``b`` behind a 500 W load, with 20 s revert timers, and
     the hook that makes b unreachable from 30 s (and, with ``meter_too``, the meter quiet)."""

@@ -185,8 +185,10 @@ def test_energize_and_ramps_come_from_the_utility_only():
 
 
 def test_zero_ramp_values_mean_no_ramp():
+    """rampTms 0 is kept: a step, which setGradW must not slow (sep.xsd: only an absent
+    rampTms means setGradW); setGradW 0 is no gradient."""
     eff = merge_limits(UtilityLimits(ramp_tms=0, set_grad_w=0), None)
-    assert eff.ramp_tms is None and eff.set_grad_w is None
+    assert eff.ramp_tms == 0 and eff.set_grad_w is None
 
 
 def test_import_and_load_limits_merge_like_the_others():

@@ -966,8 +966,8 @@ def _update_ramps(
             if current is None:
                 continue
             end = None if new_v is None else float(new_v)
-            if limits.ramp_tms:
-                if end is None or end != current:
+            if limits.ramp_tms is not None:  # 0: a step, setGradW not used (sep.xsd)
+                if limits.ramp_tms > 0 and (end is None or end != current):
                     ramps[name] = LimitRamp(
                         name, now, limits.ramp_tms / 100.0, current, end, "rampTms"
                     )

@@ -200,7 +200,7 @@ def merge_limits(
     if utility is not None:
         # rampTms shapes the utility's own changes; the fallback is not one (fail closed at once).
         fallback = is_fallback_source(utility.label)
-        if utility.ramp_tms is not None and utility.ramp_tms > 0 and not fallback:
+        if utility.ramp_tms is not None and utility.ramp_tms >= 0 and not fallback:
             ramp_tms = utility.ramp_tms
             sources["ramp_tms"] = utility.label
         if utility.set_grad_w is not None and utility.set_grad_w > 0:

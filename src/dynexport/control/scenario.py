@@ -190,7 +190,7 @@ def reference_limits(sc: Scenario, rated_site_w: float, extra_w: float = 0.0) ->
             elif change.ramp_tms and new != current:
                 ramp = (t, change.ramp_tms / 100.0, start, change.export_w)
                 current = start
-            elif change.set_grad_w and new < start and rated_site_w > 0:
+            elif change.ramp_tms is None and change.set_grad_w and new < start and rated_site_w > 0:
                 rate = change.set_grad_w / 10000.0 * rated_site_w
                 ramp = (t, (start - new) / rate, start, new)
                 current = start
