@@ -538,6 +538,11 @@ def _web(r: _Reader, value: object, path: str) -> WebConfig | None:
         return None
     host = r.string(raw.get("host", "0.0.0.0"), _join(path, "host"))
     port = r.int_in(raw.get("port"), _join(path, "port"), 1, 65535, default=80)
+    if host is not None and not _ip_address(host):
+        # a name, or a typo of an address, could not be bound at the next start: the web UI
+        # needed to put it right would be gone
+        r.fail(_join(path, "host"), f"must be an IP address (0.0.0.0: every one), not {host!r}")
+        return None
     if host is None or port is None:
         return None
     return WebConfig(host=host, port=port)
@@ -577,7 +582,9 @@ def _utility(r: _Reader, value: object, path: str, base_dir: Path) -> UtilityCon
     problems_before = len(r.problems)
     r.choice(raw.get("type"), _join(path, "type"), ("csip-aus",), "csip-aus")
     server = r.string(raw.get("server"), _join(path, "server"))
-    if server is not None and not re.match(r"^https://[^/\s]+$", server.rstrip("/")):
+    if server is not None and (
+        not re.match(r"^https://[^/\s]+$", server.rstrip("/")) or _bad_port(server)
+    ):
         r.fail(_join(path, "server"), f"must be https://HOST[:PORT], not {server!r}")
     dcap = r.string(raw.get("dcap", "/dcap"), _join(path, "dcap"))
     if dcap is not None and not dcap.startswith("/"):
@@ -819,6 +826,16 @@ def _price(r: _Reader, value: object, path: str, base_dir: Path) -> PriceConfig 
     )
 
 
+def _ip_address(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _bad_port(url: str) -> bool:
     """The URL names a port outside 1..65535 (its client could never be built: the poller
     restarted for good)."""
@@ -1004,7 +1021,9 @@ def decode_json(raw: bytes | str, source: str | None = None) -> object:
     if depth > MAX_JSON_DEPTH:
         raise ConfigError([f"nested {depth} levels deep; at most {MAX_JSON_DEPTH}"], source)
     try:
-        return json.loads(text)
+        return loads_each_key_once(text)
+    except KeyGivenTwice as exc:
+        raise ConfigError(exc.problems, source) from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(
             [f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"], source
@@ -1012,6 +1031,45 @@ def decode_json(raw: bytes | str, source: str | None = None) -> object:
     except (ValueError, RecursionError) as exc:
         # int() refusing a number of thousands of digits, and anything like it
         raise ConfigError([f"not usable JSON: {exc}"], source) from exc
+
+
+class KeyGivenTwice(ValueError):
+    """A JSON object with a key given twice: the decoder would keep the last silently."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def loads_each_key_once(text: str) -> object:
+    """``json.loads``, refusing an object that gives a key twice (KeyGivenTwice naming the
+    keys' paths). The decoder keeps only the last copy: a hand-edited file with ``"limits"``
+    twice lost the first one's ``"exportW": 0``, and the site ran without that limit."""
+    twice: dict[int, list[str]] = {}
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in items:
+            if key in obj:
+                twice.setdefault(id(obj), []).append(key)
+            obj[key] = value
+        return obj
+
+    doc = json.loads(text, object_pairs_hook=pairs)
+    if twice:
+        found: list[str] = []
+        stack: list[tuple[object, str]] = [(doc, "")]
+        while stack:  # a walk, not recursion: the depth was bounded, the width is not
+            node, path = stack.pop()
+            if isinstance(node, dict):
+                found += [_join(path, key) for key in twice.get(id(node), [])]
+                stack += [(value, _join(path, key)) for key, value in node.items()]
+            elif isinstance(node, list):
+                stack += [(value, f"{path}[{i}]") for i, value in enumerate(node)]
+        raise KeyGivenTwice(
+            [f"{path}: given twice (only the last would count)" for path in sorted(found)]
+        )
+    return doc
 
 
 def _json_depth(text: str) -> int:

@@ -41,6 +41,8 @@ from dynexport.system.config import (
     BAUD_RATES,
     Config,
     ConfigError,
+    KeyGivenTwice,
+    loads_each_key_once,
     parse_config,
 )
 from dynexport.system.config_file import write_config
@@ -165,7 +167,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise HttpError(400, "a JSON object is required in the body")
     try:
-        value = json.loads(body.decode("utf-8"))
+        value = loads_each_key_once(body.decode("utf-8"))
+    except KeyGivenTwice as exc:
+        raise HttpError(400, f"body is not usable JSON: {exc}") from None
     except UnicodeDecodeError:
         raise HttpError(400, "body is not UTF-8") from None
     except RecursionError:
@@ -1557,20 +1561,30 @@ def _place_problems(document: dict[str, Any], config: Config, data_dir: Path) ->
     """Paths set through the web API may only name files in the data folder and serial
     devices: an admin session (or whoever has one) must not point the service at any file."""
     out: list[str] = []
-    u = config.utility
-    if u is not None:
-        for key, file in (("ca", u.ca), ("cert", u.cert), ("key", u.key)):
-            if not _inside(file, data_dir):
-                out.append(f"utility.{key}: must be a file in the data folder {data_dir}")
+    files: list[tuple[str, Path | None]] = []
+    if config.utility is not None:
+        u = config.utility
+        files += [("utility.ca", u.ca), ("utility.cert", u.cert), ("utility.key", u.key)]
+    if config.mqtt is not None:
+        m = config.mqtt
+        files += [("mqtt.ca", m.ca), ("mqtt.cert", m.cert), ("mqtt.key", m.key)]
+    if config.price is not None:
+        files.append(("price.ca", config.price.ca))
+    if config.update is not None:
+        files.append(("update.ca", config.update.ca))
+    for key, file in files:
+        if file is not None and not _inside(file, data_dir):
+            out.append(f"{key}: must be a file in the data folder {data_dir}")
     for key, entries in (
         ("inverters", document.get("inverters")),
+        ("batteries", document.get("batteries")),
         ("meter", document.get("meter")),
     ):
         items = entries if isinstance(entries, list) else [entries]
         for i, entry in enumerate(items):
             if not isinstance(entry, dict) or entry.get("rtu") is None:
                 continue
-            where = f"{key}[{i}].rtu" if key == "inverters" else f"{key}.rtu"
+            where = f"{key}[{i}].rtu" if isinstance(entries, list) else f"{key}.rtu"
             rtu = entry["rtu"]
             if not _serial_ok(rtu):
                 out.append(f"{where}: must be a serial device (/dev/tty* or /dev/serial/by-id/*)")
