@@ -512,3 +512,19 @@ def test_the_second_between_two_of_ambers_intervals_has_the_next_ones_price() ->
     assert feed_in_price(both, 2801.0) == -12.0
     assert feed_in_price(both, 2800.0 + 1800) is None  # past the last: unknown
     assert feed_in_price(both, 1000.0 - 5) is None  # long before the first: unknown
+
+
+async def test_a_url_no_client_can_use_is_the_sources_error_not_a_task_restarting(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A port out of range passes as a caution (`run` runs on such a file); the poller reports
+    it as its error and waits, instead of failing and being restarted for good."""
+    cfg = price_config("https://127.0.0.1:99999/v1")
+    poller = PricePoller(lambda: cfg, wall_clock=lambda: NOW)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(poller.run)
+        await trio.testing.wait_all_tasks_blocked()
+        doc = poller.status()
+        assert doc["error"] is not None and doc["error"].startswith("price.url: unusable URL")
+        assert doc["lapsed"] is True
+        nursery.cancel_scope.cancel()

@@ -10,6 +10,7 @@ import pytest
 from dynexport.cli import main
 from dynexport.modbus.endpoints import SerialEndpoint, TcpEndpoint, parse_tcp
 from dynexport.system.config import ConfigError, load_config, parse_config
+from dynexport.system.config_file import load_site_config
 
 ISSUE_EXAMPLE = {
     "inverters": [
@@ -259,9 +260,13 @@ def test_a_pen_must_fit_the_eight_decimal_digits_that_end_every_mrid() -> None:
     assert parse_config({"utility": base}).utility.fallback_export_w == 1500  # type: ignore[union-attr]
 
 
-def test_a_key_given_twice_is_refused_naming_it_not_silently_dropped(tmp_path: Path) -> None:
+def test_a_key_given_twice_is_named_and_refused_by_config_check_but_run_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A hand-edited file with ``"limits"`` twice: the JSON decoder kept the last copy, so the
-    first one's 0 W export limit vanished (no limit at all) and `config check` said OK."""
+    first one's 0 W export limit vanished (no limit at all) and `config check` said OK. Now it
+    is named; `config check` fails on it, while `run` (which an earlier release ran on it)
+    goes on with the last copy and shows the problem: an update never takes limits away."""
     path = tmp_path / "config.json"
     path.write_text(
         '{"version": 1,\n'
@@ -269,36 +274,35 @@ def test_a_key_given_twice_is_refused_naming_it_not_silently_dropped(tmp_path: P
         ' "site": {"timeZone": "Australia/Brisbane"},\n'
         ' "limits": {"windows": [{"from": "10:00", "to": "16:00", "exportW": 3000}]}}\n'
     )
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert err.value.problems == ["limits: given twice (only the last would count)"]
+    twice = "limits: given twice (only the last would count); running with its last value"
+    assert load_config(path).cautions == (twice,)
+    config, notices = load_site_config(path)
+    assert notices == [twice] and config.limits.windows
+    assert main(["config", "check", str(path)]) == 1
+    assert f"usable, but to be fixed\n  {twice}" in capsys.readouterr().err
     path.write_text('{"inverters": [{"tcp": "127.0.0.1:502", "unit": 1, "unit": 2}],'
                     ' "limits": {"exportW": 0, "exportW": null}}')  # fmt: skip
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert err.value.problems == [
-        "inverters[0].unit: given twice (only the last would count)",
-        "limits.exportW: given twice (only the last would count)",
+    assert [c.split(":")[0] for c in load_config(path).cautions] == [
+        "inverters[0].unit",
+        "limits.exportW",
     ]
 
 
 @pytest.mark.parametrize("host", ["192.168.1.1OO", "dynexport-setup", "0.0.0.0.0"])
-def test_web_host_must_be_an_ip_address(host: str) -> None:
-    """Any string passed: at the next start the web server could not bind, was restarted with
-    backoff for ever, and the web UI needed to put it right was gone."""
-    with pytest.raises(ConfigError) as err:
-        parse_config({"web": {"host": host}})
-    assert err.value.problems == [
-        f"web.host: must be an IP address (0.0.0.0: every one), not {host!r}"
-    ]
-    assert parse_config({"web": {"host": "::"}}).web.host == "::"
+def test_a_web_host_that_is_not_an_ip_address_is_named(host: str) -> None:
+    """Any string passed: at the next start the web server could not bind it, was restarted
+    with backoff for ever, and the web UI needed to put it right was gone."""
+    assert parse_config({"web": {"host": host}}).cautions == (
+        f"web.host: must be an IP address (0.0.0.0: every one), not {host!r}",
+    )
+    assert parse_config({"web": {"host": "::"}}).cautions == ()
 
 
 @pytest.mark.parametrize("server", ["https://sep2.example:99999", "https://sep2.example:x"])
-def test_a_utility_server_port_out_of_range_is_a_configuration_error(server: str) -> None:
+def test_a_utility_server_port_out_of_range_is_named(server: str) -> None:
     """`config check` said OK; the link was never built (InvalidUrl) and the fallback export
-    limit held for good."""
+    limit held for good without the configuration saying why."""
     utility = {"server": server, "ca": "a", "cert": "b", "key": "c", "nmi": "4312345678"}
-    with pytest.raises(ConfigError) as err:
-        parse_config({"utility": utility})
-    assert err.value.problems == [f"utility.server: must be https://HOST[:PORT], not {server!r}"]
+    assert parse_config({"utility": utility}).cautions == (
+        f"utility.server: its port must be 1..65535, not {server!r}",
+    )

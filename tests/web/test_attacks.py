@@ -449,3 +449,26 @@ async def test_serial_devices_by_id_and_tty_are_accepted(site: Web) -> None:
     }
     status, _, doc = await call(site, "PUT", "/api/config", document, headers=session)
     assert status == 200, doc
+
+
+async def test_a_body_giving_a_key_twice_or_a_document_with_a_caution_is_not_saved(
+    site: Web,
+) -> None:
+    """The JSON decoder keeps the last copy of a key given twice: a body with two ``limits``
+    would save without the first one's 0 W. And what ``run`` only tolerates in a file an
+    earlier release accepted (a web.host that is no address) is never saved anew."""
+    session = await set_password(site)
+    headers = {**JSON_HEADERS, **session}
+    body = b'{"limits": {"exportW": 0}, "limits": {"importW": 5000}}'
+    status, _, doc = await call(site, "PUT", "/api/config", headers=headers, raw_body=body)
+    assert status == 400, doc
+    assert doc["error"] == (
+        "body is not usable JSON: limits: given twice (only the last would count)"
+    )
+    document = {"web": {"host": "dynexport-setup"}}
+    status, _, doc = await call(site, "PUT", "/api/config", document, headers=session)
+    assert status == 422, doc
+    assert doc["problems"] == [
+        "web.host: must be an IP address (0.0.0.0: every one), not 'dynexport-setup'"
+    ]
+    assert not (site.folder / "data" / "config.json").exists()

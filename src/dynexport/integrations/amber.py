@@ -374,17 +374,23 @@ class PricePoller:
                 self.state = replace(self.state, error=f"price.ca: {exc}")
                 await self._wait(config, config.poll_s, changes)
                 continue
-            async with HttpClient(
-                config.url + "/",
-                ctx,
-                timeout=ANSWER_TIMEOUT_S,
-                connect_timeout=CONNECT_TIMEOUT_S,
-                retries=RETRIES,
-                max_body=MAX_BODY,
-                content_type="application/json",
-                wait_retry_after=False,
-                allow_plain_http=self._allow_plain_http,
-            ) as client:
+            try:
+                client = HttpClient(
+                    config.url + "/",
+                    ctx,
+                    timeout=ANSWER_TIMEOUT_S,
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                    retries=RETRIES,
+                    max_body=MAX_BODY,
+                    content_type="application/json",
+                    wait_retry_after=False,
+                    allow_plain_http=self._allow_plain_http,
+                )
+            except HttpError as exc:  # a URL no client can use (a port out of range)
+                self.state = replace(self.state, error=f"price.url: {exc}")
+                await self._wait(config, config.poll_s, changes)
+                continue
+            async with client:
                 while self._unchanged(config, changes):
                     delay = await self.poll_once(client, config)
                     await self._wait(config, delay, changes)

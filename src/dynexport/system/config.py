@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -247,6 +247,11 @@ class Config:
     metrics: MetricsConfig | None = None
     batteries: tuple[BatteryConfig, ...] = ()
     update: UpdateConfig | None = None
+    cautions: tuple[str, ...] = field(default=(), compare=False)
+    """Problems found after an earlier release accepted such a file: a key given twice, a
+    ``web.host`` that is not an address, a server port out of range. ``dynexport run`` runs on
+    it and shows them (``configProblems``), so an update never takes a running site's limits
+    away; ``config check`` and the web API refuse them."""
 
     def endpoints(self) -> list[Endpoint]:
         """Each distinct endpoint once: devices naming the same one share a connection or bus."""
@@ -269,9 +274,14 @@ class Config:
 class _Reader:
     def __init__(self) -> None:
         self.problems: list[str] = []
+        self.cautions: list[str] = []
 
     def fail(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
+
+    def caution(self, path: str, message: str) -> None:
+        """A problem an earlier release let through: run on it, say so (``Config.cautions``)."""
+        self.cautions.append(f"{path}: {message}")
 
     def obj(self, value: object, path: str, allowed: set[str]) -> Mapping[str, Any] | None:
         if not isinstance(value, dict):
@@ -539,10 +549,9 @@ def _web(r: _Reader, value: object, path: str) -> WebConfig | None:
     host = r.string(raw.get("host", "0.0.0.0"), _join(path, "host"))
     port = r.int_in(raw.get("port"), _join(path, "port"), 1, 65535, default=80)
     if host is not None and not _ip_address(host):
-        # a name, or a typo of an address, could not be bound at the next start: the web UI
-        # needed to put it right would be gone
-        r.fail(_join(path, "host"), f"must be an IP address (0.0.0.0: every one), not {host!r}")
-        return None
+        # a typo of an address may not be bound at the next start: the web UI needed to put it
+        # right would be gone (control goes on)
+        r.caution(_join(path, "host"), f"must be an IP address (0.0.0.0: every one), not {host!r}")
     if host is None or port is None:
         return None
     return WebConfig(host=host, port=port)
@@ -582,10 +591,11 @@ def _utility(r: _Reader, value: object, path: str, base_dir: Path) -> UtilityCon
     problems_before = len(r.problems)
     r.choice(raw.get("type"), _join(path, "type"), ("csip-aus",), "csip-aus")
     server = r.string(raw.get("server"), _join(path, "server"))
-    if server is not None and (
-        not re.match(r"^https://[^/\s]+$", server.rstrip("/")) or _bad_port(server)
-    ):
+    if server is not None and not re.match(r"^https://[^/\s]+$", server.rstrip("/")):
         r.fail(_join(path, "server"), f"must be https://HOST[:PORT], not {server!r}")
+    elif server is not None and _bad_port(server):
+        # the link is never built, and the fallback export limit holds: run, and say so
+        r.caution(_join(path, "server"), f"its port must be 1..65535, not {server!r}")
     dcap = r.string(raw.get("dcap", "/dcap"), _join(path, "dcap"))
     if dcap is not None and not dcap.startswith("/"):
         r.fail(_join(path, "dcap"), "must be a path starting with /")
@@ -804,7 +814,7 @@ def _price(r: _Reader, value: object, path: str, base_dir: Path) -> PriceConfig 
     if url is not None and not re.match(r"^https://[^/\s]+(/[^\s?#]*)?$", url):
         r.fail(_join(path, "url"), f"must be https://HOST[:PORT][/PATH], not {url!r}")
     elif url is not None and _bad_port(url):
-        r.fail(_join(path, "url"), f"its port must be 1..65535, not {url!r}")
+        r.caution(_join(path, "url"), f"its port must be 1..65535, not {url!r}")
     ca = _optional_path(r, raw, "ca", path, base_dir)
     below = r.number_in(raw.get("belowCents"), _join(path, "belowCents"), -1e4, 1e4, 0.0)
     export_w = r.number_in(raw.get("exportW"), _join(path, "exportW"), 0.0, 1e7, 0.0)
@@ -936,6 +946,7 @@ def parse_config(data: object, base_dir: Path | None = None, source: str | None 
         metrics=metrics,
         batteries=batteries,
         update=update,
+        cautions=tuple(r.cautions),
     )
 
 
@@ -989,7 +1000,11 @@ def load_config_bytes(path: str | Path) -> tuple[Config, bytes]:
         raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError([f"cannot read the file: {exc.strerror or exc}"], str(p)) from exc
-    config = parse_config(decode_json(raw, str(p)), base_dir=p.resolve().parent, source=str(p))
+    doc = decode_json(raw, str(p))
+    config = parse_config(doc, base_dir=p.resolve().parent, source=str(p))
+    twice = keys_given_twice(raw)
+    if twice:
+        config = replace(config, cautions=(*twice, *config.cautions))
     return config, raw
 
 
@@ -1021,9 +1036,7 @@ def decode_json(raw: bytes | str, source: str | None = None) -> object:
     if depth > MAX_JSON_DEPTH:
         raise ConfigError([f"nested {depth} levels deep; at most {MAX_JSON_DEPTH}"], source)
     try:
-        return loads_each_key_once(text)
-    except KeyGivenTwice as exc:
-        raise ConfigError(exc.problems, source) from exc
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             [f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"], source
@@ -1070,6 +1083,16 @@ def loads_each_key_once(text: str) -> object:
             [f"{path}: given twice (only the last would count)" for path in sorted(found)]
         )
     return doc
+
+
+def keys_given_twice(raw: bytes | str) -> list[str]:
+    """Each key given twice in one object of a document ``decode_json`` accepted, as a
+    caution (``Config.cautions``): the decoder keeps the last copy."""
+    try:
+        loads_each_key_once(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except KeyGivenTwice as exc:
+        return [f"{p}; running with its last value" for p in exc.problems]
+    return []
 
 
 def _json_depth(text: str) -> int:

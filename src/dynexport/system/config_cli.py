@@ -25,6 +25,12 @@ def _check(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
+    if config.cautions:
+        # `dynexport run` runs on such a file (an earlier release accepted it) and shows these
+        print(f"{args.file}: usable, but to be fixed", file=sys.stderr)
+        for caution in config.cautions:
+            print(f"  {caution}", file=sys.stderr)
+        return 1
     print(
         f"{args.file}: OK ({len(config.inverters)} inverter(s), meter: {config.meter is not None})"
     )

@@ -120,7 +120,7 @@ def load_site_config(path: str | Path) -> tuple[Config, list[str]]:
         refused = exc
     else:
         _keep_last_good(p, checked)
-        return config, []
+        return config, list(config.cautions)
     for version in range(CURRENT_VERSION, -1, -1):
         copy = p.with_name(kept_name(p.name, version))
         if not copy.is_file():
@@ -136,7 +136,7 @@ def load_site_config(path: str | Path) -> tuple[Config, list[str]]:
             f"{p.name}"
         )
         log.warning("%s", notice)
-        return config, [notice]
+        return config, [notice, *config.cautions]
     raise refused
 
 
@@ -153,4 +153,4 @@ def _run_on_last_good(path: Path, refused: ConfigError) -> tuple[Config, list[st
         f"read without error. Fix {path.name}, or save the settings again to replace it"
     )
     log.error("%s", notice)
-    return config, [notice]
+    return config, [notice, *config.cautions]

@@ -886,6 +886,8 @@ class WebApi:
                 raise HttpError(
                     422, "invalid configuration", problems=[f"configuration: {exc}"]
                 ) from None
+            if config.cautions:  # run on when found in a file, never saved anew
+                raise HttpError(422, "invalid configuration", problems=list(config.cautions))
             where = _place_problems(document, config, self.data_dir)
             if where:
                 raise HttpError(400, "; ".join(where), problems=where)
