@@ -227,3 +227,33 @@ def test_an_invalid_document_saved_is_not_kept_as_last_good(tmp_path: Path):
     write_config(path, SITE)
     write_config(path, {**SITE, "limits": {"exportW": -5}})
     assert json.loads(last_good_path(path).read_text()) == SITE
+
+
+def _rolled_back_after_a_newer_save(tmp_path: Path) -> Path:
+    """What a newer release (schema 2) leaves after a save on its trial boot, then rolled back:
+    config.json of version 2, config.v1.json (this release's copy), and config.last-good.json
+    holding the v2 bytes (the newer release keeps its own last good copy)."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"version": 1, "limits": {"exportW": 0}}))
+    load_site_config(path)  # this release ran on it
+    write_config(path, {"version": 2, "limits": {"exportW": 0}})  # keeps config.v1.json
+    last_good_path(path).write_bytes(path.read_bytes())
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "lost"])
+def test_after_a_rollback_a_damaged_or_lost_file_runs_on_the_copy_of_this_version(
+    tmp_path: Path, damage: str
+) -> None:
+    """The last good copy is then the newer release's, refused as newer: the site went to
+    setup mode, without limits, though the copy it had just run on was beside it."""
+    path = _rolled_back_after_a_newer_save(tmp_path)
+    config, notices = load_site_config(path)
+    assert config.limits.export_w == 0 and "running on config.v1.json" in notices[0]
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:20])
+    else:
+        path.unlink()
+    config, notices = load_site_config(path)
+    assert config.limits.export_w == 0
+    assert len(notices) == 1 and "running on config.v1.json" in notices[0]

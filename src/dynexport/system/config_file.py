@@ -121,6 +121,12 @@ def load_site_config(path: str | Path) -> tuple[Config, list[str]]:
     else:
         _keep_last_good(p, checked)
         return config, list(config.cautions)
+    return _run_on_kept_copy(p, refused)
+
+
+def _run_on_kept_copy(p: Path, refused: ConfigError) -> tuple[Config, list[str]]:
+    """The copy kept of this release's version (or an older one), for a file of a newer
+    version: the configuration as it was before the newer release replaced it."""
     for version in range(CURRENT_VERSION, -1, -1):
         copy = p.with_name(kept_name(p.name, version))
         if not copy.is_file():
@@ -146,7 +152,16 @@ def _run_on_last_good(path: Path, refused: ConfigError) -> tuple[Config, list[st
     last = last_good_path(path)
     try:
         config = load_config(last)
-    except ConfigError:
+    except ConfigError as exc:
+        if isinstance(exc.__cause__, NewerVersionError):
+            # after a rolled-back update the last good copy is the newer release's: the copy
+            # kept of this release's version is what it ran on (a damaged or lost file then
+            # left the site in setup mode, without limits)
+            try:
+                config, notices = _run_on_kept_copy(path, refused)
+            except ConfigError:
+                raise refused from refused.__cause__
+            return config, notices
         raise refused from refused.__cause__
     notice = (
         f"{path.name}: {refused.problems[0]}; running on {last.name}, the configuration last "
