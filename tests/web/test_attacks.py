@@ -5,6 +5,7 @@ of the machine."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ import trio
 import trio.testing
 
 from dynexport.httpio import Limits
+from dynexport.system import storage
 from dynexport.web.server import WEB_LIMITS
 from tests.web import raw
 from tests.web.conftest import PASSWORD, Web, start_web
@@ -472,3 +474,22 @@ async def test_a_body_giving_a_key_twice_or_a_document_with_a_caution_is_not_sav
         "web.host: must be an IP address (0.0.0.0: every one), not 'dynexport-setup'"
     ]
     assert not (site.folder / "data" / "config.json").exists()
+
+
+async def test_a_full_card_is_named_by_every_save_not_a_bare_500(
+    site: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the configuration's save named the problem (507); the Wi-Fi's, like the
+    certificates' and the password's, answered a bare 500 with no body."""
+    session = await set_password(site)
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "atomic_write", disk_full)
+    status, _, doc = await call(site, "PUT", "/api/config", {}, headers=session)
+    assert status == 507 and "No space left on device" in doc["error"]
+    wifi = {"ssid": "home", "psk": "password123"}
+    status, _, doc = await call(site, "PUT", "/api/wifi", wifi, headers=session)
+    assert status == 507, doc
+    assert doc["error"] == "could not be saved: No space left on device"

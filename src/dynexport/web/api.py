@@ -163,6 +163,15 @@ def error(status: int, message: str, **extra: Any) -> ServerResponse:
     return json_response(status, {"error": message, **extra})
 
 
+def storage_error(exc: OSError, path: str) -> ServerResponse:
+    """A card that is full (507) or read-only or failing (500), in words, for ``path``."""
+    why = exc.strerror or str(exc)
+    name = Path(exc.filename).name if isinstance(exc.filename, str) else None
+    log.error("%s: storage error%s: %s", path, f" on {name}" if name else "", why)
+    status = 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 500
+    return error(status, f"could not be saved{f' ({name})' if name else ''}: {why}")
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise HttpError(400, "a JSON object is required in the body")
@@ -635,6 +644,10 @@ class WebApi:
             response = error(exc.status, exc.message, **exc.extra)
             if "retryAfterS" in exc.extra:
                 response.headers.append(("Retry-After", str(exc.extra["retryAfterS"])))
+        except OSError as exc:
+            # a full or read-only card while saving the Wi-Fi, a certificate, the password...:
+            # named, as for the configuration, not a bare 500
+            response = storage_error(exc, request.path)
         _security_headers(response, request.path)
         return response
 
