@@ -784,6 +784,9 @@ class App:
             return "the utility's registration does not match the configured PIN", None
         active = self.utility.active_controls(self.options.wall_clock())
         if active is None:
+            snapshot = self.utility.snapshot
+            if snapshot is not None and not snapshot.programs:
+                return "the utility lists no DER program for this site", None
             return "no schedule has been received from the utility yet", None
         return "", utility_limits(active, self.limit_rating_w())
 

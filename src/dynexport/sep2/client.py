@@ -359,6 +359,8 @@ class Sep2Client:
         self._walk_failures = 0
         self._walk_retry_at = 0.0
         self._walked = False
+        self._empty_listing_seen = False
+        """The last complete read listed no program where the schedule had some (kept once)."""
         self._requests = 0
         self._edev_url: str | None = None
         self._registered_url: str | None = None
@@ -444,8 +446,8 @@ class Sep2Client:
 
         While the time is not verified, the strictest of the stored schedule ahead of the local
         clock (`ScheduleSnapshot.strictest_ahead`)."""
-        if not self.acting or self.snapshot is None:
-            return None
+        if not self.acting or self.snapshot is None or not self.snapshot.programs:
+            return None  # no program listed (twice in a row): no schedule, the fallback applies
         if not self.time_verified:
             wall = self._clock() if local is None else local
             return self.snapshot.strictest_ahead(wall, self.lfdi)
@@ -954,7 +956,23 @@ class Sep2Client:
             warnings.append("our EndDevice has no csipaus:ConnectionPointLink; NMI not sent")
 
         programs, complete = await self._walk_programs(edev, edev_url, edevs, force, visited)
-        result = replace(result, programs=programs, complete=complete)
+        # The listing is as the server had it when its lists were read, at the end of the
+        # walk: an event the server removed at its end, read just after it, was stamped before
+        # it and reported cancelled (6) instead of completed (3).
+        result = replace(result, programs=programs, complete=complete, fetched_at=self.server_now())
+        if complete and not programs and self.snapshot is not None and self.snapshot.programs:
+            if not self._empty_listing_seen:
+                # One read listing no program where there were some (an empty list from a server
+                # glitch) lifted every utility limit and cancelled every stored event for good:
+                # the schedule is kept until the next read agrees.
+                self._empty_listing_seen = True
+                problem = "the server lists no DER program now; the last schedule is kept until "
+                warnings.append(problem + "the next read agrees")
+                log.warning("%snext read agrees", problem)
+                result = replace(result, complete=False)
+                complete = False
+        else:
+            self._empty_listing_seen = False
         if complete:
             # Stored now, not after the walk: a later GET (DER list, mirrors) that fails must
             # not lose a cancellation already read (CSIP-AUS ALL-30, comms cut mid-walk).

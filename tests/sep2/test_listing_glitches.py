@@ -1,0 +1,107 @@
+"""The program listing read at a bad moment: one empty list from a server glitch, and an event
+the server removes at its end while a walk is reading the lists (against the utility simulator
+over mutual TLS)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dynexport.sep2 import schema
+from dynexport.sep2.client import ClientOptions, Sep2Client
+from dynexport.sep2.controls import ControlType
+from dynexport.sep2.flow import DerInfo
+from dynexport.sep2.resources import FunctionSetAssignmentsList, to_xml
+from dynexport.sim.utility_server import UtilityServer
+from tests.sep2.fakes import T0, FakeClock, utility_config
+
+pytestmark = pytest.mark.skipif(not schema.schema_available(), reason="needs the XSD")
+
+
+def statuses(srv: UtilityServer, mrid: str) -> list[int]:
+    return [r.status for r in srv.responses if r.subject == mrid and r.status is not None]
+
+
+def client_of(srv: UtilityServer, tmp_path: Path, clock: FakeClock) -> Sep2Client:
+    options = ClientOptions(http_timeout=5.0, http_retries=1)
+    return Sep2Client(
+        utility_config(srv), tmp_path, der=DerInfo(rated_w=5000), clock=clock, options=options
+    )
+
+
+async def test_one_empty_program_listing_keeps_the_schedule_and_a_second_one_drops_it(
+    pki_dir: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    """One empty FunctionSetAssignmentsList lifted every utility limit (a 0 W event gave way
+    to no limit at all) and cancelled every stored event for good, so once the server answered
+    normally again the site followed the 1500 W default instead of the 0 W event it listed."""
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock)
+    srv.set_default(export_limit_w=1500)
+    mrid = srv.add_control(start=int(T0), duration=3600, export_limit_w=0)
+    empty = to_xml(FunctionSetAssignmentsList(all=0, results=0, href="/edev/1/fsa"))
+    async with srv.running():
+        client = client_of(srv, tmp_path, clock)
+        try:
+            await client.step()
+            assert client.active_controls().value(ControlType.EXPORT_LIMIT_W) == 0
+            srv.inject_fault(path_prefix="/edev/1/fsa", status=200, body=empty)
+            clock.advance(61)
+            await client.step()  # the glitch: the schedule is kept
+            kept = client.active_controls()
+            assert kept is not None and kept.value(ControlType.EXPORT_LIMIT_W) == 0
+            assert any("lists no DER program" in w for w in client.last_walk.warnings)
+            clock.advance(61)
+            await client.step()  # the server answers normally again
+            assert client.active_controls().value(ControlType.EXPORT_LIMIT_W) == 0
+            assert statuses(srv, mrid) == [1, 2]  # never reported cancelled
+            srv.inject_fault(path_prefix="/edev/1/fsa", status=200, body=empty, count=2)
+            for _ in range(2):  # the server lists nothing twice in a row: believed
+                clock.advance(61)
+                await client.step()
+            assert client.active_controls() is None  # no schedule: the app's fallback applies
+        finally:
+            await client.http.aclose()
+
+
+async def test_an_event_removed_at_its_end_while_a_walk_reads_the_lists_is_completed(
+    pki_dir: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The listing's time was taken when the walk began, before the lists were read: an event
+    the server removed at its scheduled end, read just after it, was found gone before its end
+    and reported cancelled (6) instead of completed (3)."""
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock)
+    end = int(T0) + 600
+    mrid = srv.add_control(start=int(T0) + 60, duration=540, export_limit_w=1000)
+    latency = {"on": False}
+
+    def hook(method: str, path: str) -> None:
+        # each GET takes 1 s of server time (a WAN round trip); the server removes an event
+        # from its list at its scheduled end
+        if latency["on"] and method == "GET":
+            clock.advance(1)
+        if path.endswith("/derc"):
+            for program in srv._programs.values():
+                for c in list(program.controls.values()):
+                    if c.start + c.duration <= srv.now():
+                        del program.controls[c.mrid]
+
+    srv.on_request.append(hook)
+    async with srv.running():
+        client = client_of(srv, tmp_path, clock)
+        try:
+            await client.step()
+            clock.advance(100)
+            await client.step()
+            assert statuses(srv, mrid) == [1, 2]
+            clock.t = end - 2 - 60  # polls on their 60 s cadence
+            await client.step()
+            clock.t = end - 2  # the walk begins 2 s before the end and reads the lists after it
+            latency["on"] = True
+            await client.step()
+            latency["on"] = False
+            clock.advance(5)
+            await client.step()
+        finally:
+            await client.http.aclose()
+    assert statuses(srv, mrid) == [1, 2, 3]
