@@ -110,6 +110,10 @@ class AppOptions:
     notifier: Notifier = field(default_factory=Notifier)
 
 
+NO_PROGRAM = "the utility lists no DER program for this site"
+"""Why the fallback export limit applies when the utility's schedule has no program."""
+
+
 class App:
     MIN_DECISION_GAP_S = 0.25
     """Decisions woken early (a new limit, a command, a price) start at least this far apart
@@ -775,6 +779,8 @@ class App:
             # No link (its files are unusable): the stored schedule, randomized with the same
             # seed as the link would use (the LFDI, if the certificate itself is readable).
             wall, snapshot = self.options.wall_clock(), self._stored_schedule
+            if not snapshot.programs:
+                return NO_PROGRAM, None
             if self._stored_time_verified():
                 stored = snapshot.active_controls(wall, self._stored_seed)
             else:  # the clock is not known to be right: the strictest of the schedule ahead
@@ -784,9 +790,9 @@ class App:
             return "the utility's registration does not match the configured PIN", None
         active = self.utility.active_controls(self.options.wall_clock())
         if active is None:
-            snapshot = self.utility.snapshot
-            if snapshot is not None and not snapshot.programs:
-                return "the utility lists no DER program for this site", None
+            listed = self.utility.snapshot
+            if listed is not None and not listed.programs:
+                return NO_PROGRAM, None
             return "no schedule has been received from the utility yet", None
         return "", utility_limits(active, self.limit_rating_w())
 

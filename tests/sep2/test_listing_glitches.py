@@ -23,6 +23,12 @@ def statuses(srv: UtilityServer, mrid: str) -> list[int]:
     return [r.status for r in srv.responses if r.subject == mrid and r.status is not None]
 
 
+def limit_of(client: Sep2Client) -> float | None:
+    active = client.active_controls()
+    assert active is not None
+    return active.value(ControlType.EXPORT_LIMIT_W)
+
+
 def client_of(srv: UtilityServer, tmp_path: Path, clock: FakeClock) -> Sep2Client:
     options = ClientOptions(http_timeout=5.0, http_retries=1)
     return Sep2Client(
@@ -44,16 +50,16 @@ async def test_one_empty_program_listing_keeps_the_schedule_and_a_second_one_dro
         client = client_of(srv, tmp_path, clock)
         try:
             await client.step()
-            assert client.active_controls().value(ControlType.EXPORT_LIMIT_W) == 0
+            assert limit_of(client) == 0
             srv.inject_fault(path_prefix="/edev/1/fsa", status=200, body=empty)
             clock.advance(61)
             await client.step()  # the glitch: the schedule is kept
-            kept = client.active_controls()
-            assert kept is not None and kept.value(ControlType.EXPORT_LIMIT_W) == 0
+            assert limit_of(client) == 0
+            assert client.last_walk is not None
             assert any("lists no DER program" in w for w in client.last_walk.warnings)
             clock.advance(61)
             await client.step()  # the server answers normally again
-            assert client.active_controls().value(ControlType.EXPORT_LIMIT_W) == 0
+            assert limit_of(client) == 0
             assert statuses(srv, mrid) == [1, 2]  # never reported cancelled
             srv.inject_fault(path_prefix="/edev/1/fsa", status=200, body=empty, count=2)
             for _ in range(2):  # the server lists nothing twice in a row: believed
