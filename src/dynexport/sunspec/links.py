@@ -4,8 +4,8 @@ A link discovers its device (retrying with backoff while it is unreachable), pol
 (power, about every second) and slowly (nameplate and settings, every few minutes), and for an
 inverter applies the generation limit the controller asks for. A limit is written when it
 changes and rewritten well before its revert timeout, so that the inverter falls back by itself
-if this process stops. The app reads each link's ``state`` snapshot; nothing else touches the
-device.
+if this process stops, and at once when a poll finds it lost (a device reset). The app reads
+each link's ``state`` snapshot; nothing else touches the device.
 
 A link never dies: device trouble (:data:`DEVICE_ERRORS`) marks it offline and is retried; any
 other exception inside its work is a bug or a device doing the unforeseen, and is logged with its
@@ -74,6 +74,14 @@ addresses would never find."""
 CONN_TRIES = 3
 """A Conn write answered so this many times running is refused after all: an inverter that
 always answers "device failure" to it kept its link offline at every disconnect."""
+
+CONN_SETTLE_S = 10.0
+"""A grid connection read this long after 123 Conn was written 0 (the inverter connected until
+then) is taken as the inverter's answer: before that, a relay still opening may report itself
+connected."""
+
+CONTRADICTION_LOG_EVERY = 30
+"""A device that keeps losing what was written is logged the first time and every 30th."""
 
 REDISCOVER_S = 60.0
 """A device found to be the wrong one, or an inverter without a control model, is discovered
@@ -225,6 +233,8 @@ class _Link:
         self._not_ready_since: float | None = None
         """trio time since which every poll has read zeros where the models were."""
         self.not_ready_rediscover_s = NOT_READY_REDISCOVER_S
+        self._map_changes = 0
+        """MapChangedErrors running, not followed by a good poll."""
 
     def request_poll(self) -> None:
         """Asks for a fast poll now (the controller reads the meter and the inverters together,
@@ -242,8 +252,17 @@ class _Link:
             except Rediscover:
                 continue
             except MapChangedError as exc:
-                log.warning("%s: %s; discovering it again", self.id, exc)
+                # A map that keeps changing (a firmware answering from two buffers, a device
+                # rebooting over and over) is discovered again with the backoff from the second
+                # change on, and logged the first time and every 30th: without it, discovery and
+                # a poll went round in a tight loop, a warning each time.
+                self._map_changes += 1
+                if self._map_changes == 1 or self._map_changes % 30 == 0:
+                    log.warning("%s: %s; discovering it again", self.id, exc)
                 self._offline(f"{exc}; discovering it again")
+                if self._map_changes > 1:
+                    self.last_activity = trio.current_time()
+                    await trio.sleep(self.backoff.delay(self._map_changes))
                 continue
             except LinkFault:
                 pass  # raised by write() after it logged the fault and marked the state
@@ -339,9 +358,10 @@ class _Link:
         await self._failed(str(exc))
 
     def _polled_ok(self) -> None:
-        """A poll went well: the backoff and the not-ready clock start again."""
+        """A poll went well: the backoffs and the not-ready clock start again."""
         self._failures = 0
         self._not_ready_since = None
+        self._map_changes = 0
 
     def _rediscovery_due(self) -> bool:
         return trio.current_time() >= self.discovered_at + self.rediscover_s
@@ -365,6 +385,8 @@ class _CommandLink(_Link, Generic[_CommandT, _StateT]):
         self._desired: _CommandT | None = None
         self._written: _CommandT | None = None
         """What was last written and read back; None: unknown, write again."""
+        self._contradictions = 0
+        """Polls running that read the device no longer holding what was written."""
 
     @property
     def desired(self) -> _CommandT | None:
@@ -376,6 +398,20 @@ class _CommandLink(_Link, Generic[_CommandT, _StateT]):
         if desired != self._desired:
             self._desired = desired
             self._wake.set()
+
+    def _held(self, lost: str | None) -> None:
+        """A poll compared the device with what was last written: ``lost`` says what it no
+        longer holds (None: it holds it). A device reset (its controls back to their defaults)
+        was left so until the scheduled rewrite, a third of the revert timeout (20 minutes at
+        revertS 3600): now the next apply writes it again at once. Logged the first time and
+        every 30th until a poll finds it held again."""
+        if lost is None:
+            self._contradictions = 0
+            return
+        self._contradictions += 1
+        if self._contradictions == 1 or self._contradictions % CONTRADICTION_LOG_EVERY == 0:
+            log.warning("%s: %s (reset?); writing it again", self.id, lost)
+        self._written = None
 
     def _offline(self, message: str, *, fault: bool = False) -> None:
         self.state = replace(self.state, online=False, error=message)
@@ -409,6 +445,8 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         """The inverter refused a Conn write: disconnect by a 0 % limit from now on."""
         self._conn_not_answered = 0
         """Conn writes answered with one of NOT_AN_ANSWER, running."""
+        self._conn_opened_t = -math.inf
+        """trio time 123 Conn was last written 0 while the inverter was (last seen) connected."""
         self._next_slow = -math.inf
         self._next_fast = -math.inf
         self._restart = False
@@ -496,7 +534,27 @@ class InverterLink(_CommandLink[Desired, InverterState]):
             if reason != self._model_problem:
                 log.warning("%s: %s", self.id, reason)
             self._written = None
+        elif self._written is not None:
+            self._held(self._slow_lost(slow))
         self._changed()
+
+    def _slow_lost(self, slow: SlowReading) -> str | None:
+        """What of the command written the slow poll finds gone: the limit (disabled, or above
+        the one written), or the 123 Conn open of a disconnect."""
+        lost: list[str] = []
+        written, commanded = self._written, self.state.commanded_pct
+        if commanded is not None and (slow.limit_pct is None or slow.limit_pct > commanded + 1e-9):
+            now = "no limit" if slow.limit_pct is None else f"{slow.limit_pct:g} %"
+            lost.append(f"the {commanded:g} % limit written reads {now}")
+        if (
+            written is not None
+            and not written.connect
+            and self.state.disconnect_method == "conn"
+            and slow.controls is not None
+            and slow.controls.conn == 1
+        ):
+            lost.append("123 Conn, written 0 to disconnect, reads 1")
+        return "; ".join(lost) or None
 
     async def _poll_fast(self) -> None:
         fast = await self.device.poll_fast()
@@ -510,6 +568,19 @@ class InverterLink(_CommandLink[Desired, InverterState]):
             connected=fast.connected,
             last_reading=trio.current_time(),
         )
+        written = self._written
+        if (
+            written is not None
+            and not written.connect
+            and self.state.disconnect_method == "conn"
+            and fast.connected is not None
+            and trio.current_time() >= self._conn_opened_t + CONN_SETTLE_S
+        ):
+            self._held(
+                "it reports itself connected while a disconnect through 123 Conn is in force"
+                if fast.connected
+                else None
+            )
         self._changed()
 
     def _rewrite_due(self) -> float:
@@ -563,7 +634,8 @@ class InverterLink(_CommandLink[Desired, InverterState]):
             )
         disconnect = not desired.connect
         pct = 0.0 if disconnect else None if desired.pct is None else min(100.0, desired.pct)
-        self.state = replace(self.state, last_sent=trio.current_time())
+        sent = trio.current_time()
+        self.state = replace(self.state, last_sent=sent)
         try:
             result = await self.device.set_limit(LimitCommand(pct=pct, revert_s=self.revert_s))
         except NotControllableError as exc:  # e.g. a scale factor outside -10..10
@@ -572,6 +644,17 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         except DEVICE_ERRORS:
             self._outcome_unknown(pct)
             raise
+        # The limit is in force (read back) whatever becomes of the Conn write that follows: a
+        # reconnect whose Conn write then failed was counted at the disconnect's 0 % while the
+        # inverter made full power. Its revert timer runs from no later than ``sent`` (noted
+        # before the write, so its expiry is never counted late).
+        self.state = replace(
+            self.state,
+            commanded_pct=None if pct is None else _written_pct(result, pct),
+            limit_pct=_limit_in_force(result),
+            last_write=sent,
+        )
+        self._changed()
         method: DisconnectMethod | None = None
         conn_written = False
         if disconnect:
@@ -582,13 +665,7 @@ class InverterLink(_CommandLink[Desired, InverterState]):
             await self._set_conn(True)
             conn_written = True
         self._written = desired
-        self.state = replace(
-            self.state,
-            commanded_pct=None if pct is None else _written_pct(result, pct),
-            limit_pct=_limit_in_force(result),
-            last_write=trio.current_time(),
-            disconnect_method=method,
-        )
+        self.state = replace(self.state, disconnect_method=method)
         self._changed()
         if conn_written:
             await self._poll_fast()  # the connection state the utility hears, at once
@@ -618,6 +695,7 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         grid until its own revert timer."""
         if not connect:
             self._conn_open = True
+        was_connected = self.state.connected is not False
         try:
             await self.device.set_connected(connect, revert_s=self.revert_s)
         except ModbusExceptionResponse as exc:
@@ -633,6 +711,8 @@ class InverterLink(_CommandLink[Desired, InverterState]):
             return False
         self._conn_not_answered = 0
         self._conn_open = not connect
+        if not connect and was_connected:  # opening now: its relay may take a moment
+            self._conn_opened_t = trio.current_time()
         return True
 
     def _refuse_conn(self, connect: bool, exc: Exception) -> None:
@@ -831,6 +911,9 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
             reason = storage.not_controllable_reason(
                 reading, self.device.map.ids, ac_coupled=self.ac_coupled
             )
+        if self._written is not None and self._timed:
+            lost = "it reads its own mode while a setpoint with a revert timer is in force"
+            self._held(lost if reading.own_mode else None)
         self.state = replace(
             self.state,
             online=True,
@@ -900,7 +983,8 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
             sf=sf,
             convention=self.convention,
         )
-        self.state = replace(self.state, last_sent=trio.current_time())
+        sent = trio.current_time()
+        self.state = replace(self.state, last_sent=sent)
         for w in writes:
             await self.device.bus.write_registers(
                 self.device.unit, w.address, w.values, timeout=self.device.request_timeout
@@ -912,7 +996,6 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
                 f"unit {self.device.unit} model {header.id}: battery setpoint did not read "
                 "back: " + "; ".join(problems)
             )
-        now = trio.current_time()
         setpoint = storage.setpoint_from_raw(
             header,
             after.raw,
@@ -927,8 +1010,9 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
             self.state,
             setpoint_w=setpoint,
             charge_only=bound,
-            setpoint_expires=now + self.revert_s if self._timed else None,
-            last_write=now,
+            # its revert timer runs from no later than the first write: never counted late
+            setpoint_expires=sent + self.revert_s if self._timed else None,
+            last_write=sent,
         )
         self._changed()
 
