@@ -42,6 +42,9 @@ MiB = 1024 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _EXCERPT = 200
+#: the body loop lets other tasks run after this many h11 events: one receive of a response in
+#: 1-byte chunks is about ten thousand of them
+_CHECKPOINT_EVERY = 256
 
 
 class HttpError(Exception):
@@ -662,24 +665,27 @@ class HttpClient:
             raise ResponseTooLarge(
                 f"{method} {url}: body of {declared} bytes exceeds the {self.max_body}-byte bound"
             )
-        chunks: list[bytes] = []
-        size = 0
+        # one buffer: about the body's size in memory however many pieces it comes in
+        body = bytearray()
+        pieces = 0
         while True:
             event = await self._next_event(conn)
             if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > self.max_body:
+                body += event.data
+                if len(body) > self.max_body:
                     raise ResponseTooLarge(
                         f"{method} {url}: body exceeds the {self.max_body}-byte bound"
                     )
-                chunks.append(bytes(event.data))
+                pieces += 1
+                if pieces % _CHECKPOINT_EVERY == 0:
+                    await trio.lowlevel.checkpoint()
             elif isinstance(event, h11.EndOfMessage):
                 break
             elif isinstance(event, h11.ConnectionClosed):
                 raise trio.BrokenResourceError("server closed the connection mid-body")
             else:
                 raise HttpProtocolError(f"{method} {url}: unexpected {type(event).__name__}")
-        return Response(status, hdrs, b"".join(chunks), url)
+        return Response(status, hdrs, bytes(body), url)
 
 
 __all__ = [

@@ -9,9 +9,15 @@ the server keeps serving.
 
 A few clients must not be able to take every connection (slow or idle ones, docs/web.md): each
 address holds at most ``max_per_address``; when the server is full, the connection that has waited
-longest for its next request is dropped to make room, and while it is nearly full every wait for
-a request is cut to ``pressure_timeout``. Connections busy in a handler are never dropped. One log
-line marks the start of such an episode and one its end, whatever the number of connections.
+longest for the client (for its next request, for the rest of a request body, or lingering after
+an error) is dropped to make room, and while it is nearly full every such wait is cut to
+``pressure_timeout`` (a body earns more time as its bytes arrive, so a steady upload goes on and a
+trickle is cut). Connections busy in a handler are never dropped. One log line marks the start of
+such an episode and one its end, whatever the number of connections.
+
+A request body costs about its size in memory however it is split, and the reading task yields to
+the others every ``_CHECKPOINT_EVERY`` pieces; a body split into absurdly many small pieces (which
+costs CPU per piece) is refused.
 
 Responses are either bytes (always sent with ``Content-Length``) or an async iterator of bytes,
 sent chunked as it is produced, which is what Server-Sent Events need.
@@ -37,6 +43,12 @@ log = logging.getLogger("dynexport.httpio.server")
 KiB = 1024
 MiB = 1024 * KiB
 
+#: the body loops (here and in the client) let other tasks run after this many h11 events: one
+#: receive of 1-byte chunks is about ten thousand of them
+_CHECKPOINT_EVERY = 256
+#: a body may arrive in this many pieces whatever their size (see ``Limits.min_body_piece_bytes``)
+_FREE_BODY_PIECES = 1024
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -48,6 +60,10 @@ class Limits:
     header_timeout: float = 10.0
     #: the body must arrive within this time after the headers
     body_timeout: float = 30.0
+    #: a body arriving in more than 1024 pieces (chunks, or reads of a trickling client) that
+    #: average fewer bytes than this is refused with 400: each piece costs the server CPU
+    #: (0: no such check)
+    min_body_piece_bytes: int = 64
     #: a kept-alive connection with no new request is closed after this time
     idle_timeout: float = 30.0
     #: each write of the response must be accepted by the client within this time
@@ -66,6 +82,9 @@ class Limits:
     #: ``pressure_timeout``
     pressure_connections: int | None = None
     pressure_timeout: float = 2.0
+    #: while nearly full, reading a request body is such a wait too, extended by one second for
+    #: every this many bytes received: a steady upload goes on, a slow one is cut
+    pressure_body_rate: int = 32 * KiB
     #: an episode of refused or dropped connections ends (one log line) after this quiet time
     episode_quiet_s: float = 60.0
     #: after an error response, unread request bytes are drained for up to this time and size,
@@ -116,12 +135,13 @@ Handler = Callable[[Request], Awaitable[Response]]
 class _Slot:
     """One admitted connection as the pool sees it."""
 
-    __slots__ = ("address", "dropped", "scope", "wait_order", "wait_started")
+    __slots__ = ("address", "dropped", "earned", "scope", "wait_order", "wait_started")
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self.scope: trio.CancelScope | None = None  # set while waiting for a request: droppable
+        self.scope: trio.CancelScope | None = None  # set while waiting for the client: droppable
         self.wait_started = 0.0
+        self.earned = 0.0  # seconds beyond pressure_timeout the current wait has earned (a body)
         self.wait_order = 0  # breaks ties between waits that began at the same time
         self.dropped = False
 
@@ -130,7 +150,8 @@ class ConnectionPool:
     """Which connections the server holds, and which to drop or refuse when clients crowd it.
 
     Bookkeeping only (no I/O): a connection is admitted before anything is read from it, marks
-    the times it waits for a request with :meth:`waiting`, and is released when it ends."""
+    the times it waits for the client (a request, a request body, lingering after an error) with
+    :meth:`waiting`, and is released when it ends."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -177,11 +198,9 @@ class ConnectionPool:
         self._slots.add(slot)
         self._by_address[address] = self.count(address) + 1
         if self.pressured():
-            for other in self._slots:  # nearly full: every wait for a request gets short
+            for other in self._slots:  # nearly full: every wait for the client gets short
                 if other.scope is not None:
-                    other.scope.deadline = min(
-                        other.scope.deadline, other.wait_started + self.limits.pressure_timeout
-                    )
+                    other.scope.deadline = self.deadline(other, other.scope.deadline)
         return slot
 
     def release(self, slot: _Slot) -> None:
@@ -195,6 +214,7 @@ class ConnectionPool:
         ``timeout`` from now, or ``pressure_timeout`` while the server is nearly full."""
         now = trio.current_time()
         slot.wait_started = now
+        slot.earned = 0.0
         self._waits += 1
         slot.wait_order = self._waits
         scope = trio.CancelScope(deadline=self.deadline(slot, now + timeout))
@@ -208,7 +228,7 @@ class ConnectionPool:
     def deadline(self, slot: _Slot, wanted: float) -> float:
         """``wanted``, shortened while the server is nearly full."""
         if self.pressured():
-            return min(wanted, slot.wait_started + self.limits.pressure_timeout)
+            return min(wanted, slot.wait_started + self.limits.pressure_timeout + slot.earned)
         return wanted
 
     def _longest_waiting(self, address: str | None) -> _Slot | None:
@@ -366,9 +386,10 @@ class _Connection:
         raise _Closed
 
     async def _linger(self) -> None:
-        """Reads and discards what the client is still sending, within the linger bounds."""
+        """Reads and discards what the client is still sending, within the linger bounds (a wait
+        for the client like any other: droppable, and cut short while the server is crowded)."""
         drained = 0
-        with trio.move_on_after(self.limits.linger_timeout):
+        with self.pool.waiting(self.slot, self.limits.linger_timeout):
             while drained < self.limits.linger_bytes:
                 try:
                     data = await self.stream.receive_some(64 * KiB)
@@ -449,30 +470,50 @@ class _Connection:
         await self._send_response(request, response)
 
     async def _read_body(self, head: h11.Request) -> bytes:
+        """The request body, read as a wait for the client: droppable, and cut short while the
+        server is crowded unless it keeps arriving at ``pressure_body_rate``. It is collected in
+        one buffer (about its size in memory, however many pieces it comes in), and other tasks
+        get to run every ``_CHECKPOINT_EVERY`` pieces."""
+        limits = self.limits
         declared = next((v for k, v in head.headers if k == b"content-length"), None)
-        if declared is not None and int(declared) > self.limits.max_body_bytes:
-            await self._send_error(413, f"body exceeds {self.limits.max_body_bytes} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            with trio.fail_after(self.limits.body_timeout):
+        if declared is not None and int(declared) > limits.max_body_bytes:
+            await self._send_error(413, f"body exceeds {limits.max_body_bytes} bytes")
+        body = bytearray()
+        pieces = 0
+        # what the client is told when the loop ends without the body: unless it says otherwise,
+        # the wait was cut (too slow, or too slow while the server is crowded)
+        problem = (408, "request body not received in time")
+        wanted = trio.current_time() + limits.body_timeout
+        with self.pool.waiting(self.slot, limits.body_timeout) as scope:
+            try:
                 while True:
                     event = await self._next_event()
                     if isinstance(event, h11.Data):
-                        size += len(event.data)
-                        if size > self.limits.max_body_bytes:
-                            await self._send_error(
-                                413, f"body exceeds {self.limits.max_body_bytes} bytes"
-                            )
-                        chunks.append(bytes(event.data))
+                        body += event.data
+                        pieces += 1
+                        if len(body) > limits.max_body_bytes:
+                            problem = (413, f"body exceeds {limits.max_body_bytes} bytes")
+                            break
+                        if (
+                            pieces > _FREE_BODY_PIECES
+                            and len(body) < pieces * limits.min_body_piece_bytes
+                        ):
+                            problem = (400, f"body sent in too many pieces ({pieces})")
+                            break
+                        self.slot.earned = len(body) / limits.pressure_body_rate
+                        scope.deadline = self.pool.deadline(self.slot, wanted)
+                        if pieces % _CHECKPOINT_EVERY == 0:
+                            await trio.lowlevel.checkpoint()
                     elif isinstance(event, h11.EndOfMessage):
-                        return b"".join(chunks)
+                        return bytes(body)
                     else:
                         raise _Closed
-        except trio.TooSlowError:
-            await self._send_error(408, "request body not received in time")
-        except h11.RemoteProtocolError as exc:
-            await self._send_error(exc.error_status_hint, f"malformed request body: {exc}")
+            except h11.RemoteProtocolError as exc:
+                problem = (exc.error_status_hint, f"malformed request body: {exc}")
+        if self.slot.dropped:  # the longest-waiting connection made room for a new one
+            raise _Closed
+        del body
+        await self._send_error(*problem)
         raise _Closed  # unreachable: _send_error always raises
 
     def _make_request(self, head: h11.Request, body: bytes) -> Request | None:
@@ -540,8 +581,14 @@ class _Connection:
                 if aclose is not None:
                     with trio.CancelScope(shield=True):
                         await aclose()
+        except _Closed:
+            raise
         except h11.LocalProtocolError as exc:
             log.error("%s %s: cannot send response: %s", request.method, request.path, exc)
+            raise _Closed from exc
+        except Exception as exc:  # a streamed body failed: only this connection ends
+            # (its chunked response is left unterminated, so the client sees it incomplete)
+            log.exception("%s %s: response body failed", request.method, request.path)
             raise _Closed from exc
 
 

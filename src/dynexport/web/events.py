@@ -10,10 +10,13 @@ other dashboard from live updates (docs/web.md)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
+
+log = logging.getLogger("dynexport.web")
 
 KEEPALIVE_S = 15.0
 
@@ -50,6 +53,7 @@ class Broadcaster:
         self._clients: list[_Client] = []
         self._latest: bytes | None = None
         self._changed = trio.Event()
+        self._failing = False  # the last publish failed (logged once until one succeeds)
 
     @property
     def clients(self) -> int:
@@ -59,8 +63,19 @@ class Broadcaster:
         return sum(1 for c in self._clients if c.address == address)
 
     def publish(self) -> None:
-        """Builds the current message and wakes every waiting client."""
-        data = json.dumps(self.snapshot(), separators=(",", ":"), allow_nan=False)
+        """Builds the current message and wakes every waiting client. A status that cannot be
+        built or sent as JSON (a NaN reading, a value JSON has no form for) is logged, once until
+        a publish succeeds again, and skipped: the clients keep the last message they got."""
+        try:
+            data = json.dumps(self.snapshot(), separators=(",", ":"), allow_nan=False)
+        except Exception:
+            if not self._failing:
+                log.exception("live updates: the status cannot be sent, skipped until it can")
+            self._failing = True
+            return
+        if self._failing:
+            log.info("live updates: the status can be sent again")
+            self._failing = False
         self.seq += 1
         self._latest = f"id: {self.seq}\nevent: status\ndata: {data}\n\n".encode()
         self._wake()
@@ -123,8 +138,8 @@ class Broadcaster:
             yield b"retry: 3000\n\n"
             self.publish()
             seen = self.seq
-            assert self._latest is not None
-            yield self._latest
+            if self._latest is not None:  # None: no status could be sent yet
+                yield self._latest
             while not client.done():
                 with trio.move_on_after(KEEPALIVE_S):
                     while self.seq == seen and not client.done():
