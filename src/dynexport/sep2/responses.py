@@ -314,7 +314,11 @@ def _steps(
             if now >= superseded_at:
                 reach(ResponseStatus.SUPERSEDED, superseded_at)
         else:
-            if now >= plan.start:
+            # An event whose window is empty (randomizeDuration shortened it to nothing, or an
+            # adjacent better event left it no time) never runs: no 2. Its time is over at its
+            # effective end all the same, and nothing cancelled, superseded or rejected it, so
+            # its final status is 3 (completed), after 1 alone.
+            if plan.ran and now >= plan.start:
                 reach(ResponseStatus.STARTED, plan.start)
             if now >= plan.end:
                 reach(ResponseStatus.COMPLETED, plan.end)

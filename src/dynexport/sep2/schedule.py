@@ -12,6 +12,8 @@ The rules, with their sources, are written out in ``docs/sep2-scheduling.md``. I
   seed and the mRID, so one event keeps one offset across restarts.
 * Adjacent events (one specified to end when the next starts, sharing a control type) hand over at
   the next event's effective start: no gap, no overlap (IEEE 2030.5-2018 §10.2.3, adjacent events).
+  Only a successor of equal or better primacy, whose window is not empty, takes over early; one of
+  worse primacy waits for the better event's end (it is delayed, not superseded).
 * Per control type: events rank by primacy (lower wins), then newer creationTime (IEEE 2030.5
   §10.2.3 / §12.1.3 event rules; the CSIP-AUS harness GEN-10 relies on it), then mRID so the order
   is total. The better event's run terminates a worse overlapping one at the better run's start
@@ -130,9 +132,11 @@ class EventPlan(NamedTuple):
 
     event: DERControlEvent
     start: int
-    """Effective start (randomized)."""
+    """Effective start (randomized; an adjacent successor of worse primacy waits for the better
+    event's end)."""
     end: int
-    """Effective end (randomized, then cut to the next adjacent event's effective start)."""
+    """Effective end (randomized, then cut or extended to the start of the adjacent successor of
+    equal or better primacy that takes over); never before ``start``."""
     runs: tuple[tuple[ControlType, int, int], ...]
     """Per type the [start, end) it is actually in force; empty runs are omitted."""
     cut_at: tuple[tuple[ControlType, int], ...]
@@ -188,32 +192,67 @@ def _live_events(programs: Iterable[ProgramControls]) -> list[DERControlEvent]:
 
 
 def _windows(events: Sequence[DERControlEvent], seed: str) -> dict[str, tuple[int, int]]:
-    """Effective windows, with adjacent events handing over at the successor's effective start.
+    """Effective windows, with adjacent events handing over where the successor takes over.
 
     IEEE 2030.5-2018 §10.2.3 (adjacent events): when an event is specified to end exactly when the
     next one starts, the first runs until the second effectively starts, so randomization of the
     second neither opens a gap (back to the default) nor makes them overlap (a false supersede).
+
+    Primacy bounds the hand-over: an event hands over (is cut or extended) only to a successor of
+    equal or better primacy (lower number; creationTime plays no part here) whose own window is
+    not empty. A successor of worse primacy never takes over during a better event's window: it
+    starts at its effective start or at the better event's (final) end, whichever is later, and
+    ends at its own effective end (its window may so become empty: it never runs). Without that
+    bound a worse program's event randomized early cut a better program's event short and its
+    control ran during the better event's own window.
+
+    Each boundary instant is settled by primacy, best first (a start depends only on better
+    predecessors' ends, an end only on starts of successors at least as good), and boundaries
+    latest first, so a successor's end is known when its emptiness is asked; no recursion.
     """
-    raw = {e.mrid: effective_window(e, seed) for e in events}
-    starts: dict[int, list[DERControlEvent]] = {}
+    begin: dict[str, int] = {}
+    finish: dict[str, int] = {}
+    starting: dict[int, list[DERControlEvent]] = {}
+    ending: dict[int, list[DERControlEvent]] = {}
     for e in events:
+        begin[e.mrid], finish[e.mrid] = effective_window(e, seed)
         if e.duration > 0:
-            starts.setdefault(e.start, []).append(e)
-    out: dict[str, tuple[int, int]] = {}
-    for e in events:
-        window = raw[e.mrid]
-        following = starts.get(e.start + e.duration) if e.duration > 0 else None
-        if following:
-            kinds = e.base.types()
-            handover = None
-            for n in following:
-                if n.mrid != e.mrid and not kinds.isdisjoint(n.base.types()):
-                    t = raw[n.mrid][0]
-                    handover = t if handover is None or t < handover else handover
-            if handover is not None:
-                window = (window[0], max(window[0], handover))
-        out[e.mrid] = window
-    return out
+            starting.setdefault(e.start, []).append(e)
+            ending.setdefault(e.start + e.duration, []).append(e)
+    for instant in sorted(starting.keys() & ending.keys(), reverse=True):
+        before, after = ending[instant], starting[instant]
+        if len(before) == 1 == len(after):  # the usual case: one event after another
+            e, n = before[0], after[0]
+            if not e.base.types().isdisjoint(n.base.types()):
+                if n.primacy > e.primacy:
+                    begin[n.mrid] = max(begin[n.mrid], finish[e.mrid])
+                elif finish[n.mrid] > begin[n.mrid]:
+                    finish[e.mrid] = begin[n.mrid]
+            continue
+        for level in sorted({e.primacy for e in before} | {n.primacy for n in after}):
+            for n in after:
+                if n.primacy == level:
+                    kinds = n.base.types()
+                    for e in before:
+                        if e.primacy < level and not kinds.isdisjoint(e.base.types()):
+                            begin[n.mrid] = max(begin[n.mrid], finish[e.mrid])
+            for e in before:
+                if e.primacy != level:
+                    continue
+                kinds = e.base.types()
+                handover = None
+                for n in after:
+                    if (
+                        n.primacy <= level
+                        and n.mrid != e.mrid
+                        and finish[n.mrid] > begin[n.mrid]
+                        and not kinds.isdisjoint(n.base.types())
+                    ):
+                        t = begin[n.mrid]
+                        handover = t if handover is None or t < handover else handover
+                if handover is not None:
+                    finish[e.mrid] = handover
+    return {m: (s, max(s, finish[m])) for m, s in begin.items()}
 
 
 @dataclass(frozen=True)
