@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from dynexport.httpio import Handler, Limits, client_context, serve_http, server_context
+from dynexport.httpio.server import ConnectionPool
 from tests.httpio.pki import Pki, make_pki
 
 
@@ -31,13 +32,20 @@ def server_ctx(pki: Pki) -> ssl.SSLContext:
 
 @asynccontextmanager
 async def serving(
-    handler: Handler, ssl_context: ssl.SSLContext | None, limits: Limits | None = None
+    handler: Handler,
+    ssl_context: ssl.SSLContext | None = None,
+    limits: Limits | None = None,
+    pool: ConnectionPool | None = None,
 ) -> AsyncIterator[int]:
     """Runs serve_http on 127.0.0.1 for the body of the block; yields the port, then stops it."""
     async with trio.open_nursery() as nursery:
         port: int = await nursery.start(
             lambda task_status: serve_http(
-                handler, ssl_context=ssl_context, limits=limits, task_status=task_status
+                handler,
+                ssl_context=ssl_context,
+                limits=limits,
+                pool=pool,
+                task_status=task_status,
             )
         )
         yield port

@@ -12,7 +12,7 @@ import logging
 import math
 import tracemalloc
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import h11
@@ -20,11 +20,11 @@ import pytest
 import trio
 import trio.testing
 
-from dynexport.httpio import HttpClient, Limits, Request, ServerResponse, serve_http
+from dynexport.httpio import HttpClient, Limits, Request, ServerResponse
 from dynexport.httpio.server import ConnectionPool
 from dynexport.web.events import Broadcaster
 from dynexport.web.server import WEB_LIMITS
-from tests.httpio.conftest import raw_server
+from tests.httpio.conftest import raw_server, serving
 from tests.web import raw
 
 KiB = 1024
@@ -36,18 +36,10 @@ async def body_length(request: Request) -> ServerResponse:
     return ServerResponse(200, str(len(request.body)).encode(), content_type="text/plain")
 
 
-@asynccontextmanager
-async def server(
+def server(
     handler: Any = body_length, limits: Limits | None = None, pool: ConnectionPool | None = None
-) -> AsyncIterator[int]:
-    async with trio.open_nursery() as nursery:
-        port: int = await nursery.start(
-            lambda task_status: serve_http(
-                handler, limits=limits, pool=pool, task_status=task_status
-            )
-        )
-        yield port
-        nursery.cancel_scope.cancel()
+) -> AbstractAsyncContextManager[int]:
+    return serving(handler, None, limits, pool)
 
 
 def chunked(pieces: int, size: int = 1) -> bytes:
