@@ -536,10 +536,11 @@ class App:
             # next change of the utility's schedule or of a daily window, or when the
             # configuration changes.
             wake_at = min(next_t, now + self._seconds_to_next_limit_change(interval))
-            with trio.move_on_at(wake_at):
+            with trio.move_on_at(wake_at) as waited:
                 await self._limits_changed.wait()
             self._limits_changed = trio.Event()
-            await trio.sleep_until(started + gap)  # a wake-up sooner waits for the gap
+            if not waited.cancelled_caught:  # woken early: only then can the gap delay it
+                await trio.sleep_until(started + gap)
 
     async def _controller_fault(self, exc: BaseException) -> None:
         """The control law or its inputs failed: command every inverter's fail-safe at once.
@@ -1706,8 +1707,11 @@ def utility_limits(active: ActiveControls, rated_w: float | None = None) -> Util
     if max_pct is not None and rated_w is not None and math.isfinite(rated_w) and rated_w >= 0:
         as_w = max(max_pct, 0.0) / 100.0 * rated_w
         generation = as_w if generation is None else min(generation, as_w)
-    ramped = (ControlType.EXPORT_LIMIT_W, ControlType.GENERATION_LIMIT_W, ControlType.MAX_LIMIT_PCT)
-    ramps = [active.ramp_tms(k) for k in ramped]
+    # each limit its own rampTms (0: a step; None: absent, so setGradW): one taken for all
+    # made a generation event's rampTms 0 turn an export change setGradW was to ramp into a step
+    generation_ramps = [
+        active.ramp_tms(k) for k in (ControlType.GENERATION_LIMIT_W, ControlType.MAX_LIMIT_PCT)
+    ]
     return UtilityLimits(
         export_w=power(ControlType.EXPORT_LIMIT_W),
         import_w=power(ControlType.IMPORT_LIMIT_W),
@@ -1715,7 +1719,8 @@ def utility_limits(active: ActiveControls, rated_w: float | None = None) -> Util
         load_w=power(ControlType.LOAD_LIMIT_W),
         connect=flag(ControlType.CONNECT),
         energize=flag(ControlType.ENERGIZE),
-        ramp_tms=max((r for r in ramps if r is not None), default=None),  # 0: a step
+        ramp_tms=active.ramp_tms(ControlType.EXPORT_LIMIT_W),
+        generation_ramp_tms=max((r for r in generation_ramps if r is not None), default=None),
         set_grad_w=active.set_grad_w,
         storage_target_w=power(ControlType.STORAGE_TARGET_W),
     )

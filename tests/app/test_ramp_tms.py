@@ -25,3 +25,28 @@ def test_ramp_tms_zero_reaches_the_control_law_as_a_step_not_as_absent() -> None
     merged = merge_limits(limits, None)
     # the law ramps by setGradW only without a rampTms: at 27 a 10 kW site took 370 s
     assert (merged.ramp_tms, merged.export_w) == (0, 0.0)
+
+
+def test_each_limit_follows_its_own_ramp_tms_not_another_kinds() -> None:
+    """One rampTms was taken for every limit (the largest): a generation event's 600 s ramped
+    an export step asked for with rampTms 0, and a generation event's 0 turned an export change
+    without rampTms (setGradW's to shape) into a step."""
+    programs = [
+        prog("/derp/1", 1, ev("EXP0", T0, 600, export=0.0, ramp_tms=0, program="/derp/1")),
+        prog("/derp/2", 2, ev("GEN", T0 - 60, 3600, gen=8000.0, ramp_tms=60000, program="/derp/2")),
+    ]
+    merged = merge_limits(utility_limits(active_controls(programs, T0 + 1, SEED), 10_000.0), None)
+    assert (merged.export_w, merged.ramp_tms) == (0.0, 0)
+    assert (merged.generation_w, merged.generation_ramp_tms) == (8000.0, 60000)
+    programs = [
+        prog(
+            "/derp/1",
+            1,
+            ev("EXP", T0, 600, export=0.0, program="/derp/1"),
+            default=ControlBase(export_limit_w=10_000.0),
+            set_grad_w=27,
+        ),
+        prog("/derp/2", 2, ev("GEN", T0 - 60, 3600, gen=8000.0, ramp_tms=0, program="/derp/2")),
+    ]
+    limits = utility_limits(active_controls(programs, T0 + 1, SEED), 10_000.0)
+    assert (limits.ramp_tms, limits.generation_ramp_tms, limits.set_grad_w) == (None, 0, 27)

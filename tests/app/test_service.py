@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -404,3 +406,32 @@ async def test_a_flood_of_wake_ups_cannot_drive_decisions_closer_than_the_gap(
             nursery.cancel_scope.cancel()
     flooded = decisions[first:]
     assert flooded[-1] - flooded[0] >= (len(flooded) - 2) * App.MIN_DECISION_GAP_S
+
+
+async def test_the_decision_gap_never_delays_a_regular_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The gap between decisions woken early applied after every wait: a wake-up at 1.9 s
+    moved the tick due at 2.0 s to 2.2 s (a utility step, or the stale-meter fail-safe, judged
+    at that tick came late). It applies only when a wake-up cut the wait short."""
+    decisions: list[float] = []
+    loop: Any = SimpleNamespace(
+        config=SimpleNamespace(control=SimpleNamespace(interval_s=1.0)),
+        MIN_DECISION_GAP_S=App.MIN_DECISION_GAP_S,
+        _limits_changed=trio.Event(),
+        _seconds_to_next_limit_change=lambda horizon: math.inf,
+    )
+
+    async def fresh(budget: float) -> None:
+        await trio.sleep(0.05)  # the readings take 50 ms
+
+    loop._fresh_readings = fresh
+    loop.control_once = decisions.append
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        nursery.start_soon(App._control_loop, loop)
+        await trio.sleep_until(start + 1.9)  # regular ticks at 0, 1, 2, 3 ...
+        loop._limits_changed.set()  # an MQTT command just before the tick at 2
+        await trio.sleep_until(start + 3.5)
+        nursery.cancel_scope.cancel()
+    assert [round(t - start, 3) for t in decisions] == [0.05, 1.05, 1.95, 2.05, 3.05]

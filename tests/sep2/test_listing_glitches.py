@@ -70,6 +70,40 @@ async def test_one_empty_program_listing_keeps_the_schedule_and_a_second_one_dro
             await client.http.aclose()
 
 
+async def test_the_cached_glitch_is_not_taken_for_a_second_read_that_agrees(
+    pki_dir: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A walk runs whenever any resource is due, and the FSA list was served from the cache
+    until its own pollRate (300 s here): the next walk, a minute later, found the cached glitch
+    "agreeing" with itself, dropped the schedule and cancelled the event for good (6). The
+    lists are now read again, fresh, before an empty listing is believed."""
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock)
+    srv.poll_rates["fsa"] = 300
+    srv.set_default(export_limit_w=1500)
+    mrid = srv.add_control(start=int(T0), duration=3600, export_limit_w=0)
+    empty = to_xml(FunctionSetAssignmentsList(all=0, results=0, href="/edev/1/fsa", poll_rate=300))
+    fsa_gets: list[float] = []
+    srv.on_request.append(
+        lambda method, path: fsa_gets.append(clock.t) if path == "/edev/1/fsa" else None
+    )
+    async with srv.running():
+        client = client_of(srv, tmp_path, clock)
+        try:
+            await client.step()
+            clock.advance(301)
+            srv.inject_fault(path_prefix="/edev/1/fsa", status=200, body=empty)  # one glitch
+            await client.step()
+            glitch = len(fsa_gets)
+            for _ in range(6):  # the server answers normally from here on
+                clock.advance(61)
+                await client.step()
+            assert len(fsa_gets) > glitch  # read again, not taken from the cache
+            assert limit_of(client) == 0
+        finally:
+            await client.http.aclose()
+    assert statuses(srv, mrid) == [1, 2]
+
+
 async def test_an_event_removed_at_its_end_while_a_walk_reads_the_lists_is_completed(
     pki_dir: Path, clock: FakeClock, tmp_path: Path
 ) -> None:

@@ -966,11 +966,10 @@ def _update_ramps(
             if current is None:
                 continue
             end = None if new_v is None else float(new_v)
-            if limits.ramp_tms is not None:  # 0: a step, setGradW not used (sep.xsd)
-                if limits.ramp_tms > 0 and (end is None or end != current):
-                    ramps[name] = LimitRamp(
-                        name, now, limits.ramp_tms / 100.0, current, end, "rampTms"
-                    )
+            tms = limits.ramp_tms if name == "export_w" else limits.generation_ramp_tms
+            if tms is not None:  # each limit's own rampTms; 0: a step, setGradW not used
+                if tms > 0 and (end is None or end != current):
+                    ramps[name] = LimitRamp(name, now, tms / 100.0, current, end, "rampTms")
             elif limits.set_grad_w and end is not None and end < current and rated_site > 0:
                 rate = limits.set_grad_w / 10000.0 * rated_site
                 ramps[name] = LimitRamp(name, now, (current - end) / rate, current, end, "setGradW")

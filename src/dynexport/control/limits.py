@@ -74,6 +74,9 @@ class UtilityLimits:
     connect: bool | None = None
     energize: bool | None = None
     ramp_tms: int | None = None
+    """The export limit's rampTms (None: absent, so setGradW; 0: a step)."""
+    generation_ramp_tms: int | None = None
+    """The generation limit's rampTms (opModGenLimW or opModMaxLimW; each limit has its own)."""
     set_grad_w: int | None = None
     storage_target_w: float | None = None
     """csipaus:opModStorageTargetW in force (W, + discharge, − charge); None: none."""
@@ -127,6 +130,9 @@ class EffectiveLimits:
     connect: bool = True
     energize: bool = True
     ramp_tms: int | None = None
+    """The utility's rampTms for the export limit (None: absent; 0: a step)."""
+    generation_ramp_tms: int | None = None
+    """The utility's rampTms for the generation limit."""
     set_grad_w: int | None = None
     storage_target_w: float | None = None
     """The utility's storage target (W, + discharge, − charge), not a limit: see the module
@@ -196,13 +202,17 @@ def merge_limits(
         energize = False
         sources["energize"] = utility.label
 
-    ramp_tms = set_grad_w = None
+    ramp_tms = generation_ramp_tms = set_grad_w = None
     if utility is not None:
         # rampTms shapes the utility's own changes; the fallback is not one (fail closed at once).
         fallback = is_fallback_source(utility.label)
         if utility.ramp_tms is not None and utility.ramp_tms >= 0 and not fallback:
             ramp_tms = utility.ramp_tms
             sources["ramp_tms"] = utility.label
+        gen_tms = utility.generation_ramp_tms
+        if gen_tms is not None and gen_tms >= 0 and not fallback:
+            generation_ramp_tms = gen_tms
+            sources["generation_ramp_tms"] = utility.label
         if utility.set_grad_w is not None and utility.set_grad_w > 0:
             set_grad_w = utility.set_grad_w
             sources["set_grad_w"] = utility.label
@@ -225,6 +235,7 @@ def merge_limits(
         connect=connect,
         energize=energize,
         ramp_tms=ramp_tms,
+        generation_ramp_tms=generation_ramp_tms,
         set_grad_w=set_grad_w,
         sources=sources,
     )

@@ -434,6 +434,7 @@ def simulate_steps(
             connect=b.connect,
             energize=b.energize,
             ramp_tms=b.ramp_tms,
+            generation_ramp_tms=b.generation_ramp_tms,
             set_grad_w=b.set_grad_w,
             sources=sources,
         )

@@ -255,6 +255,11 @@ def describe_error(exc: BaseException) -> str:
     return f"internal error ({type(exc).__name__}: {exc}); retrying, the stored schedule applies"
 
 
+EMPTY_LISTING_RECHECK_S = 10
+"""After one read listing no program where the schedule had some, the lists are read again
+this soon (a fresh read must agree before the schedule is dropped)."""
+
+
 class Sep2Client:
     """The utility link of one appliance: walks, obeys (via the app), responds, reports."""
 
@@ -964,8 +969,15 @@ class Sep2Client:
             if not self._empty_listing_seen:
                 # One read listing no program where there were some (an empty list from a server
                 # glitch) lifted every utility limit and cancelled every stored event for good:
-                # the schedule is kept until the next read agrees.
+                # the schedule is kept until a fresh read agrees. The lists read are forgotten,
+                # so the next walk GETs them again (EMPTY_LISTING_RECHECK_S from now), and not
+                # the cached glitch agreeing with itself.
                 self._empty_listing_seen = True
+                now = self._mono()
+                for url, obj in list(self._cache.items()):
+                    if isinstance(obj, FunctionSetAssignmentsList | DERProgramList):
+                        del self._cache[url]
+                        self._book.record(url, now, EMPTY_LISTING_RECHECK_S)
                 problem = "the server lists no DER program now; the last schedule is kept until "
                 warnings.append(problem + "the next read agrees")
                 log.warning("%snext read agrees", problem)
