@@ -171,15 +171,17 @@ async def test_a_relay_still_opening_is_not_taken_for_a_reset(
 async def test_an_inverter_that_keeps_contradicting_is_logged_once_not_at_every_rewrite(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Its status never follows Conn: written again every CONN_SETTLE_S, logged once."""
+    """Its status never follows Conn: written again at the 1st, 2nd, 4th, 8th... contradicting
+    poll (each once CONN_SETTLE_S has passed since Conn opened it), never at every fast poll;
+    logged at the 1st and the 30th."""
     site = profiles.fronius_gateway(tau_s=0.5)
     bus = ConnedStatus(site, lag_s=float("inf"))
     link = link_to(site, bus, revert_s=3600)
     async with running(link):
         link.command(Desired(pct=0.0, connect=False))
         await settle(10 * CONN_SETTLE_S)
-    assert 5 <= bus.conn_writes <= 12  # each CONN_SETTLE_S, never at every fast poll
-    assert len(warnings_of(caplog, AGAIN)) == 1
+    assert 3 <= bus.conn_writes <= 8, bus.conn_writes  # not at every fast poll (about 90)
+    assert len(warnings_of(caplog, AGAIN)) == 2
 
 
 # -- a reconnect whose Conn write fails ---------------------------------------------------------

@@ -135,12 +135,13 @@ Handler = Callable[[Request], Awaitable[Response]]
 class _Slot:
     """One admitted connection as the pool sees it."""
 
-    __slots__ = ("address", "dropped", "earned", "scope", "wait_order", "wait_started")
+    __slots__ = ("address", "dropped", "earned", "heard", "scope", "wait_order", "wait_started")
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.scope: trio.CancelScope | None = None  # set while waiting for the client: droppable
         self.wait_started = 0.0
+        self.heard = 0.0  # when the client last sent something in the current wait
         self.earned = 0.0  # seconds beyond pressure_timeout the current wait has earned (a body)
         self.wait_order = 0  # breaks ties between waits that began at the same time
         self.dropped = False
@@ -213,7 +214,7 @@ class ConnectionPool:
         """A cancel scope for a wait for the client (droppable while it lasts); its deadline is
         ``timeout`` from now, or ``pressure_timeout`` while the server is nearly full."""
         now = trio.current_time()
-        slot.wait_started = now
+        slot.wait_started = slot.heard = now
         slot.earned = 0.0
         self._waits += 1
         slot.wait_order = self._waits
@@ -237,7 +238,9 @@ class ConnectionPool:
             for s in self._slots
             if s.scope is not None and (address is None or s.address == address)
         ]
-        return min(waiting, key=lambda s: (s.wait_started, s.wait_order)) if waiting else None
+        # the one not heard from for longest: an upload still arriving goes on before a
+        # connection that has sent nothing since it began to wait
+        return min(waiting, key=lambda s: (s.heard, s.wait_order)) if waiting else None
 
     def _forget(self, slot: _Slot) -> None:
         self._slots.discard(slot)
@@ -501,10 +504,13 @@ class _Connection:
                             problem = (400, f"body sent in too many pieces ({pieces})")
                             break
                         self.slot.earned = len(body) / limits.pressure_body_rate
+                        self.slot.heard = trio.current_time()
                         scope.deadline = self.pool.deadline(self.slot, wanted)
                         if pieces % _CHECKPOINT_EVERY == 0:
                             await trio.lowlevel.checkpoint()
                     elif isinstance(event, h11.EndOfMessage):
+                        if self.slot.dropped:  # made room while its last bytes came in
+                            raise _Closed
                         return bytes(body)
                     else:
                         raise _Closed

@@ -409,9 +409,14 @@ class _CommandLink(_Link, Generic[_CommandT, _StateT]):
             self._contradictions = 0
             return
         self._contradictions += 1
-        if self._contradictions == 1 or self._contradictions % CONTRADICTION_LOG_EVERY == 0:
+        n = self._contradictions
+        if n == 1 or n % CONTRADICTION_LOG_EVERY == 0:
             log.warning("%s: %s (reset?); writing it again", self.id, lost)
-        self._written = None
+        if n & (n - 1) == 0:
+            # written again at the 1st, 2nd, 4th, 8th... poll running that finds it lost: a
+            # device that drops what it accepts at once (a battery at its reserve) is not
+            # written at every 1 s poll; the scheduled rewrite goes on meanwhile
+            self._written = None
 
     def _offline(self, message: str, *, fault: bool = False) -> None:
         self.state = replace(self.state, online=False, error=message)
