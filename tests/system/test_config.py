@@ -261,7 +261,7 @@ def test_a_pen_must_fit_the_eight_decimal_digits_that_end_every_mrid() -> None:
 
 
 def test_a_key_given_twice_is_named_and_refused_by_config_check_but_run_goes_on(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A hand-edited file with ``"limits"`` twice: the JSON decoder kept the last copy, so the
     first one's 0 W export limit vanished (no limit at all) and `config check` said OK. Now it
@@ -278,6 +278,7 @@ def test_a_key_given_twice_is_named_and_refused_by_config_check_but_run_goes_on(
     assert load_config(path).cautions == (twice,)
     config, notices = load_site_config(path)
     assert notices == [twice] and config.limits.windows
+    assert f"config.json: {twice}" in caplog.text  # a headless site says so in its journal
     assert main(["config", "check", str(path)]) == 1
     assert f"usable, but to be fixed\n  {twice}" in capsys.readouterr().err
     path.write_text('{"inverters": [{"tcp": "127.0.0.1:502", "unit": 1, "unit": 2}],'

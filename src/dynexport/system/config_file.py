@@ -120,6 +120,8 @@ def load_site_config(path: str | Path) -> tuple[Config, list[str]]:
         refused = exc
     else:
         _keep_last_good(p, checked)
+        for caution in config.cautions:  # it runs, but a headless site must say so somewhere
+            log.warning("%s: %s", p.name, caution)
         return config, list(config.cautions)
     return _run_on_kept_copy(p, refused)
 

@@ -239,7 +239,9 @@ def alerts(status: dict[str, Any], config: Config, wall_clock: float) -> list[di
         out.append({"level": level, "code": code, "text": text})
 
     for problem in status.get("configProblems") or []:
-        add("error", "config", f"The configuration file was refused: {problem}")
+        # a refusal ("...; running on config.last-good.json"), a file not usable at all (setup
+        # mode), or a caution the file runs with ("...; running with its last value")
+        add("error", "config", f"Configuration: {problem}")
     if status.get("setupMode"):
         add("info", "setup", "Not configured yet: finish the setup.")
         return out
