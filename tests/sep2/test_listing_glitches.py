@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dynexport.sep2 import schema
-from dynexport.sep2.client import ClientOptions, Sep2Client
+from dynexport.sep2.client import EMPTY_LISTING_RECHECK_S, ClientOptions, Sep2Client
 from dynexport.sep2.controls import ControlType
 from dynexport.sep2.flow import DerInfo
 from dynexport.sep2.resources import FunctionSetAssignmentsList, to_xml
@@ -145,3 +145,34 @@ async def test_an_event_removed_at_its_end_while_a_walk_reads_the_lists_is_compl
         finally:
             await client.http.aclose()
     assert statuses(srv, mrid) == [1, 2, 3]
+
+
+async def test_one_404_for_the_default_control_keeps_it_until_a_fresh_read_agrees(
+    pki_dir: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    """One 404 for the DefaultDERControl (a server glitch) lifted the site's default export
+    limit until the next poll: exports unlimited for a minute. It is kept until a read 10 s
+    later agrees; a default the server really removed goes then."""
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock)
+    srv.set_default(export_limit_w=1500)
+    async with srv.running():
+        client = client_of(srv, tmp_path, clock)
+        try:
+            await client.step()
+            assert limit_of(client) == 1500
+            srv.inject_fault(path_prefix="/derp/1/dderc", status=404)  # one glitch
+            clock.advance(61)
+            await client.step()
+            assert limit_of(client) == 1500  # kept
+            clock.advance(EMPTY_LISTING_RECHECK_S)
+            await client.step()  # read again: there after all
+            assert limit_of(client) == 1500
+            srv.inject_fault(path_prefix="/derp/1/dderc", status=404, count=2)  # really gone
+            clock.advance(61)
+            await client.step()
+            assert limit_of(client) == 1500
+            clock.advance(EMPTY_LISTING_RECHECK_S)
+            await client.step()
+            assert limit_of(client) is None
+        finally:
+            await client.http.aclose()

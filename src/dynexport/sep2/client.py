@@ -366,6 +366,8 @@ class Sep2Client:
         self._walked = False
         self._empty_listing_seen = False
         """The last complete read listed no program where the schedule had some (kept once)."""
+        self._default_gone: set[str] = set()
+        """DefaultDERControl URLs answered 404 once where there was one (kept until a re-read)."""
         self._requests = 0
         self._edev_url: str | None = None
         self._registered_url: str | None = None
@@ -1141,9 +1143,11 @@ class Sep2Client:
                 if program.default_der_control_link is not None:
                     dderc_url = self._url(program_url, program.default_der_control_link.href)
                     visited.add(dderc_url)
+                    before = self._cache.get(dderc_url)
                     default = await self._get_optional(
                         dderc_url, DefaultDERControl, rate, force=force
                     )
+                    default = self._default_kept(dderc_url, before, default)
                 convert = functools.partial(
                     program_controls, program, controls, default, program_url
                 )
@@ -1154,6 +1158,24 @@ class Sep2Client:
                 else:
                     found.append(convert())
         return flow.merge_programs(found), True
+
+    def _default_kept(
+        self, url: str, before: object, got: DefaultDERControl | None
+    ) -> DefaultDERControl | None:
+        """The DefaultDERControl to use: one 404 where there was one (a server glitch) lifted
+        the site's default limit until the next poll; it is kept until a fresh read
+        ``EMPTY_LISTING_RECHECK_S`` later agrees that it is gone."""
+        if got is not None or not isinstance(before, DefaultDERControl):
+            self._default_gone.discard(url)
+            return got
+        if url in self._default_gone:  # a fresh read agrees: it is gone
+            self._default_gone.discard(url)
+            return None
+        self._default_gone.add(url)
+        self._cache[url] = before
+        self._book.record(url, self._mono(), EMPTY_LISTING_RECHECK_S)
+        log.warning("%s: not found (404); the default control is kept until a read agrees", url)
+        return before
 
     # -- DER reports --------------------------------------------------------------------------
 
