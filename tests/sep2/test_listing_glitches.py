@@ -5,6 +5,7 @@ over mutual TLS)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from dynexport.sep2.client import EMPTY_LISTING_RECHECK_S, ClientOptions, Sep2Cl
 from dynexport.sep2.controls import ControlType
 from dynexport.sep2.flow import DerInfo
 from dynexport.sep2.resources import FunctionSetAssignmentsList, to_xml
+from dynexport.sim import utility_core
 from dynexport.sim.utility_server import UtilityServer
 from tests.sep2.fakes import T0, FakeClock, utility_config
 
@@ -173,6 +175,43 @@ async def test_one_404_for_the_default_control_keeps_it_until_a_fresh_read_agree
             assert limit_of(client) == 1500
             clock.advance(EMPTY_LISTING_RECHECK_S)
             await client.step()
+            assert limit_of(client) is None
+        finally:
+            await client.http.aclose()
+
+
+async def test_a_removed_default_of_a_program_listed_by_two_fsas_is_dropped_not_polled_for_ever(
+    pki_dir: Path, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A program listed by two FSAs has one DefaultDERControl URL read twice in a walk: the
+    second read, from the cache, counted as a fresh one and cleared the first 404's mark, so a
+    default the utility removed was kept for ever and read every 10 s."""
+
+    def two_fsas(self: Any, device: Any) -> Any:  # the same FSA listed twice
+        return self._page(
+            FunctionSetAssignmentsList,
+            [self._fsa(device), self._fsa(device)],
+            f"{device.href}/fsa",
+            subscribable=0,
+            poll_rate=self.core.poll_rate_for("fsa"),
+        )
+
+    monkeypatch.setattr(utility_core._Context, "_fsa_list", two_fsas)
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock)
+    srv.set_default(export_limit_w=1500)
+    async with srv.running():
+        client = client_of(srv, tmp_path, clock)
+        try:
+            await client.step()
+            assert limit_of(client) == 1500
+            srv.inject_fault(path_prefix="/derp/1/dderc", status=404, count=1000)  # removed
+            clock.advance(61)
+            await client.step()
+            assert limit_of(client) == 1500  # one 404 is not believed
+            for _ in range(20):  # 200 s of fresh 404s
+                clock.advance(EMPTY_LISTING_RECHECK_S)
+                await client.step()
+            assert not srv.violations, srv.violations  # no polling faster than its pollRate
             assert limit_of(client) is None
         finally:
             await client.http.aclose()

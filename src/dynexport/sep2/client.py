@@ -1045,6 +1045,7 @@ class Sep2Client:
         self.last_poll = self._clock()  # shown to the installer: wall time
         self._book.keep_only(visited)
         self._cache = {u: o for u, o in self._cache.items() if u in visited}
+        self._default_gone &= visited
         now = self._mono()
         self._not_before = {u: v for u, v in self._not_before.items() if v[1] > now}
         result = replace(result, requests=self._requests)
@@ -1165,6 +1166,9 @@ class Sep2Client:
         """The DefaultDERControl to use: one 404 where there was one (a server glitch) lifted
         the site's default limit until the next poll; it is kept until a fresh read
         ``EMPTY_LISTING_RECHECK_S`` later agrees that it is gone."""
+        if got is not None and got is before:
+            return got  # from the cache (read twice in one walk, or a walk for another
+            # resource): not a fresh read, so it neither confirms nor clears a 404
         if got is not None or not isinstance(before, DefaultDERControl):
             self._default_gone.discard(url)
             return got
