@@ -4,6 +4,8 @@ over mutual TLS)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,17 @@ def limit_of(client: Sep2Client) -> float | None:
     return active.value(ControlType.EXPORT_LIMIT_W)
 
 
+@asynccontextmanager
+async def linked(srv: UtilityServer, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Sep2Client]:
+    """The utility server running and a link to it, closed after the block."""
+    async with srv.running():
+        client = client_of(srv, tmp_path, clock)
+        try:
+            yield client
+        finally:
+            await client.http.aclose()
+
+
 def client_of(srv: UtilityServer, tmp_path: Path, clock: FakeClock) -> Sep2Client:
     options = ClientOptions(http_timeout=5.0, http_retries=1)
     return Sep2Client(
@@ -48,28 +61,24 @@ async def test_one_empty_program_listing_keeps_the_schedule_and_a_second_one_dro
     srv.set_default(export_limit_w=1500)
     mrid = srv.add_control(start=int(T0), duration=3600, export_limit_w=0)
     empty = to_xml(FunctionSetAssignmentsList(all=0, results=0, href="/edev/1/fsa"))
-    async with srv.running():
-        client = client_of(srv, tmp_path, clock)
-        try:
+    async with linked(srv, tmp_path, clock) as client:
+        await client.step()
+        assert limit_of(client) == 0
+        srv.inject_fault(path_prefix="/edev/1/fsa", status=200, body=empty)
+        clock.advance(61)
+        await client.step()  # the glitch: the schedule is kept
+        assert limit_of(client) == 0
+        assert client.last_walk is not None
+        assert any("lists no DER program" in w for w in client.last_walk.warnings)
+        clock.advance(61)
+        await client.step()  # the server answers normally again
+        assert limit_of(client) == 0
+        assert statuses(srv, mrid) == [1, 2]  # never reported cancelled
+        srv.inject_fault(path_prefix="/edev/1/fsa", status=200, body=empty, count=2)
+        for _ in range(2):  # the server lists nothing twice in a row: believed
+            clock.advance(61)
             await client.step()
-            assert limit_of(client) == 0
-            srv.inject_fault(path_prefix="/edev/1/fsa", status=200, body=empty)
-            clock.advance(61)
-            await client.step()  # the glitch: the schedule is kept
-            assert limit_of(client) == 0
-            assert client.last_walk is not None
-            assert any("lists no DER program" in w for w in client.last_walk.warnings)
-            clock.advance(61)
-            await client.step()  # the server answers normally again
-            assert limit_of(client) == 0
-            assert statuses(srv, mrid) == [1, 2]  # never reported cancelled
-            srv.inject_fault(path_prefix="/edev/1/fsa", status=200, body=empty, count=2)
-            for _ in range(2):  # the server lists nothing twice in a row: believed
-                clock.advance(61)
-                await client.step()
-            assert client.active_controls() is None  # no schedule: the app's fallback applies
-        finally:
-            await client.http.aclose()
+        assert client.active_controls() is None  # no schedule: the app's fallback applies
 
 
 async def test_the_cached_glitch_is_not_taken_for_a_second_read_that_agrees(
@@ -88,21 +97,17 @@ async def test_the_cached_glitch_is_not_taken_for_a_second_read_that_agrees(
     srv.on_request.append(
         lambda method, path: fsa_gets.append(clock.t) if path == "/edev/1/fsa" else None
     )
-    async with srv.running():
-        client = client_of(srv, tmp_path, clock)
-        try:
+    async with linked(srv, tmp_path, clock) as client:
+        await client.step()
+        clock.advance(301)
+        srv.inject_fault(path_prefix="/edev/1/fsa", status=200, body=empty)  # one glitch
+        await client.step()
+        glitch = len(fsa_gets)
+        for _ in range(6):  # the server answers normally from here on
+            clock.advance(61)
             await client.step()
-            clock.advance(301)
-            srv.inject_fault(path_prefix="/edev/1/fsa", status=200, body=empty)  # one glitch
-            await client.step()
-            glitch = len(fsa_gets)
-            for _ in range(6):  # the server answers normally from here on
-                clock.advance(61)
-                await client.step()
-            assert len(fsa_gets) > glitch  # read again, not taken from the cache
-            assert limit_of(client) == 0
-        finally:
-            await client.http.aclose()
+        assert len(fsa_gets) > glitch  # read again, not taken from the cache
+        assert limit_of(client) == 0
     assert statuses(srv, mrid) == [1, 2]
 
 
@@ -129,23 +134,19 @@ async def test_an_event_removed_at_its_end_while_a_walk_reads_the_lists_is_compl
                         del program.controls[c.mrid]
 
     srv.on_request.append(hook)
-    async with srv.running():
-        client = client_of(srv, tmp_path, clock)
-        try:
-            await client.step()
-            clock.advance(100)
-            await client.step()
-            assert statuses(srv, mrid) == [1, 2]
-            clock.t = end - 2 - 60  # polls on their 60 s cadence
-            await client.step()
-            clock.t = end - 2  # the walk begins 2 s before the end and reads the lists after it
-            latency["on"] = True
-            await client.step()
-            latency["on"] = False
-            clock.advance(5)
-            await client.step()
-        finally:
-            await client.http.aclose()
+    async with linked(srv, tmp_path, clock) as client:
+        await client.step()
+        clock.advance(100)
+        await client.step()
+        assert statuses(srv, mrid) == [1, 2]
+        clock.t = end - 2 - 60  # polls on their 60 s cadence
+        await client.step()
+        clock.t = end - 2  # the walk begins 2 s before the end and reads the lists after it
+        latency["on"] = True
+        await client.step()
+        latency["on"] = False
+        clock.advance(5)
+        await client.step()
     assert statuses(srv, mrid) == [1, 2, 3]
 
 
@@ -157,27 +158,23 @@ async def test_one_404_for_the_default_control_keeps_it_until_a_fresh_read_agree
     later agrees; a default the server really removed goes then."""
     srv = UtilityServer(pki_dir=pki_dir, clock=clock)
     srv.set_default(export_limit_w=1500)
-    async with srv.running():
-        client = client_of(srv, tmp_path, clock)
-        try:
-            await client.step()
-            assert limit_of(client) == 1500
-            srv.inject_fault(path_prefix="/derp/1/dderc", status=404)  # one glitch
-            clock.advance(61)
-            await client.step()
-            assert limit_of(client) == 1500  # kept
-            clock.advance(EMPTY_LISTING_RECHECK_S)
-            await client.step()  # read again: there after all
-            assert limit_of(client) == 1500
-            srv.inject_fault(path_prefix="/derp/1/dderc", status=404, count=2)  # really gone
-            clock.advance(61)
-            await client.step()
-            assert limit_of(client) == 1500
-            clock.advance(EMPTY_LISTING_RECHECK_S)
-            await client.step()
-            assert limit_of(client) is None
-        finally:
-            await client.http.aclose()
+    async with linked(srv, tmp_path, clock) as client:
+        await client.step()
+        assert limit_of(client) == 1500
+        srv.inject_fault(path_prefix="/derp/1/dderc", status=404)  # one glitch
+        clock.advance(61)
+        await client.step()
+        assert limit_of(client) == 1500  # kept
+        clock.advance(EMPTY_LISTING_RECHECK_S)
+        await client.step()  # read again: there after all
+        assert limit_of(client) == 1500
+        srv.inject_fault(path_prefix="/derp/1/dderc", status=404, count=2)  # really gone
+        clock.advance(61)
+        await client.step()
+        assert limit_of(client) == 1500
+        clock.advance(EMPTY_LISTING_RECHECK_S)
+        await client.step()
+        assert limit_of(client) is None
 
 
 async def test_a_removed_default_of_a_program_listed_by_two_fsas_is_dropped_not_polled_for_ever(
@@ -199,19 +196,15 @@ async def test_a_removed_default_of_a_program_listed_by_two_fsas_is_dropped_not_
     monkeypatch.setattr(utility_core._Context, "_fsa_list", two_fsas)
     srv = UtilityServer(pki_dir=pki_dir, clock=clock)
     srv.set_default(export_limit_w=1500)
-    async with srv.running():
-        client = client_of(srv, tmp_path, clock)
-        try:
+    async with linked(srv, tmp_path, clock) as client:
+        await client.step()
+        assert limit_of(client) == 1500
+        srv.inject_fault(path_prefix="/derp/1/dderc", status=404, count=1000)  # removed
+        clock.advance(61)
+        await client.step()
+        assert limit_of(client) == 1500  # one 404 is not believed
+        for _ in range(20):  # 200 s of fresh 404s
+            clock.advance(EMPTY_LISTING_RECHECK_S)
             await client.step()
-            assert limit_of(client) == 1500
-            srv.inject_fault(path_prefix="/derp/1/dderc", status=404, count=1000)  # removed
-            clock.advance(61)
-            await client.step()
-            assert limit_of(client) == 1500  # one 404 is not believed
-            for _ in range(20):  # 200 s of fresh 404s
-                clock.advance(EMPTY_LISTING_RECHECK_S)
-                await client.step()
-            assert not srv.violations, srv.violations  # no polling faster than its pollRate
-            assert limit_of(client) is None
-        finally:
-            await client.http.aclose()
+        assert not srv.violations, srv.violations  # no polling faster than its pollRate
+        assert limit_of(client) is None

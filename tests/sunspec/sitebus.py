@@ -20,6 +20,14 @@ class SiteBus:
         self.down = False
         self.writes: list[tuple[int, int, tuple[int, ...]]] = []
 
+    def written_to(
+        self, unit: int, address: int, values: Sequence[int], model: int, point: str
+    ) -> int | None:
+        """The value a write of ``values`` at ``address`` puts in ``model``'s ``point`` of
+        ``unit``; None when the write does not cover it."""
+        at = self.site.devices[unit].point_address(model, point)
+        return values[at - address] if address <= at < address + len(values) else None
+
     def _now(self) -> float:
         return trio.current_time()
 

@@ -50,8 +50,8 @@ class DropsStorCtl(SiteBus):
     ) -> None:
         self.requests += 1
         await super().write_registers(unit, address, values, timeout=timeout)
-        at = self.site.devices[unit].point_address(124, "StorCtl_Mod")
-        if unit == 3 and address <= at < address + len(values) and values[at - address] != 0:
+        mode = self.written_to(unit, address, values, 124, "StorCtl_Mod")
+        if unit == 3 and mode is not None and mode != 0:
             self.storctl_writes += 1
             self.written_t = trio.current_time()
 

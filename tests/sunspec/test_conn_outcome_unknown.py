@@ -33,8 +33,7 @@ class LostOpenEcho(SiteBus):
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> None:
         await super().write_registers(unit, address, values, timeout=timeout)
-        conn = self.site.devices[unit].point_address(123, "Conn")
-        if self.armed and address <= conn < address + len(values) and values[conn - address] == 0:
+        if self.armed and self.written_to(unit, address, values, 123, "Conn") == 0:
             self.armed = False
             if self.gateway:
                 raise ModbusExceptionResponse(unit, 16, address, 11, "gateway")

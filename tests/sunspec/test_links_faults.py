@@ -148,10 +148,10 @@ class ConnedStatus(SiteBus):
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> None:
         await super().write_registers(unit, address, values, timeout=timeout)
-        conn = self.site.devices[unit].point_address(123, "Conn")
-        if address <= conn < address + len(values):
+        conn = self.written_to(unit, address, values, 123, "Conn")
+        if conn is not None:
             self.conn_writes += 1
-            if values[conn - address] == 0:
+            if conn == 0:
                 self.opened_t = trio.current_time()
 
 
@@ -211,8 +211,7 @@ class ConnFails(SiteBus):
         if self.down:
             await trio.sleep(1.0)
             raise ModbusTimeout("no answer")
-        conn = self.site.devices[unit].point_address(123, "Conn")
-        to_conn = address <= conn < address + len(values)
+        to_conn = self.written_to(unit, address, values, 123, "Conn") is not None
         if self.armed and to_conn and not self.lands:
             raise ModbusExceptionResponse(unit, 16, address, 6)  # busy
         await super().write_registers(unit, address, values, timeout=timeout)
@@ -260,8 +259,8 @@ class SlowAnswers(SiteBus):
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> None:
         await trio.sleep(1.0)
-        ena = self.site.devices[unit].point_address(123, "WMaxLim_Ena")
-        if self.enabled_t is None and address <= ena < address + len(values):
+        ena = self.written_to(unit, address, values, 123, "WMaxLim_Ena")
+        if self.enabled_t is None and ena is not None:
             self.enabled_t = trio.current_time()
         await super().write_registers(unit, address, values, timeout=timeout)
 

@@ -369,15 +369,9 @@ class PricePoller:
                 continue
             changes = self._source_changes
             try:
-                ctx = self._context(config)
-            except (OSError, ssl.SSLError) as exc:
-                self.state = replace(self.state, error=f"price.ca: {exc}")
-                await self._wait(config, config.poll_s, changes)
-                continue
-            try:
                 client = HttpClient(
                     config.url + "/",
-                    ctx,
+                    self._context(config),
                     timeout=ANSWER_TIMEOUT_S,
                     connect_timeout=CONNECT_TIMEOUT_S,
                     retries=RETRIES,
@@ -386,8 +380,10 @@ class PricePoller:
                     wait_retry_after=False,
                     allow_plain_http=self._allow_plain_http,
                 )
-            except HttpError as exc:  # a URL no client can use (a port out of range)
-                self.state = replace(self.state, error=f"price.url: {exc}")
+            except (OSError, ssl.SSLError, HttpError) as exc:
+                # an unreadable CA file, or a URL no client can use (a port out of range)
+                key = "price.url" if isinstance(exc, HttpError) else "price.ca"
+                self.state = replace(self.state, error=f"{key}: {exc}")
                 await self._wait(config, config.poll_s, changes)
                 continue
             async with client:

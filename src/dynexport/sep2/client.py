@@ -967,26 +967,9 @@ class Sep2Client:
         # walk: an event the server removed at its end, read just after it, was stamped before
         # it and reported cancelled (6) instead of completed (3).
         result = replace(result, programs=programs, complete=complete, fetched_at=self.server_now())
-        if complete and not programs and self.snapshot is not None and self.snapshot.programs:
-            if not self._empty_listing_seen:
-                # One read listing no program where there were some (an empty list from a server
-                # glitch) lifted every utility limit and cancelled every stored event for good:
-                # the schedule is kept until a fresh read agrees. The lists read are forgotten,
-                # so the next walk GETs them again (EMPTY_LISTING_RECHECK_S from now), and not
-                # the cached glitch agreeing with itself.
-                self._empty_listing_seen = True
-                now = self._mono()
-                for url, obj in list(self._cache.items()):
-                    if isinstance(obj, FunctionSetAssignmentsList | DERProgramList):
-                        del self._cache[url]
-                        self._book.record(url, now, EMPTY_LISTING_RECHECK_S)
-                problem = "the server lists no DER program now; the last schedule is kept until "
-                warnings.append(problem + "the next read agrees")
-                log.warning("%snext read agrees", problem)
-                result = replace(result, complete=False)
-                complete = False
-        else:
-            self._empty_listing_seen = False
+        if self._empty_listing_kept(complete, programs, warnings):
+            result = replace(result, complete=False)
+            complete = False
         if complete:
             # Stored now, not after the walk: a later GET (DER list, mirrors) that fails must
             # not lose a cancellation already read (CSIP-AUS ALL-30, comms cut mid-walk).
@@ -1160,6 +1143,34 @@ class Sep2Client:
                     found.append(convert())
         return flow.merge_programs(found), True
 
+    def _empty_listing_kept(
+        self, complete: bool, programs: tuple[ProgramControls, ...], warnings: list[str]
+    ) -> bool:
+        """Whether a complete read of the program lists is not believed yet: one listing no
+        program where the schedule had some (an empty list from a server glitch) lifted every
+        utility limit and cancelled every stored event for good. The schedule is kept until a
+        fresh read ``EMPTY_LISTING_RECHECK_S`` later agrees; the lists are dropped from the
+        cache, so that read is not the cached glitch agreeing with itself."""
+        if not complete or programs or self.snapshot is None or not self.snapshot.programs:
+            self._empty_listing_seen = False
+            return False
+        if self._empty_listing_seen:  # a fresh read agrees: believed
+            return False
+        self._empty_listing_seen = True
+        for url, obj in list(self._cache.items()):
+            if isinstance(obj, FunctionSetAssignmentsList | DERProgramList):
+                del self._cache[url]
+                self._read_again_soon(url)
+        problem = "the server lists no DER program now; the last schedule is kept until "
+        problem += "a fresh read agrees"
+        warnings.append(problem)
+        log.warning("%s", problem)
+        return True
+
+    def _read_again_soon(self, url: str) -> None:
+        """``url`` is due ``EMPTY_LISTING_RECHECK_S`` from now, whatever its pollRate."""
+        self._book.record(url, self._mono(), EMPTY_LISTING_RECHECK_S)
+
     def _default_kept(
         self, url: str, before: object, got: DefaultDERControl | None
     ) -> DefaultDERControl | None:
@@ -1177,7 +1188,7 @@ class Sep2Client:
             return None
         self._default_gone.add(url)
         self._cache[url] = before
-        self._book.record(url, self._mono(), EMPTY_LISTING_RECHECK_S)
+        self._read_again_soon(url)
         log.warning("%s: not found (404); the default control is kept until a read agrees", url)
         return before
 

@@ -80,8 +80,14 @@ CONN_SETTLE_S = 10.0
 then) is taken as the inverter's answer: before that, a relay still opening may report itself
 connected."""
 
-CONTRADICTION_LOG_EVERY = 30
-"""A device that keeps losing what was written is logged the first time and every 30th."""
+LOG_EVERY = 30
+"""A trouble that repeats (a failure, a map that keeps changing, a command lost) is logged the
+first time and every 30th time running."""
+
+
+def _worth_logging(times: int) -> bool:
+    return times == 1 or times % LOG_EVERY == 0
+
 
 REDISCOVER_S = 60.0
 """A device found to be the wrong one, or an inverter without a control model, is discovered
@@ -257,7 +263,7 @@ class _Link:
                 # change on, and logged the first time and every 30th: without it, discovery and
                 # a poll went round in a tight loop, a warning each time.
                 self._map_changes += 1
-                if self._map_changes == 1 or self._map_changes % 30 == 0:
+                if _worth_logging(self._map_changes):
                     log.warning("%s: %s; discovering it again", self.id, exc)
                 self._offline(f"{exc}; discovering it again")
                 if self._map_changes > 1:
@@ -323,7 +329,7 @@ class _Link:
         self.last_activity = trio.current_time()
         self._failures += 1
         self._offline(message)
-        if self._failures == 1 or self._failures % 30 == 0:
+        if _worth_logging(self._failures):
             log.warning("%s: %s", self.id, message)
         await trio.sleep(self.backoff.delay(self._failures))
 
@@ -333,7 +339,7 @@ class _Link:
         self.last_activity = trio.current_time()
         self._failures += 1
         message = f"internal error: {type(exc).__name__}: {exc}"
-        if self._failures == 1 or self._failures % 30 == 0:
+        if _worth_logging(self._failures):
             log.error("%s: %s", self.id, message, exc_info=exc)
         self._offline(message, fault=True)
 
@@ -410,7 +416,7 @@ class _CommandLink(_Link, Generic[_CommandT, _StateT]):
             return
         self._contradictions += 1
         n = self._contradictions
-        if n == 1 or n % CONTRADICTION_LOG_EVERY == 0:
+        if _worth_logging(n):
             log.warning("%s: %s (reset?); writing it again", self.id, lost)
         if n & (n - 1) == 0:
             # written again at the 1st, 2nd, 4th, 8th... poll running that finds it lost: a

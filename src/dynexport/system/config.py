@@ -1000,11 +1000,11 @@ def load_config_bytes(path: str | Path) -> tuple[Config, bytes]:
         raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError([f"cannot read the file: {exc.strerror or exc}"], str(p)) from exc
-    doc = decode_json(raw, str(p))
+    doc, twice = decode_json_noting_twice(raw, str(p))
     config = parse_config(doc, base_dir=p.resolve().parent, source=str(p))
-    twice = keys_given_twice(raw)
-    if twice:
-        config = replace(config, cautions=(*twice, *config.cautions))
+    if twice:  # a caution (Config.cautions): the file runs with the last copy
+        given = tuple(f"{path}: {GIVEN_TWICE}; running with its last value" for path in twice)
+        config = replace(config, cautions=(*given, *config.cautions))
     return config, raw
 
 
@@ -1015,7 +1015,15 @@ MAX_JSON_DEPTH = 32
 
 
 def decode_json(raw: bytes | str, source: str | None = None) -> object:
-    """Decodes configuration JSON, turning every way it can be unreadable into a ConfigError.
+    """Decodes configuration JSON, turning every way it can be unreadable into a ConfigError."""
+    return decode_json_noting_twice(raw, source)[0]
+
+
+def decode_json_noting_twice(
+    raw: bytes | str, source: str | None = None
+) -> tuple[object, list[str]]:
+    """``decode_json``, and the path of each key given twice in one object (the decoder keeps
+    the last copy), in one parse.
 
     Each of these once escaped as a different exception and stopped ``dynexport run`` instead
     of leaving it waiting in setup mode: bytes that are not UTF-8, nesting deep enough to
@@ -1036,7 +1044,7 @@ def decode_json(raw: bytes | str, source: str | None = None) -> object:
     if depth > MAX_JSON_DEPTH:
         raise ConfigError([f"nested {depth} levels deep; at most {MAX_JSON_DEPTH}"], source)
     try:
-        return json.loads(text)
+        return _loads_noting_twice(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             [f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"], source
@@ -1058,6 +1066,17 @@ def loads_each_key_once(text: str) -> object:
     """``json.loads``, refusing an object that gives a key twice (KeyGivenTwice naming the
     keys' paths). The decoder keeps only the last copy: a hand-edited file with ``"limits"``
     twice lost the first one's ``"exportW": 0``, and the site ran without that limit."""
+    doc, twice = _loads_noting_twice(text)
+    if twice:
+        raise KeyGivenTwice([f"{path}: {GIVEN_TWICE}" for path in twice])
+    return doc
+
+
+GIVEN_TWICE = "given twice (only the last would count)"
+
+
+def _loads_noting_twice(text: str) -> tuple[object, list[str]]:
+    """``json.loads``, and the sorted paths of the keys given twice in one object."""
     twice: dict[int, list[str]] = {}
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -1069,8 +1088,8 @@ def loads_each_key_once(text: str) -> object:
         return obj
 
     doc = json.loads(text, object_pairs_hook=pairs)
+    found: list[str] = []
     if twice:
-        found: list[str] = []
         stack: list[tuple[object, str]] = [(doc, "")]
         while stack:  # a walk, not recursion: the depth was bounded, the width is not
             node, path = stack.pop()
@@ -1079,20 +1098,7 @@ def loads_each_key_once(text: str) -> object:
                 stack += [(value, _join(path, key)) for key, value in node.items()]
             elif isinstance(node, list):
                 stack += [(value, f"{path}[{i}]") for i, value in enumerate(node)]
-        raise KeyGivenTwice(
-            [f"{path}: given twice (only the last would count)" for path in sorted(found)]
-        )
-    return doc
-
-
-def keys_given_twice(raw: bytes | str) -> list[str]:
-    """Each key given twice in one object of a document ``decode_json`` accepted, as a
-    caution (``Config.cautions``): the decoder keeps the last copy."""
-    try:
-        loads_each_key_once(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-    except KeyGivenTwice as exc:
-        return [f"{p}; running with its last value" for p in exc.problems]
-    return []
+    return doc, sorted(found)
 
 
 def _json_depth(text: str) -> int:

@@ -163,13 +163,17 @@ def error(status: int, message: str, **extra: Any) -> ServerResponse:
     return json_response(status, {"error": message, **extra})
 
 
+def storage_status(exc: OSError) -> int:
+    """507 for a card that is full, 500 for one read-only or failing."""
+    return 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 500
+
+
 def storage_error(exc: OSError, path: str) -> ServerResponse:
     """A card that is full (507) or read-only or failing (500), in words, for ``path``."""
     why = exc.strerror or str(exc)
     name = Path(exc.filename).name if isinstance(exc.filename, str) else None
     log.error("%s: storage error%s: %s", path, f" on {name}" if name else "", why)
-    status = 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 500
-    return error(status, f"could not be saved{f' ({name})' if name else ''}: {why}")
+    return error(storage_status(exc), f"could not be saved{f' ({name})' if name else ''}: {why}")
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -915,7 +919,7 @@ class WebApi:
             except OSError as exc:  # a full or read-only card: say so, and apply nothing
                 why = exc.strerror or str(exc)
                 log.error("configuration not saved: %s: %s", path, why)
-                status = 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 500
+                status = storage_status(exc)
                 problem = f"{path.name} could not be saved: {why}"
                 raise HttpError(status, problem, problems=[problem]) from None
             self.app.apply_config(config)
