@@ -271,6 +271,19 @@ def test_storage_clock_price_and_mqtt_problems_are_each_shown() -> None:
     assert got["mqtt:warning"] == "MQTT broker not connected: connection refused"
 
 
+def test_a_caution_the_configuration_runs_with_is_a_warning_and_a_refusal_an_error() -> None:
+    """A caution (Config.cautions: here a web.host that is not an address) runs as it is: the
+    dashboard showed it at the error level of a refused file, as if the site ran without it."""
+    config = parse_config({"web": {"host": "dynexport-setup"}})
+    (caution,) = config.cautions
+    refusal = "config.json: not JSON; running on config.last-good.json, the configuration last read"
+    got = alerts({"configProblems": [caution, refusal]}, config, NOW)
+    assert [(a["code"], a["level"], a["text"]) for a in got] == [
+        ("config", "warning", f"Configuration: {caution}"),
+        ("config", "error", f"Configuration: {refusal}"),
+    ]
+
+
 def test_a_connected_mqtt_and_a_live_price_raise_nothing() -> None:
     status = {
         "integrations": {

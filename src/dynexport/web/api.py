@@ -242,10 +242,12 @@ def alerts(status: dict[str, Any], config: Config, wall_clock: float) -> list[di
     def add(level: str, code: str, text: str) -> None:
         out.append({"level": level, "code": code, "text": text})
 
+    cautions = set(config.cautions)
     for problem in status.get("configProblems") or []:
-        # a refusal ("...; running on config.last-good.json"), a file not usable at all (setup
-        # mode), or a caution the file runs with ("...; running with its last value")
-        add("error", "config", f"Configuration: {problem}")
+        # a refusal ("...; running on config.last-good.json") or a file not usable at all
+        # (setup mode) is an error; a caution the file runs with (Config.cautions) a warning
+        level = "warning" if problem in cautions else "error"
+        add(level, "config", f"Configuration: {problem}")
     if status.get("setupMode"):
         add("info", "setup", "Not configured yet: finish the setup.")
         return out
