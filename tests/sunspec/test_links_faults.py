@@ -34,9 +34,8 @@ def link_to(site: Site, bus: SiteBus | None = None, **kwargs: float) -> Inverter
         "inverter 1",
         bus or SiteBus(site),
         1,
-        fast_s=1.0,
         backoff=Backoff(initial=0.5, maximum=2.0),
-        **kwargs,  # type: ignore[arg-type]
+        **{"fast_s": 1.0, **kwargs},  # type: ignore[arg-type]
     )
 
 
@@ -60,12 +59,40 @@ def warnings_of(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
 # -- a reset seen by a poll is written again at once --------------------------------------------
 
 
+@pytest.mark.parametrize("model", [123, 704])
+async def test_a_limit_a_reset_cleared_is_written_again_within_a_fast_poll(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture, model: int
+) -> None:
+    """revertS 3600: the rewrite is 20 minutes away, and the slow poll (which alone read the
+    limit in force) 5 minutes; an inverter back from a reset without its limit made full power
+    until then. The fast poll reads the control model's limit (704, else 123) too."""
+    if model == 123:
+        site, unit, enable = profiles.fronius_gateway(tau_s=0.5), 1, "WMaxLim_Ena"
+    else:
+        site, unit, enable = profiles.der2018_inverter(tau_s=0.5), 1, "WMaxLimPctEna"
+    link = link_to(site, revert_s=3600)
+    async with running(link):
+        link.command(Desired(pct=10.0))
+        await settle(10)
+        assert site.get(unit, model, enable) == 1 and not warnings_of(caplog, AGAIN)
+        site.inverters[unit].step(trio.current_time())
+        site.inverters[unit].set(model, enable, 0)  # the reset: its limit off, the rest kept
+        await settle(2)  # a fast poll, not the slow one (300 s)
+        assert site.get(unit, model, enable) == 1
+        assert site.get(unit, model, "WMaxLimPct") == pytest.approx(10.0)
+        assert link.state.limit_pct == pytest.approx(10.0)
+        await settle(30)
+    assert warnings_of(caplog, AGAIN) == [
+        "inverter 1: the 10 % limit written reads no limit (reset?); writing it again"
+    ]
+
+
 async def test_a_limit_the_slow_poll_finds_gone_is_written_again_at_once(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """revertS 3600: the rewrite is 20 minutes away; the slow poll's reading is acted on."""
+    """The same found by the slow poll (fast polls 1000 s apart here): acted on at once too."""
     site = profiles.fronius_gateway(tau_s=0.5)
-    link = link_to(site, revert_s=3600, slow_s=5.0)
+    link = link_to(site, revert_s=3600, slow_s=5.0, fast_s=1000.0)
     async with running(link):
         link.command(Desired(pct=10.0))
         await settle(10)

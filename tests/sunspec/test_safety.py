@@ -252,7 +252,20 @@ def test_fast_plan_reads_the_connection_state() -> None:
         (ModelHeader(103, 40002, 50), ModelHeader(122, 40054, 44), ModelHeader(123, 40100, 24)),
     )
     plan = fast_plan(with_status)
-    # and WAval, the power it could make now (curtailed energy = WAval less output)
-    assert {mp.header.id: mp.names for mp in plan.models}[122] == ("PVConn", "ECPConn", "WAval")
+    # and WAval, the power it could make now (curtailed energy = WAval less output), and the
+    # limit in force (a reset that clears it is found within a second)
+    names = {mp.header.id: mp.names for mp in plan.models}
+    assert names[122] == ("PVConn", "ECPConn", "WAval")
+    assert names[123] == ("WMaxLimPct", "WMaxLim_Ena")
     only_123 = SunSpecMap(40000, (ModelHeader(103, 40002, 50), ModelHeader(123, 40054, 24)))
-    assert {mp.header.id: mp.names for mp in fast_plan(only_123).models}[123] == ("Conn",)
+    assert {mp.header.id: mp.names for mp in fast_plan(only_123).models}[123] == (
+        "Conn",
+        "WMaxLimPct",
+        "WMaxLim_Ena",
+    )
+    with_704 = SunSpecMap(
+        40000,
+        (ModelHeader(701, 40002, 153), ModelHeader(123, 40157, 24), ModelHeader(704, 40183, 65)),
+    )
+    names = {mp.header.id: mp.names for mp in fast_plan(with_704).models}
+    assert names[704] == ("WMaxLimPctEna", "WMaxLimPct") and 123 not in names

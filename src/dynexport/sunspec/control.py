@@ -25,10 +25,9 @@ from fractions import Fraction
 from dynexport.sunspec.decode import SF_RANGE, Value, encode_value
 from dynexport.sunspec.discovery import ModelHeader, SunSpecMap
 from dynexport.sunspec.models import ModelDef, model_def
-from dynexport.sunspec.polling import INVERTER_MODELS, METER_MODELS
+from dynexport.sunspec.polling import CONTROL_MODELS, INVERTER_MODELS, METER_MODELS
 
 DEFAULT_REVERT_S = 60
-CONTROL_MODELS = (704, 123)
 CONNECT_MODEL = 123
 LIMIT_TOLERANCE_PCT = Fraction(1, 10**9)
 """How far (in percentage points) below a register step a limit may be and still be written as

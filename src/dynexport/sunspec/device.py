@@ -54,6 +54,10 @@ class FastReading:
     connected: bool | None = None
     """Grid connection as the inverter reports it: 701 ConnSt, else 122 ECPConn bit 0, else
     123 Conn; None when the device says nothing about it."""
+    limit_read: bool = False
+    """The control model's limit was read (``limit_pct`` says what it is)."""
+    limit_pct: float | None = None
+    """The limit in force as read (704, else 123): None when disabled or unknown."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,12 @@ class SunSpecDevice:
             connected = Status.from_points(values[122]).connected
         if connected is None and 123 in values:
             connected = ImmediateControls.from_points(values[123]).connected
-        return FastReading(inv, met, connected)
+        limit_read, limit_pct = False, None
+        if 704 in values:
+            limit_read, limit_pct = True, DerControls.from_points(values[704]).limit_pct
+        elif 123 in values and "WMaxLim_Ena" in values[123]:
+            limit_read, limit_pct = True, ImmediateControls.from_points(values[123]).limit_pct
+        return FastReading(inv, met, connected, limit_read, limit_pct)
 
     async def poll_slow(self) -> SlowReading:
         v = await self.read_plan(self.slow_poll_plan)

@@ -35,7 +35,13 @@ from dynexport.sunspec.control import (
     rewrite_interval,
 )
 from dynexport.sunspec.decode import DeviceNotReadyError, MapChangedError
-from dynexport.sunspec.device import LimitResult, SlowReading, SunSpecDevice, VerifyError
+from dynexport.sunspec.device import (
+    FastReading,
+    LimitResult,
+    SlowReading,
+    SunSpecDevice,
+    VerifyError,
+)
 from dynexport.sunspec.discovery import DiscoveryError, NotSunSpecError
 from dynexport.sunspec.storage import StorageConvention, StorageReading
 from dynexport.sunspec.views import (
@@ -552,11 +558,8 @@ class InverterLink(_CommandLink[Desired, InverterState]):
     def _slow_lost(self, slow: SlowReading) -> str | None:
         """What of the command written the slow poll finds gone: the limit (disabled, or above
         the one written), or the 123 Conn open of a disconnect."""
-        lost: list[str] = []
-        written, commanded = self._written, self.state.commanded_pct
-        if commanded is not None and (slow.limit_pct is None or slow.limit_pct > commanded + 1e-9):
-            now = "no limit" if slow.limit_pct is None else f"{slow.limit_pct:g} %"
-            lost.append(f"the {commanded:g} % limit written reads {now}")
+        written = self._written
+        lost = [self._limit_lost(slow.limit_pct)]
         if (
             written is not None
             and not written.connect
@@ -565,7 +568,16 @@ class InverterLink(_CommandLink[Desired, InverterState]):
             and slow.controls.conn == 1
         ):
             lost.append("123 Conn, written 0 to disconnect, reads 1")
-        return "; ".join(lost) or None
+        return "; ".join(filter(None, lost)) or None
+
+    def _limit_lost(self, limit_pct: float | None) -> str | None:
+        """What a read of the limit in force (``limit_pct``, None: none) finds lost of the one
+        written: disabled, or above it."""
+        commanded = self.state.commanded_pct
+        if commanded is None or (limit_pct is not None and limit_pct <= commanded + 1e-9):
+            return None
+        now = "no limit" if limit_pct is None else f"{limit_pct:g} %"
+        return f"the {commanded:g} % limit written reads {now}"
 
     async def _poll_fast(self) -> None:
         fast = await self.device.poll_fast()
@@ -579,20 +591,40 @@ class InverterLink(_CommandLink[Desired, InverterState]):
             connected=fast.connected,
             last_reading=trio.current_time(),
         )
+        if fast.limit_read and self.state.controllable:
+            self.state = replace(self.state, limit_pct=fast.limit_pct)
+        self._held_fast(fast)
+        self._changed()
+
+    def _held_fast(self, fast: FastReading) -> None:
+        """What a fast poll finds of the command written: the limit in force, and the
+        connection state while a disconnect through 123 Conn is in force (once its relay had
+        CONN_SETTLE_S to open). Counted once per poll; a poll that could not judge all of it
+        (the relay still opening) never counts as held, or an inverter whose status never
+        follows Conn was written and logged again at every contradiction."""
         written = self._written
+        if written is None:
+            return
+        lost: list[str | None] = []
+        settling = False
+        if fast.limit_read and self.state.controllable:
+            lost.append(self._limit_lost(fast.limit_pct))
         if (
-            written is not None
-            and not written.connect
+            not written.connect
             and self.state.disconnect_method == "conn"
             and fast.connected is not None
-            and trio.current_time() >= self._conn_opened_t + CONN_SETTLE_S
         ):
-            self._held(
-                "it reports itself connected while a disconnect through 123 Conn is in force"
-                if fast.connected
-                else None
-            )
-        self._changed()
+            if trio.current_time() < self._conn_opened_t + CONN_SETTLE_S:
+                settling = True
+            else:
+                lost.append(
+                    "it reports itself connected while a disconnect through 123 Conn is in force"
+                    if fast.connected
+                    else None
+                )
+        found = "; ".join(filter(None, lost)) or None
+        if found is not None or (lost and not settling):
+            self._held(found)
 
     def _rewrite_due(self) -> float:
         last = self.state.last_write

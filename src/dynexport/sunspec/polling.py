@@ -48,6 +48,18 @@ opened through 123 Conn), read with the power so the utility hears of it within 
 ``WAval``, the power it could make now, from which the energy the limits curtailed is counted."""
 _FAST_CONN = ("Conn",)
 """Model 123's connect control, the fallback when a device has no model 122."""
+CONTROL_MODELS = (704, 123)
+"""The models an inverter's limit is written through: 704 if the device has it, else 123."""
+FAST_LIMIT: dict[int, tuple[str, ...]] = {
+    704: ("WMaxLimPctEna", "WMaxLimPct"),
+    123: ("WMaxLimPct", "WMaxLim_Ena"),
+}
+"""The limit in force, read with the power from the control model: a device reset that clears
+only the limit written is found at the next fast poll, not at the slow one minutes later."""
+FAST_MAX_GAP = 16
+"""The fast plan runs every second: a gap of up to 16 registers (32 bytes, about 33 ms at 9600
+baud, less than one more round trip with the device's turnaround) is read through, so the
+limit's points and their scale factor ride on the status read (3 requests on a Fronius, not 5)."""
 SLOW_MODELS = (1, 120, 121, 122, 123, 124, 702, 703, 704)
 """Models the slow plan reads whole (top-level points): identity, ratings, settings, controls."""
 
@@ -213,7 +225,8 @@ def make_plan(
 def fast_plan(smap: SunSpecMap) -> PollPlan:
     """Power, reactive power, voltage, frequency and status of whatever the device is: the
     inverter measurement model (or 701) with its grid connection state (701 ConnSt, else 122
-    PVConn/ECPConn, else 123 Conn), and/or a meter model."""
+    PVConn/ECPConn, else 123 Conn) and the limit in force (``FAST_LIMIT``), and/or a meter
+    model."""
     wants: dict[int, Sequence[str] | None] = {}
     inv = smap.first_of((*INVERTER_MODELS, DER_MEASUREMENT_MODEL))
     if inv is not None:
@@ -223,10 +236,13 @@ def fast_plan(smap: SunSpecMap) -> PollPlan:
                 wants[122] = _FAST_STATUS
             elif smap.find(123) is not None:
                 wants[123] = _FAST_CONN
+        control = smap.first_of(CONTROL_MODELS)
+        if control is not None:
+            wants[control.id] = (*(wants.get(control.id) or ()), *FAST_LIMIT[control.id])
     meter = smap.first_of(METER_MODELS)
     if meter is not None:
         wants[meter.id] = fast_points(meter.id)
-    return make_plan(smap, wants)
+    return make_plan(smap, wants, max_gap=FAST_MAX_GAP)
 
 
 STORAGE_POINTS: dict[int, tuple[str, ...] | None] = {

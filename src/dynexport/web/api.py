@@ -35,8 +35,8 @@ from dynexport.integrations.metrics import CONTENT_TYPE as METRICS_TYPE
 from dynexport.integrations.metrics import bearer_ok, render_metrics
 from dynexport.modbus.endpoints import Endpoint, SerialEndpoint, parse_tcp
 from dynexport.sep2.identity import CertError, chain_lfdi
-from dynexport.sunspec.control import CONTROL_MODELS
 from dynexport.sunspec.discovery import device_roles
+from dynexport.sunspec.polling import CONTROL_MODELS
 from dynexport.system.config import (
     BAUD_RATES,
     Config,
