@@ -1702,16 +1702,21 @@ def utility_limits(active: ActiveControls, rated_w: float | None = None) -> Util
         v = active.value(kind)
         return v if isinstance(v, bool) else None
 
+    # (value in W, its rampTms) of each generation limit in force
+    limits: list[tuple[float, int | None]] = []
     generation = power(ControlType.GENERATION_LIMIT_W)
+    if generation is not None:
+        limits.append((generation, active.ramp_tms(ControlType.GENERATION_LIMIT_W)))
     max_pct = power(ControlType.MAX_LIMIT_PCT)
     if max_pct is not None and rated_w is not None and math.isfinite(rated_w) and rated_w >= 0:
         as_w = max(max_pct, 0.0) / 100.0 * rated_w
-        generation = as_w if generation is None else min(generation, as_w)
-    # each limit its own rampTms (0: a step; None: absent, so setGradW): one taken for all
-    # made a generation event's rampTms 0 turn an export change setGradW was to ramp into a step
-    generation_ramps = [
-        active.ramp_tms(k) for k in (ControlType.GENERATION_LIMIT_W, ControlType.MAX_LIMIT_PCT)
-    ]
+        limits.append((as_w, active.ramp_tms(ControlType.MAX_LIMIT_PCT)))
+    generation = min((w for w, _ in limits), default=None)
+    # Each limit follows its own rampTms (0: a step; None: absent, so setGradW): the export
+    # limit's, and the generation limit's from the control that sets it, the lower of the two
+    # (of a tie, the quicker). The larger of both ramped a 1000 W opModGenLimW step (rampTms 0)
+    # over another event's opModMaxLimW rampTms of 600 s.
+    binding = [r for w, r in limits if w == generation and r is not None]
     return UtilityLimits(
         export_w=power(ControlType.EXPORT_LIMIT_W),
         import_w=power(ControlType.IMPORT_LIMIT_W),
@@ -1720,7 +1725,7 @@ def utility_limits(active: ActiveControls, rated_w: float | None = None) -> Util
         connect=flag(ControlType.CONNECT),
         energize=flag(ControlType.ENERGIZE),
         ramp_tms=active.ramp_tms(ControlType.EXPORT_LIMIT_W),
-        generation_ramp_tms=max((r for r in generation_ramps if r is not None), default=None),
+        generation_ramp_tms=min(binding, default=None),
         set_grad_w=active.set_grad_w,
         storage_target_w=power(ControlType.STORAGE_TARGET_W),
     )

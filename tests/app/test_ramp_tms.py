@@ -50,3 +50,22 @@ def test_each_limit_follows_its_own_ramp_tms_not_another_kinds() -> None:
     ]
     limits = utility_limits(active_controls(programs, T0 + 1, SEED), 10_000.0)
     assert (limits.ramp_tms, limits.generation_ramp_tms, limits.set_grad_w) == (None, 0, 27)
+
+
+def test_the_generation_limit_follows_the_ramp_tms_of_the_control_that_sets_it() -> None:
+    """opModMaxLimW 50 % (rampTms 600 s) in force, then opModGenLimW 1000 W asked as a step
+    (rampTms 0): the larger of both rampTms ramped the 1000 W step over 600 s, the site
+    generating far above the utility's limit all that time. Each binds with its own."""
+    programs = [
+        prog("/derp/1", 1, ev("PCT", T0 - 60, 3600, max_pct=50, ramp_tms=60000, program="/derp/1")),
+        prog("/derp/2", 2, ev("GEN", T0, 600, gen=1000.0, ramp_tms=0, program="/derp/2")),
+    ]
+    merged = merge_limits(utility_limits(active_controls(programs, T0 + 1, SEED), 10_000.0), None)
+    assert (merged.generation_w, merged.generation_ramp_tms) == (1000.0, 0)
+    programs[1] = prog("/derp/2", 2, ev("GEN", T0, 600, gen=9000.0, ramp_tms=0, program="/derp/2"))
+    merged = merge_limits(utility_limits(active_controls(programs, T0 + 1, SEED), 10_000.0), None)
+    assert (merged.generation_w, merged.generation_ramp_tms) == (5000.0, 60000)
+    # equal limits: the quicker of the two rampTms
+    programs[1] = prog("/derp/2", 2, ev("GEN", T0, 600, gen=5000.0, ramp_tms=0, program="/derp/2"))
+    merged = merge_limits(utility_limits(active_controls(programs, T0 + 1, SEED), 10_000.0), None)
+    assert (merged.generation_w, merged.generation_ramp_tms) == (5000.0, 0)
