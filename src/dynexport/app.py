@@ -1473,6 +1473,7 @@ class App:
                     "powerW": link.state.power_w,
                     "ratedW": link.state.rated_w,
                     "limitPct": link.state.limit_pct,
+                    "revertTimer": link.state.revert_timer,
                     "followsLimit": None if out is None else link.id not in out.not_following,
                     "skipped": None if out is None else out.skipped.get(link.id),
                     "unread": None if out is None else link.id in out.blind,

@@ -85,18 +85,21 @@ def status_122() -> ModelSpec:
     )  # fmt: skip
 
 
-def controls_123() -> ModelSpec:
-    return ModelSpec(
-        123,
-        {
-            "Conn_WinTms": 0, "Conn_RvrtTms": 0, "Conn": 1,
-            "WMaxLimPct_SF": -2, "WMaxLimPct": 100.0,
-            "WMaxLimPct_WinTms": 0, "WMaxLimPct_RvrtTms": 0, "WMaxLimPct_RmpTms": 0,
-            "WMaxLim_Ena": 0,
-            "OutPFSet_SF": -3, "OutPFSet": 1.0, "OutPFSet_Ena": 0,
-        },
-        writable=_CONTROLS_123,
-    )  # fmt: skip
+def controls_123(*, optional: bool = True) -> ModelSpec:
+    """Model 123; ``optional`` False: only the points SunSpec makes mandatory (no window, revert
+    or ramp times, no Conn revert timer), as some inverters implement it."""
+    values = {
+        "Conn_WinTms": 0, "Conn_RvrtTms": 0, "Conn": 1,
+        "WMaxLimPct_SF": -2, "WMaxLimPct": 100.0,
+        "WMaxLimPct_WinTms": 0, "WMaxLimPct_RvrtTms": 0, "WMaxLimPct_RmpTms": 0,
+        "WMaxLim_Ena": 0,
+        "OutPFSet_SF": -3, "OutPFSet": 1.0, "OutPFSet_Ena": 0,
+    }  # fmt: skip
+    writable = _CONTROLS_123
+    if not optional:
+        values = {k: v for k, v in values.items() if not k.endswith("Tms")}
+        writable = frozenset(n for n in writable if not n.endswith("Tms"))
+    return ModelSpec(123, values, writable=writable)
 
 
 def mppt_160(modules: int = 2, labels: tuple[str, ...] | None = None) -> ModelSpec:
@@ -125,16 +128,18 @@ def sunspec_inverter(
     float_model: bool = False,
     phases: int = 3,
     control: bool = True,
+    optional_controls: bool = True,
     mppt: bool = True,
     available_w: float = 0.0,
     tau_s: float = 1.0,
     order: str = "fronius",
 ) -> Inverter:
-    """An inverter with the 1xx information models and (optionally) model 123 controls."""
+    """An inverter with the 1xx information models and (optionally) model 123 controls (with
+    only the mandatory points when ``optional_controls`` is False)."""
     meas = inverter_measurements(float_model, phases)
     tail = [nameplate_120(w_max), settings_121(w_max), status_122()]
     if control:
-        tail.append(controls_123())
+        tail.append(controls_123(optional=optional_controls))
     if mppt:
         tail.append(mppt_160())
     models = [common(mn, md, sn, unit=unit)]
@@ -408,6 +413,13 @@ def der2018_inverter(*, tau_s: float = 1.0, load_w: float = 1000.0) -> Site:
     return _site({1: inv, 240: sunspec_meter(float_model=True, mn="SunSpecSim")}, load_w)
 
 
+def mandatory_controls_inverter(*, tau_s: float = 1.0) -> Site:
+    """An inverter whose model 123 has only SunSpec's mandatory points: no limit window, ramp
+    or revert timer (a limit stays in force until written again), no Conn revert timer."""
+    inv = sunspec_inverter(sn="SIMMAND1", available_w=4000.0, tau_s=tau_s, optional_controls=False)
+    return _site({1: inv, 240: sunspec_meter()}, 1000.0)
+
+
 def no_control_inverter(*, tau_s: float = 1.0) -> Site:
     """A Fronius inverter whose 'control via Modbus' is off, so model 123 is absent."""
     inv = sunspec_inverter(sn="SIMNOCTL", available_w=4000.0, control=False, tau_s=tau_s)
@@ -467,6 +479,7 @@ PROFILES: dict[str, Callable[[], Site]] = {
     "sma_like": sma_like,
     "der2018_inverter": der2018_inverter,
     "no_control_inverter": no_control_inverter,
+    "mandatory_controls_inverter": mandatory_controls_inverter,
     "base0_device": base0_device,
     "float_inverter": float_inverter,
     "single_phase_int": single_phase_int,

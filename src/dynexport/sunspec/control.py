@@ -209,6 +209,33 @@ def limit_values(header: ModelHeader, sf: Value, cmd: LimitCommand) -> dict[str,
     raise CommandError(f"model {header.id} is not a control model")
 
 
+WRITTEN_WHERE_IMPLEMENTED = frozenset(
+    {
+        *("WMaxLimPct_WinTms", "WMaxLimPct_RvrtTms", "WMaxLimPct_RmpTms"),  # 123
+        *("WMaxLimPctRvrt", "WMaxLimPctEnaRvrt", "WMaxLimPctRvrtTms"),  # 704
+        *("InOutWRte_WinTms", "InOutWRte_RmpTms"),  # 124
+    }
+)
+"""Points SunSpec makes optional that a command writes only where the device implements them
+(reads them as other than the not-implemented value). A device without a limit's window or ramp
+time read every write back as failed (they read "not implemented", not the 0 written) and was
+taken offline for good, its limit in force all along. 124's revert timer is not among them: a
+battery command must expire."""
+REVERT_TIMERS = {123: "WMaxLimPct_RvrtTms", 704: "WMaxLimPctRvrtTms"}
+"""Each control model's limit revert timer: without one a limit written stays in force."""
+
+
+def implemented_only(values: Mapping[str, int], before: Mapping[str, Value]) -> dict[str, int]:
+    """``values`` (raw, in write order) without the optional points (``WRITTEN_WHERE_IMPLEMENTED``)
+    that ``before``, the model's raw values as read just before the write, shows the device does
+    not implement."""
+    return {
+        name: value
+        for name, value in values.items()
+        if name not in WRITTEN_WHERE_IMPLEMENTED or before.get(name) is not None
+    }
+
+
 def encode_limit(header: ModelHeader, sf: Value, cmd: LimitCommand) -> tuple[RegisterWrite, ...]:
     """The writes for a limit command; ``sf`` is WMaxLimPct_SF as just read from the device."""
     return encode_writes(_def(header), header, limit_values(header, sf, cmd))

@@ -99,6 +99,9 @@ class LimitResult:
     writes: tuple[RegisterWrite, ...]
     readback: dict[str, Value]
     """Scaled values of the control model after the write."""
+    revert_timer: bool = True
+    """The device implements the limit's revert timer (written with it). False: the limit
+    written stays in force until written again, also if this appliance stops."""
 
 
 class SunSpecDevice:
@@ -254,7 +257,7 @@ class SunSpecDevice:
         before = await self.read_model(header)
         sf = before.raw.get("WMaxLimPct_SF")
         control.limit_sf(sf)
-        values = control.limit_values(header, sf, cmd)
+        values = control.implemented_only(control.limit_values(header, sf, cmd), before.raw)
         mdef = model_def(header.id)
         assert mdef is not None
         writes = control.encode_writes(mdef, header, values)
@@ -273,7 +276,8 @@ class SunSpecDevice:
             header.id,
             cmd.revert_s,
         )
-        return LimitResult(header.id, writes, dict(after.points))
+        timer = before.raw.get(control.REVERT_TIMERS[header.id]) is not None
+        return LimitResult(header.id, writes, dict(after.points), timer)
 
     async def set_limit_watts(
         self, watts: float, *, revert_s: int = control.DEFAULT_REVERT_S

@@ -156,6 +156,9 @@ class InverterState:
     """The limit as last read back from the inverter; None = no limit in force."""
     commanded_pct: float | None = None
     """The limit last written (0 while disconnected), rounded down to the register step."""
+    revert_timer: bool | None = None
+    """The inverter implements its limit's revert timer; False: a limit written stays in force
+    until written again, also if this appliance stops (None: nothing written yet)."""
     connected: bool | None = None
     """Grid connection as the inverter reports it (701 ConnSt, 122 ECPConn bit 0 or 123 Conn),
     refreshed by every fast poll and right after a connect write; None = it does not say."""
@@ -691,11 +694,18 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         # reconnect whose Conn write then failed was counted at the disconnect's 0 % while the
         # inverter made full power. Its revert timer runs from no later than ``sent`` (noted
         # before the write, so its expiry is never counted late).
+        if not result.revert_timer and self.state.revert_timer is not False:
+            log.warning(
+                "%s: its limit has no revert timer (not implemented): a limit written stays in "
+                "force until written again, also if this appliance stops",
+                self.id,
+            )
         self.state = replace(
             self.state,
             commanded_pct=None if pct is None else _written_pct(result, pct),
             limit_pct=_limit_in_force(result),
             last_write=sent,
+            revert_timer=result.revert_timer,
         )
         self._changed()
         method: DisconnectMethod | None = None
@@ -1025,6 +1035,7 @@ class BatteryLink(_CommandLink[BatteryDesired, BatteryLinkState]):
             max_charge_w=rate_base,
             sf=sf,
             convention=self.convention,
+            before=before.raw,
         )
         sent = trio.current_time()
         self.state = replace(self.state, last_sent=sent)

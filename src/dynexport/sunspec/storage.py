@@ -55,6 +55,7 @@ from dynexport.sunspec.control import (
     CommandError,
     RegisterWrite,
     encode_writes,
+    implemented_only,
     limit_sf,
 )
 from dynexport.sunspec.decode import Value
@@ -454,9 +455,14 @@ def encode_storage(
     max_charge_w: float | None,
     sf: Value,
     convention: StorageConvention = StorageConvention.SUNSPEC,
+    before: Mapping[str, Value] | None = None,
 ) -> tuple[tuple[RegisterWrite, ...], dict[str, int]]:
-    """The writes for a battery command, and the raw values the read-back must show."""
+    """The writes for a battery command, and the raw values the read-back must show; without
+    the optional points ``before`` (the model's raw values as read just before) shows the device
+    does not implement (``control.implemented_only``)."""
     values = storage_values(header, cmd, max_charge_w=max_charge_w, sf=sf, convention=convention)
+    if before is not None:
+        values = implemented_only(values, before)
     mdef = model_def(header.id)
     if mdef is None:  # pragma: no cover - 124 and 704 ship with pysunspec2
         raise CommandError(f"no definition for model {header.id}")
