@@ -196,6 +196,27 @@ def test_reductions_are_immediate_and_increases_gentle():
     assert seen[-1] == pytest.approx(full, abs=200)
 
 
+def test_a_decision_with_no_inverter_online_is_not_taken_for_a_cut_to_zero():
+    """The first decision of a start (or of restarted links) comes before any inverter has
+    answered, and a shared gateway reconnecting takes every inverter out of one decision: the
+    0 W that no online inverter can make was taken as the command in force, and the next
+    decisions cut every inverter to 0 % and held them there while their output fell, the site
+    importing its load with nothing to limit. The next decision starts afresh instead."""
+    making = [inv("a", 5000, 1500), inv("b", 5000, 1500)]
+    gone = [inv("a", 5000, float("nan"), online=False), inv("b", 5000, float("nan"), online=False)]
+    first = control_step(meter_at(1, -2000), gone, export(5000), ControllerState(), 1)
+    assert all(c.limit_pct is None for c in first.commands)
+    out = control_step(meter_at(2, -2000), making, export(5000), first.state, 2)
+    steady = limited(out)
+    assert min(steady.values()) > 40.0  # about 4.85 kW of 10 kW shared: no cut to 0 %
+    for t in (3.0, 4.0, 5.0):
+        out = control_step(
+            meter_at(t, -2000), gone if t == 3 else making, export(5000), out.state, t
+        )
+        if t != 3:
+            assert limited(out) == pytest.approx(steady, abs=1.0)
+
+
 def test_set_grad_w_limits_the_rate_of_increase():
     invs = [inv("a", 10000, 1500)]
     state = control_step(meter_at(0, -1000), invs, export(1000), ControllerState(), 0).state

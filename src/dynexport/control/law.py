@@ -220,6 +220,11 @@ class ControllerState:
     over_since: tuple[tuple[str, float], ...] = ()
     """Each controllable inverter making more than its read-back limit, since when (it does
     not follow its limit once that is ``ControlSettings.follow_s`` ago)."""
+    given_to_none: bool = False
+    """The last command went to no inverter (none controllable was online: a start or a
+    restart of the links before they answer, a shared gateway reconnecting): the next decision
+    starts afresh, as after a start. Taken as the command in force, the 0 W no online inverter
+    can make cut every inverter to 0 % and held them there while their output fell."""
 
 
 @dataclass(frozen=True)
@@ -686,7 +691,9 @@ def control_step(
     if raw >= rated_online:
         raw, source = rated_online, ""  # more than the online inverters can make: no limit
 
-    prev = max(state.gen_cmd_w, 0.0) if _finite(state.gen_cmd_w) else None
+    prev = None
+    if _finite(state.gen_cmd_w) and not state.given_to_none:
+        prev = max(state.gen_cmd_w, 0.0)
     hold_until = state.hold_until if not math.isnan(state.hold_until) else -math.inf
     settle_until = now + s.average_s + s.interval_s
     if prev is not None and prev - raw > s.hold_cut_w:
@@ -762,8 +769,9 @@ def control_step(
     target = None if not source and cmd >= rated_online else cmd
     mode = "failsafe" if stale else "normal"
     new = ControllerState(
-        now, cmd, der, key, ramps, mode, hold_until, bat_der, bat.memory, frozenset(absorb)
-    )
+        now, cmd, der, key, ramps, mode, hold_until, bat_der, bat.memory, frozenset(absorb),
+        given_to_none=not ctrl,
+    )  # fmt: skip
     lims = (ramped["export_w"], ramped["generation_w"])
     return out(pct, True, mode, target, budget, source, load_est, new, lims, offline_w)
 
