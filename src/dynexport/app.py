@@ -148,6 +148,9 @@ class App:
         self.battery = BatteryBook()
         """The batteries' plan, production seen today and energy stored instead of curtailed."""
         self.meter: MeterLink | None = None
+        self.bus_pool: BusPool | None = None
+        """This generation's buses: the web's device scan of a serial port the links hold goes
+        through its bus (the service has the port's exclusive lock)."""
         self.utility: Sep2Client | None = None
         self.utility_starting = False
         """The configured utility link is not built yet: it is built once the first limits are
@@ -351,6 +354,7 @@ class App:
             self._stored_schedule = None
         self.settings = _settings(self.config)
         async with BusPool(timeout=1.0, retries=1) as pool:
+            self.bus_pool = pool
             self._make_links(pool)
             cancelled = True
             try:
@@ -397,6 +401,7 @@ class App:
                 if cancelled:
                     with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_BUDGET_S):
                         await self.leave_fail_safe()
+                self.bus_pool = None
 
     async def _utility_link(self, utility: UtilityConfig) -> None:
         """The utility link of this generation: built once the first limits are written, then

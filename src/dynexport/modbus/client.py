@@ -11,8 +11,10 @@ The bytes themselves are the codec's business (``dynexport.modbus.codec``); see 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import select
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -58,6 +60,35 @@ class Backoff:
         if failures <= 0:
             return 0.0
         return min(self.initial * self.factor ** min(failures - 1, 64), self.maximum)
+
+
+class PortInUseError(ModbusConnectionError):
+    """The serial port is already open in this process, by another bus (under this name or
+    another: a ``/dev/serial/by-id/`` link and its tty are one port)."""
+
+
+def _port_in_use(endpoint: SerialEndpoint, holder: SerialEndpoint, real: str) -> PortInUseError:
+    same = "" if holder.device == endpoint.device else f"; {_same_port(endpoint, holder, real)}"
+    return PortInUseError(
+        f"{endpoint}: serial port {endpoint.device} is in use by the running service (its bus "
+        f"{holder} has it open{same})"
+    )
+
+
+def real_device(device: str) -> str:
+    """The port a serial device name stands for: symbolic links (``/dev/serial/by-id/...``)
+    resolved (``os.path.realpath``; a name that does not exist stays as it is)."""
+    return os.path.realpath(device)
+
+
+def _same_port(a: SerialEndpoint, b: SerialEndpoint, real: str) -> str:
+    return f"{a.device} and {b.device} are the same serial port, {real}"
+
+
+_OPEN_PORTS: dict[str, _RtuLink] = {}
+"""Serial ports open in this process, by real path (:func:`real_device`), and the link holding
+each: a second bus on the same port (another name for it, or the device scan while the service
+runs) gets a :class:`PortInUseError` naming both, not pyserial's "could not exclusively lock"."""
 
 
 class _Link(Protocol):
@@ -191,6 +222,7 @@ class _RtuLink:
         self._quiet_from = -math.inf  # trio time from which the line is idle
         self._dirty = False
         self._answer_due = -math.inf  # deadline of a request whose answer may still come
+        self._real: str | None = None  # the port's real path while open (_OPEN_PORTS)
         self.received = 0
 
     @property
@@ -200,7 +232,13 @@ class _RtuLink:
     async def connect(self) -> None:
         from dynexport.modbus.serial_port import SerialPort
 
+        real = real_device(self.endpoint.device)
+        holder = _OPEN_PORTS.get(real)
+        if holder is not None and holder is not self:
+            raise _port_in_use(self.endpoint, holder.endpoint, real)
         self._port = SerialPort(self.endpoint)
+        self._real = real
+        _OPEN_PORTS[real] = self
         self._dirty = True  # whatever the line carried before we opened it is not ours
         log.info("%s: serial port open", self.endpoint)
         await trio.lowlevel.checkpoint()
@@ -275,6 +313,40 @@ class _RtuLink:
         if self._port is not None:
             self._port.close()
             self._port = None
+        if self._real is not None:
+            if _OPEN_PORTS.get(self._real) is self:
+                del _OPEN_PORTS[self._real]
+            self._real = None
+
+
+class _RefusedLink:
+    """A bus that cannot be: every connect fails with ``message`` (one serial port configured
+    under two names with different line settings, :meth:`BusPool.get`)."""
+
+    def __init__(self, endpoint: Endpoint, message: str) -> None:
+        self.endpoint = endpoint
+        self.message = message
+        self.received = 0
+
+    @property
+    def connected(self) -> bool:
+        return False
+
+    async def connect(self) -> None:
+        await trio.lowlevel.checkpoint()
+        raise ModbusConnectionError(f"{self.endpoint}: {self.message}")
+
+    def wire_time(self, request: codec.Request) -> float:
+        return 0.0
+
+    async def exchange(self, request: codec.Request, deadline: float) -> codec.Reply:
+        raise ModbusConnectionError(f"{self.endpoint}: {self.message}")
+
+    def abandon(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class ModbusBus:
@@ -470,8 +542,21 @@ async def open_bus(
             await bus.aclose()
 
 
+def _pool_key(endpoint: Endpoint) -> Endpoint:
+    """What makes two endpoints one bus: a serial port by its real path (:func:`real_device`),
+    so a ``/dev/serial/by-id/`` link and its tty share one bus; TCP as given."""
+    if isinstance(endpoint, SerialEndpoint):
+        return dataclasses.replace(endpoint, device=real_device(endpoint.device))
+    return endpoint
+
+
 class BusPool:
-    """One bus per endpoint, shared by every device that names it; closes them all on exit."""
+    """One bus per endpoint, shared by every device that names it; closes them all on exit.
+
+    A serial port is one bus whatever it is called: names are resolved (``os.path.realpath``)
+    when a bus is asked for. The configuration check compares names only (it must not depend on
+    the filesystem), so two names for one port with different line settings reach the pool: the
+    second gets a bus that never opens, its error (and a logged error) naming both names."""
 
     def __init__(
         self, *, timeout: float = 1.0, retries: int = 2, backoff: Backoff | None = None
@@ -480,29 +565,57 @@ class BusPool:
         self.retries = retries
         self.backoff = backoff
         self._buses: dict[Endpoint, ModbusBus] = {}
+        self._refused: dict[Endpoint, ModbusBus] = {}
         self._closed = False
 
     def get(self, endpoint: Endpoint) -> ModbusBus:
         """The shared bus for ``endpoint``, created (not yet connected) on first use."""
         if self._closed:
             raise ModbusConnectionError(f"{endpoint}: bus pool is closed")
-        bus = self._buses.get(endpoint)
+        key = _pool_key(endpoint)
+        bus = self._buses.get(key) or self._refused.get(endpoint)
         if bus is not None:
             return bus
-        if isinstance(endpoint, SerialEndpoint):
-            for other in self._buses:
-                if isinstance(other, SerialEndpoint) and other.device == endpoint.device:
+        if isinstance(endpoint, SerialEndpoint) and isinstance(key, SerialEndpoint):
+            other = self.serial_bus(endpoint.device)
+            if other is not None:
+                held = other.endpoint
+                assert isinstance(held, SerialEndpoint)
+                if held.device == endpoint.device:
                     raise ValueError(
                         f"serial port {endpoint.device} used with different line settings: "
-                        f"{other} and {endpoint}"
+                        f"{held} and {endpoint}"
                     )
+                return self._refuse(endpoint, held, key.device)
         bus = ModbusBus(endpoint, timeout=self.timeout, retries=self.retries, backoff=self.backoff)
-        self._buses[endpoint] = bus
+        self._buses[key] = bus
+        return bus
+
+    def serial_bus(self, device: str) -> ModbusBus | None:
+        """The pool's bus on this serial port, under whatever name (and line settings) it was
+        asked for, or None."""
+        real = real_device(device)
+        for key, bus in self._buses.items():
+            if isinstance(key, SerialEndpoint) and key.device == real:
+                return bus
+        return None
+
+    def _refuse(self, endpoint: SerialEndpoint, held: SerialEndpoint, real: str) -> ModbusBus:
+        message = (
+            f"{_same_port(endpoint, held, real)}, already used at {held.baud} baud, parity "
+            f"{held.parity}, {held.stopbits} stop bit(s) ({held}): one RS485 bus has one set of "
+            "line settings; give every device on it the same baud rate, parity and stop bits"
+        )
+        log.error("%s: %s", endpoint, message)
+        bus = ModbusBus(endpoint, timeout=self.timeout, retries=self.retries, backoff=self.backoff)
+        bus._link = _RefusedLink(endpoint, message)
+        self._refused[endpoint] = bus
         return bus
 
     async def aclose(self) -> None:
         self._closed = True
-        buses, self._buses = list(self._buses.values()), {}
+        buses = [*self._buses.values(), *self._refused.values()]
+        self._buses, self._refused = {}, {}
         for bus in buses:
             await bus.aclose()
 

@@ -8,6 +8,7 @@ set to 1 with termios before the fd is wrapped in ``trio.lowlevel.FdStream``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import termios
@@ -22,6 +23,8 @@ from dynexport.modbus.errors import ModbusConnectionError
 log = logging.getLogger("dynexport.modbus")
 
 _PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+_LOCKED = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
+"""What pyserial's exclusive lock (``flock``) fails with when another process has the port."""
 
 
 def char_time(endpoint: SerialEndpoint) -> float:
@@ -53,6 +56,13 @@ class SerialPort:
                 exclusive=True,
             )
         except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+            if isinstance(exc, OSError) and exc.errno in _LOCKED:
+                # pyserial's flock(LOCK_EX | LOCK_NB) failed: another process has the port open
+                raise ModbusConnectionError(
+                    f"{endpoint}: serial port {endpoint.device} is in use by another program, "
+                    "which holds its exclusive lock (the dynexport service, if this port is in "
+                    f"its configuration): {exc}"
+                ) from exc
             raise ModbusConnectionError(
                 f"{endpoint}: cannot open serial port {endpoint.device}: {exc}"
             ) from exc

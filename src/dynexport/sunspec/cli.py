@@ -13,17 +13,18 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from dynexport.modbus.client import Backoff, open_bus
+from dynexport.modbus.client import Backoff, BusPool, ModbusBus, open_bus
 from dynexport.modbus.endpoints import Endpoint, SerialEndpoint, parse_tcp
 from dynexport.modbus.errors import ModbusConnectionError, ModbusError, ModbusTimeout
 from dynexport.sunspec.control import LimitCommand
-from dynexport.sunspec.decode import DecodedModel
+from dynexport.sunspec.decode import DecodedModel, DecodeError, DeviceNotReadyError
 from dynexport.sunspec.device import SunSpecDevice
 from dynexport.sunspec.discovery import DiscoveryError, NotSunSpecError, device_roles
 
@@ -148,6 +149,12 @@ def silent_bus(endpoint: Endpoint, probes: Sequence[UnitProbe]) -> ScanFailed | 
     return ScanFailed("silent", f"{endpoint}: no unit answered (tried {units}): {hint}")
 
 
+def _named(unit: int, exc: Exception) -> str:
+    """A unit's error, naming the unit (once)."""
+    text = str(exc)
+    return text if text.startswith(f"unit {unit}:") else f"unit {unit}: {text}"
+
+
 def _open_failure(endpoint: Endpoint, exc: Exception) -> ScanFailed:
     if isinstance(endpoint, SerialEndpoint):
         return ScanFailed("no-port", f"cannot open the serial port {endpoint.device}: {exc}")
@@ -158,17 +165,56 @@ def _open_failure(endpoint: Endpoint, exc: Exception) -> ScanFailed:
     )
 
 
+def _in_use(endpoint: SerialEndpoint, held: Endpoint) -> ScanFailed:
+    """The port is the running service's, at other line settings than the scan's."""
+    return ScanFailed(
+        "no-port",
+        f"the serial port {endpoint.device} is in use by the running service ({held}): scan it "
+        "with the line settings the service uses, or stop the service to scan at others",
+    )
+
+
+@asynccontextmanager
+async def _scan_bus(
+    endpoint: Endpoint, request_timeout: float, pool: BusPool | None
+) -> AsyncIterator[ModbusBus]:
+    """The scan's own bus (retries none, closed after), or the service's bus on this serial
+    port when ``pool`` has one: the service holds the port's exclusive lock, and its bus's lock
+    lets the scan's requests take turns with the running links' (left open after)."""
+    if isinstance(endpoint, SerialEndpoint) and pool is not None:
+        shared = pool.serial_bus(endpoint.device)
+        if shared is not None:
+            held = shared.endpoint
+            if not (
+                isinstance(held, SerialEndpoint)
+                and (held.baud, held.parity, held.stopbits)
+                == (endpoint.baud, endpoint.parity, endpoint.stopbits)
+            ):
+                raise _in_use(endpoint, held)
+            log.info("scan of %s on the running service's bus %s", endpoint, held)
+            yield shared
+            return
+    async with open_bus(
+        endpoint, timeout=request_timeout, retries=0, backoff=Backoff(0.0, 0.0)
+    ) as bus:
+        yield bus
+
+
 async def scan(
     endpoint: Endpoint,
     units: Sequence[int],
     *,
     request_timeout: float,
     progress: Callable[[UnitProbe], None] | None = None,
+    pool: BusPool | None = None,
 ) -> list[tuple[SunSpecDevice, list[DecodedModel]]]:
     """Probe each unit; return the devices found with all their models decoded.
 
     Raises ScanFailed when the endpoint cannot be opened or no unit answered at all; a unit
-    that answers without being SunSpec is not a failure. ``progress`` hears of every unit."""
+    that answers without being SunSpec is not a failure, and a unit that fails (a corrupt map,
+    a device still starting) is noted as an ``error`` and the scan goes on. ``progress`` hears
+    of every unit. ``pool``: the running service's buses; a serial port it has open is scanned
+    through its bus (the service holds the port's exclusive lock) at the service's retries."""
     if isinstance(endpoint, SerialEndpoint) and not await trio.Path(endpoint.device).exists():
         raise ScanFailed(
             "no-port",
@@ -183,11 +229,9 @@ async def scan(
         if progress is not None:
             progress(probe)
 
-    async with open_bus(
-        endpoint, timeout=request_timeout, retries=0, backoff=Backoff(0.0, 0.0)
-    ) as bus:
+    async with _scan_bus(endpoint, request_timeout, pool) as bus:
         for unit in units:
-            dev = SunSpecDevice(bus, unit)
+            dev = SunSpecDevice(bus, unit, request_timeout=request_timeout)
             try:
                 await dev.discover()
                 models = await dev.read_all()
@@ -199,7 +243,7 @@ async def scan(
                 if not any(p.result != "no-answer" for p in probes):
                     raise _open_failure(endpoint, exc) from None
                 log.info("unit %d: connection lost (%s)", unit, exc)
-                note(UnitProbe(unit, "error", str(exc)))
+                note(UnitProbe(unit, "error", _named(unit, exc)))
                 continue
             except ModbusTimeout as exc:
                 log.info("unit %d: no answer (%s)", unit, exc)
@@ -207,11 +251,20 @@ async def scan(
                 continue
             except ModbusError as exc:
                 log.info("unit %d: %s", unit, exc)
-                note(UnitProbe(unit, "error", str(exc)))
+                note(UnitProbe(unit, "error", _named(unit, exc)))
                 continue
-            except DiscoveryError as exc:
-                log.warning("unit %d: %s", unit, exc)
-                note(UnitProbe(unit, "error", str(exc)))
+            except DeviceNotReadyError as exc:
+                detail = f"{_named(unit, exc)} (still starting? scan again in a minute)"
+                log.warning("%s", detail)
+                note(UnitProbe(unit, "error", detail))
+                continue
+            except (DiscoveryError, DecodeError, ValueError) as exc:
+                # A corrupt chain; a map that changed between discovery and the read
+                # (MapChangedError); registers that do not decode; a short answer: this unit's
+                # failure, not the scan's.
+                detail = _named(unit, exc)
+                log.warning("%s", detail)
+                note(UnitProbe(unit, "error", detail))
                 continue
             found.append((dev, models))
             note(UnitProbe(unit, "found"))
@@ -264,8 +317,16 @@ def scan_command(args: argparse.Namespace) -> int:
     endpoint = endpoint_from_args(args)
     units = args.unit or list(DEFAULT_UNITS)
     timeout = args.timeout or (SCAN_TIMEOUT_S if not args.unit else 1.0)
+    failed: list[UnitProbe] = []
+
+    def note(probe: UnitProbe) -> None:
+        if probe.result == "error":
+            failed.append(probe)
+            if not args.json:
+                print(probe.detail, file=sys.stderr)
+
     try:
-        found = trio.run(lambda: scan(endpoint, units, request_timeout=timeout))
+        found = trio.run(lambda: scan(endpoint, units, request_timeout=timeout, progress=note))
     except ScanFailed as exc:
         if args.json:
             doc = {"devices": [], "error": exc.message, "reason": exc.reason}
@@ -275,7 +336,10 @@ def scan_command(args: argparse.Namespace) -> int:
             print(f"scan failed: {exc.message}", file=sys.stderr)
         return SCAN_EXIT[exc.reason]
     if args.json:
-        json.dump(scan_json(found), sys.stdout, allow_nan=False)
+        out = scan_json(found)
+        if failed:
+            out["errors"] = [{"unit": p.unit, "error": p.detail} for p in failed]
+        json.dump(out, sys.stdout, allow_nan=False)
         print()
     else:
         _print_text(found)

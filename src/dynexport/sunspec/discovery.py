@@ -22,6 +22,8 @@ log = logging.getLogger("dynexport.sunspec")
 SUNS_MARKER = (0x5375, 0x6E53)  # "SunS"
 DEFAULT_BASES = (40000, 50000, 0)
 MAX_MODELS = 128
+LAST_HEADER_AT = 0x10000 - 2
+"""The last register a model header ([id, L], two registers) can start at."""
 GATEWAY_NO_DEVICE = (10, 11)
 """Exception codes a gateway answers for a unit id with nothing behind it."""
 
@@ -145,6 +147,14 @@ class Discovery:
             raise DiscoveryError(
                 f"model {mid} at {self._walk_at} has length {length}, which runs past register "
                 "65535: the device's SunSpec map is corrupt"
+            )
+        if header.end > LAST_HEADER_AT:
+            # The next header (or end marker) would start at 65535 or past it: it cannot be read
+            # (two registers from 65535 run past the register space), so the chain has no end.
+            raise DiscoveryError(
+                f"model {mid} at {self._walk_at} has length {length}, which ends at register "
+                f"{header.end - 1}: no room is left for the next header or the end marker "
+                "(the chain has no end): the device's SunSpec map is corrupt"
             )
         self._models.append(header)
         if len(self._models) >= self._max_models:
