@@ -8,7 +8,8 @@ carry the session's CSRF token in ``X-CSRF-Token``.
 Password checks cost 16 MiB and ~50 ms of scrypt each, so they run one at a time with a short
 queue (:class:`HashQueue`); they are counted when they start, per client address and in total
 (:class:`LoginLimiter`). The total bound slows guessing from many addresses to one check every
-few seconds but never refuses the owner's correct password outright (docs/web.md).
+few seconds, handed out by turns: the owner's correct password is checked within a bound set by
+the number of addresses waiting, not by how fast they poll (docs/web.md).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 from collections import deque
@@ -247,15 +249,24 @@ class HashQueue:
 
 
 class LoginLimiter:
-    """Password checks allowed per client address, and in total at a bounded rate.
+    """Password checks allowed per address, and in total at a bounded rate handed out by turns.
 
     A check counts when it starts (parallel attempts cannot overrun the bound) and is forgiven
     for its address when it succeeds. Each address may make ``per_client`` checks in
-    ``window_s``; then it waits until the oldest ages out. Beyond ``total`` checks in the window
-    from all addresses, checks go on for any address that is not itself blocked, but at most
-    one every ``slow_s``: guessing from many addresses is slowed to that rate, while the owner,
-    from an address of their own, still gets a check within about ``slow_s`` and is never
-    locked out by someone else's failures."""
+    ``window_s``; then it waits until the oldest ages out.
+
+    Beyond ``total`` checks in the window from all addresses, at most one check starts every
+    ``slow_s`` (each costs a scrypt on a Pi). These slow slots go by turn, not to whoever polls
+    fastest: a refused address joins a queue (first refusal first) and the slot is held for the
+    address at its head. An address keeps its place while it asks again within ``patience_s``;
+    the head has ``patience_s`` from the start of its turn to take the slot, else it loses its
+    place (it may join again at the back). While anybody waits, newcomers queue behind them even
+    if the window has room again. So an address that keeps asking with ``k`` others ahead of it
+    is checked within ``(k + 1) * (slow_s + patience_s)`` of its first refusal
+    (:meth:`turn_bound_s`), however fast the others poll; the queue holds at most
+    ``max_clients`` addresses. An address just checked waits ``slow_s`` before it queues again
+    (post_login asks once more after a wrong password, and that must not queue it ahead of
+    others)."""
 
     def __init__(
         self,
@@ -265,6 +276,7 @@ class LoginLimiter:
         total: int = 20,
         window_s: float = 300.0,
         slow_s: float = 3.0,
+        patience_s: float | None = None,
         max_clients: int = 1024,
     ) -> None:
         self.clock = clock
@@ -272,17 +284,76 @@ class LoginLimiter:
         self.total = total
         self.window_s = window_s
         self.slow_s = slow_s
+        # A waiting address is told to come back within slow_s (rounded up to whole seconds by
+        # Retry-After); the default allows a round trip of another slow_s on top of that.
+        self.patience_s = 2 * slow_s + 1 if patience_s is None else patience_s
         self.max_clients = max_clients
         self._clients: dict[str, deque[float]] = {}
         self._all: deque[float] = deque()
         self._last_slow: float | None = None
+        # Waiting addresses in turn order (dicts keep insertion order) -> when each last asked.
+        self._queue: dict[str, float] = {}
+        self._head_since = 0.0  # when the head of the queue became the head
+        self._purged = -math.inf
+
+    def turn_bound_s(self, ahead: int) -> float:
+        """The longest an address that keeps asking (within ``patience_s`` each time) waits for
+        its check after its first refusal, with ``ahead`` addresses queued before it."""
+        return (ahead + 1) * (self.slow_s + self.patience_s)
 
     def _trim(self, q: deque[float], now: float) -> None:
         while q and now - q[0] >= self.window_s:
             q.popleft()
 
+    def _turn_start(self) -> float:
+        """When the head of the queue may take the slot: the slot is open and it is the head."""
+        slot = -math.inf if self._last_slow is None else self._last_slow + self.slow_s
+        return max(slot, self._head_since)
+
+    def _advance(self, now: float) -> None:
+        """Drops heads that missed their turn or stopped asking, each at the time it happened,
+        so the next head's turn starts then (not whenever somebody next asks)."""
+        while self._queue:
+            head, seen = next(iter(self._queue.items()))
+            leave = max(self._head_since, min(self._turn_start(), seen) + self.patience_s)
+            if now <= leave:
+                return
+            del self._queue[head]
+            self._head_since = leave
+
+    def _soon(self, when: float, now: float) -> float:
+        """A slow-lane wait: never above ``slow_s`` nor zero, whatever the float rounding."""
+        return min(self.slow_s, max(when - now, 1e-6))
+
+    def _leave(self, client: str, now: float) -> None:
+        if client in self._queue:
+            head = next(iter(self._queue)) == client
+            del self._queue[client]
+            if head:
+                self._head_since = now
+
+    def _purge(self, now: float) -> None:
+        """Forgets waiting addresses that stopped asking (only needed for room: a stale one that
+        reaches the head is dropped at no cost). At most once a second, as it reads them all."""
+        if now - self._purged < 1.0 or not self._queue:
+            return
+        self._purged = now
+        head = next(iter(self._queue))
+        self._queue = {
+            c: seen for c, seen in self._queue.items() if c == head or now - seen <= self.patience_s
+        }
+
+    def blocked(self, client: str) -> bool:
+        """True while ``client`` has used up its own checks (no side effects, for logging)."""
+        q = self._clients.get(client)
+        if q is None:
+            return False
+        now = self.clock()
+        return sum(1 for t in q if now - t < self.window_s) >= self.per_client
+
     def retry_after(self, client: str) -> float | None:
-        """Seconds until ``client`` may try again, or None when it may try now."""
+        """Seconds until ``client`` may try again, or None when it may try now. Beyond the total,
+        a refused address is queued (or keeps its place) until its turn."""
         now = self.clock()
         q = self._clients.get(client)
         if q is not None:
@@ -292,20 +363,36 @@ class LoginLimiter:
             elif len(q) >= self.per_client:
                 return q[0] + self.window_s - now
         self._trim(self._all, now)
-        if (
-            len(self._all) >= self.total
-            and self._last_slow is not None
-            and now - self._last_slow < self.slow_s
-        ):
-            return self._last_slow + self.slow_s - now
-        return None
+        self._advance(now)
+        if not self._queue and len(self._all) < self.total:
+            return None
+        if client not in self._queue:
+            if q and now - q[-1] < self.slow_s:
+                # Just checked (or asked again within the same request, as post_login does to
+                # log): no slot can be its before slow_s, so it queues when it comes back.
+                return self._soon(q[-1] + self.slow_s, now)
+            if len(self._queue) >= self.max_clients:
+                self._purge(now)
+            if len(self._queue) >= self.max_clients:
+                return self.slow_s  # no room: the bound holds for those already waiting
+            if not self._queue:
+                self._head_since = now
+        self._queue[client] = now  # an address already waiting keeps its place
+        if next(iter(self._queue)) != client:
+            return self.slow_s  # its turn is at least one slot away: ask again by then
+        slot_open = self._last_slow is None or now - self._last_slow >= self.slow_s
+        if slot_open and now >= self._head_since:
+            return None
+        return self._soon(self._turn_start(), now)
 
     def attempt(self, client: str) -> None:
         """Counts a check that starts now (call only when :meth:`retry_after` is None)."""
         now = self.clock()
         self._trim(self._all, now)
-        if len(self._all) >= self.total:
-            self._last_slow = now
+        self._advance(now)
+        if len(self._all) >= self.total or self._queue:
+            self._last_slow = now  # a slow slot taken: the next opens slow_s from now
+        self._leave(client, now)
         if client not in self._clients and len(self._clients) >= self.max_clients:
             # Too many addresses to remember: forget the quietest; the total bound still holds.
             quiet = min(self._clients, key=lambda c: self._clients[c][-1])
@@ -315,3 +402,4 @@ class LoginLimiter:
 
     def succeeded(self, client: str) -> None:
         self._clients.pop(client, None)
+        self._leave(client, self.clock())
