@@ -168,12 +168,16 @@ def storage_status(exc: OSError) -> int:
     return 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 500
 
 
-def storage_error(exc: OSError, path: str) -> ServerResponse:
-    """A card that is full (507) or read-only or failing (500), in words, for ``path``."""
+def storage_error(exc: OSError, path: str, *, reading: bool = False) -> ServerResponse:
+    """A card that is full (507) or read-only or failing (500), in words, for ``path``;
+    ``reading``: the file could not be read (a GET saves nothing: "could not be saved" sent
+    whoever read it looking for a full card)."""
     why = exc.strerror or str(exc)
     name = Path(exc.filename).name if isinstance(exc.filename, str) else None
     log.error("%s: storage error%s: %s", path, f" on {name}" if name else "", why)
-    return error(storage_status(exc), f"could not be saved{f' ({name})' if name else ''}: {why}")
+    done = "read" if reading else "saved"
+    status = 500 if reading else storage_status(exc)
+    return error(status, f"could not be {done}{f' ({name})' if name else ''}: {why}")
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -193,7 +197,39 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(value, dict):
         raise HttpError(400, "body must be a JSON object")
+    where = _lone_surrogate(value)
+    if where is not None:
+        # JSON may escape half of a UTF-16 pair ("\\ud800"): the str decodes, but every later
+        # .encode() (hashing a password, writing a file) raised, and the request ended in a 500.
+        problem = f"{where}: {LONE_SURROGATE}"
+        raise HttpError(400, problem, problems=[problem])
     return value
+
+
+LONE_SURROGATE = "a string holds a lone surrogate (\\ud800-\\udfff), not valid UTF-8"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(document: dict[str, Any]) -> str | None:
+    """The path (``metrics.token``, ``units[2]``) of the first string, or key, in ``document``
+    that holds a surrogate code point: JSON decodes a paired escape to one character, so any
+    left is alone and cannot be encoded as UTF-8. Walked without recursion (bodies nest as deep
+    as the decoder allows)."""
+    stack: list[tuple[str, object]] = [("", document)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return path or "the body"
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                here = f"{path}.{key}" if path else key
+                if _SURROGATE.search(key):
+                    return f"a key in {path}" if path else "a key"
+                stack.append((here, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
 
 
 def _cookie(request: Request, name: str) -> str | None:
@@ -562,6 +598,9 @@ class WebApi:
         self.nursery: trio.Nursery | None = None
         self.energy = EnergyToday()
         """Energy today, fed by the history recorder (web/server.py)."""
+        self.listen_fallback: str | None = None
+        """Set by serve_web when ``web.host`` is no address here and it listens on all
+        addresses instead: said in the status (``webHostFallback``) and as an alert."""
         """Where background work (an update's install) runs: set by serve_web."""
         self._routes: dict[tuple[str, str], tuple[Route, bool]] = {}
         r = self._route
@@ -638,6 +677,10 @@ class WebApi:
                     "password. Set it now.",
                 },
             )
+        st["webHostFallback"] = self.listen_fallback
+        if self.listen_fallback is not None:
+            text = f"Web server: {self.listen_fallback}. Correct web.host in the settings."
+            st["alerts"].insert(0, {"level": "error", "code": "web-host", "text": text})
         st["tools"] = self.app.tools_status()
         st["energyToday"] = self.energy.to_json()
         st["time"] = _iso(self.app.options.wall_clock())
@@ -654,8 +697,9 @@ class WebApi:
                 response.headers.append(("Retry-After", str(exc.extra["retryAfterS"])))
         except OSError as exc:
             # a full or read-only card while saving the Wi-Fi, a certificate, the password...:
-            # named, as for the configuration, not a bare 500
-            response = storage_error(exc, request.path)
+            # named, as for the configuration, not a bare 500; a GET only reads
+            reading = request.method in ("GET", "HEAD")
+            response = storage_error(exc, request.path, reading=reading)
         _security_headers(response, request.path)
         return response
 
@@ -848,7 +892,7 @@ class WebApi:
             log.error("login refused: %s", damaged)
             raise HttpError(503, f"{damaged}: the password cannot be checked")
         if not await self._check_password(client, body.get("password")):
-            if self.limiter.retry_after(client) is not None:  # one line per blocked address
+            if self.limiter.blocked(client):  # one line per blocked address
                 log.warning("failed logins from %s: blocked for a while", client)
             raise HttpError(401, "wrong password")
         session = self.sessions.create()
@@ -913,6 +957,10 @@ class WebApi:
             if where:
                 raise HttpError(400, "; ".join(where), problems=where)
             problems = _file_problems(config, self._cert_files()["cert"])
+            if config.web.host != self.app.config.web.host:  # the running one: it is served
+                cannot = await trio.to_thread.run_sync(_cannot_bind, config.web.host)
+                if cannot is not None:
+                    problems.append(f"web.host: {cannot}")
             if problems:
                 raise HttpError(422, "invalid configuration", problems=problems)
             # an older version's file is kept beside it (system/config_file.py)
@@ -1069,7 +1117,11 @@ class WebApi:
         with trio.move_on_after(SCAN_BUDGET_S) as budget:
             try:
                 found = await sunspec_cli.scan(
-                    endpoint, units, request_timeout=timeout, progress=note
+                    endpoint,
+                    units,
+                    request_timeout=timeout,
+                    progress=note,
+                    pool=getattr(self.app, "bus_pool", None),
                 )
             except sunspec_cli.ScanFailed as exc:
                 raise HttpError(502, exc.message, reason=exc.reason) from None
@@ -1273,7 +1325,7 @@ class WebApi:
     async def get_timezones(self, request: Request) -> ServerResponse:
         """The zones the settings offer: Australia's first, then every other the system knows
         (the configuration parser checks the choice)."""
-        return json_response(200, {"australia": list(AUSTRALIAN_ZONES), "all": _all_zones()})
+        return json_response(200, {"australia": list(AUSTRALIAN_ZONES), "all": await ZONES.get()})
 
     # -- installer tools -------------------------------------------------------------------------
 
@@ -1286,6 +1338,13 @@ class WebApi:
             raise HttpError(400, "pct and seconds must be numbers")
         if isinstance(pct, bool) or isinstance(seconds, bool):
             raise HttpError(400, "pct and seconds must be numbers")
+        from dynexport.app import TEST_MAX_S, TEST_MIN_S  # loaded already: it runs this server
+
+        # Compared before float(): a JSON integer of 400 digits is no float (OverflowError, a 500).
+        if not 0 <= pct <= 100:
+            raise HttpError(400, "pct must be 0..100")
+        if not TEST_MIN_S <= seconds <= TEST_MAX_S:
+            raise HttpError(400, f"seconds must be {TEST_MIN_S:.0f}..{TEST_MAX_S:.0f}")
         if self.app.setup_mode:
             raise HttpError(409, "finish the setup first: no inverter is linked yet")
         try:
@@ -1325,10 +1384,22 @@ class WebApi:
 
     async def post_restore(self, request: Request) -> ServerResponse:
         """A backup back in force: secrets it lacks are kept from the running configuration
-        (same section), the rest goes through ``PUT /api/config``'s checks."""
+        (same section), the rest goes through ``PUT /api/config``'s checks. A secret the backup
+        says it left out that this device cannot supply refuses the restore: an optional one
+        (``mqtt.password``) was applied as absent, and the integration lost it silently."""
         document = parse_json_object(request.body)
-        document.pop("backup", None)
+        about = document.pop("backup", None)
+        removed = about.get("secretsRemoved") if isinstance(about, dict) else None
         kept = restore_secrets(document, config_document(self.app.config))
+        lost = secrets_lost(document, removed if isinstance(removed, list) else [])
+        if lost:
+            problems = [
+                f"{name}: the backup left it out and this device has none to keep; set it "
+                "here first (or take that section out of the backup)"
+                for name in lost
+            ]
+            raise HttpError(422, "the backup lacks secrets this device cannot supply",
+                            problems=problems)  # fmt: skip
         doc = await self._apply_document(document, request.peer[0])
         doc["secretsKept"] = kept
         return json_response(200, doc)
@@ -1407,10 +1478,34 @@ SECRETS = (("mqtt", "password"), ("price", "token"), ("metrics", "token"))
 """Configuration keys a backup leaves out (docs/web.md "Backup and restore")."""
 
 
-def _all_zones() -> list[str]:
+class ZoneList:
+    """Every time zone the system knows, listed once for the process's life.
+
+    ``zoneinfo.available_timezones()`` stats and opens some 1 000 files: at every (open) GET
+    /api/timezones, on the event loop the controller shares. It now runs once, in a worker
+    thread, and later requests reuse its answer (the zone files change only with an update,
+    which restarts the service)."""
+
+    def __init__(self) -> None:
+        self._zones: list[str] | None = None
+        self._lock = trio.Lock()  # parallel first requests list them once
+
+    async def get(self) -> list[str]:
+        if self._zones is None:
+            async with self._lock:
+                if self._zones is None:
+                    self._zones = await trio.to_thread.run_sync(_list_zones)
+        return self._zones
+
+
+def _list_zones() -> list[str]:
     import zoneinfo
 
     return sorted(z for z in zoneinfo.available_timezones() if "/" in z)
+
+
+ZONES = ZoneList()
+"""The process's zone list (GET /api/timezones)."""
 
 
 def without_secrets(document: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -1434,6 +1529,17 @@ def restore_secrets(document: dict[str, Any], running: dict[str, Any]) -> list[s
             part[key] = now[key]
             kept.append(f"{section}.{key}")
     return kept
+
+
+def secrets_lost(document: dict[str, Any], removed: list[object]) -> list[str]:
+    """The secrets in ``removed`` (a backup's ``secretsRemoved``) still missing from their
+    section of ``document`` after ``restore_secrets``: restored so, they would be lost."""
+    lost = []
+    for section, key in SECRETS:
+        part = document.get(section)
+        if f"{section}.{key}" in removed and isinstance(part, dict) and key not in part:
+            lost.append(f"{section}.{key}")
+    return lost
 
 
 def _reach(request: Request, hostname: str) -> list[str]:
@@ -1612,6 +1718,21 @@ def _place_problems(document: dict[str, Any], config: Config, data_dir: Path) ->
             if not _serial_ok(rtu):
                 out.append(f"{where}: must be a serial device (/dev/tty* or /dev/serial/by-id/*)")
     return out
+
+
+def _cannot_bind(host: str) -> str | None:
+    """Why the web server could not listen on ``host`` at its next start (None: it can), found
+    by binding a socket to it (any port). An IP address that is not this machine's (another
+    site's backup, a typo) was saved, and at the next start the web UI was gone."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return f"{host} is not an address of this machine, so the web server could not use it"
+        return f"the web server could not listen on {host}: {exc.strerror or exc}"
+    return None
 
 
 def _file_problems(config: Config, chain_file: Path) -> list[str]:

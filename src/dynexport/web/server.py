@@ -3,7 +3,9 @@ app's nursery (docs/web.md, docs/api.md)."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ from dynexport.web.history import FLUSH_EVERY_S, History, row_from_status
 log = logging.getLogger("dynexport.web")
 
 HISTORY_FILE = "history.sqlite"
+ALL_ADDRESSES = "0.0.0.0"
+"""Where the web server listens when the configured ``web.host`` is no address of this machine."""
 WEB_LIMITS = Limits(
     max_header_bytes=16 * 1024,
     max_body_bytes=256 * 1024,  # the largest legitimate body is a configuration or a PEM chain
@@ -104,13 +108,19 @@ async def serve_web(
     flush_every_s: float = FLUSH_EVERY_S,
     api_options: dict[str, Any] | None = None,
     pool: ConnectionPool | None = None,
+    fallback_host: str = ALL_ADDRESSES,
 ) -> None:
     """Serves until cancelled; ``nursery.start`` returns the bound port.
 
+    A ``host`` that is no address of this machine (a typo, another site's restored backup, an
+    interface gone) is not bound: the server listens on ``fallback_host`` instead, logs a
+    warning and says so in the status (an alert). It failed to bind at every start, and the
+    web UI, the only way to correct it, was gone for good.
+
     The history recorder and the live-event broadcaster run beside the server. ``limits``,
     ``history_every_s``, ``flush_every_s``, ``api_options`` (keyword arguments of WebApi, e.g.
-    ``tls=True``) and ``pool`` (to see the connections held, dropped and refused) are for tests
-    and special setups; the app passes none of them."""
+    ``tls=True``), ``pool`` (to see the connections held, dropped and refused) and
+    ``fallback_host`` are for tests and special setups; the app passes none of them."""
     # An upload a restart or a power cut left behind (up to 256 MiB of /data): none can be
     # under way before the server answers, and nothing else would ever remove it.
     _remove_leftover(app.options.data_dir / UPLOAD_FILE)  # one unlink: no thread for it
@@ -130,14 +140,26 @@ async def serve_web(
             )
         )
         nursery.start_soon(events.run)
-        bound: Any = await nursery.start(
-            partial(
-                serve_http,
-                api.handle,
-                host=host,
-                port=port,
-                limits=limits or WEB_LIMITS,
-                pool=pool,
+        serve = partial(serve_http, api.handle, port=port, limits=limits or WEB_LIMITS, pool=pool)
+        try:
+            bound: Any = await nursery.start(partial(serve, host=host))
+        except OSError as exc:
+            why = _not_here(exc)
+            if why is None or host == fallback_host:
+                raise
+            log.warning("web.host %s %s: listening on %s instead", host, why, fallback_host)
+            api.listen_fallback = (
+                f"web.host {host} {why}: the web server listens on {fallback_host} instead"
             )
-        )
+            bound = await nursery.start(partial(serve, host=fallback_host))
         task_status.started(bound)
+
+
+def _not_here(exc: OSError) -> str | None:
+    """Why binding failed when the host is no address of this machine, else None (a port in
+    use, say, is retried as before)."""
+    if isinstance(exc, socket.gaierror):
+        return "is not an address of this machine (not a name it knows)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "is not an address of this machine"
+    return None
