@@ -1350,7 +1350,25 @@ class App:
         return not self.config.inverters or any(i.state.last_reading for i in self.inverters)
 
     async def leave_fail_safe(self) -> None:
-        """Writes every reachable controllable inverter's fail-safe limit (with revert timeout)."""
+        """Writes every reachable controllable inverter's fail-safe limit (with revert timeout).
+
+        Inverters this generation's links have not tried to reach yet (a stop just after a
+        configuration change restarted them) are discovered first, for at most half the
+        shutdown's budget, so they get theirs too; one already found silent is not waited for."""
+
+        async def reach(link: InverterLink) -> None:
+            try:
+                await link.reach()
+            except DEVICE_ERRORS as exc:
+                log.warning("%s: not reached for its fail-safe limit: %s", link.id, exc)
+            except Exception:
+                log.exception("%s: not reached for its fail-safe limit", link.id)
+
+        with trio.move_on_after(SHUTDOWN_BUDGET_S / 2):
+            async with trio.open_nursery() as nursery:
+                for link in self.inverters:
+                    if not link.device.discovered and link.state.error is None:
+                        nursery.start_soon(reach, link)
         try:
             commands = self._failsafe_commands()
         except Exception:

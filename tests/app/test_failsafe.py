@@ -12,7 +12,7 @@ import trio
 
 from dynexport.app import FALLBACK_SOURCE, App
 from dynexport.sim.utility_server import UtilityServer
-from dynexport.sunspec.links import BatteryLink
+from dynexport.sunspec.links import BatteryLink, InverterLink
 from dynexport.system.config import parse_config
 from dynexport.web.api import alerts
 from tests.app.conftest import (
@@ -421,3 +421,34 @@ async def test_at_shutdown_silent_batteries_do_not_keep_a_reachable_one_from_its
     # Left at "charge only" (an AC battery's own mode would take over the load the inverters'
     # fail-safe caps give up, and send it out when that load falls), until its revert timer.
     assert batteries[2].released == BatteryDesired(None, charge_only=True)
+
+
+async def test_a_stop_just_after_a_configuration_change_still_leaves_the_fail_safe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change that restarts the links ends the old generation without its fail-safe (control
+    goes on); a stop before the new links had reached their inverters (discovery on RS485 takes
+    seconds) found none online, wrote nothing, and left each at the old links' limit for up to
+    its revert time. The new links reach them on the way out."""
+    with simulated_site(load_w=1000.0) as sim:
+        config = site_config(sim, extra={"limits": {"exportW": 2640}})
+        app = make_app(config, tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_settled(sim.export_w, 2640, 120)
+            # the new links' discovery takes longer than the time to the stop
+            monkeypatch.setattr(InverterLink, "_discover_until_found", _never_found)
+            old = list(app.inverters)
+            app.apply_config(replace(config, control=replace(config.control, revert_s=45)))
+            await wait_for(lambda: app.inverters != old and app.output is not None)
+            assert not any(link.state.online for link in app.inverters)
+            nursery.cancel_scope.cancel()  # SIGTERM
+        # the fail-safe: generation within the export limit, 2640 W of 13 200 W, 20 % each,
+        # written by the new links (their revert time)
+        for unit in (1, 2):
+            assert sim.site.get(unit, 123, "WMaxLimPct") <= 20.0
+            assert sim.site.get(unit, 123, "WMaxLimPct_RvrtTms") == 45
+
+
+async def _never_found(self: InverterLink) -> None:
+    await trio.sleep_forever()

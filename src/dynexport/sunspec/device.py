@@ -127,6 +127,10 @@ class SunSpecDevice:
         self.common: CommonInfo | None = None
 
     @property
+    def discovered(self) -> bool:
+        return self._map is not None
+
+    @property
     def map(self) -> SunSpecMap:
         if self._map is None:
             raise RuntimeError(f"unit {self.unit}: discover() has not run")

@@ -506,6 +506,21 @@ class InverterLink(_CommandLink[Desired, InverterState]):
             self._next_fast = now + self.fast_s
         await self._apply()
 
+    async def reach(self) -> None:
+        """Discovers the device and reads its ratings, when this link has not yet: a stop that
+        comes right after the links were made (a configuration change restarts them, without
+        the fail-safe, as control goes on) found no inverter reached, wrote no fail-safe, and
+        left each at the old links' last limit for up to its revert time. Call only while
+        :meth:`run` is not running; raises the device's errors."""
+        if self.device.discovered:
+            return
+        await self.device.discover()
+        self.discovered_at = trio.current_time()
+        self._after_discovery()
+        if self._model_problem is None:
+            await self._poll_slow()
+            await self._poll_fast()
+
     def _after_discovery(self) -> None:
         self._conn_refused = False  # new firmware may take Conn: asked again, once
         try:
