@@ -233,7 +233,8 @@ class App:
             if self.options.web_port is not None:
                 await self._after_first_limits()
                 self.web_port = await nursery.start(self._web_task)
-                log.info("web server on %s:%s", self.options.web_host, self.web_port)
+                if self.web_port is not None:
+                    log.info("web server on %s:%s", self.options.web_host, self.web_port)
             task_status.started(self)
 
     CONFIG_REREAD_S = 30.0
@@ -325,17 +326,24 @@ class App:
         bound port, a restart binds the same port again."""
         from dynexport.web.server import serve_web
 
-        status = [task_status]
+        status = [_ReportedOnce(task_status)]
 
         async def serve() -> None:
-            first = status.pop() if status else trio.TASK_STATUS_IGNORED
+            first = status.pop() if status else _ReportedOnce(trio.TASK_STATUS_IGNORED)
             port = self.web_port if self.web_port is not None else self.options.web_port
-            await serve_web(
-                self,
-                host=self.options.web_host or "127.0.0.1",
-                port=port or 0,
-                task_status=first,
-            )
+            try:
+                await serve_web(
+                    self,
+                    host=self.options.web_host or "127.0.0.1",
+                    port=port or 0,
+                    task_status=first,
+                )
+            finally:
+                # A first start that failed (its port taken) reports no port, so the start goes
+                # on while the restarts retry: it waited for a port for ever, and App.run never
+                # said it had started (the demo never printed its banner).
+                if not first.reported:
+                    first.started(None)
 
         await supervised("web server", serve, self.faults)
 
@@ -1707,6 +1715,18 @@ class App:
             "tests": [t.to_json(now) for t in self.tools.results],
             "meterCheck": self.tools.meter_check,
         }
+
+
+class _ReportedOnce:
+    """A task status that knows whether it has reported (``started`` may be called once)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.reported = False
+
+    def started(self, value: object = None) -> None:
+        self.reported = True
+        self.inner.started(value)
 
 
 def utility_limits(active: ActiveControls, rated_w: float | None = None) -> UtilityLimits:

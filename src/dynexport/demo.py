@@ -174,7 +174,9 @@ def _announce(
     app: App, modbus: SimServer, utility: UtilityServer, data: Path, password: str | None
 ) -> str:
     """Prints the banner; returns its one-line reminder, repeated among the status lines."""
-    ui = f"http://127.0.0.1:{app.web_port}/"
+    ui = f"http://127.0.0.1:{app.web_port or app.options.web_port}/"
+    if app.web_port is None:  # its port taken: the web server is retried on it meanwhile
+        print(f"\n!!! port {app.options.web_port} is in use: the web UI starts once it is free")
     login = (
         f"admin password: {password}"
         if password is not None
