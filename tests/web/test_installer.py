@@ -256,6 +256,21 @@ def test_an_unread_inverter_and_one_without_a_rating_are_each_an_error() -> None
     assert all(not text.startswith("c") for text in got.values())
 
 
+def test_an_inverter_without_a_limit_revert_timer_is_a_warning() -> None:
+    """Its limit stays in force if this appliance stops (docs/sunspec.md, optional points)."""
+    inverter = {"online": True, "controllable": True}
+    status = {
+        "inverters": [
+            {**inverter, "id": "a", "revertTimer": False},
+            {**inverter, "id": "b", "revertTimer": None},
+        ]
+    }
+    got = [(a["code"], a["level"], a["text"][:2]) for a in alerts(status, Config(), NOW)]
+    assert [g for g in got if g[0] == "inverter-no-revert"] == [
+        ("inverter-no-revert", "warning", "a:")
+    ]
+
+
 def test_storage_clock_price_and_mqtt_problems_are_each_shown() -> None:
     status = {
         "utility": {"storageError": "No space left on device", "clockAlert": "server time 1999"},

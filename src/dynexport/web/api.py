@@ -327,6 +327,13 @@ def alerts(status: dict[str, Any], config: Config, wall_clock: float) -> list[di
                 "are held lower to make room. Check its remote-control settings and the rating "
                 "its limit is a percentage of",
             )
+        if inv.get("revertTimer") is False:
+            add(
+                "warning",
+                "inverter-no-revert",
+                f"{name}: its limit has no revert timer (the inverter does not implement one): a "
+                "limit written stays in force until written again, also if this appliance stops",
+            )
     battery = status.get("battery") or {}
     for bat in battery.get("devices") or [] if battery.get("configured") else []:
         name = bat.get("id")
