@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,33 @@ async def test_a_web_server_that_cannot_start_does_not_hold_up_control(tmp_path:
             assert app.limits.export_w == 2000
             assert app.web_port is None
             nursery.cancel_scope.cancel()
+
+
+async def test_restarted_links_do_not_cut_the_inverters_to_zero_with_nothing_to_limit(
+    tmp_path: Path,
+) -> None:
+    """A change that restarts the links (here the revert time): the new generation's first
+    decision came before its links had reached any inverter, its 0 W was taken for the command
+    in force, and both inverters were written 0 % and held there while their output fell (13 kW
+    to nothing, with an export limit far above what the site can make). The same at every
+    start."""
+    with simulated_site(load_w=1000.0) as sim:
+        config = site_config(sim, extra={"limits": {"exportW": 50000}})
+        app = make_app(config, tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_for(lambda: all(link.state.last_write is not None for link in app.inverters))
+            old = list(app.inverters)
+            app.apply_config(replace(config, control=replace(config.control, revert_s=45)))
+            await wait_for(lambda: app.inverters != old)
+            commanded: list[float | None] = []
+            # every command the new links are given until each has written one
+            await wait_for(lambda: _written_after(app, commanded), within=60)
+            nursery.cancel_scope.cancel()
+    assert commanded and all(pct is None or pct > 50.0 for pct in commanded), commanded
+
+
+def _written_after(app: App, commanded: list[float | None]) -> bool:
+    """Notes the links' commands; True once every one has written."""
+    commanded.extend(link.desired.pct for link in app.inverters if link.desired is not None)
+    return all(link.state.last_write is not None for link in app.inverters)
