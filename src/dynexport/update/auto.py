@@ -20,10 +20,10 @@ import random
 import shutil
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -37,7 +37,7 @@ from dynexport.httpio.client import (
     origin_of,
 )
 from dynexport.system.config import UpdateConfig
-from dynexport.update.rauc import Rauc, RaucError
+from dynexport.update.rauc import BundleInfo, Rauc, RaucError
 from dynexport.update.service import update_status
 from dynexport.update.state import DOWNLOAD_FILE, SPARE_BYTES
 
@@ -59,10 +59,16 @@ CONFIG_CHECK_S = 1.0
 CHANGED_CHECK_S = 10.0
 """A check this soon after an installer changes ``update`` (one device: no fleet to spread)."""
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+_T = TypeVar("_T")
 
 
 class CheckError(Exception):
     """A check or an automatic install that did not work; the message is for the installer."""
+
+
+class Abandoned(Exception):
+    """An automatic install the installer called off (``update`` changed) before ``rauc
+    install`` began: no failure, nothing written; the message is for the installer."""
 
 
 def _mb(n: int) -> str:
@@ -469,25 +475,80 @@ class UpdateChecker:
                 st.available, st.message = decision.available, decision.message
                 st.last_check = self._wall_clock()
                 if decision.install and decision.available is not None:
-                    await self._install(fetcher, decision.available, compatible, running)
+                    await self._install(fetcher, decision.available, compatible, running, config)
         except CheckError as exc:
             st.failures += 1
             st.error = str(exc)
             log.warning("update check: %s", exc)
             return False
+        except Abandoned as exc:
+            st.message = str(exc)
+            log.warning("update check: %s", exc)
         finally:
             st.phase = "idle"
         st.failures = 0
         st.error = None
         return True
 
+    def _called_off(self, config: UpdateConfig) -> str | None:
+        """Why the install that ``config`` allowed is no longer wanted by the configuration in
+        force now (None: it still is). The check ran on a copy taken when it began; a
+        download takes up to 4 hours, and the installer may have changed ``update`` since."""
+        now = self._get_config()
+        if now is None:
+            return "the update section was removed from the configuration"
+        if now.install != "auto":
+            return f'update.install is now "{now.install}"'
+        if now.url != config.url:
+            return "update.url has changed"
+        return None
+
+    async def _unless_called_off(
+        self, config: UpdateConfig, v: str, step: Callable[[], Awaitable[_T]]
+    ) -> _T:
+        """``step``'s result (the download, the signature check); cancelled within
+        ``CONFIG_CHECK_S`` of the configuration calling the install off: Abandoned then."""
+        why: str | None = None
+        result: list[_T] = []
+
+        async def watch(scope: trio.CancelScope) -> None:
+            nonlocal why
+            # the app replaces its configuration without telling its readers: look each second
+            while (why := self._called_off(config)) is None:  # noqa: ASYNC110
+                await trio.sleep(CONFIG_CHECK_S)
+            scope.cancel()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch, nursery.cancel_scope)
+                result.append(await step())
+                nursery.cancel_scope.cancel()  # done: the watch ends (no checkpoint between)
+        except BaseExceptionGroup as group:  # the step's own error (CheckError), as it was
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        if why is not None:
+            raise Abandoned(f"{v} was not installed: {why} (its download was deleted)")
+        return result[0]
+
     async def _install(
-        self, fetcher: Fetcher, bundle: Bundle, compatible: str, running: Version
+        self,
+        fetcher: Fetcher,
+        bundle: Bundle,
+        compatible: str,
+        running: Version,
+        config: UpdateConfig,
     ) -> None:
+        """Downloads, verifies and installs ``bundle`` as ``config`` (the section the check
+        ran on) allows, unless the configuration in force calls it off first: while the
+        bundle downloads and is verified, and right before ``rauc install`` (once that has
+        begun, the install runs to its end)."""
         from dynexport.update import install as shared  # only when a bundle is installed
 
         st = self.state
         v = bundle.version.text
+        if (why := self._called_off(config)) is not None:
+            raise Abandoned(f"{v} was not installed: {why}")
         if not shared.claim(self.data_dir):
             st.message = f"{v} is available: waiting for the install from the web page to end"
             return
@@ -500,15 +561,18 @@ class UpdateChecker:
                 st.received = n
                 st.message = f"downloading {v}: {_mb(n)} of {_mb(bundle.size)}"
 
-            await download(fetcher, bundle, path, received)
-            st.phase = "verifying"
-            try:
-                info = await self.rauc.info(str(path))
-            except RaucError as exc:
-                log.warning("update %s from the update URL refused: %s", v, exc)
-                raise CheckError(
-                    f"refused, nothing was written: {shared.refusal(str(exc))}"
-                ) from None
+            async def fetch_and_verify() -> BundleInfo:
+                await download(fetcher, bundle, path, received)
+                st.phase = "verifying"
+                try:
+                    return await self.rauc.info(str(path))
+                except RaucError as exc:
+                    log.warning("update %s from the update URL refused: %s", v, exc)
+                    raise CheckError(
+                        f"refused, nothing was written: {shared.refusal(str(exc))}"
+                    ) from None
+
+            info = await self._unless_called_off(config, v, fetch_and_verify)
             signed = _signed_version(info.version)
             if (
                 signed is None
@@ -525,9 +589,18 @@ class UpdateChecker:
             async def line(text: str) -> None:
                 st.progress = text
 
-            error = await shared.install_verified(
-                self.data_dir, self.rauc, path, info, line, origin="the update URL"
-            )
+            try:
+                error = await shared.install_verified(
+                    self.data_dir,
+                    self.rauc,
+                    path,
+                    info,
+                    line,
+                    origin="the update URL",
+                    called_off=lambda: self._called_off(config),
+                )
+            except shared.CalledOff as exc:
+                raise Abandoned(f"{v} was not installed: {exc} (nothing was written)") from None
             if error is not None:
                 raise CheckError(error)
             st.message = (

@@ -97,25 +97,45 @@ if set(BUSY_WHY) != BUSY_PHASES:  # not an assert: the service runs with -OO
     raise ImportError(f"install.BUSY_WHY {sorted(BUSY_WHY)} != check.BUSY_PHASES")
 
 
-def update_under_way(data_dir: Path, status: RaucStatus, this_boot: str) -> str | None:
-    """Why no install may start now (None: it may), from the last update's phase (state.py):
+class CalledOff(Exception):
+    """The installer called the install off (``install_verified``'s ``called_off``) before
+    anything was written; the message says why."""
+
+
+def update_under_way(
+    data_dir: Path, status: RaucStatus, this_boot: str, *, claimed: bool = False
+) -> str | None:
+    """Why no install may start now (None: it may), from the last update's phase (state.py)
+    and, unless the caller holds it (``claimed``), this process's install slot (``claim``):
 
     - ``trial``: the running slot is an update's trial, not committed yet; an install would
       write the other slot, the one the device falls back to if the trial fails;
     - ``reboot-pending``: an installed update waits for its reboot (a quiet moment); that reboot
       would cut the new install short, and both would be lost;
     - ``installing``: another installer (the command, the web page, the update URL) is writing
-      the slot now; an ``installing`` record of this very process is one an install of it left
-      when it failed, not a running one.
+      the slot now. An ``installing`` record of this very process reads as running while the
+      install slot is held (``service.installer_gone``): held by the caller, it is one an
+      earlier install of this process left when it failed, not a running one; held by
+      another task (the update URL's install, while a web upload asks), it is running;
+    - the install slot held by another task of this process, with no record yet (the update
+      URL's download, up to 4 hours): its install comes next.
     """
     record = read_record(data_dir)
     rep = report_of(record, data_dir, status, this_boot)
-    if rep.phase not in BUSY_PHASES:
-        return None
     own = record is not None and record.installer == process_identity()
-    if rep.phase == "installing" and own:
+    if rep.phase == "installing" and own and claimed:
         return None
-    return BUSY_WHY[rep.phase](rep.version or "an update")
+    if rep.phase in BUSY_PHASES:
+        return BUSY_WHY[rep.phase](rep.version or "an update")
+    if not claimed and installing(data_dir):
+        return URL_INSTALLING
+    return None
+
+
+URL_INSTALLING = (
+    "an update is being downloaded or installed from the update URL; try again once it has finished"
+)
+"""Why an upload waits while this process's install slot is held by another task."""
 
 
 async def install_verified(
@@ -127,13 +147,17 @@ async def install_verified(
     *,
     origin: str,
     this_boot: str | None = None,
+    called_off: Callable[[], str | None] | None = None,
 ) -> str | None:
     """Installs ``bundle`` (already verified by ``rauc info`` as ``info``) into the other slot.
+    The caller holds the install slot (``claim``).
 
     Returns None once installed (the record says ``trial``), else the installer's message.
     ``origin`` (``the web page``, ``the update URL``) goes to the log; ``this_boot``: the kernel's
-    boot id (read from /proc by default). The caller deletes the bundle file afterwards, whatever
-    the outcome.
+    boot id (read from /proc by default). ``called_off``: asked right before the record is
+    written and ``rauc install`` starts (no await between): a reason raises CalledOff, nothing
+    written (the update URL's configuration changed meanwhile). The caller deletes the bundle
+    file afterwards, whatever the outcome.
     """
     try:
         status = await rauc.status()
@@ -147,9 +171,12 @@ async def install_verified(
     except RaucError as exc:
         return f"not installed, nothing was written: {exc}"
     assert status.booted is not None
-    why = update_under_way(data_dir, status, boot_id() if this_boot is None else this_boot)
+    this_boot = boot_id() if this_boot is None else this_boot
+    why = update_under_way(data_dir, status, this_boot, claimed=True)
     if why is not None:
         return f"not installed, nothing was written: {why}"
+    if called_off is not None and (off := called_off()) is not None:
+        raise CalledOff(off)
     record = install_record(info.version, target, status.booted, data_dir)
     try:  # clears what an earlier update left (its health verdict, its rollback reason)
         await trio.to_thread.run_sync(begin_install, data_dir, record)

@@ -44,6 +44,7 @@ from dynexport.update.state import (
     parse_record,
     report,
     trial_never_booted,
+    trial_reset_before_commit,
     waits_for_its_reboot,
 )
 
@@ -742,7 +743,9 @@ async def _ask_trial_again(
         await trio.sleep(interval)
     while True:
         try:
-            write_record(data_dir, replace(record, boot_id=this_boot, reboot_asked=False))
+            write_record(
+                data_dir, replace(record, boot_id=this_boot, reboot_asked=False, trial_boot=None)
+            )
         except OSError as exc:
             log.error("update %s: cannot ask for its trial again: %s (retrying)",
                       record.version, exc)  # fmt: skip
@@ -802,7 +805,7 @@ async def _check_this_boot(
     if (
         trial
         and record is not None
-        and await _commit_trial(app, data_dir, rauc, record, booted, interval)
+        and await _commit_trial(app, data_dir, confirm, record, booted, interval)
     ):
         return
     if booted is not None:
@@ -894,36 +897,42 @@ async def _running_slot(rauc: Rauc, booted: str | None, version: str) -> str | N
 async def _commit_trial(
     app: AppLike,
     data_dir: Path,
-    rauc: Rauc,
+    confirm: _Confirm,
     record: UpdateRecord,
     booted: str | None,
     interval: float,
 ) -> bool:
-    """True once the trial of ``record`` is decided (committed, or rolled back by
-    update-deadline before it was healthy); False when this boot is no such trial."""
+    """True once the trial of ``record`` is decided (committed, rolled back by update-deadline
+    before it was healthy, or, started again after a reset, rolled back here); False when
+    this boot is no such trial."""
+    rauc, this_boot = confirm.rauc, confirm.this_boot
     running = await _running_slot(rauc, booted, record.version)
     if running != record.target:
         log.error("update to %s was rolled back (running slot %s)", record.version, running)
         return False
-    if record.reboot_asked is False:
-        # it booted, so its reboot happened (a reset between the activation and the note on
-        # U-Boot or GRUB): a reset in it must read as a rollback, not as a trial still to come
-        record = replace(record, reboot_asked=True)
-        try:
-            write_record(data_dir, record)
-        except OSError as exc:
-            log.error("update %s: cannot note that its trial began: %s", record.version, exc)
+    if trial_reset_before_commit(record, running, this_boot):
+        await _roll_back_reset_trial(app, data_dir, confirm, record, interval)
+        return True
+    # this boot noted as the trial's before its health check can pass: reset, the trial must
+    # read as failed at its next boot (U-Boot boots the slot again), never as a trial to begin
+    record = _as_this_boots_trial(record, this_boot)
+    noted = _note_trial(data_dir, record)
     log.info("update %s: trial of slot %s; health check started", record.version, record.target)
     streak = health.Streak()
     last_reason = ""
     while True:
+        if not noted:
+            noted = _note_trial(data_dir, record, quiet=True)
         obs = observe(app, trio.current_time(), record)
         streak = health.observe(streak, obs)
         verdict = health.judge(streak, obs)
-        if verdict.reason != last_reason:
-            last_reason = verdict.reason
-            _write_health(data_dir, verdict.reason)
-        if verdict.healthy:
+        reason = verdict.reason
+        if verdict.healthy and not noted:
+            reason = f"healthy, but not committed: {TRIAL_NOT_NOTED}"
+        if reason != last_reason:
+            last_reason = reason
+            _write_health(data_dir, reason)
+        if verdict.healthy and noted:
             async with decision_lock(data_dir, interval):
                 if (data_dir / FAILURE_FILE).exists():
                     # update-deadline decided first: it has marked the slot bad and is rebooting
@@ -952,6 +961,107 @@ async def _commit_trial(
                         log.info("update %s committed: %s", record.version, verdict.reason)
                     return True
         await trio.sleep(interval)
+
+
+TRIAL_NOT_NOTED = "this boot cannot be noted as the trial's in the update record (retrying)"
+"""Why a healthy trial waits: committed without the note, a reset between the note's failure
+and the commit could not be told from a first trial at the next boot (see ``trial_boot``)."""
+
+
+def _as_this_boots_trial(record: UpdateRecord, this_boot: str) -> UpdateRecord:
+    """``record`` as the trial of ``this_boot``: its reboot happened (it booted, so a reset
+    between the activation and the note on U-Boot or GRUB must read as a rollback, not as a
+    trial still to come), and this boot began it (``trial_boot``)."""
+    return replace(record, reboot_asked=True, trial_boot=this_boot)
+
+
+def _note_trial(data_dir: Path, record: UpdateRecord, *, quiet: bool = False) -> bool:
+    """Writes ``record`` (``_as_this_boots_trial``) unless the file says so already (a service
+    restarted within its trial); False when it cannot be written (logged unless ``quiet``)."""
+    if read_record(data_dir) == record:
+        return True
+    try:
+        write_record(data_dir, record)  # fsync'd: atomic_write
+    except OSError as exc:
+        if not quiet:
+            log.error("update %s: cannot note that its trial began: %s", record.version, exc)
+        return False
+    return True
+
+
+def note_trial_boot(
+    data_dir: Path, this_boot: str | None = None, booted: str | None = None
+) -> bool:
+    """Notes this boot as the one that began the trial of the update whose slot it runs, when
+    the record names no such boot yet; True when it did. For the service's start, before
+    anything there can hang: the trial task (``commit_when_healthy``) notes it too, but only
+    once the first limits are computed, and a reset before that could not be told from a
+    first trial at the next boot. Never raises (a write that fails is logged)."""
+    this_boot = boot_id() if this_boot is None else this_boot
+    booted = booted_slot() if booted is None else booted
+    record = read_record(data_dir)
+    if (
+        record is None
+        or record.state != "trial"
+        or booted is None
+        or booted != record.target
+        or record.boot_id == this_boot
+        or record.trial_boot is not None
+    ):
+        return False
+    return _note_trial(data_dir, _as_this_boots_trial(record, this_boot))
+
+
+RESET_READY_WAIT_S = 60.0
+"""A trial found reset waits at most this long for the service's READY (its links up) before
+leaving the inverters at their fail-safe and rebooting; update-deadline acts at 4 minutes."""
+
+
+def reset_trial_reason(version: str, trial_boot: str, last_health: str | None) -> str:
+    """Why a trial started again after a reset is rolled back (the failure note's line)."""
+    last = f"; its last health verdict: {last_health}" if last_health else ""
+    return (
+        f"the trial of {version} was reset before its health check passed (boot {trial_boot}"
+        f"{last}) and was not tried again"
+    )
+
+
+async def _roll_back_reset_trial(
+    app: AppLike, data_dir: Path, confirm: _Confirm, record: UpdateRecord, interval: float
+) -> None:
+    """Ends the trial of ``record``, reset before its commit and booted again by the boot loader
+    (``trial_reset_before_commit``), as update-deadline ends a trial: why is written to the
+    failure note (unless the deadline wrote its own first; under the decision lock), the
+    update's slot is marked bad and the old one made the next boot (``undo_activation``), every
+    inverter is left at its fail-safe limit and the reboot is asked for. Never checked again,
+    never committed: at most one trial per request. The health file says why too, in case
+    update-deadline rolls back first and quotes it."""
+    assert record.trial_boot is not None
+    why = reset_trial_reason(record.version, record.trial_boot, _read_line(data_dir / HEALTH_FILE))
+    log.error("update %s: %s; the boot loader started it again: rolling back to slot %s",
+              record.version, why, record.source)  # fmt: skip
+    async with decision_lock(data_dir, interval):
+        written = _read_line(data_dir / FAILURE_FILE)
+        if written is None:
+            try:
+                atomic_write(data_dir / FAILURE_FILE, (why + "\n").encode(), mode=0o600)
+            except OSError as exc:
+                log.error("update %s: cannot write why it is rolled back: %s", record.version, exc)
+        else:
+            why = written  # update-deadline decided first: its reason stands
+        _write_health(data_dir, why)
+    await undo_activation(rauc=confirm.rauc, rauc_lock=confirm.lock, record=record)
+    with trio.move_on_after(RESET_READY_WAIT_S):
+        while not app.ready:  # noqa: ASYNC110 (the App's READY is a flag, not an event)
+            await trio.sleep(interval)
+    log.warning("update %s: rolling back: leaving every inverter at its fail-safe limit",
+                record.version)  # fmt: skip
+    await app.leave_fail_safe()
+    try:
+        request_reboot(data_dir, "normal", confirm.this_boot)
+    except OSError as exc:
+        log.error("update %s: cannot ask for the reboot into slot %s (%s): update-deadline "
+                  "reboots 4 minutes after boot", record.version, record.source, exc)  # fmt: skip
 
 
 COMMIT_WITHIN_LOCK_S = 20.0

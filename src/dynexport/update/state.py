@@ -72,6 +72,12 @@ class UpdateRecord:
     """Seconds the reboot has waited for the devices so far (``service.reboot_when_quiet``,
     counted on the monotonic clock and noted now and then): its bound counts on from here after
     a restart of the service or a boot of the old slot."""
+    trial_boot: str | None = None
+    """The kernel's boot id of the boot that began this update's trial (``service.note_trial_boot``,
+    written and fsync'd when the trial starts): a later boot of the update's slot that finds the
+    trial still uncommitted is that trial reset before its health check passed (U-Boot gives
+    the slot three attempts), never a trial of its own (``trial_reset_before_commit``). None
+    until the trial starts, and in records written before it existed."""
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=1) + "\n").encode()
@@ -81,7 +87,11 @@ class UpdateRecord:
 
 
 def parse_record(raw: bytes) -> UpdateRecord | None:
-    """The record, or None for a file that is not one (it is then ignored, never trusted)."""
+    """The record, or None for a file that is not one (it is then ignored, never trusted).
+
+    Never raises: an optional field of the wrong kind or out of range (a string, a negative
+    number, 1 followed by 400 zeros) is read as absent, as the records written before it
+    existed are; the record itself still tells a trial from a committed slot."""
     try:
         doc: Any = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: nested too deep for the decoder
@@ -93,7 +103,7 @@ def parse_record(raw: bytes) -> UpdateRecord | None:
         return None
     reason, installer = doc.get("reason"), doc.get("installer")
     configured, asked = doc.get("configured"), doc.get("reboot_asked")
-    waited = doc.get("devices_waited_s")
+    waited, trial_boot = doc.get("devices_waited_s"), doc.get("trial_boot")
     return UpdateRecord(
         state=doc["state"],
         version=doc["version"],
@@ -104,14 +114,23 @@ def parse_record(raw: bytes) -> UpdateRecord | None:
         installer=installer if isinstance(installer, str) else None,
         configured=configured if isinstance(configured, bool) else None,
         reboot_asked=asked if isinstance(asked, bool) else None,
-        devices_waited_s=(
-            float(waited)
-            if isinstance(waited, int | float)
-            and not isinstance(waited, bool)
-            and 0 <= waited < math.inf
-            else None
-        ),
+        devices_waited_s=_seconds(waited),
+        trial_boot=trial_boot if isinstance(trial_boot, str) and trial_boot else None,
     )
+
+
+def _seconds(value: object) -> float | None:
+    """``value`` as a finite, non-negative number of seconds; None for anything else. An integer
+    beyond a float's range is one of those: ``float(10**400)`` raises OverflowError, which
+    escaped ``parse_record`` and failed every status read (API, live events, MQTT) and every
+    restart of the update task."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if 0 <= seconds < math.inf else None
 
 
 Phase = Literal[
@@ -150,6 +169,26 @@ def activated_before_its_record(record: UpdateRecord, booted: str | None, boot_i
         and record.reboot_asked is None
         and record.boot_id != boot_id
         and booted == record.target
+    )
+
+
+def trial_reset_before_commit(
+    record: UpdateRecord | None, booted: str | None, boot_id: str
+) -> bool:
+    """True when this boot runs the slot of an update whose trial another boot began and never
+    committed: that trial was reset before its health check passed (a hang and the hardware
+    watchdog, a power cut, a reboot by hand), and the boot loader started the slot again.
+    Only U-Boot does (``BOOT_<S>_LEFT`` gives a slot three attempts); GRUB skips a slot on
+    trial and the Pi 4/5 firmware's trial is one-shot, so there the old slot boots. It is a
+    failed trial, not a new one: checked again and committed, a release that resets the
+    device now and then became permanent on its second or third try."""
+    return (
+        record is not None
+        and record.state == "trial"
+        and booted is not None
+        and booted == record.target
+        and record.trial_boot is not None
+        and record.trial_boot != boot_id
     )
 
 

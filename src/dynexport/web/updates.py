@@ -84,6 +84,9 @@ class Updates:
         self.data_dir = data_dir
         self.rauc = rauc or Rauc()
         self.state = Upload()
+        self._file = trio.Lock()
+        """Held while the upload file is emptied (``start``) or appended to (``chunk``): a piece
+        landing while a new upload empties the file would be counted and then lost."""
 
     @property
     def path(self) -> Path:
@@ -98,14 +101,19 @@ class Updates:
             raise UpdateError(409, "a bundle's signature is being checked")
 
     async def _no_update_under_way(self) -> None:
-        """An update on trial, waiting for its reboot or being installed by another installer:
-        refused before the upload rather than after it (the install would refuse it,
-        ``install.update_under_way``, after minutes of uploading)."""
+        """An update on trial, waiting for its reboot or being installed by another installer
+        (the update URL's, in this process, included): refused before the upload rather than
+        after it (the install would refuse it, ``install.update_under_way``, after minutes of
+        uploading, and the two bundles' space checks would each count the same 16 MiB)."""
         try:
             status = await self.rauc.status()
         except RaucError:
-            return  # no A/B update service here: the check and the install say so
-        why = shared.update_under_way(self.data_dir, status, boot_id())
+            status = None  # no A/B update service here: the check and the install say so
+        self._busy()  # this page's own install, begun during that await, says so itself
+        if status is not None:
+            why = shared.update_under_way(self.data_dir, status, boot_id())
+        else:
+            why = shared.URL_INSTALLING if shared.installing(self.data_dir) else None
         if why is not None:
             raise UpdateError(409, f"not now: {why}")
 
@@ -118,6 +126,11 @@ class Updates:
             )
         await self._no_update_under_way()
         self._busy()  # again: a check or an install may have begun during that await
+        # The new upload's phase before the file is emptied (no await in between): an install
+        # clicked meanwhile (another tab) is refused, "check the bundle first". It took the
+        # emptied file to RAUC, its outcome was overwritten by this phase, and its cleanup
+        # deleted the new upload's file.
+        upload = self.state = Upload(phase="uploading", size=size)
 
         def create() -> int:
             """Free bytes beside the upload (any earlier upload's file is emptied first)."""
@@ -126,18 +139,29 @@ class Updates:
             os.close(fd)
             return shutil.disk_usage(self.data_dir).free
 
-        free = await trio.to_thread.run_sync(create)
+        try:
+            async with self._file:
+                free = await trio.to_thread.run_sync(create)
+        except BaseException as exc:  # an I/O error, or cancelled: no upload under way
+            if self.state is upload:
+                detail = f": {exc}" if isinstance(exc, OSError) else ""
+                self._discard(f"the upload could not be started{detail}")
+            raise
         if free < size + SPARE_BYTES:
-            self.path.unlink(missing_ok=True)
-            raise UpdateError(
-                507,
+            why = (
                 f"not enough space on the data partition: {free / 1e6:.1f} MB free, the bundle "
-                f"needs {size / 1e6:.1f} MB and {SPARE_BYTES / 1e6:.1f} MB must stay free",
+                f"needs {size / 1e6:.1f} MB and {SPARE_BYTES / 1e6:.1f} MB must stay free"
             )
-        self.state = Upload(phase="uploading", size=size)
-        return self.state.to_json()
+            if self.state is upload:  # not another start's since
+                self._discard(why)
+            raise UpdateError(507, why)
+        return upload.to_json()
 
     async def chunk(self, offset: str | None, data: bytes) -> dict[str, Any]:
+        async with self._file:  # after a start's emptying of the file, never during it
+            return await self._append(offset, data)
+
+    async def _append(self, offset: str | None, data: bytes) -> dict[str, Any]:
         st = self.state
         if st.phase != "uploading":
             raise UpdateError(409, "no upload in progress: start one first")

@@ -1,0 +1,209 @@
+"""A trial reset before its commit is a failed trial on every boot loader, never a new one.
+
+U-Boot (Pi 3, Zero 2 W) gives an activated slot three attempts (``BOOT_<S>_LEFT=3``): a trial
+that hangs (the hardware watchdog) or loses its power before the commit boots the same slot
+again, with the record still saying ``trial``. Checked again there, a release that resets the
+device now and then was committed on its second or third try. GRUB (the system test) skips a
+slot on trial and the Pi 4/5 firmware's trial is one-shot: there the old slot boots, and the
+record reads as a rollback, as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from dynexport.update import service
+from dynexport.update.rauc import RaucStatus
+from dynexport.update.service import (
+    note_trial_boot,
+    read_record,
+    report_of,
+    reset_trial_reason,
+    write_record,
+)
+from dynexport.update.state import (
+    FAILURE_FILE,
+    HEALTH_FILE,
+    REBOOT_REQUEST,
+    STATE_FILE,
+    UpdateRecord,
+    parse_record,
+    trial_reset_before_commit,
+)
+from tests.update.test_service import TRIAL, RecordedRauc, Site, control_and_commit
+
+ASKED = replace(TRIAL, reboot_asked=True)
+"""As the service leaves it: the slot activated, the reboot into it noted as asked for."""
+
+NEXT_BOOT_AFTER_A_RESET = {
+    "tryboot": "A",  # Pi 4/5: the firmware's trial is one-shot; config.txt names slot A
+    "grub": "A",  # system test: B_TRY=1 since the trial's boot, so GRUB skips B
+    "uboot": "B",  # Pi 3 / Zero 2 W: BOOT_B_LEFT 3 -> 2 -> 1, B boots again
+}
+"""Which slot the boot loader starts after the trial of B was reset before its commit
+(docs/image.md, "A/B updates"; tests/image/test_uboot_script.py runs U-Boot's ["B", "B", "B"])."""
+
+
+def slot_of(rauc: RecordedRauc, entries: list[str]) -> list[str]:
+    return [e.split("@")[0] for e in entries]
+
+
+async def first_trial_boot_reset(data: Path, seconds: float = 90) -> None:
+    """The trial's first boot: READY, but the devices never answer; reset after ``seconds``
+    (the watchdog, a power cut), before the health check could pass."""
+    await control_and_commit(
+        Site(ready=True), data, RecordedRauc(booted="B"), seconds, "trial-boot-1", "B"
+    )
+    record = read_record(data)
+    assert record is not None and record.trial_boot == "trial-boot-1", "noted at its start"
+
+
+@pytest.mark.parametrize("loader", sorted(NEXT_BOOT_AFTER_A_RESET))
+async def test_a_trial_reset_before_its_commit_is_rolled_back_on_every_boot_loader(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, loader: str
+) -> None:
+    write_record(tmp_path, ASKED)
+    await first_trial_boot_reset(tmp_path)
+    booted = NEXT_BOOT_AFTER_A_RESET[loader]
+    site, rauc = Site(ready=True), RecordedRauc(booted=booted)
+    site.answer()  # healthy this time: two minutes of control would have committed it
+    await control_and_commit(site, tmp_path, rauc, 300, "trial-boot-2", booted)
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "trial", "never committed"
+    if booted == "A":  # the old slot: a rollback, confirmed as on any boot
+        assert len(rauc.marked) == 1 and rauc.unbootable == []
+        status = RaucStatus("dynexport-test", "A", "rootfs.0")
+        assert report_of(record, tmp_path, status, "trial-boot-2").phase == "rolled-back"
+        return
+    assert rauc.marked == [], "the repeated trial was neither checked again nor committed"
+    assert slot_of(rauc, rauc.unbootable) == ["B"] and slot_of(rauc, rauc.activated) == ["A"]
+    assert site.events == ["fail-safe"], "every inverter left at its fail-safe first"
+    assert (tmp_path / REBOOT_REQUEST).read_text() == "normal trial-boot-2\n"
+    failure = (tmp_path / FAILURE_FILE).read_text()
+    assert failure.startswith(
+        "the trial of 1.4.0 was reset before its health check passed (boot trial-boot-1; its "
+        "last health verdict: "
+    )
+    assert (tmp_path / HEALTH_FILE).read_text() == failure, "what update-deadline would quote"
+    # the old slot boots: the status says why
+    status = RaucStatus("dynexport-test", "A", "rootfs.0")
+    rolled = report_of(record, tmp_path, status, "old-slot-boot")
+    assert rolled.phase == "rolled-back" and failure.strip() in (rolled.message or "")
+
+
+async def test_a_third_boot_of_the_reset_trial_is_rolled_back_too_and_keeps_the_first_reason(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """RAUC refused to mark the slot bad (or the reboot never came): U-Boot boots it once
+    more. Still no trial: the same rollback, the first reason kept."""
+    write_record(tmp_path, ASKED)
+    await first_trial_boot_reset(tmp_path)
+    await control_and_commit(Site(ready=True), tmp_path, RecordedRauc("B"), 30, "trial-boot-2", "B")
+    first_reason = (tmp_path / FAILURE_FILE).read_text()
+    site, rauc = Site(ready=True), RecordedRauc(booted="B")
+    site.answer()
+    await control_and_commit(site, tmp_path, rauc, 300, "trial-boot-3", "B")
+    assert rauc.marked == [] and slot_of(rauc, rauc.unbootable) == ["B"]
+    assert (tmp_path / FAILURE_FILE).read_text() == first_reason
+    assert (tmp_path / REBOOT_REQUEST).read_text() == "normal trial-boot-3\n"
+
+
+async def test_the_deadlines_reason_stands_when_it_decided_first(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    write_record(tmp_path, ASKED)
+    await first_trial_boot_reset(tmp_path)
+    deadline = "it did not pass its health check within 4 minutes of booting (...)\n"
+    (tmp_path / FAILURE_FILE).write_text(deadline)
+    site, rauc = Site(ready=True), RecordedRauc(booted="B")
+    site.answer()
+    await control_and_commit(site, tmp_path, rauc, 300, "trial-boot-2", "B")
+    assert rauc.marked == [] and slot_of(rauc, rauc.unbootable) == ["B"]
+    assert (tmp_path / FAILURE_FILE).read_text() == deadline
+
+
+async def test_a_service_restarted_within_its_trials_boot_goes_on_with_the_trial(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The watchdog restarts the service, not the device: the same boot id, the same trial."""
+    write_record(tmp_path, ASKED)
+    await control_and_commit(Site(ready=True), tmp_path, RecordedRauc("B"), 90, "trial-boot", "B")
+    site, rauc = Site(ready=True), RecordedRauc(booted="B")
+    site.answer()
+    await control_and_commit(site, tmp_path, rauc, 300, "trial-boot", "B")
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "committed" and len(rauc.marked) == 1
+    assert rauc.unbootable == [] and not (tmp_path / FAILURE_FILE).exists()
+
+
+async def test_a_trial_whose_start_cannot_be_noted_is_not_committed_until_it_is(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Committed without the note, a reset after the note failed could not be told from a
+    first trial at the next boot. The note is tried again; the commit waits for it."""
+    real_write = service.write_record
+    refusals = [0]
+
+    def refusing(data_dir: Path, record: UpdateRecord, owner: Any = None) -> None:
+        if record.trial_boot is not None and record.state == "trial" and refusals[0] < 100:
+            refusals[0] += 1
+            raise OSError(30, "Read-only file system")
+        real_write(data_dir, record, owner)
+
+    monkeypatch.setattr(service, "write_record", refusing)
+    write_record(tmp_path, ASKED)
+    site, rauc = Site(ready=True), RecordedRauc(booted="B")
+    site.answer()
+    await control_and_commit(site, tmp_path, rauc, 180, "trial-boot", "B")
+    assert rauc.marked == [], "healthy, but its start is not on /data"
+    assert "healthy, but not committed" in (tmp_path / HEALTH_FILE).read_text()
+    await control_and_commit(site, tmp_path, rauc, 300, "trial-boot", "B")  # /data writable
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "committed"
+    assert record.trial_boot == "trial-boot" and len(rauc.marked) == 1
+
+
+def test_the_service_start_notes_a_first_trial_only(tmp_path: Path) -> None:
+    """``note_trial_boot`` (for the service's start, before anything there can hang) notes a
+    first trial of the running slot, and never moves an earlier boot's note to this boot."""
+    write_record(tmp_path, ASKED)
+    assert not note_trial_boot(tmp_path, "old-slot-boot", booted="A"), "not the update's slot"
+    assert not note_trial_boot(tmp_path, "install-boot", booted="B"), "the install's own boot"
+    assert note_trial_boot(tmp_path, "trial-boot-1", booted="B")
+    noted = read_record(tmp_path)
+    assert noted == replace(ASKED, trial_boot="trial-boot-1")
+    assert not note_trial_boot(tmp_path, "trial-boot-2", booted="B")
+    assert read_record(tmp_path) == noted, "the reset trial's boot stays on record"
+    assert trial_reset_before_commit(noted, "B", "trial-boot-2")
+    assert not trial_reset_before_commit(noted, "B", "trial-boot-1")
+    assert not trial_reset_before_commit(noted, "A", "trial-boot-2")
+    assert not trial_reset_before_commit(noted.moved_to("committed"), "B", "trial-boot-2")
+    assert not trial_reset_before_commit(ASKED, "B", "trial-boot-2"), "no note: a first trial"
+
+
+def test_the_note_survives_its_round_trip_and_a_bad_one_is_no_note(tmp_path: Path) -> None:
+    noted = replace(ASKED, trial_boot="trial-boot-1")
+    assert parse_record(noted.to_json()) == noted
+    for odd in (b"1", b'""', b"null", b"[]"):
+        raw = noted.to_json().replace(b'"trial-boot-1"', odd)
+        parsed = parse_record(raw)
+        assert parsed is not None and parsed.trial_boot is None, odd
+    write_record(tmp_path, noted)
+    assert b'\n "trial_boot": "trial-boot-1"' in (tmp_path / STATE_FILE).read_bytes()
+
+
+def test_the_reason_names_the_reset_boot_and_its_last_verdict() -> None:
+    assert reset_trial_reason("1.5.0", "b1", "the meter has not answered in 60 s") == (
+        "the trial of 1.5.0 was reset before its health check passed (boot b1; its last "
+        "health verdict: the meter has not answered in 60 s) and was not tried again"
+    )
+    assert reset_trial_reason("1.5.0", "b1", None) == (
+        "the trial of 1.5.0 was reset before its health check passed (boot b1) and was not "
+        "tried again"
+    )
