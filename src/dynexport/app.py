@@ -270,7 +270,9 @@ class App:
     async def _update_tasks(self) -> None:
         """From the first limits on: commits a trial boot of a new update once healthy, reboots
         into an installed one at a quiet moment (after leaving every inverter at its
-        fail-safe), and checks the optional update URL."""
+        fail-safe), and checks the optional update URL. A trial boot is noted at once, though
+        (``_note_trial_boot``)."""
+        await trio.to_thread.run_sync(_note_trial_boot, self.options.data_dir)
         await self._after_first_limits()
         from dynexport.update.service import commit_when_healthy
 
@@ -1715,6 +1717,24 @@ class App:
             "tests": [t.to_json(now) for t in self.tools.results],
             "meterCheck": self.tools.meter_check,
         }
+
+
+def _note_trial_boot(data_dir: Path) -> None:
+    """In a worker thread, at the start: notes this boot as the one that began an update's
+    trial (``update.service.note_trial_boot``), so that a reset before the first limits reads as
+    a failed trial at U-Boot's next attempt of the slot, not as a first trial to check and
+    commit. The update code is imported only when the record says a trial is under way: it
+    is not on the controller's path to its first limits (docs/architecture.md)."""
+    from dynexport.update.state import STATE_FILE
+
+    try:
+        under_way = b'"trial"' in (data_dir / STATE_FILE).read_bytes()
+    except OSError:
+        return
+    if under_way:
+        from dynexport.update.service import note_trial_boot
+
+        note_trial_boot(data_dir)
 
 
 class _ReportedOnce:

@@ -203,3 +203,36 @@ def _written_after(app: App, commanded: list[float | None]) -> bool:
     """Notes the links' commands; True once every one has written."""
     commanded.extend(link.desired.pct for link in app.inverters if link.desired is not None)
     return all(link.state.last_write is not None for link in app.inverters)
+
+
+async def test_a_trial_boot_is_noted_before_the_first_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trial task notes its boot only once the first limits are written: a reset before
+    that (an early hang) left no note, and U-Boot's next attempt of the slot was checked as a
+    first trial and could be committed. The service notes it at its start, in a worker thread,
+    importing the update code only when the record says a trial is under way."""
+    from dataclasses import replace as changed
+
+    from dynexport.update import service
+    from dynexport.update.service import read_record, write_record
+    from tests.update.test_service import TRIAL
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_record(data, changed(TRIAL, reboot_asked=True))
+    monkeypatch.setattr(service, "booted_slot", lambda: "B")  # the update's slot runs
+    monkeypatch.setattr(service, "boot_id", lambda: "trial-boot")
+    first_limits = trio.Event()
+
+    async def never_written(self: App) -> None:
+        await first_limits.wait()  # the first limits never come in this test
+
+    monkeypatch.setattr(App, "_after_first_limits", never_written)
+    app = make_app(parse_config({}), data)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(app.run)
+        await wait_for(lambda: (read_record(data) or TRIAL).trial_boot is not None)
+        nursery.cancel_scope.cancel()
+    record = read_record(data)
+    assert record is not None and record.trial_boot == "trial-boot" and record.state == "trial"
