@@ -44,6 +44,7 @@ from dynexport.sunspec.links import (
     BatteryLink,
     Desired,
     InverterLink,
+    InverterState,
     MeterLink,
 )
 from dynexport.sunspec.storage import StorageConvention
@@ -1197,7 +1198,10 @@ class App:
                 if value is not None and math.isfinite(value):
                     values[(role, quantity, name)] = value
 
-        meter = self.meter.state.reading if self.meter is not None else None
+        # a meter that has stopped answering keeps its last reading: never posted as current
+        meter = None
+        if self.meter is not None and self.meter.state.online:
+            meter = self.meter.state.reading
         if meter is not None:
             values[("site", "W")] = meter.site_w
             values[("site", "var")] = meter.var
@@ -1276,11 +1280,28 @@ class App:
             doe_modes_supported=(
                 sep2_controls.doe_modes_supported(enforced) if controllable else 0
             ),
-            connected=all(st.connected is not False for st in known),
-            available=any(st.online for st in known),
-            operating=any((st.power_w or 0) > 0 for st in known),
+            **self._der_state(known),
             **self._storage_der_fields(enforced),
         )
+
+    def _der_state(self, known: list[InverterState]) -> dict[str, Any]:
+        """DERStatus's genConnectStatus bits and operationalModeStatus for the site as one DER
+        (CSIP-AUS ALL-07, ALL-08, ALL-12, MUL-01): connected and available while an inverter that
+        answers is on the grid and no disconnect (opModConnect false) is in force; operating
+        while one makes power; operational mode 2 while operating, else 1 (off). Before, an
+        inverter opened by the disconnect still counted as available, one tripped inverter
+        of two said the whole site was disconnected, inverters gone silent were connected on
+        their last word, and the mode was always 2."""
+        live = [st for st in known if st.online]
+        opened = self.output is not None and self.output.mode == "disconnected"
+        on_grid = not opened and any(st.connected is not False for st in live)
+        operating = any((st.power_w or 0.0) > 0.0 for st in live)
+        return {
+            "connected": on_grid,
+            "available": on_grid,
+            "operating": operating,
+            "operational_mode": 2 if operating else 1,
+        }
 
     def _storage_der_fields(self, enforced: frozenset[ControlType]) -> dict[str, Any]:
         """DerInfo's storage fields (DERCapability/Settings/Status) from the batteries."""

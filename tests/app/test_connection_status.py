@@ -43,6 +43,20 @@ def _bits(utility: UtilityServer) -> int | None:
     return int(statuses[-1].gen_connect_status.value)
 
 
+def _bits_are(utility: UtilityServer, mask: int, value: int) -> bool:
+    """The last DERStatus's genConnectStatus bits under ``mask`` are ``value`` (False: none)."""
+    bits = _bits(utility)
+    return bits is not None and bits & mask == value
+
+
+def _mode(utility: UtilityServer) -> int | None:
+    """The last DERStatus's operationalModeStatus (1 off, 2 operational)."""
+    statuses = _statuses(utility)
+    if not statuses or statuses[-1].operational_mode_status is None:
+        return None
+    return int(statuses[-1].operational_mode_status.value)
+
+
 def _config(sim: SimSite, utility: UtilityServer) -> dict[str, Any]:
     return {**site_document(sim), "utility": utility_section(utility, pen=46273)}
 
@@ -74,16 +88,20 @@ async def test_a_disconnect_control_opens_the_inverters_and_the_utility_is_told(
 ) -> None:
     """ALL-12 / ALL-27: PUT-DERSTATUS-DISCONNECT, then PUT-DERSTATUS-CONNECT."""
     async with _service(tmp_path) as (utility, sim):
-        await wait_for(lambda: (_bits(utility) or 0) & 1 == 1)
+        await wait_for(lambda: _bits_are(utility, 1, 1))
         now = int(utility.now())
         utility.add_control(start=now, duration=40, connect=False)
         # the inverters are opened through model 123 Conn, not only limited to 0 %
         await wait_for(lambda: all(sim.site.get(u, 123, "Conn") == 0 for u in (1, 2)), within=30)
-        await wait_for(lambda: (_bits(utility) or 1) & 1 == 0, within=30)
+        # ALL-12 PUT-DERSTATUS-DISCONNECT: connected, available and operating all false (an
+        # inverter opened by the control was still "available"), operational mode off
+        await wait_for(lambda: _bits_are(utility, 0b111, 0), within=30)
+        await wait_for(lambda: _mode(utility) == 1, within=30)
         assert sim.site.output_w(1) + sim.site.output_w(2) < 50
         # when the control ends they are closed again, and the utility is told
         await wait_for(lambda: all(sim.site.get(u, 123, "Conn") == 1 for u in (1, 2)))
-        await wait_for(lambda: (_bits(utility) or 0) & 1 == 1, within=30)
+        await wait_for(lambda: _bits_are(utility, 0b111, 0b111), within=30)
+        await wait_for(lambda: _mode(utility) == 2, within=30)
         assert [v.message for v in utility.violations] == []
 
 
@@ -91,14 +109,35 @@ async def test_an_inverter_that_trips_or_stops_on_its_own_is_reported(tmp_path: 
     """ALL-07 (connection status) and ALL-08 (operational state), driven through the site's
     control channel, as the procedures need the DER itself to change."""
     async with _service(tmp_path) as (utility, sim):
-        await wait_for(lambda: (_bits(utility) or 0) & 5 == 5)
+        await wait_for(lambda: _bits_are(utility, 5, 5))
         for unit in (1, 2):
             await _control(sim, {"unit": unit, "set": {"connected": False}})
-        await wait_for(lambda: (_bits(utility) or 1) & 1 == 0, within=30)
+        await wait_for(lambda: _bits_are(utility, 1, 0), within=30)
         for unit in (1, 2):
             await _control(sim, {"unit": unit, "set": {"connected": True}})
-        await wait_for(lambda: (_bits(utility) or 0) & 1 == 1, within=30)
+        await wait_for(lambda: _bits_are(utility, 1, 1), within=30)
         await _control(sim, {"set": {"operating": False}})
-        await wait_for(lambda: (_bits(utility) or 4) & 4 == 0, within=30)
+        await wait_for(lambda: _bits_are(utility, 4, 0), within=30)
+        # ALL-08 PUT-DERSTATUS-DISCONNECT, then -CONNECT: operational mode off, then on (it
+        # was 2 throughout)
+        await wait_for(lambda: _mode(utility) == 1, within=30)
         await _control(sim, {"set": {"operating": True}})
-        await wait_for(lambda: (_bits(utility) or 0) & 4 == 4, within=30)
+        await wait_for(lambda: _bits_are(utility, 4, 4), within=30)
+        await wait_for(lambda: _mode(utility) == 2, within=30)
+
+
+async def test_one_inverter_of_two_off_leaves_the_site_connected_and_both_off_do_not(
+    tmp_path: Path,
+) -> None:
+    """MUL-01: the site is one DER. One inverter powered off (here tripped off the grid) while
+    the other generates: still connected, available, operating and operational (one tripped
+    inverter of two said the whole site was disconnected); both off: none of these, mode off."""
+    async with _service(tmp_path) as (utility, sim):
+        await wait_for(lambda: _bits_are(utility, 0b111, 0b111))
+        await _control(sim, {"unit": 1, "set": {"connected": False}})
+        await wait_for(lambda: sim.site.output_w(1) < 1.0)
+        await trio.sleep(3)  # reported by now (every poll, every change)
+        assert _bits_are(utility, 0b111, 0b111) and _mode(utility) == 2
+        await _control(sim, {"unit": 2, "set": {"connected": False}})
+        await wait_for(lambda: _bits_are(utility, 0b111, 0), within=30)
+        await wait_for(lambda: _mode(utility) == 1, within=30)

@@ -44,3 +44,22 @@ async def test_without_a_battery_the_sample_has_no_stored_energy(tmp_path: Path)
             await wait_for(lambda: ("der", "W") in app.sample(0.0).values, within=20.0)
             assert ("der", "Wh") not in app.sample(0.0).values
             nursery.cancel_scope.cancel()
+
+
+async def test_a_meter_that_stops_answering_is_not_reported_with_its_last_reading(
+    tmp_path: Path,
+) -> None:
+    """The meter link keeps its last reading when the meter goes silent: it was sampled every
+    5 s for the whole outage and posted to the utility as real interval readings."""
+    with simulated_site(("inverters", "meter"), load_w=1000.0) as sim:
+        config = site_config(sim, inverter_servers=("inverters", "inverters"), meter_server="meter")
+        app = make_app(config, tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(app.run)
+            await wait_for(lambda: ("site", "W") in app.sample(0.0).values, within=20.0)
+            sim.servers["meter"].stop()
+            await wait_for(lambda: app.status()["site"]["meterOnline"] is False)
+            values = app.sample(0.0).values
+            assert not [k for k in values if k[0] == "site"]
+            assert ("der", "W") in values  # the inverters still answer
+            nursery.cancel_scope.cancel()
