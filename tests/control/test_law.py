@@ -217,6 +217,41 @@ def test_a_decision_with_no_inverter_online_is_not_taken_for_a_cut_to_zero():
             assert limited(out) == pytest.approx(steady, abs=1.0)
 
 
+def test_a_blip_keeps_set_grad_w_the_hold_and_the_late_meter_rule() -> None:
+    """One decision with the inverters out of reach (a shared gateway's blip) made the next
+    start afresh: the command jumped to the load estimate's target past setGradW (1680 W to
+    6440 W at 100 W/s), inside the hold after a big cut, and on a late meter, which justifies
+    no rise. It goes on from the command last given."""
+    making, gone = [inv("a", 10000, 1500)], [inv("a", 10000, float("nan"), online=False)]
+    # setGradW 100 (1 % of 10 kW a second): at most 200 W more over the two seconds
+    state = control_step(meter_at(0, -1000), making, export(1000), ControllerState(), 0).state
+    limits = export(6000, set_grad_w=100)
+    given: list[float] = []
+    for t in range(1, 5):
+        out = control_step(meter_at(t, -1000), gone if t == 3 else making, limits, state, t)
+        state = out.state
+        assert out.state.gen_cmd_w is not None
+        given.append(out.state.gen_cmd_w)
+    assert given[3] - given[1] <= 200.0 + 1e-6
+    # the hold after a big cut: no rise before it ends, blip or not
+    big = [inv("a", 10000, 5000)]
+    out = control_step(meter_at(0, -4500), big, export(4500), ControllerState(), 0)
+    cut = control_step(meter_at(1, -4500), big, export(1000), out.state, 1)
+    blip = control_step(meter_at(2, -3500), gone, export(1000), cut.state, 2)
+    back = control_step(meter_at(3, -1000), [inv("a", 10000, 3000)], export(1000), blip.state, 3)
+    assert back.state.gen_cmd_w is not None and cut.state.gen_cmd_w is not None
+    assert back.state.gen_cmd_w <= cut.state.gen_cmd_w + 1e-6
+    # a late meter (no sample for longer than its window, not yet stale): no rise
+    steady = [inv("a", 10000, 1480)]
+    state = control_step(meter_at(0, -980), steady, export(1000), ControllerState(), 0).state
+    state = control_step(meter_at(1.2, -980), steady, export(1000), state, 1.2).state
+    base = state.gen_cmd_w
+    late = meter_at(1.2, 2000)
+    state = control_step(late, gone, export(1000), state, 2.3).state
+    after = control_step(late, steady, export(1000), state, 3.3).state.gen_cmd_w
+    assert base is not None and after is not None and after <= base + 1e-6
+
+
 def test_set_grad_w_limits_the_rate_of_increase():
     invs = [inv("a", 10000, 1500)]
     state = control_step(meter_at(0, -1000), invs, export(1000), ControllerState(), 0).state

@@ -223,8 +223,14 @@ class ControllerState:
     given_to_none: bool = False
     """The last command went to no inverter (none controllable was online: a start or a
     restart of the links before they answer, a shared gateway reconnecting): the next decision
-    starts afresh, as after a start. Taken as the command in force, the 0 W no online inverter
-    can make cut every inverter to 0 % and held them there while their output fell."""
+    goes on from ``given_w``, the command last given, not from ``gen_cmd_w``. Taken as the
+    command in force, the 0 W no online inverter can make cut every inverter to 0 % and held
+    them there while their output fell."""
+    given_w: float | None = None
+    """The command last given to online inverters, kept through decisions that gave none
+    (None: none given yet: the next one starts afresh, as after a start). Going on from it
+    keeps the hold after a big cut, the late meter's no-rise rule and setGradW across a blip;
+    starting afresh jumped the command to the load estimate's target."""
 
 
 @dataclass(frozen=True)
@@ -691,9 +697,8 @@ def control_step(
     if raw >= rated_online:
         raw, source = rated_online, ""  # more than the online inverters can make: no limit
 
-    prev = None
-    if _finite(state.gen_cmd_w) and not state.given_to_none:
-        prev = max(state.gen_cmd_w, 0.0)
+    last = state.given_w if state.given_to_none else state.gen_cmd_w
+    prev = max(last, 0.0) if _finite(last) else None
     hold_until = state.hold_until if not math.isnan(state.hold_until) else -math.inf
     settle_until = now + s.average_s + s.interval_s
     if prev is not None and prev - raw > s.hold_cut_w:
@@ -770,7 +775,7 @@ def control_step(
     mode = "failsafe" if stale else "normal"
     new = ControllerState(
         now, cmd, der, key, ramps, mode, hold_until, bat_der, bat.memory, frozenset(absorb),
-        given_to_none=not ctrl,
+        given_to_none=not ctrl, given_w=cmd if ctrl else prev,
     )  # fmt: skip
     lims = (ramped["export_w"], ramped["generation_w"])
     return out(pct, True, mode, target, budget, source, load_est, new, lims, offline_w)
