@@ -137,7 +137,9 @@ done
 echo "== overlay" >&2
 cp -a rootfs-overlay/. "${root}/"
 install -m 0644 systemd/dynexport.service "${root}/usr/lib/systemd/system/dynexport.service"
-chroot "${root}" useradd --system --user-group --no-create-home --home-dir /nonexistent \
+# The Pi images' fixed IDs (buildroot/package/dynexport/dynexport.mk, docs/image.md "Users and IDs").
+chroot "${root}" groupadd --system --gid 70 dynexport
+chroot "${root}" useradd --system --uid 70 --gid dynexport --no-create-home --home-dir /nonexistent \
 	--shell /usr/sbin/nologin dynexport
 echo dynexport >"${root}/etc/hostname"
 buildroot/board/dynexport/post-build.sh "${root}" x86_64

@@ -99,8 +99,10 @@ def test_growing_holds_udev_off_the_disk_while_it_grows() -> None:
     def at(prefix: str) -> int:
         return next(i for i, ln in enumerate(code) if ln.startswith(prefix))
 
-    # an exclusive lock on the whole disk from before the partition table is written ...
-    assert at('echo "mount-data: growing') < at("flock -x 9") < at('if ! echo ", +" | sfdisk')
+    # an exclusive lock on the whole disk from before the partition table is written (or, with
+    # the partition grown at an earlier boot, before the file system is) ...
+    assert at("grow() (") < at("flock -x 9") < at('if ! echo ", +" | sfdisk')
+    assert at("flock -x 9") < at('e2fsck -f -p "${dev}"') < at('resize2fs "${dev}"')
     assert code[at("flock -x 9") - 1] == 'exec 9<"${disk}"'
     # ... until the script exits, then udev's events pass before fsck and data.mount run
     trap = code[at("trap ")]

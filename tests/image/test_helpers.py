@@ -48,12 +48,12 @@ def test_a_lost_config_beside_its_last_good_copy_is_not_setup_mode(tmp_path: Pat
     """The service runs on config.last-good.json when config.json is lost; the access point
     rule must not take the site for unconfigured (the AP up for good, the home Wi-Fi down)."""
     config, last_good = tmp_path / "config.json", tmp_path / "config.last-good.json"
-    assert ap_rule.site_configured(config, last_good) is False  # a first boot
+    assert ap_rule.site_configured(config, last_good, data_mounted=True) is False  # a first boot
     last_good.write_text("{}")
-    assert ap_rule.site_configured(config, last_good) is True
+    assert ap_rule.site_configured(config, last_good, data_mounted=True) is True
     last_good.unlink()
     config.write_text("{}")
-    assert ap_rule.site_configured(config, last_good) is True
+    assert ap_rule.site_configured(config, last_good, data_mounted=True) is True
     assert ap_rule.LAST_GOOD.name == "config.last-good.json"
     assert ap_rule.LAST_GOOD.parent == ap_rule.CONFIG.parent
 
@@ -76,7 +76,8 @@ def test_long_outage_starts_the_access_point() -> None:
 
 
 def test_access_point_stays_while_a_phone_is_connected() -> None:
-    s = seen(ap_active=True, stations=1, now=1e6, online=False)
+    # up to its bound (tests/image/test_setup_ap_only_in_setup_mode_or_a_long_outage.py)
+    s = seen(ap_active=True, stations=1, now=ap_rule.AP_MAX - 1, online=False)
     assert ap_rule.decide(s, state(ap_since=0.0))[0] == []
 
 

@@ -4,7 +4,9 @@ it is the data partition and its check left no errors (docs/image.md "Persistenc
 The script runs against a stand-in world: a sysfs tree and mountinfo as the kernel shows them
 for a root on partition 2 of a disk, partition files that are real ext4 images (real blkid reads
 their labels), and recording stand-ins for mount, e2fsck (which runs the real one unless told to
-exit with a status) and the growing's sfdisk, partx, resize2fs and udevadm."""
+exit with a status) and the growing's sfdisk, partx (which sets the partition's new size in
+sysfs, as the kernel does, and lengthens its file), resize2fs and udevadm. The file systems
+fill their 64 MiB partitions, as genimage makes them; dumpe2fs reads their real size."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from tests.image.helpers import LIBEXEC, OVERLAY, ROOT, UNITS, unit
 
 SCRIPT = LIBEXEC / "mount-data"
 OPTIONS = "rw,noatime,nodev,nosuid,commit=30,errors=remount-ro"
-TOOLS = ("mke2fs", "blkid", "e2fsck")
+TOOLS = ("mke2fs", "blkid", "e2fsck", "dumpe2fs")
 SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
 
 pytestmark = pytest.mark.skipif(
@@ -63,11 +65,12 @@ class World:
 
 
 def _ext4(path: Path, label: str) -> None:
-    """A small ext4 image labelled ``label``; without a journal it takes 128 KiB of disk, not
-    1.1 MiB (a run makes about sixty: the suite's temporary folder stays small on CI)."""
+    """An ext4 image labelled ``label`` that fills its 64 MiB partition, with 4 KiB blocks as
+    the card's; without a journal, sparse, it takes 140 KiB of disk (a run makes about sixty:
+    the suite's temporary folder stays small on CI)."""
     subprocess.run(
         [shutil.which("mke2fs", path=SBIN) or "mke2fs", "-q", "-F", "-t", "ext4", "-O",
-         "^has_journal", "-L", label, str(path), "4M"],
+         "^has_journal", "-b", "4096", "-L", label, str(path), f"{PART_SECTORS // 2}k"],
         check=True, capture_output=True,
     )  # fmt: skip
 
@@ -117,7 +120,15 @@ def _make_world(
         'if flock -n -x "$d" true; then l=unlocked; else l=locked; fi\n'
         'echo "sfdisk $* ($l)" >>"$CALLS"; exit "${FAKE_SFDISK_RC:-0}"\n',
     )
-    for tool in ("partx", "resize2fs", "udevadm"):
+    # partx --update --nr N DISK: the kernel's partition N now reaches the end of the disk
+    _recorder(
+        base / "bin/partx",
+        f'echo "partx $*" >>"$CALLS"\n[ "${{FAKE_PARTX_RC:-0}}" = 0 ] || exit "$FAKE_PARTX_RC"\n'
+        f'read -r start <"{disk}/vda$3/start"\n'
+        f"size=$(({(last + 1) * PART_SECTORS + free} - start))\n"
+        f'echo "$size" >"{disk}/vda$3/size"\ntruncate -s $((size * 512)) "{base}/dev/vda$3"\n',
+    )
+    for tool in ("resize2fs", "udevadm"):
         _recorder(base / f"bin/{tool}", f'echo "{tool} $*" >>"$CALLS"\n')
     real = shutil.which("e2fsck", path=SBIN)
     _recorder(

@@ -21,8 +21,11 @@ DYNEXPORT_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = \
 
 # The service runs unprivileged; dialout gives it the RS485 ports
 # (ttyUSB*, ttyACM*, ttyAMA*). No password: the account cannot log in.
+# A fixed UID and GID, 70 (board/dynexport/users.table says why and which range): its files on
+# /data must keep their owner across A/B updates. The system test's image makes the same user
+# (systemtest/build-image.sh).
 define DYNEXPORT_USERS
-	dynexport -1 dynexport -1 * - - dialout dynexport controller
+	dynexport 70 dynexport 70 * - - dialout dynexport controller
 endef
 
 define DYNEXPORT_INSTALL_INIT_SYSTEMD
