@@ -1398,7 +1398,7 @@ class App:
         with trio.move_on_after(SHUTDOWN_BUDGET_S / 2):
             async with trio.open_nursery() as nursery:
                 for link in self.inverters:
-                    if not link.device.discovered and link.state.error is None:
+                    if link.state.controllable is None and link.state.error is None:
                         nursery.start_soon(reach, link)
         try:
             commands = self._failsafe_commands()

@@ -342,3 +342,75 @@ async def test_a_map_that_keeps_changing_is_rediscovered_with_backoff_and_logged
     assert bus.reads < 1200, bus.reads
     logged = warnings_of(caplog, "discovering it again")
     assert 1 <= len(logged) <= 3, len(logged)
+
+
+class DropsTheLimitAfterEachWrite(SiteBus):
+    """Another controller (or a firmware) that disables the limit a few seconds after each
+    write lands, counting the limit writes."""
+
+    def __init__(self, site: Site, after_s: float) -> None:
+        super().__init__(site)
+        self.after_s = after_s
+        self.limit_writes = 0
+        self.nursery: trio.Nursery | None = None
+
+    async def write_registers(self, unit, address, values, *, timeout=None):  # noqa: ASYNC109
+        await super().write_registers(unit, address, values, timeout=timeout)
+        if self.written_to(unit, address, values, 123, "WMaxLim_Ena") == 1:
+            self.limit_writes += 1
+            assert self.nursery is not None
+            self.nursery.start_soon(self._drop)
+
+    async def _drop(self) -> None:
+        await trio.sleep(self.after_s)
+        self.site.inverters[1].set(123, "WMaxLim_Ena", 0)
+
+
+@pytest.mark.parametrize("after_s", [0.2, 2.5])
+async def test_a_limit_dropped_seconds_after_each_write_is_written_again_sparingly(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture, after_s: float
+) -> None:
+    """A poll just after each rewrite found the limit held and started the count afresh, so a
+    device that drops it 2.5 s later was written again and warned about every ~3 s for ever
+    (99 warnings in 5 minutes): the count starts afresh only once the limit has been held for
+    HELD_FOR_S."""
+    site = profiles.fronius_gateway(tau_s=0.5)
+    bus = DropsTheLimitAfterEachWrite(site, after_s)
+    link = link_to(site, bus, revert_s=3600)
+    async with running(link) as nursery:
+        bus.nursery = nursery
+        link.command(Desired(pct=10.0))
+        await settle(300)
+        nursery.cancel_scope.cancel()
+    assert bus.limit_writes <= 12, bus.limit_writes  # 1st, 2nd, 4th... lost poll, not ~100
+    assert len(warnings_of(caplog, AGAIN)) <= 300 // 30 + 1  # the first, then every 30th
+
+
+async def test_reach_after_a_discovery_cut_short_still_readies_the_link_for_its_fail_safe(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop came after the map was read but before the common model and the link's own
+    checks: the device said it was discovered, reach() returned at once, and the fail-safe
+    write failed with "not discovered yet"."""
+    from dynexport.sunspec.decode import DecodedModel
+    from dynexport.sunspec.device import SunSpecDevice
+    from dynexport.sunspec.discovery import ModelHeader
+
+    site = profiles.fronius_gateway(tau_s=0.5)
+    link = link_to(site, revert_s=60)
+    read_model = SunSpecDevice.read_model
+    blocking = True
+
+    async def slow_common(self: SunSpecDevice, header: ModelHeader) -> DecodedModel:
+        if blocking and header.id == 1:
+            await trio.sleep(10)  # discovery's read of the common model, when the stop comes
+        return await read_model(self, header)
+
+    monkeypatch.setattr(SunSpecDevice, "read_model", slow_common)
+    with trio.move_on_after(5):
+        await link.run()
+    assert link.device.discovered and link.state.controllable is None
+    blocking = False
+    await link.reach()
+    await link.write(Desired(pct=20.0))
+    assert site.get(1, 123, "WMaxLimPct") == pytest.approx(20.0)

@@ -14,7 +14,7 @@ from dynexport.sim import profiles
 from dynexport.sunspec.control import LimitCommand
 from dynexport.sunspec.device import SunSpecDevice
 from dynexport.sunspec.discovery import ModelHeader
-from dynexport.sunspec.links import Desired
+from dynexport.sunspec.links import Desired, InverterLink
 from dynexport.sunspec.models import model_def
 from dynexport.sunspec.storage import StorageCommand, encode_storage
 from tests.sunspec.sitebus import SiteBus
@@ -84,3 +84,29 @@ def test_a_battery_command_leaves_out_the_124_timers_the_device_lacks_but_never_
     assert list(values) == ["InWRte", "OutWRte", "InOutWRte_RvrtTms", "StorCtl_Mod"]
     _, values = encode_storage(header, cmd, max_charge_w=5000.0, sf=0)
     assert "InOutWRte_WinTms" in values and "InOutWRte_RmpTms" in values
+
+
+async def test_a_revert_timer_read_not_implemented_once_is_written_when_it_answers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The inverter read its revert timer as 0xFFFF while it booted: the limit went without it,
+    and nothing wrote it again before the scheduled rewrite, 20 minutes later at revertS 3600 (a
+    dead appliance then left the limit on for good). The slow poll that finds the timer
+    answering has the limit written again with it; once seen, the timer is always written."""
+    site = profiles.fronius_gateway(tau_s=0.5)
+    site.inverters[1].set(123, "WMaxLimPct_RvrtTms", None)  # "not implemented" while it boots
+    link = InverterLink("inverter 1", SiteBus(site), 1, revert_s=3600, fast_s=1.0)
+    async with running(link):
+        link.command(Desired(pct=10.0))
+        await settle(5)
+        assert link.state.revert_timer is False
+        site.inverters[1].set(123, "WMaxLimPct_RvrtTms", 0)  # booted: it answers now
+        await settle(300)  # one slow poll
+        assert site.get(1, 123, "WMaxLimPct_RvrtTms") == 3600
+        assert link.state.revert_timer is True
+        site.inverters[1].set(123, "WMaxLimPct_RvrtTms", None)  # one odd read later on
+        link.command(Desired(pct=20.0))
+        await settle(5)
+    assert site.get(1, 123, "WMaxLimPct") == pytest.approx(20.0)
+    assert link.state.revert_timer is True  # written with it (the device took it)
+    assert site.get(1, 123, "WMaxLimPct_RvrtTms") == 3600

@@ -5,7 +5,7 @@ and writes they ask for."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dynexport.sunspec import control
@@ -16,6 +16,7 @@ from dynexport.sunspec.discovery import DEFAULT_BASES, ModelHeader, ReadRequest,
 from dynexport.sunspec.discovery import discover as _discover
 from dynexport.sunspec.models import model_def
 from dynexport.sunspec.polling import (
+    CONTROL_MODELS,
     INVERTER_MODELS,
     METER_MODELS,
     PollPlan,
@@ -124,6 +125,10 @@ class SunSpecDevice:
         self._map: SunSpecMap | None = None
         self._fast: PollPlan | None = None
         self._slow: PollPlan | None = None
+        self._implemented: set[str] = set()
+        """Optional control points (``control.WRITTEN_WHERE_IMPLEMENTED``) read as implemented
+        since discovery: written from then on, even if one read says "not implemented" (a
+        device still booting read its revert timer as 0xFFFF, and the limit went without it)."""
         self.common: CommonInfo | None = None
 
     @property
@@ -163,6 +168,7 @@ class SunSpecDevice:
         self._map = smap
         self._fast = fast_plan(smap)
         self._slow = slow_plan(smap)
+        self._implemented = set()
         common = smap.find(1)
         if common is not None:
             self.common = CommonInfo.from_points((await self.read_model(common)).points)
@@ -216,6 +222,8 @@ class SunSpecDevice:
 
     async def poll_slow(self) -> SlowReading:
         v = await self.read_plan(self.slow_poll_plan)
+        for mid in CONTROL_MODELS:
+            self.note_implemented(v.get(mid) or {})
 
         settings = Settings.from_points(v[121]) if 121 in v else None
         cap = DerCapacity.from_points(v[702]) if 702 in v else None
@@ -253,6 +261,18 @@ class SunSpecDevice:
                 self.unit, w.address, w.values, timeout=self.request_timeout
             )
 
+    def revert_timer_seen(self) -> bool:
+        """The control model's limit revert timer has read as implemented since discovery."""
+        header = self.map.first_of(CONTROL_MODELS)
+        return header is not None and control.REVERT_TIMERS[header.id] in self._implemented
+
+    def note_implemented(self, raw: Mapping[str, Value]) -> None:
+        """Notes the optional control points ``raw`` (a control model's raw values, as read)
+        shows implemented."""
+        self._implemented.update(
+            n for n in control.WRITTEN_WHERE_IMPLEMENTED if raw.get(n) is not None
+        )
+
     async def set_limit(self, cmd: LimitCommand) -> LimitResult:
         """Write a generation limit (or clear it), rounded down to the register step, then verify
         it by reading it back. A scale factor outside -10..10 raises InvalidScaleFactorError
@@ -261,7 +281,9 @@ class SunSpecDevice:
         before = await self.read_model(header)
         sf = before.raw.get("WMaxLimPct_SF")
         control.limit_sf(sf)
-        values = control.implemented_only(control.limit_values(header, sf, cmd), before.raw)
+        self.note_implemented(before.raw)
+        implemented = {**before.raw, **dict.fromkeys(self._implemented, 0)}
+        values = control.implemented_only(control.limit_values(header, sf, cmd), implemented)
         mdef = model_def(header.id)
         assert mdef is not None
         writes = control.encode_writes(mdef, header, values)
@@ -280,7 +302,7 @@ class SunSpecDevice:
             header.id,
             cmd.revert_s,
         )
-        timer = before.raw.get(control.REVERT_TIMERS[header.id]) is not None
+        timer = implemented.get(control.REVERT_TIMERS[header.id]) is not None
         return LimitResult(header.id, writes, dict(after.points), timer)
 
     async def set_limit_watts(

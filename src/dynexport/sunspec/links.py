@@ -81,6 +81,11 @@ CONN_TRIES = 3
 """A Conn write answered so this many times running is refused after all: an inverter that
 always answers "device failure" to it kept its link offline at every disconnect."""
 
+HELD_FOR_S = 60.0
+"""A command found lost is taken as held again only once polls have found it held this long:
+one poll right after a rewrite found it held and started the count afresh, so a device that
+drops what it is written a few seconds later was written again, and warned about, every few
+seconds for ever."""
 CONN_SETTLE_S = 10.0
 """A grid connection read this long after 123 Conn was written 0 (the inverter connected until
 then) is taken as the inverter's answer: before that, a relay still opening may report itself
@@ -401,7 +406,10 @@ class _CommandLink(_Link, Generic[_CommandT, _StateT]):
         self._written: _CommandT | None = None
         """What was last written and read back; None: unknown, write again."""
         self._contradictions = 0
-        """Polls running that read the device no longer holding what was written."""
+        """Polls that read the device no longer holding what was written, since it was last
+        held for ``HELD_FOR_S``."""
+        self._held_since: float | None = None
+        """When polls began to find the command held again after one found it lost."""
 
     @property
     def desired(self) -> _CommandT | None:
@@ -419,10 +427,15 @@ class _CommandLink(_Link, Generic[_CommandT, _StateT]):
         longer holds (None: it holds it). A device reset (its controls back to their defaults)
         was left so until the scheduled rewrite, a third of the revert timeout (20 minutes at
         revertS 3600): now the next apply writes it again at once. Logged the first time and
-        every 30th until a poll finds it held again."""
+        every 30th until polls have found it held for ``HELD_FOR_S``."""
         if lost is None:
-            self._contradictions = 0
+            now = trio.current_time()
+            if self._held_since is None:
+                self._held_since = now
+            if now - self._held_since >= HELD_FOR_S:
+                self._contradictions = 0
             return
+        self._held_since = None
         self._contradictions += 1
         n = self._contradictions
         if _worth_logging(n):
@@ -512,8 +525,8 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         the fail-safe, as control goes on) found no inverter reached, wrote no fail-safe, and
         left each at the old links' last limit for up to its revert time. Call only while
         :meth:`run` is not running; raises the device's errors."""
-        if self.device.discovered:
-            return
+        if self.device.discovered and self.state.controllable is not None:
+            return  # (a discovery cut short after the map was read has not said yet)
         await self.device.discover()
         self.discovered_at = trio.current_time()
         self._after_discovery()
@@ -568,6 +581,15 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         if reason is not None:
             if reason != self._model_problem:
                 log.warning("%s: %s", self.id, reason)
+            self._written = None
+        elif (
+            self._written is not None
+            and self.state.revert_timer is False
+            and (self.device.revert_timer_seen())
+        ):
+            # written while its revert timer read "not implemented" (a device still booting):
+            # again, with the timer, rather than at the scheduled rewrite
+            log.info("%s: its limit's revert timer answers now: writing the limit with it", self.id)
             self._written = None
         elif self._written is not None:
             self._held(self._slow_lost(slow))
