@@ -99,14 +99,18 @@ async def test_a_revert_timer_read_not_implemented_once_is_written_when_it_answe
     async with running(link):
         link.command(Desired(pct=10.0))
         await settle(5)
-        assert link.state.revert_timer is False
+        assert _revert_timer(link) is False
         site.inverters[1].set(123, "WMaxLimPct_RvrtTms", 0)  # booted: it answers now
         await settle(300)  # one slow poll
         assert site.get(1, 123, "WMaxLimPct_RvrtTms") == 3600
-        assert link.state.revert_timer is True
+        assert _revert_timer(link) is True
         site.inverters[1].set(123, "WMaxLimPct_RvrtTms", None)  # one odd read later on
         link.command(Desired(pct=20.0))
         await settle(5)
     assert site.get(1, 123, "WMaxLimPct") == pytest.approx(20.0)
-    assert link.state.revert_timer is True  # written with it (the device took it)
+    assert _revert_timer(link) is True  # written with it (the device took it)
     assert site.get(1, 123, "WMaxLimPct_RvrtTms") == 3600
+
+
+def _revert_timer(link: InverterLink) -> bool | None:
+    return link.state.revert_timer

@@ -261,3 +261,46 @@ async def test_a_file_that_cannot_be_read_is_reported_as_unreadable_not_unsaved(
     status, doc = await c.json("GET", "/api/wifi")
     assert status == 500
     assert doc["error"] == "could not be read (wifi.json): Is a directory"
+
+
+async def test_a_web_host_that_comes_later_is_moved_to_once_it_is_here(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At boot the configured address may come only with DHCP or the Wi-Fi, after the service
+    started: the server fell back to all addresses for the whole uptime, telling the owner to
+    correct a web.host that was right. It looks again and moves to it once it is here (here
+    127.0.0.2, "absent" until the test says so, the fallback 127.0.0.1)."""
+    from dynexport.httpio import serve_http as real_serve
+    from dynexport.web import server
+
+    absent = True
+
+    async def serve_http(*args: object, host: str, **kwargs: object) -> None:
+        if host == "127.0.0.2" and absent:
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        await real_serve(*args, host=host, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server, "serve_http", serve_http)
+    monkeypatch.setattr(server, "_here", lambda host: not absent)
+    app = setup_app(tmp_path)
+    app.options.data_dir.mkdir(parents=True)
+    port = await nursery.start(
+        partial(
+            serve_web, app, host="127.0.0.2", port=0, fallback_host="127.0.0.1",
+            host_recheck_s=0.05,
+        )
+    )  # fmt: skip
+    status, doc = await Client(port).json("GET", "/api/status")
+    assert status == 200 and doc["webHostFallback"] is not None
+    absent = False  # the address has come
+    with trio.fail_after(30):
+        while True:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.2", port)
+            except OSError:
+                await trio.sleep(0.05)
+                continue
+            await stream.aclose()
+            break
+    with pytest.raises(OSError):  # the fallback's listener is closed
+        await trio.open_tcp_stream("127.0.0.1", port)

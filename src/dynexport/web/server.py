@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ log = logging.getLogger("dynexport.web")
 HISTORY_FILE = "history.sqlite"
 ALL_ADDRESSES = "0.0.0.0"
 """Where the web server listens when the configured ``web.host`` is no address of this machine."""
+HOST_RECHECK_S = 30.0
+"""How often a web server listening on its fallback looks whether ``web.host`` is here now."""
 WEB_LIMITS = Limits(
     max_header_bytes=16 * 1024,
     max_body_bytes=256 * 1024,  # the largest legitimate body is a configuration or a PEM chain
@@ -109,13 +112,16 @@ async def serve_web(
     api_options: dict[str, Any] | None = None,
     pool: ConnectionPool | None = None,
     fallback_host: str = ALL_ADDRESSES,
+    host_recheck_s: float = HOST_RECHECK_S,
 ) -> None:
     """Serves until cancelled; ``nursery.start`` returns the bound port.
 
     A ``host`` that is no address of this machine (a typo, another site's restored backup, an
     interface gone) is not bound: the server listens on ``fallback_host`` instead, logs a
     warning and says so in the status (an alert). It failed to bind at every start, and the
-    web UI, the only way to correct it, was gone for good.
+    web UI, the only way to correct it, was gone for good. Every ``host_recheck_s`` it looks
+    again, and moves to ``host`` once it is here: at boot the address may come only with DHCP
+    or the Wi-Fi, after the service has started.
 
     The history recorder and the live-event broadcaster run beside the server. ``limits``,
     ``history_every_s``, ``flush_every_s``, ``api_options`` (keyword arguments of WebApi, e.g.
@@ -140,19 +146,72 @@ async def serve_web(
             )
         )
         nursery.start_soon(events.run)
-        serve = partial(serve_http, api.handle, port=port, limits=limits or WEB_LIMITS, pool=pool)
+        serve = partial(serve_http, api.handle, limits=limits or WEB_LIMITS, pool=pool)
         try:
-            bound: Any = await nursery.start(partial(serve, host=host))
+            bound: Any = await nursery.start(partial(serve, host=host, port=port))
         except OSError as exc:
             why = _not_here(exc)
             if why is None or host == fallback_host:
                 raise
-            log.warning("web.host %s %s: listening on %s instead", host, why, fallback_host)
-            api.listen_fallback = (
-                f"web.host {host} {why}: the web server listens on {fallback_host} instead"
+            bound = await nursery.start(
+                partial(
+                    _serve_elsewhere_until_here,
+                    serve,
+                    api,
+                    host=host,
+                    port=port,
+                    why=why,
+                    fallback_host=fallback_host,
+                    recheck_s=host_recheck_s,
+                )
             )
-            bound = await nursery.start(partial(serve, host=fallback_host))
         task_status.started(bound)
+
+
+async def _serve_elsewhere_until_here(
+    serve: Callable[..., Awaitable[None]],
+    api: WebApi,
+    *,
+    host: str,
+    port: int,
+    why: str,
+    fallback_host: str,
+    recheck_s: float,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listens on ``fallback_host`` while ``host`` is no address here, then on ``host``
+    (the same port), and on the fallback again should it go before it could be bound."""
+    while True:
+        log.warning("web.host %s %s: listening on %s instead", host, why, fallback_host)
+        api.listen_fallback = (
+            f"web.host {host} {why}: the web server listens on {fallback_host} instead"
+        )
+        async with trio.open_nursery() as fallback:
+            port = await fallback.start(partial(serve, host=fallback_host, port=port))
+            task_status.started(port)
+            task_status = trio.TASK_STATUS_IGNORED
+            while not await trio.to_thread.run_sync(_here, host):  # noqa: ASYNC110 (polled)
+                await trio.sleep(recheck_s)
+            fallback.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as own:
+                await own.start(partial(serve, host=host, port=port))
+                api.listen_fallback = None
+                log.info("web.host %s is here now: the web server listens on it", host)
+        except* OSError as failed:  # gone again before it could be bound: the fallback again
+            exc = failed.exceptions[0]
+            why = (_not_here(exc) if isinstance(exc, OSError) else None) or "could not be bound"
+
+
+def _here(host: str) -> bool:
+    """A socket can be bound to ``host`` (any port): it is an address of this machine."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+    except OSError:
+        return False
+    return True
 
 
 def _not_here(exc: OSError) -> str | None:
