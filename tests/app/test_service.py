@@ -315,7 +315,7 @@ async def test_the_shutdown_writes_every_inverters_fail_safe_at_once_within_its_
         def __init__(self, id: str, takes_s: float) -> None:
             self.id, self.takes_s = id, takes_s
             self.written: list[object] = []
-            self.device = SimpleNamespace(discovered=True)  # reached before
+            self.state = SimpleNamespace(controllable=True, error=None)  # reached before
 
         async def write(self, desired: object) -> None:
             await trio.sleep(self.takes_s)
