@@ -53,6 +53,8 @@ from dynexport.sep2.resources import (
     EndDevice,
     EndDeviceList,
     FunctionSetAssignmentsList,
+    Link,
+    MirrorMeterReading,
     MirrorUsagePoint,
     MirrorUsagePointList,
     Registration,
@@ -102,6 +104,9 @@ SETTLE_CHECK_S = 1.0
 PART_RETRY_S = (5.0, 15.0, 60.0, 300.0)
 """Backoff of one part of a step (DER reports, responses, telemetry) after an unexpected
 exception in it or a write the server refused (the last value repeats)."""
+FLOOR_AHEAD_MAX_S = 86_400
+"""An end of closed intervals further than this ahead of the verified server time cannot be
+one the link closed (damage): it is forgotten rather than hold back telemetry until then."""
 CP_PART, DER_PART, TELEMETRY_PART = "ConnectionPoint", "DER reports", "telemetry"
 """The parts whose writes the server may refuse without stopping the walk (`_write_part`)."""
 
@@ -145,7 +150,7 @@ class ClientOptions:
     http_retries: int = 3
     quantities: tuple[str, ...] = flow.MANDATORY_QUANTITIES
     """Quantities declared when a MirrorUsagePoint is created. Whatever else the samples carry
-    (Hz, per-phase values) is mirrored too: its first post creates it on the server."""
+    (Hz, per-phase values) is mirrored too, declared first (`Sep2Client._declare`)."""
     min_max: bool = True
     """Mirror each interval's minimum and maximum (dataQualifier 9 and 8) besides the average."""
     telemetry_batch: int = 400
@@ -211,6 +216,14 @@ class LinkState:
     time_verified: bool = True
     """False while neither the server's Time (in this process) nor a synchronised kernel clock
     says what time it is: ``active`` is then the strictest of the stored schedule ahead."""
+    telemetry_unverified_samples: int = 0
+    """Samples not averaged because the time was not verified (their interval is unknown)."""
+    telemetry_late_samples: int = 0
+    """Samples dated into an interval already closed (the server clock offset moved back):
+    dropped, so no interval is reported twice."""
+    telemetry_refused: int = 0
+    """MirrorReadingSets given up after the server refused them `flow.REFUSALS_BEFORE_DROP`
+    times running."""
 
 
 @dataclass
@@ -233,6 +246,16 @@ class _Telemetry:
     """Whether the server takes a MirrorMeterReadingList on POST to a MirrorUsagePoint (None:
     not tried yet). IEEE 2030.5 allows it; a server answering 400/405/415/501 to one gets one
     MirrorMeterReading per POST from then on."""
+    settled: set[str] = field(default_factory=set)
+    """MirrorReadingSet mRIDs accepted (or dropped) whose readings are still in the outbox
+    (another series of the same interval is retried): never posted again."""
+    refusals: dict[str, int] = field(default_factory=dict)
+    """Series mRID → refusals in a row (a 4xx saying the body itself is wrong)."""
+    refused_sets: int = 0
+    """MirrorReadingSets dropped after `flow.REFUSALS_BEFORE_DROP` refusals in a row."""
+    declared: dict[str, dict[str, MirrorMeterReading]] = field(default_factory=dict)
+    """Role → series mRID → the series (no readings) our MirrorUsagePoint is known to declare
+    (a series posted beyond them is declared first, by POSTing the MirrorUsagePoint again)."""
 
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (HttpError, Sep2ParseError, Sep2Error)
@@ -338,7 +361,11 @@ class Sep2Client:
         """What ``schedule.json`` holds (to skip rewriting it when a poll changed nothing)."""
         self.tracker: ResponseTracker = self.store.load_responses()
         self.outbox = self.store.load_outbox(self.options.telemetry_capacity)
-        self.averager = IntervalAverager(flow.DEFAULT_POST_S)
+        self.averager = IntervalAverager(flow.DEFAULT_POST_S, floor=self.outbox.closed_until)
+        self._late_samples = 0
+        """Late samples counted by averagers since replaced (a change of interval length)."""
+        self._unverified_samples = 0
+        """Samples not filed because the time was not verified."""
         self.der = der
         self._stored_offset = 0 if self.snapshot is None else self.snapshot.clock_offset
         """The wall-clock offset until the server's Time is first read in this process."""
@@ -379,8 +406,10 @@ class Sep2Client:
         self._der: DER | None = None
         self._der_url: str | None = None
         self._der_rate = flow.DEFAULT_POLL_S
-        self._der_key: tuple[object, ...] | None = None
-        self._der_sent: float | None = None
+        self._der_sent: dict[str, tuple[object, float]] = {}
+        """DER report → (its key, monotonic time) at its last accepted PUT."""
+        self._der_soc: int | None = None
+        """stateOfChargeStatus at the last accepted DERStatus PUT."""
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._not_before: dict[str, tuple[int, float]] = {}
         """URL → (status, monotonic time) before which it is not asked again (429/503)."""
@@ -486,6 +515,9 @@ class Sep2Client:
             warnings=() if self.last_walk is None else self.last_walk.warnings,
             clock_alert=self.clock_alert,
             time_verified=self.time_verified,
+            telemetry_unverified_samples=self._unverified_samples,
+            telemetry_late_samples=self._late_samples + self.averager.late,
+            telemetry_refused=self._telemetry.refused_sets,
         )
 
     @property
@@ -516,9 +548,46 @@ class Sep2Client:
             self._wake.set()
 
     def add_sample(self, sample: Sample) -> None:
-        """A measurement taken at local time ``sample.t``; averaged in the server's clock."""
-        shifted = Sample(t=sample.t + self.clock_offset, values=sample.values)
-        closed = self.averager.add(shifted)
+        """A measurement taken at local time ``sample.t``; averaged in the server's clock.
+
+        Dropped (and counted) while the time is not verified: a Pi without RTC after a power
+        cut would file it hours from its true interval, and nothing later can say by how much
+        exactly (the wall clock may have been stepped in between). A sample dated into an
+        interval already closed is dropped by the averager (a closed interval never reopens).
+        """
+        if not self.time_verified:
+            if self._unverified_samples == 0:
+                log.warning("telemetry: the time is not verified yet; samples are not averaged")
+            self._unverified_samples += 1
+            return
+        late = self.averager.late
+        shifted = Sample(t=sample.t + self._exact_offset(), values=sample.values)
+        floor = self.averager.floor
+        if floor is not None and floor > shifted.t + FLOOR_AHEAD_MAX_S:
+            # Intervals close only once their end has passed in server time: a day ahead of
+            # the verified time, the mark is damage (telemetry.json), not an interval sent.
+            log.warning(
+                "telemetry: intervals marked closed until %d, %.0f s ahead of the server's "
+                "time; forgotten",
+                floor,
+                floor - shifted.t,
+            )
+            self.averager.floor = None
+        self._file(self.averager.add(shifted))
+        if self.averager.late > late and (self._late_samples + late) % 100 == 0:
+            log.warning(
+                "telemetry: a sample dated into an interval already closed was dropped "
+                "(the server clock offset moved back); %d so far",
+                self._late_samples + self.averager.late,
+            )
+
+    def _exact_offset(self) -> float:
+        """Server minus local wall time, unrounded: the mapping `_post_telemetry` closes
+        intervals by (`_server_at`), so a sample and the flush never disagree by a rounding."""
+        now = self._mono()
+        return self._server_at(now) - self._clock()
+
+    def _file(self, closed: list[IntervalReading]) -> None:
         if closed:
             self.outbox.extend(closed)
             self.store.save_outbox(self.outbox)
@@ -1199,30 +1268,42 @@ class Sep2Client:
         return schedule_active(programs, self.server_now(), self.lfdi, memory).set_grad_w
 
     async def _report_der(self, programs: tuple[ProgramControls, ...]) -> None:
-        """PUT DERCapability, DERSettings and DERStatus at start, on change and at the DERList
-        pollRate."""
+        """PUTs each of DERCapability, DERSettings and DERStatus at start, when what it says
+        changed, and at the DERList pollRate; DERStatus also when the state of charge moved
+        1 point, or less at the telemetry post rate (`flow.soc_due`). Only the report whose
+        content changed is PUT: a charging battery re-PUT all three every 5 s."""
         if self.der is None or self._der is None or self._der_url is None:
             return
+        info = self.der
         grad = self._server_set_grad_w(programs)
         ns = self.csipaus_ns
-        key = flow.der_report_key(self.der, grad, ns)
+        keys = flow.der_report_key(info, grad, ns)
         now = self._mono()
-        if not flow.der_reports_due(self._der_key, self._der_sent, key, now, self._der_rate):
-            return
         server_now = self.server_now()
-        bodies = (
-            (self._der.der_capability_link, flow.der_capability(self.der, ns)),
-            (self._der.der_settings_link, flow.der_settings(self.der, grad, server_now, ns)),
-            (self._der.der_status_link, flow.der_status(self.der, server_now)),
-        )
-        for link, body in bodies:
-            if link is None:
+        reports: tuple[tuple[str, Link | None, object, object], ...] = (
+            ("DERCapability", self._der.der_capability_link, keys.capability,
+             flow.der_capability(info, ns)),
+            ("DERSettings", self._der.der_settings_link, keys.settings,
+             flow.der_settings(info, grad, server_now, ns)),
+            ("DERStatus", self._der.der_status_link, keys.status,
+             flow.der_status(info, server_now)),
+        )  # fmt: skip
+        for name, link, key, body in reports:
+            last_key, last_time = self._der_sent.get(name, (None, None))
+            due = flow.der_reports_due(last_key, last_time, key, now, self._der_rate)
+            if name == "DERStatus":
+                post_rate = self._telemetry.post_rate
+                due = due or flow.soc_due(self._der_soc, last_time, keys.soc, now, post_rate)
+            if not due:
                 continue
-            url = self._url(self._der_url, link.href)
-            response = await self._send("PUT", url, to_xml(body, csipaus_ns=ns))
-            if not 200 <= response.status < 300:
-                raise self._refused(f"PUT {type(body).__name__}", url, response)
-        self._der_key, self._der_sent = key, now
+            if link is not None:
+                url = self._url(self._der_url, link.href)
+                response = await self._send("PUT", url, to_xml(body, csipaus_ns=ns))
+                if not 200 <= response.status < 300:
+                    raise self._refused(f"PUT {name}", url, response)
+            self._der_sent[name] = (key, now)
+            if name == "DERStatus":
+                self._der_soc = keys.soc
 
     # -- responses ----------------------------------------------------------------------------
 
@@ -1368,6 +1449,11 @@ class Sep2Client:
             existing = next((m for m in mups.items if m.mrid == wanted.mrid), None)
             if existing is not None and existing.href:
                 tele.mup_urls[role] = self._url(tele.mup_list_url, existing.href)
+                if role not in tele.declared:
+                    # ours, made with what `wanted` declares (a listing need not show them)
+                    tele.declared[role] = _series(
+                        wanted.mirror_meter_readings + existing.mirror_meter_readings
+                    )
                 self._set_post_rate(existing, edev)
                 continue
             if role in tele.mup_urls:
@@ -1378,6 +1464,7 @@ class Sep2Client:
                 raise self._refused(what, tele.mup_list_url, response)
             url = await self._created_mirror_url(role, wanted.mrid, response)
             tele.mup_urls[role] = url
+            tele.declared[role] = _series(wanted.mirror_meter_readings)
             created = await self._get_optional(url, MirrorUsagePoint, force=True)
             self._book.entries.pop(url, None)
             self._set_post_rate(created, edev)
@@ -1412,34 +1499,34 @@ class Sep2Client:
         self._telemetry.post_rate = rate
         interval = flow.interval_for(rate)
         if interval != self.averager.interval_s:
-            self.averager = IntervalAverager(interval)
+            # the partial interval is dropped; the closed ones stay closed (no interval of the
+            # new length starts before the end of the last one closed)
+            old = self.averager
+            self._late_samples += old.late
+            self.averager = IntervalAverager(interval, floor=old.floor)
 
     async def _post_telemetry(self) -> None:
         tele = self._telemetry
         now = self._mono()
-        closed = self.averager.flush(self.server_now())
-        if closed:
-            self.outbox.extend(closed)
-            self.store.save_outbox(self.outbox)
+        self._file(self.averager.flush(self._server_at(now)))
         if tele.last_post is None or now < tele.last_post + tele.post_rate or now < tele.retry_at:
             return
         if len(tele.mup_urls) < 2 and self._dcap is not None and self._edev is not None:
             try:  # one was forgotten by the server (404 on post): create it again
                 await self._ensure_mirrors(self._dcap, self._edev)
             except (HttpError, Sep2Error, Sep2ParseError) as exc:
-                tele.failures += 1
-                tele.retry_at = now + flow.retry_delay(tele.failures, base=10.0)
-                if isinstance(exc, Throttled):
-                    tele.retry_at = max(tele.retry_at, exc.not_before)
+                self._telemetry_backoff(now, exc)
                 log.debug("re-creating a MirrorUsagePoint failed: %s", exc)
                 return
         batch = self.outbox.batch(self.options.telemetry_batch)
         if not batch:
             tele.last_post = now
             return
-        # Readings are acknowledged per mirror as it accepts them: a failure on one mirror
-        # neither loses nor re-sends the other's.
-        done: list[IntervalReading] = []
+        # Each MirrorReadingSet is settled as the server accepts it (or after repeated
+        # refusals, drops it); a reading leaves the outbox once all its sets are settled, so a
+        # failure on one mirror or one series neither loses nor re-sends the others.
+        failure: Exception | None = None
+        refused = False
         try:
             for role in (SITE_ROLE, DER_ROLE):
                 mine = [r for r in batch if r.role == role]
@@ -1447,59 +1534,202 @@ class Sep2Client:
                 if mine and url is None and tele.mup_list_url is not None:
                     raise Sep2Error(f"no {role} MirrorUsagePoint yet")
                 if mine and url is not None:
-                    await self._post_readings(role, url, mine)
-                done.extend(mine)
-            # readings of no known role, or for a server without mirrors, have nowhere to go
-            done.extend(r for r in batch if r.role not in (SITE_ROLE, DER_ROLE))
+                    refused |= await self._post_readings(role, url, mine)
         except (HttpError, Sep2Error) as exc:
-            tele.failures += 1
-            tele.retry_at = now + flow.retry_delay(tele.failures, base=10.0)
-            if isinstance(exc, Throttled):
-                tele.retry_at = max(tele.retry_at, exc.not_before)
-            log.debug("telemetry post failed: %s", exc)
-            if done:
-                self.outbox.acknowledge(done)
-                self.store.save_outbox(self.outbox)
+            failure = exc
+        self._acknowledge(batch)
+        if failure is not None:
+            self._telemetry_backoff(now, failure)
+            log.debug("telemetry post failed: %s", failure)
+            return
+        if refused:  # retried soon (and dropped after the last refusal), not at the postRate
+            self._telemetry_backoff(now, None)
             return
         tele.failures = 0
         tele.last_post = now
-        self.outbox.acknowledge(batch)
-        self.store.save_outbox(self.outbox)
 
-    async def _post_readings(self, role: str, url: str, readings: list[IntervalReading]) -> None:
-        """Posts one mirror's readings: one MirrorMeterReadingList, or (for a server that takes
-        no lists) one MirrorMeterReading per series. Raises unless all were accepted."""
+    def _telemetry_backoff(self, now: float, exc: Exception | None) -> None:
         tele = self._telemetry
-        mmrs = flow.meter_readings(
-            self.lfdi, role, readings, min_max=self.options.min_max, pen=self.config.pen
-        )
-        if not mmrs:
-            return
-        if tele.lists is not False:
-            body = to_xml(flow.meter_reading_list(mmrs))
-            response = await self._send("POST", url, body)
-            if tele.lists is None and response.status in (400, 405, 415, 501):
-                log.info(
-                    "%s: HTTP %d to a MirrorMeterReadingList; posting one MirrorMeterReading "
-                    "at a time",
-                    url,
-                    response.status,
-                )
-                tele.lists = False
+        tele.failures += 1
+        tele.retry_at = now + flow.retry_delay(tele.failures, base=10.0)
+        if isinstance(exc, Throttled):
+            tele.retry_at = max(tele.retry_at, exc.not_before)
+
+    def _acknowledge(self, batch: list[IntervalReading]) -> None:
+        """Removes the readings whose every set is settled (readings of no known role, for a
+        server without mirrors, or that `flow.meter_readings` leaves out, have none)."""
+        tele = self._telemetry
+        done: list[IntervalReading] = []
+        waiting: set[str] = set()
+        for reading in batch:
+            url = tele.mup_urls.get(reading.role)
+            if reading.role not in (SITE_ROLE, DER_ROLE):
+                done.append(reading)  # no mirror of that role: nowhere to go
+                continue
+            if url is None:
+                if tele.mup_list_url is None:
+                    done.append(reading)  # a server without mirrors: nowhere to go
+                continue  # else its mirror is not there yet
+            sets = self._set_mrids(reading)
+            if all(m in tele.settled for m in sets):
+                done.append(reading)
             else:
-                self._check_reading_post(role, url, response)
-                tele.lists = True
-                return
+                waiting.update(sets)
+        # only the readings still waiting can have settled sets worth remembering
+        tele.settled &= waiting
+        if done:
+            self.outbox.acknowledge(done)
+            self.store.save_outbox(self.outbox)
+
+    def _set_mrids(self, reading: IntervalReading) -> tuple[str, ...]:
+        return flow.reading_set_mrids(
+            self.lfdi, reading, min_max=self.options.min_max, pen=self.config.pen
+        )
+
+    async def _post_readings(self, role: str, url: str, readings: list[IntervalReading]) -> bool:
+        """Posts one mirror's unsettled readings: one MirrorMeterReadingList per interval
+        length, or (for a server that takes no lists) one MirrorMeterReading per series.
+        Returns whether a series was refused (and kept for a retry); raises on anything that
+        means "later" (5xx, 408, 429, transport), what was accepted so far being settled."""
+        tele = self._telemetry
+        mmrs = [
+            kept
+            for mmr in flow.meter_readings(
+                self.lfdi, role, readings, min_max=self.options.min_max, pen=self.config.pen
+            )
+            if (kept := flow.without_sets(mmr, tele.settled)) is not None
+        ]
+        if not mmrs:
+            return False
+        await self._declare(role, mmrs)
+        refused = False
+        for group in flow.by_interval_length(mmrs):
+            if tele.lists is not False:
+                refused |= await self._post_list(role, url, group)
+            else:
+                for mmr in group:
+                    refused |= await self._post_series(role, url, [mmr])
+        return refused
+
+    async def _post_list(self, role: str, url: str, mmrs: list[MirrorMeterReading]) -> bool:
+        """One MirrorMeterReadingList; split in two on a 413; a list refused otherwise is
+        posted series by series, so the series at fault is found, counted and in the end
+        dropped, and the others go through."""
+        tele = self._telemetry
+        response = await self._send("POST", url, to_xml(flow.meter_reading_list(mmrs)))
+        status = response.status
+        if 200 <= status < 300:
+            tele.lists = True
+            self._settle(mmrs)
+            return False
+        if tele.lists is None and status in (400, 405, 415, 501):
+            log.info(
+                "%s: HTTP %d to a MirrorMeterReadingList; posting one MirrorMeterReading at a time",
+                url,
+                status,
+            )
+            tele.lists = False
+        elif status == 413 and (parts := flow.halves(mmrs)) is not None:
+            first = await self._post_list(role, url, parts[0])
+            return await self._post_list(role, url, parts[1]) or first
+        else:
+            self._check_reading_post(role, url, response)  # raises unless refused for good
+        refused = False
         for mmr in mmrs:
-            self._check_reading_post(role, url, await self._send("POST", url, to_xml(mmr)))
+            refused |= await self._post_series(role, url, [mmr])
+        return refused
+
+    async def _post_series(self, role: str, url: str, mmrs: list[MirrorMeterReading]) -> bool:
+        """One MirrorMeterReading (``mmrs`` holds one series); split on a 413; refused as wrong
+        in itself `flow.REFUSALS_BEFORE_DROP` times running, its sets are dropped and logged.
+        Returns whether it was refused and kept for a retry."""
+        tele = self._telemetry
+        (mmr,) = mmrs
+        response = await self._send("POST", url, to_xml(mmr))
+        status = response.status
+        if 200 <= status < 300:
+            tele.refusals.pop(mmr.mrid, None)
+            self._settle(mmrs)
+            return False
+        if status == 413 and (parts := flow.halves(mmrs)) is not None:
+            first = await self._post_series(role, url, parts[0])
+            return await self._post_series(role, url, parts[1]) or first
+        self._check_reading_post(role, url, response)  # raises unless refused for good
+        count = tele.refusals.get(mmr.mrid, 0) + 1
+        tele.refusals[mmr.mrid] = count
+        message = f"posting readings: POST {url}: HTTP {status} for series {mmr.description}"
+        if flow.reading_outcome(status, count) is flow.SendOutcome.DROP:
+            tele.refusals.pop(mmr.mrid, None)
+            tele.refused_sets += len(mmr.mirror_reading_sets)
+            log.error(
+                "%s, %d times running; its %d interval(s) dropped",
+                message,
+                count,
+                len(mmr.mirror_reading_sets),
+            )
+            self._record_error(f"{message}: dropped")
+            self._settle(mmrs)
+            return False
+        if count == 1:  # logged once a run of refusals; recorded when it is dropped
+            log.warning("%s; retrying (dropped if refused %d times running)", message,
+                        flow.REFUSALS_BEFORE_DROP)  # fmt: skip
+        return True
+
+    def _settle(self, mmrs: Iterable[MirrorMeterReading]) -> None:
+        self._telemetry.settled.update(s.mrid for m in mmrs for s in m.mirror_reading_sets)
 
     def _check_reading_post(self, role: str, url: str, response: Response) -> None:
+        """Raises for an answer that means "later" (5xx, 408, 429) or "mirror gone" (404);
+        returns for a refusal of the body itself (`flow.reading_refused`)."""
         if response.status == 404:
             log.warning("the server forgot our %s MirrorUsagePoint; recreating", role)
             self._telemetry.mup_urls.pop(role, None)
+            self._telemetry.declared.pop(role, None)
             raise Sep2Error("MirrorUsagePoint gone")
-        if not 200 <= response.status < 300:
+        if not flow.reading_refused(response.status):
             raise self._refused("posting readings: POST", url, response)
+
+    async def _declare(self, role: str, mmrs: list[MirrorMeterReading]) -> None:
+        """Makes our MirrorUsagePoint declare every series about to be posted (CSIP-AUS: a
+        MirrorUsagePoint declares its MirrorMeterReadings and their ReadingTypes; a series
+        only found in the samples, Hz or one phase, was posted under one that never declared
+        it): the MirrorUsagePoint is POSTed again, same mRID, declaring all its series so far.
+        A refusal of that body is logged and the readings are posted all the same (the
+        series' own refusals then decide); "later" (5xx, 408, 429) raises."""
+        tele = self._telemetry
+        url = tele.mup_list_url
+        declared = tele.declared.setdefault(role, {})
+        missing = _series(m for m in mmrs if m.mrid not in declared)
+        if not missing or url is None:
+            return
+        wanted = flow.mirror_usage_point(
+            self.lfdi,
+            role,
+            self.averager.interval_s,
+            self.options.quantities,
+            min_max=self.options.min_max,
+            pen=self.config.pen,
+        )
+        series = _series(wanted.mirror_meter_readings) | declared | missing
+        body = replace(wanted, mirror_meter_readings=tuple(series.values()))
+        names = ", ".join(m.description or m.mrid for m in missing.values())
+        response = await self._send("POST", url, to_xml(body))
+        if 200 <= response.status < 300:
+            log.info("the %s MirrorUsagePoint now declares %s", role, names)
+        elif flow.reading_refused(response.status):
+            log.warning("declaring %s: HTTP %d; posting them all the same", names, response.status)
+        else:
+            raise self._refused(f"declaring {role} series: POST", url, response)
+        declared.update(missing)
+
+
+def _series(mmrs: Iterable[MirrorMeterReading]) -> dict[str, MirrorMeterReading]:
+    """Series by mRID, as a MirrorUsagePoint declares them: ReadingType, no readings (the
+    first one of an mRID wins)."""
+    out: dict[str, MirrorMeterReading] = {}
+    for mmr in mmrs:
+        out.setdefault(mmr.mrid, replace(mmr, mirror_reading_sets=(), reading=None))
+    return out
 
 
 SCHEDULE_RESAVE_S = 900

@@ -9,7 +9,7 @@ functions of plain data and a ``now`` passed in, so it is tested without sockets
 * whether the Registration PIN matches, and what that means for acting on controls;
 * the ConnectionPoint, DERCapability/DERSettings/DERStatus, MirrorUsagePoint, reading and
   DERControlResponse bodies;
-* what an HTTP status on a response POST means (sent, retry later, give up).
+* what an HTTP status on a response or readings POST means (sent, retry later, give up).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from urllib.parse import urlsplit, urlunsplit
 
@@ -593,23 +593,65 @@ def der_status(info: DerInfo, now: int) -> DERStatus:
     )
 
 
+SOC_STEP_PCT = 1.0
+"""A state of charge this far (percentage points) from the one last reported is reported at
+once; a smaller change waits for the telemetry post rate."""
+
+
+@dataclass(frozen=True)
+class DerReportKeys:
+    """What each DER report says, timestamps excluded: a resource is PUT again when its own
+    key changed (or at the DERList pollRate), never because another's did."""
+
+    capability: tuple[object, ...]
+    settings: tuple[object, ...]
+    status: tuple[object, ...]
+    """DERStatus less its state of charge, which varies continuously on a working battery
+    (`soc`, `soc_due`)."""
+    soc: int | None
+    """stateOfChargeStatus as sent (hundredths of a percent), None without a battery."""
+
+
 def der_report_key(
     info: DerInfo, server_set_grad_w: int | None, csipaus_ns: str = CSIPAUS_NS
-) -> tuple[object, ...]:
-    """What, if changed, makes the DER reports due again (timestamps excluded); a change of
-    the server's CSIP-AUS version too (the v1.3 fields come or go)."""
-    return (info, effective_set_grad_w(info, server_set_grad_w), csipaus_ns)
+) -> DerReportKeys:
+    """What, if changed, makes each DER report due again: the bodies as they would be PUT, less
+    their timestamps; a change of the server's CSIP-AUS version changes all (the v1.3 fields
+    come or go). Built from the bodies, so only a change a body shows counts: a battery's
+    state of charge moves DERStatus alone, never DERCapability or DERSettings."""
+    status = der_status(info, 0)
+    soc = status.state_of_charge_status
+    return DerReportKeys(
+        capability=(der_capability(info, csipaus_ns), csipaus_ns),
+        settings=(der_settings(info, server_set_grad_w, 0, csipaus_ns), csipaus_ns),
+        status=(replace(status, state_of_charge_status=None), csipaus_ns),
+        soc=None if soc is None else soc.value,
+    )
 
 
 def der_reports_due(
-    last_key: tuple[object, ...] | None,
+    last_key: object | None,
     last_sent: float | None,
-    key: tuple[object, ...],
+    key: object,
     now: float,
     rate: int,
 ) -> bool:
-    """PUT DERCapability/Settings/Status at start, on change, and every DERList pollRate."""
+    """PUT a DER report at start, on change of its key, and every DERList pollRate."""
     return last_key is None or last_sent is None or key != last_key or now >= last_sent + rate
+
+
+def soc_due(
+    last_soc: int | None, last_sent: float | None, soc: int | None, now: float, rate: int
+) -> bool:
+    """Whether DERStatus is due for its state of charge alone (hundredths of a percent): at once
+    when it appears, vanishes or moved `SOC_STEP_PCT` or more since the last PUT; a smaller
+    move at the telemetry post rate ``rate``. A charging battery moves 0.1 % every few
+    seconds: reported on every move, all three reports were PUT again every 5 s."""
+    if soc == last_soc:
+        return False
+    if soc is None or last_soc is None or last_sent is None:
+        return True
+    return abs(soc - last_soc) >= SOC_STEP_PCT * 100 or now >= last_sent + rate
 
 
 # --------------------------------------------------------------------------------------------
@@ -717,7 +759,7 @@ def mirror_usage_point(
 ) -> MirrorUsagePoint:
     """The site (roleFlags 03) or DER (49) MirrorUsagePoint, declaring the totals of
     ``quantities`` (average, and minimum and maximum unless ``min_max`` is False). Series found
-    later (per phase, Hz) are created by their first post, which carries their ReadingType.
+    later (per phase, Hz) are declared by POSTing it again with them (`Sep2Client._declare`).
     Every mRID ends in ``pen`` (`mrid_for`)."""
     flags = {SITE_ROLE: SITE_ROLE_FLAGS, DER_ROLE: DER_ROLE_FLAGS}[role]
     return MirrorUsagePoint(
@@ -771,16 +813,20 @@ def meter_readings(
     pen: int = 0,
 ) -> list[MirrorMeterReading]:
     """MirrorMeterReadings to POST to one MirrorUsagePoint: one per series (quantity, phase and
-    statistic: average, minimum, maximum), each with one MirrorReadingSet per interval (so a
-    backlog after an outage goes in one MirrorMeterReading per series). Every mRID ends in
+    statistic: average, minimum, maximum) and interval length, each with one MirrorReadingSet
+    per interval (so a backlog after an outage goes in one MirrorMeterReading per series; one
+    spanning a postRate change in one per length, each under its own ReadingType, with the
+    same series mRID: post them in separate bodies, `by_interval_length`). Every mRID ends in
     ``pen``; a reading whose interval is not whole minutes on a minute boundary is left out
     (`on_minute_grid`: the utility would count it as a fault, and it cannot be fixed later)."""
-    groups: dict[tuple[str, str], list[IntervalReading]] = {}
+    groups: dict[tuple[str, str, int], list[IntervalReading]] = {}
     for r in readings:
         if r.role == role and _mirrorable(r) and on_minute_grid(r.start, r.duration):
-            groups.setdefault((r.quantity, r.phase), []).append(r)
+            groups.setdefault((r.quantity, r.phase, r.duration), []).append(r)
     out = []
-    for (quantity, phase), items in sorted(groups.items()):
+    # One MirrorMeterReading per interval length: a ReadingType has one intervalLength, and a
+    # backlog spanning a postRate change holds both (a caller posts each length on its own).
+    for (quantity, phase, duration), items in sorted(groups.items()):
         items.sort(key=lambda r: r.start)
         for stat in series_statistics(quantity, min_max):
             sets = tuple(
@@ -801,10 +847,64 @@ def meter_readings(
                     mrid=series_mrid(lfdi, role, quantity, stat, phase, pen=pen),
                     description=_series_description(role, quantity, stat, phase),
                     mirror_reading_sets=sets,
-                    reading_type=reading_type(quantity, items[0].duration, stat, phase),
+                    reading_type=reading_type(quantity, duration, stat, phase),
                 )
             )
     return out
+
+
+def by_interval_length(mmrs: Iterable[MirrorMeterReading]) -> list[list[MirrorMeterReading]]:
+    """``mmrs`` grouped by their ReadingType's intervalLength, the group holding the oldest
+    interval first: one body per group, so no body names one series under two ReadingTypes."""
+    groups: dict[int | None, list[MirrorMeterReading]] = {}
+    for mmr in mmrs:
+        length = None if mmr.reading_type is None else mmr.reading_type.interval_length
+        groups.setdefault(length, []).append(mmr)
+
+    def oldest(group: list[MirrorMeterReading]) -> int:
+        return min((s.time_period.start for m in group for s in m.mirror_reading_sets), default=0)
+
+    return sorted(groups.values(), key=oldest)
+
+
+def reading_set_mrids(
+    lfdi: str, r: IntervalReading, *, min_max: bool = True, pen: int = 0
+) -> tuple[str, ...]:
+    """The MirrorReadingSet mRIDs `meter_readings` posts ``r`` under (one per statistic); none
+    for a reading it leaves out. The reading is done once each was accepted (or dropped)."""
+    if not _mirrorable(r) or not on_minute_grid(r.start, r.duration):
+        return ()
+    return tuple(
+        reading_set_mrid(lfdi, r.role, r.quantity, stat, r.phase, r.start, pen=pen)
+        for stat in series_statistics(r.quantity, min_max)
+    )
+
+
+def without_sets(mmr: MirrorMeterReading, done: Set[str]) -> MirrorMeterReading | None:
+    """``mmr`` less the MirrorReadingSets whose mRID is in ``done`` (None when none is left):
+    a series the server accepted is not posted again while another is retried."""
+    sets = tuple(s for s in mmr.mirror_reading_sets if s.mrid not in done)
+    if len(sets) == len(mmr.mirror_reading_sets):
+        return mmr
+    return replace(mmr, mirror_reading_sets=sets) if sets else None
+
+
+def halves(
+    mmrs: Sequence[MirrorMeterReading],
+) -> tuple[list[MirrorMeterReading], list[MirrorMeterReading]] | None:
+    """``mmrs`` split in two smaller bodies (after a 413): by series, else one series' sets in
+    two; None when it is one set already."""
+    if len(mmrs) > 1:
+        middle = len(mmrs) // 2
+        return list(mmrs[:middle]), list(mmrs[middle:])
+    if len(mmrs) == 1 and len(mmrs[0].mirror_reading_sets) > 1:
+        sets = mmrs[0].mirror_reading_sets
+        middle = len(sets) // 2
+        return (
+            [replace(mmrs[0], mirror_reading_sets=sets[:middle])],
+            [replace(mmrs[0], mirror_reading_sets=sets[middle:])],
+        )
+    return None
 
 
 def meter_reading_list(readings: Sequence[MirrorMeterReading]) -> MirrorMeterReadingList:
@@ -860,6 +960,9 @@ class SendOutcome(StrEnum):
 
 
 _HOPELESS = frozenset({400, 403, 404, 405, 410, 413, 415})
+REFUSALS_BEFORE_DROP = 3
+"""A write the server refuses as wrong in itself this many times running is dropped and
+logged (responses, telemetry series): one bad body must not block a queue for ever."""
 
 
 def send_outcome(status: int, attempts: int, max_attempts: int = 20) -> SendOutcome:
@@ -868,7 +971,25 @@ def send_outcome(status: int, attempts: int, max_attempts: int = 20) -> SendOutc
     that one bad subject cannot block the queue forever."""
     if 200 <= status < 300:
         return SendOutcome.SENT
-    if status in _HOPELESS and attempts >= min(max_attempts, 3):
+    if status in _HOPELESS and attempts >= min(max_attempts, REFUSALS_BEFORE_DROP):
+        return SendOutcome.DROP
+    return SendOutcome.RETRY
+
+
+def reading_refused(status: int) -> bool:
+    """Whether a readings POST's status refuses the body itself (any 4xx but 408 and 429, which
+    say "later", and 404, which says the mirror is gone): counted towards dropping it."""
+    return 400 <= status < 500 and status not in (404, 408, 429)
+
+
+def reading_outcome(status: int, refusals: int) -> SendOutcome:
+    """What a readings POST's status means, ``refusals`` counting this one when refused: 2xx
+    accepted; refused as wrong in itself `REFUSALS_BEFORE_DROP` times running, dropped (the
+    rule responses follow); anything else (5xx, 408, 429, a refusal not yet repeated) retried
+    after the telemetry backoff."""
+    if 200 <= status < 300:
+        return SendOutcome.SENT
+    if reading_refused(status) and refusals >= REFUSALS_BEFORE_DROP:
         return SendOutcome.DROP
     return SendOutcome.RETRY
 

@@ -92,11 +92,24 @@ class IntervalAverager:
     An interval with fewer than ``min_samples`` samples of a quantity (for example the first,
     partial interval after start-up) still reports what it has, because a short interval is
     better than a hole; the sample count travels with it for diagnostics.
+
+    **A closed interval never reopens.** Each interval's readings are posted under a
+    MirrorReadingSet mRID made from its start: reopened (a sample dated into it after a flush,
+    or after the server clock offset moved back), it would be closed and posted again with
+    other values under the same mRID. So a sample whose interval starts before ``floor`` (the
+    end of the last interval closed) is dropped and counted in ``late``: a clock corrected
+    backwards loses samples until it catches up, and never repeats an interval.
     """
 
     interval_s: int = 300
+    floor: int | None = None
+    """No interval starting before this is opened (again): the end of the last one closed. The
+    caller carries it over when the interval length changes, and from the outbox's
+    ``closed_until`` after a restart."""
     _start: int | None = None
     _stats: dict[Key, _Stats] = field(default_factory=dict)
+    late: int = 0
+    """Samples dropped because their interval was already closed (or passed)."""
 
     def __post_init__(self) -> None:
         # Whole minutes that divide a day: every interval then starts on a UTC minute boundary,
@@ -107,13 +120,17 @@ class IntervalAverager:
             )
 
     def add(self, sample: Sample) -> list[IntervalReading]:
-        """Adds a sample; returns the readings of any interval this sample closed."""
+        """Adds a sample; returns the readings of any interval this sample closed. A sample
+        dated into an interval already closed is dropped (`late`)."""
         start = interval_start(sample.t, self.interval_s)
+        if self.floor is not None and start < self.floor:
+            self.late += 1
+            return []
         closed: list[IntervalReading] = []
         if self._start is not None and start != self._start:
             if start < self._start:
-                # The clock stepped backwards (offset corrected): drop the partial interval
-                # rather than emit one that overlaps what was already sent.
+                # The clock stepped backwards (offset corrected) into intervals not closed yet:
+                # the partial interval, dated by the wrong clock, is dropped, never sent.
                 self._stats.clear()
             else:
                 closed = self._close()
@@ -125,12 +142,11 @@ class IntervalAverager:
         return closed
 
     def flush(self, now: float) -> list[IntervalReading]:
-        """Closes the current interval if ``now`` is past its end (no sample arrived to do it)."""
+        """Closes the current interval if ``now`` is past its end (no sample arrived to do it);
+        its end becomes the `floor`, so a later sample dated into it cannot reopen it."""
         if self._start is None or now < self._start + self.interval_s:
             return []
-        readings = self._close()
-        self._start = None
-        return readings
+        return self._close()
 
     def _close(self) -> list[IntervalReading]:
         assert self._start is not None
@@ -150,6 +166,8 @@ class IntervalAverager:
             if s.count
         ]
         self._stats = {}
+        self.floor = self._start + self.interval_s
+        self._start = None
         return readings
 
 
@@ -165,9 +183,15 @@ class Outbox:
     """Interval readings (one per role, quantity and phase per interval), not intervals."""
     pending: deque[IntervalReading] = field(default_factory=deque)
     dropped: int = 0
+    closed_until: int | None = None
+    """The end of the latest interval ever put here (kept in ``telemetry.json``): after a
+    restart no interval starting before it is averaged again (`IntervalAverager.floor`), so
+    one already posted is never posted again with other values."""
 
     def extend(self, readings: Iterable[IntervalReading]) -> None:
         for reading in readings:
+            if self.closed_until is None or reading.end > self.closed_until:
+                self.closed_until = reading.end
             self.pending.append(reading)
             while len(self.pending) > self.capacity:
                 self.pending.popleft()
@@ -185,6 +209,7 @@ class Outbox:
     def to_json(self) -> dict[str, object]:
         return {
             "dropped": self.dropped,
+            "closedUntil": self.closed_until,
             "pending": [
                 [
                     r.role,
@@ -235,4 +260,8 @@ class Outbox:
         box.extend(readings)
         dropped = data.get("dropped", 0)
         box.dropped += int(dropped) if isinstance(dropped, int) else 0
+        closed = data.get("closedUntil")
+        # absent in files written before it; the pending readings' ends bound it from below
+        if isinstance(closed, int) and not isinstance(closed, bool):
+            box.closed_until = max(closed, box.closed_until or closed)
         return box
