@@ -80,6 +80,9 @@ offset)."""
 FALLBACK_SOURCE = "utility fallback"
 """The source named for ``utility.fallbackExportW`` when the utility has no usable schedule."""
 SHUTDOWN_BUDGET_S = 4.0
+OPERATING_W = 10.0
+"""An inverter or battery whose power is within this of 0 W counts as not operating in DERStatus
+(standby draws and a meter's noise are not generation or consumption)."""
 """SIGTERM must end within 5 s: this much is spent leaving inverters at their fail-safe."""
 AFTER_FIRST_LIMITS_S = 10.0
 """The utility link, the web server and the update tasks start once the first limits are written,
@@ -1295,7 +1298,15 @@ class App:
         live = [st for st in known if st.online]
         opened = self.output is not None and self.output.mode == "disconnected"
         on_grid = not opened and any(st.connected is not False for st in live)
-        operating = any((st.power_w or 0.0) > 0.0 for st in live)
+        # generating or consuming (a hybrid charging from the grid, a battery discharging while
+        # the PV makes nothing: ALL-08 says "generating or consuming"), beyond standby noise
+        flows = [st.power_w for st in live]
+        flows += [
+            b.state.reading.power_w
+            for b in self.batteries
+            if b.state.online and b.state.reading is not None
+        ]
+        operating = any(w is not None and abs(w) > OPERATING_W for w in flows)
         return {
             "connected": on_grid,
             "available": on_grid,

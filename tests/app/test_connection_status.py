@@ -141,3 +141,27 @@ async def test_one_inverter_of_two_off_leaves_the_site_connected_and_both_off_do
         await _control(sim, {"unit": 2, "set": {"connected": False}})
         await wait_for(lambda: _bits_are(utility, 0b111, 0), within=30)
         await wait_for(lambda: _mode(utility) == 1, within=30)
+
+
+def test_consuming_or_a_working_battery_is_operating_and_standby_noise_is_not() -> None:
+    """ALL-08 says "generating or consuming": a hybrid charging from the grid, or a battery
+    discharging while the PV makes nothing, was reported off (mode 1) since only positive
+    inverter power counted; a few watts of standby are not operation."""
+    from types import SimpleNamespace
+
+    from dynexport.app import App
+    from dynexport.sunspec.links import InverterState
+
+    def state(inverter_w: float, battery_w: float | None = None) -> dict[str, Any]:
+        reading = SimpleNamespace(power_w=battery_w)
+        batteries = [] if battery_w is None else [
+            SimpleNamespace(state=SimpleNamespace(online=True, reading=reading))
+        ]  # fmt: skip
+        app = SimpleNamespace(output=SimpleNamespace(mode="normal"), batteries=batteries)
+        inverter = InverterState(id="a", online=True, rated_w=5000.0, power_w=inverter_w)
+        return App._der_state(app, [inverter])  # type: ignore[arg-type]
+
+    assert state(-3000.0)["operational_mode"] == 2  # charging a hybrid's battery from the grid
+    assert state(0.0, battery_w=5000.0)["operational_mode"] == 2  # an AC battery discharging
+    assert state(4.0)["operational_mode"] == 1 and not state(4.0)["operating"]
+    assert state(2500.0)["operating"] and state(2500.0)["connected"]

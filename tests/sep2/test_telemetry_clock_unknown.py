@@ -126,3 +126,30 @@ async def test_a_mark_of_closed_intervals_a_day_ahead_is_damage_and_forgotten(
     assert client.state().telemetry_late_samples == 0
     assert client.averager.flush(T0 + 300)  # averaged: telemetry is not held back 10 days
     await client.http.aclose()
+
+
+async def test_a_server_without_a_time_resource_gets_telemetry_by_the_local_clock(
+    pki_dir: Path, clocks: Clocks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No TimeLink and no time server to say the clock is set (only the utility's network, or
+    a synchronisation that cannot be told): the time is never verified, and waiting for it
+    dropped every sample for the life of the process. The walk uses the local clock there, and
+    telemetry follows it."""
+    from dataclasses import replace
+
+    from dynexport.sim import utility_core
+
+    dcap = utility_core._Context._dcap
+    monkeypatch.setattr(
+        utility_core._Context, "_dcap", lambda ctx: replace(dcap(ctx), time_link=None)
+    )
+    srv = UtilityServer(pki_dir=pki_dir, clock=clocks.server)
+    async with srv.running():
+        client = make_client(srv, clocks, tmp_path, clock_synchronised=lambda: None)
+        for _ in range(24 * 12):  # 24 minutes of samples every 5 s
+            client.add_sample(Sample(clocks.wall(), {("site", "W"): 1000.0}))
+            clocks.advance(5)
+            await client.step()
+        assert not client.time_verified
+        assert posted_sets(srv), "no telemetry ever posted"
+        await client.http.aclose()

@@ -273,3 +273,37 @@ def test_property_the_backlog_drains_and_no_set_is_accepted_twice(
 
     with tempfile.TemporaryDirectory() as folder:
         trio.run(main, Path(folder))
+
+
+async def test_a_restart_between_one_series_accepted_and_the_next_posts_none_twice(
+    pki_dir: Path, tmp_path: Path
+) -> None:
+    """An interval's average accepted, its minimum answered 503, then a power cut: the accepted
+    sets were remembered in memory only, and after the restart the average was posted again
+    under the same mRID (a server refusing duplicates would then count refusals against it).
+    They are kept in telemetry.json with the readings now."""
+    failing = {"on": False, "hit": 0}
+
+    def answer(method: str, path: str, body: bytes) -> int | None:
+        if failing["on"] and method == "POST" and readings_post(path) and b"site W minimum" in body:
+            failing["hit"] += 1
+            return 503
+        return None
+
+    srv, client, http, clock = new_link(pki_dir, tmp_path, answer, lists=False)
+    await run(client, clock, 300)
+    failing["on"] = True
+    for _ in range(30):
+        await run(client, clock, 5)
+        if failing["hit"]:
+            break
+    assert failing["hit"], "the failure was never reached"
+    failing["on"] = False
+    assert client.outbox.settled, "some sets of the interval were accepted before the failure"
+    await client.http.aclose()
+    restarted = Sep2Client(
+        client.config, tmp_path, der=DerInfo(rated_w=5000), clock=clock, http=http,
+        store=LoopWrittenStore(tmp_path),
+    )  # fmt: skip
+    await run(restarted, clock, 120)
+    assert {m: n for m, n in accepted_sets(srv).items() if n > 1} == {}

@@ -304,3 +304,36 @@ async def test_a_web_host_that_comes_later_is_moved_to_once_it_is_here(
             break
     with pytest.raises(OSError):  # the fallback's listener is closed
         await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def test_a_move_to_web_host_that_keeps_failing_is_tried_once_a_recheck(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An address that probes as here but cannot take the port (a name with one address here
+    and one not): the loop went straight back to the fallback and tried again, about 2,000
+    times a second, a warning each pass. Now once every recheck at most."""
+    from dynexport.httpio import serve_http as real_serve
+    from dynexport.web import server
+
+    tries = 0
+
+    async def serve_http(*args: object, host: str, **kwargs: object) -> None:
+        nonlocal tries
+        if host == "127.0.0.2":
+            tries += 1
+            raise OSError(errno.EADDRNOTAVAIL if tries == 1 else errno.EADDRINUSE, "no")
+        await real_serve(*args, host=host, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server, "serve_http", serve_http)
+    monkeypatch.setattr(server, "_here", lambda host: True)
+    app = setup_app(tmp_path)
+    app.options.data_dir.mkdir(parents=True)
+    recheck = 0.2
+    await nursery.start(
+        partial(
+            serve_web, app, host="127.0.0.2", port=0, fallback_host="127.0.0.1",
+            host_recheck_s=recheck,
+        )
+    )  # fmt: skip
+    await trio.sleep(1.0)
+    assert tries <= 1.0 / recheck + 2, tries  # not thousands

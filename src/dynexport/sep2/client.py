@@ -246,9 +246,6 @@ class _Telemetry:
     """Whether the server takes a MirrorMeterReadingList on POST to a MirrorUsagePoint (None:
     not tried yet). IEEE 2030.5 allows it; a server answering 400/405/415/501 to one gets one
     MirrorMeterReading per POST from then on."""
-    settled: set[str] = field(default_factory=set)
-    """MirrorReadingSet mRIDs accepted (or dropped) whose readings are still in the outbox
-    (another series of the same interval is retried): never posted again."""
     refusals: dict[str, int] = field(default_factory=dict)
     """Series mRID → refusals in a row (a 4xx saying the body itself is wrong)."""
     refused_sets: int = 0
@@ -362,6 +359,8 @@ class Sep2Client:
         self.tracker: ResponseTracker = self.store.load_responses()
         self.outbox = self.store.load_outbox(self.options.telemetry_capacity)
         self.averager = IntervalAverager(flow.DEFAULT_POST_S, floor=self.outbox.closed_until)
+        self._settled_saved = set(self.outbox.settled)
+        """``outbox.settled`` as last saved."""
         self._late_samples = 0
         """Late samples counted by averagers since replaced (a change of interval length)."""
         self._unverified_samples = 0
@@ -391,6 +390,8 @@ class Sep2Client:
         self._walk_failures = 0
         self._walk_retry_at = 0.0
         self._walked = False
+        self._no_time_resource = False
+        """The server's DeviceCapability, as last read, has no TimeLink."""
         self._empty_listing_seen = False
         """The last complete read listed no program where the schedule had some (kept once)."""
         self._default_gone: set[str] = set()
@@ -555,7 +556,7 @@ class Sep2Client:
         exactly (the wall clock may have been stepped in between). A sample dated into an
         interval already closed is dropped by the averager (a closed interval never reopens).
         """
-        if not self.time_verified:
+        if not self.time_verified and not self._local_clock_for_telemetry():
             if self._unverified_samples == 0:
                 log.warning("telemetry: the time is not verified yet; samples are not averaged")
             self._unverified_samples += 1
@@ -580,6 +581,14 @@ class Sep2Client:
                 "(the server clock offset moved back); %d so far",
                 self._late_samples + self.averager.late,
             )
+
+    def _local_clock_for_telemetry(self) -> bool:
+        """A server reached that cannot tell the time (no Time resource, or one refused as
+        absurd: ``clock_alert``): telemetry is filed by the local clock, as the walk says it
+        uses it. Waiting for a verified time there dropped every sample for the life of the
+        process (no NTP either: only the utility's network reachable, or a clock whose
+        synchronisation cannot be told)."""
+        return self._no_time_resource or self.clock_alert is not None
 
     def _exact_offset(self) -> float:
         """Server minus local wall time, unrounded: the mapping `_post_telemetry` closes
@@ -942,12 +951,14 @@ class Sep2Client:
         dcap_rate = flow.poll_rate(dcap.poll_rate)
 
         if dcap.time_link is not None:
+            self._no_time_resource = False
             tm_url = self._url(self.dcap_url, dcap.time_link.href)
             visited.add(tm_url)
             if force or self._retime or self._book.is_due(tm_url, self._mono()):
                 await self._read_time(tm_url, dcap_rate, warnings)
         else:
             self._retime = False
+            self._no_time_resource = True
             warnings.append("the server offers no Time resource; using the local clock")
 
         result = WalkResult(
@@ -1571,15 +1582,19 @@ class Sep2Client:
                     done.append(reading)  # a server without mirrors: nowhere to go
                 continue  # else its mirror is not there yet
             sets = self._set_mrids(reading)
-            if all(m in tele.settled for m in sets):
+            if all(m in self.outbox.settled for m in sets):
                 done.append(reading)
             else:
                 waiting.update(sets)
-        # only the readings still waiting can have settled sets worth remembering
-        tele.settled &= waiting
-        if done:
+        # only the readings still waiting can have settled sets worth remembering; kept in
+        # telemetry.json with them, so a restart before the rest of an interval is accepted
+        # posts none of its accepted sets again
+        settled = self.outbox.settled & waiting
+        if done or settled != self._settled_saved:
+            self.outbox.settled = settled
             self.outbox.acknowledge(done)
             self.store.save_outbox(self.outbox)
+            self._settled_saved = set(settled)
 
     def _set_mrids(self, reading: IntervalReading) -> tuple[str, ...]:
         return flow.reading_set_mrids(
@@ -1597,7 +1612,7 @@ class Sep2Client:
             for mmr in flow.meter_readings(
                 self.lfdi, role, readings, min_max=self.options.min_max, pen=self.config.pen
             )
-            if (kept := flow.without_sets(mmr, tele.settled)) is not None
+            if (kept := flow.without_sets(mmr, self.outbox.settled)) is not None
         ]
         if not mmrs:
             return False
@@ -1676,7 +1691,7 @@ class Sep2Client:
         return True
 
     def _settle(self, mmrs: Iterable[MirrorMeterReading]) -> None:
-        self._telemetry.settled.update(s.mrid for m in mmrs for s in m.mirror_reading_sets)
+        self.outbox.settled.update(s.mrid for m in mmrs for s in m.mirror_reading_sets)
 
     def _check_reading_post(self, role: str, url: str, response: Response) -> None:
         """Raises for an answer that means "later" (5xx, 408, 429) or "mirror gone" (404);

@@ -188,6 +188,11 @@ class Outbox:
     restart no interval starting before it is averaged again (`IntervalAverager.floor`), so
     one already posted is never posted again with other values."""
 
+    settled: set[str] = field(default_factory=set)
+    """MirrorReadingSet mRIDs the server accepted (or that were dropped after refusals) whose
+    readings are still pending (another series of the same interval is retried): never posted
+    again, also after a restart (kept in ``telemetry.json``)."""
+
     def extend(self, readings: Iterable[IntervalReading]) -> None:
         for reading in readings:
             if self.closed_until is None or reading.end > self.closed_until:
@@ -210,6 +215,7 @@ class Outbox:
         return {
             "dropped": self.dropped,
             "closedUntil": self.closed_until,
+            "settled": sorted(self.settled),
             "pending": [
                 [
                     r.role,
@@ -260,6 +266,9 @@ class Outbox:
         box.extend(readings)
         dropped = data.get("dropped", 0)
         box.dropped += int(dropped) if isinstance(dropped, int) else 0
+        settled = data.get("settled", [])
+        if isinstance(settled, list):
+            box.settled = {m for m in settled if isinstance(m, str)}
         closed = data.get("closedUntil")
         # absent in files written before it; the pending readings' ends bound it from below
         if isinstance(closed, int) and not isinstance(closed, bool):

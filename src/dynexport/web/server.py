@@ -181,6 +181,7 @@ async def _serve_elsewhere_until_here(
 ) -> None:
     """Listens on ``fallback_host`` while ``host`` is no address here, then on ``host``
     (the same port), and on the fallback again should it go before it could be bound."""
+    moved_before = False
     while True:
         log.warning("web.host %s %s: listening on %s instead", host, why, fallback_host)
         api.listen_fallback = (
@@ -190,9 +191,14 @@ async def _serve_elsewhere_until_here(
             port = await fallback.start(partial(serve, host=fallback_host, port=port))
             task_status.started(port)
             task_status = trio.TASK_STATUS_IGNORED
+            if moved_before:
+                # a move that failed: an address that probes as here but cannot take the port
+                # (a name with one address here and one not) spun this loop, a warning a pass
+                await trio.sleep(recheck_s)
             while not await trio.to_thread.run_sync(_here, host):  # noqa: ASYNC110 (polled)
                 await trio.sleep(recheck_s)
             fallback.cancel_scope.cancel()
+        moved_before = True
         try:
             async with trio.open_nursery() as own:
                 await own.start(partial(serve, host=host, port=port))
