@@ -207,3 +207,37 @@ def test_the_reason_names_the_reset_boot_and_its_last_verdict() -> None:
         "the trial of 1.5.0 was reset before its health check passed (boot b1) and was not "
         "tried again"
     )
+
+
+async def test_a_trial_judged_healthy_then_reset_before_its_record_is_committed_not_rolled_back(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RAUC committed the slot (mark-good), then the power went before update.json said so: the
+    next boot of that slot took it for a trial reset before its health check and rolled a
+    good, committed update back; on the Pi 4/5, where the firmware already boots the committed
+    slot, every such "rollback" reboot came back to it, the inverters at their fail-safe each
+    time. A trial whose last verdict was healthy is checked again and committed."""
+    write_record(tmp_path, ASKED)
+    real_write = service.write_record
+
+    def cut_before_committed(data_dir: Path, record: UpdateRecord, owner: Any = None) -> None:
+        if record.state == "committed":
+            raise OSError(5, "the power went before the record's fsync")
+        real_write(data_dir, record, owner)
+
+    monkeypatch.setattr(service, "write_record", cut_before_committed)
+    site, rauc = Site(ready=True), RecordedRauc(booted="B")
+    site.answer()
+    await control_and_commit(site, tmp_path, rauc, 200, "trial-boot-1", "B")
+    assert len(rauc.marked) == 1  # RAUC committed slot B
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "trial" and record.trial_boot == "trial-boot-1"
+    monkeypatch.setattr(service, "write_record", real_write)
+    again, rauc_again = Site(ready=True), RecordedRauc(booted="B")
+    again.answer()
+    await control_and_commit(again, tmp_path, rauc_again, 300, "boot-2", "B")
+    assert rauc_again.unbootable == [] and rauc_again.activated == []
+    assert len(rauc_again.marked) == 1
+    assert not (tmp_path / FAILURE_FILE).exists()
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "committed"

@@ -911,8 +911,16 @@ async def _commit_trial(
         log.error("update to %s was rolled back (running slot %s)", record.version, running)
         return False
     if trial_reset_before_commit(record, running, this_boot):
-        await _roll_back_reset_trial(app, data_dir, confirm, record, interval)
-        return True
+        if (_read_line(data_dir / HEALTH_FILE) or "").startswith("healthy"):
+            # Judged healthy before the reset: it was being committed (RAUC's mark-good may have
+            # run, the record not yet written). Rolled back, a committed slot on the Pi 4/5
+            # booted again at every "rollback" reboot, the inverters at their fail-safe each
+            # time. Its check runs again here, and it is committed as before.
+            log.warning("update %s: its trial was reset after its health check passed; "
+                        "checking it again to commit it", record.version)  # fmt: skip
+        else:
+            await _roll_back_reset_trial(app, data_dir, confirm, record, interval)
+            return True
     # this boot noted as the trial's before its health check can pass: reset, the trial must
     # read as failed at its next boot (U-Boot boots the slot again), never as a trial to begin
     record = _as_this_boots_trial(record, this_boot)
