@@ -80,10 +80,10 @@ offset)."""
 FALLBACK_SOURCE = "utility fallback"
 """The source named for ``utility.fallbackExportW`` when the utility has no usable schedule."""
 SHUTDOWN_BUDGET_S = 4.0
+"""SIGTERM must end within 5 s: this much is spent leaving inverters at their fail-safe."""
 OPERATING_W = 10.0
 """An inverter or battery whose power is within this of 0 W counts as not operating in DERStatus
 (standby draws and a meter's noise are not generation or consumption)."""
-"""SIGTERM must end within 5 s: this much is spent leaving inverters at their fail-safe."""
 AFTER_FIRST_LIMITS_S = 10.0
 """The utility link, the web server and the update tasks start once the first limits are written,
 or after this long if they are not (none waits on a stuck controller or an inverter that refuses

@@ -153,3 +153,13 @@ async def test_a_server_without_a_time_resource_gets_telemetry_by_the_local_cloc
         assert not client.time_verified
         assert posted_sets(srv), "no telemetry ever posted"
         await client.http.aclose()
+        # a clock the kernel says is not set (no RTC, no NTP yet) dates nothing: none posted
+        (tmp_path / "unset").mkdir()
+        unset = make_client(srv, clocks, tmp_path / "unset", clock_synchronised=lambda: False)
+        for _ in range(24 * 12):
+            unset.add_sample(Sample(clocks.wall(), {("site", "W"): 1000.0}))
+            clocks.advance(5)
+            await unset.step()
+        assert unset.state().telemetry_unverified_samples == 24 * 12
+        assert not unset.outbox.pending
+        await unset.http.aclose()

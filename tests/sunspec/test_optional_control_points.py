@@ -114,3 +114,21 @@ async def test_a_revert_timer_read_not_implemented_once_is_written_when_it_answe
 
 def _revert_timer(link: InverterLink) -> bool | None:
     return link.state.revert_timer
+
+
+async def test_an_optional_point_seen_once_and_then_refused_is_no_longer_written(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An inverter without a revert timer read it once as 0 (booting): latched as implemented,
+    it was written with every limit after, every write refused (illegal data address), the link
+    offline and the inverter unlimited for good. A refusal drops the latch."""
+    site = profiles.mandatory_controls_inverter(tau_s=0.5)
+    site.inverters[1].set(123, "WMaxLimPct_RvrtTms", 0)  # one odd read at boot
+    link = InverterLink("inverter 1", SiteBus(site), 1, revert_s=60, fast_s=1.0)
+    async with running(link):
+        link.command(Desired(pct=10.0))
+        await settle(3)  # read (and latched) while it showed 0; the write refused
+        site.inverters[1].set(123, "WMaxLimPct_RvrtTms", None)  # it reads "not implemented" now
+        await settle(60)
+        assert link.state.online and link.state.limit_pct == pytest.approx(10.0)
+    assert site.get(1, 123, "WMaxLim_Ena") == 1

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from dynexport.modbus.errors import ModbusExceptionResponse
 from dynexport.sunspec import control
 from dynexport.sunspec.bus import RegisterBus
 from dynexport.sunspec.control import LimitCommand, RegisterWrite
@@ -287,10 +288,18 @@ class SunSpecDevice:
         mdef = model_def(header.id)
         assert mdef is not None
         writes = control.encode_writes(mdef, header, values)
-        await self._write(writes)
+        # written only because an earlier read showed them implemented: if the device refuses
+        # them (or reads them "not implemented" after), that read was the odd one
+        latched = {n for n in values if n in self._implemented and before.raw.get(n) is None}
+        try:
+            await self._write(writes)
+        except ModbusExceptionResponse:
+            self._implemented -= latched
+            raise
         after = await self.read_model(header)
         problems = control.verify(values, after.raw)
         if problems:
+            self._implemented -= {n for n in latched if after.raw.get(n) is None}
             raise VerifyError(
                 f"unit {self.unit} model {header.id}: limit did not read back: "
                 + "; ".join(problems)

@@ -82,10 +82,11 @@ CONN_TRIES = 3
 always answers "device failure" to it kept its link offline at every disconnect."""
 
 HELD_FOR_S = 60.0
-"""A command found lost is taken as held again only once polls have found it held this long:
-one poll right after a rewrite found it held and started the count afresh, so a device that
-drops what it is written a few seconds later was written again, and warned about, every few
-seconds for ever."""
+"""The warning about a command found lost starts afresh (logged at once) only once polls have
+found it held this long: one poll right after each rewrite found it held, so a device that
+drops what it is written a few seconds later was warned about every few seconds for ever. Its
+rewrites are not held back by this: a device that holds what is written until it drops it gets
+it again at the first poll that finds it lost."""
 CONN_SETTLE_S = 10.0
 """A grid connection read this long after 123 Conn was written 0 (the inverter connected until
 then) is taken as the inverter's answer: before that, a relay still opening may report itself
@@ -406,8 +407,9 @@ class _CommandLink(_Link, Generic[_CommandT, _StateT]):
         self._written: _CommandT | None = None
         """What was last written and read back; None: unknown, write again."""
         self._contradictions = 0
-        """Polls that read the device no longer holding what was written, since it was last
-        held for ``HELD_FOR_S``."""
+        """Polls running that read the device no longer holding what was written."""
+        self._losses = 0
+        """Polls that found it lost since it was last held for ``HELD_FOR_S`` (the warning's)."""
         self._held_since: float | None = None
         """When polls began to find the command held again after one found it lost."""
 
@@ -426,19 +428,22 @@ class _CommandLink(_Link, Generic[_CommandT, _StateT]):
         """A poll compared the device with what was last written: ``lost`` says what it no
         longer holds (None: it holds it). A device reset (its controls back to their defaults)
         was left so until the scheduled rewrite, a third of the revert timeout (20 minutes at
-        revertS 3600): now the next apply writes it again at once. Logged the first time and
-        every 30th until polls have found it held for ``HELD_FOR_S``."""
+        revertS 3600): now the next apply writes it again at once (backing off only while polls
+        in a row find it lost). Logged the first time and every 30th until polls have found it
+        held for ``HELD_FOR_S``."""
         if lost is None:
+            self._contradictions = 0
             now = trio.current_time()
             if self._held_since is None:
                 self._held_since = now
             if now - self._held_since >= HELD_FOR_S:
-                self._contradictions = 0
+                self._losses = 0
             return
         self._held_since = None
         self._contradictions += 1
+        self._losses += 1
         n = self._contradictions
-        if _worth_logging(n):
+        if _worth_logging(self._losses):
             log.warning("%s: %s (reset?); writing it again", self.id, lost)
         if n & (n - 1) == 0:
             # written again at the 1st, 2nd, 4th, 8th... poll running that finds it lost: a

@@ -192,9 +192,12 @@ async def _serve_elsewhere_until_here(
             task_status.started(port)
             task_status = trio.TASK_STATUS_IGNORED
             if moved_before:
-                # a move that failed: an address that probes as here but cannot take the port
-                # (a name with one address here and one not) spun this loop, a warning a pass
-                await trio.sleep(recheck_s)
+                # A move that failed: the address probes as here but cannot take the port (a
+                # name with one address here and one not, the port taken on it). Tried again
+                # only once it has been gone and come back: trying at every look spun this
+                # loop at first, then cut every connection on the fallback each 30 s.
+                while await trio.to_thread.run_sync(_here, host):  # noqa: ASYNC110 (polled)
+                    await trio.sleep(recheck_s)
             while not await trio.to_thread.run_sync(_here, host):  # noqa: ASYNC110 (polled)
                 await trio.sleep(recheck_s)
             fallback.cancel_scope.cancel()
