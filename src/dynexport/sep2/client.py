@@ -585,9 +585,10 @@ class Sep2Client:
     def _local_clock_for_telemetry(self) -> bool:
         """A server reached that cannot tell the time (no Time resource, or one refused as
         absurd: ``clock_alert``): telemetry is filed by the local clock, as the walk says it
-        uses it, unless the kernel says that clock is not set (then nothing can date them). Waiting for a verified time there dropped every sample for the life of the
-        process (no NTP either: only the utility's network reachable, or a clock whose
-        synchronisation cannot be told)."""
+        uses it, unless the kernel says that clock is not set (then nothing can date them).
+        Waiting for a verified time there dropped every sample for the life of the process (no
+        NTP either: only the utility's network reachable, or a clock whose synchronisation
+        cannot be told)."""
         if self._synchronised() is False:  # known wrong (no RTC, no NTP yet): not that clock
             return False
         return self._no_time_resource or self.clock_alert is not None

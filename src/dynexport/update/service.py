@@ -911,7 +911,10 @@ async def _commit_trial(
         log.error("update to %s was rolled back (running slot %s)", record.version, running)
         return False
     if trial_reset_before_commit(record, running, this_boot):
-        if (_read_line(data_dir / HEALTH_FILE) or "").startswith("healthy"):
+        last = _read_line(data_dir / HEALTH_FILE) or ""
+        # "healthy: ..." (the commit follows at once) or "healthy and committed, but the record
+        # ...", not "healthy, but the commit failed / not committed" (mark-good never ran)
+        if last.startswith(("healthy:", "healthy and committed")):
             # Judged healthy before the reset: it was being committed (RAUC's mark-good may have
             # run, the record not yet written). Rolled back, a committed slot on the Pi 4/5
             # booted again at every "rollback" reboot, the inverters at their fail-safe each
