@@ -1291,7 +1291,8 @@ class App:
         """DERStatus's genConnectStatus bits and operationalModeStatus for the site as one DER
         (CSIP-AUS ALL-07, ALL-08, ALL-12, MUL-01): connected and available while an inverter that
         answers is on the grid and no disconnect (opModConnect false) is in force; operating
-        while one makes power; operational mode 2 while operating, else 1 (off). Before, an
+        while an inverter or a battery generates or consumes beyond ``OPERATING_W``;
+        operational mode 2 while operating, else 1 (off). Before, an
         inverter opened by the disconnect still counted as available, one tripped inverter
         of two said the whole site was disconnected, inverters gone silent were connected on
         their last word, and the mode was always 2."""

@@ -590,7 +590,7 @@ class InverterLink(_CommandLink[Desired, InverterState]):
         elif (
             self._written is not None
             and self.state.revert_timer is False
-            and (self.device.revert_timer_seen())
+            and self.device.revert_timer_seen()
         ):
             # written while its revert timer read "not implemented" (a device still booting):
             # again, with the timer, rather than at the scheduled rewrite
