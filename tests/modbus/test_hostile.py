@@ -299,13 +299,14 @@ async def test_rtu_silent_device_times_out_after_bounded_retries(
         ):
             with pytest.raises(ModbusTimeout) as err:
                 await bus.read_holding_registers(1, 40010, 2)
-            # The retry is on the wire; on a loaded machine the peer may read it only after
-            # the client gave up (it failed once with 1 seen): wait for it, within a bound.
+            # The retry may still be on its way to the peer (or, on a loaded machine, its time
+            # ran out while the line was drained before it, so it was never sent: two clean-clone
+            # runs saw only the first): whatever came, never more than the one retry.
             with trio.move_on_after(3):
-                while len(peer.requests) < 2:  # noqa: ASYNC110
+                while len(peer.requests) < 3:  # noqa: ASYNC110
                     await trio.sleep(0.01)
     assert WHAT in str(err.value) and client_end in str(err.value)
-    assert len(peer.requests) == 2
+    assert 1 <= len(peer.requests) <= 2, peer.requests
     assert task_count() == tasks
 
 
