@@ -56,6 +56,16 @@ def warnings_of(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
 
+LIMIT_LOST = "inverter 1: the 10 % limit written reads no limit (reset?); writing it again"
+
+
+def assert_written_again(site: Site, link: InverterLink, model: int, enable: str) -> None:
+    """Unit 1's 10 % limit is in force again, and the link reads it so."""
+    assert site.get(1, model, enable) == 1
+    assert site.get(1, model, "WMaxLimPct") == pytest.approx(10.0)
+    assert link.state.limit_pct == pytest.approx(10.0)
+
+
 # -- a reset seen by a poll is written again at once --------------------------------------------
 
 
@@ -78,13 +88,9 @@ async def test_a_limit_a_reset_cleared_is_written_again_within_a_fast_poll(
         site.inverters[unit].step(trio.current_time())
         site.inverters[unit].set(model, enable, 0)  # the reset: its limit off, the rest kept
         await settle(2)  # a fast poll, not the slow one (300 s)
-        assert site.get(unit, model, enable) == 1
-        assert site.get(unit, model, "WMaxLimPct") == pytest.approx(10.0)
-        assert link.state.limit_pct == pytest.approx(10.0)
+        assert_written_again(site, link, model, enable)
         await settle(30)
-    assert warnings_of(caplog, AGAIN) == [
-        "inverter 1: the 10 % limit written reads no limit (reset?); writing it again"
-    ]
+    assert warnings_of(caplog, AGAIN) == [LIMIT_LOST]
 
 
 async def test_a_limit_the_slow_poll_finds_gone_is_written_again_at_once(
@@ -99,13 +105,9 @@ async def test_a_limit_the_slow_poll_finds_gone_is_written_again_at_once(
         assert site.get(1, 123, "WMaxLim_Ena") == 1 and not warnings_of(caplog, AGAIN)
         reset(site.inverters[1])
         await settle(6)  # one slow poll
-        assert site.get(1, 123, "WMaxLim_Ena") == 1
-        assert site.get(1, 123, "WMaxLimPct") == pytest.approx(10.0)
-        assert link.state.limit_pct == pytest.approx(10.0)
+        assert_written_again(site, link, 123, "WMaxLim_Ena")
         await settle(30)
-    assert warnings_of(caplog, AGAIN) == [
-        "inverter 1: the 10 % limit written reads no limit (reset?); writing it again"
-    ]
+    assert warnings_of(caplog, AGAIN) == [LIMIT_LOST]
 
 
 async def test_a_disconnect_a_reset_closed_is_opened_again_within_a_fast_poll(

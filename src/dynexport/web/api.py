@@ -965,7 +965,7 @@ class WebApi:
                 raise HttpError(400, "; ".join(where), problems=where)
             problems = _file_problems(config, self._cert_files()["cert"])
             if config.web.host != self.app.config.web.host:  # the running one: it is served
-                cannot = await trio.to_thread.run_sync(_cannot_bind, config.web.host)
+                cannot = await trio.to_thread.run_sync(cannot_bind, config.web.host)
                 if cannot is not None:
                     problems.append(f"web.host: {cannot}")
             if problems:
@@ -1727,7 +1727,7 @@ def _place_problems(document: dict[str, Any], config: Config, data_dir: Path) ->
     return out
 
 
-def _cannot_bind(host: str) -> str | None:
+def cannot_bind(host: str) -> str | None:
     """Why the web server could not listen on ``host`` at its next start (None: it can), found
     by binding a socket to it (any port). An IP address that is not this machine's (another
     site's backup, a typo) was saved, and at the next start the web UI was gone."""

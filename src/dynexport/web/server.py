@@ -16,7 +16,7 @@ import trio
 from dynexport.httpio import Limits, serve_http
 from dynexport.httpio.server import ConnectionPool
 from dynexport.update.state import UPLOAD_FILE
-from dynexport.web.api import AppLike, WebApi
+from dynexport.web.api import AppLike, WebApi, cannot_bind
 from dynexport.web.energy import EnergyToday
 from dynexport.web.events import Broadcaster
 from dynexport.web.history import FLUSH_EVERY_S, History, row_from_status
@@ -213,14 +213,8 @@ async def _serve_elsewhere_until_here(
 
 
 def _here(host: str) -> bool:
-    """A socket can be bound to ``host`` (any port): it is an address of this machine."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind((host, 0))
-    except OSError:
-        return False
-    return True
+    """``host`` is an address of this machine: a socket can be bound to it (any port)."""
+    return cannot_bind(host) is None
 
 
 def _not_here(exc: OSError) -> str | None:
