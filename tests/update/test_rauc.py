@@ -116,6 +116,9 @@ case "$1 $2" in
 "status mark-bad")
 	echo "marked slot $3 as bad"
 	;;
+"status mark-good")
+	echo "marked slot $3 as good"
+	;;
 *) echo "unexpected: $*" >&2; exit 3 ;;
 esac
 """
@@ -180,6 +183,18 @@ async def test_an_undone_activation_marks_the_slot_bad_by_its_rauc_name(
     ]
     with pytest.raises(RaucError, match="names no slot C"):
         await rauc.make_unbootable("C")
+
+
+async def test_the_old_slot_is_made_good_by_its_rauc_name_not_the_booted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """For a rollback from a slot the Pi 4/5 firmware boots normally (``make_good``)."""
+    rauc, log = scripted_rauc(tmp_path, monkeypatch)
+    await rauc.make_good("A")
+    assert log.read_text().splitlines() == [
+        "status --detailed --output-format=json",
+        "status mark-good rootfs.0",
+    ]
 
 
 async def test_a_failed_install_activates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -105,19 +105,30 @@ class RecordedRauc(Rauc):
         self.marked: list[str] = []
         self.activated: list[str] = []
         self.unbootable: list[str] = []
+        self.made_good: list[str] = []
+        self.primary = "B"
+        """The slot a normal boot starts: the last one activated, as on U-Boot and GRUB."""
 
     async def status(self) -> RaucStatus:
         slots = (SlotStatus("rootfs.0", "A", "", "good"), SlotStatus("rootfs.1", "B", "", "good"))
-        return RaucStatus("dynexport-test", self.booted, "rootfs.1", slots)
+        return RaucStatus("dynexport-test", self.booted, SLOT_NAMES[self.primary], slots)
 
     async def mark_good(self) -> None:
         self.marked.append(f"good@{trio.current_time():.0f}")
 
     async def activate(self, target: str) -> None:
         self.activated.append(f"{target}@{trio.current_time():.0f}")
+        self.primary = target
 
     async def make_unbootable(self, target: str) -> None:
         self.unbootable.append(f"{target}@{trio.current_time():.0f}")
+
+    async def make_good(self, target: str) -> None:
+        self.made_good.append(f"{target}@{trio.current_time():.0f}")
+        self.primary = target
+
+
+SLOT_NAMES = {"A": "rootfs.0", "B": "rootfs.1"}
 
 
 TRIAL = UpdateRecord("trial", "1.4.0", target="B", source="A", boot_id="install-boot")

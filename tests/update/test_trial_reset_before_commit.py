@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from dynexport.update import service
-from dynexport.update.rauc import RaucStatus
+from dynexport.update.rauc import RaucError, RaucStatus
 from dynexport.update.service import (
     note_trial_boot,
     read_record,
@@ -95,6 +95,47 @@ async def test_a_trial_reset_before_its_commit_is_rolled_back_on_every_boot_load
     status = RaucStatus("dynexport-test", "A", "rootfs.0")
     rolled = report_of(record, tmp_path, status, "old-slot-boot")
     assert rolled.phase == "rolled-back" and failure.strip() in (rolled.message or "")
+
+
+class TrybootRauc(RecordedRauc):
+    """RAUC with the Pi 4/5's backend (rootfs-overlay/usr/libexec/dynexport/rauc-tryboot): the
+    activation of a slot other than the committed one is a one-shot trial (tryboot.txt) that a
+    normal reboot ignores, and the committed slot cannot be marked bad."""
+
+    def __init__(self, booted: str, committed: str) -> None:
+        super().__init__(booted)
+        self.primary = committed
+
+    async def activate(self, target: str) -> None:
+        self.activated.append(f"{target}@{trio.current_time():.0f}")  # tryboot.txt only
+
+    async def make_unbootable(self, target: str) -> None:
+        if target == self.primary:
+            raise RaucError(f"slot {target} is the committed slot")
+        await super().make_unbootable(target)
+
+
+async def test_a_reset_trial_rauc_had_committed_is_rolled_back_to_a_slot_a_normal_boot_starts(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Pi 4/5: RAUC committed the trial's slot (config.txt), then the device was reset before
+    the record said so, and no healthy verdict could be written either (a full /data). The
+    rollback's reboot is a normal one: with only tryboot.txt naming the old slot, the
+    firmware booted the update again, to be rolled back again, at every boot."""
+    write_record(tmp_path, replace(ASKED, trial_boot="trial-boot-1"))
+    (tmp_path / HEALTH_FILE).write_text("waiting: the meter has not answered yet\n")
+    conf = tmp_path / "system.conf"
+    conf.write_text("[system]\nbootloader=custom\n")
+    site, rauc = Site(ready=True), TrybootRauc(booted="B", committed="B")
+    site.answer()
+    await control_and_commit(
+        site, tmp_path, rauc, 300, "trial-boot-2", "B",
+        trial_flag=tmp_path / "no-trial-flag", rauc_conf=conf,
+    )  # fmt: skip
+    assert rauc.marked == [], "never checked again nor committed"
+    assert slot_of(rauc, rauc.made_good) == ["A"] and rauc.primary == "A", "a normal boot starts A"
+    assert (tmp_path / REBOOT_REQUEST).read_text() == "normal trial-boot-2\n"
+    assert site.events == ["fail-safe"]
 
 
 async def test_a_third_boot_of_the_reset_trial_is_rolled_back_too_and_keeps_the_first_reason(

@@ -239,6 +239,13 @@ class Rauc:
         4/5 its trial, tryboot.txt, is dropped). A later ``activate`` makes it bootable again."""
         await self._run("status", "mark-bad", await self._slot_name(target))
 
+    async def make_good(self, target: str) -> None:
+        """``rauc status mark-good`` for the slot named ``target`` (``A``/``B``), not the booted
+        one: on the Pi 4/5 (tryboot) it becomes the slot a normal boot starts (config.txt); U-Boot
+        and GRUB give it its attempts back. For a rollback from a slot the boot loader already
+        starts normally, which refuses ``make_unbootable``."""
+        await self._run("status", "mark-good", await self._slot_name(target))
+
     async def _slot_name(self, target: str) -> str:
         """RAUC's name for the slot whose bootname is ``target`` (``rootfs.0`` for ``A``)."""
         slot = (await self.status()).by_bootname(target)

@@ -1062,6 +1062,7 @@ async def _roll_back_reset_trial(
             why = written  # update-deadline decided first: its reason stands
         _write_health(data_dir, why)
     await undo_activation(rauc=confirm.rauc, rauc_lock=confirm.lock, record=record)
+    await _old_slot_to_boot_normally(confirm.rauc, confirm.lock, record)
     with trio.move_on_after(RESET_READY_WAIT_S):
         while not app.ready:  # noqa: ASYNC110 (the App's READY is a flag, not an event)
             await trio.sleep(interval)
@@ -1073,6 +1074,29 @@ async def _roll_back_reset_trial(
     except OSError as exc:
         log.error("update %s: cannot ask for the reboot into slot %s (%s): update-deadline "
                   "reboots 4 minutes after boot", record.version, record.source, exc)  # fmt: skip
+
+
+async def _old_slot_to_boot_normally(rauc: Rauc, lock: trio.Lock, record: UpdateRecord) -> None:
+    """Makes the old slot (``record.source``) the one a normal boot starts when the update's
+    slot still is after ``undo_activation``: on the Pi 4/5 a slot RAUC committed before the
+    reset (its record not written, nor a healthy verdict) cannot be marked bad, and the
+    activation of the old slot is only a one-shot trial (tryboot.txt) that a normal reboot
+    ignores. Each "rollback" reboot had booted the update again, to be rolled back again,
+    for ever. As update-deadline does (``mark-good other``). Never raises: a RAUC that
+    refuses is logged, and the reboot goes ahead (update-deadline's would too)."""
+    try:
+        async with lock:
+            primary = (await rauc.status()).primary_bootname
+            if primary != record.target:
+                return
+            log.error("update %s: slot %s is what a normal boot starts (committed before the "
+                      "reset); making slot %s that slot again", record.version, record.target,
+                      record.source)  # fmt: skip
+            await rauc.make_good(record.source)
+    except RaucError as exc:
+        log.error("update %s: slot %s cannot be made the slot a normal boot starts: %s (the "
+                  "reboot may start slot %s again)", record.version, record.source, exc,
+                  record.target)  # fmt: skip
 
 
 COMMIT_WITHIN_LOCK_S = 20.0
