@@ -221,7 +221,7 @@ async def test_a_trial_boot_is_noted_before_the_first_limits(
     data = tmp_path / "data"
     data.mkdir()
     write_record(data, changed(TRIAL, reboot_asked=True))
-    monkeypatch.setattr(service, "booted_slot", lambda: "B")  # the update's slot runs
+    monkeypatch.setattr(service, "booted_slot", lambda cmdline: "B")  # the update's slot runs
     monkeypatch.setattr(service, "boot_id", lambda: "trial-boot")
     first_limits = trio.Event()
 

@@ -236,6 +236,12 @@ def root_of(boot: Boot) -> tuple[str, str]:
     return roots[-1], slots[-1]
 
 
+def left_of(boot: Boot) -> str:
+    """The attempts left after this boot that the command line gives the service."""
+    words = boot.cmdline.split()
+    return [w.split("=", 1)[1] for w in words if w.startswith("dynexport.boot_left=")][-1]
+
+
 def test_a_card_never_updated_boots_slot_a_and_a_commit_keeps_it_there(
     uboot: Callable[[set[str]], UBootVM],
 ) -> None:
@@ -260,6 +266,8 @@ def test_an_update_that_never_commits_falls_back_to_the_old_slot(
     trials = [vm.boot() for _ in range(3)]  # never committed: the watchdog, a power cut ...
     assert [b.slot for b in trials] == ["B", "B", "B"]
     assert root_of(trials[0]) == ("PARTUUID=64796e78-03", "B")
+    # each boot tells the service how many attempts are left: a repeat is not a first trial
+    assert [left_of(b) for b in trials] == ["2", "1", "0"]
     assert vm.saved == {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"}
     back = vm.boot()
     assert back.slot == "A" and root_of(back) == ("PARTUUID=64796e78-02", "A")

@@ -21,8 +21,11 @@ import trio.testing
 from dynexport.update import service
 from dynexport.update.rauc import RaucError, RaucStatus
 from dynexport.update.service import (
+    EARLIER_ATTEMPT,
+    boot_attempts_left,
     note_trial_boot,
     read_record,
+    repeated_attempt,
     report_of,
     reset_trial_reason,
     write_record,
@@ -226,6 +229,80 @@ def test_the_service_start_notes_a_first_trial_only(tmp_path: Path) -> None:
     assert not trial_reset_before_commit(noted, "A", "trial-boot-2")
     assert not trial_reset_before_commit(noted.moved_to("committed"), "B", "trial-boot-2")
     assert not trial_reset_before_commit(ASKED, "B", "trial-boot-2"), "no note: a first trial"
+
+
+def uboot_cmdline(tmp_path: Path, left: str) -> Path:
+    """The kernel command line boot-uboot.cmd gives slot B with ``left`` attempts left."""
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(
+        f"console=ttyS0 root=PARTUUID=64796e78-03 rauc.slot=B dynexport.boot_left={left}\n"
+    )
+    return cmdline
+
+
+async def test_a_second_attempt_of_an_unnoted_trial_is_rolled_back_as_reset_before_dynexport(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """U-Boot's first boot of the trial hung before dynexport started (a kernel or early-boot
+    hang, the watchdog), so no boot was noted; U-Boot starts the slot again with one attempt
+    fewer left. Checked as a first trial, a release that hangs at boot now and then was
+    committed on a later attempt."""
+    write_record(tmp_path, ASKED)
+    site, rauc = Site(ready=True), RecordedRauc(booted="B")
+    site.answer()
+    await control_and_commit(
+        site, tmp_path, rauc, 300, "trial-boot-2", "B", cmdline=uboot_cmdline(tmp_path, "1")
+    )
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "trial" and rauc.marked == [], "not committed"
+    assert slot_of(rauc, rauc.unbootable) == ["B"] and slot_of(rauc, rauc.activated) == ["A"]
+    assert (tmp_path / REBOOT_REQUEST).read_text() == "normal trial-boot-2\n"
+    assert (tmp_path / FAILURE_FILE).read_text() == (
+        "the trial of 1.4.0 was reset before its health check passed (U-Boot's earlier attempt, "
+        "reset before dynexport started) and was not tried again\n"
+    )
+
+
+async def test_the_first_attempt_of_a_trial_on_u_boot_is_checked_and_committed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    write_record(tmp_path, ASKED)
+    site, rauc = Site(ready=True), RecordedRauc(booted="B")
+    site.answer()
+    await control_and_commit(
+        site, tmp_path, rauc, 300, "trial-boot-1", "B", cmdline=uboot_cmdline(tmp_path, "2")
+    )
+    record = read_record(tmp_path)
+    assert record is not None and record.state == "committed" and len(rauc.marked) == 1
+    assert record.trial_boot == "trial-boot-1" and rauc.unbootable == []
+
+
+def test_the_service_start_notes_a_repeated_u_boot_attempt_as_an_earlier_boots_trial(
+    tmp_path: Path,
+) -> None:
+    write_record(tmp_path, ASKED)
+    assert note_trial_boot(
+        tmp_path, "trial-boot-2", booted="B", cmdline=uboot_cmdline(tmp_path, "0")
+    )
+    noted = read_record(tmp_path)
+    assert noted is not None and noted.trial_boot == EARLIER_ATTEMPT
+    assert trial_reset_before_commit(noted, "B", "trial-boot-2")
+    write_record(tmp_path, ASKED)
+    assert note_trial_boot(
+        tmp_path, "trial-boot-1", booted="B", cmdline=uboot_cmdline(tmp_path, "2")
+    )
+    noted = read_record(tmp_path)
+    assert noted is not None and noted.trial_boot == "trial-boot-1"
+
+
+def test_attempts_left_come_from_u_boots_word_on_the_command_line_only(tmp_path: Path) -> None:
+    assert boot_attempts_left(uboot_cmdline(tmp_path, "1")) == 1
+    for odd in ("", "-1", "x", "99999", "1.5"):
+        assert boot_attempts_left(uboot_cmdline(tmp_path, odd)) is None, odd
+    (tmp_path / "grub").write_text("root=/dev/vda2 rauc.slot=B\n")
+    assert boot_attempts_left(tmp_path / "grub") is None, "GRUB does not count"
+    assert boot_attempts_left(tmp_path / "missing") is None
+    assert not repeated_attempt(None) and not repeated_attempt(2) and repeated_attempt(1)
 
 
 def test_the_note_survives_its_round_trip_and_a_bad_one_is_no_note(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ test -n "${BOOT_A_LEFT}" || setenv BOOT_A_LEFT 3
 test -n "${BOOT_B_LEFT}" || setenv BOOT_B_LEFT 3
 
 setenv slot
+setenv left
 setenv spent
 for BOOT_SLOT in "${BOOT_ORDER}"; do
 	if test -n "${slot}"; then
@@ -20,6 +21,7 @@ for BOOT_SLOT in "${BOOT_ORDER}"; do
 			setenv spent A
 		elif test -e mmc 0:1 a/Image; then
 			setexpr BOOT_A_LEFT ${BOOT_A_LEFT} - 1
+			setenv left ${BOOT_A_LEFT}
 			setenv slot A
 			setenv rootpart 2
 			setenv prefix a/
@@ -31,6 +33,7 @@ for BOOT_SLOT in "${BOOT_ORDER}"; do
 			setenv spent B
 		elif test -e mmc 0:1 b/Image; then
 			setexpr BOOT_B_LEFT ${BOOT_B_LEFT} - 1
+			setenv left ${BOOT_B_LEFT}
 			setenv slot B
 			setenv rootpart 3
 			setenv prefix b/
@@ -57,8 +60,10 @@ saveenv
 
 fdt addr ${fdt_addr}
 fdt get value fwargs /chosen bootargs
-# The last root= wins: cmdline.txt names slot A, the chosen slot is appended.
-setenv bootargs "${fwargs} root=PARTUUID=64796e78-0${rootpart} rauc.slot=${slot}"
+# The last root= wins: cmdline.txt names slot A, the chosen slot is appended, with the attempts it
+# has left after this boot: dynexport tells a trial's repeated boot (one that hung before the
+# service started) from its first by them (docs/update.md, "A trial reset before its commit").
+setenv bootargs "${fwargs} root=PARTUUID=64796e78-0${rootpart} rauc.slot=${slot} dynexport.boot_left=${left}"
 echo "dynexport: booting root slot ${slot} (${prefix}Image): ${bootargs}"
 load mmc 0:1 ${kernel_addr_r} ${prefix}Image
 booti ${kernel_addr_r} - ${fdt_addr}

@@ -647,6 +647,8 @@ def request_reboot(
     )
 
 
+KERNEL_CMDLINE = Path("/proc/cmdline")
+
 FIRMWARE_TRIAL_FLAG = Path("/proc/device-tree/chosen/bootloader/tryboot")
 """Set by the Pi 4/5 firmware: a 32-bit big-endian 1 on its one-shot trial boot (tryboot)."""
 
@@ -671,17 +673,19 @@ async def commit_when_healthy(
     interval: float = 2.0,
     trial_flag: Path = FIRMWARE_TRIAL_FLAG,
     rauc_conf: Path = RAUC_SYSTEM_CONF,
+    cmdline: Path = KERNEL_CMDLINE,
 ) -> None:
     """Runs for the life of the process; see the module docstring. Never raises for RAUC.
 
     ``booted``: the running slot's bootname (default: ``rauc.slot=`` on the kernel command
     line); without one this is no A/B system and RAUC is asked nothing outside a trial.
     ``trial_flag``: the firmware's trial flag; ``rauc_conf``: RAUC's system.conf, which names
-    the boot loader backend (tests pass files of their own).
+    the boot loader backend; ``cmdline``: the kernel command line, for U-Boot's attempts left
+    (``boot_attempts_left``) (tests pass files of their own).
     """
     rauc = rauc or Rauc()
     this_boot = boot_id() if this_boot is None else this_boot
-    booted = booted_slot() if booted is None else booted
+    booted = booted_slot(cmdline) if booted is None else booted
     tryboot = firmware_trial(trial_flag)
     watch = RecordWatch(data_dir)
     record = read_record(data_dir)
@@ -692,7 +696,7 @@ async def commit_when_healthy(
     # Held around the running slot's confirmation and the new slot's activation: on the Pi the
     # confirmation deletes tryboot.txt, so it must never land after the activation.
     rauc_lock = trio.Lock()
-    confirm = _Confirm(rauc, rauc_lock, data_dir, this_boot, pi)
+    confirm = _Confirm(rauc, rauc_lock, data_dir, this_boot, pi, boot_attempts_left(cmdline))
     async with trio.open_nursery() as nursery:
         if record is not None and never_booted and booted is not None:
             # The old, committed slot runs (the new one was never activated): nothing to check,
@@ -827,6 +831,8 @@ class _Confirm:
     data_dir: Path
     this_boot: str
     pi: bool
+    boot_left: int | None = None
+    """U-Boot's attempts left for the running slot (``boot_attempts_left``); None elsewhere."""
 
     def would_drop_a_trial(self) -> bool:
         if not self.pi:
@@ -910,6 +916,12 @@ async def _commit_trial(
     if running != record.target:
         log.error("update to %s was rolled back (running slot %s)", record.version, running)
         return False
+    if record.trial_boot is None and repeated_attempt(confirm.boot_left):
+        log.error("update %s: U-Boot started slot %s before in this trial (%d attempts left) and "
+                  "that boot was reset before dynexport could note it", record.version,
+                  running, confirm.boot_left)  # fmt: skip
+        record = _as_this_boots_trial(record, this_boot, confirm.boot_left)
+        _note_trial(data_dir, record)
     if trial_reset_before_commit(record, running, this_boot):
         last = _read_line(data_dir / HEALTH_FILE) or ""
         # "healthy: ..." (the commit follows at once) or "healthy and committed, but the record
@@ -979,11 +991,15 @@ TRIAL_NOT_NOTED = "this boot cannot be noted as the trial's in the update record
 and the commit could not be told from a first trial at the next boot (see ``trial_boot``)."""
 
 
-def _as_this_boots_trial(record: UpdateRecord, this_boot: str) -> UpdateRecord:
+def _as_this_boots_trial(
+    record: UpdateRecord, this_boot: str, boot_left: int | None = None
+) -> UpdateRecord:
     """``record`` as the trial of ``this_boot``: its reboot happened (it booted, so a reset
     between the activation and the note on U-Boot or GRUB must read as a rollback, not as a
-    trial still to come), and this boot began it (``trial_boot``)."""
-    return replace(record, reboot_asked=True, trial_boot=this_boot)
+    trial still to come), and this boot began it (``trial_boot``), unless U-Boot's attempts
+    left say an earlier boot did (``repeated_attempt``: ``EARLIER_ATTEMPT``)."""
+    began = EARLIER_ATTEMPT if repeated_attempt(boot_left) else this_boot
+    return replace(record, reboot_asked=True, trial_boot=began)
 
 
 def _note_trial(data_dir: Path, record: UpdateRecord, *, quiet: bool = False) -> bool:
@@ -1001,15 +1017,20 @@ def _note_trial(data_dir: Path, record: UpdateRecord, *, quiet: bool = False) ->
 
 
 def note_trial_boot(
-    data_dir: Path, this_boot: str | None = None, booted: str | None = None
+    data_dir: Path,
+    this_boot: str | None = None,
+    booted: str | None = None,
+    cmdline: Path = KERNEL_CMDLINE,
 ) -> bool:
     """Notes this boot as the one that began the trial of the update whose slot it runs, when
     the record names no such boot yet; True when it did. For the service's start, before
     anything there can hang: the trial task (``commit_when_healthy``) notes it too, but only
     once the first limits are computed, and a reset before that could not be told from a
-    first trial at the next boot. Never raises (a write that fails is logged)."""
+    first trial at the next boot. A boot U-Boot says is not the trial's first
+    (``repeated_attempt``) notes ``EARLIER_ATTEMPT`` instead. Never raises (a write that fails
+    is logged)."""
     this_boot = boot_id() if this_boot is None else this_boot
-    booted = booted_slot() if booted is None else booted
+    booted = booted_slot(cmdline) if booted is None else booted
     record = read_record(data_dir)
     if (
         record is None
@@ -1020,7 +1041,40 @@ def note_trial_boot(
         or record.trial_boot is not None
     ):
         return False
-    return _note_trial(data_dir, _as_this_boots_trial(record, this_boot))
+    return _note_trial(
+        data_dir, _as_this_boots_trial(record, this_boot, boot_attempts_left(cmdline))
+    )
+
+
+UBOOT_TRIAL_ATTEMPTS = 3
+"""The boots U-Boot gives an activated slot (RAUC's ``boot-attempts`` default, and
+boot-uboot.cmd's): the trial's first boot runs with one fewer left."""
+
+EARLIER_ATTEMPT = "earlier"
+"""``trial_boot`` of a trial U-Boot had started before the boot that found it, that earlier
+boot reset before dynexport could note it (a kernel or early-boot hang, a power cut)."""
+
+
+def boot_attempts_left(cmdline: Path = KERNEL_CMDLINE) -> int | None:
+    """U-Boot's attempts left for the running slot after this boot (``dynexport.boot_left=`` on
+    the kernel command line, from boot-uboot.cmd); None where the boot loader does not count
+    (GRUB's and the Pi 4/5's trials are one-shot) or the line cannot be read."""
+    try:
+        words = cmdline.read_text().split()
+    except OSError:
+        return None
+    for word in reversed(words):
+        if word.startswith("dynexport.boot_left="):
+            value = word.removeprefix("dynexport.boot_left=")
+            return int(value) if value.isdecimal() and len(value) < 4 else None
+    return None
+
+
+def repeated_attempt(boot_left: int | None) -> bool:
+    """True when U-Boot has started the running slot before since it was activated: fewer
+    attempts are left than a first boot leaves. Such a boot of an update's slot, with no trial
+    noted, is a trial reset before dynexport started, not a first trial."""
+    return boot_left is not None and boot_left < UBOOT_TRIAL_ATTEMPTS - 1
 
 
 RESET_READY_WAIT_S = 60.0
@@ -1031,8 +1085,13 @@ leaving the inverters at their fail-safe and rebooting; update-deadline acts at 
 def reset_trial_reason(version: str, trial_boot: str, last_health: str | None) -> str:
     """Why a trial started again after a reset is rolled back (the failure note's line)."""
     last = f"; its last health verdict: {last_health}" if last_health else ""
+    began = (
+        "U-Boot's earlier attempt, reset before dynexport started"
+        if trial_boot == EARLIER_ATTEMPT
+        else f"boot {trial_boot}"
+    )
     return (
-        f"the trial of {version} was reset before its health check passed (boot {trial_boot}"
+        f"the trial of {version} was reset before its health check passed ({began}"
         f"{last}) and was not tried again"
     )
 
@@ -1169,7 +1228,7 @@ async def decision_lock(
         os.close(fd)  # releases the lock
 
 
-def booted_slot(cmdline: Path = Path("/proc/cmdline")) -> str | None:
+def booted_slot(cmdline: Path = KERNEL_CMDLINE) -> str | None:
     """The running slot's bootname from the kernel command line (``rauc.slot=``), as RAUC does."""
     try:
         text = cmdline.read_text()
