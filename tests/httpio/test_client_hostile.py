@@ -27,6 +27,7 @@ from dynexport.httpio import (
     response_retry_after,
 )
 from dynexport.httpio.client import InvalidUrl, origin_of
+from tests.httpio.conftest import raw_server
 
 
 @asynccontextmanager
@@ -215,3 +216,41 @@ def test_requesting_any_href_gives_a_response_or_an_http_error(href: str) -> Non
             await client.get(href)
 
     trio.run(request)
+
+
+async def _answer_each_with_its_path(stream: trio.abc.Stream, extra: bytes) -> None:
+    """Answers each request with its own path; the first answer carries ``extra`` after its
+    declared body, in the same write (a buggy server, or a smuggled response)."""
+    buf = b""
+    first = True
+    while True:
+        while b"\r\n\r\n" not in buf:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            buf += data
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        path = head.split(b" ")[1]
+        reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path)
+        if first:
+            reply, first = reply + extra, False
+        await stream.send_all(reply)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTALE", b"garbage-beyond-content-length"],
+    ids=["a-second-response", "a-longer-body"],
+)
+async def test_bytes_after_a_response_are_never_read_as_the_next_requests_answer(
+    extra: bytes,
+) -> None:
+    """Found by review: h11 kept them in its buffer, the connection was reused, and GET /b got
+    the smuggled response (or failed on the garbage)."""
+    async with (
+        raw_server(lambda s: _answer_each_with_its_path(s, extra), None) as port,
+        HttpClient(f"http://127.0.0.1:{port}", None, allow_plain_http=True, retries=0) as client,
+    ):
+        assert (await client.get("/a")).body == b"/a"
+        assert (await client.get("/b")).body == b"/b"
+        assert (await client.get("/c")).body == b"/c"

@@ -621,9 +621,18 @@ class HttpClient:
             if not done:
                 self._conn = None
                 await conn.close()
-        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+        if (
+            conn.h11.our_state is h11.DONE
+            and conn.h11.their_state is h11.DONE
+            and not conn.h11.trailing_data[0]
+        ):
             conn.h11.start_next_cycle()
         else:
+            # Bytes beyond the response (a body longer than its Content-Length, a second
+            # response) would be read as the answer to the next request on this connection.
+            if conn.h11.trailing_data[0]:
+                log.warning("%s %s: the server sent %d bytes after its response; connection "
+                            "closed", method, url, len(conn.h11.trailing_data[0]))  # fmt: skip
             self._conn = None
             await conn.close()
         return response
