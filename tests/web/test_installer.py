@@ -161,6 +161,32 @@ async def test_replacing_the_key_needs_a_confirmation_that_names_the_new_lfdi(
     assert (web.app.options.data_dir / "device-key.pem").read_bytes() != key
 
 
+async def test_a_replaced_key_and_its_chain_are_kept_beside_them_never_overwritten(
+    web: Web, tmp_path: Path
+) -> None:
+    """docs/certificates.md: the key is never replaced without a copy kept. The web's confirmed
+    replace kept none (found by review): one click lost the site's registered identity."""
+    c = await logged_in(web)
+    chain = await _enrol(c, _pki(tmp_path))
+    assert (await c.json("PUT", "/api/cert/chain", raw=chain.encode()))[0] == 200
+    data = web.app.options.data_dir
+    old_key, old_chain = (
+        (data / "device-key.pem").read_bytes(),
+        (data / "device-chain.pem").read_bytes(),
+    )
+    status, doc = await c.json("POST", "/api/cert/request", {"replace": True, "confirm": True})
+    assert status == 200 and len(doc["keptAs"]) == 2
+    key_copy, chain_copy = (data / name for name in doc["keptAs"])
+    assert key_copy.read_bytes() == old_key and chain_copy.read_bytes() == old_chain
+    assert key_copy.name.startswith("device-key.pem.") and key_copy.name.endswith(".bak")
+    assert key_copy.stat().st_mode & 0o777 == 0o600 and chain_copy.stat().st_mode & 0o777 == 0o600
+    second_key = (data / "device-key.pem").read_bytes()
+    status, doc = await c.json("POST", "/api/cert/request", {"replace": True, "confirm": True})
+    assert status == 200 and len(doc["keptAs"]) == 1, "no chain for the second key yet"
+    assert (data / doc["keptAs"][0]).read_bytes() == second_key
+    assert key_copy.read_bytes() == old_key, "an earlier copy is never overwritten"
+
+
 # -- commissioning before enrolment -----------------------------------------------------------
 
 

@@ -89,9 +89,7 @@ def _request(args: argparse.Namespace) -> int:
                 f"{key_path} already exists; it is this device's identity. "
                 "Use --force to replace it (the old key is kept as a .bak file)."
             )
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        backup = key_path.with_name(f"{_KEY_NAME}.{stamp}.bak")
-        atomic_write(backup, key_path.read_bytes(), mode=0o600, overwrite=False)
+        backup = certs.keep_copy(key_path)
     key = certs.generate_key()
     try:
         certs.write_private_key(key_path, key, overwrite=args.force)

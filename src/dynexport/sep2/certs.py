@@ -313,6 +313,28 @@ def write_private_key(
     atomic_write(path, private_key_pem(key), mode=0o600, overwrite=overwrite)
 
 
+def keep_copy(path: Path, now: datetime | None = None) -> Path | None:
+    """Copies ``path`` (the device key, or its chain) beside it as ``<name>.<UTC time>.bak``,
+    mode 0600, before it is replaced; None when there is nothing to copy. Never overwrites a
+    copy (a second one in the same second gets ``-2``, ...), and never deletes one: the key is
+    the site's registered identity, and a replace by mistake must be undoable by copying it
+    back."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1, 1000):
+        suffix = "" if n == 1 else f"-{n}"
+        copy = Path(path).with_name(f"{Path(path).name}.{stamp}{suffix}.bak")
+        try:
+            atomic_write(copy, data, mode=0o600, overwrite=False)
+        except FileExistsError:
+            continue
+        return copy
+    raise FileExistsError(f"{path}: no free name for a copy of it")
+
+
 # --- signing ----------------------------------------------------------------------------------
 
 

@@ -1251,12 +1251,18 @@ class WebApi:
                 lfdi=previous,
             )
 
-        def make() -> tuple[bytes, bool]:
+        def make() -> tuple[bytes, bool, list[str]]:
             created = False
+            kept: list[str] = []
             if files["key"].is_file() and not replace:
                 key = certs.load_private_key(files["key"].read_bytes())
             else:
                 key = certs.generate_key()
+                if replace:  # the old identity kept, as `dynexport cert request --force` does
+                    for name in ("key", "cert"):
+                        copy = certs.keep_copy(files[name])
+                        if copy is not None:
+                            kept.append(copy.name)
                 certs.write_private_key(files["key"], key, overwrite=replace)
                 files["cert"].unlink(missing_ok=True)  # a chain for the old key is useless
                 created = True
@@ -1264,14 +1270,16 @@ class WebApi:
 
             csr = certs.make_csr(key).public_bytes(Encoding.PEM)
             atomic_write(files["csr"], csr)
-            return csr, created
+            return csr, created, kept
 
         try:
-            csr, created = await trio.to_thread.run_sync(make)
+            csr, created, kept = await trio.to_thread.run_sync(make)
         except (CertError, FileExistsError) as exc:
             raise HttpError(409, f"device key: {exc}") from None
         if created and replace:
-            log.warning("device key replaced from %s (LFDI was %s)", request.peer[0], previous)
+            copies = ", ".join(kept) or "nothing (none there)"
+            log.warning("device key replaced from %s (LFDI was %s); the old one kept as %s",
+                        request.peer[0], previous, copies)  # fmt: skip
         return json_response(
             200,
             {
@@ -1279,6 +1287,7 @@ class WebApi:
                 "keyCreated": created,
                 "previousLfdi": previous,
                 "lfdi": self._lfdi_in_use(),
+                "keptAs": kept,
             },
         )
 
