@@ -16,6 +16,7 @@ from dynexport.sep2.client import EMPTY_LISTING_RECHECK_S, ClientOptions, Sep2Cl
 from dynexport.sep2.controls import ControlType
 from dynexport.sep2.flow import DerInfo
 from dynexport.sep2.resources import FunctionSetAssignmentsList, to_xml
+from dynexport.sep2.schedule import _random_offset, effective_window
 from dynexport.sim import utility_core
 from dynexport.sim.utility_server import UtilityServer
 from tests.sep2.fakes import T0, FakeClock, utility_config
@@ -208,3 +209,53 @@ async def test_a_removed_default_of_a_program_listed_by_two_fsas_is_dropped_not_
             await client.step()
         assert not srv.violations, srv.violations  # no polling faster than its pollRate
         assert limit_of(client) is None
+
+
+def remove_ended_controls(srv: UtilityServer) -> None:
+    """As envoy (the CSIP-AUS test server) lists DERControls: only those whose scheduled end is
+    still to come."""
+
+    def hook(method: str, path: str) -> None:
+        if path.endswith("/derc"):
+            for program in srv._programs.values():
+                for c in list(program.controls.values()):
+                    if c.start + c.duration <= srv.now():
+                        del program.controls[c.mrid]
+
+    srv.on_request.append(hook)
+
+
+async def test_an_event_dropped_at_its_end_hands_over_to_its_randomized_successor_without_a_gap(
+    pki_dir: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    """CSIP-AUS ALL-22: back-to-back events with randomizeStart, the first dropped from the
+    list at its scheduled end. It runs on until the second's randomized start (IEEE 2030.5
+    §10.2.3); dropped at once, the site followed the default (5000 W here, 0 W in ALL-22) in
+    between. Found by review."""
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock)
+    srv.set_default(export_limit_w=5000)
+    t0 = int(T0)
+    first = srv.add_control(start=t0, duration=300, export_limit_w=1000)
+    remove_ended_controls(srv)
+    async with linked(srv, tmp_path, clock) as client:
+        while True:  # a second event this device starts more than a minute and a half late
+            second = srv.add_control(
+                start=t0 + 300, duration=300, export_limit_w=2000, randomize_start=600
+            )
+            if _random_offset(client.lfdi, second, "start", 600) > 90:
+                break
+            srv.remove_control(second)
+        await client.step()
+        event = next(e for p in client.programs() for e in p.events if e.mrid == second)
+        handover = effective_window(event, client.lfdi)[0]
+        assert handover > t0 + 390
+        while clock.t < handover - 61:
+            clock.advance(61)
+            await client.step()
+            assert limit_of(client) == 1000, f"a gap before the hand-over, at {clock.t - t0} s"
+        clock.t = handover + 1
+        await client.step()
+        assert limit_of(client) == 2000
+        clock.advance(61)
+        await client.step()
+    assert statuses(srv, first) == [1, 2, 3], "completed at the hand-over, never cancelled"

@@ -373,15 +373,24 @@ def test_randomized_control_removed_before_its_nominal_end_is_cancelled() -> Non
     assert statuses == [R.RECEIVED, R.STARTED, R.CANCELLED]
 
 
-def test_removal_after_the_schedule_memory_recorded_it_agrees_with_the_memory() -> None:
+def test_an_event_dropped_at_its_end_runs_its_tail_in_the_snapshot_and_completes_at_its_end() -> (
+    None
+):
+    """The snapshot keeps an event the server dropped at its scheduled end until its effective
+    end (`running_tails`): the responses and the memory agree that it completed then."""
     e = _tail_event("MEM")
-    start, _ = effective_window(e, SEED)
+    start, end = effective_window(e, SEED)
     snap = ScheduleSnapshot.first([prog("/derp/1", 0, e)], T0 - 10, 0, SEED)
     t = update(ResponseTracker(), snap.programs, T0 - 10, SEED, memory=snap.memory)
     t = update(t, snap.programs, start, SEED, memory=snap.memory)
     snap = snap.successor([prog("/derp/1", 0)], T0 + 300, 0, SEED)
     t = update(t, snap.programs, T0 + 300, SEED, memory=snap.memory)
+    assert [s for m, s in pending_of(t) if m == e.mrid] == [R.RECEIVED, R.STARTED], "its tail runs"
+    assert snap.active_at(end - 1, SEED).event_mrids() == {e.mrid}
+    snap = snap.successor([prog("/derp/1", 0)], end, 0, SEED)
+    t = update(t, snap.programs, end, SEED, memory=snap.memory)
     assert [s for m, s in pending_of(t) if m == e.mrid] == [R.RECEIVED, R.STARTED, R.COMPLETED]
+    assert snap.programs == (prog("/derp/1", 0),) and snap.memory.finished(e.mrid)
 
 
 # --- events this site cannot perform ---------------------------------------------------------

@@ -33,7 +33,7 @@ import json
 import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -529,6 +529,40 @@ def vanished_finish(nominal_end: int, effective_end: int, now: int) -> Finish:
     tail: that is completion (3). Only an event removed before both its scheduled and its
     effective end was cancelled (6)."""
     return Finish.COMPLETED if now >= min(nominal_end, effective_end) else Finish.CANCELLED
+
+
+def running_tails(
+    previous: Sequence[ProgramControls],
+    current: Sequence[ProgramControls],
+    now: int,
+    seed: str,
+    memory: ScheduleMemory,
+) -> tuple[ProgramControls, ...]:
+    """``current`` with each event of ``previous`` that left the list at or after its scheduled
+    end, but before its effective end, put back in its program until that end: a randomized
+    tail, or the hand-over to an adjacent successor that starts later (IEEE 2030.5-2018
+    §10.2.3). Servers drop an event at its scheduled end (envoy, the CSIP-AUS test server, lists
+    only controls whose end is still to come): dropped at once, the site fell back to its
+    default until the next event's randomized start (CSIP-AUS ALL-22's back-to-back events).
+    An event of a program that left the list is not put back."""
+    listed = _listed(current)
+    resolution: Resolution | None = None
+    tails: dict[str, list[DERControlEvent]] = {}
+    for program in previous:
+        for e in program.events:
+            if e.mrid in listed or now < e.end or not runnable(e) or memory.finished(e.mrid):
+                continue
+            if resolution is None:
+                resolution = resolve(tuple(previous), seed, memory)
+            plan = resolution.plan(e.mrid)
+            if plan is not None and plan.start < plan.end and now < plan.end:
+                tails.setdefault(program.href, []).append(e)
+    if not tails:
+        return tuple(current)
+    return tuple(
+        replace(p, events=p.events + tuple(tails[p.href])) if p.href in tails else p
+        for p in current
+    )
 
 
 def remember(
@@ -1121,8 +1155,9 @@ class ScheduleSnapshot:
 
         The memory learns what happened under this snapshot's programs until then (supersessions,
         completions), which events left the list (`vanished_finish`) and what the new list settles,
-        so nothing finished can come back (see `remember`)."""
-        current = tuple(programs)
+        so nothing finished can come back (see `remember`). An event the server dropped at its
+        scheduled end runs on until its effective end (`running_tails`)."""
+        current = running_tails(self.programs, tuple(programs), fetched_at, seed, self.memory)
         return ScheduleSnapshot(
             programs=current,
             fetched_at=fetched_at,
