@@ -15,7 +15,7 @@ from dynexport.sep2 import schema
 from dynexport.sep2.client import EMPTY_LISTING_RECHECK_S, ClientOptions, Sep2Client
 from dynexport.sep2.controls import ControlType
 from dynexport.sep2.flow import DerInfo
-from dynexport.sep2.resources import FunctionSetAssignmentsList, to_xml
+from dynexport.sep2.resources import DERControlList, FunctionSetAssignmentsList, to_xml
 from dynexport.sep2.schedule import _random_offset, effective_window
 from dynexport.sim import utility_core
 from dynexport.sim.utility_server import UtilityServer
@@ -259,3 +259,123 @@ async def test_an_event_dropped_at_its_end_hands_over_to_its_randomized_successo
         clock.advance(61)
         await client.step()
     assert statuses(srv, first) == [1, 2, 3], "completed at the hand-over, never cancelled"
+
+
+async def test_one_empty_control_list_keeps_the_programs_events_until_a_fresh_read_agrees(
+    pki_dir: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    """One empty DERControlList (a server glitch, one level below the guarded FSA list)
+    cancelled the 0 W event in force for good (6): once the server answered normally again,
+    the site followed the 1500 W default instead of the 0 W event it still listed. Found by
+    review."""
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock)
+    srv.set_default(export_limit_w=1500)
+    mrid = srv.add_control(start=int(T0), duration=3600, export_limit_w=0)
+    empty = to_xml(DERControlList(all=0, results=0, href="/derp/1/derc"))
+    async with linked(srv, tmp_path, clock) as client:
+        await client.step()
+        assert limit_of(client) == 0
+        srv.inject_fault(path_prefix="/derp/1/derc", status=200, body=empty)  # one glitch
+        clock.advance(61)
+        await client.step()
+        assert limit_of(client) == 0
+        assert client.last_walk is not None
+        assert any("no longer listed before their end" in w for w in client.last_walk.warnings)
+        for _ in range(3):
+            clock.advance(EMPTY_LISTING_RECHECK_S)
+            await client.step()
+            assert limit_of(client) == 0
+        srv.inject_fault(path_prefix="/derp/1/derc", status=200, body=empty, count=2)
+        clock.advance(61)
+        await client.step()
+        clock.advance(EMPTY_LISTING_RECHECK_S)
+        await client.step()  # a fresh read agrees: the server removed it
+        assert limit_of(client) == 1500
+    assert statuses(srv, mrid) == [1, 2, 6]
+
+
+async def test_a_list_that_changes_between_its_pages_loses_no_event(
+    pki_dir: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A DERControlList read in pages while the server removes the event that just ended and
+    adds one at the end (``all`` stays the same): every item shifts one place, the one on the
+    page boundary is never read, and it was taken as cancelled for good. Its 3000 W never
+    applied; the 5000 W default did. Found by review."""
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock)
+    srv.set_default(export_limit_w=5000)
+    t0 = int(T0)
+    ended = srv.add_control(start=t0 - 10, duration=100, export_limit_w=1000)
+    srv.add_control(start=t0 + 200, duration=300, export_limit_w=2000)
+    boundary = srv.add_control(start=t0 + 500, duration=300, export_limit_w=3000)
+    srv.add_control(start=t0 + 800, duration=300, export_limit_w=4000)
+    plan = {"armed": False, "gets": 0}
+
+    def shift_between_pages(method: str, path: str) -> None:
+        if method == "GET" and path.endswith("/derc") and plan["armed"]:
+            plan["gets"] += 1
+            if plan["gets"] == 2:  # after the first page, before the second
+                srv.remove_control(ended)
+                srv.add_control(start=t0 + 1100, duration=300, export_limit_w=4500)
+                plan["armed"] = False
+
+    srv.on_request.append(shift_between_pages)
+    options = ClientOptions(http_timeout=5.0, http_retries=1, page_size=2)
+    async with srv.running():
+        client = Sep2Client(
+            utility_config(srv), tmp_path, der=DerInfo(rated_w=5000), clock=clock, options=options
+        )
+        try:
+            await client.step()
+            clock.t = T0 + 100
+            plan["armed"] = True
+            await client.step()
+            for _ in range(5):
+                clock.advance(61)
+                await client.step()
+            clock.t = T0 + 600
+            await client.step()
+            assert limit_of(client) == 3000
+        finally:
+            await client.http.aclose()
+    assert 6 not in statuses(srv, boundary)
+
+
+async def test_a_list_whose_count_changes_between_its_pages_is_refused_and_read_again(
+    pki_dir: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    """``all`` differs between two pages of one read: items moved across the page boundary.
+    The read is refused (the last schedule stays) rather than merged from two lists."""
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock)
+    srv.set_default(export_limit_w=5000)
+    t0 = int(T0)
+    for n in range(3):
+        srv.add_control(start=t0 + 200 + 300 * n, duration=300, export_limit_w=1000 + n)
+    plan = {"armed": False, "gets": 0}
+
+    def add_between_pages(method: str, path: str) -> None:
+        if method == "GET" and path.endswith("/derc") and plan["armed"]:
+            plan["gets"] += 1
+            if plan["gets"] == 2:
+                srv.add_control(start=t0 - 100, duration=3600, export_limit_w=0)
+                plan["armed"] = False
+
+    srv.on_request.append(add_between_pages)
+    options = ClientOptions(http_timeout=5.0, http_retries=1, page_size=2)
+    async with srv.running():
+        client = Sep2Client(
+            utility_config(srv), tmp_path, der=DerInfo(rated_w=5000), clock=clock, options=options
+        )
+        try:
+            await client.step()
+            plan["armed"] = True
+            clock.advance(61)
+            await client.step()
+            assert "changed while its pages were read (all=3, then 4)" in (
+                client.state().last_error or ""
+            )
+            assert limit_of(client) == 5000, "the last schedule stays"
+            clock.advance(61)
+            await client.step()
+            assert limit_of(client) == 0, "read again, whole"
+        finally:
+            await client.http.aclose()

@@ -69,6 +69,7 @@ from dynexport.sep2.schedule import (
     ActiveControls,
     ScheduleSnapshot,
     Segment,
+    missing_before_their_end,
     schedule_between,
     time_verified,
 )
@@ -394,6 +395,9 @@ class Sep2Client:
         """The server's DeviceCapability, as last read, has no TimeLink."""
         self._empty_listing_seen = False
         """The last complete read listed no program where the schedule had some (kept once)."""
+        self._missing_seen: frozenset[str] = frozenset()
+        """Events of the schedule a complete read found gone before their end, not yet believed
+        (`_missing_events_kept`)."""
         self._default_gone: set[str] = set()
         """DefaultDERControl URLs answered 404 once where there was one (kept until a re-read)."""
         self._requests = 0
@@ -885,6 +889,13 @@ class Sep2Client:
                     f"{url}: {cls.__name__} says results={page.results} but {len(page.items)} "
                     "items could be read; keeping the last valid data"
                 )
+            if first is not None and page.all != first.all:
+                # the list changed between its pages: items shifted across a page boundary are
+                # read twice or never (an event never read would be taken as cancelled)
+                raise Sep2Error(
+                    f"{url}: {cls.__name__} changed while its pages were read (all={first.all}, "
+                    f"then {page.all}); keeping the last valid data"
+                )
             first = first or page
             items.extend(page.items)
             following = page.next_start(start)
@@ -1050,7 +1061,10 @@ class Sep2Client:
         # walk: an event the server removed at its end, read just after it, was stamped before
         # it and reported cancelled (6) instead of completed (3).
         result = replace(result, programs=programs, complete=complete, fetched_at=self.server_now())
-        if self._empty_listing_kept(complete, programs, warnings):
+        # both asked (each notes what it saw): an empty listing misses every event too
+        empty_kept = self._empty_listing_kept(complete, programs, warnings)
+        missing_kept = self._missing_events_kept(complete, programs, result.fetched_at, warnings)
+        if empty_kept or missing_kept:
             result = replace(result, complete=False)
             complete = False
         if complete:
@@ -1246,6 +1260,41 @@ class Sep2Client:
                 self._read_again_soon(url)
         problem = "the server lists no DER program now; the last schedule is kept until "
         problem += "a fresh read agrees"
+        warnings.append(problem)
+        log.warning("%s", problem)
+        return True
+
+    def _missing_events_kept(
+        self,
+        complete: bool,
+        programs: tuple[ProgramControls, ...],
+        now: int,
+        warnings: list[str],
+    ) -> bool:
+        """Whether a complete read is not believed yet because events of the schedule are gone
+        from it before their end. Gone, they are cancelled for good (6, CSIP-AUS ALL-22), but
+        one read can lose them by a glitch: one empty DERControlList, one FSA missing, a list
+        that changed between two of its pages (an event removed at the front and one added at
+        the end shift every item: the one on the page boundary is never read). The schedule
+        is kept until a fresh read ``EMPTY_LISTING_RECHECK_S`` later agrees; the lists are
+        dropped from the cache for it, as for an empty listing."""
+        missing: frozenset[str] = frozenset()
+        if complete and self.snapshot is not None:
+            missing = missing_before_their_end(
+                self.snapshot.programs, programs, now, self.lfdi, self.snapshot.memory
+            )
+        if not missing or missing <= self._missing_seen:  # none, or a fresh read agrees
+            self._missing_seen = frozenset()
+            return False
+        self._missing_seen = missing
+        for url, obj in list(self._cache.items()):
+            if isinstance(obj, FunctionSetAssignmentsList | DERProgramList | DERControlList):
+                del self._cache[url]
+                self._read_again_soon(url)
+        problem = (
+            f"{len(missing)} event(s) of the schedule are no longer listed before their end "
+            f"({', '.join(sorted(missing)[:3])}); kept until a fresh read agrees"
+        )
         warnings.append(problem)
         log.warning("%s", problem)
         return True

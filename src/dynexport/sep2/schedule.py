@@ -565,6 +565,28 @@ def running_tails(
     )
 
 
+def missing_before_their_end(
+    previous: Sequence[ProgramControls],
+    current: Sequence[ProgramControls],
+    now: int,
+    seed: str,
+    memory: ScheduleMemory,
+) -> frozenset[str]:
+    """The mRIDs of runnable events of ``previous``, not finished, that ``current`` (read at
+    ``now``) no longer lists before both their scheduled and their effective end: taken as read,
+    they are cancelled for good (`vanished_finish`)."""
+    listed = _listed(current)
+    return frozenset(
+        e.mrid
+        for program in previous
+        for e in program.events
+        if e.mrid not in listed
+        and runnable(e)
+        and not memory.finished(e.mrid)
+        and vanished_finish(e.end, effective_window(e, seed)[1], now) is Finish.CANCELLED
+    )
+
+
 def remember(
     memory: ScheduleMemory,
     previous: Sequence[ProgramControls],
