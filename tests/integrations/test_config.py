@@ -91,3 +91,27 @@ def test_the_sections_survive_the_web_pages_round_trip(tmp_path: Path) -> None:
     assert again == config
     assert again.mqtt is not None and again.mqtt.password == "secret"
     assert again.price is not None and again.price.token == "psk_123"
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["a" * 64 + ".example", "\N{SNOWMAN}.local", "broker..lan"],
+    ids=["label-over-63", "snowman", "empty-label"],
+)
+def test_an_mqtt_host_the_name_lookup_cannot_encode_is_named_as_a_problem(host: str) -> None:
+    """Such a host passed the check, then every connection attempt raised UnicodeError in the
+    name lookup. It is a caution, as the other URLs' problems an earlier release let through:
+    ``dynexport run`` runs on it (the bridge's ``lastError`` says why it never connects),
+    ``config check`` and the web API refuse it."""
+    config = parse_config({"mqtt": {"url": f"mqtt://{host}:1883"}})
+    assert len(config.cautions) == 1
+    assert config.cautions[0].startswith(f"mqtt.url: its host {host!r} cannot be looked up: ")
+
+
+def test_an_mqtt_host_idna_can_encode_is_accepted() -> None:
+    for host in ("a" * 63 + ".lan", "b\N{LATIN SMALL LETTER U WITH DIAERESIS}cher.example"):
+        config = parse_config({"mqtt": {"url": f"mqtts://{host}"}})
+        assert config.cautions == ()
+        assert config.mqtt is not None and config.mqtt.host == host
+    v6 = parse_config({"mqtt": {"url": "mqtt://[fd00::1]:1883"}})
+    assert v6.cautions == () and v6.mqtt is not None and v6.mqtt.host == "fd00::1"

@@ -171,6 +171,42 @@ async def test_a_device_removed_while_the_appliance_was_away_is_cleared_from_the
             await trio.to_thread.run_sync(sub.stop)
 
 
+async def test_a_device_removed_while_connected_has_its_retained_state_cleared_at_once(
+    tmp_path: Path,
+) -> None:
+    """An inverter (and the battery) removed on the settings page while the bridge stays
+    connected: their discovery configs were cleared, but their retained state topics stayed at
+    the broker until the next reconnect, for any later subscriber to find. Each round now clears
+    the retained state topics this connection published that the round no longer has."""
+    two = status(battery={"configured": True, "powerW": 0.0, "socPct": 55.0})
+    one = status(inverters=two["inverters"][:1], battery={"configured": False, "powerW": None})
+    current = {"doc": two}
+    gone = {f"{PREFIX}/inverter/inverter_2/{k}" for k in ("power", "limit", "online")}
+    gone |= {f"{PREFIX}/battery/power", f"{PREFIX}/battery/soc"}
+    kept = {f"{PREFIX}/inverter/inverter_1/{k}" for k in ("power", "limit", "online")}
+    with running_broker(tmp_path / "broker") as broker:
+        sub = await subscribed(broker)
+        try:
+            b = bridge(mqtt_config(broker.url), lambda: current["doc"])
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(b.run)
+                await until(lambda: all(sub.get(t) for t in gone | kept))
+                current["doc"] = one  # the installer removes inverter 2 and the battery
+                await until(lambda: all(sub.get(t) == b"" for t in gone))
+                late = await subscribed(broker)  # what the retained store holds now
+                try:
+                    await until(lambda: kept <= set(late.topics()))
+                    held = set(late.topics())
+                finally:
+                    await trio.to_thread.run_sync(late.stop)
+                assert b.connects == 1  # cleared by the same connection, not by a reconnect
+                nursery.cancel_scope.cancel()
+        finally:
+            await trio.to_thread.run_sync(sub.stop)
+    assert gone.isdisjoint(held), sorted(gone & held)
+    assert all(sub.get(t) for t in kept)
+
+
 async def test_a_retained_config_it_cannot_read_is_left_alone_and_breaks_nothing(
     tmp_path: Path,
 ) -> None:

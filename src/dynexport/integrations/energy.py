@@ -2,9 +2,10 @@
 
 The status document carries power, not energy: these counters integrate it between successive
 status snapshots (trapezoids; a gap longer than ``MAX_GAP_S`` or an unknown reading is skipped,
-never bridged by a guess). They start at zero when the service starts; Home Assistant's
-``total_increasing`` state class reads a decrease as a new meter cycle, so a restart loses at
-most the energy of the gap, it never counts anything twice.
+never bridged by a guess), which a sampler takes every ``SAMPLE_EVERY_S`` at least. They start
+at zero when the service starts; Home Assistant's ``total_increasing`` state class reads a
+decrease as a new meter cycle, so a restart loses at most the energy of the gap, it never
+counts anything twice.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any
 
 MAX_GAP_S = 120.0
 """Two samples further apart than this are not bridged (the appliance was busy or stopped)."""
+SAMPLE_EVERY_S = MAX_GAP_S / 2
+"""A sampler takes a sample at least this often, whatever it publishes at: then only an outage
+(not a long publish interval, ``mqtt.publishS`` up to an hour) leaves a gap unbridged."""
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ Memory is bounded whatever the broker does: what waits to be published is only t
 snapshot of the state topics (replaced each round, never queued), and a round is skipped while
 paho still holds unsent bytes of the previous one. While the broker is away nothing accumulates;
 on reconnect the retained state, the discovery configs and ``online`` are published afresh.
-The retained topics of a device that went away (an inverter removed, the battery) are cleared,
-also those left by an earlier connection or run: the broker's own retained store says what was
-left (``owned_filters``), so nothing has to be remembered on the device.
+The retained topics of a device that went away (an inverter removed, the battery) are cleared:
+those this connection published by the first round that no longer has them, and also those left
+by an earlier connection or run: the broker's own retained store says what was left
+(``owned_filters``), so nothing has to be remembered on the device.
 The broker publishes ``offline`` (the last will) when the appliance disappears.
 
 The optional command topic carries an installer export limit that expires (see
@@ -35,14 +36,14 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from dynexport.integrations.energy import EnergyCounters, integrate, powers_of
+from dynexport.integrations.energy import SAMPLE_EVERY_S, EnergyCounters, integrate, powers_of
 from dynexport.integrations.homeassistant import discovery_messages
 from dynexport.integrations.limitsources import CommandError, ExtraLimit, parse_command
 from dynexport.integrations.topics import (
@@ -166,6 +167,10 @@ async def open_socket(
         raise SessionEnded(f"TLS handshake with {host}:{port} failed: {exc.reason}") from exc
     except OSError as exc:
         raise SessionEnded(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # UnicodeError: the name lookup cannot encode the host (IDNA)
+        raise SessionEnded(
+            f"the host {host[:100]!r} cannot be looked up ({exc.__cause__ or exc}); check mqtt.url"
+        ) from exc
 
 
 def _paho() -> Any:
@@ -339,28 +344,40 @@ class MqttBridge:
 
     async def _sample_loop(self, config: MqttConfig, prefix: str) -> None:
         """Every ``publishS``: the latest state (and energy counters) from the status, whether
-        or not the broker is there. Only the newest snapshot is kept."""
+        or not the broker is there. Only the newest snapshot is kept. The energy counters take
+        a sample more often when ``publishS`` is long (every ``SAMPLE_EVERY_S`` at least):
+        samples further apart than ``MAX_GAP_S`` are never bridged, and would count nothing."""
         seq = 0
+        sample_every = min(config.publish_s, SAMPLE_EVERY_S)
+        next_publish = trio.current_time()
         while True:
+            now = trio.current_time()
             status = self._get_status()
-            self.energy = integrate(self.energy, powers_of(status, trio.current_time()))
-            energy = self.energy.as_dict()
-            seq += 1
-            if self._sw_version is None:
-                self._sw_version = _sw_version()
-            self.snapshot = Snapshot(
-                seq,
-                state_messages(status, prefix, energy),
-                discovery_messages(
-                    status,
-                    prefix,
-                    config.discovery_prefix,
-                    energy_keys=tuple(energy),
-                    sw_version=self._sw_version,
-                ),
-            )
-            self._snapshot_changed.set()
-            await trio.sleep(config.publish_s)
+            self.energy = integrate(self.energy, powers_of(status, now))
+            if now >= next_publish:
+                next_publish = now + config.publish_s
+                seq += 1
+                self.snapshot = self._snapshot_of(status, config, prefix, seq)
+                self._snapshot_changed.set()
+            await trio.sleep_until(min(next_publish, now + sample_every))
+
+    def _snapshot_of(
+        self, status: Mapping[str, Any], config: MqttConfig, prefix: str, seq: int
+    ) -> Snapshot:
+        energy = self.energy.as_dict()
+        if self._sw_version is None:
+            self._sw_version = _sw_version()
+        return Snapshot(
+            seq,
+            state_messages(status, prefix, energy),
+            discovery_messages(
+                status,
+                prefix,
+                config.discovery_prefix,
+                energy_keys=tuple(energy),
+                sw_version=self._sw_version,
+            ),
+        )
 
     async def _connect_loop(self, config: MqttConfig) -> None:
         failures = 0
@@ -568,13 +585,31 @@ class MqttBridge:
 
     # the three loops of paho's external event-loop API ----------------------------------------
 
+    async def _wait_for(
+        self,
+        wait: Callable[[socket.socket], Awaitable[None]],
+        sock: socket.socket,
+        scope: trio.CancelScope,
+    ) -> bool:
+        """Waits until ``sock`` is readable (or writable); False, the session ended, when the
+        connection is closed. paho closes the socket itself (in ``loop_read``, ``loop_write`` or
+        ``loop_misc``) when the broker drops the connection, e.g. right after its CONNACK: its
+        descriptor is then -1, which trio refuses with ValueError (or, reused by another socket,
+        BusyResourceError), so it is looked at before waiting and all of these end the session.
+        """
+        try:
+            if sock.fileno() < 0:
+                raise trio.ClosedResourceError
+            await wait(sock)
+        except (trio.ClosedResourceError, trio.BusyResourceError, OSError, ValueError):
+            self._end(scope, "the connection was closed")
+            return False
+        return True
+
     async def _reader(self, client: Any, sock: socket.socket, scope: trio.CancelScope) -> None:
         mqtt = _paho()
         while True:
-            try:
-                await trio.lowlevel.wait_readable(sock)
-            except (trio.ClosedResourceError, OSError):
-                self._end(scope, "the connection was closed")
+            if not await self._wait_for(trio.lowlevel.wait_readable, sock, scope):
                 return
             rc = client.loop_read()
             while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, ssl.SSLSocket):
@@ -592,10 +627,7 @@ class MqttBridge:
                 await self._write_wanted.wait()
                 self._write_wanted = trio.Event()
                 continue
-            try:
-                await trio.lowlevel.wait_writable(sock)
-            except (trio.ClosedResourceError, OSError):
-                self._end(scope, "the connection was closed")
+            if not await self._wait_for(trio.lowlevel.wait_writable, sock, scope):
                 return
             rc = client.loop_write()
             if rc != mqtt.MQTT_ERR_SUCCESS:
@@ -606,7 +638,11 @@ class MqttBridge:
         mqtt = _paho()
         while True:
             await trio.sleep(MISC_EVERY_S)
-            if client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
+            rc = client.loop_misc()
+            if rc == mqtt.MQTT_ERR_NO_CONN:  # paho found the socket closed
+                self._end(scope, "the connection was closed")
+                return
+            if rc != mqtt.MQTT_ERR_SUCCESS:
                 self._end(scope, "the broker stopped answering (keepalive)")
                 return
 
@@ -614,6 +650,7 @@ class MqttBridge:
         """Publishes each new snapshot; skips a round while the last one has not left yet."""
         del scope
         sent_discovery: dict[str, str] = {}
+        sent_state: set[str] = set()
         last_seq = -1
         last_sent: Any = None  # paho's MQTTMessageInfo of the previous round's last message
         published: Snapshot | None = None
@@ -624,7 +661,7 @@ class MqttBridge:
                 if last_sent is not None and not last_sent.is_published():
                     self.dropped_rounds += 1  # the broker is slow: never queue behind it
                 else:
-                    last_sent = self._publish(client, snap, sent_discovery)
+                    last_sent = self._publish(client, snap, sent_discovery, sent_state)
                     published = snap
             if published is not None and self._left_over:
                 self._clear_left_over(client, published, sent_discovery)
@@ -643,13 +680,21 @@ class MqttBridge:
             sent_discovery.pop(topic, None)
         self._left_over.clear()
 
-    def _publish(self, client: Any, snap: Snapshot, sent_discovery: dict[str, str]) -> Any:
+    def _publish(
+        self, client: Any, snap: Snapshot, sent_discovery: dict[str, str], sent_state: set[str]
+    ) -> Any:
         """Publishes one round; returns the last message's info (``is_published()`` once its
-        bytes are on the socket)."""
+        bytes are on the socket). The retained topics this connection published that the round
+        no longer has (an entity, a device that went away) are cleared: discovery configs
+        first, so that Home Assistant removes the entity before its state goes."""
         current = {m.topic: m.payload for m in snap.discovery}
         for topic in [t for t in sent_discovery if t not in current]:
             client.publish(topic, "", qos=1, retain=True)  # an entity that went away
             del sent_discovery[topic]
+        state = {m.topic for m in snap.state if m.retain}
+        for topic in sorted(sent_state - state):
+            client.publish(topic, "", qos=1, retain=True)  # a device's state: it went away
+        sent_state.intersection_update(state)
         for m in snap.discovery:
             if sent_discovery.get(m.topic) != m.payload:
                 client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
@@ -657,6 +702,8 @@ class MqttBridge:
         last = None
         for m in snap.state:
             last = client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+            if m.retain:
+                sent_state.add(m.topic)
         self.published += 1
         return last
 

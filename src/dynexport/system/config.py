@@ -702,6 +702,26 @@ def parse_mqtt_url(text: str) -> tuple[str, int, bool]:
     return m.group("v6") or m.group("host"), port, tls
 
 
+def _host_name_problem(host: str) -> str | None:
+    """Why the name lookup would refuse ``host`` before asking DNS, None when it would not.
+
+    The lookup (trio's ``getaddrinfo``) encodes a name with Python's IDNA codec and a
+    non-ASCII one also with the ``idna`` package (UTS 46): an empty label, one over 63
+    characters or a character no host name may hold (``☃.local``) raises UnicodeError there,
+    on every connection attempt."""
+    if _ip_address(host):
+        return None
+    try:
+        host.encode("idna")
+        if not host.isascii():
+            import idna
+
+            idna.encode(host, uts46=True)
+    except ValueError as exc:  # UnicodeError, idna.IDNAError
+        return str(exc.__cause__ or exc) or "not a valid host name"
+    return None
+
+
 def _optional_path(
     r: _Reader, raw: Mapping[str, Any], key: str, path: str, base: Path
 ) -> Path | None:
@@ -769,6 +789,10 @@ def _mqtt(r: _Reader, value: object, path: str, base_dir: Path) -> MqttConfig | 
     if len(r.problems) > before or url is None or where is None:
         return None
     host, port, tls = where
+    problem = _host_name_problem(host)
+    if problem is not None:
+        # the bridge never connects and says so (its lastError): run, and say so here too
+        r.caution(_join(path, "url"), f"its host {host[:100]!r} cannot be looked up: {problem}")
     return MqttConfig(
         url=url,
         host=host,
