@@ -37,8 +37,9 @@ from dynexport.httpio import (
     response_retry_after,
 )
 from dynexport.httpio.client import InvalidUrl
-from dynexport.sep2 import flow, responses
+from dynexport.sep2 import discovery, flow, responses
 from dynexport.sep2.controls import ENFORCED_CONTROLS, ProgramControls
+from dynexport.sep2.discovery import WELL_KNOWN_PATH, DiscoveryError
 from dynexport.sep2.flow import DerInfo, PollBook, RegistrationCheck
 from dynexport.sep2.identity import device_lfdi, sfdi_from_lfdi
 from dynexport.sep2.resources import (
@@ -349,6 +350,9 @@ class Sep2Client:
             )
         self.http = http
         self.dcap_url = http.url_for(config.dcap)
+        self._configured_dcap = self.dcap_url
+        self._dcap_discovered = False
+        """Whether the server's /.well-known/csipaus was asked this run (`_discover_dcap`)."""
         self.store = LinkStore(data_dir) if store is None else store
         self.snapshot: ScheduleSnapshot | None = (
             self.store.load_schedule()
@@ -960,7 +964,14 @@ class Sep2Client:
         self._requests = 0
         warnings: list[str] = []
         visited: set[str] = set()
-        dcap = await self._get(self.dcap_url, DeviceCapability, force=force)
+        if not self._dcap_discovered:
+            await self._discover_dcap(warnings)
+        try:
+            dcap = await self._get(self.dcap_url, DeviceCapability, force=force)
+        except HttpStatusError as exc:
+            if exc.status in (404, 410):  # moved: the well-known file is asked again next walk
+                self._dcap_discovered = False
+            raise
         visited.add(self.dcap_url)
         dcap_rate = flow.poll_rate(dcap.poll_rate)
 
@@ -1095,6 +1106,47 @@ class Sep2Client:
             await self._write_part(TELEMETRY_PART, mirrors)
         self.connected = True
         return self._finish_walk(replace(result, warnings=tuple(warnings)), visited)
+
+    async def _discover_dcap(self, warnings: list[str]) -> None:
+        """The DeviceCapability URL from the server's ``/.well-known/csipaus`` (CSIP-AUS v1.3;
+        `discovery`), else the configured ``utility.dcap``. Asked at the link's first walk and
+        again after the DeviceCapability answered 404 or 410. A server that cannot answer now
+        (connection error, timeout, 5xx, 408, 429) is asked again at the next walk: falling
+        back to ``/dcap`` then would read a path a v1.3 server may not serve for our version."""
+        url = self.http.url_for(WELL_KNOWN_PATH)
+        response = await self.http.get(url, headers={"Accept": "application/json"})
+        self._requests += 1
+        if response.status >= 500 or response.status in (408, 429):
+            response.raise_for_status()
+        problem: str | None = None
+        found = None
+        if not 200 <= response.status < 300:
+            # 404, 410 (v1.2 does not guarantee the file; the test server says 410), 403 ...
+            log.info("%s: HTTP %d; DeviceCapability at the configured %s", url, response.status,
+                     self._configured_dcap)  # fmt: skip
+        else:
+            versions = discovery.versions_for(getattr(self.config, "csipaus_version", "auto"))
+            try:
+                found = discovery.choose_dcap(response.body, versions)
+            except DiscoveryError as exc:
+                problem = f"{url}: {exc}"
+            else:
+                if found is None:
+                    problem = f"{url} names no DeviceCapability for {' or '.join(versions)}"
+        self.dcap_url = self._configured_dcap
+        if found is not None:
+            try:
+                self.dcap_url = self._url(url, found.path)
+            except InvalidUrl as exc:
+                problem = f"{url}: {exc}"
+            else:
+                log.info("DeviceCapability for %s found at %s (%s)", found.version,
+                         self.dcap_url, url)  # fmt: skip
+        if problem is not None:
+            problem += f"; using the configured {self._configured_dcap}"
+            warnings.append(problem)
+            log.warning("%s", problem)
+        self._dcap_discovered = True
 
     async def _read_time(self, tm_url: str, rate: int, warnings: list[str]) -> None:
         """GET Time and re-anchor server time on the monotonic clock, unless the server's time

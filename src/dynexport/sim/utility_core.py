@@ -29,6 +29,7 @@ answer (the harness accepts such requests too, then fails the test's criteria):
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import time
@@ -462,6 +463,12 @@ class UtilityCore:
                 ) from None
         self.clock = clock
         self.clock_offset_s = clock_offset_s
+        self.well_known: dict[str, list[str]] | None = None
+        """``/.well-known/csipaus`` (CSIP-AUS v1.3 service discovery): the DeviceCapability
+        paths per version key, as the harness's create-wellknown-route builds it; None answers
+        404 (a v1.2 server need not have the file)."""
+        self.dcap_aliases: set[str] = set()
+        """Further paths that answer as ``/dcap`` (the harness's add-proxy-route)."""
         self.poll_rate_s = poll_rate_s
         self.poll_rates: dict[str, int] = {}
         """Per-resource pollRate overrides, keyed ``dcap``, ``edev``, ``der``, ``fsa``, ``derp``
@@ -942,7 +949,13 @@ class _Context:
             raise _Refused(Reply.error(403, "a client certificate is required"))
         seg = self.path.strip("/").split("/")
         head = seg[0]
-        if head == "dcap" and len(seg) == 1:
+        if seg == [".well-known", "csipaus"] and self.core.well_known is not None:
+            if self.method != "GET":
+                raise _method_not_allowed("GET")
+            versions = {v: {"dcap": list(p)} for v, p in self.core.well_known.items()}
+            body = json.dumps({"supportedSchemaVersions": versions}).encode()
+            return Reply(200, body, content_type="application/json")
+        if (head == "dcap" and len(seg) == 1) or self.path in self.core.dcap_aliases:
             return self._get(self._dcap)
         if head == "tm" and len(seg) == 1:
             return self._get(self._time)
