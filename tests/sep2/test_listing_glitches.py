@@ -379,3 +379,36 @@ async def test_a_list_whose_count_changes_between_its_pages_is_refused_and_read_
             assert limit_of(client) == 0, "read again, whole"
         finally:
             await client.http.aclose()
+
+
+async def test_a_walk_for_another_resource_seconds_after_a_glitch_is_not_the_read_that_agrees(
+    pki_dir: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A walk runs whenever any resource is due: one for the EndDeviceList 2 s after the
+    glitch re-read the dropped lists at once, and a glitch lasting a few seconds "agreed with
+    itself": the 0 W event was cancelled for good (6). The lists are read again 10 s after
+    the glitch, not before. Found by review."""
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock)
+    srv.poll_rates["edev"] = 63  # the EndDeviceList comes due 2 s after the program lists
+    srv.set_default(export_limit_w=1500)
+    mrid = srv.add_control(start=int(T0), duration=3600, export_limit_w=0)
+    empty = to_xml(DERControlList(all=0, results=0, href="/derp/1/derc"))
+
+    def derc_reads_after(t: float) -> list[float]:
+        return [r.t for r in srv.received if r.path == "/derp/1/derc" and r.t > t]
+
+    async with linked(srv, tmp_path, clock) as client:
+        await client.step()
+        clock.advance(61)
+        srv.inject_fault(path_prefix="/derp/1/derc", status=200, body=empty, count=2)
+        await client.step()  # the glitch
+        glitch_at = clock.t
+        clock.advance(2)
+        await client.step()  # a walk for the EndDeviceList
+        assert limit_of(client) == 0, "believed gone from a read 2 s after the glitch"
+        assert derc_reads_after(glitch_at) == [], "read again before 10 s"
+        clock.t = glitch_at + EMPTY_LISTING_RECHECK_S
+        await client.step()  # the second glitch, 10 s later: the server means it
+        assert derc_reads_after(glitch_at) == [glitch_at + EMPTY_LISTING_RECHECK_S]
+        assert limit_of(client) == 1500
+    assert statuses(srv, mrid) == [1, 2, 6]

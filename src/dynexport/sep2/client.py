@@ -397,11 +397,13 @@ class Sep2Client:
         self._walked = False
         self._no_time_resource = False
         """The server's DeviceCapability, as last read, has no TimeLink."""
-        self._empty_listing_seen = False
-        """The last complete read listed no program where the schedule had some (kept once)."""
+        self._empty_since: float | None = None
+        """When (monotonic) a complete read first listed no program where the schedule had
+        some; not believed until a read ``EMPTY_LISTING_RECHECK_S`` later agrees."""
+        self._missing_since: float | None = None
         self._missing_seen: frozenset[str] = frozenset()
-        """Events of the schedule a complete read found gone before their end, not yet believed
-        (`_missing_events_kept`)."""
+        """Events of the schedule a complete read found gone before their end, and when, not
+        yet believed (`_missing_events_kept`)."""
         self._default_gone: set[str] = set()
         """DefaultDERControl URLs answered 404 once where there was one (kept until a re-read)."""
         self._requests = 0
@@ -1298,22 +1300,22 @@ class Sep2Client:
         """Whether a complete read of the program lists is not believed yet: one listing no
         program where the schedule had some (an empty list from a server glitch) lifted every
         utility limit and cancelled every stored event for good. The schedule is kept until a
-        fresh read ``EMPTY_LISTING_RECHECK_S`` later agrees; the lists are dropped from the
-        cache, so that read is not the cached glitch agreeing with itself."""
-        if not complete or programs or self.snapshot is None or not self.snapshot.programs:
-            self._empty_listing_seen = False
+        read ``EMPTY_LISTING_RECHECK_S`` later agrees (`_recheck_lists`)."""
+        if not complete:  # says nothing either way (a failed walk does not restart the wait)
             return False
-        if self._empty_listing_seen:  # a fresh read agrees: believed
+        if programs or self.snapshot is None or not self.snapshot.programs:
+            self._empty_since = None
             return False
-        self._empty_listing_seen = True
-        for url, obj in list(self._cache.items()):
-            if isinstance(obj, FunctionSetAssignmentsList | DERProgramList):
-                del self._cache[url]
-                self._read_again_soon(url)
-        problem = "the server lists no DER program now; the last schedule is kept until "
-        problem += "a fresh read agrees"
-        warnings.append(problem)
-        log.warning("%s", problem)
+        now = self._mono()
+        if self._empty_since is None:
+            self._empty_since = now
+            problem = "the server lists no DER program now; the last schedule is kept until "
+            problem += "a fresh read agrees"
+            warnings.append(problem)
+            log.warning("%s", problem)
+        elif now - self._empty_since >= EMPTY_LISTING_RECHECK_S:
+            return False  # a fresh read agrees: believed
+        self._recheck_lists((FunctionSetAssignmentsList, DERProgramList), self._empty_since)
         return True
 
     def _missing_events_kept(
@@ -1328,28 +1330,41 @@ class Sep2Client:
         one read can lose them by a glitch: one empty DERControlList, one FSA missing, a list
         that changed between two of its pages (an event removed at the front and one added at
         the end shift every item: the one on the page boundary is never read). The schedule
-        is kept until a fresh read ``EMPTY_LISTING_RECHECK_S`` later agrees; the lists are
-        dropped from the cache for it, as for an empty listing."""
+        is kept until a read ``EMPTY_LISTING_RECHECK_S`` later agrees (`_recheck_lists`)."""
+        if not complete:  # says nothing either way (a failed walk does not restart the wait)
+            return False
         missing: frozenset[str] = frozenset()
-        if complete and self.snapshot is not None:
+        if self.snapshot is not None:
             missing = missing_before_their_end(
                 self.snapshot.programs, programs, now, self.lfdi, self.snapshot.memory
             )
-        if not missing or missing <= self._missing_seen:  # none, or a fresh read agrees
-            self._missing_seen = frozenset()
+        if not missing:
+            self._missing_since, self._missing_seen = None, frozenset()
             return False
-        self._missing_seen = missing
-        for url, obj in list(self._cache.items()):
-            if isinstance(obj, FunctionSetAssignmentsList | DERProgramList | DERControlList):
-                del self._cache[url]
-                self._read_again_soon(url)
-        problem = (
-            f"{len(missing)} event(s) of the schedule are no longer listed before their end "
-            f"({', '.join(sorted(missing)[:3])}); kept until a fresh read agrees"
-        )
-        warnings.append(problem)
-        log.warning("%s", problem)
+        mono = self._mono()
+        if self._missing_since is None or not missing <= self._missing_seen:
+            self._missing_since, self._missing_seen = mono, missing
+            problem = (
+                f"{len(missing)} event(s) of the schedule are no longer listed before their end "
+                f"({', '.join(sorted(missing)[:3])}); kept until a fresh read agrees"
+            )
+            warnings.append(problem)
+            log.warning("%s", problem)
+        elif mono - self._missing_since >= EMPTY_LISTING_RECHECK_S:
+            self._missing_since, self._missing_seen = None, frozenset()
+            return False  # a fresh read agrees: believed
+        kinds = (FunctionSetAssignmentsList, DERProgramList, DERControlList)
+        self._recheck_lists(kinds, self._missing_since)
         return True
+
+    def _recheck_lists(self, kinds: tuple[type, ...], since: float) -> None:
+        """The cached lists of ``kinds`` are due again ``EMPTY_LISTING_RECHECK_S`` after
+        ``since`` (when a doubtful read was refused), whatever their pollRate: that read decides.
+        Until then a walk (for another resource coming due) takes them from the cache, so no
+        earlier read, nor the cached glitch itself, counts as the one that agrees."""
+        for url, obj in self._cache.items():
+            if isinstance(obj, kinds):
+                self._book.record(url, since, EMPTY_LISTING_RECHECK_S)
 
     def _read_again_soon(self, url: str) -> None:
         """``url`` is due ``EMPTY_LISTING_RECHECK_S`` from now, whatever its pollRate."""
