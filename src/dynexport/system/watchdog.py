@@ -1,10 +1,12 @@
 """Liveness: which critical tasks have made progress recently (pure), and sd_notify (thin I/O).
 
 systemd's watchdog restarts the service when ``WATCHDOG=1`` pings stop. Pinging from a timer
-alone would prove only that the timer runs; so each critical task (meter poller, inverter
-pollers, controller, utility link) reports progress, and the pinger pings only while every one
-of them has done so within its allowed silence. A stuck poller or controller therefore stops the
-pings, and systemd restarts the process; the inverters' revert timers keep the site safe meanwhile.
+alone would prove only that the timer runs; so each critical task (meter poller, inverter and
+battery pollers, controller) reports progress, and the pinger pings only while every one of them
+has done so within its allowed silence. A stuck poller or controller therefore stops the pings,
+and systemd restarts the process; the inverters' revert timers keep the site safe meanwhile.
+The utility link is not one of them: it bounds each request itself, its stored schedule stays in
+force while it cannot reach the server, and a restart would not bring the server back.
 """
 
 from __future__ import annotations
