@@ -549,6 +549,9 @@ class UpdateChecker:
         v = bundle.version.text
         if (why := self._called_off(config)) is not None:
             raise Abandoned(f"{v} was not installed: {why}")
+        if shared.upload_receiving(self.data_dir, trio.current_time()):
+            st.message = f"{v} is available: waiting for the upload on the web page to end"
+            return
         if not shared.claim(self.data_dir):
             st.message = f"{v} is available: waiting for the install from the web page to end"
             return

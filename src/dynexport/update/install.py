@@ -33,6 +33,8 @@ from dynexport.update.service import (
 from dynexport.update.service import claim as claim  # the install slot: shared.* for callers
 from dynexport.update.service import installing as installing
 from dynexport.update.service import release as release
+from dynexport.update.service import upload_received as upload_received
+from dynexport.update.service import upload_receiving as upload_receiving
 
 log = logging.getLogger("dynexport.update")
 

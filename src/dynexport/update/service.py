@@ -172,6 +172,32 @@ def installing(data_dir: Path) -> bool:
     return data_dir.resolve() in _claimed
 
 
+UPLOAD_IDLE_S = 600.0
+"""A web upload that has received nothing for this long no longer holds the update URL back
+(a tab closed mid-upload)."""
+
+_receiving: dict[Path, float] = {}
+"""Web uploads of bundles being received, by data folder: when their last piece came (trio's
+clock)."""
+
+
+def upload_received(data_dir: Path, now: float | None) -> None:
+    """Notes that a web upload into ``data_dir`` is being received (a piece came at ``now``),
+    or, with None, that it is no longer (complete, refused, given up)."""
+    if now is None:
+        _receiving.pop(data_dir.resolve(), None)
+    else:
+        _receiving[data_dir.resolve()] = now
+
+
+def upload_receiving(data_dir: Path, now: float) -> bool:
+    """Whether a web upload into ``data_dir`` is being received: the update URL's download
+    then waits. Its bytes still to come are not yet off the free space both size checks
+    count, so both could pass and together fill the data partition."""
+    last = _receiving.get(data_dir.resolve())
+    return last is not None and now - last < UPLOAD_IDLE_S
+
+
 CONFIG_FILES = ("config.json", "config.last-good.json")
 """The site's configuration in the data folder (the appliance's ``--config``), and the copy the
 service runs on when it is lost (system/config_file.py)."""

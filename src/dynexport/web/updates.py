@@ -131,6 +131,7 @@ class Updates:
         # emptied file to RAUC, its outcome was overwritten by this phase, and its cleanup
         # deleted the new upload's file.
         upload = self.state = Upload(phase="uploading", size=size)
+        shared.upload_received(self.data_dir, trio.current_time())  # the update URL waits
 
         def create() -> int:
             """Free bytes beside the upload (any earlier upload's file is emptied first)."""
@@ -188,6 +189,9 @@ class Updates:
         st.received += len(data)
         if st.received == st.size:
             st.phase = "uploaded"
+        shared.upload_received(
+            self.data_dir, None if st.phase == "uploaded" else trio.current_time()
+        )
         return st.to_json()
 
     async def check(self) -> dict[str, Any]:
@@ -247,6 +251,7 @@ class Updates:
     def _discard(self, why: str) -> None:
         self.path.unlink(missing_ok=True)
         self.state = Upload(phase="failed", error=why)
+        shared.upload_received(self.data_dir, None)
 
 
 __all__ = [
