@@ -172,6 +172,11 @@ async def test_a_series_refused_for_good_is_dropped_and_the_rest_flows(
     # each refused Hz set was tried REFUSALS_BEFORE_DROP times, then given up
     hz_posts = [s for m, p, b, s in http.sent if m == "POST" and readings_post(p) and HZ in b]
     assert hz_posts and all(s == 400 for s in hz_posts[-10:])
+    # once dropped, a series the server never takes costs one POST an interval, not three
+    # (each dropped set had cost two POSTs or more; now little more than one)
+    posts = [b for m, p, b, s in http.sent if m == "POST" and readings_post(p)]
+    hz_series_posts = [b for b in posts if HZ in b and b"MirrorMeterReadingList" not in b]
+    assert len(hz_series_posts) < 1.5 * state.telemetry_refused, len(hz_series_posts)
     if lists:
         assert client._telemetry.lists is True  # still posting lists for the rest
     await client.http.aclose()

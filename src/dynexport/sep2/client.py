@@ -1793,7 +1793,10 @@ class Sep2Client:
         tele.refusals[mmr.mrid] = count
         message = f"posting readings: POST {url}: HTTP {status} for series {mmr.description}"
         if flow.reading_outcome(status, count) is flow.SendOutcome.DROP:
-            tele.refusals.pop(mmr.mrid, None)
+            # The series stays one refusal from a drop: its next interval is tried once, not
+            # three times (a series the server never takes cost three POSTs an interval);
+            # accepted once, it counts afresh.
+            tele.refusals[mmr.mrid] = flow.REFUSALS_BEFORE_DROP - 1
             tele.refused_sets += len(mmr.mirror_reading_sets)
             log.error(
                 "%s, %d times running; its %d interval(s) dropped",
