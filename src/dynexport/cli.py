@@ -80,10 +80,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # the last line of defence: the traceback goes to the log
-        logging.getLogger("dynexport").exception("unexpected %s", type(exc).__name__)
-        print(f"dynexport: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # the last line of defence
+        problem = sole_exception(exc)
+        log = logging.getLogger("dynexport")
+        if isinstance(problem, OSError):
+            # A file, a device or a port the machine refuses: its state, not a fault of ours.
+            # Each handler says its own; one it did not foresee is still one line (with -v, the
+            # traceback too).
+            log.debug("%s", type(problem).__name__, exc_info=exc)
+        else:  # a fault: the traceback goes to the log, for the report
+            log.exception("unexpected %s", type(problem).__name__)
+        print(f"dynexport: error: {problem}", file=sys.stderr)
         return 1
+
+
+def sole_exception(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups of one, else ``exc`` itself: trio
+    wraps a task's error in a group, whose own message ("Exceptions from Trio nursery (1
+    sub-exception)") says nothing."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from functools import partial
 from pathlib import Path
@@ -10,21 +11,62 @@ from typing import Any
 
 import trio
 
+from dynexport.cli import sole_exception
 from dynexport.demo import DemoOptions, parse_steps, run_demo
+
+
+def _port(text: str) -> int:
+    """A TCP port for ``--port``: 1..65535, or 0 for one the system picks (tests)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 1..65535 (or 0 for any free port), not {v}")
+    return v
+
+
+def _whole_seconds(text: str) -> int:
+    """A positive whole number of seconds (``--every``: 0 would step the utility endlessly)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 second, not {v}")
+    return v
+
+
+def _seconds(text: str) -> float:
+    """A finite duration in seconds, not negative (``--seconds``)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text}")
+    return v
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "demo", help="run the controller against a simulated site and utility on 127.0.0.1"
     )
-    p.add_argument("--port", type=int, default=8080, help="web/API port (default 8080)")
+    p.add_argument("--port", type=_port, default=8080, help="web/API port (default 8080)")
     p.add_argument("--data", type=Path, help="keep configuration and state here (default: temp)")
     p.add_argument(
         "--steps", default="5000,1500,0", help="utility export limits in W (default 5000,1500,0)"
     )
-    p.add_argument("--every", type=int, default=120, help="seconds per limit step (default 120)")
-    p.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C)")
+    p.add_argument(
+        "--every", type=_whole_seconds, default=120, help="seconds per limit step (default 120)"
+    )
+    p.add_argument("--seconds", type=_seconds, help="stop after this long (default: until Ctrl-C)")
     p.set_defaults(handler=_demo)
+
+
+def _os_problem(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    return f"{where}{exc.strerror or exc}"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -33,8 +75,23 @@ def _demo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dynexport demo: --steps: {exc}", file=sys.stderr)
         return 2
+    if args.data is not None:
+        try:
+            args.data.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"dynexport demo: --data: cannot use {_os_problem(exc)}", file=sys.stderr)
+            return 1
     options = DemoOptions(port=args.port, data_dir=args.data, steps_w=steps, every_s=args.every)
-    trio.run(partial(_main, options, args.seconds))
+    try:
+        trio.run(partial(_main, options, args.seconds))
+    except Exception as exc:
+        problem = sole_exception(exc)
+        if not isinstance(problem, OSError):
+            raise  # a fault of the demo itself: cli.main reports it with its traceback
+        # The data folder cannot be written, a simulator's port cannot be opened: the
+        # machine's state, not a fault; one line that names it.
+        print(f"dynexport demo: cannot run: {_os_problem(problem)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -78,13 +78,26 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _os_problem(exc: OSError, path: Path | None = None) -> str:
+    """``path: reason`` for a file that cannot be read or written (one line, no errno)."""
+    where = exc.filename if exc.filename is not None else path
+    reason = exc.strerror or str(exc)
+    return f"{where}: {reason}" if where is not None else reason
+
+
 def _request(args: argparse.Namespace) -> int:
-    folder: Path = args.dir
+    try:
+        return _request_in(args.dir, force=args.force)
+    except OSError as exc:
+        return _fail(_os_problem(exc, args.dir))
+
+
+def _request_in(folder: Path, *, force: bool) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     key_path = folder / _KEY_NAME
     backup: Path | None = None
     if key_path.exists():
-        if not args.force:
+        if not force:
             return _fail(
                 f"{key_path} already exists; it is this device's identity. "
                 "Use --force to replace it (the old key is kept as a .bak file)."
@@ -92,7 +105,7 @@ def _request(args: argparse.Namespace) -> int:
         backup = certs.keep_copy(key_path)
     key = certs.generate_key()
     try:
-        certs.write_private_key(key_path, key, overwrite=args.force)
+        certs.write_private_key(key_path, key, overwrite=force)
     except FileExistsError:
         return _fail(f"{key_path} appeared while writing; not replaced")
     csr = certs.make_csr(key)
@@ -124,8 +137,13 @@ def _sign(args: argparse.Namespace) -> int:
         )
     except (certs.CertError, ValueError) as exc:
         return _fail(str(exc))
+    except OSError as exc:
+        return _fail(_os_problem(exc))
     chain = certs.certificate_pem(cert, mica_cert)
-    atomic_write(args.out, chain, mode=0o644, overwrite=True)
+    try:
+        atomic_write(args.out, chain, mode=0o644, overwrite=True)
+    except OSError as exc:
+        return _fail(_os_problem(exc, args.out))
     lfdi = certs.lfdi(cert)
     print(f"wrote {args.out} (device certificate + MICA)")
     print(f"LFDI: {lfdi}")
@@ -138,6 +156,8 @@ def _show(args: argparse.Namespace) -> int:
         info = certs.describe(args.cert.read_bytes())
     except certs.CertError as exc:
         return _fail(f"{args.cert}: {exc}")
+    except OSError as exc:
+        return _fail(_os_problem(exc, args.cert))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -177,6 +197,8 @@ def _test_pki(args: argparse.Namespace) -> int:
         pki = certs.make_test_pki(args.dir, now=datetime.now(UTC), overwrite=args.force)
     except FileExistsError as exc:
         return _fail(f"{exc.filename}: {exc.strerror} (use --force for an earlier test PKI)")
+    except OSError as exc:
+        return _fail(_os_problem(exc, args.dir))
     print(f"test PKI written to {pki.directory} (for local testing only)")
     for name in certs.TEST_PKI_FILES.values():
         print(f"  {name}")

@@ -21,7 +21,7 @@ import trio
 from dynexport.sep2.client import WalkResult, describe_error, result_schedule, walk
 from dynexport.sep2.controls import ControlBase, ProgramControls
 from dynexport.sep2.flow import RegistrationOutcome
-from dynexport.sep2.identity import device_lfdi, sfdi_from_lfdi
+from dynexport.sep2.identity import CertError, device_lfdi, sfdi_from_lfdi
 from dynexport.sep2.schedule import ActiveControls, Segment, active_controls
 from dynexport.system.config import ConfigError, UtilityConfig, load_config
 
@@ -178,16 +178,24 @@ def render_text(data: dict[str, Any]) -> str:
 def run_walk(utility: UtilityConfig, *, as_json: bool, out: Any = None) -> int:
     """Walks and prints; returns the exit status (0 ok, 1 failed, 2 not registered / refused)."""
     stream = out or sys.stdout
-    lfdi = device_lfdi(utility.cert)
-    try:
-        result = trio.run(walk, utility)
-    except Exception as exc:
-        message = describe_error(exc)
+
+    def failed(message: str, lfdi: str | None) -> int:
         if as_json:
             print(json.dumps({"ok": False, "error": message, "lfdi": lfdi}, indent=2), file=stream)
         else:
             print(f"sep2 walk failed: {message}", file=stream)
         return EXIT_FAILED
+
+    try:
+        lfdi = device_lfdi(utility.cert)
+    except (OSError, CertError) as exc:
+        # Before the utility returns the signed chain, the configured file is not there yet.
+        reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+        return failed(f"the device certificate chain {utility.cert} cannot be used: {reason}", None)
+    try:
+        result = trio.run(walk, utility)
+    except Exception as exc:
+        return failed(describe_error(exc), lfdi)
     data = report(result, lfdi, sfdi_from_lfdi(lfdi))
     check = result.registration_check
     ok = result.end_device is not None and (check is None or check.outcome in _ACTING)

@@ -23,9 +23,9 @@ import trio
 from dynexport.modbus.client import Backoff, BusPool, ModbusBus, open_bus
 from dynexport.modbus.endpoints import Endpoint, SerialEndpoint, parse_tcp
 from dynexport.modbus.errors import ModbusConnectionError, ModbusError, ModbusTimeout
-from dynexport.sunspec.control import LimitCommand
+from dynexport.sunspec.control import CommandError, LimitCommand, NotControllableError
 from dynexport.sunspec.decode import DecodedModel, DecodeError, DeviceNotReadyError
-from dynexport.sunspec.device import SunSpecDevice
+from dynexport.sunspec.device import SunSpecDevice, VerifyError
 from dynexport.sunspec.discovery import DiscoveryError, NotSunSpecError, device_roles
 
 log = logging.getLogger("dynexport.sunspec")
@@ -65,11 +65,47 @@ def _positive(text: str) -> float:
     return v
 
 
+def _number_in(low: float, high: float, what: str) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``low..high``."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (math.isfinite(v) and low <= v <= high):
+            raise argparse.ArgumentTypeError(f"{what} must be {low:g}..{high:g}, not {text}")
+        return v
+
+    return parse
+
+
+def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low..high``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be {low}..{high}, not {v}")
+        return v
+
+    return parse
+
+
+_percent = _number_in(0, 100, "the limit in percent")
+_watts = _number_in(0, math.inf, "the limit in watts")
+_revert_s = _int_in(1, 65534, "the revert time in seconds")
+_baud = _int_in(1, 4_000_000, "the baud rate")
+
+
 def _add_endpoint_args(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--tcp", metavar="HOST[:PORT]", type=_tcp, help="Modbus TCP endpoint")
     where.add_argument("--rtu", metavar="DEVICE", help="RS485 serial device, e.g. /dev/ttyUSB0")
-    p.add_argument("--baud", type=int, default=9600, help="RTU baud rate (default 9600)")
+    p.add_argument("--baud", type=_baud, default=9600, help="RTU baud rate (default 9600)")
     p.add_argument("--parity", choices=("N", "E", "O"), default="N", help="RTU parity")
     p.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="RTU stop bits")
 
@@ -102,11 +138,11 @@ def register(subparsers: Any) -> None:
     _add_endpoint_args(lim)
     lim.add_argument("--unit", type=_unit, required=True, help="the inverter's unit id")
     what = lim.add_mutually_exclusive_group(required=True)
-    what.add_argument("--percent", type=float, help="limit in percent of WMax (0-100)")
-    what.add_argument("--watts", type=float, help="limit in watts")
+    what.add_argument("--percent", type=_percent, help="limit in percent of WMax (0-100)")
+    what.add_argument("--watts", type=_watts, help="limit in watts")
     what.add_argument("--clear", action="store_true", help="remove the limit")
     lim.add_argument(
-        "--revert-s", type=int, default=60, help="the limit reverts after this (default 60 s)"
+        "--revert-s", type=_revert_s, default=60, help="the limit reverts after this (default 60 s)"
     )
     lim.add_argument("--timeout", type=_positive, default=1.0, help="seconds per request")
     lim.set_defaults(handler=limit_command)
@@ -365,19 +401,46 @@ async def limit(
         return {"unit": unit, "model": res.model_id, "readback": res.readback}
 
 
+LIMIT_ERRORS = (
+    ModbusError,  # cannot connect, no answer, an exception response
+    OSError,  # the serial port
+    NotSunSpecError,
+    DiscoveryError,
+    DecodeError,
+    NotControllableError,
+    CommandError,
+    VerifyError,
+)
+"""What ``sunspec limit`` meets on an ordinary site: each told in one line, no traceback."""
+
+
+def _sole(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups of one, else ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def limit_command(args: argparse.Namespace) -> int:
     endpoint = endpoint_from_args(args)
     percent = None if args.clear else args.percent
-    out = trio.run(
-        lambda: limit(
-            endpoint,
-            args.unit,
-            percent=percent,
-            watts=args.watts,
-            revert_s=args.revert_s,
-            request_timeout=args.timeout,
+    try:
+        out = trio.run(
+            lambda: limit(
+                endpoint,
+                args.unit,
+                percent=percent,
+                watts=args.watts,
+                revert_s=args.revert_s,
+                request_timeout=args.timeout,
+            )
         )
-    )
+    except Exception as exc:
+        problem = _sole(exc)
+        if not isinstance(problem, LIMIT_ERRORS):
+            raise
+        print(f"limit failed: {problem}", file=sys.stderr)
+        return 1
     rb = out["readback"]
     print(f"unit {out['unit']}: model {out['model']} reads back:")
     for name, v in rb.items():
