@@ -10,22 +10,12 @@ from typing import Any
 import trio
 
 from dynexport.app import App, AppOptions, run_until_signalled
+from dynexport.argtypes import PORT
 from dynexport.system.config import Config, ConfigError
 from dynexport.system.config_file import last_good_path, load_site_config
 
 DEFAULT_CONFIG = "/data/dynexport/config.json"
 DEFAULT_DATA = "/data/dynexport"
-
-
-def _port(text: str) -> int:
-    """A TCP port for ``--port``: 1..65535 (0, like no --port, means the configuration's)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 1..65535, not {v}")
-    return v
 
 
 def register(sub: Any) -> None:
@@ -35,7 +25,7 @@ def register(sub: Any) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"state folder (default {DEFAULT_DATA})")
     p.add_argument("--host", help="web server address (default: the config's web.host)")
-    p.add_argument("--port", type=_port, help="web server port (default: the config's web.port)")
+    p.add_argument("--port", type=PORT, help="web server port (default: the config's web.port)")
     p.add_argument("--no-web", action="store_true", help="do not start the web server")
     p.set_defaults(handler=_run)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from functools import partial
 from pathlib import Path
@@ -11,55 +10,24 @@ from typing import Any
 
 import trio
 
+from dynexport.argtypes import PORT, int_in, number_in
 from dynexport.cli import sole_exception
 from dynexport.demo import DemoOptions, parse_steps, run_demo
 
-
-def _port(text: str) -> int:
-    """A TCP port for ``--port``: 1..65535, or 0 for one the system picks (tests)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 1..65535 (or 0 for any free port), not {v}")
-    return v
-
-
-def _whole_seconds(text: str) -> int:
-    """A positive whole number of seconds (``--every``: 0 would step the utility endlessly)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 second, not {v}")
-    return v
-
-
-def _seconds(text: str) -> float:
-    """A finite duration in seconds, not negative (``--seconds``)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text}")
-    return v
+_every = int_in(1, None, "the seconds per limit step")
+_seconds = number_in(0, what="the seconds to run")
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "demo", help="run the controller against a simulated site and utility on 127.0.0.1"
     )
-    p.add_argument("--port", type=_port, default=8080, help="web/API port (default 8080)")
+    p.add_argument("--port", type=PORT, default=8080, help="web/API port (default 8080)")
     p.add_argument("--data", type=Path, help="keep configuration and state here (default: temp)")
     p.add_argument(
         "--steps", default="5000,1500,0", help="utility export limits in W (default 5000,1500,0)"
     )
-    p.add_argument(
-        "--every", type=_whole_seconds, default=120, help="seconds per limit step (default 120)"
-    )
+    p.add_argument("--every", type=_every, default=120, help="seconds per limit step (default 120)")
     p.add_argument("--seconds", type=_seconds, help="stop after this long (default: until Ctrl-C)")
     p.set_defaults(handler=_demo)
 

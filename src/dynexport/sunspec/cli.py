@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from typing import Any
 
 import trio
 
+from dynexport.argtypes import int_in, number_in
 from dynexport.modbus.client import Backoff, BusPool, ModbusBus, open_bus
 from dynexport.modbus.endpoints import Endpoint, SerialEndpoint, parse_tcp
 from dynexport.modbus.errors import ModbusConnectionError, ModbusError, ModbusTimeout
@@ -55,50 +55,11 @@ def _tcp(text: str) -> str:
     return text
 
 
-def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return v
-
-
-def _number_in(low: float, high: float, what: str) -> Callable[[str], float]:
-    """An argparse type: a finite number in ``low..high``."""
-
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not (math.isfinite(v) and low <= v <= high):
-            raise argparse.ArgumentTypeError(f"{what} must be {low:g}..{high:g}, not {text}")
-        return v
-
-    return parse
-
-
-def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
-    """An argparse type: a whole number in ``low..high``."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if not low <= v <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be {low}..{high}, not {v}")
-        return v
-
-    return parse
-
-
-_percent = _number_in(0, 100, "the limit in percent")
-_watts = _number_in(0, math.inf, "the limit in watts")
-_revert_s = _int_in(1, 65534, "the revert time in seconds")
-_baud = _int_in(1, 4_000_000, "the baud rate")
+_positive = number_in(0, what="the seconds per request", above=True)
+_percent = number_in(0, 100, "the limit in percent")
+_watts = number_in(0, what="the limit in watts")
+_revert_s = int_in(1, 65534, "the revert time in seconds")
+_baud = int_in(1, 4_000_000, "the baud rate")
 
 
 def _add_endpoint_args(p: argparse.ArgumentParser) -> None:
