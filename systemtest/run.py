@@ -300,7 +300,8 @@ class Vm:
             if last is not None and pred(last):
                 return last
             time.sleep(0.5)
-        raise Failure(f"status never as expected; last: {json.dumps(last)[:300]}")
+        update = "" if last is None else f"update: {json.dumps(last.get('update'))[:400]}; "
+        raise Failure(f"status never as expected; {update}last: {json.dumps(last)[:300]}")
 
     def http(self, path: str, host: str) -> tuple[int, str]:
         req = urllib.request.Request(
