@@ -66,12 +66,13 @@ async def test_home_wifi_is_written_for_the_image_with_mode_0600(web: Web) -> No
     status, doc = await c.json("PUT", "/api/wifi", {"ssid": "Home", "psk": "short"})
     assert status == 422 and "8 to 63" in doc["error"]
     status, doc = await c.json("PUT", "/api/wifi", {"ssid": "Home", "psk": "a good passphrase"})
-    assert (status, doc) == (200, {"configured": True, "ssid": "Home"})
+    assert (status, doc) == (200, {"configured": True, "ssid": "Home", "open": False})
     path = web.app.options.data_dir / "wifi.json"
     assert json.loads(path.read_text()) == {"ssid": "Home", "psk": "a good passphrase"}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     status, doc = await c.json("GET", "/api/wifi")
-    assert doc == {"configured": True, "ssid": "Home"}  # the passphrase is never sent back
+    # the passphrase is never sent back
+    assert doc == {"configured": True, "ssid": "Home", "open": False}
     status, doc = await c.json("DELETE", "/api/wifi")
     assert not path.exists()
 

@@ -963,7 +963,8 @@ class WebApi:
             where = _place_problems(document, config, self.data_dir)
             if where:
                 raise HttpError(400, "; ".join(where), problems=where)
-            problems = _file_problems(config, self._cert_files()["cert"])
+            chains = (self._cert_files()["cert"], self.data_dir / CHAIN_FILE)
+            problems = _file_problems(config, chains)
             if config.web.host != self.app.config.web.host:  # the running one: it is served
                 cannot = await trio.to_thread.run_sync(cannot_bind, config.web.host)
                 if cannot is not None:
@@ -1151,9 +1152,10 @@ class WebApi:
         try:
             doc = read_json(self.data_dir / WIFI_FILE)
         except (FileNotFoundError, ValueError):
-            return json_response(200, {"configured": False, "ssid": None})
+            return json_response(200, {"configured": False, "ssid": None, "open": False})
         ssid = doc.get("ssid") if isinstance(doc, dict) else None
-        return json_response(200, {"configured": True, "ssid": ssid})
+        is_open = isinstance(doc, dict) and not doc.get("psk")
+        return json_response(200, {"configured": True, "ssid": ssid, "open": is_open})
 
     async def get_wifi_networks(self, request: Request) -> ServerResponse:
         """Networks in range from a fresh scan by the image's helper (``iw ... scan ap-force``
@@ -1162,17 +1164,24 @@ class WebApi:
         return json_response(200, await self.wifi_scanner.networks())
 
     async def put_wifi(self, request: Request) -> ServerResponse:
+        """``{ssid, psk?, open?}``: a passphrase left out keeps the saved one when the name is
+        the saved network's (the page never has it); an open network only with ``open: true``
+        (web/wifi.py check_wifi)."""
         from dynexport.web.wifi import WifiError, check_wifi
 
         body = parse_json_object(request.body)
+        path = self.data_dir / WIFI_FILE
         try:
-            doc = check_wifi(body)
+            saved = await trio.to_thread.run_sync(read_json, path)
+        except (FileNotFoundError, ValueError):  # none, or damaged: nothing to keep
+            saved = None
+        try:
+            doc = check_wifi(body, saved)
         except WifiError as exc:
             raise HttpError(422, str(exc), problems=[str(exc)]) from None
-        await trio.to_thread.run_sync(
-            lambda: write_json(self.data_dir / WIFI_FILE, doc, mode=0o600)
-        )
-        return json_response(200, {"configured": True, "ssid": doc["ssid"]})
+        if doc != saved:  # the same network again: nothing to write
+            await trio.to_thread.run_sync(lambda: write_json(path, doc, mode=0o600))
+        return json_response(200, {"configured": True, "ssid": doc["ssid"], "open": not doc["psk"]})
 
     async def delete_wifi(self, request: Request) -> ServerResponse:
         (self.data_dir / WIFI_FILE).unlink(missing_ok=True)
@@ -1181,6 +1190,14 @@ class WebApi:
     # -- certificates ----------------------------------------------------------------------------
 
     def _cert_files(self) -> dict[str, Path]:
+        """The files the certificate flow reads and writes: the running configuration's
+        ``utility.ca``, ``utility.cert`` and ``utility.key`` when a utility is configured (a site
+        enrolled with ``dynexport cert request --dir ...`` keeps its registered key), the CSR
+        beside the key as that command writes it; the data folder's ``serca.pem``,
+        ``device-chain.pem``, ``device-key.pem`` and ``device.csr`` when none is."""
+        u = self.app.config.utility
+        if u is not None:
+            return {"ca": u.ca, "key": u.key, "csr": u.key.parent / CSR_FILE, "cert": u.cert}
         d = self.data_dir
         return {
             "ca": d / SERCA_FILE,
@@ -1188,6 +1205,18 @@ class WebApi:
             "csr": d / CSR_FILE,
             "cert": d / CHAIN_FILE,
         }
+
+    def _may_write(self, files: dict[str, Path], *names: str) -> None:
+        """409 unless each of ``files[name]`` is in the data folder: the web API writes nowhere
+        else, even where a configuration written by hand points the utility link."""
+        for name in names:
+            if not _inside(files[name], self.data_dir):
+                key = "utility.key" if name == "csr" else f"utility.{name}"
+                raise HttpError(
+                    409,
+                    f"{files[name]} ({key}) is outside the data folder {self.data_dir}: the web "
+                    "page does not write there; use `dynexport cert` on the device",
+                )
 
     async def get_cert(self, request: Request) -> ServerResponse:
         from dynexport.sep2 import certs  # cryptography: loaded when an installer uses it
@@ -1224,7 +1253,14 @@ class WebApi:
         anchors = _inspect("SERCA", certs.load_certificates, request.body)
         described = [_inspect("SERCA", _root_ca, c) for c in anchors]
         pem = _inspect("SERCA", certs.certificate_pem, *anchors)
-        await trio.to_thread.run_sync(lambda: atomic_write(self._cert_files()["ca"], pem))
+        files = self._cert_files()
+        self._may_write(files, "ca")
+        await trio.to_thread.run_sync(lambda: atomic_write(files["ca"], pem))
+        u = self.app.config.utility
+        if u is not None and _same_file(u.ca, files["ca"]):
+            # the link reads its SERCA once, when it is built: it verifies the server with the
+            # new one only when built again (a PUT /api/config naming the same file would not)
+            self.app.reload_utility()
         return json_response(
             200, {"serca": [d["subject"] for d in described], "certificates": described}
         )
@@ -1238,6 +1274,8 @@ class WebApi:
         if not isinstance(replace, bool) or not isinstance(confirm, bool):
             raise HttpError(400, "replace and confirm must be true or false")
         files = self._cert_files()
+        making = replace or not files["key"].is_file()
+        self._may_write(files, "csr", *(("key", "cert") if making else ()))
         previous = self._lfdi_in_use()
         if replace and files["key"].is_file() and not confirm:
             # The consequence is named before anything happens: a new key means a new LFDI,
@@ -1318,6 +1356,7 @@ class WebApi:
             raise HttpError(409, "no device key yet: POST /api/cert/request first")
         if not files["ca"].is_file():
             raise HttpError(409, "no SERCA yet: PUT /api/cert/serca first")
+        self._may_write(files, "cert")
         chain = request.body
         key, ca = files["key"].read_bytes(), files["ca"].read_bytes()
         check = _inspect("certificate", certs.check_chain, chain, key, ca)
@@ -1751,10 +1790,11 @@ def cannot_bind(host: str) -> str | None:
     return None
 
 
-def _file_problems(config: Config, chain_file: Path) -> list[str]:
+def _file_problems(config: Config, chain_files: tuple[Path, ...]) -> list[str]:
     """Files the utility link needs. The signed chain may still be missing when it is this
-    device's own chain file and the key exists: enrolment takes days, and the site is
-    commissioned meanwhile (the link waits, the fallback export limit applies)."""
+    device's own chain file (``chain_files``: the running utility's, or the data folder's) and
+    the key exists: enrolment takes days, and the site is commissioned meanwhile (the link
+    waits, the fallback export limit applies)."""
     u = config.utility
     if u is None:
         return []
@@ -1762,7 +1802,9 @@ def _file_problems(config: Config, chain_file: Path) -> list[str]:
         f"utility.{key}: file not found: {path}"
         for key, path in (("ca", u.ca), ("cert", u.cert), ("key", u.key))
         if not path.is_file()
-        and not (key == "cert" and _same_file(path, chain_file) and u.key.is_file())
+        and not (
+            key == "cert" and any(_same_file(path, c) for c in chain_files) and u.key.is_file()
+        )
     ]
 
 

@@ -46,25 +46,57 @@ class WifiError(ValueError):
     """A network name or passphrase wpa_supplicant would not take."""
 
 
-def check_wifi(data: dict[str, Any]) -> dict[str, str]:
-    """``{"ssid", "psk"}`` ready to write, or WifiError naming the problem."""
-    unknown = set(data) - {"ssid", "psk"}
+def check_wifi(data: dict[str, Any], saved: object = None) -> dict[str, str]:
+    """``{"ssid", "psk"}`` ready to write, or WifiError naming the problem.
+
+    ``data`` is the page's ``{ssid, psk?, open?}``; ``saved`` is what ``wifi.json`` holds now
+    (anything read from it, None when there is none). The page never gets the passphrase back,
+    so a passphrase left out (or empty) keeps the saved one when the network name is the saved
+    one: walking through Settings must not turn the home Wi-Fi into an open network. An open
+    network (``psk`` "") is only ever written for an explicit ``open: true``; a new name without
+    a passphrase is refused."""
+    unknown = set(data) - {"ssid", "psk", "open"}
     if unknown:
         raise WifiError(f"unknown keys: {', '.join(sorted(unknown))}")
     ssid = data.get("ssid")
     if not isinstance(ssid, str) or not 1 <= len(ssid.encode()) <= 32:
         raise WifiError("ssid: the network name must be 1 to 32 bytes")
-    psk = data.get("psk") or ""
+    psk = data.get("psk")
+    if psk is None:
+        psk = ""
     if not isinstance(psk, str):
         raise WifiError("psk: must be a string")
+    is_open = data.get("open", False)
+    if not isinstance(is_open, bool):
+        raise WifiError("open: must be true or false")
+    if is_open:
+        if psk:
+            raise WifiError("psk: an open network (open: true) has no password")
+        return {"ssid": ssid, "psk": ""}
+    if not psk:
+        kept = _saved_psk(saved, ssid)
+        if kept is None:
+            raise WifiError(
+                f"psk: enter the password of {ssid!r} (the saved password is for another "
+                "network, or none is saved), or send open: true for an open network"
+            )
+        return {"ssid": ssid, "psk": kept}
     hex_key = len(psk) == 64 and set(psk) <= HEX
     passphrase = 8 <= len(psk) <= 63 and all(" " <= c <= "~" for c in psk) and '"' not in psk
-    if psk and not (hex_key or passphrase):
+    if not (hex_key or passphrase):
         raise WifiError(
             'psk: the password must be 8 to 63 printable ASCII characters without ", '
-            "or 64 hex digits (or empty for an open network)"
+            "or 64 hex digits (open: true for an open network)"
         )
     return {"ssid": ssid, "psk": psk}
+
+
+def _saved_psk(saved: object, ssid: str) -> str | None:
+    """The saved passphrase ("" for an open network) when ``saved`` is ``ssid``'s, else None."""
+    if not isinstance(saved, dict) or saved.get("ssid") != ssid:
+        return None
+    psk = saved.get("psk") or ""  # as wifi-config reads it: none is an open network
+    return psk if isinstance(psk, str) else None
 
 
 def parse_scan(text: str) -> list[dict[str, Any]]:

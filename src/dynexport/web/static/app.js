@@ -104,11 +104,26 @@
   }
   async function loadWifi() {
     try {
-      const wifi = await api("GET", "/api/wifi");
+      const wifi = S.wifi = await api("GET", "/api/wifi");
+      $("#psk").value = "";
+      $("#wifi-open").checked = !!(wifi.configured && wifi.open);
       if (wifi.configured) { $("#net-wifi").checked = true; $("#ssid").value = wifi.ssid || ""; $("#wifi-fields").hidden = false; }
+      wifiHint();
     } catch (e) { return; /* not logged in yet */ }
     loadNetworks(); // a real radio scan takes seconds: the page does not wait for it
   }
+  // The saved passphrase never comes back to the page: left empty, it is kept for the saved
+  // network's name (PUT /api/wifi without psk); an open network is only ever a ticked box.
+  const keepsSavedPsk = () => !!(S.wifi && S.wifi.configured && !S.wifi.open && S.wifi.ssid === $("#ssid").value && !$("#wifi-open").checked);
+  function wifiHint() {
+    const open = $("#wifi-open").checked, keep = keepsSavedPsk();
+    if (open) $("#psk").value = "";
+    $("#psk").disabled = open;
+    $("#psk-hint").hidden = !keep;
+    $("#psk").placeholder = keep ? "leave empty to keep the saved passphrase" : "";
+  }
+  $("#ssid").addEventListener("input", wifiHint);
+  $("#wifi-open").addEventListener("change", wifiHint);
   async function loadNetworks() {
     $("#wifi-seen").textContent = "Looking for networks in range…";
     try {
@@ -209,8 +224,14 @@
       return true;
     },
     async network() {
-      if ($("#net-wifi").checked) await api("PUT", "/api/wifi", { ssid: $("#ssid").value, psk: $("#psk").value });
-      else await api("DELETE", "/api/wifi");
+      if (!$("#net-wifi").checked) { S.wifi = await api("DELETE", "/api/wifi"); return true; }
+      const ssid = $("#ssid").value, psk = $("#psk").value, body = { ssid };
+      if (!ssid) throw new Error("Enter the Wi-Fi network's name.");
+      if ($("#wifi-open").checked) body.open = true;
+      else if (psk !== "") body.psk = psk;
+      else if (!keepsSavedPsk()) throw new Error("Enter the password of " + ssid + ", or tick \"Open network\" if it has none.");
+      S.wifi = await api("PUT", "/api/wifi", body);
+      $("#psk").value = ""; wifiHint();
       return true;
     },
     async utility() {
@@ -285,7 +306,7 @@
       ["Export limit", lim.exportW === null || lim.exportW === undefined ? "none of your own" : W(lim.exportW)],
       ["Generation limit", lim.generationW === null || lim.generationW === undefined ? "none" : W(lim.generationW)],
       ["Time zone", (c.site || {}).timeZone || "not set (UTC)"],
-      ["Network", $("#net-wifi").checked ? "Wi-Fi " + $("#ssid").value : "Ethernet"],
+      ["Network", $("#net-wifi").checked ? "Wi-Fi " + $("#ssid").value + ($("#wifi-open").checked ? " (open network)" : "") : "Ethernet"],
     ]);
     $("#review").textContent = JSON.stringify(c, null, 2);
   }
@@ -302,10 +323,12 @@
     const tz = $("#site-tz").value;
     if (tz) c.site = Object.assign({}, c.site || {}, { timeZone: tz }); else if (c.site) delete c.site.timeZone;
     if ($("#use-utility").checked) {
-      const files = S.certFiles || (c.utility || {});
-      c.utility = Object.assign({}, c.utility || {}, {
+      // The configured files stay: a key made by `dynexport cert request --dir ...` is the site's
+      // registered identity. Only a new utility gets the files the certificate step uses.
+      const old = c.utility || {}, files = S.certFiles || {};
+      c.utility = Object.assign({}, old, {
         type: "csip-aus", server: $("#u-server").value.trim().replace(/\/$/, ""),
-        nmi: $("#u-nmi").value.trim().toUpperCase(), ca: files.ca, cert: files.cert, key: files.key,
+        nmi: $("#u-nmi").value.trim().toUpperCase(), ca: old.ca || files.ca, cert: old.cert || files.cert, key: old.key || files.key,
       });
       const pin = $("#u-pin").value.trim();
       if (pin) c.utility.pin = Number(pin); else delete c.utility.pin;
@@ -387,7 +410,7 @@
       S.chainPending = !info.chain;
       $("#cert-replace").hidden = !info.key;
       $("#cert-gen").textContent = info.key ? "Show the request for this key" : "Create key and request";
-      facts($("#lfdi-now"), [["Device key", info.key ? "present" : "none yet"],
+      facts($("#lfdi-now"), [["Device key", info.key ? "present (" + info.files.key + ")" : "none yet"],
         ["LFDI in use", info.chain && info.chain.lfdi ? info.chain.lfdi : "none yet (no signed certificate)"]]);
     } catch (e) { /* not logged in yet */ }
   }
