@@ -469,6 +469,12 @@ class UtilityCore:
         404 (a v1.2 server need not have the file)."""
         self.dcap_aliases: set[str] = set()
         """Further paths that answer as ``/dcap`` (the harness's add-proxy-route)."""
+        self.envoy_listing = False
+        """List DERControls as envoy, the CSIP-AUS test server, does: only those whose
+        scheduled end is still to come (cancelled ones too), and a new control makes each
+        control of its program that overlaps it and sets a common control superseded (status
+        4, its creationTime moved to now). Off: every control stays listed, and only
+        ``supersede_control`` supersedes."""
         self.poll_rate_s = poll_rate_s
         self.poll_rates: dict[str, int] = {}
         """Per-resource pollRate overrides, keyed ``dcap``, ``edev``, ``der``, ``fsa``, ``derp``
@@ -566,6 +572,31 @@ class UtilityCore:
         except KeyError:
             raise KeyError(f"no program {pid!r}") from None
 
+    _CONTROL_FIELDS = (
+        "export_limit_w",
+        "import_limit_w",
+        "generation_limit_w",
+        "load_limit_w",
+        "storage_target_w",
+        "max_limit_pct",
+        "connect",
+        "energize",
+    )
+
+    def _supersede_overlapping(
+        self, program: _Program, start: int, end: int, base: ControlBase
+    ) -> None:
+        """As envoy does on inserting a control (``envoy_listing``): every control of
+        ``program`` not cancelled or superseded yet whose window overlaps ``[start, end)`` and
+        that sets a control ``base`` sets too is superseded now, its creationTime moved."""
+        sets = {f for f in self._CONTROL_FIELDS if getattr(base, f) is not None}
+        now = int(self.now())
+        for c in program.controls.values():
+            if c.status is not None or not (c.start < end and start < c.start + c.duration):
+                continue
+            if sets & {f for f in self._CONTROL_FIELDS if getattr(c.base, f) is not None}:
+                c.status, c.status_time, c.creation_time = EventStatus.SUPERSEDED, now, now
+
     def add_control(
         self,
         *,
@@ -603,6 +634,8 @@ class UtilityCore:
             ramp_tms=ramp_tms,
         )
         self._check_v13(base)
+        if self.envoy_listing:
+            self._supersede_overlapping(target, int(start), int(start) + int(duration), base)
         target.controls[mrid] = _Control(
             mrid=mrid,
             program=target.pid,
@@ -1284,6 +1317,8 @@ class _Context:
 
     def _derc_list(self, program: _Program, *, active_only: bool) -> DERControlList:
         chosen = self._active(program) if active_only else list(program.controls.values())
+        if self.core.envoy_listing:  # envoy lists only what has not ended yet
+            chosen = [c for c in chosen if c.start + c.duration > self.now]
         controls = [self._derc(program, c) for c in _sorted_controls(chosen)]
         suffix = "actderc" if active_only else "derc"
         return self._page(DERControlList, controls, f"{program.href}/{suffix}", subscribable=0)

@@ -104,11 +104,28 @@ _SERVERS: list[UtilityServer] = []
 _ALLOWED: dict[int, set[str]] = {}
 
 
+_LISTING = {"envoy": False}
+"""How the simulators of the running test list DERControls (`listing`)."""
+
+
+@pytest.fixture(autouse=True, params=["simulator", "envoy"])
+def listing(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every procedure runs twice: against the simulator's own listing (every control stays
+    listed) and as envoy, the harness's server, lists (only controls still to end; a new
+    control supersedes the overlapping ones of its program: `UtilityCore.envoy_listing`).
+    An event envoy dropped at its scheduled end while its randomized tail ran had sent the
+    site to its default in ALL-22, and only this second run shows such a thing."""
+    _LISTING["envoy"] = request.param == "envoy"
+    yield request.param
+    _LISTING["envoy"] = False
+
+
 def new_server(pki_dir: Path, clock: Callable[[], float], **kwargs: Any) -> UtilityServer:
-    """A simulator expecting `PEN`, at the 60 s comms rate, whose violations are checked when
-    the test ends."""
+    """A simulator expecting `PEN`, at the 60 s comms rate, listing as the running test's
+    `listing` says, whose violations are checked when the test ends."""
     kwargs.setdefault("expected_pen", PEN)
     srv = UtilityServer(pki_dir=pki_dir, clock=clock, **kwargs)
+    srv.envoy_listing = _LISTING["envoy"]
     set_comms_rate(srv)
     _SERVERS.append(srv)
     return srv
@@ -141,7 +158,7 @@ def _harness_checks() -> Iterator[None]:
 
 
 @pytest.fixture
-async def server(pki_dir: Path, clock: FakeClock) -> AsyncIterator[UtilityServer]:
+async def server(pki_dir: Path, clock: FakeClock, listing: str) -> AsyncIterator[UtilityServer]:
     srv = new_server(pki_dir, clock)
     async with srv.running():
         yield srv
