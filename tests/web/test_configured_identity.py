@@ -227,3 +227,29 @@ async def test_walking_settings_to_change_a_limit_keeps_the_configured_device_ke
     assert (keys / "device-key.pem").read_bytes() == key
     assert not (data / "device-key.pem").exists()
     assert app.config.utility is not None and app.config.utility.cert.is_file()
+
+
+async def test_the_certificate_api_writes_only_its_own_file_names_never_a_service_file(
+    web: Web, tmp_path: Path
+) -> None:
+    """Found by review: with ``utility.cert`` naming ``admin.json`` (inside the data folder),
+    a confirmed key replace deleted the admin password file, and the next visitor on the
+    network set a new one. The API writes and deletes only ``serca.pem``, ``device-key.pem``,
+    ``device.csr`` and ``device-chain.pem``."""
+    c = await logged_in(web)
+    data = web.app.options.data_dir
+    keys = data / "keys"
+    _enrolled_by_the_cli(keys, tmp_path)
+    utility = _utility(keys) | {"cert": str(data / "admin.json")}
+    status, answer = await c.json(
+        "PUT", "/api/config", {"limits": {"exportW": 5000}, "utility": utility}
+    )
+    assert status == 200, answer
+    status, answer = await c.json("POST", "/api/cert/request", {"replace": True, "confirm": True})
+    assert status == 409 and "not named device-chain.pem" in answer["error"], answer
+    assert (data / "admin.json").is_file()
+    status, _ = await c.json("PUT", "/api/cert/chain", raw=b"not a chain")
+    assert status == 409 and (data / "admin.json").is_file()
+    stranger = web.client()
+    status, _ = await stranger.json("POST", "/api/setup/password", {"password": "x" * 12 + "Aa1!"})
+    assert status != 200, "a stranger set the admin password"

@@ -85,6 +85,8 @@ SERCA_FILE = "serca.pem"
 KEY_FILE = "device-key.pem"
 CSR_FILE = "device.csr"
 CHAIN_FILE = "device-chain.pem"
+CERT_FILE_NAMES = {"ca": SERCA_FILE, "key": KEY_FILE, "csr": CSR_FILE, "cert": CHAIN_FILE}
+"""The only file names the certificate API writes, by role (`WebApi._may_write`)."""
 WIFI_FILE = "wifi.json"
 MAX_JSON_NUMBER = 1e15
 """Largest magnitude accepted for a number in a configuration (far beyond any watt or second)."""
@@ -1207,16 +1209,29 @@ class WebApi:
         }
 
     def _may_write(self, files: dict[str, Path], *names: str) -> None:
-        """409 unless each of ``files[name]`` is in the data folder: the web API writes nowhere
-        else, even where a configuration written by hand points the utility link."""
+        """409 unless each of ``files[name]`` is in the data folder, has its role's own file
+        name (``serca.pem``, ``device-key.pem``, ``device.csr``, ``device-chain.pem``, as
+        `dynexport cert` writes them) and is no other role's file: the web API writes and
+        deletes nothing else, even where a configuration points the utility link elsewhere
+        (a review found ``utility.cert`` set to ``admin.json``: a key replace deleted the
+        admin password file, and the next visitor set a new one)."""
         for name in names:
-            if not _inside(files[name], self.data_dir):
-                key = "utility.key" if name == "csr" else f"utility.{name}"
-                raise HttpError(
-                    409,
-                    f"{files[name]} ({key}) is outside the data folder {self.data_dir}: the web "
-                    "page does not write there; use `dynexport cert` on the device",
-                )
+            path = files[name]
+            key = "utility.key" if name == "csr" else f"utility.{name}"
+            others = [files[n] for n in CERT_FILE_NAMES if n != name]
+            if not _inside(path, self.data_dir):
+                why = f"outside the data folder {self.data_dir}"
+            elif path.name != CERT_FILE_NAMES[name]:
+                why = f"not named {CERT_FILE_NAMES[name]}"
+            elif any(_same_file(path, other) for other in others):
+                why = "the same file as another of the utility's files"
+            else:
+                continue
+            raise HttpError(
+                409,
+                f"{path} ({key}) is {why}: the web page does not write it; use `dynexport cert` "
+                "on the device",
+            )
 
     async def get_cert(self, request: Request) -> ServerResponse:
         from dynexport.sep2 import certs  # cryptography: loaded when an installer uses it
