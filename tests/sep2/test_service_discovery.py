@@ -24,10 +24,14 @@ from dynexport.sep2.discovery import (
 )
 from dynexport.sep2.flow import DerInfo
 from dynexport.sep2.xml import CSIPAUS_NS, CSIPAUS_NS_13
+from dynexport.sim import utility_core
+from dynexport.sim.utility_core import Reply
 from dynexport.sim.utility_server import UtilityServer
 from tests.sep2.fakes import FakeClock, utility_config
 
 V99 = "https://csipaus.org/ns/v99.99"
+HERE = ("https", "utility.example", 443)
+"""The server's origin, for the document's choice."""
 
 
 def document(entries: dict[str, list[str]]) -> bytes:
@@ -41,16 +45,31 @@ def document(entries: dict[str, list[str]]) -> bytes:
 
 def test_our_versions_entry_is_taken_and_no_other() -> None:
     body = document({V99: ["/r1"], "null": ["/r2"], CSIPAUS_NS_12: [], CSIPAUS_NS_13: ["/r3"]})
-    assert choose_dcap(body, versions_for("auto")) == Discovered(CSIPAUS_NS_13, "/r3")
-    assert choose_dcap(body, versions_for("1.2")) is None, "v1.2 lists no path here"
-    assert choose_dcap(document({V99: ["/r1"], "null": ["/r2"]}), versions_for("auto")) is None
+    assert choose_dcap(body, versions_for("auto"), HERE) == Discovered(CSIPAUS_NS_13, "/r3")
+    assert choose_dcap(body, versions_for("1.2"), HERE) is None, "v1.2 lists no path here"
+    assert (
+        choose_dcap(document({V99: ["/r1"], "null": ["/r2"]}), versions_for("auto"), HERE) is None
+    )
+
+
+def test_a_url_on_another_origin_is_passed_over_for_the_next_path() -> None:
+    """Found by review: a URL on another host listed first hid the usable path after it,
+    and the link read the configured /dcap (SDVN-01's FAIL-DEFAULT-DCAP)."""
+    body = document({CSIPAUS_NS_13: ["https://elsewhere.example/dcap", "/r3"]})
+    assert choose_dcap(body, versions_for("auto"), HERE) == Discovered(CSIPAUS_NS_13, "/r3")
+    same = document({CSIPAUS_NS_13: ["https://UTILITY.example:443/d"]})
+    assert choose_dcap(same, versions_for("auto"), HERE) == Discovered(
+        CSIPAUS_NS_13, "https://UTILITY.example:443/d"
+    )
+    for other in ("https://utility.example:8443/d", "http://utility.example/d"):
+        assert choose_dcap(document({CSIPAUS_NS_13: [other]}), versions_for("auto"), HERE) is None
 
 
 def test_the_best_version_with_a_path_wins_then_its_first_usable_path() -> None:
     body = document({CSIPAUS_NS: ["/old"], CSIPAUS_NS_13: ["relative", "//host/x", "/v13", "/b"]})
-    assert choose_dcap(body, versions_for("auto")) == Discovered(CSIPAUS_NS_13, "/v13")
-    assert choose_dcap(body, versions_for("1.2")) == Discovered(CSIPAUS_NS, "/old")
-    assert choose_dcap(document({CSIPAUS_NS_13: []}), versions_for("1.3")) is None
+    assert choose_dcap(body, versions_for("auto"), HERE) == Discovered(CSIPAUS_NS_13, "/v13")
+    assert choose_dcap(body, versions_for("1.2"), HERE) == Discovered(CSIPAUS_NS, "/old")
+    assert choose_dcap(document({CSIPAUS_NS_13: []}), versions_for("1.3"), HERE) is None
 
 
 @pytest.mark.parametrize(
@@ -68,14 +87,14 @@ def test_the_best_version_with_a_path_wins_then_its_first_usable_path() -> None:
 )
 def test_a_body_that_is_not_the_csip_aus_document_is_a_discovery_error(body: bytes) -> None:
     with pytest.raises(DiscoveryError):
-        choose_dcap(body, versions_for("auto"))
+        choose_dcap(body, versions_for("auto"), HERE)
 
 
 def test_a_malformed_entry_of_another_version_is_not_ours_to_judge() -> None:
     body = json.dumps(
         {"supportedSchemaVersions": {V99: "nonsense", CSIPAUS_NS_13: {"dcap": ["/d"]}}}
     ).encode()
-    assert choose_dcap(body, versions_for("auto")) == Discovered(CSIPAUS_NS_13, "/d")
+    assert choose_dcap(body, versions_for("auto"), HERE) == Discovered(CSIPAUS_NS_13, "/d")
 
 
 # --- against the simulator --------------------------------------------------------------------
@@ -182,7 +201,7 @@ async def test_a_path_on_another_origin_is_refused_and_the_configured_path_read(
         try:
             await client.step()
             assert client.last_walk is not None
-            assert any("another origin" in w for w in client.last_walk.warnings)
+            assert any("names no DeviceCapability" in w for w in client.last_walk.warnings)
         finally:
             await client.http.aclose()
     assert gets(srv)[:2] == [WELL_KNOWN_PATH, "/dcap"]
@@ -207,3 +226,51 @@ async def test_a_device_capability_that_moved_is_looked_up_again(
         finally:
             await client.http.aclose()
     assert gets(srv).count(WELL_KNOWN_PATH) == 2
+
+
+@pytestmark_xsd
+async def test_a_redirected_well_known_file_is_followed_on_the_servers_origin(
+    pki_dir: Path, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A well-known URI may redirect (RFC 8615). Found by review: a 308 read as "no file",
+    and the link read /dcap."""
+    doc = document({CSIPAUS_NS_13: ["/r3"]})
+    route = utility_core._Context.route
+
+    def redirecting(self: utility_core._Context) -> Reply:
+        if self.path == WELL_KNOWN_PATH:
+            return Reply(308, b"", [("Location", "/wk/csipaus")])
+        if self.path == "/wk/csipaus":
+            return Reply(200, doc, content_type="application/json")
+        return route(self)
+
+    monkeypatch.setattr(utility_core._Context, "route", redirecting)
+    srv = sdvn_01_server(pki_dir, clock)
+    async with srv.running():
+        client = client_of(srv, tmp_path, clock)
+        try:
+            await client.step()
+        finally:
+            await client.http.aclose()
+    assert gets(srv)[:3] == [WELL_KNOWN_PATH, "/wk/csipaus", "/r3"]
+    assert "/dcap" not in gets(srv)
+
+
+@pytestmark_xsd
+async def test_a_throttled_well_known_file_is_not_asked_again_before_its_retry_after(
+    pki_dir: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Found by review: a 429 with Retry-After 300 was asked again at every walk retry."""
+    srv = sdvn_01_server(pki_dir, clock)
+    srv.inject_fault(path_prefix=WELL_KNOWN_PATH, status=429, retry_after="300", count=50)
+    async with srv.running():
+        client = client_of(srv, tmp_path, clock)
+        try:
+            await client.step()
+            for _ in range(4):
+                clock.advance(60)
+                await client.step()
+        finally:
+            await client.http.aclose()
+    assert gets(srv).count(WELL_KNOWN_PATH) == 1
+    assert "/dcap" not in gets(srv)

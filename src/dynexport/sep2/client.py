@@ -36,7 +36,7 @@ from dynexport.httpio import (
     client_context,
     response_retry_after,
 )
-from dynexport.httpio.client import InvalidUrl
+from dynexport.httpio.client import InvalidUrl, origin_of
 from dynexport.sep2 import discovery, flow, responses
 from dynexport.sep2.controls import ENFORCED_CONTROLS, ProgramControls
 from dynexport.sep2.discovery import WELL_KNOWN_PATH, DiscoveryError
@@ -1116,8 +1116,19 @@ class Sep2Client:
         (connection error, timeout, 5xx, 408, 429) is asked again at the next walk: falling
         back to ``/dcap`` then would read a path a v1.3 server may not serve for our version."""
         url = self.http.url_for(WELL_KNOWN_PATH)
-        response = await self.http.get(url, headers={"Accept": "application/json"})
+        held = self._not_before.get(url)
+        if held is not None and self._mono() < held[1]:
+            raise Throttled(held[0], url, b"", held[1])
+        # a well-known URI may redirect (RFC 8615): followed on the server's own origin
+        response = await self.http.get(
+            url, headers={"Accept": "application/json"}, follow_redirects=True
+        )
         self._requests += 1
+        throttled = self._throttle(url, response, None)
+        if throttled is not None:  # 429 or 503 with Retry-After: not asked again before it
+            raise throttled
+        if 300 <= response.status < 400:
+            raise Sep2Error(f"{url}: HTTP {response.status} to a place the link does not follow")
         if response.status >= 500 or response.status in (408, 429):
             response.raise_for_status()
         problem: str | None = None
@@ -1129,7 +1140,7 @@ class Sep2Client:
         else:
             versions = discovery.versions_for(getattr(self.config, "csipaus_version", "auto"))
             try:
-                found = discovery.choose_dcap(response.body, versions)
+                found = discovery.choose_dcap(response.body, versions, origin_of(url))
             except DiscoveryError as exc:
                 problem = f"{url}: {exc}"
             else:

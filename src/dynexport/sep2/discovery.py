@@ -20,6 +20,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dynexport.httpio.client import InvalidUrl, origin_of
 from dynexport.sep2.xml import CSIPAUS_NS, CSIPAUS_NS_13
 
 WELL_KNOWN_PATH = "/.well-known/csipaus"
@@ -52,14 +53,18 @@ def versions_for(csipaus_version: str) -> tuple[str, ...]:
     return (CSIPAUS_NS_13, CSIPAUS_NS_12, CSIPAUS_NS)
 
 
-def choose_dcap(body: bytes, versions: Sequence[str]) -> Discovered | None:
+def choose_dcap(
+    body: bytes, versions: Sequence[str], origin: tuple[str, str, int]
+) -> Discovered | None:
     """The first DeviceCapability path listed for the first of ``versions`` that has one;
     None when none of them has one (the server speaks none of our versions here).
 
     Raises `DiscoveryError` for a body that is not the CSIP-AUS document: not JSON, no
     ``supportedSchemaVersions`` object, an entry of ours whose ``dcap`` is not a list of
     strings. Entries of other versions are not looked into (their content is not ours to
-    judge). A path must be absolute (``/...``) or a full URL; the caller checks its origin."""
+    judge). A path is usable when absolute (``/...``), or a full ``https`` URL on ``origin``
+    (the server's, as `origin_of` gives it); another path is passed over for the next one (a URL
+    on another host listed first had hidden a usable path after it)."""
     if len(body) > MAX_DOCUMENT_BYTES:
         raise DiscoveryError(f"the document is {len(body)} bytes, over {MAX_DOCUMENT_BYTES}")
     try:
@@ -80,7 +85,14 @@ def choose_dcap(body: bytes, versions: Sequence[str]) -> Discovered | None:
             path = path.strip()
             if path.startswith("/") and not path.startswith("//"):
                 return Discovered(version, path)
-            if path.lower().startswith("https://"):
+            if path.lower().startswith("https://") and _origin(path) == origin:
                 return Discovered(version, path)
         # listed with no usable path (an empty list): the next version may have one
     return None
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    try:
+        return origin_of(url)
+    except (InvalidUrl, ValueError):
+        return None
