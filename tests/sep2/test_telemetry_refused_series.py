@@ -312,3 +312,31 @@ async def test_a_restart_between_one_series_accepted_and_the_next_posts_none_twi
     )  # fmt: skip
     await run(restarted, clock, 120)
     assert {m: n for m, n in accepted_sets(srv).items() if n > 1} == {}
+
+
+async def test_a_dropped_series_accepted_in_lists_again_counts_its_refusals_afresh(
+    pki_dir: Path, tmp_path: Path
+) -> None:
+    """A series dropped once stays one refusal from a drop until a body holding it is
+    accepted. Found by review: an accepted list did not reset it, so hours later one 400 on
+    a list dropped the series' sets at once."""
+    refusing = {"until": T0 + 600.0, "once_at": T0 + 1500.0, "left": 2}
+
+    def refuse_hz(method: str, path: str, body: bytes) -> int | None:
+        if not (method == "POST" and readings_post(path) and HZ in body):
+            return None
+        if T0 + 180 <= clock() < refusing["until"]:
+            return 400
+        if clock() >= refusing["once_at"] and refusing["left"]:
+            refusing["left"] -= 1  # one glitch: the list refused, then the series in it
+            return 400
+        return None
+
+    _srv, client, _http, clock = new_link(pki_dir, tmp_path, refuse_hz, lists=True)
+    await run(client, clock, 1400)
+    dropped = client.state().telemetry_refused
+    assert dropped > 0, "dropped while refused"
+    await run(client, clock, 400)
+    assert refusing["left"] == 0
+    assert client.state().telemetry_refused == dropped, "one refusal after hours of acceptance"
+    await client.http.aclose()

@@ -81,3 +81,23 @@ async def test_an_upload_refused_for_want_of_space_does_not_hold_the_url_back(
     assert not upload_receiving(check.data_dir, trio.current_time())
     assert await check.check_once(AUTO)
     assert url.downloads == ["done"]
+
+
+async def test_an_upload_idle_past_its_bound_takes_no_piece_while_the_url_downloads(
+    tmp_path: Path, url: Url, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Found by review: resumed after the URL's download had begun, the upload went on, and
+    both together could fill /data again. It is given up, saying why."""
+    rauc = FakeRauc()
+    check = checker(tmp_path, [AUTO], rauc)
+    web = Updates(check.data_dir, rauc)
+    await web.start(2000)
+    await web.chunk("0", b"x" * 1000)
+    await trio.sleep(UPLOAD_IDLE_S + 1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(check.check_once, AUTO)
+        await url.started.wait()
+        with pytest.raises(UpdateError, match="update URL"):
+            await web.chunk("1000", b"x" * 1000)
+        assert web.state.phase == "failed" and not web.path.exists()
+    assert rauc.installed == ["B"]

@@ -1765,6 +1765,8 @@ class Sep2Client:
         status = response.status
         if 200 <= status < 300:
             tele.lists = True
+            for mmr in mmrs:  # accepted: each series counts its refusals afresh
+                tele.refusals.pop(mmr.mrid, None)
             self._settle(mmrs)
             return False
         if tele.lists is None and status in (400, 405, 415, 501):

@@ -166,6 +166,11 @@ class Updates:
         st = self.state
         if st.phase != "uploading":
             raise UpdateError(409, "no upload in progress: start one first")
+        if shared.installing(self.data_dir):
+            # idle for 10 minutes, the upload let the update URL's download begin: the two
+            # would together fill /data (`upload_receiving`)
+            self._discard(f"not now: {shared.URL_INSTALLING}")
+            raise UpdateError(409, self.state.error or "not now")
         try:
             at = int(offset or "")
         except ValueError:
