@@ -274,3 +274,38 @@ async def test_a_throttled_well_known_file_is_not_asked_again_before_its_retry_a
             await client.http.aclose()
     assert gets(srv).count(WELL_KNOWN_PATH) == 1
     assert "/dcap" not in gets(srv)
+
+
+@pytestmark_xsd
+@pytest.mark.parametrize(
+    "headers", [[("Location", "https://portal.example/login")], []], ids=["elsewhere", "none"]
+)
+async def test_a_well_known_file_redirected_elsewhere_leaves_the_configured_path(
+    pki_dir: Path,
+    clock: FakeClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    headers: list[tuple[str, str]],
+) -> None:
+    """Found by review: such an answer failed every walk, and the link never came up (the
+    fallback limit for good). It never changes; the configured path is read, with a warning."""
+    route = utility_core._Context.route
+
+    def redirecting(self: utility_core._Context) -> Reply:
+        if self.path == WELL_KNOWN_PATH:
+            return Reply(302, b"", headers)
+        return route(self)
+
+    monkeypatch.setattr(utility_core._Context, "route", redirecting)
+    srv = UtilityServer(pki_dir=pki_dir, clock=clock)
+    srv.set_default(export_limit_w=1500)
+    async with srv.running():
+        client = client_of(srv, tmp_path, clock)
+        try:
+            await client.step()
+            assert client.active_controls() is not None, "the link never came up"
+            assert client.last_walk is not None
+            assert any("redirect the link does not follow" in w for w in client.last_walk.warnings)
+        finally:
+            await client.http.aclose()
+    assert gets(srv)[:2] == [WELL_KNOWN_PATH, "/dcap"]

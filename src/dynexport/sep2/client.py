@@ -1127,13 +1127,15 @@ class Sep2Client:
         throttled = self._throttle(url, response, None)
         if throttled is not None:  # 429 or 503 with Retry-After: not asked again before it
             raise throttled
-        if 300 <= response.status < 400:
-            raise Sep2Error(f"{url}: HTTP {response.status} to a place the link does not follow")
         if response.status >= 500 or response.status in (408, 429):
             response.raise_for_status()
         problem: str | None = None
         found = None
-        if not 200 <= response.status < 300:
+        if 300 <= response.status < 400:
+            # to another server (a login portal), or with no Location: it never changes, so
+            # asking again would keep the link down for good (found by review)
+            problem = f"{url}: HTTP {response.status}, a redirect the link does not follow"
+        elif not 200 <= response.status < 300:
             # 404, 410 (v1.2 does not guarantee the file; the test server says 410), 403 ...
             log.info("%s: HTTP %d; DeviceCapability at the configured %s", url, response.status,
                      self._configured_dcap)  # fmt: skip
