@@ -16,6 +16,7 @@ from dynexport.control.battery import (
     BatteryState,
     ChargePlan,
     ForecastStep,
+    SiteView,
     clear_sky_fraction,
     decide_batteries,
     forecast,
@@ -535,3 +536,66 @@ def test_in_the_fail_safe_one_batterys_charge_never_hides_anothers_discharge() -
         ("a", -800.0, False),
         ("b", None, True),
     ]
+
+
+def _own_mode_battery(power_w: float) -> BatteryState:
+    return BatteryState(
+        id="bat",
+        online=True,
+        controllable=True,
+        capacity_wh=10000.0,
+        max_charge_w=5000.0,
+        max_discharge_w=5000.0,
+        soc_pct=50.0,
+        power_w=power_w,
+    )
+
+
+def _night_site(
+    *, load_w: float, export_limit_w: float | None, import_limit_w: float | None
+) -> SiteView:
+    return SiteView(
+        load_w=load_w,
+        inverters_w=0.0,
+        export_limit_w=export_limit_w,
+        export_margin_w=20.0 if export_limit_w is not None else 0.0,
+        import_limit_w=import_limit_w,
+        load_limit_w=None,
+        generation_limit_w=None,
+        curtailed=False,
+    )
+
+
+def test_a_battery_whose_own_mode_grid_charges_past_the_import_limit_is_taken_over_at_once() -> (
+    None
+):
+    """Found by review: the law looked at the site as if the batteries were idle (500 W
+    import, far from 2 kW), and left a 5 kW off-peak grid charge of the battery's own schedule
+    alone for hours: 5.5 kW imported. It is taken over, and held for the owner's schedule's
+    sake longer than a limit the idle site brings (it would break the limit again)."""
+    site = _night_site(load_w=500.0, export_limit_w=None, import_limit_w=2000.0)
+    settings = BatterySettings()
+    d = decide_batteries(
+        [_own_mode_battery(-5000.0)], site, BatteryMemory(), 1000.0, 1.0, None, settings
+    )
+    assert d.mode == "engaged" and "its own mode near the import limit" in d.reason
+    assert d.total_w is not None
+    assert site.load_w - d.total_w <= 2000.0, "under the limit from the first command"
+    assert d.memory.engaged_until == 1000.0 + settings.own_breach_hold_s
+
+
+def test_a_battery_whose_own_mode_keeps_the_site_clear_of_its_limits_is_left_alone() -> None:
+    """Self-consumption at night (a discharge covering the house, at a zero export limit) and a
+    small grid charge well under the import limit are the owner's business."""
+    for power_w, import_limit_w in ((500.0, 2000.0), (-800.0, 2000.0)):
+        site = _night_site(load_w=500.0, export_limit_w=0.0, import_limit_w=import_limit_w)
+        d = decide_batteries(
+            [_own_mode_battery(power_w)],
+            site,
+            BatteryMemory(),
+            1000.0,
+            1.0,
+            None,
+            BatterySettings(),
+        )
+        assert d.mode == "own", (power_w, d.mode, d.reason)

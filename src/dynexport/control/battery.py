@@ -124,6 +124,10 @@ class BatterySettings:
     """Moves that raise export (more discharge, less charge) close the gap this slowly."""
     release_band_w: float = 300.0
     release_after_s: float = 60.0
+    own_breach_hold_s: float = 900.0
+    """Engaged because the battery's own mode itself took the site near an import or load limit
+    (a schedule charging from the grid at night), it stays engaged this long: handed back after
+    60 s, its schedule broke the limit again every minute."""
     hybrid_lead_s: float = 3.0
     """A hybrid's battery follows its taper this far ahead, so that it can come down gently
     (see ``decide_batteries``)."""
@@ -421,7 +425,27 @@ def decide_batteries(
             near = True
             reasons.append("load limit")
 
+    # What the batteries do now may itself take the site near a limit that the idle site keeps:
+    # its own mode charging from the grid against an import (or load) limit; no inverter can
+    # curtail that (found by review: left alone, a 5 kW off-peak charge broke a 2 kW import
+    # limit for hours). Taken over, the battery stops charging from the grid, and keeps any
+    # PV surplus. (Its own mode discharging past an export limit is not caught yet: told apart
+    # from a discharge covering the house, which overshoots for seconds when a load stops.)
+    actual = x0 + measured  # the site's export as it is, the batteries included
+    breach: list[str] = []
+    if site.import_limit_w is not None and measured < 0:
+        lim = site.import_limit_w - max(abs(site.import_limit_w) * 0.01, 20.0)
+        if -actual > lim - s.release_band_w and "import limit" not in reasons:
+            breach.append("import limit")
+    if site.load_limit_w is not None and measured < 0:
+        lim = site.load_limit_w - max(abs(site.load_limit_w) * 0.01, 20.0)
+        if site.load_w - measured > lim - s.release_band_w and "load limit" not in reasons:
+            breach.append("load limit")
     engaged_until = now + s.release_after_s if near else memory.engaged_until
+    if breach:
+        near = True
+        reasons.extend(f"its own mode near the {what}" for what in breach)
+        engaged_until = max(engaged_until, now + s.own_breach_hold_s)
     if now >= engaged_until:
         cmds = tuple(BatteryCommand(b.id, None, "own mode") for b in ready)
         return BatteryDecision(
@@ -479,7 +503,11 @@ def decide_batteries(
     prev = measured if memory.setpoint_w is None else memory.setpoint_w
     if cmd > prev:
         gap = cmd - prev
-        cmd = prev + max(gap * (1.0 - math.exp(-dt / s.up_time_constant_s)), min(gap, 50.0 * dt))
+        eased = gap * (1.0 - math.exp(-dt / s.up_time_constant_s))
+        stepped = prev + max(eased, min(gap, 50.0 * dt))
+        # An import or load limit's floor applies at once (the site then imports: export is far
+        # below its limit); eased in, a 5 kW grid charge took seconds to come under the limit.
+        cmd = max(stepped, min(cmd, floor)) if math.isfinite(floor) else stepped
     cmd = min(max(cmd, hard_min), p_max)
     if held and cmd > prev and not (math.isfinite(floor) and floor > prev):
         # (Not when an import or load limit asks for less charge or a discharge: then export
