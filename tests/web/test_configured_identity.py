@@ -253,3 +253,14 @@ async def test_the_certificate_api_writes_only_its_own_file_names_never_a_servic
     stranger = web.client()
     status, _ = await stranger.json("POST", "/api/setup/password", {"password": "x" * 12 + "Aa1!"})
     assert status != 200, "a stranger set the admin password"
+
+
+@pytest.mark.parametrize("zone", ["NZ", "Japan", "UTC"])
+async def test_a_configured_time_zone_is_one_the_settings_page_offers(web: Web, zone: str) -> None:
+    """Found by review: the list held only zones with a "/"; set to one it lacked, the page's
+    select read "" and walking Settings dropped the site's time zone (daily windows on UTC)."""
+    c = await logged_in(web)
+    status, answer = await c.json("PUT", "/api/config", {"site": {"timeZone": zone}})
+    assert status == 200, answer
+    status, zones = await c.json("GET", "/api/timezones")
+    assert status == 200 and zone in zones["all"]

@@ -1571,7 +1571,9 @@ class ZoneList:
 def _list_zones() -> list[str]:
     import zoneinfo
 
-    return sorted(z for z in zoneinfo.available_timezones() if "/" in z)
+    # every zone the configuration accepts ("UTC", "NZ", "Japan" too): a configured zone the
+    # list lacked could not be shown, and walking Settings dropped it (found by review)
+    return sorted(zoneinfo.available_timezones())
 
 
 ZONES = ZoneList()

@@ -153,14 +153,22 @@
       S.zones.all.filter((z) => !S.zones.australia.includes(z)).forEach((z) => all.append(el("option", { value: z, text: z })));
       sel.append(au, all);
       const tz = ((S.config || {}).site || {}).timeZone;
-      if (tz) sel.value = tz;
-    } catch (e) { /* the select keeps "not set" */ }
+      if (tz) showZone(tz);
+    } catch (e) { /* the select keeps "not set"; buildConfig then keeps the configured zone */ }
+  }
+  // The configured zone is shown even when the list lacks it: set to a value it does not
+  // offer, the select read "" and Apply dropped the zone (found by review).
+  function showZone(tz) {
+    const sel = $("#site-tz");
+    if (![...sel.options].some((o) => o.value === tz)) sel.append(el("option", { value: tz, text: tz }));
+    sel.value = tz;
   }
   function fillFromConfig(c) {
     const u = c.utility;
     $("#use-utility").checked = !!u || !!S.session.setupMode;
     $("#utility-fields").hidden = !$("#use-utility").checked;
-    $("#site-tz").value = (c.site || {}).timeZone || "";
+    const tz = (c.site || {}).timeZone;
+    if (tz) showZone(tz); else $("#site-tz").value = "";
     if (u) { $("#u-server").value = u.server; $("#u-nmi").value = u.nmi; $("#u-pin").value = u.pin ?? ""; }
     const lim = c.limits || {};
     $("#limit-export").value = lim.exportW ?? "";
@@ -321,7 +329,8 @@
     const num = (id) => $(id).value === "" ? null : Number($(id).value);
     c.limits = Object.assign({}, c.limits || {}, { exportW: num("#limit-export"), generationW: num("#limit-gen") });
     const tz = $("#site-tz").value;
-    if (tz) c.site = Object.assign({}, c.site || {}, { timeZone: tz }); else if (c.site) delete c.site.timeZone;
+    if (tz) c.site = Object.assign({}, c.site || {}, { timeZone: tz });
+    else if (c.site && S.zones) delete c.site.timeZone; // the list never came: keep the zone
     if ($("#use-utility").checked) {
       // The configured files stay: a key made by `dynexport cert request --dir ...` is the site's
       // registered identity. Only a new utility gets the files the certificate step uses.
