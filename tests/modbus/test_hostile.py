@@ -65,9 +65,11 @@ async def test_tcp_silent_device_times_out_after_bounded_retries() -> None:
         pass
 
     tasks = task_count()
-    with trio.fail_after(10):
+    with trio.fail_after(30):
         async with hostile_tcp_peer(never_answer) as peer:
-            bus = tcp_bus(peer, timeout=0.1, retries=2)
+            # 1 s, not 0.1: the timeout also bounds the backoff and the connect, and a loaded
+            # clean-clone run could not connect on loopback within 0.1 s (a bound, not a speed)
+            bus = tcp_bus(peer, timeout=1.0, retries=2)
             with pytest.raises(ModbusTimeout) as err:
                 await bus.read_holding_registers(1, 40010, 2)
             await bus.aclose()
@@ -238,7 +240,7 @@ async def test_tcp_backoff_is_bounded_by_the_request_deadline() -> None:
         async with hostile_tcp_peer(hang_up) as peer:
             bus = ModbusBus(
                 TcpEndpoint("127.0.0.1", peer.port),
-                timeout=0.2,
+                timeout=1.0,  # a bound for the loopback connect on a loaded machine; < 30 s
                 retries=2,
                 backoff=Backoff(initial=30.0, maximum=60.0),
             )
