@@ -45,8 +45,9 @@ async def linked(srv: UtilityServer, tmp_path: Path, clock: FakeClock) -> AsyncI
             await client.http.aclose()
 
 
-def client_of(srv: UtilityServer, tmp_path: Path, clock: FakeClock) -> Sep2Client:
-    options = ClientOptions(http_timeout=5.0, http_retries=1)
+def client_of(srv: UtilityServer, tmp_path: Path, clock: FakeClock, **more: Any) -> Sep2Client:
+    """A link to ``srv`` (``more``: further `ClientOptions`, e.g. ``page_size``)."""
+    options = ClientOptions(http_timeout=5.0, http_retries=1, **more)
     return Sep2Client(
         utility_config(srv), tmp_path, der=DerInfo(rated_w=5000), clock=clock, options=options
     )
@@ -319,11 +320,8 @@ async def test_a_list_that_changes_between_its_pages_loses_no_event(
                 plan["armed"] = False
 
     srv.on_request.append(shift_between_pages)
-    options = ClientOptions(http_timeout=5.0, http_retries=1, page_size=2)
     async with srv.running():
-        client = Sep2Client(
-            utility_config(srv), tmp_path, der=DerInfo(rated_w=5000), clock=clock, options=options
-        )
+        client = client_of(srv, tmp_path, clock, page_size=2)
         try:
             await client.step()
             clock.t = T0 + 100
@@ -360,11 +358,8 @@ async def test_a_list_whose_count_changes_between_its_pages_is_refused_and_read_
                 plan["armed"] = False
 
     srv.on_request.append(add_between_pages)
-    options = ClientOptions(http_timeout=5.0, http_retries=1, page_size=2)
     async with srv.running():
-        client = Sep2Client(
-            utility_config(srv), tmp_path, der=DerInfo(rated_w=5000), clock=clock, options=options
-        )
+        client = client_of(srv, tmp_path, clock, page_size=2)
         try:
             await client.step()
             plan["armed"] = True

@@ -95,12 +95,17 @@ class Url:
         self.downloads.append("done")
 
 
-@pytest.fixture
-def url(monkeypatch: pytest.MonkeyPatch) -> Url:
+def stand_in_url(monkeypatch: pytest.MonkeyPatch) -> Url:
+    """The update URL's server, stood in for (a manifest for 1.5.0, a slow download)."""
     server = Url()
     monkeypatch.setattr(auto, "fetch_manifest", server.manifest)
     monkeypatch.setattr(auto, "download", server.download)
     return server
+
+
+@pytest.fixture
+def url(monkeypatch: pytest.MonkeyPatch) -> Url:
+    return stand_in_url(monkeypatch)
 
 
 def checker(tmp_path: Path, config: list[UpdateConfig | None], rauc: Rauc) -> UpdateChecker:

@@ -16,19 +16,20 @@ import pytest
 import trio
 import trio.testing
 
-from dynexport.update import auto
 from dynexport.update.service import UPLOAD_IDLE_S, upload_receiving
 from dynexport.web.updates import UpdateError, Updates
-from tests.update.test_auto_install_follows_the_config import AUTO, FakeRauc, Url, checker
+from tests.update.test_auto_install_follows_the_config import (
+    AUTO,
+    FakeRauc,
+    Url,
+    checker,
+    stand_in_url,
+)
 
 
 @pytest.fixture
 def url(monkeypatch: pytest.MonkeyPatch) -> Url:
-    """The update URL's server, stood in for (a manifest for 1.5.0, a slow download)."""
-    server = Url()
-    monkeypatch.setattr(auto, "fetch_manifest", server.manifest)
-    monkeypatch.setattr(auto, "download", server.download)
-    return server
+    return stand_in_url(monkeypatch)
 
 
 async def test_the_url_waits_while_an_upload_is_received_then_installs(
