@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -71,6 +72,21 @@ def _driver(profile: str, size: tuple[int, int] = SIZES["phone"]) -> Any:
         # Headless windows are at least 500 px wide: a phone's viewport is emulated instead.
         _emulate(driver, size[0], size[1])
     return driver
+
+
+async def walk_served_app(
+    app: Any, profile: str, size: tuple[int, int], walk: Callable[[Any, str], None]
+) -> None:
+    """Runs ``app``, opens Chromium (``profile``, window ``size``) and walks its page with
+    ``walk(driver, url)`` in a worker thread; then quits Chromium and stops the app."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(app.run)
+        driver = await trio.to_thread.run_sync(_driver, profile, size)
+        try:
+            await trio.to_thread.run_sync(walk, driver, f"http://127.0.0.1:{app.web_port}/")
+        finally:
+            await trio.to_thread.run_sync(driver.quit)
+        nursery.cancel_scope.cancel()
 
 
 def _emulate(driver: Any, width: int, height: int) -> None:
@@ -489,7 +505,7 @@ async def test_a_hand_configured_device_says_it_has_no_password_and_settings_ope
             ),
         )
 
-        def walk(url: str) -> None:
+        def walk(driver: Any, url: str) -> None:
             w = Walk(driver, folder)
             w.d.get(url)
             w.text("#alerts", lambda t: "anyone on this network can set the admin password" in t)
@@ -511,14 +527,7 @@ async def test_a_hand_configured_device_says_it_has_no_password_and_settings_ope
             w.next()
             w.text("#reach", lambda t: "Saved and applied" in t)
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(app.run)
-            driver = await trio.to_thread.run_sync(_driver, profile, SIZES[size])
-            try:
-                await trio.to_thread.run_sync(walk, f"http://127.0.0.1:{app.web_port}/")
-            finally:
-                await trio.to_thread.run_sync(driver.quit)
-            nursery.cancel_scope.cancel()
+        await walk_served_app(app, profile, SIZES[size], walk)
     saved = json.loads((data / "config.json").read_text())
     assert saved["utility"]["server"] == "https://127.0.0.1:9"  # nothing dropped
     assert saved["limits"]["exportW"] == 3000

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 from dynexport.app import App, AppOptions
 from dynexport.sep2 import certs
@@ -28,7 +27,7 @@ from dynexport.sim.profiles import fronius_gateway
 from dynexport.system.config import parse_config
 from dynexport.web.auth import PasswordStore
 from tests.web.conftest import Client, Web, logged_in
-from tests.web.test_browser import PASSWORD, SIZES, Walk, _driver, needs_chromium
+from tests.web.test_browser import PASSWORD, SIZES, Walk, needs_chromium, walk_served_app
 
 FILES = (
     ("serca.pem", "serca"),
@@ -179,7 +178,7 @@ async def test_walking_settings_to_change_a_limit_keeps_the_configured_device_ke
         app = App(parse_config(document), opts)
         seen: dict[str, str] = {}
 
-        def walk(url: str) -> None:
+        def walk(driver: Any, url: str) -> None:
             w = Walk(driver, tmp_path / "shots")
             w.d.get(url + "settings")
             w.visible("#login")
@@ -205,14 +204,7 @@ async def test_walking_settings_to_change_a_limit_keeps_the_configured_device_ke
             w.next()
             w.text("#reach", lambda t: "Saved and applied" in t)
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(app.run)
-            driver = await trio.to_thread.run_sync(_driver, profile, SIZES["desktop"])
-            try:
-                await trio.to_thread.run_sync(walk, f"http://127.0.0.1:{app.web_port}/")
-            finally:
-                await trio.to_thread.run_sync(driver.quit)
-            nursery.cancel_scope.cancel()
+        await walk_served_app(app, profile, SIZES["desktop"], walk)
     saved = json.loads((data / "config.json").read_text())
     assert saved["limits"]["exportW"] == 2500
     assert {k: saved["utility"][k] for k in ("ca", "cert", "key")} == {

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
-import trio
 
 from dynexport.app import App, AppOptions
 from dynexport.sim.modbus_server import serve_tcp
@@ -21,7 +21,7 @@ from dynexport.sim.profiles import fronius_gateway
 from dynexport.system.config import parse_config
 from dynexport.web.auth import PasswordStore
 from tests.web.conftest import Web, logged_in
-from tests.web.test_browser import PASSWORD, SIZES, Walk, _driver, needs_chromium
+from tests.web.test_browser import PASSWORD, SIZES, Walk, needs_chromium, walk_served_app
 
 HOME = {"ssid": "HomeNet", "psk": "the home wifi passphrase"}
 
@@ -98,7 +98,7 @@ async def test_walking_settings_keeps_the_home_wifi_passphrase(tmp_path: Path) -
         app = App(parse_config(doc), opts)
         refused: list[str] = []
 
-        def walk(url: str) -> None:
+        def walk(driver: Any, url: str) -> None:
             w = Walk(driver, tmp_path / "shots")
             w.d.get(url + "settings")
             w.visible("#login")
@@ -122,13 +122,6 @@ async def test_walking_settings_keeps_the_home_wifi_passphrase(tmp_path: Path) -
             refused.append(w.text("#msg", lambda t: t != ""))
             w.step("network")
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(app.run)
-            driver = await trio.to_thread.run_sync(_driver, profile, SIZES["desktop"])
-            try:
-                await trio.to_thread.run_sync(walk, f"http://127.0.0.1:{app.web_port}/")
-            finally:
-                await trio.to_thread.run_sync(driver.quit)
-            nursery.cancel_scope.cancel()
+        await walk_served_app(app, profile, SIZES["desktop"], walk)
     assert json.loads((data / "wifi.json").read_text()) == HOME
     assert "Enter the password of Neighbour" in refused[0]
